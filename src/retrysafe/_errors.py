@@ -1,0 +1,70 @@
+"""Every error retrysafe raises, under one root.
+
+    IdempotencyError
+    ├── InvalidKeyError             the Idempotency-Key value is malformed or breaks the key policy
+    ├── KeyMismatchError            the key was used with a different request (fingerprint)
+    ├── InFlightError               the key's first request is still running
+    ├── FencedError                 the caller's token no longer holds the record
+    ├── OutcomeError                the outcome cannot be stored (too large, not serializable)
+    ├── ConfigurationError          a setting or a store URL is invalid (also a ValueError)
+    └── StoreError                  the store failed to answer correctly
+        └── StoreUnavailableError   the store cannot be reached within its timeout
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "FencedError",
+    "IdempotencyError",
+    "InFlightError",
+    "InvalidKeyError",
+    "KeyMismatchError",
+    "OutcomeError",
+    "StoreError",
+    "StoreUnavailableError",
+]
+
+
+class IdempotencyError(Exception):
+    """The root of every error that retrysafe raises."""
+
+
+class InvalidKeyError(IdempotencyError):
+    """The Idempotency-Key value is malformed or breaks the configured key policy."""
+
+
+class KeyMismatchError(IdempotencyError):
+    """The key was already used with a request whose fingerprint differs."""
+
+
+class InFlightError(IdempotencyError):
+    """The first request with this key is still running.
+
+    Args:
+        retry_after: seconds after which a retry may find the outcome.
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FencedError(IdempotencyError):
+    """The caller's fencing token no longer holds the record (its lease was taken over)."""
+
+
+class OutcomeError(IdempotencyError):
+    """The outcome cannot be stored: too large, or not serializable."""
+
+
+class ConfigurationError(IdempotencyError, ValueError):
+    """A setting or a store URL is invalid."""
+
+
+class StoreError(IdempotencyError):
+    """The store failed to answer correctly."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached, or did not answer within its timeout."""

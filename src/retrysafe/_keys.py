@@ -1,0 +1,112 @@
+"""Parsing the Idempotency-Key header (SPEC B1-B4), pure.
+
+The draft defines the value as an RFC 9651 sf-string (`"abc"`). Stripe's SDKs send a bare value
+(`0ccb7813-...`); lenient mode (the default) accepts it as the same key as its quoted form.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import http_sfv
+
+from retrysafe._errors import InvalidKeyError
+
+__all__ = ["KeyPolicy", "parse_key"]
+
+# A bare key: visible ASCII without DQUOTE or backslash, which belong to the quoted form.
+_BARE_KEY = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]+")
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """What a valid key looks like.
+
+    Attributes:
+        strict: accept only the quoted sf-string form (B2 strict mode).
+        max_length: the longest key accepted, in characters (B4).
+        min_length: the shortest key accepted.
+        uuid_only: accept only keys that are UUIDs (B4 format policy).
+    """
+
+    strict: bool = False
+    max_length: int = 255
+    min_length: int = 1
+    uuid_only: bool = False
+
+
+def parse_key(values: Sequence[bytes], policy: KeyPolicy = KeyPolicy()) -> str:
+    """Return the key carried by the Idempotency-Key header lines `values`.
+
+    Raises:
+        InvalidKeyError: the header is repeated, malformed, or breaks `policy`. The message is
+            precise enough to show to the client.
+    """
+    if len(values) != 1:
+        raise InvalidKeyError("The Idempotency-Key header must appear exactly once.")
+    raw = values[0].strip(b" \t")
+    if not _PRINTABLE.fullmatch(raw):
+        raise InvalidKeyError("The Idempotency-Key header may contain only printable ASCII.")
+    if raw.startswith(b'"'):
+        key = _parse_sf_string(raw)
+    elif policy.strict:
+        raise InvalidKeyError(
+            'The Idempotency-Key header must be a quoted string, for example "8e03978e".'
+        )
+    elif _BARE_KEY.fullmatch(raw):
+        key = raw.decode("ascii")
+    else:
+        raise InvalidKeyError(
+            "The Idempotency-Key header must be a quoted string or a bare value without spaces."
+        )
+    _check_policy(key, policy)
+    return key
+
+
+def _parse_sf_string(raw: bytes) -> str:
+    item = http_sfv.Item()
+    try:
+        item.parse(raw)
+    except ValueError:
+        raise InvalidKeyError(_describe_sf_error(raw)) from None
+    if not isinstance(item.value, str) or isinstance(item.value, http_sfv.Token):
+        raise InvalidKeyError("The Idempotency-Key header must be a string.")
+    return item.value
+
+
+def _describe_sf_error(raw: bytes) -> str:
+    """Say what is wrong with a value that starts with a quote but is no sf-string."""
+    index = 1
+    while index < len(raw):
+        char = raw[index : index + 1]
+        if char == b"\\":
+            if raw[index + 1 : index + 2] not in (b'"', b"\\"):
+                return 'The Idempotency-Key string has an invalid escape (only \\" and \\\\).'
+            index += 2
+            continue
+        if char == b'"':
+            return "The Idempotency-Key header has unexpected text after the quoted string."
+        index += 1
+    return "The Idempotency-Key string has no closing quote."
+
+
+def _check_policy(key: str, policy: KeyPolicy) -> None:
+    if not key:
+        raise InvalidKeyError("The Idempotency-Key must not be empty.")
+    if len(key) > policy.max_length:
+        raise InvalidKeyError(
+            f"The Idempotency-Key is {len(key)} characters long; the limit is {policy.max_length}."
+        )
+    if len(key) < policy.min_length:
+        raise InvalidKeyError(
+            f"The Idempotency-Key must be at least {policy.min_length} characters long."
+        )
+    if policy.uuid_only:
+        try:
+            uuid.UUID(key)
+        except ValueError:
+            raise InvalidKeyError("The Idempotency-Key must be a UUID.") from None

@@ -1,0 +1,183 @@
+# Generated from stores/_async/memory.py by scripts/unasync.py; edit the source, not this.
+"""The in-memory store: one process, no set-up; for tests and single-process apps."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from urllib.parse import urlsplit
+
+from retrysafe._clock import Clock, SystemClock
+from retrysafe._engine import may_take
+from retrysafe._errors import ConfigurationError, FencedError
+from retrysafe._record import Claim, Identity, Record, State
+from retrysafe.stores._sync._common import poll_until_settled
+from retrysafe.stores.base import StoreStats, new_token
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A store in a dict behind a lock. Every primitive is atomic under the lock.
+
+    Args:
+        clock: the time source for leases and retention.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self._records: dict[Identity, Record] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> MemoryStore:
+        """Build the store from `memory://`."""
+        parts = urlsplit(url)
+        if parts.scheme != "memory" or parts.netloc or parts.path or parts.query:
+            raise ConfigurationError(f"A memory store URL is just 'memory://', not {url!r}.")
+        return cls(clock=clock)
+
+    def claim(
+        self, identity: Identity, fingerprint: str, *, lease: float, retention: float
+    ) -> Claim:
+        """Claim `identity` atomically, or return the existing record."""
+        with self._lock:
+            now = self.clock.now()
+            existing = self._live(identity, now)
+            if not may_take(existing, fingerprint, now):
+                assert existing is not None
+                return Claim(existing, acquired=False)
+            record = Record(
+                identity=identity,
+                fingerprint=fingerprint,
+                state=State.IN_FLIGHT,
+                token=new_token(),
+                created_at=now,
+                lease_expires_at=now + lease,
+                expires_at=now + lease + retention,
+            )
+            self._records[identity] = record
+            return Claim(record, acquired=True, taken_over=existing is not None)
+
+    def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, retention: float
+    ) -> Record:
+        """Store `outcome` and mark the record done."""
+        with self._lock:
+            now = self.clock.now()
+            record = self._held(identity, token, now)
+            done = dataclasses.replace(
+                record,
+                state=State.DONE,
+                outcome=outcome,
+                lease_expires_at=now,
+                expires_at=now + retention,
+            )
+            self._records[identity] = done
+            return done
+
+    def release(self, identity: Identity, token: str) -> None:
+        """Delete the in-flight record."""
+        with self._lock:
+            self._held(identity, token, self.clock.now())
+            del self._records[identity]
+
+    def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
+        """Extend the holder's lease."""
+        with self._lock:
+            now = self.clock.now()
+            record = self._held(identity, token, now)
+            lease_expires_at = now + lease
+            renewed = dataclasses.replace(
+                record,
+                lease_expires_at=lease_expires_at,
+                expires_at=record.expires_at + max(0.0, lease_expires_at - record.lease_expires_at),
+            )
+            self._records[identity] = renewed
+            return renewed
+
+    def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
+        """Record the last committed phase."""
+        with self._lock:
+            record = self._held(identity, token, self.clock.now())
+            updated = dataclasses.replace(record, recovery_point=recovery_point)
+            self._records[identity] = updated
+            return updated
+
+    def get(self, identity: Identity) -> Record | None:
+        """Return the live record, or None."""
+        with self._lock:
+            return self._live(identity, self.clock.now())
+
+    def delete(self, identity: Identity) -> bool:
+        """Delete the record whatever its state."""
+        with self._lock:
+            return self._records.pop(identity, None) is not None
+
+    def purge_expired(self, *, limit: int = 1000) -> int:
+        """Delete at most `limit` records past their retention."""
+        with self._lock:
+            now = self.clock.now()
+            expired = [i for i, r in self._records.items() if r.expires_at <= now][:limit]
+            for identity in expired:
+                del self._records[identity]
+            return len(expired)
+
+    def list_records(
+        self,
+        *,
+        namespace: str | None = None,
+        scope: str | None = None,
+        state: State | None = None,
+        created_before: float | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Return live records matching every given filter, newest first."""
+        with self._lock:
+            now = self.clock.now()
+            matching = [
+                r
+                for r in self._records.values()
+                if r.expires_at > now
+                and (namespace is None or r.identity.namespace == namespace)
+                and (scope is None or r.identity.scope == scope)
+                and (state is None or r.state is state)
+                and (created_before is None or r.created_at < created_before)
+            ]
+        matching.sort(key=lambda r: r.created_at, reverse=True)
+        return matching[:limit]
+
+    def stats(self) -> StoreStats:
+        """Return counts of live records."""
+        with self._lock:
+            now = self.clock.now()
+            live = [r for r in self._records.values() if r.expires_at > now]
+        in_flight = [r.created_at for r in live if r.state is State.IN_FLIGHT]
+        return StoreStats(
+            in_flight=len(in_flight),
+            done=len(live) - len(in_flight),
+            bytes_stored=sum(r.size for r in live),
+            oldest_in_flight_at=min(in_flight, default=None),
+        )
+
+    def wait(self, identity: Identity, *, timeout: float) -> Record | None:
+        """Poll until the record settles or `timeout` passes."""
+        return poll_until_settled(self, identity, timeout)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _live(self, identity: Identity, now: float) -> Record | None:
+        record = self._records.get(identity)
+        if record is not None and record.expires_at <= now:
+            del self._records[identity]
+            return None
+        return record
+
+    def _held(self, identity: Identity, token: str, now: float) -> Record:
+        record = self._live(identity, now)
+        if record is None or record.token != token or record.state is not State.IN_FLIGHT:
+            raise FencedError(
+                "This claim no longer holds the key: its lease was taken over or the record ended."
+            )
+        return record

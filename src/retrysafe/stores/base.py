@@ -1,0 +1,249 @@
+"""The store contract: a few primitives, each atomic in the backend itself.
+
+Every store (memory, SQLite, PostgreSQL, Redis) has an async face, written once in
+`stores/_async/`, and a sync face generated from it into `stores/_sync/` by `scripts/unasync.py`.
+Both faces implement the protocols below with identical behaviour; one contract suite
+(`tests/stores/test_contract.py`) runs against every backend and both faces.
+
+Time comes from the store's `clock`, so tests expire leases and retention without sleeping.
+
+The primitives:
+
+- `claim`: insert the record if absent, or take it over if its retention has ended or its lease
+  has expired (same fingerprint only), with a new fencing token; otherwise return the existing
+  record untouched. One atomic operation (B7).
+- `complete(token)`, `release(token)`, `renew(token)`, `checkpoint(token)`: act only for the
+  current token holder; anyone else gets `FencedError` (B17).
+- `get`, `delete`, `purge_expired(limit)`, `list_records`, `stats`: reads and admin.
+- `wait`: block until a record stops being in flight under a live lease, or a timeout.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+from urllib.parse import parse_qsl
+
+from retrysafe._clock import Clock
+from retrysafe._errors import ConfigurationError
+from retrysafe._record import Claim, Identity, Record, State
+
+__all__ = [
+    "AsyncStore",
+    "Store",
+    "StoreStats",
+    "decode_part",
+    "encode_part",
+    "new_token",
+    "poll_delays",
+    "query_options",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts for the admin CLI.
+
+    Attributes:
+        in_flight: records claimed and running (live or expired lease).
+        done: records with a stored outcome.
+        bytes_stored: the total size of stored outcomes.
+        oldest_in_flight_at: when the oldest in-flight record was claimed, if any.
+    """
+
+    in_flight: int
+    done: int
+    bytes_stored: int
+    oldest_in_flight_at: float | None
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """The async store contract. See the module docstring for the semantics."""
+
+    clock: Clock
+
+    async def claim(
+        self, identity: Identity, fingerprint: str, *, lease: float, retention: float
+    ) -> Claim:
+        """Claim `identity` atomically, or return the existing record (B7, B16)."""
+        ...
+
+    async def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, retention: float
+    ) -> Record:
+        """Store `outcome` and mark the record done, kept for `retention` seconds."""
+        ...
+
+    async def release(self, identity: Identity, token: str) -> None:
+        """Delete the in-flight record so a retry runs again."""
+        ...
+
+    async def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
+        """Extend the holder's lease to `lease` seconds from now."""
+        ...
+
+    async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
+        """Record the last committed phase of a multi-phase operation (B30)."""
+        ...
+
+    async def get(self, identity: Identity) -> Record | None:
+        """Return the record, or None if absent or past its retention (B21)."""
+        ...
+
+    async def delete(self, identity: Identity) -> bool:
+        """Delete the record whatever its state; return whether one existed."""
+        ...
+
+    async def purge_expired(self, *, limit: int = 1000) -> int:
+        """Delete at most `limit` records past their retention; return how many."""
+        ...
+
+    async def list_records(
+        self,
+        *,
+        namespace: str | None = None,
+        scope: str | None = None,
+        state: State | None = None,
+        created_before: float | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Return live records matching every given filter, newest first, at most `limit`."""
+        ...
+
+    async def stats(self) -> StoreStats:
+        """Return counts of live records by state, stored bytes, and the oldest in-flight claim."""
+        ...
+
+    async def wait(self, identity: Identity, *, timeout: float) -> Record | None:
+        """Wait until the record is no longer in flight under a live lease, then return it.
+
+        Returns the record as it stands when the wait ends: done, absent (None), in flight with
+        an expired lease, or still in flight if `timeout` seconds passed first (B15).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The sync store contract: `AsyncStore` without `await`."""
+
+    clock: Clock
+
+    def claim(
+        self, identity: Identity, fingerprint: str, *, lease: float, retention: float
+    ) -> Claim:
+        """Claim `identity` atomically, or return the existing record (B7, B16)."""
+        ...
+
+    def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, retention: float
+    ) -> Record:
+        """Store `outcome` and mark the record done, kept for `retention` seconds."""
+        ...
+
+    def release(self, identity: Identity, token: str) -> None:
+        """Delete the in-flight record so a retry runs again."""
+        ...
+
+    def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
+        """Extend the holder's lease to `lease` seconds from now."""
+        ...
+
+    def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
+        """Record the last committed phase of a multi-phase operation (B30)."""
+        ...
+
+    def get(self, identity: Identity) -> Record | None:
+        """Return the record, or None if absent or past its retention (B21)."""
+        ...
+
+    def delete(self, identity: Identity) -> bool:
+        """Delete the record whatever its state; return whether one existed."""
+        ...
+
+    def purge_expired(self, *, limit: int = 1000) -> int:
+        """Delete at most `limit` records past their retention; return how many."""
+        ...
+
+    def list_records(
+        self,
+        *,
+        namespace: str | None = None,
+        scope: str | None = None,
+        state: State | None = None,
+        created_before: float | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Return live records matching every given filter, newest first, at most `limit`."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Return counts of live records by state, stored bytes, and the oldest in-flight claim."""
+        ...
+
+    def wait(self, identity: Identity, *, timeout: float) -> Record | None:
+        """Wait until the record is no longer in flight under a live lease, then return it."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+def new_token() -> str:
+    """Return a fresh, unguessable fencing token.
+
+    Random rather than a counter: a record deleted and claimed again must never hand out a token
+    that a stale worker of the earlier incarnation still holds.
+    """
+    return secrets.token_hex(16)
+
+
+def encode_part(part: str) -> bytes:
+    """Encode an identity part for storage; any string round-trips, NUL and lone surrogates too."""
+    return part.encode("utf-8", "surrogatepass")
+
+
+def decode_part(raw: bytes) -> str:
+    """Decode what `encode_part` stored."""
+    return raw.decode("utf-8", "surrogatepass")
+
+
+def poll_delays(first: float = 0.005, cap: float = 0.25) -> Iterator[float]:
+    """Yield growing delays for bounded polling (B15: waiting must not busy-spin the store)."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
+def query_options(query: str, allowed: dict[str, type]) -> dict[str, object]:
+    """Parse a store URL's query string into typed options, refusing unknown ones.
+
+    Args:
+        query: the URL's query string (`timeout=2&prefix=app`).
+        allowed: option name to its type (`float`, `int`, `str`, `bool`).
+    """
+    options: dict[str, object] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        kind = allowed.get(name)
+        if kind is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise ConfigurationError(f"Unknown store URL option {name!r}; known options: {known}.")
+        try:
+            if kind is bool:
+                options[name] = value.lower() in ("1", "true", "yes", "on")
+            else:
+                options[name] = kind(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"Store URL option {name}={value!r} is not a valid {kind.__name__}."
+            ) from None
+    return options

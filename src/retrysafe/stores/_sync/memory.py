@@ -47,14 +47,17 @@ class MemoryStore:
             if not may_take(existing, fingerprint, now):
                 assert existing is not None
                 return Claim(existing, acquired=False)
+            # A takeover continues the same operation: it keeps the creation time and the
+            # recovery point, so the new holder resumes after the last committed phase (B30).
             record = Record(
                 identity=identity,
                 fingerprint=fingerprint,
                 state=State.IN_FLIGHT,
                 token=new_token(),
-                created_at=now,
+                created_at=now if existing is None else existing.created_at,
                 lease_expires_at=now + lease,
                 expires_at=now + lease + retention,
+                recovery_point=None if existing is None else existing.recovery_point,
             )
             self._records[identity] = record
             return Claim(record, acquired=True, taken_over=existing is not None)

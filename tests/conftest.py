@@ -1,0 +1,83 @@
+"""Shared fixtures: real PostgreSQL, Redis and RabbitMQ servers, found or skipped loudly.
+
+`make test` finds the servers on their usual loopback ports or starts throwaway ones, and passes
+their URLs in RETRYSAFE_TEST_POSTGRES_URL, RETRYSAFE_TEST_REDIS_URL and RETRYSAFE_TEST_AMQP_URL.
+A test that needs a server that is not reachable is skipped with a loud message, except under
+CI=true, where it fails: CI must never go green by skipping the real backends.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+POSTGRES_URL = os.environ.get(
+    "RETRYSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+AMQP_URL = os.environ.get("RETRYSAFE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+_IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_missing: dict[str, str] = {}
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 2):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, url: str, default_port: int) -> str:
+    """Return `url` if its server answers; otherwise skip loudly, or fail under CI=true."""
+    if _reachable(url, default_port):
+        return url
+    message = f"{name} is not reachable at {url}"
+    _missing[name] = message
+    if _IN_CI:
+        pytest.fail(f"{message}; CI=true, so a missing service fails the run.", pytrace=False)
+    pytest.skip(f"SERVICE MISSING: {message}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of a real PostgreSQL server."""
+    return require_service("PostgreSQL", POSTGRES_URL, 5432)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of a real Redis server."""
+    return require_service("Redis", REDIS_URL, 6379)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The URL of a real RabbitMQ broker."""
+    return require_service("RabbitMQ", AMQP_URL, 5672)
+
+
+def unique_name(prefix: str = "rs_test") -> str:
+    """Return a name no other test run uses: tables and key prefixes stay apart."""
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def table_name() -> Iterator[str]:
+    """A fresh SQL table name for one test."""
+    yield unique_name()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly which real services were missing, so a skip is never silent."""
+    if _missing:
+        terminalreporter.write_sep("!", "SERVICES MISSING: their tests were skipped", red=True)
+        for message in _missing.values():
+            terminalreporter.write_line(f"  {message}", red=True)

@@ -43,9 +43,8 @@ def may_take(record: Record | None, fingerprint: str, now: float) -> bool:
 
 def decide(record: Record | None, fingerprint: str, now: float) -> Decision:
     """Return the decision for a request with `fingerprint`, given the stored `record`."""
-    if may_take(record, fingerprint, now):
+    if record is None or may_take(record, fingerprint, now):
         return Decision.EXECUTE
-    assert record is not None  # may_take is True for a missing record
     if record.fingerprint != fingerprint:
         return Decision.MISMATCH
     if record.state is State.DONE:

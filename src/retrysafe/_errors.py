@@ -1,14 +1,14 @@
 """Every error retrysafe raises, under one root.
 
-    IdempotencyError
-    ├── InvalidKeyError             the Idempotency-Key value is malformed or breaks the key policy
-    ├── KeyMismatchError            the key was used with a different request (fingerprint)
-    ├── InFlightError               the key's first request is still running
-    ├── FencedError                 the caller's token no longer holds the record
-    ├── OutcomeError                the outcome cannot be stored (too large, not serializable)
-    ├── ConfigurationError          a setting or a store URL is invalid (also a ValueError)
-    └── StoreError                  the store failed to answer correctly
-        └── StoreUnavailableError   the store cannot be reached within its timeout
+IdempotencyError
+├── InvalidKeyError             the Idempotency-Key value is malformed or breaks the key policy
+├── KeyMismatchError            the key was used with a different request (fingerprint)
+├── InFlightError               the key's first request is still running
+├── FencedError                 the caller's token no longer holds the record
+├── OutcomeError                the outcome cannot be stored (too large, not serializable)
+├── ConfigurationError          a setting or a store URL is invalid (also a ValueError)
+└── StoreError                  the store failed to answer correctly
+    └── StoreUnavailableError   the store cannot be reached within its timeout
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import http_sfv
+from http_sfv.item import Item
+from http_sfv.types import Token
 
 from retrysafe._errors import InvalidKeyError
 
@@ -51,6 +52,8 @@ def parse_key(values: Sequence[bytes], policy: KeyPolicy = KeyPolicy()) -> str:
     raw = values[0].strip(b" \t")
     if not _PRINTABLE.fullmatch(raw):
         raise InvalidKeyError("The Idempotency-Key header may contain only printable ASCII.")
+    if not raw:
+        raise InvalidKeyError("The Idempotency-Key must not be empty.")
     if raw.startswith(b'"'):
         key = _parse_sf_string(raw)
     elif policy.strict:
@@ -68,12 +71,12 @@ def parse_key(values: Sequence[bytes], policy: KeyPolicy = KeyPolicy()) -> str:
 
 
 def _parse_sf_string(raw: bytes) -> str:
-    item = http_sfv.Item()
+    item = Item()
     try:
         item.parse(raw)
     except ValueError:
         raise InvalidKeyError(_describe_sf_error(raw)) from None
-    if not isinstance(item.value, str) or isinstance(item.value, http_sfv.Token):
+    if not isinstance(item.value, str) or isinstance(item.value, Token):
         raise InvalidKeyError("The Idempotency-Key header must be a string.")
     return item.value
 

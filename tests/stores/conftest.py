@@ -100,9 +100,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def make_store(
-    store_url: str, face: str, clock: ManualClock
-) -> Iterator[Callable[[], Store]]:
+def make_store(store_url: str, face: str, clock: ManualClock) -> Iterator[Callable[[], Store]]:
     """A factory of stores on one backend and face, all sharing the test's clock and data."""
     opened: list[Store] = []
     shared = store_url == "memory://"  # a memory store's data lives in its one instance
@@ -115,9 +113,7 @@ def make_store(
             if portal is None:
                 store = open_store(store_url, clock=clock)
             else:
-                store = BlockingFacade(
-                    portal.call(_open_async, store_url, clock), portal
-                )  # type: ignore[assignment]
+                store = BlockingFacade(portal.call(_open_async, store_url, clock), portal)  # type: ignore[assignment]
             opened.append(store)
             return store
 

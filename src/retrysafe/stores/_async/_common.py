@@ -9,7 +9,9 @@ from retrysafe.stores.base import AsyncStore, poll_delays
 __all__ = ["poll_until_settled"]
 
 
-async def poll_until_settled(store: AsyncStore, identity: Identity, timeout: float) -> Record | None:
+async def poll_until_settled(
+    store: AsyncStore, identity: Identity, timeout: float
+) -> Record | None:
     """Poll `store` with growing delays until the record is not in flight under a live lease.
 
     For stores with no notification mechanism (memory, SQLite); bounded by `timeout` (B15).

@@ -10,7 +10,9 @@ from retrysafe.stores.base import Store, poll_delays
 __all__ = ["poll_until_settled"]
 
 
-def poll_until_settled(store: Store, identity: Identity, timeout: float) -> Record | None:
+def poll_until_settled(
+    store: Store, identity: Identity, timeout: float
+) -> Record | None:
     """Poll `store` with growing delays until the record is not in flight under a live lease.
 
     For stores with no notification mechanism (memory, SQLite); bounded by `timeout` (B15).

@@ -44,8 +44,7 @@ class MemoryStore:
         with self._lock:
             now = self.clock.now()
             existing = self._live(identity, now)
-            if not may_take(existing, fingerprint, now):
-                assert existing is not None
+            if existing is not None and not may_take(existing, fingerprint, now):
                 return Claim(existing, acquired=False)
             # A takeover continues the same operation: it keeps the creation time and the
             # recovery point, so the new holder resumes after the last committed phase (B30).

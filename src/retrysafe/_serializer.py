@@ -1,0 +1,263 @@
+"""Return values to bytes and back, for replay (B27), and canonical bytes for fingerprints.
+
+`JSONSerializer` writes plain JSON for JSON's own values (`None`, `bool`, `int`, `float`, `str`,
+lists, dicts with string keys) and a small tagged object, `{"$rs": TAG, "v": ...}`, for every
+other supported type, so that a replay is equal to the first result *and of the same type*:
+
+| type                               | tag          | stored as                            |
+|------------------------------------|--------------|--------------------------------------|
+| `tuple`, `set`, `frozenset`        | `tuple` ...  | a list of the items                  |
+| dict with a non-string key         | `dict`       | a list of `[key, value]` pairs       |
+| `bytes`, `bytearray`               | `bytes` ...  | base64                               |
+| `datetime`, `date`, `time`         | `datetime`.. | ISO 8601 (the UTC offset is kept)    |
+| `timedelta`                        | `timedelta`  | `[days, seconds, microseconds]`      |
+| `Decimal`, `UUID`                  | `decimal`..  | their string form                    |
+| an `Enum` member                   | `enum`       | the class and the member's value     |
+| a dataclass instance               | `dataclass`  | the class and its fields             |
+| a pydantic model                   | `pydantic`   | the class and `model_dump_json()`    |
+
+Classes are named `module:QualName` and looked up on replay among the modules already imported
+(retrysafe never imports a module because stored data names it), and only a dataclass, an `Enum`
+or a pydantic model is rebuilt. A dataclass is rebuilt field by field without calling `__init__`,
+as `pickle` does. Subclasses of `str`, `int`, `float`, `list` and `dict` that are none of these
+replay as their base type (equal, not the same type); a named tuple replays as a tuple.
+
+Anything else (an open file, a socket, a class defined inside a function) is not serializable:
+`dumps` raises `TypeError`, and the decorator turns that into a stored `OutcomeError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["JSONSerializer", "Serializer", "canonical_bytes"]
+
+TAG = "$rs"
+
+_JSONScalar = (str, int, float, bool, type(None))
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_canonical_encoder = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False, sort_keys=True
+)
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns a function's return value into bytes and back.
+
+    `loads(dumps(value))` must equal `value`. `dumps` raises any exception for a value it cannot
+    serialize; the decorator then stores a "not serializable" outcome instead of the value.
+    """
+
+    def dumps(self, value: object) -> bytes:
+        """Return `value` as bytes."""
+        ...
+
+    def loads(self, data: bytes) -> object:
+        """Return the value that `dumps` turned into `data`."""
+        ...
+
+
+class JSONSerializer:
+    """The default serializer: JSON, with the tagged types in the module docstring."""
+
+    def dumps(self, value: object) -> bytes:
+        """Return `value` as UTF-8 JSON; raise `TypeError` for an unsupported type."""
+        return _encoder.encode(_encode(value, canonical=False)).encode("utf-8", "surrogatepass")
+
+    def loads(self, data: bytes) -> object:
+        """Return the value that `dumps` turned into `data`."""
+        return json.loads(data.decode("utf-8", "surrogatepass"), object_hook=_decode_tagged)
+
+
+def canonical_bytes(value: object) -> bytes:
+    """Return a canonical encoding of `value` for fingerprints.
+
+    Equal values give equal bytes whatever their dict or set order; raises `TypeError` for an
+    unsupported type, like `JSONSerializer.dumps`.
+    """
+    return _canonical_encoder.encode(_encode(value, canonical=True)).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _tagged(tag: str, value: object) -> dict[str, object]:
+    return {TAG: tag, "v": value}
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _sorted_if(items: list[Any], canonical: bool) -> list[Any]:
+    # Sets and non-string-keyed dicts have no order of their own; fingerprints must not see one.
+    if canonical:
+        items.sort(key=_canonical_encoder.encode)
+    return items
+
+
+def _encode(value: object, *, canonical: bool) -> object:  # noqa: PLR0911, PLR0912 - one case per type
+    """Return `value` as a tree of JSON-native values, tagging the others."""
+    kind = type(value)
+    if kind in _JSONScalar:
+        return value
+    if kind is list:
+        return [_encode(item, canonical=canonical) for item in value]  # type: ignore[attr-defined]
+    if kind is dict:
+        return _encode_dict(value, canonical=canonical)  # type: ignore[arg-type]
+    if kind is tuple:
+        return _tagged("tuple", [_encode(item, canonical=canonical) for item in value])  # type: ignore[attr-defined]
+    if isinstance(value, enum.Enum):
+        return _tagged("enum", [_type_name(kind), _encode(value.value, canonical=canonical)])
+    if kind is set or kind is frozenset:
+        items = [_encode(item, canonical=canonical) for item in value]  # type: ignore[attr-defined]
+        return _tagged(kind.__name__, _sorted_if(items, canonical))
+    if kind is bytes or kind is bytearray:
+        return _tagged(kind.__name__, base64.b64encode(value).decode("ascii"))  # type: ignore[arg-type]
+    if kind is dt.datetime or kind is dt.date or kind is dt.time:
+        return _tagged(kind.__name__, value.isoformat())  # type: ignore[attr-defined]
+    if kind is dt.timedelta:
+        return _tagged("timedelta", [value.days, value.seconds, value.microseconds])  # type: ignore[attr-defined]
+    if kind is decimal.Decimal or kind is uuid.UUID:
+        return _tagged(kind.__name__.lower(), str(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _tagged("dataclass", [_type_name(kind), _encode_dict(fields, canonical=canonical)])
+    pydantic = sys.modules.get("pydantic")  # a pydantic model exists only if pydantic is loaded
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        return _tagged("pydantic", [_type_name(kind), value.model_dump_json()])
+    # Subclasses of the JSON types replay as their base type: equal, if not the same class.
+    for base in (bool, str, int, float):
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, list | tuple):
+        return _encode(
+            list(value) if isinstance(value, list) else tuple(value), canonical=canonical
+        )
+    if isinstance(value, dict):
+        return _encode_dict(dict(value), canonical=canonical)
+    raise TypeError(
+        f"A {_type_name(kind)} cannot be serialized by retrysafe's JSON serializer; return "
+        "JSON values, dataclasses, pydantic models or the types listed in docs/functions.md, "
+        "or pass serializer= a Serializer that can."
+    )
+
+
+def _encode_dict(value: dict[Any, Any], *, canonical: bool) -> object:
+    if all(type(k) is str for k in value) and TAG not in value:
+        return {k: _encode(v, canonical=canonical) for k, v in value.items()}
+    pairs = [
+        [_encode(k, canonical=canonical), _encode(v, canonical=canonical)] for k, v in value.items()
+    ]
+    return _tagged("dict", _sorted_if(pairs, canonical))
+
+
+def _find_class(name: str, check: Callable[[type], bool]) -> type:
+    """Return the class `module:QualName` from an imported module, if it passes `check`."""
+    module_name, _, qualname = name.partition(":")
+    found: object = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if not isinstance(found, type) or not check(found):
+        raise TypeError(
+            f"Cannot rebuild a stored {name}: no such class among the imported modules "
+            "(classes defined inside functions cannot be replayed)."
+        )
+    return found
+
+
+def _is_pydantic_model(cls: type) -> bool:
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and issubclass(cls, pydantic.BaseModel)
+
+
+def _rebuild_dataclass(name: str, fields: dict[str, Any]) -> object:
+    cls = _find_class(name, dataclasses.is_dataclass)
+    instance: object = object.__new__(cls)
+    for field, value in fields.items():
+        object.__setattr__(instance, field, value)  # frozen and slotted dataclasses too
+    return instance
+
+
+_DECODERS: dict[str, Callable[[Any], object]] = {
+    "tuple": tuple,
+    "set": set,
+    "frozenset": frozenset,
+    "dict": dict,
+    "bytes": base64.b64decode,
+    "bytearray": lambda text: bytearray(base64.b64decode(text)),
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": lambda parts: dt.timedelta(*parts),
+    "decimal": decimal.Decimal,
+    "uuid": uuid.UUID,
+    "enum": lambda pair: _find_class(pair[0], lambda c: issubclass(c, enum.Enum))(pair[1]),
+    "dataclass": lambda pair: _rebuild_dataclass(pair[0], pair[1]),
+    "pydantic": lambda pair: _find_class(pair[0], _is_pydantic_model).model_validate_json(  # type: ignore[attr-defined]
+        pair[1]
+    ),
+}
+
+
+def _decode_tagged(obj: dict[str, Any]) -> object:
+    tag = obj.get(TAG)
+    if tag is None:
+        return obj
+    decoder = _DECODERS.get(tag)
+    if decoder is None or len(obj) != 2 or "v" not in obj:
+        raise ValueError(f"Unknown tagged value {obj!r} in a stored outcome.")
+    return decoder(obj["v"])
+
+
+# The stored outcome of a decorated call: one tag byte, then the payload.
+RETURNED = b"R"  # the serializer's bytes for the return value
+RAISED = b"E"  # JSON: a final exception's class, arguments and message
+UNSERIALIZABLE = b"U"  # JSON: the return value's class and why it could not be serialized
+
+
+def encode_returned(serializer: Serializer, value: object) -> bytes:
+    """Return the stored outcome for a returned `value`; raises what the serializer raises."""
+    return RETURNED + serializer.dumps(value)
+
+
+def encode_unserializable(value: object, error: BaseException) -> bytes:
+    """Return the stored outcome for a return value that the serializer refused."""
+    payload = {"type": _type_name(type(value)), "error": f"{type(error).__name__}: {error}"}
+    return UNSERIALIZABLE + _encoder.encode(payload).encode("utf-8", "surrogatepass")
+
+
+def encode_raised(error: BaseException) -> bytes:
+    """Return the stored outcome for a final exception: its class, arguments and message."""
+    args: object
+    try:
+        args = _encode(error.args, canonical=False)
+    except (TypeError, ValueError, RecursionError):
+        args = None  # replayed with the message as its only argument
+    payload = {"type": _type_name(type(error)), "args": args, "message": str(error)}
+    return RAISED + _encoder.encode(payload).encode("utf-8", "surrogatepass")
+
+
+def decode_payload(outcome: bytes) -> dict[str, Any]:
+    """Return the JSON payload of a RAISED or UNSERIALIZABLE outcome."""
+    payload: dict[str, Any] = json.loads(
+        outcome[1:].decode("utf-8", "surrogatepass"), object_hook=_decode_tagged
+    )
+    return payload
+
+
+def find_exception_class(name: str, bases: tuple[type[BaseException], ...]) -> type | None:
+    """Return the exception class `module:QualName` if it is one of `bases` or a subclass."""
+    try:
+        return _find_class(name, lambda cls: issubclass(cls, bases))
+    except TypeError:
+        return None

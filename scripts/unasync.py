@@ -28,6 +28,8 @@ RULES: list[tuple[str, str]] = [
     # AsyncMemoryStore -> MemoryStore, AsyncConnectionPool -> ConnectionPool, and so on.
     (r"\bAsync([A-Z]\w*)", r"\1"),
     (r'^"""Async store faces', '"""Sync store faces'),
+    # The Redis store: redis.asyncio.Redis -> redis.Redis, redis.asyncio.retry -> redis.retry.
+    (r"\bredis\.asyncio\b", "redis"),
 ]
 
 HEADER = "# Generated from stores/_async/{name} by scripts/unasync.py; edit the source, not this.\n"

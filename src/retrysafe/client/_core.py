@@ -1,0 +1,394 @@
+"""The retry rules shared by the httpx transports and the requests adapter (SPEC B32-B33), sans I/O.
+
+A `_Call` is one logical request: it owns the Idempotency-Key, the deadline and the decisions
+(retry or not, how long to wait, when to give up). The faces only send attempts and hand the
+outcomes to tenacity, which runs the loop with the callbacks below.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import tenacity
+
+from retrysafe._clock import Clock
+from retrysafe._errors import ConfigurationError, IdempotencyError, InvalidKeyError
+from retrysafe._keys import parse_key
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "Handling",
+    "NotReplayableError",
+    "RetryEvent",
+    "RetryHook",
+    "RetryPolicy",
+    "is_replay",
+]
+
+logger = logging.getLogger("retrysafe.client")
+
+# RFC 9110 section 9.2: safe and idempotent methods may be repeated without a key.
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_TRUE_VALUES = frozenset({"true", "?1", "1"})
+
+
+class NotReplayableError(IdempotencyError):
+    """An attempt failed and the request body is a stream that cannot be sent again.
+
+    The request may or may not have reached the server; it was not retried because the body
+    would not be the same. Send the body as bytes (or read it first) to make it retryable.
+    The original error is the `__cause__`.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When and how a client retries.
+
+    Attributes:
+        attempts: the most attempts per logical request, the first included.
+        timeout: the most seconds one logical request may take, attempts and waits included.
+            A wait that would end past it is not started; each attempt's own timeouts are cut
+            to what is left.
+        wait_initial: the backoff ceiling before the first retry, in seconds.
+        wait_max: the largest backoff ceiling; the ceiling doubles per retry up to it. The
+            actual wait is drawn uniformly from [0, ceiling] ("full jitter").
+        retry_after_max: the longest `Retry-After` honoured, in seconds; a longer one is cut
+            to this.
+        retry_statuses: the response statuses that are retried. 409 is retried only for
+            requests that carry a key (it means "the first request with this key is still
+            running"); a replayed response is never retried.
+        key_methods: the methods that get an Idempotency-Key and are retried with it.
+        key_header: the request header that carries the key.
+        replay_header: the response header that marks a replayed outcome.
+        quote_key: send a generated key as an RFC 9651 string (`"..."`), as the IETF draft
+            specifies; False sends the bare UUID, as Stripe's SDKs do.
+    """
+
+    attempts: int = 5
+    timeout: float = 30.0
+    wait_initial: float = 0.1
+    wait_max: float = 5.0
+    retry_after_max: float = 30.0
+    retry_statuses: frozenset[int] = frozenset({409, 429, 502, 503, 504})
+    key_methods: frozenset[str] = frozenset({"POST", "PATCH"})
+    key_header: str = "Idempotency-Key"
+    replay_header: str = "Idempotent-Replayed"
+    quote_key: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigurationError("attempts must be at least 1")
+        if self.timeout <= 0:
+            raise ConfigurationError("timeout must be positive")
+        if min(self.wait_initial, self.wait_max, self.retry_after_max) < 0:
+            raise ConfigurationError("waits cannot be negative")
+        if {400, 422} & self.retry_statuses:
+            raise ConfigurationError("400 and 422 are final answers and are never retried")
+        object.__setattr__(self, "key_methods", frozenset(m.upper() for m in self.key_methods))
+
+    def handling(self, method: str) -> Handling:
+        """Return how a request with `method` is treated."""
+        upper = method.upper()
+        if upper in self.key_methods:
+            return Handling.KEYED
+        if upper in _IDEMPOTENT_METHODS:
+            return Handling.RETRIED
+        return Handling.PASSED
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+class Handling(enum.Enum):
+    """How the client treats a request, by its method."""
+
+    KEYED = "keyed"
+    """Gets an Idempotency-Key (unless it has one) and is retried with it."""
+    RETRIED = "retried"
+    """Safe or idempotent by RFC 9110: retried as is, without a key."""
+    PASSED = "passed"
+    """Neither: sent once, never retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEvent:
+    """What a retry hook is told before the client waits and tries again.
+
+    Attributes:
+        method: the request method.
+        url: the request URL.
+        attempt: the number of the attempt that just failed (1 for the first).
+        delay: the seconds the client is about to wait.
+        elapsed: the seconds spent on this logical request so far.
+        error: the exception the attempt raised, or None if it got a response.
+        status: the status of the response that is retried, or None after an exception.
+        idempotency_key: the key every attempt carries, or None for a request without one.
+    """
+
+    method: str
+    url: str
+    attempt: int
+    delay: float
+    elapsed: float
+    error: BaseException | None
+    status: int | None
+    idempotency_key: str | None
+
+    @property
+    def cause(self) -> str:
+        """A short label of why the attempt failed: an exception name or `HTTP 503`."""
+        if self.error is not None:
+            return type(self.error).__name__
+        return f"HTTP {self.status}"
+
+
+RetryHook = Callable[[RetryEvent], None]
+"""A callable told about each retry, for logging and metrics. Its exceptions propagate."""
+
+
+class _HeaderLookup(Protocol):
+    def get(self, key: str, /) -> str | None: ...
+
+
+class _ResponseLike(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> _HeaderLookup: ...
+
+
+def is_replay(response: _ResponseLike, header: str = DEFAULT_POLICY.replay_header) -> bool:
+    """Return True if `response` (httpx or requests) replays a stored outcome.
+
+    A replay means the server had already executed the request with this key and answered
+    with its stored outcome; False means this attempt's execution (or a server without the
+    header).
+    """
+    value = response.headers.get(header)
+    return value is not None and value.strip().lower() in _TRUE_VALUES
+
+
+class _MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+
+def _new_key() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Return the seconds a `Retry-After` value asks for, or None when absent or invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+@dataclass(slots=True)
+class _Settings:
+    """What a transport or adapter was built with, shared by each of its calls."""
+
+    policy: RetryPolicy
+    hooks: tuple[RetryHook, ...]
+    clock: Clock
+    rng: random.Random
+
+
+def make_settings(
+    policy: RetryPolicy,
+    on_retry: Sequence[RetryHook],
+    clock: Clock | None,
+    rng: random.Random | None,
+) -> _Settings:
+    """Bundle a face's constructor arguments."""
+    return _Settings(
+        policy=policy,
+        hooks=tuple(on_retry),
+        clock=clock if clock is not None else _MonotonicClock(),
+        rng=rng if rng is not None else random.Random(),  # noqa: S311 -- jitter, not a secret
+    )
+
+
+@dataclass(slots=True)
+class _Call:
+    """One logical request: its key, its deadline, and tenacity's callbacks."""
+
+    settings: _Settings
+    method: str
+    url: str
+    handling: Handling
+    replayable: bool
+    retried_error: Callable[[BaseException], bool]
+    key: str | None = None
+    header_value: str | None = None
+    started: float = 0.0
+    attempts: int = 0
+    _retry_after: float | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(
+        cls,
+        settings: _Settings,
+        *,
+        method: str,
+        url: str,
+        caller_key: str | None,
+        replayable: bool,
+        retried_error: Callable[[BaseException], bool],
+    ) -> _Call:
+        """Begin a logical request; a KEYED one without a caller key gets a new UUIDv4."""
+        policy = settings.policy
+        handling = policy.handling(method)
+        call = cls(
+            settings=settings,
+            method=method.upper(),
+            url=url,
+            handling=handling,
+            replayable=replayable,
+            retried_error=retried_error,
+            started=settings.clock.now(),
+        )
+        if handling is Handling.KEYED:
+            if caller_key is not None:
+                call.key = _key_content(caller_key)
+            else:
+                call.key = _new_key()
+                call.header_value = f'"{call.key}"' if policy.quote_key else call.key
+        return call
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry policy of this call."""
+        return self.settings.policy
+
+    def remaining(self) -> float:
+        """Seconds left before the total-time bound, never below one millisecond."""
+        left = self.started + self.policy.timeout - self.settings.clock.now()
+        return max(left, 0.001)
+
+    def retries_status(self, status: int, headers: _HeaderLookup) -> bool:
+        """Return True if a response with `status` and `headers` is worth another attempt."""
+        if status not in self.policy.retry_statuses:
+            return False
+        if status == 409 and self.handling is not Handling.KEYED:
+            return False  # a conflict on PUT or DELETE is an answer, not "in flight"
+        value = headers.get(self.policy.replay_header)
+        return value is None or value.strip().lower() not in _TRUE_VALUES
+
+    def not_replayable(self, error: BaseException) -> NotReplayableError:
+        """The error raised when `error` would be retried but the body is a spent stream."""
+        return NotReplayableError(
+            f"{self.method} {self.url} failed ({type(error).__name__}: {error}) and was not "
+            "retried: its body is a stream that cannot be sent again. Pass the body as bytes "
+            "to make the request retryable."
+        )
+
+    def note_attempt(self) -> None:
+        """Count an attempt (called at the start of each)."""
+        self.attempts += 1
+
+    # tenacity callbacks ---------------------------------------------------------------------
+
+    def retry(self, state: tenacity.RetryCallState) -> bool:
+        """Decide whether the last outcome is retried."""
+        self._retry_after = None
+        outcome = state.outcome
+        if outcome is None:  # pragma: no cover -- tenacity always sets it before asking
+            return False
+        if outcome.failed:
+            error = outcome.exception()
+            return error is not None and self.retried_error(error)
+        response = outcome.result()
+        status: int = response.status_code
+        headers: _HeaderLookup = response.headers
+        if not self.replayable or not self.retries_status(status, headers):
+            return False
+        self._retry_after = parse_retry_after(headers.get("Retry-After"))
+        return True
+
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        """The wait before the next attempt: `Retry-After` (capped), else full jitter."""
+        if self._retry_after is not None:
+            return min(self._retry_after, self.policy.retry_after_max)
+        ceiling = min(
+            self.policy.wait_max, self.policy.wait_initial * 2 ** (state.attempt_number - 1)
+        )
+        return self.settings.rng.uniform(0.0, ceiling)
+
+    def stop(self, state: tenacity.RetryCallState) -> bool:
+        """Give up after the last attempt, or when the wait would end past the deadline."""
+        if state.attempt_number >= self.policy.attempts:
+            return True
+        deadline = self.started + self.policy.timeout
+        return self.settings.clock.now() + state.upcoming_sleep > deadline
+
+    def before_sleep(self, state: tenacity.RetryCallState) -> None:
+        """Tell the hooks and the log about the retry that is about to happen."""
+        outcome = state.outcome
+        assert outcome is not None  # noqa: S101 -- tenacity sets it before sleeping
+        error = outcome.exception() if outcome.failed else None
+        status = None if outcome.failed else outcome.result().status_code
+        event = RetryEvent(
+            method=self.method,
+            url=self.url,
+            attempt=state.attempt_number,
+            delay=state.upcoming_sleep,
+            elapsed=self.settings.clock.now() - self.started,
+            error=error,
+            status=status,
+            idempotency_key=self.key,
+        )
+        logger.info(
+            "retrying %s %s after attempt %d (%s) in %.3fs, Idempotency-Key %s",
+            event.method,
+            event.url,
+            event.attempt,
+            event.cause,
+            event.delay,
+            event.idempotency_key,
+        )
+        for hook in self.settings.hooks:
+            hook(event)
+
+    def give_up(self, state: tenacity.RetryCallState) -> Any:
+        """The last outcome once retries are over: its response, or its exception raised."""
+        outcome = state.outcome
+        assert outcome is not None  # noqa: S101 -- tenacity sets it before giving up
+        return outcome.result()
+
+    def tenacity_options(self) -> dict[str, Any]:
+        """Keyword arguments for `tenacity.Retrying` / `AsyncRetrying` (all but `sleep`)."""
+        return {
+            "retry": self.retry,
+            "wait": self.wait,
+            "stop": self.stop,
+            "before_sleep": self.before_sleep,
+            "retry_error_callback": self.give_up,
+        }
+
+
+def _key_content(header_value: str) -> str:
+    """The key a caller's header value carries (unquoted), or the raw value if malformed."""
+    try:
+        return parse_key([header_value.encode("latin-1")])
+    except (InvalidKeyError, UnicodeEncodeError):
+        return header_value

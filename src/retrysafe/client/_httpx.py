@@ -1,0 +1,228 @@
+"""httpx transports that attach an Idempotency-Key once and retry safely (SPEC B32-B33).
+
+They wrap another transport (STYLE 8, httpx "advanced/transports"):
+
+    client = httpx.Client(transport=IdempotentTransport())
+    client = httpx.AsyncClient(transport=AsyncIdempotentTransport(httpx.AsyncHTTPTransport()))
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import anyio
+import httpx
+import tenacity
+
+from retrysafe._clock import Clock
+from retrysafe.client._core import (
+    DEFAULT_POLICY,
+    Handling,
+    RetryHook,
+    RetryPolicy,
+    _Call,
+    _Settings,
+    is_replay,
+    make_settings,
+)
+
+__all__ = ["AsyncIdempotentTransport", "IdempotentTransport"]
+
+# What a lost request or response looks like to httpx: the outcome is unknown, so it is
+# retried (with the same key). LocalProtocolError, UnsupportedProtocol, ProxyError and
+# DecodingError are the caller's or the setup's fault and are not.
+RETRIED_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+)
+
+
+def _retried_error(error: BaseException) -> bool:
+    return isinstance(error, RETRIED_ERRORS)
+
+
+EXTENSION_REPLAYED = "idempotent_replayed"
+EXTENSION_KEY = "idempotency_key"
+EXTENSION_ATTEMPTS = "retrysafe_attempts"
+
+
+def _start(settings: _Settings, request: httpx.Request) -> _Call:
+    return _Call.start(
+        settings,
+        method=request.method,
+        url=str(request.url),
+        caller_key=request.headers.get(settings.policy.key_header),
+        # Only a body held in memory is known to be the same on every attempt.
+        replayable=isinstance(request.stream, httpx.ByteStream),
+        retried_error=_retried_error,
+    )
+
+
+def _attempt_request(call: _Call, request: httpx.Request) -> httpx.Request:
+    """A copy of `request` for one attempt: the key added, timeouts cut to the time left.
+
+    The caller's request is not changed, so a redirect the client follows is a new logical
+    request with a new key (the fingerprint of another URL would not match the first key).
+    """
+    headers = request.headers.copy()
+    if call.header_value is not None:
+        headers[call.policy.key_header] = call.header_value
+    remaining = call.remaining()
+    timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
+    clipped: dict[str, float] = {}
+    for name in ("connect", "read", "write", "pool"):
+        value = timeouts.get(name)
+        clipped[name] = remaining if value is None else min(remaining, value)
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=headers,
+        stream=request.stream,
+        extensions={**request.extensions, "timeout": clipped},
+    )
+
+
+def _finish(call: _Call, response: httpx.Response) -> httpx.Response:
+    response.extensions = {
+        **response.extensions,
+        EXTENSION_REPLAYED: is_replay(response, call.policy.replay_header),
+        EXTENSION_KEY: call.key,
+        EXTENSION_ATTEMPTS: call.attempts,
+    }
+    return response
+
+
+def _buffered(response: httpx.Response, raw: bytes) -> httpx.Response:
+    # The raw bytes keep their Content-Encoding: the client decodes them as it would have.
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=httpx.ByteStream(raw),
+        extensions=response.extensions,
+    )
+
+
+class IdempotentTransport(httpx.BaseTransport):
+    """A sync httpx transport that attaches an Idempotency-Key once and retries safely.
+
+    POST and PATCH get a UUIDv4 key (unless the caller set one) that every retry reuses;
+    GET, HEAD, OPTIONS, TRACE, PUT and DELETE are retried without one; other methods are sent
+    once. Connection errors, timeouts, and 409 (in flight), 429, 502, 503 and 504 are retried
+    with full-jitter exponential backoff, honouring `Retry-After`; 400 and 422 never are.
+    The response's `extensions` carry `idempotent_replayed` (bool), `idempotency_key` and
+    `retrysafe_attempts`.
+
+    Args:
+        transport: the transport that sends each attempt; a new `httpx.HTTPTransport()` if None.
+        policy: when and how to retry.
+        on_retry: hooks called before each retry, for logging and metrics.
+        sleep: the function that waits between attempts (inject one in tests).
+        clock: the clock of the total-time bound; monotonic time if None.
+        rng: the random source of the jitter, for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        on_retry: Sequence[RetryHook] = (),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport if transport is not None else httpx.HTTPTransport()
+        self._settings = make_settings(policy, on_retry, clock, rng)
+        self._sleep = sleep
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request`, retrying as the policy allows, and return the final response."""
+        call = _start(self._settings, request)
+        if call.handling is Handling.PASSED:
+            return self._transport.handle_request(request)
+
+        def attempt() -> httpx.Response:
+            call.note_attempt()
+            try:
+                response = self._transport.handle_request(_attempt_request(call, request))
+                if not call.retries_status(response.status_code, response.headers):
+                    return response
+                # A retried answer is small; reading it frees the connection for the retry.
+                try:
+                    raw = b"".join(response.iter_raw())
+                finally:
+                    response.close()
+                return _buffered(response, raw)
+            except RETRIED_ERRORS as error:
+                if not call.replayable and call.policy.attempts > 1:
+                    raise call.not_replayable(error) from error
+                raise
+
+        retrying = tenacity.Retrying(sleep=self._sleep, **call.tenacity_options())
+        return _finish(call, retrying(attempt))
+
+    def close(self) -> None:
+        """Close the wrapped transport."""
+        self._transport.close()
+
+
+class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
+    """The async twin of `IdempotentTransport`, for `httpx.AsyncClient`.
+
+    Args:
+        transport: the transport that sends each attempt; a new `httpx.AsyncHTTPTransport()`
+            if None.
+        policy: when and how to retry.
+        on_retry: hooks called before each retry, for logging and metrics.
+        sleep: the coroutine function that waits between attempts (inject one in tests).
+        clock: the clock of the total-time bound; monotonic time if None.
+        rng: the random source of the jitter, for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        on_retry: Sequence[RetryHook] = (),
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._settings = make_settings(policy, on_retry, clock, rng)
+        self._sleep = sleep
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request`, retrying as the policy allows, and return the final response."""
+        call = _start(self._settings, request)
+        if call.handling is Handling.PASSED:
+            return await self._transport.handle_async_request(request)
+
+        async def attempt() -> httpx.Response:
+            call.note_attempt()
+            try:
+                response = await self._transport.handle_async_request(
+                    _attempt_request(call, request)
+                )
+                if not call.retries_status(response.status_code, response.headers):
+                    return response
+                try:
+                    raw = b"".join([chunk async for chunk in response.aiter_raw()])
+                finally:
+                    await response.aclose()
+                return _buffered(response, raw)
+            except RETRIED_ERRORS as error:
+                if not call.replayable and call.policy.attempts > 1:
+                    raise call.not_replayable(error) from error
+                raise
+
+        retrying = tenacity.AsyncRetrying(sleep=self._sleep, **call.tenacity_options())
+        return _finish(call, await retrying(attempt))
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport."""
+        await self._transport.aclose()

@@ -1,0 +1,142 @@
+"""A requests adapter that attaches an Idempotency-Key once and retries safely (SPEC B32-B33).
+
+    session = requests.Session()
+    session.mount("https://", IdempotentAdapter())
+    session.mount("http://", IdempotentAdapter())
+
+requests is an optional dependency: this module is imported only when `IdempotentAdapter` is.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import requests
+import requests.adapters
+import tenacity
+from requests.exceptions import ChunkedEncodingError, SSLError, Timeout
+
+from retrysafe._clock import Clock
+from retrysafe.client._core import (
+    DEFAULT_POLICY,
+    Handling,
+    RetryHook,
+    RetryPolicy,
+    _Call,
+    make_settings,
+)
+
+__all__ = ["IdempotentAdapter"]
+
+_Timeout = float | tuple[float, float] | tuple[float, None] | None
+_Cert = bytes | str | tuple[bytes | str, bytes | str] | None
+
+
+def _retried_error(error: BaseException) -> bool:
+    # A certificate problem will not fix itself; every other connection failure, timeout or
+    # broken body leaves the outcome unknown, which the key makes safe to retry.
+    if isinstance(error, SSLError):
+        return False
+    return isinstance(error, requests.ConnectionError | Timeout | ChunkedEncodingError)
+
+
+def _clip(timeout: _Timeout, remaining: float) -> _Timeout:
+    """Cut the connect and read timeouts to the time left in the total-time bound."""
+    if timeout is None:
+        return (remaining, remaining)
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return (min(connect, remaining), remaining if read is None else min(read, remaining))
+    if isinstance(timeout, int | float):
+        return min(float(timeout), remaining)
+    return timeout  # a urllib3 Timeout object: the caller's exact wish, left as it is
+
+
+class IdempotentAdapter(requests.adapters.HTTPAdapter):
+    """A requests transport adapter with the behaviour of `IdempotentTransport`.
+
+    POST and PATCH get a UUIDv4 key (unless the caller set one) that every retry reuses;
+    safe and idempotent methods are retried without one; other methods are sent once.
+    Whether a response is a replay: `retrysafe.client.is_replay(response)`.
+
+    Args:
+        policy: when and how to retry.
+        on_retry: hooks called before each retry, for logging and metrics.
+        sleep: the function that waits between attempts (inject one in tests).
+        clock: the clock of the total-time bound; monotonic time if None.
+        rng: the random source of the jitter, for reproducible runs.
+        pool_connections: as for `requests.adapters.HTTPAdapter`.
+        pool_maxsize: as for `requests.adapters.HTTPAdapter`.
+        pool_block: as for `requests.adapters.HTTPAdapter`.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        on_retry: Sequence[RetryHook] = (),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        pool_connections: int = 10,
+        pool_maxsize: int = 10,
+        pool_block: bool = False,
+    ) -> None:
+        # urllib3's own retries stay off: they would not know which requests are safe to repeat.
+        super().__init__(
+            pool_connections=pool_connections,
+            pool_maxsize=pool_maxsize,
+            max_retries=0,
+            pool_block=pool_block,
+        )
+        self._settings = make_settings(policy, on_retry, clock, rng)
+        self._sleep = sleep
+
+    def send(  # noqa: PLR0917 -- requests' own signature, called positionally
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: _Timeout = None,
+        verify: bool | str = True,
+        cert: _Cert = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send `request`, retrying as the policy allows, and return the final response."""
+        policy = self._settings.policy
+        call = _Call.start(
+            self._settings,
+            method=request.method or "GET",
+            url=request.url or "",
+            caller_key=request.headers.get(policy.key_header),
+            replayable=request.body is None or isinstance(request.body, bytes | str),
+            retried_error=_retried_error,
+        )
+        send = super().send
+        if call.handling is Handling.PASSED:
+            return send(request, stream, timeout, verify, cert, proxies)
+        prepared = request.copy()
+        if call.header_value is not None:
+            prepared.headers[policy.key_header] = call.header_value
+
+        def attempt() -> requests.Response:
+            call.note_attempt()
+            try:
+                clipped = _clip(timeout, call.remaining())
+                response = send(prepared, stream, clipped, verify, cert, proxies)
+                if call.retries_status(response.status_code, response.headers):
+                    # A retried answer is small; reading it frees the connection for the retry.
+                    try:
+                        _ = response.content
+                    finally:
+                        response.close()
+            except Exception as error:
+                if _retried_error(error) and not call.replayable and policy.attempts > 1:
+                    raise call.not_replayable(error) from error
+                raise
+            return response
+
+        retrying = tenacity.Retrying(sleep=self._sleep, **call.tenacity_options())
+        response: requests.Response = retrying(attempt)
+        return response

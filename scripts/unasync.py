@@ -22,6 +22,8 @@ TARGET = ROOT / "src" / "retrysafe" / "stores" / "_sync"
 RULES: list[tuple[str, str]] = [
     (r"\basync def\b", "def"),
     (r"\bawait ", ""),
+    (r"\basync with\b", "with"),
+    (r"\basync for\b", "for"),
     (r"\baclose\b", "close"),
     (r"\basleep\b", "sleep"),
     (r"\bstores\._async\b", "stores._sync"),

@@ -1,0 +1,382 @@
+"""Idempotency-Key middleware for ASGI apps (Starlette, FastAPI, Litestar, any ASGI app).
+
+    from retrysafe import open_async_store
+    from retrysafe.asgi import IdempotencyMiddleware, RouteSettings
+
+    app = IdempotencyMiddleware(
+        app,
+        store=open_async_store("sqlite:///idempotency.db"),
+        routes={"/payments": RouteSettings(required=True), "/health": None},
+    )
+
+Pure ASGI: the instance holds only configuration; each request's state lives in the locals of
+`__call__`. The decisions come from `retrysafe._http`, shared with `retrysafe.wsgi`. See
+docs/http.md for every setting and the published policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Final, TypeAlias, Unpack
+
+import anyio
+
+from retrysafe._engine import Decision
+from retrysafe._errors import FencedError, StoreError
+from retrysafe._http import (
+    KEY_HEADER,
+    HttpCounters,
+    RequestView,
+    Response,
+    ResponseCapture,
+    Router,
+    RouteSettings,
+    ScopeLimiter,
+    Settings,
+    SettingsOptions,
+    check_content_length,
+    in_flight,
+    logger,
+    mismatch,
+    new_identity,
+    outcome_to_store,
+    read_key,
+    replay_response,
+    store_unavailable,
+    too_large,
+    too_many_in_flight,
+    verdict,
+)
+from retrysafe._record import Claim, Identity
+from retrysafe.stores.base import AsyncStore
+
+__all__ = ["ASGIApp", "IdempotencyMiddleware", "RouteSettings", "Settings"]
+
+# The ASGI types, as starlette.types spells them: messages are dicts of any values.
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Response extensions the capture cannot see through: the app must send plain body messages.
+_UNCAPTURABLE: Final = (
+    "http.response.pathsend",
+    "http.response.zerocopy",
+    "http.response.trailers",
+)
+# How long cleanup may take once the request was cancelled.
+_CLEANUP_SECONDS: Final = 5.0
+
+
+class IdempotencyMiddleware:
+    """Make POST and PATCH requests with an `Idempotency-Key` header safe to retry.
+
+    Args:
+        app: the ASGI app to wrap.
+        store: where records live (`retrysafe.open_async_store(url)`).
+        routes: path pattern to `RouteSettings` (or None: not covered), first match wins;
+            `*` matches within one path segment, `**` anything. Unlisted paths use `settings`.
+        route_settings: instead of `routes`, a function of the ASGI scope returning the
+            `RouteSettings` of the request, or None if it is not covered (for framework
+            integrations that know their routes). It is called for requests whose method is
+            in `methods`.
+        settings: a `Settings` to start from; `options` override its fields.
+        options: any `Settings` field by name (`required=True`, `wait=0`, ...).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: AsyncStore,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        route_settings: Callable[[Scope], RouteSettings | None] | None = None,
+        settings: Settings | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        self.app = app
+        self.store = store
+        base = settings or Settings()
+        self.settings = dataclasses.replace(base, **options) if options else base
+        self.counters = HttpCounters()
+        """What the middleware did: executions, replays, and failures to store (B19)."""
+        self._router = Router(self.settings, routes, hooked=route_settings is not None)
+        self._hook = route_settings
+        self._methods = self._router.methods
+        self._may_require = self._router.may_require
+        cap = self.settings.max_in_flight_per_scope
+        self._limiter = None if cap is None else ScopeLimiter(cap)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection; all but covered HTTP requests pass straight through."""
+        if scope["type"] != "http" or scope["method"] not in self._methods:
+            await self.app(scope, receive, send)
+            return
+        values = [value for name, value in scope["headers"] if name == KEY_HEADER]
+        if not values and not self._may_require:
+            await self.app(scope, receive, send)
+            return
+        if self._hook is None:
+            settings = self._router.for_path(scope["path"])
+        else:
+            settings = self._router.for_route(self._hook(scope))
+        if (
+            settings is None
+            or scope["method"] not in settings.methods
+            or not (values or settings.required)
+        ):
+            await self.app(scope, receive, send)
+            return
+        await self._track(scope, receive, send, settings, values)
+
+    async def _track(
+        self, scope: Scope, receive: Receive, send: Send, settings: Settings, values: list[bytes]
+    ) -> None:
+        key = read_key(values, settings)
+        if isinstance(key, Response):
+            await _respond(send, key)
+            return
+        body = await _read_body(scope, receive, settings)
+        if body is None:  # the client went away before sending its body
+            return
+        if isinstance(body, Response):
+            await _respond(send, body)
+            return
+        request = _request_view(scope)
+        identity = new_identity(settings, request, key)
+        fingerprint = settings.fingerprint_of(request, body)
+        try:
+            claim = await self._admit(identity, fingerprint, settings, send)
+        except StoreError:
+            logger.exception("The idempotency store failed; fail_open=%s", settings.fail_open)
+            if settings.fail_open:
+                await self.app(scope, _replay_body(body, receive), send)
+            else:
+                await _respond(send, store_unavailable(settings))
+            return
+        if claim is None:  # answered already
+            return
+        if self._limiter is not None and not self._limiter.enter(identity.scope):
+            await self._release(identity, claim.token)
+            await _respond(send, too_many_in_flight(settings))
+            return
+        try:
+            await self._execute(
+                scope, receive, send, settings=settings, identity=identity, claim=claim, body=body
+            )
+        finally:
+            if self._limiter is not None:
+                self._limiter.leave(identity.scope)
+
+    async def _admit(
+        self, identity: Identity, fingerprint: str, settings: Settings, send: Send
+    ) -> Claim | None:
+        """Claim the key; answer a replay, mismatch or in-flight duplicate and return None."""
+        deadline = anyio.current_time() + settings.wait
+        while True:
+            claim = await self.store.claim(
+                identity, fingerprint, lease=settings.lease, retention=settings.retention
+            )
+            decision = verdict(claim, fingerprint, self.store.clock.now())
+            if decision is Decision.EXECUTE:
+                if claim.acquired:
+                    return claim
+                continue  # the lease ran out between the claim and now: claim again
+            if decision is Decision.REPLAY:
+                self.counters.add("replays")
+                await _respond(send, replay_response(claim.record, settings))
+                return None
+            if decision is Decision.MISMATCH:
+                await _respond(send, mismatch(settings))
+                return None
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                await _respond(send, in_flight(settings))
+                return None
+            await self.store.wait(identity, timeout=remaining)
+
+    async def _execute(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        settings: Settings,
+        identity: Identity,
+        claim: Claim,
+        body: bytes,
+    ) -> None:
+        """Run the app under the claim, then store or release its outcome and answer."""
+        self.counters.add("executions")
+        capture = ResponseCapture(settings.max_response_size)
+        start: Message = {}
+
+        async def capture_send(message: Message) -> None:
+            nonlocal start
+            kind = message["type"]
+            if kind == "http.response.start":
+                start = message
+                capture.start(message["status"], message.get("headers", ()))
+            elif kind == "http.response.body":
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                capture.complete = not more
+                if capture.overflowed:
+                    await send(message)
+                elif capture.add(chunk):  # past the storable limit: stream from here on
+                    await send(start)
+                    await send({"type": kind, "body": capture.take(), "more_body": more})
+            else:
+                await send(message)
+
+        app_scope = scope
+        extensions = scope.get("extensions")
+        if extensions and any(name in extensions for name in _UNCAPTURABLE):
+            kept = {k: v for k, v in extensions.items() if k not in _UNCAPTURABLE}
+            app_scope = {**scope, "extensions": kept}
+        try:
+            error = await self._run_app(
+                app_scope,
+                _replay_body(body, receive),
+                capture_send,
+                settings=settings,
+                identity=identity,
+                claim=claim,
+            )
+        except BaseException:
+            # Cancelled while the app ran (shutdown, disconnect): let a retry run it again.
+            await self._release(identity, claim.token)
+            raise
+        if error is not None:
+            await self._release(identity, claim.token)
+            raise error
+        outcome = outcome_to_store(capture, settings)
+        if outcome is None:
+            await self._release(identity, claim.token)
+        else:
+            await self._complete(identity, claim.token, outcome, settings)
+        if not capture.overflowed and start:
+            await send(start)
+            await send({"type": "http.response.body", "body": capture.body(), "more_body": False})
+
+    async def _run_app(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        settings: Settings,
+        identity: Identity,
+        claim: Claim,
+    ) -> Exception | None:
+        """Run the app while a heartbeat renews the lease; return the app's exception, if any."""
+        error: Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._heartbeat, identity, claim.token, settings.lease)
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:  # raised again by the caller, after the release
+                error = exc
+            finally:
+                group.cancel_scope.cancel()
+        return error
+
+    async def _heartbeat(self, identity: Identity, token: str, lease: float) -> None:
+        """Renew the lease every third of it while the app runs (B16)."""
+        while True:
+            await anyio.sleep(lease / 3)
+            try:
+                await self.store.renew(identity, token, lease=lease)
+            except FencedError:
+                self.counters.add("fenced")
+                logger.warning("Lost the claim on %s to another worker while running", identity)
+                return
+            except Exception:
+                self.counters.add("renew_failures")
+                logger.exception("Cannot renew the lease on %s", identity)
+
+    async def _complete(
+        self, identity: Identity, token: str, outcome: bytes, settings: Settings
+    ) -> None:
+        """Store the outcome; a failure is logged and counted, never raised (B19)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.complete(identity, token, outcome, retention=settings.retention)
+            except FencedError:
+                self.counters.add("fenced")
+                logger.error(
+                    "The claim on %s was taken over while the handler ran; its outcome was "
+                    "not stored",
+                    identity,
+                )
+            except Exception:
+                self.counters.add("complete_failures")
+                logger.exception(
+                    "Cannot store the outcome of %s; it stays in flight until its lease ends",
+                    identity,
+                )
+
+    async def _release(self, identity: Identity, token: str) -> None:
+        """Release the claim so a retry runs again; shielded from the request's cancellation."""
+        with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
+            try:
+                await self.store.release(identity, token)
+            except FencedError:
+                logger.debug("The claim on %s was already gone when releasing", identity)
+            except Exception:
+                self.counters.add("release_failures")
+                logger.exception("Cannot release the claim on %s; its lease will end", identity)
+
+
+def _request_view(scope: Scope) -> RequestView:
+    return RequestView(
+        method=scope["method"],
+        path=scope["path"],
+        query_string=scope.get("query_string", b""),
+        headers=scope["headers"],
+        raw=scope,
+    )
+
+
+async def _read_body(scope: Scope, receive: Receive, settings: Settings) -> bytes | Response | None:
+    """Return the whole request body, the 413 problem, or None if the client disconnected."""
+    length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    rejected = check_content_length(length, settings)
+    if rejected is not None:
+        return rejected
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > settings.max_body_size:
+            return too_large(settings)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay_body(body: bytes, receive: Receive) -> Receive:
+    """Return a `receive` that gives the app the buffered body, then the real messages."""
+    sent = False
+
+    async def receive_body() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_body
+
+
+async def _respond(send: Send, response: Response) -> None:
+    await send(
+        {"type": "http.response.start", "status": response.status, "headers": response.headers}
+    )
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})

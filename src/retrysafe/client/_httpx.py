@@ -142,7 +142,8 @@ class IdempotentTransport(httpx.BaseTransport):
         """Send `request`, retrying as the policy allows, and return the final response."""
         call = _start(self._settings, request)
         if call.handling is Handling.PASSED:
-            return self._transport.handle_request(request)
+            call.note_attempt()
+            return _finish(call, self._transport.handle_request(request))
 
         def attempt() -> httpx.Response:
             call.note_attempt()
@@ -200,7 +201,8 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
         """Send `request`, retrying as the policy allows, and return the final response."""
         call = _start(self._settings, request)
         if call.handling is Handling.PASSED:
-            return await self._transport.handle_async_request(request)
+            call.note_attempt()
+            return _finish(call, await self._transport.handle_async_request(request))
 
         async def attempt() -> httpx.Response:
             call.note_attempt()

@@ -1,0 +1,53 @@
+"""The `retrysafe` command line: the demo, the demo API, the proxy, and the key admin tools.
+
+retrysafe demo                  what idempotency keys change under real faults
+retrysafe serve-demo            the demo payments API
+retrysafe proxy --upstream URL  the middleware in front of any HTTP service
+retrysafe keys ...              inspect and clean a store
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from retrysafe.cli import keys
+from retrysafe.cli._common import EXIT_FAILURE, fail
+from retrysafe.cli.demo import EXAMPLES as DEMO_EXAMPLES
+from retrysafe.cli.demo import demo
+from retrysafe.cli.proxy import register as register_proxy
+from retrysafe.cli.serve_demo import EXAMPLES as SERVE_DEMO_EXAMPLES
+from retrysafe.cli.serve_demo import serve_demo
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="retrysafe",
+    help="Make retries safe: idempotency keys for HTTP, functions, queues and SQL transactions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    epilog="Run 'retrysafe COMMAND --help' for a command's options and examples.",
+)
+app.command("demo", epilog=DEMO_EXAMPLES)(demo)
+app.command("serve-demo", epilog=SERVE_DEMO_EXAMPLES)(serve_demo)
+register_proxy(app)
+app.add_typer(keys.app, name="keys")
+
+
+def main() -> None:
+    """Run the CLI (the `retrysafe` console script)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except typer.Exit:  # pragma: no cover - app() exits through SystemExit itself
+        raise
+    except Exception as error:  # the last guard: one line, never a traceback
+        try:
+            fail(f"{type(error).__name__}: {error}", EXIT_FAILURE)
+        except typer.Exit as exit_:
+            sys.exit(exit_.exit_code)

@@ -1,0 +1,398 @@
+"""`retrysafe keys`: inspect and clean a store (list, show, delete, purge, stats)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from retrysafe._errors import OutcomeError
+from retrysafe._http import decode_outcome
+from retrysafe._record import Identity, Record, State
+from retrysafe.cli._common import (
+    EXIT_USAGE,
+    console,
+    errors_as_one_line,
+    fail,
+    human_bytes,
+    human_duration,
+    parse_duration,
+    print_json,
+)
+from retrysafe.stores import Store, open_store
+
+__all__ = ["app", "describe_outcome", "record_json"]
+
+SEARCH_LIMIT = 10_000  # records scanned to find a key when its scope or namespace is not given
+
+app = typer.Typer(
+    name="keys",
+    help="Inspect and clean the idempotency records in a store.",
+    no_args_is_help=True,
+    epilog=(
+        "Examples:\n\n"
+        "  retrysafe keys stats --store sqlite:///retrysafe.db\n\n"
+        "  retrysafe keys list --store redis://localhost:6379/0 --state in_flight\n\n"
+        "  retrysafe keys show 0ccb7813-2b7e --store postgresql://app@db/app\n\n"
+        "  retrysafe keys delete 0ccb7813-2b7e --scope 9f2c... --store sqlite:///retrysafe.db\n\n"
+        "  retrysafe keys purge --store sqlite:///retrysafe.db"
+    ),
+)
+
+StoreOption = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="RETRYSAFE_STORE",
+        metavar="URL",
+        help="The store: sqlite:///path.db, postgresql://..., redis://..., memory://.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Write JSON to stdout instead of a table.")
+]
+ScopeOption = Annotated[
+    str | None, typer.Option("--scope", help="Only this scope (tenant); shown by 'keys list'.")
+]
+NamespaceOption = Annotated[
+    str | None, typer.Option("--namespace", help="Only this namespace (an app or a function).")
+]
+KeyArgument = Annotated[
+    str, typer.Argument(help="The Idempotency-Key value, as the client sent it.")
+]
+
+
+@contextmanager
+def _opened(url: str) -> Iterator[Store]:
+    with errors_as_one_line():
+        store = open_store(url)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@app.command("list")
+def list_(
+    *,
+    store_url: StoreOption,
+    state: Annotated[
+        State | None, typer.Option("--state", help="Only records in this state.")
+    ] = None,
+    scope: ScopeOption = None,
+    namespace: NamespaceOption = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Only records claimed before: 90s, 15m, 2h, 1d.",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most this many.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List live records, newest first: scope, key, state, age, expiry, lease owner, size.
+
+    The lease owner is the start of the holder's fencing token (see 'keys show' for all of it).
+
+    Example: retrysafe keys list --store sqlite:///retrysafe.db --state in_flight --older-than 5m
+    """
+    min_age = parse_duration(older_than) if older_than is not None else None
+    with _opened(store_url) as store:
+        now = store.clock.now()
+        records = store.list_records(
+            namespace=namespace,
+            scope=scope,
+            state=state,
+            created_before=None if min_age is None else now - min_age,
+            limit=limit,
+        )
+    if as_json:
+        print_json({"records": [record_json(r, now) for r in records]})
+        return
+    if not records:
+        console.print("No records match.")
+        return
+    namespaces = {r.identity.namespace for r in records}
+    title = f"{len(records)} record{'s' * (len(records) != 1)}"
+    if len(namespaces) == 1:
+        title += f" in namespace {next(iter(namespaces))!r}"
+    table = Table(title=title, title_justify="left")
+    columns = ["scope", "key", "state", "age", "expires in", "lease owner", "size"]
+    if len(namespaces) > 1:
+        columns.insert(0, "namespace")
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column == "size" else "left")
+    for record in records:
+        row = [
+            record.identity.scope,
+            record.identity.key,
+            _state_text(record, now),
+            human_duration(now - record.created_at),
+            human_duration(record.expires_at - now),
+            record.token[:8],
+            human_bytes(record.size),
+        ]
+        if len(namespaces) > 1:
+            row.insert(0, record.identity.namespace)
+        table.add_row(*row)
+    console.print(table)
+    if len(records) == limit:
+        console.print(f"[dim]Showing the newest {limit}; use --limit for more.[/]")
+
+
+@app.command()
+def show(
+    key: KeyArgument,
+    store_url: StoreOption,
+    scope: ScopeOption = None,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one record with its stored response.
+
+    Give --scope and --namespace when the same key exists in more than one scope.
+
+    Example: retrysafe keys show 0ccb7813-2b7e --store sqlite:///retrysafe.db
+    """
+    with _opened(store_url) as store:
+        record = _find(store, key, scope, namespace)
+        now = store.clock.now()
+    data = record_json(record, now)
+    data["outcome"] = describe_outcome(record.outcome) if record.outcome is not None else None
+    if as_json:
+        print_json(data)
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("namespace", record.identity.namespace)
+    table.add_row("scope", record.identity.scope)
+    table.add_row("key", record.identity.key)
+    table.add_row("state", _state_text(record, now))
+    table.add_row("fingerprint", record.fingerprint)
+    table.add_row(
+        "claimed", f"{_iso(record.created_at)} ({human_duration(now - record.created_at)} ago)"
+    )
+    table.add_row("lease owner", _lease_text(record, now))
+    table.add_row(
+        "expires", f"{_iso(record.expires_at)} (in {human_duration(record.expires_at - now)})"
+    )
+    if record.recovery_point is not None:
+        table.add_row("recovery point", record.recovery_point)
+    table.add_row("size", human_bytes(record.size))
+    console.print(table)
+    if data["outcome"] is not None:
+        console.print()
+        console.print("[bold]stored outcome[/]")
+        console.print(json.dumps(data["outcome"], indent=2), markup=False, soft_wrap=True)
+
+
+@app.command()
+def delete(
+    key: KeyArgument,
+    store_url: StoreOption,
+    scope: ScopeOption = None,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete one record, whatever its state, so the next request with its key runs again.
+
+    This is how to unstick a key whose first request died holding its lease. If that request
+    is in fact still running, deleting its record lets a retry run the effect a second time.
+
+    Example: retrysafe keys delete 0ccb7813-2b7e --scope 9f2c... --store sqlite:///retrysafe.db
+    """
+    with _opened(store_url) as store:
+        record = _find(store, key, scope, namespace)
+        now = store.clock.now()
+        deleted = store.delete(record.identity)
+    live_lease = record.state is State.IN_FLIGHT and record.lease_expires_at > now
+    if as_json:
+        print_json({"deleted": deleted, "record": record_json(record, now)})
+        return
+    console.print(
+        f"Deleted {record.state.value} record {record.identity.key!r} "
+        f"(scope {record.identity.scope!r}, namespace {record.identity.namespace!r}); "
+        "the next request with this key runs again."
+    )
+    if live_lease:
+        console.print(
+            "[yellow]Its lease was still live: if that request is still running, a retry may "
+            "repeat its effect.[/]"
+        )
+
+
+@app.command()
+def purge(
+    store_url: StoreOption,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, help="Records deleted per store call.")
+    ] = 1000,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete every record past its retention, in bounded batches.
+
+    Expired records are already invisible (expiry is enforced on read); purging frees the space.
+
+    Example: retrysafe keys purge --store postgresql://app@db/app
+    """
+    total = 0
+    with _opened(store_url) as store:
+        while True:
+            purged = store.purge_expired(limit=batch)
+            total += purged
+            if purged < batch:
+                break
+    if as_json:
+        print_json({"purged": total})
+    else:
+        console.print(f"Purged {total} expired record{'s' * (total != 1)}.")
+
+
+@app.command()
+def stats(store_url: StoreOption, as_json: JsonOption = False) -> None:
+    """Show counts by state, the oldest in-flight claim, and the bytes of stored outcomes.
+
+    Example: retrysafe keys stats --store redis://localhost:6379/0
+    """
+    with _opened(store_url) as store:
+        result = store.stats()
+        now = store.clock.now()
+    oldest = result.oldest_in_flight_at
+    data: dict[str, object] = {
+        "in_flight": result.in_flight,
+        "done": result.done,
+        "total": result.in_flight + result.done,
+        "bytes_stored": result.bytes_stored,
+        "oldest_in_flight_at": None if oldest is None else _iso(oldest),
+        "oldest_in_flight_age_seconds": None if oldest is None else round(now - oldest, 3),
+    }
+    if as_json:
+        print_json(data)
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("in flight", str(result.in_flight))
+    table.add_row("done", str(result.done))
+    table.add_row("total", str(result.in_flight + result.done))
+    table.add_row("stored outcomes", human_bytes(result.bytes_stored))
+    table.add_row(
+        "oldest in flight",
+        "none" if oldest is None else f"claimed {human_duration(now - oldest)} ago",
+    )
+    console.print(table)
+
+
+def record_json(record: Record, now: float) -> dict[str, object]:
+    """Return a record as JSON-ready data (times as ISO 8601 UTC, with ages in seconds)."""
+    return {
+        "namespace": record.identity.namespace,
+        "scope": record.identity.scope,
+        "key": record.identity.key,
+        "state": record.state.value,
+        "fingerprint": record.fingerprint,
+        "lease_owner": record.token,
+        "created_at": _iso(record.created_at),
+        "age_seconds": round(now - record.created_at, 3),
+        "lease_expires_at": _iso(record.lease_expires_at),
+        "lease_live": record.state is State.IN_FLIGHT and record.lease_expires_at > now,
+        "expires_at": _iso(record.expires_at),
+        "size": record.size,
+        "recovery_point": record.recovery_point,
+    }
+
+
+def describe_outcome(outcome: bytes) -> dict[str, object]:
+    """Return a stored outcome as JSON-ready data: a decoded HTTP response, or the raw bytes."""
+    response = _decode_http(outcome)
+    if response is not None:
+        return response
+    try:
+        return {"kind": "raw", "text": outcome.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"kind": "raw", "base64": base64.b64encode(outcome).decode("ascii")}
+
+
+def _decode_http(outcome: bytes) -> dict[str, object] | None:
+    """Decode an outcome stored by the HTTP middleware, or None if it is not one."""
+    try:
+        response = decode_outcome(outcome)
+    except OutcomeError:  # not an HTTP outcome (a decorator's return value, say)
+        return None
+    data: dict[str, object] = {
+        "kind": "http",
+        "status": response.status,
+        "headers": [
+            [name.decode("latin-1"), value.decode("latin-1")] for name, value in response.headers
+        ],
+    }
+    if response.body_omitted:
+        data["body_omitted"] = True
+    try:
+        data["body"] = response.body.decode("utf-8")
+    except UnicodeDecodeError:
+        data["body_base64"] = base64.b64encode(response.body).decode("ascii")
+    return data
+
+
+def _find(store: Store, key: str, scope: str | None, namespace: str | None) -> Record:
+    if scope is not None and namespace is not None:
+        record = store.get(Identity(namespace, scope, key))
+        if record is None:
+            fail(f"No live record for key {key!r} in scope {scope!r}, namespace {namespace!r}.")
+        return record
+    matches = [
+        r
+        for r in store.list_records(namespace=namespace, scope=scope, limit=SEARCH_LIMIT)
+        if r.identity.key == key
+    ]
+    if not matches:
+        where = "".join(
+            f", {name} {value!r}"
+            for name, value in (("scope", scope), ("namespace", namespace))
+            if value is not None
+        )
+        fail(f"No live record for key {key!r}{where}.")
+    if len(matches) > 1:
+        places = "; ".join(
+            f"scope {r.identity.scope!r} namespace {r.identity.namespace!r}" for r in matches[:5]
+        )
+        fail(
+            f"Key {key!r} exists in {len(matches)} places ({places}); "
+            "pass --scope and --namespace to choose one.",
+            EXIT_USAGE,
+        )
+    return matches[0]
+
+
+def _state_text(record: Record, now: float) -> str:
+    if record.state is State.DONE:
+        return "done"
+    if record.lease_expires_at > now:
+        return f"in flight ({human_duration(record.lease_expires_at - now)} left)"
+    return "in flight (lease expired)"
+
+
+def _lease_text(record: Record, now: float) -> str:
+    owner = record.token[:12]
+    if record.state is State.DONE:
+        return f"{owner} (completed)"
+    if record.lease_expires_at > now:
+        return f"{owner} (lease {human_duration(record.lease_expires_at - now)} left)"
+    return f"{owner} (lease expired {human_duration(now - record.lease_expires_at)} ago)"
+
+
+def _iso(timestamp: float) -> str:
+    return (
+        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )

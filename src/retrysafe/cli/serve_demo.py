@@ -1,0 +1,98 @@
+"""`retrysafe serve-demo`: serve the demo payments API behind the idempotency middleware."""
+
+from __future__ import annotations
+
+import socket
+from typing import Annotated
+
+import anyio
+import typer
+
+from retrysafe.cli._common import console, errors_as_one_line, fail
+from retrysafe.demo import DemoDatabase, create_app, redact_url
+from retrysafe.demo._server import listen, serve_app
+from retrysafe.stores import open_async_store
+
+__all__ = ["DEFAULT_STORE", "serve_demo"]
+
+DEFAULT_STORE = "sqlite:///retrysafe-demo.db"
+
+EXAMPLES = """\
+Examples:
+
+  retrysafe serve-demo
+
+  retrysafe serve-demo --port 9000 --latency-ms 200
+
+  retrysafe serve-demo --store postgresql://postgres@127.0.0.1/app
+
+Then, from another terminal:
+
+  curl -X POST localhost:8000/payments -H 'Authorization: Bearer tenant-a'
+  -H 'Idempotency-Key: "order-1"' -H 'Content-Type: application/json'
+  -d '{"customer": "ada", "amount": 1999, "currency": "EUR"}'
+"""
+
+
+def serve_demo(
+    host: Annotated[str, typer.Option("--host", help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="The port to listen on.")
+    ] = 8000,
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            metavar="URL",
+            help="The idempotency store; the demo tables go in the same SQL database.",
+        ),
+    ] = DEFAULT_STORE,
+    latency_ms: Annotated[
+        float,
+        typer.Option(
+            "--latency-ms", metavar="MS", min=0, help="Time each payment spends at the processor."
+        ),
+    ] = 0.0,
+    require_key: Annotated[
+        bool, typer.Option("--require-key", help="Answer 400 to a POST without Idempotency-Key.")
+    ] = False,
+) -> None:
+    """Serve the demo payments API: POST/GET /payments, POST /users, GET /health.
+
+    The bearer token names the tenant, and keys are scoped per tenant. Payments and user
+    profiles live in their own tables in the store's database (SQLite or PostgreSQL; with a
+    Redis or memory store, in an in-memory SQLite database).
+    """
+    with errors_as_one_line():
+        try:
+            sock = listen(host, port)
+        except OSError as error:
+            fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
+        try:
+            database = DemoDatabase.for_store_url(store)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            anyio.run(_serve, sock, store, database, latency_ms / 1000, require_key)
+        finally:
+            database.close()
+
+
+async def _serve(
+    sock: socket.socket, store_url: str, database: DemoDatabase, latency: float, require_key: bool
+) -> None:
+    store = open_async_store(store_url)  # closed by the app at lifespan shutdown
+    try:
+        settings: dict[str, object] = {"required": True} if require_key else {}
+        app = create_app(database, store=store, latency=latency, **settings)
+    except BaseException:
+        await store.aclose()
+        raise
+    host, port = sock.getsockname()[:2]
+    console.print(
+        f"Demo payments API on [bold]http://{host}:{port}[/] "
+        f"(store {redact_url(store_url)}, demo tables in {database.description}, "
+        f"latency {latency * 1000:.0f} ms). Ctrl+C stops it."
+    )
+    await serve_app(app, sock, log_level="info")

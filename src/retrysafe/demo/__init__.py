@@ -1,0 +1,29 @@
+"""The demo: a small payments API and a run that shows what idempotency keys change under faults.
+
+`retrysafe serve-demo` serves the API; `retrysafe demo` drives it through a faulty network
+twice, without keys and with them, and counts the charges in the API's own payments table.
+"""
+
+from __future__ import annotations
+
+from retrysafe.demo._app import DemoApp, TenantTraffic, Traffic, create_app
+from retrysafe.demo._report import DemoReport, RunResult
+from retrysafe.demo._runner import DemoSettings, ProgressHook, run_demo
+from retrysafe.demo._tables import DemoDatabase, Payment, Tables, User, redact_url
+
+__all__ = [
+    "DemoApp",
+    "DemoDatabase",
+    "DemoReport",
+    "DemoSettings",
+    "Payment",
+    "ProgressHook",
+    "RunResult",
+    "Tables",
+    "TenantTraffic",
+    "Traffic",
+    "User",
+    "create_app",
+    "redact_url",
+    "run_demo",
+]

@@ -1,0 +1,283 @@
+"""The demo payments API: Starlette routes behind the idempotency middleware.
+
+The layers, outermost first:
+
+    Traffic          counts what the API answered (replays, 409s), from the server's side
+    BearerTenant     rejects a request without a valid bearer token before anything else (B9)
+    IdempotencyMiddleware (retrysafe.asgi), when a store is given
+    routes           POST/GET /payments, POST /users, GET /health
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retrysafe.demo._tables import DemoDatabase
+from retrysafe.demo._validation import FieldError, parse_payment, parse_tenant, parse_user
+from retrysafe.stores.base import AsyncStore
+
+__all__ = ["BearerTenant", "DemoApp", "TenantTraffic", "Traffic", "create_app", "problem"]
+
+REPLAY_HEADER = b"idempotent-replayed"
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Return an RFC 9457 problem response (`type` about:blank: the status says it all)."""
+    body: dict[str, object] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = [error.as_dict() for error in errors]
+    return Response(
+        json.dumps(body),
+        status_code=status,
+        media_type="application/problem+json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+@dataclass
+class TenantTraffic:
+    """What the API answered one tenant's `POST /payments` requests."""
+
+    requests: int = 0
+    replays: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def conflicts(self) -> int:
+        """Responses with status 409 (a duplicate arrived while the first was in flight)."""
+        return self.statuses[409]
+
+
+@dataclass
+class Traffic:
+    """What the API answered to `POST /payments`, per tenant, counted as responses leave.
+
+    A response counted here may still be lost on its way back: that is the point of the demo.
+    """
+
+    tenants: dict[str, TenantTraffic] = field(default_factory=dict)
+
+    def of(self, tenant: str) -> TenantTraffic:
+        """Return the counts of one tenant (zero if it sent nothing)."""
+        return self.tenants.get(tenant) or TenantTraffic()
+
+    def count(self, tenant: str, status: int, replayed: bool) -> None:
+        """Count one response."""
+        counts = self.tenants.setdefault(tenant, TenantTraffic())
+        counts.requests += 1
+        counts.statuses[status] += 1
+        counts.replays += replayed
+
+
+class _Counting:
+    """Count `POST /payments` responses into a `Traffic`, by tenant."""
+
+    def __init__(self, app: ASGIApp, traffic: Traffic) -> None:
+        self.app = app
+        self.traffic = traffic
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) != ("POST", "/payments"):
+            await self.app(scope, receive, send)
+            return
+        tenant = tenant_of(Request(scope)) or ""
+        traffic = self.traffic
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                replayed = any(k.lower() == REPLAY_HEADER and v == b"true" for k, v in headers)
+                traffic.count(tenant, message["status"], replayed)
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+class BearerTenant:
+    """Answer 401 to a request without `Authorization: Bearer <token>`; the token is the tenant.
+
+    It runs before the idempotency layer, so a rejected request leaves no record (B9).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, open_paths: frozenset[str] = frozenset({"/health"})
+    ) -> None:
+        self.app = app
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        if tenant_of(Request(scope)) is None:
+            response = problem(
+                401,
+                "Send 'Authorization: Bearer <token>'; the token names the tenant.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def tenant_of(request: Request) -> str | None:
+    """Return the tenant named by the request's bearer token."""
+    return parse_tenant(request.headers.get("authorization"))
+
+
+class DemoApp:
+    """The demo payments API as an ASGI app, with its database and its traffic counts.
+
+    Build it with `create_app`. At lifespan shutdown it closes the store it was given, on the
+    server's own event loop (where an async store's connections live).
+    """
+
+    def __init__(
+        self, app: ASGIApp, database: DemoDatabase, traffic: Traffic, store: AsyncStore | None
+    ) -> None:
+        self._app = app
+        self.database = database
+        self.traffic = traffic
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection, or the lifespan."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.store is not None:
+                    await self.store.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(
+    database: DemoDatabase,
+    *,
+    store: AsyncStore | None = None,
+    latency: float = 0.0,
+    **middleware_settings: Any,
+) -> DemoApp:
+    """Build the demo payments API.
+
+    Args:
+        database: where payments and user profiles are stored.
+        store: the idempotency store, closed at lifespan shutdown; without one the API has no
+            idempotency layer at all.
+        latency: seconds each payment spends at the simulated payment processor.
+        middleware_settings: passed to `retrysafe.asgi.IdempotencyMiddleware`.
+    """
+    routes = Starlette(
+        routes=_routes(database, latency),
+        exception_handlers={HTTPException: _http_error},
+    )
+    app: ASGIApp = routes
+    if store is not None:
+        from retrysafe.asgi import IdempotencyMiddleware  # noqa: PLC0415 -- only with a store
+
+        app = IdempotencyMiddleware(app, store=store, **middleware_settings)
+    traffic = Traffic()
+    return DemoApp(_Counting(BearerTenant(app), traffic), database, traffic, store)
+
+
+def _routes(database: DemoDatabase, latency: float) -> list[Route]:
+    async def create_payment(request: Request) -> Response:
+        parsed = parse_payment(await request.body())
+        if isinstance(parsed, list):
+            return problem(422, "The payment is invalid; nothing was charged.", errors=parsed)
+        tenant = _tenant(request)
+        if latency > 0:
+            await anyio.sleep(latency)  # the payment processor at work
+        payment = await anyio.to_thread.run_sync(
+            functools.partial(
+                database.insert_payment,
+                tenant=tenant,
+                customer=parsed.customer,
+                amount=parsed.amount,
+                currency=parsed.currency,
+            )
+        )
+        return JSONResponse(payment.public(), status_code=201)
+
+    async def list_payments(request: Request) -> Response:
+        customer = request.query_params.get("customer")
+        payments = await anyio.to_thread.run_sync(
+            database.list_payments, _tenant(request), customer
+        )
+        return JSONResponse({"payments": [payment.public() for payment in payments]})
+
+    async def create_user(request: Request) -> Response:
+        parsed = parse_user(await request.body())
+        if isinstance(parsed, list):
+            return problem(422, "The user profile is invalid; nothing was stored.", errors=parsed)
+        user, created = await anyio.to_thread.run_sync(
+            functools.partial(
+                database.insert_user, tenant=_tenant(request), email=parsed.email, name=parsed.name
+            )
+        )
+        if created:
+            return JSONResponse(user.public(), status_code=201)
+        if user.name == parsed.name:
+            # The same profile again: answer with the one that exists, created once.
+            return JSONResponse(user.public(), status_code=200)
+        return problem(
+            409,
+            f"A user with the email {parsed.email!r} already exists for this tenant, "
+            "with another name; it was not changed.",
+        )
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return [
+        Route("/payments", create_payment, methods=["POST"]),
+        Route("/payments", list_payments, methods=["GET"]),
+        Route("/users", create_user, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+
+
+def _tenant(request: Request) -> str:
+    tenant = tenant_of(request)
+    if tenant is None:  # BearerTenant lets no such request through
+        raise HTTPException(401)
+    return tenant
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HTTPException):  # pragma: no cover - registered for HTTPException
+        raise exc
+    return problem(exc.status_code, exc.detail, headers=dict(exc.headers or {}))

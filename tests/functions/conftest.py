@@ -1,0 +1,105 @@
+"""Stores for the decorator tests: every backend, both faces, on a manual clock or the real one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from retrysafe import AsyncStore, ManualClock, Store, open_async_store, open_store
+from tests.conftest import unique_name
+
+BACKENDS = ["memory", "sqlite", "postgres", "redis"]
+
+
+def drop_backend_data(url: str) -> None:
+    """Delete what one test created on a shared server: its table or its key prefix."""
+    if url.startswith("postgresql://"):
+        import psycopg
+
+        table = url.rsplit("table=", 1)[1]
+        with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')  # a unique_name(), never user input
+    elif url.startswith("redis://"):
+        import redis
+
+        prefix = url.rsplit("prefix=", 1)[1]
+        client = redis.Redis.from_url(url.split("?", 1)[0])
+        try:
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                client.delete(key)
+        finally:
+            client.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL for a fresh, empty store on each backend."""
+    backend = str(request.param)
+    if backend == "memory":
+        yield "memory://"
+        return
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    if backend == "postgres":
+        url = f"{request.getfixturevalue('postgres_url')}?table={unique_name()}"
+    else:
+        url = f"{request.getfixturevalue('redis_url')}?prefix={unique_name()}"
+    try:
+        yield url
+    finally:
+        drop_backend_data(url)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock that moves only when the test says."""
+    return ManualClock()
+
+
+@pytest.fixture
+def store(store_url: str, clock: ManualClock) -> Iterator[Store]:
+    """A sync store on the manual clock."""
+    opened = open_store(store_url, clock=clock)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def real_store(store_url: str) -> Iterator[Store]:
+    """A sync store on the system clock, for leases that must expire in real time."""
+    opened = open_store(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async tests run on asyncio, like the async stores' drivers."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def astore(store_url: str, clock: ManualClock) -> AsyncIterator[AsyncStore]:
+    """An async store on the manual clock."""
+    opened = open_async_store(store_url, clock=clock)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+@pytest.fixture
+async def real_astore(store_url: str) -> AsyncIterator[AsyncStore]:
+    """An async store on the system clock."""
+    opened = open_async_store(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()

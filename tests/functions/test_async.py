@@ -1,0 +1,212 @@
+"""The decorator on async functions, against every async store backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import anyio
+import pytest
+
+from retrysafe import (
+    AsyncStore,
+    FencedError,
+    IdempotencyError,
+    InFlightError,
+    KeyMismatchError,
+    ManualClock,
+)
+from retrysafe._decorator import idempotent
+from tests.functions.values import FALSY, CardDeclinedError
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_b26_repeated_calls_run_once(astore: AsyncStore) -> None:
+    """An async function called again with the same key and arguments runs once and replays."""
+    runs: Counter[str] = Counter()
+
+    @idempotent(astore, key="order_id")
+    async def charge(order_id: str, amount: int) -> dict[str, object]:
+        runs[order_id] += 1
+        return {"order": order_id, "charged": amount}
+
+    for _ in range(3):
+        assert await charge("o-1", 500) == {"order": "o-1", "charged": 500}
+    assert await charge("o-2", 700) == {"order": "o-2", "charged": 700}
+    assert runs == {"o-1": 1, "o-2": 1}
+
+
+async def test_b26_mismatch_raises_typed_error(astore: AsyncStore) -> None:
+    """The same key with other arguments raises KeyMismatchError and leaves the record alone."""
+    runs: list[int] = []
+
+    @idempotent(astore, key="order_id")
+    async def charge(order_id: str, amount: int) -> int:
+        runs.append(amount)
+        return amount
+
+    assert await charge("o-1", 500) == 500
+    with pytest.raises(KeyMismatchError) as caught:
+        await charge("o-1", 999)
+    assert isinstance(caught.value, IdempotencyError)
+    assert await charge("o-1", 500) == 500
+    assert runs == [500]
+
+
+async def test_b27_falsy_results_replay_equal_with_same_type(astore: AsyncStore) -> None:
+    """Falsy results replay equal to the first, with the same type."""
+    runs: list[int] = []
+
+    @idempotent(astore, key="index", fingerprint=["index"])
+    async def produce(index: int, value: object) -> object:
+        runs.append(index)
+        return value
+
+    for index, value in enumerate(FALSY):
+        assert await produce(index, value) == value
+        replayed = await produce(index, "ignored")
+        assert replayed == value
+        assert type(replayed) is type(value)
+    assert runs == list(range(len(FALSY)))
+
+
+async def test_b28_exception_releases_the_key(astore: AsyncStore) -> None:
+    """An exception releases the claim, so a retry runs again."""
+    attempts: list[int] = []
+
+    @idempotent(astore, key="job")
+    async def flaky(job: str) -> str:
+        attempts.append(len(attempts))
+        if len(attempts) == 1:
+            raise ConnectionError("timed out")
+        return "done"
+
+    with pytest.raises(ConnectionError):
+        await flaky("j-1")
+    assert await flaky("j-1") == "done"
+    assert await flaky("j-1") == "done"
+    assert attempts == [0, 1]
+
+
+async def test_b28_final_exception_is_stored_and_replayed(astore: AsyncStore) -> None:
+    """An exception type chosen as final is stored and raised again without running."""
+    runs: list[str] = []
+
+    @idempotent(astore, key="card", final_exceptions=(CardDeclinedError,))
+    async def charge(card: str) -> str:
+        runs.append(card)
+        raise CardDeclinedError(card, "insufficient funds")
+
+    for _ in range(3):
+        with pytest.raises(CardDeclinedError) as caught:
+            await charge("c-1")
+        assert caught.value.args == ("c-1", "insufficient funds")
+    assert runs == ["c-1"]
+
+
+async def test_b28_cancelled_call_releases_the_key(astore: AsyncStore) -> None:
+    """A cancelled call releases its key (shielded), so a retry runs at once."""
+    runs: list[int] = []
+    started = anyio.Event()
+
+    @idempotent(astore, key="key", wait=0)
+    async def slow(key: str) -> int:
+        runs.append(1)
+        started.set()
+        await anyio.sleep(30 if len(runs) == 1 else 0)
+        return len(runs)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(slow, "k")
+        await started.wait()
+        group.cancel_scope.cancel()
+    assert await slow("k") == 2
+
+
+async def test_b14_parallel_tasks_run_the_body_once(astore: AsyncStore) -> None:
+    """Eight tasks calling with one key run the body once and all get its result."""
+    runs: list[int] = []
+
+    @idempotent(astore, key="key", wait=30)
+    async def slow(key: str) -> list[int]:
+        runs.append(1)
+        await anyio.sleep(0.2)
+        return [len(runs)]
+
+    results = await asyncio.gather(*(slow("k") for _ in range(8)))
+    assert runs == [1]
+    assert results == [[1]] * 8
+
+
+async def test_b15_wait_zero_raises_in_flight_error(astore: AsyncStore) -> None:
+    """With wait=0 a duplicate of a running call gets InFlightError at once."""
+    started, finish = anyio.Event(), anyio.Event()
+
+    @idempotent(astore, key="key", wait=0)
+    async def blocking(key: str) -> str:
+        started.set()
+        await finish.wait()
+        return "first"
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(blocking, "k")
+        await started.wait()
+        with pytest.raises(InFlightError):
+            await blocking("k")
+        finish.set()
+    assert await blocking("k") == "first"
+
+
+async def test_b16_call_slower_than_its_lease_is_not_run_twice(real_astore: AsyncStore) -> None:
+    """A live async call that outlasts several leases keeps its key: its heartbeat task renews."""
+    runs: list[int] = []
+    started = anyio.Event()
+
+    @idempotent(real_astore, key="key", lease=0.2, wait=0)
+    async def slow(key: str) -> str:
+        runs.append(1)
+        started.set()
+        await anyio.sleep(0.8)
+        return "slow result"
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(slow, "k")
+        await started.wait()
+        await anyio.sleep(0.5)
+        with pytest.raises(InFlightError):
+            await slow("k")
+    assert await slow("k") == "slow result"
+    assert runs == [1]
+
+
+async def test_b17_stale_holder_cannot_overwrite_newer_outcome(
+    astore: AsyncStore, clock: ManualClock
+) -> None:
+    """A task whose lease was taken over gets FencedError; the newer outcome stands."""
+    started, finish = anyio.Event(), anyio.Event()
+    outcomes: list[object] = []
+
+    @idempotent(astore, key="key", lease=30)
+    async def work(key: str) -> str:
+        if not started.is_set():
+            started.set()
+            await finish.wait()
+            return "stale"
+        return "newer"
+
+    async def stalled() -> None:
+        try:
+            outcomes.append(await work("k"))
+        except FencedError as error:
+            outcomes.append(error)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(stalled)
+        await started.wait()
+        clock.advance(31)
+        assert await work("k") == "newer"
+        finish.set()
+    assert len(outcomes) == 1
+    assert isinstance(outcomes[0], FencedError)
+    assert await work("k") == "newer"

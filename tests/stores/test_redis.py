@@ -482,7 +482,7 @@ def test_b15_wait_sees_a_completion_made_before_it_subscribed(store: RedisStore)
 
 
 def test_from_url_options_and_refusals(redis_url: str, prefix: str, raw: redis.Redis) -> None:
-    """prefix and timeouts come from the URL; unknown options, bad values and schemes refuse."""
+    """prefix and timeouts come from the URL; unknown options, bad values, schemes refuse."""
     store = RedisStore.from_url(f"{redis_url}?prefix={prefix}&socket_timeout=2&connect_timeout=2")
     store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     assert raw.exists(key_of(prefix, ident()))
@@ -497,6 +497,12 @@ def test_from_url_options_and_refusals(redis_url: str, prefix: str, raw: redis.R
     ]:
         with pytest.raises(ConfigurationError):
             RedisStore.from_url(bad)
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+    with pytest.raises(ConfigurationError):
+        RedisStore(
+            decoding, prefix=prefix
+        )  # outcomes are bytes: a decoding client would break them
+    decoding.close()
 
 
 def test_importing_retrysafe_does_not_import_redis() -> None:

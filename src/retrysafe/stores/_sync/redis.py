@@ -48,6 +48,8 @@ class RedisStore:
         clock: Clock | None = None,
         owns_client: bool = False,
     ) -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ConfigurationError("The Redis store needs a client with decode_responses=False.")
         self.clock: Clock = clock or SystemClock()
         self._redis = client
         self._keys = lua.KeySpace(prefix)

@@ -190,6 +190,11 @@ def variants(backend: str, workdir: Path) -> Iterator[dict[str, Bare]]:
         if backend == "postgres":
             with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
                 conn.execute(f"DROP TABLE IF EXISTS {name}_rs")
+        elif backend == "redis":
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in client.scan_iter(match=f"{name}_rs:*", count=1000):
+                client.delete(key)
+            client.close()
 
 
 def measure(operation: Callable[[str], None], keys: list[str], workers: int) -> float:

@@ -21,6 +21,7 @@ class RunResult:
 
     Attributes:
         keys: whether the client's requests carried Idempotency-Keys.
+        tenant: the tenant (bearer token) the pass paid as; its rows are in the payments table.
         intended: the logical payments the client meant to make.
         charges: the payments the API stored.
         duplicate_charges: charges beyond the first for one intended payment.
@@ -34,6 +35,7 @@ class RunResult:
     """
 
     keys: bool
+    tenant: str
     intended: int
     charges: int
     duplicate_charges: int

@@ -167,6 +167,7 @@ def _result(
     traffic = api.traffic.of(tenant)
     return RunResult(
         keys=keys,
+        tenant=tenant,
         intended=len(plan),
         charges=sum(charged.values()),
         duplicate_charges=sum(count - 1 for count in charged.values() if count > 1),

@@ -1,0 +1,73 @@
+"""Fixtures for the demo API: a fresh store and demo tables on SQLite or PostgreSQL, served."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from retrysafe import open_async_store
+from retrysafe._relay import serve_asgi
+from retrysafe.demo import DemoApp, DemoDatabase, create_app
+from tests.conftest import unique_name
+
+
+@dataclass(frozen=True)
+class DemoStore:
+    """Where one test's store and demo tables live."""
+
+    url: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class RunningApi:
+    """The demo API served on a loopback port, with its database and store URL."""
+
+    url: str
+    app: DemoApp
+    store_url: str
+
+    def client(self, tenant: str | None = "tenant-a") -> httpx.Client:
+        """An httpx client that pays as `tenant` (no Authorization header if None)."""
+        headers = {} if tenant is None else {"Authorization": f"Bearer {tenant}"}
+        return httpx.Client(base_url=self.url, headers=headers, trust_env=False, timeout=10.0)
+
+
+def drop_postgres_tables(url: str, *tables: str) -> None:
+    """Drop tables this test created (and nothing else)."""
+    import psycopg
+
+    with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
+        for table in tables:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def demo_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DemoStore]:
+    """A fresh store URL and demo table prefix, on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield DemoStore(f"sqlite:///{tmp_path / 'demo.db'}", "retrysafe_demo_")
+        return
+    name = unique_name()
+    url = f"{request.getfixturevalue('postgres_url')}?table={name}"
+    prefix = f"{name}_demo_"
+    try:
+        yield DemoStore(url, prefix)
+    finally:
+        drop_postgres_tables(url, name, f"{prefix}payments", f"{prefix}users")
+
+
+@pytest.fixture
+def api(demo_store: DemoStore) -> Iterator[RunningApi]:
+    """The demo API behind the idempotency middleware, served by uvicorn on a loopback port."""
+    database = DemoDatabase.for_store_url(demo_store.url, prefix=demo_store.prefix)
+    try:
+        app = create_app(database, store=open_async_store(demo_store.url), latency=0.05)
+        with serve_asgi(app, lifespan="on") as url:
+            yield RunningApi(url, app, demo_store.url)
+    finally:
+        database.close()

@@ -182,15 +182,14 @@ def test_b31_the_database_itself_refuses_a_second_profile(api: RunningApi) -> No
     """The unique constraint on (tenant, email) holds below the API: a raw INSERT fails."""
     database = api.app.database
     database.insert_user(tenant="tenant-a", email="ada@example.com", name="Ada")
-    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):  # noqa: PT011
-        with database._connect() as conn:  # the demo's own connection, for a raw statement
-            conn.execute(
-                database.tables.sql(
-                    "INSERT INTO {users} (id, tenant, email, name, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)"
-                ),
-                ("usr_raw", "tenant-a", "ada@example.com", "Ada", "2024-01-01T00:00:00Z"),
-            )
+    # The demo's own connection, for a raw statement that bypasses ON CONFLICT.
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"), database._connect() as conn:
+        conn.execute(
+            database.tables.sql(
+                "INSERT INTO {users} (id, tenant, email, name, created_at) VALUES (?, ?, ?, ?, ?)"
+            ),
+            ("usr_raw", "tenant-a", "ada@example.com", "Ada", "2024-01-01T00:00:00Z"),
+        )
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ __all__ = [
     "record_from_row",
     "store_error",
     "translate_errors",
+    "validate_table",
 ]
 
 DEFAULT_TABLE: Final = "retrysafe_records"

@@ -1,0 +1,139 @@
+"""Queue consumers whose effects happen once per message, however often the broker delivers it.
+
+Brokers deliver at least once: a consumer that dies before it acknowledges, a `nack` with
+requeue, a publisher that retries a publish, all deliver a message again. `idempotent_message`
+is `@idempotent` with the message id as the key and the body as the fingerprint, so a second
+delivery replays the first one's outcome instead of repeating its effect:
+
+    store = retrysafe.open_async_store("redis://localhost:6379/0")
+
+    @idempotent_message(store, namespace="orders.charge")
+    async def charge(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await payments.charge(json.loads(message.body))
+
+    async with queue.iterator() as messages:
+        async for message in messages:
+            try:
+                await charge(message)
+            except Exception as error:
+                await message.reject(requeue=should_requeue(error))
+            else:
+                await message.ack()  # after the outcome is stored, never before
+
+Acknowledge only after the handler returns: the outcome is stored by then, so a crash between
+the two makes the broker redeliver a message whose replay is a no-op. See docs/functions.md for
+the whole pattern, pika, Celery and other task runners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from retrysafe._decorator import DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_WAIT, idempotent
+from retrysafe._errors import (
+    ConfigurationError,
+    InvalidKeyError,
+    KeyMismatchError,
+    OutcomeError,
+)
+from retrysafe._serializer import Serializer
+from retrysafe.stores.base import AsyncStore, Store
+
+__all__ = ["idempotent_message", "message_body_of", "message_id_of", "should_requeue"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Errors that a redelivery cannot fix: the same message would fail the same way forever.
+_PERMANENT = (InvalidKeyError, KeyMismatchError, OutcomeError, ConfigurationError)
+
+
+def message_id_of(*args: Any, **kwargs: Any) -> str:
+    """Return the message id of a handler's message, found among its arguments.
+
+    The first argument with a non-empty `message_id` attribute wins: an aio-pika message, or
+    the `properties` that pika passes to a callback. A message without an id cannot be
+    deduplicated: `InvalidKeyError` (publishers must set `message_id`).
+    """
+    for value in (*args, *kwargs.values()):
+        found = getattr(value, "message_id", None)
+        if found:
+            return str(found)
+    raise InvalidKeyError(
+        "The message has no message_id, so its deliveries cannot be told apart: publish it "
+        "with a message_id, or pass idempotent_message(message_id=...) another key."
+    )
+
+
+def message_body_of(*args: Any, **kwargs: Any) -> bytes:
+    """Return the body of a handler's message: the first `bytes` argument or `.body` attribute.
+
+    This is the fingerprint: one message id published with two different bodies raises
+    `KeyMismatchError` instead of replaying the wrong outcome.
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        body = getattr(value, "body", None)
+        if isinstance(body, bytes | bytearray | memoryview):
+            return bytes(body)
+    return b""
+
+
+def should_requeue(error: BaseException) -> bool:
+    """Return whether a delivery that raised `error` should go back to the queue.
+
+    False for errors that a redelivery would hit again (no message id, a reused id with another
+    body, an outcome that cannot be stored, a configuration error): reject those to a dead
+    letter queue. True for everything else, `InFlightError` and store outages included.
+    """
+    return not isinstance(error, _PERMANENT)
+
+
+def idempotent_message(
+    store: Store | AsyncStore,
+    *,
+    message_id: Callable[..., object] = message_id_of,
+    body: Callable[..., object] = message_body_of,
+    namespace: str | None = None,
+    scope: str | Callable[..., str] = "",
+    retention: float = DEFAULT_RETENTION,
+    lease: float = DEFAULT_LEASE,
+    wait: float = DEFAULT_WAIT,
+    final_exceptions: tuple[type[BaseException], ...] = (),
+    serializer: Serializer | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Make a message handler run once per message id; a redelivery replays its outcome.
+
+    Args:
+        store: a sync store for a sync handler (pika), an async store for an async one
+            (aio-pika).
+        message_id: a callable of the handler's arguments returning the key; by default the
+            message's `message_id`.
+        body: a callable of the handler's arguments returning the fingerprinted content; by
+            default the message body.
+        namespace: what separates this handler's message ids from other handlers'; default
+            the handler's `module.QualifiedName`. Two handlers of one queue need two namespaces.
+        scope: a fixed scope or a callable of the arguments (a tenant header).
+        retention: seconds a message id is remembered; keep it longer than the longest time
+            the broker or a publisher may deliver the message again.
+        lease: seconds an in-flight delivery holds the id unless its heartbeat renews it; a
+            consumer that dies lets a redelivery take over after this.
+        wait: seconds a duplicate delivery waits for the first one to finish.
+        final_exceptions: exception types stored as the handler's outcome and raised again on
+            redelivery, rather than releasing the id for a retry.
+        serializer: how return values are stored; default `JSONSerializer()`.
+    """
+    return idempotent(
+        store,
+        key=message_id,
+        fingerprint=body,
+        scope=scope,
+        namespace=namespace,
+        retention=retention,
+        lease=lease,
+        wait=wait,
+        final_exceptions=final_exceptions,
+        serializer=serializer,
+    )

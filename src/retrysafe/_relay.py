@@ -201,8 +201,9 @@ class FaultRelay:
         if fate.delay is not None:
             self.counters.delayed += 1
             await anyio.sleep(fate.delay)
-        await _respond(send, status, headers, content)
+        # Counted before sending, so a client that has its answer also sees it counted.
         self.counters.delivered += 1
+        await _respond(send, status, headers, content)
 
     async def _forward(
         self, scope: Scope, body: bytes
@@ -226,12 +227,16 @@ class FaultRelay:
             content = b"".join([chunk async for chunk in response.aiter_raw()])
         finally:
             await response.aclose()
+        # The relay answers with the whole body at once, so its length is known; a HEAD answer
+        # keeps the upstream's Content-Length (of the body it would have sent).
+        head = scope["method"] == "HEAD"
         answer = [
             (name, value)
             for name, value in response.headers.raw
-            if name.lower() not in _HOP_BY_HOP and name.lower() != b"content-length"
+            if name.lower() not in _HOP_BY_HOP and (head or name.lower() != b"content-length")
         ]
-        answer.append((b"content-length", str(len(content)).encode()))
+        if not head:
+            answer.append((b"content-length", str(len(content)).encode()))
         return response.status_code, answer, content
 
     async def _lose(self, receive: Receive, send: Send) -> None:

@@ -48,7 +48,10 @@ def _clip(timeout: _Timeout, remaining: float) -> _Timeout:
         return (remaining, remaining)
     if isinstance(timeout, tuple):
         connect, read = timeout
-        return (min(connect, remaining), remaining if read is None else min(read, remaining))
+        return (
+            remaining if connect is None else min(connect, remaining),
+            remaining if read is None else min(read, remaining),
+        )
     if isinstance(timeout, int | float):
         return min(float(timeout), remaining)
     return timeout  # a urllib3 Timeout object: the caller's exact wish, left as it is

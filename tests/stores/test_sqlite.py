@@ -227,6 +227,35 @@ def test_database_is_in_wal_mode(store: SQLiteStore, db_path: Path) -> None:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_forked_child_opens_its_own_connection(store: SQLiteStore) -> None:
+    """A child forked after the store was used never touches the parent's connection."""
+    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    parent_connection = store._connection()  # white box: which connection a call would use
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child process
+        verdict = b"error"
+        try:
+            own = store._connection() is not parent_connection
+            record = store.get(ident())
+            child = store.claim(ident("child"), "fp", lease=LEASE, retention=RETENTION)
+            seen = record is not None and record.token == claim.token
+            store.close()
+            verdict = b"ok" if own and seen and child.acquired else b"wrong"
+        finally:
+            os.write(write, verdict)
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        verdict = pipe.read()
+    os.waitpid(pid, 0)
+    assert verdict == b"ok"
+    assert store._connection() is parent_connection
+    assert store.get(ident("child")) is not None
+
+
 # URLs
 
 

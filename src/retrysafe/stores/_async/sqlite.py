@@ -85,6 +85,8 @@ class AsyncSQLiteStore:
         self._local = threading.local()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []
         self._closed = False
         self._schema_lock = threading.Lock()
         self._schema_ready = False
@@ -273,6 +275,8 @@ class AsyncSQLiteStore:
         """Return the calling thread's connection, opening it on first use."""
         if self._closed:
             raise StoreError(f"SQLite store {self.path!r} is closed.")
+        if self._pid != os.getpid():
+            self._forget_inherited()
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = connect(self.path, timeout=self.timeout, synchronous=self.synchronous)
@@ -290,3 +294,16 @@ class AsyncSQLiteStore:
             for thread in ended:
                 self._connections.pop(thread).close()
             self._connections[threading.current_thread()] = connection
+
+    def _forget_inherited(self) -> None:
+        """In a forked child, set the parent's connections aside and open new ones.
+
+        SQLite forbids using a connection across fork(), and closing one in the child could
+        disturb the parent's locks or WAL; so they are kept, unused and unclosed, for the life
+        of this process. The child then opens its own connections as any new thread does.
+        """
+        self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._inherited.extend(self._connections.values())
+        self._connections = {}
+        self._local = threading.local()
+        self._pid = os.getpid()

@@ -304,7 +304,8 @@ def test_open_store_builds_both_faces(db_path: Path) -> None:
     [
         ("sqlite:///x.db?color=blue", "Unknown store URL option 'color'"),
         ("sqlite:///x.db?timeout=soon", "timeout='soon' is not a valid float"),
-        ("sqlite:///x.db?timeout=-1", "busy timeout must be >= 0"),
+        ("sqlite:///x.db?timeout=-1", "busy timeout must be a finite number of seconds >= 0"),
+        ("sqlite:///x.db?timeout=inf", "busy timeout must be a finite number"),
         ("sqlite:///x.db?table=bad-name", "table name 'bad-name' is not allowed"),
         ("sqlite:///x.db?table=x%22%3B%20DROP", "is not allowed"),
         ("sqlite:///x.db?table=sqlite_master", "is not allowed"),

@@ -10,6 +10,7 @@ thread; the sync face (generated) calls it inline. The SQL itself lives in `stor
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sqlite3
 import threading
@@ -66,13 +67,15 @@ class SQLiteStore:
         synchronous: Synchronous = "full",
     ) -> None:
         path = os.fspath(path)
-        if path in ("", ":memory:") or path.startswith("file:"):
+        if path in ("", ":memory:"):
             raise ConfigurationError(
                 f"SQLite store path {path!r} is not a database file; an in-memory SQLite"
                 " database is private to one connection, so use 'memory://' for that."
             )
-        if timeout < 0:
-            raise ConfigurationError(f"SQLite busy timeout must be >= 0 seconds, not {timeout}.")
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise ConfigurationError(
+                f"SQLite busy timeout must be a finite number of seconds >= 0, not {timeout}."
+            )
         if synchronous not in get_args(Synchronous):
             raise ConfigurationError(
                 f"SQLite synchronous must be 'full' or 'normal', not {synchronous!r}."

@@ -1,0 +1,71 @@
+"""Transactional mode: idempotency records that commit with the business writes (B29-B31).
+
+An idempotency key kept in one system (Redis) beside writes in another (PostgreSQL) cannot be
+exactly-once: a crash between the two loses or repeats one of them. Here the key's record lives
+in the same SQL database as the writes (the store's own table) and commits in the same
+transaction, so a crash leaves both or neither. See docs/transactions.md.
+
+Transactional mode, one transaction per operation:
+
+    from retrysafe import Identity, transactions
+
+    identity = Identity("payments", tenant, key)
+    with transactions.sqlite(conn, identity=identity, fingerprint=fp) as tx:
+        if tx.replay:
+            return tx.outcome
+        conn.execute("INSERT INTO payments ...")
+        tx.complete(body)
+
+    transactions.sqlite(connection, ...)       sqlite3                      -> Transaction
+    transactions.psycopg(connection, ...)      psycopg Connection           -> Transaction
+                                               psycopg AsyncConnection      -> AsyncTransaction
+    transactions.sqlalchemy(session, ...)      Session                      -> Transaction
+                                               AsyncSession                 -> AsyncTransaction
+
+Atomic phases, for operations that call other systems: `run_phases` / `arun_phases`, with
+`Step.foreign_key()` for each foreign call (`retrysafe.transactions.phases`).
+
+Idempotent writes: `insert_if_absent`, `update_by_key`, `delete_by_key` and their `a` twins
+(`retrysafe.transactions.writes`).
+"""
+
+from __future__ import annotations
+
+from retrysafe.transactions._core import AsyncTransaction, Transaction
+from retrysafe.transactions._open import psycopg, sqlalchemy, sqlite
+from retrysafe.transactions.phases import (
+    PhasesResult,
+    Step,
+    arun_phases,
+    foreign_key,
+    run_phases,
+)
+from retrysafe.transactions.writes import (
+    Inserted,
+    adelete_by_key,
+    ainsert_if_absent,
+    aupdate_by_key,
+    delete_by_key,
+    insert_if_absent,
+    update_by_key,
+)
+
+__all__ = [
+    "AsyncTransaction",
+    "Inserted",
+    "PhasesResult",
+    "Step",
+    "Transaction",
+    "adelete_by_key",
+    "ainsert_if_absent",
+    "arun_phases",
+    "aupdate_by_key",
+    "delete_by_key",
+    "foreign_key",
+    "insert_if_absent",
+    "psycopg",
+    "run_phases",
+    "sqlalchemy",
+    "sqlite",
+    "update_by_key",
+]

@@ -9,8 +9,9 @@ upstream has applied the request by then), and then, from a seeded random draw:
   response", as when a proxy, a load balancer or the server process dies after the write
   committed. `lost_as="timeout"` holds the answer back until the client gives up (its read
   timeout) and hangs up, as when the response packets vanish; it costs the client its timeout.
-- otherwise delays the response (probability `delay`, by up to `delay_seconds`) or delivers it
-  at once.
+- otherwise delays the response (probability `delay`, by `delay_min_seconds` to
+  `delay_seconds`) or delivers it at once. A client whose timeout ends during the delay hangs
+  up; that response is counted as abandoned (the request was applied, the answer never seen).
 
     plan = FaultPlan(loss=0.3, delay=0.1, seed=7)
     with serve_asgi(app) as upstream, serve_relay(upstream, plan) as relay:
@@ -75,7 +76,8 @@ class FaultPlan:
         lost_as: how a lost response looks to the client: `"disconnect"` (the connection closes
             without an answer) or `"timeout"` (no answer until the client hangs up).
         delay: the probability that a delivered response is delayed.
-        delay_seconds: the longest delay; each delay is drawn uniformly from [0, this].
+        delay_seconds: the longest delay.
+        delay_min_seconds: the shortest delay; each is drawn uniformly between the two.
         seed: the seed of the random draws; None draws differently on each run.
         hold_max: in `"timeout"` mode, the longest a lost response is held before the relay
             closes the connection itself.
@@ -86,6 +88,7 @@ class FaultPlan:
     lost_as: Literal["disconnect", "timeout"] = "disconnect"
     delay: float = 0.0
     delay_seconds: float = 0.1
+    delay_min_seconds: float = 0.0
     seed: int | None = None
     hold_max: float = 30.0
     upstream_timeout: float = 30.0
@@ -95,8 +98,10 @@ class FaultPlan:
             raise ConfigurationError("loss and delay are probabilities between 0 and 1")
         if self.lost_as not in ("disconnect", "timeout"):
             raise ConfigurationError('lost_as is "disconnect" or "timeout"')
-        if min(self.delay_seconds, self.hold_max, self.upstream_timeout) < 0:
+        if min(self.delay_min_seconds, self.hold_max, self.upstream_timeout) < 0:
             raise ConfigurationError("durations cannot be negative")
+        if self.delay_seconds < self.delay_min_seconds:
+            raise ConfigurationError("delay_seconds cannot be below delay_min_seconds")
 
 
 @dataclass(slots=True)
@@ -108,7 +113,8 @@ class RelayCounters:
         forwarded: requests the upstream answered (so it has applied them).
         delivered: responses that reached the client (delayed ones included).
         lost: responses dropped after the upstream answered.
-        delayed: responses delivered late.
+        delayed: responses held back for a delay (delivered late, or abandoned).
+        abandoned: delayed responses whose client hung up first (its timeout ended).
         upstream_errors: requests the upstream did not answer (the client got 502).
     """
 
@@ -117,6 +123,7 @@ class RelayCounters:
     delivered: int = 0
     lost: int = 0
     delayed: int = 0
+    abandoned: int = 0
     upstream_errors: int = 0
 
     def snapshot(self) -> dict[str, int]:
@@ -179,7 +186,7 @@ class FaultRelay:
         # Always three draws, so one request's fate does not shift the next one's.
         lost = self._rng.random() < self.plan.loss
         delayed = self._rng.random() < self.plan.delay
-        seconds = self._rng.uniform(0.0, self.plan.delay_seconds)
+        seconds = self._rng.uniform(self.plan.delay_min_seconds, self.plan.delay_seconds)
         return _Fate(lost=lost, delay=seconds if delayed and not lost else None)
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -200,7 +207,9 @@ class FaultRelay:
             return
         if fate.delay is not None:
             self.counters.delayed += 1
-            await anyio.sleep(fate.delay)
+            if await _hung_up_within(receive, fate.delay):
+                self.counters.abandoned += 1
+                return
         # Counted before sending, so a client that has its answer also sees it counted.
         self.counters.delivered += 1
         await _respond(send, status, headers, content)
@@ -253,6 +262,15 @@ class FaultRelay:
             with anyio.move_on_after(1.0):
                 while (await receive())["type"] != "http.disconnect":
                     pass
+
+
+async def _hung_up_within(receive: Receive, seconds: float) -> bool:
+    """Wait `seconds`; return True as soon as the client hangs up meanwhile."""
+    with anyio.move_on_after(seconds):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return True
+    return False
 
 
 async def _read_body(receive: Receive) -> bytes:

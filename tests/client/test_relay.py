@@ -43,6 +43,7 @@ def test_relay_forwards_everything_without_faults(scripted: Scripted) -> None:
         "delivered": 1,
         "lost": 0,
         "delayed": 0,
+        "abandoned": 0,
         "upstream_errors": 0,
     }
 
@@ -93,6 +94,18 @@ def test_relay_delays_responses(scripted: Scripted) -> None:
     assert relay.counters.delayed == relay.counters.delivered == 3
 
 
+def test_relay_counts_delayed_answers_the_client_gave_up_on(scripted: Scripted) -> None:
+    """A delay longer than the client's timeout: the request was applied, the answer abandoned."""
+    url, script = scripted.script(Answer(200))
+    base, path = _split(url)
+    plan = FaultPlan(delay=1.0, delay_min_seconds=0.5, delay_seconds=0.6)
+    with serve_relay(base, plan) as relay:
+        assert _send_all(relay.url + path, 2, timeout=0.1) == ["ReadTimeout", "ReadTimeout"]
+    assert len(script.seen) == 2
+    assert relay.counters.abandoned == relay.counters.delayed == 2
+    assert relay.counters.delivered == 0
+
+
 def test_relay_answers_502_when_the_upstream_is_down() -> None:
     """An upstream that does not answer gives 502 and is counted, not forwarded."""
     with serve_relay("http://127.0.0.1:9", FaultPlan(upstream_timeout=2.0)) as relay:
@@ -103,7 +116,13 @@ def test_relay_answers_502_when_the_upstream_is_down() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"loss": 1.5}, {"delay": -0.1}, {"lost_as": "vanish"}, {"delay_seconds": -1.0}],
+    [
+        {"loss": 1.5},
+        {"delay": -0.1},
+        {"lost_as": "vanish"},
+        {"delay_seconds": -1.0},
+        {"delay_min_seconds": 0.5, "delay_seconds": 0.1},
+    ],
 )
 def test_fault_plan_refuses_invalid_values(options: dict[str, object]) -> None:
     """Probabilities outside [0, 1], unknown loss modes and negative durations are refused."""

@@ -8,6 +8,7 @@ retrysafe keys ...              inspect and clean a store
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -39,6 +40,11 @@ app.add_typer(keys.app, name="keys")
 
 def main() -> None:
     """Run the CLI (the `retrysafe` console script)."""
+    # Drivers log their retries (psycopg's pool, say) as warnings; with no handler configured,
+    # Python would print them next to our one-line error. Commands that want logs add handlers.
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
     try:
         app()
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Annotated
 
@@ -9,7 +10,7 @@ import anyio
 import typer
 
 from retrysafe.cli._common import console, errors_as_one_line, fail
-from retrysafe.demo import DemoDatabase, create_app, redact_url
+from retrysafe.demo import DemoDatabase, check_store, create_app, redact_url
 from retrysafe.demo._server import listen, serve_app
 from retrysafe.stores import open_async_store
 
@@ -63,12 +64,16 @@ def serve_demo(
     profiles live in their own tables in the store's database (SQLite or PostgreSQL; with a
     Redis or memory store, in an in-memory SQLite database).
     """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logging.getLogger("retrysafe").addHandler(handler)  # failures to store an outcome (B19)
     with errors_as_one_line():
         try:
             sock = listen(host, port)
         except OSError as error:
             fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
         try:
+            check_store(store)
             database = DemoDatabase.for_store_url(store)
         except BaseException:
             sock.close()

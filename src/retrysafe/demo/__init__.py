@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from retrysafe.demo._app import DemoApp, TenantTraffic, Traffic, create_app
 from retrysafe.demo._report import DemoReport, RunResult
-from retrysafe.demo._runner import DemoSettings, ProgressHook, run_demo
+from retrysafe.demo._runner import DemoSettings, ProgressHook, check_store, run_demo
 from retrysafe.demo._tables import DemoDatabase, Payment, Tables, User, redact_url
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "TenantTraffic",
     "Traffic",
     "User",
+    "check_store",
     "create_app",
     "redact_url",
     "run_demo",

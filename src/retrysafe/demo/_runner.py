@@ -30,14 +30,15 @@ from pathlib import Path
 import anyio
 import httpx
 
+from retrysafe._record import Identity
 from retrysafe._relay import FaultPlan, serve_asgi, serve_relay
 from retrysafe.client import AsyncIdempotentTransport, RetryEvent, RetryPolicy
 from retrysafe.demo._app import DemoApp, create_app
 from retrysafe.demo._report import DemoReport, RunResult
 from retrysafe.demo._tables import DEFAULT_PREFIX, DemoDatabase, redact_url
-from retrysafe.stores import open_async_store
+from retrysafe.stores import open_async_store, open_store
 
-__all__ = ["DemoSettings", "ProgressHook", "run_demo"]
+__all__ = ["DemoSettings", "ProgressHook", "check_store", "run_demo"]
 
 ProgressHook = Callable[[bool, int], None]
 """Told (keys, payments finished so far) as a pass progresses."""
@@ -99,12 +100,27 @@ class _Pass:
     seconds: float
 
 
+def check_store(url: str) -> None:
+    """Read from the store at `url` once, so an unreachable store fails before anything starts.
+
+    Raises:
+        ConfigurationError: the URL is invalid.
+        StoreUnavailableError: the store cannot be reached.
+    """
+    store = open_store(url)
+    try:
+        store.get(Identity("retrysafe-check", "", "reachable"))
+    finally:
+        store.close()
+
+
 def run_demo(settings: DemoSettings, on_progress: ProgressHook | None = None) -> DemoReport:
     """Run both passes and return what happened, counted from the API's own records.
 
     Blocks until done; the API and the relays run in background threads on loopback ports.
     """
     with _store_url(settings.store) as store_url:
+        check_store(store_url)
         database = DemoDatabase.for_store_url(store_url, prefix=settings.table_prefix)
         try:
             return _run(settings, store_url, database, on_progress or _quiet)

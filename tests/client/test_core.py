@@ -75,7 +75,15 @@ def test_b33_policy_refuses_invalid_values(options: dict[str, object]) -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("3", 3.0), (" 0 ", 0.0), (None, None), ("soon", None), ("-5", None), ("1.5", None)],
+    [
+        ("3", 3.0),
+        (" 0 ", 0.0),
+        (None, None),
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),
+        ("²", None),
+    ],
 )
 def test_b33_retry_after_delta_seconds(value: str | None, seconds: float | None) -> None:
     """Retry-After as delta-seconds is read; anything that is not a count is ignored."""

@@ -68,7 +68,7 @@ def store_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> I
     if backend == "memory":
         yield "memory://"
     elif backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
+        yield f"sqlite:///{tmp_path / 'store.db'}?timeout=30"
     elif backend == "postgres":
         url = f"{request.getfixturevalue('postgres_url')}?table={unique_name()}"
         with _cleanup(backend, url):

@@ -1,0 +1,235 @@
+"""Per-view idempotency settings for Django: a view decorator and a `RETRYSAFE` settings entry.
+
+    # settings.py
+    RETRYSAFE = {
+        "STORE": "postgresql://app@db/app",        # any store URL (required)
+        "ROUTES": {"/health": None},               # path patterns, for unmarked views
+        "WAIT": 0,                                 # any middleware setting, in upper case
+    }
+
+    # views.py
+    from retrysafe.integrations.django import idempotency
+
+    @idempotency(required=True, retention=3600)
+    def create_payment(request): ...
+
+    # wsgi.py (or asgi.py with get_asgi_application)
+    from retrysafe.integrations.django import get_wsgi_application
+    application = get_wsgi_application()
+
+The middleware wraps Django's WSGI (or ASGI) handler rather than sitting in `MIDDLEWARE`: it
+must see the raw request body and send the response bytes it stores, before Django parses
+either, and a request it answers (a replay, a 400) never reaches Django at all. Its hook
+resolves the path with `django.urls.resolve` (the `ROOT_URLCONF`), as Django will, and reads
+the view's mark; a class-based view is marked on the class or on what `as_view()` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, cast
+
+# Django ships no type information (django-stubs is a separate project).
+try:
+    from django.conf import settings as django_settings  # type: ignore[import-untyped]
+    from django.core.asgi import get_asgi_application as django_asgi  # type: ignore[import-untyped]
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+    from django.core.wsgi import get_wsgi_application as django_wsgi  # type: ignore[import-untyped]
+    from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("retrysafe.integrations.django needs Django: pip install django") from error
+
+from retrysafe import asgi, wsgi
+from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe.integrations._routes import (
+    UNMARKED,
+    PathPatterns,
+    RouteOptions,
+    Unmarked,
+    marked_route,
+    merge,
+    read_mark,
+)
+from retrysafe.stores import AsyncStore, Store, open_async_store, open_store
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+__all__ = [
+    "DjangoRoutes",
+    "RouteSettings",
+    "get_asgi_application",
+    "get_wsgi_application",
+    "idempotency",
+    "settings_from_django",
+]
+
+_T = TypeVar("_T")
+_OPTION_NAMES = SettingsOptions.__optional_keys__ | SettingsOptions.__required_keys__
+
+
+def idempotency(*, exempt: bool = False, **options: Unpack[RouteOptions]) -> Callable[[_T], _T]:
+    """Mark a view function (or a class-based view) with its idempotency settings.
+
+    The view is returned as it is, so the decorator may go above or below others.
+
+    Args:
+        exempt: the view is never tracked, whatever the path patterns say.
+        options: `RouteSettings` fields: `required=True`, `retention=3600`, `wait=0`, ...
+    """
+    return marked_route(exempt=exempt, options=options)
+
+
+class DjangoRoutes:
+    """The `route_settings` hooks for a Django project: the mark of the view a path resolves to.
+
+    `for_environ` is the WSGI hook, `for_scope` the ASGI one.
+
+    Args:
+        routes: path patterns for views without a mark.
+        cache_size: how many resolved (method, path) to remember.
+    """
+
+    def __init__(
+        self,
+        *,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        self._patterns = PathPatterns(routes)
+        self._cache: dict[Hashable, RouteSettings | None] = {}
+        self._cache_size = cache_size
+
+    def for_environ(self, environ: WSGIEnvironment) -> RouteSettings | None:
+        """Return the settings of the view a WSGI request goes to (None: not covered)."""
+        script_name = environ.get("SCRIPT_NAME", "").encode("latin-1").decode("utf-8", "replace")
+        path_info = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+        return self._settings(environ["REQUEST_METHOD"], script_name, path_info or "/")
+
+    def for_scope(self, scope: asgi.Scope) -> RouteSettings | None:
+        """Return the settings of the view an ASGI request goes to (None: not covered)."""
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            return self._settings(scope["method"], root_path, path[len(root_path) :] or "/")
+        return self._settings(scope["method"], "", path)
+
+    def _settings(self, method: str, script_name: str, path_info: str) -> RouteSettings | None:
+        key = (method, script_name, path_info)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        try:
+            view: Any = resolve(path_info).func
+        except Resolver404:  # Django answers 404 itself
+            mark: RouteSettings | Unmarked | None = UNMARKED
+        else:
+            mark = read_mark(view)
+            if isinstance(mark, Unmarked) and hasattr(view, "view_class"):
+                mark = read_mark(view.view_class)
+        settings = merge(self._patterns.for_path(script_name + path_info), mark)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[key] = settings
+        return settings
+
+
+def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions]:
+    """Return the store URL, path patterns and middleware options of `settings.RETRYSAFE`.
+
+    Raises:
+        ImproperlyConfigured: an unknown key or a malformed route.
+    """
+    config: Mapping[str, Any] = getattr(django_settings, "RETRYSAFE", None) or {}
+    routes: dict[str, RouteSettings | None] = {}
+    for pattern, route in (config.get("ROUTES") or {}).items():
+        if route is None or isinstance(route, RouteSettings):
+            routes[pattern] = route
+        elif isinstance(route, Mapping):
+            try:
+                routes[pattern] = RouteSettings(**route)
+            except TypeError as error:
+                raise ImproperlyConfigured(f"RETRYSAFE['ROUTES'][{pattern!r}]: {error}") from error
+        else:
+            raise ImproperlyConfigured(
+                f"RETRYSAFE['ROUTES'][{pattern!r}] must be a dict of route settings or None."
+            )
+    options: dict[str, Any] = {}
+    for name, value in config.items():
+        if name in ("STORE", "ROUTES"):
+            continue
+        if name.lower() not in _OPTION_NAMES:
+            known = ", ".join(sorted(n.upper() for n in _OPTION_NAMES))
+            raise ImproperlyConfigured(
+                f"Unknown RETRYSAFE setting {name!r}; use STORE, ROUTES or one of {known}."
+            )
+        options[name.lower()] = value
+    return config.get("STORE"), routes, cast(SettingsOptions, options)
+
+
+def _merged(configured: SettingsOptions, options: SettingsOptions) -> SettingsOptions:
+    merged = configured.copy()
+    merged.update(options)
+    return merged
+
+
+def _store_url(url: str | None) -> str:
+    if not url:
+        raise ImproperlyConfigured(
+            "Set RETRYSAFE = {'STORE': 'sqlite:///idempotency.db'} (any store URL) in settings, "
+            "or pass store=..."
+        )
+    return url
+
+
+def get_wsgi_application(
+    *,
+    store: Store | None = None,
+    routes: Mapping[str, RouteSettings | None] | None = None,
+    **options: Unpack[SettingsOptions],
+) -> wsgi.IdempotencyMiddleware:
+    """Return Django's WSGI application wrapped in the idempotency middleware.
+
+    Set-up comes from `settings.RETRYSAFE`; the arguments override it.
+
+    Args:
+        store: where records live (default: `open_store(RETRYSAFE["STORE"])`).
+        routes: path patterns for unmarked views (default: `RETRYSAFE["ROUTES"]`).
+        options: middleware settings, over the ones in `RETRYSAFE`.
+    """
+    application = django_wsgi()
+    url, configured_routes, configured = settings_from_django()
+    hook = DjangoRoutes(routes=configured_routes if routes is None else routes)
+    return wsgi.IdempotencyMiddleware(
+        application,
+        store=store or open_store(_store_url(url)),
+        route_settings=hook.for_environ,
+        **_merged(configured, options),
+    )
+
+
+def get_asgi_application(
+    *,
+    store: AsyncStore | None = None,
+    routes: Mapping[str, RouteSettings | None] | None = None,
+    **options: Unpack[SettingsOptions],
+) -> asgi.IdempotencyMiddleware:
+    """Return Django's ASGI application wrapped in the idempotency middleware.
+
+    Set-up comes from `settings.RETRYSAFE`; the arguments override it.
+
+    Args:
+        store: where records live (default: `open_async_store(RETRYSAFE["STORE"])`).
+        routes: path patterns for unmarked views (default: `RETRYSAFE["ROUTES"]`).
+        options: middleware settings, over the ones in `RETRYSAFE`.
+    """
+    application = django_asgi()
+    url, configured_routes, configured = settings_from_django()
+    hook = DjangoRoutes(routes=configured_routes if routes is None else routes)
+    return asgi.IdempotencyMiddleware(
+        application,
+        store=store or open_async_store(_store_url(url)),
+        route_settings=hook.for_scope,
+        **_merged(configured, options),
+    )

@@ -1,0 +1,153 @@
+"""Per-route idempotency settings for FastAPI, as a dependency that also documents the header.
+
+    from fastapi import Depends, FastAPI
+    from retrysafe import open_async_store
+    from retrysafe.integrations.fastapi import idempotency, install
+
+    app = FastAPI()
+
+    @app.post("/payments", dependencies=[Depends(idempotency(required=True))])
+    async def create_payment(payment: Payment) -> Receipt: ...
+
+    install(app, store=open_async_store("sqlite:///idempotency.db"))
+
+The dependency declares the `Idempotency-Key` header, so the OpenAPI schema shows it (required
+or optional); used as a parameter it gives the handler the raw header value. `install` adds
+`retrysafe.asgi.IdempotencyMiddleware` with a hook that finds the route FastAPI will pick and
+reads the marks of its dependencies (router-level first, the route's own last: closest wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Final, Unpack
+
+try:
+    from fastapi import Header
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
+    from starlette.routing import BaseRoute
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "retrysafe.integrations.fastapi needs FastAPI: pip install fastapi"
+    ) from error
+
+from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe.asgi import IdempotencyMiddleware
+from retrysafe.integrations._routes import (
+    UNMARKED,
+    RouteOptions,
+    Unmarked,
+    mark,
+    merge,
+    read_mark,
+    route_from_options,
+)
+from retrysafe.integrations.starlette import StarletteRoutes
+from retrysafe.stores.base import AsyncStore
+
+__all__ = ["FastAPIRoutes", "RouteSettings", "idempotency", "install"]
+
+KEY_HEADER: Final = "Idempotency-Key"
+_REQUIRED_HELP: Final = (
+    "Required. A unique value per operation (a UUID); send the same value when retrying, and "
+    "the operation runs once: a retry gets the first response again, marked "
+    "`Idempotent-Replayed: true`."
+)
+_OPTIONAL_HELP: Final = (
+    "Optional. A unique value per operation (a UUID); send the same value when retrying, and "
+    "the operation runs once: a retry gets the first response again, marked "
+    "`Idempotent-Replayed: true`."
+)
+
+
+def idempotency(
+    *, exempt: bool = False, **options: Unpack[RouteOptions]
+) -> Callable[..., str | None]:
+    """Return a dependency that marks its route with these settings and declares the header.
+
+    Use it in `dependencies=[Depends(idempotency(...))]` of a route or router, or as a
+    parameter (`key: Annotated[str | None, Depends(idempotency())]`) to get the header value.
+
+    Args:
+        exempt: the route is never tracked, whatever the path patterns say.
+        options: `RouteSettings` fields: `required=True`, `retention=3600`, `wait=0`, ...
+    """
+    route = route_from_options(exempt=exempt, options=options)
+    dependency: Callable[..., str | None]
+    if route is None:
+
+        def exempt_route() -> None:
+            return None
+
+        dependency = exempt_route
+    elif route.required:
+
+        def required_key(
+            idempotency_key: Annotated[str, Header(alias=KEY_HEADER, description=_REQUIRED_HELP)],
+        ) -> str:
+            return idempotency_key
+
+        dependency = required_key
+    else:
+
+        def optional_key(
+            idempotency_key: Annotated[
+                str | None, Header(alias=KEY_HEADER, description=_OPTIONAL_HELP)
+            ] = None,
+        ) -> str | None:
+            return idempotency_key
+
+        dependency = optional_key
+    return mark(dependency, route)
+
+
+def _dependency_marks(dependant: Dependant) -> RouteSettings | Unmarked | None:
+    """Return the marks in `dependant`'s dependency tree merged, the last found closest."""
+    found: RouteSettings | Unmarked | None = UNMARKED
+    for sub in dependant.dependencies:
+        for mark_ in (read_mark(sub.call), _dependency_marks(sub)):
+            if not isinstance(mark_, Unmarked):
+                found = merge(None if isinstance(found, Unmarked) else found, mark_)
+    return found
+
+
+class FastAPIRoutes(StarletteRoutes):
+    """The `route_settings` hook for a FastAPI app: marks of the matched route's dependencies.
+
+    A route's endpoint may also carry a mark from `retrysafe.integrations.starlette`'s
+    decorator; it applies over the dependencies' marks.
+    """
+
+    def mark_of(self, route: BaseRoute) -> RouteSettings | Unmarked | None:
+        """Return the idempotency mark of `route`: its dependencies', then its endpoint's."""
+        endpoint_mark = super().mark_of(route)
+        if not isinstance(route, APIRoute):
+            return endpoint_mark
+        dependencies_mark = _dependency_marks(route.dependant)
+        if isinstance(dependencies_mark, Unmarked):
+            return endpoint_mark
+        return merge(dependencies_mark, endpoint_mark)
+
+
+def install(
+    app: Any,
+    *,
+    store: AsyncStore,
+    routes: Mapping[str, RouteSettings | None] | None = None,
+    **options: Unpack[SettingsOptions],
+) -> None:
+    """Add the idempotency middleware to FastAPI `app`, with per-route settings.
+
+    Args:
+        app: the FastAPI app (before it starts serving).
+        store: where records live (`retrysafe.open_async_store(url)`).
+        routes: path patterns for routes without a mark.
+        options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
+    """
+    app.add_middleware(
+        IdempotencyMiddleware,
+        store=store,
+        route_settings=FastAPIRoutes(app, routes=routes),
+        **options,
+    )

@@ -1,0 +1,144 @@
+"""Per-route idempotency settings for Starlette apps.
+
+    from retrysafe import open_async_store
+    from retrysafe.integrations.starlette import idempotency, install
+
+    @idempotency(required=True, retention=3600)
+    async def create_payment(request): ...
+
+    app = Starlette(routes=[Route("/payments", create_payment, methods=["POST"])])
+    install(app, store=open_async_store("sqlite:///idempotency.db"))
+
+`install` adds `retrysafe.asgi.IdempotencyMiddleware` with a `route_settings` hook that finds
+the route Starlette will pick (through `Mount`s and `Host`s) and reads the endpoint's mark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, Unpack
+
+try:
+    from starlette.routing import BaseRoute, Host, Match, Mount
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "retrysafe.integrations.starlette needs Starlette: pip install starlette"
+    ) from error
+
+from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe.asgi import IdempotencyMiddleware, Scope
+from retrysafe.integrations._routes import (
+    UNMARKED,
+    PathPatterns,
+    RouteOptions,
+    Unmarked,
+    marked_route,
+    merge,
+    read_mark,
+)
+from retrysafe.stores.base import AsyncStore
+
+__all__ = ["RouteSettings", "StarletteRoutes", "find_route", "idempotency", "install"]
+
+_T = TypeVar("_T")
+
+
+class HasRoutes(Protocol):
+    """An app or router with Starlette routes (Starlette, FastAPI, Router)."""
+
+    @property
+    def routes(self) -> Sequence[BaseRoute]:
+        """The app's routes, in matching order."""
+        ...
+
+
+def idempotency(*, exempt: bool = False, **options: Unpack[RouteOptions]) -> Callable[[_T], _T]:
+    """Mark an endpoint (function or class) with its idempotency settings.
+
+    The endpoint is returned as it is, so the decorator may go above or below others.
+
+    Args:
+        exempt: the route is never tracked, whatever the path patterns say.
+        options: `RouteSettings` fields: `required=True`, `retention=3600`, `wait=0`, ...
+    """
+    return marked_route(exempt=exempt, options=options)
+
+
+def find_route(routes: Sequence[BaseRoute], scope: Scope) -> BaseRoute | None:
+    """Return the route Starlette would hand `scope` to, inside mounts, or None."""
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            if isinstance(route, Mount | Host):
+                return find_route(route.routes, {**scope, **child})
+            return route
+    return None
+
+
+class StarletteRoutes:
+    """The `route_settings` hook for a Starlette app: the matched endpoint's mark.
+
+    Routes are looked up on the app when a request comes, and each (method, host, path) is
+    routed once and remembered (up to `cache_size` of them).
+
+    Args:
+        app: the Starlette app (or router) whose routes decide.
+        routes: path patterns for unmarked routes, as the middleware's `routes=` takes them.
+        cache_size: how many routed requests to remember.
+    """
+
+    def __init__(
+        self,
+        app: HasRoutes,
+        *,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        self._app = app
+        self._patterns = PathPatterns(routes)
+        self._cache: dict[Hashable, RouteSettings | None] = {}
+        self._cache_size = cache_size
+
+    def __call__(self, scope: Scope) -> RouteSettings | None:
+        """Return the settings of the route `scope` goes to (None: not covered)."""
+        host = next((value for name, value in scope["headers"] if name == b"host"), None)
+        key = (scope["method"], host, scope.get("root_path", ""), scope["path"])
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        route = find_route(self._app.routes, scope)
+        mark = UNMARKED if route is None else self.mark_of(route)
+        settings = merge(self._patterns.for_path(scope["path"]), mark)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[key] = settings
+        return settings
+
+    def mark_of(self, route: BaseRoute) -> RouteSettings | Unmarked | None:
+        """Return the idempotency mark of `route`: its endpoint's."""
+        endpoint: Any = getattr(route, "endpoint", None)
+        return UNMARKED if endpoint is None else read_mark(endpoint)
+
+
+def install(
+    app: Any,
+    *,
+    store: AsyncStore,
+    routes: Mapping[str, RouteSettings | None] | None = None,
+    **options: Unpack[SettingsOptions],
+) -> None:
+    """Add the idempotency middleware to Starlette `app`, with per-route settings.
+
+    Args:
+        app: the Starlette app (before it starts serving).
+        store: where records live (`retrysafe.open_async_store(url)`).
+        routes: path patterns for routes without a mark.
+        options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
+    """
+    app.add_middleware(
+        IdempotencyMiddleware,
+        store=store,
+        route_settings=StarletteRoutes(app, routes=routes),
+        **options,
+    )

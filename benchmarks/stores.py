@@ -75,7 +75,9 @@ def bare_sqlite(path: Path) -> Bare:
 
     def conn() -> sqlite3.Connection:
         if not hasattr(local, "conn"):
-            local.conn = sqlite3.connect(path, timeout=5, isolation_level=None)
+            local.conn = sqlite3.connect(
+                path, timeout=5, isolation_level=None, check_same_thread=False
+            )
             local.conn.execute("PRAGMA journal_mode=WAL")
             local.conn.execute("PRAGMA synchronous=FULL")
             connections.append(local.conn)

@@ -38,18 +38,6 @@ DEFAULT_PREFIX = "retrysafe_demo_"
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,40}")
 
 
-class Cursor(Protocol):
-    """The part of a DB-API cursor the demo uses (sqlite3 and psycopg both fit)."""
-
-    def fetchone(self) -> Any:
-        """Return the next row or None."""
-        ...
-
-    def fetchall(self) -> list[Any]:
-        """Return the remaining rows."""
-        ...
-
-
 class Connection(Protocol):
     """The part of a DB-API connection the demo uses (sqlite3 and psycopg both fit)."""
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,7 @@ class _Plan:
     fail: bool
     forget: bool
     write_on_replay: bool
+    hold: float
 
     def row(self, payment_id: str) -> dict[str, object]:
         return {"id": payment_id, "key": stored(self.key), "amount": self.amount}
@@ -202,6 +204,7 @@ class Face:
         fail: bool = False,
         forget: bool = False,
         write_on_replay: bool = False,
+        hold: float = 0.0,
     ) -> Paid:
         """Insert one payment for `key` and store `{"id": ...}` as the outcome, or replay.
 
@@ -212,6 +215,8 @@ class Face:
             fail: raise `Boom` after the write.
             forget: leave the block without `complete`.
             write_on_replay: write a payment even on a replay (a buggy handler).
+            hold: seconds to keep the transaction open after the write, so that
+                duplicates arrive while it runs.
         """
         options = {
             "identity": self.identity(key),
@@ -219,7 +224,7 @@ class Face:
             "table": self.database.table,
             "clock": self.clock,
         }
-        plan = _Plan(key, amount, fail, forget, write_on_replay)
+        plan = _Plan(key, amount, fail, forget, write_on_replay, hold)
         if self.name.endswith("-async"):
             return asyncio.run(self._apay(options, plan))
         return self._pay(options, plan)
@@ -244,6 +249,7 @@ class Face:
                 conn.execute(insert, (payment_id, stored(plan.key), plan.amount))
                 if plan.fail:
                     raise BoomError
+                time.sleep(plan.hold)
                 if tx.replay:
                     return Paid(True, tx.outcome)
                 if not plan.forget:
@@ -270,6 +276,7 @@ class Face:
                 session.execute(insert, plan.row(payment_id))
                 if plan.fail:
                     raise BoomError
+                time.sleep(plan.hold)
                 if tx.replay:
                     return Paid(True, tx.outcome)
                 if not plan.forget:
@@ -295,6 +302,7 @@ class Face:
                 await conn.execute(insert, (payment_id, stored(plan.key), plan.amount))
                 if plan.fail:
                     raise BoomError
+                await asyncio.sleep(plan.hold)
                 if tx.replay:
                     return Paid(True, tx.outcome)
                 if not plan.forget:
@@ -322,6 +330,7 @@ class Face:
                     await session.execute(insert, plan.row(payment_id))
                     if plan.fail:
                         raise BoomError
+                    await asyncio.sleep(plan.hold)
                     if tx.replay:
                         return Paid(True, tx.outcome)
                     if not plan.forget:

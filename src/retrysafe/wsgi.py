@@ -108,7 +108,11 @@ class IdempotencyMiddleware:
             settings = self._router.for_path(_path(environ))
         else:
             settings = self._router.for_route(self._hook(environ))
-        if settings is None or method not in settings.methods or not (value or settings.required):
+        if (
+            settings is None
+            or method not in settings.methods
+            or (value is None and not settings.required)
+        ):
             return self.app(environ, start_response)
         # WSGI servers join repeated header lines with commas; parse_key refuses the result.
         values = [] if value is None else [value.encode("latin-1")]

@@ -54,6 +54,7 @@ MALFORMED = [
     pytest.param([b'"abc" trailing'], id="trailing-garbage"),
     pytest.param([b'"a"', b'"b"'], id="two-header-lines"),
     pytest.param([b'""'], id="empty-quoted"),
+    pytest.param([b""], id="empty-bare"),
     pytest.param([b"a b"], id="bare-with-space"),
 ]
 

@@ -8,10 +8,12 @@ CI=true, where it fails: CI must never go green by skipping the real backends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -71,10 +73,54 @@ def unique_name(prefix: str = "rs_test") -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
 
 
-@pytest.fixture
-def table_name() -> Iterator[str]:
-    """A fresh SQL table name for one test."""
-    yield unique_name()
+@contextlib.contextmanager
+def fresh_store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of a fresh, empty store on `backend`; drop what it created afterwards.
+
+    PostgreSQL stores get a table and Redis stores a key prefix of their own, so tests running
+    at the same time on the same servers never see each other's records.
+    """
+    if backend == "memory":
+        yield "memory://"
+    elif backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}?timeout=30"
+    elif backend == "postgres":
+        base = request.getfixturevalue("postgres_url")
+        table = unique_name()
+        try:
+            yield f"{base}?table={table}"
+        finally:
+            drop_postgres_tables(base, table)
+    elif backend == "redis":
+        base = request.getfixturevalue("redis_url")
+        prefix = unique_name()
+        try:
+            yield f"{base}?prefix={prefix}"
+        finally:
+            delete_redis_prefix(base, prefix)
+    else:  # pragma: no cover - a typo in a parametrization
+        raise ValueError(backend)
+
+
+def drop_postgres_tables(url: str, *tables: str) -> None:
+    """Drop the tables a test created, and nothing else."""
+    import psycopg
+
+    with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
+        for table in tables:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
+def delete_redis_prefix(url: str, prefix: str) -> None:
+    """Delete the Redis keys under a prefix a test used, and nothing else."""
+    import redis
+
+    client = redis.Redis.from_url(url.split("?", 1)[0])
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

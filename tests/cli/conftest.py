@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from retrysafe import Identity, ManualClock, Store, open_store
 from retrysafe._http import Settings, encode_outcome
-from tests.conftest import unique_name
+from tests.conftest import fresh_store_url
 
 HTTP_BODY = b'{"id": "pay_1", "amount": 1999}'
 
@@ -28,40 +28,11 @@ class KnownRecords:
     expired: tuple[Identity, ...]  # past their retention: invisible, purgeable
 
 
-def _drop(backend: str, url: str) -> None:
-    if backend == "postgres":
-        import psycopg
-
-        table = url.rsplit("table=", 1)[1]
-        with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
-            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-    elif backend == "redis":
-        import redis
-
-        prefix = url.rsplit("prefix=", 1)[1]
-        client = redis.Redis.from_url(url.split("?", 1)[0])
-        try:
-            for key in client.scan_iter(match=f"{prefix}*", count=1000):
-                client.delete(key)
-        finally:
-            client.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
 def cli_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of a fresh, empty store on each real backend; dropped afterwards."""
-    backend = str(request.param)
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    if backend == "postgres":
-        url = f"{request.getfixturevalue('postgres_url')}?table={unique_name()}"
-    else:
-        url = f"{request.getfixturevalue('redis_url')}?prefix={unique_name()}"
-    try:
+    with fresh_store_url(str(request.param), request, tmp_path) as url:
         yield url
-    finally:
-        _drop(backend, url)
 
 
 def _claim_at(url: str, when: float) -> Store:

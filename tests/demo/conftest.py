@@ -12,7 +12,7 @@ import pytest
 from retrysafe import open_async_store
 from retrysafe._relay import serve_asgi
 from retrysafe.demo import DemoApp, DemoDatabase, create_app
-from tests.conftest import unique_name
+from tests.conftest import drop_postgres_tables, unique_name
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,6 @@ class RunningApi:
         """An httpx client that pays as `tenant` (no Authorization header if None)."""
         headers = {} if tenant is None else {"Authorization": f"Bearer {tenant}"}
         return httpx.Client(base_url=self.url, headers=headers, trust_env=False, timeout=10.0)
-
-
-def drop_postgres_tables(url: str, *tables: str) -> None:
-    """Drop tables this test created (and nothing else)."""
-    import psycopg
-
-    with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
-        for table in tables:
-            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

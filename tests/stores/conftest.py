@@ -17,7 +17,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from retrysafe import ManualClock, Store, open_async_store, open_store
-from tests.conftest import unique_name
+from tests.conftest import fresh_store_url
 
 BACKENDS = ["memory", "sqlite", "postgres", "redis"]
 FACES = ["sync", "async"]
@@ -41,44 +41,11 @@ class BlockingFacade:
         return call
 
 
-@contextlib.contextmanager
-def _cleanup(backend: str, url: str) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if backend == "postgres":
-            import psycopg
-
-            table = url.rsplit("table=", 1)[1]
-            with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
-                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-        elif backend == "redis":
-            import redis
-
-            prefix = url.rsplit("prefix=", 1)[1]
-            client = redis.Redis.from_url(url.split("?", 1)[0])
-            for key in client.scan_iter(match=f"{prefix}*", count=1000):
-                client.delete(key)
-            client.close()
-
-
 @pytest.fixture
 def store_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str]:
     """A URL for a fresh, empty store of the test's `backend`."""
-    if backend == "memory":
-        yield "memory://"
-    elif backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}?timeout=30"
-    elif backend == "postgres":
-        url = f"{request.getfixturevalue('postgres_url')}?table={unique_name()}"
-        with _cleanup(backend, url):
-            yield url
-    elif backend == "redis":
-        url = f"{request.getfixturevalue('redis_url')}?prefix={unique_name()}"
-        with _cleanup(backend, url):
-            yield url
-    else:  # pragma: no cover - a typo in a parametrization
-        raise ValueError(backend)
+    with fresh_store_url(backend, request, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)

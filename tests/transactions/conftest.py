@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class Database:
     dsn: str
     table: str
     payments: str
+    extra_tables: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -97,6 +98,13 @@ class Database:
         where, params = ("WHERE key = ?", (stored(key),)) if key is not None else ("", ())
         return self.execute(f"SELECT id, key, amount FROM {self.payments} {where}", params)  # noqa: S608 - a unique_name() table
 
+    def create_table(self, prefix: str, columns: str) -> str:
+        """Create a table of this test's own (dropped afterwards); return its name."""
+        name = unique_name(prefix)
+        self.execute(f"CREATE TABLE {name} ({columns})")
+        self.extra_tables.append(name)
+        return name
+
     def store(self, clock: ManualClock | None = None) -> Store:
         """Open the store on the same records table."""
         return open_store(self.url, clock=clock)
@@ -117,7 +125,7 @@ def _drop(database: Database) -> None:
         import psycopg
 
         with psycopg.connect(database.dsn, autocommit=True) as conn:
-            for table in (database.table, database.payments):
+            for table in (database.table, database.payments, *database.extra_tables):
                 conn.execute(f'DROP TABLE IF EXISTS "{table}"')  # a unique_name() of this test
 
 

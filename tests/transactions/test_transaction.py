@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import pytest
 
@@ -191,8 +192,14 @@ def test_b29_psycopg_savepoint_follows_the_outer_transaction(
 def test_row_factories_of_the_caller_do_not_matter(database: Database, clock: ManualClock) -> None:
     """A connection with a dict or Row factory works: the records are read as plain tuples."""
     identity = Identity("payments", "tenant-a", "k1")
-    options = {"identity": identity, "fingerprint": "fp", "table": database.table, "clock": clock}
+    options: dict[str, Any] = {
+        "identity": identity,
+        "fingerprint": "fp",
+        "table": database.table,
+        "clock": clock,
+    }
     for _ in range(2):
+        conn: Any
         if database.kind == "sqlite":
             conn = sqlite3.connect(database.dsn)
             conn.row_factory = sqlite3.Row

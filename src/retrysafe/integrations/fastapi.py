@@ -19,7 +19,7 @@ reads the marks of its dependencies (router-level first, the route's own last: c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Final, Unpack
 
 try:
@@ -27,6 +27,11 @@ try:
     from fastapi.dependencies.models import Dependant
     from fastapi.routing import APIRoute
     from starlette.routing import BaseRoute
+
+    try:  # FastAPI 0.165 and later resolve included routers lazily, behind route contexts.
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # pragma: no cover - older FastAPI: included routes are APIRoutes
+        iter_route_contexts = None  # type: ignore[assignment]
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "retrysafe.integrations.fastapi needs FastAPI: pip install fastapi"
@@ -119,10 +124,16 @@ class FastAPIRoutes(StarletteRoutes):
     decorator; it applies over the dependencies' marks.
     """
 
-    def mark_of(self, route: BaseRoute) -> RouteSettings | Unmarked | None:
+    def candidates(self, routes: Sequence[BaseRoute]) -> Sequence[Any]:
+        """Return the app's routes with included routers flattened, as FastAPI matches them."""
+        if iter_route_contexts is None:  # pragma: no cover - older FastAPI
+            return routes
+        return list(iter_route_contexts(routes))
+
+    def mark_of(self, route: Any) -> RouteSettings | Unmarked | None:
         """Return the idempotency mark of `route`: its dependencies', then its endpoint's."""
         endpoint_mark = super().mark_of(route)
-        if not isinstance(route, APIRoute):
+        if not isinstance(getattr(route, "original_route", route), APIRoute):
             return endpoint_mark
         dependencies_mark = _dependency_marks(route.dependant)
         if isinstance(dependencies_mark, Unmarked):

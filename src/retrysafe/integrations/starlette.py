@@ -64,12 +64,16 @@ def idempotency(*, exempt: bool = False, **options: Unpack[RouteOptions]) -> Cal
     return marked_route(exempt=exempt, options=options)
 
 
-def find_route(routes: Sequence[BaseRoute], scope: Scope) -> BaseRoute | None:
-    """Return the route Starlette would hand `scope` to, inside mounts, or None."""
+def find_route(routes: Sequence[Any], scope: Scope) -> Any | None:
+    """Return the route Starlette would hand `scope` to, inside mounts, or None.
+
+    `routes` are Starlette routes, or route contexts that wrap one (`original_route`), as
+    FastAPI gives for routes of included routers.
+    """
     for route in routes:
         match, child = route.matches(scope)
         if match is Match.FULL:
-            if isinstance(route, Mount | Host):
+            if isinstance(getattr(route, "original_route", route), Mount | Host):
                 return find_route(route.routes, {**scope, **child})
             return route
     return None
@@ -107,7 +111,7 @@ class StarletteRoutes:
             return self._cache[key]
         except KeyError:
             pass
-        route = find_route(self._app.routes, scope)
+        route = find_route(self.candidates(self._app.routes), scope)
         mark = UNMARKED if route is None else self.mark_of(route)
         settings = merge(self._patterns.for_path(scope["path"]), mark)
         if len(self._cache) >= self._cache_size:
@@ -115,7 +119,11 @@ class StarletteRoutes:
         self._cache[key] = settings
         return settings
 
-    def mark_of(self, route: BaseRoute) -> RouteSettings | Unmarked | None:
+    def candidates(self, routes: Sequence[BaseRoute]) -> Sequence[Any]:
+        """Return the routes to match, in order (a subclass may flatten them)."""
+        return routes
+
+    def mark_of(self, route: Any) -> RouteSettings | Unmarked | None:
         """Return the idempotency mark of `route`: its endpoint's."""
         endpoint: Any = getattr(route, "endpoint", None)
         return UNMARKED if endpoint is None else read_mark(endpoint)

@@ -141,7 +141,7 @@ def test_django_settings_refuse_an_unknown_key() -> None:
 
 
 def test_importing_retrysafe_imports_no_framework() -> None:
-    """Importing retrysafe, its ASGI and WSGI faces and the integrations package loads no framework."""
+    """Importing retrysafe, its ASGI and WSGI faces or the integrations loads no framework."""
     code = (
         "import sys, retrysafe, retrysafe.asgi, retrysafe.wsgi, retrysafe.integrations\n"
         "bad = [m for m in ('fastapi', 'litestar', 'flask', 'django', 'starlette') "

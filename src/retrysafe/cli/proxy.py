@@ -1,14 +1,28 @@
-"""`retrysafe proxy`: a placeholder until the reverse proxy is built."""
+"""`retrysafe proxy`: the idempotency middleware in front of any HTTP service, on uvicorn."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+import uvicorn
 
-from retrysafe.cli._common import EXIT_USAGE, fail
+from retrysafe._errors import ConfigurationError
+from retrysafe._http import SettingsOptions
+from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail
+from retrysafe.proxy import build_proxy
+from retrysafe.stores import open_async_store
 
-__all__ = ["proxy", "register"]
+__all__ = ["EXAMPLES", "proxy", "register"]
+
+EXAMPLES = """\
+Examples:
+
+    retrysafe proxy --upstream http://127.0.0.1:3000
+
+    retrysafe proxy --upstream http://api.internal:8000 --port 8080 \\
+        --store redis://cache:6379/0 --require-key --wait 0 --scope-header X-API-Key
+"""
 
 
 def proxy(
@@ -20,37 +34,91 @@ def proxy(
     host: Annotated[str, typer.Option("--host", help="The address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="The port to listen on.")] = 8080,
     store: Annotated[
-        str, typer.Option("--store", metavar="URL", help="The idempotency store.")
+        str,
+        typer.Option(
+            "--store",
+            metavar="URL",
+            help="The idempotency store: memory://, sqlite:///file.db, postgresql://..., "
+            "redis://... (default: retrysafe.db here).",
+        ),
     ] = "sqlite:///retrysafe.db",
     require_key: Annotated[
         bool, typer.Option("--require-key", help="Answer 400 to a POST or PATCH without a key.")
     ] = False,
     retention: Annotated[
-        float, typer.Option("--retention", metavar="SECONDS", help="How long outcomes are kept.")
+        float,
+        typer.Option("--retention", metavar="SECONDS", help="How long outcomes are replayed."),
     ] = 86400.0,
     lease: Annotated[
-        float, typer.Option("--lease", metavar="SECONDS", help="How long a claim holds its key.")
+        float,
+        typer.Option(
+            "--lease",
+            metavar="SECONDS",
+            help="How long a claim holds its key without renewal (renewed while upstream works).",
+        ),
     ] = 30.0,
     wait: Annotated[
         float,
         typer.Option(
             "--wait",
             metavar="SECONDS",
-            help="How long a duplicate in flight waits (0: 409 at once).",
+            help="How long a duplicate in flight waits for the outcome (0: 409 at once).",
         ),
     ] = 10.0,
     scope_header: Annotated[
         str | None,
-        typer.Option("--scope-header", metavar="NAME", help="Scope keys by this request header."),
+        typer.Option(
+            "--scope-header",
+            metavar="NAME",
+            help="Scope keys by this request header (default: Authorization).",
+        ),
     ] = None,
 ) -> None:
-    """Put the idempotency middleware in front of any HTTP service (not built yet).
+    """Put the idempotency middleware in front of any HTTP service.
 
-    Example: retrysafe proxy --upstream http://127.0.0.1:3000 --store redis://localhost:6379/0
+    POST and PATCH requests with an Idempotency-Key reach the upstream once; retries get the
+    first response again, marked Idempotent-Replayed: true.
     """
-    fail("the proxy is not built yet", EXIT_USAGE)
+    with errors_as_one_line():
+        try:
+            options: SettingsOptions = {
+                "required": require_key,
+                "retention": retention,
+                "lease": lease,
+                "wait": wait,
+            }
+            if scope_header:
+                options["scope_header"] = scope_header
+            app = build_proxy(upstream, store=open_async_store(store), **options)
+        except ConfigurationError as error:
+            fail(str(error), EXIT_USAGE)
+    console.print(
+        f"retrysafe proxy: http://{host}:{port} -> {upstream} (store {_redacted(store)})",
+        markup=False,
+        soft_wrap=True,
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        server_header=False,  # the upstream's Server and Date headers pass through
+        date_header=False,
+    )
+    uvicorn.Server(config).run()
+
+
+def _redacted(url: str) -> str:
+    """Return `url` without a password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{location}"
 
 
 def register(app: typer.Typer) -> None:
     """Add `retrysafe proxy` to the CLI."""
-    app.command("proxy")(proxy)
+    app.command("proxy", epilog=EXAMPLES)(proxy)

@@ -25,6 +25,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+# At module level: FastAPI resolves the (string) annotations of endpoints in module globals.
+from fastapi import Request as FastAPIRequest
+
 GATE_SECONDS = 10.0
 
 
@@ -147,7 +150,7 @@ def starlette_app(recorder: Recorder) -> Any:
 
 def fastapi_app(recorder: Recorder) -> Any:
     """The API on FastAPI (the endpoints the FastAPI tests use)."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
     app = FastAPI()
@@ -198,7 +201,7 @@ def fastapi_app(recorder: Recorder) -> Any:
         return StreamingResponse(body(), status_code=201, media_type="application/octet-stream")
 
     @app.post("/echo")
-    async def echo(request: Request) -> dict[str, str | None]:
+    async def echo(request: FastAPIRequest) -> dict[str, str | None]:
         recorder.count("/echo")
         body = await request.body()
         return {"key": request.headers.get("idempotency-key"), "body": body.decode("latin-1")}

@@ -104,6 +104,7 @@ def proxy(
         lifespan="on",
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # the proxy is the edge: it appends to X-Forwarded-For itself
         server_header=False,  # the upstream's Server and Date headers pass through
         date_header=False,
     )

@@ -1,0 +1,241 @@
+"""A real upstream (Starlette on uvicorn, in a thread) and `retrysafe proxy` as real processes.
+
+The upstream counts its handler calls in a `Recorder` and echoes what it received, so tests can
+see what the proxy forwarded. Proxies are started with the CLI, each in its own process, on a
+free loopback port; every proxy a test module needs is started at once, in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.integrations.servers import AsgiServer, free_port, wait_for_port
+
+GATE_SECONDS = 10.0
+_STOP_SECONDS = 10.0
+
+
+class Recorder:
+    """What the upstream saw: calls per path; `gate` holds `/gate` until set."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def count(self, path: str) -> int:
+        """Count a call of `path`; return its call number."""
+        with self._lock:
+            self.calls[path] += 1
+            return self.calls[path]
+
+    def reset(self) -> None:
+        """Forget every call and close the gate."""
+        with self._lock:
+            self.calls.clear()
+        self.gate.clear()
+        self.entered.clear()
+
+
+def upstream_app(recorder: Recorder) -> Starlette:
+    """The upstream service."""
+
+    async def payments(request: Request) -> Response:
+        body = await request.body()
+        n = recorder.count("/payments")
+        return JSONResponse(
+            {"n": n, "body": body.decode()}, status_code=201, headers={"Location": f"/p/{n}"}
+        )
+
+    async def headers(request: Request) -> Response:
+        recorder.count("/headers")
+        seen = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw]
+        return JSONResponse(
+            {"headers": seen, "client": request.client.host if request.client else None},
+            headers={
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authenticate": "Basic",
+                "Upgrade": "h2c",
+                "X-Hop": "secret",
+                "Connection": "X-Hop",
+                "X-End": "kept",
+            },
+        )
+
+    async def upload(request: Request) -> Response:
+        recorder.count("/upload")
+        digest = hashlib.sha256()
+        size = chunks = 0
+        async for chunk in request.stream():
+            digest.update(chunk)
+            size += len(chunk)
+            chunks += 1
+        return JSONResponse(
+            {"size": size, "sha256": digest.hexdigest(), "chunks": chunks}, status_code=201
+        )
+
+    async def stream(request: Request) -> Response:
+        recorder.count("/stream")
+        size, count = int(request.query_params["size"]), int(request.query_params["chunks"])
+
+        async def body() -> AsyncIterator[bytes]:
+            step = -(-size // count)
+            for start in range(0, size, step):
+                yield bytes([65 + (start // step) % 26]) * min(step, size - start)
+                await asyncio.sleep(0)
+
+        return StreamingResponse(body(), status_code=201, media_type="application/octet-stream")
+
+    async def gate(request: Request) -> Response:
+        n = recorder.count("/gate")
+        recorder.entered.set()
+        await asyncio.to_thread(recorder.gate.wait, GATE_SECONDS)
+        return JSONResponse({"n": n}, status_code=201)
+
+    async def slow(request: Request) -> Response:
+        n = recorder.count("/slow")
+        await asyncio.sleep(float(request.query_params["seconds"]))
+        return JSONResponse({"n": n, "pid": os.getpid()}, status_code=201)
+
+    return Starlette(
+        routes=[
+            Route("/payments", payments, methods=["GET", "POST"]),
+            Route("/headers", headers, methods=["GET", "POST"]),
+            Route("/upload", upload, methods=["POST"]),
+            Route("/stream", stream, methods=["GET", "POST"]),
+            Route("/gate", gate, methods=["POST"]),
+            Route("/slow", slow, methods=["POST"]),
+        ]
+    )
+
+
+@dataclass
+class Upstream:
+    """The running upstream service."""
+
+    url: str
+    recorder: Recorder
+
+
+@pytest.fixture(scope="package")
+def upstream() -> Iterator[Upstream]:
+    """The upstream service on a free loopback port, for every proxy test."""
+    recorder = Recorder()
+    server = AsgiServer(upstream_app(recorder))
+    yield Upstream(server.url, recorder)
+    server.stop()
+
+
+@pytest.fixture
+def recorder(upstream: Upstream) -> Recorder:
+    """The upstream's recorder, reset for this test."""
+    upstream.recorder.reset()
+    return upstream.recorder
+
+
+@dataclass
+class Proxy:
+    """A `retrysafe proxy` process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def proxy_command(*args: str) -> list[str]:
+    """Return the command line that runs `retrysafe proxy args...` with this interpreter."""
+    return [sys.executable, "-c", "from retrysafe.cli import main; main()", "proxy", *args]
+
+
+def start_proxies(specs: list[tuple[list[str], Path | None]]) -> list[Proxy]:
+    """Start a proxy per (arguments, working directory), all at once; wait until they listen."""
+    started = []
+    for args, cwd in specs:
+        port = free_port()
+        process = subprocess.Popen(
+            proxy_command(*args, "--port", str(port)),
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        started.append(Proxy(f"http://127.0.0.1:{port}", process))
+    try:
+        for proxy in started:
+            port = int(proxy.url.rsplit(":", 1)[1])
+            wait_for_port(port, 30, alive=lambda p=proxy.process: p.poll() is None)  # type: ignore[misc]
+    except RuntimeError:
+        stop_proxies(started)
+        errors = [p.process.stderr.read().decode() for p in started if p.process.stderr]
+        raise RuntimeError("a proxy did not start:\n" + "\n".join(errors)) from None
+    return started
+
+
+def stop_proxies(proxies: list[Proxy]) -> None:
+    """Stop the proxies (SIGTERM: a graceful shutdown that closes the store), then reap them."""
+    for proxy in proxies:
+        if proxy.process.poll() is None:
+            proxy.process.terminate()
+    for proxy in proxies:
+        try:
+            proxy.process.wait(_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            proxy.process.kill()
+            proxy.process.wait(_STOP_SECONDS)
+        if proxy.process.stderr is not None:
+            proxy.process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def proxies() -> Iterator[Callable[[list[tuple[list[str], Path | None]]], list[Proxy]]]:
+    """A starter of proxies that stops them all when the module is done."""
+    running: list[Proxy] = []
+
+    def start(specs: list[tuple[list[str], Path | None]]) -> list[Proxy]:
+        started = start_proxies(specs)
+        running.extend(started)
+        return started
+
+    yield start
+    stop_proxies(running)
+
+
+def drop_postgres_table(url: str, table: str) -> None:
+    """Drop `table`, which the test created."""
+    import psycopg
+
+    with contextlib.suppress(Exception), psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE IF EXISTS "{table}"')  # type: ignore[arg-type]
+
+
+def delete_redis_prefix(url: str, prefix: str) -> None:
+    """Delete the Redis keys under `prefix`, which the test created."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def upstream_entered(recorder: Recorder, seconds: float = GATE_SECONDS) -> None:
+    """Wait until a `/gate` request reached the upstream."""
+    if not recorder.entered.wait(seconds):
+        raise AssertionError("the request never reached the upstream")

@@ -5,8 +5,9 @@
 For each store, in one run: calls per second of a trivial decorated function the first time a
 key is seen (claim, run, store the result) and on a replay (claim finds the result), beside
 the bare function and AWS Powertools' `idempotent_function` with its Redis persistence layer
-(`RedisCachePersistenceLayer`) on the same Redis server. One thread calls in a loop; variants
-alternate within each round and the median of the rounds is kept, since the machine is noisy.
+(`CachePersistenceLayer`) on the same Redis server. One thread calls in a loop; variants
+alternate within each round (retrysafe on Redis and Powertools back to back, first) and the
+median of the rounds is kept, since the machine is noisy.
 
 Powertools is never a dependency of retrysafe: it lives in `benchmarks/.venv`, built from
 `benchmarks/requirements-functions.txt` plus this checkout (editable). Run with any Python: the
@@ -40,6 +41,11 @@ POSTGRES_URL = os.environ.get(
     "RETRYSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+# Python puts this script's folder first on sys.path, where a sibling benchmark named like a
+# stdlib module (benchmarks/http.py) would shadow it for every import below.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
 def ensure_environment() -> None:
@@ -166,11 +172,16 @@ def main() -> None:
     run_id = secrets.token_hex(4)
     names = ["bare function", *(f"retrysafe {b}" for b in args.backends.split(","))]
     names.append("Powertools redis")
+    # The head-to-head pair runs first in every round, back to back, in alternating order, so
+    # neither inherits the disk and CPU load that the SQLite and PostgreSQL variants leave.
+    pair = [n for n in names if n in ("retrysafe redis", "Powertools redis")]
+    rest = [n for n in names if n not in pair]
     results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
-            order = names if round_index % 2 == 0 else names[::-1]
-            for variant in order:
+            step = 1 if round_index % 2 == 0 else -1
+            for variant in [*pair[::step], *rest[::step]]:
+                time.sleep(0.2)  # let the previous variant's background work settle
                 name = f"bench_fn_{run_id}_{round_index}_{variant.split()[-1]}"
                 orders = [{"id": f"{name}-{i}", "amount": i} for i in range(args.calls)]
                 if variant == "bare function":

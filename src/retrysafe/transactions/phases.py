@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -138,8 +138,8 @@ class _Plan:
         self.retention = retention
         self.clock: Clock = clock or SystemClock()
 
-    def remaining(self, recovery_point: str | None) -> Iterator[tuple[str, bool]]:
-        """Yield (name, is_last) for each phase after `recovery_point`."""
+    def remaining(self, recovery_point: str | None) -> list[tuple[str, bool]]:
+        """Return (name, is_last) for each phase after `recovery_point`."""
         start = 0
         if recovery_point is not None:
             if recovery_point not in self.names[:-1]:
@@ -149,8 +149,8 @@ class _Plan:
                     "an operation was in flight?"
                 )
             start = self.names.index(recovery_point) + 1
-        for index in range(start, len(self.names)):
-            yield self.names[index], index == len(self.names) - 1
+        last = len(self.names) - 1
+        return [(self.names[index], index == last) for index in range(start, len(self.names))]
 
     def check_claim(self, claim: Claim, now: float) -> None:
         """Raise the refusal of a claim that was neither acquired nor a replay."""
@@ -219,8 +219,13 @@ def run_phases(
         return PhasesResult(claim.record.outcome or b"", True, None, ())
     record = claim.record
     resumed_from = record.recovery_point
+    try:
+        remaining = plan.remaining(resumed_from)
+    except ConfigurationError:
+        _expire_lease(backend, plan, record.token)
+        raise
     ran: list[str] = []
-    for name, last in plan.remaining(resumed_from):
+    for name, last in remaining:
         backend.begin()
         try:
             record = backend.renew(identity, record.token, now=plan.clock.now(), lease=plan.lease)
@@ -324,8 +329,13 @@ async def arun_phases(
         return PhasesResult(claim.record.outcome or b"", True, None, ())
     record = claim.record
     resumed_from = record.recovery_point
+    try:
+        remaining = plan.remaining(resumed_from)
+    except ConfigurationError:
+        await _aexpire_lease(backend, plan, record.token)
+        raise
     ran: list[str] = []
-    for name, last in plan.remaining(resumed_from):
+    for name, last in remaining:
         await backend.begin()
         try:
             record = await backend.renew(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Final, Literal, TypedDict, TypeVar
 
 from retrysafe._http import OutcomePolicy, RouteSettings, _compile_pattern
@@ -24,7 +24,6 @@ __all__ = [
     "MARK_ATTRIBUTE",
     "UNMARKED",
     "PathPatterns",
-    "RouteCache",
     "RouteOptions",
     "Unmarked",
     "mark",
@@ -148,29 +147,3 @@ class PathPatterns:
         if match is None or match.lastgroup is None:
             return DEFAULT_ROUTE
         return self._targets[int(match.lastgroup[1:])]
-
-
-class RouteCache:
-    """A bounded memo of route lookups, so a hot path is routed once, not on every request.
-
-    Args:
-        limit: the most entries; the memo starts over when it is full.
-    """
-
-    def __init__(self, limit: int = 1024) -> None:
-        self._limit = limit
-        self._entries: dict[Hashable, RouteSettings | None] = {}
-
-    def get(
-        self, key: Hashable, compute: Callable[[], RouteSettings | None]
-    ) -> RouteSettings | None:
-        """Return the memoised value of `key`, computing it with `compute` the first time."""
-        try:
-            return self._entries[key]
-        except KeyError:
-            pass
-        value = compute()
-        if len(self._entries) >= self._limit:
-            self._entries.clear()
-        self._entries[key] = value
-        return value

@@ -1,4 +1,4 @@
-"""Stores for the decorator tests: every backend, both faces, on a manual clock or the real one."""
+"""Stores for the decorator tests: every backend, both faces, on a manual clock."""
 
 from __future__ import annotations
 
@@ -70,16 +70,6 @@ def store(store_url: str, clock: ManualClock) -> Iterator[Store]:
 
 
 @pytest.fixture
-def real_store(store_url: str) -> Iterator[Store]:
-    """A sync store on the system clock, for leases that must expire in real time."""
-    opened = open_store(store_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
 def anyio_backend() -> str:
     """The async tests run on asyncio, like the async stores' drivers."""
     return "asyncio"
@@ -89,16 +79,6 @@ def anyio_backend() -> str:
 async def astore(store_url: str, clock: ManualClock) -> AsyncIterator[AsyncStore]:
     """An async store on the manual clock."""
     opened = open_async_store(store_url, clock=clock)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
-
-
-@pytest.fixture
-async def real_astore(store_url: str) -> AsyncIterator[AsyncStore]:
-    """An async store on the system clock."""
-    opened = open_async_store(store_url)
     try:
         yield opened
     finally:

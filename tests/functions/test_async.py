@@ -12,6 +12,7 @@ from retrysafe import (
     AsyncStore,
     FencedError,
     IdempotencyError,
+    Identity,
     InFlightError,
     KeyMismatchError,
     ManualClock,
@@ -158,24 +159,40 @@ async def test_b15_wait_zero_raises_in_flight_error(astore: AsyncStore) -> None:
     assert await blocking("k") == "first"
 
 
-async def test_b16_call_slower_than_its_lease_is_not_run_twice(real_astore: AsyncStore) -> None:
+async def wait_until_renewed(astore: AsyncStore, identity: Identity, clock: ManualClock) -> None:
+    """Wait (bounded) until the heartbeat task has renewed the lease since the clock moved."""
+    with anyio.fail_after(10):
+        while True:
+            record = await astore.get(identity)
+            assert record is not None
+            if record.lease_expires_at > clock.now() + 0.25:
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_b16_call_slower_than_its_lease_is_not_run_twice(
+    astore: AsyncStore, clock: ManualClock
+) -> None:
     """A live async call that outlasts several leases keeps its key: its heartbeat task renews."""
     runs: list[int] = []
-    started = anyio.Event()
+    started, finish = anyio.Event(), anyio.Event()
 
-    @idempotent(real_astore, key="key", lease=0.2, wait=0)
+    @idempotent(astore, key="key", lease=0.3, wait=0, namespace="b16")
     async def slow(key: str) -> str:
         runs.append(1)
         started.set()
-        await anyio.sleep(0.8)
+        await finish.wait()
         return "slow result"
 
     async with anyio.create_task_group() as group:
         group.start_soon(slow, "k")
         await started.wait()
-        await anyio.sleep(0.5)
+        for _ in range(5):  # a whole second of clock time: more than three leases
+            clock.advance(0.2)
+            await wait_until_renewed(astore, Identity("b16", "", "k"), clock)
         with pytest.raises(InFlightError):
             await slow("k")
+        finish.set()
     assert await slow("k") == "slow result"
     assert runs == [1]
 

@@ -12,6 +12,7 @@ import pytest
 from retrysafe import (
     FencedError,
     IdempotencyError,
+    Identity,
     InFlightError,
     KeyMismatchError,
     ManualClock,
@@ -156,24 +157,39 @@ def test_b15_wait_zero_raises_in_flight_error(store: Store) -> None:
     assert runs == ["k"]
 
 
-def test_b16_call_slower_than_its_lease_is_not_run_twice(real_store: Store) -> None:
+def wait_until_renewed(store: Store, identity: Identity, clock: ManualClock) -> None:
+    """Wait (bounded) until the heartbeat has renewed the lease since the clock last moved."""
+    deadline = time.monotonic() + 10
+    while True:
+        record = store.get(identity)
+        assert record is not None
+        if record.lease_expires_at > clock.now() + 0.25:  # renewed: a fresh 0.3 s lease
+            return
+        assert time.monotonic() < deadline, "the heartbeat never renewed the lease"
+        time.sleep(0.01)
+
+
+def test_b16_call_slower_than_its_lease_is_not_run_twice(store: Store, clock: ManualClock) -> None:
     """A live call that outlasts several leases keeps its key: the heartbeat renews it."""
     runs: list[int] = []
-    started = threading.Event()
+    started, finish = threading.Event(), threading.Event()
 
-    @idempotent(real_store, key="key", lease=0.2, wait=0)
+    @idempotent(store, key="key", lease=0.3, wait=0, namespace="b16")
     def slow(key: str) -> str:
         runs.append(1)
         started.set()
-        time.sleep(0.8)  # four leases
+        finish.wait(10)
         return "slow result"
 
     first = threading.Thread(target=slow, args=("k",))
     first.start()
     assert started.wait(10)
-    time.sleep(0.5)  # the original lease is long gone
+    for _ in range(5):  # a whole second of clock time: more than three leases
+        clock.advance(0.2)
+        wait_until_renewed(store, Identity("b16", "", "k"), clock)
     with pytest.raises(InFlightError):
         slow("k")
+    finish.set()
     first.join(10)
     assert slow("k") == "slow result"
     assert runs == [1]

@@ -1,14 +1,15 @@
 """A real RabbitMQ consumer for the crash test, run as its own process.
 
     python -m tests.functions.consumer_app --amqp URL --queue Q --store URL --effects PATH
-        [--stall-at N --ready PATH] [--idle SECONDS]
+        [--stall-at N --ready PATH] [--idle SECONDS --expect N]
 
 It consumes with aio-pika, handles each message through `@idempotent_message`, and records the
 effect durably: one row per message id in a SQLite file, with a counter that a repeated effect
 would push past 1. Acknowledgements are batched (every 5 messages), so a crash leaves handled
 but unacknowledged messages for the broker to redeliver. With `--stall-at N` the N-th execution
 writes the `--ready` file and hangs before its effect, for the test to SIGKILL the process there.
-With `--idle S` the consumer exits once no message has come for S seconds, writing its counts.
+With `--idle S --expect N` the consumer exits once no message has come for S seconds and N
+message ids have had their effect, writing its counts.
 """
 
 from __future__ import annotations
@@ -75,28 +76,33 @@ async def consume(options: argparse.Namespace) -> None:
         queue = await channel.get_queue(options.queue)
         handled: aio_pika.abc.AbstractIncomingMessage | None = None
         unacked = 0
-        try:
-            async with queue.iterator(timeout=options.idle) as messages:
-                async for message in messages:
-                    counts["deliveries"] += 1
-                    counts["redelivered"] += bool(message.redelivered)
-                    try:
-                        await handle(message)
-                    except Exception as error:  # every failure is a reject
-                        if handled is not None:
-                            await handled.ack(multiple=True)
+        while True:
+            try:
+                async with queue.iterator(timeout=options.idle) as messages:
+                    async for message in messages:
+                        counts["deliveries"] += 1
+                        counts["redelivered"] += bool(message.redelivered)
+                        try:
+                            await handle(message)
+                        except Exception as error:  # every failure is a reject
+                            if handled is not None:
+                                await handled.ack(multiple=True)
+                                handled, unacked = None, 0
+                            counts["rejected"] += 1
+                            await message.reject(requeue=should_requeue(error))
+                            continue
+                        handled, unacked = message, unacked + 1
+                        if unacked == ACK_EVERY:
+                            await message.ack(multiple=True)
                             handled, unacked = None, 0
-                        counts["rejected"] += 1
-                        await message.reject(requeue=should_requeue(error))
-                        continue
-                    handled, unacked = message, unacked + 1
-                    if unacked == ACK_EVERY:
-                        await message.ack(multiple=True)
-                        handled, unacked = None, 0
-        except TimeoutError:
-            pass  # idle: every message is handled
-        if handled is not None:
-            await handled.ack(multiple=True)
+            except TimeoutError:
+                pass  # no delivery for a while: done, if every message has had its effect
+            if handled is not None:
+                await handled.ack(multiple=True)
+                handled, unacked = None, 0
+            (done,) = db.execute("SELECT count(*) FROM effects").fetchone()
+            if done >= options.expect:
+                break
     await store.aclose()
     db.executemany("INSERT OR REPLACE INTO counts VALUES (?, ?)", counts.items())
     db.close()
@@ -112,6 +118,7 @@ def main() -> None:
     parser.add_argument("--stall-at", type=int, default=0)
     parser.add_argument("--ready", default="")
     parser.add_argument("--idle", type=float, default=None)
+    parser.add_argument("--expect", type=int, default=0)
     asyncio.run(consume(parser.parse_args()))
 
 

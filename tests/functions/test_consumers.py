@@ -177,7 +177,12 @@ def test_b26_rabbitmq_consumer_killed_mid_run_has_each_effect_once(
             assert 0 < len(done_before) < len(distinct)
             assert stalled not in done_before
 
-            second = subprocess.run([*command, "--idle", "1.0"], cwd=ROOT, timeout=120, check=False)
+            second = subprocess.run(
+                [*command, "--idle", "0.5", "--expect", str(len(distinct))],
+                cwd=ROOT,
+                timeout=120,
+                check=False,
+            )
             assert second.returncode == 0
 
             counts = dict(rows(effects, "SELECT message_id, count FROM effects"))

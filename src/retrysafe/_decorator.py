@@ -29,32 +29,14 @@ from retrysafe._errors import (
     InFlightError,
     InvalidKeyError,
     KeyMismatchError,
-    OutcomeError,
     StoreError,
 )
 from retrysafe._fingerprint import digest
 from retrysafe._record import Identity, Record
-from retrysafe._serializer import (
-    RAISED,
-    RETURNED,
-    UNSERIALIZABLE,
-    JSONSerializer,
-    Serializer,
-    canonical_bytes,
-    decode_payload,
-    encode_raised,
-    encode_returned,
-    encode_unserializable,
-    find_exception_class,
-)
+from retrysafe._serializer import JSONSerializer, Outcomes, Serializer, canonical_bytes
 from retrysafe.stores.base import AsyncStore, Store
 
-__all__ = [
-    "DEFAULT_LEASE",
-    "DEFAULT_RETENTION",
-    "DEFAULT_WAIT",
-    "idempotent",
-]
+__all__ = ["DEFAULT_LEASE", "DEFAULT_RETENTION", "DEFAULT_WAIT", "idempotent"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -120,9 +102,10 @@ def idempotent(
         raise ConfigurationError("serializer must have dumps(value) and loads(data) methods.")
 
     def decorate(func: Callable[P, T]) -> Callable[P, T]:
+        namespace_ = namespace or f"{func.__module__}.{func.__qualname__}"
         plan = _Plan(
             store=store,
-            namespace=namespace or f"{func.__module__}.{func.__qualname__}",
+            namespace=namespace_,
             signature=inspect.signature(func),
             key=_argument_getter(func, key, "key"),
             fingerprint=_fingerprint_getter(func, fingerprint),
@@ -131,7 +114,7 @@ def idempotent(
             lease=lease,
             wait=wait,
             final_exceptions=final_exceptions,
-            serializer=serializer,
+            outcomes=Outcomes(serializer, final_exceptions, namespace_),
         )
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
             raise ConfigurationError(
@@ -205,7 +188,7 @@ class _Plan:
     lease: float
     wait: float
     final_exceptions: tuple[type[BaseException], ...]
-    serializer: Serializer
+    outcomes: Outcomes
 
     def identify(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Identity, str]:
         """Return the call's identity and fingerprint, from its arguments alone."""
@@ -231,75 +214,33 @@ class _Plan:
                 "the arguments that make the request with fingerprint=[...] or a callable."
             ) from error
 
-    def encode(self, value: object) -> tuple[bytes, OutcomeError | None]:
-        """Return the outcome to store for `value`, and the error to raise if not serializable.
-
-        A value that cannot be serialized is stored as such and raises `OutcomeError` now and
-        on every replay: the call's effect has happened, so releasing the key (and running it
-        again on retry) would break the invariant.
-        """
-        try:
-            return encode_returned(self.serializer, value), None
-        except Exception as error:  # any serializer failure means the same
-            problem = OutcomeError(
-                f"The result of {self.namespace} (a {type(value).__name__}) cannot be "
-                f"serialized: {error}. It is stored as not serializable and never run again."
-            )
-            problem.__cause__ = error
-            return encode_unserializable(value, error), problem
-
-    def replay(self, record: Record) -> object:
-        """Return the stored return value, or raise the stored exception."""
-        outcome = record.outcome or b""
-        kind = outcome[:1]
-        try:
-            if kind == RETURNED:
-                return self.serializer.loads(outcome[1:])
-            payload = decode_payload(outcome)
-        except Exception as error:
-            raise OutcomeError(
-                f"The stored outcome of {self.namespace} cannot be read: {error}"
-            ) from error
-        if kind == UNSERIALIZABLE:
-            raise OutcomeError(
-                f"The first call of {self.namespace} with this key returned a {payload['type']}, "
-                f"which could not be serialized ({payload['error']}); it is not run again."
-            )
-        if kind == RAISED:
-            raise self._rebuild(payload)
-        raise OutcomeError(f"The stored outcome of {self.namespace} has an unknown format.")
-
-    def _rebuild(self, payload: dict[str, Any]) -> BaseException:
-        cls = find_exception_class(payload["type"], self.final_exceptions)
-        if cls is None:
-            return OutcomeError(
-                f"The first call of {self.namespace} raised {payload['type']}: "
-                f"{payload['message']}, which is no longer a final exception type here."
-            )
-        args = payload["args"] if payload["args"] is not None else (payload["message"],)
-        try:
-            error: BaseException = cls(*args)
-        except Exception:  # an __init__ with another signature
-            error = cast(BaseException, cls.__new__(cls, *args))
-            error.args = tuple(args)
-        error.add_note("retrysafe: replayed from the first call with this key.")
-        return error
-
     def is_final(self, error: BaseException) -> bool:
         """Return whether `error` is stored as the outcome rather than releasing the key."""
         return isinstance(error, self.final_exceptions)
 
-    def refuse(self, decision: Decision, record: Record, now: float) -> Exception:
-        """Return the typed error for a mismatch, or for a call still in flight."""
+    def next_step(
+        self, record: Record, fingerprint: str, now: float, deadline: float
+    ) -> Decision | float:
+        """Return what a call that did not acquire its claim does next.
+
+        `Decision.REPLAY`: replay `record`. `Decision.EXECUTE`: claim again (the lease or the
+        retention ended meanwhile). A number: wait that many seconds for the running call.
+        Raises `KeyMismatchError`, or `InFlightError` once the wait is over.
+        """
+        decision = decide(record, fingerprint, now)
         if decision is Decision.MISMATCH:
-            return KeyMismatchError(
+            raise KeyMismatchError(
                 f"The key {record.identity.key!r} of {self.namespace} was already used with "
                 "different arguments."
             )
-        retry_after = min(self.lease, max(0.1, record.lease_expires_at - now))
-        return InFlightError(
+        if decision is not Decision.IN_FLIGHT:
+            return decision
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            return remaining
+        raise InFlightError(
             f"A call of {self.namespace} with the key {record.identity.key!r} is still running.",
-            retry_after=retry_after,
+            retry_after=min(self.lease, max(0.1, record.lease_expires_at - now)),
         )
 
 
@@ -321,30 +262,19 @@ def _call_sync(
 ) -> object:
     identity, fingerprint = plan.identify(args, kwargs)
     store: Store = plan.store
-    deadline: float | None = None
+    deadline = time.monotonic() + plan.wait
     while True:
         claim = store.claim(identity, fingerprint, lease=plan.lease, retention=plan.retention)
         if claim.acquired:
             return _execute_sync(plan, identity, claim.token, func=func, args=args, kwargs=kwargs)
-        record = claim.record
-        while True:
-            now = store.clock.now()
-            decision = decide(record, fingerprint, now)
-            if decision is Decision.REPLAY:
-                return plan.replay(record)
-            if decision is not Decision.IN_FLIGHT:
-                break  # EXECUTE: claim again. MISMATCH: refused below.
-            if deadline is None:
-                deadline = time.monotonic() + plan.wait
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise plan.refuse(decision, record, now)
-            settled = store.wait(identity, timeout=remaining)
-            if settled is None:
-                break
-            record = settled
-        if decision is Decision.MISMATCH:
-            raise plan.refuse(decision, record, now)
+        record: Record | None = claim.record
+        while record is not None:
+            step = plan.next_step(record, fingerprint, store.clock.now(), deadline)
+            if isinstance(step, Decision):
+                if step is Decision.REPLAY:
+                    return plan.outcomes.replay(record.outcome or b"")
+                break  # EXECUTE: claim again
+            record = store.wait(identity, timeout=step)
 
 
 def _execute_sync(
@@ -361,14 +291,14 @@ def _execute_sync(
     try:
         value = func(*args, **kwargs)
     except BaseException as error:
-        beat.stop()
+        _HEARTBEATS.stop(beat)
         if plan.is_final(error):
-            _finish_sync(store, identity, token, encode_raised(error), plan)
+            _finish_sync(store, identity, token, plan.outcomes.raised(error), plan)
         else:
             _release_sync(store, identity, token)
         raise
-    beat.stop()
-    outcome, problem = plan.encode(value)
+    _HEARTBEATS.stop(beat)
+    outcome, problem = plan.outcomes.returned(value)
     _finish_sync(store, identity, token, outcome, plan)
     if problem is not None:
         raise problem
@@ -402,11 +332,6 @@ class _Beat:
     token: str
     lease: float
     due: float
-    owner: _Heartbeats
-
-    def stop(self) -> None:
-        """Stop renewing: the call has ended."""
-        self.owner.stop(self)
 
 
 class _Heartbeats:
@@ -428,7 +353,7 @@ class _Heartbeats:
     def start(self, store: Store, identity: Identity, token: str, lease: float) -> _Beat:
         """Start renewing a claim's lease every third of `lease`."""
         interval = lease / 3
-        beat = _Beat(store, identity, token, lease, time.monotonic() + interval, self)
+        beat = _Beat(store, identity, token, lease, time.monotonic() + interval)
         with self._cond:
             self._beats[id(beat)] = beat
             if self._thread is None:
@@ -493,32 +418,21 @@ async def _call_async(
 ) -> object:
     identity, fingerprint = plan.identify(args, kwargs)
     store: AsyncStore = plan.store
-    deadline: float | None = None
+    deadline = time.monotonic() + plan.wait
     while True:
         claim = await store.claim(identity, fingerprint, lease=plan.lease, retention=plan.retention)
         if claim.acquired:
             return await _execute_async(
                 plan, identity, claim.token, func=func, args=args, kwargs=kwargs
             )
-        record = claim.record
-        while True:
-            now = store.clock.now()
-            decision = decide(record, fingerprint, now)
-            if decision is Decision.REPLAY:
-                return plan.replay(record)
-            if decision is not Decision.IN_FLIGHT:
-                break
-            if deadline is None:
-                deadline = time.monotonic() + plan.wait
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise plan.refuse(decision, record, now)
-            settled = await store.wait(identity, timeout=remaining)
-            if settled is None:
-                break
-            record = settled
-        if decision is Decision.MISMATCH:
-            raise plan.refuse(decision, record, now)
+        record: Record | None = claim.record
+        while record is not None:
+            step = plan.next_step(record, fingerprint, store.clock.now(), deadline)
+            if isinstance(step, Decision):
+                if step is Decision.REPLAY:
+                    return plan.outcomes.replay(record.outcome or b"")
+                break  # EXECUTE: claim again
+            record = await store.wait(identity, timeout=step)
 
 
 async def _execute_async(
@@ -542,12 +456,12 @@ async def _execute_async(
         # for its lease to end.
         with anyio.CancelScope(shield=True):
             if plan.is_final(error):
-                await _finish_async(store, identity, token, encode_raised(error), plan)
+                await _finish_async(store, identity, token, plan.outcomes.raised(error), plan)
             else:
                 await _release_async(store, identity, token)
         raise
     beat.cancel()
-    outcome, problem = plan.encode(value)
+    outcome, problem = plan.outcomes.returned(value)
     with anyio.CancelScope(shield=True):
         await _finish_async(store, identity, token, outcome, plan)
     if problem is not None:

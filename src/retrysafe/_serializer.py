@@ -37,9 +37,11 @@ import json
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
-__all__ = ["JSONSerializer", "Serializer", "canonical_bytes"]
+from retrysafe._errors import OutcomeError
+
+__all__ = ["JSONSerializer", "Outcomes", "Serializer", "canonical_bytes"]
 
 TAG = "$rs"
 
@@ -220,44 +222,93 @@ def _decode_tagged(obj: dict[str, Any]) -> object:
 
 
 # The stored outcome of a decorated call: one tag byte, then the payload.
-RETURNED = b"R"  # the serializer's bytes for the return value
-RAISED = b"E"  # JSON: a final exception's class, arguments and message
-UNSERIALIZABLE = b"U"  # JSON: the return value's class and why it could not be serialized
+_RETURNED = b"R"  # the serializer's bytes for the return value
+_RAISED = b"E"  # JSON: a final exception's class, arguments and message
+_UNSERIALIZABLE = b"U"  # JSON: the return value's class and why it could not be serialized
 
 
-def encode_returned(serializer: Serializer, value: object) -> bytes:
-    """Return the stored outcome for a returned `value`; raises what the serializer raises."""
-    return RETURNED + serializer.dumps(value)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcomes:
+    """How one decorated function's outcomes are stored and replayed.
+
+    Attributes:
+        serializer: turns return values into bytes and back.
+        final_exceptions: the exception types stored as outcomes; only these (and their
+            subclasses) are rebuilt on replay.
+        name: the function's namespace, for error messages.
+    """
+
+    serializer: Serializer
+    final_exceptions: tuple[type[BaseException], ...]
+    name: str
+
+    def returned(self, value: object) -> tuple[bytes, OutcomeError | None]:
+        """Return the outcome to store for `value`, and the error to raise if not serializable.
+
+        A value that cannot be serialized is stored as such and raises `OutcomeError` now and
+        on every replay: the call's effect has happened, so releasing the key (and running it
+        again on retry) would break the invariant.
+        """
+        try:
+            return _RETURNED + self.serializer.dumps(value), None
+        except Exception as error:  # any serializer failure means the same
+            problem = OutcomeError(
+                f"The result of {self.name} (a {type(value).__name__}) cannot be serialized: "
+                f"{error}. It is stored as not serializable and never run again."
+            )
+            problem.__cause__ = error
+            payload = {"type": _type_name(type(value)), "error": f"{type(error).__name__}: {error}"}
+            return _UNSERIALIZABLE + _json_bytes(payload), problem
+
+    def raised(self, error: BaseException) -> bytes:
+        """Return the outcome to store for a final exception: class, arguments and message."""
+        args: object
+        try:
+            args = _encode(error.args, canonical=False)
+        except (TypeError, ValueError, RecursionError):
+            args = None  # replayed with the message as its only argument
+        payload = {"type": _type_name(type(error)), "args": args, "message": str(error)}
+        return _RAISED + _json_bytes(payload)
+
+    def replay(self, outcome: bytes) -> object:
+        """Return the stored return value, or raise the stored exception."""
+        kind = outcome[:1]
+        try:
+            if kind == _RETURNED:
+                return self.serializer.loads(outcome[1:])
+            payload: dict[str, Any] = json.loads(
+                outcome[1:].decode("utf-8", "surrogatepass"), object_hook=_decode_tagged
+            )
+        except Exception as error:
+            raise OutcomeError(
+                f"The stored outcome of {self.name} cannot be read: {error}"
+            ) from error
+        if kind == _UNSERIALIZABLE:
+            raise OutcomeError(
+                f"The first call of {self.name} with this key returned a {payload['type']}, "
+                f"which could not be serialized ({payload['error']}); it is not run again."
+            )
+        if kind == _RAISED:
+            raise self._rebuild(payload)
+        raise OutcomeError(f"The stored outcome of {self.name} has an unknown format.")
+
+    def _rebuild(self, payload: dict[str, Any]) -> BaseException:
+        try:
+            cls = _find_class(payload["type"], lambda c: issubclass(c, self.final_exceptions))
+        except TypeError:
+            return OutcomeError(
+                f"The first call of {self.name} raised {payload['type']}: "
+                f"{payload['message']}, which is no longer a final exception type here."
+            )
+        args = payload["args"] if payload["args"] is not None else (payload["message"],)
+        try:
+            error: BaseException = cls(*args)
+        except Exception:  # an __init__ with another signature
+            error = cast(BaseException, cls.__new__(cls, *args))
+            error.args = tuple(args)
+        error.add_note("retrysafe: replayed from the first call with this key.")
+        return error
 
 
-def encode_unserializable(value: object, error: BaseException) -> bytes:
-    """Return the stored outcome for a return value that the serializer refused."""
-    payload = {"type": _type_name(type(value)), "error": f"{type(error).__name__}: {error}"}
-    return UNSERIALIZABLE + _encoder.encode(payload).encode("utf-8", "surrogatepass")
-
-
-def encode_raised(error: BaseException) -> bytes:
-    """Return the stored outcome for a final exception: its class, arguments and message."""
-    args: object
-    try:
-        args = _encode(error.args, canonical=False)
-    except (TypeError, ValueError, RecursionError):
-        args = None  # replayed with the message as its only argument
-    payload = {"type": _type_name(type(error)), "args": args, "message": str(error)}
-    return RAISED + _encoder.encode(payload).encode("utf-8", "surrogatepass")
-
-
-def decode_payload(outcome: bytes) -> dict[str, Any]:
-    """Return the JSON payload of a RAISED or UNSERIALIZABLE outcome."""
-    payload: dict[str, Any] = json.loads(
-        outcome[1:].decode("utf-8", "surrogatepass"), object_hook=_decode_tagged
-    )
-    return payload
-
-
-def find_exception_class(name: str, bases: tuple[type[BaseException], ...]) -> type | None:
-    """Return the exception class `module:QualName` if it is one of `bases` or a subclass."""
-    try:
-        return _find_class(name, lambda cls: issubclass(cls, bases))
-    except TypeError:
-        return None
+def _json_bytes(payload: object) -> bytes:
+    return _encoder.encode(payload).encode("utf-8", "surrogatepass")

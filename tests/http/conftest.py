@@ -291,7 +291,8 @@ def start_service(shared_servers: dict[str, Shared]) -> Iterator[Callable[..., S
         if dedicated:
             recorder = Recorder()
             middleware = middleware_class(build_app(face, recorder), store=store, **options)
-            server = _start_server(face, wrap(middleware) if wrap else middleware)
+            on_close = store.aclose if face in ASGI_FACES else None
+            server = _start_server(face, wrap(middleware) if wrap else middleware, on_close)
             shared = None
         else:
             shared = shared_servers.get(face)

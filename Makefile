@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo check lint typecheck unasync bench clean
+.PHONY: setup test demo check lint typecheck unasync bench-stores bench-functions clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "retrysafe needs Python 3.11 or newer on PATH"; exit 1; }
@@ -37,6 +37,13 @@ typecheck:
 
 unasync:
 	$(PY) scripts/unasync.py --check
+
+## bench-*: measured against the bare alternative in the same run (docs/benchmarks.md)
+bench-stores: setup
+	$(PY) scripts/services.py -- $(PY) benchmarks/stores.py
+
+bench-functions: setup
+	$(PY) scripts/services.py -- $(PY) benchmarks/functions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ the one outcome.
 """
 
 from retrysafe._clock import Clock, ManualClock, SystemClock
+from retrysafe._decorator import idempotent
 from retrysafe._engine import Decision, decide
 from retrysafe._errors import (
     ConfigurationError,
@@ -13,11 +14,13 @@ from retrysafe._errors import (
     InFlightError,
     InvalidKeyError,
     KeyMismatchError,
+    NotReplayableError,
     OutcomeError,
     StoreError,
     StoreUnavailableError,
 )
 from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._serializer import JSONSerializer, Serializer
 from retrysafe.stores import AsyncStore, Store, StoreStats, open_async_store, open_store
 
 __all__ = [
@@ -31,10 +34,13 @@ __all__ = [
     "Identity",
     "InFlightError",
     "InvalidKeyError",
+    "JSONSerializer",
     "KeyMismatchError",
     "ManualClock",
+    "NotReplayableError",
     "OutcomeError",
     "Record",
+    "Serializer",
     "State",
     "Store",
     "StoreError",
@@ -42,6 +48,7 @@ __all__ = [
     "StoreUnavailableError",
     "SystemClock",
     "decide",
+    "idempotent",
     "open_async_store",
     "open_store",
 ]

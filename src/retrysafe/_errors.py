@@ -20,6 +20,7 @@ __all__ = [
     "InFlightError",
     "InvalidKeyError",
     "KeyMismatchError",
+    "NotReplayableError",
     "OutcomeError",
     "StoreError",
     "StoreUnavailableError",
@@ -60,6 +61,15 @@ class OutcomeError(IdempotencyError):
 
 class ConfigurationError(IdempotencyError, ValueError):
     """A setting or a store URL is invalid."""
+
+
+class NotReplayableError(IdempotencyError):
+    """An attempt failed and the request body is a stream that cannot be sent again.
+
+    The request may or may not have reached the server; it was not retried because the body
+    would not be the same. Send the body as bytes (or read it first) to make it retryable.
+    The original error is the `__cause__`.
+    """
 
 
 class StoreError(IdempotencyError):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import tenacity
 
 from retrysafe._clock import Clock
-from retrysafe._errors import ConfigurationError, IdempotencyError, InvalidKeyError
+from retrysafe._errors import ConfigurationError, InvalidKeyError, NotReplayableError
 from retrysafe._keys import parse_key
 
 __all__ = [
@@ -38,15 +38,6 @@ logger = logging.getLogger("retrysafe.client")
 # RFC 9110 section 9.2: safe and idempotent methods may be repeated without a key.
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _TRUE_VALUES = frozenset({"true", "?1", "1"})
-
-
-class NotReplayableError(IdempotencyError):
-    """An attempt failed and the request body is a stream that cannot be sent again.
-
-    The request may or may not have reached the server; it was not retried because the body
-    would not be the same. Send the body as bytes (or read it first) to make it retryable.
-    The original error is the `__cause__`.
-    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,106 @@
+"""The sans-I/O HTTP layer shared by the ASGI and WSGI middleware.
+
+Values in, values out: settings and route matching, key and body checks, fingerprints and
+scopes, problem+json responses (RFC 9457), the stored-outcome codec, the outcome policy and the
+response capture. No sockets, no `await`, no clock; `retrysafe.asgi` and `retrysafe.wsgi` drive
+these with their own I/O, and framework integrations can drive them too.
+
+    settings   Settings, RouteSettings, SettingsOptions, RequestView, the default scope
+    routing    Router: path patterns or a hook's answer -> the request's Settings
+    problems   problem+json responses and the checks before a claim (key, body size)
+    outcome    ResponseCapture, the outcome policy, the stored form, the replay
+    flow       verdict after a claim, record identities, counters, the per-scope cap
+
+The flow of a covered request with a key (docs/http.md has the published policy):
+
+    read_key  ->  check_content_length / body limit  ->  RequestView  ->  identity + fingerprint
+      -> store.claim -> verdict(): execute | replay | mismatch | in flight (wait, then claim again)
+      -> execute: run the app with the buffered body, capture the response (ResponseCapture),
+         outcome_to_store(): complete(outcome) or release
+"""
+
+from __future__ import annotations
+
+from retrysafe._http.flow import HttpCounters, ScopeLimiter, new_identity, verdict
+from retrysafe._http.outcome import (
+    ResponseCapture,
+    StoredResponse,
+    decode_outcome,
+    encode_omitted,
+    encode_outcome,
+    outcome_to_store,
+    replay_response,
+)
+from retrysafe._http.problems import (
+    PROBLEMS,
+    Response,
+    check_content_length,
+    in_flight,
+    mismatch,
+    problem,
+    read_key,
+    reason_phrase,
+    store_unavailable,
+    too_large,
+    too_many_in_flight,
+)
+from retrysafe._http.routing import Router, compile_pattern
+from retrysafe._http.settings import (
+    ANONYMOUS_SCOPE,
+    DEFAULT_PROBLEM_BASE_URL,
+    DEFAULT_STORED_HEADERS,
+    KEY_HEADER,
+    MIB,
+    NEVER_STORED_HEADERS,
+    Header,
+    OutcomePolicy,
+    RequestView,
+    RouteSettings,
+    Settings,
+    SettingsOptions,
+    default_scope,
+    logger,
+)
+
+_compile_pattern = compile_pattern  # the name retrysafe.integrations imported first
+
+__all__ = [
+    "ANONYMOUS_SCOPE",
+    "DEFAULT_PROBLEM_BASE_URL",
+    "DEFAULT_STORED_HEADERS",
+    "KEY_HEADER",
+    "MIB",
+    "NEVER_STORED_HEADERS",
+    "PROBLEMS",
+    "Header",
+    "HttpCounters",
+    "OutcomePolicy",
+    "RequestView",
+    "Response",
+    "ResponseCapture",
+    "RouteSettings",
+    "Router",
+    "ScopeLimiter",
+    "Settings",
+    "SettingsOptions",
+    "StoredResponse",
+    "check_content_length",
+    "compile_pattern",
+    "decode_outcome",
+    "default_scope",
+    "encode_omitted",
+    "encode_outcome",
+    "in_flight",
+    "logger",
+    "mismatch",
+    "new_identity",
+    "outcome_to_store",
+    "problem",
+    "read_key",
+    "reason_phrase",
+    "replay_response",
+    "store_unavailable",
+    "too_large",
+    "too_many_in_flight",
+    "verdict",
+]

@@ -1,0 +1,175 @@
+"""RFC 9457 problem+json answers, and the checks before a claim that produce them (B1-B6, B24)."""
+
+from __future__ import annotations
+
+import http
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from retrysafe._errors import InvalidKeyError
+from retrysafe._http.settings import Header, Settings
+from retrysafe._keys import parse_key
+
+__all__ = [
+    "PROBLEMS",
+    "Response",
+    "check_content_length",
+    "in_flight",
+    "mismatch",
+    "problem",
+    "read_key",
+    "reason_phrase",
+    "store_unavailable",
+    "too_large",
+    "too_many_in_flight",
+]
+
+# Seconds a client should wait before retrying, per problem.
+_RETRY_IN_FLIGHT: Final = 1
+_RETRY_STORE: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete response to send: status, header lines, body."""
+
+    status: int
+    headers: tuple[Header, ...]
+    body: bytes
+
+
+PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
+    "invalid-key": (400, "Invalid Idempotency-Key"),
+    "key-required": (400, "Idempotency-Key is required"),
+    "key-mismatch": (422, "Idempotency-Key is already used"),
+    "request-in-flight": (409, "A request is outstanding for this Idempotency-Key"),
+    "body-too-large": (413, "Request body too large"),
+    "response-not-stored": (410, "The response for this Idempotency-Key was not stored"),
+    "too-many-in-flight": (429, "Too many requests in flight"),
+    "store-unavailable": (503, "Idempotency store unavailable"),
+    "outcome-unreadable": (500, "Stored outcome unreadable"),
+}
+"""Every problem retrysafe answers with: docs anchor (the `type`) -> (default status, title)."""
+
+
+def problem(
+    slug: str,
+    settings: Settings,
+    detail: str,
+    *,
+    status: int | None = None,
+    retry_after: int | None = None,
+    replayed: bool = False,
+) -> Response:
+    """Return an RFC 9457 problem+json response of kind `slug` (a key of `PROBLEMS`, B24).
+
+    The body holds only `type`, `title`, `status` and `detail`: never stored data of a request.
+    """
+    default_status, title = PROBLEMS[slug]
+    status = status or default_status
+    body = json.dumps(
+        {
+            "type": settings.problem_base_url + slug,
+            "title": title,
+            "status": status,
+            "detail": detail,
+        },
+        separators=(",", ":"),
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"cache-control", b"no-store"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if replayed:
+        headers.append((settings.replay_header_name, b"true"))
+    return Response(status, tuple(headers), body)
+
+
+def read_key(values: Sequence[bytes], settings: Settings) -> str | Response:
+    """Return the key of the Idempotency-Key lines `values`, or the 400 problem (B1-B4, B6).
+
+    `values` is empty when the header is absent: the key-required problem.
+    """
+    if not values:
+        return problem(
+            "key-required",
+            settings,
+            "This endpoint needs an Idempotency-Key header, for example "
+            'Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324".',
+        )
+    try:
+        return parse_key(values, settings.key_policy)
+    except InvalidKeyError as error:
+        return problem("invalid-key", settings, str(error))
+
+
+def too_large(settings: Settings) -> Response:
+    """Return the 413 problem for a request body above `max_body_size` (B22)."""
+    return problem(
+        "body-too-large",
+        settings,
+        f"Requests with an Idempotency-Key may carry at most {settings.max_body_size} bytes.",
+    )
+
+
+def check_content_length(value: bytes | None, settings: Settings) -> Response | None:
+    """Return the 413 problem if a Content-Length announces too large a body, else None."""
+    if value is not None and value.isdigit() and int(value) > settings.max_body_size:
+        return too_large(settings)
+    return None
+
+
+def mismatch(settings: Settings) -> Response:
+    """Return the problem for a key reused with a different request (B13)."""
+    return problem(
+        "key-mismatch",
+        settings,
+        "This Idempotency-Key was already used with a different request (method, path, query "
+        "or body). Use a new key for a new request.",
+        status=settings.mismatch_status,
+    )
+
+
+def in_flight(settings: Settings) -> Response:
+    """Return the 409 problem for a duplicate of a request still running (B14)."""
+    return problem(
+        "request-in-flight",
+        settings,
+        "The first request with this Idempotency-Key is still being processed. Retry later to "
+        "get its response.",
+        retry_after=_RETRY_IN_FLIGHT,
+    )
+
+
+def store_unavailable(settings: Settings) -> Response:
+    """Return the 503 problem for a store that cannot be reached (B20)."""
+    return problem(
+        "store-unavailable",
+        settings,
+        "The idempotency store cannot be reached, so the request was not processed. Retry later.",
+        retry_after=_RETRY_STORE,
+    )
+
+
+def too_many_in_flight(settings: Settings) -> Response:
+    """Return the 429 problem for a scope over its in-flight cap (B36)."""
+    return problem(
+        "too-many-in-flight",
+        settings,
+        f"At most {settings.max_in_flight_per_scope} requests with Idempotency-Keys may be "
+        "processed at once for one client. Retry later.",
+        retry_after=_RETRY_IN_FLIGHT,
+    )
+
+
+def reason_phrase(status: int) -> str:
+    """Return the standard reason phrase of `status`, for WSGI status lines."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"

@@ -1,0 +1,77 @@
+"""Which settings apply to a request: path patterns, or a framework hook's answer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from retrysafe._errors import ConfigurationError
+from retrysafe._http.settings import RouteSettings, Settings
+
+__all__ = ["Router", "compile_pattern"]
+
+
+def compile_pattern(pattern: str) -> str:
+    """Translate a path pattern: `*` is one segment or part of one, `**` any rest of the path."""
+    if not pattern.startswith(("/", "*")):
+        raise ConfigurationError(f"A route pattern starts with '/': {pattern!r}.")
+    parts = re.split(r"(\*\*|\*)", pattern)
+    return "".join(
+        ".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part) for part in parts
+    )
+
+
+class Router:
+    """Which settings apply to a request: path patterns, first match wins, or a hook's answer.
+
+    Args:
+        settings: the middleware settings, applied to paths no pattern matches.
+        routes: path pattern to route settings, or None for "not covered".
+        hooked: a `route_settings` hook decides instead of `routes`.
+    """
+
+    _CACHE_LIMIT: Final = 256
+
+    def __init__(
+        self,
+        settings: Settings,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        *,
+        hooked: bool = False,
+    ) -> None:
+        if hooked and routes:
+            raise ConfigurationError("Give either routes or a route_settings hook, not both.")
+        self.settings = settings
+        self._cache: dict[RouteSettings, Settings] = {}
+        self._targets: list[Settings | None] = []
+        alternatives = []
+        for index, (pattern, route) in enumerate((routes or {}).items()):
+            alternatives.append(f"(?P<r{index}>{compile_pattern(pattern)})")
+            self._targets.append(None if route is None else settings.with_route(route))
+        self._regex = re.compile("|".join(alternatives)) if alternatives else None
+        known = [settings, *(s for s in self._targets if s is not None)]
+        self.methods: frozenset[str] = frozenset().union(*(s.methods for s in known))
+        """Every method any route covers: other methods pass through at once."""
+        self.may_require: bool = hooked or any(s.required for s in known)
+        """Whether a request without a key may need an answer (a route requires keys)."""
+
+    def for_path(self, path: str) -> Settings | None:
+        """Return the settings for `path`, or None if it is not covered."""
+        if self._regex is None:
+            return self.settings
+        match = self._regex.fullmatch(path)
+        if match is None or match.lastgroup is None:
+            return self.settings
+        return self._targets[int(match.lastgroup[1:])]
+
+    def for_route(self, route: RouteSettings | None) -> Settings | None:
+        """Return the settings for a hook's answer `route` (None: not covered)."""
+        if route is None:
+            return None
+        settings = self._cache.get(route)
+        if settings is None:
+            if len(self._cache) >= self._CACHE_LIMIT:
+                self._cache.clear()
+            settings = self._cache[route] = self.settings.with_route(route)
+        return settings

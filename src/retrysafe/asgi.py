@@ -174,7 +174,7 @@ class IdempotencyMiddleware:
         self, identity: Identity, fingerprint: str, settings: Settings, send: Send
     ) -> Claim | None:
         """Claim the key; answer a replay, mismatch or in-flight duplicate and return None."""
-        deadline = anyio.current_time() + settings.wait
+        deadline: float | None = None  # set when a duplicate first finds the key in flight
         while True:
             claim = await self.store.claim(
                 identity, fingerprint, lease=settings.lease, retention=settings.retention
@@ -191,6 +191,8 @@ class IdempotencyMiddleware:
             if decision is Decision.MISMATCH:
                 await _respond(send, mismatch(settings))
                 return None
+            if deadline is None:
+                deadline = anyio.current_time() + settings.wait
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 await _respond(send, in_flight(settings))

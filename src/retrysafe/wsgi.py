@@ -151,7 +151,7 @@ class IdempotencyMiddleware:
 
     def _admit(self, identity: Identity, fingerprint: str, settings: Settings) -> Claim | Response:
         """Claim the key, or return the answer for a replay, mismatch or in-flight duplicate."""
-        deadline = monotonic() + settings.wait
+        deadline: float | None = None  # set when a duplicate first finds the key in flight
         while True:
             claim = self.store.claim(
                 identity, fingerprint, lease=settings.lease, retention=settings.retention
@@ -166,6 +166,8 @@ class IdempotencyMiddleware:
                 return replay_response(claim.record, settings)
             if decision is Decision.MISMATCH:
                 return mismatch(settings)
+            if deadline is None:
+                deadline = monotonic() + settings.wait
             remaining = deadline - monotonic()
             if remaining <= 0:
                 return in_flight(settings)

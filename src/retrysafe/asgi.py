@@ -25,6 +25,7 @@ import anyio
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError, StoreError
 from retrysafe._http import (
+    CLAIM_RETRIES,
     KEY_HEADER,
     HttpCounters,
     RequestView,
@@ -175,6 +176,7 @@ class IdempotencyMiddleware:
     ) -> Claim | None:
         """Claim the key; answer a replay, mismatch or in-flight duplicate and return None."""
         deadline: float | None = None  # set when a duplicate first finds the key in flight
+        retries = CLAIM_RETRIES
         while True:
             claim = await self.store.claim(
                 identity, fingerprint, lease=settings.lease, retention=settings.retention
@@ -183,7 +185,13 @@ class IdempotencyMiddleware:
             if decision is Decision.EXECUTE:
                 if claim.acquired:
                     return claim
-                continue  # the lease ran out between the claim and now: claim again
+                # The lease or retention ran out between the store's answer and now: claim
+                # again, a few times at most (a store whose clock lags ours must not spin us).
+                retries -= 1
+                if retries > 0:
+                    continue
+                await _respond(send, in_flight(settings))
+                return None
             if decision is Decision.REPLAY:
                 self.counters.add("replays")
                 await _respond(send, replay_response(claim.record, settings))

@@ -25,6 +25,7 @@ from retrysafe._concurrency import monotonic
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError, StoreError
 from retrysafe._http import (
+    CLAIM_RETRIES,
     HttpCounters,
     RequestView,
     Response,
@@ -152,6 +153,7 @@ class IdempotencyMiddleware:
     def _admit(self, identity: Identity, fingerprint: str, settings: Settings) -> Claim | Response:
         """Claim the key, or return the answer for a replay, mismatch or in-flight duplicate."""
         deadline: float | None = None  # set when a duplicate first finds the key in flight
+        retries = CLAIM_RETRIES
         while True:
             claim = self.store.claim(
                 identity, fingerprint, lease=settings.lease, retention=settings.retention
@@ -160,7 +162,12 @@ class IdempotencyMiddleware:
             if decision is Decision.EXECUTE:
                 if claim.acquired:
                     return claim
-                continue  # the lease ran out between the claim and now: claim again
+                # The lease or retention ran out between the store's answer and now: claim
+                # again, a few times at most (a store whose clock lags ours must not spin us).
+                retries -= 1
+                if retries > 0:
+                    continue
+                return in_flight(settings)
             if decision is Decision.REPLAY:
                 self.counters.add("replays")
                 return replay_response(claim.record, settings)

@@ -21,7 +21,13 @@ The flow of a covered request with a key (docs/http.md has the published policy)
 
 from __future__ import annotations
 
-from retrysafe._http.flow import HttpCounters, ScopeLimiter, new_identity, verdict
+from retrysafe._http.flow import (
+    CLAIM_RETRIES,
+    HttpCounters,
+    ScopeLimiter,
+    new_identity,
+    verdict,
+)
 from retrysafe._http.outcome import (
     ResponseCapture,
     StoredResponse,
@@ -66,6 +72,7 @@ _compile_pattern = compile_pattern  # the name retrysafe.integrations imported f
 
 __all__ = [
     "ANONYMOUS_SCOPE",
+    "CLAIM_RETRIES",
     "DEFAULT_PROBLEM_BASE_URL",
     "DEFAULT_STORED_HEADERS",
     "KEY_HEADER",

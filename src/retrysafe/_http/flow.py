@@ -8,7 +8,10 @@ from retrysafe._engine import Decision, decide
 from retrysafe._http.settings import RequestView, Settings
 from retrysafe._record import Claim, Identity
 
-__all__ = ["HttpCounters", "ScopeLimiter", "new_identity", "verdict"]
+__all__ = ["CLAIM_RETRIES", "HttpCounters", "ScopeLimiter", "new_identity", "verdict"]
+
+CLAIM_RETRIES = 3
+"""How often a face claims again when the record expired between the store's answer and now."""
 
 
 def verdict(claim: Claim, fingerprint: str, now: float) -> Decision:

@@ -52,7 +52,16 @@ from retrysafe._http import (
 from retrysafe._record import Claim, Identity
 from retrysafe.stores.base import AsyncStore
 
-__all__ = ["ASGIApp", "IdempotencyMiddleware", "RouteSettings", "Settings"]
+__all__ = [
+    "ASGIApp",
+    "IdempotencyMiddleware",
+    "Message",
+    "Receive",
+    "RouteSettings",
+    "Scope",
+    "Send",
+    "Settings",
+]
 
 # The ASGI types, as starlette.types spells them: messages are dicts of any values.
 Scope: TypeAlias = MutableMapping[str, Any]

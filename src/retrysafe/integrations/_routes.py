@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Final, Literal, TypedDict, TypeVar
 
-from retrysafe._http import OutcomePolicy, RouteSettings, _compile_pattern
+from retrysafe._http import OutcomePolicy, RouteSettings, compile_pattern
 from retrysafe._keys import KeyPolicy
 
 __all__ = [
@@ -134,7 +134,7 @@ class PathPatterns:
     def __init__(self, routes: Mapping[str, RouteSettings | None] | None = None) -> None:
         self._targets = list((routes or {}).values())
         alternatives = [
-            f"(?P<r{index}>{_compile_pattern(pattern)})"
+            f"(?P<r{index}>{compile_pattern(pattern)})"
             for index, pattern in enumerate(routes or {})
         ]
         self._regex = re.compile("|".join(alternatives)) if alternatives else None

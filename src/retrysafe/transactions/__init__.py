@@ -27,6 +27,10 @@ Atomic phases, for operations that call other systems: `run_phases` / `arun_phas
 
 Idempotent writes: `insert_if_absent`, `update_by_key`, `delete_by_key` and their `a` twins
 (`retrysafe.transactions.writes`).
+
+In web handlers, the response commits with the writes: `retrysafe.transactions.fastapi`
+(`install` and a `Transactional` parameter), `retrysafe.transactions.flask` (`install` and
+`@transactional`), `retrysafe.transactions.asgi.TransactionalMiddleware` for any ASGI app.
 """
 
 from __future__ import annotations

@@ -43,11 +43,6 @@ POSTGRES_URL = os.environ.get(
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-# Python puts this script's folder first on sys.path, where a sibling benchmark named like a
-# stdlib module (benchmarks/http.py) would shadow it for every import below.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-
 def ensure_environment() -> None:
     """Re-run this script in benchmarks/.venv, building it first if it is missing or stale."""
     python = VENV / "bin" / "python"

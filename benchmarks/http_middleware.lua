@@ -1,4 +1,4 @@
--- wrk script for benchmarks/http.py: one kind of request, chosen by environment variables.
+-- wrk script for benchmarks/http_middleware.py: one kind of request, chosen by environment variables.
 --   BENCH_MODE=first   POST /payments with a new Idempotency-Key on every request
 --   BENCH_MODE=replay  POST /payments cycling over BENCH_REPLAY_KEYS keys created beforehand
 --   BENCH_MODE=nokey   POST /payments without a key

@@ -1,6 +1,6 @@
 """HTTP throughput and latency: a bare FastAPI app against the middleware on every store.
 
-    .venv/bin/python benchmarks/http.py [--duration 5] [--rounds 3] [--connections 16]
+    .venv/bin/python benchmarks/http_middleware.py [--duration 5] [--rounds 3] [--connections 16]
         [--variants bare,memory,...] [--scenarios first,replay,nokey,get] [--json out.json]
         [--profile VARIANT/SCENARIO]
 
@@ -61,7 +61,7 @@ from pydantic import BaseModel
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PEERS = HERE / ".venv-peers"
-LUA = HERE / "http.lua"
+LUA = HERE / "http_middleware.lua"
 POSTGRES_URL = os.environ.get(
     "RETRYSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -117,7 +117,9 @@ def ensure_peers() -> Path:
         return python
     print(f"Setting up {PEERS.relative_to(ROOT)} (once): {', '.join(peer_requirements())}")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEERS)], check=True)
-    (PEERS / ".gitignore").write_text("# Made by benchmarks/http.py; never committed.\n*\n")
+    (PEERS / ".gitignore").write_text(
+        "# Made by benchmarks/http_middleware.py; not committed.\n*\n"
+    )
     marker.write_text(wanted)
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", marker],
@@ -131,7 +133,7 @@ def require_wrk() -> str:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit(
-            "benchmarks/http.py needs wrk, the HTTP load generator. Install it with\n"
+            "benchmarks/http_middleware.py needs wrk, the HTTP load generator. Install it with\n"
             "    apt-get install -y wrk      (Debian, Ubuntu)\n"
             "    brew install wrk           (macOS)\n"
             "and run this command again."
@@ -147,7 +149,7 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The server side: runs in the benchmark environment (`http.py serve VARIANT ...`).
+# The server side: runs in the benchmark environment (`http_middleware.py serve VARIANT ...`).
 
 
 def build_app(variant: str, store: str) -> Any:

@@ -93,13 +93,6 @@ def test_the_console_script_reports_errors_in_one_line(tmp_path: Path) -> None:
     assert completed.stderr.startswith("error: ")
 
 
-def test_the_proxy_is_a_stub_for_now(runner: CliRunner) -> None:
-    """`retrysafe proxy` is registered with its options and says it is not built yet."""
-    result = runner.invoke(app, ["proxy", "--upstream", "http://127.0.0.1:9"])
-    assert result.exit_code == 2
-    assert "not built yet" in result.stderr
-
-
 def test_demo_json_reports_no_duplicate_with_keys(runner: CliRunner, tmp_path: Path) -> None:
     """`retrysafe demo --json` exits 0 and reports both passes, counted from the API's table."""
     store = f"sqlite:///{tmp_path / 'demo.db'}"

@@ -7,10 +7,11 @@ import json
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
-from retrysafe import Identity, ManualClock, State, transactions
+from retrysafe import Identity, InFlightError, ManualClock, State, transactions
 from tests.transactions.conftest import Database, Face, Paid
 
 DUPLICATES = 50
@@ -107,3 +108,33 @@ def test_b29_a_store_claim_waits_for_the_open_transaction(
         assert claim.record.outcome == b"the outcome"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+def test_b14_lock_timeout_bounds_the_wait_with_in_flight(
+    database: Database, clock: ManualClock
+) -> None:
+    """On PostgreSQL a duplicate waits while the first transaction holds the key; with a
+    lock_timeout on its connection it stops waiting and gets InFlightError."""
+    import psycopg
+
+    identity = Identity("payments", "tenant-a", "k1")
+    options: dict[str, Any] = {
+        "identity": identity,
+        "fingerprint": "fp",
+        "table": database.table,
+        "clock": clock,
+    }
+    store = database.store(clock)
+    store.get(identity)  # the table exists before either transaction
+    store.close()
+    with psycopg.connect(database.dsn) as first, psycopg.connect(database.dsn) as second:
+        second.execute("SET lock_timeout = '100ms'")
+        second.commit()
+        with transactions.psycopg(first, **options) as tx:
+            with pytest.raises(InFlightError), transactions.psycopg(second, **options):
+                pass  # pragma: no cover - the claim never returns
+            tx.complete(b"done")
+        with transactions.psycopg(second, **options) as again:
+            assert again.replay
+            assert again.outcome == b"done"

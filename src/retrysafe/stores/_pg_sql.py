@@ -157,7 +157,7 @@ def _derived_name(table: str, suffix: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RecordTable:
-    """Every statement on one records table, composed once with the table name quoted.
+    """Every statement on one records table, rendered once with the table name quoted.
 
     Statements take named parameters; `record_from_row` reads the record columns they return,
     in `_COLUMNS` order.
@@ -196,7 +196,11 @@ class RecordTable:
         fields = {"table": sql.Identifier(name), "columns": columns, "held": sql.SQL(_HELD)}
 
         def compose(text: str, **extra: sql.Composable) -> sql.Composed:
-            return sql.SQL(text).format(**fields, **extra)
+            # Rendered to text once, here: psycopg renders a Composed of many parts again at
+            # every execution (15 to 30 us of CPU a statement). The only identifiers are
+            # validated ASCII names, so their quoting needs no connection.
+            rendered = sql.SQL(text).format(**fields, **extra).as_string()
+            return sql.Composed([sql.SQL(rendered)])
 
         channel = _derived_name(name, "settled")
         digest = hashlib.sha256(f"retrysafe-schema:{name}".encode()).digest()

@@ -16,6 +16,7 @@ docs/http.md for every setting and the published policy.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias, Unpack
@@ -37,6 +38,7 @@ from retrysafe._http import (
     Settings,
     SettingsOptions,
     check_content_length,
+    hook_may_require_key,
     in_flight,
     logger,
     mismatch,
@@ -91,7 +93,8 @@ class IdempotencyMiddleware:
         route_settings: instead of `routes`, a function of the ASGI scope returning the
             `RouteSettings` of the request, or None if it is not covered (for framework
             integrations that know their routes). It is called for requests whose method is
-            in `methods`.
+            in `methods`; for those without a key only if the hook has no `may_require_key`
+            attribute or it is true (no route requires a key: they pass straight through).
         settings: a `Settings` to start from; `options` override its fields.
         options: any `Settings` field by name (`required=True`, `wait=0`, ...).
     """
@@ -125,7 +128,11 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         values = [value for name, value in scope["headers"] if name == KEY_HEADER]
-        if not values and not self._may_require:
+        if not values and not (
+            self._may_require
+            if self._hook is None
+            else hook_may_require_key(self._hook, self.settings)
+        ):
             await self.app(scope, receive, send)
             return
         if self._hook is None:
@@ -290,7 +297,33 @@ class IdempotencyMiddleware:
         identity: Identity,
         claim: Claim,
     ) -> Exception | None:
-        """Run the app while a heartbeat renews the lease; return the app's exception, if any."""
+        """Run the app while its lease is renewed (B16); return the app's exception, if any."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # another event loop (trio): a task renews beside the app
+            return await self._run_app_in_task_group(
+                scope, receive, send, settings=settings, identity=identity, claim=claim
+            )
+        heartbeat = _Heartbeat(self, loop, identity, claim.token, settings.lease)
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:  # raised again by the caller, after the release
+            return exc
+        finally:
+            await heartbeat.stop()
+        return None
+
+    async def _run_app_in_task_group(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        settings: Settings,
+        identity: Identity,
+        claim: Claim,
+    ) -> Exception | None:
+        """`_run_app` off asyncio: a heartbeat task in a task group, cancelled at the end."""
         error: Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._heartbeat, identity, claim.token, settings.lease)
@@ -302,19 +335,29 @@ class IdempotencyMiddleware:
                 group.cancel_scope.cancel()
         return error
 
-    async def _heartbeat(self, identity: Identity, token: str, lease: float) -> None:
-        """Renew the lease every third of it while the app runs (B16)."""
+    async def _heartbeat(
+        self, identity: Identity, token: str, lease: float, *, wait_first: bool = True
+    ) -> None:
+        """Renew the lease every third of it until cancelled or fenced (B16)."""
+        if not wait_first and not await self._renew(identity, token, lease):
+            return
         while True:
             await anyio.sleep(lease / 3)
-            try:
-                await self.store.renew(identity, token, lease=lease)
-            except FencedError:
-                self.counters.add("fenced")
-                logger.warning("Lost the claim on %s to another worker while running", identity)
+            if not await self._renew(identity, token, lease):
                 return
-            except Exception:
-                self.counters.add("renew_failures")
-                logger.exception("Cannot renew the lease on %s", identity)
+
+    async def _renew(self, identity: Identity, token: str, lease: float) -> bool:
+        """Renew the lease once; return False if the claim is lost (stop renewing)."""
+        try:
+            await self.store.renew(identity, token, lease=lease)
+        except FencedError:
+            self.counters.add("fenced")
+            logger.warning("Lost the claim on %s to another worker while running", identity)
+            return False
+        except Exception:
+            self.counters.add("renew_failures")
+            logger.exception("Cannot renew the lease on %s", identity)
+        return True
 
     async def _complete(
         self, identity: Identity, token: str, outcome: bytes, settings: Settings
@@ -347,6 +390,52 @@ class IdempotencyMiddleware:
             except Exception:
                 self.counters.add("release_failures")
                 logger.exception("Cannot release the claim on %s; its lease will end", identity)
+
+
+class _Heartbeat:
+    """The lease renewal of one execution on asyncio, at no cost to a request shorter than it.
+
+    A timer fires a third of the lease after the app started; only if the app is still running
+    then does a task start, which renews at once and every third of the lease after (B16). The
+    first renewal is due at the same moment as with a task started beside the app, so a handler
+    slower than its lease is never taken over while alive; a short request pays for a timer
+    handle instead of a task it would create, cancel and wait for.
+    """
+
+    __slots__ = ("_identity", "_lease", "_loop", "_middleware", "_task", "_timer", "_token")
+
+    def __init__(
+        self,
+        middleware: IdempotencyMiddleware,
+        loop: asyncio.AbstractEventLoop,
+        identity: Identity,
+        token: str,
+        lease: float,
+    ) -> None:
+        self._middleware = middleware
+        self._loop = loop
+        self._identity = identity
+        self._token = token
+        self._lease = lease
+        self._task: asyncio.Task[None] | None = None
+        self._timer = loop.call_later(lease / 3, self._start)
+
+    def _start(self) -> None:
+        self._task = self._loop.create_task(
+            self._middleware._heartbeat(self._identity, self._token, self._lease, wait_first=False)
+        )
+
+    async def stop(self) -> None:
+        """Stop renewing; once this returns, no renewal is running or will run."""
+        self._timer.cancel()
+        task = self._task
+        if task is None:
+            return
+        task.cancel()
+        # Wait for the renewal to end even if this request is being cancelled, so it cannot
+        # land after the release or completion that follows.
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait((task,))
 
 
 def _request_view(scope: Scope) -> RequestView:

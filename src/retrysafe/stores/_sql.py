@@ -14,6 +14,7 @@ Identity parts, the fingerprint and the recovery point are stored as BLOBs throu
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sqlite3
@@ -76,6 +77,7 @@ CREATE_INDEXES: Final = (
 )
 SELECT_LIVE: Final = 'SELECT {columns} FROM "{table}" WHERE id = ? AND expires_at > ?'
 SELECT_BY_ID: Final = 'SELECT {columns} FROM "{table}" WHERE id = ?'
+SELECT_DONE: Final = "SELECT {columns} FROM \"{table}\" WHERE id = ? AND state = 'done'"
 # Runs after SELECT_LIVE in the same write transaction: it inserts, or replaces a row that
 # may_take allowed to be taken (expired lease, or past retention).
 CLAIM: Final = (
@@ -175,7 +177,7 @@ class RecordTable:
             )
 
     def _sql(self, template: str, filters: str = "") -> str:
-        return template.format(table=self.name, columns=_COLUMNS, held=_HELD, filters=filters)
+        return _render(template, self.name, filters)
 
     def create_schema(self, connection: sqlite3.Connection) -> None:
         """Create the table and its indexes unless they exist."""
@@ -269,6 +271,19 @@ class RecordTable:
         row = connection.execute(self._sql(SELECT_LIVE), (identity.digest(), now)).fetchone()
         return None if row is None else row_to_record(row)
 
+    def done(self, connection: sqlite3.Connection, identity: Identity) -> Record | None:
+        """Return the record if it is done, whatever its expiry; a read that needs no write lock.
+
+        A done record never changes: it stays as it is until it is deleted, or replaced by a
+        new claim once its retention has ended. So a claim that finds one, read outside any
+        write transaction, may answer with it (a replay or a mismatch) without the write lock,
+        provided the caller checks its expiry against a time read *after* this read: the
+        record was then done and live at the moment of the read, which is where such a claim
+        takes effect. Anything else (no record, in flight, expired) needs the locked `claim`.
+        """
+        rows = connection.execute(self._sql(SELECT_DONE), (identity.digest(),)).fetchall()
+        return row_to_record(rows[0]) if rows else None
+
     def delete(self, connection: sqlite3.Connection, identity: Identity, *, now: float) -> bool:
         """Delete the record whatever its state; return whether a live one existed."""
         existed = self.get(connection, identity, now=now) is not None
@@ -342,6 +357,12 @@ class RecordTable:
         self._execute_held(connection, template, identity, token=token, now=now, values=values)
         row = connection.execute(self._sql(SELECT_BY_ID), (identity.digest(),)).fetchone()
         return row_to_record(row)
+
+
+@functools.lru_cache(maxsize=128)
+def _render(template: str, table: str, filters: str) -> str:
+    """Return a statement template filled in; each is rendered once, not at every execution."""
+    return template.format(table=table, columns=_COLUMNS, held=_HELD, filters=filters)
 
 
 def connect(path: str, *, timeout: float, synchronous: Synchronous) -> sqlite3.Connection:

@@ -19,7 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import AsyncThreadRunner
-from retrysafe._errors import ConfigurationError, StoreError
+from retrysafe._engine import may_take
+from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._async._common import poll_until_settled
 from retrysafe.stores._sql import (
@@ -93,6 +94,7 @@ class AsyncSQLiteStore:
         self._closed = False
         self._schema_lock = threading.Lock()
         self._schema_ready = False
+        self._write_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> AsyncSQLiteStore:
@@ -140,10 +142,8 @@ class AsyncSQLiteStore:
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
         """Claim `identity` atomically, or return the existing record."""
-        return await self._write(
-            lambda connection, now: self.table.claim(
-                connection, identity, fingerprint, now=now, lease=lease, retention=retention
-            )
+        return await self._run(
+            functools.partial(self._claim, identity, fingerprint, lease=lease, retention=retention)
         )
 
     async def complete(
@@ -248,19 +248,53 @@ class AsyncSQLiteStore:
         except sqlite3.Error as error:
             raise store_error(error, self.path) from error
 
+    def _claim(
+        self, identity: Identity, fingerprint: str, *, lease: float, retention: float
+    ) -> Claim:
+        """Answer from a done record read without the write lock, or claim under it.
+
+        A replay (or a mismatch against a completed request) is a plain read, so it neither
+        waits for the writers nor makes them wait: see `RecordTable.done` for why that is safe.
+        The time is read after the record, and a record past its retention goes to the locked
+        claim like any other case.
+        """
+        connection = self._connection()
+        if not self._schema_ready:
+            self._create_schema(first_use=True)
+        done = self.table.done(connection, identity)
+        if done is not None and not may_take(done, fingerprint, self.clock.now()):
+            return Claim(done, acquired=False)
+        return self._execute(
+            lambda connection, now: self.table.claim(
+                connection, identity, fingerprint, now=now, lease=lease, retention=retention
+            ),
+            write=True,
+        )
+
     def _execute(self, operation: Callable[[sqlite3.Connection, float], T], *, write: bool) -> T:
         """Run `operation` on this thread's connection, in a write transaction if `write`.
 
         The time is read once the transaction holds the write lock, so a claim that waited for
-        another writer decides with the time it acts at.
+        another writer decides with the time it acts at. Within this process, write
+        transactions queue on a lock first: threads waiting in SQLite's busy handler sleep in
+        coarse steps (up to 100 ms) and are woken late, while a lock hands over at once; the
+        busy timeout still arbitrates with other processes.
         """
         connection = self._connection()
         if not self._schema_ready:
             self._create_schema(first_use=True)
         if not write:
             return operation(connection, self.clock.now())
-        with write_transaction(connection):
-            return operation(connection, self.clock.now())
+        if not self._write_lock.acquire(timeout=self.timeout):
+            raise StoreUnavailableError(
+                f"SQLite store {self.path!r} is unavailable: this process's other writers held"
+                f" it past the busy timeout ({self.timeout} s)."
+            )
+        try:
+            with write_transaction(connection):
+                return operation(connection, self.clock.now())
+        finally:
+            self._write_lock.release()
 
     def _create_schema(self, *, first_use: bool = False) -> None:
         # On first use, one thread of this store creates the schema while the others wait on
@@ -306,6 +340,7 @@ class AsyncSQLiteStore:
         of this process. The child then opens its own connections as any new thread does.
         """
         self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._write_lock = threading.Lock()
         self._inherited.extend(self._connections.values())
         self._connections = {}
         self._local = threading.local()

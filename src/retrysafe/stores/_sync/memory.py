@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Final
 from urllib.parse import urlsplit
 
 from retrysafe._clock import Clock, SystemClock
@@ -16,6 +17,48 @@ from retrysafe.stores.base import StoreStats, new_token
 
 __all__ = ["MemoryStore"]
 
+# How a record is kept: its identity's parts as the dict key, and its other fields in a plain
+# tuple of strings, numbers and bytes. The garbage collector stops tracking such tuples after
+# their first collection; kept as Record and Identity objects instead, every record would be
+# traversed at every full collection (pauses of 50-150 ms once tens of thousands are stored).
+# The primitives work on `Record`s; `_freeze` and `_thaw` convert at the dict's edge.
+_Key = tuple[str, str, str]  # namespace, scope, key
+_Row = tuple[str, str, str, float, float, float, bytes | None, str | None]
+# fingerprint, state, token, created_at, lease_expires_at, expires_at, outcome, recovery_point
+_EXPIRES_AT: Final = 5  # the one field read without thawing: purges and counts scan every record
+
+
+def _key(identity: Identity) -> _Key:
+    return (identity.namespace, identity.scope, identity.key)
+
+
+def _freeze(record: Record) -> _Row:
+    return (
+        record.fingerprint,
+        record.state.value,
+        record.token,
+        record.created_at,
+        record.lease_expires_at,
+        record.expires_at,
+        record.outcome,
+        record.recovery_point,
+    )
+
+
+def _thaw(key: _Key, row: _Row) -> Record:
+    fingerprint, state, token, created_at, lease_expires_at, expires_at, outcome, point = row
+    return Record(
+        identity=Identity(*key),
+        fingerprint=fingerprint,
+        state=State(state),
+        token=token,
+        created_at=created_at,
+        lease_expires_at=lease_expires_at,
+        expires_at=expires_at,
+        outcome=outcome,
+        recovery_point=point,
+    )
+
 
 class MemoryStore:
     """A store in a dict behind a lock. Every primitive is atomic under the lock.
@@ -26,7 +69,7 @@ class MemoryStore:
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
-        self._records: dict[Identity, Record] = {}
+        self._records: dict[_Key, _Row] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -58,7 +101,7 @@ class MemoryStore:
                 expires_at=now + lease + retention,
                 recovery_point=None if existing is None else existing.recovery_point,
             )
-            self._records[identity] = record
+            self._records[_key(identity)] = _freeze(record)
             return Claim(record, acquired=True, taken_over=existing is not None)
 
     def complete(
@@ -75,14 +118,14 @@ class MemoryStore:
                 lease_expires_at=now,
                 expires_at=now + retention,
             )
-            self._records[identity] = done
+            self._records[_key(identity)] = _freeze(done)
             return done
 
     def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record."""
         with self._lock:
             self._held(identity, token, self.clock.now())
-            del self._records[identity]
+            del self._records[_key(identity)]
 
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease."""
@@ -95,7 +138,7 @@ class MemoryStore:
                 lease_expires_at=lease_expires_at,
                 expires_at=record.expires_at + max(0.0, lease_expires_at - record.lease_expires_at),
             )
-            self._records[identity] = renewed
+            self._records[_key(identity)] = _freeze(renewed)
             return renewed
 
     def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
@@ -103,7 +146,7 @@ class MemoryStore:
         with self._lock:
             record = self._held(identity, token, self.clock.now())
             updated = dataclasses.replace(record, recovery_point=recovery_point)
-            self._records[identity] = updated
+            self._records[_key(identity)] = _freeze(updated)
             return updated
 
     def get(self, identity: Identity) -> Record | None:
@@ -114,15 +157,15 @@ class MemoryStore:
     def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state."""
         with self._lock:
-            return self._records.pop(identity, None) is not None
+            return self._records.pop(_key(identity), None) is not None
 
     def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention."""
         with self._lock:
             now = self.clock.now()
-            expired = [i for i, r in self._records.items() if r.expires_at <= now][:limit]
-            for identity in expired:
-                del self._records[identity]
+            expired = [k for k, row in self._records.items() if row[_EXPIRES_AT] <= now][:limit]
+            for key in expired:
+                del self._records[key]
             return len(expired)
 
     def list_records(
@@ -137,11 +180,11 @@ class MemoryStore:
         """Return live records matching every given filter, newest first."""
         with self._lock:
             now = self.clock.now()
+            live = [_thaw(k, row) for k, row in self._records.items() if row[_EXPIRES_AT] > now]
             matching = [
                 r
-                for r in self._records.values()
-                if r.expires_at > now
-                and (namespace is None or r.identity.namespace == namespace)
+                for r in live
+                if (namespace is None or r.identity.namespace == namespace)
                 and (scope is None or r.identity.scope == scope)
                 and (state is None or r.state is state)
                 and (created_before is None or r.created_at < created_before)
@@ -153,7 +196,7 @@ class MemoryStore:
         """Return counts of live records."""
         with self._lock:
             now = self.clock.now()
-            live = [r for r in self._records.values() if r.expires_at > now]
+            live = [_thaw(k, row) for k, row in self._records.items() if row[_EXPIRES_AT] > now]
         in_flight = [r.created_at for r in live if r.state is State.IN_FLIGHT]
         return StoreStats(
             in_flight=len(in_flight),
@@ -170,11 +213,14 @@ class MemoryStore:
         """Nothing to release."""
 
     def _live(self, identity: Identity, now: float) -> Record | None:
-        record = self._records.get(identity)
-        if record is not None and record.expires_at <= now:
-            del self._records[identity]
+        key = _key(identity)
+        row = self._records.get(key)
+        if row is None:
             return None
-        return record
+        if row[_EXPIRES_AT] <= now:
+            del self._records[key]
+            return None
+        return _thaw(key, row)
 
     def _held(self, identity: Identity, token: str, now: float) -> Record:
         record = self._live(identity, now)

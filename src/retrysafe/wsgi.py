@@ -36,6 +36,7 @@ from retrysafe._http import (
     Settings,
     SettingsOptions,
     check_content_length,
+    hook_may_require_key,
     in_flight,
     logger,
     mismatch,
@@ -69,7 +70,8 @@ class IdempotencyMiddleware:
             `*` matches within one path segment, `**` anything. Unlisted paths use `settings`.
         route_settings: instead of `routes`, a function of the WSGI environ returning the
             `RouteSettings` of the request, or None if it is not covered. It is called for
-            requests whose method is in `methods`.
+            requests whose method is in `methods`; for those without a key only if the hook
+            has no `may_require_key` attribute or it is true (see `retrysafe.asgi`).
         settings: a `Settings` to start from; `options` override its fields.
         options: any `Settings` field by name (`required=True`, `wait=0`, ...).
     """
@@ -103,7 +105,11 @@ class IdempotencyMiddleware:
         if method not in self._methods:
             return self.app(environ, start_response)
         value: str | None = environ.get("HTTP_IDEMPOTENCY_KEY")
-        if value is None and not self._may_require:
+        if value is None and not (
+            self._may_require
+            if self._hook is None
+            else hook_may_require_key(self._hook, self.settings)
+        ):
             return self.app(environ, start_response)
         if self._hook is None:
             settings = self._router.for_path(_path(environ))

@@ -50,7 +50,7 @@ from retrysafe._http.problems import (
     too_large,
     too_many_in_flight,
 )
-from retrysafe._http.routing import Router, compile_pattern
+from retrysafe._http.routing import Router, compile_pattern, hook_may_require_key
 from retrysafe._http.settings import (
     ANONYMOUS_SCOPE,
     DEFAULT_PROBLEM_BASE_URL,
@@ -97,6 +97,7 @@ __all__ = [
     "default_scope",
     "encode_omitted",
     "encode_outcome",
+    "hook_may_require_key",
     "in_flight",
     "logger",
     "mismatch",

@@ -9,7 +9,7 @@ from typing import Final
 from retrysafe._errors import ConfigurationError
 from retrysafe._http.settings import RouteSettings, Settings
 
-__all__ = ["Router", "compile_pattern"]
+__all__ = ["Router", "compile_pattern", "hook_may_require_key"]
 
 
 def compile_pattern(pattern: str) -> str:
@@ -20,6 +20,17 @@ def compile_pattern(pattern: str) -> str:
     return "".join(
         ".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part) for part in parts
     )
+
+
+def hook_may_require_key(hook: object, settings: Settings) -> bool:
+    """Return whether a request without a key may need an answer, under a `route_settings` hook.
+
+    A hook may have a `may_require_key` attribute, False when no route it answers for requires
+    a key: requests without one then pass straight through instead of calling the hook. It is
+    read at every such request, so a hook may change it as routes are added. Without it, or
+    when the middleware's own settings require keys, every such request asks the hook.
+    """
+    return settings.required or bool(getattr(hook, "may_require_key", True))
 
 
 class Router:

@@ -396,13 +396,13 @@ def test_importing_retrysafe_does_not_import_psycopg() -> None:
 
 
 def _waiter_is_listening(postgres_url: str, application: str) -> bool:
-    """Return whether the waiter's connection has read the record after its LISTEN."""
+    """Return whether the waiter's connection has read (and marked) the record after its LISTEN."""
     query = (
         "SELECT count(*) FROM pg_stat_activity"
         " WHERE application_name = %s AND state = 'idle' AND query LIKE %s"
     )
     with psycopg.connect(postgres_url) as conn:
-        row = conn.execute(query, [application, 'SELECT "namespace"%']).fetchone()
+        row = conn.execute(query, [application, "%WITH marked AS%"]).fetchone()
     return row is not None and row[0] > 0
 
 
@@ -435,6 +435,135 @@ def test_b15_wait_is_woken_by_notify(
     assert record is not None
     assert record.state is State.DONE
     assert record.outcome == b"done"
+
+
+def _notified_ids(postgres_url: str, channel: str, action: Callable[[], object]) -> list[str]:
+    """Run `action` while listening on `channel` and return the payloads it sent.
+
+    A marker notification sent after `action` ends the read: PostgreSQL delivers notifications
+    in commit order, so everything `action` sent arrives before it, and no timing is involved.
+    """
+    with psycopg.connect(postgres_url, autocommit=True) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        action()
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            other.execute("SELECT pg_notify(%s, 'marker')", [channel])
+        payloads: list[str] = []
+        for notify in listener.notifies(timeout=30):
+            if notify.payload == "marker":
+                return payloads
+            payloads.append(notify.payload)
+    raise AssertionError("the marker notification never arrived")
+
+
+def test_only_watched_records_notify(postgres_url: str, table_url: str) -> None:
+    """Completion, release and delete send NOTIFY only for a record a waiter's read marked, so
+    completions nobody waits for do not queue on PostgreSQL's notification lock."""
+    clock = ManualClock()
+    store = PostgresStore.from_url(table_url, clock=clock)
+    channel = store.table.channel
+
+    def mark(identity: Identity) -> None:
+        with store._pool.connection() as conn:
+            params = {"id": identity.digest(), "now": clock.now()}
+            assert conn.execute(store.table.watch, params).fetchall()[0][-1] is True
+
+    def settle_each(marked: bool) -> None:
+        for end in ["complete", "release", "delete"]:
+            identity = ident(f"{end}-{marked}")
+            claim = store.claim(identity, "fp", lease=LEASE, retention=RETENTION)
+            if marked:
+                mark(identity)
+            if end == "complete":
+                store.complete(identity, claim.token, b"done", retention=RETENTION)
+            elif end == "release":
+                store.release(identity, claim.token)
+            else:
+                assert store.delete(identity)
+
+    try:
+        assert _notified_ids(postgres_url, channel, lambda: settle_each(False)) == []
+        expected = [ident(f"{end}-True").digest() for end in ["complete", "release", "delete"]]
+        assert _notified_ids(postgres_url, channel, lambda: settle_each(True)) == expected
+    finally:
+        store.close()
+
+
+def test_a_waiter_never_blocks_on_a_locked_row_and_polls_until_it_marks_it(
+    open_face: OpenStore, postgres_url: str, tables: Callable[[], str]
+) -> None:
+    """While another transaction holds the record's row, a waiter reads past the lock (it does
+    not wait for that transaction) and, unable to mark the row, polls: with the periodic re-read
+    off it still gets the outcome completed after the lock is gone."""
+    table = tables()
+    application = unique_name("rs_waiter")
+    clock = ManualClock()
+    holder = open_face(with_options(postgres_url, table=table), clock)
+    waiter = open_face(with_options(postgres_url, table=table, application_name=application), clock)
+    concrete(waiter)._recheck_interval = 3600.0
+    claim = holder.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    locking = psycopg.connect(postgres_url)
+    try:
+        query = sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR UPDATE").format(sql.Identifier(table))
+        locking.execute(query, [ident().digest()])
+        early: list[Any] = []
+        thread = threading.Thread(target=lambda: early.append(waiter.wait(ident(), timeout=0.2)))
+        thread.start()
+        thread.join(timeout=30)  # a waiter blocked behind the lock would still be waiting
+        assert len(early) == 1
+        assert early[0].state is State.IN_FLIGHT
+        result: list[Any] = []
+        thread = threading.Thread(target=lambda: result.append(waiter.wait(ident(), timeout=20)))
+        thread.start()
+        for delay in [0.01] * 1000:
+            if _waiter_is_listening(postgres_url, application):
+                break
+            time.sleep(delay)
+    finally:
+        locking.rollback()
+        locking.close()
+    holder.complete(ident(), claim.token, b"done", retention=RETENTION)
+    thread.join(timeout=30)
+    assert len(result) == 1
+    assert result[0].outcome == b"done"
+
+
+_OLD_SCHEMA = """
+CREATE TABLE {} (
+    id TEXT PRIMARY KEY, namespace BYTEA NOT NULL, scope BYTEA NOT NULL, key BYTEA NOT NULL,
+    fingerprint BYTEA NOT NULL, state TEXT NOT NULL CHECK (state IN ('in_flight', 'done')),
+    token TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    lease_expires_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+    outcome BYTEA, recovery_point BYTEA, taken_over BOOLEAN NOT NULL DEFAULT FALSE
+)
+"""
+
+
+def test_a_table_from_before_watched_gains_the_column_and_keeps_its_records(
+    open_face: OpenStore, postgres_url: str, tables: Callable[[], str]
+) -> None:
+    """A table created without the `watched` column gets it on first use; its records stay."""
+    table = tables()
+    clock = ManualClock()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL(_OLD_SCHEMA).format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} VALUES (%s, 'pg-test', 'tenant', 'old', 'fp', 'done', 't', "
+                "%s, %s, %s, 'kept', NULL, FALSE)"
+            ).format(sql.Identifier(table)),
+            [ident("old").digest(), clock.now(), clock.now(), clock.now() + RETENTION],
+        )
+    store = open_face(with_options(postgres_url, table=table), clock)
+    record = store.get(ident("old"))
+    assert record is not None
+    assert record.outcome == b"kept"
+    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert store.complete(ident(), claim.token, b"new", retention=RETENTION).outcome == b"new"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        column = sql.SQL("SELECT count(*) FROM {} WHERE NOT watched").format(sql.Identifier(table))
+        assert conn.execute(column).fetchone() == (2,)
+    store.close()
 
 
 def test_b15_waiters_without_a_spare_connection_poll(table_url: str) -> None:

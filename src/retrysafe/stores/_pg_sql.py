@@ -164,8 +164,8 @@ class RecordTable:
 
     Attributes:
         name: the table name.
-        channel: the LISTEN/NOTIFY channel on which completions, releases and deletes announce
-            the record id.
+        channel: the LISTEN/NOTIFY channel on which completions, releases and deletes of a
+            watched record announce its id.
         schema_lock: the advisory lock key that serializes schema creation on this table.
     """
 
@@ -177,6 +177,7 @@ class RecordTable:
     create_schema: tuple[sql.Composed, ...]
     claim: sql.Composed
     get: sql.Composed
+    watch: sql.Composed
     complete: sql.Composed
     release: sql.Composed
     renew: sql.Composed
@@ -208,10 +209,11 @@ class RecordTable:
             name=name,
             channel=channel,
             schema_lock=int.from_bytes(digest[:8], "big", signed=True),
-            table_exists=compose("SELECT to_regclass(%(quoted)s) IS NOT NULL"),
+            table_exists=compose(_TABLE_EXISTS),
             lock_schema=compose("SELECT pg_advisory_xact_lock(%(lock)s)"),
             create_schema=(
                 compose(_CREATE_TABLE),
+                compose(_ADD_WATCHED, regclass=sql.Literal(f'"{name}"')),
                 compose(
                     "CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at)",
                     index=sql.Identifier(_derived_name(name, "expires_at")),
@@ -223,6 +225,7 @@ class RecordTable:
             ),
             claim=compose(_CLAIM),
             get=compose("SELECT {columns} FROM {table} WHERE id = %(id)s AND expires_at > %(now)s"),
+            watch=compose(_WATCH),
             complete=compose(_COMPLETE),
             release=compose(_RELEASE),
             renew=compose(_RENEW),
@@ -259,8 +262,33 @@ CREATE TABLE IF NOT EXISTS {table} (
     expires_at       DOUBLE PRECISION NOT NULL,
     outcome          BYTEA,
     recovery_point   BYTEA,
-    taken_over       BOOLEAN NOT NULL DEFAULT FALSE
+    taken_over       BOOLEAN NOT NULL DEFAULT FALSE,
+    watched          BOOLEAN NOT NULL DEFAULT FALSE
 )
+"""
+
+# Whether the table exists with every column this version uses: if not, the schema statements
+# run (under the advisory lock), and they add what is missing.
+_TABLE_EXISTS = """
+SELECT EXISTS (
+    SELECT FROM pg_attribute
+    WHERE attrelid = to_regclass(%(quoted)s) AND attname = 'watched' AND NOT attisdropped
+)
+"""
+
+# Tables created before `watched` existed get it here. ALTER TABLE locks the whole table even
+# when the column exists, so it runs only when the column is missing.
+_ADD_WATCHED = """
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute
+        WHERE attrelid = {regclass}::regclass AND attname = 'watched' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE {table} ADD COLUMN watched BOOLEAN NOT NULL DEFAULT FALSE;
+    END IF;
+END
+$$
 """
 
 # One statement: insert, or take over a record past its retention or an expired lease of the
@@ -292,22 +320,52 @@ WHERE r.expires_at <= %(now)s
 RETURNING {columns}, taken_over
 """
 
-# Completion and release announce the record id in the same statement, so the notification is
-# sent exactly when the change commits.
+# A waiter's read: it marks the record `watched` and returns it, with whether it is watched.
+# Completion, release and delete notify only for a watched record, in the same statement, so
+# the notification goes out exactly when the change commits, and a record nobody waits on costs
+# no NOTIFY: PostgreSQL commits notifying transactions one at a time (each holds a
+# database-wide lock across its commit, WAL flush included), so notifying every completion
+# would serialize them.
+#
+# No wake-up is lost. The waiter LISTENs first (committed), then runs this statement, and row
+# locks order it against the completion. If it locks the row first, the completion, which must
+# lock the row after it, finds `watched` set and notifies after the LISTEN. If the completion
+# commits first, the row lock is taken on its result, which this statement returns. If the
+# row is locked at that moment (SKIP LOCKED: a waiter never blocks behind a transaction that
+# holds the row), the snapshot's version is returned with `watched` as it stood, possibly
+# false, and the waiter then polls until a read marks the record. `watched` is never reset
+# while the row exists (a claim leaves it alone), so a true value read from the snapshot was
+# committed before it and binds every later completion.
+_WATCH = """
+WITH marked AS (
+    UPDATE {table} SET watched = TRUE
+    WHERE id = (
+        SELECT id FROM {table}
+        WHERE id = %(id)s AND expires_at > %(now)s AND NOT watched
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING {columns}
+)
+SELECT {columns}, TRUE FROM marked
+UNION ALL
+SELECT {columns}, watched FROM {table}
+WHERE id = %(id)s AND expires_at > %(now)s AND NOT EXISTS (SELECT FROM marked)
+"""
+
 _COMPLETE = """
 WITH done AS (
     UPDATE {table}
     SET state = 'done', outcome = %(outcome)s,
         lease_expires_at = %(now)s, expires_at = %(expires_at)s
     WHERE {held}
-    RETURNING id, {columns}
+    RETURNING id, watched, {columns}
 )
-SELECT {columns}, pg_notify(%(channel)s, id) FROM done
+SELECT {columns}, CASE WHEN watched THEN pg_notify(%(channel)s, id) END FROM done
 """
 
 _RELEASE = """
-WITH gone AS (DELETE FROM {table} WHERE {held} RETURNING id)
-SELECT pg_notify(%(channel)s, id) FROM gone
+WITH gone AS (DELETE FROM {table} WHERE {held} RETURNING id, watched)
+SELECT CASE WHEN watched THEN pg_notify(%(channel)s, id) END FROM gone
 """
 
 _RENEW = """
@@ -324,8 +382,8 @@ UPDATE {table} SET recovery_point = %(recovery_point)s WHERE {held} RETURNING {c
 """
 
 _DELETE = """
-WITH gone AS (DELETE FROM {table} WHERE id = %(id)s RETURNING id)
-SELECT pg_notify(%(channel)s, id) FROM gone
+WITH gone AS (DELETE FROM {table} WHERE id = %(id)s RETURNING id, watched)
+SELECT CASE WHEN watched THEN pg_notify(%(channel)s, id) END FROM gone
 """
 
 # Bounded batches; SKIP LOCKED lets concurrent purgers (and claims) work on disjoint rows.

@@ -5,7 +5,7 @@ Each primitive is one statement on the records table (`stores/_pg_sql.py`), so a
 in PostgreSQL: `INSERT ... ON CONFLICT DO UPDATE ... WHERE` for claims, conditional `UPDATE` and
 `DELETE ... WHERE token = ...` for the holder's operations. Connections come from a psycopg pool
 that opens on first use; the table is created on first use too, or up front by `create_schema`.
-Waiters sleep on LISTEN/NOTIFY instead of polling.
+Waiters sleep on LISTEN/NOTIFY instead of polling; only records a waiter marked are notified.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from retrysafe._errors import FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _pg_sql as pg
 from retrysafe.stores._sync._common import poll_until_settled
-from retrysafe.stores.base import StoreStats, encode_part, new_token
+from retrysafe.stores.base import StoreStats, encode_part, new_token, poll_delays
 
 __all__ = ["PostgresStore"]
 
@@ -255,9 +255,9 @@ class PostgresStore:
     def wait(self, identity: Identity, *, timeout: float) -> Record | None:
         """Wait on LISTEN/NOTIFY until the record settles or `timeout` passes.
 
-        The waiter listens before it reads, so a completion just before the wait is seen by the
-        read and one just after by the notification. With no pooled connection to spare, it
-        polls with backoff instead.
+        The waiter listens before it reads and marks the record watched, so a completion just
+        before the wait is seen by the read and one just after notifies it. With no pooled
+        connection to spare, it polls with backoff instead.
         """
         deadline = monotonic() + timeout
         if timeout <= 0:
@@ -309,7 +309,7 @@ class PostgresStore:
             )
             row = cursor.fetchone()
             # Creating needs the CREATE privilege even when the table exists, so only try
-            # when it does not.
+            # when it, or a column this version added, is missing.
             if row is None or not row[0]:
                 self._create_schema_with(conn)
         self._schema_ready = True
@@ -376,23 +376,37 @@ class PostgresStore:
     def _wait_listening(
         self, conn: Connection[TupleRow], identity: Identity, deadline: float
     ) -> Record | None:
-        """Listen, then read; re-read on a notification, at lease expiry, or every few seconds.
+        """Listen, then read and mark the record watched; read again on a notification, at
+        lease expiry, or every `_recheck_interval` seconds.
 
+        Completions notify only for a watched record (see `_pg_sql._WATCH`). While no read has
+        managed to mark it (its row was locked at the time), the waiter polls with backoff.
         At the deadline it returns the last record read.
         """
         digest = identity.digest()
         conn.execute(self.table.listen)
-        record = self._read(conn, identity, self.clock.now())
+        record, watched = self._watch(conn, identity)
+        delays = poll_delays()
         while _running(record, self.clock.now()):
             remaining = deadline - monotonic()
             if remaining <= 0:
                 return record
             until_lease_ends = record.lease_expires_at - self.clock.now()
-            period = min(remaining, until_lease_ends, self._recheck_interval)
+            recheck = self._recheck_interval if watched else next(delays)
+            period = min(remaining, until_lease_ends, recheck)
             if not self._notified(conn, digest, period) and period >= remaining:
                 return record
-            record = self._read(conn, identity, self.clock.now())
+            record, watched = self._watch(conn, identity)
         return record
+
+    def _watch(
+        self, conn: Connection[TupleRow], identity: Identity
+    ) -> tuple[Record | None, bool]:
+        """Read the live record, marking it watched; return it and whether it is watched."""
+        params = {"id": identity.digest(), "now": self.clock.now()}
+        cursor = conn.execute(self.table.watch, params)
+        row = cursor.fetchone()
+        return (None, False) if row is None else (pg.record_from_row(row), bool(row[-1]))
 
     def _notified(self, conn: Connection[TupleRow], digest: str, seconds: float) -> bool:
         """Wait up to `seconds` for a notification about record `digest`."""

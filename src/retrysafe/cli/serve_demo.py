@@ -61,8 +61,13 @@ def serve_demo(
     """Serve the demo payments API: POST/GET /payments, POST /users, GET /health.
 
     The bearer token names the tenant, and keys are scoped per tenant. Payments and user
-    profiles live in their own tables in the store's database (SQLite or PostgreSQL; with a
-    Redis or memory store, in an in-memory SQLite database).
+    profiles live in their own tables in the store's database.
+
+    With a SQLite (the default) or PostgreSQL store, POST /payments runs in transactional
+    mode: the payment and its idempotency record commit in one transaction, so a crash between
+    the two leaves neither. With a Redis or memory store, the demo tables are in an in-memory
+    SQLite database and the idempotency middleware guards payments (record and payment commit
+    separately). The middleware guards POST /users in every case.
     """
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
@@ -89,15 +94,15 @@ async def _serve(
 ) -> None:
     store = open_async_store(store_url)  # closed by the app at lifespan shutdown
     try:
-        settings: dict[str, object] = {"required": True} if require_key else {}
-        app = create_app(database, store=store, latency=latency, **settings)
+        app = create_app(database, store=store, latency=latency, required=require_key)
     except BaseException:
         await store.aclose()
         raise
     host, port = sock.getsockname()[:2]
+    mode = "transactional mode" if app.transactional else "the idempotency middleware"
     console.print(
         f"Demo payments API on [bold]http://{host}:{port}[/] "
         f"(store {redact_url(store_url)}, demo tables in {database.description}, "
-        f"latency {latency * 1000:.0f} ms). Ctrl+C stops it."
+        f"payments in {mode}, latency {latency * 1000:.0f} ms). Ctrl+C stops it."
     )
     await serve_app(app, sock, log_level="info")

@@ -5,7 +5,16 @@ The layers, outermost first:
     Traffic          counts what the API answered (replays, 409s), from the server's side
     BearerTenant     rejects a request without a valid bearer token before anything else (B9)
     IdempotencyMiddleware (retrysafe.asgi), when a store is given
+    TransactionalMiddleware (retrysafe.transactions.asgi), for POST /payments when the store is
+                     SQLite or PostgreSQL: the payment and its record commit in one transaction
     routes           POST/GET /payments, POST /users, GET /health
+
+With a SQLite or PostgreSQL store, `POST /payments` runs in transactional mode: the handler
+inserts the payment on the request's own connection, in the transaction that claimed the key
+in the store's table, and the response is stored and committed with it before it is sent. A
+crash between the insert and storing the outcome rolls both back. The idempotency middleware
+guards every other route (and `POST /payments` too with a Redis or memory store, whose records
+cannot share a transaction with the demo tables).
 """
 
 from __future__ import annotations
@@ -13,9 +22,10 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.to_thread
@@ -26,13 +36,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retrysafe.demo._tables import DemoDatabase
+from retrysafe.asgi import RouteSettings
+from retrysafe.demo._tables import DemoDatabase, Payment, insert_payment
 from retrysafe.demo._validation import FieldError, parse_payment, parse_tenant, parse_user
 from retrysafe.stores.base import AsyncStore
 
 __all__ = ["BearerTenant", "DemoApp", "TenantTraffic", "Traffic", "create_app", "problem"]
 
 REPLAY_HEADER = b"idempotent-replayed"
+TRANSACTION_KEY: Final = "retrysafe.transaction"
+"""The scope key under which `TransactionalMiddleware` hands the handler its transaction."""
+_PAYMENTS: Final = RouteSettings()
 
 
 def problem(
@@ -155,15 +169,26 @@ class DemoApp:
 
     Build it with `create_app`. At lifespan shutdown it closes the store it was given, on the
     server's own event loop (where an async store's connections live).
+
+    Attributes:
+        transactional: whether `POST /payments` runs in transactional mode (the payment and
+            its idempotency record commit in one transaction).
     """
 
     def __init__(
-        self, app: ASGIApp, database: DemoDatabase, traffic: Traffic, store: AsyncStore | None
+        self,
+        app: ASGIApp,
+        database: DemoDatabase,
+        traffic: Traffic,
+        store: AsyncStore | None,
+        *,
+        transactional: bool = False,
     ) -> None:
         self._app = app
         self.database = database
         self.traffic = traffic
         self.store = store
+        self.transactional = transactional
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection, or the lifespan."""
@@ -189,6 +214,7 @@ def create_app(
     *,
     store: AsyncStore | None = None,
     latency: float = 0.0,
+    after_charge: Callable[[Payment], None] | None = None,
     **middleware_settings: Any,
 ) -> DemoApp:
     """Build the demo payments API.
@@ -196,24 +222,67 @@ def create_app(
     Args:
         database: where payments and user profiles are stored.
         store: the idempotency store, closed at lifespan shutdown; without one the API has no
-            idempotency layer at all.
+            idempotency layer at all. When `database` is the store's own SQL database (a
+            SQLite or PostgreSQL store), `POST /payments` runs in transactional mode.
         latency: seconds each payment spends at the simulated payment processor.
-        middleware_settings: passed to `retrysafe.asgi.IdempotencyMiddleware`.
+        after_charge: called with each payment after its insert, before the response is made;
+            tests raise from it to crash the handler between the two.
+        middleware_settings: passed to `retrysafe.asgi.IdempotencyMiddleware` (and to the
+            transactional middleware of `POST /payments`).
     """
     routes = Starlette(
-        routes=_routes(database, latency),
+        routes=_routes(database, latency, after_charge),
         exception_handlers={HTTPException: _http_error},
     )
     app: ASGIApp = routes
+    connect = None if store is None else database.transaction_connect()
     if store is not None:
         from retrysafe.asgi import IdempotencyMiddleware  # noqa: PLC0415 -- only with a store
 
-        app = IdempotencyMiddleware(app, store=store, **middleware_settings)
+        if connect is not None:
+            from retrysafe.transactions.asgi import (  # noqa: PLC0415 -- only with a SQL store
+                TransactionalMiddleware,
+            )
+
+            app = TransactionalMiddleware(
+                app,
+                connect=connect,
+                route_settings=_payments_only,
+                table=database.records_table,
+                **middleware_settings,
+            )
+            app = IdempotencyMiddleware(
+                app, store=store, route_settings=_all_but_payments, **middleware_settings
+            )
+        else:
+            app = IdempotencyMiddleware(app, store=store, **middleware_settings)
     traffic = Traffic()
-    return DemoApp(_Counting(BearerTenant(app), traffic), database, traffic, store)
+    return DemoApp(
+        _Counting(BearerTenant(app), traffic),
+        database,
+        traffic,
+        store,
+        transactional=connect is not None,
+    )
 
 
-def _routes(database: DemoDatabase, latency: float) -> list[Route]:
+def _is_payment(scope: Scope) -> bool:
+    return bool(scope["method"] == "POST" and scope["path"] == "/payments")
+
+
+def _payments_only(scope: Scope) -> RouteSettings | None:
+    """Transactional mode covers `POST /payments` only (its handler writes with it)."""
+    return _PAYMENTS if _is_payment(scope) else None
+
+
+def _all_but_payments(scope: Scope) -> RouteSettings | None:
+    """The idempotency middleware covers every route but the transactional one."""
+    return None if _is_payment(scope) else _PAYMENTS
+
+
+def _routes(
+    database: DemoDatabase, latency: float, after_charge: Callable[[Payment], None] | None
+) -> list[Route]:
     async def create_payment(request: Request) -> Response:
         parsed = parse_payment(await request.body())
         if isinstance(parsed, list):
@@ -221,15 +290,25 @@ def _routes(database: DemoDatabase, latency: float) -> list[Route]:
         tenant = _tenant(request)
         if latency > 0:
             await anyio.sleep(latency)  # the payment processor at work
+        tx = request.scope.get(TRANSACTION_KEY)
+        # In transactional mode, on the request's connection, in the transaction that holds
+        # the key: the middleware stores this response and commits both together.
+        insert = (
+            database.insert_payment
+            if tx is None
+            else functools.partial(insert_payment, tx.connection, database.tables)
+        )
         payment = await anyio.to_thread.run_sync(
             functools.partial(
-                database.insert_payment,
+                insert,
                 tenant=tenant,
                 customer=parsed.customer,
                 amount=parsed.amount,
                 currency=parsed.currency,
             )
         )
+        if after_charge is not None:
+            after_charge(payment)
         return JSONResponse(payment.public(), status_code=201)
 
     async def list_payments(request: Request) -> Response:

@@ -70,7 +70,7 @@ class DemoSettings:
     loss: float = 0.3
     store: str | None = None
     seed: int = 0
-    latency: float = 0.02
+    latency: float = 0.01
     duplicates: float = 0.1
     delay: float = 0.1
     delay_seconds: float = 1.5

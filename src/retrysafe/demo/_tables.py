@@ -5,6 +5,10 @@ the same SQLite file for `sqlite:///...`, the same PostgreSQL database for `post
 Any other store (`memory://`, `redis://...`) has no SQL database, so the demo tables go to an
 in-memory SQLite database that lives as long as the process.
 
+When the tables share the store's database, `DemoDatabase.transaction_connect` gives the
+connections transactional mode writes payments with (`retrysafe.transactions.asgi`), so a
+payment and its idempotency record commit in one transaction.
+
 The calls are blocking (sqlite3, psycopg); the API runs them in worker threads.
 """
 
@@ -14,15 +18,19 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from typing import Any, Final, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import anyio
+import anyio.to_thread
 
 from retrysafe._errors import ConfigurationError, StoreUnavailableError
+from retrysafe.stores._sql import DEFAULT_TABLE
 
 __all__ = [
     "DemoDatabase",
@@ -36,6 +44,15 @@ __all__ = [
 
 DEFAULT_PREFIX = "retrysafe_demo_"
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,40}")
+
+LOCK_WAIT: Final = 30.0
+"""Seconds a transactional request may wait for the database's write lock (SQLite's busy
+timeout and the turn before it) or a row lock (PostgreSQL's `lock_timeout`)."""
+_PG_POOL_SIZE: Final = 8
+
+TransactionConnect = Callable[[], Any]
+"""Makes one request's connection for `TransactionalMiddleware(connect=...)`: an async context
+manager of a sqlite3 or psycopg connection."""
 
 
 class Connection(Protocol):
@@ -200,6 +217,10 @@ class DemoDatabase:
             connection under a lock); the context commits on success and rolls back on error.
         tables: the table names and dialect.
         close: releases the connections.
+        description: where the tables are, for people.
+        transactions: makes the `connect` of transactional mode, one per app (None: the tables
+            are not in the store's database, so a payment cannot commit with its record).
+        records_table: the store's records table, in the same database as the demo tables.
     """
 
     def __init__(
@@ -209,11 +230,29 @@ class DemoDatabase:
         close: Callable[[], None],
         *,
         description: str,
+        transactions: Callable[[], TransactionConnect] | None = None,
+        records_table: str = DEFAULT_TABLE,
     ) -> None:
         self._connect = connect
         self.tables = tables
         self._close = close
         self.description = description
+        self._transactions = transactions
+        self.records_table = records_table
+
+    @property
+    def transactional(self) -> bool:
+        """Whether the tables share the store's database, so payments can be transactional."""
+        return self._transactions is not None
+
+    def transaction_connect(self) -> TransactionConnect | None:
+        """Return a new `connect` for `TransactionalMiddleware`, or None if not transactional.
+
+        Each request's connection is in the store's database; the handler inserts the payment
+        with it (`insert_payment`), and the middleware commits the record in the same
+        transaction. Call it once per app: what it returns keeps per-event-loop state.
+        """
+        return None if self._transactions is None else self._transactions()
 
     @classmethod
     def for_store_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX) -> DemoDatabase:
@@ -223,14 +262,17 @@ class DemoDatabase:
             ConfigurationError: the URL is not a store URL.
             StoreUnavailableError: the database cannot be reached.
         """
-        scheme = urlsplit(url).scheme
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        # The store's records table, named by its `table` option (validated by the store).
+        records = dict(parse_qsl(parts.query)).get("table", DEFAULT_TABLE)
         if scheme in ("postgresql", "postgres"):
             # The query string holds the store's own options (`?table=`), not libpq's.
-            database = _postgres(url.split("?", 1)[0], Tables(prefix, postgres=True))
+            database = _postgres(url.split("?", 1)[0], Tables(prefix, postgres=True), records)
         elif scheme == "sqlite":
-            database = _sqlite(sqlite_path(url), Tables(prefix))
+            database = _sqlite(sqlite_path(url), Tables(prefix), records)
         elif scheme in ("memory", "redis", "rediss"):
-            database = _sqlite(":memory:", Tables(prefix))
+            database = _sqlite(":memory:", Tables(prefix), None)
         else:
             raise ConfigurationError(
                 f"Unknown store URL {url!r}; use sqlite:///path.db, postgresql://..., "
@@ -334,13 +376,15 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc[2]}").geturl()
 
 
-def _sqlite(path: str, tables: Tables) -> DemoDatabase:
+def _sqlite(path: str, tables: Tables, records_table: str | None) -> DemoDatabase:
     if path != ":memory:" and not Path(path).parent.exists():
         raise StoreUnavailableError(
             f"The directory of the SQLite database {path!r} does not exist."
         )
     try:
-        conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(
+            path, timeout=LOCK_WAIT, check_same_thread=False, isolation_level=None
+        )
         if path != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as error:
@@ -360,14 +404,76 @@ def _sqlite(path: str, tables: Tables) -> DemoDatabase:
                 raise
             conn.execute("COMMIT")
 
+    turns = None if records_table is None else _SQLiteTurns(path)
+
     def close() -> None:
         with lock:
             conn.close()
+        if turns is not None:
+            turns.close()
 
-    return DemoDatabase(connect, tables, close, description=f"SQLite {path}")
+    return DemoDatabase(
+        connect,
+        tables,
+        close,
+        description=f"SQLite {path}",
+        transactions=None if turns is None else turns.connect,
+        records_table=records_table or DEFAULT_TABLE,
+    )
 
 
-def _postgres(url: str, tables: Tables) -> DemoDatabase:
+class _SQLiteTurns:
+    """The connection transactional requests write with on SQLite, one request at a time.
+
+    SQLite has one writer at a time, and a claim in transactional mode takes the write lock at
+    `BEGIN IMMEDIATE`. Rather than have every waiting request poll the lock from a worker
+    thread (unfair, and each poller holds a thread the lock holder may need), the requests of
+    this process take turns on a lock, in order, on one connection; the busy timeout covers
+    other connections to the file (the store's, another process's). A duplicate waits its turn,
+    then finds the first request's committed record and replays it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._opened: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+
+    def connect(self) -> TransactionConnect:
+        """Return a `connect` for one app: an async context manager of its connection."""
+        turn = anyio.Lock()
+        opened: list[sqlite3.Connection] = []
+
+        @asynccontextmanager
+        async def connection() -> AsyncIterator[sqlite3.Connection]:
+            with anyio.fail_after(LOCK_WAIT):  # past it: 503, and the client retries
+                await turn.acquire()
+            try:
+                if not opened:
+                    opened.append(self._open())
+                yield opened[0]
+            finally:
+                turn.release()
+
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
+        # Its work runs in worker threads, one request at a time (the turn).
+        conn = sqlite3.connect(
+            self._path, timeout=LOCK_WAIT, check_same_thread=False, isolation_level=None
+        )
+        with self._guard:
+            self._opened.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close the connections."""
+        with self._guard:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
+
+
+def _postgres(url: str, tables: Tables, records_table: str) -> DemoDatabase:
     try:
         import psycopg  # noqa: PLC0415 -- an optional extra, imported when used
         from psycopg_pool import ConnectionPool  # noqa: PLC0415
@@ -378,7 +484,13 @@ def _postgres(url: str, tables: Tables) -> DemoDatabase:
         ) from error
     try:
         pool: ConnectionPool[Any] = ConnectionPool(
-            url, min_size=1, max_size=8, open=False, timeout=10.0, kwargs={"connect_timeout": 5}
+            url,
+            min_size=1,
+            max_size=_PG_POOL_SIZE,
+            open=False,
+            timeout=10.0,
+            kwargs={"connect_timeout": 5},
+            configure=_lock_timeout,
         )
     except psycopg.Error as error:
         raise ConfigurationError(f"Invalid PostgreSQL URL: {_first_line(error)}") from error
@@ -396,8 +508,38 @@ def _postgres(url: str, tables: Tables) -> DemoDatabase:
         with pool.connection() as conn:  # commits on success, rolls back on error
             yield conn
 
+    def transactions() -> TransactionConnect:
+        # At most as many requests as the pool has connections wait for one, so the others
+        # wait here, on the event loop, not in worker threads the connection holders need.
+        slots = anyio.Semaphore(_PG_POOL_SIZE)
+
+        @asynccontextmanager
+        async def connection() -> AsyncIterator[Any]:
+            async with slots:
+                conn = await anyio.to_thread.run_sync(pool.getconn)
+                try:
+                    yield conn
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(pool.putconn, conn)
+
+        return connection
+
     host = urlsplit(url).hostname or "localhost"
-    return DemoDatabase(connect, tables, pool.close, description=f"PostgreSQL on {host}")
+    return DemoDatabase(
+        connect,
+        tables,
+        pool.close,
+        description=f"PostgreSQL on {host}",
+        transactions=transactions,
+        records_table=records_table,
+    )
+
+
+def _lock_timeout(conn: Any) -> None:
+    """Bound a wait on a row lock: a duplicate waits for the first request's commit."""
+    conn.execute(f"SET lock_timeout = {int(LOCK_WAIT * 1000)}")
+    conn.commit()
 
 
 def _iso(value: datetime) -> str:

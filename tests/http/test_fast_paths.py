@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from retrysafe import Identity, ManualClock, StoreUnavailableError
+from retrysafe import FencedError, Identity, ManualClock, StoreUnavailableError
 from retrysafe._http import RouteSettings
 from retrysafe._record import Record
 from retrysafe.asgi import IdempotencyMiddleware
@@ -173,3 +175,47 @@ def test_b14_sqlite_parallel_claims_in_one_process_run_once(tmp_path: Path) -> N
 
     anyio.run(main)
     assert sorted(acquired) == [False] * 15 + [True]
+
+
+def test_b17_sqlite_group_commit_keeps_each_write_atomic_and_its_error_its_own(
+    tmp_path: Path,
+) -> None:
+    """Writes queued behind one commit each get their own result; a fenced one changes nothing."""
+    store = SQLiteStore(tmp_path / "records.db", clock=ManualClock())
+    held = store.claim(Identity("ns", "s", "held"), "fp", lease=30, retention=60)
+    results: dict[str, object] = {}
+
+    def write(name: str, call: Any) -> None:
+        try:
+            results[name] = call()
+        except Exception as error:
+            results[name] = error
+
+    calls = {
+        "fenced": lambda: store.complete(held.record.identity, "not-the-token", b"x", retention=60),
+        "complete": lambda: store.complete(held.record.identity, held.token, b"ok", retention=60),
+        **{
+            f"claim{i}": lambda i=i: store.claim(
+                Identity("ns", "s", f"k{i}"), "fp", lease=30, retention=60
+            )
+            for i in range(6)
+        },
+    }
+    store._write_lock.acquire()
+    threads = [threading.Thread(target=write, args=item) for item in calls.items()]
+    for thread in threads:
+        thread.start()
+    while len(store._queue) < len(calls):
+        time.sleep(0.001)
+    store._write_lock.release()
+    for thread in threads:
+        thread.join(10)
+    assert isinstance(results["fenced"], FencedError)
+    assert isinstance(results["complete"], Record)
+    assert results["complete"].outcome == b"ok"
+    assert all(results[f"claim{i}"].acquired for i in range(6))  # type: ignore[attr-defined]
+    assert store.stats().in_flight == 6
+    done = store.get(held.record.identity)
+    assert done is not None
+    assert done.outcome == b"ok"
+    store.close()

@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -379,7 +380,7 @@ def connect(path: str, *, timeout: float, synchronous: Synchronous) -> sqlite3.C
         # WAL lets readers run while one writer commits, and lets processes on one machine
         # share the file. The setting is stored in the file; on a filesystem that cannot hold
         # the WAL index, SQLite keeps its rollback journal, which is slower but still correct.
-        connection.execute("PRAGMA journal_mode = WAL")
+        _set_wal(connection, timeout)
         # Durability is a choice per connection. FULL (the default) syncs the WAL at every
         # commit, so an acknowledged claim or outcome survives a power loss or OS crash. NORMAL
         # syncs only at checkpoints: it survives an application crash, but a power loss can
@@ -390,6 +391,26 @@ def connect(path: str, *, timeout: float, synchronous: Synchronous) -> sqlite3.C
         connection.close()
         raise
     return connection
+
+
+def _set_wal(connection: sqlite3.Connection, timeout: float) -> None:
+    """Put the database in WAL mode, retrying within `timeout` while it is busy.
+
+    While another connection switches a new database to WAL (or recovers its WAL), the pragma
+    fails with SQLITE_BUSY at once, without the busy handler: many threads opening their first
+    connection together would fail, so it is retried briefly.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as error:
+            code = getattr(error, "sqlite_errorcode", -1) & 0xFF
+            if code != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.001)
+        else:
+            return
 
 
 @contextlib.contextmanager

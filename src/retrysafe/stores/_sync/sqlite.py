@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import TypeVar, cast, get_args
+from typing import Any, Generic, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 from retrysafe._clock import Clock, SystemClock
@@ -96,6 +96,8 @@ class SQLiteStore:
         self._schema_lock = threading.Lock()
         self._schema_ready = False
         self._write_lock = threading.Lock()
+        self._queue: list[_Write[Any]] = []  # writes waiting for the next commit
+        self._queue_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteStore:
@@ -276,26 +278,66 @@ class SQLiteStore:
         """Run `operation` on this thread's connection, in a write transaction if `write`.
 
         The time is read once the transaction holds the write lock, so a claim that waited for
-        another writer decides with the time it acts at. Within this process, write
-        transactions queue on a lock first: threads waiting in SQLite's busy handler sleep in
-        coarse steps (up to 100 ms) and are woken late, while a lock hands over at once; the
-        busy timeout still arbitrates with other processes.
+        another writer decides with the time it acts at. Within this process, writes queue,
+        and the thread that takes the write lock commits every queued write at once
+        (`_commit_queued`): threads waiting in SQLite's busy handler would sleep in coarse
+        steps (up to 100 ms) and wake late, while the lock hands over at once; the busy
+        timeout still arbitrates with other processes.
         """
         connection = self._connection()
         if not self._schema_ready:
             self._create_schema(first_use=True)
         if not write:
             return operation(connection, self.clock.now())
+        write_ = _Write(operation)
+        with self._queue_lock:
+            self._queue.append(write_)
         if not self._write_lock.acquire(timeout=self.timeout):
-            raise StoreUnavailableError(
-                f"SQLite store {self.path!r} is unavailable: this process's other writers held"
-                f" it past the busy timeout ({self.timeout} s)."
-            )
+            with self._queue_lock:
+                if write_ in self._queue:  # no committer took it: it never ran
+                    self._queue.remove(write_)
+                    raise StoreUnavailableError(
+                        f"SQLite store {self.path!r} is unavailable: this process's other"
+                        f" writers held it past the busy timeout ({self.timeout} s)."
+                    )
+            # A committer is running it right now: its outcome is this call's, so wait for it.
+            self._write_lock.acquire()
         try:
-            with write_transaction(connection):
-                return operation(connection, self.clock.now())
+            if not write_.done:  # no committer took it while this thread waited: commit now
+                self._commit_queued(connection)
         finally:
             self._write_lock.release()
+        return write_.outcome()
+
+    def _commit_queued(self, connection: sqlite3.Connection) -> None:
+        """Run every queued write in one transaction, each in its own savepoint; commit once.
+
+        Group commit: the threads that queued while the previous transaction ran share one
+        commit (one sync to disk), and each write stays atomic and isolated as if it ran alone.
+        Writes run one after the other, each on the state the previous ones left, and read the
+        time when they run; a write that raises is rolled back to its savepoint and gets its own
+        error while the others go on. Results are handed back only after the commit; if the
+        transaction fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it
+        back), every write that had not failed on its own gets that error, and none took effect.
+        Call with the write lock held.
+        """
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        alone = len(batch) == 1
+        try:
+            with write_transaction(connection):
+                for write_ in batch:
+                    write_.run(connection, self.clock.now(), savepoint=not alone)
+        except BaseException as error:
+            for write_ in batch:
+                if write_.error is None:
+                    write_.result = None
+                    write_.error = error
+            if not isinstance(error, Exception):
+                raise
+        finally:
+            for write_ in batch:
+                write_.done = True
 
     def _create_schema(self, *, first_use: bool = False) -> None:
         # On first use, one thread of this store creates the schema while the others wait on
@@ -342,7 +384,47 @@ class SQLiteStore:
         """
         self._lock = threading.Lock()  # the parent's may have been held by another thread
         self._write_lock = threading.Lock()
+        self._queue = []
+        self._queue_lock = threading.Lock()
         self._inherited.extend(self._connections.values())
         self._connections = {}
         self._local = threading.local()
         self._pid = os.getpid()
+
+
+class _Write(Generic[T]):
+    """One write primitive waiting for a commit: its operation, then its result or error."""
+
+    __slots__ = ("done", "error", "operation", "result")
+
+    def __init__(self, operation: Callable[[sqlite3.Connection, float], T]) -> None:
+        self.operation = operation
+        self.done = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self, connection: sqlite3.Connection, now: float, *, savepoint: bool) -> None:
+        """Run the operation in the open transaction; in a savepoint if others share it.
+
+        Without a savepoint an error propagates (it rolls the transaction back, and this write
+        is alone in it). With one, the error is this write's own and its changes are undone,
+        unless SQLite has rolled back the whole transaction: then the batch fails with it.
+        """
+        if not savepoint:
+            self.result = self.operation(connection, now)
+            return
+        connection.execute("SAVEPOINT retrysafe_write")
+        try:
+            self.result = self.operation(connection, now)
+        except Exception as error:
+            if not connection.in_transaction:
+                raise
+            self.error = error
+            connection.execute("ROLLBACK TO retrysafe_write")
+        connection.execute("RELEASE retrysafe_write")
+
+    def outcome(self) -> T:
+        """Return the result, or raise the error, once committed."""
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.result)

@@ -9,10 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
+from typer.testing import CliRunner
 
 from retrysafe import Identity, State, open_async_store, open_store
 from retrysafe._http import decode_outcome
 from retrysafe._relay import serve_asgi
+from retrysafe.cli import app as cli
 from retrysafe.demo import DemoDatabase, Payment, create_app
 from tests.demo.conftest import DemoStore, RunningApi
 
@@ -160,3 +162,13 @@ def test_users_keep_the_idempotency_middleware(api: RunningApi) -> None:
     assert (first.status_code, again.status_code) == (201, 201)
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.content == first.content
+
+
+def test_serve_demo_help_says_which_mode_guards_payments() -> None:
+    """`retrysafe serve-demo --help` names the mode of payments for each kind of store."""
+    result = CliRunner().invoke(cli, ["serve-demo", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "With a SQLite (the default) or PostgreSQL store, POST /payments runs in" in text
+    assert "transactional mode" in text
+    assert "With a Redis or memory store" in text

@@ -8,19 +8,16 @@ in the middleware with `options`, starts a server on a free loopback port and re
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from waitress import wasyncore
 from waitress.server import create_server
 
@@ -28,66 +25,13 @@ from retrysafe import ManualClock, Record, open_async_store, open_store
 from retrysafe.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
-from tests.conftest import unique_name
+from tests.conftest import fresh_store_url
 from tests.http.apps import Recorder, fastapi_app, flask_app, starlette_app
+from tests.servers import AsgiServer
 
 ASGI_FACES = ["starlette", "fastapi"]
 FACES = [*ASGI_FACES, "flask"]
 _START_SECONDS = 10.0
-
-
-class AsgiServer:
-    """uvicorn serving an ASGI app from a thread, on its own event loop."""
-
-    def __init__(
-        self, app: Any, *, on_close: Callable[[], Coroutine[Any, Any, None]] | None
-    ) -> None:
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the
-        # listening socket says TCP; without it every response body waits 40 ms (Nagle).
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            interface="asgi3",
-            log_level="critical",
-            access_log=False,
-            ws="none",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._on_close = on_close
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="uvicorn")
-        self._thread.start()
-        deadline = time.monotonic() + _START_SECONDS
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.005)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            try:
-                await self._server.serve(sockets=[self._sock])
-            finally:
-                if self._on_close is not None:
-                    await self._on_close()
-
-        asyncio.run(main())
-
-    def call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        """Run `coroutine` on the server's loop (where its async store lives); return its result."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread."""
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
 
 
 class WsgiServer:
@@ -338,39 +282,11 @@ def serve(face: str, start_service: Callable[..., Service]) -> Callable[..., Ser
     return lambda **options: start_service(face, **options)
 
 
-def _drop_postgres(url: str) -> None:
-    import psycopg
-
-    base, _, table = url.partition("?table=")
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-
-
-def _drop_redis(url: str) -> None:
-    import redis
-
-    base, _, prefix = url.partition("?prefix=")
-    client = redis.Redis.from_url(base)
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
-    client.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
 def real_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of a fresh store on each real backend; what it created is removed after."""
-    backend = request.param
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'http.db'}"
-    elif backend == "postgres":
-        url = f"{request.getfixturevalue('postgres_url')}?table={unique_name('rs_http')}"
+    with fresh_store_url(str(request.param), request, tmp_path) as url:
         yield url
-        with contextlib.suppress(Exception):
-            _drop_postgres(url)
-    else:
-        url = f"{request.getfixturevalue('redis_url')}?prefix={unique_name('rs_http')}"
-        yield url
-        _drop_redis(url)
 
 
 def parallel(count: int, call: Callable[[int], Any]) -> list[Any]:

@@ -8,53 +8,18 @@ port from a thread of the test process.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import threading
-import time
 from collections import Counter
-from typing import Any, Self
+from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-__all__ = ["AsgiServer", "PaymentProvider"]
+from tests.servers import AsgiServer
 
-_START_SECONDS = 10.0
-
-
-class AsgiServer:
-    """uvicorn serving an ASGI app on a loopback port, from a thread of the test process."""
-
-    def __init__(self, app: Any) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(app, lifespan="off", log_level="error", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="uvicorn")
-
-    def start(self) -> Self:
-        """Serve from a thread; return once the server accepts connections."""
-        self._thread.start()
-        deadline = time.monotonic() + _START_SECONDS
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread."""
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
-
-    def _serve(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._sock]))
+__all__ = ["PaymentProvider"]
 
 
 class PaymentProvider(AsgiServer):

@@ -144,7 +144,7 @@ PHASE_RETRIES = [
 @pytest.fixture
 def provider() -> Iterator[PaymentProvider]:
     """The test payment provider, served on a loopback port."""
-    server = PaymentProvider().start()
+    server = PaymentProvider()
     try:
         yield server
     finally:

@@ -29,8 +29,8 @@ from pydantic import BaseModel
 from retrysafe import Identity, State, transactions
 from retrysafe._http import decode_outcome, default_scope
 from retrysafe.transactions.fastapi import RequestTransaction, Transactional, install, transaction
+from tests.servers import AsgiServer
 from tests.transactions.conftest import Database, make_database
-from tests.transactions.provider import AsgiServer
 
 KEY = "pay-1"
 HEADERS = {"Idempotency-Key": f'"{KEY}"', "Authorization": "Bearer tenant-a"}
@@ -147,7 +147,7 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
 @contextlib.contextmanager
 def serving(app: Any) -> Iterator[httpx.Client]:
     """Serve `app` with uvicorn on a loopback port; yield a client of it."""
-    server = AsgiServer(app).start()
+    server = AsgiServer(app)
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             yield http
@@ -224,7 +224,7 @@ def test_b6_requests_without_a_key(site: Site, client: httpx.Client) -> None:
 
 def test_b14_concurrent_duplicates_over_http_make_one_payment(site: Site) -> None:
     """Twenty concurrent requests with one key on a real server: one payment, one response."""
-    server = AsgiServer(site.app).start()
+    server = AsgiServer(site.app)
     barrier = threading.Barrier(20)
 
     def post(_: int) -> httpx.Response:

@@ -1,0 +1,104 @@
+"""Real servers for tests: uvicorn serving an ASGI app from a thread, on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import uvicorn
+
+__all__ = ["AsgiServer", "free_port", "wait_for_port"]
+
+_START_SECONDS = 10.0
+
+
+def free_port() -> int:
+    """Return a loopback port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, seconds: float = 15.0, alive: Callable[[], bool] | None = None
+) -> None:
+    """Wait until something accepts connections on loopback `port`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server for port {port} exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+class AsgiServer:
+    """uvicorn serving an ASGI app from a thread, on its own event loop; started at once.
+
+    Args:
+        app: the ASGI app.
+        lifespan: uvicorn's lifespan mode ("off", "on", "auto").
+        on_close: a coroutine function run on the server's loop after it stops serving.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        lifespan: str = "off",
+        on_close: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the
+        # listening socket says TCP; without it every response body waits 40 ms (Nagle).
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            app,
+            lifespan=lifespan,
+            interface="asgi3",
+            log_level="critical",
+            access_log=False,
+            ws="none",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._on_close = on_close
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="uvicorn")
+        self._thread.start()
+        deadline = time.monotonic() + _START_SECONDS
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.005)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            try:
+                await self._server.serve(sockets=[self._sock])
+            finally:
+                if self._on_close is not None:
+                    await self._on_close()
+
+        asyncio.run(main())
+
+    def call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Run `coroutine` on the server's loop (where its async store lives); return its result."""
+        if self.loop is None:
+            raise RuntimeError("the server's loop is not running")
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._sock.close()

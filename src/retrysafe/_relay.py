@@ -40,6 +40,7 @@ import httpx
 import uvicorn
 
 from retrysafe._errors import ConfigurationError
+from retrysafe.proxy import HOP_BY_HOP_HEADERS
 
 __all__ = ["FaultPlan", "FaultRelay", "Relay", "RelayCounters", "serve_asgi", "serve_relay"]
 
@@ -50,21 +51,6 @@ Message = MutableMapping[str, Any]
 Receive = Any  # Callable[[], Awaitable[Message]]; uvicorn's own types are private
 Send = Any  # Callable[[Message], Awaitable[None]]
 ASGIApp = Any  # any ASGI 3 application
-
-# RFC 9110 section 7.6.1: these describe one connection and are not forwarded.
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +213,7 @@ class FaultRelay:
         headers = [
             (name, value)
             for name, value in scope["headers"]
-            if name.lower() not in _HOP_BY_HOP and name.lower() != b"host"
+            if name.lower() not in HOP_BY_HOP_HEADERS and name.lower() != b"host"
         ]
         # A Request built by hand, so the client adds no default headers of its own.
         request = httpx.Request(scope["method"], target, headers=headers, content=body)
@@ -242,7 +228,8 @@ class FaultRelay:
         answer = [
             (name, value)
             for name, value in response.headers.raw
-            if name.lower() not in _HOP_BY_HOP and (head or name.lower() != b"content-length")
+            if name.lower() not in HOP_BY_HOP_HEADERS
+            and (head or name.lower() != b"content-length")
         ]
         if not head:
             answer.append((b"content-length", str(len(content)).encode()))

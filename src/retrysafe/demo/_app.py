@@ -40,12 +40,11 @@ from retrysafe.asgi import RouteSettings
 from retrysafe.demo._tables import DemoDatabase, Payment, insert_payment
 from retrysafe.demo._validation import FieldError, parse_payment, parse_tenant, parse_user
 from retrysafe.stores.base import AsyncStore
+from retrysafe.transactions._web import TRANSACTION_KEY
 
 __all__ = ["BearerTenant", "DemoApp", "TenantTraffic", "Traffic", "create_app", "problem"]
 
 REPLAY_HEADER = b"idempotent-replayed"
-TRANSACTION_KEY: Final = "retrysafe.transaction"
-"""The scope key under which `TransactionalMiddleware` hands the handler its transaction."""
 _PAYMENTS: Final = RouteSettings()
 
 

@@ -226,6 +226,17 @@ def test_other_redis_errors_become_store_errors(
         store.get(ident("malformed"))
 
 
+def test_a_claim_replaces_a_malformed_hash_whole(
+    store: RedisStore, raw: redis.Redis, prefix: str
+) -> None:
+    """A hash without `expires_at` is replaced by a claim, never merged into the new record."""
+    raw.hset(key_of(prefix, ident()), mapping={b"state": b"done", b"outcome": b"stale"})
+    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert claim.acquired
+    assert store.get(ident()) == claim.record
+    assert b"outcome" not in raw.hgetall(key_of(prefix, ident()))
+
+
 @BOTH_FACES
 def test_evalsha_survives_script_flush(make_store: Callable[[], Store], redis_url: str) -> None:
     """After SCRIPT FLUSH the store reloads its scripts (NOSCRIPT) and every primitive works."""
@@ -277,6 +288,12 @@ def test_physical_ttl_follows_retention(
     assert (LEASE + RETENTION) * 1000 < ttl <= (LEASE + RETENTION) * 1000 + GRACE_MS
     store.complete(ident(), claim.token, b"ok", retention=60)
     assert 55_000 < raw.pttl(key) <= 60_000 + GRACE_MS
+    other = ident("taken-over")
+    store.claim(other, "fp", lease=LEASE, retention=60)
+    clock.advance(LEASE + 1)
+    assert store.claim(other, "fp", lease=LEASE, retention=RETENTION).taken_over
+    ttl = raw.pttl(key_of(prefix, other))
+    assert (LEASE + RETENTION) * 1000 < ttl <= (LEASE + RETENTION) * 1000 + GRACE_MS
 
 
 def test_b21_expiry_on_read_and_purge_in_batches(
@@ -394,13 +411,13 @@ def test_holder_primitives_mirror_the_memory_store(url: str) -> None:
         with_redis.close()
 
 
-def _wait_for_subscriber(raw: redis.Redis, channel: bytes) -> None:
-    """Return once a client is subscribed to `channel` (bounded)."""
+def _wait_for_mark(raw: redis.Redis, key: bytes) -> None:
+    """Return once a subscribed waiter has read the record and marked it watched (bounded)."""
     for _ in range(500):
-        if dict(raw.pubsub_numsub(channel))[channel] >= 1:
+        if raw.hget(key, b"watched") is not None:
             return
         time.sleep(0.01)
-    raise AssertionError("the waiter never subscribed")
+    raise AssertionError("the waiter never marked the record")
 
 
 def _wait_for_no_subscriber(raw: redis.Redis, channel: bytes) -> int:
@@ -428,7 +445,7 @@ def test_b15_sync_wait_is_woken_by_publish(
         target=lambda: results.append(waiter.wait(ident(), timeout=3600)), daemon=True
     )
     thread.start()
-    _wait_for_subscriber(raw, channel)
+    _wait_for_mark(raw, key_of(prefix, ident()))
     holder.complete(ident(), claim.token, b"done", retention=RETENTION)
     thread.join(timeout=60)  # a waiter the message did not wake is still waiting: no result
     assert len(results) == 1
@@ -453,8 +470,8 @@ def test_b15_async_wait_is_woken_by_publish_of_release_and_delete(
         waiter._recheck_every = 3600.0
         claim = await holder.claim(ident(), "fp", lease=3600, retention=RETENTION)
         waiting = asyncio.create_task(waiter.wait(ident(), timeout=3600))
-        for _ in range(500):  # until the waiter has subscribed (bounded)
-            if dict(await holder._redis.pubsub_numsub(channel))[channel] >= 1:
+        for _ in range(500):  # until the waiter has subscribed and marked the record (bounded)
+            if await holder._redis.hget(key_of(prefix, ident()), b"watched") is not None:
                 break
             await asyncio.sleep(0.01)
         await end(holder, claim.token)
@@ -469,6 +486,53 @@ def test_b15_async_wait_is_woken_by_publish_of_release_and_delete(
 
     asyncio.run(main())
     assert _wait_for_no_subscriber(raw, channel) == 0
+
+
+def _published(raw: redis.Redis, channel: bytes, action: Callable[[], object]) -> list[bytes]:
+    """Run `action` while subscribed to `channel` and return the messages it published.
+
+    A marker published after `action` ends the read: one connection receives messages in the
+    order Redis ran the commands, so everything `action` published arrives before it.
+    """
+    pubsub = raw.pubsub()
+    try:
+        pubsub.subscribe(channel)
+        assert pubsub.get_message(timeout=30) is not None  # the subscription's confirmation
+        action()
+        raw.publish(channel, b"marker")
+        messages = []
+        while (message := pubsub.get_message(timeout=30)) is not None:
+            if message["data"] == b"marker":
+                return messages
+            messages.append(message["data"])
+        raise AssertionError("the marker never arrived")
+    finally:
+        pubsub.close()
+
+
+def test_only_watched_records_publish(
+    store: RedisStore, raw: redis.Redis, prefix: str, clock: ManualClock
+) -> None:
+    """Completion and release publish only for a record a waiter's read marked (the mark
+    survives a takeover); a completion nobody waits for costs no PUBLISH."""
+    channel = key_of(prefix, ident()) + b":settled"
+
+    def settle(watched: bool) -> None:
+        claim = store.claim(ident(), "fp", lease=LEASE, retention=1)
+        if watched:
+            store._run(store._watch, key_of(prefix, ident()))
+        store.release(ident(), claim.token)
+        claim = store.claim(ident(), "fp", lease=LEASE, retention=1)
+        if watched:
+            store._run(store._watch, key_of(prefix, ident()))
+            clock.advance(LEASE)
+            claim = store.claim(ident(), "fp", lease=LEASE, retention=1)
+            assert claim.taken_over
+        store.complete(ident(), claim.token, b"done", retention=1)
+        clock.advance(2)  # retention over: the next claim starts a fresh, unmarked record
+
+    assert _published(raw, channel, lambda: settle(watched=False)) == []
+    assert _published(raw, channel, lambda: settle(watched=True)) == [b"released", b"done"]
 
 
 def test_b15_wait_sees_a_completion_made_before_it_subscribed(store: RedisStore) -> None:

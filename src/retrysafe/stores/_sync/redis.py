@@ -10,11 +10,12 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import Redis
 from redis.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError, RedisError
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
-from retrysafe._errors import ConfigurationError, FencedError
+from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores.base import StoreStats, decode_part, encode_part, new_token, query_options
@@ -59,6 +60,7 @@ class RedisStore:
         self._release = client.register_script(lua.RELEASE)
         self._renew = client.register_script(lua.RENEW)
         self._checkpoint = client.register_script(lua.CHECKPOINT)
+        self._watch = client.register_script(lua.WATCH)
         self._delete = client.register_script(lua.DELETE)
         self._purge = client.register_script(lua.PURGE)
 
@@ -96,12 +98,13 @@ class RedisStore:
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
         """Claim `identity` atomically, or return the existing record."""
-        key = self._keys.key(identity)
         now = self.clock.now()
         token = new_token()
         lease_expires_at = now + lease
         expires_at = lease_expires_at + retention
-        args = (
+        reply = self._run(
+            self._claim,
+            self._keys.key(identity),
             now,
             encode_part(fingerprint),
             token,
@@ -110,23 +113,22 @@ class RedisStore:
             encode_part(identity.namespace),
             encode_part(identity.scope),
             encode_part(identity.key),
+            lua.physical_ttl(expires_at, now),
         )
-        with lua.translate_errors():
-            reply = self._claim(keys=(key,), args=args)
         if not reply[0]:
-            return Claim(lua.record_from_flat(reply[1], identity), acquired=False)
-        _, taken_over, created_at, recovery_point = reply
+            return Claim(lua.record_from_values(reply[1], identity), acquired=False)
+        taken_over = len(reply) > 1
         record = Record(
             identity=identity,
             fingerprint=fingerprint,
             state=State.IN_FLIGHT,
             token=token,
-            created_at=float(created_at) if taken_over else now,
+            created_at=float(reply[1]) if taken_over else now,
             lease_expires_at=lease_expires_at,
             expires_at=expires_at,
-            recovery_point=None if recovery_point is None else decode_part(recovery_point),
+            recovery_point=None if not taken_over or reply[2] is None else decode_part(reply[2]),
         )
-        return Claim(record, acquired=True, taken_over=bool(taken_over))
+        return Claim(record, acquired=True, taken_over=taken_over)
 
     def complete(
         self, identity: Identity, token: str, outcome: bytes, *, retention: float
@@ -135,9 +137,16 @@ class RedisStore:
         key = self._keys.key(identity)
         now = self.clock.now()
         expires_at = now + retention
-        args = (now, token, outcome, expires_at, self._keys.channel(key))
-        with lua.translate_errors():
-            reply = self._complete(keys=(key,), args=args)
+        reply = self._run(
+            self._complete,
+            key,
+            now,
+            token,
+            outcome,
+            expires_at,
+            self._keys.channel(key),
+            lua.physical_ttl(expires_at, now),
+        )
         fingerprint, created_at, recovery_point = self._held(reply)
         return Record(
             identity=identity,
@@ -154,19 +163,16 @@ class RedisStore:
     def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record so a retry runs again; wake its waiters."""
         key = self._keys.key(identity)
-        args = (self.clock.now(), token, self._keys.channel(key))
-        with lua.translate_errors():
-            reply = self._release(keys=(key,), args=args)
+        reply = self._run(
+            self._release, key, self.clock.now(), token, self._keys.channel(key)
+        )
         self._held(reply)
 
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease to `lease` seconds from now."""
         now = self.clock.now()
         lease_expires_at = now + lease
-        with lua.translate_errors():
-            reply = self._renew(
-                keys=(self._keys.key(identity),), args=(now, token, lease_expires_at)
-            )
+        reply = self._run(self._renew, self._keys.key(identity), now, token, lease_expires_at)
         fingerprint, created_at, expires_at, recovery_point = self._held(reply)
         return Record(
             identity=identity,
@@ -181,9 +187,13 @@ class RedisStore:
 
     def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
         """Record the last committed phase of a multi-phase operation."""
-        args = (self.clock.now(), token, encode_part(recovery_point))
-        with lua.translate_errors():
-            reply = self._checkpoint(keys=(self._keys.key(identity),), args=args)
+        reply = self._run(
+            self._checkpoint,
+            self._keys.key(identity),
+            self.clock.now(),
+            token,
+            encode_part(recovery_point),
+        )
         fingerprint, created_at, lease_expires_at, expires_at = self._held(reply)
         return Record(
             identity=identity,
@@ -197,20 +207,15 @@ class RedisStore:
         )
 
     def get(self, identity: Identity) -> Record | None:
-        """Return the live record, or None (one HGETALL; retention checked against the clock)."""
+        """Return the live record, or None (one HMGET; retention checked against the clock)."""
         with lua.translate_errors():
-            fields = self._redis.hgetall(self._keys.key(identity))
-        if not fields:
-            return None
-        record = lua.record_from_fields(cast("dict[bytes, bytes]", fields), identity)
-        return record if record.expires_at > self.clock.now() else None
+            values = self._redis.hmget(self._keys.key(identity), lua.RECORD_FIELDS)
+        return self._live(cast("list[bytes | None]", values), identity)  # bytes: not decoding
 
     def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state; wake its waiters."""
         key = self._keys.key(identity)
-        with lua.translate_errors():
-            deleted = self._delete(keys=(key,), args=(self._keys.channel(key),))
-        return bool(deleted)
+        return bool(self._run(self._delete, key, self._keys.channel(key)))
 
     def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention, SCANning in batches."""
@@ -321,13 +326,15 @@ class RedisStore:
     def wait(self, identity: Identity, *, timeout: float) -> Record | None:
         """Wait for the record's completion or release, announced on its pub/sub channel.
 
-        Subscribes first and reads the record after, so a completion between the two is seen;
-        reads again when woken, when the lease would expire, and every `_recheck_every` seconds.
+        Subscribes first, then reads the record and marks it watched (so its completion
+        publishes), so a completion between the two is seen; reads again when woken, when the
+        lease would expire, and every `_recheck_every` seconds.
         """
         if timeout <= 0:
             return self.get(identity)
         deadline = monotonic() + timeout
-        channel = self._keys.channel(self._keys.key(identity))
+        key = self._keys.key(identity)
+        channel = self._keys.channel(key)
         # redis-py types one face's pubsub() and the other's close(): hence the ignores.
         pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
         subscribed = False
@@ -338,7 +345,7 @@ class RedisStore:
                 # The confirmation: from here on, a completion is published to this waiter.
                 pubsub.get_message(timeout=timeout)
                 while True:
-                    record = self.get(identity)
+                    record = self._live(self._run(self._watch, key), identity)
                     now = self.clock.now()
                     if (
                         record is None
@@ -361,6 +368,29 @@ class RedisStore:
         """Close the client's connections, if this store created the client."""
         if self._owns_client:
             self._redis.close()
+
+    def _run(self, script: Script, key: bytes, *args: bytes | str | float) -> Any:
+        """Run `script` on `key` by EVALSHA, loading it first if Redis does not know it.
+
+        Calls EVALSHA directly rather than through the script object, whose generic path
+        (pipelines, key and argument copies) costs a few microseconds a call.
+        """
+        with lua.translate_errors():
+            try:
+                return self._redis.evalsha(script.sha, 1, key, *args)
+            except NoScriptError:
+                # A restart or SCRIPT FLUSH since the script was last run: load it, once.
+                self._redis.script_load(script.script)
+                return self._redis.evalsha(script.sha, 1, key, *args)
+
+    def _live(self, values: list[bytes | None], identity: Identity) -> Record | None:
+        """Return the record from `RECORD_FIELDS` values, or None if absent or past retention."""
+        if values[5] is None:
+            if any(value is not None for value in values):
+                raise StoreError("A Redis record is malformed (no expires_at); delete it.")
+            return None
+        record = lua.record_from_values(values, identity)
+        return record if record.expires_at > self.clock.now() else None
 
     @staticmethod
     def _held(reply: list[Any]) -> list[Any]:

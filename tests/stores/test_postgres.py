@@ -216,6 +216,64 @@ def test_b7_one_winner_among_50_tasks(table_url: str) -> None:
     assert results.count(True) == 1
 
 
+def _blocked_on_a_lock(postgres_url: str, application: str) -> bool:
+    """Return whether a connection of `application` is waiting for a lock."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = %s AND wait_event_type = 'Lock'"
+    )
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute(query, [application]).fetchone()
+    return row is not None and row[0] > 0
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback"])
+def test_b7_a_claim_waiting_on_an_uncommitted_insert_sees_its_outcome(
+    open_face: OpenStore, postgres_url: str, tables: Callable[[], str], ending: str
+) -> None:
+    """A claim that waits on another transaction's insert of the key returns that record once it
+    commits (read again: the statement's snapshot predates it), or claims the key after a
+    rollback."""
+    table = tables()
+    application = unique_name("rs_claimer")
+    clock = ManualClock()
+    store = open_face(with_options(postgres_url, table=table, application_name=application), clock)
+    store.get(ident("warm-up"))  # the table exists before the other transaction uses it
+    other = psycopg.connect(postgres_url)
+    try:
+        insert = sql.SQL(
+            "INSERT INTO {} (id, namespace, scope, key, fingerprint, state, token, created_at,"
+            " lease_expires_at, expires_at, outcome)"
+            " VALUES (%s, 'pg-test', 'tenant', 'key-1', 'fp', 'done', 'theirs', %s, %s, %s, 'out')"
+        ).format(sql.Identifier(table))
+        now = clock.now()
+        other.execute(insert, [ident().digest(), now, now, now + RETENTION])
+        claims: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: claims.append(
+                store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+            )
+        )
+        thread.start()
+        for delay in [0.01] * 1000:
+            if _blocked_on_a_lock(postgres_url, application):
+                break
+            time.sleep(delay)
+        other.commit() if ending == "commit" else other.rollback()
+        thread.join(timeout=30)
+    finally:
+        other.close()
+    assert len(claims) == 1
+    claim = claims[0]
+    if ending == "commit":
+        assert not claim.acquired
+        assert claim.record.token == "theirs"
+        assert claim.record.outcome == b"out"
+    else:
+        assert claim.acquired
+        assert claim.record.token != "theirs"
+
+
 # --- unreachable server, errors ----------------------------------------------------------------
 
 

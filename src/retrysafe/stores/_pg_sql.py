@@ -176,6 +176,7 @@ class RecordTable:
     lock_schema: sql.Composed
     create_schema: tuple[sql.Composed, ...]
     claim: sql.Composed
+    claim_or_get: sql.Composed
     get: sql.Composed
     watch: sql.Composed
     complete: sql.Composed
@@ -224,6 +225,7 @@ class RecordTable:
                 ),
             ),
             claim=compose(_CLAIM),
+            claim_or_get=compose(_CLAIM_OR_GET, claim=sql.SQL(_CLAIM).format(**fields)),
             get=compose("SELECT {columns} FROM {table} WHERE id = %(id)s AND expires_at > %(now)s"),
             watch=compose(_WATCH),
             complete=compose(_COMPLETE),
@@ -318,6 +320,19 @@ WHERE r.expires_at <= %(now)s
        AND r.lease_expires_at <= %(now)s
        AND r.fingerprint = EXCLUDED.fingerprint)
 RETURNING {columns}, taken_over
+"""
+
+# The store's claim in one round trip: the claim above, and when it changes nothing, the record
+# that stopped it, as the statement's snapshot shows it (the last two columns: taken_over,
+# acquired). A row that conflicted but is not in the snapshot (committed meanwhile) comes back
+# as no row at all, and the store runs the statement again. The transactional mode keeps the
+# two statements, as it reads the record under the lock its claim took.
+_CLAIM_OR_GET = """
+WITH claimed AS ({claim})
+SELECT {columns}, taken_over, TRUE FROM claimed
+UNION ALL
+SELECT {columns}, FALSE, FALSE FROM {table}
+WHERE id = %(id)s AND NOT EXISTS (SELECT FROM claimed)
 """
 
 # A waiter's read: it marks the record `watched` and returns it, with whether it is watched.

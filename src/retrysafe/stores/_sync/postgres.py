@@ -149,13 +149,15 @@ class PostgresStore:
                         lease_expires_at=now + lease,
                         expires_at=now + lease + retention,
                     )
-                    cursor = conn.execute(self.table.claim, params)
+                    cursor = conn.execute(self.table.claim_or_get, params)
                     row = cursor.fetchone()
-                    if row is not None:
-                        return Claim(pg.record_from_row(row), acquired=True, taken_over=row[-1])
-                    existing = self._read(conn, identity, now)
-                    if existing is not None and not may_take(existing, fingerprint, now):
-                        return Claim(existing, acquired=False)
+                    if row is None:
+                        continue  # the row that stopped the claim is newer than the snapshot
+                    record = pg.record_from_row(row)
+                    if row[-1]:
+                        return Claim(record, acquired=True, taken_over=row[-2])
+                    if not may_take(record, fingerprint, now):
+                        return Claim(record, acquired=False)
         raise StoreError(f"The record kept changing during {_CLAIM_ATTEMPTS} claim attempts.")
 
     def complete(

@@ -680,6 +680,25 @@ def test_b15_cancelled_waiters_do_not_leak_connections(table_url: str) -> None:
     anyio.run(main)
 
 
+def test_a_large_binary_outcome_round_trips_byte_for_byte(
+    open_face: OpenStore, table_url: str
+) -> None:
+    """A 1 MiB outcome of every byte value comes back exact from complete (which does not echo
+    it), get, a replaying claim and a wait, in either face."""
+    outcome = bytes(range(256)) * 4096
+    store = open_face(table_url)
+    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    done = store.complete(ident(), claim.token, outcome, retention=RETENTION)
+    replay = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    waited = store.wait(ident(), timeout=5)
+    got = store.get(ident())
+    assert not replay.acquired
+    for record in (done, replay.record, waited, got):
+        assert record is not None
+        assert record.outcome == outcome
+        assert record == done
+
+
 # --- purge ---------------------------------------------------------------------------------------
 
 

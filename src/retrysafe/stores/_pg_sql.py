@@ -180,6 +180,7 @@ class RecordTable:
     get: sql.Composed
     watch: sql.Composed
     complete: sql.Composed
+    complete_lean: sql.Composed
     release: sql.Composed
     renew: sql.Composed
     checkpoint: sql.Composed
@@ -195,6 +196,11 @@ class RecordTable:
         """Compose the statements for table `name` (validated first)."""
         validate_table(name)
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS)
+        # The record without its outcome, for a caller that has the outcome already: echoing a
+        # large outcome back costs about as much as sending it.
+        lean = sql.SQL(", ").join(
+            sql.SQL("NULL::bytea") if c == "outcome" else sql.Identifier(c) for c in _COLUMNS
+        )
         fields = {"table": sql.Identifier(name), "columns": columns, "held": sql.SQL(_HELD)}
 
         def compose(text: str, **extra: sql.Composable) -> sql.Composed:
@@ -228,7 +234,8 @@ class RecordTable:
             claim_or_get=compose(_CLAIM_OR_GET, claim=sql.SQL(_CLAIM).format(**fields)),
             get=compose("SELECT {columns} FROM {table} WHERE id = %(id)s AND expires_at > %(now)s"),
             watch=compose(_WATCH),
-            complete=compose(_COMPLETE),
+            complete=compose(_COMPLETE, selected=columns),
+            complete_lean=compose(_COMPLETE, selected=lean),
             release=compose(_RELEASE),
             renew=compose(_RENEW),
             checkpoint=compose(_CHECKPOINT),
@@ -375,7 +382,7 @@ WITH done AS (
     WHERE {held}
     RETURNING id, watched, {columns}
 )
-SELECT {columns}, CASE WHEN watched THEN pg_notify(%(channel)s, id) END FROM done
+SELECT {selected}, CASE WHEN watched THEN pg_notify(%(channel)s, id) END FROM done
 """
 
 _RELEASE = """

@@ -148,7 +148,7 @@ class AsyncPostgresStore:
                         lease_expires_at=now + lease,
                         expires_at=now + lease + retention,
                     )
-                    cursor = await conn.execute(self.table.claim_or_get, params)
+                    cursor = await conn.execute(self.table.claim_or_get, params, binary=True)
                     row = await cursor.fetchone()
                     if row is None:
                         continue  # the row that stopped the claim is newer than the snapshot
@@ -165,7 +165,7 @@ class AsyncPostgresStore:
         """Store `outcome` and mark the record done; waiters are notified."""
         now = self.clock.now()
         row = await self._held_row(
-            self.table.complete,
+            self.table.complete_lean,
             identity,
             token,
             now,
@@ -173,7 +173,7 @@ class AsyncPostgresStore:
             expires_at=now + retention,
             channel=self.table.channel,
         )
-        return pg.record_from_row(row)
+        return pg.record_from_row((*row[:9], outcome, *row[10:]))  # not echoed: the caller's
 
     async def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record; waiters are notified."""
@@ -324,11 +324,15 @@ class AsyncPostgresStore:
                 await conn.execute(statement)
 
     async def _fetch(self, query: sql.Composed, params: dict[str, Any]) -> list[TupleRow]:
-        """Run one statement on a pooled connection and return its rows."""
+        """Run one statement on a pooled connection and return its rows.
+
+        Rows come in PostgreSQL's binary format, as do every record read here: an outcome
+        arrives as its bytes rather than as hex text twice their size, decoded again.
+        """
         with pg.translate_errors():
             await self._ready()
             async with self._pool.connection() as conn:
-                cursor = await conn.execute(query, params)
+                cursor = await conn.execute(query, params, binary=True)
                 return await cursor.fetchall()
 
     async def _held_row(
@@ -352,7 +356,8 @@ class AsyncPostgresStore:
     async def _read(
         self, conn: AsyncConnection[TupleRow], identity: Identity, now: float
     ) -> Record | None:
-        cursor = await conn.execute(self.table.get, {"id": identity.digest(), "now": now})
+        params = {"id": identity.digest(), "now": now}
+        cursor = await conn.execute(self.table.get, params, binary=True)
         row = await cursor.fetchone()
         return None if row is None else pg.record_from_row(row)
 
@@ -405,7 +410,7 @@ class AsyncPostgresStore:
     ) -> tuple[Record | None, bool]:
         """Read the live record, marking it watched; return it and whether it is watched."""
         params = {"id": identity.digest(), "now": self.clock.now()}
-        cursor = await conn.execute(self.table.watch, params)
+        cursor = await conn.execute(self.table.watch, params, binary=True)
         row = await cursor.fetchone()
         return (None, False) if row is None else (pg.record_from_row(row), bool(row[-1]))
 

@@ -149,7 +149,7 @@ class PostgresStore:
                         lease_expires_at=now + lease,
                         expires_at=now + lease + retention,
                     )
-                    cursor = conn.execute(self.table.claim_or_get, params)
+                    cursor = conn.execute(self.table.claim_or_get, params, binary=True)
                     row = cursor.fetchone()
                     if row is None:
                         continue  # the row that stopped the claim is newer than the snapshot
@@ -166,7 +166,7 @@ class PostgresStore:
         """Store `outcome` and mark the record done; waiters are notified."""
         now = self.clock.now()
         row = self._held_row(
-            self.table.complete,
+            self.table.complete_lean,
             identity,
             token,
             now,
@@ -174,7 +174,7 @@ class PostgresStore:
             expires_at=now + retention,
             channel=self.table.channel,
         )
-        return pg.record_from_row(row)
+        return pg.record_from_row((*row[:9], outcome, *row[10:]))  # not echoed: the caller's
 
     def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record; waiters are notified."""
@@ -325,11 +325,15 @@ class PostgresStore:
                 conn.execute(statement)
 
     def _fetch(self, query: sql.Composed, params: dict[str, Any]) -> list[TupleRow]:
-        """Run one statement on a pooled connection and return its rows."""
+        """Run one statement on a pooled connection and return its rows.
+
+        Rows come in PostgreSQL's binary format, as do every record read here: an outcome
+        arrives as its bytes rather than as hex text twice their size, decoded again.
+        """
         with pg.translate_errors():
             self._ready()
             with self._pool.connection() as conn:
-                cursor = conn.execute(query, params)
+                cursor = conn.execute(query, params, binary=True)
                 return cursor.fetchall()
 
     def _held_row(
@@ -353,7 +357,8 @@ class PostgresStore:
     def _read(
         self, conn: Connection[TupleRow], identity: Identity, now: float
     ) -> Record | None:
-        cursor = conn.execute(self.table.get, {"id": identity.digest(), "now": now})
+        params = {"id": identity.digest(), "now": now}
+        cursor = conn.execute(self.table.get, params, binary=True)
         row = cursor.fetchone()
         return None if row is None else pg.record_from_row(row)
 
@@ -406,7 +411,7 @@ class PostgresStore:
     ) -> tuple[Record | None, bool]:
         """Read the live record, marking it watched; return it and whether it is watched."""
         params = {"id": identity.digest(), "now": self.clock.now()}
-        cursor = conn.execute(self.table.watch, params)
+        cursor = conn.execute(self.table.watch, params, binary=True)
         row = cursor.fetchone()
         return (None, False) if row is None else (pg.record_from_row(row), bool(row[-1]))
 

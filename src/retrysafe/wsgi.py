@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Unpack
@@ -279,36 +280,109 @@ class IdempotencyMiddleware:
 
 
 class _Heartbeat:
-    """A thread that renews the lease every third of it until stopped (B16)."""
+    """The lease renewal of one execution: every third of the lease until stopped (B16).
+
+    Renewals run on one shared thread (`_Heartbeats`), not a thread per request, which would
+    cost more than a short request. `stop` waits for a renewal in progress, so none lands after
+    the release or completion that follows it.
+    """
+
+    __slots__ = ("_lock", "_middleware", "_stopped", "due", "identity", "lease", "token")
 
     def __init__(
         self, middleware: IdempotencyMiddleware, identity: Identity, token: str, lease: float
     ) -> None:
         self._middleware = middleware
-        self._identity = identity
-        self._token = token
-        self._lease = lease
-        self._stopped = threading.Event()
-        threading.Thread(target=self._run, name="retrysafe-heartbeat", daemon=True).start()
+        self.identity = identity
+        self.token = token
+        self.lease = lease
+        self.due = monotonic() + lease / 3
+        self._lock = threading.Lock()
+        self._stopped = False
+        _HEARTBEATS.add(self)
 
     def stop(self) -> None:
-        """Stop renewing."""
-        self._stopped.set()
+        """Stop renewing; once this returns, no renewal is running or will run."""
+        _HEARTBEATS.remove(self)
+        with self._lock:
+            self._stopped = True
 
-    def _run(self) -> None:
+    def renew(self) -> bool:
+        """Renew the lease once unless stopped; return whether to keep renewing."""
         middleware = self._middleware
-        while not self._stopped.wait(self._lease / 3):
+        with self._lock:
+            if self._stopped:
+                return False
             try:
-                middleware.store.renew(self._identity, self._token, lease=self._lease)
+                middleware.store.renew(self.identity, self.token, lease=self.lease)
             except FencedError:
                 middleware.counters.add("fenced")
                 logger.warning(
-                    "Lost the claim on %s to another worker while running", self._identity
+                    "Lost the claim on %s to another worker while running", self.identity
                 )
-                return
+                return False
             except Exception:
                 middleware.counters.add("renew_failures")
-                logger.exception("Cannot renew the lease on %s", self._identity)
+                logger.exception("Cannot renew the lease on %s", self.identity)
+        self.due = monotonic() + self.lease / 3
+        return True
+
+
+class _Heartbeats:
+    """One daemon thread per process that renews every running execution's lease when due.
+
+    It sleeps until the earliest renewal is due; a request adds its heartbeat (due a third of
+    its lease from now) and removes it when the app returns, so a short request costs a dict
+    insert and delete, and a wake-up only if its renewal is due before any other.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._beats: dict[int, _Heartbeat] = {}
+        self._thread: threading.Thread | None = None
+        self._next_wake = float("inf")
+
+    def add(self, beat: _Heartbeat) -> None:
+        """Start renewing `beat` when it is due."""
+        with self._cond:
+            self._beats[id(beat)] = beat
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="retrysafe-wsgi-heartbeat", daemon=True
+                )
+                self._thread.start()
+            if beat.due < self._next_wake:
+                self._cond.notify()
+
+    def remove(self, beat: _Heartbeat) -> None:
+        """Stop renewing `beat` (a renewal in progress finishes)."""
+        with self._cond:
+            self._beats.pop(id(beat), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = monotonic()
+                due = [beat for beat in self._beats.values() if beat.due <= now]
+                if not due:
+                    self._next_wake = min((b.due for b in self._beats.values()), default=now + 60)
+                    self._cond.wait(self._next_wake - now)
+                    continue
+                self._next_wake = now
+            for beat in due:
+                if not beat.renew():
+                    self.remove(beat)
+
+    def after_fork(self) -> None:
+        """In a forked child, forget the parent's thread and executions."""
+        self._cond = threading.Condition()
+        self._beats = {}
+        self._thread = None
+        self._next_wake = float("inf")
+
+
+_HEARTBEATS = _Heartbeats()
+os.register_at_fork(after_in_child=_HEARTBEATS.after_fork)
 
 
 class _Streamed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import threading
 import time
@@ -15,8 +16,9 @@ from retrysafe import FencedError, Identity, ManualClock, StoreUnavailableError
 from retrysafe._http import RouteSettings
 from retrysafe._record import Record
 from retrysafe.asgi import IdempotencyMiddleware
-from retrysafe.stores.memory import AsyncMemoryStore
+from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from retrysafe.stores.sqlite import AsyncSQLiteStore, SQLiteStore
+from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
 
 
 class CountingStore(AsyncMemoryStore):
@@ -219,3 +221,56 @@ def test_b17_sqlite_group_commit_keeps_each_write_atomic_and_its_error_its_own(
     assert done is not None
     assert done.outcome == b"ok"
     store.close()
+
+
+class CountingSyncStore(MemoryStore):
+    """The sync memory store, counting renewals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals = 0
+
+    def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
+        """Count, then renew."""
+        self.renewals += 1
+        return super().renew(identity, token, lease=lease)
+
+
+def test_b16_wsgi_heartbeat_renews_only_a_slow_request_and_stops_with_it() -> None:
+    """The shared WSGI heartbeat renews a request slower than a third of its lease, then stops."""
+    store = CountingSyncStore()
+
+    def app(seconds: float) -> Any:
+        def wsgi(environ: Any, start_response: Any) -> list[bytes]:
+            time.sleep(seconds)
+            start_response("201 Created", [("Content-Type", "text/plain")])
+            return [b"ok"]
+
+        return wsgi
+
+    def environ(key: str) -> dict[str, Any]:
+        return {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/x",
+            "HTTP_IDEMPOTENCY_KEY": key,
+            "CONTENT_LENGTH": "0",
+            "wsgi.input": io.BytesIO(b""),
+        }
+
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        statuses.append(status)
+        return statuses.append
+
+    quick = WsgiMiddleware(app(0), store=store, lease=3)
+    assert b"".join(quick(environ("quick"), start_response)) == b"ok"
+    assert store.renewals == 0
+    slow = WsgiMiddleware(app(0.5), store=store, lease=0.3)
+    assert b"".join(slow(environ("slow"), start_response)) == b"ok"
+    assert store.renewals >= 2
+    renewals = store.renewals
+    time.sleep(0.3)
+    assert store.renewals == renewals
+    assert slow.counters.fenced == 0
+    assert statuses == ["201 Created", "201 Created"]

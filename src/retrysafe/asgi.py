@@ -18,18 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Final, TypeAlias, Unpack
+from collections.abc import Callable, Mapping
+from typing import Final, Unpack
 
 import anyio
 
+from retrysafe._asgi_io import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    replay_body,
+    request_view,
+    respond,
+)
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError, StoreError
 from retrysafe._http import (
     CLAIM_RETRIES,
     KEY_HEADER,
     HttpCounters,
-    RequestView,
     Response,
     ResponseCapture,
     Router,
@@ -37,7 +47,6 @@ from retrysafe._http import (
     ScopeLimiter,
     Settings,
     SettingsOptions,
-    check_content_length,
     hook_may_require_key,
     in_flight,
     logger,
@@ -47,7 +56,6 @@ from retrysafe._http import (
     read_key,
     replay_response,
     store_unavailable,
-    too_large,
     too_many_in_flight,
     verdict,
 )
@@ -65,12 +73,6 @@ __all__ = [
     "Settings",
 ]
 
-# The ASGI types, as starlette.types spells them: messages are dicts of any values.
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Response extensions the capture cannot see through: the app must send plain body messages.
 _UNCAPTURABLE: Final = (
@@ -153,15 +155,15 @@ class IdempotencyMiddleware:
     ) -> None:
         key = read_key(values, settings)
         if isinstance(key, Response):
-            await _respond(send, key)
+            await respond(send, key)
             return
-        body = await _read_body(scope, receive, settings)
+        body = await read_body(scope, receive, settings)
         if body is None:  # the client went away before sending its body
             return
         if isinstance(body, Response):
-            await _respond(send, body)
+            await respond(send, body)
             return
-        request = _request_view(scope)
+        request = request_view(scope)
         identity = new_identity(settings, request, key)
         fingerprint = settings.fingerprint_of(request, body)
         try:
@@ -169,15 +171,15 @@ class IdempotencyMiddleware:
         except StoreError:
             logger.exception("The idempotency store failed; fail_open=%s", settings.fail_open)
             if settings.fail_open:
-                await self.app(scope, _replay_body(body, receive), send)
+                await self.app(scope, replay_body(body, receive), send)
             else:
-                await _respond(send, store_unavailable(settings))
+                await respond(send, store_unavailable(settings))
             return
         if claim is None:  # answered already
             return
         if self._limiter is not None and not self._limiter.enter(identity.scope):
             await self._release(identity, claim.token)
-            await _respond(send, too_many_in_flight(settings))
+            await respond(send, too_many_in_flight(settings))
             return
         try:
             await self._execute(
@@ -206,20 +208,20 @@ class IdempotencyMiddleware:
                 retries -= 1
                 if retries > 0:
                     continue
-                await _respond(send, in_flight(settings))
+                await respond(send, in_flight(settings))
                 return None
             if decision is Decision.REPLAY:
                 self.counters.add("replays")
-                await _respond(send, replay_response(claim.record, settings))
+                await respond(send, replay_response(claim.record, settings))
                 return None
             if decision is Decision.MISMATCH:
-                await _respond(send, mismatch(settings))
+                await respond(send, mismatch(settings))
                 return None
             if deadline is None:
                 deadline = anyio.current_time() + settings.wait
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
-                await _respond(send, in_flight(settings))
+                await respond(send, in_flight(settings))
                 return None
             await self.store.wait(identity, timeout=remaining)
 
@@ -265,7 +267,7 @@ class IdempotencyMiddleware:
         try:
             error = await self._run_app(
                 app_scope,
-                _replay_body(body, receive),
+                replay_body(body, receive),
                 capture_send,
                 settings=settings,
                 identity=identity,
@@ -436,55 +438,3 @@ class _Heartbeat:
         # land after the release or completion that follows.
         with anyio.CancelScope(shield=True):
             await asyncio.wait((task,))
-
-
-def _request_view(scope: Scope) -> RequestView:
-    return RequestView(
-        method=scope["method"],
-        path=scope["path"],
-        query_string=scope.get("query_string", b""),
-        headers=scope["headers"],
-        raw=scope,
-    )
-
-
-async def _read_body(scope: Scope, receive: Receive, settings: Settings) -> bytes | Response | None:
-    """Return the whole request body, the 413 problem, or None if the client disconnected."""
-    length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-    rejected = check_content_length(length, settings)
-    if rejected is not None:
-        return rejected
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > settings.max_body_size:
-            return too_large(settings)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay_body(body: bytes, receive: Receive) -> Receive:
-    """Return a `receive` that gives the app the buffered body, then the real messages."""
-    sent = False
-
-    async def receive_body() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive_body
-
-
-async def _respond(send: Send, response: Response) -> None:
-    await send(
-        {"type": "http.response.start", "status": response.status, "headers": response.headers}
-    )
-    await send({"type": "http.response.body", "body": response.body, "more_body": False})

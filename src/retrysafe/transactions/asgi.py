@@ -30,27 +30,34 @@ from typing import Any, Final, Unpack
 import anyio
 import anyio.to_thread
 
+from retrysafe._asgi_io import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    replay_body,
+    request_view,
+    respond,
+)
 from retrysafe._clock import Clock
 from retrysafe._errors import IdempotencyError
 from retrysafe._http import (
     KEY_HEADER,
     HttpCounters,
-    RequestView,
     Response,
     Router,
     RouteSettings,
     Settings,
     SettingsOptions,
-    check_content_length,
     logger,
     new_identity,
     read_key,
     replay_response,
     store_unavailable,
-    too_large,
 )
 from retrysafe._record import Identity
-from retrysafe.asgi import ASGIApp, Message, Receive, Scope, Send
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._web import (
     TRANSACTION_KEY,
@@ -134,18 +141,18 @@ class TransactionalMiddleware:
         if scope["method"] in settings.methods and (values or settings.required):
             key = read_key(values, settings)
             if isinstance(key, Response):
-                await _respond(send, key)
+                await respond(send, key)
                 return
-            body = await _read_body(scope, receive, settings)
+            body = await read_body(scope, receive, settings)
             if body is None:  # the client went away before sending its body
                 return
             if isinstance(body, Response):
-                await _respond(send, body)
+                await respond(send, body)
                 return
-            request = _request_view(scope)
+            request = request_view(scope)
             identity = new_identity(settings, request, key)
             fingerprint = settings.fingerprint_of(request, body)
-            receive = _replay_body(body, receive)
+            receive = replay_body(body, receive)
         try:
             async with _connection(self.connect) as connection:
                 unit = AsyncWorkUnit(
@@ -161,7 +168,7 @@ class TransactionalMiddleware:
                 )
         except _ConnectError:
             logger.exception("Cannot open the database connection for a transactional request")
-            await _respond(send, store_unavailable(settings))
+            await respond(send, store_unavailable(settings))
 
     async def _run(
         self,
@@ -179,13 +186,13 @@ class TransactionalMiddleware:
             response = refused(error, settings)
             if response is None:
                 raise
-            await _respond(send, response)
+            await respond(send, response)
             return
         record = unit.record
         if unit.replay and record is not None:
             await _shielded(unit.rollback)
             self.counters.add("replays")
-            await _respond(send, replay_response(record, settings))
+            await respond(send, replay_response(record, settings))
             return
         if record is not None:
             self.counters.add("executions")
@@ -220,7 +227,7 @@ class TransactionalMiddleware:
             self.counters.add("complete_failures")
             logger.exception("The transaction of a request failed to commit; it was not applied")
             await _shielded(unit.rollback)
-            await _respond(send, store_unavailable(settings))
+            await respond(send, store_unavailable(settings))
             return
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -280,55 +287,3 @@ def _response_of(messages: list[Message]) -> tuple[int | None, list[Any], bytes]
         return None, [], b""
     body = b"".join(m.get("body", b"") for m in bodies)
     return start["status"], list(start.get("headers", ())), body
-
-
-def _request_view(scope: Scope) -> RequestView:
-    return RequestView(
-        method=scope["method"],
-        path=scope["path"],
-        query_string=scope.get("query_string", b""),
-        headers=scope["headers"],
-        raw=scope,
-    )
-
-
-async def _read_body(scope: Scope, receive: Receive, settings: Settings) -> bytes | Response | None:
-    """Return the whole request body, the 413 problem, or None if the client disconnected."""
-    length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-    rejected = check_content_length(length, settings)
-    if rejected is not None:
-        return rejected
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > settings.max_body_size:
-            return too_large(settings)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay_body(body: bytes, receive: Receive) -> Receive:
-    """Return a `receive` that gives the app the buffered body, then the real messages."""
-    sent = False
-
-    async def receive_body() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive_body
-
-
-async def _respond(send: Send, response: Response) -> None:
-    await send(
-        {"type": "http.response.start", "status": response.status, "headers": response.headers}
-    )
-    await send({"type": "http.response.body", "body": response.body, "more_body": False})

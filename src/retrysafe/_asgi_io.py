@@ -1,0 +1,81 @@
+"""The ASGI plumbing shared by the middleware and transactional mode: types, body, response."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeAlias
+
+from retrysafe._http import RequestView, Response, Settings, check_content_length, too_large
+
+__all__ = [
+    "ASGIApp",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "read_body",
+    "replay_body",
+    "request_view",
+    "respond",
+]
+
+# The ASGI types, as starlette.types spells them: messages are dicts of any values.
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def request_view(scope: Scope) -> RequestView:
+    """Return the request as the sans-I/O core sees it."""
+    return RequestView(
+        method=scope["method"],
+        path=scope["path"],
+        query_string=scope.get("query_string", b""),
+        headers=scope["headers"],
+        raw=scope,
+    )
+
+
+async def read_body(scope: Scope, receive: Receive, settings: Settings) -> bytes | Response | None:
+    """Return the whole request body, the 413 problem, or None if the client disconnected."""
+    length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    rejected = check_content_length(length, settings)
+    if rejected is not None:
+        return rejected
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > settings.max_body_size:
+            return too_large(settings)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """Return a `receive` that gives the app the buffered body, then the real messages."""
+    sent = False
+
+    async def receive_body() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_body
+
+
+async def respond(send: Send, response: Response) -> None:
+    """Send a whole response: status, headers and body in two messages."""
+    await send(
+        {"type": "http.response.start", "status": response.status, "headers": response.headers}
+    )
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})

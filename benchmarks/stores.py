@@ -98,7 +98,9 @@ def bare_sqlite(path: Path) -> Bare:
 
 def bare_postgres(table: str) -> Bare:
     """psycopg with a pool: INSERT ... ON CONFLICT then UPDATE, and SELECT."""
-    pool = ConnectionPool(POSTGRES_URL, min_size=1, max_size=16, open=True)
+    pool = ConnectionPool(
+        POSTGRES_URL, min_size=1, max_size=16, open=True, kwargs={"autocommit": True}
+    )
     with pool.connection() as c:
         c.execute(f"CREATE TABLE {table} (id TEXT PRIMARY KEY, state TEXT, outcome BYTEA)")
 

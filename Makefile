@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo check lint typecheck unasync bench-stores bench-functions clean
+.PHONY: setup test demo check lint typecheck unasync bench-stores bench-functions bench-http clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "retrysafe needs Python 3.11 or newer on PATH"; exit 1; }
@@ -44,6 +44,9 @@ bench-stores: setup
 
 bench-functions: setup
 	$(PY) scripts/services.py -- $(PY) benchmarks/functions.py
+
+bench-http: setup
+	$(PY) scripts/services.py -- $(PY) benchmarks/http_middleware.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
-from retrysafe._http import RequestView, Response, Settings, check_content_length, too_large
+from retrysafe._http import (
+    RequestView,
+    Response,
+    Settings,
+    check_content_length,
+    new_identity,
+    read_key,
+    too_large,
+)
+from retrysafe._record import Identity
 
 __all__ = [
     "ASGIApp",
@@ -13,10 +22,12 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "TrackedRequest",
     "read_body",
     "replay_body",
     "request_view",
     "respond",
+    "track_request",
 ]
 
 # The ASGI types, as starlette.types spells them: messages are dicts of any values.
@@ -25,6 +36,32 @@ Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+TrackedRequest: TypeAlias = tuple[Identity, str, bytes]
+"""A keyed request ready to claim: its identity, its fingerprint and its whole body."""
+
+
+async def track_request(
+    scope: Scope, receive: Receive, send: Send, settings: Settings, values: list[bytes]
+) -> TrackedRequest | None:
+    """Parse the key and read the body of a covered request; None once it has been answered.
+
+    A malformed key (400) or a body over the limit (413) is answered here, before any storage
+    is touched (B3, B9, B22); a client that goes away before sending its body gets nothing.
+    """
+    key = read_key(values, settings)
+    if isinstance(key, Response):
+        await respond(send, key)
+        return None
+    body = await read_body(scope, receive, settings)
+    if body is None:  # the client went away before sending its body
+        return None
+    if isinstance(body, Response):
+        await respond(send, body)
+        return None
+    request = request_view(scope)
+    return new_identity(settings, request, key), settings.fingerprint_of(request, body), body
 
 
 def request_view(scope: Scope) -> RequestView:

@@ -29,10 +29,9 @@ from retrysafe._asgi_io import (
     Receive,
     Scope,
     Send,
-    read_body,
     replay_body,
-    request_view,
     respond,
+    track_request,
 )
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError, StoreError
@@ -40,7 +39,6 @@ from retrysafe._http import (
     CLAIM_RETRIES,
     KEY_HEADER,
     HttpCounters,
-    Response,
     ResponseCapture,
     Router,
     RouteSettings,
@@ -51,9 +49,7 @@ from retrysafe._http import (
     in_flight,
     logger,
     mismatch,
-    new_identity,
     outcome_to_store,
-    read_key,
     replay_response,
     store_unavailable,
     too_many_in_flight,
@@ -153,19 +149,10 @@ class IdempotencyMiddleware:
     async def _track(
         self, scope: Scope, receive: Receive, send: Send, settings: Settings, values: list[bytes]
     ) -> None:
-        key = read_key(values, settings)
-        if isinstance(key, Response):
-            await respond(send, key)
+        tracked = await track_request(scope, receive, send, settings, values)
+        if tracked is None:
             return
-        body = await read_body(scope, receive, settings)
-        if body is None:  # the client went away before sending its body
-            return
-        if isinstance(body, Response):
-            await respond(send, body)
-            return
-        request = request_view(scope)
-        identity = new_identity(settings, request, key)
-        fingerprint = settings.fingerprint_of(request, body)
+        identity, fingerprint, body = tracked
         try:
             claim = await self._admit(identity, fingerprint, settings, send)
         except StoreError:

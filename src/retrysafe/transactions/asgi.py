@@ -36,24 +36,20 @@ from retrysafe._asgi_io import (
     Receive,
     Scope,
     Send,
-    read_body,
     replay_body,
-    request_view,
     respond,
+    track_request,
 )
 from retrysafe._clock import Clock
 from retrysafe._errors import IdempotencyError
 from retrysafe._http import (
     KEY_HEADER,
     HttpCounters,
-    Response,
     Router,
     RouteSettings,
     Settings,
     SettingsOptions,
     logger,
-    new_identity,
-    read_key,
     replay_response,
     store_unavailable,
 )
@@ -139,19 +135,10 @@ class TransactionalMiddleware:
         identity: Identity | None = None
         fingerprint = ""
         if scope["method"] in settings.methods and (values or settings.required):
-            key = read_key(values, settings)
-            if isinstance(key, Response):
-                await respond(send, key)
+            tracked = await track_request(scope, receive, send, settings, values)
+            if tracked is None:
                 return
-            body = await read_body(scope, receive, settings)
-            if body is None:  # the client went away before sending its body
-                return
-            if isinstance(body, Response):
-                await respond(send, body)
-                return
-            request = request_view(scope)
-            identity = new_identity(settings, request, key)
-            fingerprint = settings.fingerprint_of(request, body)
+            identity, fingerprint, body = tracked
             receive = replay_body(body, receive)
         try:
             async with _connection(self.connect) as connection:

@@ -1,18 +1,31 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both set themselves up.
-PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
-	&& echo $$p && break; done)
+# Two commands on a fresh machine: `make demo` and `make test`. Both set themselves up from uv.lock.
+# The main suite runs on the first of Python 3.11, 3.12, 3.13 found; `make test-pythons` runs the
+# tests that need no service on the other two.
+PYTHON ?= $(shell scripts/find-python.sh 3.11 3.12 3.13)
+OTHER_PYTHONS ?= 3.12 3.13
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+# Interpreters come from the machine, never from a download.
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
+# tests/test_packaging.py builds the wheel with the same uv.
+export RETRYSAFE_UV := $(abspath $(UV))
 
-.PHONY: setup test demo check lint typecheck unasync bench-stores bench-functions bench-http clean
+.PHONY: setup test test-pythons demo check lint typecheck unasync lock upgrade \
+	bench-stores bench-functions bench-http clean
 
-$(VENV)/.installed: pyproject.toml
-	@test -n "$(PYTHON)" || { echo "retrysafe needs Python 3.11 or newer on PATH"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+$(UV):
+	@test -n "$(PYTHON)" || { echo "retrysafe needs Python 3.11 or newer (python3.11, 3.12 or 3.13)"; exit 1; }
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# The dev/test environment: exactly the versions in uv.lock, every extra, the dev group.
+$(VENV)/.installed: uv.lock pyproject.toml $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --all-extras --python $(PYTHON)
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -20,6 +33,16 @@ setup: $(VENV)/.installed
 ## test: every test, against real PostgreSQL, Redis and RabbitMQ when reachable (or started here)
 test: setup
 	$(PY) scripts/services.py -- $(PY) -m pytest $(PYTEST_ARGS)
+
+## test-pythons: the tests that need no service, on each of OTHER_PYTHONS (from the same lock)
+test-pythons: $(UV)
+	@for version in $(OTHER_PYTHONS); do \
+		python=$$(scripts/find-python.sh $$version) || { echo "Python $$version not found"; exit 1; }; \
+		echo "== Python $$version: $$python"; \
+		UV_PROJECT_ENVIRONMENT=$(VENV)-$$version $(UV) sync --quiet --frozen --all-extras --python $$python \
+		&& $(VENV)-$$version/bin/python -m pytest -q -m "not services" -p no:cacheprovider $(PYTEST_ARGS) \
+		|| exit 1; \
+	done
 
 ## demo: the main job, on the embedded SQLite default
 demo: setup
@@ -38,6 +61,14 @@ typecheck:
 unasync:
 	$(PY) scripts/unasync.py --check
 
+## lock: re-resolve uv.lock after changing a dependency in pyproject.toml (keeps other pins)
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
+
+## upgrade: move every locked dependency to its newest allowed version, on purpose
+upgrade: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+
 ## bench-*: measured against the bare alternative in the same run (docs/benchmarks.md)
 bench-stores: setup
 	$(PY) scripts/services.py -- $(PY) benchmarks/stores.py
@@ -49,4 +80,4 @@ bench-http: setup
 	$(PY) scripts/services.py -- $(PY) benchmarks/http_middleware.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-3.* $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

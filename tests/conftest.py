@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import socket
 from collections.abc import Iterator
@@ -121,6 +122,29 @@ def delete_redis_prefix(url: str, prefix: str) -> None:
             client.delete(key)
     finally:
         client.close()
+
+
+_SERVICE_FIXTURES = frozenset({"postgres_url", "redis_url", "amqp_url"})
+_SERVICE_PARAMS = frozenset({"postgres", "redis", "rabbitmq"})
+_SERVICE_MARKERS = ("postgres", "redis", "rabbitmq")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real server `services`, so `-m "not services"` runs the rest.
+
+    A test needs one when it asks for a server's URL fixture, is parametrized on a server backend
+    (`[postgres]`, `[redis-async]`...), or carries a backend's marker.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        ids = set(re.split(r"[-/]", callspec.id)) if callspec is not None else set()
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if (
+            fixtures & _SERVICE_FIXTURES
+            or ids & _SERVICE_PARAMS
+            or any(item.get_closest_marker(name) for name in _SERVICE_MARKERS)
+        ):
+            item.add_marker(pytest.mark.services)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

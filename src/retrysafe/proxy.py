@@ -23,7 +23,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final, Unpack
 from urllib.parse import urlsplit
 
-import httpx
+from retrysafe._extras import missing_extra
+
+try:
+    import httpx
+except ImportError as error:
+    raise missing_extra("retrysafe.proxy", "cli", error) from error
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._http import DEFAULT_PROBLEM_BASE_URL, Header, SettingsOptions

@@ -149,5 +149,5 @@ def test_importing_the_client_works_without_requests() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert "needs the requests package" in done.stdout
+    assert "pip install 'retrysafe[requests]'" in done.stdout
     assert "pip install" in done.stdout

@@ -11,15 +11,20 @@ from __future__ import annotations
 import logging
 import sys
 
-import typer
+from retrysafe._extras import missing_extra
 
-from retrysafe.cli import keys
-from retrysafe.cli._common import EXIT_FAILURE, fail
-from retrysafe.cli.demo import EXAMPLES as DEMO_EXAMPLES
-from retrysafe.cli.demo import demo
-from retrysafe.cli.proxy import register as register_proxy
-from retrysafe.cli.serve_demo import EXAMPLES as SERVE_DEMO_EXAMPLES
-from retrysafe.cli.serve_demo import serve_demo
+try:
+    import typer
+
+    from retrysafe.cli import keys
+    from retrysafe.cli._common import EXIT_FAILURE, fail
+    from retrysafe.cli.demo import EXAMPLES as DEMO_EXAMPLES
+    from retrysafe.cli.demo import demo
+    from retrysafe.cli.proxy import register as register_proxy
+    from retrysafe.cli.serve_demo import EXAMPLES as SERVE_DEMO_EXAMPLES
+    from retrysafe.cli.serve_demo import serve_demo
+except ImportError as error:
+    raise missing_extra("The retrysafe command", "cli", error) from error
 
 __all__ = ["app", "main"]
 

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from retrysafe.client._core import (
-    Handling,
-    NotReplayableError,
-    RetryEvent,
-    RetryHook,
-    RetryPolicy,
-    is_replay,
-)
-from retrysafe.client._httpx import AsyncIdempotentTransport, IdempotentTransport
+from retrysafe._extras import missing_extra
+
+try:
+    from retrysafe.client._core import (
+        Handling,
+        NotReplayableError,
+        RetryEvent,
+        RetryHook,
+        RetryPolicy,
+        is_replay,
+    )
+    from retrysafe.client._httpx import AsyncIdempotentTransport, IdempotentTransport
+except ImportError as error:
+    raise missing_extra("retrysafe.client", "httpx", error) from error
 
 if TYPE_CHECKING:
     from retrysafe.client._requests import IdempotentAdapter
@@ -46,9 +51,6 @@ def __getattr__(name: str) -> object:
         try:
             from retrysafe.client._requests import IdempotentAdapter  # noqa: PLC0415
         except ImportError as error:
-            raise ImportError(
-                "retrysafe.client.IdempotentAdapter needs the requests package: "
-                "pip install 'retrysafe[requests]' (or pip install requests)."
-            ) from error
+            raise missing_extra("retrysafe.client.IdempotentAdapter", "requests", error) from error
         return IdempotentAdapter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

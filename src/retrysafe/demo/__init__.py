@@ -6,10 +6,15 @@ twice, without keys and with them, and counts the charges in the API's own payme
 
 from __future__ import annotations
 
-from retrysafe.demo._app import DemoApp, TenantTraffic, Traffic, create_app
-from retrysafe.demo._report import DemoReport, RunResult
-from retrysafe.demo._runner import DemoSettings, ProgressHook, check_store, run_demo
-from retrysafe.demo._tables import DemoDatabase, Payment, Tables, User, redact_url
+from retrysafe._extras import missing_extra
+
+try:
+    from retrysafe.demo._app import DemoApp, TenantTraffic, Traffic, create_app
+    from retrysafe.demo._report import DemoReport, RunResult
+    from retrysafe.demo._runner import DemoSettings, ProgressHook, check_store, run_demo
+    from retrysafe.demo._tables import DemoDatabase, Payment, Tables, User, redact_url
+except ImportError as error:
+    raise missing_extra("retrysafe.demo", "cli", error) from error
 
 __all__ = [
     "DemoApp",

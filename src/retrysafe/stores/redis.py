@@ -3,7 +3,12 @@
 Needs the `redis` extra (`pip install 'retrysafe[redis]'`): redis-py, with hiredis.
 """
 
-from retrysafe.stores._async.redis import AsyncRedisStore
-from retrysafe.stores._sync.redis import RedisStore
+from retrysafe._extras import missing_extra
+
+try:
+    from retrysafe.stores._async.redis import AsyncRedisStore
+    from retrysafe.stores._sync.redis import RedisStore
+except ImportError as error:
+    raise missing_extra("The Redis store", "redis", error) from error
 
 __all__ = ["AsyncRedisStore", "RedisStore"]

@@ -360,7 +360,9 @@ class AsyncRedisStore:
         finally:
             if subscribed:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.unsubscribe()
+                    # redis-py 8 left the sync PubSub.unsubscribe's parameters unannotated, so
+                    # mypy calls it untyped there; the async one is typed (hence unused-ignore).
+                    await pubsub.unsubscribe()  # type: ignore[no-untyped-call, unused-ignore]
             await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def aclose(self) -> None:

@@ -361,7 +361,9 @@ class RedisStore:
         finally:
             if subscribed:
                 with contextlib.suppress(RedisError, OSError):
-                    pubsub.unsubscribe()
+                    # redis-py 8 left the sync PubSub.unsubscribe's parameters unannotated, so
+                    # mypy calls it untyped there; the async one is typed (hence unused-ignore).
+                    pubsub.unsubscribe()  # type: ignore[no-untyped-call, unused-ignore]
             pubsub.close()  # type: ignore[no-untyped-call, unused-ignore]
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "in_flight",
     "mismatch",
     "problem",
+    "problem_response",
     "read_key",
     "reason_phrase",
     "store_unavailable",
@@ -68,14 +69,29 @@ def problem(
     The body holds only `type`, `title`, `status` and `detail`: never stored data of a request.
     """
     default_status, title = PROBLEMS[slug]
-    status = status or default_status
+    extra = ((settings.replay_header_name, b"true"),) if replayed else ()
+    return problem_response(
+        settings.problem_base_url + slug,
+        title,
+        status or default_status,
+        detail,
+        retry_after=retry_after,
+        extra_headers=extra,
+    )
+
+
+def problem_response(
+    type_url: str,
+    title: str,
+    status: int,
+    detail: str,
+    *,
+    retry_after: int | None = None,
+    extra_headers: Sequence[Header] = (),
+) -> Response:
+    """Return an RFC 9457 `application/problem+json` response, `Cache-Control: no-store` (B24)."""
     body = json.dumps(
-        {
-            "type": settings.problem_base_url + slug,
-            "title": title,
-            "status": status,
-            "detail": detail,
-        },
+        {"type": type_url, "title": title, "status": status, "detail": detail},
         separators=(",", ":"),
     ).encode()
     headers = [
@@ -85,8 +101,7 @@ def problem(
     ]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
-    if replayed:
-        headers.append((settings.replay_header_name, b"true"))
+    headers.extend(extra_headers)
     return Response(status, tuple(headers), body)
 
 

@@ -1,0 +1,71 @@
+"""A reverse proxy that gives any HTTP service Idempotency-Key semantics.
+
+    from retrysafe import open_async_store
+    from retrysafe.proxy import build_proxy
+
+    app = build_proxy("http://127.0.0.1:3000", store=open_async_store("redis://..."), wait=0)
+
+`ProxyApp` forwards every request to the upstream with httpx, streaming both bodies;
+`build_proxy` wraps it in `retrysafe.asgi.IdempotencyMiddleware`, so a retried POST or PATCH
+with the same key reaches the upstream once. `retrysafe proxy` serves it with uvicorn.
+
+Forwarding follows RFC 9110 section 7.6: hop-by-hop headers (Connection, Keep-Alive,
+Transfer-Encoding, Upgrade, TE, Trailer, Proxy-*, and any header the Connection header names)
+are dropped both ways; `Host` is the upstream's; `X-Forwarded-For` gets the client's address
+appended, `X-Forwarded-Proto` and `X-Forwarded-Host` say what the client asked for. An upstream
+that cannot be reached gives 502 problem+json, one that does not answer in time 504, one that
+breaks the exchange 502.
+
+Only origin-form request-targets are forwarded, always to the upstream's scheme, host and port;
+anything else, and a request with both Transfer-Encoding and Content-Length, is a 400 problem
+before the store is touched (B37).
+"""
+
+from __future__ import annotations
+
+from typing import Unpack
+
+from retrysafe._extras import missing_extra
+
+try:
+    import httpx
+except ImportError as error:
+    raise missing_extra("retrysafe.proxy", "cli", error) from error
+
+from retrysafe._http import MIB, SettingsOptions
+from retrysafe.asgi import ASGIApp, IdempotencyMiddleware
+from retrysafe.proxy._forward import ProxyApp, RequestGuard
+from retrysafe.proxy._framing import HOP_BY_HOP_HEADERS, end_to_end
+from retrysafe.stores.base import AsyncStore
+
+__all__ = ["HOP_BY_HOP_HEADERS", "ProxyApp", "build_proxy", "end_to_end"]
+
+
+def build_proxy(
+    upstream: str,
+    *,
+    store: AsyncStore,
+    client: httpx.AsyncClient | None = None,
+    timeout: httpx.Timeout | float | None = None,
+    **options: Unpack[SettingsOptions],
+) -> ASGIApp:
+    """Return the idempotent reverse proxy to `upstream`: `ProxyApp` behind the middleware.
+
+    The store is closed at lifespan shutdown.
+
+    Args:
+        upstream: the base URL of the service.
+        store: where records live (`retrysafe.open_async_store(url)`).
+        client: the httpx client to forward with (default: one the proxy owns).
+        timeout: the upstream timeout (default: 5 s to connect, 60 s else).
+        options: the middleware's settings (`required=True`, `wait=0`, `scope_header=...`).
+    """
+    buffer_size = options.get("max_response_size") or MIB
+    proxy = ProxyApp(
+        upstream,
+        client=client,
+        timeout=timeout,
+        buffer_size=buffer_size,
+        on_shutdown=[store.aclose],
+    )
+    return RequestGuard(IdempotencyMiddleware(proxy, store=store, **options))

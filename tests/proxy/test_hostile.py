@@ -1,0 +1,222 @@
+"""`retrysafe proxy` under hostile bytes on raw sockets: it forwards only to its upstream (B37)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import retrysafe
+from tests.proxy.conftest import Proxy, Recorder, Upstream
+from tests.proxy.raw import RawServer, answer_ok, exchange, misbehave
+
+Start = Callable[[list[tuple[list[str], Path | None]]], list[Proxy]]
+
+
+@pytest.fixture(scope="module")
+def internal() -> Iterator[RawServer]:
+    """A server no request may reach: an 'internal admin' service beside the upstream."""
+    server = RawServer(answer_ok)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def broken() -> Iterator[RawServer]:
+    """An upstream that breaks its answers (short bodies, resets, garbage)."""
+    server = RawServer(misbehave)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SQLite store of the guarded proxy, opened by the tests to count its records."""
+    return tmp_path_factory.mktemp("hostile") / "keys.db"
+
+
+@pytest.fixture(scope="module")
+def ports(
+    upstream: Upstream, broken: RawServer, store_path: Path, proxies: Start
+) -> dict[str, int]:
+    """Proxy ports: `guarded` before the real upstream, `broken` before the broken one."""
+    guarded, to_broken = proxies(
+        [
+            (["--upstream", upstream.url, "--store", f"sqlite:///{store_path}"], None),
+            (["--upstream", broken.url, "--store", "memory://"], None),
+        ]
+    )
+    return {name: int(p.url.rsplit(":", 1)[1]) for name, p in (("guarded", guarded),
+                                                                ("broken", to_broken))}  # fmt: skip
+
+
+def records(store_path: Path) -> int:
+    """Return how many records the guarded proxy's store holds."""
+    store = retrysafe.open_store(f"sqlite:///{store_path}")
+    try:
+        return len(store.list_records(limit=1000))
+    finally:
+        store.close()
+
+
+def request(target: str | bytes, *, method: bytes = b"POST", headers: bytes = b"",
+            body: bytes = b"{}", key: bool = True) -> bytes:  # fmt: skip
+    """Return the bytes of a request with `target`, a fresh key, a Host and a body."""
+    raw_target = target.encode("latin-1") if isinstance(target, str) else target
+    keyed = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode() if key else b""
+    length = f"Content-Length: {len(body)}\r\n".encode() if body is not None else b""
+    return (
+        method + b" " + raw_target + b" HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n"
+        + keyed + length + headers + b"\r\n" + body
+    )  # fmt: skip
+
+
+def ssrf_targets(port: int) -> list[str]:
+    """Request-targets that would reach 127.0.0.1:port if appended to the upstream URL."""
+    return [
+        f"@127.0.0.1:{port}/internal-admin",
+        f"http://127.0.0.1:{port}/internal-admin",
+        f"https://127.0.0.1:{port}/x",
+        f":{port}/internal-admin",
+        f".127.0.0.1:{port}/x",
+        f"@127.0.0.1:{port}",
+        "*",
+        f"127.0.0.1:{port}",
+        f"?@127.0.0.1:{port}/",
+        f"/#@127.0.0.1:{port}/x",
+    ]
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
+def test_b37_non_origin_targets_are_400_and_reach_no_other_host(
+    ports: dict[str, int], internal: RawServer, recorder: Recorder, store_path: Path, keyed: bool
+) -> None:
+    """Every request-target that is not origin-form is a 400 invalid-target problem: nothing
+    reaches the internal server or the upstream, and the store keeps no record."""
+    before = records(store_path)
+    for target in ssrf_targets(internal.port):
+        for method in (b"POST", b"OPTIONS", b"GET"):
+            response = exchange(ports["guarded"], request(target, method=method, key=keyed))
+            assert response is not None, target
+            assert response.status == 400, (target, response)
+            if response.headers.get("content-type") == "application/problem+json":
+                assert response.problem()["type"].endswith("#invalid-target"), response
+    assert internal.count() == 0
+    assert sum(recorder.calls.values()) == 0
+    assert records(store_path) == before
+
+
+def test_b37_double_slash_paths_stay_on_the_upstream(
+    ports: dict[str, int], internal: RawServer, recorder: Recorder
+) -> None:
+    """`//host:port/x` is an origin-form path: it goes to the upstream as a path, not a host."""
+    response = exchange(ports["guarded"], request(f"//127.0.0.1:{internal.port}/payments"))
+    assert response is not None
+    assert response.status == 404  # the upstream's answer for that path
+    assert internal.count() == 0
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Content-Length: 500\r\nTransfer-Encoding: chunked\r\n",
+    ],
+    ids=["te-then-cl", "cl-then-te", "cl-larger"],
+)
+def test_b37_content_length_with_transfer_encoding_is_refused(
+    ports: dict[str, int], recorder: Recorder, store_path: Path, framing: bytes, keyed: bool
+) -> None:
+    """A request with both Transfer-Encoding and Content-Length is a 400 invalid-framing
+    problem that closes the connection; nothing is forwarded or stored."""
+    before = records(store_path)
+    keyed_line = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode() if keyed else b""
+    raw = (
+        b"POST /payments HTTP/1.1\r\nHost: proxy.test\r\n" + keyed_line + framing
+        + b"\r\n2\r\n{}\r\n0\r\n\r\n"
+    )  # fmt: skip
+    response = exchange(ports["guarded"], raw)
+    assert response is not None
+    assert response.status == 400
+    assert response.problem()["type"].endswith("#invalid-framing")
+    assert response.headers["connection"] == "close"
+    assert recorder.calls["/payments"] == 0
+    assert records(store_path) == before
+
+
+def test_b37_chunked_bodies_are_forwarded_with_their_own_length(
+    ports: dict[str, int], recorder: Recorder
+) -> None:
+    """A chunked request body reaches the upstream whole, framed by the proxy itself."""
+    raw = (
+        b"POST /payments HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n"
+        b'Idempotency-Key: "' + str(uuid.uuid4()).encode() + b'"\r\n'
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n5\r\n\": 1}\r\n0\r\n\r\n"
+    )  # fmt: skip
+    response = exchange(ports["guarded"], raw)
+    assert response is not None
+    assert response.status == 201
+    assert response.body.startswith(b'{"n":1,"body":"{\\"a\\": 1}"')
+    assert recorder.calls["/payments"] == 1
+
+
+@pytest.mark.parametrize("path", ["/short", "/reset", "/garbage", "/close"])
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
+def test_b37_a_broken_upstream_answer_is_a_502_problem(
+    ports: dict[str, int], broken: RawServer, path: str, keyed: bool
+) -> None:
+    """An upstream that sends a short body, resets, sends garbage or closes silently gives a
+    502 upstream-failed problem, never a plain-text 500."""
+    response = exchange(ports["broken"], request(path, key=keyed))
+    assert response is not None
+    assert response.status == 502
+    assert response.problem()["type"].endswith("#upstream-failed")
+    assert b"Traceback" not in response.body
+
+
+_TARGET_BYTES = st.sampled_from(
+    [b"/", b"@", b":", b"?", b"#", b"%", b"*", b".", b"\\", b"a", b"1", b"127.0.0.1", b"http:",
+     b"//", b"%2F", b"%00", b"\xff", b"\t", b" ", b"[::1]", b"~", b"&", b"="]
+)  # fmt: skip
+_FRAMING = st.lists(
+    st.sampled_from(
+        [b"Content-Length: 2\r\n", b"Content-Length: 0\r\n", b"Content-Length: 7\r\n",
+         b"Content-Length: -1\r\n", b"Content-Length: 2, 2\r\n", b"Transfer-Encoding: chunked\r\n",
+         b"Transfer-Encoding: gzip, chunked\r\n", b"Transfer-Encoding: identity\r\n",
+         b"Transfer-Encoding:  chunked\r\n"]
+    ),
+    max_size=3,
+)  # fmt: skip
+
+
+@settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    target=st.lists(_TARGET_BYTES, max_size=8).map(b"".join),
+    framing=_FRAMING,
+    keyed=st.booleans(),
+)
+def test_b37_fuzzed_targets_and_framing_never_500_nor_leave_the_upstream(
+    ports: dict[str, int], internal: RawServer, target: bytes, framing: list[bytes], keyed: bool
+) -> None:
+    """Fuzzed request-targets and framing headers (fixed seed) never get a 500 and never make
+    the proxy connect anywhere but its upstream."""
+    target = target.replace(b"127.0.0.1", f"127.0.0.1:{internal.port}".encode()) or b"@"
+    raw = request(target, headers=b"".join(framing), key=keyed).replace(
+        b"Content-Length: 2\r\n", b"", 1 if framing else 0
+    )
+    response = exchange(ports["guarded"], raw + b"2\r\n{}\r\n0\r\n\r\n")
+    if response is not None:
+        assert response.status < 500 or response.status in (501, 502), response
+        assert b"Traceback" not in response.body
+    assert internal.count() == 0

@@ -1,16 +1,18 @@
-"""What every command shares: one-line errors, JSON output, durations and sizes for people."""
+"""What every command shares: one-line errors, JSON output, literal text, durations and sizes."""
 
 from __future__ import annotations
 
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from retrysafe._errors import ConfigurationError, IdempotencyError
 
@@ -22,6 +24,7 @@ __all__ = [
     "fail",
     "human_bytes",
     "human_duration",
+    "literal",
     "parse_duration",
     "print_json",
 ]
@@ -33,11 +36,33 @@ console = Console(highlight=False)
 _error_console = Console(stderr=True, highlight=False)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Shown as escapes by `literal`: C0/C1 controls and DEL (Cc), format characters such as the bidi
+# overrides U+202A-U+202E and U+2066-U+2069 or zero-width ones (Cf), lone surrogates (Cs), and
+# the line and paragraph separators (Zl, Zp).
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def literal(value: object) -> Text:
+    """Return `value` as text printed exactly as it is: no markup, control characters escaped.
+
+    Stored values (keys, scopes, bodies) are chosen by HTTP clients, so the console must never
+    read them as Rich markup or emoji codes, nor pass ESC, CR, BEL or a bidi override to the
+    terminal: they come out as Python writes them (`\\x1b`, `\\r`, `\\x07`, `\\u202e`), while
+    printable Unicode stays as it is (SPEC B35).
+    """
+    text = str(value)
+    if not text.isprintable():  # repr writes each hidden character as its escape
+        text = "".join(
+            repr(char)[1:-1] if unicodedata.category(char) in _HIDDEN else char for char in text
+        )
+    return Text(text)
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    """Print `error: message` on one line of stderr and exit with `code`."""
-    _error_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    """Print `error: message` on one line of stderr, the message literally, and exit with `code`."""
+    _error_console.print(
+        Text.assemble(("error:", "bold red"), " ", literal(message)), soft_wrap=True
+    )
     raise typer.Exit(code)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +11,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from retrysafe._errors import OutcomeError
-from retrysafe._http import decode_outcome
 from retrysafe._record import Identity, Record, State
 from retrysafe.cli._common import (
     EXIT_USAGE,
@@ -22,9 +19,11 @@ from retrysafe.cli._common import (
     fail,
     human_bytes,
     human_duration,
+    literal,
     parse_duration,
     print_json,
 )
+from retrysafe.cli._render import describe_outcome
 from retrysafe.stores import Store, open_store
 
 __all__ = ["app", "describe_outcome", "record_json"]
@@ -125,7 +124,7 @@ def list_(
     title = f"{len(records)} record{'s' * (len(records) != 1)}"
     if len(namespaces) == 1:
         title += f" in namespace {next(iter(namespaces))!r}"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=literal(title), title_justify="left")
     columns = ["scope", "key", "state", "age", "expires in", "lease owner", "size"]
     if len(namespaces) > 1:
         columns.insert(0, "namespace")
@@ -143,7 +142,7 @@ def list_(
         ]
         if len(namespaces) > 1:
             row.insert(0, record.identity.namespace)
-        table.add_row(*row)
+        table.add_row(*map(literal, row))
     console.print(table)
     if len(records) == limit:
         console.print(f"[dim]Showing the newest {limit}; use --limit for more.[/]")
@@ -171,29 +170,30 @@ def show(
     if as_json:
         print_json(data)
         return
+    rows = [
+        ("namespace", record.identity.namespace),
+        ("scope", record.identity.scope),
+        ("key", record.identity.key),
+        ("state", _state_text(record, now)),
+        ("fingerprint", record.fingerprint),
+        ("claimed", f"{_iso(record.created_at)} ({human_duration(now - record.created_at)} ago)"),
+        ("lease owner", _lease_text(record, now)),
+        ("expires", f"{_iso(record.expires_at)} (in {human_duration(record.expires_at - now)})"),
+        ("recovery point", record.recovery_point),
+        ("size", human_bytes(record.size)),
+    ]
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    table.add_row("namespace", record.identity.namespace)
-    table.add_row("scope", record.identity.scope)
-    table.add_row("key", record.identity.key)
-    table.add_row("state", _state_text(record, now))
-    table.add_row("fingerprint", record.fingerprint)
-    table.add_row(
-        "claimed", f"{_iso(record.created_at)} ({human_duration(now - record.created_at)} ago)"
-    )
-    table.add_row("lease owner", _lease_text(record, now))
-    table.add_row(
-        "expires", f"{_iso(record.expires_at)} (in {human_duration(record.expires_at - now)})"
-    )
-    if record.recovery_point is not None:
-        table.add_row("recovery point", record.recovery_point)
-    table.add_row("size", human_bytes(record.size))
+    for name, value in rows:
+        if value is not None:
+            table.add_row(name, literal(value))
     console.print(table)
     if data["outcome"] is not None:
         console.print()
         console.print("[bold]stored outcome[/]")
-        console.print(json.dumps(data["outcome"], indent=2), markup=False, soft_wrap=True)
+        for line in json.dumps(data["outcome"], indent=2).splitlines():
+            console.print(literal(line), soft_wrap=True)
 
 
 @app.command()
@@ -219,11 +219,12 @@ def delete(
     if as_json:
         print_json({"deleted": deleted, "record": record_json(record, now)})
         return
-    console.print(
+    message = (
         f"Deleted {record.state.value} record {record.identity.key!r} "
         f"(scope {record.identity.scope!r}, namespace {record.identity.namespace!r}); "
         "the next request with this key runs again."
     )
+    console.print(literal(message))
     if live_lease:
         console.print(
             "[yellow]Its lease was still live: if that request is still running, a retry may "
@@ -310,39 +311,6 @@ def record_json(record: Record, now: float) -> dict[str, object]:
         "size": record.size,
         "recovery_point": record.recovery_point,
     }
-
-
-def describe_outcome(outcome: bytes) -> dict[str, object]:
-    """Return a stored outcome as JSON-ready data: a decoded HTTP response, or the raw bytes."""
-    response = _decode_http(outcome)
-    if response is not None:
-        return response
-    try:
-        return {"kind": "raw", "text": outcome.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"kind": "raw", "base64": base64.b64encode(outcome).decode("ascii")}
-
-
-def _decode_http(outcome: bytes) -> dict[str, object] | None:
-    """Decode an outcome stored by the HTTP middleware, or None if it is not one."""
-    try:
-        response = decode_outcome(outcome)
-    except OutcomeError:  # not an HTTP outcome (a decorator's return value, say)
-        return None
-    data: dict[str, object] = {
-        "kind": "http",
-        "status": response.status,
-        "headers": [
-            [name.decode("latin-1"), value.decode("latin-1")] for name, value in response.headers
-        ],
-    }
-    if response.body_omitted:
-        data["body_omitted"] = True
-    try:
-        data["body"] = response.body.decode("utf-8")
-    except UnicodeDecodeError:
-        data["body_base64"] = base64.b64encode(response.body).decode("ascii")
-    return data
 
 
 def _find(store: Store, key: str, scope: str | None, namespace: str | None) -> Record:

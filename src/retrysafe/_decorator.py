@@ -8,31 +8,28 @@ as for an HTTP request (`retrysafe._engine.decide`).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import inspect
-import logging
-import os
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 
-import anyio
-
-from retrysafe._engine import Decision, decide
+from retrysafe._engine import Decision
 from retrysafe._errors import (
     ConfigurationError,
-    FencedError,
-    InFlightError,
     InvalidKeyError,
-    KeyMismatchError,
-    StoreError,
 )
 from retrysafe._fingerprint import digest
-from retrysafe._record import Identity, Record
+from retrysafe._flow import (
+    DEFAULT_LEASE,
+    DEFAULT_RETENTION,
+    DEFAULT_WAIT,
+    Admission,
+    AsyncFlow,
+    SyncFlow,
+)
+from retrysafe._record import Identity
 from retrysafe._serializer import JSONSerializer, Outcomes, Serializer, canonical_bytes
 from retrysafe.stores.base import AsyncStore, Store
 
@@ -40,15 +37,6 @@ __all__ = ["DEFAULT_LEASE", "DEFAULT_RETENTION", "DEFAULT_WAIT", "idempotent"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-DEFAULT_RETENTION = 24 * 3600.0
-"""How long a finished call's outcome is kept and replayed (B21): 24 hours."""
-DEFAULT_LEASE = 30.0
-"""How long an in-flight claim lives without a renewal (B16); renewed every third of it."""
-DEFAULT_WAIT = 10.0
-"""How long a duplicate waits for the first call's outcome before `InFlightError` (B15)."""
-
-logger = logging.getLogger("retrysafe")
 
 KeyFunction = Callable[..., object]
 
@@ -103,8 +91,14 @@ def idempotent(
 
     def decorate(func: Callable[P, T]) -> Callable[P, T]:
         namespace_ = namespace or f"{func.__module__}.{func.__qualname__}"
+        store_is_async = inspect.iscoroutinefunction(getattr(store, "claim", None))
+        flow = (
+            AsyncFlow(cast(AsyncStore, store), raise_fenced=True)
+            if store_is_async
+            else SyncFlow(cast(Store, store), raise_fenced=True)
+        )
         plan = _Plan(
-            store=store,
+            flow=flow,
             namespace=namespace_,
             signature=inspect.signature(func),
             key=_argument_getter(func, key, "key"),
@@ -121,7 +115,6 @@ def idempotent(
                 f"@idempotent cannot decorate the generator {func.__qualname__}: "
                 "return a value instead."
             )
-        store_is_async = inspect.iscoroutinefunction(getattr(store, "claim", None))
         if inspect.iscoroutinefunction(func):
             if not store_is_async:
                 raise ConfigurationError(
@@ -178,7 +171,7 @@ def _fingerprint_getter(
 class _Plan:
     """Everything one decorated function needs per call, fixed at decoration time."""
 
-    store: Any
+    flow: Any  # SyncFlow for a sync function, AsyncFlow for an async one
     namespace: str
     signature: inspect.Signature
     key: str | KeyFunction
@@ -218,31 +211,6 @@ class _Plan:
         """Return whether `error` is stored as the outcome rather than releasing the key."""
         return isinstance(error, self.final_exceptions)
 
-    def next_step(
-        self, record: Record, fingerprint: str, now: float, deadline: float
-    ) -> Decision | float:
-        """Return what a call that did not acquire its claim does next.
-
-        `Decision.REPLAY`: replay `record`. `Decision.EXECUTE`: claim again (the lease or the
-        retention ended meanwhile). A number: wait that many seconds for the running call.
-        Raises `KeyMismatchError`, or `InFlightError` once the wait is over.
-        """
-        decision = decide(record, fingerprint, now)
-        if decision is Decision.MISMATCH:
-            raise KeyMismatchError(
-                f"The key {record.identity.key!r} of {self.namespace} was already used with "
-                "different arguments."
-            )
-        if decision is not Decision.IN_FLIGHT:
-            return decision
-        remaining = deadline - time.monotonic()
-        if remaining > 0:
-            return remaining
-        raise InFlightError(
-            f"A call of {self.namespace} with the key {record.identity.key!r} is still running.",
-            retry_after=min(self.lease, max(0.1, record.lease_expires_at - now)),
-        )
-
 
 def _key_text(raw: object) -> str:
     if isinstance(raw, str) and raw:
@@ -254,246 +222,62 @@ def _key_text(raw: object) -> str:
     )
 
 
-# -- sync -------------------------------------------------------------------------------------
-
-
 def _call_sync(
     plan: _Plan, func: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> object:
     identity, fingerprint = plan.identify(args, kwargs)
-    store: Store = plan.store
-    deadline = time.monotonic() + plan.wait
-    while True:
-        claim = store.claim(identity, fingerprint, lease=plan.lease, retention=plan.retention)
-        if claim.acquired:
-            return _execute_sync(plan, identity, claim.token, func=func, args=args, kwargs=kwargs)
-        record: Record | None = claim.record
-        while record is not None:
-            step = plan.next_step(record, fingerprint, store.clock.now(), deadline)
-            if isinstance(step, Decision):
-                if step is Decision.REPLAY:
-                    return plan.outcomes.replay(record.outcome or b"")
-                break  # EXECUTE: claim again
-            record = store.wait(identity, timeout=step)
-
-
-def _execute_sync(
-    plan: _Plan,
-    identity: Identity,
-    token: str,
-    *,
-    func: Callable[..., object],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> object:
-    store: Store = plan.store
-    beat = _HEARTBEATS.start(store, identity, token, plan.lease)
-    try:
-        value = func(*args, **kwargs)
-    except BaseException as error:
-        _HEARTBEATS.stop(beat)
-        if plan.is_final(error):
-            _finish_sync(store, identity, token, plan.outcomes.raised(error), plan)
-        else:
-            _release_sync(store, identity, token)
-        raise
-    _HEARTBEATS.stop(beat)
-    outcome, problem = plan.outcomes.returned(value)
-    _finish_sync(store, identity, token, outcome, plan)
+    flow: SyncFlow = plan.flow
+    admitted = flow.admit(
+        identity, fingerprint, lease=plan.lease, retention=plan.retention, wait=plan.wait
+    )
+    if admitted.decision is Decision.REPLAY:
+        return plan.outcomes.replay(_outcome_of(admitted))
+    if admitted.decision is not Decision.EXECUTE:
+        raise admitted.error(plan.namespace)
+    with flow.execution(
+        identity, admitted.token, lease=plan.lease, retention=plan.retention
+    ) as execution:
+        try:
+            value = func(*args, **kwargs)
+        except BaseException as error:
+            if plan.is_final(error):
+                execution.finish(plan.outcomes.raised(error))
+            raise  # any other exception releases the claim on the way out (B28)
+        outcome, problem = plan.outcomes.returned(value)
+        execution.finish(outcome)
     if problem is not None:
         raise problem
     return value
-
-
-def _finish_sync(store: Store, identity: Identity, token: str, outcome: bytes, plan: _Plan) -> None:
-    try:
-        store.complete(identity, token, outcome, retention=plan.retention)
-    except FencedError:
-        raise  # B17: another caller took the key over; its outcome stands
-    except StoreError:
-        # B19: the effect happened; the caller gets its result, the key stays in flight until
-        # its lease ends, and it never silently becomes "not found".
-        logger.exception("retrysafe: could not store the outcome of %s", plan.namespace)
-
-
-def _release_sync(store: Store, identity: Identity, token: str) -> None:
-    try:
-        store.release(identity, token)
-    except (FencedError, StoreError):
-        logger.warning("retrysafe: could not release %r; its lease will expire", identity.key)
-
-
-@dataclasses.dataclass(eq=False, slots=True)
-class _Beat:
-    """One in-flight sync claim whose lease the heartbeat thread renews."""
-
-    store: Store
-    identity: Identity
-    token: str
-    lease: float
-    due: float
-
-
-class _Heartbeats:
-    """One daemon thread that renews the lease of every running sync call (B16).
-
-    A thread per call would cost more than a short call itself. This one sleeps until the next
-    renewal is due, and never longer than the shortest renewal interval seen (the tick), so a
-    new claim, due at least a tick from now, needs no wake-up: a call costs a dict insert and a
-    delete, not a context switch.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._beats: dict[int, _Beat] = {}
-        self._thread: threading.Thread | None = None
-        self._tick = float("inf")
-        self._next_wake = float("inf")
-
-    def start(self, store: Store, identity: Identity, token: str, lease: float) -> _Beat:
-        """Start renewing a claim's lease every third of `lease`."""
-        interval = lease / 3
-        beat = _Beat(store, identity, token, lease, time.monotonic() + interval)
-        with self._cond:
-            self._beats[id(beat)] = beat
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="retrysafe-heartbeat", daemon=True
-                )
-                self._thread.start()
-            if interval < self._tick:
-                self._tick = interval
-                self._cond.notify()
-            elif beat.due < self._next_wake:
-                self._cond.notify()
-        return beat
-
-    def stop(self, beat: _Beat) -> None:
-        """Stop renewing `beat`."""
-        with self._cond:
-            self._beats.pop(id(beat), None)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                now = time.monotonic()
-                due = [b for b in self._beats.values() if b.due <= now]
-                if not due:
-                    earliest = min((b.due for b in self._beats.values()), default=float("inf"))
-                    self._next_wake = min(earliest, now + self._tick)
-                    timeout = self._next_wake - now
-                    self._cond.wait(None if timeout == float("inf") else timeout)
-                    continue
-            for beat in due:
-                self._renew(beat)
-
-    def _renew(self, beat: _Beat) -> None:
-        try:
-            beat.store.renew(beat.identity, beat.token, lease=beat.lease)
-        except FencedError:
-            self.stop(beat)  # taken over or finished; completing will say so
-            return
-        except Exception:
-            logger.warning("retrysafe: could not renew the lease of %r", beat.identity.key)
-        beat.due = time.monotonic() + beat.lease / 3
-
-    def after_fork(self) -> None:
-        """Forget the parent's thread and claims in a forked child."""
-        self._cond = threading.Condition()
-        self._beats = {}
-        self._thread = None
-        self._tick = float("inf")
-        self._next_wake = float("inf")
-
-
-_HEARTBEATS = _Heartbeats()
-os.register_at_fork(after_in_child=_HEARTBEATS.after_fork)
-
-
-# -- async ------------------------------------------------------------------------------------
 
 
 async def _call_async(
     plan: _Plan, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> object:
     identity, fingerprint = plan.identify(args, kwargs)
-    store: AsyncStore = plan.store
-    deadline = time.monotonic() + plan.wait
-    while True:
-        claim = await store.claim(identity, fingerprint, lease=plan.lease, retention=plan.retention)
-        if claim.acquired:
-            return await _execute_async(
-                plan, identity, claim.token, func=func, args=args, kwargs=kwargs
-            )
-        record: Record | None = claim.record
-        while record is not None:
-            step = plan.next_step(record, fingerprint, store.clock.now(), deadline)
-            if isinstance(step, Decision):
-                if step is Decision.REPLAY:
-                    return plan.outcomes.replay(record.outcome or b"")
-                break  # EXECUTE: claim again
-            record = await store.wait(identity, timeout=step)
-
-
-async def _execute_async(
-    plan: _Plan,
-    identity: Identity,
-    token: str,
-    *,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> object:
-    store: AsyncStore = plan.store
-    beat = asyncio.get_running_loop().create_task(
-        _heartbeat(store, identity, token, plan.lease), name="retrysafe-heartbeat"
+    flow: AsyncFlow = plan.flow
+    admitted = await flow.admit(
+        identity, fingerprint, lease=plan.lease, retention=plan.retention, wait=plan.wait
     )
-    try:
-        value = await func(*args, **kwargs)
-    except BaseException as error:
-        beat.cancel()
-        # Shielded: a cancelled caller must still release or store, or the key would wait
-        # for its lease to end.
-        with anyio.CancelScope(shield=True):
+    if admitted.decision is Decision.REPLAY:
+        return plan.outcomes.replay(_outcome_of(admitted))
+    if admitted.decision is not Decision.EXECUTE:
+        raise admitted.error(plan.namespace)
+    async with flow.execution(
+        identity, admitted.token, lease=plan.lease, retention=plan.retention
+    ) as execution:
+        try:
+            value = await func(*args, **kwargs)
+        except BaseException as error:
             if plan.is_final(error):
-                await _finish_async(store, identity, token, plan.outcomes.raised(error), plan)
-            else:
-                await _release_async(store, identity, token)
-        raise
-    beat.cancel()
-    outcome, problem = plan.outcomes.returned(value)
-    with anyio.CancelScope(shield=True):
-        await _finish_async(store, identity, token, outcome, plan)
+                await execution.finish(plan.outcomes.raised(error))
+            raise  # any other exception releases the claim on the way out (B28)
+        outcome, problem = plan.outcomes.returned(value)
+        await execution.finish(outcome)
     if problem is not None:
         raise problem
     return value
 
 
-async def _heartbeat(store: AsyncStore, identity: Identity, token: str, lease: float) -> None:
-    """Renew the lease every third of it until cancelled or fenced (B16)."""
-    while True:
-        await anyio.sleep(lease / 3)
-        try:
-            await store.renew(identity, token, lease=lease)
-        except FencedError:
-            return
-        except Exception:
-            logger.warning("retrysafe: could not renew the lease of %r", identity.key)
-
-
-async def _finish_async(
-    store: AsyncStore, identity: Identity, token: str, outcome: bytes, plan: _Plan
-) -> None:
-    try:
-        await store.complete(identity, token, outcome, retention=plan.retention)
-    except FencedError:
-        raise
-    except StoreError:
-        logger.exception("retrysafe: could not store the outcome of %s", plan.namespace)
-
-
-async def _release_async(store: AsyncStore, identity: Identity, token: str) -> None:
-    try:
-        await store.release(identity, token)
-    except (FencedError, StoreError):
-        logger.warning("retrysafe: could not release %r; its lease will expire", identity.key)
+def _outcome_of(admitted: Admission) -> bytes:
+    record = admitted.record
+    return (record.outcome if record is not None else None) or b""

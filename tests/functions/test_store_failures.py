@@ -39,7 +39,7 @@ def test_b19_outcome_that_cannot_be_stored_still_returns_and_keeps_the_key(
         return "charged"
 
     assert charge("k") == "charged"
-    assert "could not store the outcome" in caplog.text
+    assert "Cannot store the outcome" in caplog.text
     reopened = open_store(url)
     try:
         [record] = reopened.list_records()

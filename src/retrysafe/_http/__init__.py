@@ -9,25 +9,21 @@ these with their own I/O, and framework integrations can drive them too.
     routing    Router: path patterns or a hook's answer -> the request's Settings
     problems   problem+json responses and the checks before a claim (key, body size)
     outcome    ResponseCapture, the outcome policy, the stored form, the replay
-    flow       verdict after a claim, record identities, counters, the per-scope cap
+    flow       the answer to an admission, record identities, the per-scope cap
+    asgi_io    the ASGI plumbing: types, key and body, whole responses
+    wsgi_io    the WSGI plumbing: environ to request, body, whole responses
 
 The flow of a covered request with a key (docs/http.md has the published policy):
 
     read_key  ->  check_content_length / body limit  ->  RequestView  ->  identity + fingerprint
-      -> store.claim -> verdict(): execute | replay | mismatch | in flight (wait, then claim again)
-      -> execute: run the app with the buffered body, capture the response (ResponseCapture),
-         outcome_to_store(): complete(outcome) or release
+      -> retrysafe._flow admission: execute | replay | mismatch | in flight -> answer()
+      -> execute: run the app with the buffered body under the flow's execution, capture the
+         response (ResponseCapture), outcome_to_store(): complete(outcome) or release
 """
 
 from __future__ import annotations
 
-from retrysafe._http.flow import (
-    CLAIM_RETRIES,
-    HttpCounters,
-    ScopeLimiter,
-    new_identity,
-    verdict,
-)
+from retrysafe._http.flow import ScopeLimiter, answer, new_identity
 from retrysafe._http.outcome import (
     ResponseCapture,
     StoredResponse,
@@ -51,7 +47,7 @@ from retrysafe._http.problems import (
     too_large,
     too_many_in_flight,
 )
-from retrysafe._http.routing import Router, compile_pattern, hook_may_require_key
+from retrysafe._http.routing import Gate, Router, compile_pattern, hook_may_require_key
 from retrysafe._http.settings import (
     ANONYMOUS_SCOPE,
     DEFAULT_PROBLEM_BASE_URL,
@@ -69,19 +65,16 @@ from retrysafe._http.settings import (
     logger,
 )
 
-_compile_pattern = compile_pattern  # the name retrysafe.integrations imported first
-
 __all__ = [
     "ANONYMOUS_SCOPE",
-    "CLAIM_RETRIES",
     "DEFAULT_PROBLEM_BASE_URL",
     "DEFAULT_STORED_HEADERS",
     "KEY_HEADER",
     "MIB",
     "NEVER_STORED_HEADERS",
     "PROBLEMS",
+    "Gate",
     "Header",
-    "HttpCounters",
     "OutcomePolicy",
     "RequestView",
     "Response",
@@ -92,6 +85,7 @@ __all__ = [
     "Settings",
     "SettingsOptions",
     "StoredResponse",
+    "answer",
     "check_content_length",
     "compile_pattern",
     "decode_outcome",
@@ -112,5 +106,4 @@ __all__ = [
     "store_unavailable",
     "too_large",
     "too_many_in_flight",
-    "verdict",
 ]

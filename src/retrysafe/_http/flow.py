@@ -1,63 +1,29 @@
-"""The claim step and the per-process bookkeeping shared by both faces."""
+"""The HTTP answer to an admission, and the per-process bookkeeping shared by both faces."""
 
 from __future__ import annotations
 
 import threading
 
-from retrysafe._engine import Decision, decide
+from retrysafe._engine import Decision
+from retrysafe._flow import Admission
+from retrysafe._http.outcome import replay_response
+from retrysafe._http.problems import Response, in_flight, mismatch
 from retrysafe._http.settings import RequestView, Settings
-from retrysafe._record import Claim, Identity
+from retrysafe._record import Identity
 
-__all__ = ["CLAIM_RETRIES", "HttpCounters", "ScopeLimiter", "new_identity", "verdict"]
-
-CLAIM_RETRIES = 3
-"""How often a face claims again when the record expired between the store's answer and now."""
+__all__ = ["ScopeLimiter", "answer", "new_identity"]
 
 
-def verdict(claim: Claim, fingerprint: str, now: float) -> Decision:
-    """Return what to do after `claim`: the engine's decision on the record it returned."""
-    if claim.acquired:
-        return Decision.EXECUTE
-    return decide(claim.record, fingerprint, now)
-
-
-class HttpCounters:
-    """Counts of what the middleware did, for monitoring; safe to read at any time."""
-
-    __slots__ = (
-        "_lock",
-        "complete_failures",
-        "executions",
-        "fenced",
-        "release_failures",
-        "renew_failures",
-        "replays",
-    )
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.executions = 0
-        """Requests that ran the handler under a claim."""
-        self.replays = 0
-        """Requests answered from a stored outcome."""
-        self.complete_failures = 0
-        """Outcomes that could not be stored after the handler ran (B19)."""
-        self.fenced = 0
-        """Claims found taken over by another worker when completing or renewing (B17)."""
-        self.release_failures = 0
-        """Claims that could not be released (they expire with their lease)."""
-        self.renew_failures = 0
-        """Lease renewals that failed (other than fencing)."""
-
-    def add(self, name: str) -> None:
-        """Add one to counter `name`."""
-        with self._lock:
-            setattr(self, name, getattr(self, name) + 1)
-
-    def snapshot(self) -> dict[str, int]:
-        """Return every counter by name."""
-        with self._lock:
-            return {name: getattr(self, name) for name in self.__slots__ if name != "_lock"}
+def answer(admitted: Admission, settings: Settings) -> Response | None:
+    """Return the response to an admission that does not execute: the replay (B10), the
+    mismatch (B13) or the in-flight problem (B14); None to execute."""
+    if admitted.decision is Decision.EXECUTE:
+        return None
+    if admitted.decision is Decision.REPLAY and admitted.record is not None:
+        return replay_response(admitted.record, settings)
+    if admitted.decision is Decision.MISMATCH:
+        return mismatch(settings)
+    return in_flight(settings)
 
 
 class ScopeLimiter:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from retrysafe._errors import InvalidKeyError
+from retrysafe._flow.admission import IN_FLIGHT_RETRY_AFTER
 from retrysafe._http.settings import Header, Settings
 from retrysafe._keys import parse_key
 
@@ -28,7 +29,6 @@ __all__ = [
 ]
 
 # Seconds a client should wait before retrying, per problem.
-_RETRY_IN_FLIGHT: Final = 1
 _RETRY_STORE: Final = 2
 
 
@@ -88,12 +88,22 @@ def problem_response(
     *,
     retry_after: int | None = None,
     extra_headers: Sequence[Header] = (),
+    extensions: Mapping[str, object] | None = None,
 ) -> Response:
-    """Return an RFC 9457 `application/problem+json` response, `Cache-Control: no-store` (B24)."""
-    body = json.dumps(
-        {"type": type_url, "title": title, "status": status, "detail": detail},
-        separators=(",", ":"),
-    ).encode()
+    """Return an RFC 9457 `application/problem+json` response, `Cache-Control: no-store` (B24).
+
+    `extensions` are extra members of the body (RFC 9457 section 3.2); they never replace
+    `type`, `title`, `status` or `detail`.
+    """
+    members: dict[str, object] = {
+        "type": type_url,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    for name, value in (extensions or {}).items():
+        members.setdefault(name, value)
+    body = json.dumps(members, separators=(",", ":")).encode()
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"cache-control", b"no-store"),
@@ -157,7 +167,7 @@ def in_flight(settings: Settings) -> Response:
         settings,
         "The first request with this Idempotency-Key is still being processed. Retry later to "
         "get its response.",
-        retry_after=_RETRY_IN_FLIGHT,
+        retry_after=IN_FLIGHT_RETRY_AFTER,
     )
 
 
@@ -178,7 +188,7 @@ def too_many_in_flight(settings: Settings) -> Response:
         settings,
         f"At most {settings.max_in_flight_per_scope} requests with Idempotency-Keys may be "
         "processed at once for one client. Retry later.",
-        retry_after=_RETRY_IN_FLIGHT,
+        retry_after=IN_FLIGHT_RETRY_AFTER,
     )
 
 

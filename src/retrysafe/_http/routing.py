@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Final, Generic, TypeVar, Unpack
 
 from retrysafe._errors import ConfigurationError
-from retrysafe._http.settings import RouteSettings, Settings
+from retrysafe._http.settings import RouteSettings, Settings, SettingsOptions
 
-__all__ = ["Router", "compile_pattern", "hook_may_require_key"]
+__all__ = ["Gate", "Router", "compile_pattern", "hook_may_require_key"]
+
+R = TypeVar("R")
 
 
 def compile_pattern(pattern: str) -> str:
@@ -86,3 +89,48 @@ class Router:
                 self._cache.clear()
             settings = self._cache[route] = self.settings.with_route(route)
         return settings
+
+
+class Gate(Generic[R]):
+    """Which requests a middleware tracks, and with which settings (B5, B6); one per face.
+
+    Args:
+        settings: a `Settings` to start from (default `Settings()`); `options` override it.
+        routes: path pattern to `RouteSettings` (None: not covered), first match wins.
+        hook: instead of `routes`, a function of the request (an ASGI scope, a WSGI environ)
+            returning its `RouteSettings`, or None if it is not covered.
+        path_of: the request's path, for `routes`.
+        options: any `Settings` field by name.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None,
+        routes: Mapping[str, RouteSettings | None] | None,
+        hook: Callable[[R], RouteSettings | None] | None,
+        path_of: Callable[[R], str],
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        base = settings or Settings()
+        self.settings = dataclasses.replace(base, **options) if options else base
+        self.router = Router(self.settings, routes, hooked=hook is not None)
+        self.methods = self.router.methods
+        """Every method any route covers: requests with another pass straight through."""
+        self._hook = hook
+        self._path_of = path_of
+
+    def settings_for(self, request: R, method: str, keyed: bool) -> Settings | None:
+        """Return the settings to track a request of a covered method with, or None to let it
+        pass through: a route that does not cover it, or no key where none is required."""
+        hook, settings = self._hook, self.settings
+        if not keyed and not (
+            self.router.may_require if hook is None else hook_may_require_key(hook, settings)
+        ):
+            return None
+        if hook is None:
+            chosen = self.router.for_path(self._path_of(request))
+        else:
+            chosen = self.router.for_route(hook(request))
+        if chosen is None or method not in chosen.methods or not (keyed or chosen.required):
+            return None
+        return chosen

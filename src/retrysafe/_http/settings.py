@@ -11,6 +11,7 @@ from typing import Final, Literal, TypeAlias, TypedDict
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._fingerprint import fingerprint_request
+from retrysafe._flow.admission import DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_WAIT
 from retrysafe._keys import KeyPolicy
 
 __all__ = [
@@ -169,9 +170,9 @@ class Settings:
     scope_function: Callable[[RequestView], str] | None = None
     fingerprint: Literal["raw", "json"] = "raw"
     namespace: str = "http"
-    retention: float = 24 * 3600.0
-    lease: float = 30.0
-    wait: float = 10.0
+    retention: float = DEFAULT_RETENTION
+    lease: float = DEFAULT_LEASE
+    wait: float = DEFAULT_WAIT
     mismatch_status: int = 422
     replay_header: str = "Idempotent-Replayed"
     stored_headers: Collection[str] = DEFAULT_STORED_HEADERS

@@ -30,7 +30,20 @@ from typing import Any, Final, Unpack
 import anyio
 import anyio.to_thread
 
-from retrysafe._asgi_io import (
+from retrysafe._clock import Clock
+from retrysafe._errors import IdempotencyError
+from retrysafe._flow import Count, Counters
+from retrysafe._http import (
+    KEY_HEADER,
+    Router,
+    RouteSettings,
+    Settings,
+    SettingsOptions,
+    logger,
+    replay_response,
+    store_unavailable,
+)
+from retrysafe._http.asgi_io import (
     ASGIApp,
     Message,
     Receive,
@@ -39,19 +52,6 @@ from retrysafe._asgi_io import (
     replay_body,
     respond,
     track_request,
-)
-from retrysafe._clock import Clock
-from retrysafe._errors import IdempotencyError
-from retrysafe._http import (
-    KEY_HEADER,
-    HttpCounters,
-    Router,
-    RouteSettings,
-    Settings,
-    SettingsOptions,
-    logger,
-    replay_response,
-    store_unavailable,
 )
 from retrysafe._record import Identity
 from retrysafe.stores._sql import DEFAULT_TABLE
@@ -114,7 +114,7 @@ class TransactionalMiddleware:
         self.clock = clock
         base = settings or Settings()
         self.settings = dataclasses.replace(base, **options) if options else base
-        self.counters = HttpCounters()
+        self.counters = Counters()
         """What the middleware did: executions, replays, and commits that failed."""
         self._router = Router(self.settings, routes, hooked=route_settings is not None)
         self._hook = route_settings
@@ -178,11 +178,11 @@ class TransactionalMiddleware:
         record = unit.record
         if unit.replay and record is not None:
             await _shielded(unit.rollback)
-            self.counters.add("replays")
+            self.counters.add(Count.REPLAYS)
             await respond(send, replay_response(record, settings))
             return
         if record is not None:
-            self.counters.add("executions")
+            self.counters.add(Count.EXECUTIONS)
         tx = RequestTransaction(connection, None if record is None else record.identity, record)
         app_scope = {**scope, TRANSACTION_KEY: tx}
         extensions = scope.get("extensions")
@@ -211,7 +211,7 @@ class TransactionalMiddleware:
             with anyio.CancelScope(shield=True):
                 await unit.commit(outcome_of(status, headers, body, settings))
         except Exception:
-            self.counters.add("complete_failures")
+            self.counters.add(Count.COMPLETE_FAILURES)
             logger.exception("The transaction of a request failed to commit; it was not applied")
             await _shielded(unit.rollback)
             await respond(send, store_unavailable(settings))

@@ -35,8 +35,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from retrysafe._clock import Clock
 from retrysafe._errors import IdempotencyError
+from retrysafe._flow import Count, Counters
 from retrysafe._http import (
-    HttpCounters,
     RequestView,
     Response,
     RouteSettings,
@@ -74,7 +74,7 @@ class _Config:
     settings: Settings
     table: str
     clock: Clock | None
-    counters: HttpCounters
+    counters: Counters
 
 
 def install(
@@ -85,7 +85,7 @@ def install(
     clock: Clock | None = None,
     settings: Settings | None = None,
     **options: Unpack[SettingsOptions],
-) -> HttpCounters:
+) -> Counters:
     """Configure transactional mode for `app`'s `@transactional` views; return its counters.
 
     Args:
@@ -99,7 +99,7 @@ def install(
         options: the HTTP middleware's settings (`required=True`, `scope_header=...`).
     """
     base = settings or Settings()
-    counters = HttpCounters()
+    counters = Counters()
     app.extensions[_EXTENSION] = _Config(
         connect=connect,
         settings=replace(base, **options) if options else base,
@@ -188,10 +188,10 @@ def _run(
     record = unit.record
     if unit.replay and record is not None:
         unit.rollback()
-        config.counters.add("replays")
+        config.counters.add(Count.REPLAYS)
         return _flask_response(replay_response(record, settings))
     if record is not None:
-        config.counters.add("executions")
+        config.counters.add(Count.EXECUTIONS)
     tx = RequestTransaction(connection, None if record is None else record.identity, record)
     try:
         response = flask.current_app.make_response(view(tx=tx))
@@ -206,7 +206,7 @@ def _run(
     try:
         unit.commit(outcome_of(response.status_code, headers, body, settings))
     except Exception:
-        config.counters.add("complete_failures")
+        config.counters.add(Count.COMPLETE_FAILURES)
         logger.exception("The transaction of a request failed to commit; it was not applied")
         _quietly(unit.rollback)
         return _flask_response(store_unavailable(settings))

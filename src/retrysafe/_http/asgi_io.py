@@ -1,19 +1,15 @@
-"""The ASGI plumbing shared by the middleware and transactional mode: types, body, response."""
+"""The ASGI plumbing of the middleware and transactional mode: types, key and body, response.
+
+The twin of `wsgi_io`; both feed the sans-I/O core (`settings`, `problems`, `outcome`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
-from retrysafe._http import (
-    RequestView,
-    Response,
-    Settings,
-    check_content_length,
-    new_identity,
-    read_key,
-    too_large,
-)
+from retrysafe._http.flow import new_identity
+from retrysafe._http.problems import Response, check_content_length, read_key, too_large
+from retrysafe._http.settings import RequestView, Settings
 from retrysafe._record import Identity
 
 __all__ = [

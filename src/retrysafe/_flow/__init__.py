@@ -1,0 +1,53 @@
+"""The one flow of every face: admit (claim, wait, decide), run under a lease, then finish.
+
+Every face (ASGI and WSGI middleware, `@idempotent`, queue consumers, the proxy) drives the
+same three steps; only how it answers differs (a response, a return value, an exception).
+
+    admission.py  sans-I/O: `admission()` yields ClaimStep / WaitStep, is sent the store's
+                  answers, and returns an Admission: execute | replay | mismatch | in flight
+                  (B13-B15); `judge()` is its first step alone, for transactional mode
+    drivers.py    `SyncFlow` drives it with a sync store, `AsyncFlow` with an async one; their
+                  `execution()` runs the operation under a renewed lease (B16) and finishes
+                  it: complete the outcome (B18) or release the claim (B28)
+    counters.py   what the flow counts (`Count`, `Counters`) and how store failures are
+                  logged (`Finisher`)
+
+The decision itself is `retrysafe._engine.decide`, pure. What to count is `Count`; what each
+face counts is read from `Counters` (`middleware.counters`).
+"""
+
+from __future__ import annotations
+
+from retrysafe._flow.admission import (
+    CLAIM_RETRIES,
+    DEFAULT_LEASE,
+    DEFAULT_RETENTION,
+    DEFAULT_WAIT,
+    IN_FLIGHT_RETRY_AFTER,
+    Admission,
+    ClaimStep,
+    WaitStep,
+    admission,
+    judge,
+)
+from retrysafe._flow.counters import Count, Counters
+from retrysafe._flow.drivers import AsyncExecution, AsyncFlow, SyncExecution, SyncFlow
+
+__all__ = [
+    "CLAIM_RETRIES",
+    "DEFAULT_LEASE",
+    "DEFAULT_RETENTION",
+    "DEFAULT_WAIT",
+    "IN_FLIGHT_RETRY_AFTER",
+    "Admission",
+    "AsyncExecution",
+    "AsyncFlow",
+    "ClaimStep",
+    "Count",
+    "Counters",
+    "SyncExecution",
+    "SyncFlow",
+    "WaitStep",
+    "admission",
+    "judge",
+]

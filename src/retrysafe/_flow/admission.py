@@ -1,0 +1,147 @@
+"""The sans-I/O admission of one operation: claim, then execute, replay, refuse, or wait.
+
+`admission()` is a generator: it yields `ClaimStep` and `WaitStep`, is sent the store's answers
+(`store.claim`, `store.wait`), and returns an `Admission`. The drivers in `drivers.py` run it
+with a sync or an async store; `judge()` is its first step alone, for transactional mode, where
+the claim is a statement inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Final, cast
+
+from retrysafe._clock import Clock
+from retrysafe._concurrency import monotonic
+from retrysafe._engine import Decision, decide
+from retrysafe._errors import InFlightError, KeyMismatchError
+from retrysafe._record import Claim, Identity, Record
+
+__all__ = [
+    "CLAIM_RETRIES",
+    "DEFAULT_LEASE",
+    "DEFAULT_RETENTION",
+    "DEFAULT_WAIT",
+    "IN_FLIGHT_RETRY_AFTER",
+    "Admission",
+    "AdmissionFlow",
+    "ClaimStep",
+    "WaitStep",
+    "admission",
+    "judge",
+]
+
+DEFAULT_RETENTION: Final = 24 * 3600.0
+"""How long a finished operation's outcome is kept and replayed (B21): 24 hours."""
+DEFAULT_LEASE: Final = 30.0
+"""How long an in-flight claim lives without a renewal (B16); renewed every third of it."""
+DEFAULT_WAIT: Final = 10.0
+"""How long a duplicate waits for the first operation's outcome before it is refused (B15)."""
+CLAIM_RETRIES: Final = 3
+"""Claims one admission makes when the record it finds expires meanwhile (a lagging clock)."""
+IN_FLIGHT_RETRY_AFTER: Final = 1
+"""Seconds after which a duplicate refused as in flight may retry (Retry-After, B14)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimStep:
+    """Ask the store to claim `identity` (`store.claim`); send back the `Claim`."""
+
+    identity: Identity
+    fingerprint: str
+    lease: float
+    retention: float
+
+
+@dataclass(frozen=True, slots=True)
+class WaitStep:
+    """Wait for the running operation's outcome (`store.wait`); send back the record or None."""
+
+    identity: Identity
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What an admission decided.
+
+    `claim` is set for `EXECUTE` (an acquired claim: run the operation under its token);
+    `record` for the others (the stored outcome to replay, or the record that refused).
+    """
+
+    decision: Decision
+    claim: Claim | None = None
+    record: Record | None = None
+    retry_after: int = IN_FLIGHT_RETRY_AFTER
+
+    @property
+    def token(self) -> str:
+        """The fencing token of an acquired claim."""
+        if self.claim is None:
+            raise ValueError(f"an admission to {self.decision} holds no claim")
+        return self.claim.token
+
+    def error(self, what: str) -> KeyMismatchError | InFlightError:
+        """Return the exception that refuses a mismatch or in-flight admission of `what`."""
+        key = self.record.identity.key if self.record is not None else "?"
+        if self.decision is Decision.MISMATCH:
+            return KeyMismatchError(
+                f"The key {key!r} of {what} was already used with different arguments."
+            )
+        return InFlightError(
+            f"A call of {what} with the key {key!r} is still running.",
+            retry_after=float(self.retry_after),
+        )
+
+
+AdmissionFlow = Generator[ClaimStep | WaitStep, Claim | Record | None, Admission]
+
+
+def judge(claim: Claim, fingerprint: str, now: float) -> Admission | None:
+    """Return the admission a claim's answer decides, or None when the key must be claimed
+    again (the record it found expired meanwhile). Never waits: in flight is final here."""
+    if claim.acquired:
+        return Admission(Decision.EXECUTE, claim=claim)
+    decision = decide(claim.record, fingerprint, now)
+    return None if decision is Decision.EXECUTE else Admission(decision, record=claim.record)
+
+
+def admission(
+    identity: Identity,
+    fingerprint: str,
+    *,
+    lease: float,
+    retention: float,
+    wait: float,
+    clock: Clock,
+    elapsed: Callable[[], float] = monotonic,
+) -> AdmissionFlow:
+    """The admission of one operation: claim, then execute, replay, refuse, or wait and decide.
+
+    A duplicate in flight waits up to `wait` seconds (measured with `elapsed`) for the outcome,
+    then is refused (B15). A record that expires under a duplicate's eyes is claimed again, up
+    to `CLAIM_RETRIES` times, so a store whose clock lags ours cannot spin the caller.
+    """
+    deadline: float | None = None  # set when a duplicate first finds the key in flight
+    retries = CLAIM_RETRIES
+    while True:
+        claim = cast(Claim, (yield ClaimStep(identity, fingerprint, lease, retention)))
+        if claim.acquired:
+            return Admission(Decision.EXECUTE, claim=claim)
+        record: Record | None = claim.record
+        while record is not None:
+            decision = decide(record, fingerprint, clock.now())
+            if decision is Decision.EXECUTE:  # expired meanwhile: claim again, a few times
+                retries -= 1
+                if retries > 0:
+                    break
+                return Admission(Decision.IN_FLIGHT, record=record)
+            if decision is not Decision.IN_FLIGHT:
+                return Admission(decision, record=record)
+            if deadline is None:
+                deadline = elapsed() + wait
+            remaining = deadline - elapsed()
+            if remaining <= 0:
+                return Admission(Decision.IN_FLIGHT, record=record)
+            record = cast(Record | None, (yield WaitStep(identity, remaining)))

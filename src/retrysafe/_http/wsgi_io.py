@@ -1,0 +1,101 @@
+"""The WSGI plumbing of the middleware: environ to request, the body, whole responses.
+
+The twin of `asgi_io`; both feed the sans-I/O core (`settings`, `problems`, `outcome`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from retrysafe._http.flow import new_identity
+from retrysafe._http.problems import (
+    Response,
+    check_content_length,
+    read_key,
+    reason_phrase,
+    too_large,
+)
+from retrysafe._http.settings import RequestView, Settings
+from retrysafe._record import Identity
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = [
+    "close_iterable",
+    "path_of",
+    "prepare_request",
+    "read_body",
+    "request_view",
+    "respond",
+]
+
+
+def close_iterable(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def prepare_request(
+    environ: WSGIEnvironment, settings: Settings, values: list[bytes]
+) -> tuple[WSGIEnvironment, Identity, str] | Response:
+    """Check the key and body; return the environ with the buffered body, identity, fingerprint."""
+    key = read_key(values, settings)
+    if isinstance(key, Response):
+        return key
+    body = read_body(environ, settings)
+    if isinstance(body, Response):
+        return body
+    environ = {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
+    request = request_view(environ)
+    return environ, new_identity(settings, request, key), settings.fingerprint_of(request, body)
+
+
+def path_of(environ: WSGIEnvironment) -> str:
+    raw = (str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))).encode(
+        "latin-1"
+    )
+    return raw.decode("utf-8", "replace")
+
+
+def request_view(environ: WSGIEnvironment) -> RequestView:
+    headers = [
+        (name[5:].replace("_", "-").lower().encode(), value.encode("latin-1"))
+        for name, value in environ.items()
+        if name.startswith("HTTP_")
+    ]
+    if environ.get("CONTENT_TYPE"):
+        headers.append((b"content-type", environ["CONTENT_TYPE"].encode("latin-1")))
+    return RequestView(
+        method=environ["REQUEST_METHOD"],
+        path=path_of(environ),
+        query_string=environ.get("QUERY_STRING", "").encode("latin-1"),
+        headers=headers,
+        raw=environ,
+    )
+
+
+def read_body(environ: WSGIEnvironment, settings: Settings) -> bytes | Response:
+    """Return the whole request body, or the 413 problem."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    rejected = check_content_length(length.encode("latin-1"), settings)
+    if rejected is not None:
+        return rejected
+    stream = environ["wsgi.input"]
+    if length.isdigit():
+        return bytes(stream.read(int(length)))
+    if environ.get("wsgi.input_terminated"):
+        body = bytes(stream.read(settings.max_body_size + 1))
+        return too_large(settings) if len(body) > settings.max_body_size else body
+    return b""
+
+
+def respond(start_response: StartResponse, response: Response) -> list[bytes]:
+    start_response(
+        f"{response.status} {reason_phrase(response.status)}",
+        [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers],
+    )
+    return [response.body]

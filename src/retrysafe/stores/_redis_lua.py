@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
 from retrysafe._record import Identity, Record, State
-from retrysafe.stores.base import decode_part
+from retrysafe.stores.base import FENCED, decode_part
 
 __all__ = [
     "CHECKPOINT",
@@ -267,7 +267,7 @@ class KeySpace:
 
 def fenced_message() -> str:
     """Return the message of the `FencedError` raised to a caller that lost its claim."""
-    return "This claim no longer holds the key: its lease was taken over or the record ended."
+    return FENCED
 
 
 def record_from_fields(fields: Mapping[bytes, bytes], identity: Identity | None = None) -> Record:

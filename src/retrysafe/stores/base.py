@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 from retrysafe._clock import Clock
@@ -31,7 +31,9 @@ from retrysafe._errors import ConfigurationError
 from retrysafe._record import Claim, Identity, Record, State
 
 __all__ = [
+    "FENCED",
     "AsyncStore",
+    "Listing",
     "Store",
     "StoreStats",
     "decode_part",
@@ -40,6 +42,10 @@ __all__ = [
     "poll_delays",
     "query_options",
 ]
+
+
+FENCED: Final = "This claim no longer holds the key: its lease was taken over or the record ended."
+"""The message of the `FencedError` every store raises to a caller that lost its claim (B17)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,38 @@ class StoreStats:
     done: int
     bytes_stored: int
     oldest_in_flight_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What `list_records` asks for: live records matching every filter given, newest first.
+
+    Attributes:
+        namespace: only records in this namespace.
+        scope: only records in this scope.
+        state: only records in this state.
+        created_before: only records created before this time.
+        limit: the most records returned.
+    """
+
+    namespace: str | None = None
+    scope: str | None = None
+    state: State | None = None
+    created_before: float | None = None
+    limit: int = 100
+
+    def matches(self, record: Record) -> bool:
+        """Return whether `record` passes every filter (its retention is the caller's check)."""
+        return (
+            (self.namespace is None or record.identity.namespace == self.namespace)
+            and (self.scope is None or record.identity.scope == self.scope)
+            and (self.state is None or record.state is self.state)
+            and (self.created_before is None or record.created_at < self.created_before)
+        )
+
+    def newest(self, records: list[Record]) -> list[Record]:
+        """Return the `limit` most recently created of `records`."""
+        return sorted(records, key=lambda r: r.created_at, reverse=True)[: self.limit]
 
 
 @runtime_checkable

@@ -1,42 +1,36 @@
-"""The public constructors of transactional mode, one per driver, and the backend dispatch."""
+"""The public constructors of transactional mode, one per driver.
+
+Each returns a `Transaction` or an `AsyncTransaction` by the colour of the connection it is
+given; which backend drives a connection is decided in `_dispatch.py` (`sync_backend` and
+`async_backend`, re-exported here for the web faces).
+"""
 
 from __future__ import annotations
 
 import sqlite3
-import sys
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from retrysafe._clock import Clock
 from retrysafe._record import Identity
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._core import (
     DEFAULT_LEASE,
     DEFAULT_RETENTION,
-    AsyncBackend,
     AsyncTransaction,
-    Backend,
     Transaction,
 )
+from retrysafe.transactions._dispatch import async_backend, sync_backend
 from retrysafe.transactions._sqlite import SQLiteBackend
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
-
     import psycopg as pg
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
-    SyncConnection: TypeAlias = sqlite3.Connection | pg.Connection[Any] | Session
-    """A connection or session with a sync driver."""
-    AsyncConnection: TypeAlias = pg.AsyncConnection[Any] | AsyncSession
-    """A connection or session with an async driver."""
-
 __all__ = ["async_backend", "psycopg", "sqlalchemy", "sqlite", "sync_backend"]
 
 Row = TypeVar("Row")
-
-_SYNC = "sqlite3.Connection, psycopg.Connection or sqlalchemy.orm.Session"
-_ASYNC = "psycopg.AsyncConnection or sqlalchemy.ext.asyncio.AsyncSession"
 
 
 def sqlite(
@@ -128,25 +122,19 @@ def psycopg(
         retention: seconds the outcome is kept and replayed after the commit.
         clock: the time source (default: the system clock).
     """
-    from retrysafe.transactions._psycopg import (  # noqa: PLC0415 - psycopg is optional
-        AsyncPsycopgBackend,
-        PsycopgBackend,
+    if not (
+        drivers.is_psycopg_connection(connection) or drivers.is_async_psycopg_connection(connection)
+    ):
+        raise TypeError(f"Expected a psycopg Connection or AsyncConnection, not {connection!r}.")
+    return _transaction(
+        connection,
+        table,
+        identity=identity,
+        fingerprint=fingerprint,
+        lease=lease,
+        retention=retention,
+        clock=clock,
     )
-
-    settings: dict[str, Any] = {
-        "identity": identity,
-        "fingerprint": fingerprint,
-        "lease": lease,
-        "retention": retention,
-        "clock": clock,
-    }
-    import psycopg as driver  # noqa: PLC0415 - psycopg is optional
-
-    if isinstance(connection, driver.AsyncConnection):
-        return AsyncTransaction(AsyncPsycopgBackend(connection, table), **settings)
-    if isinstance(connection, driver.Connection):
-        return Transaction(PsycopgBackend(connection, table), **settings)
-    raise TypeError(f"Expected a psycopg Connection or AsyncConnection, not {connection!r}.")
 
 
 @overload
@@ -203,61 +191,23 @@ def sqlalchemy(
         retention: seconds the outcome is kept and replayed after the commit.
         clock: the time source (default: the system clock).
     """
-    from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415 - SQLAlchemy is optional
-
-    from retrysafe.transactions._sqlalchemy import (  # noqa: PLC0415
-        AsyncSessionBackend,
-        SessionBackend,
+    if not (drivers.is_session(session) or drivers.is_async_session(session)):
+        raise TypeError(f"Expected a SQLAlchemy Session or AsyncSession, not {session!r}.")
+    return _transaction(
+        session,
+        table,
+        identity=identity,
+        fingerprint=fingerprint,
+        lease=lease,
+        retention=retention,
+        clock=clock,
     )
 
-    settings: dict[str, Any] = {
-        "identity": identity,
-        "fingerprint": fingerprint,
-        "lease": lease,
-        "retention": retention,
-        "clock": clock,
-    }
-    if isinstance(session, AsyncSession):
-        return AsyncTransaction(AsyncSessionBackend(session, table), **settings)
-    return Transaction(SessionBackend(_session(session), table), **settings)
 
-
-def _session(value: object) -> Session:
-    from sqlalchemy.orm import Session  # noqa: PLC0415 - SQLAlchemy is optional
-
-    if not isinstance(value, Session):
-        raise TypeError(f"Expected a SQLAlchemy Session or AsyncSession, not {value!r}.")
-    return value
-
-
-def sync_backend(connection: SyncConnection, table: str) -> Backend:
-    """Return the backend for a sync connection or session."""
-    if isinstance(connection, sqlite3.Connection):
-        return SQLiteBackend(connection, table)
-    # A driver the caller uses is imported already; one it does not use is never imported.
-    driver = sys.modules.get("psycopg")
-    if driver is not None and isinstance(connection, driver.Connection):
-        from retrysafe.transactions._psycopg import PsycopgBackend  # noqa: PLC0415
-
-        return PsycopgBackend(connection, table)
-    orm = sys.modules.get("sqlalchemy.orm")
-    if orm is not None and isinstance(connection, orm.Session):
-        from retrysafe.transactions._sqlalchemy import SessionBackend  # noqa: PLC0415
-
-        return SessionBackend(connection, table)
-    raise TypeError(f"Expected a {_SYNC}, not {connection!r}.")
-
-
-def async_backend(connection: AsyncConnection, table: str) -> AsyncBackend:
-    """Return the backend for an async connection or session."""
-    driver = sys.modules.get("psycopg")
-    if driver is not None and isinstance(connection, driver.AsyncConnection):
-        from retrysafe.transactions._psycopg import AsyncPsycopgBackend  # noqa: PLC0415
-
-        return AsyncPsycopgBackend(connection, table)
-    asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")
-    if asyncio_ext is not None and isinstance(connection, asyncio_ext.AsyncSession):
-        from retrysafe.transactions._sqlalchemy import AsyncSessionBackend  # noqa: PLC0415
-
-        return AsyncSessionBackend(connection, table)
-    raise TypeError(f"Expected a {_ASYNC}, not {connection!r}.")
+def _transaction(connection: object, table: str, **settings: Any) -> Transaction | AsyncTransaction:
+    """Return the transaction of the connection's colour, on the backend of its driver."""
+    if drivers.is_async_connection(connection):
+        return AsyncTransaction(async_backend(connection, table), **settings)
+    if drivers.is_sync_connection(connection):
+        return Transaction(sync_backend(connection, table), **settings)
+    raise TypeError(f"Expected a connection or session of a supported driver, not {connection!r}.")

@@ -1,5 +1,9 @@
 """Transactional mode on a `sqlite3` connection, with the SQLite store's own statements.
 
+`sqlite3` has no async face, so this module is written sync, by hand: the record statements
+(`SQLiteRecords`), transaction control (`SQLiteBackend`) and the write helpers' executor
+(`SQLiteExecutor`).
+
 The claim reads the record and then writes it, so it must hold SQLite's write lock from before
 the read: a transaction this module opens is `BEGIN IMMEDIATE`; inside a transaction the
 caller opened (a savepoint), or one that SQLAlchemy opened, a write that changes nothing takes
@@ -12,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from retrysafe._record import Claim, Identity, Record
-from retrysafe.stores._sql import DEFAULT_TABLE, RecordTable, store_error
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.sqlite import RecordTable
+from retrysafe.stores._sql.sqlite_connection import store_error
+from retrysafe.transactions._write_sql import Row
 
-__all__ = ["SQLiteBackend", "SQLiteRecords"]
+__all__ = ["SQLiteBackend", "SQLiteExecutor", "SQLiteRecords"]
 
 T = TypeVar("T")
 
@@ -127,6 +134,26 @@ class SQLiteBackend(SQLiteRecords):
         if not commit:
             self.connection.execute(f'ROLLBACK TO SAVEPOINT "{savepoint}"')
         self.connection.execute(f'RELEASE SAVEPOINT "{savepoint}"')
+
+
+class SQLiteExecutor:
+    """The write helpers' statements on a `sqlite3` connection, in its open transaction."""
+
+    mark = "?"
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def rows(self, statement: str, params: Sequence[object]) -> list[Row]:
+        """Run `statement`; return its rows as dicts."""
+        cursor = self.connection.cursor()
+        cursor.row_factory = None  # tuples, whatever the connection's row factory
+        try:
+            cursor.execute(statement, tuple(params))
+            names = [column[0] for column in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
 
 
 @contextlib.contextmanager

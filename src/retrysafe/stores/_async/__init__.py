@@ -1,1 +1,1 @@
-"""Async store faces: the source the sync faces in `stores/_sync/` are generated from."""
+"""The store faces: hand-written async here, generated sync in `stores/_sync/`."""

@@ -1,45 +1,39 @@
 """The PostgreSQL store: production, shared by many app processes on many machines.
 
-Each primitive is one statement on the records table (`stores/_pg_sql.py`), so atomicity lives
-in PostgreSQL: `INSERT ... ON CONFLICT DO UPDATE ... WHERE` for claims, conditional `UPDATE` and
-`DELETE ... WHERE token = ...` for the holder's operations. Connections come from a psycopg pool
-that opens on first use; the table is created on first use too, or up front by `create_schema`.
-Waiters sleep on LISTEN/NOTIFY instead of polling; only records a waiter marked are notified.
+Each primitive is one statement on the records table, so atomicity lives in PostgreSQL:
+`INSERT ... ON CONFLICT DO UPDATE ... WHERE` for claims, conditional `UPDATE` and
+`DELETE ... WHERE token = ...` for the holder's operations. The statements and the primitives
+that run them are shared with transactional mode (`stores/_sql/postgres.py`,
+`postgres_records.py`); this module adds the pool, which opens on first use, the table, created
+on first use too or up front by `create_schema`, and waiting: waiters sleep on LISTEN/NOTIFY
+instead of polling, and only records a waiter marked are notified.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, TypeGuard
+from collections.abc import AsyncIterator
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
-from retrysafe._engine import may_take
-from retrysafe._errors import FencedError, StoreError
+from retrysafe._errors import StoreError
 from retrysafe._record import Claim, Identity, Record, State
-from retrysafe.stores import _pg_sql as pg
 from retrysafe.stores._async._common import poll_until_settled
-from retrysafe.stores.base import StoreStats, encode_part, new_token, poll_delays
+from retrysafe.stores._async.postgres_records import AsyncPostgresRecords
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.postgres import record_table
+from retrysafe.stores._sql.postgres_connection import PostgresOptions, parse_url, translate_errors
+from retrysafe.stores.base import Listing, StoreStats
 
 __all__ = ["AsyncPostgresStore"]
 
-# A claim that finds a conflicting row it may not take reads that row; if the row changed in
-# between (released, completed with no retention), the claim runs again, a bounded number of
-# times: each round means another client made progress.
-_CLAIM_ATTEMPTS = 8
-
 # How long a waiter tries for a pooled connection to LISTEN on before it polls instead.
 _LISTENER_WAIT = 0.25
-
-
-def _running(record: Record | None, now: float) -> TypeGuard[Record]:
-    """Return whether a waiter must go on: the record is in flight under a live lease."""
-    return record is not None and record.state is State.IN_FLIGHT and record.lease_expires_at > now
 
 
 class AsyncPostgresStore:
@@ -65,14 +59,14 @@ class AsyncPostgresStore:
         self,
         conninfo: str,
         *,
-        table: str = pg.DEFAULT_TABLE,
+        table: str = DEFAULT_TABLE,
         connect_timeout: float = 5.0,
         pool_min: int = 1,
         pool_max: int = 10,
         pool_timeout: float = 10.0,
         clock: Clock | None = None,
     ) -> None:
-        options = pg.PostgresOptions(
+        options = PostgresOptions(
             table=table,
             connect_timeout=connect_timeout,
             pool_min=pool_min,
@@ -80,7 +74,8 @@ class AsyncPostgresStore:
             pool_timeout=pool_timeout,
         )
         self.clock: Clock = clock or SystemClock()
-        self.table = pg.RecordTable.for_table(options.table)
+        self.table = record_table(options.table)
+        self._records = AsyncPostgresRecords(self.table)
         # Opened on first use, inside the running event loop (see `_ready`).
         self._pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
             conninfo,
@@ -107,7 +102,7 @@ class AsyncPostgresStore:
         `connect_timeout` (seconds, default 5), `pool_min` (1), `pool_max` (10), `pool_timeout`
         (seconds, default 10). Any other query parameter goes to libpq (`sslmode=require`).
         """
-        conninfo, options = pg.parse_url(url)
+        conninfo, options = parse_url(url)
         return cls(
             conninfo,
             table=options.table,
@@ -125,7 +120,7 @@ class AsyncPostgresStore:
         use when the table is missing; call it at deploy time when the application's database
         user may not create tables.
         """
-        with pg.translate_errors():
+        with translate_errors():
             await self._open_pool()
             async with self._pool.connection() as conn:
                 await self._create_schema_with(conn)
@@ -134,92 +129,57 @@ class AsyncPostgresStore:
     async def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
-        """Claim `identity` atomically, or return the existing record."""
-        params = pg.identity_params(identity)
-        params["fingerprint"] = encode_part(fingerprint)
-        with pg.translate_errors():
-            await self._ready()
-            async with self._pool.connection() as conn:
-                for _ in range(_CLAIM_ATTEMPTS):
-                    now = self.clock.now()
-                    params.update(
-                        token=new_token(),
-                        now=now,
-                        lease_expires_at=now + lease,
-                        expires_at=now + lease + retention,
-                    )
-                    cursor = await conn.execute(self.table.claim_or_get, params, binary=True)
-                    row = await cursor.fetchone()
-                    if row is None:
-                        continue  # the row that stopped the claim is newer than the snapshot
-                    record = pg.record_from_row(row)
-                    if row[-1]:
-                        return Claim(record, acquired=True, taken_over=row[-2])
-                    if not may_take(record, fingerprint, now):
-                        return Claim(record, acquired=False)
-        raise StoreError(f"The record kept changing during {_CLAIM_ATTEMPTS} claim attempts.")
+        """Claim `identity` atomically, or return the existing record (one round trip)."""
+        async with self._connection() as conn:
+            return await self._records.claim(
+                conn, identity, fingerprint, now=self.clock.now, lease=lease, retention=retention
+            )
 
     async def complete(
         self, identity: Identity, token: str, outcome: bytes, *, retention: float
     ) -> Record:
         """Store `outcome` and mark the record done; waiters are notified."""
         now = self.clock.now()
-        row = await self._held_row(
-            self.table.complete_lean,
-            identity,
-            token,
-            now,
-            outcome=outcome,
-            expires_at=now + retention,
-            channel=self.table.channel,
-        )
-        return pg.record_from_row((*row[:9], outcome, *row[10:]))  # not echoed: the caller's
+        async with self._connection() as conn:
+            return await self._records.complete(
+                conn, identity, token, outcome, now=now, retention=retention
+            )
 
     async def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record; waiters are notified."""
-        await self._held_row(
-            self.table.release, identity, token, self.clock.now(), channel=self.table.channel
-        )
+        now = self.clock.now()
+        async with self._connection() as conn:
+            await self._records.release(conn, identity, token, now=now)
 
     async def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease, and the retention deadline by as much."""
         now = self.clock.now()
-        row = await self._held_row(
-            self.table.renew, identity, token, now, lease_expires_at=now + lease
-        )
-        return pg.record_from_row(row)
+        async with self._connection() as conn:
+            return await self._records.renew(conn, identity, token, now=now, lease=lease)
 
     async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
         """Record the last committed phase."""
-        row = await self._held_row(
-            self.table.checkpoint,
-            identity,
-            token,
-            self.clock.now(),
-            recovery_point=encode_part(recovery_point),
-        )
-        return pg.record_from_row(row)
+        now = self.clock.now()
+        async with self._connection() as conn:
+            return await self._records.checkpoint(conn, identity, token, recovery_point, now=now)
 
     async def get(self, identity: Identity) -> Record | None:
         """Return the live record, or None."""
-        with pg.translate_errors():
-            await self._ready()
-            async with self._pool.connection() as conn:
-                return await self._read(conn, identity, self.clock.now())
+        async with self._connection() as conn:
+            return await self._records.get(conn, identity, now=self.clock.now())
 
     async def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state; waiters are notified."""
-        rows = await self._fetch(
-            self.table.delete, {"id": identity.digest(), "channel": self.table.channel}
-        )
-        return bool(rows)
+        async with self._connection() as conn:
+            return await self._records.delete(conn, identity)
 
     async def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention."""
         if limit <= 0:
             return 0
-        rows = await self._fetch(self.table.purge, {"now": self.clock.now(), "limit": limit})
-        return int(rows[0][0])
+        now = self.clock.now()
+        async with self._connection() as conn:
+            return await self._records.purge_expired(conn, now=now, limit=limit)
 
     async def list_records(
         self,
@@ -231,27 +191,16 @@ class AsyncPostgresStore:
         limit: int = 100,
     ) -> list[Record]:
         """Return live records matching every given filter, newest first."""
-        query, params = pg.list_query(
-            self.table,
-            now=self.clock.now(),
-            namespace=namespace,
-            scope=scope,
-            state=state,
-            created_before=created_before,
-            limit=limit,
-        )
-        return [pg.record_from_row(row) for row in await self._fetch(query, params)]
+        listing = Listing(namespace, scope, state, created_before, limit)
+        now = self.clock.now()
+        async with self._connection() as conn:
+            return await self._records.list_records(conn, listing, now=now)
 
     async def stats(self) -> StoreStats:
         """Return counts of live records."""
-        rows = await self._fetch(self.table.stats, {"now": self.clock.now()})
-        in_flight, done, bytes_stored, oldest = rows[0]
-        return StoreStats(
-            in_flight=in_flight,
-            done=done,
-            bytes_stored=int(bytes_stored),
-            oldest_in_flight_at=oldest,
-        )
+        now = self.clock.now()
+        async with self._connection() as conn:
+            return await self._records.stats(conn, now=now)
 
     async def wait(self, identity: Identity, *, timeout: float) -> Record | None:
         """Wait on LISTEN/NOTIFY until the record settles or `timeout` passes.
@@ -268,13 +217,14 @@ class AsyncPostgresStore:
             return await poll_until_settled(self, identity, max(0.0, deadline - monotonic()))
         clean = False
         try:
-            with pg.translate_errors():
-                record = await self._wait_listening(conn, identity, deadline)
-                await conn.execute(self.table.unlisten)
-                # Drop notifications that arrived before UNLISTEN, so the next user of this
-                # connection does not receive them.
-                async for _ in conn.notifies(timeout=0):
-                    pass
+            with translate_errors():
+                record = await self._records.wait(
+                    conn,
+                    identity,
+                    deadline=deadline,
+                    clock=self.clock,
+                    recheck=self._recheck_interval,
+                )
                 clean = True
             return record
         finally:
@@ -283,13 +233,13 @@ class AsyncPostgresStore:
             if not clean:
                 # It may still be listening, or mid-statement: never hand it to anyone else.
                 await conn.close()
-            with pg.translate_errors():
+            with translate_errors():
                 await self._pool.putconn(conn)
 
     async def aclose(self) -> None:
         """Close the pool and its connections."""
         self._closed = True
-        with pg.translate_errors():
+        with translate_errors():
             await self._pool.close()
 
     async def _open_pool(self) -> None:
@@ -305,65 +255,27 @@ class AsyncPostgresStore:
             return
         await self._open_pool()
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
-                self.table.table_exists, {"quoted": self.table.quoted_name()}
-            )
-            row = await cursor.fetchone()
             # Creating needs the CREATE privilege even when the table exists, so only try
             # when it, or a column this version added, is missing.
-            if row is None or not row[0]:
+            if not await self._records.exists(conn):
                 await self._create_schema_with(conn)
         self._schema_ready = True
 
     async def _create_schema_with(self, conn: AsyncConnection[TupleRow]) -> None:
-        # Concurrent CREATE TABLE IF NOT EXISTS can still fail on the catalog's unique indexes;
-        # the advisory lock makes first users take turns.
         async with conn.transaction():
-            await conn.execute(self.table.lock_schema, {"lock": self.table.schema_lock})
-            for statement in self.table.create_schema:
-                await conn.execute(statement)
+            await self._records.create_schema(conn)
 
-    async def _fetch(self, query: sql.Composed, params: dict[str, Any]) -> list[TupleRow]:
-        """Run one statement on a pooled connection and return its rows.
-
-        Rows come in PostgreSQL's binary format, as do every record read here: an outcome
-        arrives as its bytes rather than as hex text twice their size, decoded again.
-        """
-        with pg.translate_errors():
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
+        """Lend a pooled connection, the table ready; psycopg errors become store errors."""
+        with translate_errors():
             await self._ready()
             async with self._pool.connection() as conn:
-                cursor = await conn.execute(query, params, binary=True)
-                return await cursor.fetchall()
-
-    async def _held_row(
-        self,
-        query: sql.Composed,
-        identity: Identity,
-        token: str,
-        now: float,
-        **params: Any,
-    ) -> TupleRow:
-        """Run a statement that acts only for the token holder; no row means fenced."""
-        rows = await self._fetch(
-            query, {"id": identity.digest(), "token": token, "now": now, **params}
-        )
-        if not rows:
-            raise FencedError(
-                "This claim no longer holds the key: its lease was taken over or the record ended."
-            )
-        return rows[0]
-
-    async def _read(
-        self, conn: AsyncConnection[TupleRow], identity: Identity, now: float
-    ) -> Record | None:
-        params = {"id": identity.digest(), "now": now}
-        cursor = await conn.execute(self.table.get, params, binary=True)
-        row = await cursor.fetchone()
-        return None if row is None else pg.record_from_row(row)
+                yield conn
 
     async def _listener(self) -> AsyncConnection[TupleRow] | None:
         """Return a pooled connection to listen on, or None if none is free soon enough."""
-        with pg.translate_errors():
+        with translate_errors():
             await self._ready()
         with self._lock:
             if self._listeners >= self._max_listeners:
@@ -371,58 +283,10 @@ class AsyncPostgresStore:
             self._listeners += 1
         conn = None
         try:
-            with pg.translate_errors(), contextlib.suppress(PoolTimeout):
+            with translate_errors(), contextlib.suppress(PoolTimeout):
                 conn = await self._pool.getconn(timeout=_LISTENER_WAIT)
         finally:
             if conn is None:
                 with self._lock:
                     self._listeners -= 1
         return conn
-
-    async def _wait_listening(
-        self, conn: AsyncConnection[TupleRow], identity: Identity, deadline: float
-    ) -> Record | None:
-        """Listen, then read and mark the record watched; read again on a notification, at
-        lease expiry, or every `_recheck_interval` seconds.
-
-        Completions notify only for a watched record (see `_pg_sql._WATCH`). While no read has
-        managed to mark it (its row was locked at the time), the waiter polls with backoff.
-        At the deadline it returns the last record read.
-        """
-        digest = identity.digest()
-        await conn.execute(self.table.listen)
-        record, watched = await self._watch(conn, identity)
-        delays = poll_delays()
-        while _running(record, self.clock.now()):
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                return record
-            until_lease_ends = record.lease_expires_at - self.clock.now()
-            recheck = self._recheck_interval if watched else next(delays)
-            period = min(remaining, until_lease_ends, recheck)
-            if not await self._notified(conn, digest, period) and period >= remaining:
-                return record
-            record, watched = await self._watch(conn, identity)
-        return record
-
-    async def _watch(
-        self, conn: AsyncConnection[TupleRow], identity: Identity
-    ) -> tuple[Record | None, bool]:
-        """Read the live record, marking it watched; return it and whether it is watched."""
-        params = {"id": identity.digest(), "now": self.clock.now()}
-        cursor = await conn.execute(self.table.watch, params, binary=True)
-        row = await cursor.fetchone()
-        return (None, False) if row is None else (pg.record_from_row(row), bool(row[-1]))
-
-    async def _notified(self, conn: AsyncConnection[TupleRow], digest: str, seconds: float) -> bool:
-        """Wait up to `seconds` for a notification about record `digest`."""
-        end = monotonic() + seconds
-        while (left := end - monotonic()) > 0:
-            found = False
-            # stop_after=1 ends the generator on its own (no break), which releases the
-            # connection's lock at once; notifications about other records just loop.
-            async for notify in conn.notifies(timeout=left, stop_after=1):
-                found = found or notify.payload == digest
-            if found:
-                return True
-        return False

@@ -17,12 +17,19 @@ from retrysafe._concurrency import monotonic
 from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_lua as lua
-from retrysafe.stores.base import StoreStats, decode_part, encode_part, new_token, query_options
+from retrysafe.stores._async import redis_admin as admin
+from retrysafe.stores.base import (
+    Listing,
+    StoreStats,
+    decode_part,
+    encode_part,
+    new_token,
+    query_options,
+)
 
 __all__ = ["AsyncRedisStore"]
 
 _OPTIONS: dict[str, type] = {"prefix": str, "socket_timeout": float, "connect_timeout": float}
-_SCAN_COUNT = 1000
 
 
 class AsyncRedisStore:
@@ -219,32 +226,10 @@ class AsyncRedisStore:
     async def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention, SCANning in batches."""
         now = self.clock.now()
-        purged = 0
-        cursor = 0
         with lua.translate_errors():
-            while purged < limit:
-                cursor, keys = await self._redis.scan(
-                    cursor, match=self._keys.match, count=_SCAN_COUNT, _type="hash"
-                )
-                if keys:
-                    reads = self._redis.pipeline(transaction=False)
-                    for key in keys:
-                        reads.hget(key, "expires_at")
-                    expired = [
-                        key
-                        for key, expires_at in zip(keys, await reads.execute(), strict=True)
-                        if expires_at is not None and float(expires_at) <= now
-                    ][: limit - purged]
-                    if expired:
-                        # Deleted one by one by a script that checks again: a record claimed
-                        # anew since the read above is live and stays.
-                        deletes = self._redis.pipeline(transaction=False)
-                        for key in expired:
-                            await self._purge(keys=(key,), args=(now,), client=deletes)
-                        purged += sum(await deletes.execute())
-                if cursor == 0:
-                    break
-        return purged
+            return await admin.purge_expired(
+                self._redis, self._keys, self._purge, now=now, limit=limit
+            )
 
     async def list_records(
         self,
@@ -257,70 +242,19 @@ class AsyncRedisStore:
     ) -> list[Record]:
         """Return live records matching every given filter, newest first (SCAN: O(records))."""
         now = self.clock.now()
-        matching: list[Record] = []
-        cursor = 0
         with lua.translate_errors():
-            while True:
-                cursor, keys = await self._redis.scan(
-                    cursor, match=self._keys.match, count=_SCAN_COUNT, _type="hash"
-                )
-                if keys:
-                    reads = self._redis.pipeline(transaction=False)
-                    for key in keys:
-                        reads.hgetall(key)
-                    for fields in await reads.execute():
-                        if not fields:
-                            continue  # expired or deleted since the SCAN
-                        record = lua.record_from_fields(fields)
-                        if (
-                            record.expires_at > now
-                            and (namespace is None or record.identity.namespace == namespace)
-                            and (scope is None or record.identity.scope == scope)
-                            and (state is None or record.state is state)
-                            and (created_before is None or record.created_at < created_before)
-                        ):
-                            matching.append(record)
-                if cursor == 0:
-                    break
-        matching.sort(key=lambda r: r.created_at, reverse=True)
-        return matching[:limit]
+            return await admin.list_records(
+                self._redis,
+                self._keys,
+                Listing(namespace, scope, state, created_before, limit),
+                now=now,
+            )
 
     async def stats(self) -> StoreStats:
         """Return counts of live records (SCAN: O(records); outcomes are sized, not read)."""
         now = self.clock.now()
-        in_flight: list[float] = []
-        done = 0
-        bytes_stored = 0
-        cursor = 0
         with lua.translate_errors():
-            while True:
-                cursor, keys = await self._redis.scan(
-                    cursor, match=self._keys.match, count=_SCAN_COUNT, _type="hash"
-                )
-                if keys:
-                    reads = self._redis.pipeline(transaction=False)
-                    for key in keys:
-                        reads.hmget(key, ["state", "created_at", "expires_at"])
-                        reads.hstrlen(key, "outcome")
-                    replies = await reads.execute()
-                    for (state, created_at, expires_at), size in zip(
-                        replies[::2], replies[1::2], strict=True
-                    ):
-                        if expires_at is None or float(expires_at) <= now:
-                            continue
-                        bytes_stored += size
-                        if state == b"in_flight":
-                            in_flight.append(float(created_at))
-                        else:
-                            done += 1
-                if cursor == 0:
-                    break
-        return StoreStats(
-            in_flight=len(in_flight),
-            done=done,
-            bytes_stored=bytes_stored,
-            oldest_in_flight_at=min(in_flight, default=None),
-        )
+            return await admin.stats(self._redis, self._keys, now=now)
 
     async def wait(self, identity: Identity, *, timeout: float) -> Record | None:
         """Wait for the record's completion or release, announced on its pub/sub channel.

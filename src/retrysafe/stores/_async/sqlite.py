@@ -3,7 +3,8 @@
 Standard-library `sqlite3` in WAL mode. Each thread that uses the store gets its own connection,
 and every primitive is one transaction in the database file, so the guarantee holds across
 threads and across processes on one machine. The async face runs each blocking call in a worker
-thread; the sync face (generated) calls it inline. The SQL itself lives in `stores/_sql.py`.
+thread; the sync face (generated) calls it inline. The blocking half (connections, group commit)
+is `stores/_sql/sqlite_file.py`; the statements are `stores/_sql/sqlite.py`.
 """
 
 from __future__ import annotations
@@ -12,26 +13,19 @@ import functools
 import math
 import os
 import sqlite3
-import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, cast, get_args
+from typing import TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import AsyncThreadRunner
-from retrysafe._engine import may_take
-from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
+from retrysafe._errors import ConfigurationError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._async._common import poll_until_settled
-from retrysafe.stores._sql import (
-    DEFAULT_TABLE,
-    RecordTable,
-    Synchronous,
-    connect,
-    store_error,
-    write_transaction,
-)
-from retrysafe.stores.base import StoreStats, query_options
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.sqlite_connection import Synchronous, store_error
+from retrysafe.stores._sql.sqlite_file import Operation, SQLiteFile
+from retrysafe.stores.base import Listing, StoreStats, query_options
 
 __all__ = ["AsyncSQLiteStore"]
 
@@ -41,7 +35,7 @@ _URL_FORMS = "'sqlite:///relative/path.db' or 'sqlite:////absolute/path.db'"
 _OPTIONS: dict[str, type] = {"timeout": float, "table": str, "synchronous": str}
 
 
-class AsyncSQLiteStore:
+class AsyncSQLiteStore(SQLiteFile):
     """A store in one SQLite database file, shared by threads and processes on one machine.
 
     The table and its indexes are created on first use; `create_schema` creates them ahead of
@@ -80,23 +74,14 @@ class AsyncSQLiteStore:
             raise ConfigurationError(
                 f"SQLite synchronous must be 'full' or 'normal', not {synchronous!r}."
             )
-        self.clock: Clock = clock or SystemClock()
-        self.path = os.path.abspath(path)
-        self.table = RecordTable(table)
-        self.timeout = timeout
-        self.synchronous: Synchronous = synchronous
+        super().__init__(
+            os.path.abspath(path),
+            clock=clock or SystemClock(),
+            table=table,
+            timeout=timeout,
+            synchronous=synchronous,
+        )
         self._runner = AsyncThreadRunner()
-        self._local = threading.local()
-        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._inherited: list[sqlite3.Connection] = []
-        self._closed = False
-        self._schema_lock = threading.Lock()
-        self._schema_ready = False
-        self._write_lock = threading.Lock()
-        self._queue: list[_Write[Any]] = []  # writes waiting for the next commit
-        self._queue_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> AsyncSQLiteStore:
@@ -208,16 +193,9 @@ class AsyncSQLiteStore:
         limit: int = 100,
     ) -> list[Record]:
         """Return live records matching every given filter, newest first."""
+        listing = Listing(namespace, scope, state, created_before, limit)
         return await self._read(
-            lambda connection, now: self.table.list_records(
-                connection,
-                now=now,
-                namespace=namespace,
-                scope=scope,
-                state=state,
-                created_before=created_before,
-                limit=limit,
-            )
+            lambda connection, now: self.table.list_records(connection, listing, now=now)
         )
 
     async def stats(self) -> StoreStats:
@@ -230,17 +208,12 @@ class AsyncSQLiteStore:
 
     async def aclose(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
-        with self._lock:
-            self._closed = True
-            connections = list(self._connections.values())
-            self._connections.clear()
-        for connection in connections:
-            connection.close()
+        self._close_connections()
 
-    async def _write(self, operation: Callable[[sqlite3.Connection, float], T]) -> T:
+    async def _write(self, operation: Operation[T]) -> T:
         return await self._run(functools.partial(self._execute, operation, write=True))
 
-    async def _read(self, operation: Callable[[sqlite3.Connection, float], T]) -> T:
+    async def _read(self, operation: Operation[T]) -> T:
         return await self._run(functools.partial(self._execute, operation, write=False))
 
     async def _run(self, call: Callable[[], T]) -> T:
@@ -249,181 +222,3 @@ class AsyncSQLiteStore:
             return await self._runner.run(call)
         except sqlite3.Error as error:
             raise store_error(error, self.path) from error
-
-    def _claim(
-        self, identity: Identity, fingerprint: str, *, lease: float, retention: float
-    ) -> Claim:
-        """Answer from a done record read without the write lock, or claim under it.
-
-        A replay (or a mismatch against a completed request) is a plain read, so it neither
-        waits for the writers nor makes them wait: see `RecordTable.done` for why that is safe.
-        The time is read after the record, and a record past its retention goes to the locked
-        claim like any other case.
-        """
-        connection = self._connection()
-        if not self._schema_ready:
-            self._create_schema(first_use=True)
-        done = self.table.done(connection, identity)
-        if done is not None and not may_take(done, fingerprint, self.clock.now()):
-            return Claim(done, acquired=False)
-        return self._execute(
-            lambda connection, now: self.table.claim(
-                connection, identity, fingerprint, now=now, lease=lease, retention=retention
-            ),
-            write=True,
-        )
-
-    def _execute(self, operation: Callable[[sqlite3.Connection, float], T], *, write: bool) -> T:
-        """Run `operation` on this thread's connection, in a write transaction if `write`.
-
-        The time is read once the transaction holds the write lock, so a claim that waited for
-        another writer decides with the time it acts at. Within this process, writes queue,
-        and the thread that takes the write lock commits every queued write at once
-        (`_commit_queued`): threads waiting in SQLite's busy handler would sleep in coarse
-        steps (up to 100 ms) and wake late, while the lock hands over at once; the busy
-        timeout still arbitrates with other processes.
-        """
-        connection = self._connection()
-        if not self._schema_ready:
-            self._create_schema(first_use=True)
-        if not write:
-            return operation(connection, self.clock.now())
-        write_ = _Write(operation)
-        with self._queue_lock:
-            self._queue.append(write_)
-        if not self._write_lock.acquire(timeout=self.timeout):
-            with self._queue_lock:
-                if write_ in self._queue:  # no committer took it: it never ran
-                    self._queue.remove(write_)
-                    raise StoreUnavailableError(
-                        f"SQLite store {self.path!r} is unavailable: this process's other"
-                        f" writers held it past the busy timeout ({self.timeout} s)."
-                    )
-            # A committer is running it right now: its outcome is this call's, so wait for it.
-            self._write_lock.acquire()
-        try:
-            if not write_.done:  # no committer took it while this thread waited: commit now
-                self._commit_queued(connection)
-        finally:
-            self._write_lock.release()
-        return write_.outcome()
-
-    def _commit_queued(self, connection: sqlite3.Connection) -> None:
-        """Run every queued write in one transaction, each in its own savepoint; commit once.
-
-        Group commit: the threads that queued while the previous transaction ran share one
-        commit (one sync to disk), and each write stays atomic and isolated as if it ran alone.
-        Writes run one after the other, each on the state the previous ones left, and read the
-        time when they run; a write that raises is rolled back to its savepoint and gets its own
-        error while the others go on. Results are handed back only after the commit; if the
-        transaction fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it
-        back), every write that had not failed on its own gets that error, and none took effect.
-        Call with the write lock held.
-        """
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        alone = len(batch) == 1
-        try:
-            with write_transaction(connection):
-                for write_ in batch:
-                    write_.run(connection, self.clock.now(), savepoint=not alone)
-        except BaseException as error:
-            for write_ in batch:
-                if write_.error is None:
-                    write_.result = None
-                    write_.error = error
-            if not isinstance(error, Exception):
-                raise
-        finally:
-            for write_ in batch:
-                write_.done = True
-
-    def _create_schema(self, *, first_use: bool = False) -> None:
-        # On first use, one thread of this store creates the schema while the others wait on
-        # this lock rather than on the database's. Other processes racing it are harmless:
-        # CREATE ... IF NOT EXISTS in a write transaction.
-        connection = self._connection()
-        with self._schema_lock:
-            if first_use and self._schema_ready:
-                return
-            with write_transaction(connection):
-                self.table.create_schema(connection)
-            self._schema_ready = True
-
-    def _connection(self) -> sqlite3.Connection:
-        """Return the calling thread's connection, opening it on first use."""
-        if self._closed:
-            raise StoreError(f"SQLite store {self.path!r} is closed.")
-        if self._pid != os.getpid():
-            self._forget_inherited()
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = connect(self.path, timeout=self.timeout, synchronous=self.synchronous)
-            self._register(connection)
-            self._local.connection = connection
-        return connection
-
-    def _register(self, connection: sqlite3.Connection) -> None:
-        """Track `connection` for `aclose`, closing those of threads that have ended."""
-        with self._lock:
-            if self._closed:
-                connection.close()
-                raise StoreError(f"SQLite store {self.path!r} is closed.")
-            ended = [thread for thread in self._connections if not thread.is_alive()]
-            for thread in ended:
-                self._connections.pop(thread).close()
-            self._connections[threading.current_thread()] = connection
-
-    def _forget_inherited(self) -> None:
-        """In a forked child, set the parent's connections aside and open new ones.
-
-        SQLite forbids using a connection across fork(), and closing one in the child could
-        disturb the parent's locks or WAL; so they are kept, unused and unclosed, for the life
-        of this process. The child then opens its own connections as any new thread does.
-        """
-        self._lock = threading.Lock()  # the parent's may have been held by another thread
-        self._write_lock = threading.Lock()
-        self._queue = []
-        self._queue_lock = threading.Lock()
-        self._inherited.extend(self._connections.values())
-        self._connections = {}
-        self._local = threading.local()
-        self._pid = os.getpid()
-
-
-class _Write(Generic[T]):
-    """One write primitive waiting for a commit: its operation, then its result or error."""
-
-    __slots__ = ("done", "error", "operation", "result")
-
-    def __init__(self, operation: Callable[[sqlite3.Connection, float], T]) -> None:
-        self.operation = operation
-        self.done = False
-        self.result: T | None = None
-        self.error: BaseException | None = None
-
-    def run(self, connection: sqlite3.Connection, now: float, *, savepoint: bool) -> None:
-        """Run the operation in the open transaction; in a savepoint if others share it.
-
-        Without a savepoint an error propagates (it rolls the transaction back, and this write
-        is alone in it). With one, the error is this write's own and its changes are undone,
-        unless SQLite has rolled back the whole transaction: then the batch fails with it.
-        """
-        if not savepoint:
-            self.result = self.operation(connection, now)
-            return
-        connection.execute("SAVEPOINT retrysafe_write")
-        try:
-            self.result = self.operation(connection, now)
-        except Exception as error:
-            if not connection.in_transaction:
-                raise
-            self.error = error
-            connection.execute("ROLLBACK TO retrysafe_write")
-        connection.execute("RELEASE retrysafe_write")
-
-    def outcome(self) -> T:
-        """Return the result, or raise the error, once committed."""
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.result)

@@ -1,4 +1,6 @@
 # Generated from stores/_async/_common.py by scripts/unasync.py; edit the source, not this.
+# ruff: noqa
+# fmt: off
 """Shared behaviour of the async stores, generated into the sync faces."""
 
 from __future__ import annotations

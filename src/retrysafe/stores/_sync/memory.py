@@ -1,4 +1,6 @@
 # Generated from stores/_async/memory.py by scripts/unasync.py; edit the source, not this.
+# ruff: noqa
+# fmt: off
 """The in-memory store: one process, no set-up; for tests and single-process apps."""
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._sync._common import poll_until_settled
-from retrysafe.stores.base import StoreStats, new_token
+from retrysafe.stores.base import FENCED, Listing, StoreStats, new_token
 
 __all__ = ["MemoryStore"]
 
@@ -178,19 +180,11 @@ class MemoryStore:
         limit: int = 100,
     ) -> list[Record]:
         """Return live records matching every given filter, newest first."""
+        listing = Listing(namespace, scope, state, created_before, limit)
         with self._lock:
             now = self.clock.now()
             live = [_thaw(k, row) for k, row in self._records.items() if row[_EXPIRES_AT] > now]
-            matching = [
-                r
-                for r in live
-                if (namespace is None or r.identity.namespace == namespace)
-                and (scope is None or r.identity.scope == scope)
-                and (state is None or r.state is state)
-                and (created_before is None or r.created_at < created_before)
-            ]
-        matching.sort(key=lambda r: r.created_at, reverse=True)
-        return matching[:limit]
+        return listing.newest([r for r in live if listing.matches(r)])
 
     def stats(self) -> StoreStats:
         """Return counts of live records."""
@@ -225,7 +219,5 @@ class MemoryStore:
     def _held(self, identity: Identity, token: str, now: float) -> Record:
         record = self._live(identity, now)
         if record is None or record.token != token or record.state is not State.IN_FLIGHT:
-            raise FencedError(
-                "This claim no longer holds the key: its lease was taken over or the record ended."
-            )
+            raise FencedError(FENCED)
         return record

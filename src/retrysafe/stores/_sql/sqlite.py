@@ -1,10 +1,10 @@
 """The SQLite records table: its statements, row conversion, and the primitives built on them.
 
 Everything here is synchronous and takes an open `sqlite3.Connection`; both faces of the SQLite
-store (`stores/_async/sqlite.py` and its generated sync twin) share it. No primitive here runs
-BEGIN or COMMIT: the store wraps each call in `write_transaction`, and the transactional mode
-runs the same calls inside the user's own transaction, so the idempotency record commits with
-the business writes.
+store (through `sqlite_file.py`) and the transactional mode on `sqlite3` share it. No primitive
+here runs BEGIN or COMMIT: the store wraps each call in `write_transaction`, and the
+transactional mode runs the same calls inside the user's own transaction, so the idempotency
+record commits with the business writes.
 
 Identity parts, the fingerprint and the recovery point are stored as BLOBs through
 `encode_part`, so any string round-trips (NUL, non-ASCII, lone surrogates); the primary key is
@@ -13,42 +13,26 @@ Identity parts, the fingerprint and the recovery point are stored as BLOBs throu
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import re
 import sqlite3
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from retrysafe._engine import may_take
-from retrysafe._errors import ConfigurationError, FencedError, StoreError, StoreUnavailableError
+from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe._record import Claim, Identity, Record, State
-from retrysafe.stores.base import StoreStats, decode_part, encode_part, new_token
+from retrysafe.stores._sql import DEFAULT_TABLE, RECORD_COLUMNS, record_from_columns
+from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part, new_token
 
-__all__ = [
-    "DEFAULT_TABLE",
-    "RecordTable",
-    "Synchronous",
-    "connect",
-    "store_error",
-    "write_transaction",
-]
-
-DEFAULT_TABLE: Final = "retrysafe_records"
-
-Synchronous = Literal["full", "normal"]
+__all__ = ["RecordTable"]
 
 # A table name is spliced into the statements (SQL cannot bind identifiers), so it is checked
 # against this pattern first; the indexes' names derive from it.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 
-_COLUMNS: Final = (
-    "id, namespace, scope, key, fingerprint, state, token,"
-    " created_at, lease_expires_at, expires_at, outcome, recovery_point"
-)
+_COLUMNS: Final = ", ".join(("id", *RECORD_COLUMNS))
 # The condition of every token-checked statement: the caller holds a live in-flight record.
 _HELD: Final = "id = :id AND token = :token AND state = 'in_flight' AND expires_at > :now"
 
@@ -114,8 +98,6 @@ SELECT
     MIN(CASE WHEN state = 'in_flight' THEN created_at END)
 FROM "{table}" WHERE expires_at > ?"""
 
-_FENCED = "This claim no longer holds the key: its lease was taken over or the record ended."
-
 Row = tuple[Any, ...]
 
 
@@ -140,19 +122,7 @@ def record_to_row(record: Record) -> Row:
 
 def row_to_record(row: Row) -> Record:
     """Return the record stored in `row` (columns in `_COLUMNS` order)."""
-    namespace, scope, key, fingerprint, state, token = row[1:7]
-    created_at, lease_expires_at, expires_at, outcome, recovery_point = row[7:12]
-    return Record(
-        identity=Identity(decode_part(namespace), decode_part(scope), decode_part(key)),
-        fingerprint=decode_part(fingerprint),
-        state=State(state),
-        token=token,
-        created_at=created_at,
-        lease_expires_at=lease_expires_at,
-        expires_at=expires_at,
-        outcome=None if outcome is None else bytes(outcome),
-        recovery_point=None if recovery_point is None else decode_part(recovery_point),
-    )
+    return record_from_columns(row[1:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,31 +266,23 @@ class RecordTable:
         return connection.execute(self._sql(PURGE_EXPIRED), (now, limit)).rowcount
 
     def list_records(
-        self,
-        connection: sqlite3.Connection,
-        *,
-        now: float,
-        namespace: str | None = None,
-        scope: str | None = None,
-        state: State | None = None,
-        created_before: float | None = None,
-        limit: int = 100,
+        self, connection: sqlite3.Connection, listing: Listing, *, now: float
     ) -> list[Record]:
-        """Return live records matching every given filter, newest first, at most `limit`."""
-        values: dict[str, object] = {"now": now, "limit": limit}
+        """Return the live records `listing` asks for, newest first."""
+        values: dict[str, object] = {"now": now, "limit": listing.limit}
         filters = ""
-        if namespace is not None:
+        if listing.namespace is not None:
             filters += " AND namespace = :namespace"
-            values["namespace"] = encode_part(namespace)
-        if scope is not None:
+            values["namespace"] = encode_part(listing.namespace)
+        if listing.scope is not None:
             filters += " AND scope = :scope"
-            values["scope"] = encode_part(scope)
-        if state is not None:
+            values["scope"] = encode_part(listing.scope)
+        if listing.state is not None:
             filters += " AND state = :state"
-            values["state"] = state.value
-        if created_before is not None:
+            values["state"] = listing.state.value
+        if listing.created_before is not None:
             filters += " AND created_at < :created_before"
-            values["created_before"] = created_before
+            values["created_before"] = listing.created_before
         rows = connection.execute(self._sql(LIST, filters), values)
         return [row_to_record(row) for row in rows]
 
@@ -343,7 +305,7 @@ class RecordTable:
     ) -> None:
         held = {"id": identity.digest(), "token": token, "now": now}
         if connection.execute(self._sql(template), {**held, **values}).rowcount == 0:
-            raise FencedError(_FENCED)
+            raise FencedError(FENCED)
 
     def _update_held(
         self,
@@ -364,91 +326,3 @@ class RecordTable:
 def _render(template: str, table: str, filters: str) -> str:
     """Return a statement template filled in; each is rendered once, not at every execution."""
     return template.format(table=table, columns=_COLUMNS, held=_HELD, filters=filters)
-
-
-def connect(path: str, *, timeout: float, synchronous: Synchronous) -> sqlite3.Connection:
-    """Open `path` the way the store uses it: WAL, the chosen durability, a busy timeout.
-
-    The connection is in autocommit mode (`isolation_level=None`): transactions are explicit
-    (`write_transaction`). It may be closed from another thread than the one that uses it, so
-    the store can close every thread's connection at once.
-    """
-    connection = sqlite3.connect(
-        path, timeout=timeout, isolation_level=None, check_same_thread=False
-    )
-    try:
-        # WAL lets readers run while one writer commits, and lets processes on one machine
-        # share the file. The setting is stored in the file; on a filesystem that cannot hold
-        # the WAL index, SQLite keeps its rollback journal, which is slower but still correct.
-        _set_wal(connection, timeout)
-        # Durability is a choice per connection. FULL (the default) syncs the WAL at every
-        # commit, so an acknowledged claim or outcome survives a power loss or OS crash. NORMAL
-        # syncs only at checkpoints: it survives an application crash, but a power loss can
-        # roll back the last commits, and a lost claim or outcome lets a retry run the effect
-        # again (a second charge). Use NORMAL only where that is acceptable.
-        connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-def _set_wal(connection: sqlite3.Connection, timeout: float) -> None:
-    """Put the database in WAL mode, retrying within `timeout` while it is busy.
-
-    While another connection switches a new database to WAL (or recovers its WAL), the pragma
-    fails with SQLITE_BUSY at once, without the busy handler: many threads opening their first
-    connection together would fail, so it is retried briefly.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            connection.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as error:
-            code = getattr(error, "sqlite_errorcode", -1) & 0xFF
-            if code != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.001)
-        else:
-            return
-
-
-@contextlib.contextmanager
-def write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """Run the block in one write transaction: BEGIN IMMEDIATE, COMMIT, or ROLLBACK on error.
-
-    IMMEDIATE takes the database's write lock before the first read (waiting up to the busy
-    timeout), so a read followed by a write cannot interleave with another writer's.
-    """
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
-# SQLite's primary result codes that mean "the database cannot be used right now", not "the
-# request was wrong": locked past the busy timeout, the file cannot be opened or written.
-_UNAVAILABLE = {
-    sqlite3.SQLITE_PERM: "permission denied",
-    sqlite3.SQLITE_BUSY: "the database stayed locked past the busy timeout",
-    sqlite3.SQLITE_LOCKED: "a table stayed locked",
-    sqlite3.SQLITE_READONLY: "the database is read-only",
-    sqlite3.SQLITE_CANTOPEN: "the database file cannot be opened",
-}
-
-
-def store_error(error: sqlite3.Error, path: str) -> StoreError:
-    """Return the retrysafe error for a sqlite3 error raised on the database at `path`."""
-    # sqlite_errorcode may be an extended code (SQLITE_BUSY_SNAPSHOT); its low byte is primary.
-    code = getattr(error, "sqlite_errorcode", -1) & 0xFF
-    reason = _UNAVAILABLE.get(code)
-    directory = os.path.dirname(path)
-    if code == sqlite3.SQLITE_CANTOPEN and not os.path.isdir(directory):
-        reason = f"{directory!r} is not a directory that exists (retrysafe does not create it)"
-    if reason is not None:
-        return StoreUnavailableError(f"SQLite store {path!r} is unavailable: {reason} ({error}).")
-    return StoreError(f"SQLite store {path!r} failed: {error}.")

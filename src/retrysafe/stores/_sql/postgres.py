@@ -1,0 +1,225 @@
+"""The PostgreSQL records table: its statements rendered for one table, and its rows.
+
+Shared by both faces of the PostgreSQL store and by the transactional mode, which all run these
+statements through `stores/_async/postgres_records.py` (and its generated sync twin). Nothing
+here does I/O.
+
+Identity parts, the fingerprint and the recovery point are stored as BYTEA through
+`encode_part` (PostgreSQL text cannot hold NUL), so any string round-trips; the primary key is
+`Identity.digest()`. Times are double precision seconds from the caller's clock, passed in as
+parameters and never read from the database's `now()`, so an injected clock rules everywhere.
+The table name is the one identifier spliced into the statements: it is validated, then quoted
+with `psycopg.sql.Identifier`; every value is a bound parameter (B34).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from psycopg import sql
+
+from retrysafe._errors import ConfigurationError
+from retrysafe._record import Identity, Record
+from retrysafe.stores._sql import RECORD_COLUMNS, record_from_columns
+from retrysafe.stores._sql import postgres_statements as text
+from retrysafe.stores.base import Listing, encode_part, new_token
+
+__all__ = [
+    "RecordTable",
+    "claim_params",
+    "identity_params",
+    "list_query",
+    "record_from_row",
+    "record_table",
+    "validate_table",
+]
+
+# PostgreSQL identifiers are at most 63 bytes; longer ones are silently truncated, which could
+# merge two tables' indexes or channels, so the table name is refused instead.
+_TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_MAX_IDENTIFIER: Final = 63
+
+
+def validate_table(name: str) -> str:
+    """Return `name` if it is a safe, untruncated table name; raise ConfigurationError if not."""
+    if not _TABLE_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"Invalid table name {name!r}: use 1 to 63 ASCII letters, digits and underscores, "
+            "not starting with a digit."
+        )
+    return name
+
+
+def _derived_name(table: str, suffix: str) -> str:
+    """Return `{table}_{suffix}`, shortened with a hash when it would pass 63 bytes."""
+    name = f"{table}_{suffix}"
+    if len(name) <= _MAX_IDENTIFIER:
+        return name
+    tag = hashlib.sha256(table.encode()).hexdigest()[:8]
+    keep = _MAX_IDENTIFIER - len(suffix) - len(tag) - 2
+    return f"{table[:keep]}_{tag}_{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordTable:
+    """Every statement on one records table, rendered once with the table name quoted.
+
+    Statements take named parameters; `record_from_row` reads the record columns they return,
+    in `RECORD_COLUMNS` order.
+
+    Attributes:
+        name: the table name.
+        channel: the LISTEN/NOTIFY channel on which completions, releases and deletes of a
+            watched record announce its id.
+        schema_lock: the advisory lock key that serializes schema creation on this table.
+    """
+
+    name: str
+    channel: str
+    schema_lock: int
+    table_exists: sql.Composed
+    lock_schema: sql.Composed
+    create_schema: tuple[sql.Composed, ...]
+    claim: sql.Composed
+    claim_or_get: sql.Composed
+    get: sql.Composed
+    watch: sql.Composed
+    complete: sql.Composed
+    complete_lean: sql.Composed
+    release: sql.Composed
+    renew: sql.Composed
+    checkpoint: sql.Composed
+    delete: sql.Composed
+    purge: sql.Composed
+    stats: sql.Composed
+    listen: sql.Composed
+    unlisten: sql.Composed
+    columns: sql.Composed
+
+    @classmethod
+    def for_table(cls, name: str) -> RecordTable:
+        """Compose the statements for table `name` (validated first)."""
+        validate_table(name)
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in RECORD_COLUMNS)
+        # The record without its outcome, for a caller that has the outcome already: echoing a
+        # large outcome back costs about as much as sending it.
+        lean = sql.SQL(", ").join(
+            sql.SQL("NULL::bytea") if c == "outcome" else sql.Identifier(c) for c in RECORD_COLUMNS
+        )
+        fields = {"table": sql.Identifier(name), "columns": columns, "held": sql.SQL(text.HELD)}
+
+        def compose(template: str, **extra: sql.Composable) -> sql.Composed:
+            # Rendered to text once, here: psycopg renders a Composed of many parts again at
+            # every execution (15 to 30 us of CPU a statement). The only identifiers are
+            # validated ASCII names, so their quoting needs no connection.
+            rendered = sql.SQL(template).format(**fields, **extra).as_string()
+            return sql.Composed([sql.SQL(rendered)])
+
+        channel = _derived_name(name, "settled")
+        digest = hashlib.sha256(f"retrysafe-schema:{name}".encode()).digest()
+        return cls(
+            name=name,
+            channel=channel,
+            schema_lock=int.from_bytes(digest[:8], "big", signed=True),
+            table_exists=compose(text.TABLE_EXISTS),
+            lock_schema=compose("SELECT pg_advisory_xact_lock(%(lock)s)"),
+            create_schema=(
+                compose(text.CREATE_TABLE),
+                compose(text.ADD_WATCHED, regclass=sql.Literal(f'"{name}"')),
+                compose(
+                    "CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at)",
+                    index=sql.Identifier(_derived_name(name, "expires_at")),
+                ),
+                compose(
+                    "CREATE INDEX IF NOT EXISTS {index} ON {table} (created_at)",
+                    index=sql.Identifier(_derived_name(name, "created_at")),
+                ),
+            ),
+            claim=compose(text.CLAIM),
+            claim_or_get=compose(text.CLAIM_OR_GET, claim=sql.SQL(text.CLAIM).format(**fields)),
+            get=compose(text.GET),
+            watch=compose(text.WATCH),
+            complete=compose(text.COMPLETE, selected=columns),
+            complete_lean=compose(text.COMPLETE, selected=lean),
+            release=compose(text.RELEASE),
+            renew=compose(text.RENEW),
+            checkpoint=compose(text.CHECKPOINT),
+            delete=compose(text.DELETE),
+            purge=compose(text.PURGE),
+            stats=compose(text.STATS),
+            listen=compose("LISTEN {channel}", channel=sql.Identifier(channel)),
+            unlisten=compose("UNLISTEN {channel}", channel=sql.Identifier(channel)),
+            columns=columns,
+        )
+
+    def quoted_name(self) -> str:
+        """Return the table name quoted for `to_regclass` (safe: the name was validated)."""
+        return f'"{self.name}"'
+
+
+@functools.lru_cache(maxsize=64)
+def record_table(name: str) -> RecordTable:
+    """Return the statements for table `name`, composed once per process and table."""
+    return RecordTable.for_table(name)
+
+
+def list_query(
+    table: RecordTable, listing: Listing, *, now: float
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """Return the listing statement and its parameters: live records, newest first."""
+    conditions = [sql.SQL("expires_at > %(now)s")]
+    params: dict[str, Any] = {"now": now, "limit": max(0, listing.limit)}
+    if listing.namespace is not None:
+        conditions.append(sql.SQL("namespace = %(namespace)s"))
+        params["namespace"] = encode_part(listing.namespace)
+    if listing.scope is not None:
+        conditions.append(sql.SQL("scope = %(scope)s"))
+        params["scope"] = encode_part(listing.scope)
+    if listing.state is not None:
+        conditions.append(sql.SQL("state = %(state)s"))
+        params["state"] = listing.state.value
+    if listing.created_before is not None:
+        conditions.append(sql.SQL("created_at < %(created_before)s"))
+        params["created_before"] = listing.created_before
+    query = sql.SQL(
+        "SELECT {columns} FROM {table} WHERE {where} ORDER BY created_at DESC, id LIMIT %(limit)s"
+    ).format(
+        columns=table.columns,
+        table=sql.Identifier(table.name),
+        where=sql.SQL(" AND ").join(conditions),
+    )
+    return query, params
+
+
+def record_from_row(row: Sequence[Any]) -> Record:
+    """Build a Record from the first columns of a row, in `RECORD_COLUMNS` order."""
+    return record_from_columns(row[: len(RECORD_COLUMNS)])
+
+
+def identity_params(identity: Identity) -> dict[str, Any]:
+    """Return the identity's primary key and stored parts as statement parameters."""
+    return {
+        "id": identity.digest(),
+        "namespace": encode_part(identity.namespace),
+        "scope": encode_part(identity.scope),
+        "key": encode_part(identity.key),
+    }
+
+
+def claim_params(
+    identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
+) -> dict[str, Any]:
+    """Return the parameters of one claim attempt at `now`, with a fresh fencing token."""
+    return {
+        **identity_params(identity),
+        "fingerprint": encode_part(fingerprint),
+        "token": new_token(),
+        "now": now,
+        "lease_expires_at": now + lease,
+        "expires_at": now + lease + retention,
+    }

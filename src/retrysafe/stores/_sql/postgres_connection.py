@@ -1,0 +1,115 @@
+"""How the PostgreSQL store reaches its server: the options of a store URL, and error mapping.
+
+`parse_url` splits a `postgresql://` URL into the libpq conninfo and the store's own options;
+`store_error` and `translate_errors` turn psycopg errors into retrysafe's, so no driver
+exception leaves the store. Transactional mode maps errors on the caller's connection with
+`store_error` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+
+from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.postgres import validate_table
+from retrysafe.stores.base import query_options
+
+__all__ = ["PostgresOptions", "parse_url", "store_error", "translate_errors"]
+
+# SQLSTATE classes that mean "the server is not there for us right now": connection exceptions,
+# insufficient resources (too many connections), operator intervention (shutdown, cancel).
+_UNAVAILABLE_CLASSES: Final = frozenset({"08", "53", "57"})
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresOptions:
+    """What a `postgresql://` URL configures besides the connection itself.
+
+    Attributes:
+        table: the records table.
+        connect_timeout: seconds to wait for a new connection.
+        pool_min: connections kept open.
+        pool_max: the most connections the pool opens.
+        pool_timeout: seconds to wait for a pooled connection before the store is unavailable.
+    """
+
+    table: str = DEFAULT_TABLE
+    connect_timeout: float = 5.0
+    pool_min: int = 1
+    pool_max: int = 10
+    pool_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        """Refuse values the pool or the server would fail on later, less clearly."""
+        validate_table(self.table)
+        if self.connect_timeout <= 0 or self.pool_timeout <= 0:
+            raise ConfigurationError("connect_timeout and pool_timeout must be positive seconds.")
+        if self.pool_min < 0 or self.pool_max < 1 or self.pool_min > self.pool_max:
+            raise ConfigurationError(
+                f"Need 0 <= pool_min <= pool_max and pool_max >= 1, "
+                f"not pool_min={self.pool_min}, pool_max={self.pool_max}."
+            )
+
+    @property
+    def connect_timeout_seconds(self) -> int:
+        """Return `connect_timeout` as libpq takes it: whole seconds (libpq waits at least 2)."""
+        return max(1, math.ceil(self.connect_timeout))
+
+
+_OPTION_TYPES: Final[dict[str, type]] = {
+    "table": str,
+    "connect_timeout": float,
+    "pool_min": int,
+    "pool_max": int,
+    "pool_timeout": float,
+}
+
+
+def parse_url(url: str) -> tuple[str, PostgresOptions]:
+    """Split a store URL into the libpq conninfo and the store's own options.
+
+    The store's options (`table`, `connect_timeout`, `pool_min`, `pool_max`, `pool_timeout`)
+    are removed; any other query parameter is a libpq one (`sslmode`, `application_name`) and
+    stays in the conninfo, where libpq validates it now rather than at the first connection.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(f"A PostgreSQL store URL starts with postgresql://, not {url!r}.")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    ours = [(name, value) for name, value in pairs if name in _OPTION_TYPES]
+    theirs = [(name, value) for name, value in pairs if name not in _OPTION_TYPES]
+    options = query_options(urlencode(ours), _OPTION_TYPES)
+    conninfo = urlunsplit(parts._replace(query=urlencode(theirs)))
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error as error:
+        raise ConfigurationError(f"Invalid PostgreSQL store URL: {error}") from None
+    return conninfo, PostgresOptions(**options)  # type: ignore[arg-type]
+
+
+def store_error(error: psycopg.Error) -> StoreError:
+    """Map a psycopg error to retrysafe's: unreachable or overloaded servers are unavailable."""
+    sqlstate = error.sqlstate
+    unreachable = isinstance(error, psycopg.OperationalError) and (
+        sqlstate is None or sqlstate[:2] in _UNAVAILABLE_CLASSES
+    )
+    if unreachable:
+        return StoreUnavailableError(f"PostgreSQL is unavailable: {error}")
+    return StoreError(f"PostgreSQL failed: {error}")
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise any psycopg error as a StoreError, so no driver exception leaves the store."""
+    try:
+        yield
+    except psycopg.Error as error:
+        raise store_error(error) from error

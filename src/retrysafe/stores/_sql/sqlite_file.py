@@ -1,0 +1,248 @@
+"""One SQLite database file used by many threads: the blocking half of the SQLite store.
+
+Each thread gets its own connection (SQLite connections are not shared between threads), a
+forked child opens its own, the schema is created once per store, and writes queue and commit in
+groups. Both faces of the SQLite store inherit `SQLiteFile`: the async face runs its blocking
+calls in a worker thread, the sync face calls them inline. The statements are `RecordTable`'s.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, cast
+
+from retrysafe._clock import Clock
+from retrysafe._engine import may_take
+from retrysafe._errors import StoreError, StoreUnavailableError
+from retrysafe._record import Claim, Identity
+from retrysafe.stores._sql.sqlite import RecordTable
+from retrysafe.stores._sql.sqlite_connection import Synchronous, connect, write_transaction
+
+__all__ = ["SQLiteFile"]
+
+T = TypeVar("T")
+
+Operation = Callable[[sqlite3.Connection, float], T]
+"""A primitive of `RecordTable`, given this thread's connection and the time it runs at."""
+
+
+class SQLiteFile:
+    """The connections, schema and write queue of one SQLite database file.
+
+    Args:
+        path: the database file, absolute.
+        clock: the time source for leases and retention.
+        table: the records table.
+        timeout: seconds to wait for another writer's lock.
+        synchronous: the durability of each commit (`connect`).
+    """
+
+    def __init__(
+        self, path: str, *, clock: Clock, table: str, timeout: float, synchronous: Synchronous
+    ) -> None:
+        self.clock = clock
+        self.path = path
+        self.table = RecordTable(table)
+        self.timeout = timeout
+        self.synchronous: Synchronous = synchronous
+        self._local = threading.local()
+        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []
+        self._closed = False
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+        self._write_lock = threading.Lock()
+        self._queue: list[_Write[Any]] = []  # writes waiting for the next commit
+        self._queue_lock = threading.Lock()
+
+    def _claim(
+        self, identity: Identity, fingerprint: str, *, lease: float, retention: float
+    ) -> Claim:
+        """Answer from a done record read without the write lock, or claim under it.
+
+        A replay (or a mismatch against a completed request) is a plain read, so it neither
+        waits for the writers nor makes them wait: see `RecordTable.done` for why that is safe.
+        The time is read after the record, and a record past its retention goes to the locked
+        claim like any other case.
+        """
+        connection = self._connection()
+        if not self._schema_ready:
+            self._create_schema(first_use=True)
+        done = self.table.done(connection, identity)
+        if done is not None and not may_take(done, fingerprint, self.clock.now()):
+            return Claim(done, acquired=False)
+        return self._execute(
+            lambda connection, now: self.table.claim(
+                connection, identity, fingerprint, now=now, lease=lease, retention=retention
+            ),
+            write=True,
+        )
+
+    def _execute(self, operation: Operation[T], *, write: bool) -> T:
+        """Run `operation` on this thread's connection, in a write transaction if `write`.
+
+        The time is read once the transaction holds the write lock, so a claim that waited for
+        another writer decides with the time it acts at. Within this process, writes queue,
+        and the thread that takes the write lock commits every queued write at once
+        (`_commit_queued`): threads waiting in SQLite's busy handler would sleep in coarse
+        steps (up to 100 ms) and wake late, while the lock hands over at once; the busy
+        timeout still arbitrates with other processes.
+        """
+        connection = self._connection()
+        if not self._schema_ready:
+            self._create_schema(first_use=True)
+        if not write:
+            return operation(connection, self.clock.now())
+        write_ = _Write(operation)
+        with self._queue_lock:
+            self._queue.append(write_)
+        if not self._write_lock.acquire(timeout=self.timeout):
+            with self._queue_lock:
+                if write_ in self._queue:  # no committer took it: it never ran
+                    self._queue.remove(write_)
+                    raise StoreUnavailableError(
+                        f"SQLite store {self.path!r} is unavailable: this process's other"
+                        f" writers held it past the busy timeout ({self.timeout} s)."
+                    )
+            # A committer is running it right now: its outcome is this call's, so wait for it.
+            self._write_lock.acquire()
+        try:
+            if not write_.done:  # no committer took it while this thread waited: commit now
+                self._commit_queued(connection)
+        finally:
+            self._write_lock.release()
+        return write_.outcome()
+
+    def _commit_queued(self, connection: sqlite3.Connection) -> None:
+        """Run every queued write in one transaction, each in its own savepoint; commit once.
+
+        Group commit: the threads that queued while the previous transaction ran share one
+        commit (one sync to disk), and each write stays atomic and isolated as if it ran alone.
+        Writes run one after the other, each on the state the previous ones left, and read the
+        time when they run; a write that raises is rolled back to its savepoint and gets its own
+        error while the others go on. Results are handed back only after the commit; if the
+        transaction fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it
+        back), every write that had not failed on its own gets that error, and none took effect.
+        Call with the write lock held.
+        """
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        alone = len(batch) == 1
+        try:
+            with write_transaction(connection):
+                for write_ in batch:
+                    write_.run(connection, self.clock.now(), savepoint=not alone)
+        except BaseException as error:
+            for write_ in batch:
+                if write_.error is None:
+                    write_.result = None
+                    write_.error = error
+            if not isinstance(error, Exception):
+                raise
+        finally:
+            for write_ in batch:
+                write_.done = True
+
+    def _create_schema(self, *, first_use: bool = False) -> None:
+        # On first use, one thread of this store creates the schema while the others wait on
+        # this lock rather than on the database's. Other processes racing it are harmless:
+        # CREATE ... IF NOT EXISTS in a write transaction.
+        connection = self._connection()
+        with self._schema_lock:
+            if first_use and self._schema_ready:
+                return
+            with write_transaction(connection):
+                self.table.create_schema(connection)
+            self._schema_ready = True
+
+    def _connection(self) -> sqlite3.Connection:
+        """Return the calling thread's connection, opening it on first use."""
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path!r} is closed.")
+        if self._pid != os.getpid():
+            self._forget_inherited()
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = connect(self.path, timeout=self.timeout, synchronous=self.synchronous)
+            self._register(connection)
+            self._local.connection = connection
+        return connection
+
+    def _register(self, connection: sqlite3.Connection) -> None:
+        """Track `connection` for `_close_connections`, closing those of threads that ended."""
+        with self._lock:
+            if self._closed:
+                connection.close()
+                raise StoreError(f"SQLite store {self.path!r} is closed.")
+            ended = [thread for thread in self._connections if not thread.is_alive()]
+            for thread in ended:
+                self._connections.pop(thread).close()
+            self._connections[threading.current_thread()] = connection
+
+    def _close_connections(self) -> None:
+        """Close every thread's connection; the file cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            connections = list(self._connections.values())
+            self._connections.clear()
+        for connection in connections:
+            connection.close()
+
+    def _forget_inherited(self) -> None:
+        """In a forked child, set the parent's connections aside and open new ones.
+
+        SQLite forbids using a connection across fork(), and closing one in the child could
+        disturb the parent's locks or WAL; so they are kept, unused and unclosed, for the life
+        of this process. The child then opens its own connections as any new thread does.
+        """
+        self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._write_lock = threading.Lock()
+        self._queue = []
+        self._queue_lock = threading.Lock()
+        self._inherited.extend(self._connections.values())
+        self._connections = {}
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+
+class _Write(Generic[T]):
+    """One write primitive waiting for a commit: its operation, then its result or error."""
+
+    __slots__ = ("done", "error", "operation", "result")
+
+    def __init__(self, operation: Operation[T]) -> None:
+        self.operation = operation
+        self.done = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self, connection: sqlite3.Connection, now: float, *, savepoint: bool) -> None:
+        """Run the operation in the open transaction; in a savepoint if others share it.
+
+        Without a savepoint an error propagates (it rolls the transaction back, and this write
+        is alone in it). With one, the error is this write's own and its changes are undone,
+        unless SQLite has rolled back the whole transaction: then the batch fails with it.
+        """
+        if not savepoint:
+            self.result = self.operation(connection, now)
+            return
+        connection.execute("SAVEPOINT retrysafe_write")
+        try:
+            self.result = self.operation(connection, now)
+        except Exception as error:
+            if not connection.in_transaction:
+                raise
+            self.error = error
+            connection.execute("ROLLBACK TO retrysafe_write")
+        connection.execute("RELEASE retrysafe_write")
+
+    def outcome(self) -> T:
+        """Return the result, or raise the error, once committed."""
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.result)

@@ -1,0 +1,1 @@
+"""Transactional mode's drivers of I/O: hand-written async here, generated sync in `_sync/`."""

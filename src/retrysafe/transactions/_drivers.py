@@ -1,0 +1,105 @@
+"""Which database driver a connection belongs to: the one place transactional mode asks.
+
+A connection of a driver is an instance of that driver's classes, so the driver is imported
+already when such an object exists. Every probe here therefore looks the driver up in
+`sys.modules` and never imports one: a user of `sqlite3` alone never loads psycopg or
+SQLAlchemy (`import retrysafe.transactions` loads neither), and a driver that is not installed
+simply matches nothing.
+
+| probe                          | matches                                  |
+|--------------------------------|------------------------------------------|
+| `is_sqlite_connection`         | `sqlite3.Connection`                     |
+| `is_psycopg_connection`        | `psycopg.Connection`                     |
+| `is_async_psycopg_connection`  | `psycopg.AsyncConnection`                |
+| `is_session`                   | `sqlalchemy.orm.Session`                 |
+| `is_async_session`             | `sqlalchemy.ext.asyncio.AsyncSession`    |
+
+`is_sync_connection` and `is_async_connection` tell which colour of transaction a connection
+takes; `is_connection` whether transactional mode drives it at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import psycopg
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    Connection: TypeAlias = sqlite3.Connection | psycopg.Connection[Any] | Session
+    """A connection or session of a sync driver that transactional mode drives."""
+    AsyncConnection: TypeAlias = psycopg.AsyncConnection[Any] | AsyncSession
+    """A connection or session of an async driver that transactional mode drives."""
+
+__all__ = [
+    "is_async_connection",
+    "is_async_psycopg_connection",
+    "is_async_session",
+    "is_connection",
+    "is_psycopg_connection",
+    "is_session",
+    "is_sqlite_connection",
+    "is_sync_connection",
+    "psycopg_module",
+    "sqlalchemy_module",
+]
+
+
+def psycopg_module() -> ModuleType | None:
+    """Return psycopg if this process uses it (has imported it), else None."""
+    return sys.modules.get("psycopg")
+
+
+def sqlalchemy_module(name: str) -> ModuleType | None:
+    """Return `sqlalchemy.<name>` (`orm`, `ext.asyncio`) if this process uses it, else None."""
+    return sys.modules.get(f"sqlalchemy.{name}")
+
+
+def is_sqlite_connection(value: object) -> TypeGuard[sqlite3.Connection]:
+    """Return whether `value` is a `sqlite3.Connection` (sqlite3 is in the standard library)."""
+    return isinstance(value, sqlite3.Connection)
+
+
+def is_psycopg_connection(value: object) -> TypeGuard[psycopg.Connection[Any]]:
+    """Return whether `value` is a psycopg (sync) `Connection`."""
+    driver = psycopg_module()
+    return driver is not None and isinstance(value, driver.Connection)
+
+
+def is_async_psycopg_connection(value: object) -> TypeGuard[psycopg.AsyncConnection[Any]]:
+    """Return whether `value` is a psycopg `AsyncConnection`."""
+    driver = psycopg_module()
+    return driver is not None and isinstance(value, driver.AsyncConnection)
+
+
+def is_session(value: object) -> TypeGuard[Session]:
+    """Return whether `value` is a SQLAlchemy `Session`."""
+    orm = sqlalchemy_module("orm")
+    return orm is not None and isinstance(value, orm.Session)
+
+
+def is_async_session(value: object) -> TypeGuard[AsyncSession]:
+    """Return whether `value` is a SQLAlchemy `AsyncSession`."""
+    asyncio_ext = sqlalchemy_module("ext.asyncio")
+    return asyncio_ext is not None and isinstance(value, asyncio_ext.AsyncSession)
+
+
+def is_sync_connection(value: object) -> TypeGuard[Connection]:
+    """Return whether `value` is a connection or session of a sync driver we drive."""
+    return is_sqlite_connection(value) or is_psycopg_connection(value) or is_session(value)
+
+
+def is_async_connection(value: object) -> TypeGuard[AsyncConnection]:
+    """Return whether `value` is a connection or session of an async driver we drive."""
+    return is_async_psycopg_connection(value) or is_async_session(value)
+
+
+def is_connection(value: object) -> bool:
+    """Return whether `value` is a connection or session we drive, of either colour."""
+    return is_sync_connection(value) or is_async_connection(value)

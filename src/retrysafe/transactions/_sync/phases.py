@@ -1,0 +1,170 @@
+# Generated from transactions/_async/phases.py by scripts/unasync.py; edit the source, not this.
+# ruff: noqa
+# fmt: off
+"""Running atomic phases: claim in a transaction of its own, then one transaction per phase.
+
+The plan, the steps, the result and foreign keys are `transactions/_steps.py`; what atomic
+phases guarantee is told in `transactions/phases.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from retrysafe._clock import Clock
+from retrysafe._errors import ConfigurationError
+from retrysafe._record import Claim, Identity
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._dispatch import sync_backend
+from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION
+from retrysafe.transactions._steps import (
+    PhaseFunction,
+    PhasesResult,
+    Plan,
+    Step,
+    call_phase,
+    as_outcome,
+    check_fresh,
+)
+
+if TYPE_CHECKING:
+    from retrysafe.transactions._sync.transaction import Backend
+    from retrysafe.transactions._drivers import Connection
+
+__all__ = ["run_phases"]
+
+logger = logging.getLogger("retrysafe")
+
+
+def run_phases(
+    connection: Connection,
+    phases: Mapping[str, PhaseFunction],
+    *,
+    identity: Identity,
+    fingerprint: str,
+    table: str = DEFAULT_TABLE,
+    lease: float = DEFAULT_LEASE,
+    retention: float = DEFAULT_RETENTION,
+    clock: Clock | None = None,
+) -> PhasesResult:
+    """Run an operation as atomic phases, resuming after its last committed phase.
+
+        result = run_phases(
+            conn,
+            {"reserve": reserve, "charge": charge, "finish": finish},
+            identity=identity,
+            fingerprint=fp,
+        )
+
+    Args:
+        connection: with no transaction open, as each phase commits on its own: a
+            `sqlite3.Connection`, a psycopg `Connection` or a SQLAlchemy `Session` for the
+            sync function; psycopg's async connection or SQLAlchemy's async session for the
+            async one, whose phase functions are coroutine functions.
+        phases: phase name to function, in order. A function takes the `Step` and makes the
+            phase's writes on `connection`; it returns None to continue or the outcome to
+            finish. Phases that run after a resume must read what earlier phases wrote from the
+            database, not from memory.
+        identity: the key's (namespace, scope, key).
+        fingerprint: a digest of the request; the same key with another one is refused.
+        table: the records table (the store's `table` option).
+        lease: seconds the operation holds its key between phases; each phase renews it. A
+            retry after a crash waits for it to expire (`InFlightError` until then).
+        retention: seconds the outcome is kept and replayed after the operation finishes.
+        clock: the time source (default: the system clock).
+
+    Raises:
+        KeyMismatchError: the key was used with another request.
+        InFlightError: a live holder is running the operation.
+        FencedError: the operation was taken over while this run was between phases.
+    """
+    plan = Plan(
+        phases,
+        identity=identity,
+        fingerprint=fingerprint,
+        lease=lease,
+        retention=retention,
+        clock=clock,
+    )
+    backend = sync_backend(connection, table)
+    check_fresh(backend.in_transaction())
+    claim = _claim(backend, plan)
+    if not claim.acquired:
+        return PhasesResult(claim.record.outcome or b"", True, None, ())
+    record = claim.record
+    resumed_from = record.recovery_point
+    try:
+        remaining = plan.remaining(resumed_from)
+    except ConfigurationError:
+        _expire_lease(backend, plan, record.token)
+        raise
+    ran: list[str] = []
+    for name, last in remaining:
+        backend.begin()
+        try:
+            record = backend.renew(
+                identity, record.token, now=plan.clock.now(), lease=plan.lease
+            )
+            outcome = call_phase(phases[name], Step(name, record))
+            if outcome is not None or last:
+                outcome = as_outcome(outcome, name)
+                backend.complete(
+                    identity, record.token, outcome, now=plan.clock.now(), retention=retention
+                )
+            else:
+                record = backend.checkpoint(
+                    identity, record.token, name, now=plan.clock.now()
+                )
+        except BaseException as error:
+            _end_quietly(backend)
+            if isinstance(error, Exception):
+                _expire_lease(backend, plan, record.token)
+            raise
+        backend.end(commit=True)
+        ran.append(name)
+        if outcome is not None:
+            return PhasesResult(outcome, False, resumed_from, tuple(ran))
+    raise ConfigurationError("The operation has no phase left to run.")  # pragma: no cover
+
+
+def _claim(backend: Backend, plan: Plan) -> Claim:
+    """Claim the key in a transaction of its own, committed in flight."""
+    backend.begin()
+    try:
+        now = plan.clock.now()
+        claim = backend.claim(
+            plan.identity,
+            plan.fingerprint,
+            now=now,
+            lease=plan.lease,
+            retention=plan.retention,
+        )
+        plan.check_claim(claim, now)
+    except BaseException:
+        _end_quietly(backend)
+        raise
+    backend.end(commit=claim.acquired)
+    return claim
+
+
+def _end_quietly(backend: Backend) -> None:
+    try:
+        backend.end(commit=False)
+    except Exception:
+        logger.warning("Rolling back a phase failed", exc_info=True)
+
+
+def _expire_lease(backend: Backend, plan: Plan, token: str) -> None:
+    """End the lease of a phase that raised, so a retry resumes at once."""
+    try:
+        backend.begin()
+        try:
+            backend.renew(plan.identity, token, now=plan.clock.now(), lease=0.0)
+        except BaseException:
+            _end_quietly(backend)
+            raise
+        backend.end(commit=True)
+    except Exception:
+        logger.warning("Could not end the lease of a failed phase", exc_info=True)

@@ -1,0 +1,100 @@
+# Generated from transactions/_async/sqlalchemy.py by scripts/unasync.py; edit the source, not this.
+# ruff: noqa
+# fmt: off
+"""Transactional mode on a SQLAlchemy session.
+
+The session owns the transaction: `session.begin()` when none is open (committed when the block
+ends), `session.begin_nested()` (a savepoint) when one is. The record statements run on the
+session's own driver connection through the raw-driver records (`_dispatch.sync_records`), so
+they are part of the same transaction as everything the session flushes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from retrysafe._record import Claim, Identity, Record
+from retrysafe.transactions._dispatch import sync_records
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, SessionTransaction
+
+    from retrysafe.transactions._sync.transaction import Records
+
+__all__ = ["SessionBackend"]
+
+
+class SessionBackend:
+    """Transaction control through a session, statements on its driver connection.
+
+    Args:
+        session: the caller's session.
+        table: the records table.
+    """
+
+    def __init__(self, session: Session, table: str) -> None:
+        self.session = session
+        self.table = table
+        self._transaction: SessionTransaction | None = None
+        self._records: Records | None = None
+
+    def in_transaction(self) -> bool:
+        """Return whether the session has a transaction open."""
+        return self.session.in_transaction()
+
+    def begin(self) -> None:
+        """Begin (or begin nested), then create the table and take what the claim locks."""
+        session = self.session
+        self._transaction = (
+            session.begin_nested() if session.in_transaction() else session.begin()
+        )
+        try:
+            connection = session.connection()
+            raw = connection.connection.driver_connection
+            self._records = sync_records(raw, self.table)
+            self._records.prepare()
+        except BaseException:
+            self.end(commit=False)
+            raise
+
+    def end(self, *, commit: bool) -> None:
+        """Commit or roll back what `begin` started."""
+        transaction, self._transaction = self._transaction, None
+        self._records = None
+        if transaction is None:
+            return
+        if commit:
+            transaction.commit()
+        else:
+            transaction.rollback()
+
+    def claim(
+        self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
+    ) -> Claim:
+        """Run the store's claim in the session's transaction."""
+        return self._held().claim(
+            identity, fingerprint, now=now, lease=lease, retention=retention
+        )
+
+    def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, now: float, retention: float
+    ) -> Record:
+        """Flush the session's pending writes, then store the outcome."""
+        self.session.flush()
+        return self._held().complete(identity, token, outcome, now=now, retention=retention)
+
+    def renew(self, identity: Identity, token: str, *, now: float, lease: float) -> Record:
+        """Extend the held record's lease."""
+        return self._held().renew(identity, token, now=now, lease=lease)
+
+    def checkpoint(
+        self, identity: Identity, token: str, recovery_point: str, *, now: float
+    ) -> Record:
+        """Flush the session's pending writes, then record the last committed phase."""
+        self.session.flush()
+        return self._held().checkpoint(identity, token, recovery_point, now=now)
+
+    def _held(self) -> Records:
+        if self._records is None:
+            raise RuntimeError("The session's transaction has not begun.")
+        return self._records

@@ -7,8 +7,12 @@ IdempotencyError
 ├── FencedError                 the caller's token no longer holds the record
 ├── OutcomeError                the outcome cannot be stored (too large, not serializable)
 ├── ConfigurationError          a setting or a store URL is invalid (also a ValueError)
+├── NotReplayableError          a client retry is due but the request body is a spent stream
 └── StoreError                  the store failed to answer correctly
     └── StoreUnavailableError   the store cannot be reached within its timeout
+
+Importing a module whose optional dependencies are missing raises an `ImportError` instead
+(`retrysafe._extras.MissingExtraError` for an extra), before anything can run.
 """
 
 from __future__ import annotations

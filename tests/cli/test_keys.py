@@ -12,9 +12,9 @@ from typer.testing import CliRunner, Result
 
 from retrysafe import Identity, open_async_store, open_store
 from retrysafe._fingerprint import fingerprint_request
-from retrysafe._relay import serve_asgi
 from retrysafe.cli import app
 from retrysafe.demo import DemoDatabase, create_app
+from retrysafe.demo._relay import serve_asgi
 from tests.cli.conftest import HTTP_BODY, KnownRecords
 from tests.conftest import unique_name
 

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from retrysafe import ManualClock
-from retrysafe._relay import serve_asgi
+from retrysafe.demo._relay import serve_asgi
 
 HANG = -1
 """A scripted status that answers nothing until the client hangs up (at most 10 s)."""

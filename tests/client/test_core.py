@@ -12,9 +12,9 @@ import pytest
 
 import retrysafe.client
 from retrysafe import ConfigurationError, IdempotencyError
-from retrysafe._relay import FaultPlan, serve_relay
 from retrysafe.client import Handling, NotReplayableError, RetryEvent, RetryPolicy, is_replay
 from retrysafe.client._core import parse_retry_after
+from retrysafe.demo._relay import FaultPlan, serve_relay
 from tests.client.conftest import Answer, Scripted, Sleeps
 from tests.client.faces import FACES, Face
 

@@ -22,7 +22,6 @@ import pytest
 import requests
 
 from retrysafe import open_async_store
-from retrysafe._relay import FaultPlan, Relay, serve_asgi, serve_relay
 from retrysafe.asgi import IdempotencyMiddleware
 from retrysafe.client import (
     AsyncIdempotentTransport,
@@ -31,6 +30,7 @@ from retrysafe.client import (
     RetryPolicy,
     is_replay,
 )
+from retrysafe.demo._relay import FaultPlan, Relay, serve_asgi, serve_relay
 from tests.client.conftest import Sleeps
 
 LOGICAL_REQUESTS = 100

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from retrysafe import ConfigurationError
-from retrysafe._relay import FaultPlan, serve_relay
+from retrysafe.demo._relay import FaultPlan, serve_relay
 from tests.client.conftest import Answer, Scripted
 
 

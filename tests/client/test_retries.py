@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from retrysafe._relay import FaultPlan, serve_relay
 from retrysafe.client import NotReplayableError, RetryEvent, RetryPolicy
+from retrysafe.demo._relay import FaultPlan, serve_relay
 from tests.client.conftest import HANG, Answer, Scripted, Sleeps
 from tests.client.faces import FACES, Face
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from retrysafe import open_async_store
-from retrysafe._relay import serve_asgi
 from retrysafe.demo import DemoApp, DemoDatabase, create_app
+from retrysafe.demo._relay import serve_asgi
 from tests.conftest import drop_postgres_tables, unique_name
 
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from retrysafe import Identity, State, open_async_store, open_store
 from retrysafe._http import decode_outcome
-from retrysafe._relay import serve_asgi
 from retrysafe.cli import app as cli
 from retrysafe.demo import DemoDatabase, Payment, create_app
+from retrysafe.demo._relay import serve_asgi
 from tests.demo.conftest import DemoStore, RunningApi
 
 PAYMENT = {"customer": "ada", "amount": 1999, "currency": "EUR"}

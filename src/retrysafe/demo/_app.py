@@ -4,6 +4,7 @@ The layers, outermost first:
 
     Traffic          counts what the API answered (replays, 409s), from the server's side
     BearerTenant     rejects a request without a valid bearer token before anything else (B9)
+                     (both in `_layers`, with the problem responses)
     IdempotencyMiddleware (retrysafe.asgi), when a store is given
     TransactionalMiddleware (retrysafe.transactions.asgi), for POST /payments when the store is
                      SQLite or PostgreSQL: the payment and its record commit in one transaction
@@ -20,11 +21,7 @@ cannot share a transaction with the demo tables).
 from __future__ import annotations
 
 import functools
-import json
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, Final
 
 import anyio
@@ -34,133 +31,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from retrysafe.asgi import RouteSettings
-from retrysafe.demo._tables import DemoDatabase, Payment, insert_payment
-from retrysafe.demo._validation import FieldError, parse_payment, parse_tenant, parse_user
+from retrysafe.demo._layers import BearerTenant, CountingTraffic, Traffic, problem, tenant_of
+from retrysafe.demo._schema import Payment, insert_payment
+from retrysafe.demo._tables import DemoDatabase
+from retrysafe.demo._validation import parse_payment, parse_user
 from retrysafe.stores.base import AsyncStore
 from retrysafe.transactions._web import TRANSACTION_KEY
 
-__all__ = ["BearerTenant", "DemoApp", "TenantTraffic", "Traffic", "create_app", "problem"]
+__all__ = ["DemoApp", "create_app"]
 
-REPLAY_HEADER = b"idempotent-replayed"
 _PAYMENTS: Final = RouteSettings()
-
-
-def problem(
-    status: int,
-    detail: str,
-    *,
-    errors: list[FieldError] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """Return an RFC 9457 problem response (`type` about:blank: the status says it all)."""
-    body: dict[str, object] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    if errors:
-        body["errors"] = [error.as_dict() for error in errors]
-    return Response(
-        json.dumps(body),
-        status_code=status,
-        media_type="application/problem+json",
-        headers={"Cache-Control": "no-store", **(headers or {})},
-    )
-
-
-@dataclass
-class TenantTraffic:
-    """What the API answered one tenant's `POST /payments` requests."""
-
-    requests: int = 0
-    replays: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
-
-    @property
-    def conflicts(self) -> int:
-        """Responses with status 409 (a duplicate arrived while the first was in flight)."""
-        return self.statuses[409]
-
-
-@dataclass
-class Traffic:
-    """What the API answered to `POST /payments`, per tenant, counted as responses leave.
-
-    A response counted here may still be lost on its way back: that is the point of the demo.
-    """
-
-    tenants: dict[str, TenantTraffic] = field(default_factory=dict)
-
-    def of(self, tenant: str) -> TenantTraffic:
-        """Return the counts of one tenant (zero if it sent nothing)."""
-        return self.tenants.get(tenant) or TenantTraffic()
-
-    def count(self, tenant: str, status: int, replayed: bool) -> None:
-        """Count one response."""
-        counts = self.tenants.setdefault(tenant, TenantTraffic())
-        counts.requests += 1
-        counts.statuses[status] += 1
-        counts.replays += replayed
-
-
-class _Counting:
-    """Count `POST /payments` responses into a `Traffic`, by tenant."""
-
-    def __init__(self, app: ASGIApp, traffic: Traffic) -> None:
-        self.app = app
-        self.traffic = traffic
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) != ("POST", "/payments"):
-            await self.app(scope, receive, send)
-            return
-        tenant = tenant_of(Request(scope)) or ""
-        traffic = self.traffic
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                replayed = any(k.lower() == REPLAY_HEADER and v == b"true" for k, v in headers)
-                traffic.count(tenant, message["status"], replayed)
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
-
-
-class BearerTenant:
-    """Answer 401 to a request without `Authorization: Bearer <token>`; the token is the tenant.
-
-    It runs before the idempotency layer, so a rejected request leaves no record (B9).
-    """
-
-    def __init__(
-        self, app: ASGIApp, *, open_paths: frozenset[str] = frozenset({"/health"})
-    ) -> None:
-        self.app = app
-        self.open_paths = open_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        if tenant_of(Request(scope)) is None:
-            response = problem(
-                401,
-                "Send 'Authorization: Bearer <token>'; the token names the tenant.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def tenant_of(request: Request) -> str | None:
-    """Return the tenant named by the request's bearer token."""
-    return parse_tenant(request.headers.get("authorization"))
 
 
 class DemoApp:
@@ -257,7 +140,7 @@ def create_app(
             app = IdempotencyMiddleware(app, store=store, **middleware_settings)
     traffic = Traffic()
     return DemoApp(
-        _Counting(BearerTenant(app), traffic),
+        CountingTraffic(BearerTenant(app), traffic),
         database,
         traffic,
         store,

@@ -1,6 +1,6 @@
 """Serving the demo API in the foreground with uvicorn, on a socket bound up front.
 
-(`retrysafe demo` serves it in the background with `retrysafe._relay.serve_asgi`.)"""
+(`retrysafe demo` serves it in the background with `retrysafe.demo._relay.serve_asgi`.)"""
 
 from __future__ import annotations
 

@@ -7,14 +7,16 @@ will route a request to, then combines, closest to the code last:
     defaults (the middleware's settings) <- path patterns (`routes=`) <- the route's mark
 
 An unmarked route, or a request that matches no route, gets what the path patterns say.
+`RouteCache` does that combining and remembers it per routed request; each hook only says
+how a request is keyed and how its mark is found.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Collection, Mapping
-from typing import Final, Literal, TypedDict, TypeVar
+from collections.abc import Callable, Collection, Hashable, Mapping
+from typing import Final, Literal, TypedDict, TypeVar, Unpack
 
 from retrysafe._http import OutcomePolicy, RouteSettings, compile_pattern
 from retrysafe._keys import KeyPolicy
@@ -24,13 +26,16 @@ __all__ = [
     "MARK_ATTRIBUTE",
     "UNMARKED",
     "PathPatterns",
+    "RouteCache",
     "RouteOptions",
     "Unmarked",
+    "idempotency",
     "mark",
-    "marked_route",
     "merge",
+    "missing_framework",
     "read_mark",
     "route_from_options",
+    "view_mark",
 ]
 
 MARK_ATTRIBUTE: Final = "__retrysafe_route__"
@@ -95,8 +100,26 @@ def read_mark(target: object) -> RouteSettings | Unmarked | None:
     return UNMARKED
 
 
-def marked_route(*, exempt: bool, options: RouteOptions) -> Callable[[_T], _T]:
-    """Return a decorator that marks its function or class with these options."""
+def view_mark(view: object) -> RouteSettings | Unmarked | None:
+    """Return the mark of a view function, or of the class it was made from (`as_view`)."""
+    found = read_mark(view)
+    if isinstance(found, Unmarked):
+        view_class = getattr(view, "view_class", None)
+        if view_class is not None:
+            return read_mark(view_class)
+    return found
+
+
+def idempotency(*, exempt: bool = False, **options: Unpack[RouteOptions]) -> Callable[[_T], _T]:
+    """Mark an endpoint or view (a function, or a class-based view) with its idempotency settings.
+
+    The target is returned as it is, so the decorator may go above or below the framework's
+    route decorator.
+
+    Args:
+        exempt: the route is never tracked, whatever the path patterns say.
+        options: `RouteSettings` fields: `required=True`, `retention=3600`, `wait=0`, ...
+    """
     route = route_from_options(exempt=exempt, options=options)
 
     def decorate(target: _T) -> _T:
@@ -147,3 +170,42 @@ class PathPatterns:
         if match is None or match.lastgroup is None:
             return DEFAULT_ROUTE
         return self._targets[int(match.lastgroup[1:])]
+
+
+class RouteCache:
+    """The settings of each routed request: the path patterns' with the route's mark over them.
+
+    Each request key is settled once and remembered (up to `cache_size` keys, then it starts
+    over), so the framework's routing is not repeated on every request.
+
+    Args:
+        routes: path patterns for unmarked routes, as the middleware's `routes=` takes them.
+        cache_size: how many routed requests to remember.
+    """
+
+    def __init__(
+        self, routes: Mapping[str, RouteSettings | None] | None = None, cache_size: int = 1024
+    ) -> None:
+        self._patterns = PathPatterns(routes)
+        self._settled: dict[Hashable, RouteSettings | None] = {}
+        self._size = cache_size
+
+    def settings(
+        self, key: Hashable, path: str, find_mark: Callable[[], RouteSettings | Unmarked | None]
+    ) -> RouteSettings | None:
+        """Return the settings for `key`, from `path`'s pattern and `find_mark()` the first time."""
+        try:
+            return self._settled[key]
+        except KeyError:
+            pass
+        route_mark = find_mark()
+        settings = merge(self._patterns.for_path(path), route_mark)
+        if len(self._settled) >= self._size:
+            self._settled.clear()
+        self._settled[key] = settings
+        return settings
+
+
+def missing_framework(module: str, framework: str) -> ImportError:
+    """Return the one-line error of integration `module` imported without `framework` installed."""
+    return ImportError(f"{module} needs {framework}: pip install {framework.lower()}")

@@ -26,8 +26,20 @@ the view's mark; a class-based view is marked on the class or on what `as_view()
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Unpack, cast
+
+from retrysafe import asgi, wsgi
+from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe.integrations._routes import (
+    UNMARKED,
+    RouteCache,
+    Unmarked,
+    idempotency,
+    missing_framework,
+    view_mark,
+)
+from retrysafe.stores import AsyncStore, Store, open_async_store, open_store
 
 # Django ships no type information (django-stubs is a separate project).
 try:
@@ -37,20 +49,7 @@ try:
     from django.core.wsgi import get_wsgi_application as django_wsgi  # type: ignore[import-untyped]
     from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
 except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError("retrysafe.integrations.django needs Django: pip install django") from error
-
-from retrysafe import asgi, wsgi
-from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.integrations._routes import (
-    UNMARKED,
-    PathPatterns,
-    RouteOptions,
-    Unmarked,
-    marked_route,
-    merge,
-    read_mark,
-)
-from retrysafe.stores import AsyncStore, Store, open_async_store, open_store
+    raise missing_framework(__name__, "Django") from error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -64,20 +63,7 @@ __all__ = [
     "settings_from_django",
 ]
 
-_T = TypeVar("_T")
 _OPTION_NAMES = SettingsOptions.__optional_keys__ | SettingsOptions.__required_keys__
-
-
-def idempotency(*, exempt: bool = False, **options: Unpack[RouteOptions]) -> Callable[[_T], _T]:
-    """Mark a view function (or a class-based view) with its idempotency settings.
-
-    The view is returned as it is, so the decorator may go above or below others.
-
-    Args:
-        exempt: the view is never tracked, whatever the path patterns say.
-        options: `RouteSettings` fields: `required=True`, `retention=3600`, `wait=0`, ...
-    """
-    return marked_route(exempt=exempt, options=options)
 
 
 class DjangoRoutes:
@@ -96,9 +82,7 @@ class DjangoRoutes:
         routes: Mapping[str, RouteSettings | None] | None = None,
         cache_size: int = 1024,
     ) -> None:
-        self._patterns = PathPatterns(routes)
-        self._cache: dict[Hashable, RouteSettings | None] = {}
-        self._cache_size = cache_size
+        self._cache = RouteCache(routes, cache_size)
 
     def for_environ(self, environ: WSGIEnvironment) -> RouteSettings | None:
         """Return the settings of the view a WSGI request goes to (None: not covered)."""
@@ -116,23 +100,15 @@ class DjangoRoutes:
 
     def _settings(self, method: str, script_name: str, path_info: str) -> RouteSettings | None:
         key = (method, script_name, path_info)
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        try:
-            view: Any = resolve(path_info).func
-        except Resolver404:  # Django answers 404 itself
-            mark: RouteSettings | Unmarked | None = UNMARKED
-        else:
-            mark = read_mark(view)
-            if isinstance(mark, Unmarked) and hasattr(view, "view_class"):
-                mark = read_mark(view.view_class)
-        settings = merge(self._patterns.for_path(script_name + path_info), mark)
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()
-        self._cache[key] = settings
-        return settings
+        return self._cache.settings(key, script_name + path_info, lambda: _find_mark(path_info))
+
+
+def _find_mark(path_info: str) -> RouteSettings | Unmarked | None:
+    try:
+        view: Any = resolve(path_info).func
+    except Resolver404:  # Django answers 404 itself
+        return UNMARKED
+    return view_mark(view)
 
 
 def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions]:
@@ -168,10 +144,15 @@ def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None],
     return config.get("STORE"), routes, cast(SettingsOptions, options)
 
 
-def _merged(configured: SettingsOptions, options: SettingsOptions) -> SettingsOptions:
+def _configured(
+    routes: Mapping[str, RouteSettings | None] | None, options: SettingsOptions
+) -> tuple[str | None, DjangoRoutes, SettingsOptions]:
+    """Return the store URL, the hooks and the options: `settings.RETRYSAFE` under the args."""
+    url, configured_routes, configured = settings_from_django()
+    hooks = DjangoRoutes(routes=configured_routes if routes is None else routes)
     merged = configured.copy()
     merged.update(options)
-    return merged
+    return url, hooks, merged
 
 
 def _store_url(url: str | None) -> str:
@@ -199,13 +180,12 @@ def get_wsgi_application(
         options: middleware settings, over the ones in `RETRYSAFE`.
     """
     application = django_wsgi()
-    url, configured_routes, configured = settings_from_django()
-    hook = DjangoRoutes(routes=configured_routes if routes is None else routes)
+    url, hooks, merged = _configured(routes, options)
     return wsgi.IdempotencyMiddleware(
         application,
         store=store or open_store(_store_url(url)),
-        route_settings=hook.for_environ,
-        **_merged(configured, options),
+        route_settings=hooks.for_environ,
+        **merged,
     )
 
 
@@ -225,11 +205,10 @@ def get_asgi_application(
         options: middleware settings, over the ones in `RETRYSAFE`.
     """
     application = django_asgi()
-    url, configured_routes, configured = settings_from_django()
-    hook = DjangoRoutes(routes=configured_routes if routes is None else routes)
+    url, hooks, merged = _configured(routes, options)
     return asgi.IdempotencyMiddleware(
         application,
         store=store or open_async_store(_store_url(url)),
-        route_settings=hook.for_scope,
-        **_merged(configured, options),
+        route_settings=hooks.for_scope,
+        **merged,
     )

@@ -19,8 +19,20 @@ reads the marks of its dependencies (router-level first, the route's own last: c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Final, Unpack
+
+from retrysafe._http import RouteSettings
+from retrysafe.integrations._routes import (
+    UNMARKED,
+    RouteOptions,
+    Unmarked,
+    mark,
+    merge,
+    missing_framework,
+    read_mark,
+    route_from_options,
+)
 
 try:
     from fastapi import Header
@@ -33,23 +45,9 @@ try:
     except ImportError:  # pragma: no cover - older FastAPI: included routes are APIRoutes
         iter_route_contexts = None  # type: ignore[assignment]
 except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "retrysafe.integrations.fastapi needs FastAPI: pip install fastapi"
-    ) from error
+    raise missing_framework(__name__, "FastAPI") from error
 
-from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.asgi import IdempotencyMiddleware
-from retrysafe.integrations._routes import (
-    UNMARKED,
-    RouteOptions,
-    Unmarked,
-    mark,
-    merge,
-    read_mark,
-    route_from_options,
-)
 from retrysafe.integrations.starlette import StarletteRoutes
-from retrysafe.stores.base import AsyncStore
 
 __all__ = ["FastAPIRoutes", "RouteSettings", "idempotency", "install"]
 
@@ -141,24 +139,5 @@ class FastAPIRoutes(StarletteRoutes):
         return merge(dependencies_mark, endpoint_mark)
 
 
-def install(
-    app: Any,
-    *,
-    store: AsyncStore,
-    routes: Mapping[str, RouteSettings | None] | None = None,
-    **options: Unpack[SettingsOptions],
-) -> None:
-    """Add the idempotency middleware to FastAPI `app`, with per-route settings.
-
-    Args:
-        app: the FastAPI app (before it starts serving).
-        store: where records live (`retrysafe.open_async_store(url)`).
-        routes: path patterns for routes without a mark.
-        options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
-    """
-    app.add_middleware(
-        IdempotencyMiddleware,
-        store=store,
-        route_settings=FastAPIRoutes(app, routes=routes),
-        **options,
-    )
+install = FastAPIRoutes.install
+"""Add the idempotency middleware to a FastAPI app, with per-route settings (its dependencies')."""

@@ -22,16 +22,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, Unpack
 
-try:
-    from litestar import Litestar
-    from litestar.exceptions import HTTPException
-    from litestar.middleware import DefineMiddleware
-    from litestar.utils.path import normalize_path
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "retrysafe.integrations.litestar needs Litestar: pip install litestar"
-    ) from error
-
 from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.asgi import IdempotencyMiddleware, Scope
 from retrysafe.integrations._routes import (
@@ -40,9 +30,18 @@ from retrysafe.integrations._routes import (
     RouteOptions,
     Unmarked,
     merge,
+    missing_framework,
     route_from_options,
 )
 from retrysafe.stores.base import AsyncStore
+
+try:
+    from litestar import Litestar
+    from litestar.exceptions import HTTPException
+    from litestar.middleware import DefineMiddleware
+    from litestar.utils.path import normalize_path
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise missing_framework(__name__, "Litestar") from error
 
 __all__ = [
     "OPT_KEY",

@@ -15,32 +15,27 @@ the route Starlette will pick (through `Mount`s and `Host`s) and reads the endpo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, Unpack
-
-try:
-    from starlette.routing import BaseRoute, Host, Match, Mount
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "retrysafe.integrations.starlette needs Starlette: pip install starlette"
-    ) from error
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, Unpack
 
 from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.asgi import IdempotencyMiddleware, Scope
 from retrysafe.integrations._routes import (
     UNMARKED,
-    PathPatterns,
-    RouteOptions,
+    RouteCache,
     Unmarked,
-    marked_route,
-    merge,
+    idempotency,
+    missing_framework,
     read_mark,
 )
 from retrysafe.stores.base import AsyncStore
 
-__all__ = ["RouteSettings", "StarletteRoutes", "find_route", "idempotency", "install"]
+try:
+    from starlette.routing import BaseRoute, Host, Match, Mount
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise missing_framework(__name__, "Starlette") from error
 
-_T = TypeVar("_T")
+__all__ = ["RouteSettings", "StarletteRoutes", "find_route", "idempotency", "install"]
 
 
 class HasRoutes(Protocol):
@@ -50,18 +45,6 @@ class HasRoutes(Protocol):
     def routes(self) -> Sequence[BaseRoute]:
         """The app's routes, in matching order."""
         ...
-
-
-def idempotency(*, exempt: bool = False, **options: Unpack[RouteOptions]) -> Callable[[_T], _T]:
-    """Mark an endpoint (function or class) with its idempotency settings.
-
-    The endpoint is returned as it is, so the decorator may go above or below others.
-
-    Args:
-        exempt: the route is never tracked, whatever the path patterns say.
-        options: `RouteSettings` fields: `required=True`, `retention=3600`, `wait=0`, ...
-    """
-    return marked_route(exempt=exempt, options=options)
 
 
 def find_route(routes: Sequence[Any], scope: Scope) -> Any | None:
@@ -99,25 +82,17 @@ class StarletteRoutes:
         cache_size: int = 1024,
     ) -> None:
         self._app = app
-        self._patterns = PathPatterns(routes)
-        self._cache: dict[Hashable, RouteSettings | None] = {}
-        self._cache_size = cache_size
+        self._cache = RouteCache(routes, cache_size)
 
     def __call__(self, scope: Scope) -> RouteSettings | None:
         """Return the settings of the route `scope` goes to (None: not covered)."""
         host = next((value for name, value in scope["headers"] if name == b"host"), None)
         key = (scope["method"], host, scope.get("root_path", ""), scope["path"])
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
+        return self._cache.settings(key, scope["path"], lambda: self._find_mark(scope))
+
+    def _find_mark(self, scope: Scope) -> RouteSettings | Unmarked | None:
         route = find_route(self.candidates(self._app.routes), scope)
-        mark = UNMARKED if route is None else self.mark_of(route)
-        settings = merge(self._patterns.for_path(scope["path"]), mark)
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()
-        self._cache[key] = settings
-        return settings
+        return UNMARKED if route is None else self.mark_of(route)
 
     def candidates(self, routes: Sequence[BaseRoute]) -> Sequence[Any]:
         """Return the routes to match, in order (a subclass may flatten them)."""
@@ -128,25 +103,30 @@ class StarletteRoutes:
         endpoint: Any = getattr(route, "endpoint", None)
         return UNMARKED if endpoint is None else read_mark(endpoint)
 
+    @classmethod
+    def install(
+        cls,
+        app: Any,
+        *,
+        store: AsyncStore,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        """Add the idempotency middleware to `app`, with this class as its per-route hook.
 
-def install(
-    app: Any,
-    *,
-    store: AsyncStore,
-    routes: Mapping[str, RouteSettings | None] | None = None,
-    **options: Unpack[SettingsOptions],
-) -> None:
-    """Add the idempotency middleware to Starlette `app`, with per-route settings.
+        Args:
+            app: the Starlette (or FastAPI) app, before it starts serving.
+            store: where records live (`retrysafe.open_async_store(url)`).
+            routes: path patterns for routes without a mark.
+            options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
+        """
+        app.add_middleware(
+            IdempotencyMiddleware,
+            store=store,
+            route_settings=cls(app, routes=routes),
+            **options,
+        )
 
-    Args:
-        app: the Starlette app (before it starts serving).
-        store: where records live (`retrysafe.open_async_store(url)`).
-        routes: path patterns for routes without a mark.
-        options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
-    """
-    app.add_middleware(
-        IdempotencyMiddleware,
-        store=store,
-        route_settings=StarletteRoutes(app, routes=routes),
-        **options,
-    )
+
+install = StarletteRoutes.install
+"""Add the idempotency middleware to a Starlette app, with per-route settings (its marks)."""

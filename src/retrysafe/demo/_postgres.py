@@ -1,0 +1,96 @@
+"""The demo tables on PostgreSQL: a small psycopg pool, shared with transactional writes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+
+from retrysafe._errors import ConfigurationError, StoreUnavailableError
+from retrysafe.demo._connections import LOCK_WAIT, Connections, TransactionConnect
+
+__all__ = ["open_postgres"]
+
+_PG_POOL_SIZE: Final = 8
+
+
+def open_postgres(url: str) -> Connections:
+    """Open a connection pool to the PostgreSQL database at `url` (a libpq URL, no options).
+
+    Raises:
+        ConfigurationError: the `postgres` extra is missing, or the URL is invalid.
+        StoreUnavailableError: the database cannot be reached.
+    """
+    try:
+        import psycopg  # noqa: PLC0415 -- an optional extra, imported when used
+        from psycopg_pool import ConnectionPool  # noqa: PLC0415
+    except ImportError as error:  # pragma: no cover - the extra is part of the test set-up
+        raise ConfigurationError(
+            f"The PostgreSQL demo needs the 'postgres' extra: pip install 'retrysafe[postgres]' "
+            f"({error})."
+        ) from error
+    try:
+        pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=_PG_POOL_SIZE,
+            open=False,
+            timeout=10.0,
+            kwargs={"connect_timeout": 5},
+            configure=_lock_timeout,
+        )
+    except psycopg.Error as error:
+        raise ConfigurationError(f"Invalid PostgreSQL URL: {_first_line(error)}") from error
+    try:
+        # Connect once up front, so a wrong host or database is one clear error at start-up.
+        with psycopg.connect(url, connect_timeout=5):
+            pass
+        pool.open(wait=True, timeout=10.0)
+    except (psycopg.Error, TimeoutError) as error:
+        pool.close()
+        raise StoreUnavailableError(f"Cannot reach PostgreSQL: {_first_line(error)}") from error
+
+    @contextmanager
+    def connect() -> Iterator[Any]:
+        with pool.connection() as conn:  # commits on success, rolls back on error
+            yield conn
+
+    def transactions() -> TransactionConnect:
+        # At most as many requests as the pool has connections wait for one, so the others
+        # wait here, on the event loop, not in worker threads the connection holders need.
+        slots = anyio.Semaphore(_PG_POOL_SIZE)
+
+        @asynccontextmanager
+        async def connection() -> AsyncIterator[Any]:
+            async with slots:
+                conn = await anyio.to_thread.run_sync(pool.getconn)
+                try:
+                    yield conn
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(pool.putconn, conn)
+
+        return connection
+
+    host = urlsplit(url).hostname or "localhost"
+    return Connections(
+        connect,
+        pool.close,
+        description=f"PostgreSQL on {host}",
+        transactions=transactions,
+    )
+
+
+def _lock_timeout(conn: Any) -> None:
+    """Bound a wait on a row lock: a duplicate waits for the first request's commit."""
+    conn.execute(f"SET lock_timeout = {int(LOCK_WAIT * 1000)}")
+    conn.commit()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -13,13 +13,10 @@ import functools
 import inspect
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypedDict, TypeVar, cast
 
 from retrysafe._engine import Decision
-from retrysafe._errors import (
-    ConfigurationError,
-    InvalidKeyError,
-)
+from retrysafe._errors import ConfigurationError, InvalidKeyError
 from retrysafe._fingerprint import digest
 from retrysafe._flow import (
     DEFAULT_LEASE,
@@ -33,12 +30,24 @@ from retrysafe._record import Identity
 from retrysafe._serializer import JSONSerializer, Outcomes, Serializer, canonical_bytes
 from retrysafe.stores.base import AsyncStore, Store
 
-__all__ = ["DEFAULT_LEASE", "DEFAULT_RETENTION", "DEFAULT_WAIT", "idempotent"]
+__all__ = ["DEFAULT_LEASE", "DEFAULT_RETENTION", "DEFAULT_WAIT", "IdempotentOptions", "idempotent"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 KeyFunction = Callable[..., object]
+
+
+class IdempotentOptions(TypedDict, total=False):
+    """The options of `idempotent` besides the store, the key and the fingerprint."""
+
+    scope: str | KeyFunction
+    namespace: str | None
+    retention: float
+    lease: float
+    wait: float
+    final_exceptions: tuple[type[BaseException], ...]
+    serializer: Serializer | None
 
 
 def idempotent(
@@ -227,16 +236,12 @@ def _call_sync(
 ) -> object:
     identity, fingerprint = plan.identify(args, kwargs)
     flow: SyncFlow = plan.flow
-    admitted = flow.admit(
-        identity, fingerprint, lease=plan.lease, retention=plan.retention, wait=plan.wait
-    )
+    admitted = flow.admit(identity, fingerprint, plan)
     if admitted.decision is Decision.REPLAY:
         return plan.outcomes.replay(_outcome_of(admitted))
     if admitted.decision is not Decision.EXECUTE:
         raise admitted.error(plan.namespace)
-    with flow.execution(
-        identity, admitted.token, lease=plan.lease, retention=plan.retention
-    ) as execution:
+    with flow.execution(identity, admitted.token, plan) as execution:
         try:
             value = func(*args, **kwargs)
         except BaseException as error:
@@ -255,16 +260,12 @@ async def _call_async(
 ) -> object:
     identity, fingerprint = plan.identify(args, kwargs)
     flow: AsyncFlow = plan.flow
-    admitted = await flow.admit(
-        identity, fingerprint, lease=plan.lease, retention=plan.retention, wait=plan.wait
-    )
+    admitted = await flow.admit(identity, fingerprint, plan)
     if admitted.decision is Decision.REPLAY:
         return plan.outcomes.replay(_outcome_of(admitted))
     if admitted.decision is not Decision.EXECUTE:
         raise admitted.error(plan.namespace)
-    async with flow.execution(
-        identity, admitted.token, lease=plan.lease, retention=plan.retention
-    ) as execution:
+    async with flow.execution(identity, admitted.token, plan) as execution:
         try:
             value = await func(*args, **kwargs)
         except BaseException as error:

@@ -16,24 +16,17 @@ docs/http.md for every setting and the published policy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Final, Unpack
+from typing import Final
 
 from retrysafe._errors import StoreError
-from retrysafe._flow import AsyncFlow, Counters
+from retrysafe._flow import AsyncFlow
 from retrysafe._http import (
     KEY_HEADER,
-    Gate,
     ResponseCapture,
     RouteSettings,
-    ScopeLimiter,
     Settings,
-    SettingsOptions,
-    answer,
     logger,
     outcome_to_store,
-    store_unavailable,
-    too_many_in_flight,
 )
 from retrysafe._http.asgi_io import (
     ASGIApp,
@@ -45,6 +38,7 @@ from retrysafe._http.asgi_io import (
     respond,
     track_request,
 )
+from retrysafe._http.middleware import MiddlewareBase
 from retrysafe._record import Identity
 from retrysafe.stores.base import AsyncStore
 
@@ -68,48 +62,21 @@ _UNCAPTURABLE: Final = (
 )
 
 
-def _path(scope: Scope) -> str:
-    path: str = scope["path"]
-    return path
-
-
-class IdempotencyMiddleware:
+class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow]):
     """Make POST and PATCH requests with an `Idempotency-Key` header safe to retry.
 
-    Args:
-        app: the ASGI app to wrap.
-        store: where records live (`retrysafe.open_async_store(url)`).
-        routes: path pattern to `RouteSettings` (or None: not covered), first match wins;
-            `*` matches within one path segment, `**` anything. Unlisted paths use `settings`.
-        route_settings: instead of `routes`, a function of the ASGI scope returning the
-            `RouteSettings` of the request, or None if it is not covered (for framework
-            integrations that know their routes). It is called for requests whose method is
-            in `methods`; for those without a key only if the hook has no `may_require_key`
-            attribute or it is true (no route requires a key: they pass straight through).
-        settings: a `Settings` to start from; `options` override its fields.
-        options: any `Settings` field by name (`required=True`, `wait=0`, ...).
+    Args: see `retrysafe._http.middleware.MiddlewareBase`; `app` is an ASGI app, `store` an
+    async store (`retrysafe.open_async_store(url)`), and `route_settings` gets the ASGI scope.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        store: AsyncStore,
-        routes: Mapping[str, RouteSettings | None] | None = None,
-        route_settings: Callable[[Scope], RouteSettings | None] | None = None,
-        settings: Settings | None = None,
-        **options: Unpack[SettingsOptions],
-    ) -> None:
-        self.app = app
-        self.store = store
-        self._gate = Gate(settings, routes, route_settings, _path, **options)
-        self.settings = self._gate.settings
-        self.counters = Counters()
-        """What the middleware did: executions, replays, and failures to store (B19)."""
-        self.flow = AsyncFlow(store, counters=self.counters, logger=logger)
-        self._methods = self._gate.methods
-        cap = self.settings.max_in_flight_per_scope
-        self._limiter = None if cap is None else ScopeLimiter(cap)
+    @staticmethod
+    def _path(request: Scope) -> str:
+        path: str = request["path"]
+        return path
+
+    @staticmethod
+    def _new_flow(store: AsyncStore) -> AsyncFlow:
+        return AsyncFlow(store, logger=logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; all but covered HTTP requests pass straight through."""
@@ -131,41 +98,27 @@ class IdempotencyMiddleware:
             return
         identity, fingerprint, body = tracked
         try:
-            admitted = await self.flow.admit(
-                identity,
-                fingerprint,
-                lease=settings.lease,
-                retention=settings.retention,
-                wait=settings.wait,
-            )
+            admitted = await self.flow.admit(identity, fingerprint, settings)
         except StoreError:
-            logger.exception("The idempotency store failed; fail_open=%s", settings.fail_open)
-            if settings.fail_open:
+            unavailable = self._store_failed(settings)
+            if unavailable is None:
                 await self.app(scope, replay_body(body, receive), send)
             else:
-                await respond(send, store_unavailable(settings))
+                await respond(send, unavailable)
             return
-        refused = answer(admitted, settings)
+        refused = self._refusal(admitted, identity.scope, settings)
         if refused is not None:
+            if admitted.claim is not None:  # over the scope's cap: let a retry run it
+                await self.flow.release(identity, admitted.token)
             await respond(send, refused)
-            return
-        if self._limiter is not None and not self._limiter.enter(identity.scope):
-            await self.flow.release(identity, admitted.token)
-            await respond(send, too_many_in_flight(settings))
             return
         try:
             await self._execute(
-                scope,
-                receive,
-                send,
-                settings=settings,
-                identity=identity,
-                token=admitted.token,
+                scope, receive, send, settings=settings, identity=identity, token=admitted.token,
                 body=body,
-            )
+            )  # fmt: skip
         finally:
-            if self._limiter is not None:
-                self._limiter.leave(identity.scope)
+            self._leave(identity.scope)
 
     async def _execute(
         self,
@@ -207,9 +160,7 @@ class IdempotencyMiddleware:
             app_scope = {**scope, "extensions": kept}
         # An exception or a cancellation leaves the block unfinished: the claim is released,
         # so a retry runs again (B18).
-        async with self.flow.execution(
-            identity, token, lease=settings.lease, retention=settings.retention
-        ) as execution:
+        async with self.flow.execution(identity, token, settings) as execution:
             await self.app(app_scope, replay_body(body, receive), capture_send)
             await execution.finish(outcome_to_store(capture, settings))
         if not capture.overflowed and start:

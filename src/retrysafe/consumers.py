@@ -28,16 +28,10 @@ the whole pattern, pika, Celery and other task runners.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, Unpack
 
-from retrysafe._decorator import DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_WAIT, idempotent
-from retrysafe._errors import (
-    ConfigurationError,
-    InvalidKeyError,
-    KeyMismatchError,
-    OutcomeError,
-)
-from retrysafe._serializer import Serializer
+from retrysafe._decorator import IdempotentOptions, idempotent
+from retrysafe._errors import ConfigurationError, InvalidKeyError, KeyMismatchError, OutcomeError
 from retrysafe.stores.base import AsyncStore, Store
 
 __all__ = ["idempotent_message", "message_body_of", "message_id_of", "should_requeue"]
@@ -96,13 +90,7 @@ def idempotent_message(
     *,
     message_id: Callable[..., object] = message_id_of,
     body: Callable[..., object] = message_body_of,
-    namespace: str | None = None,
-    scope: str | Callable[..., str] = "",
-    retention: float = DEFAULT_RETENTION,
-    lease: float = DEFAULT_LEASE,
-    wait: float = DEFAULT_WAIT,
-    final_exceptions: tuple[type[BaseException], ...] = (),
-    serializer: Serializer | None = None,
+    **options: Unpack[IdempotentOptions],
 ) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Make a message handler run once per message id; a redelivery replays its outcome.
 
@@ -125,15 +113,4 @@ def idempotent_message(
             redelivery, rather than releasing the id for a retry.
         serializer: how return values are stored; default `JSONSerializer()`.
     """
-    return idempotent(
-        store,
-        key=message_id,
-        fingerprint=body,
-        scope=scope,
-        namespace=namespace,
-        retention=retention,
-        lease=lease,
-        wait=wait,
-        final_exceptions=final_exceptions,
-        serializer=serializer,
-    )
+    return idempotent(store, key=message_id, fingerprint=body, **options)

@@ -15,71 +15,45 @@ The twin of `retrysafe.asgi.IdempotencyMiddleware`: the same settings and the sa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Unpack
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from retrysafe._errors import StoreError
-from retrysafe._flow import Counters, SyncExecution, SyncFlow
+from retrysafe._flow import SyncExecution, SyncFlow
 from retrysafe._http import (
-    Gate,
     Response,
     ResponseCapture,
     RouteSettings,
-    ScopeLimiter,
     Settings,
-    SettingsOptions,
-    answer,
     logger,
     outcome_to_store,
-    store_unavailable,
-    too_many_in_flight,
 )
+from retrysafe._http.middleware import MiddlewareBase
 from retrysafe._http.wsgi_io import close_iterable, path_of, prepare_request, respond
 from retrysafe.stores.base import Store
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401
 
 __all__ = ["IdempotencyMiddleware", "RouteSettings", "Settings"]
 
 
-class IdempotencyMiddleware:
+class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment", Store, SyncFlow]):
     """Make POST and PATCH requests with an `Idempotency-Key` header safe to retry.
 
-    Args:
-        app: the WSGI app to wrap.
-        store: where records live (`retrysafe.open_store(url)`).
-        routes: path pattern to `RouteSettings` (or None: not covered), first match wins;
-            `*` matches within one path segment, `**` anything. Unlisted paths use `settings`.
-        route_settings: instead of `routes`, a function of the WSGI environ returning the
-            `RouteSettings` of the request, or None if it is not covered. It is called for
-            requests whose method is in `methods`; for those without a key only if the hook
-            has no `may_require_key` attribute or it is true (see `retrysafe.asgi`).
-        settings: a `Settings` to start from; `options` override its fields.
-        options: any `Settings` field by name (`required=True`, `wait=0`, ...).
+    Args: see `retrysafe._http.middleware.MiddlewareBase`; `app` is a WSGI app, `store` a
+    sync store (`retrysafe.open_store(url)`), and `route_settings` gets the WSGI environ.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        *,
-        store: Store,
-        routes: Mapping[str, RouteSettings | None] | None = None,
-        route_settings: Callable[[WSGIEnvironment], RouteSettings | None] | None = None,
-        settings: Settings | None = None,
-        **options: Unpack[SettingsOptions],
-    ) -> None:
-        self.app = app
-        self.store = store
-        self._gate = Gate(settings, routes, route_settings, path_of, **options)
-        self.settings = self._gate.settings
-        self.counters = Counters()
-        """What the middleware did: executions, replays, and failures to store (B19)."""
-        self.flow = SyncFlow(store, counters=self.counters, logger=logger)
-        self._methods = self._gate.methods
-        cap = self.settings.max_in_flight_per_scope
-        self._limiter = None if cap is None else ScopeLimiter(cap)
+    @staticmethod
+    def _path(request: WSGIEnvironment) -> str:
+        return path_of(request)
+
+    @staticmethod
+    def _new_flow(store: Store) -> SyncFlow:
+        return SyncFlow(store, logger=logger)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Handle one request; all but covered requests pass straight through."""
@@ -106,32 +80,22 @@ class IdempotencyMiddleware:
             return respond(start_response, prepared)
         environ, identity, fingerprint = prepared
         try:
-            admitted = self.flow.admit(
-                identity,
-                fingerprint,
-                lease=settings.lease,
-                retention=settings.retention,
-                wait=settings.wait,
-            )
+            admitted = self.flow.admit(identity, fingerprint, settings)
         except StoreError:
-            logger.exception("The idempotency store failed; fail_open=%s", settings.fail_open)
-            if settings.fail_open:
+            unavailable = self._store_failed(settings)
+            if unavailable is None:
                 return self.app(environ, start_response)
-            return respond(start_response, store_unavailable(settings))
-        refused = answer(admitted, settings)
+            return respond(start_response, unavailable)
+        refused = self._refusal(admitted, identity.scope, settings)
         if refused is not None:
+            if admitted.claim is not None:  # over the scope's cap: let a retry run it
+                self.flow.release(identity, admitted.token)
             return respond(start_response, refused)
-        if self._limiter is not None and not self._limiter.enter(identity.scope):
-            self.flow.release(identity, admitted.token)
-            return respond(start_response, too_many_in_flight(settings))
         try:
-            execution = self.flow.execution(
-                identity, admitted.token, lease=settings.lease, retention=settings.retention
-            )
+            execution = self.flow.execution(identity, admitted.token, settings)
             return self._execute(environ, start_response, settings, execution)
         finally:
-            if self._limiter is not None:
-                self._limiter.leave(identity.scope)
+            self._leave(identity.scope)
 
     def _execute(
         self,
@@ -176,39 +140,34 @@ class IdempotencyMiddleware:
         return [capture.body()]
 
 
+@dataclass(eq=False)
 class _Streamed:
     """A response past the storable limit, streamed to the client; finishes on close (B22)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        execution: SyncExecution,
-        capture: ResponseCapture,
-        result: Iterable[bytes],
-        chunks: Iterator[bytes],
-    ) -> None:
-        self._settings = settings
-        self._execution = execution
-        self._capture = capture
-        self._result = result
-        self._chunks = chunks
-        self._first = capture.take()
-        self._failed = False
-        self._closed = False
+    settings: Settings
+    execution: SyncExecution
+    capture: ResponseCapture
+    result: Iterable[bytes]
+    chunks: Iterator[bytes]
+    _failed: bool = False
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        self._first = self.capture.take()
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield the body; an error from the app releases the claim."""
         yield self._first
         try:
-            for chunk in self._chunks:
-                self._capture.add(chunk)
+            for chunk in self.chunks:
+                self.capture.add(chunk)
                 yield chunk
         except GeneratorExit:
             raise
         except BaseException:
             self._failed = True
             raise
-        self._capture.complete = True
+        self.capture.complete = True
 
     def close(self) -> None:
         """Close the app's iterable, then store the outcome or release the claim."""
@@ -216,12 +175,12 @@ class _Streamed:
             return
         self._closed = True
         try:
-            close_iterable(self._result)
+            close_iterable(self.result)
         finally:
             if self._failed:
-                self._execution.finish(None)
+                self.execution.finish(None)
             else:
                 # The app ran, and its status is known: even if the client left mid-body, a
                 # retry must not run it again.
-                self._capture.complete = True
-                self._execution.finish(outcome_to_store(self._capture, self._settings))
+                self.capture.complete = True
+                self.execution.finish(outcome_to_store(self.capture, self.settings))

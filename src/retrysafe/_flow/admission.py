@@ -10,27 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from retrysafe._clock import Clock
 from retrysafe._concurrency import monotonic
 from retrysafe._engine import Decision, decide
 from retrysafe._errors import InFlightError, KeyMismatchError
 from retrysafe._record import Claim, Identity, Record
-
-__all__ = [
-    "CLAIM_RETRIES",
-    "DEFAULT_LEASE",
-    "DEFAULT_RETENTION",
-    "DEFAULT_WAIT",
-    "IN_FLIGHT_RETRY_AFTER",
-    "Admission",
-    "AdmissionFlow",
-    "ClaimStep",
-    "WaitStep",
-    "admission",
-    "judge",
-]
 
 DEFAULT_RETENTION: Final = 24 * 3600.0
 """How long a finished operation's outcome is kept and replayed (B21): 24 hours."""
@@ -44,6 +30,18 @@ IN_FLIGHT_RETRY_AFTER: Final = 1
 """Seconds after which a duplicate refused as in flight may retry (Retry-After, B14)."""
 
 
+class Terms(Protocol):
+    """How long a claim lives (`lease`), its outcome is kept (`retention`), and a duplicate
+    waits (`wait`), in seconds: the HTTP `Settings` and the decorator's plan both have them."""
+
+    @property
+    def lease(self) -> float: ...
+    @property
+    def retention(self) -> float: ...
+    @property
+    def wait(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimStep:
     """Ask the store to claim `identity` (`store.claim`); send back the `Claim`."""
@@ -52,6 +50,10 @@ class ClaimStep:
     fingerprint: str
     lease: float
     retention: float
+
+    def terms(self) -> dict[str, float]:
+        """The claim's keyword arguments besides identity and fingerprint."""
+        return {"lease": self.lease, "retention": self.retention}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,18 @@ class Admission:
 AdmissionFlow = Generator[ClaimStep | WaitStep, Claim | Record | None, Admission]
 
 
+def advance(
+    steps: AdmissionFlow, answer: Claim | Record | None
+) -> ClaimStep | WaitStep | Admission:
+    """Send the store's `answer` to an admission (None to start it); return its next step, or
+    the Admission once it has decided."""
+    try:
+        return steps.send(answer)
+    except StopIteration as done:
+        result: Admission = done.value
+        return result
+
+
 def judge(claim: Claim, fingerprint: str, now: float) -> Admission | None:
     """Return the admission a claim's answer decides, or None when the key must be claimed
     again (the record it found expired meanwhile). Never waits: in flight is final here."""
@@ -110,23 +124,21 @@ def judge(claim: Claim, fingerprint: str, now: float) -> Admission | None:
 def admission(
     identity: Identity,
     fingerprint: str,
+    terms: Terms,
     *,
-    lease: float,
-    retention: float,
-    wait: float,
     clock: Clock,
     elapsed: Callable[[], float] = monotonic,
 ) -> AdmissionFlow:
     """The admission of one operation: claim, then execute, replay, refuse, or wait and decide.
 
-    A duplicate in flight waits up to `wait` seconds (measured with `elapsed`) for the outcome,
-    then is refused (B15). A record that expires under a duplicate's eyes is claimed again, up
-    to `CLAIM_RETRIES` times, so a store whose clock lags ours cannot spin the caller.
+    A duplicate in flight waits up to `terms.wait` seconds (measured with `elapsed`) for the
+    outcome, then is refused (B15). A record that expires under a duplicate's eyes is claimed
+    again, up to `CLAIM_RETRIES` times, so a store whose clock lags ours cannot spin the caller.
     """
     deadline: float | None = None  # set when a duplicate first finds the key in flight
     retries = CLAIM_RETRIES
     while True:
-        claim = cast(Claim, (yield ClaimStep(identity, fingerprint, lease, retention)))
+        claim = cast(Claim, (yield ClaimStep(identity, fingerprint, terms.lease, terms.retention)))
         if claim.acquired:
             return Admission(Decision.EXECUTE, claim=claim)
         record: Record | None = claim.record
@@ -140,7 +152,7 @@ def admission(
             if decision is not Decision.IN_FLIGHT:
                 return Admission(decision, record=record)
             if deadline is None:
-                deadline = elapsed() + wait
+                deadline = elapsed() + terms.wait
             remaining = deadline - elapsed()
             if remaining <= 0:
                 return Admission(Decision.IN_FLIGHT, record=record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from typing import Final, Generic, TypeVar
 
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError
@@ -13,22 +14,25 @@ from retrysafe._record import Identity
 
 __all__ = ["Count", "Counters", "Finisher"]
 
+StoreT = TypeVar("StoreT")
+_LOGGER: Final = logging.getLogger("retrysafe")
+
 
 class Count(enum.StrEnum):
-    """What the flow counts."""
+    """What the flow counts.
+
+    executions: operations that ran under a claim; replays: calls answered from a stored
+    outcome; complete_failures: outcomes not stored after the operation ran (B19); fenced:
+    claims found taken over when completing or renewing (B17); release_failures: claims not
+    released (they end with their lease); renew_failures: failed renewals, other than fencing.
+    """
 
     EXECUTIONS = "executions"
-    """Operations that ran under a claim."""
     REPLAYS = "replays"
-    """Calls answered from a stored outcome."""
     COMPLETE_FAILURES = "complete_failures"
-    """Outcomes that could not be stored after the operation ran (B19)."""
     FENCED = "fenced"
-    """Claims found taken over by another worker when completing or renewing (B17)."""
     RELEASE_FAILURES = "release_failures"
-    """Claims that could not be released (they end with their lease)."""
     RENEW_FAILURES = "renew_failures"
-    """Lease renewals that failed (other than fencing)."""
 
 
 class Counters:
@@ -60,13 +64,29 @@ class Counters:
             return {count.value: getattr(self, count.value) for count in Count}
 
 
-class Finisher:
-    """What both drivers share: counting and logging the ends of an execution."""
+class Finisher(Generic[StoreT]):
+    """What both drivers share: the store, and counting and logging the ends of an execution.
 
-    __slots__ = ("counters", "logger", "raise_fenced")
+    Args:
+        store: the store.
+        counters: where to count (default: new counters).
+        logger: where to log store failures.
+        raise_fenced: raise `FencedError` from `finish` when the claim was taken over (the
+            decorator's caller must learn it, B17), instead of logging it.
+    """
 
-    def __init__(self, counters: Counters, logger: logging.Logger, raise_fenced: bool) -> None:
-        self.counters = counters
+    __slots__ = ("counters", "logger", "raise_fenced", "store")
+
+    def __init__(
+        self,
+        store: StoreT,
+        *,
+        counters: Counters | None = None,
+        logger: logging.Logger = _LOGGER,
+        raise_fenced: bool = False,
+    ) -> None:
+        self.store = store
+        self.counters = counters or Counters()
         self.logger = logger
         self.raise_fenced = raise_fenced
 

@@ -9,73 +9,46 @@ and counted by `Finisher`, never raised (B19), except a fencing when the face as
 from __future__ import annotations
 
 import logging
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Final, Generic, TypeVar
 
 import anyio
 
-from retrysafe._flow.admission import Admission, ClaimStep, admission
-from retrysafe._flow.counters import Count, Counters, Finisher
+from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance
+from retrysafe._flow.counters import Count, Finisher
 from retrysafe._heartbeat import THREADS, AsyncHeartbeat, ThreadBeat
-from retrysafe._record import Claim, Identity, Record
+from retrysafe._record import Identity
 from retrysafe.stores.base import AsyncStore, Store
 
 __all__ = ["AsyncExecution", "AsyncFlow", "SyncExecution", "SyncFlow"]
+
+FlowT = TypeVar("FlowT")
 
 _CLEANUP_SECONDS: Final = 5.0
 """How long a release may take once the caller was cancelled."""
 _LOGGER: Final = logging.getLogger("retrysafe")
 
 
-class SyncFlow(Finisher):
-    """Drives `admission` and executions with a sync store.
+class SyncFlow(Finisher[Store]):
+    """Drives `admission` and executions with a sync store (arguments: see `Finisher`)."""
 
-    Args:
-        store: the store.
-        counters: where to count (default: new counters).
-        logger: where to log store failures.
-        raise_fenced: raise `FencedError` from `finish` when the claim was taken over (the
-            decorator's caller must learn it, B17), instead of logging it.
-    """
+    __slots__ = ()
 
-    __slots__ = ("store",)
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        counters: Counters | None = None,
-        logger: logging.Logger = _LOGGER,
-        raise_fenced: bool = False,
-    ) -> None:
-        super().__init__(counters or Counters(), logger, raise_fenced)
-        self.store = store
-
-    def admit(
-        self, identity: Identity, fingerprint: str, *, lease: float, retention: float, wait: float
-    ) -> Admission:
+    def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         """Claim `identity`, waiting for a duplicate in flight; return what was decided."""
         store = self.store
-        steps = admission(
-            identity, fingerprint, lease=lease, retention=retention, wait=wait, clock=store.clock
-        )
-        step = next(steps)
-        try:
-            while True:
-                if isinstance(step, ClaimStep):
-                    answer: Claim | Record | None = store.claim(
-                        identity, fingerprint, lease=step.lease, retention=step.retention
-                    )
-                else:
-                    answer = store.wait(identity, timeout=step.timeout)
-                step = steps.send(answer)
-        except StopIteration as done:
-            return self.admitted(done.value)
+        steps = admission(identity, fingerprint, terms, clock=store.clock)
+        step = advance(steps, None)
+        while not isinstance(step, Admission):
+            if isinstance(step, ClaimStep):
+                step = advance(steps, store.claim(identity, fingerprint, **step.terms()))
+            else:
+                step = advance(steps, store.wait(identity, timeout=step.timeout))
+        return self.admitted(step)
 
-    def execution(
-        self, identity: Identity, token: str, *, lease: float, retention: float
-    ) -> SyncExecution:
+    def execution(self, identity: Identity, token: str, terms: Terms) -> SyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`with`)."""
-        return SyncExecution(self, identity, token, lease, retention)
+        return SyncExecution(self, identity, token, terms.lease, terms.retention)
 
     def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; a failure is logged, never raised."""
@@ -100,28 +73,29 @@ class SyncFlow(Finisher):
             self.complete_failed(identity, error)
 
 
-class SyncExecution:
+@dataclass(eq=False)
+class _Execution(Generic[FlowT]):
+    """An acquired claim's operation: which claim, and how long its lease and outcome live."""
+
+    _flow: FlowT
+    identity: Identity
+    token: str
+    lease: float
+    retention: float
+    finished: bool = field(default=False, init=False)
+
+
+class SyncExecution(_Execution["SyncFlow"]):
     """One operation under an acquired claim: counted, its lease renewed, then finished.
 
-        with flow.execution(identity, token, lease=30, retention=86400) as run:
+        with flow.execution(identity, token, terms) as run:
             result = operation()
             run.finish(outcome_bytes)      # or finish(None): release, a retry runs again
 
     Leaving the block without `finish` (an exception, say) releases the claim.
     """
 
-    __slots__ = ("_beat", "_flow", "finished", "identity", "lease", "retention", "token")
-
-    def __init__(
-        self, flow: SyncFlow, identity: Identity, token: str, lease: float, retention: float
-    ) -> None:
-        self._flow = flow
-        self.identity = identity
-        self.token = token
-        self.lease = lease
-        self.retention = retention
-        self.finished = False
-        self._beat: ThreadBeat | None = None
+    _beat: ThreadBeat | None = None
 
     def __enter__(self) -> SyncExecution:
         return self.start()
@@ -150,54 +124,28 @@ class SyncExecution:
             self._flow.complete(self.identity, self.token, outcome, self.retention)
 
 
-class AsyncFlow(Finisher):
+class AsyncFlow(Finisher[AsyncStore]):
     """Drives `admission` and executions with an async store (see `SyncFlow`)."""
 
-    __slots__ = ("store",)
+    __slots__ = ()
 
-    def __init__(
-        self,
-        store: AsyncStore,
-        *,
-        counters: Counters | None = None,
-        logger: logging.Logger = _LOGGER,
-        raise_fenced: bool = False,
-    ) -> None:
-        super().__init__(counters or Counters(), logger, raise_fenced)
-        self.store = store
-
-    async def admit(
-        self, identity: Identity, fingerprint: str, *, lease: float, retention: float, wait: float
-    ) -> Admission:
+    async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         """Claim `identity`, waiting for a duplicate in flight; return what was decided."""
         store = self.store
         steps = admission(
-            identity,
-            fingerprint,
-            lease=lease,
-            retention=retention,
-            wait=wait,
-            clock=store.clock,
-            elapsed=anyio.current_time,
+            identity, fingerprint, terms, clock=store.clock, elapsed=anyio.current_time
         )
-        step = next(steps)
-        try:
-            while True:
-                if isinstance(step, ClaimStep):
-                    answer: Claim | Record | None = await store.claim(
-                        identity, fingerprint, lease=step.lease, retention=step.retention
-                    )
-                else:
-                    answer = await store.wait(identity, timeout=step.timeout)
-                step = steps.send(answer)
-        except StopIteration as done:
-            return self.admitted(done.value)
+        step = advance(steps, None)
+        while not isinstance(step, Admission):
+            if isinstance(step, ClaimStep):
+                step = advance(steps, await store.claim(identity, fingerprint, **step.terms()))
+            else:
+                step = advance(steps, await store.wait(identity, timeout=step.timeout))
+        return self.admitted(step)
 
-    def execution(
-        self, identity: Identity, token: str, *, lease: float, retention: float
-    ) -> AsyncExecution:
+    def execution(self, identity: Identity, token: str, terms: Terms) -> AsyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`async with`)."""
-        return AsyncExecution(self, identity, token, lease, retention)
+        return AsyncExecution(self, identity, token, terms.lease, terms.retention)
 
     async def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; shielded from the caller's cancellation."""
@@ -226,22 +174,10 @@ class AsyncFlow(Finisher):
                 self.complete_failed(identity, error)
 
 
-class AsyncExecution:
+class AsyncExecution(_Execution["AsyncFlow"]):
     """One async operation under an acquired claim (see `SyncExecution`)."""
 
-    __slots__ = ("_beat", "_flow", "finished", "identity", "lease", "retention", "token")
-
-    def __init__(
-        self, flow: AsyncFlow, identity: Identity, token: str, lease: float, retention: float
-    ) -> None:
-        self._flow = flow
-        self.identity = identity
-        self.token = token
-        self.lease = lease
-        self.retention = retention
-        self.finished = False
-        flow_, identity_, token_ = flow, identity, token
-        self._beat = AsyncHeartbeat(lambda: flow_.renew(identity_, token_, lease), lease / 3)
+    _beat: AsyncHeartbeat | None = None
 
     async def __aenter__(self) -> AsyncExecution:
         return await self.start()
@@ -249,6 +185,8 @@ class AsyncExecution:
     async def start(self) -> AsyncExecution:
         """Count the execution and start renewing its lease (B16)."""
         self._flow.counters.add(Count.EXECUTIONS)
+        flow, identity, token, lease = self._flow, self.identity, self.token, self.lease
+        self._beat = AsyncHeartbeat(lambda: flow.renew(identity, token, lease), lease / 3)
         await self._beat.start()
         return self
 
@@ -261,7 +199,8 @@ class AsyncExecution:
         if self.finished:
             return
         self.finished = True
-        await self._beat.stop()
+        if self._beat is not None:
+            await self._beat.stop()
         if outcome is None:
             await self._flow.release(self.identity, self.token)
         else:

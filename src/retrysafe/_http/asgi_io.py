@@ -23,6 +23,7 @@ __all__ = [
     "replay_body",
     "request_view",
     "respond",
+    "run_lifespan",
     "track_request",
 ]
 
@@ -112,3 +113,17 @@ async def respond(send: Send, response: Response) -> None:
         {"type": "http.response.start", "status": response.status, "headers": response.headers}
     )
     await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+
+async def run_lifespan(
+    receive: Receive, send: Send, shutdown: Callable[[], Awaitable[None]]
+) -> None:
+    """Answer an ASGI lifespan: start at once; at shutdown, await `shutdown()` first."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

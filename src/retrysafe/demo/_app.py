@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from retrysafe._http.asgi_io import run_lifespan
 from retrysafe.asgi import RouteSettings
 from retrysafe.demo._layers import BearerTenant, CountingTraffic, Traffic, problem, tenant_of
 from retrysafe.demo._schema import Payment, insert_payment
@@ -75,20 +76,14 @@ class DemoApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection, or the lifespan."""
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await run_lifespan(receive, send, self.aclose)
         else:
             await self._app(scope, receive, send)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self.store is not None:
-                    await self.store.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def aclose(self) -> None:
+        """Close the store, if the demo opened one."""
+        if self.store is not None:
+            await self.store.aclose()
 
 
 def create_app(

@@ -40,6 +40,7 @@ import httpx
 import uvicorn
 
 from retrysafe._errors import ConfigurationError
+from retrysafe._http.asgi_io import run_lifespan
 from retrysafe.proxy import HOP_BY_HOP_HEADERS
 
 __all__ = ["FaultPlan", "FaultRelay", "Relay", "RelayCounters", "serve_asgi", "serve_relay"]
@@ -148,19 +149,9 @@ class FaultRelay:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope."""
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await run_lifespan(receive, send, self.aclose)
         elif scope["type"] == "http":
             await self._relay(scope, receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def aclose(self) -> None:
         """Close the connections to the upstream."""

@@ -10,6 +10,7 @@ import httpx
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._http import MIB, Response
+from retrysafe._http.asgi_io import run_lifespan
 from retrysafe.asgi import Message, Receive, Scope, Send
 from retrysafe.proxy._framing import end_to_end, proxy_problem, refusal, request_target
 
@@ -99,7 +100,7 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Forward one HTTP request; run the lifespan; refuse WebSockets (not proxied)."""
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await run_lifespan(receive, send, self.aclose)
         elif scope["type"] == "http":
             await self._forward(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -111,16 +112,6 @@ class ProxyApp:
             await self._client.aclose()
         for callback in self._on_shutdown:
             await callback()
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     def upstream_url(self, path: bytes, query: bytes = b"") -> httpx.URL:
         """Return the upstream URL for an origin-form target: always the upstream's authority."""

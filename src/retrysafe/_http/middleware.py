@@ -1,0 +1,89 @@
+"""What the ASGI and WSGI middleware both hold: the app, the store, the gate and the flow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar, Unpack
+
+from retrysafe._flow import Admission, AsyncFlow, SyncFlow
+from retrysafe._http.flow import ScopeLimiter, answer
+from retrysafe._http.problems import Response, store_unavailable, too_many_in_flight
+from retrysafe._http.routing import Gate
+from retrysafe._http.settings import RouteSettings, Settings, SettingsOptions, logger
+
+__all__ = ["MiddlewareBase"]
+
+AppT = TypeVar("AppT")
+RequestT = TypeVar("RequestT")
+StoreT = TypeVar("StoreT")
+FlowT = TypeVar("FlowT", SyncFlow, AsyncFlow)
+
+
+class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
+    """Make POST and PATCH requests with an `Idempotency-Key` header safe to retry.
+
+    Args:
+        app: the app to wrap.
+        store: where records live (`retrysafe.open_async_store(url)` for ASGI,
+            `retrysafe.open_store(url)` for WSGI).
+        routes: path pattern to `RouteSettings` (or None: not covered), first match wins;
+            `*` matches within one path segment, `**` anything. Unlisted paths use `settings`.
+        route_settings: instead of `routes`, a function of the request (the ASGI scope, the
+            WSGI environ) returning its `RouteSettings`, or None if it is not covered (for
+            framework integrations that know their routes). It is called for requests whose
+            method is in `methods`; for those without a key only if the hook has no
+            `may_require_key` attribute or it is true (no route requires a key: they pass
+            straight through).
+        settings: a `Settings` to start from; `options` override its fields.
+        options: any `Settings` field by name (`required=True`, `wait=0`, ...).
+    """
+
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        store: StoreT,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        route_settings: Callable[[RequestT], RouteSettings | None] | None = None,
+        settings: Settings | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        self.app = app
+        self.store = store
+        self._gate = Gate(settings, routes, route_settings, self._path, **options)
+        self.settings = self._gate.settings
+        self.flow: FlowT = self._new_flow(store)
+        self.counters = self.flow.counters
+        """What the middleware did: executions, replays, and failures to store (B19)."""
+        self._methods = self._gate.methods
+        cap = self.settings.max_in_flight_per_scope
+        self._limiter = None if cap is None else ScopeLimiter(cap)
+
+    def _store_failed(self, settings: Settings) -> Response | None:
+        """Log a store failure; return the 503 to answer, or None to fail open (B20)."""
+        logger.exception("The idempotency store failed; fail_open=%s", settings.fail_open)
+        return None if settings.fail_open else store_unavailable(settings)
+
+    def _refusal(self, admitted: Admission, scope: str, settings: Settings) -> Response | None:
+        """Return the answer to an admission that does not run the app: a replay, a refusal
+        (`answer`), or the 429 of a scope at its in-flight cap (B36), whose claim the caller
+        then releases. None: run the app, and `_leave(scope)` when it is done."""
+        refused = answer(admitted, settings)
+        if refused is None and self._limiter is not None and not self._limiter.enter(scope):
+            return too_many_in_flight(settings)
+        return refused
+
+    def _leave(self, scope: str) -> None:
+        """Give back the in-flight slot `_refusal` took for `scope`."""
+        if self._limiter is not None:
+            self._limiter.leave(scope)
+
+    @staticmethod
+    def _path(request: RequestT) -> str:
+        """Return the request's path (for `routes`)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _new_flow(store: StoreT) -> FlowT:
+        """Return the flow that drives the store."""
+        raise NotImplementedError

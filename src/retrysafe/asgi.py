@@ -131,9 +131,12 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         token: str,
         body: bytes,
     ) -> None:
-        """Run the app under the claim, then store or release its outcome and answer."""
+        """Run the app under the claim; store its outcome and answer as soon as the app sent
+        its last body message (B18). What the app does after that (background tasks) neither
+        delays the answer nor changes the stored outcome; an exception there is logged."""
         capture = ResponseCapture(settings.max_response_size)
         start: Message = {}
+        execution = self.flow.execution(identity, token, settings)
 
         async def capture_send(message: Message) -> None:
             nonlocal start
@@ -142,6 +145,8 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
                 start = message
                 capture.start(message["status"], message.get("headers", ()))
             elif kind == "http.response.body":
+                if capture.complete:
+                    return  # the response is over; nothing more reaches the client
                 chunk = message.get("body", b"")
                 more = message.get("more_body", False)
                 capture.complete = not more
@@ -150,6 +155,10 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
                 elif capture.add(chunk):  # past the storable limit: stream from here on
                     await send(start)
                     await send({"type": kind, "body": capture.take(), "more_body": more})
+                if capture.complete:  # the outcome: store it, then answer at once
+                    await execution.finish(outcome_to_store(capture, settings))
+                    if not capture.overflowed:
+                        await _send_whole(send, start, capture.body())
             else:
                 await send(message)
 
@@ -158,11 +167,27 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         if extensions and any(name in extensions for name in _UNCAPTURABLE):
             kept = {k: v for k, v in extensions.items() if k not in _UNCAPTURABLE}
             app_scope = {**scope, "extensions": kept}
-        # An exception or a cancellation leaves the block unfinished: the claim is released,
-        # so a retry runs again (B18).
-        async with self.flow.execution(identity, token, settings) as execution:
-            await self.app(app_scope, replay_body(body, receive), capture_send)
-            await execution.finish(outcome_to_store(capture, settings))
+        # An exception or a cancellation before the last body message leaves the execution
+        # unfinished: the claim is released, so a retry runs again (B18).
+        async with execution:
+            try:
+                await self.app(app_scope, replay_body(body, receive), capture_send)
+            except Exception:
+                if not capture.complete:
+                    raise
+                logger.exception(
+                    "The app raised after its response to %s was complete (a background task?); "
+                    "the response stands",
+                    identity,
+                )
+                return
+            if capture.complete:
+                return
+            await execution.finish(None)  # the app returned without finishing its response
         if not capture.overflowed and start:
-            await send(start)
-            await send({"type": "http.response.body", "body": capture.body(), "more_body": False})
+            await _send_whole(send, start, capture.body())
+
+
+async def _send_whole(send: Send, start: Message, body: bytes) -> None:
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})

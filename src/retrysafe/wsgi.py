@@ -104,10 +104,13 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
         settings: Settings,
         execution: SyncExecution,
     ) -> Iterable[bytes]:
-        """Run the app under the claim, then store or release its outcome and answer."""
+        """Run the app under the claim; its outcome is the response once its iterable is
+        exhausted (B18): stored, then answered. The app's `close()` (Django's request_finished,
+        say) runs after the answer was sent and cannot change it; an error there is logged."""
         capture = ResponseCapture(settings.max_response_size)
         status_line = ""
         header_lines: list[tuple[str, str]] = []
+        written: Callable[[bytes], object] | None = None  # the server's write, once streaming
 
         def capture_start(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
@@ -118,26 +121,59 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
                 int(status.split(" ", 1)[0]),
                 [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers],
             )
-            return capture.add
+            return write
+
+        def write(data: bytes) -> None:
+            """The app's `write()`: buffered up to the limit, then passed to the server."""
+            nonlocal written
+            if written is not None:
+                capture.add(data)
+                written(data)
+            elif capture.add(data):  # past the storable limit: stream from here on (B22)
+                written = start_response(status_line, header_lines)
+                written(capture.take())
 
         result: Iterable[bytes] = ()
         execution.start()
         try:
             result = self.app(environ, capture_start)
             chunks = iter(result)
+            if written is not None:  # write() already streamed: the iterable follows it
+                return _Streamed(settings, execution, capture, result, chunks)
             for chunk in chunks:
                 if capture.add(chunk):  # past the storable limit: stream from here on
                     start_response(status_line, header_lines)
                     return _Streamed(settings, execution, capture, result, chunks)
-            capture.complete = True
-            close_iterable(result)
         except BaseException:
             close_iterable(result)
             execution.finish(None)  # released: a retry runs again (B18)
             raise
+        capture.complete = True
         execution.finish(outcome_to_store(capture, settings))
         start_response(status_line, header_lines)
-        return [capture.body()]
+        return _Answered([capture.body()], result)
+
+
+@dataclass(eq=False)
+class _Answered:
+    """The whole answer; closing it closes the app's iterable after the answer was sent."""
+
+    body: list[bytes]
+    result: Iterable[bytes]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        """Close the app's iterable; its errors are logged, the stored outcome stands."""
+        _close_quietly(self.result)
+
+
+def _close_quietly(result: Iterable[bytes]) -> None:
+    try:
+        close_iterable(result)
+    except Exception:
+        logger.exception("The app's close() raised after its response was complete")
 
 
 @dataclass(eq=False)
@@ -156,7 +192,7 @@ class _Streamed:
         self._first = self.capture.take()
 
     def __iter__(self) -> Iterator[bytes]:
-        """Yield the body; an error from the app releases the claim."""
+        """Yield the body; an error from the app releases the claim, the end stores it."""
         yield self._first
         try:
             for chunk in self.chunks:
@@ -167,20 +203,25 @@ class _Streamed:
         except BaseException:
             self._failed = True
             raise
+        self._finish()
+
+    def _finish(self) -> None:
+        # The app ran and its status is known: even if the client left mid-body, a retry must
+        # not run it again, so the (omitted) outcome is stored (B22).
         self.capture.complete = True
+        self.execution.finish(outcome_to_store(self.capture, self.settings))
 
     def close(self) -> None:
-        """Close the app's iterable, then store the outcome or release the claim."""
+        """Store the outcome (or release the claim after an error), then close the app's
+        iterable, whose errors are logged."""
         if self._closed:
             return
         self._closed = True
-        try:
-            close_iterable(self.result)
-        finally:
-            if self._failed:
+        if self._failed:
+            try:
+                close_iterable(self.result)
+            finally:
                 self.execution.finish(None)
-            else:
-                # The app ran, and its status is known: even if the client left mid-body, a
-                # retry must not run it again.
-                self.capture.complete = True
-                self.execution.finish(outcome_to_store(self.capture, self.settings))
+            return
+        self._finish()
+        _close_quietly(self.result)

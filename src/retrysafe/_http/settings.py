@@ -21,6 +21,7 @@ __all__ = [
     "KEY_HEADER",
     "MIB",
     "NEVER_STORED_HEADERS",
+    "REPRESENTATION_HEADERS",
     "Header",
     "OutcomePolicy",
     "RequestView",
@@ -48,6 +49,11 @@ DEFAULT_STORED_HEADERS: Final = frozenset(
         "link",
         "location",
     }
+)
+# Always stored with the body, whatever the allow-list says: they tell how the stored bytes are
+# decoded and interpreted, so a replay is the same representation as the first answer (B11).
+REPRESENTATION_HEADERS: Final = frozenset(
+    {"content-encoding", "content-language", "content-range", "content-type", "vary"}
 )
 # Never stored, whatever the allow-list says: per-response, per-connection or per-client values.
 NEVER_STORED_HEADERS: Final = frozenset(
@@ -154,7 +160,9 @@ class Settings:
         wait: seconds a duplicate waits for the first request's outcome; 0 answers 409 (B15).
         mismatch_status: the status for a key reused with another request: 422, 400 or 409.
         replay_header: the header that marks a replayed response (B10).
-        stored_headers: the response headers stored and replayed (B11), case-insensitive.
+        stored_headers: the response headers stored and replayed (B11), case-insensitive;
+            `REPRESENTATION_HEADERS` (Content-Encoding, Content-Type, Content-Language,
+            Content-Range, Vary) are always stored too.
         outcomes: which statuses are stored (B18): "definitive", "all", or a predicate.
         fail_open: run the handler untracked when the store is unavailable (B20).
         max_body_size: the largest request body accepted on a tracked request (B22).
@@ -214,7 +222,8 @@ class Settings:
             raise ConfigurationError('outcomes must be "definitive", "all" or a function.')
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "stored_headers", stored)
-        object.__setattr__(self, "stored_header_names", frozenset(h.encode() for h in stored))
+        kept = stored | REPRESENTATION_HEADERS
+        object.__setattr__(self, "stored_header_names", frozenset(h.encode() for h in kept))
         object.__setattr__(self, "replay_header_name", self.replay_header.lower().encode())
         object.__setattr__(self, "stores_status", stores_status)
 

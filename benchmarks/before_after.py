@@ -8,8 +8,8 @@ benchmark script (this checkout's) once with the baseline's `src/` first on the 
 once with this checkout's, in alternating order (base first on even runs, after first on odd
 ones), so drift in the machine's load hits both sides alike. The benchmark prints Markdown
 table rows; the last column of each row (a ratio to the bare alternative, such as `1.40x`) is
-collected per row (named by its first `--key-columns` cells) and side. The report gives, per row, each side's median and its range over
-the runs (the scatter), and the change of the median.
+collected per row (named by its first `--key-columns` cells) and side. The report gives, per
+row, each side's median and its range over the runs (the scatter), and the median's change.
 """
 
 from __future__ import annotations

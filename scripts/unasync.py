@@ -24,11 +24,14 @@ PACKAGES = ("stores", "transactions")
 A_PREFIXED = (
     "close",
     "sleep",
+    "begin_claim",
+    "rollback",
     "run_phases",
     "call_phase",
     "insert_if_absent",
     "update_by_key",
     "delete_by_key",
+    "load_scope_secret",
 )
 # Module-level dispatchers come in pairs: `async_backend` and `sync_backend`, and so on.
 DISPATCHERS = ("backend", "records", "executor")

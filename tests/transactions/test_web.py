@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from retrysafe import Identity, State, transactions
-from retrysafe._http import decode_outcome, default_scope
+from retrysafe._http import Scoper, Settings, decode_outcome
 from retrysafe.transactions.fastapi import RequestTransaction, Transactional, install, transaction
 from tests.servers import AsgiServer
 from tests.transactions.conftest import Database, make_database
@@ -43,12 +43,23 @@ def identity_of(key: str = KEY) -> Identity:
     return Identity("http", scope, key)
 
 
+SECRET = "transactions-test-scope-secret"
+
+
+@pytest.fixture(autouse=True)
+def scope_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every app here hashes scopes with one known secret, so tests can name identities."""
+    monkeypatch.setenv("RETRYSAFE_SCOPE_SECRET", SECRET)
+
+
 def default_scope_of(authorization: str) -> str:
-    """The default scope of a request with this Authorization header."""
+    """The default scope of a request with this Authorization header (B8)."""
     from retrysafe._http import RequestView
 
     view = RequestView("POST", "/", b"", [(b"authorization", authorization.encode())], {})
-    return default_scope(view, "Authorization")
+    scope = Scoper(SECRET.encode()).scope_of(Settings(), view)
+    assert scope is not None
+    return scope
 
 
 class PaymentIn(BaseModel):

@@ -3,7 +3,7 @@
 `AsyncTransaction` and the protocols its backends implement are written once, async, in
 `_async/transaction.py`; `Transaction` and its protocols are generated from it into
 `_sync/transaction.py` by `scripts/unasync.py`. What both colours share, without I/O, is
-`_state.py`.
+`_state.py`; the defaults are the shared flow's (`retrysafe._flow`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from retrysafe.transactions._async.transaction import (
 from retrysafe.transactions._state import (
     DEFAULT_LEASE,
     DEFAULT_RETENTION,
+    ClaimOptions,
+    ClaimSettings,
     check_settings,
     refusal,
 )
@@ -35,6 +37,8 @@ __all__ = [
     "AsyncRecords",
     "AsyncTransaction",
     "Backend",
+    "ClaimOptions",
+    "ClaimSettings",
     "RecordStatements",
     "Records",
     "Transaction",

@@ -1,11 +1,11 @@
 """Which class drives a given connection: backends, records and write executors, by driver.
 
 The sync and async code (`_async/`, and `_sync/` generated from it) asks here, by colour:
-`sync_backend` / `async_backend` for a transaction's backend, `sync_records` / `async_records`
-for the record statements on a session's driver connection, `sync_executor` / `async_executor`
-for the write helpers. Drivers are recognised by `_drivers` (without importing any), and the
-module for a driver is imported only when one of its connections shows up, so a user of
-`sqlite3` alone never loads psycopg or SQLAlchemy.
+`sync_backend` / `async_backend` for a transaction's backend, `sync_executor` / `async_executor`
+for the write helpers, `sync_records` / `async_records` for the record statements on a
+session's driver connection (those of that connection's own backend). Drivers are recognised
+by `_drivers` (without importing any), and the module for a driver is imported only when one of
+its connections shows up, so a user of `sqlite3` alone never loads psycopg or SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from retrysafe.transactions import _drivers as drivers
 
 if TYPE_CHECKING:
     from retrysafe.transactions._async.executors import AsyncExecutor
+    from retrysafe.transactions._async.psycopg import AsyncPsycopgBackend
     from retrysafe.transactions._async.transaction import AsyncBackend, AsyncRecords
     from retrysafe.transactions._drivers import AsyncConnection, Connection
+    from retrysafe.transactions._sqlite import SQLiteBackend
     from retrysafe.transactions._sync.executors import Executor
+    from retrysafe.transactions._sync.psycopg import PsycopgBackend
     from retrysafe.transactions._sync.transaction import Backend, Records
 
 # The lazy imports below load a driver's module only for a connection of that driver.
@@ -41,60 +44,20 @@ _SESSIONS = "sqlite (the standard sqlite3 driver) or postgresql+psycopg (psycopg
 
 def sync_backend(connection: Connection, table: str) -> Backend:
     """Return the backend for a sync connection or session."""
-    if drivers.is_sqlite_connection(connection):
-        from retrysafe.transactions._sqlite import SQLiteBackend
-
-        return SQLiteBackend(connection, table)
-    if drivers.is_psycopg_connection(connection):
-        from retrysafe.transactions._sync.psycopg import PsycopgBackend
-
-        return PsycopgBackend(connection, table)
     if drivers.is_session(connection):
         from retrysafe.transactions._sync.sqlalchemy import SessionBackend
 
         return SessionBackend(connection, table)
-    raise TypeError(f"Expected a {_SYNC}, not {connection!r}.")
+    return _sync_driver_backend(connection, table)
 
 
 def async_backend(connection: AsyncConnection, table: str) -> AsyncBackend:
     """Return the backend for an async connection or session."""
-    if drivers.is_async_psycopg_connection(connection):
-        from retrysafe.transactions._async.psycopg import AsyncPsycopgBackend
-
-        return AsyncPsycopgBackend(connection, table)
     if drivers.is_async_session(connection):
         from retrysafe.transactions._async.sqlalchemy import AsyncSessionBackend
 
         return AsyncSessionBackend(connection, table)
-    raise TypeError(f"Expected a {_ASYNC}, not {connection!r}.")
-
-
-def sync_records(driver_connection: object, table: str) -> Records:
-    """Return the record statements for a sync session's driver connection."""
-    if drivers.is_sqlite_connection(driver_connection):
-        from retrysafe.transactions._sqlite import SQLiteRecords
-
-        return SQLiteRecords(driver_connection, table)
-    if drivers.is_psycopg_connection(driver_connection):
-        from retrysafe.transactions._sync.psycopg import PsycopgRecords
-
-        return PsycopgRecords(driver_connection, table)
-    raise ConfigurationError(
-        f"Transactional mode supports sessions on {_SESSIONS}, "
-        f"not a {type(driver_connection).__module__} connection."
-    )
-
-
-def async_records(driver_connection: object, table: str) -> AsyncRecords:
-    """Return the record statements for an async session's driver connection."""
-    if drivers.is_async_psycopg_connection(driver_connection):
-        from retrysafe.transactions._async.psycopg import AsyncPsycopgRecords
-
-        return AsyncPsycopgRecords(driver_connection, table)
-    raise ConfigurationError(
-        "Transactional mode on an AsyncSession supports postgresql+psycopg (psycopg 3), "
-        f"not a {type(driver_connection).__module__} connection."
-    )
+    return _async_driver_backend(connection, table)
 
 
 def sync_executor(connection: object) -> Executor:
@@ -130,3 +93,48 @@ def async_executor(connection: object) -> AsyncExecutor:
     raise TypeError(
         f"Expected a psycopg AsyncConnection or a SQLAlchemy AsyncSession, not {connection!r}."
     )
+
+
+def sync_records(driver_connection: object, table: str) -> Records:
+    """Return the record statements for a sync session's driver connection: its backend's."""
+    if not (
+        drivers.is_sqlite_connection(driver_connection)
+        or drivers.is_psycopg_connection(driver_connection)
+    ):
+        raise ConfigurationError(
+            f"Transactional mode supports sessions on {_SESSIONS}, "
+            f"not a {type(driver_connection).__module__} connection."
+        )
+    return _sync_driver_backend(driver_connection, table)
+
+
+def async_records(driver_connection: object, table: str) -> AsyncRecords:
+    """Return the record statements for an async session's driver connection: its backend's."""
+    if not drivers.is_async_psycopg_connection(driver_connection):
+        raise ConfigurationError(
+            "Transactional mode on an AsyncSession supports postgresql+psycopg (psycopg 3), "
+            f"not a {type(driver_connection).__module__} connection."
+        )
+    return _async_driver_backend(driver_connection, table)
+
+
+def _sync_driver_backend(connection: object, table: str) -> SQLiteBackend | PsycopgBackend:
+    """Return the backend of a sync driver's own connection: its records, and transactions."""
+    if drivers.is_sqlite_connection(connection):
+        from retrysafe.transactions._sqlite import SQLiteBackend
+
+        return SQLiteBackend(connection, table)
+    if drivers.is_psycopg_connection(connection):
+        from retrysafe.transactions._sync.psycopg import PsycopgBackend
+
+        return PsycopgBackend(connection, table)
+    raise TypeError(f"Expected a {_SYNC}, not {connection!r}.")
+
+
+def _async_driver_backend(connection: object, table: str) -> AsyncPsycopgBackend:
+    """Return the backend of an async driver's own connection: its records, and transactions."""
+    if drivers.is_async_psycopg_connection(connection):
+        from retrysafe.transactions._async.psycopg import AsyncPsycopgBackend
+
+        return AsyncPsycopgBackend(connection, table)
+    raise TypeError(f"Expected a {_ASYNC}, not {connection!r}.")

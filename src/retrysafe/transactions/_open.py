@@ -2,24 +2,18 @@
 
 Each returns a `Transaction` or an `AsyncTransaction` by the colour of the connection it is
 given; which backend drives a connection is decided in `_dispatch.py` (`sync_backend` and
-`async_backend`, re-exported here for the web faces).
+`async_backend`, re-exported here). Their keyword arguments are the claim's (`ClaimOptions`,
+`_state.py`) and the records `table`.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, TypeVar, Unpack, overload
 
-from retrysafe._clock import Clock
-from retrysafe._record import Identity
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
-from retrysafe.transactions._core import (
-    DEFAULT_LEASE,
-    DEFAULT_RETENTION,
-    AsyncTransaction,
-    Transaction,
-)
+from retrysafe.transactions._core import AsyncTransaction, ClaimOptions, Transaction
 from retrysafe.transactions._dispatch import async_backend, sync_backend
 from retrysafe.transactions._sqlite import SQLiteBackend
 
@@ -34,14 +28,7 @@ Row = TypeVar("Row")
 
 
 def sqlite(
-    connection: sqlite3.Connection,
-    *,
-    identity: Identity,
-    fingerprint: str,
-    table: str = DEFAULT_TABLE,
-    lease: float = DEFAULT_LEASE,
-    retention: float = DEFAULT_RETENTION,
-    clock: Clock | None = None,
+    connection: sqlite3.Connection, *, table: str = DEFAULT_TABLE, **options: Unpack[ClaimOptions]
 ) -> Transaction:
     """Return a transaction on a `sqlite3` connection in which the key commits with the writes.
 
@@ -49,59 +36,29 @@ def sqlite(
         connection: the connection the business writes use. Outside a transaction the block
             runs in `BEGIN IMMEDIATE` ... `COMMIT`; inside one, in a savepoint that commits
             with it.
-        identity: the key's (namespace, scope, key).
-        fingerprint: a digest of the request; the same key with another one is refused.
         table: the records table, the SQLite store's `table` option (default
             `retrysafe_records`); created if missing.
-        lease: seconds a record committed in flight may wait for its holder.
-        retention: seconds the outcome is kept and replayed after the commit.
-        clock: the time source (default: the system clock).
+        options: the claim: `identity` (the key's namespace, scope and key) and `fingerprint`
+            (a digest of the request: the same key with another one is refused), and
+            optionally `lease` (seconds a record committed in flight may wait for its holder),
+            `retention` (seconds the outcome is replayed after the commit) and `clock`.
     """
-    return Transaction(
-        SQLiteBackend(connection, table),
-        identity=identity,
-        fingerprint=fingerprint,
-        lease=lease,
-        retention=retention,
-        clock=clock,
-    )
+    return Transaction(SQLiteBackend(connection, table), **options)
 
 
 @overload
 def psycopg(
-    connection: pg.Connection[Row],
-    *,
-    identity: Identity,
-    fingerprint: str,
-    table: str = ...,
-    lease: float = ...,
-    retention: float = ...,
-    clock: Clock | None = ...,
+    connection: pg.Connection[Row], *, table: str = ..., **options: Unpack[ClaimOptions]
 ) -> Transaction: ...
-
-
 @overload
 def psycopg(
-    connection: pg.AsyncConnection[Row],
-    *,
-    identity: Identity,
-    fingerprint: str,
-    table: str = ...,
-    lease: float = ...,
-    retention: float = ...,
-    clock: Clock | None = ...,
+    connection: pg.AsyncConnection[Row], *, table: str = ..., **options: Unpack[ClaimOptions]
 ) -> AsyncTransaction: ...
-
-
 def psycopg(
     connection: pg.Connection[Row] | pg.AsyncConnection[Row],
     *,
-    identity: Identity,
-    fingerprint: str,
     table: str = DEFAULT_TABLE,
-    lease: float = DEFAULT_LEASE,
-    retention: float = DEFAULT_RETENTION,
-    clock: Clock | None = None,
+    **options: Unpack[ClaimOptions],
 ) -> Transaction | AsyncTransaction:
     """Return a transaction on a psycopg 3 connection in which the key commits with the writes.
 
@@ -114,64 +71,28 @@ def psycopg(
             default READ COMMITTED isolation: under REPEATABLE READ or SERIALIZABLE, a
             duplicate that waited for the first transaction fails with a serialization error
             instead of replaying.
-        identity: the key's (namespace, scope, key).
-        fingerprint: a digest of the request; the same key with another one is refused.
         table: the records table, the PostgreSQL store's `table` option (default
             `retrysafe_records`); created if missing.
-        lease: seconds a record committed in flight may wait for its holder.
-        retention: seconds the outcome is kept and replayed after the commit.
-        clock: the time source (default: the system clock).
+        options: the claim's `identity`, `fingerprint`, `lease`, `retention` and `clock`, as
+            for `sqlite`.
     """
     if not (
         drivers.is_psycopg_connection(connection) or drivers.is_async_psycopg_connection(connection)
     ):
         raise TypeError(f"Expected a psycopg Connection or AsyncConnection, not {connection!r}.")
-    return _transaction(
-        connection,
-        table,
-        identity=identity,
-        fingerprint=fingerprint,
-        lease=lease,
-        retention=retention,
-        clock=clock,
-    )
+    return _transaction(connection, table, options)
 
 
 @overload
 def sqlalchemy(
-    session: Session,
-    *,
-    identity: Identity,
-    fingerprint: str,
-    table: str = ...,
-    lease: float = ...,
-    retention: float = ...,
-    clock: Clock | None = ...,
+    session: Session, *, table: str = ..., **options: Unpack[ClaimOptions]
 ) -> Transaction: ...
-
-
 @overload
 def sqlalchemy(
-    session: AsyncSession,
-    *,
-    identity: Identity,
-    fingerprint: str,
-    table: str = ...,
-    lease: float = ...,
-    retention: float = ...,
-    clock: Clock | None = ...,
+    session: AsyncSession, *, table: str = ..., **options: Unpack[ClaimOptions]
 ) -> AsyncTransaction: ...
-
-
 def sqlalchemy(
-    session: Session | AsyncSession,
-    *,
-    identity: Identity,
-    fingerprint: str,
-    table: str = DEFAULT_TABLE,
-    lease: float = DEFAULT_LEASE,
-    retention: float = DEFAULT_RETENTION,
-    clock: Clock | None = None,
+    session: Session | AsyncSession, *, table: str = DEFAULT_TABLE, **options: Unpack[ClaimOptions]
 ) -> Transaction | AsyncTransaction:
     """Return a transaction on a SQLAlchemy session in which the key commits with the writes.
 
@@ -184,30 +105,21 @@ def sqlalchemy(
     Args:
         session: the session the business writes use; its pending objects are flushed
             before the outcome is stored.
-        identity: the key's (namespace, scope, key).
-        fingerprint: a digest of the request; the same key with another one is refused.
         table: the records table, the store's `table` option (default `retrysafe_records`).
-        lease: seconds a record committed in flight may wait for its holder.
-        retention: seconds the outcome is kept and replayed after the commit.
-        clock: the time source (default: the system clock).
+        options: the claim's `identity`, `fingerprint`, `lease`, `retention` and `clock`, as
+            for `sqlite`.
     """
     if not (drivers.is_session(session) or drivers.is_async_session(session)):
         raise TypeError(f"Expected a SQLAlchemy Session or AsyncSession, not {session!r}.")
-    return _transaction(
-        session,
-        table,
-        identity=identity,
-        fingerprint=fingerprint,
-        lease=lease,
-        retention=retention,
-        clock=clock,
-    )
+    return _transaction(session, table, options)
 
 
-def _transaction(connection: object, table: str, **settings: Any) -> Transaction | AsyncTransaction:
+def _transaction(
+    connection: object, table: str, options: ClaimOptions
+) -> Transaction | AsyncTransaction:
     """Return the transaction of the connection's colour, on the backend of its driver."""
     if drivers.is_async_connection(connection):
-        return AsyncTransaction(async_backend(connection, table), **settings)
+        return AsyncTransaction(async_backend(connection, table), **options)
     if drivers.is_sync_connection(connection):
-        return Transaction(sync_backend(connection, table), **settings)
+        return Transaction(sync_backend(connection, table), **options)
     raise TypeError(f"Expected a connection or session of a supported driver, not {connection!r}.")

@@ -1,34 +1,51 @@
-"""What every transaction shares whatever its colour: settings, the claim, the outcome.
+"""What every transaction and phased operation shares whatever its colour: the claim, the outcome.
 
-Pure: no I/O. `Transaction` and `AsyncTransaction` (`_async/transaction.py` and its generated
-sync twin) build on `TransactionState`; atomic phases use `check_settings` and `refusal` too.
+Pure: no I/O. What a claim's answer decides is the shared flow's (`retrysafe._flow.judge`):
+execute, replay, or a refusal raised as `Admission.error` (B13, B14), as for every other face;
+the defaults are the flow's too. `Transaction` and `AsyncTransaction` (`_async/transaction.py`
+and its generated sync twin) build on `TransactionState`; atomic phases on `ClaimSettings`.
 """
 
 from __future__ import annotations
 
+from typing import Required, TypedDict, Unpack
+
 from retrysafe._clock import Clock, SystemClock
-from retrysafe._engine import Decision, decide
-from retrysafe._errors import ConfigurationError, InFlightError, KeyMismatchError, StoreError
+from retrysafe._engine import Decision
+from retrysafe._errors import ConfigurationError, StoreError
+from retrysafe._flow import DEFAULT_LEASE, DEFAULT_RETENTION, judge
 from retrysafe._record import Claim, Identity, Record
 
 __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_RETENTION",
     "FORGOTTEN_OUTCOME",
+    "ClaimOptions",
+    "ClaimSettings",
     "TransactionState",
     "check_settings",
     "refusal",
 ]
 
-DEFAULT_RETENTION = 24 * 3600.0
-"""How long a finished outcome is kept and replayed (B21): 24 hours."""
-DEFAULT_LEASE = 30.0
-"""How long a claim that is committed in flight (a phased operation) lives without a renewal."""
-
 FORGOTTEN_OUTCOME = (
     "The transaction ended without tx.complete(outcome); its writes were rolled back, since an "
     "effect without a stored outcome could not be replayed."
 )
+
+
+class ClaimOptions(TypedDict, total=False):
+    """The keyword arguments of a claim in transactional mode, for its constructors and phases."""
+
+    identity: Required[Identity]
+    """The key's (namespace, scope, key)."""
+    fingerprint: Required[str]
+    """A digest of the request; the same key with another one is refused (B13)."""
+    lease: float
+    """Seconds a record committed in flight may wait for its holder (default 30)."""
+    retention: float
+    """Seconds the outcome is kept and replayed after the commit (default 24 hours)."""
+    clock: Clock | None
+    """The time source (default: the system clock)."""
 
 
 def check_settings(identity: Identity, fingerprint: str, lease: float, retention: float) -> None:
@@ -42,34 +59,26 @@ def check_settings(identity: Identity, fingerprint: str, lease: float, retention
 
 
 def refusal(claim: Claim, fingerprint: str, now: float) -> Exception | None:
-    """Return the error for a claim that was not acquired, or None when it is a replay."""
-    record = claim.record
-    decision = decide(record, fingerprint, now)
-    if decision is Decision.REPLAY:
+    """Return the error that refuses a claim, or None when it executes or replays."""
+    admitted = judge(claim, fingerprint, now)
+    if admitted is None:  # expired at the `now` the claim itself was made at: cannot happen
+        return StoreError("The store refused a claim that the engine says may be taken.")
+    if admitted.decision in (Decision.EXECUTE, Decision.REPLAY):
         return None
-    if decision is Decision.MISMATCH:
-        return KeyMismatchError(
-            f"Idempotency key {record.identity.key!r} was already used with a different request."
-        )
-    if decision is Decision.IN_FLIGHT:
-        return InFlightError(
-            f"A request is outstanding for idempotency key {record.identity.key!r}.",
-            retry_after=max(1.0, record.lease_expires_at - now),
-        )
-    return StoreError("The store refused a claim that the engine says may be taken.")
+    return admitted.error(claim.record.identity.namespace)
 
 
-class TransactionState:
-    """What the sync and async transactions share: settings, the claim, the outcome."""
+class ClaimSettings:
+    """What one key's claim is made with, checked before any I/O (see `ClaimOptions`)."""
 
     def __init__(
         self,
         *,
         identity: Identity,
         fingerprint: str,
-        lease: float,
-        retention: float,
-        clock: Clock | None,
+        lease: float = DEFAULT_LEASE,
+        retention: float = DEFAULT_RETENTION,
+        clock: Clock | None = None,
     ) -> None:
         check_settings(identity, fingerprint, lease, retention)
         self.identity = identity
@@ -77,6 +86,19 @@ class TransactionState:
         self.lease = lease
         self.retention = retention
         self.clock: Clock = clock or SystemClock()
+
+    def check(self, claim: Claim, now: float) -> None:
+        """Raise the refusal of a claim made at `now` that neither executes nor replays."""
+        error = refusal(claim, self.fingerprint, now)
+        if error is not None:
+            raise error
+
+
+class TransactionState(ClaimSettings):
+    """What the sync and async transactions share: the claim's settings, the claim, the outcome."""
+
+    def __init__(self, **options: Unpack[ClaimOptions]) -> None:
+        super().__init__(**options)
         self._claim: Claim | None = None
         self._outcome: bytes | None = None
         self._entered = False
@@ -125,14 +147,6 @@ class TransactionState:
         if self._entered:
             raise RuntimeError("A transaction runs once; open a new one for the next attempt.")
         self._entered = True
-
-    def _accept(self, claim: Claim, now: float) -> None:
-        """Keep `claim` if it is acquired or a replay; raise the refusal otherwise."""
-        if not claim.acquired:
-            error = refusal(claim, self.fingerprint, now)
-            if error is not None:
-                raise error
-        self._claim = claim
 
     def _outcome_to_store(self, exc_type: type[BaseException] | None) -> bytes | None:
         """Return the outcome to store before the commit, or None to roll back instead."""

@@ -11,12 +11,12 @@ import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Unpack
 
-from retrysafe._clock import Clock, SystemClock
 from retrysafe._errors import ConfigurationError
 from retrysafe._fingerprint import digest
-from retrysafe._record import Claim, Identity, Record
-from retrysafe.transactions._state import check_settings, refusal
+from retrysafe._record import Record
+from retrysafe.transactions._state import ClaimOptions, ClaimSettings
 
 __all__ = [
     "AsyncPhaseFunction",
@@ -91,20 +91,11 @@ PhaseFunction = Callable[[Step], "bytes | None"]
 AsyncPhaseFunction = Callable[[Step], Awaitable["bytes | None"]]
 
 
-class Plan:
-    """The settings and the phase order shared by the sync and async runners."""
+class Plan(ClaimSettings):
+    """The claim's settings and the phase order shared by the sync and async runners."""
 
-    def __init__(
-        self,
-        phases: Mapping[str, object],
-        *,
-        identity: Identity,
-        fingerprint: str,
-        lease: float,
-        retention: float,
-        clock: Clock | None,
-    ) -> None:
-        check_settings(identity, fingerprint, lease, retention)
+    def __init__(self, phases: Mapping[str, object], **options: Unpack[ClaimOptions]) -> None:
+        super().__init__(**options)
         if not phases:
             raise ConfigurationError("An operation needs at least one phase.")
         for name, function in phases.items():
@@ -113,11 +104,6 @@ class Plan:
             if not callable(function):
                 raise ConfigurationError(f"Phase {name!r} is not callable: {function!r}.")
         self.names = list(phases)
-        self.identity = identity
-        self.fingerprint = fingerprint
-        self.lease = lease
-        self.retention = retention
-        self.clock: Clock = clock or SystemClock()
 
     def remaining(self, recovery_point: str | None) -> list[tuple[str, bool]]:
         """Return (name, is_last) for each phase after `recovery_point`."""
@@ -132,13 +118,6 @@ class Plan:
             start = self.names.index(recovery_point) + 1
         last = len(self.names) - 1
         return [(self.names[index], index == last) for index in range(start, len(self.names))]
-
-    def check_claim(self, claim: Claim, now: float) -> None:
-        """Raise the refusal of a claim that was neither acquired nor a replay."""
-        if not claim.acquired:
-            error = refusal(claim, self.fingerprint, now)
-            if error is not None:
-                raise error
 
 
 def check_fresh(in_transaction: bool) -> None:

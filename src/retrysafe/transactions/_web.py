@@ -1,4 +1,4 @@
-"""What the transactional ASGI middleware and the Flask decorator share.
+"""What the transactional ASGI middleware and the Flask decorator share, without I/O.
 
 Both follow the HTTP middleware's flow (`retrysafe._http`: key parsing, scope, fingerprint,
 outcome codec, problems), with one difference: the claim, the handler's writes and the stored
@@ -6,51 +6,55 @@ response commit in one database transaction on the handler's own connection, and
 is sent only after that commit. A failed commit rolls the writes back and answers 503, so the
 client retries; the HTTP middleware would answer with the handler's response instead (B19),
 which here would announce writes that never committed.
+
+One request's work is a work unit (`_async/work.py`, and its generated sync twin): begin and
+claim, run the handler, commit its response with its writes or roll both back.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import sys
-from collections.abc import Sequence
+import contextlib
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from types import TracebackType
+from typing import Final, Generic, TypeVar
 
-import anyio.to_thread
+import anyio
 
 from retrysafe._clock import Clock
 from retrysafe._errors import InFlightError, KeyMismatchError, StoreError
 from retrysafe._http import (
-    Header,
     Response,
     ResponseCapture,
     Settings,
     in_flight,
+    logger,
     mismatch,
     outcome_to_store,
     store_unavailable,
 )
 from retrysafe._record import Identity, Record
-from retrysafe.transactions._core import AsyncBackend, AsyncTransaction, Transaction
-from retrysafe.transactions._open import async_backend, sync_backend
+from retrysafe.transactions._state import ClaimOptions
 
 __all__ = [
+    "CLEANUP_SECONDS",
     "TRANSACTION_KEY",
-    "AsyncWorkUnit",
+    "AsyncShieldCancellation",
     "RequestTransaction",
     "RolledBack",
-    "WorkUnit",
-    "is_async_connection",
-    "is_connection",
+    "ShieldCancellation",
+    "claim_options",
+    "connect_failed",
     "outcome_of",
     "refused",
-    "transaction_for",
+    "tracks",
 ]
 
 C = TypeVar("C")
 
-TRANSACTION_KEY = "retrysafe.transaction"
+TRANSACTION_KEY: Final = "retrysafe.transaction"
 """Where the request's `RequestTransaction` is kept: an ASGI scope key, a WSGI environ key."""
+CLEANUP_SECONDS: Final = 5.0
+"""How long a rollback may take once the request was cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,55 +83,32 @@ class RolledBack(Exception):  # noqa: N818 - a signal to roll back, not an error
     """Passed to a transaction's exit to roll it back without an error of the handler."""
 
 
-def is_async_connection(connection: object) -> bool:
-    """Return whether `connection` is a psycopg `AsyncConnection` or an `AsyncSession`."""
-    driver = sys.modules.get("psycopg")
-    if driver is not None and isinstance(connection, driver.AsyncConnection):
-        return True
-    asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")
-    return asyncio_ext is not None and isinstance(connection, asyncio_ext.AsyncSession)
+def tracks(settings: Settings, method: str, keyed: bool) -> bool:
+    """Return whether a request to a covered route claims its key: a covered method, with a
+    key or where one is required (B5, B6); the others still run in a plain transaction."""
+    return method in settings.methods and (keyed or settings.required)
 
 
-def is_connection(connection: object) -> bool:
-    """Return whether `connection` is one that transactional mode drives."""
-    if isinstance(connection, sqlite3.Connection) or is_async_connection(connection):
-        return True
-    driver = sys.modules.get("psycopg")
-    if driver is not None and isinstance(connection, driver.Connection):
-        return True
-    orm = sys.modules.get("sqlalchemy.orm")
-    return orm is not None and isinstance(connection, orm.Session)
-
-
-def transaction_for(
-    connection: object,
-    *,
-    identity: Identity | None,
-    fingerprint: str,
-    settings: Settings,
-    table: str,
-    clock: Clock | None,
-) -> Transaction | AsyncTransaction | None:
-    """Return the transaction that claims `identity` on `connection`, or None without a key."""
+def claim_options(
+    settings: Settings, clock: Clock | None, identity: Identity | None, fingerprint: str
+) -> ClaimOptions | None:
+    """Return the claim of a request with the key `identity`, or None for one without a key."""
     if identity is None:
         return None
-    if is_async_connection(connection):
-        return AsyncTransaction(
-            async_backend(connection, table),  # type: ignore[arg-type]
-            identity=identity,
-            fingerprint=fingerprint,
-            lease=settings.lease,
-            retention=settings.retention,
-            clock=clock,
-        )
-    return Transaction(
-        sync_backend(connection, table),  # type: ignore[arg-type]
+    return ClaimOptions(
         identity=identity,
         fingerprint=fingerprint,
         lease=settings.lease,
         retention=settings.retention,
         clock=clock,
     )
+
+
+def connect_failed(settings: Settings) -> Response:
+    """Log why the request's connection could not be opened (the error being handled); return
+    the 503 problem that answers the request."""
+    logger.exception("Cannot open the database connection for a transactional request")
+    return store_unavailable(settings)
 
 
 def refused(error: Exception, settings: Settings) -> Response | None:
@@ -141,163 +122,39 @@ def refused(error: Exception, settings: Settings) -> Response | None:
     return None
 
 
-def outcome_of(
-    status: int, headers: Sequence[Header], body: bytes, settings: Settings
-) -> bytes | None:
+def outcome_of(response: Response, settings: Settings) -> bytes | None:
     """Return the outcome to store for a complete response, or None to roll back (B18)."""
     capture = ResponseCapture(settings.max_response_size)
-    capture.start(status, headers)
-    capture.add(body)
+    capture.start(response.status, response.headers)
+    capture.add(response.body)
     capture.complete = True
     return outcome_to_store(capture, settings)
 
 
-class WorkUnit:
-    """One request's work on a sync connection: a claim transaction, or a plain one.
+class AsyncShieldCancellation:
+    """Shield a commit or a rollback from the request's cancellation, for at most `seconds`.
 
-    A request with a key runs in transactional mode; one without (an optional key that was not
-    sent, a method the route does not cover) still gets its writes committed together, in a
-    plain transaction, by the same outcome policy.
+    Args:
+        seconds: how long the shielded block may take (None: as long as it takes).
     """
 
-    def __init__(
+    def __init__(self, seconds: float | None = None) -> None:
+        self._scope = anyio.move_on_after(seconds, shield=True)
+
+    def __enter__(self) -> None:
+        self._scope.__enter__()
+
+    def __exit__(
         self,
-        connection: object,
-        *,
-        identity: Identity | None,
-        fingerprint: str,
-        settings: Settings,
-        table: str,
-        clock: Clock | None,
-    ) -> None:
-        tx = transaction_for(
-            connection,
-            identity=identity,
-            fingerprint=fingerprint,
-            settings=settings,
-            table=table,
-            clock=clock,
-        )
-        if isinstance(tx, AsyncTransaction):
-            raise TypeError("A sync work unit needs a sync connection.")
-        self.tx = tx
-        self.backend = sync_backend(connection, table) if tx is None else None  # type: ignore[arg-type]
-
-    @property
-    def record(self) -> Record | None:
-        """The claimed or replayed record; None without a key."""
-        return None if self.tx is None else self.tx.record
-
-    @property
-    def replay(self) -> bool:
-        """Whether the key has a stored outcome to replay."""
-        return self.tx is not None and self.tx.replay
-
-    def begin(self) -> None:
-        """Begin the transaction and claim the key (refusals raise, see `refused`)."""
-        if self.tx is not None:
-            self.tx.__enter__()
-        elif self.backend is not None:
-            self.backend.begin()
-
-    def commit(self, outcome: bytes | None) -> None:
-        """Store `outcome` and commit; None rolls back instead."""
-        if outcome is None:
-            self.rollback()
-        elif self.tx is not None:
-            self.tx.complete(outcome)
-            self.tx.__exit__(None, None, None)
-        elif self.backend is not None:
-            self.backend.end(commit=True)
-
-    def rollback(self) -> None:
-        """Roll back the claim and the writes."""
-        if self.tx is not None:
-            self.tx.__exit__(RolledBack, RolledBack(), None)
-        elif self.backend is not None:
-            self.backend.end(commit=False)
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        return bool(self._scope.__exit__(exc_type, exc, traceback))
 
 
-class AsyncWorkUnit:
-    """The async twin of `WorkUnit`; a sync connection's work runs in worker threads."""
+class ShieldCancellation(contextlib.nullcontext[None]):
+    """The sync twin of `AsyncShieldCancellation`: a sync call is never cancelled from outside."""
 
-    def __init__(
-        self,
-        connection: object,
-        *,
-        identity: Identity | None,
-        fingerprint: str,
-        settings: Settings,
-        table: str,
-        clock: Clock | None,
-    ) -> None:
-        self._sync: WorkUnit | None = None
-        self.tx: AsyncTransaction | None = None
-        self.backend: AsyncBackend | None = None
-        if not is_async_connection(connection):
-            self._sync = WorkUnit(
-                connection,
-                identity=identity,
-                fingerprint=fingerprint,
-                settings=settings,
-                table=table,
-                clock=clock,
-            )
-            return
-        tx = transaction_for(
-            connection,
-            identity=identity,
-            fingerprint=fingerprint,
-            settings=settings,
-            table=table,
-            clock=clock,
-        )
-        if isinstance(tx, Transaction):  # pragma: no cover - an async connection gives async
-            raise TypeError("An async connection gave a sync transaction.")
-        self.tx = tx
-        if tx is None:
-            self.backend = async_backend(connection, table)  # type: ignore[arg-type]
-
-    @property
-    def record(self) -> Record | None:
-        """The claimed or replayed record; None without a key."""
-        if self._sync is not None:
-            return self._sync.record
-        return None if self.tx is None else self.tx.record
-
-    @property
-    def replay(self) -> bool:
-        """Whether the key has a stored outcome to replay."""
-        if self._sync is not None:
-            return self._sync.replay
-        return self.tx is not None and self.tx.replay
-
-    async def begin(self) -> None:
-        """Begin the transaction and claim the key (refusals raise, see `refused`)."""
-        if self._sync is not None:
-            await anyio.to_thread.run_sync(self._sync.begin)
-        elif self.tx is not None:
-            await self.tx.__aenter__()
-        elif self.backend is not None:
-            await self.backend.begin()
-
-    async def commit(self, outcome: bytes | None) -> None:
-        """Store `outcome` and commit; None rolls back instead."""
-        if self._sync is not None:
-            await anyio.to_thread.run_sync(self._sync.commit, outcome)
-        elif outcome is None:
-            await self.rollback()
-        elif self.tx is not None:
-            self.tx.complete(outcome)
-            await self.tx.__aexit__(None, None, None)
-        elif self.backend is not None:
-            await self.backend.end(commit=True)
-
-    async def rollback(self) -> None:
-        """Roll back the claim and the writes."""
-        if self._sync is not None:
-            await anyio.to_thread.run_sync(self._sync.rollback)
-        elif self.tx is not None:
-            await self.tx.__aexit__(RolledBack, RolledBack(), None)
-        elif self.backend is not None:
-            await self.backend.end(commit=False)
+    def __init__(self, seconds: float | None = None) -> None:
+        super().__init__()

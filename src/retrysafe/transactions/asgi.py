@@ -22,7 +22,6 @@ The key, scope, fingerprint, replay and problem rules are the HTTP middleware's
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, Unpack
@@ -32,37 +31,33 @@ import anyio.to_thread
 
 from retrysafe._clock import Clock
 from retrysafe._errors import IdempotencyError
-from retrysafe._flow import Count, Counters
+from retrysafe._flow import Counters
 from retrysafe._http import (
     KEY_HEADER,
-    Router,
+    Gate,
+    Response,
     RouteSettings,
     Settings,
     SettingsOptions,
+    asgi_io,
     logger,
-    replay_response,
-    store_unavailable,
 )
-from retrysafe._http.asgi_io import (
-    ASGIApp,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    replay_body,
-    respond,
-    track_request,
-)
+from retrysafe._http.asgi_io import ASGIApp, Message, Receive, Scope, Send
+from retrysafe._http.scope import Scoper
 from retrysafe._record import Identity
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions import _drivers as drivers
+from retrysafe.transactions._async.work import AsyncWorkUnit, aload_scope_secret
+from retrysafe.transactions._state import ClaimOptions
+from retrysafe.transactions._sync.work import WorkUnit, load_scope_secret
 from retrysafe.transactions._web import (
+    CLEANUP_SECONDS,
     TRANSACTION_KEY,
-    AsyncWorkUnit,
+    AsyncShieldCancellation,
     RequestTransaction,
-    is_async_connection,
-    is_connection,
-    outcome_of,
-    refused,
+    claim_options,
+    connect_failed,
+    tracks,
 )
 
 __all__ = ["Connect", "RequestTransaction", "TransactionalMiddleware"]
@@ -76,7 +71,11 @@ runs in worker threads), or an async or sync context manager of one (a pool's
 
 # Response extensions the capture cannot see through: the app must send plain body messages.
 _UNCAPTURABLE: Final = ("http.response.pathsend", "http.response.zerocopy")
-_CLEANUP_SECONDS: Final = 5.0
+
+
+def _path(scope: Scope) -> str:
+    path: str = scope["path"]
+    return path
 
 
 class TransactionalMiddleware:
@@ -85,14 +84,14 @@ class TransactionalMiddleware:
     Args:
         app: the ASGI app to wrap.
         connect: makes each request's connection (see `Connect`).
+        table: the records table (the store's `table` option), in the handler's database.
+        clock: the time source (default: the system clock).
         routes: path pattern to `RouteSettings` (None: not covered), first match wins;
             unlisted paths use `settings`. Cover only routes whose handlers write with the
             request's transaction.
         route_settings: instead of `routes`, a function of the scope returning the request's
             `RouteSettings`, or None if it is not covered (framework integrations).
         settings: a `retrysafe.asgi.Settings` to start from; `options` override its fields.
-        table: the records table (the store's `table` option), in the handler's database.
-        clock: the time source (default: the system clock).
         options: any `Settings` field by name (`required=True`, `retention=3600`, ...).
     """
 
@@ -101,123 +100,151 @@ class TransactionalMiddleware:
         app: ASGIApp,
         *,
         connect: Connect,
+        table: str = DEFAULT_TABLE,
+        clock: Clock | None = None,
         routes: Mapping[str, RouteSettings | None] | None = None,
         route_settings: Callable[[Scope], RouteSettings | None] | None = None,
         settings: Settings | None = None,
-        table: str = DEFAULT_TABLE,
-        clock: Clock | None = None,
         **options: Unpack[SettingsOptions],
     ) -> None:
+        # Every method of a covered route runs in a transaction, so the gate only routes.
+        self._gate = Gate(settings, routes, route_settings, _path, **options)
+        self._hook = route_settings
+        self.settings = self._gate.settings
         self.app = app
         self.connect = connect
         self.table = table
         self.clock = clock
-        base = settings or Settings()
-        self.settings = dataclasses.replace(base, **options) if options else base
         self.counters = Counters()
         """What the middleware did: executions, replays, and commits that failed."""
-        self._router = Router(self.settings, routes, hooked=route_settings is not None)
-        self._hook = route_settings
+        secret = Scoper.configured_secret(self.settings)
+        self._scoper: Scoper | None = None if secret is None else Scoper(secret)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; only HTTP requests to covered routes are changed."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._hook is None:
-            settings = self._router.for_path(scope["path"])
-        else:
-            settings = self._router.for_route(self._hook(scope))
+        settings = self._settings_for(scope)
         if settings is None:
             await self.app(scope, receive, send)
             return
         values = [value for name, value in scope["headers"] if name == KEY_HEADER]
         identity: Identity | None = None
         fingerprint = ""
-        if scope["method"] in settings.methods and (values or settings.required):
-            tracked = await track_request(scope, receive, send, settings, values)
+        if tracks(settings, scope["method"], bool(values)):
+            try:
+                scoper = self._scoper or await self._load_scoper()
+            except (_ConnectError, IdempotencyError):
+                logger.exception("Cannot read the scope secret from the records table")
+                await asgi_io.respond(send, connect_failed(settings))
+                return
+            tracked = await asgi_io.track_request(
+                scope, receive, send, settings, values, scoper=scoper
+            )
             if tracked is None:
                 return
             identity, fingerprint, body = tracked
-            receive = replay_body(body, receive)
+            receive = asgi_io.replay_body(body, receive)
+        claim = claim_options(settings, self.clock, identity, fingerprint)
         try:
             async with _connection(self.connect) as connection:
-                unit = AsyncWorkUnit(
-                    connection,
-                    identity=identity,
-                    fingerprint=fingerprint,
-                    settings=settings,
-                    table=self.table,
-                    clock=self.clock,
-                )
-                await self._run(
-                    scope, receive, send, settings=settings, connection=connection, unit=unit
-                )
+                unit = self._unit(connection, claim, settings)
+                await self._run(scope, receive, send, unit)
         except _ConnectError:
-            logger.exception("Cannot open the database connection for a transactional request")
-            await respond(send, store_unavailable(settings))
+            await asgi_io.respond(send, connect_failed(settings))
+
+    async def _load_scoper(self) -> Scoper:
+        """Load the scope secret kept in the records table (B8), once."""
+        async with _connection(self.connect) as connection:
+            if drivers.is_async_connection(connection):
+                secret = await aload_scope_secret(connection, self.table)
+            elif drivers.is_sync_connection(connection):
+                secret = await anyio.to_thread.run_sync(load_scope_secret, connection, self.table)
+            else:
+                raise TypeError(f"connect() gave {connection!r}, not a connection or session.")
+        self._scoper = Scoper(secret)
+        return self._scoper
+
+    def _settings_for(self, scope: Scope) -> Settings | None:
+        """Return the settings of the request's route, or None if it is not covered (B5)."""
+        if self._hook is None:
+            return self._gate.router.for_path(scope["path"])
+        return self._gate.router.for_route(self._hook(scope))
+
+    def _unit(
+        self, connection: object, claim: ClaimOptions | None, settings: Settings
+    ) -> AsyncWorkUnit | _ThreadedWorkUnit:
+        """Return the request's work unit: async, or a sync one run in worker threads."""
+        if drivers.is_async_connection(connection):
+            return AsyncWorkUnit(connection, self.table, claim, settings, self.counters)
+        if drivers.is_sync_connection(connection):
+            unit = WorkUnit(connection, self.table, claim, settings, self.counters)
+            return _ThreadedWorkUnit(unit)
+        raise TypeError(f"connect() gave {connection!r}, not a connection or session.")
 
     async def _run(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        settings: Settings,
-        connection: object,
-        unit: AsyncWorkUnit,
+        self, scope: Scope, receive: Receive, send: Send, unit: AsyncWorkUnit | _ThreadedWorkUnit
     ) -> None:
-        try:
-            await unit.begin()
-        except IdempotencyError as error:
-            response = refused(error, settings)
-            if response is None:
-                raise
-            await respond(send, response)
+        """Run the app in the unit's transaction; send its response once that has committed."""
+        answer = await unit.start()
+        if answer is not None:
+            await asgi_io.respond(send, answer)
             return
-        record = unit.record
-        if unit.replay and record is not None:
-            await _shielded(unit.rollback)
-            self.counters.add(Count.REPLAYS)
-            await respond(send, replay_response(record, settings))
-            return
-        if record is not None:
-            self.counters.add(Count.EXECUTIONS)
-        tx = RequestTransaction(connection, None if record is None else record.identity, record)
-        app_scope = {**scope, TRANSACTION_KEY: tx}
+        app_scope = {**scope, TRANSACTION_KEY: unit.request_transaction()}
         extensions = scope.get("extensions")
         if extensions and any(name in extensions for name in _UNCAPTURABLE):
             app_scope["extensions"] = {
                 k: v for k, v in extensions.items() if k not in _UNCAPTURABLE
             }
         messages: list[Message] = []
+        answered = False
 
         async def capture(message: Message) -> None:
-            if message["type"] in ("http.response.start", "http.response.body"):
-                messages.append(message)
-            else:
+            nonlocal answered
+            if message["type"] not in ("http.response.start", "http.response.body"):
                 await send(message)
+            elif not answered:
+                messages.append(message)
+                response = _response_of(messages)
+                if response is not None:  # the last body message: commit, then answer (B18)
+                    answered = True
+                    await asgi_io.respond(send, await unit.finish(response) or response)
 
         try:
             await self.app(app_scope, receive, capture)
-        except BaseException:
-            await _shielded(unit.rollback)
-            raise
-        status, headers, body = _response_of(messages)
-        if status is None:  # the app sent no complete response
-            await _shielded(unit.rollback)
-            return
-        try:
-            with anyio.CancelScope(shield=True):
-                await unit.commit(outcome_of(status, headers, body, settings))
         except Exception:
-            self.counters.add(Count.COMPLETE_FAILURES)
-            logger.exception("The transaction of a request failed to commit; it was not applied")
-            await _shielded(unit.rollback)
-            await respond(send, store_unavailable(settings))
-            return
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+            if not answered:
+                await unit.rollback()
+                raise
+            logger.exception("The app raised after its response was committed; it stands")
+        except BaseException:
+            if not answered:
+                await unit.rollback()
+            raise
+        if not answered:  # the app sent no complete response
+            await unit.rollback()
+
+
+class _ThreadedWorkUnit:
+    """A sync connection's work unit, run in worker threads (see `AsyncWorkUnit`)."""
+
+    def __init__(self, unit: WorkUnit) -> None:
+        self._unit = unit
+
+    def request_transaction(self) -> RequestTransaction[object]:
+        return self._unit.request_transaction()
+
+    async def start(self) -> Response | None:
+        return await anyio.to_thread.run_sync(self._unit.start)
+
+    async def finish(self, response: Response) -> Response | None:
+        # A worker thread runs to its end whatever happens to the request: no shield needed.
+        return await anyio.to_thread.run_sync(self._unit.finish, response)
+
+    async def rollback(self) -> None:
+        with AsyncShieldCancellation(CLEANUP_SECONDS):
+            await anyio.to_thread.run_sync(self._unit.rollback)
 
 
 class _ConnectError(Exception):
@@ -239,7 +266,7 @@ async def _enter(stack: contextlib.AsyncExitStack, made: Any) -> object:
     """Return the connection `connect()` gave, arranging for `stack` to close it."""
     if inspect.isawaitable(made):
         made = await made
-    if is_connection(made):
+    if drivers.is_connection(made):
         stack.push_async_callback(_close, made)
         return made
     if hasattr(made, "__aenter__"):
@@ -251,26 +278,17 @@ async def _enter(stack: contextlib.AsyncExitStack, made: Any) -> object:
 
 async def _close(connection: Any) -> None:
     with anyio.CancelScope(shield=True):
-        if is_async_connection(connection):
+        if drivers.is_async_connection(connection):
             await connection.close()
         else:
             await anyio.to_thread.run_sync(connection.close)
 
 
-async def _shielded(call: Callable[[], Any]) -> None:
-    """Run a rollback even if the request was cancelled; log a failure, never raise it."""
-    with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
-        try:
-            await call()
-        except Exception:
-            logger.exception("Rolling back a transactional request failed")
-
-
-def _response_of(messages: list[Message]) -> tuple[int | None, list[Any], bytes]:
-    """Return the status, headers and whole body the app sent, or a None status if partial."""
+def _response_of(messages: list[Message]) -> Response | None:
+    """Return the whole response the app sent, or None if it sent only part of one."""
     start = next((m for m in messages if m["type"] == "http.response.start"), None)
     bodies = [m for m in messages if m["type"] == "http.response.body"]
     if start is None or not bodies or bodies[-1].get("more_body", False):
-        return None, [], b""
+        return None
     body = b"".join(m.get("body", b"") for m in bodies)
-    return start["status"], list(start.get("headers", ())), body
+    return Response(start["status"], tuple(start.get("headers", ())), body)

@@ -34,31 +34,20 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("retrysafe.transactions.flask needs Flask: pip install flask") from error
 
 from retrysafe._clock import Clock
-from retrysafe._errors import IdempotencyError
-from retrysafe._flow import Count, Counters
-from retrysafe._http import (
-    RequestView,
-    Response,
-    RouteSettings,
-    Settings,
-    SettingsOptions,
-    check_content_length,
-    logger,
-    new_identity,
-    read_key,
-    replay_response,
-    store_unavailable,
-    too_large,
-)
+from retrysafe._flow import Counters
+from retrysafe._http import Response, RouteSettings, Settings, SettingsOptions, logger
+from retrysafe._http.scope import Scoper
+from retrysafe._http.wsgi_io import prepare_request
 from retrysafe._record import Identity
 from retrysafe.integrations._routes import RouteOptions, mark
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions import _drivers as drivers
+from retrysafe.transactions._sync.work import WorkUnit, load_scope_secret
 from retrysafe.transactions._web import (
     RequestTransaction,
-    WorkUnit,
-    is_connection,
-    outcome_of,
-    refused,
+    claim_options,
+    connect_failed,
+    tracks,
 )
 
 __all__ = ["RequestTransaction", "install", "transactional"]
@@ -68,13 +57,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 _EXTENSION: Final = "retrysafe.transactions"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Config:
     connect: Callable[[], Any]
     settings: Settings
     table: str
     clock: Clock | None
     counters: Counters
+    scoper: Scoper | None = None
 
 
 def install(
@@ -100,12 +90,15 @@ def install(
     """
     base = settings or Settings()
     counters = Counters()
+    merged = replace(base, **options) if options else base
+    secret = Scoper.configured_secret(merged)
     app.extensions[_EXTENSION] = _Config(
         connect=connect,
-        settings=replace(base, **options) if options else base,
+        settings=merged,
         table=table,
         clock=clock,
         counters=counters,
+        scoper=None if secret is None else Scoper(secret),
     )
     return counters
 
@@ -139,106 +132,65 @@ def _handle(view: Callable[..., Any], route: RouteSettings, args: Any, kwargs: A
     values = [value.encode("latin-1") for value in request.headers.getlist("Idempotency-Key")]
     identity: Identity | None = None
     fingerprint = ""
-    if request.method in settings.methods and (values or settings.required):
-        key = read_key(values, settings)
-        if isinstance(key, Response):
-            return _flask_response(key)
-        length = request.headers.get("Content-Length", "").encode("latin-1")
-        rejected = check_content_length(length or None, settings)
-        body = b"" if rejected is not None else request.get_data(cache=True)
-        if rejected is not None or len(body) > settings.max_body_size:
-            return _flask_response(rejected or too_large(settings))
-        view_of_request = _request_view(request)
-        identity = new_identity(settings, view_of_request, key)
-        fingerprint = settings.fingerprint_of(view_of_request, body)
+    if tracks(settings, request.method, bool(values)):
+        try:
+            scoper = config.scoper or _load_scoper(config)
+        except Exception:
+            logger.exception("Cannot read the scope secret from the records table")
+            return _flask_response(connect_failed(settings))
+        prepared = prepare_request(request.environ, settings, values, scoper)
+        if isinstance(prepared, Response):
+            return _flask_response(prepared)
+        environ, identity, fingerprint = prepared
+        request.environ.update(environ)  # the view reads the body from its buffered copy
+    claim = claim_options(settings, config.clock, identity, fingerprint)
     try:
         made = config.connect()
     except Exception:
-        logger.exception("Cannot open the database connection for a transactional request")
-        return _flask_response(store_unavailable(settings))
+        return _flask_response(connect_failed(settings))
     with contextlib.ExitStack() as stack:
         connection = _enter(stack, made)
-        unit = WorkUnit(
-            connection,
-            identity=identity,
-            fingerprint=fingerprint,
-            settings=settings,
-            table=config.table,
-            clock=config.clock,
-        )
-        call = functools.partial(view, *args, **kwargs)
-        return _run(call, settings=settings, config=config, connection=connection, unit=unit)
+        if not drivers.is_sync_connection(connection):
+            raise TypeError(f"connect() gave {connection!r}, not a sync connection or session.")
+        unit = WorkUnit(connection, config.table, claim, settings, config.counters)
+        return _run(functools.partial(view, *args, **kwargs), unit)
 
 
-def _run(
-    view: Callable[..., Any],
-    *,
-    settings: Settings,
-    config: _Config,
-    connection: object,
-    unit: WorkUnit,
-) -> Any:
+def _run(view: Callable[..., Any], unit: WorkUnit) -> Any:
+    """Run the view in the unit's transaction; return its response once that has committed."""
+    answer = unit.start()
+    if answer is not None:
+        return _flask_response(answer)
     try:
-        unit.begin()
-    except IdempotencyError as error:
-        problem = refused(error, settings)
-        if problem is None:
-            raise
-        return _flask_response(problem)
-    record = unit.record
-    if unit.replay and record is not None:
-        unit.rollback()
-        config.counters.add(Count.REPLAYS)
-        return _flask_response(replay_response(record, settings))
-    if record is not None:
-        config.counters.add(Count.EXECUTIONS)
-    tx = RequestTransaction(connection, None if record is None else record.identity, record)
-    try:
-        response = flask.current_app.make_response(view(tx=tx))
+        response = flask.current_app.make_response(view(tx=unit.request_transaction()))
         body = response.get_data()
     except BaseException:
-        _quietly(unit.rollback)
+        unit.rollback()
         raise
-    headers = [
+    headers = tuple(
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in response.headers.items()
-    ]
-    try:
-        unit.commit(outcome_of(response.status_code, headers, body, settings))
-    except Exception:
-        config.counters.add(Count.COMPLETE_FAILURES)
-        logger.exception("The transaction of a request failed to commit; it was not applied")
-        _quietly(unit.rollback)
-        return _flask_response(store_unavailable(settings))
-    return response
+    )
+    problem = unit.finish(Response(response.status_code, headers, body))
+    return response if problem is None else _flask_response(problem)
+
+
+def _load_scoper(config: _Config) -> Scoper:
+    """Load the scope secret kept in the records table (B8), once."""
+    with contextlib.ExitStack() as stack:
+        connection = _enter(stack, config.connect())
+        if not drivers.is_sync_connection(connection):
+            raise TypeError(f"connect() gave {connection!r}, not a sync connection or session.")
+        config.scoper = Scoper(load_scope_secret(connection, config.table))
+    return config.scoper
 
 
 def _enter(stack: contextlib.ExitStack, made: Any) -> object:
     """Return the connection `connect()` gave, arranging for `stack` to close it."""
-    if is_connection(made) or not hasattr(made, "__enter__"):
+    if drivers.is_connection(made) or not hasattr(made, "__enter__"):
         stack.callback(made.close)
         return made
     return stack.enter_context(made)
-
-
-def _quietly(call: Callable[[], None]) -> None:
-    try:
-        call()
-    except Exception:
-        logger.exception("Rolling back a transactional request failed")
-
-
-def _request_view(request: flask.Request) -> RequestView:
-    return RequestView(
-        method=request.method,
-        path=request.path,
-        query_string=request.query_string,
-        headers=[
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in request.headers.items()
-        ],
-        raw=request.environ,
-    )
 
 
 def _flask_response(response: Response) -> flask.Response:

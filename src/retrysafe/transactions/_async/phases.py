@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
-from retrysafe._clock import Clock
 from retrysafe._errors import ConfigurationError
-from retrysafe._record import Claim, Identity
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._async.transaction import abegin_claim, arollback
 from retrysafe.transactions._dispatch import async_backend
-from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION
 from retrysafe.transactions._steps import (
     AsyncPhaseFunction,
     PhasesResult,
@@ -29,6 +27,7 @@ from retrysafe.transactions._steps import (
 if TYPE_CHECKING:
     from retrysafe.transactions._async.transaction import AsyncBackend
     from retrysafe.transactions._drivers import AsyncConnection
+    from retrysafe.transactions._state import ClaimOptions
 
 __all__ = ["arun_phases"]
 
@@ -39,12 +38,8 @@ async def arun_phases(
     connection: AsyncConnection,
     phases: Mapping[str, AsyncPhaseFunction],
     *,
-    identity: Identity,
-    fingerprint: str,
     table: str = DEFAULT_TABLE,
-    lease: float = DEFAULT_LEASE,
-    retention: float = DEFAULT_RETENTION,
-    clock: Clock | None = None,
+    **options: Unpack[ClaimOptions],
 ) -> PhasesResult:
     """Run an operation as atomic phases, resuming after its last committed phase.
 
@@ -77,20 +72,15 @@ async def arun_phases(
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
     """
-    plan = Plan(
-        phases,
-        identity=identity,
-        fingerprint=fingerprint,
-        lease=lease,
-        retention=retention,
-        clock=clock,
-    )
+    plan = Plan(phases, **options)
     backend = async_backend(connection, table)
     check_fresh(backend.in_transaction())
-    claim = await _claim(backend, plan)
+    claim = await abegin_claim(backend, plan)
+    await backend.end(commit=claim.acquired)  # the claim commits in flight; a replay wrote nothing
     if not claim.acquired:
         return PhasesResult(claim.record.outcome or b"", True, None, ())
     record = claim.record
+    identity = plan.identity
     resumed_from = record.recovery_point
     try:
         remaining = plan.remaining(resumed_from)
@@ -108,14 +98,14 @@ async def arun_phases(
             if outcome is not None or last:
                 outcome = as_outcome(outcome, name)
                 await backend.complete(
-                    identity, record.token, outcome, now=plan.clock.now(), retention=retention
+                    identity, record.token, outcome, now=plan.clock.now(), retention=plan.retention
                 )
             else:
                 record = await backend.checkpoint(
                     identity, record.token, name, now=plan.clock.now()
                 )
         except BaseException as error:
-            await _end_quietly(backend)
+            await arollback(backend)
             if isinstance(error, Exception):
                 await _expire_lease(backend, plan, record.token)
             raise
@@ -126,33 +116,6 @@ async def arun_phases(
     raise ConfigurationError("The operation has no phase left to run.")  # pragma: no cover
 
 
-async def _claim(backend: AsyncBackend, plan: Plan) -> Claim:
-    """Claim the key in a transaction of its own, committed in flight."""
-    await backend.begin()
-    try:
-        now = plan.clock.now()
-        claim = await backend.claim(
-            plan.identity,
-            plan.fingerprint,
-            now=now,
-            lease=plan.lease,
-            retention=plan.retention,
-        )
-        plan.check_claim(claim, now)
-    except BaseException:
-        await _end_quietly(backend)
-        raise
-    await backend.end(commit=claim.acquired)
-    return claim
-
-
-async def _end_quietly(backend: AsyncBackend) -> None:
-    try:
-        await backend.end(commit=False)
-    except Exception:
-        logger.warning("Rolling back a phase failed", exc_info=True)
-
-
 async def _expire_lease(backend: AsyncBackend, plan: Plan, token: str) -> None:
     """End the lease of a phase that raised, so a retry resumes at once."""
     try:
@@ -160,7 +123,7 @@ async def _expire_lease(backend: AsyncBackend, plan: Plan, token: str) -> None:
         try:
             await backend.renew(plan.identity, token, now=plan.clock.now(), lease=0.0)
         except BaseException:
-            await _end_quietly(backend)
+            await arollback(backend)
             raise
         await backend.end(commit=True)
     except Exception:

@@ -16,18 +16,24 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Unpack
 
-from retrysafe._clock import Clock
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions._state import (
-    DEFAULT_LEASE,
-    DEFAULT_RETENTION,
     FORGOTTEN_OUTCOME,
+    ClaimOptions,
+    ClaimSettings,
     TransactionState,
 )
 
-__all__ = ["AsyncBackend", "AsyncRecordStatements", "AsyncRecords", "AsyncTransaction"]
+__all__ = [
+    "AsyncBackend",
+    "AsyncRecordStatements",
+    "AsyncRecords",
+    "AsyncTransaction",
+    "abegin_claim",
+    "arollback",
+]
 
 logger = logging.getLogger("retrysafe")
 
@@ -102,41 +108,13 @@ class AsyncTransaction(TransactionState):
     back the claim with the writes and propagates.
     """
 
-    def __init__(
-        self,
-        backend: AsyncBackend,
-        *,
-        identity: Identity,
-        fingerprint: str,
-        lease: float = DEFAULT_LEASE,
-        retention: float = DEFAULT_RETENTION,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(
-            identity=identity,
-            fingerprint=fingerprint,
-            lease=lease,
-            retention=retention,
-            clock=clock,
-        )
+    def __init__(self, backend: AsyncBackend, **options: Unpack[ClaimOptions]) -> None:
+        super().__init__(**options)
         self._backend = backend
 
     async def __aenter__(self) -> AsyncTransaction:
         self._start()
-        await self._backend.begin()
-        try:
-            now = self.clock.now()
-            claim = await self._backend.claim(
-                self.identity,
-                self.fingerprint,
-                now=now,
-                lease=self.lease,
-                retention=self.retention,
-            )
-            self._accept(claim, now)
-        except BaseException:
-            await self._rollback()
-            raise
+        self._claim = await abegin_claim(self._backend, self)
         return self
 
     async def __aexit__(
@@ -147,7 +125,7 @@ class AsyncTransaction(TransactionState):
     ) -> None:
         outcome = self._outcome_to_store(exc_type)
         if outcome is None:
-            await self._rollback(quiet=exc_type is not None)
+            await arollback(self._backend, quiet=exc_type is not None)
             if self._forgot_outcome(exc_type):
                 raise RuntimeError(FORGOTTEN_OUTCOME)
             return
@@ -160,14 +138,38 @@ class AsyncTransaction(TransactionState):
                 retention=self.retention,
             )
         except BaseException:
-            await self._rollback(quiet=True)
+            await arollback(self._backend)
             raise
         await self._backend.end(commit=True)
 
-    async def _rollback(self, *, quiet: bool = True) -> None:
-        try:
-            await self._backend.end(commit=False)
-        except Exception:
-            if not quiet:
-                raise
-            logger.warning("Rolling back a transaction failed", exc_info=True)
+
+async def abegin_claim(backend: AsyncBackend, settings: ClaimSettings) -> Claim:
+    """Begin a transaction on `backend` and claim the key in it; raise the claim's refusal.
+
+    A refusal, or any failure, rolls the transaction back before it propagates.
+    """
+    await backend.begin()
+    try:
+        now = settings.clock.now()
+        claim = await backend.claim(
+            settings.identity,
+            settings.fingerprint,
+            now=now,
+            lease=settings.lease,
+            retention=settings.retention,
+        )
+        settings.check(claim, now)
+    except BaseException:
+        await arollback(backend)
+        raise
+    return claim
+
+
+async def arollback(backend: AsyncBackend, *, quiet: bool = True) -> None:
+    """Roll back what `backend.begin` started; a failure is logged when `quiet`, else raised."""
+    try:
+        await backend.end(commit=False)
+    except Exception:
+        if not quiet:
+            raise
+        logger.warning("Rolling back a transaction failed", exc_info=True)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
-from retrysafe._clock import Clock
 from retrysafe._errors import ConfigurationError
-from retrysafe._record import Claim, Identity
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._sync.transaction import begin_claim, rollback
 from retrysafe.transactions._dispatch import sync_backend
-from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION
 from retrysafe.transactions._steps import (
     PhaseFunction,
     PhasesResult,
@@ -32,6 +30,7 @@ from retrysafe.transactions._steps import (
 if TYPE_CHECKING:
     from retrysafe.transactions._sync.transaction import Backend
     from retrysafe.transactions._drivers import Connection
+    from retrysafe.transactions._state import ClaimOptions
 
 __all__ = ["run_phases"]
 
@@ -42,12 +41,8 @@ def run_phases(
     connection: Connection,
     phases: Mapping[str, PhaseFunction],
     *,
-    identity: Identity,
-    fingerprint: str,
     table: str = DEFAULT_TABLE,
-    lease: float = DEFAULT_LEASE,
-    retention: float = DEFAULT_RETENTION,
-    clock: Clock | None = None,
+    **options: Unpack[ClaimOptions],
 ) -> PhasesResult:
     """Run an operation as atomic phases, resuming after its last committed phase.
 
@@ -80,20 +75,15 @@ def run_phases(
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
     """
-    plan = Plan(
-        phases,
-        identity=identity,
-        fingerprint=fingerprint,
-        lease=lease,
-        retention=retention,
-        clock=clock,
-    )
+    plan = Plan(phases, **options)
     backend = sync_backend(connection, table)
     check_fresh(backend.in_transaction())
-    claim = _claim(backend, plan)
+    claim = begin_claim(backend, plan)
+    backend.end(commit=claim.acquired)  # the claim commits in flight; a replay wrote nothing
     if not claim.acquired:
         return PhasesResult(claim.record.outcome or b"", True, None, ())
     record = claim.record
+    identity = plan.identity
     resumed_from = record.recovery_point
     try:
         remaining = plan.remaining(resumed_from)
@@ -111,14 +101,14 @@ def run_phases(
             if outcome is not None or last:
                 outcome = as_outcome(outcome, name)
                 backend.complete(
-                    identity, record.token, outcome, now=plan.clock.now(), retention=retention
+                    identity, record.token, outcome, now=plan.clock.now(), retention=plan.retention
                 )
             else:
                 record = backend.checkpoint(
                     identity, record.token, name, now=plan.clock.now()
                 )
         except BaseException as error:
-            _end_quietly(backend)
+            rollback(backend)
             if isinstance(error, Exception):
                 _expire_lease(backend, plan, record.token)
             raise
@@ -129,33 +119,6 @@ def run_phases(
     raise ConfigurationError("The operation has no phase left to run.")  # pragma: no cover
 
 
-def _claim(backend: Backend, plan: Plan) -> Claim:
-    """Claim the key in a transaction of its own, committed in flight."""
-    backend.begin()
-    try:
-        now = plan.clock.now()
-        claim = backend.claim(
-            plan.identity,
-            plan.fingerprint,
-            now=now,
-            lease=plan.lease,
-            retention=plan.retention,
-        )
-        plan.check_claim(claim, now)
-    except BaseException:
-        _end_quietly(backend)
-        raise
-    backend.end(commit=claim.acquired)
-    return claim
-
-
-def _end_quietly(backend: Backend) -> None:
-    try:
-        backend.end(commit=False)
-    except Exception:
-        logger.warning("Rolling back a phase failed", exc_info=True)
-
-
 def _expire_lease(backend: Backend, plan: Plan, token: str) -> None:
     """End the lease of a phase that raised, so a retry resumes at once."""
     try:
@@ -163,7 +126,7 @@ def _expire_lease(backend: Backend, plan: Plan, token: str) -> None:
         try:
             backend.renew(plan.identity, token, now=plan.clock.now(), lease=0.0)
         except BaseException:
-            _end_quietly(backend)
+            rollback(backend)
             raise
         backend.end(commit=True)
     except Exception:

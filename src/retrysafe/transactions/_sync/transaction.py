@@ -19,18 +19,24 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Unpack
 
-from retrysafe._clock import Clock
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions._state import (
-    DEFAULT_LEASE,
-    DEFAULT_RETENTION,
     FORGOTTEN_OUTCOME,
+    ClaimOptions,
+    ClaimSettings,
     TransactionState,
 )
 
-__all__ = ["Backend", "RecordStatements", "Records", "Transaction"]
+__all__ = [
+    "Backend",
+    "RecordStatements",
+    "Records",
+    "Transaction",
+    "begin_claim",
+    "rollback",
+]
 
 logger = logging.getLogger("retrysafe")
 
@@ -105,41 +111,13 @@ class Transaction(TransactionState):
     back the claim with the writes and propagates.
     """
 
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        identity: Identity,
-        fingerprint: str,
-        lease: float = DEFAULT_LEASE,
-        retention: float = DEFAULT_RETENTION,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(
-            identity=identity,
-            fingerprint=fingerprint,
-            lease=lease,
-            retention=retention,
-            clock=clock,
-        )
+    def __init__(self, backend: Backend, **options: Unpack[ClaimOptions]) -> None:
+        super().__init__(**options)
         self._backend = backend
 
     def __enter__(self) -> Transaction:
         self._start()
-        self._backend.begin()
-        try:
-            now = self.clock.now()
-            claim = self._backend.claim(
-                self.identity,
-                self.fingerprint,
-                now=now,
-                lease=self.lease,
-                retention=self.retention,
-            )
-            self._accept(claim, now)
-        except BaseException:
-            self._rollback()
-            raise
+        self._claim = begin_claim(self._backend, self)
         return self
 
     def __exit__(
@@ -150,7 +128,7 @@ class Transaction(TransactionState):
     ) -> None:
         outcome = self._outcome_to_store(exc_type)
         if outcome is None:
-            self._rollback(quiet=exc_type is not None)
+            rollback(self._backend, quiet=exc_type is not None)
             if self._forgot_outcome(exc_type):
                 raise RuntimeError(FORGOTTEN_OUTCOME)
             return
@@ -163,14 +141,38 @@ class Transaction(TransactionState):
                 retention=self.retention,
             )
         except BaseException:
-            self._rollback(quiet=True)
+            rollback(self._backend)
             raise
         self._backend.end(commit=True)
 
-    def _rollback(self, *, quiet: bool = True) -> None:
-        try:
-            self._backend.end(commit=False)
-        except Exception:
-            if not quiet:
-                raise
-            logger.warning("Rolling back a transaction failed", exc_info=True)
+
+def begin_claim(backend: Backend, settings: ClaimSettings) -> Claim:
+    """Begin a transaction on `backend` and claim the key in it; raise the claim's refusal.
+
+    A refusal, or any failure, rolls the transaction back before it propagates.
+    """
+    backend.begin()
+    try:
+        now = settings.clock.now()
+        claim = backend.claim(
+            settings.identity,
+            settings.fingerprint,
+            now=now,
+            lease=settings.lease,
+            retention=settings.retention,
+        )
+        settings.check(claim, now)
+    except BaseException:
+        rollback(backend)
+        raise
+    return claim
+
+
+def rollback(backend: Backend, *, quiet: bool = True) -> None:
+    """Roll back what `backend.begin` started; a failure is logged when `quiet`, else raised."""
+    try:
+        backend.end(commit=False)
+    except Exception:
+        if not quiet:
+            raise
+        logger.warning("Rolling back a transaction failed", exc_info=True)

@@ -1,0 +1,145 @@
+# Generated from transactions/_async/work.py by scripts/unasync.py; edit the source, not this.
+# ruff: noqa
+# fmt: off
+"""One request's work in a web face: claim, run the handler, commit its response with its writes.
+
+Written once, async, for the ASGI middleware on an async connection; the Flask decorator (and the
+ASGI middleware on a sync connection, in worker threads) runs its generated sync twin. What it
+answers is `retrysafe._http`'s: the replay, the problems, the outcome policy (`_web.py`)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from retrysafe._errors import IdempotencyError
+from retrysafe._flow import Count, Counters
+from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
+from retrysafe._http import Response, Settings, logger, replay_response, store_unavailable
+from retrysafe.transactions._sync.transaction import Transaction
+from retrysafe.transactions._dispatch import sync_backend
+from retrysafe.transactions._web import (
+    CLEANUP_SECONDS,
+    ShieldCancellation,
+    RequestTransaction,
+    RolledBack,
+    outcome_of,
+    refused,
+)
+
+if TYPE_CHECKING:
+    from retrysafe.transactions._drivers import Connection
+    from retrysafe.transactions._state import ClaimOptions
+
+__all__ = ["WorkUnit", "load_scope_secret"]
+
+
+class WorkUnit:
+    """One request's work on a connection: a claim transaction, or a plain one.
+
+    A request with a key runs in transactional mode; one without (an optional key that was not
+    sent, a method the route does not cover) still gets its writes committed together, in a
+    plain transaction, by the same outcome policy.
+
+    Args:
+        connection: the request's connection or session.
+        table: the records table.
+        claim: the request's claim; None for a request without a key.
+        settings: the request's settings (the outcome policy, the problems).
+        counters: where executions, replays and failed commits are counted.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        table: str,
+        claim: ClaimOptions | None,
+        settings: Settings,
+        counters: Counters,
+    ) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.counters = counters
+        self._backend = sync_backend(connection, table)
+        self._tx = None if claim is None else Transaction(self._backend, **claim)
+
+    def request_transaction(self) -> RequestTransaction[object]:
+        """Return what the handler writes with: the connection, and the key as claimed."""
+        record = None if self._tx is None else self._tx.record
+        identity = None if record is None else record.identity
+        return RequestTransaction(self.connection, identity, record)
+
+    def start(self) -> Response | None:
+        """Begin the transaction and claim the key; return the answer that stands instead of
+        the handler's (a replay, a refusal), or None to run the handler."""
+        tx = self._tx
+        try:
+            if tx is None:
+                self._backend.begin()
+            else:
+                tx.__enter__()
+        except IdempotencyError as error:
+            problem = refused(error, self.settings)
+            if problem is None:
+                raise
+            return problem
+        if tx is None:
+            return None
+        if tx.replay:
+            self.rollback()
+            self.counters.add(Count.REPLAYS)
+            return replay_response(tx.record, self.settings)
+        self.counters.add(Count.EXECUTIONS)
+        return None
+
+    def finish(self, response: Response) -> Response | None:
+        """Commit the handler's complete `response` with its writes, or roll back by the outcome
+        policy (B18); return the 503 problem that replaces it if the commit failed, else None."""
+        try:
+            with ShieldCancellation():
+                self._end(outcome_of(response, self.settings))
+        except Exception:
+            self.counters.add(Count.COMPLETE_FAILURES)
+            logger.exception("The transaction of a request failed to commit; it was not applied")
+            self.rollback()
+            return store_unavailable(self.settings)
+        return None
+
+    def rollback(self) -> None:
+        """Roll back the claim and the writes; a failure is logged, never raised."""
+        with ShieldCancellation(CLEANUP_SECONDS):
+            try:
+                self._end(None)
+            except Exception:
+                logger.exception("Rolling back a transactional request failed")
+
+    def _end(self, outcome: bytes | None) -> None:
+        """Store `outcome` and commit; None rolls back instead."""
+        tx = self._tx
+        if tx is None:
+            self._backend.end(commit=outcome is not None)
+        elif outcome is None:
+            tx.__exit__(RolledBack, RolledBack(), None)
+        else:
+            tx.complete(outcome)
+            tx.__exit__(None, None, None)
+
+
+def load_scope_secret(connection: Connection, table: str) -> bytes:
+    """Return the scope secret kept in the records table, creating it there if absent (B8).
+
+    The same record the idempotency store keeps (`retrysafe._flow.secret`), read or inserted in
+    a short transaction of its own on `connection`, so the middleware and transactional mode on
+    one table scope requests alike.
+    """
+    tx = Transaction(
+        sync_backend(connection, table),
+        identity=SECRET_IDENTITY,
+        fingerprint=SECRET_FINGERPRINT,
+        retention=SECRET_RETENTION,
+    )
+    with tx:
+        if tx.replay and tx.outcome:
+            return tx.outcome
+        tx.complete(secrets.token_bytes(32))
+    return tx.outcome or b""

@@ -1,20 +1,22 @@
-"""Lease renewal while an operation runs (B16): one thread scheduler, one async renewer.
+"""Lease renewal while an operation runs (B16): thread schedulers, and one async renewer.
 
 Every face renews the same way: a third of the lease after the operation started, then every
 third of it, until the operation ends or the claim is found taken over. `renew` is a callable
 that renews once and returns whether to go on (False once fenced); the flow supplies it.
 
-    beat = THREADS.start(renew, interval)     # sync callers: one shared daemon thread
+    beat = THREADS.start(every(interval, renew), interval)  # sync: one shared daemon thread
     ...
-    THREADS.stop(beat)                        # waits for a renewal in progress
+    THREADS.stop(beat)                                      # waits for a renewal in progress
 
-    beat = AsyncHeartbeat(renew, interval)    # async callers
+    beat = AsyncHeartbeat(renew, interval)                  # async callers
     await beat.start()
     ...
-    await beat.stop()                         # likewise
+    await beat.stop()                                       # likewise
 
 A short operation pays for a dict insert and delete (threads) or a timer handle (asyncio), never
 for a thread or a task of its own. After `os.fork`, the child forgets the parent's thread.
+`HOLDER`, a second scheduler thread, runs the retries of outcomes the store did not take (B19,
+`retrysafe._flow.holding`), so a store that hangs on them never delays a running renewal.
 """
 
 from __future__ import annotations
@@ -30,97 +32,119 @@ import anyio.abc
 
 from retrysafe._concurrency import monotonic
 
-__all__ = ["THREADS", "AsyncHeartbeat", "ThreadBeat", "ThreadHeartbeats"]
+__all__ = ["HOLDER", "THREADS", "AsyncHeartbeat", "ThreadJob", "ThreadScheduler", "every"]
 
 _IDLE_WAKE: Final = 60.0
 
 
-class ThreadBeat:
-    """One operation whose lease the thread scheduler renews."""
+class ThreadJob:
+    """One job the thread scheduler runs when due: `step()` returns the seconds until its next
+    step, or None when it is done."""
 
-    __slots__ = ("_lock", "_stopped", "due", "interval", "renew")
+    __slots__ = ("_lock", "_stopped", "due", "step")
 
-    def __init__(self, renew: Callable[[], bool], interval: float) -> None:
-        self.renew = renew
-        self.interval = interval
-        self.due = monotonic() + interval
+    def __init__(self, step: Callable[[], float | None], delay: float) -> None:
+        self.step = step
+        self.due = monotonic() + delay
         self._lock = threading.Lock()
         self._stopped = False
 
-    def beat(self) -> bool:
-        """Renew once unless stopped; return whether to keep renewing."""
+    def run(self) -> bool:
+        """Run one step unless stopped; return whether to keep the job."""
         with self._lock:
-            if self._stopped or not self.renew():
+            if self._stopped:
                 return False
-        self.due = monotonic() + self.interval
+            delay = self.step()
+            if delay is None:
+                return False
+        self.due = monotonic() + delay
         return True
 
     def halt(self) -> None:
-        """Stop; once this returns, no renewal is running or will run."""
+        """Stop; once this returns, no step is running or will run."""
         with self._lock:
             self._stopped = True
 
 
-class ThreadHeartbeats:
-    """One daemon thread per process that renews every running operation's lease when due.
+def every(interval: float, renew: Callable[[], bool]) -> Callable[[], float | None]:
+    """Return a job step that calls `renew` every `interval` seconds until it returns False."""
+    return lambda: interval if renew() else None
 
-    It sleeps until the earliest renewal is due, so a new operation (due a third of its lease
-    from now) needs a wake-up only if it is due before every other.
+
+class ThreadScheduler:
+    """One daemon thread per process that runs jobs when they are due.
+
+    It sleeps until the earliest job is due, so a new job needs a wake-up only if it is due
+    before every other. Jobs run one after another: a job that blocks (a store call that
+    times out) delays the others, which is why held outcomes (B19) have a thread of their own
+    and never hold up the renewals of running operations.
+
+    Args:
+        name: the thread's name.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._cond = threading.Condition()
-        self._beats: dict[int, ThreadBeat] = {}
+        self._jobs: dict[int, ThreadJob] = {}
         self._thread: threading.Thread | None = None
         self._next_wake = float("inf")
 
-    def start(self, renew: Callable[[], bool], interval: float) -> ThreadBeat:
-        """Call `renew` every `interval` seconds, the first time `interval` from now."""
-        beat = ThreadBeat(renew, interval)
+    def start(self, step: Callable[[], float | None], delay: float) -> ThreadJob:
+        """Run `step` `delay` seconds from now, then as often as it asks."""
+        job = ThreadJob(step, delay)
         with self._cond:
-            self._beats[id(beat)] = beat
+            self._jobs[id(job)] = job
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="retrysafe-heartbeat", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            if beat.due < self._next_wake:
+            if job.due < self._next_wake:
                 self._cond.notify()
-        return beat
+        return job
 
-    def stop(self, beat: ThreadBeat) -> None:
-        """Stop renewing `beat`; a renewal in progress finishes first."""
+    def wake(self, job: ThreadJob) -> None:
+        """Make `job` due now (a drain wants its next step at once)."""
         with self._cond:
-            self._beats.pop(id(beat), None)
-        beat.halt()
+            job.due = monotonic()
+            self._cond.notify()
+
+    def stop(self, job: ThreadJob) -> None:
+        """Stop running `job`; a step in progress finishes first."""
+        with self._cond:
+            self._jobs.pop(id(job), None)
+        job.halt()
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 now = monotonic()
-                due = [beat for beat in self._beats.values() if beat.due <= now]
+                due = [job for job in self._jobs.values() if job.due <= now]
                 if not due:
                     self._next_wake = min(
-                        (beat.due for beat in self._beats.values()), default=now + _IDLE_WAKE
+                        (job.due for job in self._jobs.values()), default=now + _IDLE_WAKE
                     )
                     self._cond.wait(self._next_wake - now)
                     continue
                 self._next_wake = now
-            for beat in due:
-                if not beat.beat():
+            for job in due:
+                if not job.run():
                     with self._cond:
-                        self._beats.pop(id(beat), None)
+                        self._jobs.pop(id(job), None)
 
     def after_fork(self) -> None:
-        """In a forked child, forget the parent's thread and operations."""
+        """In a forked child, forget the parent's thread and jobs."""
         self._cond = threading.Condition()
-        self._beats = {}
+        self._jobs = {}
         self._thread = None
         self._next_wake = float("inf")
 
 
-THREADS: Final = ThreadHeartbeats()
+THREADS: Final = ThreadScheduler("retrysafe-heartbeat")
+"""Renews the leases of running sync operations."""
+HOLDER: Final = ThreadScheduler("retrysafe-holder")
+"""Renews the leases of held outcomes (B19) and retries storing them."""
 os.register_at_fork(after_in_child=THREADS.after_fork)
+os.register_at_fork(after_in_child=HOLDER.after_fork)
 
 
 async def _renew_every(renew: Callable[[], Awaitable[bool]], interval: float) -> None:

@@ -11,6 +11,9 @@ same three steps; only how it answers differs (a response, a return value, an ex
                   it: complete the outcome (B18) or release the claim (B28)
     counters.py   what the flow counts (`Count`, `Counters`) and how store failures are
                   logged (`Finisher`)
+    holding.py    outcomes the store did not take (B19): held in the process, answering
+                  duplicates, their lease renewed and their completion retried until it lands;
+                  `drain` / `adrain` wait for them at shutdown (B40)
 
 The decision itself is `retrysafe._engine.decide`, pure. What to count is `Count`; what each
 face counts is read from `Counters` (`middleware.counters`).
@@ -33,9 +36,11 @@ from retrysafe._flow.admission import (
 )
 from retrysafe._flow.counters import Count, Counters
 from retrysafe._flow.drivers import AsyncExecution, AsyncFlow, SyncExecution, SyncFlow
+from retrysafe._flow.holding import DEFAULT_DRAIN, Holdings
 
 __all__ = [
     "CLAIM_RETRIES",
+    "DEFAULT_DRAIN",
     "DEFAULT_LEASE",
     "DEFAULT_RETENTION",
     "DEFAULT_WAIT",
@@ -46,6 +51,7 @@ __all__ = [
     "ClaimStep",
     "Count",
     "Counters",
+    "Holdings",
     "SyncExecution",
     "SyncFlow",
     "Terms",

@@ -12,24 +12,28 @@ from retrysafe._errors import FencedError
 from retrysafe._flow.admission import Admission
 from retrysafe._record import Identity
 
-__all__ = ["Count", "Counters", "Finisher"]
+__all__ = ["LOGGER", "Count", "Counters", "Finisher"]
 
 StoreT = TypeVar("StoreT")
-_LOGGER: Final = logging.getLogger("retrysafe")
+LOGGER: Final = logging.getLogger("retrysafe")
 
 
 class Count(enum.StrEnum):
     """What the flow counts.
 
     executions: operations that ran under a claim; replays: calls answered from a stored
-    outcome; complete_failures: outcomes not stored after the operation ran (B19); fenced:
-    claims found taken over when completing or renewing (B17); release_failures: claims not
-    released (they end with their lease); renew_failures: failed renewals, other than fencing.
+    (or held) outcome; complete_failures: failed attempts to store an outcome, the first and
+    every retry (B19); held: outcomes kept in the process because storing them failed;
+    completed_late: held outcomes that a retry stored; fenced: claims found taken over when
+    completing or renewing (B17); release_failures: claims not released (they end with their
+    lease); renew_failures: failed renewals, other than fencing.
     """
 
     EXECUTIONS = "executions"
     REPLAYS = "replays"
     COMPLETE_FAILURES = "complete_failures"
+    HELD = "held"
+    COMPLETED_LATE = "completed_late"
     FENCED = "fenced"
     RELEASE_FAILURES = "release_failures"
     RENEW_FAILURES = "renew_failures"
@@ -44,6 +48,8 @@ class Counters:
     executions: int
     replays: int
     complete_failures: int
+    held: int
+    completed_late: int
     fenced: int
     release_failures: int
     renew_failures: int
@@ -82,7 +88,7 @@ class Finisher(Generic[StoreT]):
         store: StoreT,
         *,
         counters: Counters | None = None,
-        logger: logging.Logger = _LOGGER,
+        logger: logging.Logger = LOGGER,
         raise_fenced: bool = False,
     ) -> None:
         self.store = store
@@ -105,8 +111,9 @@ class Finisher(Generic[StoreT]):
         self.logger.error("Cannot renew the lease on %s", identity, exc_info=error)
         return True
 
-    def complete_failed(self, identity: Identity, error: Exception) -> None:
-        """Count and log an outcome that was not stored (B17, B19); raise a fencing if asked."""
+    def complete_failed(self, identity: Identity, error: Exception) -> bool:
+        """Count and log an outcome that was not stored (B17, B19); raise a fencing if asked.
+        Return whether to hold the outcome and retry (a store error, not a fencing)."""
         if isinstance(error, FencedError):
             self.counters.add(Count.FENCED)
             self.logger.error(
@@ -116,13 +123,15 @@ class Finisher(Generic[StoreT]):
             )
             if self.raise_fenced:
                 raise error
-            return
+            return False
         self.counters.add(Count.COMPLETE_FAILURES)
         self.logger.error(
-            "Cannot store the outcome of %s; it stays in flight until its lease ends",
+            "Cannot store the outcome of %s; this process holds it and retries until it is "
+            "stored (duplicates here get it meanwhile)",
             identity,
             exc_info=error,
         )
+        return True
 
     def release_failed(self, identity: Identity, error: Exception) -> None:
         if isinstance(error, FencedError):

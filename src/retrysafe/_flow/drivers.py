@@ -4,54 +4,81 @@ Each runs `admission()` against its store, and gives an acquired claim an execut
 its lease renewed while the operation runs (`retrysafe._heartbeat`), then finished by storing
 the outcome (B18) or releasing the claim (B28). Failures to renew, store or release are logged
 and counted by `Finisher`, never raised (B19), except a fencing when the face asks for it (B17).
+An outcome the store did not take is held and retried in the background (`holding.py`), and
+answers duplicates meanwhile; `drain` / `adrain` wait for held outcomes to be stored (B40).
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import anyio
+import anyio.to_thread
 
+from retrysafe._concurrency import monotonic
+from retrysafe._errors import StoreError
 from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance
-from retrysafe._flow.counters import Count, Finisher
-from retrysafe._heartbeat import THREADS, AsyncHeartbeat, ThreadBeat
-from retrysafe._record import Identity
+from retrysafe._flow.counters import LOGGER, Count, Counters
+from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step
+from retrysafe._heartbeat import HOLDER, THREADS, AsyncHeartbeat, ThreadJob, every
+from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores.base import AsyncStore, Store
 
 __all__ = ["AsyncExecution", "AsyncFlow", "SyncExecution", "SyncFlow"]
 
 FlowT = TypeVar("FlowT")
+MessageT = TypeVar("MessageT", bound=Mapping[str, Any])
 
 _CLEANUP_SECONDS: Final = 5.0
 """How long a release may take once the caller was cancelled."""
-_LOGGER: Final = logging.getLogger("retrysafe")
 
 
-class SyncFlow(Finisher[Store]):
+class SyncFlow(Holder[Store]):
     """Drives `admission` and executions with a sync store (arguments: see `Finisher`)."""
 
     __slots__ = ()
 
     def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
-        """Claim `identity`, waiting for a duplicate in flight; return what was decided."""
-        store = self.store
+        """Claim `identity`, waiting for a duplicate in flight; return what was decided.
+
+        An outcome this flow holds (B19) answers first, and wins over an unreachable store or
+        one that says the key is in flight under our token.
+        """
+        store, holdings = self.store, self.holdings
+        held = holdings.answer(identity, fingerprint, store.clock.now())
+        if held is not None:
+            return self.admitted(held)
         steps = admission(identity, fingerprint, terms, clock=store.clock)
         step = advance(steps, None)
         while not isinstance(step, Admission):
-            if isinstance(step, ClaimStep):
-                step = advance(steps, store.claim(identity, fingerprint, **step.terms()))
-            else:
-                step = advance(steps, store.wait(identity, timeout=step.timeout))
+            found: Claim | Record | None
+            try:
+                if isinstance(step, ClaimStep):
+                    found = store.claim(identity, fingerprint, **step.terms())
+                else:
+                    found = store.wait(identity, timeout=step.timeout)
+            except StoreError:
+                held = holdings.answer(identity, fingerprint, store.clock.now())
+                if held is None:
+                    raise
+                return self.admitted(held)
+            held = holdings.answer_over(identity, fingerprint, store.clock.now(), found)
+            step = held if held is not None else advance(steps, found)
         return self.admitted(step)
 
     def execution(self, identity: Identity, token: str, terms: Terms) -> SyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`with`)."""
-        return SyncExecution(self, identity, token, terms.lease, terms.retention)
+        claimed = self.holdings.take_claim(token)
+        return SyncExecution(self, identity, token, terms.lease, terms.retention, claimed)
 
     def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; a failure is logged, never raised."""
+        self.holdings.take_claim(token)
         try:
             self.store.release(identity, token)
         except Exception as error:
@@ -65,12 +92,44 @@ class SyncFlow(Finisher[Store]):
             return self.renew_failed(identity, error)
         return True
 
-    def complete(self, identity: Identity, token: str, outcome: bytes, retention: float) -> None:
-        """Store the outcome; a failure is logged and counted (B19), a fencing maybe raised."""
+    def complete(self, run: SyncExecution, outcome: bytes) -> None:
+        """Store the outcome; if the store fails, hold it and retry on the holder thread (B19).
+        A failure is logged and counted, a fencing maybe raised."""
         try:
-            self.store.complete(identity, token, outcome, retention=retention)
+            self.store.complete(run.identity, run.token, outcome, retention=run.retention)
         except Exception as error:
-            self.complete_failed(identity, error)
+            if self.complete_failed(run.identity, error):
+                held = self.hold(run.held(outcome, self.store.clock.now()))
+                job = HOLDER.start(lambda: self._keep(held), held.complete_at - monotonic())
+                held.wake = lambda: HOLDER.wake(job)
+
+    def _keep(self, held: Held) -> float | None:
+        """Run the held outcome's due steps (on the holder thread); return the seconds until
+        the next one, or None once it is stored or given up."""
+        while self.holdings.holds(held):
+            step = held.next_step(monotonic(), self.store.clock.now())
+            if not isinstance(step, Step):
+                return step
+            error: Exception | None = None
+            try:
+                if step is Step.COMPLETE:
+                    self.store.complete(
+                        held.identity, held.token, held.outcome, retention=held.retention
+                    )
+                elif step is Step.RENEW:
+                    self.store.renew(held.identity, held.token, lease=held.lease)
+            except Exception as caught:
+                error = caught
+            if not self.stepped(held, step, error):
+                return None
+        return None
+
+    def drain(self, timeout: float = DEFAULT_DRAIN) -> bool:
+        """Wait up to `timeout` seconds for held outcomes to be stored (B40), trying each at
+        once; return whether none is left. Nothing is released: a key whose outcome is still
+        held stays in flight until its lease ends. For a WSGI server's shutdown hook."""
+        self.nudge_all()
+        return self.drained(self.holdings.wait_empty(timeout))
 
 
 @dataclass(eq=False)
@@ -82,7 +141,21 @@ class _Execution(Generic[FlowT]):
     token: str
     lease: float
     retention: float
+    claimed: Record | None = None  # the claim's record, as admitted (its fingerprint)
     finished: bool = field(default=False, init=False)
+
+    def held(self, outcome: bytes, wall: float) -> Held:
+        """Return `outcome` held after its first completion failed (B19)."""
+        return Held.start(
+            self.identity,
+            self.token,
+            outcome,
+            lease=self.lease,
+            retention=self.retention,
+            claimed=self.claimed,
+            now=monotonic(),
+            wall=wall,
+        )
 
 
 class SyncExecution(_Execution["SyncFlow"]):
@@ -95,7 +168,7 @@ class SyncExecution(_Execution["SyncFlow"]):
     Leaving the block without `finish` (an exception, say) releases the claim.
     """
 
-    _beat: ThreadBeat | None = None
+    _beat: ThreadJob | None = None
 
     def __enter__(self) -> SyncExecution:
         return self.start()
@@ -104,7 +177,8 @@ class SyncExecution(_Execution["SyncFlow"]):
         """Count the execution and start renewing its lease (B16)."""
         self._flow.counters.add(Count.EXECUTIONS)
         flow, identity, token, lease = self._flow, self.identity, self.token, self.lease
-        self._beat = THREADS.start(lambda: flow.renew(identity, token, lease), lease / 3)
+        renewing = every(lease / 3, lambda: flow.renew(identity, token, lease))
+        self._beat = THREADS.start(renewing, lease / 3)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -121,34 +195,65 @@ class SyncExecution(_Execution["SyncFlow"]):
         if outcome is None:
             self._flow.release(self.identity, self.token)
         else:
-            self._flow.complete(self.identity, self.token, outcome, self.retention)
+            self._flow.complete(self, outcome)
 
 
-class AsyncFlow(Finisher[AsyncStore]):
-    """Drives `admission` and executions with an async store (see `SyncFlow`)."""
+class AsyncFlow(Holder[AsyncStore]):
+    """Drives `admission` and executions with an async store (see `SyncFlow`).
 
-    __slots__ = ()
+    Held outcomes are retried by tasks on the running event loop, which the async store's
+    connections belong to (a thread could not use them); the flow keeps them referenced. The
+    ASGI middleware drains them at lifespan shutdown (`draining`), before the app closes.
+    """
+
+    __slots__ = ("_tasks",)
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        *,
+        counters: Counters | None = None,
+        logger: logging.Logger = LOGGER,
+        raise_fenced: bool = False,
+    ) -> None:
+        super().__init__(store, counters=counters, logger=logger, raise_fenced=raise_fenced)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
-        """Claim `identity`, waiting for a duplicate in flight; return what was decided."""
-        store = self.store
+        """Claim `identity`, waiting for a duplicate in flight; return what was decided (see
+        `SyncFlow.admit`)."""
+        store, holdings = self.store, self.holdings
+        held = holdings.answer(identity, fingerprint, store.clock.now())
+        if held is not None:
+            return self.admitted(held)
         steps = admission(
             identity, fingerprint, terms, clock=store.clock, elapsed=anyio.current_time
         )
         step = advance(steps, None)
         while not isinstance(step, Admission):
-            if isinstance(step, ClaimStep):
-                step = advance(steps, await store.claim(identity, fingerprint, **step.terms()))
-            else:
-                step = advance(steps, await store.wait(identity, timeout=step.timeout))
+            found: Claim | Record | None
+            try:
+                if isinstance(step, ClaimStep):
+                    found = await store.claim(identity, fingerprint, **step.terms())
+                else:
+                    found = await store.wait(identity, timeout=step.timeout)
+            except StoreError:
+                held = holdings.answer(identity, fingerprint, store.clock.now())
+                if held is None:
+                    raise
+                return self.admitted(held)
+            held = holdings.answer_over(identity, fingerprint, store.clock.now(), found)
+            step = held if held is not None else advance(steps, found)
         return self.admitted(step)
 
     def execution(self, identity: Identity, token: str, terms: Terms) -> AsyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`async with`)."""
-        return AsyncExecution(self, identity, token, terms.lease, terms.retention)
+        claimed = self.holdings.take_claim(token)
+        return AsyncExecution(self, identity, token, terms.lease, terms.retention, claimed)
 
     async def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; shielded from the caller's cancellation."""
+        self.holdings.take_claim(token)
         with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
             try:
                 await self.store.release(identity, token)
@@ -163,15 +268,87 @@ class AsyncFlow(Finisher[AsyncStore]):
             return self.renew_failed(identity, error)
         return True
 
-    async def complete(
-        self, identity: Identity, token: str, outcome: bytes, retention: float
-    ) -> None:
-        """Store the outcome, shielded from cancellation (see `SyncFlow.complete`)."""
+    async def complete(self, run: AsyncExecution, outcome: bytes) -> None:
+        """Store the outcome, shielded from cancellation; if the store fails, hold it and
+        retry in a task (see `SyncFlow.complete`)."""
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.complete(identity, token, outcome, retention=retention)
+                await self.store.complete(run.identity, run.token, outcome, retention=run.retention)
             except Exception as error:
-                self.complete_failed(identity, error)
+                if self.complete_failed(run.identity, error):
+                    self._spawn(self.hold(run.held(outcome, self.store.clock.now())))
+
+    def _spawn(self, held: Held) -> None:
+        """Run the held outcome's steps in a task of their own on the running loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio: a system task, which lives as long as the run
+            trio_lowlevel = importlib.import_module("trio.lowlevel")
+            trio_lowlevel.spawn_system_task(self._keep, held)
+            return
+        task = loop.create_task(self._keep(held))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keep(self, held: Held) -> None:
+        """Run the held outcome's steps until it is stored or given up (see `SyncFlow._keep`)."""
+        try:
+            while self.holdings.holds(held):
+                step = held.next_step(monotonic(), self.store.clock.now())
+                if not isinstance(step, Step):
+                    with anyio.move_on_after(step) as sleeping:
+                        held.wake = sleeping.cancel  # a drain wants the completion now
+                        await anyio.sleep_forever()
+                    held.wake = None
+                    continue
+                error: Exception | None = None
+                try:
+                    if step is Step.COMPLETE:
+                        await self.store.complete(
+                            held.identity, held.token, held.outcome, retention=held.retention
+                        )
+                    elif step is Step.RENEW:
+                        await self.store.renew(held.identity, held.token, lease=held.lease)
+                except Exception as caught:
+                    error = caught
+                _raise_if_cancelled()
+                if not self.stepped(held, step, error):
+                    return
+        finally:
+            self.lost(held)  # the loop is closing under it
+
+    async def adrain(self, timeout: float = DEFAULT_DRAIN) -> bool:
+        """Wait up to `timeout` seconds for held outcomes to be stored (B40), trying each at
+        once; return whether none is left. Nothing is released (see `SyncFlow.drain`)."""
+        self.nudge_all()
+        left = await anyio.to_thread.run_sync(self.holdings.wait_empty, timeout)
+        return self.drained(left)
+
+    def draining(
+        self, receive: Callable[[], Awaitable[MessageT]]
+    ) -> Callable[[], Awaitable[MessageT]]:
+        """Wrap an ASGI lifespan `receive`: on `lifespan.shutdown`, drain (`drain_timeout`)
+        before the app sees it, so held outcomes are stored before the app closes (B40)."""
+
+        async def receive_then_drain() -> MessageT:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                await self.adrain(self.drain_timeout)
+            return message
+
+        return receive_then_drain
+
+
+def _raise_if_cancelled() -> None:
+    """Raise the cancellation of this asyncio task if a store call turned it into an error
+    (psycopg cancels the query and raises an `OperationalError` instead): asyncio cancels a
+    task once, so a held outcome's task would otherwise outlive its loop's shutdown."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio delivers a cancellation at every checkpoint
+        return
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class AsyncExecution(_Execution["AsyncFlow"]):
@@ -204,4 +381,4 @@ class AsyncExecution(_Execution["AsyncFlow"]):
         if outcome is None:
             await self._flow.release(self.identity, self.token)
         else:
-            await self._flow.complete(self.identity, self.token, outcome, self.retention)
+            await self._flow.complete(self, outcome)

@@ -13,6 +13,9 @@ import pytest
 from tests.integrations.apps import ASGI_FRAMEWORKS, BUILDERS, FRAMEWORKS, Recorder
 from tests.integrations.servers import AsgiServer, WsgiServer
 
+CALLER = {"Authorization": "Bearer integration-test"}
+"""The credential test clients send: the middleware scopes keys by caller (B8)."""
+
 
 @dataclass
 class Running:
@@ -24,7 +27,7 @@ class Running:
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.url, timeout=15)
+        self.client = httpx.Client(base_url=self.url, timeout=15, headers=CALLER)
 
     def post(self, path: str, key: str | None = None, **kwargs: Any) -> httpx.Response:
         """POST an empty JSON object to `path`, with `Idempotency-Key: key` if given."""

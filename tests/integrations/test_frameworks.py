@@ -11,7 +11,7 @@ import pytest
 
 from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from tests.integrations.apps import Recorder, fastapi_app
-from tests.integrations.conftest import new_key
+from tests.integrations.conftest import CALLER, new_key
 from tests.integrations.servers import AsgiServer, WsgiServer
 
 
@@ -50,7 +50,8 @@ def test_fastapi_dependency_gives_the_handler_the_key() -> None:
     install(app, store=AsyncMemoryStore())
     server = AsgiServer(app)
     try:
-        response = httpx.post(f"{server.url}/echo", headers={"Idempotency-Key": '"k-1"'})
+        headers = {"Idempotency-Key": '"k-1"', **CALLER}
+        response = httpx.post(f"{server.url}/echo", headers=headers)
         assert response.json() == {"key": '"k-1"'}
     finally:
         server.stop()
@@ -75,7 +76,7 @@ def test_litestar_middleware_inside_the_app_reads_the_routed_handler() -> None:
     app = Litestar([required, plain], middleware=[idempotency_middleware(store=AsyncMemoryStore())])
     server = AsgiServer(app)
     try:
-        with httpx.Client(base_url=server.url) as client:
+        with httpx.Client(base_url=server.url, headers=CALLER) as client:
             assert client.post("/required").status_code == 400
             assert client.post("/plain").status_code == 201
             key = {"Idempotency-Key": new_key()}
@@ -96,7 +97,7 @@ def test_django_settings_entry_configures_store_patterns_and_options() -> None:
     assert application.settings.wait == 0
     server = WsgiServer(application)
     try:
-        with httpx.Client(base_url=server.url) as client:
+        with httpx.Client(base_url=server.url, headers=CALLER) as client:
             # RETRYSAFE["ROUTES"] makes the unmarked /plain require a key.
             assert client.post("/plain").status_code == 400
             key = {"Idempotency-Key": new_key()}
@@ -115,7 +116,7 @@ def test_django_asgi_application_reads_view_marks() -> None:
     django_project.RECORDER = recorder = Recorder()
     server = AsgiServer(get_asgi_application(store=AsyncMemoryStore(), routes={}))
     try:
-        with httpx.Client(base_url=server.url) as client:
+        with httpx.Client(base_url=server.url, headers=CALLER) as client:
             assert client.post("/required").status_code == 400
             key = {"Idempotency-Key": new_key()}
             assert client.post("/v1/required", headers=key).status_code == 201

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Final, Literal, TypedDict, TypeVar, Unpack
 
 from retrysafe._http import OutcomePolicy, RouteSettings, compile_pattern
+from retrysafe._http.settings import Anonymous
 from retrysafe._keys import KeyPolicy
 
 __all__ = [
@@ -62,6 +63,7 @@ class RouteOptions(TypedDict, total=False):
 
     required: bool
     methods: Collection[str]
+    anonymous: Anonymous
     retention: float
     lease: float
     wait: float

@@ -1,6 +1,11 @@
-"""Per-view idempotency settings for Django: a view decorator and a `RETRYSAFE` settings entry.
+"""Idempotency for Django: a middleware class, a view decorator and a `RETRYSAFE` settings entry.
 
     # settings.py
+    MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "retrysafe.integrations.django.IdempotencyMiddleware",   # after authentication
+    ]
     RETRYSAFE = {
         "STORE": "postgresql://app@db/app",        # any store URL (required)
         "ROUTES": {"/health": None},               # path patterns, for unmarked views
@@ -13,155 +18,51 @@
     @idempotency(required=True, retention=3600)
     def create_payment(request): ...
 
-    # wsgi.py (or asgi.py with get_asgi_application)
-    from retrysafe.integrations.django import get_wsgi_application
-    application = get_wsgi_application()
+`IdempotencyMiddleware` runs the flow inside Django, after authentication: the scope of a
+keyed request is `request.user` (B8), so a session or a token refreshed keeps it, and users
+authenticated by session cookie get scopes of their own. Use it for any app whose users log in.
 
-The middleware wraps Django's WSGI (or ASGI) handler rather than sitting in `MIDDLEWARE`: it
-must see the raw request body and send the response bytes it stores, before Django parses
-either, and a request it answers (a replay, a 400) never reaches Django at all. Its hook
-resolves the path with `django.urls.resolve` (the `ROOT_URLCONF`), as Django will, and reads
-the view's mark; a class-based view is marked on the class or on what `as_view()` returns.
+`get_wsgi_application()` / `get_asgi_application()` instead wrap Django's handler in the WSGI /
+ASGI middleware, before Django runs: it never sees `request.user`, so scopes come from the
+credential header (`Authorization`, or `SCOPE_HEADER`) alone. That suits an API whose clients
+all send one; its hook resolves the path with `django.urls.resolve` (the `ROOT_URLCONF`).
+Either way a class-based view is marked on the class or on what `as_view()` returns. Use one
+of the two, not both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Unpack, cast
+from typing import Unpack
 
 from retrysafe import asgi, wsgi
 from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.integrations._routes import (
-    UNMARKED,
-    RouteCache,
-    Unmarked,
-    idempotency,
-    missing_framework,
-    view_mark,
+from retrysafe.integrations._django_config import (
+    DjangoRoutes,
+    configured,
+    settings_from_django,
+    store_url,
 )
+from retrysafe.integrations._django_middleware import IdempotencyMiddleware
+from retrysafe.integrations._routes import idempotency, missing_framework
 from retrysafe.stores import AsyncStore, Store, open_async_store, open_store
 
 # Django ships no type information (django-stubs is a separate project).
 try:
-    from django.conf import settings as django_settings  # type: ignore[import-untyped]
     from django.core.asgi import get_asgi_application as django_asgi  # type: ignore[import-untyped]
-    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
     from django.core.wsgi import get_wsgi_application as django_wsgi  # type: ignore[import-untyped]
-    from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise missing_framework(__name__, "Django") from error
 
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
-
 __all__ = [
     "DjangoRoutes",
+    "IdempotencyMiddleware",
     "RouteSettings",
     "get_asgi_application",
     "get_wsgi_application",
     "idempotency",
     "settings_from_django",
 ]
-
-_OPTION_NAMES = SettingsOptions.__optional_keys__ | SettingsOptions.__required_keys__
-
-
-class DjangoRoutes:
-    """The `route_settings` hooks for a Django project: the mark of the view a path resolves to.
-
-    `for_environ` is the WSGI hook, `for_scope` the ASGI one.
-
-    Args:
-        routes: path patterns for views without a mark.
-        cache_size: how many resolved (method, path) to remember.
-    """
-
-    def __init__(
-        self,
-        *,
-        routes: Mapping[str, RouteSettings | None] | None = None,
-        cache_size: int = 1024,
-    ) -> None:
-        self._cache = RouteCache(routes, cache_size)
-
-    def for_environ(self, environ: WSGIEnvironment) -> RouteSettings | None:
-        """Return the settings of the view a WSGI request goes to (None: not covered)."""
-        script_name = environ.get("SCRIPT_NAME", "").encode("latin-1").decode("utf-8", "replace")
-        path_info = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
-        return self._settings(environ["REQUEST_METHOD"], script_name, path_info or "/")
-
-    def for_scope(self, scope: asgi.Scope) -> RouteSettings | None:
-        """Return the settings of the view an ASGI request goes to (None: not covered)."""
-        path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            return self._settings(scope["method"], root_path, path[len(root_path) :] or "/")
-        return self._settings(scope["method"], "", path)
-
-    def _settings(self, method: str, script_name: str, path_info: str) -> RouteSettings | None:
-        key = (method, script_name, path_info)
-        return self._cache.settings(key, script_name + path_info, lambda: _find_mark(path_info))
-
-
-def _find_mark(path_info: str) -> RouteSettings | Unmarked | None:
-    try:
-        view: Any = resolve(path_info).func
-    except Resolver404:  # Django answers 404 itself
-        return UNMARKED
-    return view_mark(view)
-
-
-def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions]:
-    """Return the store URL, path patterns and middleware options of `settings.RETRYSAFE`.
-
-    Raises:
-        ImproperlyConfigured: an unknown key or a malformed route.
-    """
-    config: Mapping[str, Any] = getattr(django_settings, "RETRYSAFE", None) or {}
-    routes: dict[str, RouteSettings | None] = {}
-    for pattern, route in (config.get("ROUTES") or {}).items():
-        if route is None or isinstance(route, RouteSettings):
-            routes[pattern] = route
-        elif isinstance(route, Mapping):
-            try:
-                routes[pattern] = RouteSettings(**route)
-            except TypeError as error:
-                raise ImproperlyConfigured(f"RETRYSAFE['ROUTES'][{pattern!r}]: {error}") from error
-        else:
-            raise ImproperlyConfigured(
-                f"RETRYSAFE['ROUTES'][{pattern!r}] must be a dict of route settings or None."
-            )
-    options: dict[str, Any] = {}
-    for name, value in config.items():
-        if name in ("STORE", "ROUTES"):
-            continue
-        if name.lower() not in _OPTION_NAMES:
-            known = ", ".join(sorted(n.upper() for n in _OPTION_NAMES))
-            raise ImproperlyConfigured(
-                f"Unknown RETRYSAFE setting {name!r}; use STORE, ROUTES or one of {known}."
-            )
-        options[name.lower()] = value
-    return config.get("STORE"), routes, cast(SettingsOptions, options)
-
-
-def _configured(
-    routes: Mapping[str, RouteSettings | None] | None, options: SettingsOptions
-) -> tuple[str | None, DjangoRoutes, SettingsOptions]:
-    """Return the store URL, the hooks and the options: `settings.RETRYSAFE` under the args."""
-    url, configured_routes, configured = settings_from_django()
-    hooks = DjangoRoutes(routes=configured_routes if routes is None else routes)
-    merged = configured.copy()
-    merged.update(options)
-    return url, hooks, merged
-
-
-def _store_url(url: str | None) -> str:
-    if not url:
-        raise ImproperlyConfigured(
-            "Set RETRYSAFE = {'STORE': 'sqlite:///idempotency.db'} (any store URL) in settings, "
-            "or pass store=..."
-        )
-    return url
 
 
 def get_wsgi_application(
@@ -172,7 +73,9 @@ def get_wsgi_application(
 ) -> wsgi.IdempotencyMiddleware:
     """Return Django's WSGI application wrapped in the idempotency middleware.
 
-    Set-up comes from `settings.RETRYSAFE`; the arguments override it.
+    Set-up comes from `settings.RETRYSAFE`; the arguments override it. The middleware runs
+    before Django and cannot see `request.user`: see `IdempotencyMiddleware` for apps whose
+    users log in.
 
     Args:
         store: where records live (default: `open_store(RETRYSAFE["STORE"])`).
@@ -180,11 +83,11 @@ def get_wsgi_application(
         options: middleware settings, over the ones in `RETRYSAFE`.
     """
     application = django_wsgi()
-    url, hooks, merged = _configured(routes, options)
+    url, patterns, merged = configured(routes, options)
     return wsgi.IdempotencyMiddleware(
         application,
-        store=store or open_store(_store_url(url)),
-        route_settings=hooks.for_environ,
+        store=store or open_store(store_url(url)),
+        route_settings=DjangoRoutes(routes=patterns).for_environ,
         **merged,
     )
 
@@ -197,7 +100,9 @@ def get_asgi_application(
 ) -> asgi.IdempotencyMiddleware:
     """Return Django's ASGI application wrapped in the idempotency middleware.
 
-    Set-up comes from `settings.RETRYSAFE`; the arguments override it.
+    Set-up comes from `settings.RETRYSAFE`; the arguments override it. The middleware runs
+    before Django and cannot see `request.user`: see `IdempotencyMiddleware` for apps whose
+    users log in.
 
     Args:
         store: where records live (default: `open_async_store(RETRYSAFE["STORE"])`).
@@ -205,10 +110,10 @@ def get_asgi_application(
         options: middleware settings, over the ones in `RETRYSAFE`.
     """
     application = django_asgi()
-    url, hooks, merged = _configured(routes, options)
+    url, patterns, merged = configured(routes, options)
     return asgi.IdempotencyMiddleware(
         application,
-        store=store or open_async_store(_store_url(url)),
-        route_settings=hooks.for_scope,
+        store=store or open_async_store(store_url(url)),
+        route_settings=DjangoRoutes(routes=patterns).for_scope,
         **merged,
     )

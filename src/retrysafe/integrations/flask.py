@@ -1,20 +1,30 @@
-"""Per-route idempotency settings for Flask, as a view decorator.
+"""Idempotency for Flask: an extension, a view decorator, and the WSGI middleware's hook.
 
     from flask import Flask
+    from flask_login import LoginManager
     from retrysafe import open_store
-    from retrysafe.integrations.flask import idempotency, install
+    from retrysafe.integrations.flask import Idempotency, idempotency
 
     app = Flask(__name__)
+    LoginManager(app)
 
     @app.post("/payments")
     @idempotency(required=True, retention=3600)
     def create_payment(): ...
 
-    install(app, store=open_store("sqlite:///idempotency.db"))
+    Idempotency(app, store=open_store("sqlite:///idempotency.db"))
 
-`install` wraps `app.wsgi_app` in `retrysafe.wsgi.IdempotencyMiddleware` with a hook that
-matches the request against `app.url_map` (as Flask will) and reads the view's mark. A
-class-based view is marked on the class or on the function `as_view` returns.
+`Idempotency` runs the flow inside Flask, in its request hooks: the scope of a keyed request is
+the logged-in user (B8): Flask-Login's `current_user`, or what `principal=` returns. A session
+or a token refreshed keeps it, and users authenticated by session cookie get scopes of their
+own. Use it for any app whose users log in.
+
+`install(app, store=...)` instead wraps `app.wsgi_app` in `retrysafe.wsgi.IdempotencyMiddleware`,
+before Flask runs: it never sees the user, so scopes come from the credential header
+(`Authorization`, or `scope_header=`) alone. Use one of the two, not both.
+
+Either way the view's mark is found by matching the request against `app.url_map`, as Flask
+does; a class-based view is marked on the class or on the function `as_view` returns.
 """
 
 from __future__ import annotations
@@ -23,70 +33,22 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Unpack
 
 from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.integrations._routes import (
-    UNMARKED,
-    RouteCache,
-    Unmarked,
-    idempotency,
-    missing_framework,
-    view_mark,
-)
+from retrysafe.integrations._flask_extension import FlaskIdempotency, FlaskRoutes, Idempotency
+from retrysafe.integrations._routes import idempotency
 from retrysafe.stores.base import Store
 from retrysafe.wsgi import IdempotencyMiddleware
 
-try:
-    from flask import Flask
-    from werkzeug.exceptions import HTTPException
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise missing_framework(__name__, "Flask") from error
-
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from flask import Flask
 
-__all__ = ["FlaskRoutes", "RouteSettings", "idempotency", "install"]
-
-
-def _path(environ: WSGIEnvironment) -> str:
-    raw = (str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))).encode(
-        "latin-1"
-    )
-    return raw.decode("utf-8", "replace")
-
-
-class FlaskRoutes:
-    """The `route_settings` hook for a Flask app: the mark of the view a request goes to.
-
-    Args:
-        app: the Flask app whose URL map decides.
-        routes: path patterns for views without a mark.
-        cache_size: how many routed (method, host, path) to remember.
-    """
-
-    def __init__(
-        self,
-        app: Flask,
-        *,
-        routes: Mapping[str, RouteSettings | None] | None = None,
-        cache_size: int = 1024,
-    ) -> None:
-        self._app = app
-        self._cache = RouteCache(routes, cache_size)
-
-    def __call__(self, environ: WSGIEnvironment) -> RouteSettings | None:
-        """Return the settings of the view `environ` goes to (None: not covered)."""
-        path = _path(environ)
-        key = (environ["REQUEST_METHOD"], environ.get("HTTP_HOST"), path)
-        return self._cache.settings(key, path, lambda: self._find_mark(environ))
-
-    def _find_mark(self, environ: WSGIEnvironment) -> RouteSettings | Unmarked | None:
-        try:
-            adapter = self._app.create_url_adapter(self._app.request_class(environ))
-            if adapter is not None:
-                endpoint, _ = adapter.match()
-                return view_mark(self._app.view_functions.get(endpoint))
-        except HTTPException:  # not found, method not allowed, redirect: Flask answers it
-            pass
-        return UNMARKED
+__all__ = [
+    "FlaskIdempotency",
+    "FlaskRoutes",
+    "Idempotency",
+    "RouteSettings",
+    "idempotency",
+    "install",
+]
 
 
 def install(
@@ -97,6 +59,8 @@ def install(
     **options: Unpack[SettingsOptions],
 ) -> IdempotencyMiddleware:
     """Wrap `app.wsgi_app` in the idempotency middleware, with per-route settings.
+
+    The middleware runs before Flask and cannot see the logged-in user: see `Idempotency`.
 
     Args:
         app: the Flask app.

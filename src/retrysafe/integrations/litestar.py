@@ -7,23 +7,40 @@
     @post("/payments", opt=idempotency(required=True))
     async def create_payment(data: Payment) -> Receipt: ...
 
-    app = install(Litestar([create_payment]), store=open_async_store("sqlite:///idem.db"))
+    app = Litestar(
+        [create_payment],
+        on_app_init=[session_auth.on_app_init],          # or middleware=[MyAuthMiddleware]
+        plugins=[IdempotencyPlugin(store=open_async_store("sqlite:///idem.db"))],
+    )
 
 `idempotency(...)` is `{"idempotency": RouteSettings(...)}`; writing that dict yourself, or
 setting it on a `Router` or `Controller` (Litestar merges `opt` down the layers, closest wins),
-works the same. `install` wraps the app in `retrysafe.asgi.IdempotencyMiddleware` with a hook
-that asks Litestar's own (cached) router which handler a request goes to; serve what it
-returns. Inside Litestar's middleware stack (`middleware=[idempotency_middleware(store=...)]`)
-the hook reads the handler Litestar already routed to.
+works the same.
+
+Where the middleware runs decides who the caller is (B8): the scope of a keyed request is
+`scope["user"]`, which Litestar's authentication middleware sets, only if the idempotency
+middleware runs after it:
+
+- `IdempotencyPlugin` appends the middleware to the end of the app's middleware, after the
+  security backends (`SessionAuth`, `JWTAuth`, which put theirs first) and after the app's own
+  `middleware=[...]`; it reads the handler Litestar routed to, and drains held outcomes at
+  shutdown. `idempotency_middleware(...)` is the same middleware, to place yourself (after
+  the authentication middleware of a router, say).
+- `install` wraps the whole app, before Litestar runs: it never sees `scope["user"]`, so scopes
+  come from the credential header alone. It refuses an app with an authentication middleware
+  (unless a `scope_function` decides scopes); use the plugin there.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, Final, Unpack
 
+from retrysafe._errors import ConfigurationError
+from retrysafe._flow import Counters
 from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.asgi import IdempotencyMiddleware, Scope
+from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Receive, Scope, Send
 from retrysafe.integrations._routes import (
     UNMARKED,
     PathPatterns,
@@ -37,14 +54,17 @@ from retrysafe.stores.base import AsyncStore
 
 try:
     from litestar import Litestar
+    from litestar.config.app import AppConfig
     from litestar.exceptions import HTTPException
-    from litestar.middleware import DefineMiddleware
+    from litestar.middleware import AbstractAuthenticationMiddleware, DefineMiddleware
+    from litestar.plugins import InitPluginProtocol
     from litestar.utils.path import normalize_path
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise missing_framework(__name__, "Litestar") from error
 
 __all__ = [
     "OPT_KEY",
+    "IdempotencyPlugin",
     "LitestarRoutes",
     "RouteSettings",
     "idempotency",
@@ -124,14 +144,26 @@ def install(
 ) -> IdempotencyMiddleware:
     """Return Litestar `app` wrapped in the idempotency middleware, with per-route settings.
 
-    Serve the returned app (`uvicorn module:app`); Litestar's lifespan passes through.
+    Serve the returned app (`uvicorn module:app`); Litestar's lifespan passes through. The
+    middleware runs before Litestar's own, so it cannot see `scope["user"]`: for an app with
+    authentication, use `IdempotencyPlugin`.
 
     Args:
         app: the Litestar app.
         store: where records live (`retrysafe.open_async_store(url)`).
         routes: path patterns for handlers without the option.
         options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
+
+    Raises:
+        ConfigurationError: `app` has an authentication middleware (and no `scope_function`).
     """
+    authentication = _authentication_of(app)
+    if authentication is not None and options.get("scope_function") is None:
+        raise ConfigurationError(
+            f"install() wraps the app before {authentication} runs, so it cannot see the "
+            "authenticated user (scope['user']). Use plugins=[IdempotencyPlugin(store=...)], "
+            "which runs after it."
+        )
     return IdempotencyMiddleware(
         app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
         store=store,
@@ -148,14 +180,87 @@ def idempotency_middleware(
 ) -> DefineMiddleware:
     """Return the middleware for Litestar's `middleware=[...]`, which runs after routing.
 
+    List it after the authentication middleware, so the scope is the user (B8).
+
     Args:
         store: where records live (`retrysafe.open_async_store(url)`).
         routes: path patterns for handlers without the option.
         options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
     """
-    return DefineMiddleware(
-        IdempotencyMiddleware,  # type: ignore[arg-type]  # Litestar's ASGI types are TypedDicts
-        store=store,
-        route_settings=LitestarRoutes(routes=routes),
-        **options,
+    return _define(_shared(store, routes, options))
+
+
+class IdempotencyPlugin(InitPluginProtocol):
+    """Make POST and PATCH requests with an `Idempotency-Key` header safe to retry, scoped to
+    the user Litestar's authentication found: `Litestar(..., plugins=[IdempotencyPlugin(...)])`.
+
+    The middleware goes last in the app's middleware, after authentication; held outcomes are
+    stored at shutdown (B40).
+
+    Args:
+        store: where records live (`retrysafe.open_async_store(url)`).
+        routes: path patterns for handlers without the option.
+        options: the middleware's settings (`wait=0`, `anonymous="shared"`, ...).
+    """
+
+    __slots__ = ("_middleware",)
+
+    def __init__(
+        self,
+        *,
+        store: AsyncStore,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        **options: Unpack[SettingsOptions],
+    ) -> None:
+        self._middleware = _shared(store, routes, options)
+
+    @property
+    def counters(self) -> Counters:
+        """What the middleware did: executions, replays, and failures to store (B19)."""
+        return self._middleware.counters
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        """Append the middleware to the app's, and drain held outcomes at shutdown."""
+        app_config.middleware.append(_define(self._middleware))
+        app_config.on_shutdown.append(self._drain)
+        return app_config
+
+    async def _drain(self) -> None:
+        flow = self._middleware.flow
+        await flow.adrain(flow.drain_timeout)
+
+
+def _shared(
+    store: AsyncStore, routes: Mapping[str, RouteSettings | None] | None, options: SettingsOptions
+) -> IdempotencyMiddleware:
+    """Return the middleware every route's stack shares: one flow, counters and in-flight cap."""
+    return IdempotencyMiddleware(
+        _unbound, store=store, route_settings=LitestarRoutes(routes=routes), **options
     )
+
+
+def _define(shared: IdempotencyMiddleware) -> DefineMiddleware:
+    """Return a Litestar middleware that puts `shared` in front of each route's app."""
+
+    def bind(app: ASGIApp) -> IdempotencyMiddleware:
+        bound = copy.copy(shared)  # the same settings, flow and counters; this route's app
+        bound.app = app
+        return bound
+
+    return DefineMiddleware(bind)  # type: ignore[arg-type]  # Litestar's ASGI types are TypedDicts
+
+
+async def _unbound(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("This middleware is bound to each route's app by Litestar.")
+
+
+def _authentication_of(app: Litestar) -> str | None:
+    """Return the name of an authentication middleware of `app` itself, or None."""
+    for middleware in app.middleware:
+        target = middleware.middleware if isinstance(middleware, DefineMiddleware) else middleware
+        if isinstance(target, type) and (
+            issubclass(target, AbstractAuthenticationMiddleware)
+            or target.__module__.startswith("litestar.security.")
+        ):
+            return target.__qualname__
+    return None

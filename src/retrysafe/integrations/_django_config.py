@@ -1,0 +1,134 @@
+"""What a Django project configures: the `RETRYSAFE` settings entry and the views' marks.
+
+Shared by the WSGI/ASGI application wrappers and the native middleware in
+`retrysafe.integrations.django`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe.integrations._routes import (
+    UNMARKED,
+    RouteCache,
+    Unmarked,
+    missing_framework,
+    view_mark,
+)
+
+# Django ships no type information (django-stubs is a separate project).
+try:
+    from django.conf import settings as django_settings  # type: ignore[import-untyped]
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+    from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise missing_framework("retrysafe.integrations.django", "Django") from error
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+    from retrysafe.asgi import Scope
+
+__all__ = ["DjangoRoutes", "configured", "settings_from_django", "store_url"]
+
+_OPTION_NAMES = SettingsOptions.__optional_keys__ | SettingsOptions.__required_keys__
+
+
+class DjangoRoutes:
+    """The `route_settings` hooks for a Django project: the mark of the view a path resolves to.
+
+    `for_environ` is the WSGI hook, `for_scope` the ASGI one.
+
+    Args:
+        routes: path patterns for views without a mark.
+        cache_size: how many resolved (method, path) to remember.
+    """
+
+    def __init__(
+        self,
+        *,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        self._cache = RouteCache(routes, cache_size)
+
+    def for_environ(self, environ: WSGIEnvironment) -> RouteSettings | None:
+        """Return the settings of the view a WSGI request goes to (None: not covered)."""
+        script_name = environ.get("SCRIPT_NAME", "").encode("latin-1").decode("utf-8", "replace")
+        path_info = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+        return self._settings(environ["REQUEST_METHOD"], script_name, path_info or "/")
+
+    def for_scope(self, scope: Scope) -> RouteSettings | None:
+        """Return the settings of the view an ASGI request goes to (None: not covered)."""
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            return self._settings(scope["method"], root_path, path[len(root_path) :] or "/")
+        return self._settings(scope["method"], "", path)
+
+    def _settings(self, method: str, script_name: str, path_info: str) -> RouteSettings | None:
+        key = (method, script_name, path_info)
+        return self._cache.settings(key, script_name + path_info, lambda: _find_mark(path_info))
+
+
+def _find_mark(path_info: str) -> RouteSettings | Unmarked | None:
+    try:
+        view: Any = resolve(path_info).func
+    except Resolver404:  # Django answers 404 itself
+        return UNMARKED
+    return view_mark(view)
+
+
+def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions]:
+    """Return the store URL, path patterns and middleware options of `settings.RETRYSAFE`.
+
+    Raises:
+        ImproperlyConfigured: an unknown key or a malformed route.
+    """
+    config: Mapping[str, Any] = getattr(django_settings, "RETRYSAFE", None) or {}
+    routes: dict[str, RouteSettings | None] = {}
+    for pattern, route in (config.get("ROUTES") or {}).items():
+        if route is None or isinstance(route, RouteSettings):
+            routes[pattern] = route
+        elif isinstance(route, Mapping):
+            try:
+                routes[pattern] = RouteSettings(**route)
+            except TypeError as error:
+                raise ImproperlyConfigured(f"RETRYSAFE['ROUTES'][{pattern!r}]: {error}") from error
+        else:
+            raise ImproperlyConfigured(
+                f"RETRYSAFE['ROUTES'][{pattern!r}] must be a dict of route settings or None."
+            )
+    options: dict[str, Any] = {}
+    for name, value in config.items():
+        if name in ("STORE", "ROUTES"):
+            continue
+        if name.lower() not in _OPTION_NAMES:
+            known = ", ".join(sorted(n.upper() for n in _OPTION_NAMES))
+            raise ImproperlyConfigured(
+                f"Unknown RETRYSAFE setting {name!r}; use STORE, ROUTES or one of {known}."
+            )
+        options[name.lower()] = value
+    return config.get("STORE"), routes, cast(SettingsOptions, options)
+
+
+def configured(
+    routes: Mapping[str, RouteSettings | None] | None, options: SettingsOptions
+) -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions]:
+    """Return the store URL, path patterns and options: `settings.RETRYSAFE` under the args."""
+    url, configured_routes, configured_options = settings_from_django()
+    merged = configured_options.copy()
+    merged.update(options)
+    return url, configured_routes if routes is None else dict(routes), merged
+
+
+def store_url(url: str | None) -> str:
+    """Return the configured store URL, or raise the error that says how to set it."""
+    if not url:
+        raise ImproperlyConfigured(
+            "Set RETRYSAFE = {'STORE': 'sqlite:///idempotency.db'} (any store URL) in settings, "
+            "or pass store=..."
+        )
+    return url

@@ -1,0 +1,181 @@
+"""Django's own middleware: the idempotency flow inside Django, with `request.user` as the caller.
+
+    MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "retrysafe.integrations.django.IdempotencyMiddleware",  # after authentication
+    ]
+
+How it maps onto Django's request handling:
+
+- `__call__`, before the rest of the stack: for a keyed request, read the body into Django's
+  cache (`request.body`), so a later `request.POST` parse (CSRF on a multipart form) cannot
+  leave it unreadable.
+- `process_view`, once Django has routed the request and every middleware listed before this
+  one has run its own `process_view` (CSRF, `LoginRequiredMiddleware`): admit. A replay or a
+  problem is answered at once; the view does not run. The view's mark says the route's
+  settings, over `RETRYSAFE["ROUTES"]`; `request.user` names the principal (B8).
+- `__call__`, after the rest of the stack: the response, as the view and the middleware after
+  this one made it, is stored (status, allow-listed headers, content) or the claim released
+  (B18), as the WSGI middleware does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, Final
+
+from retrysafe._http import Header, Response, RouteSettings, Settings
+from retrysafe.integrations._django_config import settings_from_django, store_url
+from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
+from retrysafe.integrations._routes import RouteCache, missing_framework, view_mark
+from retrysafe.stores import open_store
+
+try:
+    from django.conf import settings as django_settings  # type: ignore[import-untyped]
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+    from django.http import HttpResponse  # type: ignore[import-untyped]
+    from django.utils.functional import LazyObject  # type: ignore[import-untyped]
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise missing_framework("retrysafe.integrations.django", "Django") from error
+
+__all__ = ["IdempotencyMiddleware"]
+
+_RUNNING: Final = "_retrysafe_running"
+"""The request attribute holding the claim `process_view` admitted, until `__call__` ends it."""
+_AUTHENTICATION: Final = "django.contrib.auth.middleware.AuthenticationMiddleware"
+_PUBLIC_NAME: Final = "retrysafe.integrations.django.IdempotencyMiddleware"
+
+# Django's request and response classes are untyped; these name what is passed around.
+Request = Any
+View = Callable[..., Any]
+Routed = tuple[Request, View]
+
+
+class _ViewRoutes:
+    """The `route_settings` hook: the path patterns' settings with the routed view's mark."""
+
+    def __init__(self, routes: dict[str, RouteSettings | None]) -> None:
+        self._cache = RouteCache(routes)
+
+    def __call__(self, routed: Routed) -> RouteSettings | None:
+        request, view = routed
+        path: str = request.path
+        key: Hashable = (request.method, path, getattr(request, "urlconf", None))
+        return self._cache.settings(key, path, lambda: view_mark(view))
+
+
+class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
+    """Make POST and PATCH requests with an `Idempotency-Key` header safe to retry, in Django.
+
+    List it in `MIDDLEWARE` after `AuthenticationMiddleware` (and after anything else that may
+    refuse a request, such as CSRF). It is configured by `settings.RETRYSAFE`: `STORE` (a store
+    URL, required), `ROUTES` (path patterns for unmarked views), and any middleware setting in
+    upper case (`WAIT`, `ANONYMOUS`, `SCOPE_SECRET`, ...). Views are marked with
+    `retrysafe.integrations.django.idempotency`. Sync only: under ASGI, Django runs it in a
+    thread, with the sync store.
+
+    Args:
+        get_response: the rest of Django's handler, as Django passes it.
+    """
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[Request], Any]) -> None:
+        _check_order()
+        url, routes, options = settings_from_django()
+        super().__init__(
+            get_response,
+            store=open_store(store_url(url)),
+            route_settings=_ViewRoutes(routes),
+            **options,
+        )
+        self.get_response = get_response
+
+    def __call__(self, request: Request) -> Any:
+        """Handle one request: run the stack, then store the response of a claimed one."""
+        meta = request.META
+        if request.method in self._methods and "HTTP_IDEMPOTENCY_KEY" in meta:
+            length = meta.get("CONTENT_LENGTH") or "0"
+            if length.isdigit() and int(length) <= self.settings.max_body_size:
+                request.body  # noqa: B018 - cached by Django, for the fingerprint later
+        try:
+            response = self.get_response(request)
+        except BaseException:  # Django raises here only when told to propagate errors
+            running = _take(request)
+            if running is not None:
+                running.release()
+            raise
+        running = _take(request)
+        return response if running is None else _finish(running, response)
+
+    def process_view(
+        self, request: Request, view: View, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Admit a routed request: None to run the view, or the response that answers it."""
+        meta = request.META
+
+        def body(settings: Settings) -> bytes | Response:
+            return body_within(settings, meta.get("CONTENT_LENGTH") or "", lambda: request.body)
+
+        admitted = self.admit((request, view), meta, body=body, user=lambda: _user(request))
+        if isinstance(admitted, Running):
+            setattr(request, _RUNNING, admitted)
+            return None
+        return None if admitted is None else _django_response(admitted)
+
+
+def _take(request: Request) -> Running | None:
+    running: Running | None = getattr(request, _RUNNING, None)
+    if running is not None:
+        delattr(request, _RUNNING)
+    return running
+
+
+def _user(request: Request) -> object:
+    """Return `request.user` itself: AuthenticationMiddleware sets a lazy proxy, whose type
+    would otherwise name every user's class in the principal (B8)."""
+    user = getattr(request, "user", None)
+    if isinstance(user, LazyObject):
+        _ = user.__class__  # evaluates it; Django has no public way to unwrap it
+        return user._wrapped
+    return user
+
+
+def _finish(running: Running, response: Any) -> Any:
+    """Store `response` (or release the claim), as the WSGI middleware does; return it."""
+    status: int = response.status_code
+    headers: list[Header] = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in response.items()
+    ]
+    if not response.streaming:
+        running.complete(status, headers, response.content)
+    elif getattr(response, "is_async", False):  # an async iterator: not captured here
+        running.omit(status, headers)
+    else:  # Django closes the original iterator itself, on `response.close()`
+        body = running.stream(status, headers, iter(response.streaming_content))
+        response.streaming_content = [body] if isinstance(body, bytes) else body
+    return response
+
+
+def _django_response(answer: Response) -> Any:
+    """Return a replay or a problem as a Django response, with exactly its headers."""
+    response = HttpResponse(answer.body, status=answer.status)
+    del response["Content-Type"]
+    for name, value in header_lines(answer):
+        response[name] = f"{response[name]}, {value}" if response.has_header(name) else value
+    return response
+
+
+def _check_order() -> None:
+    """Refuse a `MIDDLEWARE` where authentication runs after this middleware (B8)."""
+    names = list(getattr(django_settings, "MIDDLEWARE", None) or [])
+    ours = names.index(_PUBLIC_NAME) if _PUBLIC_NAME in names else None
+    if ours is not None and _AUTHENTICATION in names[ours:]:
+        raise ImproperlyConfigured(
+            f"List {_PUBLIC_NAME} after {_AUTHENTICATION} in MIDDLEWARE: it needs "
+            "request.user to know who the caller is."
+        )

@@ -20,6 +20,7 @@ from typing import Final
 
 from retrysafe._errors import StoreError
 from retrysafe._flow import AsyncFlow
+from retrysafe._flow.secret import aload_secret
 from retrysafe._http import (
     KEY_HEADER,
     ResponseCapture,
@@ -39,6 +40,7 @@ from retrysafe._http.asgi_io import (
     track_request,
 )
 from retrysafe._http.middleware import MiddlewareBase
+from retrysafe._http.scope import Scoper
 from retrysafe._record import Identity
 from retrysafe.stores.base import AsyncStore
 
@@ -80,6 +82,9 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; all but covered HTTP requests pass straight through."""
+        if scope["type"] == "lifespan":  # at shutdown, store held outcomes first (B19, B40)
+            await self.app(scope, self.flow.draining(receive), send)
+            return
         if scope["type"] != "http" or scope["method"] not in self._methods:
             await self.app(scope, receive, send)
             return
@@ -93,16 +98,18 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
     async def _track(
         self, scope: Scope, receive: Receive, send: Send, settings: Settings, values: list[bytes]
     ) -> None:
-        tracked = await track_request(scope, receive, send, settings, values)
-        if tracked is None:
-            return
-        identity, fingerprint, body = tracked
+        tracked = None
         try:
+            scoper = self._scoper or await self._load_scoper()
+            tracked = await track_request(scope, receive, send, settings, values, scoper=scoper)
+            if tracked is None:
+                return
+            identity, fingerprint, body = tracked
             admitted = await self.flow.admit(identity, fingerprint, settings)
         except StoreError:
             unavailable = self._store_failed(settings)
             if unavailable is None:
-                await self.app(scope, replay_body(body, receive), send)
+                await self.app(scope, replay_body(body, receive) if tracked else receive, send)
             else:
                 await respond(send, unavailable)
             return
@@ -119,6 +126,11 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
             )  # fmt: skip
         finally:
             self._leave(identity.scope)
+
+    async def _load_scoper(self) -> Scoper:
+        """Load the scope secret kept in the store (B8), once."""
+        self._scoper = Scoper(await aload_secret(AsyncFlow(self.store)))
+        return self._scoper
 
     async def _execute(
         self,

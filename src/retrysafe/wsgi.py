@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from retrysafe._errors import StoreError
 from retrysafe._flow import SyncExecution, SyncFlow
+from retrysafe._flow.secret import load_secret
 from retrysafe._http import (
     Response,
     ResponseCapture,
@@ -30,6 +31,7 @@ from retrysafe._http import (
     outcome_to_store,
 )
 from retrysafe._http.middleware import MiddlewareBase
+from retrysafe._http.scope import Scoper
 from retrysafe._http.wsgi_io import close_iterable, path_of, prepare_request, respond
 from retrysafe.stores.base import Store
 
@@ -75,11 +77,12 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
         settings: Settings,
         values: list[bytes],
     ) -> Iterable[bytes]:
-        prepared = prepare_request(environ, settings, values)
-        if isinstance(prepared, Response):
-            return respond(start_response, prepared)
-        environ, identity, fingerprint = prepared
         try:
+            scoper = self._scoper or self._load_scoper()
+            prepared = prepare_request(environ, settings, values, scoper)
+            if isinstance(prepared, Response):
+                return respond(start_response, prepared)
+            environ, identity, fingerprint = prepared
             admitted = self.flow.admit(identity, fingerprint, settings)
         except StoreError:
             unavailable = self._store_failed(settings)
@@ -96,6 +99,11 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
             return self._execute(environ, start_response, settings, execution)
         finally:
             self._leave(identity.scope)
+
+    def _load_scoper(self) -> Scoper:
+        """Load the scope secret kept in the store (B8), once."""
+        self._scoper = Scoper(load_secret(SyncFlow(self.store)))
+        return self._scoper
 
     def _execute(
         self,

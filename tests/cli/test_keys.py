@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 from collections.abc import Iterator
 
@@ -12,11 +12,16 @@ from typer.testing import CliRunner, Result
 
 from retrysafe import Identity, open_async_store, open_store
 from retrysafe._fingerprint import fingerprint_request
+from retrysafe._flow import SyncFlow
+from retrysafe._flow.secret import SECRET_IDENTITY, load_secret
 from retrysafe.cli import app
 from retrysafe.demo import DemoDatabase, create_app
 from retrysafe.demo._relay import serve_asgi
 from tests.cli.conftest import HTTP_BODY, KnownRecords
 from tests.conftest import unique_name
+from tests.http.conftest import credential_scope
+
+SCOPE_SECRET = "the cli tests' scope secret"
 
 
 def keys(runner: CliRunner, store: str, *args: str) -> Result:
@@ -191,11 +196,13 @@ def test_stats_of_an_empty_store(runner: CliRunner, cli_store_url: str) -> None:
 
 @pytest.fixture
 def served_api(cli_store_url: str) -> Iterator[str]:
-    """The demo API on this store, answering an in-flight duplicate with 409 at once."""
+    """The demo API on this store, answering an in-flight duplicate with 409 at once; its
+    scope secret is `SCOPE_SECRET`, so a test can name the scope of a request."""
     prefix = f"{unique_name()}_"
     database = DemoDatabase.for_store_url(cli_store_url, prefix=prefix)
     try:
-        app_ = create_app(database, store=open_async_store(cli_store_url), wait=0)
+        store = open_async_store(cli_store_url)
+        app_ = create_app(database, store=store, wait=0, scope_secret=SCOPE_SECRET)
         with serve_asgi(app_, lifespan="on") as url:
             yield url
     finally:
@@ -212,7 +219,7 @@ def test_b16_delete_unsticks_an_in_flight_key(
     """A key whose request died holding a live lease answers 409; after `delete` it runs."""
     body = b'{"customer": "ada", "amount": 1999, "currency": "EUR"}'
     authorization = "Bearer tenant-a"
-    stuck = Identity("http", hashlib.sha256(authorization.encode()).hexdigest(), "stuck-key")
+    stuck = Identity("http", credential_scope(SCOPE_SECRET, "bearer tenant-a"), "stuck-key")
     store = open_store(cli_store_url)
     try:  # the claim of a request whose process died mid-payment
         store.claim(
@@ -235,3 +242,99 @@ def test_b16_delete_unsticks_an_in_flight_key(
     assert "runs again" in deleted.stdout
     assert retried.status_code == 201
     assert [p["id"] for p in listed_payments] == [retried.json()["id"]]
+
+
+INTERNAL = SECRET_IDENTITY.namespace
+
+
+@pytest.fixture
+def secured(cli_store_url: str, request: pytest.FixtureRequest) -> tuple[KnownRecords, bytes]:
+    """The known records, in a store whose scope secret the middleware's loader made first."""
+    store = open_store(cli_store_url)
+    try:
+        secret = load_secret(SyncFlow(store))
+    finally:
+        store.close()
+    known: KnownRecords = request.getfixturevalue("known")
+    return known, secret
+
+
+def test_b8_list_hides_the_scope_secret_unless_its_namespace_is_named(
+    runner: CliRunner, secured: tuple[KnownRecords, bytes]
+) -> None:
+    """`list` shows the app's records only; --namespace retrysafe.internal shows the secret's."""
+    known, _ = secured
+    assert listed(keys(runner, known.url, "list", "--json")) == ids(
+        known.done, known.raw, known.in_flight
+    )
+    table = keys(runner, known.url, "list")
+    assert table.exit_code == 0
+    assert INTERNAL not in table.stdout
+    assert "scope-secret" not in table.stdout
+    # The secret is the newest record: a limit still counts the app's records only.
+    assert listed(keys(runner, known.url, "list", "--json", "--limit", "2")) == ids(
+        known.done, known.raw
+    )
+    internal = keys(runner, known.url, "list", "--json", "--namespace", INTERNAL)
+    assert listed(internal) == ids(SECRET_IDENTITY)
+
+
+def test_b8_stats_leave_the_scope_secret_out_unless_asked(
+    runner: CliRunner, secured: tuple[KnownRecords, bytes]
+) -> None:
+    """`stats` counts the app's records; --namespace retrysafe.internal counts the secret."""
+    known, secret = secured
+    data = as_json(keys(runner, known.url, "stats", "--json"))
+    assert (data["in_flight"], data["done"], data["total"]) == (1, 2, 3)
+    age = data["oldest_in_flight_age_seconds"]
+    assert isinstance(age, float)
+    assert 3500 < age < 4000
+    internal = as_json(keys(runner, known.url, "stats", "--json", "--namespace", INTERNAL))
+    assert (internal["in_flight"], internal["done"], internal["total"]) == (0, 1, 1)
+    assert internal["bytes_stored"] == len(secret)
+    other = keys(runner, known.url, "stats", "--namespace", "http")
+    assert other.exit_code == 2
+    assert other.stderr.startswith("error: ")
+    assert other.stderr.count("\n") == 1
+
+
+def test_b8_show_finds_the_secret_only_by_its_namespace_and_never_prints_it(
+    runner: CliRunner, secured: tuple[KnownRecords, bytes]
+) -> None:
+    """`show scope-secret` finds nothing; with its namespace it shows the record, not the bytes."""
+    known, secret = secured
+    assert keys(runner, known.url, "show", "scope-secret").exit_code == 1
+    shown = keys(runner, known.url, "show", "scope-secret", "--namespace", INTERNAL, "--json")
+    assert as_json(shown)["outcome"] == {"kind": "secret", "bytes": len(secret)}
+    table = keys(runner, known.url, "show", "scope-secret", "--namespace", INTERNAL)
+    assert table.exit_code == 0
+    for output in (shown.stdout, table.stdout):
+        assert secret.hex() not in output
+        assert base64.b64encode(secret).decode() not in output
+
+
+def test_b8_delete_refuses_the_scope_secret_and_purge_keeps_it(
+    runner: CliRunner, secured: tuple[KnownRecords, bytes]
+) -> None:
+    """`delete` refuses the secret in one line saying why; `purge` leaves it; both still
+    delete the app's records."""
+    known, secret = secured
+    refused = keys(runner, known.url, "delete", "scope-secret", "--namespace", INTERNAL)
+    assert refused.exit_code == 2
+    assert refused.stderr.startswith("error: ")
+    assert refused.stderr.count("\n") == 1
+    assert "scope secret" in refused.stderr
+    assert "fails closed" in refused.stderr
+    exact = ["--namespace", INTERNAL, "--scope", SECRET_IDENTITY.scope]
+    assert keys(runner, known.url, "delete", "scope-secret", *exact).exit_code == 2
+    assert keys(runner, known.url, "delete", "stuck-1").exit_code == 0
+    assert as_json(keys(runner, known.url, "purge", "--json"))["purged"] <= 2
+    store = open_store(known.url)
+    try:
+        kept = store.get(SECRET_IDENTITY)
+        assert kept is not None
+        assert kept.outcome == secret
+        assert load_secret(SyncFlow(store)) == secret  # the middleware still finds it
+    finally:
+        store.close()
+    assert listed(keys(runner, known.url, "list", "--json")) == ids(known.done, known.raw)

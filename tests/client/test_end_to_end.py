@@ -34,6 +34,8 @@ from retrysafe.demo._relay import FaultPlan, Relay, serve_asgi, serve_relay
 from tests.client.conftest import Sleeps
 
 LOGICAL_REQUESTS = 100
+# The middleware scopes keys by caller (B8): every client here is one API client.
+CALLER = {"Authorization": "Bearer client-test"}
 # Twenty attempts make 0.3**20 the chance that one logical request loses every response.
 POLICY = RetryPolicy(attempts=20, timeout=30.0, wait_initial=0.005, wait_max=0.02)
 
@@ -120,7 +122,8 @@ def test_b32_b33_sync_transport_exactly_once_through_lost_responses(
     """100 POSTs through 30% lost responses: 100 executions, 100 answers (sync httpx)."""
     statuses, ids, replays = [], set(), 0
     attempts: list[int] = []
-    with httpx.Client(transport=IdempotentTransport(policy=POLICY), base_url=lossy.url) as client:
+    transport = IdempotentTransport(policy=POLICY)
+    with httpx.Client(transport=transport, base_url=lossy.url, headers=CALLER) as client:
         for i in range(LOGICAL_REQUESTS):
             response = client.post("/payments", content=payment(i))
             statuses.append(response.status_code)
@@ -153,7 +156,7 @@ async def test_b32_b33_async_transport_exactly_once_through_lost_responses(
 
     transport = AsyncIdempotentTransport(policy=POLICY)
     async with (
-        httpx.AsyncClient(transport=transport, base_url=lossy.url) as client,
+        httpx.AsyncClient(transport=transport, base_url=lossy.url, headers=CALLER) as client,
         anyio.create_task_group() as tasks,
     ):
         for i in range(LOGICAL_REQUESTS):
@@ -169,6 +172,7 @@ def test_b32_b33_requests_adapter_exactly_once_through_lost_responses(
     statuses, ids, replays = [], set(), 0
     with requests.Session() as session:
         session.mount("http://", IdempotentAdapter(policy=POLICY))
+        session.headers.update(CALLER)
         for i in range(LOGICAL_REQUESTS):
             response = session.post(f"{lossy.url}/payments", data=payment(i), timeout=10)
             statuses.append(response.status_code)
@@ -203,7 +207,7 @@ def test_b33_in_flight_409_is_retried_after_retry_after_and_replayed(sleeps: Sle
                 httpx.post(
                     f"{service.url}/payments",
                     content=payment(1),
-                    headers={"Idempotency-Key": '"same"'},
+                    headers={"Idempotency-Key": '"same"', **CALLER},
                     timeout=10,
                 )
             )
@@ -219,7 +223,7 @@ def test_b33_in_flight_409_is_retried_after_retry_after_and_replayed(sleeps: Sle
             opener.join(10)
 
         transport = IdempotentTransport(policy=POLICY, sleep=sleep, clock=sleeps.clock)
-        with httpx.Client(transport=transport) as client:
+        with httpx.Client(transport=transport, headers=CALLER) as client:
             second = client.post(
                 f"{service.url}/payments",
                 content=payment(1),
@@ -235,7 +239,7 @@ def test_b33_in_flight_409_is_retried_after_retry_after_and_replayed(sleeps: Sle
 def test_b33_key_reused_with_another_body_gets_422_once(service: Service, sleeps: Sleeps) -> None:
     """The middleware's 422 for a key reused with another body is final: no retry, no wait."""
     transport = IdempotentTransport(policy=POLICY, sleep=sleeps, clock=sleeps.clock)
-    with httpx.Client(transport=transport, base_url=service.url) as client:
+    with httpx.Client(transport=transport, base_url=service.url, headers=CALLER) as client:
         headers = {"Idempotency-Key": '"reused"'}
         assert client.post("/payments", content=payment(1), headers=headers).status_code == 201
         again = client.post("/payments", content=payment(2), headers=headers)

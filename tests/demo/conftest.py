@@ -13,6 +13,15 @@ from retrysafe import open_async_store
 from retrysafe.demo import DemoApp, DemoDatabase, create_app
 from retrysafe.demo._relay import serve_asgi
 from tests.conftest import drop_postgres_tables, unique_name
+from tests.http.conftest import credential_scope
+
+SCOPE_SECRET = "the demo tests' scope secret"
+"""The scope secret of the demo API the tests serve, so they can name a tenant's scope (B8)."""
+
+
+def scope_of(tenant: str) -> str:
+    """The scope the middleware stores for `tenant`'s `Authorization: Bearer <tenant>`."""
+    return credential_scope(SCOPE_SECRET, f"bearer {tenant}")
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,8 @@ def api(demo_store: DemoStore) -> Iterator[RunningApi]:
     """The demo API behind the idempotency middleware, served by uvicorn on a loopback port."""
     database = DemoDatabase.for_store_url(demo_store.url, prefix=demo_store.prefix)
     try:
-        app = create_app(database, store=open_async_store(demo_store.url), latency=0.05)
+        store = open_async_store(demo_store.url)
+        app = create_app(database, store=store, latency=0.05, scope_secret=SCOPE_SECRET)
         with serve_asgi(app, lifespan="on") as url:
             yield RunningApi(url, app, demo_store.url)
     finally:

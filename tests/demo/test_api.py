@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from retrysafe import open_store
-from tests.demo.conftest import RunningApi
+from tests.demo.conftest import RunningApi, scope_of
 
 PAYMENT = {"customer": "ada", "amount": 1999, "currency": "eur"}
-
-
-def scope_of(tenant: str) -> str:
-    """The scope the middleware derives from the tenant's Authorization header."""
-    return hashlib.sha256(f"Bearer {tenant}".encode()).hexdigest()
 
 
 def test_payment_is_created_and_listed(api: RunningApi) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 
 from rich.console import Console
 
 from retrysafe import State, open_store
+from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe.demo import DemoDatabase, DemoReport, DemoSettings, RunResult, run_demo
 from tests.demo.conftest import DemoStore
+from tests.http.conftest import app_records, credential_scope
 
 
 def test_demo_figures_are_the_api_records(demo_store: DemoStore) -> None:
@@ -45,10 +46,14 @@ def test_demo_figures_are_the_api_records(demo_store: DemoStore) -> None:
 
     store = open_store(demo_store.url)
     try:
-        scope = hashlib.sha256(f"Bearer {with_keys.tenant}".encode()).hexdigest()
+        secret = store.get(SECRET_IDENTITY)  # no secret configured: the store keeps one (B8)
+        assert secret is not None
+        assert secret.outcome is not None
+        scope = credential_scope(secret.outcome, f"bearer {with_keys.tenant}")
         keyed = store.list_records(scope=scope, limit=1000)
-        unkeyed = hashlib.sha256(f"Bearer {without_keys.tenant}".encode()).hexdigest()
+        unkeyed = credential_scope(secret.outcome, f"bearer {without_keys.tenant}")
         assert store.list_records(scope=unkeyed) == []
+        assert len(app_records(store.list_records(limit=1000))) == len(keyed)
     finally:
         store.close()
     assert len(keyed) == 30  # one key per intended payment, shared by its duplicates

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from retrysafe._http import decode_outcome
 from retrysafe.cli import app as cli
 from retrysafe.demo import DemoDatabase, Payment, create_app
 from retrysafe.demo._relay import serve_asgi
-from tests.demo.conftest import DemoStore, RunningApi
+from tests.demo.conftest import SCOPE_SECRET, DemoStore, RunningApi, scope_of
 
 PAYMENT = {"customer": "ada", "amount": 1999, "currency": "EUR"}
 CRASH = {"customer": "crash-after-insert", "amount": 500, "currency": "EUR"}
@@ -34,8 +33,7 @@ def crash_for_the_crash_customer(payment: Payment) -> None:
 
 def identity_of(tenant: str, key: str) -> Identity:
     """The identity the middleware gives a key sent by `tenant` (scope: its Authorization)."""
-    scope = hashlib.sha256(f"Bearer {tenant}".encode()).hexdigest()
-    return Identity("http", scope, key)
+    return Identity("http", scope_of(tenant), key)
 
 
 @contextmanager
@@ -48,6 +46,7 @@ def serve(store_url: str, prefix: str) -> Iterator[RunningApi]:
             store=open_async_store(store_url),
             latency=0.05,
             after_charge=crash_for_the_crash_customer,
+            scope_secret=SCOPE_SECRET,
         )
         with serve_asgi(app, lifespan="on") as url:
             yield RunningApi(url, app, store_url)

@@ -8,13 +8,15 @@ in the middleware with `options`, starts a server on a free loopback port and re
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from waitress import wasyncore
 from waitress.server import create_server
 
 from retrysafe import ManualClock, Record, open_async_store, open_store
+from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
@@ -68,16 +71,39 @@ class WsgiServer:
         self._thread.join(10)
 
 
+CALLER: Final = "Bearer test-caller"
+"""The credential test clients send: every keyed request needs a caller to be scoped to (B8)."""
+
+
 def make_client(url: str) -> httpx.Client:
     """Return an httpx client for `url` that sends small writes at once (TCP_NODELAY).
 
     Without it, Nagle's algorithm holds the request body until the headers are acknowledged,
-    and the server's delayed ACK makes every request take 40 ms.
+    and the server's delayed ACK makes every request take 40 ms. It sends `CALLER`.
     """
     nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
     transport = httpx.HTTPTransport(socket_options=nodelay)
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    return httpx.Client(base_url=url, timeout=15, transport=transport, limits=limits)
+    return httpx.Client(
+        base_url=url,
+        timeout=15,
+        transport=transport,
+        limits=limits,
+        headers={"Authorization": CALLER},
+    )
+
+
+def app_records(records: Iterable[Record]) -> list[Record]:
+    """Return `records` but the scope secret the middleware keeps in the store (B8)."""
+    return [r for r in records if r.identity.namespace != SECRET_IDENTITY.namespace]
+
+
+def credential_scope(secret: str | bytes, normalised: str = "bearer test-caller") -> str:
+    """Return the scope stored for an Authorization credential under `secret` (B8): the
+    HMAC-SHA256 of the credential `normalised` (scheme in lower case, one space)."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    message = b"credential\0authorization\0" + normalised.encode()
+    return "c:" + hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 class Switch:
@@ -165,15 +191,21 @@ class Service:
         return self.server.call(getattr(self.store, name)(*args, **kwargs))
 
     def records(self) -> list[Record]:
-        """Return every live record in the store."""
-        return list(self.store_call("list_records", limit=10_000))
+        """Return every live record in the store but the scope secret the middleware keeps."""
+        return app_records(self.store_call("list_records", limit=10_000))
 
-    def post(self, path: str, key: str | None = None, **kwargs: Any) -> httpx.Response:
-        """POST to `path`, with `Idempotency-Key: key` when a key is given."""
+    def post(
+        self, path: str, key: str | None = None, *, anonymous: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """POST to `path`, with `Idempotency-Key: key` when a key is given; `anonymous`
+        leaves out the client's credential (no Authorization header at all)."""
         headers = dict(kwargs.pop("headers", {}))
         if key is not None:
             headers["Idempotency-Key"] = key
-        return self.client.post(path, headers=headers, **kwargs)
+        request = self.client.build_request("POST", path, headers=headers, **kwargs)
+        if anonymous:
+            del request.headers["Authorization"]
+        return self.client.send(request)
 
 
 def build_app(face: str, recorder: Recorder) -> Any:

@@ -13,7 +13,7 @@ import pytest
 
 from retrysafe import FencedError, Identity, ManualClock
 from retrysafe._http import RequestView, Settings
-from tests.http.conftest import Service, is_problem, parallel, wait_until
+from tests.http.conftest import Service, credential_scope, is_problem, parallel, wait_until
 
 Serve = Callable[..., Service]
 
@@ -151,11 +151,13 @@ def test_b16_heartbeat_keeps_a_handler_slower_than_its_lease_from_running_twice(
     assert service.post("/slow?seconds=1.5", "k").headers["idempotent-replayed"] == "true"
 
 
-def _crashed_claim(service: Service, clock: ManualClock, path: str, key: str) -> str:
-    """Claim `key` as a worker that then crashed would have; return its token."""
+SECRET = "a secret of at least 16 bytes"
+
+
+def _crashed_claim(service: Service, identity: Identity, path: str) -> str:
+    """Claim `identity` as a worker that then crashed would have; return its token."""
     request = RequestView("POST", path, b"", (), {})
     fingerprint = Settings(fingerprint="raw").fingerprint_of(request, b"")
-    identity = Identity("http", "anonymous", key)
     claim = service.store_call("claim", identity, fingerprint, lease=30, retention=3600)
     assert claim.acquired
     return str(claim.token)
@@ -164,8 +166,9 @@ def _crashed_claim(service: Service, clock: ManualClock, path: str, key: str) ->
 def test_b16_after_a_crash_the_lease_expires_and_a_retry_takes_over(serve: Serve) -> None:
     """Before the crashed claim's lease ends retries get 409; after it, a retry runs."""
     clock = ManualClock()
-    service = serve(clock=clock, wait=0)
-    token = _crashed_claim(service, clock, "/status/201", "k")
+    service = serve(clock=clock, wait=0, scope_secret=SECRET)
+    identity = Identity("http", credential_scope(SECRET), "k")
+    token = _crashed_claim(service, identity, "/status/201")
     assert is_problem(service.post("/status/201", "k"), 409, "request-in-flight")
     assert service.recorder.calls["/status"] == 0
     clock.advance(31)
@@ -173,7 +176,7 @@ def test_b16_after_a_crash_the_lease_expires_and_a_retry_takes_over(serve: Serve
     assert taken.status_code == 201
     assert service.recorder.calls["/status"] == 1
     with pytest.raises(FencedError):  # B17: the crashed worker's token is dead
-        service.store_call("complete", Identity("http", "anonymous", "k"), token, b"x", retention=1)
+        service.store_call("complete", identity, token, b"x", retention=1)
 
 
 def test_b17_a_fenced_worker_cannot_overwrite_the_new_owners_outcome(serve: Serve) -> None:

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 from typing import Any, get_type_hints
 
 import anyio
 import pytest
+from starlette.authentication import SimpleUser, UnauthenticatedUser
 
 from retrysafe import ConfigurationError, Identity, Record, State
 from retrysafe._errors import OutcomeError
 from retrysafe._http import (
     ANONYMOUS_SCOPE,
     PROBLEMS,
+    SECRET_ENV,
     RequestView,
     ResponseCapture,
     Router,
     RouteSettings,
+    Scoper,
     Settings,
     SettingsOptions,
     decode_outcome,
@@ -27,6 +31,7 @@ from retrysafe._http import (
     problem,
     replay_response,
 )
+from retrysafe._http.scope import normalise_credential, principal_of
 from retrysafe.asgi import IdempotencyMiddleware
 from retrysafe.stores.memory import AsyncMemoryStore
 
@@ -153,13 +158,58 @@ def test_router_caches_hook_answers() -> None:
 
 
 def test_request_view_header_and_default_scope() -> None:
-    """Header lookup is case-insensitive and joins lines; the scope hashes the credential."""
+    """Header lookup is case-insensitive and joins lines; the scope is a keyed hash of the
+    principal, else of the normalised credential, else none (or the shared anonymous one)."""
     request = _request(headers=((b"x-key", b"a"), (b"x-key", b"b")))
     assert request.header("X-Key") == b"a, b"
     assert request.header("missing") is None
-    settings = Settings()
-    assert settings.scope_of(_request()) == hashlib.sha256(b"Bearer t").hexdigest()
-    assert settings.scope_of(_request(headers=())) == ANONYMOUS_SCOPE
+    secret = b"0123456789abcdef"
+    scoper, settings = Scoper(secret), Settings()
+
+    def keyed(message: bytes) -> str:
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+    credential = scoper.scope_of(settings, _request())
+    assert credential == "c:" + keyed(b"credential\0authorization\0bearer t")
+    assert hashlib.sha256(b"Bearer t").hexdigest() not in str(credential)
+    principal = scoper.scope_of(settings, _request(principal="app.User:7"))
+    assert principal == "p:" + keyed(b"principal\0app.User:7")  # the principal wins
+    assert scoper.scope_of(settings, _request(headers=())) is None
+    shared = Settings(anonymous="shared")
+    assert scoper.scope_of(shared, _request(headers=())) == ANONYMOUS_SCOPE
+    assert Scoper(b"another secret!!").scope_of(settings, _request()) != credential
+
+
+def test_b8_credentials_are_normalised_and_principals_named() -> None:
+    """Scheme case and white space do not change a credential; users name a principal by
+    class and id, and unauthenticated or nameless users name none."""
+    assert normalise_credential(b"Bearer  x") == normalise_credential(b"bEARER x") == b"bearer x"
+    assert normalise_credential(b"Bearer x") != normalise_credential(b"Bearer X")
+    assert normalise_credential(b" token-only ") == b"token-only"
+    simple = principal_of(SimpleUser("ann"))
+    assert simple is not None
+    assert simple.startswith("starlette.authentication.SimpleUser:")
+    assert simple.endswith("=ann")  # its identity (or username, in older Starlette)
+    assert principal_of(UnauthenticatedUser()) is None
+    assert principal_of(None) is None
+    assert principal_of("") is None
+    assert principal_of("ann") == "builtins.str:ann"
+    assert principal_of({"id": 7}) == "builtins.dict:7"
+    assert principal_of(object()) is None
+
+
+def test_b8_the_scope_secret_comes_from_settings_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """settings.scope_secret wins over RETRYSAFE_SCOPE_SECRET; neither: kept in the store;
+    a secret shorter than 16 bytes is refused."""
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    assert Scoper.configured_secret(Settings()) is None
+    monkeypatch.setenv(SECRET_ENV, "from the environment")
+    assert Scoper.configured_secret(Settings()) == b"from the environment"
+    assert Scoper.configured_secret(Settings(scope_secret="from settings")) == b"from settings"
+    with pytest.raises(ValueError, match="16 bytes"):
+        Scoper(b"short")
 
 
 def test_fingerprint_covers_method_path_query_and_body() -> None:

@@ -57,6 +57,8 @@ def test_b24_every_problem_the_middleware_answers_is_problem_json(serve: Serve) 
     seen = set()
     seen.add(_check_problem(service.post("/payments", json={}), base))  # key-required
     seen.add(_check_problem(service.post("/payments", '"bad', json={}), base))  # invalid-key
+    nobody = service.post("/payments", "n", json={}, anonymous=True)
+    seen.add(_check_problem(nobody, base))  # scope-missing
     service.post("/payments", "k", json={"a": 1})
     seen.add(_check_problem(service.post("/payments", "k", json={"a": 2}), base))  # mismatch
     seen.add(_check_problem(service.post("/echo", "big", content=b"x" * 11), base))  # 413

@@ -23,7 +23,7 @@ from retrysafe._keys import KeyPolicy, parse_key
 from retrysafe.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
-from tests.http.conftest import Service
+from tests.http.conftest import CALLER, Service
 
 PRINTABLE = bytes(range(0x20, 0x7F))
 
@@ -76,7 +76,11 @@ async def _call_asgi(app: Any, values: list[bytes]) -> tuple[int, dict[bytes, by
         "raw_path": b"/echo",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"test"), *((b"idempotency-key", v) for v in values)],
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", CALLER.encode()),
+            *((b"idempotency-key", v) for v in values),
+        ],
     }
     received = False
     sent: list[dict[str, Any]] = []
@@ -130,6 +134,7 @@ def test_b3_wsgi_any_header_bytes_never_crash_or_reach_the_app_malformed(
         "QUERY_STRING": "",
         "CONTENT_LENGTH": "2",
         "HTTP_IDEMPOTENCY_KEY": value.decode("latin-1"),
+        "HTTP_AUTHORIZATION": CALLER,
         "wsgi.input": __import__("io").BytesIO(b"{}"),
     }
     started: list[str] = []
@@ -155,6 +160,7 @@ def _raw_post(url: str, value: bytes) -> tuple[int, bytes]:
     host, port = url.removeprefix("http://").split(":")
     request = (
         b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Authorization: " + CALLER.encode() + b"\r\n"
         b"Idempotency-Key: " + value + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
     )
     with socket.create_connection((host, int(port)), timeout=10) as sock:

@@ -15,6 +15,7 @@ import pytest
 from retrysafe.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
+from tests.http.conftest import CALLER, app_records
 
 
 def _environ(key: str = "k", body: bytes = b"{}") -> dict[str, Any]:
@@ -25,6 +26,7 @@ def _environ(key: str = "k", body: bytes = b"{}") -> dict[str, Any]:
         "QUERY_STRING": "",
         "CONTENT_LENGTH": str(len(body)),
         "HTTP_IDEMPOTENCY_KEY": key,
+        "HTTP_AUTHORIZATION": CALLER,
         "wsgi.input": io.BytesIO(body),
     }
 
@@ -118,7 +120,7 @@ def test_wsgi_app_exception_releases_and_propagates() -> None:
         with pytest.raises(RuntimeError):
             _serve_wsgi(middleware, _environ())
     assert len(calls) == 2
-    assert store.list_records() == []
+    assert app_records(store.list_records()) == []
 
 
 def test_wsgi_streamed_body_that_fails_releases_the_claim() -> None:
@@ -136,7 +138,7 @@ def test_wsgi_streamed_body_that_fails_releases_the_claim() -> None:
     middleware = WsgiMiddleware(app, store=store, max_response_size=5)
     with pytest.raises(RuntimeError):
         _serve_wsgi(middleware, _environ())
-    assert store.list_records() == []
+    assert app_records(store.list_records()) == []
 
 
 def test_asgi_hides_send_extensions_it_cannot_capture() -> None:
@@ -170,6 +172,6 @@ def test_asgi_hides_send_extensions_it_cannot_capture() -> None:
 
         await middleware(scope, receive, send)
 
-    anyio.run(call, [(b"idempotency-key", b"k")])
+    anyio.run(call, [(b"idempotency-key", b"k"), (b"authorization", CALLER.encode())])
     anyio.run(call, [])
     assert seen == [{"tls"}, set(extensions)]

@@ -74,18 +74,25 @@ def test_b8_scope_function_of_the_request(serve: Serve) -> None:
     assert sorted(r.identity.scope for r in service.records()) == ["acme", "globex"]
 
 
-def test_b8_without_credentials_requests_share_the_anonymous_scope(serve: Serve) -> None:
-    """Requests without the scope header share one anonymous scope."""
-    service = serve()
-    service.post("/payments", "k", json={})
-    assert service.post("/payments", "k", json={}).headers["idempotent-replayed"] == "true"
+def test_b8_with_anonymous_shared_requests_without_credentials_share_one_scope(
+    serve: Serve,
+) -> None:
+    """With anonymous="shared" chosen, requests without a credential share one scope."""
+    service = serve(anonymous="shared")
+    service.post("/payments", "k", json={}, anonymous=True)
+    again = service.post("/payments", "k", json={}, anonymous=True)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert service.recorder.calls["/payments"] == 1
     assert [r.identity.scope for r in service.records()] == ["anonymous"]
+
+
+VALID = "Bearer valid"  # the one credential the auth layer accepts
 
 
 def _reject_unauthorized_asgi(app: Any) -> Any:
     async def auth(scope: Any, receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers", []))
-        if scope["type"] == "http" and b"authorization" not in headers:
+        if scope["type"] == "http" and headers.get(b"authorization") != VALID.encode():
             await send({"type": "http.response.start", "status": 401, "headers": []})
             await send({"type": "http.response.body", "body": b"no"})
             return
@@ -96,7 +103,7 @@ def _reject_unauthorized_asgi(app: Any) -> Any:
 
 def _reject_unauthorized_wsgi(app: Any) -> Any:
     def auth(environ: Any, start_response: Any) -> Any:
-        if "HTTP_AUTHORIZATION" not in environ:
+        if environ.get("HTTP_AUTHORIZATION") != VALID:
             start_response("401 Unauthorized", [])
             return [b"no"]
         return app(environ, start_response)
@@ -108,9 +115,10 @@ def test_b9_request_rejected_before_the_layer_leaves_no_record(serve: Serve, fac
     """An auth layer in front rejects a request with a key: no record, no handler call."""
     wrap = _reject_unauthorized_wsgi if face == "flask" else _reject_unauthorized_asgi
     service = serve(wrap=wrap)
-    assert service.post("/payments", "k", json={}).status_code == 401
+    assert service.post("/payments", "k", json={}).status_code == 401  # a bad token
+    assert service.post("/payments", "k", json={}, anonymous=True).status_code == 401
     assert service.records() == []
-    authorized = service.post("/payments", "k", json={}, headers={"Authorization": "t"})
+    authorized = service.post("/payments", "k", json={}, headers={"Authorization": VALID})
     assert authorized.status_code == 201
     assert service.recorder.calls["/payments"] == 1
 
@@ -282,7 +290,7 @@ def test_route_settings_hook_decides_per_request(serve: Serve, face: str) -> Non
 def test_client_sees_replays_through_httpx(serve: Serve) -> None:
     """A plain httpx client can tell a replay by its header (smoke test of the wire)."""
     service = serve()
-    with httpx.Client(base_url=service.url) as client:
+    with httpx.Client(base_url=service.url, headers={"Authorization": "Bearer z"}) as client:
         client.post("/payments", headers={"Idempotency-Key": "z"}, json={})
         again = client.post("/payments", headers={"Idempotency-Key": "z"}, json={})
     assert again.headers["idempotent-replayed"] == "true"

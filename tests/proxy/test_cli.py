@@ -25,3 +25,13 @@ def test_bad_options_exit_2_with_one_line(arguments: list[str], message: str) ->
     assert result.stderr.startswith("error: ")
     assert message in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_b8_anonymous_takes_reject_or_shared_only() -> None:
+    """`--anonymous` accepts reject or shared; anything else is a usage error (exit 2)."""
+    result = CliRunner().invoke(
+        app, ["proxy", "--upstream", "http://127.0.0.1:3000", "--anonymous", "maybe"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "reject" in result.stderr
+    assert "shared" in result.stderr

@@ -54,7 +54,7 @@ async def _send_all(urls: list[str], key: str) -> list[httpx.Response]:
             *(
                 client.post(
                     f"{urls[index % len(urls)]}/slow?seconds=0.5",
-                    headers={"Idempotency-Key": key},
+                    headers={"Idempotency-Key": key, "Authorization": "Bearer proxy-test"},
                     content=b'{"amount":1}',
                 )
                 for index in range(DUPLICATES)

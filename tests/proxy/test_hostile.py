@@ -11,10 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import retrysafe
+from retrysafe._flow.secret import SECRET_IDENTITY
 from tests.proxy.conftest import Proxy, Recorder, Upstream
 from tests.proxy.raw import RawServer, answer_ok, exchange, misbehave
 
 Start = Callable[[list[tuple[list[str], Path | None]]], list[Proxy]]
+CALLER = b"Authorization: Bearer hostile-test\r\n"
+"""The credential every request sends: the proxy scopes keys by it (B8)."""
 
 
 @pytest.fixture(scope="module")
@@ -55,23 +58,25 @@ def ports(
 
 
 def records(store_path: Path) -> int:
-    """Return how many records the guarded proxy's store holds."""
+    """Return how many records the guarded proxy's store holds (not its scope secret)."""
     store = retrysafe.open_store(f"sqlite:///{store_path}")
     try:
-        return len(store.list_records(limit=1000))
+        records = store.list_records(limit=1000)
+        return sum(r.identity.namespace != SECRET_IDENTITY.namespace for r in records)
     finally:
         store.close()
 
 
 def request(target: str | bytes, *, method: bytes = b"POST", headers: bytes = b"",
             body: bytes = b"{}", key: bool = True) -> bytes:  # fmt: skip
-    """Return the bytes of a request with `target`, a fresh key, a Host and a body."""
+    """Return the bytes of a request with `target`, a fresh key, a Host, a credential and a
+    body."""
     raw_target = target.encode("latin-1") if isinstance(target, str) else target
     keyed = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode() if key else b""
     length = f"Content-Length: {len(body)}\r\n".encode() if body is not None else b""
     return (
         method + b" " + raw_target + b" HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n"
-        + keyed + length + headers + b"\r\n" + body
+        + CALLER + keyed + length + headers + b"\r\n" + body
     )  # fmt: skip
 
 
@@ -138,7 +143,7 @@ def test_b37_content_length_with_transfer_encoding_is_refused(
     before = records(store_path)
     keyed_line = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode() if keyed else b""
     raw = (
-        b"POST /payments HTTP/1.1\r\nHost: proxy.test\r\n" + keyed_line + framing
+        b"POST /payments HTTP/1.1\r\nHost: proxy.test\r\n" + CALLER + keyed_line + framing
         + b"\r\n2\r\n{}\r\n0\r\n\r\n"
     )  # fmt: skip
     response = exchange(ports["guarded"], raw)
@@ -155,7 +160,7 @@ def test_b37_chunked_bodies_are_forwarded_with_their_own_length(
 ) -> None:
     """A chunked request body reaches the upstream whole, framed by the proxy itself."""
     raw = (
-        b"POST /payments HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n"
+        b"POST /payments HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n" + CALLER +
         b'Idempotency-Key: "' + str(uuid.uuid4()).encode() + b'"\r\n'
         b"Transfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n5\r\n\": 1}\r\n0\r\n\r\n"
     )  # fmt: skip

@@ -10,10 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+import retrysafe
+from retrysafe._flow.secret import SECRET_IDENTITY
 from tests.integrations.servers import free_port
 from tests.proxy.conftest import Proxy, Recorder, Upstream, upstream_entered
 
 Start = Callable[[list[tuple[list[str], Path | None]]], list[Proxy]]
+CALLER = {"Authorization": "Bearer proxy-test"}
+"""The credential clients send: the proxy scopes keys by it (B8)."""
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def started(upstream: Upstream, proxies: Start, workdir: Path) -> dict[str, Proxy]:
     """Every proxy this module uses, started at once."""
-    names = ["default", "wait0", "require", "unreachable"]
+    names = ["default", "wait0", "require", "unreachable", "shared"]
     running = proxies(
         [
             (["--upstream", upstream.url, "--retention", "600", "--lease", "5"], workdir),
@@ -33,6 +37,7 @@ def started(upstream: Upstream, proxies: Start, workdir: Path) -> dict[str, Prox
               "--scope-header", "X-API-Key"], None),
             (["--upstream", upstream.url, "--store", "memory://", "--require-key"], None),
             (["--upstream", f"http://127.0.0.1:{free_port()}", "--store", "memory://"], None),
+            (["--upstream", upstream.url, "--store", "memory://", "--anonymous", "shared"], None),
         ]
     )  # fmt: skip
     return dict(zip(names, running, strict=True))
@@ -40,8 +45,8 @@ def started(upstream: Upstream, proxies: Start, workdir: Path) -> dict[str, Prox
 
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
-    """An HTTP client for the test."""
-    with httpx.Client(timeout=20) as client_:
+    """An HTTP client for the test, sending `CALLER`."""
+    with httpx.Client(timeout=20, headers=CALLER) as client_:
         yield client_
 
 
@@ -139,7 +144,7 @@ def test_b14_wait_0_answers_409_to_a_duplicate_in_flight(
 ) -> None:
     """With --wait 0 a duplicate of a request still at the upstream gets 409 at once."""
     url = started["wait0"].url
-    headers = key()
+    headers = {**key(), "X-API-Key": "tenant-a"}  # this proxy scopes by X-API-Key
     results: list[httpx.Response] = []
     first = threading.Thread(
         target=lambda: results.append(httpx.post(f"{url}/gate", headers=headers, timeout=20))
@@ -209,3 +214,52 @@ def test_streamed_bodies_pass(
     assert len(received) == size
     assert received[:1] == b"A"
     assert received[-1:] == bytes([65 + 63 % 26])
+
+
+def test_b8_a_keyed_request_without_a_credential_is_refused_by_default(
+    started: dict[str, Proxy], recorder: Recorder, client: httpx.Client, workdir: Path
+) -> None:
+    """Without --anonymous, a keyed POST with no Authorization is a 400 scope-missing problem:
+    the upstream never sees it and nothing is stored; keyless, it is forwarded untracked."""
+    url = started["default"].url
+    before = _records(workdir / "retrysafe.db")
+    with httpx.Client(timeout=20) as anonymous:
+        refused = anonymous.post(f"{url}/payments", headers=key(), content=b"{}")
+        assert is_problem(refused, 400, "scope-missing")
+        assert anonymous.post(f"{url}/payments", content=b"{}").status_code == 201
+    assert recorder.calls["/payments"] == 1
+    assert _records(workdir / "retrysafe.db") == before
+    other = started["wait0"].url  # scoped by X-API-Key: Authorization alone is no scope
+    assert is_problem(client.post(f"{other}/payments", headers=key()), 400, "scope-missing")
+    assert recorder.calls["/payments"] == 1
+
+
+def test_b8_anonymous_shared_lets_credential_less_callers_share_one_scope(
+    started: dict[str, Proxy], recorder: Recorder, client: httpx.Client
+) -> None:
+    """With --anonymous shared, keyed requests without a credential share the anonymous scope
+    (a retry replays); a caller with a credential keeps a scope of its own."""
+    url = started["shared"].url
+    headers = key()
+    with httpx.Client(timeout=20) as anonymous:
+        first = anonymous.post(f"{url}/payments", headers=headers, content=b"{}")
+        again = anonymous.post(f"{url}/payments", headers=headers, content=b"{}")
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    mine = client.post(f"{url}/payments", headers=headers, content=b"{}")
+    assert "idempotent-replayed" not in mine.headers
+    assert recorder.calls["/payments"] == 2
+
+
+def _records(path: Path) -> list[tuple[str, str, str]]:
+    """Return the identities of the app's records in the SQLite store at `path`."""
+    store = retrysafe.open_store(f"sqlite:///{path}")
+    try:
+        return sorted(
+            (r.identity.namespace, r.identity.scope, r.identity.key)
+            for r in store.list_records(limit=10_000)
+            if r.identity.namespace != SECRET_IDENTITY.namespace
+        )
+    finally:
+        store.close()

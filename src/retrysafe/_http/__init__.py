@@ -48,6 +48,7 @@ from retrysafe._http.problems import (
     too_many_in_flight,
 )
 from retrysafe._http.routing import Gate, Router, compile_pattern, hook_may_require_key
+from retrysafe._http.scope import SECRET_ENV, Scoper, principal_of
 from retrysafe._http.settings import (
     ANONYMOUS_SCOPE,
     DEFAULT_PROBLEM_BASE_URL,
@@ -62,7 +63,6 @@ from retrysafe._http.settings import (
     RouteSettings,
     Settings,
     SettingsOptions,
-    default_scope,
     logger,
 )
 
@@ -75,6 +75,7 @@ __all__ = [
     "NEVER_STORED_HEADERS",
     "PROBLEMS",
     "REPRESENTATION_HEADERS",
+    "SECRET_ENV",
     "Gate",
     "Header",
     "OutcomePolicy",
@@ -84,6 +85,7 @@ __all__ = [
     "RouteSettings",
     "Router",
     "ScopeLimiter",
+    "Scoper",
     "Settings",
     "SettingsOptions",
     "StoredResponse",
@@ -91,7 +93,6 @@ __all__ = [
     "check_content_length",
     "compile_pattern",
     "decode_outcome",
-    "default_scope",
     "encode_omitted",
     "encode_outcome",
     "hook_may_require_key",
@@ -100,6 +101,7 @@ __all__ = [
     "mismatch",
     "new_identity",
     "outcome_to_store",
+    "principal_of",
     "problem",
     "problem_response",
     "read_key",

@@ -9,6 +9,7 @@ from typing import Any, TypeAlias
 
 from retrysafe._http.flow import new_identity
 from retrysafe._http.problems import Response, check_content_length, read_key, too_large
+from retrysafe._http.scope import Scoper, principal_of
 from retrysafe._http.settings import RequestView, Settings
 from retrysafe._record import Identity
 
@@ -40,12 +41,19 @@ TrackedRequest: TypeAlias = tuple[Identity, str, bytes]
 
 
 async def track_request(
-    scope: Scope, receive: Receive, send: Send, settings: Settings, values: list[bytes]
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    settings: Settings,
+    values: list[bytes],
+    *,
+    scoper: Scoper,
 ) -> TrackedRequest | None:
     """Parse the key and read the body of a covered request; None once it has been answered.
 
-    A malformed key (400) or a body over the limit (413) is answered here, before any storage
-    is touched (B3, B9, B22); a client that goes away before sending its body gets nothing.
+    A malformed key (400), a body over the limit (413) or a request with no scope (400) is
+    answered here, before any storage is touched (B3, B8, B9, B22); a client that goes away
+    before sending its body gets nothing.
     """
     key = read_key(values, settings)
     if isinstance(key, Response):
@@ -58,7 +66,11 @@ async def track_request(
         await respond(send, body)
         return None
     request = request_view(scope)
-    return new_identity(settings, request, key), settings.fingerprint_of(request, body), body
+    identity = new_identity(settings, request, key, scoper)
+    if isinstance(identity, Response):
+        await respond(send, identity)
+        return None
+    return identity, settings.fingerprint_of(request, body), body
 
 
 def request_view(scope: Scope) -> RequestView:
@@ -69,6 +81,8 @@ def request_view(scope: Scope) -> RequestView:
         query_string=scope.get("query_string", b""),
         headers=scope["headers"],
         raw=scope,
+        principal=principal_of(scope.get("user")),
+        raw_path=scope.get("raw_path"),
     )
 
 

@@ -7,7 +7,8 @@ import threading
 from retrysafe._engine import Decision
 from retrysafe._flow import Admission
 from retrysafe._http.outcome import replay_response
-from retrysafe._http.problems import Response, in_flight, mismatch
+from retrysafe._http.problems import Response, in_flight, mismatch, scope_missing
+from retrysafe._http.scope import Scoper
 from retrysafe._http.settings import RequestView, Settings
 from retrysafe._record import Identity
 
@@ -55,6 +56,12 @@ class ScopeLimiter:
                 self._running[scope] = running
 
 
-def new_identity(settings: Settings, request: RequestView, key: str) -> Identity:
-    """Return the record identity of a request with `key`: (namespace, scope, key) (B8)."""
-    return Identity(settings.namespace, settings.scope_of(request), key)
+def new_identity(
+    settings: Settings, request: RequestView, key: str, scoper: Scoper
+) -> Identity | Response:
+    """Return the record identity of a request with `key`: (namespace, scope, key) (B8), or
+    the scope-missing problem when the request has no scope."""
+    scope = scoper.scope_of(settings, request)
+    if scope is None:
+        return scope_missing(settings)
+    return Identity(settings.namespace, scope, key)

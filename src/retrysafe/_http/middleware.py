@@ -9,6 +9,7 @@ from retrysafe._flow import Admission, AsyncFlow, SyncFlow
 from retrysafe._http.flow import ScopeLimiter, answer
 from retrysafe._http.problems import Response, store_unavailable, too_many_in_flight
 from retrysafe._http.routing import Gate
+from retrysafe._http.scope import Scoper
 from retrysafe._http.settings import RouteSettings, Settings, SettingsOptions, logger
 
 __all__ = ["MiddlewareBase"]
@@ -58,6 +59,9 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
         self._methods = self._gate.methods
         cap = self.settings.max_in_flight_per_scope
         self._limiter = None if cap is None else ScopeLimiter(cap)
+        secret = Scoper.configured_secret(self.settings)
+        self._scoper: Scoper | None = None if secret is None else Scoper(secret)
+        """Hashes scopes (B8); None until the secret kept in the store is loaded."""
 
     def _store_failed(self, settings: Settings) -> Response | None:
         """Log a store failure; return the 503 to answer, or None to fail open (B20)."""

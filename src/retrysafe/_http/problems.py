@@ -23,6 +23,7 @@ __all__ = [
     "problem_response",
     "read_key",
     "reason_phrase",
+    "scope_missing",
     "store_unavailable",
     "too_large",
     "too_many_in_flight",
@@ -43,6 +44,7 @@ class Response:
 
 PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
     "invalid-key": (400, "Invalid Idempotency-Key"),
+    "scope-missing": (400, "No caller to scope the Idempotency-Key to"),
     "key-required": (400, "Idempotency-Key is required"),
     "key-mismatch": (422, "Idempotency-Key is already used"),
     "request-in-flight": (409, "A request is outstanding for this Idempotency-Key"),
@@ -147,6 +149,19 @@ def check_content_length(value: bytes | None, settings: Settings) -> Response | 
     if value is not None and value.isdigit() and int(value) > settings.max_body_size:
         return too_large(settings)
     return None
+
+
+def scope_missing(settings: Settings) -> Response:
+    """Return the 400 problem for a keyed request with no scope (B8): nothing was stored."""
+    if settings.scope_function is not None:
+        detail = "The scope function named no scope for this request, so it was not processed."
+    else:
+        detail = (
+            "This request has an Idempotency-Key but no authenticated user and no "
+            f"{settings.scope_header} credential to keep its key apart from other callers'. "
+            "Authenticate, or send the request without an Idempotency-Key."
+        )
+    return problem("scope-missing", settings, detail)
 
 
 def mismatch(settings: Settings) -> Response:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias, TypedDict
+from urllib.parse import quote
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._fingerprint import fingerprint_request
@@ -28,7 +28,6 @@ __all__ = [
     "RouteSettings",
     "Settings",
     "SettingsOptions",
-    "default_scope",
     "logger",
 ]
 
@@ -75,6 +74,8 @@ NEVER_STORED_HEADERS: Final = frozenset(
 )
 _MISMATCH_STATUSES: Final = frozenset({400, 409, 422})
 
+Anonymous: TypeAlias = Literal["reject", "shared"]
+"""What a keyed request with no principal and no credential gets (B8)."""
 OutcomePolicy: TypeAlias = Literal["definitive", "all"] | Callable[[int], bool]
 """Which response statuses are stored: "definitive" (the default), "all", or a predicate."""
 
@@ -91,6 +92,9 @@ class RequestView:
         query_string: the raw query string, without the `?`.
         headers: the request header lines, names in lower case.
         raw: the ASGI scope or the WSGI environ, for values set by outer layers (`user`).
+        principal: the authenticated caller's stable name, when the face knows one (B8).
+        raw_path: the path as the client sent it, percent-encoding kept, when the server gives
+            it (ASGI `raw_path`, WSGI `RAW_URI`/`REQUEST_URI`); else None (B12).
     """
 
     method: str
@@ -98,20 +102,14 @@ class RequestView:
     query_string: bytes
     headers: Sequence[Header]
     raw: Mapping[str, object]
+    principal: str | None = None
+    raw_path: bytes | None = None
 
     def header(self, name: str) -> bytes | None:
         """Return the value of header `name` (lines joined by ", "), or None if absent."""
         wanted = name.lower().encode("latin-1")
         values = [value for key, value in self.headers if key == wanted]
         return b", ".join(values) if values else None
-
-
-def default_scope(request: RequestView, header: str) -> str:
-    """Return the SHA-256 of header `header` (a credential), or the anonymous scope (B8)."""
-    value = request.header(header)
-    if value is None:
-        return ANONYMOUS_SCOPE
-    return hashlib.sha256(value).hexdigest()
 
 
 def _definitive(status: int) -> bool:
@@ -126,7 +124,9 @@ class SettingsOptions(TypedDict, total=False):
     required: bool
     key_policy: KeyPolicy
     scope_header: str
-    scope_function: Callable[[RequestView], str] | None
+    scope_function: Callable[[RequestView], str | None] | None
+    anonymous: Anonymous
+    scope_secret: str | bytes | None
     fingerprint: Literal["raw", "json"]
     namespace: str
     retention: float
@@ -151,8 +151,15 @@ class Settings:
         methods: the methods covered (B5); others pass through untouched.
         required: answer 400 to a covered request without a key (B6).
         key_policy: what a valid key looks like (B1-B4).
-        scope_header: the credential header hashed into the scope (B8), such as `X-API-Key`.
-        scope_function: a function of the request returning its scope; replaces `scope_header`.
+        scope_header: the credential header hashed into the scope (B8), such as `X-API-Key`,
+            when the framework names no authenticated principal.
+        scope_function: a function of the request returning its scope, or None to refuse it;
+            replaces the principal and `scope_header`.
+        anonymous: a keyed request with no principal and no credential is refused with the
+            400 `scope-missing` problem ("reject"), or shares one anonymous scope ("shared").
+        scope_secret: the HMAC key scopes are hashed with (at least 16 bytes); default the
+            `RETRYSAFE_SCOPE_SECRET` environment variable, else one generated and kept in the
+            store on first use.
         fingerprint: "raw" hashes the body bytes, "json" canonical JSON (B12).
         namespace: separates these records from other uses of the same store.
         retention: seconds a completed outcome is kept and replayed (B21).
@@ -175,7 +182,9 @@ class Settings:
     required: bool = False
     key_policy: KeyPolicy = KeyPolicy()  # noqa: RUF009 - a frozen value, safe to share
     scope_header: str = "Authorization"
-    scope_function: Callable[[RequestView], str] | None = None
+    scope_function: Callable[[RequestView], str | None] | None = None
+    anonymous: Anonymous = "reject"
+    scope_secret: str | bytes | None = field(default=None, repr=False)
     fingerprint: Literal["raw", "json"] = "raw"
     namespace: str = "http"
     retention: float = DEFAULT_RETENTION
@@ -212,6 +221,8 @@ class Settings:
             raise ConfigurationError("Size limits must not be negative.")
         if self.max_in_flight_per_scope is not None and self.max_in_flight_per_scope < 1:
             raise ConfigurationError("max_in_flight_per_scope must be at least 1, or None.")
+        if self.anonymous not in ("reject", "shared"):
+            raise ConfigurationError('anonymous must be "reject" or "shared".')
         if self.outcomes == "definitive":
             stores_status: Callable[[int], bool] = _definitive
         elif self.outcomes == "all":
@@ -227,15 +238,14 @@ class Settings:
         object.__setattr__(self, "replay_header_name", self.replay_header.lower().encode())
         object.__setattr__(self, "stores_status", stores_status)
 
-    def scope_of(self, request: RequestView) -> str:
-        """Return the scope of `request` (B8)."""
-        if self.scope_function is not None:
-            return self.scope_function(request)
-        return default_scope(request, self.scope_header)
-
     def fingerprint_of(self, request: RequestView, body: bytes) -> str:
-        """Return the fingerprint of `request` with `body`: method, path with query, body (B12)."""
-        target = request.path
+        """Return the fingerprint of `request` with `body`: the method, the request-target as
+        received (the raw path where the server gives it, else the path quoted again) with its
+        query, and the body (B12). `/pay/x` and `/pay%2Fx` are two requests."""
+        if request.raw_path is not None:
+            target = request.raw_path.decode("latin-1")
+        else:
+            target = quote(request.path, safe="/:@!$&'()*+,;=-._~")
         if request.query_string:
             target += "?" + request.query_string.decode("utf-8", "surrogateescape")
         return fingerprint_request(
@@ -266,6 +276,7 @@ class RouteSettings:
 
     required: bool | None = None
     methods: Collection[str] | None = None
+    anonymous: Anonymous | None = None
     retention: float | None = None
     lease: float | None = None
     wait: float | None = None

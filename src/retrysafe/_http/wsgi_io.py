@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from retrysafe._http.flow import new_identity
 from retrysafe._http.problems import (
@@ -17,13 +17,18 @@ from retrysafe._http.problems import (
     reason_phrase,
     too_large,
 )
+from retrysafe._http.scope import Scoper, principal_of
 from retrysafe._http.settings import RequestView, Settings
 from retrysafe._record import Identity
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+PRINCIPAL_KEY: Final = "retrysafe.principal"
+"""The environ key where a framework integration names the authenticated caller (B8)."""
+
 __all__ = [
+    "PRINCIPAL_KEY",
     "close_iterable",
     "path_of",
     "prepare_request",
@@ -40,9 +45,10 @@ def close_iterable(result: Iterable[bytes]) -> None:
 
 
 def prepare_request(
-    environ: WSGIEnvironment, settings: Settings, values: list[bytes]
+    environ: WSGIEnvironment, settings: Settings, values: list[bytes], scoper: Scoper
 ) -> tuple[WSGIEnvironment, Identity, str] | Response:
-    """Check the key and body; return the environ with the buffered body, identity, fingerprint."""
+    """Check the key, body and scope; return the environ with the buffered body, the identity
+    and the fingerprint, or the problem to answer (nothing stored)."""
     key = read_key(values, settings)
     if isinstance(key, Response):
         return key
@@ -51,7 +57,10 @@ def prepare_request(
         return body
     environ = {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
     request = request_view(environ)
-    return environ, new_identity(settings, request, key), settings.fingerprint_of(request, body)
+    identity = new_identity(settings, request, key, scoper)
+    if isinstance(identity, Response):
+        return identity
+    return environ, identity, settings.fingerprint_of(request, body)
 
 
 def path_of(environ: WSGIEnvironment) -> str:
@@ -75,7 +84,18 @@ def request_view(environ: WSGIEnvironment) -> RequestView:
         query_string=environ.get("QUERY_STRING", "").encode("latin-1"),
         headers=headers,
         raw=environ,
+        principal=principal_of(environ.get(PRINCIPAL_KEY) or environ.get("REMOTE_USER")),
+        raw_path=_raw_path(environ),
     )
+
+
+def _raw_path(environ: WSGIEnvironment) -> bytes | None:
+    """Return the path as sent, where the server keeps it (gunicorn `RAW_URI`, uWSGI and
+    others `REQUEST_URI`), without its query; None under servers that give only PATH_INFO."""
+    uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if not uri or not uri.startswith("/"):
+        return None
+    return str(uri).split("?", 1)[0].encode("latin-1")
 
 
 def read_body(environ: WSGIEnvironment, settings: Settings) -> bytes | Response:

@@ -1,4 +1,11 @@
-"""`retrysafe keys`: inspect and clean a store (list, show, delete, purge, stats)."""
+"""`retrysafe keys`: inspect and clean a store (list, show, delete, purge, stats).
+
+The namespace `retrysafe.internal` holds the scope secret the HTTP middleware keeps in the store
+when no `scope_secret` is configured (B8). It is not the app's data: `list`, `show` and `stats`
+leave it out unless `--namespace retrysafe.internal` is given, and `delete` refuses to remove
+it, since without it every keyed request fails closed. `purge` never reaches it: its retention
+is a century.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe._record import Identity, Record, State
 from retrysafe.cli._common import (
     EXIT_USAGE,
@@ -25,10 +33,13 @@ from retrysafe.cli._common import (
 )
 from retrysafe.cli._render import describe_outcome
 from retrysafe.stores import Store, open_store
+from retrysafe.stores.base import StoreStats
 
 __all__ = ["app", "describe_outcome", "record_json"]
 
 SEARCH_LIMIT = 10_000  # records scanned to find a key when its scope or namespace is not given
+INTERNAL = SECRET_IDENTITY.namespace
+"""retrysafe's own records (the scope secret): hidden unless asked for by name."""
 
 app = typer.Typer(
     name="keys",
@@ -107,7 +118,8 @@ def list_(
     min_age = parse_duration(older_than) if older_than is not None else None
     with _opened(store_url) as store:
         now = store.clock.now()
-        records = store.list_records(
+        records = _visible_records(
+            store,
             namespace=namespace,
             scope=scope,
             state=state,
@@ -166,7 +178,7 @@ def show(
         record = _find(store, key, scope, namespace)
         now = store.clock.now()
     data = record_json(record, now)
-    data["outcome"] = describe_outcome(record.outcome) if record.outcome is not None else None
+    data["outcome"] = _outcome_json(record)
     if as_json:
         print_json(data)
         return
@@ -208,11 +220,19 @@ def delete(
 
     This is how to unstick a key whose first request died holding its lease. If that request
     is in fact still running, deleting its record lets a retry run the effect a second time.
+    The scope secret (namespace retrysafe.internal) is never deleted.
 
     Example: retrysafe keys delete 0ccb7813-2b7e --scope 9f2c... --store sqlite:///retrysafe.db
     """
     with _opened(store_url) as store:
         record = _find(store, key, scope, namespace)
+        if record.identity.namespace == INTERNAL:
+            fail(
+                f"Refusing to delete {record.identity.key!r} in {INTERNAL!r}: it is the scope "
+                "secret, and without it every keyed request fails closed (503) while records "
+                "exist, since a new secret would change every scope.",
+                EXIT_USAGE,
+            )
         now = store.clock.now()
         deleted = store.delete(record.identity)
     live_lease = record.state is State.IN_FLIGHT and record.lease_expires_at > now
@@ -243,6 +263,7 @@ def purge(
     """Delete every record past its retention, in bounded batches.
 
     Expired records are already invisible (expiry is enforced on read); purging frees the space.
+    The scope secret is kept for a century, so a purge never deletes it.
 
     Example: retrysafe keys purge --store postgresql://app@db/app
     """
@@ -260,13 +281,26 @@ def purge(
 
 
 @app.command()
-def stats(store_url: StoreOption, as_json: JsonOption = False) -> None:
+def stats(
+    store_url: StoreOption,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            help=f"Only {INTERNAL}: count retrysafe's own records (the scope secret), which "
+            "the counts otherwise leave out.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
     """Show counts by state, the oldest in-flight claim, and the bytes of stored outcomes.
 
     Example: retrysafe keys stats --store redis://localhost:6379/0
     """
+    if namespace not in (None, INTERNAL):
+        fail(f"stats counts the whole store; --namespace takes only {INTERNAL!r}.", EXIT_USAGE)
     with _opened(store_url) as store:
-        result = store.stats()
+        result = _app_stats(store) if namespace is None else _stats_of(_internal_records(store))
         now = store.clock.now()
     oldest = result.oldest_in_flight_at
     data: dict[str, object] = {
@@ -313,6 +347,75 @@ def record_json(record: Record, now: float) -> dict[str, object]:
     }
 
 
+def _hidden(record: Record, namespace: str | None) -> bool:
+    """Whether `record` is left out: retrysafe's own, and its namespace was not asked for."""
+    return record.identity.namespace == INTERNAL and namespace != INTERNAL
+
+
+def _visible_records(
+    store: Store,
+    *,
+    namespace: str | None,
+    scope: str | None,
+    state: State | None,
+    created_before: float | None,
+    limit: int,
+) -> list[Record]:
+    """Return the newest `limit` records matching the filters, without the hidden ones."""
+    asked = limit
+    while True:
+        records = store.list_records(
+            namespace=namespace,
+            scope=scope,
+            state=state,
+            created_before=created_before,
+            limit=asked,
+        )
+        visible = [r for r in records if not _hidden(r, namespace)]
+        if len(visible) >= limit or len(records) < asked:
+            return visible[:limit]
+        asked = limit + len(records) - len(visible)  # more than before: some were hidden
+
+
+def _internal_records(store: Store) -> list[Record]:
+    return store.list_records(namespace=INTERNAL, limit=SEARCH_LIMIT)
+
+
+def _stats_of(records: list[Record]) -> StoreStats:
+    """Return the counts of `records`, as `Store.stats` counts a whole store."""
+    in_flight = [r.created_at for r in records if r.state is State.IN_FLIGHT]
+    return StoreStats(
+        in_flight=len(in_flight),
+        done=len(records) - len(in_flight),
+        bytes_stored=sum(r.size for r in records),
+        oldest_in_flight_at=min(in_flight, default=None),
+    )
+
+
+def _app_stats(store: Store) -> StoreStats:
+    """Return the store's counts without retrysafe's own records."""
+    whole, internal = store.stats(), _stats_of(_internal_records(store))
+    oldest = whole.oldest_in_flight_at
+    if oldest is not None and oldest == internal.oldest_in_flight_at:  # find the app's oldest
+        claims = store.list_records(state=State.IN_FLIGHT, limit=SEARCH_LIMIT)
+        oldest = min((r.created_at for r in claims if not _hidden(r, None)), default=None)
+    return StoreStats(
+        in_flight=whole.in_flight - internal.in_flight,
+        done=whole.done - internal.done,
+        bytes_stored=whole.bytes_stored - internal.bytes_stored,
+        oldest_in_flight_at=oldest,
+    )
+
+
+def _outcome_json(record: Record) -> dict[str, object] | None:
+    """Return the stored outcome as JSON-ready data; the scope secret is never printed."""
+    if record.outcome is None:
+        return None
+    if record.identity.namespace == INTERNAL:
+        return {"kind": "secret", "bytes": len(record.outcome)}
+    return describe_outcome(record.outcome)
+
+
 def _find(store: Store, key: str, scope: str | None, namespace: str | None) -> Record:
     if scope is not None and namespace is not None:
         record = store.get(Identity(namespace, scope, key))
@@ -322,7 +425,7 @@ def _find(store: Store, key: str, scope: str | None, namespace: str | None) -> R
     matches = [
         r
         for r in store.list_records(namespace=namespace, scope=scope, limit=SEARCH_LIMIT)
-        if r.identity.key == key
+        if r.identity.key == key and not _hidden(r, namespace)
     ]
     if not matches:
         where = "".join(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 import uvicorn
@@ -22,6 +22,9 @@ Examples:
 
     retrysafe proxy --upstream http://api.internal:8000 --port 8080 \\
         --store redis://cache:6379/0 --require-key --wait 0 --scope-header X-API-Key
+
+    RETRYSAFE_SCOPE_SECRET=... retrysafe proxy --upstream http://127.0.0.1:3000 \
+        --anonymous shared
 """
 
 
@@ -73,11 +76,21 @@ def proxy(
             help="Scope keys by this request header (default: Authorization).",
         ),
     ] = None,
+    anonymous: Annotated[
+        Literal["reject", "shared"],
+        typer.Option(
+            "--anonymous",
+            help="A keyed request without the scope header: reject it (400 scope-missing) "
+            "or let all such requests share one anonymous scope.",
+        ),
+    ] = "reject",
 ) -> None:
     """Put the idempotency middleware in front of any HTTP service.
 
     POST and PATCH requests with an Idempotency-Key reach the upstream once; retries get the
-    first response again, marked Idempotent-Replayed: true.
+    first response again, marked Idempotent-Replayed: true. Keys are scoped by the caller's
+    credential header, hashed with the secret in RETRYSAFE_SCOPE_SECRET (else one kept in the
+    store).
     """
     with errors_as_one_line():
         try:
@@ -86,6 +99,7 @@ def proxy(
                 "retention": retention,
                 "lease": lease,
                 "wait": wait,
+                "anonymous": anonymous,
             }
             if scope_header:
                 options["scope_header"] = scope_header

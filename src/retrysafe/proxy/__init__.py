@@ -9,6 +9,10 @@
 `build_proxy` wraps it in `retrysafe.asgi.IdempotencyMiddleware`, so a retried POST or PATCH
 with the same key reaches the upstream once. `retrysafe proxy` serves it with uvicorn.
 
+The proxy sees no authenticated user, so keys are scoped by the caller's credential header
+(`scope_header`, default `Authorization`, hashed with the deployment's secret); a keyed request
+without one gets the 400 `scope-missing` problem unless `anonymous="shared"` (B8).
+
 Forwarding follows RFC 9110 section 7.6: hop-by-hop headers (Connection, Keep-Alive,
 Transfer-Encoding, Upgrade, TE, Trailer, Proxy-*, and any header the Connection header names)
 are dropped both ways; `Host` is the upstream's; `X-Forwarded-For` gets the client's address

@@ -1,0 +1,96 @@
+"""The scope secret kept in the store when no setting names one (B8).
+
+Generated on first use and stored with one atomic insert-if-absent: a claim of a reserved
+identity, completed with 32 random bytes and kept for a century. Every process that shares the
+store then hashes scopes with the same secret. If the secret is missing while other records
+exist (a purge or a `keys delete` took it), that is a store error: a new secret would silently
+change every scope, so a retry would run its effect again. Restore it, or set one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from retrysafe._engine import Decision
+from retrysafe._errors import StoreError
+from retrysafe._flow.admission import Admission
+from retrysafe._flow.drivers import AsyncFlow, SyncFlow
+from retrysafe._record import Identity, Record
+
+__all__ = [
+    "SECRET_FINGERPRINT",
+    "SECRET_IDENTITY",
+    "SECRET_RETENTION",
+    "aload_secret",
+    "load_secret",
+]
+
+SECRET_IDENTITY: Final = Identity("retrysafe.internal", "-", "scope-secret")
+"""Where the generated scope secret lives in the store; `keys delete` must not remove it."""
+SECRET_FINGERPRINT: Final = "scope-secret"  # noqa: S105 - a fingerprint, not a password
+SECRET_RETENTION: Final = 100 * 365 * 24 * 3600.0
+"""A century: the secret outlives every record hashed with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    lease: float = 30.0
+    retention: float = SECRET_RETENTION
+    wait: float = 10.0
+
+
+_TERMS: Final = _Terms()
+
+
+def _known(admitted: Admission) -> bytes | None:
+    """Return the stored secret, None when this caller must create it; raise otherwise."""
+    if admitted.decision is Decision.EXECUTE:
+        return None
+    record = admitted.record
+    if admitted.decision is Decision.REPLAY and record is not None and record.outcome:
+        return record.outcome
+    raise StoreError("The scope secret in the store cannot be read; set scope_secret.")
+
+
+def _check_fresh(records: Sequence[Record]) -> bytes:
+    """Return a new secret if the store holds no other record; raise if it does."""
+    if any(record.identity != SECRET_IDENTITY for record in records):
+        raise StoreError(
+            "The scope secret is missing from the store, but records exist: a new secret would "
+            "change every scope. Restore the secret record or set scope_secret "
+            "(RETRYSAFE_SCOPE_SECRET) to the one in use."
+        )
+    return secrets.token_bytes(32)
+
+
+def load_secret(flow: SyncFlow) -> bytes:
+    """Return the store's scope secret, creating it if the store is empty."""
+    admitted = flow.admit(SECRET_IDENTITY, SECRET_FINGERPRINT, _TERMS)
+    known = _known(admitted)
+    if known is not None:
+        return known
+    try:
+        secret = _check_fresh(flow.store.list_records(limit=2))
+    except StoreError:
+        flow.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
+        raise
+    flow.store.complete(SECRET_IDENTITY, admitted.token, secret, retention=_TERMS.retention)
+    return secret
+
+
+async def aload_secret(flow: AsyncFlow) -> bytes:
+    """Return the store's scope secret, creating it if the store is empty (see `load_secret`)."""
+    admitted = await flow.admit(SECRET_IDENTITY, SECRET_FINGERPRINT, _TERMS)
+    known = _known(admitted)
+    if known is not None:
+        return known
+    try:
+        secret = _check_fresh(await flow.store.list_records(limit=2))
+    except StoreError:
+        await flow.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
+        raise
+    await flow.store.complete(SECRET_IDENTITY, admitted.token, secret, retention=_TERMS.retention)
+    return secret

@@ -95,6 +95,10 @@ class Finisher(Generic[StoreT]):
         self.counters = counters or Counters()
         self.logger = logger
         self.raise_fenced = raise_fenced
+        self._setup()
+
+    def _setup(self) -> None:
+        """Set up what a subclass adds; called last by `__init__`."""
 
     def admitted(self, result: Admission) -> Admission:
         if result.decision is Decision.REPLAY:

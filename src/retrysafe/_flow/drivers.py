@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
@@ -23,7 +22,7 @@ import anyio.to_thread
 from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreError
 from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance
-from retrysafe._flow.counters import LOGGER, Count, Counters
+from retrysafe._flow.counters import Count
 from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step
 from retrysafe._heartbeat import HOLDER, THREADS, AsyncHeartbeat, ThreadJob, every
 from retrysafe._record import Claim, Identity, Record
@@ -208,15 +207,8 @@ class AsyncFlow(Holder[AsyncStore]):
 
     __slots__ = ("_tasks",)
 
-    def __init__(
-        self,
-        store: AsyncStore,
-        *,
-        counters: Counters | None = None,
-        logger: logging.Logger = LOGGER,
-        raise_fenced: bool = False,
-    ) -> None:
-        super().__init__(store, counters=counters, logger=logger, raise_fenced=raise_fenced)
+    def _setup(self) -> None:
+        super()._setup()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:

@@ -26,7 +26,6 @@ operation again.
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import random
 import threading
@@ -38,7 +37,7 @@ from retrysafe._concurrency import monotonic
 from retrysafe._engine import Decision, decide
 from retrysafe._errors import FencedError
 from retrysafe._flow.admission import Admission
-from retrysafe._flow.counters import LOGGER, Count, Counters, Finisher
+from retrysafe._flow.counters import Count, Finisher
 from retrysafe._record import Claim, Identity, Record, State
 
 __all__ = ["DEFAULT_DRAIN", "RETRY_CAP", "RETRY_FIRST", "Held", "Holder", "Holdings", "Step"]
@@ -269,15 +268,8 @@ class Holder(Finisher[StoreT]):
 
     __slots__ = ("drain_timeout", "holdings")
 
-    def __init__(
-        self,
-        store: StoreT,
-        *,
-        counters: Counters | None = None,
-        logger: logging.Logger = LOGGER,
-        raise_fenced: bool = False,
-    ) -> None:
-        super().__init__(store, counters=counters, logger=logger, raise_fenced=raise_fenced)
+    def _setup(self) -> None:
+        super()._setup()
         self.holdings = Holdings()
         """The outcomes this flow holds (B19); `len(flow.holdings)` counts them."""
         self.drain_timeout = DEFAULT_DRAIN

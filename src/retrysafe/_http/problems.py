@@ -31,6 +31,13 @@ __all__ = [
 
 # Seconds a client should wait before retrying, per problem.
 _RETRY_STORE: Final = 2
+_IN_FLIGHT: Final = (
+    "The first request with this Idempotency-Key is still being processed. Retry later to get "
+    "its response."
+)
+_UNAVAILABLE: Final = (
+    "The idempotency store cannot be reached, so the request was not processed. Retry later."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,23 +184,12 @@ def mismatch(settings: Settings) -> Response:
 
 def in_flight(settings: Settings) -> Response:
     """Return the 409 problem for a duplicate of a request still running (B14)."""
-    return problem(
-        "request-in-flight",
-        settings,
-        "The first request with this Idempotency-Key is still being processed. Retry later to "
-        "get its response.",
-        retry_after=IN_FLIGHT_RETRY_AFTER,
-    )
+    return problem("request-in-flight", settings, _IN_FLIGHT, retry_after=IN_FLIGHT_RETRY_AFTER)
 
 
 def store_unavailable(settings: Settings) -> Response:
     """Return the 503 problem for a store that cannot be reached (B20)."""
-    return problem(
-        "store-unavailable",
-        settings,
-        "The idempotency store cannot be reached, so the request was not processed. Retry later.",
-        retry_after=_RETRY_STORE,
-    )
+    return problem("store-unavailable", settings, _UNAVAILABLE, retry_after=_RETRY_STORE)
 
 
 def too_many_in_flight(settings: Settings) -> Response:

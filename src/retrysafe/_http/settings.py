@@ -14,23 +14,6 @@ from retrysafe._fingerprint import fingerprint_request
 from retrysafe._flow.admission import DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_WAIT
 from retrysafe._keys import KeyPolicy
 
-__all__ = [
-    "ANONYMOUS_SCOPE",
-    "DEFAULT_PROBLEM_BASE_URL",
-    "DEFAULT_STORED_HEADERS",
-    "KEY_HEADER",
-    "MIB",
-    "NEVER_STORED_HEADERS",
-    "REPRESENTATION_HEADERS",
-    "Header",
-    "OutcomePolicy",
-    "RequestView",
-    "RouteSettings",
-    "Settings",
-    "SettingsOptions",
-    "logger",
-]
-
 logger = logging.getLogger("retrysafe.http")
 """Where the HTTP middleware logs failures to store, release and renew."""
 

@@ -23,7 +23,8 @@ request = function()
   if mode == "get" then
     return wrk.format("GET", "/payments")
   end
-  local headers = { ["Content-Type"] = "application/json" }
+  -- A credential on every POST: keyed requests need a caller to be scoped to (B8).
+  local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer bench" }
   if mode == "first" then
     headers["Idempotency-Key"] = run .. "-" .. thread_id .. "-" .. counter
   elseif mode == "replay" then

@@ -297,7 +297,8 @@ def prepare_replays(server: Server, run: str) -> None:
     """Complete the keys the replay scenario uses, and check that they replay."""
     import httpx
 
-    headers = {"Content-Type": "application/json"}
+    # A credential on every request: keyed requests need a caller to be scoped to (B8).
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=10) as client:
         for index in range(REPLAY_KEYS):
             key = {"Idempotency-Key": f"{run}-replay-{index}"}

@@ -199,61 +199,11 @@ def test_other_sqlite_errors_are_store_errors(store: SQLiteStore, db_path: Path)
     assert isinstance(caught.value.__cause__, sqlite3.Error)
 
 
-def test_closed_store_refuses_work(store: SQLiteStore) -> None:
-    """After close, every primitive raises StoreError."""
-    store.get(ident())
-    store.close()
-    with pytest.raises(StoreError, match="closed"):
-        store.get(ident())
-
-
-def test_close_closes_every_threads_connection(store: SQLiteStore, db_path: Path) -> None:
-    """close() closes the connections of all threads: SQLite then folds the WAL file away."""
-    store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    threads = [threading.Thread(target=store.get, args=(ident(f"k{n}"),)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert Path(f"{db_path}-wal").exists()
-    store.close()
-    assert not Path(f"{db_path}-wal").exists()
-
-
 def test_database_is_in_wal_mode(store: SQLiteStore, db_path: Path) -> None:
     """The store switches the file to WAL, so readers never wait for the writer."""
     store.get(ident())
     with contextlib.closing(sqlite3.connect(db_path)) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
-def test_forked_child_opens_its_own_connection(store: SQLiteStore) -> None:
-    """A child forked after the store was used never touches the parent's connection."""
-    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    parent_connection = store._connection()  # white box: which connection a call would use
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child process
-        verdict = b"error"
-        try:
-            own = store._connection() is not parent_connection
-            record = store.get(ident())
-            child = store.claim(ident("child"), "fp", lease=LEASE, retention=RETENTION)
-            seen = record is not None and record.token == claim.token
-            store.close()
-            verdict = b"ok" if own and seen and child.acquired else b"wrong"
-        finally:
-            os.write(write, verdict)
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        verdict = pipe.read()
-    os.waitpid(pid, 0)
-    assert verdict == b"ok"
-    assert store._connection() is parent_connection
-    assert store.get(ident("child")) is not None
 
 
 # URLs

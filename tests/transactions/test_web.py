@@ -314,7 +314,7 @@ def test_transactional_routes_coexist_with_the_http_middleware(tmp_path: Path) -
             assert http.post("/other", headers=other_key).json() == {"calls": 1}
         # One table: the middleware sees the transactional record, made for another request.
         assert http.post("/other", headers=HEADERS).status_code == 422
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM payments").fetchone() == (1,)
 
 

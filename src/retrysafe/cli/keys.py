@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from retrysafe._flow.secret import SECRET_IDENTITY
-from retrysafe._record import Identity, Record, State
+from retrysafe._record import State
 from retrysafe.cli._common import (
     EXIT_USAGE,
     console,
@@ -31,14 +29,24 @@ from retrysafe.cli._common import (
     parse_duration,
     print_json,
 )
+from retrysafe.cli._records import (
+    INTERNAL,
+    app_stats,
+    find,
+    internal_records,
+    iso,
+    lease_text,
+    outcome_json,
+    record_json,
+    state_text,
+    visible_records,
+)
 from retrysafe.cli._render import describe_outcome
 from retrysafe.stores import Store, open_store
-from retrysafe.stores.base import StoreStats
+from retrysafe.stores.base import stats_of
 
 __all__ = ["app", "describe_outcome", "record_json"]
 
-SEARCH_LIMIT = 10_000  # records scanned to find a key when its scope or namespace is not given
-INTERNAL = SECRET_IDENTITY.namespace
 """retrysafe's own records (the scope secret): hidden unless asked for by name."""
 
 app = typer.Typer(
@@ -118,7 +126,7 @@ def list_(
     min_age = parse_duration(older_than) if older_than is not None else None
     with _opened(store_url) as store:
         now = store.clock.now()
-        records = _visible_records(
+        records = visible_records(
             store,
             namespace=namespace,
             scope=scope,
@@ -146,7 +154,7 @@ def list_(
         row = [
             record.identity.scope,
             record.identity.key,
-            _state_text(record, now),
+            state_text(record, now),
             human_duration(now - record.created_at),
             human_duration(record.expires_at - now),
             record.token[:8],
@@ -175,10 +183,10 @@ def show(
     Example: retrysafe keys show 0ccb7813-2b7e --store sqlite:///retrysafe.db
     """
     with _opened(store_url) as store:
-        record = _find(store, key, scope, namespace)
+        record = find(store, key, scope, namespace)
         now = store.clock.now()
     data = record_json(record, now)
-    data["outcome"] = _outcome_json(record)
+    data["outcome"] = outcome_json(record)
     if as_json:
         print_json(data)
         return
@@ -186,11 +194,11 @@ def show(
         ("namespace", record.identity.namespace),
         ("scope", record.identity.scope),
         ("key", record.identity.key),
-        ("state", _state_text(record, now)),
+        ("state", state_text(record, now)),
         ("fingerprint", record.fingerprint),
-        ("claimed", f"{_iso(record.created_at)} ({human_duration(now - record.created_at)} ago)"),
-        ("lease owner", _lease_text(record, now)),
-        ("expires", f"{_iso(record.expires_at)} (in {human_duration(record.expires_at - now)})"),
+        ("claimed", f"{iso(record.created_at)} ({human_duration(now - record.created_at)} ago)"),
+        ("lease owner", lease_text(record, now)),
+        ("expires", f"{iso(record.expires_at)} (in {human_duration(record.expires_at - now)})"),
         ("recovery point", record.recovery_point),
         ("size", human_bytes(record.size)),
     ]
@@ -225,7 +233,7 @@ def delete(
     Example: retrysafe keys delete 0ccb7813-2b7e --scope 9f2c... --store sqlite:///retrysafe.db
     """
     with _opened(store_url) as store:
-        record = _find(store, key, scope, namespace)
+        record = find(store, key, scope, namespace)
         if record.identity.namespace == INTERNAL:
             fail(
                 f"Refusing to delete {record.identity.key!r} in {INTERNAL!r}: it is the scope "
@@ -300,7 +308,7 @@ def stats(
     if namespace not in (None, INTERNAL):
         fail(f"stats counts the whole store; --namespace takes only {INTERNAL!r}.", EXIT_USAGE)
     with _opened(store_url) as store:
-        result = _app_stats(store) if namespace is None else _stats_of(_internal_records(store))
+        result = app_stats(store) if namespace is None else stats_of(internal_records(store))
         now = store.clock.now()
     oldest = result.oldest_in_flight_at
     data: dict[str, object] = {
@@ -308,7 +316,7 @@ def stats(
         "done": result.done,
         "total": result.in_flight + result.done,
         "bytes_stored": result.bytes_stored,
-        "oldest_in_flight_at": None if oldest is None else _iso(oldest),
+        "oldest_in_flight_at": None if oldest is None else iso(oldest),
         "oldest_in_flight_age_seconds": None if oldest is None else round(now - oldest, 3),
     }
     if as_json:
@@ -326,144 +334,3 @@ def stats(
         "none" if oldest is None else f"claimed {human_duration(now - oldest)} ago",
     )
     console.print(table)
-
-
-def record_json(record: Record, now: float) -> dict[str, object]:
-    """Return a record as JSON-ready data (times as ISO 8601 UTC, with ages in seconds)."""
-    return {
-        "namespace": record.identity.namespace,
-        "scope": record.identity.scope,
-        "key": record.identity.key,
-        "state": record.state.value,
-        "fingerprint": record.fingerprint,
-        "lease_owner": record.token,
-        "created_at": _iso(record.created_at),
-        "age_seconds": round(now - record.created_at, 3),
-        "lease_expires_at": _iso(record.lease_expires_at),
-        "lease_live": record.state is State.IN_FLIGHT and record.lease_expires_at > now,
-        "expires_at": _iso(record.expires_at),
-        "size": record.size,
-        "recovery_point": record.recovery_point,
-    }
-
-
-def _hidden(record: Record, namespace: str | None) -> bool:
-    """Whether `record` is left out: retrysafe's own, and its namespace was not asked for."""
-    return record.identity.namespace == INTERNAL and namespace != INTERNAL
-
-
-def _visible_records(
-    store: Store,
-    *,
-    namespace: str | None,
-    scope: str | None,
-    state: State | None,
-    created_before: float | None,
-    limit: int,
-) -> list[Record]:
-    """Return the newest `limit` records matching the filters, without the hidden ones."""
-    asked = limit
-    while True:
-        records = store.list_records(
-            namespace=namespace,
-            scope=scope,
-            state=state,
-            created_before=created_before,
-            limit=asked,
-        )
-        visible = [r for r in records if not _hidden(r, namespace)]
-        if len(visible) >= limit or len(records) < asked:
-            return visible[:limit]
-        asked = limit + len(records) - len(visible)  # more than before: some were hidden
-
-
-def _internal_records(store: Store) -> list[Record]:
-    return store.list_records(namespace=INTERNAL, limit=SEARCH_LIMIT)
-
-
-def _stats_of(records: list[Record]) -> StoreStats:
-    """Return the counts of `records`, as `Store.stats` counts a whole store."""
-    in_flight = [r.created_at for r in records if r.state is State.IN_FLIGHT]
-    return StoreStats(
-        in_flight=len(in_flight),
-        done=len(records) - len(in_flight),
-        bytes_stored=sum(r.size for r in records),
-        oldest_in_flight_at=min(in_flight, default=None),
-    )
-
-
-def _app_stats(store: Store) -> StoreStats:
-    """Return the store's counts without retrysafe's own records."""
-    whole, internal = store.stats(), _stats_of(_internal_records(store))
-    oldest = whole.oldest_in_flight_at
-    if oldest is not None and oldest == internal.oldest_in_flight_at:  # find the app's oldest
-        claims = store.list_records(state=State.IN_FLIGHT, limit=SEARCH_LIMIT)
-        oldest = min((r.created_at for r in claims if not _hidden(r, None)), default=None)
-    return StoreStats(
-        in_flight=whole.in_flight - internal.in_flight,
-        done=whole.done - internal.done,
-        bytes_stored=whole.bytes_stored - internal.bytes_stored,
-        oldest_in_flight_at=oldest,
-    )
-
-
-def _outcome_json(record: Record) -> dict[str, object] | None:
-    """Return the stored outcome as JSON-ready data; the scope secret is never printed."""
-    if record.outcome is None:
-        return None
-    if record.identity.namespace == INTERNAL:
-        return {"kind": "secret", "bytes": len(record.outcome)}
-    return describe_outcome(record.outcome)
-
-
-def _find(store: Store, key: str, scope: str | None, namespace: str | None) -> Record:
-    if scope is not None and namespace is not None:
-        record = store.get(Identity(namespace, scope, key))
-        if record is None:
-            fail(f"No live record for key {key!r} in scope {scope!r}, namespace {namespace!r}.")
-        return record
-    matches = [
-        r
-        for r in store.list_records(namespace=namespace, scope=scope, limit=SEARCH_LIMIT)
-        if r.identity.key == key and not _hidden(r, namespace)
-    ]
-    if not matches:
-        where = "".join(
-            f", {name} {value!r}"
-            for name, value in (("scope", scope), ("namespace", namespace))
-            if value is not None
-        )
-        fail(f"No live record for key {key!r}{where}.")
-    if len(matches) > 1:
-        places = "; ".join(
-            f"scope {r.identity.scope!r} namespace {r.identity.namespace!r}" for r in matches[:5]
-        )
-        fail(
-            f"Key {key!r} exists in {len(matches)} places ({places}); "
-            "pass --scope and --namespace to choose one.",
-            EXIT_USAGE,
-        )
-    return matches[0]
-
-
-def _state_text(record: Record, now: float) -> str:
-    if record.state is State.DONE:
-        return "done"
-    if record.lease_expires_at > now:
-        return f"in flight ({human_duration(record.lease_expires_at - now)} left)"
-    return "in flight (lease expired)"
-
-
-def _lease_text(record: Record, now: float) -> str:
-    owner = record.token[:12]
-    if record.state is State.DONE:
-        return f"{owner} (completed)"
-    if record.lease_expires_at > now:
-        return f"{owner} (lease {human_duration(record.lease_expires_at - now)} left)"
-    return f"{owner} (lease expired {human_duration(now - record.lease_expires_at)} ago)"
-
-
-def _iso(timestamp: float) -> str:
-    return (
-        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )

@@ -10,13 +10,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.integrations._routes import (
-    UNMARKED,
-    RouteCache,
-    Unmarked,
-    missing_framework,
-    view_mark,
-)
+from retrysafe.integrations import _routes
+from retrysafe.integrations._routes import RouteCache, Unmarked
 
 # Django ships no type information (django-stubs is a separate project).
 try:
@@ -24,7 +19,7 @@ try:
     from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
     from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
 except ImportError as error:  # pragma: no cover - depends on the environment
-    raise missing_framework("retrysafe.integrations.django", "Django") from error
+    raise _routes.missing_framework("retrysafe.integrations.django", "Django") from error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -77,8 +72,8 @@ def _find_mark(path_info: str) -> RouteSettings | Unmarked | None:
     try:
         view: Any = resolve(path_info).func
     except Resolver404:  # Django answers 404 itself
-        return UNMARKED
-    return view_mark(view)
+        return _routes.UNMARKED
+    return _routes.view_mark(view)
 
 
 def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions]:

@@ -148,14 +148,9 @@ def install(
     middleware runs before Litestar's own, so it cannot see `scope["user"]`: for an app with
     authentication, use `IdempotencyPlugin`.
 
-    Args:
-        app: the Litestar app.
-        store: where records live (`retrysafe.open_async_store(url)`).
-        routes: path patterns for handlers without the option.
-        options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
-
-    Raises:
-        ConfigurationError: `app` has an authentication middleware (and no `scope_function`).
+    `store` is an async store (`retrysafe.open_async_store(url)`), `routes` path patterns for
+    handlers without the option, `options` the middleware's settings (`wait=0`, ...). Raises
+    `ConfigurationError` when `app` has an authentication middleware and no `scope_function`.
     """
     authentication = _authentication_of(app)
     if authentication is not None and options.get("scope_function") is None:

@@ -62,11 +62,6 @@ def open_store(url: str, *, clock: Clock | None = None) -> Store:
 
 
 def open_async_store(url: str, *, clock: Clock | None = None) -> AsyncStore:
-    """Return an async store for `url` (see the table above).
-
-    Args:
-        url: the store URL; its query string carries backend options.
-        clock: the time source (default: the system clock).
-    """
+    """Return an async store for `url` (see the table above); the arguments are `open_store`'s."""
     store: AsyncStore = _store_class(url, sync=False).from_url(url, clock=clock)
     return store

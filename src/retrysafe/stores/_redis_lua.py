@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
 from retrysafe._record import Identity, Record, State
-from retrysafe.stores.base import FENCED, decode_part
+from retrysafe.stores.base import FENCED, RECORD_FIELDS, decode_part
 
 __all__ = [
     "CHECKPOINT",
@@ -37,7 +37,6 @@ __all__ = [
     "DELETE",
     "GRACE_MS",
     "PURGE",
-    "RECORD_FIELDS",
     "RELEASE",
     "RENEW",
     "WATCH",
@@ -54,18 +53,6 @@ GRACE_MS = 5_000
 
 _PERSIST_FROM_MS = 1e15
 """A physical expiry this far away (about 31,700 years) is no expiry at all: PERSIST."""
-
-RECORD_FIELDS = (
-    "fingerprint",
-    "state",
-    "token",
-    "created_at",
-    "lease_expires_at",
-    "expires_at",
-    "outcome",
-    "recovery_point",
-)
-"""The fields that `record_from_values` reads, in its order (the identity is the caller's)."""
 
 _HMGET_RECORD = "redis.call('HMGET', KEYS[1], " + ", ".join(f"'{f}'" for f in RECORD_FIELDS) + ")"
 
@@ -119,9 +106,12 @@ if rec[1] ~= ARGV[2] or rec[2] ~= 'in_flight' or tonumber(rec[3]) <= tonumber(AR
 end
 """
 
+# COMPLETE, RENEW and CHECKPOINT return {0} when fenced, else {1, <HELD>}: the record's
+# fingerprint, created_at, lease_expires_at, expires_at and recovery_point as the script left
+# them (its identity, state, token and outcome are the caller's).
+
 # ARGV: now, token, outcome, expires_at, channel, ttl_ms.
-# Returns {0} when fenced, else {1, fingerprint, created_at, recovery_point}; publishes on the
-# channel if a waiter marked the record.
+# Returns {1, <HELD>} or {0}; publishes on the channel if a waiter marked the record.
 COMPLETE = (
     _EXPIRE
     + """
@@ -136,7 +126,7 @@ expire(ARGV[6])
 if rec[7] then
   redis.call('PUBLISH', ARGV[5], 'done')
 end
-return {1, rec[4], rec[5], rec[6]}
+return {1, rec[4], rec[5], ARGV[1], ARGV[4], rec[6]}
 """
 )
 
@@ -155,8 +145,7 @@ return {1}
 """
 )
 
-# ARGV: now, token, lease_expires_at (now + lease).
-# Returns {0} when fenced, else {1, fingerprint, created_at, expires_at, recovery_point}.
+# ARGV: now, token, lease_expires_at (now + lease). Returns {1, <HELD>} or {0}.
 # Retention moves by as much as the lease moved forward, as in the memory store.
 RENEW = (
     _EXPIRE
@@ -171,12 +160,11 @@ redis.call('HSET', KEYS[1], 'lease_expires_at', ARGV[3], 'expires_at', stored)
 local ms = math.ceil((expires_at - now) * 1000) + {GRACE_MS}
 if ms < 1 then ms = 1 end
 if ms < {_PERSIST_FROM_MS:.0f} then expire(string.format('%d', ms)) else expire('0') end
-return {{1, rec[5], rec[6], stored, rec[7]}}
+return {{1, rec[5], rec[6], ARGV[3], stored, rec[7]}}
 """
 )
 
-# ARGV: now, token, recovery_point.
-# Returns {0} when fenced, else {1, fingerprint, created_at, lease_expires_at, expires_at}.
+# ARGV: now, token, recovery_point. Returns {1, <HELD>} or {0}.
 CHECKPOINT = (
     """
 local rec = redis.call('HMGET', KEYS[1], 'token', 'state', 'expires_at',
@@ -185,7 +173,7 @@ local rec = redis.call('HMGET', KEYS[1], 'token', 'state', 'expires_at',
     + _HELD
     + """
 redis.call('HSET', KEYS[1], 'recovery_point', ARGV[3])
-return {1, rec[4], rec[5], rec[6], rec[3]}
+return {1, rec[4], rec[5], rec[6], rec[3], ARGV[3]}
 """
 )
 

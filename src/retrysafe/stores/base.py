@@ -23,29 +23,46 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, TypedDict, Unpack, runtime_checkable
 from urllib.parse import parse_qsl
 
 from retrysafe._clock import Clock
+from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError
 from retrysafe._record import Claim, Identity, Record, State
 
 __all__ = [
     "FENCED",
+    "RECORD_FIELDS",
     "AsyncStore",
     "Listing",
+    "ListingOptions",
     "Store",
     "StoreStats",
+    "decide_claim",
     "decode_part",
     "encode_part",
     "new_token",
     "poll_delays",
     "query_options",
+    "stats_of",
 ]
 
 
 FENCED: Final = "This claim no longer holds the key: its lease was taken over or the record ended."
 """The message of the `FencedError` every store raises to a caller that lost its claim (B17)."""
+
+RECORD_FIELDS: Final = (
+    "fingerprint",
+    "state",
+    "token",
+    "created_at",
+    "lease_expires_at",
+    "expires_at",
+    "outcome",
+    "recovery_point",
+)
+"""The fields of a record after its identity, in the order the stores keep them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +80,16 @@ class StoreStats:
     done: int
     bytes_stored: int
     oldest_in_flight_at: float | None
+
+
+class ListingOptions(TypedDict, total=False):
+    """The keyword arguments of `list_records`: `Listing`'s filters and limit, all optional."""
+
+    namespace: str | None
+    scope: str | None
+    state: State | None
+    created_before: float | None
+    limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,15 +166,7 @@ class AsyncStore(Protocol):
         """Delete at most `limit` records past their retention; return how many."""
         ...
 
-    async def list_records(
-        self,
-        *,
-        namespace: str | None = None,
-        scope: str | None = None,
-        state: State | None = None,
-        created_before: float | None = None,
-        limit: int = 100,
-    ) -> list[Record]:
+    async def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first, at most `limit`."""
         ...
 
@@ -210,15 +229,7 @@ class Store(Protocol):
         """Delete at most `limit` records past their retention; return how many."""
         ...
 
-    def list_records(
-        self,
-        *,
-        namespace: str | None = None,
-        scope: str | None = None,
-        state: State | None = None,
-        created_before: float | None = None,
-        limit: int = 100,
-    ) -> list[Record]:
+    def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first, at most `limit`."""
         ...
 
@@ -244,6 +255,37 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
+def decide_claim(
+    identity: Identity,
+    fingerprint: str,
+    existing: Record | None,
+    now: float,
+    *,
+    lease: float,
+    retention: float,
+) -> Claim:
+    """Return what a claim on `identity` does, given its live record (`existing`) at `now`.
+
+    The existing record untouched if the claim may not take it (`may_take`); otherwise a new
+    in-flight record with a fresh token, for the caller to write. A takeover continues the
+    same operation: it keeps the creation time and the recovery point, so the new holder
+    resumes after the last committed phase (B30).
+    """
+    if existing is not None and not may_take(existing, fingerprint, now):
+        return Claim(existing, acquired=False)
+    record = Record(
+        identity=identity,
+        fingerprint=fingerprint,
+        state=State.IN_FLIGHT,
+        token=new_token(),
+        created_at=now if existing is None else existing.created_at,
+        lease_expires_at=now + lease,
+        expires_at=now + lease + retention,
+        recovery_point=None if existing is None else existing.recovery_point,
+    )
+    return Claim(record, acquired=True, taken_over=existing is not None)
+
+
 def encode_part(part: str) -> bytes:
     """Encode an identity part for storage; any string round-trips, NUL and lone surrogates too."""
     return part.encode("utf-8", "surrogatepass")
@@ -260,6 +302,17 @@ def poll_delays(first: float = 0.005, cap: float = 0.25) -> Iterator[float]:
     while True:
         yield delay
         delay = min(delay * 2, cap)
+
+
+def stats_of(records: list[Record]) -> StoreStats:
+    """Return the counts `stats` gives for a store that holds just `records` (all live)."""
+    in_flight = [r.created_at for r in records if r.state is State.IN_FLIGHT]
+    return StoreStats(
+        in_flight=len(in_flight),
+        done=len(records) - len(in_flight),
+        bytes_stored=sum(r.size for r in records),
+        oldest_in_flight_at=min(in_flight, default=None),
+    )
 
 
 def query_options(query: str, allowed: dict[str, type]) -> dict[str, object]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import Any, Unpack, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -19,7 +19,9 @@ from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._async import redis_admin as admin
 from retrysafe.stores.base import (
+    RECORD_FIELDS,
     Listing,
+    ListingOptions,
     StoreStats,
     decode_part,
     encode_part,
@@ -153,18 +155,7 @@ class AsyncRedisStore:
             self._keys.channel(key),
             lua.physical_ttl(expires_at, now),
         )
-        fingerprint, created_at, recovery_point = self._held(reply)
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fingerprint),
-            state=State.DONE,
-            token=token,
-            created_at=float(created_at),
-            lease_expires_at=now,
-            expires_at=expires_at,
-            outcome=outcome,
-            recovery_point=None if recovery_point is None else decode_part(recovery_point),
-        )
+        return _held_record(self._held(reply), identity, token, State.DONE, outcome)
 
     async def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record so a retry runs again; wake its waiters."""
@@ -177,19 +168,8 @@ class AsyncRedisStore:
     async def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease to `lease` seconds from now."""
         now = self.clock.now()
-        lease_expires_at = now + lease
-        reply = await self._run(self._renew, self._keys.key(identity), now, token, lease_expires_at)
-        fingerprint, created_at, expires_at, recovery_point = self._held(reply)
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fingerprint),
-            state=State.IN_FLIGHT,
-            token=token,
-            created_at=float(created_at),
-            lease_expires_at=lease_expires_at,
-            expires_at=float(expires_at),
-            recovery_point=None if recovery_point is None else decode_part(recovery_point),
-        )
+        reply = await self._run(self._renew, self._keys.key(identity), now, token, now + lease)
+        return _held_record(self._held(reply), identity, token, State.IN_FLIGHT)
 
     async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
         """Record the last committed phase of a multi-phase operation."""
@@ -200,22 +180,12 @@ class AsyncRedisStore:
             token,
             encode_part(recovery_point),
         )
-        fingerprint, created_at, lease_expires_at, expires_at = self._held(reply)
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fingerprint),
-            state=State.IN_FLIGHT,
-            token=token,
-            created_at=float(created_at),
-            lease_expires_at=float(lease_expires_at),
-            expires_at=float(expires_at),
-            recovery_point=recovery_point,
-        )
+        return _held_record(self._held(reply), identity, token, State.IN_FLIGHT)
 
     async def get(self, identity: Identity) -> Record | None:
         """Return the live record, or None (one HMGET; retention checked against the clock)."""
         with lua.translate_errors():
-            values = await self._redis.hmget(self._keys.key(identity), lua.RECORD_FIELDS)
+            values = await self._redis.hmget(self._keys.key(identity), RECORD_FIELDS)
         return self._live(cast("list[bytes | None]", values), identity)  # bytes: not decoding
 
     async def delete(self, identity: Identity) -> bool:
@@ -231,22 +201,14 @@ class AsyncRedisStore:
                 self._redis, self._keys, self._purge, now=now, limit=limit
             )
 
-    async def list_records(
-        self,
-        *,
-        namespace: str | None = None,
-        scope: str | None = None,
-        state: State | None = None,
-        created_before: float | None = None,
-        limit: int = 100,
-    ) -> list[Record]:
+    async def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first (SCAN: O(records))."""
         now = self.clock.now()
         with lua.translate_errors():
             return await admin.list_records(
                 self._redis,
                 self._keys,
-                Listing(namespace, scope, state, created_before, limit),
+                Listing(**filters),
                 now=now,
             )
 
@@ -333,3 +295,21 @@ class AsyncRedisStore:
         if reply[0] != 1:
             raise FencedError(lua.fenced_message())
         return reply[1:]
+
+
+def _held_record(
+    fields: list[Any], identity: Identity, token: str, state: State, outcome: bytes | None = None
+) -> Record:
+    """Return the caller's record from the fields a holder-only script returns (`_redis_lua`)."""
+    fingerprint, created_at, lease_expires_at, expires_at, recovery_point = fields
+    return Record(
+        identity=identity,
+        fingerprint=decode_part(fingerprint),
+        state=state,
+        token=token,
+        created_at=float(created_at),
+        lease_expires_at=float(lease_expires_at),
+        expires_at=float(expires_at),
+        outcome=outcome,
+        recovery_point=None if recovery_point is None else decode_part(recovery_point),
+    )

@@ -14,18 +14,18 @@ import math
 import os
 import sqlite3
 from collections.abc import Callable
-from typing import TypeVar, cast, get_args
+from typing import TypeVar, Unpack, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import AsyncThreadRunner
 from retrysafe._errors import ConfigurationError
-from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._async._common import poll_until_settled
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.sqlite_connection import Synchronous, store_error
 from retrysafe.stores._sql.sqlite_file import Operation, SQLiteFile
-from retrysafe.stores.base import Listing, StoreStats, query_options
+from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
 __all__ = ["AsyncSQLiteStore"]
 
@@ -183,17 +183,9 @@ class AsyncSQLiteStore(SQLiteFile):
             lambda connection, now: self.table.purge_expired(connection, now=now, limit=limit)
         )
 
-    async def list_records(
-        self,
-        *,
-        namespace: str | None = None,
-        scope: str | None = None,
-        state: State | None = None,
-        created_before: float | None = None,
-        limit: int = 100,
-    ) -> list[Record]:
+    async def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first."""
-        listing = Listing(namespace, scope, state, created_before, limit)
+        listing = Listing(**filters)
         return await self._read(
             lambda connection, now: self.table.list_records(connection, listing, now=now)
         )

@@ -7,7 +7,8 @@ caller does not use: each module below imports its own.
 
 - `sqlite.py`: the SQLite table, its statements and the primitives on a `sqlite3` connection;
   `sqlite_connection.py` opens connections, runs write transactions and maps errors;
-  `sqlite_file.py` is the SQLite store's engine (a connection per thread, group commit).
+  `sqlite_file.py` is the SQLite store's engine (schema, group commit), and
+  `sqlite_threads.py` its connections (one per thread, all closed with the store).
 - `postgres.py`: the PostgreSQL table's statements rendered for one table, and its rows;
   `postgres_statements.py` is their text; `postgres_connection.py` reads a store URL and maps
   errors. The primitives that run them on a psycopg connection, for the store and transactional
@@ -20,26 +21,14 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from retrysafe._record import Identity, Record, State
-from retrysafe.stores.base import decode_part
+from retrysafe.stores.base import RECORD_FIELDS, decode_part
 
 __all__ = ["DEFAULT_TABLE", "RECORD_COLUMNS", "record_from_columns"]
 
 DEFAULT_TABLE: Final = "retrysafe_records"
 """The records table of every SQL store and of transactional mode, unless `table` names another."""
 
-RECORD_COLUMNS: Final = (
-    "namespace",
-    "scope",
-    "key",
-    "fingerprint",
-    "state",
-    "token",
-    "created_at",
-    "lease_expires_at",
-    "expires_at",
-    "outcome",
-    "recovery_point",
-)
+RECORD_COLUMNS: Final = ("namespace", "scope", "key", *RECORD_FIELDS)
 """The columns that hold a record, in both tables (after the primary key, `id`)."""
 
 

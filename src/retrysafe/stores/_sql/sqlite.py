@@ -16,15 +16,13 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError, FencedError
-from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql import DEFAULT_TABLE, RECORD_COLUMNS, record_from_columns
-from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part, new_token
+from retrysafe.stores.base import FENCED, Listing, StoreStats, decide_claim, encode_part
 
 __all__ = ["RecordTable"]
 
@@ -99,6 +97,7 @@ SELECT
 FROM "{table}" WHERE expires_at > ?"""
 
 Row = tuple[Any, ...]
+Params = dict[str, object]
 
 
 def record_to_row(record: Record) -> Row:
@@ -166,24 +165,12 @@ class RecordTable:
         lease: float,
         retention: float,
     ) -> Claim:
-        """Insert or take over the record (`may_take`), or return the live one untouched."""
+        """Insert or take over the record (`decide_claim`), or return the live one untouched."""
         existing = self.get(connection, identity, now=now)
-        if existing is not None and not may_take(existing, fingerprint, now):
-            return Claim(existing, acquired=False)
-        # A takeover continues the same operation: it keeps the creation time and the
-        # recovery point, so the new holder resumes after the last committed phase (B30).
-        record = Record(
-            identity=identity,
-            fingerprint=fingerprint,
-            state=State.IN_FLIGHT,
-            token=new_token(),
-            created_at=now if existing is None else existing.created_at,
-            lease_expires_at=now + lease,
-            expires_at=now + lease + retention,
-            recovery_point=None if existing is None else existing.recovery_point,
-        )
-        connection.execute(self._sql(CLAIM), record_to_row(record))
-        return Claim(record, acquired=True, taken_over=existing is not None)
+        claim = decide_claim(identity, fingerprint, existing, now, lease=lease, retention=retention)
+        if claim.acquired:
+            connection.execute(self._sql(CLAIM), record_to_row(claim.record))
+        return claim
 
     def complete(
         self,
@@ -196,16 +183,14 @@ class RecordTable:
         retention: float,
     ) -> Record:
         """Store `outcome` on the held record and mark it done."""
-        values = {"outcome": outcome, "expires_at": now + retention}
-        return self._update_held(
-            connection, COMPLETE, identity, token=token, now=now, values=values
-        )
+        held = _held(identity, token, now, outcome=outcome, expires_at=now + retention)
+        return self._update_held(connection, COMPLETE, held)
 
     def release(
         self, connection: sqlite3.Connection, identity: Identity, token: str, *, now: float
     ) -> None:
         """Delete the held in-flight record."""
-        self._execute_held(connection, RELEASE, identity, token=token, now=now, values={})
+        self._execute_held(connection, RELEASE, _held(identity, token, now))
 
     def renew(
         self,
@@ -217,8 +202,8 @@ class RecordTable:
         lease: float,
     ) -> Record:
         """Extend the holder's lease to `lease` seconds from `now`."""
-        values = {"lease_expires_at": now + lease}
-        return self._update_held(connection, RENEW, identity, token=token, now=now, values=values)
+        held = _held(identity, token, now, lease_expires_at=now + lease)
+        return self._update_held(connection, RENEW, held)
 
     def checkpoint(
         self,
@@ -230,10 +215,8 @@ class RecordTable:
         now: float,
     ) -> Record:
         """Record the last committed phase on the held record."""
-        values = {"recovery_point": encode_part(recovery_point)}
-        return self._update_held(
-            connection, CHECKPOINT, identity, token=token, now=now, values=values
-        )
+        held = _held(identity, token, now, recovery_point=encode_part(recovery_point))
+        return self._update_held(connection, CHECKPOINT, held)
 
     def get(
         self, connection: sqlite3.Connection, identity: Identity, *, now: float
@@ -293,33 +276,21 @@ class RecordTable:
             in_flight=in_flight, done=done, bytes_stored=size, oldest_in_flight_at=oldest
         )
 
-    def _execute_held(
-        self,
-        connection: sqlite3.Connection,
-        template: str,
-        identity: Identity,
-        *,
-        token: str,
-        now: float,
-        values: Mapping[str, object],
-    ) -> None:
-        held = {"id": identity.digest(), "token": token, "now": now}
-        if connection.execute(self._sql(template), {**held, **values}).rowcount == 0:
+    def _execute_held(self, connection: sqlite3.Connection, template: str, held: Params) -> None:
+        """Run a token-checked statement with `held` (`_held`); no row changed means fenced."""
+        if connection.execute(self._sql(template), held).rowcount == 0:
             raise FencedError(FENCED)
 
-    def _update_held(
-        self,
-        connection: sqlite3.Connection,
-        template: str,
-        identity: Identity,
-        *,
-        token: str,
-        now: float,
-        values: Mapping[str, object],
-    ) -> Record:
-        self._execute_held(connection, template, identity, token=token, now=now, values=values)
-        row = connection.execute(self._sql(SELECT_BY_ID), (identity.digest(),)).fetchone()
+    def _update_held(self, connection: sqlite3.Connection, template: str, held: Params) -> Record:
+        """Run a token-checked update (`_execute_held`); return the record as it left it."""
+        self._execute_held(connection, template, held)
+        row = connection.execute(self._sql(SELECT_BY_ID), (held["id"],)).fetchone()
         return row_to_record(row)
+
+
+def _held(identity: Identity, token: str, now: float, **values: object) -> Params:
+    """Return the parameters of a token-checked statement (`_HELD`), and its own `values`."""
+    return {"id": identity.digest(), "token": token, "now": now, **values}
 
 
 @functools.lru_cache(maxsize=128)

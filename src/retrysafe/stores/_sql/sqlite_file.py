@@ -1,25 +1,30 @@
 """One SQLite database file used by many threads: the blocking half of the SQLite store.
 
 Each thread gets its own connection (SQLite connections are not shared between threads), a
-forked child opens its own, the schema is created once per store, and writes queue and commit in
-groups. Both faces of the SQLite store inherit `SQLiteFile`: the async face runs its blocking
-calls in a worker thread, the sync face calls them inline. The statements are `RecordTable`'s.
+forked child opens its own, and closing the store closes them all (`sqlite_threads.py`); the
+schema is created once per store, and writes queue and commit in groups. Both faces of the
+SQLite store inherit `SQLiteFile`: the async face runs its blocking calls in a worker thread,
+the sync face calls them inline. The statements are `RecordTable`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, cast
 
 from retrysafe._clock import Clock
 from retrysafe._engine import may_take
-from retrysafe._errors import StoreError, StoreUnavailableError
+from retrysafe._errors import StoreUnavailableError
 from retrysafe._record import Claim, Identity
 from retrysafe.stores._sql.sqlite import RecordTable
 from retrysafe.stores._sql.sqlite_connection import Synchronous, connect, write_transaction
+from retrysafe.stores._sql.sqlite_threads import ThreadConnections
 
 __all__ = ["SQLiteFile"]
 
@@ -48,12 +53,13 @@ class SQLiteFile:
         self.table = RecordTable(table)
         self.timeout = timeout
         self.synchronous: Synchronous = synchronous
-        self._local = threading.local()
-        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(
+            functools.partial(connect, path, timeout=timeout, synchronous=synchronous), path
+        )
+        # Closes every connection at `close`/`aclose`, or when the store is garbage-collected
+        # unclosed (the finalizer holds the connections, not the store).
+        self._close_connections = weakref.finalize(self, self._connections.close)
         self._pid = os.getpid()
-        self._inherited: list[sqlite3.Connection] = []
-        self._closed = False
         self._schema_lock = threading.Lock()
         self._schema_ready = False
         self._write_lock = threading.Lock()
@@ -70,21 +76,26 @@ class SQLiteFile:
         The time is read after the record, and a record past its retention goes to the locked
         claim like any other case.
         """
-        connection = self._connection()
-        if not self._schema_ready:
-            self._create_schema(first_use=True)
-        done = self.table.done(connection, identity)
-        if done is not None and not may_take(done, fingerprint, self.clock.now()):
-            return Claim(done, acquired=False)
-        return self._execute(
-            lambda connection, now: self.table.claim(
-                connection, identity, fingerprint, now=now, lease=lease, retention=retention
-            ),
-            write=True,
-        )
+        with self._using() as connection:
+            done = self.table.done(connection, identity)
+            if done is not None and not may_take(done, fingerprint, self.clock.now()):
+                return Claim(done, acquired=False)
+            return self._execute(
+                lambda connection, now: self.table.claim(
+                    connection, identity, fingerprint, now=now, lease=lease, retention=retention
+                ),
+                write=True,
+            )
 
     def _execute(self, operation: Operation[T], *, write: bool) -> T:
-        """Run `operation` on this thread's connection, in a write transaction if `write`.
+        """Run `operation` on this thread's connection, in a write transaction if `write`."""
+        with self._using() as connection:
+            if not write:
+                return operation(connection, self.clock.now())
+            return self._queue_write(connection, operation)
+
+    def _queue_write(self, connection: sqlite3.Connection, operation: Operation[T]) -> T:
+        """Run the write `operation` in a transaction, with the writes queued alongside it.
 
         The time is read once the transaction holds the write lock, so a claim that waited for
         another writer decides with the time it acts at. Within this process, writes queue,
@@ -93,11 +104,6 @@ class SQLiteFile:
         steps (up to 100 ms) and wake late, while the lock hands over at once; the busy
         timeout still arbitrates with other processes.
         """
-        connection = self._connection()
-        if not self._schema_ready:
-            self._create_schema(first_use=True)
-        if not write:
-            return operation(connection, self.clock.now())
         write_ = _Write(operation)
         with self._queue_lock:
             self._queue.append(write_)
@@ -152,61 +158,36 @@ class SQLiteFile:
         # On first use, one thread of this store creates the schema while the others wait on
         # this lock rather than on the database's. Other processes racing it are harmless:
         # CREATE ... IF NOT EXISTS in a write transaction.
-        connection = self._connection()
-        with self._schema_lock:
+        with self._connections.use() as connection, self._schema_lock:
             if first_use and self._schema_ready:
                 return
             with write_transaction(connection):
                 self.table.create_schema(connection)
             self._schema_ready = True
 
-    def _connection(self) -> sqlite3.Connection:
-        """Return the calling thread's connection, opening it on first use."""
-        if self._closed:
-            raise StoreError(f"SQLite store {self.path!r} is closed.")
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """Yield this thread's connection (`ThreadConnections.use`), the schema created."""
         if self._pid != os.getpid():
             self._forget_inherited()
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = connect(self.path, timeout=self.timeout, synchronous=self.synchronous)
-            self._register(connection)
-            self._local.connection = connection
-        return connection
+        with self._connections.use() as connection:
+            if not self._schema_ready:
+                self._create_schema(first_use=True)
+            yield connection
 
-    def _register(self, connection: sqlite3.Connection) -> None:
-        """Track `connection` for `_close_connections`, closing those of threads that ended."""
-        with self._lock:
-            if self._closed:
-                connection.close()
-                raise StoreError(f"SQLite store {self.path!r} is closed.")
-            ended = [thread for thread in self._connections if not thread.is_alive()]
-            for thread in ended:
-                self._connections.pop(thread).close()
-            self._connections[threading.current_thread()] = connection
-
-    def _close_connections(self) -> None:
-        """Close every thread's connection; the file cannot be used afterwards."""
-        with self._lock:
-            self._closed = True
-            connections = list(self._connections.values())
-            self._connections.clear()
-        for connection in connections:
-            connection.close()
+    def _connection(self) -> sqlite3.Connection:
+        """Return the calling thread's connection, opening it on first use."""
+        return self._connections.get()
 
     def _forget_inherited(self) -> None:
-        """In a forked child, set the parent's connections aside and open new ones.
+        """In a forked child, drop the parent's write queue and locks; connections start afresh.
 
-        SQLite forbids using a connection across fork(), and closing one in the child could
-        disturb the parent's locks or WAL; so they are kept, unused and unclosed, for the life
-        of this process. The child then opens its own connections as any new thread does.
+        The parent's connections are set aside by `ThreadConnections`; the child opens its own
+        as any new thread does.
         """
-        self._lock = threading.Lock()  # the parent's may have been held by another thread
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # the parent's may have been held by another thread
         self._queue = []
         self._queue_lock = threading.Lock()
-        self._inherited.extend(self._connections.values())
-        self._connections = {}
-        self._local = threading.local()
         self._pid = os.getpid()
 
 

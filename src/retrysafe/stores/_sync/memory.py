@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Final
+from typing import Final, Unpack
 from urllib.parse import urlsplit
 
 from retrysafe._clock import Clock, SystemClock
-from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._sync._common import poll_until_settled
-from retrysafe.stores.base import FENCED, Listing, StoreStats, new_token
+from retrysafe.stores.base import (
+    FENCED,
+    Listing,
+    ListingOptions,
+    StoreStats,
+    decide_claim,
+    stats_of,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -26,7 +32,7 @@ __all__ = ["MemoryStore"]
 # The primitives work on `Record`s; `_freeze` and `_thaw` convert at the dict's edge.
 _Key = tuple[str, str, str]  # namespace, scope, key
 _Row = tuple[str, str, str, float, float, float, bytes | None, str | None]
-# fingerprint, state, token, created_at, lease_expires_at, expires_at, outcome, recovery_point
+# the values of `RECORD_FIELDS` (stores/base.py), in that order
 _EXPIRES_AT: Final = 5  # the one field read without thawing: purges and counts scan every record
 
 
@@ -89,22 +95,12 @@ class MemoryStore:
         with self._lock:
             now = self.clock.now()
             existing = self._live(identity, now)
-            if existing is not None and not may_take(existing, fingerprint, now):
-                return Claim(existing, acquired=False)
-            # A takeover continues the same operation: it keeps the creation time and the
-            # recovery point, so the new holder resumes after the last committed phase (B30).
-            record = Record(
-                identity=identity,
-                fingerprint=fingerprint,
-                state=State.IN_FLIGHT,
-                token=new_token(),
-                created_at=now if existing is None else existing.created_at,
-                lease_expires_at=now + lease,
-                expires_at=now + lease + retention,
-                recovery_point=None if existing is None else existing.recovery_point,
+            claim = decide_claim(
+                identity, fingerprint, existing, now, lease=lease, retention=retention
             )
-            self._records[_key(identity)] = _freeze(record)
-            return Claim(record, acquired=True, taken_over=existing is not None)
+            if claim.acquired:
+                self._records[_key(identity)] = _freeze(claim.record)
+            return claim
 
     def complete(
         self, identity: Identity, token: str, outcome: bytes, *, retention: float
@@ -170,34 +166,14 @@ class MemoryStore:
                 del self._records[key]
             return len(expired)
 
-    def list_records(
-        self,
-        *,
-        namespace: str | None = None,
-        scope: str | None = None,
-        state: State | None = None,
-        created_before: float | None = None,
-        limit: int = 100,
-    ) -> list[Record]:
+    def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first."""
-        listing = Listing(namespace, scope, state, created_before, limit)
-        with self._lock:
-            now = self.clock.now()
-            live = [_thaw(k, row) for k, row in self._records.items() if row[_EXPIRES_AT] > now]
-        return listing.newest([r for r in live if listing.matches(r)])
+        listing = Listing(**filters)
+        return listing.newest([r for r in self._all_live() if listing.matches(r)])
 
     def stats(self) -> StoreStats:
         """Return counts of live records."""
-        with self._lock:
-            now = self.clock.now()
-            live = [_thaw(k, row) for k, row in self._records.items() if row[_EXPIRES_AT] > now]
-        in_flight = [r.created_at for r in live if r.state is State.IN_FLIGHT]
-        return StoreStats(
-            in_flight=len(in_flight),
-            done=len(live) - len(in_flight),
-            bytes_stored=sum(r.size for r in live),
-            oldest_in_flight_at=min(in_flight, default=None),
-        )
+        return stats_of(self._all_live())
 
     def wait(self, identity: Identity, *, timeout: float) -> Record | None:
         """Poll until the record settles or `timeout` passes."""
@@ -205,6 +181,11 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def _all_live(self) -> list[Record]:
+        with self._lock:
+            now = self.clock.now()
+            return [_thaw(k, row) for k, row in self._records.items() if row[_EXPIRES_AT] > now]
 
     def _live(self, identity: Identity, now: float) -> Record | None:
         key = _key(identity)

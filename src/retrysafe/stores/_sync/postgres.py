@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Unpack
 
 from psycopg import Connection
 from psycopg.rows import TupleRow
@@ -25,13 +26,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreError
-from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
 from retrysafe.stores._sync.postgres_records import PostgresRecords
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import PostgresOptions, parse_url, translate_errors
-from retrysafe.stores.base import Listing, StoreStats
+from retrysafe.stores.base import Listing, ListingOptions, StoreStats
 
 __all__ = ["PostgresStore"]
 
@@ -184,17 +185,9 @@ class PostgresStore:
         with self._connection() as conn:
             return self._records.purge_expired(conn, now=now, limit=limit)
 
-    def list_records(
-        self,
-        *,
-        namespace: str | None = None,
-        scope: str | None = None,
-        state: State | None = None,
-        created_before: float | None = None,
-        limit: int = 100,
-    ) -> list[Record]:
+    def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first."""
-        listing = Listing(namespace, scope, state, created_before, limit)
+        listing = Listing(**filters)
         now = self.clock.now()
         with self._connection() as conn:
             return self._records.list_records(conn, listing, now=now)

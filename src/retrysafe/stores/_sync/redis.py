@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import Any, Unpack, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
@@ -22,7 +22,9 @@ from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._sync import redis_admin as admin
 from retrysafe.stores.base import (
+    RECORD_FIELDS,
     Listing,
+    ListingOptions,
     StoreStats,
     decode_part,
     encode_part,
@@ -156,18 +158,7 @@ class RedisStore:
             self._keys.channel(key),
             lua.physical_ttl(expires_at, now),
         )
-        fingerprint, created_at, recovery_point = self._held(reply)
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fingerprint),
-            state=State.DONE,
-            token=token,
-            created_at=float(created_at),
-            lease_expires_at=now,
-            expires_at=expires_at,
-            outcome=outcome,
-            recovery_point=None if recovery_point is None else decode_part(recovery_point),
-        )
+        return _held_record(self._held(reply), identity, token, State.DONE, outcome)
 
     def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record so a retry runs again; wake its waiters."""
@@ -180,19 +171,8 @@ class RedisStore:
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease to `lease` seconds from now."""
         now = self.clock.now()
-        lease_expires_at = now + lease
-        reply = self._run(self._renew, self._keys.key(identity), now, token, lease_expires_at)
-        fingerprint, created_at, expires_at, recovery_point = self._held(reply)
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fingerprint),
-            state=State.IN_FLIGHT,
-            token=token,
-            created_at=float(created_at),
-            lease_expires_at=lease_expires_at,
-            expires_at=float(expires_at),
-            recovery_point=None if recovery_point is None else decode_part(recovery_point),
-        )
+        reply = self._run(self._renew, self._keys.key(identity), now, token, now + lease)
+        return _held_record(self._held(reply), identity, token, State.IN_FLIGHT)
 
     def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
         """Record the last committed phase of a multi-phase operation."""
@@ -203,22 +183,12 @@ class RedisStore:
             token,
             encode_part(recovery_point),
         )
-        fingerprint, created_at, lease_expires_at, expires_at = self._held(reply)
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fingerprint),
-            state=State.IN_FLIGHT,
-            token=token,
-            created_at=float(created_at),
-            lease_expires_at=float(lease_expires_at),
-            expires_at=float(expires_at),
-            recovery_point=recovery_point,
-        )
+        return _held_record(self._held(reply), identity, token, State.IN_FLIGHT)
 
     def get(self, identity: Identity) -> Record | None:
         """Return the live record, or None (one HMGET; retention checked against the clock)."""
         with lua.translate_errors():
-            values = self._redis.hmget(self._keys.key(identity), lua.RECORD_FIELDS)
+            values = self._redis.hmget(self._keys.key(identity), RECORD_FIELDS)
         return self._live(cast("list[bytes | None]", values), identity)  # bytes: not decoding
 
     def delete(self, identity: Identity) -> bool:
@@ -234,22 +204,14 @@ class RedisStore:
                 self._redis, self._keys, self._purge, now=now, limit=limit
             )
 
-    def list_records(
-        self,
-        *,
-        namespace: str | None = None,
-        scope: str | None = None,
-        state: State | None = None,
-        created_before: float | None = None,
-        limit: int = 100,
-    ) -> list[Record]:
+    def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first (SCAN: O(records))."""
         now = self.clock.now()
         with lua.translate_errors():
             return admin.list_records(
                 self._redis,
                 self._keys,
-                Listing(namespace, scope, state, created_before, limit),
+                Listing(**filters),
                 now=now,
             )
 
@@ -336,3 +298,21 @@ class RedisStore:
         if reply[0] != 1:
             raise FencedError(lua.fenced_message())
         return reply[1:]
+
+
+def _held_record(
+    fields: list[Any], identity: Identity, token: str, state: State, outcome: bytes | None = None
+) -> Record:
+    """Return the caller's record from the fields a holder-only script returns (`_redis_lua`)."""
+    fingerprint, created_at, lease_expires_at, expires_at, recovery_point = fields
+    return Record(
+        identity=identity,
+        fingerprint=decode_part(fingerprint),
+        state=state,
+        token=token,
+        created_at=float(created_at),
+        lease_expires_at=float(lease_expires_at),
+        expires_at=float(expires_at),
+        outcome=outcome,
+        recovery_point=None if recovery_point is None else decode_part(recovery_point),
+    )

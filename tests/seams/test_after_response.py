@@ -3,6 +3,7 @@ nor changes the stored outcome (B18)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -153,3 +154,47 @@ def test_b18_work_after_the_response_neither_delays_nor_changes_it(
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == {"id": 1}
     assert after.runs == 1
+
+
+def test_b18_transactional_mode_commits_and_answers_before_work_after_the_response(
+    tmp_path: Any, after: After
+) -> None:
+    """Transactional mode: the response commits with its write and reaches the client while
+    the background task is still blocked; the task's failure changes nothing; a retry replays."""
+    import sqlite3
+
+    from retrysafe.transactions.asgi import TRANSACTION_KEY, TransactionalMiddleware
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE payments (id INTEGER PRIMARY KEY)")
+    setup.close()
+
+    async def pay(request: Request) -> Response:
+        tx = request.scope[TRANSACTION_KEY]
+        await anyio.to_thread.run_sync(tx.connection.execute, "INSERT INTO payments DEFAULT VALUES")
+        after.runs += 1
+        return JSONResponse({"id": after.runs}, 201, background=BackgroundTask(after.awork))
+
+    app = TransactionalMiddleware(
+        Starlette(routes=[Route("/pay", pay, methods=["POST"])]),
+        connect=lambda: sqlite3.connect(path, check_same_thread=False),
+        scope_secret="a-test-secret-of-16+",
+    )
+    server = AsgiServer(app)
+    key = {"Idempotency-Key": f'"{uuid.uuid4()}"', **AUTH}
+    try:
+        with make_client(server.url) as client:
+            first = client.post("/pay", json={}, headers=key, timeout=BOUND / 2)
+            assert after.started.wait(BOUND)
+            assert not after.done.is_set()
+            after.release.set()
+            assert after.done.wait(BOUND)
+            again = client.post("/pay", json={}, headers=key, timeout=BOUND)
+    finally:
+        server.stop()
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert after.runs == 1
+    with contextlib.closing(sqlite3.connect(path)) as check:
+        assert check.execute("SELECT count(*) FROM payments").fetchone() == (1,)

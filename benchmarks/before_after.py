@@ -30,26 +30,29 @@ ROOT = Path(__file__).resolve().parents[1]
 _NUMBER = re.compile(r"-?[\d,]*\.?\d+")
 
 
-def _rows(output: str, key_columns: int) -> dict[str, float]:
-    """Return each table row's key (its first `key_columns` cells) and its last number."""
+def _rows(output: str, key_columns: int, column: int) -> dict[str, float]:
+    """Return each table row's key (its first `key_columns` cells) and the number in cell
+    `column` (default the last)."""
     rows: dict[str, float] = {}
     for line in output.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) < 2 or set(cells[0]) <= {"-", ":"}:
             continue
-        last = _NUMBER.search(cells[-1].replace(",", ""))
+        if not -len(cells) <= column < len(cells):
+            continue
+        last = _NUMBER.search(cells[column].replace(",", ""))
         if last is None:
             continue
         rows[" | ".join(cells[:key_columns])] = float(last.group())
     return rows
 
 
-def _run(source: Path, command: list[str], key_columns: int) -> dict[str, float]:
+def _run(source: Path, command: list[str], key_columns: int, column: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
     done = subprocess.run(
         [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
-    return _rows(done.stdout, key_columns)
+    return _rows(done.stdout, key_columns, column)
 
 
 def main() -> None:
@@ -59,6 +62,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per side, alternating")
     parser.add_argument(
         "--key-columns", type=int, default=3, help="leading cells that name a row (default 3)"
+    )
+    parser.add_argument(
+        "--column", type=int, default=-1, help="the cell compared (default -1: the last)"
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     args = parser.parse_args()
@@ -75,7 +81,7 @@ def main() -> None:
             for run in range(args.runs):
                 sides = [("base", base), ("after", ROOT)]
                 for side, source in sides if run % 2 == 0 else sides[::-1]:
-                    for key, value in _run(source, command, args.key_columns).items():
+                    for key, value in _run(source, command, args.key_columns, args.column).items():
                         results[key][side].append(value)
                     print(f"run {run + 1}/{args.runs}: {side} done", file=sys.stderr, flush=True)
         finally:

@@ -9,13 +9,11 @@ the sync face calls them inline. The statements are `RecordTable`'s.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 from retrysafe._clock import Clock
@@ -24,7 +22,7 @@ from retrysafe._errors import StoreUnavailableError
 from retrysafe._record import Claim, Identity
 from retrysafe.stores._sql.sqlite import RecordTable
 from retrysafe.stores._sql.sqlite_connection import Synchronous, connect, write_transaction
-from retrysafe.stores._sql.sqlite_threads import ThreadConnections
+from retrysafe.stores._sql.sqlite_threads import Slot, ThreadConnections, forks
 
 __all__ = ["SQLiteFile"]
 
@@ -59,7 +57,7 @@ class SQLiteFile:
         # Closes every connection at `close`/`aclose`, or when the store is garbage-collected
         # unclosed (the finalizer holds the connections, not the store).
         self._close_connections = weakref.finalize(self, self._connections.close)
-        self._pid = os.getpid()
+        self._forks = forks.count
         self._schema_lock = threading.Lock()
         self._schema_ready = False
         self._write_lock = threading.Lock()
@@ -76,23 +74,30 @@ class SQLiteFile:
         The time is read after the record, and a record past its retention goes to the locked
         claim like any other case.
         """
-        with self._using() as connection:
+        slot = self._enter()
+        try:
+            connection = slot.connection
             done = self.table.done(connection, identity)
             if done is not None and not may_take(done, fingerprint, self.clock.now()):
                 return Claim(done, acquired=False)
-            return self._execute(
+            return self._queue_write(
+                connection,
                 lambda connection, now: self.table.claim(
                     connection, identity, fingerprint, now=now, lease=lease, retention=retention
                 ),
-                write=True,
             )
+        finally:
+            self._connections.leave(slot)
 
     def _execute(self, operation: Operation[T], *, write: bool) -> T:
         """Run `operation` on this thread's connection, in a write transaction if `write`."""
-        with self._using() as connection:
+        slot = self._enter()
+        try:
             if not write:
-                return operation(connection, self.clock.now())
-            return self._queue_write(connection, operation)
+                return operation(slot.connection, self.clock.now())
+            return self._queue_write(slot.connection, operation)
+        finally:
+            self._connections.leave(slot)
 
     def _queue_write(self, connection: sqlite3.Connection, operation: Operation[T]) -> T:
         """Run the write `operation` in a transaction, with the writes queued alongside it.
@@ -165,15 +170,19 @@ class SQLiteFile:
                 self.table.create_schema(connection)
             self._schema_ready = True
 
-    @contextlib.contextmanager
-    def _using(self) -> Iterator[sqlite3.Connection]:
-        """Yield this thread's connection (`ThreadConnections.use`), the schema created."""
-        if self._pid != os.getpid():
+    def _enter(self) -> Slot:
+        """Mark this thread's connection in use (`ThreadConnections.enter`), the schema
+        created; `self._connections.leave(slot)` ends the use."""
+        if self._forks != forks.count:
             self._forget_inherited()
-        with self._connections.use() as connection:
-            if not self._schema_ready:
+        slot = self._connections.enter()
+        if not self._schema_ready:
+            try:
                 self._create_schema(first_use=True)
-            yield connection
+            except BaseException:
+                self._connections.leave(slot)
+                raise
+        return slot
 
     def _connection(self) -> sqlite3.Connection:
         """Return the calling thread's connection, opening it on first use."""
@@ -188,7 +197,7 @@ class SQLiteFile:
         self._write_lock = threading.Lock()  # the parent's may have been held by another thread
         self._queue = []
         self._queue_lock = threading.Lock()
-        self._pid = os.getpid()
+        self._forks = forks.count
 
 
 class _Write(Generic[T]):

@@ -19,7 +19,23 @@ from collections.abc import Callable, Iterator
 
 from retrysafe._errors import StoreError
 
-__all__ = ["ThreadConnections"]
+__all__ = ["Slot", "ThreadConnections", "forks"]
+
+
+class _Forks:
+    """How many times this process is a fork's child: compared, not `os.getpid()` per call."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def forked(self) -> None:
+        self.count += 1
+
+
+forks = _Forks()
+os.register_at_fork(after_in_child=forks.forked)
 
 # The connections a forked child inherited from its parent, kept unused and unclosed for the
 # life of the child: SQLite forbids using a connection across fork(), and closing one in the
@@ -27,7 +43,7 @@ __all__ = ["ThreadConnections"]
 _INHERITED: list[sqlite3.Connection] = []
 
 
-class _Slot:
+class Slot:
     """One thread's connection, and how many calls of that thread are using it now."""
 
     __slots__ = ("connection", "users")
@@ -49,10 +65,10 @@ class ThreadConnections:
         self._open = open_connection
         self._path = path
         self._lock = threading.Lock()  # guards _slots, _closed and every slot's users
-        self._slots: dict[threading.Thread, _Slot] = {}
+        self._slots: dict[threading.Thread, Slot] = {}
         self._local = threading.local()
         self._closed = False
-        self._pid = os.getpid()
+        self._forks = forks.count
 
     def get(self) -> sqlite3.Connection:
         """Return the calling thread's connection, opening it on first use."""
@@ -61,19 +77,28 @@ class ThreadConnections:
     @contextlib.contextmanager
     def use(self) -> Iterator[sqlite3.Connection]:
         """Yield the calling thread's connection, open until the block ends even if closed."""
+        slot = self.enter()
+        try:
+            yield slot.connection
+        finally:
+            self.leave(slot)
+
+    def enter(self) -> Slot:
+        """Mark the calling thread's connection in use and return its slot (see `leave`)."""
         slot = self._slot()
         with self._lock:
             if self._closed:
                 raise self._closed_error()
             slot.users += 1
-        try:
-            yield slot.connection
-        finally:
-            with self._lock:
-                slot.users -= 1
-                last = self._closed and slot.users == 0
-            if last:  # `close` left it to this thread, which has now finished with it
-                slot.connection.close()
+        return slot
+
+    def leave(self, slot: Slot) -> None:
+        """End a use begun by `enter`; close the connection if the store closed meanwhile."""
+        with self._lock:
+            slot.users -= 1
+            last = self._closed and slot.users == 0
+        if last:  # `close` left it to this thread, which has now finished with it
+            slot.connection.close()
 
     def close(self) -> None:
         """Close every connection now, or once its thread's call returns; refuse new calls."""
@@ -85,14 +110,14 @@ class ThreadConnections:
         for slot in idle:
             slot.connection.close()
 
-    def _slot(self) -> _Slot:
+    def _slot(self) -> Slot:
         self._leave_parents()
         if self._closed:
             raise self._closed_error()
-        slot: _Slot | None = getattr(self._local, "slot", None)
+        slot: Slot | None = getattr(self._local, "slot", None)
         if slot is not None:
             return slot
-        slot = _Slot(self._open())
+        slot = Slot(self._open())
         with self._lock:
             if self._closed:
                 slot.connection.close()
@@ -107,13 +132,13 @@ class ThreadConnections:
 
     def _leave_parents(self) -> None:
         """In a forked child, set the parent's connections aside (`_INHERITED`); start afresh."""
-        if self._pid == os.getpid():
+        if self._forks == forks.count:
             return
         self._lock = threading.Lock()  # the parent's may have been held by another thread
         _INHERITED.extend(slot.connection for slot in self._slots.values())
         self._slots = {}
         self._local = threading.local()
-        self._pid = os.getpid()
+        self._forks = forks.count
 
     def _closed_error(self) -> StoreError:
         return StoreError(f"SQLite store {self._path!r} is closed.")

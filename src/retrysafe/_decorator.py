@@ -241,7 +241,7 @@ def _call_sync(
         return plan.outcomes.replay(_outcome_of(admitted))
     if admitted.decision is not Decision.EXECUTE:
         raise admitted.error(plan.namespace)
-    with flow.execution(identity, admitted.token, plan) as execution:
+    with flow.execution(admitted, plan) as execution:
         try:
             value = func(*args, **kwargs)
         except BaseException as error:
@@ -265,7 +265,7 @@ async def _call_async(
         return plan.outcomes.replay(_outcome_of(admitted))
     if admitted.decision is not Decision.EXECUTE:
         raise admitted.error(plan.namespace)
-    async with flow.execution(identity, admitted.token, plan) as execution:
+    async with flow.execution(admitted, plan) as execution:
         try:
             value = await func(*args, **kwargs)
         except BaseException as error:

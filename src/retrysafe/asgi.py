@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Final
 
 from retrysafe._errors import StoreError
-from retrysafe._flow import AsyncFlow
+from retrysafe._flow import Admission, AsyncFlow
 from retrysafe._flow.secret import aload_secret
 from retrysafe._http import (
     KEY_HEADER,
@@ -41,7 +41,6 @@ from retrysafe._http.asgi_io import (
 )
 from retrysafe._http.middleware import MiddlewareBase
 from retrysafe._http.scope import Scoper
-from retrysafe._record import Identity
 from retrysafe.stores.base import AsyncStore
 
 __all__ = [
@@ -121,9 +120,8 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
             return
         try:
             await self._execute(
-                scope, receive, send, settings=settings, identity=identity, token=admitted.token,
-                body=body,
-            )  # fmt: skip
+                scope, receive, send, settings=settings, admitted=admitted, body=body
+            )
         finally:
             self._leave(identity.scope)
 
@@ -139,8 +137,7 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         send: Send,
         *,
         settings: Settings,
-        identity: Identity,
-        token: str,
+        admitted: Admission,
         body: bytes,
     ) -> None:
         """Run the app under the claim; store its outcome and answer as soon as the app sent
@@ -148,7 +145,8 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         delays the answer nor changes the stored outcome; an exception there is logged."""
         capture = ResponseCapture(settings.max_response_size)
         start: Message = {}
-        execution = self.flow.execution(identity, token, settings)
+        execution = self.flow.execution(admitted, settings)
+        identity = execution.identity
 
         async def capture_send(message: Message) -> None:
             nonlocal start

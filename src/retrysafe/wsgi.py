@@ -95,7 +95,7 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
                 self.flow.release(identity, admitted.token)
             return respond(start_response, refused)
         try:
-            execution = self.flow.execution(identity, admitted.token, settings)
+            execution = self.flow.execution(admitted, settings)
             return self._execute(environ, start_response, settings, execution)
         finally:
             self._leave(identity.scope)

@@ -81,7 +81,7 @@ def test_b19_the_held_outcome_wins_over_the_store_showing_our_claim_in_flight(
         assert admitted.decision is Decision.EXECUTE
         lock = sqlite3.connect(path, isolation_level=None)
         try:
-            with flow.execution(IDENTITY, admitted.token, _Terms()) as run:
+            with flow.execution(admitted, _Terms()) as run:
                 lock.execute("BEGIN EXCLUSIVE")  # WAL: others read, nobody else writes
                 run.finish(b"the outcome")
             assert len(flow.holdings) == 1

@@ -1,11 +1,10 @@
 """The drivers of the flow: `SyncFlow` with a sync store, `AsyncFlow` with an async one.
 
 Each runs `admission()` against its store, and gives an acquired claim an execution: counted,
-its lease renewed while the operation runs (`retrysafe._heartbeat`), then finished by storing
-the outcome (B18) or releasing the claim (B28). Failures to renew, store or release are logged
-and counted by `Finisher`, never raised (B19), except a fencing when the face asks for it (B17).
-An outcome the store did not take is held and retried in the background (`holding.py`), and
-answers duplicates meanwhile; `drain` / `adrain` wait for held outcomes to be stored (B40).
+its lease renewed (`retrysafe._heartbeat`), then finished by storing the outcome (B18) or
+releasing the claim (B28). Store failures are logged and counted by `Finisher`, never raised,
+except a fencing when the face asks for it (B17); an outcome the store did not take is held,
+retried and answers duplicates (`holding.py`, B19); `drain` / `adrain` wait for it (B40).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import anyio
 import anyio.to_thread
 
 from retrysafe._concurrency import monotonic
+from retrysafe._engine import Decision
 from retrysafe._errors import StoreError
 from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance
 from retrysafe._flow.counters import Count
@@ -33,8 +33,7 @@ __all__ = ["AsyncExecution", "AsyncFlow", "SyncExecution", "SyncFlow"]
 FlowT = TypeVar("FlowT")
 MessageT = TypeVar("MessageT", bound=Mapping[str, Any])
 
-_CLEANUP_SECONDS: Final = 5.0
-"""How long a release may take once the caller was cancelled."""
+_CLEANUP_SECONDS: Final = 5.0  # how long a release may take once the caller was cancelled
 
 
 class SyncFlow(Holder[Store]):
@@ -49,11 +48,19 @@ class SyncFlow(Holder[Store]):
         one that says the key is in flight under our token.
         """
         store, holdings = self.store, self.holdings
-        held = holdings.answer(identity, fingerprint, store.clock.now())
-        if held is not None:
-            return self.admitted(held)
-        steps = admission(identity, fingerprint, terms, clock=store.clock)
-        step = advance(steps, None)
+        if not holdings.held_any():  # the common case: the admission's first claim, directly
+            claim = store.claim(identity, fingerprint, lease=terms.lease, retention=terms.retention)
+            if claim.acquired:
+                return Admission(Decision.EXECUTE, claim=claim)
+            steps = admission(identity, fingerprint, terms, clock=store.clock)
+            advance(steps, None)  # its first step is that claim
+            step = advance(steps, claim)
+        else:
+            held = holdings.answer(identity, fingerprint, store.clock.now())
+            if held is not None:
+                return self.admitted(held)
+            steps = admission(identity, fingerprint, terms, clock=store.clock)
+            step = advance(steps, None)
         while not isinstance(step, Admission):
             found: Claim | Record | None
             try:
@@ -70,14 +77,18 @@ class SyncFlow(Holder[Store]):
             step = held if held is not None else advance(steps, found)
         return self.admitted(step)
 
-    def execution(self, identity: Identity, token: str, terms: Terms) -> SyncExecution:
+    def execution(self, admitted: Admission, terms: Terms) -> SyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`with`)."""
-        claimed = self.holdings.take_claim(token)
-        return SyncExecution(self, identity, token, terms.lease, terms.retention, claimed)
+        claim = admitted.claim
+        if claim is None:
+            raise ValueError(f"an admission to {admitted.decision} holds no claim")
+        record = claim.record
+        return SyncExecution(
+            self, record.identity, claim.token, terms.lease, terms.retention, record
+        )
 
     def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; a failure is logged, never raised."""
-        self.holdings.take_claim(token)
         try:
             self.store.release(identity, token)
         except Exception as error:
@@ -215,13 +226,22 @@ class AsyncFlow(Holder[AsyncStore]):
         """Claim `identity`, waiting for a duplicate in flight; return what was decided (see
         `SyncFlow.admit`)."""
         store, holdings = self.store, self.holdings
-        held = holdings.answer(identity, fingerprint, store.clock.now())
-        if held is not None:
-            return self.admitted(held)
-        steps = admission(
-            identity, fingerprint, terms, clock=store.clock, elapsed=anyio.current_time
-        )
-        step = advance(steps, None)
+        clock, elapsed = store.clock, anyio.current_time
+        if not holdings.held_any():  # the common case: the admission's first claim, directly
+            claim = await store.claim(
+                identity, fingerprint, lease=terms.lease, retention=terms.retention
+            )
+            if claim.acquired:
+                return Admission(Decision.EXECUTE, claim=claim)
+            steps = admission(identity, fingerprint, terms, clock=clock, elapsed=elapsed)
+            advance(steps, None)  # its first step is that claim
+            step = advance(steps, claim)
+        else:
+            held = holdings.answer(identity, fingerprint, clock.now())
+            if held is not None:
+                return self.admitted(held)
+            steps = admission(identity, fingerprint, terms, clock=clock, elapsed=elapsed)
+            step = advance(steps, None)
         while not isinstance(step, Admission):
             found: Claim | Record | None
             try:
@@ -238,14 +258,18 @@ class AsyncFlow(Holder[AsyncStore]):
             step = held if held is not None else advance(steps, found)
         return self.admitted(step)
 
-    def execution(self, identity: Identity, token: str, terms: Terms) -> AsyncExecution:
+    def execution(self, admitted: Admission, terms: Terms) -> AsyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`async with`)."""
-        claimed = self.holdings.take_claim(token)
-        return AsyncExecution(self, identity, token, terms.lease, terms.retention, claimed)
+        claim = admitted.claim
+        if claim is None:
+            raise ValueError(f"an admission to {admitted.decision} holds no claim")
+        record = claim.record
+        return AsyncExecution(
+            self, record.identity, claim.token, terms.lease, terms.retention, record
+        )
 
     async def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; shielded from the caller's cancellation."""
-        self.holdings.take_claim(token)
         with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
             try:
                 await self.store.release(identity, token)

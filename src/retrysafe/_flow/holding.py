@@ -50,7 +50,6 @@ RETRY_CAP: Final = 5.0
 """The longest pause between two retries of a held outcome's completion."""
 DEFAULT_DRAIN: Final = 10.0
 """How long a drain waits for held outcomes to be stored at shutdown (B40)."""
-_CLAIMS_KEPT: Final = 10_000
 """Admitted claims remembered until their execution starts (a face that never starts one)."""
 
 _forks = [0]  # how many times this process forked: a child forgets its parent's held outcomes
@@ -172,13 +171,17 @@ class Holdings:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._held: dict[Identity, Held] = {}
-        self._claims: dict[str, Record] = {}
         self._forks = _forks[0]
 
     def _check_fork(self) -> None:
         if self._forks != _forks[0]:  # a forked child: the parent holds (and retries) these
             self._cond = threading.Condition()
-            self._held, self._claims, self._forks = {}, {}, _forks[0]
+            self._held, self._forks = {}, _forks[0]
+
+    def held_any(self) -> bool:
+        """Return whether any outcome is held (no lock: a dict's emptiness is read at once)."""
+        self._check_fork()
+        return bool(self._held)
 
     def __len__(self) -> int:
         """Return how many outcomes are held."""
@@ -217,19 +220,6 @@ class Holdings:
             self._cond.wait_for(lambda: not self._held, max(timeout, 0.0))
             return len(self._held)
 
-    def note_claim(self, record: Record) -> None:
-        """Remember an acquired claim's record until `take_claim` (its fingerprint)."""
-        self._check_fork()
-        with self._cond:
-            if len(self._claims) >= _CLAIMS_KEPT:
-                del self._claims[next(iter(self._claims))]
-            self._claims[record.token] = record
-
-    def take_claim(self, token: str) -> Record | None:
-        """Return and forget the claim noted for `token`, if any."""
-        with self._cond:
-            return self._claims.pop(token, None)
-
     def answer(self, identity: Identity, fingerprint: str, now: float) -> Admission | None:
         """Return the admission a held outcome decides for a duplicate, or None to ask the store
         (before the store is asked, or when it fails to answer)."""
@@ -251,6 +241,8 @@ class Holdings:
         self, identity: Identity, fingerprint: str, now: float, found: Record | None
     ) -> Admission | None:
         self._check_fork()
+        if not self._held:  # nothing held: the common case, without the lock
+            return None
         with self._cond:
             held = self._held.get(identity)
         if held is None or (found is not None and found.token != held.token):
@@ -274,12 +266,6 @@ class Holder(Finisher[StoreT]):
         """The outcomes this flow holds (B19); `len(flow.holdings)` counts them."""
         self.drain_timeout = DEFAULT_DRAIN
         """How long the ASGI lifespan shutdown waits for held outcomes (B40)."""
-
-    def admitted(self, result: Admission) -> Admission:
-        """Count a replay; remember an acquired claim's record for its execution."""
-        if result.claim is not None:
-            self.holdings.note_claim(result.claim.record)
-        return super().admitted(result)
 
     def hold(self, held: Held) -> Held:
         """Hold `held`: count it; the driver then runs its steps."""

@@ -17,7 +17,6 @@ secret), never as themselves nor as a plain hash a leaked table could be matched
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from collections.abc import Mapping
@@ -111,4 +110,4 @@ class Scoper:
         return ANONYMOUS_SCOPE if settings.anonymous == "shared" else None
 
     def _hash(self, value: bytes) -> str:
-        return hmac.new(self._secret, value, hashlib.sha256).hexdigest()
+        return hmac.digest(self._secret, value, "sha256").hex()

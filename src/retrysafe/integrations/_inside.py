@@ -104,7 +104,7 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
             if admitted.claim is not None:  # over the scope's cap: let a retry run it
                 self.flow.release(identity, admitted.token)
             return refused
-        execution = self.flow.execution(identity, admitted.token, settings).start()
+        execution = self.flow.execution(admitted, settings).start()
         return Running(settings, execution, lambda: self._leave(identity.scope))
 
     def _load_scoper(self) -> Scoper:

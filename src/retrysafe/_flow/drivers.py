@@ -21,7 +21,7 @@ import anyio.to_thread
 from retrysafe._concurrency import monotonic
 from retrysafe._engine import Decision
 from retrysafe._errors import StoreError
-from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance
+from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance, judge
 from retrysafe._flow.counters import Count
 from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step
 from retrysafe._heartbeat import HOLDER, THREADS, AsyncHeartbeat, ThreadJob, every
@@ -42,16 +42,14 @@ class SyncFlow(Holder[Store]):
     __slots__ = ()
 
     def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
-        """Claim `identity`, waiting for a duplicate in flight; return what was decided.
-
-        An outcome this flow holds (B19) answers first, and wins over an unreachable store or
-        one that says the key is in flight under our token.
-        """
+        """Claim `identity`, waiting for a duplicate in flight; return what was decided. An
+        outcome held here (B19) answers first, even if the store is unreachable."""
         store, holdings = self.store, self.holdings
         if not holdings.held_any():  # the common case: the admission's first claim, directly
             claim = store.claim(identity, fingerprint, lease=terms.lease, retention=terms.retention)
-            if claim.acquired:
-                return Admission(Decision.EXECUTE, claim=claim)
+            judged = judge(claim, fingerprint, store.clock.now())  # execute, replay, mismatch
+            if judged is not None and judged.decision is not Decision.IN_FLIGHT:
+                return self.admitted(judged)
             steps = admission(identity, fingerprint, terms, clock=store.clock)
             advance(steps, None)  # its first step is that claim
             step = advance(steps, claim)
@@ -231,8 +229,9 @@ class AsyncFlow(Holder[AsyncStore]):
             claim = await store.claim(
                 identity, fingerprint, lease=terms.lease, retention=terms.retention
             )
-            if claim.acquired:
-                return Admission(Decision.EXECUTE, claim=claim)
+            judged = judge(claim, fingerprint, clock.now())  # execute, replay, mismatch
+            if judged is not None and judged.decision is not Decision.IN_FLIGHT:
+                return self.admitted(judged)
             steps = admission(identity, fingerprint, terms, clock=clock, elapsed=elapsed)
             advance(steps, None)  # its first step is that claim
             step = advance(steps, claim)

@@ -15,8 +15,7 @@ The twin of `retrysafe.asgi.IdempotencyMiddleware`: the same settings and the sa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from retrysafe._errors import StoreError
@@ -32,7 +31,14 @@ from retrysafe._http import (
 )
 from retrysafe._http.middleware import MiddlewareBase
 from retrysafe._http.scope import Scoper
-from retrysafe._http.wsgi_io import close_iterable, path_of, prepare_request, respond
+from retrysafe._http.wsgi_io import (
+    Answered,
+    Streamed,
+    close_iterable,
+    path_of,
+    prepare_request,
+    respond,
+)
 from retrysafe.stores.base import Store
 
 if TYPE_CHECKING:
@@ -147,11 +153,11 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
             result = self.app(environ, capture_start)
             chunks = iter(result)
             if written is not None:  # write() already streamed: the iterable follows it
-                return _Streamed(settings, execution, capture, result, chunks)
+                return Streamed(settings, execution, capture, result, chunks)
             for chunk in chunks:
                 if capture.add(chunk):  # past the storable limit: stream from here on
                     start_response(status_line, header_lines)
-                    return _Streamed(settings, execution, capture, result, chunks)
+                    return Streamed(settings, execution, capture, result, chunks)
         except BaseException:
             close_iterable(result)
             execution.finish(None)  # released: a retry runs again (B18)
@@ -159,77 +165,4 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
         capture.complete = True
         execution.finish(outcome_to_store(capture, settings))
         start_response(status_line, header_lines)
-        return _Answered([capture.body()], result)
-
-
-@dataclass(eq=False)
-class _Answered:
-    """The whole answer; closing it closes the app's iterable after the answer was sent."""
-
-    body: list[bytes]
-    result: Iterable[bytes]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.body)
-
-    def close(self) -> None:
-        """Close the app's iterable; its errors are logged, the stored outcome stands."""
-        _close_quietly(self.result)
-
-
-def _close_quietly(result: Iterable[bytes]) -> None:
-    try:
-        close_iterable(result)
-    except Exception:
-        logger.exception("The app's close() raised after its response was complete")
-
-
-@dataclass(eq=False)
-class _Streamed:
-    """A response past the storable limit, streamed to the client; finishes on close (B22)."""
-
-    settings: Settings
-    execution: SyncExecution
-    capture: ResponseCapture
-    result: Iterable[bytes]
-    chunks: Iterator[bytes]
-    _failed: bool = False
-    _closed: bool = False
-
-    def __post_init__(self) -> None:
-        self._first = self.capture.take()
-
-    def __iter__(self) -> Iterator[bytes]:
-        """Yield the body; an error from the app releases the claim, the end stores it."""
-        yield self._first
-        try:
-            for chunk in self.chunks:
-                self.capture.add(chunk)
-                yield chunk
-        except GeneratorExit:
-            raise
-        except BaseException:
-            self._failed = True
-            raise
-        self._finish()
-
-    def _finish(self) -> None:
-        # The app ran and its status is known: even if the client left mid-body, a retry must
-        # not run it again, so the (omitted) outcome is stored (B22).
-        self.capture.complete = True
-        self.execution.finish(outcome_to_store(self.capture, self.settings))
-
-    def close(self) -> None:
-        """Store the outcome (or release the claim after an error), then close the app's
-        iterable, whose errors are logged."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._failed:
-            try:
-                close_iterable(self.result)
-            finally:
-                self.execution.finish(None)
-            return
-        self._finish()
-        _close_quietly(self.result)
+        return Answered([capture.body()], result)

@@ -1,4 +1,5 @@
-"""The WSGI plumbing of the middleware: environ to request, the body, whole responses.
+"""The WSGI plumbing of the middleware: environ to request, the body, the answer (whole, or
+streamed past the storable limit), shared by the WSGI middleware and the framework faces.
 
 The twin of `asgi_io`; both feed the sans-I/O core (`settings`, `problems`, `outcome`).
 """
@@ -6,10 +7,13 @@ The twin of `asgi_io`; both feed the sans-I/O core (`settings`, `problems`, `out
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from retrysafe._flow import SyncExecution
 from retrysafe._http.flow import new_identity
+from retrysafe._http.outcome import ResponseCapture, outcome_to_store
 from retrysafe._http.problems import (
     Response,
     check_content_length,
@@ -18,7 +22,7 @@ from retrysafe._http.problems import (
     too_large,
 )
 from retrysafe._http.scope import Scoper, principal_of
-from retrysafe._http.settings import RequestView, Settings
+from retrysafe._http.settings import RequestView, Settings, logger
 from retrysafe._record import Identity
 
 if TYPE_CHECKING:
@@ -29,7 +33,10 @@ PRINCIPAL_KEY: Final = "retrysafe.principal"
 
 __all__ = [
     "PRINCIPAL_KEY",
+    "Answered",
+    "Streamed",
     "close_iterable",
+    "close_quietly",
     "path_of",
     "prepare_request",
     "read_body",
@@ -119,3 +126,77 @@ def respond(start_response: StartResponse, response: Response) -> list[bytes]:
         [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers],
     )
     return [response.body]
+
+
+@dataclass(eq=False)
+class Answered:
+    """The whole answer; closing it closes the app's iterable after the answer was sent."""
+
+    body: list[bytes]
+    result: Iterable[bytes]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        """Close the app's iterable; its errors are logged, the stored outcome stands."""
+        close_quietly(self.result)
+
+
+def close_quietly(result: Iterable[bytes]) -> None:
+    """Close the app's iterable after its response was complete; log what it raises."""
+    try:
+        close_iterable(result)
+    except Exception:
+        logger.exception("The app's close() raised after its response was complete")
+
+
+@dataclass(eq=False)
+class Streamed:
+    """A response past the storable limit, streamed to the client; finishes on close (B22)."""
+
+    settings: Settings
+    execution: SyncExecution
+    capture: ResponseCapture
+    result: Iterable[bytes]
+    chunks: Iterator[bytes]
+    _failed: bool = False
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        self._first = self.capture.take()
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield the body; an error from the app releases the claim, the end stores it."""
+        yield self._first
+        try:
+            for chunk in self.chunks:
+                self.capture.add(chunk)
+                yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException:
+            self._failed = True
+            raise
+        self._finish()
+
+    def _finish(self) -> None:
+        # The app ran and its status is known: even if the client left mid-body, a retry must
+        # not run it again, so the (omitted) outcome is stored (B22).
+        self.capture.complete = True
+        self.execution.finish(outcome_to_store(self.capture, self.settings))
+
+    def close(self) -> None:
+        """Store the outcome (or release the claim after an error), then close the app's
+        iterable, whose errors are logged."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._failed:
+            try:
+                close_iterable(self.result)
+            finally:
+                self.execution.finish(None)
+            return
+        self._finish()
+        close_quietly(self.result)

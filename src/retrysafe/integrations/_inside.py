@@ -39,10 +39,9 @@ from retrysafe._http import (
     too_large,
 )
 from retrysafe._http.middleware import MiddlewareBase
-from retrysafe._http.wsgi_io import close_iterable, request_view
+from retrysafe._http.wsgi_io import Streamed, close_iterable, request_view
 from retrysafe._record import Identity
 from retrysafe.stores.base import Store
-from retrysafe.wsgi import _Streamed
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -193,7 +192,7 @@ class Running:
         try:
             for chunk in chunks:
                 if capture.add(chunk):  # past the storable limit: stream from here on
-                    streamed = _Streamed(self.settings, self.execution, capture, result, chunks)
+                    streamed = Streamed(self.settings, self.execution, capture, result, chunks)
                     self._done()
                     return streamed
         except BaseException:

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 from typing import Final
 
+import anyio
+
 from retrysafe._errors import StoreError
-from retrysafe._flow import Admission, AsyncFlow
+from retrysafe._flow import Admission, AsyncExecution, AsyncFlow
 from retrysafe._flow.secret import aload_secret
 from retrysafe._http import (
     KEY_HEADER,
+    Response,
     ResponseCapture,
     RouteSettings,
     Settings,
+    encode_outcome,
     logger,
     outcome_to_store,
 )
@@ -44,6 +48,7 @@ from retrysafe._http.scope import Scoper
 from retrysafe.stores.base import AsyncStore
 
 __all__ = [
+    "OUTCOME_UNKNOWN",
     "ASGIApp",
     "IdempotencyMiddleware",
     "Message",
@@ -52,6 +57,7 @@ __all__ = [
     "Scope",
     "Send",
     "Settings",
+    "UnknownOutcome",
 ]
 
 
@@ -61,6 +67,10 @@ _UNCAPTURABLE: Final = (
     "http.response.zerocopy",
     "http.response.trailers",
 )
+OUTCOME_UNKNOWN: Final = "retrysafe.outcome_unknown"
+"""The scope extension an app calls when it cannot know its outcome yet (B38): see
+`UnknownOutcome`. Offered only by a middleware with `outcome_unknown = True` (the proxy's)."""
+_SETTLE_SECONDS: Final = 10.0  # the bound on storing an unknown outcome while cancelled
 
 
 class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow]):
@@ -78,6 +88,9 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
     @staticmethod
     def _new_flow(store: AsyncStore) -> AsyncFlow:
         return AsyncFlow(store, logger=logger)
+
+    outcome_unknown: bool = False
+    """Offer the app the `OUTCOME_UNKNOWN` extension (B38)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; all but covered HTTP requests pass straight through."""
@@ -142,15 +155,23 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
     ) -> None:
         """Run the app under the claim; store its outcome and answer as soon as the app sent
         its last body message (B18). What the app does after that (background tasks) neither
-        delays the answer nor changes the stored outcome; an exception there is logged."""
+        delays the answer nor changes the stored outcome; an exception there is logged.
+
+        With `outcome_unknown` on, the app may call the scope extension `OUTCOME_UNKNOWN`
+        (see `UnknownOutcome`) to answer the client at once and keep the claim (B38)."""
         capture = ResponseCapture(settings.max_response_size)
         start: Message = {}
         execution = self.flow.execution(admitted, settings)
         identity = execution.identity
+        unknown = UnknownOutcome(send) if self.outcome_unknown else None
 
         async def capture_send(message: Message) -> None:
             nonlocal start
             kind = message["type"]
+            if unknown is not None and unknown.answered:
+                client: Send = _discard  # the client has its answer; the app's is stored
+            else:
+                client = send
             if kind == "http.response.start":
                 start = message
                 capture.start(message["status"], message.get("headers", ()))
@@ -161,41 +182,97 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
                 more = message.get("more_body", False)
                 capture.complete = not more
                 if capture.overflowed:
-                    await send(message)
+                    await client(message)
                 elif capture.add(chunk):  # past the storable limit: stream from here on
-                    await send(start)
-                    await send({"type": kind, "body": capture.take(), "more_body": more})
+                    await client(start)
+                    await client({"type": kind, "body": capture.take(), "more_body": more})
                 if capture.complete:  # the outcome: store it, then answer at once
                     await execution.finish(outcome_to_store(capture, settings))
                     if not capture.overflowed:
-                        await _send_whole(send, start, capture.body())
+                        await _send_whole(client, start, capture.body())
             else:
-                await send(message)
+                await client(message)
 
-        app_scope = scope
-        extensions = scope.get("extensions")
-        if extensions and any(name in extensions for name in _UNCAPTURABLE):
-            kept = {k: v for k, v in extensions.items() if k not in _UNCAPTURABLE}
-            app_scope = {**scope, "extensions": kept}
+        app_scope = _app_scope(scope, unknown)
         # An exception or a cancellation before the last body message leaves the execution
-        # unfinished: the claim is released, so a retry runs again (B18).
+        # unfinished: the claim is released, so a retry runs again (B18) -- unless the app
+        # said its outcome is unknown: then the outcome it named is stored (B38).
         async with execution:
             try:
                 await self.app(app_scope, replay_body(body, receive), capture_send)
-            except Exception:
-                if not capture.complete:
+            except BaseException as error:
+                settled = False
+                if unknown is not None and unknown.answered and not capture.complete:
+                    settled = True
+                    await unknown.settle(execution, settings)
+                if not isinstance(error, Exception) or not (capture.complete or settled):
                     raise
                 logger.exception(
-                    "The app raised after its response to %s was complete (a background task?); "
-                    "the response stands",
+                    "The app raised after its response to %s was complete, or after it said "
+                    "its outcome is unknown; the response stands",
                     identity,
                 )
                 return
             if capture.complete:
                 return
+            if unknown is not None and unknown.answered:
+                await unknown.settle(execution, settings)
+                return
             await execution.finish(None)  # the app returned without finishing its response
         if not capture.overflowed and start:
             await _send_whole(send, start, capture.body())
+
+
+class UnknownOutcome:
+    """The `OUTCOME_UNKNOWN` scope extension: an app (the proxy) calls it with two responses
+    when it cannot know its outcome yet, say an upstream that has not answered in time (B38).
+
+    `answer` reaches the client at once; the claim is kept, renewed while the app runs, and the
+    app's later response is stored (not sent) under the outcome policy. If the app ends without
+    one (it gave up, raised, or was cancelled), `otherwise` is stored: the effect may have
+    happened, so the key is never run again; retries get `otherwise`.
+    """
+
+    __slots__ = ("_send", "answered", "otherwise")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.answered = False
+        self.otherwise: Response | None = None
+
+    async def __call__(self, answer: Response, otherwise: Response) -> None:
+        """Send `answer` to the client now; store the app's later response, else `otherwise`."""
+        if self.answered:
+            return
+        self.answered = True
+        self.otherwise = otherwise
+        await respond(self._send, answer)
+
+    async def settle(self, execution: AsyncExecution, settings: Settings) -> None:
+        """Store `otherwise`, even while cancelled (a bounded, shielded store call; a store
+        that fails keeps it held, B19)."""
+        if self.otherwise is None:
+            return
+        stored = self.otherwise
+        outcome = encode_outcome(stored.status, stored.headers, stored.body, settings)
+        with anyio.move_on_after(_SETTLE_SECONDS, shield=True):
+            await execution.finish(outcome)
+
+
+def _app_scope(scope: Scope, unknown: UnknownOutcome | None) -> Scope:
+    """Return the scope the app sees: without the response extensions the capture cannot see
+    through, and with `OUTCOME_UNKNOWN` when the middleware offers it."""
+    extensions = scope.get("extensions")
+    if unknown is None and not (extensions and any(n in extensions for n in _UNCAPTURABLE)):
+        return scope
+    kept = {k: v for k, v in (extensions or {}).items() if k not in _UNCAPTURABLE}
+    if unknown is not None:
+        kept[OUTCOME_UNKNOWN] = unknown
+    return {**scope, "extensions": kept}
+
+
+async def _discard(message: Message) -> None:
+    """A `send` for a client that already has its answer."""
 
 
 async def _send_whole(send: Send, start: Message, body: bytes) -> None:

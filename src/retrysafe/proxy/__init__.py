@@ -38,8 +38,9 @@ except ImportError as error:
 
 from retrysafe._http import MIB, SettingsOptions
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware
-from retrysafe.proxy._forward import ProxyApp, RequestGuard
+from retrysafe.proxy._forward import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, ProxyApp
 from retrysafe.proxy._framing import HOP_BY_HOP_HEADERS, end_to_end
+from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT, RequestGuard
 from retrysafe.stores.base import AsyncStore
 
 __all__ = ["HOP_BY_HOP_HEADERS", "ProxyApp", "build_proxy", "end_to_end"]
@@ -50,7 +51,9 @@ def build_proxy(
     *,
     store: AsyncStore,
     client: httpx.AsyncClient | None = None,
-    timeout: httpx.Timeout | float | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     **options: Unpack[SettingsOptions],
 ) -> ASGIApp:
     """Return the idempotent reverse proxy to `upstream`: `ProxyApp` behind the middleware.
@@ -61,7 +64,11 @@ def build_proxy(
         upstream: the base URL of the service.
         store: where records live (`retrysafe.open_async_store(url)`).
         client: the httpx client to forward with (default: one the proxy owns).
-        timeout: the upstream timeout (default: 5 s to connect, 60 s else).
+        timeout: how long a client waits for the upstream's answer (default 60 s); then it
+            gets a 504, and a claimed request's call goes on in the background (B38).
+        deadline: how long that call may run in all (default 300 s); past it, retries get the
+            stored `outcome-unknown` problem.
+        body_timeout: how long a request body may take to arrive (default 30 s); then 408.
         options: the middleware's settings (`required=True`, `wait=0`, `scope_header=...`).
     """
     buffer_size = options.get("max_response_size") or MIB
@@ -69,7 +76,17 @@ def build_proxy(
         upstream,
         client=client,
         timeout=timeout,
+        deadline=deadline,
         buffer_size=buffer_size,
         on_shutdown=[store.aclose],
     )
-    return RequestGuard(IdempotencyMiddleware(proxy, store=store, **options))
+    middleware = _ProxyMiddleware(proxy, store=store, **options)
+    return RequestGuard(
+        middleware, max_body_size=middleware.settings.max_body_size, body_timeout=body_timeout
+    )
+
+
+class _ProxyMiddleware(IdempotencyMiddleware):
+    """The middleware, offering `ProxyApp` to keep a claim whose outcome is unknown (B38)."""
+
+    outcome_unknown = True

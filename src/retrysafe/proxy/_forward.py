@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
 
+import anyio
 import httpx
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._http import MIB, Response
 from retrysafe._http.asgi_io import run_lifespan
-from retrysafe.asgi import Message, Receive, Scope, Send
+from retrysafe.asgi import OUTCOME_UNKNOWN, Message, Receive, Scope, Send, UnknownOutcome
 from retrysafe.proxy._framing import end_to_end, proxy_problem, refusal, request_target
 
-__all__ = ["ProxyApp", "RequestGuard", "raw_target"]
+__all__ = [
+    "DEFAULT_DEADLINE",
+    "DEFAULT_TIMEOUT",
+    "ProxyApp",
+    "outcome_unknown",
+    "raw_target",
+    "respond",
+]
 
 # Set by the proxy itself, whatever the client sent (X-Forwarded-For is appended to instead).
 _REPLACED_REQUEST_HEADERS: Final = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
-_DEFAULT_TIMEOUT: Final = httpx.Timeout(60.0, connect=5.0)
+DEFAULT_TIMEOUT: Final = 60.0
+"""How long a client waits for the upstream's answer before a 504 (`--upstream-timeout`)."""
+DEFAULT_DEADLINE: Final = 300.0
+"""How long a claimed request's upstream call may run in all (`--upstream-deadline`)."""
+_CONNECT_TIMEOUT: Final = 5.0
 
 
 class _ClientGoneError(Exception):
@@ -35,32 +48,21 @@ def raw_target(scope: Scope) -> tuple[bytes, bytes]:
     return path, scope.get("query_string", b"")
 
 
-class RequestGuard:
-    """ASGI: answer 400 to a request the proxy would not forward, before anything else runs."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on, unless its target or framing is refused (B37)."""
-        if scope["type"] == "http":
-            refused = refusal(*raw_target(scope), scope["headers"])
-            if refused is not None:
-                await _respond(send, refused)
-                return
-        await self.app(scope, receive, send)
-
-
 class ProxyApp:
     """An ASGI app that forwards each HTTP request to `upstream` and sends the answer back.
 
     A response up to `buffer_size` bytes is read whole before it is sent, so an upstream that
     breaks it gives a 502 problem; a larger one is streamed, and a break aborts the connection.
 
+    Behind the proxy's middleware, a request whose outcome becomes unknown (no answer within
+    `timeout`, or an exchange broken after the request was sent) keeps its claim: the client
+    gets a 504 or 502 at once, and the upstream call goes on up to `deadline` (B38).
+
     Args:
         upstream: the base URL of the service, `http://host:port` (a path prefix is kept).
         client: the httpx client to forward with (default: one owned and closed by the app).
-        timeout: the httpx timeout for upstream requests (default: 5 s to connect, 60 s else).
+        timeout: how long a client waits for the upstream's answer, in seconds (default 60).
+        deadline: how long a claimed request's upstream call may run in all (default 300).
         buffer_size: the largest response read whole before sending (default 1 MiB).
         on_shutdown: coroutines to run at lifespan shutdown (closing the store, say).
     """
@@ -70,7 +72,8 @@ class ProxyApp:
         upstream: str,
         *,
         client: httpx.AsyncClient | None = None,
-        timeout: httpx.Timeout | float | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         buffer_size: int = MIB,
         on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
@@ -84,13 +87,22 @@ class ProxyApp:
             )
         if url.query or url.fragment:
             raise ConfigurationError(f"The upstream URL takes no query or fragment: {upstream!r}.")
+        if not 0 < timeout <= deadline:
+            raise ConfigurationError(
+                f"The upstream timeout ({timeout:g} s) is above zero and at most the upstream "
+                f"deadline ({deadline:g} s)."
+            )
+        self._timeout = timeout
+        self._deadline = deadline
         self.upstream = upstream.rstrip("/")
         self._base = url
         self._prefix = url.raw_path.rstrip(b"/")
         self._buffer_size = buffer_size
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
-            timeout=_DEFAULT_TIMEOUT if timeout is None else timeout,
+            # The waits are bounded by `timeout` and `deadline`; a streamed response by
+            # `deadline` between two reads.
+            timeout=httpx.Timeout(deadline, connect=min(_CONNECT_TIMEOUT, timeout)),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
             follow_redirects=False,
             trust_env=False,
@@ -149,7 +161,7 @@ class ProxyApp:
         path, query = raw_target(scope)
         refused = refusal(path, query, scope["headers"])
         if refused is not None:
-            await _respond(send, refused)
+            await respond(send, refused)
             return
         url = self.upstream_url(path, query)
         first = await receive()
@@ -160,48 +172,110 @@ class ProxyApp:
             content = _stream_body(first, receive)
         else:
             content = first.get("body", b"")
+        request = self._request(scope, url, content)
+        unknown: UnknownOutcome | None = (scope.get("extensions") or {}).get(OUTCOME_UNKNOWN)
         try:
-            response = await self._client.send(self._request(scope, url, content), stream=True)
+            fetched = await self._fetch_in_time(request, unknown)
         except _ClientGoneError:
             return
-        except (httpx.HTTPError, httpx.StreamError) as error:
-            await _respond(send, _failure(error))
+        except (httpx.HTTPError, httpx.StreamError, TimeoutError) as error:
+            if unknown is None or _not_sent(error):
+                await respond(send, _failure(error))  # a 5xx: the claim is released (B18)
+            else:  # the upstream may have acted: the claim is kept (B38)
+                await unknown(_failure(error, kept=True), outcome_unknown(error))
             return
+        if fetched is None:
+            return  # past the deadline: the middleware stores `outcome-unknown` (B38)
         try:
-            await self._relay(response, send)
+            await self._relay(fetched, send)
         finally:
-            await response.aclose()
+            await fetched.response.aclose()
 
-    async def _relay(self, response: httpx.Response, send: Send) -> None:
-        """Send the upstream's response: whole when it fits the buffer, else streamed."""
-        chunks: list[bytes] = []
-        size = 0
-        stream = response.aiter_raw()  # raw: a compressed body stays compressed
+    async def _fetch_in_time(
+        self, request: httpx.Request, unknown: UnknownOutcome | None
+    ) -> _Fetched | None:
+        """Fetch the upstream's answer. The client waits `timeout` for it; then, if the
+        middleware keeps the claim (`unknown`), it gets a 504 while the call goes on in the
+        background up to `deadline`, and the answer is stored when it comes (B38)."""
+        if unknown is None:  # nothing is claimed: a plain 504 after the timeout
+            with anyio.fail_after(self._timeout):
+                return await self._fetch(request)
+        results: list[_Fetched | BaseException] = []
+        done = anyio.Event()
+
+        async def fetch() -> None:
+            try:
+                results.append(await self._fetch(request))
+            except (httpx.HTTPError, httpx.StreamError, _ClientGoneError) as error:
+                results.append(error)
+            finally:
+                done.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(fetch)
+            with anyio.move_on_after(self._timeout):
+                await done.wait()
+            if not done.is_set():
+                timeout = TimeoutError()
+                await unknown(_failure(timeout, kept=True), outcome_unknown(timeout))
+                with anyio.move_on_after(self._deadline - self._timeout):
+                    await done.wait()
+            if not done.is_set():
+                group.cancel_scope.cancel()  # the deadline: give up on the upstream
+                return None
+        result = results[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def _fetch(self, request: httpx.Request) -> _Fetched:
+        """Send the request; read the response's head and up to `buffer_size` of its body."""
+        response = await self._client.send(request, stream=True)
         try:
+            chunks: list[bytes] = []
+            size = 0
+            stream = response.aiter_raw()  # raw: a compressed body stays compressed
             async for chunk in stream:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > self._buffer_size:
-                    break
-            else:
-                body = b"".join(chunks)
-                start = _start(response)
-                await send(start)
-                await send({"type": "http.response.body", "body": body, "more_body": False})
-                return
-        except (httpx.HTTPError, httpx.StreamError) as error:
-            await _respond(send, _failure(error))
+                    return _Fetched(response, chunks, stream)
+            return _Fetched(response, chunks, None)
+        except BaseException:
+            await response.aclose()
+            raise
+
+    async def _relay(self, fetched: _Fetched, send: Send) -> None:
+        """Send the upstream's response: whole when it fit the buffer, else streamed; a
+        streamed response that breaks aborts the connection."""
+        await send(_start(fetched.response))
+        if fetched.rest is None:
+            body = b"".join(fetched.chunks)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return
-        await send(_start(response))
-        for chunk in chunks:
+        for chunk in fetched.chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         try:
-            async for chunk in stream:
+            async for chunk in fetched.rest:
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (httpx.HTTPError, httpx.StreamError) as error:
             raise UpstreamBrokeError(f"the upstream broke its response: {error!r}") from error
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """An upstream response: its head, the body read so far, and the rest unless complete."""
+
+    response: httpx.Response
+    chunks: list[bytes]
+    rest: AsyncIterator[bytes] | None
+
+
+def _not_sent(error: BaseException) -> bool:
+    """Whether the upstream surely did not get the request: no connection was made (B38)."""
+    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def _start(response: httpx.Response) -> Message:
@@ -212,10 +286,10 @@ def _start(response: httpx.Response) -> Message:
     }
 
 
-def _failure(error: Exception) -> Response:
-    """Return the 502 or 504 problem for an upstream exchange that failed (B37)."""
-    reason = type(error).__name__
-    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+def _failure(error: BaseException, *, kept: bool = False) -> Response:
+    """Return the 502 or 504 problem for an upstream exchange that failed (B37), saying
+    whether the request's claim is `kept` because the upstream may have acted (B38)."""
+    if _not_sent(error):
         return proxy_problem(
             502,
             "upstream-unreachable",
@@ -223,19 +297,49 @@ def _failure(error: Exception) -> Response:
             f"The upstream service cannot be reached ({type(error).__name__}); the request "
             "was not forwarded. Retry later.",
         )
-    if isinstance(error, httpx.TimeoutException):
+    timed_out = isinstance(error, httpx.TimeoutException | TimeoutError)
+    if not kept:
+        then = "It may have processed the request."
+    elif timed_out:
+        then = (
+            "A retry with the same Idempotency-Key is not forwarded again: it gets the "
+            "upstream's answer once it comes."
+        )
+    else:
+        then = (
+            "It may have processed the request, so a retry with the same Idempotency-Key is "
+            "not forwarded again (it gets the outcome-unknown problem)."
+        )
+    if timed_out:
         return proxy_problem(
             504,
             "upstream-timeout",
             "Upstream timed out",
-            "The upstream service did not answer in time; it may have processed the request. "
-            "Retry with the same Idempotency-Key.",
+            f"The upstream service did not answer in time and may still be working. {then}",
         )
     return proxy_problem(
         502,
         "upstream-failed",
         "Upstream failed",
-        f"The upstream service broke the exchange ({reason}). Retry with the same Idempotency-Key.",
+        f"The upstream service broke the exchange ({type(error).__name__}) after it was sent "
+        f"the request. {then}",
+    )
+
+
+def outcome_unknown(error: BaseException) -> Response:
+    """Return the problem stored for a request whose outcome the proxy cannot know (B38)."""
+    why = (
+        "did not answer by the proxy's deadline"
+        if isinstance(error, httpx.TimeoutException | TimeoutError)
+        else f"broke the exchange ({type(error).__name__}) after it was sent the request"
+    )
+    return proxy_problem(
+        502,
+        "outcome-unknown",
+        "Outcome unknown",
+        f"The upstream service {why}; it may have processed the request. The proxy will not "
+        "forward it again under this Idempotency-Key: check the outcome, then use a new key "
+        "(or have an operator run `retrysafe keys delete`).",
     )
 
 
@@ -251,7 +355,8 @@ async def _stream_body(first: Message, receive: Receive) -> AsyncIterator[bytes]
             return
 
 
-async def _respond(send: Send, response: Response) -> None:
+async def respond(send: Send, response: Response) -> None:
+    """Send `response` whole."""
     await send(
         {"type": "http.response.start", "status": response.status, "headers": response.headers}
     )

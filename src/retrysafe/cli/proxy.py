@@ -8,9 +8,11 @@ import typer
 import uvicorn
 
 from retrysafe._errors import ConfigurationError
-from retrysafe._http import SettingsOptions
+from retrysafe._http import MIB, SettingsOptions
 from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail
 from retrysafe.proxy import build_proxy
+from retrysafe.proxy._forward import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
+from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT
 from retrysafe.stores import open_async_store
 
 __all__ = ["EXAMPLES", "proxy", "register"]
@@ -84,6 +86,58 @@ def proxy(
             "or let all such requests share one anonymous scope.",
         ),
     ] = "reject",
+    upstream_timeout: Annotated[
+        float,
+        typer.Option(
+            "--upstream-timeout",
+            metavar="SECONDS",
+            help="How long a client waits for the upstream's answer before a 504; a keyed "
+            "request's call goes on and its answer is stored for the retry.",
+        ),
+    ] = DEFAULT_TIMEOUT,
+    upstream_deadline: Annotated[
+        float,
+        typer.Option(
+            "--upstream-deadline",
+            metavar="SECONDS",
+            help="How long a keyed request's upstream call may run in all; past it, retries "
+            "get the outcome-unknown problem and the request is never forwarded again.",
+        ),
+    ] = DEFAULT_DEADLINE,
+    max_in_flight_per_scope: Annotated[
+        int | None,
+        typer.Option(
+            "--max-in-flight-per-scope",
+            metavar="N",
+            min=1,
+            help="The most keys one caller may have running at once; beyond it, 429 with "
+            "Retry-After (default: no cap).",
+        ),
+    ] = None,
+    max_body_size: Annotated[
+        int,
+        typer.Option(
+            "--max-body-size", metavar="BYTES", min=0, help="The largest request body (413)."
+        ),
+    ] = MIB,
+    max_response_size: Annotated[
+        int,
+        typer.Option(
+            "--max-response-size",
+            metavar="BYTES",
+            min=0,
+            help="The largest response stored for replay; a larger one is streamed once and "
+            "its retries get the not-replayable problem.",
+        ),
+    ] = MIB,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            metavar="SECONDS",
+            help="How long a request body may take to arrive (408, nothing forwarded).",
+        ),
+    ] = DEFAULT_BODY_TIMEOUT,
 ) -> None:
     """Put the idempotency middleware in front of any HTTP service.
 
@@ -100,10 +154,20 @@ def proxy(
                 "lease": lease,
                 "wait": wait,
                 "anonymous": anonymous,
+                "max_in_flight_per_scope": max_in_flight_per_scope,
+                "max_body_size": max_body_size,
+                "max_response_size": max_response_size,
             }
             if scope_header:
                 options["scope_header"] = scope_header
-            app = build_proxy(upstream, store=open_async_store(store), **options)
+            app = build_proxy(
+                upstream,
+                store=open_async_store(store),
+                timeout=upstream_timeout,
+                deadline=upstream_deadline,
+                body_timeout=body_timeout,
+                **options,
+            )
         except ConfigurationError as error:
             fail(str(error), EXIT_USAGE)
     console.print(

@@ -180,6 +180,8 @@ class Holdings:
 
     def held_any(self) -> bool:
         """Return whether any outcome is held (no lock: a dict's emptiness is read at once)."""
+        if not self._held:  # the common case; a forked child holds nothing of its parent's
+            return False
         self._check_fork()
         return bool(self._held)
 

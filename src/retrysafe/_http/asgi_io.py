@@ -75,13 +75,14 @@ async def track_request(
 
 def request_view(scope: Scope) -> RequestView:
     """Return the request as the sans-I/O core sees it."""
+    user = scope.get("user")
     return RequestView(
         method=scope["method"],
         path=scope["path"],
         query_string=scope.get("query_string", b""),
         headers=scope["headers"],
         raw=scope,
-        principal=principal_of(scope.get("user")),
+        principal=None if user is None else principal_of(user),
         raw_path=scope.get("raw_path"),
     )
 

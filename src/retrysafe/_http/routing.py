@@ -64,6 +64,8 @@ class Router:
             alternatives.append(f"(?P<r{index}>{compile_pattern(pattern)})")
             self._targets.append(None if route is None else settings.with_route(route))
         self._regex = re.compile("|".join(alternatives)) if alternatives else None
+        self.only: Settings | None = None if alternatives or hooked else settings
+        """The settings of every path, when there are no routes (no path to match)."""
         known = [settings, *(s for s in self._targets if s is not None)]
         self.methods: frozenset[str] = frozenset().union(*(s.methods for s in known))
         """Every method any route covers: other methods pass through at once."""
@@ -128,7 +130,8 @@ class Gate(Generic[R]):
         ):
             return None
         if hook is None:
-            chosen = self.router.for_path(self._path_of(request))
+            router = self.router
+            chosen = router.only or router.for_path(self._path_of(request))
         else:
             chosen = self.router.for_route(hook(request))
         if chosen is None or method not in chosen.methods or not (keyed or chosen.required):

@@ -30,6 +30,7 @@ SECRET_ENV: Final = "RETRYSAFE_SCOPE_SECRET"  # noqa: S105 - a variable name, no
 """The environment variable that holds the scope secret when settings do not."""
 # What names a user, most specific first: Django and ORMs (`pk`, `id`), Starlette
 # (`identity`, `username`), Flask-Login (`get_id()`), others (`email`, `display_name`).
+_KNOWN_LIMIT: Final = 4096  # scopes remembered by a `Scoper` (a dict lookup, not an HMAC)
 _PRINCIPAL_ATTRIBUTES: Final = ("pk", "id", "identity", "username", "email", "display_name")
 
 
@@ -80,12 +81,15 @@ class Scoper:
         secret: the HMAC key; `Scoper.from_settings` finds it in settings or the environment.
     """
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_known", "_secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("The scope secret must have at least 16 bytes.")
         self._secret = secret
+        self._known: dict[tuple[str, str | bytes], str] = {}
+        """Scopes already hashed, by (header name or "", principal or credential): a replay
+        would spend a quarter of its time on the HMAC. Cleared when full."""
 
     @staticmethod
     def configured_secret(settings: Settings) -> bytes | None:
@@ -99,15 +103,24 @@ class Scoper:
         """Return the stored scope of `request`, or None when it has none (refuse it)."""
         if settings.scope_function is not None:
             return settings.scope_function(request) or None
-        if request.principal:
-            return "p:" + self._hash(b"principal\0" + request.principal.encode())
-        credential = request.header(settings.scope_header)
+        principal = request.principal
+        if principal:
+            scope = self._known.get(("", principal))
+            return scope or self._keep(("", principal), "p:", b"principal\0" + principal.encode())
+        header = settings.scope_header
+        credential = request.header(header)
         if credential is not None and credential.strip():
-            name = settings.scope_header.lower().encode()
-            return "c:" + self._hash(
-                b"credential\0" + name + b"\0" + normalise_credential(credential)
-            )
+            scope = self._known.get((header, credential))
+            if scope is not None:
+                return scope
+            name = header.lower().encode()
+            value = b"credential\0" + name + b"\0" + normalise_credential(credential)
+            return self._keep((header, credential), "c:", value)
         return ANONYMOUS_SCOPE if settings.anonymous == "shared" else None
 
-    def _hash(self, value: bytes) -> str:
-        return hmac.digest(self._secret, value, "sha256").hex()
+    def _keep(self, known: tuple[str, str | bytes], prefix: str, value: bytes) -> str:
+        """Hash `value` into a scope and remember it as `known`."""
+        if len(self._known) >= _KNOWN_LIMIT:
+            self._known.clear()
+        scope = self._known[known] = prefix + hmac.digest(self._secret, value, "sha256").hex()
+        return scope

@@ -382,3 +382,33 @@ def test_b8_wsgi_remote_user_is_the_principal(start_service: Start, key: str) ->
     assert is_problem(
         service.post("/payments", "k2", json={}, anonymous=True), 400, "scope-missing"
     )
+
+
+def test_b8_remembered_scopes_equal_fresh_hmacs_past_the_bound() -> None:
+    """The `Scoper` remembers the scopes it hashed (a replay skips the HMAC): what it returns
+    is always the HMAC of that caller, by header name, and stays so once the bound clears it."""
+    from retrysafe._http import Settings
+    from retrysafe._http.scope import _KNOWN_LIMIT, Scoper, normalise_credential
+
+    secret = b"s" * 32
+    scoper = Scoper(secret)
+
+    def view(headers: list[tuple[bytes, bytes]], principal: str | None = None) -> RequestView:
+        return RequestView("POST", "/", b"", headers, {}, principal=principal)
+
+    def expected(header: str, value: bytes) -> str:
+        message = b"credential\0" + header.lower().encode() + b"\0" + normalise_credential(value)
+        return "c:" + hmac.digest(secret, message, "sha256").hex()
+
+    by_key = Settings(scope_header="X-API-Key")
+    by_auth = Settings()
+    for n in range(_KNOWN_LIMIT + 10):
+        value = f"Bearer caller-{n % (_KNOWN_LIMIT // 2 + 3)}".encode()
+        headers = [(b"x-api-key", value), (b"authorization", value)]
+        for _ in range(2):  # hashed, then remembered
+            assert scoper.scope_of(by_key, view(headers)) == expected("X-API-Key", value)
+            assert scoper.scope_of(by_auth, view(headers)) == expected("Authorization", value)
+    principal = "app.User:7"
+    hashed = "p:" + hmac.digest(secret, b"principal\0" + principal.encode(), "sha256").hex()
+    for _ in range(2):
+        assert scoper.scope_of(by_auth, view([], principal)) == hashed

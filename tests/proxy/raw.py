@@ -48,18 +48,24 @@ def exchange(port: int, request: bytes) -> RawResponse | None:
         sock.settimeout(_TIMEOUT)
         with contextlib.suppress(OSError):
             sock.sendall(request)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            data += chunk
-            response = _parse(data, complete=False)
-            if response is not None:
-                return response
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> RawResponse | None:
+    """Read one response off `sock` (within its timeout): until it is complete or the server
+    closes; return it, or None when the server closed without answering."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        data += chunk
+        response = _parse(data, complete=False)
+        if response is not None:
+            return response
     return _parse(data, complete=True)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
+import h11
 import typer
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._http import MIB, SettingsOptions
@@ -135,7 +138,8 @@ def proxy(
         typer.Option(
             "--body-timeout",
             metavar="SECONDS",
-            help="How long a request body may take to arrive (408, nothing forwarded).",
+            help="How long a request's head, then its body, may take to arrive (the head: "
+            "the connection is closed; the body: 408; nothing is forwarded).",
         ),
     ] = DEFAULT_BODY_TIMEOUT,
 ) -> None:
@@ -182,11 +186,61 @@ def proxy(
         lifespan="on",
         log_level="warning",
         access_log=False,
+        http=HeadTimeoutProtocol.bounded(body_timeout),
         proxy_headers=False,  # the proxy is the edge: it appends to X-Forwarded-For itself
         server_header=False,  # the upstream's Server and Date headers pass through
         date_header=False,
     )
     uvicorn.Server(config).run()
+
+
+class HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol, where a client must send each request head within
+    `head_timeout` seconds of the connection's start or of the previous response (uvicorn
+    bounds only an idle connection, and any byte resets that): a slowloris sending its head
+    byte by byte is closed too (B36). The body's pace is `RequestGuard`'s."""
+
+    head_timeout: float = DEFAULT_BODY_TIMEOUT
+    _head_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def bounded(cls, seconds: float) -> type[HeadTimeoutProtocol]:
+        """Return the protocol with `head_timeout = seconds`."""
+        return type(cls.__name__, (cls,), {"head_timeout": seconds})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Accept the connection and start the clock on its first request head."""
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Take the bytes; stop the clock once they complete a request head."""
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def on_response_complete(self) -> None:
+        """Finish the response; start the clock on the next request head."""
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the clock with the connection."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 def _redacted(url: str) -> str:

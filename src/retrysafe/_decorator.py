@@ -12,11 +12,11 @@ import dataclasses
 import functools
 import inspect
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypedDict, TypeVar, cast
 
 from retrysafe._engine import Decision
-from retrysafe._errors import ConfigurationError, InvalidKeyError
+from retrysafe._errors import ConfigurationError, InvalidKeyError, StoreError
 from retrysafe._fingerprint import digest
 from retrysafe._flow import (
     DEFAULT_LEASE,
@@ -26,8 +26,10 @@ from retrysafe._flow import (
     AsyncFlow,
     SyncFlow,
 )
+from retrysafe._flow.observing import Observation, decide
 from retrysafe._record import Identity
 from retrysafe._serializer import JSONSerializer, Outcomes, Serializer, canonical_bytes
+from retrysafe.observe import Observer
 from retrysafe.stores.base import AsyncStore, Store
 
 __all__ = ["DEFAULT_LEASE", "DEFAULT_RETENTION", "DEFAULT_WAIT", "IdempotentOptions", "idempotent"]
@@ -48,6 +50,7 @@ class IdempotentOptions(TypedDict, total=False):
     wait: float
     final_exceptions: tuple[type[BaseException], ...]
     serializer: Serializer | None
+    observers: Sequence[Observer] | Observation
 
 
 def idempotent(
@@ -62,6 +65,7 @@ def idempotent(
     wait: float = DEFAULT_WAIT,
     final_exceptions: tuple[type[BaseException], ...] = (),
     serializer: Serializer | None = None,
+    observers: Sequence[Observer] | Observation = (),
 ) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Run the decorated function at most once per key; replay its outcome to every repeat.
 
@@ -87,7 +91,12 @@ def idempotent(
         final_exceptions: exception types stored as the outcome and raised again on replay;
             any other exception releases the key so a retry runs again (B28).
         serializer: how return values are stored; default `JSONSerializer()`.
+        observers: who to tell what each call did (`retrysafe.observe`), such as
+            `PrometheusObserver()`; their face is "decorator".
     """
+    observation = (
+        observers if isinstance(observers, Observation) else Observation("decorator", observers)
+    )
     if lease <= 0 or retention <= 0 or wait < 0:
         raise ConfigurationError("lease and retention must be positive and wait not negative.")
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in final_exceptions):
@@ -102,12 +111,13 @@ def idempotent(
         namespace_ = namespace or f"{func.__module__}.{func.__qualname__}"
         store_is_async = inspect.iscoroutinefunction(getattr(store, "claim", None))
         flow = (
-            AsyncFlow(cast(AsyncStore, store), raise_fenced=True)
+            AsyncFlow(cast(AsyncStore, store), raise_fenced=True, observation=observation)
             if store_is_async
-            else SyncFlow(cast(Store, store), raise_fenced=True)
+            else SyncFlow(cast(Store, store), raise_fenced=True, observation=observation)
         )
         plan = _Plan(
             flow=flow,
+            observation=observation,
             namespace=namespace_,
             signature=inspect.signature(func),
             key=_argument_getter(func, key, "key"),
@@ -181,6 +191,7 @@ class _Plan:
     """Everything one decorated function needs per call, fixed at decoration time."""
 
     flow: Any  # SyncFlow for a sync function, AsyncFlow for an async one
+    observation: Observation
     namespace: str
     signature: inspect.Signature
     key: str | KeyFunction
@@ -234,6 +245,32 @@ def _key_text(raw: object) -> str:
 def _call_sync(
     plan: _Plan, func: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> object:
+    operation = plan.observation.start()
+    try:
+        return _run_sync(plan, func, args, kwargs)
+    except (InvalidKeyError, StoreError) as error:
+        decide("invalid" if isinstance(error, InvalidKeyError) else "unavailable")
+        raise
+    finally:
+        plan.observation.end(operation)
+
+
+async def _call_async(
+    plan: _Plan, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> object:
+    operation = plan.observation.start()
+    try:
+        return await _run_async(plan, func, args, kwargs)
+    except (InvalidKeyError, StoreError) as error:
+        decide("invalid" if isinstance(error, InvalidKeyError) else "unavailable")
+        raise
+    finally:
+        plan.observation.end(operation)
+
+
+def _run_sync(
+    plan: _Plan, func: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> object:
     identity, fingerprint = plan.identify(args, kwargs)
     flow: SyncFlow = plan.flow
     admitted = flow.admit(identity, fingerprint, plan)
@@ -255,7 +292,7 @@ def _call_sync(
     return value
 
 
-async def _call_async(
+async def _run_async(
     plan: _Plan, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> object:
     identity, fingerprint = plan.identify(args, kwargs)

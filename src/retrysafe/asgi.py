@@ -22,6 +22,7 @@ import anyio
 
 from retrysafe._errors import StoreError
 from retrysafe._flow import Admission, AsyncExecution, AsyncFlow
+from retrysafe._flow.observing import Observation
 from retrysafe._flow.secret import aload_secret
 from retrysafe._http import (
     KEY_HEADER,
@@ -86,8 +87,8 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         return path
 
     @staticmethod
-    def _new_flow(store: AsyncStore) -> AsyncFlow:
-        return AsyncFlow(store, logger=logger)
+    def _new_flow(store: AsyncStore, observation: Observation) -> AsyncFlow:
+        return AsyncFlow(store, logger=logger, observation=observation)
 
     outcome_unknown: bool = False
     """Offer the app the `OUTCOME_UNKNOWN` extension (B38)."""
@@ -105,7 +106,11 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         if settings is None:
             await self.app(scope, receive, send)
             return
-        await self._track(scope, receive, send, settings, values)
+        operation = self.observation.start()
+        try:
+            await self._track(scope, receive, send, settings, values)
+        finally:
+            self.observation.end(operation)
 
     async def _track(
         self, scope: Scope, receive: Receive, send: Send, settings: Settings, values: list[bytes]

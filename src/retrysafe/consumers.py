@@ -32,6 +32,7 @@ from typing import Any, ParamSpec, TypeVar, Unpack
 
 from retrysafe._decorator import IdempotentOptions, idempotent
 from retrysafe._errors import ConfigurationError, InvalidKeyError, KeyMismatchError, OutcomeError
+from retrysafe._flow.observing import Observation
 from retrysafe.stores.base import AsyncStore, Store
 
 __all__ = ["idempotent_message", "message_body_of", "message_id_of", "should_requeue"]
@@ -112,5 +113,10 @@ def idempotent_message(
         final_exceptions: exception types stored as the handler's outcome and raised again on
             redelivery, rather than releasing the id for a retry.
         serializer: how return values are stored; default `JSONSerializer()`.
+        observers: who to tell what each delivery did (`retrysafe.observe`); their face is
+            "consumer".
     """
+    observers = options.get("observers", ())
+    if not isinstance(observers, Observation):
+        options["observers"] = Observation("consumer", observers)
     return idempotent(store, key=message_id, fingerprint=body, **options)

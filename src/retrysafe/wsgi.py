@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from retrysafe._errors import StoreError
 from retrysafe._flow import SyncExecution, SyncFlow
+from retrysafe._flow.observing import Observation
 from retrysafe._flow.secret import load_secret
 from retrysafe._http import (
     Response,
@@ -60,8 +61,8 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
         return path_of(request)
 
     @staticmethod
-    def _new_flow(store: Store) -> SyncFlow:
-        return SyncFlow(store, logger=logger)
+    def _new_flow(store: Store, observation: Observation) -> SyncFlow:
+        return SyncFlow(store, logger=logger, observation=observation)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Handle one request; all but covered requests pass straight through."""
@@ -74,7 +75,11 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
             return self.app(environ, start_response)
         # WSGI servers join repeated header lines with commas; parse_key refuses the result.
         values = [] if value is None else [value.encode("latin-1")]
-        return self._track(environ, start_response, settings, values)
+        operation = self.observation.start()
+        try:
+            return self._track(environ, start_response, settings, values)
+        finally:
+            self.observation.end(operation)
 
     def _track(
         self,

@@ -10,6 +10,7 @@ from typing import Final, Generic, TypeVar
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError
 from retrysafe._flow.admission import Admission
+from retrysafe._flow.observing import Observation, decide, finish, observed
 from retrysafe._record import Identity
 
 __all__ = ["LOGGER", "Count", "Counters", "Finisher"]
@@ -40,6 +41,12 @@ class Count(enum.StrEnum):
 
 
 _NAMES: Final = {count: count.value for count in Count}
+_DECISIONS: Final = {
+    Decision.EXECUTE: "execute",
+    Decision.REPLAY: "replay",
+    Decision.MISMATCH: "mismatch",
+    Decision.IN_FLIGHT: "in_flight",
+}
 
 
 class Counters:
@@ -81,6 +88,8 @@ class Finisher(Generic[StoreT]):
         store: the store.
         counters: where to count (default: new counters).
         logger: where to log store failures.
+        observation: the face's observers (`retrysafe.observe`); with some, the store's
+            primitives are timed and reported.
         raise_fenced: raise `FencedError` from `finish` when the claim was taken over (the
             decorator's caller must learn it, B17), instead of logging it.
     """
@@ -93,9 +102,10 @@ class Finisher(Generic[StoreT]):
         *,
         counters: Counters | None = None,
         logger: logging.Logger = LOGGER,
+        observation: Observation | None = None,
         raise_fenced: bool = False,
     ) -> None:
-        self.store = store
+        self.store = observed(store, observation)
         self.counters = counters or Counters()
         self.logger = logger
         self.raise_fenced = raise_fenced
@@ -105,8 +115,10 @@ class Finisher(Generic[StoreT]):
         """Set up what a subclass adds; called last by `__init__`."""
 
     def admitted(self, result: Admission) -> Admission:
+        """Count and report what an admission decided."""
         if result.decision is Decision.REPLAY:
             self.counters.add(Count.REPLAYS)
+        decide(_DECISIONS[result.decision])
         return result
 
     def renew_failed(self, identity: Identity, error: Exception) -> bool:
@@ -124,6 +136,7 @@ class Finisher(Generic[StoreT]):
         Return whether to hold the outcome and retry (a store error, not a fencing)."""
         if isinstance(error, FencedError):
             self.counters.add(Count.FENCED)
+            finish("fenced")
             self.logger.error(
                 "The claim on %s was taken over while the operation ran; its outcome was not "
                 "stored",
@@ -133,6 +146,7 @@ class Finisher(Generic[StoreT]):
                 raise error
             return False
         self.counters.add(Count.COMPLETE_FAILURES)
+        finish("store_failed")
         self.logger.error(
             "Cannot store the outcome of %s; this process holds it and retries until it is "
             "stored (duplicates here get it meanwhile)",

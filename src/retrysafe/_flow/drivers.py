@@ -23,7 +23,8 @@ from retrysafe._engine import Decision
 from retrysafe._errors import StoreError
 from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance, judge
 from retrysafe._flow.counters import Count
-from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step
+from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step, raise_if_cancelled
+from retrysafe._flow.observing import finish, identify
 from retrysafe._heartbeat import HOLDER, THREADS, AsyncHeartbeat, ThreadJob, every
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores.base import AsyncStore, Store
@@ -42,6 +43,7 @@ class SyncFlow(Holder[Store]):
     __slots__ = ()
 
     def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
+        identify(identity)
         """Claim `identity`, waiting for a duplicate in flight; return what was decided. An
         outcome held here (B19) answers first, even if the store is unreachable."""
         store, holdings = self.store, self.holdings
@@ -87,6 +89,7 @@ class SyncFlow(Holder[Store]):
 
     def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; a failure is logged, never raised."""
+        finish("released")
         try:
             self.store.release(identity, token)
         except Exception as error:
@@ -105,6 +108,7 @@ class SyncFlow(Holder[Store]):
         A failure is logged and counted, a fencing maybe raised."""
         try:
             self.store.complete(run.identity, run.token, outcome, retention=run.retention)
+            finish("stored")
         except Exception as error:
             if self.complete_failed(run.identity, error):
                 held = self.hold(run.held(outcome, self.store.clock.now()))
@@ -221,6 +225,7 @@ class AsyncFlow(Holder[AsyncStore]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
+        identify(identity)
         """Claim `identity`, waiting for a duplicate in flight; return what was decided (see
         `SyncFlow.admit`)."""
         store, holdings = self.store, self.holdings
@@ -270,6 +275,7 @@ class AsyncFlow(Holder[AsyncStore]):
     async def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; shielded from the caller's cancellation."""
         with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
+            finish("released")
             try:
                 await self.store.release(identity, token)
             except Exception as error:
@@ -289,6 +295,7 @@ class AsyncFlow(Holder[AsyncStore]):
         with anyio.CancelScope(shield=True):
             try:
                 await self.store.complete(run.identity, run.token, outcome, retention=run.retention)
+                finish("stored")
             except Exception as error:
                 if self.complete_failed(run.identity, error):
                     self._spawn(self.hold(run.held(outcome, self.store.clock.now())))
@@ -326,7 +333,7 @@ class AsyncFlow(Holder[AsyncStore]):
                         await self.store.renew(held.identity, held.token, lease=held.lease)
                 except Exception as caught:
                     error = caught
-                _raise_if_cancelled()
+                raise_if_cancelled()
                 if not self.stepped(held, step, error):
                     return
         finally:
@@ -352,18 +359,6 @@ class AsyncFlow(Holder[AsyncStore]):
             return message
 
         return receive_then_drain
-
-
-def _raise_if_cancelled() -> None:
-    """Raise the cancellation of this asyncio task if a store call turned it into an error
-    (psycopg cancels the query and raises an `OperationalError` instead): asyncio cancels a
-    task once, so a held outcome's task would otherwise outlive its loop's shutdown."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # not asyncio: trio delivers a cancellation at every checkpoint
-        return
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class AsyncExecution(_Execution["AsyncFlow"]):

@@ -25,6 +25,7 @@ operation again.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import random
@@ -40,7 +41,16 @@ from retrysafe._flow.admission import Admission
 from retrysafe._flow.counters import Count, Finisher
 from retrysafe._record import Claim, Identity, Record, State
 
-__all__ = ["DEFAULT_DRAIN", "RETRY_CAP", "RETRY_FIRST", "Held", "Holder", "Holdings", "Step"]
+__all__ = [
+    "DEFAULT_DRAIN",
+    "RETRY_CAP",
+    "RETRY_FIRST",
+    "Held",
+    "Holder",
+    "Holdings",
+    "Step",
+    "raise_if_cancelled",
+]
 
 StoreT = TypeVar("StoreT")
 
@@ -344,3 +354,15 @@ class Holder(Finisher[StoreT]):
                 left,
             )
         return not left
+
+
+def raise_if_cancelled() -> None:
+    """Raise the cancellation of this asyncio task if a store call turned it into an error
+    (psycopg cancels the query and raises an `OperationalError` instead): asyncio cancels a
+    task once, so a held outcome's task would otherwise outlive its loop's shutdown."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio delivers a cancellation at every checkpoint
+        return
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

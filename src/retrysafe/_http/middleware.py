@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar, Unpack
 
 from retrysafe._flow import Admission, AsyncFlow, SyncFlow
+from retrysafe._flow.observing import Observation
 from retrysafe._http.flow import ScopeLimiter, answer
 from retrysafe._http.problems import Response, store_unavailable, too_many_in_flight
 from retrysafe._http.routing import Gate
 from retrysafe._http.scope import Scoper
 from retrysafe._http.settings import RouteSettings, Settings, SettingsOptions, logger
+from retrysafe.observe import Observer
 
 __all__ = ["MiddlewareBase"]
 
@@ -36,8 +38,13 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
             `may_require_key` attribute or it is true (no route requires a key: they pass
             straight through).
         settings: a `Settings` to start from; `options` override its fields.
+        observers: who to tell what the middleware does (`retrysafe.observe`), such as
+            `PrometheusObserver()` or `OpenTelemetryObserver()`.
         options: any `Settings` field by name (`required=True`, `wait=0`, ...).
     """
+
+    face: str = "asgi"
+    """The face's name in what observers see (`retrysafe.observe.FACES`)."""
 
     def __init__(
         self,
@@ -47,13 +54,16 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
         routes: Mapping[str, RouteSettings | None] | None = None,
         route_settings: Callable[[RequestT], RouteSettings | None] | None = None,
         settings: Settings | None = None,
+        observers: Sequence[Observer] = (),
         **options: Unpack[SettingsOptions],
     ) -> None:
         self.app = app
         self.store = store
         self._gate = Gate(settings, routes, route_settings, self._path, **options)
         self.settings = self._gate.settings
-        self.flow: FlowT = self._new_flow(store)
+        self.observation = Observation(self.face, observers)
+        """The observers, with the face's name (`retrysafe.observe`)."""
+        self.flow: FlowT = self._new_flow(store, self.observation)
         self.counters = self.flow.counters
         """What the middleware did: executions, replays, and failures to store (B19)."""
         self._methods = self._gate.methods
@@ -88,6 +98,6 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
         raise NotImplementedError
 
     @staticmethod
-    def _new_flow(store: StoreT) -> FlowT:
+    def _new_flow(store: StoreT, observation: Observation) -> FlowT:
         """Return the flow that drives the store."""
         raise NotImplementedError

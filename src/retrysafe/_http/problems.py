@@ -10,6 +10,7 @@ from typing import Final
 
 from retrysafe._errors import InvalidKeyError
 from retrysafe._flow.admission import IN_FLIGHT_RETRY_AFTER
+from retrysafe._flow.observing import decide
 from retrysafe._http.settings import Header, Settings
 from retrysafe._keys import parse_key
 
@@ -61,6 +62,15 @@ PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
     "store-unavailable": (503, "Idempotency store unavailable"),
     "outcome-unreadable": (500, "Stored outcome unreadable"),
 }
+_DECISION_OF: Final = {
+    "invalid-key": "invalid",
+    "key-required": "rejected",
+    "scope-missing": "rejected",
+    "too-many-in-flight": "rejected",
+    "body-too-large": "too_large",
+    "store-unavailable": "unavailable",
+}
+"""The observed decision (`retrysafe.observe.DECISIONS`) of each refusal."""
 """Every problem retrysafe answers with: docs anchor (the `type`) -> (default status, title)."""
 
 
@@ -78,6 +88,9 @@ def problem(
     The body holds only `type`, `title`, `status` and `detail`: never stored data of a request.
     """
     default_status, title = PROBLEMS[slug]
+    decision = _DECISION_OF.get(slug)
+    if decision is not None:  # the refusals answered before the flow decides (B3-B9, B20)
+        decide(decision)
     extra = ((settings.replay_header_name, b"true"),) if replayed else ()
     return problem_response(
         settings.problem_base_url + slug,

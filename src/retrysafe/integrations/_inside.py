@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from retrysafe._errors import StoreError
 from retrysafe._flow import SyncExecution, SyncFlow
+from retrysafe._flow.observing import Observation
 from retrysafe._flow.secret import load_secret
 from retrysafe._http import (
     Header,
@@ -41,6 +42,7 @@ from retrysafe._http import (
 from retrysafe._http.middleware import MiddlewareBase
 from retrysafe._http.wsgi_io import Streamed, close_iterable, request_view
 from retrysafe._record import Identity
+from retrysafe.observe import Operation
 from retrysafe.stores.base import Store
 
 if TYPE_CHECKING:
@@ -60,8 +62,8 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
     """
 
     @staticmethod
-    def _new_flow(store: Store) -> SyncFlow:
-        return SyncFlow(store, logger=logger)
+    def _new_flow(store: Store, observation: Observation) -> SyncFlow:
+        return SyncFlow(store, logger=logger, observation=observation)
 
     def admit(
         self,
@@ -89,6 +91,22 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
         if settings is None:
             return None
         values = [] if value is None else [value.encode("latin-1")]
+        operation = self.observation.start()
+        admitted = self._admit(environ, settings, values, body=body, user=user, operation=operation)
+        if not isinstance(admitted, Running):
+            self.observation.end(operation)
+        return admitted
+
+    def _admit(
+        self,
+        environ: WSGIEnvironment,
+        settings: Settings,
+        values: list[bytes],
+        *,
+        body: Callable[[Settings], bytes | Response],
+        user: Callable[[], object],
+        operation: Operation | None,
+    ) -> Running | Response | None:
         try:
             scoper = self._scoper or self._load_scoper()
             prepared = _prepare(environ, settings, values, scoper, body=body, user=user)
@@ -104,7 +122,12 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
                 self.flow.release(identity, admitted.token)
             return refused
         execution = self.flow.execution(admitted, settings).start()
-        return Running(settings, execution, lambda: self._leave(identity.scope))
+
+        def done() -> None:
+            self._leave(identity.scope)
+            self.observation.end(operation)
+
+        return Running(settings, execution, done)
 
     def _load_scoper(self) -> Scoper:
         """Load the scope secret kept in the store (B8), once."""

@@ -90,3 +90,4 @@ class _ProxyMiddleware(IdempotencyMiddleware):
     """The middleware, offering `ProxyApp` to keep a claim whose outcome is unknown (B38)."""
 
     outcome_unknown = True
+    face = "proxy"

@@ -1,0 +1,205 @@
+"""How the faces and the flow tell observers what they do (`retrysafe.observe`).
+
+A face holds an `Observation` (its name and observers) and brackets each tracked operation with
+`start` and `end`; the operation in progress is a context variable, so the flow and the face
+report to it from anywhere below (`decide`, `identify`, `finish`) without passing it along.
+With no observers and the `retrysafe.decisions` logger not enabled for DEBUG, `start` returns
+None and every report is one context variable read.
+
+The flow's store is wrapped (`observed`) only when there are observers: each primitive is timed
+and reported as a `StoreCall`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar, Token
+from typing import Any, Final, TypeVar, cast
+
+from retrysafe._record import Identity
+from retrysafe.observe import Observer, Operation, StoreCall, scope_digest
+
+__all__ = [
+    "DECISIONS_LOGGER",
+    "Observation",
+    "decide",
+    "finish",
+    "identify",
+    "observed",
+]
+
+DECISIONS_LOGGER: Final = logging.getLogger("retrysafe.decisions")
+"""One record per operation at DEBUG, its fields as `extra` (see docs/observability.md)."""
+_LOGGER: Final = logging.getLogger("retrysafe")
+_CURRENT: ContextVar[Operation | None] = ContextVar("retrysafe_operation", default=None)
+_HUB: Final = object()  # keys of `Operation.state` that are the flow's own
+_TOKEN: Final = object()
+_PRIMITIVES: Final = ("claim", "complete", "release", "renew", "get", "wait", "checkpoint")
+StoreT = TypeVar("StoreT")
+
+
+class Observation:
+    """The observers of one face: `start` and `end` bracket each of its operations.
+
+    Args:
+        face: the face's name (`retrysafe.observe.FACES`).
+        observers: who to tell.
+    """
+
+    __slots__ = ("face", "observers")
+
+    def __init__(self, face: str, observers: Sequence[Observer] = ()) -> None:
+        self.face = face
+        self.observers = tuple(observers)
+
+    def __bool__(self) -> bool:
+        return bool(self.observers)
+
+    def start(self) -> Operation | None:
+        """Start an operation and make it the current one; None when nobody listens."""
+        if not self.observers and not DECISIONS_LOGGER.isEnabledFor(logging.DEBUG):
+            return None
+        operation = Operation(self.face)
+        operation.state[_HUB] = self
+        operation.state[_TOKEN] = _CURRENT.set(operation)
+        self.tell("started", operation)
+        return operation
+
+    def end(self, operation: Operation | None) -> None:
+        """End `operation` (None: nothing was started): time it, log it, tell observers."""
+        if operation is None:
+            return
+        operation.seconds = time.perf_counter() - operation.started
+        token = cast("Token[Operation | None]", operation.state.pop(_TOKEN))
+        try:
+            _CURRENT.reset(token)
+        except ValueError:  # ended in another context than it started in
+            _CURRENT.set(None)
+        if operation.decision is not None and DECISIONS_LOGGER.isEnabledFor(logging.DEBUG):
+            _log(operation)
+        self.tell("ended", operation)
+
+    def tell(self, hook: str, *args: Any) -> None:
+        """Call `hook` on every observer; an observer that raises is logged and skipped."""
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:
+                _LOGGER.exception("The observer %r failed in %s", observer, hook)
+
+
+def _current() -> tuple[Operation, Observation] | None:
+    operation = _CURRENT.get()
+    if operation is None:
+        return None
+    return operation, cast("Observation", operation.state[_HUB])
+
+
+def identify(identity: Identity) -> None:
+    """Say which (namespace, scope, key) the current operation is about."""
+    current = _current()
+    if current is not None:
+        operation = current[0]
+        operation.namespace, operation.key = identity.namespace, identity.key
+        operation.scope = scope_digest(identity.scope)
+
+
+def decide(decision: str) -> None:
+    """Report the current operation's decision (`retrysafe.observe.DECISIONS`)."""
+    current = _current()
+    if current is not None and current[0].decision is None:
+        current[0].decision = decision
+        current[1].tell("decided", current[0])
+
+
+def finish(result: str) -> None:
+    """Report how the current executed operation ended (`retrysafe.observe.RESULTS`)."""
+    current = _current()
+    if current is not None and current[0].result is None:
+        current[0].result = result
+        current[1].tell("finished", current[0])
+
+
+def _log(operation: Operation) -> None:
+    milliseconds = round((operation.seconds or 0.0) * 1000, 3)
+    DECISIONS_LOGGER.debug(
+        "%s %s/%s: %s%s in %.1f ms",
+        operation.face,
+        operation.namespace or "-",
+        operation.key or "-",
+        operation.decision,
+        f", {operation.result}" if operation.result else "",
+        milliseconds,
+        extra={
+            "face": operation.face,
+            "namespace": operation.namespace,
+            "idempotency_key": operation.key,
+            "scope": operation.scope,
+            "decision": operation.decision,
+            "result": operation.result,
+            "duration_ms": milliseconds,
+        },
+    )
+
+
+def observed(store: StoreT, observation: Observation | None) -> StoreT:
+    """Return `store` with its primitives timed and reported, if there are observers."""
+    if not observation:
+        return store
+    wrapper = _AsyncObserved if inspect.iscoroutinefunction(store.claim) else _SyncObserved  # type: ignore[attr-defined]
+    return cast("StoreT", wrapper(store, observation))
+
+
+class _Observed:
+    """A store, each primitive timed and reported; everything else passed through."""
+
+    def __init__(self, store: object, observation: Observation) -> None:
+        self._store = store
+        self._observation = observation
+        for name in _PRIMITIVES:
+            if hasattr(store, name):
+                setattr(self, name, self._wrap(name, getattr(store, name)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def _report(self, name: str, start_ns: int, began: float, error: BaseException | None) -> None:
+        call = StoreCall(name, start_ns, time.perf_counter() - began, error)
+        operation = _CURRENT.get()
+        self._observation.tell("waited" if name == "wait" else "store_call", operation, call)
+
+
+class _SyncObserved(_Observed):
+    def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start_ns, began, error = time.time_ns(), time.perf_counter(), None
+            try:
+                return method(*args, **kwargs)
+            except BaseException as caught:
+                error = caught
+                raise
+            finally:
+                self._report(name, start_ns, began, error)
+
+        return timed
+
+
+class _AsyncObserved(_Observed):
+    def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start_ns, began, error = time.time_ns(), time.perf_counter(), None
+            try:
+                return await cast("Awaitable[Any]", method(*args, **kwargs))
+            except BaseException as caught:
+                error = caught
+                raise
+            finally:
+                self._report(name, start_ns, began, error)
+
+        return timed

@@ -63,6 +63,8 @@ PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
     "outcome-unreadable": (500, "Stored outcome unreadable"),
 }
 _DECISION_OF: Final = {
+    "key-mismatch": "mismatch",  # (the flow decided these already, but transactional mode)
+    "request-in-flight": "in_flight",
     "invalid-key": "invalid",
     "key-required": "rejected",
     "scope-missing": "rejected",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final, Unpack
 
 import anyio
@@ -32,6 +32,7 @@ import anyio.to_thread
 from retrysafe._clock import Clock
 from retrysafe._errors import IdempotencyError
 from retrysafe._flow import Counters
+from retrysafe._flow.observing import Observation, identify
 from retrysafe._http import (
     KEY_HEADER,
     Gate,
@@ -45,6 +46,7 @@ from retrysafe._http import (
 from retrysafe._http.asgi_io import ASGIApp, Message, Receive, Scope, Send
 from retrysafe._http.scope import Scoper
 from retrysafe._record import Identity
+from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._async.work import AsyncWorkUnit, aload_scope_secret
@@ -92,6 +94,8 @@ class TransactionalMiddleware:
         route_settings: instead of `routes`, a function of the scope returning the request's
             `RouteSettings`, or None if it is not covered (framework integrations).
         settings: a `retrysafe.asgi.Settings` to start from; `options` override its fields.
+        observers: who to tell what each keyed request did (`retrysafe.observe`); their face
+            is "transaction".
         options: any `Settings` field by name (`required=True`, `retention=3600`, ...).
     """
 
@@ -105,6 +109,7 @@ class TransactionalMiddleware:
         routes: Mapping[str, RouteSettings | None] | None = None,
         route_settings: Callable[[Scope], RouteSettings | None] | None = None,
         settings: Settings | None = None,
+        observers: Sequence[Observer] = (),
         **options: Unpack[SettingsOptions],
     ) -> None:
         # Every method of a covered route runs in a transaction, so the gate only routes.
@@ -117,6 +122,8 @@ class TransactionalMiddleware:
         self.clock = clock
         self.counters = Counters()
         """What the middleware did: executions, replays, and commits that failed."""
+        self.observation = Observation("transaction", observers)
+        """The observers (`retrysafe.observe`)."""
         secret = Scoper.configured_secret(self.settings)
         self._scoper: Scoper | None = None if secret is None else Scoper(secret)
 
@@ -130,9 +137,11 @@ class TransactionalMiddleware:
             await self.app(scope, receive, send)
             return
         values = [value for name, value in scope["headers"] if name == KEY_HEADER]
-        identity: Identity | None = None
-        fingerprint = ""
-        if tracks(settings, scope["method"], bool(values)):
+        if not tracks(settings, scope["method"], bool(values)):
+            await self._transact(scope, receive, send, settings, None)
+            return
+        operation = self.observation.start()
+        try:
             try:
                 scoper = self._scoper or await self._load_scoper()
             except (_ConnectError, IdempotencyError):
@@ -145,7 +154,22 @@ class TransactionalMiddleware:
             if tracked is None:
                 return
             identity, fingerprint, body = tracked
+            identify(identity)
             receive = asgi_io.replay_body(body, receive)
+            await self._transact(scope, receive, send, settings, (identity, fingerprint))
+        finally:
+            self.observation.end(operation)
+
+    async def _transact(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        settings: Settings,
+        tracked: tuple[Identity, str] | None,
+    ) -> None:
+        """Run the request in a transaction: a claim transaction if it is `tracked`."""
+        identity, fingerprint = tracked or (None, "")
         claim = claim_options(settings, self.clock, identity, fingerprint)
         try:
             async with _connection(self.connect) as connection:

@@ -21,7 +21,7 @@ response is sent. The parameter also marks the route exempt from the HTTP middle
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Final, Unpack
 
 try:
@@ -35,6 +35,7 @@ from retrysafe._clock import Clock
 from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.integrations._routes import UNMARKED, RouteOptions, Unmarked, mark
 from retrysafe.integrations.fastapi import FastAPIRoutes
+from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._web import TRANSACTION_KEY, RequestTransaction
 from retrysafe.transactions.asgi import Connect, TransactionalMiddleware
@@ -109,6 +110,7 @@ def install(
     connect: Connect,
     table: str = DEFAULT_TABLE,
     clock: Clock | None = None,
+    observers: Sequence[Observer] = (),
     **options: Unpack[SettingsOptions],
 ) -> None:
     """Add transactional mode to FastAPI `app`, for the handlers that take a transaction.
@@ -120,6 +122,7 @@ def install(
             `retrysafe.transactions.asgi.Connect`).
         table: the records table (the store's `table` option) in that database.
         clock: the time source (default: the system clock).
+        observers: who to tell what each keyed request did (`retrysafe.observe`).
         options: the HTTP middleware's settings (`required=True`, `scope_header=...`).
     """
     app.add_middleware(
@@ -128,5 +131,6 @@ def install(
         route_settings=TransactionalRoutes(app),
         table=table,
         clock=clock,
+        observers=observers,
         **options,
     )

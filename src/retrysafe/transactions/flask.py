@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar, Unpack
 
@@ -35,11 +35,13 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from retrysafe._clock import Clock
 from retrysafe._flow import Counters
+from retrysafe._flow.observing import Observation, identify
 from retrysafe._http import Response, RouteSettings, Settings, SettingsOptions, logger
 from retrysafe._http.scope import Scoper
 from retrysafe._http.wsgi_io import prepare_request
 from retrysafe._record import Identity
 from retrysafe.integrations._routes import RouteOptions, mark
+from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._sync.work import WorkUnit, load_scope_secret
@@ -64,6 +66,7 @@ class _Config:
     table: str
     clock: Clock | None
     counters: Counters
+    observation: Observation
     scoper: Scoper | None = None
 
 
@@ -74,6 +77,7 @@ def install(
     table: str = DEFAULT_TABLE,
     clock: Clock | None = None,
     settings: Settings | None = None,
+    observers: Sequence[Observer] = (),
     **options: Unpack[SettingsOptions],
 ) -> Counters:
     """Configure transactional mode for `app`'s `@transactional` views; return its counters.
@@ -86,6 +90,8 @@ def install(
         table: the records table (the store's `table` option) in that database.
         clock: the time source (default: the system clock).
         settings: a `retrysafe.wsgi.Settings` to start from; `options` override its fields.
+        observers: who to tell what each keyed request did (`retrysafe.observe`); their face
+            is "transaction".
         options: the HTTP middleware's settings (`required=True`, `scope_header=...`).
     """
     base = settings or Settings()
@@ -98,6 +104,7 @@ def install(
         table=table,
         clock=clock,
         counters=counters,
+        observation=Observation("transaction", observers),
         scoper=None if secret is None else Scoper(secret),
     )
     return counters
@@ -130,9 +137,10 @@ def _handle(view: Callable[..., Any], route: RouteSettings, args: Any, kwargs: A
     settings = config.settings.with_route(route)
     request = flask.request
     values = [value.encode("latin-1") for value in request.headers.getlist("Idempotency-Key")]
-    identity: Identity | None = None
-    fingerprint = ""
-    if tracks(settings, request.method, bool(values)):
+    if not tracks(settings, request.method, bool(values)):
+        return _transact(functools.partial(view, *args, **kwargs), config, settings, None)
+    operation = config.observation.start()
+    try:
         try:
             scoper = config.scoper or _load_scoper(config)
         except Exception:
@@ -142,7 +150,22 @@ def _handle(view: Callable[..., Any], route: RouteSettings, args: Any, kwargs: A
         if isinstance(prepared, Response):
             return _flask_response(prepared)
         environ, identity, fingerprint = prepared
+        identify(identity)
         request.environ.update(environ)  # the view reads the body from its buffered copy
+        bound = functools.partial(view, *args, **kwargs)
+        return _transact(bound, config, settings, (identity, fingerprint))
+    finally:
+        config.observation.end(operation)
+
+
+def _transact(
+    view: Callable[..., Any],
+    config: _Config,
+    settings: Settings,
+    tracked: tuple[Identity, str] | None,
+) -> Any:
+    """Run the view in a transaction: a claim transaction if the request is `tracked`."""
+    identity, fingerprint = tracked or (None, "")
     claim = claim_options(settings, config.clock, identity, fingerprint)
     try:
         made = config.connect()
@@ -153,7 +176,7 @@ def _handle(view: Callable[..., Any], route: RouteSettings, args: Any, kwargs: A
         if not drivers.is_sync_connection(connection):
             raise TypeError(f"connect() gave {connection!r}, not a sync connection or session.")
         unit = WorkUnit(connection, config.table, claim, settings, config.counters)
-        return _run(functools.partial(view, *args, **kwargs), unit)
+        return _run(view, unit)
 
 
 def _run(view: Callable[..., Any], unit: WorkUnit) -> Any:

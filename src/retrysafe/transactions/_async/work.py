@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from retrysafe._errors import IdempotencyError
 from retrysafe._flow import Count, Counters
+from retrysafe._flow.observing import decide, finish
 from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
 from retrysafe._http import Response, Settings, logger, replay_response, store_unavailable
 from retrysafe.transactions._async.transaction import AsyncTransaction
@@ -83,27 +84,36 @@ class AsyncWorkUnit:
         if tx is None:
             return None
         if tx.replay:
-            await self.rollback()
+            await self._rollback()
             self.counters.add(Count.REPLAYS)
+            decide("replay")
             return replay_response(tx.record, self.settings)
         self.counters.add(Count.EXECUTIONS)
+        decide("execute")
         return None
 
     async def finish(self, response: Response) -> Response | None:
         """Commit the handler's complete `response` with its writes, or roll back by the outcome
         policy (B18); return the 503 problem that replaces it if the commit failed, else None."""
+        outcome = outcome_of(response, self.settings)
         try:
             with AsyncShieldCancellation():
-                await self._end(outcome_of(response, self.settings))
+                await self._end(outcome)
         except Exception:
             self.counters.add(Count.COMPLETE_FAILURES)
+            finish("store_failed")  # nothing was applied: the writes rolled back with the key
             logger.exception("The transaction of a request failed to commit; it was not applied")
             await self.rollback()
             return store_unavailable(self.settings)
+        finish("released" if outcome is None else "stored")
         return None
 
     async def rollback(self) -> None:
         """Roll back the claim and the writes; a failure is logged, never raised."""
+        finish("released")
+        await self._rollback()
+
+    async def _rollback(self) -> None:
         with AsyncShieldCancellation(CLEANUP_SECONDS):
             try:
                 await self._end(None)

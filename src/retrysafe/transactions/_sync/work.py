@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from retrysafe._errors import IdempotencyError
 from retrysafe._flow import Count, Counters
+from retrysafe._flow.observing import decide, finish
 from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
 from retrysafe._http import Response, Settings, logger, replay_response, store_unavailable
 from retrysafe.transactions._sync.transaction import Transaction
@@ -86,27 +87,36 @@ class WorkUnit:
         if tx is None:
             return None
         if tx.replay:
-            self.rollback()
+            self._rollback()
             self.counters.add(Count.REPLAYS)
+            decide("replay")
             return replay_response(tx.record, self.settings)
         self.counters.add(Count.EXECUTIONS)
+        decide("execute")
         return None
 
     def finish(self, response: Response) -> Response | None:
         """Commit the handler's complete `response` with its writes, or roll back by the outcome
         policy (B18); return the 503 problem that replaces it if the commit failed, else None."""
+        outcome = outcome_of(response, self.settings)
         try:
             with ShieldCancellation():
-                self._end(outcome_of(response, self.settings))
+                self._end(outcome)
         except Exception:
             self.counters.add(Count.COMPLETE_FAILURES)
+            finish("store_failed")  # nothing was applied: the writes rolled back with the key
             logger.exception("The transaction of a request failed to commit; it was not applied")
             self.rollback()
             return store_unavailable(self.settings)
+        finish("released" if outcome is None else "stored")
         return None
 
     def rollback(self) -> None:
         """Roll back the claim and the writes; a failure is logged, never raised."""
+        finish("released")
+        self._rollback()
+
+    def _rollback(self) -> None:
         with ShieldCancellation(CLEANUP_SECONDS):
             try:
                 self._end(None)

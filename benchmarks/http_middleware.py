@@ -67,8 +67,10 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 VARIANTS = ["bare", "memory", "sqlite", "redis", "postgres", "idemkit-redis", "idemkit-postgres"]
-# Not in the default run: SQLite with synchronous=normal (no fsync per commit in WAL mode).
-EXTRA_VARIANTS = ["sqlite-normal"]
+# Not in the default run: SQLite with synchronous=normal (no fsync per commit in WAL mode);
+# memory and Redis with every built-in observer on (Prometheus, OpenTelemetry with the SDK
+# exporting to nowhere, the decisions log at DEBUG into a discarding handler).
+EXTRA_VARIANTS = ["sqlite-normal", "memory-observed", "redis-observed"]
 SCENARIOS = ["first", "replay", "nokey", "get"]
 REPLAY_KEYS = 100
 REPLAY_HEADERS = ("idempotent-replayed", "idempotency-replayed")  # retrysafe, idemkit
@@ -103,6 +105,7 @@ def peer_requirements() -> list[str]:
         f"fastapi=={version('fastapi')}",
         f"pydantic=={version('pydantic')}",
         f"uvicorn[standard]=={version('uvicorn')}",
+        f"opentelemetry-sdk=={version('opentelemetry-sdk')}",
         "idemkit[redis,postgres,asgi]==1.0.2",
         "py-spy>=0.3",
     ]
@@ -111,7 +114,7 @@ def peer_requirements() -> list[str]:
 def ensure_peers() -> Path:
     """Create `benchmarks/.venv-peers` if it is missing or stale; return its python."""
     python = PEERS / "bin" / "python"
-    wanted = "\n".join([f"-e {ROOT}[redis,postgres]", *peer_requirements()])
+    wanted = "\n".join([f"-e {ROOT}[redis,postgres,prometheus,otel]", *peer_requirements()])
     marker = PEERS / "requirements.txt"
     if python.exists() and marker.exists() and marker.read_text() == wanted:
         return python
@@ -187,8 +190,33 @@ def build_app(variant: str, store: str) -> Any:
     from retrysafe import open_async_store
     from retrysafe.asgi import IdempotencyMiddleware
 
-    app.add_middleware(IdempotencyMiddleware, store=open_async_store(store))
+    observers = observers_of_benchmark() if variant.endswith("-observed") else []
+    app.add_middleware(IdempotencyMiddleware, store=open_async_store(store), observers=observers)
     return app
+
+
+def observers_of_benchmark() -> list[Any]:
+    """Return every built-in observer, set up as in production but exporting nowhere."""
+    import logging
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from retrysafe.observe.otel import OpenTelemetryObserver
+    from retrysafe.observe.prometheus import PrometheusObserver
+
+    class Nowhere(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Nowhere()))
+    decisions = logging.getLogger("retrysafe.decisions")
+    decisions.setLevel(logging.DEBUG)
+    decisions.addHandler(logging.NullHandler())
+    decisions.propagate = False
+    return [PrometheusObserver(), OpenTelemetryObserver(tracer_provider=provider)]
 
 
 def serve(variant: str, port: int, store: str) -> None:
@@ -261,6 +289,8 @@ def store_of(variant: str, name: str, workdir: Path) -> str:
         "sqlite": f"sqlite:///{workdir / 'retrysafe.db'}",
         "sqlite-normal": f"sqlite:///{workdir / 'normal.db'}?synchronous=normal",
         "redis": f"{REDIS_URL}?prefix={name}",
+        "memory-observed": "memory://",
+        "redis-observed": f"{REDIS_URL}?prefix={name}o",
         "postgres": f"{POSTGRES_URL}?table={name}",
         "idemkit-redis": f"{name}_ik",
         "idemkit-postgres": f"{name}_ik",

@@ -10,7 +10,7 @@ from typing import Final, Generic, TypeVar
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError
 from retrysafe._flow.admission import Admission
-from retrysafe._flow.observing import Observation, decide, finish, observed
+from retrysafe._flow.observing import Observation, decide, fields, finish, observed
 from retrysafe._record import Identity
 
 __all__ = ["LOGGER", "Count", "Counters", "Finisher"]
@@ -125,10 +125,19 @@ class Finisher(Generic[StoreT]):
         """Count and log a failed renewal; return whether to keep renewing."""
         if isinstance(error, FencedError):
             self.counters.add(Count.FENCED)
-            self.logger.warning("Lost the claim on %s to another worker while running", identity)
+            self.logger.warning(
+                "Lost the claim on %s to another worker while running",
+                identity,
+                extra=fields(identity, "fenced"),
+            )
             return False
         self.counters.add(Count.RENEW_FAILURES)
-        self.logger.error("Cannot renew the lease on %s", identity, exc_info=error)
+        self.logger.error(
+            "Cannot renew the lease on %s",
+            identity,
+            exc_info=error,
+            extra=fields(identity, "renew_failed"),
+        )
         return True
 
     def complete_failed(self, identity: Identity, error: Exception) -> bool:
@@ -141,6 +150,7 @@ class Finisher(Generic[StoreT]):
                 "The claim on %s was taken over while the operation ran; its outcome was not "
                 "stored",
                 identity,
+                extra=fields(identity, "fenced"),
             )
             if self.raise_fenced:
                 raise error
@@ -152,6 +162,7 @@ class Finisher(Generic[StoreT]):
             "stored (duplicates here get it meanwhile)",
             identity,
             exc_info=error,
+            extra=fields(identity, "store_failed"),
         )
         return True
 
@@ -161,5 +172,8 @@ class Finisher(Generic[StoreT]):
             return
         self.counters.add(Count.RELEASE_FAILURES)
         self.logger.error(
-            "Cannot release the claim on %s; its lease will end", identity, exc_info=error
+            "Cannot release the claim on %s; its lease will end",
+            identity,
+            exc_info=error,
+            extra=fields(identity, "release_failed"),
         )

@@ -39,6 +39,7 @@ from retrysafe._engine import Decision, decide
 from retrysafe._errors import FencedError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.counters import Count, Finisher
+from retrysafe._flow.observing import fields
 from retrysafe._record import Claim, Identity, Record, State
 
 __all__ = [
@@ -292,11 +293,15 @@ class Holder(Finisher[StoreT]):
             self.logger.error(
                 "The retention of the held outcome of %s ended before it could be stored; dropped",
                 held.identity,
+                extra=fields(held.identity, "held_expired"),
             )
         elif error is None and step is Step.COMPLETE:
             self.counters.add(Count.COMPLETED_LATE)
             self.logger.warning(
-                "Stored the held outcome of %s after %d attempts", held.identity, held.attempts + 1
+                "Stored the held outcome of %s after %d attempts",
+                held.identity,
+                held.attempts + 1,
+                extra=fields(held.identity, "completed_late"),
             )
         elif error is None:
             held.renewed(now)
@@ -307,6 +312,7 @@ class Holder(Finisher[StoreT]):
                 "The claim on %s was taken over while its outcome was held; another worker "
                 "owns the key, so the held outcome is dropped",
                 held.identity,
+                extra=fields(held.identity, "fenced"),
             )
         elif step is Step.RENEW:
             self.counters.add(Count.RENEW_FAILURES)
@@ -324,6 +330,7 @@ class Holder(Finisher[StoreT]):
                     held.identity,
                     held.attempts,
                     error,
+                    extra=fields(held.identity, "store_failed"),
                 )
             return True
         self.holdings.drop(held)
@@ -337,6 +344,7 @@ class Holder(Finisher[StoreT]):
                 "The held outcome of %s was never stored; the key stays in flight until its "
                 "lease ends, then a retry may run it again",
                 held.identity,
+                extra=fields(held.identity, "held_lost"),
             )
 
     def nudge_all(self) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "DECISIONS_LOGGER",
     "Observation",
     "decide",
+    "fields",
     "finish",
     "identify",
     "observed",
@@ -121,6 +122,19 @@ def finish(result: str) -> None:
     if current is not None and current[0].result is None:
         current[0].result = result
         current[1].tell("finished", current[0])
+
+
+def fields(identity: Identity, event: str) -> dict[str, object]:
+    """Return the structured fields (`extra`) of a log record about `identity`: the same names
+    as the decision records', so one filter finds every line about a key."""
+    operation = _CURRENT.get()
+    return {
+        "face": None if operation is None else operation.face,
+        "namespace": identity.namespace,
+        "idempotency_key": identity.key,
+        "scope": scope_digest(identity.scope),
+        "event": event,
+    }
 
 
 def _log(operation: Operation) -> None:

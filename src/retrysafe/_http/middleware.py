@@ -75,7 +75,11 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
 
     def _store_failed(self, settings: Settings) -> Response | None:
         """Log a store failure; return the 503 to answer, or None to fail open (B20)."""
-        logger.exception("The idempotency store failed; fail_open=%s", settings.fail_open)
+        logger.exception(
+            "The idempotency store failed; fail_open=%s",
+            settings.fail_open,
+            extra={"face": self.face, "event": "store_unavailable"},
+        )
         return None if settings.fail_open else store_unavailable(settings)
 
     def _refusal(self, admitted: Admission, scope: str, settings: Settings) -> Response | None:

@@ -56,6 +56,8 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
     sync store (`retrysafe.open_store(url)`), and `route_settings` gets the WSGI environ.
     """
 
+    face = "wsgi"
+
     @staticmethod
     def _path(request: WSGIEnvironment) -> str:
         return path_of(request)

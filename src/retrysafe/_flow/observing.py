@@ -81,11 +81,13 @@ class Observation:
             _CURRENT.set(None)
         if operation.decision is not None and DECISIONS_LOGGER.isEnabledFor(logging.DEBUG):
             _log(operation)
-        self.tell("ended", operation)
+        self.tell("ended", operation, last_first=True)
 
-    def tell(self, hook: str, *args: Any) -> None:
-        """Call `hook` on every observer; an observer that raises is logged and skipped."""
-        for observer in self.observers:
+    def tell(self, hook: str, *args: Any, last_first: bool = False) -> None:
+        """Call `hook` on every observer (`last_first`: in reverse, so that observers which
+        make a context current at `started` restore them in order at `ended`); an observer
+        that raises is logged and skipped."""
+        for observer in reversed(self.observers) if last_first else self.observers:
             try:
                 getattr(observer, hook)(*args)
             except Exception:

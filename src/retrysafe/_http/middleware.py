@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar, Unpack
 
 from retrysafe._flow import Admission, AsyncFlow, SyncFlow
-from retrysafe._flow.observing import Observation
+from retrysafe._flow.observing import Observation, decide
 from retrysafe._http.flow import ScopeLimiter, answer
 from retrysafe._http.problems import Response, store_unavailable, too_many_in_flight
 from retrysafe._http.routing import Gate
@@ -75,6 +75,7 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
 
     def _store_failed(self, settings: Settings) -> Response | None:
         """Log a store failure; return the 503 to answer, or None to fail open (B20)."""
+        decide("unavailable")  # failing open too: the request then runs untracked
         logger.exception(
             "The idempotency store failed; fail_open=%s",
             settings.fail_open,

@@ -23,6 +23,7 @@ from retrysafe.client import (
     RetryPolicy,
     is_replay,
 )
+from retrysafe.observe import Observer
 from tests.client.conftest import Sleeps
 
 FACES = ("sync", "async", "requests")
@@ -46,9 +47,14 @@ class Face:
     policy: RetryPolicy
     sleeps: Sleeps | None
     hooks: Sequence[RetryHook] = ()
+    observers: Sequence[Observer] = ()
 
     def _options(self, *, sync: bool) -> dict[str, Any]:
-        options: dict[str, Any] = {"policy": self.policy, "on_retry": self.hooks}
+        options: dict[str, Any] = {
+            "policy": self.policy,
+            "on_retry": self.hooks,
+            "observers": self.observers,
+        }
         if self.sleeps is not None:
             options["clock"] = self.sleeps.clock
             options["sleep"] = self.sleeps if sync else self.sleeps.asleep

@@ -2,12 +2,12 @@
 
 A `_Call` is one logical request: it owns the Idempotency-Key, the deadline and the decisions
 (retry or not, how long to wait, when to give up). The faces only send attempts and hand the
-outcomes to tenacity, which runs the loop with the callbacks below.
+outcomes to tenacity, which runs the loop with the callbacks below. The callbacks also tell the
+observers about each attempt once its fate is known (`client/_observe.py`).
 """
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import logging
 import random
@@ -20,8 +20,11 @@ from typing import Any, Protocol
 import tenacity
 
 from retrysafe._clock import Clock
-from retrysafe._errors import ConfigurationError, InvalidKeyError, NotReplayableError
-from retrysafe._keys import parse_key
+from retrysafe._errors import ConfigurationError, NotReplayableError
+from retrysafe._flow.observing import Observation
+from retrysafe.client._headers import key_content, parse_retry_after
+from retrysafe.client._observe import AttemptLog, observation
+from retrysafe.observe import Observer
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -178,22 +181,6 @@ def _new_key() -> str:
     return str(uuid.uuid4())
 
 
-def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
-    """Return the seconds a `Retry-After` value asks for, or None when absent or invalid."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now())
-
-
 @dataclass(slots=True)
 class _Settings:
     """What a transport or adapter was built with, shared by each of its calls."""
@@ -202,6 +189,7 @@ class _Settings:
     hooks: tuple[RetryHook, ...]
     clock: Clock
     rng: random.Random
+    observation: Observation
 
 
 def make_settings(
@@ -209,11 +197,13 @@ def make_settings(
     on_retry: Sequence[RetryHook],
     clock: Clock | None,
     rng: random.Random | None,
+    observers: Sequence[Observer] = (),
 ) -> _Settings:
     """Bundle a face's constructor arguments."""
     return _Settings(
         policy=policy,
         hooks=tuple(on_retry),
+        observation=observation(observers),
         clock=clock if clock is not None else _MonotonicClock(),
         rng=rng if rng is not None else random.Random(),  # noqa: S311 -- jitter, not a secret
     )
@@ -232,7 +222,7 @@ class _Call:
     key: str | None = None
     header_value: str | None = None
     started: float = 0.0
-    attempts: int = 0
+    log: AttemptLog = field(init=False, repr=False)
     _retry_after: float | None = field(default=None, repr=False)
 
     @classmethod
@@ -260,10 +250,11 @@ class _Call:
         )
         if handling is Handling.KEYED:
             if caller_key is not None:
-                call.key = _key_content(caller_key)
+                call.key = key_content(caller_key)
             else:
                 call.key = _new_key()
                 call.header_value = f'"{call.key}"' if policy.quote_key else call.key
+        call.log = AttemptLog(settings.observation, settings.clock, call.method, call.key)
         return call
 
     @property
@@ -293,24 +284,37 @@ class _Call:
             "to make the request retryable."
         )
 
+    @property
+    def attempts(self) -> int:
+        """How many attempts have begun."""
+        return self.log.number
+
     def note_attempt(self) -> None:
         """Count an attempt (called at the start of each)."""
-        self.attempts += 1
+        self.log.begin()
 
     # tenacity callbacks ---------------------------------------------------------------------
 
     def retry(self, state: tenacity.RetryCallState) -> bool:
-        """Decide whether the last outcome is retried."""
+        """Decide whether the last outcome is retried; tell observers of a last attempt."""
+        retried = self._retries(state)
+        if not retried:
+            self.log.tell(None)
+        return retried
+
+    def _retries(self, state: tenacity.RetryCallState) -> bool:
         self._retry_after = None
         outcome = state.outcome
         if outcome is None:  # pragma: no cover -- tenacity always sets it before asking
             return False
         if outcome.failed:
             error = outcome.exception()
+            self.log.end(None, error)
             return error is not None and self.retried_error(error)
         response = outcome.result()
         status: int = response.status_code
         headers: _HeaderLookup = response.headers
+        self.log.end(status, None)
         if not self.replayable or not self.retries_status(status, headers):
             return False
         self._retry_after = parse_retry_after(headers.get("Retry-After"))
@@ -333,7 +337,8 @@ class _Call:
         return self.settings.clock.now() + state.upcoming_sleep > deadline
 
     def before_sleep(self, state: tenacity.RetryCallState) -> None:
-        """Tell the hooks and the log about the retry that is about to happen."""
+        """Tell the observers, the hooks and the log about the retry about to happen."""
+        self.log.tell(state.upcoming_sleep)
         outcome = state.outcome
         assert outcome is not None  # noqa: S101 -- tenacity sets it before sleeping
         error = outcome.exception() if outcome.failed else None
@@ -362,6 +367,7 @@ class _Call:
 
     def give_up(self, state: tenacity.RetryCallState) -> Any:
         """The last outcome once retries are over: its response, or its exception raised."""
+        self.log.tell(None)
         outcome = state.outcome
         assert outcome is not None  # noqa: S101 -- tenacity sets it before giving up
         return outcome.result()
@@ -375,11 +381,3 @@ class _Call:
             "before_sleep": self.before_sleep,
             "retry_error_callback": self.give_up,
         }
-
-
-def _key_content(header_value: str) -> str:
-    """The key a caller's header value carries (unquoted), or the raw value if malformed."""
-    try:
-        return parse_key([header_value.encode("latin-1")])
-    except (InvalidKeyError, UnicodeEncodeError):
-        return header_value

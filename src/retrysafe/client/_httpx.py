@@ -27,6 +27,7 @@ from retrysafe.client._core import (
     is_replay,
     make_settings,
 )
+from retrysafe.observe import Observer
 
 __all__ = ["AsyncIdempotentTransport", "IdempotentTransport"]
 
@@ -119,6 +120,8 @@ class IdempotentTransport(httpx.BaseTransport):
         transport: the transport that sends each attempt; a new `httpx.HTTPTransport()` if None.
         policy: when and how to retry.
         on_retry: hooks called before each retry, for logging and metrics.
+        observers: told of every attempt (`retrysafe.observe.Observer.attempted`), such as
+            `PrometheusObserver()`; an exception they raise is logged and otherwise ignored.
         sleep: the function that waits between attempts (inject one in tests).
         clock: the clock of the total-time bound; monotonic time if None.
         rng: the random source of the jitter, for reproducible runs.
@@ -130,12 +133,13 @@ class IdempotentTransport(httpx.BaseTransport):
         *,
         policy: RetryPolicy = DEFAULT_POLICY,
         on_retry: Sequence[RetryHook] = (),
+        observers: Sequence[Observer] = (),
         sleep: Callable[[float], None] = time.sleep,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._transport = transport if transport is not None else httpx.HTTPTransport()
-        self._settings = make_settings(policy, on_retry, clock, rng)
+        self._settings = make_settings(policy, on_retry, clock, rng, observers)
         self._sleep = sleep
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -143,7 +147,13 @@ class IdempotentTransport(httpx.BaseTransport):
         call = _start(self._settings, request)
         if call.handling is Handling.PASSED:
             call.note_attempt()
-            return _finish(call, self._transport.handle_request(request))
+            try:
+                response = self._transport.handle_request(request)
+            except BaseException as error:
+                call.log.last(None, error)
+                raise
+            call.log.last(response.status_code, None)
+            return _finish(call, response)
 
         def attempt() -> httpx.Response:
             call.note_attempt()
@@ -178,6 +188,8 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
             if None.
         policy: when and how to retry.
         on_retry: hooks called before each retry, for logging and metrics.
+        observers: told of every attempt (`retrysafe.observe.Observer.attempted`), such as
+            `PrometheusObserver()`; an exception they raise is logged and otherwise ignored.
         sleep: the coroutine function that waits between attempts (inject one in tests).
         clock: the clock of the total-time bound; monotonic time if None.
         rng: the random source of the jitter, for reproducible runs.
@@ -189,12 +201,13 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
         *,
         policy: RetryPolicy = DEFAULT_POLICY,
         on_retry: Sequence[RetryHook] = (),
+        observers: Sequence[Observer] = (),
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
-        self._settings = make_settings(policy, on_retry, clock, rng)
+        self._settings = make_settings(policy, on_retry, clock, rng, observers)
         self._sleep = sleep
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -202,7 +215,13 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
         call = _start(self._settings, request)
         if call.handling is Handling.PASSED:
             call.note_attempt()
-            return _finish(call, await self._transport.handle_async_request(request))
+            try:
+                response = await self._transport.handle_async_request(request)
+            except BaseException as error:
+                call.log.last(None, error)
+                raise
+            call.log.last(response.status_code, None)
+            return _finish(call, response)
 
         async def attempt() -> httpx.Response:
             call.note_attempt()

@@ -27,6 +27,7 @@ from retrysafe.client._core import (
     _Call,
     make_settings,
 )
+from retrysafe.observe import Observer
 
 __all__ = ["IdempotentAdapter"]
 
@@ -67,6 +68,8 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
     Args:
         policy: when and how to retry.
         on_retry: hooks called before each retry, for logging and metrics.
+        observers: told of every attempt (`retrysafe.observe.Observer.attempted`), such as
+            `PrometheusObserver()`; an exception they raise is logged and otherwise ignored.
         sleep: the function that waits between attempts (inject one in tests).
         clock: the clock of the total-time bound; monotonic time if None.
         rng: the random source of the jitter, for reproducible runs.
@@ -80,6 +83,7 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
         *,
         policy: RetryPolicy = DEFAULT_POLICY,
         on_retry: Sequence[RetryHook] = (),
+        observers: Sequence[Observer] = (),
         sleep: Callable[[float], None] = time.sleep,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -94,7 +98,7 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
             max_retries=0,
             pool_block=pool_block,
         )
-        self._settings = make_settings(policy, on_retry, clock, rng)
+        self._settings = make_settings(policy, on_retry, clock, rng, observers)
         self._sleep = sleep
 
     def send(  # noqa: PLR0917 -- requests' own signature, called positionally
@@ -118,7 +122,14 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
         )
         send = super().send
         if call.handling is Handling.PASSED:
-            return send(request, stream, timeout, verify, cert, proxies)
+            call.note_attempt()
+            try:
+                sent = send(request, stream, timeout, verify, cert, proxies)
+            except BaseException as error:
+                call.log.last(None, error)
+                raise
+            call.log.last(sent.status_code, None)
+            return sent
         prepared = request.copy()
         if call.header_value is not None:
             prepared.headers[policy.key_header] = call.header_value

@@ -1,0 +1,36 @@
+"""What the client reads from headers: a `Retry-After` delay and the key a caller set."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+
+from retrysafe._errors import InvalidKeyError
+from retrysafe._keys import parse_key
+
+__all__ = ["key_content", "parse_retry_after"]
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Return the seconds a `Retry-After` value asks for, or None when absent or invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+def key_content(header_value: str) -> str:
+    """The key a caller's header value carries (unquoted), or the raw value if malformed."""
+    try:
+        return parse_key([header_value.encode("latin-1")])
+    except (InvalidKeyError, UnicodeEncodeError):
+        return header_value

@@ -81,7 +81,7 @@ def test_b17_a_fencing_is_a_warning_or_above_with_its_fields(
         pay("o-3")
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(failures) == 1
-    assert field(failures[0], "event") == "fenced"
+    assert field(failures[0], "retrysafe_event") == "fenced"
     assert field(failures[0], "idempotency_key") == "o-3"
     assert field(failures[0], "face") == "decorator"
     assert field(failures[0], "scope") == scope_digest("tenant-8")

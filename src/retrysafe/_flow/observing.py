@@ -135,7 +135,7 @@ def fields(identity: Identity, event: str) -> dict[str, object]:
         "namespace": identity.namespace,
         "idempotency_key": identity.key,
         "scope": scope_digest(identity.scope),
-        "event": event,
+        "retrysafe_event": event,
     }
 
 

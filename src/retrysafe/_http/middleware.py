@@ -79,7 +79,7 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
         logger.exception(
             "The idempotency store failed; fail_open=%s",
             settings.fail_open,
-            extra={"face": self.face, "event": "store_unavailable"},
+            extra={"face": self.face, "retrysafe_event": "store_unavailable"},
         )
         return None if settings.fail_open else store_unavailable(settings)
 

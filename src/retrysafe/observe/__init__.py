@@ -75,7 +75,10 @@ claim over, B17); `store_failed` (the outcome is held in this process and retrie
 
 
 def scope_digest(scope: str) -> str:
-    """Return the short, non-reversible form of a stored scope that observers see."""
+    """Return the short, non-reversible form of a stored scope that observers see ("" for the
+    empty scope, a decorator's default)."""
+    if not scope:
+        return ""
     return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 

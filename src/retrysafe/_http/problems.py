@@ -62,6 +62,7 @@ PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
     "store-unavailable": (503, "Idempotency store unavailable"),
     "outcome-unreadable": (500, "Stored outcome unreadable"),
 }
+"""Every problem retrysafe answers with: docs anchor (the `type`) -> (default status, title)."""
 _DECISION_OF: Final = {
     "key-mismatch": "mismatch",  # (the flow decided these already, but transactional mode)
     "request-in-flight": "in_flight",
@@ -73,7 +74,6 @@ _DECISION_OF: Final = {
     "store-unavailable": "unavailable",
 }
 """The observed decision (`retrysafe.observe.DECISIONS`) of each refusal."""
-"""Every problem retrysafe answers with: docs anchor (the `type`) -> (default status, title)."""
 
 
 def problem(

@@ -6,18 +6,20 @@ Shared by the WSGI/ASGI application wrappers and the native middleware in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.integrations import _routes
 from retrysafe.integrations._routes import RouteCache, Unmarked
+from retrysafe.observe import Observer
 
 # Django ships no type information (django-stubs is a separate project).
 try:
     from django.conf import settings as django_settings  # type: ignore[import-untyped]
     from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
     from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
+    from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise _routes.missing_framework("retrysafe.integrations.django", "Django") from error
 
@@ -26,7 +28,13 @@ if TYPE_CHECKING:
 
     from retrysafe.asgi import Scope
 
-__all__ = ["DjangoRoutes", "configured", "settings_from_django", "store_url"]
+__all__ = [
+    "DjangoRoutes",
+    "configured",
+    "observers_from_django",
+    "settings_from_django",
+    "store_url",
+]
 
 _OPTION_NAMES = SettingsOptions.__optional_keys__ | SettingsOptions.__required_keys__
 
@@ -98,25 +106,58 @@ def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None],
             )
     options: dict[str, Any] = {}
     for name, value in config.items():
-        if name in ("STORE", "ROUTES"):
+        if name in ("STORE", "ROUTES", "OBSERVERS"):
             continue
         if name.lower() not in _OPTION_NAMES:
             known = ", ".join(sorted(n.upper() for n in _OPTION_NAMES))
             raise ImproperlyConfigured(
-                f"Unknown RETRYSAFE setting {name!r}; use STORE, ROUTES or one of {known}."
+                f"Unknown RETRYSAFE setting {name!r}; use STORE, ROUTES, OBSERVERS or one of "
+                f"{known}."
             )
         options[name.lower()] = value
     return config.get("STORE"), routes, cast(SettingsOptions, options)
 
 
+def observers_from_django() -> tuple[Observer, ...]:
+    """Return the observers of `settings.RETRYSAFE["OBSERVERS"]`: each an observer, or the
+    dotted path of one (a module attribute, made once however many middlewares use it).
+
+    Raises:
+        ImproperlyConfigured: an entry that is not an observer, or a path that does not import.
+    """
+    config: Mapping[str, Any] = getattr(django_settings, "RETRYSAFE", None) or {}
+    entries = config.get("OBSERVERS") or ()
+    if isinstance(entries, str | Observer) or not isinstance(entries, Sequence):
+        raise ImproperlyConfigured("RETRYSAFE['OBSERVERS'] must be a list of observers.")
+    observers: list[Observer] = []
+    for entry in entries:
+        found: object = entry
+        if isinstance(entry, str):
+            try:
+                found = import_string(entry)
+            except ImportError as error:
+                raise ImproperlyConfigured(f"RETRYSAFE['OBSERVERS']: {error}") from error
+        if not isinstance(found, Observer):
+            raise ImproperlyConfigured(
+                f"RETRYSAFE['OBSERVERS']: {entry!r} is not an observer: give an instance of a "
+                "retrysafe.observe.Observer subclass, or the dotted path of one."
+            )
+        observers.append(found)
+    return tuple(observers)
+
+
 def configured(
-    routes: Mapping[str, RouteSettings | None] | None, options: SettingsOptions
-) -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions]:
-    """Return the store URL, path patterns and options: `settings.RETRYSAFE` under the args."""
+    routes: Mapping[str, RouteSettings | None] | None,
+    options: SettingsOptions,
+    observers: Sequence[Observer] | None = None,
+) -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions, tuple[Observer, ...]]:
+    """Return the store URL, path patterns, options and observers: `settings.RETRYSAFE` under
+    the args."""
     url, configured_routes, configured_options = settings_from_django()
     merged = configured_options.copy()
     merged.update(options)
-    return url, configured_routes if routes is None else dict(routes), merged
+    chosen = observers_from_django() if observers is None else tuple(observers)
+    return url, configured_routes if routes is None else dict(routes), merged, chosen
 
 
 def store_url(url: str | None) -> str:

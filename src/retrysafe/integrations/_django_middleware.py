@@ -27,7 +27,11 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from retrysafe._http import Header, Response, RouteSettings, Settings
-from retrysafe.integrations._django_config import settings_from_django, store_url
+from retrysafe.integrations._django_config import (
+    observers_from_django,
+    settings_from_django,
+    store_url,
+)
 from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
 from retrysafe.integrations._routes import RouteCache, missing_framework, view_mark
 from retrysafe.stores import open_store
@@ -71,8 +75,9 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
 
     List it in `MIDDLEWARE` after `AuthenticationMiddleware` (and after anything else that may
     refuse a request, such as CSRF). It is configured by `settings.RETRYSAFE`: `STORE` (a store
-    URL, required), `ROUTES` (path patterns for unmarked views), and any middleware setting in
-    upper case (`WAIT`, `ANONYMOUS`, `SCOPE_SECRET`, ...). Views are marked with
+    URL, required), `ROUTES` (path patterns for unmarked views), `OBSERVERS` (who to tell what
+    it does, `retrysafe.observe`: observers or their dotted paths), and any middleware setting
+    in upper case (`WAIT`, `ANONYMOUS`, `SCOPE_SECRET`, ...). Views are marked with
     `retrysafe.integrations.django.idempotency`. Sync only: under ASGI, Django runs it in a
     thread, with the sync store.
 
@@ -90,6 +95,7 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
             get_response,
             store=open_store(store_url(url)),
             route_settings=_ViewRoutes(routes),
+            observers=observers_from_django(),
             **options,
         )
         self.get_response = get_response

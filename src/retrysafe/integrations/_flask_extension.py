@@ -27,7 +27,7 @@ when the app has a `LoginManager`; else none, and the credential header names th
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Unpack, cast
 
 from retrysafe._errors import ConfigurationError
@@ -41,6 +41,7 @@ from retrysafe.integrations._routes import (
     missing_framework,
     view_mark,
 )
+from retrysafe.observe import Observer
 from retrysafe.stores import Store, open_store
 
 try:
@@ -102,7 +103,9 @@ class Idempotency:
     retry, scoped to the logged-in user.
 
     `Idempotency(app, store=...)`, or `ext = Idempotency(store=...)` then `ext.init_app(app)`.
-    Views are marked with `retrysafe.integrations.flask.idempotency`.
+    Views are marked with `retrysafe.integrations.flask.idempotency`. Each app's state
+    (`init_app`'s `FlaskIdempotency`, also `app.extensions["retrysafe"]`) holds its
+    `observation` and `counters`.
 
     Args:
         app: the Flask app, or None to call `init_app` later.
@@ -111,6 +114,8 @@ class Idempotency:
         principal: returns the authenticated user of the current request (`lambda: g.user`),
             for apps that do not use Flask-Login; called in `before_request`.
         routes: path patterns for views without a mark.
+        observers: who to tell what the extension does (`retrysafe.observe`), such as
+            `PrometheusObserver()`; every app it is initialised on tells the same ones.
         options: the middleware's settings (`wait=0`, `anonymous="shared"`, ...).
     """
 
@@ -121,11 +126,13 @@ class Idempotency:
         store: Store | None = None,
         principal: Callable[[], object] | None = None,
         routes: Mapping[str, RouteSettings | None] | None = None,
+        observers: Sequence[Observer] = (),
         **options: Unpack[SettingsOptions],
     ) -> None:
         self._store = store
         self._principal = principal
         self._routes = routes
+        self._observers = tuple(observers)
         self._options = options
         if app is not None:
             self.init_app(app)
@@ -143,7 +150,12 @@ class Idempotency:
                 raise ConfigurationError(f"Pass store=... or set app.config[{STORE_CONFIG!r}].")
             store = open_store(url)
         state = FlaskIdempotency(
-            app, store=store, routes=self._routes, principal=self._principal, **self._options
+            app,
+            store=store,
+            routes=self._routes,
+            principal=self._principal,
+            observers=self._observers,
+            **self._options,
         )
         app.extensions[EXTENSION] = state
         app.before_request(state.before_request)
@@ -153,7 +165,8 @@ class Idempotency:
 
 
 class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
-    """One app's idempotency: its settings, store, flow and `counters`; its request hooks.
+    """One app's idempotency: its settings, store, flow, `observation` and `counters`; its
+    request hooks.
 
     Args: those of `Idempotency`, for one app.
     """
@@ -165,10 +178,15 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
         store: Store,
         routes: Mapping[str, RouteSettings | None] | None = None,
         principal: Callable[[], object] | None = None,
+        observers: Sequence[Observer] = (),
         **options: Unpack[SettingsOptions],
     ) -> None:
         super().__init__(
-            app, store=store, route_settings=FlaskRoutes(app, routes=routes), **options
+            app,
+            store=store,
+            route_settings=FlaskRoutes(app, routes=routes),
+            observers=observers,
+            **options,
         )
         self.principal = principal
         """Returns the current request's user; None: Flask-Login's, if the app has it."""

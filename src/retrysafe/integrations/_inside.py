@@ -61,6 +61,8 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
     framework module passes to `admit` as `request`.
     """
 
+    face = "wsgi"  # sync, from WSGI's environ (Django runs it in a thread under ASGI too)
+
     @staticmethod
     def _new_flow(store: Store, observation: Observation) -> SyncFlow:
         return SyncFlow(store, logger=logger, observation=observation)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Final, Literal, TypedDict, TypeVar, Unpack
 
 from retrysafe._http import OutcomePolicy, RouteSettings, compile_pattern
+from retrysafe._http.asgi_io import Receive, Scope, Send
 from retrysafe._http.settings import Anonymous
 from retrysafe._keys import KeyPolicy
 
@@ -36,6 +37,7 @@ __all__ = [
     "missing_framework",
     "read_mark",
     "route_from_options",
+    "unbound",
     "view_mark",
 ]
 
@@ -211,3 +213,8 @@ class RouteCache:
 def missing_framework(module: str, framework: str) -> ImportError:
     """Return the one-line error of integration `module` imported without `framework` installed."""
     return ImportError(f"{module} needs {framework}: pip install {framework.lower()}")
+
+
+async def unbound(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app of a middleware made before the framework builds its stack, which binds it."""
+    raise RuntimeError("This middleware is bound to its app when the framework builds its stack.")

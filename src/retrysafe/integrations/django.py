@@ -9,6 +9,7 @@
     RETRYSAFE = {
         "STORE": "postgresql://app@db/app",        # any store URL (required)
         "ROUTES": {"/health": None},               # path patterns, for unmarked views
+        "OBSERVERS": ["myapp.metrics.observer"],   # observers, or their dotted paths
         "WAIT": 0,                                 # any middleware setting, in upper case
     }
 
@@ -28,11 +29,15 @@ credential header (`Authorization`, or `SCOPE_HEADER`) alone. That suits an API 
 all send one; its hook resolves the path with `django.urls.resolve` (the `ROOT_URLCONF`).
 Either way a class-based view is marked on the class or on what `as_view()` returns. Use one
 of the two, not both.
+
+The wrappers return the middleware: its `observation` holds the observers (`OBSERVERS`, or
+`observers=`), its `counters` what it did. Django makes the native middleware itself and keeps
+it: what it did reaches the observers listed in `OBSERVERS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Unpack
 
 from retrysafe import asgi, wsgi
@@ -45,6 +50,7 @@ from retrysafe.integrations._django_config import (
 )
 from retrysafe.integrations._django_middleware import IdempotencyMiddleware
 from retrysafe.integrations._routes import idempotency, missing_framework
+from retrysafe.observe import Observer
 from retrysafe.stores import AsyncStore, Store, open_async_store, open_store
 
 # Django ships no type information (django-stubs is a separate project).
@@ -69,6 +75,7 @@ def get_wsgi_application(
     *,
     store: Store | None = None,
     routes: Mapping[str, RouteSettings | None] | None = None,
+    observers: Sequence[Observer] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> wsgi.IdempotencyMiddleware:
     """Return Django's WSGI application wrapped in the idempotency middleware.
@@ -80,14 +87,20 @@ def get_wsgi_application(
     Args:
         store: where records live (default: `open_store(RETRYSAFE["STORE"])`).
         routes: path patterns for unmarked views (default: `RETRYSAFE["ROUTES"]`).
+        observers: who to tell what the middleware does (`retrysafe.observe`; default:
+            `RETRYSAFE["OBSERVERS"]`).
         options: middleware settings, over the ones in `RETRYSAFE`.
+
+    Returns:
+        The middleware: its `observation` holds the observers, its `counters` tell what it did.
     """
     application = django_wsgi()
-    url, patterns, merged = configured(routes, options)
+    url, patterns, merged, chosen = configured(routes, options, observers)
     return wsgi.IdempotencyMiddleware(
         application,
         store=store or open_store(store_url(url)),
         route_settings=DjangoRoutes(routes=patterns).for_environ,
+        observers=chosen,
         **merged,
     )
 
@@ -96,6 +109,7 @@ def get_asgi_application(
     *,
     store: AsyncStore | None = None,
     routes: Mapping[str, RouteSettings | None] | None = None,
+    observers: Sequence[Observer] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> asgi.IdempotencyMiddleware:
     """Return Django's ASGI application wrapped in the idempotency middleware.
@@ -107,13 +121,19 @@ def get_asgi_application(
     Args:
         store: where records live (default: `open_async_store(RETRYSAFE["STORE"])`).
         routes: path patterns for unmarked views (default: `RETRYSAFE["ROUTES"]`).
+        observers: who to tell what the middleware does (`retrysafe.observe`; default:
+            `RETRYSAFE["OBSERVERS"]`).
         options: middleware settings, over the ones in `RETRYSAFE`.
+
+    Returns:
+        The middleware: its `observation` holds the observers, its `counters` tell what it did.
     """
     application = django_asgi()
-    url, patterns, merged = configured(routes, options)
+    url, patterns, merged, chosen = configured(routes, options, observers)
     return asgi.IdempotencyMiddleware(
         application,
         store=store or open_async_store(store_url(url)),
         route_settings=DjangoRoutes(routes=patterns).for_scope,
+        observers=chosen,
         **merged,
     )

@@ -9,12 +9,13 @@
     @app.post("/payments", dependencies=[Depends(idempotency(required=True))])
     async def create_payment(payment: Payment) -> Receipt: ...
 
-    install(app, store=open_async_store("sqlite:///idempotency.db"))
+    middleware = install(app, store=open_async_store("sqlite:///idempotency.db"))
 
 The dependency declares the `Idempotency-Key` header, so the OpenAPI schema shows it (required
 or optional); used as a parameter it gives the handler the raw header value. `install` adds
 `retrysafe.asgi.IdempotencyMiddleware` with a hook that finds the route FastAPI will pick and
-reads the marks of its dependencies (router-level first, the route's own last: closest wins).
+reads the marks of its dependencies (router-level first, the route's own last: closest wins),
+and returns that middleware: its `observation` holds the `observers=`, its `counters` what it did.
 """
 
 from __future__ import annotations

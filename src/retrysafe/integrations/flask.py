@@ -29,12 +29,13 @@ does; a class-based view is marked on the class or on the function `as_view` ret
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Unpack
 
 from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.integrations._flask_extension import FlaskIdempotency, FlaskRoutes, Idempotency
 from retrysafe.integrations._routes import idempotency
+from retrysafe.observe import Observer
 from retrysafe.stores.base import Store
 from retrysafe.wsgi import IdempotencyMiddleware
 
@@ -56,6 +57,7 @@ def install(
     *,
     store: Store,
     routes: Mapping[str, RouteSettings | None] | None = None,
+    observers: Sequence[Observer] = (),
     **options: Unpack[SettingsOptions],
 ) -> IdempotencyMiddleware:
     """Wrap `app.wsgi_app` in the idempotency middleware, with per-route settings.
@@ -66,13 +68,18 @@ def install(
         app: the Flask app.
         store: where records live (`retrysafe.open_store(url)`).
         routes: path patterns for views without a mark.
+        observers: who to tell what the middleware does (`retrysafe.observe`).
         options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
 
     Returns:
-        The middleware (its `counters` tell what it did).
+        The middleware: its `observation` holds the observers, its `counters` tell what it did.
     """
     middleware = IdempotencyMiddleware(
-        app.wsgi_app, store=store, route_settings=FlaskRoutes(app, routes=routes), **options
+        app.wsgi_app,
+        store=store,
+        route_settings=FlaskRoutes(app, routes=routes),
+        observers=observers,
+        **options,
     )
     app.wsgi_app = middleware  # type: ignore[method-assign]
     return middleware

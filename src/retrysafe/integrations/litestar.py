@@ -34,13 +34,14 @@ middleware runs after it:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Unpack
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._flow import Counters
+from retrysafe._flow.observing import Observation
 from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Receive, Scope, Send
+from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Scope
 from retrysafe.integrations._routes import (
     UNMARKED,
     PathPatterns,
@@ -49,7 +50,9 @@ from retrysafe.integrations._routes import (
     merge,
     missing_framework,
     route_from_options,
+    unbound,
 )
+from retrysafe.observe import Observer
 from retrysafe.stores.base import AsyncStore
 
 try:
@@ -140,6 +143,7 @@ def install(
     *,
     store: AsyncStore,
     routes: Mapping[str, RouteSettings | None] | None = None,
+    observers: Sequence[Observer] = (),
     **options: Unpack[SettingsOptions],
 ) -> IdempotencyMiddleware:
     """Return Litestar `app` wrapped in the idempotency middleware, with per-route settings.
@@ -149,8 +153,10 @@ def install(
     authentication, use `IdempotencyPlugin`.
 
     `store` is an async store (`retrysafe.open_async_store(url)`), `routes` path patterns for
-    handlers without the option, `options` the middleware's settings (`wait=0`, ...). Raises
-    `ConfigurationError` when `app` has an authentication middleware and no `scope_function`.
+    handlers without the option, `observers` who to tell what it does (`retrysafe.observe`),
+    `options` the middleware's settings (`wait=0`, ...). The middleware's `observation` holds
+    the observers, its `counters` what it did. Raises `ConfigurationError` when `app` has an
+    authentication middleware and no `scope_function`.
     """
     authentication = _authentication_of(app)
     if authentication is not None and options.get("scope_function") is None:
@@ -163,6 +169,7 @@ def install(
         app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
         store=store,
         route_settings=LitestarRoutes(app, routes=routes),
+        observers=observers,
         **options,
     )
 
@@ -171,18 +178,21 @@ def idempotency_middleware(
     *,
     store: AsyncStore,
     routes: Mapping[str, RouteSettings | None] | None = None,
+    observers: Sequence[Observer] = (),
     **options: Unpack[SettingsOptions],
 ) -> DefineMiddleware:
     """Return the middleware for Litestar's `middleware=[...]`, which runs after routing.
 
-    List it after the authentication middleware, so the scope is the user (B8).
+    List it after the authentication middleware, so the scope is the user (B8). To reach its
+    `counters`, use `IdempotencyPlugin`, which holds them.
 
     Args:
         store: where records live (`retrysafe.open_async_store(url)`).
         routes: path patterns for handlers without the option.
+        observers: who to tell what the middleware does (`retrysafe.observe`).
         options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
     """
-    return _define(_shared(store, routes, options))
+    return _define(_shared(store, routes, observers, options))
 
 
 class IdempotencyPlugin(InitPluginProtocol):
@@ -195,6 +205,8 @@ class IdempotencyPlugin(InitPluginProtocol):
     Args:
         store: where records live (`retrysafe.open_async_store(url)`).
         routes: path patterns for handlers without the option.
+        observers: who to tell what the middleware does (`retrysafe.observe`); the plugin's
+            `observation` holds them.
         options: the middleware's settings (`wait=0`, `anonymous="shared"`, ...).
     """
 
@@ -205,14 +217,20 @@ class IdempotencyPlugin(InitPluginProtocol):
         *,
         store: AsyncStore,
         routes: Mapping[str, RouteSettings | None] | None = None,
+        observers: Sequence[Observer] = (),
         **options: Unpack[SettingsOptions],
     ) -> None:
-        self._middleware = _shared(store, routes, options)
+        self._middleware = _shared(store, routes, observers, options)
 
     @property
     def counters(self) -> Counters:
         """What the middleware did: executions, replays, and failures to store (B19)."""
         return self._middleware.counters
+
+    @property
+    def observation(self) -> Observation:
+        """The observers, with the face's name (`retrysafe.observe`)."""
+        return self._middleware.observation
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         """Append the middleware to the app's, and drain held outcomes at shutdown."""
@@ -226,11 +244,19 @@ class IdempotencyPlugin(InitPluginProtocol):
 
 
 def _shared(
-    store: AsyncStore, routes: Mapping[str, RouteSettings | None] | None, options: SettingsOptions
+    store: AsyncStore,
+    routes: Mapping[str, RouteSettings | None] | None,
+    observers: Sequence[Observer],
+    options: SettingsOptions,
 ) -> IdempotencyMiddleware:
-    """Return the middleware every route's stack shares: one flow, counters and in-flight cap."""
+    """Return the middleware every route's stack shares: one flow, counters, observers and
+    in-flight cap."""
     return IdempotencyMiddleware(
-        _unbound, store=store, route_settings=LitestarRoutes(routes=routes), **options
+        unbound,
+        store=store,
+        route_settings=LitestarRoutes(routes=routes),
+        observers=observers,
+        **options,
     )
 
 
@@ -243,10 +269,6 @@ def _define(shared: IdempotencyMiddleware) -> DefineMiddleware:
         return bound
 
     return DefineMiddleware(bind)  # type: ignore[arg-type]  # Litestar's ASGI types are TypedDicts
-
-
-async def _unbound(scope: Scope, receive: Receive, send: Send) -> None:
-    raise RuntimeError("This middleware is bound to each route's app by Litestar.")
 
 
 def _authentication_of(app: Litestar) -> str | None:

@@ -7,10 +7,11 @@
     async def create_payment(request): ...
 
     app = Starlette(routes=[Route("/payments", create_payment, methods=["POST"])])
-    install(app, store=open_async_store("sqlite:///idempotency.db"))
+    middleware = install(app, store=open_async_store("sqlite:///idempotency.db"))
 
 `install` adds `retrysafe.asgi.IdempotencyMiddleware` with a `route_settings` hook that finds
-the route Starlette will pick (through `Mount`s and `Host`s) and reads the endpoint's mark.
+the route Starlette will pick (through `Mount`s and `Host`s) and reads the endpoint's mark, and
+returns that middleware: its `observation` holds the `observers=`, its `counters` what it did.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, Unpack
 
 from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.asgi import IdempotencyMiddleware, Scope
+from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Scope
 from retrysafe.integrations._routes import (
     UNMARKED,
     RouteCache,
@@ -27,7 +28,9 @@ from retrysafe.integrations._routes import (
     idempotency,
     missing_framework,
     read_mark,
+    unbound,
 )
+from retrysafe.observe import Observer
 from retrysafe.stores.base import AsyncStore
 
 try:
@@ -110,22 +113,38 @@ class StarletteRoutes:
         *,
         store: AsyncStore,
         routes: Mapping[str, RouteSettings | None] | None = None,
+        observers: Sequence[Observer] = (),
         **options: Unpack[SettingsOptions],
-    ) -> None:
+    ) -> IdempotencyMiddleware:
         """Add the idempotency middleware to `app`, with this class as its per-route hook.
 
         Args:
             app: the Starlette (or FastAPI) app, before it starts serving.
             store: where records live (`retrysafe.open_async_store(url)`).
             routes: path patterns for routes without a mark.
+            observers: who to tell what the middleware does (`retrysafe.observe`), such as
+                `PrometheusObserver()`.
             options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
+
+        Returns:
+            The middleware: its `observation` holds the observers, its `counters` tell what
+            it did. The app puts it in front of its routes when it builds its middleware
+            stack, as it starts serving.
         """
-        app.add_middleware(
-            IdempotencyMiddleware,
+        middleware = IdempotencyMiddleware(
+            unbound,
             store=store,
             route_settings=cls(app, routes=routes),
+            observers=observers,
             **options,
         )
+
+        def bind(inner: ASGIApp) -> IdempotencyMiddleware:
+            middleware.app = inner  # the app's stack is built once, when it first serves
+            return middleware
+
+        app.add_middleware(bind)
+        return middleware
 
 
 install = StarletteRoutes.install

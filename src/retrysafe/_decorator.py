@@ -25,6 +25,7 @@ from retrysafe._flow import (
     Admission,
     AsyncFlow,
     SyncFlow,
+    observing,
 )
 from retrysafe._flow.observing import Observation, decide
 from retrysafe._record import Identity
@@ -50,7 +51,7 @@ class IdempotentOptions(TypedDict, total=False):
     wait: float
     final_exceptions: tuple[type[BaseException], ...]
     serializer: Serializer | None
-    observers: Sequence[Observer] | Observation
+    observers: Sequence[Observer]
 
 
 def idempotent(
@@ -65,7 +66,7 @@ def idempotent(
     wait: float = DEFAULT_WAIT,
     final_exceptions: tuple[type[BaseException], ...] = (),
     serializer: Serializer | None = None,
-    observers: Sequence[Observer] | Observation = (),
+    observers: Sequence[Observer] = (),
 ) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Run the decorated function at most once per key; replay its outcome to every repeat.
 
@@ -94,9 +95,7 @@ def idempotent(
         observers: who to tell what each call did (`retrysafe.observe`), such as
             `PrometheusObserver()`; their face is "decorator".
     """
-    observation = (
-        observers if isinstance(observers, Observation) else Observation("decorator", observers)
-    )
+    observation = Observation(getattr(observers, "face", "decorator"), observers)
     if lease <= 0 or retention <= 0 or wait < 0:
         raise ConfigurationError("lease and retention must be positive and wait not negative.")
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in final_exceptions):
@@ -274,6 +273,7 @@ def _run_sync(
     identity, fingerprint = plan.identify(args, kwargs)
     flow: SyncFlow = plan.flow
     admitted = flow.admit(identity, fingerprint, plan)
+    observing.admitted(admitted.decision)
     if admitted.decision is Decision.REPLAY:
         return plan.outcomes.replay(_outcome_of(admitted))
     if admitted.decision is not Decision.EXECUTE:
@@ -298,6 +298,7 @@ async def _run_async(
     identity, fingerprint = plan.identify(args, kwargs)
     flow: AsyncFlow = plan.flow
     admitted = await flow.admit(identity, fingerprint, plan)
+    observing.admitted(admitted.decision)
     if admitted.decision is Decision.REPLAY:
         return plan.outcomes.replay(_outcome_of(admitted))
     if admitted.decision is not Decision.EXECUTE:

@@ -32,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar, Unpack
 
 from retrysafe._decorator import IdempotentOptions, idempotent
 from retrysafe._errors import ConfigurationError, InvalidKeyError, KeyMismatchError, OutcomeError
-from retrysafe._flow.observing import Observation
+from retrysafe._flow.observing import FacedObservers
 from retrysafe.stores.base import AsyncStore, Store
 
 __all__ = ["idempotent_message", "message_body_of", "message_id_of", "should_requeue"]
@@ -116,7 +116,5 @@ def idempotent_message(
         observers: who to tell what each delivery did (`retrysafe.observe`); their face is
             "consumer".
     """
-    observers = options.get("observers", ())
-    if not isinstance(observers, Observation):
-        options["observers"] = Observation("consumer", observers)
+    options["observers"] = FacedObservers(options.get("observers", ()), face="consumer")
     return idempotent(store, key=message_id, fingerprint=body, **options)

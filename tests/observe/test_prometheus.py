@@ -209,18 +209,19 @@ class Service:
 
 
 @pytest.fixture
-def serve(metrics: Metrics) -> Iterator[Callable[[str, str], Service]]:
+def serve(metrics: Metrics) -> Iterator[Callable[..., Service]]:
     """A factory: the `face` ("asgi" or "wsgi") app behind its middleware, its store opened
     from `url`, with `ROUTES`, a `MAX_BODY` limit, and the test's observers."""
     stops: list[Callable[[], None]] = []
 
-    def start(face: str, url: str) -> Service:
+    def start(face: str, url: str, **more: Any) -> Service:
         handlers, identities, waiting = Handlers(), Identities(), threading.Event()
         options: dict[str, Any] = {
             "routes": ROUTES,
             "max_body_size": MAX_BODY,
             "scope_secret": SCOPE_SECRET,
             "observers": [metrics.observer, identities],
+            **more,
         }
         server: AsgiServer | WsgiServer
         if face == "asgi":
@@ -340,6 +341,25 @@ def test_b14_b15_in_flight_and_waited_duplicates_are_counted(
     # with the stored outcome, which it replays).
     assert service.metrics.store_calls() == {"claim": 4, "complete": 2}
     service.assert_no_identity_in_labels()
+
+
+@pytest.mark.parametrize("face", ["asgi", "wsgi"])
+def test_b36_a_caller_over_its_in_flight_cap_is_counted_rejected(
+    face: str, serve: Callable[..., Service]
+) -> None:
+    """A second key of a caller at its in-flight cap gets 429: counted `rejected` (not an
+    execution), and its claim's release is no outcome."""
+    service = serve(face, "memory://", max_in_flight_per_scope=1)
+    handlers = service.handlers
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(service.post, "/gate", new_key())
+        assert handlers.entered.wait(BOUND)
+        assert service.post("/gate", new_key()).status_code == 429
+        handlers.gate.set()
+        assert first.result(BOUND).status_code == 201
+    assert handlers.calls == {"/gate": 1}
+    assert service.decisions() == {"execute": 1, "rejected": 1}
+    assert service.outcomes() == {"stored": 1}
 
 
 @pytest.mark.parametrize("face", ["asgi", "wsgi"])

@@ -10,7 +10,7 @@ from typing import Final, Generic, TypeVar
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError
 from retrysafe._flow.admission import Admission
-from retrysafe._flow.observing import Observation, decide, fields, finish, observed
+from retrysafe._flow.observing import Observation, fields, finish, observed
 from retrysafe._record import Identity
 
 __all__ = ["LOGGER", "Count", "Counters", "Finisher"]
@@ -41,12 +41,6 @@ class Count(enum.StrEnum):
 
 
 _NAMES: Final = {count: count.value for count in Count}
-_DECISIONS: Final = {
-    Decision.EXECUTE: "execute",
-    Decision.REPLAY: "replay",
-    Decision.MISMATCH: "mismatch",
-    Decision.IN_FLIGHT: "in_flight",
-}
 
 
 class Counters:
@@ -115,10 +109,9 @@ class Finisher(Generic[StoreT]):
         """Set up what a subclass adds; called last by `__init__`."""
 
     def admitted(self, result: Admission) -> Admission:
-        """Count and report what an admission decided."""
+        """Count a replay (the face reports the decision, after its own refusals)."""
         if result.decision is Decision.REPLAY:
             self.counters.add(Count.REPLAYS)
-        decide(_DECISIONS[result.decision])
         return result
 
     def renew_failed(self, identity: Identity, error: Exception) -> bool:

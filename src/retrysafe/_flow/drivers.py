@@ -43,9 +43,9 @@ class SyncFlow(Holder[Store]):
     __slots__ = ()
 
     def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
-        identify(identity)
         """Claim `identity`, waiting for a duplicate in flight; return what was decided. An
         outcome held here (B19) answers first, even if the store is unreachable."""
+        identify(identity)
         store, holdings = self.store, self.holdings
         if not holdings.held_any():  # the common case: the admission's first claim, directly
             claim = store.claim(identity, fingerprint, lease=terms.lease, retention=terms.retention)
@@ -225,9 +225,9 @@ class AsyncFlow(Holder[AsyncStore]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
-        identify(identity)
         """Claim `identity`, waiting for a duplicate in flight; return what was decided (see
         `SyncFlow.admit`)."""
+        identify(identity)
         store, holdings = self.store, self.holdings
         clock, elapsed = store.clock, anyio.current_time
         if not holdings.held_any():  # the common case: the admission's first claim, directly

@@ -19,12 +19,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, Final, TypeVar, cast
 
+from retrysafe._engine import Decision
 from retrysafe._record import Identity
 from retrysafe.observe import Observer, Operation, StoreCall, scope_digest
 
 __all__ = [
     "DECISIONS_LOGGER",
+    "FacedObservers",
     "Observation",
+    "admitted",
     "decide",
     "fields",
     "finish",
@@ -38,8 +41,26 @@ _LOGGER: Final = logging.getLogger("retrysafe")
 _CURRENT: ContextVar[Operation | None] = ContextVar("retrysafe_operation", default=None)
 _HUB: Final = object()  # keys of `Operation.state` that are the flow's own
 _TOKEN: Final = object()
+_ADMITTED: Final = {
+    Decision.EXECUTE: "execute",
+    Decision.REPLAY: "replay",
+    Decision.MISMATCH: "mismatch",
+    Decision.IN_FLIGHT: "in_flight",
+}
 _PRIMITIVES: Final = ("claim", "complete", "release", "renew", "get", "wait", "checkpoint")
 StoreT = TypeVar("StoreT")
+
+
+class FacedObservers(tuple[Observer, ...]):
+    """Observers, and the face they see: what `idempotent_message` gives `idempotent` (whose
+    own face is "decorator")."""
+
+    face: str
+
+    def __new__(cls, observers: Sequence[Observer], *, face: str) -> FacedObservers:
+        faced = super().__new__(cls, observers)
+        faced.face = face
+        return faced
 
 
 class Observation:
@@ -118,10 +139,17 @@ def decide(decision: str) -> None:
         current[1].tell("decided", current[0])
 
 
+def admitted(decision: Decision) -> None:
+    """Report the flow's decision for the current operation: the face calls it once it has
+    checked its own refusals (the per-scope cap), which report instead."""
+    decide(_ADMITTED[decision])
+
+
 def finish(result: str) -> None:
-    """Report how the current executed operation ended (`retrysafe.observe.RESULTS`)."""
+    """Report how the current executed operation ended (`retrysafe.observe.RESULTS`); for an
+    operation that did not execute (a claim released after a refusal) there is nothing to say."""
     current = _current()
-    if current is not None and current[0].result is None:
+    if current is not None and current[0].result is None and current[0].decision == "execute":
         current[0].result = result
         current[1].tell("finished", current[0])
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar, Unpack
 
-from retrysafe._flow import Admission, AsyncFlow, SyncFlow
+from retrysafe._engine import Decision
+from retrysafe._flow import Admission, AsyncFlow, SyncFlow, observing
 from retrysafe._flow.observing import Observation, decide
 from retrysafe._http.flow import ScopeLimiter, answer
 from retrysafe._http.problems import Response, store_unavailable, too_many_in_flight
@@ -87,10 +88,11 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
         """Return the answer to an admission that does not run the app: a replay, a refusal
         (`answer`), or the 429 of a scope at its in-flight cap (B36), whose claim the caller
         then releases. None: run the app, and `_leave(scope)` when it is done."""
-        refused = answer(admitted, settings)
-        if refused is None and self._limiter is not None and not self._limiter.enter(scope):
-            return too_many_in_flight(settings)
-        return refused
+        executes = admitted.decision is Decision.EXECUTE
+        if executes and self._limiter is not None and not self._limiter.enter(scope):
+            return too_many_in_flight(settings)  # observed as "rejected"
+        observing.admitted(admitted.decision)
+        return answer(admitted, settings)
 
     def _leave(self, scope: str) -> None:
         """Give back the in-flight slot `_refusal` took for `scope`."""

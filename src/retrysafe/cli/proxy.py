@@ -11,11 +11,14 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from retrysafe._errors import ConfigurationError
+from retrysafe._extras import MissingExtraError
 from retrysafe._http import MIB, SettingsOptions
 from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail
 from retrysafe.proxy import build_proxy
 from retrysafe.proxy._forward import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT
+from retrysafe.proxy._health import StoreWatch
+from retrysafe.proxy._ops import Operations, configure_logging, listen, metrics_observer
 from retrysafe.stores import open_async_store
 
 __all__ = ["EXAMPLES", "proxy", "register"]
@@ -30,6 +33,8 @@ Examples:
 
     RETRYSAFE_SCOPE_SECRET=... retrysafe proxy --upstream http://127.0.0.1:3000 \
         --anonymous shared
+
+    retrysafe proxy --upstream http://127.0.0.1:3000 --host 0.0.0.0 --metrics-port 9464
 """
 
 
@@ -142,6 +147,20 @@ def proxy(
             "the connection is closed; the body: 408; nothing is forwarded).",
         ),
     ] = DEFAULT_BODY_TIMEOUT,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at /metrics and a health check at /healthz on this "
+            "port of --host (never on the proxied port). Needs the prometheus extra.",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No access log (one line per request on stderr).")
+    ] = False,
 ) -> None:
     """Put the idempotency middleware in front of any HTTP service.
 
@@ -150,6 +169,8 @@ def proxy(
     credential header, hashed with the secret in RETRYSAFE_SCOPE_SECRET (else one kept in the
     store).
     """
+    if metrics_port == port:
+        fail(f"--metrics-port {port} is the proxied --port: give it another one.", EXIT_USAGE)
     with errors_as_one_line():
         try:
             options: SettingsOptions = {
@@ -164,23 +185,39 @@ def proxy(
             }
             if scope_header:
                 options["scope_header"] = scope_header
+            metrics = None if metrics_port is None else metrics_observer()
+            async_store = open_async_store(store)
+            watch = StoreWatch(async_store)
             app = build_proxy(
                 upstream,
-                store=open_async_store(store),
+                store=async_store,
                 timeout=upstream_timeout,
                 deadline=upstream_deadline,
                 body_timeout=body_timeout,
+                observers=[watch] if metrics is None else [watch, metrics],
+                access_log=not quiet,
                 **options,
             )
-        except ConfigurationError as error:
+        except (ConfigurationError, MissingExtraError) as error:
             fail(str(error), EXIT_USAGE)
+        listener = None
+        if metrics_port is not None:
+            try:
+                listener = listen(host, metrics_port)
+            except OSError as error:
+                fail(f"--metrics-port: cannot listen on {host}:{metrics_port}: {error}")
+    metrics_url = "" if listener is None else f", metrics http://{host}:{metrics_port}/metrics"
     console.print(
-        f"retrysafe proxy: http://{host}:{port} -> {upstream} (store {_redacted(store)})",
+        f"retrysafe proxy: http://{host}:{port} -> {upstream} (store {_redacted(store)})"
+        + metrics_url,
         markup=False,
         soft_wrap=True,
     )
+    operated = Operations(
+        app, watch=watch, listener=listener, registry=metrics.registry if metrics else None
+    )
     config = uvicorn.Config(
-        app,
+        operated,
         host=host,
         port=port,
         lifespan="on",
@@ -191,6 +228,7 @@ def proxy(
         server_header=False,  # the upstream's Server and Date headers pass through
         date_header=False,
     )
+    configure_logging(access=not quiet)  # after uvicorn's Config, which configures its own
     uvicorn.Server(config).run()
 
 

@@ -23,10 +23,16 @@ breaks the exchange 502.
 Only origin-form request-targets are forwarded, always to the upstream's scheme, host and port;
 anything else, and a request with both Transfer-Encoding and Content-Length, is a 400 problem
 before the store is touched (B37).
+
+The middleware reports to `observers` (`retrysafe.observe`) as face `proxy`; `access_log=True`
+adds one line per request on `retrysafe.proxy.access` with the decision it made (`AccessLog`).
+`retrysafe proxy` adds the store check at start, outage and recovery lines, and `/metrics` and
+`/healthz` on `--metrics-port` (`retrysafe.proxy._ops`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Unpack
 
 from retrysafe._extras import missing_extra
@@ -38,6 +44,8 @@ except ImportError as error:
 
 from retrysafe._http import MIB, SettingsOptions
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware
+from retrysafe.observe import Observer
+from retrysafe.proxy._access import AccessLog, Decisions
 from retrysafe.proxy._forward import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, ProxyApp
 from retrysafe.proxy._framing import HOP_BY_HOP_HEADERS, end_to_end
 from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT, RequestGuard
@@ -54,6 +62,8 @@ def build_proxy(
     timeout: float = DEFAULT_TIMEOUT,
     deadline: float = DEFAULT_DEADLINE,
     body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
+    observers: Sequence[Observer] = (),
+    access_log: bool = False,
     **options: Unpack[SettingsOptions],
 ) -> ASGIApp:
     """Return the idempotent reverse proxy to `upstream`: `ProxyApp` behind the middleware.
@@ -69,6 +79,11 @@ def build_proxy(
         deadline: how long that call may run in all (default 300 s); past it, retries get the
             stored `outcome-unknown` problem.
         body_timeout: how long a request body may take to arrive (default 30 s); then 408.
+        observers: who to tell what the middleware does (`retrysafe.observe`), as face
+            `proxy`: a `PrometheusObserver`, say.
+        access_log: log one line per request on `retrysafe.proxy.access` at INFO: client,
+            method, path, status, the middleware's decision (`-` when it did not track the
+            request) and duration.
         options: the middleware's settings (`required=True`, `wait=0`, `scope_header=...`).
     """
     buffer_size = options.get("max_response_size") or MIB
@@ -80,10 +95,13 @@ def build_proxy(
         buffer_size=buffer_size,
         on_shutdown=[store.aclose],
     )
-    middleware = _ProxyMiddleware(proxy, store=store, **options)
-    return RequestGuard(
+    if access_log:
+        observers = [*observers, Decisions()]
+    middleware = _ProxyMiddleware(proxy, store=store, observers=observers, **options)
+    guarded = RequestGuard(
         middleware, max_body_size=middleware.settings.max_body_size, body_timeout=body_timeout
     )
+    return AccessLog(guarded) if access_log else guarded
 
 
 class _ProxyMiddleware(IdempotencyMiddleware):

@@ -6,11 +6,14 @@ middleware and the decorator. Every other face needs an extra:
 | extra        | brings                                 | for                                     |
 |--------------|----------------------------------------|-----------------------------------------|
 | `cli`        | typer, rich, uvicorn, starlette, httpx | the `retrysafe` command, demo and proxy |
+|              | (and the `prometheus` extra)           | (`proxy --metrics-port`)                |
 | `httpx`      | httpx, tenacity                        | `retrysafe.client` transports           |
 | `requests`   | requests, tenacity                     | `retrysafe.client.IdempotentAdapter`    |
 | `redis`      | redis-py, hiredis                      | the Redis store                         |
 | `postgres`   | psycopg 3, psycopg_pool                | the PostgreSQL store and transactions   |
 | `sqlalchemy` | SQLAlchemy                             | `transactions.sqlalchemy`               |
+| `prometheus` | prometheus-client                      | `retrysafe.observe.prometheus`          |
+| `otel`       | opentelemetry-api                      | `retrysafe.observe.otel`                |
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import threading
+import typing
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -239,3 +241,114 @@ def upstream_entered(recorder: Recorder, seconds: float = GATE_SECONDS) -> None:
     """Wait until a `/gate` request reached the upstream."""
     if not recorder.entered.wait(seconds):
         raise AssertionError("the request never reached the upstream")
+
+
+class StderrLines:
+    """The lines a proxy process writes on stderr, read in a thread as they come, so a test
+    can wait for one (bounded) and see them all once the process has exited."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = False
+        threading.Thread(target=self._read, args=(process.stderr,), daemon=True).start()
+
+    def _read(self, stream: typing.IO[bytes]) -> None:
+        try:
+            for raw in stream:
+                with self._changed:
+                    self._lines.append(raw.decode("utf-8", "backslashreplace").rstrip("\n"))
+                    self._changed.notify_all()
+        except (OSError, ValueError):  # the pipe was closed under the reader
+            pass
+        finally:
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def mark(self) -> int:
+        """Return how many lines have been read: wait for lines after this mark."""
+        with self._changed:
+            return len(self._lines)
+
+    def wait_for(self, text: str, *, after: int = 0, seconds: float = _STOP_SECONDS) -> int:
+        """Return the index of the first line from `after` on that contains `text`, waiting
+        up to `seconds` for it; fail if it does not come."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: any(text in line for line in self._lines[after:]) or self._ended,
+                seconds,
+            )
+            matches = [i for i, line in enumerate(self._lines) if i >= after and text in line]
+            if not found or not matches:
+                raise AssertionError(f"no stderr line with {text!r}; got {self._lines[after:]}")
+            return matches[0]
+
+    def line(self, index: int) -> str:
+        """Return the line at `index`."""
+        with self._changed:
+            return self._lines[index]
+
+    def until_exit(self, seconds: float = _STOP_SECONDS) -> list[str]:
+        """Return every line, once the process has closed stderr (it exited)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._ended, seconds):
+                raise AssertionError("the proxy did not close its stderr")
+            return list(self._lines)
+
+
+class Relay:
+    """A TCP relay to a real server that the test can cut (close every connection and refuse
+    new ones) and restore, on the same port: a store link that fails and comes back."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        """Accept connections again."""
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Close every connection and stop listening: the store is unreachable."""
+        with self._lock:
+            sockets, self._open = self._open, []
+        if self._listener is not None:  # shutdown wakes the accepting thread; close alone not
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self._target, _STOP_SECONDS)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar, Unpack
 
@@ -77,9 +79,12 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
     def _store_failed(self, settings: Settings) -> Response | None:
         """Log a store failure; return the 503 to answer, or None to fail open (B20)."""
         decide("unavailable")  # failing open too: the request then runs untracked
-        logger.exception(
-            "The idempotency store failed; fail_open=%s",
+        error = sys.exc_info()[1]
+        logger.error(  # one line a request; the traceback at DEBUG only
+            "The idempotency store failed (%s); fail_open=%s",
+            error,
             settings.fail_open,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
             extra={"face": self.face, "retrysafe_event": "store_unavailable"},
         )
         return None if settings.fail_open else store_unavailable(settings)

@@ -26,7 +26,6 @@ import anyio
 import uvicorn
 from anyio.abc import TaskGroup
 
-from retrysafe._errors import StoreError
 from retrysafe._http import DEFAULT_PROBLEM_BASE_URL, Response, problem_response
 from retrysafe.asgi import ASGIApp, Message, Receive, Scope, Send
 from retrysafe.proxy._access import ACCESS_LOGGER, printable
@@ -264,8 +263,9 @@ def configure_logging(*, access: bool) -> None:
 
 
 def _not_a_store_failure(record: logging.LogRecord) -> bool:
-    error = record.exc_info[1] if record.exc_info else None
-    return not isinstance(error, StoreError)
+    """Drop the middleware's line per request while the store is down: `StoreWatch` says it
+    once."""
+    return getattr(record, "retrysafe_event", None) != "store_unavailable"
 
 
 class _OneLineFormatter(logging.Formatter):

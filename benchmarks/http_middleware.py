@@ -68,9 +68,15 @@ POSTGRES_URL = os.environ.get(
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 VARIANTS = ["bare", "memory", "sqlite", "redis", "postgres", "idemkit-redis", "idemkit-postgres"]
 # Not in the default run: SQLite with synchronous=normal (no fsync per commit in WAL mode);
-# memory and Redis with every built-in observer on (Prometheus, OpenTelemetry with the SDK
-# exporting to nowhere, the decisions log at DEBUG into a discarding handler).
-EXTRA_VARIANTS = ["sqlite-normal", "memory-observed", "redis-observed"]
+# memory and Redis with observers as in production: `-prometheus` the Prometheus observer,
+# `-observed` that and OpenTelemetry with the SDK sampling 1% of traces (exporting nowhere).
+EXTRA_VARIANTS = [
+    "sqlite-normal",
+    "memory-prometheus",
+    "memory-observed",
+    "redis-prometheus",
+    "redis-observed",
+]
 SCENARIOS = ["first", "replay", "nokey", "get"]
 REPLAY_KEYS = 100
 REPLAY_HEADERS = ("idempotent-replayed", "idempotency-replayed")  # retrysafe, idemkit
@@ -190,32 +196,33 @@ def build_app(variant: str, store: str) -> Any:
     from retrysafe import open_async_store
     from retrysafe.asgi import IdempotencyMiddleware
 
-    observers = observers_of_benchmark() if variant.endswith("-observed") else []
+    observers = observers_of_benchmark(variant)
     app.add_middleware(IdempotencyMiddleware, store=open_async_store(store), observers=observers)
     return app
 
 
-def observers_of_benchmark() -> list[Any]:
-    """Return every built-in observer, set up as in production but exporting nowhere."""
-    import logging
+def observers_of_benchmark(variant: str) -> list[Any]:
+    """Return the observers of `variant`, set up as in production but exporting nowhere."""
+    if not variant.endswith(("-prometheus", "-observed")):
+        return []
+    from retrysafe.observe.prometheus import PrometheusObserver
+
+    if variant.endswith("-prometheus"):
+        return [PrometheusObserver()]
     from collections.abc import Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     from retrysafe.observe.otel import OpenTelemetryObserver
-    from retrysafe.observe.prometheus import PrometheusObserver
 
     class Nowhere(SpanExporter):
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01)))
     provider.add_span_processor(BatchSpanProcessor(Nowhere()))
-    decisions = logging.getLogger("retrysafe.decisions")
-    decisions.setLevel(logging.DEBUG)
-    decisions.addHandler(logging.NullHandler())
-    decisions.propagate = False
     return [PrometheusObserver(), OpenTelemetryObserver(tracer_provider=provider)]
 
 
@@ -289,7 +296,9 @@ def store_of(variant: str, name: str, workdir: Path) -> str:
         "sqlite": f"sqlite:///{workdir / 'retrysafe.db'}",
         "sqlite-normal": f"sqlite:///{workdir / 'normal.db'}?synchronous=normal",
         "redis": f"{REDIS_URL}?prefix={name}",
+        "memory-prometheus": "memory://",
         "memory-observed": "memory://",
+        "redis-prometheus": f"{REDIS_URL}?prefix={name}p",
         "redis-observed": f"{REDIS_URL}?prefix={name}o",
         "postgres": f"{POSTGRES_URL}?table={name}",
         "idemkit-redis": f"{name}_ik",

@@ -47,6 +47,7 @@ _ADMITTED: Final = {
     Decision.MISMATCH: "mismatch",
     Decision.IN_FLIGHT: "in_flight",
 }
+_HOOKS: Final = ("started", "decided", "store_call", "waited", "finished", "ended", "attempted")
 _PRIMITIVES: Final = ("claim", "complete", "release", "renew", "get", "wait", "checkpoint")
 StoreT = TypeVar("StoreT")
 
@@ -71,11 +72,24 @@ class Observation:
         observers: who to tell.
     """
 
-    __slots__ = ("face", "observers")
+    __slots__ = ("_hooks", "face", "observers")
 
     def __init__(self, face: str, observers: Sequence[Observer] = ()) -> None:
         self.face = face
         self.observers = tuple(observers)
+        # Per hook, the observers that override it: a hook nobody overrides costs nothing.
+        self._hooks: dict[str, tuple[tuple[Observer, Callable[..., object]], ...]] = {
+            hook: tuple(
+                (observer, method)
+                for observer in self.observers
+                if (method := _override(observer, hook)) is not None
+            )
+            for hook in _HOOKS
+        }
+
+    def listens(self, *hooks: str) -> bool:
+        """Return whether an observer overrides any of `hooks`."""
+        return any(self._hooks[hook] for hook in hooks)
 
     def __bool__(self) -> bool:
         return bool(self.observers)
@@ -108,11 +122,20 @@ class Observation:
         """Call `hook` on every observer (`last_first`: in reverse, so that observers which
         make a context current at `started` restore them in order at `ended`); an observer
         that raises is logged and skipped."""
-        for observer in reversed(self.observers) if last_first else self.observers:
+        methods = self._hooks[hook]
+        for observer, method in reversed(methods) if last_first else methods:
             try:
-                getattr(observer, hook)(*args)
+                method(*args)
             except Exception:
                 _LOGGER.exception("The observer %r failed in %s", observer, hook)
+
+
+def _override(observer: Observer, hook: str) -> Callable[..., object] | None:
+    """Return the observer's `hook`, unless it is `Observer`'s, which does nothing."""
+    method = getattr(observer, hook, None)
+    if not callable(method) or getattr(method, "__func__", None) is getattr(Observer, hook):
+        return None
+    return cast("Callable[..., object]", method)
 
 
 def _current() -> tuple[Operation, Observation] | None:
@@ -190,8 +213,8 @@ def _log(operation: Operation) -> None:
 
 
 def observed(store: StoreT, observation: Observation | None) -> StoreT:
-    """Return `store` with its primitives timed and reported, if there are observers."""
-    if not observation:
+    """Return `store` with its primitives timed and reported, if an observer listens."""
+    if observation is None or not observation.listens("store_call", "waited"):
         return store
     wrapper = _AsyncObserved if inspect.iscoroutinefunction(store.claim) else _SyncObserved  # type: ignore[attr-defined]
     return cast("StoreT", wrapper(store, observation))
@@ -213,8 +236,9 @@ class _Observed:
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         raise NotImplementedError
 
-    def _report(self, name: str, start_ns: int, began: float, error: BaseException | None) -> None:
-        call = StoreCall(name, start_ns, time.perf_counter() - began, error)
+    def _report(self, name: str, began: float, error: BaseException | None) -> None:
+        seconds = time.perf_counter() - began
+        call = StoreCall(name, time.time_ns() - int(seconds * 1e9), seconds, error)
         operation = _CURRENT.get()
         self._observation.tell("waited" if name == "wait" else "store_call", operation, call)
 
@@ -222,14 +246,14 @@ class _Observed:
 class _SyncObserved(_Observed):
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start_ns, began, error = time.time_ns(), time.perf_counter(), None
+            began = time.perf_counter()
             try:
-                return method(*args, **kwargs)
-            except BaseException as caught:
-                error = caught
+                result = method(*args, **kwargs)
+            except BaseException as error:
+                self._report(name, began, error)
                 raise
-            finally:
-                self._report(name, start_ns, began, error)
+            self._report(name, began, None)
+            return result
 
         return timed
 
@@ -237,13 +261,13 @@ class _SyncObserved(_Observed):
 class _AsyncObserved(_Observed):
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            start_ns, began, error = time.time_ns(), time.perf_counter(), None
+            began = time.perf_counter()
             try:
-                return await cast("Awaitable[Any]", method(*args, **kwargs))
-            except BaseException as caught:
-                error = caught
+                result = await cast("Awaitable[Any]", method(*args, **kwargs))
+            except BaseException as error:
+                self._report(name, began, error)
                 raise
-            finally:
-                self._report(name, start_ns, began, error)
+            self._report(name, began, None)
+            return result
 
         return timed

@@ -26,7 +26,7 @@ counters and histograms only, which it aggregates.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from retrysafe._extras import missing_extra
 
@@ -110,6 +110,10 @@ class PrometheusObserver(Observer):
             ("method", "status"),
             registry=registry,
         )
+        # The labelled children, by label values: `labels()` takes a lock and builds a tuple.
+        self._requests: dict[tuple[str, str], Any] = {}
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._store_seconds: dict[str, Any] = {}
         self.client_delays = Histogram(
             "retrysafe_client_retry_delay_seconds",
             "Delays the retrying client waited before a retry.",
@@ -119,15 +123,26 @@ class PrometheusObserver(Observer):
 
     def decided(self, operation: Operation) -> None:
         """Count the operation by face and decision."""
-        self.requests.labels(operation.face, operation.decision or "unknown").inc()
+        labels = (operation.face, operation.decision or "unknown")
+        child = self._requests.get(labels)
+        if child is None:
+            child = self._requests[labels] = self.requests.labels(*labels)
+        child.inc()
 
     def finished(self, operation: Operation) -> None:
         """Count how an executed operation ended."""
-        self.outcomes.labels(operation.face, operation.result or "unknown").inc()
+        labels = (operation.face, operation.result or "unknown")
+        child = self._outcomes.get(labels)
+        if child is None:
+            child = self._outcomes[labels] = self.outcomes.labels(*labels)
+        child.inc()
 
     def store_call(self, operation: Operation | None, call: StoreCall) -> None:
         """Time a store primitive; count it if it raised."""
-        self.store_seconds.labels(call.name).observe(call.seconds)
+        child = self._store_seconds.get(call.name)
+        if child is None:
+            child = self._store_seconds[call.name] = self.store_seconds.labels(call.name)
+        child.observe(call.seconds)
         if call.error is not None:
             self.store_errors.labels(call.name).inc()
 

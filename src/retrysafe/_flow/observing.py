@@ -151,7 +151,7 @@ def identify(identity: Identity) -> None:
     if current is not None:
         operation = current[0]
         operation.namespace, operation.key = identity.namespace, identity.key
-        operation.scope = scope_digest(identity.scope)
+        operation.scope = identity.scope  # digested when an observer reads it
 
 
 def decide(decision: str) -> None:

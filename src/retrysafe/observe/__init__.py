@@ -90,7 +90,7 @@ class Operation:
         face: where it came in (`FACES`).
         namespace, key: what it is, once known ("" before, or for a request refused before
             its key was read).
-        scope: `scope_digest` of its scope, once known.
+        scope: `scope_digest` of its scope, once known (computed when first read).
         decision: what was decided (`DECISIONS`), once decided.
         result: how an executed operation ended (`RESULTS`), once finished.
         start_time_ns: when it started, as `time.time_ns()` (for traces).
@@ -101,13 +101,28 @@ class Operation:
     face: str
     namespace: str = ""
     key: str = ""
-    scope: str = ""
     decision: str | None = None
     result: str | None = None
     start_time_ns: int = field(default_factory=time.time_ns)
     started: float = field(default_factory=time.perf_counter)
     seconds: float | None = None
     state: dict[object, object] = field(default_factory=dict)
+    _scope: str | None = None  # the stored scope, digested when `scope` is first read
+    _digest: str | None = None
+
+    @property
+    def scope(self) -> str:
+        """`scope_digest` of the operation's scope ("" until known)."""
+        if self._digest is None:
+            if self._scope is None:
+                return ""
+            self._digest = scope_digest(self._scope)
+        return self._digest
+
+    @scope.setter
+    def scope(self, stored_scope: str) -> None:
+        """Set the operation's scope, as stored (observers see only its digest)."""
+        self._scope, self._digest = stored_scope, None
 
 
 @dataclass(frozen=True, slots=True)

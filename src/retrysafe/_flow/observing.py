@@ -236,24 +236,34 @@ class _Observed:
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         raise NotImplementedError
 
-    def _report(self, name: str, began: float, error: BaseException | None) -> None:
-        seconds = time.perf_counter() - began
-        call = StoreCall(name, time.time_ns() - int(seconds * 1e9), seconds, error)
-        operation = _CURRENT.get()
-        self._observation.tell("waited" if name == "wait" else "store_call", operation, call)
+    def _timing(self, name: str) -> _Timing:
+        return _Timing(self._observation, name)
+
+
+class _Timing:
+    """Times one store call and reports it when it ends, raising or not."""
+
+    __slots__ = ("_began", "_name", "_observation")
+
+    def __init__(self, observation: Observation, name: str) -> None:
+        self._observation, self._name = observation, name
+        self._began = time.perf_counter()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        seconds = time.perf_counter() - self._began
+        call = StoreCall(self._name, time.time_ns() - int(seconds * 1e9), seconds, error)
+        hook = "waited" if self._name == "wait" else "store_call"
+        self._observation.tell(hook, _CURRENT.get(), call)
 
 
 class _SyncObserved(_Observed):
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                result = method(*args, **kwargs)
-            except BaseException as error:
-                self._report(name, began, error)
-                raise
-            self._report(name, began, None)
-            return result
+            with self._timing(name):
+                return method(*args, **kwargs)
 
         return timed
 
@@ -261,13 +271,7 @@ class _SyncObserved(_Observed):
 class _AsyncObserved(_Observed):
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                result = await cast("Awaitable[Any]", method(*args, **kwargs))
-            except BaseException as error:
-                self._report(name, began, error)
-                raise
-            self._report(name, began, None)
-            return result
+            with self._timing(name):
+                return await cast("Awaitable[Any]", method(*args, **kwargs))
 
         return timed

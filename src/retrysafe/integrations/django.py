@@ -112,28 +112,13 @@ def get_asgi_application(
     observers: Sequence[Observer] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> asgi.IdempotencyMiddleware:
-    """Return Django's ASGI application wrapped in the idempotency middleware.
-
-    Set-up comes from `settings.RETRYSAFE`; the arguments override it. The middleware runs
-    before Django and cannot see `request.user`: see `IdempotencyMiddleware` for apps whose
-    users log in.
-
-    Args:
-        store: where records live (default: `open_async_store(RETRYSAFE["STORE"])`).
-        routes: path patterns for unmarked views (default: `RETRYSAFE["ROUTES"]`).
-        observers: who to tell what the middleware does (`retrysafe.observe`; default:
-            `RETRYSAFE["OBSERVERS"]`).
-        options: middleware settings, over the ones in `RETRYSAFE`.
-
-    Returns:
-        The middleware: its `observation` holds the observers, its `counters` tell what it did.
-    """
-    application = django_asgi()
+    """Return Django's ASGI application wrapped in the idempotency middleware: as
+    `get_wsgi_application` (the same arguments and defaults), with an async store, by default
+    `open_async_store(RETRYSAFE["STORE"])`."""
     url, patterns, merged, chosen = configured(routes, options, observers)
+    hook = DjangoRoutes(routes=patterns).for_scope
+    chosen_store = store or open_async_store(store_url(url))
+    app = django_asgi()
     return asgi.IdempotencyMiddleware(
-        application,
-        store=store or open_async_store(store_url(url)),
-        route_settings=DjangoRoutes(routes=patterns).for_scope,
-        observers=chosen,
-        **merged,
+        app, store=chosen_store, route_settings=hook, observers=chosen, **merged
     )

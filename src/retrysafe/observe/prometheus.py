@@ -57,6 +57,32 @@ _STORE_BUCKETS: Final = (
     2.5,
 )
 _WAIT_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Each metric's name and help.
+_REQUESTS: Final = ("retrysafe_requests", "Tracked operations, by face and decision.")
+_OUTCOMES: Final = (
+    "retrysafe_outcome",
+    "How executed operations ended: stored, released, fenced or store_failed.",
+)
+_STORE_SECONDS: Final = (
+    "retrysafe_store_operation_seconds",
+    "Time of each idempotency store primitive.",
+)
+_STORE_ERRORS: Final = (
+    "retrysafe_store_errors",
+    "Store primitives that raised (the store unavailable, a fencing).",
+)
+_WAIT_SECONDS: Final = (
+    "retrysafe_wait_seconds",
+    "Time duplicates waited for an operation in flight (B15).",
+)
+_CLIENT_ATTEMPTS: Final = (
+    "retrysafe_client_attempts",
+    "Requests the retrying client sent, by method and status class.",
+)
+_CLIENT_DELAYS: Final = (
+    "retrysafe_client_retry_delay_seconds",
+    "Delays the retrying client waited before a retry.",
+)
 
 
 class PrometheusObserver(Observer):
@@ -73,53 +99,19 @@ class PrometheusObserver(Observer):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         registry = REGISTRY if registry is None else registry
         self.registry = registry
-        self.requests = Counter(
-            "retrysafe_requests",
-            "Tracked operations, by face and decision.",
-            ("face", "decision"),
-            registry=registry,
-        )
-        self.outcomes = Counter(
-            "retrysafe_outcome",
-            "How executed operations ended: stored, released, fenced or store_failed.",
-            ("face", "result"),
-            registry=registry,
-        )
+        self.requests = Counter(*_REQUESTS, ("face", "decision"), registry=registry)
+        self.outcomes = Counter(*_OUTCOMES, ("face", "result"), registry=registry)
         self.store_seconds = Histogram(
-            "retrysafe_store_operation_seconds",
-            "Time of each idempotency store primitive.",
-            ("operation",),
-            buckets=_STORE_BUCKETS,
-            registry=registry,
+            *_STORE_SECONDS, ("operation",), buckets=_STORE_BUCKETS, registry=registry
         )
-        self.store_errors = Counter(
-            "retrysafe_store_errors",
-            "Store primitives that raised (the store unavailable, a fencing).",
-            ("operation",),
-            registry=registry,
-        )
-        self.wait_seconds = Histogram(
-            "retrysafe_wait_seconds",
-            "Time duplicates waited for an operation in flight (B15).",
-            buckets=_WAIT_BUCKETS,
-            registry=registry,
-        )
-        self.client_attempts = Counter(
-            "retrysafe_client_attempts",
-            "Requests the retrying client sent, by method and status class.",
-            ("method", "status"),
-            registry=registry,
-        )
+        self.store_errors = Counter(*_STORE_ERRORS, ("operation",), registry=registry)
+        self.wait_seconds = Histogram(*_WAIT_SECONDS, buckets=_WAIT_BUCKETS, registry=registry)
+        self.client_attempts = Counter(*_CLIENT_ATTEMPTS, ("method", "status"), registry=registry)
         # The labelled children, by label values: `labels()` takes a lock and builds a tuple.
         self._requests: dict[tuple[str, str], Any] = {}
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._store_seconds: dict[str, Any] = {}
-        self.client_delays = Histogram(
-            "retrysafe_client_retry_delay_seconds",
-            "Delays the retrying client waited before a retry.",
-            buckets=_WAIT_BUCKETS,
-            registry=registry,
-        )
+        self.client_delays = Histogram(*_CLIENT_DELAYS, buckets=_WAIT_BUCKETS, registry=registry)
 
     def decided(self, operation: Operation) -> None:
         """Count the operation by face and decision."""

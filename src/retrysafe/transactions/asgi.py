@@ -45,7 +45,6 @@ from retrysafe._http import (
 )
 from retrysafe._http.asgi_io import ASGIApp, Message, Receive, Scope, Send
 from retrysafe._http.scope import Scoper
-from retrysafe._record import Identity
 from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
@@ -138,7 +137,7 @@ class TransactionalMiddleware:
             return
         values = [value for name, value in scope["headers"] if name == KEY_HEADER]
         if not tracks(settings, scope["method"], bool(values)):
-            await self._transact(scope, receive, send, settings, None)
+            await self._transact(scope, receive, send, settings, None)  # a plain transaction
             return
         operation = self.observation.start()
         try:
@@ -156,7 +155,8 @@ class TransactionalMiddleware:
             identity, fingerprint, body = tracked
             identify(identity)
             receive = asgi_io.replay_body(body, receive)
-            await self._transact(scope, receive, send, settings, (identity, fingerprint))
+            claim = claim_options(settings, self.clock, identity, fingerprint)
+            await self._transact(scope, receive, send, settings, claim)
         finally:
             self.observation.end(operation)
 
@@ -166,11 +166,9 @@ class TransactionalMiddleware:
         receive: Receive,
         send: Send,
         settings: Settings,
-        tracked: tuple[Identity, str] | None,
+        claim: ClaimOptions | None,
     ) -> None:
-        """Run the request in a transaction: a claim transaction if it is `tracked`."""
-        identity, fingerprint = tracked or (None, "")
-        claim = claim_options(settings, self.clock, identity, fingerprint)
+        """Run the request in a transaction: a claim transaction if it has a `claim`."""
         try:
             async with _connection(self.connect) as connection:
                 unit = self._unit(connection, claim, settings)

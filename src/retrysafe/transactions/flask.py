@@ -39,11 +39,11 @@ from retrysafe._flow.observing import Observation, identify
 from retrysafe._http import Response, RouteSettings, Settings, SettingsOptions, logger
 from retrysafe._http.scope import Scoper
 from retrysafe._http.wsgi_io import prepare_request
-from retrysafe._record import Identity
 from retrysafe.integrations._routes import RouteOptions, mark
 from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
+from retrysafe.transactions._state import ClaimOptions
 from retrysafe.transactions._sync.work import WorkUnit, load_scope_secret
 from retrysafe.transactions._web import (
     RequestTransaction,
@@ -152,8 +152,8 @@ def _handle(view: Callable[..., Any], route: RouteSettings, args: Any, kwargs: A
         environ, identity, fingerprint = prepared
         identify(identity)
         request.environ.update(environ)  # the view reads the body from its buffered copy
-        bound = functools.partial(view, *args, **kwargs)
-        return _transact(bound, config, settings, (identity, fingerprint))
+        claim = claim_options(settings, config.clock, identity, fingerprint)
+        return _transact(functools.partial(view, *args, **kwargs), config, settings, claim)
     finally:
         config.observation.end(operation)
 
@@ -162,11 +162,9 @@ def _transact(
     view: Callable[..., Any],
     config: _Config,
     settings: Settings,
-    tracked: tuple[Identity, str] | None,
+    claim: ClaimOptions | None,
 ) -> Any:
-    """Run the view in a transaction: a claim transaction if the request is `tracked`."""
-    identity, fingerprint = tracked or (None, "")
-    claim = claim_options(settings, config.clock, identity, fingerprint)
+    """Run the view in a transaction: a claim transaction if it has a `claim`."""
     try:
         made = config.connect()
     except Exception:

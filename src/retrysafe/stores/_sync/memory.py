@@ -180,12 +180,16 @@ class MemoryStore:
         with self._lock:
             now = self.clock.now()
             record = self._held(identity, token, now)
-            done = dataclasses.replace(
-                record,
-                state=State.DONE,
-                outcome=outcome,
-                lease_expires_at=now,
-                expires_at=now + retention,
+            done = Record(  # not dataclasses.replace: it reads the fields' list at each call
+                identity,
+                record.fingerprint,
+                State.DONE,
+                token,
+                record.created_at,
+                now,
+                now + retention,
+                outcome,
+                record.recovery_point,
             )
             self._put(done)
             return done

@@ -76,7 +76,10 @@ EXTRA_VARIANTS = [
     "memory-observed",
     "redis-prometheus",
     "redis-observed",
+    "memory-frozen",
+    "redis-frozen",
 ]
+# `-frozen`: the same app, with `gc.freeze()` once it is built (docs/benchmarks.md, gc pauses).
 SCENARIOS = ["first", "replay", "nokey", "get"]
 REPLAY_KEYS = 100
 REPLAY_HEADERS = ("idempotent-replayed", "idempotency-replayed")  # retrysafe, idemkit
@@ -236,8 +239,14 @@ def serve(variant: str, port: int, store: str) -> None:
         from idemkit.backends.postgres import init_pg
 
         asyncio.run(init_pg(POSTGRES_URL, table=store))
+    app = build_app(variant, store)
+    if variant.endswith("-frozen"):
+        import gc
+
+        gc.collect()
+        gc.freeze()  # what start-up made lives as long as the process: out of every collection
     uvicorn.run(
-        build_app(variant, store),
+        app,
         host="127.0.0.1",
         port=port,
         workers=1,
@@ -298,6 +307,8 @@ def store_of(variant: str, name: str, workdir: Path) -> str:
         "redis": f"{REDIS_URL}?prefix={name}",
         "memory-prometheus": "memory://",
         "memory-observed": "memory://",
+        "memory-frozen": "memory://",
+        "redis-frozen": f"{REDIS_URL}?prefix={name}f",
         "redis-prometheus": f"{REDIS_URL}?prefix={name}p",
         "redis-observed": f"{REDIS_URL}?prefix={name}o",
         "postgres": f"{POSTGRES_URL}?table={name}",

@@ -96,3 +96,27 @@ def test_b3_arbitrary_header_bytes_parse_or_fail_cleanly(values: list[bytes]) ->
     assert 0 < len(key) <= 255
     assert key.isascii()
     assert key.isprintable()
+
+
+@given(st.binary(max_size=40).map(lambda b: b'"' + b + b'"') | st.binary(max_size=42))
+def test_b1_the_plain_string_shortcut_agrees_with_the_full_parser(raw: bytes) -> None:
+    """Whatever the header holds, the key (or the refusal) is what RFC 9651's parser says: the
+    shortcut for a plain quoted string changes only how fast it is found."""
+    from http_sfv.item import Item
+    from http_sfv.types import Token
+
+    item = Item()
+    try:
+        item.parse(raw.strip(b" \t"))
+        expected: str | None = (
+            item.value
+            if isinstance(item.value, str) and not isinstance(item.value, Token)
+            else None
+        )
+    except ValueError:
+        expected = None
+    try:
+        found: str | None = parse_key([raw], KeyPolicy(strict=True, max_length=1000))
+    except InvalidKeyError:
+        found = None
+    assert found == (expected or None)

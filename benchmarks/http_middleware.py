@@ -78,7 +78,11 @@ EXTRA_VARIANTS = [
     "redis-observed",
     "memory-frozen",
     "redis-frozen",
+    "sqlite-cached",
+    "redis-cached",
+    "postgres-cached",
 ]
+# `-cached`: the store URL with `replay_cache=10000` (completed records kept in memory).
 # `-frozen`: the same app, with `gc.freeze()` once it is built (docs/benchmarks.md, gc pauses).
 SCENARIOS = ["first", "replay", "nokey", "get"]
 REPLAY_KEYS = 100
@@ -308,6 +312,9 @@ def store_of(variant: str, name: str, workdir: Path) -> str:
         "memory-prometheus": "memory://",
         "memory-observed": "memory://",
         "memory-frozen": "memory://",
+        "sqlite-cached": f"sqlite:///{workdir / 'cached.db'}?replay_cache=10000",
+        "redis-cached": f"{REDIS_URL}?prefix={name}c&replay_cache=10000",
+        "postgres-cached": f"{POSTGRES_URL}?table={name}_c&replay_cache=10000",
         "redis-frozen": f"{REDIS_URL}?prefix={name}f",
         "redis-prometheus": f"{REDIS_URL}?prefix={name}p",
         "redis-observed": f"{REDIS_URL}?prefix={name}o",
@@ -438,7 +445,7 @@ def cleanup(servers: list[Server], name: str) -> None:
     import redis
 
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        for table in (name, f"{name}_ik"):
+        for table in (name, f"{name}_ik", f"{name}_c"):
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')  # type: ignore[arg-type]
     client = redis.Redis.from_url(REDIS_URL)
     for pattern in (f"{name}*", f"*{name}_ik*"):

@@ -6,17 +6,22 @@
 | `sqlite:///path/to.db`      | `SQLiteStore` / `AsyncSQLiteStore`      |
 | `postgresql://user@host/db` | `PostgresStore` / `AsyncPostgresStore`  |
 | `redis://host:6379/0`       | `RedisStore` / `AsyncRedisStore`        |
+
+On any of them, `replay_cache=N` (with `replay_cache_bytes` and `replay_cache_ttl`) puts a
+`ReplayCache` in front: completed records kept in memory, so a replay needs no round trip.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from retrysafe._clock import Clock
 from retrysafe._errors import ConfigurationError
-from retrysafe.stores.base import AsyncStore, Store, StoreStats
+from retrysafe.stores._async.cached import AsyncReplayCache
+from retrysafe.stores._sync.cached import ReplayCache
+from retrysafe.stores.base import AsyncStore, Store, StoreStats, query_options
 
 __all__ = ["AsyncStore", "Store", "StoreStats", "open_async_store", "open_store"]
 
@@ -57,11 +62,40 @@ def open_store(url: str, *, clock: Clock | None = None) -> Store:
         url: the store URL; its query string carries backend options.
         clock: the time source (default: the system clock).
     """
+    url, cache = _replay_cache_options(url)
     store: Store = _store_class(url, sync=True).from_url(url, clock=clock)
-    return store
+    return ReplayCache(store, **cache) if cache else store
 
 
 def open_async_store(url: str, *, clock: Clock | None = None) -> AsyncStore:
     """Return an async store for `url` (see the table above); the arguments are `open_store`'s."""
+    url, cache = _replay_cache_options(url)
     store: AsyncStore = _store_class(url, sync=False).from_url(url, clock=clock)
-    return store
+    return AsyncReplayCache(store, **cache) if cache else store
+
+
+_REPLAY_CACHE_OPTIONS = {"replay_cache": int, "replay_cache_bytes": int, "replay_cache_ttl": float}
+_REPLAY_CACHE_ARGUMENTS = {
+    "replay_cache": "max_records",
+    "replay_cache_bytes": "max_bytes",
+    "replay_cache_ttl": "ttl",
+}
+
+
+def _replay_cache_options(url: str) -> tuple[str, dict[str, Any]]:
+    """Return `url` without the replay cache's options, and the cache's arguments (none: no
+    cache)."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    ours = [(name, value) for name, value in pairs if name in _REPLAY_CACHE_OPTIONS]
+    if not ours:
+        return url, {}
+    options = query_options(urlencode(ours), _REPLAY_CACHE_OPTIONS)
+    if "replay_cache" not in options:
+        raise ConfigurationError(
+            f"replay_cache_bytes and replay_cache_ttl come with replay_cache=N: {url!r}."
+        )
+    rest = [(name, value) for name, value in pairs if name not in _REPLAY_CACHE_OPTIONS]
+    base = url.split("?", 1)[0]  # not urlunsplit: it turns sqlite:///x into sqlite:/x
+    stripped = f"{base}?{urlencode(rest)}" if rest else base
+    return stripped, {_REPLAY_CACHE_ARGUMENTS[name]: value for name, value in options.items()}

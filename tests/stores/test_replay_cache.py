@@ -205,3 +205,45 @@ def test_b10_the_async_cache_answers_from_memory(url: str) -> None:
         return store.hits
 
     assert anyio.run(run) == 1
+
+
+def test_b10_b13_the_middleware_replays_from_the_cache(url: str) -> None:
+    """Through the ASGI middleware: the replay and the mismatch come from memory, with the
+    same answers as from the store."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from retrysafe.asgi import IdempotencyMiddleware
+
+    calls = []
+
+    async def pay(request: Request) -> JSONResponse:
+        calls.append(await request.body())
+        return JSONResponse({"n": len(calls)}, status_code=201)
+
+    async def run() -> list[tuple[int, str | None]]:
+        store = open_async_store(with_cache(url))
+        assert isinstance(store, AsyncReplayCache)
+        app = IdempotencyMiddleware(
+            Starlette(routes=[Route("/pay", pay, methods=["POST"])]),
+            store=store,
+            scope_secret=b"replay-cache-test-secret",
+        )
+        headers = {"Idempotency-Key": '"k"', "Authorization": "Bearer c"}
+        answers = []
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as client:
+            for body in (b"{}", b"{}", b'{"other": 1}'):
+                response = await client.post("/pay", content=body, headers=headers)
+                answers.append((response.status_code, response.headers.get("idempotent-replayed")))
+        hits = store.hits
+        await store.aclose()
+        assert hits == 2  # the replay and the mismatch
+        return answers
+
+    assert anyio.run(run) == [(201, None), (201, "true"), (422, None)]
+    assert calls == [b"{}"]

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
@@ -18,6 +18,7 @@ from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._async import redis_admin as admin
+from retrysafe.stores._redis_executors import async_executor
 from retrysafe.stores.base import (
     RECORD_FIELDS,
     Listing,
@@ -31,7 +32,12 @@ from retrysafe.stores.base import (
 
 __all__ = ["AsyncRedisStore"]
 
-_OPTIONS: dict[str, type] = {"prefix": str, "socket_timeout": float, "connect_timeout": float}
+_OPTIONS: dict[str, type] = {
+    "prefix": str,
+    "socket_timeout": float,
+    "connect_timeout": float,
+    "autopipeline": bool,
+}
 
 
 class AsyncRedisStore:
@@ -44,6 +50,9 @@ class AsyncRedisStore:
         prefix: what every key of this store starts with.
         clock: the time source for leases and retention.
         owns_client: whether `aclose` closes `client` (true when built by `from_url`).
+        autopipeline: send the commands that concurrent calls issue in one event-loop turn as
+            one pipeline on one connection of the store's own (the async face only: the sync
+            store sends each command on its own).
     """
 
     _recheck_every = 0.5
@@ -56,6 +65,7 @@ class AsyncRedisStore:
         prefix: str = "retrysafe",
         clock: Clock | None = None,
         owns_client: bool = False,
+        autopipeline: bool = True,
     ) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ConfigurationError("The Redis store needs a client with decode_responses=False.")
@@ -63,6 +73,7 @@ class AsyncRedisStore:
         self._redis = client
         self._keys = lua.KeySpace(prefix)
         self._owns_client = owns_client
+        self._commands = async_executor(client, autopipeline=autopipeline)
         self._claim = client.register_script(lua.CLAIM)
         self._complete = client.register_script(lua.COMPLETE)
         self._release = client.register_script(lua.RELEASE)
@@ -77,7 +88,8 @@ class AsyncRedisStore:
         """Build the store from `redis://host:6379/0` or `rediss://...`.
 
         Query options: `prefix` (default `retrysafe`), `socket_timeout` and `connect_timeout`
-        (seconds, default 5): every primitive answers or fails within them.
+        (seconds, default 5): every primitive answers or fails within them (auto-pipelined, it
+        may first wait for the batch in flight); `autopipeline` (default true; async face only).
         """
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
@@ -100,7 +112,8 @@ class AsyncRedisStore:
         except ValueError as error:
             raise ConfigurationError(f"Invalid Redis store URL {url!r}: {error}") from None
         prefix = cast(str, options.get("prefix", "retrysafe"))
-        return cls(client, prefix=prefix, clock=clock, owns_client=True)
+        autopipeline = cast(bool, options.get("autopipeline", True))
+        return cls(client, prefix=prefix, clock=clock, owns_client=True, autopipeline=autopipeline)
 
     async def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
@@ -185,8 +198,8 @@ class AsyncRedisStore:
     async def get(self, identity: Identity) -> Record | None:
         """Return the live record, or None (one HMGET; retention checked against the clock)."""
         with lua.translate_errors():
-            values = await self._redis.hmget(self._keys.key(identity), RECORD_FIELDS)
-        return self._live(cast("list[bytes | None]", values), identity)  # bytes: not decoding
+            values = await self._commands.hmget(self._keys.key(identity), RECORD_FIELDS)
+        return self._live(values, identity)
 
     async def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state; wake its waiters."""
@@ -262,23 +275,17 @@ class AsyncRedisStore:
             await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def aclose(self) -> None:
-        """Close the client's connections, if this store created the client."""
-        if self._owns_client:
-            await self._redis.aclose()
+        """Close the executor's own connection, if any, and the client if the store created it."""
+        try:
+            await self._commands.aclose()
+        finally:
+            if self._owns_client:
+                await self._redis.aclose()
 
     async def _run(self, script: AsyncScript, key: bytes, *args: bytes | str | float) -> Any:
-        """Run `script` on `key` by EVALSHA, loading it first if Redis does not know it.
-
-        Calls EVALSHA directly rather than through the script object, whose generic path
-        (pipelines, key and argument copies) costs a few microseconds a call.
-        """
+        """Run `script` on `key` by EVALSHA (loaded first if Redis does not know it)."""
         with lua.translate_errors():
-            try:
-                return await self._redis.evalsha(script.sha, 1, key, *args)
-            except NoScriptError:
-                # A restart or SCRIPT FLUSH since the script was last run: load it, once.
-                await self._redis.script_load(script.script)
-                return await self._redis.evalsha(script.sha, 1, key, *args)
+            return await self._commands.evalsha(script, key, *args)
 
     def _live(self, values: list[bytes | None], identity: Identity) -> Record | None:
         """Return the record from `RECORD_FIELDS` values, or None if absent or past retention."""

@@ -69,8 +69,9 @@ def _derived_name(table: str, suffix: str) -> str:
 class RecordTable:
     """Every statement on one records table, rendered once with the table name quoted.
 
-    Statements take named parameters; `record_from_row` reads the record columns they return,
-    in `RECORD_COLUMNS` order.
+    Statements are bytes, ready to send, and take named parameters; `record_from_row` reads the
+    record columns they return, in `RECORD_COLUMNS` order. `columns` stays composable, for
+    `list_query`.
 
     Attributes:
         name: the table name.
@@ -82,23 +83,23 @@ class RecordTable:
     name: str
     channel: str
     schema_lock: int
-    table_exists: sql.Composed
-    lock_schema: sql.Composed
-    create_schema: tuple[sql.Composed, ...]
-    claim: sql.Composed
-    claim_or_get: sql.Composed
-    get: sql.Composed
-    watch: sql.Composed
-    complete: sql.Composed
-    complete_lean: sql.Composed
-    release: sql.Composed
-    renew: sql.Composed
-    checkpoint: sql.Composed
-    delete: sql.Composed
-    purge: sql.Composed
-    stats: sql.Composed
-    listen: sql.Composed
-    unlisten: sql.Composed
+    table_exists: bytes
+    lock_schema: bytes
+    create_schema: tuple[bytes, ...]
+    claim: bytes
+    claim_or_get: bytes
+    get: bytes
+    watch: bytes
+    complete: bytes
+    complete_lean: bytes
+    release: bytes
+    renew: bytes
+    checkpoint: bytes
+    delete: bytes
+    purge: bytes
+    stats: bytes
+    listen: bytes
+    unlisten: bytes
     columns: sql.Composed
 
     @classmethod
@@ -111,14 +112,23 @@ class RecordTable:
         lean = sql.SQL(", ").join(
             sql.SQL("NULL::bytea") if c == "outcome" else sql.Identifier(c) for c in RECORD_COLUMNS
         )
-        fields = {"table": sql.Identifier(name), "columns": columns, "held": sql.SQL(text.HELD)}
+        table = sql.Identifier(name)
+        fields = {
+            "table": table,
+            "columns": columns,
+            "held": sql.SQL(text.HELD),
+            "claim_into": sql.SQL(text.CLAIM_INTO).format(table=table),
+            "claim_row": sql.SQL(text.CLAIM_ROW),
+            "take_over": sql.SQL(text.TAKE_OVER).format(columns=columns),
+        }
 
-        def compose(template: str, **extra: sql.Composable) -> sql.Composed:
-            # Rendered to text once, here: psycopg renders a Composed of many parts again at
-            # every execution (15 to 30 us of CPU a statement). The only identifiers are
-            # validated ASCII names, so their quoting needs no connection.
-            rendered = sql.SQL(template).format(**fields, **extra).as_string()
-            return sql.Composed([sql.SQL(rendered)])
+        def compose(template: str, **extra: sql.Composable) -> bytes:
+            # Rendered and encoded once, here: psycopg renders a Composed again at every
+            # execution (15 to 30 us of CPU a statement for one of many parts) and encodes it,
+            # then hashes the new bytes to find its parsed form; bytes it takes as they are, and
+            # a bytes object keeps its hash. The only identifiers are validated ASCII names, so
+            # their quoting needs no connection, and ASCII is the same in every client encoding.
+            return sql.SQL(template).format(**fields, **extra).as_string().encode("ascii")
 
         channel = _derived_name(name, "settled")
         digest = hashlib.sha256(f"retrysafe-schema:{name}".encode()).digest()
@@ -141,7 +151,7 @@ class RecordTable:
                 ),
             ),
             claim=compose(text.CLAIM),
-            claim_or_get=compose(text.CLAIM_OR_GET, claim=sql.SQL(text.CLAIM).format(**fields)),
+            claim_or_get=compose(text.CLAIM_OR_GET),
             get=compose(text.GET),
             watch=compose(text.WATCH),
             complete=compose(text.COMPLETE, selected=columns),

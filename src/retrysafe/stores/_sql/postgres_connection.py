@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
@@ -87,7 +87,8 @@ def parse_url(url: str) -> tuple[str, PostgresOptions]:
     ours = [(name, value) for name, value in pairs if name in _OPTION_TYPES]
     theirs = [(name, value) for name, value in pairs if name not in _OPTION_TYPES]
     options = query_options(urlencode(ours), _OPTION_TYPES)
-    conninfo = urlunsplit(parts._replace(query=urlencode(theirs)))
+    # Spaces as %20, not +: libpq decodes percent escapes only (`options=-c%20lock_timeout=1s`).
+    conninfo = urlunsplit(parts._replace(query=urlencode(theirs, quote_via=quote)))
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as error:

@@ -1,8 +1,9 @@
 """The text of every statement on the PostgreSQL records table.
 
 Templates for `RecordTable.for_table` (`postgres.py`), which fills in the quoted table name
-({table}), the record columns ({columns}: `RECORD_COLUMNS`) and the holder's condition
-({held}); every value is a named parameter. Nothing here does I/O.
+({table}), the record columns ({columns}: `RECORD_COLUMNS`), the holder's condition ({held})
+and the parts of a claim ({claim_into}, {claim_row}, {take_over}); every value is a named
+parameter. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ __all__ = [
     "ADD_WATCHED",
     "CHECKPOINT",
     "CLAIM",
+    "CLAIM_INTO",
     "CLAIM_OR_GET",
+    "CLAIM_ROW",
     "COMPLETE",
     "CREATE_TABLE",
     "DELETE",
@@ -22,6 +25,7 @@ __all__ = [
     "RENEW",
     "STATS",
     "TABLE_EXISTS",
+    "TAKE_OVER",
     "WATCH",
 ]
 
@@ -75,18 +79,24 @@ END
 $$
 """
 
-# One statement: insert, or take over a record past its retention or an expired lease of the
-# same request (exactly `_engine.may_take`), or do nothing. A takeover of a live record keeps
-# its creation time and recovery point (B30); `taken_over` records which case happened, since
-# RETURNING sees only the new row.
-CLAIM = """
-INSERT INTO {table} AS r (
+# The parts of a claim, which `RecordTable` renders into CLAIM and CLAIM_OR_GET as {claim_into},
+# {claim_row} and {take_over}. A claim writes these columns, in this order:
+CLAIM_INTO = """INSERT INTO {table} AS r (
     id, namespace, scope, key, fingerprint, state, token,
     created_at, lease_expires_at, expires_at, outcome, recovery_point, taken_over
-) VALUES (
+)"""
+
+# The new record. The NULLs are cast because `INSERT ... SELECT` (CLAIM_OR_GET) would read an
+# untyped NULL as text, which a BYTEA column does not take.
+CLAIM_ROW = """
     %(id)s, %(namespace)s, %(scope)s, %(key)s, %(fingerprint)s, 'in_flight', %(token)s,
-    %(now)s, %(lease_expires_at)s, %(expires_at)s, NULL, NULL, FALSE
-)
+    %(now)s, %(lease_expires_at)s, %(expires_at)s, NULL::bytea, NULL::bytea, FALSE"""
+
+# Take over a record past its retention or an expired lease of the same request (exactly
+# `_engine.may_take`), or do nothing; PostgreSQL locks the conflicting row either way. A
+# takeover of a live record keeps its creation time and recovery point (B30); `taken_over`
+# records which case happened, since RETURNING sees only the new row.
+TAKE_OVER = """
 ON CONFLICT (id) DO UPDATE SET
     fingerprint = EXCLUDED.fingerprint,
     state = 'in_flight',
@@ -104,18 +114,36 @@ WHERE r.expires_at <= %(now)s
 RETURNING {columns}, taken_over
 """
 
-# The claim in one round trip: the claim above, and when it changes nothing, the record that
-# stopped it, as the statement's snapshot shows it (the last two columns: taken_over,
-# acquired). A row that conflicted but is not in the snapshot (committed meanwhile) comes back
-# as no row at all, and the claim runs again. The store claims with it; a claim inside a
-# transaction (transactional mode) runs CLAIM and then GET instead, so that it reads the record
-# as it stands under the row lock its claim took, not as the snapshot showed it before the wait.
+# One statement: insert, or take over, or lock the record and change nothing. Transactional
+# mode claims with it inside the caller's transaction, then reads the record under that lock.
+CLAIM = "\n{claim_into} VALUES ({claim_row}\n){take_over}"
+
+# The store's claim, in one round trip. `found` is the record as the statement's snapshot shows
+# it, and `kept` says that the claim may not take it (TAKE_OVER's condition, negated). Then the
+# statement inserts nothing, so it takes no row lock: a replay, a mismatch or a duplicate of a
+# request in flight is a read, with no transaction id, no WAL record and no commit to flush to
+# disk, where the lock that `ON CONFLICT` takes even when it changes nothing costs all three.
+# It answers as of its snapshot, taken as it started, a moment when the record was live and
+# could not be taken. Otherwise it claims as CLAIM does; the last two columns are taken_over
+# and acquired. When the claim changes nothing, the row that stopped it is returned as the
+# snapshot shows it, and a row that conflicted but is not in the snapshot (committed
+# meanwhile) comes back as no row at all: the claim runs again.
 CLAIM_OR_GET = """
-WITH claimed AS ({claim})
+WITH found AS (
+    SELECT {columns},
+           expires_at > %(now)s
+           AND NOT (state = 'in_flight'
+                    AND lease_expires_at <= %(now)s
+                    AND fingerprint = %(fingerprint)s) AS kept
+    FROM {table} WHERE id = %(id)s
+),
+claimed AS (
+{claim_into}
+SELECT{claim_row}
+WHERE NOT EXISTS (SELECT FROM found WHERE kept){take_over})
 SELECT {columns}, taken_over, TRUE FROM claimed
 UNION ALL
-SELECT {columns}, FALSE, FALSE FROM {table}
-WHERE id = %(id)s AND NOT EXISTS (SELECT FROM claimed)
+SELECT {columns}, FALSE, FALSE FROM found WHERE NOT EXISTS (SELECT FROM claimed)
 """
 
 # A waiter's read: it marks the record `watched` and returns it, with whether it is watched.

@@ -8,8 +8,9 @@ autocommit connections, and transactional mode (`transactions/_async/psycopg.py`
 caller's connection inside the caller's transaction, so the record commits with the business
 writes. Every statement is `RecordTable`'s (`stores/_sql/postgres.py`). Rows are read as tuples
 in PostgreSQL's binary format whatever the connection's row factory: an outcome arrives as its
-bytes rather than as hex text twice their size. psycopg errors pass through; each caller maps
-them to retrysafe's.
+bytes rather than as hex text twice their size. The store's pooled connections
+(`RecordsConnection`) keep a cursor per statement; any other connection gets a new cursor
+per statement. psycopg errors pass through; each caller maps them to retrysafe's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
-from psycopg import Connection, sql
+from psycopg import Connection, Cursor, sql
 from psycopg.rows import TupleRow, tuple_row
 
 from retrysafe._clock import Clock
@@ -28,7 +29,7 @@ from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._sql.postgres import RecordTable, claim_params, list_query, record_from_row
 from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part, poll_delays
 
-__all__ = ["PostgresRecords"]
+__all__ = ["PostgresRecords", "RecordsConnection"]
 
 # A claim that finds a conflicting row it may not take reads that row; if the row changed in
 # between (released, completed with no retention), the claim runs again, a bounded number of
@@ -36,6 +37,39 @@ __all__ = ["PostgresRecords"]
 _CLAIM_ATTEMPTS = 8
 
 Params = dict[str, Any]
+
+
+class RecordsConnection(Connection[TupleRow]):
+    """A connection of the store's pool, which keeps one cursor per record statement.
+
+    A new cursor costs its adapters, and its first statement a transformer that looks up a
+    dumper per parameter and a loader per column; a cursor that runs the same statement again
+    reuses them: about a tenth of the client CPU of a claim and its completion, and of a replay.
+    Each cursor holds its last result (a replayed outcome, say) until its statement runs again
+    on this connection, or the connection closes.
+    """
+
+    _kept: dict[bytes, Cursor[TupleRow]] | None = None
+
+    def kept_cursor(self, statement: bytes) -> Cursor[TupleRow]:
+        """Return this connection's cursor for `statement`, made on first use."""
+        if self._kept is None:
+            self._kept = {}
+        cursor = self._kept.get(statement)
+        if cursor is None:
+            cursor = self._kept[statement] = self.cursor(row_factory=tuple_row, binary=True)
+        return cursor
+
+
+def _cursor(conn: Connection[Any], statement: bytes | sql.Composed) -> Cursor[TupleRow]:
+    """Return a cursor to run `statement` on: the one the store's connection keeps, or a new one.
+
+    A cursor on the client side holds no server resource, so the new one is left to the garbage
+    collector rather than closed.
+    """
+    if isinstance(conn, RecordsConnection) and isinstance(statement, bytes):
+        return conn.kept_cursor(statement)
+    return conn.cursor(row_factory=tuple_row, binary=True)
 
 
 def _running(record: Record | None, now: float) -> TypeGuard[Record]:
@@ -251,7 +285,7 @@ class PostgresRecords:
     def _held(
         self,
         conn: Connection[Any],
-        query: sql.Composed,
+        query: bytes,
         identity: Identity,
         token: str,
         now: float,
@@ -265,22 +299,20 @@ class PostgresRecords:
         return row
 
     @staticmethod
-    def _row(
-        conn: Connection[Any], query: sql.Composed, params: Params
-    ) -> TupleRow | None:
+    def _row(conn: Connection[Any], query: bytes, params: Params) -> TupleRow | None:
         """Run one statement; return its first row, or None."""
-        with conn.cursor(row_factory=tuple_row, binary=True) as cursor:
-            cursor.execute(query, params)
-            return cursor.fetchone()
+        cursor = _cursor(conn, query)
+        cursor.execute(query, params)
+        return cursor.fetchone()
 
     @staticmethod
     def _rows(
-        conn: Connection[Any], query: sql.Composed, params: Params
+        conn: Connection[Any], query: bytes | sql.Composed, params: Params
     ) -> list[TupleRow]:
         """Run one statement; return its rows."""
-        with conn.cursor(row_factory=tuple_row, binary=True) as cursor:
-            cursor.execute(query, params)
-            return cursor.fetchall()
+        cursor = _cursor(conn, query)
+        cursor.execute(query, params)
+        return cursor.fetchall()
 
 
 def _notified(conn: Connection[Any], digest: str, seconds: float) -> bool:

@@ -11,11 +11,11 @@ __all__ = ["canonical_json", "digest", "fingerprint_request"]
 
 def digest(parts: Iterable[bytes]) -> str:
     """Return the SHA-256 hex digest of `parts`, each length-prefixed so no two splits collide."""
-    hasher = hashlib.sha256()
+    framed = []
     for part in parts:
-        hasher.update(len(part).to_bytes(8, "big"))
-        hasher.update(part)
-    return hasher.hexdigest()
+        framed.append(len(part).to_bytes(8, "big"))
+        framed.append(part)
+    return hashlib.sha256(b"".join(framed)).hexdigest()  # one update: the same digest
 
 
 def canonical_json(body: bytes) -> bytes:

@@ -20,7 +20,7 @@ The primitives:
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol, TypedDict, Unpack, runtime_checkable
@@ -252,7 +252,7 @@ def new_token() -> str:
     Random rather than a counter: a record deleted and claimed again must never hand out a token
     that a stale worker of the earlier incarnation still holds.
     """
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()  # what `secrets.token_hex(16)` does, two calls shorter
 
 
 def decide_claim(

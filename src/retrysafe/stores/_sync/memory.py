@@ -45,7 +45,11 @@ _SLACK: Final = 1024  # stale entries on the expiry heap allowed beyond one per 
 _Key = tuple[str, str, str]  # namespace, scope, key
 _Row = tuple[str, str, str, float, float, float, bytes | None, str | None]
 # the values of `RECORD_FIELDS` (stores/base.py), in that order
-_EXPIRES_AT: Final = 5  # the one field read without thawing: purges and counts scan every record
+_STATE: Final = 1  # the fields read without thawing: a completion checks the holder,
+_TOKEN: Final = 2  # purges and counts scan every record's expiry
+_EXPIRES_AT: Final = 5
+_IN_FLIGHT: Final = State.IN_FLIGHT.value
+_DONE: Final = State.DONE.value
 
 
 def _key(identity: Identity) -> _Key:
@@ -102,7 +106,8 @@ def _limit(name: str, value: int | None) -> int | None:
 
 
 class MemoryStore:
-    """A store in a dict behind a lock. Every primitive is atomic under the lock.
+    """A store in a dict behind a lock. Every primitive is atomic under the lock, and none
+    waits: the async primitives return without suspending (`suspends` is False).
 
     A claim that would add a record (the key has no live record) to a full store first drops
     the records past their retention, then, if it is still full, raises `StoreUnavailableError`.
@@ -119,6 +124,10 @@ class MemoryStore:
             parts, the fingerprint and the recovery point, plus the outcome's bytes; None for
             no limit.
     """
+
+    suspends: Final = False
+    """Whether a primitive may wait (for I/O, a thread): never, so a caller's cancellation
+    cannot interrupt one, and the flow needs no shield around them."""
 
     def __init__(
         self,
@@ -177,22 +186,23 @@ class MemoryStore:
         self, identity: Identity, token: str, outcome: bytes, *, retention: float
     ) -> Record:
         """Store `outcome` and mark the record done (never refused by the caps)."""
+        key = _key(identity)
         with self._lock:
             now = self.clock.now()
-            record = self._held(identity, token, now)
-            done = Record(  # not dataclasses.replace: it reads the fields' list at each call
-                identity,
-                record.fingerprint,
-                State.DONE,
-                token,
-                record.created_at,
-                now,
-                now + retention,
-                outcome,
-                record.recovery_point,
+            row = self._records.get(key)
+            if row is not None and row[_EXPIRES_AT] <= now:  # past its retention: gone
+                self._remove(key)
+                row = None
+            if row is None or row[_TOKEN] != token or row[_STATE] != _IN_FLIGHT:
+                raise FencedError(FENCED)
+            fingerprint, _, _, created_at, _, _, _, point = row
+            expires_at = now + retention
+            self._write(
+                key, (fingerprint, _DONE, token, created_at, now, expires_at, outcome, point)
             )
-            self._put(done)
-            return done
+        return Record(
+            identity, fingerprint, State.DONE, token, created_at, now, expires_at, outcome, point
+        )
 
     def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record."""
@@ -279,13 +289,16 @@ class MemoryStore:
         return record
 
     def _put(self, record: Record) -> None:
-        """Write `record`; with a cap, keep the byte total and the expiry heap up to date."""
-        key, row = _key(record.identity), _freeze(record)
+        """Write `record` (see `_write`)."""
+        self._write(_key(record.identity), _freeze(record))
+
+    def _write(self, key: _Key, row: _Row) -> None:
+        """Write `row`; with a cap, keep the byte total and the expiry heap up to date."""
         old = self._records.get(key)
         self._records[key] = row
         if self._capped:
             self._bytes += _size(key, row) - (0 if old is None else _size(key, old))
-            heapq.heappush(self._expiries, (record.expires_at, key))
+            heapq.heappush(self._expiries, (row[_EXPIRES_AT], key))
             if len(self._expiries) > 2 * len(self._records) + _SLACK:
                 self._expiries = [(r[_EXPIRES_AT], k) for k, r in self._records.items()]
                 heapq.heapify(self._expiries)

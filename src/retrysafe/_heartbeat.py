@@ -13,15 +13,17 @@ that renews once and returns whether to go on (False once fenced); the flow supp
     ...
     await beat.stop()                                       # likewise
 
-A short operation pays for a dict insert and delete (threads) or a timer handle (asyncio), never
-for a thread or a task of its own. After `os.fork`, the child forgets the parent's thread.
-`HOLDER`, a second scheduler thread, runs the retries of outcomes the store did not take (B19,
-`retrysafe._flow.holding`), so a store that hangs on them never delays a running renewal.
+A short operation pays for a dict insert and delete (threads, and asyncio: one timer per loop),
+never for a thread, a task or a timer of its own. After `os.fork`, the child forgets the
+parent's thread. `HOLDER`, a second scheduler thread, runs the retries of outcomes the store
+did not take (B19, `retrysafe._flow.holding`), so a store that hangs on them never delays a
+running renewal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -35,6 +37,7 @@ from retrysafe._concurrency import monotonic
 __all__ = ["HOLDER", "THREADS", "AsyncHeartbeat", "ThreadJob", "ThreadScheduler", "every"]
 
 _IDLE_WAKE: Final = 60.0
+_TIMER_SLACK: Final = 0.002  # a loop's timer may fire this much before its time (libuv: 1 ms)
 
 
 class ThreadJob:
@@ -75,9 +78,13 @@ class ThreadScheduler:
     """One daemon thread per process that runs jobs when they are due.
 
     It sleeps until the earliest job is due, so a new job needs a wake-up only if it is due
-    before every other. Jobs run one after another: a job that blocks (a store call that
-    times out) delays the others, which is why held outcomes (B19) have a thread of their own
-    and never hold up the renewals of running operations.
+    before every other. With no job left, it sleeps for as long as the last job started was to
+    wait: a job started after that is due no sooner than the thread wakes, so a stream of short
+    operations, each started and stopped before the thread would look, never wakes it (a
+    wake-up costs the caller a switch of threads and of the GIL). Jobs run one after another:
+    a job that blocks (a store call that times out) delays the others, which is why held
+    outcomes (B19) have a thread of their own and never hold up the renewals of running
+    operations.
 
     Args:
         name: the thread's name.
@@ -89,12 +96,14 @@ class ThreadScheduler:
         self._jobs: dict[int, ThreadJob] = {}
         self._thread: threading.Thread | None = None
         self._next_wake = float("inf")
+        self._idle_wake = _IDLE_WAKE
 
     def start(self, step: Callable[[], float | None], delay: float) -> ThreadJob:
         """Run `step` `delay` seconds from now, then as often as it asks."""
         job = ThreadJob(step, delay)
         with self._cond:
             self._jobs[id(job)] = job
+            self._idle_wake = min(max(delay, 0.0), _IDLE_WAKE)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
@@ -121,7 +130,7 @@ class ThreadScheduler:
                 due = [job for job in self._jobs.values() if job.due <= now]
                 if not due:
                     self._next_wake = min(
-                        (job.due for job in self._jobs.values()), default=now + _IDLE_WAKE
+                        (job.due for job in self._jobs.values()), default=now + self._idle_wake
                     )
                     self._cond.wait(self._next_wake - now)
                     continue
@@ -137,6 +146,7 @@ class ThreadScheduler:
         self._jobs = {}
         self._thread = None
         self._next_wake = float("inf")
+        self._idle_wake = _IDLE_WAKE
 
 
 THREADS: Final = ThreadScheduler("retrysafe-heartbeat")
@@ -152,20 +162,84 @@ async def _renew_every(renew: Callable[[], Awaitable[bool]], interval: float) ->
         await anyio.sleep(interval)
 
 
+class _FirstRenewals:
+    """The first renewals due on one asyncio loop, behind one timer for them all.
+
+    A heartbeat's first renewal is due `interval` after it starts; most operations end before
+    that, so each one costs a dict insert and delete here instead of a timer handle of its own.
+    The timer is armed for the earliest due; when it fires, every heartbeat then due starts its
+    renewing task, and it is armed again for the next.
+    """
+
+    __slots__ = ("_due", "_loop", "_timer", "_timer_at")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[AsyncHeartbeat, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the renewals run on."""
+        return self._loop
+
+    def add(self, beat: AsyncHeartbeat, interval: float) -> None:
+        """Start `beat`'s renewals `interval` seconds from now, unless it is discarded first."""
+        at = self._loop.time() + interval
+        self._due[beat] = at
+        if at < self._timer_at:
+            self._arm(at)
+
+    def discard(self, beat: AsyncHeartbeat) -> None:
+        """Forget `beat` if its renewals have not started."""
+        self._due.pop(beat, None)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(at, self._fire)
+        self._timer_at = at
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = self._loop.time() + _TIMER_SLACK
+        later = math.inf
+        for beat, at in list(self._due.items()):
+            if at <= now:
+                del self._due[beat]
+                beat.start_renewing(self._loop)
+            elif at < later:
+                later = at
+        if later < math.inf:
+            self._arm(later)
+
+
+_LOOP_RENEWALS = threading.local()  # the `_FirstRenewals` of the loop this thread last ran
+
+
+def _first_renewals(loop: asyncio.AbstractEventLoop) -> _FirstRenewals:
+    renewals: _FirstRenewals | None = getattr(_LOOP_RENEWALS, "renewals", None)
+    if renewals is None or renewals.loop is not loop:
+        renewals = _LOOP_RENEWALS.renewals = _FirstRenewals(loop)
+    return renewals
+
+
 class AsyncHeartbeat:
     """The lease renewal of one async operation.
 
-    On asyncio a timer fires `interval` after `start`; only if the operation still runs then
-    does a renewing task start, so a short operation never creates a task. On another event
-    loop (trio) a task in a task group renews beside the operation.
+    On asyncio the first renewal is due `interval` after `start` (`_FirstRenewals`, one timer
+    per loop); only if the operation still runs then does a renewing task start, so a short
+    operation creates neither a task nor a timer. On another event loop (trio) a task in a task
+    group renews beside the operation.
     """
 
-    __slots__ = ("_group", "_interval", "_renew", "_task", "_timer")
+    __slots__ = ("_group", "_interval", "_renew", "_renewals", "_task")
 
     def __init__(self, renew: Callable[[], Awaitable[bool]], interval: float) -> None:
         self._renew = renew
         self._interval = interval
-        self._timer: asyncio.TimerHandle | None = None
+        self._renewals: _FirstRenewals | None = None
         self._task: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -178,13 +252,15 @@ class AsyncHeartbeat:
             await self._group.__aenter__()
             self._group.start_soon(self._wait_then_renew)
             return
-        self._timer = loop.call_later(self._interval, self._start_task, loop)
+        self._renewals = _first_renewals(loop)
+        self._renewals.add(self, self._interval)
 
     async def _wait_then_renew(self) -> None:
         await anyio.sleep(self._interval)
         await _renew_every(self._renew, self._interval)
 
-    def _start_task(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start_renewing(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Renew now, then every `interval`, in a task on `loop` (`_FirstRenewals` calls it)."""
         self._task = loop.create_task(_renew_every(self._renew, self._interval))
 
     async def stop(self) -> None:
@@ -194,8 +270,8 @@ class AsyncHeartbeat:
             with anyio.CancelScope(shield=True):
                 await self._group.__aexit__(None, None, None)
             return
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._renewals is not None:
+            self._renewals.discard(self)
         task = self._task
         if task is not None:
             task.cancel()

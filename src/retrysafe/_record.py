@@ -6,6 +6,8 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
+from retrysafe._values import quick_init
+
 __all__ = ["Claim", "Identity", "Record", "State"]
 
 
@@ -16,6 +18,7 @@ class State(enum.StrEnum):
     DONE = "done"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Identity:
     """What a record is looked up by: (namespace, scope, key).
@@ -38,6 +41,7 @@ class Identity:
         return hasher.hexdigest()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """One idempotency record as stored.
@@ -70,6 +74,7 @@ class Record:
         return 0 if self.outcome is None else len(self.outcome)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What `claim` returns.

@@ -17,6 +17,7 @@ from retrysafe._concurrency import monotonic
 from retrysafe._engine import Decision, decide
 from retrysafe._errors import InFlightError, KeyMismatchError
 from retrysafe._record import Claim, Identity, Record
+from retrysafe._values import quick_init
 
 DEFAULT_RETENTION: Final = 24 * 3600.0
 """How long a finished operation's outcome is kept and replayed (B21): 24 hours."""
@@ -64,6 +65,7 @@ class WaitStep:
     timeout: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What an admission decided.

@@ -13,6 +13,7 @@ from retrysafe._errors import ConfigurationError
 from retrysafe._fingerprint import fingerprint_request
 from retrysafe._flow.admission import DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_WAIT
 from retrysafe._keys import KeyPolicy
+from retrysafe._values import quick_init
 
 logger = logging.getLogger("retrysafe.http")
 """Where the HTTP middleware logs failures to store, release and renew."""
@@ -65,6 +66,7 @@ OutcomePolicy: TypeAlias = Literal["definitive", "all"] | Callable[[int], bool]
 Header: TypeAlias = tuple[bytes, bytes]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestView:
     """What a scope function sees of a request, the same under ASGI and WSGI.

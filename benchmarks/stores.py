@@ -1,13 +1,22 @@
-"""Store throughput: retrysafe's claim + complete and replay against the bare driver.
+"""Store throughput: retrysafe's claim + complete and replays against the bare driver.
 
-    .venv/bin/python benchmarks/stores.py [--ops 2000] [--rounds 3] [--backends memory,sqlite,...]
+    .venv/bin/python benchmarks/stores.py [--ops 2000] [--rounds 3] [--face sync|async|both]
+        [--backends memory,sqlite,postgres,redis] [--replay-cache 10000]
 
-For each store, in one run: claim + complete (a first-time request) and get (a replay), with one
-worker and with 16 concurrent threads, side by side with the bare driver doing the same round
-trips (SQLite INSERT + UPDATE; PostgreSQL INSERT ... ON CONFLICT + UPDATE; Redis SET NX + SET;
-memory: a dict under a lock). Variants alternate within each round and rounds repeat, since the
-machine is noisy; the median of the rounds is reported. Uses PostgreSQL and Redis at the URLs in
-RETRYSAFE_TEST_POSTGRES_URL / RETRYSAFE_TEST_REDIS_URL (default: loopback).
+For each store and each face (sync: `open_store`, driven by 1 thread and by 16; async:
+`open_async_store`, driven by 1 task and by 16 concurrent tasks on one asyncio loop, in
+`_stores_async.py`), in one run: claim + complete (a first-time request), a claim that finds
+the outcome (a replay, the HTTP replay path) and `get`, side by side with the bare driver doing
+the same round trips, and with the same store behind a replay cache (`?replay_cache=N`; 0 leaves
+that variant out). The bare drivers: SQLite INSERT + UPDATE and SELECT (stdlib sqlite3; the
+async face calls it through `anyio.to_thread`, as aiosqlite is no dependency); PostgreSQL
+INSERT ... ON CONFLICT + UPDATE, one statement that inserts or returns the row, and SELECT
+(psycopg pools); Redis SET NX + SET, SET NX GET and GET (redis-py, `redis.asyncio`); memory: a
+dict (under a lock for threads). Each figure is throughput and the benchmark process's CPU
+time per operation (`time.process_time`), steadier than throughput on a shared machine.
+Variants alternate within each round and rounds repeat; the median of the rounds is reported.
+Uses PostgreSQL and Redis at RETRYSAFE_TEST_POSTGRES_URL / RETRYSAFE_TEST_REDIS_URL (default:
+loopback).
 """
 
 from __future__ import annotations
@@ -15,17 +24,18 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import sqlite3
 import statistics
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+import _stores_async
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool
@@ -37,20 +47,72 @@ POSTGRES_URL = os.environ.get(
     "RETRYSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-OUTCOME = b'{"status":201,"body":"' + b"x" * 200 + b'"}'
-LEASE, RETENTION = 30.0, 3600.0
+OPERATIONS = {"first": "claim+complete", "replay": "replay (claim)", "get": "replay (get)"}
+"""What each face measures: the `Ops` attribute and its label in the table."""
+WORKERS = (1, 16)
+CACHED = "retrysafe+cache"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What both faces' operations agree on: the outcome, the store options, the bare SQL."""
+
+    outcome: bytes = b'{"status":201,"body":"' + b"x" * 200 + b'"}'
+    lease: float = 30.0
+    retention: float = 3600.0
+    postgres_url: str = POSTGRES_URL
+    redis_url: str = REDIS_URL
+    # The bare drivers' statements ({table} is the benchmark's own table). A claim that finds
+    # the row is one statement that inserts or returns it, as the PostgreSQL store's claim is.
+    postgres_create: str = "CREATE TABLE {table} (id TEXT PRIMARY KEY, state TEXT, outcome BYTEA)"
+    postgres_insert: str = (
+        "INSERT INTO {table} (id, state) VALUES (%(id)s, 'in_flight') ON CONFLICT (id) DO NOTHING"
+    )
+    postgres_complete: str = (
+        "UPDATE {table} SET state = 'done', outcome = %(outcome)s WHERE id = %(id)s"
+    )
+    postgres_claim: str = (
+        "WITH found AS (SELECT state, outcome FROM {table} WHERE id = %(id)s), "
+        "claimed AS (INSERT INTO {table} (id, state) SELECT %(id)s, 'in_flight' "
+        "WHERE NOT EXISTS (SELECT FROM found) ON CONFLICT (id) DO NOTHING "
+        "RETURNING state, outcome) "
+        "SELECT state, outcome FROM claimed UNION ALL SELECT state, outcome FROM found"
+    )
+    postgres_get: str = "SELECT state, outcome FROM {table} WHERE id = %(id)s"
+    # SQLite: the store answers a claim that finds a done record with a plain read, so the
+    # bare replay is the SELECT for both `replay` and `get`.
+    sqlite_create: str = (
+        "CREATE TABLE IF NOT EXISTS bare (id TEXT PRIMARY KEY, state TEXT, outcome BLOB)"
+    )
+    sqlite_insert: str = "INSERT INTO bare (id, state) VALUES (?, 'in_flight')"
+    sqlite_complete: str = "UPDATE bare SET state = 'done', outcome = ? WHERE id = ?"
+    sqlite_get: str = "SELECT state, outcome FROM bare WHERE id = ?"
+
+
+WORKLOAD = Workload()
+
+
+class Face(Protocol):
+    """One face of the stores under test: measures one operation of one variant."""
+
+    def measure(
+        self, variant: str, operation: str, keys: list[str], workers: int
+    ) -> tuple[float, float]:
+        """Run `operation` over `keys`; return (operations per second, CPU seconds per op)."""
+        ...
 
 
 @dataclass
-class Bare:
-    """The bare driver doing the same round trips as a store: first-time and replay."""
+class Ops:
+    """The three operations of a variant, sync: first-time, replay (claim), get."""
 
     first: Callable[[str], None]
     replay: Callable[[str], None]
+    get: Callable[[str], None]
     close: Callable[[], None]
 
 
-def bare_memory() -> Bare:
+def bare_memory(w: Workload) -> Ops:
     """A dict under a lock: the floor for the memory store."""
     data: dict[str, tuple[str, bytes | None]] = {}
     lock = threading.Lock()
@@ -59,182 +121,237 @@ def bare_memory() -> Bare:
         with lock:
             data.setdefault(key, ("in_flight", None))
         with lock:
-            data[key] = ("done", OUTCOME)
+            data[key] = ("done", w.outcome)
 
     def replay(key: str) -> None:
         with lock:
+            data.setdefault(key, ("in_flight", None))
+
+    def get(key: str) -> None:
+        with lock:
             data.get(key)
 
-    return Bare(first, replay, lambda: None)
+    return Ops(first, replay, get, lambda: None)
 
 
-def bare_sqlite(path: Path) -> Bare:
+def bare_sqlite(w: Workload, path: Path) -> Ops:
     """sqlite3 with a connection per thread, WAL: INSERT then UPDATE, and SELECT."""
-    local = threading.local()
-    connections: list[sqlite3.Connection] = []
-
-    def conn() -> sqlite3.Connection:
-        if not hasattr(local, "conn"):
-            local.conn = sqlite3.connect(
-                path, timeout=5, isolation_level=None, check_same_thread=False
-            )
-            local.conn.execute("PRAGMA journal_mode=WAL")
-            local.conn.execute("PRAGMA synchronous=FULL")
-            connections.append(local.conn)
-        return local.conn  # type: ignore[no-any-return]
-
-    conn().execute("CREATE TABLE bare (id TEXT PRIMARY KEY, state TEXT, outcome BLOB)")
+    conn, close = _stores_async.sqlite_connector(path, w.sqlite_create)
 
     def first(key: str) -> None:
         c = conn()
-        c.execute("INSERT INTO bare (id, state) VALUES (?, 'in_flight')", (key,))
-        c.execute("UPDATE bare SET state = 'done', outcome = ? WHERE id = ?", (OUTCOME, key))
+        c.execute(w.sqlite_insert, (key,))
+        c.execute(w.sqlite_complete, (w.outcome, key))
 
     def replay(key: str) -> None:
-        conn().execute("SELECT state, outcome FROM bare WHERE id = ?", (key,)).fetchone()
+        conn().execute(w.sqlite_get, (key,)).fetchone()
 
-    return Bare(first, replay, lambda: [c.close() for c in connections] and None)
+    return Ops(first, replay, replay, close)
 
 
-def bare_postgres(table: str) -> Bare:
-    """psycopg with a pool: INSERT ... ON CONFLICT then UPDATE, and SELECT."""
+def bare_postgres(w: Workload, table: str) -> Ops:
+    """psycopg with a pool in autocommit: INSERT ... ON CONFLICT then UPDATE; claim; SELECT."""
     pool = ConnectionPool(
-        POSTGRES_URL, min_size=1, max_size=16, open=True, kwargs={"autocommit": True}
+        w.postgres_url, min_size=1, max_size=16, open=True, kwargs={"autocommit": True}
+    )
+    insert, complete, claim, read = (
+        s.format(table=table)
+        for s in (w.postgres_insert, w.postgres_complete, w.postgres_claim, w.postgres_get)
     )
     with pool.connection() as c:
-        c.execute(f"CREATE TABLE {table} (id TEXT PRIMARY KEY, state TEXT, outcome BYTEA)")
+        c.execute(w.postgres_create.format(table=table))
 
     def first(key: str) -> None:
         with pool.connection() as c:
-            c.execute(
-                f"INSERT INTO {table} (id, state) VALUES (%s, 'in_flight') "
-                "ON CONFLICT (id) DO NOTHING",
-                (key,),
-            )
+            c.execute(insert, {"id": key})
         with pool.connection() as c:
-            c.execute(
-                f"UPDATE {table} SET state = 'done', outcome = %s WHERE id = %s", (OUTCOME, key)
-            )
+            c.execute(complete, {"id": key, "outcome": w.outcome})
 
     def replay(key: str) -> None:
         with pool.connection() as c:
-            c.execute(f"SELECT state, outcome FROM {table} WHERE id = %s", (key,)).fetchone()
+            c.execute(claim, {"id": key}).fetchone()
 
-    def close() -> None:
+    def get(key: str) -> None:
         with pool.connection() as c:
-            c.execute(f"DROP TABLE {table}")
-        pool.close()
+            c.execute(read, {"id": key}).fetchone()
 
-    return Bare(first, replay, close)
+    return Ops(first, replay, get, pool.close)
 
 
-def bare_redis(prefix: str) -> Bare:
-    """redis-py: SET NX then SET, and GET."""
-    client = redis.Redis.from_url(REDIS_URL)
+def bare_redis(w: Workload, prefix: str) -> Ops:
+    """redis-py: SET NX then SET; SET NX GET (a claim that finds the value); GET."""
+    client = redis.Redis.from_url(w.redis_url)
+    px = int(w.retention * 1000)
 
     def first(key: str) -> None:
-        client.set(f"{prefix}:{key}", b"in_flight", nx=True, px=3_600_000)
-        client.set(f"{prefix}:{key}", OUTCOME, px=3_600_000)
+        client.set(f"{prefix}:{key}", b"in_flight", nx=True, px=px)
+        client.set(f"{prefix}:{key}", w.outcome, px=px)
 
     def replay(key: str) -> None:
+        client.set(f"{prefix}:{key}", b"in_flight", nx=True, px=px, get=True)
+
+    def get(key: str) -> None:
         client.get(f"{prefix}:{key}")
 
-    def close() -> None:
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            client.delete(key)
-        client.close()
-
-    return Bare(first, replay, close)
+    return Ops(first, replay, get, client.close)
 
 
-def store_ops(store: Store) -> Bare:
-    """The same two operations through a retrysafe store."""
+def store_ops(w: Workload, store: Store) -> Ops:
+    """The same operations through a retrysafe store."""
 
     def first(key: str) -> None:
         identity = Identity("bench", "scope", key)
-        claim = store.claim(identity, "fp", lease=LEASE, retention=RETENTION)
-        store.complete(identity, claim.token, OUTCOME, retention=RETENTION)
+        claim = store.claim(identity, "fp", lease=w.lease, retention=w.retention)
+        store.complete(identity, claim.token, w.outcome, retention=w.retention)
 
     def replay(key: str) -> None:
+        claim = store.claim(
+            Identity("bench", "scope", key), "fp", lease=w.lease, retention=w.retention
+        )
+        if claim.acquired:
+            raise RuntimeError(f"a replay of {key!r} claimed the key: it found no outcome")
+
+    def get(key: str) -> None:
         store.get(Identity("bench", "scope", key))
 
-    return Bare(first, replay, store.close)
+    return Ops(first, replay, get, store.close)
+
+
+def store_urls(backend: str, workdir: Path, name: str, replay_cache: int) -> dict[str, str]:
+    """Return the URL of each retrysafe variant of `backend`, their tables named after `name`."""
+
+    def url(suffix: str) -> str:
+        if backend == "memory":
+            return "memory://"
+        if backend == "sqlite":
+            return f"sqlite:///{workdir / f'{name}{suffix}.db'}"
+        if backend == "postgres":
+            return f"{POSTGRES_URL}?table={name}{suffix}&pool_max=16"
+        if backend == "redis":
+            return f"{REDIS_URL}?prefix={name}{suffix}"
+        raise SystemExit(f"unknown backend {backend!r}")
+
+    urls = {"retrysafe": url("_rs")}
+    if replay_cache:
+        # A TTL longer than a round, so a round's replays find what its first-time calls kept.
+        cached = url("_rc")
+        separator = "&" if "?" in cached else "?"
+        urls[CACHED] = f"{cached}{separator}replay_cache={replay_cache}&replay_cache_ttl=60"
+    return urls
+
+
+def drop(backend: str, name: str) -> None:
+    """Drop the PostgreSQL tables and Redis keys named after `name` (SQLite's go with workdir)."""
+    if backend == "postgres":
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            for table in (name, f"{name}_rs", f"{name}_rc"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+    elif backend == "redis":
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=f"{name}*", count=1000):
+            client.delete(key)
+        client.close()
+
+
+class SyncFace:
+    """The sync face: `open_store`, driven by one thread or a pool of threads."""
+
+    def __init__(self, variants: dict[str, Ops]) -> None:
+        self.variants = variants
+
+    def measure(
+        self, variant: str, operation: str, keys: list[str], workers: int
+    ) -> tuple[float, float]:
+        """Run `operation` of `variant` over `keys` with `workers` threads."""
+        call: Callable[[str], None] = getattr(self.variants[variant], operation)
+        start, cpu = time.perf_counter(), time.process_time()
+        if workers == 1:
+            for key in keys:
+                call(key)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(call, keys))
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return len(keys) / elapsed, cpu / len(keys)
 
 
 @contextmanager
-def variants(backend: str, workdir: Path) -> Iterator[dict[str, Bare]]:
-    """Yield the bare driver and the retrysafe store for `backend`, cleaned up afterwards."""
-    name = f"bench_{secrets.token_hex(4)}"
+def sync_face(backend: str, workdir: Path, name: str, urls: dict[str, str]) -> Iterator[Face]:
+    """Yield the sync face of `backend`: the bare driver and each retrysafe variant."""
+    w = WORKLOAD
     if backend == "memory":
-        pair = {"bare": bare_memory(), "retrysafe": store_ops(retrysafe.open_store("memory://"))}
+        bare = bare_memory(w)
     elif backend == "sqlite":
-        pair = {
-            "bare": bare_sqlite(workdir / "bare.db"),
-            "retrysafe": store_ops(retrysafe.open_store(f"sqlite:///{workdir / 'store.db'}")),
-        }
+        bare = bare_sqlite(w, workdir / f"{name}.db")
     elif backend == "postgres":
-        pair = {
-            "bare": bare_postgres(name),
-            "retrysafe": store_ops(
-                retrysafe.open_store(f"{POSTGRES_URL}?table={name}_rs&pool_max=16")
-            ),
-        }
-    elif backend == "redis":
-        pair = {
-            "bare": bare_redis(name),
-            "retrysafe": store_ops(retrysafe.open_store(f"{REDIS_URL}?prefix={name}_rs")),
-        }
+        bare = bare_postgres(w, name)
     else:
-        raise SystemExit(f"unknown backend {backend!r}")
+        bare = bare_redis(w, name)
+    variants = {"bare": bare}
     try:
-        yield pair
+        for variant, url in urls.items():
+            variants[variant] = store_ops(w, retrysafe.open_store(url))
+        yield SyncFace(variants)
     finally:
-        for ops in pair.values():
+        for ops in variants.values():
             ops.close()
-        if backend == "postgres":
-            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-                conn.execute(f"DROP TABLE IF EXISTS {name}_rs")
-        elif backend == "redis":
-            client = redis.Redis.from_url(REDIS_URL)
-            for key in client.scan_iter(match=f"{name}_rs:*", count=1000):
-                client.delete(key)
-            client.close()
 
 
-def measure(operation: Callable[[str], None], keys: list[str], workers: int) -> float:
-    """Return operations per second of `operation` over `keys` with `workers` threads."""
-    start = time.perf_counter()
-    if workers == 1:
-        for key in keys:
-            operation(key)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(operation, keys))
-    return len(keys) / (time.perf_counter() - start)
+Medians = dict[tuple[str, int, str], tuple[float, float]]
 
 
-def run(
-    backend: str, ops: int, rounds: int, workdir: Path
-) -> list[tuple[str, str, int, float, float]]:
-    """Return rows (backend, phase, workers, bare ops/s, retrysafe ops/s) for one backend."""
-    results: dict[tuple[str, int, str], list[float]] = {}
-    with variants(backend, workdir) as pair:
-        for round_index in range(rounds):
-            for workers in (1, 16):
-                order = ["bare", "retrysafe"] if round_index % 2 == 0 else ["retrysafe", "bare"]
-                for variant in order:
-                    keys = [f"{variant}-{round_index}-{workers}-{i}" for i in range(ops)]
-                    first = measure(pair[variant].first, keys, workers)
-                    replay = measure(pair[variant].replay, keys, workers)
-                    results.setdefault(("claim+complete", workers, variant), []).append(first)
-                    results.setdefault(("replay (get)", workers, variant), []).append(replay)
-    rows = []
-    for phase in ("claim+complete", "replay (get)"):
-        for workers in (1, 16):
-            bare = statistics.median(results[(phase, workers, "bare")])
-            ours = statistics.median(results[(phase, workers, "retrysafe")])
-            rows.append((backend, phase, workers, bare, ours))
-    return rows
+def run(face: Face, variants: list[str], ops: int, rounds: int) -> Medians:
+    """Return the median (ops/s, CPU s/op) of each (operation, workers, variant) of `face`.
+
+    The variants take turns, each round starting with the next one; each (round, workers,
+    variant) claims its own keys, which its replays and reads then find.
+    """
+    samples: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
+    for round_index in range(rounds):
+        for workers in WORKERS:
+            shift = round_index % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                keys = [f"{variant}-{round_index}-{workers}-{i}" for i in range(ops)]
+                for operation in OPERATIONS:
+                    sample = face.measure(variant, operation, keys, workers)
+                    samples.setdefault((operation, workers, variant), []).append(sample)
+    return {
+        key: (statistics.median(s[0] for s in runs), statistics.median(s[1] for s in runs))
+        for key, runs in samples.items()
+    }
+
+
+def header(variants: list[str]) -> str:
+    """Return the Markdown table's header for `variants` (bare first).
+
+    Three cells name a row and the last is retrysafe's time against the bare driver's, the
+    layout `before_after.py` reads by default.
+    """
+    columns = (
+        ["store", "operation", "face: workers"]
+        + [f"{v} ops/s" for v in variants]
+        + [f"{v} CPU µs/op" for v in variants]
+        + [f"{v} time vs bare" for v in variants[2:]]
+        + ["time vs bare"]
+    )
+    aligns = ["---"] * 3 + ["---:"] * (len(columns) - 3)
+    return f"| {' | '.join(columns)} |\n|{'|'.join(aligns)}|"
+
+
+def rows(backend: str, face: str, variants: list[str], medians: Medians) -> Iterator[str]:
+    """Yield the table's rows for one face of one backend."""
+    unit = "thread" if face == "sync" else "task"
+    for operation, label in OPERATIONS.items():
+        for workers in WORKERS:
+            rate = {v: medians[(operation, workers, v)][0] for v in variants}
+            cpu = {v: medians[(operation, workers, v)][1] for v in variants}
+            cells = (
+                [backend, label, f"{face}: {workers} {unit}{'s' * (workers > 1)}"]
+                + [f"{rate[v]:,.0f}" for v in variants]
+                + [f"{cpu[v] * 1e6:,.1f}" for v in variants]
+                + [f"{rate['bare'] / rate[v]:.2f}x" for v in variants[2:] + variants[1:2]]
+            )
+            yield f"| {' | '.join(cells)} |"
 
 
 def main() -> None:
@@ -243,17 +360,31 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=2000, help="operations per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median kept)")
     parser.add_argument("--backends", default="memory,sqlite,postgres,redis")
+    parser.add_argument("--face", choices=("sync", "async", "both"), default="both")
+    parser.add_argument(
+        "--replay-cache", type=int, default=10000, help="replay_cache=N variant (0: none)"
+    )
     args = parser.parse_args()
-    print("| store | operation | workers | bare driver ops/s | retrysafe ops/s | time vs bare |")
-    print("|---|---|---:|---:|---:|---:|")
+    faces = ["sync", "async"] if args.face == "both" else [args.face]
+    variants = ["bare", "retrysafe"] + ([CACHED] if args.replay_cache else [])
+    print(header(variants), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends.split(","):
-            for name, phase, workers, bare, ours in run(backend, args.ops, args.rounds, Path(tmp)):
-                print(
-                    f"| {name} | {phase} | {workers} | {bare:,.0f} | {ours:,.0f} "
-                    f"| {bare / ours:.2f}x |",
-                    flush=True,
+            for face in faces:
+                name = f"bench_{secrets.token_hex(4)}"
+                urls = store_urls(backend, Path(tmp), name, args.replay_cache)
+                opened: AbstractContextManager[Face] = (
+                    sync_face(backend, Path(tmp), name, urls)
+                    if face == "sync"
+                    else _stores_async.async_face(backend, Path(tmp), name, urls, WORKLOAD)
                 )
+                try:
+                    with opened as measured:
+                        medians = run(measured, variants, args.ops, args.rounds)
+                finally:
+                    drop(backend, name)
+                for row in rows(backend, face, variants, medians):
+                    print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,8 @@ def test_a_libpq_option_with_a_space_reaches_the_server(postgres_url: str, table
 
 def test_a_pool_with_no_free_connection_is_unavailable(postgres_url: str, table: str) -> None:
     """With every pooled connection lent out, a primitive waits pool_timeout and then raises
-    StoreUnavailableError, on both faces."""
+    StoreUnavailableError, on both faces (the async one without auto-pipelining, whose claims
+    need no pooled connection)."""
     url = with_options(postgres_url, table=table, pool_max=1, pool_timeout=0.3)
     store = PostgresStore.from_url(url)
     try:
@@ -242,7 +243,7 @@ def test_a_pool_with_no_free_connection_is_unavailable(postgres_url: str, table:
         assert store.claim(ident(), "fp", lease=LEASE, retention=RETENTION).acquired
     finally:
         store.close()
-    anyio.run(_pool_exhausted_async, url)
+    anyio.run(_pool_exhausted_async, with_options(url, autopipeline="false"))
 
 
 async def _pool_exhausted_async(url: str) -> None:

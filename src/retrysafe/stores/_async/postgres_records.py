@@ -7,13 +7,16 @@ writes. Every statement is `RecordTable`'s (`stores/_sql/postgres.py`). Rows are
 in PostgreSQL's binary format whatever the connection's row factory: an outcome arrives as its
 bytes rather than as hex text twice their size. The store's pooled connections
 (`AsyncRecordsConnection`) keep a cursor per statement; any other connection gets a new cursor
-per statement. psycopg errors pass through; each caller maps them to retrysafe's.
+per statement. The store's hot primitives (claim, complete, release, renew, checkpoint, get,
+delete: one statement, at most one row each) may run instead on a `AsyncStatementRunner`, the
+async store's auto-pipeline (`stores/_postgres_pipeline.py`). psycopg errors pass through; each
+caller maps them to retrysafe's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import TupleRow, tuple_row
@@ -26,7 +29,7 @@ from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._sql.postgres import RecordTable, claim_params, list_query, record_from_row
 from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part, poll_delays
 
-__all__ = ["AsyncPostgresRecords", "AsyncRecordsConnection"]
+__all__ = ["AsyncPostgresRecords", "AsyncRecordsConnection", "AsyncStatementRunner"]
 
 # A claim that finds a conflicting row it may not take reads that row; if the row changed in
 # between (released, completed with no retention), the claim runs again, a bounded number of
@@ -34,6 +37,22 @@ __all__ = ["AsyncPostgresRecords", "AsyncRecordsConnection"]
 _CLAIM_ATTEMPTS = 8
 
 Params = dict[str, Any]
+
+
+class AsyncStatementRunner(Protocol):
+    """Runs one record statement of the store, wherever it sees fit, and returns its first row."""
+
+    async def run_row(self, query: bytes, params: Params) -> TupleRow | None:
+        """Run `query` with `params`; return its first row, or None."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let what is in flight finish, then release the runner's connection."""
+        ...
+
+
+Target = AsyncConnection[Any] | AsyncStatementRunner
+"""Where a hot primitive's statement runs: a connection, or the store's statement runner."""
 
 
 class AsyncRecordsConnection(AsyncConnection[TupleRow]):
@@ -101,7 +120,7 @@ class AsyncPostgresRecords:
 
     async def claim(
         self,
-        conn: AsyncConnection[Any],
+        conn: Target,
         identity: Identity,
         fingerprint: str,
         *,
@@ -140,7 +159,7 @@ class AsyncPostgresRecords:
 
     async def complete(
         self,
-        conn: AsyncConnection[Any],
+        conn: Target,
         identity: Identity,
         token: str,
         outcome: bytes,
@@ -161,15 +180,13 @@ class AsyncPostgresRecords:
         )
         return record_from_row((*row[:9], outcome, *row[10:]))  # not echoed: the caller's
 
-    async def release(
-        self, conn: AsyncConnection[Any], identity: Identity, token: str, *, now: float
-    ) -> None:
+    async def release(self, conn: Target, identity: Identity, token: str, *, now: float) -> None:
         """Delete the held in-flight record; a watched record notifies."""
         await self._held(conn, self.table.release, identity, token, now, channel=self.table.channel)
 
     async def renew(
         self,
-        conn: AsyncConnection[Any],
+        conn: Target,
         identity: Identity,
         token: str,
         *,
@@ -184,7 +201,7 @@ class AsyncPostgresRecords:
 
     async def checkpoint(
         self,
-        conn: AsyncConnection[Any],
+        conn: Target,
         identity: Identity,
         token: str,
         recovery_point: str,
@@ -202,17 +219,15 @@ class AsyncPostgresRecords:
         )
         return record_from_row(row)
 
-    async def get(
-        self, conn: AsyncConnection[Any], identity: Identity, *, now: float
-    ) -> Record | None:
+    async def get(self, conn: Target, identity: Identity, *, now: float) -> Record | None:
         """Return the live record, or None."""
         row = await self._row(conn, self.table.get, {"id": identity.digest(), "now": now})
         return None if row is None else record_from_row(row)
 
-    async def delete(self, conn: AsyncConnection[Any], identity: Identity) -> bool:
+    async def delete(self, conn: Target, identity: Identity) -> bool:
         """Delete the record whatever its state; a watched record notifies."""
         params = {"id": identity.digest(), "channel": self.table.channel}
-        return bool(await self._rows(conn, self.table.delete, params))
+        return await self._row(conn, self.table.delete, params) is not None
 
     async def purge_expired(self, conn: AsyncConnection[Any], *, now: float, limit: int) -> int:
         """Delete at most `limit` records past their retention; return how many."""
@@ -281,7 +296,7 @@ class AsyncPostgresRecords:
 
     async def _held(
         self,
-        conn: AsyncConnection[Any],
+        conn: Target,
         query: bytes,
         identity: Identity,
         token: str,
@@ -296,8 +311,10 @@ class AsyncPostgresRecords:
         return row
 
     @staticmethod
-    async def _row(conn: AsyncConnection[Any], query: bytes, params: Params) -> TupleRow | None:
+    async def _row(conn: Target, query: bytes, params: Params) -> TupleRow | None:
         """Run one statement; return its first row, or None."""
+        if not isinstance(conn, AsyncConnection):
+            return await conn.run_row(query, params)
         cursor = _cursor(conn, query)
         await cursor.execute(query, params)
         return await cursor.fetchone()

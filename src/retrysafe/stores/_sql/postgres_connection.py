@@ -3,7 +3,9 @@
 `parse_url` splits a `postgresql://` URL into the libpq conninfo and the store's own options;
 `store_error` and `translate_errors` turn psycopg errors into retrysafe's, so no driver
 exception leaves the store. Transactional mode maps errors on the caller's connection with
-`store_error` too.
+`store_error` too. `sync_executor` and `async_executor` pick where a store's hot statements
+run: on pooled connections (None), or, for the async store, on its auto-pipeline
+(`stores/_postgres_pipeline.py`, imported only when an async store asks for it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -22,7 +24,18 @@ from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres import validate_table
 from retrysafe.stores.base import query_options
 
-__all__ = ["PostgresOptions", "parse_url", "store_error", "translate_errors"]
+if TYPE_CHECKING:
+    from retrysafe.stores._async.postgres_records import AsyncStatementRunner
+    from retrysafe.stores._sync.postgres_records import StatementRunner
+
+__all__ = [
+    "PostgresOptions",
+    "async_executor",
+    "parse_url",
+    "store_error",
+    "sync_executor",
+    "translate_errors",
+]
 
 # SQLSTATE classes that mean "the server is not there for us right now": connection exceptions,
 # insufficient resources (too many connections), operator intervention (shutdown, cancel).
@@ -39,6 +52,7 @@ class PostgresOptions:
         pool_min: connections kept open.
         pool_max: the most connections the pool opens.
         pool_timeout: seconds to wait for a pooled connection before the store is unavailable.
+        autopipeline: whether the async store batches concurrent calls' statements.
     """
 
     table: str = DEFAULT_TABLE
@@ -46,6 +60,7 @@ class PostgresOptions:
     pool_min: int = 1
     pool_max: int = 10
     pool_timeout: float = 10.0
+    autopipeline: bool = True
 
     def __post_init__(self) -> None:
         """Refuse values the pool or the server would fail on later, less clearly."""
@@ -70,15 +85,17 @@ _OPTION_TYPES: Final[dict[str, type]] = {
     "pool_min": int,
     "pool_max": int,
     "pool_timeout": float,
+    "autopipeline": bool,
 }
 
 
 def parse_url(url: str) -> tuple[str, PostgresOptions]:
     """Split a store URL into the libpq conninfo and the store's own options.
 
-    The store's options (`table`, `connect_timeout`, `pool_min`, `pool_max`, `pool_timeout`)
-    are removed; any other query parameter is a libpq one (`sslmode`, `application_name`) and
-    stays in the conninfo, where libpq validates it now rather than at the first connection.
+    The store's options (`table`, `connect_timeout`, `pool_min`, `pool_max`, `pool_timeout`,
+    `autopipeline`) are removed; any other query parameter is a libpq one (`sslmode`,
+    `application_name`) and stays in the conninfo, where libpq validates it now rather than at
+    the first connection.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
@@ -114,3 +131,21 @@ def translate_errors() -> Iterator[None]:
         yield
     except psycopg.Error as error:
         raise store_error(error) from error
+
+
+def sync_executor(conninfo: str, options: PostgresOptions) -> StatementRunner | None:
+    """Return None: the sync store runs each statement on a pooled connection.
+
+    A sync caller has one statement in flight at a time, so there is nothing to batch.
+    """
+    del conninfo, options
+    return None
+
+
+def async_executor(conninfo: str, options: PostgresOptions) -> AsyncStatementRunner | None:
+    """Return the async store's auto-pipeline, or None to run each statement on a pooled one."""
+    if not options.autopipeline:
+        return None
+    from retrysafe.stores._postgres_pipeline import AsyncStatementPipeline  # noqa: PLC0415
+
+    return AsyncStatementPipeline(conninfo, connect_timeout=options.connect_timeout_seconds)

@@ -9,7 +9,9 @@ Each primitive is one statement on the records table, so atomicity lives in Post
 that run them are shared with transactional mode (`stores/_sql/postgres.py`,
 `postgres_records.py`); this module adds the pool, which opens on first use, the table, created
 on first use too or up front by `create_schema`, and waiting: waiters sleep on LISTEN/NOTIFY
-instead of polling, and only records a waiter marked are notified.
+instead of polling, and only records a waiter marked are notified. The async store sends the
+hot primitives' statements of concurrent calls in batches on a connection of its own
+(`stores/_postgres_pipeline.py`) unless told not to.
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
-from retrysafe.stores._sync.postgres_records import PostgresRecords, RecordsConnection
+from retrysafe.stores._sync.postgres_records import (
+    PostgresRecords,
+    RecordsConnection,
+    StatementRunner,
+)
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import (
     PostgresOptions,
+    sync_executor,
     parse_url,
     store_error,
     translate_errors,
@@ -58,6 +65,10 @@ class PostgresStore:
         pool_timeout: seconds to wait for a pooled connection; past it, and whenever the server
             cannot be reached, primitives raise `StoreUnavailableError`.
         clock: the time source for leases and retention.
+        autopipeline: send the statements of claims, completions and reads that concurrent
+            calls issue in one event-loop turn as one batch, in one transaction, on one
+            connection of the store's own (the async face only: the sync store runs each on a
+            pooled connection).
     """
 
     # A waiter re-reads its record at least this often, even without a notification, so a
@@ -74,6 +85,7 @@ class PostgresStore:
         pool_max: int = 10,
         pool_timeout: float = 10.0,
         clock: Clock | None = None,
+        autopipeline: bool = True,
     ) -> None:
         options = PostgresOptions(
             table=table,
@@ -81,6 +93,7 @@ class PostgresStore:
             pool_min=pool_min,
             pool_max=pool_max,
             pool_timeout=pool_timeout,
+            autopipeline=autopipeline,
         )
         self.clock: Clock = clock or SystemClock()
         self.table = record_table(options.table)
@@ -96,6 +109,8 @@ class PostgresStore:
             open=False,
             name=f"retrysafe-{options.table}",
         )
+        # The hot primitives' statements go here when it is not None.
+        self._runner = sync_executor(conninfo, options)
         self._schema_ready = False
         self._closed = False
         # Waiters hold a connection while they listen; at most half the pool, so they never
@@ -110,7 +125,8 @@ class PostgresStore:
 
         Store options in the query string: `table` (default `retrysafe_records`),
         `connect_timeout` (seconds, default 5), `pool_min` (1), `pool_max` (10), `pool_timeout`
-        (seconds, default 10). Any other query parameter goes to libpq (`sslmode=require`).
+        (seconds, default 10), `autopipeline` (default true; async face only). Any other query
+        parameter goes to libpq (`sslmode=require`).
         """
         conninfo, options = parse_url(url)
         return cls(
@@ -121,6 +137,7 @@ class PostgresStore:
             pool_max=options.pool_max,
             pool_timeout=options.pool_timeout,
             clock=clock,
+            autopipeline=options.autopipeline,
         )
 
     def create_schema(self) -> None:
@@ -140,7 +157,7 @@ class PostgresStore:
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
         """Claim `identity` atomically, or return the existing record (one round trip)."""
-        with self._connection() as conn:
+        with self._statement() as conn:
             return self._records.claim(
                 conn, identity, fingerprint, now=self.clock.now, lease=lease, retention=retention
             )
@@ -150,7 +167,7 @@ class PostgresStore:
     ) -> Record:
         """Store `outcome` and mark the record done; waiters are notified."""
         now = self.clock.now()
-        with self._connection() as conn:
+        with self._statement() as conn:
             return self._records.complete(
                 conn, identity, token, outcome, now=now, retention=retention
             )
@@ -158,29 +175,29 @@ class PostgresStore:
     def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record; waiters are notified."""
         now = self.clock.now()
-        with self._connection() as conn:
+        with self._statement() as conn:
             self._records.release(conn, identity, token, now=now)
 
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease, and the retention deadline by as much."""
         now = self.clock.now()
-        with self._connection() as conn:
+        with self._statement() as conn:
             return self._records.renew(conn, identity, token, now=now, lease=lease)
 
     def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
         """Record the last committed phase."""
         now = self.clock.now()
-        with self._connection() as conn:
+        with self._statement() as conn:
             return self._records.checkpoint(conn, identity, token, recovery_point, now=now)
 
     def get(self, identity: Identity) -> Record | None:
         """Return the live record, or None."""
-        with self._connection() as conn:
+        with self._statement() as conn:
             return self._records.get(conn, identity, now=self.clock.now())
 
     def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state; waiters are notified."""
-        with self._connection() as conn:
+        with self._statement() as conn:
             return self._records.delete(conn, identity)
 
     def purge_expired(self, *, limit: int = 1000) -> int:
@@ -227,9 +244,11 @@ class PostgresStore:
                 )
 
     def close(self) -> None:
-        """Close the pool and its connections."""
+        """Close the pool and its connections, and the statement runner's."""
         self._closed = True
         with translate_errors():
+            if self._runner is not None:
+                self._runner.close()
             self._pool.close()
 
     def _open_pool(self) -> None:
@@ -258,6 +277,11 @@ class PostgresStore:
     def _connection(self) -> _Lent:
         """Lend a pooled connection, the table ready; psycopg errors become store errors."""
         return _Lent(self)
+
+    def _statement(self) -> _Lent | _Shared:
+        """Lend where a hot primitive's one statement runs: the statement runner, if any."""
+        runner = self._runner
+        return _Lent(self) if runner is None else _Shared(self, runner)
 
     @contextlib.contextmanager
     def _listening(self) -> Iterator[RecordsConnection | None]:
@@ -331,5 +355,31 @@ class _Lent:
             self._store._pool.putconn(self._conn)
         except psycopg.Error as error:
             raise store_error(error) from error
+        if isinstance(exc, psycopg.Error):
+            raise store_error(exc) from exc
+
+
+class _Shared:
+    """The store's statement runner, lent for one primitive; psycopg errors become store errors."""
+
+    __slots__ = ("_runner", "_store")
+
+    def __init__(self, store: PostgresStore, runner: StatementRunner) -> None:
+        self._store = store
+        self._runner = runner
+
+    def __enter__(self) -> StatementRunner:
+        try:
+            self._store._ready()
+        except psycopg.Error as error:
+            raise store_error(error) from error
+        return self._runner
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         if isinstance(exc, psycopg.Error):
             raise store_error(exc) from exc

@@ -10,13 +10,16 @@ writes. Every statement is `RecordTable`'s (`stores/_sql/postgres.py`). Rows are
 in PostgreSQL's binary format whatever the connection's row factory: an outcome arrives as its
 bytes rather than as hex text twice their size. The store's pooled connections
 (`RecordsConnection`) keep a cursor per statement; any other connection gets a new cursor
-per statement. psycopg errors pass through; each caller maps them to retrysafe's.
+per statement. The store's hot primitives (claim, complete, release, renew, checkpoint, get,
+delete: one statement, at most one row each) may run instead on a `StatementRunner`, the
+async store's auto-pipeline (`stores/_postgres_pipeline.py`). psycopg errors pass through; each
+caller maps them to retrysafe's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from psycopg import Connection, Cursor, sql
 from psycopg.rows import TupleRow, tuple_row
@@ -29,7 +32,7 @@ from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._sql.postgres import RecordTable, claim_params, list_query, record_from_row
 from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part, poll_delays
 
-__all__ = ["PostgresRecords", "RecordsConnection"]
+__all__ = ["PostgresRecords", "RecordsConnection", "StatementRunner"]
 
 # A claim that finds a conflicting row it may not take reads that row; if the row changed in
 # between (released, completed with no retention), the claim runs again, a bounded number of
@@ -37,6 +40,22 @@ __all__ = ["PostgresRecords", "RecordsConnection"]
 _CLAIM_ATTEMPTS = 8
 
 Params = dict[str, Any]
+
+
+class StatementRunner(Protocol):
+    """Runs one record statement of the store, wherever it sees fit, and returns its first row."""
+
+    def run_row(self, query: bytes, params: Params) -> TupleRow | None:
+        """Run `query` with `params`; return its first row, or None."""
+        ...
+
+    def close(self) -> None:
+        """Let what is in flight finish, then release the runner's connection."""
+        ...
+
+
+Target = Connection[Any] | StatementRunner
+"""Where a hot primitive's statement runs: a connection, or the store's statement runner."""
 
 
 class RecordsConnection(Connection[TupleRow]):
@@ -104,7 +123,7 @@ class PostgresRecords:
 
     def claim(
         self,
-        conn: Connection[Any],
+        conn: Target,
         identity: Identity,
         fingerprint: str,
         *,
@@ -143,7 +162,7 @@ class PostgresRecords:
 
     def complete(
         self,
-        conn: Connection[Any],
+        conn: Target,
         identity: Identity,
         token: str,
         outcome: bytes,
@@ -164,15 +183,13 @@ class PostgresRecords:
         )
         return record_from_row((*row[:9], outcome, *row[10:]))  # not echoed: the caller's
 
-    def release(
-        self, conn: Connection[Any], identity: Identity, token: str, *, now: float
-    ) -> None:
+    def release(self, conn: Target, identity: Identity, token: str, *, now: float) -> None:
         """Delete the held in-flight record; a watched record notifies."""
         self._held(conn, self.table.release, identity, token, now, channel=self.table.channel)
 
     def renew(
         self,
-        conn: Connection[Any],
+        conn: Target,
         identity: Identity,
         token: str,
         *,
@@ -187,7 +204,7 @@ class PostgresRecords:
 
     def checkpoint(
         self,
-        conn: Connection[Any],
+        conn: Target,
         identity: Identity,
         token: str,
         recovery_point: str,
@@ -205,17 +222,15 @@ class PostgresRecords:
         )
         return record_from_row(row)
 
-    def get(
-        self, conn: Connection[Any], identity: Identity, *, now: float
-    ) -> Record | None:
+    def get(self, conn: Target, identity: Identity, *, now: float) -> Record | None:
         """Return the live record, or None."""
         row = self._row(conn, self.table.get, {"id": identity.digest(), "now": now})
         return None if row is None else record_from_row(row)
 
-    def delete(self, conn: Connection[Any], identity: Identity) -> bool:
+    def delete(self, conn: Target, identity: Identity) -> bool:
         """Delete the record whatever its state; a watched record notifies."""
         params = {"id": identity.digest(), "channel": self.table.channel}
-        return bool(self._rows(conn, self.table.delete, params))
+        return self._row(conn, self.table.delete, params) is not None
 
     def purge_expired(self, conn: Connection[Any], *, now: float, limit: int) -> int:
         """Delete at most `limit` records past their retention; return how many."""
@@ -284,7 +299,7 @@ class PostgresRecords:
 
     def _held(
         self,
-        conn: Connection[Any],
+        conn: Target,
         query: bytes,
         identity: Identity,
         token: str,
@@ -299,8 +314,10 @@ class PostgresRecords:
         return row
 
     @staticmethod
-    def _row(conn: Connection[Any], query: bytes, params: Params) -> TupleRow | None:
+    def _row(conn: Target, query: bytes, params: Params) -> TupleRow | None:
         """Run one statement; return its first row, or None."""
+        if not isinstance(conn, Connection):
+            return conn.run_row(query, params)
         cursor = _cursor(conn, query)
         cursor.execute(query, params)
         return cursor.fetchone()

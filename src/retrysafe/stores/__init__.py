@@ -98,4 +98,6 @@ def _replay_cache_options(url: str) -> tuple[str, dict[str, Any]]:
     rest = [(name, value) for name, value in pairs if name not in _REPLAY_CACHE_OPTIONS]
     base = url.split("?", 1)[0]  # not urlunsplit: it turns sqlite:///x into sqlite:/x
     stripped = f"{base}?{urlencode(rest)}" if rest else base
+    if options["replay_cache"] == 0:  # said explicitly: no cache
+        return stripped, {}
     return stripped, {_REPLAY_CACHE_ARGUMENTS[name]: value for name, value in options.items()}

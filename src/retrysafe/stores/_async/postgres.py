@@ -32,6 +32,7 @@ from retrysafe.stores._async.postgres_records import (
     AsyncRecordsConnection,
     AsyncStatementRunner,
 )
+from retrysafe.stores._deletes import PostgresDeletes
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import (
@@ -108,6 +109,9 @@ class AsyncPostgresStore:
         )
         # The hot primitives' statements go here when it is not None.
         self._runner = async_executor(conninfo, options)
+        self._deletes = PostgresDeletes(
+            conninfo, self.table.deleted_channel, timeout=options.connect_timeout
+        )
         self._schema_ready = False
         self._closed = False
         # Waiters hold a connection while they listen; at most half the pool, so they never
@@ -192,8 +196,13 @@ class AsyncPostgresStore:
         async with self._statement() as conn:
             return await self._records.get(conn, identity, now=self.clock.now())
 
+    def delete_announcements(self) -> PostgresDeletes:
+        """Return what subscribes to this store's deletes (LISTEN on the table's delete
+        channel), for a replay cache in front of it."""
+        return self._deletes
+
     async def delete(self, identity: Identity) -> bool:
-        """Delete the record whatever its state; waiters are notified."""
+        """Delete the record whatever its state; waiters are notified, and replay caches."""
         async with self._statement() as conn:
             return await self._records.delete(conn, identity)
 

@@ -225,9 +225,15 @@ class AsyncPostgresRecords:
         return None if row is None else record_from_row(row)
 
     async def delete(self, conn: Target, identity: Identity) -> bool:
-        """Delete the record whatever its state; a watched record notifies."""
-        params = {"id": identity.digest(), "channel": self.table.channel}
-        return await self._row(conn, self.table.delete, params) is not None
+        """Delete the record whatever its state; a watched record notifies its waiters, and
+        the delete is announced to replay caches."""
+        table = self.table
+        params = {
+            "id": identity.digest(),
+            "channel": table.channel,
+            "deleted": table.deleted_channel,
+        }
+        return await self._row(conn, table.delete, params) is not None
 
     async def purge_expired(self, conn: AsyncConnection[Any], *, now: float, limit: int) -> int:
         """Delete at most `limit` records past their retention; return how many."""

@@ -77,11 +77,14 @@ class RecordTable:
         name: the table name.
         channel: the LISTEN/NOTIFY channel on which completions, releases and deletes of a
             watched record announce its id.
+        deleted_channel: the channel on which every delete announces the record's id, for
+            the replay caches of every process.
         schema_lock: the advisory lock key that serializes schema creation on this table.
     """
 
     name: str
     channel: str
+    deleted_channel: str
     schema_lock: int
     table_exists: bytes
     lock_schema: bytes
@@ -135,6 +138,7 @@ class RecordTable:
         return cls(
             name=name,
             channel=channel,
+            deleted_channel=_derived_name(name, "deleted"),
             schema_lock=int.from_bytes(digest[:8], "big", signed=True),
             table_exists=compose(text.TABLE_EXISTS),
             lock_schema=compose("SELECT pg_advisory_xact_lock(%(lock)s)"),

@@ -207,9 +207,13 @@ CHECKPOINT = """
 UPDATE {table} SET recovery_point = %(recovery_point)s WHERE {held} RETURNING {columns}
 """
 
+# A delete is also announced on the table's delete channel, whatever the record's state, for
+# the replay caches of every process (`stores/_deletes.py`); deletes are rare, so the notifying
+# commit's database-wide lock (see WATCH) costs nothing that matters.
 DELETE = """
 WITH gone AS (DELETE FROM {table} WHERE id = %(id)s RETURNING id, watched)
-SELECT CASE WHEN watched THEN pg_notify(%(channel)s, id) END FROM gone
+SELECT CASE WHEN watched THEN pg_notify(%(channel)s, id) END, pg_notify(%(deleted)s, id)
+FROM gone
 """
 
 # Bounded batches; SKIP LOCKED lets concurrent purgers (and claims) work on disjoint rows.

@@ -35,6 +35,7 @@ from retrysafe.stores._sync.postgres_records import (
     RecordsConnection,
     StatementRunner,
 )
+from retrysafe.stores._deletes import PostgresDeletes
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import (
@@ -111,6 +112,9 @@ class PostgresStore:
         )
         # The hot primitives' statements go here when it is not None.
         self._runner = sync_executor(conninfo, options)
+        self._deletes = PostgresDeletes(
+            conninfo, self.table.deleted_channel, timeout=options.connect_timeout
+        )
         self._schema_ready = False
         self._closed = False
         # Waiters hold a connection while they listen; at most half the pool, so they never
@@ -195,8 +199,13 @@ class PostgresStore:
         with self._statement() as conn:
             return self._records.get(conn, identity, now=self.clock.now())
 
+    def delete_announcements(self) -> PostgresDeletes:
+        """Return what subscribes to this store's deletes (LISTEN on the table's delete
+        channel), for a replay cache in front of it."""
+        return self._deletes
+
     def delete(self, identity: Identity) -> bool:
-        """Delete the record whatever its state; waiters are notified."""
+        """Delete the record whatever its state; waiters are notified, and replay caches."""
         with self._statement() as conn:
             return self._records.delete(conn, identity)
 

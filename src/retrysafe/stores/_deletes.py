@@ -132,11 +132,12 @@ class DeleteListener:
                 if not self._tell(True):
                     return
                 while not self._stop.is_set():
-                    for record_id in subscription.receive(_POLL):
-                        cache = self._target()
-                        if cache is None:
-                            self._stop.set()
-                            return
+                    announced = subscription.receive(_POLL)
+                    cache = self._target()
+                    if cache is None:  # nobody uses the cache any more: end with it
+                        self._stop.set()
+                        return
+                    for record_id in announced:
                         cache.forget_id(record_id)
             except Exception as error:
                 logger.warning(

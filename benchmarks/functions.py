@@ -7,7 +7,9 @@ key is seen (claim, run, store the result) and on a replay (claim finds the resu
 the bare function and AWS Powertools' `idempotent_function` with its Redis persistence layer
 (`CachePersistenceLayer`) on the same Redis server. One thread calls in a loop; variants
 alternate within each round (retrysafe on Redis and Powertools back to back, first) and the
-median of the rounds is kept, since the machine is noisy.
+median of the rounds is kept, since the machine is noisy. Beside the rates, the CPU time the
+process spent per call (user and system, from `getrusage`): it leaves out the waits for the
+server and for a core, so it moves much less than the rates when the machine is shared.
 
 Powertools is never a dependency of retrysafe: it lives in `benchmarks/.venv`, built from
 `benchmarks/requirements-functions.txt` plus this checkout (editable). Run with any Python: the
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -147,12 +150,23 @@ def delete_prefix(prefix: str) -> None:
         client.close()
 
 
-def measure(call: Call, orders: list[dict[str, Any]]) -> float:
-    """Return calls per second of `call` over `orders`, one thread."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """Return the CPU time this process has used so far, user and system, every thread."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(call: Call, orders: list[dict[str, Any]]) -> tuple[float, float]:
+    """Return calls per second of `call` over `orders`, one thread, and CPU µs per call.
+
+    CPU time moves far less than wall time on a shared machine: it leaves out the time spent
+    waiting for the server and for a core.
+    """
+    start, cpu = time.perf_counter(), cpu_seconds()
     for order in orders:
         call(order)
-    return len(orders) / (time.perf_counter() - start)
+    cpu = cpu_seconds() - cpu
+    return len(orders) / (time.perf_counter() - start), cpu / len(orders) * 1e6
 
 
 def main() -> None:
@@ -172,6 +186,7 @@ def main() -> None:
     pair = [n for n in names if n in ("retrysafe redis", "Powertools redis")]
     rest = [n for n in names if n not in pair]
     results: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
             step = 1 if round_index % 2 == 0 else -1
@@ -180,28 +195,39 @@ def main() -> None:
                 name = f"bench_fn_{run_id}_{round_index}_{variant.split()[-1]}"
                 orders = [{"id": f"{name}-{i}", "amount": i} for i in range(args.calls)]
                 if variant == "bare function":
-                    first = replay = measure(work, orders)
-                    results.setdefault((variant, "first"), []).append(first)
-                    results.setdefault((variant, "replay"), []).append(replay)
+                    measured = measure(work, orders)
+                    for path in ("first", "replay"):
+                        results.setdefault((variant, path), []).append(measured[0])
+                        cpu.setdefault((variant, path), []).append(measured[1])
                     continue
                 if variant == "Powertools redis":
                     context = powertools_variant(name)
                 else:
                     context = retrysafe_variant(variant.split()[-1], Path(tmp), name)
                 with context as call:
-                    results.setdefault((variant, "first"), []).append(measure(call, orders))
-                    results.setdefault((variant, "replay"), []).append(measure(call, orders))
+                    for path in ("first", "replay"):
+                        rate, cpu_us = measure(call, orders)
+                        results.setdefault((variant, path), []).append(rate)
+                        cpu.setdefault((variant, path), []).append(cpu_us)
     powertools = {
         p: statistics.median(results[("Powertools redis", p)]) for p in ("first", "replay")
     }
     print(f"\n{args.calls} calls per variant, median of {args.rounds} alternating rounds\n")
-    print("| variant | first call / s | replay / s | vs Powertools (first, replay) |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| variant | first call / s | replay / s | vs Powertools (first, replay) "
+        "| CPU µs per call (first, replay) |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for variant in names:
         first = statistics.median(results[(variant, "first")])
         replay = statistics.median(results[(variant, "replay")])
         versus = f"{first / powertools['first']:.1f}x, {replay / powertools['replay']:.1f}x"
-        print(f"| {variant} | {first:,.0f} | {replay:,.0f} | {versus} |")
+        cpu_first = statistics.median(cpu[(variant, "first")])
+        cpu_replay = statistics.median(cpu[(variant, "replay")])
+        print(
+            f"| {variant} | {first:,.0f} | {replay:,.0f} | {versus} "
+            f"| {cpu_first:,.1f}, {cpu_replay:,.1f} |"
+        )
 
 
 if __name__ == "__main__":

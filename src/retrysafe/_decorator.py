@@ -114,11 +114,13 @@ def idempotent(
             if store_is_async
             else SyncFlow(cast(Store, store), raise_fenced=True, observation=observation)
         )
+        signature = inspect.signature(func)
         plan = _Plan(
             flow=flow,
             observation=observation,
             namespace=namespace_,
-            signature=inspect.signature(func),
+            signature=signature,
+            positional=_positional_names(signature),
             key=_argument_getter(func, key, "key"),
             fingerprint=_fingerprint_getter(func, fingerprint),
             scope=scope if callable(scope) else str(scope),
@@ -169,6 +171,15 @@ def _argument_getter(func: Callable[..., object], spec: str | KeyFunction, what:
     return spec
 
 
+def _positional_names(signature: inspect.Signature) -> tuple[str, ...] | None:
+    """Return the parameter names when every one can be passed by position, else None."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = signature.parameters.values()
+    if all(parameter.kind in positional for parameter in parameters):
+        return tuple(signature.parameters)
+    return None
+
+
 def _fingerprint_getter(
     func: Callable[..., object], spec: Iterable[str] | KeyFunction | None
 ) -> KeyFunction | tuple[str, ...]:
@@ -193,6 +204,7 @@ class _Plan:
     observation: Observation
     namespace: str
     signature: inspect.Signature
+    positional: tuple[str, ...] | None  # every parameter's name, if all are positional
     key: str | KeyFunction
     fingerprint: KeyFunction | tuple[str, ...]
     scope: str | KeyFunction
@@ -206,9 +218,14 @@ class _Plan:
         """Return the call's identity and fingerprint, from its arguments alone."""
         arguments: dict[str, Any] = {}
         if isinstance(self.key, str) or isinstance(self.fingerprint, tuple):
-            bound = self.signature.bind(*args, **kwargs)  # a bad call fails here, unclaimed
-            bound.apply_defaults()
-            arguments = bound.arguments
+            names = self.positional
+            if names is not None and not kwargs and len(args) == len(names):
+                # Every argument given by position: what `bind` would return, without it.
+                arguments = dict(zip(names, args, strict=True))
+            else:
+                bound = self.signature.bind(*args, **kwargs)  # a bad call fails here, unclaimed
+                bound.apply_defaults()
+                arguments = bound.arguments
         raw_key = arguments[self.key] if isinstance(self.key, str) else self.key(*args, **kwargs)
         scope = self.scope if isinstance(self.scope, str) else self.scope(*args, **kwargs)
         identity = Identity(self.namespace, str(scope), _key_text(raw_key))

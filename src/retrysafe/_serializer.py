@@ -46,6 +46,8 @@ __all__ = ["JSONSerializer", "Outcomes", "Serializer", "canonical_bytes"]
 TAG = "$rs"
 
 _JSONScalar = (str, int, float, bool, type(None))
+_SCALARS = frozenset(_JSONScalar)  # exact types that are their own encoding
+_STR = frozenset((str,))
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _canonical_encoder = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), check_circular=False, sort_keys=True
@@ -74,7 +76,7 @@ class JSONSerializer:
 
     def dumps(self, value: object) -> bytes:
         """Return `value` as UTF-8 JSON; raise `TypeError` for an unsupported type."""
-        return _encoder.encode(_encode(value, canonical=False)).encode("utf-8", "surrogatepass")
+        return _encoder.encode(_encode(value, False)).encode("utf-8", "surrogatepass")
 
     def loads(self, data: bytes) -> object:
         """Return the value that `dumps` turned into `data`."""
@@ -87,9 +89,7 @@ def canonical_bytes(value: object) -> bytes:
     Equal values give equal bytes whatever their dict or set order; raises `TypeError` for an
     unsupported type, like `JSONSerializer.dumps`.
     """
-    return _canonical_encoder.encode(_encode(value, canonical=True)).encode(
-        "utf-8", "surrogatepass"
-    )
+    return _canonical_encoder.encode(_encode(value, True)).encode("utf-8", "surrogatepass")
 
 
 def _tagged(tag: str, value: object) -> dict[str, object]:
@@ -107,21 +107,21 @@ def _sorted_if(items: list[Any], canonical: bool) -> list[Any]:
     return items
 
 
-def _encode(value: object, *, canonical: bool) -> object:  # noqa: PLR0911, PLR0912 - one case per type
+def _encode(value: object, canonical: bool) -> object:  # noqa: PLR0911, PLR0912 - one case per type
     """Return `value` as a tree of JSON-native values, tagging the others."""
     kind = type(value)
-    if kind in _JSONScalar:
+    if kind in _SCALARS:
         return value
     if kind is list:
-        return [_encode(item, canonical=canonical) for item in value]  # type: ignore[attr-defined]
+        return _encode_items(value, canonical)  # type: ignore[arg-type]
     if kind is dict:
-        return _encode_dict(value, canonical=canonical)  # type: ignore[arg-type]
+        return _encode_dict(value, canonical)  # type: ignore[arg-type]
     if kind is tuple:
-        return _tagged("tuple", [_encode(item, canonical=canonical) for item in value])  # type: ignore[attr-defined]
+        return _tagged("tuple", _encode_items(value, canonical))  # type: ignore[arg-type]
     if isinstance(value, enum.Enum):
-        return _tagged("enum", [_type_name(kind), _encode(value.value, canonical=canonical)])
+        return _tagged("enum", [_type_name(kind), _encode(value.value, canonical)])
     if kind is set or kind is frozenset:
-        items = [_encode(item, canonical=canonical) for item in value]  # type: ignore[attr-defined]
+        items = _encode_items(value, canonical)  # type: ignore[arg-type]
         return _tagged(kind.__name__, _sorted_if(items, canonical))
     if kind is bytes or kind is bytearray:
         return _tagged(kind.__name__, base64.b64encode(value).decode("ascii"))  # type: ignore[arg-type]
@@ -133,7 +133,7 @@ def _encode(value: object, *, canonical: bool) -> object:  # noqa: PLR0911, PLR0
         return _tagged(kind.__name__.lower(), str(value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return _tagged("dataclass", [_type_name(kind), _encode_dict(fields, canonical=canonical)])
+        return _tagged("dataclass", [_type_name(kind), _encode_dict(fields, canonical)])
     pydantic = sys.modules.get("pydantic")  # a pydantic model exists only if pydantic is loaded
     if pydantic is not None and isinstance(value, pydantic.BaseModel):
         return _tagged("pydantic", [_type_name(kind), value.model_dump_json()])
@@ -142,11 +142,9 @@ def _encode(value: object, *, canonical: bool) -> object:  # noqa: PLR0911, PLR0
         if isinstance(value, base):
             return base(value)
     if isinstance(value, list | tuple):
-        return _encode(
-            list(value) if isinstance(value, list) else tuple(value), canonical=canonical
-        )
+        return _encode(list(value) if isinstance(value, list) else tuple(value), canonical)
     if isinstance(value, dict):
-        return _encode_dict(dict(value), canonical=canonical)
+        return _encode_dict(dict(value), canonical)
     raise TypeError(
         f"A {_type_name(kind)} cannot be serialized by retrysafe's JSON serializer; return "
         "JSON values, dataclasses, pydantic models or the types listed in docs/functions.md, "
@@ -154,12 +152,15 @@ def _encode(value: object, *, canonical: bool) -> object:  # noqa: PLR0911, PLR0
     )
 
 
-def _encode_dict(value: dict[Any, Any], *, canonical: bool) -> object:
-    if all(type(k) is str for k in value) and TAG not in value:
-        return {k: _encode(v, canonical=canonical) for k, v in value.items()}
-    pairs = [
-        [_encode(k, canonical=canonical), _encode(v, canonical=canonical)] for k, v in value.items()
-    ]
+def _encode_items(items: list[Any] | tuple[Any, ...] | set[Any], canonical: bool) -> list[Any]:
+    # Scalars (most items) are tested inline: a call per item is what the encoding costs.
+    return [item if type(item) in _SCALARS else _encode(item, canonical) for item in items]
+
+
+def _encode_dict(value: dict[Any, Any], canonical: bool) -> object:
+    if _STR.issuperset(map(type, value)) and TAG not in value:
+        return {k: v if type(v) in _SCALARS else _encode(v, canonical) for k, v in value.items()}
+    pairs = [[_encode(k, canonical), _encode(v, canonical)] for k, v in value.items()]
     return _tagged("dict", _sorted_if(pairs, canonical))
 
 
@@ -264,7 +265,7 @@ class Outcomes:
         """Return the outcome to store for a final exception: class, arguments and message."""
         args: object
         try:
-            args = _encode(error.args, canonical=False)
+            args = _encode(error.args, False)
         except (TypeError, ValueError, RecursionError):
             args = None  # replayed with the message as its only argument
         payload = {"type": _type_name(type(error)), "args": args, "message": str(error)}

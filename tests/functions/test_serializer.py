@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import pickle
 
 import pytest
 
 from retrysafe import OutcomeError, Store, open_store
 from retrysafe._decorator import idempotent
+from retrysafe._fingerprint import digest
 from retrysafe._serializer import JSONSerializer, Serializer, canonical_bytes
 from tests.functions.values import RICH, Box, Payment, Receipt
 
@@ -52,6 +54,24 @@ def test_b12_canonical_bytes_ignore_dict_and_set_order() -> None:
     assert canonical_bytes({"a": 1, "b": {2, 1}}) == canonical_bytes({"b": {1, 2}, "a": 1})
     assert canonical_bytes({1: "x", 2: "y"}) == canonical_bytes({2: "y", 1: "x"})
     assert canonical_bytes([1, 2]) != canonical_bytes((1, 2))
+
+
+def test_b12_canonical_bytes_are_pinned_across_versions() -> None:
+    """The fingerprint encoding never changes: a retry across an upgrade still matches."""
+    value = {
+        "order": {"id": "o-1", "amount": 5, "tags": ("a", "b"), "when": dt.date(2024, 5, 1)},
+        "note": None,
+        "ids": {3, 1, 2},
+        "by": {1: "x"},
+    }
+    assert canonical_bytes(value) == (
+        b'{"by":{"$rs":"dict","v":[[1,"x"]]},"ids":{"$rs":"set","v":[1,2,3]},"note":null,'
+        b'"order":{"amount":5,"id":"o-1","tags":{"$rs":"tuple","v":["a","b"]},'
+        b'"when":{"$rs":"date","v":"2024-05-01"}}}'
+    )
+    assert digest((canonical_bytes(value),)) == (
+        "4aaac1a46b6406b6796585c2616231e58024d57be7340140251557ef2401db15"
+    )
 
 
 def test_b27_unserializable_result_is_stored_and_not_run_again(store: Store) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from retrysafe import (
     ConfigurationError,
+    Identity,
     InvalidKeyError,
     KeyMismatchError,
     OutcomeError,
@@ -102,6 +103,37 @@ def test_b26_key_from_a_callable_and_default_arguments(memory: Store) -> None:
     with pytest.raises(KeyMismatchError):
         charge({"id": "o-1"}, 2)
     assert runs == [1]
+
+
+def test_b26_every_form_of_a_call_is_the_same_call(memory: Store) -> None:
+    """By position, by keyword, or leaving a default out: one call, one run, one fingerprint;
+    a call that does not fit the signature raises TypeError and claims nothing."""
+    runs: list[int] = []
+
+    @idempotent(memory, key="order_id")
+    def charge(order_id: str, amount: int = 1, /, *, note: str = "") -> int:
+        runs.append(amount)
+        return amount
+
+    @idempotent(memory, key="order_id")
+    def refund(order_id: str, amount: int = 1) -> int:
+        runs.append(-amount)
+        return -amount
+
+    assert charge("o-1", 1) == 1
+    assert charge("o-1") == 1
+    assert charge("o-1", 1, note="") == 1
+    assert refund("o-2", 1) == -1  # every argument by position: bound without `bind`
+    assert refund("o-2") == -1
+    assert refund(order_id="o-2", amount=1) == -1
+    assert refund("o-2", amount=1) == -1
+    with pytest.raises(KeyMismatchError):
+        refund("o-2", 2)
+    with pytest.raises(TypeError):
+        refund("o-3", 1, 2)  # type: ignore[call-arg]
+    assert runs == [1, -1]
+    assert memory.stats().in_flight == 0
+    assert memory.get(Identity(f"{__name__}.{refund.__qualname__}", "", "o-3")) is None
 
 
 def test_b26_int_and_uuid_keys_but_not_none(memory: Store) -> None:

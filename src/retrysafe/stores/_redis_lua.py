@@ -225,7 +225,7 @@ class KeySpace:
         prefix: what every key starts with; `{` and `}` are refused, they would move the hash tag.
     """
 
-    __slots__ = ("_head", "match", "prefix")
+    __slots__ = ("_head", "_last", "match", "prefix")
 
     def __init__(self, prefix: str) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
@@ -239,13 +239,23 @@ class KeySpace:
                 f"A Redis store prefix must be text, not {prefix!r}."
             ) from None
         self.prefix = prefix
+        self._last: tuple[Identity | None, bytes] = (None, b"")
         escaped = "".join("\\" + c if c in "*?[]\\^" else c for c in prefix)
         self.match = f"{escaped}:{{*}}"
         """The SCAN pattern that finds every record key of this store."""
 
     def key(self, identity: Identity) -> bytes:
-        """Return the record's key: the hashed identity inside the hash tag (B34)."""
-        return self._head + identity.digest().encode("ascii") + b"}"
+        """Return the record's key: the hashed identity inside the hash tag (B34).
+
+        The last one is kept: a completion passes the very identity its claim did, and is
+        spared hashing it again. (One tuple, read and replaced whole: safe between threads.)
+        """
+        last = self._last
+        if last[0] is identity:
+            return last[1]
+        key = self._head + identity.digest().encode("ascii") + b"}"
+        self._last = (identity, key)
+        return key
 
     @staticmethod
     def channel(key: bytes) -> bytes:

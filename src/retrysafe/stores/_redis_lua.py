@@ -190,10 +190,12 @@ end
 return rec
 """
 
-# ARGV: channel. Deletes whatever the state and wakes waiters; returns 1 if a record existed.
+# ARGV: channel, deletes channel, record id. Deletes whatever the state, wakes waiters and
+# announces the delete to replay caches (`stores/_deletes.py`); returns 1 if a record existed.
 DELETE = """
 if redis.call('DEL', KEYS[1]) == 1 then
   redis.call('PUBLISH', ARGV[1], 'deleted')
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
 end
 return 0
@@ -225,7 +227,7 @@ class KeySpace:
         prefix: what every key starts with; `{` and `}` are refused, they would move the hash tag.
     """
 
-    __slots__ = ("_head", "_last", "match", "prefix")
+    __slots__ = ("_head", "_last", "deleted", "match", "prefix")
 
     def __init__(self, prefix: str) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
@@ -239,6 +241,8 @@ class KeySpace:
                 f"A Redis store prefix must be text, not {prefix!r}."
             ) from None
         self.prefix = prefix
+        self.deleted = f"{prefix}:deleted".encode()
+        """The channel on which deletes are announced to replay caches."""
         self._last: tuple[Identity | None, bytes] = (None, b"")
         escaped = "".join("\\" + c if c in "*?[]\\^" else c for c in prefix)
         self.match = f"{escaped}:{{*}}"

@@ -18,6 +18,7 @@ from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._async import redis_admin as admin
+from retrysafe.stores._deletes import RedisDeletes
 from retrysafe.stores._redis_executors import async_executor
 from retrysafe.stores.base import (
     RECORD_FIELDS,
@@ -81,6 +82,7 @@ class AsyncRedisStore:
         self._checkpoint = client.register_script(lua.CHECKPOINT)
         self._watch = client.register_script(lua.WATCH)
         self._delete = client.register_script(lua.DELETE)
+        self._deletes: RedisDeletes | None = None  # set by `from_url`, which has the URL
         self._purge = client.register_script(lua.PURGE)
 
     @classmethod
@@ -113,7 +115,17 @@ class AsyncRedisStore:
             raise ConfigurationError(f"Invalid Redis store URL {url!r}: {error}") from None
         prefix = cast(str, options.get("prefix", "retrysafe"))
         autopipeline = cast(bool, options.get("autopipeline", True))
-        return cls(client, prefix=prefix, clock=clock, owns_client=True, autopipeline=autopipeline)
+        store = cls(client, prefix=prefix, clock=clock, owns_client=True, autopipeline=autopipeline)
+        store._deletes = RedisDeletes(
+            urlunsplit(parts._replace(query="")), store._keys.deleted, timeout=connect_timeout
+        )
+        return store
+
+    def delete_announcements(self) -> RedisDeletes | None:
+        """Return what subscribes to this store's deletes (its `<prefix>:deleted` channel),
+        for a replay cache in front of it; None for a store built from a client, whose URL
+        it does not know."""
+        return self._deletes
 
     async def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
@@ -203,8 +215,12 @@ class AsyncRedisStore:
 
     async def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state; wake its waiters."""
-        key = self._keys.key(identity)
-        return bool(await self._run(self._delete, key, self._keys.channel(key)))
+        keys = self._keys
+        key = keys.key(identity)
+        deleted = await self._run(
+            self._delete, key, keys.channel(key), keys.deleted, identity.digest()
+        )
+        return bool(deleted)
 
     async def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention, SCANning in batches."""

@@ -21,6 +21,7 @@ from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._sync import redis_admin as admin
+from retrysafe.stores._deletes import RedisDeletes
 from retrysafe.stores._redis_executors import sync_executor
 from retrysafe.stores.base import (
     RECORD_FIELDS,
@@ -84,6 +85,7 @@ class RedisStore:
         self._checkpoint = client.register_script(lua.CHECKPOINT)
         self._watch = client.register_script(lua.WATCH)
         self._delete = client.register_script(lua.DELETE)
+        self._deletes: RedisDeletes | None = None  # set by `from_url`, which has the URL
         self._purge = client.register_script(lua.PURGE)
 
     @classmethod
@@ -116,7 +118,17 @@ class RedisStore:
             raise ConfigurationError(f"Invalid Redis store URL {url!r}: {error}") from None
         prefix = cast(str, options.get("prefix", "retrysafe"))
         autopipeline = cast(bool, options.get("autopipeline", True))
-        return cls(client, prefix=prefix, clock=clock, owns_client=True, autopipeline=autopipeline)
+        store = cls(client, prefix=prefix, clock=clock, owns_client=True, autopipeline=autopipeline)
+        store._deletes = RedisDeletes(
+            urlunsplit(parts._replace(query="")), store._keys.deleted, timeout=connect_timeout
+        )
+        return store
+
+    def delete_announcements(self) -> RedisDeletes | None:
+        """Return what subscribes to this store's deletes (its `<prefix>:deleted` channel),
+        for a replay cache in front of it; None for a store built from a client, whose URL
+        it does not know."""
+        return self._deletes
 
     def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
@@ -206,8 +218,12 @@ class RedisStore:
 
     def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state; wake its waiters."""
-        key = self._keys.key(identity)
-        return bool(self._run(self._delete, key, self._keys.channel(key)))
+        keys = self._keys
+        key = keys.key(identity)
+        deleted = self._run(
+            self._delete, key, keys.channel(key), keys.deleted, identity.digest()
+        )
+        return bool(deleted)
 
     def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention, SCANning in batches."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from retrysafe._values import quick_init
 
@@ -19,7 +20,7 @@ class State(enum.StrEnum):
 
 
 @quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Identity:
     """What a record is looked up by: (namespace, scope, key).
 
@@ -27,18 +28,35 @@ class Identity:
     the key is what the caller sent.
     """
 
+    # Slotted by hand rather than `slots=True`, for one slot that is no field: the digest,
+    # computed once (a request asks for it several times: its key, its row id, a cache's id).
+    __slots__ = ("_digest", "key", "namespace", "scope")
+    if TYPE_CHECKING:
+        _digest: ClassVar[str]  # to the type checker; at run time, the slot `digest` sets
+
     namespace: str
     scope: str
     key: str
 
+    def __reduce__(self) -> tuple[type[Identity], tuple[str, str, str]]:
+        # Pickled and copied by its fields: the default would set the slots one by one,
+        # which a frozen class refuses.
+        return (Identity, (self.namespace, self.scope, self.key))
+
     def digest(self) -> str:
         """Return a SHA-256 hex digest of the three parts, safe to use as a storage key (B34)."""
-        hasher = hashlib.sha256()
-        for part in (self.namespace, self.scope, self.key):
-            raw = part.encode("utf-8", "surrogatepass")
-            hasher.update(len(raw).to_bytes(8, "big"))
-            hasher.update(raw)
-        return hasher.hexdigest()
+        try:
+            return self._digest
+        except AttributeError:
+            pass
+        parts = (
+            part.encode("utf-8", "surrogatepass") for part in (self.namespace, self.scope, self.key)
+        )
+        digest = hashlib.sha256(
+            b"".join(len(raw).to_bytes(8, "big") + raw for raw in parts)
+        ).hexdigest()
+        object.__setattr__(self, "_digest", digest)
+        return digest
 
 
 @quick_init

@@ -55,3 +55,25 @@ def test_quick_init_refuses_a_class_it_cannot_speed_up_safely() -> None:
     for cls in (Mutable, Factory):
         with pytest.raises(TypeError):
             quick_init(cls)
+
+
+def test_b34_an_identity_digest_is_the_length_prefixed_sha256_and_kept() -> None:
+    """The digest, every store's record id, is SHA-256 over each part's length and UTF-8 bytes
+    (lone surrogates kept), the same as ever; it is computed once per identity."""
+    import hashlib
+
+    identity = Identity("orders", "c:\udcff", "k\x00")
+    hasher = hashlib.sha256()
+    for part in ("orders", "c:\udcff", "k\x00"):
+        raw = part.encode("utf-8", "surrogatepass")
+        hasher.update(len(raw).to_bytes(8, "big") + raw)
+    assert identity.digest() == hasher.hexdigest()
+    assert identity.digest() is identity.digest()
+    copied = pickle.loads(pickle.dumps(identity))  # noqa: S301 - our own bytes
+    assert copied == identity
+    assert copied.digest() == identity.digest()
+    assert dataclasses.asdict(identity) == {
+        "namespace": "orders",
+        "scope": "c:\udcff",
+        "key": "k\x00",
+    }

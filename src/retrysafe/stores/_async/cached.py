@@ -76,18 +76,19 @@ class AsyncReplayCache:
         self._lock = threading.Lock()
         self._epoch = 0  # moves at every delete heard: a read older than it is not kept
         self._live_in = -1  # the `FORKS.count` whose listener is subscribed; -1: none is
-        self._listener: DeleteListener | None = None
-        if deletes == "store":
-            announcements = getattr(store, "delete_announcements", None)
-            deletes = announcements() if announcements is not None else None
-        if deletes is not None and deletes != "store":
-            self._listener = DeleteListener(deletes, self, name="retrysafe-replay-deletes")
-            self._listener.ensure_running()
         self.hits = 0
         """Claims answered from memory."""
         self.subscriptions = 0
         """How many times the cache has subscribed to the store's deletes; each time it was
         emptied, since deletes may have been missed before."""
+        self._listener: DeleteListener | None = None
+        if deletes == "store":
+            announcements = getattr(store, "delete_announcements", None)
+            deletes = announcements() if announcements is not None else None
+        if deletes is not None and deletes != "store":
+            # Last: the listener's thread calls back into the cache at once.
+            self._listener = DeleteListener(deletes, self, name="retrysafe-replay-deletes")
+            self._listener.ensure_running()
 
     @property
     def listening(self) -> bool:

@@ -148,7 +148,8 @@ def test_aclose_closes_every_connection_of_the_async_store(db_path: Path) -> Non
         gc.collect()
     assert len(opened) >= 3
     assert all(is_closed(connection) for connection in opened)
-    assert not wal_exists(db_path)
+    # Not `wal_exists`: the writer thread and this one close their connections at the same
+    # time, and SQLite removes the WAL only if a closing connection sees itself the last one.
     assert resource_warnings(caught) == []
 
 

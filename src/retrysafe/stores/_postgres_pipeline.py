@@ -1,12 +1,13 @@
-"""Auto-pipelining for the async PostgreSQL store: concurrent calls' statements in one batch.
+"""Auto-pipelining for the async PostgreSQL store: concurrent calls' statements in batches.
 
 The record statements that concurrent calls issue (the claims and completions of concurrent
-requests) are queued with a future each. The first one queued while the batcher is idle starts
-the sender task, whose first step runs on the event loop's next turn, after every task ready in
-this turn has queued its statement. The sender writes the whole queue at once on the batcher's
-own connection in libpq's pipeline mode, reads the results in order, and resolves each future
-with its own row or error. While a batch is in flight the next one fills; alone, a statement
-costs about what it costs on a pooled connection.
+requests) are queued with a future each. The first one queued while a connection is idle starts
+a sender task on it, whose first step runs on the event loop's next turn, after every task ready
+in this turn has queued its statement. The sender writes the whole queue at once on its own
+connection in libpq's pipeline mode, reads the results in order, and resolves each future with
+its own row or error. Each of the batcher's connections (`connections`, one by default) has at
+most one batch in flight: the next batch goes to an idle one, or, while every one is busy,
+collects until one frees. Alone, a statement costs about what it costs on a pooled connection.
 
 - **One commit per batch.** In the extended protocol the statements between two Sync messages
   are one implicit transaction, and the batch ends with one Sync: PostgreSQL flushes its WAL
@@ -14,17 +15,24 @@ costs about what it costs on a pooled connection.
   another, so a Sync after each would make their commits wait for each other's flushes). No
   caller learns its row before that commit: a claim is never reported acquired and then rolled
   back. A batch whose transaction failed (one statement's error aborts the others; a deadlock
-  with another process's batch) applied nothing, so each of its statements runs again on its
-  own, each with its own Sync (its own commit), and each caller gets what its statement alone
-  gives; nothing is ever applied twice.
-- **A lost connection** fails every caller whose batch had not committed, each with its own
-  `psycopg.OperationalError` (the store's `StoreUnavailableError`): a statement sent and not
-  answered may or may not have run, as without batching. The next batch opens a new connection.
+  with another transaction) applied nothing, so each of its statements runs again on its own,
+  each with its own Sync (its own commit), and each caller gets what its statement alone gives;
+  nothing is ever applied twice.
+- **Lock order.** Every statement locks at most the one record it names. A batch is sent in the
+  order of its records' ids (stably: two statements on one record keep their order), so two
+  batches, on two connections of this batcher or of two processes, take their row locks in the
+  same order and never deadlock with each other: one waits for the other's commit. A deadlock
+  that takes another transaction too (one of transactional mode holding records, say) is
+  undone by the run one by one.
+- **A lost connection** fails every caller whose batch had not committed on it, each with its
+  own `psycopg.OperationalError` (the store's `StoreUnavailableError`): a statement sent and not
+  answered may or may not have run, as without batching. The next batch on that connection's
+  place opens a new one; the other connections' batches are not disturbed.
 - **Cancellation.** A caller cancelled before its batch is written is left out of it; after,
-  its statement runs and its row is dropped. Callers never cancel the sender, so a batch is
-  always read to its end or its connection closed: the next batch never reads another's results.
-- **Prepared statements.** Each statement is prepared on the connection the first time it is
-  sent with a given set of parameter types, then executed by name.
+  its statement runs and its row is dropped. Callers never cancel a sender, so a batch is always
+  read to its end or its connection closed: the next batch never reads another's results.
+- **Prepared statements.** Each statement is prepared on a connection the first time it is sent
+  there with a given set of parameter types, then executed by name.
 
 A batcher belongs to one event loop at a time; met on another loop, it starts afresh there.
 """
@@ -40,7 +48,29 @@ from psycopg.rows import TupleRow
 
 from retrysafe.stores._postgres_link import Call, Link
 
-__all__ = ["AsyncStatementPipeline"]
+__all__ = ["DEFAULT_CONNECTIONS", "AsyncStatementPipeline"]
+
+DEFAULT_CONNECTIONS = 1
+"""Connections (batches in flight) of a batcher: more did not pay when measured with 16
+concurrent callers (smaller batches, more commits, more CPU; docs/benchmarks.md, issue 15)."""
+
+
+class _Lane:
+    """One connection of the batcher and its sender: at most one batch in flight on it."""
+
+    __slots__ = ("busy", "link", "sender")
+
+    def __init__(self) -> None:
+        self.link: Link | None = None
+        self.busy = False
+        """Whether a sender task runs on it: it sends what is queued before it ends."""
+        self.sender: asyncio.Task[None] | None = None
+
+    def drop(self) -> None:
+        """Forget the connection, closing it without a word to the server."""
+        link, self.link = self.link, None
+        if link is not None:
+            link.pgconn.finish()
 
 
 class AsyncStatementPipeline:
@@ -49,31 +79,33 @@ class AsyncStatementPipeline:
     Args:
         conninfo: the libpq connection string of the store.
         connect_timeout: seconds (whole) for a new connection.
+        connections: how many connections, each with one batch in flight at most.
     """
 
     __slots__ = (
-        "_busy",
         "_connect_timeout",
         "_conninfo",
-        "_link",
+        "_lanes",
         "_loop",
         "_queue",
-        "_sender",
+        "_starting",
         "batches",
         "commit_each",
         "reruns",
         "statements",
     )
 
-    def __init__(self, conninfo: str, *, connect_timeout: int) -> None:
+    def __init__(
+        self, conninfo: str, *, connect_timeout: int, connections: int = DEFAULT_CONNECTIONS
+    ) -> None:
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
-        self._link: Link | None = None
+        self._lanes: list[_Lane] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[Call] = []
-        self._busy = False
-        """Whether a sender task is running: it sends whatever is queued before it ends."""
-        self._sender: asyncio.Task[None] | None = None
+        self._starting = False
+        """Whether a sender has been started and has not taken the queue yet."""
+        self.connections = connections
         self.commit_each = False
         """A Sync (a commit) after each statement instead of one per batch: for measurements."""
         self.batches = 0
@@ -82,6 +114,23 @@ class AsyncStatementPipeline:
         """Statements sent in those batches (once each, however often they ran)."""
         self.reruns = 0
         """Batches whose transaction failed, so that their statements ran again one by one."""
+
+    @property
+    def connections(self) -> int:
+        """How many connections the batcher uses: batches in flight at most."""
+        return len(self._lanes)
+
+    @connections.setter
+    def connections(self, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"A batcher needs at least one connection, not {count}.")
+        lanes = self._lanes
+        if any(lane.busy for lane in lanes[count:]):
+            raise RuntimeError("A connection with a batch in flight cannot be removed.")
+        for lane in lanes[count:]:
+            lane.drop()
+        del lanes[count:]
+        lanes.extend(_Lane() for _ in range(count - len(lanes)))
 
     async def run_row(self, query: bytes, params: dict[str, Any]) -> TupleRow | None:
         """Run one statement in the next batch; return its first row, or None."""
@@ -94,53 +143,61 @@ class AsyncStatementPipeline:
             self._start_on(loop)
         future: asyncio.Future[TupleRow | None] = loop.create_future()
         self._queue.append(Call(query, params, future))
-        if not self._busy:
-            self._busy = True
-            # The sender works for every caller of its batches, so it runs in a context of its
-            # own: no caller's context variables (a trace, a deadline) leak into it.
-            self._sender = loop.create_task(self._send_queued(), context=contextvars.Context())
+        if not self._starting:
+            for lane in self._lanes:
+                if not lane.busy:
+                    lane.busy = self._starting = True
+                    # The sender works for every caller of its batches, so it runs in a context
+                    # of its own: no caller's context variables (a trace, a deadline) leak in.
+                    lane.sender = loop.create_task(
+                        self._send_queued(lane), context=contextvars.Context()
+                    )
+                    break
         return future
 
     async def aclose(self) -> None:
-        """Let the batches queued or in flight finish, then close the batcher's connection."""
+        """Let the batches queued or in flight finish, then close the batcher's connections."""
         if self._loop is asyncio.get_running_loop():
-            while self._busy and self._sender is not None:
-                await asyncio.wait((self._sender,))  # never cancels the sender, unlike `await`
-        link, self._link = self._link, None
-        if link is not None:
-            await link.aclose()
+            for lane in self._lanes:
+                while lane.busy and lane.sender is not None:
+                    await asyncio.wait((lane.sender,))  # never cancels the sender, unlike await
+        for lane in self._lanes:
+            link, lane.link = lane.link, None
+            if link is not None:
+                await link.aclose()
 
     def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start afresh on `loop`: a connection and its queue belong to one event loop."""
-        link = self._link
-        if link is not None:
-            link.pgconn.finish()  # made on another loop, whose waits cannot be used here
+        """Start afresh on `loop`: connections and the queue belong to one event loop."""
+        for lane in self._lanes:
+            lane.drop()  # made on another loop, whose waits cannot be used here
+            lane.busy = False
+            lane.sender = None
         self._loop = loop
-        self._link = None
         self._queue = []
-        self._busy = False
-        self._sender = None
+        self._starting = False
 
-    async def _send_queued(self) -> None:
-        """Send the queue in batches, one in flight at a time, until it is empty."""
+    async def _send_queued(self, lane: _Lane) -> None:
+        """Send the queue in batches on `lane`, one in flight at a time, until it is empty."""
+        self._starting = False  # this turn's statements are queued: the next ones start anew
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                await self._send(batch)
+                await self._send(lane, batch)
         except BaseException as error:
-            # Only the event loop's shutdown cancels the sender (`_send` has failed its batch):
+            # Only the event loop's shutdown cancels a sender (`_send` has failed its batch):
             # the callers still queued learn that their statements were never sent.
             queued, self._queue = self._queue, []
             _fail(queued, error)
             raise
         finally:
-            self._busy = False
+            lane.busy = False
 
-    async def _send(self, batch: list[Call]) -> None:
+    async def _send(self, lane: _Lane, batch: list[Call]) -> None:
         """Run `batch` in one transaction (or, failing, statement by statement); settle it."""
+        batch.sort(key=_record_id)  # the lock order of every batch (see the module's doc)
         link: Link | None = None
         try:
-            link = await self._ready_link()
+            link = await self._ready_link(lane)
             slots = link.write(batch, each=self.commit_each)
             if not slots:
                 return  # every caller was cancelled
@@ -160,24 +217,28 @@ class AsyncStatementPipeline:
             # The results not read yet are lost with the connection: close it, so no later
             # batch reads them, and fail every caller whose transaction had not committed.
             _fail(batch, error)
-            self._link = None
-            if link is not None:
-                link.pgconn.finish()
+            if link is not None and lane.link is link:
+                lane.drop()
             if not isinstance(error, Exception):
                 raise  # cancelled (the loop is shutting down) or interrupted
 
-    async def _ready_link(self) -> Link:
-        """Return the batcher's connection, open and in pipeline mode."""
-        link = self._link
+    async def _ready_link(self, lane: _Lane) -> Link:
+        """Return `lane`'s connection, open and in pipeline mode."""
+        link = lane.link
         if link is not None and not link.healthy():
-            link.pgconn.finish()
+            lane.drop()
             link = None
         if link is None:
             conn = await psycopg.AsyncConnection.connect(
                 self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
             )
-            link = self._link = Link(conn)
+            link = lane.link = Link(conn)
         return link
+
+
+def _record_id(call: Call) -> str:
+    """The id of the record a call's statement locks, if any: the batch's sort key."""
+    return str(call.params.get("id", ""))
 
 
 def _fail(calls: list[Call], error: BaseException) -> None:

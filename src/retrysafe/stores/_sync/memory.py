@@ -125,9 +125,10 @@ class MemoryStore:
             no limit.
     """
 
-    suspends: Final = False
+    suspends: bool = False
     """Whether a primitive may wait (for I/O, a thread): never, so a caller's cancellation
-    cannot interrupt one, and the flow needs no shield around them."""
+    cannot interrupt one, and the flow needs no shield around them. A subclass whose
+    primitives something must set it to True."""
 
     def __init__(
         self,

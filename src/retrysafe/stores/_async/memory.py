@@ -68,17 +68,10 @@ def _freeze(record: Record) -> _Row:
 
 def _thaw(key: _Key, row: _Row) -> Record:
     fingerprint, state, token, created_at, lease_expires_at, expires_at, outcome, point = row
-    return Record(
-        identity=Identity(*key),
-        fingerprint=fingerprint,
-        state=State(state),
-        token=token,
-        created_at=created_at,
-        lease_expires_at=lease_expires_at,
-        expires_at=expires_at,
-        outcome=outcome,
-        recovery_point=point,
-    )
+    return Record(  # positional, in `RECORD_FIELDS` order, as the row is
+        Identity(*key), fingerprint, State(state), token, created_at, lease_expires_at, expires_at,
+        outcome, point,
+    )  # fmt: skip
 
 
 def _size(key: _Key, row: _Row) -> int:

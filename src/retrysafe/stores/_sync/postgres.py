@@ -331,8 +331,34 @@ class PostgresStore:
         return conn
 
 
-class _Lent:
-    """A pooled connection lent for one primitive; psycopg errors become store errors.
+class _Lending:
+    """What a primitive borrows its statement's target from: psycopg errors become store
+    errors, on the way in and out, and the target is given back."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._give_back()
+        except psycopg.Error as error:
+            raise store_error(error) from error
+        if isinstance(exc, psycopg.Error):
+            raise store_error(exc) from exc
+
+    def _give_back(self) -> None:
+        """Nothing to give back."""
+
+
+class _Lent(_Lending):
+    """A pooled connection lent for one primitive.
 
     A class, and the pool's `getconn`/`putconn`, rather than generator context managers and the
     pool's `connection()`: those cost about a seventh of the client CPU of a claim and its
@@ -341,10 +367,7 @@ class _Lent:
     mid-transaction or mid-statement.
     """
 
-    __slots__ = ("_conn", "_store")
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
+    __slots__ = ("_conn",)
 
     def __enter__(self) -> RecordsConnection:
         try:
@@ -354,27 +377,17 @@ class _Lent:
             raise store_error(error) from error
         return self._conn
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        try:
-            self._store._pool.putconn(self._conn)
-        except psycopg.Error as error:
-            raise store_error(error) from error
-        if isinstance(exc, psycopg.Error):
-            raise store_error(exc) from exc
+    def _give_back(self) -> None:
+        self._store._pool.putconn(self._conn)
 
 
-class _Shared:
-    """The store's statement runner, lent for one primitive; psycopg errors become store errors."""
+class _Shared(_Lending):
+    """The store's statement runner, lent for one primitive."""
 
-    __slots__ = ("_runner", "_store")
+    __slots__ = ("_runner",)
 
     def __init__(self, store: PostgresStore, runner: StatementRunner) -> None:
-        self._store = store
+        super().__init__(store)
         self._runner = runner
 
     def __enter__(self) -> StatementRunner:
@@ -383,12 +396,3 @@ class _Shared:
         except psycopg.Error as error:
             raise store_error(error) from error
         return self._runner
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if isinstance(exc, psycopg.Error):
-            raise store_error(exc) from exc

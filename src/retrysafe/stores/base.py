@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol, TypedDict, Unpack, runtime_checkable
+from typing import Final, Protocol, TypeAlias, TypedDict, Unpack, runtime_checkable
 from urllib.parse import parse_qsl
 
 from retrysafe._clock import Clock
@@ -63,6 +63,23 @@ RECORD_FIELDS: Final = (
     "recovery_point",
 )
 """The fields of a record after its identity, in the order the stores keep them."""
+
+RecordValues: TypeAlias = tuple[str, str, str, float, float, float, bytes | None, str | None]
+"""A record's `RECORD_FIELDS` values, its state as a string (see `record_values`)."""
+
+
+def record_values(record: Record) -> RecordValues:
+    """Return `record`'s `RECORD_FIELDS` values, in order, its state as its string value."""
+    return (
+        record.fingerprint,
+        record.state.value,
+        record.token,
+        record.created_at,
+        record.lease_expires_at,
+        record.expires_at,
+        record.outcome,
+        record.recovery_point,
+    )
 
 
 @dataclass(frozen=True, slots=True)

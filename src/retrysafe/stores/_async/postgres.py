@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Unpack
 
 import psycopg
@@ -337,18 +336,13 @@ class _Lending:
     def __init__(self, store: AsyncPostgresStore) -> None:
         self._store = store
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         try:
             await self._give_back()
         except psycopg.Error as error:
             raise store_error(error) from error
-        if isinstance(exc, psycopg.Error):
-            raise store_error(exc) from exc
+        if isinstance(raised := exc_info[1], psycopg.Error):
+            raise store_error(raised) from raised
 
     async def _give_back(self) -> None:
         """Nothing to give back."""

@@ -22,7 +22,14 @@ from typing import Any, Final
 from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql import DEFAULT_TABLE, RECORD_COLUMNS, record_from_columns
-from retrysafe.stores.base import FENCED, Listing, StoreStats, decide_claim, encode_part
+from retrysafe.stores.base import (
+    FENCED,
+    Listing,
+    StoreStats,
+    decide_claim,
+    encode_part,
+    record_values,
+)
 
 __all__ = ["RecordTable"]
 
@@ -107,19 +114,15 @@ Params = dict[str, object]
 def record_to_row(record: Record) -> Row:
     """Return the column values of `record`, in `_COLUMNS` order."""
     identity = record.identity
+    fingerprint, *kept, point = record_values(record)  # text fields encoded, the rest as they are
     return (
         identity.digest(),
         encode_part(identity.namespace),
         encode_part(identity.scope),
         encode_part(identity.key),
-        encode_part(record.fingerprint),
-        record.state.value,
-        record.token,
-        record.created_at,
-        record.lease_expires_at,
-        record.expires_at,
-        record.outcome,
-        None if record.recovery_point is None else encode_part(record.recovery_point),
+        encode_part(fingerprint),
+        *kept,
+        None if point is None else encode_part(point),
     )
 
 

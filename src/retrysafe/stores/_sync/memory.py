@@ -25,9 +25,11 @@ from retrysafe.stores.base import (
     FENCED,
     Listing,
     ListingOptions,
+    RecordValues,
     StoreStats,
     decide_claim,
     query_options,
+    record_values,
     stats_of,
 )
 
@@ -43,8 +45,7 @@ _SLACK: Final = 1024  # stale entries on the expiry heap allowed beyond one per 
 # traversed at every full collection (pauses of 50-150 ms once tens of thousands are stored).
 # The primitives work on `Record`s; `_freeze` and `_thaw` convert at the dict's edge.
 _Key = tuple[str, str, str]  # namespace, scope, key
-_Row = tuple[str, str, str, float, float, float, bytes | None, str | None]
-# the values of `RECORD_FIELDS` (stores/base.py), in that order
+_Row = RecordValues  # the values of `RECORD_FIELDS` (stores/base.py), in that order
 _STATE: Final = 1  # the fields read without thawing: a completion checks the holder,
 _TOKEN: Final = 2  # purges and counts scan every record's expiry
 _EXPIRES_AT: Final = 5
@@ -57,16 +58,7 @@ def _key(identity: Identity) -> _Key:
 
 
 def _freeze(record: Record) -> _Row:
-    return (
-        record.fingerprint,
-        record.state.value,
-        record.token,
-        record.created_at,
-        record.lease_expires_at,
-        record.expires_at,
-        record.outcome,
-        record.recovery_point,
-    )
+    return record_values(record)
 
 
 def _thaw(key: _Key, row: _Row) -> Record:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Unpack
 
 import psycopg
@@ -340,18 +339,13 @@ class _Lending:
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         try:
             self._give_back()
         except psycopg.Error as error:
             raise store_error(error) from error
-        if isinstance(exc, psycopg.Error):
-            raise store_error(exc) from exc
+        if isinstance(raised := exc_info[1], psycopg.Error):
+            raise store_error(raised) from raised
 
     def _give_back(self) -> None:
         """Nothing to give back."""

@@ -106,6 +106,20 @@ class KeptConnections(Commands):
             self._execute((b"SCRIPT", b"LOAD", script.script))
             return self._execute((b"EVALSHA", script.sha, 1, key, *args))
 
+    def set_new(self, key: bytes, value: bytes, ttl_ms: int) -> bytes | None:
+        """SET `key` to `value` unless it exists; return what was there (None: it is set)."""
+        found: bytes | None
+        if ttl_ms:
+            found = self._execute((b"SET", key, value, b"NX", b"PX", ttl_ms, b"GET"))
+        else:
+            found = self._execute((b"SET", key, value, b"NX", b"GET"))
+        return found
+
+    def get(self, key: bytes) -> bytes | None:
+        """Return the string at `key`, None if absent (a key of another type raises WRONGTYPE)."""
+        value: bytes | None = self._execute((b"GET", key))
+        return value
+
     def hmget(self, key: bytes, fields: Sequence[str]) -> list[bytes | None]:
         """Return the values of `fields` in the hash at `key`, None for each one absent."""
         values: list[bytes | None] = self._execute((b"HMGET", key, *fields))

@@ -1,25 +1,18 @@
-"""What both faces of the Redis store share: the Lua scripts, key names and record decoding.
+"""What both faces of the Redis store share: the Lua scripts, key names and error mapping.
 
-A record is one hash at `{prefix}:{<identity digest>}`. The digest between braces is the Redis
-Cluster hash tag, and every script below touches that one key, so the store works on a cluster.
-Each multi-step primitive is one script (one round trip, atomic in Redis, B7). Time is the
-caller's clock, passed as `now`; retention is enforced by comparing `expires_at` with it, and a
-physical PEXPIRE a little after `expires_at` lets Redis reclaim the memory by itself.
-
-Times are stored as Python's `repr` of the float, or `%.17g` when Lua computes them, so every
-value reads back as exactly the float that the memory store would hold.
-
-What a script costs is mostly the calls it makes into Redis (each `redis.call` is a command run
-on the server's side), so each script makes as few as its job needs: a fresh claim reads, writes
-and sets the expiry; a completion reads the fields the check and the caller need, writes and
-sets the expiry. The caller computes the physical expiry (`physical_ttl`), and a waiter marks
-the record `watched`, so a completion publishes only when someone listens.
+A record lives at `{prefix}:{<identity digest>}`, as one string (`_redis_layout`; a hash written
+by an earlier release is still served). The digest between braces is the Redis Cluster hash
+tag, and every script touches that one key, so the store works on a cluster. A fresh claim and a
+replay are one `SET ... NX GET`; every other multi-step primitive is one script (one round trip,
+atomic in Redis, B7). Time is the caller's clock, passed as `now`; retention is enforced by
+comparing `expires_at` with it, and a physical expiry a little after `expires_at` (computed by
+the caller, `physical_ttl`) lets Redis reclaim the memory by itself. A waiter marks the record,
+so a completion publishes only when someone listens.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,8 +20,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
-from retrysafe._record import Identity, Record, State
-from retrysafe.stores.base import FENCED, RECORD_FIELDS, decode_part
+from retrysafe._record import Identity
+from retrysafe.stores import _redis_layout as layout
+from retrysafe.stores.base import FENCED, RECORD_FIELDS
 
 __all__ = [
     "CHECKPOINT",
@@ -43,8 +37,6 @@ __all__ = [
     "KeySpace",
     "fenced_message",
     "physical_ttl",
-    "record_from_fields",
-    "record_from_values",
     "translate_errors",
 ]
 
@@ -59,62 +51,101 @@ _HMGET_RECORD = "redis.call('HMGET', KEYS[1], " + ", ".join(f"'{f}'" for f in RE
 # Set the physical expiry of KEYS[1]: `ms` milliseconds (a string), or none at all for '0'.
 _EXPIRE = """
 local function expire(ms)
-  if ms == '0' then
-    redis.call('PERSIST', KEYS[1])
-  else
-    redis.call('PEXPIRE', KEYS[1], ms)
-  end
+  if ms == '0' then redis.call('PERSIST', KEYS[1])
+  else redis.call('PEXPIRE', KEYS[1], ms) end
 end
 """
 
-# ARGV: now, fingerprint, token, lease_expires_at, expires_at, namespace, scope, key, ttl_ms.
-# Returns {1} when the caller now holds a fresh record, {1, created_at, recovery_point} when it
-# took one over, and {0, <RECORD_FIELDS>} when the record is someone else's. The condition is
-# `retrysafe._engine.may_take`: absent or past retention, or in flight under an expired lease
-# with the same fingerprint. A takeover continues the same operation (B30): the identity,
-# fingerprint, creation time, recovery point and `watched` stay, an in-flight record has no
-# outcome, so only the token and the deadlines change.
-CLAIM = f"""
+# Write KEYS[1] whole as `value`, expiring in `ms` milliseconds (a string), or never for '0'.
+_SET = """
+local function set_record(value, ms)
+  if ms == '0' then redis.call('SET', KEYS[1], value)
+  else redis.call('SET', KEYS[1], value, 'PX', ms) end
+end
+"""
+
+# Each script GETs the key first. A layout-1 hash answers WRONGTYPE (a table from `redis.pcall`):
+# the script then runs `hash_layout`, the script of the release that wrote hashes, unchanged.
+_GET = "local v = redis.pcall('GET', KEYS[1])\n"
+
+# The claim that the store's `SET ... NX GET` could not settle: the key holds a record past its
+# retention, or in flight under an expired lease, or a layout-1 hash. ARGV: now, fingerprint,
+# token, lease_expires_at, expires_at, ttl_ms, record (the fresh layout-2 value).
+# Returns {1} when the caller now holds a fresh record; {3, <old value>} when it took a layout-2
+# record over, {4, created_at, recovery_point} a hash; {0, <value>} and {2, <RECORD_FIELDS>}
+# when the record is someone else's (or a malformed value, which the caller refuses). The
+# condition is `retrysafe._engine.may_take`. A takeover continues the same operation (B30): the
+# identity, fingerprint, creation time, recovery point and watch mark stay, an in-flight record
+# has no outcome, so only the token and the deadlines change. Whatever is replaced whole (past
+# retention, a malformed hash) is written anew in layout 2.
+CLAIM = (
+    layout.HEAD
+    + _SET
+    + _GET
+    + f"""
 local now = tonumber(ARGV[1])
-local rec = {_HMGET_RECORD}
-if rec[6] then
-  if tonumber(rec[6]) > now then
+if type(v) == 'table' then
+  local rec = {_HMGET_RECORD}
+  if rec[6] and tonumber(rec[6]) > now then
     if rec[2] ~= 'in_flight' or tonumber(rec[5]) > now or rec[1] ~= ARGV[2] then
-      return {{0, rec}}
+      return {{2, rec}}
     end
     redis.call('HSET', KEYS[1], 'token', ARGV[3], 'lease_expires_at', ARGV[4],
       'expires_at', ARGV[5])
-    if ARGV[9] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
-    return {{1, rec[4], rec[8]}}
+    if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+    return {{4, rec[4], rec[8]}}
   end
-  redis.call('DEL', KEYS[1])
-elseif rec[1] or rec[2] or rec[3] or rec[4] or rec[5] or rec[7] or rec[8] then
-  redis.call('DEL', KEYS[1])  -- a malformed hash: replaced whole, never merged into
+  redis.call('DEL', KEYS[1])  -- past retention, or malformed: replaced whole, never merged into
+elseif v then
+  if not is_record(v) then return {{0, v}} end
+  if struct.unpack('<d', v, 52) > now then
+    local fl = struct.unpack('<I4', v, 60)
+    if string.sub(v, 2, 2) ~= 'i' or struct.unpack('<d', v, 44) > now
+        or string.sub(v, {layout.SIZE + 1}, {layout.SIZE} + fl) ~= ARGV[2] then
+      return {{0, v}}
+    end
+    local n = ARGV[7]
+    set_record(string.sub(v, 1, 3) .. string.sub(n, 4, 35) .. string.sub(v, 36, 43)
+      .. string.sub(n, 44, 59) .. string.sub(v, 60), ARGV[6])
+    return {{3, v}}
+  end
 end
-redis.call('HSET', KEYS[1], 'namespace', ARGV[6], 'scope', ARGV[7], 'key', ARGV[8],
-  'fingerprint', ARGV[2], 'state', 'in_flight', 'token', ARGV[3], 'created_at', ARGV[1],
-  'lease_expires_at', ARGV[4], 'expires_at', ARGV[5])
-if ARGV[9] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
+set_record(ARGV[7], ARGV[6])
 return {{1}}
 """
+)
 
-# The check shared by complete, release, renew and checkpoint: the record is live, in flight,
-# and held by ARGV[2] (the caller's token). `rec` is HMGET token, state, expires_at, ...
+# The layout-1 check shared by complete, release, renew and checkpoint: the record is live, in
+# flight, and held by ARGV[2] (the caller's token). `rec` is HMGET token, state, expires_at, ...
 _HELD = """
 if rec[1] ~= ARGV[2] or rec[2] ~= 'in_flight' or tonumber(rec[3]) <= tonumber(ARGV[1]) then
   return {0}
 end
 """
 
-# COMPLETE, RENEW and CHECKPOINT return {0} when fenced, else {1, <HELD>}: the record's
-# fingerprint, created_at, lease_expires_at, expires_at and recovery_point as the script left
-# them (its identity, state, token and outcome are the caller's).
 
-# ARGV: now, token, outcome, expires_at, channel, ttl_ms.
-# Returns {1, <HELD>} or {0}; publishes on the channel if a waiter marked the record.
-COMPLETE = (
-    _EXPIRE
-    + """
+def _either(hash_body: str, string_body: str, *prelude: str) -> str:
+    """Return a script that runs `hash_body` on a layout-1 hash, `string_body` on anything else."""
+    return (
+        "".join(prelude)
+        + layout.HEAD
+        + "local function hash_layout()\n"
+        + hash_body
+        + "end\n"
+        + _GET
+        + "if type(v) == 'table' then return hash_layout() end\n"
+        + string_body
+    )
+
+
+# COMPLETE, RENEW and CHECKPOINT return {0} when fenced, else {1, <value>} for layout 2 (as
+# COMPLETE read it, as RENEW and CHECKPOINT left it), or {1, <HELD>} for layout 1: fingerprint,
+# created_at, lease_expires_at, expires_at and recovery_point as the script left them.
+
+# ARGV: now, token, outcome, expires_at, channel, ttl_ms, the deadlines packed (now, expires_at).
+# Publishes on the channel if a waiter marked the record.
+COMPLETE = _either(
+    """
 local rec = redis.call('HMGET', KEYS[1], 'token', 'state', 'expires_at',
   'fingerprint', 'created_at', 'recovery_point', 'watched')
 """
@@ -127,11 +158,22 @@ if rec[7] then
   redis.call('PUBLISH', ARGV[5], 'done')
 end
 return {1, rec[4], rec[5], ARGV[1], ARGV[4], rec[6]}
-"""
+""",
+    layout.HELD
+    + """
+set_record(string.sub(v, 1, 1) .. 'd' .. string.sub(v, 3, 43) .. ARGV[7] .. string.sub(v, 60)
+  .. ARGV[3], ARGV[6])
+if string.sub(v, 3, 3) == '1' then
+  redis.call('PUBLISH', ARGV[5], 'done')
+end
+return {1, v}
+""",
+    _EXPIRE,
+    _SET,
 )
 
 # ARGV: now, token, channel. Returns {0} when fenced, else {1}; publishes if a waiter marked it.
-RELEASE = (
+RELEASE = _either(
     """
 local rec = redis.call('HMGET', KEYS[1], 'token', 'state', 'expires_at', 'watched')
 """
@@ -142,14 +184,28 @@ if rec[4] then
   redis.call('PUBLISH', ARGV[3], 'released')
 end
 return {1}
-"""
+""",
+    layout.HELD
+    + """
+redis.call('DEL', KEYS[1])
+if string.sub(v, 3, 3) == '1' then
+  redis.call('PUBLISH', ARGV[3], 'released')
+end
+return {1}
+""",
 )
 
-# ARGV: now, token, lease_expires_at (now + lease). Returns {1, <HELD>} or {0}.
+# Sets `ms`, the physical expiry of a record ending at `expires_at` (Lua's `physical_ttl`).
+_PHYSICAL = f"""
+local ms = math.ceil((expires_at - now) * 1000) + {GRACE_MS}
+if ms < 1 then ms = 1 end
+if ms < {_PERSIST_FROM_MS:.0f} then ms = string.format('%d', ms) else ms = '0' end
+"""
+
+# ARGV: now, token, lease_expires_at (now + lease). Returns {1, ...} or {0}.
 # Retention moves by as much as the lease moved forward, as in the memory store.
-RENEW = (
-    _EXPIRE
-    + f"""
+RENEW = _either(
+    f"""
 local rec = redis.call('HMGET', KEYS[1], 'token', 'state', 'expires_at',
   'lease_expires_at', 'fingerprint', 'created_at', 'recovery_point')
 {_HELD}
@@ -157,15 +213,29 @@ local now = tonumber(ARGV[1])
 local expires_at = tonumber(rec[3]) + math.max(0, tonumber(ARGV[3]) - tonumber(rec[4]))
 local stored = string.format('%.17g', expires_at)
 redis.call('HSET', KEYS[1], 'lease_expires_at', ARGV[3], 'expires_at', stored)
-local ms = math.ceil((expires_at - now) * 1000) + {GRACE_MS}
-if ms < 1 then ms = 1 end
-if ms < {_PERSIST_FROM_MS:.0f} then expire(string.format('%d', ms)) else expire('0') end
+{_PHYSICAL}
+expire(ms)
 return {{1, rec[5], rec[6], ARGV[3], stored, rec[7]}}
+""",
+    layout.HELD
+    + """
+local now = tonumber(ARGV[1])
+local lease, expires_at = struct.unpack('<dd', v, 44)
+local new_lease = tonumber(ARGV[3])
+expires_at = expires_at + math.max(0, new_lease - lease)
 """
+    + _PHYSICAL
+    + """
+local n = string.sub(v, 1, 43) .. struct.pack('<dd', new_lease, expires_at) .. string.sub(v, 60)
+set_record(n, ms)
+return {1, n}
+""",
+    _EXPIRE,
+    _SET,
 )
 
-# ARGV: now, token, recovery_point. Returns {1, <HELD>} or {0}.
-CHECKPOINT = (
+# ARGV: now, token, recovery_point. Returns {1, ...} or {0}.
+CHECKPOINT = _either(
     """
 local rec = redis.call('HMGET', KEYS[1], 'token', 'state', 'expires_at',
   'fingerprint', 'created_at', 'lease_expires_at')
@@ -174,21 +244,38 @@ local rec = redis.call('HMGET', KEYS[1], 'token', 'state', 'expires_at',
     + """
 redis.call('HSET', KEYS[1], 'recovery_point', ARGV[3])
 return {1, rec[4], rec[5], rec[6], rec[3], ARGV[3]}
-"""
+""",
+    layout.HELD
+    + f"""
+local fl, nl, sl, kl = struct.unpack('<I4I4I4I4', v, 60)
+local n = string.sub(v, 1, 75) .. struct.pack('<i4', #ARGV[3])
+  .. string.sub(v, {layout.SIZE + 1}, {layout.SIZE} + fl + nl + sl + kl) .. ARGV[3]
+redis.call('SET', KEYS[1], n, 'KEEPTTL')
+return {{1, n}}
+""",
 )
 
-# A waiter's read, once it is subscribed: returns <RECORD_FIELDS> and marks an in-flight record
-# `watched`, so its completion or release publishes. Both scripts are atomic, so either this
-# one runs first (the completion sees the mark and publishes to the subscribed waiter) or the
-# completion does (and this one returns the outcome). A takeover keeps the mark; a record
-# deleted and claimed anew starts unmarked, and the waiter's next read marks it.
-WATCH = f"""
+# A waiter's read, once it is subscribed: returns the record (a layout-2 value, nil, or the
+# layout-1 <RECORD_FIELDS>) and marks an in-flight record watched, so its completion or release
+# publishes. Both scripts are atomic, so either this one runs first (the completion sees the
+# mark and publishes to the subscribed waiter) or the completion does (and this one returns the
+# outcome). A takeover keeps the mark; a record deleted and claimed anew starts unmarked, and
+# the waiter's next read marks it.
+WATCH = _either(
+    f"""
 local rec = {_HMGET_RECORD}
 if rec[2] == 'in_flight' then
   redis.call('HSET', KEYS[1], 'watched', '1')
 end
 return rec
-"""
+""",
+    """
+if is_record(v) and string.sub(v, 2, 3) == 'i0' then
+  redis.call('SETRANGE', KEYS[1], 2, '1')
+end
+return v
+""",
+)
 
 # ARGV: channel, deletes channel, record id. Deletes whatever the state, wakes waiters and
 # announces the delete to replay caches (`stores/_deletes.py`); returns 1 if a record existed.
@@ -202,14 +289,23 @@ return 0
 """
 
 # ARGV: now. Deletes the record only if it is still past its retention; returns 1 if it did.
-PURGE = """
-local expires_at = redis.call('HGET', KEYS[1], 'expires_at')
-if expires_at and tonumber(expires_at) <= tonumber(ARGV[1]) then
+PURGE = (
+    layout.HEAD
+    + f"""
+local v = redis.pcall('GETRANGE', KEYS[1], 0, {layout.SIZE - 1})
+local expires_at
+if type(v) == 'table' then
+  expires_at = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
+elseif is_record(v) then
+  expires_at = struct.unpack('<d', v, 52)
+end
+if expires_at and expires_at <= tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])
   return 1
 end
 return 0
 """
+)
 
 
 def physical_ttl(expires_at: float, now: float) -> int:
@@ -270,53 +366,6 @@ class KeySpace:
 def fenced_message() -> str:
     """Return the message of the `FencedError` raised to a caller that lost its claim."""
     return FENCED
-
-
-def record_from_fields(fields: Mapping[bytes, bytes], identity: Identity | None = None) -> Record:
-    """Return the record stored in a hash (HGETALL); `identity` saves decoding it again."""
-    try:
-        if identity is None:
-            identity = Identity(
-                decode_part(fields[b"namespace"]),
-                decode_part(fields[b"scope"]),
-                decode_part(fields[b"key"]),
-            )
-        recovery_point = fields.get(b"recovery_point")
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fields[b"fingerprint"]),
-            state=State(fields[b"state"].decode()),
-            token=fields[b"token"].decode(),
-            created_at=float(fields[b"created_at"]),
-            lease_expires_at=float(fields[b"lease_expires_at"]),
-            expires_at=float(fields[b"expires_at"]),
-            outcome=fields.get(b"outcome"),
-            recovery_point=None if recovery_point is None else decode_part(recovery_point),
-        )
-    except (KeyError, ValueError) as error:
-        raise StoreError(f"A Redis record is malformed ({error!r}); delete it.") from error
-
-
-_STATES = {state.value.encode(): state for state in State}
-
-
-def record_from_values(values: Sequence[bytes | None], identity: Identity) -> Record:
-    """Return the record from the values of `RECORD_FIELDS` (HMGET, or a script's reply)."""
-    fingerprint, state, token, created_at, lease_expires_at, expires_at, outcome, recovery = values
-    try:
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fingerprint),  # type: ignore[arg-type]
-            state=_STATES[state],  # type: ignore[index]
-            token=token.decode(),  # type: ignore[union-attr]
-            created_at=float(created_at),  # type: ignore[arg-type]
-            lease_expires_at=float(lease_expires_at),  # type: ignore[arg-type]
-            expires_at=float(expires_at),  # type: ignore[arg-type]
-            outcome=outcome,
-            recovery_point=None if recovery is None else decode_part(recovery),
-        )
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        raise StoreError(f"A Redis record is malformed ({error!r}); delete it.") from error
 
 
 class _TranslateErrors:

@@ -82,6 +82,18 @@ class AsyncAutoPipeline(AsyncCommands):
         """Run `script` on `key` by EVALSHA in the next batch; load it if Redis does not know it."""
         return await self._submit(("EVALSHA", script.sha, 1, key, *args), script.script)
 
+    async def set_new(self, key: bytes, value: bytes, ttl_ms: int) -> bytes | None:
+        """SET `key` to `value` unless it exists, in the next batch; return what was there."""
+        if ttl_ms:
+            found = await self._submit(("SET", key, value, "NX", "PX", ttl_ms, "GET"), None)
+        else:
+            found = await self._submit(("SET", key, value, "NX", "GET"), None)
+        return cast("bytes | None", found)
+
+    async def get(self, key: bytes) -> bytes | None:
+        """Return the string at `key`, None if absent (GET in the next batch)."""
+        return cast("bytes | None", await self._submit(("GET", key), None))
+
     async def hmget(self, key: bytes, fields: Sequence[str]) -> list[bytes | None]:
         """Return the values of `fields` in the hash at `key` (HMGET in the next batch)."""
         values = await self._submit(("HMGET", key, *fields), None)

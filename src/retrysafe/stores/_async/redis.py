@@ -10,12 +10,14 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
+from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
+from retrysafe.stores import _redis_layout as layout
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._async import redis_admin as admin
 from retrysafe.stores._deletes import RedisDeletes
@@ -42,7 +44,7 @@ _OPTIONS: dict[str, type] = {
 
 
 class AsyncRedisStore:
-    """A store in Redis: one hash per record, one Lua script per primitive.
+    """A store in Redis: one string per record (`_redis_layout`), one command or script a primitive.
 
     `list_records`, `stats` and `purge_expired` SCAN the store's keys: O(records), for admin use.
 
@@ -75,6 +77,7 @@ class AsyncRedisStore:
         self._keys = lua.KeySpace(prefix)
         self._owns_client = owns_client
         self._commands = async_executor(client, autopipeline=autopipeline)
+        self._set_get = True  # the server takes `SET ... NX GET` (Redis 7.0 and later)
         self._claim = client.register_script(lua.CLAIM)
         self._complete = client.register_script(lua.COMPLETE)
         self._release = client.register_script(lua.RELEASE)
@@ -130,38 +133,76 @@ class AsyncRedisStore:
     async def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
-        """Claim `identity` atomically, or return the existing record."""
+        """Claim `identity` atomically, or return the existing record.
+
+        One `SET ... NX GET` settles a fresh claim (nil: set) and finds a record that stays
+        someone else's; only a record the claim may take (past retention, a lapsed lease) or a
+        layout-1 hash goes to the claim script, which decides again atomically.
+        """
         now = self.clock.now()
         token = new_token()
         lease_expires_at = now + lease
         expires_at = lease_expires_at + retention
-        reply = await self._run(
-            self._claim,
-            self._keys.key(identity),
-            now,
-            encode_part(fingerprint),
+        key = self._keys.key(identity)
+        encoded = encode_part(fingerprint)
+        value = layout.encode_claim(
             token,
-            lease_expires_at,
-            expires_at,
-            encode_part(identity.namespace),
-            encode_part(identity.scope),
-            encode_part(identity.key),
-            lua.physical_ttl(expires_at, now),
+            encoded,
+            _parts(identity),
+            created_at=now,
+            lease_expires_at=lease_expires_at,
+            expires_at=expires_at,
         )
-        if not reply[0]:
-            return Claim(lua.record_from_values(reply[1], identity), acquired=False)
-        taken_over = len(reply) > 1
+        ttl = lua.physical_ttl(expires_at, now)
+        with lua.translate_errors():
+            try:
+                found = await self._commands.set_new(key, value, ttl) if self._set_get else b""
+            except ResponseError as error:
+                if layout.is_syntax_error(error):  # before Redis 7.0: every claim by the script
+                    self._set_get = False
+                elif not layout.is_wrong_type(error):
+                    raise
+                found = b""  # a layout-1 hash, or no `SET ... NX GET`: the script decides
+        if found is None:
+            record = Record(
+                identity=identity,
+                fingerprint=fingerprint,
+                state=State.IN_FLIGHT,
+                token=token,
+                created_at=now,
+                lease_expires_at=lease_expires_at,
+                expires_at=expires_at,
+            )
+            return Claim(record, acquired=True)
+        if found:
+            existing = layout.record_from_string(found, identity)
+            if not may_take(existing, fingerprint, now):
+                return Claim(existing, acquired=False)
+        reply = await self._run(
+            self._claim, key, now, encoded, token, lease_expires_at, expires_at, ttl, value
+        )
+        code = reply[0]
+        if code == 0:
+            return Claim(layout.record_from_string(reply[1], identity), acquired=False)
+        if code == 2:  # the script's codes, as its comment says
+            return Claim(layout.record_from_values(reply[1], identity), acquired=False)
+        created_at, recovery_point = now, None
+        if code == 3:
+            _, created_at, _, _, recovery_point = layout.held_from_string(reply[1])
+        elif code == 4:
+            created_at = float(reply[1])
+            recovery_point = None if reply[2] is None else decode_part(reply[2])
         record = Record(
             identity=identity,
             fingerprint=fingerprint,
             state=State.IN_FLIGHT,
             token=token,
-            created_at=float(reply[1]) if taken_over else now,
+            created_at=created_at,
             lease_expires_at=lease_expires_at,
             expires_at=expires_at,
-            recovery_point=None if not taken_over or reply[2] is None else decode_part(reply[2]),
+            recovery_point=recovery_point,
         )
-        return Claim(record, acquired=True, taken_over=taken_over)
+        return Claim(record, acquired=True, taken_over=code != 1)
 
     async def complete(
         self, identity: Identity, token: str, outcome: bytes, *, retention: float
@@ -179,8 +220,10 @@ class AsyncRedisStore:
             expires_at,
             self._keys.channel(key),
             lua.physical_ttl(expires_at, now),
+            layout.pack_times(now, expires_at),
         )
-        return _held_record(self._held(reply), identity, token, State.DONE, outcome)
+        times = (now, expires_at)  # layout 2 returns the value as it was: the deadlines moved
+        return layout.held_record(self._held(reply), identity, token, State.DONE, outcome, times)
 
     async def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record so a retry runs again; wake its waiters."""
@@ -194,7 +237,7 @@ class AsyncRedisStore:
         """Extend the holder's lease to `lease` seconds from now."""
         now = self.clock.now()
         reply = await self._run(self._renew, self._keys.key(identity), now, token, now + lease)
-        return _held_record(self._held(reply), identity, token, State.IN_FLIGHT)
+        return layout.held_record(self._held(reply), identity, token, State.IN_FLIGHT)
 
     async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
         """Record the last committed phase of a multi-phase operation."""
@@ -205,13 +248,19 @@ class AsyncRedisStore:
             token,
             encode_part(recovery_point),
         )
-        return _held_record(self._held(reply), identity, token, State.IN_FLIGHT)
+        return layout.held_record(self._held(reply), identity, token, State.IN_FLIGHT)
 
     async def get(self, identity: Identity) -> Record | None:
-        """Return the live record, or None (one HMGET; retention checked against the clock)."""
+        """Return the live record, or None (one GET; retention checked against the clock)."""
+        key = self._keys.key(identity)
         with lua.translate_errors():
-            values = await self._commands.hmget(self._keys.key(identity), RECORD_FIELDS)
-        return self._live(values, identity)
+            try:
+                found: Any = await self._commands.get(key)
+            except ResponseError as error:
+                if not layout.is_wrong_type(error):
+                    raise
+                found = await self._commands.hmget(key, RECORD_FIELDS)  # a layout-1 hash
+        return self._live(found, identity)
 
     async def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state; wake its waiters."""
@@ -303,13 +352,19 @@ class AsyncRedisStore:
         with lua.translate_errors():
             return await self._commands.evalsha(script, key, *args)
 
-    def _live(self, values: list[bytes | None], identity: Identity) -> Record | None:
-        """Return the record from `RECORD_FIELDS` values, or None if absent or past retention."""
-        if values[5] is None:
-            if any(value is not None for value in values):
+    def _live(self, found: bytes | list[bytes | None] | None, identity: Identity) -> Record | None:
+        """Return the record read (a layout-2 value, layout-1 `RECORD_FIELDS` values, or None),
+        or None if absent or past retention."""
+        if found is None:
+            return None
+        if isinstance(found, bytes):
+            record = layout.record_from_string(found, identity)
+        elif found[5] is None:
+            if any(value is not None for value in found):
                 raise StoreError("A Redis record is malformed (no expires_at); delete it.")
             return None
-        record = lua.record_from_values(values, identity)
+        else:
+            record = layout.record_from_values(found, identity)
         return record if record.expires_at > self.clock.now() else None
 
     @staticmethod
@@ -320,19 +375,6 @@ class AsyncRedisStore:
         return reply[1:]
 
 
-def _held_record(
-    fields: list[Any], identity: Identity, token: str, state: State, outcome: bytes | None = None
-) -> Record:
-    """Return the caller's record from the fields a holder-only script returns (`_redis_lua`)."""
-    fingerprint, created_at, lease_expires_at, expires_at, recovery_point = fields
-    return Record(
-        identity=identity,
-        fingerprint=decode_part(fingerprint),
-        state=state,
-        token=token,
-        created_at=float(created_at),
-        lease_expires_at=float(lease_expires_at),
-        expires_at=float(expires_at),
-        outcome=outcome,
-        recovery_point=None if recovery_point is None else decode_part(recovery_point),
-    )
+def _parts(identity: Identity) -> tuple[bytes, bytes, bytes]:
+    """Return the identity's parts as stored (for `keys list`)."""
+    return encode_part(identity.namespace), encode_part(identity.scope), encode_part(identity.key)

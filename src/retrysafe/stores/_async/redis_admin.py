@@ -14,6 +14,7 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from retrysafe._record import Record
+from retrysafe.stores import _redis_layout as layout
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores.base import Listing, StoreStats
 
@@ -35,7 +36,7 @@ async def purge_expired(
         expired = [
             key
             for key, expires_at in zip(keys, expiries, strict=True)
-            if expires_at is not None and float(expires_at) <= now
+            if expires_at is not None and expires_at <= now
         ][: limit - purged]
         if expired:
             # Deleted one by one by a script that checks again: a record claimed
@@ -54,11 +55,14 @@ async def list_records(
 ) -> list[Record]:
     """Return the live records `listing` asks for, newest first."""
     matching: list[Record] = []
-    async for _, hashes in _scan(redis, space, _read_record):
-        for fields in hashes:
-            if not fields:
+    async for _, values in _scan(redis, space, _read_record):
+        for found in values:
+            if not found:
                 continue  # expired or deleted since the SCAN
-            record = lua.record_from_fields(fields)
+            if isinstance(found, bytes):
+                record = layout.record_from_string(found)
+            else:
+                record = layout.record_from_fields(found)
             if record.expires_at > now and listing.matches(record):
                 matching.append(record)
     return listing.newest(matching)
@@ -70,12 +74,12 @@ async def stats(redis: Redis, space: lua.KeySpace, *, now: float) -> StoreStats:
     done = 0
     bytes_stored = 0
     async for _, replies in _scan(redis, space, _read_stats):
-        for (state, created_at, expires_at), size in zip(replies[::2], replies[1::2], strict=True):
-            if expires_at is None or float(expires_at) <= now:
+        for state, created_at, expires_at, size in replies:
+            if expires_at is None or expires_at <= now:
                 continue
             bytes_stored += size
             if state == b"in_flight":
-                in_flight.append(float(created_at))
+                in_flight.append(created_at)
             else:
                 done += 1
     return StoreStats(
@@ -86,31 +90,75 @@ async def stats(redis: Redis, space: lua.KeySpace, *, now: float) -> StoreStats:
     )
 
 
-def _read_expiry(reads: Pipeline, key: Key) -> None:
+# What each admin operation reads of a key, by layout: the commands to queue on the pipeline,
+# and the function that turns their replies into the operation's value for that key.
+
+
+def _read_expiry(reads: Pipeline, key: Key, string: bool) -> Callable[[list[Any]], Any]:
+    if string:
+        reads.getrange(key, 0, layout.SIZE - 1)
+        return lambda replies: _head_of(replies[0], 0)[2]
     reads.hget(key, "expires_at")
+    return lambda replies: None if replies[0] is None else float(replies[0])
 
 
-def _read_record(reads: Pipeline, key: Key) -> None:
-    reads.hgetall(key)
+def _read_record(reads: Pipeline, key: Key, string: bool) -> Callable[[list[Any]], Any]:
+    if string:
+        reads.get(key)
+    else:
+        reads.hgetall(key)
+    return lambda replies: replies[0]
 
 
-def _read_stats(reads: Pipeline, key: Key) -> None:
+def _read_stats(reads: Pipeline, key: Key, string: bool) -> Callable[[list[Any]], Any]:
+    if string:
+        reads.getrange(key, 0, layout.SIZE - 1)
+        reads.strlen(key)
+        return lambda replies: _head_of(replies[0], replies[1])
     reads.hmget(key, ["state", "created_at", "expires_at"])
     reads.hstrlen(key, "outcome")
 
+    def stats_of(replies: list[Any]) -> tuple[Any, ...]:
+        (state, created_at, expires_at), size = replies
+        if expires_at is None:
+            return (None, None, None, 0)
+        return (state, float(created_at), float(expires_at), size)
+
+    return stats_of
+
+
+def _head_of(head: bytes, length: int) -> tuple[Any, ...]:
+    """Return state, created_at, expires_at and outcome size from a layout-2 head."""
+    read = layout.outcome_size(head, length)
+    if read is None:
+        return (None, None, None, 0)  # gone since the SCAN, or not a record
+    state, created_at, expires_at, size = read
+    return (b"in_flight" if state == b"i" else b"done", created_at, expires_at, size)
+
+
+Read = Callable[[Pipeline, Key, bool], Callable[[list[Any]], Any]]
+
 
 async def _scan(
-    redis: Redis, space: lua.KeySpace, read: Callable[[Pipeline, Key], object]
+    redis: Redis, space: lua.KeySpace, read: Read
 ) -> AsyncIterator[tuple[list[Key], list[Any]]]:
-    """SCAN the store's keys; yield each batch's keys and the replies to what `read` asked
-    of each key, all in one pipeline a batch."""
-    cursor = 0
-    while True:
-        cursor, keys = await redis.scan(cursor, match=space.match, count=_SCAN_COUNT, _type="hash")
-        if keys:
-            reads = redis.pipeline(transaction=False)
-            for key in keys:
-                read(reads, key)
-            yield keys, await reads.execute()
-        if cursor == 0:
-            return
+    """SCAN the store's keys, strings (layout 2) then hashes (layout 1); yield each batch's keys
+    and what `read` made of each key's replies, all read in one pipeline a batch."""
+    for kind in ("string", "hash"):
+        cursor = 0
+        while True:
+            cursor, keys = await redis.scan(
+                cursor, match=space.match, count=_SCAN_COUNT, _type=kind
+            )
+            if keys:
+                reads = redis.pipeline(transaction=False)
+                makers = [(read(reads, key, kind == "string"), len(reads)) for key in keys]
+                replies = await reads.execute()
+                start = 0
+                values = []
+                for make, end in makers:
+                    values.append(make(replies[start:end]))
+                    start = end
+                yield keys, values
+            if cursor == 0:
+                break

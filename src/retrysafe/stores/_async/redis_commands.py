@@ -41,6 +41,16 @@ class AsyncCommands:
             await self._redis.script_load(script.script)
             return await self._redis.evalsha(script.sha, 1, key, *args)
 
+    async def set_new(self, key: bytes, value: bytes, ttl_ms: int) -> bytes | None:
+        """SET `key` to `value` unless it exists (expiring in `ttl_ms`, never for 0); return
+        what was there (None: it is set). A key of another type raises WRONGTYPE."""
+        found = await self._redis.set(key, value, nx=True, px=ttl_ms or None, get=True)
+        return cast("bytes | None", found)
+
+    async def get(self, key: bytes) -> bytes | None:
+        """Return the string at `key`, None if absent (a key of another type raises WRONGTYPE)."""
+        return cast("bytes | None", await self._redis.get(key))
+
     async def hmget(self, key: bytes, fields: Sequence[str]) -> list[bytes | None]:
         """Return the values of `fields` in the hash at `key`, None for each one absent."""
         values = await self._redis.hmget(key, fields)

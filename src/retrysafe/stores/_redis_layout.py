@@ -30,7 +30,7 @@ from typing import Any
 
 from retrysafe._errors import StoreError
 from retrysafe._record import Identity, Record, State
-from retrysafe.stores.base import decode_part
+from retrysafe.stores.base import RECORD_FIELDS, decode_part
 
 __all__ = [
     "HEAD",
@@ -57,6 +57,7 @@ _VERSION_BYTE = bytes((VERSION,))
 _IN_FLIGHT = _VERSION_BYTE + b"i0"
 _STATES = {b"i": State.IN_FLIGHT, b"d": State.DONE}
 _HASH_STATES = {state.value.encode(): state for state in State}
+_HASH_FIELDS = tuple(name.encode() for name in RECORD_FIELDS)  # a layout-1 hash's fields
 
 # The Lua that reads the head: `v` is the value GET returned (false if none).
 HEAD = f"""
@@ -128,17 +129,11 @@ def record_from_string(value: bytes, identity: Identity | None = None) -> Record
         if rl >= 0:
             recovery_point = decode_part(value[end : end + rl])
             end += rl
-        return Record(
-            identity=identity,
-            fingerprint=fingerprint,
-            state=state,
-            token=token.decode("ascii"),
-            created_at=created_at,
-            lease_expires_at=lease_expires_at,
-            expires_at=expires_at,
-            outcome=value[end:] if state is State.DONE else None,
-            recovery_point=recovery_point,
-        )
+        outcome = value[end:] if state is State.DONE else None
+        return Record(  # positional, in `RECORD_FIELDS` order
+            identity, fingerprint, state, token.decode("ascii"), created_at, lease_expires_at,
+            expires_at, outcome, recovery_point,
+        )  # fmt: skip
     except (IndexError, KeyError, ValueError, struct.error) as error:
         raise StoreError(f"A Redis record is malformed ({error!r}); delete it.") from error
 
@@ -179,43 +174,29 @@ def is_wrong_type(error: Exception) -> bool:
 
 def record_from_fields(fields: Mapping[bytes, bytes], identity: Identity | None = None) -> Record:
     """Return the record stored in a hash (HGETALL); `identity` saves decoding it again."""
-    try:
-        if identity is None:
-            identity = Identity(
-                decode_part(fields[b"namespace"]),
-                decode_part(fields[b"scope"]),
-                decode_part(fields[b"key"]),
-            )
-        recovery_point = fields.get(b"recovery_point")
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fields[b"fingerprint"]),
-            state=State(fields[b"state"].decode()),
-            token=fields[b"token"].decode(),
-            created_at=float(fields[b"created_at"]),
-            lease_expires_at=float(fields[b"lease_expires_at"]),
-            expires_at=float(fields[b"expires_at"]),
-            outcome=fields.get(b"outcome"),
-            recovery_point=None if recovery_point is None else decode_part(recovery_point),
-        )
-    except (KeyError, ValueError) as error:
-        raise StoreError(f"A Redis record is malformed ({error!r}); delete it.") from error
+    if identity is None:
+        try:
+            parts = (decode_part(fields[name]) for name in (b"namespace", b"scope", b"key"))
+            identity = Identity(*parts)
+        except KeyError as error:
+            raise StoreError(f"A Redis record is malformed ({error!r}); delete it.") from error
+    return record_from_values([fields.get(name) for name in _HASH_FIELDS], identity)
 
 
 def record_from_values(values: Sequence[bytes | None], identity: Identity) -> Record:
     """Return the record from the values of `RECORD_FIELDS` (HMGET, or a script's reply)."""
     fingerprint, state, token, created_at, lease_expires_at, expires_at, outcome, recovery = values
     try:
-        return Record(
-            identity=identity,
-            fingerprint=decode_part(fingerprint),  # type: ignore[arg-type]
-            state=_HASH_STATES[state],  # type: ignore[index]
-            token=token.decode(),  # type: ignore[union-attr]
-            created_at=float(created_at),  # type: ignore[arg-type]
-            lease_expires_at=float(lease_expires_at),  # type: ignore[arg-type]
-            expires_at=float(expires_at),  # type: ignore[arg-type]
-            outcome=outcome,
-            recovery_point=None if recovery is None else decode_part(recovery),
+        return Record(  # positional, in `RECORD_FIELDS` order
+            identity,
+            decode_part(fingerprint),  # type: ignore[arg-type]
+            _HASH_STATES[state],  # type: ignore[index]
+            token.decode(),  # type: ignore[union-attr]
+            float(created_at),  # type: ignore[arg-type]
+            float(lease_expires_at),  # type: ignore[arg-type]
+            float(expires_at),  # type: ignore[arg-type]
+            outcome,
+            None if recovery is None else decode_part(recovery),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise StoreError(f"A Redis record is malformed ({error!r}); delete it.") from error
@@ -241,14 +222,7 @@ def held_record(  # noqa: PLR0917 - one helper for four primitives
         fingerprint = decode_part(fields[0])
         created_at, lease_expires_at, expires_at = map(float, fields[1:4])
         recovery_point = None if fields[4] is None else decode_part(fields[4])
-    return Record(
-        identity=identity,
-        fingerprint=fingerprint,
-        state=state,
-        token=token,
-        created_at=created_at,
-        lease_expires_at=lease_expires_at,
-        expires_at=expires_at,
-        outcome=outcome,
-        recovery_point=recovery_point,
-    )
+    return Record(  # positional, in `RECORD_FIELDS` order
+        identity, fingerprint, state, token, created_at, lease_expires_at, expires_at, outcome,
+        recovery_point,
+    )  # fmt: skip

@@ -163,45 +163,29 @@ class AsyncRedisStore:
                 elif not layout.is_wrong_type(error):
                     raise
                 found = b""  # a layout-1 hash, or no `SET ... NX GET`: the script decides
-        if found is None:
-            record = Record(
-                identity=identity,
-                fingerprint=fingerprint,
-                state=State.IN_FLIGHT,
-                token=token,
-                created_at=now,
-                lease_expires_at=lease_expires_at,
-                expires_at=expires_at,
+        code, created_at, recovery_point = 1, now, None  # 1: claimed fresh
+        if found is not None:
+            if found:
+                existing = layout.record_from_string(found, identity)
+                if not may_take(existing, fingerprint, now):
+                    return Claim(existing, acquired=False)
+            reply = await self._run(
+                self._claim, key, now, encoded, token, lease_expires_at, expires_at, ttl, value
             )
-            return Claim(record, acquired=True)
-        if found:
-            existing = layout.record_from_string(found, identity)
-            if not may_take(existing, fingerprint, now):
-                return Claim(existing, acquired=False)
-        reply = await self._run(
-            self._claim, key, now, encoded, token, lease_expires_at, expires_at, ttl, value
-        )
-        code = reply[0]
-        if code == 0:
-            return Claim(layout.record_from_string(reply[1], identity), acquired=False)
-        if code == 2:  # the script's codes, as its comment says
-            return Claim(layout.record_from_values(reply[1], identity), acquired=False)
-        created_at, recovery_point = now, None
-        if code == 3:
-            _, created_at, _, _, recovery_point = layout.held_from_string(reply[1])
-        elif code == 4:
-            created_at = float(reply[1])
-            recovery_point = None if reply[2] is None else decode_part(reply[2])
-        record = Record(
-            identity=identity,
-            fingerprint=fingerprint,
-            state=State.IN_FLIGHT,
-            token=token,
-            created_at=created_at,
-            lease_expires_at=lease_expires_at,
-            expires_at=expires_at,
-            recovery_point=recovery_point,
-        )
+            code = reply[0]
+            if code == 0:
+                return Claim(layout.record_from_string(reply[1], identity), acquired=False)
+            if code == 2:  # the script's codes, as its comment says
+                return Claim(layout.record_from_values(reply[1], identity), acquired=False)
+            if code == 3:
+                _, created_at, _, _, recovery_point = layout.held_from_string(reply[1])
+            elif code == 4:
+                created_at = float(reply[1])
+                recovery_point = None if reply[2] is None else decode_part(reply[2])
+        record = Record(  # positional, in `RECORD_FIELDS` order
+            identity, fingerprint, State.IN_FLIGHT, token, created_at, lease_expires_at,
+            expires_at, None, recovery_point,
+        )  # fmt: skip
         return Claim(record, acquired=True, taken_over=code != 1)
 
     async def complete(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from retrysafe import ManualClock, Store, open_async_store, open_store
+from retrysafe.stores.cached import ReplayCache
 from tests.conftest import fresh_store_url
 
 BACKENDS = ["memory", "sqlite", "postgres", "redis"]
@@ -97,3 +99,30 @@ async def _open_async(url: str, clock: ManualClock) -> Any:
 def store(make_store: Callable[[], Store]) -> Store:
     """A fresh store of each backend and face, on a manual clock."""
     return make_store()
+
+
+def wait_listening(store: Any) -> None:
+    """Wait (bounded) until a replay cache answers from memory: in front of a store that
+    announces deletes (Redis, PostgreSQL) it first subscribes to them, in a thread of its own."""
+    deadline = time.monotonic() + 10
+    while not store.listening:
+        assert time.monotonic() < deadline, "the cache did not subscribe to deletes in 10 s"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def opened(clock: ManualClock) -> Iterator[Callable[[str], ReplayCache]]:
+    """Open sync stores with a replay cache from URLs (on the test's clock), each subscribed
+    to the store's deletes where it has them; close them afterwards."""
+    stores: list[ReplayCache] = []
+
+    def open_(url: str) -> ReplayCache:
+        store = open_store(url, clock=clock)
+        assert isinstance(store, ReplayCache)
+        stores.append(store)
+        wait_listening(store)
+        return store
+
+    yield open_
+    for store in stores:
+        store.close()

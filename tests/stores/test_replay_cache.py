@@ -4,7 +4,6 @@ store, without ever running a key twice (B10, B13, B21)."""
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from retrysafe import ConfigurationError, Identity, ManualClock, open_async_stor
 from retrysafe._record import State
 from retrysafe.stores.cached import AsyncReplayCache, ReplayCache
 from tests.conftest import fresh_store_url
+from tests.stores.conftest import wait_listening
 
 IDENTITY = Identity("orders", "tenant", "k-1")
 LEASE, RETENTION = 30.0, 3600.0
@@ -38,38 +38,6 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def with_cache(url: str, options: str = "replay_cache=100") -> str:
     """Return `url` with the cache's options."""
     return f"{url}{'&' if '?' in url else '?'}{options}"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    """The stores' clock."""
-    return ManualClock()
-
-
-@pytest.fixture
-def opened(clock: ManualClock) -> Iterator[Callable[[str], ReplayCache]]:
-    """Open sync stores from URLs (with the test's clock); close them afterwards."""
-    stores: list[ReplayCache] = []
-
-    def open_(url: str) -> ReplayCache:
-        store = open_store(url, clock=clock)
-        assert isinstance(store, ReplayCache)
-        stores.append(store)
-        wait_listening(store)
-        return store
-
-    yield open_
-    for store in stores:
-        store.close()
-
-
-def wait_listening(store: ReplayCache | AsyncReplayCache) -> None:
-    """Wait (bounded) until the cache answers from memory: a store that announces deletes
-    (Redis, PostgreSQL) first has its cache subscribe to them, in a thread of its own."""
-    deadline = time.monotonic() + 10
-    while not store.listening:
-        assert time.monotonic() < deadline, "the cache did not subscribe to deletes in 10 s"
-        time.sleep(0.01)
 
 
 def complete(store: ReplayCache, fingerprint: str = "f") -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from retrysafe import Identity, ManualClock, open_store
+from retrysafe import Identity, open_store
 from retrysafe._record import State
 from retrysafe.stores._deletes import LISTENER_NAME
 from retrysafe.stores.cached import ReplayCache
@@ -27,28 +27,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh store's URL on each backend that announces deletes."""
     with fresh_store_url(str(request.param), request, tmp_path) as made:
         yield made
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    """The stores' clock."""
-    return ManualClock()
-
-
-@pytest.fixture
-def opened(clock: ManualClock) -> Iterator[Callable[[str], ReplayCache]]:
-    """Open sync stores from URLs (with the test's clock); close them afterwards."""
-    stores: list[ReplayCache] = []
-
-    def open_(url: str) -> ReplayCache:
-        store = open_store(url, clock=clock)
-        assert isinstance(store, ReplayCache)
-        stores.append(store)
-        return store
-
-    yield open_
-    for store in stores:
-        store.close()
 
 
 def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

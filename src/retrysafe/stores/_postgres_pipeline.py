@@ -184,13 +184,16 @@ class AsyncStatementPipeline:
                 batch, self._queue = self._queue, []
                 await self._send(lane, batch)
         except BaseException as error:
-            # Only the event loop's shutdown cancels a sender (`_send` has failed its batch):
-            # the callers still queued learn that their statements were never sent.
-            queued, self._queue = self._queue, []
-            _fail(queued, error)
+            self._fail_queued(error)
             raise
         finally:
             lane.busy = False
+
+    def _fail_queued(self, error: BaseException) -> None:
+        """Only the event loop's shutdown cancels a sender (`_send` has failed its batch): the
+        callers still queued learn that their statements were never sent."""
+        queued, self._queue = self._queue, []
+        _fail(queued, error)
 
     async def _send(self, lane: _Lane, batch: list[Call]) -> None:
         """Run `batch` in one transaction (or, failing, statement by statement); settle it."""

@@ -135,15 +135,13 @@ class AsyncSQLiteStore(SQLiteFile):
         return await self._runner.write(
             lambda connection, now: self.table.complete(
                 connection, identity, token, outcome, now=now, retention=retention
-            ),
-            one_statement=True,
+            )
         )
 
     async def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record."""
         await self._runner.write(
-            lambda connection, now: self.table.release(connection, identity, token, now=now),
-            one_statement=True,
+            lambda connection, now: self.table.release(connection, identity, token, now=now)
         )
 
     async def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
@@ -151,8 +149,7 @@ class AsyncSQLiteStore(SQLiteFile):
         return await self._runner.write(
             lambda connection, now: self.table.renew(
                 connection, identity, token, now=now, lease=lease
-            ),
-            one_statement=True,
+            )
         )
 
     async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
@@ -160,8 +157,7 @@ class AsyncSQLiteStore(SQLiteFile):
         return await self._runner.write(
             lambda connection, now: self.table.checkpoint(
                 connection, identity, token, recovery_point, now=now
-            ),
-            one_statement=True,
+            )
         )
 
     async def get(self, identity: Identity) -> Record | None:
@@ -173,15 +169,13 @@ class AsyncSQLiteStore(SQLiteFile):
     async def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state."""
         return await self._runner.write(
-            lambda connection, now: self.table.delete(connection, identity, now=now),
-            one_statement=True,
+            lambda connection, now: self.table.delete(connection, identity, now=now)
         )
 
     async def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention."""
         return await self._runner.write(
-            lambda connection, now: self.table.purge_expired(connection, now=now, limit=limit),
-            one_statement=True,
+            lambda connection, now: self.table.purge_expired(connection, now=now, limit=limit)
         )
 
     async def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:

@@ -68,44 +68,39 @@ class SQLiteFile:
     def _claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
-        """Answer from a record read without the write lock, or claim under it.
+        """Answer from a done record read without the write lock, or claim under it.
 
-        A replay, a mismatch, or a claim on a live in-flight record (a 409 or a wait) is a
-        plain read, so it neither waits for the writers nor makes them wait: see
-        `RecordTable.current` for why that is safe. The time is read after the record; a
-        record the claim may take (absent, past its retention, a lapsed lease) goes to the
-        locked claim.
+        A replay (or a mismatch against a completed request) is a plain read, so it neither
+        waits for the writers nor makes them wait: see `RecordTable.done` for why that is safe.
+        The time is read after the record, and a record past its retention goes to the locked
+        claim like any other case.
         """
         slot = self._enter()
         try:
             connection = slot.connection
-            current = self.table.current(connection, identity)
-            if current is not None and not may_take(current, fingerprint, self.clock.now()):
-                return Claim(current, acquired=False)
+            done = self.table.done(connection, identity)
+            if done is not None and not may_take(done, fingerprint, self.clock.now()):
+                return Claim(done, acquired=False)
             return self._queue_write(
                 connection,
                 lambda connection, now: self.table.claim(
                     connection, identity, fingerprint, now=now, lease=lease, retention=retention
                 ),
-                one_statement=True,
             )
         finally:
             self._connections.leave(slot)
 
-    def _execute(self, operation: Operation[T], *, write: bool, one_statement: bool = False) -> T:
-        """Run `operation` on this thread's connection, in a write transaction if `write`
-        (`one_statement`: see `Write`)."""
+    def _execute(self, operation: Operation[T], *, write: bool) -> T:
+        """Run `operation` on this thread's connection, in a write transaction if `write`."""
         slot = self._enter()
         try:
             if not write:
                 return operation(slot.connection, self.clock.now())
-            return self._queue_write(slot.connection, operation, one_statement=one_statement)
+            return self._queue_write(slot.connection, operation)
         finally:
             self._connections.leave(slot)
 
-    def _queue_write(
-        self, connection: sqlite3.Connection, operation: Operation[T], *, one_statement: bool
-    ) -> T:
+    def _queue_write(self, connection: sqlite3.Connection, operation: Operation[T]) -> T:
         """Run the write `operation` in a transaction, with the writes queued alongside it.
 
         The time is read once the transaction holds the write lock, so a claim that waited for
@@ -115,7 +110,7 @@ class SQLiteFile:
         steps (up to 100 ms) and wake late, while the lock hands over at once; the busy
         timeout still arbitrates with other processes.
         """
-        write_ = Write(operation, one_statement=one_statement)
+        write_ = Write(operation)
         with self._queue_lock:
             self._queue.append(write_)
         if not self._write_lock.acquire(timeout=self.timeout):
@@ -207,14 +202,13 @@ class Schema:
 def commit_writes(
     connection: sqlite3.Connection, batch: Sequence[Write[Any]], now: Callable[[], float]
 ) -> None:
-    """Run the writes of `batch` in one transaction, each atomic on its own; commit once.
+    """Run the writes of `batch` in one transaction, each in its own savepoint; commit once.
 
     Group commit: the writers that queued while the previous transaction ran share one commit
-    (one sync to disk), and each write stays atomic and isolated as if it ran alone (`Write.run`:
-    in its own savepoint, or a single modifying statement, which SQLite undoes by itself when it
-    fails). Writes run one after the other, each on the state the previous ones left, and read
-    the time (`now`) when they run; a write that raises is undone and gets its own error while
-    the others go on. Results are handed back only after the commit; if the transaction
+    (one sync to disk), and each write stays atomic and isolated as if it ran alone. Writes run
+    one after the other, each on the state the previous ones left, and read the time (`now`)
+    when they run; a write that raises is rolled back to its savepoint and gets its own error
+    while the others go on. Results are handed back only after the commit; if the transaction
     fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it back), every write
     that had not failed on its own gets that error, and none took effect. Call where no other
     write of the store runs at the same time: with the write lock held, or on the writer thread.
@@ -223,7 +217,7 @@ def commit_writes(
     try:
         with write_transaction(connection):
             for write_ in batch:
-                write_.run(connection, now(), shared=not alone)
+                write_.run(connection, now(), savepoint=not alone)
     except BaseException as error:
         for write_ in batch:
             if write_.error is None:
@@ -237,46 +231,25 @@ def commit_writes(
 
 
 class Write(Generic[T]):
-    """One write primitive waiting for a commit: its operation, then its result or error.
+    """One write primitive waiting for a commit: its operation, then its result or error."""
 
-    `one_statement`: the operation makes its changes in at most one statement (reads, and
-    statements that change nothing, around it), so it needs no savepoint to stay atomic in a
-    group (`run`).
-    """
+    __slots__ = ("done", "error", "operation", "result")
 
-    __slots__ = ("done", "error", "one_statement", "operation", "result")
-
-    def __init__(self, operation: Operation[T], *, one_statement: bool = False) -> None:
+    def __init__(self, operation: Operation[T]) -> None:
         self.operation = operation
-        self.one_statement = one_statement
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
 
-    def run(self, connection: sqlite3.Connection, now: float, *, shared: bool) -> None:
-        """Run the operation in the open transaction, undoable alone if others share it.
+    def run(self, connection: sqlite3.Connection, now: float, *, savepoint: bool) -> None:
+        """Run the operation in the open transaction; in a savepoint if others share it.
 
-        Alone (not `shared`), an error propagates: it rolls the transaction back, and
-        this write is alone in it. Shared, the error is this write's own and its changes are
-        undone, unless SQLite has rolled back the whole transaction: then the batch fails with
-        it. A `one_statement` write is undone by SQLite itself: a statement that fails is
-        rolled back on its own, the transaction's earlier statements kept (statement-level
-        atomicity; an error SQLite cannot confine to the statement, such as an I/O error or an
-        interrupt, rolls back the whole transaction, which `in_transaction` tells). Should it
-        fail after its statement made a change, nothing can undo the change alone, so the
-        batch fails. Any other write runs in a savepoint.
+        Without a savepoint an error propagates (it rolls the transaction back, and this write
+        is alone in it). With one, the error is this write's own and its changes are undone,
+        unless SQLite has rolled back the whole transaction: then the batch fails with it.
         """
-        if not shared:
+        if not savepoint:
             self.result = self.operation(connection, now)
-            return
-        if self.one_statement:
-            changes = connection.total_changes
-            try:
-                self.result = self.operation(connection, now)
-            except Exception as error:
-                if not connection.in_transaction or connection.total_changes != changes:
-                    raise
-                self.error = error
             return
         connection.execute("SAVEPOINT retrysafe_write")
         try:

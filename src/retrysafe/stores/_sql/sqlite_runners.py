@@ -50,14 +50,9 @@ class SQLiteRunner:
             functools.partial(file._claim, identity, fingerprint, lease=lease, retention=retention)
         )
 
-    def write(self, operation: Operation[T], *, one_statement: bool = False) -> T:
-        """Run a write primitive in a write transaction, group-committed with other threads'
-        (`one_statement`: see `Write`)."""
-        return self._run(
-            functools.partial(
-                self._file._execute, operation, write=True, one_statement=one_statement
-            )
-        )
+    def write(self, operation: Operation[T]) -> T:
+        """Run a write primitive in a write transaction, group-committed with other threads'."""
+        return self._run(functools.partial(self._file._execute, operation, write=True))
 
     def read(self, operation: Operation[T]) -> T:
         """Run a read primitive on this thread's connection."""
@@ -125,33 +120,30 @@ class AsyncSQLiteRunner:
     async def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
-        """Answer from a record read in the loop, or claim on the writer thread.
+        """Answer from a done record read in the loop, or claim on the writer thread.
 
-        As `SQLiteFile._claim`: the read needs no write lock (`RecordTable.current`), the time
-        is read after the record, and a record the claim may take (or none) goes to the locked
-        claim; a replay, a mismatch or a live in-flight record is answered here.
+        As `SQLiteFile._claim`: the read needs no write lock (`RecordTable.done`), the time is
+        read after the record, and anything but a live done record goes to the locked claim.
         """
         file = self._file
         table = file.table
-        current = self._read_here(lambda connection, now: table.current(connection, identity))
-        if isinstance(current, Record) and not may_take(current, fingerprint, file.clock.now()):
-            return Claim(current, acquired=False)
+        done = self._read_here(lambda connection, now: table.done(connection, identity))
+        if isinstance(done, Record) and not may_take(done, fingerprint, file.clock.now()):
+            return Claim(done, acquired=False)
         return await self.write(
             lambda connection, now: table.claim(
                 connection, identity, fingerprint, now=now, lease=lease, retention=retention
-            ),
-            one_statement=True,
+            )
         )
 
-    async def write(self, operation: Operation[T], *, one_statement: bool = False) -> T:
-        """Run a write primitive on the writer thread; return its outcome (`one_statement`:
-        see `Write`)."""
+    async def write(self, operation: Operation[T]) -> T:
+        """Run a write primitive on the writer thread; return its outcome."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio): wait for the writer in a worker thread
-            return await anyio.to_thread.run_sync(self._call, operation, one_statement)
+            return await anyio.to_thread.run_sync(self._call, operation)
         future: asyncio.Future[T] = loop.create_future()
-        job = Job(operation, future=future, one_statement=one_statement)
+        job = Job(operation, future=future)
         self._writer.submit(job)
         try:
             return await future
@@ -221,9 +213,9 @@ class AsyncSQLiteRunner:
             return _BUSY
         raise store_error(error, self._file.path) from error
 
-    def _call(self, operation: Operation[T], one_statement: bool = False) -> T:
+    def _call(self, operation: Operation[T]) -> T:
         try:
-            return self._writer.call(operation, one_statement=one_statement)
+            return self._writer.call(operation)
         except sqlite3.Error as error:
             raise store_error(error, self._file.path) from error
 

@@ -1,8 +1,8 @@
 """The async SQLite store's writer: one thread that owns the write connection.
 
 Event-loop tasks queue their writes (`Job`) and await a future; the writer thread takes
-everything queued, runs it as one group commit (`commit_writes`: each write atomic on its
-own, one sync to disk for all), and hands the results back with one
+everything queued, runs it as one group commit (`commit_writes`: each write in its own
+savepoint, one sync to disk for all), and hands the results back with one
 `loop.call_soon_threadsafe` per event loop and batch, so several loops (in several threads) can
 share one store and each caller is answered on its own loop. A caller that is a thread (the
 async store off asyncio) waits on an event instead.
@@ -55,9 +55,8 @@ class Job(Write[T]):
         *,
         future: asyncio.Future[T] | None = None,
         event: threading.Event | None = None,
-        one_statement: bool = False,
     ) -> None:
-        super().__init__(operation, one_statement=one_statement)
+        super().__init__(operation)
         self.future = future
         self.loop = None if future is None else future.get_loop()
         self.event = event
@@ -126,10 +125,10 @@ class SQLiteWriter:
                 thread.start()
             thread.jobs.put(job)
 
-    def call(self, operation: Operation[T], *, one_statement: bool = False) -> T:
+    def call(self, operation: Operation[T]) -> T:
         """Run the write `operation` on the writer thread and return its outcome; blocks."""
         event = threading.Event()
-        job = Job(operation, event=event, one_statement=one_statement)
+        job = Job(operation, event=event)
         self.submit(job)
         event.wait()
         return job.outcome()

@@ -138,15 +138,13 @@ class SQLiteStore(SQLiteFile):
         return self._runner.write(
             lambda connection, now: self.table.complete(
                 connection, identity, token, outcome, now=now, retention=retention
-            ),
-            one_statement=True,
+            )
         )
 
     def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record."""
         self._runner.write(
-            lambda connection, now: self.table.release(connection, identity, token, now=now),
-            one_statement=True,
+            lambda connection, now: self.table.release(connection, identity, token, now=now)
         )
 
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
@@ -154,8 +152,7 @@ class SQLiteStore(SQLiteFile):
         return self._runner.write(
             lambda connection, now: self.table.renew(
                 connection, identity, token, now=now, lease=lease
-            ),
-            one_statement=True,
+            )
         )
 
     def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
@@ -163,8 +160,7 @@ class SQLiteStore(SQLiteFile):
         return self._runner.write(
             lambda connection, now: self.table.checkpoint(
                 connection, identity, token, recovery_point, now=now
-            ),
-            one_statement=True,
+            )
         )
 
     def get(self, identity: Identity) -> Record | None:
@@ -176,15 +172,13 @@ class SQLiteStore(SQLiteFile):
     def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state."""
         return self._runner.write(
-            lambda connection, now: self.table.delete(connection, identity, now=now),
-            one_statement=True,
+            lambda connection, now: self.table.delete(connection, identity, now=now)
         )
 
     def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention."""
         return self._runner.write(
-            lambda connection, now: self.table.purge_expired(connection, now=now, limit=limit),
-            one_statement=True,
+            lambda connection, now: self.table.purge_expired(connection, now=now, limit=limit)
         )
 
     def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:

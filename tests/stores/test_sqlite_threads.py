@@ -148,8 +148,7 @@ def test_aclose_closes_every_connection_of_the_async_store(db_path: Path) -> Non
         gc.collect()
     assert len(opened) >= 3
     assert all(is_closed(connection) for connection in opened)
-    # Not `wal_exists`: the writer thread and this one close their connections at the same
-    # time, and SQLite removes the WAL only if a closing connection sees itself the last one.
+    assert not wal_exists(db_path)
     assert resource_warnings(caught) == []
 
 

@@ -2,11 +2,9 @@
 
 Each thread gets its own connection (SQLite connections are not shared between threads), a
 forked child opens its own, and closing the store closes them all (`sqlite_threads.py`); the
-schema is created once per store (`Schema`), and writes queue and commit in groups
-(`commit_writes`). Both faces of the SQLite store inherit `SQLiteFile` and run their primitives
-through a runner (`sqlite_runners.py`): the sync face calls these methods inline, the async face
-hands its writes to one writer thread (`sqlite_writer.py`) that commits them with the same
-`commit_writes`. The statements are `RecordTable`'s.
+schema is created once per store, and writes queue and commit in groups. Both faces of the
+SQLite store inherit `SQLiteFile`: the async face runs its blocking calls in a worker thread,
+the sync face calls them inline. The statements are `RecordTable`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import functools
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 from retrysafe._clock import Clock
@@ -26,7 +24,7 @@ from retrysafe.stores._sql.sqlite import RecordTable
 from retrysafe.stores._sql.sqlite_connection import Synchronous, connect, write_transaction
 from retrysafe.stores._sql.sqlite_threads import Slot, ThreadConnections, forks
 
-__all__ = ["Operation", "SQLiteFile", "Schema", "Write", "commit_writes"]
+__all__ = ["SQLiteFile"]
 
 T = TypeVar("T")
 
@@ -60,9 +58,10 @@ class SQLiteFile:
         # unclosed (the finalizer holds the connections, not the store).
         self._close_connections = weakref.finalize(self, self._connections.close)
         self._forks = forks.count
-        self.schema = Schema(self.table)
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
         self._write_lock = threading.Lock()
-        self._queue: list[Write[Any]] = []  # writes waiting for the next commit
+        self._queue: list[_Write[Any]] = []  # writes waiting for the next commit
         self._queue_lock = threading.Lock()
 
     def _claim(
@@ -110,7 +109,7 @@ class SQLiteFile:
         steps (up to 100 ms) and wake late, while the lock hands over at once; the busy
         timeout still arbitrates with other processes.
         """
-        write_ = Write(operation)
+        write_ = _Write(operation)
         with self._queue_lock:
             self._queue.append(write_)
         if not self._write_lock.acquire(timeout=self.timeout):
@@ -131,14 +130,45 @@ class SQLiteFile:
         return write_.outcome()
 
     def _commit_queued(self, connection: sqlite3.Connection) -> None:
-        """Run every queued write in one transaction (`commit_writes`); call with the write lock."""
+        """Run every queued write in one transaction, each in its own savepoint; commit once.
+
+        Group commit: the threads that queued while the previous transaction ran share one
+        commit (one sync to disk), and each write stays atomic and isolated as if it ran alone.
+        Writes run one after the other, each on the state the previous ones left, and read the
+        time when they run; a write that raises is rolled back to its savepoint and gets its own
+        error while the others go on. Results are handed back only after the commit; if the
+        transaction fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it
+        back), every write that had not failed on its own gets that error, and none took effect.
+        Call with the write lock held.
+        """
         with self._queue_lock:
             batch, self._queue = self._queue, []
-        commit_writes(connection, batch, self.clock.now)
+        alone = len(batch) == 1
+        try:
+            with write_transaction(connection):
+                for write_ in batch:
+                    write_.run(connection, self.clock.now(), savepoint=not alone)
+        except BaseException as error:
+            for write_ in batch:
+                if write_.error is None:
+                    write_.result = None
+                    write_.error = error
+            if not isinstance(error, Exception):
+                raise
+        finally:
+            for write_ in batch:
+                write_.done = True
 
     def _create_schema(self, *, first_use: bool = False) -> None:
-        with self._connections.use() as connection:
-            self.schema.create(connection, first_use=first_use)
+        # On first use, one thread of this store creates the schema while the others wait on
+        # this lock rather than on the database's. Other processes racing it are harmless:
+        # CREATE ... IF NOT EXISTS in a write transaction.
+        with self._connections.use() as connection, self._schema_lock:
+            if first_use and self._schema_ready:
+                return
+            with write_transaction(connection):
+                self.table.create_schema(connection)
+            self._schema_ready = True
 
     def _enter(self) -> Slot:
         """Mark this thread's connection in use (`ThreadConnections.enter`), the schema
@@ -146,7 +176,7 @@ class SQLiteFile:
         if self._forks != forks.count:
             self._forget_inherited()
         slot = self._connections.enter()
-        if not self.schema.ready:
+        if not self._schema_ready:
             try:
                 self._create_schema(first_use=True)
             except BaseException:
@@ -170,67 +200,7 @@ class SQLiteFile:
         self._forks = forks.count
 
 
-class Schema:
-    """Whether the records table and its indexes exist yet: created once per store.
-
-    On first use, one thread of the store (or its writer thread) creates them while the others
-    wait on this lock rather than on the database's. Other processes racing it are harmless:
-    CREATE ... IF NOT EXISTS in a write transaction.
-    """
-
-    __slots__ = ("_forks", "lock", "ready", "table")
-
-    def __init__(self, table: RecordTable) -> None:
-        self.table = table
-        self.lock = threading.Lock()
-        self.ready = False
-        self._forks = forks.count
-
-    def create(self, connection: sqlite3.Connection, *, first_use: bool = False) -> None:
-        """Create the schema on `connection`; on `first_use`, only if no one has yet."""
-        if self._forks != forks.count:  # a forked child: the parent's lock may be held
-            self.lock = threading.Lock()
-            self._forks = forks.count
-        with self.lock:
-            if first_use and self.ready:
-                return
-            with write_transaction(connection):
-                self.table.create_schema(connection)
-            self.ready = True
-
-
-def commit_writes(
-    connection: sqlite3.Connection, batch: Sequence[Write[Any]], now: Callable[[], float]
-) -> None:
-    """Run the writes of `batch` in one transaction, each in its own savepoint; commit once.
-
-    Group commit: the writers that queued while the previous transaction ran share one commit
-    (one sync to disk), and each write stays atomic and isolated as if it ran alone. Writes run
-    one after the other, each on the state the previous ones left, and read the time (`now`)
-    when they run; a write that raises is rolled back to its savepoint and gets its own error
-    while the others go on. Results are handed back only after the commit; if the transaction
-    fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it back), every write
-    that had not failed on its own gets that error, and none took effect. Call where no other
-    write of the store runs at the same time: with the write lock held, or on the writer thread.
-    """
-    alone = len(batch) == 1
-    try:
-        with write_transaction(connection):
-            for write_ in batch:
-                write_.run(connection, now(), savepoint=not alone)
-    except BaseException as error:
-        for write_ in batch:
-            if write_.error is None:
-                write_.result = None
-                write_.error = error
-        if not isinstance(error, Exception):
-            raise
-    finally:
-        for write_ in batch:
-            write_.done = True
-
-
-class Write(Generic[T]):
+class _Write(Generic[T]):
     """One write primitive waiting for a commit: its operation, then its result or error."""
 
     __slots__ = ("done", "error", "operation", "result")

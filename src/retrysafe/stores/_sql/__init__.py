@@ -7,8 +7,10 @@ caller does not use: each module below imports its own.
 
 - `sqlite.py`: the SQLite table, its statements and the primitives on a `sqlite3` connection;
   `sqlite_connection.py` opens connections, runs write transactions and maps errors;
-  `sqlite_file.py` is the SQLite store's engine (schema, group commit), and
-  `sqlite_threads.py` its connections (one per thread, all closed with the store).
+  `sqlite_file.py` is the SQLite store's engine (schema, group commit),
+  `sqlite_threads.py` its connections (one per thread, all closed with the store),
+  `sqlite_writer.py` the async face's writer thread, and `sqlite_runners.py` how each face
+  runs the primitives.
 - `postgres.py`: the PostgreSQL table's statements rendered for one table, and its rows;
   `postgres_statements.py` is their text; `postgres_connection.py` reads a store URL and maps
   errors. The primitives that run them on a psycopg connection, for the store and transactional

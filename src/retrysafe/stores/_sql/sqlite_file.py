@@ -2,9 +2,11 @@
 
 Each thread gets its own connection (SQLite connections are not shared between threads), a
 forked child opens its own, and closing the store closes them all (`sqlite_threads.py`); the
-schema is created once per store, and writes queue and commit in groups. Both faces of the
-SQLite store inherit `SQLiteFile`: the async face runs its blocking calls in a worker thread,
-the sync face calls them inline. The statements are `RecordTable`'s.
+schema is created once per store (`Schema`), and writes queue and commit in groups
+(`commit_writes`). Both faces of the SQLite store inherit `SQLiteFile` and run their primitives
+through a runner (`sqlite_runners.py`): the sync face calls these methods inline, the async face
+hands its writes to one writer thread (`sqlite_writer.py`) that commits them with the same
+`commit_writes`. The statements are `RecordTable`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import functools
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from retrysafe._clock import Clock
@@ -24,7 +26,7 @@ from retrysafe.stores._sql.sqlite import RecordTable
 from retrysafe.stores._sql.sqlite_connection import Synchronous, connect, write_transaction
 from retrysafe.stores._sql.sqlite_threads import Slot, ThreadConnections, forks
 
-__all__ = ["SQLiteFile"]
+__all__ = ["Operation", "SQLiteFile", "Schema", "Write", "commit_writes"]
 
 T = TypeVar("T")
 
@@ -58,48 +60,52 @@ class SQLiteFile:
         # unclosed (the finalizer holds the connections, not the store).
         self._close_connections = weakref.finalize(self, self._connections.close)
         self._forks = forks.count
-        self._schema_lock = threading.Lock()
-        self._schema_ready = False
+        self.schema = Schema(self.table)
         self._write_lock = threading.Lock()
-        self._queue: list[_Write[Any]] = []  # writes waiting for the next commit
+        self._queue: list[Write[Any]] = []  # writes waiting for the next commit
         self._queue_lock = threading.Lock()
 
     def _claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
-        """Answer from a done record read without the write lock, or claim under it.
+        """Answer from a record read without the write lock, or claim under it.
 
-        A replay (or a mismatch against a completed request) is a plain read, so it neither
-        waits for the writers nor makes them wait: see `RecordTable.done` for why that is safe.
-        The time is read after the record, and a record past its retention goes to the locked
-        claim like any other case.
+        A replay, a mismatch, or a claim on a live in-flight record (a 409 or a wait) is a
+        plain read, so it neither waits for the writers nor makes them wait: see
+        `RecordTable.current` for why that is safe. The time is read after the record; a
+        record the claim may take (absent, past its retention, a lapsed lease) goes to the
+        locked claim.
         """
         slot = self._enter()
         try:
             connection = slot.connection
-            done = self.table.done(connection, identity)
-            if done is not None and not may_take(done, fingerprint, self.clock.now()):
-                return Claim(done, acquired=False)
+            current = self.table.current(connection, identity)
+            if current is not None and not may_take(current, fingerprint, self.clock.now()):
+                return Claim(current, acquired=False)
             return self._queue_write(
                 connection,
                 lambda connection, now: self.table.claim(
                     connection, identity, fingerprint, now=now, lease=lease, retention=retention
                 ),
+                one_statement=True,
             )
         finally:
             self._connections.leave(slot)
 
-    def _execute(self, operation: Operation[T], *, write: bool) -> T:
-        """Run `operation` on this thread's connection, in a write transaction if `write`."""
+    def _execute(self, operation: Operation[T], *, write: bool, one_statement: bool = False) -> T:
+        """Run `operation` on this thread's connection, in a write transaction if `write`
+        (`one_statement`: see `Write`)."""
         slot = self._enter()
         try:
             if not write:
                 return operation(slot.connection, self.clock.now())
-            return self._queue_write(slot.connection, operation)
+            return self._queue_write(slot.connection, operation, one_statement=one_statement)
         finally:
             self._connections.leave(slot)
 
-    def _queue_write(self, connection: sqlite3.Connection, operation: Operation[T]) -> T:
+    def _queue_write(
+        self, connection: sqlite3.Connection, operation: Operation[T], *, one_statement: bool
+    ) -> T:
         """Run the write `operation` in a transaction, with the writes queued alongside it.
 
         The time is read once the transaction holds the write lock, so a claim that waited for
@@ -109,7 +115,7 @@ class SQLiteFile:
         steps (up to 100 ms) and wake late, while the lock hands over at once; the busy
         timeout still arbitrates with other processes.
         """
-        write_ = _Write(operation)
+        write_ = Write(operation, one_statement=one_statement)
         with self._queue_lock:
             self._queue.append(write_)
         if not self._write_lock.acquire(timeout=self.timeout):
@@ -130,45 +136,14 @@ class SQLiteFile:
         return write_.outcome()
 
     def _commit_queued(self, connection: sqlite3.Connection) -> None:
-        """Run every queued write in one transaction, each in its own savepoint; commit once.
-
-        Group commit: the threads that queued while the previous transaction ran share one
-        commit (one sync to disk), and each write stays atomic and isolated as if it ran alone.
-        Writes run one after the other, each on the state the previous ones left, and read the
-        time when they run; a write that raises is rolled back to its savepoint and gets its own
-        error while the others go on. Results are handed back only after the commit; if the
-        transaction fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it
-        back), every write that had not failed on its own gets that error, and none took effect.
-        Call with the write lock held.
-        """
+        """Run every queued write in one transaction (`commit_writes`); call with the write lock."""
         with self._queue_lock:
             batch, self._queue = self._queue, []
-        alone = len(batch) == 1
-        try:
-            with write_transaction(connection):
-                for write_ in batch:
-                    write_.run(connection, self.clock.now(), savepoint=not alone)
-        except BaseException as error:
-            for write_ in batch:
-                if write_.error is None:
-                    write_.result = None
-                    write_.error = error
-            if not isinstance(error, Exception):
-                raise
-        finally:
-            for write_ in batch:
-                write_.done = True
+        commit_writes(connection, batch, self.clock.now)
 
     def _create_schema(self, *, first_use: bool = False) -> None:
-        # On first use, one thread of this store creates the schema while the others wait on
-        # this lock rather than on the database's. Other processes racing it are harmless:
-        # CREATE ... IF NOT EXISTS in a write transaction.
-        with self._connections.use() as connection, self._schema_lock:
-            if first_use and self._schema_ready:
-                return
-            with write_transaction(connection):
-                self.table.create_schema(connection)
-            self._schema_ready = True
+        with self._connections.use() as connection:
+            self.schema.create(connection, first_use=first_use)
 
     def _enter(self) -> Slot:
         """Mark this thread's connection in use (`ThreadConnections.enter`), the schema
@@ -176,7 +151,7 @@ class SQLiteFile:
         if self._forks != forks.count:
             self._forget_inherited()
         slot = self._connections.enter()
-        if not self._schema_ready:
+        if not self.schema.ready:
             try:
                 self._create_schema(first_use=True)
             except BaseException:
@@ -200,26 +175,108 @@ class SQLiteFile:
         self._forks = forks.count
 
 
-class _Write(Generic[T]):
-    """One write primitive waiting for a commit: its operation, then its result or error."""
+class Schema:
+    """Whether the records table and its indexes exist yet: created once per store.
 
-    __slots__ = ("done", "error", "operation", "result")
+    On first use, one thread of the store (or its writer thread) creates them while the others
+    wait on this lock rather than on the database's. Other processes racing it are harmless:
+    CREATE ... IF NOT EXISTS in a write transaction.
+    """
 
-    def __init__(self, operation: Operation[T]) -> None:
+    __slots__ = ("_forks", "lock", "ready", "table")
+
+    def __init__(self, table: RecordTable) -> None:
+        self.table = table
+        self.lock = threading.Lock()
+        self.ready = False
+        self._forks = forks.count
+
+    def create(self, connection: sqlite3.Connection, *, first_use: bool = False) -> None:
+        """Create the schema on `connection`; on `first_use`, only if no one has yet."""
+        if self._forks != forks.count:  # a forked child: the parent's lock may be held
+            self.lock = threading.Lock()
+            self._forks = forks.count
+        with self.lock:
+            if first_use and self.ready:
+                return
+            with write_transaction(connection):
+                self.table.create_schema(connection)
+            self.ready = True
+
+
+def commit_writes(
+    connection: sqlite3.Connection, batch: Sequence[Write[Any]], now: Callable[[], float]
+) -> None:
+    """Run the writes of `batch` in one transaction, each atomic on its own; commit once.
+
+    Group commit: the writers that queued while the previous transaction ran share one commit
+    (one sync to disk), and each write stays atomic and isolated as if it ran alone (`Write.run`:
+    in its own savepoint, or a single modifying statement, which SQLite undoes by itself when it
+    fails). Writes run one after the other, each on the state the previous ones left, and read
+    the time (`now`) when they run; a write that raises is undone and gets its own error while
+    the others go on. Results are handed back only after the commit; if the transaction
+    fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it back), every write
+    that had not failed on its own gets that error, and none took effect. Call where no other
+    write of the store runs at the same time: with the write lock held, or on the writer thread.
+    """
+    alone = len(batch) == 1
+    try:
+        with write_transaction(connection):
+            for write_ in batch:
+                write_.run(connection, now(), shared=not alone)
+    except BaseException as error:
+        for write_ in batch:
+            if write_.error is None:
+                write_.result = None
+                write_.error = error
+        if not isinstance(error, Exception):
+            raise
+    finally:
+        for write_ in batch:
+            write_.done = True
+
+
+class Write(Generic[T]):
+    """One write primitive waiting for a commit: its operation, then its result or error.
+
+    `one_statement`: the operation makes its changes in at most one statement (reads, and
+    statements that change nothing, around it), so it needs no savepoint to stay atomic in a
+    group (`run`).
+    """
+
+    __slots__ = ("done", "error", "one_statement", "operation", "result")
+
+    def __init__(self, operation: Operation[T], *, one_statement: bool = False) -> None:
         self.operation = operation
+        self.one_statement = one_statement
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
 
-    def run(self, connection: sqlite3.Connection, now: float, *, savepoint: bool) -> None:
-        """Run the operation in the open transaction; in a savepoint if others share it.
+    def run(self, connection: sqlite3.Connection, now: float, *, shared: bool) -> None:
+        """Run the operation in the open transaction, undoable alone if others share it.
 
-        Without a savepoint an error propagates (it rolls the transaction back, and this write
-        is alone in it). With one, the error is this write's own and its changes are undone,
-        unless SQLite has rolled back the whole transaction: then the batch fails with it.
+        Alone (not `shared`), an error propagates: it rolls the transaction back, and
+        this write is alone in it. Shared, the error is this write's own and its changes are
+        undone, unless SQLite has rolled back the whole transaction: then the batch fails with
+        it. A `one_statement` write is undone by SQLite itself: a statement that fails is
+        rolled back on its own, the transaction's earlier statements kept (statement-level
+        atomicity; an error SQLite cannot confine to the statement, such as an I/O error or an
+        interrupt, rolls back the whole transaction, which `in_transaction` tells). Should it
+        fail after its statement made a change, nothing can undo the change alone, so the
+        batch fails. Any other write runs in a savepoint.
         """
-        if not savepoint:
+        if not shared:
             self.result = self.operation(connection, now)
+            return
+        if self.one_statement:
+            changes = connection.total_changes
+            try:
+                self.result = self.operation(connection, now)
+            except Exception as error:
+                if not connection.in_transaction or connection.total_changes != changes:
+                    raise
+                self.error = error
             return
         connection.execute("SAVEPOINT retrysafe_write")
         try:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 from retrysafe._errors import StoreError
 
-__all__ = ["Slot", "ThreadConnections", "forks"]
+__all__ = ["Slot", "ThreadConnections", "forks", "set_aside"]
 
 
 class _Forks:
@@ -41,6 +41,11 @@ os.register_at_fork(after_in_child=forks.forked)
 # life of the child: SQLite forbids using a connection across fork(), and closing one in the
 # child could disturb the parent's locks or WAL.
 _INHERITED: list[sqlite3.Connection] = []
+
+
+def set_aside(connection: sqlite3.Connection) -> None:
+    """In a forked child, keep a connection inherited from the parent, unused and unclosed."""
+    _INHERITED.append(connection)
 
 
 class Slot:

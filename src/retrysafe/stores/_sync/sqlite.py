@@ -3,36 +3,33 @@
 # fmt: off
 """The SQLite store (`sqlite:///path/to.db`): the embedded default, durable, zero set-up.
 
-Standard-library `sqlite3` in WAL mode. Each thread that uses the store gets its own connection,
-and every primitive is one transaction in the database file, so the guarantee holds across
-threads and across processes on one machine. The async face runs each blocking call in a worker
-thread; the sync face (generated) calls it inline. The blocking half (connections, group commit)
-is `stores/_sql/sqlite_file.py`; the statements are `stores/_sql/sqlite.py`.
+Standard-library `sqlite3` in WAL mode. Every primitive is one transaction in the database
+file, so the guarantee holds across threads and across processes on one machine. Each face runs
+its primitives through a runner (`stores/_sql/sqlite_runners.py`): the async face hands claims
+and writes to one writer thread per store, which commits them in groups, and reads in worker
+threads; the sync face (generated) calls everything inline, on a connection per thread. The blocking
+half (connections, group commit) is `stores/_sql/sqlite_file.py`, the writer thread
+`stores/_sql/sqlite_writer.py`; the statements are `stores/_sql/sqlite.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import sqlite3
-from collections.abc import Callable
-from typing import TypeVar, Unpack, cast, get_args
+from typing import Unpack, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 from retrysafe._clock import Clock, SystemClock
-from retrysafe._concurrency import ThreadRunner
 from retrysafe._errors import ConfigurationError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
 from retrysafe.stores._sql import DEFAULT_TABLE
-from retrysafe.stores._sql.sqlite_connection import Synchronous, store_error
-from retrysafe.stores._sql.sqlite_file import Operation, SQLiteFile
+from retrysafe.stores._sql.sqlite_connection import Synchronous
+from retrysafe.stores._sql.sqlite_file import SQLiteFile
+from retrysafe.stores._sql.sqlite_runners import SQLiteRunner
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
 __all__ = ["SQLiteStore"]
-
-T = TypeVar("T")
 
 _URL_FORMS = "'sqlite:///relative/path.db' or 'sqlite:////absolute/path.db'"
 _OPTIONS: dict[str, type] = {"timeout": float, "table": str, "synchronous": str}
@@ -84,7 +81,7 @@ class SQLiteStore(SQLiteFile):
             timeout=timeout,
             synchronous=synchronous,
         )
-        self._runner = ThreadRunner()
+        self._runner = SQLiteRunner(self)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteStore:
@@ -126,94 +123,88 @@ class SQLiteStore(SQLiteFile):
 
     def create_schema(self) -> None:
         """Create the records table and its indexes unless they exist (idempotent)."""
-        self._run(self._create_schema)
+        self._runner.create_schema()
 
     def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
         """Claim `identity` atomically, or return the existing record."""
-        return self._run(
-            functools.partial(self._claim, identity, fingerprint, lease=lease, retention=retention)
-        )
+        return self._runner.claim(identity, fingerprint, lease=lease, retention=retention)
 
     def complete(
         self, identity: Identity, token: str, outcome: bytes, *, retention: float
     ) -> Record:
         """Store `outcome` and mark the record done."""
-        return self._write(
+        return self._runner.write(
             lambda connection, now: self.table.complete(
                 connection, identity, token, outcome, now=now, retention=retention
-            )
+            ),
+            one_statement=True,
         )
 
     def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record."""
-        self._write(
-            lambda connection, now: self.table.release(connection, identity, token, now=now)
+        self._runner.write(
+            lambda connection, now: self.table.release(connection, identity, token, now=now),
+            one_statement=True,
         )
 
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease."""
-        return self._write(
+        return self._runner.write(
             lambda connection, now: self.table.renew(
                 connection, identity, token, now=now, lease=lease
-            )
+            ),
+            one_statement=True,
         )
 
     def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
         """Record the last committed phase."""
-        return self._write(
+        return self._runner.write(
             lambda connection, now: self.table.checkpoint(
                 connection, identity, token, recovery_point, now=now
-            )
+            ),
+            one_statement=True,
         )
 
     def get(self, identity: Identity) -> Record | None:
         """Return the live record, or None."""
-        return self._read(
+        return self._runner.read(
             lambda connection, now: self.table.get(connection, identity, now=now)
         )
 
     def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state."""
-        return self._write(
-            lambda connection, now: self.table.delete(connection, identity, now=now)
+        return self._runner.write(
+            lambda connection, now: self.table.delete(connection, identity, now=now),
+            one_statement=True,
         )
 
     def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention."""
-        return self._write(
-            lambda connection, now: self.table.purge_expired(connection, now=now, limit=limit)
+        return self._runner.write(
+            lambda connection, now: self.table.purge_expired(connection, now=now, limit=limit),
+            one_statement=True,
         )
 
     def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first."""
         listing = Listing(**filters)
-        return self._read(
+        return self._runner.scan(
             lambda connection, now: self.table.list_records(connection, listing, now=now)
         )
 
     def stats(self) -> StoreStats:
         """Return counts of live records."""
-        return self._read(lambda connection, now: self.table.stats(connection, now=now))
+        return self._runner.scan(
+            lambda connection, now: self.table.stats(connection, now=now)
+        )
 
     def wait(self, identity: Identity, *, timeout: float) -> Record | None:
         """Poll until the record settles or `timeout` passes."""
         return poll_until_settled(self, identity, timeout)
 
     def close(self) -> None:
-        """Close every thread's connection; the store cannot be used afterwards."""
-        self._close_connections()
-
-    def _write(self, operation: Operation[T]) -> T:
-        return self._run(functools.partial(self._execute, operation, write=True))
-
-    def _read(self, operation: Operation[T]) -> T:
-        return self._run(functools.partial(self._execute, operation, write=False))
-
-    def _run(self, call: Callable[[], T]) -> T:
-        """Run a blocking call through the runner, turning sqlite3 errors into store errors."""
-        try:
-            return self._runner.run(call)
-        except sqlite3.Error as error:
-            raise store_error(error, self.path) from error
+        """Close the store's connections once the calls already running or queued are done; the
+        store cannot be used afterwards."""
+        self._runner.close()

@@ -1,7 +1,9 @@
-"""Shared fixtures: real PostgreSQL, Redis and RabbitMQ servers, found or skipped loudly.
+"""Shared fixtures: real PostgreSQL, Redis, Redis Cluster and RabbitMQ, found or skipped loudly.
 
 `make test` finds the servers on their usual loopback ports or starts throwaway ones, and passes
 their URLs in RETRYSAFE_TEST_POSTGRES_URL, RETRYSAFE_TEST_REDIS_URL and RETRYSAFE_TEST_AMQP_URL.
+It starts a Redis Cluster too, passing its seeds in RETRYSAFE_TEST_REDIS_CLUSTER_URL and its
+nodes' ports, processes and roles in RETRYSAFE_TEST_REDIS_CLUSTER_NODES.
 A test that needs a server that is not reachable is skipped with a loud message, except under
 CI=true, where it fails: CI must never go green by skipping the real backends.
 """
@@ -9,12 +11,14 @@ CI=true, where it fails: CI must never go green by skipping the real backends.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal, NoReturn, TypedDict
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,6 +28,8 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("RETRYSAFE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_CLUSTER_URL = os.environ.get("RETRYSAFE_TEST_REDIS_CLUSTER_URL", "")
+REDIS_CLUSTER_NODES = os.environ.get("RETRYSAFE_TEST_REDIS_CLUSTER_NODES", "")
 
 _IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _missing: dict[str, str] = {}
@@ -42,13 +48,32 @@ def _reachable(url: str, default_port: int) -> bool:
 
 def require_service(name: str, url: str, default_port: int) -> str:
     """Return `url` if its server answers; otherwise skip loudly, or fail under CI=true."""
-    if _reachable(url, default_port):
-        return url
-    message = f"{name} is not reachable at {url}"
+    if not _reachable(url, default_port):
+        service_missing(name, f"{name} is not reachable at {url}")
+    return url
+
+
+def service_missing(name: str, message: str) -> NoReturn:
+    """Skip loudly, or fail under CI=true, because a real service the test needs is missing."""
     _missing[name] = message
     if _IN_CI:
         pytest.fail(f"{message}; CI=true, so a missing service fails the run.", pytrace=False)
     pytest.skip(f"SERVICE MISSING: {message}")
+
+
+class ClusterNodeInfo(TypedDict):
+    """A Redis Cluster node scripts/services.py started: its port, process id and first role."""
+
+    port: int
+    pid: int
+    role: Literal["master", "replica"]
+
+
+def cluster_seeds(url: str) -> list[tuple[str, int]]:
+    """The (host, port) seed nodes of a `redis+cluster://HOST:PORT[,HOST:PORT...]/` URL."""
+    netloc = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    seeds = [urlsplit(f"//{seed}") for seed in netloc.split(",")]
+    return [(seed.hostname or "127.0.0.1", seed.port or 6379) for seed in seeds]
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +92,40 @@ def redis_url() -> str:
 def amqp_url() -> str:
     """The URL of a real RabbitMQ broker."""
     return require_service("RabbitMQ", AMQP_URL, 5672)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """The `redis+cluster://` URL of a real Redis Cluster, its seeds the masters."""
+    if not REDIS_CLUSTER_URL:
+        service_missing(
+            "Redis Cluster",
+            "Redis Cluster is not configured: RETRYSAFE_TEST_REDIS_CLUSTER_URL is unset"
+            " (scripts/services.py starts one when `redis-server` is installed)",
+        )
+    seeds = cluster_seeds(REDIS_CLUSTER_URL)
+    if not any(_reachable(f"redis://{host}:{port}", 6379) for host, port in seeds):
+        service_missing("Redis Cluster", f"Redis Cluster is not reachable at {REDIS_CLUSTER_URL}")
+    return REDIS_CLUSTER_URL
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes(redis_cluster_url: str) -> list[ClusterNodeInfo]:
+    """The nodes of the Redis Cluster scripts/services.py started, so tests can kill a master."""
+    if not REDIS_CLUSTER_NODES:
+        service_missing(
+            "Redis Cluster nodes",
+            f"the nodes of the Redis Cluster at {redis_cluster_url} are not known:"
+            " RETRYSAFE_TEST_REDIS_CLUSTER_NODES is set only for a cluster scripts/services.py"
+            " started",
+        )
+    nodes: list[ClusterNodeInfo] = [
+        {"port": int(node["port"]), "pid": int(node["pid"]), "role": node["role"]}
+        for node in json.loads(REDIS_CLUSTER_NODES)
+    ]
+    if any(node["role"] not in ("master", "replica") for node in nodes):
+        raise ValueError(f"RETRYSAFE_TEST_REDIS_CLUSTER_NODES has an unknown role: {nodes}")
+    return nodes
 
 
 def unique_name(prefix: str = "rs_test") -> str:
@@ -124,7 +183,9 @@ def delete_redis_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
-_SERVICE_FIXTURES = frozenset({"postgres_url", "redis_url", "amqp_url"})
+_SERVICE_FIXTURES = frozenset(
+    {"postgres_url", "redis_url", "amqp_url", "redis_cluster_url", "redis_cluster_nodes"}
+)
 _SERVICE_PARAMS = frozenset({"postgres", "redis", "rabbitmq"})
 _SERVICE_MARKERS = ("postgres", "redis", "rabbitmq")
 

@@ -71,9 +71,9 @@ class ClusterNodeInfo(TypedDict):
 
 def cluster_seeds(url: str) -> list[tuple[str, int]]:
     """The (host, port) seed nodes of a `redis+cluster://HOST:PORT[,HOST:PORT...]/` URL."""
-    netloc = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
-    seeds = [urlsplit(f"//{seed}") for seed in netloc.split(",")]
-    return [(seed.hostname or "127.0.0.1", seed.port or 6379) for seed in seeds]
+    from retrysafe.stores._async.redis_cluster import cluster_seeds as seeds_of
+
+    return seeds_of(url.split("?", 1)[0])
 
 
 @pytest.fixture(scope="session")
@@ -158,6 +158,13 @@ def fresh_store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path
             yield f"{base}?prefix={prefix}"
         finally:
             delete_redis_prefix(base, prefix)
+    elif backend == "redis-cluster":
+        base = request.getfixturevalue("redis_cluster_url")
+        prefix = unique_name()
+        try:
+            yield f"{base}?prefix={prefix}"
+        finally:
+            delete_redis_cluster_prefix(base, prefix)
     else:  # pragma: no cover - a typo in a parametrization
         raise ValueError(backend)
 
@@ -176,6 +183,19 @@ def delete_redis_prefix(url: str, prefix: str) -> None:
     import redis
 
     client = redis.Redis.from_url(url.split("?", 1)[0])
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def delete_redis_cluster_prefix(url: str, prefix: str) -> None:
+    """Delete the keys under a prefix a test used, on every master of a Redis Cluster."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    nodes = [ClusterNode(host, port) for host, port in cluster_seeds(url)]
+    client = RedisCluster(startup_nodes=nodes)
     try:
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             client.delete(key)

@@ -28,7 +28,7 @@ class KnownRecords:
     expired: tuple[Identity, ...]  # past their retention: invisible, purgeable
 
 
-@pytest.fixture(params=["sqlite", "postgres", "redis"])
+@pytest.fixture(params=["sqlite", "postgres", "redis", "redis-cluster"])
 def cli_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of a fresh, empty store on each real backend; dropped afterwards."""
     with fresh_store_url(str(request.param), request, tmp_path) as url:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from retrysafe import AsyncStore, ManualClock, Store, open_async_store, open_store
-from tests.conftest import unique_name
+from tests.conftest import fresh_store_url
 
-BACKENDS = ["memory", "sqlite", "postgres", "redis"]
+BACKENDS = ["memory", "sqlite", "postgres", "redis", "redis-cluster"]
 
 
 def drop_backend_data(url: str) -> None:
@@ -35,22 +35,9 @@ def drop_backend_data(url: str) -> None:
 
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL for a fresh, empty store on each backend."""
-    backend = str(request.param)
-    if backend == "memory":
-        yield "memory://"
-        return
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    if backend == "postgres":
-        url = f"{request.getfixturevalue('postgres_url')}?table={unique_name()}"
-    else:
-        url = f"{request.getfixturevalue('redis_url')}?prefix={unique_name()}"
-    try:
+    """A URL for a fresh, empty store on each backend; what it created is removed after."""
+    with fresh_store_url(str(request.param), request, tmp_path) as url:
         yield url
-    finally:
-        drop_backend_data(url)
 
 
 @pytest.fixture

@@ -69,7 +69,10 @@ StoreOption = Annotated[
         "--store",
         envvar="RETRYSAFE_STORE",
         metavar="URL",
-        help="The store: sqlite:///path.db, postgresql://..., redis://..., memory://.",
+        help=(
+            "The store: sqlite:///path.db, postgresql://..., redis://...,"
+            " redis+cluster://host:port,..., memory://."
+        ),
         show_default=False,
     ),
 ]

@@ -53,7 +53,7 @@ def proxy(
             "--store",
             metavar="URL",
             help="The idempotency store: memory://, sqlite:///file.db, postgresql://..., "
-            "redis://... (default: retrysafe.db here).",
+            "redis://..., redis+cluster://host:port,... (default: retrysafe.db here).",
         ),
     ] = "sqlite:///retrysafe.db",
     require_key: Annotated[

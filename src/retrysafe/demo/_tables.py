@@ -104,14 +104,14 @@ class DemoDatabase:
             path = sqlite_path(url)
             tables = Tables(prefix)
             connections = open_sqlite(path, transactional=True)
-        elif scheme in ("memory", "redis", "rediss"):
+        elif scheme in ("memory", "redis", "rediss", "redis+cluster", "rediss+cluster"):
             # No SQL database to share with the store: a payment cannot commit with its record.
             tables, records = Tables(prefix), DEFAULT_TABLE
             connections = open_sqlite(":memory:", transactional=False)
         else:
             raise ConfigurationError(
                 f"Unknown store URL {url!r}; use sqlite:///path.db, postgresql://..., "
-                "redis://... or memory://."
+                "redis://..., redis+cluster://... or memory://."
             )
         database = cls(
             connections.connect,

@@ -33,6 +33,8 @@ _BACKENDS: dict[str, tuple[str, str, str, str | None]] = {
     "postgres": ("postgres", "PostgresStore", "AsyncPostgresStore", "postgres"),
     "redis": ("redis", "RedisStore", "AsyncRedisStore", "redis"),
     "rediss": ("redis", "RedisStore", "AsyncRedisStore", "redis"),
+    "redis+cluster": ("redis", "RedisClusterStore", "AsyncRedisClusterStore", "redis"),
+    "rediss+cluster": ("redis", "RedisClusterStore", "AsyncRedisClusterStore", "redis"),
 }
 
 

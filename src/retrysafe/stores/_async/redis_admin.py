@@ -1,15 +1,15 @@
 """The Redis store's admin operations: they SCAN the store's keys, O(records).
 
-Meant for the `retrysafe keys` CLI and periodic jobs, not for request paths. Each takes the
-client and the store's key space (`space`); the store maps Redis errors around the call.
+Meant for the `retrysafe keys` CLI and periodic jobs, not for request paths. Each takes a
+client (a Redis server, or one master of a cluster: `Scannable`) and the store's key space
+(`space`); the store maps Redis errors around the call.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
@@ -25,8 +25,20 @@ _SCAN_COUNT = 1000
 Key = bytes | str  # a key as redis-py types the reply to SCAN
 
 
+class Scannable(Protocol):
+    """What the admin operations use of a client: SCAN one server, and pipelines."""
+
+    def scan(self, cursor: int = ..., **options: Any) -> Any:
+        """Return (awaitable on the async face) the server's next cursor and a batch of keys."""
+        ...
+
+    def pipeline(self, transaction: bool = ...) -> Any:
+        """Return a pipeline that sends each command where its key lives."""
+        ...
+
+
 async def purge_expired(
-    redis: Redis, space: lua.KeySpace, purge: AsyncScript, *, now: float, limit: int
+    redis: Scannable, space: lua.KeySpace, purge: AsyncScript, *, now: float, limit: int
 ) -> int:
     """Delete at most `limit` records past their retention, SCANning in batches."""
     purged = 0
@@ -51,7 +63,7 @@ async def purge_expired(
 
 
 async def list_records(
-    redis: Redis, space: lua.KeySpace, listing: Listing, *, now: float
+    redis: Scannable, space: lua.KeySpace, listing: Listing, *, now: float
 ) -> list[Record]:
     """Return the live records `listing` asks for, newest first."""
     matching: list[Record] = []
@@ -68,7 +80,7 @@ async def list_records(
     return listing.newest(matching)
 
 
-async def stats(redis: Redis, space: lua.KeySpace, *, now: float) -> StoreStats:
+async def stats(redis: Scannable, space: lua.KeySpace, *, now: float) -> StoreStats:
     """Return counts of live records (outcomes are sized, not read)."""
     in_flight: list[float] = []
     done = 0
@@ -140,7 +152,7 @@ Read = Callable[[Pipeline, Key, bool], Callable[[list[Any]], Any]]
 
 
 async def _scan(
-    redis: Redis, space: lua.KeySpace, read: Read
+    redis: Scannable, space: lua.KeySpace, read: Read
 ) -> AsyncIterator[tuple[list[Key], list[Any]]]:
     """SCAN the store's keys, strings (layout 2) then hashes (layout 1); yield each batch's keys
     and what `read` made of each key's replies, all read in one pipeline a batch."""

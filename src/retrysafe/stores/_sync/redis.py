@@ -23,6 +23,7 @@ from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_layout as layout
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._sync import redis_admin as admin
+from retrysafe.stores._sync.redis_commands import Commands
 from retrysafe.stores._deletes import RedisDeletes
 from retrysafe.stores._redis_executors import sync_executor
 from retrysafe.stores.base import (
@@ -73,13 +74,13 @@ class RedisStore:
         owns_client: bool = False,
         autopipeline: bool = True,
     ) -> None:
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        if self._connection_kwargs(client).get("decode_responses"):
             raise ConfigurationError("The Redis store needs a client with decode_responses=False.")
         self.clock: Clock = clock or SystemClock()
         self._redis = client
         self._keys = lua.KeySpace(prefix)
         self._owns_client = owns_client
-        self._commands = sync_executor(client, autopipeline=autopipeline)
+        self._commands = self._executor(client, autopipeline=autopipeline)
         self._set_get = True  # the server takes `SET ... NX GET` (Redis 7.0 and later)
         self._claim = client.register_script(lua.CLAIM)
         self._complete = client.register_script(lua.COMPLETE)
@@ -333,6 +334,16 @@ class RedisStore:
         finally:
             if self._owns_client:
                 self._redis.close()
+
+    @staticmethod
+    def _connection_kwargs(client: Any) -> dict[str, Any]:
+        """Return the options the client opens its connections with."""
+        return cast("dict[str, Any]", client.connection_pool.connection_kwargs)
+
+    @staticmethod
+    def _executor(client: Any, *, autopipeline: bool) -> Commands:
+        """Return what sends the store's commands (`_redis_executors`)."""
+        return sync_executor(client, autopipeline=autopipeline)
 
     def _run(self, script: Script, key: bytes, *args: bytes | str | float) -> Any:
         """Run `script` on `key` by EVALSHA (loaded first if Redis does not know it)."""

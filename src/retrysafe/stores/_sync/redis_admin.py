@@ -3,16 +3,16 @@
 # fmt: off
 """The Redis store's admin operations: they SCAN the store's keys, O(records).
 
-Meant for the `retrysafe keys` CLI and periodic jobs, not for request paths. Each takes the
-client and the store's key space (`space`); the store maps Redis errors around the call.
+Meant for the `retrysafe keys` CLI and periodic jobs, not for request paths. Each takes a
+client (a Redis server, or one master of a cluster: `Scannable`) and the store's key space
+(`space`); the store maps Redis errors around the call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
-from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
@@ -28,8 +28,20 @@ _SCAN_COUNT = 1000
 Key = bytes | str  # a key as redis-py types the reply to SCAN
 
 
+class Scannable(Protocol):
+    """What the admin operations use of a client: SCAN one server, and pipelines."""
+
+    def scan(self, cursor: int = ..., **options: Any) -> Any:
+        """Return (awaitable on the async face) the server's next cursor and a batch of keys."""
+        ...
+
+    def pipeline(self, transaction: bool = ...) -> Any:
+        """Return a pipeline that sends each command where its key lives."""
+        ...
+
+
 def purge_expired(
-    redis: Redis, space: lua.KeySpace, purge: Script, *, now: float, limit: int
+    redis: Scannable, space: lua.KeySpace, purge: Script, *, now: float, limit: int
 ) -> int:
     """Delete at most `limit` records past their retention, SCANning in batches."""
     purged = 0
@@ -54,7 +66,7 @@ def purge_expired(
 
 
 def list_records(
-    redis: Redis, space: lua.KeySpace, listing: Listing, *, now: float
+    redis: Scannable, space: lua.KeySpace, listing: Listing, *, now: float
 ) -> list[Record]:
     """Return the live records `listing` asks for, newest first."""
     matching: list[Record] = []
@@ -71,7 +83,7 @@ def list_records(
     return listing.newest(matching)
 
 
-def stats(redis: Redis, space: lua.KeySpace, *, now: float) -> StoreStats:
+def stats(redis: Scannable, space: lua.KeySpace, *, now: float) -> StoreStats:
     """Return counts of live records (outcomes are sized, not read)."""
     in_flight: list[float] = []
     done = 0
@@ -143,7 +155,7 @@ Read = Callable[[Pipeline, Key, bool], Callable[[list[Any]], Any]]
 
 
 def _scan(
-    redis: Redis, space: lua.KeySpace, read: Read
+    redis: Scannable, space: lua.KeySpace, read: Read
 ) -> Iterator[tuple[list[Key], list[Any]]]:
     """SCAN the store's keys, strings (layout 2) then hashes (layout 1); yield each batch's keys
     and what `read` made of each key's replies, all read in one pipeline a batch."""

@@ -34,7 +34,7 @@ A_PREFIXED = (
     "load_scope_secret",
 )
 # Module-level dispatchers come in pairs: `async_backend` and `sync_backend`, and so on.
-DISPATCHERS = ("backend", "records", "executor")
+DISPATCHERS = ("backend", "records", "executor", "pinned_exchange")
 
 RULES: list[tuple[str, str]] = [
     # SQLAlchemy: an async connection's DB-API connection is awaited, a sync one's is an

@@ -158,11 +158,13 @@ def fresh_store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path
             yield f"{base}?prefix={prefix}"
         finally:
             delete_redis_prefix(base, prefix)
-    elif backend == "redis-cluster":
+    elif backend in ("redis-cluster", "redis-cluster-wait"):
         base = request.getfixturevalue("redis_cluster_url")
         prefix = unique_name()
+        # `-wait`: every write confirmed by the master's replica (`min_replicas`).
+        wait = "&min_replicas=1&replica_timeout_ms=2000" if backend.endswith("-wait") else ""
         try:
-            yield f"{base}?prefix={prefix}"
+            yield f"{base}?prefix={prefix}{wait}"
         finally:
             delete_redis_cluster_prefix(base, prefix)
     else:  # pragma: no cover - a typo in a parametrization

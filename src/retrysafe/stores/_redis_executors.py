@@ -22,7 +22,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retrysafe._concurrency import monotonic
 from retrysafe.stores._async.redis_commands import AsyncCommands
+from retrysafe.stores._async.redis_replicas import AsyncReplicaWrites
 from retrysafe.stores._sync.redis_commands import Commands
+from retrysafe.stores._sync.redis_replicas import ReplicaWrites
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -193,14 +195,24 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def sync_executor(client: Redis, *, autopipeline: bool) -> Commands:
-    """Return the sync store's executor: each command on its own (`autopipeline` is async only)."""
+def sync_executor(
+    client: Redis, *, autopipeline: bool, replicas: tuple[int, int] | None = None
+) -> Commands:
+    """Return the sync store's executor: each command on its own (`autopipeline` is async only),
+    each write followed by WAIT when `replicas` (count, timeout in ms) is given."""
     del autopipeline  # nothing to batch: a sync caller has one command in flight at a time
+    if replicas is not None:
+        return ReplicaWrites(client, replicas=replicas[0], timeout_ms=replicas[1])
     return KeptConnections(client)
 
 
-def async_executor(client: AsyncRedis, *, autopipeline: bool) -> AsyncCommands:
-    """Return the async store's executor: auto-pipelined, or each command on its own."""
+def async_executor(
+    client: AsyncRedis, *, autopipeline: bool, replicas: tuple[int, int] | None = None
+) -> AsyncCommands:
+    """Return the async store's executor: auto-pipelined, or each command on its own; each
+    write followed by WAIT on its connection when `replicas` (count, timeout in ms) is given."""
+    if replicas is not None:
+        return AsyncReplicaWrites(client, replicas=replicas[0], timeout_ms=replicas[1])
     if not autopipeline:
         return AsyncCommands(client)
     from retrysafe.stores._redis_pipeline import AsyncAutoPipeline  # noqa: PLC0415 - async only

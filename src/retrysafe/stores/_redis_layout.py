@@ -30,7 +30,7 @@ from typing import Any
 
 from retrysafe._errors import StoreError
 from retrysafe._record import Identity, Record, State
-from retrysafe.stores.base import RECORD_FIELDS, decode_part
+from retrysafe.stores.base import RECORD_FIELDS, decode_part, encode_part
 
 __all__ = [
     "HEAD",
@@ -226,3 +226,26 @@ def held_record(  # noqa: PLR0917 - one helper for four primitives
         identity, fingerprint, state, token, created_at, lease_expires_at, expires_at, outcome,
         recovery_point,
     )  # fmt: skip
+
+
+def live_record(
+    found: bytes | list[bytes | None] | None, identity: Identity, now: float
+) -> Record | None:
+    """Return the record read (a layout-2 value, layout-1 `RECORD_FIELDS` values, or None),
+    or None if absent or past retention at `now`."""
+    if found is None:
+        return None
+    if isinstance(found, bytes):
+        record = record_from_string(found, identity)
+    elif found[5] is None:
+        if any(value is not None for value in found):
+            raise StoreError("A Redis record is malformed (no expires_at); delete it.")
+        return None
+    else:
+        record = record_from_values(found, identity)
+    return record if record.expires_at > now else None
+
+
+def identity_parts(identity: Identity) -> tuple[bytes, bytes, bytes]:
+    """Return the identity's parts as stored (for `keys list`)."""
+    return encode_part(identity.namespace), encode_part(identity.scope), encode_part(identity.key)

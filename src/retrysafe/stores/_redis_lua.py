@@ -13,15 +13,12 @@ so a completion publishes only when someone listens.
 from __future__ import annotations
 
 import math
-from types import TracebackType
+from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
+from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe._record import Identity
 from retrysafe.stores import _redis_layout as layout
+from retrysafe.stores._redis_errors import translate_errors
 from retrysafe.stores.base import FENCED, RECORD_FIELDS
 
 __all__ = [
@@ -36,6 +33,7 @@ __all__ = [
     "WATCH",
     "KeySpace",
     "fenced_message",
+    "held",
     "physical_ttl",
     "translate_errors",
 ]
@@ -363,34 +361,13 @@ class KeySpace:
         return key + b":settled"
 
 
+def held(reply: list[Any]) -> list[Any]:
+    """Return a holder-only script's fields, or raise `FencedError` if the caller lost."""
+    if reply[0] != 1:
+        raise FencedError(FENCED)
+    return reply[1:]
+
+
 def fenced_message() -> str:
     """Return the message of the `FencedError` raised to a caller that lost its claim."""
     return FENCED
-
-
-class _TranslateErrors:
-    """The context manager behind `translate_errors` (a class: cheaper than a generator)."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if isinstance(error, (RedisConnectionError, RedisTimeoutError, OSError)):
-            raise StoreUnavailableError(f"Redis is unavailable: {error}") from error
-        if isinstance(error, RedisError):
-            raise StoreError(f"Redis failed: {error}") from error
-
-
-_TRANSLATE_ERRORS = _TranslateErrors()
-
-
-def translate_errors() -> _TranslateErrors:
-    """Turn redis-py errors into retrysafe's: unreachable or slow is `StoreUnavailableError`."""
-    return _TRANSLATE_ERRORS

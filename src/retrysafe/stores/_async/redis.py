@@ -15,13 +15,15 @@ from redis.exceptions import RedisError, ResponseError
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
 from retrysafe._engine import may_take
-from retrysafe._errors import ConfigurationError, FencedError, StoreError
+from retrysafe._errors import ConfigurationError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_layout as layout
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._async import redis_admin as admin
 from retrysafe.stores._async.redis_commands import AsyncCommands
+from retrysafe.stores._async.redis_replicas import REPLICA_OPTIONS, replica_options, replica_wait
 from retrysafe.stores._deletes import RedisDeletes
+from retrysafe.stores._redis_errors import ReplicaShortfallError
 from retrysafe.stores._redis_executors import async_executor
 from retrysafe.stores.base import (
     RECORD_FIELDS,
@@ -41,6 +43,7 @@ _OPTIONS: dict[str, type] = {
     "socket_timeout": float,
     "connect_timeout": float,
     "autopipeline": bool,
+    **REPLICA_OPTIONS,
 }
 
 
@@ -57,6 +60,8 @@ class AsyncRedisStore:
         autopipeline: send the commands that concurrent calls issue in one event-loop turn as
             one pipeline on one connection of the store's own (the async face only: the sync
             store sends each command on its own).
+        min_replicas, replica_timeout_ms: if more than 0, a write counts only once that many
+            replicas confirm it within the timeout (`stores/_async/redis_replicas.py`).
     """
 
     _recheck_every = 0.5
@@ -70,14 +75,17 @@ class AsyncRedisStore:
         clock: Clock | None = None,
         owns_client: bool = False,
         autopipeline: bool = True,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
+        replicas = replica_wait(min_replicas, replica_timeout_ms)
         if self._connection_kwargs(client).get("decode_responses"):
             raise ConfigurationError("The Redis store needs a client with decode_responses=False.")
         self.clock: Clock = clock or SystemClock()
         self._redis = client
         self._keys = lua.KeySpace(prefix)
         self._owns_client = owns_client
-        self._commands = self._executor(client, autopipeline=autopipeline)
+        self._commands = self._executor(client, autopipeline=autopipeline, replicas=replicas)
         self._set_get = True  # the server takes `SET ... NX GET` (Redis 7.0 and later)
         self._claim = client.register_script(lua.CLAIM)
         self._complete = client.register_script(lua.COMPLETE)
@@ -95,7 +103,8 @@ class AsyncRedisStore:
 
         Query options: `prefix` (default `retrysafe`), `socket_timeout` and `connect_timeout`
         (seconds, default 5): every primitive answers or fails within them (auto-pipelined, it
-        may first wait for the batch in flight); `autopipeline` (default true; async face only).
+        may first wait for the batch in flight); `autopipeline` (default true; async face only);
+        `min_replicas` and `replica_timeout_ms` (see the class).
         """
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
@@ -105,6 +114,7 @@ class AsyncRedisStore:
         connect_timeout = cast(float, options.get("connect_timeout", 5.0))
         if not (socket_timeout > 0 and connect_timeout > 0):
             raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
+        replicas = replica_options(options)
         try:
             client = Redis.from_url(
                 urlunsplit(parts._replace(query="")),
@@ -119,7 +129,14 @@ class AsyncRedisStore:
             raise ConfigurationError(f"Invalid Redis store URL {url!r}: {error}") from None
         prefix = cast(str, options.get("prefix", "retrysafe"))
         autopipeline = cast(bool, options.get("autopipeline", True))
-        store = cls(client, prefix=prefix, clock=clock, owns_client=True, autopipeline=autopipeline)
+        store = cls(
+            client,
+            prefix=prefix,
+            clock=clock,
+            owns_client=True,
+            autopipeline=autopipeline,
+            **replicas,
+        )
         store._deletes = RedisDeletes(
             urlunsplit(parts._replace(query="")), store._keys.deleted, timeout=connect_timeout
         )
@@ -134,14 +151,30 @@ class AsyncRedisStore:
     async def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
     ) -> Claim:
-        """Claim `identity` atomically, or return the existing record.
+        """Claim `identity` atomically, or return the existing record (`_claim`).
+
+        A claim too few replicas confirmed (`min_replicas`) is released, best effort, unused.
+        """
+        token = new_token()
+        try:
+            return await self._claim_with(
+                token, identity, fingerprint, lease=lease, retention=retention
+            )
+        except ReplicaShortfallError:
+            with contextlib.suppress(StoreError):
+                await self.release(identity, token)
+            raise
+
+    async def _claim_with(
+        self, token: str, identity: Identity, fingerprint: str, *, lease: float, retention: float
+    ) -> Claim:
+        """Claim `identity` with `token`, or return the existing record.
 
         One `SET ... NX GET` settles a fresh claim (nil: set) and finds a record that stays
         someone else's; only a record the claim may take (past retention, a lapsed lease) or a
         layout-1 hash goes to the claim script, which decides again atomically.
         """
         now = self.clock.now()
-        token = new_token()
         lease_expires_at = now + lease
         expires_at = lease_expires_at + retention
         key = self._keys.key(identity)
@@ -149,7 +182,7 @@ class AsyncRedisStore:
         value = layout.encode_claim(
             token,
             encoded,
-            _parts(identity),
+            layout.identity_parts(identity),
             created_at=now,
             lease_expires_at=lease_expires_at,
             expires_at=expires_at,
@@ -208,7 +241,7 @@ class AsyncRedisStore:
             layout.pack_times(now, expires_at),
         )
         times = (now, expires_at)  # layout 2 returns the value as it was: the deadlines moved
-        return layout.held_record(self._held(reply), identity, token, State.DONE, outcome, times)
+        return layout.held_record(lua.held(reply), identity, token, State.DONE, outcome, times)
 
     async def release(self, identity: Identity, token: str) -> None:
         """Delete the in-flight record so a retry runs again; wake its waiters."""
@@ -216,13 +249,13 @@ class AsyncRedisStore:
         reply = await self._run(
             self._release, key, self.clock.now(), token, self._keys.channel(key)
         )
-        self._held(reply)
+        lua.held(reply)
 
     async def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease to `lease` seconds from now."""
         now = self.clock.now()
         reply = await self._run(self._renew, self._keys.key(identity), now, token, now + lease)
-        return layout.held_record(self._held(reply), identity, token, State.IN_FLIGHT)
+        return layout.held_record(lua.held(reply), identity, token, State.IN_FLIGHT)
 
     async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
         """Record the last committed phase of a multi-phase operation."""
@@ -233,7 +266,7 @@ class AsyncRedisStore:
             token,
             encode_part(recovery_point),
         )
-        return layout.held_record(self._held(reply), identity, token, State.IN_FLIGHT)
+        return layout.held_record(lua.held(reply), identity, token, State.IN_FLIGHT)
 
     async def get(self, identity: Identity) -> Record | None:
         """Return the live record, or None (one GET; retention checked against the clock)."""
@@ -245,7 +278,7 @@ class AsyncRedisStore:
                 if not layout.is_wrong_type(error):
                     raise
                 found = await self._commands.hmget(key, RECORD_FIELDS)  # a layout-1 hash
-        return self._live(found, identity)
+        return layout.live_record(found, identity, self.clock.now())
 
     async def delete(self, identity: Identity) -> bool:
         """Delete the record whatever its state; wake its waiters."""
@@ -303,7 +336,8 @@ class AsyncRedisStore:
                 # The confirmation: from here on, a completion is published to this waiter.
                 await pubsub.get_message(timeout=timeout)
                 while True:
-                    record = self._live(await self._run(self._watch, key), identity)
+                    found = await self._run(self._watch, key)
+                    record = layout.live_record(found, identity, self.clock.now())
                     now = self.clock.now()
                     if (
                         record is None
@@ -338,38 +372,13 @@ class AsyncRedisStore:
         return cast("dict[str, Any]", client.connection_pool.connection_kwargs)
 
     @staticmethod
-    def _executor(client: Any, *, autopipeline: bool) -> AsyncCommands:
+    def _executor(
+        client: Any, *, autopipeline: bool, replicas: tuple[int, int] | None
+    ) -> AsyncCommands:
         """Return what sends the store's commands (`_redis_executors`)."""
-        return async_executor(client, autopipeline=autopipeline)
+        return async_executor(client, autopipeline=autopipeline, replicas=replicas)
 
     async def _run(self, script: AsyncScript, key: bytes, *args: bytes | str | float) -> Any:
         """Run `script` on `key` by EVALSHA (loaded first if Redis does not know it)."""
         with lua.translate_errors():
             return await self._commands.evalsha(script, key, *args)
-
-    def _live(self, found: bytes | list[bytes | None] | None, identity: Identity) -> Record | None:
-        """Return the record read (a layout-2 value, layout-1 `RECORD_FIELDS` values, or None),
-        or None if absent or past retention."""
-        if found is None:
-            return None
-        if isinstance(found, bytes):
-            record = layout.record_from_string(found, identity)
-        elif found[5] is None:
-            if any(value is not None for value in found):
-                raise StoreError("A Redis record is malformed (no expires_at); delete it.")
-            return None
-        else:
-            record = layout.record_from_values(found, identity)
-        return record if record.expires_at > self.clock.now() else None
-
-    @staticmethod
-    def _held(reply: list[Any]) -> list[Any]:
-        """Return a holder-only script's fields, or raise `FencedError` if the caller lost."""
-        if reply[0] != 1:
-            raise FencedError(lua.fenced_message())
-        return reply[1:]
-
-
-def _parts(identity: Identity) -> tuple[bytes, bytes, bytes]:
-    """Return the identity's parts as stored (for `keys list`)."""
-    return encode_part(identity.namespace), encode_part(identity.scope), encode_part(identity.key)

@@ -34,13 +34,23 @@ from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._sync import redis_admin as admin
 from retrysafe.stores._sync.redis import RedisStore
 from retrysafe.stores._sync.redis_commands import Commands
+from retrysafe.stores._sync.redis_replicas import (
+    REPLICA_OPTIONS,
+    ReplicaWrites,
+    replica_options,
+)
 from retrysafe.stores._deletes import RedisDeletes
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
 __all__ = ["RedisClusterStore", "cluster_seeds"]
 
 _SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-_OPTIONS: dict[str, type] = {"prefix": str, "socket_timeout": float, "connect_timeout": float}
+_OPTIONS: dict[str, type] = {
+    "prefix": str,
+    "socket_timeout": float,
+    "connect_timeout": float,
+    **REPLICA_OPTIONS,
+}
 
 
 def cluster_seeds(url: str) -> list[tuple[str, int]]:
@@ -80,6 +90,8 @@ class RedisClusterStore(RedisStore):
         prefix: what every key of this store starts with.
         clock: the time source for leases and retention.
         owns_client: whether `close` closes `client` (true when built by `from_url`).
+        min_replicas, replica_timeout_ms: as for `RedisStore`; the `WAIT` goes to the
+            master that took the write, on the same connection.
     """
 
     def __init__(
@@ -89,6 +101,8 @@ class RedisClusterStore(RedisStore):
         prefix: str = "retrysafe",
         clock: Clock | None = None,
         owns_client: bool = False,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         super().__init__(
             client,  # type: ignore[arg-type]  # the same commands, routed by slot
@@ -96,6 +110,8 @@ class RedisClusterStore(RedisStore):
             clock=clock,
             owns_client=owns_client,
             autopipeline=False,
+            min_replicas=min_replicas,
+            replica_timeout_ms=replica_timeout_ms,
         )
         self._cluster = client
 
@@ -105,7 +121,7 @@ class RedisClusterStore(RedisStore):
 
         `rediss+cluster://` connects with TLS. Query options: `prefix` (default `retrysafe`),
         `socket_timeout` and `connect_timeout` (seconds, default 5): every primitive answers or
-        fails within them, redirections aside.
+        fails within them, redirections aside; `min_replicas` and `replica_timeout_ms`.
         """
         seeds = cluster_seeds(url)
         parts = urlsplit(url)
@@ -115,22 +131,24 @@ class RedisClusterStore(RedisStore):
         if not (socket_timeout > 0 and connect_timeout > 0):
             raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
         tls = parts.scheme == "rediss+cluster"
-        client = RedisCluster(
-            startup_nodes=[
-                ClusterNode(host, port)  # type: ignore[no-untyped-call, unused-ignore]
-                for host, port in seeds
-            ],
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            ssl=tls,
-            decode_responses=False,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            # No retry after a connection error or a timeout: the command may have run.
-            retry=Retry(NoBackoff(), 0),
-        )
+        replicas = replica_options(options)
+        with lua.translate_errors():  # the sync client connects here, the async one later
+            client = RedisCluster(
+                startup_nodes=[
+                    ClusterNode(host, port)  # type: ignore[no-untyped-call, unused-ignore]
+                    for host, port in seeds
+                ],
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                ssl=tls,
+                decode_responses=False,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                # No retry after a connection error or a timeout: the command may have run.
+                retry=Retry(NoBackoff(), 0),
+            )
         prefix = cast(str, options.get("prefix", "retrysafe"))
-        store = cls(client, prefix=prefix, clock=clock, owns_client=True)
+        store = cls(client, prefix=prefix, clock=clock, owns_client=True, **replicas)
         # Deletes are PUBLISHed, which the cluster forwards to every node: one seed hears all.
         host, port = seeds[0]
         userinfo = parts.netloc.rpartition("@")[0]
@@ -187,8 +205,12 @@ class RedisClusterStore(RedisStore):
         return cast("dict[str, Any]", client.get_connection_kwargs())
 
     @staticmethod
-    def _executor(client: Any, *, autopipeline: bool) -> Commands:
+    def _executor(
+        client: Any, *, autopipeline: bool, replicas: tuple[int, int] | None
+    ) -> Commands:
         del autopipeline  # one pipeline cannot span the masters
+        if replicas is not None:
+            return ReplicaWrites(client, replicas=replicas[0], timeout_ms=replicas[1])
         return Commands(client)
 
     def _masters(self) -> Iterator[Any]:

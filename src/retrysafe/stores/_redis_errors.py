@@ -1,0 +1,72 @@
+"""How the Redis stores turn redis-py's errors into retrysafe's, and the replica shortfall.
+
+Unreachable, slow, or a cluster that cannot serve the key right now (failing over, a slot
+moving, a shard without its master) is `StoreUnavailableError`: the caller fails closed and a
+retry may succeed. Any other Redis error is `StoreError`.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from retrysafe._errors import StoreError, StoreUnavailableError
+
+__all__ = ["ReplicaShortfallError", "translate_errors"]
+
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    ClusterError,
+    TryAgainError,
+    AskError,
+    MovedError,
+    SlotNotCoveredError,
+    RedisClusterException,
+)
+
+
+class ReplicaShortfallError(StoreUnavailableError):
+    """A write that fewer replicas than the store's `min_replicas` confirmed in time."""
+
+
+class _TranslateErrors:
+    """The context manager behind `translate_errors` (a class: cheaper than a generator)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(error, _UNAVAILABLE):
+            raise StoreUnavailableError(f"Redis is unavailable: {error}") from error
+        if isinstance(error, RedisError):
+            raise StoreError(f"Redis failed: {error}") from error
+
+
+_TRANSLATE_ERRORS = _TranslateErrors()
+
+
+def translate_errors() -> _TranslateErrors:
+    """Turn redis-py errors into retrysafe's: unreachable or slow is `StoreUnavailableError`."""
+    return _TRANSLATE_ERRORS

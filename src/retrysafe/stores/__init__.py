@@ -6,6 +6,7 @@
 | `sqlite:///path/to.db`      | `SQLiteStore` / `AsyncSQLiteStore`      |
 | `postgresql://user@host/db` | `PostgresStore` / `AsyncPostgresStore`  |
 | `redis://host:6379/0`       | `RedisStore` / `AsyncRedisStore`        |
+| `redis+cluster://h:p,h:p/`  | `RedisClusterStore` / `AsyncRedisClusterStore` |
 
 On any of them, `replay_cache=N` (with `replay_cache_bytes` and `replay_cache_ttl`) puts a
 `ReplayCache` in front: completed records kept in memory, so a replay needs no round trip.

@@ -102,7 +102,7 @@ def test_cluster_url_seeds_credentials_and_tls() -> None:
     url = "rediss+cluster://app:p%40ss@10.0.0.1:7000,10.0.0.2,[::1]:7002/?prefix=app"
     assert cluster_seeds(url) == [("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)]
     store = AsyncRedisClusterStore.from_url(url)  # the async client connects lazily
-    seed = store._cluster.nodes_manager.startup_nodes["10.0.0.1:7000"]
+    seed = store._redis.nodes_manager.startup_nodes["10.0.0.1:7000"]
     assert (seed.connection_kwargs["username"], seed.connection_kwargs["password"]) == (
         "app",
         "p@ss",

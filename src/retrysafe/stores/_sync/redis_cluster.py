@@ -90,30 +90,12 @@ class RedisClusterStore(RedisStore):
         prefix: what every key of this store starts with.
         clock: the time source for leases and retention.
         owns_client: whether `close` closes `client` (true when built by `from_url`).
+        autopipeline: ignored: one pipeline cannot span the masters.
         min_replicas, replica_timeout_ms: as for `RedisStore`; the `WAIT` goes to the
             master that took the write, on the same connection.
     """
 
-    def __init__(
-        self,
-        client: RedisCluster,
-        *,
-        prefix: str = "retrysafe",
-        clock: Clock | None = None,
-        owns_client: bool = False,
-        min_replicas: int = 0,
-        replica_timeout_ms: int = 1000,
-    ) -> None:
-        super().__init__(
-            client,  # type: ignore[arg-type]  # the same commands, routed by slot
-            prefix=prefix,
-            clock=clock,
-            owns_client=owns_client,
-            autopipeline=False,
-            min_replicas=min_replicas,
-            replica_timeout_ms=replica_timeout_ms,
-        )
-        self._cluster = client
+    _redis: RedisCluster  # type: ignore[assignment]  # the same commands, routed by slot
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisClusterStore:
@@ -148,7 +130,14 @@ class RedisClusterStore(RedisStore):
                 retry=Retry(NoBackoff(), 0),
             )
         prefix = cast(str, options.get("prefix", "retrysafe"))
-        store = cls(client, prefix=prefix, clock=clock, owns_client=True, **replicas)
+        store = cls(
+            cast(Any, client),  # the same commands as a server's client, routed by slot
+            prefix=prefix,
+            clock=clock,
+            owns_client=True,
+            autopipeline=False,
+            **replicas,
+        )
         # Deletes are PUBLISHed, which the cluster forwards to every node: one seed hears all.
         host, port = seeds[0]
         userinfo = parts.netloc.rpartition("@")[0]
@@ -161,7 +150,7 @@ class RedisClusterStore(RedisStore):
         now = self.clock.now()
         purged = 0
         with lua.translate_errors():
-            self._cluster.script_load(lua.PURGE)  # on every master: pipelines run it
+            self._redis.script_load(lua.PURGE)  # on every master: pipelines run it
             for node in self._masters():
                 if purged >= limit:
                     break
@@ -216,22 +205,22 @@ class RedisClusterStore(RedisStore):
     def _masters(self) -> Iterator[Any]:
         """Yield each master as the admin operations use a client: SCAN there, pipelines
         through the cluster (each command routed by its key)."""
-        self._cluster.ping()  # the async client learns the nodes on its first command
-        for node in self._cluster.get_primaries():  # type: ignore[no-untyped-call, unused-ignore]
-            yield _Master(self._cluster, node)
+        self._redis.ping()  # the async client learns the nodes on its first command
+        for node in self._redis.get_primaries():  # type: ignore[no-untyped-call, unused-ignore]
+            yield _Master(self._redis, node)
 
 
 class _Master:
     """One master of the cluster, with the two client methods the admin operations call."""
 
     def __init__(self, cluster: RedisCluster, node: ClusterNode) -> None:
-        self._cluster, self._node = cluster, node
+        self._redis, self._node = cluster, node
 
     def scan(self, cursor: int, **options: Any) -> tuple[int, list[bytes]]:
         """SCAN this master only; return its next cursor and the keys."""
-        cursors, keys = self._cluster.scan(cursor, target_nodes=self._node, **options)
+        cursors, keys = self._redis.scan(cursor, target_nodes=self._node, **options)
         return cast("dict[str, int]", cursors)[self._node.name], cast("list[bytes]", keys)
 
     def pipeline(self, transaction: bool = False) -> Any:
         """A pipeline of the cluster: each command goes to the master that serves its key."""
-        return self._cluster.pipeline(transaction=transaction)  # type: ignore[no-untyped-call, unused-ignore]
+        return self._redis.pipeline(transaction=transaction)  # type: ignore[no-untyped-call, unused-ignore]

@@ -6,13 +6,20 @@ library: every node gets a config epoch of its own, each master takes an equal s
 slots, the first node meets the others, and each replica follows its master. It then polls every
 node until all of them see the same topology, every slot is served, and every replica's link to
 its master is up, so the first test never meets a cluster that is still forming.
+
+Commands go in plain text, unless sent inside `over_tls(context)`: then every command of this
+module, `create_cluster`'s too, goes over TLS, for a cluster whose nodes serve only TLS
+(scripts/redis_cluster_tls.py starts those).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import BinaryIO, TypeAlias
 
 SLOTS = 16384
@@ -21,19 +28,42 @@ UNHEALTHY_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 Reply: TypeAlias = "str | int | list[Reply] | None"
 
+# A context variable, not a parameter: the functions keep their signatures for their callers.
+_TLS: ContextVar[ssl.SSLContext | None] = ContextVar("redis_cluster_tls", default=None)
+
 
 class ClusterError(RuntimeError):
     """A node refused a command, or the cluster did not come together in time."""
+
+
+@contextlib.contextmanager
+def over_tls(context: ssl.SSLContext) -> Iterator[None]:
+    """Within the block, send every command of this module over TLS, verified by `context`."""
+    token = _TLS.set(context)
+    try:
+        yield
+    finally:
+        _TLS.reset(token)
+
+
+def _connect(port: int) -> socket.socket:
+    """Connect to the node on a loopback port, over TLS inside `over_tls`."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    context = _TLS.get()
+    if context is None:
+        return sock
+    try:
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
+    except BaseException:
+        sock.close()
+        raise
 
 
 def command(port: int, *args: str | int) -> Reply:
     """Send one command to the node on a loopback port and return its reply."""
     parts = [str(arg).encode() for arg in args]
     request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
-        sock.makefile("rb") as reader,
-    ):
+    with _connect(port) as sock, sock.makefile("rb") as reader:
         sock.sendall(request)
         try:
             return _read_reply(reader)

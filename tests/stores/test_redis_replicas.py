@@ -164,3 +164,26 @@ def test_b7_b17_one_replica_per_master_confirms_every_write_on_the_cluster(
     with pytest.raises(StoreUnavailableError, match="1 of the 2 replicas"):
         too_many.claim(ident("more"), "fp", lease=LEASE, retention=RETENTION)
     assert store.get(ident("more")) is None
+
+
+def test_tls_files_reach_the_clients_and_need_a_tls_url() -> None:
+    """`ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` go to redis-py's arguments of the same
+    names (the store's client and its delete listener's URL); on a URL without TLS they are
+    refused rather than ignored."""
+    files = "ssl_ca_certs=/etc/ca.pem&ssl_certfile=/etc/client.pem&ssl_keyfile=/etc/client.key"
+    store = RedisStore.from_url(f"rediss://127.0.0.1:6380/0?{files}")
+    kwargs = store._redis.connection_pool.connection_kwargs
+    assert (kwargs["ssl_ca_certs"], kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == (
+        "/etc/ca.pem",
+        "/etc/client.pem",
+        "/etc/client.key",
+    )
+    deletes = store.delete_announcements()
+    assert deletes is not None
+    assert deletes._url.endswith("?" + files.replace("/", "%2F"))
+    cluster = AsyncRedisClusterStore.from_url(f"rediss+cluster://127.0.0.1:7000/?{files}")
+    seed = cluster._redis.nodes_manager.startup_nodes["127.0.0.1:7000"]
+    assert seed.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    for url in ("redis://127.0.0.1:6380/0", "redis+cluster://127.0.0.1:7000/"):
+        with pytest.raises(ConfigurationError, match="need a TLS URL"):
+            open_store(f"{url}?ssl_ca_certs=/etc/ca.pem")

@@ -37,6 +37,7 @@ from retrysafe.stores._async.redis_replicas import (
     replica_options,
 )
 from retrysafe.stores._deletes import RedisDeletes
+from retrysafe.stores._redis_tls import TLS_OPTIONS, tls_options, tls_query
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
 __all__ = ["AsyncRedisClusterStore", "cluster_seeds"]
@@ -47,6 +48,7 @@ _OPTIONS: dict[str, type] = {
     "socket_timeout": float,
     "connect_timeout": float,
     **REPLICA_OPTIONS,
+    **TLS_OPTIONS,
 }
 
 
@@ -100,7 +102,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
 
         `rediss+cluster://` connects with TLS. Query options: `prefix` (default `retrysafe`),
         `socket_timeout` and `connect_timeout` (seconds, default 5): every primitive answers or
-        fails within them, redirections aside; `min_replicas` and `replica_timeout_ms`.
+        fails within them, redirections aside; `min_replicas` and `replica_timeout_ms`; with
+        `rediss+cluster://`, `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile`.
         """
         seeds = cluster_seeds(url)
         parts = urlsplit(url)
@@ -109,8 +112,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         connect_timeout = cast(float, options.get("connect_timeout", 5.0))
         if not (socket_timeout > 0 and connect_timeout > 0):
             raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
-        tls = parts.scheme == "rediss+cluster"
         replicas = replica_options(options)
+        tls = tls_options(options, tls=parts.scheme == "rediss+cluster", url=url)
         with lua.translate_errors():  # the sync client connects here, the async one later
             client = RedisCluster(
                 startup_nodes=[
@@ -119,7 +122,10 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 ],
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
-                ssl=tls,
+                ssl=parts.scheme == "rediss+cluster",
+                ssl_ca_certs=tls.get("ssl_ca_certs"),
+                ssl_certfile=tls.get("ssl_certfile"),
+                ssl_keyfile=tls.get("ssl_keyfile"),
                 decode_responses=False,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
@@ -139,7 +145,9 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         host, port = seeds[0]
         userinfo = parts.netloc.rpartition("@")[0]
         node_url = f"{_SCHEMES[parts.scheme]}://{userinfo + '@' if userinfo else ''}{host}:{port}"
-        store._deletes = RedisDeletes(node_url, store._keys.deleted, timeout=connect_timeout)
+        store._deletes = RedisDeletes(
+            node_url + tls_query(tls), store._keys.deleted, timeout=connect_timeout
+        )
         return store
 
     async def purge_expired(self, *, limit: int = 1000) -> int:

@@ -28,6 +28,7 @@ from retrysafe.stores._sync.redis_replicas import REPLICA_OPTIONS, replica_optio
 from retrysafe.stores._deletes import RedisDeletes
 from retrysafe.stores._redis_errors import ReplicaShortfallError
 from retrysafe.stores._redis_executors import sync_executor
+from retrysafe.stores._redis_tls import TLS_OPTIONS, tls_options, tls_query
 from retrysafe.stores.base import (
     RECORD_FIELDS,
     Listing,
@@ -47,6 +48,7 @@ _OPTIONS: dict[str, type] = {
     "connect_timeout": float,
     "autopipeline": bool,
     **REPLICA_OPTIONS,
+    **TLS_OPTIONS,
 }
 
 
@@ -107,7 +109,8 @@ class RedisStore:
         Query options: `prefix` (default `retrysafe`), `socket_timeout` and `connect_timeout`
         (seconds, default 5): every primitive answers or fails within them (auto-pipelined, it
         may first wait for the batch in flight); `autopipeline` (default true; async face only);
-        `min_replicas` and `replica_timeout_ms` (see the class).
+        `min_replicas` and `replica_timeout_ms` (see the class); with `rediss://`,
+        `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` (`stores/_redis_tls.py`).
         """
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
@@ -118,9 +121,11 @@ class RedisStore:
         if not (socket_timeout > 0 and connect_timeout > 0):
             raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
         replicas = replica_options(options)
+        tls = tls_options(options, tls=parts.scheme == "rediss", url=url)
+        plain = urlunsplit(parts._replace(query=""))
         try:
             client = Redis.from_url(
-                urlunsplit(parts._replace(query="")),
+                plain + tls_query(tls),
                 decode_responses=False,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
@@ -141,7 +146,7 @@ class RedisStore:
             **replicas,
         )
         store._deletes = RedisDeletes(
-            urlunsplit(parts._replace(query="")), store._keys.deleted, timeout=connect_timeout
+            plain + tls_query(tls), store._keys.deleted, timeout=connect_timeout
         )
         return store
 

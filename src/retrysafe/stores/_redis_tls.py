@@ -1,0 +1,40 @@
+"""The TLS options of the Redis stores' URLs: which authority to trust, which certificate to show.
+
+`rediss://` and `rediss+cluster://` connect with TLS and, by default, trust the system's
+certificate authorities (Python's default context). A private authority, or a server that asks
+for a client certificate (`tls-auth-clients yes`, Redis's default), needs files:
+
+| option         | redis-py argument | meaning                                          |
+|----------------|-------------------|--------------------------------------------------|
+| `ssl_ca_certs` | `ssl_ca_certs`    | PEM file of the authorities to trust             |
+| `ssl_certfile` | `ssl_certfile`    | PEM file of the client certificate to present    |
+| `ssl_keyfile`  | `ssl_keyfile`     | PEM file of that certificate's private key       |
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from retrysafe._errors import ConfigurationError
+
+__all__ = ["TLS_OPTIONS", "tls_options", "tls_query"]
+
+TLS_OPTIONS: dict[str, type] = {"ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str}
+"""The store URL options of TLS, and their types."""
+
+
+def tls_options(options: dict[str, object], *, tls: bool, url: str) -> dict[str, str]:
+    """Return the TLS options found in a store URL's parsed query, as redis-py keyword
+    arguments; refuse them on a URL without TLS, where they would silently do nothing."""
+    found = {name: str(options[name]) for name in TLS_OPTIONS if name in options}
+    if found and not tls:
+        names = ", ".join(sorted(found))
+        raise ConfigurationError(
+            f"{names} need a TLS URL (rediss:// or rediss+cluster://), not {url!r}."
+        )
+    return found
+
+
+def tls_query(found: dict[str, str]) -> str:
+    """Return the TLS options as a query string redis-py's `from_url` reads ('' if none)."""
+    return f"?{urlencode(found)}" if found else ""

@@ -16,7 +16,7 @@ export UV_NO_PROGRESS := 1
 export RETRYSAFE_UV := $(abspath $(UV))
 
 .PHONY: setup test test-pythons demo check lint typecheck unasync lock upgrade \
-	bench-stores bench-functions bench-http clean
+	bench-stores bench-functions bench-http bench-scale clean
 
 $(UV):
 	@test -n "$(PYTHON)" || { echo "retrysafe needs Python 3.11 or newer (python3.11, 3.12 or 3.13)"; exit 1; }
@@ -78,6 +78,9 @@ bench-functions: setup
 
 bench-http: setup
 	$(PY) scripts/services.py -- $(PY) benchmarks/http_middleware.py
+
+bench-scale: setup
+	$(PY) scripts/services.py -- $(PY) benchmarks/scaleout.py
 
 clean:
 	rm -rf $(VENV) $(VENV)-3.* $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

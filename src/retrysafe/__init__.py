@@ -2,6 +2,13 @@
 
 For one (scope, key), the side effect runs at most once, and every caller with that key gets
 the one outcome.
+
+Everything a user names is importable from here: the stores, the decorator, every error, and
+what configures the HTTP faces (`Settings`, `RouteSettings`, `SettingsOptions`, `KeyPolicy`,
+`RequestView`) and what they hand back (`Counters`, `Observation`). `retrysafe.asgi` and
+`retrysafe.wsgi` export the HTTP ones too. Each class and function here names `retrysafe` as
+its `__module__`, so tracebacks, reprs and pickles show the path users import, not the
+private module that defines it (the private paths keep working).
 """
 
 from retrysafe._clock import Clock, ManualClock, SystemClock
@@ -19,6 +26,11 @@ from retrysafe._errors import (
     StoreError,
     StoreUnavailableError,
 )
+from retrysafe._extras import MissingExtraError
+from retrysafe._flow.counters import Counters
+from retrysafe._flow.observing import Observation
+from retrysafe._http.settings import RequestView, RouteSettings, Settings, SettingsOptions
+from retrysafe._keys import KeyPolicy
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe._serializer import JSONSerializer, Serializer
 from retrysafe.stores import AsyncStore, Store, StoreStats, open_async_store, open_store
@@ -28,6 +40,7 @@ __all__ = [
     "Claim",
     "Clock",
     "ConfigurationError",
+    "Counters",
     "Decision",
     "FencedError",
     "IdempotencyError",
@@ -36,11 +49,18 @@ __all__ = [
     "InvalidKeyError",
     "JSONSerializer",
     "KeyMismatchError",
+    "KeyPolicy",
     "ManualClock",
+    "MissingExtraError",
     "NotReplayableError",
+    "Observation",
     "OutcomeError",
     "Record",
+    "RequestView",
+    "RouteSettings",
     "Serializer",
+    "Settings",
+    "SettingsOptions",
     "State",
     "Store",
     "StoreError",
@@ -54,3 +74,11 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Name the public path (as httpx does): `retrysafe.KeyMismatchError: ...` in a traceback, and
+# pickles that load from `retrysafe`. Importing any retrysafe module runs this first.
+for _name in __all__:
+    _value = globals()[_name]
+    if getattr(_value, "__module__", "").startswith("retrysafe._"):
+        _value.__module__ = __name__
+del _name, _value

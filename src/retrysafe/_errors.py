@@ -12,7 +12,10 @@ IdempotencyError
     └── StoreUnavailableError   the store cannot be reached within its timeout
 
 Importing a module whose optional dependencies are missing raises an `ImportError` instead
-(`retrysafe._extras.MissingExtraError` for an extra), before anything can run.
+(`retrysafe.MissingExtraError` for an extra), before anything can run.
+
+Import them from `retrysafe`: each names it as its `__module__` (set in `retrysafe/__init__.py`),
+so a traceback reads `retrysafe.KeyMismatchError: ...` and a pickled error loads from there.
 """
 
 from __future__ import annotations

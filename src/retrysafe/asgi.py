@@ -11,7 +11,9 @@
 
 Pure ASGI: the instance holds only configuration; each request's state lives in the locals of
 `__call__`. The decisions come from `retrysafe._http`, shared with `retrysafe.wsgi`. See
-docs/http.md for every setting and the published policy.
+docs/http.md for every setting and the published policy. What configures it (`Settings`,
+`RouteSettings`, `SettingsOptions`, `KeyPolicy`, `RequestView`) and what it hands back
+(`Counters`, `Observation`) are exported here and from `retrysafe`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ import anyio
 
 from retrysafe._errors import StoreError
 from retrysafe._flow import Admission, AsyncExecution, AsyncFlow
+from retrysafe._flow.counters import Counters
 from retrysafe._flow.observing import Observation
 from retrysafe._flow.secret import aload_secret
 from retrysafe._http import (
     KEY_HEADER,
+    RequestView,
     Response,
     ResponseCapture,
     RouteSettings,
     Settings,
+    SettingsOptions,
     encode_outcome,
     logger,
     outcome_to_store,
@@ -46,18 +51,24 @@ from retrysafe._http.asgi_io import (
 )
 from retrysafe._http.middleware import MiddlewareBase
 from retrysafe._http.scope import Scoper
+from retrysafe._keys import KeyPolicy
 from retrysafe.stores.base import AsyncStore
 
 __all__ = [
     "OUTCOME_UNKNOWN",
     "ASGIApp",
+    "Counters",
     "IdempotencyMiddleware",
+    "KeyPolicy",
     "Message",
+    "Observation",
     "Receive",
+    "RequestView",
     "RouteSettings",
     "Scope",
     "Send",
     "Settings",
+    "SettingsOptions",
     "UnknownOutcome",
 ]
 

@@ -11,6 +11,7 @@
 
 The twin of `retrysafe.asgi.IdempotencyMiddleware`: the same settings and the same decisions
 (`retrysafe._http`), with a sync store; the lease heartbeat is a thread. See docs/http.md.
+What configures it and what it hands back are exported here too, as in `retrysafe.asgi`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from typing import TYPE_CHECKING
 
 from retrysafe._errors import StoreError
 from retrysafe._flow import SyncExecution, SyncFlow
+from retrysafe._flow.counters import Counters
 from retrysafe._flow.observing import Observation
 from retrysafe._flow.secret import load_secret
 from retrysafe._http import (
+    RequestView,
     Response,
     ResponseCapture,
     RouteSettings,
     Settings,
+    SettingsOptions,
     logger,
     outcome_to_store,
 )
@@ -40,13 +44,23 @@ from retrysafe._http.wsgi_io import (
     prepare_request,
     respond,
 )
+from retrysafe._keys import KeyPolicy
 from retrysafe.stores.base import Store
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401
 
-__all__ = ["IdempotencyMiddleware", "RouteSettings", "Settings"]
+__all__ = [
+    "Counters",
+    "IdempotencyMiddleware",
+    "KeyPolicy",
+    "Observation",
+    "RequestView",
+    "RouteSettings",
+    "Settings",
+    "SettingsOptions",
+]
 
 
 class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment", Store, SyncFlow]):

@@ -290,7 +290,7 @@ def test_otel_asgi_store_unavailable_fails_the_span(traces: Traces) -> None:
     assert is_child(claim, operation)
     assert claim.status.status_code is StatusCode.ERROR
     assert claim.attributes is not None
-    assert claim.attributes["error.type"] == "retrysafe._errors.StoreUnavailableError"
+    assert claim.attributes["error.type"] == "retrysafe.StoreUnavailableError"
     (event,) = claim.events
     assert event.name == "exception"
     assert event.attributes is not None

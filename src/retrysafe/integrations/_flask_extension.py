@@ -22,17 +22,24 @@ How it maps onto Flask's request handling:
 
 The principal (B8) is what `principal()` returns when given; else Flask-Login's `current_user`
 when the app has a `LoginManager`; else none, and the credential header names the scope.
+
+Configuration comes from the arguments, else from `app.config` (read by `init_app`, per app):
+`RETRYSAFE_<OPTION>` for each option, such as `RETRYSAFE_STORE` (a store URL),
+`RETRYSAFE_WAIT`, `RETRYSAFE_REQUIRED`, `RETRYSAFE_ROUTES` or `RETRYSAFE_OBSERVERS`. An unknown
+`RETRYSAFE_*` key is a `ConfigurationError`, as a misspelt setting must not be ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Unpack, cast
+from typing import TYPE_CHECKING, Any, Final, Unpack, cast
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._http import Header, Response, RouteSettings, Settings, SettingsOptions
 from retrysafe._http.wsgi_io import close_iterable, path_of
+from retrysafe._keys import KeyPolicy
 from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
 from retrysafe.integrations._routes import (
     UNMARKED,
@@ -48,16 +55,30 @@ try:
     import flask
     from flask import current_app, g, request
     from werkzeug.exceptions import HTTPException
+    from werkzeug.utils import import_string
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise missing_framework("retrysafe.integrations.flask", "Flask") from error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-__all__ = ["EXTENSION", "FlaskIdempotency", "FlaskRoutes", "Idempotency"]
+__all__ = [
+    "CONFIG_KEYS",
+    "CONFIG_PREFIX",
+    "EXTENSION",
+    "FlaskIdempotency",
+    "FlaskRoutes",
+    "Idempotency",
+    "config_of",
+]
 
 EXTENSION: Final = "retrysafe"
 """The key of `app.extensions` that holds an app's `FlaskIdempotency`."""
+CONFIG_PREFIX: Final = "RETRYSAFE_"
+_OPTIONS: Final = SettingsOptions.__optional_keys__ | SettingsOptions.__required_keys__
+_OWN: Final = frozenset({"store", "principal", "routes", "observers"})
+CONFIG_KEYS: Final = frozenset(CONFIG_PREFIX + name.upper() for name in _OPTIONS | _OWN)
+"""The `app.config` keys the extension reads: `RETRYSAFE_<OPTION>` for each of its options."""
 STORE_CONFIG: Final = "RETRYSAFE_STORE"
 _RUNNING: Final = "_retrysafe_running"
 
@@ -107,16 +128,25 @@ class Idempotency:
     (`init_app`'s `FlaskIdempotency`, also `app.extensions["retrysafe"]`) holds its
     `observation` and `counters`.
 
+    Every argument left out is read from the app's config by `init_app`: `RETRYSAFE_STORE`,
+    `RETRYSAFE_PRINCIPAL`, `RETRYSAFE_ROUTES`, `RETRYSAFE_OBSERVERS` and `RETRYSAFE_<OPTION>`
+    for each of the middleware's settings (`RETRYSAFE_WAIT`, `RETRYSAFE_REQUIRED`, ...).
+    Arguments win over the config.
+
     Args:
         app: the Flask app, or None to call `init_app` later.
-        store: where records live (`retrysafe.open_store(url)`); default: a store opened from
-            the app's `RETRYSAFE_STORE` config (a store URL).
+        store: where records live (`retrysafe.open_store(url)`); default: `RETRYSAFE_STORE`,
+            a store URL (or a store).
         principal: returns the authenticated user of the current request (`lambda: g.user`),
-            for apps that do not use Flask-Login; called in `before_request`.
-        routes: path patterns for views without a mark.
+            for apps that do not use Flask-Login; called in `before_request`. Default:
+            `RETRYSAFE_PRINCIPAL` (the function, or its import path).
+        routes: path patterns for views without a mark; default: `RETRYSAFE_ROUTES` (each
+            pattern's `RouteSettings`, a dict of its fields, or None).
         observers: who to tell what the extension does (`retrysafe.observe`), such as
             `PrometheusObserver()`; every app it is initialised on tells the same ones.
-        options: the middleware's settings (`wait=0`, `anonymous="shared"`, ...).
+            Default: `RETRYSAFE_OBSERVERS` (observers, or import paths of module attributes).
+        options: the middleware's settings (`wait=0`, `anonymous="shared"`, ...); each one
+            left out is `RETRYSAFE_<NAME>` when the config has it.
     """
 
     def __init__(
@@ -126,13 +156,13 @@ class Idempotency:
         store: Store | None = None,
         principal: Callable[[], object] | None = None,
         routes: Mapping[str, RouteSettings | None] | None = None,
-        observers: Sequence[Observer] = (),
+        observers: Sequence[Observer] | None = None,
         **options: Unpack[SettingsOptions],
     ) -> None:
         self._store = store
         self._principal = principal
         self._routes = routes
-        self._observers = tuple(observers)
+        self._observers = None if observers is None else tuple(observers)
         self._options = options
         if app is not None:
             self.init_app(app)
@@ -142,26 +172,128 @@ class Idempotency:
 
         Register authentication hooks that set the principal (`g.user`) before calling this:
         Flask runs the app's `before_request` functions in the order they were registered.
+
+        Raises:
+            ConfigurationError: no store, an unknown `RETRYSAFE_*` key, or an invalid value.
         """
-        store = self._store
-        if store is None:
-            url = app.config.get(STORE_CONFIG)
-            if not url:
-                raise ConfigurationError(f"Pass store=... or set app.config[{STORE_CONFIG!r}].")
-            store = open_store(url)
+        config = config_of(app)
+        options = _options(config, self._options)  # checked before a store opens
+        store = self._store if self._store is not None else _store(config.get("store"))
+        routes = self._routes if self._routes is not None else _routes(config.get("routes"))
+        principal = self._principal
+        if principal is None:
+            principal = _imported(config.get("principal"), "PRINCIPAL")
+            if principal is not None and not callable(principal):
+                raise ConfigurationError(f"{CONFIG_PREFIX}PRINCIPAL must be a function.")
+        observers = self._observers
+        if observers is None:
+            observers = _observers(config.get("observers") or ())
         state = FlaskIdempotency(
-            app,
-            store=store,
-            routes=self._routes,
-            principal=self._principal,
-            observers=self._observers,
-            **self._options,
+            app, store=store, routes=routes, principal=principal, observers=observers, **options
         )
         app.extensions[EXTENSION] = state
         app.before_request(state.before_request)
         app.after_request(state.after_request)
         app.teardown_request(state.teardown_request)
         return state
+
+
+def config_of(app: flask.Flask) -> dict[str, Any]:
+    """Return the extension's settings in `app.config` by option name (`RETRYSAFE_WAIT`: `wait`).
+
+    Raises:
+        ConfigurationError: a `RETRYSAFE_*` key that names no option (a misspelling, say).
+    """
+    found: dict[str, Any] = {}
+    for key, value in app.config.items():
+        if not key.startswith(CONFIG_PREFIX):
+            continue
+        if key not in CONFIG_KEYS:
+            close = difflib.get_close_matches(key, CONFIG_KEYS, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ConfigurationError(
+                f"Unknown Flask config key {key!r}.{hint} The retrysafe extension reads "
+                f"{', '.join(sorted(CONFIG_KEYS))}."
+            )
+        found[key.removeprefix(CONFIG_PREFIX).lower()] = value
+    return found
+
+
+def _options(config: Mapping[str, Any], explicit: SettingsOptions) -> SettingsOptions:
+    """Return the settings: `explicit` over those `config` gives, checked; an invalid one
+    from the config is a `ConfigurationError` that names its key."""
+    configured = {name: value for name, value in config.items() if name in _OPTIONS}
+    try:
+        if isinstance(configured.get("key_policy"), Mapping):
+            configured["key_policy"] = KeyPolicy(**configured["key_policy"])
+        options = cast(SettingsOptions, {**configured, **explicit})
+        Settings(**options)
+    except (ConfigurationError, TypeError) as error:
+        given = sorted(configured.keys() - explicit.keys())
+        if not given:
+            raise
+        keys = ", ".join(CONFIG_PREFIX + name.upper() for name in given)
+        raise ConfigurationError(f"{error} (app.config sets {keys})") from error
+    return options
+
+
+def _store(value: object) -> Store:
+    """Return the store `RETRYSAFE_STORE` names: a store URL, or a store."""
+    if isinstance(value, Store):
+        return value
+    if isinstance(value, str) and value:
+        return open_store(value)
+    if not value:
+        raise ConfigurationError(f"Pass store=... or set app.config[{STORE_CONFIG!r}].")
+    raise ConfigurationError(f"app.config[{STORE_CONFIG!r}] must be a store URL or a store.")
+
+
+def _imported(value: Any, name: str) -> Any:
+    """Return a config value, imported first when it is an import path (`"app.auth:user"`)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return import_string(value)
+    except ImportError as error:
+        raise ConfigurationError(f"{CONFIG_PREFIX}{name}: {error}") from error
+
+
+def _routes(value: object) -> dict[str, RouteSettings | None] | None:
+    """Return `RETRYSAFE_ROUTES`: patterns to `RouteSettings`, a dict of their fields, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{CONFIG_PREFIX}ROUTES must map path patterns to settings.")
+    routes: dict[str, RouteSettings | None] = {}
+    for pattern, route in value.items():
+        if route is None or isinstance(route, RouteSettings):
+            routes[pattern] = route
+        elif isinstance(route, Mapping):
+            try:
+                routes[pattern] = RouteSettings(**route)
+            except TypeError as error:
+                raise ConfigurationError(f"{CONFIG_PREFIX}ROUTES[{pattern!r}]: {error}") from error
+        else:
+            raise ConfigurationError(
+                f"{CONFIG_PREFIX}ROUTES[{pattern!r}] must be a RouteSettings, a dict or None."
+            )
+    return routes
+
+
+def _observers(entries: object) -> tuple[Observer, ...]:
+    """Return `RETRYSAFE_OBSERVERS`: each an observer, or the import path of one."""
+    if isinstance(entries, str | Observer) or not isinstance(entries, Sequence):
+        raise ConfigurationError(f"{CONFIG_PREFIX}OBSERVERS must be a list of observers.")
+    observers: list[Observer] = []
+    for entry in entries:
+        found = _imported(entry, "OBSERVERS")
+        if not isinstance(found, Observer):
+            raise ConfigurationError(
+                f"{CONFIG_PREFIX}OBSERVERS: {entry!r} is not an observer: give an instance of a "
+                "retrysafe.observe.Observer subclass, or the import path of one."
+            )
+        observers.append(found)
+    return tuple(observers)
 
 
 class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
@@ -250,3 +382,8 @@ def _flask_response(answer: Response) -> flask.Response:
     if not any(name == b"content-type" for name, _ in answer.headers):
         del response.headers["Content-Type"]  # not Flask's default text/html
     return response
+
+
+# The public path, in reprs and pickles (as `retrysafe/__init__.py` does for its names).
+for _public in (FlaskIdempotency, FlaskRoutes, Idempotency):
+    _public.__module__ = "retrysafe.integrations.flask"

@@ -17,7 +17,20 @@
 `Idempotency` runs the flow inside Flask, in its request hooks: the scope of a keyed request is
 the logged-in user (B8): Flask-Login's `current_user`, or what `principal=` returns. A session
 or a token refreshed keeps it, and users authenticated by session cookie get scopes of their
-own. Use it for any app whose users log in.
+own. Use it for any app whose users log in. What its arguments leave out comes from the app's
+config, as Flask extensions do (arguments win):
+
+    ext = Idempotency()                                  # in extensions.py
+
+    def create_app():
+        app = Flask(__name__)
+        app.config.from_mapping(RETRYSAFE_STORE="sqlite:///idempotency.db", RETRYSAFE_WAIT=0)
+        ext.init_app(app)                                # app.extensions["retrysafe"]
+        return app
+
+`RETRYSAFE_<OPTION>` for each option: `RETRYSAFE_STORE` (a store URL), `RETRYSAFE_ROUTES`,
+`RETRYSAFE_OBSERVERS`, `RETRYSAFE_PRINCIPAL` and each setting (`RETRYSAFE_REQUIRED`,
+`RETRYSAFE_RETENTION`, ...). An unknown `RETRYSAFE_*` key is a `ConfigurationError`.
 
 `install(app, store=...)` instead wraps `app.wsgi_app` in `retrysafe.wsgi.IdempotencyMiddleware`,
 before Flask runs: it never sees the user, so scopes come from the credential header

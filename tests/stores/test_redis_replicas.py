@@ -22,8 +22,12 @@ from retrysafe import (
     open_store,
 )
 from retrysafe.stores._async.redis_cluster import cluster_seeds
-from retrysafe.stores._redis_errors import ReplicaShortfallError
-from retrysafe.stores.redis import AsyncRedisClusterStore, RedisClusterStore, RedisStore
+from retrysafe.stores.redis import (
+    AsyncRedisClusterStore,
+    RedisClusterStore,
+    RedisStore,
+    ReplicaShortfallError,
+)
 from tests.conftest import fresh_store_url
 from tests.stores.conftest import BlockingFacade
 

@@ -35,8 +35,9 @@ def test_fastapi_openapi_schema_shows_the_header() -> None:
     assert header("/exempt") is None
 
 
-def test_fastapi_dependency_gives_the_handler_the_key() -> None:
-    """Used as a parameter, the dependency hands the handler the raw header value."""
+def test_b1_b2_fastapi_dependency_gives_the_handler_the_parsed_key() -> None:
+    """Used as a parameter, the dependency hands the handler the key itself: the sf-string
+    unquoted, the same key as its bare form."""
     from fastapi import Depends, FastAPI
 
     from retrysafe.integrations.fastapi import idempotency, install
@@ -50,9 +51,10 @@ def test_fastapi_dependency_gives_the_handler_the_key() -> None:
     install(app, store=AsyncMemoryStore())
     server = AsgiServer(app)
     try:
-        headers = {"Idempotency-Key": '"k-1"', **CALLER}
-        response = httpx.post(f"{server.url}/echo", headers=headers)
-        assert response.json() == {"key": '"k-1"'}
+        for sent in ('"k-1"', "k-1"):
+            headers = {"Idempotency-Key": sent, **CALLER}
+            response = httpx.post(f"{server.url}/echo", headers=headers)
+            assert response.json() == {"key": "k-1"}
     finally:
         server.stop()
 

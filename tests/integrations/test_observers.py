@@ -134,10 +134,11 @@ def _litestar_handlers(recorder: Recorder) -> list[Any]:
 
 
 def litestar(recorder: Recorder, observers: list[Observer]) -> Built:
-    """Litestar: `install(app, ..., observers=...)` returns the middleware, served."""
+    """Litestar: `install(app, ..., observers=...)` returns the app, served; the middleware is
+    at `app.state[STATE_KEY]`."""
     from litestar import Litestar
 
-    from retrysafe.integrations.litestar import install
+    from retrysafe.integrations.litestar import STATE_KEY, install
 
     app = install(
         Litestar(_litestar_handlers(recorder)),
@@ -145,7 +146,7 @@ def litestar(recorder: Recorder, observers: list[Observer]) -> Built:
         observers=observers,
         scope_secret=SCOPE_SECRET,
     )
-    return Built(app, app, "asgi", asgi=True)
+    return Built(app, app.state[STATE_KEY], "asgi", asgi=True)
 
 
 def litestar_plugin(recorder: Recorder, observers: list[Observer]) -> Built:

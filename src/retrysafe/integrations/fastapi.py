@@ -11,32 +11,47 @@
 
     middleware = install(app, store=open_async_store("sqlite:///idempotency.db"))
 
-The dependency declares the `Idempotency-Key` header, so the OpenAPI schema shows it (required
-or optional); used as a parameter it gives the handler the raw header value. `install` adds
+The dependency declares the `Idempotency-Key` header (required or optional); used as a
+parameter it gives the handler the key, parsed (an sf-string's quotes removed). `install` adds
 `retrysafe.asgi.IdempotencyMiddleware` with a hook that finds the route FastAPI will pick and
 reads the marks of its dependencies (router-level first, the route's own last: closest wins),
-and returns that middleware: its `observation` holds the `observers=`, its `counters` what it did.
+and returns that middleware: its `settings`, its `observation` (the `observers=`) and its
+`counters` (what it did). It also completes `app.openapi()`: each route marked or matched by a
+pattern shows the header as its settings say, the replay header on its responses, and the
+problem+json answers of the middleware (400, 409, 410, 413, 422, 503).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Unpack
 
-from retrysafe._http import RouteSettings
+from retrysafe._errors import InvalidKeyError
+from retrysafe._http import RouteSettings, Settings, SettingsOptions
+from retrysafe._keys import KeyPolicy, parse_key
+from retrysafe.asgi import IdempotencyMiddleware
 from retrysafe.integrations._routes import (
+    PROBLEM_SCHEMA,
     UNMARKED,
+    PathPatterns,
     RouteOptions,
     Unmarked,
+    describe_operation,
+    documented_route,
+    key_description,
     mark,
     merge,
     missing_framework,
     read_mark,
     route_from_options,
 )
+from retrysafe.observe import Observer
+from retrysafe.stores.base import AsyncStore
 
 try:
-    from fastapi import Header
+    from fastapi import Header, HTTPException
     from fastapi.dependencies.models import Dependant
     from fastapi.routing import APIRoute
     from starlette.routing import BaseRoute
@@ -50,19 +65,22 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from retrysafe.integrations.starlette import StarletteRoutes
 
-__all__ = ["FastAPIRoutes", "RouteSettings", "idempotency", "install"]
+__all__ = ["FastAPIRoutes", "RouteSettings", "document_openapi", "idempotency", "install"]
 
 KEY_HEADER: Final = "Idempotency-Key"
-_REQUIRED_HELP: Final = (
-    "Required. A unique value per operation (a UUID); send the same value when retrying, and "
-    "the operation runs once: a retry gets the first response again, marked "
-    "`Idempotent-Replayed: true`."
-)
-_OPTIONAL_HELP: Final = (
-    "Optional. A unique value per operation (a UUID); send the same value when retrying, and "
-    "the operation runs once: a retry gets the first response again, marked "
-    "`Idempotent-Replayed: true`."
-)
+_REQUIRED_HELP: Final = key_description(Settings(required=True))
+_OPTIONAL_HELP: Final = key_description(Settings())
+# The middleware checks keys by its policy before the route runs; the dependency only unquotes.
+_ANY_KEY: Final = KeyPolicy(max_length=sys.maxsize)
+_PROBLEM_REF: Final = {"$ref": "#/components/schemas/ProblemDetails"}
+
+
+def _parsed(value: str) -> str:
+    """Return the key an `Idempotency-Key` header value carries (B1, B2)."""
+    try:
+        return parse_key([value.encode("latin-1")], _ANY_KEY)
+    except (InvalidKeyError, UnicodeEncodeError) as error:  # a method the middleware skips
+        raise HTTPException(400, f"Invalid Idempotency-Key: {error}") from error
 
 
 def idempotency(
@@ -71,7 +89,8 @@ def idempotency(
     """Return a dependency that marks its route with these settings and declares the header.
 
     Use it in `dependencies=[Depends(idempotency(...))]` of a route or router, or as a
-    parameter (`key: Annotated[str | None, Depends(idempotency())]`) to get the header value.
+    parameter (`key: Annotated[str | None, Depends(idempotency())]`) to get the key: the
+    header's sf-string unquoted (`"k-1"` gives `k-1`), or None without the header.
 
     Args:
         exempt: the route is never tracked, whatever the path patterns say.
@@ -90,7 +109,7 @@ def idempotency(
         def required_key(
             idempotency_key: Annotated[str, Header(alias=KEY_HEADER, description=_REQUIRED_HELP)],
         ) -> str:
-            return idempotency_key
+            return _parsed(idempotency_key)
 
         dependency = required_key
     else:
@@ -100,7 +119,7 @@ def idempotency(
                 str | None, Header(alias=KEY_HEADER, description=_OPTIONAL_HELP)
             ] = None,
         ) -> str | None:
-            return idempotency_key
+            return None if idempotency_key is None else _parsed(idempotency_key)
 
         dependency = optional_key
     return mark(dependency, route)
@@ -123,6 +142,16 @@ class FastAPIRoutes(StarletteRoutes):
     decorator; it applies over the dependencies' marks.
     """
 
+    def __init__(
+        self,
+        app: Any,
+        *,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        super().__init__(app, routes=routes, cache_size=cache_size)
+        self._patterns = PathPatterns(routes)
+
     def candidates(self, routes: Sequence[BaseRoute]) -> Sequence[Any]:
         """Return the app's routes with included routers flattened, as FastAPI matches them."""
         if iter_route_contexts is None:  # pragma: no cover - older FastAPI
@@ -138,6 +167,78 @@ class FastAPIRoutes(StarletteRoutes):
         if isinstance(dependencies_mark, Unmarked):
             return endpoint_mark
         return merge(dependencies_mark, endpoint_mark)
+
+    def documented(self, settings: Settings) -> Iterator[tuple[str, str, Settings]]:
+        """Yield (path, method, settings) of each operation the schema shows as covered.
+
+        Args:
+            settings: the middleware's settings, which a route's mark and pattern override.
+        """
+        for route in self.candidates(self._app.routes):
+            if not isinstance(getattr(route, "original_route", route), APIRoute):
+                continue
+            pattern = self._patterns.match(route.path_format)
+            chosen = documented_route(settings, pattern, self.mark_of(route))
+            if chosen is not None and route.include_in_schema:
+                for method in sorted(set(route.methods) & set(chosen.methods)):
+                    yield route.path_format, method.lower(), chosen
+
+    @classmethod
+    def install(
+        cls,
+        app: Any,
+        *,
+        store: AsyncStore,
+        routes: Mapping[str, RouteSettings | None] | None = None,
+        observers: Sequence[Observer] = (),
+        **options: Unpack[SettingsOptions],
+    ) -> IdempotencyMiddleware:
+        """Add the idempotency middleware to FastAPI `app` and describe it in `app.openapi()`.
+
+        Args:
+            app: the FastAPI app, before it starts serving.
+            store: where records live (`retrysafe.open_async_store(url)`).
+            routes: path patterns for routes without a mark.
+            observers: who to tell what the middleware does (`retrysafe.observe`).
+            options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
+
+        Returns:
+            The middleware: its `settings`, its `observation` (the observers) and its
+            `counters` (what it did). The app puts it in front of its routes when it builds
+            its middleware stack, as it starts serving.
+        """
+        middleware = super().install(
+            app, store=store, routes=routes, observers=observers, **options
+        )
+        described = cls(app, routes=routes)
+        document_openapi(app, lambda: described.documented(middleware.settings))
+        return middleware
+
+
+def document_openapi(
+    app: Any, operations: Callable[[], Iterator[tuple[str, str, Settings]]]
+) -> None:
+    """Make `app.openapi()` describe idempotency on `operations()`: (path, method, settings).
+
+    Wraps the app's current `openapi` (FastAPI's, or one the app set before), as FastAPI's
+    "Extending OpenAPI" does; the schema it caches is completed on each call, idempotently.
+    """
+    previous = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema: dict[str, Any] = previous()
+        documented = False
+        for path, method, settings in operations():
+            operation = schema.get("paths", {}).get(path, {}).get(method)
+            if operation is not None:
+                describe_operation(operation, settings, _PROBLEM_REF)
+                documented = True
+        if documented:
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.setdefault("ProblemDetails", copy.deepcopy(PROBLEM_SCHEMA))
+        return schema
+
+    app.openapi = openapi
 
 
 install = FastAPIRoutes.install

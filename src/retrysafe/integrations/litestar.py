@@ -2,7 +2,7 @@
 
     from litestar import Litestar, post
     from retrysafe import open_async_store
-    from retrysafe.integrations.litestar import idempotency, install
+    from retrysafe.integrations.litestar import IdempotencyPlugin, idempotency
 
     @post("/payments", opt=idempotency(required=True))
     async def create_payment(data: Payment) -> Receipt: ...
@@ -26,27 +26,34 @@ middleware runs after it:
   `middleware=[...]`; it reads the handler Litestar routed to, and drains held outcomes at
   shutdown. `idempotency_middleware(...)` is the same middleware, to place yourself (after
   the authentication middleware of a router, say).
-- `install` wraps the whole app, before Litestar runs: it never sees `scope["user"]`, so scopes
-  come from the credential header alone. It refuses an app with an authentication middleware
-  (unless a `scope_function` decides scopes); use the plugin there.
+- `install` puts the middleware in front of everything the app does for a request, before its
+  middleware: it never sees `scope["user"]`, so scopes come from the credential header alone.
+  It refuses an app with an authentication middleware (unless a `scope_function` decides
+  scopes); use the plugin there. It returns the app, so `litestar --app module:app` works.
+
+Both describe the handlers they guard (marked, or matched by a pattern) in the OpenAPI schema:
+the `Idempotency-Key` header, the replay header, the problem+json answers (400, 409, 413, ...).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Unpack
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._flow import Counters
 from retrysafe._flow.observing import Observation
-from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe._http import RouteSettings, Settings, SettingsOptions
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Scope
 from retrysafe.integrations._routes import (
+    PROBLEM_SCHEMA,
     UNMARKED,
     PathPatterns,
     RouteOptions,
     Unmarked,
+    describe_operation,
+    documented_route,
     merge,
     missing_framework,
     route_from_options,
@@ -60,13 +67,16 @@ try:
     from litestar.config.app import AppConfig
     from litestar.exceptions import HTTPException
     from litestar.middleware import AbstractAuthenticationMiddleware, DefineMiddleware
-    from litestar.plugins import InitPluginProtocol
+    from litestar.openapi.spec import Operation
+    from litestar.plugins import InitPluginProtocol, ReceiveRoutePlugin
+    from litestar.routes import BaseRoute, HTTPRoute
     from litestar.utils.path import normalize_path
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise missing_framework(__name__, "Litestar") from error
 
 __all__ = [
     "OPT_KEY",
+    "STATE_KEY",
     "IdempotencyPlugin",
     "LitestarRoutes",
     "RouteSettings",
@@ -77,6 +87,8 @@ __all__ = [
 
 OPT_KEY: Final = "idempotency"
 """The key of a handler's `opt` that holds its `RouteSettings` (or None: not covered)."""
+STATE_KEY: Final = "retrysafe"
+"""The key of `app.state` that holds the middleware `install` added (`counters`, ...)."""
 
 
 def idempotency(
@@ -137,6 +149,23 @@ class LitestarRoutes:
         mark = UNMARKED if handler is None else _mark_of(handler)
         return merge(self._patterns.for_path(scope["path"]), mark)
 
+    def describe(self, route: BaseRoute, settings: Settings) -> None:
+        """Make the OpenAPI operations of `route`'s handlers describe what guards them.
+
+        Args:
+            route: a route of the app; only HTTP routes are described.
+            settings: the middleware's settings, which a handler's mark and pattern override.
+        """
+        if not isinstance(route, HTTPRoute):
+            return
+        pattern = self._patterns.match(route.path_format)
+        for handler in route.route_handlers:
+            chosen = documented_route(settings, pattern, _mark_of(handler))
+            if chosen is not None and set(handler.http_methods) & set(chosen.methods):
+                # Every method of a handler shares its operation class: one with methods the
+                # settings do not cover (a rare `@route`) is described for all of them.
+                handler.operation_class = _described(handler.operation_class, chosen)
+
 
 def install(
     app: Litestar,
@@ -145,18 +174,19 @@ def install(
     routes: Mapping[str, RouteSettings | None] | None = None,
     observers: Sequence[Observer] = (),
     **options: Unpack[SettingsOptions],
-) -> IdempotencyMiddleware:
-    """Return Litestar `app` wrapped in the idempotency middleware, with per-route settings.
+) -> Litestar:
+    """Put the idempotency middleware in front of what Litestar `app` does for each request.
 
-    Serve the returned app (`uvicorn module:app`); Litestar's lifespan passes through. The
-    middleware runs before Litestar's own, so it cannot see `scope["user"]`: for an app with
-    authentication, use `IdempotencyPlugin`.
+    Returns `app` itself (serve it, and `litestar --app module:app` works); its
+    `app.state[STATE_KEY]` is the middleware, whose `settings`, `observation` (the observers)
+    and `counters` (what it did) tell what it is doing. Held outcomes are stored at shutdown.
+    The middleware runs before Litestar's own, so it cannot see `scope["user"]`: for an app
+    with authentication, use `IdempotencyPlugin`.
 
     `store` is an async store (`retrysafe.open_async_store(url)`), `routes` path patterns for
     handlers without the option, `observers` who to tell what it does (`retrysafe.observe`),
-    `options` the middleware's settings (`wait=0`, ...). The middleware's `observation` holds
-    the observers, its `counters` what it did. Raises `ConfigurationError` when `app` has an
-    authentication middleware and no `scope_function`.
+    `options` the middleware's settings (`wait=0`, ...). Raises `ConfigurationError` when
+    `app` has an authentication middleware and no `scope_function`.
     """
     authentication = _authentication_of(app)
     if authentication is not None and options.get("scope_function") is None:
@@ -165,13 +195,21 @@ def install(
             "authenticated user (scope['user']). Use plugins=[IdempotencyPlugin(store=...)], "
             "which runs after it."
         )
-    return IdempotencyMiddleware(
-        app,  # type: ignore[arg-type]  # Litestar's ASGI types are narrower TypedDicts
+    hook = LitestarRoutes(app, routes=routes)
+    middleware = IdempotencyMiddleware(
+        app.asgi_handler,  # type: ignore[arg-type]  # Litestar's ASGI types are TypedDicts
         store=store,
-        route_settings=LitestarRoutes(app, routes=routes),
+        route_settings=hook,
         observers=observers,
         **options,
     )
+    # Inside Litestar's own entry point: the app stays the app, its lifespan its own.
+    app.asgi_handler = middleware  # type: ignore[assignment]  # the same ASGI shape
+    app.state[STATE_KEY] = middleware
+    app.on_shutdown.append(_drainer(middleware))
+    for route in app.routes:
+        hook.describe(route, middleware.settings)
+    return app
 
 
 def idempotency_middleware(
@@ -192,15 +230,15 @@ def idempotency_middleware(
         observers: who to tell what the middleware does (`retrysafe.observe`).
         options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
     """
-    return _define(_shared(store, routes, observers, options))
+    return _define(_shared(store, LitestarRoutes(routes=routes), observers, options))
 
 
-class IdempotencyPlugin(InitPluginProtocol):
+class IdempotencyPlugin(InitPluginProtocol, ReceiveRoutePlugin):
     """Make POST and PATCH requests with an `Idempotency-Key` header safe to retry, scoped to
     the user Litestar's authentication found: `Litestar(..., plugins=[IdempotencyPlugin(...)])`.
 
     The middleware goes last in the app's middleware, after authentication; held outcomes are
-    stored at shutdown (B40).
+    stored at shutdown (B40). The routes it guards are described in the OpenAPI schema.
 
     Args:
         store: where records live (`retrysafe.open_async_store(url)`).
@@ -210,7 +248,7 @@ class IdempotencyPlugin(InitPluginProtocol):
         options: the middleware's settings (`wait=0`, `anonymous="shared"`, ...).
     """
 
-    __slots__ = ("_middleware",)
+    __slots__ = ("_middleware", "_routes")
 
     def __init__(
         self,
@@ -220,7 +258,8 @@ class IdempotencyPlugin(InitPluginProtocol):
         observers: Sequence[Observer] = (),
         **options: Unpack[SettingsOptions],
     ) -> None:
-        self._middleware = _shared(store, routes, observers, options)
+        self._routes = LitestarRoutes(routes=routes)
+        self._middleware = _shared(store, self._routes, observers, options)
 
     @property
     def counters(self) -> Counters:
@@ -235,26 +274,34 @@ class IdempotencyPlugin(InitPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         """Append the middleware to the app's, and drain held outcomes at shutdown."""
         app_config.middleware.append(_define(self._middleware))
-        app_config.on_shutdown.append(self._drain)
+        app_config.on_shutdown.append(_drainer(self._middleware))
         return app_config
 
-    async def _drain(self) -> None:
-        flow = self._middleware.flow
-        await flow.adrain(flow.drain_timeout)
+    def receive_route(self, route: BaseRoute) -> None:
+        """Describe the idempotency of `route`'s handlers in their OpenAPI operations."""
+        self._routes.describe(route, self._middleware.settings)
+
+
+def _drainer(middleware: IdempotencyMiddleware) -> Callable[[], Awaitable[None]]:
+    """Return the shutdown hook that stores the outcomes `middleware` holds (B19, B40)."""
+
+    async def drain() -> None:
+        await middleware.flow.adrain(middleware.flow.drain_timeout)
+
+    return drain
 
 
 def _shared(
     store: AsyncStore,
-    routes: Mapping[str, RouteSettings | None] | None,
+    routes: LitestarRoutes,
     observers: Sequence[Observer],
     options: SettingsOptions,
 ) -> IdempotencyMiddleware:
-    """Return the middleware every route's stack shares: one flow, counters, observers and
-    in-flight cap."""
+    """Return the middleware every route's stack shares (one flow, counters, in-flight cap)."""
     return IdempotencyMiddleware(
         unbound,
         store=store,
-        route_settings=LitestarRoutes(routes=routes),
+        route_settings=routes,
         observers=observers,
         **options,
     )
@@ -281,3 +328,23 @@ def _authentication_of(app: Litestar) -> str | None:
         ):
             return target.__qualname__
     return None
+
+
+def _described(base: type[Operation], settings: Settings) -> type[Operation]:
+    """Return an operation class like `base` whose schema describes idempotency.
+
+    Litestar builds each operation with its handler's `operation_class`; this one adds the
+    description to the operation's schema (`to_schema`), which `/schema/openapi.json`, the
+    YAML form and `litestar schema openapi` serve.
+    """
+    base = getattr(base, "retrysafe_base", base)  # described again: replace, never stack
+
+    class Described(base):  # type: ignore[misc, valid-type]  # a class made at run time
+        retrysafe_base = base
+
+        def to_schema(self) -> dict[str, Any]:
+            schema: dict[str, Any] = super().to_schema()
+            describe_operation(schema, settings, PROBLEM_SCHEMA)
+            return schema
+
+    return Described

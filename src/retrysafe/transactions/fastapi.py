@@ -5,7 +5,7 @@
     from retrysafe.transactions.fastapi import Transactional, install
 
     app = FastAPI()
-    install(app, connect=async_sessionmaker(create_async_engine(DATABASE_URL)))
+    middleware = install(app, connect=async_sessionmaker(create_async_engine(DATABASE_URL)))
 
     @app.post("/payments", status_code=201)
     async def create_payment(payment: PaymentIn, tx: Transactional) -> PaymentOut:
@@ -16,7 +16,10 @@ A handler that takes a `Transactional` parameter (or `Depends(transaction(requir
 per-route settings) runs in transactional mode (`retrysafe.transactions.asgi`): the key's claim,
 everything written with `tx.connection` and the response commit in one transaction, before the
 response is sent. The parameter also marks the route exempt from the HTTP middleware
-(`retrysafe.integrations.fastapi`), so both can serve one app.
+(`retrysafe.integrations.fastapi`), so both can serve one app. `install` returns the
+middleware (its `settings`, `observation` and `counters`) and completes `app.openapi()`: each
+transactional route shows the `Idempotency-Key` header, the replay header and the problem
+answers, as `retrysafe.integrations.fastapi` does for its routes.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from retrysafe._clock import Clock
 from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe.integrations._routes import UNMARKED, RouteOptions, Unmarked, mark
-from retrysafe.integrations.fastapi import FastAPIRoutes
+from retrysafe._http.asgi_io import ASGIApp
+from retrysafe.integrations._routes import UNMARKED, RouteOptions, Unmarked, mark, unbound
+from retrysafe.integrations.fastapi import FastAPIRoutes, document_openapi
 from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._web import TRANSACTION_KEY, RequestTransaction
@@ -112,7 +116,7 @@ def install(
     clock: Clock | None = None,
     observers: Sequence[Observer] = (),
     **options: Unpack[SettingsOptions],
-) -> None:
+) -> TransactionalMiddleware:
     """Add transactional mode to FastAPI `app`, for the handlers that take a transaction.
 
     Args:
@@ -124,9 +128,14 @@ def install(
         clock: the time source (default: the system clock).
         observers: who to tell what each keyed request did (`retrysafe.observe`).
         options: the HTTP middleware's settings (`required=True`, `scope_header=...`).
+
+    Returns:
+        The middleware: its `settings`, its `observation` (the observers) and its `counters`
+        (what it did). The app puts it in front of its routes when it builds its middleware
+        stack, as it starts serving.
     """
-    app.add_middleware(
-        TransactionalMiddleware,
+    middleware = TransactionalMiddleware(
+        unbound,
         connect=connect,
         route_settings=TransactionalRoutes(app),
         table=table,
@@ -134,3 +143,12 @@ def install(
         observers=observers,
         **options,
     )
+
+    def bind(inner: ASGIApp) -> TransactionalMiddleware:
+        middleware.app = inner  # the app's stack is built once, when it first serves
+        return middleware
+
+    app.add_middleware(bind)
+    described = TransactionalRoutes(app)
+    document_openapi(app, lambda: described.documented(middleware.settings))
+    return middleware

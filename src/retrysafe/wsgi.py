@@ -24,18 +24,10 @@ from retrysafe._flow import SyncExecution, SyncFlow
 from retrysafe._flow.counters import Counters
 from retrysafe._flow.observing import Observation
 from retrysafe._flow.secret import load_secret
-from retrysafe._http import (
-    RequestView,
-    Response,
-    ResponseCapture,
-    RouteSettings,
-    Settings,
-    SettingsOptions,
-    logger,
-    outcome_to_store,
-)
+from retrysafe._http import Response, ResponseCapture, logger, outcome_to_store
 from retrysafe._http.middleware import MiddlewareBase
 from retrysafe._http.scope import Scoper
+from retrysafe._http.settings import RequestView, RouteSettings, Settings, SettingsOptions
 from retrysafe._http.wsgi_io import (
     Answered,
     Streamed,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.integrations import _routes
+from retrysafe.integrations._config import observers_from_config, routes_from_config
 from retrysafe.integrations._routes import RouteCache, Unmarked
 from retrysafe.observe import Observer
 
@@ -91,19 +92,9 @@ def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None],
         ImproperlyConfigured: an unknown key or a malformed route.
     """
     config: Mapping[str, Any] = getattr(django_settings, "RETRYSAFE", None) or {}
-    routes: dict[str, RouteSettings | None] = {}
-    for pattern, route in (config.get("ROUTES") or {}).items():
-        if route is None or isinstance(route, RouteSettings):
-            routes[pattern] = route
-        elif isinstance(route, Mapping):
-            try:
-                routes[pattern] = RouteSettings(**route)
-            except TypeError as error:
-                raise ImproperlyConfigured(f"RETRYSAFE['ROUTES'][{pattern!r}]: {error}") from error
-        else:
-            raise ImproperlyConfigured(
-                f"RETRYSAFE['ROUTES'][{pattern!r}] must be a dict of route settings or None."
-            )
+    routes = routes_from_config(
+        config.get("ROUTES") or {}, name="RETRYSAFE['ROUTES']", error=ImproperlyConfigured
+    )
     options: dict[str, Any] = {}
     for name, value in config.items():
         if name in ("STORE", "ROUTES", "OBSERVERS"):
@@ -126,24 +117,12 @@ def observers_from_django() -> tuple[Observer, ...]:
         ImproperlyConfigured: an entry that is not an observer, or a path that does not import.
     """
     config: Mapping[str, Any] = getattr(django_settings, "RETRYSAFE", None) or {}
-    entries = config.get("OBSERVERS") or ()
-    if isinstance(entries, str | Observer) or not isinstance(entries, Sequence):
-        raise ImproperlyConfigured("RETRYSAFE['OBSERVERS'] must be a list of observers.")
-    observers: list[Observer] = []
-    for entry in entries:
-        found: object = entry
-        if isinstance(entry, str):
-            try:
-                found = import_string(entry)
-            except ImportError as error:
-                raise ImproperlyConfigured(f"RETRYSAFE['OBSERVERS']: {error}") from error
-        if not isinstance(found, Observer):
-            raise ImproperlyConfigured(
-                f"RETRYSAFE['OBSERVERS']: {entry!r} is not an observer: give an instance of a "
-                "retrysafe.observe.Observer subclass, or the dotted path of one."
-            )
-        observers.append(found)
-    return tuple(observers)
+    return observers_from_config(
+        config.get("OBSERVERS") or (),
+        name="RETRYSAFE['OBSERVERS']",
+        error=ImproperlyConfigured,
+        load=import_string,
+    )
 
 
 def configured(

@@ -40,6 +40,7 @@ from retrysafe._errors import ConfigurationError
 from retrysafe._http import Header, Response, RouteSettings, Settings, SettingsOptions
 from retrysafe._http.wsgi_io import close_iterable, path_of
 from retrysafe._keys import KeyPolicy
+from retrysafe.integrations._config import observers_from_config, routes_from_config
 from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
 from retrysafe.integrations._routes import (
     UNMARKED,
@@ -264,36 +265,14 @@ def _routes(value: object) -> dict[str, RouteSettings | None] | None:
         return None
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"{CONFIG_PREFIX}ROUTES must map path patterns to settings.")
-    routes: dict[str, RouteSettings | None] = {}
-    for pattern, route in value.items():
-        if route is None or isinstance(route, RouteSettings):
-            routes[pattern] = route
-        elif isinstance(route, Mapping):
-            try:
-                routes[pattern] = RouteSettings(**route)
-            except TypeError as error:
-                raise ConfigurationError(f"{CONFIG_PREFIX}ROUTES[{pattern!r}]: {error}") from error
-        else:
-            raise ConfigurationError(
-                f"{CONFIG_PREFIX}ROUTES[{pattern!r}] must be a RouteSettings, a dict or None."
-            )
-    return routes
+    return routes_from_config(value, name=f"{CONFIG_PREFIX}ROUTES", error=ConfigurationError)
 
 
 def _observers(entries: object) -> tuple[Observer, ...]:
     """Return `RETRYSAFE_OBSERVERS`: each an observer, or the import path of one."""
-    if isinstance(entries, str | Observer) or not isinstance(entries, Sequence):
-        raise ConfigurationError(f"{CONFIG_PREFIX}OBSERVERS must be a list of observers.")
-    observers: list[Observer] = []
-    for entry in entries:
-        found = _imported(entry, "OBSERVERS")
-        if not isinstance(found, Observer):
-            raise ConfigurationError(
-                f"{CONFIG_PREFIX}OBSERVERS: {entry!r} is not an observer: give an instance of a "
-                "retrysafe.observe.Observer subclass, or the import path of one."
-            )
-        observers.append(found)
-    return tuple(observers)
+    return observers_from_config(
+        entries, name=f"{CONFIG_PREFIX}OBSERVERS", error=ConfigurationError, load=import_string
+    )
 
 
 class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):

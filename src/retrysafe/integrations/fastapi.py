@@ -25,30 +25,30 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Final, Unpack
 
 from retrysafe._errors import InvalidKeyError
-from retrysafe._http import RouteSettings, Settings, SettingsOptions
+from retrysafe._http import RouteSettings, Settings
 from retrysafe._keys import KeyPolicy, parse_key
 from retrysafe.asgi import IdempotencyMiddleware
-from retrysafe.integrations._routes import (
+from retrysafe.integrations._openapi import (
     PROBLEM_SCHEMA,
-    UNMARKED,
-    PathPatterns,
-    RouteOptions,
-    Unmarked,
     describe_operation,
     documented_route,
     key_description,
+)
+from retrysafe.integrations._routes import (
+    UNMARKED,
+    Patterns,
+    RouteOptions,
+    Unmarked,
     mark,
     merge,
     missing_framework,
     read_mark,
     route_from_options,
 )
-from retrysafe.observe import Observer
-from retrysafe.stores.base import AsyncStore
 
 try:
     from fastapi import Header, HTTPException
@@ -142,16 +142,6 @@ class FastAPIRoutes(StarletteRoutes):
     decorator; it applies over the dependencies' marks.
     """
 
-    def __init__(
-        self,
-        app: Any,
-        *,
-        routes: Mapping[str, RouteSettings | None] | None = None,
-        cache_size: int = 1024,
-    ) -> None:
-        super().__init__(app, routes=routes, cache_size=cache_size)
-        self._patterns = PathPatterns(routes)
-
     def candidates(self, routes: Sequence[BaseRoute]) -> Sequence[Any]:
         """Return the app's routes with included routers flattened, as FastAPI matches them."""
         if iter_route_contexts is None:  # pragma: no cover - older FastAPI
@@ -177,42 +167,17 @@ class FastAPIRoutes(StarletteRoutes):
         for route in self.candidates(self._app.routes):
             if not isinstance(getattr(route, "original_route", route), APIRoute):
                 continue
-            pattern = self._patterns.match(route.path_format)
+            pattern = self._cache.patterns.match(route.path_format)
             chosen = documented_route(settings, pattern, self.mark_of(route))
             if chosen is not None and route.include_in_schema:
                 for method in sorted(set(route.methods) & set(chosen.methods)):
                     yield route.path_format, method.lower(), chosen
 
     @classmethod
-    def install(
-        cls,
-        app: Any,
-        *,
-        store: AsyncStore,
-        routes: Mapping[str, RouteSettings | None] | None = None,
-        observers: Sequence[Observer] = (),
-        **options: Unpack[SettingsOptions],
-    ) -> IdempotencyMiddleware:
-        """Add the idempotency middleware to FastAPI `app` and describe it in `app.openapi()`.
-
-        Args:
-            app: the FastAPI app, before it starts serving.
-            store: where records live (`retrysafe.open_async_store(url)`).
-            routes: path patterns for routes without a mark.
-            observers: who to tell what the middleware does (`retrysafe.observe`).
-            options: the middleware's settings (`wait=0`, `scope_header="X-API-Key"`, ...).
-
-        Returns:
-            The middleware: its `settings`, its `observation` (the observers) and its
-            `counters` (what it did). The app puts it in front of its routes when it builds
-            its middleware stack, as it starts serving.
-        """
-        middleware = super().install(
-            app, store=store, routes=routes, observers=observers, **options
-        )
+    def installed(cls, app: Any, middleware: IdempotencyMiddleware, routes: Patterns) -> None:
+        """Describe the installed middleware in `app.openapi()` (see `document_openapi`)."""
         described = cls(app, routes=routes)
         document_openapi(app, lambda: described.documented(middleware.settings))
-        return middleware
 
 
 def document_openapi(

@@ -46,14 +46,12 @@ from retrysafe._flow import Counters
 from retrysafe._flow.observing import Observation
 from retrysafe._http import RouteSettings, Settings, SettingsOptions
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Scope
+from retrysafe.integrations._openapi import PROBLEM_SCHEMA, describe_operation, documented_route
 from retrysafe.integrations._routes import (
-    PROBLEM_SCHEMA,
     UNMARKED,
     PathPatterns,
     RouteOptions,
     Unmarked,
-    describe_operation,
-    documented_route,
     merge,
     missing_framework,
     route_from_options,

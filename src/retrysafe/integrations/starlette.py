@@ -23,6 +23,7 @@ from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Scope
 from retrysafe.integrations._routes import (
     UNMARKED,
+    Patterns,
     RouteCache,
     Unmarked,
     idempotency,
@@ -144,7 +145,13 @@ class StarletteRoutes:
             return middleware
 
         app.add_middleware(bind)
+        cls.installed(app, middleware, routes)
         return middleware
+
+    @classmethod
+    def installed(cls, app: Any, middleware: IdempotencyMiddleware, routes: Patterns) -> None:
+        """Called once `install` has added `middleware` to `app`: nothing more for Starlette;
+        a subclass may describe it (FastAPI's OpenAPI)."""
 
 
 install = StarletteRoutes.install

@@ -23,6 +23,7 @@ from retrysafe._errors import (
     KeyMismatchError,
     NotReplayableError,
     OutcomeError,
+    ReplicaShortfallError,
     StoreError,
     StoreUnavailableError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Observation",
     "OutcomeError",
     "Record",
+    "ReplicaShortfallError",
     "RequestView",
     "RouteSettings",
     "Serializer",

@@ -85,3 +85,8 @@ class StoreError(IdempotencyError):
 
 class StoreUnavailableError(StoreError):
     """The store cannot be reached, or did not answer within its timeout."""
+
+
+class ReplicaShortfallError(StoreUnavailableError):
+    """A Redis write that fewer replicas than the store's `min_replicas` confirmed in time: it
+    is not used (docs/stores.md, "Replicas and failover")."""

@@ -15,6 +15,7 @@ from retrysafe import (
     ConfigurationError,
     Identity,
     ManualClock,
+    ReplicaShortfallError,
     State,
     Store,
     StoreUnavailableError,
@@ -22,12 +23,7 @@ from retrysafe import (
     open_store,
 )
 from retrysafe.stores._async.redis_cluster import cluster_seeds
-from retrysafe.stores.redis import (
-    AsyncRedisClusterStore,
-    RedisClusterStore,
-    RedisStore,
-    ReplicaShortfallError,
-)
+from retrysafe.stores.redis import AsyncRedisClusterStore, RedisClusterStore, RedisStore
 from tests.conftest import fresh_store_url
 from tests.stores.conftest import BlockingFacade
 

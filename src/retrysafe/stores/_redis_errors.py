@@ -22,7 +22,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from retrysafe._errors import StoreError, StoreUnavailableError
+from retrysafe._errors import ReplicaShortfallError, StoreError, StoreUnavailableError
 
 __all__ = ["ReplicaShortfallError", "translate_errors"]
 
@@ -38,10 +38,6 @@ _UNAVAILABLE = (
     SlotNotCoveredError,
     RedisClusterException,
 )
-
-
-class ReplicaShortfallError(StoreUnavailableError):
-    """A write that fewer replicas than the store's `min_replicas` confirmed in time."""
 
 
 class _TranslateErrors:

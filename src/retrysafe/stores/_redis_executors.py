@@ -22,9 +22,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retrysafe._concurrency import monotonic
 from retrysafe.stores._async.redis_commands import AsyncCommands
-from retrysafe.stores._async.redis_replicas import AsyncReplicaWrites
+from retrysafe.stores._async.redis_replicas import AsyncPinnedCommands
 from retrysafe.stores._sync.redis_commands import Commands
-from retrysafe.stores._sync.redis_replicas import ReplicaWrites
+from retrysafe.stores._sync.redis_replicas import PinnedCommands
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -202,7 +202,7 @@ def sync_executor(
     each write followed by WAIT when `replicas` (count, timeout in ms) is given."""
     del autopipeline  # nothing to batch: a sync caller has one command in flight at a time
     if replicas is not None:
-        return ReplicaWrites(client, replicas=replicas[0], timeout_ms=replicas[1])
+        return PinnedCommands(client, replicas=replicas)
     return KeptConnections(client)
 
 
@@ -212,7 +212,7 @@ def async_executor(
     """Return the async store's executor: auto-pipelined, or each command on its own; each
     write followed by WAIT on its connection when `replicas` (count, timeout in ms) is given."""
     if replicas is not None:
-        return AsyncReplicaWrites(client, replicas=replicas[0], timeout_ms=replicas[1])
+        return AsyncPinnedCommands(client, replicas=replicas)
     if not autopipeline:
         return AsyncCommands(client)
     from retrysafe.stores._redis_pipeline import AsyncAutoPipeline  # noqa: PLC0415 - async only

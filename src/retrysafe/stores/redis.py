@@ -10,18 +10,9 @@ from retrysafe._extras import missing_extra
 try:
     from retrysafe.stores._async.redis import AsyncRedisStore
     from retrysafe.stores._async.redis_cluster import AsyncRedisClusterStore
-    from retrysafe.stores._redis_errors import ReplicaShortfallError
     from retrysafe.stores._sync.redis import RedisStore
     from retrysafe.stores._sync.redis_cluster import RedisClusterStore
 except ImportError as error:
     raise missing_extra("The Redis store", "redis", error) from error
 
-__all__ = [
-    "AsyncRedisClusterStore",
-    "AsyncRedisStore",
-    "RedisClusterStore",
-    "RedisStore",
-    "ReplicaShortfallError",
-]
-
-ReplicaShortfallError.__module__ = __name__
+__all__ = ["AsyncRedisClusterStore", "AsyncRedisStore", "RedisClusterStore", "RedisStore"]

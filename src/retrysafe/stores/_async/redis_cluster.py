@@ -33,11 +33,11 @@ from retrysafe.stores._async.redis import AsyncRedisStore
 from retrysafe.stores._async.redis_commands import AsyncCommands
 from retrysafe.stores._async.redis_replicas import (
     REPLICA_OPTIONS,
-    AsyncReplicaWrites,
+    AsyncPinnedCommands,
     replica_options,
 )
 from retrysafe.stores._deletes import RedisDeletes
-from retrysafe.stores._redis_tls import TLS_OPTIONS, tls_options, tls_query
+from retrysafe.stores._redis_url import TLS_OPTIONS, timeouts, tls_options, tls_query
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
 __all__ = ["AsyncRedisClusterStore", "cluster_seeds"]
@@ -108,10 +108,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         seeds = cluster_seeds(url)
         parts = urlsplit(url)
         options = query_options(parts.query, _OPTIONS)
-        socket_timeout = cast(float, options.get("socket_timeout", 5.0))
-        connect_timeout = cast(float, options.get("connect_timeout", 5.0))
-        if not (socket_timeout > 0 and connect_timeout > 0):
-            raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
+        socket_timeout, connect_timeout = timeouts(options, url=url)
         replicas = replica_options(options)
         tls = tls_options(options, tls=parts.scheme == "rediss+cluster", url=url)
         with lua.translate_errors():  # the sync client connects here, the async one later
@@ -203,9 +200,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         client: Any, *, autopipeline: bool, replicas: tuple[int, int] | None
     ) -> AsyncCommands:
         del autopipeline  # one pipeline cannot span the masters
-        if replicas is not None:
-            return AsyncReplicaWrites(client, replicas=replicas[0], timeout_ms=replicas[1])
-        return AsyncCommands(client)
+        return AsyncPinnedCommands(client, replicas=replicas)
 
     async def _masters(self) -> AsyncIterator[Any]:
         """Yield each master as the admin operations use a client: SCAN there, pipelines

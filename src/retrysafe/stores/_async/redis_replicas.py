@@ -12,6 +12,7 @@ consistent (docs/stores.md says what is and is not guaranteed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.commands.core import AsyncScript
@@ -22,7 +23,7 @@ from retrysafe.stores._async.redis_commands import AsyncCommands
 from retrysafe.stores._redis_errors import ReplicaShortfallError
 from retrysafe.stores._redis_pinned import Command, async_pinned_exchange
 
-__all__ = ["REPLICA_OPTIONS", "AsyncReplicaWrites", "replica_options", "replica_wait"]
+__all__ = ["REPLICA_OPTIONS", "AsyncPinnedCommands", "replica_options", "replica_wait"]
 
 REPLICA_OPTIONS: dict[str, type] = {"min_replicas": int, "replica_timeout_ms": int}
 """The store URL options of replica-safe writes, and their types."""
@@ -50,53 +51,76 @@ def replica_wait(min_replicas: int, timeout_ms: int) -> tuple[int, int] | None:
     return (min_replicas, timeout_ms)
 
 
-class AsyncReplicaWrites(AsyncCommands):
-    """Send each write with `WAIT replicas timeout_ms` on one connection; reads as usual.
+class AsyncPinnedCommands(AsyncCommands):
+    """Send each command through `async_pinned_exchange` (on a cluster: on a connection of the
+    key's master, redirections followed there); with `replicas`, each write followed by
+    `WAIT replicas timeout_ms` on the same connection.
 
     Args:
         client: the redis-py client (one server or a cluster).
-        replicas: how many replicas must confirm each write.
-        timeout_ms: how long `WAIT` may wait for them, milliseconds (more than 0).
+        replicas: how many replicas must confirm each write, and how long `WAIT` may wait for
+            them, milliseconds (more than 0); None: writes wait for no replica.
     """
 
-    __slots__ = ("_replicas", "_timeout_ms")
+    __slots__ = ("_wait",)
 
-    def __init__(self, client: Any, *, replicas: int, timeout_ms: int) -> None:
+    def __init__(self, client: Any, *, replicas: tuple[int, int] | None = None) -> None:
         super().__init__(client)
-        self._replicas = replicas
-        self._timeout_ms = timeout_ms
+        self._wait: Command | None = None if replicas is None else ("WAIT", *replicas)
 
     async def evalsha(self, script: AsyncScript, key: bytes, *args: bytes | str | float) -> Any:
-        """Run `script` on `key` by EVALSHA, then WAIT; load the script if Redis lacks it."""
+        """Run `script` on `key` by EVALSHA (then WAIT); load the script if Redis lacks it."""
         command = ("EVALSHA", script.sha, 1, key, *args)
-        replies = await self._write(key, command)
+        replies = await self._send(key, command, write=True)
         if isinstance(replies[0], NoScriptError):
             await self._redis.script_load(script.script)
-            replies = await self._write(key, command)
+            replies = await self._send(key, command, write=True)
         return self._confirmed(replies)
 
     async def set_new(self, key: bytes, value: bytes, ttl_ms: int) -> bytes | None:
-        """SET `key` to `value` unless it exists, then WAIT; return what was there."""
+        """SET `key` to `value` unless it exists (then WAIT); return what was there."""
         expiry = ("PX", ttl_ms) if ttl_ms else ()
-        found: bytes | None = self._confirmed(
-            await self._write(key, ("SET", key, value, "NX", *expiry, "GET"))
-        )
+        command = ("SET", key, value, "NX", *expiry, "GET")
+        found: bytes | None = self._confirmed(await self._send(key, command, write=True))
         return found
 
-    async def _write(self, key: bytes, command: Command) -> list[Any]:
-        wait = ("WAIT", self._replicas, self._timeout_ms)
-        return await async_pinned_exchange(self._redis, key, (command, wait))
+    async def get(self, key: bytes) -> bytes | None:
+        """Return the string at `key`, None if absent (a key of another type raises WRONGTYPE)."""
+        found: bytes | None = self._confirmed(await self._send(key, ("GET", key), write=False))
+        return found
+
+    async def hmget(self, key: bytes, fields: Sequence[str]) -> list[bytes | None]:
+        """Return the values of `fields` in the hash at `key`, None for each one absent."""
+        command = ("HMGET", key, *fields)
+        values: list[bytes | None] = self._confirmed(await self._send(key, command, write=False))
+        return values
+
+    async def _send(self, key: bytes, command: Command, *, write: bool) -> list[Any]:
+        wait = self._wait if write else None
+        if wait is None:
+            return await async_pinned_exchange(self._redis, key, (command,))
+        # `WAIT` counts the replicas that have this connection's last write. A command that
+        # changed nothing (a completion sent again after a lost reply, a claim that found a
+        # record) is no write, so a one-millisecond marker in the key's slot is written after
+        # it: replication is one ordered stream, so a replica that has the marker has every
+        # earlier write of that master, the record's included.
+        marker = ("SET", key + b":replicated", b"", "PX", 1)
+        return await async_pinned_exchange(self._redis, key, (command, marker, wait))
 
     def _confirmed(self, replies: list[Any]) -> Any:
-        """Return the write's reply once enough replicas confirmed it; raise otherwise."""
-        reply, confirmed = replies
+        """Return the command's reply (raise its error); after a write with `WAIT`, only once
+        enough replicas confirmed it."""
+        reply = replies[0]
         if isinstance(reply, Exception):
             raise reply
+        if len(replies) == 1 or self._wait is None:
+            return reply
+        confirmed, required = replies[-1], self._wait[1]
         if isinstance(confirmed, Exception):
             raise confirmed
-        if confirmed < self._replicas:
+        if confirmed < required:
             raise ReplicaShortfallError(
-                f"Redis confirmed the write on {confirmed} of the {self._replicas} replicas"
-                f" required (min_replicas) within {self._timeout_ms} ms; it is not used."
+                f"Redis confirmed the write on {confirmed} of the {required} replicas"
+                f" required (min_replicas) within {self._wait[2]} ms; it is not used."
             )
         return reply

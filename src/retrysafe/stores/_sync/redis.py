@@ -28,7 +28,7 @@ from retrysafe.stores._sync.redis_replicas import REPLICA_OPTIONS, replica_optio
 from retrysafe.stores._deletes import RedisDeletes
 from retrysafe.stores._redis_errors import ReplicaShortfallError
 from retrysafe.stores._redis_executors import sync_executor
-from retrysafe.stores._redis_tls import TLS_OPTIONS, tls_options, tls_query
+from retrysafe.stores._redis_url import TLS_OPTIONS, timeouts, tls_options, tls_query
 from retrysafe.stores.base import (
     RECORD_FIELDS,
     Listing,
@@ -110,16 +110,13 @@ class RedisStore:
         (seconds, default 5): every primitive answers or fails within them (auto-pipelined, it
         may first wait for the batch in flight); `autopipeline` (default true; async face only);
         `min_replicas` and `replica_timeout_ms` (see the class); with `rediss://`,
-        `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` (`stores/_redis_tls.py`).
+        `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` (`stores/_redis_url.py`).
         """
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ConfigurationError(f"A Redis store URL is redis:// or rediss://, not {url!r}.")
         options = query_options(parts.query, _OPTIONS)
-        socket_timeout = cast(float, options.get("socket_timeout", 5.0))
-        connect_timeout = cast(float, options.get("connect_timeout", 5.0))
-        if not (socket_timeout > 0 and connect_timeout > 0):
-            raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
+        socket_timeout, connect_timeout = timeouts(options, url=url)
         replicas = replica_options(options)
         tls = tls_options(options, tls=parts.scheme == "rediss", url=url)
         plain = urlunsplit(parts._replace(query=""))

@@ -36,11 +36,11 @@ from retrysafe.stores._sync.redis import RedisStore
 from retrysafe.stores._sync.redis_commands import Commands
 from retrysafe.stores._sync.redis_replicas import (
     REPLICA_OPTIONS,
-    ReplicaWrites,
+    PinnedCommands,
     replica_options,
 )
 from retrysafe.stores._deletes import RedisDeletes
-from retrysafe.stores._redis_tls import TLS_OPTIONS, tls_options, tls_query
+from retrysafe.stores._redis_url import TLS_OPTIONS, timeouts, tls_options, tls_query
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
 __all__ = ["RedisClusterStore", "cluster_seeds"]
@@ -111,10 +111,7 @@ class RedisClusterStore(RedisStore):
         seeds = cluster_seeds(url)
         parts = urlsplit(url)
         options = query_options(parts.query, _OPTIONS)
-        socket_timeout = cast(float, options.get("socket_timeout", 5.0))
-        connect_timeout = cast(float, options.get("connect_timeout", 5.0))
-        if not (socket_timeout > 0 and connect_timeout > 0):
-            raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
+        socket_timeout, connect_timeout = timeouts(options, url=url)
         replicas = replica_options(options)
         tls = tls_options(options, tls=parts.scheme == "rediss+cluster", url=url)
         with lua.translate_errors():  # the sync client connects here, the async one later
@@ -206,9 +203,7 @@ class RedisClusterStore(RedisStore):
         client: Any, *, autopipeline: bool, replicas: tuple[int, int] | None
     ) -> Commands:
         del autopipeline  # one pipeline cannot span the masters
-        if replicas is not None:
-            return ReplicaWrites(client, replicas=replicas[0], timeout_ms=replicas[1])
-        return Commands(client)
+        return PinnedCommands(client, replicas=replicas)
 
     def _masters(self) -> Iterator[Any]:
         """Yield each master as the admin operations use a client: SCAN there, pipelines

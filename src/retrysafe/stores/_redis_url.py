@@ -1,4 +1,8 @@
-"""The TLS options of the Redis stores' URLs: which authority to trust, which certificate to show.
+"""The Redis stores' URL options shared by one server and a cluster: timeouts, and TLS files.
+
+Timeouts: `socket_timeout` and `connect_timeout`, seconds, 5 by default, both more than 0.
+
+TLS: which authority to trust, which certificate to show.
 
 `rediss://` and `rediss+cluster://` connect with TLS and, by default, trust the system's
 certificate authorities (Python's default context). A private authority, or a server that asks
@@ -13,11 +17,12 @@ for a client certificate (`tls-auth-clients yes`, Redis's default), needs files:
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import urlencode
 
 from retrysafe._errors import ConfigurationError
 
-__all__ = ["TLS_OPTIONS", "tls_options", "tls_query"]
+__all__ = ["TLS_OPTIONS", "timeouts", "tls_options", "tls_query"]
 
 TLS_OPTIONS: dict[str, type] = {"ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str}
 """The store URL options of TLS, and their types."""
@@ -38,3 +43,12 @@ def tls_options(options: dict[str, object], *, tls: bool, url: str) -> dict[str,
 def tls_query(found: dict[str, str]) -> str:
     """Return the TLS options as a query string redis-py's `from_url` reads ('' if none)."""
     return f"?{urlencode(found)}" if found else ""
+
+
+def timeouts(options: dict[str, object], *, url: str) -> tuple[float, float]:
+    """Return the socket and connect timeouts of a store URL's parsed query, in seconds."""
+    socket_timeout = cast(float, options.get("socket_timeout", 5.0))
+    connect_timeout = cast(float, options.get("connect_timeout", 5.0))
+    if not (socket_timeout > 0 and connect_timeout > 0):
+        raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
+    return socket_timeout, connect_timeout

@@ -32,6 +32,12 @@ class KnownRecords:
 def cli_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of a fresh, empty store on each real backend; dropped afterwards."""
     with fresh_store_url(str(request.param), request, tmp_path) as url:
+        if request.param == "sqlite":  # the keys commands never create a SQLite file: make it
+            store = open_store(url)
+            try:
+                store.stats()
+            finally:
+                store.close()
         yield url
 
 

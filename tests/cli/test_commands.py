@@ -158,7 +158,7 @@ def test_serve_demo_serves_the_api_until_interrupted(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
-    assert process.returncode in (0, -signal.SIGINT, 128 + signal.SIGINT)
+    assert process.returncode == 0  # a server's Ctrl+C is its graceful stop (docs/cli.md)
     assert b"Demo payments API on" in output
     assert b"Traceback" not in output
 

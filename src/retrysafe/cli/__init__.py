@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from importlib import metadata
+from typing import Annotated
 
 from retrysafe._extras import missing_extra
 
@@ -17,7 +19,7 @@ try:
     import typer
 
     from retrysafe.cli import keys
-    from retrysafe.cli._common import EXIT_FAILURE, fail
+    from retrysafe.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, fail
     from retrysafe.cli.demo import EXAMPLES as DEMO_EXAMPLES
     from retrysafe.cli.demo import demo
     from retrysafe.cli.proxy import register as register_proxy
@@ -37,6 +39,34 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     epilog="Run 'retrysafe COMMAND --help' for a command's options and examples.",
 )
+
+
+def _print_version(value: bool) -> None:
+    """Print the installed distribution's version (its one source) and exit 0."""
+    if not value:
+        return
+    try:
+        version = metadata.version("retrysafe")
+    except metadata.PackageNotFoundError:
+        fail("retrysafe is not installed (pip install retrysafe): it has no version to show.")
+    typer.echo(f"retrysafe {version}")
+    raise typer.Exit
+
+
+@app.callback()
+def _root(
+    *,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Make retries safe: idempotency keys for HTTP, functions, queues and SQL transactions."""
+    del version  # handled by its callback, before any command runs
+
+
 app.command("demo", epilog=DEMO_EXAMPLES)(demo)
 app.command("serve-demo", epilog=SERVE_DEMO_EXAMPLES)(serve_demo)
 register_proxy(app)
@@ -52,9 +82,8 @@ def main() -> None:
         root.addHandler(logging.NullHandler())
     try:
         app()
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+    except KeyboardInterrupt:  # before a command runs; inside one, typer exits 130 itself
+        sys.exit(EXIT_INTERRUPTED)
     except typer.Exit:  # pragma: no cover - app() exits through SystemExit itself
         raise
     except Exception as error:  # the last guard: one line, never a traceback

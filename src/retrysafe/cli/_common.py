@@ -18,6 +18,7 @@ from retrysafe._errors import ConfigurationError, IdempotencyError
 
 __all__ = [
     "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "console",
     "errors_as_one_line",
@@ -31,6 +32,7 @@ __all__ = [
 
 EXIT_FAILURE = 1  # the command ran and something is wrong: unreachable store, no such key
 EXIT_USAGE = 2  # the command line is wrong: bad option, bad store URL (click uses 2 too)
+EXIT_INTERRUPTED = 130  # Ctrl+C stopped a command that runs to its end (128 + SIGINT)
 
 console = Console(highlight=False)
 _error_console = Console(stderr=True, highlight=False)

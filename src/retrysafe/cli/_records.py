@@ -10,13 +10,16 @@ from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe._record import Identity, Record, State
 from retrysafe.cli._common import EXIT_USAGE, fail, human_duration
 from retrysafe.cli._render import describe_outcome
+from retrysafe.cli._scopes import scope_matches
 from retrysafe.stores import Store
 from retrysafe.stores.base import StoreStats, stats_of
 
 __all__ = [
+    "COUNT_LIMIT",
     "INTERNAL",
     "SEARCH_LIMIT",
     "app_stats",
+    "count_matching",
     "find",
     "hidden",
     "internal_records",
@@ -24,13 +27,15 @@ __all__ = [
     "lease_text",
     "outcome_json",
     "record_json",
+    "resolve_scope",
     "state_text",
     "visible_records",
 ]
 
-SEARCH_LIMIT: Final = (
-    10_000  # records scanned to find a key when its scope or namespace is not given
-)
+SEARCH_LIMIT: Final = 10_000
+"""Records scanned to find a key, or a scope by its prefix, when not given in full."""
+COUNT_LIMIT: Final = SEARCH_LIMIT
+"""Records counted, at most, for the listing's total when the store's counts cannot answer."""
 INTERNAL: Final = SECRET_IDENTITY.namespace
 
 
@@ -112,16 +117,23 @@ def outcome_json(record: Record) -> dict[str, object] | None:
 
 
 def find(store: Store, key: str, scope: str | None, namespace: str | None) -> Record:
+    """Return the one live record with `key`, in the scope (or the scope a unique prefix names)
+    and namespace given; fail (exit 1) if there is none, and (exit 2) if there are several."""
     if scope is not None and namespace is not None:
         record = store.get(Identity(namespace, scope, key))
-        if record is None:
-            fail(f"No live record for key {key!r} in scope {scope!r}, namespace {namespace!r}.")
-        return record
-    matches = [
-        r
-        for r in store.list_records(namespace=namespace, scope=scope, limit=SEARCH_LIMIT)
-        if r.identity.key == key and not hidden(r, namespace)
-    ]
+        if record is not None:
+            return record
+    matches = _with_key(
+        store.list_records(namespace=namespace, scope=scope, limit=SEARCH_LIMIT), key, namespace
+    )
+    if not matches and scope is not None:  # not a whole scope: a prefix of one?
+        matches = [
+            r
+            for r in _with_key(
+                store.list_records(namespace=namespace, limit=SEARCH_LIMIT), key, namespace
+            )
+            if scope_matches(r.identity.scope, scope)
+        ]
     if not matches:
         where = "".join(
             f", {name} {value!r}"
@@ -139,6 +151,60 @@ def find(store: Store, key: str, scope: str | None, namespace: str | None) -> Re
             EXIT_USAGE,
         )
     return matches[0]
+
+
+def _with_key(records: list[Record], key: str, namespace: str | None) -> list[Record]:
+    return [r for r in records if r.identity.key == key and not hidden(r, namespace)]
+
+
+def resolve_scope(store: Store, given: str, namespace: str | None) -> str:
+    """Return the scope that `given` names: itself if records have it, else the one scope it
+    is a unique prefix of among the newest records; fail (exit 2) naming them if several."""
+    if store.list_records(namespace=namespace, scope=given, limit=1):
+        return given
+    scopes = sorted(
+        {
+            r.identity.scope
+            for r in store.list_records(namespace=namespace, limit=SEARCH_LIMIT)
+            if not hidden(r, namespace) and scope_matches(r.identity.scope, given)
+        }
+    )
+    if len(scopes) > 1:
+        named = ", ".join(map(repr, scopes[:5])) + (", ..." if len(scopes) > 5 else "")
+        fail(
+            f"Scope {given!r} is the start of {len(scopes)} scopes ({named}); "
+            "give more of it, or the whole scope.",
+            EXIT_USAGE,
+        )
+    return scopes[0] if scopes else given
+
+
+def count_matching(
+    store: Store,
+    *,
+    namespace: str | None,
+    scope: str | None,
+    state: State | None,
+    created_before: float | None,
+) -> int | None:
+    """Return how many live records match the filters (retrysafe's own left out), or None
+    for more than COUNT_LIMIT. Without filters but the state, the store's counts answer."""
+    if namespace is None and scope is None and created_before is None:
+        counts = app_stats(store)
+        return {
+            None: counts.in_flight + counts.done,
+            State.IN_FLIGHT: counts.in_flight,
+            State.DONE: counts.done,
+        }[state]
+    records = visible_records(
+        store,
+        namespace=namespace,
+        scope=scope,
+        state=state,
+        created_before=created_before,
+        limit=COUNT_LIMIT + 1,
+    )
+    return len(records) if len(records) <= COUNT_LIMIT else None
 
 
 def state_text(record: Record, now: float) -> str:

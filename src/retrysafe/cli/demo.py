@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from retrysafe.cli._common import EXIT_FAILURE, console, errors_as_one_line, print_json
+from retrysafe.cli._stores import reach
 from retrysafe.demo import DemoSettings, run_demo
 
 __all__ = ["EXAMPLES", "demo"]
@@ -30,7 +31,8 @@ Examples:
 
   retrysafe demo --store postgresql://postgres@127.0.0.1/app --json
 
-Exit status: 0 when the run with keys charged no payment twice, 1 otherwise.
+Exit status: 0 when the run with keys charged no payment twice, 1 otherwise; 130 when
+interrupted by Ctrl+C.
 """
 
 
@@ -78,6 +80,9 @@ def demo(
         store=store,
         seed=seed if seed is not None else secrets.randbelow(1_000_000),
     )
+    if store is not None:
+        with errors_as_one_line():
+            reach(store)  # an unreachable PostgreSQL server: its reason, in seconds
     progress_console = Console(stderr=True)
     with (
         errors_as_one_line(),

@@ -10,8 +10,6 @@ is a century.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -21,7 +19,6 @@ from retrysafe._record import State
 from retrysafe.cli._common import (
     EXIT_USAGE,
     console,
-    errors_as_one_line,
     fail,
     human_bytes,
     human_duration,
@@ -29,20 +26,23 @@ from retrysafe.cli._common import (
     parse_duration,
     print_json,
 )
+from retrysafe.cli._listing import heading, records_table
 from retrysafe.cli._records import (
     INTERNAL,
     app_stats,
+    count_matching,
     find,
     internal_records,
     iso,
     lease_text,
     outcome_json,
     record_json,
+    resolve_scope,
     state_text,
     visible_records,
 )
 from retrysafe.cli._render import describe_outcome
-from retrysafe.stores import Store, open_store
+from retrysafe.cli._stores import existing_store
 from retrysafe.stores.base import stats_of
 
 __all__ = ["app", "describe_outcome", "record_json"]
@@ -80,7 +80,12 @@ JsonOption = Annotated[
     bool, typer.Option("--json", help="Write JSON to stdout instead of a table.")
 ]
 ScopeOption = Annotated[
-    str | None, typer.Option("--scope", help="Only this scope (tenant); shown by 'keys list'.")
+    str | None,
+    typer.Option(
+        "--scope",
+        help="Only this scope (tenant), as 'keys list' shows it: the whole scope, or a "
+        "unique start of a hashed one (c:923b541a..., 923b541a).",
+    ),
 ]
 NamespaceOption = Annotated[
     str | None, typer.Option("--namespace", help="Only this namespace (an app or a function).")
@@ -88,16 +93,6 @@ NamespaceOption = Annotated[
 KeyArgument = Annotated[
     str, typer.Argument(help="The Idempotency-Key value, as the client sent it.")
 ]
-
-
-@contextmanager
-def _opened(url: str) -> Iterator[Store]:
-    with errors_as_one_line():
-        store = open_store(url)
-        try:
-            yield store
-        finally:
-            store.close()
 
 
 @app.command("list")
@@ -122,53 +117,43 @@ def list_(
 ) -> None:
     """List live records, newest first: scope, key, state, age, expiry, lease owner, size.
 
-    The lease owner is the start of the holder's fencing token (see 'keys show' for all of it).
+    The heading says how many records match in all. A hashed scope is shown by its start
+    (c:923b541a...), which --scope accepts. The lease owner is the start of the holder's
+    fencing token (see 'keys show' for all of it). On a narrow terminal the lease owner, size,
+    expiry and age columns are left out, in that order, then the time left on a lease, so
+    that each row fits on one line.
 
     Example: retrysafe keys list --store sqlite:///retrysafe.db --state in_flight --older-than 5m
     """
     min_age = parse_duration(older_than) if older_than is not None else None
-    with _opened(store_url) as store:
+    with existing_store(store_url) as store:
         now = store.clock.now()
+        if scope is not None:
+            scope = resolve_scope(store, scope, namespace)
+        before = None if min_age is None else now - min_age
         records = visible_records(
             store,
             namespace=namespace,
             scope=scope,
             state=state,
-            created_before=None if min_age is None else now - min_age,
+            created_before=before,
             limit=limit,
         )
+        total: int | None = len(records)
+        if len(records) == limit and not as_json:  # how many more there are, for the heading
+            total = count_matching(
+                store, namespace=namespace, scope=scope, state=state, created_before=before
+            )
     if as_json:
         print_json({"records": [record_json(r, now) for r in records]})
         return
     if not records:
         console.print("No records match.")
         return
-    namespaces = {r.identity.namespace for r in records}
-    title = f"{len(records)} record{'s' * (len(records) != 1)}"
-    if len(namespaces) == 1:
-        title += f" in namespace {next(iter(namespaces))!r}"
-    table = Table(title=literal(title), title_justify="left")
-    columns = ["scope", "key", "state", "age", "expires in", "lease owner", "size"]
-    if len(namespaces) > 1:
-        columns.insert(0, "namespace")
-    for column in columns:
-        table.add_column(column, overflow="fold", justify="right" if column == "size" else "left")
-    for record in records:
-        row = [
-            record.identity.scope,
-            record.identity.key,
-            state_text(record, now),
-            human_duration(now - record.created_at),
-            human_duration(record.expires_at - now),
-            record.token[:8],
-            human_bytes(record.size),
-        ]
-        if len(namespaces) > 1:
-            row.insert(0, record.identity.namespace)
-        table.add_row(*map(literal, row))
-    console.print(table)
-    if len(records) == limit:
-        console.print(f"[dim]Showing the newest {limit}; use --limit for more.[/]")
+    if total is not None:
+        total = max(total, len(records))  # records may have come between the two reads
+    console.print(literal(heading(records, total)), soft_wrap=True)
+    console.print(records_table(records, now, console=console))
 
 
 @app.command()
@@ -185,7 +170,7 @@ def show(
 
     Example: retrysafe keys show 0ccb7813-2b7e --store sqlite:///retrysafe.db
     """
-    with _opened(store_url) as store:
+    with existing_store(store_url) as store:
         record = find(store, key, scope, namespace)
         now = store.clock.now()
     data = record_json(record, now)
@@ -235,7 +220,7 @@ def delete(
 
     Example: retrysafe keys delete 0ccb7813-2b7e --scope 9f2c... --store sqlite:///retrysafe.db
     """
-    with _opened(store_url) as store:
+    with existing_store(store_url) as store:
         record = find(store, key, scope, namespace)
         if record.identity.namespace == INTERNAL:
             fail(
@@ -279,7 +264,7 @@ def purge(
     Example: retrysafe keys purge --store postgresql://app@db/app
     """
     total = 0
-    with _opened(store_url) as store:
+    with existing_store(store_url) as store:
         while True:
             purged = store.purge_expired(limit=batch)
             total += purged
@@ -310,7 +295,7 @@ def stats(
     """
     if namespace not in (None, INTERNAL):
         fail(f"stats counts the whole store; --namespace takes only {INTERNAL!r}.", EXIT_USAGE)
-    with _opened(store_url) as store:
+    with existing_store(store_url) as store:
         result = app_stats(store) if namespace is None else stats_of(internal_records(store))
         now = store.clock.now()
     oldest = result.oldest_in_flight_at

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 from typing import Annotated, Literal
 
 import h11
@@ -15,6 +16,7 @@ from retrysafe._errors import ConfigurationError
 from retrysafe._extras import MissingExtraError
 from retrysafe._http import MIB, SettingsOptions
 from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail
+from retrysafe.cli._serving import GracefulServer
 from retrysafe.proxy import build_proxy
 from retrysafe.proxy._forward import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT
@@ -168,7 +170,7 @@ def proxy(
     POST and PATCH requests with an Idempotency-Key reach the upstream once; retries get the
     first response again, marked Idempotent-Replayed: true. Keys are scoped by the caller's
     credential header, hashed with the secret in RETRYSAFE_SCOPE_SECRET (else one kept in the
-    store).
+    store). Ctrl+C (or SIGTERM) stops it gracefully, with exit status 0.
     """
     if metrics_port == port:
         fail(f"--metrics-port {port} is the proxied --port: give it another one.", EXIT_USAGE)
@@ -201,12 +203,15 @@ def proxy(
             )
         except (ConfigurationError, MissingExtraError) as error:
             fail(str(error), EXIT_USAGE)
+        # Both ports are bound before anything is served, so one in use is one line, exit 1.
+        sock = _bound(host, port, "")
         listener = None
         if metrics_port is not None:
             try:
-                listener = listen(host, metrics_port)
-            except OSError as error:
-                fail(f"--metrics-port: cannot listen on {host}:{metrics_port}: {error}")
+                listener = _bound(host, metrics_port, "--metrics-port: ")
+            except BaseException:
+                sock.close()
+                raise
     metrics_url = "" if listener is None else f", metrics http://{host}:{metrics_port}/metrics"
     console.print(
         f"retrysafe proxy: http://{host}:{port} -> {upstream} (store {_redacted(store)})"
@@ -219,8 +224,6 @@ def proxy(
     )
     config = uvicorn.Config(
         operated,
-        host=host,
-        port=port,
         lifespan="on",
         log_level="warning",
         access_log=False,
@@ -235,7 +238,15 @@ def proxy(
     # docs/benchmarks.md).
     gc.collect()
     gc.freeze()
-    uvicorn.Server(config).run()
+    GracefulServer(config).run(sockets=[sock])
+
+
+def _bound(host: str, port: int, option: str) -> socket.socket:
+    """Return a listening socket on (host, port), or fail with one line and exit 1."""
+    try:
+        return listen(host, port)
+    except OSError as error:
+        fail(f"{option}cannot listen on {host}:{port}: {error.strerror or error}")
 
 
 class HeadTimeoutProtocol(H11Protocol):

@@ -8,10 +8,13 @@ from typing import Annotated
 
 import anyio
 import typer
+import uvicorn
 
 from retrysafe.cli._common import console, errors_as_one_line, fail
+from retrysafe.cli._serving import GracefulServer
+from retrysafe.cli._stores import reach
 from retrysafe.demo import DemoDatabase, check_store, create_app, redact_url
-from retrysafe.demo._server import listen, serve_app
+from retrysafe.demo._server import listen
 from retrysafe.stores import open_async_store
 
 __all__ = ["DEFAULT_STORE", "serve_demo"]
@@ -68,6 +71,8 @@ def serve_demo(
     the two leaves neither. With a Redis or memory store, the demo tables are in an in-memory
     SQLite database and the idempotency middleware guards payments (record and payment commit
     separately). The middleware guards POST /users in every case.
+
+    Ctrl+C (or SIGTERM) stops it gracefully, with exit status 0.
     """
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
@@ -78,6 +83,7 @@ def serve_demo(
         except OSError as error:
             fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
         try:
+            reach(store)
             check_store(store)
             database = DemoDatabase.for_store_url(store)
         except BaseException:
@@ -105,4 +111,7 @@ async def _serve(
         f"(store {redact_url(store_url)}, demo tables in {database.description}, "
         f"payments in {mode}, latency {latency * 1000:.0f} ms). Ctrl+C stops it."
     )
-    await serve_app(app, sock, log_level="info")
+    config = uvicorn.Config(
+        app, interface="asgi3", lifespan="on", log_level="info", timeout_graceful_shutdown=5
+    )
+    await GracefulServer(config).serve(sockets=[sock])

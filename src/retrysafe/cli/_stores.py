@@ -1,0 +1,91 @@
+"""How the CLI opens a store: `keys` never creates a SQLite file, and a PostgreSQL server that
+cannot be reached is reported at once, with the driver's own reason.
+
+The PostgreSQL store's pool retries a failing connection until its `pool_timeout` (10 s) and
+then says only "couldn't get a connection"; one direct connection first fails within
+`PROBE_SECONDS` (or the URL's own `connect_timeout`) saying why: `database "x" does not
+exist`, `Connection refused`, `password authentication failed`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from retrysafe.cli._common import EXIT_FAILURE, errors_as_one_line, fail
+from retrysafe.stores import Store, open_store
+
+__all__ = ["PROBE_SECONDS", "existing_store", "reach"]
+
+PROBE_SECONDS: Final = 2
+"""libpq's connect_timeout for the first connection, unless the URL sets one (libpq counts
+whole seconds, and waits at least 2)."""
+_POSTGRES: Final = frozenset({"postgresql", "postgres"})
+_REPLAY_CACHE: Final = "replay_cache"  # `open_store`'s options, not the PostgreSQL store's
+
+
+def reach(url: str) -> None:
+    """Connect once to a PostgreSQL store's server and hang up; other stores pass.
+
+    Raises:
+        StoreUnavailableError: the server cannot be reached, or refuses the connection; the
+            message is the driver's.
+        ConfigurationError: the URL is invalid.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in _POSTGRES:
+        return
+    try:
+        import psycopg  # noqa: PLC0415 - the postgres extra; the store says which to install
+
+        from retrysafe.stores._sql.postgres_connection import (  # noqa: PLC0415
+            parse_url,
+            store_error,
+        )
+    except ImportError:
+        return
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    theirs = [(name, value) for name, value in pairs if not name.startswith(_REPLAY_CACHE)]
+    query = urlencode(theirs, quote_via=quote)
+    conninfo, options = parse_url(parts._replace(query=query).geturl())
+    explicit = any(name == "connect_timeout" for name, _ in pairs)
+    timeout = options.connect_timeout_seconds if explicit else PROBE_SECONDS
+    try:
+        psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True).close()
+    except psycopg.Error as error:
+        raise store_error(error) from None
+
+
+@contextmanager
+def existing_store(url: str) -> Iterator[Store]:
+    """Open the store at `url` for the `keys` commands; errors are one line and an exit code.
+
+    A SQLite file that does not exist is refused (exit 1) rather than created empty: a typo in
+    the path would otherwise list nothing and leave a stray database behind.
+    """
+    with errors_as_one_line():
+        store = open_store(url)  # validates the URL (exit 2) before the file is looked at
+        try:
+            _refuse_missing_sqlite(url)
+            reach(url)
+            yield store
+        finally:
+            store.close()
+
+
+def _refuse_missing_sqlite(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        return
+    # As the store reads it: "sqlite:///a.db" is the relative path "a.db", "sqlite:////a.db"
+    # the absolute "/a.db".
+    path = os.path.abspath(unquote(parts.path[1:]))
+    if not os.path.exists(path):
+        fail(
+            f"No SQLite database at {path}: the keys commands read an existing store and "
+            "never create one.",
+            EXIT_FAILURE,
+        )

@@ -62,8 +62,9 @@ class AsyncRedisStore:
         autopipeline: send the commands that concurrent calls issue in one event-loop turn as
             one pipeline on one connection of the store's own (the async face only: the sync
             store sends each command on its own).
-        min_replicas, replica_timeout_ms: if more than 0, a write counts only once that many
-            replicas confirm it within the timeout (`stores/_async/redis_replicas.py`).
+        min_replicas: if more than 0, a write counts only once that many replicas confirm it
+            within `replica_timeout_ms` (`stores/_async/redis_replicas.py`).
+        replica_timeout_ms: how long a write waits for them, milliseconds.
     """
 
     _recheck_every = 0.5

@@ -93,8 +93,9 @@ class RedisClusterStore(RedisStore):
         clock: the time source for leases and retention.
         owns_client: whether `close` closes `client` (true when built by `from_url`).
         autopipeline: ignored: one pipeline cannot span the masters.
-        min_replicas, replica_timeout_ms: as for `RedisStore`; the `WAIT` goes to the
-            master that took the write, on the same connection.
+        min_replicas: as for `RedisStore`; the `WAIT` goes to the master that took the
+            write, on the same connection.
+        replica_timeout_ms: as for `RedisStore`.
     """
 
     _redis: RedisCluster  # type: ignore[assignment]  # the same commands, routed by slot

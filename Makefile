@@ -16,14 +16,15 @@ export UV_NO_PROGRESS := 1
 export RETRYSAFE_UV := $(abspath $(UV))
 
 .PHONY: setup test test-pythons demo check lint typecheck unasync lock upgrade \
-	bench-stores bench-functions bench-http bench-scale clean
+	bench-stores bench-functions bench-http bench-scale docs clean
 
 $(UV):
 	@test -n "$(PYTHON)" || { echo "retrysafe needs Python 3.11 or newer (python3.11, 3.12 or 3.13)"; exit 1; }
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
-# The dev/test environment: exactly the versions in uv.lock, every extra, the dev group.
+# The dev/test environment: exactly the versions in uv.lock, every extra, the dev and docs groups
+# (pyproject's default-groups).
 $(VENV)/.installed: uv.lock pyproject.toml $(UV)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --all-extras --python $(PYTHON)
 	@touch $@
@@ -61,6 +62,11 @@ typecheck:
 unasync:
 	$(PY) scripts/unasync.py --check
 
+## docs: the documentation site in site/ (docs/, the README as home page, the API reference from
+## the docstrings); --strict fails the build on any warning, a broken link or anchor included
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 ## lock: re-resolve uv.lock after changing a dependency in pyproject.toml (keeps other pins)
 lock: $(UV)
 	$(UV) lock --python $(PYTHON)
@@ -83,4 +89,4 @@ bench-scale: setup
 	$(PY) scripts/services.py -- $(PY) benchmarks/scaleout.py
 
 clean:
-	rm -rf $(VENV) $(VENV)-3.* $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-3.* $(TOOLS) .pytest_cache .mypy_cache .ruff_cache site

@@ -1,0 +1,222 @@
+"""The `@transactional` view decorator for Django: the request's key commits with the view's writes.
+
+A keyed request is read as the native middleware reads it (`retrysafe.integrations.django`):
+the key, the body within its limit, and the scope from `request.user` (B8), else the
+credential header. Then the request's work unit (`WorkUnit`, shared with Flask and the ASGI
+middleware) claims the key in an atomic block on the view's database, runs the view, and
+commits the response with its writes before the view returns; a repeat gets the stored
+response. Its settings are the middleware's: `settings.RETRYSAFE` (in upper case), under the
+decorator's own options.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Unpack
+
+from retrysafe._flow import Counters
+from retrysafe._flow.observing import Observation, identify
+from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
+from retrysafe._http import Response, RouteSettings, Settings
+from retrysafe._http.scope import Scoper
+from retrysafe.integrations._django_config import observers_from_django, settings_from_django
+from retrysafe.integrations._django_middleware import _django_response, _user
+from retrysafe.integrations._inside import _prepare, body_within
+from retrysafe.integrations._routes import RouteOptions, mark
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._django import DjangoBackend
+from retrysafe.transactions._state import ClaimOptions
+from retrysafe.transactions._sync.transaction import Transaction
+from retrysafe.transactions._sync.work import WorkUnit
+from retrysafe.transactions._web import claim_options, connect_failed, tracks
+
+try:
+    from django.core.signals import setting_changed  # type: ignore[import-untyped]
+    from django.db import Error as DatabaseError  # type: ignore[import-untyped]
+except ImportError as error:  # pragma: no cover - depends on the environment
+    from retrysafe.integrations._routes import missing_framework
+
+    raise missing_framework("retrysafe.transactions.django", "Django") from error
+
+__all__ = ["load_scope_secret", "transactional"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Request = Any  # Django's request and response classes are untyped
+
+
+@dataclass(slots=True)
+class _Config:
+    """What every transactional view of the process shares, read from `settings.RETRYSAFE`."""
+
+    settings: Settings
+    observation: Observation
+    counters: Counters = field(default_factory=Counters)
+    scopers: dict[tuple[str, str], Scoper] = field(default_factory=dict)
+
+
+_config: _Config | None = None
+_config_lock = threading.Lock()
+
+
+def _current() -> _Config:
+    """Return the configuration, read from the settings once (again when they change)."""
+    global _config  # noqa: PLW0603 - one configuration per process, like Django's settings
+    with _config_lock:
+        if _config is None:
+            _, _, options = settings_from_django()
+            _config = _Config(
+                Settings(**options), Observation("transaction", observers_from_django())
+            )
+        return _config
+
+
+def _forget_config(*, setting: str, **_: object) -> None:
+    """Read `RETRYSAFE` again after a test changed it (`override_settings`)."""
+    global _config  # noqa: PLW0603 - see _current
+    if setting == "RETRYSAFE":
+        with _config_lock:
+            _config = None
+
+
+setting_changed.connect(_forget_config, dispatch_uid="retrysafe.transactions.django")
+
+
+class _DjangoWorkUnit(WorkUnit):
+    """`WorkUnit` on the Django backend, which it cannot pick from a connection itself (the
+    driver dispatch knows the raw drivers' connections, not Django's)."""
+
+    def __init__(
+        self,
+        backend: DjangoBackend,
+        claim: ClaimOptions | None,
+        settings: Settings,
+        counters: Counters,
+    ) -> None:
+        # The fields WorkUnit.__init__ sets, with the backend given rather than dispatched.
+        self.connection = backend.connection
+        self.settings = settings
+        self.counters = counters
+        self._backend = backend
+        self._tx = None if claim is None else Transaction(backend, **claim)
+
+
+def transactional(
+    *, using: str | None = None, table: str | None = None, **options: Unpack[RouteOptions]
+) -> Callable[[F], F]:
+    """Run the view in transactional mode, passing it the request's transaction as `tx`.
+
+    Args:
+        using: the database alias the view writes to (default: `"default"`).
+        table: the records table in that database (default: `retrysafe_records`).
+        options: `RouteSettings` fields for this view: `required=True`, `retention=3600`, ...
+    """
+    route = RouteSettings(**options)
+    records = table or DEFAULT_TABLE
+
+    def decorate(view: F) -> F:
+        if inspect.iscoroutinefunction(view):
+            raise TypeError(
+                "@transactional takes a sync view: Django's transactions are sync only."
+            )
+
+        @functools.wraps(view)
+        def transactional_view(request: Request, *args: Any, **kwargs: Any) -> Any:
+            call = functools.partial(view, request, *args, **kwargs)
+            return _handle(call, route, request, DjangoBackend(using, records))
+
+        return mark(transactional_view, None)  # type: ignore[return-value]
+
+    return decorate
+
+
+def _handle(
+    view: Callable[..., Any], route: RouteSettings, request: Request, backend: DjangoBackend
+) -> Any:
+    """Answer a request to a transactional view: a problem, a replay, or the view's response."""
+    config = _current()
+    settings = config.settings.with_route(route)
+    meta = request.META
+    value: str | None = meta.get("HTTP_IDEMPOTENCY_KEY")
+    if not tracks(settings, request.method, value is not None):
+        return _transact(view, _DjangoWorkUnit(backend, None, settings, config.counters))
+    operation = config.observation.start()
+    try:
+        try:
+            scoper = _scoper(config, backend)
+        except Exception:
+            return _django_response(connect_failed(settings))
+        prepared = _prepare(
+            meta,
+            settings,
+            [] if value is None else [value.encode("latin-1")],
+            scoper,
+            body=lambda s: body_within(s, meta.get("CONTENT_LENGTH") or "", lambda: request.body),
+            user=lambda: _user(request),
+        )
+        if isinstance(prepared, Response):
+            return _django_response(prepared)
+        identify(prepared[0])  # (identity, fingerprint)
+        claim = claim_options(settings, None, *prepared)
+        return _transact(view, _DjangoWorkUnit(backend, claim, settings, config.counters))
+    finally:
+        config.observation.end(operation)
+
+
+def _transact(view: Callable[..., Any], unit: _DjangoWorkUnit) -> Any:
+    """Run the view in the work unit's atomic block; answer once that has committed."""
+    settings = unit.settings
+    try:
+        answer = unit.start()
+    except DatabaseError:
+        return _django_response(connect_failed(settings))
+    if answer is not None:
+        return _django_response(answer)
+    try:
+        response = view(tx=unit.request_transaction())
+        if response.streaming:  # the whole body commits with the writes, so it is read here
+            body: bytes = b"".join(response.streaming_content)
+            response.streaming_content = [body]
+        else:
+            body = response.content
+    except BaseException:
+        unit.rollback()
+        raise
+    headers = tuple(
+        (str(name).lower().encode("latin-1"), str(value).encode("latin-1"))
+        for name, value in response.items()
+    )
+    problem = unit.finish(Response(response.status_code, headers, body))
+    return response if problem is None else _django_response(problem)
+
+
+def _scoper(config: _Config, backend: DjangoBackend) -> Scoper:
+    """Return the scoper: the configured secret, else the one kept in the records table."""
+    secret = Scoper.configured_secret(config.settings)
+    if secret is not None:
+        return config.scopers.setdefault(("", ""), Scoper(secret))
+    key = (backend.alias, backend.table)
+    scoper = config.scopers.get(key)
+    if scoper is None:
+        scoper = config.scopers[key] = Scoper(load_scope_secret(backend))
+    return scoper
+
+
+def load_scope_secret(backend: DjangoBackend) -> bytes:
+    """Return the scope secret kept in the records table, creating it there if absent (B8),
+    as `load_scope_secret` does on a raw driver's connection."""
+    tx = Transaction(
+        backend,
+        identity=SECRET_IDENTITY,
+        fingerprint=SECRET_FINGERPRINT,
+        retention=SECRET_RETENTION,
+    )
+    with tx:
+        if tx.replay and tx.outcome:
+            return tx.outcome
+        tx.complete(secrets.token_bytes(32))
+    return tx.outcome or b""

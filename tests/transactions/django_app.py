@@ -1,0 +1,349 @@
+"""A one-module Django project on a test's database, run in a process of its own.
+
+    python -m tests.transactions.django_app serve CONFIG PORT    the project, served by waitress
+    python -m tests.transactions.django_app crash CONFIG         one payment, killed on request
+    python -m tests.transactions.django_app scenario CONFIG NAME a named scenario, JSON out
+
+Django's settings are configured once per process, and the integration tests configure a
+project without a database (tests/integrations/django_project.py); so this project, whose
+`DATABASES` is the test's SQLite file or PostgreSQL server, runs in a process of its own.
+CONFIG is JSON: `db` (sqlite or postgres), `dsn`, `table` (the records table), `payments` (the
+payments table, `id, key, amount`), and for `crash` the `mode`, `key` and `crash_at` point.
+
+`crash` works like tests/transactions/worker.py: at the chosen point it prints
+`at:POINT {state}` and waits on stdin until the test kills it; otherwise it prints
+`outcome:{json}`. Its `unit` mode runs `retrysafe.transactions.django.atomic` inside the
+caller's own `transaction.atomic()`; its `view` mode sends a request through Django's handler
+(the test client) to a `@transactional` view wrapped in the view's own `transaction.atomic()`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+import django
+from django.conf import settings
+
+POINTS = ("before_claim", "after_claim", "after_write", "before_commit", "after_commit")
+CALLER = {"Authorization": "Bearer tenant-a"}
+"""The credential the requests send: keys are scoped by caller (B8)."""
+
+CONFIG: dict[str, Any] = json.loads(sys.argv[2]) if __name__ == "__main__" else {}
+
+
+def _database(config: dict[str, Any]) -> dict[str, Any]:
+    if config["db"] == "sqlite":
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": config["dsn"],
+            "OPTIONS": {"timeout": 30},
+        }
+    parts = urlsplit(config["dsn"])
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.path.lstrip("/"),
+        "USER": parts.username or "",
+        "PASSWORD": parts.password or "",
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+    }
+
+
+if CONFIG:
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="retrysafe-tests",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        INSTALLED_APPS=["tests.transactions"],
+        MIDDLEWARE=[],
+        DATABASES={"default": _database(CONFIG)},
+        USE_TZ=True,
+        RETRYSAFE={"WAIT": 10},
+    )
+    django.setup()
+
+# Django is set up from here on (when run as a program).
+from django.db import models, transaction  # noqa: E402
+from django.http import (  # noqa: E402
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.urls import path  # noqa: E402
+
+from retrysafe import Identity  # noqa: E402
+from retrysafe.transactions import django as idempotent  # noqa: E402
+from retrysafe.transactions.django import RequestTransaction, Step, transactional  # noqa: E402
+
+
+class Payment(models.Model):
+    """A payment, in the test's own payments table (created by the test)."""
+
+    id = models.CharField(primary_key=True, max_length=32)
+    key = models.TextField()
+    amount = models.IntegerField()
+
+    class Meta:
+        app_label = "transactions"
+        db_table = CONFIG.get("payments", "rs_payments")
+        managed = False
+
+
+class BoomError(Exception):
+    """Raised by a view or a unit of work after its write."""
+
+
+def reach(point: str, **state: object) -> None:
+    """Stop here for the kill if this is the crash point."""
+    if point == CONFIG.get("crash_at"):
+        print(f"at:{point} {json.dumps(state)}", flush=True)
+        sys.stdin.readline()  # the test kills this process while it waits
+        sys.exit(3)  # stdin closed: the test is gone
+
+
+def boom() -> None:
+    """Fail after a write."""
+    raise BoomError
+
+
+def _pay(key: str, amount: int) -> Payment:
+    return Payment.objects.create(id=secrets.token_hex(6), key=key, amount=amount)
+
+
+# The views.
+
+
+@transactional(required=True, table=CONFIG.get("table"))
+def payments(request: HttpRequest, tx: RequestTransaction[Any]) -> HttpResponse:
+    """Make one payment; `fail` raises after the write, `status` answers with another status."""
+    data = json.loads(request.body)
+    payment = _pay(str(tx.key), data["amount"])
+    if data.get("fail"):
+        boom()
+    return JsonResponse({"id": payment.id}, status=data.get("status", 201))
+
+
+@transactional(table=CONFIG.get("table"))
+def optional(request: HttpRequest, tx: RequestTransaction[Any]) -> HttpResponse:
+    """Make one payment whether or not the request has a key."""
+    payment = _pay(str(tx.key), json.loads(request.body)["amount"])
+    return JsonResponse({"id": payment.id, "key": tx.key}, status=201)
+
+
+@transactional(required=True, table=CONFIG.get("table"))
+def stream(request: HttpRequest, tx: RequestTransaction[Any]) -> StreamingHttpResponse:
+    """Make one payment and answer with a streamed body."""
+    payment = _pay(str(tx.key), 1)
+    return StreamingHttpResponse(iter([b"paid ", payment.id.encode()]), status=201)
+
+
+@transactional(required=True, table=CONFIG.get("table"))
+def _crash_payment(request: HttpRequest, tx: RequestTransaction[Any]) -> HttpResponse:
+    reach("after_claim")
+    payment = _pay(str(tx.key), 100)
+    reach("after_write")
+    return JsonResponse({"id": payment.id}, status=201)
+
+
+def crash_view(request: HttpRequest) -> HttpResponse:
+    """The payment view inside the view's own atomic block, with its crash points."""
+    with transaction.atomic():
+        reach("before_claim")
+        response: HttpResponse = _crash_payment(request)
+        reach("before_commit")
+    return response
+
+
+urlpatterns = [
+    path("payments", payments),
+    path("optional", optional),
+    path("stream", stream),
+    path("crash", crash_view),
+]
+
+
+# The programs.
+
+
+def _identity(key: str) -> Identity:
+    return Identity("orders", "tenant-a", key)
+
+
+def crash_unit() -> dict[str, Any]:
+    """One payment with `idempotent.atomic` inside the caller's atomic block."""
+    key = CONFIG["key"]
+    with transaction.atomic():
+        reach("before_claim")
+        with idempotent.atomic(
+            identity=_identity(key), fingerprint="amount=100", table=CONFIG["table"]
+        ) as tx:
+            if not tx.replay:
+                reach("after_claim")
+                payment = _pay(key, 100)
+                reach("after_write")
+                tx.complete(json.dumps({"id": payment.id}).encode())
+        reach("before_commit")
+    result = {"replay": tx.replay, "outcome": (tx.outcome or b"").decode()}
+    reach("after_commit", **result)
+    return result
+
+
+def crash_request() -> dict[str, Any]:
+    """One payment request through Django's handler to the crash view."""
+    from django.test import Client
+
+    response = Client(headers={**CALLER, "Idempotency-Key": CONFIG["key"]}).post(
+        "/crash", b"{}", content_type="application/json"
+    )
+    result = {
+        "status": response.status_code,
+        "replay": response.get("Idempotent-Replayed") == "true",
+        "outcome": response.content.decode(),
+    }
+    reach("after_commit", **result)
+    return result
+
+
+def _attempt(key: str, amount: int = 100, *, fail: bool = False, forget: bool = False) -> Any:
+    """One unit of work; return what it answered, or the name of the error it raised."""
+    try:
+        with idempotent.atomic(
+            identity=_identity(key), fingerprint=f"amount={amount}", table=CONFIG["table"]
+        ) as tx:
+            if tx.replay:
+                return {"replay": True, "outcome": (tx.outcome or b"").decode()}
+            payment = _pay(key, amount)
+            if fail:
+                boom()
+            if not forget:
+                tx.complete(json.dumps({"id": payment.id}).encode())
+        return {"replay": False, "outcome": (tx.outcome or b"").decode()}
+    except Exception as error:  # the scenario reports it
+        return type(error).__name__
+
+
+def scenario_unit() -> dict[str, Any]:
+    """First run, replay, mismatch, an error, a forgotten outcome."""
+    return {
+        "first": _attempt("k-1"),
+        "again": _attempt("k-1"),
+        "mismatch": _attempt("k-1", 200),
+        "error": _attempt("k-2", fail=True),
+        "forgot": _attempt("k-3", forget=True),
+        "after_error": _attempt("k-2"),
+    }
+
+
+def scenario_nested() -> dict[str, Any]:
+    """Inside the caller's atomic block: rolled back with it, committed with it, and refused
+    when the caller's block was marked for rollback."""
+    result: dict[str, Any] = {}
+    try:
+        with transaction.atomic():
+            result["rolled_back"] = _attempt("n-1")
+            boom()
+    except BoomError:
+        pass
+    with transaction.atomic():
+        result["committed"] = _attempt("n-2")
+        result["in_block"] = transaction.get_connection().in_atomic_block
+    with transaction.atomic():
+        try:
+            with idempotent.atomic(
+                identity=_identity("n-3"), fingerprint="amount=100", table=CONFIG["table"]
+            ) as tx:
+                _pay("n-3", 100)
+                transaction.set_rollback(True)
+                tx.complete(b"{}")
+        except Exception as error:  # the scenario reports it
+            result["marked"] = type(error).__name__
+    result["outside"] = transaction.get_connection().in_atomic_block
+    return result
+
+
+def scenario_phases() -> dict[str, Any]:
+    """A phased order: the second phase fails once, the retry resumes, then a replay."""
+    failures = [True]
+
+    def reserve(step: Step) -> None:
+        idempotent.insert_if_absent(
+            Payment, {"id": "order", "key": "o-1", "amount": 0}, unique=["id"]
+        )
+
+    def charge(step: Step) -> None:
+        idempotent.update_by_key(Payment, {"id": "order"}, {"amount": 100})
+        if failures and failures.pop():
+            boom()
+
+    def finish(step: Step) -> bytes:
+        return json.dumps({"amount": Payment.objects.get(id="order").amount}).encode()
+
+    def run() -> Any:
+        try:
+            result = idempotent.run_phases(
+                {"reserve": reserve, "charge": charge, "finish": finish},
+                identity=_identity("o-1"),
+                fingerprint="order",
+                table=CONFIG["table"],
+            )
+        except Exception as error:  # the scenario reports it
+            return type(error).__name__
+        return [result.outcome.decode(), result.replay, result.resumed_from, list(result.ran)]
+
+    outcome: dict[str, Any] = {"failed": run(), "amount": Payment.objects.get(id="order").amount}
+    outcome["resumed"] = run()
+    outcome["replayed"] = run()
+    with transaction.atomic():
+        outcome["in_atomic"] = run()
+    return outcome
+
+
+def scenario_writes() -> dict[str, Any]:
+    """The write helpers on a model and on a table name, each repeated."""
+    values = {"id": "w-1", "key": "w", "amount": 1}
+    with transaction.atomic():
+        first = idempotent.insert_if_absent(Payment, values, unique=["id"])
+        second = idempotent.insert_if_absent(
+            CONFIG["payments"], {**values, "amount": 9}, unique=["id"]
+        )
+        updated = idempotent.update_by_key(Payment, {"id": "w-1"}, {"amount": 5})
+        updated_again = idempotent.update_by_key(Payment, {"id": "w-1"}, {"amount": 5})
+    with transaction.atomic():
+        deleted = idempotent.delete_by_key(Payment, {"id": "w-1"})
+        deleted_again = idempotent.delete_by_key(Payment, {"id": "w-1"})
+    return {
+        "inserted": [first.inserted, second.inserted, second.row["amount"]],
+        "updated": [updated, updated_again],
+        "deleted": [deleted, deleted_again],
+    }
+
+
+def serve(port: int) -> None:
+    """Serve the project with waitress."""
+    import waitress
+    from django.core.wsgi import get_wsgi_application
+
+    waitress.serve(get_wsgi_application(), host="127.0.0.1", port=port, threads=16, _quiet=True)
+
+
+def main() -> None:
+    """Run the program the command line names."""
+    command = sys.argv[1]
+    if command == "serve":
+        serve(int(sys.argv[3]))
+        return
+    if command == "crash":
+        result = crash_unit() if CONFIG["mode"] == "unit" else crash_request()
+    else:
+        result = globals()[f"scenario_{sys.argv[3]}"]()
+    print(f"outcome:{json.dumps(result)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,11 +43,24 @@ class SQLiteRecords:
         self.table = RecordTable(table)
 
     def prepare(self) -> None:
-        """Create the table if missing, then make sure the transaction holds the write lock."""
-        self._run(lambda: self.table.create_schema(self.connection))
+        """Make sure the transaction holds the write lock, creating the table if missing.
+
+        The lock comes first: in a deferred transaction, a read (such as `CREATE TABLE IF NOT
+        EXISTS` on a table that exists) would start a read snapshot, and a commit by another
+        connection before the lock would then make the lock fail at once ("database is
+        locked", with no busy wait). A table that is missing fails the lock before it runs;
+        creating it is a write, which takes the lock.
+        """
         # The table name was validated by RecordTable, and SQL cannot bind an identifier.
         lock = f'UPDATE "{self.table.name}" SET id = id WHERE 0'  # noqa: S608
-        self._run(lambda: self.connection.execute(lock))
+        try:
+            self.connection.execute(lock)
+        except sqlite3.Error as error:
+            missing = isinstance(error, sqlite3.OperationalError) and "no such table" in str(error)
+            if not missing:
+                raise store_error(error, _path(self.connection)) from error
+            self._run(lambda: self.table.create_schema(self.connection))
+            self._run(lambda: self.connection.execute(lock))
 
     def claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float

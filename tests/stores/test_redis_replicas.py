@@ -27,6 +27,8 @@ from retrysafe.stores.redis import AsyncRedisClusterStore, RedisClusterStore, Re
 from tests.conftest import fresh_store_url
 from tests.stores.conftest import BlockingFacade
 
+pytestmark = pytest.mark.redis  # the stores are opened from URLs inside the tests
+
 LEASE = 30.0
 RETENTION = 3600.0
 FACES = pytest.mark.parametrize("face", ["sync", "async"])

@@ -27,6 +27,7 @@ A_PREFIXED = (
     "begin_claim",
     "rollback",
     "run_phases",
+    "run_phases_on",
     "call_phase",
     "insert_if_absent",
     "update_by_key",

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from retrysafe.transactions._drivers import AsyncConnection
     from retrysafe.transactions._state import ClaimOptions
 
-__all__ = ["arun_phases"]
+__all__ = ["arun_phases", "arun_phases_on"]
 
 logger = logging.getLogger("retrysafe")
 
@@ -72,8 +72,17 @@ async def arun_phases(
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
     """
+    return await arun_phases_on(async_backend(connection, table), phases, **options)
+
+
+async def arun_phases_on(
+    backend: AsyncBackend,
+    phases: Mapping[str, AsyncPhaseFunction],
+    **options: Unpack[ClaimOptions],
+) -> PhasesResult:
+    """Run an operation as atomic phases on `backend` (`arun_phases`, for a backend made
+    elsewhere: Django's connection, whose transactions go through `transaction.atomic`)."""
     plan = Plan(phases, **options)
-    backend = async_backend(connection, table)
     check_fresh(backend.in_transaction())
     claim = await abegin_claim(backend, plan)
     await backend.end(commit=claim.acquired)  # the claim commits in flight; a replay wrote nothing

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from retrysafe.transactions._drivers import Connection
     from retrysafe.transactions._state import ClaimOptions
 
-__all__ = ["run_phases"]
+__all__ = ["run_phases", "run_phases_on"]
 
 logger = logging.getLogger("retrysafe")
 
@@ -75,8 +75,17 @@ def run_phases(
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
     """
+    return run_phases_on(sync_backend(connection, table), phases, **options)
+
+
+def run_phases_on(
+    backend: Backend,
+    phases: Mapping[str, PhaseFunction],
+    **options: Unpack[ClaimOptions],
+) -> PhasesResult:
+    """Run an operation as atomic phases on `backend` (`run_phases`, for a backend made
+    elsewhere: Django's connection, whose transactions go through `transaction.atomic`)."""
     plan = Plan(phases, **options)
-    backend = sync_backend(connection, table)
     check_fresh(backend.in_transaction())
     claim = begin_claim(backend, plan)
     backend.end(commit=claim.acquired)  # the claim commits in flight; a replay wrote nothing

@@ -61,7 +61,10 @@ RETRY_CAP: Final = 5.0
 """The longest pause between two retries of a held outcome's completion."""
 DEFAULT_DRAIN: Final = 10.0
 """How long a drain waits for held outcomes to be stored at shutdown (B40)."""
-"""Admitted claims remembered until their execution starts (a face that never starts one)."""
+
+# The retries' jitter has a generator of its own: the random module's shared one is the
+# application's (a seeded simulation, a test's strategies), and retrysafe does not move it.
+_JITTER = random.Random()  # noqa: S311 - jitter, not a secret
 
 _forks = [0]  # how many times this process forked: a child forgets its parent's held outcomes
 os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
@@ -122,7 +125,7 @@ class Held:
             held_at=wall,
             renew_at=now + lease / 3,
             complete_at=now,
-        ).failed_completion(now, random.random())  # noqa: S311 - jitter, not a secret
+        ).failed_completion(now, _JITTER.random())
 
     def record(self, found: Record | None = None) -> Record | None:
         """Return the record a duplicate is answered from: done, with the held outcome. Its
@@ -323,7 +326,7 @@ class Holder(Finisher[StoreT]):
             return True
         else:
             self.counters.add(Count.COMPLETE_FAILURES)
-            held.failed_completion(now, random.random())  # noqa: S311 - jitter, not a secret
+            held.failed_completion(now, _JITTER.random())
             if held.attempts & (held.attempts - 1) == 0:  # attempts 2, 4, 8...: not every one
                 self.logger.warning(
                     "Still cannot store the held outcome of %s (%d attempts): %s",

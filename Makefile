@@ -35,15 +35,9 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) scripts/services.py -- $(PY) -m pytest $(PYTEST_ARGS)
 
-## test-pythons: the tests that need no service, on each of OTHER_PYTHONS (from the same lock)
+## test-pythons: the tests that need no service, on each of OTHER_PYTHONS side by side (same lock)
 test-pythons: $(UV)
-	@for version in $(OTHER_PYTHONS); do \
-		python=$$(scripts/find-python.sh $$version) || { echo "Python $$version not found"; exit 1; }; \
-		echo "== Python $$version: $$python"; \
-		UV_PROJECT_ENVIRONMENT=$(VENV)-$$version $(UV) sync --quiet --frozen --all-extras --python $$python \
-		&& $(VENV)-$$version/bin/python -m pytest -q -m "not services" -p no:cacheprovider $(PYTEST_ARGS) \
-		|| exit 1; \
-	done
+	scripts/test-pythons.sh $(UV) $(VENV) $(OTHER_PYTHONS) -- $(PYTEST_ARGS)
 
 ## demo: the main job, on the embedded SQLite default
 demo: setup

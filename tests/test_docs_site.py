@@ -20,6 +20,8 @@ from retrysafe._http import DEFAULT_PROBLEM_BASE_URL, PROBLEMS
 from tests.conftest import service_missing
 from tests.http.test_problems import POLICY_ANCHORS
 
+pytestmark = pytest.mark.docs
+
 ROOT = Path(__file__).resolve().parents[1]
 # Tags whose URL the browser loads by itself (a link's rel says whether it does).
 _LOADED = {"script": "src", "img": "src", "iframe": "src", "source": "src", "link": "href"}

@@ -5,6 +5,7 @@ the `keys` commands are interrupted and exit 130."""
 from __future__ import annotations
 
 import contextlib
+import select
 import signal
 import socket
 import sqlite3
@@ -151,3 +152,26 @@ def test_ctrl_c_before_a_server_serves_exits_130(silent_postgres: tuple[str, Rea
     code, stderr = interrupt(args, connected, signal.SIGINT)
     assert code == 130, stderr
     assert stderr == ""
+
+
+def test_ctrl_c_right_after_the_proxy_prints_its_address_stops_it() -> None:
+    """A Ctrl+C sent as the proxy prints its address, before it serves, stops it gracefully:
+    it is kept until serving starts (raised as KeyboardInterrupt during the garbage collection
+    that follows start-up, it was dropped, and the proxy served on)."""
+    args = ["proxy", "--upstream", "http://127.0.0.1:9", "--store", "memory://"]
+    process = subprocess.Popen(
+        [*CLI, *args, "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], START)
+        assert readable, f"the proxy printed nothing in {START} s"
+        assert process.stdout.readline().startswith(b"retrysafe proxy: http://")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=STOP)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert "Traceback" not in stderr.decode()

@@ -212,13 +212,6 @@ def proxy(
             except BaseException:
                 sock.close()
                 raise
-    metrics_url = "" if listener is None else f", metrics http://{host}:{metrics_port}/metrics"
-    console.print(
-        f"retrysafe proxy: http://{host}:{port} -> {upstream} (store {_redacted(store)})"
-        + metrics_url,
-        markup=False,
-        soft_wrap=True,
-    )
     operated = Operations(
         app, watch=watch, listener=listener, registry=metrics.registry if metrics else None
     )
@@ -233,12 +226,21 @@ def proxy(
         date_header=False,
     )
     configure_logging(access=not quiet)  # after uvicorn's Config, which configures its own
+    server = GracefulServer(config)
+    server.keep_interrupts()  # from here, Ctrl+C stops the proxy gracefully (exit 0)
     # What start-up made lives as long as the process: keep it out of every collection, so
     # that full collections stay short (p99 of first-time requests on Redis: 22 ms to 8 ms,
     # docs/benchmarks.md).
     gc.collect()
     gc.freeze()
-    GracefulServer(config).run(sockets=[sock])
+    metrics_url = "" if listener is None else f", metrics http://{host}:{metrics_port}/metrics"
+    console.print(
+        f"retrysafe proxy: http://{host}:{port} -> {upstream} (store {_redacted(store)})"
+        + metrics_url,
+        markup=False,
+        soft_wrap=True,
+    )
+    server.run(sockets=[sock])
 
 
 def _bound(host: str, port: int, option: str) -> socket.socket:

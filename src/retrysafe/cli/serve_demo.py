@@ -10,11 +10,10 @@ import anyio
 import typer
 import uvicorn
 
-from retrysafe.cli._common import console, errors_as_one_line, fail
-from retrysafe.cli._serving import GracefulServer
+from retrysafe.cli._common import console, errors_as_one_line
+from retrysafe.cli._serving import GracefulServer, listening
 from retrysafe.cli._stores import reach
 from retrysafe.demo import DemoDatabase, check_store, create_app, redact_url
-from retrysafe.demo._server import listen
 from retrysafe.stores import open_async_store
 
 __all__ = ["DEFAULT_STORE", "serve_demo"]
@@ -78,10 +77,7 @@ def serve_demo(
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
     logging.getLogger("retrysafe").addHandler(handler)  # failures to store an outcome (B19)
     with errors_as_one_line():
-        try:
-            sock = listen(host, port)
-        except OSError as error:
-            fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
+        sock = listening(host, port)
         try:
             reach(store)
             check_store(store)
@@ -106,12 +102,14 @@ async def _serve(
         raise
     host, port = sock.getsockname()[:2]
     mode = "transactional mode" if app.transactional else "the idempotency middleware"
+    config = uvicorn.Config(
+        app, interface="asgi3", lifespan="on", log_level="info", timeout_graceful_shutdown=5
+    )
+    server = GracefulServer(config)
+    server.keep_interrupts()  # from here, Ctrl+C stops it gracefully (exit 0)
     console.print(
         f"Demo payments API on [bold]http://{host}:{port}[/] "
         f"(store {redact_url(store_url)}, demo tables in {database.description}, "
         f"payments in {mode}, latency {latency * 1000:.0f} ms). Ctrl+C stops it."
     )
-    config = uvicorn.Config(
-        app, interface="asgi3", lifespan="on", log_level="info", timeout_graceful_shutdown=5
-    )
-    await GracefulServer(config).serve(sockets=[sock])
+    await server.serve(sockets=[sock])

@@ -13,7 +13,7 @@ __all__ = ["listen", "serve_app"]
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """Return a TCP socket bound to (host, port); port 0 picks a free one.
+    """Return a TCP socket bound to (host, port) and listening; port 0 picks a free one.
 
     Binding here, before uvicorn starts, turns "address in use" into one clear error.
     """
@@ -26,6 +26,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     sock.set_inheritable(True)
+    sock.listen(128)  # connections queue from now on: a client may connect once this is printed
     return sock
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "KeyMismatchError",
     "NotReplayableError",
     "OutcomeError",
+    "RecordUnreadableError",
     "StoreError",
     "StoreUnavailableError",
 ]
@@ -81,6 +82,11 @@ class NotReplayableError(IdempotencyError):
 
 class StoreError(IdempotencyError):
     """The store failed to answer correctly."""
+
+
+class RecordUnreadableError(StoreError):
+    """A stored record does not open as written: its sealed outcome was sealed with a key the
+    store was not given, or was altered or moved to another record. It is never replayed."""
 
 
 class StoreUnavailableError(StoreError):

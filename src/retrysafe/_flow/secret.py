@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from retrysafe._encryption import sealed_key_id
 from retrysafe._engine import Decision
-from retrysafe._errors import StoreError
+from retrysafe._errors import RecordUnreadableError, StoreError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.drivers import AsyncFlow, SyncFlow
 from retrysafe._record import Identity, Record
@@ -35,6 +36,9 @@ SECRET_RETENTION: Final = 100 * 365 * 24 * 3600.0
 """A century: the secret outlives every record hashed with it."""
 
 
+_SECRET_BYTES: Final = 32
+
+
 @dataclass(frozen=True, slots=True)
 class _Terms:
     lease: float = 30.0
@@ -51,6 +55,14 @@ def _known(admitted: Admission) -> bytes | None:
         return None
     record = admitted.record
     if admitted.decision is Decision.REPLAY and record is not None and record.outcome:
+        key_id = sealed_key_id(record.outcome)
+        if key_id is not None and len(record.outcome) != _SECRET_BYTES:
+            # Read without the keys: hashing scopes with the ciphertext would silently give
+            # every caller another scope, and their retries would run again.
+            raise RecordUnreadableError(
+                f"The scope secret in the store is encrypted (key {key_id.hex()}): open the store"
+                " with its keys (encryption_key_env= or encryption=) or set scope_secret."
+            )
         return record.outcome
     raise StoreError("The scope secret in the store cannot be read; set scope_secret.")
 
@@ -63,7 +75,7 @@ def _check_fresh(records: Sequence[Record]) -> bytes:
             "change every scope. Restore the secret record or set scope_secret "
             "(RETRYSAFE_SCOPE_SECRET) to the one in use."
         )
-    return secrets.token_bytes(32)
+    return secrets.token_bytes(_SECRET_BYTES)
 
 
 def load_secret(flow: SyncFlow) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Final
 
+from retrysafe._encryption import sealed_key_id
 from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe._record import Identity, Record, State
 from retrysafe.cli._common import EXIT_USAGE, fail, human_duration
@@ -113,6 +114,9 @@ def outcome_json(record: Record) -> dict[str, object] | None:
         return None
     if record.identity.namespace == INTERNAL:
         return {"kind": "secret", "bytes": len(record.outcome)}
+    key_id = sealed_key_id(record.outcome)
+    if key_id is not None:  # a store opened without its keys: say so, never the ciphertext
+        return {"kind": "encrypted", "key_id": key_id.hex(), "bytes": len(record.outcome)}
     return describe_outcome(record.outcome)
 
 

@@ -24,7 +24,9 @@ PROBE_SECONDS: Final = 2
 """libpq's connect_timeout for the first connection, unless the URL sets one (libpq counts
 whole seconds, and waits at least 2)."""
 _POSTGRES: Final = frozenset({"postgresql", "postgres"})
-_REPLAY_CACHE: Final = "replay_cache"  # `open_store`'s options, not the PostgreSQL store's
+# `open_store`'s options, not the PostgreSQL store's
+_REPLAY_CACHE: Final = "replay_cache"
+_ENCRYPTION: Final = "encryption_key_env"
 
 
 def reach(url: str) -> None:
@@ -48,7 +50,11 @@ def reach(url: str) -> None:
     except ImportError:
         return
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    theirs = [(name, value) for name, value in pairs if not name.startswith(_REPLAY_CACHE)]
+    theirs = [
+        (name, value)
+        for name, value in pairs
+        if not name.startswith(_REPLAY_CACHE) and name != _ENCRYPTION
+    ]
     query = urlencode(theirs, quote_via=quote)
     conninfo, options = parse_url(parts._replace(query=query).geturl())
     explicit = any(name == "connect_timeout" for name, _ in pairs)

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from retrysafe._encryption import Keyring
 from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.integrations import _routes
 from retrysafe.integrations._config import observers_from_config, routes_from_config
 from retrysafe.integrations._routes import RouteCache, Unmarked
 from retrysafe.observe import Observer
+from retrysafe.stores import Store, open_store
 
 # Django ships no type information (django-stubs is a separate project).
 try:
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DjangoRoutes",
     "configured",
+    "configured_store",
+    "encryption_from_django",
     "observers_from_django",
     "settings_from_django",
     "store_url",
@@ -97,16 +101,33 @@ def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None],
     )
     options: dict[str, Any] = {}
     for name, value in config.items():
-        if name in ("STORE", "ROUTES", "OBSERVERS"):
+        if name in ("STORE", "ENCRYPTION", "ROUTES", "OBSERVERS"):
             continue
         if name.lower() not in _OPTION_NAMES:
             known = ", ".join(sorted(n.upper() for n in _OPTION_NAMES))
             raise ImproperlyConfigured(
-                f"Unknown RETRYSAFE setting {name!r}; use STORE, ROUTES, OBSERVERS or one of "
-                f"{known}."
+                f"Unknown RETRYSAFE setting {name!r}; use STORE, ENCRYPTION, ROUTES, OBSERVERS "
+                f"or one of {known}."
             )
         options[name.lower()] = value
     return config.get("STORE"), routes, cast(SettingsOptions, options)
+
+
+def encryption_from_django() -> Keyring | None:
+    """Return the keys of `settings.RETRYSAFE["ENCRYPTION"]`, which encrypt stored responses at
+    rest (the store opened from `STORE`, and transactional views), or None.
+
+    Raises:
+        ImproperlyConfigured: a value that is not a `Keyring`.
+    """
+    config: Mapping[str, Any] = getattr(django_settings, "RETRYSAFE", None) or {}
+    keyring = config.get("ENCRYPTION")
+    if keyring is None or isinstance(keyring, Keyring):
+        return keyring
+    raise ImproperlyConfigured(
+        "RETRYSAFE['ENCRYPTION'] must be a retrysafe.stores.encrypted.Keyring, such as "
+        f"Keyring.from_env('RETRYSAFE_KEYS'), not {type(keyring).__name__}."
+    )
 
 
 def observers_from_django() -> tuple[Observer, ...]:
@@ -137,6 +158,11 @@ def configured(
     merged.update(options)
     chosen = observers_from_django() if observers is None else tuple(observers)
     return url, configured_routes if routes is None else dict(routes), merged, chosen
+
+
+def configured_store(url: str | None) -> Store:
+    """Return the sync store `RETRYSAFE["STORE"]` names, sealed with `ENCRYPTION`'s keys."""
+    return open_store(store_url(url), encryption=encryption_from_django())
 
 
 def store_url(url: str | None) -> str:

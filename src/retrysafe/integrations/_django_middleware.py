@@ -27,14 +27,9 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from retrysafe._http import Header, Response, RouteSettings, Settings
-from retrysafe.integrations._django_config import (
-    observers_from_django,
-    settings_from_django,
-    store_url,
-)
+from retrysafe.integrations import _django_config as django_config
 from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
 from retrysafe.integrations._routes import RouteCache, missing_framework, view_mark
-from retrysafe.stores import open_store
 
 try:
     from django.conf import settings as django_settings  # type: ignore[import-untyped]
@@ -76,8 +71,9 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
     List it in `MIDDLEWARE` after `AuthenticationMiddleware` (and after anything else that may
     refuse a request, such as CSRF). It is configured by `settings.RETRYSAFE`: `STORE` (a store
     URL, required), `ROUTES` (path patterns for unmarked views), `OBSERVERS` (who to tell what
-    it does, `retrysafe.observe`: observers or their dotted paths), and any middleware setting
-    in upper case (`WAIT`, `ANONYMOUS`, `SCOPE_SECRET`, ...). Views are marked with
+    it does, `retrysafe.observe`: observers or their dotted paths), `ENCRYPTION` (a `Keyring`
+    that encrypts the stored responses, docs/encryption.md), and any middleware setting in upper
+    case (`WAIT`, `ANONYMOUS`, `SCOPE_SECRET`, ...). Views are marked with
     `retrysafe.integrations.django.idempotency`. Sync only: under ASGI, Django runs it in a
     thread, with the sync store.
 
@@ -90,12 +86,12 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
 
     def __init__(self, get_response: Callable[[Request], Any]) -> None:
         _check_order()
-        url, routes, options = settings_from_django()
+        url, routes, options = django_config.settings_from_django()
         super().__init__(
             get_response,
-            store=open_store(store_url(url)),
+            store=django_config.configured_store(url),
             route_settings=_ViewRoutes(routes),
-            observers=observers_from_django(),
+            observers=django_config.observers_from_django(),
             **options,
         )
         self.get_response = get_response

@@ -10,6 +10,7 @@
         "STORE": "postgresql://app@db/app",        # any store URL (required)
         "ROUTES": {"/health": None},               # path patterns, for unmarked views
         "OBSERVERS": ["myapp.metrics.observer"],   # observers, or their dotted paths
+        "ENCRYPTION": Keyring.from_env("KEYS"),    # optional: responses encrypted at rest
         "WAIT": 0,                                 # any middleware setting, in upper case
     }
 
@@ -45,6 +46,7 @@ from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe.integrations._django_config import (
     DjangoRoutes,
     configured,
+    encryption_from_django,
     settings_from_django,
     store_url,
 )
@@ -98,7 +100,7 @@ def get_wsgi_application(
     url, patterns, merged, chosen = configured(routes, options, observers)
     return wsgi.IdempotencyMiddleware(
         application,
-        store=store or open_store(store_url(url)),
+        store=store or open_store(store_url(url), encryption=encryption_from_django()),
         route_settings=DjangoRoutes(routes=patterns).for_environ,
         observers=chosen,
         **merged,
@@ -117,7 +119,7 @@ def get_asgi_application(
     `open_async_store(RETRYSAFE["STORE"])`."""
     url, patterns, merged, chosen = configured(routes, options, observers)
     hook = DjangoRoutes(routes=patterns).for_scope
-    chosen_store = store or open_async_store(store_url(url))
+    chosen_store = store or open_async_store(store_url(url), encryption=encryption_from_django())
     app = django_asgi()
     return asgi.IdempotencyMiddleware(
         app, store=chosen_store, route_settings=hook, observers=chosen, **merged

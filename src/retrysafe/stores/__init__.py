@@ -10,6 +10,8 @@
 
 On any of them, `replay_cache=N` (with `replay_cache_bytes` and `replay_cache_ttl`) puts a
 `ReplayCache` in front: completed records kept in memory, so a replay needs no round trip.
+`encryption_key_env=NAME` (or `encryption=Keyring(...)`) puts an `EncryptedStore` between
+them: outcomes encrypted at rest with the keys in that environment variable (docs/encryption.md).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from retrysafe._clock import Clock
+from retrysafe._encryption import Keyring
 from retrysafe._errors import ConfigurationError
 from retrysafe.stores._async.cached import AsyncReplayCache
+from retrysafe.stores._async.encrypted import AsyncEncryptedStore
 from retrysafe.stores._sync.cached import ReplayCache
+from retrysafe.stores._sync.encrypted import EncryptedStore
 from retrysafe.stores.base import AsyncStore, Store, StoreStats, query_options
 
 __all__ = ["AsyncStore", "Store", "StoreStats", "open_async_store", "open_store"]
@@ -58,23 +63,60 @@ def _store_class(url: str, *, sync: bool) -> Any:
     return getattr(module, sync_class if sync else async_class)
 
 
-def open_store(url: str, *, clock: Clock | None = None) -> Store:
+def open_store(url: str, *, clock: Clock | None = None, encryption: Keyring | None = None) -> Store:
     """Return a sync store for `url` (see the table above).
 
     Args:
         url: the store URL; its query string carries backend options.
         clock: the time source (default: the system clock).
+        encryption: the keys that encrypt outcomes at rest, instead of the URL's
+            `encryption_key_env` (default: none, outcomes stored in clear).
     """
-    url, cache = _replay_cache_options(url)
+    url, keyring, cache = _wrapping(url, encryption)
     store: Store = _store_class(url, sync=True).from_url(url, clock=clock)
+    store = store if keyring is None else EncryptedStore(store, keyring)
     return ReplayCache(store, **cache) if cache else store
 
 
-def open_async_store(url: str, *, clock: Clock | None = None) -> AsyncStore:
+def open_async_store(
+    url: str, *, clock: Clock | None = None, encryption: Keyring | None = None
+) -> AsyncStore:
     """Return an async store for `url` (see the table above); the arguments are `open_store`'s."""
-    url, cache = _replay_cache_options(url)
+    url, keyring, cache = _wrapping(url, encryption)
     store: AsyncStore = _store_class(url, sync=False).from_url(url, clock=clock)
+    store = store if keyring is None else AsyncEncryptedStore(store, keyring)
     return AsyncReplayCache(store, **cache) if cache else store
+
+
+_ENCRYPTION_OPTION = "encryption_key_env"
+
+
+def _wrapping(url: str, given: Keyring | None) -> tuple[str, Keyring | None, dict[str, Any]]:
+    """Return `url` without the options of the wrappers around its store, the encryption's
+    keys (None: outcomes in clear) and the replay cache's arguments (none: no cache)."""
+    url, keyring = _encryption_option(url, given)
+    url, cache = _replay_cache_options(url)
+    return url, keyring, cache
+
+
+def _encryption_option(url: str, given: Keyring | None) -> tuple[str, Keyring | None]:
+    """Return `url` without `encryption_key_env`, and the keyring: given, or that variable's."""
+    pairs = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    names = [value for name, value in pairs if name == _ENCRYPTION_OPTION]
+    if not names:
+        return url, given
+    if given is not None or len(names) > 1:
+        raise ConfigurationError(
+            f"Give the encryption keys once, as encryption= or one {_ENCRYPTION_OPTION}: {url!r}."
+        )
+    return _without(url, pairs, {_ENCRYPTION_OPTION}), Keyring.from_env(names[0])
+
+
+def _without(url: str, pairs: list[tuple[str, str]], names: set[str]) -> str:
+    """Return `url` with its query string's `pairs` but those named `names`."""
+    rest = [(name, value) for name, value in pairs if name not in names]
+    base = url.split("?", 1)[0]  # not urlunsplit: it turns sqlite:///x into sqlite:/x
+    return f"{base}?{urlencode(rest)}" if rest else base
 
 
 _REPLAY_CACHE_OPTIONS = {"replay_cache": int, "replay_cache_bytes": int, "replay_cache_ttl": float}
@@ -98,9 +140,7 @@ def _replay_cache_options(url: str) -> tuple[str, dict[str, Any]]:
         raise ConfigurationError(
             f"replay_cache_bytes and replay_cache_ttl come with replay_cache=N: {url!r}."
         )
-    rest = [(name, value) for name, value in pairs if name not in _REPLAY_CACHE_OPTIONS]
-    base = url.split("?", 1)[0]  # not urlunsplit: it turns sqlite:///x into sqlite:/x
-    stripped = f"{base}?{urlencode(rest)}" if rest else base
+    stripped = _without(url, pairs, set(_REPLAY_CACHE_OPTIONS))
     if options["replay_cache"] == 0:  # said explicitly: no cache
         return stripped, {}
     return stripped, {_REPLAY_CACHE_ARGUMENTS[name]: value for name, value in options.items()}

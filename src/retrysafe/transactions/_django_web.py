@@ -6,7 +6,8 @@ credential header. Then the request's work unit (`WorkUnit`, shared with Flask a
 middleware) claims the key in an atomic block on the view's database, runs the view, and
 commits the response with its writes before the view returns; a repeat gets the stored
 response. Its settings are the middleware's: `settings.RETRYSAFE` (in upper case), under the
-decorator's own options.
+decorator's own options; its `ENCRYPTION` keyring encrypts the stored responses (and the scope
+secret), as it does the middleware's store.
 """
 
 from __future__ import annotations
@@ -19,20 +20,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Unpack
 
+from retrysafe._encryption import Keyring
 from retrysafe._flow import Counters
 from retrysafe._flow.observing import Observation, identify
 from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
 from retrysafe._http import Response, RouteSettings, Settings
 from retrysafe._http.scope import Scoper
-from retrysafe.integrations._django_config import observers_from_django, settings_from_django
+from retrysafe.integrations import _django_config as django_config
 from retrysafe.integrations._django_middleware import _django_response, _user
 from retrysafe.integrations._inside import _prepare, body_within
 from retrysafe.integrations._routes import RouteOptions, mark
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._django import DjangoBackend
 from retrysafe.transactions._state import ClaimOptions
-from retrysafe.transactions._sync.transaction import Transaction
-from retrysafe.transactions._sync.work import WorkUnit
+from retrysafe.transactions._sync.transaction import Backend, Transaction
+from retrysafe.transactions._sync.work import WorkUnit, encrypting
 from retrysafe.transactions._web import claim_options, connect_failed, tracks
 
 try:
@@ -55,6 +57,7 @@ class _Config:
 
     settings: Settings
     observation: Observation
+    encryption: Keyring | None = None
     counters: Counters = field(default_factory=Counters)
     scopers: dict[tuple[str, str], Scoper] = field(default_factory=dict)
 
@@ -68,9 +71,11 @@ def _current() -> _Config:
     global _config  # noqa: PLW0603 - one configuration per process, like Django's settings
     with _config_lock:
         if _config is None:
-            _, _, options = settings_from_django()
+            _, _, options = django_config.settings_from_django()
             _config = _Config(
-                Settings(**options), Observation("transaction", observers_from_django())
+                Settings(**options),
+                Observation("transaction", django_config.observers_from_django()),
+                django_config.encryption_from_django(),
             )
         return _config
 
@@ -95,14 +100,14 @@ class _DjangoWorkUnit(WorkUnit):
         backend: DjangoBackend,
         claim: ClaimOptions | None,
         settings: Settings,
-        counters: Counters,
+        config: _Config,
     ) -> None:
         # The fields WorkUnit.__init__ sets, with the backend given rather than dispatched.
         self.connection = backend.connection
         self.settings = settings
-        self.counters = counters
-        self._backend = backend
-        self._tx = None if claim is None else Transaction(backend, **claim)
+        self.counters = config.counters
+        self._backend = encrypting(backend, config.encryption)
+        self._tx = None if claim is None else Transaction(self._backend, **claim)
 
 
 def transactional(
@@ -143,7 +148,7 @@ def _handle(
     meta = request.META
     value: str | None = meta.get("HTTP_IDEMPOTENCY_KEY")
     if not tracks(settings, request.method, value is not None):
-        return _transact(view, _DjangoWorkUnit(backend, None, settings, config.counters))
+        return _transact(view, _DjangoWorkUnit(backend, None, settings, config))
     operation = config.observation.start()
     try:
         try:
@@ -162,7 +167,7 @@ def _handle(
             return _django_response(prepared)
         identify(prepared[0])  # (identity, fingerprint)
         claim = claim_options(settings, None, *prepared)
-        return _transact(view, _DjangoWorkUnit(backend, claim, settings, config.counters))
+        return _transact(view, _DjangoWorkUnit(backend, claim, settings, config))
     finally:
         config.observation.end(operation)
 
@@ -202,11 +207,12 @@ def _scoper(config: _Config, backend: DjangoBackend) -> Scoper:
     key = (backend.alias, backend.table)
     scoper = config.scopers.get(key)
     if scoper is None:
-        scoper = config.scopers[key] = Scoper(load_scope_secret(backend))
+        secret = load_scope_secret(encrypting(backend, config.encryption))
+        scoper = config.scopers[key] = Scoper(secret)
     return scoper
 
 
-def load_scope_secret(backend: DjangoBackend) -> bytes:
+def load_scope_secret(backend: Backend) -> bytes:
     """Return the scope secret kept in the records table, creating it there if absent (B8),
     as `load_scope_secret` does on a raw driver's connection."""
     tx = Transaction(

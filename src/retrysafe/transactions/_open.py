@@ -9,13 +9,16 @@ given; which backend drives a connection is decided in `_dispatch.py` (`sync_bac
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, TypeVar, Unpack, cast, overload
 
+from retrysafe._encryption import Keyring
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
+from retrysafe.transactions._async.encrypted import AsyncEncryptedBackend
 from retrysafe.transactions._core import AsyncTransaction, ClaimOptions, Transaction
 from retrysafe.transactions._dispatch import async_backend, sync_backend
 from retrysafe.transactions._sqlite import SQLiteBackend
+from retrysafe.transactions._sync.encrypted import EncryptedBackend
 
 if TYPE_CHECKING:
     import psycopg as pg
@@ -27,8 +30,19 @@ __all__ = ["async_backend", "psycopg", "sqlalchemy", "sqlite", "sync_backend"]
 Row = TypeVar("Row")
 
 
+class OpenOptions(ClaimOptions, total=False):
+    """The keyword arguments of `psycopg` and `sqlalchemy`: the claim's, and `encryption`."""
+
+    encryption: Keyring | None
+    """The keys that encrypt the outcome at rest (docs/encryption.md); default none."""
+
+
 def sqlite(
-    connection: sqlite3.Connection, *, table: str = DEFAULT_TABLE, **options: Unpack[ClaimOptions]
+    connection: sqlite3.Connection,
+    *,
+    table: str = DEFAULT_TABLE,
+    encryption: Keyring | None = None,
+    **options: Unpack[ClaimOptions],
 ) -> Transaction:
     """Return a transaction on a `sqlite3` connection in which the key commits with the writes.
 
@@ -38,27 +52,32 @@ def sqlite(
             with it.
         table: the records table, the SQLite store's `table` option (default
             `retrysafe_records`); created if missing.
+        encryption: the keys that encrypt the outcome at rest, those of the store that
+            shares the table (docs/encryption.md); default none.
         options: the claim: `identity` (the key's namespace, scope and key) and `fingerprint`
             (a digest of the request: the same key with another one is refused), and
             optionally `lease` (seconds a record committed in flight may wait for its holder),
             `retention` (seconds the outcome is replayed after the commit) and `clock`.
     """
-    return Transaction(SQLiteBackend(connection, table), **options)
+    backend = SQLiteBackend(connection, table)
+    return Transaction(
+        backend if encryption is None else EncryptedBackend(backend, encryption), **options
+    )
 
 
 @overload
 def psycopg(
-    connection: pg.Connection[Row], *, table: str = ..., **options: Unpack[ClaimOptions]
+    connection: pg.Connection[Row], *, table: str = ..., **options: Unpack[OpenOptions]
 ) -> Transaction: ...
 @overload
 def psycopg(
-    connection: pg.AsyncConnection[Row], *, table: str = ..., **options: Unpack[ClaimOptions]
+    connection: pg.AsyncConnection[Row], *, table: str = ..., **options: Unpack[OpenOptions]
 ) -> AsyncTransaction: ...
 def psycopg(
     connection: pg.Connection[Row] | pg.AsyncConnection[Row],
     *,
     table: str = DEFAULT_TABLE,
-    **options: Unpack[ClaimOptions],
+    **options: Unpack[OpenOptions],
 ) -> Transaction | AsyncTransaction:
     """Return a transaction on a psycopg 3 connection in which the key commits with the writes.
 
@@ -73,6 +92,7 @@ def psycopg(
             instead of replaying.
         table: the records table, the PostgreSQL store's `table` option (default
             `retrysafe_records`); created if missing.
+        encryption: the keys that encrypt the outcome at rest, as for `sqlite`.
         options: the claim's `identity`, `fingerprint`, `lease`, `retention` and `clock`, as
             for `sqlite`.
     """
@@ -85,14 +105,17 @@ def psycopg(
 
 @overload
 def sqlalchemy(
-    session: Session, *, table: str = ..., **options: Unpack[ClaimOptions]
+    session: Session, *, table: str = ..., **options: Unpack[OpenOptions]
 ) -> Transaction: ...
 @overload
 def sqlalchemy(
-    session: AsyncSession, *, table: str = ..., **options: Unpack[ClaimOptions]
+    session: AsyncSession, *, table: str = ..., **options: Unpack[OpenOptions]
 ) -> AsyncTransaction: ...
 def sqlalchemy(
-    session: Session | AsyncSession, *, table: str = DEFAULT_TABLE, **options: Unpack[ClaimOptions]
+    session: Session | AsyncSession,
+    *,
+    table: str = DEFAULT_TABLE,
+    **options: Unpack[OpenOptions],
 ) -> Transaction | AsyncTransaction:
     """Return a transaction on a SQLAlchemy session in which the key commits with the writes.
 
@@ -106,6 +129,7 @@ def sqlalchemy(
         session: the session the business writes use; its pending objects are flushed
             before the outcome is stored.
         table: the records table, the store's `table` option (default `retrysafe_records`).
+        encryption: the keys that encrypt the outcome at rest, as for `sqlite`.
         options: the claim's `identity`, `fingerprint`, `lease`, `retention` and `clock`, as
             for `sqlite`.
     """
@@ -115,11 +139,20 @@ def sqlalchemy(
 
 
 def _transaction(
-    connection: object, table: str, options: ClaimOptions
+    connection: object, table: str, options: OpenOptions
 ) -> Transaction | AsyncTransaction:
-    """Return the transaction of the connection's colour, on the backend of its driver."""
+    """Return the transaction of the connection's colour, on the backend of its driver (behind
+    encryption when keys are given)."""
+    encryption = options.pop("encryption", None)
+    claim = cast("ClaimOptions", options)
     if drivers.is_async_connection(connection):
-        return AsyncTransaction(async_backend(connection, table), **options)
+        backend = async_backend(connection, table)
+        if encryption is not None:
+            backend = AsyncEncryptedBackend(backend, encryption)
+        return AsyncTransaction(backend, **claim)
     if drivers.is_sync_connection(connection):
-        return Transaction(sync_backend(connection, table), **options)
+        sync = sync_backend(connection, table)
+        if encryption is not None:
+            sync = EncryptedBackend(sync, encryption)
+        return Transaction(sync, **claim)
     raise TypeError(f"Expected a connection or session of a supported driver, not {connection!r}.")

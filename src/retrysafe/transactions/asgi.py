@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Final, Unpack
+from typing import TYPE_CHECKING, Any, Final, Unpack
 
 import anyio
 import anyio.to_thread
@@ -61,6 +61,9 @@ from retrysafe.transactions._web import (
     tracks,
 )
 
+if TYPE_CHECKING:
+    from retrysafe._encryption import Keyring
+
 __all__ = ["Connect", "RequestTransaction", "TransactionalMiddleware"]
 
 Connect = Callable[[], Any]
@@ -95,6 +98,8 @@ class TransactionalMiddleware:
         settings: a `retrysafe.asgi.Settings` to start from; `options` override its fields.
         observers: who to tell what each keyed request did (`retrysafe.observe`); their face
             is "transaction".
+        encryption: the keys that encrypt stored responses at rest: those of the store that
+            shares the table (docs/encryption.md); default none.
         options: any `Settings` field by name (`required=True`, `retention=3600`, ...).
     """
 
@@ -109,6 +114,7 @@ class TransactionalMiddleware:
         route_settings: Callable[[Scope], RouteSettings | None] | None = None,
         settings: Settings | None = None,
         observers: Sequence[Observer] = (),
+        encryption: Keyring | None = None,
         **options: Unpack[SettingsOptions],
     ) -> None:
         # Every method of a covered route runs in a transaction, so the gate only routes.
@@ -119,6 +125,7 @@ class TransactionalMiddleware:
         self.connect = connect
         self.table = table
         self.clock = clock
+        self.encryption = encryption
         self.counters = Counters()
         """What the middleware did: executions, replays, and commits that failed."""
         self.observation = Observation("transaction", observers)
@@ -180,9 +187,11 @@ class TransactionalMiddleware:
         """Load the scope secret kept in the records table (B8), once."""
         async with _connection(self.connect) as connection:
             if drivers.is_async_connection(connection):
-                secret = await aload_scope_secret(connection, self.table)
+                secret = await aload_scope_secret(connection, self.table, self.encryption)
             elif drivers.is_sync_connection(connection):
-                secret = await anyio.to_thread.run_sync(load_scope_secret, connection, self.table)
+                secret = await anyio.to_thread.run_sync(
+                    load_scope_secret, connection, self.table, self.encryption
+                )
             else:
                 raise TypeError(f"connect() gave {connection!r}, not a connection or session.")
         self._scoper = Scoper(secret)
@@ -199,9 +208,13 @@ class TransactionalMiddleware:
     ) -> AsyncWorkUnit | _ThreadedWorkUnit:
         """Return the request's work unit: async, or a sync one run in worker threads."""
         if drivers.is_async_connection(connection):
-            return AsyncWorkUnit(connection, self.table, claim, settings, self.counters)
+            return AsyncWorkUnit(
+                connection, self.table, claim, settings, self.counters, encryption=self.encryption
+            )
         if drivers.is_sync_connection(connection):
-            unit = WorkUnit(connection, self.table, claim, settings, self.counters)
+            unit = WorkUnit(
+                connection, self.table, claim, settings, self.counters, encryption=self.encryption
+            )
             return _ThreadedWorkUnit(unit)
         raise TypeError(f"connect() gave {connection!r}, not a connection or session.")
 

@@ -25,7 +25,7 @@ answers, as `retrysafe.integrations.fastapi` does for its routes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Final, Unpack
+from typing import TYPE_CHECKING, Annotated, Any, Final, Unpack
 
 try:
     from fastapi import Depends, Request
@@ -43,6 +43,9 @@ from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._web import TRANSACTION_KEY, RequestTransaction
 from retrysafe.transactions.asgi import Connect, TransactionalMiddleware
+
+if TYPE_CHECKING:
+    from retrysafe._encryption import Keyring
 
 __all__ = ["RequestTransaction", "Transactional", "TransactionalRoutes", "install", "transaction"]
 
@@ -115,6 +118,7 @@ def install(
     table: str = DEFAULT_TABLE,
     clock: Clock | None = None,
     observers: Sequence[Observer] = (),
+    encryption: Keyring | None = None,
     **options: Unpack[SettingsOptions],
 ) -> TransactionalMiddleware:
     """Add transactional mode to FastAPI `app`, for the handlers that take a transaction.
@@ -127,6 +131,8 @@ def install(
         table: the records table (the store's `table` option) in that database.
         clock: the time source (default: the system clock).
         observers: who to tell what each keyed request did (`retrysafe.observe`).
+        encryption: the keys that encrypt stored responses at rest: those of the store that
+            shares the table (docs/encryption.md); default none.
         options: the HTTP middleware's settings (`required=True`, `scope_header=...`).
 
     Returns:
@@ -141,6 +147,7 @@ def install(
         table=table,
         clock=clock,
         observers=observers,
+        encryption=encryption,
         **options,
     )
 

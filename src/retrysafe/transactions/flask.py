@@ -26,7 +26,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
 try:
     import flask
@@ -52,6 +52,9 @@ from retrysafe.transactions._web import (
     tracks,
 )
 
+if TYPE_CHECKING:
+    from retrysafe._encryption import Keyring
+
 __all__ = ["RequestTransaction", "install", "transactional"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,6 +71,7 @@ class _Config:
     counters: Counters
     observation: Observation
     scoper: Scoper | None = None
+    encryption: Keyring | None = None
 
 
 def install(
@@ -78,6 +82,7 @@ def install(
     clock: Clock | None = None,
     settings: Settings | None = None,
     observers: Sequence[Observer] = (),
+    encryption: Keyring | None = None,
     **options: Unpack[SettingsOptions],
 ) -> Counters:
     """Configure transactional mode for `app`'s `@transactional` views; return its counters.
@@ -92,6 +97,8 @@ def install(
         settings: a `retrysafe.wsgi.Settings` to start from; `options` override its fields.
         observers: who to tell what each keyed request did (`retrysafe.observe`); their face
             is "transaction".
+        encryption: the keys that encrypt stored responses at rest: those of the store that
+            shares the table (docs/encryption.md); default none.
         options: the HTTP middleware's settings (`required=True`, `scope_header=...`).
     """
     base = settings or Settings()
@@ -106,6 +113,7 @@ def install(
         counters=counters,
         observation=Observation("transaction", observers),
         scoper=None if secret is None else Scoper(secret),
+        encryption=encryption,
     )
     return counters
 
@@ -173,7 +181,9 @@ def _transact(
         connection = _enter(stack, made)
         if not drivers.is_sync_connection(connection):
             raise TypeError(f"connect() gave {connection!r}, not a sync connection or session.")
-        unit = WorkUnit(connection, config.table, claim, settings, config.counters)
+        unit = WorkUnit(
+            connection, config.table, claim, settings, config.counters, encryption=config.encryption
+        )
         return _run(view, unit)
 
 
@@ -202,7 +212,7 @@ def _load_scoper(config: _Config) -> Scoper:
         connection = _enter(stack, config.connect())
         if not drivers.is_sync_connection(connection):
             raise TypeError(f"connect() gave {connection!r}, not a sync connection or session.")
-        config.scoper = Scoper(load_scope_secret(connection, config.table))
+        config.scoper = Scoper(load_scope_secret(connection, config.table, config.encryption))
     return config.scoper
 
 

@@ -14,6 +14,7 @@ from retrysafe._flow import Count, Counters
 from retrysafe._flow.observing import decide, finish
 from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
 from retrysafe._http import Response, Settings, logger, replay_response, store_unavailable
+from retrysafe.transactions._async.encrypted import AsyncEncryptedBackend
 from retrysafe.transactions._async.transaction import AsyncTransaction
 from retrysafe.transactions._dispatch import async_backend
 from retrysafe.transactions._web import (
@@ -26,10 +27,12 @@ from retrysafe.transactions._web import (
 )
 
 if TYPE_CHECKING:
+    from retrysafe._encryption import Keyring
+    from retrysafe.transactions._async.transaction import AsyncBackend
     from retrysafe.transactions._drivers import AsyncConnection
     from retrysafe.transactions._state import ClaimOptions
 
-__all__ = ["AsyncWorkUnit", "aload_scope_secret"]
+__all__ = ["AsyncWorkUnit", "aload_scope_secret", "encrypting"]
 
 
 class AsyncWorkUnit:
@@ -45,6 +48,7 @@ class AsyncWorkUnit:
         claim: the request's claim; None for a request without a key.
         settings: the request's settings (the outcome policy, the problems).
         counters: where executions, replays and failed commits are counted.
+        encryption: the keys that encrypt the stored response at rest (None: stored in clear).
     """
 
     def __init__(
@@ -54,11 +58,13 @@ class AsyncWorkUnit:
         claim: ClaimOptions | None,
         settings: Settings,
         counters: Counters,
+        *,
+        encryption: Keyring | None = None,
     ) -> None:
         self.connection = connection
         self.settings = settings
         self.counters = counters
-        self._backend = async_backend(connection, table)
+        self._backend = encrypting(async_backend(connection, table), encryption)
         self._tx = None if claim is None else AsyncTransaction(self._backend, **claim)
 
     def request_transaction(self) -> RequestTransaction[object]:
@@ -132,15 +138,22 @@ class AsyncWorkUnit:
             await tx.__aexit__(None, None, None)
 
 
-async def aload_scope_secret(connection: AsyncConnection, table: str) -> bytes:
+def encrypting(backend: AsyncBackend, encryption: Keyring | None) -> AsyncBackend:
+    """Return `backend`, behind `encryption` when keys are given."""
+    return backend if encryption is None else AsyncEncryptedBackend(backend, encryption)
+
+
+async def aload_scope_secret(
+    connection: AsyncConnection, table: str, encryption: Keyring | None = None
+) -> bytes:
     """Return the scope secret kept in the records table, creating it there if absent (B8).
 
     The same record the idempotency store keeps (`retrysafe._flow.secret`), read or inserted in
     a short transaction of its own on `connection`, so the middleware and transactional mode on
-    one table scope requests alike.
+    one table scope requests alike; sealed by `encryption` as an encrypted store seals it.
     """
     tx = AsyncTransaction(
-        async_backend(connection, table),
+        encrypting(async_backend(connection, table), encryption),
         identity=SECRET_IDENTITY,
         fingerprint=SECRET_FINGERPRINT,
         retention=SECRET_RETENTION,

@@ -17,6 +17,7 @@ from retrysafe._flow import Count, Counters
 from retrysafe._flow.observing import decide, finish
 from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
 from retrysafe._http import Response, Settings, logger, replay_response, store_unavailable
+from retrysafe.transactions._sync.encrypted import EncryptedBackend
 from retrysafe.transactions._sync.transaction import Transaction
 from retrysafe.transactions._dispatch import sync_backend
 from retrysafe.transactions._web import (
@@ -29,10 +30,12 @@ from retrysafe.transactions._web import (
 )
 
 if TYPE_CHECKING:
+    from retrysafe._encryption import Keyring
+    from retrysafe.transactions._sync.transaction import Backend
     from retrysafe.transactions._drivers import Connection
     from retrysafe.transactions._state import ClaimOptions
 
-__all__ = ["WorkUnit", "load_scope_secret"]
+__all__ = ["WorkUnit", "load_scope_secret", "encrypting"]
 
 
 class WorkUnit:
@@ -48,6 +51,7 @@ class WorkUnit:
         claim: the request's claim; None for a request without a key.
         settings: the request's settings (the outcome policy, the problems).
         counters: where executions, replays and failed commits are counted.
+        encryption: the keys that encrypt the stored response at rest (None: stored in clear).
     """
 
     def __init__(
@@ -57,11 +61,13 @@ class WorkUnit:
         claim: ClaimOptions | None,
         settings: Settings,
         counters: Counters,
+        *,
+        encryption: Keyring | None = None,
     ) -> None:
         self.connection = connection
         self.settings = settings
         self.counters = counters
-        self._backend = sync_backend(connection, table)
+        self._backend = encrypting(sync_backend(connection, table), encryption)
         self._tx = None if claim is None else Transaction(self._backend, **claim)
 
     def request_transaction(self) -> RequestTransaction[object]:
@@ -135,15 +141,22 @@ class WorkUnit:
             tx.__exit__(None, None, None)
 
 
-def load_scope_secret(connection: Connection, table: str) -> bytes:
+def encrypting(backend: Backend, encryption: Keyring | None) -> Backend:
+    """Return `backend`, behind `encryption` when keys are given."""
+    return backend if encryption is None else EncryptedBackend(backend, encryption)
+
+
+def load_scope_secret(
+    connection: Connection, table: str, encryption: Keyring | None = None
+) -> bytes:
     """Return the scope secret kept in the records table, creating it there if absent (B8).
 
     The same record the idempotency store keeps (`retrysafe._flow.secret`), read or inserted in
     a short transaction of its own on `connection`, so the middleware and transactional mode on
-    one table scope requests alike.
+    one table scope requests alike; sealed by `encryption` as an encrypted store seals it.
     """
     tx = Transaction(
-        sync_backend(connection, table),
+        encrypting(sync_backend(connection, table), encryption),
         identity=SECRET_IDENTITY,
         fingerprint=SECRET_FINGERPRINT,
         retention=SECRET_RETENTION,

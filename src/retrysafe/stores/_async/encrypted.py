@@ -1,0 +1,101 @@
+"""Encryption at rest in front of any store: outcomes sealed on the way in, opened on the way out.
+
+    store = open_async_store("redis://cache:6379/0?encryption_key_env=RETRYSAFE_KEYS")
+
+`AsyncEncryptedStore` wraps a store: `complete` hands it the outcome sealed by a `Keyring`
+(`retrysafe._encryption`: AES-256-GCM, bound to the record's identity), and every record it
+returns (a claim that finds an outcome, `get`, `wait`, `list_records`) comes back opened. The
+store behind never sees an outcome in clear; a record that does not open raises `StoreError`.
+Everything else passes through untouched: the store decides claims on the identity and the
+fingerprint, which stay in clear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Unpack
+
+from retrysafe._encryption import SEALING_OVERHEAD, Keyring, with_outcome
+from retrysafe._record import Claim, Identity, Record
+from retrysafe.stores.base import AsyncStore, ListingOptions, StoreStats
+
+__all__ = ["AsyncEncryptedStore"]
+
+
+class AsyncEncryptedStore:
+    """`store`, with every outcome encrypted at rest under `keyring`.
+
+    Args:
+        store: the store behind, which keeps the sealed outcomes.
+        keyring: the keys: the first seals, every one opens.
+    """
+
+    def __init__(self, store: AsyncStore, keyring: Keyring) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.clock = store.clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)  # a backend's own extras (its table, its deletes)
+
+    async def claim(
+        self, identity: Identity, fingerprint: str, *, lease: float, retention: float
+    ) -> Claim:
+        """Claim in the store; an outcome it finds comes back decrypted."""
+        claim = await self.store.claim(identity, fingerprint, lease=lease, retention=retention)
+        return self.keyring.open_claim(claim)
+
+    async def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, retention: float
+    ) -> Record:
+        """Store `outcome` encrypted; return the done record with it in clear."""
+        sealed = self.keyring.seal(identity, outcome)
+        done = await self.store.complete(identity, token, sealed, retention=retention)
+        return with_outcome(done, outcome)
+
+    async def release(self, identity: Identity, token: str) -> None:
+        """Release in the store."""
+        await self.store.release(identity, token)
+
+    async def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
+        """Renew in the store."""
+        return self.keyring.open_record(await self.store.renew(identity, token, lease=lease))
+
+    async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
+        """Checkpoint in the store."""
+        record = await self.store.checkpoint(identity, token, recovery_point)
+        return self.keyring.open_record(record)
+
+    async def get(self, identity: Identity) -> Record | None:
+        """Return the record from the store, its outcome decrypted."""
+        record = await self.store.get(identity)
+        return None if record is None else self.keyring.open_record(record)
+
+    async def delete(self, identity: Identity) -> bool:
+        """Delete in the store (a record that does not open can be deleted)."""
+        return await self.store.delete(identity)
+
+    async def purge_expired(self, *, limit: int = 1000) -> int:
+        """Purge in the store."""
+        return await self.store.purge_expired(limit=limit)
+
+    async def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
+        """List from the store, each outcome decrypted."""
+        return [self.keyring.open_record(r) for r in await self.store.list_records(**filters)]
+
+    async def stats(self) -> StoreStats:
+        """Count in the store; the bytes are the outcomes' in clear, as the records report
+        them (each takes `SEALING_OVERHEAD` bytes more at rest)."""
+        stats = await self.store.stats()
+        return dataclasses.replace(
+            stats, bytes_stored=max(0, stats.bytes_stored - SEALING_OVERHEAD * stats.done)
+        )
+
+    async def wait(self, identity: Identity, *, timeout: float) -> Record | None:
+        """Wait in the store; the record it settles to comes back decrypted."""
+        record = await self.store.wait(identity, timeout=timeout)
+        return None if record is None else self.keyring.open_record(record)
+
+    async def aclose(self) -> None:
+        """Close the store."""
+        await self.store.aclose()

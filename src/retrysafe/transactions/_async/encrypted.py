@@ -1,0 +1,70 @@
+"""Encryption at rest in transactional mode: the outcome sealed before it joins the writes.
+
+`AsyncEncryptedBackend` wraps a transaction's backend, as `stores/_async/encrypted.py` wraps
+a store: the outcome given to `complete` is sealed by the `Keyring` before the backend writes
+it in the caller's transaction, and a record a claim finds is opened before the transaction
+replays it, so a table shared with an encrypted store reads the same. A record that does not
+open raises `StoreError`, and the transaction rolls back.
+"""
+
+from __future__ import annotations
+
+from retrysafe._encryption import Keyring, with_outcome
+from retrysafe._record import Claim, Identity, Record
+from retrysafe.transactions._async.transaction import AsyncBackend
+
+__all__ = ["AsyncEncryptedBackend"]
+
+
+class AsyncEncryptedBackend:
+    """`backend`, with the outcome it stores encrypted under `keyring`.
+
+    Args:
+        backend: the driver's backend, which runs the statements in the caller's transaction.
+        keyring: the keys: the first seals, every one opens.
+    """
+
+    def __init__(self, backend: AsyncBackend, keyring: Keyring) -> None:
+        self.backend = backend
+        self.keyring = keyring
+
+    def in_transaction(self) -> bool:
+        """Return whether the connection has a transaction open already."""
+        return self.backend.in_transaction()
+
+    async def begin(self) -> None:
+        """Start the backend's transaction (or savepoint)."""
+        await self.backend.begin()
+
+    async def end(self, *, commit: bool) -> None:
+        """Commit or roll back the backend's transaction."""
+        await self.backend.end(commit=commit)
+
+    async def claim(
+        self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
+    ) -> Claim:
+        """Claim in the transaction; an outcome it finds comes back decrypted."""
+        claim = await self.backend.claim(
+            identity, fingerprint, now=now, lease=lease, retention=retention
+        )
+        return self.keyring.open_claim(claim)
+
+    async def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, now: float, retention: float
+    ) -> Record:
+        """Store `outcome` encrypted in the transaction; return the record with it in clear."""
+        sealed = self.keyring.seal(identity, outcome)
+        done = await self.backend.complete(identity, token, sealed, now=now, retention=retention)
+        return with_outcome(done, outcome)
+
+    async def renew(self, identity: Identity, token: str, *, now: float, lease: float) -> Record:
+        """Renew the held record's lease in the transaction."""
+        record = await self.backend.renew(identity, token, now=now, lease=lease)
+        return self.keyring.open_record(record)
+
+    async def checkpoint(
+        self, identity: Identity, token: str, recovery_point: str, *, now: float
+    ) -> Record:
+        """Record the last committed phase in the transaction."""
+        record = await self.backend.checkpoint(identity, token, recovery_point, now=now)
+        return self.keyring.open_record(record)

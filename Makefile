@@ -15,7 +15,7 @@ export UV_NO_PROGRESS := 1
 # tests/test_packaging.py builds the wheel with the same uv.
 export RETRYSAFE_UV := $(abspath $(UV))
 
-.PHONY: setup test test-pythons demo check lint typecheck unasync lock upgrade \
+.PHONY: setup browser test test-pythons demo check lint typecheck unasync lock upgrade \
 	bench-stores bench-functions bench-http bench-scale docs clean
 
 $(UV):
@@ -31,8 +31,16 @@ $(VENV)/.installed: uv.lock pyproject.toml $(UV)
 
 setup: $(VENV)/.installed
 
+## browser: the headless Chromium the console's tests drive: found on PATH, or Debian's package
+## installed when this is root on Debian (no browser download from elsewhere)
+browser:
+	@command -v chromium >/dev/null 2>&1 \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	     && apt-get install -y -q chromium >/dev/null && echo "installed Debian's chromium"; } \
+	|| echo "chromium not found: the console's browser tests skip (fail under CI=true)"
+
 ## test: every test, against real PostgreSQL, Redis and RabbitMQ when reachable (or started here)
-test: setup
+test: setup browser
 	$(PY) scripts/services.py -- $(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-pythons: the tests that need no service, on each of OTHER_PYTHONS side by side (same lock)

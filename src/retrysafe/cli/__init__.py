@@ -4,6 +4,7 @@ retrysafe demo                  what idempotency keys change under real faults
 retrysafe serve-demo            the demo payments API
 retrysafe proxy --upstream URL  the middleware in front of any HTTP service
 retrysafe keys ...              inspect and clean a store
+retrysafe console --store URL   the operator's web console over a store
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ try:
 
     from retrysafe.cli import keys
     from retrysafe.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, fail
+    from retrysafe.cli.console import EXAMPLES as CONSOLE_EXAMPLES
+    from retrysafe.cli.console import serve_console
     from retrysafe.cli.demo import EXAMPLES as DEMO_EXAMPLES
     from retrysafe.cli.demo import demo
     from retrysafe.cli.proxy import register as register_proxy
@@ -71,6 +74,7 @@ app.command("demo", epilog=DEMO_EXAMPLES)(demo)
 app.command("serve-demo", epilog=SERVE_DEMO_EXAMPLES)(serve_demo)
 register_proxy(app)
 app.add_typer(keys.app, name="keys")
+app.command("console", epilog=CONSOLE_EXAMPLES)(serve_console)
 
 
 def main() -> None:

@@ -1,0 +1,265 @@
+"""The console's routes: the pages and the JSON API, both over the same data (`_data`).
+
+Store calls are blocking (the console holds a sync store, as the `keys` commands do): each runs
+in Starlette's thread pool. A refused request answers problem+json on the API and an error page
+on the pages, with the same status and detail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retrysafe._errors import IdempotencyError
+from retrysafe._record import Identity
+from retrysafe.console import _data, _pages
+from retrysafe.console._auth import (
+    AUTH_KIND,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    TokenGate,
+    csrf_token,
+    problem,
+)
+from retrysafe.console._data import ConsoleError
+from retrysafe.stores import Store
+
+__all__ = ["create_app"]
+
+T = TypeVar("T")
+Data = dict[str, object]
+_HEADERS: Final = {
+    "content-security-policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    # Same-origin, not no-referrer: with no-referrer, Chromium sends `Origin: null` on the
+    # pages' own form POSTs, which the cross-site check must refuse.
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+_MAX_LIMIT: Final = 1000
+_MAX_FORM: Final = 64 * 1024
+
+
+def create_app(store: Store, token: str) -> ASGIApp:
+    """Return the console as an ASGI app over `store`; every URL needs `token`.
+
+    The caller owns the store (opens it before and closes it after serving).
+    """
+    console = _Console(store, token)
+    routes = [
+        Route("/", console.overview),
+        Route("/records", console.records),
+        Route("/record", console.record),
+        Route("/record/delete", console.confirm_delete, methods=["GET"]),
+        Route("/record/delete", console.delete_form, methods=["POST"]),
+        Route("/purge", console.confirm_purge, methods=["GET"]),
+        Route("/purge", console.purge_form, methods=["POST"]),
+        Route("/api/summary", console.api_summary),
+        Route("/api/records", console.api_records),
+        Route("/api/record", console.api_record),
+        Route("/api/record/delete", console.api_delete, methods=["POST"]),
+        Route("/api/purge", console.api_purge, methods=["POST"]),
+    ]
+    return _SecurityHeaders(TokenGate(Starlette(routes=routes), token=token))
+
+
+class _Console:
+    """The endpoints, bound to one store and token."""
+
+    def __init__(self, store: Store, token: str) -> None:
+        self.store = store
+        self.csrf = csrf_token(token)
+
+    async def _run(self, work: Callable[..., T], *args: object) -> T:
+        """Run a data function on the store in a worker thread; a store failure is a 503."""
+        try:
+            return await run_in_threadpool(work, self.store, *args)
+        except ConsoleError:
+            raise
+        except (IdempotencyError, OSError) as error:
+            raise ConsoleError(503, f"The store failed: {type(error).__name__}: {error}") from None
+
+    # The pages.
+
+    async def overview(self, request: Request) -> Response:
+        return await _page(self._run(_data.summary), _pages.overview_page)
+
+    async def records(self, request: Request) -> Response:
+        return await _page(
+            self._run(_data.namespace_records, *_listing(request)), _pages.records_page
+        )
+
+    async def record(self, request: Request) -> Response:
+        return await _page(self._run(_data.record_detail, _identity(request)), _pages.record_page)
+
+    async def confirm_delete(self, request: Request) -> Response:
+        def render(record: Data) -> str:
+            return _pages.confirm_delete_page(record, self.csrf)
+
+        return await _page(self._run(_data.record_detail, _identity(request)), render)
+
+    async def delete_form(self, request: Request) -> Response:
+        form = await self._checked_form(request)
+        if isinstance(form, Response):
+            return form
+        fields = {name: form.get(name, "") for name in ("namespace", "scope", "key")}
+        if form.get("confirm") != "yes":  # not confirmed: to the confirmation step
+            return RedirectResponse(f"/record/delete?{urlencode(fields)}", 303)
+        return await _page(self._run(_data.delete_record, Identity(**fields)), _pages.deleted_page)
+
+    async def confirm_purge(self, request: Request) -> Response:
+        return HTMLResponse(_pages.confirm_purge_page(self.csrf))
+
+    async def purge_form(self, request: Request) -> Response:
+        form = await self._checked_form(request)
+        if isinstance(form, Response):
+            return form
+        if form.get("confirm") != "yes":
+            return RedirectResponse("/purge", 303)
+        return await _page(self._run(_data.purge_expired), _pages.purged_page)
+
+    async def _checked_form(self, request: Request) -> dict[str, str] | Response:
+        """Return a page's form, or the error page: a cookie needs the form's CSRF token."""
+        form = await _form(request)
+        if isinstance(form, Response):
+            return form
+        if request.scope.get(AUTH_KIND) != "bearer" and form.get(CSRF_FIELD) != self.csrf:
+            return _error_page(403, "The form's CSRF token is missing or wrong: reload the page.")
+        return form
+
+    # The JSON API.
+
+    async def api_summary(self, request: Request) -> Response:
+        return await _api(self._run(_data.summary))
+
+    async def api_records(self, request: Request) -> Response:
+        return await _api(self._run(_data.namespace_records, *_listing(request)))
+
+    async def api_record(self, request: Request) -> Response:
+        return await _api(self._run(_data.record_detail, _identity(request)))
+
+    async def api_delete(self, request: Request) -> Response:
+        body = await self._confirmed_json(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            identity = Identity(*(str(body[name]) for name in ("namespace", "scope", "key")))
+        except KeyError as error:
+            return problem(400, f"The body needs {error.args[0]!r} (and namespace, scope, key).")
+        return await _api(self._run(_data.delete_record, identity))
+
+    async def api_purge(self, request: Request) -> Response:
+        body = await self._confirmed_json(request)
+        if isinstance(body, Response):
+            return body
+        return await _api(self._run(_data.purge_expired))
+
+    async def _confirmed_json(self, request: Request) -> dict[str, object] | Response:
+        """Return the JSON object body of a state change, or the problem to answer: a cookie
+        needs the CSRF header, and the body must say `"confirm": true`."""
+        if (
+            request.scope.get(AUTH_KIND) != "bearer"
+            and request.headers.get(CSRF_HEADER) != self.csrf
+        ):
+            return problem(403, f"A POST with the cookie needs the {CSRF_HEADER} header.")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return problem(400, "The body is not JSON: send a JSON object.")
+        if not isinstance(body, dict):
+            return problem(400, "The body is not a JSON object.")
+        if body.get("confirm") is not True:
+            return problem(400, 'Not confirmed: a state change needs "confirm": true in the body.')
+        return body
+
+
+async def _form(request: Request) -> dict[str, str] | Response:
+    """Return a URL-encoded form's fields (the pages' forms), or the error page to answer."""
+    body = await request.body()
+    if len(body) > _MAX_FORM:
+        return _error_page(413, f"The form is over {_MAX_FORM} bytes.")
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+    except UnicodeDecodeError:
+        return _error_page(400, "The form is not UTF-8.")
+
+
+def _identity(request: Request) -> Identity:
+    params = request.query_params
+    missing = [name for name in ("namespace", "scope", "key") if name not in params]
+    if missing:
+        raise ConsoleError(
+            400, f"The URL needs ?namespace=&scope=&key=; missing {', '.join(missing)}."
+        )
+    return Identity(params["namespace"], params["scope"], params["key"])
+
+
+def _listing(request: Request) -> tuple[str, str, int]:
+    params = request.query_params
+    if "namespace" not in params:
+        raise ConsoleError(400, "The URL needs ?namespace=NAME.")
+    try:
+        limit = int(params.get("limit", "200"))
+    except ValueError:
+        raise ConsoleError(400, f"limit {params['limit']!r} is not a whole number.") from None
+    if not 1 <= limit <= _MAX_LIMIT:
+        raise ConsoleError(400, f"limit must be between 1 and {_MAX_LIMIT}.")
+    return params["namespace"], params.get("state", "all"), limit
+
+
+async def _page(data: Awaitable[Data], render: Callable[[Data], str]) -> Response:
+    """Await `data` (a coroutine of `_Console._run`) and render it, or an error page."""
+    try:
+        result = await data
+    except ConsoleError as error:
+        return _error_page(error.status, error.detail)
+    return HTMLResponse(render(result))
+
+
+async def _api(data: Awaitable[Data]) -> Response:
+    """Await `data` and answer it as JSON, or as problem+json."""
+    try:
+        result = await data
+    except ConsoleError as error:
+        return problem(error.status, error.detail)
+    return JSONResponse(result)
+
+
+def _error_page(status: int, detail: str) -> Response:
+    return HTMLResponse(_pages.error_page(status, detail), status_code=status)
+
+
+class _SecurityHeaders:
+    """Adds the headers every answer carries: no caching, no framing, no
+    script, no referrer sent to another site."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _HEADERS.items():
+                    headers.setdefault(name, value)  # the login's no-referrer stays
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

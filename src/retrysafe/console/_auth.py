@@ -1,0 +1,151 @@
+"""Who may use the console: the bearer token on every URL, a cookie for the browser, and no
+state change from another site.
+
+- Every request (page, API, unknown path) carries the token as `Authorization: Bearer TOKEN`
+  or the session cookie, or answers 401 problem+json.
+- A browser logs in once with `?token=TOKEN` on any page: the answer sets an HttpOnly,
+  SameSite=Strict cookie and redirects to the same page without the token in its URL.
+- A POST is refused (403) when the browser says it comes from another site or origin
+  (`Sec-Fetch-Site`, `Origin`); one authenticated by the cookie must also carry the CSRF
+  token the pages put in their forms (double submit: a form field or `X-CSRF-Token`), which
+  another site cannot read. A POST with the bearer header carries no ambient credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http
+from typing import Final
+from urllib.parse import urlencode
+
+from starlette.datastructures import URL
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from retrysafe._http.problems import problem_response
+
+__all__ = [
+    "AUTH_KIND",
+    "COOKIE",
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "TokenGate",
+    "csrf_token",
+    "problem",
+]
+
+COOKIE: Final = "retrysafe_console"
+CSRF_FIELD: Final = "csrf"
+CSRF_HEADER: Final = "x-csrf-token"
+AUTH_KIND: Final = "retrysafe.console.auth"
+"""The scope key that says how a request was authenticated: `bearer` or `cookie`."""
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
+_SAME_ORIGIN: Final = frozenset({"same-origin", "none"})  # `none`: typed or bookmarked
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """Return an RFC 9457 problem+json response (`type` about:blank, the status's phrase)."""
+    answer = problem_response("about:blank", http.HTTPStatus(status).phrase, status, detail)
+    response = Response(answer.body, status_code=answer.status)
+    for name, value in answer.headers:
+        response.headers[name.decode("latin-1")] = value.decode("latin-1")
+    response.headers.update(headers or {})
+    return response
+
+
+def csrf_token(token: str) -> str:
+    """Return the CSRF token the pages embed in their forms (derived from the bearer token)."""
+    return _derived(token, "csrf")
+
+
+def _derived(token: str, purpose: str) -> str:
+    return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+class TokenGate:
+    """Pure ASGI middleware in front of the console: the token check, the login by `?token=`,
+    and the cross-site refusal of POSTs (see the module docstring).
+
+    Args:
+        app: the console's routes.
+        token: the bearer token.
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str) -> None:
+        self.app = app
+        self.token = token
+        self.cookie = _derived(token, "cookie")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 401 or 403, or redirect a login, or pass the request on with its auth kind."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        given = request.query_params.get("token")
+        if given is not None and request.method in _SAFE_METHODS:
+            await self._login(request, given)(scope, receive, send)
+            return
+        kind = self._authenticated(request)
+        if kind is None:
+            await _unauthorized(request)(scope, receive, send)
+            return
+        if request.method not in _SAFE_METHODS:
+            refusal = _cross_site(request)
+            if refusal is not None:
+                await problem(403, refusal)(scope, receive, send)
+                return
+        scope[AUTH_KIND] = kind
+        await self.app(scope, receive, send)
+
+    def _authenticated(self, request: Request) -> str | None:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and _equal(credentials.strip(), self.token):
+            return "bearer"
+        if _equal(request.cookies.get(COOKIE, ""), self.cookie):
+            return "cookie"
+        return None
+
+    def _login(self, request: Request, given: str) -> Response:
+        if not _equal(given, self.token):
+            return _unauthorized(request, "The token in the URL is not this console's.")
+        rest = request.query_params.multi_items()
+        query = urlencode([(name, value) for name, value in rest if name != "token"])
+        response = RedirectResponse(str(URL(scope=request.scope).replace(query=query)), 303)
+        response.set_cookie(COOKIE, self.cookie, httponly=True, samesite="strict", path="/")
+        response.headers["cache-control"] = "no-store"
+        response.headers["referrer-policy"] = "no-referrer"  # the URL held the token
+        return response
+
+
+def _equal(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _unauthorized(request: Request, detail: str | None = None) -> Response:
+    detail = detail or (
+        f"{request.url.path} needs the console's token: send 'Authorization: Bearer TOKEN', "
+        "or open any page once with ?token=TOKEN."
+    )
+    return problem(401, detail, {"www-authenticate": 'Bearer realm="retrysafe console"'})
+
+
+def _cross_site(request: Request) -> str | None:
+    """Return why a state-changing request is refused as cross-site, or None."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in _SAME_ORIGIN:
+        return (
+            f"Refused a {fetch_site} {request.method}: the console changes state only "
+            "from its own pages."
+        )
+    origin = request.headers.get("origin")
+    if origin is not None:
+        host = request.headers.get("host", "")
+        if origin != f"{request.url.scheme}://{host}":
+            return (
+                f"Refused a {request.method} from origin {origin!r}: the console changes "
+                "state only from its own pages."
+            )
+    return None

@@ -1,0 +1,252 @@
+"""What the console shows and does, as JSON-ready data: the JSON API returns it as it is and the
+pages render it, so the two never disagree.
+
+The queries are the `keys` commands' own (`retrysafe.cli._records`): retrysafe's internal
+namespace (the scope secret) is left out, and can be neither shown nor deleted here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from retrysafe._record import Identity, Record, State
+from retrysafe.cli._records import (
+    INTERNAL,
+    SEARCH_LIMIT,
+    app_stats,
+    iso,
+    outcome_json,
+    record_json,
+    visible_records,
+)
+from retrysafe.stores import Store
+
+__all__ = [
+    "EVENTS",
+    "FILTERS",
+    "PREVIEW_CHARS",
+    "ConsoleError",
+    "delete_record",
+    "namespace_records",
+    "purge_expired",
+    "record_detail",
+    "short_token",
+    "summary",
+]
+
+PREVIEW_CHARS: Final = 4096
+"""Characters of a stored body (or any other long text of an outcome) shown at most."""
+STUCK_SHOWN: Final = 100
+"""Stuck records listed on the overview, the longest expired first."""
+FILTERS: Final = ("all", "in_flight", "stuck", "done")
+"""The record filters of a namespace's listing: `stuck` is in flight with its lease expired."""
+_PURGE_BATCH: Final = 1000
+_LONG_FIELDS: Final = ("body", "body_base64", "text", "base64", "repr", "message", "error")
+EVENTS: Final[dict[str, object]] = {
+    "recorded": False,
+    "replays": [],
+    "mismatches": [],
+    "detail": (
+        "Nothing records replays and mismatches where the console can read them: the store "
+        "keeps only each key's record. retrysafe's observers report every decision to your "
+        'monitoring instead: retrysafe_requests_total{decision="replay"} and '
+        '{decision="mismatch"} in Prometheus, spans in OpenTelemetry, or the '
+        "retrysafe.decisions log (see docs/observability.md)."
+    ),
+}
+"""Recent replays and mismatches: the store does not hold them, and the console says so."""
+
+
+class ConsoleError(Exception):
+    """A request the console refuses: `status` and a one-line `detail` for problem+json."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def short_token(token: str) -> str:
+    """Return a fencing token as the console shows it: its first 8 characters."""
+    return token if len(token) <= 8 else f"{token[:8]}…"
+
+
+def summary(store: Store) -> dict[str, object]:
+    """Return the overview: totals, counts per namespace, the stuck records, and the events."""
+    now = store.clock.now()
+    totals = app_stats(store)
+    records = visible_records(
+        store, namespace=None, scope=None, state=None, created_before=None, limit=SEARCH_LIMIT
+    )
+    stuck = sorted((r for r in records if _stuck(r, now)), key=lambda r: r.lease_expires_at)
+    oldest = totals.oldest_in_flight_at
+    return {
+        "generated_at": iso(now),
+        "totals": {
+            "in_flight": totals.in_flight,
+            "done": totals.done,
+            "total": totals.in_flight + totals.done,
+            "bytes_stored": totals.bytes_stored,
+            "oldest_in_flight_at": None if oldest is None else iso(oldest),
+        },
+        "scanned": len(records),
+        "scan_complete": len(records) < SEARCH_LIMIT,
+        "namespaces": _per_namespace(records, now),
+        "stuck": [_listed(r, now) for r in stuck[:STUCK_SHOWN]],
+        "stuck_total": len(stuck),
+        "events": EVENTS,
+    }
+
+
+def namespace_records(
+    store: Store, namespace: str, state: str = "all", limit: int = 200
+) -> dict[str, object]:
+    """Return the newest `limit` records of `namespace` that pass the filter (`FILTERS`)."""
+    if state not in FILTERS:
+        raise ConsoleError(400, f"Unknown filter {state!r}: use one of {', '.join(FILTERS)}.")
+    if namespace == INTERNAL:
+        raise ConsoleError(403, f"{INTERNAL!r} holds retrysafe's scope secret, not records.")
+    now = store.clock.now()
+    wanted = {"in_flight": State.IN_FLIGHT, "stuck": State.IN_FLIGHT, "done": State.DONE}
+    records = visible_records(
+        store,
+        namespace=namespace,
+        scope=None,
+        state=wanted.get(state),
+        # Stuck ones are a part of those in flight: scan as many as a search does.
+        created_before=None,
+        limit=SEARCH_LIMIT if state == "stuck" else limit,
+    )
+    if state == "stuck":
+        records = [r for r in records if _stuck(r, now)][:limit]
+    return {
+        "namespace": namespace,
+        "filter": state,
+        "limit": limit,
+        "records": [_listed(r, now) for r in records],
+    }
+
+
+def record_detail(store: Store, identity: Identity) -> dict[str, object]:
+    """Return one record in full, its outcome decoded and its long texts cut to PREVIEW_CHARS."""
+    record = _existing(store, identity)
+    now = store.clock.now()
+    data = _listed(record, now)
+    data["outcome"] = _preview(outcome_json(record))
+    return data
+
+
+def delete_record(store: Store, identity: Identity) -> dict[str, object]:
+    """Delete one record, whatever its state; say whether its lease was still live."""
+    record = _existing(store, identity)
+    now = store.clock.now()
+    deleted = store.delete(identity)
+    return {
+        "deleted": deleted,
+        "lease_was_live": record.state is State.IN_FLIGHT and record.lease_expires_at > now,
+        "record": _listed(record, now),
+    }
+
+
+def purge_expired(store: Store) -> dict[str, object]:
+    """Delete every record past its retention, in bounded batches; return how many."""
+    total = 0
+    while True:
+        purged = store.purge_expired(limit=_PURGE_BATCH)
+        total += purged
+        if purged < _PURGE_BATCH:
+            return {"purged": total}
+
+
+def _existing(store: Store, identity: Identity) -> Record:
+    if identity.namespace == INTERNAL:
+        raise ConsoleError(403, f"{INTERNAL!r} holds retrysafe's scope secret: never shown here.")
+    record = store.get(identity)
+    if record is None:
+        raise ConsoleError(
+            404,
+            f"No live record for key {identity.key!r} in scope {identity.scope!r}, "
+            f"namespace {identity.namespace!r}.",
+        )
+    return record
+
+
+def _stuck(record: Record, now: float) -> bool:
+    return record.state is State.IN_FLIGHT and record.lease_expires_at <= now
+
+
+def _listed(record: Record, now: float) -> dict[str, object]:
+    """Return a record as `keys show --json` does, its fencing token shortened, and for a
+    stuck one how long ago its lease expired."""
+    data = record_json(record, now)
+    data["lease_owner"] = short_token(record.token)
+    data["stuck"] = _stuck(record, now)
+    data["lease_expired_seconds"] = (
+        round(now - record.lease_expires_at, 3) if data["stuck"] else None
+    )
+    return data
+
+
+@dataclass
+class _Counts:
+    """One namespace's row of the overview, counted record by record."""
+
+    in_flight: int = 0
+    stuck: int = 0
+    done: int = 0
+    bytes_stored: int = 0
+    oldest_in_flight_at: float | None = None
+
+    def add(self, record: Record, now: float) -> None:
+        self.bytes_stored += record.size
+        if record.state is not State.IN_FLIGHT:
+            self.done += 1
+            return
+        self.in_flight += 1
+        self.stuck += _stuck(record, now)
+        oldest = self.oldest_in_flight_at
+        self.oldest_in_flight_at = min(record.created_at, oldest or record.created_at)
+
+    def as_json(self, namespace: str) -> dict[str, object]:
+        oldest = self.oldest_in_flight_at
+        return {
+            "namespace": namespace,
+            "in_flight": self.in_flight,
+            "stuck": self.stuck,
+            "done": self.done,
+            "bytes_stored": self.bytes_stored,
+            "oldest_in_flight_at": None if oldest is None else iso(oldest),
+        }
+
+
+def _per_namespace(records: Iterable[Record], now: float) -> list[dict[str, object]]:
+    counts: dict[str, _Counts] = {}
+    for record in records:
+        counts.setdefault(record.identity.namespace, _Counts()).add(record, now)
+    return [counts[name].as_json(name) for name in sorted(counts)]
+
+
+def _preview(outcome: dict[str, object] | None) -> dict[str, object] | None:
+    """Return `outcome` with each long text cut to PREVIEW_CHARS (`truncated` names them)."""
+    if outcome is None:
+        return None
+    shown = dict(outcome)
+    cut = [name for name in _LONG_FIELDS if _cut(shown, name)]
+    value = shown.get("value")
+    if value is not None and len(json.dumps(value)) > PREVIEW_CHARS:
+        del shown["value"]  # its repr, cut, stands for it
+        cut.append("value")
+    if cut:
+        shown["truncated"] = cut
+    return shown
+
+
+def _cut(data: dict[str, object], name: str) -> bool:
+    text = data.get(name)
+    if not isinstance(text, str) or len(text) <= PREVIEW_CHARS:
+        return False
+    data[name] = text[:PREVIEW_CHARS]
+    return True

@@ -1,0 +1,112 @@
+"""`retrysafe console` as a real process: the token from a file or generated and printed, 401
+without it, a token file that is unfit refused, and Ctrl+C exits 0."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from retrysafe import open_store
+from tests.servers import free_port, wait_for_port
+
+CLI = [sys.executable, "-c", "from retrysafe.cli import main; main()"]
+STOP = 30.0
+
+
+def _sqlite_store(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    store = open_store(url)  # the console reads an existing store, as the keys commands do
+    try:
+        store.stats()  # creates the file
+    finally:
+        store.close()
+    return url
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=STOP)
+    return process.returncode, stdout, stderr
+
+
+def test_the_token_file_opens_the_console_and_ctrl_c_exits_0(tmp_path: Path) -> None:
+    """With --token-file, the API answers 401 without the token and 200 with it, the token is
+    never printed, and Ctrl+C stops the server with exit status 0."""
+    token = "file-token-abcdefghijklmnop"
+    (tmp_path / "token").write_text(token + "\n")
+    port = free_port()
+    args = ["console", "--store", _sqlite_store(tmp_path), "--port", str(port)]
+    process = _start([*args, "--token-file", str(tmp_path / "token")])
+    try:
+        wait_for_port(port, alive=lambda: process.poll() is None)
+        url = f"http://127.0.0.1:{port}/api/summary"
+        assert httpx.get(url, trust_env=False).status_code == 401
+        bearer = {"authorization": f"Bearer {token}"}
+        answer = httpx.get(url, headers=bearer, trust_env=False)
+        assert answer.status_code == 200
+        assert answer.json()["namespaces"] == []
+    finally:
+        code, stdout, stderr = _stop(process)
+    assert code == 0, stderr
+    assert token not in stdout + stderr
+    assert f"http://127.0.0.1:{port}/" in stdout
+    assert "Traceback" not in stderr
+
+
+def test_a_generated_token_is_printed_in_the_login_url(tmp_path: Path) -> None:
+    """Without --token-file, the console prints a login URL whose token opens the API."""
+    port = free_port()
+    args = ["console", "--store", _sqlite_store(tmp_path), "--port", str(port)]
+    process = _start(args)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # printed once the socket listens
+        login = re.search(r"\?token=([\w-]{32,})", line)
+        assert login is not None, line
+        wait_for_port(port, alive=lambda: process.poll() is None)
+        url = f"http://127.0.0.1:{port}/api/summary"
+        bearer = {"authorization": f"Bearer {login[1]}"}
+        assert httpx.get(url, headers=bearer, trust_env=False).status_code == 200
+    finally:
+        code, _, stderr = _stop(process)
+    assert code == 0, stderr
+
+
+def test_an_unfit_token_file_is_refused_with_exit_2(tmp_path: Path) -> None:
+    """A token file that is too short, or missing, is refused on one line with exit status 2."""
+    (tmp_path / "short").write_text("abc\n")
+    store = _sqlite_store(tmp_path)
+    for name in ("short", "missing"):
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                *CLI,
+                "console",
+                "--store",
+                store,
+                "--port",
+                "0",
+                "--token-file",
+                str(tmp_path / name),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=STOP,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert time.monotonic() - started < STOP

@@ -78,6 +78,7 @@ from django.http import (  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from retrysafe import Identity  # noqa: E402
+from retrysafe.stores.encrypted import Keyring  # noqa: E402
 from retrysafe.transactions import django as idempotent  # noqa: E402
 from retrysafe.transactions.django import RequestTransaction, Step, transactional  # noqa: E402
 
@@ -321,6 +322,36 @@ def scenario_writes() -> dict[str, Any]:
         "inserted": [first.inserted, second.inserted, second.row["amount"]],
         "updated": [updated, updated_again],
         "deleted": [deleted, deleted_again],
+    }
+
+
+SEALING_KEY = "c2VhbGluZy1rZXktb2YtdGhlLWRqYW5nby10ZXN0ISE="  # 32 bytes, the test's
+MARKER = "card-4242-4242-4242"
+
+
+def scenario_sealed() -> dict[str, Any]:
+    """A unit of work and a phased operation given encryption=: their outcomes, then the unit's
+    replay (opened with the keys)."""
+    keyring = Keyring([SEALING_KEY])
+    claim = {"identity": _identity("s-1"), "fingerprint": "amount=100", "table": CONFIG["table"]}
+    with idempotent.atomic(encryption=keyring, **claim) as tx:
+        payment = _pay("s-1", 100)
+        tx.complete(json.dumps({"id": payment.id, "card": MARKER}).encode())
+    with idempotent.atomic(encryption=keyring, **claim) as again:
+        assert again.replay
+    phased = idempotent.run_phases(
+        {"finish": lambda step: json.dumps({"card": MARKER}).encode()},
+        identity=_identity("s-2"),
+        fingerprint="order",
+        table=CONFIG["table"],
+        encryption=keyring,
+    )
+    return {
+        "first": (tx.outcome or b"").decode(),
+        "again": (again.outcome or b"").decode(),
+        "phased": phased.outcome.decode(),
+        "key": SEALING_KEY,
+        "marker": MARKER,
     }
 
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from retrysafe import Identity, State
+from retrysafe.stores.encrypted import EncryptedStore, Keyring
 from tests.servers import free_port, wait_for_port
 from tests.transactions.conftest import Database
 
@@ -121,6 +122,30 @@ def test_b30_django_phases_resume_after_the_last_committed_phase(database: Datab
     assert reported["in_atomic"] == "ConfigurationError"
     assert database.payment_rows("o-1") == [("order", "o-1", 100)]
     assert record(database, "o-1").state is State.DONE
+
+
+def test_django_atomic_and_phases_seal_their_outcomes_with_encryption(
+    database: Database,
+) -> None:
+    """`atomic(encryption=...)` and `run_phases(encryption=...)` store their outcomes sealed:
+    the raw records table holds no plaintext of them, the replay opens the outcome, and a store
+    given the same keys reads both records, as the HTTP faces would."""
+    reported = scenario(database, "sealed")
+    marker = reported["marker"]
+    assert reported["again"] == reported["first"]
+    assert marker in reported["first"]
+    assert reported["phased"] == json.dumps({"card": marker})
+    raw = database.execute(f'SELECT outcome FROM "{database.table}"')  # noqa: S608 - the test's
+    assert len(raw) == 2
+    assert all(marker.encode() not in bytes(outcome) for (outcome,) in raw)
+    store = EncryptedStore(database.store(), Keyring([reported["key"]]))
+    try:
+        for key, outcome in (("s-1", reported["first"]), ("s-2", reported["phased"])):
+            sealed = store.get(Identity("orders", "tenant-a", key))
+            assert sealed is not None
+            assert sealed.outcome == outcome.encode()
+    finally:
+        store.close()
 
 
 def test_b31_django_write_helpers_repeat_safely(database: Database) -> None:

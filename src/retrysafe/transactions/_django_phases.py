@@ -13,16 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Unpack
 
-from retrysafe.transactions._django import DjangoBackend
 from retrysafe.transactions._state import ClaimOptions
 from retrysafe.transactions._steps import PhaseFunction, PhasesResult
 from retrysafe.transactions._sync.phases import run_phases_on
+from retrysafe.transactions._sync.transaction import Backend
 
 __all__ = ["run_django_phases"]
 
 
 def run_django_phases(
-    backend: DjangoBackend, phases: Mapping[str, PhaseFunction], **options: Unpack[ClaimOptions]
+    backend: Backend, phases: Mapping[str, PhaseFunction], **options: Unpack[ClaimOptions]
 ) -> PhasesResult:
     """Run an operation as atomic phases on `backend`, resuming after its last committed phase
     (`run_phases_on`: the same run as `run_phases`).

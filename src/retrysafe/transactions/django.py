@@ -36,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Unpack
 
+from retrysafe._encryption import Keyring
+from retrysafe.integrations import _django_config as django_config
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import writes
 from retrysafe.transactions._django import DjangoBackend, driver_connection, table_of
@@ -43,7 +45,8 @@ from retrysafe.transactions._django_phases import run_django_phases
 from retrysafe.transactions._django_web import transactional
 from retrysafe.transactions._state import ClaimOptions
 from retrysafe.transactions._steps import PhaseFunction, PhasesResult, Step
-from retrysafe.transactions._sync.transaction import Transaction
+from retrysafe.transactions._sync.encrypted import EncryptedBackend
+from retrysafe.transactions._sync.transaction import Backend, Transaction
 from retrysafe.transactions._web import RequestTransaction
 from retrysafe.transactions._write_sql import Inserted, Row
 
@@ -63,7 +66,11 @@ __all__ = [
 
 
 def atomic(
-    *, using: str | None = None, table: str = DEFAULT_TABLE, **options: Unpack[ClaimOptions]
+    *,
+    using: str | None = None,
+    table: str = DEFAULT_TABLE,
+    encryption: Keyring | None = None,
+    **options: Unpack[ClaimOptions],
 ) -> Transaction:
     """Return a transaction on Django's connection in which the key commits with the writes.
 
@@ -77,11 +84,13 @@ def atomic(
         using: the database alias (default: `"default"`).
         table: the records table, the store's `table` option (default `retrysafe_records`);
             created if missing.
+        encryption: the keys that encrypt the outcome at rest (docs/encryption.md); default
+            `RETRYSAFE["ENCRYPTION"]`, if set.
         options: the claim: `identity` (the key's namespace, scope and key) and `fingerprint`
             (a digest of the request), and optionally `lease`, `retention` and `clock`, as for
             `retrysafe.transactions.sqlite`.
     """
-    return Transaction(DjangoBackend(using, table), **options)
+    return Transaction(_backend(using, table, encryption), **options)
 
 
 def run_phases(
@@ -89,6 +98,7 @@ def run_phases(
     *,
     using: str | None = None,
     table: str = DEFAULT_TABLE,
+    encryption: Keyring | None = None,
     **options: Unpack[ClaimOptions],
 ) -> PhasesResult:
     """Run an operation as atomic phases on Django's connection, each in an atomic block.
@@ -101,9 +111,17 @@ def run_phases(
         phases: phase name to function, in order (see `retrysafe.transactions.run_phases`).
         using: the database alias (default: `"default"`).
         table: the records table.
+        encryption: the keys that encrypt the outcome at rest, as for `atomic`.
         options: the claim's `identity`, `fingerprint`, `lease`, `retention` and `clock`.
     """
-    return run_django_phases(DjangoBackend(using, table), phases, **options)
+    return run_django_phases(_backend(using, table, encryption), phases, **options)
+
+
+def _backend(using: str | None, table: str, encryption: Keyring | None) -> Backend:
+    """Django's backend for the alias, behind encryption when keys are given or configured."""
+    backend = DjangoBackend(using, table)
+    keyring = encryption if encryption is not None else django_config.encryption_from_django()
+    return backend if keyring is None else EncryptedBackend(backend, keyring)
 
 
 def insert_if_absent(

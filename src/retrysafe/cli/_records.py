@@ -1,5 +1,6 @@
 """What `retrysafe keys` reads from a store and how it shows records: the queries behind the
-commands (the internal namespace hidden, B8), a record as JSON, and its state in words."""
+commands (the internal namespace hidden, B8, and the event records of
+`retrysafe.observe.events`), a record as JSON, and its state in words."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from retrysafe._record import Identity, Record, State
 from retrysafe.cli._common import EXIT_USAGE, fail, human_duration
 from retrysafe.cli._render import describe_outcome
 from retrysafe.cli._scopes import scope_matches
+from retrysafe.observe.events import EVENTS_NAMESPACE
 from retrysafe.stores import Store
 from retrysafe.stores.base import StoreStats, stats_of
 
@@ -38,6 +40,9 @@ SEARCH_LIMIT: Final = 10_000
 COUNT_LIMIT: Final = SEARCH_LIMIT
 """Records counted, at most, for the listing's total when the store's counts cannot answer."""
 INTERNAL: Final = SECRET_IDENTITY.namespace
+_OWN: Final = (INTERNAL, EVENTS_NAMESPACE)
+"""retrysafe's own namespaces, listed only when asked for by name and never counted as the
+app's: the scope secret, and the events an `EventRecorder` writes."""
 
 
 def record_json(record: Record, now: float) -> dict[str, object]:
@@ -61,7 +66,7 @@ def record_json(record: Record, now: float) -> dict[str, object]:
 
 def hidden(record: Record, namespace: str | None) -> bool:
     """Whether `record` is left out: retrysafe's own, and its namespace was not asked for."""
-    return record.identity.namespace == INTERNAL and namespace != INTERNAL
+    return record.identity.namespace in _OWN and namespace != record.identity.namespace
 
 
 def visible_records(
@@ -94,8 +99,9 @@ def internal_records(store: Store) -> list[Record]:
 
 
 def app_stats(store: Store) -> StoreStats:
-    """Return the store's counts without retrysafe's own records."""
-    whole, internal = store.stats(), stats_of(internal_records(store))
+    """Return the store's counts without retrysafe's own records (the secret, the events)."""
+    events = store.list_records(namespace=EVENTS_NAMESPACE, limit=SEARCH_LIMIT)
+    whole, internal = store.stats(), stats_of(internal_records(store) + events)
     oldest = whole.oldest_in_flight_at
     if oldest is not None and oldest == internal.oldest_in_flight_at:  # find the app's oldest
         claims = store.list_records(state=State.IN_FLIGHT, limit=SEARCH_LIMIT)

@@ -2,7 +2,9 @@
 pages render it, so the two never disagree.
 
 The queries are the `keys` commands' own (`retrysafe.cli._records`): retrysafe's internal
-namespace (the scope secret) is left out, and can be neither shown nor deleted here.
+namespace (the scope secret) is left out, and can be neither shown nor deleted here. The event
+records an `EventRecorder` writes (`retrysafe.observe.events`) are left out of the counts too,
+and shown as the recent replays and mismatches instead.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from retrysafe.cli._records import (
     record_json,
     visible_records,
 )
+from retrysafe.observe.events import EVENTS_NAMESPACE, Event, read_events
 from retrysafe.stores import Store
 
 __all__ = [
-    "EVENTS",
+    "EVENTS_SHOWN",
     "FILTERS",
     "PREVIEW_CHARS",
     "ConsoleError",
     "delete_record",
     "namespace_records",
     "purge_expired",
+    "recent_events",
     "record_detail",
     "short_token",
     "summary",
@@ -45,19 +49,21 @@ FILTERS: Final = ("all", "in_flight", "stuck", "done")
 """The record filters of a namespace's listing: `stuck` is in flight with its lease expired."""
 _PURGE_BATCH: Final = 1000
 _LONG_FIELDS: Final = ("body", "body_base64", "text", "base64", "repr", "message", "error")
-EVENTS: Final[dict[str, object]] = {
-    "recorded": False,
-    "replays": [],
-    "mismatches": [],
-    "detail": (
-        "Nothing records replays and mismatches where the console can read them: the store "
-        "keeps only each key's record. retrysafe's observers report every decision to your "
-        'monitoring instead: retrysafe_requests_total{decision="replay"} and '
-        '{decision="mismatch"} in Prometheus, spans in OpenTelemetry, or the '
-        "retrysafe.decisions log (see docs/observability.md)."
-    ),
-}
-"""Recent replays and mismatches: the store does not hold them, and the console says so."""
+EVENTS_SHOWN: Final = 50
+"""Recorded events (replays, mismatches, conflicts) shown at most, the newest first."""
+_NOT_RECORDED: Final = (
+    "Nothing records replays and mismatches where the console can read them: the store keeps "
+    "only each key's record. "
+    "To record them here, add retrysafe.observe.events.EventRecorder(STORE_URL) to your app's "
+    "observers=[...] (see docs/console.md). retrysafe's other observers report every decision "
+    'to your monitoring: retrysafe_requests_total{decision="replay"} and '
+    '{decision="mismatch"} in Prometheus, spans in OpenTelemetry, or the '
+    "retrysafe.decisions log (see docs/observability.md)."
+)
+_RECORDED: Final = (
+    f"The newest replays, mismatches and conflicts (at most {EVENTS_SHOWN}) that an "
+    f"EventRecorder stored in the namespace {EVENTS_NAMESPACE!r}, kept for its retention."
+)
 
 
 class ConsoleError(Exception):
@@ -97,7 +103,29 @@ def summary(store: Store) -> dict[str, object]:
         "namespaces": _per_namespace(records, now),
         "stuck": [_listed(r, now) for r in stuck[:STUCK_SHOWN]],
         "stuck_total": len(stuck),
-        "events": EVENTS,
+        "events": recent_events(store, now),
+    }
+
+
+def recent_events(store: Store, now: float) -> dict[str, object]:
+    """Return the newest recorded events (at most EVENTS_SHOWN), or why there are none."""
+    events = read_events(store, limit=EVENTS_SHOWN)
+    return {
+        "recorded": bool(events),
+        "recent": [_event(event, now) for event in events],
+        "detail": _RECORDED if events else _NOT_RECORDED,
+    }
+
+
+def _event(event: Event, now: float) -> dict[str, object]:
+    return {
+        "at": iso(event.at),
+        "age_seconds": round(now - event.at, 3),
+        "decision": event.decision,
+        "face": event.face,
+        "namespace": event.namespace,
+        "key": event.key,
+        "scope_digest": event.scope,
     }
 
 

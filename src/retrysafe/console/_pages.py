@@ -149,14 +149,41 @@ def overview_page(data: Data) -> str:
         if stuck
         else "<p>No stuck records.</p>"
     )
-    events = cast(Data, data["events"])
-    body += f'<h2>Recent replays and mismatches</h2><p class="note">{_e(events["detail"])}</p>'
+    body += "<h2>Recent replays and mismatches</h2>" + _events(cast(Data, data["events"]))
     body += (
         f'<h2>Maintenance</h2><p><a class="button" href="/purge">Purge expired records…</a></p>'
         f'<p><small>Data as JSON: <a href="/api/summary">/api/summary</a>. '
         f"Generated {_e(data['generated_at'])}.</small></p>"
     )
     return _page("Overview", body)
+
+
+_DECISIONS: Final = {
+    "replay": "replay",
+    "mismatch": '<span class="stuck">mismatch</span>',
+    "in_flight": '<span class="live">conflict: in flight</span>',
+}
+
+
+def _events(events: Data) -> str:
+    """Return the recorded events, newest first, or the note that says why there are none."""
+    recent = cast(Sequence[Data], events["recent"])
+    if not recent:
+        return f'<p class="note">{_e(events["detail"])}</p>'
+    rows = [
+        [
+            f'<span title="{_e(event["at"])}">{human_duration(cast(float, event["age_seconds"]))}'
+            " ago</span>",
+            _DECISIONS.get(str(event["decision"]), _e(event["decision"])),
+            _e(event["face"]),
+            _e(event["namespace"]),
+            f"<code>{_e(event['key'])}</code>",
+            f"<code>{_e(event['scope_digest'])}</code>",
+        ]
+        for event in recent
+    ]
+    table = _table(["when", "decision", "face", "namespace", "key", "scope digest"], rows)
+    return f"<p>{_e(events['detail'])}</p>{table}"
 
 
 def _namespaces(rows: Sequence[Data]) -> str:

@@ -10,9 +10,11 @@ from typing import Final
 from retrysafe._encryption import sealed_key_id
 from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe._record import Identity, Record, State
+from retrysafe._versions import ENTITIES_SUFFIX
 from retrysafe.cli._common import EXIT_USAGE, fail, human_duration
 from retrysafe.cli._render import describe_outcome
 from retrysafe.cli._scopes import scope_matches
+from retrysafe.completer._attention import ATTENTION_NAMESPACE
 from retrysafe.observe.events import EVENTS_NAMESPACE
 from retrysafe.stores import Store
 from retrysafe.stores.base import StoreStats, stats_of
@@ -40,9 +42,9 @@ SEARCH_LIMIT: Final = 10_000
 COUNT_LIMIT: Final = SEARCH_LIMIT
 """Records counted, at most, for the listing's total when the store's counts cannot answer."""
 INTERNAL: Final = SECRET_IDENTITY.namespace
-_OWN: Final = (INTERNAL, EVENTS_NAMESPACE)
+_OWN: Final = (INTERNAL, EVENTS_NAMESPACE, ATTENTION_NAMESPACE)
 """retrysafe's own namespaces, listed only when asked for by name and never counted as the
-app's: the scope secret, and the events an `EventRecorder` writes."""
+app's: the scope secret, the events an `EventRecorder` writes, and the completer's marks."""
 
 
 def record_json(record: Record, now: float) -> dict[str, object]:
@@ -65,8 +67,10 @@ def record_json(record: Record, now: float) -> dict[str, object]:
 
 
 def hidden(record: Record, namespace: str | None) -> bool:
-    """Whether `record` is left out: retrysafe's own, and its namespace was not asked for."""
-    return record.identity.namespace in _OWN and namespace != record.identity.namespace
+    """Whether `record` is left out: retrysafe's own (the secret, the events, a versioned
+    consumer's entities), and its namespace was not asked for."""
+    own = record.identity.namespace
+    return (own in _OWN or own.endswith(ENTITIES_SUFFIX)) and namespace != own
 
 
 def visible_records(
@@ -99,8 +103,10 @@ def internal_records(store: Store) -> list[Record]:
 
 
 def app_stats(store: Store) -> StoreStats:
-    """Return the store's counts without retrysafe's own records (the secret, the events)."""
+    """Return the store's counts without retrysafe's own records (the secret, the events,
+    the completer's marks)."""
     events = store.list_records(namespace=EVENTS_NAMESPACE, limit=SEARCH_LIMIT)
+    events += store.list_records(namespace=ATTENTION_NAMESPACE, limit=SEARCH_LIMIT)
     whole, internal = store.stats(), stats_of(internal_records(store) + events)
     oldest = whole.oldest_in_flight_at
     if oldest is not None and oldest == internal.oldest_in_flight_at:  # find the app's oldest

@@ -1,29 +1,5 @@
-"""Queue consumers whose effects happen once per message, however often the broker delivers it.
-
-Brokers deliver at least once: a consumer that dies before it acknowledges, a `nack` with
-requeue, a publisher that retries a publish, all deliver a message again. `idempotent_message`
-is `@idempotent` with the message id as the key and the body as the fingerprint, so a second
-delivery replays the first one's outcome instead of repeating its effect:
-
-    store = retrysafe.open_async_store("redis://localhost:6379/0")
-
-    @idempotent_message(store, namespace="orders.charge")
-    async def charge(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        await payments.charge(json.loads(message.body))
-
-    async with queue.iterator() as messages:
-        async for message in messages:
-            try:
-                await charge(message)
-            except Exception as error:
-                await message.reject(requeue=should_requeue(error))
-            else:
-                await message.ack()  # after the outcome is stored, never before
-
-Acknowledge only after the handler returns: the outcome is stored by then, so a crash between
-the two makes the broker redeliver a message whose replay is a no-op. See docs/functions.md for
-the whole pattern, pika, Celery and other task runners.
-"""
+"""Consumers deduplicated by message id: `idempotent_message` and its helpers (see the package
+docstring)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,141 @@
+"""The pure core of versioned consumers: what a message's (entity, version) is, and whether it is
+newer than what was applied.
+
+A versioned consumer applies a message only if its version is greater than the last version
+applied for its entity; an older or equal version is skipped. The two places that keep the last
+applied version (`retrysafe.transactions._async.versions`) share what is here: the rules for
+entities and versions, the SQL of the versions table, and the sync twin of `AsyncHeartbeat`
+that the generated code calls `Heartbeat`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, Final, TypeAlias, TypeVar
+
+from retrysafe._errors import ConfigurationError, InvalidKeyError
+from retrysafe._heartbeat import THREADS, AsyncHeartbeat, ThreadJob, every
+
+__all__ = [
+    "DEFAULT_TABLE",
+    "ENTITIES_SUFFIX",
+    "LOCK_FINGERPRINT",
+    "AsyncEffect",
+    "AsyncHeartbeat",
+    "AsyncTransactionContext",
+    "Effect",
+    "Heartbeat",
+    "TransactionContext",
+    "entity_text",
+    "is_newer",
+    "statements",
+    "version_number",
+    "version_of_point",
+]
+
+T = TypeVar("T")
+
+ENTITIES_SUFFIX: Final = "#entities"
+"""On a store, a versioned consumer keeps each entity's last applied version in a record of the
+namespace `<namespace>#entities`: in flight, its version the recovery point. `keys` and the
+console list them only when that namespace is asked for (they are no claims left behind)."""
+DEFAULT_TABLE: Final = "retrysafe_versions"
+"""The table that transactional mode keeps the last applied versions in."""
+
+LOCK_FINGERPRINT: Final = "retrysafe.versioned-entity"
+"""The fingerprint of every entity's record in a store: one per entity, whatever the message."""
+
+_BIGINT: Final = 2**63  # versions are stored as SQL BIGINT: -2**63 < version < 2**63
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+Effect: TypeAlias = Callable[[], T]
+"""The handler, its arguments bound: run only for a newer version."""
+AsyncEffect: TypeAlias = Callable[[], Awaitable[T]]
+"""The async handler, its arguments bound."""
+TransactionContext: TypeAlias = AbstractContextManager[Any]
+"""What a connection's `transaction()` returns: commit on exit, roll back on an exception."""
+AsyncTransactionContext: TypeAlias = AbstractAsyncContextManager[Any]
+"""The async form of `TransactionContext`."""
+
+
+def entity_text(raw: object) -> str:
+    """Return an entity id as stored: a non-empty `str`, an `int` or a `UUID` (or their bytes)."""
+    if isinstance(raw, bytes | bytearray):
+        raw = bytes(raw).decode("utf-8", "surrogateescape")
+    if isinstance(raw, str) and raw:
+        return raw
+    if isinstance(raw, int | uuid.UUID) and not isinstance(raw, bool):
+        return str(raw)
+    raise InvalidKeyError(
+        f"A versioned message's entity must be a non-empty str, an int or a UUID, not {raw!r}."
+    )
+
+
+def version_number(raw: object) -> int:
+    """Return a message's version: an `int` (or its decimal text), within SQL's BIGINT."""
+    if isinstance(raw, bytes | bytearray):
+        raw = bytes(raw).decode("ascii", "replace")
+    if isinstance(raw, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,19}\s*", raw):
+        raw = int(raw)
+    if isinstance(raw, int) and not isinstance(raw, bool) and -_BIGINT < raw < _BIGINT:
+        return raw
+    raise InvalidKeyError(
+        f"A versioned message's version must be an int between -2**63 and 2**63, not {raw!r}."
+    )
+
+
+def version_of_point(recovery_point: str | None) -> int | None:
+    """Return the last applied version kept in an entity record's recovery point, if any."""
+    return None if recovery_point is None else int(recovery_point)
+
+
+def is_newer(version: int, applied: int | None) -> bool:
+    """Return whether `version` is to be applied after `applied` (None: nothing applied yet)."""
+    return applied is None or version > applied
+
+
+def statements(table: str, mark: str) -> tuple[str, str]:
+    """Return the versions table's `CREATE TABLE` and its compare-and-set, for a placeholder.
+
+    The compare-and-set inserts the entity's version or raises it, and changes one row exactly
+    when the version is newer than the stored one: its row count tells fresh from stale.
+    """
+    if not isinstance(table, str) or not _IDENTIFIER.fullmatch(table):
+        raise ConfigurationError(
+            f"The versions table must be a plain SQL identifier (letters, digits, _), "
+            f"not {table!r}."
+        )
+    create = (
+        f'CREATE TABLE IF NOT EXISTS "{table}" (namespace TEXT NOT NULL, entity TEXT NOT NULL, '
+        "version BIGINT NOT NULL, PRIMARY KEY (namespace, entity))"
+    )
+    upsert = (
+        f'INSERT INTO "{table}" (namespace, entity, version) VALUES ({mark}, {mark}, {mark}) '  # noqa: S608 - a checked identifier
+        "ON CONFLICT (namespace, entity) DO UPDATE SET version = excluded.version "
+        f'WHERE "{table}".version < excluded.version'
+    )
+    return create, upsert
+
+
+class Heartbeat:
+    """The sync twin of `AsyncHeartbeat`: renew every `interval` on the shared thread."""
+
+    __slots__ = ("_interval", "_job", "_renew")
+
+    def __init__(self, renew: Callable[[], bool], interval: float) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._job: ThreadJob | None = None
+
+    def start(self) -> None:
+        """Start renewing: the first renewal is due `interval` from now."""
+        self._job = THREADS.start(every(self._interval, self._renew), self._interval)
+
+    def stop(self) -> None:
+        """Stop renewing; once this returns, no renewal is running or will run."""
+        if self._job is not None:
+            THREADS.stop(self._job)
+            self._job = None

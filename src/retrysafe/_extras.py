@@ -14,6 +14,8 @@ middleware and the decorator. Every other face needs an extra:
 | `sqlalchemy` | SQLAlchemy                             | `transactions.sqlalchemy`               |
 | `prometheus` | prometheus-client                      | `retrysafe.observe.prometheus`          |
 | `otel`       | opentelemetry-api                      | `retrysafe.observe.otel`                |
+| `encryption` | cryptography                           | `?encryption_key_env=`, `Keyring`       |
+| `amqp`       | pika                                   | the outbox relay's RabbitMQ publisher   |
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ retrysafe serve-demo            the demo payments API
 retrysafe proxy --upstream URL  the middleware in front of any HTTP service
 retrysafe keys ...              inspect and clean a store
 retrysafe console --store URL   the operator's web console over a store
+retrysafe outbox-relay ...      publish the transactional outbox's committed messages
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ try:
     from retrysafe.cli.console import serve_console
     from retrysafe.cli.demo import EXAMPLES as DEMO_EXAMPLES
     from retrysafe.cli.demo import demo
+    from retrysafe.cli.outbox import register as register_outbox
     from retrysafe.cli.proxy import register as register_proxy
     from retrysafe.cli.serve_demo import EXAMPLES as SERVE_DEMO_EXAMPLES
     from retrysafe.cli.serve_demo import serve_demo
@@ -75,6 +77,7 @@ app.command("serve-demo", epilog=SERVE_DEMO_EXAMPLES)(serve_demo)
 register_proxy(app)
 app.add_typer(keys.app, name="keys")
 app.command("console", epilog=CONSOLE_EXAMPLES)(serve_console)
+register_outbox(app)
 
 
 def main() -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Unpack
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._fingerprint import digest
 from retrysafe._record import Record
+from retrysafe.outbox._messages import Outbox
 from retrysafe.transactions._state import ClaimOptions, ClaimSettings
 
 __all__ = [
@@ -60,10 +61,16 @@ class Step:
     Attributes:
         name: the phase's name.
         record: the operation's record, as this phase's transaction holds it.
+        outbox: messages written in this phase's transaction when it commits; their ids
+            derive from the record's identity and the phase (`retrysafe.outbox`).
     """
 
     name: str
     record: Record
+    outbox: Outbox = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outbox", Outbox(self.record.identity, self.name))
 
     def foreign_key(self, label: str = "") -> str:
         """Return the key for a foreign call made by this phase (see `foreign_key`)."""

@@ -33,6 +33,7 @@ from retrysafe._http import (
     store_unavailable,
 )
 from retrysafe._record import Identity, Record
+from retrysafe.outbox._messages import Outbox
 from retrysafe.transactions._state import ClaimOptions
 
 __all__ = [
@@ -72,11 +73,23 @@ class RequestTransaction(Generic[C]):
     connection: C
     identity: Identity | None = None
     record: Record | None = None
+    _outbox: Outbox | None = None
 
     @property
     def key(self) -> str | None:
         """The request's idempotency key, if it has one."""
         return None if self.identity is None else self.identity.key
+
+    @property
+    def outbox(self) -> Outbox:
+        """Messages that commit with the handler's writes (`retrysafe.outbox`); a request
+        with a key only, since their ids derive from it."""
+        if self._outbox is None:
+            raise RuntimeError(
+                "This request has no idempotency key, so its messages would have no derived "
+                "id: make the route require a key (required=True) to use tx.outbox."
+            )
+        return self._outbox
 
 
 class RolledBack(Exception):  # noqa: N818 - a signal to roll back, not an error

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Unpack
 
 from retrysafe._errors import ConfigurationError
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._async.outbox import AsyncOutboxWriter
 from retrysafe.transactions._async.transaction import abegin_claim, arollback
 from retrysafe.transactions._dispatch import async_backend
 from retrysafe.transactions._steps import (
@@ -103,7 +104,9 @@ async def arun_phases_on(
             record = await backend.renew(
                 identity, record.token, now=plan.clock.now(), lease=plan.lease
             )
-            outcome = await acall_phase(phases[name], Step(name, record))
+            step = Step(name, record)
+            outcome = await acall_phase(phases[name], step)
+            await AsyncOutboxWriter(backend).write(step.outbox, now=plan.clock.now())
             if outcome is not None or last:
                 outcome = as_outcome(outcome, name)
                 await backend.complete(

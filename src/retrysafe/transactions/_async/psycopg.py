@@ -60,6 +60,7 @@ class AsyncPsycopgRecords:
     ) -> None:
         self.connection = connection
         self._records = AsyncPostgresRecords(record_table(table))
+        self.table = self._records.table  # where the outbox finds the records table's name
 
     async def prepare(self) -> None:
         """Create the table if it is missing."""

@@ -19,6 +19,8 @@ from types import TracebackType
 from typing import Protocol, Unpack
 
 from retrysafe._record import Claim, Identity, Record
+from retrysafe.outbox._messages import Outbox
+from retrysafe.transactions._async.outbox import AsyncOutboxWriter
 from retrysafe.transactions._state import (
     FORGOTTEN_OUTCOME,
     ClaimOptions,
@@ -105,12 +107,14 @@ class AsyncTransaction(TransactionState):
     writes is rolled back. The same key with another fingerprint raises `KeyMismatchError`; a
     key held by an operation committed in flight (atomic phases) raises `InFlightError`.
     Leaving the block stores the outcome given to `complete` and commits; an exception rolls
-    back the claim with the writes and propagates.
+    back the claim with the writes and propagates. `tx.outbox.add(topic, payload)` adds a
+    message that is written in the same transaction when it commits (`retrysafe.outbox`).
     """
 
     def __init__(self, backend: AsyncBackend, **options: Unpack[ClaimOptions]) -> None:
         super().__init__(**options)
         self._backend = backend
+        self.outbox = Outbox(self.identity)
 
     async def __aenter__(self) -> AsyncTransaction:
         self._start()
@@ -130,6 +134,7 @@ class AsyncTransaction(TransactionState):
                 raise RuntimeError(FORGOTTEN_OUTCOME)
             return
         try:
+            await AsyncOutboxWriter(self._backend).write(self.outbox, now=self.clock.now())
             await self._backend.complete(
                 self.identity,
                 self._held().token,

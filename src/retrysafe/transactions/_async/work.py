@@ -71,7 +71,8 @@ class AsyncWorkUnit:
         """Return what the handler writes with: the connection, and the key as claimed."""
         record = None if self._tx is None else self._tx.record
         identity = None if record is None else record.identity
-        return RequestTransaction(self.connection, identity, record)
+        outbox = None if self._tx is None else self._tx.outbox
+        return RequestTransaction(self.connection, identity, record, outbox)
 
     async def start(self) -> Response | None:
         """Begin the transaction and claim the key; return the answer that stands instead of

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Unpack
 
 from retrysafe._errors import ConfigurationError
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._sync.outbox import OutboxWriter
 from retrysafe.transactions._sync.transaction import begin_claim, rollback
 from retrysafe.transactions._dispatch import sync_backend
 from retrysafe.transactions._steps import (
@@ -106,7 +107,9 @@ def run_phases_on(
             record = backend.renew(
                 identity, record.token, now=plan.clock.now(), lease=plan.lease
             )
-            outcome = call_phase(phases[name], Step(name, record))
+            step = Step(name, record)
+            outcome = call_phase(phases[name], step)
+            OutboxWriter(backend).write(step.outbox, now=plan.clock.now())
             if outcome is not None or last:
                 outcome = as_outcome(outcome, name)
                 backend.complete(

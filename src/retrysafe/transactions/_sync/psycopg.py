@@ -63,6 +63,7 @@ class PsycopgRecords:
     ) -> None:
         self.connection = connection
         self._records = PostgresRecords(record_table(table))
+        self.table = self._records.table  # where the outbox finds the records table's name
 
     def prepare(self) -> None:
         """Create the table if it is missing."""

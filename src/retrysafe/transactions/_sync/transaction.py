@@ -22,6 +22,8 @@ from types import TracebackType
 from typing import Protocol, Unpack
 
 from retrysafe._record import Claim, Identity, Record
+from retrysafe.outbox._messages import Outbox
+from retrysafe.transactions._sync.outbox import OutboxWriter
 from retrysafe.transactions._state import (
     FORGOTTEN_OUTCOME,
     ClaimOptions,
@@ -108,12 +110,14 @@ class Transaction(TransactionState):
     writes is rolled back. The same key with another fingerprint raises `KeyMismatchError`; a
     key held by an operation committed in flight (atomic phases) raises `InFlightError`.
     Leaving the block stores the outcome given to `complete` and commits; an exception rolls
-    back the claim with the writes and propagates.
+    back the claim with the writes and propagates. `tx.outbox.add(topic, payload)` adds a
+    message that is written in the same transaction when it commits (`retrysafe.outbox`).
     """
 
     def __init__(self, backend: Backend, **options: Unpack[ClaimOptions]) -> None:
         super().__init__(**options)
         self._backend = backend
+        self.outbox = Outbox(self.identity)
 
     def __enter__(self) -> Transaction:
         self._start()
@@ -133,6 +137,7 @@ class Transaction(TransactionState):
                 raise RuntimeError(FORGOTTEN_OUTCOME)
             return
         try:
+            OutboxWriter(self._backend).write(self.outbox, now=self.clock.now())
             self._backend.complete(
                 self.identity,
                 self._held().token,

@@ -1,0 +1,120 @@
+"""`retrysafe outbox-relay`: publish a store's committed outbox messages to RabbitMQ.
+
+It runs `retrysafe.outbox.Relay` with an `AmqpPublisher` until Ctrl+C or SIGTERM, which let the
+batch in progress finish; `--once` publishes what is waiting and exits. A wrong URL, or a store
+or broker that cannot be reached at start, is one line and exit 1 (2 for a wrong option);
+afterwards a failure is a warning line and the relay tries again, waiting longer each time.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from retrysafe.cli._common import console, errors_as_one_line, parse_duration
+from retrysafe.demo import redact_url
+from retrysafe.outbox import AmqpPublisher, Relay
+
+__all__ = ["EXAMPLES", "outbox_relay", "register"]
+
+EXAMPLES = """\
+Examples:
+
+  retrysafe outbox-relay --store sqlite:///app.db --to amqp://guest:guest@127.0.0.1:5672/
+
+  retrysafe outbox-relay --store postgresql://app@db/app --to amqp://rabbit/ --exchange events
+
+  retrysafe outbox-relay --store sqlite:///app.db --to amqp://rabbit/ --once
+"""
+
+
+def outbox_relay(
+    *,
+    store_url: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            envvar="RETRYSAFE_STORE",
+            metavar="URL",
+            help="The store whose transactions write the outbox: sqlite:///path.db or "
+            "postgresql://... (its table= option names the records table).",
+        ),
+    ],
+    to: Annotated[
+        str,
+        typer.Option("--to", metavar="URL", help="The broker: amqp://user:password@host:5672/."),
+    ],
+    exchange: Annotated[
+        str,
+        typer.Option("--exchange", help="The exchange (default: the default exchange, '')."),
+    ] = "",
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, help="The most messages published at a time.")
+    ] = 100,
+    poll_interval: Annotated[
+        str, typer.Option("--poll-interval", help="How often to look when idle (1s, 500ms).")
+    ] = "1s",
+    retention: Annotated[
+        str, typer.Option("--retention", help="How long published messages are kept (1d).")
+    ] = "1d",
+    once: Annotated[
+        bool, typer.Option("--once", help="Publish what is waiting, then exit.")
+    ] = False,
+) -> None:
+    """Publish committed outbox messages to RabbitMQ, in order, with publisher confirms."""
+    publisher = AmqpPublisher(to, exchange=exchange)
+    with errors_as_one_line():
+        relay = Relay(
+            store_url,
+            publisher,
+            batch=batch,
+            poll_interval=_seconds(poll_interval),
+            retention=parse_duration(retention),
+        )
+    with relay, errors_as_one_line():
+        try:
+            console.print(
+                f"Relaying the outbox of {redact_url(store_url)} to {redact_url(to)}",
+                markup=False,
+            )
+            while relay.run_once() == batch:  # what is waiting, and a first check of both ends
+                pass
+            if not once:
+                _warnings_to_stderr()
+                _stop_on_signals(relay)
+                relay.run()
+        finally:
+            publisher.close()
+    console.print(f"Published {relay.published} messages", markup=False)
+
+
+def _seconds(text: str) -> float:
+    """Return the seconds in a duration, with `ms` for short poll intervals."""
+    if text.strip().endswith("ms"):
+        return float(text.strip()[:-2]) / 1000
+    return parse_duration(text)
+
+
+def _warnings_to_stderr() -> None:
+    """Show the relay's warnings (a failed batch, the wait before the next) as lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("retrysafe")
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.WARNING))
+
+
+def _stop_on_signals(relay: Relay) -> None:
+    """Let Ctrl+C and SIGTERM stop the relay after its batch in progress."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: relay.stop())
+
+
+def register(app: typer.Typer) -> None:
+    """Add `retrysafe outbox-relay` to the CLI."""
+    app.command("outbox-relay", epilog=EXAMPLES)(outbox_relay)

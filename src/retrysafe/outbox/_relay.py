@@ -1,0 +1,162 @@
+"""The relay: publishes committed outbox messages, in id order, and marks them published.
+
+    relay = Relay("postgresql://app@db/app", AmqpPublisher("amqp://guest:guest@127.0.0.1:5672/"))
+    relay.run()  # until relay.stop(), from another thread or a signal handler
+
+Delivery is at least once: a message is marked only after its publisher returned (for AMQP,
+after the broker confirmed it), so a relay that dies between the two publishes it again, with
+the same message id, and the consumer (`retrysafe.consumers.idempotent_message`) applies it
+once. Idle, the relay polls every `poll_interval`; after a failure it waits twice as long each
+time, up to `max_backoff`, and a store connection it opened is opened afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+from typing import Protocol
+
+from retrysafe._clock import Clock, SystemClock
+from retrysafe._errors import ConfigurationError
+from retrysafe.outbox._messages import OutboxMessage
+from retrysafe.outbox._source import OutboxSource, open_source
+
+__all__ = ["Publisher", "Relay"]
+
+logger = logging.getLogger("retrysafe")
+
+_PURGE_EVERY = 60.0  # seconds between purges of published messages
+
+
+class Publisher(Protocol):
+    """Publishes one message; returns once it is accepted (an AMQP confirm), else raises."""
+
+    def __call__(self, message: OutboxMessage, /) -> None:
+        """Publish `message`; raise if it may not have been accepted."""
+        ...
+
+
+class Relay:
+    """Moves committed outbox messages to a publisher.
+
+    Args:
+        store: the store's URL (`sqlite:///path.db`, `postgresql://...`; its `table` option
+            names the records table, next to which the outbox table is), or a
+            `sqlite3.Connection` or psycopg `Connection` with no transaction open.
+        publisher: called with each message in id order (`AmqpPublisher`, or any callable).
+        table: the records table (default: the URL's `table`, else `retrysafe_records`).
+        batch: the most messages read, published and marked at a time.
+        poll_interval: seconds to wait when no message is waiting.
+        max_backoff: the longest wait after failures (which double the wait each time).
+        retention: seconds a published message is kept before it is purged.
+        clock: the time source (default: the system clock).
+    """
+
+    def __init__(
+        self,
+        store: object,
+        publisher: Publisher,
+        *,
+        table: str | None = None,
+        batch: int = 100,
+        poll_interval: float = 1.0,
+        max_backoff: float = 30.0,
+        retention: float = 86400.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if batch < 1 or poll_interval <= 0 or max_backoff < poll_interval or retention <= 0:
+            raise ConfigurationError(
+                "Need batch >= 1, poll_interval > 0, max_backoff >= poll_interval and "
+                "retention > 0."
+            )
+        self.publisher = publisher
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self.retention = retention
+        self.clock: Clock = clock or SystemClock()
+        self._store = store
+        self._table = table
+        self._source: OutboxSource | None = None
+        self._next_purge = 0.0
+        self._stopping = threading.Event()
+        self.published = 0
+        """How many messages this relay published and marked."""
+
+    def run_once(self) -> int:
+        """Publish one batch and mark it; purge old published messages now and then; return
+        how many messages were published."""
+        source = self._opened()
+        published = source.relay(self.batch, self.publisher, self.clock.now)
+        self.published += published
+        now = self.clock.now()
+        if published < self.batch and now >= self._next_purge:
+            source.purge(now - self.retention)
+            self._next_purge = now + min(_PURGE_EVERY, self.retention)
+        return published
+
+    def run(self) -> None:
+        """Relay until `stop`: at once while batches come full, every `poll_interval` when
+        idle, with a doubling wait (at most `max_backoff`) after each failure in a row.
+
+        Raises:
+            ConfigurationError: the store URL or the table is wrong (no retry can help).
+        """
+        self._stopping.clear()
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                published = self.run_once()
+            except ConfigurationError:
+                raise  # no retry fixes a wrong URL or table name
+            except Exception as error:
+                failures += 1
+                wait = min(self.poll_interval * 2**failures, self.max_backoff)
+                logger.warning("The outbox relay failed, trying again in %.1fs: %s", wait, error)
+                logger.debug("The outbox relay's failure", exc_info=True)
+                self._reset()
+            else:
+                failures = 0
+                wait = 0.0 if published == self.batch else self.poll_interval
+            if wait:
+                self._stopping.wait(wait)
+
+    def stop(self) -> None:
+        """Make `run` return after the batch in progress (safe from any thread)."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        """Close the store connection the relay opened (a given connection stays open)."""
+        self._reset()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _opened(self) -> OutboxSource:
+        if self._source is None:
+            source = open_source(self._store, self._table)
+            try:
+                source.prepare()
+            except BaseException:
+                source.close()
+                raise
+            self._source = source
+        return self._source
+
+    def _reset(self) -> None:
+        """Drop the source, closing a connection the relay opened, to open it afresh."""
+        source, self._source = self._source, None
+        if source is not None:
+            try:
+                source.close()
+            except Exception:
+                logger.debug("Closing the outbox relay's connection failed", exc_info=True)

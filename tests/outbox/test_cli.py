@@ -1,0 +1,51 @@
+"""`retrysafe outbox-relay`: publishes a store's committed messages to a real RabbitMQ."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retrysafe import Identity, transactions
+from retrysafe.cli import app
+from retrysafe.outbox import message_id
+from tests.outbox.test_crash import amqp_queue, drain
+
+pytestmark = pytest.mark.rabbitmq
+
+
+def test_outbox_relay_once_publishes_with_the_derived_ids(tmp_path: Path, amqp_url: str) -> None:
+    """`--once` publishes what is waiting to the queue named by the topic, each message with
+    its derived `message_id`, then exits 0; a second run publishes nothing."""
+    path = tmp_path / "app.db"
+    identity = Identity("orders", "t", "k")
+    with amqp_queue(amqp_url) as (channel, queue):
+        with (
+            contextlib.closing(sqlite3.connect(path)) as conn,
+            transactions.sqlite(conn, identity=identity, fingerprint="f") as tx,
+        ):
+            tx.outbox.add(queue, b'{"n": 0}', headers={"kind": "paid"})
+            tx.complete(b"ok")
+        command = ["outbox-relay", "--store", f"sqlite:///{path}", "--to", amqp_url, "--once"]
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert "Published 1 messages" in result.output
+        [(properties, body)] = drain(channel, queue)
+        assert properties.message_id == message_id(identity, 0)
+        assert properties.headers == {"kind": "paid"}
+        assert json.loads(body) == {"n": 0}
+        again = CliRunner().invoke(app, command)
+        assert "Published 0 messages" in again.output
+        assert "guest:guest" not in again.output  # the URLs are printed without secrets
+
+
+def test_outbox_relay_refuses_a_store_it_cannot_relay(tmp_path: Path) -> None:
+    """A store URL of another kind is one line and exit 2, before any broker is contacted."""
+    command = ["outbox-relay", "--store", "redis://localhost/0", "--to", "amqp://x/", "--once"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2
+    assert "sqlite:// or postgresql://" in result.output

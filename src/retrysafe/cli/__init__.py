@@ -5,6 +5,7 @@ retrysafe serve-demo            the demo payments API
 retrysafe proxy --upstream URL  the middleware in front of any HTTP service
 retrysafe keys ...              inspect and clean a store
 retrysafe console --store URL   the operator's web console over a store
+retrysafe complete --store URL  finish operations whose client vanished
 retrysafe outbox-relay ...      publish the transactional outbox's committed messages
 """
 
@@ -22,6 +23,7 @@ try:
 
     from retrysafe.cli import keys
     from retrysafe.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, fail
+    from retrysafe.cli.complete import register as register_complete
     from retrysafe.cli.console import EXAMPLES as CONSOLE_EXAMPLES
     from retrysafe.cli.console import serve_console
     from retrysafe.cli.demo import EXAMPLES as DEMO_EXAMPLES
@@ -77,6 +79,7 @@ app.command("serve-demo", epilog=SERVE_DEMO_EXAMPLES)(serve_demo)
 register_proxy(app)
 app.add_typer(keys.app, name="keys")
 app.command("console", epilog=CONSOLE_EXAMPLES)(serve_console)
+register_complete(app)
 register_outbox(app)
 
 

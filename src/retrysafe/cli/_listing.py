@@ -11,6 +11,7 @@ rather than being cut, so it can still be copied whole.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Final
 
 from rich import box
@@ -53,22 +54,25 @@ def heading(shown: list[Record], total: int | None) -> str:
     return f"{counted} records match; {newest}, are shown (--limit for more)"
 
 
-def records_table(records: list[Record], now: float, *, console: Console) -> Table:
-    """Return the table of `records`, with as many columns as fit `console`'s width."""
+def records_table(
+    records: list[Record], now: float, *, console: Console, attention: Collection[str] = ()
+) -> Table:
+    """Return the table of `records`, with as many columns as fit `console`'s width; those
+    whose identity digest is in `attention` are shown as needing attention."""
     columns = [c for c in COLUMNS if c != "namespace" or _mixed(records)]
-    table = _table(records, now, columns, short_state=False)
+    table = _table(records, now, columns, short_state=False, attention=attention)
     for column in OPTIONAL:
         if _fits(table, console):
             return table
         columns.remove(column)
-        table = _table(records, now, columns, short_state=False)
+        table = _table(records, now, columns, short_state=False, attention=attention)
     if _fits(table, console):
         return table
     # The state without its lease's time left; then what that made room for comes back.
-    table = _table(records, now, columns, short_state=True)
+    table = _table(records, now, columns, short_state=True, attention=attention)
     for column in reversed(OPTIONAL):
         wider = [c for c in COLUMNS if c in columns or c == column]
-        candidate = _table(records, now, wider, short_state=True)
+        candidate = _table(records, now, wider, short_state=True, attention=attention)
         if not _fits(candidate, console):
             break
         columns, table = wider, candidate
@@ -84,7 +88,14 @@ def _mixed(records: list[Record]) -> bool:
     return len({r.identity.namespace for r in records}) > 1
 
 
-def _table(records: list[Record], now: float, columns: list[str], *, short_state: bool) -> Table:
+def _table(
+    records: list[Record],
+    now: float,
+    columns: list[str],
+    *,
+    short_state: bool,
+    attention: Collection[str],
+) -> Table:
     table = Table(
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
@@ -102,6 +113,8 @@ def _table(records: list[Record], now: float, columns: list[str], *, short_state
         )
     for record in records:
         cells = _cells(record, now, short_state=short_state)
+        if record.identity.digest() in attention:
+            cells["state"] = "needs attention"
         table.add_row(*(literal(cells[column]) for column in columns))
     return table
 

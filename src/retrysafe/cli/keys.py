@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from retrysafe._record import State
+from retrysafe.cli._attention import StateFilter, attention_json, attention_of, state_of
 from retrysafe.cli._common import (
     EXIT_USAGE,
     console,
@@ -43,6 +44,7 @@ from retrysafe.cli._records import (
 )
 from retrysafe.cli._render import describe_outcome
 from retrysafe.cli._stores import existing_store
+from retrysafe.completer._attention import Attention
 from retrysafe.stores.base import stats_of
 
 __all__ = ["app", "describe_outcome", "record_json"]
@@ -100,7 +102,11 @@ def list_(
     *,
     store_url: StoreOption,
     state: Annotated[
-        State | None, typer.Option("--state", help="Only records in this state.")
+        StateFilter | None,
+        typer.Option(
+            "--state",
+            help="Only records in this state; needs_attention: those the completer gave up on.",
+        ),
     ] = None,
     scope: ScopeOption = None,
     namespace: NamespaceOption = None,
@@ -131,21 +137,41 @@ def list_(
         if scope is not None:
             scope = resolve_scope(store, scope, namespace)
         before = None if min_age is None else now - min_age
-        records = visible_records(
-            store,
-            namespace=namespace,
-            scope=scope,
-            state=state,
-            created_before=before,
-            limit=limit,
-        )
-        total: int | None = len(records)
-        if len(records) == limit and not as_json:  # how many more there are, for the heading
-            total = count_matching(
-                store, namespace=namespace, scope=scope, state=state, created_before=before
+        attention = attention_of(store)
+        if state is StateFilter.NEEDS_ATTENTION:
+            records = [
+                a.record
+                for a in attention.values()
+                if namespace in (None, a.record.identity.namespace)
+                and scope in (None, a.record.identity.scope)
+                and (before is None or a.record.created_at < before)
+            ]
+            total: int | None = len(records)
+            records = records[:limit]
+        else:
+            records = visible_records(
+                store,
+                namespace=namespace,
+                scope=scope,
+                state=state_of(state),
+                created_before=before,
+                limit=limit,
             )
+            total = len(records)
+            if len(records) == limit and not as_json:  # how many more, for the heading
+                total = count_matching(
+                    store,
+                    namespace=namespace,
+                    scope=scope,
+                    state=state_of(state),
+                    created_before=before,
+                )
     if as_json:
-        print_json({"records": [record_json(r, now) for r in records]})
+        listed = [
+            record_json(r, now) | attention_json(attention.get(r.identity.digest()))
+            for r in records
+        ]
+        print_json({"records": listed})
         return
     if not records:
         console.print("No records match.")
@@ -153,7 +179,7 @@ def list_(
     if total is not None:
         total = max(total, len(records))  # records may have come between the two reads
     console.print(literal(heading(records, total)), soft_wrap=True)
-    console.print(records_table(records, now, console=console))
+    console.print(records_table(records, now, console=console, attention=attention))
 
 
 @app.command()
@@ -173,7 +199,8 @@ def show(
     with existing_store(store_url) as store:
         record = find(store, key, scope, namespace)
         now = store.clock.now()
-    data = record_json(record, now)
+        attention = attention_of(store).get(record.identity.digest())
+    data = record_json(record, now) | attention_json(attention)
     data["outcome"] = outcome_json(record)
     if as_json:
         print_json(data)
@@ -182,7 +209,7 @@ def show(
         ("namespace", record.identity.namespace),
         ("scope", record.identity.scope),
         ("key", record.identity.key),
-        ("state", state_text(record, now)),
+        ("state", state_text(record, now) if attention is None else _needs(attention)),
         ("fingerprint", record.fingerprint),
         ("claimed", f"{iso(record.created_at)} ({human_duration(now - record.created_at)} ago)"),
         ("lease owner", lease_text(record, now)),
@@ -298,11 +325,13 @@ def stats(
     with existing_store(store_url) as store:
         result = app_stats(store) if namespace is None else stats_of(internal_records(store))
         now = store.clock.now()
+        attention = len(attention_of(store)) if namespace is None else 0
     oldest = result.oldest_in_flight_at
     data: dict[str, object] = {
         "in_flight": result.in_flight,
         "done": result.done,
         "total": result.in_flight + result.done,
+        "needs_attention": attention,
         "bytes_stored": result.bytes_stored,
         "oldest_in_flight_at": None if oldest is None else iso(oldest),
         "oldest_in_flight_age_seconds": None if oldest is None else round(now - oldest, 3),
@@ -316,9 +345,18 @@ def stats(
     table.add_row("in flight", str(result.in_flight))
     table.add_row("done", str(result.done))
     table.add_row("total", str(result.in_flight + result.done))
+    table.add_row("needs attention", str(attention))
     table.add_row("stored outcomes", human_bytes(result.bytes_stored))
     table.add_row(
         "oldest in flight",
         "none" if oldest is None else f"claimed {human_duration(now - oldest)} ago",
     )
     console.print(table)
+
+
+def _needs(attention: Attention) -> str:
+    """Return the state of an operation the completer gave up on, with its last error."""
+    return (
+        f"needs attention ({attention.attempts} attempts by the completer; last error: "
+        f"{attention.last_error}); fix the cause, then run 'retrysafe complete --retry KEY'"
+    )

@@ -24,6 +24,7 @@ from retrysafe.cli._records import (
     record_json,
     visible_records,
 )
+from retrysafe.completer._attention import Attention, needing_attention
 from retrysafe.observe.events import EVENTS_NAMESPACE, Event, read_events
 from retrysafe.stores import Store
 
@@ -81,13 +82,15 @@ def short_token(token: str) -> str:
 
 
 def summary(store: Store) -> dict[str, object]:
-    """Return the overview: totals, counts per namespace, the stuck records, and the events."""
+    """Return the overview: totals, counts per namespace, the stuck records, the operations
+    that need a person (the completer gave up on them), and the events."""
     now = store.clock.now()
     totals = app_stats(store)
     records = visible_records(
         store, namespace=None, scope=None, state=None, created_before=None, limit=SEARCH_LIMIT
     )
     stuck = sorted((r for r in records if _stuck(r, now)), key=lambda r: r.lease_expires_at)
+    attention = needing_attention(store)
     oldest = totals.oldest_in_flight_at
     return {
         "generated_at": iso(now),
@@ -103,6 +106,8 @@ def summary(store: Store) -> dict[str, object]:
         "namespaces": _per_namespace(records, now),
         "stuck": [_listed(r, now) for r in stuck[:STUCK_SHOWN]],
         "stuck_total": len(stuck),
+        "needs_attention": [_attention(a, now) for a in attention[:STUCK_SHOWN]],
+        "needs_attention_total": len(attention),
         "events": recent_events(store, now),
     }
 
@@ -248,6 +253,15 @@ class _Counts:
             "bytes_stored": self.bytes_stored,
             "oldest_in_flight_at": None if oldest is None else iso(oldest),
         }
+
+
+def _attention(attention: Attention, now: float) -> dict[str, object]:
+    """Return an operation the completer gave up on: its record, its attempts, its error."""
+    data = _listed(attention.record, now)
+    data["needs_attention"] = True
+    data["attempts"] = attention.attempts
+    data["last_error"] = attention.last_error
+    return data
 
 
 def _per_namespace(records: Iterable[Record], now: float) -> list[dict[str, object]]:

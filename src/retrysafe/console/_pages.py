@@ -89,6 +89,8 @@ def _state(record: Data) -> str:
     """Return a record's state in words, as HTML: done, in flight, or stuck for how long."""
     if record["state"] == "done":
         return '<span class="done">done</span>'
+    if record.get("needs_attention"):
+        return '<span class="stuck">needs attention</span>'
     if record["stuck"]:
         ago = human_duration(cast(float, record["lease_expired_seconds"]))
         return f'<span class="stuck">stuck: lease expired {ago} ago</span>'
@@ -149,6 +151,7 @@ def overview_page(data: Data) -> str:
         if stuck
         else "<p>No stuck records.</p>"
     )
+    body += _needs_attention(data)
     body += "<h2>Recent replays and mismatches</h2>" + _events(cast(Data, data["events"]))
     body += (
         f'<h2>Maintenance</h2><p><a class="button" href="/purge">Purge expired records…</a></p>'
@@ -156,6 +159,30 @@ def overview_page(data: Data) -> str:
         f"Generated {_e(data['generated_at'])}.</small></p>"
     )
     return _page("Overview", body)
+
+
+def _needs_attention(data: Data) -> str:
+    """Return the operations the completer gave up on, with their attempts and last error."""
+    records = cast(Sequence[Data], data["needs_attention"])
+    body = f"<h2>Needs attention ({data['needs_attention_total']})</h2>"
+    if not records:
+        return body + "<p>No operation is waiting for a person.</p>"
+    rows = [
+        [
+            _e(r["namespace"]),
+            f'<a href="{_link("/record", **_identity(r))}">{_e(r["key"])}</a>',
+            _scope(str(r["scope"])),
+            str(r["attempts"]),
+            f"<code>{_e(r['last_error'])}</code>",
+        ]
+        for r in records
+    ]
+    return (
+        body + "<p>The completer gave up on these operations after their attempts. Fix the "
+        "cause, then run <code>retrysafe complete --retry KEY</code>: it resumes after the "
+        "last committed phase, with the same foreign keys.</p>"
+        + _table(["namespace", "key", "scope", "attempts", "last error"], rows)
+    )
 
 
 _DECISIONS: Final = {

@@ -1,0 +1,271 @@
+"""The completer: finishes operations whose client is gone, from their last recovery point.
+
+A pass (`Completer.run_once`) reads, in one short transaction, the operations of the registry's
+namespaces left in flight past their lease and not marked for a person, oldest first (on
+PostgreSQL `FOR UPDATE SKIP LOCKED`, so completers on several machines split them). Each is then
+run by atomic phases exactly as a late client retry would run it: the claim takes the expired
+lease over with a new fencing token (counting the attempt in the same transaction) and the run
+resumes after the last committed phase. A completer and a client, or two completers, never
+both run a phase: the loser's claim meets a live lease (`InFlightError`), or its next phase
+finds its token fenced (`FencedError`), and it passes over the operation.
+
+An attempt that fails keeps its error; once `max_attempts` are spent, the operation is marked
+as needing a person (`_attention.py`) and the completer leaves it alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from retrysafe._clock import Clock, SystemClock
+from retrysafe._errors import ConfigurationError, FencedError, InFlightError, KeyMismatchError
+from retrysafe._record import Identity, State
+from retrysafe.completer._attention import write_mark
+from retrysafe.completer._backend import CompleterRun, ResumableBackend, SkippedError
+from retrysafe.completer._registry import Registry, resumable_backend
+from retrysafe.completer._table import ResumableRow
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION
+from retrysafe.transactions._sync.phases import run_phases_on
+
+__all__ = ["Completer", "Pass"]
+
+logger = logging.getLogger("retrysafe.completer")
+_ERROR_CHARS: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """What one pass did, operation by operation.
+
+    Attributes:
+        completed: operations it brought to their end.
+        failed: attempts that raised (their error kept on the operation).
+        skipped: operations another completer or a client held.
+        needs_attention: operations it gave up on in this pass.
+    """
+
+    completed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    needs_attention: int = 0
+
+    def __add__(self, other: Pass) -> Pass:
+        return Pass(
+            self.completed + other.completed,
+            self.failed + other.failed,
+            self.skipped + other.skipped,
+            self.needs_attention + other.needs_attention,
+        )
+
+    @property
+    def handled(self) -> int:
+        """How many operations the pass looked at."""
+        return self.completed + self.failed + self.skipped + self.needs_attention
+
+
+class Completer:
+    """Re-drives the registry's operations that were left in flight past their lease.
+
+        completer = Completer(registry, connect=lambda: sqlite3.connect("app.db"))
+        completer.run_once()            # one pass; or completer.run(stop) until stop is set
+
+    Args:
+        registry: the operations, by namespace; only their namespaces are looked at.
+        connect: opens a `sqlite3.Connection` or a psycopg `Connection` (one per pass, closed
+            after it); the operations' phases write on it.
+        table: the records table (the store's `table` option).
+        max_attempts: runs of one operation before it is marked as needing a person.
+        lease: the lease the completer holds an operation with (each phase renews it).
+        retention: seconds a finished operation's outcome is kept (as the application's).
+        batch: operations looked at per pass, at most.
+        interval: seconds `run` waits between passes when there was nothing to do.
+        clock: the time source (default: the system clock).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        connect: Callable[[], Any],
+        table: str = DEFAULT_TABLE,
+        max_attempts: int = 5,
+        lease: float = DEFAULT_LEASE,
+        retention: float = DEFAULT_RETENTION,
+        batch: int = 100,
+        interval: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if max_attempts < 1 or batch < 1 or lease <= 0 or retention <= 0 or interval < 0:
+            raise ConfigurationError(
+                "max_attempts and batch must be at least 1, lease and retention positive, "
+                "interval not negative."
+            )
+        self.registry = registry
+        self.connect = connect
+        self.table = table
+        self.max_attempts = max_attempts
+        self.lease = lease
+        self.retention = retention
+        self.batch = batch
+        self.interval = interval
+        self.clock: Clock = clock or SystemClock()
+
+    def run_once(self) -> Pass:
+        """Look at the operations waiting now (up to `batch`); return what was done."""
+        with self._connection() as connection:
+            backend = self._backend(connection)
+            with _transaction(backend):
+                now = self.clock.now()
+                backend.side.create()
+                backend.side.delete_orphans(now, self.batch)
+                digests = backend.side.candidates(self.registry.namespaces, now, self.batch)
+            done = Pass()
+            for digest in digests:
+                done += self._complete(connection, digest)
+            return done
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Run passes until `stop` is set: at once after a full batch, else every `interval`.
+
+        A pass that fails (the database is unreachable) is logged, and the next one tries again.
+        """
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                handled = self.run_once().handled
+            except Exception:
+                logger.warning("A completer pass failed", exc_info=True)
+                handled = 0
+            if handled < self.batch:
+                stop.wait(self.interval)
+
+    def retry(self, identity: Identity) -> Pass:
+        """Give a marked operation its attempts back and run it now (after its cause is fixed).
+
+        Raises:
+            ConfigurationError: no unfinished operation of the registry has this identity.
+        """
+        with self._connection() as connection:
+            backend = self._backend(connection)
+            with _transaction(backend):
+                backend.side.create()
+                if backend.side.row(identity.digest()) is None:
+                    raise ConfigurationError(
+                        f"No unfinished resumable operation has key {identity.key!r} in scope "
+                        f"{identity.scope!r}, namespace {identity.namespace!r}."
+                    )
+                backend.side.reset(identity.digest())
+            return self._complete(connection, identity.digest())
+
+    def find(self, key: str) -> list[ResumableRow]:
+        """Return the unfinished operations whose client key is `key`."""
+        with self._connection() as connection:
+            backend = self._backend(connection)
+            with _transaction(backend):
+                backend.side.create()
+                return backend.side.with_key(key)
+
+    def _complete(self, connection: object, digest: str) -> Pass:
+        """Run one operation from its recovery point; return what became of it."""
+        backend = self._backend(connection)
+        with _transaction(backend):
+            row = backend.side.row(digest)
+        if row is None or row.attention_at is not None:
+            return Pass(skipped=1)
+        if row.attempts >= self.max_attempts:  # spent, but not marked: a crash in between
+            return self._give_up(connection, row)
+        try:
+            phases = self.registry.build(row.identity.namespace, row.request, connection)
+        except Exception as error:  # a request the builder refuses counts as an attempt
+            return self._failed(connection, row, error, counted=False)
+        try:
+            run_phases_on(
+                backend,
+                phases,
+                identity=row.identity,
+                fingerprint=row.fingerprint,
+                lease=self.lease,
+                retention=self.retention,
+                clock=self.clock,
+            )
+        except (SkippedError, InFlightError, FencedError):
+            return Pass(skipped=1)
+        except Exception as error:
+            if backend.claimed is None and not isinstance(error, KeyMismatchError):
+                raise  # the claim itself failed (the database): nothing was attempted
+            return self._failed(connection, row, error, counted=backend.claimed is not None)
+        return Pass(completed=1)
+
+    def _failed(
+        self, connection: object, row: ResumableRow, error: Exception, *, counted: bool
+    ) -> Pass:
+        """Keep `error` on the operation (and count the attempt if its claim did not);
+        give up on it once its attempts are spent."""
+        message = f"{type(error).__name__}: {error}".replace("\n", " ")[:_ERROR_CHARS]
+        logger.warning("Completing %r failed: %s", row.identity.key, message)
+        backend = self._backend(connection)
+        with _transaction(backend):
+            backend.side.count(row.identity.digest(), attempts=0 if counted else 1, error=message)
+            now = backend.side.row(row.identity.digest())
+        if now is not None and now.attempts >= self.max_attempts:
+            return self._give_up(connection, now)
+        return Pass(failed=1)
+
+    def _give_up(self, connection: object, row: ResumableRow) -> Pass:
+        """Mark the operation as needing a person, if it is still as the last attempt left it."""
+        backend = self._backend(connection)
+        digest = row.identity.digest()
+        with _transaction(backend):
+            now = self.clock.now()
+            locked = backend.side.row(digest, lock=True)
+            record = backend.side.record(row.identity, now)
+            if locked is None or locked.attention_at is not None or record is None:
+                return Pass(skipped=1)
+            if record.state is not State.IN_FLIGHT or record.lease_expires_at > now:
+                return Pass(skipped=1)  # finished, or a client holds it now
+            backend.side.mark_attention(digest, now)
+            write_mark(
+                backend.backend,
+                record,
+                attempts=locked.attempts,
+                last_error=locked.last_error,
+                now=now,
+            )
+        logger.error(
+            "Operation %r in namespace %r needs attention after %d attempts: %s",
+            row.identity.key,
+            row.identity.namespace,
+            locked.attempts,
+            locked.last_error,
+        )
+        return Pass(needs_attention=1)
+
+    def _backend(self, connection: object) -> ResumableBackend:
+        return resumable_backend(connection, self.table, CompleterRun(self.max_attempts))
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        connection = self.connect()
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+
+@contextlib.contextmanager
+def _transaction(backend: ResumableBackend) -> Iterator[None]:
+    """One transaction on the backend's connection: committed, or rolled back on an error."""
+    backend.begin()
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            backend.end(commit=False)
+        raise
+    backend.end(commit=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypedDict, TypeVar, cast
 
@@ -28,12 +27,20 @@ from retrysafe._flow import (
     observing,
 )
 from retrysafe._flow.observing import Observation, decide
+from retrysafe._keys import key_text
 from retrysafe._record import Identity
 from retrysafe._serializer import JSONSerializer, Outcomes, Serializer, canonical_bytes
 from retrysafe.observe import Observer
 from retrysafe.stores.base import AsyncStore, Store
 
-__all__ = ["DEFAULT_LEASE", "DEFAULT_RETENTION", "DEFAULT_WAIT", "IdempotentOptions", "idempotent"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "DEFAULT_RETENTION",
+    "DEFAULT_WAIT",
+    "CallOptions",
+    "IdempotentOptions",
+    "idempotent",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -41,17 +48,23 @@ T = TypeVar("T")
 KeyFunction = Callable[..., object]
 
 
-class IdempotentOptions(TypedDict, total=False):
-    """The options of `idempotent` besides the store, the key and the fingerprint."""
+class CallOptions(TypedDict, total=False):
+    """The options of an idempotent call that every decorator takes: `idempotent`'s, and the
+    consumers' (which name the namespace themselves)."""
 
     scope: str | KeyFunction
-    namespace: str | None
     retention: float
     lease: float
     wait: float
     final_exceptions: tuple[type[BaseException], ...]
     serializer: Serializer | None
     observers: Sequence[Observer]
+
+
+class IdempotentOptions(CallOptions, total=False):
+    """The options of `idempotent` besides the store, the key and the fingerprint."""
+
+    namespace: str | None
 
 
 def idempotent(
@@ -228,7 +241,7 @@ class _Plan:
                 arguments = bound.arguments
         raw_key = arguments[self.key] if isinstance(self.key, str) else self.key(*args, **kwargs)
         scope = self.scope if isinstance(self.scope, str) else self.scope(*args, **kwargs)
-        identity = Identity(self.namespace, str(scope), _key_text(raw_key))
+        identity = Identity(self.namespace, str(scope), key_text(raw_key))
         if isinstance(self.fingerprint, tuple):
             chosen: object = {name: arguments[name] for name in self.fingerprint}
         else:
@@ -246,16 +259,6 @@ class _Plan:
     def is_final(self, error: BaseException) -> bool:
         """Return whether `error` is stored as the outcome rather than releasing the key."""
         return isinstance(error, self.final_exceptions)
-
-
-def _key_text(raw: object) -> str:
-    if isinstance(raw, str) and raw:
-        return raw
-    if isinstance(raw, int | uuid.UUID) and not isinstance(raw, bool):
-        return str(raw)
-    raise InvalidKeyError(
-        f"An idempotency key must be a non-empty str, an int or a UUID, not {raw!r}."
-    )
 
 
 def _call_sync(

@@ -16,7 +16,7 @@ from http_sfv.types import Token
 
 from retrysafe._errors import InvalidKeyError
 
-__all__ = ["KeyPolicy", "parse_key"]
+__all__ = ["KeyPolicy", "key_text", "parse_key"]
 
 # A bare key: visible ASCII without DQUOTE or backslash, which belong to the quoted form.
 _BARE_KEY = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -117,3 +117,16 @@ def _check_policy(key: str, policy: KeyPolicy) -> None:
             uuid.UUID(key)
         except ValueError:
             raise InvalidKeyError("The Idempotency-Key must be a UUID.") from None
+
+
+def key_text(raw: object, what: str = "An idempotency key") -> str:
+    """Return a key given in code as stored: a non-empty `str`, an `int` or a `UUID`.
+
+    Raises:
+        InvalidKeyError: anything else (`what` names it in the message).
+    """
+    if isinstance(raw, str) and raw:
+        return raw
+    if isinstance(raw, int | uuid.UUID) and not isinstance(raw, bool):
+        return str(raw)
+    raise InvalidKeyError(f"{what} must be a non-empty str, an int or a UUID, not {raw!r}.")

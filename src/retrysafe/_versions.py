@@ -11,13 +11,13 @@ that the generated code calls `Heartbeat`.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Final, TypeAlias, TypeVar
 
 from retrysafe._errors import ConfigurationError, InvalidKeyError
 from retrysafe._heartbeat import THREADS, AsyncHeartbeat, ThreadJob, every
+from retrysafe._keys import key_text
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -65,13 +65,7 @@ def entity_text(raw: object) -> str:
     """Return an entity id as stored: a non-empty `str`, an `int` or a `UUID` (or their bytes)."""
     if isinstance(raw, bytes | bytearray):
         raw = bytes(raw).decode("utf-8", "surrogateescape")
-    if isinstance(raw, str) and raw:
-        return raw
-    if isinstance(raw, int | uuid.UUID) and not isinstance(raw, bool):
-        return str(raw)
-    raise InvalidKeyError(
-        f"A versioned message's entity must be a non-empty str, an int or a UUID, not {raw!r}."
-    )
+    return key_text(raw, "A versioned message's entity")
 
 
 def version_number(raw: object) -> int:

@@ -8,7 +8,7 @@ import sys
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +20,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_USAGE",
+    "DatabaseOption",
     "console",
     "errors_as_one_line",
     "fail",
@@ -133,3 +134,16 @@ def human_bytes(size: int) -> str:
 def _one_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return " ".join(text.split("\n")[0].split())
+
+
+DatabaseOption = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="RETRYSAFE_STORE",
+        metavar="URL",
+        help="The application's database, where its transactions write: sqlite:///path.db or "
+        "postgresql://... (its table= option names the records table).",
+    ),
+]
+"""`--store` of the commands that work on transactional mode's tables (complete, outbox-relay)."""

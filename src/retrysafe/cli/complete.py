@@ -20,7 +20,14 @@ from typing import Annotated
 import typer
 
 from retrysafe._record import Identity
-from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail, parse_duration
+from retrysafe.cli._common import (
+    EXIT_USAGE,
+    DatabaseOption,
+    console,
+    errors_as_one_line,
+    fail,
+    parse_duration,
+)
 from retrysafe.completer import Completer, Pass, Registry
 from retrysafe.completer._connect import connector
 from retrysafe.demo import redact_url
@@ -40,16 +47,7 @@ Examples:
 
 def complete(
     *,
-    store_url: Annotated[
-        str,
-        typer.Option(
-            "--store",
-            envvar="RETRYSAFE_STORE",
-            metavar="URL",
-            help="The application's database: sqlite:///path.db or postgresql://... (its "
-            "table= option names the records table).",
-        ),
-    ],
+    store_url: DatabaseOption,
     app: Annotated[
         str,
         typer.Option(

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from retrysafe.cli._common import console, errors_as_one_line, parse_duration
+from retrysafe.cli._common import DatabaseOption, console, errors_as_one_line, parse_duration
 from retrysafe.demo import redact_url
 from retrysafe.outbox import AmqpPublisher, Relay
 
@@ -34,16 +34,7 @@ Examples:
 
 def outbox_relay(
     *,
-    store_url: Annotated[
-        str,
-        typer.Option(
-            "--store",
-            envvar="RETRYSAFE_STORE",
-            metavar="URL",
-            help="The store whose transactions write the outbox: sqlite:///path.db or "
-            "postgresql://... (its table= option names the records table).",
-        ),
-    ],
+    store_url: DatabaseOption,
     to: Annotated[
         str,
         typer.Option("--to", metavar="URL", help="The broker: amqp://user:password@host:5672/."),

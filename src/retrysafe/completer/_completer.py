@@ -19,8 +19,8 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Final, TypedDict
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._errors import ConfigurationError, FencedError, InFlightError, KeyMismatchError
@@ -69,6 +69,15 @@ class Pass:
         return self.completed + self.failed + self.skipped + self.needs_attention
 
 
+class _Terms(TypedDict):
+    """The claim's terms the completer holds an operation with."""
+
+    lease: float
+    retention: float
+    clock: Clock
+
+
+@dataclass
 class Completer:
     """Re-drives the registry's operations that were left in flight past their lease.
 
@@ -88,33 +97,29 @@ class Completer:
         clock: the time source (default: the system clock).
     """
 
-    def __init__(
-        self,
-        registry: Registry,
-        *,
-        connect: Callable[[], Any],
-        table: str = DEFAULT_TABLE,
-        max_attempts: int = 5,
-        lease: float = DEFAULT_LEASE,
-        retention: float = DEFAULT_RETENTION,
-        batch: int = 100,
-        interval: float = 5.0,
-        clock: Clock | None = None,
-    ) -> None:
-        if max_attempts < 1 or batch < 1 or lease <= 0 or retention <= 0 or interval < 0:
+    registry: Registry
+    _: KW_ONLY
+    connect: Callable[[], Any]
+    table: str = DEFAULT_TABLE
+    max_attempts: int = 5
+    lease: float = DEFAULT_LEASE
+    retention: float = DEFAULT_RETENTION
+    batch: int = 100
+    interval: float = 5.0
+    clock: Clock = field(default_factory=SystemClock)
+
+    def __post_init__(self) -> None:
+        if (
+            self.max_attempts < 1
+            or self.batch < 1
+            or self.lease <= 0
+            or self.retention <= 0
+            or self.interval < 0
+        ):
             raise ConfigurationError(
                 "max_attempts and batch must be at least 1, lease and retention positive, "
                 "interval not negative."
             )
-        self.registry = registry
-        self.connect = connect
-        self.table = table
-        self.max_attempts = max_attempts
-        self.lease = lease
-        self.retention = retention
-        self.batch = batch
-        self.interval = interval
-        self.clock: Clock = clock or SystemClock()
 
     def run_once(self) -> Pass:
         """Look at the operations waiting now (up to `batch`); return what was done."""
@@ -185,14 +190,9 @@ class Completer:
         except Exception as error:  # a request the builder refuses counts as an attempt
             return self._failed(connection, row, error, counted=False)
         try:
+            terms = _Terms(lease=self.lease, retention=self.retention, clock=self.clock)
             run_phases_on(
-                backend,
-                phases,
-                identity=row.identity,
-                fingerprint=row.fingerprint,
-                lease=self.lease,
-                retention=self.retention,
-                clock=self.clock,
+                backend, phases, identity=row.identity, fingerprint=row.fingerprint, **terms
             )
         except (SkippedError, InFlightError, FencedError):
             return Pass(skipped=1)

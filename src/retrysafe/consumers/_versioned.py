@@ -18,17 +18,16 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any, Final, ParamSpec, TypedDict, TypeVar, Unpack, cast, overload
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Final, ParamSpec, TypeVar, Unpack, cast, overload
 
 import anyio
 
+from retrysafe._decorator import CallOptions
 from retrysafe._errors import ConfigurationError, InvalidKeyError
 from retrysafe._flow import DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_WAIT
-from retrysafe._serializer import Serializer
 from retrysafe._versions import DEFAULT_TABLE, ENTITIES_SUFFIX, entity_text, version_number
 from retrysafe.consumers._messages import idempotent_message, message_body_of, message_id_of
-from retrysafe.observe import Observer
 
 __all__ = ["VersionCounter", "message_header", "versioned_message"]
 
@@ -39,17 +38,9 @@ KeyFunction = Callable[..., object]
 _LOGGER: Final = logging.getLogger("retrysafe.consumers")
 
 
-class VersionedOptions(TypedDict, total=False):
+class VersionedOptions(CallOptions, total=False):
     """The options of `versioned_message` that store mode passes on to `idempotent_message`
     (`scope` serves both modes)."""
-
-    scope: str | KeyFunction
-    retention: float
-    lease: float
-    wait: float
-    final_exceptions: tuple[type[BaseException], ...]
-    serializer: Serializer | None
-    observers: Sequence[Observer]
 
 
 class VersionCounter:

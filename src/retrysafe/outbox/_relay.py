@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import TracebackType
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
 from retrysafe._clock import Clock, SystemClock
@@ -37,6 +37,7 @@ class Publisher(Protocol):
         ...
 
 
+@dataclass(eq=False)
 class Relay:
     """Moves committed outbox messages to a publisher.
 
@@ -53,36 +54,32 @@ class Relay:
         clock: the time source (default: the system clock).
     """
 
-    def __init__(
-        self,
-        store: object,
-        publisher: Publisher,
-        *,
-        table: str | None = None,
-        batch: int = 100,
-        poll_interval: float = 1.0,
-        max_backoff: float = 30.0,
-        retention: float = 86400.0,
-        clock: Clock | None = None,
-    ) -> None:
-        if batch < 1 or poll_interval <= 0 or max_backoff < poll_interval or retention <= 0:
+    store: object
+    publisher: Publisher
+    _: KW_ONLY
+    table: str | None = None
+    batch: int = 100
+    poll_interval: float = 1.0
+    max_backoff: float = 30.0
+    retention: float = 86400.0
+    clock: Clock = field(default_factory=SystemClock)
+    published: int = field(default=0, init=False)
+    """How many messages this relay published and marked."""
+    _source: OutboxSource | None = field(default=None, init=False, repr=False)
+    _next_purge: float = field(default=0.0, init=False, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if (
+            self.batch < 1
+            or self.poll_interval <= 0
+            or self.max_backoff < self.poll_interval
+            or self.retention <= 0
+        ):
             raise ConfigurationError(
                 "Need batch >= 1, poll_interval > 0, max_backoff >= poll_interval and "
                 "retention > 0."
             )
-        self.publisher = publisher
-        self.batch = batch
-        self.poll_interval = poll_interval
-        self.max_backoff = max_backoff
-        self.retention = retention
-        self.clock: Clock = clock or SystemClock()
-        self._store = store
-        self._table = table
-        self._source: OutboxSource | None = None
-        self._next_purge = 0.0
-        self._stopping = threading.Event()
-        self.published = 0
-        """How many messages this relay published and marked."""
 
     def run_once(self) -> int:
         """Publish one batch and mark it; purge old published messages now and then; return
@@ -133,17 +130,12 @@ class Relay:
     def __enter__(self) -> Relay:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _opened(self) -> OutboxSource:
         if self._source is None:
-            source = open_source(self._store, self._table)
+            source = open_source(self.store, self.table)
             try:
                 source.prepare()
             except BaseException:

@@ -18,6 +18,9 @@ for version in "${versions[@]}"; do
     echo "== Python $version: $python"
     UV_PROJECT_ENVIRONMENT="$venv-$version" "$uv" sync --quiet --frozen --all-extras --python "$python"
 done
+# Job control: a background job of a script ignores Ctrl+C (SIGINT) otherwise, and so would
+# every process its tests start, which the tests of Ctrl+C need to receive it.
+set -m
 pids=()
 for version in "${versions[@]}"; do
     "$venv-$version/bin/python" -m pytest -q -m "not services and not docs" -p no:cacheprovider "$@" \

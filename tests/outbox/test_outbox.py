@@ -252,7 +252,7 @@ def test_two_postgres_relays_share_the_work_and_never_publish_twice(
         for n in range(10):
             order("psycopg", database, f"k{n}")
         published: list[tuple[str, str]] = []
-        b_published = threading.Event()
+        a_holding, b_published = threading.Event(), threading.Event()
         lock = threading.Lock()
 
         def publisher(name: str) -> Any:
@@ -261,7 +261,9 @@ def test_two_postgres_relays_share_the_work_and_never_publish_twice(
                     published.append((name, message.message_id))
                 if name == "B":
                     b_published.set()
-                elif not b_published.wait(WAIT):  # A holds its first batch until B published
+                    return
+                a_holding.set()  # A has its first batch locked, and publishes it...
+                if not b_published.wait(WAIT):  # ...only once B published some other rows
                     raise AssertionError("relay B waited for relay A's locked rows")
 
             return publish
@@ -276,6 +278,7 @@ def test_two_postgres_relays_share_the_work_and_never_publish_twice(
         ):
             thread = threading.Thread(target=drain, args=(a,))
             thread.start()
+            assert a_holding.wait(WAIT), "relay A never took a batch"
             drain(b)
             thread.join(WAIT)
             assert not thread.is_alive()

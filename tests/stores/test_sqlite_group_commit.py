@@ -202,7 +202,7 @@ def test_b17_an_error_that_undoes_the_transaction_fails_every_write_of_the_group
 # write of the group spills the page cache to the WAL in the middle of its statement.
 _IO_ERROR_CHILD = textwrap.dedent(
     """
-    import asyncio, contextlib, json, resource, signal, sqlite3, sys, time
+    import asyncio, contextlib, json, resource, signal, sqlite3, sys, threading, time
     from retrysafe import Identity, ManualClock
     from retrysafe.stores.sqlite import AsyncSQLiteStore
 
@@ -224,15 +224,16 @@ _IO_ERROR_CHILD = textwrap.dedent(
         await runner.write(lambda c, now: c.execute("PRAGMA cache_size = 2"))
         with contextlib.closing(sqlite3.connect(path)) as checkpoint:
             checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        began = threading.Event()  # the writer's next group began its transaction
+        traced = lambda sql: began.set() if sql.startswith("BEGIN") else None
+        await runner.write(lambda c, now: c.set_trace_callback(traced))
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
-        submitted = []
-        submit = runner._writer.submit
-        runner._writer.submit = lambda job: (submit(job), submitted.append(job))
         first = asyncio.ensure_future(store.delete(ident("absent")))  # waits for the lock
         deadline = time.monotonic() + 10
-        # Until it is queued, and then taken by the writer (which waits for the lock).
-        while not submitted or runner._writer._thread.jobs.qsize():
+        # Until the writer has made its group of `first` alone and waits for the lock in
+        # BEGIN IMMEDIATE: the claims below make the next group.
+        while not began.is_set():
             assert time.monotonic() < deadline
             await asyncio.sleep(0.001)
         calls = [store.claim(ident(f"k{n}"), "fp", lease=30, retention=3600) for n in range(4)]

@@ -39,7 +39,8 @@ browser:
 	     && apt-get install -y -q chromium >/dev/null && echo "installed Debian's chromium"; } \
 	|| echo "chromium not found: the console's browser tests skip (fail under CI=true)"
 
-## test: every test, against real PostgreSQL, Redis and RabbitMQ when reachable (or started here)
+## test: every test, against real PostgreSQL, Redis, MariaDB, RabbitMQ and NATS when reachable
+## (or started here from local binaries, RabbitMQ excepted)
 test: setup browser
 	$(PY) scripts/services.py -- $(PY) -m pytest $(PYTEST_ARGS)
 

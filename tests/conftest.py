@@ -1,7 +1,9 @@
-"""Shared fixtures: real PostgreSQL, Redis, Redis Cluster and RabbitMQ, found or skipped loudly.
+"""Shared fixtures: real PostgreSQL, Redis, Redis Cluster, MariaDB, RabbitMQ and NATS, found or
+skipped loudly.
 
 `make test` finds the servers on their usual loopback ports or starts throwaway ones, and passes
-their URLs in RETRYSAFE_TEST_POSTGRES_URL, RETRYSAFE_TEST_REDIS_URL and RETRYSAFE_TEST_AMQP_URL.
+their URLs in RETRYSAFE_TEST_POSTGRES_URL, RETRYSAFE_TEST_REDIS_URL, RETRYSAFE_TEST_MYSQL_URL,
+RETRYSAFE_TEST_AMQP_URL and RETRYSAFE_TEST_NATS_URL.
 It starts a Redis Cluster too, passing its seeds in RETRYSAFE_TEST_REDIS_CLUSTER_URL and its
 nodes' ports, processes and roles in RETRYSAFE_TEST_REDIS_CLUSTER_NODES.
 A test that needs a server that is not reachable is skipped with a loud message, except under
@@ -28,6 +30,8 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("RETRYSAFE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+MYSQL_URL = os.environ.get("RETRYSAFE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+NATS_URL = os.environ.get("RETRYSAFE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 REDIS_CLUSTER_URL = os.environ.get("RETRYSAFE_TEST_REDIS_CLUSTER_URL", "")
 REDIS_CLUSTER_NODES = os.environ.get("RETRYSAFE_TEST_REDIS_CLUSTER_NODES", "")
 
@@ -95,6 +99,18 @@ def amqp_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """The URL of a real MySQL or MariaDB server (`mysql://user[:password]@host[:port]/db`)."""
+    return require_service("MariaDB", MYSQL_URL, 3306)
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """The URL of a real NATS server with JetStream."""
+    return require_service("NATS", NATS_URL, 4222)
+
+
+@pytest.fixture(scope="session")
 def redis_cluster_url() -> str:
     """The `redis+cluster://` URL of a real Redis Cluster, its seeds the masters."""
     if not REDIS_CLUSTER_URL:
@@ -151,6 +167,13 @@ def fresh_store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path
             yield f"{base}?table={table}"
         finally:
             drop_postgres_tables(base, table)
+    elif backend == "mysql":
+        base = request.getfixturevalue("mysql_url")
+        table = unique_name()
+        try:
+            yield f"{base}?table={table}"
+        finally:
+            drop_mysql_tables(base, table)
     elif backend == "redis":
         base = request.getfixturevalue("redis_url")
         prefix = unique_name()
@@ -180,6 +203,33 @@ def drop_postgres_tables(url: str, *tables: str) -> None:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
 
 
+def drop_mysql_tables(url: str, *tables: str) -> None:
+    """Drop the tables a test created (and the side tables named after them), and nothing else."""
+    import pymysql
+
+    parts = urlsplit(url.split("?", 1)[0])
+    conn = pymysql.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        database=parts.path.lstrip("/"),
+        autocommit=True,
+    )
+    try:
+        with conn.cursor() as cursor:
+            for table in tables:
+                cursor.execute(
+                    "SELECT table_name FROM information_schema.tables"
+                    " WHERE table_schema = DATABASE() AND table_name LIKE %s",
+                    (f"{table}%",),  # unique: its `_` wildcards match only its own tables
+                )
+                for (name,) in cursor.fetchall():
+                    cursor.execute(f"DROP TABLE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
 def delete_redis_prefix(url: str, prefix: str) -> None:
     """Delete the Redis keys under a prefix a test used, and nothing else."""
     import redis
@@ -206,10 +256,18 @@ def delete_redis_cluster_prefix(url: str, prefix: str) -> None:
 
 
 _SERVICE_FIXTURES = frozenset(
-    {"postgres_url", "redis_url", "amqp_url", "redis_cluster_url", "redis_cluster_nodes"}
+    {
+        "postgres_url",
+        "redis_url",
+        "mysql_url",
+        "amqp_url",
+        "nats_url",
+        "redis_cluster_url",
+        "redis_cluster_nodes",
+    }
 )
-_SERVICE_PARAMS = frozenset({"postgres", "redis", "rabbitmq"})
-_SERVICE_MARKERS = ("postgres", "redis", "rabbitmq")
+_SERVICE_PARAMS = frozenset({"postgres", "redis", "mysql", "rabbitmq", "nats"})
+_SERVICE_MARKERS = ("postgres", "redis", "mysql", "rabbitmq", "nats")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

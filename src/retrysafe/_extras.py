@@ -11,11 +11,13 @@ middleware and the decorator. Every other face needs an extra:
 | `requests`   | requests, tenacity                     | `retrysafe.client.IdempotentAdapter`    |
 | `redis`      | redis-py, hiredis                      | the Redis store                         |
 | `postgres`   | psycopg 3, psycopg_pool                | the PostgreSQL store and transactions   |
+| `mysql`      | PyMySQL, aiomysql                      | the MySQL store and transactions        |
 | `sqlalchemy` | SQLAlchemy                             | `transactions.sqlalchemy`               |
 | `prometheus` | prometheus-client                      | `retrysafe.observe.prometheus`          |
 | `otel`       | opentelemetry-api                      | `retrysafe.observe.otel`                |
 | `encryption` | cryptography                           | `?encryption_key_env=`, `Keyring`       |
 | `amqp`       | pika                                   | the outbox relay's RabbitMQ publisher   |
+| `nats`       | nats-py                                | `consumers.jetstream_message`           |
 """
 
 from __future__ import annotations

@@ -67,7 +67,12 @@ _REDIS_CLUSTER = re.compile(r"redis\+cluster://10\.0\.0\.1:7000,10\.0\.0\.2:7000
 _POSTGRES = re.compile(
     r"postgres(?:ql)?(?P<driver>\+\w+)?://(?:[\w:]+@)?(?:db(?:\.internal)?|127\.0\.0\.1)/app\b"
 )
+_MYSQL = re.compile(
+    r"mysql(?P<driver>\+\w+)?://(?:[\w:]+@)?(?:db(?:\.internal)?|localhost|127\.0\.0\.1)"
+    r"(?::3306)?/(?:app|test)\b"
+)
 _AMQP = re.compile(r"amqp://guest:guest@(?:localhost|127\.0\.0\.1)(?::5672)?/")
+_NATS = re.compile(r"nats://(?:localhost|127\.0\.0\.1):4222\b")
 _URL = re.compile(r"http://(?:127\.0\.0\.1|localhost):\d+")
 _SCRIPT = re.compile(r"(?<![\w/<])((?:benchmarks|scripts)/[\w/.-]+\.py)\b")
 _OUTPUT = doctest.OutputChecker()
@@ -77,7 +82,8 @@ SERVER_START_TIMEOUT = 30.0
 
 
 def needs(text: str) -> set[str]:
-    """The services (`redis`, `postgres`, `redis_cluster`, `rabbitmq`) a page's blocks reach."""
+    """The services (`redis`, `postgres`, `mysql`, `redis_cluster`, `rabbitmq`, `nats`) a page's
+    blocks reach."""
     blocks = "\n".join(match.group(2) for match in _FENCE.finditer(text))
     found = set()
     if _REDIS.search(blocks):
@@ -86,8 +92,12 @@ def needs(text: str) -> set[str]:
         found.add("postgres")
     if _REDIS_CLUSTER.search(blocks):
         found.add("redis_cluster")
+    if _MYSQL.search(blocks):
+        found.add("mysql")
     if _AMQP.search(blocks):
         found.add("rabbitmq")
+    if _NATS.search(blocks):
+        found.add("nats")
     return found
 
 
@@ -98,7 +108,9 @@ class Services:
     redis: str | None = None  # "redis://HOST:PORT", no database
     postgres: str | None = None  # the page's own database
     redis_cluster: str | None = None  # "redis+cluster://HOST:PORT,.../", no query
+    mysql: str | None = None  # the page's own database
     rabbitmq: str | None = None  # "amqp://USER:PASSWORD@HOST:PORT/"
+    nats: str | None = None  # "nats://HOST:PORT"
 
     def apply(self, text: str) -> str:
         """`text` with every service address a block names swapped for this run's server."""
@@ -107,8 +119,13 @@ class Services:
         if self.postgres is not None:
             database = self.postgres.split("://", 1)[1]
             text = _POSTGRES.sub(lambda m: f"postgresql{m['driver'] or ''}://{database}", text)
+        if self.mysql is not None:
+            database = self.mysql.split("://", 1)[1]
+            text = _MYSQL.sub(lambda m: f"mysql{m['driver'] or ''}://{database}", text)
         if self.rabbitmq is not None:
             text = _AMQP.sub(self.rabbitmq, text)
+        if self.nats is not None:
+            text = _NATS.sub(self.nats, text)
         if self.redis_cluster is not None:
             text = _REDIS_CLUSTER.sub(self.redis_cluster, text)
         return text

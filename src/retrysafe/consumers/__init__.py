@@ -24,6 +24,22 @@ Acknowledge only after the handler returns: the outcome is stored by then, so a 
 the two makes the broker redeliver a message whose replay is a no-op. See docs/functions.md for
 the whole pattern, pika, Celery and other task runners.
 
+NATS JetStream messages carry their id in the `Nats-Msg-Id` header, which `idempotent_message`
+reads too. `jetstream_message` (extra `[nats]`) adds the acknowledgement discipline: it acks a
+delivery once its outcome is stored, sends in-progress acks while a slow handler runs (so
+`ack_wait` does not redeliver it meanwhile), `term`s what no redelivery can fix and `nak`s the
+rest:
+
+    @jetstream_message(store, namespace="orders.charge", ack_wait=30)
+    async def charge(msg: nats.aio.msg.Msg) -> None:
+        await payments.charge(json.loads(msg.data))
+
+    await js.subscribe("orders.new", durable="charge", cb=charge, manual_ack=True)
+
+JetStream's own deduplication (`Nats-Msg-Id` within the stream's `duplicate_window`) drops a
+duplicate *publish*; it does nothing about a message *delivered* twice, which is what these
+decorators are for.
+
 `versioned_message` deduplicates by (entity, version) instead: a message that carries an
 entity id and a version is applied only if its version is newer than the last one applied for
 that entity; an older or equal one is skipped (the handler is not called) and counted in a
@@ -39,11 +55,13 @@ from retrysafe.consumers._messages import (
     message_id_of,
     should_requeue,
 )
+from retrysafe.consumers._nats import jetstream_message
 from retrysafe.consumers._versioned import VersionCounter, message_header, versioned_message
 
 __all__ = [
     "VersionCounter",
     "idempotent_message",
+    "jetstream_message",
     "message_body_of",
     "message_header",
     "message_id_of",

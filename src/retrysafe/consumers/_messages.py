@@ -3,18 +3,27 @@ docstring)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, Unpack
+from collections.abc import Callable, Mapping
+from typing import Any, Final, ParamSpec, TypeVar, Unpack
 
 from retrysafe._decorator import IdempotentOptions, idempotent
 from retrysafe._errors import ConfigurationError, InvalidKeyError, KeyMismatchError, OutcomeError
 from retrysafe._flow.observing import FacedObservers
 from retrysafe.stores.base import AsyncStore, Store
 
-__all__ = ["idempotent_message", "message_body_of", "message_id_of", "should_requeue"]
+__all__ = [
+    "NATS_MSG_ID",
+    "idempotent_message",
+    "message_body_of",
+    "message_id_of",
+    "should_requeue",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+NATS_MSG_ID: Final = "Nats-Msg-Id"
+"""The header that carries a NATS message's id (JetStream's own publish deduplication reads it)."""
 
 # Errors that a redelivery cannot fix: the same message would fail the same way forever.
 _PERMANENT = (InvalidKeyError, KeyMismatchError, OutcomeError, ConfigurationError)
@@ -23,14 +32,27 @@ _PERMANENT = (InvalidKeyError, KeyMismatchError, OutcomeError, ConfigurationErro
 def message_id_of(*args: Any, **kwargs: Any) -> str:
     """Return the message id of a handler's message, found among its arguments.
 
-    The first argument with a non-empty `message_id` attribute wins: an aio-pika message, or
-    the `properties` that pika passes to a callback. A message without an id cannot be
-    deduplicated: `InvalidKeyError` (publishers must set `message_id`).
+    The first argument that carries an id wins: a non-empty `message_id` attribute (an aio-pika
+    message, or the `properties` that pika passes to a callback), or a non-empty `Nats-Msg-Id`
+    header (a NATS JetStream message, whose `headers` is a dict or None). A message without an
+    id cannot be deduplicated: `InvalidKeyError` (publishers must set one).
     """
+    nats = False
     for value in (*args, *kwargs.values()):
         found = getattr(value, "message_id", None)
         if found:
             return str(found)
+        headers = getattr(value, "headers", None)
+        if isinstance(headers, Mapping) and headers.get(NATS_MSG_ID):
+            return str(headers[NATS_MSG_ID])
+        nats = nats or _is_nats_message(value)
+    if nats:
+        raise InvalidKeyError(
+            f"The NATS message has no {NATS_MSG_ID} header, so its deliveries cannot be told "
+            f"apart: the publisher must set it, as js.publish(subject, body, "
+            f'headers={{"{NATS_MSG_ID}": order_id}}), the same id on every re-publish; or pass '
+            "idempotent_message(message_id=...) another key."
+        )
     raise InvalidKeyError(
         "The message has no message_id, so its deliveries cannot be told apart: publish it "
         "with a message_id, or pass idempotent_message(message_id=...) another key."
@@ -38,7 +60,8 @@ def message_id_of(*args: Any, **kwargs: Any) -> str:
 
 
 def message_body_of(*args: Any, **kwargs: Any) -> bytes:
-    """Return the body of a handler's message: the first `bytes` argument or `.body` attribute.
+    """Return the body of a handler's message: the first `bytes` argument, or `.body` (AMQP)
+    or `.data` (NATS) attribute.
 
     This is the fingerprint: one message id published with two different bodies raises
     `KeyMismatchError` instead of replaying the wrong outcome.
@@ -46,10 +69,16 @@ def message_body_of(*args: Any, **kwargs: Any) -> bytes:
     for value in (*args, *kwargs.values()):
         if isinstance(value, bytes | bytearray | memoryview):
             return bytes(value)
-        body = getattr(value, "body", None)
-        if isinstance(body, bytes | bytearray | memoryview):
-            return bytes(body)
+        for name in ("body", "data"):
+            body = getattr(value, name, None)
+            if isinstance(body, bytes | bytearray | memoryview):
+                return bytes(body)
     return b""
+
+
+def _is_nats_message(value: object) -> bool:
+    """Whether `value` looks like a NATS message (`nats.aio.msg.Msg`), without importing nats."""
+    return isinstance(getattr(value, "data", None), bytes) and hasattr(value, "reply")
 
 
 def should_requeue(error: BaseException) -> bool:

@@ -1,0 +1,213 @@
+"""`jetstream_message`: a NATS JetStream handler whose effect happens once per message id, and
+which settles each delivery itself: acknowledged once its outcome is stored, never before.
+
+JetStream redelivers a message that was not acknowledged within the consumer's `ack_wait`, that
+was `nak`ed, or whose consumer died. `idempotent_message` already turns those redeliveries into
+replays; what is left is the acknowledgement discipline, which is easy to get subtly wrong:
+
+- ack only after the handler returned (its outcome is stored by then), so a crash between the
+  two costs a redelivery that replays, never a lost effect;
+- while a handler runs, tell JetStream it is alive (`in_progress`, every third of `ack_wait`),
+  or a slow handler's message is delivered again meanwhile. That duplicate would not run the
+  effect twice (it finds the message id in flight, waits, and replays or is refused), but it
+  costs a delivery attempt and a consumer slot. The in-progress acks run during the wait for a
+  duplicate in flight too, so a waiting delivery is not redelivered in turn;
+- `term` what no redelivery can fix (no `Nats-Msg-Id`, one id re-used with another body, an
+  outcome that cannot be stored, the handler's `final_exceptions`), so it is not redelivered
+  forever; `nak` the rest, after a delay, so a store outage does not spin the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, Unpack
+
+from retrysafe._decorator import IdempotentOptions
+from retrysafe._errors import ConfigurationError, FencedError, InFlightError
+from retrysafe._extras import missing_extra
+from retrysafe.consumers._messages import (
+    idempotent_message,
+    message_body_of,
+    message_id_of,
+    should_requeue,
+)
+from retrysafe.stores.base import AsyncStore
+
+__all__ = ["JetStreamMessage", "jetstream_message"]
+
+P = ParamSpec("P")
+MessageT = TypeVar("MessageT", bound="JetStreamMessage")
+
+_LOGGER: Final = logging.getLogger("retrysafe.consumers")
+DEFAULT_ACK_WAIT: Final = 30.0  # JetStream's own default for a consumer's ack_wait
+DEFAULT_NAK_DELAY: Final = 1.0
+
+
+class JetStreamMessage(Protocol):
+    """What `jetstream_message` uses of a message: `nats.aio.msg.Msg` is one."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def reply(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, str] | None: ...
+
+    @property
+    def is_acked(self) -> bool: ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float | None = None) -> None: ...
+
+    async def term(self) -> None: ...
+
+    async def in_progress(self) -> None: ...
+
+
+def jetstream_message(
+    store: AsyncStore,
+    *,
+    ack_wait: float = DEFAULT_ACK_WAIT,
+    nak_delay: float = DEFAULT_NAK_DELAY,
+    message_id: Callable[..., object] = message_id_of,
+    body: Callable[..., object] = message_body_of,
+    **options: Unpack[IdempotentOptions],
+) -> Callable[
+    [Callable[Concatenate[MessageT, P], Awaitable[object]]],
+    Callable[Concatenate[MessageT, P], Coroutine[Any, Any, None]],
+]:
+    """Make an async JetStream handler run once per message id, and settle every delivery.
+
+    The decorated handler takes the `nats.aio.msg.Msg` first (a callback for
+    `js.subscribe(..., cb=handler, manual_ack=True)`, or called on each message a pull
+    subscription fetched) and returns None once the delivery is settled: `ack` after the
+    handler returned or replayed, `term` for an error that no redelivery fixes, `nak` (after
+    `nak_delay` seconds) for any other. Errors are logged on `retrysafe.consumers`, not
+    raised. Cancellation settles nothing: JetStream redelivers after `ack_wait`.
+
+    Args:
+        store: an async store (`open_async_store`).
+        ack_wait: seconds, the consumer's `ack_wait` (JetStream's default is 30): in-progress
+            acks go every third of it while the handler runs or waits for a duplicate.
+        nak_delay: seconds before JetStream redelivers a `nak`ed delivery; a delivery refused
+            because another is still running (`InFlightError`) is redelivered after its
+            `retry_after` instead.
+        message_id: a callable of the handler's arguments returning the key; by default the
+            `Nats-Msg-Id` header.
+        body: a callable of the handler's arguments returning the fingerprinted content; by
+            default the message's data.
+        lease: seconds an in-flight delivery holds the id unless its heartbeat renews it;
+            default `ack_wait`, so a dead consumer's message is taken over as soon as
+            JetStream redelivers it.
+        **options: the rest of `idempotent_message`'s options (`namespace`, `scope`,
+            `retention`, `wait`, `final_exceptions`, `serializer`, `observers`).
+    """
+    if ack_wait <= 0 or nak_delay < 0:
+        raise ConfigurationError("ack_wait must be positive and nak_delay not negative.")
+    not_jetstream = _not_jetstream_error()
+    options.setdefault("lease", ack_wait)
+    final = options.get("final_exceptions", ())
+    once = idempotent_message(store, message_id=message_id, body=body, **options)
+
+    def decorate(
+        handler: Callable[Concatenate[MessageT, P], Awaitable[object]],
+    ) -> Callable[Concatenate[MessageT, P], Coroutine[Any, Any, None]]:
+        if not inspect.iscoroutinefunction(handler):
+            raise ConfigurationError(
+                f"jetstream_message needs an async handler; {handler.__qualname__} is not one."
+            )
+        handle = once(handler)
+
+        @functools.wraps(handler)
+        async def settle(msg: MessageT, /, *args: P.args, **kwargs: P.kwargs) -> None:
+            where = _where(msg, not_jetstream)
+            beat = asyncio.create_task(_in_progress(msg, ack_wait / 3, where))
+            failed: Exception | None = None
+            try:
+                await handle(msg, *args, **kwargs)
+            except Exception as error:
+                failed = error
+            finally:
+                beat.cancel()  # before settling: no in-progress ack after the ack
+            if failed is not None:
+                await _settle_failure(msg, failed, where, final, nak_delay)
+            elif not msg.is_acked:  # the handler may have settled it itself
+                await msg.ack()
+
+        return settle
+
+    return decorate
+
+
+async def _settle_failure(
+    msg: JetStreamMessage,
+    error: Exception,
+    where: str,
+    final: tuple[type[BaseException], ...],
+    nak_delay: float,
+) -> None:
+    """Settle a delivery whose handler raised: term, nak, or (fenced) ack."""
+    if msg.is_acked:
+        _LOGGER.warning("%s failed after its handler settled it", where, exc_info=error)
+    elif isinstance(error, FencedError):
+        # This delivery ran, and another took its id over and ran too: the newer outcome
+        # stands and every redelivery replays it, so there is nothing left to deliver.
+        _LOGGER.warning("%s: its lease was taken over; acknowledged", where, exc_info=error)
+        await msg.ack()
+    elif not should_requeue(error) or isinstance(error, final):
+        _LOGGER.error("%s terminated: a redelivery cannot fix it", where, exc_info=error)
+        await msg.term()
+    else:
+        delay = error.retry_after if isinstance(error, InFlightError) else nak_delay
+        _LOGGER.warning("%s nak'ed, redelivered in %ss", where, delay, exc_info=error)
+        await msg.nak(delay=delay or None)
+
+
+async def _in_progress(msg: JetStreamMessage, every: float, where: str) -> None:
+    """Tell JetStream every `every` seconds that the delivery is still being worked on."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await msg.in_progress()
+        except Exception as error:  # a closed connection: the next one may pass
+            _LOGGER.warning("%s: in-progress ack failed: %r", where, error)
+
+
+def _where(msg: JetStreamMessage, not_jetstream: type[Exception]) -> str:
+    """Describe a delivery for log lines; refuse a message that JetStream did not deliver."""
+    try:
+        metadata: Any = getattr(msg, "metadata", None)
+    except not_jetstream as error:
+        raise ConfigurationError(
+            f"The message on {msg.subject!r} was not delivered by JetStream (reply "
+            f"{msg.reply!r}), so it cannot be acknowledged: subscribe with js.subscribe or "
+            "js.pull_subscribe, not nc.subscribe."
+        ) from error
+    if metadata is None:
+        return f"message on {msg.subject!r}"
+    with contextlib.suppress(AttributeError):
+        return (
+            f"message {metadata.stream}#{metadata.sequence.stream} on {msg.subject!r}"
+            f" (delivery {metadata.num_delivered})"
+        )
+    return f"message on {msg.subject!r}"
+
+
+def _not_jetstream_error() -> type[Exception]:
+    """Return nats-py's error for a message without a JetStream reply subject."""
+    try:
+        from nats.errors import NotJSMessageError  # noqa: PLC0415 - only with the nats extra
+    except ImportError as error:
+        raise missing_extra("retrysafe.consumers.jetstream_message", "nats", error) from error
+    return NotJSMessageError

@@ -58,6 +58,8 @@ RULES: list[tuple[str, str]] = [
     (r"\bredis\.asyncio\b", "redis"),
     # SQLAlchemy: AsyncSession -> Session lives in sqlalchemy.orm.
     (r"\bsqlalchemy\.ext\.asyncio\b", "sqlalchemy.orm"),
+    # MySQL: aiomysql is PyMySQL's async twin, with the same names (and PyMySQL's errors).
+    (r"\baiomysql\b", "pymysql"),
 ]
 
 # Generated files are neither linted nor formatted: they follow their source line for line.

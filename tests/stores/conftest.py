@@ -21,7 +21,15 @@ from retrysafe import ManualClock, Store, open_async_store, open_store
 from retrysafe.stores.cached import ReplayCache
 from tests.conftest import fresh_store_url
 
-BACKENDS = ["memory", "sqlite", "postgres", "redis", "redis-cluster", "redis-cluster-wait"]
+BACKENDS = [
+    "memory",
+    "sqlite",
+    "postgres",
+    "mysql",
+    "redis",
+    "redis-cluster",
+    "redis-cluster-wait",
+]
 FACES = ["sync", "async"]
 
 

@@ -5,6 +5,7 @@
 | `memory://`                 | `MemoryStore` / `AsyncMemoryStore`      |
 | `sqlite:///path/to.db`      | `SQLiteStore` / `AsyncSQLiteStore`      |
 | `postgresql://user@host/db` | `PostgresStore` / `AsyncPostgresStore`  |
+| `mysql://user@host/db`      | `MySQLStore` / `AsyncMySQLStore`        |
 | `redis://host:6379/0`       | `RedisStore` / `AsyncRedisStore`        |
 | `redis+cluster://h:p,h:p/`  | `RedisClusterStore` / `AsyncRedisClusterStore` |
 
@@ -37,6 +38,7 @@ _BACKENDS: dict[str, tuple[str, str, str, str | None]] = {
     "sqlite": ("sqlite", "SQLiteStore", "AsyncSQLiteStore", None),
     "postgresql": ("postgres", "PostgresStore", "AsyncPostgresStore", "postgres"),
     "postgres": ("postgres", "PostgresStore", "AsyncPostgresStore", "postgres"),
+    "mysql": ("mysql", "MySQLStore", "AsyncMySQLStore", "mysql"),
     "redis": ("redis", "RedisStore", "AsyncRedisStore", "redis"),
     "rediss": ("redis", "RedisStore", "AsyncRedisStore", "redis"),
     "redis+cluster": ("redis", "RedisClusterStore", "AsyncRedisClusterStore", "redis"),

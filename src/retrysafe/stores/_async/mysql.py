@@ -1,0 +1,309 @@
+"""The MySQL/MariaDB store (`mysql://user@host/db`): production, shared by many processes.
+
+Records live in one InnoDB table, keyed by the identity's digest. A claim is one
+`INSERT ... ON DUPLICATE KEY UPDATE` on that primary key, which inserts the record, takes it
+over (its retention ended, or its lease expired under the same fingerprint) or changes
+nothing; InnoDB locks the row either way, and the claim reads it back under that lock in the
+same transaction: the claimant won exactly when the record carries its new token (MySQL
+returns no row from a write, and the affected-rows count depends on the client's flags). The
+holder's operations are `UPDATE`/`DELETE ... WHERE id AND token AND state = 'in_flight'`;
+no row means fenced (B17). The statements, and the primitives that run them on one connection,
+are shared with transactional mode (`stores/_sql/mysql.py`, `mysql_records.py`); this module
+adds the pool (`mysql_pool.py`), the table, created on first use or by `create_schema`, retries
+and waiting.
+
+Each primitive is one transaction and one round trip: a write and the read of its row go as one
+multi-statement query, `START TRANSACTION; ...; COMMIT`, on autocommit connections. Sessions
+run at READ COMMITTED, so locking statements lock the rows they find and no gaps, except where
+InnoDB always does: the duplicate-key check of an insert locks the gap before the key. That is
+why concurrent claims of one key can deadlock when the transaction that held it rolls back or
+deletes it (their waiting locks become gap locks, then each blocks the other's insert). InnoDB
+then rolls one transaction back whole (ER_LOCK_DEADLOCK, 1213), so the store runs it again, up
+to `_ATTEMPTS` times with a short random pause: nothing of it was applied, so nothing can run
+twice. A lock wait that outlasts `innodb_lock_wait_timeout` (1205) is not retried: the store is
+unavailable for that call.
+
+MySQL has no LISTEN/NOTIFY: a waiter polls with bounded backoff (5 ms doubling to 250 ms), and a
+completion, release or delete made through this store object wakes its waiters in this process
+at once.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TypeGuard, TypeVar, Unpack
+
+import aiomysql  # type: ignore[import-untyped]
+
+from retrysafe._clock import Clock, SystemClock
+from retrysafe._concurrency import asleep, monotonic
+from retrysafe._errors import FencedError
+from retrysafe._record import Claim, Identity, Record, State
+from retrysafe.stores._async.mysql_pool import AsyncMySQLPool
+from retrysafe.stores._async.mysql_records import AsyncMySQLRecords
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.mysql import mysql_table
+from retrysafe.stores._sql.mysql_connection import (
+    MySQLOptions,
+    connection_lost,
+    deadlocked,
+    parse_url,
+    store_error,
+    translate_errors,
+)
+from retrysafe.stores._sql.mysql_io import AsyncWakeups, AsyncWork
+from retrysafe.stores.base import Listing, ListingOptions, StoreStats, poll_delays
+
+__all__ = ["AsyncMySQLStore"]
+
+T = TypeVar("T")
+
+# A transaction InnoDB rolled back to break a deadlock runs again, at most this many times in
+# all, after a random pause of up to _PAUSE * 2**attempt seconds.
+_ATTEMPTS = 6
+_PAUSE = 0.002
+
+
+def _running(record: Record | None, now: float) -> TypeGuard[Record]:
+    """Return whether a waiter must go on: the record is in flight under a live lease."""
+    return record is not None and record.state is State.IN_FLIGHT and record.lease_expires_at > now
+
+
+class AsyncMySQLStore:
+    """A store in a MySQL or MariaDB (InnoDB) table, reached through a connection pool.
+
+    Args:
+        host: the server's host name or address.
+        user: the user to log in as.
+        database: the database that holds the records table.
+        password: the user's password.
+        port: the server's TCP port.
+        table: the records table; created on first use if missing.
+        connect_timeout: seconds to wait for a new connection.
+        pool_max: the most connections the pool opens.
+        pool_timeout: seconds to wait for a pooled connection; past it, and whenever the server
+            cannot be reached, primitives raise `StoreUnavailableError`.
+        lock_timeout: whole seconds a statement waits for a row lock (`innodb_lock_wait_timeout`
+            of the store's sessions); None keeps the server's.
+        ssl: connect with TLS, verified against the system's CAs.
+        ssl_ca: connect with TLS, verified against this CA file.
+        clock: the time source for leases and retention.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        user: str,
+        database: str,
+        password: str = "",
+        port: int = 3306,
+        table: str = DEFAULT_TABLE,
+        connect_timeout: float = 5.0,
+        pool_max: int = 10,
+        pool_timeout: float = 10.0,
+        lock_timeout: int | None = None,
+        ssl: bool = False,
+        ssl_ca: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        options = MySQLOptions(
+            host=host,
+            user=user,
+            database=database,
+            password=password,
+            port=port,
+            table=table,
+            connect_timeout=connect_timeout,
+            pool_max=pool_max,
+            pool_timeout=pool_timeout,
+            lock_timeout=lock_timeout,
+            ssl=ssl,
+            ssl_ca=ssl_ca,
+        )
+        self.clock: Clock = clock or SystemClock()
+        self.table = mysql_table(options.table)
+        self._records = AsyncMySQLRecords(self.table, batched=True)
+        self._pool = AsyncMySQLPool(options)
+        self._wakeups = AsyncWakeups()
+        self._schema_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> AsyncMySQLStore:
+        """Build the store from `mysql://user[:password]@host[:port]/db?table=...`.
+
+        Store options in the query string: `table` (default `retrysafe_records`),
+        `connect_timeout` (seconds, default 5), `pool_max` (10), `pool_timeout` (seconds,
+        default 10), `lock_timeout` (whole seconds; default: the server's), `ssl` (default
+        false), `ssl_ca` (a CA file; implies `ssl`). Anything else is refused.
+        """
+        o = parse_url(url)
+        return cls(
+            host=o.host,
+            user=o.user,
+            database=o.database,
+            password=o.password,
+            port=o.port,
+            table=o.table,
+            connect_timeout=o.connect_timeout,
+            pool_max=o.pool_max,
+            pool_timeout=o.pool_timeout,
+            lock_timeout=o.lock_timeout,
+            ssl=o.ssl,
+            ssl_ca=o.ssl_ca,
+            clock=clock,
+        )
+
+    async def create_schema(self) -> None:
+        """Create the records table and its indexes if missing.
+
+        Safe to call from many processes at once and to repeat. The store also does it on first
+        use when the table is missing; call it at deploy time when the application's database
+        user may not create tables.
+        """
+        await self._call(self._records.create_schema, ready=False)
+        self._schema_ready = True
+
+    async def claim(
+        self, identity: Identity, fingerprint: str, *, lease: float, retention: float
+    ) -> Claim:
+        """Claim `identity` atomically, or return the existing record (one round trip)."""
+        return await self._call(
+            lambda conn: self._records.claim(
+                conn, identity, fingerprint, now=self.clock.now(), lease=lease, retention=retention
+            )
+        )
+
+    async def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, retention: float
+    ) -> Record:
+        """Store `outcome` and mark the record done; waiters here are woken."""
+        record = await self._call(
+            lambda conn: self._records.complete(
+                conn, identity, token, outcome, now=self.clock.now(), retention=retention
+            )
+        )
+        self._wakeups.wake(identity.digest())
+        return record
+
+    async def release(self, identity: Identity, token: str) -> None:
+        """Delete the in-flight record; waiters here are woken."""
+        await self._call(
+            lambda conn: self._records.release(conn, identity, token, now=self.clock.now())
+        )
+        self._wakeups.wake(identity.digest())
+
+    async def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
+        """Extend the holder's lease, and the retention deadline by as much."""
+        return await self._call(
+            lambda conn: self._records.renew(
+                conn, identity, token, now=self.clock.now(), lease=lease
+            )
+        )
+
+    async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
+        """Record the last committed phase."""
+        return await self._call(
+            lambda conn: self._records.checkpoint(
+                conn, identity, token, recovery_point, now=self.clock.now()
+            )
+        )
+
+    async def get(self, identity: Identity) -> Record | None:
+        """Return the live record, or None."""
+        return await self._call(
+            lambda conn: self._records.get(conn, identity, now=self.clock.now())
+        )
+
+    async def delete(self, identity: Identity) -> bool:
+        """Delete the record whatever its state; waiters here are woken."""
+        deleted = await self._call(lambda conn: self._records.delete(conn, identity))
+        self._wakeups.wake(identity.digest())
+        return deleted
+
+    async def purge_expired(self, *, limit: int = 1000) -> int:
+        """Delete at most `limit` records past their retention, oldest first."""
+        if limit <= 0:
+            return 0
+        return await self._call(
+            lambda conn: self._records.purge_expired(conn, now=self.clock.now(), limit=limit)
+        )
+
+    async def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
+        """Return live records matching every given filter, newest first."""
+        listing = Listing(**filters)
+        return await self._call(
+            lambda conn: self._records.list_records(conn, listing, now=self.clock.now())
+        )
+
+    async def stats(self) -> StoreStats:
+        """Return counts of live records."""
+        return await self._call(lambda conn: self._records.stats(conn, now=self.clock.now()))
+
+    async def wait(self, identity: Identity, *, timeout: float) -> Record | None:
+        """Poll with backoff until the record settles or `timeout` passes (B15); a completion
+        through this store object wakes the waiter at once."""
+        deadline = monotonic() + timeout
+        record_id = identity.digest()
+        delays = poll_delays()
+        while True:
+            woken = self._wakeups.watch(record_id)  # before the read: no wake-up is missed
+            try:
+                record = await self.get(identity)
+                remaining = deadline - monotonic()
+                if not _running(record, self.clock.now()) or remaining <= 0:
+                    return record
+                await self._wakeups.until(woken, min(next(delays), remaining))
+            finally:
+                self._wakeups.unwatch(record_id, woken)
+
+    async def aclose(self) -> None:
+        """Close the pool's connections; the store cannot be used afterwards."""
+        await self._pool.aclose()
+
+    async def _call(self, work: AsyncWork[T], *, ready: bool = True) -> T:
+        """Run `work` on a pooled connection, the table ready; run it again after a deadlock
+        (its transaction was rolled back whole); driver errors become store errors."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            with translate_errors():
+                conn = await self._pool.getconn()
+            try:
+                if ready and not self._schema_ready:
+                    await self._ready(conn)
+                result = await work(conn)
+            except aiomysql.MySQLError as error:
+                await self._after_error(conn, error)
+                if deadlocked(error) and attempt < _ATTEMPTS:
+                    await asleep(random.uniform(0, _PAUSE * 2**attempt))  # noqa: S311 - jitter
+                    continue
+                raise store_error(error) from error
+            except FencedError:
+                await self._pool.putconn(conn, reusable=True)  # a clean answer, not a failure
+                raise
+            except BaseException:
+                # Cancelled (or worse) mid-statement: the connection's state is unknown.
+                await self._pool.putconn(conn, reusable=False)
+                raise
+            await self._pool.putconn(conn, reusable=True)
+            return result
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _ready(self, conn: aiomysql.Connection) -> None:
+        """Make sure the table exists, once. Creating needs the CREATE privilege even when the
+        table exists, so only try when it, or a column this version added, is missing."""
+        if not await self._records.exists(conn):
+            await self._records.create_schema(conn)
+        self._schema_ready = True
+
+    async def _after_error(self, conn: aiomysql.Connection, error: BaseException) -> None:
+        """Give `conn` back after `error`: rolled back (a lock wait timeout leaves a batch's
+        transaction open), or closed if it is broken or will not roll back."""
+        reusable = False
+        try:
+            if not connection_lost(error):
+                await conn.rollback()
+                reusable = True
+        except aiomysql.MySQLError:
+            pass
+        finally:
+            await self._pool.putconn(conn, reusable=reusable)

@@ -1,0 +1,119 @@
+"""The MySQL store's connection pool: a few connections lent one primitive at a time.
+
+The async driver has a pool of its own and PyMySQL none, so the store has one, written once
+here for both faces. It opens connections on demand up to `pool_max`, keeps the ones given
+back for the next caller (last in, first out: the warmest), and bounds the wait for one by
+`pool_timeout`, past which the store is unavailable. A connection given back after an error
+that may have left it in an unknown state is closed instead. One that sat idle for a while is
+pinged before it is lent, so a connection the server dropped meanwhile (a restart, its
+`wait_timeout`) is replaced rather than failing the next call. A process forked after using
+the pool (gunicorn `--preload`) opens its own connections and never touches its parent's.
+The sync face's pool is shared by threads: its idle list only ever pops and appends, which are
+atomic, and the gate is a threading semaphore.
+"""
+
+from __future__ import annotations
+
+import aiomysql  # type: ignore[import-untyped]
+
+from retrysafe._concurrency import monotonic
+from retrysafe._errors import StoreError, StoreUnavailableError
+from retrysafe.stores._deletes import FORKS
+from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
+from retrysafe.stores._sql.mysql_io import AsyncGate, AsyncMySQLDriver
+
+__all__ = ["AsyncMySQLPool"]
+
+
+class AsyncMySQLPool:
+    """Connections to one server, at most `pool_max` open at a time.
+
+    Args:
+        options: where to connect, and the pool's size and timeout.
+    """
+
+    # A connection idle for longer than this is pinged before it is lent.
+    check_after: float = 5.0
+
+    def __init__(self, options: MySQLOptions) -> None:
+        self._options = options
+        self._driver = AsyncMySQLDriver(options)
+        self._setup = session_setup(options)
+        self._gate = AsyncGate(options.pool_max)
+        self._idle: list[tuple[aiomysql.Connection, float]] = []
+        self._forks = FORKS.count
+        self._closed = False
+
+    async def getconn(self) -> aiomysql.Connection:
+        """Lend a connection: an idle one, or a new one; driver errors pass through."""
+        if self._forks != FORKS.count:
+            self._forked()
+        if self._closed:
+            raise StoreError("This MySQL store is closed.")
+        options = self._options
+        if not await self._gate.enter(options.pool_timeout):
+            raise StoreUnavailableError(
+                f"No MySQL connection was free within pool_timeout={options.pool_timeout} s"
+                f" (pool_max={options.pool_max})."
+            )
+        try:
+            return await self._idle_or_new()
+        except BaseException:
+            self._gate.leave()
+            raise
+
+    async def putconn(self, conn: aiomysql.Connection, *, reusable: bool) -> None:
+        """Take `conn` back: kept for the next caller if `reusable` and still open, else closed."""
+        try:
+            if self._forks != FORKS.count:
+                return  # a parent's connection: never used, never closed here
+            if reusable and not self._closed and self._driver.is_open(conn):
+                self._idle.append((conn, monotonic()))
+            else:
+                await self._driver.close(conn)
+        finally:
+            self._gate.leave()
+
+    async def aclose(self) -> None:
+        """Close the idle connections; those lent out are closed as they come back."""
+        self._closed = True
+        while self._idle:
+            try:
+                conn, _ = self._idle.pop()
+            except IndexError:  # another thread took the last one
+                break
+            await self._driver.close(conn)
+
+    async def _idle_or_new(self) -> aiomysql.Connection:
+        while self._idle:
+            try:
+                conn, since = self._idle.pop()
+            except IndexError:
+                break
+            if monotonic() - since < self.check_after:
+                return conn
+            try:
+                await conn.ping(False)
+            except aiomysql.Error:
+                await self._driver.close(conn)
+                continue
+            return conn
+        return await self._open()
+
+    async def _open(self) -> aiomysql.Connection:
+        conn = await self._driver.connect()
+        try:
+            cursor = await conn.cursor()
+            await cursor.execute(self._setup)
+            while await cursor.nextset():
+                pass
+        except BaseException:
+            await self._driver.close(conn)
+            raise
+        return conn
+
+    def _forked(self) -> None:
+        """Forget the parent's connections (their sockets are the parent's) and its gate."""
+        self._idle = []
+        self._gate = AsyncGate(self._options.pool_max)
+        self._forks = FORKS.count

@@ -1,0 +1,235 @@
+"""The MySQL/MariaDB record primitives, each run on the driver connection it is given.
+
+The one implementation of the MySQL record: the store (`mysql.py`) runs it on its pooled
+autocommit connections, and transactional mode on the caller's connection inside the caller's
+transaction, so the record commits with the business writes. Every statement is `MySQLTable`'s
+(`stores/_sql/mysql.py`).
+
+A primitive is at most two statements: the write, then a read of the row under the lock the
+write took (MySQL returns no row from a write). How they are sent depends on `batched`:
+
+- `batched=False` (transactional mode): one after the other, inside the caller's open
+  transaction, which makes them atomic; nothing here begins, commits or rolls back.
+- `batched=True` (the store): as one query, `START TRANSACTION; write; read; COMMIT`, on a
+  connection in autocommit that allows several statements a query: one round trip, one
+  transaction. A primitive of one statement is sent alone, and autocommits.
+
+Driver errors pass through (each caller maps them to retrysafe's, with `store_error`): after an
+error in a batch the transaction may still be open (a lock wait timeout undoes the statement
+only), so the caller rolls back before reusing the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import aiomysql  # type: ignore[import-untyped]
+
+from retrysafe._errors import FencedError
+from retrysafe._record import Claim, Identity, Record
+from retrysafe.stores._sql.mysql import (
+    MySQLTable,
+    claim_params,
+    held_params,
+    list_query,
+    record_from_row,
+    render,
+)
+from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part
+
+__all__ = ["AsyncMySQLRecords"]
+
+Params = dict[str, Any]
+
+
+class _Result(NamedTuple):
+    """What one statement gave: its affected-rows count and its rows."""
+
+    rowcount: int
+    rows: tuple[tuple[Any, ...], ...]
+
+
+class AsyncMySQLRecords:
+    """The primitives on one records table; each takes the connection to run on.
+
+    Args:
+        table: the table's statements (`mysql_table(name)`).
+        batched: send a primitive's statements as one transaction of their own (the store's
+            autocommit connections); otherwise run them one by one in the caller's open
+            transaction.
+    """
+
+    def __init__(self, table: MySQLTable, *, batched: bool = False) -> None:
+        self.table = table
+        self._batched = batched
+
+    async def exists(self, conn: aiomysql.Connection) -> bool:
+        """Return whether the table exists with every column this version uses."""
+        (result,) = await self._run(conn, (self.table.table_exists, {"name": self.table.name}))
+        return bool(result.rows[0][0])
+
+    async def create_schema(self, conn: aiomysql.Connection) -> None:
+        """Create the table and its indexes if missing.
+
+        DDL: MySQL commits the connection's open transaction first, so run it outside one.
+        Concurrent creation is safe: the server serializes it, and the later ones find the
+        table. The session's `sql_notes` is off meanwhile (and restored), so finding the table
+        is not a warning (the async driver raises server warnings as Python warnings).
+        """
+        (notes,) = await self._run(conn, ("SELECT @@SESSION.sql_notes", {}))
+        if notes.rows[0][0]:
+            await self._run(conn, ("SET SESSION sql_notes = 0", {}))
+        try:
+            for statement in self.table.create_schema:
+                await self._run(conn, (statement, {}))
+        finally:
+            if notes.rows[0][0]:
+                await self._run(conn, ("SET SESSION sql_notes = 1", {}))
+
+    async def claim(
+        self,
+        conn: aiomysql.Connection,
+        identity: Identity,
+        fingerprint: str,
+        *,
+        now: float,
+        lease: float,
+        retention: float,
+    ) -> Claim:
+        """Claim `identity` (insert, or take over as `may_take` allows), or return its record.
+
+        One `INSERT ... ON DUPLICATE KEY UPDATE` on the primary key decides; the record is then
+        read under the lock it took. The claim acquired the record exactly when the record
+        carries the claim's new token. A duplicate of a record that another transaction holds
+        (inserted or locked, uncommitted) waits for that transaction's end, then sees what it
+        left.
+        """
+        params = claim_params(identity, fingerprint, now=now, lease=lease, retention=retention)
+        _, read = await self._run(
+            conn, (self.table.claim, params), (self.table.claim_read, {"id": params["id"]})
+        )
+        row = read.rows[0]  # there is one: the claim inserted it, or locked the existing one
+        record = record_from_row(row)
+        if record.token == params["token"]:
+            return Claim(record, acquired=True, taken_over=bool(row[-1]))
+        return Claim(record, acquired=False)
+
+    async def complete(
+        self,
+        conn: aiomysql.Connection,
+        identity: Identity,
+        token: str,
+        outcome: bytes,
+        *,
+        now: float,
+        retention: float,
+    ) -> Record:
+        """Store `outcome` on the held record and mark it done."""
+        params = held_params(identity, token, now, outcome=outcome, expires_at=now + retention)
+        done, read = await self._run(
+            conn, (self.table.complete, params), (self.table.lean_read, {"id": params["id"]})
+        )
+        # The update always changes the state, so one row counts whether the connection reports
+        # changed or found rows.
+        if done.rowcount != 1 or not read.rows:
+            raise FencedError(FENCED)
+        row = read.rows[0]
+        return record_from_row((*row[:9], outcome, *row[10:]))  # not echoed: the caller's
+
+    async def release(
+        self, conn: aiomysql.Connection, identity: Identity, token: str, *, now: float
+    ) -> None:
+        """Delete the held in-flight record."""
+        (gone,) = await self._run(conn, (self.table.release, held_params(identity, token, now)))
+        if gone.rowcount != 1:
+            raise FencedError(FENCED)
+
+    async def renew(
+        self,
+        conn: aiomysql.Connection,
+        identity: Identity,
+        token: str,
+        *,
+        now: float,
+        lease: float,
+    ) -> Record:
+        """Extend the holder's lease, and the retention deadline by as much; lock the row."""
+        params = held_params(identity, token, now, lease_expires_at=now + lease)
+        return await self._held(conn, self.table.renew, params)
+
+    async def checkpoint(
+        self,
+        conn: aiomysql.Connection,
+        identity: Identity,
+        token: str,
+        recovery_point: str,
+        *,
+        now: float,
+    ) -> Record:
+        """Record the last committed phase on the held record."""
+        params = held_params(identity, token, now, recovery_point=encode_part(recovery_point))
+        return await self._held(conn, self.table.checkpoint, params)
+
+    async def get(
+        self, conn: aiomysql.Connection, identity: Identity, *, now: float
+    ) -> Record | None:
+        """Return the live record, or None."""
+        (read,) = await self._run(conn, (self.table.get, {"id": identity.digest(), "now": now}))
+        return record_from_row(read.rows[0]) if read.rows else None
+
+    async def delete(self, conn: aiomysql.Connection, identity: Identity) -> bool:
+        """Delete the record whatever its state; return whether one existed."""
+        (gone,) = await self._run(conn, (self.table.delete, {"id": identity.digest()}))
+        return gone.rowcount > 0
+
+    async def purge_expired(self, conn: aiomysql.Connection, *, now: float, limit: int) -> int:
+        """Delete at most `limit` records past their retention, oldest first; return how many."""
+        if limit <= 0:
+            return 0
+        (gone,) = await self._run(conn, (self.table.purge, {"now": now, "limit": limit}))
+        return int(gone.rowcount)
+
+    async def list_records(
+        self, conn: aiomysql.Connection, listing: Listing, *, now: float
+    ) -> list[Record]:
+        """Return the live records `listing` asks for, newest first."""
+        (read,) = await self._run(conn, list_query(self.table, listing, now=now))
+        return [record_from_row(row) for row in read.rows]
+
+    async def stats(self, conn: aiomysql.Connection, *, now: float) -> StoreStats:
+        """Return counts of live records by state, stored bytes, and the oldest claim."""
+        (read,) = await self._run(conn, (self.table.stats, {"now": now}))
+        in_flight, done, bytes_stored, oldest = read.rows[0]
+        return StoreStats(
+            in_flight=int(in_flight),
+            done=int(done),
+            bytes_stored=int(bytes_stored),
+            oldest_in_flight_at=None if oldest is None else float(oldest),
+        )
+
+    async def _held(self, conn: aiomysql.Connection, update: str, params: Params) -> Record:
+        """Run an update that acts only for the token holder, then read the record if it is
+        still held (not the affected rows: an update to the same values counts none)."""
+        _, read = await self._run(conn, (update, params), (self.table.held_read, params))
+        if not read.rows:
+            raise FencedError(FENCED)
+        return record_from_row(read.rows[0])
+
+    async def _run(
+        self, conn: aiomysql.Connection, *statements: tuple[str, Params]
+    ) -> list[_Result]:
+        """Run `statements` (see the module docstring for how); return each one's result."""
+        cursor = await conn.cursor(aiomysql.cursors.Cursor)  # tuples, whatever the connection's
+        queries = [render(conn, query, params) for query, params in statements]
+        results: list[_Result] = []
+        if self._batched and len(queries) > 1:
+            await cursor.execute(";\n".join(["START TRANSACTION", *queries, "COMMIT"]))
+            for _ in queries:
+                await cursor.nextset()
+                results.append(_Result(cursor.rowcount, tuple(await cursor.fetchall())))
+            await cursor.nextset()  # the COMMIT's: an error in it is raised here
+            return results
+        for query in queries:
+            await cursor.execute(query)
+            results.append(_Result(cursor.rowcount, tuple(await cursor.fetchall())))
+        return results

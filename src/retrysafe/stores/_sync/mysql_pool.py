@@ -1,0 +1,122 @@
+# Generated from stores/_async/mysql_pool.py by scripts/unasync.py; edit the source, not this.
+# ruff: noqa
+# fmt: off
+"""The MySQL store's connection pool: a few connections lent one primitive at a time.
+
+The async driver has a pool of its own and PyMySQL none, so the store has one, written once
+here for both faces. It opens connections on demand up to `pool_max`, keeps the ones given
+back for the next caller (last in, first out: the warmest), and bounds the wait for one by
+`pool_timeout`, past which the store is unavailable. A connection given back after an error
+that may have left it in an unknown state is closed instead. One that sat idle for a while is
+pinged before it is lent, so a connection the server dropped meanwhile (a restart, its
+`wait_timeout`) is replaced rather than failing the next call. A process forked after using
+the pool (gunicorn `--preload`) opens its own connections and never touches its parent's.
+The sync face's pool is shared by threads: its idle list only ever pops and appends, which are
+atomic, and the gate is a threading semaphore.
+"""
+
+from __future__ import annotations
+
+import pymysql  # type: ignore[import-untyped]
+
+from retrysafe._concurrency import monotonic
+from retrysafe._errors import StoreError, StoreUnavailableError
+from retrysafe.stores._deletes import FORKS
+from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
+from retrysafe.stores._sql.mysql_io import Gate, MySQLDriver
+
+__all__ = ["MySQLPool"]
+
+
+class MySQLPool:
+    """Connections to one server, at most `pool_max` open at a time.
+
+    Args:
+        options: where to connect, and the pool's size and timeout.
+    """
+
+    # A connection idle for longer than this is pinged before it is lent.
+    check_after: float = 5.0
+
+    def __init__(self, options: MySQLOptions) -> None:
+        self._options = options
+        self._driver = MySQLDriver(options)
+        self._setup = session_setup(options)
+        self._gate = Gate(options.pool_max)
+        self._idle: list[tuple[pymysql.Connection, float]] = []
+        self._forks = FORKS.count
+        self._closed = False
+
+    def getconn(self) -> pymysql.Connection:
+        """Lend a connection: an idle one, or a new one; driver errors pass through."""
+        if self._forks != FORKS.count:
+            self._forked()
+        if self._closed:
+            raise StoreError("This MySQL store is closed.")
+        options = self._options
+        if not self._gate.enter(options.pool_timeout):
+            raise StoreUnavailableError(
+                f"No MySQL connection was free within pool_timeout={options.pool_timeout} s"
+                f" (pool_max={options.pool_max})."
+            )
+        try:
+            return self._idle_or_new()
+        except BaseException:
+            self._gate.leave()
+            raise
+
+    def putconn(self, conn: pymysql.Connection, *, reusable: bool) -> None:
+        """Take `conn` back: kept for the next caller if `reusable` and still open, else closed."""
+        try:
+            if self._forks != FORKS.count:
+                return  # a parent's connection: never used, never closed here
+            if reusable and not self._closed and self._driver.is_open(conn):
+                self._idle.append((conn, monotonic()))
+            else:
+                self._driver.close(conn)
+        finally:
+            self._gate.leave()
+
+    def close(self) -> None:
+        """Close the idle connections; those lent out are closed as they come back."""
+        self._closed = True
+        while self._idle:
+            try:
+                conn, _ = self._idle.pop()
+            except IndexError:  # another thread took the last one
+                break
+            self._driver.close(conn)
+
+    def _idle_or_new(self) -> pymysql.Connection:
+        while self._idle:
+            try:
+                conn, since = self._idle.pop()
+            except IndexError:
+                break
+            if monotonic() - since < self.check_after:
+                return conn
+            try:
+                conn.ping(False)
+            except pymysql.Error:
+                self._driver.close(conn)
+                continue
+            return conn
+        return self._open()
+
+    def _open(self) -> pymysql.Connection:
+        conn = self._driver.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(self._setup)
+            while cursor.nextset():
+                pass
+        except BaseException:
+            self._driver.close(conn)
+            raise
+        return conn
+
+    def _forked(self) -> None:
+        """Forget the parent's connections (their sockets are the parent's) and its gate."""
+        self._idle = []
+        self._gate = Gate(self._options.pool_max)
+        self._forks = FORKS.count

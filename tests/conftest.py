@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,17 @@ REDIS_CLUSTER_URL = os.environ.get("RETRYSAFE_TEST_REDIS_CLUSTER_URL", "")
 REDIS_CLUSTER_NODES = os.environ.get("RETRYSAFE_TEST_REDIS_CLUSTER_NODES", "")
 
 _IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# pytest-xdist's workers start with COLUMNS=80 in their environment. rich fixes a console's width
+# from COLUMNS when the console is made, so the CLI's module-level consoles would stay 80 wide
+# for every test, whatever width a test's CliRunner asks for: drop it before they are made.
+os.environ.pop("COLUMNS", None)
+
+# A process started with Ctrl+C (SIGINT) ignored, as a script's background job is, passes that on
+# to every process it starts, and Python then never raises KeyboardInterrupt: the tests that send
+# Ctrl+C to the CLI's processes need it delivered. Handled here, it is default again in children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 _missing: dict[str, str] = {}
 
 
@@ -270,11 +282,28 @@ _SERVICE_PARAMS = frozenset({"postgres", "redis", "mysql", "rabbitmq", "nats"})
 _SERVICE_MARKERS = ("postgres", "redis", "mysql", "rabbitmq", "nats")
 
 
+# Tests that share one server-wide resource run on one xdist worker, one after another
+# (`make test` runs the suite on several workers with `--dist loadgroup`): the Redis Cluster,
+# whose masters failover tests kill; the documentation's pages, which flush Redis database 14
+# and serve on the ports the pages name.
+_CLUSTER_FIXTURES = frozenset({"redis_cluster_url", "redis_cluster_nodes"})
+
+
+def _exclusive_group(item: pytest.Item, ids: set[str], fixtures: set[str]) -> str | None:
+    """The xdist group of a test that shares a server-wide resource with others, or None."""
+    if fixtures & _CLUSTER_FIXTURES or "cluster" in ids:
+        return "redis-cluster"
+    if item.get_closest_marker("docs"):
+        return "docs"
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs a real server `services`, so `-m "not services"` runs the rest.
 
     A test needs one when it asks for a server's URL fixture, is parametrized on a server backend
-    (`[postgres]`, `[redis-async]`...), or carries a backend's marker.
+    (`[postgres]`, `[redis-async]`...), or carries a backend's marker. Tests that share a
+    server-wide resource get one xdist group (see `_exclusive_group`).
     """
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -286,11 +315,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or any(item.get_closest_marker(name) for name in _SERVICE_MARKERS)
         ):
             item.add_marker(pytest.mark.services)
+        group = _exclusive_group(item, ids, fixtures)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Note a skip for a missing service, also when an xdist worker ran the test."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2])
+        if "SERVICE MISSING: " in message:
+            detail = message.split("SERVICE MISSING: ", 1)[1]
+            _missing.setdefault(detail, detail)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say loudly which real services were missing, so a skip is never silent."""
     if _missing:
         terminalreporter.write_sep("!", "SERVICES MISSING: their tests were skipped", red=True)
-        for message in _missing.values():
+        for message in dict.fromkeys(_missing.values()):
             terminalreporter.write_line(f"  {message}", red=True)

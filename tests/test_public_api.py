@@ -47,7 +47,8 @@ def test_every_error_has_the_one_root() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("mysql://localhost/db", "Unknown store URL scheme"),
+        ("mongodb://localhost/db", "Unknown store URL scheme"),
+        ("mysql://localhost/db", "A MySQL store URL names a user"),
         ("nonsense", "Unknown store URL scheme"),
         ("memory://somewhere", "just 'memory://'"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -121,9 +122,12 @@ def test_every_fixture_of_the_plugin_is_named_retrysafe_(pytester: pytest.Pytest
     result = pytester.runpytest("-p", "no:cacheprovider", "--fixtures")
     lines = result.stdout.lines
     start = next(i for i, line in enumerate(lines) if "from retrysafe.pytest_plugin" in line)
+    section = itertools.takewhile(
+        lambda line: "fixtures defined from" not in line, lines[start + 1 :]
+    )  # up to the next plugin's fixtures
     names = [
         line.split()[0]
-        for line in lines[start + 1 :]
+        for line in section
         if line and not line.startswith((" ", "-", "=")) and "--" in line
     ]
     assert len(names) >= 12

@@ -413,6 +413,7 @@ def test_a_store_opened_without_its_keys_refuses_the_sealed_scope_secret(
             "Key 2 of 2 in the environment variable RS_TEST_KEYS is not a key",
         ),
     ],
+    ids=["unset", "blank", "short", "second-not-base64"],  # not the random key: xdist workers
 )
 def test_a_missing_or_malformed_key_is_a_configuration_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None, message: str

@@ -6,9 +6,11 @@
 
 Django's settings are configured once per process, and the integration tests configure a
 project without a database (tests/integrations/django_project.py); so this project, whose
-`DATABASES` is the test's SQLite file or PostgreSQL server, runs in a process of its own.
-CONFIG is JSON: `db` (sqlite or postgres), `dsn`, `table` (the records table), `payments` (the
-payments table, `id, key, amount`), and for `crash` the `mode`, `key` and `crash_at` point.
+`DATABASES` is the test's SQLite file, PostgreSQL server or MySQL server, runs in a process of
+its own. CONFIG is JSON: `db` (sqlite, postgres or mysql), `dsn`, `table` (the records table),
+`payments` (the payments table, `id, key, amount`), and for `crash` the `mode`, `key` and
+`crash_at` point. On MySQL, Django's backend reaches the server through `MySQLdb`, here PyMySQL
+installed as it.
 
 `crash` works like tests/transactions/worker.py: at the chosen point it prints
 `at:POINT {state}` and waits on stdin until the test kills it; otherwise it prints
@@ -43,6 +45,19 @@ def _database(config: dict[str, Any]) -> dict[str, Any]:
             "OPTIONS": {"timeout": 30},
         }
     parts = urlsplit(config["dsn"])
+    if config["db"] == "mysql":
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+        return {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": parts.path.lstrip("/"),
+            "USER": parts.username or "",
+            "PASSWORD": parts.password or "",
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            "OPTIONS": {"charset": "utf8mb4"},
+        }
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": parts.path.lstrip("/"),

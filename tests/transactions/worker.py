@@ -2,6 +2,8 @@
 
     python -m tests.transactions.worker --mode tx --db sqlite --dsn PATH --table T ...
 
+`--db` is sqlite (a file), postgres (psycopg) or mysql (PyMySQL, on a `mysql://` DSN).
+
 At each named point it checks `--crash-at`: when they match, it prints `at:POINT {state}` and
 blocks on stdin until the test kills it with SIGKILL. Otherwise it finishes and prints
 `outcome:{json}`. The test reads stdout, kills at the point, and checks the database.
@@ -16,6 +18,7 @@ import sqlite3
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from retrysafe import Identity, transactions
 from retrysafe.transactions import Step, insert_if_absent, run_phases, update_by_key
@@ -54,11 +57,28 @@ class Worker:
         if args.db == "sqlite":
             self.conn: Any = sqlite3.connect(args.dsn, timeout=30)
             self.mark = "?"
+        elif args.db == "mysql":
+            import pymysql
+
+            parts = urlsplit(args.dsn)
+            self.conn = pymysql.connect(
+                host=parts.hostname,
+                port=parts.port or 3306,
+                user=parts.username,
+                password=parts.password or "",
+                database=parts.path.lstrip("/"),
+                charset="utf8mb4",
+            )
+            self.mark = "%s"
         else:
             import psycopg
 
             self.conn = psycopg.connect(args.dsn)
             self.mark = "%s"
+
+    def execute(self, statement: str, params: tuple[object, ...]) -> None:
+        """Run one statement on the worker's connection (PyMySQL has no `conn.execute`)."""
+        self.conn.cursor().execute(statement, params)
 
     def reach(self, point: str, **state: object) -> None:
         """Stop here for the kill if this is the crash point."""
@@ -69,7 +89,8 @@ class Worker:
 
     def payment(self) -> dict[str, object]:
         """Insert one payment in transactional mode, or replay it."""
-        opener = transactions.sqlite if self.args.db == "sqlite" else transactions.psycopg
+        openers = {"sqlite": transactions.sqlite, "mysql": transactions.mysql}
+        opener = openers.get(self.args.db, transactions.psycopg)
         insert = f"INSERT INTO {self.args.payments} VALUES ({self.mark}, {self.mark}, 100)"  # noqa: S608 - a test table
         with opener(
             self.conn,
@@ -81,7 +102,7 @@ class Worker:
             if not tx.replay:
                 self.reach("before_write")
                 payment_id = secrets.token_hex(6)
-                self.conn.execute(insert, (payment_id, self.args.key))
+                self.execute(insert, (payment_id, self.args.key))
                 tx.complete(json.dumps({"id": payment_id}).encode())
                 self.reach("after_write")
         result = {"replay": tx.replay, "outcome": (tx.outcome or b"").decode()}
@@ -98,7 +119,7 @@ class Worker:
         log_insert = f"INSERT INTO {self.args.log} VALUES ({self.mark}, {self.mark}, {self.mark})"  # noqa: S608 - a test table
 
         def log(step: Step) -> None:
-            self.conn.execute(log_insert, (secrets.token_hex(6), key, step.name))
+            self.execute(log_insert, (secrets.token_hex(6), key, step.name))
 
         def reserve(step: Step) -> None:
             insert_if_absent(self.conn, orders, {"key": key, "status": "reserved"}, unique=["key"])
@@ -151,7 +172,7 @@ def main() -> None:
     """Parse the command line, run once, print the outcome."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["tx", "phases"], required=True)
-    parser.add_argument("--db", choices=["sqlite", "postgres"], required=True)
+    parser.add_argument("--db", choices=["sqlite", "postgres", "mysql"], required=True)
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--table", required=True)
     parser.add_argument("--key", required=True)

@@ -19,6 +19,8 @@ Transactional mode, one transaction per operation:
     transactions.sqlite(connection, ...)       sqlite3                      -> Transaction
     transactions.psycopg(connection, ...)      psycopg Connection           -> Transaction
                                                psycopg AsyncConnection      -> AsyncTransaction
+    transactions.mysql(connection, ...)        PyMySQL Connection           -> Transaction
+                                               aiomysql Connection          -> AsyncTransaction
     transactions.sqlalchemy(session, ...)      Session                      -> Transaction
                                                AsyncSession                 -> AsyncTransaction
 
@@ -36,7 +38,7 @@ In web handlers, the response commits with the writes: `retrysafe.transactions.f
 from __future__ import annotations
 
 from retrysafe.transactions._core import AsyncTransaction, Transaction
-from retrysafe.transactions._open import psycopg, sqlalchemy, sqlite
+from retrysafe.transactions._open import mysql, psycopg, sqlalchemy, sqlite
 from retrysafe.transactions.phases import (
     PhasesResult,
     Step,
@@ -67,6 +69,7 @@ __all__ = [
     "delete_by_key",
     "foreign_key",
     "insert_if_absent",
+    "mysql",
     "psycopg",
     "run_phases",
     "sqlalchemy",

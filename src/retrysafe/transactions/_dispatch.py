@@ -5,7 +5,16 @@ The sync and async code (`_async/`, and `_sync/` generated from it) asks here, b
 for the write helpers, `sync_records` / `async_records` for the record statements on a
 session's driver connection (those of that connection's own backend). Drivers are recognised
 by `_drivers` (without importing any), and the module for a driver is imported only when one of
-its connections shows up, so a user of `sqlite3` alone never loads psycopg or SQLAlchemy.
+its connections shows up, so a user of `sqlite3` alone never loads psycopg, PyMySQL or SQLAlchemy.
+
+| driver                         | backend (its records too) | write executor     |
+|--------------------------------|---------------------------|--------------------|
+| `sqlite3`                      | `SQLiteBackend`           | `SQLiteExecutor`   |
+| psycopg (sync, async)          | `PsycopgBackend`          | `PsycopgExecutor`  |
+| PyMySQL; aiomysql              | `MySQLBackend`            | `MySQLExecutor`    |
+| a SQLAlchemy session           | `SessionBackend`          | `SessionExecutor`  |
+
+A session's backend runs the records of its driver connection's backend (`sync_records`).
 """
 
 from __future__ import annotations
@@ -17,11 +26,13 @@ from retrysafe.transactions import _drivers as drivers
 
 if TYPE_CHECKING:
     from retrysafe.transactions._async.executors import AsyncExecutor
+    from retrysafe.transactions._async.mysql import AsyncMySQLBackend
     from retrysafe.transactions._async.psycopg import AsyncPsycopgBackend
     from retrysafe.transactions._async.transaction import AsyncBackend, AsyncRecords
     from retrysafe.transactions._drivers import AsyncConnection, Connection
     from retrysafe.transactions._sqlite import SQLiteBackend
     from retrysafe.transactions._sync.executors import Executor
+    from retrysafe.transactions._sync.mysql import MySQLBackend
     from retrysafe.transactions._sync.psycopg import PsycopgBackend
     from retrysafe.transactions._sync.transaction import Backend, Records
 
@@ -37,9 +48,19 @@ __all__ = [
     "sync_records",
 ]
 
-_SYNC = "sqlite3.Connection, psycopg.Connection or sqlalchemy.orm.Session"
-_ASYNC = "psycopg.AsyncConnection or sqlalchemy.ext.asyncio.AsyncSession"
-_SESSIONS = "sqlite (the standard sqlite3 driver) or postgresql+psycopg (psycopg 3)"
+_SYNC = (
+    "sqlite3.Connection, psycopg.Connection, pymysql.Connection (MySQL, MariaDB) "
+    "or sqlalchemy.orm.Session"
+)
+_ASYNC = (
+    "psycopg.AsyncConnection, aiomysql.Connection (MySQL, MariaDB) "
+    "or sqlalchemy.ext.asyncio.AsyncSession"
+)
+_SESSIONS = (
+    "sqlite (the standard sqlite3 driver), postgresql+psycopg (psycopg 3) "
+    "or mysql+pymysql (MySQL, MariaDB)"
+)
+_ASYNC_SESSIONS = "postgresql+psycopg (psycopg 3) or mysql+aiomysql (MySQL, MariaDB)"
 
 
 def sync_backend(connection: Connection, table: str) -> Backend:
@@ -70,14 +91,15 @@ def sync_executor(connection: object) -> Executor:
         from retrysafe.transactions._sync.executors import PsycopgExecutor
 
         return PsycopgExecutor(connection)
+    if drivers.is_mysql_connection(connection):
+        from retrysafe.transactions._sync.mysql import MySQLExecutor
+
+        return MySQLExecutor(connection)
     if drivers.is_session(connection):
         from retrysafe.transactions._sync.executors import SessionExecutor
 
         return SessionExecutor(connection)
-    raise TypeError(
-        "Expected a sqlite3.Connection, a psycopg Connection or a SQLAlchemy Session, "
-        f"not {connection!r}."
-    )
+    raise TypeError(f"Expected a {_SYNC}, not {connection!r}.")
 
 
 def async_executor(connection: object) -> AsyncExecutor:
@@ -86,13 +108,15 @@ def async_executor(connection: object) -> AsyncExecutor:
         from retrysafe.transactions._async.executors import AsyncPsycopgExecutor
 
         return AsyncPsycopgExecutor(connection)
+    if drivers.is_async_mysql_connection(connection):
+        from retrysafe.transactions._async.mysql import AsyncMySQLExecutor
+
+        return AsyncMySQLExecutor(connection)
     if drivers.is_async_session(connection):
         from retrysafe.transactions._async.executors import AsyncSessionExecutor
 
         return AsyncSessionExecutor(connection)
-    raise TypeError(
-        f"Expected a psycopg AsyncConnection or a SQLAlchemy AsyncSession, not {connection!r}."
-    )
+    raise TypeError(f"Expected a {_ASYNC}, not {connection!r}.")
 
 
 def sync_records(driver_connection: object, table: str) -> Records:
@@ -100,6 +124,7 @@ def sync_records(driver_connection: object, table: str) -> Records:
     if not (
         drivers.is_sqlite_connection(driver_connection)
         or drivers.is_psycopg_connection(driver_connection)
+        or drivers.is_mysql_connection(driver_connection)
     ):
         raise ConfigurationError(
             f"Transactional mode supports sessions on {_SESSIONS}, "
@@ -110,15 +135,20 @@ def sync_records(driver_connection: object, table: str) -> Records:
 
 def async_records(driver_connection: object, table: str) -> AsyncRecords:
     """Return the record statements for an async session's driver connection: its backend's."""
-    if not drivers.is_async_psycopg_connection(driver_connection):
+    if not (
+        drivers.is_async_psycopg_connection(driver_connection)
+        or drivers.is_async_mysql_connection(driver_connection)
+    ):
         raise ConfigurationError(
-            "Transactional mode on an AsyncSession supports postgresql+psycopg (psycopg 3), "
+            f"Transactional mode on an AsyncSession supports {_ASYNC_SESSIONS}, "
             f"not a {type(driver_connection).__module__} connection."
         )
     return _async_driver_backend(driver_connection, table)
 
 
-def _sync_driver_backend(connection: object, table: str) -> SQLiteBackend | PsycopgBackend:
+def _sync_driver_backend(
+    connection: object, table: str
+) -> SQLiteBackend | PsycopgBackend | MySQLBackend:
     """Return the backend of a sync driver's own connection: its records, and transactions."""
     if drivers.is_sqlite_connection(connection):
         from retrysafe.transactions._sqlite import SQLiteBackend
@@ -128,13 +158,23 @@ def _sync_driver_backend(connection: object, table: str) -> SQLiteBackend | Psyc
         from retrysafe.transactions._sync.psycopg import PsycopgBackend
 
         return PsycopgBackend(connection, table)
+    if drivers.is_mysql_connection(connection):
+        from retrysafe.transactions._sync.mysql import MySQLBackend
+
+        return MySQLBackend(connection, table)
     raise TypeError(f"Expected a {_SYNC}, not {connection!r}.")
 
 
-def _async_driver_backend(connection: object, table: str) -> AsyncPsycopgBackend:
+def _async_driver_backend(
+    connection: object, table: str
+) -> AsyncPsycopgBackend | AsyncMySQLBackend:
     """Return the backend of an async driver's own connection: its records, and transactions."""
     if drivers.is_async_psycopg_connection(connection):
         from retrysafe.transactions._async.psycopg import AsyncPsycopgBackend
 
         return AsyncPsycopgBackend(connection, table)
+    if drivers.is_async_mysql_connection(connection):
+        from retrysafe.transactions._async.mysql import AsyncMySQLBackend
+
+        return AsyncMySQLBackend(connection, table)
     raise TypeError(f"Expected a {_ASYNC}, not {connection!r}.")

@@ -4,13 +4,14 @@ Django owns the transactions of its connections (`atomic` blocks, savepoints, au
 the backend here never begins or commits on its own: `begin` enters `transaction.atomic(using)`,
 a savepoint when the view's atomic block is open, and `end` leaves it, rolling back with
 `transaction.set_rollback`. The record statements run under it on Django's DB-API connection
-(`connections[alias].connection`, a `sqlite3.Connection` or a psycopg 3 `Connection`), and are
-the raw-driver backends' own (`_dispatch.sync_records`): the claim, the ORM's writes and the
-outcome are one transaction on one connection.
+(`connections[alias].connection`: a `sqlite3.Connection`, a psycopg 3 `Connection`, or on
+MySQL a PyMySQL `Connection`, PyMySQL being installed as `MySQLdb`), and are the raw-driver
+backends' own (`_dispatch.sync_records`): the claim, the ORM's writes and the outcome are one
+transaction on one connection.
 
 Written sync, by hand: Django's transaction API (`atomic`, `connections`) is sync only (an
 async view reaches it through `sync_to_async`), so there is no async source to generate it
-from. Two things differ from the raw drivers:
+from. Three things differ from the raw drivers:
 
 - psycopg: Django's connections make client-side-binding cursors, which cannot read the
   binary results the store's statements ask for; those run with psycopg's own `Cursor`.
@@ -19,6 +20,10 @@ from. Two things differ from the raw drivers:
   write lock, before the claim reads anything: a transaction that read first fails at once
   with "database is locked" when it writes after another connection committed. (Inside the
   view's own atomic block that already read, only `"IMMEDIATE"` avoids that.)
+- MySQL: `CREATE TABLE` commits the open transaction, so the records table, if missing, is
+  made before the atomic block begins, and only while the server has no transaction open
+  (an enclosing atomic block that has run no statement yet has none); otherwise the records
+  backend refuses, asking for the table to be made first.
 """
 
 from __future__ import annotations
@@ -48,29 +53,35 @@ __all__ = ["DjangoBackend", "driver_connection", "native_cursors", "table_of"]
 
 T = TypeVar("T")
 
-VENDORS: Final = ("sqlite", "postgresql")
+VENDORS: Final = ("sqlite", "postgresql", "mysql")
 """The Django database backends transactional mode runs on."""
 
 
 def driver_connection(using: str | None) -> Any:
     """Return the DB-API connection under Django's connection for the alias `using` (None:
-    the default one), opened if need be: a `sqlite3.Connection` or a psycopg `Connection`.
+    the default one), opened if need be: a `sqlite3.Connection`, a psycopg `Connection`, or a
+    PyMySQL `Connection` (PyMySQL installed as `MySQLdb`).
 
     Raises:
         TransactionManagementError: the atomic block is marked for rollback (after an error),
             where Django refuses every query too.
-        ConfigurationError: a database other than SQLite or PostgreSQL through psycopg 3.
+        ConfigurationError: a database other than SQLite, PostgreSQL through psycopg 3, or
+            MySQL/MariaDB.
     """
     connection = connections[using or DEFAULT_DB_ALIAS]
     connection.validate_no_broken_transaction()
     connection.ensure_connection()
     raw = connection.connection
     if connection.vendor not in VENDORS or not (
-        drivers.is_sqlite_connection(raw) or drivers.is_psycopg_connection(raw)
+        drivers.is_sqlite_connection(raw)
+        or drivers.is_psycopg_connection(raw)
+        or drivers.is_mysql_connection(raw)
     ):
         raise ConfigurationError(
-            "Transactional mode on Django supports the django.db.backends.sqlite3 and "
-            "django.db.backends.postgresql (with psycopg 3) databases, not "
+            "Transactional mode on Django supports the django.db.backends.sqlite3, "
+            "django.db.backends.postgresql (with psycopg 3) and django.db.backends.mysql "
+            "(MySQL, MariaDB, with PyMySQL installed as MySQLdb: pymysql.install_as_MySQLdb() "
+            "in settings.py) databases, not "
             f"{connection.vendor!r} through {type(raw).__module__}."
         )
     return raw
@@ -130,6 +141,11 @@ class DjangoBackend:
     def begin(self) -> None:
         """Enter an atomic block (a savepoint inside one), create the table if missing, and
         hold what the claim must lock."""
+        raw = driver_connection(self.alias)
+        if drivers.commits_on_ddl(raw):
+            # MySQL commits the open transaction on CREATE TABLE: a missing table is made
+            # before the block's first statement (an enclosing block's may have run already).
+            sync_records(raw, self.table).prepare()
         atomic = transaction.atomic(using=self.alias)
         atomic.__enter__()
         self._atomic = atomic

@@ -2,20 +2,28 @@
 
 A connection of a driver is an instance of that driver's classes, so the driver is imported
 already when such an object exists. Every probe here therefore looks the driver up in
-`sys.modules` and never imports one: a user of `sqlite3` alone never loads psycopg or
-SQLAlchemy (`import retrysafe.transactions` loads neither), and a driver that is not installed
-simply matches nothing.
+`sys.modules` and never imports one: a user of `sqlite3` alone never loads psycopg, PyMySQL or
+SQLAlchemy (`import retrysafe.transactions` loads none of them), and a driver that is not
+installed simply matches nothing.
 
 | probe                          | matches                                  |
 |--------------------------------|------------------------------------------|
 | `is_sqlite_connection`         | `sqlite3.Connection`                     |
 | `is_psycopg_connection`        | `psycopg.Connection`                     |
 | `is_async_psycopg_connection`  | `psycopg.AsyncConnection`                |
+| `is_mysql_connection`          | `pymysql.Connection`                     |
+| `is_async_mysql_connection`    | `aiomysql.Connection`                    |
 | `is_session`                   | `sqlalchemy.orm.Session`                 |
 | `is_async_session`             | `sqlalchemy.ext.asyncio.AsyncSession`    |
 
+aiomysql is built on PyMySQL (it imports it), but its connection is a class of its own, so the
+two probes never both match. Django's MySQL backend connects through `MySQLdb`: with PyMySQL
+installed as it (`pymysql.install_as_MySQLdb()`), its connections are PyMySQL's; mysqlclient's
+are not recognised (the MySQL store's statements are PyMySQL's).
+
 `is_sync_connection` and `is_async_connection` tell which colour of transaction a connection
-takes; `is_connection` whether transactional mode drives it at all.
+takes; `is_connection` whether transactional mode drives it at all; `commits_on_ddl` whether its
+database commits the open transaction on `CREATE TABLE` (MySQL and MariaDB do).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -32,16 +40,16 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
-    Connection: TypeAlias = sqlite3.Connection | psycopg.Connection[Any] | Session
-    """A connection or session of a sync driver that transactional mode drives."""
-    AsyncConnection: TypeAlias = psycopg.AsyncConnection[Any] | AsyncSession
-    """A connection or session of an async driver that transactional mode drives."""
-
 __all__ = [
+    "AsyncMySQLConnection",
+    "MySQLConnection",
+    "commits_on_ddl",
     "is_async_connection",
+    "is_async_mysql_connection",
     "is_async_psycopg_connection",
     "is_async_session",
     "is_connection",
+    "is_mysql_connection",
     "is_psycopg_connection",
     "is_session",
     "is_sqlite_connection",
@@ -49,6 +57,57 @@ __all__ = [
     "psycopg_module",
     "sqlalchemy_module",
 ]
+
+
+class MySQLConnection(Protocol):
+    """A PyMySQL connection, as far as its type shows: PyMySQL ships no types."""
+
+    def cursor(self) -> Any:
+        """Return a new cursor."""
+        ...
+
+    def begin(self) -> None:
+        """Start a transaction."""
+        ...
+
+    def commit(self) -> None:
+        """Commit the open transaction."""
+        ...
+
+    def rollback(self) -> None:
+        """Roll back the open transaction."""
+        ...
+
+
+class AsyncMySQLConnection(Protocol):
+    """An aiomysql connection, as far as its type shows: aiomysql ships no types."""
+
+    def cursor(self) -> Any:
+        """Return a new cursor (awaitable, and an async context manager)."""
+        ...
+
+    async def begin(self) -> None:
+        """Start a transaction."""
+        ...
+
+    async def commit(self) -> None:
+        """Commit the open transaction."""
+        ...
+
+    async def rollback(self) -> None:
+        """Roll back the open transaction."""
+        ...
+
+    async def ensure_closed(self) -> None:
+        """Say goodbye to the server and close the connection."""
+        ...
+
+
+if TYPE_CHECKING:
+    Connection: TypeAlias = sqlite3.Connection | psycopg.Connection[Any] | MySQLConnection | Session
+    """A connection or session of a sync driver that transactional mode drives."""
+    AsyncConnection: TypeAlias = psycopg.AsyncConnection[Any] | AsyncMySQLConnection | AsyncSession
+    """A connection or session of an async driver that transactional mode drives."""
 
 
 def psycopg_module() -> ModuleType | None:
@@ -78,6 +137,18 @@ def is_async_psycopg_connection(value: object) -> TypeGuard[psycopg.AsyncConnect
     return driver is not None and isinstance(value, driver.AsyncConnection)
 
 
+def is_mysql_connection(value: object) -> TypeGuard[MySQLConnection]:
+    """Return whether `value` is a PyMySQL `Connection` (also when installed as `MySQLdb`)."""
+    driver = sys.modules.get("pymysql")
+    return driver is not None and isinstance(value, driver.Connection)
+
+
+def is_async_mysql_connection(value: object) -> TypeGuard[AsyncMySQLConnection]:
+    """Return whether `value` is an aiomysql `Connection`."""
+    driver = sys.modules.get("aiomysql")
+    return driver is not None and isinstance(value, driver.Connection)
+
+
 def is_session(value: object) -> TypeGuard[Session]:
     """Return whether `value` is a SQLAlchemy `Session`."""
     orm = sqlalchemy_module("orm")
@@ -92,14 +163,29 @@ def is_async_session(value: object) -> TypeGuard[AsyncSession]:
 
 def is_sync_connection(value: object) -> TypeGuard[Connection]:
     """Return whether `value` is a connection or session of a sync driver we drive."""
-    return is_sqlite_connection(value) or is_psycopg_connection(value) or is_session(value)
+    return (
+        is_sqlite_connection(value)
+        or is_psycopg_connection(value)
+        or is_mysql_connection(value)
+        or is_session(value)
+    )
 
 
 def is_async_connection(value: object) -> TypeGuard[AsyncConnection]:
     """Return whether `value` is a connection or session of an async driver we drive."""
-    return is_async_psycopg_connection(value) or is_async_session(value)
+    return (
+        is_async_psycopg_connection(value)
+        or is_async_mysql_connection(value)
+        or is_async_session(value)
+    )
 
 
 def is_connection(value: object) -> bool:
     """Return whether `value` is a connection or session we drive, of either colour."""
     return is_sync_connection(value) or is_async_connection(value)
+
+
+def commits_on_ddl(value: object) -> bool:
+    """Return whether `value` is a driver connection whose database commits the open
+    transaction on `CREATE TABLE` (MySQL and MariaDB, either colour)."""
+    return is_mysql_connection(value) or is_async_mysql_connection(value)

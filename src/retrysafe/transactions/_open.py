@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
-__all__ = ["async_backend", "psycopg", "sqlalchemy", "sqlite", "sync_backend"]
+    from retrysafe.transactions._drivers import AsyncMySQLConnection, MySQLConnection
+
+__all__ = ["async_backend", "mysql", "psycopg", "sqlalchemy", "sqlite", "sync_backend"]
 
 Row = TypeVar("Row")
 
@@ -104,6 +106,51 @@ def psycopg(
 
 
 @overload
+def mysql(
+    connection: MySQLConnection, *, table: str = ..., **options: Unpack[OpenOptions]
+) -> Transaction: ...
+@overload
+def mysql(
+    connection: AsyncMySQLConnection, *, table: str = ..., **options: Unpack[OpenOptions]
+) -> AsyncTransaction: ...
+def mysql(
+    connection: MySQLConnection | AsyncMySQLConnection,
+    *,
+    table: str = DEFAULT_TABLE,
+    **options: Unpack[OpenOptions],
+) -> Transaction | AsyncTransaction:
+    """Return a transaction on a MySQL or MariaDB connection in which the key commits with the
+    writes.
+
+    A PyMySQL `Connection` gives a `Transaction` (`with`), an aiomysql `Connection` an
+    `AsyncTransaction` (`async with`). The block runs in `START TRANSACTION` ... `COMMIT`, or
+    in a savepoint when the connection already has a transaction open (autocommit off, and a
+    statement ran since the last commit); InnoDB tables only.
+
+    Args:
+        connection: the connection the business writes use (any cursor class), at REPEATABLE
+            READ (InnoDB's default) or READ COMMITTED: the record is read with locking reads,
+            which see the latest committed row at either level. A duplicate waits on the key's
+            row lock while the first transaction runs, up to `innodb_lock_wait_timeout` (then
+            `InFlightError`).
+        table: the records table, the MySQL store's `table` option (default
+            `retrysafe_records`); created if missing, before the transaction begins (MySQL
+            commits a transaction on `CREATE TABLE`, so inside an open one a missing table is
+            a `ConfigurationError`).
+        encryption: the keys that encrypt the outcome at rest, as for `sqlite`.
+        options: the claim's `identity`, `fingerprint`, `lease`, `retention` and `clock`, as
+            for `sqlite`.
+    """
+    if not (
+        drivers.is_mysql_connection(connection) or drivers.is_async_mysql_connection(connection)
+    ):
+        raise TypeError(
+            f"Expected a PyMySQL or aiomysql Connection (MySQL, MariaDB), not {connection!r}."
+        )
+    return _transaction(connection, table, options)
+
+
+@overload
 def sqlalchemy(
     session: Session, *, table: str = ..., **options: Unpack[OpenOptions]
 ) -> Transaction: ...
@@ -122,8 +169,9 @@ def sqlalchemy(
     A `Session` gives a `Transaction` (`with`), an `AsyncSession` an `AsyncTransaction`
     (`async with`). The block runs in `session.begin()`, committed when the block ends, or in
     `session.begin_nested()` when the session already has a transaction open. Supported
-    databases: SQLite through `sqlite3` (sync sessions) and PostgreSQL through psycopg 3
-    (`postgresql+psycopg://`, both).
+    databases: SQLite through `sqlite3` (sync sessions), PostgreSQL through psycopg 3
+    (`postgresql+psycopg://`, both), and MySQL or MariaDB through PyMySQL
+    (`mysql+pymysql://`, sync) or aiomysql (`mysql+aiomysql://`, async).
 
     Args:
         session: the session the business writes use; its pending objects are flushed

@@ -12,16 +12,18 @@ from typing import Required, TypedDict, Unpack
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._engine import Decision
-from retrysafe._errors import ConfigurationError, StoreError
+from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
 from retrysafe._flow import DEFAULT_LEASE, DEFAULT_RETENTION, judge
 from retrysafe._record import Claim, Identity, Record
 
 __all__ = [
+    "CLAIM_ROUNDS",
     "DEFAULT_LEASE",
     "DEFAULT_RETENTION",
     "FORGOTTEN_OUTCOME",
     "ClaimOptions",
     "ClaimSettings",
+    "DeadlockRollbackError",
     "TransactionState",
     "check_settings",
     "refusal",
@@ -31,6 +33,20 @@ FORGOTTEN_OUTCOME = (
     "The transaction ended without tx.complete(outcome); its writes were rolled back, since an "
     "effect without a stored outcome could not be replayed."
 )
+
+CLAIM_ROUNDS = 8
+"""How many transactions a claim may begin when the database keeps choosing it as a deadlock's
+victim: each round, another transaction that wanted the key went ahead."""
+
+
+class DeadlockRollbackError(StoreUnavailableError):
+    """The database rolled back the whole transaction of a claim to break a deadlock (MySQL's
+    and MariaDB's error 1213), every write made in it before the claim included.
+
+    A claim that began the transaction itself runs again in a new one (`CLAIM_ROUNDS`); inside
+    the caller's transaction this propagates, since the caller's own writes went too: run the
+    whole transaction again.
+    """
 
 
 class ClaimOptions(TypedDict, total=False):

@@ -3,6 +3,23 @@
 `insert_if_absent`, `update_by_key` and `delete_by_key` (`_async/writes.py` and its generated
 sync twin) build their statements here and run them through an executor of the caller's
 driver. Table and column names are checked and quoted; every value is a bound parameter (B34).
+
+Each executor names its database's `Dialect`: the driver's placeholder, the identifier quote,
+and whether the database has `RETURNING` (SQLite and PostgreSQL, with `ON CONFLICT`). MySQL and
+MariaDB have neither (MariaDB's `RETURNING` is partial), so their helpers write, then read the
+row back, under a lock where another transaction could change it (`_async/writes.py`):
+
+- `insert_if_absent`: SQLite, PostgreSQL: `INSERT ... ON CONFLICT (unique) DO NOTHING
+  RETURNING *`, else a read. MySQL: `INSERT`; on a duplicate key (1062), the row that is there,
+  read `LOCK IN SHARE MODE`.
+- `update_by_key`: `UPDATE ... RETURNING *`. MySQL: `SELECT ... FOR UPDATE`, `UPDATE`, a read.
+- `delete_by_key`: `DELETE ... RETURNING *`. MySQL: `SELECT ... FOR UPDATE`, `DELETE`.
+
+Not `INSERT IGNORE`: it turns every error of the row into a warning (a NULL in a NOT NULL
+column is stored as the column's default), not only the duplicate key. Not `ON DUPLICATE KEY
+UPDATE`: it also swallows a conflict on another unique key, and whether it inserted shows only
+in the affected-row count, which the `CLIENT_FOUND_ROWS` flag (set by SQLAlchemy and Django)
+makes the same for an insert and a no-op.
 """
 
 from __future__ import annotations
@@ -10,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from retrysafe._errors import ConfigurationError, StoreError
 
@@ -23,14 +40,18 @@ if TYPE_CHECKING:
     """A table's name, or with a session a SQLAlchemy `Table` or a mapped class."""
 
 __all__ = [
+    "DUPLICATE_KEY",
     "INSERT_ATTEMPTS",
+    "MYSQL",
+    "Dialect",
     "Inserted",
     "Row",
     "delete_sql",
+    "error_number",
     "insert_sql",
     "one_row",
-    "paramstyle_mark",
     "select_sql",
+    "session_dialect",
     "table_name",
     "unique_values",
     "update_sql",
@@ -38,8 +59,34 @@ __all__ = [
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 INSERT_ATTEMPTS = 3
+DUPLICATE_KEY: Final = frozenset({1022, 1062, 1586})
+"""MySQL's error numbers for a duplicate key (ER_DUP_KEY, ER_DUP_ENTRY, ..._WITH_KEY_NAME)."""
 
 Row = dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one database spells the helpers' statements.
+
+    Attributes:
+        mark: the driver's placeholder (`?`, `%s`).
+        quote: the identifier quote.
+        returning: whether writes can return their rows (`RETURNING`, and `ON CONFLICT`).
+    """
+
+    mark: str
+    quote: str = '"'
+    returning: bool = True
+
+    def lock(self, *, exclusive: bool) -> str:
+        """Return the clause that makes a SELECT a locking read (MySQL: the latest committed
+        rows rather than the transaction's snapshot, locked until it ends)."""
+        return " FOR UPDATE" if exclusive else " LOCK IN SHARE MODE"
+
+
+MYSQL: Final = Dialect("%s", "`", returning=False)
+"""MySQL and MariaDB, through PyMySQL or aiomysql (both `%s`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,33 +102,34 @@ class Inserted:
     inserted: bool
 
 
-def _quote(name: str) -> str:
+def _quote(name: str, dialect: Dialect) -> str:
     if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ConfigurationError(
             f"{name!r} is not a plain SQL identifier: use ASCII letters, digits and underscores."
         )
-    return f'"{name}"'
+    return f"{dialect.quote}{name}{dialect.quote}"
 
 
-def table_name(table: object) -> str:
+def table_name(table: object, dialect: Dialect) -> str:
     """Return the quoted table name of a name, a SQLAlchemy `Table` or a mapped class."""
     if isinstance(table, str):
-        return ".".join(_quote(part) for part in table.split("."))
+        return ".".join(_quote(part, dialect) for part in table.split("."))
     local = getattr(table, "__table__", table)  # a declarative class maps to its Table
     name, schema = getattr(local, "name", None), getattr(local, "schema", None)
     if not isinstance(name, str):
         raise ConfigurationError(f"Expected a table name, Table or mapped class, not {table!r}.")
-    return _quote(name) if schema is None else f"{_quote(schema)}.{_quote(name)}"
+    quoted = _quote(name, dialect)
+    return quoted if schema is None else f"{_quote(schema, dialect)}.{quoted}"
 
 
-def _columns(values: Mapping[str, object], what: str) -> list[str]:
+def _columns(values: Mapping[str, object], what: str, dialect: Dialect) -> list[str]:
     if not values:
         raise ConfigurationError(f"{what} must name at least one column.")
-    return [_quote(column) for column in values]
+    return [_quote(column, dialect) for column in values]
 
 
-def _key_columns(key: Mapping[str, object]) -> list[str]:
-    columns = _columns(key, "The unique key")
+def _key_columns(key: Mapping[str, object], dialect: Dialect) -> list[str]:
+    columns = _columns(key, "The unique key", dialect)
     missing = [name for name, value in key.items() if value is None]
     if missing:
         # NULL never equals NULL, and unique constraints let NULLs repeat.
@@ -96,34 +144,42 @@ def _where(columns: Sequence[str], mark: str) -> str:
 # The statements. Identifiers were checked and quoted by `_quote`; values are parameters.
 
 
-def insert_sql(table: str, values: Mapping[str, object], unique: Sequence[str], mark: str) -> str:
-    """Return INSERT ... ON CONFLICT (unique) DO NOTHING RETURNING *."""
-    columns = ", ".join(_columns(values, "The values"))
-    marks = ", ".join(mark for _ in values)
-    conflict = ", ".join(_quote(column) for column in unique)
-    return (
-        f"INSERT INTO {table} ({columns}) VALUES ({marks}) "  # noqa: S608
-        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING *"
-    )
+def insert_sql(
+    table: str, values: Mapping[str, object], unique: Sequence[str], dialect: Dialect
+) -> str:
+    """Return INSERT ... ON CONFLICT (unique) DO NOTHING RETURNING *, or a plain INSERT where
+    the database has no RETURNING."""
+    columns = ", ".join(_columns(values, "The values", dialect))
+    marks = ", ".join(dialect.mark for _ in values)
+    insert = f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
+    if not dialect.returning:
+        return insert
+    conflict = ", ".join(_quote(column, dialect) for column in unique)
+    return f"{insert} ON CONFLICT ({conflict}) DO NOTHING RETURNING *"
 
 
-def select_sql(table: str, key: Mapping[str, object], mark: str) -> str:
-    """Return the SELECT of the rows that `key` names."""
-    return f"SELECT * FROM {table} WHERE {_where(_key_columns(key), mark)}"  # noqa: S608
+def select_sql(table: str, key: Mapping[str, object], dialect: Dialect, *, lock: str = "") -> str:
+    """Return the SELECT of the rows that `key` names, with a `Dialect.lock` clause if given."""
+    where = _where(_key_columns(key, dialect), dialect.mark)
+    return f"SELECT * FROM {table} WHERE {where}{lock}"  # noqa: S608
 
 
 def update_sql(
-    table: str, key: Mapping[str, object], values: Mapping[str, object], mark: str
+    table: str, key: Mapping[str, object], values: Mapping[str, object], dialect: Dialect
 ) -> str:
-    """Return the UPDATE that sets `values` on the rows `key` names, returning them."""
-    assignments = ", ".join(f"{column} = {mark}" for column in _columns(values, "The values"))
-    where = _where(_key_columns(key), mark)
-    return f"UPDATE {table} SET {assignments} WHERE {where} RETURNING *"  # noqa: S608
+    """Return the UPDATE that sets `values` on the rows `key` names, returning them where the
+    database can."""
+    columns = _columns(values, "The values", dialect)
+    assignments = ", ".join(f"{column} = {dialect.mark}" for column in columns)
+    where = _where(_key_columns(key, dialect), dialect.mark)
+    update = f"UPDATE {table} SET {assignments} WHERE {where}"  # noqa: S608
+    return f"{update} RETURNING *" if dialect.returning else update
 
 
-def delete_sql(table: str, key: Mapping[str, object], mark: str) -> str:
-    """Return the DELETE of the rows `key` names, returning them."""
-    return f"DELETE FROM {table} WHERE {_where(_key_columns(key), mark)} RETURNING *"  # noqa: S608
+def delete_sql(table: str, key: Mapping[str, object], dialect: Dialect) -> str:
+    """Return the DELETE of the rows `key` names, returning them where the database can."""
+    delete = f"DELETE FROM {table} WHERE {_where(_key_columns(key, dialect), dialect.mark)}"  # noqa: S608
+    return f"{delete} RETURNING *" if dialect.returning else delete
 
 
 def unique_values(values: Mapping[str, object], unique: Sequence[str]) -> dict[str, object]:
@@ -146,9 +202,19 @@ def one_row(rows: list[Row], what: str) -> Row | None:
     return rows[0] if rows else None
 
 
-def paramstyle_mark(paramstyle: str) -> str:
-    """Return the placeholder of a DB-API paramstyle the helpers support."""
+def session_dialect(name: str, paramstyle: str) -> Dialect:
+    """Return the dialect of a SQLAlchemy dialect `name` whose driver has `paramstyle`."""
     marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}
     if paramstyle not in marks:
         raise ConfigurationError(f"The write helpers do not support paramstyle {paramstyle!r}.")
-    return marks[paramstyle]
+    if name in ("mysql", "mariadb"):
+        return MYSQL
+    return Dialect(marks[paramstyle])
+
+
+def error_number(error: BaseException) -> int | None:
+    """Return the MySQL error number of a driver's error (PyMySQL, aiomysql:
+    `args[0]`), also when SQLAlchemy wraps it (`.orig`); None for any other error."""
+    cause = getattr(error, "orig", None) or error
+    number = cause.args[0] if cause.args else None
+    return number if isinstance(number, int) else None

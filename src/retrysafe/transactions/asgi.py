@@ -68,9 +68,10 @@ __all__ = ["Connect", "RequestTransaction", "TransactionalMiddleware"]
 
 Connect = Callable[[], Any]
 """Makes the connection a request's handler writes with: called with no arguments, it returns
-an `AsyncSession`, a psycopg `AsyncConnection` (or a coroutine of one), a sync `Session`,
-psycopg `Connection` or `sqlite3.Connection` (opened with `check_same_thread=False`: its work
-runs in worker threads), or an async or sync context manager of one (a pool's
+an `AsyncSession`, a psycopg `AsyncConnection` or an aiomysql connection (or a coroutine of
+one), a sync `Session`, psycopg or PyMySQL `Connection` or `sqlite3.Connection` (opened with
+`check_same_thread=False`: its work runs in worker threads), or an async or sync context
+manager of one (a pool's
 `pool.connection()`). A connection it returns is closed after the request."""
 
 # Response extensions the capture cannot see through: the app must send plain body messages.
@@ -313,7 +314,12 @@ async def _enter(stack: contextlib.AsyncExitStack, made: Any) -> object:
 
 async def _close(connection: Any) -> None:
     with anyio.CancelScope(shield=True):
-        if drivers.is_async_connection(connection):
+        if drivers.is_async_mysql_connection(connection):
+            # aiomysql's close() drops the socket without a goodbye; ensure_closed() says one.
+            await connection.ensure_closed()
+        elif drivers.is_async_psycopg_connection(connection) or drivers.is_async_session(
+            connection
+        ):
             await connection.close()
         else:
             await anyio.to_thread.run_sync(connection.close)

@@ -2,8 +2,9 @@
 
 The record lives in the same database as the models (the store's own table) and is claimed
 and completed on Django's connection for it, inside `transaction.atomic`: the ORM's writes and
-the record commit together, or neither does. SQLite (`django.db.backends.sqlite3`) and
-PostgreSQL (`django.db.backends.postgresql` with psycopg 3).
+the record commit together, or neither does. SQLite (`django.db.backends.sqlite3`),
+PostgreSQL (`django.db.backends.postgresql` with psycopg 3), and MySQL or MariaDB
+(`django.db.backends.mysql` with PyMySQL installed as `MySQLdb`).
 
 A view, one decorator (the key, scope and response are the HTTP middleware's):
 

@@ -89,8 +89,8 @@ def install(
 
     Args:
         app: the Flask app.
-        connect: makes each request's connection: a `sqlite3.Connection`, a psycopg
-            `Connection` or a SQLAlchemy `Session`, or a context manager of one (a pool's
+        connect: makes each request's connection: a `sqlite3.Connection`, a psycopg or
+            PyMySQL `Connection` or a SQLAlchemy `Session`, or a context manager of one (a pool's
             `pool.connection()`). A connection it returns is closed after the request.
         table: the records table (the store's `table` option) in that database.
         clock: the time source (default: the system clock).

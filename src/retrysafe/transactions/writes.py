@@ -9,10 +9,12 @@
 
 They run in the caller's transaction and never commit: use them inside a transactional-mode
 block or a phase so they commit together with the key. They take a `sqlite3` connection, a
-psycopg 3 connection or a SQLAlchemy session (sync names), or a psycopg `AsyncConnection` or
-an `AsyncSession` (the `a`-prefixed names). Table and column names are checked identifiers;
-every value is a bound parameter (B34). `insert_if_absent`'s `unique` columns must match a
-unique index or primary key of the table (SQLite and PostgreSQL both refuse otherwise).
+psycopg 3 or PyMySQL connection or a SQLAlchemy session (sync names), or a psycopg
+`AsyncConnection`, an aiomysql connection or an `AsyncSession` (the `a`-prefixed names).
+Table and column names are checked identifiers; every value is a bound parameter (B34).
+`insert_if_absent`'s `unique` columns must match a unique index or primary key of the table
+(SQLite and PostgreSQL both refuse otherwise). MySQL and MariaDB have no `RETURNING`: there
+each helper writes, then reads the row back under a row lock (`_write_sql.py`).
 
 The `a` functions are written once, in `_async/writes.py`; the sync ones are generated from
 them (`_sync/writes.py`, `scripts/unasync.py`). Their statements are built in `_write_sql.py`.

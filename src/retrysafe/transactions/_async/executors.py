@@ -1,8 +1,10 @@
 """How the idempotent write helpers run a statement on the caller's psycopg or SQLAlchemy driver.
 
-An executor knows its driver's placeholder (`mark`) and returns a statement's rows as dicts,
-whatever row factory the caller's connection uses. `_dispatch.async_executor` picks the one for
-a connection; the `sqlite3` one is sync only (`transactions/_sqlite.py`).
+An executor knows its database's `Dialect` (the placeholder, the identifier quote, whether
+writes return rows) and returns a statement's rows as dicts, whatever row factory the caller's
+connection uses. `_dispatch.async_executor` picks the one for a connection; the `sqlite3` one
+is sync only (`transactions/_sqlite.py`), the MySQL drivers' is with their backend
+(`_async/mysql.py`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from retrysafe.transactions._write_sql import Row, paramstyle_mark
+from retrysafe.transactions._write_sql import Dialect, Row, session_dialect
 
 if TYPE_CHECKING:
     import psycopg
@@ -22,7 +24,7 @@ __all__ = ["AsyncExecutor", "AsyncPsycopgExecutor", "AsyncSessionExecutor"]
 class AsyncExecutor(Protocol):
     """Runs the write helpers' statements on one connection or session."""
 
-    mark: str
+    dialect: Dialect
 
     async def rows(self, statement: str, params: Sequence[object]) -> list[Row]:
         """Run `statement` with positional `params`; return its rows (none if it has none)."""
@@ -32,7 +34,7 @@ class AsyncExecutor(Protocol):
 class AsyncPsycopgExecutor:
     """Statements on a psycopg connection, in its open transaction."""
 
-    mark = "%s"
+    dialect = Dialect("%s")
 
     def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
         self.connection = connection
@@ -51,7 +53,8 @@ class AsyncSessionExecutor:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self.mark = paramstyle_mark(session.get_bind().dialect.paramstyle)
+        bound = session.get_bind().dialect
+        self.dialect = session_dialect(bound.name, bound.paramstyle)
 
     async def rows(self, statement: str, params: Sequence[object]) -> list[Row]:
         """Flush the session, then run `statement`; return its rows as dicts."""

@@ -3,7 +3,9 @@
 The session owns the transaction: `session.begin()` when none is open (committed when the block
 ends), `session.begin_nested()` (a savepoint) when one is. The record statements run on the
 session's own driver connection through the raw-driver records (`_dispatch.async_records`), so
-they are part of the same transaction as everything the session flushes.
+they are part of the same transaction as everything the session flushes. On MySQL, whose
+`CREATE TABLE` commits the open transaction, a missing records table is made before the
+savepoint's statement opens one (in a session that has run nothing yet, nothing is open).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from retrysafe._record import Claim, Identity, Record
+from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._dispatch import async_records
 
 if TYPE_CHECKING:
@@ -42,17 +45,24 @@ class AsyncSessionBackend:
     async def begin(self) -> None:
         """Begin (or begin nested), then create the table and take what the claim locks."""
         session = self.session
-        self._transaction = await (
-            session.begin_nested() if session.in_transaction() else session.begin()
-        )
+        if session.in_transaction():
+            raw = await self._driver_connection()
+            if drivers.commits_on_ddl(raw):
+                await async_records(raw, self.table).prepare()  # before the SAVEPOINT
+            self._transaction = await session.begin_nested()
+        else:
+            self._transaction = await session.begin()
         try:
-            connection = await session.connection()
-            raw = (await connection.get_raw_connection()).driver_connection
-            self._records = async_records(raw, self.table)
+            self._records = async_records(await self._driver_connection(), self.table)
             await self._records.prepare()
         except BaseException:
             await self.end(commit=False)
             raise
+
+    async def _driver_connection(self) -> object:
+        """Return the DB-API connection under the session's connection."""
+        connection = await self.session.connection()
+        return (await connection.get_raw_connection()).driver_connection
 
     async def end(self, *, commit: bool) -> None:
         """Commit or roll back what `begin` started."""

@@ -22,9 +22,11 @@ from retrysafe._record import Claim, Identity, Record
 from retrysafe.outbox._messages import Outbox
 from retrysafe.transactions._async.outbox import AsyncOutboxWriter
 from retrysafe.transactions._state import (
+    CLAIM_ROUNDS,
     FORGOTTEN_OUTCOME,
     ClaimOptions,
     ClaimSettings,
+    DeadlockRollbackError,
     TransactionState,
 )
 
@@ -151,23 +153,35 @@ class AsyncTransaction(TransactionState):
 async def abegin_claim(backend: AsyncBackend, settings: ClaimSettings) -> Claim:
     """Begin a transaction on `backend` and claim the key in it; raise the claim's refusal.
 
-    A refusal, or any failure, rolls the transaction back before it propagates.
+    A refusal, or any failure, rolls the transaction back before it propagates. A claim whose
+    transaction the database rolled back to break a deadlock (MySQL: duplicates that waited on
+    a claim that rolled back) begins again, when the transaction is its own: nothing else was
+    in it. Inside the caller's transaction, the `DeadlockRollbackError` propagates.
     """
-    await backend.begin()
-    try:
-        now = settings.clock.now()
-        claim = await backend.claim(
-            settings.identity,
-            settings.fingerprint,
-            now=now,
-            lease=settings.lease,
-            retention=settings.retention,
-        )
-        settings.check(claim, now)
-    except BaseException:
-        await arollback(backend)
-        raise
-    return claim
+    restartable = not backend.in_transaction()
+    for round_ in range(1, CLAIM_ROUNDS + 1):
+        await backend.begin()
+        try:
+            now = settings.clock.now()
+            claim = await backend.claim(
+                settings.identity,
+                settings.fingerprint,
+                now=now,
+                lease=settings.lease,
+                retention=settings.retention,
+            )
+            settings.check(claim, now)
+        except DeadlockRollbackError:
+            await arollback(backend)
+            if restartable and round_ < CLAIM_ROUNDS:
+                logger.debug("A claim's transaction was a deadlock's victim; beginning again")
+                continue
+            raise
+        except BaseException:
+            await arollback(backend)
+            raise
+        return claim
+    raise AssertionError("unreachable")  # pragma: no cover - the last round returns or raises
 
 
 async def arollback(backend: AsyncBackend, *, quiet: bool = True) -> None:

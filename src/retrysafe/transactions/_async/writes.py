@@ -1,7 +1,10 @@
 """The idempotent write helpers, run on the caller's connection in its open transaction.
 
 What they do and guarantee is told in `transactions/writes.py`; their statements are built in
-`transactions/_write_sql.py` and run through the executor of the caller's driver.
+`transactions/_write_sql.py` and run through the executor of the caller's driver. On a
+database without `RETURNING` (MySQL, MariaDB) each helper writes and then reads the row back,
+under the row lock its write or a locking read took, so no other transaction can change the
+row in between (see `_write_sql.py`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from typing import TYPE_CHECKING
 from retrysafe._errors import StoreError
 from retrysafe.transactions._dispatch import async_executor
 from retrysafe.transactions._write_sql import (
+    DUPLICATE_KEY,
     INSERT_ATTEMPTS,
     Inserted,
     Row,
     delete_sql,
+    error_number,
     insert_sql,
     one_row,
     select_sql,
@@ -25,6 +30,7 @@ from retrysafe.transactions._write_sql import (
 )
 
 if TYPE_CHECKING:
+    from retrysafe.transactions._async.executors import AsyncExecutor
     from retrysafe.transactions._drivers import AsyncConnection
     from retrysafe.transactions._write_sql import TableRef
 
@@ -47,9 +53,12 @@ async def ainsert_if_absent(
         unique: the columns of a unique constraint of the table, all present in `values`.
     """
     run = async_executor(connection)
-    name = table_name(table)
+    dialect = run.dialect
+    name = table_name(table, dialect)
     key = unique_values(values, unique)
-    insert, select = insert_sql(name, values, unique, run.mark), select_sql(name, key, run.mark)
+    insert, select = insert_sql(name, values, unique, dialect), select_sql(name, key, dialect)
+    if not dialect.returning:
+        return await _insert_then_read(run, name, insert, values, key)
     for _ in range(INSERT_ATTEMPTS):
         rows = await run.rows(insert, list(values.values()))
         if rows:
@@ -79,9 +88,17 @@ async def aupdate_by_key(
         StoreError: `key` matched several rows (it is not unique); roll back.
     """
     run = async_executor(connection)
-    name = table_name(table)
-    statement = update_sql(name, key, values, run.mark)
-    return one_row(await run.rows(statement, [*values.values(), *key.values()]), name)
+    dialect = run.dialect
+    name = table_name(table, dialect)
+    statement = update_sql(name, key, values, dialect)
+    params = [*values.values(), *key.values()]
+    if dialect.returning:
+        return one_row(await run.rows(statement, params), name)
+    if await _locked_row(run, name, key) is None:
+        return None
+    await run.rows(statement, params)
+    moved = {**key, **{column: values[column] for column in key if column in values}}
+    return one_row(await run.rows(select_sql(name, moved, dialect), list(moved.values())), name)
 
 
 async def adelete_by_key(
@@ -98,6 +115,48 @@ async def adelete_by_key(
         StoreError: `key` matched several rows (it is not unique); roll back.
     """
     run = async_executor(connection)
-    name = table_name(table)
-    rows = await run.rows(delete_sql(name, key, run.mark), list(key.values()))
-    return one_row(rows, name) is not None
+    dialect = run.dialect
+    name = table_name(table, dialect)
+    statement = delete_sql(name, key, dialect)
+    if dialect.returning:
+        return one_row(await run.rows(statement, list(key.values())), name) is not None
+    if await _locked_row(run, name, key) is None:
+        return False
+    await run.rows(statement, list(key.values()))
+    return True
+
+
+async def _insert_then_read(
+    run: AsyncExecutor, name: str, insert: str, values: Mapping[str, object], key: Row
+) -> Inserted:
+    """Insert, then read the row back; on a duplicate key, read the row that is there.
+
+    The duplicate-key error leaves the existing row share-locked by this transaction (InnoDB
+    locks the duplicate it found), so it cannot change or go before the read, which is a
+    locking one: it sees the latest committed row, not the transaction's snapshot. A row that
+    the read does not find means the conflict was on another unique key: the driver's error
+    stands, as `ON CONFLICT (unique)` lets such a conflict through.
+    """
+    dialect = run.dialect
+    try:
+        await run.rows(insert, list(values.values()))
+    except Exception as error:
+        if error_number(error) not in DUPLICATE_KEY:
+            raise
+        shared = select_sql(name, key, dialect, lock=dialect.lock(exclusive=False))
+        existing = one_row(await run.rows(shared, list(key.values())), name)
+        if existing is None:
+            raise
+        return Inserted(existing, inserted=False)
+    row = one_row(await run.rows(select_sql(name, key, dialect), list(key.values())), name)
+    if row is None:  # pragma: no cover - the row this transaction just inserted
+        raise StoreError(f"The row just inserted into {name} cannot be read back.")
+    return Inserted(row, inserted=True)
+
+
+async def _locked_row(run: AsyncExecutor, name: str, key: Mapping[str, object]) -> Row | None:
+    """Return the one row `key` names, locked for update until the transaction ends (the
+    latest committed row, whatever the snapshot), or None; several rows raise."""
+    dialect = run.dialect
+    locking = select_sql(name, key, dialect, lock=dialect.lock(exclusive=True))
+    return one_row(await run.rows(locking, list(key.values())), name)

@@ -3,9 +3,11 @@
 # fmt: off
 """How the idempotent write helpers run a statement on the caller's psycopg or SQLAlchemy driver.
 
-An executor knows its driver's placeholder (`mark`) and returns a statement's rows as dicts,
-whatever row factory the caller's connection uses. `_dispatch.sync_executor` picks the one for
-a connection; the `sqlite3` one is sync only (`transactions/_sqlite.py`).
+An executor knows its database's `Dialect` (the placeholder, the identifier quote, whether
+writes return rows) and returns a statement's rows as dicts, whatever row factory the caller's
+connection uses. `_dispatch.sync_executor` picks the one for a connection; the `sqlite3` one
+is sync only (`transactions/_sqlite.py`), the MySQL drivers' is with their backend
+(`_async/mysql.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from retrysafe.transactions._write_sql import Row, paramstyle_mark
+from retrysafe.transactions._write_sql import Dialect, Row, session_dialect
 
 if TYPE_CHECKING:
     import psycopg
@@ -25,7 +27,7 @@ __all__ = ["Executor", "PsycopgExecutor", "SessionExecutor"]
 class Executor(Protocol):
     """Runs the write helpers' statements on one connection or session."""
 
-    mark: str
+    dialect: Dialect
 
     def rows(self, statement: str, params: Sequence[object]) -> list[Row]:
         """Run `statement` with positional `params`; return its rows (none if it has none)."""
@@ -35,7 +37,7 @@ class Executor(Protocol):
 class PsycopgExecutor:
     """Statements on a psycopg connection, in its open transaction."""
 
-    mark = "%s"
+    dialect = Dialect("%s")
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
@@ -54,7 +56,8 @@ class SessionExecutor:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.mark = paramstyle_mark(session.get_bind().dialect.paramstyle)
+        bound = session.get_bind().dialect
+        self.dialect = session_dialect(bound.name, bound.paramstyle)
 
     def rows(self, statement: str, params: Sequence[object]) -> list[Row]:
         """Flush the session, then run `statement`; return its rows as dicts."""

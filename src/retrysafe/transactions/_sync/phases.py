@@ -56,9 +56,9 @@ def run_phases(
 
     Args:
         connection: with no transaction open, as each phase commits on its own: a
-            `sqlite3.Connection`, a psycopg `Connection` or a SQLAlchemy `Session` for the
-            sync function; psycopg's async connection or SQLAlchemy's async session for the
-            async one, whose phase functions are coroutine functions.
+            `sqlite3.Connection`, a psycopg or PyMySQL `Connection` or a SQLAlchemy `Session`
+            for the sync function; psycopg's or pymysql's async connection or SQLAlchemy's
+            async session for the async one, whose phase functions are coroutine functions.
         phases: phase name to function, in order. A function takes the `Step` and makes the
             phase's writes on `connection`; it returns None to continue or the outcome to
             finish. Phases that run after a resume must read what earlier phases wrote from the

@@ -25,9 +25,11 @@ from retrysafe._record import Claim, Identity, Record
 from retrysafe.outbox._messages import Outbox
 from retrysafe.transactions._sync.outbox import OutboxWriter
 from retrysafe.transactions._state import (
+    CLAIM_ROUNDS,
     FORGOTTEN_OUTCOME,
     ClaimOptions,
     ClaimSettings,
+    DeadlockRollbackError,
     TransactionState,
 )
 
@@ -154,23 +156,35 @@ class Transaction(TransactionState):
 def begin_claim(backend: Backend, settings: ClaimSettings) -> Claim:
     """Begin a transaction on `backend` and claim the key in it; raise the claim's refusal.
 
-    A refusal, or any failure, rolls the transaction back before it propagates.
+    A refusal, or any failure, rolls the transaction back before it propagates. A claim whose
+    transaction the database rolled back to break a deadlock (MySQL: duplicates that waited on
+    a claim that rolled back) begins again, when the transaction is its own: nothing else was
+    in it. Inside the caller's transaction, the `DeadlockRollbackError` propagates.
     """
-    backend.begin()
-    try:
-        now = settings.clock.now()
-        claim = backend.claim(
-            settings.identity,
-            settings.fingerprint,
-            now=now,
-            lease=settings.lease,
-            retention=settings.retention,
-        )
-        settings.check(claim, now)
-    except BaseException:
-        rollback(backend)
-        raise
-    return claim
+    restartable = not backend.in_transaction()
+    for round_ in range(1, CLAIM_ROUNDS + 1):
+        backend.begin()
+        try:
+            now = settings.clock.now()
+            claim = backend.claim(
+                settings.identity,
+                settings.fingerprint,
+                now=now,
+                lease=settings.lease,
+                retention=settings.retention,
+            )
+            settings.check(claim, now)
+        except DeadlockRollbackError:
+            rollback(backend)
+            if restartable and round_ < CLAIM_ROUNDS:
+                logger.debug("A claim's transaction was a deadlock's victim; beginning again")
+                continue
+            raise
+        except BaseException:
+            rollback(backend)
+            raise
+        return claim
+    raise AssertionError("unreachable")  # pragma: no cover - the last round returns or raises
 
 
 def rollback(backend: Backend, *, quiet: bool = True) -> None:

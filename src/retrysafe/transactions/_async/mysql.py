@@ -1,0 +1,254 @@
+"""Transactional mode on a MySQL or MariaDB connection, with the MySQL store's own primitives.
+
+Written once, async, for aiomysql connections; the twin for PyMySQL ones is generated. The record
+statements are the store's (`stores/_async/mysql_records.py`), run on the caller's connection,
+InnoDB tables only. The claim is the store's `INSERT ... ON DUPLICATE KEY UPDATE` on the key's
+primary key: inside the caller's transaction it inserts the record uncommitted, so a
+duplicate's claim waits on that row's lock until the first transaction ends, then finds the
+finished record (after a commit: a replay) or inserts its own (after a rollback). The record is
+then read `FOR UPDATE`, a locking read that sees the latest committed row rather than the
+transaction's snapshot, so REPEATABLE READ (InnoDB's default) and READ COMMITTED both work.
+
+Where MySQL differs from PostgreSQL, and what this module does about it:
+
+- A lock wait ends after `innodb_lock_wait_timeout` seconds with error 1205; while claiming,
+  that is another transaction holding the key: `InFlightError`.
+- Duplicates that waited on a claim that then rolls back deadlock among themselves (1213):
+  InnoDB rolls the victims' whole transactions back. The claim raises `DeadlockRollbackError`,
+  which `abegin_claim` answers by beginning again when the transaction was its own.
+- `CREATE TABLE` commits the open transaction, so the records table is created only where no
+  transaction is open: before `START TRANSACTION`, or when the server says none has begun (a
+  session's or Django's fresh transaction). Inside an open one a missing table is refused.
+- The connection's cursor class may be anything (`DictCursor`): the store's statements ask for
+  their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+import aiomysql  # type: ignore[import-untyped]
+
+from retrysafe._errors import ConfigurationError, InFlightError
+from retrysafe._record import Claim, Identity, Record
+from retrysafe.stores._async.mysql_records import AsyncMySQLRecords as AsyncStoreRecords
+from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.mysql import mysql_table
+from retrysafe.stores._sql.mysql_connection import DEADLOCK, LOCK_WAIT_TIMEOUT, store_error
+from retrysafe.transactions._drivers import AsyncMySQLConnection
+from retrysafe.transactions._state import DeadlockRollbackError
+from retrysafe.transactions._write_sql import MYSQL, Row, error_number
+
+__all__ = ["AsyncMySQLBackend", "AsyncMySQLExecutor", "AsyncMySQLRecords"]
+
+_IN_TRANSACTION: Final = 1  # SERVER_STATUS_IN_TRANS: the server has a transaction open
+_NO_SAVEPOINT: Final = 1305  # ER_SP_DOES_NOT_EXIST: the transaction that had it is gone
+
+# Tables known to exist, by (host, port, database, table): checked once per process, not per
+# transaction. A table is remembered once found, or once created (DDL commits at once).
+_ready_tables: set[tuple[str, ...]] = set()
+
+
+def server_in_transaction(connection: object) -> bool | None:
+    """Return whether the server has a transaction open on `connection`, as its last reply
+    said; None if the driver does not keep the status flags (both of PyMySQL's faces do)."""
+    status = getattr(connection, "server_status", None)
+    return bool(status & _IN_TRANSACTION) if isinstance(status, int) else None
+
+
+@contextlib.contextmanager
+def _translated(*, claiming: bool = False) -> Iterator[None]:
+    """Re-raise a driver error on one of our statements as ours."""
+    try:
+        yield
+    except aiomysql.MySQLError as error:
+        number = error_number(error)
+        if number == DEADLOCK:
+            raise DeadlockRollbackError(
+                "MySQL rolled back the transaction to break a deadlock on the idempotency key "
+                "(error 1213), with every write made in it; run the transaction again."
+            ) from error
+        if claiming and number == LOCK_WAIT_TIMEOUT:
+            # innodb_lock_wait_timeout ended the wait on another transaction that holds the key.
+            raise InFlightError(
+                "A request is outstanding for this idempotency key (its transaction holds it)."
+            ) from error
+        raise store_error(error) from error
+
+
+class AsyncMySQLRecords:
+    """The store's record statements on a MySQL connection inside a transaction.
+
+    Args:
+        connection: the caller's connection (any cursor class).
+        table: the records table (the MySQL store's `table` option).
+    """
+
+    def __init__(self, connection: AsyncMySQLConnection, table: str = DEFAULT_TABLE) -> None:
+        self.connection = connection
+        self._records = AsyncStoreRecords(mysql_table(table))
+        self.table = self._records.table
+
+    async def prepare(self) -> None:
+        """Create the table if it is missing, where no transaction is open (DDL commits one)."""
+        raw: Any = self.connection
+        where = (getattr(raw, name, None) for name in ("host", "port", "db"))
+        key = (*(str(part) for part in where), self.table.name)
+        if key in _ready_tables:
+            return
+        idle = server_in_transaction(raw) is False  # asked first: the check below opens one
+        with _translated():
+            if await self._records.exists(raw):
+                _ready_tables.add(key)
+                return
+        if not idle:
+            raise ConfigurationError(
+                f"The records table {self.table.name!r} does not exist, and MySQL would commit "
+                "the transaction open on this connection to create it. Create it first: open "
+                "the MySQL store on it once, or run this outside any transaction."
+            )
+        with _translated():
+            await self._records.create_schema(raw)
+        _ready_tables.add(key)
+
+    async def claim(
+        self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
+    ) -> Claim:
+        """Run the store's claim, reading the record under the lock the claim took."""
+        with _translated(claiming=True):
+            return await self._records.claim(
+                self.connection,
+                identity,
+                fingerprint,
+                now=now,
+                lease=lease,
+                retention=retention,
+            )
+
+    async def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, now: float, retention: float
+    ) -> Record:
+        """Store the outcome on the held record."""
+        with _translated():
+            return await self._records.complete(
+                self.connection, identity, token, outcome, now=now, retention=retention
+            )
+
+    async def renew(self, identity: Identity, token: str, *, now: float, lease: float) -> Record:
+        """Extend the held record's lease, locking its row for the rest of the transaction."""
+        with _translated():
+            return await self._records.renew(self.connection, identity, token, now=now, lease=lease)
+
+    async def checkpoint(
+        self, identity: Identity, token: str, recovery_point: str, *, now: float
+    ) -> Record:
+        """Record the last committed phase."""
+        with _translated():
+            return await self._records.checkpoint(
+                self.connection, identity, token, recovery_point, now=now
+            )
+
+
+class AsyncMySQLBackend(AsyncMySQLRecords):
+    """Transaction control on a MySQL connection.
+
+    Outside a transaction it creates the table if missing, then runs `START TRANSACTION` ...
+    `COMMIT`; inside one (the server says a transaction is open: autocommit off and a statement
+    since the last commit), a savepoint that commits with the caller's transaction.
+    """
+
+    def __init__(self, connection: AsyncMySQLConnection, table: str = DEFAULT_TABLE) -> None:
+        super().__init__(connection, table)
+        self._savepoint: str | None = None
+
+    def in_transaction(self) -> bool:
+        """Return whether the connection has a transaction open."""
+        status = server_in_transaction(self.connection)
+        if status is None:
+            raise ConfigurationError(
+                f"{type(self.connection).__module__} does not tell whether a transaction is "
+                "open; transactional mode on MySQL drives PyMySQL and aiomysql connections."
+            )
+        return status
+
+    async def begin(self) -> None:
+        """Open the transaction (after creating the table if missing) or the savepoint."""
+        if not self.in_transaction():
+            self._savepoint = None
+            await self.prepare()
+            with _translated():
+                await self.connection.begin()
+            return
+        self._savepoint = f"retrysafe_{secrets.token_hex(6)}"
+        with _translated():
+            await self._execute(f"SAVEPOINT {self._savepoint}")
+        try:
+            await self.prepare()
+        except BaseException:
+            await self.end(commit=False)
+            raise
+
+    async def end(self, *, commit: bool) -> None:
+        """Commit or roll back what `begin` opened."""
+        savepoint, self._savepoint = self._savepoint, None
+        if savepoint is None:
+            with _translated():
+                if commit:
+                    await self.connection.commit()
+                else:
+                    await self.connection.rollback()
+            return
+        try:
+            if not commit:
+                await self._execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+            await self._execute(f"RELEASE SAVEPOINT {savepoint}")
+        except Exception as error:
+            # A deadlock rolls the caller's whole transaction back, the savepoint with it: what
+            # was to be rolled back is gone already, and the claim's error says so.
+            gone = not commit and error_number(error) == _NO_SAVEPOINT
+            if not gone:
+                with _translated():
+                    raise
+
+    async def _execute(self, statement: str) -> None:
+        async with self.connection.cursor() as cursor:
+            await cursor.execute(statement)
+
+
+class AsyncMySQLExecutor:
+    """The write helpers' statements on a MySQL connection, in its open transaction."""
+
+    dialect = MYSQL
+
+    def __init__(self, connection: AsyncMySQLConnection) -> None:
+        self.connection = connection
+
+    async def rows(self, statement: str, params: Sequence[object]) -> list[Row]:
+        """Run `statement`; return its rows as dicts, whatever the connection's cursor class.
+
+        The values are written in as literals the connection escapes (bytes in hexadecimal),
+        as the store's statements are (`stores/_sql/mysql.py`'s `render`): aiomysql's own
+        escaping of bytes fails with PyMySQL 1.2.
+        """
+        literals = tuple(_literal(self.connection, value) for value in params)
+        async with self.connection.cursor() as cursor:
+            await cursor.execute(statement % literals)
+            if cursor.description is None:
+                return []
+            names = [column[0] for column in cursor.description]
+            found = await cursor.fetchall()
+        return [_as_dict(names, row) for row in found]
+
+
+def _literal(connection: Any, value: object) -> str:
+    """Return `value` as a SQL literal: bytes in hexadecimal, anything else as `connection`
+    escapes it."""
+    return f"X'{value.hex()}'" if isinstance(value, bytes) else str(connection.escape(value))
+
+
+def _as_dict(names: list[str], row: Any) -> Row:
+    """Return a row as a dict, whether the cursor made tuples or dicts (`DictCursor`)."""
+    return dict(row) if isinstance(row, dict) else dict(zip(names, row, strict=True))

@@ -1,6 +1,6 @@
 """The store contract: a few primitives, each atomic in the backend itself.
 
-Every store (memory, SQLite, PostgreSQL, Redis) has an async face, written once in
+Every store (memory, SQLite, PostgreSQL, MySQL, Redis) has an async face, written once in
 `stores/_async/`, and a sync face generated from it into `stores/_sync/` by `scripts/unasync.py`.
 Both faces implement the protocols below with identical behaviour; one contract suite
 (`tests/stores/test_contract.py`) runs against every backend and both faces.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeAlias, TypedDict, Unpack, runtime_checkable
+from typing import Final, Protocol, TypeAlias, TypedDict, TypeGuard, Unpack, runtime_checkable
 from urllib.parse import parse_qsl
 
 from retrysafe._clock import Clock
@@ -45,6 +45,7 @@ __all__ = [
     "new_token",
     "poll_delays",
     "query_options",
+    "running",
     "stats_of",
 ]
 
@@ -311,6 +312,11 @@ def encode_part(part: str) -> bytes:
 def decode_part(raw: bytes) -> str:
     """Decode what `encode_part` stored."""
     return raw.decode("utf-8", "surrogatepass")
+
+
+def running(record: Record | None, now: float) -> TypeGuard[Record]:
+    """Return whether `record` is in flight under a live lease at `now`: what `wait` waits out."""
+    return record is not None and record.state is State.IN_FLIGHT and record.lease_expires_at > now
 
 
 def poll_delays(first: float = 0.005, cap: float = 0.25) -> Iterator[float]:

@@ -30,15 +30,17 @@ at once.
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from typing import TypeGuard, TypeVar, Unpack
+from typing import TypeVar, Unpack
 
 import aiomysql  # type: ignore[import-untyped]
 
 from retrysafe._clock import Clock, SystemClock
-from retrysafe._concurrency import asleep, monotonic
+from retrysafe._concurrency import AsyncWakeups, asleep
 from retrysafe._errors import FencedError
-from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._record import Claim, Identity, Record
+from retrysafe.stores._async._common import poll_until_settled
 from retrysafe.stores._async.mysql_pool import AsyncMySQLPool
 from retrysafe.stores._async.mysql_records import AsyncMySQLRecords
 from retrysafe.stores._sql import DEFAULT_TABLE
@@ -51,8 +53,8 @@ from retrysafe.stores._sql.mysql_connection import (
     store_error,
     translate_errors,
 )
-from retrysafe.stores._sql.mysql_io import AsyncWakeups, AsyncWork
-from retrysafe.stores.base import Listing, ListingOptions, StoreStats, poll_delays
+from retrysafe.stores._sql.mysql_io import AsyncWork
+from retrysafe.stores.base import Listing, ListingOptions, StoreStats
 
 __all__ = ["AsyncMySQLStore"]
 
@@ -62,11 +64,6 @@ T = TypeVar("T")
 # all, after a random pause of up to _PAUSE * 2**attempt seconds.
 _ATTEMPTS = 6
 _PAUSE = 0.002
-
-
-def _running(record: Record | None, now: float) -> TypeGuard[Record]:
-    """Return whether a waiter must go on: the record is in flight under a live lease."""
-    return record is not None and record.state is State.IN_FLIGHT and record.lease_expires_at > now
 
 
 class AsyncMySQLStore:
@@ -84,9 +81,9 @@ class AsyncMySQLStore:
         pool_timeout: seconds to wait for a pooled connection; past it, and whenever the server
             cannot be reached, primitives raise `StoreUnavailableError`.
         lock_timeout: whole seconds a statement waits for a row lock (`innodb_lock_wait_timeout`
-            of the store's sessions); None keeps the server's.
-        ssl: connect with TLS, verified against the system's CAs.
-        ssl_ca: connect with TLS, verified against this CA file.
+            of the store's sessions); None keeps the server's (50 by default).
+        ssl: connect with TLS, the server's certificate verified against the system's CAs.
+        ssl_ca: connect with TLS, the server's certificate verified against this CA file.
         clock: the time source for leases and retention.
     """
 
@@ -137,22 +134,8 @@ class AsyncMySQLStore:
         default 10), `lock_timeout` (whole seconds; default: the server's), `ssl` (default
         false), `ssl_ca` (a CA file; implies `ssl`). Anything else is refused.
         """
-        o = parse_url(url)
-        return cls(
-            host=o.host,
-            user=o.user,
-            database=o.database,
-            password=o.password,
-            port=o.port,
-            table=o.table,
-            connect_timeout=o.connect_timeout,
-            pool_max=o.pool_max,
-            pool_timeout=o.pool_timeout,
-            lock_timeout=o.lock_timeout,
-            ssl=o.ssl,
-            ssl_ca=o.ssl_ca,
-            clock=clock,
-        )
+        # The options' fields are this constructor's keyword arguments, under the same names.
+        return cls(**dataclasses.asdict(parse_url(url)), clock=clock)
 
     async def create_schema(self) -> None:
         """Create the records table and its indexes if missing.
@@ -243,19 +226,7 @@ class AsyncMySQLStore:
     async def wait(self, identity: Identity, *, timeout: float) -> Record | None:
         """Poll with backoff until the record settles or `timeout` passes (B15); a completion
         through this store object wakes the waiter at once."""
-        deadline = monotonic() + timeout
-        record_id = identity.digest()
-        delays = poll_delays()
-        while True:
-            woken = self._wakeups.watch(record_id)  # before the read: no wake-up is missed
-            try:
-                record = await self.get(identity)
-                remaining = deadline - monotonic()
-                if not _running(record, self.clock.now()) or remaining <= 0:
-                    return record
-                await self._wakeups.until(woken, min(next(delays), remaining))
-            finally:
-                self._wakeups.unwatch(record_id, woken)
+        return await poll_until_settled(self, identity, timeout, wakeups=self._wakeups)
 
     async def aclose(self) -> None:
         """Close the pool's connections; the store cannot be used afterwards."""

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import aiomysql  # type: ignore[import-untyped]
 
-from retrysafe._concurrency import monotonic
+from retrysafe._concurrency import AsyncGate, monotonic
 from retrysafe._errors import StoreError, StoreUnavailableError
 from retrysafe.stores._deletes import FORKS
 from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
-from retrysafe.stores._sql.mysql_io import AsyncGate, AsyncMySQLDriver
+from retrysafe.stores._sql.mysql_io import AsyncMySQLDriver
 
 __all__ = ["AsyncMySQLPool"]
 

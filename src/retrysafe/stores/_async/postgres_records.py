@@ -16,7 +16,7 @@ caller maps them to retrysafe's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol
 
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import TupleRow, tuple_row
@@ -25,9 +25,15 @@ from retrysafe._clock import Clock
 from retrysafe._concurrency import monotonic
 from retrysafe._engine import may_take
 from retrysafe._errors import FencedError, StoreError
-from retrysafe._record import Claim, Identity, Record, State
-from retrysafe.stores._sql.postgres import RecordTable, claim_params, list_query, record_from_row
-from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part, poll_delays
+from retrysafe._record import Claim, Identity, Record
+from retrysafe.stores._sql.postgres import (
+    RecordTable,
+    claim_params,
+    held_params,
+    list_query,
+    record_from_row,
+)
+from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part, poll_delays, running
 
 __all__ = ["AsyncPostgresRecords", "AsyncRecordsConnection", "AsyncStatementRunner"]
 
@@ -86,11 +92,6 @@ def _cursor(conn: AsyncConnection[Any], statement: bytes | sql.Composed) -> Asyn
     if isinstance(conn, AsyncRecordsConnection) and isinstance(statement, bytes):
         return conn.kept_cursor(statement)
     return conn.cursor(row_factory=tuple_row, binary=True)
-
-
-def _running(record: Record | None, now: float) -> TypeGuard[Record]:
-    """Return whether a waiter must go on: the record is in flight under a live lease."""
-    return record is not None and record.state is State.IN_FLIGHT and record.lease_expires_at > now
 
 
 class AsyncPostgresRecords:
@@ -279,7 +280,7 @@ class AsyncPostgresRecords:
         await conn.execute(self.table.listen)
         record, watched = await self.watch(conn, identity, now=clock.now())
         delays = poll_delays()
-        while _running(record, clock.now()):
+        while running(record, clock.now()):
             remaining = deadline - monotonic()
             if remaining <= 0:
                 break
@@ -310,8 +311,7 @@ class AsyncPostgresRecords:
         **params: Any,
     ) -> TupleRow:
         """Run a statement that acts only for the token holder; no row means fenced."""
-        held = {"id": identity.digest(), "token": token, "now": now, **params}
-        row = await self._row(conn, query, held)
+        row = await self._row(conn, query, held_params(identity, token, now, **params))
         if row is None:
             raise FencedError(FENCED)
         return row

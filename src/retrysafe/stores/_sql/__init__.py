@@ -1,9 +1,12 @@
-"""The records tables of the SQL stores, which transactional mode shares.
+"""The records tables of the SQL stores, which transactional mode shares, and what they share.
 
-The SQLite and the PostgreSQL store keep their records in one table each, and transactional mode
-(`retrysafe.transactions`) runs the stores' own statements on that table inside the caller's
-transaction, so every mode sees the records the others wrote. Nothing here imports a driver the
-caller does not use: each module below imports its own.
+The SQLite, PostgreSQL and MySQL stores keep their records in one table each, and
+transactional mode (`retrysafe.transactions`) runs the stores' own statements on that table
+inside the caller's transaction, so every mode sees the records the others wrote. Nothing here
+imports a driver the caller does not use: each module below imports its own, and this one none.
+It holds what every table has alike: the default name and how a name is checked, the record's
+columns and how a row becomes a `Record`, and the parameters of a claim, of a holder's
+statement and of a listing's filters.
 
 - `sqlite.py`: the SQLite table, its statements and the primitives on a `sqlite3` connection;
   `sqlite_connection.py` opens connections, runs write transactions and maps errors;
@@ -15,23 +18,67 @@ caller does not use: each module below imports its own.
   `postgres_statements.py` is their text; `postgres_connection.py` reads a store URL and maps
   errors. The primitives that run them on a psycopg connection, for the store and transactional
   mode alike, are `stores/_async/postgres_records.py` (and its generated sync twin).
+- `mysql.py`: the MySQL/MariaDB table's statements rendered for one table, and its rows;
+  `mysql_statements.py` is their text; `mysql_connection.py` reads a store URL and maps errors;
+  `mysql_io.py` is what the store's two faces do differently (the drivers' connections). The
+  primitives, for the store and transactional mode alike, are `stores/_async/mysql_records.py`
+  (and its generated sync twin).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, TypeVar
 
+from retrysafe._errors import ConfigurationError, StoreError
 from retrysafe._record import Identity, Record, State
-from retrysafe.stores.base import RECORD_FIELDS, decode_part
+from retrysafe.stores.base import RECORD_FIELDS, Listing, decode_part, encode_part, new_token
 
-__all__ = ["DEFAULT_TABLE", "RECORD_COLUMNS", "record_from_columns"]
+__all__ = [
+    "DEFAULT_TABLE",
+    "RECORD_COLUMNS",
+    "checked_table_name",
+    "claim_params",
+    "held_params",
+    "identity_params",
+    "listing_filters",
+    "record_from_columns",
+    "record_from_row",
+    "translated",
+]
+
+E = TypeVar("E", bound=BaseException)
 
 DEFAULT_TABLE: Final = "retrysafe_records"
 """The records table of every SQL store and of transactional mode, unless `table` names another."""
 
 RECORD_COLUMNS: Final = ("namespace", "scope", "key", *RECORD_FIELDS)
-"""The columns that hold a record, in both tables (after the primary key, `id`)."""
+"""The columns that hold a record, in every table (after the primary key, `id`)."""
+
+# ASCII letters, digits and underscores, not starting with a digit: a name that needs no
+# escaping inside the quotes and means the same on every server (its length is the server's).
+_TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# A listing filter's parameter, and the condition it puts on the table (`{}`: the parameter).
+_LISTING_CONDITIONS: Final = {
+    "namespace": "namespace = {}",
+    "scope": "scope = {}",
+    "state": "state = {}",
+    "created_before": "created_at < {}",
+}
+
+
+def checked_table_name(name: str, *, longest: int) -> str:
+    """Return `name` if it is a safe table name of at most `longest` characters; raise
+    ConfigurationError if not. The table name is the one identifier spliced into statements."""
+    if not _TABLE_NAME.fullmatch(name) or len(name) > longest:
+        raise ConfigurationError(
+            f"Invalid table name {name!r}: use 1 to {longest} ASCII letters, digits and "
+            "underscores, not starting with a digit."
+        )
+    return name
 
 
 def record_from_columns(values: Sequence[Any]) -> Record:
@@ -53,3 +100,66 @@ def record_from_columns(values: Sequence[Any]) -> Record:
         outcome=None if outcome is None else bytes(outcome),
         recovery_point=None if recovery_point is None else decode_part(recovery_point),
     )
+
+
+def record_from_row(row: Sequence[Any]) -> Record:
+    """Build a Record from the first columns of a row, in `RECORD_COLUMNS` order."""
+    return record_from_columns(row[: len(RECORD_COLUMNS)])
+
+
+def identity_params(identity: Identity) -> dict[str, Any]:
+    """Return the identity's primary key and stored parts as statement parameters."""
+    return {
+        "id": identity.digest(),
+        "namespace": encode_part(identity.namespace),
+        "scope": encode_part(identity.scope),
+        "key": encode_part(identity.key),
+    }
+
+
+def claim_params(
+    identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
+) -> dict[str, Any]:
+    """Return the parameters of one claim at `now`, with a fresh fencing token."""
+    return {
+        **identity_params(identity),
+        "fingerprint": encode_part(fingerprint),
+        "token": new_token(),
+        "now": now,
+        "lease_expires_at": now + lease,
+        "expires_at": now + lease + retention,
+    }
+
+
+def held_params(identity: Identity, token: str, now: float, **more: Any) -> dict[str, Any]:
+    """Return the parameters of a statement that acts only for the token holder (each table's
+    `HELD` condition: `id`, `token`, `now`), and the statement's own values, `more`."""
+    return {"id": identity.digest(), "token": token, "now": now, **more}
+
+
+def listing_filters(listing: Listing, paramstyle: str) -> tuple[list[str], dict[str, Any]]:
+    """Return the conditions that `listing`'s filters put on the table, and their parameters.
+
+    `paramstyle` writes a parameter the driver's way, `{}` standing for its name: `%({})s`
+    (psycopg, PyMySQL) or `:{}` (sqlite3). The rest of the listing (live records only, the
+    order, the limit) is each table's own statement.
+    """
+    values = {
+        "namespace": None if listing.namespace is None else encode_part(listing.namespace),
+        "scope": None if listing.scope is None else encode_part(listing.scope),
+        "state": None if listing.state is None else listing.state.value,
+        "created_before": listing.created_before,
+    }
+    params = {name: value for name, value in values.items() if value is not None}
+    conditions = [_LISTING_CONDITIONS[name].format(paramstyle.format(name)) for name in params]
+    return conditions, params
+
+
+@contextlib.contextmanager
+def translated(driver_error: type[E], store_error: Callable[[E], StoreError]) -> Iterator[None]:
+    """Re-raise any `driver_error` as the StoreError `store_error` maps it to, so no driver
+    exception leaves a store."""
+    try:
+        yield
+    except driver_error as error:
+        raise store_error(error) from error

@@ -2,7 +2,9 @@
 
 Shared by both faces of the MySQL store and by transactional mode on MySQL, which all run these
 statements through `stores/_async/mysql_records.py` (and its generated sync twin). Nothing here
-does I/O or imports a driver.
+does I/O or imports a driver. What every SQL table has alike (a claim's parameters, a holder's,
+a listing's filters, the record in a row) is `stores/_sql/__init__.py`'s, re-exported for the
+primitives.
 
 Identity parts, the fingerprint and the recovery point are stored as MEDIUMBLOB through
 `encode_part`, so any string round-trips (NUL, lone surrogates) whatever the connection's
@@ -15,17 +17,21 @@ backticks; every value is a parameter the driver escapes (B34).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from retrysafe._errors import ConfigurationError
-from retrysafe._record import Identity, Record
-from retrysafe.stores._sql import RECORD_COLUMNS, record_from_columns
+from retrysafe.stores._sql import (
+    RECORD_COLUMNS,
+    checked_table_name,
+    claim_params,
+    held_params,
+    listing_filters,
+    record_from_row,
+)
 from retrysafe.stores._sql import mysql_statements as text
-from retrysafe.stores.base import Listing, encode_part, new_token
+from retrysafe.stores.base import Listing
 
 __all__ = [
     "MySQLTable",
@@ -38,19 +44,14 @@ __all__ = [
     "validate_table",
 ]
 
-# MySQL identifiers are at most 64 characters; ASCII letters, digits and underscores only, so
-# the name needs no escaping inside backticks and means the same on every server.
-_TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_LONGEST_NAME: Final = 64  # MySQL's identifiers are at most 64 characters
+# The fields of `MySQLTable` that are not statements rendered from a template of their name.
+_NOT_TEMPLATES: Final = frozenset({"name", "create_schema", "columns"})
 
 
 def validate_table(name: str) -> str:
     """Return `name` if it is a safe table name; raise ConfigurationError if not."""
-    if not _TABLE_NAME.fullmatch(name):
-        raise ConfigurationError(
-            f"Invalid table name {name!r}: use 1 to 64 ASCII letters, digits and underscores, "
-            "not starting with a digit."
-        )
-    return name
+    return checked_table_name(name, longest=_LONGEST_NAME)
 
 
 def _quoted(column: str) -> str:
@@ -87,7 +88,11 @@ class MySQLTable:
 
     @classmethod
     def for_table(cls, name: str) -> MySQLTable:
-        """Render the statements for table `name` (validated first)."""
+        """Render the statements for table `name` (validated first).
+
+        Each statement is the template of `mysql_statements.py` named as its field in capitals
+        (`claim` from `CLAIM`), so no field can get another's text; the schema is `CREATE_TABLE`.
+        """
         validate_table(name)
         columns = ", ".join(_quoted(c) for c in RECORD_COLUMNS)
         lean = ", ".join("NULL" if c == "outcome" else _quoted(c) for c in RECORD_COLUMNS)
@@ -96,24 +101,13 @@ class MySQLTable:
         def render(template: str) -> str:
             return template.format(**fields).strip()
 
-        return cls(
-            name=name,
-            table_exists=render(text.TABLE_EXISTS),
-            create_schema=(render(text.CREATE_TABLE),),
-            claim=render(text.CLAIM),
-            claim_read=render(text.CLAIM_READ),
-            complete=render(text.COMPLETE),
-            lean_read=render(text.LEAN_READ),
-            release=render(text.RELEASE),
-            renew=render(text.RENEW),
-            checkpoint=render(text.CHECKPOINT),
-            held_read=render(text.HELD_READ),
-            get=render(text.GET),
-            delete=render(text.DELETE),
-            purge=render(text.PURGE),
-            stats=render(text.STATS),
-            columns=columns,
-        )
+        statements = {
+            field.name: render(getattr(text, field.name.upper()))
+            for field in dataclasses.fields(cls)
+            if field.name not in _NOT_TEMPLATES
+        }
+        create_schema = (render(text.CREATE_TABLE),)
+        return cls(name=name, create_schema=create_schema, columns=columns, **statements)
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,52 +118,13 @@ def mysql_table(name: str) -> MySQLTable:
 
 def list_query(table: MySQLTable, listing: Listing, *, now: float) -> tuple[str, dict[str, Any]]:
     """Return the listing statement and its parameters: live records, newest first."""
-    conditions = ["expires_at > %(now)s"]
-    params: dict[str, Any] = {"now": now, "limit": max(0, listing.limit)}
-    if listing.namespace is not None:
-        conditions.append("namespace = %(namespace)s")
-        params["namespace"] = encode_part(listing.namespace)
-    if listing.scope is not None:
-        conditions.append("scope = %(scope)s")
-        params["scope"] = encode_part(listing.scope)
-    if listing.state is not None:
-        conditions.append("state = %(state)s")
-        params["state"] = listing.state.value
-    if listing.created_before is not None:
-        conditions.append("created_at < %(created_before)s")
-        params["created_before"] = listing.created_before
+    conditions, params = listing_filters(listing, "%({})s")
+    where = " AND ".join(["expires_at > %(now)s", *conditions])
     query = (
-        f"SELECT {table.columns} FROM `{table.name}` WHERE {' AND '.join(conditions)}"  # noqa: S608 - a validated name, fixed conditions
+        f"SELECT {table.columns} FROM `{table.name}` WHERE {where}"  # noqa: S608 - a validated name, fixed conditions
         " ORDER BY created_at DESC, id LIMIT %(limit)s"
     )
-    return query, params
-
-
-def record_from_row(row: Sequence[Any]) -> Record:
-    """Build a Record from the first columns of a row, in `RECORD_COLUMNS` order."""
-    return record_from_columns(row[: len(RECORD_COLUMNS)])
-
-
-def claim_params(
-    identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
-) -> dict[str, Any]:
-    """Return the parameters of one claim at `now`, with a fresh fencing token."""
-    return {
-        "id": identity.digest(),
-        "namespace": encode_part(identity.namespace),
-        "scope": encode_part(identity.scope),
-        "key": encode_part(identity.key),
-        "fingerprint": encode_part(fingerprint),
-        "token": new_token(),
-        "now": now,
-        "lease_expires_at": now + lease,
-        "expires_at": now + lease + retention,
-    }
-
-
-def held_params(identity: Identity, token: str, now: float, **more: Any) -> dict[str, Any]:
-    """Return the parameters of a statement that acts only for the token holder (`HELD`)."""
-    return {"id": identity.digest(), "token": token, "now": now, **more}
+    return query, {**params, "now": now, "limit": max(0, listing.limit)}
 
 
 def render(conn: Any, query: str, params: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ one mapping serves both faces; nothing here opens a connection.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from ssl import SSLContext, create_default_context
 from typing import Final
@@ -20,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pymysql  # type: ignore[import-untyped]
 
 from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
-from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql import DEFAULT_TABLE, translated
 from retrysafe.stores._sql.mysql import validate_table
 from retrysafe.stores.base import query_options
 
@@ -55,22 +54,10 @@ _URL_FORM: Final = "mysql://user[:password]@host[:port]/db"
 
 @dataclass(frozen=True, slots=True)
 class MySQLOptions:
-    """Where a MySQL store connects, and how.
+    """Where a MySQL store connects, and how, checked: the store's keyword arguments.
 
-    Attributes:
-        host: the server's host name or address.
-        user: the user to log in as.
-        database: the database that holds the records table.
-        password: the user's password.
-        port: the server's TCP port.
-        table: the records table.
-        connect_timeout: seconds to wait for a new connection.
-        pool_max: the most connections the pool opens.
-        pool_timeout: seconds to wait for a pooled connection before the store is unavailable.
-        lock_timeout: whole seconds a statement waits for a row lock (the session's
-            `innodb_lock_wait_timeout`); None keeps the server's (50 by default).
-        ssl: connect with TLS, the server's certificate verified against the system's CAs.
-        ssl_ca: connect with TLS, the server's certificate verified against this CA file.
+    The fields are exactly the arguments of `AsyncMySQLStore` (and `MySQLStore`), which
+    documents each, so that a store is built from a URL's options as they are (`from_url`).
     """
 
     host: str
@@ -214,10 +201,6 @@ def store_error(error: BaseException) -> StoreError:
     return StoreError(f"MySQL failed: {error}")
 
 
-@contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
+def translate_errors() -> contextlib.AbstractContextManager[None]:
     """Re-raise any driver error as a StoreError, so no driver exception leaves the store."""
-    try:
-        yield
-    except pymysql.err.MySQLError as error:
-        raise store_error(error) from error
+    return translated(pymysql.err.MySQLError, store_error)

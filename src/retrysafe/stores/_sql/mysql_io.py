@@ -3,33 +3,21 @@
 The MySQL store's async modules (`stores/_async/mysql*.py`) are the source of the sync ones,
 which `scripts/unasync.py` generates; what cannot be generated lives here as a pair, the async
 class named `Async...` so the generated code names its twin: opening and closing a connection
-(aiomysql takes `db=`, PyMySQL `database=`; aiomysql closes with `ensure_closed()`), a gate that
-bounds the pool's connections (an anyio semaphore, a threading one), and the wake-ups of
-waiters in this process (anyio events, threading events). `AsyncWork` and `Work` type what the
-store runs on a lent connection. Neither face's driver is imported before it is used.
+(aiomysql takes `db=`, PyMySQL `database=` and a flag for several statements a query; aiomysql
+closes with `ensure_closed()`). `AsyncWork` and `Work` type what the store runs on a lent
+connection. Neither face's driver is imported before it is used. The pool's gate and the
+wake-ups of waiters, which are not about MySQL, are `retrysafe/_concurrency.py`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
-import anyio
-
 from retrysafe.stores._sql.mysql_connection import MySQLOptions
 
-__all__ = [
-    "AsyncGate",
-    "AsyncMySQLDriver",
-    "AsyncWakeups",
-    "AsyncWork",
-    "Gate",
-    "MySQLDriver",
-    "Wakeups",
-    "Work",
-]
+__all__ = ["AsyncMySQLDriver", "AsyncWork", "MySQLDriver", "Work"]
 
 T = TypeVar("T")
 
@@ -37,6 +25,20 @@ AsyncWork: TypeAlias = Callable[[Any], Awaitable[T]]
 """A primitive run on a lent connection (async face)."""
 Work: TypeAlias = Callable[[Any], T]
 """A primitive run on a lent connection (sync face)."""
+
+
+def _connect_arguments(options: MySQLOptions) -> dict[str, Any]:
+    """Return what both drivers' `connect` take alike: the server and the login, utf8mb4,
+    autocommit; the database, TLS and several statements a query each driver takes its way."""
+    return {
+        "host": options.host,
+        "port": options.port,
+        "user": options.user,
+        "password": options.password,
+        "connect_timeout": options.connect_timeout,
+        "charset": "utf8mb4",
+        "autocommit": True,
+    }
 
 
 class AsyncMySQLDriver:
@@ -56,15 +58,7 @@ class AsyncMySQLDriver:
 
         options = self._options
         return await aiomysql.connect(
-            host=options.host,
-            port=options.port,
-            user=options.user,
-            password=options.password,
-            db=options.database,
-            connect_timeout=options.connect_timeout,
-            charset="utf8mb4",
-            autocommit=True,
-            ssl=self._ssl,
+            **_connect_arguments(options), db=options.database, ssl=self._ssl
         )
 
     async def close(self, conn: Any) -> None:
@@ -100,14 +94,8 @@ class MySQLDriver:
         options = self._options
         tls: dict[str, Any] = {"ssl_disabled": True} if self._ssl is None else {"ssl": self._ssl}
         return pymysql.connect(
-            host=options.host,
-            port=options.port,
-            user=options.user,
-            password=options.password,
+            **_connect_arguments(options),
             database=options.database,
-            connect_timeout=options.connect_timeout,
-            charset="utf8mb4",
-            autocommit=True,
             client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
             **tls,
         )
@@ -121,110 +109,3 @@ class MySQLDriver:
     def is_open(conn: Any) -> bool:
         """Return whether `conn` still has its socket."""
         return bool(conn.open)
-
-
-class AsyncGate:
-    """At most `size` holders at once; entering waits up to a timeout (async face)."""
-
-    def __init__(self, size: int) -> None:
-        self._semaphore = anyio.Semaphore(size)
-
-    async def enter(self, timeout: float) -> bool:
-        """Take a place, waiting at most `timeout` seconds; return whether one was taken."""
-        with anyio.move_on_after(timeout):
-            await self._semaphore.acquire()
-            return True
-        return False
-
-    def leave(self) -> None:
-        """Give a place back."""
-        self._semaphore.release()
-
-
-class Gate:
-    """At most `size` holders at once, across threads (sync face, as `AsyncGate`)."""
-
-    def __init__(self, size: int) -> None:
-        self._semaphore = threading.BoundedSemaphore(size)
-
-    def enter(self, timeout: float) -> bool:
-        """Take a place, waiting at most `timeout` seconds; return whether one was taken."""
-        return self._semaphore.acquire(timeout=timeout)
-
-    def leave(self) -> None:
-        """Give a place back."""
-        self._semaphore.release()
-
-
-class AsyncWakeups:
-    """Waiters of this process on records, woken when this process settles one (async face).
-
-    A waiter `watch`es a record before it reads it, so a completion right after the read wakes
-    it; one in another process is seen by its next poll.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, set[anyio.Event]] = {}
-
-    def watch(self, record_id: str) -> anyio.Event:
-        """Return an event set when record `record_id` settles here."""
-        event = anyio.Event()
-        self._waiting.setdefault(record_id, set()).add(event)
-        return event
-
-    def unwatch(self, record_id: str, event: anyio.Event) -> None:
-        """Stop watching."""
-        events = self._waiting.get(record_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self._waiting[record_id]
-
-    def wake(self, record_id: str) -> None:
-        """Wake every waiter on record `record_id` (cheap when there is none)."""
-        for event in self._waiting.pop(record_id, ()):
-            event.set()
-
-    @staticmethod
-    async def until(event: anyio.Event, seconds: float) -> None:
-        """Wait for `event`, at most `seconds`."""
-        with anyio.move_on_after(seconds):
-            await event.wait()
-
-
-class Wakeups:
-    """Waiters of this process on records, across threads (sync face, as `AsyncWakeups`)."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, set[threading.Event]] = {}
-        self._lock = threading.Lock()
-
-    def watch(self, record_id: str) -> threading.Event:
-        """Return an event set when record `record_id` settles here."""
-        event = threading.Event()
-        with self._lock:
-            self._waiting.setdefault(record_id, set()).add(event)
-        return event
-
-    def unwatch(self, record_id: str, event: threading.Event) -> None:
-        """Stop watching."""
-        with self._lock:
-            events = self._waiting.get(record_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
-                    del self._waiting[record_id]
-
-    def wake(self, record_id: str) -> None:
-        """Wake every waiter on record `record_id` (cheap when there is none)."""
-        if not self._waiting:  # no lock for the common case: nobody waits anywhere
-            return
-        with self._lock:
-            events = self._waiting.pop(record_id, ())
-        for event in events:
-            event.set()
-
-    @staticmethod
-    def until(event: threading.Event, seconds: float) -> None:
-        """Wait for `event`, at most `seconds`."""
-        event.wait(seconds)

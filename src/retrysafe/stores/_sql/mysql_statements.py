@@ -1,13 +1,14 @@
 """The text of every statement on the MySQL/MariaDB records table.
 
-Templates for `MySQLTable.for_table` (`mysql.py`), which fills in the quoted table name
-({table}), the record columns ({columns}: `RECORD_COLUMNS`; {lean}: the same with NULL for the
-outcome) and the holder's condition ({held}); every value is a named parameter, escaped by the
-driver (B34). The text runs unchanged on MySQL 8 and on MariaDB 10.6 and later: no `RETURNING`
-(MySQL has none for any statement, MariaDB none for `UPDATE`), no `VALUES()` in `ON DUPLICATE
-KEY UPDATE` (deprecated by MySQL 8, which warns) and no user variables in expressions (MySQL 8
-warns). No statement contains a literal `%`, so the driver's `%(name)s` formatting is safe.
-Nothing here does I/O.
+Templates for `MySQLTable.for_table` (`mysql.py`), each named as the field it renders, in
+capitals (`CLAIM` is `MySQLTable.claim`; `CREATE_TABLE` is its schema, `HELD` a part of others).
+It fills in the quoted table name ({table}), the record columns ({columns}: `RECORD_COLUMNS`;
+{lean}: the same with NULL for the outcome) and the holder's condition ({held}); every value is
+a named parameter, escaped by the driver (B34). The text runs unchanged on MySQL 8 and on
+MariaDB 10.6 and later: no `RETURNING` (MySQL has none for any statement, MariaDB none for
+`UPDATE`), no `VALUES()` in `ON DUPLICATE KEY UPDATE` (deprecated by MySQL 8, which warns) and
+no user variables in expressions (MySQL 8 warns). No statement contains a literal `%`, so the
+driver's `%(name)s` formatting is safe. Nothing here does I/O.
 """
 
 from __future__ import annotations

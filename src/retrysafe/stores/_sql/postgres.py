@@ -2,7 +2,8 @@
 
 Shared by both faces of the PostgreSQL store and by the transactional mode, which all run these
 statements through `stores/_async/postgres_records.py` (and its generated sync twin). Nothing
-here does I/O.
+here does I/O. What every SQL table has alike (a claim's parameters, a holder's, a listing's
+filters, the record in a row) is `stores/_sql/__init__.py`'s, re-exported for the primitives.
 
 Identity parts, the fingerprint and the recovery point are stored as BYTEA through
 `encode_part` (PostgreSQL text cannot hold NUL), so any string round-trips; the primary key is
@@ -16,22 +17,27 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from psycopg import sql
 
-from retrysafe._errors import ConfigurationError
-from retrysafe._record import Identity, Record
-from retrysafe.stores._sql import RECORD_COLUMNS, record_from_columns
+from retrysafe.stores._sql import (
+    RECORD_COLUMNS,
+    checked_table_name,
+    claim_params,
+    held_params,
+    identity_params,
+    listing_filters,
+    record_from_row,
+)
 from retrysafe.stores._sql import postgres_statements as text
-from retrysafe.stores.base import Listing, encode_part, new_token
+from retrysafe.stores.base import Listing
 
 __all__ = [
     "RecordTable",
     "claim_params",
+    "held_params",
     "identity_params",
     "list_query",
     "record_from_row",
@@ -41,18 +47,12 @@ __all__ = [
 
 # PostgreSQL identifiers are at most 63 bytes; longer ones are silently truncated, which could
 # merge two tables' indexes or channels, so the table name is refused instead.
-_TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _MAX_IDENTIFIER: Final = 63
 
 
 def validate_table(name: str) -> str:
     """Return `name` if it is a safe, untruncated table name; raise ConfigurationError if not."""
-    if not _TABLE_NAME.fullmatch(name):
-        raise ConfigurationError(
-            f"Invalid table name {name!r}: use 1 to 63 ASCII letters, digits and underscores, "
-            "not starting with a digit."
-        )
-    return name
+    return checked_table_name(name, longest=_MAX_IDENTIFIER)
 
 
 def _derived_name(table: str, suffix: str) -> str:
@@ -186,54 +186,12 @@ def list_query(
     table: RecordTable, listing: Listing, *, now: float
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """Return the listing statement and its parameters: live records, newest first."""
-    conditions = [sql.SQL("expires_at > %(now)s")]
-    params: dict[str, Any] = {"now": now, "limit": max(0, listing.limit)}
-    if listing.namespace is not None:
-        conditions.append(sql.SQL("namespace = %(namespace)s"))
-        params["namespace"] = encode_part(listing.namespace)
-    if listing.scope is not None:
-        conditions.append(sql.SQL("scope = %(scope)s"))
-        params["scope"] = encode_part(listing.scope)
-    if listing.state is not None:
-        conditions.append(sql.SQL("state = %(state)s"))
-        params["state"] = listing.state.value
-    if listing.created_before is not None:
-        conditions.append(sql.SQL("created_at < %(created_before)s"))
-        params["created_before"] = listing.created_before
+    conditions, params = listing_filters(listing, "%({})s")
     query = sql.SQL(
         "SELECT {columns} FROM {table} WHERE {where} ORDER BY created_at DESC, id LIMIT %(limit)s"
     ).format(
         columns=table.columns,
         table=sql.Identifier(table.name),
-        where=sql.SQL(" AND ").join(conditions),
+        where=sql.SQL(" AND ".join(["expires_at > %(now)s", *conditions])),
     )
-    return query, params
-
-
-def record_from_row(row: Sequence[Any]) -> Record:
-    """Build a Record from the first columns of a row, in `RECORD_COLUMNS` order."""
-    return record_from_columns(row[: len(RECORD_COLUMNS)])
-
-
-def identity_params(identity: Identity) -> dict[str, Any]:
-    """Return the identity's primary key and stored parts as statement parameters."""
-    return {
-        "id": identity.digest(),
-        "namespace": encode_part(identity.namespace),
-        "scope": encode_part(identity.scope),
-        "key": encode_part(identity.key),
-    }
-
-
-def claim_params(
-    identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
-) -> dict[str, Any]:
-    """Return the parameters of one claim attempt at `now`, with a fresh fencing token."""
-    return {
-        **identity_params(identity),
-        "fingerprint": encode_part(fingerprint),
-        "token": new_token(),
-        "now": now,
-        "lease_expires_at": now + lease,
-        "expires_at": now + lease + retention,
-    }
+    return query, {**params, "now": now, "limit": max(0, listing.limit)}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -20,7 +19,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 
 from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
-from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql import DEFAULT_TABLE, translated
 from retrysafe.stores._sql.postgres import validate_table
 from retrysafe.stores.base import query_options
 
@@ -44,7 +43,8 @@ _UNAVAILABLE_CLASSES: Final = frozenset({"08", "53", "57"})
 
 @dataclass(frozen=True, slots=True)
 class PostgresOptions:
-    """What a `postgresql://` URL configures besides the connection itself.
+    """What a `postgresql://` URL configures besides the connection itself: the fields are the
+    store's keyword arguments besides `conninfo` and `clock` (`from_url` passes them on as such).
 
     Attributes:
         table: the records table.
@@ -124,13 +124,9 @@ def store_error(error: psycopg.Error) -> StoreError:
     return StoreError(f"PostgreSQL failed: {error}")
 
 
-@contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
+def translate_errors() -> contextlib.AbstractContextManager[None]:
     """Re-raise any psycopg error as a StoreError, so no driver exception leaves the store."""
-    try:
-        yield
-    except psycopg.Error as error:
-        raise store_error(error) from error
+    return translated(psycopg.Error, store_error)
 
 
 def sync_executor(conninfo: str, options: PostgresOptions) -> StatementRunner | None:

@@ -21,7 +21,13 @@ from typing import Any, Final
 
 from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe._record import Claim, Identity, Record
-from retrysafe.stores._sql import DEFAULT_TABLE, RECORD_COLUMNS, record_from_columns
+from retrysafe.stores._sql import (
+    DEFAULT_TABLE,
+    RECORD_COLUMNS,
+    held_params,
+    listing_filters,
+    record_from_columns,
+)
 from retrysafe.stores.base import (
     FENCED,
     Listing,
@@ -197,14 +203,14 @@ class RecordTable:
         retention: float,
     ) -> Record:
         """Store `outcome` on the held record and mark it done."""
-        held = _held(identity, token, now, outcome=outcome, expires_at=now + retention)
+        held = held_params(identity, token, now, outcome=outcome, expires_at=now + retention)
         return self._update_held(connection, COMPLETE, held)
 
     def release(
         self, connection: sqlite3.Connection, identity: Identity, token: str, *, now: float
     ) -> None:
         """Delete the held in-flight record."""
-        self._execute_held(connection, RELEASE, _held(identity, token, now))
+        self._execute_held(connection, RELEASE, held_params(identity, token, now))
 
     def renew(
         self,
@@ -216,7 +222,7 @@ class RecordTable:
         lease: float,
     ) -> Record:
         """Extend the holder's lease to `lease` seconds from `now`."""
-        held = _held(identity, token, now, lease_expires_at=now + lease)
+        held = held_params(identity, token, now, lease_expires_at=now + lease)
         return self._update_held(connection, RENEW, held)
 
     def checkpoint(
@@ -229,7 +235,7 @@ class RecordTable:
         now: float,
     ) -> Record:
         """Record the last committed phase on the held record."""
-        held = _held(identity, token, now, recovery_point=encode_part(recovery_point))
+        held = held_params(identity, token, now, recovery_point=encode_part(recovery_point))
         return self._update_held(connection, CHECKPOINT, held)
 
     def get(
@@ -267,20 +273,9 @@ class RecordTable:
         self, connection: sqlite3.Connection, listing: Listing, *, now: float
     ) -> list[Record]:
         """Return the live records `listing` asks for, newest first."""
-        values: dict[str, object] = {"now": now, "limit": listing.limit}
-        filters = ""
-        if listing.namespace is not None:
-            filters += " AND namespace = :namespace"
-            values["namespace"] = encode_part(listing.namespace)
-        if listing.scope is not None:
-            filters += " AND scope = :scope"
-            values["scope"] = encode_part(listing.scope)
-        if listing.state is not None:
-            filters += " AND state = :state"
-            values["state"] = listing.state.value
-        if listing.created_before is not None:
-            filters += " AND created_at < :created_before"
-            values["created_before"] = listing.created_before
+        conditions, params = listing_filters(listing, ":{}")
+        filters = "".join(f" AND {condition}" for condition in conditions)
+        values = {**params, "now": now, "limit": listing.limit}
         rows = connection.execute(self._sql(LIST, filters), values)
         return [row_to_record(row) for row in rows]
 
@@ -292,7 +287,7 @@ class RecordTable:
         )
 
     def _execute_held(self, connection: sqlite3.Connection, template: str, held: Params) -> None:
-        """Run a token-checked statement with `held` (`_held`); no row changed means fenced."""
+        """Run a token-checked statement (`held_params`); no row changed means fenced."""
         if connection.execute(self._sql(template), held).rowcount == 0:
             raise FencedError(FENCED)
 
@@ -305,11 +300,6 @@ class RecordTable:
         self._execute_held(connection, template, held)
         row = connection.execute(self._sql(SELECT_BY_ID), (held["id"],)).fetchone()
         return row_to_record(row)
-
-
-def _held(identity: Identity, token: str, now: float, **values: object) -> Params:
-    """Return the parameters of a token-checked statement (`_HELD`), and its own `values`."""
-    return {"id": identity.digest(), "token": token, "now": now, **values}
 
 
 @functools.lru_cache(maxsize=128)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import pymysql  # type: ignore[import-untyped]
 
-from retrysafe._concurrency import monotonic
+from retrysafe._concurrency import Gate, monotonic
 from retrysafe._errors import StoreError, StoreUnavailableError
 from retrysafe.stores._deletes import FORKS
 from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
-from retrysafe.stores._sql.mysql_io import Gate, MySQLDriver
+from retrysafe.stores._sql.mysql_io import MySQLDriver
 
 __all__ = ["MySQLPool"]
 

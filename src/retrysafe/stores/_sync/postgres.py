@@ -17,6 +17,7 @@ hot primitives' statements of concurrent calls in batches on a connection of its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator
 from typing import Unpack
@@ -132,16 +133,8 @@ class PostgresStore:
         parameter goes to libpq (`sslmode=require`).
         """
         conninfo, options = parse_url(url)
-        return cls(
-            conninfo,
-            table=options.table,
-            connect_timeout=options.connect_timeout,
-            pool_min=options.pool_min,
-            pool_max=options.pool_max,
-            pool_timeout=options.pool_timeout,
-            clock=clock,
-            autopipeline=options.autopipeline,
-        )
+        # The options' fields are this constructor's keyword arguments, under the same names.
+        return cls(conninfo, **dataclasses.asdict(options), clock=clock)
 
     def create_schema(self) -> None:
         """Create the records table and its indexes if missing.

@@ -15,11 +15,11 @@ UV := $(TOOLS)/bin/uv
 # Interpreters come from the machine, never from a download.
 export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
-# tests/test_packaging.py builds the wheel with the same uv.
+# tests/packaging and scripts/release_check.py (make release-check) build with the same uv.
 export RETRYSAFE_UV := $(abspath $(UV))
 
 .PHONY: setup browser test test-pythons demo check lint typecheck unasync lock upgrade \
-	bench-stores bench-functions bench-http bench-scale docs clean
+	bench-stores bench-functions bench-http bench-scale docs release-check clean
 
 $(UV):
 	@test -n "$(PYTHON)" || { echo "retrysafe needs Python 3.11 or newer (python3.11, 3.12 or 3.13)"; exit 1; }
@@ -72,6 +72,12 @@ unasync:
 ## the docstrings); --strict fails the build on any warning, a broken link or anchor included
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+## release-check: the sdist and wheel as an index would get them (the wheel built from the sdist),
+## twine check --strict, the files each must hold, then the wheel with every extra installed into
+## an empty venv from uv's cache and every face imported (scripts/release_check.py)
+release-check: setup
+	$(PY) scripts/release_check.py
 
 ## lock: re-resolve uv.lock after changing a dependency in pyproject.toml (keeps other pins)
 lock: $(UV)

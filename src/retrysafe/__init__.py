@@ -11,6 +11,8 @@ its `__module__`, so tracebacks, reprs and pickles show the path users import, n
 private module that defines it (the private paths keep working).
 """
 
+import typing as _typing
+
 from retrysafe._clock import Clock, ManualClock, SystemClock
 from retrysafe._decorator import idempotent
 from retrysafe._engine import Decision, decide
@@ -77,7 +79,27 @@ __all__ = [
     "open_store",
 ]
 
-__version__ = "0.1.0"
+# The version has one source, pyproject.toml: `__version__` is the installed distribution's, read
+# when first asked for (importlib.metadata costs an import of every `import retrysafe` otherwise),
+# as `retrysafe --version` reads it. Type checkers see a plain `str` attribute, not a
+# module-level __getattr__ that would type every misspelt name as `str`.
+if _typing.TYPE_CHECKING:
+    __version__: str
+else:
+
+    def __getattr__(name: str) -> str:
+        if name != "__version__":
+            raise AttributeError(f"module 'retrysafe' has no attribute {name!r}")
+        from importlib import metadata  # noqa: PLC0415 - only when asked for, as said above
+
+        try:
+            return metadata.version("retrysafe")
+        except metadata.PackageNotFoundError:
+            raise AttributeError(
+                "retrysafe.__version__ comes from the installed distribution's metadata, and "
+                "retrysafe is not installed: pip install retrysafe, or `make setup` in a clone"
+            ) from None
+
 
 # Name the public path (as httpx does): `retrysafe.KeyMismatchError: ...` in a traceback, and
 # pickles that load from `retrysafe`. Importing any retrysafe module runs this first.

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -146,6 +147,12 @@ def check_missing_extras() -> None:
     assert "retrysafe[cli]" in done.stderr, done.stderr
 
 
+def check_version() -> None:
+    """`retrysafe.__version__` is the installed wheel's own version (its one source)."""
+    assert retrysafe.__version__ == metadata.version("retrysafe"), retrysafe.__version__
+
+
+check_version()
 check_stores_and_decorator("memory://")
 with tempfile.TemporaryDirectory() as folder:
     check_stores_and_decorator(f"sqlite:///{folder}/keys.db")

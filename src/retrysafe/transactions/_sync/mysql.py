@@ -12,7 +12,8 @@ finished record (after a commit: a replay) or inserts its own (after a rollback)
 then read `FOR UPDATE`, a locking read that sees the latest committed row rather than the
 transaction's snapshot, so REPEATABLE READ (InnoDB's default) and READ COMMITTED both work.
 
-Where MySQL differs from PostgreSQL, and what this module does about it:
+What it shares with psycopg's backend is in `sql_backend.py`. Where MySQL differs from
+PostgreSQL, and what this module does about it:
 
 - A lock wait ends after `innodb_lock_wait_timeout` seconds with error 1205; while claiming,
   that is another transaction holding the key: `InFlightError`.
@@ -28,19 +29,19 @@ Where MySQL differs from PostgreSQL, and what this module does about it:
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import pymysql  # type: ignore[import-untyped]
 
-from retrysafe._errors import ConfigurationError, InFlightError
-from retrysafe._record import Claim, Identity, Record
+from retrysafe._errors import ConfigurationError
+from retrysafe._record import Claim, Identity
 from retrysafe.stores._sync.mysql_records import MySQLRecords as StoreRecords
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.mysql import mysql_table
 from retrysafe.stores._sql.mysql_connection import DEADLOCK, LOCK_WAIT_TIMEOUT, store_error
+from retrysafe.transactions._sync.sql_backend import DriverBackend, DriverRecords
 from retrysafe.transactions._drivers import MySQLConnection
 from retrysafe.transactions._state import DeadlockRollbackError
 from retrysafe.transactions._write_sql import MYSQL, Row, error_number
@@ -50,10 +51,6 @@ __all__ = ["MySQLBackend", "MySQLExecutor", "MySQLRecords"]
 _IN_TRANSACTION: Final = 1  # SERVER_STATUS_IN_TRANS: the server has a transaction open
 _NO_SAVEPOINT: Final = 1305  # ER_SP_DOES_NOT_EXIST: the transaction that had it is gone
 
-# Tables known to exist, by (host, port, database, table): checked once per process, not per
-# transaction. A table is remembered once found, or once created (DDL commits at once).
-_ready_tables: set[tuple[str, ...]] = set()
-
 
 def server_in_transaction(connection: object) -> bool | None:
     """Return whether the server has a transaction open on `connection`, as its last reply
@@ -62,27 +59,9 @@ def server_in_transaction(connection: object) -> bool | None:
     return bool(status & _IN_TRANSACTION) if isinstance(status, int) else None
 
 
-@contextlib.contextmanager
-def _translated(*, claiming: bool = False) -> Iterator[None]:
-    """Re-raise a driver error on one of our statements as ours."""
-    try:
-        yield
-    except pymysql.MySQLError as error:
-        number = error_number(error)
-        if number == DEADLOCK:
-            raise DeadlockRollbackError(
-                "MySQL rolled back the transaction to break a deadlock on the idempotency key "
-                "(error 1213), with every write made in it; run the transaction again."
-            ) from error
-        if claiming and number == LOCK_WAIT_TIMEOUT:
-            # innodb_lock_wait_timeout ended the wait on another transaction that holds the key.
-            raise InFlightError(
-                "A request is outstanding for this idempotency key (its transaction holds it)."
-            ) from error
-        raise store_error(error) from error
-
-
-class MySQLRecords:
+class MySQLRecords(
+    DriverRecords[MySQLConnection, StoreRecords, pymysql.MySQLError]
+):
     """The store's record statements on a MySQL connection inside a transaction.
 
     Args:
@@ -90,72 +69,50 @@ class MySQLRecords:
         table: the records table (the MySQL store's `table` option).
     """
 
+    driver_error = pymysql.MySQLError
+    commits_on_ddl = True
+
     def __init__(self, connection: MySQLConnection, table: str = DEFAULT_TABLE) -> None:
-        self.connection = connection
-        self._records = StoreRecords(mysql_table(table))
-        self.table = self._records.table
+        super().__init__(connection, StoreRecords(mysql_table(table)))
 
-    def prepare(self) -> None:
-        """Create the table if it is missing, where no transaction is open (DDL commits one)."""
-        raw: Any = self.connection
-        where = (getattr(raw, name, None) for name in ("host", "port", "db"))
-        key = (*(str(part) for part in where), self.table.name)
-        if key in _ready_tables:
-            return
-        idle = server_in_transaction(raw) is False  # asked first: the check below opens one
-        with _translated():
-            if self._records.exists(raw):
-                _ready_tables.add(key)
-                return
-        if not idle:
-            raise ConfigurationError(
-                f"The records table {self.table.name!r} does not exist, and MySQL would commit "
-                "the transaction open on this connection to create it. Create it first: open "
-                "the MySQL store on it once, or run this outside any transaction."
+    def _translate(self, error: pymysql.MySQLError) -> Exception:
+        """Return our error for a driver error: a deadlock's, or the store's."""
+        if error_number(error) == DEADLOCK:
+            return DeadlockRollbackError(
+                "MySQL rolled back the transaction to break a deadlock on the idempotency key "
+                "(error 1213), with every write made in it; run the transaction again."
             )
-        with _translated():
-            self._records.create_schema(raw)
-        _ready_tables.add(key)
+        return store_error(error)
 
-    def claim(
+    def _lock_wait_timed_out(self, error: pymysql.MySQLError) -> bool:
+        """Return whether `innodb_lock_wait_timeout` ended a wait on a row lock (1205)."""
+        return error_number(error) == LOCK_WAIT_TIMEOUT
+
+    def _store_claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
     ) -> Claim:
-        """Run the store's claim, reading the record under the lock the claim took."""
-        with _translated(claiming=True):
-            return self._records.claim(
-                self.connection,
-                identity,
-                fingerprint,
-                now=now,
-                lease=lease,
-                retention=retention,
-            )
+        """Run the store's claim, which reads the record `FOR UPDATE` after its upsert."""
+        return self._records.claim(
+            self.connection, identity, fingerprint, now=now, lease=lease, retention=retention
+        )
 
-    def complete(
-        self, identity: Identity, token: str, outcome: bytes, *, now: float, retention: float
-    ) -> Record:
-        """Store the outcome on the held record."""
-        with _translated():
-            return self._records.complete(
-                self.connection, identity, token, outcome, now=now, retention=retention
-            )
+    def _address(self) -> tuple[str, ...]:
+        """Return the connection's host, port and database."""
+        raw: Any = self.connection
+        return tuple(str(getattr(raw, name, None)) for name in ("host", "port", "db"))
 
-    def renew(self, identity: Identity, token: str, *, now: float, lease: float) -> Record:
-        """Extend the held record's lease, locking its row for the rest of the transaction."""
-        with _translated():
-            return self._records.renew(self.connection, identity, token, now=now, lease=lease)
-
-    def checkpoint(
-        self, identity: Identity, token: str, recovery_point: str, *, now: float
-    ) -> Record:
-        """Record the last committed phase."""
-        with _translated():
-            return self._records.checkpoint(
-                self.connection, identity, token, recovery_point, now=now
-            )
+    def _creation_refusal(self) -> str | None:
+        """Refuse to create a missing table unless the server says no transaction is open."""
+        if server_in_transaction(self.connection) is False:
+            return None
+        return (
+            f"The records table {self.table.name!r} does not exist, and MySQL would commit "
+            "the transaction open on this connection to create it. Create it first: open "
+            "the MySQL store on it once, or run this outside any transaction."
+        )
 
 
-class MySQLBackend(MySQLRecords):
+class MySQLBackend(MySQLRecords, DriverBackend):
     """Transaction control on a MySQL connection.
 
     Outside a transaction it creates the table if missing, then runs `START TRANSACTION` ...
@@ -182,23 +139,19 @@ class MySQLBackend(MySQLRecords):
         if not self.in_transaction():
             self._savepoint = None
             self.prepare()
-            with _translated():
+            with self._translated():
                 self.connection.begin()
             return
         self._savepoint = f"retrysafe_{secrets.token_hex(6)}"
-        with _translated():
+        with self._translated():
             self._execute(f"SAVEPOINT {self._savepoint}")
-        try:
-            self.prepare()
-        except BaseException:
-            self.end(commit=False)
-            raise
+        self._prepare_opened()
 
     def end(self, *, commit: bool) -> None:
         """Commit or roll back what `begin` opened."""
         savepoint, self._savepoint = self._savepoint, None
         if savepoint is None:
-            with _translated():
+            with self._translated():
                 if commit:
                     self.connection.commit()
                 else:
@@ -213,7 +166,7 @@ class MySQLBackend(MySQLRecords):
             # was to be rolled back is gone already, and the claim's error says so.
             gone = not commit and error_number(error) == _NO_SAVEPOINT
             if not gone:
-                with _translated():
+                with self._translated():
                     raise
 
     def _execute(self, statement: str) -> None:

@@ -4,53 +4,36 @@
 """Transactional mode on a psycopg 3 connection, with the PostgreSQL store's own primitives.
 
 The record statements are the store's (`stores/_async/postgres_records.py`), run on the
-caller's connection. The claim is the store's upsert: inside the caller's transaction it inserts
-the record uncommitted, so a duplicate's claim waits on the key's unique index until the first
-transaction ends: after a commit it finds the finished record (and replays), after a rollback
-it inserts its own. `ON CONFLICT DO UPDATE` locks the existing row even when its condition is
-false, so the record cannot change under the transaction that found it; the claim reads it
-under that lock (`locked=True`).
+caller's connection (what they share with MySQL's is in `sql_backend.py`). The claim is the
+store's upsert: inside the caller's transaction it inserts the record uncommitted, so a
+duplicate's claim waits on the key's unique index until the first transaction ends: after a
+commit it finds the finished record (and replays), after a rollback it inserts its own.
+`ON CONFLICT DO UPDATE` locks the existing row even when its condition is false, so the record
+cannot change under the transaction that found it; the claim reads it under that lock
+(`locked=True`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from retrysafe._errors import InFlightError
-from retrysafe._record import Claim, Identity, Record
+from retrysafe._record import Claim, Identity
 from retrysafe.stores._sync.postgres_records import PostgresRecords
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import store_error
+from retrysafe.transactions._sync.sql_backend import DriverBackend, DriverRecords
 
 __all__ = ["PsycopgBackend", "PsycopgRecords"]
 
-# Tables known to exist, by (host, port, database, table): checked once per process, not per
-# transaction. Only a table found committed is remembered; one created inside a transaction
-# that may still roll back is checked again next time.
-_ready_tables: set[tuple[str, int, str, str]] = set()
 
-
-@contextlib.contextmanager
-def _translated(*, claiming: bool = False) -> Iterator[None]:
-    """Re-raise a driver error on one of our statements as ours."""
-    try:
-        yield
-    except psycopg.Error as error:
-        if claiming and isinstance(error, psycopg.errors.LockNotAvailable):
-            # lock_timeout ended the wait on another transaction that holds the key.
-            raise InFlightError(
-                "A request is outstanding for this idempotency key (its transaction holds it)."
-            ) from error
-        raise store_error(error) from error
-
-
-class PsycopgRecords:
+class PsycopgRecords(
+    DriverRecords[psycopg.Connection[Any], PostgresRecords, psycopg.Error]
+):
     """The store's record statements on a psycopg connection inside a transaction.
 
     Args:
@@ -58,65 +41,42 @@ class PsycopgRecords:
         table: the records table (the PostgreSQL store's `table` option).
     """
 
+    driver_error = psycopg.Error
+
     def __init__(
         self, connection: psycopg.Connection[Any], table: str = DEFAULT_TABLE
     ) -> None:
-        self.connection = connection
-        self._records = PostgresRecords(record_table(table))
-        self.table = self._records.table  # where the outbox finds the records table's name
+        super().__init__(connection, PostgresRecords(record_table(table)))
 
-    def prepare(self) -> None:
-        """Create the table if it is missing."""
-        info = self.connection.info
-        key = (info.host, info.port, info.dbname, self._records.table.name)
-        if key in _ready_tables:
-            return
-        with _translated():
-            if self._records.exists(self.connection):
-                _ready_tables.add(key)
-            else:
-                self._records.create_schema(self.connection)
+    def _translate(self, error: psycopg.Error) -> Exception:
+        """Return our error for a driver error: the store's."""
+        return store_error(error)
 
-    def claim(
+    def _lock_wait_timed_out(self, error: psycopg.Error) -> bool:
+        """Return whether `lock_timeout` ended a wait on a row lock."""
+        return isinstance(error, psycopg.errors.LockNotAvailable)
+
+    def _store_claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
     ) -> Claim:
-        """Run the store's claim, reading the record under the lock the claim took."""
-        with _translated(claiming=True):
-            return self._records.claim(
-                self.connection,
-                identity,
-                fingerprint,
-                now=lambda: now,
-                lease=lease,
-                retention=retention,
-                locked=True,
-            )
+        """Run the store's claim at `now`, reading the record again under the row lock."""
+        return self._records.claim(
+            self.connection,
+            identity,
+            fingerprint,
+            now=lambda: now,
+            lease=lease,
+            retention=retention,
+            locked=True,
+        )
 
-    def complete(
-        self, identity: Identity, token: str, outcome: bytes, *, now: float, retention: float
-    ) -> Record:
-        """Store the outcome on the held record."""
-        with _translated():
-            return self._records.complete(
-                self.connection, identity, token, outcome, now=now, retention=retention
-            )
-
-    def renew(self, identity: Identity, token: str, *, now: float, lease: float) -> Record:
-        """Extend the held record's lease, locking its row for the rest of the transaction."""
-        with _translated():
-            return self._records.renew(self.connection, identity, token, now=now, lease=lease)
-
-    def checkpoint(
-        self, identity: Identity, token: str, recovery_point: str, *, now: float
-    ) -> Record:
-        """Record the last committed phase."""
-        with _translated():
-            return self._records.checkpoint(
-                self.connection, identity, token, recovery_point, now=now
-            )
+    def _address(self) -> tuple[str, ...]:
+        """Return the connection's host, port and database."""
+        info = self.connection.info
+        return (info.host, str(info.port), info.dbname)
 
 
-class PsycopgBackend(PsycopgRecords):
+class PsycopgBackend(PsycopgRecords, DriverBackend):
     """Transaction control on a psycopg connection (`connection.transaction()`).
 
     Outside a transaction it opens one and commits it; inside one (a connection not in
@@ -138,11 +98,7 @@ class PsycopgBackend(PsycopgRecords):
         """Open the transaction or savepoint, and create the table if it is missing."""
         stack = contextlib.ExitStack()
         self._transaction = (stack, stack.enter_context(self.connection.transaction()))
-        try:
-            self.prepare()
-        except BaseException:
-            self.end(commit=False)
-            raise
+        self._prepare_opened()
 
     def end(self, *, commit: bool) -> None:
         """Commit or roll back what `begin` opened."""

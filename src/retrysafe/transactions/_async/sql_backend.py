@@ -1,0 +1,171 @@
+"""What transactional mode on a SQL driver's own connection shares, whatever the database.
+
+psycopg (`psycopg.py`) and the MySQL drivers (`mysql.py`) run a transaction's record statements
+the same way: the store's own primitives, on the caller's connection, each inside the driver's
+error translation; and they check the records table once per process, not per transaction.
+`AsyncDriverRecords` holds that, and a driver's subclass says what differs:
+
+- `driver_error`, `_translate` and `_lock_wait_timed_out`: which of the driver's errors are
+  translated, and into what (a claim's lock wait that timed out: `InFlightError`);
+- `_store_claim`: the store's claim as a transaction runs it;
+- `_address`: the server and database the connection is on;
+- `commits_on_ddl` and `_creation_refusal`: where `CREATE TABLE` commits the open transaction
+  (MySQL), a missing table is created only while none is open, and is remembered at once.
+
+`AsyncDriverBackend` adds what their transaction control shares: the table is prepared inside
+what `begin` opened, which is rolled back if that fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from retrysafe._errors import ConfigurationError, InFlightError
+from retrysafe._record import Claim, Identity, Record
+
+if TYPE_CHECKING:
+    from retrysafe.stores._async import mysql_records, postgres_records
+
+__all__ = ["AsyncDriverBackend", "AsyncDriverRecords"]
+
+# Tables known to exist, by (host, port, database, table): checked once per process, not per
+# transaction. A table is remembered once found, or once created where the DDL commits at once
+# (MySQL); one created inside a transaction that may still roll back is checked again next time.
+_ready_tables: set[tuple[str, ...]] = set()
+
+
+# The driver's connection, as its subclass types it; the base only hands it to the primitives.
+ConnectionT = TypeVar("ConnectionT", bound=Any)
+# The primitives of the store whose table the driver's connection reaches.
+PrimitivesT = TypeVar(
+    "PrimitivesT", bound="postgres_records.AsyncPostgresRecords | mysql_records.AsyncMySQLRecords"
+)
+# The driver's root error.
+ErrorT = TypeVar("ErrorT", bound=Exception)
+
+
+class AsyncDriverRecords(Generic[ConnectionT, PrimitivesT, ErrorT]):
+    """The store's record statements on a driver's connection inside a transaction.
+
+    Args:
+        connection: the caller's connection.
+        primitives: the store's primitives on the records table.
+    """
+
+    driver_error: type[ErrorT]
+    """The driver's root error: one raised by our statements is translated (`_translate`)."""
+
+    commits_on_ddl: ClassVar[bool] = False
+    """Whether `CREATE TABLE` commits the transaction open on the connection (MySQL)."""
+
+    def __init__(self, connection: ConnectionT, primitives: PrimitivesT) -> None:
+        self.connection = connection
+        self._records = primitives
+        self.table = primitives.table  # where the outbox finds the records table's name
+
+    async def prepare(self) -> None:
+        """Create the table if it is missing (where DDL commits, only while no transaction
+        is open: inside one, a missing table is refused)."""
+        key = (*self._address(), self.table.name)
+        if key in _ready_tables:
+            return
+        refusal = self._creation_refusal()  # asked first: the check below may open a transaction
+        with self._translated():
+            if await self._records.exists(self.connection):
+                _ready_tables.add(key)
+                return
+            if refusal is not None:
+                raise ConfigurationError(refusal)
+            await self._records.create_schema(self.connection)
+        if self.commits_on_ddl:
+            _ready_tables.add(key)  # the DDL committed: the table stays whatever happens next
+
+    async def claim(
+        self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
+    ) -> Claim:
+        """Run the store's claim, reading the record under the lock the claim took."""
+        with self._translated(claiming=True):
+            return await self._store_claim(
+                identity, fingerprint, now=now, lease=lease, retention=retention
+            )
+
+    async def complete(
+        self, identity: Identity, token: str, outcome: bytes, *, now: float, retention: float
+    ) -> Record:
+        """Store the outcome on the held record."""
+        with self._translated():
+            return await self._records.complete(
+                self.connection, identity, token, outcome, now=now, retention=retention
+            )
+
+    async def renew(self, identity: Identity, token: str, *, now: float, lease: float) -> Record:
+        """Extend the held record's lease, locking its row for the rest of the transaction."""
+        with self._translated():
+            return await self._records.renew(self.connection, identity, token, now=now, lease=lease)
+
+    async def checkpoint(
+        self, identity: Identity, token: str, recovery_point: str, *, now: float
+    ) -> Record:
+        """Record the last committed phase."""
+        with self._translated():
+            return await self._records.checkpoint(
+                self.connection, identity, token, recovery_point, now=now
+            )
+
+    @contextlib.contextmanager
+    def _translated(self, *, claiming: bool = False) -> Iterator[None]:
+        """Re-raise a driver error on one of our statements as ours; while `claiming`, a lock
+        wait that timed out is a wait on another transaction that holds the key."""
+        try:
+            yield
+        except self.driver_error as error:
+            if claiming and self._lock_wait_timed_out(error):
+                raise InFlightError(
+                    "A request is outstanding for this idempotency key (its transaction holds it)."
+                ) from error
+            raise self._translate(error) from error
+
+    def _translate(self, error: ErrorT) -> Exception:
+        """Return our error for the driver's `error`."""
+        raise NotImplementedError
+
+    def _lock_wait_timed_out(self, error: ErrorT) -> bool:
+        """Return whether `error` ended a wait on a row lock (the database's lock timeout)."""
+        raise NotImplementedError
+
+    async def _store_claim(
+        self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
+    ) -> Claim:
+        """Run the store's claim on the connection as of `now`, as a transaction must."""
+        raise NotImplementedError
+
+    def _address(self) -> tuple[str, ...]:
+        """Return the connection's server and database, where the records table lives."""
+        raise NotImplementedError
+
+    def _creation_refusal(self) -> str | None:
+        """Return why a missing table may not be created now, or None if it may."""
+        return None
+
+
+class AsyncDriverBackend:
+    """What the drivers' transaction control shares, beside their records: the table is
+    prepared inside what `begin` opened, and that is rolled back if preparing fails."""
+
+    async def prepare(self) -> None:
+        """Create the table if it is missing (`AsyncDriverRecords.prepare`)."""
+        raise NotImplementedError
+
+    async def end(self, *, commit: bool) -> None:
+        """Commit or roll back what `begin` opened."""
+        raise NotImplementedError
+
+    async def _prepare_opened(self) -> None:
+        """Prepare the table inside what `begin` just opened; roll that back if it fails."""
+        try:
+            await self.prepare()
+        except BaseException:
+            await self.end(commit=False)
+            raise

@@ -124,12 +124,8 @@ class Finisher(Generic[StoreT]):
                 extra=fields(identity, "fenced"),
             )
             return False
-        self.counters.add(Count.RENEW_FAILURES)
-        self.logger.error(
-            "Cannot renew the lease on %s",
-            identity,
-            exc_info=error,
-            extra=fields(identity, "renew_failed"),
+        self._failed(
+            Count.RENEW_FAILURES, "renew_failed", identity, error, "Cannot renew the lease on %s"
         )
         return True
 
@@ -148,14 +144,14 @@ class Finisher(Generic[StoreT]):
             if self.raise_fenced:
                 raise error
             return False
-        self.counters.add(Count.COMPLETE_FAILURES)
         finish("store_failed")
-        self.logger.error(
+        self._failed(
+            Count.COMPLETE_FAILURES,
+            "store_failed",
+            identity,
+            error,
             "Cannot store the outcome of %s; this process holds it and retries until it is "
             "stored (duplicates here get it meanwhile)",
-            identity,
-            exc_info=error,
-            extra=fields(identity, "store_failed"),
         )
         return True
 
@@ -163,10 +159,18 @@ class Finisher(Generic[StoreT]):
         if isinstance(error, FencedError):
             self.logger.debug("The claim on %s was already gone when releasing", identity)
             return
-        self.counters.add(Count.RELEASE_FAILURES)
-        self.logger.error(
-            "Cannot release the claim on %s; its lease will end",
+        self._failed(
+            Count.RELEASE_FAILURES,
+            "release_failed",
             identity,
-            exc_info=error,
-            extra=fields(identity, "release_failed"),
+            error,
+            "Cannot release the claim on %s; its lease will end",
         )
+
+    def _failed(
+        self, count: Count, event: str, identity: Identity, error: Exception, message: str
+    ) -> None:
+        """Count a store call that failed, and log `message` about `identity` as an error, with
+        the traceback of `error` and `event` as the record's `retrysafe_event` (`fields`)."""
+        self.counters.add(count)
+        self.logger.error(message, identity, exc_info=error, extra=fields(identity, event))

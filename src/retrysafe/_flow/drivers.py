@@ -14,7 +14,7 @@ import contextlib
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -80,13 +80,7 @@ class SyncFlow(Holder[Store]):
 
     def execution(self, admitted: Admission, terms: Terms) -> SyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`with`)."""
-        claim = admitted.claim
-        if claim is None:
-            raise ValueError(f"an admission to {admitted.decision} holds no claim")
-        record = claim.record
-        return SyncExecution(
-            self, record.identity, claim.token, terms.lease, terms.retention, record
-        )
+        return SyncExecution.of(self, admitted, terms)
 
     def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; a failure is logged, never raised."""
@@ -156,6 +150,15 @@ class _Execution(Generic[FlowT]):
     retention: float
     claimed: Record | None = None  # the claim's record, as admitted (its fingerprint)
     finished: bool = field(default=False, init=False)
+
+    @classmethod
+    def of(cls, flow: FlowT, admitted: Admission, terms: Terms) -> Self:
+        """Return the execution on `flow` of an admission's acquired claim."""
+        claim = admitted.claim
+        if claim is None:
+            raise ValueError(f"an admission to {admitted.decision} holds no claim")
+        record = claim.record
+        return cls(flow, record.identity, claim.token, terms.lease, terms.retention, record)
 
     def held(self, outcome: bytes, wall: float) -> Held:
         """Return `outcome` held after its first completion failed (B19)."""
@@ -255,23 +258,17 @@ class AsyncFlow(Holder[AsyncStore]):
                 else:
                     found = await store.wait(identity, timeout=step.timeout)
             except StoreError:
-                held = holdings.answer(identity, fingerprint, store.clock.now())
+                held = holdings.answer(identity, fingerprint, clock.now())
                 if held is None:
                     raise
                 return self.admitted(held)
-            held = holdings.answer_over(identity, fingerprint, store.clock.now(), found)
+            held = holdings.answer_over(identity, fingerprint, clock.now(), found)
             step = held if held is not None else advance(steps, found)
         return self.admitted(step)
 
     def execution(self, admitted: Admission, terms: Terms) -> AsyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`async with`)."""
-        claim = admitted.claim
-        if claim is None:
-            raise ValueError(f"an admission to {admitted.decision} holds no claim")
-        record = claim.record
-        return AsyncExecution(
-            self, record.identity, claim.token, terms.lease, terms.retention, record
-        )
+        return AsyncExecution.of(self, admitted, terms)
 
     async def release(self, identity: Identity, token: str) -> None:
         """Release the claim so a retry runs again; shielded from the caller's cancellation."""

@@ -21,6 +21,7 @@ from retrysafe._clock import Clock, SystemClock
 from retrysafe._errors import ConfigurationError
 from retrysafe.outbox._messages import OutboxMessage
 from retrysafe.outbox._source import OutboxSource, open_source
+from retrysafe.stores._closing import closed_on_error
 
 __all__ = ["Publisher", "Relay"]
 
@@ -136,11 +137,8 @@ class Relay:
     def _opened(self) -> OutboxSource:
         if self._source is None:
             source = open_source(self.store, self.table)
-            try:
+            with closed_on_error(source):
                 source.prepare()
-            except BaseException:
-                source.close()
-                raise
             self._source = source
         return self._source
 

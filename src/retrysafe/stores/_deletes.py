@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from retrysafe.stores._closing import closed_on_error
+
 __all__ = [
     "FORKS",
     "LISTENER_NAME",
@@ -191,11 +193,8 @@ class RedisDeletes:
             retry=Retry(NoBackoff(), 0),  # a broken link is reported, never papered over
         )
         subscription = _RedisSubscription(client, client.pubsub())
-        try:
+        with closed_on_error(subscription):
             subscription.subscribe(self._channel, self._timeout)
-        except BaseException:
-            subscription.close()
-            raise
         return subscription
 
 
@@ -252,11 +251,8 @@ class PostgresDeletes:
             connect_timeout=max(1, round(self._timeout)),
             application_name=LISTENER_NAME,
         )
-        try:
+        with closed_on_error(connection):
             connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-        except BaseException:
-            connection.close()
-            raise
         return _PostgresSubscription(connection)
 
 

@@ -43,9 +43,9 @@ from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._async._common import poll_until_settled
 from retrysafe.stores._async.mysql_pool import AsyncMySQLPool
 from retrysafe.stores._async.mysql_records import AsyncMySQLRecords
-from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.mysql import mysql_table
 from retrysafe.stores._sql.mysql_connection import (
+    MySQLArguments,
     MySQLOptions,
     connection_lost,
     deadlocked,
@@ -69,55 +69,29 @@ _PAUSE = 0.002
 class AsyncMySQLStore:
     """A store in a MySQL or MariaDB (InnoDB) table, reached through a connection pool.
 
+    Every argument is a keyword (`MySQLArguments`); `host`, `user` and `database` are required.
+
     Args:
         host: the server's host name or address.
         user: the user to log in as.
         database: the database that holds the records table.
-        password: the user's password.
-        port: the server's TCP port.
-        table: the records table; created on first use if missing.
-        connect_timeout: seconds to wait for a new connection.
-        pool_max: the most connections the pool opens.
-        pool_timeout: seconds to wait for a pooled connection; past it, and whenever the server
-            cannot be reached, primitives raise `StoreUnavailableError`.
+        password: the user's password (default: none).
+        port: the server's TCP port (default 3306).
+        table: the records table (default `retrysafe_records`); created on first use if missing.
+        connect_timeout: seconds to wait for a new connection (default 5).
+        pool_max: the most connections the pool opens (default 10).
+        pool_timeout: seconds to wait for a pooled connection (default 10); past it, and
+            whenever the server cannot be reached, primitives raise `StoreUnavailableError`.
         lock_timeout: whole seconds a statement waits for a row lock (`innodb_lock_wait_timeout`
-            of the store's sessions); None keeps the server's (50 by default).
-        ssl: connect with TLS, the server's certificate verified against the system's CAs.
+            of the store's sessions); None, the default, keeps the server's (50 by default).
+        ssl: connect with TLS, the server's certificate verified against the system's CAs
+            (default false).
         ssl_ca: connect with TLS, the server's certificate verified against this CA file.
-        clock: the time source for leases and retention.
+        clock: the time source for leases and retention (default: the system clock).
     """
 
-    def __init__(
-        self,
-        *,
-        host: str,
-        user: str,
-        database: str,
-        password: str = "",
-        port: int = 3306,
-        table: str = DEFAULT_TABLE,
-        connect_timeout: float = 5.0,
-        pool_max: int = 10,
-        pool_timeout: float = 10.0,
-        lock_timeout: int | None = None,
-        ssl: bool = False,
-        ssl_ca: str | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        options = MySQLOptions(
-            host=host,
-            user=user,
-            database=database,
-            password=password,
-            port=port,
-            table=table,
-            connect_timeout=connect_timeout,
-            pool_max=pool_max,
-            pool_timeout=pool_timeout,
-            lock_timeout=lock_timeout,
-            ssl=ssl,
-            ssl_ca=ssl_ca,
-        )
+    def __init__(self, *, clock: Clock | None = None, **arguments: Unpack[MySQLArguments]) -> None:
+        options = MySQLOptions(**arguments)
         self.clock: Clock = clock or SystemClock()
         self.table = mysql_table(options.table)
         self._records = AsyncMySQLRecords(self.table, batched=True)

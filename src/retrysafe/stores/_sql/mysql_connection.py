@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from ssl import SSLContext, create_default_context
-from typing import Final
+from typing import Final, NotRequired, TypedDict
 from urllib.parse import unquote, urlsplit
 
 import pymysql  # type: ignore[import-untyped]
@@ -26,6 +26,7 @@ from retrysafe.stores.base import query_options
 __all__ = [
     "DEADLOCK",
     "LOCK_WAIT_TIMEOUT",
+    "MySQLArguments",
     "MySQLOptions",
     "connection_lost",
     "deadlocked",
@@ -52,12 +53,33 @@ _SQL_MODE: Final = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
 _URL_FORM: Final = "mysql://user[:password]@host[:port]/db"
 
 
-@dataclass(frozen=True, slots=True)
+class MySQLArguments(TypedDict):
+    """The keyword arguments of `AsyncMySQLStore` and `MySQLStore` besides `clock`.
+
+    They are `MySQLOptions`'s fields, which the store builds from them (and which checks them);
+    the store's docstring documents each.
+    """
+
+    host: str
+    user: str
+    database: str
+    password: NotRequired[str]
+    port: NotRequired[int]
+    table: NotRequired[str]
+    connect_timeout: NotRequired[float]
+    pool_max: NotRequired[int]
+    pool_timeout: NotRequired[float]
+    lock_timeout: NotRequired[int | None]
+    ssl: NotRequired[bool]
+    ssl_ca: NotRequired[str | None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MySQLOptions:
     """Where a MySQL store connects, and how, checked: the store's keyword arguments.
 
-    The fields are exactly the arguments of `AsyncMySQLStore` (and `MySQLStore`), which
-    documents each, so that a store is built from a URL's options as they are (`from_url`).
+    The fields are exactly `MySQLArguments`, the arguments of `AsyncMySQLStore` (and
+    `MySQLStore`), so that a store is built from a URL's options as they are (`from_url`).
     """
 
     host: str

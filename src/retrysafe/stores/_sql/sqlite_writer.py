@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from retrysafe._clock import Clock
 from retrysafe._errors import StoreError
+from retrysafe.stores._closing import closed_on_error
 from retrysafe.stores._sql.sqlite_file import Operation, Schema, Write, commit_writes
 from retrysafe.stores._sql.sqlite_threads import forks, set_aside
 
@@ -221,11 +222,8 @@ class _WriterThread(threading.Thread):
         """Return the write connection, opening it and creating the schema on first use."""
         if self.connection is None:
             connection = self._open()
-            try:
+            with closed_on_error(connection):
                 self._schema.create(connection, first_use=True)
-            except BaseException:
-                connection.close()
-                raise
             self.connection = connection
         return self.connection
 

@@ -373,6 +373,21 @@ def test_b20_dead_port_is_unavailable_within_the_timeout(
     assert isinstance(caught.value.__cause__, pymysql.err.MySQLError)
 
 
+def test_b20_a_server_that_never_greets_is_unavailable_within_the_timeout(
+    open_face: OpenStore,
+) -> None:
+    """A port that accepts connections and never sends MySQL's greeting (another service, a
+    stuck proxy) fails the call with StoreUnavailableError, not a hang: the handshake is bounded
+    by `connect_timeout` like the TCP connect."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts or sends
+        port = silent.getsockname()[1]
+        store = open_face(f"mysql://root@127.0.0.1:{port}/test?connect_timeout=1&pool_timeout=5")
+        with pytest.raises(StoreUnavailableError) as caught:
+            store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert isinstance(caught.value.__cause__, pymysql.err.OperationalError)
+    assert caught.value.__cause__.args[0] == 2013  # lost connection: no handshake
+
+
 def test_other_database_errors_are_store_errors(
     open_face: OpenStore, mysql_url: str, tables: Callable[..., str]
 ) -> None:

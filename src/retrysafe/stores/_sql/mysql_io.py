@@ -5,7 +5,9 @@ which `scripts/unasync.py` generates; what cannot be generated lives here as a p
 class named `Async...` so the generated code names its twin: opening and closing a connection
 (aiomysql takes `db=`, PyMySQL `database=` and a flag for several statements a query; aiomysql
 closes with `ensure_closed()`). `AsyncWork` and `Work` type what the store runs on a lent
-connection. Neither face's driver is imported before it is used. The pool's gate and the
+connection. aiomysql is imported when the async face first connects (PyMySQL, whose errors
+both faces raise, comes with this module). A server that accepts a connection and never
+greets fails within `connect_timeout` on both faces. The pool's gate and the
 wake-ups of waiters, which are not about MySQL, are `retrysafe/_concurrency.py`'s.
 """
 
@@ -14,6 +16,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
+
+import anyio
+import pymysql  # type: ignore[import-untyped]  # mysql_connection's already
 
 from retrysafe.stores._sql.mysql_connection import MySQLOptions
 
@@ -25,6 +30,10 @@ AsyncWork: TypeAlias = Callable[[Any], Awaitable[T]]
 """A primitive run on a lent connection (async face)."""
 Work: TypeAlias = Callable[[Any], T]
 """A primitive run on a lent connection (sync face)."""
+
+
+# The client error for a connection lost mid-exchange (PyMySQL's CR.CR_SERVER_LOST).
+CR_SERVER_LOST = 2013
 
 
 def _connect_arguments(options: MySQLOptions) -> dict[str, Any]:
@@ -57,9 +66,18 @@ class AsyncMySQLDriver:
         import aiomysql  # type: ignore[import-untyped]  # noqa: PLC0415 - the async face only
 
         options = self._options
-        return await aiomysql.connect(
-            **_connect_arguments(options), db=options.database, ssl=self._ssl
-        )
+        # aiomysql bounds only the TCP connect: a server that accepts and never greets (another
+        # service's port, a stuck proxy) would hold the handshake, and the caller, forever.
+        try:
+            with anyio.fail_after(options.connect_timeout):
+                return await aiomysql.connect(
+                    **_connect_arguments(options), db=options.database, ssl=self._ssl
+                )
+        except TimeoutError:
+            raise pymysql.err.OperationalError(
+                CR_SERVER_LOST,
+                f"No handshake from the MySQL server within {options.connect_timeout} s",
+            ) from None
 
     async def close(self, conn: Any) -> None:
         """Say goodbye and close `conn`; a broken one is just closed. Raises nothing but a
@@ -89,16 +107,23 @@ class MySQLDriver:
 
     def connect(self) -> Any:
         """Open a connection (the caller runs the session set-up on it)."""
-        import pymysql  # type: ignore[import-untyped]  # noqa: PLC0415
-
         options = self._options
         tls: dict[str, Any] = {"ssl_disabled": True} if self._ssl is None else {"ssl": self._ssl}
-        return pymysql.connect(
+        # PyMySQL's connect_timeout bounds only the TCP connect: the handshake's reads and writes
+        # get the same bound here, so a server that accepts and never greets fails in time
+        # (2013, lost connection). PyMySQL applies its timeouts on each read and write, so
+        # clearing them afterwards leaves the statements' reads unbounded, as before: a
+        # statement may wait for a row lock up to the session's `innodb_lock_wait_timeout`.
+        conn = pymysql.connect(
             **_connect_arguments(options),
             database=options.database,
             client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
+            read_timeout=options.connect_timeout,
+            write_timeout=options.connect_timeout,
             **tls,
         )
+        conn._read_timeout = conn._write_timeout = None  # private, but see above
+        return conn
 
     def close(self, conn: Any) -> None:
         """Say goodbye and close `conn`; a broken one is just dropped. Never raises."""

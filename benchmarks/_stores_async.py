@@ -4,9 +4,10 @@ Everything runs on one asyncio event loop (anyio's asyncio backend; uvloop is no
 started in a blocking portal for the whole face, so the stores and their pools stay on one loop
 while `stores.run` drives the rounds. One task awaits the operations one after another, or 16
 tasks share the keys. The bare drivers do the round trips the stores do: PostgreSQL through a
-psycopg `AsyncConnectionPool` in autocommit, Redis through `redis.asyncio`, SQLite through the
-stdlib `sqlite3` on anyio's worker threads (`anyio.to_thread.run_sync`, one hop per statement,
-as aiosqlite is no dependency), memory through a dict.
+psycopg `AsyncConnectionPool` in autocommit, MySQL through an aiomysql pool in autocommit,
+Redis through `redis.asyncio`, SQLite through the stdlib `sqlite3` on anyio's worker threads
+(`anyio.to_thread.run_sync`, one hop per statement, as aiosqlite is no dependency), memory
+through a dict. `sqlite_connector` and `mysql_connector` serve the sync face's bare drivers too.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import aiomysql  # type: ignore[import-untyped]
 import anyio
 import anyio.to_thread
+import pymysql  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from psycopg_pool import AsyncConnectionPool
 
 import retrysafe
 from retrysafe import AsyncStore, Identity
+from retrysafe.stores._sql.mysql import render
+from retrysafe.stores._sql.mysql_connection import parse_url
 
 if TYPE_CHECKING:
     from stores import Workload
@@ -94,6 +99,50 @@ def sqlite_connector(
     return conn, close
 
 
+def mysql_login(url: str) -> dict[str, Any]:
+    """Return the host, port, user, password and database of a `mysql://` URL."""
+    options = parse_url(url)
+    return {
+        "host": options.host,
+        "port": options.port,
+        "user": options.user,
+        "password": options.password,
+        "database": options.database,
+    }
+
+
+def mysql_connector(
+    url: str,
+) -> tuple[Callable[[], AbstractContextManager[Any]], Callable[[], None]]:
+    """Return (a checkout of a pooled connection, close all): PyMySQL in autocommit, several
+    statements a query allowed. PyMySQL has no pool: this one opens a connection when none is
+    idle (so at most one per concurrent caller) and keeps the ones given back."""
+    idle: list[Any] = []  # pop and append are atomic: no lock
+    opened: list[Any] = []
+
+    @contextmanager
+    def connection() -> Iterator[Any]:
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = pymysql.connect(
+                **mysql_login(url),
+                autocommit=True,
+                client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
+            )
+            opened.append(conn)
+        try:
+            yield conn
+        finally:
+            idle.append(conn)
+
+    def close() -> None:
+        for conn in opened:
+            conn.close()
+
+    return connection, close
+
+
 def bare_sqlite(w: Workload, path: Path) -> AsyncOps:
     """sqlite3 on anyio's worker threads, a connection per thread: INSERT, UPDATE; SELECT."""
     conn, close = sqlite_connector(path, w.sqlite_create)
@@ -148,6 +197,44 @@ async def bare_postgres(w: Workload, table: str) -> AsyncOps:
             await (await c.execute(read, {"id": key})).fetchone()
 
     return AsyncOps(first, replay, get, pool.close)
+
+
+async def bare_mysql(w: Workload, table: str) -> AsyncOps:
+    """aiomysql's pool in autocommit: INSERT ... ON DUPLICATE KEY UPDATE, UPDATE; that INSERT
+    and a SELECT as one query; SELECT. Values are written in as literals, as the store does
+    (`render`): aiomysql's own escaping of bytes fails with PyMySQL 1.2."""
+    login = mysql_login(w.mysql_url)
+    login["db"] = login.pop("database")
+    pool = await aiomysql.create_pool(minsize=1, maxsize=16, autocommit=True, **login)
+    insert, complete, read = (
+        s.format(table=table) for s in (w.mysql_insert, w.mysql_complete, w.mysql_get)
+    )
+    claim = f"{insert}; {read}"
+    async with pool.acquire() as c, c.cursor() as cursor:
+        await cursor.execute(w.mysql_create.format(table=table))
+
+    async def first(key: str) -> None:
+        async with pool.acquire() as c, c.cursor() as cursor:
+            await cursor.execute(render(c, insert, {"id": key}))
+        async with pool.acquire() as c, c.cursor() as cursor:
+            await cursor.execute(render(c, complete, {"id": key, "outcome": w.outcome}))
+
+    async def replay(key: str) -> None:
+        async with pool.acquire() as c, c.cursor() as cursor:
+            await cursor.execute(render(c, claim, {"id": key}))
+            await cursor.nextset()
+            await cursor.fetchone()
+
+    async def get(key: str) -> None:
+        async with pool.acquire() as c, c.cursor() as cursor:
+            await cursor.execute(render(c, read, {"id": key}))
+            await cursor.fetchone()
+
+    async def aclose() -> None:
+        pool.close()
+        await pool.wait_closed()
+
+    return AsyncOps(first, replay, get, aclose)
 
 
 def bare_redis(w: Workload, prefix: str) -> AsyncOps:
@@ -233,6 +320,8 @@ async def _open(
         bare = bare_sqlite(w, workdir / f"{name}.db")
     elif backend == "postgres":
         bare = await bare_postgres(w, name)
+    elif backend == "mysql":
+        bare = await bare_mysql(w, name)
     elif backend == "redis":
         bare = bare_redis(w, name)
     else:

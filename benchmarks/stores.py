@@ -1,7 +1,7 @@
 """Store throughput: retrysafe's claim + complete and replays against the bare driver.
 
     .venv/bin/python benchmarks/stores.py [--ops 2000] [--rounds 3] [--face sync|async|both]
-        [--backends memory,sqlite,postgres,redis] [--replay-cache 10000]
+        [--backends memory,sqlite,postgres,mysql,redis] [--replay-cache 10000]
 
 For each store and each face (sync: `open_store`, driven by 1 thread and by 16; async:
 `open_async_store`, driven by 1 task and by 16 concurrent tasks on one asyncio loop, in
@@ -11,12 +11,14 @@ the same round trips, and with the same store behind a replay cache (`?replay_ca
 that variant out). The bare drivers: SQLite INSERT + UPDATE and SELECT (stdlib sqlite3; the
 async face calls it through `anyio.to_thread`, as aiosqlite is no dependency); PostgreSQL
 INSERT ... ON CONFLICT + UPDATE, one statement that inserts or returns the row, and SELECT
-(psycopg pools); Redis SET NX + SET, SET NX GET and GET (redis-py, `redis.asyncio`); memory: a
-dict (under a lock for threads). Each figure is throughput and the benchmark process's CPU
-time per operation (`time.process_time`), steadier than throughput on a shared machine.
-Variants alternate within each round and rounds repeat; the median of the rounds is reported.
-Uses PostgreSQL and Redis at RETRYSAFE_TEST_POSTGRES_URL / RETRYSAFE_TEST_REDIS_URL (default:
-loopback).
+(psycopg pools); MySQL INSERT ... ON DUPLICATE KEY UPDATE + UPDATE, that INSERT and a SELECT
+sent as one query, and SELECT (PyMySQL through a small pool of the benchmark's, aiomysql's
+pool); Redis SET NX + SET, SET NX GET and GET (redis-py, `redis.asyncio`); memory: a dict
+(under a lock for threads). Each figure is throughput and the benchmark process's CPU time
+per operation (`time.process_time`), steadier than throughput on a shared machine. Variants
+alternate within each round and rounds repeat; the median of the rounds is reported. Uses
+PostgreSQL, MariaDB (or MySQL) and Redis at RETRYSAFE_TEST_POSTGRES_URL /
+RETRYSAFE_TEST_MYSQL_URL / RETRYSAFE_TEST_REDIS_URL (default: loopback).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ POSTGRES_URL = os.environ.get(
     "RETRYSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+MYSQL_URL = os.environ.get("RETRYSAFE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 OPERATIONS = {"first": "claim+complete", "replay": "replay (claim)", "get": "replay (get)"}
 """What each face measures: the `Ops` attribute and its label in the table."""
 WORKERS = (1, 16)
@@ -62,6 +65,7 @@ class Workload:
     retention: float = 3600.0
     postgres_url: str = POSTGRES_URL
     redis_url: str = REDIS_URL
+    mysql_url: str = MYSQL_URL
     # The bare drivers' statements ({table} is the benchmark's own table). A claim that finds
     # the row is one statement that inserts or returns it, as the PostgreSQL store's claim is.
     postgres_create: str = "CREATE TABLE {table} (id TEXT PRIMARY KEY, state TEXT, outcome BYTEA)"
@@ -79,6 +83,20 @@ class Workload:
         "SELECT state, outcome FROM claimed UNION ALL SELECT state, outcome FROM found"
     )
     postgres_get: str = "SELECT state, outcome FROM {table} WHERE id = %(id)s"
+    # MySQL: no statement inserts or returns a row, so the bare claim that finds one is the
+    # insert and a read sent as one query (one round trip, as the store's claim is).
+    mysql_create: str = (
+        "CREATE TABLE {table} (id VARCHAR(64) PRIMARY KEY, state VARCHAR(16), outcome BLOB)"
+        " ENGINE = InnoDB"
+    )
+    mysql_insert: str = (
+        "INSERT INTO {table} (id, state) VALUES (%(id)s, 'in_flight')"
+        " ON DUPLICATE KEY UPDATE id = id"
+    )
+    mysql_complete: str = (
+        "UPDATE {table} SET state = 'done', outcome = %(outcome)s WHERE id = %(id)s"
+    )
+    mysql_get: str = "SELECT state, outcome FROM {table} WHERE id = %(id)s"
     # SQLite: the store answers a claim that finds a done record with a plain read, so the
     # bare replay is the SELECT for both `replay` and `get`.
     sqlite_create: str = (
@@ -178,6 +196,37 @@ def bare_postgres(w: Workload, table: str) -> Ops:
     return Ops(first, replay, get, pool.close)
 
 
+def bare_mysql(w: Workload, table: str) -> Ops:
+    """PyMySQL in autocommit, a small pool: INSERT ... ON DUPLICATE KEY UPDATE then UPDATE;
+    that INSERT and a SELECT as one query (the claim that finds the row); SELECT."""
+    connection, close = _stores_async.mysql_connector(w.mysql_url)
+    insert, complete, read = (
+        s.format(table=table) for s in (w.mysql_insert, w.mysql_complete, w.mysql_get)
+    )
+    claim = f"{insert}; {read}"
+    with connection() as c, c.cursor() as cursor:
+        cursor.execute(w.mysql_create.format(table=table))
+
+    def first(key: str) -> None:
+        with connection() as c, c.cursor() as cursor:
+            cursor.execute(insert, {"id": key})
+        with connection() as c, c.cursor() as cursor:
+            cursor.execute(complete, {"id": key, "outcome": w.outcome})
+
+    def replay(key: str) -> None:
+        with connection() as c, c.cursor() as cursor:
+            cursor.execute(claim, {"id": key})
+            cursor.nextset()
+            cursor.fetchone()
+
+    def get(key: str) -> None:
+        with connection() as c, c.cursor() as cursor:
+            cursor.execute(read, {"id": key})
+            cursor.fetchone()
+
+    return Ops(first, replay, get, close)
+
+
 def bare_redis(w: Workload, prefix: str) -> Ops:
     """redis-py: SET NX then SET; SET NX GET (a claim that finds the value); GET."""
     client = redis.Redis.from_url(w.redis_url)
@@ -227,6 +276,8 @@ def store_urls(backend: str, workdir: Path, name: str, replay_cache: int) -> dic
             return f"sqlite:///{workdir / f'{name}{suffix}.db'}"
         if backend == "postgres":
             return f"{POSTGRES_URL}?table={name}{suffix}&pool_max=16"
+        if backend == "mysql":
+            return f"{MYSQL_URL}?table={name}{suffix}&pool_max=16"
         if backend == "redis":
             return f"{REDIS_URL}?prefix={name}{suffix}"
         raise SystemExit(f"unknown backend {backend!r}")
@@ -241,11 +292,18 @@ def store_urls(backend: str, workdir: Path, name: str, replay_cache: int) -> dic
 
 
 def drop(backend: str, name: str) -> None:
-    """Drop the PostgreSQL tables and Redis keys named after `name` (SQLite's go with workdir)."""
+    """Drop the PostgreSQL and MySQL tables and Redis keys named after `name` (SQLite's go with
+    workdir)."""
     if backend == "postgres":
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             for table in (name, f"{name}_rs", f"{name}_rc"):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
+    elif backend == "mysql":
+        connection, close = _stores_async.mysql_connector(MYSQL_URL)
+        with connection() as conn, conn.cursor() as cursor:
+            for table in (name, f"{name}_rs", f"{name}_rc"):
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        close()
     elif backend == "redis":
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(match=f"{name}*", count=1000):
@@ -285,6 +343,8 @@ def sync_face(backend: str, workdir: Path, name: str, urls: dict[str, str]) -> I
         bare = bare_sqlite(w, workdir / f"{name}.db")
     elif backend == "postgres":
         bare = bare_postgres(w, name)
+    elif backend == "mysql":
+        bare = bare_mysql(w, name)
     else:
         bare = bare_redis(w, name)
     variants = {"bare": bare}
@@ -359,7 +419,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=2000, help="operations per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median kept)")
-    parser.add_argument("--backends", default="memory,sqlite,postgres,redis")
+    parser.add_argument("--backends", default="memory,sqlite,postgres,mysql,redis")
     parser.add_argument("--face", choices=("sync", "async", "both"), default="both")
     parser.add_argument(
         "--replay-cache", type=int, default=10000, help="replay_cache=N variant (0: none)"

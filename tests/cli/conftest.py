@@ -1,4 +1,4 @@
-"""Fixtures for the CLI: a store on SQLite, PostgreSQL or Redis holding known records."""
+"""Fixtures for the CLI: a store on SQLite, PostgreSQL, MySQL or Redis holding known records."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class KnownRecords:
     expired: tuple[Identity, ...]  # past their retention: invisible, purgeable
 
 
-@pytest.fixture(params=["sqlite", "postgres", "redis", "redis-cluster"])
+@pytest.fixture(params=["sqlite", "postgres", "mysql", "redis", "redis-cluster"])
 def cli_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of a fresh, empty store on each real backend; dropped afterwards."""
     with fresh_store_url(str(request.param), request, tmp_path) as url:

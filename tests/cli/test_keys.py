@@ -1,4 +1,5 @@
-"""`retrysafe keys` on SQLite, PostgreSQL and Redis, against a store holding known records."""
+"""`retrysafe keys` on SQLite, PostgreSQL, MySQL and Redis, against a store holding known
+records."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from retrysafe.cli import app
 from retrysafe.demo import DemoDatabase, create_app
 from retrysafe.demo._relay import serve_asgi
 from tests.cli.conftest import HTTP_BODY, KnownRecords
-from tests.conftest import unique_name
+from tests.conftest import drop_mysql_tables, drop_postgres_tables, unique_name
 from tests.http.conftest import credential_scope
 
 SCOPE_SECRET = "the cli tests' scope secret"
@@ -208,9 +209,9 @@ def served_api(cli_store_url: str) -> Iterator[str]:
     finally:
         database.close()
         if cli_store_url.startswith("postgresql"):
-            from tests.demo.conftest import drop_postgres_tables
-
             drop_postgres_tables(cli_store_url, f"{prefix}payments", f"{prefix}users")
+        elif cli_store_url.startswith("mysql"):
+            drop_mysql_tables(cli_store_url, prefix)  # LIKE 'prefix%': the demo's two tables
 
 
 def test_b16_delete_unsticks_an_in_flight_key(

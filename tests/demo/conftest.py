@@ -1,4 +1,5 @@
-"""Fixtures for the demo API: a fresh store and demo tables on SQLite or PostgreSQL, served."""
+"""Fixtures for the demo API: a fresh store and demo tables on SQLite, PostgreSQL or MySQL,
+served."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from retrysafe import open_async_store
 from retrysafe.demo import DemoApp, DemoDatabase, create_app
 from retrysafe.demo._relay import serve_asgi
-from tests.conftest import drop_postgres_tables, unique_name
+from tests.conftest import drop_mysql_tables, drop_postgres_tables, unique_name
 from tests.http.conftest import credential_scope
 
 SCOPE_SECRET = "the demo tests' scope secret"
@@ -46,19 +47,23 @@ class RunningApi:
         return httpx.Client(base_url=self.url, headers=headers, trust_env=False, timeout=10.0)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
 def demo_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DemoStore]:
-    """A fresh store URL and demo table prefix, on SQLite and on PostgreSQL."""
+    """A fresh store URL and demo table prefix, on SQLite, PostgreSQL and MySQL (MariaDB)."""
     if request.param == "sqlite":
         yield DemoStore(f"sqlite:///{tmp_path / 'demo.db'}", "retrysafe_demo_")
         return
     name = unique_name()
-    url = f"{request.getfixturevalue('postgres_url')}?table={name}"
+    server = "mysql_url" if request.param == "mysql" else "postgres_url"
+    url = f"{request.getfixturevalue(server)}?table={name}"
     prefix = f"{name}_demo_"
     try:
         yield DemoStore(url, prefix)
     finally:
-        drop_postgres_tables(url, name, f"{prefix}payments", f"{prefix}users")
+        if request.param == "mysql":
+            drop_mysql_tables(url, name)  # the records table and the demo's, named after it
+        else:
+            drop_postgres_tables(url, name, f"{prefix}payments", f"{prefix}users")
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""The demo payments API on SQLite and PostgreSQL: duplicates, bad input, tenants, unique email."""
+"""The demo payments API on SQLite, PostgreSQL and MySQL: duplicates, bad input, tenants, unique
+email."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,6 +12,7 @@ from retrysafe import open_store
 from tests.demo.conftest import RunningApi, scope_of
 
 PAYMENT = {"customer": "ada", "amount": 1999, "currency": "eur"}
+EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def test_payment_is_created_and_listed(api: RunningApi) -> None:
@@ -81,6 +84,18 @@ def test_b8_tenants_are_apart(api: RunningApi) -> None:
         store.close()
 
 
+def test_b8_tenants_differing_only_in_case_are_apart(api: RunningApi) -> None:
+    """Bearer tokens `Tenant-A` and `tenant-a` are two tenants: each lists only its own payment
+    (MySQL compares the demo's columns byte for byte, not case-insensitively)."""
+    with api.client("Tenant-A") as upper, api.client("tenant-a") as lower:
+        paid_upper = upper.post("/payments", json=PAYMENT)
+        paid_lower = lower.post("/payments", json=PAYMENT)
+        listed_upper = upper.get("/payments").json()["payments"]
+        listed_lower = lower.get("/payments").json()["payments"]
+    assert [p["id"] for p in listed_upper] == [paid_upper.json()["id"]]
+    assert [p["id"] for p in listed_lower] == [paid_lower.json()["id"]]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -125,6 +140,17 @@ def test_b9_missing_token_gets_401_and_leaves_no_record(api: RunningApi) -> None
         assert store.list_records() == []
     finally:
         store.close()
+
+
+def test_b9_a_token_padded_past_base64_gets_401(api: RunningApi) -> None:
+    """A bearer token is base64-like: up to two `=` of padding pay as that tenant; more is no
+    token at all (401), so no tenant id outgrows the payments table's column."""
+    with api.client("tenant-a==") as padded, api.client("t" * 128 + "=" * 200) as overlong:
+        paid = padded.post("/payments", json=PAYMENT)
+        refused = overlong.post("/payments", json=PAYMENT)
+    assert paid.status_code == 201
+    assert refused.status_code == 401
+    assert [p.id for p in api.app.database.list_payments("tenant-a==")] == [paid.json()["id"]]
 
 
 def test_b31_repeated_user_insert_answers_with_the_existing_profile(api: RunningApi) -> None:
@@ -182,7 +208,7 @@ def test_b31_the_database_itself_refuses_a_second_profile(api: RunningApi) -> No
             database.tables.sql(
                 "INSERT INTO {users} (id, tenant, email, name, created_at) VALUES (?, ?, ?, ?, ?)"
             ),
-            ("usr_raw", "tenant-a", "ada@example.com", "Ada", "2024-01-01T00:00:00Z"),
+            ("usr_raw", "tenant-a", "ada@example.com", "Ada", database.tables.timestamp(EPOCH)),
         )
 
 

@@ -56,13 +56,13 @@ def serve(store_url: str, prefix: str) -> Iterator[RunningApi]:
 
 @pytest.fixture
 def crashing_api(demo_store: DemoStore) -> Iterator[RunningApi]:
-    """The demo API on SQLite or PostgreSQL, with the crash hook."""
+    """The demo API on SQLite, PostgreSQL or MySQL, with the crash hook."""
     with serve(demo_store.url, demo_store.prefix) as api:
         yield api
 
 
 def test_b29_sql_stores_make_payments_transactional(api: RunningApi) -> None:
-    """With a SQLite or PostgreSQL store, POST /payments runs in transactional mode."""
+    """With a SQLite, PostgreSQL or MySQL store, POST /payments runs in transactional mode."""
     assert api.app.transactional
 
 
@@ -78,8 +78,9 @@ def test_b29_the_record_commits_beside_the_payment_in_the_same_database(api: Run
         payments = conn.execute(
             database.tables.sql("SELECT id FROM {payments} WHERE tenant = ?"), ("tenant-a",)
         ).fetchall()
+        quote = "`" if database.tables.dialect == "mysql" else '"'
         records = conn.execute(
-            f'SELECT COUNT(*) FROM "{database.records_table}"'  # noqa: S608 -- a test's name
+            f"SELECT COUNT(*) FROM {quote}{database.records_table}{quote}"  # noqa: S608 -- ours
         ).fetchone()
     assert [row[0] for row in payments] == [paid.json()["id"]]
     assert records[0] == 1
@@ -168,6 +169,6 @@ def test_serve_demo_help_says_which_mode_guards_payments() -> None:
     result = CliRunner().invoke(cli, ["serve-demo", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    assert "With a SQLite (the default) or PostgreSQL store, POST /payments runs in" in text
+    assert "With a SQLite (the default), PostgreSQL or MySQL store, POST /payments runs" in text
     assert "transactional mode" in text
     assert "With a Redis or memory store" in text

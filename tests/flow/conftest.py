@@ -1,9 +1,9 @@
 """Held outcomes (B19, B40) against real stores: each reached through a relay that can be cut.
 
-`gap` is a fresh Redis or PostgreSQL store behind a `Relay`: `gap.url` goes through it (with
-short timeouts), and `gap.records(key)` reads the real server directly, gap or not. `ChargeApp`
-is an app (ASGI and WSGI) whose effect counts its runs and can cut the relay right after one,
-from inside the handler: between the effect and the storing of its outcome.
+`gap` is a fresh Redis, PostgreSQL or MySQL store behind a `Relay`: `gap.url` goes through it
+(with short timeouts), and `gap.records(key)` reads the real server directly, gap or not.
+`ChargeApp` is an app (ASGI and WSGI) whose effect counts its runs and can cut the relay right
+after one, from inside the handler: between the effect and the storing of its outcome.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ WAIT_SECONDS = 30.0
 _TIMEOUTS = {
     "redis": "socket_timeout=1&connect_timeout=1",
     "postgres": "connect_timeout=1&pool_timeout=1",
+    "mysql": "connect_timeout=1&pool_timeout=1",
 }
 
 
@@ -91,9 +92,9 @@ def _through(url: str, port: int, backend: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "postgres", "mysql"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """Each real backend that runs on a server: Redis, PostgreSQL."""
+    """Each real backend that runs on a server: Redis, PostgreSQL, MySQL (MariaDB)."""
     return str(request.param)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from retrysafe import AsyncStore, ManualClock, Store, open_async_store, open_store
-from tests.conftest import fresh_store_url
+from tests.conftest import drop_mysql_tables, fresh_store_url
 
-BACKENDS = ["memory", "sqlite", "postgres", "redis", "redis-cluster"]
+BACKENDS = ["memory", "sqlite", "postgres", "mysql", "redis", "redis-cluster"]
 
 
 def drop_backend_data(url: str) -> None:
@@ -21,6 +21,8 @@ def drop_backend_data(url: str) -> None:
         table = url.rsplit("table=", 1)[1]
         with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')  # a unique_name(), never user input
+    elif url.startswith("mysql://"):
+        drop_mysql_tables(url, url.rsplit("table=", 1)[1])
     elif url.startswith("redis://"):
         import redis
 

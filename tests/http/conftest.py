@@ -314,7 +314,7 @@ def serve(face: str, start_service: Callable[..., Service]) -> Callable[..., Ser
     return lambda **options: start_service(face, **options)
 
 
-@pytest.fixture(params=["sqlite", "postgres", "redis", "redis-cluster"])
+@pytest.fixture(params=["sqlite", "postgres", "mysql", "redis", "redis-cluster"])
 def real_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of a fresh store on each real backend; what it created is removed after."""
     with fresh_store_url(str(request.param), request, tmp_path) as url:

@@ -1,10 +1,13 @@
-"""How the CLI opens a store: `keys` never creates a SQLite file, and a PostgreSQL server that
-cannot be reached is reported at once, with the driver's own reason.
+"""How the CLI opens a store: `keys` never creates a SQLite file, and a PostgreSQL or MySQL
+server that cannot be reached is reported at once, with the driver's own reason.
 
 The PostgreSQL store's pool retries a failing connection until its `pool_timeout` (10 s) and
 then says only "couldn't get a connection"; one direct connection first fails within
 `PROBE_SECONDS` (or the URL's own `connect_timeout`) saying why: `database "x" does not
-exist`, `Connection refused`, `password authentication failed`.
+exist`, `Connection refused`, `password authentication failed`. The MySQL store says why
+itself, but PyMySQL bounds only the TCP connect: a server that accepts the connection and never
+greets (a wrong port: PostgreSQL's, Redis's, a stopped-up proxy) would hold the command
+forever, so its probe bounds the greeting and the log-in too.
 """
 
 from __future__ import annotations
@@ -21,25 +24,41 @@ from retrysafe.stores import Store, open_store
 __all__ = ["PROBE_SECONDS", "existing_store", "reach"]
 
 PROBE_SECONDS: Final = 2
-"""libpq's connect_timeout for the first connection, unless the URL sets one (libpq counts
-whole seconds, and waits at least 2)."""
+"""The probe's connect timeout, unless the URL sets one (libpq counts whole seconds, and waits
+at least 2)."""
 _POSTGRES: Final = frozenset({"postgresql", "postgres"})
-# `open_store`'s options, not the PostgreSQL store's
+# `open_store`'s options, not the PostgreSQL or MySQL store's
 _REPLAY_CACHE: Final = "replay_cache"
 _ENCRYPTION: Final = "encryption_key_env"
 
 
 def reach(url: str) -> None:
-    """Connect once to a PostgreSQL store's server and hang up; other stores pass.
+    """Connect once to a PostgreSQL or MySQL store's server and hang up; other stores pass.
 
     Raises:
         StoreUnavailableError: the server cannot be reached, or refuses the connection; the
             message is the driver's.
+        StoreError: the MySQL server refuses the log-in or the database (the driver's words).
         ConfigurationError: the URL is invalid.
     """
     parts = urlsplit(url)
-    if parts.scheme not in _POSTGRES:
+    if parts.scheme not in _POSTGRES and parts.scheme != "mysql":
         return
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    theirs = [
+        (name, value)
+        for name, value in pairs
+        if not name.startswith(_REPLAY_CACHE) and name != _ENCRYPTION
+    ]
+    backend = parts._replace(query=urlencode(theirs, quote_via=quote)).geturl()
+    explicit = any(name == "connect_timeout" for name, _ in pairs)
+    if parts.scheme == "mysql":
+        _reach_mysql(backend, explicit=explicit)
+    else:
+        _reach_postgres(backend, explicit=explicit)
+
+
+def _reach_postgres(url: str, *, explicit: bool) -> None:
     try:
         import psycopg  # noqa: PLC0415 - the postgres extra; the store says which to install
 
@@ -49,19 +68,40 @@ def reach(url: str) -> None:
         )
     except ImportError:
         return
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    theirs = [
-        (name, value)
-        for name, value in pairs
-        if not name.startswith(_REPLAY_CACHE) and name != _ENCRYPTION
-    ]
-    query = urlencode(theirs, quote_via=quote)
-    conninfo, options = parse_url(parts._replace(query=query).geturl())
-    explicit = any(name == "connect_timeout" for name, _ in pairs)
+    conninfo, options = parse_url(url)
     timeout = options.connect_timeout_seconds if explicit else PROBE_SECONDS
     try:
         psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True).close()
     except psycopg.Error as error:
+        raise store_error(error) from None
+
+
+def _reach_mysql(url: str, *, explicit: bool) -> None:
+    try:
+        import pymysql  # type: ignore[import-untyped]  # noqa: PLC0415 - the mysql extra
+
+        from retrysafe.stores._sql.mysql_connection import (  # noqa: PLC0415
+            parse_url,
+            store_error,
+        )
+    except ImportError:
+        return
+    options = parse_url(url)
+    timeout = options.connect_timeout if explicit else PROBE_SECONDS
+    tls = options.ssl_context()
+    try:
+        pymysql.connect(
+            host=options.host,
+            port=options.port,
+            user=options.user,
+            password=options.password,
+            database=options.database,
+            connect_timeout=timeout,
+            read_timeout=timeout,  # the server's greeting and the log-in's answer
+            write_timeout=timeout,
+            **({"ssl_disabled": True} if tls is None else {"ssl": tls}),
+        ).close()
+    except pymysql.MySQLError as error:
         raise store_error(error) from None
 
 

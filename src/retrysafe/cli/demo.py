@@ -31,6 +31,8 @@ Examples:
 
   retrysafe demo --store postgresql://postgres@127.0.0.1/app --json
 
+  retrysafe demo --store mysql://root@127.0.0.1/app
+
 Exit status: 0 when the run with keys charged no payment twice, 1 otherwise; 130 when
 interrupted by Ctrl+C.
 """
@@ -82,7 +84,7 @@ def demo(
     )
     if store is not None:
         with errors_as_one_line():
-            reach(store)  # an unreachable PostgreSQL server: its reason, in seconds
+            reach(store)  # an unreachable PostgreSQL or MySQL server: its reason, in seconds
     progress_console = Console(stderr=True)
     with (
         errors_as_one_line(),

@@ -61,7 +61,7 @@ app = typer.Typer(
         "  retrysafe keys list --store redis://localhost:6379/0 --state in_flight\n\n"
         "  retrysafe keys show 0ccb7813-2b7e --store postgresql://app@db/app\n\n"
         "  retrysafe keys delete 0ccb7813-2b7e --scope 9f2c... --store sqlite:///retrysafe.db\n\n"
-        "  retrysafe keys purge --store sqlite:///retrysafe.db"
+        "  retrysafe keys purge --store mysql://app@db/app"
     ),
 )
 
@@ -72,8 +72,8 @@ StoreOption = Annotated[
         envvar="RETRYSAFE_STORE",
         metavar="URL",
         help=(
-            "The store: sqlite:///path.db, postgresql://..., redis://...,"
-            " redis+cluster://host:port,..., memory://."
+            "The store: sqlite:///path.db, postgresql://..., mysql://user@host/db,"
+            " redis://..., redis+cluster://host:port,..., memory://."
         ),
         show_default=False,
     ),

@@ -55,7 +55,8 @@ def proxy(
             "--store",
             metavar="URL",
             help="The idempotency store: memory://, sqlite:///file.db, postgresql://..., "
-            "redis://..., redis+cluster://host:port,... (default: retrysafe.db here).",
+            "mysql://..., redis://..., redis+cluster://host:port,... (default: retrysafe.db "
+            "here).",
         ),
     ] = "sqlite:///retrysafe.db",
     require_key: Annotated[

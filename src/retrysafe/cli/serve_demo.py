@@ -29,6 +29,8 @@ Examples:
 
   retrysafe serve-demo --store postgresql://postgres@127.0.0.1/app
 
+  retrysafe serve-demo --store mysql://root@127.0.0.1/app
+
 Then, from another terminal:
 
   curl -X POST localhost:8000/payments -H 'Authorization: Bearer tenant-a'
@@ -65,11 +67,11 @@ def serve_demo(
     The bearer token names the tenant, and keys are scoped per tenant. Payments and user
     profiles live in their own tables in the store's database.
 
-    With a SQLite (the default) or PostgreSQL store, POST /payments runs in transactional
-    mode: the payment and its idempotency record commit in one transaction, so a crash between
-    the two leaves neither. With a Redis or memory store, the demo tables are in an in-memory
-    SQLite database and the idempotency middleware guards payments (record and payment commit
-    separately). The middleware guards POST /users in every case.
+    With a SQLite (the default), PostgreSQL or MySQL store, POST /payments runs in
+    transactional mode: the payment and its idempotency record commit in one transaction, so a
+    crash between the two leaves neither. With a Redis or memory store, the demo tables are in
+    an in-memory SQLite database and the idempotency middleware guards payments (record and
+    payment commit separately). The middleware guards POST /users in every case.
 
     Ctrl+C (or SIGTERM) stops it gracefully, with exit status 0.
     """

@@ -7,15 +7,16 @@ The layers, outermost first:
                      (both in `_layers`, with the problem responses)
     IdempotencyMiddleware (retrysafe.asgi), when a store is given
     TransactionalMiddleware (retrysafe.transactions.asgi), for POST /payments when the store is
-                     SQLite or PostgreSQL: the payment and its record commit in one transaction
+                     SQLite, PostgreSQL or MySQL: the payment and its record commit in one
+                     transaction
     routes           POST/GET /payments, POST /users, GET /health
 
-With a SQLite or PostgreSQL store, `POST /payments` runs in transactional mode: the handler
-inserts the payment on the request's own connection, in the transaction that claimed the key
-in the store's table, and the response is stored and committed with it before it is sent. A
-crash between the insert and storing the outcome rolls both back. The idempotency middleware
-guards every other route (and `POST /payments` too with a Redis or memory store, whose records
-cannot share a transaction with the demo tables).
+With a SQLite, PostgreSQL or MySQL store, `POST /payments` runs in transactional mode: the
+handler inserts the payment on the request's own connection, in the transaction that claimed
+the key in the store's table, and the response is stored and committed with it before it is
+sent. A crash between the insert and storing the outcome rolls both back. The idempotency
+middleware guards every other route (and `POST /payments` too with a Redis or memory store,
+whose records cannot share a transaction with the demo tables).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def create_app(
         database: where payments and user profiles are stored.
         store: the idempotency store, closed at lifespan shutdown; without one the API has no
             idempotency layer at all. When `database` is the store's own SQL database (a
-            SQLite or PostgreSQL store), `POST /payments` runs in transactional mode.
+            SQLite, PostgreSQL or MySQL store), `POST /payments` runs in transactional mode.
         latency: seconds each payment spends at the simulated payment processor.
         after_charge: called with each payment after its insert, before the response is made;
             tests raise from it to crash the handler between the two.
@@ -173,7 +174,9 @@ def _routes(
         insert = (
             database.insert_payment
             if tx is None
-            else functools.partial(insert_payment, tx.connection, database.tables)
+            else functools.partial(
+                insert_payment, database.statements_on(tx.connection), database.tables
+            )
         )
         payment = await anyio.to_thread.run_sync(
             functools.partial(

@@ -1,32 +1,40 @@
 """What a database backend hands the demo tables: connections, a closer, a transactional connect.
 
-`retrysafe.demo._sqlite` and `retrysafe.demo._postgres` open a database and return
-`Connections`; `DemoDatabase` (`retrysafe.demo._tables`) puts the demo's SQL on top of them.
+`retrysafe.demo._sqlite`, `retrysafe.demo._postgres` and `retrysafe.demo._mysql` open a
+database and return `Connections`; `DemoDatabase` (`retrysafe.demo._tables`) puts the demo's
+SQL on top of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
-__all__ = ["LOCK_WAIT", "Connection", "Connections", "TransactionConnect"]
+__all__ = ["LOCK_WAIT", "Connection", "Connections", "TransactionConnect", "as_is"]
 
 LOCK_WAIT: Final = 30.0
 """Seconds a transactional request may wait for the database's write lock (SQLite's busy
-timeout and the turn before it) or a row lock (PostgreSQL's `lock_timeout`)."""
+timeout and the turn before it) or a row lock (PostgreSQL's `lock_timeout`, MySQL's
+`innodb_lock_wait_timeout`)."""
 
 TransactionConnect = Callable[[], Any]
 """Makes one request's connection for `TransactionalMiddleware(connect=...)`: an async context
-manager of a sqlite3 or psycopg connection."""
+manager of a sqlite3, psycopg or PyMySQL connection."""
 
 
 class Connection(Protocol):
-    """The part of a DB-API connection the demo uses (sqlite3 and psycopg both fit)."""
+    """The part of a DB-API connection the demo uses (sqlite3 and psycopg both fit; a PyMySQL
+    connection fits once `Connections.statements` wraps it)."""
 
     def execute(self, query: Any, params: Any = ...) -> Any:
         """Run one statement and return its cursor."""
         ...
+
+
+def as_is(connection: Any) -> Connection:
+    """Return a connection that has `execute` itself (sqlite3, psycopg) unchanged."""
+    return cast(Connection, connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +48,12 @@ class Connections:
         description: where the database is, for people.
         transactions: makes the `connect` of transactional mode, one per app (None: payments
             cannot commit with their idempotency records in this database).
+        statements: gives a driver's connection (a transactional request's) the `execute`
+            the demo's SQL calls; `as_is` for drivers that have one.
     """
 
     connect: Callable[[], Any]
     close: Callable[[], None]
     description: str
     transactions: Callable[[], TransactionConnect] | None = None
+    statements: Callable[[Any], Connection] = as_is

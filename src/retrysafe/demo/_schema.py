@@ -1,7 +1,8 @@
 """What the demo tables hold: their rows, their names and schema, and the payment insert.
 
-`Tables` carries the SQL dialect (SQLite or PostgreSQL placeholders and timestamps), so every
-statement is written once, with `?` placeholders and `{payments}` / `{users}` table names.
+`Tables` carries the SQL dialect (SQLite, PostgreSQL or MySQL placeholders, column types and
+timestamps), so every statement is written once, with `?` placeholders and `{payments}` /
+`{users}` table names.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final, Literal
 
 from retrysafe._errors import ConfigurationError
 from retrysafe.demo._connections import Connection
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "Dialect",
     "Payment",
     "Tables",
     "User",
@@ -26,6 +29,23 @@ __all__ = [
 
 DEFAULT_PREFIX = "retrysafe_demo_"
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,40}")
+
+Dialect = Literal["sqlite", "postgresql", "mysql"]
+"""The SQL database the demo tables are in."""
+
+# Per dialect: a text column, a timestamp column, and what follows `CREATE TABLE (...)`.
+# MySQL indexes no TEXT column without a length, so its texts are VARCHARs as long as the API
+# accepts (a bearer token, an email), compared byte for byte (`utf8mb4_bin`): tenants `A` and
+# `a` are two tenants, as on SQLite and PostgreSQL. Its DATETIME holds UTC, without a zone.
+_TYPES: Final[dict[str, tuple[str, str, str]]] = {
+    "sqlite": ("TEXT", "TEXT", ""),
+    "postgresql": ("TEXT", "TIMESTAMPTZ", ""),
+    "mysql": (
+        "VARCHAR(255)",
+        "DATETIME(6)",
+        " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +94,16 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """The demo's table names and the SQL dialect's placeholder.
+    """The demo's table names and the SQL dialect.
 
     Attributes:
         prefix: put before `payments` and `users` (default `retrysafe_demo_`).
-        postgres: whether the database is PostgreSQL (`%s` placeholders, TIMESTAMPTZ).
+        dialect: the database: `sqlite` (`?` placeholders, timestamps as ISO text),
+            `postgresql` (`%s`, TIMESTAMPTZ) or `mysql` (`%s`, DATETIME(6) in UTC).
     """
 
     prefix: str = DEFAULT_PREFIX
-    postgres: bool = False
+    dialect: Dialect = "sqlite"
 
     def __post_init__(self) -> None:
         if not _IDENTIFIER.fullmatch(self.prefix):
@@ -101,42 +122,53 @@ class Tables:
     def sql(self, text: str) -> str:
         """Fill in table names and this dialect's placeholders (`?` in the source text)."""
         text = text.format(payments=self.payments, users=self.users)
-        return text.replace("?", "%s") if self.postgres else text
+        return text if self.dialect == "sqlite" else text.replace("?", "%s")
 
     def schema(self) -> list[str]:
         """Return the CREATE statements, safe to run on every start."""
-        timestamp = "TIMESTAMPTZ" if self.postgres else "TEXT"
-        return [
-            self.sql(
-                "CREATE TABLE IF NOT EXISTS {payments} ("
-                " id TEXT PRIMARY KEY,"
-                " tenant TEXT NOT NULL,"
-                " customer TEXT NOT NULL,"
-                " amount BIGINT NOT NULL CHECK (amount > 0),"
-                " currency TEXT NOT NULL,"
-                " status TEXT NOT NULL,"
-                f" created_at {timestamp} NOT NULL)"
-            ),
-            self.sql(
-                f"CREATE INDEX IF NOT EXISTS {self.prefix}payments_tenant_customer"
-                " ON {payments} (tenant, customer)"
-            ),
+        text, timestamp, options = _TYPES[self.dialect]
+        index = f"{self.prefix}payments_tenant_customer"
+        # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): its index is in the table.
+        inline = f", INDEX {index} (tenant, customer)" if self.dialect == "mysql" else ""
+        statements = [
+            "CREATE TABLE IF NOT EXISTS {payments} ("
+            f" id {text} PRIMARY KEY,"
+            f" tenant {text} NOT NULL,"
+            f" customer {text} NOT NULL,"
+            " amount BIGINT NOT NULL CHECK (amount > 0),"
+            f" currency {text} NOT NULL,"
+            f" status {text} NOT NULL,"
+            f" created_at {timestamp} NOT NULL{inline}){options}",
             # The seed's database rule: one profile per (tenant, email), held by the database
             # itself, so no interleaving of requests can create a second one (B31).
-            self.sql(
-                "CREATE TABLE IF NOT EXISTS {users} ("
-                " id TEXT PRIMARY KEY,"
-                " tenant TEXT NOT NULL,"
-                " email TEXT NOT NULL,"
-                " name TEXT NOT NULL,"
-                f" created_at {timestamp} NOT NULL,"
-                " UNIQUE (tenant, email))"
-            ),
+            "CREATE TABLE IF NOT EXISTS {users} ("
+            f" id {text} PRIMARY KEY,"
+            f" tenant {text} NOT NULL,"
+            f" email {text} NOT NULL,"
+            f" name {text} NOT NULL,"
+            f" created_at {timestamp} NOT NULL,"
+            f" UNIQUE (tenant, email)){options}",
         ]
+        if not inline:
+            statements.insert(
+                1, f"CREATE INDEX IF NOT EXISTS {index} ON {{payments}} (tenant, customer)"
+            )
+        return [self.sql(statement) for statement in statements]
+
+    def unless_the_email_exists(self) -> str:
+        """Return the clause that makes an INSERT into {users} do nothing when the tenant has
+        a profile with that email already (the unique key decides, in one statement)."""
+        if self.dialect == "mysql":  # no ON CONFLICT: an update of nothing is the same
+            return " ON DUPLICATE KEY UPDATE id = id"
+        return " ON CONFLICT (tenant, email) DO NOTHING"
 
     def timestamp(self, value: datetime) -> object:
         """Return `value` as this dialect stores it."""
-        return value if self.postgres else iso_time(value)
+        if self.dialect == "postgresql":
+            return value
+        if self.dialect == "mysql":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return iso_time(value)
 
 
 def insert_payment(
@@ -180,7 +212,8 @@ def iso_time(value: datetime) -> str:
 
 
 def parse_time(value: object) -> datetime:
-    """Return a stored `created_at` as a datetime (PostgreSQL gives one, SQLite text)."""
+    """Return a stored `created_at` as a datetime (PostgreSQL gives one, MySQL one in UTC
+    without a zone, SQLite text)."""
     if isinstance(value, datetime):
-        return value
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))

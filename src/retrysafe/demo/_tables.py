@@ -1,16 +1,18 @@
 """The demo payments API's own tables: payments and user profiles, behind `DemoDatabase`.
 
 They live in the same SQL database as the idempotency store, under their own table names:
-the same SQLite file for `sqlite:///...`, the same PostgreSQL database for `postgresql://...`.
-Any other store (`memory://`, `redis://...`) has no SQL database, so the demo tables go to an
-in-memory SQLite database that lives as long as the process.
+the same SQLite file for `sqlite:///...`, the same PostgreSQL database for `postgresql://...`,
+the same MySQL or MariaDB database for `mysql://...`. Any other store (`memory://`,
+`redis://...`) has no SQL database, so the demo tables go to an in-memory SQLite database that
+lives as long as the process.
 
 When the tables share the store's database, `DemoDatabase.transaction_connect` gives the
 connections transactional mode writes payments with (`retrysafe.transactions.asgi`), so a
 payment and its idempotency record commit in one transaction.
 
-The calls are blocking (sqlite3, psycopg); the API runs them in worker threads. The rows and
-the SQL dialect are in `_schema`, the two databases' connections in `_sqlite` and `_postgres`.
+The calls are blocking (sqlite3, psycopg, PyMySQL); the API runs them in worker threads. The
+rows and the SQL dialect are in `_schema`, the databases' connections in `_sqlite`, `_postgres`
+and `_mysql`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from retrysafe._errors import ConfigurationError
-from retrysafe.demo._connections import Connections, TransactionConnect
+from retrysafe.demo._connections import Connection, Connections, TransactionConnect, as_is
+from retrysafe.demo._mysql import open_mysql
 from retrysafe.demo._postgres import open_postgres
 from retrysafe.demo._schema import (
     DEFAULT_PREFIX,
@@ -42,14 +45,17 @@ class DemoDatabase:
     """The demo tables in one SQL database, behind a small blocking API.
 
     Args:
-        connect: opens a connection context (a pooled PostgreSQL connection, or the one SQLite
-            connection under a lock); the context commits on success and rolls back on error.
+        connect: opens a connection context (a pooled PostgreSQL or MySQL connection, or the
+            one SQLite connection under a lock); the context commits on success and rolls back
+            on error.
         tables: the table names and dialect.
         close: releases the connections.
         description: where the tables are, for people.
         transactions: makes the `connect` of transactional mode, one per app (None: the tables
             are not in the store's database, so a payment cannot commit with its record).
         records_table: the store's records table, in the same database as the demo tables.
+        statements: gives a transactional request's connection the `execute` the demo's SQL
+            calls (PyMySQL's connections have none).
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class DemoDatabase:
         description: str,
         transactions: Callable[[], TransactionConnect] | None = None,
         records_table: str = DEFAULT_TABLE,
+        statements: Callable[[Any], Connection] = as_is,
     ) -> None:
         self._connect = connect
         self.tables = tables
@@ -68,6 +75,7 @@ class DemoDatabase:
         self.description = description
         self._transactions = transactions
         self.records_table = records_table
+        self._statements = statements
 
     @property
     def transactional(self) -> bool:
@@ -83,6 +91,11 @@ class DemoDatabase:
         """
         return None if self._transactions is None else self._transactions()
 
+    def statements_on(self, connection: Any) -> Connection:
+        """Return a transactional request's `connection` ready for the demo's SQL
+        (`insert_payment`): itself, or a PyMySQL one wrapped to have `execute`."""
+        return self._statements(connection)
+
     @classmethod
     def for_store_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX) -> DemoDatabase:
         """Open the database that holds the store at `url`, and create the demo tables.
@@ -97,9 +110,12 @@ class DemoDatabase:
         records = dict(parse_qsl(parts.query)).get("table", DEFAULT_TABLE)
         connections: Connections
         if scheme in ("postgresql", "postgres"):
-            tables = Tables(prefix, postgres=True)
+            tables = Tables(prefix, "postgresql")
             # The query string holds the store's own options (`?table=`), not libpq's.
             connections = open_postgres(url.split("?", 1)[0])
+        elif scheme == "mysql":
+            tables = Tables(prefix, "mysql")
+            connections = open_mysql(url)  # with the store's own options (`?ssl=`...)
         elif scheme == "sqlite":
             path = sqlite_path(url)
             tables = Tables(prefix)
@@ -111,7 +127,7 @@ class DemoDatabase:
         else:
             raise ConfigurationError(
                 f"Unknown store URL {url!r}; use sqlite:///path.db, postgresql://..., "
-                "redis://..., redis+cluster://... or memory://."
+                "mysql://..., redis://..., redis+cluster://... or memory://."
             )
         database = cls(
             connections.connect,
@@ -120,6 +136,7 @@ class DemoDatabase:
             description=connections.description,
             transactions=connections.transactions,
             records_table=records,
+            statements=connections.statements,
         )
         try:
             database.create_tables()
@@ -169,20 +186,21 @@ class DemoDatabase:
     def insert_user(self, *, tenant: str, email: str, name: str) -> tuple[User, bool]:
         """Insert the profile unless (tenant, email) exists; return it and whether it is new.
 
-        One statement decides (`INSERT ... ON CONFLICT DO NOTHING`), so two concurrent inserts
-        of one email cannot both create a profile; the loser reads the winner's row.
+        One statement decides (`INSERT ... ON CONFLICT DO NOTHING`; on MySQL `ON DUPLICATE KEY
+        UPDATE` of nothing), so two concurrent inserts of one email cannot both create a
+        profile; the loser waits for the winner's commit, then reads its row. The profile read
+        back is new if it carries the id this call made.
         """
         user = User(f"usr_{secrets.token_hex(12)}", tenant, email, name, datetime.now(UTC))
         with self._connect() as conn:
-            inserted = conn.execute(
+            conn.execute(
                 self.tables.sql(
                     "INSERT INTO {users} (id, tenant, email, name, created_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, email) DO NOTHING RETURNING id"
-                ),
+                    " VALUES (?, ?, ?, ?, ?)"
+                )
+                + self.tables.unless_the_email_exists(),
                 (user.id, tenant, email, name, self.tables.timestamp(user.created_at)),
-            ).fetchone()
-            if inserted is not None:
-                return user, True
+            )
             row = conn.execute(
                 self.tables.sql(
                     "SELECT id, tenant, email, name, created_at FROM {users}"
@@ -190,6 +208,8 @@ class DemoDatabase:
                 ),
                 (tenant, email),
             ).fetchone()
+        if row[0] == user.id:
+            return user, True
         return User(row[0], row[1], row[2], row[3], parse_time(row[4])), False
 
     def close(self) -> None:

@@ -11,7 +11,9 @@ __all__ = ["FieldError", "PaymentInput", "UserInput", "parse_payment", "parse_te
 MAX_AMOUNT = 10**12  # minor units; far above any demo charge, well inside BIGINT
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
-_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{1,128}=*")  # RFC 6750 b64token
+# RFC 6750's b64token, its `=` padding at most base64's two: a tenant id is at most 130
+# characters, which every database's tenant column holds (MySQL's is a VARCHAR(255)).
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{1,128}={0,2}")
 
 
 @dataclass(frozen=True, slots=True)

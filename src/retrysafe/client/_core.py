@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import tenacity
 
@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("retrysafe.client")
+
+_RetryLoop = TypeVar("_RetryLoop", bound=tenacity.BaseRetrying)
 
 # RFC 9110 section 9.2: safe and idempotent methods may be repeated without a key.
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -372,12 +374,14 @@ class _Call:
         assert outcome is not None  # noqa: S101 -- tenacity sets it before giving up
         return outcome.result()
 
-    def tenacity_options(self) -> dict[str, Any]:
-        """Keyword arguments for `tenacity.Retrying` / `AsyncRetrying` (all but `sleep`)."""
-        return {
-            "retry": self.retry,
-            "wait": self.wait,
-            "stop": self.stop,
-            "before_sleep": self.before_sleep,
-            "retry_error_callback": self.give_up,
-        }
+    def retrying(self, loop: type[_RetryLoop], sleep: Callable[[float], Any]) -> _RetryLoop:
+        """Return tenacity's retry loop, `loop` (`Retrying` or `AsyncRetrying`), driven by this
+        call's callbacks and waiting with `sleep`."""
+        return loop(
+            sleep=sleep,
+            retry=self.retry,
+            wait=self.wait,
+            stop=self.stop,
+            before_sleep=self.before_sleep,
+            retry_error_callback=self.give_up,
+        )

@@ -172,7 +172,7 @@ class IdempotentTransport(httpx.BaseTransport):
                     raise call.not_replayable(error) from error
                 raise
 
-        retrying = tenacity.Retrying(sleep=self._sleep, **call.tenacity_options())
+        retrying = call.retrying(tenacity.Retrying, self._sleep)
         return _finish(call, retrying(attempt))
 
     def close(self) -> None:
@@ -241,7 +241,7 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
                     raise call.not_replayable(error) from error
                 raise
 
-        retrying = tenacity.AsyncRetrying(sleep=self._sleep, **call.tenacity_options())
+        retrying = call.retrying(tenacity.AsyncRetrying, self._sleep)
         return _finish(call, await retrying(attempt))
 
     async def aclose(self) -> None:

@@ -151,6 +151,6 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
                 raise
             return response
 
-        retrying = tenacity.Retrying(sleep=self._sleep, **call.tenacity_options())
+        retrying = call.retrying(tenacity.Retrying, self._sleep)
         response: requests.Response = retrying(attempt)
         return response

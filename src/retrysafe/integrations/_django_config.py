@@ -18,13 +18,11 @@ from retrysafe.observe import Observer
 from retrysafe.stores import Store, open_store
 
 # Django ships no type information (django-stubs is a separate project).
-try:
+with _routes.framework_imports("retrysafe.integrations.django", "Django"):
     from django.conf import settings as django_settings  # type: ignore[import-untyped]
     from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
     from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
     from django.utils.module_loading import import_string  # type: ignore[import-untyped]
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise _routes.missing_framework("retrysafe.integrations.django", "Django") from error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment

@@ -29,15 +29,13 @@ from typing import Any, Final
 from retrysafe._http import Header, Response, RouteSettings, Settings
 from retrysafe.integrations import _django_config as django_config
 from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
-from retrysafe.integrations._routes import RouteCache, missing_framework, view_mark
+from retrysafe.integrations._routes import RouteCache, framework_imports, view_mark
 
-try:
+with framework_imports("retrysafe.integrations.django", "Django"):
     from django.conf import settings as django_settings  # type: ignore[import-untyped]
     from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
     from django.http import HttpResponse  # type: ignore[import-untyped]
     from django.utils.functional import LazyObject  # type: ignore[import-untyped]
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise missing_framework("retrysafe.integrations.django", "Django") from error
 
 __all__ = ["IdempotencyMiddleware"]
 

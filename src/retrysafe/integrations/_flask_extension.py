@@ -46,19 +46,17 @@ from retrysafe.integrations._routes import (
     UNMARKED,
     RouteCache,
     Unmarked,
-    missing_framework,
+    framework_imports,
     view_mark,
 )
 from retrysafe.observe import Observer
 from retrysafe.stores import Store, open_store
 
-try:
+with framework_imports("retrysafe.integrations.flask", "Flask"):
     import flask
     from flask import current_app, g, request
     from werkzeug.exceptions import HTTPException
     from werkzeug.utils import import_string
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise missing_framework("retrysafe.integrations.flask", "Flask") from error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment

@@ -10,14 +10,17 @@ An unmarked route, or a request that matches no route, gets what the path patter
 `RouteCache` does that combining and remembers it per routed request; each hook only says
 how a request is keyed and how its mark is found.
 
-What a covered route adds to its API description is in `_openapi.py`.
+What a covered route adds to its API description is in `_openapi.py`. Each integration
+imports its framework inside `framework_imports`, so a missing one is a one-line error that
+says what to install.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from typing import Final, Literal, TypeAlias, TypedDict, TypeVar, Unpack
 
 from retrysafe._http import OutcomePolicy, RouteSettings, compile_pattern
@@ -34,6 +37,7 @@ __all__ = [
     "RouteCache",
     "RouteOptions",
     "Unmarked",
+    "framework_imports",
     "idempotency",
     "mark",
     "merge",
@@ -223,6 +227,20 @@ class RouteCache:
 def missing_framework(module: str, framework: str) -> ImportError:
     """Return the one-line error of integration `module` imported without `framework` installed."""
     return ImportError(f"{module} needs {framework}: pip install {framework.lower()}")
+
+
+@contextlib.contextmanager
+def framework_imports(module: str, framework: str) -> Iterator[None]:
+    """Guard the block where integration `module` imports `framework`: an `ImportError` there
+    becomes the one-line error that says what to install (`missing_framework`), chained to it.
+
+        with framework_imports(__name__, "Starlette"):
+            from starlette.routing import Match, Mount
+    """
+    try:
+        yield
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise missing_framework(module, framework) from error
 
 
 async def unbound(scope: Scope, receive: Receive, send: Send) -> None:

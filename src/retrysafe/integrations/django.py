@@ -51,16 +51,14 @@ from retrysafe.integrations._django_config import (
     store_url,
 )
 from retrysafe.integrations._django_middleware import IdempotencyMiddleware
-from retrysafe.integrations._routes import idempotency, missing_framework
+from retrysafe.integrations._routes import framework_imports, idempotency
 from retrysafe.observe import Observer
 from retrysafe.stores import AsyncStore, Store, open_async_store, open_store
 
 # Django ships no type information (django-stubs is a separate project).
-try:
+with framework_imports(__name__, "Django"):
     from django.core.asgi import get_asgi_application as django_asgi  # type: ignore[import-untyped]
     from django.core.wsgi import get_wsgi_application as django_wsgi  # type: ignore[import-untyped]
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise missing_framework(__name__, "Django") from error
 
 __all__ = [
     "DjangoRoutes",

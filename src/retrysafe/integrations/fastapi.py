@@ -43,14 +43,14 @@ from retrysafe.integrations._routes import (
     Patterns,
     RouteOptions,
     Unmarked,
+    framework_imports,
     mark,
     merge,
-    missing_framework,
     read_mark,
     route_from_options,
 )
 
-try:
+with framework_imports(__name__, "FastAPI"):
     from fastapi import Header, HTTPException
     from fastapi.dependencies.models import Dependant
     from fastapi.routing import APIRoute
@@ -60,8 +60,6 @@ try:
         from fastapi.routing import iter_route_contexts
     except ImportError:  # pragma: no cover - older FastAPI: included routes are APIRoutes
         iter_route_contexts = None  # type: ignore[assignment]
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise missing_framework(__name__, "FastAPI") from error
 
 from retrysafe.integrations.starlette import StarletteRoutes
 

@@ -52,15 +52,15 @@ from retrysafe.integrations._routes import (
     PathPatterns,
     RouteOptions,
     Unmarked,
+    framework_imports,
     merge,
-    missing_framework,
     route_from_options,
     unbound,
 )
 from retrysafe.observe import Observer
 from retrysafe.stores.base import AsyncStore
 
-try:
+with framework_imports(__name__, "Litestar"):
     from litestar import Litestar
     from litestar.config.app import AppConfig
     from litestar.exceptions import HTTPException
@@ -69,8 +69,6 @@ try:
     from litestar.plugins import InitPluginProtocol, ReceiveRoutePlugin
     from litestar.routes import BaseRoute, HTTPRoute
     from litestar.utils.path import normalize_path
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise missing_framework(__name__, "Litestar") from error
 
 __all__ = [
     "OPT_KEY",

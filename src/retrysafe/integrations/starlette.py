@@ -26,18 +26,16 @@ from retrysafe.integrations._routes import (
     Patterns,
     RouteCache,
     Unmarked,
+    framework_imports,
     idempotency,
-    missing_framework,
     read_mark,
     unbound,
 )
 from retrysafe.observe import Observer
 from retrysafe.stores.base import AsyncStore
 
-try:
+with framework_imports(__name__, "Starlette"):
     from starlette.routing import BaseRoute, Host, Match, Mount
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise missing_framework(__name__, "Starlette") from error
 
 __all__ = ["RouteSettings", "StarletteRoutes", "find_route", "idempotency", "install"]
 

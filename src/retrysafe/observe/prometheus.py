@@ -85,6 +85,24 @@ _CLIENT_DELAYS: Final = (
 )
 
 
+class _Children:
+    """A metric's labelled children, kept by label values: the metric's own `labels()` takes a
+    lock and builds a tuple on every call."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        """Return the child of these label values, as the metric's `labels(*values)` does."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class PrometheusObserver(Observer):
     """Counts and times what retrysafe does, as Prometheus metrics.
 
@@ -107,34 +125,22 @@ class PrometheusObserver(Observer):
         self.store_errors = Counter(*_STORE_ERRORS, ("operation",), registry=registry)
         self.wait_seconds = Histogram(*_WAIT_SECONDS, buckets=_WAIT_BUCKETS, registry=registry)
         self.client_attempts = Counter(*_CLIENT_ATTEMPTS, ("method", "status"), registry=registry)
-        # The labelled children, by label values: `labels()` takes a lock and builds a tuple.
-        self._requests: dict[tuple[str, str], Any] = {}
-        self._outcomes: dict[tuple[str, str], Any] = {}
-        self._store_seconds: dict[str, Any] = {}
         self.client_delays = Histogram(*_CLIENT_DELAYS, buckets=_WAIT_BUCKETS, registry=registry)
+        self._requests = _Children(self.requests)
+        self._outcomes = _Children(self.outcomes)
+        self._store_seconds = _Children(self.store_seconds)
 
     def decided(self, operation: Operation) -> None:
         """Count the operation by face and decision."""
-        labels = (operation.face, operation.decision or "unknown")
-        child = self._requests.get(labels)
-        if child is None:
-            child = self._requests[labels] = self.requests.labels(*labels)
-        child.inc()
+        self._requests.labels(operation.face, operation.decision or "unknown").inc()
 
     def finished(self, operation: Operation) -> None:
         """Count how an executed operation ended."""
-        labels = (operation.face, operation.result or "unknown")
-        child = self._outcomes.get(labels)
-        if child is None:
-            child = self._outcomes[labels] = self.outcomes.labels(*labels)
-        child.inc()
+        self._outcomes.labels(operation.face, operation.result or "unknown").inc()
 
     def store_call(self, operation: Operation | None, call: StoreCall) -> None:
         """Time a store primitive; count it if it raised."""
-        child = self._store_seconds.get(call.name)
-        if child is None:
-            child = self._store_seconds[call.name] = self.store_seconds.labels(call.name)
-        child.observe(call.seconds)
+        self._store_seconds.labels(call.name).observe(call.seconds)
         if call.error is not None:
             self.store_errors.labels(call.name).inc()
 

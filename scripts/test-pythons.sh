@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tests that need no service and are not the documentation's, on each Python version given,
-# side by side (each version's run mostly waits on its own subprocesses and sockets), each from
-# the same uv.lock in .venv-VERSION. A run's output is shown whole when it ends; any failure
-# fails the whole.
+# side by side and each on PYTHONS_WORKERS (2) pytest-xdist workers (a run mostly waits on its
+# own subprocesses and sockets), each from the same uv.lock in .venv-VERSION. A run's output is
+# shown whole when it ends; any failure fails the whole.
 #   usage: scripts/test-pythons.sh UV VENV VERSION... [-- PYTEST_ARGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,8 @@ done
 set -m
 pids=()
 for version in "${versions[@]}"; do
-    "$venv-$version/bin/python" -m pytest -q -m "not services and not docs" -p no:cacheprovider "$@" \
+    "$venv-$version/bin/python" -m pytest -q -m "not services and not docs" -p no:cacheprovider \
+        -n "${PYTHONS_WORKERS:-2}" --dist loadgroup "$@" \
         >"$logs/$version" 2>&1 &
     pids+=($!)
 done

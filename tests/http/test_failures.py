@@ -107,6 +107,10 @@ DEAD_STORES = [
         "postgresql://postgres@127.0.0.1:1/test?table=rs_dead&connect_timeout=1&pool_timeout=0.3",
         id="postgres",
     ),
+    pytest.param(
+        "mysql://root@127.0.0.1:1/test?table=rs_dead&connect_timeout=1&pool_timeout=0.3",
+        id="mysql",
+    ),
 ]
 
 

@@ -5,21 +5,22 @@ The PostgreSQL store's pool retries a failing connection until its `pool_timeout
 then says only "couldn't get a connection"; one direct connection first fails within
 `PROBE_SECONDS` (or the URL's own `connect_timeout`) saying why: `database "x" does not
 exist`, `Connection refused`, `password authentication failed`. The MySQL store says why
-itself, but PyMySQL bounds only the TCP connect: a server that accepts the connection and never
-greets (a wrong port: PostgreSQL's, Redis's, a stopped-up proxy) would hold the command
-forever, so its probe bounds the greeting and the log-in too.
+itself; its probe connects as the store does (`MySQLDriver`, which bounds the greeting and the
+log-in too, for a server that accepts the connection and never greets: a wrong port,
+PostgreSQL's, Redis's, a stopped-up proxy), within the same `PROBE_SECONDS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from retrysafe.cli._common import EXIT_FAILURE, errors_as_one_line, fail
-from retrysafe.stores import Store, open_store
+from retrysafe.stores import Store, backend_url, open_store
 
 __all__ = ["PROBE_SECONDS", "existing_store", "reach"]
 
@@ -27,9 +28,6 @@ PROBE_SECONDS: Final = 2
 """The probe's connect timeout, unless the URL sets one (libpq counts whole seconds, and waits
 at least 2)."""
 _POSTGRES: Final = frozenset({"postgresql", "postgres"})
-# `open_store`'s options, not the PostgreSQL or MySQL store's
-_REPLAY_CACHE: Final = "replay_cache"
-_ENCRYPTION: Final = "encryption_key_env"
 
 
 def reach(url: str) -> None:
@@ -44,13 +42,8 @@ def reach(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in _POSTGRES and parts.scheme != "mysql":
         return
+    backend = backend_url(url)  # the store's own options, not `open_store`'s
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    theirs = [
-        (name, value)
-        for name, value in pairs
-        if not name.startswith(_REPLAY_CACHE) and name != _ENCRYPTION
-    ]
-    backend = parts._replace(query=urlencode(theirs, quote_via=quote)).geturl()
     explicit = any(name == "connect_timeout" for name, _ in pairs)
     if parts.scheme == "mysql":
         _reach_mysql(backend, explicit=explicit)
@@ -62,10 +55,7 @@ def _reach_postgres(url: str, *, explicit: bool) -> None:
     try:
         import psycopg  # noqa: PLC0415 - the postgres extra; the store says which to install
 
-        from retrysafe.stores._sql.postgres_connection import (  # noqa: PLC0415
-            parse_url,
-            store_error,
-        )
+        from retrysafe.stores._sql.postgres_connection import parse_url, store_error  # noqa: PLC0415
     except ImportError:
         return
     conninfo, options = parse_url(url)
@@ -80,27 +70,16 @@ def _reach_mysql(url: str, *, explicit: bool) -> None:
     try:
         import pymysql  # type: ignore[import-untyped]  # noqa: PLC0415 - the mysql extra
 
-        from retrysafe.stores._sql.mysql_connection import (  # noqa: PLC0415
-            parse_url,
-            store_error,
-        )
+        from retrysafe.stores._sql.mysql_connection import parse_url, store_error  # noqa: PLC0415
+        from retrysafe.stores._sql.mysql_io import MySQLDriver  # noqa: PLC0415
     except ImportError:
         return
     options = parse_url(url)
-    timeout = options.connect_timeout if explicit else PROBE_SECONDS
-    tls = options.ssl_context()
+    if not explicit:
+        options = dataclasses.replace(options, connect_timeout=PROBE_SECONDS)
+    driver = MySQLDriver(options)
     try:
-        pymysql.connect(
-            host=options.host,
-            port=options.port,
-            user=options.user,
-            password=options.password,
-            database=options.database,
-            connect_timeout=timeout,
-            read_timeout=timeout,  # the server's greeting and the log-in's answer
-            write_timeout=timeout,
-            **({"ssl_disabled": True} if tls is None else {"ssl": tls}),
-        ).close()
+        driver.close(driver.connect())
     except pymysql.MySQLError as error:
         raise store_error(error) from None
 

@@ -23,6 +23,7 @@ from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT
 from retrysafe.proxy._health import StoreWatch
 from retrysafe.proxy._ops import Operations, configure_logging, listen, metrics_observer
 from retrysafe.stores import open_async_store
+from retrysafe.stores._closing import closed_on_error
 
 __all__ = ["EXAMPLES", "proxy", "register"]
 
@@ -208,11 +209,8 @@ def proxy(
         sock = _bound(host, port, "")
         listener = None
         if metrics_port is not None:
-            try:
+            with closed_on_error(sock):
                 listener = _bound(host, metrics_port, "--metrics-port: ")
-            except BaseException:
-                sock.close()
-                raise
     operated = Operations(
         app, watch=watch, listener=listener, registry=metrics.registry if metrics else None
     )

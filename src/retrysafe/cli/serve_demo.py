@@ -15,6 +15,7 @@ from retrysafe.cli._serving import GracefulServer, listening
 from retrysafe.cli._stores import reach
 from retrysafe.demo import DemoDatabase, check_store, create_app, redact_url
 from retrysafe.stores import open_async_store
+from retrysafe.stores._closing import closed_on_error
 
 __all__ = ["DEFAULT_STORE", "serve_demo"]
 
@@ -80,13 +81,10 @@ def serve_demo(
     logging.getLogger("retrysafe").addHandler(handler)  # failures to store an outcome (B19)
     with errors_as_one_line():
         sock = listening(host, port)
-        try:
+        with closed_on_error(sock):
             reach(store)
             check_store(store)
             database = DemoDatabase.for_store_url(store)
-        except BaseException:
-            sock.close()
-            raise
         try:
             anyio.run(_serve, sock, store, database, latency_ms / 1000, require_key)
         finally:

@@ -2,16 +2,28 @@
 
 `retrysafe.demo._sqlite`, `retrysafe.demo._postgres` and `retrysafe.demo._mysql` open a
 database and return `Connections`; `DemoDatabase` (`retrysafe.demo._tables`) puts the demo's
-SQL on top of them.
+SQL on top of them. `pooled_transactions` is the transactional connect of a connection pool
+(PostgreSQL's and MySQL's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
-__all__ = ["LOCK_WAIT", "Connection", "Connections", "TransactionConnect", "as_is"]
+import anyio
+import anyio.to_thread
+
+__all__ = [
+    "LOCK_WAIT",
+    "Connection",
+    "Connections",
+    "TransactionConnect",
+    "as_is",
+    "pooled_transactions",
+]
 
 LOCK_WAIT: Final = 30.0
 """Seconds a transactional request may wait for the database's write lock (SQLite's busy
@@ -57,3 +69,30 @@ class Connections:
     description: str
     transactions: Callable[[], TransactionConnect] | None = None
     statements: Callable[[Any], Connection] = as_is
+
+
+def pooled_transactions(
+    size: int, getconn: Callable[[], Any], putconn: Callable[[Any], object]
+) -> Callable[[], TransactionConnect]:
+    """Return the `transactions` of a pool of `size` connections (`Connections.transactions`):
+    each app's `connect` takes a request's connection with `getconn` and gives it back with
+    `putconn`, both in a worker thread."""
+
+    def transactions() -> TransactionConnect:
+        # At most as many requests as the pool has connections wait for one, so the others
+        # wait here, on the event loop, not in worker threads the connection holders need.
+        slots = anyio.Semaphore(size)
+
+        @asynccontextmanager
+        async def connection() -> AsyncIterator[Any]:
+            async with slots:
+                conn = await anyio.to_thread.run_sync(getconn)
+                try:
+                    yield conn  # transactional mode begins, commits or rolls back on it
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(putconn, conn)
+
+        return connection
+
+    return transactions

@@ -12,23 +12,18 @@ calls (sqlite3's and psycopg's).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Final
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
-
-import anyio
-import anyio.to_thread
 
 from retrysafe._errors import ConfigurationError, StoreUnavailableError
-from retrysafe.demo._connections import LOCK_WAIT, Connections, TransactionConnect
+from retrysafe.demo._connections import LOCK_WAIT, Connections, pooled_transactions
+from retrysafe.stores import backend_url
 
 __all__ = ["open_mysql"]
 
 _POOL_SIZE: Final = 8
 _IN_TRANSACTION: Final = 1  # SERVER_STATUS_IN_TRANS: the server has a transaction open
-# `open_store`'s options (the wrappers around a store), not the MySQL store's
-_WRAPPERS: Final = ("replay_cache", "encryption_key_env")
 
 
 def open_mysql(url: str) -> Connections:
@@ -48,7 +43,7 @@ def open_mysql(url: str) -> Connections:
             f"The MySQL demo needs the 'mysql' extra: pip install 'retrysafe[mysql]' ({error})."
         ) from error
     options = dataclasses.replace(
-        parse_url(_store_url(url)), pool_max=_POOL_SIZE, lock_timeout=int(LOCK_WAIT)
+        parse_url(backend_url(url)), pool_max=_POOL_SIZE, lock_timeout=int(LOCK_WAIT)
     )
     pool = MySQLPool(options)
     try:
@@ -75,29 +70,12 @@ def open_mysql(url: str) -> Connections:
         finally:
             give_back(conn, committed=committed)
 
-    def transactions() -> TransactionConnect:
-        # At most as many requests as the pool has connections wait for one, so the others
-        # wait here, on the event loop, not in worker threads the connection holders need.
-        slots = anyio.Semaphore(_POOL_SIZE)
-
-        @asynccontextmanager
-        async def connection() -> AsyncIterator[Any]:
-            async with slots:
-                conn = await anyio.to_thread.run_sync(pool.getconn)
-                try:
-                    yield conn  # transactional mode begins, commits or rolls back on it
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(give_back, conn)
-
-        return connection
-
     flavour = "MariaDB" if "mariadb" in server.lower() else "MySQL"
     return Connections(
         connect,
         pool.close,
         description=f"{flavour} on {options.host}",
-        transactions=transactions,
+        transactions=pooled_transactions(_POOL_SIZE, pool.getconn, give_back),
         statements=_Statements,
     )
 
@@ -130,11 +108,3 @@ def _settled(conn: Any) -> bool:
         except Exception:  # a broken connection is closed, not reused
             return False
     return True
-
-
-def _store_url(url: str) -> str:
-    """Return `url` without the options of the wrappers `open_store` puts around a store."""
-    parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    ours = [(name, value) for name, value in pairs if not name.startswith(_WRAPPERS)]
-    return parts._replace(query=urlencode(ours, quote_via=quote)).geturl()

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import anyio
-import anyio.to_thread
-
 from retrysafe._errors import ConfigurationError, StoreUnavailableError
-from retrysafe.demo._connections import LOCK_WAIT, Connections, TransactionConnect
+from retrysafe.demo._connections import LOCK_WAIT, Connections, pooled_transactions
 
 __all__ = ["open_postgres"]
 
@@ -59,29 +56,12 @@ def open_postgres(url: str) -> Connections:
         with pool.connection() as conn:  # commits on success, rolls back on error
             yield conn
 
-    def transactions() -> TransactionConnect:
-        # At most as many requests as the pool has connections wait for one, so the others
-        # wait here, on the event loop, not in worker threads the connection holders need.
-        slots = anyio.Semaphore(_PG_POOL_SIZE)
-
-        @asynccontextmanager
-        async def connection() -> AsyncIterator[Any]:
-            async with slots:
-                conn = await anyio.to_thread.run_sync(pool.getconn)
-                try:
-                    yield conn
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(pool.putconn, conn)
-
-        return connection
-
     host = urlsplit(url).hostname or "localhost"
     return Connections(
         connect,
         pool.close,
         description=f"PostgreSQL on {host}",
-        transactions=transactions,
+        transactions=pooled_transactions(_PG_POOL_SIZE, pool.getconn, pool.putconn),
     )
 
 

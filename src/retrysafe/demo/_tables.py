@@ -18,13 +18,12 @@ and `_mysql`.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from retrysafe._errors import ConfigurationError
-from retrysafe.demo._connections import Connection, Connections, TransactionConnect, as_is
+from retrysafe.demo._connections import Connection, Connections, TransactionConnect
 from retrysafe.demo._mysql import open_mysql
 from retrysafe.demo._postgres import open_postgres
 from retrysafe.demo._schema import (
@@ -45,42 +44,30 @@ class DemoDatabase:
     """The demo tables in one SQL database, behind a small blocking API.
 
     Args:
-        connect: opens a connection context (a pooled PostgreSQL or MySQL connection, or the
-            one SQLite connection under a lock); the context commits on success and rolls back
-            on error.
+        connections: the database's connections (`open_sqlite`, `open_postgres` or
+            `open_mysql`); their `transactions` is None when the tables are not in the store's
+            database, so a payment cannot commit with its record.
         tables: the table names and dialect.
-        close: releases the connections.
-        description: where the tables are, for people.
-        transactions: makes the `connect` of transactional mode, one per app (None: the tables
-            are not in the store's database, so a payment cannot commit with its record).
         records_table: the store's records table, in the same database as the demo tables.
-        statements: gives a transactional request's connection the `execute` the demo's SQL
-            calls (PyMySQL's connections have none).
     """
 
     def __init__(
-        self,
-        connect: Callable[[], Any],
-        tables: Tables,
-        close: Callable[[], None],
-        *,
-        description: str,
-        transactions: Callable[[], TransactionConnect] | None = None,
-        records_table: str = DEFAULT_TABLE,
-        statements: Callable[[Any], Connection] = as_is,
+        self, connections: Connections, tables: Tables, *, records_table: str = DEFAULT_TABLE
     ) -> None:
-        self._connect = connect
+        self._connections = connections
+        self._connect = connections.connect
         self.tables = tables
-        self._close = close
-        self.description = description
-        self._transactions = transactions
         self.records_table = records_table
-        self._statements = statements
+
+    @property
+    def description(self) -> str:
+        """Where the tables are, for people."""
+        return self._connections.description
 
     @property
     def transactional(self) -> bool:
         """Whether the tables share the store's database, so payments can be transactional."""
-        return self._transactions is not None
+        return self._connections.transactions is not None
 
     def transaction_connect(self) -> TransactionConnect | None:
         """Return a new `connect` for `TransactionalMiddleware`, or None if not transactional.
@@ -89,12 +76,13 @@ class DemoDatabase:
         with it (`insert_payment`), and the middleware commits the record in the same
         transaction. Call it once per app: what it returns keeps per-event-loop state.
         """
-        return None if self._transactions is None else self._transactions()
+        transactions = self._connections.transactions
+        return None if transactions is None else transactions()
 
     def statements_on(self, connection: Any) -> Connection:
         """Return a transactional request's `connection` ready for the demo's SQL
         (`insert_payment`): itself, or a PyMySQL one wrapped to have `execute`."""
-        return self._statements(connection)
+        return self._connections.statements(connection)
 
     @classmethod
     def for_store_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX) -> DemoDatabase:
@@ -129,15 +117,7 @@ class DemoDatabase:
                 f"Unknown store URL {url!r}; use sqlite:///path.db, postgresql://..., "
                 "mysql://..., redis://..., redis+cluster://... or memory://."
             )
-        database = cls(
-            connections.connect,
-            tables,
-            connections.close,
-            description=connections.description,
-            transactions=connections.transactions,
-            records_table=records,
-            statements=connections.statements,
-        )
+        database = cls(connections, tables, records_table=records)
         try:
             database.create_tables()
         except BaseException:
@@ -214,7 +194,7 @@ class DemoDatabase:
 
     def close(self) -> None:
         """Release the connections."""
-        self._close()
+        self._connections.close()
 
 
 def sqlite_path(url: str) -> str:

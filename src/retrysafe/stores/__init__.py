@@ -13,6 +13,7 @@ On any of them, `replay_cache=N` (with `replay_cache_bytes` and `replay_cache_tt
 `ReplayCache` in front: completed records kept in memory, so a replay needs no round trip.
 `encryption_key_env=NAME` (or `encryption=Keyring(...)`) puts an `EncryptedStore` between
 them: outcomes encrypted at rest with the keys in that environment variable (docs/encryption.md).
+`backend_url` gives the URL without these options, as the store itself gets it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from retrysafe.stores._sync.cached import ReplayCache
 from retrysafe.stores._sync.encrypted import EncryptedStore
 from retrysafe.stores.base import AsyncStore, Store, StoreStats, query_options
 
-__all__ = ["AsyncStore", "Store", "StoreStats", "open_async_store", "open_store"]
+__all__ = ["AsyncStore", "Store", "StoreStats", "backend_url", "open_async_store", "open_store"]
 
 # scheme -> (module, sync class, async class, extra that brings the driver)
 _BACKENDS: dict[str, tuple[str, str, str, str | None]] = {
@@ -88,6 +89,24 @@ def open_async_store(
     store: AsyncStore = _store_class(url, sync=False).from_url(url, clock=clock)
     store = store if keyring is None else AsyncEncryptedStore(store, keyring)
     return AsyncReplayCache(store, **cache) if cache else store
+
+
+def backend_url(url: str) -> str:
+    """Return the store URL `url` as `open_store` hands it to the store: without the options
+    of the wrappers around it (`replay_cache`, `replay_cache_bytes`, `replay_cache_ttl`,
+    `encryption_key_env`), for code that reaches the store's database itself.
+
+    The options are removed, not checked (`open_store` checks them); a URL without any is
+    returned as it is.
+
+    Args:
+        url: a store URL, as `open_store` takes it.
+    """
+    pairs = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    wrappers = {_ENCRYPTION_OPTION, *_REPLAY_CACHE_OPTIONS}
+    if not any(name in wrappers for name, _ in pairs):
+        return url
+    return _without(url, pairs, wrappers)
 
 
 _ENCRYPTION_OPTION = "encryption_key_env"

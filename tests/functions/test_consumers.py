@@ -76,12 +76,12 @@ def test_should_requeue_only_what_a_redelivery_can_fix() -> None:
 
 @contextlib.contextmanager
 def durable_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Yield a store URL that outlives a process: SQLite, PostgreSQL or Redis."""
+    """Yield a store URL that outlives a process: SQLite, PostgreSQL, MySQL or Redis."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    if backend == "postgres":
-        url = f"{request.getfixturevalue('postgres_url')}?table={unique_name()}"
+    if backend in ("postgres", "mysql"):
+        url = f"{request.getfixturevalue(f'{backend}_url')}?table={unique_name()}"
     else:
         url = f"{request.getfixturevalue('redis_url')}?prefix={unique_name()}"
     try:
@@ -149,7 +149,7 @@ def rows(effects: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.rabbitmq
-@pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql", "redis"])
 def test_b26_rabbitmq_consumer_killed_mid_run_has_each_effect_once(
     amqp_url: str, backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

@@ -534,7 +534,7 @@ def run_consumer(command: list[str], stall_at: int, ready: Path) -> None:
 
 
 @pytest.mark.nats
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 def test_b16_b26_nats_consumer_killed_mid_handler_has_each_effect_once(
     nats_url: str, backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

@@ -176,7 +176,7 @@ def test_misconfigurations_are_refused_at_decoration() -> None:
 
 # --- store mode -------------------------------------------------------------------------------
 
-STORE_BACKENDS = ["memory", "sqlite", "postgres", "redis", "redis-cluster"]
+STORE_BACKENDS = ["memory", "sqlite", "postgres", "mysql", "redis", "redis-cluster"]
 
 
 @pytest.mark.parametrize("backend", STORE_BACKENDS)

@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # The suite mostly waits (servers, subprocesses, sockets), so it runs on several pytest-xdist
-# workers; tests that share a server-wide resource keep to one (tests/conftest.py's groups).
+# workers, split by file: a file's tests run on one worker, in order (tests/conftest.py says why).
 TEST_WORKERS ?= 3
 UV_VERSION := 0.13.9
 TOOLS := .tools
@@ -45,7 +45,7 @@ browser:
 ## test: every test, against real PostgreSQL, Redis, MariaDB, RabbitMQ and NATS when reachable
 ## (or started here from local binaries, RabbitMQ excepted)
 test: setup browser
-	$(PY) scripts/services.py -- $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) scripts/services.py -- $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## test-pythons: the tests that need no service, on each of OTHER_PYTHONS side by side (same lock)
 test-pythons: $(UV)

@@ -24,7 +24,7 @@ set -m
 pids=()
 for version in "${versions[@]}"; do
     "$venv-$version/bin/python" -m pytest -q -m "not services and not docs" -p no:cacheprovider \
-        -n "${PYTHONS_WORKERS:-2}" --dist loadgroup "$@" \
+        -n "${PYTHONS_WORKERS:-2}" --dist loadfile "$@" \
         >"$logs/$version" 2>&1 &
     pids+=($!)
 done

@@ -282,28 +282,17 @@ _SERVICE_PARAMS = frozenset({"postgres", "redis", "mysql", "rabbitmq", "nats"})
 _SERVICE_MARKERS = ("postgres", "redis", "mysql", "rabbitmq", "nats")
 
 
-# Tests that share one server-wide resource run on one xdist worker, one after another
-# (`make test` runs the suite on several workers with `--dist loadgroup`): the Redis Cluster,
-# whose masters failover tests kill; the documentation's pages, which flush Redis database 14
-# and serve on the ports the pages name.
-_CLUSTER_FIXTURES = frozenset({"redis_cluster_url", "redis_cluster_nodes"})
-
-
-def _exclusive_group(item: pytest.Item, ids: set[str], fixtures: set[str]) -> str | None:
-    """The xdist group of a test that shares a server-wide resource with others, or None."""
-    if fixtures & _CLUSTER_FIXTURES or "cluster" in ids:
-        return "redis-cluster"
-    if item.get_closest_marker("docs"):
-        return "docs"
-    return None
+# `make test` runs the suite on several pytest-xdist workers with `--dist loadfile`: the tests of
+# one file run on one worker, in order. The documentation's pages (one file) flush Redis database
+# 14 and serve on the ports they name, so they must not overlap. (xdist's `loadgroup` would group
+# across files, but under pytest 9 its group suffix on node ids is ignored: it groups nothing.)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs a real server `services`, so `-m "not services"` runs the rest.
 
     A test needs one when it asks for a server's URL fixture, is parametrized on a server backend
-    (`[postgres]`, `[redis-async]`...), or carries a backend's marker. Tests that share a
-    server-wide resource get one xdist group (see `_exclusive_group`).
+    (`[postgres]`, `[redis-async]`...), or carries a backend's marker.
     """
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -315,9 +304,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or any(item.get_closest_marker(name) for name in _SERVICE_MARKERS)
         ):
             item.add_marker(pytest.mark.services)
-        group = _exclusive_group(item, ids, fixtures)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

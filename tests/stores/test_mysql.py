@@ -43,6 +43,8 @@ from retrysafe.stores.mysql import AsyncMySQLStore, MySQLStore
 from tests.conftest import drop_mysql_tables, unique_name
 from tests.stores.conftest import BlockingFacade
 
+pytestmark = pytest.mark.mysql
+
 LEASE = 30.0
 RETENTION = 3600.0
 BOUND = 30.0  # seconds any wait for another thread or the server may take before the test fails

@@ -15,6 +15,8 @@ from tests.conftest import fresh_store_url
 from tests.stores.test_contract import *  # noqa: F403 - the contract's tests, collected here
 from tests.stores.test_mysql import query
 
+pytestmark = pytest.mark.mysql
+
 MARKER = b"MARKER-5d1c-card-4242424242424242"
 """A body whose bytes must never show in the table."""
 

@@ -38,6 +38,8 @@ from tests.stores.test_mysql import (
     with_options,
 )
 
+pytestmark = pytest.mark.mysql
+
 __all__ = ["open_face", "table_url", "tables"]  # fixtures, shared with test_mysql.py
 
 WORKERS, THREADS = 5, 10  # 50 concurrent claims from 5 processes

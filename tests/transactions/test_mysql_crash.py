@@ -18,6 +18,8 @@ from tests.transactions.test_crash import (
     test_b30_sigkill_between_and_inside_phases_charges_once,
 )
 
+pytestmark = pytest.mark.mysql
+
 __all__ = [
     "provider",
     "test_b29_sigkill_at_every_point_leaves_exactly_one_effect",

@@ -26,6 +26,8 @@ from tests.transactions.test_django_orm import (
     test_b31_django_write_helpers_repeat_safely,
 )
 
+pytestmark = pytest.mark.mysql
+
 __all__ = [
     "served",
     "test_b14_django_view_runs_once_under_concurrent_duplicates",

@@ -23,6 +23,8 @@ from tests.transactions.test_phases import (
     test_b30_phases_commit_in_order_then_replay,
 )
 
+pytestmark = pytest.mark.mysql
+
 __all__ = [
     "test_b13_b16_duplicates_of_a_live_operation_are_refused",
     "test_b30_a_failed_phase_resumes_after_the_last_committed_one",

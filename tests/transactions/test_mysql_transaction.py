@@ -15,8 +15,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -46,6 +46,8 @@ from tests.transactions.test_transaction import (
     test_b29_first_run_commits_effect_and_outcome_in_the_store_table,
     test_b34_hostile_keys_are_stored_as_given,
 )
+
+pytestmark = pytest.mark.mysql
 
 __all__ = [
     "test_b10_duplicate_replays_the_outcome_without_writing",
@@ -99,19 +101,35 @@ def _thread_id(conn: Any) -> int:
     return int(row[0])
 
 
-def wait_for_lock_waits(database: Database, threads: set[int], timeout: float = WAIT) -> None:
-    """Return once every one of the connections `threads` waits on a row lock, as InnoDB's
-    own transaction list shows it; fail after `timeout` seconds."""
+def wait_for_lock_waits(
+    database: Database,
+    threads: set[int],
+    timeout: float = WAIT,
+    running: Sequence[Future[Any]] = (),
+) -> None:
+    """Return once every one of the connections `threads` has a statement executing on the
+    server while the caller's transaction holds the lock it needs (the key's row, a business
+    row): each is then waiting on that lock, as it cannot finish before that transaction ends.
+    Fail after `timeout` seconds, or as soon as one of the `running` calls has ended (with its
+    own error).
+
+    The server's process list is read, not InnoDB's list of waiting transactions
+    (information_schema.innodb_trx): that one is a cache, and with other tests' storms of claims
+    on the same server a waiting claim was missing from it for 30 s."""
     placeholders = ", ".join("%s" for _ in threads)
     query = (
-        "SELECT COUNT(*) FROM information_schema.innodb_trx "  # noqa: S608 - placeholders only
-        f"WHERE trx_state = 'LOCK WAIT' AND trx_mysql_thread_id IN ({placeholders})"
+        "SELECT COUNT(*) FROM information_schema.processlist "  # noqa: S608 - placeholders only
+        f"WHERE id IN ({placeholders}) AND command = 'Query' AND info IS NOT NULL"
     )
     deadline = time.monotonic() + timeout
     while True:
         (count,) = database.execute(query, tuple(threads))[0]
         if count == len(threads):
             return
+        for call in running:
+            if call.done():
+                call.result()  # raises the call's own error
+                raise AssertionError("a duplicate ended without waiting on the key")
         assert time.monotonic() < deadline, f"{len(threads) - count} connections never waited"
         time.sleep(0.01)
 
@@ -236,7 +254,7 @@ def _duplicate_race(
             _insert(first, database, "first")
             tx.complete(b"first")
             waiting = [pool.submit(duplicate, thread) for thread in connections]
-            wait_for_lock_waits(database, set(connections))
+            wait_for_lock_waits(database, set(connections), running=waiting)
             _fail_unless(first_commits)
         return [future.result(WAIT) for future in waiting]
     finally:
@@ -451,9 +469,9 @@ def test_b29_a_store_claim_waits_for_the_open_transaction_on_mysql(
 
 def wait_for_a_claim_on(database: Database) -> None:
     """Return once a statement on the test's records table waits on a row lock."""
-    query = (
-        "SELECT COUNT(*) FROM information_schema.innodb_trx"
-        " WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE ?"
+    query = (  # the process list, not innodb_trx: see wait_for_lock_waits
+        "SELECT COUNT(*) FROM information_schema.processlist"
+        " WHERE command = 'Query' AND info LIKE ? AND id <> CONNECTION_ID()"
     )
     deadline = time.monotonic() + WAIT
     while database.execute(query, (f"%{database.table}%",))[0][0] == 0:

@@ -32,6 +32,8 @@ from tests.transactions.test_web import (
     test_b29_the_response_commits_with_the_writes_and_replays,
 )
 
+pytestmark = pytest.mark.mysql
+
 __all__ = [
     "client",
     "scope_secret",

@@ -30,6 +30,8 @@ from tests.transactions.test_writes import (
     test_b34_values_are_parameters_and_names_are_checked,
 )
 
+pytestmark = pytest.mark.mysql
+
 __all__ = [
     "test_b31_delete_by_key_repeated_deletes_once",
     "test_b31_insert_if_absent_repeated_leaves_one_row",

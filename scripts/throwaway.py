@@ -138,12 +138,15 @@ def throwaway_mariadb(workdir: Path) -> Iterator[str]:
     if not install or not server:
         raise RuntimeError("no local 'mariadb-install-db'/'mariadbd' binaries")
     data = workdir / "mariadb"
-    subprocess.run(
+    done = subprocess.run(
         [install, "--no-defaults", f"--datadir={data}", "--skip-test-db", *_as_root_user()],
-        check=True,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
     )
+    if done.returncode:
+        error = done.stderr.decode(errors="replace").strip()[-2000:]
+        raise RuntimeError(f"mariadb-install-db exited with code {done.returncode}: {error}")
     (data / "test").mkdir()  # a database is a directory: `test`, empty
     port = free_port()
     process = subprocess.Popen(

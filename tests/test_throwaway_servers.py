@@ -1,5 +1,9 @@
 """The throwaway MariaDB and NATS servers scripts/services.py starts when none is reachable
-serve what the tests need: a `test` database with InnoDB, and JetStream."""
+serve what the tests need: a `test` database with InnoDB, and JetStream.
+
+Marked with their services, so they run with the service tests (once, in the main run), not in
+the side-by-side runs of the other Pythons: there one install failed (exit 1) while the other
+Python's run was installing at the same moment; its error output is now kept in the message."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import pytest
 
 from tests.conftest import service_missing
 
@@ -25,6 +31,7 @@ def need(binary: str) -> None:
         service_missing(binary, f"no local {binary!r} binary to start a throwaway server from")
 
 
+@pytest.mark.mysql
 def test_a_throwaway_mariadb_has_an_empty_test_database_with_innodb(tmp_path: Path) -> None:
     """A table created in `test` is InnoDB (transactions, row locks), and it starts empty."""
     need("mariadbd")
@@ -46,6 +53,7 @@ def test_a_throwaway_mariadb_has_an_empty_test_database_with_innodb(tmp_path: Pa
             assert cursor.fetchone() == ("InnoDB",)
 
 
+@pytest.mark.nats
 def test_a_throwaway_nats_server_has_jetstream(tmp_path: Path) -> None:
     """A stream can be made and a publish to it is acknowledged by JetStream."""
     need("nats-server")

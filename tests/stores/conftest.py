@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -99,7 +100,7 @@ def make_store(store_url: str, face: str, clock: ManualClock) -> Iterator[Callab
             store.close()
 
 
-async def _open_async(url: str, clock: ManualClock) -> Any:
+async def _open_async(url: str, clock: ManualClock | None) -> Any:
     return open_async_store(url, clock=clock)
 
 
@@ -134,3 +135,39 @@ def opened(clock: ManualClock) -> Iterator[Callable[[str], ReplayCache]]:
     yield open_
     for store in stores:
         store.close()
+
+
+OpenStore = Callable[..., Store]
+"""Opens a store of the test's face from a URL (and a clock): see `open_face`."""
+
+
+@pytest.fixture(params=FACES)
+def open_face(request: pytest.FixtureRequest) -> Iterator[OpenStore]:
+    """Open stores of one face from URLs; async ones run on one event loop behind a facade."""
+    opened: list[Any] = []
+    with contextlib.ExitStack() as stack:
+        portal = stack.enter_context(start_blocking_portal()) if request.param == "async" else None
+
+        def make(url: str, clock: ManualClock | None = None) -> Store:
+            if portal is None:
+                store: Any = open_store(url, clock=clock)
+            else:
+                store = BlockingFacade(portal.call(_open_async, url, clock), portal)
+            opened.append(store)
+            return store  # type: ignore[no-any-return]
+
+        yield make
+        for store in opened:
+            store.close()
+
+
+def concrete(store: Store) -> Any:
+    """Return the store behind an async facade, or the store itself."""
+    return getattr(store, "_store", store)
+
+
+def free_port() -> int:
+    """Return a loopback port on which nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

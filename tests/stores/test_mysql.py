@@ -7,7 +7,6 @@ Races, deadlocks and lock waits are in `test_mysql_races.py`. Every test works o
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -22,7 +21,6 @@ from urllib.parse import urlencode
 import anyio
 import pymysql
 import pytest
-from anyio.from_thread import start_blocking_portal
 
 from retrysafe import (
     ConfigurationError,
@@ -41,15 +39,13 @@ from retrysafe.stores._sql.mysql_connection import parse_url
 from retrysafe.stores._sync.mysql_records import MySQLRecords
 from retrysafe.stores.mysql import AsyncMySQLStore, MySQLStore
 from tests.conftest import drop_mysql_tables, unique_name
-from tests.stores.conftest import BlockingFacade
+from tests.stores.conftest import BlockingFacade, OpenStore, concrete, free_port
 
 pytestmark = pytest.mark.mysql
 
 LEASE = 30.0
 RETENTION = 3600.0
 BOUND = 30.0  # seconds any wait for another thread or the server may take before the test fails
-
-OpenStore = Callable[..., Store]
 
 
 def with_options(url: str, **options: object) -> str:
@@ -104,42 +100,6 @@ def tables(mysql_url: str) -> Iterator[Callable[..., str]]:
 def table_url(mysql_url: str, tables: Callable[..., str]) -> str:
     """A store URL on a fresh table."""
     return with_options(mysql_url, table=tables())
-
-
-@pytest.fixture(params=["sync", "async"])
-def open_face(request: pytest.FixtureRequest) -> Iterator[OpenStore]:
-    """Open stores of one face from URLs; async ones run on one event loop behind a facade."""
-    opened: list[Any] = []
-    with contextlib.ExitStack() as stack:
-        portal = stack.enter_context(start_blocking_portal()) if request.param == "async" else None
-
-        def make(url: str, clock: ManualClock | None = None) -> Store:
-            if portal is None:
-                store: Any = open_store(url, clock=clock)
-            else:
-                store = BlockingFacade(portal.call(_open_async, url, clock), portal)
-            opened.append(store)
-            return store  # type: ignore[no-any-return]
-
-        yield make
-        for store in opened:
-            store.close()
-
-
-async def _open_async(url: str, clock: ManualClock | None) -> Any:
-    return open_async_store(url, clock=clock)
-
-
-def concrete(store: Store) -> Any:
-    """Return the store behind an async facade, or the store itself."""
-    return getattr(store, "_store", store)
-
-
-def free_port() -> int:
-    """Return a loopback port on which nothing listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def eventually(condition: Callable[[], bool], what: str) -> None:

@@ -23,15 +23,14 @@ import pytest
 
 from retrysafe import Identity, ManualClock, State, Store, StoreUnavailableError, open_store
 from retrysafe.stores.mysql import AsyncMySQLStore
+from tests.stores.conftest import OpenStore
 from tests.stores.test_mysql import (
     BOUND,
     LEASE,
     RETENTION,
-    OpenStore,
     admin,
     eventually,
     ident,
-    open_face,
     query,
     table_url,
     tables,
@@ -40,7 +39,7 @@ from tests.stores.test_mysql import (
 
 pytestmark = pytest.mark.mysql
 
-__all__ = ["open_face", "table_url", "tables"]  # fixtures, shared with test_mysql.py
+__all__ = ["table_url", "tables"]  # fixtures, shared with test_mysql.py
 
 WORKERS, THREADS = 5, 10  # 50 concurrent claims from 5 processes
 

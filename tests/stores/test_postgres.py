@@ -7,11 +7,9 @@ shared with other test runs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import multiprocessing
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +22,6 @@ from urllib.parse import urlencode
 import anyio
 import psycopg
 import pytest
-from anyio.from_thread import start_blocking_portal
 from psycopg import sql
 
 from retrysafe import (
@@ -32,20 +29,16 @@ from retrysafe import (
     Identity,
     ManualClock,
     State,
-    Store,
     StoreError,
     StoreUnavailableError,
-    open_async_store,
     open_store,
 )
 from retrysafe.stores.postgres import AsyncPostgresStore, PostgresStore
 from tests.conftest import unique_name
-from tests.stores.conftest import BlockingFacade
+from tests.stores.conftest import OpenStore, concrete, free_port
 
 LEASE = 30.0
 RETENTION = 3600.0
-
-OpenStore = Callable[..., Store]
 
 
 def with_options(url: str, **options: object) -> str:
@@ -83,42 +76,6 @@ def tables(postgres_url: str) -> Iterator[Callable[[], str]]:
 def table_url(postgres_url: str, tables: Callable[[], str]) -> str:
     """A store URL on a fresh table."""
     return with_options(postgres_url, table=tables())
-
-
-@pytest.fixture(params=["sync", "async"])
-def open_face(request: pytest.FixtureRequest) -> Iterator[OpenStore]:
-    """Open stores of one face from URLs; async ones run on one event loop behind a facade."""
-    opened: list[Any] = []
-    with contextlib.ExitStack() as stack:
-        portal = stack.enter_context(start_blocking_portal()) if request.param == "async" else None
-
-        def make(url: str, clock: ManualClock | None = None) -> Store:
-            if portal is None:
-                store: Any = open_store(url, clock=clock)
-            else:
-                store = BlockingFacade(portal.call(_open_async, url, clock), portal)
-            opened.append(store)
-            return store  # type: ignore[no-any-return]
-
-        yield make
-        for store in opened:
-            store.close()
-
-
-async def _open_async(url: str, clock: ManualClock | None) -> Any:
-    return open_async_store(url, clock=clock)
-
-
-def concrete(store: Store) -> Any:
-    """Return the store behind an async facade, or the store itself."""
-    return getattr(store, "_store", store)
-
-
-def free_port() -> int:
-    """Return a loopback port on which nothing listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # --- races -----------------------------------------------------------------------------------

@@ -8,36 +8,28 @@ statement; and a pool with no free connection is unavailable. Every test works o
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import anyio
 import psycopg
 import pytest
-from anyio.from_thread import start_blocking_portal
 from psycopg import sql
 
 from retrysafe import (
     Identity,
     ManualClock,
-    Store,
     StoreError,
     StoreUnavailableError,
-    open_async_store,
-    open_store,
 )
 from retrysafe.stores.postgres import AsyncPostgresStore, PostgresStore
 from tests.conftest import unique_name
-from tests.stores.conftest import BlockingFacade
+from tests.stores.conftest import OpenStore
 
 LEASE = 30.0
 RETENTION = 3600.0
-
-OpenStore = Callable[..., Store]
 
 
 def with_options(url: str, **options: object) -> str:
@@ -58,30 +50,6 @@ def table(postgres_url: str) -> Iterator[str]:
     yield name
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-@pytest.fixture(params=["sync", "async"])
-def open_face(request: pytest.FixtureRequest) -> Iterator[OpenStore]:
-    """Open stores of one face from URLs; async ones run on one event loop behind a facade."""
-    opened: list[Any] = []
-    with contextlib.ExitStack() as stack:
-        portal = stack.enter_context(start_blocking_portal()) if request.param == "async" else None
-
-        def make(url: str, clock: ManualClock | None = None) -> Store:
-            if portal is None:
-                store: Any = open_store(url, clock=clock)
-            else:
-                store = BlockingFacade(portal.call(_open_async, url, clock), portal)
-            opened.append(store)
-            return store  # type: ignore[no-any-return]
-
-        yield make
-        for store in opened:
-            store.close()
-
-
-async def _open_async(url: str, clock: ManualClock | None) -> Any:
-    return open_async_store(url, clock=clock)
 
 
 def _xmax(postgres_url: str, table: str, identity: Identity) -> str:

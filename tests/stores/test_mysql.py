@@ -512,13 +512,15 @@ def test_b15_a_completion_here_wakes_the_waiter_at_once(
     open_face: OpenStore, table_url: str
 ) -> None:
     """A waiter on the store that completes the record is woken by that completion (the event
-    it watches is set; a poll sets none), and gets the outcome."""
+    it watches is set; a poll sets none), and gets the outcome. Its pauses last the whole bound
+    here, so only the wake-up can end them: a poll cannot see the completion first."""
     store = open_face(table_url)
     claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     wakeups = concrete(store)._wakeups
     watched: list[Any] = []
-    watch = wakeups.watch
+    watch, until = wakeups.watch, wakeups.until
     wakeups.watch = lambda record_id: watched.append(watch(record_id)) or watched[-1]
+    wakeups.until = lambda event, seconds: until(event, BOUND)
     results: list[Any] = []
     waiter = threading.Thread(target=lambda: results.append(store.wait(ident(), timeout=BOUND)))
     waiter.start()

@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from retrysafe import Claim, Identity, StoreError, StoreUnavailableError
 from retrysafe.stores._async.redis_commands import AsyncCommands
+from retrysafe.stores._redis_packing import pack_commands
 from retrysafe.stores._redis_pipeline import AsyncAutoPipeline
 from retrysafe.stores.redis import AsyncRedisStore, RedisStore
 from tests.conftest import unique_name
@@ -341,3 +342,21 @@ def test_autopipeline_false_sends_each_command_on_its_own(url: str) -> None:
         sync_store = RedisStore.from_url(f"{url}&autopipeline={option}")
         assert sync_store.claim(ident(f"sync-{option}"), "fp", lease=LEASE, retention=60).acquired
         sync_store.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "a" * 40, 1, b"key\x00\xff", b"", "fp", 1733480000.123456789, 0.1, 30, 10**20),
+        ("SET", b"k", "caf\u00e9 \u221a", "NX", "PX", 86_400_000, "GET"),
+        ("HMGET", b"k", "state", "token"),
+    ],
+    ids=["evalsha", "set", "hmget"],
+)
+def test_commands_are_packed_as_redis_py_packs_them(command: tuple[Any, ...]) -> None:
+    """The batcher packs with hiredis: byte for byte what redis-py's own packer writes, for the
+    kinds of arguments the stores send (bytes, text, integers, floats)."""
+    connection = redis.asyncio.Redis().connection_pool.make_connection()
+    assert b"".join(pack_commands(connection, [command, command])) == b"".join(
+        connection.pack_commands([command, command])
+    )

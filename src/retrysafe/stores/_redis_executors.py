@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from retrysafe._concurrency import monotonic
 from retrysafe.stores._async.redis_commands import AsyncCommands
 from retrysafe.stores._async.redis_replicas import AsyncPinnedCommands
+from retrysafe.stores._redis_packing import PACK as _PACK
 from retrysafe.stores._sync.redis_commands import Commands
 from retrysafe.stores._sync.redis_replicas import PinnedCommands
 
@@ -34,17 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["KeptConnections", "async_executor", "sync_executor"]
 
 
-def _packer() -> Callable[[tuple[Any, ...]], bytes] | None:
-    """Return hiredis' command packer, or None without hiredis (the connection's then)."""
-    try:
-        import hiredis  # noqa: PLC0415 - optional: redis-py works without it
-    except ImportError:  # pragma: no cover - the redis extra installs hiredis
-        return None
-    pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
-    return pack
-
-
-_PACK = _packer()
 _CHECK_AFTER = 1.0
 """Seconds idle after which a kept connection is checked before its next command."""
 

@@ -32,6 +32,8 @@ from redis.exceptions import AskError, MovedError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from retrysafe.stores._redis_packing import pack_commands
+
 __all__ = ["Command", "async_pinned_exchange", "sync_pinned_exchange"]
 
 Command = tuple[Any, ...]
@@ -109,7 +111,7 @@ async def _on_node(node: Any, commands: Sequence[Command]) -> list[Any]:
     """Send `commands` on one connection of a cluster node, read every reply, give it back."""
     connection = _known(node).acquire_connection()
     try:
-        await connection.send_packed_command(connection.pack_commands(commands))
+        await connection.send_packed_command(pack_commands(connection, commands))
         replies: list[Any] = []
         for _ in commands:
             try:

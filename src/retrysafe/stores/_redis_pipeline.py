@@ -48,6 +48,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retrysafe.stores._async.redis_commands import AsyncCommands
+from retrysafe.stores._redis_packing import pack_commands
 
 __all__ = ["AsyncAutoPipeline"]
 
@@ -157,7 +158,7 @@ class AsyncAutoPipeline(AsyncCommands):
         connection: AbstractConnection | None = None
         try:
             connection = await self._ready_connection()
-            await connection.send_packed_command(connection.pack_commands(c[0] for c in batch))
+            await connection.send_packed_command(pack_commands(connection, [c[0] for c in batch]))
             missing = await _read_replies(connection, batch, reload=True)
             if missing:
                 await self._reload(connection, missing)
@@ -185,7 +186,7 @@ class AsyncAutoPipeline(AsyncCommands):
         scripts = list(dict.fromkeys(command[1] for command in missing))
         loads: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", script) for script in scripts]
         commands = loads + [command[0] for command in missing]
-        await connection.send_packed_command(connection.pack_commands(commands))
+        await connection.send_packed_command(pack_commands(connection, commands))
         for _ in loads:
             # A load that failed shows in the reply of the command that needed it (NOSCRIPT).
             with contextlib.suppress(ResponseError):

@@ -10,7 +10,6 @@ retried and answers duplicates (`holding.py`, B19); `drain` / `adrain` wait for 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -291,14 +290,19 @@ class AsyncFlow(Holder[AsyncStore]):
         """Store the outcome, shielded from cancellation; if the store fails, hold it and
         retry in a task (see `SyncFlow.complete`). A store whose primitives never wait (the
         memory store: `suspends` is False) cannot be cancelled mid-call, so needs no shield."""
-        suspends = getattr(self.store, "suspends", True)
-        with anyio.CancelScope(shield=True) if suspends else contextlib.nullcontext():
-            try:
-                await self.store.complete(run.identity, run.token, outcome, retention=run.retention)
-                finish("stored")
-            except Exception as error:
-                if self.complete_failed(run.identity, error):
-                    self._spawn(self.hold(run.held(outcome, self.store.clock.now())))
+        if getattr(self.store, "suspends", True):
+            with anyio.CancelScope(shield=True):
+                await self._complete(run, outcome)
+        else:
+            await self._complete(run, outcome)
+
+    async def _complete(self, run: AsyncExecution, outcome: bytes) -> None:
+        try:
+            await self.store.complete(run.identity, run.token, outcome, retention=run.retention)
+            finish("stored")
+        except Exception as error:
+            if self.complete_failed(run.identity, error):
+                self._spawn(self.hold(run.held(outcome, self.store.clock.now())))
 
     def _spawn(self, held: Held) -> None:
         """Run the held outcome's steps in a task of their own on the running loop."""

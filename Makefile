@@ -19,7 +19,7 @@ export UV_NO_PROGRESS := 1
 export RETRYSAFE_UV := $(abspath $(UV))
 
 .PHONY: setup browser test test-pythons demo check lint typecheck unasync lock upgrade \
-	bench-stores bench-functions bench-http bench-scale docs release-check clean
+	bench-stores bench-functions bench-http bench-inprocess bench-scale docs release-check clean
 
 $(UV):
 	@test -n "$(PYTHON)" || { echo "retrysafe needs Python 3.11 or newer (python3.11, 3.12 or 3.13)"; exit 1; }
@@ -96,6 +96,9 @@ bench-functions: setup
 
 bench-http: setup
 	$(PY) scripts/services.py -- $(PY) benchmarks/http_middleware.py
+
+bench-inprocess: setup
+	$(PY) scripts/services.py -- $(PY) benchmarks/http_inprocess.py
 
 bench-scale: setup
 	$(PY) scripts/services.py -- $(PY) benchmarks/scaleout.py

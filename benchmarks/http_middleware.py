@@ -87,9 +87,11 @@ EXTRA_VARIANTS = [
     "memory-observed",
     "redis-prometheus",
     "redis-observed",
+    "bare-frozen",
     "memory-frozen",
     "redis-frozen",
     "sqlite-frozen",
+    "postgres-frozen",
     "sqlite-cached",
     "redis-cached",
     "postgres-cached",
@@ -205,7 +207,7 @@ def build_app(variant: str, store: str) -> Any:
     async def list_payments() -> dict[str, Any]:
         return {"payments": []}
 
-    if variant == "bare":
+    if variant in ("bare", "bare-frozen"):
         return app
     if variant.startswith("idemkit-"):
         import idemkit
@@ -347,6 +349,8 @@ def store_of(variant: str, name: str, workdir: Path) -> str:
         "redis-cached": f"{REDIS_URL}?prefix={name}c&replay_cache=10000",
         "postgres-cached": f"{POSTGRES_URL}?table={name}_c&replay_cache=10000",
         "redis-frozen": f"{REDIS_URL}?prefix={name}f",
+        "bare-frozen": "",
+        "postgres-frozen": f"{POSTGRES_URL}?table={name}_f",
         "redis-prometheus": f"{REDIS_URL}?prefix={name}p",
         "redis-observed": f"{REDIS_URL}?prefix={name}o",
         "postgres": f"{POSTGRES_URL}?table={name}",
@@ -399,7 +403,7 @@ def prepare_replays(server: Server, run: str) -> None:
             "/payments", content=BODY, headers={"Idempotency-Key": f"{run}-replay-0"}
         )
         marked = any(name.lower() in REPLAY_HEADERS for name in replay.headers)
-        if server.variant != "bare" and not marked:
+        if not server.variant.startswith("bare") and not marked:
             raise SystemExit(f"{server.variant} did not replay: {dict(replay.headers)}")
 
 
@@ -490,7 +494,7 @@ def cleanup(servers: list[Server], name: str) -> None:
     import redis
 
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        for table in (name, f"{name}_ik", f"{name}_c"):
+        for table in (name, f"{name}_ik", f"{name}_c", f"{name}_f"):
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')  # type: ignore[arg-type]
     client = redis.Redis.from_url(REDIS_URL)
     for pattern in (f"{name}*", f"*{name}_ik*"):

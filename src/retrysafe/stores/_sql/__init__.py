@@ -46,6 +46,7 @@ __all__ = [
     "listing_filters",
     "record_from_columns",
     "record_from_row",
+    "record_of",
     "translated",
 ]
 
@@ -87,10 +88,19 @@ def record_from_columns(values: Sequence[Any]) -> Record:
     Identity parts, the fingerprint and the recovery point are stored as bytes through
     `encode_part`, so any string round-trips (NUL, non-ASCII, lone surrogates).
     """
-    namespace, scope, key, fingerprint, state, token = values[:6]
-    created_at, lease_expires_at, expires_at, outcome, recovery_point = values[6:11]
+    namespace, scope, key = values[:3]
+    identity = Identity(decode_part(namespace), decode_part(scope), decode_part(key))
+    return record_of(identity, values[3:])
+
+
+def record_of(identity: Identity, values: Sequence[Any]) -> Record:
+    """Return `identity`'s record stored in the values of the columns after its parts
+    (`RECORD_COLUMNS[3:]`, in that order): for a read that finds the row by the identity's
+    digest, so need not read the parts back."""
+    fingerprint, state, token, created_at, lease_expires_at, expires_at = values[:6]
+    outcome, recovery_point = values[6:8]
     return Record(
-        identity=Identity(decode_part(namespace), decode_part(scope), decode_part(key)),
+        identity=identity,
         fingerprint=decode_part(fingerprint),
         state=State(state),
         token=token,

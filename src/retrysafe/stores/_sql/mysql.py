@@ -29,6 +29,7 @@ from retrysafe.stores._sql import (
     held_params,
     listing_filters,
     record_from_row,
+    record_of,
 )
 from retrysafe.stores._sql import mysql_statements as text
 from retrysafe.stores.base import Listing
@@ -40,6 +41,7 @@ __all__ = [
     "list_query",
     "mysql_table",
     "record_from_row",
+    "record_of",
     "render",
     "validate_table",
 ]
@@ -63,7 +65,7 @@ class MySQLTable:
     """Every statement on one records table, rendered once with the table name quoted.
 
     Statements take `%(name)s` parameters; `record_from_row` reads the record columns they
-    return, in `RECORD_COLUMNS` order.
+    return, in `RECORD_COLUMNS` order (`record_of` those after the identity's parts).
 
     Attributes:
         name: the table name.
@@ -95,8 +97,8 @@ class MySQLTable:
         """
         validate_table(name)
         columns = ", ".join(_quoted(c) for c in RECORD_COLUMNS)
-        lean = ", ".join("NULL" if c == "outcome" else _quoted(c) for c in RECORD_COLUMNS)
-        fields = {"table": f"`{name}`", "columns": columns, "lean": lean, "held": text.HELD}
+        known = ", ".join(RECORD_COLUMNS[3:])  # after the identity's parts
+        fields = {"table": f"`{name}`", "columns": columns, "known": known, "held": text.HELD}
 
         def render(template: str) -> str:
             return template.format(**fields).strip()

@@ -29,16 +29,17 @@ from typing import Any, NamedTuple
 import pymysql  # type: ignore[import-untyped]
 
 from retrysafe._errors import FencedError
-from retrysafe._record import Claim, Identity, Record
+from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._sql.mysql import (
     MySQLTable,
     claim_params,
     held_params,
     list_query,
     record_from_row,
+    record_of,
     render,
 )
-from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part
+from retrysafe.stores.base import FENCED, Listing, StoreStats, decode_part, encode_part
 
 __all__ = ["MySQLRecords"]
 
@@ -112,7 +113,7 @@ class MySQLRecords:
             conn, (self.table.claim, params), (self.table.claim_read, {"id": params["id"]})
         )
         row = read.rows[0]  # there is one: the claim inserted it, or locked the existing one
-        record = record_from_row(row)
+        record = record_of(identity, row)
         if record.token == params["token"]:
             return Claim(record, acquired=True, taken_over=bool(row[-1]))
         return Claim(record, acquired=False)
@@ -136,8 +137,11 @@ class MySQLRecords:
         # changed or found rows.
         if done.rowcount != 1 or not read.rows:
             raise FencedError(FENCED)
-        row = read.rows[0]
-        return record_from_row((*row[:9], outcome, *row[10:]))  # not echoed: the caller's
+        fingerprint, created_at, point = read.rows[0]  # the rest is the caller's own
+        return Record(
+            identity, decode_part(fingerprint), State.DONE, token, created_at, now,
+            now + retention, outcome, None if point is None else decode_part(point),
+        )  # fmt: skip
 
     def release(
         self, conn: pymysql.Connection, identity: Identity, token: str, *, now: float

@@ -243,6 +243,21 @@ def test_a_publisher_failure_keeps_the_messages_after_it_for_later(
         assert got == ids_of("a")
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_the_relay_takes_the_store_url_with_its_wrappers_options(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The store's URL as `open_store` takes it, with the replay cache's and encryption's
+    options, names the same database and table to the relay."""
+    got: list[str] = []
+    with database_of(kind, request, tmp_path) as database:
+        order("sqlite3" if kind == "sqlite" else "psycopg", database, "a")
+        url = f"{database.url}&replay_cache=100&replay_cache_ttl=2&encryption_key_env=KEYS"
+        with Relay(url, lambda message: got.append(message.message_id)) as relay:
+            assert relay.run_once() == 2
+        assert got == ids_of("a")
+
+
 def test_two_postgres_relays_share_the_work_and_never_publish_twice(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

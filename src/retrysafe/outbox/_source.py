@@ -14,11 +14,12 @@ import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from retrysafe._errors import ConfigurationError
 from retrysafe.outbox._messages import OutboxMessage, decode_headers, outbox_table
 from retrysafe.outbox._sql import OutboxTable
+from retrysafe.stores import backend_url
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
 
@@ -26,8 +27,6 @@ __all__ = ["OutboxSource", "open_source"]
 
 Publish = Callable[[OutboxMessage], None]
 _SQLITE_TIMEOUT = 30.0
-_ENCRYPTION = "encryption_key_env"  # open_store's options, not the store's
-_REPLAY_CACHE = "replay_cache"
 
 
 class OutboxSource:
@@ -184,18 +183,10 @@ def open_source(store: object, table: str | None = None) -> OutboxSource:
             from retrysafe._extras import missing_extra  # noqa: PLC0415
 
             raise missing_extra("The outbox relay on PostgreSQL", "postgres", error) from error
-        conninfo, parsed = parse_url(_without_wrappers(store))
+        conninfo, parsed = parse_url(backend_url(store))
         connection = psycopg.connect(conninfo, autocommit=True)
         name = outbox_table(table or parsed.table)
         return OutboxSource(connection, OutboxTable(name, "postgresql"), owned=True)
     raise ConfigurationError(
         f"The outbox relay reads sqlite:// or postgresql:// stores, not {parts.scheme!r}."
     )
-
-
-def _without_wrappers(url: str) -> str:
-    """Return `url` without the options of `open_store`'s wrappers (encryption, the cache)."""
-    parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(n, v) for n, v in pairs if n != _ENCRYPTION and not n.startswith(_REPLAY_CACHE)]
-    return parts._replace(query=urlencode(kept, quote_via=quote)).geturl()

@@ -2,7 +2,8 @@
 
 Threads forward bytes between a loopback listening socket and the real Redis or PostgreSQL.
 `cut()` closes every relayed connection and answers new ones with a reset until `restore()`:
-to the store's client, the server is gone, and then back.
+to the store's client, the server is gone, and then back. `stall()` keeps the connections open
+but forwards nothing until `resume()`: a server or network that stops answering mid-exchange.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Relay:
         self._lock = threading.Lock()
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._cut = False
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.refused = 0
         """Connections answered with a reset while cut."""
         threading.Thread(target=self._accept, daemon=True, name="relay-accept").start()
@@ -59,6 +62,14 @@ class Relay:
             _close(client)
             _close(upstream)
 
+    def stall(self) -> None:
+        """Forward nothing more, either way, until `resume`; the connections stay open."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward again what was held, and what follows."""
+        self._flowing.set()
+
     def restore(self) -> None:
         """Relay new connections again."""
         with self._lock:
@@ -66,6 +77,7 @@ class Relay:
 
     def close(self) -> None:
         """Stop listening and close everything."""
+        self.resume()
         self.cut()
         _close(self._listener)
 
@@ -102,6 +114,7 @@ class Relay:
     ) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

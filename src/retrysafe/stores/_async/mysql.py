@@ -84,6 +84,9 @@ class AsyncMySQLStore:
             whenever the server cannot be reached, primitives raise `StoreUnavailableError`.
         lock_timeout: whole seconds a statement waits for a row lock (`innodb_lock_wait_timeout`
             of the store's sessions); None, the default, keeps the server's (50 by default).
+        read_timeout: seconds a primitive may wait for the server's reply before the
+            connection is dropped and `StoreUnavailableError` raised (a server or network that
+            stalls mid-statement); longer than the lock waits. None, the default: no bound.
         ssl: connect with TLS, the server's certificate verified against the system's CAs
             (default false).
         ssl_ca: connect with TLS, the server's certificate verified against this CA file.
@@ -105,8 +108,9 @@ class AsyncMySQLStore:
 
         Store options in the query string: `table` (default `retrysafe_records`),
         `connect_timeout` (seconds, default 5), `pool_max` (10), `pool_timeout` (seconds,
-        default 10), `lock_timeout` (whole seconds; default: the server's), `ssl` (default
-        false), `ssl_ca` (a CA file; implies `ssl`). Anything else is refused.
+        default 10), `lock_timeout` (whole seconds; default: the server's), `read_timeout`
+        (seconds; default: none), `ssl` (default false), `ssl_ca` (a CA file; implies `ssl`).
+        Anything else is refused.
         """
         # The options' fields are this constructor's keyword arguments, under the same names.
         return cls(**dataclasses.asdict(parse_url(url)), clock=clock)
@@ -215,7 +219,7 @@ class AsyncMySQLStore:
             try:
                 if ready and not self._schema_ready:
                     await self._ready(conn)
-                result = await work(conn)
+                result = await self._pool.run(work, conn)
             except aiomysql.MySQLError as error:
                 await self._after_error(conn, error)
                 if deadlocked(error) and attempt < _ATTEMPTS:

@@ -20,7 +20,7 @@ from retrysafe._concurrency import AsyncGate, monotonic
 from retrysafe._errors import StoreError, StoreUnavailableError
 from retrysafe.stores._deletes import FORKS
 from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
-from retrysafe.stores._sql.mysql_io import AsyncMySQLDriver
+from retrysafe.stores._sql.mysql_io import AsyncMySQLDriver, AsyncWork, T
 
 __all__ = ["AsyncMySQLPool"]
 
@@ -73,6 +73,10 @@ class AsyncMySQLPool:
                 await self._driver.close(conn)
         finally:
             self._gate.leave()
+
+    async def run(self, work: AsyncWork[T], conn: aiomysql.Connection) -> T:
+        """Run `work` on a lent connection, within `read_timeout` (see the driver's `run`)."""
+        return await self._driver.run(work, conn)
 
     async def aclose(self) -> None:
         """Close the idle connections; those lent out are closed as they come back."""

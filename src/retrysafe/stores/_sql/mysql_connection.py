@@ -70,6 +70,7 @@ class MySQLArguments(TypedDict):
     pool_max: NotRequired[int]
     pool_timeout: NotRequired[float]
     lock_timeout: NotRequired[int | None]
+    read_timeout: NotRequired[float | None]
     ssl: NotRequired[bool]
     ssl_ca: NotRequired[str | None]
 
@@ -92,6 +93,7 @@ class MySQLOptions:
     pool_max: int = 10
     pool_timeout: float = 10.0
     lock_timeout: int | None = None
+    read_timeout: float | None = None
     ssl: bool = False
     ssl_ca: str | None = None
 
@@ -105,6 +107,11 @@ class MySQLOptions:
         if self.lock_timeout is not None and not 1 <= self.lock_timeout <= 1073741824:
             raise ConfigurationError(
                 f"lock_timeout is whole seconds from 1 to 1073741824, not {self.lock_timeout}."
+            )
+        if self.read_timeout is not None and not self.read_timeout > (self.lock_timeout or 0):
+            raise ConfigurationError(
+                "read_timeout must be positive seconds, and longer than lock_timeout (a lock wait "
+                f"would otherwise end as a lost connection), not {self.read_timeout}."
             )
         if not 0 < self.port < 65536:
             raise ConfigurationError(f"Invalid MySQL port {self.port}.")
@@ -122,6 +129,7 @@ _OPTION_TYPES: Final[dict[str, type]] = {
     "pool_max": int,
     "pool_timeout": float,
     "lock_timeout": int,
+    "read_timeout": float,
     "ssl": bool,
     "ssl_ca": str,
 }
@@ -131,8 +139,8 @@ def parse_url(url: str) -> MySQLOptions:
     """Read a `mysql://user[:password]@host[:port]/db?option=...` store URL.
 
     The user, the password and the database are percent-decoded. Options in the query string:
-    `table`, `connect_timeout`, `pool_max`, `pool_timeout`, `lock_timeout`, `ssl`, `ssl_ca`;
-    anything else is refused.
+    `table`, `connect_timeout`, `pool_max`, `pool_timeout`, `lock_timeout`, `read_timeout`,
+    `ssl`, `ssl_ca`; anything else is refused.
     """
     shown = _redacted(url)
     parts = urlsplit(url)

@@ -7,7 +7,8 @@ class named `Async...` so the generated code names its twin: opening and closing
 closes with `ensure_closed()`). `AsyncWork` and `Work` type what the store runs on a lent
 connection. aiomysql is imported when the async face first connects (PyMySQL, whose errors
 both faces raise, comes with this module). A server that accepts a connection and never
-greets fails within `connect_timeout` on both faces. The pool's gate and the
+greets fails within `connect_timeout` on both faces, and with `read_timeout` one that stalls
+mid-statement fails within it (`run`). The pool's gate and the
 wake-ups of waiters, which are not about MySQL, are `retrysafe/_concurrency.py`'s.
 """
 
@@ -22,7 +23,7 @@ import pymysql  # type: ignore[import-untyped]  # mysql_connection's already
 
 from retrysafe.stores._sql.mysql_connection import MySQLOptions
 
-__all__ = ["AsyncMySQLDriver", "AsyncWork", "MySQLDriver", "Work"]
+__all__ = ["AsyncMySQLDriver", "AsyncWork", "MySQLDriver", "T", "Work"]
 
 T = TypeVar("T")
 
@@ -79,6 +80,21 @@ class AsyncMySQLDriver:
                 f"No handshake from the MySQL server within {options.connect_timeout} s",
             ) from None
 
+    async def run(self, work: AsyncWork[T], conn: Any) -> T:
+        """Run `work` on `conn`; past `read_timeout` without the reply, close `conn` (it is
+        mid-exchange) and raise a lost connection (2013). aiomysql has no read timeout."""
+        timeout = self._options.read_timeout
+        if timeout is None:
+            return await work(conn)
+        try:
+            with anyio.fail_after(timeout):
+                return await work(conn)
+        except TimeoutError:
+            conn.close()
+            raise pymysql.err.OperationalError(
+                CR_SERVER_LOST, f"No reply from the MySQL server within read_timeout={timeout} s"
+            ) from None
+
     async def close(self, conn: Any) -> None:
         """Say goodbye and close `conn`; a broken one is just closed. Raises nothing but a
         cancellation, and closes the socket even then."""
@@ -112,8 +128,8 @@ class MySQLDriver:
         # PyMySQL's connect_timeout bounds only the TCP connect: the handshake's reads and writes
         # get the same bound here, so a server that accepts and never greets fails in time
         # (2013, lost connection). PyMySQL applies its timeouts on each read and write, so
-        # clearing them afterwards leaves the statements' reads unbounded, as before: a
-        # statement may wait for a row lock up to the session's `innodb_lock_wait_timeout`.
+        # setting them afterwards bounds each statement's by `read_timeout` (None: unbounded; a
+        # statement may wait for a row lock up to the session's `innodb_lock_wait_timeout`).
         conn = pymysql.connect(
             **_connect_arguments(options),
             database=options.database,
@@ -122,8 +138,14 @@ class MySQLDriver:
             write_timeout=options.connect_timeout,
             **tls,
         )
-        conn._read_timeout = conn._write_timeout = None  # private, but see above
+        conn._read_timeout = conn._write_timeout = options.read_timeout  # private; see above
         return conn
+
+    @staticmethod
+    def run(work: Work[T], conn: Any) -> T:
+        """Run `work` on `conn` (PyMySQL bounds each read by `read_timeout` itself, closes the
+        connection and raises a lost connection, 2013)."""
+        return work(conn)
 
     def close(self, conn: Any) -> None:
         """Say goodbye and close `conn`; a broken one is just dropped. Never raises."""

@@ -23,7 +23,7 @@ from retrysafe._concurrency import Gate, monotonic
 from retrysafe._errors import StoreError, StoreUnavailableError
 from retrysafe.stores._deletes import FORKS
 from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
-from retrysafe.stores._sql.mysql_io import MySQLDriver
+from retrysafe.stores._sql.mysql_io import MySQLDriver, Work, T
 
 __all__ = ["MySQLPool"]
 
@@ -76,6 +76,10 @@ class MySQLPool:
                 self._driver.close(conn)
         finally:
             self._gate.leave()
+
+    def run(self, work: Work[T], conn: pymysql.Connection) -> T:
+        """Run `work` on a lent connection, within `read_timeout` (see the driver's `run`)."""
+        return self._driver.run(work, conn)
 
     def close(self) -> None:
         """Close the idle connections; those lent out are closed as they come back."""

@@ -86,14 +86,12 @@ class AsyncMySQLDriver:
         timeout = self._options.read_timeout
         if timeout is None:
             return await work(conn)
-        try:
-            with anyio.fail_after(timeout):
-                return await work(conn)
-        except TimeoutError:
-            conn.close()
-            raise pymysql.err.OperationalError(
-                CR_SERVER_LOST, f"No reply from the MySQL server within read_timeout={timeout} s"
-            ) from None
+        with anyio.move_on_after(timeout):
+            return await work(conn)
+        conn.close()  # cancelled mid-exchange: what the server sends next belongs to no one
+        raise pymysql.err.OperationalError(
+            CR_SERVER_LOST, f"No reply from the MySQL server within read_timeout={timeout} s"
+        )
 
     async def close(self, conn: Any) -> None:
         """Say goodbye and close `conn`; a broken one is just closed. Raises nothing but a

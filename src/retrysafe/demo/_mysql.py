@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 from retrysafe._errors import ConfigurationError, StoreUnavailableError
+from retrysafe._extras import missing_extra
 from retrysafe.demo._connections import LOCK_WAIT, Connections, pooled_transactions
 from retrysafe.stores import backend_url
 
@@ -39,9 +40,7 @@ def open_mysql(url: str) -> Connections:
         from retrysafe.stores._sql.mysql_connection import parse_url  # noqa: PLC0415
         from retrysafe.stores._sync.mysql_pool import MySQLPool  # noqa: PLC0415
     except ImportError as error:  # pragma: no cover - the extra is part of the test set-up
-        raise ConfigurationError(
-            f"The MySQL demo needs the 'mysql' extra: pip install 'retrysafe[mysql]' ({error})."
-        ) from error
+        raise ConfigurationError(str(missing_extra("The MySQL demo", "mysql", error))) from error
     options = dataclasses.replace(
         parse_url(backend_url(url)), pool_max=_POOL_SIZE, lock_timeout=int(LOCK_WAIT)
     )

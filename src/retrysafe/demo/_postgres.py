@@ -8,6 +8,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from retrysafe._errors import ConfigurationError, StoreUnavailableError
+from retrysafe._extras import missing_extra
 from retrysafe.demo._connections import LOCK_WAIT, Connections, pooled_transactions
 
 __all__ = ["open_postgres"]
@@ -26,10 +27,8 @@ def open_postgres(url: str) -> Connections:
         import psycopg  # noqa: PLC0415 -- an optional extra, imported when used
         from psycopg_pool import ConnectionPool  # noqa: PLC0415
     except ImportError as error:  # pragma: no cover - the extra is part of the test set-up
-        raise ConfigurationError(
-            f"The PostgreSQL demo needs the 'postgres' extra: pip install 'retrysafe[postgres]' "
-            f"({error})."
-        ) from error
+        message = str(missing_extra("The PostgreSQL demo", "postgres", error))
+        raise ConfigurationError(message) from error
     try:
         pool: ConnectionPool[Any] = ConnectionPool(
             url,

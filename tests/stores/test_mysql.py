@@ -512,19 +512,26 @@ def test_b15_a_completion_here_wakes_the_waiter_at_once(
     open_face: OpenStore, table_url: str
 ) -> None:
     """A waiter on the store that completes the record is woken by that completion (the event
-    it watches is set; a poll sets none), and gets the outcome. Its pauses last the whole bound
-    here, so only the wake-up can end them: a poll cannot see the completion first."""
+    it watches is set; a poll sets none), and gets the outcome. The completion comes once the
+    waiter has read the record in flight and paused, and its pauses last the whole bound here,
+    so only the wake-up can end them: a poll cannot see the completion first."""
     store = open_face(table_url)
     claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     wakeups = concrete(store)._wakeups
     watched: list[Any] = []
+    pausing = threading.Event()
     watch, until = wakeups.watch, wakeups.until
+
+    def pause(event: Any, seconds: float) -> Any:
+        pausing.set()  # the read before this pause found the record in flight
+        return until(event, BOUND)
+
     wakeups.watch = lambda record_id: watched.append(watch(record_id)) or watched[-1]
-    wakeups.until = lambda event, seconds: until(event, BOUND)
+    wakeups.until = pause
     results: list[Any] = []
     waiter = threading.Thread(target=lambda: results.append(store.wait(ident(), timeout=BOUND)))
     waiter.start()
-    eventually(lambda: ident().digest() in wakeups._waiting, "the waiter watches the record")
+    assert pausing.wait(BOUND), "the waiter read the record in flight and paused"
     store.complete(ident(), claim.token, b"done", retention=RETENTION)
     waiter.join(timeout=BOUND)
     assert results[0].outcome == b"done"

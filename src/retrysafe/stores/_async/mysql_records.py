@@ -12,7 +12,11 @@ write took (MySQL returns no row from a write). How they are sent depends on `ba
   transaction, which makes them atomic; nothing here begins, commits or rolls back.
 - `batched=True` (the store): as one query, `START TRANSACTION; write; read; COMMIT`, on a
   connection in autocommit that allows several statements a query: one round trip, one
-  transaction. A primitive of one statement is sent alone, and autocommits.
+  transaction. A primitive of one statement is sent alone, and autocommits. Two need no
+  transaction there, and go as one query without one: the claim (the insert, then a read that
+  finds the record only if another claimant's token is on it; the insert's affected-rows
+  count tells an insert from a takeover, as the store's connections count changed rows, not
+  found rows) and the completion (its read, then its update).
 
 Driver errors pass through (each caller maps them to retrysafe's, with `store_error`): after an
 error in a batch the transaction may still be open (a lock wait timeout undoes the statement
@@ -32,6 +36,7 @@ from retrysafe.stores._sql.mysql import (
     claim_params,
     held_params,
     list_query,
+    new_record,
     record_from_row,
     record_of,
     render,
@@ -48,6 +53,15 @@ class _Result(NamedTuple):
 
     rowcount: int
     rows: tuple[tuple[Any, ...], ...]
+
+
+def _claimed(identity: Identity, params: Params, row: tuple[Any, ...]) -> Claim:
+    """Return the claim whose parameters were `params`, given the row read after it (`known`
+    columns and `taken_over`): acquired exactly when the row carries the claim's token."""
+    record = record_of(identity, row)
+    if record.token == params["token"]:
+        return Claim(record, acquired=True, taken_over=bool(row[-1]))
+    return Claim(record, acquired=False)
 
 
 class AsyncMySQLRecords:
@@ -99,21 +113,33 @@ class AsyncMySQLRecords:
     ) -> Claim:
         """Claim `identity` (insert, or take over as `may_take` allows), or return its record.
 
-        One `INSERT ... ON DUPLICATE KEY UPDATE` on the primary key decides; the record is then
-        read under the lock it took. The claim acquired the record exactly when the record
-        carries the claim's new token. A duplicate of a record that another transaction holds
-        (inserted or locked, uncommitted) waits for that transaction's end, then sees what it
-        left.
+        One `INSERT ... ON DUPLICATE KEY UPDATE` on the primary key decides. In the caller's
+        transaction the record is then read under the lock it took; the claim acquired the
+        record exactly when the record carries the claim's new token. The store's claim (no
+        transaction) reads the record only if another's token is on it, and learns from the
+        affected rows whether it inserted (1) or took over (2, then it reads what was kept). A
+        duplicate of a record that another transaction holds (inserted or locked, uncommitted)
+        waits for that transaction's end, then sees what it left.
         """
         params = claim_params(identity, fingerprint, now=now, lease=lease, retention=retention)
+        if self._batched:  # the store: the insert, then a read of a rival's record, no transaction
+            rival_of = {"id": params["id"], "token": params["token"]}
+            claimed, rival = await self._run(
+                conn, (self.table.claim, params), (self.table.rival_read, rival_of), atomic=False
+            )
+            if rival.rows:  # another's token is on the record: a replay, a mismatch, in flight
+                return Claim(record_of(identity, rival.rows[0]), acquired=False)
+            if claimed.rowcount == 1:  # inserted: the record is the one the claim wrote
+                return Claim(new_record(identity, fingerprint, params), acquired=True)
+            if claimed.rowcount == 2:  # taken over: read back what the takeover kept
+                (read,) = await self._run(conn, (self.table.latest_read, {"id": params["id"]}))
+                if read.rows:  # acquired if its token is still this claim's
+                    return _claimed(identity, params, read.rows[0])
+            # No record left to read (deleted meanwhile, by `keys delete`): claim it again.
         _, read = await self._run(
             conn, (self.table.claim, params), (self.table.claim_read, {"id": params["id"]})
         )
-        row = read.rows[0]  # there is one: the claim inserted it, or locked the existing one
-        record = record_of(identity, row)
-        if record.token == params["token"]:
-            return Claim(record, acquired=True, taken_over=bool(row[-1]))
-        return Claim(record, acquired=False)
+        return _claimed(identity, params, read.rows[0])  # inserted, or the existing one locked
 
     async def complete(
         self,
@@ -127,14 +153,20 @@ class AsyncMySQLRecords:
     ) -> Record:
         """Store `outcome` on the held record and mark it done."""
         params = held_params(identity, token, now, outcome=outcome, expires_at=now + retention)
-        done, read = await self._run(
-            conn, (self.table.complete, params), (self.table.lean_read, {"id": params["id"]})
-        )
+        complete, read = (self.table.complete, params), (self.table.lean_read, {"id": params["id"]})
+        if self._batched:
+            # The store: the read, then the update, in one query and no transaction. What the
+            # read returns cannot change while the holder holds the record (a claim that takes
+            # it over writes a new token, and the update then changes nothing), unless the holder
+            # itself checkpoints meanwhile: then the returned recovery point is the one before.
+            lean, done = await self._run(conn, read, complete, atomic=False)
+        else:
+            done, lean = await self._run(conn, complete, read)
         # The update always changes the state, so one row counts whether the connection reports
         # changed or found rows.
-        if done.rowcount != 1 or not read.rows:
+        if done.rowcount != 1 or not lean.rows:
             raise FencedError(FENCED)
-        fingerprint, created_at, point = read.rows[0]  # the rest is the caller's own
+        fingerprint, created_at, point = lean.rows[0]  # the rest is the caller's own
         return Record(
             identity, decode_part(fingerprint), State.DONE, token, created_at, now,
             now + retention, outcome, None if point is None else decode_part(point),
@@ -220,18 +252,22 @@ class AsyncMySQLRecords:
         return record_from_row(read.rows[0])
 
     async def _run(
-        self, conn: aiomysql.Connection, *statements: tuple[str, Params]
+        self, conn: aiomysql.Connection, *statements: tuple[str, Params], atomic: bool = True
     ) -> list[_Result]:
-        """Run `statements` (see the module docstring for how); return each one's result."""
+        """Run `statements` (see the module docstring for how); return each one's result.
+        Batched and not `atomic`, they go as one query without a transaction around them."""
         cursor = await conn.cursor(aiomysql.cursors.Cursor)  # tuples, whatever the connection's
         queries = [render(conn, query, params) for query, params in statements]
         results: list[_Result] = []
         if self._batched and len(queries) > 1:
-            await cursor.execute(";\n".join(["START TRANSACTION", *queries, "COMMIT"]))
-            for _ in queries:
-                await cursor.nextset()
+            sent = ["START TRANSACTION", *queries, "COMMIT"] if atomic else queries
+            await cursor.execute(";\n".join(sent))
+            for index in range(len(queries)):
+                if atomic or index:  # past the previous statement's result
+                    await cursor.nextset()
                 results.append(_Result(cursor.rowcount, tuple(await cursor.fetchall())))
-            await cursor.nextset()  # the COMMIT's: an error in it is raised here
+            if atomic:
+                await cursor.nextset()  # the COMMIT's: an error in it is raised here
             return results
         for query in queries:
             await cursor.execute(query)

@@ -44,6 +44,7 @@ __all__ = [
     "held_params",
     "identity_params",
     "listing_filters",
+    "new_record",
     "record_from_columns",
     "record_from_row",
     "record_of",
@@ -139,6 +140,14 @@ def claim_params(
         "lease_expires_at": now + lease,
         "expires_at": now + lease + retention,
     }
+
+
+def new_record(identity: Identity, fingerprint: str, params: dict[str, Any]) -> Record:
+    """Return the in-flight record that a claim with `params` (`claim_params`) inserts."""
+    return Record(
+        identity, fingerprint, State.IN_FLIGHT, params["token"], params["now"],
+        params["lease_expires_at"], params["expires_at"], None, None,
+    )  # fmt: skip
 
 
 def held_params(identity: Identity, token: str, now: float, **more: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from retrysafe.stores._sql import (
     claim_params,
     held_params,
     listing_filters,
+    new_record,
     record_from_row,
     record_of,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "held_params",
     "list_query",
     "mysql_table",
+    "new_record",
     "record_from_row",
     "record_of",
     "render",
@@ -76,6 +78,8 @@ class MySQLTable:
     create_schema: tuple[str, ...]
     claim: str
     claim_read: str
+    rival_read: str
+    latest_read: str
     complete: str
     lean_read: str
     release: str

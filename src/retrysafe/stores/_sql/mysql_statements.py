@@ -24,10 +24,12 @@ __all__ = [
     "GET",
     "HELD",
     "HELD_READ",
+    "LATEST_READ",
     "LEAN_READ",
     "PURGE",
     "RELEASE",
     "RENEW",
+    "RIVAL_READ",
     "STATS",
     "TABLE_EXISTS",
 ]
@@ -119,6 +121,16 @@ ON DUPLICATE KEY UPDATE
 # parts: the claimant has them (the drivers parse every column's description in Python, about
 # 5 µs a column a result).
 CLAIM_READ = "SELECT {known}, taken_over FROM {table} WHERE id = %(id)s FOR UPDATE"
+
+# The store's claims run without a transaction (see `mysql_records.py`): the claim, then in the
+# same query this read, which returns the row only if another claimant's token is on it (a
+# replay, a mismatch, a duplicate in flight), so a claim that inserted or took over reads no
+# row. Both reads here are consistent reads, which wait for no lock and so cannot deadlock: any
+# transaction that held the row when the claim ran has ended, since the claim waited for it.
+RIVAL_READ = "SELECT {known}, taken_over FROM {table} WHERE id = %(id)s AND token <> %(token)s"
+
+# The row as last committed: after a takeover, what it kept (creation time, recovery point).
+LATEST_READ = "SELECT {known}, taken_over FROM {table} WHERE id = %(id)s"
 
 COMPLETE = """
 UPDATE {table}

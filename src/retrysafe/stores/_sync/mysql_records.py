@@ -15,7 +15,11 @@ write took (MySQL returns no row from a write). How they are sent depends on `ba
   transaction, which makes them atomic; nothing here begins, commits or rolls back.
 - `batched=True` (the store): as one query, `START TRANSACTION; write; read; COMMIT`, on a
   connection in autocommit that allows several statements a query: one round trip, one
-  transaction. A primitive of one statement is sent alone, and autocommits.
+  transaction. A primitive of one statement is sent alone, and autocommits. Two need no
+  transaction there, and go as one query without one: the claim (the insert, then a read that
+  finds the record only if another claimant's token is on it; the insert's affected-rows
+  count tells an insert from a takeover, as the store's connections count changed rows, not
+  found rows) and the completion (its read, then its update).
 
 Driver errors pass through (each caller maps them to retrysafe's, with `store_error`): after an
 error in a batch the transaction may still be open (a lock wait timeout undoes the statement
@@ -35,6 +39,7 @@ from retrysafe.stores._sql.mysql import (
     claim_params,
     held_params,
     list_query,
+    new_record,
     record_from_row,
     record_of,
     render,
@@ -51,6 +56,15 @@ class _Result(NamedTuple):
 
     rowcount: int
     rows: tuple[tuple[Any, ...], ...]
+
+
+def _claimed(identity: Identity, params: Params, row: tuple[Any, ...]) -> Claim:
+    """Return the claim whose parameters were `params`, given the row read after it (`known`
+    columns and `taken_over`): acquired exactly when the row carries the claim's token."""
+    record = record_of(identity, row)
+    if record.token == params["token"]:
+        return Claim(record, acquired=True, taken_over=bool(row[-1]))
+    return Claim(record, acquired=False)
 
 
 class MySQLRecords:
@@ -109,14 +123,23 @@ class MySQLRecords:
         left.
         """
         params = claim_params(identity, fingerprint, now=now, lease=lease, retention=retention)
+        if self._batched:  # the store: the insert, then a read of a rival's record, no transaction
+            claimed, rival = self._run(
+                conn, (self.table.claim, params), (self.table.rival_read, params), atomic=False
+            )
+            if rival.rows:  # another's token is on the record: a replay, a mismatch, in flight
+                return Claim(record_of(identity, rival.rows[0]), acquired=False)
+            if claimed.rowcount == 1:  # inserted: the record is the one the claim wrote
+                return Claim(new_record(identity, fingerprint, params), acquired=True)
+            if claimed.rowcount == 2:  # taken over: read back what the takeover kept
+                (read,) = self._run(conn, (self.table.latest_read, {"id": params["id"]}))
+                if read.rows:  # acquired if its token is still this claim's
+                    return _claimed(identity, params, read.rows[0])
+            # No record left to read (deleted meanwhile, by `keys delete`): claim it again.
         _, read = self._run(
             conn, (self.table.claim, params), (self.table.claim_read, {"id": params["id"]})
         )
-        row = read.rows[0]  # there is one: the claim inserted it, or locked the existing one
-        record = record_of(identity, row)
-        if record.token == params["token"]:
-            return Claim(record, acquired=True, taken_over=bool(row[-1]))
-        return Claim(record, acquired=False)
+        return _claimed(identity, params, read.rows[0])  # inserted, or the existing one locked
 
     def complete(
         self,
@@ -130,14 +153,20 @@ class MySQLRecords:
     ) -> Record:
         """Store `outcome` on the held record and mark it done."""
         params = held_params(identity, token, now, outcome=outcome, expires_at=now + retention)
-        done, read = self._run(
-            conn, (self.table.complete, params), (self.table.lean_read, {"id": params["id"]})
-        )
+        complete, read = (self.table.complete, params), (self.table.lean_read, {"id": params["id"]})
+        if self._batched:
+            # The store: the read, then the update, in one query and no transaction. What the
+            # read returns cannot change while the holder holds the record (a claim that takes
+            # it over writes a new token, and the update then changes nothing), unless the holder
+            # itself checkpoints meanwhile: then the returned recovery point is the one before.
+            lean, done = self._run(conn, read, complete, atomic=False)
+        else:
+            done, lean = self._run(conn, complete, read)
         # The update always changes the state, so one row counts whether the connection reports
         # changed or found rows.
-        if done.rowcount != 1 or not read.rows:
+        if done.rowcount != 1 or not lean.rows:
             raise FencedError(FENCED)
-        fingerprint, created_at, point = read.rows[0]  # the rest is the caller's own
+        fingerprint, created_at, point = lean.rows[0]  # the rest is the caller's own
         return Record(
             identity, decode_part(fingerprint), State.DONE, token, created_at, now,
             now + retention, outcome, None if point is None else decode_part(point),
@@ -223,18 +252,22 @@ class MySQLRecords:
         return record_from_row(read.rows[0])
 
     def _run(
-        self, conn: pymysql.Connection, *statements: tuple[str, Params]
+        self, conn: pymysql.Connection, *statements: tuple[str, Params], atomic: bool = True
     ) -> list[_Result]:
-        """Run `statements` (see the module docstring for how); return each one's result."""
+        """Run `statements` (see the module docstring for how); return each one's result.
+        Batched and not `atomic`, they go as one query without a transaction around them."""
         cursor = conn.cursor(pymysql.cursors.Cursor)  # tuples, whatever the connection's
         queries = [render(conn, query, params) for query, params in statements]
         results: list[_Result] = []
         if self._batched and len(queries) > 1:
-            cursor.execute(";\n".join(["START TRANSACTION", *queries, "COMMIT"]))
-            for _ in queries:
-                cursor.nextset()
+            sent = ["START TRANSACTION", *queries, "COMMIT"] if atomic else queries
+            cursor.execute(";\n".join(sent))
+            for index in range(len(queries)):
+                if atomic or index:  # past the previous statement's result
+                    cursor.nextset()
                 results.append(_Result(cursor.rowcount, tuple(cursor.fetchall())))
-            cursor.nextset()  # the COMMIT's: an error in it is raised here
+            if atomic:
+                cursor.nextset()  # the COMMIT's: an error in it is raised here
             return results
         for query in queries:
             cursor.execute(query)

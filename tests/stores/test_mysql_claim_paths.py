@@ -1,0 +1,180 @@
+"""The MySQL store's claim and completion without a transaction around them.
+
+A new key is claimed by the insert alone (its affected-rows count says it inserted); any other
+claim is the insert, then a read of the row as it stands, acquired only if the row carries the
+claim's token. The completion reads, then updates, in one query. Each path, and what can happen
+to the row between the two statements (a delete, another claimant), on a real server, both
+faces: the statements each call sent are watched (their names in `MySQLTable`), and the
+interleavings are forced by acting on the row from a connection of the test's own in between.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from retrysafe import ManualClock, State, Store
+from tests.stores.conftest import OpenStore, concrete
+from tests.stores.test_mysql import LEASE, RETENTION, ident, query, table_url, tables
+
+pytestmark = pytest.mark.mysql
+
+__all__ = ["table_url", "tables"]  # fixtures, shared with test_mysql.py
+
+_STATEMENTS = ("claim", "claim_read", "rival_read", "latest_read", "complete", "lean_read")
+
+Between = Callable[[list[str]], None]
+
+
+def watch(store: Store, between: Between | None = None) -> list[list[str]]:
+    """Return the list of what each of `store`'s round trips sends from now on (the names of
+    its statements); `between` is called with each one's names once it has run."""
+    records = concrete(store)._records
+    names = {getattr(records.table, name): name for name in _STATEMENTS}
+    sent: list[list[str]] = []
+    run = records._run
+
+    def record(statements: tuple[tuple[str, Any], ...]) -> list[str]:
+        sent.append([names.get(statement, statement) for statement, _ in statements])
+        return sent[-1]
+
+    if inspect.iscoroutinefunction(run):
+
+        async def run_async(conn: Any, *statements: tuple[str, Any], **options: Any) -> Any:
+            names_sent = record(statements)
+            result = await run(conn, *statements, **options)
+            if between is not None:
+                between(names_sent)
+            return result
+
+        records._run = run_async
+    else:
+
+        def run_sync(conn: Any, *statements: tuple[str, Any], **options: Any) -> Any:
+            names_sent = record(statements)
+            result = run(conn, *statements, **options)
+            if between is not None:
+                between(names_sent)
+            return result
+
+        records._run = run_sync
+    return sent
+
+
+def after_the_insert(action: Callable[[], object]) -> Between:
+    """A `between` that runs `action` once, right after the first round trip of a claim."""
+    done: list[bool] = []
+
+    def between(names: list[str]) -> None:
+        if names == ["claim", "rival_read"] and not done:
+            done.append(True)
+            action()
+
+    return between
+
+
+def table_of(url: str) -> str:
+    return url.split("table=", 1)[1]
+
+
+def test_b7_a_new_key_is_claimed_by_the_insert_alone(open_face: OpenStore, table_url: str) -> None:
+    """A first claim sends one statement, and the record it returns is the one stored."""
+    store = open_face(table_url, ManualClock())
+    assert store.get(ident()) is None  # the table made first
+    sent = watch(store)
+    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert sent == [["claim", "rival_read"]]
+    assert (claim.acquired, claim.taken_over) == (True, False)
+    assert store.get(ident()) == claim.record
+
+
+def test_b7_a_replay_reads_the_record_the_insert_left(open_face: OpenStore, table_url: str) -> None:
+    """A claim on a done record changes nothing, then reads it: not acquired, the outcome."""
+    store = open_face(table_url, ManualClock())
+    first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    done = store.complete(ident(), first.token, b"out", retention=RETENTION)
+    sent = watch(store)
+    replay = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert sent == [["claim", "rival_read"]]
+    assert (replay.acquired, replay.record) == (False, done)
+
+
+def test_b16_b30_a_takeover_reads_back_what_it_kept(open_face: OpenStore, table_url: str) -> None:
+    """A claim that takes over a lapsed lease gets the record with its creation time and
+    recovery point kept, and `taken_over` set."""
+    clock = ManualClock()
+    store = open_face(table_url, clock)
+    first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    store.checkpoint(ident(), first.token, "charged")
+    clock.advance(LEASE + 1)
+    sent = watch(store)
+    takeover = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert sent == [["claim", "rival_read"], ["latest_read"]]
+    assert (takeover.acquired, takeover.taken_over) == (True, True)
+    record = takeover.record
+    assert (record.created_at, record.recovery_point) == (first.record.created_at, "charged")
+    assert record.token != first.token
+    assert store.get(ident()) == record
+
+
+def test_b7_a_record_deleted_between_the_takeover_and_its_read_is_claimed_again(
+    open_face: OpenStore, table_url: str, mysql_url: str
+) -> None:
+    """The claim takes a lapsed lease over; `keys delete` removes the record before the claim
+    reads what the takeover kept: the claim is made again, under the lock, and acquires a new
+    record (nothing kept, not a takeover)."""
+    clock = ManualClock()
+    store = open_face(table_url, clock)
+    first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    store.checkpoint(ident(), first.token, "charged")
+    clock.advance(LEASE + 1)
+    delete = f"DELETE FROM `{table_of(table_url)}`"  # noqa: S608 - the test's table
+    sent = watch(store, after_the_insert(lambda: query(mysql_url, delete)))
+    again = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert sent == [["claim", "rival_read"], ["latest_read"], ["claim", "claim_read"]]
+    assert (again.acquired, again.taken_over, again.record.recovery_point) == (True, False, None)
+    assert again.record.created_at == clock.now()
+    assert store.get(ident()) == again.record
+
+
+def test_b16_a_record_another_claimant_took_before_the_read_is_theirs(
+    open_face: OpenStore, table_url: str, mysql_url: str
+) -> None:
+    """The claim takes a lapsed lease over; before its read, another claimant's token is on
+    the row (as a takeover of theirs would leave it): the claim is not acquired, and answers
+    with their record; the completion of the first holder's token is refused."""
+    clock = ManualClock()
+    store = open_face(table_url, clock)
+    first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    clock.advance(LEASE + 1)
+    table = table_of(table_url)
+    theirs = "f" * 32
+    steal = f"UPDATE `{table}` SET token = %s"  # noqa: S608 - the test's table
+    watch(store, after_the_insert(lambda: query(mysql_url, steal, theirs)))
+    lost = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert (lost.acquired, lost.record.token, lost.record.state) == (
+        False,
+        theirs,
+        State.IN_FLIGHT,
+    )
+    assert store.get(ident()) == lost.record
+    assert first.token != theirs
+
+
+def test_b7_the_completion_reads_then_updates_in_one_round_trip(
+    open_face: OpenStore, table_url: str
+) -> None:
+    """The completion is one query, its read first; the record it returns is the one stored,
+    with the creation time and recovery point the claim and checkpoint left."""
+    store = open_face(table_url, ManualClock())
+    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    store.checkpoint(ident(), claim.token, "charged")
+    sent = watch(store)
+    done = store.complete(ident(), claim.token, b"out", retention=RETENTION)
+    assert sent == [["lean_read", "complete"]]
+    assert (done.state, done.outcome, done.recovery_point) == (State.DONE, b"out", "charged")
+    assert done.created_at == claim.record.created_at
+    assert store.get(ident()) == done

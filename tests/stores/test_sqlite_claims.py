@@ -204,3 +204,29 @@ def test_b17_a_claim_that_fails_changes_nothing(db_path: Path) -> None:
         table.claim(connection, ident("k"), "fp", now=1.0, lease=10, retention=100)
     assert connection.execute('SELECT COUNT(*) FROM "retrysafe_records"').fetchone() == (0,)
     connection.close()
+
+
+def test_b10_b30_the_completion_returns_the_stored_record_without_reading_the_outcome_back(
+    db_path: Path,
+) -> None:
+    """The completion's read asks only for what the caller did not write (the fingerprint,
+    the creation time, the recovery point), and the record it returns is the stored one."""
+    table = RecordTable()
+    connection = connect(str(db_path), timeout=5, synchronous="normal")
+    outcome = bytes(range(256)) * 4096  # 1 MiB, which the completion wrote and keeps
+    with write_transaction(connection):
+        table.create_schema(connection)
+        claim = table.claim(connection, ident("k"), "fp", now=1.0, lease=10, retention=100)
+        table.checkpoint(connection, ident("k"), claim.token, "phase-1", now=2.0)
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    with write_transaction(connection):
+        done = table.complete(connection, ident("k"), claim.token, outcome, now=3.0, retention=50)
+    connection.set_trace_callback(None)
+    reads = [statement.split(" WHERE ")[0] for statement in statements if "SELECT" in statement]
+    assert reads == ['SELECT fingerprint, created_at, recovery_point FROM "retrysafe_records"']
+    assert (done.state, done.outcome, done.recovery_point) == (State.DONE, outcome, "phase-1")
+    assert (done.created_at, done.lease_expires_at, done.expires_at) == (1.0, 3.0, 53.0)
+    with write_transaction(connection):
+        assert table.get(connection, ident("k"), now=3.0) == done
+    connection.close()

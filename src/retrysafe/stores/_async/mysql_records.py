@@ -30,10 +30,11 @@ from typing import Any, NamedTuple
 import aiomysql  # type: ignore[import-untyped]
 
 from retrysafe._errors import FencedError
-from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql.mysql import (
     MySQLTable,
     claim_params,
+    done_record,
     held_params,
     list_query,
     new_record,
@@ -41,7 +42,7 @@ from retrysafe.stores._sql.mysql import (
     record_of,
     render,
 )
-from retrysafe.stores.base import FENCED, Listing, StoreStats, decode_part, encode_part
+from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part
 
 __all__ = ["AsyncMySQLRecords"]
 
@@ -166,11 +167,7 @@ class AsyncMySQLRecords:
         # changed or found rows.
         if done.rowcount != 1 or not lean.rows:
             raise FencedError(FENCED)
-        fingerprint, created_at, point = lean.rows[0]  # the rest is the caller's own
-        return Record(
-            identity, decode_part(fingerprint), State.DONE, token, created_at, now,
-            now + retention, outcome, None if point is None else decode_part(point),
-        )  # fmt: skip
+        return done_record(identity, token, outcome, lean.rows[0], now=now, retention=retention)
 
     async def release(
         self, conn: aiomysql.Connection, identity: Identity, token: str, *, now: float

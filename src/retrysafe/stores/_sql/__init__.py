@@ -41,6 +41,7 @@ __all__ = [
     "RECORD_COLUMNS",
     "checked_table_name",
     "claim_params",
+    "done_record",
     "held_params",
     "identity_params",
     "listing_filters",
@@ -147,6 +148,25 @@ def new_record(identity: Identity, fingerprint: str, params: dict[str, Any]) -> 
     return Record(
         identity, fingerprint, State.IN_FLIGHT, params["token"], params["now"],
         params["lease_expires_at"], params["expires_at"], None, None,
+    )  # fmt: skip
+
+
+def done_record(
+    identity: Identity,
+    token: str,
+    outcome: bytes,
+    lean: Sequence[Any],
+    *,
+    now: float,
+    retention: float,
+) -> Record:
+    """Return the record a completion at `now` left, from the columns it did not write, read
+    back as stored (`lean`: the fingerprint, the creation time, the recovery point); the rest is
+    the completing caller's own, so a large outcome is never read back."""
+    fingerprint, created_at, point = lean
+    return Record(
+        identity, decode_part(fingerprint), State.DONE, token, created_at, now, now + retention,
+        outcome, None if point is None else decode_part(point),
     )  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from retrysafe.stores._sql import (
     RECORD_COLUMNS,
     checked_table_name,
     claim_params,
+    done_record,
     held_params,
     listing_filters,
     new_record,
@@ -38,6 +39,7 @@ from retrysafe.stores.base import Listing
 __all__ = [
     "MySQLTable",
     "claim_params",
+    "done_record",
     "held_params",
     "list_query",
     "mysql_table",

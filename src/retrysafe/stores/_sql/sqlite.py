@@ -24,6 +24,7 @@ from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql import (
     DEFAULT_TABLE,
     RECORD_COLUMNS,
+    done_record,
     held_params,
     listing_filters,
     record_from_columns,
@@ -73,6 +74,9 @@ CREATE_INDEXES: Final = (
 )
 SELECT_LIVE: Final = 'SELECT {columns} FROM "{table}" WHERE id = ? AND expires_at > ?'
 SELECT_BY_ID: Final = 'SELECT {columns} FROM "{table}" WHERE id = ?'
+# The record after a completion: only what the caller does not know (it wrote the state, the
+# token, the times and the outcome, which would otherwise be copied back, however large).
+LEAN_READ: Final = 'SELECT fingerprint, created_at, recovery_point FROM "{table}" WHERE id = ?'
 # A claim's first statement: the new record, if no row (live or not) holds the key; the
 # common case, a first-time request, is then this one statement.
 CLAIM_NEW: Final = (
@@ -204,7 +208,9 @@ class RecordTable:
     ) -> Record:
         """Store `outcome` on the held record and mark it done."""
         held = held_params(identity, token, now, outcome=outcome, expires_at=now + retention)
-        return self._update_held(connection, COMPLETE, held)
+        self._execute_held(connection, COMPLETE, held)
+        lean = connection.execute(self._sql(LEAN_READ), (held["id"],)).fetchone()
+        return done_record(identity, token, outcome, lean, now=now, retention=retention)
 
     def release(
         self, connection: sqlite3.Connection, identity: Identity, token: str, *, now: float

@@ -33,10 +33,11 @@ from typing import Any, NamedTuple
 import pymysql  # type: ignore[import-untyped]
 
 from retrysafe._errors import FencedError
-from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql.mysql import (
     MySQLTable,
     claim_params,
+    done_record,
     held_params,
     list_query,
     new_record,
@@ -44,7 +45,7 @@ from retrysafe.stores._sql.mysql import (
     record_of,
     render,
 )
-from retrysafe.stores.base import FENCED, Listing, StoreStats, decode_part, encode_part
+from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part
 
 __all__ = ["MySQLRecords"]
 
@@ -116,16 +117,19 @@ class MySQLRecords:
     ) -> Claim:
         """Claim `identity` (insert, or take over as `may_take` allows), or return its record.
 
-        One `INSERT ... ON DUPLICATE KEY UPDATE` on the primary key decides; the record is then
-        read under the lock it took. The claim acquired the record exactly when the record
-        carries the claim's new token. A duplicate of a record that another transaction holds
-        (inserted or locked, uncommitted) waits for that transaction's end, then sees what it
-        left.
+        One `INSERT ... ON DUPLICATE KEY UPDATE` on the primary key decides. In the caller's
+        transaction the record is then read under the lock it took; the claim acquired the
+        record exactly when the record carries the claim's new token. The store's claim (no
+        transaction) reads the record only if another's token is on it, and learns from the
+        affected rows whether it inserted (1) or took over (2, then it reads what was kept). A
+        duplicate of a record that another transaction holds (inserted or locked, uncommitted)
+        waits for that transaction's end, then sees what it left.
         """
         params = claim_params(identity, fingerprint, now=now, lease=lease, retention=retention)
         if self._batched:  # the store: the insert, then a read of a rival's record, no transaction
+            rival_of = {"id": params["id"], "token": params["token"]}
             claimed, rival = self._run(
-                conn, (self.table.claim, params), (self.table.rival_read, params), atomic=False
+                conn, (self.table.claim, params), (self.table.rival_read, rival_of), atomic=False
             )
             if rival.rows:  # another's token is on the record: a replay, a mismatch, in flight
                 return Claim(record_of(identity, rival.rows[0]), acquired=False)
@@ -166,11 +170,7 @@ class MySQLRecords:
         # changed or found rows.
         if done.rowcount != 1 or not lean.rows:
             raise FencedError(FENCED)
-        fingerprint, created_at, point = lean.rows[0]  # the rest is the caller's own
-        return Record(
-            identity, decode_part(fingerprint), State.DONE, token, created_at, now,
-            now + retention, outcome, None if point is None else decode_part(point),
-        )  # fmt: skip
+        return done_record(identity, token, outcome, lean.rows[0], now=now, retention=retention)
 
     def release(
         self, conn: pymysql.Connection, identity: Identity, token: str, *, now: float

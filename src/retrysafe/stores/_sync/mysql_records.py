@@ -8,8 +8,8 @@ autocommit connections, and transactional mode on the caller's connection inside
 transaction, so the record commits with the business writes. Every statement is `MySQLTable`'s
 (`stores/_sql/mysql.py`).
 
-A primitive is at most two statements: the write, then a read of the row under the lock the
-write took (MySQL returns no row from a write). How they are sent depends on `batched`:
+A primitive is a write and a read of the row (MySQL returns no row from a write), read under
+the lock the write took unless said otherwise. How they are sent depends on `batched`:
 
 - `batched=False` (transactional mode): one after the other, inside the caller's open
   transaction, which makes them atomic; nothing here begins, commits or rolls back.

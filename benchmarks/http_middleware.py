@@ -363,8 +363,17 @@ def store_of(variant: str, name: str, workdir: Path) -> str:
     }[variant]
 
 
-def start_servers(python: Path, variants: list[str], name: str, workdir: Path) -> list[Server]:
-    """Start every variant's server at once; wait until each answers."""
+def pinned(command: list[str], core: int | None) -> list[str]:
+    """Return `command` run on CPU `core` alone, every thread of it (with taskset), or as it is
+    (`core` None)."""
+    return command if core is None else ["taskset", "-c", str(core), *command]
+
+
+def start_servers(
+    python: Path, variants: list[str], name: str, workdir: Path, *, core: int | None = None
+) -> list[Server]:
+    """Start every variant's server at once (on CPU `core`, if given); wait until each
+    answers."""
     import httpx
 
     servers = []
@@ -372,7 +381,7 @@ def start_servers(python: Path, variants: list[str], name: str, workdir: Path) -
         port = free_port()
         store = store_of(variant, name, workdir)
         command = [str(python), __file__, "serve", variant, "--port", str(port), "--store", store]
-        servers.append(Server(variant, port, store, subprocess.Popen(command)))
+        servers.append(Server(variant, port, store, subprocess.Popen(pinned(command, core))))
     deadline = time.monotonic() + 60
     for server in servers:
         while True:
@@ -410,9 +419,17 @@ def prepare_replays(server: Server, run: str) -> None:
 
 
 def run_wrk(
-    wrk: str, server: Server, scenario: str, run: str, *, duration: float, connections: int
+    wrk: str,
+    server: Server,
+    scenario: str,
+    run: str,
+    *,
+    duration: float,
+    connections: int,
+    core: int | None = None,
 ) -> Sample:
-    """Load `server` with `scenario` for `duration` seconds; return what wrk measured."""
+    """Load `server` with `scenario` for `duration` seconds (wrk on CPU `core`, if given);
+    return what wrk measured."""
     env = {
         **os.environ,
         "BENCH_MODE": scenario,
@@ -424,7 +441,9 @@ def run_wrk(
         "-s", str(LUA), server.url,
     ]  # fmt: skip
     cpu_before = cpu_seconds(server.process.pid)
-    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        pinned(command, core), env=env, capture_output=True, text=True, check=True
+    ).stdout
     cpu = cpu_seconds(server.process.pid) - cpu_before
     data = json.loads(output.strip().splitlines()[-1])
     return Sample(
@@ -456,7 +475,10 @@ def profile(python: Path, wrk: str, server: Server, scenario: str, *, run: str, 
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(0.5)
-        run_wrk(wrk, server, scenario, run, duration=args.duration, connections=args.connections)
+        run_wrk(
+            wrk, server, scenario, run,
+            duration=args.duration, connections=args.connections, core=args.wrk_core,
+        )  # fmt: skip
         recorder.wait(60)
         stacks = Path(raw.name).read_text().splitlines()
     inclusive: Counter[str] = Counter()
@@ -615,7 +637,13 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--profile", metavar="VARIANT/SCENARIO", action="append", default=[])
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="every server on CPU 0, wrk on CPU 1 (the stores' servers are left where they run)",
+    )
     args = parser.parse_args()
+    args.server_core, args.wrk_core = (0, 1) if args.pin else (None, None)
     wrk = require_wrk()
     variants = ["bare", *(v for v in args.variants.split(",") if v != "bare")]
     scenarios = args.scenarios.split(",")
@@ -627,19 +655,23 @@ def main() -> None:
     run = secrets.token_hex(4)
     results = Results()
     with tempfile.TemporaryDirectory() as tmp:
-        servers = start_servers(python, variants, name, Path(tmp))
+        servers = start_servers(python, variants, name, Path(tmp), core=args.server_core)
         try:
             by_variant = {server.variant: server for server in servers}
             for server in servers:
                 prepare_replays(server, run)
             print(
                 f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds, "
-                f"uvicorn 1 worker (uvloop, httptools); {os.cpu_count()} CPUs",
+                f"uvicorn 1 worker (uvloop, httptools); {os.cpu_count()} CPUs"
+                f"{'; servers on CPU 0, wrk on CPU 1' if args.pin else ''}",
                 flush=True,
             )
             for scenario in scenarios:  # warm up every server on every path
                 for server in servers:
-                    run_wrk(wrk, server, scenario, run, duration=1, connections=args.connections)
+                    run_wrk(
+                        wrk, server, scenario, run,
+                        duration=1, connections=args.connections, core=args.wrk_core,
+                    )  # fmt: skip
             for round_index in range(args.rounds):
                 order = variants if round_index % 2 == 0 else variants[::-1]
                 for scenario in scenarios:
@@ -647,6 +679,7 @@ def main() -> None:
                         sample = run_wrk(
                             wrk, by_variant[variant], scenario, run,
                             duration=args.duration, connections=args.connections,
+                            core=args.wrk_core,
                         )  # fmt: skip
                         results.add(scenario, variant, sample)
                         print(

@@ -12,7 +12,8 @@ next one:
 - `one column`: the same, the two reads asking for `token` alone instead of the record's
   columns (what PyMySQL's parsing of column metadata costs);
 - `no transaction`: the same, without the `START TRANSACTION` and `COMMIT` around each pair of
-  statements (their two result packets);
+  statements (their two result packets); since the store's claim and completion go without a
+  transaction (docs/stores.md), this is the `statements` variant again, a check of the scatter;
 - `bare`: benchmarks/stores.py's bare driver, `INSERT ... ON DUPLICATE KEY UPDATE` then
   `UPDATE` on a three-column table.
 

@@ -33,15 +33,18 @@ if __name__ == "__main__":
 """
 SETTINGS_PY = """\
 SECRET_KEY = "retrysafe-tests"
-INSTALLED_APPS = ["retrysafe.integrations"]
+INSTALLED_APPS = {apps!r}
 RETRYSAFE = {{"STORE": {store!r}}}
 """
 SECONDS = 120
 
 
-def project(directory: Path, store: str) -> Path:
+def project(
+    directory: Path, store: str, apps: tuple[str, ...] = ("retrysafe.integrations",)
+) -> Path:
     """Write a Django project whose RETRYSAFE["STORE"] is `store` (made if missing: the keys
-    commands never create a store); return its directory."""
+    commands never create a store) and whose INSTALLED_APPS are `apps`; return its
+    directory."""
     made = open_store(store)
     try:
         made.stats()  # a SQLite store makes its file on first use
@@ -49,7 +52,7 @@ def project(directory: Path, store: str) -> Path:
         made.close()
     directory.mkdir(exist_ok=True)
     (directory / "manage.py").write_text(MANAGE_PY)
-    (directory / "settings.py").write_text(SETTINGS_PY.format(store=store))
+    (directory / "settings.py").write_text(SETTINGS_PY.format(store=store, apps=list(apps)))
     return directory
 
 
@@ -174,3 +177,29 @@ def test_django_admin_retrysafe_keys_and_check_with_the_app_installed(tmp_path: 
     checked = manage(site, "check")
     assert checked.returncode == 0, checked.stderr
     assert "no issues" in checked.stdout
+
+
+def test_the_app_is_labelled_retrysafe_beside_a_projects_own_integrations_app(
+    tmp_path: Path,
+) -> None:
+    """A project with an app of its own named `integrations` installs retrysafe's beside it:
+    Django starts (the labels differ: `integrations` and `retrysafe`), `check` passes, and the
+    keys command runs."""
+    site = project(
+        tmp_path / "site",
+        f"sqlite:///{tmp_path / 'project.db'}",
+        apps=("integrations", "retrysafe.integrations"),
+    )
+    (site / "integrations").mkdir()
+    (site / "integrations" / "__init__.py").write_text("")
+    labels = manage(
+        site,
+        "shell",
+        "-c",
+        "from django.apps import apps; print(sorted(c.label for c in apps.get_app_configs()))",
+    )
+    assert labels.returncode == 0, labels.stderr
+    assert labels.stdout.strip().splitlines()[-1] == "['integrations', 'retrysafe']"
+    checked = manage(site, "check")
+    assert checked.returncode == 0, checked.stderr
+    assert as_json(manage(site, "retrysafe_keys", "stats", "--json"))["total"] == 0

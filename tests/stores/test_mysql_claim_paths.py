@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from retrysafe import ManualClock, State, Store
+from retrysafe import ManualClock, State, Store, StoreUnavailableError
 from tests.stores.conftest import OpenStore, concrete
 from tests.stores.test_mysql import LEASE, RETENTION, ident, query, table_url, tables
 
@@ -26,12 +26,13 @@ __all__ = ["table_url", "tables"]  # fixtures, shared with test_mysql.py
 
 _STATEMENTS = ("claim", "claim_read", "rival_read", "latest_read", "complete", "lean_read")
 
-Between = Callable[[list[str]], None]
+Between = Callable[[list[str], Any], None]
 
 
 def watch(store: Store, between: Between | None = None) -> list[list[str]]:
     """Return the list of what each of `store`'s round trips sends from now on (the names of
-    its statements); `between` is called with each one's names once it has run."""
+    its statements); `between` is called with each one's names and connection once it has
+    run."""
     records = concrete(store)._records
     names = {getattr(records.table, name): name for name in _STATEMENTS}
     sent: list[list[str]] = []
@@ -47,7 +48,7 @@ def watch(store: Store, between: Between | None = None) -> list[list[str]]:
             names_sent = record(statements)
             result = await run(conn, *statements, **options)
             if between is not None:
-                between(names_sent)
+                between(names_sent, conn)
             return result
 
         records._run = run_async
@@ -57,21 +58,22 @@ def watch(store: Store, between: Between | None = None) -> list[list[str]]:
             names_sent = record(statements)
             result = run(conn, *statements, **options)
             if between is not None:
-                between(names_sent)
+                between(names_sent, conn)
             return result
 
         records._run = run_sync
     return sent
 
 
-def after_the_insert(action: Callable[[], object]) -> Between:
-    """A `between` that runs `action` once, right after the first round trip of a claim."""
+def after_the_insert(action: Callable[[Any], object]) -> Between:
+    """A `between` that runs `action` once, on the connection, right after the first round
+    trip of a claim."""
     done: list[bool] = []
 
-    def between(names: list[str]) -> None:
+    def between(names: list[str], conn: Any) -> None:
         if names == ["claim", "rival_read"] and not done:
             done.append(True)
-            action()
+            action(conn)
 
     return between
 
@@ -132,7 +134,7 @@ def test_b7_a_record_deleted_between_the_takeover_and_its_read_is_claimed_again(
     store.checkpoint(ident(), first.token, "charged")
     clock.advance(LEASE + 1)
     delete = f"DELETE FROM `{table_of(table_url)}`"  # noqa: S608 - the test's table
-    sent = watch(store, after_the_insert(lambda: query(mysql_url, delete)))
+    sent = watch(store, after_the_insert(lambda _: query(mysql_url, delete)))
     again = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     assert sent == [["claim", "rival_read"], ["latest_read"], ["claim", "claim_read"]]
     assert (again.acquired, again.taken_over, again.record.recovery_point) == (True, False, None)
@@ -153,7 +155,7 @@ def test_b16_a_record_another_claimant_took_before_the_read_is_theirs(
     table = table_of(table_url)
     theirs = "f" * 32
     steal = f"UPDATE `{table}` SET token = %s"  # noqa: S608 - the test's table
-    watch(store, after_the_insert(lambda: query(mysql_url, steal, theirs)))
+    watch(store, after_the_insert(lambda _: query(mysql_url, steal, theirs)))
     lost = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     assert (lost.acquired, lost.record.token, lost.record.state) == (
         False,
@@ -178,3 +180,25 @@ def test_b7_the_completion_reads_then_updates_in_one_round_trip(
     assert (done.state, done.outcome, done.recovery_point) == (State.DONE, b"out", "charged")
     assert done.created_at == claim.record.created_at
     assert store.get(ident()) == done
+
+
+def test_b20_b16_a_takeover_whose_connection_drops_before_its_read_holds_the_key(
+    open_face: OpenStore, table_url: str, mysql_url: str
+) -> None:
+    """The store blips between a takeover and its read (the connection killed): the claim
+    raises StoreUnavailableError, and since the takeover may have landed, the key is held, not
+    run again: a retry finds it in flight until the lease it may have taken lapses, then takes
+    it over."""
+    clock = ManualClock()
+    store = open_face(table_url, clock)
+    first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    clock.advance(LEASE + 1)
+    watch(store, after_the_insert(lambda conn: query(mysql_url, f"KILL {int(conn.thread_id())}")))
+    with pytest.raises(StoreUnavailableError):
+        store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    retry = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert (retry.acquired, retry.record.state) == (False, State.IN_FLIGHT)
+    assert retry.record.token != first.token  # the takeover landed, its claimant unanswered
+    clock.advance(LEASE + 1)
+    later = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert (later.acquired, later.taken_over) == (True, True)

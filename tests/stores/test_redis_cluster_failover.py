@@ -178,15 +178,15 @@ def test_b7_b20_failover_with_min_replicas_runs_no_key_twice_and_fails_closed(
     201 and a replay (its outcome held, B19, then stored on the promoted replica); every key
     ended with a 2xx and replayed. Allowed: 409 for a key whose claim reached the replica but
     failed its `WAIT` (released on the master only): in flight there until its lease ends.
-    The shard's keys get 503 after the failover until its new master has a replica again.
-    Tolerated, not explained yet: once in CI, one 500 while the replica was promoted (no key
-    ran twice). Not guaranteed: `WAIT` is not consensus (docs/stores.md).
+    The shard's keys get 503 after the failover until its new master has a replica again, and
+    never a 500 (a claim no replica confirmed, whose record another claimant took before its
+    release, used to raise the release's FencedError). Not guaranteed: `WAIT` is not consensus
+    (docs/stores.md).
     """
     load, app, logged = run_failover(cluster, replica_safe=True)
     twice = report("failover with min_replicas=1", load, app, logged)
     assert twice == []
-    assert {(p, o) for p, _v, o in load.outcomes() if o == "500"} <= {("promoting", "500")}
-    assert_no_hang(load, "201", "503", "409", "500")
+    assert_no_hang(load, "201", "503", "409")
     assert load.within("frozen") == load.within("frozen", "503") > 0
     assert all(load.replayed.values())
 

@@ -4,6 +4,7 @@ against a real Redis server (no replicas) and a real Redis Cluster (one replica 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 
 from retrysafe import (
+    Claim,
     ConfigurationError,
     Identity,
     ManualClock,
@@ -25,7 +27,7 @@ from retrysafe import (
 from retrysafe.stores._async.redis_cluster import cluster_seeds
 from retrysafe.stores.redis import AsyncRedisClusterStore, RedisClusterStore, RedisStore
 from tests.conftest import fresh_store_url
-from tests.stores.conftest import BlockingFacade
+from tests.stores.conftest import BlockingFacade, concrete
 
 pytestmark = pytest.mark.redis  # the stores are opened from URLs inside the tests
 
@@ -126,6 +128,48 @@ def test_b20_a_claim_no_replica_confirms_fails_closed_and_is_not_kept(
     assert store.get(ident()) is None
     plain = store_on("redis", face, "min_replicas=0")
     assert plain.claim(ident(), "fp", lease=LEASE, retention=RETENTION).acquired
+
+
+@FACES
+def test_b20_a_claim_no_replica_confirms_whose_record_is_gone_still_fails_closed(
+    face: str, store_on: Callable[[str, str, str], Store]
+) -> None:
+    """The release of an unconfirmed claim is best effort: when the record is no longer the
+    claim's (a failover lost the write, another claimant took the key), the claim still raises
+    the shortfall, StoreUnavailableError (a 503 for a request), not the release's FencedError
+    (which escaped as a 500)."""
+    store = store_on("redis", face, "min_replicas=1&replica_timeout_ms=50")
+    plain = store_on("redis", "sync", "min_replicas=0")  # the same keys, outside the event loop
+    target = concrete(store)
+    release = target.release
+    theirs: list[Claim] = []
+
+    def taken(identity: Identity) -> None:
+        """Before the release: the unconfirmed write lost, another claimant holds the key, and
+        a replica is back, so the release's own write is confirmed (as after a failover)."""
+        plain.delete(identity)
+        theirs.append(plain.claim(identity, "fp", lease=LEASE, retention=RETENTION))
+        target._commands._wait = None
+
+    if inspect.iscoroutinefunction(release):
+
+        async def lost_then_release(identity: Identity, token: str) -> None:
+            taken(identity)
+            await release(identity, token)
+
+        target.release = lost_then_release
+    else:
+
+        def lost_then_release_sync(identity: Identity, token: str) -> None:
+            taken(identity)
+            release(identity, token)
+
+        target.release = lost_then_release_sync
+    with pytest.raises(ReplicaShortfallError, match="0 of the 1 replicas"):
+        store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    record = store.get(ident())
+    assert record is not None
+    assert (record.token, record.state) == (theirs[0].token, State.IN_FLIGHT)  # left theirs
 
 
 @FACES

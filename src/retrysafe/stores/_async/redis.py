@@ -15,7 +15,7 @@ from redis.exceptions import RedisError, ResponseError
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
 from retrysafe._engine import may_take
-from retrysafe._errors import ConfigurationError, StoreError
+from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores import _redis_layout as layout
 from retrysafe.stores import _redis_lua as lua
@@ -156,7 +156,9 @@ class AsyncRedisStore:
     ) -> Claim:
         """Claim `identity` atomically, or return the existing record (`_claim`).
 
-        A claim too few replicas confirmed (`min_replicas`) is released, best effort, unused.
+        A claim too few replicas confirmed (`min_replicas`) is released, best effort, unused:
+        the shortfall is what the caller gets, whether the release lands, fails, or finds the
+        record no longer the claim's (a failover lost the write; another claimant took the key).
         """
         token = new_token()
         try:
@@ -164,7 +166,7 @@ class AsyncRedisStore:
                 token, identity, fingerprint, lease=lease, retention=retention
             )
         except ReplicaShortfallError:
-            with contextlib.suppress(StoreError):
+            with contextlib.suppress(StoreError, FencedError):
                 await self.release(identity, token)
             raise
 

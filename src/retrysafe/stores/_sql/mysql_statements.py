@@ -141,7 +141,8 @@ WHERE {held}
 
 # The record after a completion: only what the caller does not know (it wrote the state, the
 # token, the times and the outcome; echoing a large outcome back costs about as much as sending
-# it). The completion holds the row's lock.
+# it). In transactional mode it follows the update, under the update's lock; the store sends it
+# just before the update, in the same query (see `mysql_records.py`).
 LEAN_READ = "SELECT fingerprint, created_at, recovery_point FROM {table} WHERE id = %(id)s"
 
 RELEASE = "DELETE FROM {table} WHERE {held}"

@@ -132,7 +132,7 @@ class MySQLRecords:
                 conn, (self.table.claim, params), (self.table.rival_read, rival_of), atomic=False
             )
             if rival.rows:  # another's token is on the record: a replay, a mismatch, in flight
-                return Claim(record_of(identity, rival.rows[0]), acquired=False)
+                return _claimed(identity, params, rival.rows[0])
             if claimed.rowcount == 1:  # inserted: the record is the one the claim wrote
                 return Claim(new_record(identity, fingerprint, params), acquired=True)
             if claimed.rowcount == 2:  # taken over: read back what the takeover kept

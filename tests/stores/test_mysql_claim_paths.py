@@ -1,11 +1,12 @@
 """The MySQL store's claim and completion without a transaction around them.
 
-A new key is claimed by the insert alone (its affected-rows count says it inserted); any other
-claim is the insert, then a read of the row as it stands, acquired only if the row carries the
-claim's token. The completion reads, then updates, in one query. Each path, and what can happen
-to the row between the two statements (a delete, another claimant), on a real server, both
-faces: the statements each call sent are watched (their names in `MySQLTable`), and the
-interleavings are forced by acting on the row from a connection of the test's own in between.
+A new key is claimed by a short insert alone (`INSERT_NEW`: its affected-rows count says it
+inserted); when a record is there, the claim is the conditional insert (`CLAIM`), then a read of
+the row as it stands, acquired only if the row carries the claim's token. The completion reads,
+then updates, in one query. Each path, and what can happen to the row between two statements (a
+delete, another claimant), on a real server, both faces: the statements each call sent are
+watched (their names in `MySQLTable`), and the interleavings are forced by acting on the row from
+a connection of the test's own in between.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import pymysql
 import pytest
 
 from retrysafe import ManualClock, State, Store, StoreUnavailableError
+from retrysafe.stores._sql.mysql import claim_params, counts_changed_rows, mysql_table, render
+from retrysafe.stores._sql.mysql_connection import parse_url
+from retrysafe.stores._sync.mysql_records import MySQLRecords
 from tests.stores.conftest import OpenStore, concrete
 from tests.stores.test_mysql import LEASE, RETENTION, ident, query, table_url, tables
 
@@ -24,7 +29,9 @@ pytestmark = pytest.mark.mysql
 
 __all__ = ["table_url", "tables"]  # fixtures, shared with test_mysql.py
 
-_STATEMENTS = ("claim", "claim_read", "rival_read", "latest_read", "complete", "lean_read")
+_STATEMENTS = (
+    "insert_new", "claim", "claim_read", "rival_read", "latest_read", "complete", "lean_read"
+)  # fmt: skip
 
 Between = Callable[[list[str], Any], None]
 
@@ -83,25 +90,84 @@ def table_of(url: str) -> str:
 
 
 def test_b7_a_new_key_is_claimed_by_the_insert_alone(open_face: OpenStore, table_url: str) -> None:
-    """A first claim sends one statement, and the record it returns is the one stored."""
+    """A first claim sends one short statement, on a connection that counts changed rows, and
+    the record it returns is the one stored."""
     store = open_face(table_url, ManualClock())
     assert store.get(ident()) is None  # the table made first
-    sent = watch(store)
+    counted: list[bool] = []
+    sent = watch(store, lambda _, conn: counted.append(counts_changed_rows(conn)))
     claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    assert sent == [["claim", "rival_read"]]
+    assert sent == [["insert_new"]]
+    assert counted == [True]
     assert (claim.acquired, claim.taken_over) == (True, False)
     assert store.get(ident()) == claim.record
 
 
 def test_b7_a_replay_reads_the_record_the_insert_left(open_face: OpenStore, table_url: str) -> None:
-    """A claim on a done record changes nothing, then reads it: not acquired, the outcome."""
+    """A claim on a done record changes nothing (the short insert, then the conditional one),
+    then reads it: not acquired, the outcome."""
     store = open_face(table_url, ManualClock())
     first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     done = store.complete(ident(), first.token, b"out", retention=RETENTION)
     sent = watch(store)
     replay = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    assert sent == [["claim", "rival_read"]]
+    assert sent == [["insert_new"], ["claim", "rival_read"]]
     assert (replay.acquired, replay.record) == (False, done)
+
+
+def test_b7_a_record_deleted_after_the_short_insert_found_it_is_claimed_fresh(
+    open_face: OpenStore, table_url: str, mysql_url: str
+) -> None:
+    """The short insert finds a done record (no row changed); `keys delete` removes it before
+    the conditional insert: that insert writes a new record, and the claim acquires it, fresh."""
+    clock = ManualClock()
+    store = open_face(table_url, clock)
+    first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    store.complete(ident(), first.token, b"out", retention=RETENTION)
+    delete = f"DELETE FROM `{table_of(table_url)}`"  # noqa: S608 - the test's table
+
+    def between(names: list[str], _: Any) -> None:
+        if names == ["insert_new"]:
+            query(mysql_url, delete)
+
+    sent = watch(store, between)
+    again = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert sent == [["insert_new"], ["claim", "rival_read"]]
+    assert (again.acquired, again.taken_over, again.record.state) == (True, False, State.IN_FLIGHT)
+    assert again.record.token != first.token
+    assert store.get(ident()) == again.record
+
+
+def test_b7_a_connection_counting_found_rows_never_claims_by_the_short_insert(
+    tables: Callable[..., str], mysql_url: str
+) -> None:
+    """With CLIENT_FOUND_ROWS the short insert counts the row it found as one, as it counts an
+    insert: the store's primitives then skip it, and a done record is not acquired again."""
+    options = parse_url(mysql_url.split("?", 1)[0])
+    flags = pymysql.constants.CLIENT.MULTI_STATEMENTS | pymysql.constants.CLIENT.FOUND_ROWS
+    conn = pymysql.connect(
+        host=options.host,
+        port=options.port,
+        user=options.user,
+        password=options.password,
+        database=options.database,
+        autocommit=True,
+        ssl_disabled=True,
+        client_flag=flags,
+    )
+    records = MySQLRecords(mysql_table(tables()), batched=True)
+    try:
+        records.create_schema(conn)
+        first = records.claim(conn, ident(), "fp", now=1.0, lease=LEASE, retention=RETENTION)
+        done = records.complete(conn, ident(), first.token, b"out", now=2.0, retention=RETENTION)
+        assert not counts_changed_rows(conn)
+        params = claim_params(ident(), "fp", now=3.0, lease=LEASE, retention=RETENTION)
+        with conn.cursor() as cursor:  # why the primitives skip it here: the row found counts 1
+            assert cursor.execute(render(conn, records.table.insert_new, params)) == 1
+        replay = records.claim(conn, ident(), "fp", now=3.0, lease=LEASE, retention=RETENTION)
+    finally:
+        conn.close()
+    assert (first.acquired, replay.acquired, replay.record) == (True, False, done)
 
 
 def test_b16_b30_a_takeover_reads_back_what_it_kept(open_face: OpenStore, table_url: str) -> None:
@@ -114,7 +180,7 @@ def test_b16_b30_a_takeover_reads_back_what_it_kept(open_face: OpenStore, table_
     clock.advance(LEASE + 1)
     sent = watch(store)
     takeover = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    assert sent == [["claim", "rival_read"], ["latest_read"]]
+    assert sent == [["insert_new"], ["claim", "rival_read"], ["latest_read"]]
     assert (takeover.acquired, takeover.taken_over) == (True, True)
     record = takeover.record
     assert (record.created_at, record.recovery_point) == (first.record.created_at, "charged")
@@ -136,7 +202,12 @@ def test_b7_a_record_deleted_between_the_takeover_and_its_read_is_claimed_again(
     delete = f"DELETE FROM `{table_of(table_url)}`"  # noqa: S608 - the test's table
     sent = watch(store, after_the_insert(lambda _: query(mysql_url, delete)))
     again = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    assert sent == [["claim", "rival_read"], ["latest_read"], ["claim", "claim_read"]]
+    assert sent == [
+        ["insert_new"],
+        ["claim", "rival_read"],
+        ["latest_read"],
+        ["claim", "claim_read"],
+    ]
     assert (again.acquired, again.taken_over, again.record.recovery_point) == (True, False, None)
     assert again.record.created_at == clock.now()
     assert store.get(ident()) == again.record

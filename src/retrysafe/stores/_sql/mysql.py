@@ -39,6 +39,7 @@ from retrysafe.stores.base import Listing
 __all__ = [
     "MySQLTable",
     "claim_params",
+    "counts_changed_rows",
     "done_record",
     "held_params",
     "list_query",
@@ -50,6 +51,7 @@ __all__ = [
     "validate_table",
 ]
 
+_CLIENT_FOUND_ROWS: Final = 2  # the protocol's capability flag, as PyMySQL's CLIENT.FOUND_ROWS
 _LONGEST_NAME: Final = 64  # MySQL's identifiers are at most 64 characters
 # The fields of `MySQLTable` that are not statements rendered from a template of their name.
 _NOT_TEMPLATES: Final = frozenset({"name", "create_schema", "columns"})
@@ -78,6 +80,7 @@ class MySQLTable:
     name: str
     table_exists: str
     create_schema: tuple[str, ...]
+    insert_new: str
     claim: str
     claim_read: str
     rival_read: str
@@ -147,3 +150,9 @@ def render(conn: Any, query: str, params: dict[str, Any]) -> str:
         name: f"X'{value.hex()}'" if isinstance(value, bytes) else conn.escape(value)
         for name, value in params.items()
     }
+
+
+def counts_changed_rows(conn: Any) -> bool:
+    """Return whether `conn` (PyMySQL's or aiomysql's) reports the rows a statement changed,
+    not those it found: without CLIENT_FOUND_ROWS, as both drivers connect by default."""
+    return not getattr(conn, "client_flag", _CLIENT_FOUND_ROWS) & _CLIENT_FOUND_ROWS

@@ -19,7 +19,9 @@ the lock the write took unless said otherwise. How they are sent depends on `bat
   transaction there, and go as one query without one: the claim (the insert, then a read that
   finds the record only if another claimant's token is on it; the insert's affected-rows
   count tells an insert from a takeover, as the store's connections count changed rows, not
-  found rows) and the completion (its read, then its update).
+  found rows) and the completion (its read, then its update). Before its claim, the store
+  tries the insert alone (`INSERT_NEW`): a new key, the common case, is then claimed in one
+  short statement, with no read.
 
 Driver errors pass through (each caller maps them to retrysafe's, with `store_error`): after an
 error in a batch the transaction may still be open (a lock wait timeout undoes the statement
@@ -37,6 +39,7 @@ from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql.mysql import (
     MySQLTable,
     claim_params,
+    counts_changed_rows,
     done_record,
     held_params,
     list_query,
@@ -120,12 +123,18 @@ class MySQLRecords:
         One `INSERT ... ON DUPLICATE KEY UPDATE` on the primary key decides. In the caller's
         transaction the record is then read under the lock it took; the claim acquired the
         record exactly when the record carries the claim's new token. The store's claim (no
-        transaction) reads the record only if another's token is on it, and learns from the
-        affected rows whether it inserted (1) or took over (2, then it reads what was kept). A
-        duplicate of a record that another transaction holds (inserted or locked, uncommitted)
-        waits for that transaction's end, then sees what it left.
+        transaction) first inserts alone (`INSERT_NEW`, one round trip for a new key); if a
+        record is there, it claims with `CLAIM`, reads the record only if another's token is
+        on it, and learns from the affected rows whether it took over (2, then it reads what
+        was kept). A duplicate of a record that another transaction holds (inserted or locked,
+        uncommitted) waits for that transaction's end, then sees what it left.
         """
         params = claim_params(identity, fingerprint, now=now, lease=lease, retention=retention)
+        if self._batched and counts_changed_rows(conn):
+            # The store: a new key is claimed by the insert alone (`INSERT_NEW`).
+            (inserted,) = self._run(conn, (self.table.insert_new, params))
+            if inserted.rowcount == 1:  # no record had the key: this one is the claim's
+                return Claim(new_record(identity, fingerprint, params), acquired=True)
         if self._batched:  # the store: the insert, then a read of a rival's record, no transaction
             rival_of = {"id": params["id"], "token": params["token"]}
             claimed, rival = self._run(

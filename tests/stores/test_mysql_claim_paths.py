@@ -1,8 +1,9 @@
 """The MySQL store's claim and completion without a transaction around them.
 
 A new key is claimed by a short insert alone (`INSERT_NEW`: its affected-rows count says it
-inserted); when a record is there, the claim is the conditional insert (`CLAIM`), then a read of
-the row as it stands, acquired only if the row carries the claim's token. The completion reads,
+inserted); when a record is there, it is read, and answered with unless it may be taken over;
+then the claim is the conditional insert (`CLAIM`) and a read of the row as it stands, acquired
+only if the row carries the claim's token. The completion reads,
 then updates, in one query. Each path, and what can happen to the row between two statements (a
 delete, another claimant), on a real server, both faces: the statements each call sent are
 watched (their names in `MySQLTable`), and the interleavings are forced by acting on the row from
@@ -104,14 +105,14 @@ def test_b7_a_new_key_is_claimed_by_the_insert_alone(open_face: OpenStore, table
 
 
 def test_b7_a_replay_reads_the_record_the_insert_left(open_face: OpenStore, table_url: str) -> None:
-    """A claim on a done record changes nothing (the short insert, then the conditional one),
-    then reads it: not acquired, the outcome."""
+    """A claim on a done record changes nothing (the short insert), then reads it: not
+    acquired, the outcome, and no conditional claim sent."""
     store = open_face(table_url, ManualClock())
     first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     done = store.complete(ident(), first.token, b"out", retention=RETENTION)
     sent = watch(store)
     replay = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    assert sent == [["insert_new"], ["claim", "rival_read"]]
+    assert sent == [["insert_new"], ["latest_read"]]
     assert (replay.acquired, replay.record) == (False, done)
 
 
@@ -119,7 +120,7 @@ def test_b7_a_record_deleted_after_the_short_insert_found_it_is_claimed_fresh(
     open_face: OpenStore, table_url: str, mysql_url: str
 ) -> None:
     """The short insert finds a done record (no row changed); `keys delete` removes it before
-    the conditional insert: that insert writes a new record, and the claim acquires it, fresh."""
+    the read: the conditional insert writes a new record, and the claim acquires it, fresh."""
     clock = ManualClock()
     store = open_face(table_url, clock)
     first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
@@ -132,7 +133,7 @@ def test_b7_a_record_deleted_after_the_short_insert_found_it_is_claimed_fresh(
 
     sent = watch(store, between)
     again = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    assert sent == [["insert_new"], ["claim", "rival_read"]]
+    assert sent == [["insert_new"], ["latest_read"], ["claim", "rival_read"]]
     assert (again.acquired, again.taken_over, again.record.state) == (True, False, State.IN_FLIGHT)
     assert again.record.token != first.token
     assert store.get(ident()) == again.record
@@ -180,7 +181,7 @@ def test_b16_b30_a_takeover_reads_back_what_it_kept(open_face: OpenStore, table_
     clock.advance(LEASE + 1)
     sent = watch(store)
     takeover = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
-    assert sent == [["insert_new"], ["claim", "rival_read"], ["latest_read"]]
+    assert sent == [["insert_new"], ["latest_read"], ["claim", "rival_read"], ["latest_read"]]
     assert (takeover.acquired, takeover.taken_over) == (True, True)
     record = takeover.record
     assert (record.created_at, record.recovery_point) == (first.record.created_at, "charged")
@@ -204,6 +205,7 @@ def test_b7_a_record_deleted_between_the_takeover_and_its_read_is_claimed_again(
     again = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     assert sent == [
         ["insert_new"],
+        ["latest_read"],
         ["claim", "rival_read"],
         ["latest_read"],
         ["claim", "claim_read"],

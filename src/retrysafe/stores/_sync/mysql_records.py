@@ -21,7 +21,8 @@ the lock the write took unless said otherwise. How they are sent depends on `bat
   count tells an insert from a takeover, as the store's connections count changed rows, not
   found rows) and the completion (its read, then its update). Before its claim, the store
   tries the insert alone (`INSERT_NEW`): a new key, the common case, is then claimed in one
-  short statement, with no read.
+  short statement, with no read; an existing record is read, and claimed only if it may be
+  taken over.
 
 Driver errors pass through (each caller maps them to retrysafe's, with `store_error`): after an
 error in a batch the transaction may still be open (a lock wait timeout undoes the statement
@@ -34,6 +35,7 @@ from typing import Any, NamedTuple
 
 import pymysql  # type: ignore[import-untyped]
 
+from retrysafe._engine import may_take
 from retrysafe._errors import FencedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql.mysql import (
@@ -124,10 +126,12 @@ class MySQLRecords:
         transaction the record is then read under the lock it took; the claim acquired the
         record exactly when the record carries the claim's new token. The store's claim (no
         transaction) first inserts alone (`INSERT_NEW`, one round trip for a new key); if a
-        record is there, it claims with `CLAIM`, reads the record only if another's token is
-        on it, and learns from the affected rows whether it took over (2, then it reads what
-        was kept). A duplicate of a record that another transaction holds (inserted or locked,
-        uncommitted) waits for that transaction's end, then sees what it left.
+        record is there, it reads it and answers with it unless the claim may take it (a
+        replay: two round trips). Only then does it claim with `CLAIM`, read the record if
+        another's token is on it, and learn from the affected rows whether it took over (2,
+        then it reads what was kept). A duplicate of a record that another transaction holds
+        (inserted or locked, uncommitted) waits for that transaction's end, then sees what it
+        left.
         """
         params = claim_params(identity, fingerprint, now=now, lease=lease, retention=retention)
         if self._batched and counts_changed_rows(conn):
@@ -135,6 +139,13 @@ class MySQLRecords:
             (inserted,) = self._run(conn, (self.table.insert_new, params))
             if inserted.rowcount == 1:  # no record had the key: this one is the claim's
                 return Claim(new_record(identity, fingerprint, params), acquired=True)
+            # A record is there: read it (a consistent read, no lock), and answer with it unless
+            # the claim may take it; a record to take over, or gone meanwhile, goes on below.
+            (found,) = self._run(conn, (self.table.latest_read, {"id": params["id"]}))
+            if found.rows:
+                existing = record_of(identity, found.rows[0])
+                if not may_take(existing, fingerprint, now):
+                    return Claim(existing, acquired=False)
         if self._batched:  # the store: the insert, then a read of a rival's record, no transaction
             rival_of = {"id": params["id"], "token": params["token"]}
             claimed, rival = self._run(

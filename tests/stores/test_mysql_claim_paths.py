@@ -19,9 +19,11 @@ from typing import Any
 import pymysql
 import pytest
 
-from retrysafe import ManualClock, State, Store, StoreUnavailableError
+from retrysafe import FencedError, ManualClock, State, Store, StoreUnavailableError
+from retrysafe.stores._async import mysql_records as async_records
 from retrysafe.stores._sql.mysql import claim_params, counts_changed_rows, mysql_table, render
 from retrysafe.stores._sql.mysql_connection import parse_url
+from retrysafe.stores._sync import mysql_records as sync_records
 from retrysafe.stores._sync.mysql_records import MySQLRecords
 from tests.stores.conftest import OpenStore, concrete
 from tests.stores.test_mysql import LEASE, RETENTION, ident, query, table_url, tables
@@ -239,20 +241,75 @@ def test_b16_a_record_another_claimant_took_before_the_read_is_theirs(
     assert first.token != theirs
 
 
-def test_b7_the_completion_reads_then_updates_in_one_round_trip(
+def test_b7_the_completion_of_a_new_key_is_its_update_alone(
     open_face: OpenStore, table_url: str
 ) -> None:
-    """The completion is one query, its read first; the record it returns is the one stored,
-    with the creation time and recovery point the claim and checkpoint left."""
+    """A new key this store claimed completes with the update alone; the record it returns is
+    the one stored, with the creation time of the claim and the recovery point of the
+    holder's checkpoint."""
     store = open_face(table_url, ManualClock())
     claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
     store.checkpoint(ident(), claim.token, "charged")
     sent = watch(store)
     done = store.complete(ident(), claim.token, b"out", retention=RETENTION)
-    assert sent == [["lean_read", "complete"]]
+    assert sent == [["complete"]]
     assert (done.state, done.outcome, done.recovery_point) == (State.DONE, b"out", "charged")
     assert done.created_at == claim.record.created_at
     assert store.get(ident()) == done
+
+
+def test_b7_b30_the_completion_of_a_takeover_reads_then_updates_in_one_round_trip(
+    open_face: OpenStore, table_url: str
+) -> None:
+    """A claim that took a record over completes in one query, its read first: the record it
+    returns keeps the creation time and recovery point the takeover kept."""
+    clock = ManualClock()
+    store = open_face(table_url, clock)
+    first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    store.checkpoint(ident(), first.token, "charged")
+    clock.advance(LEASE + 1)
+    takeover = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    sent = watch(store)
+    done = store.complete(ident(), takeover.token, b"out", retention=RETENTION)
+    assert sent == [["lean_read", "complete"]]
+    assert (done.recovery_point, done.created_at) == ("charged", first.record.created_at)
+    assert store.get(ident()) == done
+
+
+def test_b17_a_new_key_taken_over_elsewhere_is_fenced_at_its_update(
+    open_face: OpenStore, table_url: str
+) -> None:
+    """The store keeps a new claim for its completion; once another store's claim takes the
+    lapsed lease over, the completion's update changes nothing and raises FencedError."""
+    clock = ManualClock()
+    store, other = open_face(table_url, clock), open_face(table_url, clock)
+    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    clock.advance(LEASE + 1)
+    theirs = other.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    sent = watch(store)
+    with pytest.raises(FencedError):
+        store.complete(ident(), claim.token, b"mine", retention=RETENTION)
+    assert sent == [["complete"]]
+    assert store.get(ident()) == theirs.record
+
+
+def test_b7_past_its_bound_the_store_forgets_its_oldest_new_claims(
+    open_face: OpenStore, table_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps at most `_KEPT_AT_MOST` new claims for their completions: the oldest
+    past it completes with its read, as a takeover does, and returns the same record."""
+    for module in (async_records, sync_records):
+        monkeypatch.setattr(module, "_KEPT_AT_MOST", 2)
+    store = open_face(table_url, ManualClock())
+    keys = [ident(f"key-{n}") for n in range(3)]
+    claims = [store.claim(key, "fp", lease=LEASE, retention=RETENTION) for key in keys]
+    sent = watch(store)
+    done = [
+        store.complete(key, claim.token, b"out", retention=RETENTION)
+        for key, claim in zip(keys, claims, strict=True)
+    ]
+    assert sent == [["lean_read", "complete"], ["complete"], ["complete"]]
+    assert done == [store.get(key) for key in keys]
 
 
 def test_b20_b16_a_takeover_whose_connection_drops_before_its_read_holds_the_key(

@@ -19,7 +19,8 @@ the lock the write took unless said otherwise. How they are sent depends on `bat
   found rows) and the completion (its read, then its update). Before its claim, the store
   tries the insert alone (`INSERT_NEW`): a new key, the common case, is then claimed in one
   short statement, with no read; an existing record is read, and claimed only if it may be
-  taken over.
+  taken over. The completion of a new key the store claimed itself is the update alone: the
+  store kept what the read would return.
 
 Driver errors pass through (each caller maps them to retrysafe's, with `store_error`): after an
 error in a batch the transaction may still be open (a lock wait timeout undoes the statement
@@ -28,6 +29,7 @@ only), so the caller rolls back before reusing the connection.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import aiomysql  # type: ignore[import-untyped]
@@ -52,6 +54,10 @@ from retrysafe.stores.base import FENCED, Listing, StoreStats, encode_part
 __all__ = ["AsyncMySQLRecords"]
 
 Params = dict[str, Any]
+Lean = tuple[bytes, float, bytes | None]  # the columns `LEAN_READ` returns, as stored
+
+_KEPT_AT_MOST = 10_000
+"""New claims whose completion the store can build without a read (the oldest forgotten)."""
 
 
 class _Result(NamedTuple):
@@ -83,6 +89,8 @@ class AsyncMySQLRecords:
     def __init__(self, table: MySQLTable, *, batched: bool = False) -> None:
         self.table = table
         self._batched = batched
+        # The store's claims of new keys, by token: what `LEAN_READ` would return for them.
+        self._kept: dict[str, Lean] = {}
 
     async def exists(self, conn: aiomysql.Connection) -> bool:
         """Return whether the table exists with every column this version uses."""
@@ -135,7 +143,7 @@ class AsyncMySQLRecords:
             # The store: a new key is claimed by the insert alone (`INSERT_NEW`).
             (inserted,) = await self._run(conn, (self.table.insert_new, params))
             if inserted.rowcount == 1:  # no record had the key: this one is the claim's
-                return Claim(new_record(identity, fingerprint, params), acquired=True)
+                return self._new(identity, fingerprint, params)
             # A record is there: read it (a consistent read, no lock), and answer with it unless
             # the claim may take it; a record to take over, or gone meanwhile, goes on below.
             (found,) = await self._run(conn, (self.table.latest_read, {"id": params["id"]}))
@@ -151,7 +159,7 @@ class AsyncMySQLRecords:
             if rival.rows:  # another's token is on the record: a replay, a mismatch, in flight
                 return _claimed(identity, params, rival.rows[0])
             if claimed.rowcount == 1:  # inserted: the record is the one the claim wrote
-                return Claim(new_record(identity, fingerprint, params), acquired=True)
+                return self._new(identity, fingerprint, params)
             if claimed.rowcount == 2:  # taken over: read back what the takeover kept
                 (read,) = await self._run(conn, (self.table.latest_read, {"id": params["id"]}))
                 if read.rows:  # acquired if its token is still this claim's
@@ -175,6 +183,12 @@ class AsyncMySQLRecords:
         """Store `outcome` on the held record and mark it done."""
         params = held_params(identity, token, now, outcome=outcome, expires_at=now + retention)
         complete, read = (self.table.complete, params), (self.table.lean_read, {"id": params["id"]})
+        kept = self._kept.pop(token, None)
+        if kept is not None:  # a new key this store claimed: the update alone
+            (done,) = await self._run(conn, complete)
+            if done.rowcount != 1:
+                raise FencedError(FENCED)
+            return done_record(identity, token, outcome, kept, now=now, retention=retention)
         if self._batched:
             # The store: the read, then the update, in one query and no transaction. What the
             # read returns cannot change while the holder holds the record (a claim that takes
@@ -193,6 +207,7 @@ class AsyncMySQLRecords:
         self, conn: aiomysql.Connection, identity: Identity, token: str, *, now: float
     ) -> None:
         """Delete the held in-flight record."""
+        self._kept.pop(token, None)
         (gone,) = await self._run(conn, (self.table.release, held_params(identity, token, now)))
         if gone.rowcount != 1:
             raise FencedError(FENCED)
@@ -221,7 +236,11 @@ class AsyncMySQLRecords:
     ) -> Record:
         """Record the last committed phase on the held record."""
         params = held_params(identity, token, now, recovery_point=encode_part(recovery_point))
-        return await self._held(conn, self.table.checkpoint, params)
+        record = await self._held(conn, self.table.checkpoint, params)
+        kept = self._kept.get(token)
+        if kept is not None:
+            self._kept[token] = (kept[0], kept[1], params["recovery_point"])
+        return record
 
     async def get(
         self, conn: aiomysql.Connection, identity: Identity, *, now: float
@@ -259,6 +278,17 @@ class AsyncMySQLRecords:
             bytes_stored=int(bytes_stored),
             oldest_in_flight_at=None if oldest is None else float(oldest),
         )
+
+    def _new(self, identity: Identity, fingerprint: str, params: Params) -> Claim:
+        """Return the claim of a new key, the record it inserted; the store keeps what its
+        completion would read back, forgetting the oldest claims past `_KEPT_AT_MOST`."""
+        if self._batched:
+            kept = self._kept
+            kept[params["token"]] = (params["fingerprint"], params["now"], None)
+            if len(kept) > _KEPT_AT_MOST:
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                    del kept[next(iter(kept))]  # another thread may change it meanwhile
+        return Claim(new_record(identity, fingerprint, params), acquired=True)
 
     async def _held(self, conn: aiomysql.Connection, update: str, params: Params) -> Record:
         """Run an update that acts only for the token holder, then read the record if it is

@@ -159,7 +159,8 @@ WHERE {held}
 # The record after a completion: only what the caller does not know (it wrote the state, the
 # token, the times and the outcome; echoing a large outcome back costs about as much as sending
 # it). In transactional mode it follows the update, under the update's lock; the store sends it
-# just before the update, in the same query (see `mysql_records.py`).
+# just before the update, in the same query (see `mysql_records.py`), unless the store claimed
+# the key itself as a new one: then it knows the three columns, and sends the update alone.
 LEAN_READ = "SELECT fingerprint, created_at, recovery_point FROM {table} WHERE id = %(id)s"
 
 RELEASE = "DELETE FROM {table} WHERE {held}"

@@ -141,6 +141,30 @@ def test_b7_a_record_deleted_after_the_short_insert_found_it_is_claimed_fresh(
     assert store.get(ident()) == again.record
 
 
+def test_b20_a_replay_whose_connection_drops_after_the_short_insert_is_unavailable(
+    open_face: OpenStore, table_url: str, mysql_url: str
+) -> None:
+    """The store blips between the short insert (which found the done record and changed
+    nothing) and the read: the claim raises StoreUnavailableError, nothing is claimed, and a
+    retry replays the stored outcome."""
+    store = open_face(table_url, ManualClock())
+    first = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    done = store.complete(ident(), first.token, b"out", retention=RETENTION)
+    killed: list[bool] = []
+
+    def between(names: list[str], conn: Any) -> None:
+        if names == ["insert_new"] and not killed:
+            killed.append(True)
+            query(mysql_url, f"KILL {int(conn.thread_id())}")
+
+    watch(store, between)
+    with pytest.raises(StoreUnavailableError):
+        store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert store.get(ident()) == done
+    replay = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    assert (killed, replay.acquired, replay.record) == ([True], False, done)
+
+
 def test_b7_a_connection_counting_found_rows_never_claims_by_the_short_insert(
     tables: Callable[..., str], mysql_url: str
 ) -> None:

@@ -58,8 +58,9 @@ def ident(key: str = "key-1") -> Identity:
     return Identity("mysql-test", "tenant", key)
 
 
-def admin(mysql_url: str) -> Any:
-    """A PyMySQL connection of the test's own to the server, in autocommit."""
+def admin(mysql_url: str, **more: Any) -> Any:
+    """A PyMySQL connection of the test's own to the server, in autocommit (`more`: further
+    arguments to `pymysql.connect`)."""
     options = parse_url(mysql_url.split("?", 1)[0])
     return pymysql.connect(
         host=options.host,
@@ -69,6 +70,7 @@ def admin(mysql_url: str) -> Any:
         database=options.database,
         autocommit=True,
         ssl_disabled=True,
+        **more,
     )
 
 

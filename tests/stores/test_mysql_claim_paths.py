@@ -3,11 +3,12 @@
 A new key is claimed by a short insert alone (`INSERT_NEW`: its affected-rows count says it
 inserted); when a record is there, it is read, and answered with unless it may be taken over;
 then the claim is the conditional insert (`CLAIM`) and a read of the row as it stands, acquired
-only if the row carries the claim's token. The completion reads,
-then updates, in one query. Each path, and what can happen to the row between two statements (a
-delete, another claimant), on a real server, both faces: the statements each call sent are
-watched (their names in `MySQLTable`), and the interleavings are forced by acting on the row from
-a connection of the test's own in between.
+only if the row carries the claim's token. The completion of a new key is its update alone (the
+store kept what it would read); any other reads, then updates, in one query. Each path, and what
+can happen to the row between two statements (a delete, another claimant, a lost connection), on
+a real server, both faces: the statements each call sent are watched (their names in
+`MySQLTable`), and the interleavings are forced by acting on the row from a connection of the
+test's own in between.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import pytest
 from retrysafe import FencedError, ManualClock, State, Store, StoreUnavailableError
 from retrysafe.stores._async import mysql_records as async_records
 from retrysafe.stores._sql.mysql import claim_params, counts_changed_rows, mysql_table, render
-from retrysafe.stores._sql.mysql_connection import parse_url
 from retrysafe.stores._sync import mysql_records as sync_records
 from retrysafe.stores._sync.mysql_records import MySQLRecords
 from tests.stores.conftest import OpenStore, concrete
-from tests.stores.test_mysql import LEASE, RETENTION, ident, query, table_url, tables
+from tests.stores.test_mysql import LEASE, RETENTION, admin, ident, query, table_url, tables
 
 pytestmark = pytest.mark.mysql
 
@@ -170,18 +170,8 @@ def test_b7_a_connection_counting_found_rows_never_claims_by_the_short_insert(
 ) -> None:
     """With CLIENT_FOUND_ROWS the short insert counts the row it found as one, as it counts an
     insert: the store's primitives then skip it, and a done record is not acquired again."""
-    options = parse_url(mysql_url.split("?", 1)[0])
     flags = pymysql.constants.CLIENT.MULTI_STATEMENTS | pymysql.constants.CLIENT.FOUND_ROWS
-    conn = pymysql.connect(
-        host=options.host,
-        port=options.port,
-        user=options.user,
-        password=options.password,
-        database=options.database,
-        autocommit=True,
-        ssl_disabled=True,
-        client_flag=flags,
-    )
+    conn = admin(mysql_url, client_flag=flags)
     records = MySQLRecords(mysql_table(tables()), batched=True)
     try:
         records.create_schema(conn)

@@ -123,10 +123,11 @@ ON DUPLICATE KEY UPDATE
 
 # The store's first try at a claim (not transactional mode's): the insert alone, with an update
 # that changes nothing. One affected row: it inserted, as no record had the key. None: a record
-# is there, locked and left unchanged, and the claim goes on with `CLAIM`, which decides on it.
-# Only on connections that count changed rows, not found rows (with CLIENT_FOUND_ROWS the row
-# found would count 1 too). A quarter of `CLAIM`'s text, and no read after it: a new key is the
-# common case, and what the server parses and the reads it answers were most of a claim's time.
+# is there, left unchanged; the claim reads it (`LATEST_READ`) and answers with it, or goes on
+# with `CLAIM` if it may take it over. Only on connections that count changed rows, not found
+# rows (with CLIENT_FOUND_ROWS the row found would count 1 too). A quarter of `CLAIM`'s text,
+# and no read after it: a new key is the common case, and what the server parses and the reads
+# it answers were most of a claim's time.
 INSERT_NEW = f"""
 {_INSERT}
 ON DUPLICATE KEY UPDATE id = id

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -37,6 +38,24 @@ def wait_for_port(
         except OSError:
             time.sleep(0.02)
     raise RuntimeError(f"nothing listens on port {port}")
+
+
+def wait_for_port_file(
+    port_file: Path, seconds: float, alive: Callable[[], bool] | None = None
+) -> int:
+    """Wait until a server process writes the port it listens on to `port_file` (whole, by a
+    rename); return it. A server that binds a port of its own and says which cannot be
+    confused with another that took a port chosen for it before it started."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            return int(port_file.read_text())
+        except FileNotFoundError:
+            pass
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server for {port_file.name} exited")
+        time.sleep(0.02)
+    raise RuntimeError(f"no server wrote {port_file.name} within {seconds} s")
 
 
 class AsgiServer:

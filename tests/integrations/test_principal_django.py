@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -28,7 +29,7 @@ from retrysafe._http import SECRET_ENV
 from retrysafe.integrations.django import idempotency
 from retrysafe.stores import open_store
 from tests.integrations.conftest import new_key
-from tests.servers import free_port, wait_for_port
+from tests.servers import wait_for_port_file
 
 SECRET = "django-tests-scope-secret-0123456"
 TOKENS = {"t1": "alice", "t2": "alice", "t3": "bob"}
@@ -109,10 +110,12 @@ urlpatterns = [
 ]
 
 
-def serve(port: int, database: str, setup: dict[str, Any]) -> None:
+def serve(port_file: Path, database: str, setup: dict[str, Any]) -> None:
     """Configure the project (`setup`: its `RETRYSAFE`, `MIDDLEWARE` and server), create its
-    users, and serve it on `port`: with waitress (WSGI), or uvicorn (ASGI, where Django runs
-    the sync middleware in a thread)."""
+    users, and serve it with waitress (WSGI) or uvicorn (ASGI, where Django runs the sync
+    middleware in a thread) on a loopback port of its own, written to `port_file` once it
+    listens: a port chosen by the test and bound later could be taken meanwhile by another
+    test's server, which would then answer this test's requests."""
     import django
     import uvicorn
     import waitress
@@ -142,10 +145,16 @@ def serve(port: int, database: str, setup: dict[str, Any]) -> None:
     call_command("migrate", verbosity=0)
     for name in ("alice", "bob"):
         User.objects.get_or_create(username=name)
-    if setup["server"] == "uvicorn":
-        uvicorn.run(get_asgi_application(), host="127.0.0.1", port=port, log_level="warning")
+    asgi = setup["server"] == "uvicorn"
+    app = get_asgi_application() if asgi else get_wsgi_application()  # a bad setup raises here
+    listener = socket.create_server(("127.0.0.1", 0))
+    written = port_file.with_suffix(".tmp")
+    written.write_text(str(listener.getsockname()[1]))
+    written.replace(port_file)  # whole, or not there yet
+    if asgi:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
     else:
-        waitress.serve(get_wsgi_application(), host="127.0.0.1", port=port, threads=8, _quiet=True)
+        waitress.serve(app, sockets=[listener], threads=8, _quiet=True)
 
 
 # The tests.
@@ -193,7 +202,7 @@ def serve_project(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         middleware: list[str] = MIDDLEWARE,
         **options: Any,
     ) -> Served:
-        port = free_port()
+        port_file = tmp_path / f"port-{len(running)}"
         env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
         if not kept_secret:
             env[SECRET_ENV] = SECRET
@@ -205,7 +214,7 @@ def serve_project(tmp_path: Path) -> Iterator[Callable[..., Served]]:
                     sys.executable,
                     "-m",
                     __name__,
-                    str(port),
+                    str(port_file),
                     str(tmp_path / "app.db"),
                     json.dumps(setup),
                 ],
@@ -214,12 +223,13 @@ def serve_project(tmp_path: Path) -> Iterator[Callable[..., Served]]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        served = Served(f"http://127.0.0.1:{port}", process)
+        served = Served("", process)
         running.append(served)
         try:
-            wait_for_port(port, 60, alive=lambda: process.poll() is None)
+            port = wait_for_port_file(port_file, 60, alive=lambda: process.poll() is None)
         except RuntimeError:
             raise RuntimeError((tmp_path / "server.log").read_text()) from None
+        served.url = f"http://127.0.0.1:{port}"
         return served
 
     yield run
@@ -353,4 +363,4 @@ def test_b8_middleware_before_authentication_is_refused(
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))
+    serve(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))

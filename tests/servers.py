@@ -40,12 +40,22 @@ def wait_for_port(
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def announced_listener(port_file: Path) -> socket.socket:
+    """Return a listening socket on a loopback port of its own, its port written to `port_file`
+    (whole, by a rename) for `wait_for_port_file`: for a server run as a process of its own."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    written = port_file.with_suffix(".tmp")
+    written.write_text(str(listener.getsockname()[1]))
+    written.replace(port_file)
+    return listener
+
+
 def wait_for_port_file(
     port_file: Path, seconds: float, alive: Callable[[], bool] | None = None
 ) -> int:
-    """Wait until a server process writes the port it listens on to `port_file` (whole, by a
-    rename); return it. A server that binds a port of its own and says which cannot be
-    confused with another that took a port chosen for it before it started."""
+    """Wait until a server process writes the port it listens on to `port_file`
+    (`announced_listener`); return it. A server that binds a port of its own and says which
+    cannot be confused with another that took a port chosen for it before it started."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:

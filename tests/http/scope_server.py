@@ -1,6 +1,6 @@
 """A Starlette app behind the ASGI middleware, run as a process of its own by the scope tests.
 
-    python -m tests.http.scope_server PORT STORE_URL
+    python -m tests.http.scope_server PORT_FILE STORE_URL
 
 `POST /payments` answers 201 with this process's id and how many payments it made, so a test
 can tell which process ran a request and whether another process's answer was replayed. No
@@ -14,6 +14,7 @@ import itertools
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from retrysafe import open_async_store
 from retrysafe.asgi import IdempotencyMiddleware
+from tests.servers import announced_listener
 
 
 def build(store_url: str) -> IdempotencyMiddleware:
@@ -44,9 +46,12 @@ def build(store_url: str) -> IdempotencyMiddleware:
 
 
 def main() -> None:
-    """Serve on loopback port argv[1] with the store URL argv[2], until terminated."""
-    port, store_url = int(sys.argv[1]), sys.argv[2]
-    uvicorn.run(build(store_url), host="127.0.0.1", port=port, log_level="warning")
+    """Serve with the store URL argv[2] on a loopback port of its own, written to the file
+    argv[1], until terminated."""
+    port_file, store_url = Path(sys.argv[1]), sys.argv[2]
+    app = build(store_url)
+    listener = announced_listener(port_file)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
 
 
 if __name__ == "__main__":

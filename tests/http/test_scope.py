@@ -43,7 +43,7 @@ from tests.http.conftest import (
     is_problem,
     parallel,
 )
-from tests.servers import AsgiServer, free_port, wait_for_port
+from tests.servers import AsgiServer, wait_for_port_file
 
 Serve = Callable[..., Service]
 Start = Callable[..., Service]
@@ -250,9 +250,9 @@ def test_b8_b35_the_stored_scope_is_an_hmac_with_the_configured_secret(
     assert b"Bearer" not in stored
 
 
-def _serve_process(port: int, store_url: str) -> subprocess.Popen[bytes]:
+def _serve_process(port_file: Path, store_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.http.scope_server", str(port), store_url],
+        [sys.executable, "-m", "tests.http.scope_server", str(port_file), store_url],
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -260,13 +260,15 @@ def _serve_process(port: int, store_url: str) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture
-def two_processes(real_store_url: str) -> Iterator[list[str]]:
+def two_processes(real_store_url: str, tmp_path: Path) -> Iterator[list[str]]:
     """Two uvicorn processes of `scope_server` on one fresh store; their base URLs."""
-    ports = [free_port(), free_port()]
-    processes = [_serve_process(port, real_store_url) for port in ports]
+    port_files = [tmp_path / "port-1", tmp_path / "port-2"]
+    processes = [_serve_process(port_file, real_store_url) for port_file in port_files]
     try:
-        for port, process in zip(ports, processes, strict=True):
-            wait_for_port(port, 30, alive=lambda p=process: p.poll() is None)  # type: ignore[misc]
+        ports = [
+            wait_for_port_file(port_file, 30, alive=lambda p=process: p.poll() is None)  # type: ignore[misc]
+            for port_file, process in zip(port_files, processes, strict=True)
+        ]
         yield [f"http://127.0.0.1:{port}" for port in ports]
     finally:
         for process in processes:

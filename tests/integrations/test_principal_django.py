@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -29,7 +28,7 @@ from retrysafe._http import SECRET_ENV
 from retrysafe.integrations.django import idempotency
 from retrysafe.stores import open_store
 from tests.integrations.conftest import new_key
-from tests.servers import wait_for_port_file
+from tests.servers import announced_listener, wait_for_port_file
 
 SECRET = "django-tests-scope-secret-0123456"
 TOKENS = {"t1": "alice", "t2": "alice", "t3": "bob"}
@@ -147,10 +146,7 @@ def serve(port_file: Path, database: str, setup: dict[str, Any]) -> None:
         User.objects.get_or_create(username=name)
     asgi = setup["server"] == "uvicorn"
     app = get_asgi_application() if asgi else get_wsgi_application()  # a bad setup raises here
-    listener = socket.create_server(("127.0.0.1", 0))
-    written = port_file.with_suffix(".tmp")
-    written.write_text(str(listener.getsockname()[1]))
-    written.replace(port_file)  # whole, or not there yet
+    listener = announced_listener(port_file)
     if asgi:
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
     else:

@@ -1,6 +1,6 @@
 """A one-module Django project on a test's database, run in a process of its own.
 
-    python -m tests.transactions.django_app serve CONFIG PORT    the project, served by waitress
+    python -m tests.transactions.django_app serve CONFIG FILE    waitress serving it (port in FILE)
     python -m tests.transactions.django_app crash CONFIG         one payment, killed on request
     python -m tests.transactions.django_app scenario CONFIG NAME a named scenario, JSON out
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -370,19 +371,22 @@ def scenario_sealed() -> dict[str, Any]:
     }
 
 
-def serve(port: int) -> None:
-    """Serve the project with waitress."""
+def serve(port_file: Path) -> None:
+    """Serve the project with waitress on a loopback port of its own, written to `port_file`."""
     import waitress
     from django.core.wsgi import get_wsgi_application
 
-    waitress.serve(get_wsgi_application(), host="127.0.0.1", port=port, threads=16, _quiet=True)
+    from tests.servers import announced_listener
+
+    app = get_wsgi_application()
+    waitress.serve(app, sockets=[announced_listener(port_file)], threads=16, _quiet=True)
 
 
 def main() -> None:
     """Run the program the command line names."""
     command = sys.argv[1]
     if command == "serve":
-        serve(int(sys.argv[3]))
+        serve(Path(sys.argv[3]))
         return
     if command == "crash":
         result = crash_unit() if CONFIG["mode"] == "unit" else crash_request()

@@ -22,7 +22,7 @@ import pytest
 
 from retrysafe import Identity, State
 from retrysafe.stores.encrypted import EncryptedStore, Keyring
-from tests.servers import free_port, wait_for_port
+from tests.servers import wait_for_port_file
 from tests.transactions.conftest import Database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,18 +162,18 @@ def test_b31_django_write_helpers_repeat_safely(database: Database) -> None:
 @pytest.fixture
 def served(database: Database, tmp_path: Path) -> Iterator[httpx.Client]:
     """The project served by waitress on `database`; a client for it."""
-    port = free_port()
+    port_file = tmp_path / "port"
     command = [sys.executable, "-m", "tests.transactions.django_app", "serve", config(database)]
     with (tmp_path / "server.log").open("ab") as log:
         process = subprocess.Popen(
-            [*command, str(port)],
+            [*command, str(port_file)],
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_port(port, 60, alive=lambda: process.poll() is None)
+        port = wait_for_port_file(port_file, 60, alive=lambda: process.poll() is None)
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers=CALLER, timeout=SECONDS
         ) as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,10 +68,25 @@ def writer_thread(store: AsyncSQLiteStore) -> Any:
     return store._runner._writer._thread
 
 
+def committing(store: AsyncSQLiteStore) -> bool:
+    """Whether the writer thread is committing a batch (white box: its stack): once there, it
+    takes nothing more from the queue until that batch is answered."""
+    thread = writer_thread(store)
+    frame = None if thread is None else sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "_commit":
+            return True
+        frame = frame.f_back
+    return False
+
+
 async def writer_taken_one(store: AsyncSQLiteStore) -> None:
-    """Wait until the writer thread has taken the only queued write (it then waits on the lock)."""
+    """Wait until the writer thread has taken the only queued write and is committing it alone
+    (it then waits on the lock): writes queued after this go into a later batch. An empty
+    queue alone is not enough: the writer drains the queue into its batch after taking the
+    first job, so a write queued in between would join it."""
     await anyio.wait_all_tasks_blocked()
-    await await_until(lambda: writer_thread(store) is not None and queued(store) == 0)
+    await await_until(lambda: queued(store) == 0 and committing(store))
 
 
 def rows(db_path: Path) -> dict[str, str]:

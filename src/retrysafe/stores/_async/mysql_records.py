@@ -280,14 +280,13 @@ class AsyncMySQLRecords:
         )
 
     def _new(self, identity: Identity, fingerprint: str, params: Params) -> Claim:
-        """Return the claim of a new key, the record it inserted; the store keeps what its
+        """Return the store's claim of a new key, the record it inserted; keep what its
         completion would read back, forgetting the oldest claims past `_KEPT_AT_MOST`."""
-        if self._batched:
-            kept = self._kept
-            kept[params["token"]] = (params["fingerprint"], params["now"], None)
-            if len(kept) > _KEPT_AT_MOST:
-                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
-                    del kept[next(iter(kept))]  # another thread may change it meanwhile
+        kept = self._kept
+        kept[params["token"]] = (params["fingerprint"], params["now"], None)
+        if len(kept) > _KEPT_AT_MOST:
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del kept[next(iter(kept))]  # another thread may change it meanwhile
         return Claim(new_record(identity, fingerprint, params), acquired=True)
 
     async def _held(self, conn: aiomysql.Connection, update: str, params: Params) -> Record:

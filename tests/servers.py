@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import uvicorn
 
-__all__ = ["AsgiServer", "free_port", "wait_for_port"]
+__all__ = ["AsgiServer", "announced", "free_port", "wait_for_port"]
 
 _START_SECONDS = 10.0
 
@@ -66,6 +67,37 @@ def wait_for_port_file(
             raise RuntimeError(f"the server for {port_file.name} exited")
         time.sleep(0.02)
     raise RuntimeError(f"no server wrote {port_file.name} within {seconds} s")
+
+
+def announced(stdout: IO[bytes] | IO[str], pattern: str, seconds: float) -> re.Match[str]:
+    """Read a server process's stdout until a line matches `pattern`; return the match.
+
+    For a CLI server started with `--port 0`: it binds a port of its own and prints it, so the
+    test cannot reach another process that took a port chosen for it beforehand. Lines are read
+    by a thread (a line the stream has buffered is never waited for), and bounded by `seconds`;
+    the process's end (stdout closed) fails at once, with what it printed.
+    """
+    printed: list[str] = []
+    found: list[re.Match[str]] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while line := stdout.readline():
+                text = line if isinstance(line, str) else line.decode(errors="replace")
+                printed.append(text)
+                if (match := re.search(pattern, text)) is not None:
+                    found.append(match)
+                    return
+        finally:
+            done.set()
+
+    threading.Thread(target=read, daemon=True, name="announced").start()
+    if not done.wait(seconds):
+        raise RuntimeError(f"no line matched {pattern!r} within {seconds} s; printed: {printed!r}")
+    if not found:
+        raise RuntimeError(f"the server exited; it printed: {printed!r}")
+    return found[0]
 
 
 class AsgiServer:

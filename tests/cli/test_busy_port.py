@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
-
 CLI = [sys.executable, "-c", "from retrysafe.cli import main; main()"]
 
 
@@ -44,7 +42,7 @@ def test_other_serving_commands_on_a_busy_port_are_one_line_and_exit_1(
         option = ""
     else:
         args = ["proxy", "--upstream", "http://127.0.0.1:9", "--store", "memory://"]
-        args += ["--port", str(free_port()), "--metrics-port", str(busy)]
+        args += ["--port", "0", "--metrics-port", str(busy)]
         option = "--metrics-port: "
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1, result.stderr

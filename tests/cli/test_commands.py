@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retrysafe.cli import app
+from tests.servers import announced
 
 COMMANDS = [
     ["demo"],
@@ -118,25 +119,20 @@ def test_demo_prints_a_side_by_side_table(runner: CliRunner) -> None:
         assert text in result.stdout
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_demo_serves_the_api_until_interrupted(tmp_path: Path) -> None:
     """`retrysafe serve-demo` serves the payments API with keys honoured, and stops on Ctrl+C."""
-    port = free_port()
     store = f"sqlite:///{tmp_path / 'serve.db'}"
     process = subprocess.Popen(
-        [*CLI, "serve-demo", "--port", str(port), "--store", store, "--latency-ms", "5"],
+        [*CLI, "serve-demo", "--port", "0", "--store", store, "--latency-ms", "5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "COLUMNS": "200"},
     )
+    announcement = b""
     try:
-        url = f"http://127.0.0.1:{port}"
+        assert process.stdout is not None
+        listening = announced(process.stdout, r"Demo payments API on (http://\S+)", 30)
+        announcement, url = listening.string.encode(), listening[1]
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -158,6 +154,7 @@ def test_serve_demo_serves_the_api_until_interrupted(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
+        output = announcement + output
     assert process.returncode == 0  # a server's Ctrl+C is its graceful stop (docs/cli.md)
     assert b"Demo payments API on" in output
     assert b"Traceback" not in output

@@ -18,18 +18,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import free_port
+from tests.servers import announced, free_port
 
 CLI = [sys.executable, "-c", "from retrysafe.cli import main; main()"]
 START = 60.0  # seconds a command gets to be ready
 STOP = 30.0  # seconds it gets to exit once signalled
 Ready = Callable[[subprocess.Popen[bytes]], bool]  # whether a started command is running yet
+DEMO_ANNOUNCED = r"Demo payments API on (http://\S+)"  # serve-demo's first line, once it listens
 
 
 def interrupt(args: list[str], ready: Ready, sig: signal.Signals) -> tuple[int, str]:
     """Start `retrysafe ARGS`, wait until `ready` says it is running, send `sig`; return its
     exit code and what it wrote on stderr."""
-    process = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + START
         while not ready(process):
@@ -58,16 +59,29 @@ def answers(url: str) -> Ready:
     return ready
 
 
+def answers_where_announced(pattern: str, path: str) -> Ready:
+    """Ready once the server, started with `--port 0`, has printed the URL it listens on (the
+    first group of `pattern`) and a request to that URL + `path` gets any response."""
+    url: list[str] = []
+
+    def ready(process: subprocess.Popen[bytes]) -> bool:
+        if not url:
+            assert process.stdout is not None
+            url.append(announced(process.stdout, pattern, START)[1])
+        return answers(url[0] + path)(process)
+
+    return ready
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_stops_serve_demo_gracefully_with_exit_0(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     """serve-demo, serving, stops on Ctrl+C (or SIGTERM) after its shutdown: exit 0."""
-    port = free_port()
     store = f"sqlite:///{tmp_path / 'serve.db'}"
     code, stderr = interrupt(
-        ["serve-demo", "--port", str(port), "--store", store],
-        answers(f"http://127.0.0.1:{port}/health"),
+        ["serve-demo", "--port", "0", "--store", store],
+        answers_where_announced(DEMO_ANNOUNCED, "/health"),
         sig,
     )
     assert code == 0, stderr
@@ -78,11 +92,10 @@ def test_ctrl_c_stops_serve_demo_gracefully_with_exit_0(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_stops_the_proxy_gracefully_with_exit_0(sig: signal.Signals) -> None:
     """The proxy, serving, stops on Ctrl+C (or SIGTERM) after its shutdown: exit 0."""
-    port = free_port()
     upstream = f"http://127.0.0.1:{free_port()}"  # nothing there: the proxy answers 502
     code, stderr = interrupt(
-        ["proxy", "--upstream", upstream, "--port", str(port), "--store", "memory://"],
-        answers(f"http://127.0.0.1:{port}/anything"),
+        ["proxy", "--upstream", upstream, "--port", "0", "--store", "memory://"],
+        answers_where_announced(r"^retrysafe proxy: (http://\S+) ", "/anything"),
         sig,
     )
     assert code == 0, stderr
@@ -148,7 +161,7 @@ def test_ctrl_c_before_a_server_serves_exits_130(silent_postgres: tuple[str, Rea
     """serve-demo interrupted while it still checks its store (a PostgreSQL server that never
     answers) has not served yet: exit 130, like any interrupted command."""
     url, connected = silent_postgres
-    args = ["serve-demo", "--port", str(free_port()), "--store", url]
+    args = ["serve-demo", "--port", "0", "--store", url]
     code, stderr = interrupt(args, connected, signal.SIGINT)
     assert code == 130, stderr
     assert stderr == ""
@@ -160,7 +173,7 @@ def test_ctrl_c_right_after_the_proxy_prints_its_address_stops_it() -> None:
     that follows start-up, it was dropped, and the proxy served on)."""
     args = ["proxy", "--upstream", "http://127.0.0.1:9", "--store", "memory://"]
     process = subprocess.Popen(
-        [*CLI, *args, "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*CLI, *args, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         assert process.stdout is not None

@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 
 from retrysafe import open_store
-from tests.servers import free_port, wait_for_port
+from tests.servers import announced
 
 CLI = [sys.executable, "-c", "from retrysafe.cli import main; main()"]
 STOP = 30.0
+START = 60.0
+ANNOUNCED = r"^retrysafe console on (http://\S+/) "  # its first line, once it listens
 
 
 def _sqlite_store(tmp_path: Path) -> str:
@@ -29,16 +31,14 @@ def _sqlite_store(tmp_path: Path) -> str:
     return url
 
 
-def _start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def _start(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _stop(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+def _stop(process: subprocess.Popen[bytes]) -> tuple[int, str, str]:
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=STOP)
-    return process.returncode, stdout, stderr
+    return process.returncode, stdout.decode(), stderr.decode()
 
 
 def test_the_token_file_opens_the_console_and_ctrl_c_exits_0(tmp_path: Path) -> None:
@@ -46,12 +46,13 @@ def test_the_token_file_opens_the_console_and_ctrl_c_exits_0(tmp_path: Path) -> 
     never printed, and Ctrl+C stops the server with exit status 0."""
     token = "file-token-abcdefghijklmnop"
     (tmp_path / "token").write_text(token + "\n")
-    port = free_port()
-    args = ["console", "--store", _sqlite_store(tmp_path), "--port", str(port)]
+    args = ["console", "--store", _sqlite_store(tmp_path), "--port", "0"]
     process = _start([*args, "--token-file", str(tmp_path / "token")])
+    first = ""
     try:
-        wait_for_port(port, alive=lambda: process.poll() is None)
-        url = f"http://127.0.0.1:{port}/api/summary"
+        assert process.stdout is not None
+        listening = announced(process.stdout, ANNOUNCED, START)
+        first, url = listening.string, listening[1] + "api/summary"
         assert httpx.get(url, trust_env=False).status_code == 401
         bearer = {"authorization": f"Bearer {token}"}
         answer = httpx.get(url, headers=bearer, trust_env=False)
@@ -60,23 +61,21 @@ def test_the_token_file_opens_the_console_and_ctrl_c_exits_0(tmp_path: Path) -> 
     finally:
         code, stdout, stderr = _stop(process)
     assert code == 0, stderr
-    assert token not in stdout + stderr
-    assert f"http://127.0.0.1:{port}/" in stdout
+    assert token not in first + stdout + stderr
+    assert re.search(r"http://127\.0\.0\.1:[1-9][0-9]*/ ", first), first  # the port it bound
     assert "Traceback" not in stderr
 
 
 def test_a_generated_token_is_printed_in_the_login_url(tmp_path: Path) -> None:
     """Without --token-file, the console prints a login URL whose token opens the API."""
-    port = free_port()
-    args = ["console", "--store", _sqlite_store(tmp_path), "--port", str(port)]
+    args = ["console", "--store", _sqlite_store(tmp_path), "--port", "0"]
     process = _start(args)
     try:
         assert process.stdout is not None
-        line = process.stdout.readline()  # printed once the socket listens
-        login = re.search(r"\?token=([\w-]{32,})", line)
-        assert login is not None, line
-        wait_for_port(port, alive=lambda: process.poll() is None)
-        url = f"http://127.0.0.1:{port}/api/summary"
+        line = announced(process.stdout, ANNOUNCED, START)  # printed once the socket listens
+        login = re.search(r"\?token=([\w-]{32,})", line.string)
+        assert login is not None, line.string
+        url = f"{line[1]}api/summary"
         bearer = {"authorization": f"Bearer {login[1]}"}
         assert httpx.get(url, headers=bearer, trust_env=False).status_code == 200
     finally:

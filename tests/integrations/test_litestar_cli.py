@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.integrations.conftest import CALLER, new_key
-from tests.integrations.servers import free_port, wait_for_port
+from tests.servers import announced
 
 _HANDLER = """
 from litestar import Litestar, post
@@ -75,12 +75,12 @@ def test_litestar_routes_lists_the_guarded_app(app_dir: Path) -> None:
 
 @pytest.fixture
 def running(app_dir: Path) -> Iterator[str]:
-    """`litestar run` serving the app on a free loopback port; stopped afterwards."""
-    port = free_port()
-    process = litestar(app_dir, "run", "--host", "127.0.0.1", "--port", str(port))
+    """`litestar run` serving the app on a loopback port of its own; stopped afterwards."""
+    process = litestar(app_dir, "run", "--host", "127.0.0.1", "--port", "0")
     try:
-        wait_for_port(port, 30, alive=lambda: process.poll() is None)
-        yield f"http://127.0.0.1:{port}"
+        assert process.stdout is not None
+        # uvicorn names the port it bound, once the app has started.
+        yield announced(process.stdout, r"Uvicorn running on (http://\S+)", 30)[1]
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.integrations.servers import AsgiServer, free_port, wait_for_port
+from tests.integrations.servers import AsgiServer
+from tests.servers import announced
 
 GATE_SECONDS = 10.0
 _STOP_SECONDS = 10.0
@@ -158,6 +159,11 @@ class Proxy:
 
     url: str
     process: subprocess.Popen[bytes]
+    metrics: str | None = None  # the metrics port's base URL, with --metrics-port
+
+
+ANNOUNCED = r"^retrysafe proxy: (http://\S+) -> .*?(?:, metrics (http://\S+)/metrics)?$"
+"""The line a proxy prints once it listens, naming the ports it bound (`--port 0`)."""
 
 
 def proxy_command(*args: str) -> list[str]:
@@ -166,25 +172,26 @@ def proxy_command(*args: str) -> list[str]:
 
 
 def start_proxies(specs: list[tuple[list[str], Path | None]]) -> list[Proxy]:
-    """Start a proxy per (arguments, working directory), all at once; wait until they listen."""
+    """Start a proxy per (arguments, working directory), all at once, each on a port of its
+    own (`--port 0`, and any `--metrics-port 0`); wait until each says where it listens."""
     started = []
     for args, cwd in specs:
-        port = free_port()
         process = subprocess.Popen(
-            proxy_command(*args, "--port", str(port)),
+            proxy_command(*args, "--port", "0"),
             cwd=cwd,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        started.append(Proxy(f"http://127.0.0.1:{port}", process))
+        started.append(Proxy("", process))
     try:
         for proxy in started:
-            port = int(proxy.url.rsplit(":", 1)[1])
-            wait_for_port(port, 30, alive=lambda p=proxy.process: p.poll() is None)  # type: ignore[misc]
-    except RuntimeError:
+            assert proxy.process.stdout is not None
+            listening = announced(proxy.process.stdout, ANNOUNCED, 30)
+            proxy.url, proxy.metrics = listening[1], listening[2]
+    except RuntimeError as error:
         stop_proxies(started)
         errors = [p.process.stderr.read().decode() for p in started if p.process.stderr]
-        raise RuntimeError("a proxy did not start:\n" + "\n".join(errors)) from None
+        raise RuntimeError(f"a proxy did not start ({error}):\n" + "\n".join(errors)) from None
     return started
 
 
@@ -199,8 +206,9 @@ def stop_proxies(proxies: list[Proxy]) -> None:
         except subprocess.TimeoutExpired:
             proxy.process.kill()
             proxy.process.wait(_STOP_SECONDS)
-        if proxy.process.stderr is not None:
-            proxy.process.stderr.close()
+        for stream in (proxy.process.stdout, proxy.process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture(scope="module")
@@ -306,13 +314,15 @@ class Relay:
         self._target = target
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
-        self.port = free_port()
+        # The first listener takes a port of its own; a restore binds that port again.
         self._listener: socket.socket | None = None
+        self.port = 0
         self.restore()
 
     def restore(self) -> None:
         """Accept connections again."""
         listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = listener.getsockname()[1]
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 

@@ -26,7 +26,6 @@ from retrysafe.proxy._access import AccessLog
 from retrysafe.proxy._health import StoreWatch
 from retrysafe.stores import open_async_store
 from tests.conftest import delete_redis_prefix, unique_name
-from tests.integrations.servers import free_port
 from tests.proxy.conftest import (
     GATE_SECONDS,
     Proxy,
@@ -88,20 +87,13 @@ def running(upstream: Upstream, raw_upstream: RawServer, proxies: Start) -> dict
         "quiet": (["--upstream", upstream.url, "--quiet"], False),
         "down": (["--upstream", upstream.url, "--store", UNREACHABLE_STORE], True),
     }
-    metrics_ports = {name: free_port() if metered else None for name, (_, metered) in specs.items()}
     commands = []
-    for name, (args, _) in specs.items():
-        port = metrics_ports[name]
+    for args, metered in specs.values():
         store = [] if "--store" in args else ["--store", "memory://"]
-        commands.append(([*args, *store, *(["--metrics-port", str(port)] if port else [])], None))
+        commands.append(([*args, *store, *(["--metrics-port", "0"] if metered else [])], None))
     started = proxies(commands)
     return {
-        name: Running(
-            proxy.url,
-            None if metrics_ports[name] is None else f"http://127.0.0.1:{metrics_ports[name]}",
-            proxy,
-            StderrLines(proxy.process),
-        )
+        name: Running(proxy.url, proxy.metrics, proxy, StderrLines(proxy.process))
         for name, proxy in zip(specs, started, strict=True)
     }
 
@@ -314,13 +306,39 @@ def test_metrics_port_without_the_prometheus_extra_is_one_line(upstream: Upstrea
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_port_0_binds_free_ports_and_the_first_line_names_them(
+    upstream: Upstream, recorder: Recorder, host: str
+) -> None:
+    """`--port 0 --metrics-port 0`: each binds a free port of its own, and the line the proxy
+    prints at start names the ports it bound (an IPv6 host in brackets), which then answer."""
+    args = ["--upstream", upstream.url, "--store", "memory://", "--metrics-port", "0"]
+    started = start_proxies([([*args, "--host", host], None)])
+    try:
+        proxy = started[0]
+        shown = f"[{host}]" if ":" in host else host
+        assert proxy.url.startswith(f"http://{shown}:"), proxy.url
+        assert proxy.metrics is not None
+        assert proxy.metrics.startswith(f"http://{shown}:")
+        ports = {int(url.rsplit(":", 1)[1]) for url in (proxy.url, proxy.metrics)}
+        assert len(ports) == 2, ports
+        assert 0 not in ports
+        with httpx.Client(timeout=_WAIT, trust_env=False, headers=CALLER) as client:
+            payment = client.post(f"{proxy.url}/payments", json={}, headers=key())
+            assert payment.status_code == 201, payment.text
+            assert client.get(f"{proxy.metrics}/healthz").status_code == 200
+        assert recorder.calls["/payments"] == 1
+    finally:
+        stop_proxies(started)
+
+
 def test_metrics_port_in_use_is_one_line(upstream: Upstream) -> None:
     """A metrics port that is taken, or the proxied port itself: one line, a non-zero exit,
     before anything is served."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
         args = ["--upstream", upstream.url, "--store", "memory://", "--metrics-port", port]
-        result = _proxy_run(*args, "--port", str(free_port()))
+        result = _proxy_run(*args, "--port", "0")
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("error: --metrics-port: cannot listen on 127.0.0.1:")
     assert result.stderr.count("\n") == 1

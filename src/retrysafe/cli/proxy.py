@@ -49,7 +49,15 @@ def proxy(
         typer.Option("--upstream", metavar="URL", help="The HTTP service to put behind the proxy."),
     ],
     host: Annotated[str, typer.Option("--host", help="The address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="The port to listen on.")] = 8080,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="The port to listen on (0: any free one; the line printed at start names it).",
+        ),
+    ] = 8080,
     store: Annotated[
         str,
         typer.Option(
@@ -157,10 +165,11 @@ def proxy(
         typer.Option(
             "--metrics-port",
             metavar="PORT",
-            min=1,
+            min=0,
             max=65535,
             help="Serve Prometheus metrics at /metrics and a health check at /healthz on this "
-            "port of --host (never on the proxied port). Needs the prometheus extra.",
+            "port of --host (never on the proxied port; 0: any free one). Needs the prometheus "
+            "extra.",
         ),
     ] = None,
     quiet: Annotated[
@@ -174,7 +183,7 @@ def proxy(
     credential header, hashed with the secret in RETRYSAFE_SCOPE_SECRET (else one kept in the
     store). Ctrl+C (or SIGTERM) stops it gracefully, with exit status 0.
     """
-    if metrics_port == port:
+    if metrics_port == port and port != 0:
         fail(f"--metrics-port {port} is the proxied --port: give it another one.", EXIT_USAGE)
     with errors_as_one_line():
         try:
@@ -232,14 +241,19 @@ def proxy(
     # docs/benchmarks.md).
     gc.collect()
     gc.freeze()
-    metrics_url = "" if listener is None else f", metrics http://{host}:{metrics_port}/metrics"
+    metrics_url = "" if listener is None else f", metrics {_address(listener)}/metrics"
     console.print(
-        f"retrysafe proxy: http://{host}:{port} -> {upstream} (store {_redacted(store)})"
-        + metrics_url,
+        f"retrysafe proxy: {_address(sock)} -> {upstream} (store {_redacted(store)})" + metrics_url,
         markup=False,
         soft_wrap=True,
     )
     server.run(sockets=[sock])
+
+
+def _address(sock: socket.socket) -> str:
+    """Return the URL of what `sock` listens on, with the port it was given (for --port 0)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _bound(host: str, port: int, option: str) -> socket.socket:

@@ -13,16 +13,24 @@ from typing import IO, Any
 
 import uvicorn
 
-__all__ = ["AsgiServer", "announced", "free_port", "wait_for_port"]
+__all__ = ["AsgiServer", "announced", "refused_port", "wait_for_port"]
 
 _START_SECONDS = 10.0
 
 
-def free_port() -> int:
-    """Return a loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_HELD: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """Return a loopback port that refuses connections for as long as this process runs.
+
+    The port stays bound, never listening, so a connection to it is refused at once and no
+    other process can take it meanwhile (a port found free and let go could be).
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return int(sock.getsockname()[1])
 
 
 def wait_for_port(

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import announced, free_port
+from tests.servers import announced, refused_port
 
 CLI = [sys.executable, "-c", "from retrysafe.cli import main; main()"]
 START = 60.0  # seconds a command gets to be ready
@@ -92,7 +92,7 @@ def test_ctrl_c_stops_serve_demo_gracefully_with_exit_0(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_stops_the_proxy_gracefully_with_exit_0(sig: signal.Signals) -> None:
     """The proxy, serving, stops on Ctrl+C (or SIGTERM) after its shutdown: exit 0."""
-    upstream = f"http://127.0.0.1:{free_port()}"  # nothing there: the proxy answers 502
+    upstream = f"http://127.0.0.1:{refused_port()}"  # nothing there: the proxy answers 502
     code, stderr = interrupt(
         ["proxy", "--upstream", upstream, "--port", "0", "--store", "memory://"],
         answers_where_announced(r"^retrysafe proxy: (http://\S+) ", "/anything"),

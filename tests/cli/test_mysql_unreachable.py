@@ -14,7 +14,7 @@ import pytest
 
 from tests.cli.test_postgres_unreachable import run
 from tests.conftest import unique_name
-from tests.servers import free_port
+from tests.servers import refused_port
 
 TIMED_OUT = "timed out"
 
@@ -39,7 +39,7 @@ def missing_database(mysql_url: str) -> tuple[str, str, str]:
 @pytest.fixture
 def refused() -> tuple[str, str, str]:
     """A URL on a loopback port where nothing listens, and the reason."""
-    return f"mysql://root@127.0.0.1:{free_port()}/test", "MySQL is unavailable: ", "refused"
+    return f"mysql://root@127.0.0.1:{refused_port()}/test", "MySQL is unavailable: ", "refused"
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.conftest import unique_name
-from tests.servers import free_port
+from tests.servers import refused_port
 
 CLI = [sys.executable, "-c", "from retrysafe.cli import main; main()"]
 BOUND = 60  # seconds: a generous bound on the whole command, start-up included
@@ -45,7 +45,7 @@ def missing_database(postgres_url: str) -> tuple[str, str]:
 @pytest.fixture
 def refused() -> tuple[str, str]:
     """A URL on a loopback port where nothing listens, and the reason."""
-    return f"postgresql://postgres@127.0.0.1:{free_port()}/test", "Connection refused"
+    return f"postgresql://postgres@127.0.0.1:{refused_port()}/test", "Connection refused"
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 
 import retrysafe
 from retrysafe._flow.secret import SECRET_IDENTITY
-from tests.integrations.servers import free_port
 from tests.proxy.conftest import Proxy, Recorder, Upstream, upstream_entered
+from tests.servers import refused_port
 
 Start = Callable[[list[tuple[list[str], Path | None]]], list[Proxy]]
 CALLER = {"Authorization": "Bearer proxy-test"}
@@ -36,7 +36,7 @@ def started(upstream: Upstream, proxies: Start, workdir: Path) -> dict[str, Prox
             (["--upstream", upstream.url, "--store", "memory://", "--wait", "0",
               "--scope-header", "X-API-Key"], None),
             (["--upstream", upstream.url, "--store", "memory://", "--require-key"], None),
-            (["--upstream", f"http://127.0.0.1:{free_port()}", "--store", "memory://"], None),
+            (["--upstream", f"http://127.0.0.1:{refused_port()}", "--store", "memory://"], None),
             (["--upstream", upstream.url, "--store", "memory://", "--anonymous", "shared"], None),
         ]
     )  # fmt: skip

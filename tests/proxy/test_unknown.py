@@ -18,9 +18,9 @@ import retrysafe
 from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe._http.outcome import decode_outcome
 from retrysafe._record import State
-from tests.integrations.servers import free_port
 from tests.proxy.conftest import Proxy, start_proxies, stop_proxies
 from tests.proxy.raw import RawResponse, RawServer, exchange
+from tests.servers import refused_port
 
 Start = Callable[[list[tuple[list[str], Path | None]]], list[Proxy]]
 _WAIT = 15.0
@@ -92,7 +92,7 @@ def upstream() -> Iterator[Upstream]:
 def ports(upstream: Upstream, proxies: Start) -> dict[str, int]:
     """Proxy ports: `quick` (0.3 s timeout, 409 at once), `deadline` (gives up after 1 s),
     `waiting` (retries wait for the outcome), `refused` (its upstream port is closed)."""
-    url, closed = upstream.server.url, f"http://127.0.0.1:{free_port()}"
+    url, closed = upstream.server.url, f"http://127.0.0.1:{refused_port()}"
     specs = {
         "quick": ["--upstream", url, "--upstream-timeout", "0.3", "--wait", "0"],
         "deadline": ["--upstream", url, "--upstream-timeout", "0.2", "--upstream-deadline", "1"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,10 +163,3 @@ def open_face(request: pytest.FixtureRequest) -> Iterator[OpenStore]:
 def concrete(store: Store) -> Any:
     """Return the store behind an async facade, or the store itself."""
     return getattr(store, "_store", store)
-
-
-def free_port() -> int:
-    """Return a loopback port on which nothing listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -39,7 +39,8 @@ from retrysafe.stores._sql.mysql_connection import parse_url
 from retrysafe.stores._sync.mysql_records import MySQLRecords
 from retrysafe.stores.mysql import AsyncMySQLStore, MySQLStore
 from tests.conftest import drop_mysql_tables, unique_name
-from tests.stores.conftest import BlockingFacade, OpenStore, concrete, free_port
+from tests.servers import refused_port
+from tests.stores.conftest import BlockingFacade, OpenStore, concrete
 
 pytestmark = pytest.mark.mysql
 
@@ -327,7 +328,9 @@ def test_b20_dead_port_is_unavailable_within_the_timeout(
     open_face: OpenStore, operation: str
 ) -> None:
     """A store pointed at a port nothing listens on raises StoreUnavailableError, and soon."""
-    store = open_face(f"mysql://root@127.0.0.1:{free_port()}/test?connect_timeout=1&pool_timeout=2")
+    store = open_face(
+        f"mysql://root@127.0.0.1:{refused_port()}/test?connect_timeout=1&pool_timeout=2"
+    )
     actions: dict[str, Callable[[], object]] = {
         "claim": lambda: store.claim(ident(), "fp", lease=LEASE, retention=RETENTION),
         "wait": lambda: store.wait(ident(), timeout=60),

@@ -35,7 +35,8 @@ from retrysafe import (
 )
 from retrysafe.stores.postgres import AsyncPostgresStore, PostgresStore
 from tests.conftest import unique_name
-from tests.stores.conftest import OpenStore, concrete, free_port
+from tests.servers import refused_port
+from tests.stores.conftest import OpenStore, concrete
 
 LEASE = 30.0
 RETENTION = 3600.0
@@ -239,7 +240,7 @@ def test_b20_dead_port_is_unavailable_within_the_timeout(
     open_face: OpenStore, operation: str
 ) -> None:
     """A store pointed at a port nothing listens on raises StoreUnavailableError, and soon."""
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=1&pool_timeout=2"
+    url = f"postgresql://postgres@127.0.0.1:{refused_port()}/test?connect_timeout=1&pool_timeout=2"
     store = open_face(url)
     actions: dict[str, Callable[[], object]] = {
         "claim": lambda: store.claim(ident(), "fp", lease=LEASE, retention=RETENTION),

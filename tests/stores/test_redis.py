@@ -33,6 +33,7 @@ from retrysafe.stores._redis_lua import GRACE_MS
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.redis import AsyncRedisStore, RedisStore
 from tests.conftest import unique_name
+from tests.servers import refused_port
 
 pytestmark = pytest.mark.redis
 
@@ -85,14 +86,6 @@ def store(url: str, clock: ManualClock) -> Iterator[RedisStore]:
 def key_of(prefix: str, identity: Identity) -> bytes:
     """The Redis key the store uses for `identity`."""
     return f"{prefix}:{{{identity.digest()}}}".encode()
-
-
-def free_port() -> int:
-    """A loopback port that nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 _RACER = """
@@ -170,7 +163,7 @@ def test_b7_fifty_threads_one_winner_and_one_token(make_store: Callable[[], Stor
 
 def test_b20_dead_port_raises_unavailable_within_timeout() -> None:
     """A store pointed at a port nobody listens on raises StoreUnavailableError, promptly."""
-    url = f"redis://127.0.0.1:{free_port()}/0?connect_timeout=1&socket_timeout=1"
+    url = f"redis://127.0.0.1:{refused_port()}/0?connect_timeout=1&socket_timeout=1"
     store = RedisStore.from_url(url)
     started = time.monotonic()
     with pytest.raises(StoreUnavailableError):
@@ -185,7 +178,7 @@ def test_b20_dead_port_raises_unavailable_async_face() -> None:
     """The async face raises StoreUnavailableError on a dead port too, for every kind of call."""
 
     async def main() -> None:
-        url = f"redis://127.0.0.1:{free_port()}/0?connect_timeout=1&socket_timeout=1"
+        url = f"redis://127.0.0.1:{refused_port()}/0?connect_timeout=1&socket_timeout=1"
         store = AsyncRedisStore.from_url(url)
         with pytest.raises(StoreUnavailableError):
             await store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)

@@ -166,11 +166,7 @@ class KeptConnections(Commands):
 
     def _connect(self) -> _Connection:
         """Return a connection from the client's pool, connected and checked by it."""
-        try:
-            connection = self._pool.get_connection()
-        except TypeError:  # pragma: no cover - redis-py before 5.3 wants a command name
-            connection = self._pool.get_connection("EVALSHA")  # type: ignore[arg-type, unused-ignore]
-        return cast(_Connection, connection)
+        return cast(_Connection, self._pool.get_connection())
 
 
 _KEPT: weakref.WeakSet[KeptConnections] = weakref.WeakSet()

@@ -13,7 +13,8 @@ the master that serves the key's slot, and the redirections are followed on that
   refresh of its map, run before the next exchange (at most as often as redis-py allows), so
   calls reach the replica that takes over once it has. The refresh is redis-py's own request
   (`_request_refresh`, `_run_requested_refresh`), what its cluster client does after such an
-  error; the tests of a real failover pin it.
+  error; the tests of a real failover pin it. redis-py has it since 8.2: with an earlier one
+  the cluster stores refuse to start (`require_refresh_requests`) rather than fail a call.
 
 Anything else (`TRYAGAIN`, `CLUSTERDOWN`, redirections past `_SENDS`) is the command's reply,
 which the store turns into `StoreUnavailableError`: the caller fails closed and a retry gets
@@ -32,13 +33,34 @@ from redis.exceptions import AskError, MovedError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from retrysafe._errors import ConfigurationError
 from retrysafe.stores._redis_packing import pack_commands
 
-__all__ = ["Command", "async_pinned_exchange", "sync_pinned_exchange"]
+__all__ = ["Command", "async_pinned_exchange", "require_refresh_requests", "sync_pinned_exchange"]
 
 Command = tuple[Any, ...]
 _SENDS = 3  # the first send, and two more after redirections
 _ASKING: Command = ("ASKING",)
+
+
+def require_refresh_requests() -> None:
+    """Raise `ConfigurationError` unless redis-py's cluster clients take refresh requests
+    (redis-py 8.2 and later), which the exchanges ask for after a lost connection."""
+    import redis  # noqa: PLC0415 - only with the redis extra
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster  # noqa: PLC0415
+    from redis.cluster import NodesManager  # noqa: PLC0415
+
+    requests = (
+        getattr(NodesManager, "_request_refresh", None),
+        getattr(NodesManager, "_run_requested_refresh", None),
+        getattr(AsyncRedisCluster, "_request_refresh", None),
+    )
+    if not all(callable(request) for request in requests):
+        raise ConfigurationError(
+            "The Redis Cluster store needs redis-py 8.2 or later (this is redis-py "
+            f"{getattr(redis, '__version__', 'of an unknown version')}): "
+            "pip install 'redis>=8.2'"
+        )
 
 
 def sync_pinned_exchange(client: Any, key: bytes, commands: Sequence[Command]) -> list[Any]:

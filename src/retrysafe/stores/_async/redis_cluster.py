@@ -37,6 +37,7 @@ from retrysafe.stores._async.redis_replicas import (
     replica_options,
 )
 from retrysafe.stores._deletes import RedisDeletes
+from retrysafe.stores._redis_pinned import require_refresh_requests
 from retrysafe.stores._redis_url import TLS_OPTIONS, timeouts, tls_options, tls_query
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
@@ -106,6 +107,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         fails within them, redirections aside; `min_replicas` and `replica_timeout_ms`; with
         `rediss+cluster://`, `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile`.
         """
+        require_refresh_requests()  # before a client connects
         seeds = cluster_seeds(url)
         parts = urlsplit(url)
         options = query_options(parts.query, _OPTIONS)
@@ -201,6 +203,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         client: Any, *, autopipeline: bool, replicas: tuple[int, int] | None
     ) -> AsyncCommands:
         del autopipeline  # one pipeline cannot span the masters
+        require_refresh_requests()
         return AsyncPinnedCommands(client, replicas=replicas)
 
     async def _masters(self) -> AsyncIterator[Any]:

@@ -40,6 +40,7 @@ from retrysafe.stores._sync.redis_replicas import (
     replica_options,
 )
 from retrysafe.stores._deletes import RedisDeletes
+from retrysafe.stores._redis_pinned import require_refresh_requests
 from retrysafe.stores._redis_url import TLS_OPTIONS, timeouts, tls_options, tls_query
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
@@ -109,6 +110,7 @@ class RedisClusterStore(RedisStore):
         fails within them, redirections aside; `min_replicas` and `replica_timeout_ms`; with
         `rediss+cluster://`, `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile`.
         """
+        require_refresh_requests()  # before a client connects
         seeds = cluster_seeds(url)
         parts = urlsplit(url)
         options = query_options(parts.query, _OPTIONS)
@@ -204,6 +206,7 @@ class RedisClusterStore(RedisStore):
         client: Any, *, autopipeline: bool, replicas: tuple[int, int] | None
     ) -> Commands:
         del autopipeline  # one pipeline cannot span the masters
+        require_refresh_requests()
         return PinnedCommands(client, replicas=replicas)
 
     def _masters(self) -> Iterator[Any]:

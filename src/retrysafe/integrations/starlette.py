@@ -138,8 +138,8 @@ class StarletteRoutes:
             **options,
         )
 
-        def bind(inner: ASGIApp) -> IdempotencyMiddleware:
-            middleware.app = inner  # the app's stack is built once, when it first serves
+        def bind(app: ASGIApp) -> IdempotencyMiddleware:  # Starlette before 0.41: `app=` by name
+            middleware.app = app  # the app's stack is built once, when it first serves
             return middleware
 
         app.add_middleware(bind)

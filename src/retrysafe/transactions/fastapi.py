@@ -151,8 +151,8 @@ def install(
         **options,
     )
 
-    def bind(inner: ASGIApp) -> TransactionalMiddleware:
-        middleware.app = inner  # the app's stack is built once, when it first serves
+    def bind(app: ASGIApp) -> TransactionalMiddleware:  # Starlette before 0.41: `app=` by name
+        middleware.app = app  # the app's stack is built once, when it first serves
         return middleware
 
     app.add_middleware(bind)

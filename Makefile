@@ -18,7 +18,7 @@ export UV_NO_PROGRESS := 1
 # tests/packaging and scripts/release_check.py (make release-check) build with the same uv.
 export RETRYSAFE_UV := $(abspath $(UV))
 
-.PHONY: setup browser test test-pythons demo check lint typecheck unasync lock upgrade \
+.PHONY: setup browser test test-pythons test-lowest demo check lint typecheck unasync lock upgrade \
 	bench-stores bench-functions bench-http bench-inprocess bench-scale docs release-check clean
 
 $(UV):
@@ -50,6 +50,11 @@ test: setup browser
 ## test-pythons: the tests that need no service, on each of OTHER_PYTHONS side by side (same lock)
 test-pythons: $(UV)
 	scripts/test-pythons.sh $(UV) $(VENV) $(OTHER_PYTHONS) -- $(PYTEST_ARGS)
+
+## test-lowest: every test, with each dependency of retrysafe at the lowest version pyproject.toml
+## allows, in .venv-lowest (slow: not in CI; run it when a dependency's range changes)
+test-lowest: $(UV) browser
+	$(PYTHON) scripts/test_lowest.py $(UV) $(PYTHON) -- -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## demo: the main job, on the embedded SQLite default
 demo: setup

@@ -92,6 +92,13 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
     return seeds_of(url.split("?", 1)[0])
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run `@pytest.mark.anyio` tests on asyncio, the loop the servers use (anyio's own default
+    before 4.5 was every backend, trio too, which is not installed)."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The URL of a real PostgreSQL server."""

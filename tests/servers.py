@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import re
 import socket
 import threading
@@ -19,6 +20,13 @@ _START_SECONDS = 10.0
 
 
 _HELD: list[socket.socket] = []
+
+
+@atexit.register
+def _let_go() -> None:
+    """Close the held ports as the process ends (unclosed, each would warn)."""
+    for sock in _HELD:
+        sock.close()
 
 
 def refused_port() -> int:

@@ -106,12 +106,6 @@ def scripted() -> Iterator[Scripted]:
         yield Scripted(app, url)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run the async tests on asyncio, the loop uvicorn and the demo use."""
-    return "asyncio"
-
-
 class Sleeps:
     """An injected sleep: records each delay and moves a manual clock, never waits."""
 

@@ -59,12 +59,6 @@ def store(store_url: str, clock: ManualClock) -> Iterator[Store]:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    """The async tests run on asyncio, like the async stores' drivers."""
-    return "asyncio"
-
-
-@pytest.fixture
 async def astore(store_url: str, clock: ManualClock) -> AsyncIterator[AsyncStore]:
     """An async store on the manual clock."""
     opened = open_async_store(store_url, clock=clock)

@@ -47,7 +47,8 @@ def name_of(requirement: str) -> str:
 
 
 def lowest(uv: str, python: str, requirements: list[str]) -> list[str]:
-    """Return `name==version` for each requirement, at the lowest version that resolves."""
+    """Return `name[extras]==version` for each requirement, at the lowest version that resolves
+    (with its extras: psycopg[binary] brings its binary part at the same version)."""
     with tempfile.TemporaryDirectory() as tmp:
         wanted = Path(tmp) / "lowest.in"
         wanted.write_text("\n".join(requirements) + "\n")
@@ -61,8 +62,8 @@ def lowest(uv: str, python: str, requirements: list[str]) -> list[str]:
     for line in compiled.splitlines():
         name, _, version = line.strip().partition("==")
         if version and name_of(name) in extras:
-            wanted = extras[name_of(name)]  # psycopg[binary]: its binary part at the same version
-            pins.append(f"{name}{wanted[0] if wanted else ''}=={version}")
+            extra = extras[name_of(name)]
+            pins.append(f"{name}{extra[0] if extra else ''}=={version}")
     return pins
 
 

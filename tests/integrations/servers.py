@@ -7,9 +7,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from tests.servers import AsgiServer, refused_port, wait_for_port
+from tests.servers import AsgiServer, wait_for_port
 
-__all__ = ["AsgiServer", "WsgiServer", "refused_port", "wait_for_port"]
+__all__ = ["AsgiServer", "WsgiServer", "wait_for_port"]
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from retrysafe.console._data import PREVIEW_CHARS
 from tests.console.conftest import BIG, STUCK, TOKEN, Console
@@ -180,3 +182,69 @@ def test_an_unconfirmed_form_post_goes_to_the_confirmation_page(console: Console
         assert done.status_code == 200
         assert "Deleted record" in done.text
         assert client.get("/api/record", params=STUCK_ID).status_code == 404
+
+
+REFUSED_API = [
+    "/api/records",
+    "/api/records?namespace=jobs&limit=0",
+    "/api/records?namespace=jobs&limit=-1",
+    "/api/records?namespace=jobs&limit=1001",
+    "/api/records?namespace=jobs&limit=lots",
+    "/api/records?namespace=jobs&limit=99999999999999999999999",
+    "/api/record?namespace=jobs",
+    "/api/record?scope=a&key=b",
+]
+REFUSED_PAGES = [
+    "/records",
+    "/records?namespace=jobs&limit=0",
+    "/record?namespace=jobs&scope=a",
+    "/record/delete?key=x",
+]
+
+
+def test_a_url_the_api_cannot_use_is_400_problem_json_never_500(console: Console) -> None:
+    """A listing without `namespace` or with a limit out of range, a record URL without its
+    identity: 400 problem+json saying what is missing or wrong (they were a 500)."""
+    with console.client() as client:
+        answers = {url: client.get(url) for url in REFUSED_API}
+    for url, response in answers.items():
+        assert response.status_code == 400, (url, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == 400
+    assert "between 1 and 1000" in answers["/api/records?namespace=jobs&limit=-1"].json()["detail"]
+    assert "missing key" in answers["/api/record?namespace=jobs"].json()["detail"].replace(
+        "scope, ", ""
+    )
+
+
+def test_a_page_url_it_cannot_use_is_the_400_error_page(console: Console) -> None:
+    """The same mistakes on the pages answer the console's error page, 400, in HTML."""
+    with console.client() as client:
+        answers = {url: client.get(url) for url in REFUSED_PAGES}
+    for url, response in answers.items():
+        assert response.status_code == 400, (url, response.text)
+        assert response.headers["content-type"].startswith("text/html")
+        assert "Traceback" not in response.text
+
+
+QUERY_NAMES = st.sampled_from(["namespace", "scope", "key", "limit", "state"])
+
+
+@settings(
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    path=st.sampled_from(["/api/records", "/api/record", "/records", "/record"]),
+    query=st.dictionaries(QUERY_NAMES, st.text(max_size=30), max_size=5),
+)
+def test_any_query_is_answered_without_a_server_error(
+    console: Console, path: str, query: dict[str, str]
+) -> None:
+    """Whatever query a caller sends to a listing or record URL (any names the endpoints read,
+    any text), the answer is 200, 400 or 404, never a 500."""
+    with console.client() as client:
+        response = client.get(path, params=query)
+    assert response.status_code in (200, 400, 404), (path, query, response.text)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
@@ -74,7 +74,10 @@ def create_app(store: Store, token: str) -> ASGIApp:
         Route("/api/record/delete", console.api_delete, methods=["POST"]),
         Route("/api/purge", console.api_purge, methods=["POST"]),
     ]
-    return _SecurityHeaders(TokenGate(Starlette(routes=routes), token=token))
+    handlers = {ConsoleError: _refused}  # a URL the endpoint refuses before it reads the store
+    return _SecurityHeaders(
+        TokenGate(Starlette(routes=routes, exception_handlers=handlers), token=token)
+    )
 
 
 class _Console:
@@ -237,6 +240,15 @@ async def _api(data: Awaitable[Data]) -> Response:
     except ConsoleError as error:
         return problem(error.status, error.detail)
     return JSONResponse(result)
+
+
+async def _refused(request: Request, error: Exception) -> Response:
+    """Answer a `ConsoleError` raised by an endpoint itself (a URL that lacks what it needs, a
+    limit out of range): problem+json under /api/, the error page elsewhere."""
+    refusal = cast(ConsoleError, error)  # the only class it is registered for
+    if request.url.path.startswith("/api/"):
+        return problem(refusal.status, refusal.detail)
+    return _error_page(refusal.status, refusal.detail)
 
 
 def _error_page(status: int, detail: str) -> Response:

@@ -19,12 +19,17 @@ def digest(parts: Iterable[bytes]) -> str:
 
 
 def canonical_json(body: bytes) -> bytes:
-    """Return `body` as canonical JSON (sorted keys, no whitespace), or unchanged if not JSON."""
+    """Return `body` as canonical JSON (sorted keys, no whitespace), or unchanged if not JSON.
+
+    A body that only parses into what cannot be written back (an escaped lone surrogate), or
+    that nests too deep to parse, is not canonicalised either: its raw bytes are the fingerprint.
+    """
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return canonical.encode()
+    except (ValueError, RecursionError):  # UnicodeDecodeError and -EncodeError are ValueErrors
         return body
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def fingerprint_request(

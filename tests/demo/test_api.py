@@ -109,12 +109,16 @@ def test_b8_tenants_differing_only_in_case_are_apart(api: RunningApi) -> None:
         (b'{"customer": "ada", "amount": 100, "currency": "euros"}', "currency"),
         (b'{"customer": "", "amount": 100, "currency": "EUR"}', "customer"),
         (b'{"customer": "ada", "amount": 100, "currency": "EUR", "x": 1}', "x"),
+        # JSON that Python's parser refuses other than by a syntax error (they were a 500):
+        (b"[" * 5000 + b"]" * 5000, "body"),  # nested too deep
+        (b'{"customer": "ada", "amount": ' + b"9" * 5000 + b', "currency": "EUR"}', "body"),
     ],
 )
 def test_invalid_payment_gets_422_problem_and_stores_nothing(
     api: RunningApi, body: bytes, field: str
 ) -> None:
-    """Bad JSON, missing fields, non-positive or fractional amounts answer 422 problem+json."""
+    """Bad JSON (also nested too deep, or a number of 5000 digits), missing fields,
+    non-positive or fractional amounts answer 422 problem+json."""
     with api.client() as client:
         response = client.post(
             "/payments", content=body, headers={"Content-Type": "application/json"}

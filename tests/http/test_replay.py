@@ -230,6 +230,31 @@ def test_b12_json_fingerprint_ignores_key_order_and_whitespace(serve: Serve) -> 
     assert service.recorder.calls["/payments"] == 1
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"note": "\\ud800"}', b"[" * 5000 + b"]" * 5000],
+    ids=["lone-surrogate", "nested-5000-deep"],
+)
+def test_b12_json_fingerprint_takes_json_it_cannot_rewrite_as_raw_bytes(
+    serve: Serve, body: bytes
+) -> None:
+    """In JSON-canonical mode a body that parses into what JSON cannot write back (an escaped
+    lone surrogate) or nests too deep to parse is fingerprinted by its bytes: it runs once and
+    its retry replays (both were a 500 from the middleware); other bytes are a mismatch."""
+    service = serve(fingerprint="json")
+    json_headers = {"Content-Type": "application/json"}
+    first = service.post("/status/201", "k", content=body, headers=json_headers)
+    second = service.post("/status/201", "k", content=body, headers=json_headers)
+    assert first.status_code == 201, first.text
+    assert second.headers["idempotent-replayed"] == "true"
+    assert is_problem(
+        service.post("/status/201", "k", content=body + b" ", headers=json_headers),
+        422,
+        "key-mismatch",
+    )
+    assert service.recorder.calls["/status"] == 1  # an endpoint that never reads the body
+
+
 def test_b21_after_retention_the_same_key_is_a_new_request(serve: Serve) -> None:
     """Past its retention the record is gone on read: the key runs again."""
     clock = ManualClock()

@@ -181,7 +181,7 @@ class _Console:
             return problem(403, f"A POST with the cookie needs the {CSRF_HEADER} header.")
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             return problem(400, "The body is not JSON: send a JSON object.")
         if not isinstance(body, dict):
             return problem(400, "The body is not a JSON object.")

@@ -97,7 +97,7 @@ def parse_user(body: bytes) -> UserInput | list[FieldError]:
 def _object(body: bytes) -> dict[str, object] | list[FieldError]:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, a 5000-digit number
         return [FieldError("body", "is not valid JSON")]
     if not isinstance(data, dict):
         return [FieldError("body", "must be a JSON object")]

@@ -111,7 +111,10 @@ def _claim_in_child(
 def test_b7_b14_one_run_among_50_concurrent_claims_from_5_processes(table_url: str) -> None:
     """Five OS processes of ten threads each run the same keys at once: each key's effect runs
     exactly once, and all fifty callers get that one outcome."""
-    open_store(table_url).create_schema()  # type: ignore[attr-defined]
+    # Closed at once: a store left to the collector can be collected mid-test, on its own
+    # pool's worker thread, which then fails to join itself.
+    with contextlib.closing(open_store(table_url)) as store:
+        store.create_schema()  # type: ignore[attr-defined]
     keys = [f"race-{index}" for index in range(4)]
     context = multiprocessing.get_context("spawn")
     barrier, runs, results = context.Barrier(WORKERS), context.Value("i", 0), context.Queue()

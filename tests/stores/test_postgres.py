@@ -7,6 +7,7 @@ shared with other test runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import random
@@ -101,7 +102,10 @@ def _claim_in_child(url: str, keys: list[str], seed: int, barrier: Any, results:
 
 def test_b7_one_winner_per_key_among_4_processes(table_url: str) -> None:
     """Four OS processes claiming the same ten keys at once: each key has exactly one winner."""
-    open_store(table_url).create_schema()  # type: ignore[attr-defined]
+    # Closed at once: a store left to the collector can be collected mid-test, on its own
+    # pool's worker thread, which then fails to join itself.
+    with contextlib.closing(open_store(table_url)) as store:
+        store.create_schema()  # type: ignore[attr-defined]
     keys = [f"race-{index}" for index in range(10)]
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(4)

@@ -31,8 +31,8 @@ WAIT_SECONDS = 30.0
 """The bound on every wait for something to happen (a completion landing, a lease ending)."""
 _TIMEOUTS = {
     "redis": "socket_timeout=1&connect_timeout=1",
-    "postgres": "connect_timeout=1&pool_timeout=1",
-    "mysql": "connect_timeout=1&pool_timeout=1",
+    "postgres": "connect_timeout=1&pool_timeout=1&read_timeout=1",
+    "mysql": "connect_timeout=1&pool_timeout=1&read_timeout=1",
 }
 
 

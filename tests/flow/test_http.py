@@ -53,6 +53,34 @@ def test_b19_an_outcome_stored_late_runs_the_handler_once(
 
 
 @pytest.mark.parametrize("face", ["asgi", "wsgi"])
+def test_b19_a_store_that_stalls_after_the_effect_holds_the_outcome(
+    face: str, gap: Gap, serve: Serve
+) -> None:
+    """A store that stops answering (its connections open, nothing coming back) right after
+    the effect: the completion fails within the store's read timeout rather than hanging the
+    request, the client gets its 201, a retry gets the held outcome, and once the store answers
+    again the outcome lands. The handler ran once."""
+    service = serve(face)
+    service.app.after_effect = gap.relay.stall
+
+    first = service.post()
+    assert first.status_code == 201
+    assert service.counters["held"] == 1
+
+    during = service.post()
+    assert during.status_code == 201
+    assert during.headers["idempotent-replayed"] == "true"
+    assert during.content == first.content
+
+    gap.relay.resume()
+    gap.wait_for_done("k")
+    after = service.post()
+    assert after.headers["idempotent-replayed"] == "true"
+    assert after.content == first.content
+    assert service.app.runs == 1
+
+
+@pytest.mark.parametrize("face", ["asgi", "wsgi"])
 def test_b19_a_gap_longer_than_the_lease_still_replays(face: str, gap: Gap, serve: Serve) -> None:
     """With a 1 s lease and a longer gap, a retry after the lease would have ended gets the held
     outcome, and the late completion still lands: the handler ran once."""

@@ -19,7 +19,6 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Unpack
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from retrysafe._clock import Clock, SystemClock
@@ -27,10 +26,10 @@ from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._async._common import poll_until_settled
+from retrysafe.stores._async.postgres_lending import Lent, Shared
 from retrysafe.stores._async.postgres_records import (
     AsyncPostgresRecords,
     AsyncRecordsConnection,
-    AsyncStatementRunner,
 )
 from retrysafe.stores._deletes import PostgresDeletes
 from retrysafe.stores._sql import DEFAULT_TABLE
@@ -39,9 +38,9 @@ from retrysafe.stores._sql.postgres_connection import (
     PostgresOptions,
     async_executor,
     parse_url,
-    store_error,
     translate_errors,
 )
+from retrysafe.stores._sql.postgres_deadline import AsyncReadDeadline, unavailable
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats
 
 __all__ = ["AsyncPostgresStore"]
@@ -63,6 +62,9 @@ class AsyncPostgresStore:
         pool_timeout: seconds to wait for a pooled connection; past it, and whenever the server
             cannot be reached, primitives raise `StoreUnavailableError`.
         clock: the time source for leases and retention.
+        read_timeout: seconds a statement may wait for the server's reply; past it, its
+            connection is cut and the call raises `StoreUnavailableError` (a stalled server or
+            network; a wait may take its own timeout besides).
         autopipeline: send the statements of claims, completions and reads that concurrent
             calls issue in one event-loop turn as one batch, in one transaction, on one
             connection of the store's own (the async face only: the sync store runs each on a
@@ -84,6 +86,7 @@ class AsyncPostgresStore:
         pool_timeout: float = 10.0,
         clock: Clock | None = None,
         autopipeline: bool = True,
+        read_timeout: float = 30.0,
     ) -> None:
         options = PostgresOptions(
             table=table,
@@ -92,6 +95,7 @@ class AsyncPostgresStore:
             pool_max=pool_max,
             pool_timeout=pool_timeout,
             autopipeline=autopipeline,
+            read_timeout=read_timeout,
         )
         self.clock: Clock = clock or SystemClock()
         self.table = record_table(options.table)
@@ -109,6 +113,7 @@ class AsyncPostgresStore:
         )
         # The hot primitives' statements go here when it is not None.
         self._runner = async_executor(conninfo, options)
+        self._deadline = AsyncReadDeadline(options.read_timeout)
         self._deletes = PostgresDeletes(
             conninfo, self.table.deleted_channel, timeout=options.connect_timeout
         )
@@ -126,8 +131,8 @@ class AsyncPostgresStore:
 
         Store options in the query string: `table` (default `retrysafe_records`),
         `connect_timeout` (seconds, default 5), `pool_min` (1), `pool_max` (10), `pool_timeout`
-        (seconds, default 10), `autopipeline` (default true; async face only). Any other query
-        parameter goes to libpq (`sslmode=require`).
+        (seconds, default 10), `autopipeline` (default true; async face only), `read_timeout`
+        (seconds, default 30). Any other query parameter goes to libpq (`sslmode=require`).
         """
         conninfo, options = parse_url(url)
         # The options' fields are this constructor's keyword arguments, under the same names.
@@ -229,7 +234,7 @@ class AsyncPostgresStore:
         deadline = monotonic() + timeout
         if timeout <= 0:
             return await self.get(identity)
-        async with self._listening() as conn:
+        async with self._listening(timeout) as conn:
             if conn is None:
                 return await poll_until_settled(self, identity, max(0.0, deadline - monotonic()))
             with translate_errors():
@@ -248,6 +253,7 @@ class AsyncPostgresStore:
             if self._runner is not None:
                 await self._runner.aclose()
             await self._pool.close()
+        self._deadline.close()
 
     async def _open_pool(self) -> None:
         if self._closed:
@@ -272,30 +278,36 @@ class AsyncPostgresStore:
         async with conn.transaction():
             await self._records.create_schema(conn)
 
-    def _connection(self) -> _Lent:
+    def _connection(self) -> Lent:
         """Lend a pooled connection, the table ready; psycopg errors become store errors."""
-        return _Lent(self)
+        return Lent(self)
 
-    def _statement(self) -> _Lent | _Shared:
+    def _statement(self) -> Lent | Shared:
         """Lend where a hot primitive's one statement runs: the statement runner, if any."""
         runner = self._runner
-        return _Lent(self) if runner is None else _Shared(self, runner)
+        return Lent(self) if runner is None else Shared(self, runner)
 
     @contextlib.asynccontextmanager
-    async def _listening(self) -> AsyncIterator[AsyncRecordsConnection | None]:
-        """Lend a pooled connection to listen on, or None if none is free soon enough."""
+    async def _listening(self, timeout: float) -> AsyncIterator[AsyncRecordsConnection | None]:
+        """Lend a pooled connection to listen on for up to `timeout` seconds, or None if none
+        is free soon enough."""
         conn = await self._listener()
         if conn is None:
             yield None
             return
         clean = False
+        armed = self._deadline.arm(conn, extra=timeout)
         try:
             yield conn
             clean = True
+        except Exception as error:
+            if armed.cut:  # the reply was late: say so, rather than "connection lost"
+                raise unavailable(self._deadline.timeout) from error
+            raise
         finally:
             with self._lock:
                 self._listeners -= 1
-            if not clean:
+            if self._deadline.disarm(armed) or not clean:
                 # It may still be listening, or mid-statement: never hand it to anyone else.
                 await conn.close()
             with translate_errors():
@@ -318,65 +330,3 @@ class AsyncPostgresStore:
                 with self._lock:
                     self._listeners -= 1
         return conn
-
-
-class _Lending:
-    """What a primitive borrows its statement's target from: psycopg errors become store
-    errors, on the way in and out, and the target is given back."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self, store: AsyncPostgresStore) -> None:
-        self._store = store
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            await self._give_back()
-        except psycopg.Error as error:
-            raise store_error(error) from error
-        if isinstance(raised := exc_info[1], psycopg.Error):
-            raise store_error(raised) from raised
-
-    async def _give_back(self) -> None:
-        """Nothing to give back."""
-
-
-class _Lent(_Lending):
-    """A pooled connection lent for one primitive.
-
-    A class, and the pool's `getconn`/`putconn`, rather than generator context managers and the
-    pool's `connection()`: those cost about a seventh of the client CPU of a claim and its
-    completion. `connection()` would also run the connection's own exit, a `commit()` that has
-    nothing to do in autocommit; `putconn` still rolls back or closes a connection returned
-    mid-transaction or mid-statement.
-    """
-
-    __slots__ = ("_conn",)
-
-    async def __aenter__(self) -> AsyncRecordsConnection:
-        try:
-            await self._store._ready()
-            self._conn = await self._store._pool.getconn()
-        except psycopg.Error as error:
-            raise store_error(error) from error
-        return self._conn
-
-    async def _give_back(self) -> None:
-        await self._store._pool.putconn(self._conn)
-
-
-class _Shared(_Lending):
-    """The store's statement runner, lent for one primitive."""
-
-    __slots__ = ("_runner",)
-
-    def __init__(self, store: AsyncPostgresStore, runner: AsyncStatementRunner) -> None:
-        super().__init__(store)
-        self._runner = runner
-
-    async def __aenter__(self) -> AsyncStatementRunner:
-        try:
-            await self._store._ready()
-        except psycopg.Error as error:
-            raise store_error(error) from error
-        return self._runner

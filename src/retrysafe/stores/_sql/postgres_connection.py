@@ -53,6 +53,8 @@ class PostgresOptions:
         pool_max: the most connections the pool opens.
         pool_timeout: seconds to wait for a pooled connection before the store is unavailable.
         autopipeline: whether the async store batches concurrent calls' statements.
+        read_timeout: seconds a statement may wait for the server's reply before the call
+            fails with `StoreUnavailableError` (`stores/_sql/postgres_deadline.py`).
     """
 
     table: str = DEFAULT_TABLE
@@ -61,12 +63,15 @@ class PostgresOptions:
     pool_max: int = 10
     pool_timeout: float = 10.0
     autopipeline: bool = True
+    read_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         """Refuse values the pool or the server would fail on later, less clearly."""
         validate_table(self.table)
-        if self.connect_timeout <= 0 or self.pool_timeout <= 0:
-            raise ConfigurationError("connect_timeout and pool_timeout must be positive seconds.")
+        if self.connect_timeout <= 0 or self.pool_timeout <= 0 or not self.read_timeout > 0:
+            raise ConfigurationError(
+                "connect_timeout, pool_timeout and read_timeout must be positive seconds."
+            )
         if self.pool_min < 0 or self.pool_max < 1 or self.pool_min > self.pool_max:
             raise ConfigurationError(
                 f"Need 0 <= pool_min <= pool_max and pool_max >= 1, "
@@ -86,6 +91,7 @@ _OPTION_TYPES: Final[dict[str, type]] = {
     "pool_max": int,
     "pool_timeout": float,
     "autopipeline": bool,
+    "read_timeout": float,
 }
 
 
@@ -93,9 +99,9 @@ def parse_url(url: str) -> tuple[str, PostgresOptions]:
     """Split a store URL into the libpq conninfo and the store's own options.
 
     The store's options (`table`, `connect_timeout`, `pool_min`, `pool_max`, `pool_timeout`,
-    `autopipeline`) are removed; any other query parameter is a libpq one (`sslmode`,
-    `application_name`) and stays in the conninfo, where libpq validates it now rather than at
-    the first connection.
+    `autopipeline`, `read_timeout`) are removed; any other query parameter is a libpq one
+    (`sslmode`, `application_name`) and stays in the conninfo, where libpq validates it now
+    rather than at the first connection.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
@@ -144,4 +150,8 @@ def async_executor(conninfo: str, options: PostgresOptions) -> AsyncStatementRun
         return None
     from retrysafe.stores._postgres_pipeline import AsyncStatementPipeline  # noqa: PLC0415
 
-    return AsyncStatementPipeline(conninfo, connect_timeout=options.connect_timeout_seconds)
+    return AsyncStatementPipeline(
+        conninfo,
+        connect_timeout=options.connect_timeout_seconds,
+        read_timeout=options.read_timeout,
+    )

@@ -22,7 +22,6 @@ import threading
 from collections.abc import Iterator
 from typing import Unpack
 
-import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from retrysafe._clock import Clock, SystemClock
@@ -30,10 +29,10 @@ from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
+from retrysafe.stores._sync.postgres_lending import Lent, Shared
 from retrysafe.stores._sync.postgres_records import (
     PostgresRecords,
     RecordsConnection,
-    StatementRunner,
 )
 from retrysafe.stores._deletes import PostgresDeletes
 from retrysafe.stores._sql import DEFAULT_TABLE
@@ -42,9 +41,9 @@ from retrysafe.stores._sql.postgres_connection import (
     PostgresOptions,
     sync_executor,
     parse_url,
-    store_error,
     translate_errors,
 )
+from retrysafe.stores._sql.postgres_deadline import ReadDeadline, unavailable
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats
 
 __all__ = ["PostgresStore"]
@@ -66,6 +65,9 @@ class PostgresStore:
         pool_timeout: seconds to wait for a pooled connection; past it, and whenever the server
             cannot be reached, primitives raise `StoreUnavailableError`.
         clock: the time source for leases and retention.
+        read_timeout: seconds a statement may wait for the server's reply; past it, its
+            connection is cut and the call raises `StoreUnavailableError` (a stalled server or
+            network; a wait may take its own timeout besides).
         autopipeline: send the statements of claims, completions and reads that concurrent
             calls issue in one event-loop turn as one batch, in one transaction, on one
             connection of the store's own (the async face only: the sync store runs each on a
@@ -87,6 +89,7 @@ class PostgresStore:
         pool_timeout: float = 10.0,
         clock: Clock | None = None,
         autopipeline: bool = True,
+        read_timeout: float = 30.0,
     ) -> None:
         options = PostgresOptions(
             table=table,
@@ -95,6 +98,7 @@ class PostgresStore:
             pool_max=pool_max,
             pool_timeout=pool_timeout,
             autopipeline=autopipeline,
+            read_timeout=read_timeout,
         )
         self.clock: Clock = clock or SystemClock()
         self.table = record_table(options.table)
@@ -112,6 +116,7 @@ class PostgresStore:
         )
         # The hot primitives' statements go here when it is not None.
         self._runner = sync_executor(conninfo, options)
+        self._deadline = ReadDeadline(options.read_timeout)
         self._deletes = PostgresDeletes(
             conninfo, self.table.deleted_channel, timeout=options.connect_timeout
         )
@@ -129,8 +134,8 @@ class PostgresStore:
 
         Store options in the query string: `table` (default `retrysafe_records`),
         `connect_timeout` (seconds, default 5), `pool_min` (1), `pool_max` (10), `pool_timeout`
-        (seconds, default 10), `autopipeline` (default true; async face only). Any other query
-        parameter goes to libpq (`sslmode=require`).
+        (seconds, default 10), `autopipeline` (default true; async face only), `read_timeout`
+        (seconds, default 30). Any other query parameter goes to libpq (`sslmode=require`).
         """
         conninfo, options = parse_url(url)
         # The options' fields are this constructor's keyword arguments, under the same names.
@@ -232,7 +237,7 @@ class PostgresStore:
         deadline = monotonic() + timeout
         if timeout <= 0:
             return self.get(identity)
-        with self._listening() as conn:
+        with self._listening(timeout) as conn:
             if conn is None:
                 return poll_until_settled(self, identity, max(0.0, deadline - monotonic()))
             with translate_errors():
@@ -251,6 +256,7 @@ class PostgresStore:
             if self._runner is not None:
                 self._runner.close()
             self._pool.close()
+        self._deadline.close()
 
     def _open_pool(self) -> None:
         if self._closed:
@@ -275,30 +281,36 @@ class PostgresStore:
         with conn.transaction():
             self._records.create_schema(conn)
 
-    def _connection(self) -> _Lent:
+    def _connection(self) -> Lent:
         """Lend a pooled connection, the table ready; psycopg errors become store errors."""
-        return _Lent(self)
+        return Lent(self)
 
-    def _statement(self) -> _Lent | _Shared:
+    def _statement(self) -> Lent | Shared:
         """Lend where a hot primitive's one statement runs: the statement runner, if any."""
         runner = self._runner
-        return _Lent(self) if runner is None else _Shared(self, runner)
+        return Lent(self) if runner is None else Shared(self, runner)
 
     @contextlib.contextmanager
-    def _listening(self) -> Iterator[RecordsConnection | None]:
-        """Lend a pooled connection to listen on, or None if none is free soon enough."""
+    def _listening(self, timeout: float) -> Iterator[RecordsConnection | None]:
+        """Lend a pooled connection to listen on for up to `timeout` seconds, or None if none
+        is free soon enough."""
         conn = self._listener()
         if conn is None:
             yield None
             return
         clean = False
+        armed = self._deadline.arm(conn, extra=timeout)
         try:
             yield conn
             clean = True
+        except Exception as error:
+            if armed.cut:  # the reply was late: say so, rather than "connection lost"
+                raise unavailable(self._deadline.timeout) from error
+            raise
         finally:
             with self._lock:
                 self._listeners -= 1
-            if not clean:
+            if self._deadline.disarm(armed) or not clean:
                 # It may still be listening, or mid-statement: never hand it to anyone else.
                 conn.close()
             with translate_errors():
@@ -321,65 +333,3 @@ class PostgresStore:
                 with self._lock:
                     self._listeners -= 1
         return conn
-
-
-class _Lending:
-    """What a primitive borrows its statement's target from: psycopg errors become store
-    errors, on the way in and out, and the target is given back."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            self._give_back()
-        except psycopg.Error as error:
-            raise store_error(error) from error
-        if isinstance(raised := exc_info[1], psycopg.Error):
-            raise store_error(raised) from raised
-
-    def _give_back(self) -> None:
-        """Nothing to give back."""
-
-
-class _Lent(_Lending):
-    """A pooled connection lent for one primitive.
-
-    A class, and the pool's `getconn`/`putconn`, rather than generator context managers and the
-    pool's `connection()`: those cost about a seventh of the client CPU of a claim and its
-    completion. `connection()` would also run the connection's own exit, a `commit()` that has
-    nothing to do in autocommit; `putconn` still rolls back or closes a connection returned
-    mid-transaction or mid-statement.
-    """
-
-    __slots__ = ("_conn",)
-
-    def __enter__(self) -> RecordsConnection:
-        try:
-            self._store._ready()
-            self._conn = self._store._pool.getconn()
-        except psycopg.Error as error:
-            raise store_error(error) from error
-        return self._conn
-
-    def _give_back(self) -> None:
-        self._store._pool.putconn(self._conn)
-
-
-class _Shared(_Lending):
-    """The store's statement runner, lent for one primitive."""
-
-    __slots__ = ("_runner",)
-
-    def __init__(self, store: PostgresStore, runner: StatementRunner) -> None:
-        super().__init__(store)
-        self._runner = runner
-
-    def __enter__(self) -> StatementRunner:
-        try:
-            self._store._ready()
-        except psycopg.Error as error:
-            raise store_error(error) from error
-        return self._runner

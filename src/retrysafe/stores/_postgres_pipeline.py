@@ -40,16 +40,14 @@ A batcher belongs to one event loop at a time; met on another loop, it starts af
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from retrysafe.stores._postgres_link import Call, Link
-from retrysafe.stores._sql.postgres_deadline import late
+from retrysafe.stores._sql.postgres_deadline import AsyncReadDeadline, late
 
 __all__ = ["DEFAULT_CONNECTIONS", "AsyncStatementPipeline"]
 
@@ -84,17 +82,17 @@ class AsyncStatementPipeline:
         connect_timeout: seconds (whole) for a new connection.
         connections: how many connections, each with one batch in flight at most.
         read_timeout: seconds a batch may wait for its results; past it, its connection is
-            dropped and its callers fail with a lost connection (the store's
-            `StoreUnavailableError`), as if the connection had been lost.
+            cut (`stores/_sql/postgres_deadline.py`) and its callers fail as on a lost
+            connection (the store's `StoreUnavailableError`).
     """
 
     __slots__ = (
         "_connect_timeout",
         "_conninfo",
+        "_deadline",
         "_lanes",
         "_loop",
         "_queue",
-        "_read_timeout",
         "_starting",
         "batches",
         "commit_each",
@@ -112,7 +110,7 @@ class AsyncStatementPipeline:
     ) -> None:
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+        self._deadline = AsyncReadDeadline(read_timeout)
         self._lanes: list[_Lane] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[Call] = []
@@ -219,18 +217,24 @@ class AsyncStatementPipeline:
                 return  # every caller was cancelled
             self.batches += 1
             self.statements += sum(isinstance(slot, Call) for slot in slots)
-            async with _replied_within(self._read_timeout):
+            armed = self._deadline.arm(link.conn)  # past it, the socket is shut down under us
+            try:
                 await link.flush()
                 again = await link.read(slots)
-            if again:
-                self.reruns += 1
-                for call in again:
-                    call.row = call.error = None
-                slots = link.write(again, each=True)
-                if slots:  # unless every caller of them was cancelled meanwhile
-                    async with _replied_within(self._read_timeout):
+                if again:
+                    self.reruns += 1
+                    for call in again:
+                        call.row = call.error = None
+                    slots = link.write(again, each=True)
+                    if slots:  # unless every caller of them was cancelled meanwhile
                         await link.flush()
                         await link.read(slots)
+            except psycopg.Error as error:
+                if self._deadline.disarm(armed):
+                    raise psycopg.OperationalError(late(self._deadline.timeout)) from error
+                raise
+            finally:
+                self._deadline.disarm(armed)
         except BaseException as error:
             # The results not read yet are lost with the connection: close it, so no later
             # batch reads them, and fail every caller whose transaction had not committed.
@@ -252,17 +256,6 @@ class AsyncStatementPipeline:
             )
             link = lane.link = Link(conn)
         return link
-
-
-@contextlib.asynccontextmanager
-async def _replied_within(seconds: float) -> AsyncIterator[None]:
-    """Bound the wait for a batch's results: past `seconds`, a lost connection (see
-    `stores/_sql/postgres_deadline.py`; here the connection is the batcher's own, dropped)."""
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise psycopg.OperationalError(late(seconds)) from None
 
 
 def _record_id(call: Call) -> str:

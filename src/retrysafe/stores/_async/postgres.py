@@ -268,10 +268,14 @@ class AsyncPostgresStore:
             return
         await self._open_pool()
         async with self._pool.connection() as conn:
-            # Creating needs the CREATE privilege even when the table exists, so only try
-            # when it, or a column this version added, is missing.
-            if not await self._records.exists(conn):
-                await self._create_schema_with(conn)
+            armed = self._deadline.arm(conn)  # a cut connection fails, and the pool drops it
+            try:
+                # Creating needs the CREATE privilege even when the table exists, so only try
+                # when it, or a column this version added, is missing.
+                if not await self._records.exists(conn):
+                    await self._create_schema_with(conn)
+            finally:
+                self._deadline.disarm(armed)
         self._schema_ready = True
 
     async def _create_schema_with(self, conn: AsyncRecordsConnection) -> None:

@@ -271,10 +271,14 @@ class PostgresStore:
             return
         self._open_pool()
         with self._pool.connection() as conn:
-            # Creating needs the CREATE privilege even when the table exists, so only try
-            # when it, or a column this version added, is missing.
-            if not self._records.exists(conn):
-                self._create_schema_with(conn)
+            armed = self._deadline.arm(conn)  # a cut connection fails, and the pool drops it
+            try:
+                # Creating needs the CREATE privilege even when the table exists, so only try
+                # when it, or a column this version added, is missing.
+                if not self._records.exists(conn):
+                    self._create_schema_with(conn)
+            finally:
+                self._deadline.disarm(armed)
         self._schema_ready = True
 
     def _create_schema_with(self, conn: RecordsConnection) -> None:

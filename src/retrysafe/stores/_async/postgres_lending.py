@@ -61,11 +61,15 @@ class Lent(Lending):
         store = self._store
         try:
             await store._ready()
-            self._conn = await store._pool.getconn()
+            conn = self._conn = await store._pool.getconn()
         except psycopg.Error as error:
             raise store_error(error) from error
-        self._armed = store._deadline.arm(self._conn)
-        return self._conn
+        try:
+            self._armed = store._deadline.arm(conn)
+        except psycopg.Error as error:  # lost already (no socket): the pool checks it
+            await store._pool.putconn(conn)
+            raise store_error(error) from error
+        return conn
 
     async def _give_back(self) -> bool:
         """Stop the deadline, then give the connection back (closed first if it was cut)."""

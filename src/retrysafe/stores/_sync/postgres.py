@@ -303,18 +303,20 @@ class PostgresStore:
             yield None
             return
         clean = False
-        armed = self._deadline.arm(conn, extra=timeout)
+        armed = None
         try:
+            with translate_errors():  # lost already (no socket): a store error
+                armed = self._deadline.arm(conn, extra=timeout)
             yield conn
             clean = True
         except Exception as error:
-            if armed.cut:  # the reply was late: say so, rather than "connection lost"
+            if armed is not None and armed.cut:  # the reply was late: say so
                 raise unavailable(self._deadline.timeout) from error
             raise
         finally:
             with self._lock:
                 self._listeners -= 1
-            if self._deadline.disarm(armed) or not clean:
+            if armed is None or self._deadline.disarm(armed) or not clean:
                 # It may still be listening, or mid-statement: never hand it to anyone else.
                 conn.close()
             with translate_errors():

@@ -36,6 +36,7 @@ from retrysafe.observe.otel import OpenTelemetryObserver
 from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
 from tests.conftest import fresh_store_url
+from tests.flow.conftest import wait_until
 
 CALLER = "Bearer test-caller"
 SECRET = "s" * 32
@@ -453,7 +454,9 @@ class CompleteFailsOnce(MemoryStore):
         return super().complete(*args, **kwargs)
 
 
-def test_otel_outcome_not_stored_fails_the_span(traces: Traces) -> None:
+def test_otel_outcome_not_stored_fails_the_span(
+    traces: Traces, caplog: pytest.LogCaptureFixture
+) -> None:
     """An outcome the store did not take (held and retried, B19) marks the span an error."""
     store = CompleteFailsOnce()
 
@@ -469,6 +472,9 @@ def test_otel_outcome_not_stored_fails_the_span(traces: Traces) -> None:
     complete = traces.spans("retrysafe.store.complete")[0]
     assert is_child(complete, operation)
     assert complete.status.status_code is StatusCode.ERROR
+    # The held outcome is stored by a background thread, which then logs: wait for that line,
+    # so that nothing of this test runs on, and logs, after it (into a closed capture).
+    wait_until(lambda: "Stored the held outcome" in caplog.text)
 
 
 # ---- choices ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ relay is restored afterwards. Uvicorn serves the ASGI middleware, wsgiref the WS
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -77,6 +78,40 @@ def test_b19_a_store_that_stalls_after_the_effect_holds_the_outcome(
     after = service.post()
     assert after.headers["idempotent-replayed"] == "true"
     assert after.content == first.content
+    assert service.app.runs == 1
+
+
+@pytest.mark.parametrize("face", ["asgi", "wsgi"])
+def test_b20_a_claim_the_store_never_answers_is_refused_and_the_retry_runs_once(
+    face: str, gap: Gap, serve: Serve
+) -> None:
+    """A store that stops answering before the claim's reply: the request is refused with the
+    503 problem within the store's read timeout, the handler not run, rather than held for
+    ever. The claim's bytes were on their way, so it may still land once the store answers
+    again: a retry is then refused as in flight until that claim's lease ends. Whichever it
+    was, the handler runs once, and the next retry replays."""
+    service = serve(face, lease=1, wait=0)
+    gap.relay.stall()
+    refused = service.post()
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert service.app.runs == 0
+
+    gap.relay.resume()
+    statuses: list[int] = []
+
+    def runs_now() -> bool:
+        statuses.append(service.post().status_code)
+        if statuses[-1] != 201:
+            time.sleep(0.1)
+        return statuses[-1] == 201
+
+    wait_until(runs_now)
+    assert set(statuses) <= {201, 409, 503}
+    replayed = service.post()
+    assert replayed.status_code == 201
+    assert replayed.headers["idempotent-replayed"] == "true"
     assert service.app.runs == 1
 
 

@@ -1,6 +1,7 @@
 """The PostgreSQL store's `read_timeout`: a server or network that stalls mid-statement fails the
 call with StoreUnavailableError within it, and the store recovers once the server answers again
-(B20). On both faces, with and without the async store's auto-pipeline, and for a waiter.
+(B20). On both faces, with and without the async store's auto-pipeline, and for a waiter
+(a replay cache's delete listener: `test_replay_cache_deletes.py`).
 
 The stall is real: a TCP relay in front of the test's PostgreSQL (`tests/flow/relay.py`) stops
 forwarding, either way, with the store's connections left open, as a hung server or a dropped

@@ -1,5 +1,6 @@
 """The replay cache hears deletes made by other processes (Redis `PUBLISH`, PostgreSQL
-`pg_notify`), and answers nothing from memory while it cannot hear them (B10, B13)."""
+`pg_notify`), and answers nothing from memory while it cannot hear them (B10, B13): after its
+subscription broke, or stalled (a relay in front of the real server, `tests/flow/relay.py`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,22 @@ import gc
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from retrysafe import Identity, open_store
 from retrysafe._record import State
+from retrysafe.stores import _deletes as deletes
 from retrysafe.stores._deletes import LISTENER_NAME
 from retrysafe.stores.cached import ReplayCache
 from tests.conftest import fresh_store_url
+from tests.flow.relay import Relay
 
 IDENTITY = Identity("orders", "tenant", "k-1")
 LEASE, RETENTION = 30.0, 3600.0
 CACHED = "replay_cache=100&replay_cache_ttl=100000"  # only a heard delete can drop an entry
+STALL_FOUND = 15.0  # seconds: a receive (1 s), the check's timeout (1 s, 2 for libpq), and slack
 
 
 @pytest.fixture(params=["postgres", "redis"])
@@ -86,6 +91,32 @@ def test_b10_a_lost_subscription_empties_the_cache_until_it_is_back(
     eventually(lambda: cache.subscriptions == 2 and cache.listening, "subscribed again")
     assert not replays_from_memory(cache)  # emptied: this one came from the store
     assert replays_from_memory(cache)
+
+
+def test_b10_a_stalled_delete_listener_empties_the_cache_until_it_is_back(
+    url: str, opened: Callable[[str], ReplayCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete listener's link that stalls (open, nothing coming back: a hung server, a route
+    that drops packets) could not hear deletes: its health check fails within its timeout, so
+    the cache forgets what it held and answers from the store until it has subscribed again."""
+    monkeypatch.setattr(deletes, "_HEALTH_CHECK", 0.5)  # check when quiet for a receive (1 s)
+    parts = urlsplit(url)
+    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 0)
+    login = parts.netloc.rpartition("@")[0]
+    netloc = f"{login}@127.0.0.1:{relay.port}" if login else f"127.0.0.1:{relay.port}"
+    try:
+        cache = opened(urlunsplit(parts._replace(netloc=netloc)) + f"&{CACHED}&connect_timeout=1")
+        eventually(lambda: cache.listening, "subscribed to the store's deletes")
+        complete(cache)
+        assert replays_from_memory(cache)
+        relay.stall()
+        eventually(lambda: not cache.listening, "the stall found", timeout=STALL_FOUND)
+        relay.resume()
+        eventually(lambda: cache.subscriptions == 2 and cache.listening, "subscribed again")
+        assert not replays_from_memory(cache)  # emptied: this one came from the store
+        assert replays_from_memory(cache)
+    finally:
+        relay.close()
 
 
 def test_a_cache_dropped_without_closing_ends_its_listener(url: str) -> None:

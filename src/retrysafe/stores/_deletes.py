@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from retrysafe._concurrency import monotonic
 from retrysafe.stores._closing import closed_on_error
 
 __all__ = [
@@ -164,6 +165,7 @@ class DeleteListener:
 LISTENER_NAME: Final = "retrysafe-deletes"
 """The client name (Redis) and application name (PostgreSQL) of a listener's connection."""
 _HEALTH_CHECK: Final = 10.0  # seconds between pings of a quiet subscription: finds a dead link
+_PING: Final = "retrysafe-deletes"  # the message of a Redis subscription's own PING
 
 
 class RedisDeletes:
@@ -192,16 +194,22 @@ class RedisDeletes:
             client_name=LISTENER_NAME,
             retry=Retry(NoBackoff(), 0),  # a broken link is reported, never papered over
         )
-        subscription = _RedisSubscription(client, client.pubsub())
+        subscription = _RedisSubscription(client, client.pubsub(), self._timeout)
         with closed_on_error(subscription):
             subscription.subscribe(self._channel, self._timeout)
         return subscription
 
 
 class _RedisSubscription:
-    def __init__(self, client: Any, pubsub: Any) -> None:
+    def __init__(self, client: Any, pubsub: Any, timeout: float) -> None:
         self._client, self._pubsub = client, pubsub
         self._reconnected = False
+        # redis-py's own health check sends a PING but never misses its PONG: a link that
+        # stalls (no reset) would leave the cache answering from memory, deaf to deletes. So
+        # a quiet subscription sends a PING of its own, whose PONG must come within `timeout`.
+        self._timeout = timeout
+        self._quiet = 0.0
+        self._pinged: float | None = None  # when the PING awaiting its PONG was sent
 
     def subscribe(self, channel: bytes, timeout: float) -> None:
         self._pubsub.subscribe(channel)
@@ -218,8 +226,20 @@ class _RedisSubscription:
     def receive(self, timeout: float) -> list[str]:
         if self._reconnected:
             raise ConnectionError("reconnected: deletes announced meanwhile were missed")
+        if self._pinged is not None and monotonic() - self._pinged > self._timeout:
+            raise ConnectionError(f"no answer to a PING within {self._timeout:g} s: stalled")
         message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        if message is None or message["type"] != "message":
+        if message is None:
+            self._quiet += timeout
+            if self._quiet >= _HEALTH_CHECK and self._pinged is None:
+                self._pubsub.ping(_PING)
+                self._pinged = monotonic()
+            return []
+        self._quiet = 0.0
+        if message["type"] == "pong":
+            self._pinged = None
+            return []
+        if message["type"] != "message":
             return []
         return [bytes(message["data"]).decode("ascii", "replace")]
 
@@ -234,7 +254,7 @@ class PostgresDeletes:
     Args:
         conninfo: the connection string.
         channel: the channel the store announces deletes on.
-        timeout: the connect timeout, seconds.
+        timeout: the connect timeout, and the bound on a health check's reply, seconds.
     """
 
     def __init__(self, conninfo: str, channel: str, *, timeout: float) -> None:
@@ -253,21 +273,31 @@ class PostgresDeletes:
         )
         with closed_on_error(connection):
             connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-        return _PostgresSubscription(connection)
+        return _PostgresSubscription(connection, self._timeout)
 
 
 class _PostgresSubscription:
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, timeout: float) -> None:
+        from retrysafe.stores._sql.postgres_deadline import ReadDeadline  # noqa: PLC0415
+
         self._connection = connection
         self._quiet = 0.0
+        # A server or link that stalls (no reset) would hold the check below for ever, and the
+        # cache would go on answering from memory, deaf to deletes: the check gets `timeout`.
+        self._deadline = ReadDeadline(timeout)
 
     def receive(self, timeout: float) -> list[str]:
         ids = [n.payload for n in self._connection.notifies(timeout=timeout, stop_after=64)]
         self._quiet = 0.0 if ids else self._quiet + timeout
         if self._quiet >= _HEALTH_CHECK:  # a link that died silently raises here
-            self._connection.execute("SELECT 1")
+            armed = self._deadline.arm(self._connection)
+            try:
+                self._connection.execute("SELECT 1")
+            finally:
+                self._deadline.disarm(armed)
             self._quiet = 0.0
         return ids
 
     def close(self) -> None:
+        self._deadline.close()
         self._connection.close()

@@ -77,3 +77,12 @@ def test_read_timeout_must_outlast_the_lock_wait(mysql_url: str) -> None:
             open_store(f"{mysql_url}{'&' if '?' in mysql_url else '?'}{options}")
     base = mysql_url.split("?", 1)[0]
     assert parse_url(f"{base}?read_timeout=6&lock_timeout=5").read_timeout == 6
+
+
+def test_b20_a_reply_is_awaited_30_s_past_the_lock_wait_by_default(mysql_url: str) -> None:
+    """Unset, `read_timeout` is the lock wait plus 30 s: `lock_timeout`'s, else InnoDB's
+    default 50 s; a set one is kept as it is. No statement waits for ever by default."""
+    base = mysql_url.split("?", 1)[0]
+    assert parse_url(base).reply_timeout == 80
+    assert parse_url(f"{base}?lock_timeout=5").reply_timeout == 35
+    assert parse_url(f"{base}?lock_timeout=5&read_timeout=6").reply_timeout == 6

@@ -116,11 +116,23 @@ class MySQLOptions:
         if not 0 < self.port < 65536:
             raise ConfigurationError(f"Invalid MySQL port {self.port}.")
 
+    @property
+    def reply_timeout(self) -> float:
+        """Return the seconds a statement may wait for its reply: `read_timeout`, or by default
+        30 more than the lock wait (`lock_timeout`, else InnoDB's default of 50 s): 80 s."""
+        if self.read_timeout is not None:
+            return self.read_timeout
+        return (self.lock_timeout or _INNODB_LOCK_WAIT) + _REPLY_MARGIN
+
     def ssl_context(self) -> SSLContext | None:
         """Return the TLS context to connect with, or None for a plain connection."""
         if self.ssl_ca is not None:
             return create_default_context(cafile=self.ssl_ca)
         return create_default_context() if self.ssl else None
+
+
+_INNODB_LOCK_WAIT: Final = 50  # InnoDB's default innodb_lock_wait_timeout, seconds
+_REPLY_MARGIN: Final = 30.0  # the default read timeout's seconds beyond the lock wait
 
 
 _OPTION_TYPES: Final[dict[str, type]] = {

@@ -7,13 +7,14 @@ class named `Async...` so the generated code names its twin: opening and closing
 closes with `ensure_closed()`). `AsyncWork` and `Work` type what the store runs on a lent
 connection. aiomysql is imported when the async face first connects (PyMySQL, whose errors
 both faces raise, comes with this module). A server that accepts a connection and never
-greets fails within `connect_timeout` on both faces, and with `read_timeout` one that stalls
-mid-statement fails within it (`run`). The pool's gate and the
+greets fails within `connect_timeout` on both faces, and one that stalls mid-statement fails
+within the reply timeout (`MySQLOptions.reply_timeout`, `run`). The pool's gate and the
 wake-ups of waiters, which are not about MySQL, are `retrysafe/_concurrency.py`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -81,17 +82,25 @@ class AsyncMySQLDriver:
             ) from None
 
     async def run(self, work: AsyncWork[T], conn: Any) -> T:
-        """Run `work` on `conn`; past `read_timeout` without the reply, close `conn` (it is
-        mid-exchange) and raise a lost connection (2013). aiomysql has no read timeout."""
-        timeout = self._options.read_timeout
-        if timeout is None:
+        """Run `work` on `conn`; past the reply timeout, close `conn` under it (it is
+        mid-exchange: what the server sends next belongs to no one), so that its read fails
+        and the call raises a lost connection (2013). aiomysql has no read timeout; a timer
+        that closes the connection costs a quarter of a cancel scope (every call pays it)."""
+        timeout = self._options.reply_timeout
+        loop = asyncio.get_running_loop()
+        late: list[bool] = []
+        timer = loop.call_at(loop.time() + timeout, _cut, conn, late)
+        try:
             return await work(conn)
-        with anyio.move_on_after(timeout):
-            return await work(conn)
-        conn.close()  # cancelled mid-exchange: what the server sends next belongs to no one
-        raise pymysql.err.OperationalError(
-            CR_SERVER_LOST, f"No reply from the MySQL server within read_timeout={timeout} s"
-        )
+        except Exception as error:  # whatever the closed connection made aiomysql raise
+            if late:
+                raise pymysql.err.OperationalError(
+                    CR_SERVER_LOST,
+                    f"No reply from the MySQL server within read_timeout={timeout:g} s",
+                ) from error
+            raise
+        finally:
+            timer.cancel()
 
     async def close(self, conn: Any) -> None:
         """Say goodbye and close `conn`; a broken one is just closed. Raises nothing but a
@@ -106,6 +115,12 @@ class AsyncMySQLDriver:
     def is_open(conn: Any) -> bool:
         """Return whether `conn` still has its socket."""
         return not conn.closed
+
+
+def _cut(conn: Any, late: list[bool]) -> None:
+    """Close a connection whose reply is late (its pending read then fails)."""
+    late.append(True)
+    conn.close()
 
 
 class MySQLDriver:
@@ -126,8 +141,8 @@ class MySQLDriver:
         # PyMySQL's connect_timeout bounds only the TCP connect: the handshake's reads and writes
         # get the same bound here, so a server that accepts and never greets fails in time
         # (2013, lost connection). PyMySQL applies its timeouts on each read and write, so
-        # setting them afterwards bounds each statement's by `read_timeout` (None: unbounded; a
-        # statement may wait for a row lock up to the session's `innodb_lock_wait_timeout`).
+        # setting them afterwards bounds each statement's by the reply timeout (`read_timeout`,
+        # by default 30 s more than the lock wait a statement may have to sit through).
         conn = pymysql.connect(
             **_connect_arguments(options),
             database=options.database,
@@ -136,7 +151,7 @@ class MySQLDriver:
             write_timeout=options.connect_timeout,
             **tls,
         )
-        conn._read_timeout = conn._write_timeout = options.read_timeout  # private; see above
+        conn._read_timeout = conn._write_timeout = options.reply_timeout  # private; see above
         return conn
 
     @staticmethod

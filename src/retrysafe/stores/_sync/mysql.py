@@ -89,7 +89,8 @@ class MySQLStore:
             of the store's sessions); None, the default, keeps the server's (50 by default).
         read_timeout: seconds a primitive may wait for the server's reply before the
             connection is dropped and `StoreUnavailableError` raised (a server or network that
-            stalls mid-statement); longer than the lock waits. None, the default: no bound.
+            stalls mid-statement); longer than the lock waits. None, the default: 30 s more
+            than the lock wait (`lock_timeout`, else InnoDB's default of 50 s), so 80 s.
         ssl: connect with TLS, the server's certificate verified against the system's CAs
             (default false).
         ssl_ca: connect with TLS, the server's certificate verified against this CA file.
@@ -112,8 +113,8 @@ class MySQLStore:
         Store options in the query string: `table` (default `retrysafe_records`),
         `connect_timeout` (seconds, default 5), `pool_max` (10), `pool_timeout` (seconds,
         default 10), `lock_timeout` (whole seconds; default: the server's), `read_timeout`
-        (seconds; default: none), `ssl` (default false), `ssl_ca` (a CA file; implies `ssl`).
-        Anything else is refused.
+        (seconds; default: the lock wait plus 30), `ssl` (default false), `ssl_ca` (a CA file;
+        implies `ssl`). Anything else is refused.
         """
         # The options' fields are this constructor's keyword arguments, under the same names.
         return cls(**dataclasses.asdict(parse_url(url)), clock=clock)

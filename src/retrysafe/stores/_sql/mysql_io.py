@@ -85,7 +85,7 @@ class AsyncMySQLDriver:
         """Run `work` on `conn`; past the reply timeout, close `conn` under it (it is
         mid-exchange: what the server sends next belongs to no one), so that its read fails
         and the call raises a lost connection (2013). aiomysql has no read timeout; a timer
-        that closes the connection costs a quarter of a cancel scope (every call pays it)."""
+        that closes the connection costs a third of a cancel scope (every call pays it)."""
         timeout = self._options.reply_timeout
         loop = asyncio.get_running_loop()
         late: list[bool] = []

@@ -61,4 +61,5 @@ def _postgres(url: str) -> tuple[Callable[[], Any], str]:
     except ImportError as error:
         raise missing_extra("The completer on PostgreSQL", "postgres", error) from error
     conninfo, parsed = parse_url(url)
-    return (lambda: psycopg.connect(conninfo)), parsed.table
+    seconds = parsed.connect_timeout_seconds  # a server that never answers fails the pass
+    return (lambda: psycopg.connect(conninfo, connect_timeout=seconds)), parsed.table

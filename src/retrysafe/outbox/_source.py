@@ -21,6 +21,7 @@ from retrysafe.outbox._messages import OutboxMessage, decode_headers, outbox_tab
 from retrysafe.outbox._sql import OutboxTable
 from retrysafe.stores import backend_url
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.postgres_deadline import Armed, ReadDeadline, unavailable
 from retrysafe.transactions import _drivers as drivers
 
 __all__ = ["OutboxSource", "open_source"]
@@ -36,16 +37,27 @@ class OutboxSource:
         connection: a `sqlite3.Connection` or a psycopg `Connection`, with no transaction open.
         table: the outbox table.
         owned: whether `close` closes the connection (the relay opened it from a URL).
+        deadline: on a PostgreSQL connection the relay opened, what bounds each wait for the
+            server (`read_timeout`, as in the store), so a stalled server fails the batch and
+            the relay opens a new connection; publishing is not bounded by it.
     """
 
-    def __init__(self, connection: Any, table: OutboxTable, *, owned: bool = False) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        table: OutboxTable,
+        *,
+        owned: bool = False,
+        deadline: ReadDeadline | None = None,
+    ) -> None:
         self.connection = connection
         self.table = table
         self.owned = owned
+        self._deadline = deadline
 
     def prepare(self) -> None:
         """Create the table if it is missing."""
-        with self._transaction() as cursor:
+        with self._bounded(), self._transaction() as cursor:
             if self.table.dialect == "postgresql":
                 cursor.execute(self.table.lock_schema, (self.table.name,))
             for statement in self.table.create:
@@ -58,9 +70,11 @@ class OutboxSource:
         raises, the messages before it are marked and committed, then the error propagates.
         """
         if self.table.dialect == "postgresql":
-            with self._transaction() as cursor:
+            with self._bounded() as bound, self._transaction() as cursor:
                 cursor.execute(self.table.unpublished, (limit,))
-                published, error = _publish(cursor.fetchall(), publish)
+                rows = cursor.fetchall()
+                with bound.paused():  # a broker's pace is not the database's
+                    published, error = _publish(rows, publish)
                 _mark(cursor, self.table, published, now())
         else:
             with self._cursor() as cursor:
@@ -76,14 +90,21 @@ class OutboxSource:
 
     def purge(self, before: float) -> int:
         """Delete the messages published before `before`; return how many."""
-        with self._transaction() as cursor:
+        with self._bounded(), self._transaction() as cursor:
             cursor.execute(self.table.purge, (before,))
             return max(int(cursor.rowcount), 0)
 
     def close(self) -> None:
         """Close the connection if the relay opened it."""
+        if self._deadline is not None:
+            self._deadline.close()
         if self.owned:
             self.connection.close()
+
+    def _bounded(self) -> _Bound:
+        """Bound what runs inside on the database (BEGIN, statements, COMMIT) by the deadline;
+        `paused()` lifts it for a while."""
+        return _Bound(self._deadline, self.connection)
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[Any]:
@@ -116,6 +137,40 @@ class OutboxSource:
                 cursor.execute("ROLLBACK")
                 raise
             cursor.execute("COMMIT")
+
+
+class _Bound:
+    """The deadline armed over a block, except while `paused`; disarmed whatever happens."""
+
+    def __init__(self, deadline: ReadDeadline | None, connection: Any) -> None:
+        self._deadline, self._connection = deadline, connection
+        self._armed: Armed | None = None
+
+    def __enter__(self) -> _Bound:
+        self._arm()
+        return self
+
+    def __exit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        deadline = self._deadline
+        if self._disarm() and deadline is not None and isinstance(error, Exception):
+            raise unavailable(deadline.timeout) from error  # cut under the statement
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self._disarm()
+        try:
+            yield
+        finally:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._armed = self._deadline.arm(self._connection)
+
+    def _disarm(self) -> bool:
+        """Disarm; return whether the deadline cut the connection."""
+        armed, self._armed = self._armed, None
+        return armed is not None and self._deadline is not None and self._deadline.disarm(armed)
 
 
 def _publish(rows: Sequence[Any], publish: Publish) -> tuple[list[int], Exception | None]:
@@ -184,9 +239,14 @@ def open_source(store: object, table: str | None = None) -> OutboxSource:
 
             raise missing_extra("The outbox relay on PostgreSQL", "postgres", error) from error
         conninfo, parsed = parse_url(backend_url(store))
-        connection = psycopg.connect(conninfo, autocommit=True)
+        connection = psycopg.connect(
+            conninfo, autocommit=True, connect_timeout=parsed.connect_timeout_seconds
+        )
         name = outbox_table(table or parsed.table)
-        return OutboxSource(connection, OutboxTable(name, "postgresql"), owned=True)
+        deadline = ReadDeadline(parsed.read_timeout)
+        return OutboxSource(
+            connection, OutboxTable(name, "postgresql"), owned=True, deadline=deadline
+        )
     raise ConfigurationError(
         f"The outbox relay reads sqlite:// or postgresql:// stores, not {parts.scheme!r}."
     )

@@ -8,7 +8,6 @@ The server is real, behind a TCP relay (`tests/flow/relay.py`) that stops forwar
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -26,13 +25,9 @@ def test_a_server_that_never_greets_fails_the_connection_within_connect_timeout(
 ) -> None:
     """With the relay flowing the connection opens; stalled, it fails (libpq waits at least 2
     s) rather than hanging the pass."""
-    parts = urlsplit(postgres_url)
-    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 5432)
-    login = parts.netloc.rpartition("@")[0]
-    netloc = f"{login}@127.0.0.1:{relay.port}" if login else f"127.0.0.1:{relay.port}"
-    query = f"{parts.query}&connect_timeout=1" if parts.query else "connect_timeout=1"
+    relay = Relay.before(postgres_url)
     try:
-        connect, _table = connector(urlunsplit(parts._replace(netloc=netloc, query=query)))
+        connect, _table = connector(relay.url(postgres_url, "connect_timeout=1"))
         connect().close()
         relay.stall()
         started = time.monotonic()

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -84,14 +83,6 @@ class Gap:
         self.relay.close()
 
 
-def _through(url: str, port: int, backend: str) -> str:
-    parts = urlsplit(url)
-    user = parts.netloc.rpartition("@")[0]
-    netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
-    query = f"{parts.query}&{_TIMEOUTS[backend]}" if parts.query else _TIMEOUTS[backend]
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
 @pytest.fixture(params=["redis", "postgres", "mysql"])
 def backend(request: pytest.FixtureRequest) -> str:
     """Each real backend that runs on a server: Redis, PostgreSQL, MySQL (MariaDB)."""
@@ -102,9 +93,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 def gap(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gap]:
     """A fresh store on `backend`, reached through a relay that can be cut."""
     with fresh_store_url(backend, request, tmp_path) as url:
-        parts = urlsplit(url)
-        relay = Relay(parts.hostname or "127.0.0.1", parts.port or 0)
-        opened = Gap(relay, _through(url, relay.port, backend), url)
+        relay = Relay.before(url)
+        opened = Gap(relay, relay.url(url, _TIMEOUTS[backend]), url)
         try:
             yield opened
         finally:

@@ -12,10 +12,12 @@ import contextlib
 import socket
 import struct
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["Relay"]
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "mysql": 3306}
 
 
 def _close(sock: socket.socket, *, reset: bool = False) -> None:
@@ -47,6 +49,21 @@ class Relay:
         self.refused = 0
         """Connections answered with a reset while cut."""
         threading.Thread(target=self._accept, daemon=True, name="relay-accept").start()
+
+    @classmethod
+    def before(cls, url: str) -> Relay:
+        """Return a relay to the server of a store URL (`url` gives the store's URL through it)."""
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or _PORTS.get(parts.scheme, 0))
+
+    def url(self, url: str, query: str = "") -> str:
+        """Return the store URL `url` through this relay, its login kept, `query` (`a=1&b=2`)
+        added to its own."""
+        parts = urlsplit(url)
+        login = parts.netloc.rpartition("@")[0]
+        netloc = f"{login}@127.0.0.1:{self.port}" if login else f"127.0.0.1:{self.port}"
+        joined = "&".join(part for part in (parts.query, query) if part)
+        return urlunsplit(parts._replace(netloc=netloc, query=joined))
 
     @property
     def is_cut(self) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -37,11 +36,8 @@ def test_b29_a_stalled_database_fails_the_batch_and_the_reconnect_then_the_relay
         got.append(message.message_id)
 
     with database_of("postgres", request, tmp_path) as database:
-        parts = urlsplit(database.url)
-        tcp = TcpRelay(parts.hostname or "127.0.0.1", parts.port or 5432)
-        login = parts.netloc.rpartition("@")[0]
-        netloc = f"{login}@127.0.0.1:{tcp.port}" if login else f"127.0.0.1:{tcp.port}"
-        url = urlunsplit(parts._replace(netloc=netloc)) + "&read_timeout=1&connect_timeout=1"
+        tcp = TcpRelay.before(database.url)
+        url = tcp.url(database.url, "read_timeout=1&connect_timeout=1")
         try:
             order("psycopg", database, "a")
             with Relay(url, publish) as relay:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -43,15 +42,11 @@ def ident(key: str) -> Identity:
 def relayed(postgres_url: str) -> Iterator[tuple[str, Relay]]:
     """A store URL through a relay to the test server, on a fresh table, with a 1 s read
     timeout; and the relay."""
-    parts = urlsplit(postgres_url)
-    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 5432)
+    relay = Relay.before(postgres_url)
     table = unique_name()
-    login = parts.netloc.rpartition("@")[0]
-    netloc = f"{login}@127.0.0.1:{relay.port}" if login else f"127.0.0.1:{relay.port}"
     query = f"table={table}&read_timeout={READ_TIMEOUT:g}&pool_timeout=30&connect_timeout=2"
-    query = f"{parts.query}&{query}" if parts.query else query
     try:
-        yield urlunsplit(parts._replace(netloc=netloc, query=query)), relay
+        yield relay.url(postgres_url, query), relay
     finally:
         relay.close()
         drop_postgres_tables(postgres_url, table)

@@ -9,7 +9,6 @@ import gc
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -100,12 +99,9 @@ def test_b10_a_stalled_delete_listener_empties_the_cache_until_it_is_back(
     that drops packets) could not hear deletes: its health check fails within its timeout, so
     the cache forgets what it held and answers from the store until it has subscribed again."""
     monkeypatch.setattr(deletes, "_HEALTH_CHECK", 0.5)  # check when quiet for a receive (1 s)
-    parts = urlsplit(url)
-    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 0)
-    login = parts.netloc.rpartition("@")[0]
-    netloc = f"{login}@127.0.0.1:{relay.port}" if login else f"127.0.0.1:{relay.port}"
+    relay = Relay.before(url)
     try:
-        cache = opened(urlunsplit(parts._replace(netloc=netloc)) + f"&{CACHED}&connect_timeout=1")
+        cache = opened(relay.url(url, f"{CACHED}&connect_timeout=1"))
         eventually(lambda: cache.listening, "subscribed to the store's deletes")
         complete(cache)
         assert replays_from_memory(cache)

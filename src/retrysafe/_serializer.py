@@ -254,8 +254,9 @@ class Outcomes:
             return _RETURNED + self.serializer.dumps(value), None
         except Exception as error:  # any serializer failure means the same
             problem = OutcomeError(
-                f"The result of {self.name} (a {type(value).__name__}) cannot be serialized: "
-                f"{error}. It is stored as not serializable and never run again."
+                f"The result of {self.name} (of type {type(value).__name__}) cannot be "
+                f"serialized: {str(error).rstrip('.')}. It is stored as not serializable and "
+                "never run again."
             )
             problem.__cause__ = error
             payload = {"type": _type_name(type(value)), "error": f"{type(error).__name__}: {error}"}

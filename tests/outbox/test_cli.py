@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from retrysafe import Identity, transactions
+from retrysafe import Identity, open_store, transactions
 from retrysafe.cli import app
 from retrysafe.outbox import message_id
 from tests.outbox.test_crash import amqp_queue, drain
@@ -35,7 +35,10 @@ def test_outbox_relay_once_publishes_with_the_derived_ids(tmp_path: Path, amqp_u
         assert result.exit_code == 0, result.output
         assert "Published 1 messages" in result.output
         [(properties, body)] = drain(channel, queue)
-        assert properties.message_id == message_id(identity, 0)
+        with contextlib.closing(open_store(f"sqlite:///{path}")) as store:
+            record = store.get(identity)
+        assert record is not None
+        assert properties.message_id == message_id(record, 0)
         assert properties.headers == {"kind": "paid"}
         assert json.loads(body) == {"n": 0}
         again = CliRunner().invoke(app, command)

@@ -26,8 +26,9 @@ import pytest
 
 from retrysafe import Identity, open_store
 from retrysafe.consumers import idempotent_message
-from retrysafe.outbox import OutboxMessage, Relay, message_id, outbox_table
+from retrysafe.outbox import OutboxMessage, Relay, outbox_table
 from tests.conftest import unique_name
+from tests.outbox.test_outbox import derived_ids
 from tests.transactions.conftest import Database, make_database
 
 pytestmark = pytest.mark.rabbitmq
@@ -117,14 +118,17 @@ def test_killed_app_and_relay_still_apply_every_message_exactly_once(
         assert run_worker([*app, "--key", "a"], "before_commit")[0] == "before_commit"
         assert outbox_rows(database) == []
         assert database.execute(f"SELECT key FROM {orders}") == []  # noqa: S608
-        assert run_worker([*app, "--key", "a"])[1] == {"replay": False, "ids": ids_of("a")}
+        assert run_worker([*app, "--key", "a"])[1] == {
+            "replay": False,
+            "ids": ids_of(database, "a"),
+        }
         # Killed after the commit, before any relay: committed; the client's retry replays.
         assert run_worker([*app, "--key", "b"], "after_commit")[0] == "after_commit"
         assert run_worker([*app, "--key", "b"])[1] == {"replay": True, "ids": []}
         # A transaction that rolls back writes no message.
         point, _ = run_worker([*app, "--key", "c", "--fail"])
         assert point == "exit:1"
-        expected = ids_of("a") + ids_of("b")
+        expected = ids_of(database, "a") + ids_of(database, "b")
         assert [row[0] for row in outbox_rows(database)] == expected
 
         relay = ["relay", *base, "--amqp", amqp_url, "--batch", "2"]
@@ -146,10 +150,9 @@ def refuse(message: OutboxMessage) -> None:
     raise AssertionError(f"published {message}")
 
 
-def ids_of(key: str) -> list[str]:
-    """Return the message ids the worker's order `key` derives."""
-    identity = Identity("orders", "tenant-a", key)
-    return [message_id(identity, n) for n in range(2)]
+def ids_of(database: Database, key: str) -> list[str]:
+    """Return the message ids the worker's order `key` derived (from its stored record)."""
+    return derived_ids(database, Identity("orders", "tenant-a", key))
 
 
 def consume(deliveries: list[tuple[Any, bytes]], store_path: Path) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from retrysafe import Identity, ManualClock, transactions
+from retrysafe import Identity, ManualClock, Record, State, transactions
 from retrysafe._errors import ConfigurationError
 from retrysafe.outbox import Outbox, OutboxMessage, Relay, message_id, outbox_table
 from retrysafe.transactions import Step, run_phases
@@ -138,9 +139,20 @@ def stored_ids(database: Database) -> list[str]:
     return [row[0] for row in database.execute(f'SELECT message_id FROM "{table}" ORDER BY id')]  # noqa: S608
 
 
-def ids_of(key: str, count: int = 2) -> list[str]:
-    """The ids that `order(key)` derives."""
-    return [message_id(Identity("orders", "t", key), n) for n in range(count)]
+def ids_of(database: Database, key: str) -> list[str]:
+    """The ids of the two messages that `order(face, database, key)` adds."""
+    return derived_ids(database, Identity("orders", "t", key))
+
+
+def derived_ids(
+    database: Database, identity: Identity, count: int = 2, phase: str = ""
+) -> list[str]:
+    """The ids of the first `count` messages of `identity`'s operation, from its stored record
+    (they derive from its identity and creation time)."""
+    with contextlib.closing(database.store()) as store:
+        record = store.get(identity)
+    assert record is not None, f"no record of {identity}"
+    return [message_id(record, n, phase) for n in range(count)]
 
 
 @pytest.mark.parametrize(("kind", "face"), FACES, ids=[f"{k}-{f}" for k, f in FACES])
@@ -150,14 +162,54 @@ def test_b29_messages_commit_with_the_writes_and_the_record(
     """A committed block writes its messages with derived ids; a replay and a rollback add
     none, and the rolled-back block's payment is gone with its messages."""
     with database_of(kind, request, tmp_path) as database:
-        assert order(face, database, "a") == ids_of("a")
+        assert order(face, database, "a") == ids_of(database, "a")
         assert order(face, database, "a") == []  # a replay
         with pytest.raises(BlockError):
             order(face, database, "b", fail=True)
-        assert stored_ids(database) == ids_of("a")
+        assert stored_ids(database) == ids_of(database, "a")
         assert [row[0] for row in database.payment_rows()] == ["a"]
-        assert order(face, database, "b") == ids_of("b")  # the retry derives the same ids
-        assert stored_ids(database) == ids_of("a") + ids_of("b")
+        assert order(face, database, "b") == ids_of(database, "b")  # the retry derives the same ids
+        assert stored_ids(database) == ids_of(database, "a") + ids_of(database, "b")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_b29_a_key_used_again_after_its_retention_gets_messages_of_its_own(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Past its retention a key is a new operation: its committed messages are stored and
+    published beside the first operation's, under ids of their own (they were dropped as the
+    first one's, the insert's conflict hiding them). Atomic phases alike."""
+    clock = ManualClock()
+    identity = Identity("orders", "t", "reused")
+    published: list[OutboxMessage] = []
+    with database_of(kind, request, tmp_path) as database:
+        opener = transactions.sqlite if kind == "sqlite" else transactions.psycopg
+        options: dict[str, Any] = {
+            "identity": identity, "fingerprint": "f", "table": database.table,
+            "retention": 60, "clock": clock,
+        }  # fmt: skip
+        runs = []
+        for _ in range(2):
+            with contextlib.closing(database.connect()) as conn, opener(conn, **options) as tx:
+                assert not tx.replay
+                runs.append(tx.outbox.add("orders.paid", b"%d" % len(runs)))
+                tx.complete(b"done")
+            clock.advance(61)  # the retention ends: the key is free again
+
+        def charge(step: Step) -> None:
+            step.outbox.add("orders.charged", b"p")
+
+        phases = {"charge": charge, "finish": lambda step: b"ok"}
+        phased = {**options, "identity": Identity("orders", "t", "phased")}
+        with contextlib.closing(database.connect()) as conn:
+            for _ in range(2):
+                assert not run_phases(conn, phases, **phased).replay
+                clock.advance(61)
+        with Relay(database.url, published.append) as relay:
+            assert relay.run_once() == 4
+        assert runs[0] != runs[1]
+        assert [m.payload for m in published] == [b"0", b"1", b"p", b"p"]
+        assert len({m.message_id for m in published}) == 4
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -191,8 +243,8 @@ def test_b30_a_phase_writes_its_messages_when_it_commits(
             with pytest.raises(BlockError):
                 run_phases(conn, phases, **options)
             assert run_phases(conn, phases, **options).outcome == b"ok"
-        expected = [message_id(identity, 0, "charge"), message_id(identity, 0, "finish")]
-        assert stored_ids(database) == expected
+        charge_ids = derived_ids(database, identity, 1, "charge")
+        assert stored_ids(database) == charge_ids + derived_ids(database, identity, 1, "finish")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -210,7 +262,9 @@ def test_the_relay_publishes_in_id_order_marks_and_purges(
             assert relay.run_once() == 4
             assert relay.run_once() == 2
             assert relay.run_once() == 0
-            assert [m.message_id for m in got] == ids_of("a") + ids_of("b") + ids_of("c")
+            assert [m.message_id for m in got] == ids_of(database, "a") + ids_of(
+                database, "b"
+            ) + ids_of(database, "c")
             assert got[0].topic == "orders.paid"
             assert json.loads(got[0].payload) == ["a", 0]
             assert stored_ids(database) == [m.message_id for m in got]
@@ -240,7 +294,7 @@ def test_a_publisher_failure_keeps_the_messages_after_it_for_later(
             with pytest.raises(ConnectionError):
                 relay.run_once()
             assert relay.run_once() == 1
-        assert got == ids_of("a")
+        assert got == ids_of(database, "a")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -255,7 +309,7 @@ def test_the_relay_takes_the_store_url_with_its_wrappers_options(
         url = f"{database.url}&replay_cache=100&replay_cache_ttl=2&encryption_key_env=KEYS"
         with Relay(url, lambda message: got.append(message.message_id)) as relay:
             assert relay.run_once() == 2
-        assert got == ids_of("a")
+        assert got == ids_of(database, "a")
 
 
 def test_two_postgres_relays_share_the_work_and_never_publish_twice(
@@ -304,12 +358,18 @@ def test_two_postgres_relays_share_the_work_and_never_publish_twice(
 
 
 def test_message_ids_and_table_names_are_derived() -> None:
-    """Ids derive from identity, phase and index; the outbox table sits next to the records."""
+    """Ids derive from the operation's identity and creation time, the phase and the index;
+    the outbox table sits next to the records."""
     identity = Identity("orders", "t", "k")
-    outbox = Outbox(identity)
-    assert outbox.add("t", b"x") == message_id(identity, 0)
-    assert outbox.add("t", b"y", headers={"h": "v"}) == message_id(identity, 1)
-    assert message_id(identity, 0, "charge") != message_id(identity, 0)
+    record = Record(identity, "f", State.IN_FLIGHT, "token", 100.0, 130.0, 86_500.0)
+    outbox = Outbox(record)
+    assert outbox.add("t", b"x") == message_id(record, 0)
+    assert outbox.add("t", b"y", headers={"h": "v"}) == message_id(record, 1)
+    assert message_id(record, 0, "charge") != message_id(record, 0)
+    taken_over = dataclasses.replace(record, token="other", lease_expires_at=200.0)
+    assert message_id(taken_over, 0) == message_id(record, 0)  # the same operation
+    used_again = dataclasses.replace(record, created_at=90_000.0)
+    assert message_id(used_again, 0) != message_id(record, 0)  # a new one, past retention
     assert outbox_table("retrysafe_records") == "retrysafe_outbox"
     assert outbox_table("orders") == "orders_outbox"
     assert len(outbox_table("x" * 63)) <= 63

@@ -55,6 +55,6 @@ def test_b29_a_stalled_database_fails_the_batch_and_the_reconnect_then_the_relay
                 while len(got) < 4 and time.monotonic() < deadline:
                     relay.run_once()  # the stalled batch's locks go with its connection
                     time.sleep(0.05)
-            assert got == ids_of("a") + ids_of("b")
+            assert got == ids_of(database, "a") + ids_of(database, "b")
         finally:
             tcp.close()

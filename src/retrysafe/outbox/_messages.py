@@ -2,10 +2,10 @@
 
 An operation adds messages to `tx.outbox` (or `step.outbox`); they are kept in memory until the
 transaction stores its outcome, and then written, in that same transaction, to the outbox
-table (`transactions/_async/outbox.py`). Each message's id is derived from the operation's
-identity, its phase and its index among the messages the block added, so a retry after a
-rollback adds the same ids, and a consumer (`retrysafe.consumers.idempotent_message`)
-applies a message that is published twice only once.
+table (`transactions/_async/outbox.py`). Each message's id is derived from the operation (its
+record's identity and creation time), its phase and its index among the messages the block
+added, so a retry after a rollback adds the same ids, and a consumer
+(`retrysafe.consumers.idempotent_message`) applies a message that is published twice only once.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from retrysafe._errors import ConfigurationError
-from retrysafe._record import Identity
+from retrysafe._record import Record
 
 __all__ = [
     "MAX_TOPIC_BYTES",
@@ -39,14 +39,18 @@ _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _MAX_IDENTIFIER: Final = 63
 
 
-def message_id(identity: Identity, index: int, phase: str = "") -> str:
-    """Return the id of the `index`-th message (from 0) that an operation's block adds.
+def message_id(record: Record, index: int, phase: str = "") -> str:
+    """Return the id of the `index`-th message (from 0) that `record`'s operation adds.
 
-    A name-based UUID (version 5) of the identity's digest, the phase (empty outside atomic
-    phases) and the index: every retry of the block derives the same ids, another key derives
-    others, and the client's key cannot be read back from an id.
+    A name-based UUID (version 5) of the identity's digest, the record's creation time, the
+    phase (empty outside atomic phases) and the index: every retry and takeover of the
+    operation derives the same ids (they keep the creation time); another key derives others,
+    and so does the same key used again once its retention has ended, a new operation whose
+    messages must not pass for the first one's. The client's key cannot be read back from an
+    id.
     """
-    return str(uuid.uuid5(_NAMESPACE, f"{identity.digest()}\x00{phase}\x00{index}"))
+    parts = f"{record.identity.digest()}\x00{record.created_at!r}\x00{phase}\x00{index}"
+    return str(uuid.uuid5(_NAMESPACE, parts))
 
 
 def outbox_table(records_table: str) -> str:
@@ -124,12 +128,12 @@ class Outbox:
     committed. A replay, an exception or a rollback writes none of them.
 
     Args:
-        identity: the operation's key; message ids derive from it.
+        record: the operation's record as claimed; message ids derive from it.
         phase: the atomic phase that adds the messages (empty outside atomic phases).
     """
 
-    def __init__(self, identity: Identity, phase: str = "") -> None:
-        self._identity = identity
+    def __init__(self, record: Record, phase: str = "") -> None:
+        self._record = record
         self._phase = phase
         self._pending: list[Pending] = []
 
@@ -145,7 +149,7 @@ class Outbox:
             raise ConfigurationError(f"A topic is 1 to 255 bytes of text, not {topic!r}.")
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError(f"A message payload is bytes, not {type(payload).__name__}.")
-        derived = message_id(self._identity, len(self._pending), self._phase)
+        derived = message_id(self._record, len(self._pending), self._phase)
         self._pending.append(Pending(derived, topic, bytes(payload), encode_headers(headers)))
         return derived
 

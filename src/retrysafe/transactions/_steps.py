@@ -62,7 +62,7 @@ class Step:
         name: the phase's name.
         record: the operation's record, as this phase's transaction holds it.
         outbox: messages written in this phase's transaction when it commits; their ids
-            derive from the record's identity and the phase (`retrysafe.outbox`).
+            derive from the record and the phase (`retrysafe.outbox`).
     """
 
     name: str
@@ -70,7 +70,7 @@ class Step:
     outbox: Outbox = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "outbox", Outbox(self.record.identity, self.name))
+        object.__setattr__(self, "outbox", Outbox(self.record, self.name))
 
     def foreign_key(self, label: str = "") -> str:
         """Return the key for a foreign call made by this phase (see `foreign_key`)."""

@@ -116,11 +116,12 @@ class AsyncTransaction(TransactionState):
     def __init__(self, backend: AsyncBackend, **options: Unpack[ClaimOptions]) -> None:
         super().__init__(**options)
         self._backend = backend
-        self.outbox = Outbox(self.identity)
+        self.outbox: Outbox  # once the key is claimed: message ids derive from its record
 
     async def __aenter__(self) -> AsyncTransaction:
         self._start()
         self._claim = await abegin_claim(self._backend, self)
+        self.outbox = Outbox(self._claim.record)
         return self
 
     async def __aexit__(

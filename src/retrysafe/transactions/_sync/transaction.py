@@ -119,11 +119,12 @@ class Transaction(TransactionState):
     def __init__(self, backend: Backend, **options: Unpack[ClaimOptions]) -> None:
         super().__init__(**options)
         self._backend = backend
-        self.outbox = Outbox(self.identity)
+        self.outbox: Outbox  # once the key is claimed: message ids derive from its record
 
     def __enter__(self) -> Transaction:
         self._start()
         self._claim = begin_claim(self._backend, self)
+        self.outbox = Outbox(self._claim.record)
         return self
 
     def __exit__(

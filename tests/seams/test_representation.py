@@ -108,6 +108,41 @@ def test_b11_a_retry_with_another_accept_encoding_gets_the_stored_representation
     assert next(runs) == 1
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_b11_with_gzip_outside_the_middleware_every_replay_is_compressed_per_request(
+    encoding: str,
+) -> None:
+    """GZipMiddleware outside the idempotency middleware (as docs/http.md suggests when clients
+    change Accept-Encoding) compresses replays too: it edits the header list of the response
+    it passes on, which a replay's used to refuse (a tuple: every replay was a 500)."""
+    runs = itertools.count()
+    inner = compressing_app(runs)
+    inner.user_middleware.clear()  # the app uncompressed; the compression outside, below
+    app = GZipMiddleware(
+        IdempotencyMiddleware(inner, store=retrysafe.open_async_store("memory://")),
+        minimum_size=500,
+    )
+    server = AsgiServer(app)
+    try:
+        key = str(uuid.uuid4())
+        with make_client(server.url) as client:
+            first, first_body = _raw(client, key, "gzip")
+            again, again_body = _raw(client, key, encoding)
+    finally:
+        server.stop()
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert first.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(first_body) == BODY
+    if encoding == "gzip":
+        assert again.headers["content-encoding"] == "gzip"
+        assert gzip.decompress(again_body) == BODY
+    else:
+        assert "content-encoding" not in again.headers
+        assert again_body == BODY
+    assert next(runs) == 1
+
+
 def test_b11_behind_the_proxy_a_compressing_upstream_replays_decodably() -> None:
     """An upstream that compresses, behind `retrysafe proxy`: the replay keeps its
     Content-Encoding and decodes to the same body; the upstream ran once."""

@@ -123,10 +123,12 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
 
 
 async def respond(send: Send, response: Response) -> None:
-    """Send a whole response: status, headers and body in two messages."""
-    await send(
-        {"type": "http.response.start", "status": response.status, "headers": response.headers}
-    )
+    """Send a whole response: status, headers and body in two messages.
+
+    The headers go out as a list of their own, as apps send them: middleware outside this
+    one may edit the list in place (Starlette's `GZipMiddleware` appends `Vary`)."""
+    headers = list(response.headers)
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body, "more_body": False})
 
 

@@ -174,6 +174,11 @@ class AsgiServer:
             raise RuntimeError("the server's loop is not running")
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
 
+    def open_connections(self) -> int:
+        """Return how many client connections uvicorn holds open (a closed one is gone once
+        uvicorn has seen it close, and told the request's app)."""
+        return len(self._server.server_state.connections)
+
     def stop(self) -> None:
         """Stop serving and wait for the thread."""
         self._server.should_exit = True

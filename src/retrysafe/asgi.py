@@ -175,58 +175,33 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
 
         With `outcome_unknown` on, the app may call the scope extension `OUTCOME_UNKNOWN`
         (see `UnknownOutcome`) to answer the client at once and keep the claim (B38)."""
-        capture = ResponseCapture(settings.max_response_size)
-        start: Message = {}
         execution = self.flow.execution(admitted, settings)
-        identity = execution.identity
         unknown = UnknownOutcome(send) if self.outcome_unknown else None
-
-        async def capture_send(message: Message) -> None:
-            nonlocal start
-            kind = message["type"]
-            if unknown is not None and unknown.answered:
-                client: Send = _discard  # the client has its answer; the app's is stored
-            else:
-                client = send
-            if kind == "http.response.start":
-                start = message
-                capture.start(message["status"], message.get("headers", ()))
-            elif kind == "http.response.body":
-                if capture.complete:
-                    return  # the response is over; nothing more reaches the client
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                capture.complete = not more
-                if capture.overflowed:
-                    await client(message)
-                elif capture.add(chunk):  # past the storable limit: stream from here on
-                    await client(start)
-                    await client({"type": kind, "body": capture.take(), "more_body": more})
-                if capture.complete:  # the outcome: store it, then answer at once
-                    await execution.finish(outcome_to_store(capture, settings))
-                    if not capture.overflowed:
-                        await _send_whole(client, start, capture.body())
-            else:
-                await client(message)
-
-        app_scope = _app_scope(scope, unknown)
+        exchange = _Exchange(execution, settings, receive, send, unknown)
+        capture = exchange.capture
         # An exception or a cancellation before the last body message leaves the execution
         # unfinished: the claim is released, so a retry runs again (B18) -- unless the app
-        # said its outcome is unknown: then the outcome it named is stored (B38).
+        # said its outcome is unknown: then the outcome it named is stored (B38); or unless
+        # its response, past the storable size, was already streaming to the client: then
+        # the effect happened, and the "response not stored" outcome is stored (B22).
         async with execution:
             try:
-                await self.app(app_scope, replay_body(body, receive), capture_send)
+                app_scope = _app_scope(scope, unknown)
+                await self.app(app_scope, replay_body(body, exchange.receive), exchange.send)
             except BaseException as error:
                 settled = False
                 if unknown is not None and unknown.answered and not capture.complete:
                     settled = True
                     await unknown.settle(execution, settings)
+                elif capture.overflowed and not capture.complete:
+                    settled = True
+                    await exchange.finish_streamed()
                 if not isinstance(error, Exception) or not (capture.complete or settled):
                     raise
                 logger.exception(
-                    "The app raised after its response to %s was complete, or after it said "
-                    "its outcome is unknown; the response stands",
-                    identity,
+                    "The app raised after its response to %s was complete or streaming, or "
+                    "after it said its outcome is unknown; the outcome stands",
+                    execution.identity,
                 )
                 return
             if capture.complete:
@@ -234,9 +209,83 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
             if unknown is not None and unknown.answered:
                 await unknown.settle(execution, settings)
                 return
+            if capture.overflowed:  # it stopped streaming: its client left, say
+                await exchange.finish_streamed()
+                return
             await execution.finish(None)  # the app returned without finishing its response
-        if not capture.overflowed and start:
-            await _send_whole(send, start, capture.body())
+        if not capture.overflowed and exchange.start:
+            await _send_whole(send, exchange.start, capture.body())
+
+
+class _Exchange:
+    """What the app of one execution hears and sends: its response is captured up to the
+    storable size, stored and answered once complete (B18), streamed past that size (B22,
+    B23); and it hears that its client left (`http.disconnect`) only once its response is
+    complete or streaming, so a client's timeout cannot cut the outcome short."""
+
+    __slots__ = (
+        "_answered", "_receive", "_send", "_unknown", "capture", "execution", "settings", "start",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        execution: AsyncExecution,
+        settings: Settings,
+        receive: Receive,
+        send: Send,
+        unknown: UnknownOutcome | None,
+    ) -> None:
+        self.execution, self.settings = execution, settings
+        self.capture = ResponseCapture(settings.max_response_size)
+        self.start: Message = {}
+        self._receive, self._send, self._unknown = receive, send, unknown
+        self._answered: anyio.Event | None = None  # made if the app listens past its body
+
+    async def receive(self) -> Message:
+        """The app's `receive` once it has its request body."""
+        capture = self.capture
+        if not (capture.complete or capture.overflowed):
+            self._answered = self._answered or anyio.Event()
+            await self._answered.wait()
+        return await self._receive()
+
+    async def send(self, message: Message) -> None:
+        """The app's `send`."""
+        kind, capture, unknown = message["type"], self.capture, self._unknown
+        # Once the app said its outcome is unknown, the client has its answer; the app's is stored.
+        client: Send = self._send if unknown is None or not unknown.answered else _discard
+        if kind == "http.response.start":
+            self.start = message
+            capture.start(message["status"], message.get("headers", ()))
+        elif kind == "http.response.body":
+            if capture.complete:
+                return  # the response is over; nothing more reaches the client
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            capture.complete = not more
+            if capture.overflowed:
+                await client(message)
+            elif capture.add(chunk):  # past the storable limit: stream from here on
+                self._answering()
+                await client(self.start)
+                await client({"type": kind, "body": capture.take(), "more_body": more})
+            if capture.complete:  # the outcome: store it, then answer at once
+                self._answering()
+                await self.execution.finish(outcome_to_store(capture, self.settings))
+                if not capture.overflowed:
+                    await _send_whole(client, self.start, capture.body())
+        else:
+            await client(message)
+
+    async def finish_streamed(self) -> None:
+        """Store the outcome of a response that ended short while streaming to the client:
+        its status went out, so the effect happened (B22); a retry gets response-not-stored."""
+        self.capture.complete = True
+        await self.execution.finish(outcome_to_store(self.capture, self.settings))
+
+    def _answering(self) -> None:
+        if self._answered is not None:
+            self._answered.set()
 
 
 class UnknownOutcome:

@@ -19,6 +19,7 @@ __all__ = [
     "Response",
     "check_content_length",
     "in_flight",
+    "incomplete",
     "mismatch",
     "problem",
     "problem_response",
@@ -57,6 +58,7 @@ PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
     "key-mismatch": (422, "Idempotency-Key is already used"),
     "request-in-flight": (409, "A request is outstanding for this Idempotency-Key"),
     "body-too-large": (413, "Request body too large"),
+    "body-incomplete": (400, "Request body incomplete"),
     "response-not-stored": (410, "The response for this Idempotency-Key was not stored"),
     "too-many-in-flight": (429, "Too many requests in flight"),
     "store-unavailable": (503, "Idempotency store unavailable"),
@@ -71,6 +73,7 @@ _DECISION_OF: Final = {
     "scope-missing": "rejected",
     "too-many-in-flight": "rejected",
     "body-too-large": "too_large",
+    "body-incomplete": "rejected",
     "store-unavailable": "unavailable",
 }
 """The observed decision (`retrysafe.observe.DECISIONS`) of each refusal."""
@@ -163,6 +166,16 @@ def too_large(settings: Settings) -> Response:
         "body-too-large",
         settings,
         f"Requests with an Idempotency-Key may carry at most {settings.max_body_size} bytes.",
+    )
+
+
+def incomplete(settings: Settings, received: int, announced: int) -> Response:
+    """Return the 400 problem for a request body that ended before its Content-Length."""
+    return problem(
+        "body-incomplete",
+        settings,
+        f"The request body ended after {received} of the {announced} bytes its Content-Length "
+        "announced; nothing ran. Send the whole body again.",
     )
 
 

@@ -17,6 +17,7 @@ from retrysafe._http.outcome import ResponseCapture, outcome_to_store
 from retrysafe._http.problems import (
     Response,
     check_content_length,
+    incomplete,
     read_key,
     reason_phrase,
     too_large,
@@ -106,14 +107,18 @@ def _raw_path(environ: WSGIEnvironment) -> bytes | None:
 
 
 def read_body(environ: WSGIEnvironment, settings: Settings) -> bytes | Response:
-    """Return the whole request body, or the 413 problem."""
+    """Return the whole request body, or the 413 problem, or the 400 one for a body that
+    ended before its Content-Length (the app would have run on part of it)."""
     length = environ.get("CONTENT_LENGTH") or ""
     rejected = check_content_length(length.encode("latin-1"), settings)
     if rejected is not None:
         return rejected
     stream = environ["wsgi.input"]
     if length.isdigit():
-        return bytes(stream.read(int(length)))
+        body = bytes(stream.read(int(length)))
+        if len(body) < int(length):  # the client left mid-body: the app must not see a part
+            return incomplete(settings, len(body), int(length))
+        return body
     if environ.get("wsgi.input_terminated"):
         body = bytes(stream.read(settings.max_body_size + 1))
         return too_large(settings) if len(body) > settings.max_body_size else body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,30 @@ def broken() -> Iterator[RawServer]:
     server.stop()
 
 
+def odd_answers(head: bytes, conn: socket.socket) -> None:
+    """Answer by the request's path: /tecl with both framings, /status-NNN with status NNN,
+    else 200 (for the path-prefixed proxy)."""
+    path = head.split(b" ", 2)[1]
+    if path.startswith(b"/tecl"):  # chunked, so the body is 5 bytes, not the 3 announced
+        conn.sendall(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+    elif path.startswith(b"/status-"):
+        status = path.removeprefix(b"/status-")[:3]
+        conn.sendall(b"HTTP/1.1 " + status + b" Weird\r\nContent-Length: 2\r\n\r\nok")
+    else:
+        answer_ok(head, conn)
+
+
+@pytest.fixture(scope="module")
+def odd() -> Iterator[RawServer]:
+    """An upstream whose answers are odd but parse: both framings, a status above 599."""
+    server = RawServer(odd_answers)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The SQLite store of the guarded proxy, opened by the tests to count its records."""
@@ -44,17 +69,21 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ports(
-    upstream: Upstream, broken: RawServer, store_path: Path, proxies: Start
+    upstream: Upstream, broken: RawServer, odd: RawServer, store_path: Path, proxies: Start
 ) -> dict[str, int]:
-    """Proxy ports: `guarded` before the real upstream, `broken` before the broken one."""
-    guarded, to_broken = proxies(
+    """Proxy ports: `guarded` before the real upstream, `broken` before the broken one, `odd`
+    before the odd one, and `prefixed` before it under the path prefix `/public/api` (sharing
+    the guarded proxy's store)."""
+    names = ["guarded", "broken", "odd", "prefixed"]
+    started = proxies(
         [
             (["--upstream", upstream.url, "--store", f"sqlite:///{store_path}"], None),
             (["--upstream", broken.url, "--store", "memory://"], None),
+            (["--upstream", odd.url, "--store", "memory://"], None),
+            (["--upstream", f"{odd.url}/public/api", "--store", f"sqlite:///{store_path}"], None),
         ]
     )
-    return {name: int(p.url.rsplit(":", 1)[1]) for name, p in (("guarded", guarded),
-                                                                ("broken", to_broken))}  # fmt: skip
+    return {name: int(p.url.rsplit(":", 1)[1]) for name, p in zip(names, started, strict=True)}
 
 
 def records(store_path: Path) -> int:
@@ -125,6 +154,34 @@ def test_b37_double_slash_paths_stay_on_the_upstream(
     assert internal.count() == 0
 
 
+def targets_seen(server: RawServer) -> list[bytes]:
+    """Return the request-targets that reached `server`, in order."""
+    return [head.split(b" ", 2)[1] for head in server.requests]
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
+def test_b37_dot_segments_are_400_and_never_leave_the_upstream_path_prefix(
+    ports: dict[str, int], odd: RawServer, store_path: Path, keyed: bool
+) -> None:
+    """A target with a `.` or `..` segment, literal or percent-encoded, is a 400
+    invalid-target problem (nothing reaches the upstream, the store keeps no record), while
+    dots inside a segment's name are forwarded under the upstream's path prefix."""
+    before, seen = records(store_path), len(odd.requests)
+    for target in ["/../../admin/users", "/x/../../../internal/debug", "/..", "/a/..",
+                   "/./admin", "/%2e%2e/admin", "/%2E%2e/admin", "/.%2E/admin", "/x/%2e",
+                   "/%2e./admin?a=b"]:  # fmt: skip
+        response = exchange(ports["prefixed"], request(target, key=keyed))
+        assert response is not None, target
+        assert response.status == 400, (target, response)
+        assert response.problem()["type"].endswith("#invalid-target"), response
+    assert records(store_path) == before
+    assert targets_seen(odd)[seen:] == []
+    response = exchange(ports["prefixed"], request("/a/.../b..c/.x?q=/../", key=False))
+    assert response is not None
+    assert response.status == 200
+    assert targets_seen(odd)[seen:] == [b"/public/api/a/.../b..c/.x?q=/../"]
+
+
 @pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
 @pytest.mark.parametrize(
     "framing",
@@ -183,6 +240,44 @@ def test_b37_a_broken_upstream_answer_is_a_502_problem(
     assert response.status == 502
     assert response.problem()["type"].endswith("#upstream-failed")
     assert b"Traceback" not in response.body
+
+
+def test_b37_an_upstream_content_length_beside_transfer_encoding_is_dropped(
+    ports: dict[str, int], odd: RawServer
+) -> None:
+    """An upstream response with both Transfer-Encoding (chunked) and a stale Content-Length
+    reaches the client whole, without that Content-Length: keyed, its body is stored and
+    replayed; without a key, it is forwarded all the same."""
+    key = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode()
+    first = exchange(ports["odd"], request("/tecl/keyed", key=False, headers=key))
+    again = exchange(ports["odd"], request("/tecl/keyed", key=False, headers=key))
+    keyless = exchange(ports["odd"], request("/tecl/keyless", key=False))
+    for response in (first, again, keyless):
+        assert response is not None
+        assert (response.status, response.body) == (201, b"hello"), response
+        assert response.headers.get("content-length") != "3", response
+    assert again is not None
+    assert again.headers["idempotent-replayed"] == "true"
+    assert targets_seen(odd).count(b"/tecl/keyed") == 1
+
+
+@pytest.mark.parametrize("status", ["600", "999"])
+def test_b37_b38_an_upstream_status_above_599_is_502_then_outcome_unknown(
+    ports: dict[str, int], odd: RawServer, status: str
+) -> None:
+    """An upstream status above 599 is invalid HTTP, like a garbage status line: a 502
+    upstream-failed problem, with or without a key; a keyed request's retries get
+    `outcome-unknown` and are never forwarded again."""
+    path = f"/status-{status}/{uuid.uuid4()}"
+    keyless = exchange(ports["odd"], request(path + "/keyless", key=False))
+    key = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode()
+    answers = [exchange(ports["odd"], request(path, key=False, headers=key)) for _ in range(3)]
+    kinds = []
+    for response in (keyless, *answers):
+        assert response is not None
+        kinds.append((response.status, response.problem()["type"].rsplit("#", 1)[-1]))
+    assert kinds == [(502, "upstream-failed")] * 2 + [(502, "outcome-unknown")] * 2
+    assert targets_seen(odd).count(path.encode()) == 1
 
 
 _TARGET_BYTES = st.sampled_from(

@@ -126,11 +126,16 @@ class ProxyApp:
             await callback()
 
     def upstream_url(self, path: bytes, query: bytes = b"") -> httpx.URL:
-        """Return the upstream URL for an origin-form target: always the upstream's authority."""
+        """Return the upstream URL for an origin-form target: always the upstream's authority,
+        under its path prefix."""
         target = request_target(path, query)
         url = None if target is None else self._base.copy_with(raw_path=self._prefix + target)
         base = self._base
-        if url is None or (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        if (
+            url is None
+            or (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port)
+            or not url.raw_path.startswith(self._prefix + b"/")
+        ):
             raise RuntimeError(f"refusing to forward {path!r} outside the upstream")  # B37
         return url
 
@@ -231,6 +236,12 @@ class ProxyApp:
     async def _fetch(self, request: httpx.Request) -> _Fetched:
         """Send the request; read the response's head and up to `buffer_size` of its body."""
         response = await self._client.send(request, stream=True)
+        if not 100 <= response.status_code <= 599:  # h11 takes any three digits
+            # Invalid HTTP, as a garbage status line is: the upstream got the request (B38).
+            await response.aclose()
+            raise httpx.RemoteProtocolError(
+                f"invalid status code {response.status_code}", request=request
+            )
         try:
             chunks: list[bytes] = []
             size = 0
@@ -279,11 +290,12 @@ def _not_sent(error: BaseException) -> bool:
 
 
 def _start(response: httpx.Response) -> Message:
-    return {
-        "type": "http.response.start",
-        "status": response.status_code,
-        "headers": end_to_end(response.headers.raw),
-    }
+    headers = end_to_end(response.headers.raw)
+    if "transfer-encoding" in response.headers:
+        # RFC 9112 section 6.3: Transfer-Encoding framed the body, so a Content-Length beside it
+        # is not its length; the server frames what it sends itself.
+        headers = [(name, value) for name, value in headers if name != b"content-length"]
+    return {"type": "http.response.start", "status": response.status_code, "headers": headers}
 
 
 def _failure(error: BaseException, *, kept: bool = False) -> Response:

@@ -1,9 +1,10 @@
 """What the proxy accepts and how it frames what it forwards (RFC 9110 section 7.6, RFC 9112).
 
 Checked before the idempotency middleware runs, so a refused request never touches the store
-(B37): only an origin-form request-target (`/path?query`, visible ASCII, no fragment) is
-forwarded, and a request that carries both `Transfer-Encoding` and `Content-Length` (a request
-smuggling pattern, RFC 9112 section 6.1) is refused and its connection closed.
+(B37): only an origin-form request-target (`/path?query`, visible ASCII, no fragment, no `.` or
+`..` segment) is forwarded, and a request that carries both `Transfer-Encoding` and
+`Content-Length` (a request smuggling pattern, RFC 9112 section 6.1) is refused and its
+connection closed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ PROBLEM_BASE_URL: Final = DEFAULT_PROBLEM_BASE_URL.replace("/http/", "/proxy/")
 # encoded otherwise), no fragment. Anything else could name another authority.
 _ORIGIN_PATH: Final = re.compile(rb"/[\x21-\x22\x24-\x7e]*")
 _QUERY: Final = re.compile(rb"[\x21-\x22\x24-\x7e]*")
+# A `.` or `..` segment, literal or percent-encoded (`%2e`, `.%2E`...): httpx resolves the literal
+# ones (RFC 3986 section 5.2.4), which would climb out of the upstream's path prefix, and an
+# upstream may decode and resolve the encoded ones itself.
+_DOT_SEGMENT: Final = re.compile(rb"(?:\.|%2e){1,2}", re.IGNORECASE)
 
 
 def _connection_tokens(headers: Sequence[Header]) -> frozenset[bytes]:
@@ -64,6 +69,8 @@ def request_target(path: bytes, query: bytes) -> bytes | None:
     """Return the origin-form request-target to forward, or None if it is not one (B37)."""
     if not _ORIGIN_PATH.fullmatch(path) or not _QUERY.fullmatch(query):
         return None
+    if any(_DOT_SEGMENT.fullmatch(segment) for segment in path.split(b"/")):
+        return None
     return path + b"?" + query if query else path
 
 
@@ -75,7 +82,8 @@ def refusal(raw_path: bytes, query: bytes, headers: Sequence[Header]) -> Respons
             "invalid-target",
             "Invalid request-target",
             "The proxy forwards only origin-form request-targets: an absolute path starting "
-            "with '/', then an optional query, in visible ASCII (percent-encode the rest).",
+            "with '/' and with no '.' or '..' segment, then an optional query, in visible "
+            "ASCII (percent-encode the rest).",
         )
     names = {name.lower() for name, _ in headers}
     if b"transfer-encoding" in names and b"content-length" in names:

@@ -263,6 +263,11 @@ class AsyncHeartbeat:
         """Renew now, then every `interval`, in a task on `loop` (`_FirstRenewals` calls it)."""
         self._task = loop.create_task(_renew_every(self._renew, self._interval))
 
+    @property
+    def renewing(self) -> bool:
+        """Whether a task renews (or waits to): `stop` then waits for it to end."""
+        return self._task is not None or self._group is not None
+
     async def stop(self) -> None:
         """Stop renewing; once this returns, no renewal is running or will run."""
         if self._group is not None:

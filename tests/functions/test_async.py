@@ -125,6 +125,36 @@ async def test_b28_cancelled_call_releases_the_key(astore: AsyncStore) -> None:
     assert await slow("k") == 2
 
 
+@pytest.mark.parametrize("renewing", [False, True], ids=["short", "renewing"])
+async def test_b19_an_asyncio_cancel_as_the_body_returns_still_stores_the_outcome(
+    astore: AsyncStore, renewing: bool
+) -> None:
+    """asyncio's own cancellation (`task.cancel()`: `asyncio.wait_for`, `asyncio.timeout`, a
+    TaskGroup), which an anyio shield does not hold off, landing as the body returns, while the
+    renewal stops or the outcome is stored: the caller is cancelled, the outcome is stored all
+    the same, and the retry replays it (it got request-in-flight, and once the lease ended ran
+    the body a second time)."""
+    runs: list[str] = []
+
+    @idempotent(astore, key="key", lease=0.3, wait=0)
+    async def charge(key: str) -> int:
+        runs.append(key)
+        if renewing:
+            await anyio.sleep(0.2)  # past lease / 3: a task renews the lease by now
+        me = asyncio.current_task()
+        assert me is not None
+        asyncio.get_running_loop().call_soon(me.cancel)  # lands at the finish's first wait
+        return len(runs)
+
+    first = asyncio.create_task(charge("k"))
+    try:
+        assert await first == 1  # a store whose calls never wait finishes before it lands
+    except asyncio.CancelledError:
+        assert first.cancelled()
+    assert await charge("k") == 1
+    assert runs == ["k"]
+
+
 async def test_b14_parallel_tasks_run_the_body_once(astore: AsyncStore) -> None:
     """Eight tasks calling with one key run the body once and all get its result."""
     runs: list[int] = []

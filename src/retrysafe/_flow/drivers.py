@@ -25,6 +25,7 @@ from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, ad
 from retrysafe._flow.counters import Count
 from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step, raise_if_cancelled
 from retrysafe._flow.observing import finish, identify
+from retrysafe._flow.shielded import run_to_end
 from retrysafe._heartbeat import HOLDER, THREADS, AsyncHeartbeat, ThreadJob, every
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores.base import AsyncStore, Store
@@ -221,11 +222,11 @@ class AsyncFlow(Holder[AsyncStore]):
     ASGI middleware drains them at lifespan shutdown (`draining`), before the app closes.
     """
 
-    __slots__ = ("_tasks",)
+    __slots__ = ("tasks",)
 
     def _setup(self) -> None:
         super()._setup()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # held outcomes', finishing executions
 
     async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         """Claim `identity`, waiting for a duplicate in flight; return what was decided (see
@@ -287,16 +288,8 @@ class AsyncFlow(Holder[AsyncStore]):
         return True
 
     async def complete(self, run: AsyncExecution, outcome: bytes) -> None:
-        """Store the outcome, shielded from cancellation; if the store fails, hold it and
-        retry in a task (see `SyncFlow.complete`). A store whose primitives never wait (the
-        memory store: `suspends` is False) cannot be cancelled mid-call, so needs no shield."""
-        if getattr(self.store, "suspends", True):
-            with anyio.CancelScope(shield=True):
-                await self._complete(run, outcome)
-        else:
-            await self._complete(run, outcome)
-
-    async def _complete(self, run: AsyncExecution, outcome: bytes) -> None:
+        """Store the outcome; if the store fails, hold it and retry in a task (see
+        `SyncFlow.complete`). `AsyncExecution.finish` keeps cancellations away from it."""
         try:
             await self.store.complete(run.identity, run.token, outcome, retention=run.retention)
             finish("stored")
@@ -313,8 +306,8 @@ class AsyncFlow(Holder[AsyncStore]):
             trio_lowlevel.spawn_system_task(self._keep, held)
             return
         task = loop.create_task(self._keep(held))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _keep(self, held: Held) -> None:
         """Run the held outcome's steps until it is stored or given up (see `SyncFlow._keep`)."""
@@ -386,10 +379,19 @@ class AsyncExecution(_Execution["AsyncFlow"]):
             await self.finish(None)
 
     async def finish(self, outcome: bytes | None) -> None:
-        """Stop renewing, then store `outcome`, or release the claim when it is None."""
+        """Stop renewing, then store `outcome`, or release the claim when it is None, to the
+        end whatever cancels the caller (`run_to_end`); directly where nothing can (a store
+        whose calls never wait, `suspends` False, the memory store's, and no renewal running)."""
         if self.finished:
             return
         self.finished = True
+        flow = self._flow
+        if getattr(flow.store, "suspends", True) or (self._beat and self._beat.renewing):
+            await run_to_end(self._finish(outcome), flow.tasks)
+        else:
+            await self._finish(outcome)
+
+    async def _finish(self, outcome: bytes | None) -> None:
         if self._beat is not None:
             await self._beat.stop()
         if outcome is None:

@@ -224,7 +224,7 @@ def _decode_tagged(obj: dict[str, Any]) -> object:
 
 # The stored outcome of a decorated call: one tag byte, then the payload.
 _RETURNED = b"R"  # the serializer's bytes for the return value
-_RAISED = b"E"  # JSON: a final exception's class, arguments and message
+_RAISED = b"E"  # JSON: a final exception's class, arguments, message and attributes
 _UNSERIALIZABLE = b"U"  # JSON: the return value's class and why it could not be serialized
 
 
@@ -263,13 +263,18 @@ class Outcomes:
             return _UNSERIALIZABLE + _json_bytes(payload), problem
 
     def raised(self, error: BaseException) -> bytes:
-        """Return the outcome to store for a final exception: class, arguments and message."""
+        """Return the outcome to store for a final exception: class, args, message, attributes."""
         args: object
         try:
             args = _encode(error.args, False)
         except (TypeError, ValueError, RecursionError):
             args = None  # replayed with the message as its only argument
-        payload = {"type": _type_name(type(error)), "args": args, "message": str(error)}
+        payload = {
+            "type": _type_name(type(error)),
+            "args": args,
+            "message": str(error),
+            "attrs": _exception_attributes(error),
+        }
         return _RAISED + _json_bytes(payload)
 
     def replay(self, outcome: bytes) -> object:
@@ -302,14 +307,72 @@ class Outcomes:
                 f"The first call of {self.name} raised {payload['type']}: "
                 f"{payload['message']}, which is no longer a final exception type here."
             )
-        args = payload["args"] if payload["args"] is not None else (payload["message"],)
+        args = tuple(payload["args"]) if payload["args"] is not None else (payload["message"],)
         try:
-            error: BaseException = cls(*args)
-        except Exception:  # an __init__ with another signature
-            error = cast(BaseException, cls.__new__(cls, *args))
-            error.args = tuple(args)
-        error.add_note("retrysafe: replayed from the first call with this key.")
+            if "attrs" in payload:
+                error = _new_exception(cls, args, payload["attrs"])
+            else:  # B39: stored before attributes were kept
+                error = _exception_from_init(cls, args)
+            error.add_note("retrysafe: replayed from the first call with this key.")
+        except Exception as problem:  # any failure means the same: it cannot be rebuilt
+            alone = " from its message alone" if payload["args"] is None else ""
+            unbuilt = OutcomeError(
+                f"The first call of {self.name} raised {payload['type']} "
+                f"({payload['message']}), which cannot be rebuilt{alone} on replay: {problem}"
+            )
+            unbuilt.__cause__ = problem
+            return unbuilt
         return error
+
+
+# An OSError keeps these in slots, not in its __dict__; its str() is made of them.
+_OS_ERROR_SLOTS = frozenset(("errno", "strerror", "filename", "filename2", "characters_written"))
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE, a class written in Python, as `copyreg` tests it
+
+
+def _encodable(value: object) -> bool:
+    try:
+        _encode(value, False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _exception_attributes(error: BaseException) -> object:
+    """Return the instance attributes of `error` that can be encoded, encoded; skip the rest."""
+    kept = {k: v for k, v in vars(error).items() if isinstance(k, str) and _encodable(v)}
+    if isinstance(error, OSError):
+        for name in _OS_ERROR_SLOTS:
+            value = getattr(error, name, None)  # characters_written raises when unset
+            if value is not None and _encodable(value):
+                kept[name] = value
+    return _encode_dict(kept, False)
+
+
+def _new_exception(
+    cls: type[BaseException], args: tuple[Any, ...], attrs: dict[str, Any]
+) -> BaseException:
+    """Return a `cls` with these `args` and attributes, without running its `__init__`."""
+    # As copyreg does, the nearest class written in C makes the instance: neither the class's
+    # own __new__ nor its __init__ runs with the stored args, which are not what they take.
+    base = next(c for c in cls.__mro__ if not c.__flags__ & _HEAPTYPE)
+    error = cast(BaseException, cast(Any, base).__new__(cls, *args))
+    error.args = args
+    for name, value in attrs.items():
+        if name in _OS_ERROR_SLOTS and isinstance(error, OSError):
+            setattr(error, name, value)
+        elif name != "__notes__" or isinstance(value, list):  # add_note needs a list
+            vars(error)[name] = value
+    return error
+
+
+def _exception_from_init(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """Return `cls(*args)` if its `__init__` gives the same args back, else one without it."""
+    try:
+        error = cls(*args)
+    except Exception:  # an __init__ that takes other arguments
+        return _new_exception(cls, args, {})
+    return error if type(error) is cls and error.args == args else _new_exception(cls, args, {})
 
 
 def _json_bytes(payload: object) -> bytes:

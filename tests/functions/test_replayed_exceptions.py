@@ -1,0 +1,276 @@
+"""Final exceptions replay as the same class with the same args, message and attributes (B28)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from retrysafe import ManualClock, OutcomeError, Record, Store
+from retrysafe._decorator import idempotent
+
+INITS: list[str] = []  # the __init__ calls of the exceptions below, by class name
+
+
+class CardDeclinedError(Exception):
+    """Formats its message from its arguments, as most custom exceptions do."""
+
+    def __init__(self, code: int, reason: str = "insufficient funds") -> None:
+        INITS.append(type(self).__name__)
+        super().__init__(f"card declined ({code}): {reason}")
+        self.code, self.reason = code, reason
+
+
+class QuotaError(Exception):
+    """Takes its argument by keyword only."""
+
+    def __init__(self, *, limit: int) -> None:
+        INITS.append(type(self).__name__)
+        super().__init__(f"quota of {limit} reached")
+        self.limit = limit
+
+
+class ShutdownRequestedError(BaseException):
+    """A BaseException whose own __new__ formats the message."""
+
+    signal: int
+
+    def __new__(cls, signal: int) -> ShutdownRequestedError:
+        INITS.append(cls.__name__)
+        error = super().__new__(cls, f"shutdown on signal {signal}")
+        error.signal = signal
+        return error
+
+    def __init__(self, signal: int) -> None:
+        super().__init__(f"shutdown on signal {signal}")
+
+
+class UnknownSkuError(KeyError):
+    """A KeyError (whose str() quotes the key) with a keyword-only attribute."""
+
+    def __init__(self, sku: str, *, shop: str) -> None:
+        INITS.append(type(self).__name__)
+        super().__init__(sku)
+        self.shop = shop
+
+
+class ReceiptMissingError(FileNotFoundError):
+    """An OSError whose errno, strerror and filename make its message."""
+
+
+class Handle:
+    """A value JSON cannot hold."""
+
+    def __str__(self) -> str:
+        return "handle db-1"
+
+
+class LockLostError(Exception):
+    """Keeps an attribute JSON cannot hold beside one it can."""
+
+    def __init__(self, holder: str) -> None:
+        INITS.append(type(self).__name__)
+        super().__init__(f"lock lost to {holder}")
+        self.holder, self.handle = holder, Handle()
+
+
+class ResourceError(Exception):
+    """Takes an argument JSON cannot hold."""
+
+    def __init__(self, resource: object) -> None:
+        INITS.append(type(self).__name__)
+        super().__init__(resource)
+
+
+FINAL: tuple[type[BaseException], ...] = (
+    CardDeclinedError,
+    QuotaError,
+    ShutdownRequestedError,
+    UnknownSkuError,
+    ReceiptMissingError,
+    LockLostError,
+    ResourceError,
+    ExceptionGroup,
+)
+
+
+def first_and_replay(
+    store: Store, make: Callable[[], BaseException], key: str = "k"
+) -> tuple[BaseException, BaseException, list[int]]:
+    """Return the exception a decorated call raises, the one its retry raises, and the runs."""
+    runs: list[int] = []
+
+    @idempotent(store, key="k", namespace="replayed", final_exceptions=FINAL)
+    def call(k: str) -> None:
+        runs.append(1)
+        raise make()
+
+    raised: list[BaseException] = []
+    for _ in range(2):
+        with pytest.raises(BaseException) as caught:  # noqa: PT011 - each is asserted below
+            call(key)
+        raised.append(caught.value)
+    return raised[0], raised[1], runs
+
+
+def assert_same(first: BaseException, again: BaseException) -> None:
+    """Assert `again` is `first` replayed: same class, args and message, and the note."""
+    assert type(again) is type(first)
+    assert again.args == first.args
+    assert str(again) == str(first)
+    assert again.__notes__ == ["retrysafe: replayed from the first call with this key."]
+
+
+def test_b28_replay_keeps_args_message_and_attributes_without_init(store: Store) -> None:
+    """A custom __init__ is not run again: args, message and attributes are the first's."""
+    INITS.clear()
+    first, again, runs = first_and_replay(store, lambda: CardDeclinedError(402))
+    assert runs == [1]
+    assert INITS == ["CardDeclinedError"]
+    assert_same(first, again)
+    assert str(again) == "card declined (402): insufficient funds"
+    assert isinstance(again, CardDeclinedError)
+    assert (again.code, again.reason) == (402, "insufficient funds")
+
+
+def test_b28_replay_of_keyword_only_init_keeps_its_attribute(store: Store) -> None:
+    """An exception whose __init__ takes keyword-only arguments replays with its attribute."""
+    first, again, runs = first_and_replay(store, lambda: QuotaError(limit=7))
+    assert runs == [1]
+    assert_same(first, again)
+    assert isinstance(again, QuotaError)
+    assert again.limit == 7
+
+
+def test_b28_replay_of_base_exception_with_custom_new(store: Store) -> None:
+    """A BaseException subclass with its own __new__ replays without running it again."""
+    INITS.clear()
+    first, again, runs = first_and_replay(store, lambda: ShutdownRequestedError(15))
+    assert runs == [1]
+    assert INITS == ["ShutdownRequestedError"]
+    assert_same(first, again)
+    assert str(again) == "shutdown on signal 15"
+    assert isinstance(again, ShutdownRequestedError)
+    assert again.signal == 15
+
+
+def test_b28_replay_of_key_error_keeps_its_quoted_message(store: Store) -> None:
+    """A KeyError subclass replays with the key as its arg, str() quoting it, and attributes."""
+    first, again, runs = first_and_replay(store, lambda: UnknownSkuError("sku-1", shop="eu"))
+    assert runs == [1]
+    assert_same(first, again)
+    assert str(again) == "'sku-1'"
+    assert isinstance(again, UnknownSkuError)
+    assert again.shop == "eu"
+
+
+def test_b28_replay_of_os_error_keeps_errno_strerror_and_filename(store: Store) -> None:
+    """An OSError replays with its errno, strerror, filename and so its message."""
+    first, again, runs = first_and_replay(
+        store, lambda: ReceiptMissingError(2, "No such file or directory", "/receipts/o-1")
+    )
+    assert runs == [1]
+    assert_same(first, again)
+    assert str(again) == "[Errno 2] No such file or directory: '/receipts/o-1'"
+    assert isinstance(again, OSError)
+    assert (again.errno, again.strerror, again.filename) == (
+        2,
+        "No such file or directory",
+        "/receipts/o-1",
+    )
+
+
+def test_b28_attribute_that_cannot_be_stored_is_left_out(store: Store) -> None:
+    """An attribute JSON cannot hold is left out of the replay; the others come back."""
+    first, again, runs = first_and_replay(store, lambda: LockLostError("worker-2"))
+    assert runs == [1]
+    assert_same(first, again)
+    assert isinstance(again, LockLostError)
+    assert again.holder == "worker-2"
+    assert not hasattr(again, "handle")
+
+
+def test_b28_args_that_cannot_be_stored_replay_as_the_message(store: Store) -> None:
+    """Args JSON cannot hold replay as the message alone, without running __init__ on it."""
+    INITS.clear()
+    first, again, runs = first_and_replay(store, lambda: ResourceError(Handle()))
+    assert runs == [1]
+    assert INITS == ["ResourceError"]
+    assert type(again) is ResourceError
+    assert again.args == ("handle db-1",)
+    assert str(again) == str(first) == "handle db-1"
+
+
+def test_b28_exception_group_replays_as_outcome_error(store: Store) -> None:
+    """A final exception group, whose sub-exceptions are not stored, replays as OutcomeError."""
+    group = ExceptionGroup("several failures", [ValueError("a"), KeyError("b")])
+    first, again, runs = first_and_replay(store, lambda: group)
+    assert runs == [1]
+    assert first is group
+    assert isinstance(again, OutcomeError)
+    assert str(again).startswith(
+        "The first call of replayed raised builtins:ExceptionGroup "
+        "(several failures (2 sub-exceptions)), which cannot be rebuilt from its message "
+        "alone on replay: "
+    )
+
+
+def legacy_outcome(cls: type[BaseException], args: list[Any], message: str) -> bytes:
+    """Return a final exception's outcome as the previous release stored it (no attributes)."""
+    payload = {
+        "type": f"{cls.__module__}:{cls.__qualname__}",
+        "args": {"$rs": "tuple", "v": args},
+        "message": message,
+    }
+    return b"E" + json.dumps(payload, separators=(",", ":")).encode()
+
+
+def store_as_previous_release(store: Store, record: Record, first: BaseException) -> None:
+    """Rewrite `record`, expired, with `first` stored as the previous release stored it."""
+    claim = store.claim(record.identity, record.fingerprint, lease=30, retention=86_400)
+    assert claim.acquired
+    outcome = legacy_outcome(type(first), list(first.args), str(first))
+    store.complete(record.identity, claim.token, outcome, retention=86_400)
+
+
+class OrderLockedError(Exception):
+    """An __init__ that takes its args back: the previous release's replay was right."""
+
+    def __init__(self, order: str) -> None:
+        super().__init__(order)
+        self.order = order
+
+
+def test_b39_exception_stored_by_the_previous_release_replays(
+    store: Store, clock: ManualClock
+) -> None:
+    """An outcome stored without attributes replays by __init__ if it takes the args, else as is."""
+    finals = (CardDeclinedError, OrderLockedError)
+    runs: list[int] = []
+
+    @idempotent(store, key="k", namespace="replayed", final_exceptions=finals)
+    def call(k: str) -> None:
+        runs.append(1)
+        raise OrderLockedError("o-1") if k == "locked" else CardDeclinedError(402)
+
+    stored: dict[str, BaseException] = {}
+    for key in ("locked", "declined"):
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - asserted below
+            call(key)
+        stored[key] = caught.value
+    records = store.list_records(namespace="replayed")
+    clock.advance(86_400 + 1)  # past retention: each record is taken over and rewritten
+    for record in records:
+        store_as_previous_release(store, record, stored[record.identity.key])
+
+    with pytest.raises(OrderLockedError) as locked:
+        call("locked")
+    assert_same(stored["locked"], locked.value)
+    assert locked.value.order == "o-1"  # its __init__ ran, as the previous release did
+    with pytest.raises(CardDeclinedError) as declined:
+        call("declined")
+    assert_same(stored["declined"], declined.value)
+    assert not hasattr(declined.value, "code")  # never stored; its __init__ would get it wrong
+    assert runs == [1, 1]

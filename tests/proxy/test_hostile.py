@@ -38,14 +38,17 @@ def broken() -> Iterator[RawServer]:
 
 
 def odd_answers(head: bytes, conn: socket.socket) -> None:
-    """Answer by the request's path: /tecl with both framings, /status-NNN with status NNN,
-    else 200 (for the path-prefixed proxy)."""
+    """Answer by the request's path: /tecl with both framings, /cut with half of a body past
+    the storable size, /status-NNN with status NNN, else 200 (for the path-prefixed proxy)."""
     path = head.split(b" ", 2)[1]
     if path.startswith(b"/tecl"):  # chunked, so the body is 5 bytes, not the 3 announced
         conn.sendall(
             b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
             b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         )
+    elif path.startswith(b"/cut"):  # past the proxy's storable size, then the upstream is gone
+        conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 3000000\r\n\r\n")
+        conn.sendall(b"x" * 1_500_000)
     elif path.startswith(b"/status-"):
         status = path.removeprefix(b"/status-")[:3]
         conn.sendall(b"HTTP/1.1 " + status + b" Weird\r\nContent-Length: 2\r\n\r\nok")
@@ -259,6 +262,29 @@ def test_b37_an_upstream_content_length_beside_transfer_encoding_is_dropped(
     assert again is not None
     assert again.headers["idempotent-replayed"] == "true"
     assert targets_seen(odd).count(b"/tecl/keyed") == 1
+
+
+def test_b22_b38_a_large_answer_cut_mid_stream_is_never_forwarded_again(
+    ports: dict[str, int], odd: RawServer
+) -> None:
+    """An upstream answer past the storable size streams to the client; when the upstream
+    breaks off mid-body, the client's connection is cut, and the key keeps the "response not
+    stored" outcome (the 201 went out): retries get 410 and never reach the upstream (it was
+    released, and every retry ran the upstream again)."""
+    path = f"/cut/{uuid.uuid4()}"
+    key = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode()
+    # No body: the upstream reads the whole request, so its close is a FIN after its bytes,
+    # never a reset that could beat them to the proxy.
+    first = exchange(ports["odd"], request(path, key=False, headers=key, body=b""))
+    assert first is not None
+    assert (first.status, len(first.body) < 3_000_000) == (201, True)
+    for _ in range(2):
+        again = exchange(ports["odd"], request(path, key=False, headers=key, body=b""))
+        assert again is not None
+        assert (again.status, again.problem()["type"].rsplit("#", 1)[-1]) == (
+            410, "response-not-stored",
+        )  # fmt: skip
+    assert targets_seen(odd).count(path.encode()) == 1
 
 
 @pytest.mark.parametrize("status", ["600", "999"])

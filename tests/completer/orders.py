@@ -46,6 +46,7 @@ def order(request: bytes, connection: Any) -> Mapping[str, PhaseFunction]:
     """Build the phases of one order from its request."""
     spec = json.loads(request)
     key, orders = spec["key"], spec["orders"]
+    reach("build", key)  # (not a crash point: nothing is claimed yet)
     mark = "%s" if type(connection).__module__.startswith("psycopg") else "?"
 
     def log(step: Step) -> None:

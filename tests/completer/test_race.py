@@ -114,3 +114,45 @@ def test_b17_two_completers_and_a_late_client_retry_never_double_a_phase(shop: S
             assert answers[key] == record.outcome
     assert len(answers) + len(refused) == ORDERS
     assert shop.resumable_rows() == 0
+
+
+def test_b17_an_order_a_client_finishes_while_the_completer_builds_it_counts_as_skipped(
+    shop: Shop,
+) -> None:
+    """Between reading an abandoned order and claiming it, the completer builds its phases;
+    a client's retry that finishes the order meanwhile leaves the completer a replay, which
+    it reports as skipped, not as completed (it ran nothing)."""
+    database, key = shop.database, "order-late"
+    request = orders.request_of(key, **shop.spec())
+    with abandoning(lambda _: "finish:start"):
+        conn = database.connect()
+        try:
+            with pytest.raises(AbandonedError):
+                orders.registry.run(
+                    conn, _identity(key), request, table=database.table, clock=OffsetClock(-100)
+                )
+        finally:
+            conn.close()
+    finished: list[bytes] = []
+
+    def client_finishes(point: str, _: str) -> None:
+        if point == "build" and not finished:
+            finished.append(b"")  # the client's own build comes through here too
+            retry = database.connect()
+            try:
+                result = orders.registry.run(retry, _identity(key), request, table=database.table)
+                finished[0] = result.outcome
+            finally:
+                retry.close()
+
+    orders.reach = client_finishes
+    try:
+        done = Completer(orders.registry, connect=database.connect, table=database.table).run_once()
+    finally:
+        orders.reach = lambda point, key: None
+    assert (done.completed, done.skipped, done.failed) == (0, 1, 0)
+    record = shop.record(key)
+    assert record is not None
+    assert record.state is State.DONE
+    assert finished == [record.outcome]
+    assert shop.phases_logged(key) == ["charge", "finish", "reserve"]

@@ -46,7 +46,7 @@ class Pass:
     Attributes:
         completed: operations it brought to their end.
         failed: attempts that raised (their error kept on the operation).
-        skipped: operations another completer or a client held.
+        skipped: operations another completer or a client held, or had just finished.
         needs_attention: operations it gave up on in this pass.
     """
 
@@ -191,7 +191,7 @@ class Completer:
             return self._failed(connection, row, error, counted=False)
         try:
             terms = _Terms(lease=self.lease, retention=self.retention, clock=self.clock)
-            run_phases_on(
+            result = run_phases_on(
                 backend, phases, identity=row.identity, fingerprint=row.fingerprint, **terms
             )
         except (SkippedError, InFlightError, FencedError):
@@ -200,7 +200,8 @@ class Completer:
             if backend.claimed is None and not isinstance(error, KeyMismatchError):
                 raise  # the claim itself failed (the database): nothing was attempted
             return self._failed(connection, row, error, counted=backend.claimed is not None)
-        return Pass(completed=1)
+        # A replay: a client's retry finished it since the row was read; nothing ran here.
+        return Pass(skipped=1) if result.replay else Pass(completed=1)
 
     def _failed(
         self, connection: object, row: ResumableRow, error: Exception, *, counted: bool

@@ -8,7 +8,8 @@ that run them are shared with transactional mode (`stores/_sql/postgres.py`,
 on first use too or up front by `create_schema`, and waiting: waiters sleep on LISTEN/NOTIFY
 instead of polling, and only records a waiter marked are notified. The async store sends the
 hot primitives' statements of concurrent calls in batches on a connection of its own
-(`stores/_postgres_pipeline.py`) unless told not to.
+(`stores/_postgres_pipeline.py`) unless told not to. A process forked after using the store
+(gunicorn `--preload`) leaves its parent's connections and threads alone and opens its own.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from retrysafe.stores._async.postgres_records import (
     AsyncPostgresRecords,
     AsyncRecordsConnection,
 )
-from retrysafe.stores._deletes import PostgresDeletes
+from retrysafe.stores._deletes import FORKS, PostgresDeletes
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import (
+    LEFT_BEHIND,
     PostgresOptions,
     async_executor,
     parse_url,
@@ -100,17 +102,9 @@ class AsyncPostgresStore:
         self.clock: Clock = clock or SystemClock()
         self.table = record_table(options.table)
         self._records = AsyncPostgresRecords(self.table)
+        self._conninfo, self._options = conninfo, options
         # Opened on first use, inside the running event loop (see `_ready`).
-        self._pool: AsyncConnectionPool[AsyncRecordsConnection] = AsyncConnectionPool(
-            conninfo,
-            connection_class=AsyncRecordsConnection,
-            min_size=options.pool_min,
-            max_size=options.pool_max,
-            timeout=options.pool_timeout,
-            kwargs={"autocommit": True, "connect_timeout": options.connect_timeout_seconds},
-            open=False,
-            name=f"retrysafe-{options.table}",
-        )
+        self._pool = self._new_pool()
         # The hot primitives' statements go here when it is not None.
         self._runner = async_executor(conninfo, options)
         self._deadline = AsyncReadDeadline(options.read_timeout)
@@ -124,6 +118,7 @@ class AsyncPostgresStore:
         self._max_listeners = options.pool_max // 2
         self._listeners = 0
         self._lock = threading.Lock()
+        self._forks = FORKS.count  # a fork's child leaves all the above behind: see `_forked`
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> AsyncPostgresStore:
@@ -145,6 +140,8 @@ class AsyncPostgresStore:
         use when the table is missing; call it at deploy time when the application's database
         user may not create tables.
         """
+        if self._forks != FORKS.count:
+            self._forked()
         with translate_errors():
             await self._open_pool()
             async with self._pool.connection() as conn:
@@ -247,7 +244,10 @@ class AsyncPostgresStore:
                 )
 
     async def aclose(self) -> None:
-        """Close the pool and its connections, and the statement runner's."""
+        """Close the pool and its connections, and the statement runner's (in a forked child,
+        those it opened: its parent's are the parent's to close)."""
+        if self._forks != FORKS.count:
+            self._forked()
         self._closed = True
         with translate_errors():
             if self._runner is not None:
@@ -284,10 +284,14 @@ class AsyncPostgresStore:
 
     def _connection(self) -> Lent:
         """Lend a pooled connection, the table ready; psycopg errors become store errors."""
+        if self._forks != FORKS.count:
+            self._forked()
         return Lent(self)
 
     def _statement(self) -> Lent | Shared:
         """Lend where a hot primitive's one statement runs: the statement runner, if any."""
+        if self._forks != FORKS.count:  # one comparison per call
+            self._forked()
         runner = self._runner
         return Lent(self) if runner is None else Shared(self, runner)
 
@@ -321,6 +325,8 @@ class AsyncPostgresStore:
 
     async def _listener(self) -> AsyncRecordsConnection | None:
         """Return a pooled connection to listen on, or None if none is free soon enough."""
+        if self._forks != FORKS.count:
+            self._forked()
         with translate_errors():
             await self._ready()
         with self._lock:
@@ -336,3 +342,33 @@ class AsyncPostgresStore:
                 with self._lock:
                     self._listeners -= 1
         return conn
+
+    def _new_pool(self) -> AsyncConnectionPool[AsyncRecordsConnection]:
+        options = self._options
+        return AsyncConnectionPool(
+            self._conninfo,
+            connection_class=AsyncRecordsConnection,
+            min_size=options.pool_min,
+            max_size=options.pool_max,
+            timeout=options.pool_timeout,
+            kwargs={"autocommit": True, "connect_timeout": options.connect_timeout_seconds},
+            open=False,
+            name=f"retrysafe-{options.table}",
+        )
+
+    def _forked(self) -> None:
+        """In a forked child: leave the parent's pool, statement runner and read deadline
+        behind, unused and unclosed (`LEFT_BEHIND`: their sockets and threads are the
+        parent's), and open this process's own on first use (B35: a shared socket hands one
+        process another's replies, another key's outcome among them)."""
+        with LEFT_BEHIND.lock:
+            if self._forks == FORKS.count:  # another thread of this child did it first
+                return
+            LEFT_BEHIND.keep(self._pool, self._runner, self._deadline)
+            self._pool = self._new_pool()
+            self._runner = async_executor(self._conninfo, self._options)
+            self._deadline = AsyncReadDeadline(self._options.read_timeout)
+            self._lock = threading.Lock()  # a thread of the parent may have held it
+            self._listeners = 0
+            self._schema_ready = False  # so that the first call opens the new pool
+            self._forks = FORKS.count  # last: other threads wait on the lock until now

@@ -5,13 +5,16 @@
 exception leaves the store. Transactional mode maps errors on the caller's connection with
 `store_error` too. `sync_executor` and `async_executor` pick where a store's hot statements
 run: on pooled connections (None), or, for the async store, on its auto-pipeline
-(`stores/_postgres_pipeline.py`, imported only when an async store asks for it).
+(`stores/_postgres_pipeline.py`, imported only when an async store asks for it). `LEFT_BEHIND`
+keeps what a forked child's stores inherited from the parent and no longer use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from retrysafe.stores._sync.postgres_records import StatementRunner
 
 __all__ = [
+    "LEFT_BEHIND",
     "PostgresOptions",
     "async_executor",
     "parse_url",
@@ -155,3 +159,35 @@ def async_executor(conninfo: str, options: PostgresOptions) -> AsyncStatementRun
         connect_timeout=options.connect_timeout_seconds,
         read_timeout=options.read_timeout,
     )
+
+
+class _LeftBehind:
+    """What the PostgreSQL stores of a forked child inherited from its parent: pools (their
+    connections and worker threads), auto-pipelines and read-deadline watchdogs.
+
+    Their sockets are the parent's, so the child never uses them; nor does it close them:
+    libpq's `PQfinish` would send a Terminate message on the socket, ending the parent's
+    session. They are kept referenced here for the child's lifetime instead, so never finalized
+    (as SQLAlchemy's `engine.dispose(close=False)` leaves the parent's connections alone; and
+    were the child's exit to collect them, psycopg finishes a connection only in the process
+    that opened it).
+    `lock` makes a store leave its parent's behind once however many of the child's threads
+    call it at once; each child gets a new one, since a thread of the parent may have held it.
+    """
+
+    __slots__ = ("kept", "lock")
+
+    def __init__(self) -> None:
+        self.kept: list[object] = []
+        self.lock = threading.Lock()
+
+    def keep(self, *inherited: object) -> None:
+        """Keep `inherited` referenced, unused and open, for as long as this process lives."""
+        self.kept.extend(inherited)
+
+    def forked(self) -> None:
+        self.lock = threading.Lock()
+
+
+LEFT_BEHIND: Final = _LeftBehind()
+os.register_at_fork(after_in_child=LEFT_BEHIND.forked)

@@ -51,9 +51,9 @@ class RetryPolicy:
 
     Attributes:
         attempts: the most attempts per logical request, the first included.
-        timeout: the most seconds one logical request may take, attempts and waits included.
-            A wait that would end past it is not started; each attempt's own timeouts are cut
-            to what is left.
+        timeout: the most seconds one logical request may take: attempts, waits and reading
+            the body the client reads for the caller. A wait that would end past it is not
+            started; an attempt or a body read still running at it ends with a ReadTimeout.
         wait_initial: the backoff ceiling before the first retry, in seconds.
         wait_max: the largest backoff ceiling; the ceiling doubles per retry up to it. The
             actual wait is drawn uniformly from [0, ceiling] ("full jitter").
@@ -224,6 +224,7 @@ class _Call:
     key: str | None = None
     header_value: str | None = None
     started: float = 0.0
+    timed_out: bool = False  # an attempt was cut at the deadline: nothing is sent after it
     log: AttemptLog = field(init=False, repr=False)
     _retry_after: float | None = field(default=None, repr=False)
 
@@ -264,10 +265,14 @@ class _Call:
         """The retry policy of this call."""
         return self.settings.policy
 
+    @property
+    def deadline(self) -> float:
+        """When the total-time bound ends, on the settings' clock."""
+        return self.started + self.policy.timeout
+
     def remaining(self) -> float:
         """Seconds left before the total-time bound, never below one millisecond."""
-        left = self.started + self.policy.timeout - self.settings.clock.now()
-        return max(left, 0.001)
+        return max(self.deadline - self.settings.clock.now(), 0.001)
 
     def retries_status(self, status: int, headers: _HeaderLookup) -> bool:
         """Return True if a response with `status` and `headers` is worth another attempt."""
@@ -333,10 +338,9 @@ class _Call:
 
     def stop(self, state: tenacity.RetryCallState) -> bool:
         """Give up after the last attempt, or when the wait would end past the deadline."""
-        if state.attempt_number >= self.policy.attempts:
+        if self.timed_out or state.attempt_number >= self.policy.attempts:
             return True
-        deadline = self.started + self.policy.timeout
-        return self.settings.clock.now() + state.upcoming_sleep > deadline
+        return self.settings.clock.now() + state.upcoming_sleep > self.deadline
 
     def before_sleep(self, state: tenacity.RetryCallState) -> None:
         """Tell the observers, the hooks and the log about the retry about to happen."""

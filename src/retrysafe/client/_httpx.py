@@ -9,8 +9,9 @@ They wrap another transport (STYLE 8, httpx "advanced/transports"):
 from __future__ import annotations
 
 import random
+import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 
 import anyio
 import httpx
@@ -27,6 +28,7 @@ from retrysafe.client._core import (
     is_replay,
     make_settings,
 )
+from retrysafe.client._deadline import run_within, shut_at, time_ran_out
 from retrysafe.observe import Observer
 
 __all__ = ["AsyncIdempotentTransport", "IdempotentTransport"]
@@ -65,6 +67,9 @@ def _start(settings: _Settings, request: httpx.Request) -> _Call:
 def _attempt_request(call: _Call, request: httpx.Request) -> httpx.Request:
     """A copy of `request` for one attempt: the key added, timeouts cut to the time left.
 
+    The cut timeouts bound each read and write; the attempt as a whole is bounded by the
+    transports (a trickling server keeps every read within its timeout).
+
     The caller's request is not changed, so a redirect the client follows is a new logical
     request with a new key (the fingerprint of another URL would not match the first key).
     """
@@ -94,6 +99,100 @@ def _finish(call: _Call, response: httpx.Response) -> httpx.Response:
         EXTENSION_ATTEMPTS: call.attempts,
     }
     return response
+
+
+def _expired(call: _Call, request: httpx.Request) -> httpx.ReadTimeout:
+    """The error of an attempt, or a body read, cut at the total-time bound: never retried."""
+    return httpx.ReadTimeout(time_ran_out(call), request=request)
+
+
+def _past_deadline(call: _Call) -> bool:
+    return call.settings.clock.now() >= call.deadline
+
+
+def _socket_of(response: httpx.Response) -> socket.socket | None:
+    """The socket of an HTTP/1.1 response, to shut down at the deadline; None otherwise.
+
+    An HTTP/2 connection carries other requests' streams too, so it is never shut down.
+    """
+    stream = response.extensions.get("network_stream")
+    if stream is None or response.extensions.get("http_version") != b"HTTP/1.1":
+        return None
+    sock = stream.get_extra_info("socket")
+    return sock if isinstance(sock, socket.socket) else None
+
+
+class _BoundedStream(httpx.SyncByteStream):
+    """A response body that the caller's client reads, cut at the deadline (SPEC B33).
+
+    The deadline is checked between chunks (a trickle), and the connection is shut down at the
+    deadline, which wakes a read blocked on a stalled body.
+    """
+
+    def __init__(self, response: httpx.Response, call: _Call, request: httpx.Request) -> None:
+        assert isinstance(response.stream, httpx.SyncByteStream)  # noqa: S101 -- sync transport
+        self._stream = response.stream
+        self._socket = _socket_of(response)
+        self._call = call
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield the body's chunks until it ends or the deadline passes."""
+        sock = self._socket
+        disarm = shut_at(self._call.remaining(), sock) if sock is not None else _nothing
+        try:
+            for chunk in self._stream:
+                if _past_deadline(self._call):
+                    break
+                yield chunk
+            else:
+                return
+        except httpx.TransportError as error:
+            if not _past_deadline(self._call):
+                raise
+            raise _expired(self._call, self._request) from error
+        finally:
+            disarm()
+        raise _expired(self._call, self._request)
+
+    def close(self) -> None:
+        """Close the wrapped stream."""
+        self._stream.close()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _close(response: httpx.Response) -> None:
+    response.close()
+
+
+class _AsyncBoundedStream(httpx.AsyncByteStream):
+    """The async twin of `_BoundedStream`: each read is cancelled at the deadline."""
+
+    def __init__(self, response: httpx.Response, call: _Call, request: httpx.Request) -> None:
+        assert isinstance(response.stream, httpx.AsyncByteStream)  # noqa: S101 -- async transport
+        self._stream = response.stream
+        self._call = call
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Yield the body's chunks until it ends or the deadline passes."""
+        chunks = aiter(self._stream)
+        while True:
+            with anyio.move_on_after(self._call.remaining()) as scope:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+            if scope.cancelled_caught or _past_deadline(self._call):
+                raise _expired(self._call, self._request)
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Close the wrapped stream."""
+        await self._stream.aclose()
 
 
 def _buffered(response: httpx.Response, raw: bytes) -> httpx.Response:
@@ -155,22 +254,33 @@ class IdempotentTransport(httpx.BaseTransport):
             call.log.last(response.status_code, None)
             return _finish(call, response)
 
+        def send(sent: httpx.Request) -> httpx.Response:
+            response = self._transport.handle_request(sent)
+            if not call.retries_status(response.status_code, response.headers):
+                return response
+            # A retried answer is small; reading it frees the connection for the retry.
+            try:
+                raw = b"".join(response.iter_raw())
+            finally:
+                response.close()
+            return _buffered(response, raw)
+
         def attempt() -> httpx.Response:
             call.note_attempt()
+            sent = _attempt_request(call, request)
             try:
-                response = self._transport.handle_request(_attempt_request(call, request))
-                if not call.retries_status(response.status_code, response.headers):
-                    return response
-                # A retried answer is small; reading it frees the connection for the retry.
-                try:
-                    raw = b"".join(response.iter_raw())
-                finally:
-                    response.close()
-                return _buffered(response, raw)
+                # B33: a blocking attempt cannot be cancelled; stop waiting for it at the
+                # deadline (see client/_deadline.py), and bound the body the client reads.
+                response = run_within(call.remaining(), lambda: send(sent), _close)
+                if response is None:
+                    raise _expired(call, sent)
             except RETRIED_ERRORS as error:
                 if not call.replayable and call.policy.attempts > 1:
                     raise call.not_replayable(error) from error
                 raise
+            if not isinstance(response.stream, httpx.ByteStream):
+                response.stream = _BoundedStream(response, call, sent)
+            return response
 
         retrying = call.retrying(tenacity.Retrying, self._sleep)
         return _finish(call, retrying(attempt))
@@ -223,19 +333,24 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
             call.log.last(response.status_code, None)
             return _finish(call, response)
 
+        async def send(sent: httpx.Request) -> httpx.Response:
+            response = await self._transport.handle_async_request(sent)
+            if not call.retries_status(response.status_code, response.headers):
+                response.stream = _AsyncBoundedStream(response, call, sent)
+                return response
+            try:
+                raw = b"".join([chunk async for chunk in response.aiter_raw()])
+            finally:
+                await response.aclose()
+            return _buffered(response, raw)
+
         async def attempt() -> httpx.Response:
             call.note_attempt()
+            sent = _attempt_request(call, request)
             try:
-                response = await self._transport.handle_async_request(
-                    _attempt_request(call, request)
-                )
-                if not call.retries_status(response.status_code, response.headers):
-                    return response
-                try:
-                    raw = b"".join([chunk async for chunk in response.aiter_raw()])
-                finally:
-                    await response.aclose()
-                return _buffered(response, raw)
+                with anyio.move_on_after(call.remaining()):  # B33: the attempt ends in time
+                    return await send(sent)
+                raise _expired(call, sent)
             except RETRIED_ERRORS as error:
                 if not call.replayable and call.policy.attempts > 1:
                     raise call.not_replayable(error) from error

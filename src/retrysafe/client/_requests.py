@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import requests
 import requests.adapters
 import tenacity
-from requests.exceptions import ChunkedEncodingError, SSLError, Timeout
+from requests.exceptions import ChunkedEncodingError, ReadTimeout, SSLError, Timeout
 
 from retrysafe._clock import Clock
 from retrysafe.client._core import (
@@ -27,6 +27,7 @@ from retrysafe.client._core import (
     _Call,
     make_settings,
 )
+from retrysafe.client._deadline import run_within, time_ran_out
 from retrysafe.observe import Observer
 
 __all__ = ["IdempotentAdapter"]
@@ -56,6 +57,14 @@ def _clip(timeout: _Timeout, remaining: float) -> _Timeout:
     if isinstance(timeout, int | float):
         return min(float(timeout), remaining)
     return timeout  # a urllib3 Timeout object: the caller's exact wish, left as it is
+
+
+def _expired(call: _Call, request: requests.PreparedRequest) -> ReadTimeout:
+    return ReadTimeout(time_ran_out(call), request=request)
+
+
+def _close(response: requests.Response) -> None:
+    response.close()
 
 
 class IdempotentAdapter(requests.adapters.HTTPAdapter):
@@ -134,17 +143,32 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
         if call.header_value is not None:
             prepared.headers[policy.key_header] = call.header_value
 
+        def send_and_read(clipped: _Timeout) -> requests.Response:
+            response = send(prepared, stream, clipped, verify, cert, proxies)
+            if call.retries_status(response.status_code, response.headers):
+                # A retried answer is small; reading it frees the connection for the retry.
+                try:
+                    _ = response.content
+                finally:
+                    response.close()
+            elif not stream:
+                _ = response.content  # read here, as the session would, so the bound covers it
+            return response
+
+        def send_within() -> requests.Response:
+            left = call.remaining()
+            clipped = _clip(timeout, left)
+            # B33: a blocking attempt cannot be cancelled; stop waiting for it at the deadline
+            # (client/_deadline.py). A response that comes late is closed, never returned.
+            response = run_within(left, lambda: send_and_read(clipped), _close)
+            if response is None:
+                raise _expired(call, prepared)
+            return response
+
         def attempt() -> requests.Response:
             call.note_attempt()
             try:
-                clipped = _clip(timeout, call.remaining())
-                response = send(prepared, stream, clipped, verify, cert, proxies)
-                if call.retries_status(response.status_code, response.headers):
-                    # A retried answer is small; reading it frees the connection for the retry.
-                    try:
-                        _ = response.content
-                    finally:
-                        response.close()
+                response = send_within()
             except Exception as error:
                 if _retried_error(error) and not call.replayable and policy.attempts > 1:
                     raise call.not_replayable(error) from error

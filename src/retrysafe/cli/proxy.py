@@ -15,6 +15,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from retrysafe._errors import ConfigurationError
 from retrysafe._extras import MissingExtraError
 from retrysafe._http import MIB, SettingsOptions
+from retrysafe._urls import redact_url
 from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail
 from retrysafe.cli._serving import GracefulServer
 from retrysafe.proxy import build_proxy
@@ -243,7 +244,8 @@ def proxy(
     gc.freeze()
     metrics_url = "" if listener is None else f", metrics {_address(listener)}/metrics"
     console.print(
-        f"retrysafe proxy: {_address(sock)} -> {upstream} (store {_redacted(store)})" + metrics_url,
+        f"retrysafe proxy: {_address(sock)} -> {upstream} (store {redact_url(store)})"
+        + metrics_url,
         markup=False,
         soft_wrap=True,
     )
@@ -311,15 +313,6 @@ class HeadTimeoutProtocol(H11Protocol):
         self._head_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
-
-
-def _redacted(url: str) -> str:
-    """Return `url` without a password."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, location = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{location}"
 
 
 def register(app: typer.Typer) -> None:

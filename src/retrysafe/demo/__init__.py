@@ -9,12 +9,13 @@ from __future__ import annotations
 from retrysafe._extras import missing_extra
 
 try:
+    from retrysafe._urls import redact_url
     from retrysafe.demo._app import DemoApp, create_app
     from retrysafe.demo._layers import TenantTraffic, Traffic
     from retrysafe.demo._report import DemoReport, RunResult
     from retrysafe.demo._runner import DemoSettings, ProgressHook, check_store, run_demo
     from retrysafe.demo._schema import Payment, Tables, User
-    from retrysafe.demo._tables import DemoDatabase, redact_url
+    from retrysafe.demo._tables import DemoDatabase
 except ImportError as error:
     raise missing_extra("retrysafe.demo", "cli", error) from error
 

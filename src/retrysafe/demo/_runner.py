@@ -31,12 +31,13 @@ import anyio
 import httpx
 
 from retrysafe._record import Identity
+from retrysafe._urls import redact_url
 from retrysafe.client import AsyncIdempotentTransport, RetryEvent, RetryPolicy
 from retrysafe.demo._app import DemoApp, create_app
 from retrysafe.demo._relay import FaultPlan, serve_asgi, serve_relay
 from retrysafe.demo._report import DemoReport, RunResult
 from retrysafe.demo._schema import DEFAULT_PREFIX
-from retrysafe.demo._tables import DemoDatabase, redact_url
+from retrysafe.demo._tables import DemoDatabase
 from retrysafe.stores import open_async_store, open_store
 
 __all__ = ["DemoSettings", "ProgressHook", "check_store", "run_demo"]

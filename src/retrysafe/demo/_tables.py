@@ -37,7 +37,7 @@ from retrysafe.demo._schema import (
 from retrysafe.demo._sqlite import open_sqlite
 from retrysafe.stores._sql import DEFAULT_TABLE
 
-__all__ = ["DemoDatabase", "redact_url", "sqlite_path"]
+__all__ = ["DemoDatabase", "sqlite_path"]
 
 
 class DemoDatabase:
@@ -207,13 +207,3 @@ def sqlite_path(url: str) -> str:
         )
     # sqlite:///relative.db names ./relative.db; sqlite:////abs/path.db names /abs/path.db.
     return path[1:] if path.startswith("/") else path
-
-
-def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`, fit to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc[2]}").geturl()

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pymysql  # type: ignore[import-untyped]
 
 from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
+from retrysafe._urls import redact_url
 from retrysafe.stores._sql import DEFAULT_TABLE, translated
 from retrysafe.stores._sql.mysql import validate_table
 from retrysafe.stores.base import query_options
@@ -154,7 +155,7 @@ def parse_url(url: str) -> MySQLOptions:
     `table`, `connect_timeout`, `pool_max`, `pool_timeout`, `lock_timeout`, `read_timeout`,
     `ssl`, `ssl_ca`; anything else is refused.
     """
-    shown = _redacted(url)
+    shown = redact_url(url)
     parts = urlsplit(url)
     if parts.scheme != "mysql":
         raise ConfigurationError(f"A MySQL store URL is {_URL_FORM}, not {shown!r}.")
@@ -182,15 +183,6 @@ def parse_url(url: str) -> MySQLOptions:
         port=port,
         **options,  # type: ignore[arg-type]
     )
-
-
-def _redacted(url: str) -> str:
-    """Return `url` with its password, if any, replaced by `***`, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def session_setup(options: MySQLOptions) -> str:

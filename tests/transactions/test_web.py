@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -116,6 +116,8 @@ def fastapi_app(database: Database, flavor: str) -> Any:
             raise RuntimeError("the handler failed after its write")
         if body.fail == "500":
             return JSONResponse({"error": "upstream"}, status_code=500)
+        if body.fail == "409":  # FastAPI answers for it: the handler still raised
+            raise HTTPException(status_code=409, detail="insufficient funds")
         return {"id": payment_id, "amount": body.amount, "key": tx.key}
 
     @app.post("/strict", status_code=201)
@@ -217,6 +219,23 @@ def test_b18_a_failed_handler_rolls_back_its_writes_and_the_key(
     retry = client.post("/payments", json={"amount": 100}, headers=HEADERS)
     assert retry.status_code == 201
     assert [row[0] for row in site.payments()] == [retry.json()["id"]]
+
+
+def test_b18_an_http_exception_rolls_back_its_writes_as_any_raise_does(
+    site: Site, client: httpx.Client
+) -> None:
+    """A handler that writes and then raises `HTTPException` (an "insufficient funds" 409)
+    gets its 409 sent, but its writes and the claim roll back, as for any handler that raises
+    (and a raising Flask view, `abort` included): they used to commit, the 409 stored."""
+    failed = client.post("/payments", json={"amount": 100, "fail": "409"}, headers=HEADERS)
+    assert failed.status_code == 409
+    assert failed.json() == {"detail": "insufficient funds"}
+    assert site.payments() == []
+    assert site.record() is None
+    again = client.post("/payments", json={"amount": 100, "fail": "409"}, headers=HEADERS)
+    assert again.status_code == 409
+    assert "idempotent-replayed" not in again.headers
+    assert site.payments() == []
 
 
 def test_b6_requests_without_a_key(site: Site, client: httpx.Client) -> None:

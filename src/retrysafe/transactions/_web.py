@@ -38,6 +38,7 @@ from retrysafe.transactions._state import ClaimOptions
 
 __all__ = [
     "CLEANUP_SECONDS",
+    "HANDLER_RAISED",
     "TRANSACTION_KEY",
     "AsyncShieldCancellation",
     "RequestTransaction",
@@ -53,6 +54,9 @@ __all__ = [
 C = TypeVar("C")
 
 TRANSACTION_KEY: Final = "retrysafe.transaction"
+HANDLER_RAISED: Final = "retrysafe.handler_raised"
+"""Set in the ASGI scope by a face that sees its handler raise (FastAPI's dependency), even
+when the framework then answers for it (`HTTPException`): the writes roll back (B18)."""
 """Where the request's `RequestTransaction` is kept: an ASGI scope key, a WSGI environ key."""
 CLEANUP_SECONDS: Final = 5.0
 """How long a rollback may take once the request was cancelled."""

@@ -53,6 +53,7 @@ from retrysafe.transactions._state import ClaimOptions
 from retrysafe.transactions._sync.work import WorkUnit, load_scope_secret
 from retrysafe.transactions._web import (
     CLEANUP_SECONDS,
+    HANDLER_RAISED,
     TRANSACTION_KEY,
     AsyncShieldCancellation,
     RequestTransaction,
@@ -243,9 +244,15 @@ class TransactionalMiddleware:
             elif not answered:
                 messages.append(message)
                 response = _response_of(messages)
-                if response is not None:  # the last body message: commit, then answer (B18)
-                    answered = True
-                    await asgi_io.respond(send, await unit.finish(response) or response)
+                if response is None:
+                    return
+                answered = True
+                if app_scope.get(HANDLER_RAISED):  # answered for a raising handler: roll back
+                    await unit.rollback()
+                    await asgi_io.respond(send, response)
+                    return
+                # The last body message: commit, then answer (B18).
+                await asgi_io.respond(send, await unit.finish(response) or response)
 
         try:
             await self.app(app_scope, receive, capture)

@@ -24,7 +24,7 @@ answers, as `retrysafe.integrations.fastapi` does for its routes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Final, Unpack
 
 try:
@@ -41,7 +41,7 @@ from retrysafe.integrations._routes import UNMARKED, RouteOptions, Unmarked, mar
 from retrysafe.integrations.fastapi import FastAPIRoutes, document_openapi
 from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
-from retrysafe.transactions._web import TRANSACTION_KEY, RequestTransaction
+from retrysafe.transactions._web import HANDLER_RAISED, TRANSACTION_KEY, RequestTransaction
 from retrysafe.transactions.asgi import Connect, TransactionalMiddleware
 
 if TYPE_CHECKING:
@@ -52,7 +52,9 @@ __all__ = ["RequestTransaction", "Transactional", "TransactionalRoutes", "instal
 _ATTRIBUTE: Final = "__retrysafe_transactional__"
 
 
-def transaction(**options: Unpack[RouteOptions]) -> Callable[[Request], RequestTransaction[Any]]:
+def transaction(
+    **options: Unpack[RouteOptions],
+) -> Callable[[Request], Iterator[RequestTransaction[Any]]]:
     """Return a dependency that gives the handler its request's transaction.
 
     `tx: Annotated[RequestTransaction[Any], Depends(transaction(required=True))]`; the bare
@@ -63,7 +65,7 @@ def transaction(**options: Unpack[RouteOptions]) -> Callable[[Request], RequestT
     """
     route = RouteSettings(**options)
 
-    def request_transaction(request: Request) -> RequestTransaction[Any]:
+    def request_transaction(request: Request) -> Iterator[RequestTransaction[Any]]:
         found = request.scope.get(TRANSACTION_KEY)
         if found is None:
             raise RuntimeError(
@@ -71,7 +73,13 @@ def transaction(**options: Unpack[RouteOptions]) -> Callable[[Request], RequestT
                 "app, connect=...) to the app."
             )
         transaction: RequestTransaction[Any] = found
-        return transaction
+        try:
+            yield transaction
+        except Exception:
+            # The handler raised: its writes roll back, even if FastAPI answers for it (an
+            # HTTPException's 4xx), as a raising Flask view's do (B18, docs/transactions.md).
+            request.scope[HANDLER_RAISED] = True
+            raise
 
     setattr(request_transaction, _ATTRIBUTE, route)
     return mark(request_transaction, None)  # the HTTP middleware leaves the route alone

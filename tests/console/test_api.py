@@ -106,6 +106,23 @@ def test_delete_needs_confirm_true_and_then_deletes(console: Console) -> None:
         assert gone.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"namespace": 1}, {"key": None}, {"scope": ["a"]}, {"key": {"k": 1}}, {"namespace": None}],
+)
+def test_b24_a_delete_whose_identity_is_not_three_strings_is_400(
+    console: Console, fields: dict[str, object]
+) -> None:
+    """A delete naming its record with anything but strings (a number, null, a list) is a
+    precise 400 and deletes nothing: it was looked up as the text of the value ("None", "1")."""
+    with console.client() as client:
+        refused = client.post("/api/record/delete", json={**STUCK_ID, **fields, "confirm": True})
+        assert refused.status_code == 400, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert '"namespace", "scope" and "key", each a string' in refused.json()["detail"]
+        assert client.get("/api/record", params=STUCK_ID).status_code == 200
+
+
 def test_purge_needs_confirm_true_and_then_purges_the_expired_record(console: Console) -> None:
     """A purge without confirmation purges nothing; confirmed, it deletes the expired record."""
     with console.client() as client:

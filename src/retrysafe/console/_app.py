@@ -159,10 +159,10 @@ class _Console:
         body = await self._confirmed_json(request)
         if isinstance(body, Response):
             return body
-        try:
-            identity = Identity(*(str(body[name]) for name in ("namespace", "scope", "key")))
-        except KeyError as error:
-            return problem(400, f"The body needs {error.args[0]!r} (and namespace, scope, key).")
+        parts = [body.get(name) for name in ("namespace", "scope", "key")]
+        if not all(isinstance(part, str) for part in parts):
+            return problem(400, 'The body needs "namespace", "scope" and "key", each a string.')
+        identity = Identity(*(str(part) for part in parts))
         return await _api(self._run(_data.delete_record, identity))
 
     async def api_purge(self, request: Request) -> Response:

@@ -100,6 +100,7 @@ def test_b10_a_stalled_delete_listener_empties_the_cache_until_it_is_back(
     the cache forgets what it held and answers from the store until it has subscribed again."""
     monkeypatch.setattr(deletes, "_HEALTH_CHECK", 0.5)  # check when quiet for a receive (1 s)
     relay = Relay.before(url)
+    cache = None
     try:
         cache = opened(relay.url(url, f"{CACHED}&connect_timeout=1"))
         eventually(lambda: cache.listening, "subscribed to the store's deletes")
@@ -112,6 +113,8 @@ def test_b10_a_stalled_delete_listener_empties_the_cache_until_it_is_back(
         assert not replays_from_memory(cache)  # emptied: this one came from the store
         assert replays_from_memory(cache)
     finally:
+        if cache is not None:  # its listener ends before its link does, which it would log
+            cache.close()
         relay.close()
 
 

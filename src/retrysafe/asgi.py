@@ -213,8 +213,9 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
                 await exchange.finish_streamed()
                 return
             await execution.finish(None)  # the app returned without finishing its response
-        if not capture.overflowed and exchange.start:
-            await _send_whole(send, exchange.start, capture.body())
+        if exchange.start:  # so does the client's: what the app sent, left unfinished
+            await send(exchange.start)
+            await send({"type": "http.response.body", "body": capture.body(), "more_body": True})
 
 
 class _Exchange:

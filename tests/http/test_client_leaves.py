@@ -13,8 +13,10 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -130,3 +132,27 @@ def test_b22_an_app_that_raises_while_streaming_a_large_response_stores_410(
     assert is_problem(again, 410, "response-not-stored")
     assert streams.runs == ["1"]
     assert "the outcome stands" in caplog.text
+
+
+def test_b18_a_response_the_app_leaves_unfinished_reaches_the_client_unfinished() -> None:
+    """An app that returns after its response start and part of its body is not answered for:
+    its claim is released (nothing stored), and its client gets what the app sent, unfinished,
+    as without the middleware; it was sent as a complete 201, which a retry then ran again."""
+    runs: list[int] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+
+    store = retrysafe.open_async_store("memory://")
+    server = AsgiServer(IdempotencyMiddleware(app, store=store))
+    try:
+        with make_client(server.url) as client:
+            for _ in range(2):
+                with pytest.raises(httpx.RemoteProtocolError):
+                    client.post("/pay", headers={"Idempotency-Key": '"unfinished"'})
+    finally:
+        server.stop()
+    assert runs == [1, 1]  # released: the retry ran, and was not told "done" either

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import unicodedata
@@ -147,3 +148,22 @@ DatabaseOption = Annotated[
     ),
 ]
 """`--store` of the commands that work on transactional mode's tables (complete, outbox-relay)."""
+
+
+@contextmanager
+def warnings_to_stderr(logger_name: str, line: str) -> Iterator[None]:
+    """Show the warnings of `logger_name` on stderr, one `line` each (a logging format), while
+    the command runs; not after it: a command run in-process (a test's `CliRunner`, a program)
+    leaves no handler behind on a stream it no longer owns."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(line))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -11,7 +11,6 @@ a store that cannot be reached at start, exit 1.
 from __future__ import annotations
 
 import importlib
-import logging
 import signal
 import sys
 import threading
@@ -27,6 +26,7 @@ from retrysafe.cli._common import (
     errors_as_one_line,
     fail,
     parse_duration,
+    warnings_to_stderr,
 )
 from retrysafe.completer import Completer, Pass, Registry
 from retrysafe.completer._connect import connector
@@ -97,15 +97,15 @@ def complete(
         if retry is not None:
             _retry(completer, retry, scope, namespace)
             return
-        _warnings_to_stderr()
-        console.print(f"Completing operations in {redact_url(store_url)}", markup=False)
-        _report(completer.run_once())
-        if once:
-            return
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        completer.run(stop)
+        with warnings_to_stderr("retrysafe.completer", "%(levelname)s: %(message)s"):
+            console.print(f"Completing operations in {redact_url(store_url)}", markup=False)
+            _report(completer.run_once())
+            if once:
+                return
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            completer.run(stop)
 
 
 def load_registry(target: str) -> Registry:
@@ -149,14 +149,6 @@ def _report(done: Pass) -> None:
         f"needs attention {done.needs_attention}",
         markup=False,
     )
-
-
-def _warnings_to_stderr() -> None:
-    """Show the completer's warnings (a failed attempt, a failed pass) as lines."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    handler.setLevel(logging.WARNING)
-    logging.getLogger("retrysafe.completer").addHandler(handler)
 
 
 def register(app: typer.Typer) -> None:

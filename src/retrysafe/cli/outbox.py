@@ -8,14 +8,18 @@ afterwards a failure is a warning line and the relay tries again, waiting longer
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 from typing import Annotated
 
 import typer
 
-from retrysafe.cli._common import DatabaseOption, console, errors_as_one_line, parse_duration
+from retrysafe.cli._common import (
+    DatabaseOption,
+    console,
+    errors_as_one_line,
+    parse_duration,
+    warnings_to_stderr,
+)
 from retrysafe.demo import redact_url
 from retrysafe.outbox import AmqpPublisher, Relay
 
@@ -75,9 +79,9 @@ def outbox_relay(
             while relay.run_once() == batch:  # what is waiting, and a first check of both ends
                 pass
             if not once:
-                _warnings_to_stderr()
-                _stop_on_signals(relay)
-                relay.run()
+                with warnings_to_stderr("retrysafe", "warning: %(message)s"):
+                    _stop_on_signals(relay)
+                    relay.run()
         finally:
             publisher.close()
     console.print(f"Published {relay.published} messages", markup=False)
@@ -88,16 +92,6 @@ def _seconds(text: str) -> float:
     if text.strip().endswith("ms"):
         return float(text.strip()[:-2]) / 1000
     return parse_duration(text)
-
-
-def _warnings_to_stderr() -> None:
-    """Show the relay's warnings (a failed batch, the wait before the next) as lines."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("warning: %(message)s"))
-    handler.setLevel(logging.WARNING)
-    logger = logging.getLogger("retrysafe")
-    logger.addHandler(handler)
-    logger.setLevel(min(logger.getEffectiveLevel(), logging.WARNING))
 
 
 def _stop_on_signals(relay: Relay) -> None:

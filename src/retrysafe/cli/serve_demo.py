@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import anyio
 import typer
 import uvicorn
 
-from retrysafe.cli._common import console, errors_as_one_line
+from retrysafe.cli._common import console, errors_as_one_line, warnings_to_stderr
 from retrysafe.cli._serving import GracefulServer, listening
 from retrysafe.cli._stores import reach
 from retrysafe.demo import DemoDatabase, check_store, create_app, redact_url
@@ -76,10 +75,9 @@ def serve_demo(
 
     Ctrl+C (or SIGTERM) stops it gracefully, with exit status 0.
     """
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-    logging.getLogger("retrysafe").addHandler(handler)  # failures to store an outcome (B19)
-    with errors_as_one_line():
+    # Failures to store an outcome (B19), as lines.
+    shown = warnings_to_stderr("retrysafe", "%(levelname)s:     %(name)s: %(message)s")
+    with shown, errors_as_one_line():
         sock = listening(host, port)
         with closed_on_error(sock):
             reach(store)

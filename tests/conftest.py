@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -328,3 +329,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("!", "SERVICES MISSING: their tests were skipped", red=True)
         for message in dict.fromkeys(_missing.values()):
             terminalreporter.write_line(f"  {message}", red=True)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_as_it_was() -> Iterator[None]:
+    """Take off the root logger the handlers a test left there: building a Litestar app with its
+    default logging config adds one that writes to the stream stderr was then (pytest's capture,
+    closed after the test), and a warning from any later thread (a held outcome's) failed on it,
+    printing "Logging error" into the run's output."""
+    root = logging.getLogger()
+    kept = list(root.handlers)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in kept:
+            root.removeHandler(handler)

@@ -13,6 +13,7 @@ CI=true, where it fails: CI must never go green by skipping the real backends.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ import re
 import secrets
 import signal
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Literal, NoReturn, TypedDict
 from urllib.parse import urlsplit
@@ -312,6 +314,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or any(item.get_closest_marker(name) for name in _SERVICE_MARKERS)
         ):
             item.add_marker(pytest.mark.services)
+
+
+# pytest-timeout fails a test that runs past `timeout` (pyproject.toml) by raising in it, which
+# cannot reach a wait that started after it fired (a fixture's teardown) or one in C that never
+# returns to Python. Past HARD_LIMIT seconds, teardown included, or SHUTDOWN_LIMIT seconds after
+# the run (an interpreter waiting on a thread that never ends), the process prints every thread's
+# stack and exits: the run ends red, with the place that hung, instead of never ending.
+HARD_LIMIT = 300.0
+SHUTDOWN_LIMIT = 120.0
+_dump_to: list[int] = []  # a copy of stderr as the run started: a test's capture replaces fd 2
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep a copy of the run's own stderr for the watchdog's stack dumps."""
+    _dump_to.append(os.dup(sys.__stderr__.fileno() if sys.__stderr__ else 2))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Run a test with the watchdog armed for HARD_LIMIT seconds."""
+    faulthandler.dump_traceback_later(HARD_LIMIT, exit=True, file=_dump_to[0])
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Arm the watchdog for the interpreter's shutdown (threads it waits for, atexit hooks)."""
+    faulthandler.dump_traceback_later(SHUTDOWN_LIMIT, exit=True, file=_dump_to[0])
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

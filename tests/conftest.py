@@ -22,6 +22,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Literal, NoReturn, TypedDict
@@ -317,13 +318,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # pytest-timeout fails a test that runs past `timeout` (pyproject.toml) by raising in it, which
-# cannot reach a wait that started after it fired (a fixture's teardown) or one in C that never
-# returns to Python. Past HARD_LIMIT seconds, teardown included, or SHUTDOWN_LIMIT seconds after
-# the run (an interpreter waiting on a thread that never ends), the process prints every thread's
-# stack and exits: the run ends red, with the place that hung, instead of never ending.
+# cannot reach a wait that started after it fired (a fixture's teardown), one in C that never
+# returns to Python, or an event loop whose task took the raise. Past HARD_LIMIT seconds, teardown
+# included, the process prints every thread's stack and exits: the run ends red, with the place
+# that hung, instead of never ending (pytest-xdist reports the test its worker crashed in). The
+# run's own process (not an xdist worker, which stays up until the run ends everywhere) is
+# watched for SHUTDOWN_LIMIT seconds after it (an interpreter waiting on a thread that never ends).
 HARD_LIMIT = 300.0
 SHUTDOWN_LIMIT = 120.0
 _dump_to: list[int] = []  # a copy of stderr as the run started: a test's capture replaces fd 2
+_deadline: list[float] = []  # when the test running now is stopped, while one is
+
+
+def _watch(seconds: float) -> None:
+    faulthandler.dump_traceback_later(seconds, exit=True, file=_dump_to[0])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -334,17 +342,28 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
     """Run a test with the watchdog armed for HARD_LIMIT seconds."""
-    faulthandler.dump_traceback_later(HARD_LIMIT, exit=True, file=_dump_to[0])
+    _deadline[:] = [time.monotonic() + HARD_LIMIT]
+    _watch(HARD_LIMIT)
     try:
         return (yield)
     finally:
+        _deadline.clear()
         faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.hookimpl(trylast=True)
+def pytest_exception_interact() -> None:
+    """Arm the watchdog again for the rest of the test: pytest's faulthandler plugin cancels
+    every pending dump when a test fails (for a debugger), and a teardown may then hang."""
+    if _deadline:
+        _watch(max(_deadline[0] - time.monotonic(), 1.0))
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Arm the watchdog for the interpreter's shutdown (threads it waits for, atexit hooks)."""
-    faulthandler.dump_traceback_later(SHUTDOWN_LIMIT, exit=True, file=_dump_to[0])
+    """Watch the run's own process as it shuts down (threads it waits for, atexit hooks)."""
+    if not hasattr(config, "workerinput"):
+        _watch(SHUTDOWN_LIMIT)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -9,6 +9,7 @@ process (anyio events, threading events, shared by threads).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,16 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 
-__all__ = ["AsyncGate", "AsyncWakeups", "Gate", "Wakeups", "asleep", "monotonic", "sleep"]
+__all__ = [
+    "AsyncGate",
+    "AsyncWakeups",
+    "Gate",
+    "Wakeups",
+    "asleep",
+    "monotonic",
+    "raise_if_cancelled",
+    "sleep",
+]
 
 monotonic = time.monotonic
 
@@ -36,6 +46,20 @@ async def asleep(seconds: float) -> None:
 def sleep(seconds: float) -> None:
     """Sleep the calling thread."""
     time.sleep(seconds)
+
+
+def raise_if_cancelled() -> None:
+    """Raise the cancellation of this asyncio task if a call under it swallowed it: psycopg
+    cancels the query and raises an `OperationalError` instead, and redis-py 8 sometimes returns
+    the reply. asyncio cancels a task once, so a loop of such calls (a renewal, a held outcome's
+    retries) would otherwise go on after its task was cancelled, and whoever waits for it to end
+    would wait for ever."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio: trio delivers a cancellation at every checkpoint
+        return
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class AsyncGate:

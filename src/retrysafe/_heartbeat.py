@@ -32,7 +32,7 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from retrysafe._concurrency import monotonic
+from retrysafe._concurrency import monotonic, raise_if_cancelled
 
 __all__ = ["HOLDER", "THREADS", "AsyncHeartbeat", "ThreadJob", "ThreadScheduler", "every"]
 
@@ -158,7 +158,8 @@ os.register_at_fork(after_in_child=HOLDER.after_fork)
 
 
 async def _renew_every(renew: Callable[[], Awaitable[bool]], interval: float) -> None:
-    while await renew():  # noqa: ASYNC110 - a periodic renewal, not a wait for an event
+    while await renew():
+        raise_if_cancelled()  # `stop` cancelled it during a store call that kept it quiet
         await anyio.sleep(interval)
 
 

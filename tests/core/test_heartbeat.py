@@ -119,3 +119,37 @@ def test_b16_heartbeats_started_on_a_real_loop_renew_and_stop() -> None:
     asyncio.run(main())
     assert "never" not in calls
     assert calls[0] == "renewed"
+
+
+def test_b16_stop_ends_a_renewal_whose_store_call_swallowed_the_cancellation() -> None:
+    """A store client may swallow the cancellation that `stop` sends during a renewal and
+    return normally (redis-py 8 returns the reply about a fifth of the time, measured with
+    `task.cancel()` on its GET and EVAL): the renewal still ends, so `stop` returns and no
+    renewal runs after it. Before, it renewed for ever and `stop` never returned."""
+    calls: list[str] = []
+
+    async def main() -> None:
+        in_call = asyncio.Event()
+
+        async def renew() -> bool:
+            calls.append("renewed")
+            in_call.set()
+            if len(calls) > 1:
+                return True  # renewing after `stop`: the count says so, and a cancel ends it
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                pass  # the client's reply came back anyway
+            return True
+
+        beat = AsyncHeartbeat(renew, 0.01)
+        await beat.start()
+        await asyncio.wait_for(in_call.wait(), 5)
+        stopping = asyncio.ensure_future(beat.stop())
+        await asyncio.wait((stopping,), timeout=5)
+        assert stopping.done()
+        count = len(calls)
+        await asyncio.sleep(0.05)  # five intervals: a renewal would have landed
+        assert len(calls) == count == 1
+
+    asyncio.run(main())

@@ -18,12 +18,12 @@ from typing import Any, Final, Generic, Self, TypeVar
 import anyio
 import anyio.to_thread
 
-from retrysafe._concurrency import monotonic
+from retrysafe._concurrency import monotonic, raise_if_cancelled
 from retrysafe._engine import Decision
 from retrysafe._errors import StoreError
 from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance, judge
 from retrysafe._flow.counters import Count
-from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step, raise_if_cancelled
+from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step
 from retrysafe._flow.observing import finish, identify
 from retrysafe._flow.shielded import run_to_end
 from retrysafe._heartbeat import HOLDER, THREADS, AsyncHeartbeat, ThreadJob, every

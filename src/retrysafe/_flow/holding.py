@@ -25,7 +25,6 @@ operation again.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import os
 import random
@@ -50,7 +49,6 @@ __all__ = [
     "Holder",
     "Holdings",
     "Step",
-    "raise_if_cancelled",
 ]
 
 StoreT = TypeVar("StoreT")
@@ -365,15 +363,3 @@ class Holder(Finisher[StoreT]):
                 left,
             )
         return not left
-
-
-def raise_if_cancelled() -> None:
-    """Raise the cancellation of this asyncio task if a store call turned it into an error
-    (psycopg cancels the query and raises an `OperationalError` instead): asyncio cancels a
-    task once, so a held outcome's task would otherwise outlive its loop's shutdown."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # not asyncio: trio delivers a cancellation at every checkpoint
-        return
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, Unpack
 
+from retrysafe._concurrency import raise_if_cancelled
 from retrysafe._decorator import IdempotentOptions
 from retrysafe._errors import ConfigurationError, FencedError, InFlightError
 from retrysafe._extras import missing_extra
@@ -182,6 +183,7 @@ async def _in_progress(msg: JetStreamMessage, every: float, where: str) -> None:
             await msg.in_progress()
         except Exception as error:  # a closed connection: the next one may pass
             _LOGGER.warning("%s: in-progress ack failed: %r", where, error)
+        raise_if_cancelled()  # cancelled during the ack by a client that kept it quiet
 
 
 def _where(msg: JetStreamMessage, not_jetstream: type[Exception]) -> str:

@@ -27,6 +27,7 @@ from retrysafe._errors import (
     OutcomeError,
     RecordUnreadableError,
     ReplicaShortfallError,
+    StoreClosedError,
     StoreError,
     StoreUnavailableError,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "SettingsOptions",
     "State",
     "Store",
+    "StoreClosedError",
     "StoreError",
     "StoreStats",
     "StoreUnavailableError",

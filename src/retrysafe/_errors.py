@@ -30,6 +30,7 @@ __all__ = [
     "NotReplayableError",
     "OutcomeError",
     "RecordUnreadableError",
+    "StoreClosedError",
     "StoreError",
     "StoreUnavailableError",
 ]
@@ -87,6 +88,11 @@ class StoreError(IdempotencyError):
 class RecordUnreadableError(StoreError):
     """A stored record does not open as written: its sealed outcome was sealed with a key the
     store was not given, or was altered or moved to another record. It is never replayed."""
+
+
+class StoreClosedError(StoreError):
+    """The store was closed: nothing can be stored through it any more. An outcome it could not
+    store is not held (B19): its key stays in flight until its lease ends."""
 
 
 class StoreUnavailableError(StoreError):

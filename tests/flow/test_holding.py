@@ -3,15 +3,19 @@ against a real store that reads but cannot write (SQLite locked by another conne
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import pytest
 
 from retrysafe import State, open_store
 from retrysafe._engine import Decision
 from retrysafe._flow import SyncFlow
 from retrysafe._flow.holding import RETRY_CAP, RETRY_FIRST, Held, Step
 from retrysafe._record import Identity
+from tests.flow.conftest import wait_until
 
 
 @dataclass(frozen=True)
@@ -113,3 +117,53 @@ def test_b19_the_held_outcome_wins_over_the_store_showing_our_claim_in_flight(
         assert flow.counters.completed_late == 1
     finally:
         store.close()
+
+
+def test_b19_an_outcome_whose_store_was_closed_is_not_held(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store was closed while the operation ran: no retry can store the outcome, so it is
+    not held (and retried every few seconds for the life of the process); the failure is
+    logged and counted, and the key stays in flight until its lease ends."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(url)
+    flow = SyncFlow(store)
+    admitted = flow.admit(IDENTITY, "fp", _Terms())
+    with flow.execution(admitted, _Terms()) as run:
+        store.close()
+        run.finish(b"the outcome")
+    assert len(flow.holdings) == 0
+    assert flow.counters.complete_failures == 1
+    assert "the store is closed" in caplog.text
+    reopened = open_store(url)
+    try:
+        (found,) = reopened.list_records()
+        assert found.state is State.IN_FLIGHT
+    finally:
+        reopened.close()
+
+
+def test_b19_a_held_outcome_is_given_up_once_its_store_is_closed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outcome held while the store could not write is given up, logged as lost, when the
+    store is then closed: a closed store stores nothing, however long it is retried."""
+    path = tmp_path / "store.db"
+    store = open_store(f"sqlite:///{path}?timeout=0.2")
+    flow = SyncFlow(store)
+    caplog.set_level(logging.ERROR)
+    admitted = flow.admit(IDENTITY, "fp", _Terms())
+    lock = sqlite3.connect(path, isolation_level=None)
+    try:
+        with flow.execution(admitted, _Terms()) as run:
+            lock.execute("BEGIN EXCLUSIVE")  # WAL: others read, nobody else writes
+            run.finish(b"the outcome")
+        assert len(flow.holdings) == 1
+        store.close()
+        flow.nudge_all()
+        wait_until(lambda: len(flow.holdings) == 0)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert "was closed before it could be stored" in caplog.text
+    assert flow.counters.completed_late == 0

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from retrysafe import FencedError, Identity, ManualClock, State, Store
+from retrysafe import FencedError, Identity, ManualClock, State, Store, StoreClosedError
 
 LEASE = 30.0
 RETENTION = 3600.0
@@ -325,3 +325,17 @@ def test_b7_one_winner_among_50_threads(make_store: Callable[[], Store]) -> None
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(contend, range(50)))
     assert results.count(True) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+def test_b19_a_closed_store_refuses_with_store_closed_error(store: Store) -> None:
+    """A store that was closed (sqlite, PostgreSQL, MySQL: the stores that own a pool or a
+    thread) refuses every later call with `StoreClosedError`, on both faces: the flow then
+    knows that holding an outcome for a retry is pointless (B19). Before, the async PostgreSQL
+    store went on storing through a connection its pipeline opened again, never closed."""
+    claim = store.claim(ident(), "fp", lease=LEASE, retention=RETENTION)
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.complete(ident(), claim.record.token, b"outcome", retention=RETENTION)
+    with pytest.raises(StoreClosedError):
+        store.claim(ident("key-2"), "fp", lease=LEASE, retention=RETENTION)

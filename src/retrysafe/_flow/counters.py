@@ -8,7 +8,7 @@ import threading
 from typing import Final, Generic, TypeVar
 
 from retrysafe._engine import Decision
-from retrysafe._errors import FencedError
+from retrysafe._errors import FencedError, StoreClosedError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.observing import Observation, fields, finish, observed
 from retrysafe._record import Identity
@@ -145,6 +145,16 @@ class Finisher(Generic[StoreT]):
                 raise error
             return False
         finish("store_failed")
+        if isinstance(error, StoreClosedError):  # no retry can store it: nothing to hold
+            self._failed(
+                Count.COMPLETE_FAILURES,
+                "held_lost",
+                identity,
+                error,
+                "Cannot store the outcome of %s: the store is closed. The key stays in flight "
+                "until its lease ends, then a retry may run it again",
+            )
+            return False
         self._failed(
             Count.COMPLETE_FAILURES,
             "store_failed",

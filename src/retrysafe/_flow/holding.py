@@ -1,12 +1,12 @@
 """Outcomes the store did not take (B19): held in the process until a retry stores them.
 
-When storing an outcome fails with a store error (not a fencing), the caller still gets its
-answer, and the outcome becomes a `Held`: kept in this process, its lease renewed every third
-of it, its completion retried with jittered exponential backoff (`RETRY_FIRST` doubling to
-`RETRY_CAP`) until it lands, the claim is found fenced (another worker owns the key), its
-retention ends, or the process stops. Meanwhile a duplicate admitted by the same flow gets the
-held outcome (`Holdings.answer`), without waiting for the store, and even when the store says
-the key is in flight under our token.
+When storing an outcome fails with a store error (not a fencing, nor a closed store), the
+caller still gets its answer, and the outcome becomes a `Held`: kept in this process, its lease
+renewed every third of it, its completion retried with jittered exponential backoff
+(`RETRY_FIRST` doubling to `RETRY_CAP`) until it lands, the claim is found fenced (another
+worker owns the key), its retention ends, its store is closed, or the process stops. Meanwhile
+a duplicate admitted by the same flow gets the held outcome (`Holdings.answer`), without
+waiting for the store, and even when the store says the key is in flight under our token.
 
     Held        the schedule of one held outcome, without I/O or a clock of its own:
                 `next_step(now, wall)` says what is due (complete, renew, give up) or how long
@@ -35,7 +35,7 @@ from typing import Final, TypeVar
 
 from retrysafe._concurrency import monotonic
 from retrysafe._engine import Decision, decide
-from retrysafe._errors import FencedError
+from retrysafe._errors import FencedError, StoreClosedError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.counters import Count, Finisher
 from retrysafe._flow.observing import fields
@@ -314,6 +314,13 @@ class Holder(Finisher[StoreT]):
                 "owns the key, so the held outcome is dropped",
                 held.identity,
                 extra=fields(held.identity, "fenced"),
+            )
+        elif isinstance(error, StoreClosedError):  # no later try can store it
+            self.logger.error(
+                "The store of the held outcome of %s was closed before it could be stored; "
+                "the key stays in flight until its lease ends, then a retry may run it again",
+                held.identity,
+                extra=fields(held.identity, "held_lost"),
             )
         elif step is Step.RENEW:
             self.counters.add(Count.RENEW_FAILURES)

@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
-from retrysafe._errors import StoreError
+from retrysafe._errors import StoreClosedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._async._common import poll_until_settled
 from retrysafe.stores._async.postgres_lending import Lent, Shared
@@ -257,7 +257,7 @@ class AsyncPostgresStore:
 
     async def _open_pool(self) -> None:
         if self._closed:
-            raise StoreError("This PostgreSQL store is closed.")
+            raise StoreClosedError("This PostgreSQL store is closed.")
         # Opening twice is a no-op; the pool fills in the background, and the first caller
         # waits for a connection under pool_timeout like everyone else.
         await self._pool.open()
@@ -293,7 +293,9 @@ class AsyncPostgresStore:
         if self._forks != FORKS.count:  # one comparison per call
             self._forked()
         runner = self._runner
-        return Lent(self) if runner is None else Shared(self, runner)
+        if runner is None or self._closed:  # closed: the pool says so (`StoreClosedError`)
+            return Lent(self)
+        return Shared(self, runner)
 
     @contextlib.asynccontextmanager
     async def _listening(self, timeout: float) -> AsyncIterator[AsyncRecordsConnection | None]:

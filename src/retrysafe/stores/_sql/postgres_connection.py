@@ -20,8 +20,14 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg_pool
 
-from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
+from retrysafe._errors import (
+    ConfigurationError,
+    StoreClosedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from retrysafe.stores._sql import DEFAULT_TABLE, translated
 from retrysafe.stores._sql.postgres import validate_table
 from retrysafe.stores.base import query_options
@@ -125,6 +131,8 @@ def parse_url(url: str) -> tuple[str, PostgresOptions]:
 
 def store_error(error: psycopg.Error) -> StoreError:
     """Map a psycopg error to retrysafe's: unreachable or overloaded servers are unavailable."""
+    if isinstance(error, psycopg_pool.PoolClosed):
+        return StoreClosedError("This PostgreSQL store is closed.")
     sqlstate = error.sqlstate
     unreachable = isinstance(error, psycopg.OperationalError) and (
         sqlstate is None or sqlstate[:2] in _UNAVAILABLE_CLASSES

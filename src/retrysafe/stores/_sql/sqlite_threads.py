@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 
-from retrysafe._errors import StoreError
+from retrysafe._errors import StoreClosedError, StoreError
 
 __all__ = ["Slot", "ThreadConnections", "forks", "set_aside"]
 
@@ -146,4 +146,4 @@ class ThreadConnections:
         self._forks = forks.count
 
     def _closed_error(self) -> StoreError:
-        return StoreError(f"SQLite store {self._path!r} is closed.")
+        return StoreClosedError(f"SQLite store {self._path!r} is closed.")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from retrysafe._clock import Clock
-from retrysafe._errors import StoreError
+from retrysafe._errors import StoreClosedError, StoreError
 from retrysafe.stores._closing import closed_on_error
 from retrysafe.stores._sql.sqlite_file import Operation, Schema, Write, commit_writes
 from retrysafe.stores._sql.sqlite_threads import forks, set_aside
@@ -120,7 +120,7 @@ class SQLiteWriter:
             self._forget_inherited()
         with self._lock:
             if self._stopped:
-                raise StoreError(f"SQLite store {self._path!r} is closed.")
+                raise StoreClosedError(f"SQLite store {self._path!r} is closed.")
             thread = self._thread
             if thread is None or thread.ended:
                 thread = self._thread = _WriterThread(self)
@@ -198,7 +198,7 @@ class _WriterThread(threading.Thread):
                     job.result, job.error = None, crash
             self._end(batch, crash)
             return
-        self._end([], StoreError(f"SQLite store {self._path!r} is closed."))
+        self._end([], StoreClosedError(f"SQLite store {self._path!r} is closed."))
 
     def _commit(self, batch: list[Job[Any]]) -> bool:
         """Commit the batch's writes, answer their callers; return whether a job asked to stop."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pymysql  # type: ignore[import-untyped]
 
 from retrysafe._concurrency import Gate, monotonic
-from retrysafe._errors import StoreError, StoreUnavailableError
+from retrysafe._errors import StoreClosedError, StoreUnavailableError
 from retrysafe.stores._deletes import FORKS
 from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
 from retrysafe.stores._sql.mysql_io import MySQLDriver, Work, T
@@ -52,7 +52,7 @@ class MySQLPool:
         if self._forks != FORKS.count:
             self._forked()
         if self._closed:
-            raise StoreError("This MySQL store is closed.")
+            raise StoreClosedError("This MySQL store is closed.")
         options = self._options
         if not self._gate.enter(options.pool_timeout):
             raise StoreUnavailableError(

@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import monotonic
-from retrysafe._errors import StoreError
+from retrysafe._errors import StoreClosedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
 from retrysafe.stores._sync.postgres_lending import Lent, Shared
@@ -260,7 +260,7 @@ class PostgresStore:
 
     def _open_pool(self) -> None:
         if self._closed:
-            raise StoreError("This PostgreSQL store is closed.")
+            raise StoreClosedError("This PostgreSQL store is closed.")
         # Opening twice is a no-op; the pool fills in the background, and the first caller
         # waits for a connection under pool_timeout like everyone else.
         self._pool.open()
@@ -296,7 +296,9 @@ class PostgresStore:
         if self._forks != FORKS.count:  # one comparison per call
             self._forked()
         runner = self._runner
-        return Lent(self) if runner is None else Shared(self, runner)
+        if runner is None or self._closed:  # closed: the pool says so (`StoreClosedError`)
+            return Lent(self)
+        return Shared(self, runner)
 
     @contextlib.contextmanager
     def _listening(self, timeout: float) -> Iterator[RecordsConnection | None]:

@@ -352,10 +352,11 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_exception_interact() -> None:
+def pytest_exception_interact(node: pytest.Item | pytest.Collector) -> None:
     """Arm the watchdog again for the rest of the test: pytest's faulthandler plugin cancels
-    every pending dump when a test fails (for a debugger), and a teardown may then hang."""
-    if _deadline:
+    every pending dump when a test fails (for a debugger), and a teardown may then hang. Not
+    under `--pdb`: a debugging session takes the time it takes."""
+    if _deadline and not node.config.getoption("usepdb", False):
         _watch(max(_deadline[0] - time.monotonic(), 1.0))
 
 

@@ -3,8 +3,10 @@ against a real store that reads but cannot write (SQLite locked by another conne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +28,24 @@ class _Terms:
 
 
 IDENTITY = Identity("tests.flow", "", "k")
+
+
+@contextlib.contextmanager
+def _held_while_locked(flow: SyncFlow, path: Path) -> Iterator[None]:
+    """Admit `IDENTITY` and finish it while another connection holds the SQLite file's write
+    lock, so its outcome is held; the lock is let go when the block ends."""
+    admitted = flow.admit(IDENTITY, "fp", _Terms())
+    assert admitted.decision is Decision.EXECUTE
+    lock = sqlite3.connect(path, isolation_level=None)
+    try:
+        with flow.execution(admitted, _Terms()) as run:
+            lock.execute("BEGIN EXCLUSIVE")  # WAL: others read, nobody else writes
+            run.finish(b"the outcome")
+        assert len(flow.holdings) == 1
+        yield
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
 
 
 def _held(now: float = 100.0, wall: float = 1_000.0) -> Held:
@@ -81,14 +101,7 @@ def test_b19_the_held_outcome_wins_over_the_store_showing_our_claim_in_flight(
     store = open_store(f"sqlite:///{path}?timeout=0.2")
     flow = SyncFlow(store)
     try:
-        admitted = flow.admit(IDENTITY, "fp", _Terms())
-        assert admitted.decision is Decision.EXECUTE
-        lock = sqlite3.connect(path, isolation_level=None)
-        try:
-            with flow.execution(admitted, _Terms()) as run:
-                lock.execute("BEGIN EXCLUSIVE")  # WAL: others read, nobody else writes
-                run.finish(b"the outcome")
-            assert len(flow.holdings) == 1
+        with _held_while_locked(flow, path):
             (found,) = store.list_records()
             assert found.state is State.IN_FLIGHT
 
@@ -107,9 +120,6 @@ def test_b19_the_held_outcome_wins_over_the_store_showing_our_claim_in_flight(
             again = flow.admit(IDENTITY, "fp", _Terms())
             assert again.decision is Decision.REPLAY
             assert flow.counters.replays == 1
-        finally:
-            lock.execute("ROLLBACK")
-            lock.close()
         assert flow.drain(10) is True
         (stored,) = store.list_records()
         assert stored.state is State.DONE
@@ -152,18 +162,9 @@ def test_b19_a_held_outcome_is_given_up_once_its_store_is_closed(
     store = open_store(f"sqlite:///{path}?timeout=0.2")
     flow = SyncFlow(store)
     caplog.set_level(logging.ERROR)
-    admitted = flow.admit(IDENTITY, "fp", _Terms())
-    lock = sqlite3.connect(path, isolation_level=None)
-    try:
-        with flow.execution(admitted, _Terms()) as run:
-            lock.execute("BEGIN EXCLUSIVE")  # WAL: others read, nobody else writes
-            run.finish(b"the outcome")
-        assert len(flow.holdings) == 1
+    with _held_while_locked(flow, path):
         store.close()
         flow.nudge_all()
         wait_until(lambda: len(flow.holdings) == 0)
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     assert "was closed before it could be stored" in caplog.text
     assert flow.counters.completed_late == 0

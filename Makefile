@@ -10,6 +10,11 @@ PYTEST_ARGS ?=
 # workers, split by file: a file's tests run on one worker, in order (tests/conftest.py says why).
 TEST_WORKERS ?= 3
 UV_VERSION := 0.13.9
+# Every environment is installed with its bytecode compiled, and the tests compile src/ and
+# tests/ before they run: a machine with PYTHONDONTWRITEBYTECODE set (as CI's) otherwise compiles
+# every module again in every process, and the suite starts thousands (`retrysafe --version`:
+# 1.3 s without the bytecode, 0.4 s with it).
+export UV_COMPILE_BYTECODE := 1
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 # Interpreters come from the machine, never from a download.
@@ -45,6 +50,7 @@ browser:
 ## test: every test, against real PostgreSQL, Redis, MariaDB, RabbitMQ and NATS when reachable
 ## (or started here from local binaries, RabbitMQ excepted)
 test: setup browser
+	$(PY) -m compileall -q src tests >/dev/null
 	$(PY) scripts/services.py -- $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## test-pythons: the tests that need no service, on each of OTHER_PYTHONS side by side (same lock)

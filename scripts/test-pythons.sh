@@ -17,6 +17,7 @@ for version in "${versions[@]}"; do
     python=$(scripts/find-python.sh "$version") || { echo "Python $version not found"; exit 1; }
     echo "== Python $version: $python"
     UV_PROJECT_ENVIRONMENT="$venv-$version" "$uv" sync --quiet --frozen --all-extras --python "$python"
+    "$venv-$version/bin/python" -m compileall -q src tests >/dev/null  # see the Makefile
 done
 # Job control: a background job of a script ignores Ctrl+C (SIGINT) otherwise, and so would
 # every process its tests start, which the tests of Ctrl+C need to receive it.

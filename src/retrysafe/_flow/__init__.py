@@ -6,9 +6,9 @@ same three steps; only how it answers differs (a response, a return value, an ex
     admission.py  sans-I/O: `admission()` yields ClaimStep / WaitStep, is sent the store's
                   answers, and returns an Admission: execute | replay | mismatch | in flight
                   (B13-B15); `judge()` is its first step alone, for transactional mode
-    drivers.py    `SyncFlow` drives it with a sync store, `AsyncFlow` with an async one; their
-                  `execution()` runs the operation under a renewed lease (B16) and finishes
-                  it: complete the outcome (B18) or release the claim (B28)
+    drivers.py    `SyncFlow` drives it with a sync store, `AsyncFlow` with an async one
+    executions.py their `execution()`: the operation under a renewed lease (B16), finished by
+                  completing the outcome (B18) or releasing the claim (B28)
     counters.py   what the flow counts (`Count`, `Counters`) and how store failures are
                   logged (`Finisher`)
     holding.py    outcomes the store did not take (B19): held in the process, answering
@@ -35,7 +35,8 @@ from retrysafe._flow.admission import (
     judge,
 )
 from retrysafe._flow.counters import Count, Counters
-from retrysafe._flow.drivers import AsyncExecution, AsyncFlow, SyncExecution, SyncFlow
+from retrysafe._flow.drivers import AsyncFlow, SyncFlow
+from retrysafe._flow.executions import AsyncExecution, SyncExecution
 from retrysafe._flow.holding import DEFAULT_DRAIN, Holdings
 
 __all__ = [

@@ -23,6 +23,7 @@ __all__ = [
     "Gate",
     "Wakeups",
     "asleep",
+    "cancelling",
     "monotonic",
     "raise_if_cancelled",
     "sleep",
@@ -54,12 +55,18 @@ def raise_if_cancelled() -> None:
     the reply. asyncio cancels a task once, so a loop of such calls (a renewal, a held outcome's
     retries) would otherwise go on after its task was cancelled, and whoever waits for it to end
     would wait for ever."""
+    if cancelling():
+        raise asyncio.CancelledError
+
+
+def cancelling() -> int:
+    """Return how many cancellations of this asyncio task are pending (`Task.cancelling`);
+    0 outside an asyncio task (trio delivers a cancellation at every checkpoint)."""
     try:
         task = asyncio.current_task()
-    except RuntimeError:  # not asyncio: trio delivers a cancellation at every checkpoint
-        return
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+    except RuntimeError:
+        return 0
+    return 0 if task is None else task.cancelling()
 
 
 class AsyncGate:

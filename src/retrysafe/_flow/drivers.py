@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 import anyio
 import anyio.to_thread
 
-from retrysafe._concurrency import monotonic, raise_if_cancelled
+from retrysafe._concurrency import cancelling, monotonic, raise_if_cancelled
 from retrysafe._engine import Decision
 from retrysafe._errors import StoreError
 from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance, judge
@@ -152,7 +152,18 @@ class AsyncFlow(Holder[AsyncStore]):
 
     async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         """Claim `identity`, waiting for a duplicate in flight; return what was decided (see
-        `SyncFlow.admit`)."""
+        `SyncFlow.admit`). A cancellation that a store call swallowed on the way (redis-py 8
+        sometimes returns the reply) still cancels the caller: a claim acquired meanwhile is
+        released first, so the operation does not run, and a retry does."""
+        before = cancelling()
+        admitted = await self._admit(identity, fingerprint, terms)
+        if cancelling() > before:
+            if admitted.claim is not None:
+                await self.release(identity, admitted.claim.token)
+            raise asyncio.CancelledError
+        return admitted
+
+    async def _admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         identify(identity)
         store, holdings = self.store, self.holdings
         clock, elapsed = store.clock, anyio.current_time

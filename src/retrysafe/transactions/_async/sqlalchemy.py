@@ -6,15 +6,17 @@ session's own driver connection through the raw-driver records (`_dispatch.async
 they are part of the same transaction as everything the session flushes. On MySQL, whose
 `CREATE TABLE` commits the open transaction, a missing records table is made before the
 savepoint's statement opens one (in a session that has run nothing yet, nothing is open).
+While the block runs, the session may not end that transaction itself (`SessionGuard`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._dispatch import async_records
+from retrysafe.transactions._session_guard import ENDED_INSIDE, SessionGuard
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
@@ -37,6 +39,7 @@ class AsyncSessionBackend:
         self.table = table
         self._transaction: AsyncSessionTransaction | None = None
         self._records: AsyncRecords | None = None
+        self._guard: SessionGuard | None = None
 
     def in_transaction(self) -> bool:
         """Return whether the session has a transaction open."""
@@ -52,6 +55,8 @@ class AsyncSessionBackend:
             self._transaction = await session.begin_nested()
         else:
             self._transaction = await session.begin()
+        self._guard = SessionGuard(_sync_of(session), _sync_of(self._transaction))
+        self._guard.arm()
         try:
             self._records = async_records(await self._driver_connection(), self.table)
             await self._records.prepare()
@@ -67,13 +72,20 @@ class AsyncSessionBackend:
     async def end(self, *, commit: bool) -> None:
         """Commit or roll back what `begin` started."""
         transaction, self._transaction = self._transaction, None
+        guard, self._guard = self._guard, None
         self._records = None
-        if transaction is None:
+        if transaction is None or guard is None:
             return
-        if commit:
-            await transaction.commit()
-        else:
-            await transaction.rollback()
+        guard.ending = True
+        try:
+            if guard.ended:  # the session ended it in the block: drop what it wrote since
+                await self.session.rollback()
+            elif commit:
+                await transaction.commit()
+            else:
+                await transaction.rollback()
+        finally:
+            guard.disarm()
 
     async def claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
@@ -102,6 +114,18 @@ class AsyncSessionBackend:
         return await self._held().checkpoint(identity, token, recovery_point, now=now)
 
     def _held(self) -> AsyncRecords:
+        if self._guard is not None and self._guard.ended:
+            raise RuntimeError(ENDED_INSIDE)
         if self._records is None:
             raise RuntimeError("The session's transaction has not begun.")
         return self._records
+
+
+def _sync_of(wrapper: object) -> Any:
+    """Return the sync object under an asyncio wrapper (an `AsyncSession`'s `sync_session`, an
+    `AsyncSessionTransaction`'s `sync_transaction`), which holds the events; else `wrapper`."""
+    for name in ("sync_session", "sync_transaction"):
+        inner = getattr(wrapper, name, None)
+        if inner is not None:
+            return inner
+    return wrapper

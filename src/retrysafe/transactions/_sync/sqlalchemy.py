@@ -9,15 +9,17 @@ session's own driver connection through the raw-driver records (`_dispatch.sync_
 they are part of the same transaction as everything the session flushes. On MySQL, whose
 `CREATE TABLE` commits the open transaction, a missing records table is made before the
 savepoint's statement opens one (in a session that has run nothing yet, nothing is open).
+While the block runs, the session may not end that transaction itself (`SessionGuard`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._dispatch import sync_records
+from retrysafe.transactions._session_guard import ENDED_INSIDE, SessionGuard
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, SessionTransaction
@@ -40,6 +42,7 @@ class SessionBackend:
         self.table = table
         self._transaction: SessionTransaction | None = None
         self._records: Records | None = None
+        self._guard: SessionGuard | None = None
 
     def in_transaction(self) -> bool:
         """Return whether the session has a transaction open."""
@@ -55,6 +58,8 @@ class SessionBackend:
             self._transaction = session.begin_nested()
         else:
             self._transaction = session.begin()
+        self._guard = SessionGuard(_sync_of(session), _sync_of(self._transaction))
+        self._guard.arm()
         try:
             self._records = sync_records(self._driver_connection(), self.table)
             self._records.prepare()
@@ -70,13 +75,20 @@ class SessionBackend:
     def end(self, *, commit: bool) -> None:
         """Commit or roll back what `begin` started."""
         transaction, self._transaction = self._transaction, None
+        guard, self._guard = self._guard, None
         self._records = None
-        if transaction is None:
+        if transaction is None or guard is None:
             return
-        if commit:
-            transaction.commit()
-        else:
-            transaction.rollback()
+        guard.ending = True
+        try:
+            if guard.ended:  # the session ended it in the block: drop what it wrote since
+                self.session.rollback()
+            elif commit:
+                transaction.commit()
+            else:
+                transaction.rollback()
+        finally:
+            guard.disarm()
 
     def claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
@@ -105,6 +117,18 @@ class SessionBackend:
         return self._held().checkpoint(identity, token, recovery_point, now=now)
 
     def _held(self) -> Records:
+        if self._guard is not None and self._guard.ended:
+            raise RuntimeError(ENDED_INSIDE)
         if self._records is None:
             raise RuntimeError("The session's transaction has not begun.")
         return self._records
+
+
+def _sync_of(wrapper: object) -> Any:
+    """Return the sync object under an asyncio wrapper (an `Session`'s `sync_session`, an
+    `SessionTransaction`'s `sync_transaction`), which holds the events; else `wrapper`."""
+    for name in ("sync_session", "sync_transaction"):
+        inner = getattr(wrapper, name, None)
+        if inner is not None:
+            return inner
+    return wrapper

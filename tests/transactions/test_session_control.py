@@ -1,0 +1,190 @@
+"""A SQLAlchemy session may not end a transactional block's transaction from inside it (B29).
+
+A repository helper that calls `session.commit()` is common in SQLAlchemy code. Inside a
+block, that commit would commit the claim in flight with the writes made so far: a crash
+before the block ends would leave them done and the key free to be taken over once its lease
+ends, and the retry would write them again. These tests run each case on a real SQLite file,
+PostgreSQL and MariaDB, through `Session` and `AsyncSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retrysafe import Identity, transactions
+from tests.transactions.conftest import Database, make_database
+
+SESSIONS = ["sqlite", "postgres", "postgres-async", "mysql", "mysql-async"]
+COMMITTED_INSIDE = "The session was committed inside a transactional block"
+ENDED_INSIDE = "rolled back or closed inside a transactional block"
+
+
+@pytest.fixture(params=SESSIONS)
+def session_kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Database, bool]]:
+    """A database of this test's own, and whether its session is an `AsyncSession`."""
+    kind, _, face = str(request.param).partition("-")
+    with make_database(kind, request, tmp_path) as database:
+        _kept(database, "")  # makes the records table: MySQL cannot inside a transaction
+        yield database, face == "async"
+
+
+def _block(
+    database: Database, asynchronous: bool, key: str, steps: list[str], *, outer: bool = False
+) -> BaseException | None:
+    """Run a transactional block for `key` on a fresh session that takes `steps` ("insert",
+    "commit", "rollback", "savepoint": an insert in a savepoint of its own), then completes;
+    with `outer`, inside a transaction the session opened before and commits after. Return
+    what the block raised, or None."""
+    if asynchronous:
+        return asyncio.run(_ablock(database, key, steps, outer=outer))
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(database.sqlalchemy_url())
+    try:
+        with Session(engine) as session:
+            if outer:
+                _insert(session, database, key, "outer")
+            try:
+                with transactions.sqlalchemy(session, **_options(database, key)) as tx:
+                    for step in steps:
+                        if step == "savepoint":
+                            with session.begin_nested():
+                                _insert(session, database, key, step)
+                        elif step in {"commit", "rollback"}:
+                            getattr(session, step)()
+                        else:
+                            _insert(session, database, key, step)
+                    tx.complete(b"done")
+            except Exception as error:
+                return error
+            if outer:
+                session.commit()
+        return None
+    finally:
+        engine.dispose()
+
+
+async def _ablock(
+    database: Database, key: str, steps: list[str], *, outer: bool
+) -> BaseException | None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(database.sqlalchemy_url(asynchronous=True))
+    try:
+        async with AsyncSession(engine) as session:
+            if outer:
+                await session.execute(*_insert_args(database, key, "outer"))
+            try:
+                async with transactions.sqlalchemy(session, **_options(database, key)) as tx:
+                    for step in steps:
+                        if step == "savepoint":
+                            async with session.begin_nested():
+                                await session.execute(*_insert_args(database, key, step))
+                        elif step in {"commit", "rollback"}:
+                            await getattr(session, step)()
+                        else:
+                            await session.execute(*_insert_args(database, key, step))
+                    tx.complete(b"done")
+            except Exception as error:
+                return error
+            if outer:
+                await session.commit()
+        return None
+    finally:
+        await engine.dispose()
+
+
+def _identity(key: str) -> Identity:
+    return Identity("payments", "tenant-a", key)
+
+
+def _options(database: Database, key: str) -> dict[str, Any]:
+    return {
+        "identity": _identity(key),
+        "fingerprint": "amount=100",
+        "table": database.table,
+    }
+
+
+def _insert_args(database: Database, key: str, step: str) -> tuple[Any, dict[str, object]]:
+    from sqlalchemy import text
+
+    statement = text(f"INSERT INTO {database.payments} VALUES (:id, :key, :amount)")  # noqa: S608 - a unique_name() table
+    return statement, {"id": f"{step}-{secrets.token_hex(4)}", "key": key, "amount": 100}
+
+
+def _insert(session: Any, database: Database, key: str, step: str) -> None:
+    session.execute(*_insert_args(database, key, step))
+
+
+def _kept(database: Database, key: str) -> tuple[list[str], str | None]:
+    """Return the committed payments of `key` (the step that wrote each) and its record's
+    state (None: no record)."""
+    steps = sorted(str(row[0]).rsplit("-", 1)[0] for row in database.payment_rows(key))
+    store = database.store()
+    try:
+        record = store.get(_identity(key))
+    finally:
+        store.close()
+    return steps, None if record is None else record.state.value
+
+
+def test_b29_a_commit_inside_the_block_is_refused_and_nothing_is_kept(
+    session_kind: tuple[Database, bool],
+) -> None:
+    """`session.commit()` inside the block raises before anything is committed: the block
+    rolls back, no payment and no record are kept, and the retry runs once. Before, the commit
+    kept the payment and the claim in flight, for a retry to take over once its lease ended."""
+    database, asynchronous = session_kind
+    raised = _block(database, asynchronous, "k", ["insert", "commit", "insert"])
+    assert isinstance(raised, RuntimeError), raised
+    assert COMMITTED_INSIDE in str(raised)
+    assert _kept(database, "k") == ([], None)
+    assert _block(database, asynchronous, "k", ["insert"]) is None
+    assert _kept(database, "k") == (["insert"], "done")
+
+
+def test_b29_a_rollback_inside_the_block_fails_it_and_keeps_nothing(
+    session_kind: tuple[Database, bool],
+) -> None:
+    """`session.rollback()` inside the block undoes the claim with the writes: the block then
+    raises a clear error, and what it wrote after the rollback is not kept either (before, it
+    raised `FencedError`, as if a lease had been taken over)."""
+    database, asynchronous = session_kind
+    raised = _block(database, asynchronous, "k", ["insert", "rollback", "insert"])
+    assert isinstance(raised, RuntimeError), raised
+    assert ENDED_INSIDE in str(raised)
+    assert _kept(database, "k") == ([], None)
+
+
+@pytest.mark.parametrize("outer", [False, True], ids=["own", "in-a-transaction"])
+def test_b29_a_savepoint_of_the_blocks_own_commits_with_it(
+    session_kind: tuple[Database, bool], outer: bool
+) -> None:
+    """A savepoint the block opens and commits (`session.begin_nested()`) is no commit of the
+    block's transaction: its write commits with the key. Inside a transaction the session
+    opened before, the block is a savepoint and the session commits everything after it."""
+    database, asynchronous = session_kind
+    assert _block(database, asynchronous, "k", ["insert", "savepoint"], outer=outer) is None
+    expected = ["insert", "outer", "savepoint"] if outer else ["insert", "savepoint"]
+    assert _kept(database, "k") == (expected, "done")
+
+
+def test_b29_a_commit_of_the_enclosing_transaction_inside_the_block_is_refused(
+    session_kind: tuple[Database, bool],
+) -> None:
+    """Inside a transaction the session opened before, a commit in the block would commit
+    that transaction and the block's savepoint with it: refused the same way, and the
+    session's own earlier write is not committed by it."""
+    database, asynchronous = session_kind
+    raised = _block(database, asynchronous, "k", ["insert", "commit"], outer=True)
+    assert isinstance(raised, RuntimeError), raised
+    assert COMMITTED_INSIDE in str(raised)
+    assert _kept(database, "k") == ([], None)

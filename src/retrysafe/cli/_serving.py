@@ -23,8 +23,8 @@ from typing import Any
 
 import uvicorn
 
+from retrysafe._sockets import listen
 from retrysafe.cli._common import fail
-from retrysafe.demo._server import listen
 
 __all__ = ["GracefulServer", "listening"]
 

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from retrysafe._record import Identity
+from retrysafe._urls import redact_url
 from retrysafe.cli._common import (
     EXIT_USAGE,
     DatabaseOption,
@@ -30,7 +31,6 @@ from retrysafe.cli._common import (
 )
 from retrysafe.completer import Completer, Pass, Registry
 from retrysafe.completer._connect import connector
-from retrysafe.demo import redact_url
 
 __all__ = ["EXAMPLES", "complete", "register"]
 

@@ -18,11 +18,11 @@ import typer
 import uvicorn
 from starlette.types import ASGIApp
 
+from retrysafe._urls import redact_url
 from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail, literal
 from retrysafe.cli._serving import GracefulServer, listening
 from retrysafe.cli._stores import existing_store
 from retrysafe.cli.keys import StoreOption
-from retrysafe.demo import redact_url
 
 __all__ = ["DEFAULT_PORT", "EXAMPLES", "read_token", "serve_console"]
 

@@ -18,7 +18,6 @@ from rich.progress import (
 
 from retrysafe.cli._common import EXIT_FAILURE, console, errors_as_one_line, print_json
 from retrysafe.cli._stores import reach
-from retrysafe.demo import DemoSettings, run_demo
 
 __all__ = ["EXAMPLES", "demo"]
 
@@ -76,6 +75,8 @@ def demo(
     retrying client: once without Idempotency-Keys, once with them. The charges are counted
     in the API's own payments table.
     """
+    from retrysafe.demo import DemoSettings, run_demo  # noqa: PLC0415 - for this command alone
+
     settings = DemoSettings(
         requests=requests,
         loss=loss,

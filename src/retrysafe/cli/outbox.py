@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from retrysafe._urls import redact_url
 from retrysafe.cli._common import (
     DatabaseOption,
     console,
@@ -20,7 +21,6 @@ from retrysafe.cli._common import (
     parse_duration,
     warnings_to_stderr,
 )
-from retrysafe.demo import redact_url
 from retrysafe.outbox import AmqpPublisher, Relay
 
 __all__ = ["EXAMPLES", "outbox_relay", "register"]

@@ -15,6 +15,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from retrysafe._errors import ConfigurationError
 from retrysafe._extras import MissingExtraError
 from retrysafe._http import MIB, SettingsOptions
+from retrysafe._sockets import listen
 from retrysafe._urls import redact_url
 from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail
 from retrysafe.cli._serving import GracefulServer
@@ -22,7 +23,7 @@ from retrysafe.proxy import build_proxy
 from retrysafe.proxy._forward import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT
 from retrysafe.proxy._health import StoreWatch
-from retrysafe.proxy._ops import Operations, configure_logging, listen, metrics_observer
+from retrysafe.proxy._ops import Operations, configure_logging, metrics_observer
 from retrysafe.stores import open_async_store
 from retrysafe.stores._closing import closed_on_error
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import socket
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
 import uvicorn
 
+from retrysafe._urls import redact_url
 from retrysafe.cli._common import console, errors_as_one_line, warnings_to_stderr
 from retrysafe.cli._serving import GracefulServer, listening
 from retrysafe.cli._stores import reach
-from retrysafe.demo import DemoDatabase, check_store, create_app, redact_url
 from retrysafe.stores import open_async_store
 from retrysafe.stores._closing import closed_on_error
+
+if TYPE_CHECKING:
+    from retrysafe.demo import DemoDatabase
 
 __all__ = ["DEFAULT_STORE", "serve_demo"]
 
@@ -75,6 +78,8 @@ def serve_demo(
 
     Ctrl+C (or SIGTERM) stops it gracefully, with exit status 0.
     """
+    from retrysafe.demo import DemoDatabase, check_store  # noqa: PLC0415 - for this command alone
+
     # Failures to store an outcome (B19), as lines.
     shown = warnings_to_stderr("retrysafe", "%(levelname)s:     %(name)s: %(message)s")
     with shown, errors_as_one_line():
@@ -92,6 +97,8 @@ def serve_demo(
 async def _serve(
     sock: socket.socket, store_url: str, database: DemoDatabase, latency: float, require_key: bool
 ) -> None:
+    from retrysafe.demo import create_app  # noqa: PLC0415 - for this command alone
+
     store = open_async_store(store_url)  # closed by the app at lifespan shutdown
     try:
         app = create_app(database, store=store, latency=latency, required=require_key)

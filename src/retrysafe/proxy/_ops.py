@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from retrysafe.observe.prometheus import PrometheusObserver
 
-__all__ = ["Operations", "OpsApp", "configure_logging", "listen", "metrics_observer"]
+__all__ = ["Operations", "OpsApp", "configure_logging", "metrics_observer"]
 
 _STOP_SECONDS: Final = 5
 _FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -217,23 +217,6 @@ class _Side:
             PROXY_LOGGER.exception("The metrics port failed")
         finally:
             self._stopped.set()
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """Return a TCP socket bound to (host, port) and listening, so that a port in use is one
-    clear error before anything starts, and connections wait until the server accepts them."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listening one
-    # says TCP; without it a response sent in two writes waits for Nagle (40 ms).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def metrics_observer() -> PrometheusObserver:

@@ -188,3 +188,57 @@ def test_b29_a_commit_of_the_enclosing_transaction_inside_the_block_is_refused(
     assert isinstance(raised, RuntimeError), raised
     assert COMMITTED_INSIDE in str(raised)
     assert _kept(database, "k") == ([], None)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("step", ["commit", "rollback"])
+def test_b29_a_psycopg_connection_refuses_to_end_the_block_inside_it(
+    postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest, asynchronous: bool, step: str
+) -> None:
+    """On a psycopg connection the block is psycopg's own `connection.transaction()`, inside
+    which psycopg refuses an explicit `commit()` or `rollback()`: nothing is kept, and the
+    retry runs once."""
+    import psycopg
+
+    with make_database("postgres", request, tmp_path) as database:
+        insert = f"INSERT INTO {database.payments} VALUES (%s, %s, %s)"  # noqa: S608 - a unique_name() table
+
+        def pay(steps: list[str]) -> BaseException | None:
+            with psycopg.connect(database.dsn) as conn:
+                try:
+                    with transactions.psycopg(conn, **_options(database, "k")) as tx:
+                        for name in steps:
+                            if name in {"commit", "rollback"}:
+                                getattr(conn, name)()
+                            else:
+                                conn.execute(insert, (f"{name}-{secrets.token_hex(4)}", "k", 100))
+                        tx.complete(b"done")
+                except Exception as error:
+                    return error
+            return None
+
+        async def apay(steps: list[str]) -> BaseException | None:
+            async with await psycopg.AsyncConnection.connect(database.dsn) as conn:
+                try:
+                    async with transactions.psycopg(conn, **_options(database, "k")) as tx:
+                        for name in steps:
+                            if name in {"commit", "rollback"}:
+                                await getattr(conn, name)()
+                            else:
+                                await conn.execute(
+                                    insert, (f"{name}-{secrets.token_hex(4)}", "k", 100)
+                                )
+                        tx.complete(b"done")
+                except Exception as error:
+                    return error
+            return None
+
+        def run(steps: list[str]) -> BaseException | None:
+            return asyncio.run(apay(steps)) if asynchronous else pay(steps)
+
+        raised = run(["insert", step, "insert"])
+        assert isinstance(raised, psycopg.ProgrammingError), raised
+        assert f"Explicit {step}() forbidden within a Transaction context" in str(raised)
+        assert _kept(database, "k") == ([], None)
+        assert run(["insert"]) is None
+        assert _kept(database, "k") == (["insert"], "done")

@@ -227,8 +227,11 @@ def crash_request() -> dict[str, Any]:
     return result
 
 
-def _attempt(key: str, amount: int = 100, *, fail: bool = False, forget: bool = False) -> Any:
-    """One unit of work; return what it answered, or the name of the error it raised."""
+def _attempt(
+    key: str, amount: int = 100, *, fail: bool = False, forget: bool = False, commit: bool = False
+) -> Any:
+    """One unit of work (`commit`: that commits inside the block); return what it answered, or
+    the name of the error it raised."""
     try:
         with idempotent.atomic(
             identity=_identity(key), fingerprint=f"amount={amount}", table=CONFIG["table"]
@@ -238,6 +241,8 @@ def _attempt(key: str, amount: int = 100, *, fail: bool = False, forget: bool = 
             payment = _pay(key, amount)
             if fail:
                 boom()
+            if commit:
+                transaction.commit()
             if not forget:
                 tx.complete(json.dumps({"id": payment.id}).encode())
         return {"replay": False, "outcome": (tx.outcome or b"").decode()}
@@ -246,7 +251,7 @@ def _attempt(key: str, amount: int = 100, *, fail: bool = False, forget: bool = 
 
 
 def scenario_unit() -> dict[str, Any]:
-    """First run, replay, mismatch, an error, a forgotten outcome."""
+    """First run, replay, mismatch, an error, a forgotten outcome, a commit inside."""
     return {
         "first": _attempt("k-1"),
         "again": _attempt("k-1"),
@@ -254,6 +259,7 @@ def scenario_unit() -> dict[str, Any]:
         "error": _attempt("k-2", fail=True),
         "forgot": _attempt("k-3", forget=True),
         "after_error": _attempt("k-2"),
+        "committed_inside": _attempt("k-4", commit=True),
     }
 
 

@@ -71,7 +71,8 @@ def record(database: Database, key: str) -> Any:
 def test_b29_django_atomic_commits_the_record_with_the_orm_write(database: Database) -> None:
     """A unit of work commits its ORM write with its outcome; the repeat replays it and writes
     nothing; another request under the key is refused; an error or a forgotten outcome rolls
-    the write back with the claim, so the retry runs."""
+    the write back with the claim, so the retry runs; a commit inside the block is refused by
+    Django's atomic, and nothing of it is kept."""
     reported = scenario(database, "unit")
     first = reported["first"]
     assert first["replay"] is False
@@ -87,6 +88,9 @@ def test_b29_django_atomic_commits_the_record_with_the_orm_write(database: Datab
     assert len(database.payment_rows("k-2")) == 1  # the retry after the error, only
     assert database.payment_rows("k-3") == []
     assert record(database, "k-3") is None
+    assert reported["committed_inside"] == "TransactionManagementError"
+    assert database.payment_rows("k-4") == []
+    assert record(database, "k-4") is None
 
 
 def test_b29_django_atomic_commits_and_rolls_back_with_the_callers_atomic_block(

@@ -15,7 +15,7 @@ business: it ends inside the block's transaction.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import event
 
@@ -52,6 +52,16 @@ class SessionGuard:
         self._transaction = transaction
         self.ending = False  # the block itself commits or rolls back its transaction
         self.ended = False  # something else ended it
+
+    @classmethod
+    def over(cls, session: Any, transaction: Any) -> SessionGuard:
+        """Return the guard of a `Session` or an `AsyncSession` and the transaction it began;
+        the events are the sync objects' (an `AsyncSession`'s `sync_session`, an
+        `AsyncSessionTransaction`'s `sync_transaction`)."""
+        return cls(
+            getattr(session, "sync_session", session),
+            getattr(transaction, "sync_transaction", transaction),
+        )
 
     def arm(self) -> None:
         """Start watching the session's commits and transaction ends."""

@@ -11,7 +11,7 @@ While the block runs, the session may not end that transaction itself (`SessionG
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions import _drivers as drivers
@@ -55,7 +55,7 @@ class AsyncSessionBackend:
             self._transaction = await session.begin_nested()
         else:
             self._transaction = await session.begin()
-        self._guard = SessionGuard(_sync_of(session), _sync_of(self._transaction))
+        self._guard = SessionGuard.over(session, self._transaction)
         self._guard.arm()
         try:
             self._records = async_records(await self._driver_connection(), self.table)
@@ -119,13 +119,3 @@ class AsyncSessionBackend:
         if self._records is None:
             raise RuntimeError("The session's transaction has not begun.")
         return self._records
-
-
-def _sync_of(wrapper: object) -> Any:
-    """Return the sync object under an asyncio wrapper (an `AsyncSession`'s `sync_session`, an
-    `AsyncSessionTransaction`'s `sync_transaction`), which holds the events; else `wrapper`."""
-    for name in ("sync_session", "sync_transaction"):
-        inner = getattr(wrapper, name, None)
-        if inner is not None:
-            return inner
-    return wrapper

@@ -14,7 +14,7 @@ While the block runs, the session may not end that transaction itself (`SessionG
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions import _drivers as drivers
@@ -58,7 +58,7 @@ class SessionBackend:
             self._transaction = session.begin_nested()
         else:
             self._transaction = session.begin()
-        self._guard = SessionGuard(_sync_of(session), _sync_of(self._transaction))
+        self._guard = SessionGuard.over(session, self._transaction)
         self._guard.arm()
         try:
             self._records = sync_records(self._driver_connection(), self.table)
@@ -122,13 +122,3 @@ class SessionBackend:
         if self._records is None:
             raise RuntimeError("The session's transaction has not begun.")
         return self._records
-
-
-def _sync_of(wrapper: object) -> Any:
-    """Return the sync object under an asyncio wrapper (an `Session`'s `sync_session`, an
-    `SessionTransaction`'s `sync_transaction`), which holds the events; else `wrapper`."""
-    for name in ("sync_session", "sync_transaction"):
-        inner = getattr(wrapper, name, None)
-        if inner is not None:
-            return inner
-    return wrapper

@@ -202,6 +202,53 @@ async def test_b28_a_cancel_swallowed_by_the_store_during_the_claim_runs_nothing
     assert runs == ["k"]
 
 
+class _SwallowingWaits:
+    """A store whose first `wait` returns (as a wait that timed out) even when its task was
+    cancelled meanwhile, as redis-py 8 sometimes does."""
+
+    def __init__(self, store: AsyncStore) -> None:
+        self._store = store
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def wait(self, identity: Identity, timeout: float) -> object:
+        """Wait; the first wait waits to be cancelled, swallows it and says it timed out."""
+        if self.waiting.is_set():
+            return await self._store.wait(identity, timeout=timeout)
+        self.waiting.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        return None
+
+
+async def test_b28_a_cancel_swallowed_by_the_store_while_waiting_ends_the_wait(
+    astore: AsyncStore,
+) -> None:
+    """A duplicate cancelled while it waits for the call in flight, by a client that returns
+    anyway: it is cancelled at once, not after claiming and waiting again for up to `wait`
+    seconds, and the call in flight finishes as it would."""
+    swallowing = _SwallowingWaits(astore)
+    entered, finish = asyncio.Event(), asyncio.Event()
+
+    @idempotent(swallowing, key="key", wait=30)  # type: ignore[arg-type]
+    async def charge(key: str) -> str:
+        entered.set()
+        await finish.wait()
+        return key
+
+    first = asyncio.create_task(charge("k"))
+    await asyncio.wait_for(entered.wait(), 5)
+    duplicate = asyncio.create_task(charge("k"))
+    await asyncio.wait_for(swallowing.waiting.wait(), 5)
+    duplicate.cancel()
+    await asyncio.wait((duplicate,), timeout=5)
+    assert duplicate.cancelled()
+    finish.set()
+    assert await first == "k"
+
+
 async def test_b14_parallel_tasks_run_the_body_once(astore: AsyncStore) -> None:
     """Eight tasks calling with one key run the body once and all get its result."""
     runs: list[int] = []

@@ -156,14 +156,16 @@ class AsyncFlow(Holder[AsyncStore]):
         sometimes returns the reply) still cancels the caller: a claim acquired meanwhile is
         released first, so the operation does not run, and a retry does."""
         before = cancelling()
-        admitted = await self._admit(identity, fingerprint, terms)
+        admitted = await self._admit(identity, fingerprint, terms, before)
         if cancelling() > before:
             if admitted.claim is not None:
                 await self.release(identity, admitted.claim.token)
             raise asyncio.CancelledError
         return admitted
 
-    async def _admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
+    async def _admit(
+        self, identity: Identity, fingerprint: str, terms: Terms, before: int
+    ) -> Admission:
         identify(identity)
         store, holdings = self.store, self.holdings
         clock, elapsed = store.clock, anyio.current_time
@@ -184,6 +186,8 @@ class AsyncFlow(Holder[AsyncStore]):
             steps = admission(identity, fingerprint, terms, clock=clock, elapsed=elapsed)
             step = advance(steps, None)
         while not isinstance(step, Admission):
+            if cancelling() > before:  # a store call swallowed it; nothing is held yet
+                raise asyncio.CancelledError
             found: Claim | Record | None
             try:
                 if isinstance(step, ClaimStep):

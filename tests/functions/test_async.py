@@ -158,7 +158,8 @@ async def test_b19_an_asyncio_cancel_as_the_body_returns_still_stores_the_outcom
 
 class _SwallowingClaims:
     """A store whose `claim` returns its reply even when its task was cancelled meanwhile, as
-    redis-py 8 does about a fifth of the time (a `task.cancel()` landing inside a command)."""
+    redis-py 8 on a Redis Cluster and aiomysql sometimes do (a `task.cancel()` landing inside a
+    command)."""
 
     def __init__(self, store: AsyncStore) -> None:
         self._store = store
@@ -204,7 +205,7 @@ async def test_b28_a_cancel_swallowed_by_the_store_during_the_claim_runs_nothing
 
 class _SwallowingWaits:
     """A store whose first `wait` returns (as a wait that timed out) even when its task was
-    cancelled meanwhile, as redis-py 8 sometimes does."""
+    cancelled meanwhile, as a client that swallows a cancellation does."""
 
     def __init__(self, store: AsyncStore) -> None:
         self._store = store

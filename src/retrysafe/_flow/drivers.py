@@ -152,9 +152,10 @@ class AsyncFlow(Holder[AsyncStore]):
 
     async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         """Claim `identity`, waiting for a duplicate in flight; return what was decided (see
-        `SyncFlow.admit`). A cancellation that a store call swallowed on the way (redis-py 8
-        sometimes returns the reply) still cancels the caller: a claim acquired meanwhile is
-        released first, so the operation does not run, and a retry does."""
+        `SyncFlow.admit`). A cancellation that a store call swallowed on the way (redis-py 8 on
+        a cluster and aiomysql sometimes return the reply) still cancels the caller: a claim
+        acquired meanwhile is released first, so the operation does not run, and a retry
+        does."""
         before = cancelling()
         admitted = await self._admit(identity, fingerprint, terms, before)
         if cancelling() > before:

@@ -203,6 +203,30 @@ async def test_b28_a_cancel_swallowed_by_the_store_during_the_claim_runs_nothing
     assert runs == ["k"]
 
 
+async def test_b28_every_call_cancelled_while_it_runs_ends_cancelled(astore: AsyncStore) -> None:
+    """200 calls, each cancelled a few microseconds after it started (in its claim, its body
+    or its completion, on the real store): every one whose cancellation was requested before
+    it ended raises `CancelledError`. On a Redis Cluster 103 of 400 such calls ran their body
+    and returned as if nothing had cancelled them, on MariaDB 20, before the flow looked for a
+    cancellation its store client had swallowed."""
+    runs: list[str] = []
+
+    @idempotent(astore, key="key", wait=0)
+    async def charge(key: str) -> int:
+        runs.append(key)
+        return 1
+
+    returned = []
+    for n in range(200):
+        call = asyncio.create_task(charge(f"k{n}"))
+        await asyncio.sleep(0.00003 * (n % 20))  # lands in the claim, the body or the completion
+        if call.cancel():
+            await asyncio.wait((call,), timeout=5)
+            if not call.cancelled():
+                returned.append(n)
+    assert returned == []
+
+
 class _SwallowingWaits:
     """A store whose first `wait` returns (as a wait that timed out) even when its task was
     cancelled meanwhile, as a client that swallows a cancellation does."""

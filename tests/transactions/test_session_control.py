@@ -4,7 +4,8 @@ A repository helper that calls `session.commit()` is common in SQLAlchemy code. 
 block, that commit would commit the claim in flight with the writes made so far: a crash
 before the block ends would leave them done and the key free to be taken over once its lease
 ends, and the retry would write them again. These tests run each case on a real SQLite file,
-PostgreSQL and MariaDB, through `Session` and `AsyncSession`.
+PostgreSQL and MariaDB, through `Session` and `AsyncSession` (and their scoped proxies); and
+on psycopg, which refuses such a commit itself.
 """
 
 from __future__ import annotations
@@ -242,3 +243,66 @@ def test_b29_a_psycopg_connection_refuses_to_end_the_block_inside_it(
         assert _kept(database, "k") == ([], None)
         assert run(["insert"]) is None
         assert _kept(database, "k") == (["insert"], "done")
+
+
+def test_b29_a_scoped_session_stands_for_its_current_session(
+    session_kind: tuple[Database, bool],
+) -> None:
+    """A `scoped_session` (Flask-SQLAlchemy's `db.session`) or an `async_scoped_session` is
+    taken for the session it stands for: the write commits with the key, the repeat replays,
+    and a commit through the scoped proxy inside the block is refused as any other."""
+    database, asynchronous = session_kind
+    if asynchronous:
+        replayed, refused = asyncio.run(_ascoped(database))
+    else:
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import scoped_session, sessionmaker
+
+        engine = create_engine(database.sqlalchemy_url())
+        scoped = scoped_session(sessionmaker(engine))
+        try:
+            for _ in range(2):
+                with transactions.sqlalchemy(scoped, **_options(database, "k")) as tx:
+                    replayed = tx.replay
+                    if not replayed:
+                        scoped.execute(*_insert_args(database, "k", "insert"))
+                        tx.complete(b"done")
+            try:
+                with transactions.sqlalchemy(scoped, **_options(database, "other")):
+                    scoped.execute(*_insert_args(database, "other", "insert"))
+                    scoped.commit()
+            except RuntimeError as error:
+                refused: BaseException | None = error
+            else:
+                refused = None
+        finally:
+            scoped.remove()
+            engine.dispose()
+    assert replayed
+    assert COMMITTED_INSIDE in str(refused)
+    assert _kept(database, "k") == (["insert"], "done")
+    assert _kept(database, "other") == ([], None)
+
+
+async def _ascoped(database: Database) -> tuple[bool, BaseException | None]:
+    from sqlalchemy.ext.asyncio import async_scoped_session, async_sessionmaker, create_async_engine
+
+    engine = create_async_engine(database.sqlalchemy_url(asynchronous=True))
+    scoped = async_scoped_session(async_sessionmaker(engine), scopefunc=asyncio.current_task)
+    try:
+        for _ in range(2):
+            async with transactions.sqlalchemy(scoped, **_options(database, "k")) as tx:
+                replayed = tx.replay
+                if not replayed:
+                    await scoped.execute(*_insert_args(database, "k", "insert"))
+                    tx.complete(b"done")
+        try:
+            async with transactions.sqlalchemy(scoped, **_options(database, "other")):
+                await scoped.execute(*_insert_args(database, "other", "insert"))
+                await scoped.commit()
+        except RuntimeError as error:
+            return replayed, error
+        return replayed, None
+    finally:
+        await scoped.remove()
+        await engine.dispose()

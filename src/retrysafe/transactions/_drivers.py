@@ -161,6 +161,17 @@ def is_async_session(value: object) -> TypeGuard[AsyncSession]:
     return asyncio_ext is not None and isinstance(value, asyncio_ext.AsyncSession)
 
 
+def unscoped(value: object) -> object:
+    """Return the session a SQLAlchemy `scoped_session` or `async_scoped_session` (such as
+    Flask-SQLAlchemy's `db.session`) stands for in this thread or task; else `value`."""
+    orm, asyncio_ext = sqlalchemy_module("orm"), sqlalchemy_module("ext.asyncio")
+    if orm is not None and isinstance(value, orm.scoped_session):
+        return value()
+    if asyncio_ext is not None and isinstance(value, asyncio_ext.async_scoped_session):
+        return value()
+    return value
+
+
 def is_sync_connection(value: object) -> TypeGuard[Connection]:
     """Return whether `value` is a connection or session of a sync driver we drive."""
     return (

@@ -22,8 +22,8 @@ from retrysafe.transactions._sync.encrypted import EncryptedBackend
 
 if TYPE_CHECKING:
     import psycopg as pg
-    from sqlalchemy.ext.asyncio import AsyncSession
-    from sqlalchemy.orm import Session
+    from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+    from sqlalchemy.orm import Session, scoped_session
 
     from retrysafe.transactions._drivers import AsyncMySQLConnection, MySQLConnection
 
@@ -152,14 +152,20 @@ def mysql(
 
 @overload
 def sqlalchemy(
-    session: Session, *, table: str = ..., **options: Unpack[OpenOptions]
+    session: Session | scoped_session[Session],
+    *,
+    table: str = ...,
+    **options: Unpack[OpenOptions],
 ) -> Transaction: ...
 @overload
 def sqlalchemy(
-    session: AsyncSession, *, table: str = ..., **options: Unpack[OpenOptions]
+    session: AsyncSession | async_scoped_session[AsyncSession],
+    *,
+    table: str = ...,
+    **options: Unpack[OpenOptions],
 ) -> AsyncTransaction: ...
 def sqlalchemy(
-    session: Session | AsyncSession,
+    session: Session | AsyncSession | scoped_session[Session] | async_scoped_session[AsyncSession],
     *,
     table: str = DEFAULT_TABLE,
     **options: Unpack[OpenOptions],
@@ -175,15 +181,17 @@ def sqlalchemy(
 
     Args:
         session: the session the business writes use; its pending objects are flushed
-            before the outcome is stored.
+            before the outcome is stored. A `scoped_session` (Flask-SQLAlchemy's `db.session`)
+            or an `async_scoped_session` stands for its current session.
         table: the records table, the store's `table` option (default `retrysafe_records`).
         encryption: the keys that encrypt the outcome at rest, as for `sqlite`.
         options: the claim's `identity`, `fingerprint`, `lease`, `retention` and `clock`, as
             for `sqlite`.
     """
-    if not (drivers.is_session(session) or drivers.is_async_session(session)):
+    current = drivers.unscoped(session)
+    if not (drivers.is_session(current) or drivers.is_async_session(current)):
         raise TypeError(f"Expected a SQLAlchemy Session or AsyncSession, not {session!r}.")
-    return _transaction(session, table, options)
+    return _transaction(current, table, options)
 
 
 def _transaction(

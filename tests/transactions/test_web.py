@@ -7,6 +7,7 @@ concurrent duplicates.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -34,7 +35,7 @@ from tests.transactions.conftest import Database, make_database
 
 KEY = "pay-1"
 HEADERS = {"Idempotency-Key": f'"{KEY}"', "Authorization": "Bearer tenant-a"}
-FLAVORS = ["sqlite", "postgres-session", "postgres-psycopg"]
+FLAVORS = ["sqlite", "postgres-session", "postgres-scoped", "postgres-psycopg"]
 
 
 def identity_of(key: str = KEY) -> Identity:
@@ -141,17 +142,20 @@ def _connect(database: Database, flavor: str) -> Callable[[], Any]:
         import psycopg
 
         return lambda: psycopg.AsyncConnection.connect(database.dsn)
-    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy.ext.asyncio import async_scoped_session, async_sessionmaker, create_async_engine
     from sqlalchemy.pool import NullPool
 
     engine = create_async_engine(database.sqlalchemy_url(), poolclass=NullPool)
+    if flavor == "postgres-scoped":  # one session per request task, given as the proxy
+        scoped = async_scoped_session(async_sessionmaker(engine), scopefunc=asyncio.current_task)
+        return lambda: scoped
     return async_sessionmaker(engine)
 
 
 @pytest.fixture(params=FLAVORS)
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     """The FastAPI app on SQLite (a sync connection), and on PostgreSQL through an
-    AsyncSession and a psycopg AsyncConnection."""
+    AsyncSession, an async_scoped_session and a psycopg AsyncConnection."""
     flavor = str(request.param)
     with make_database(flavor.split("-", maxsplit=1)[0], request, tmp_path) as database:
         yield Site(database, flavor, fastapi_app(database, flavor))
@@ -340,15 +344,23 @@ def test_transactional_routes_coexist_with_the_http_middleware(tmp_path: Path) -
 # Flask
 
 
-def flask_app(database: Database) -> Any:
-    """A Flask app whose payment view writes in transactional mode."""
+def flask_app(database: Database, *, scoped: bool = False) -> Any:
+    """A Flask app whose payment view writes in transactional mode; with `scoped`, through a
+    `scoped_session`, as Flask-SQLAlchemy's `db.session` is, removed when the request ends."""
     import flask
 
     from retrysafe.transactions.flask import install, transactional
 
     app = flask.Flask(__name__)
     connect: Callable[[], Any]
-    if database.kind == "sqlite":
+    if scoped:
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import scoped_session, sessionmaker
+
+        session = scoped_session(sessionmaker(create_engine(database.sqlalchemy_url())))
+        app.teardown_appcontext(lambda _: session.remove())
+        connect = lambda: session  # noqa: E731 - what `connect=lambda: db.session` gives
+    elif database.kind == "sqlite":
         connect = functools.partial(sqlite3.connect, database.dsn, timeout=30)
     else:
         import psycopg
@@ -369,10 +381,12 @@ def flask_app(database: Database) -> Any:
     return app
 
 
-def test_b29_flask_view_commits_with_its_key(database: Database) -> None:
+@pytest.mark.parametrize("scoped", [False, True], ids=["driver", "scoped-session"])
+def test_b29_flask_view_commits_with_its_key(database: Database, scoped: bool) -> None:
     """A Flask view in transactional mode: one payment, replays, mismatch, rollback on error,
-    and a required key."""
-    client = flask_app(database).test_client()
+    and a required key; on a driver connection or on a `scoped_session` (Flask-SQLAlchemy's
+    `db.session`), which `connect` may give as it is."""
+    client = flask_app(database, scoped=scoped).test_client()
     failed = client.post("/payments", json={"amount": 1, "fail": True}, headers=HEADERS)
     assert failed.status_code == 500
     assert database.payment_rows() == []

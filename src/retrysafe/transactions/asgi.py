@@ -306,9 +306,11 @@ async def _connection(connect: Connect) -> AsyncIterator[object]:
 
 
 async def _enter(stack: contextlib.AsyncExitStack, made: Any) -> object:
-    """Return the connection `connect()` gave, arranging for `stack` to close it."""
+    """Return the connection `connect()` gave (the current session of a scoped session),
+    arranging for `stack` to close it."""
     if inspect.isawaitable(made):
         made = await made
+    made = drivers.unscoped(made)
     if drivers.is_connection(made):
         stack.push_async_callback(_close, made)
         return made

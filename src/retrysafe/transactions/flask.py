@@ -217,7 +217,9 @@ def _load_scoper(config: _Config) -> Scoper:
 
 
 def _enter(stack: contextlib.ExitStack, made: Any) -> object:
-    """Return the connection `connect()` gave, arranging for `stack` to close it."""
+    """Return the connection `connect()` gave (the current session of a `scoped_session`),
+    arranging for `stack` to close it."""
+    made = drivers.unscoped(made)
     if drivers.is_connection(made) or not hasattr(made, "__enter__"):
         stack.callback(made.close)
         return made

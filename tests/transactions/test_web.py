@@ -356,8 +356,11 @@ def flask_app(database: Database, *, scoped: bool = False) -> Any:
     if scoped:
         from sqlalchemy import create_engine
         from sqlalchemy.orm import scoped_session, sessionmaker
+        from sqlalchemy.pool import NullPool
 
-        session = scoped_session(sessionmaker(create_engine(database.sqlalchemy_url())))
+        # NullPool: a connection closes with its session, none is left for the GC to find
+        engine = create_engine(database.sqlalchemy_url(), poolclass=NullPool)
+        session = scoped_session(sessionmaker(engine))
         app.teardown_appcontext(lambda _: session.remove())
         connect = lambda: session  # noqa: E731 - what `connect=lambda: db.session` gives
     elif database.kind == "sqlite":

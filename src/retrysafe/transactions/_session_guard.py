@@ -74,8 +74,9 @@ class SessionGuard:
         event.remove(self._session, "after_transaction_end", self._after_end)
 
     def _before_commit(self, session: Session) -> None:
-        # Committing the block's transaction itself (the innermost one open, since every
-        # savepoint inside it has ended), or a parent of it: refuse, before the flush.
+        # A commit ends the innermost transaction first, so one that would commit the block's
+        # (itself, or a parent of it) reaches it here while it is the innermost open: refuse
+        # there, before the flush. A savepoint opened inside the block commits freely.
         innermost = session.get_nested_transaction() or session.get_transaction()
         if not self.ending and innermost is self._transaction:
             raise RuntimeError(COMMITTED_INSIDE)

@@ -304,7 +304,7 @@ def _run_sync(
         except BaseException as error:
             if plan.is_final(error):
                 execution.finish(plan.outcomes.raised(error))
-            raise  # any other exception releases the claim on the way out (B28)
+            raise  # any other exception releases the claim (B28); an interruption keeps it (B40)
         outcome, problem = plan.outcomes.returned(value)
         execution.finish(outcome)
     if problem is not None:
@@ -329,7 +329,7 @@ async def _run_async(
         except BaseException as error:
             if plan.is_final(error):
                 await execution.finish(plan.outcomes.raised(error))
-            raise  # any other exception releases the claim on the way out (B28)
+            raise  # any other exception releases the claim (B28); an interruption keeps it (B40)
         outcome, problem = plan.outcomes.returned(value)
         await execution.finish(outcome)
     if problem is not None:

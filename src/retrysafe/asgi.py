@@ -179,11 +179,12 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         unknown = UnknownOutcome(send) if self.outcome_unknown else None
         exchange = _Exchange(execution, settings, receive, send, unknown)
         capture = exchange.capture
-        # An exception or a cancellation before the last body message leaves the execution
-        # unfinished: the claim is released, so a retry runs again (B18) -- unless the app
-        # said its outcome is unknown: then the outcome it named is stored (B38); or unless
-        # its response, past the storable size, was already streaming to the client: then
-        # the effect happened, and the "response not stored" outcome is stored (B22).
+        # An exception before the last body message leaves the execution unfinished: the
+        # claim is released, so a retry runs again (B18); a cancellation leaves the outcome
+        # unknown, and the claim is kept until its lease ends (B40, `interrupts`) -- unless
+        # the app said its outcome is unknown: then the outcome it named is stored (B38); or
+        # unless its response, past the storable size, was already streaming to the client:
+        # then the effect happened, and the "response not stored" outcome is stored (B22).
         async with execution:
             try:
                 app_scope = _app_scope(scope, unknown)

@@ -171,9 +171,9 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
                 if capture.add(chunk):  # past the storable limit: stream from here on
                     start_response(status_line, header_lines)
                     return Streamed(settings, execution, capture, result, chunks)
-        except BaseException:
+        except BaseException as error:
             close_iterable(result)
-            execution.finish(None)  # released: a retry runs again (B18)
+            execution.finish(None, error)  # released, a retry runs again (B18); or interrupted
             raise
         capture.complete = True
         execution.finish(outcome_to_store(capture, settings))

@@ -107,23 +107,57 @@ async def test_b28_final_exception_is_stored_and_replayed(astore: AsyncStore) ->
     assert runs == ["c-1"]
 
 
-async def test_b28_cancelled_call_releases_the_key(astore: AsyncStore) -> None:
-    """A cancelled call releases its key (shielded), so a retry runs at once."""
-    runs: list[int] = []
+@pytest.mark.parametrize("cancel", ["task-group", "asyncio-timeout"])
+async def test_b40_a_call_cancelled_while_it_runs_keeps_its_key_until_its_lease_ends(
+    astore: AsyncStore, clock: ManualClock, cancel: str
+) -> None:
+    """A call cancelled while its body runs (by a task group, or an `asyncio.timeout` around
+    it) has an unknown outcome: the body may have made its effect and lost only the answer.
+    Its claim is kept, not released: a retry at once is refused as in flight, and only once
+    the lease has ended does a retry take the key over and run (B16). Before, the cancellation
+    released the claim and the retry ran the body a second time at once."""
+    runs: list[str] = []
     started = anyio.Event()
 
-    @idempotent(astore, key="key", wait=0)
-    async def slow(key: str) -> int:
-        runs.append(1)
+    async def charge(key: str) -> int:
+        runs.append(key)
         started.set()
-        await anyio.sleep(30 if len(runs) == 1 else 0)
+        if len(runs) == 1:
+            await anyio.sleep_forever()  # waiting for the payment provider's answer, say
         return len(runs)
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(slow, "k")
-        await started.wait()
-        group.cancel_scope.cancel()
-    assert await slow("k") == 2
+    hasty = idempotent(astore, key="key", wait=0, namespace="b40")(charge)
+    if cancel == "task-group":
+        async with anyio.create_task_group() as group:
+            group.start_soon(hasty, "k")
+            await started.wait()
+            group.cancel_scope.cancel()
+    else:
+
+        async def time_out_once_started(timeout: asyncio.Timeout) -> None:
+            await started.wait()
+            timeout.reschedule(asyncio.get_running_loop().time())
+
+        async def call_with_a_timeout() -> None:
+            async with asyncio.timeout(None) as timeout:
+                watcher = asyncio.create_task(time_out_once_started(timeout))
+                try:
+                    await hasty("k")
+                finally:
+                    await watcher
+
+        with pytest.raises(TimeoutError):
+            await call_with_a_timeout()
+    with pytest.raises(InFlightError):
+        await hasty("k")
+    record = await astore.get(Identity("b40", "", "k"))
+    assert record is not None
+    assert record.state == "in_flight"
+    assert runs == ["k"]
+    clock.advance(31)  # the default lease, 30 s, has ended
+    assert await hasty("k") == 2
+    assert await hasty("k") == 2  # replayed
+    assert runs == ["k", "k"]
 
 
 @pytest.mark.parametrize("renewing", [False, True], ids=["short", "renewing"])

@@ -90,6 +90,36 @@ def test_b28_exception_releases_the_key(store: Store) -> None:
     assert attempts == [0, 1]
 
 
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_b40_a_call_interrupted_while_it_runs_keeps_its_key_until_its_lease_ends(
+    store: Store, clock: ManualClock, interrupt: type[BaseException]
+) -> None:
+    """Ctrl+C, or a `SystemExit` (a worker told to stop), raised while the body runs leaves its
+    outcome unknown: the claim is kept until its lease ends, so a retry at once is refused as
+    in flight, and one after the lease takes the key over and runs (B16). An exception, the
+    body's own answer, releases it instead (B28)."""
+    runs: list[str] = []
+
+    @idempotent(store, key="job", wait=0, namespace="b40")
+    def charge(job: str) -> int:
+        runs.append(job)
+        if len(runs) == 1:
+            raise interrupt
+        return len(runs)
+
+    with pytest.raises(interrupt):
+        charge("j")
+    with pytest.raises(InFlightError):
+        charge("j")
+    record = store.get(Identity("b40", "", "j"))
+    assert record is not None
+    assert record.state == "in_flight"
+    clock.advance(31)  # the default lease, 30 s, has ended
+    assert charge("j") == 2
+    assert charge("j") == 2  # replayed
+    assert runs == ["j", "j"]
+
+
 def test_b28_final_exception_is_stored_and_replayed(store: Store) -> None:
     """An exception type chosen as final is stored and raised again without running."""
     runs: list[str] = []

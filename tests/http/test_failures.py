@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,20 @@ from typing import Any
 import anyio
 import pytest
 
-from retrysafe import State
+from retrysafe import ManualClock, State
 from retrysafe.asgi import IdempotencyMiddleware
-from retrysafe.stores.memory import AsyncMemoryStore
-from tests.http.conftest import CALLER, Service, app_records, is_problem, wait_until
+from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
+from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
+from tests.conftest import fresh_store_url
+from tests.http.apps import Recorder
+from tests.http.conftest import (
+    ASGI_FACES,
+    CALLER,
+    Service,
+    app_records,
+    is_problem,
+    wait_until,
+)
 
 Serve = Callable[..., Service]
 
@@ -142,17 +154,25 @@ def test_b20_requests_without_a_key_never_touch_the_store(serve: Serve) -> None:
     assert service.client.get("/payments").status_code == 200
 
 
-def test_cancellation_while_the_handler_runs_releases_the_claim() -> None:
-    """A request cancelled mid-handler (shutdown, disconnect) releases its claim."""
-    store = AsyncMemoryStore()
+def test_b40_a_request_cancelled_mid_handler_keeps_its_claim_until_its_lease_ends() -> None:
+    """A request cancelled while its handler runs (a server past its graceful shutdown, a
+    timeout around the app) has an unknown outcome: its claim is kept, not released, and counted
+    as interrupted; a retry is refused as in flight until the lease ends, then runs."""
+    clock = ManualClock()
+    store = AsyncMemoryStore(clock=clock)
     entered = anyio.Event()
+    runs: list[int] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
+        runs.append(1)
         entered.set()
-        await anyio.sleep_forever()
+        if len(runs) == 1:
+            await anyio.sleep_forever()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"charged"})
 
-    middleware = IdempotencyMiddleware(app, store=store)
+    middleware = IdempotencyMiddleware(app, store=store, wait=0)
     scope = {
         "type": "http",
         "method": "POST",
@@ -164,15 +184,142 @@ def test_cancellation_while_the_handler_runs_releases_the_claim() -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: Any) -> None:
-        raise AssertionError("nothing is sent")
+    async def status() -> int:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await middleware(scope, receive, send)
+        return int(sent[0]["status"])
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
-            group.start_soon(middleware, scope, receive, send)
+            group.start_soon(status)
             await entered.wait()
-            assert len(app_records(await store.list_records())) == 1
             group.cancel_scope.cancel()
-        assert app_records(await store.list_records()) == []
+        (record,) = app_records(await store.list_records())
+        assert record.state is State.IN_FLIGHT
+        assert await status() == 409
+        clock.advance(31)  # the lease (30 s) has ended: a retry takes the key over
+        assert await status() == 201
 
     anyio.run(main)
+    assert runs == [1, 1]
+    assert middleware.counters.interrupted == 1
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_b40_a_wsgi_request_interrupted_mid_handler_keeps_its_claim(
+    interrupt: type[BaseException],
+) -> None:
+    """Under WSGI, an interruption raised in the app (Ctrl+C, a worker's `SystemExit`) leaves
+    its outcome unknown: the claim is kept until its lease ends; an exception releases it."""
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    runs: list[int] = []
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        runs.append(1)
+        if len(runs) == 1:
+            raise interrupt
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [b"charged"]
+
+    middleware = WsgiMiddleware(app, store=store, wait=0)
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/x",
+        "QUERY_STRING": "",
+        "CONTENT_LENGTH": "0",
+        "HTTP_IDEMPOTENCY_KEY": "k",
+        "HTTP_AUTHORIZATION": CALLER,
+        "wsgi.input": io.BytesIO(b""),
+    }
+
+    def status() -> str:
+        started: list[str] = []
+        body = middleware(dict(environ), lambda line, headers, *_: started.append(line))
+        b"".join(body)
+        return started[0]
+
+    with pytest.raises(interrupt):
+        status()
+    (record,) = app_records(store.list_records())
+    assert record.state is State.IN_FLIGHT
+    assert status().startswith("409")
+    clock.advance(31)
+    assert status().startswith("201")
+    assert runs == [1, 1]
+    assert middleware.counters.interrupted == 1
+
+
+class _TimingOut:
+    """A timeout layer outside an ASGI app, as apps put one outside their stack: the app runs
+    under `asyncio.timeout`, and a request that times out is answered 504. Its timeout fires as
+    soon as the `/gate` handler runs (its deadline moved to now), not after a time."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.recorder: Recorder | None = None  # the service's, set once it has started
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        recorder = self.recorder
+        if scope["type"] != "http" or recorder is None:
+            await self.app(scope, receive, send)
+            return
+        calls = recorder.calls["/gate"]
+
+        async def time_out_once_the_handler_runs() -> None:
+            while recorder.calls["/gate"] == calls:  # noqa: ASYNC110 - a thread-safe count
+                await asyncio.sleep(0.005)
+            timeout.reschedule(asyncio.get_running_loop().time())
+
+        watcher = None
+        try:
+            async with asyncio.timeout(10) as timeout:
+                watcher = asyncio.create_task(time_out_once_the_handler_runs())
+                await self.app(scope, receive, send)
+        except TimeoutError:
+            await send({"type": "http.response.start", "status": 504, "headers": []})
+            await send({"type": "http.response.body", "body": b"timed out"})
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "mysql", "redis", "redis-cluster"])
+def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of a fresh store on each backend, the memory store's too."""
+    with fresh_store_url(str(request.param), request, tmp_path) as url:
+        yield url
+
+
+@pytest.mark.parametrize("face", ASGI_FACES)
+def test_b40_a_timeout_outside_the_middleware_does_not_let_a_retry_run_at_once(
+    start_service: Callable[..., Service], face: str, any_store_url: str
+) -> None:
+    """A timeout layer outside the middleware cancels a slow handler and answers 504; the
+    client retries at once. The handler may have made its effect, so the retry is refused as
+    in flight (409) until the cancelled request's lease ends; after it, a retry runs. Before,
+    the cancellation released the claim and the retry ran the handler a second time."""
+    clock = ManualClock()
+    layers: list[_TimingOut] = []
+
+    def wrap(app: Any) -> _TimingOut:
+        layers.append(_TimingOut(app))
+        return layers[-1]
+
+    service = start_service(face, store_url=any_store_url, clock=clock, wait=0, wrap=wrap)
+    layers[0].recorder = service.recorder
+    assert service.post("/gate", "k").status_code == 504
+    assert is_problem(service.post("/gate", "k"), 409, "request-in-flight")
+    assert service.recorder.calls["/gate"] == 1
+    assert service.middleware.counters.interrupted == 1
+    clock.advance(31)  # the lease (30 s) has ended: a retry takes the key over
+    service.recorder.gate.set()
+    layers[0].recorder = None  # no timeout now
+    assert service.post("/gate", "k").status_code == 201
+    assert service.recorder.calls["/gate"] == 2
+    replay = service.post("/gate", "k")
+    assert replay.headers["idempotent-replayed"] == "true"

@@ -27,7 +27,8 @@ class Count(enum.StrEnum):
     every retry (B19); held: outcomes kept in the process because storing them failed;
     completed_late: held outcomes that a retry stored; fenced: claims found taken over when
     completing or renewing (B17); release_failures: claims not released (they end with their
-    lease); renew_failures: failed renewals, other than fencing.
+    lease); renew_failures: failed renewals, other than fencing; interrupted: operations
+    cancelled or interrupted while they ran, their claims kept until their leases end (B40).
     """
 
     EXECUTIONS = "executions"
@@ -38,6 +39,7 @@ class Count(enum.StrEnum):
     FENCED = "fenced"
     RELEASE_FAILURES = "release_failures"
     RENEW_FAILURES = "renew_failures"
+    INTERRUPTED = "interrupted"
 
 
 _NAMES: Final = {count: count.value for count in Count}
@@ -57,6 +59,7 @@ class Counters:
     fenced: int
     release_failures: int
     renew_failures: int
+    interrupted: int
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -164,6 +167,20 @@ class Finisher(Generic[StoreT]):
             "stored (duplicates here get it meanwhile)",
         )
         return True
+
+    def interrupted(self, identity: Identity, error: BaseException) -> None:
+        """Count and log an operation interrupted while it ran (see `interrupts`): its claim
+        is kept, not released, until its lease ends (B40)."""
+        self.counters.add(Count.INTERRUPTED)
+        finish("interrupted")
+        self.logger.warning(
+            "The operation on %s was interrupted while it ran (%s): its outcome is unknown, so "
+            "its claim is kept until its lease ends. Until then a retry waits or is refused as "
+            "in flight; after it, a retry runs the operation again",
+            identity,
+            type(error).__name__,
+            extra=fields(identity, "interrupted"),
+        )
 
     def release_failed(self, identity: Identity, error: Exception) -> None:
         if isinstance(error, FencedError):

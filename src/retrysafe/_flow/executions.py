@@ -2,13 +2,14 @@
 
 An execution counts the operation, renews its lease while it runs (`retrysafe._heartbeat`,
 B16), then finishes it through its flow (`drivers.py`): the outcome completed (B18), or the
-claim released (B28).
+claim released (B28), or, when the operation was interrupted (`interrupts`), the claim kept
+until its lease ends (B40).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Generic, Self, TypeGuard, TypeVar
 
 from retrysafe._concurrency import monotonic
 from retrysafe._flow.counters import Count
@@ -21,9 +22,22 @@ if TYPE_CHECKING:
     from retrysafe._flow.admission import Admission, Terms
     from retrysafe._flow.drivers import AsyncFlow, SyncFlow  # noqa: F401 (the bases name them)
 
-__all__ = ["AsyncExecution", "SyncExecution"]
+__all__ = ["AsyncExecution", "SyncExecution", "interrupts"]
 
 FlowT = TypeVar("FlowT")
+
+
+def interrupts(error: BaseException | None) -> TypeGuard[BaseException]:
+    """Return whether `error`, which ended an operation before its outcome, interrupted it from
+    outside: a cancellation (`asyncio.CancelledError`: a timeout, a task group, a server past
+    its graceful shutdown), `KeyboardInterrupt` or `SystemExit`, anything not an `Exception`.
+
+    An exception is the operation's own answer, and releases the claim so a retry runs again
+    (B18, B28). An interruption leaves the outcome unknown: the effect may have happened, its
+    answer lost. So the claim is not released (B40): it is kept until its lease ends, as if
+    the process had died (B16), and a retry before then waits or is refused as in flight.
+    """
+    return error is not None and not isinstance(error, Exception)
 
 
 @dataclass(eq=False)
@@ -68,7 +82,8 @@ class SyncExecution(_Execution["SyncFlow"]):
             result = operation()
             run.finish(outcome_bytes)      # or finish(None): release, a retry runs again
 
-    Leaving the block without `finish` (an exception, say) releases the claim.
+    Leaving the block without `finish` releases the claim after an exception, and keeps it
+    until its lease ends after an interruption (`interrupts`).
     """
 
     _beat: ThreadJob | None = None
@@ -84,21 +99,24 @@ class SyncExecution(_Execution["SyncFlow"]):
         self._beat = THREADS.start(renewing, lease / 3)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         if not self.finished:
-            self.finish(None)
+            self.finish(None, error)
 
-    def finish(self, outcome: bytes | None) -> None:
-        """Stop renewing, then store `outcome`, or release the claim when it is None."""
+    def finish(self, outcome: bytes | None, error: BaseException | None = None) -> None:
+        """Stop renewing, then store `outcome`; when it is None, release the claim, or keep it
+        until its lease ends if `error` (what ended the operation) interrupted it."""
         if self.finished:
             return
         self.finished = True
         if self._beat is not None:
             THREADS.stop(self._beat)
-        if outcome is None:
-            self._flow.release(self.identity, self.token)
-        else:
+        if outcome is not None:
             self._flow.complete(self, outcome)
+        elif interrupts(error):
+            self._flow.interrupted(self.identity, error)
+        else:
+            self._flow.release(self.identity, self.token)
 
 
 class AsyncExecution(_Execution["AsyncFlow"]):
@@ -117,27 +135,30 @@ class AsyncExecution(_Execution["AsyncFlow"]):
         await self._beat.start()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         if not self.finished:
-            await self.finish(None)
+            await self.finish(None, error)
 
-    async def finish(self, outcome: bytes | None) -> None:
-        """Stop renewing, then store `outcome`, or release the claim when it is None, to the
-        end whatever cancels the caller (`run_to_end`); directly where nothing can (a store
-        whose calls never wait, `suspends` False, the memory store's, and no renewal running)."""
+    async def finish(self, outcome: bytes | None, error: BaseException | None = None) -> None:
+        """Stop renewing, then store `outcome`; when it is None, release the claim, or keep it
+        until its lease ends if `error` (what ended the operation) interrupted it. To the end
+        whatever cancels the caller (`run_to_end`); directly where nothing can (a store whose
+        calls never wait, `suspends` False, the memory store's, and no renewal running)."""
         if self.finished:
             return
         self.finished = True
         flow = self._flow
         if getattr(flow.store, "suspends", True) or (self._beat and self._beat.renewing):
-            await run_to_end(self._finish(outcome), flow.tasks)
+            await run_to_end(self._finish(outcome, error), flow.tasks)
         else:
-            await self._finish(outcome)
+            await self._finish(outcome, error)
 
-    async def _finish(self, outcome: bytes | None) -> None:
+    async def _finish(self, outcome: bytes | None, error: BaseException | None) -> None:
         if self._beat is not None:
             await self._beat.stop()
-        if outcome is None:
-            await self._flow.release(self.identity, self.token)
-        else:
+        if outcome is not None:
             await self._flow.complete(self, outcome)
+        elif interrupts(error):
+            self._flow.interrupted(self.identity, error)
+        else:
+            await self._flow.release(self.identity, self.token)

@@ -165,7 +165,7 @@ class Streamed:
     capture: ResponseCapture
     result: Iterable[bytes]
     chunks: Iterator[bytes]
-    _failed: bool = False
+    _failed: BaseException | None = None
     _closed: bool = False
 
     def __post_init__(self) -> None:
@@ -180,8 +180,8 @@ class Streamed:
                 yield chunk
         except GeneratorExit:
             raise
-        except BaseException:
-            self._failed = True
+        except BaseException as error:
+            self._failed = error
             raise
         self._finish()
 
@@ -197,11 +197,11 @@ class Streamed:
         if self._closed:
             return
         self._closed = True
-        if self._failed:
+        if self._failed is not None:
             try:
                 close_iterable(self.result)
             finally:
-                self.execution.finish(None)
+                self.execution.finish(None, self._failed)
             return
         self._finish()
         close_quietly(self.result)

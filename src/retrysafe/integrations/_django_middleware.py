@@ -103,10 +103,10 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
                 request.body  # noqa: B018 - cached by Django, for the fingerprint later
         try:
             response = self.get_response(request)
-        except BaseException:  # Django raises here only when told to propagate errors
+        except BaseException as error:  # Django raises here only when told to propagate errors
             running = _take(request)
             if running is not None:
-                running.release()
+                running.release(error)
             raise
         running = _take(request)
         return response if running is None else _finish(running, response)

@@ -18,7 +18,8 @@ How it maps onto Flask's request handling:
   body) or the claim released (B18), as the WSGI middleware does; a streamed body is read up
   to `max_response_size` (B23).
 - `teardown_request`: a claim still open (an exception that Flask did not turn into a
-  response) is released, so a retry runs again.
+  response) is released, so a retry runs again; after an interruption (`KeyboardInterrupt`,
+  `SystemExit`) it is kept until its lease ends (B40).
 
 The principal (B8) is what `principal()` returns when given; else Flask-Login's `current_user`
 when the app has a `LoginManager`; else none, and the credential header names the scope.
@@ -320,10 +321,11 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
         return response if running is None else _finish(running, response)
 
     def teardown_request(self, error: BaseException | None) -> None:
-        """Release a claim the response never finished (an unhandled exception)."""
+        """Release a claim the response never finished (an unhandled exception); keep it
+        after an interruption (B40)."""
         running: Running | None = g.pop(_RUNNING, None)
         if running is not None:
-            running.release()
+            running.release(error)
 
     def _user(self) -> object:
         if self.principal is not None:

@@ -220,8 +220,8 @@ class Running:
                     streamed = Streamed(self.settings, self.execution, capture, result, chunks)
                     self._done()
                     return streamed
-        except BaseException:
-            self.release()
+        except BaseException as error:
+            self.release(error)
             close_iterable(result)
             raise
         self._finish(capture)
@@ -234,9 +234,10 @@ class Running:
         capture.overflowed = True
         self._finish(capture)
 
-    def release(self) -> None:
-        """Release the claim (the view raised): a retry runs again (B18)."""
-        self.execution.finish(None)
+    def release(self, error: BaseException | None = None) -> None:
+        """Release the claim (the view raised `error`): a retry runs again (B18); or, if
+        `error` interrupted it (`KeyboardInterrupt`, say), keep it until its lease ends (B40)."""
+        self.execution.finish(None, error)
         self._done()
 
     def _capture(self, status: int, headers: Sequence[Header]) -> ResponseCapture:

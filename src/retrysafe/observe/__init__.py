@@ -67,11 +67,13 @@ refuse a malformed key (`invalid`), a store that failed (`unavailable`, fail clo
 over the limit (`too_large`), or a request refused for its caller: a required key or a scope
 missing, or the caller over its in-flight cap (`rejected`)."""
 
-Result: TypeAlias = Literal["stored", "released", "fenced", "store_failed"]
-RESULTS: Final = ("stored", "released", "fenced", "store_failed")
+Result: TypeAlias = Literal["stored", "released", "fenced", "store_failed", "interrupted"]
+RESULTS: Final = ("stored", "released", "fenced", "store_failed", "interrupted")
 """How an executed operation ended: its outcome `stored`; its claim `released` (an error, or
 an outcome the policy does not keep, so a retry runs again); `fenced` (another worker took the
-claim over, B17); `store_failed` (the outcome is held in this process and retried, B19)."""
+claim over, B17); `store_failed` (the outcome is held in this process and retried, B19);
+`interrupted` (cancelled while it ran, its outcome unknown: the claim is kept until its lease
+ends, B40)."""
 
 
 def scope_digest(scope: str) -> str:

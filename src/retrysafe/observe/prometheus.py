@@ -61,7 +61,7 @@ _WAIT_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 _REQUESTS: Final = ("retrysafe_requests", "Tracked operations, by face and decision.")
 _OUTCOMES: Final = (
     "retrysafe_outcome",
-    "How executed operations ended: stored, released, fenced or store_failed.",
+    "How executed operations ended: stored, released, fenced, store_failed or interrupted.",
 )
 _STORE_SECONDS: Final = (
     "retrysafe_store_operation_seconds",

@@ -28,8 +28,9 @@ from retrysafe._flow import (
 )
 from retrysafe._flow.observing import Observation, decide
 from retrysafe._keys import key_text
+from retrysafe._outcomes import Outcomes, is_final
 from retrysafe._record import Identity
-from retrysafe._serializer import JSONSerializer, Outcomes, Serializer, canonical_bytes
+from retrysafe._serializer import JSONSerializer, Serializer, canonical_bytes
 from retrysafe.observe import Observer
 from retrysafe.stores.base import AsyncStore, Store
 
@@ -257,8 +258,9 @@ class _Plan:
             ) from error
 
     def is_final(self, error: BaseException) -> bool:
-        """Return whether `error` is stored as the outcome rather than releasing the key."""
-        return isinstance(error, self.final_exceptions)
+        """Return whether `error` is stored as the outcome rather than releasing the key: a
+        final exception, or a group of them (`retrysafe._outcomes.is_final`)."""
+        return is_final(error, self.final_exceptions)
 
 
 def _call_sync(

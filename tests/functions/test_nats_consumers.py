@@ -451,7 +451,7 @@ async def test_b13_b28_permanent_errors_are_terminated_and_transient_ones_nakked
     js: JetStreamContext, async_store: AsyncStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A transient error is nak'ed and runs again; a reused id with another body and a final
-    exception are terminated, never redelivered."""
+    exception (alone, or in a group of final ones) are terminated, never redelivered."""
     caplog.set_level(logging.WARNING, "retrysafe.consumers")
     effects: list[str] = []
     attempts: list[str] = []
@@ -470,23 +470,30 @@ async def test_b13_b28_permanent_errors_are_terminated_and_transient_ones_nakked
             raise ConnectionError("the provider timed out")  # before the effect
         if order["id"] == "o-3":
             raise CardDeclinedError(order["id"])
+        if order["id"] == "o-4":  # as a TaskGroup wraps what its tasks raise: final all the same
+            raise ExceptionGroup("charges", [CardDeclinedError(order["id"])])
         effects.append(f"{order['id']} {order['amount']}")
 
     with anyio.fail_after(BOUND):
         async with fresh_stream(js, duplicate_window=0.1, ack_wait=1.0) as stream:
             subject = f"{stream}.new"
-            for order_id, amount in [("o-1", 100), ("o-2", 200), ("o-3", 300), ("o-2", 999)]:
+            orders = [("o-1", 100), ("o-2", 200), ("o-3", 300), ("o-4", 400), ("o-2", 999)]
+            for order_id, amount in orders:
                 body = json.dumps({"id": order_id, "amount": amount}).encode()
                 await publish_after_window(js, subject, body, order_id)
             subscription = await js.pull_subscribe_bind(durable="charge", stream=stream)
-            assert sorted(await drain(subscription, charge)) == [1, 1, 1, 1, 2]
+            assert sorted(await drain(subscription, charge)) == [1, 1, 1, 1, 1, 2]
             assert await nothing_pending(js, stream)
     assert sorted(effects) == ["o-1 100", "o-2 200"]
-    assert sorted(attempts) == ["o-1", "o-1", "o-2", "o-3"]  # the reused id never ran
+    assert sorted(attempts) == ["o-1", "o-1", "o-2", "o-3", "o-4"]  # the reused id never ran
     nakked = settlements(caplog, "nak'ed")
     assert [type(error) for error in nakked] == [ConnectionError]
     terminated = sorted(settlements(caplog, "terminated"), key=lambda error: type(error).__name__)
-    assert [type(error) for error in terminated] == [CardDeclinedError, KeyMismatchError]
+    assert [type(error) for error in terminated] == [
+        CardDeclinedError,
+        ExceptionGroup,
+        KeyMismatchError,
+    ]
 
 
 def rows(effects: Path, sql: str) -> list[tuple[Any, ...]]:

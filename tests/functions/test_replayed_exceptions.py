@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from retrysafe import ManualClock, OutcomeError, Record, Store
+from retrysafe import AsyncStore, ManualClock, Record, Store
 from retrysafe._decorator import idempotent
 
 INITS: list[str] = []  # the __init__ calls of the exceptions below, by class name
@@ -203,18 +204,93 @@ def test_b28_args_that_cannot_be_stored_replay_as_the_message(store: Store) -> N
     assert str(again) == str(first) == "handle db-1"
 
 
-def test_b28_exception_group_replays_as_outcome_error(store: Store) -> None:
-    """A final exception group, whose sub-exceptions are not stored, replays as OutcomeError."""
+def test_b28_a_listed_exception_group_replays_with_what_it_held(store: Store) -> None:
+    """`ExceptionGroup` itself listed as final: it replays as a group of the same message and
+    sub-exceptions, whatever they are (each rebuilt as a final exception is)."""
     group = ExceptionGroup("several failures", [ValueError("a"), KeyError("b")])
     first, again, runs = first_and_replay(store, lambda: group)
     assert runs == [1]
     assert first is group
-    assert isinstance(again, OutcomeError)
-    assert str(again).startswith(
-        "The first call of replayed raised builtins:ExceptionGroup "
-        "(several failures (2 sub-exceptions)), which cannot be rebuilt from its message "
-        "alone on replay: "
-    )
+    assert isinstance(again, ExceptionGroup)
+    assert str(again) == "several failures (2 sub-exceptions)"
+    assert [(type(e), e.args) for e in again.exceptions] == [
+        (ValueError, ("a",)),
+        (KeyError, ("b",)),
+    ]
+    assert again.__notes__ == ["retrysafe: replayed from the first call with this key."]
+
+
+def test_b28_a_group_of_final_exceptions_is_final_and_replays_whole(store: Store) -> None:
+    """A group whose every sub-exception is final (as `except*` would match it; a TaskGroup in
+    the function makes one) is stored and replayed, nested groups and attributes too, though
+    `ExceptionGroup` is not listed. Before, it released the key and the retry ran again."""
+    finals = (CardDeclinedError, QuotaError)
+    runs: list[int] = []
+
+    @idempotent(store, key="k", namespace="grouped", final_exceptions=finals)
+    def call(k: str) -> None:
+        runs.append(1)
+        inner = ExceptionGroup("quota", [QuotaError(limit=3)])
+        raise ExceptionGroup("charges", [CardDeclinedError(402), inner])
+
+    raised: list[ExceptionGroup[Exception]] = []
+    for _ in range(2):
+        with pytest.raises(ExceptionGroup) as caught:
+            call("k")
+        raised.append(caught.value)
+    first, again = raised
+    assert runs == [1]
+    assert str(again) == str(first) == "charges (2 sub-exceptions)"
+    declined, inner = again.exceptions
+    assert isinstance(declined, CardDeclinedError)
+    assert (declined.code, str(declined)) == (402, "card declined (402): insufficient funds")
+    assert isinstance(inner, ExceptionGroup)
+    (quota,) = inner.exceptions
+    assert isinstance(quota, QuotaError)
+    assert quota.limit == 3
+
+
+def test_b28_a_group_holding_a_transient_exception_releases_the_key(store: Store) -> None:
+    """A group with one sub-exception that is not final is not final: the key is released
+    and the retry runs again (B28)."""
+    runs: list[int] = []
+
+    @idempotent(store, key="k", namespace="grouped", final_exceptions=(CardDeclinedError,))
+    def call(k: str) -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise ExceptionGroup("charges", [CardDeclinedError(402), ConnectionError("reset")])
+        return "charged"
+
+    with pytest.raises(ExceptionGroup):
+        call("k")
+    assert call("k") == "charged"
+    assert runs == [1, 1]
+
+
+@pytest.mark.anyio
+async def test_b28_a_task_groups_final_exceptions_replay(astore: AsyncStore) -> None:
+    """An async function whose `asyncio.TaskGroup` fails with final exceptions: the group it
+    raises is stored and replayed, and the function does not run again."""
+    runs: list[int] = []
+
+    async def decline(code: int) -> None:
+        raise CardDeclinedError(code)
+
+    @idempotent(astore, key="k", namespace="grouped", final_exceptions=(CardDeclinedError,))
+    async def call(k: str) -> None:
+        runs.append(1)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(decline(402))
+            group.create_task(decline(403))
+
+    codes = []
+    for _ in range(2):
+        with pytest.raises(ExceptionGroup) as caught:
+            await call("k")
+        codes.append(sorted(e.code for e in caught.value.exceptions))  # type: ignore[attr-defined]
+    assert codes == [[402, 403], [402, 403]]
+    assert runs == [1]
 
 
 def legacy_outcome(cls: type[BaseException], args: list[Any], message: str) -> bytes:

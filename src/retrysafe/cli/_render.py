@@ -1,7 +1,7 @@
 """Stored outcomes as JSON-ready data, for `keys show`: a decoded HTTP response, a decorated
 function's outcome decoded from the serializer's form, or the raw bytes.
 
-A decorator's outcome is one tag byte and a payload (`retrysafe._serializer.Outcomes`):
+A decorator's outcome is one tag byte and a payload (`retrysafe._outcomes.Outcomes`):
 `R` and the serializer's bytes for a return value, `E` and JSON for a final exception, `U` and
 JSON for a value that could not be serialized. The default serializer's tagged values
 (`{"$rs": TAG, "v": ...}`) are turned back into what they hold. Nothing is imported because

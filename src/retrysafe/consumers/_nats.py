@@ -31,6 +31,7 @@ from retrysafe._concurrency import raise_if_cancelled
 from retrysafe._decorator import IdempotentOptions
 from retrysafe._errors import ConfigurationError, FencedError, InFlightError
 from retrysafe._extras import missing_extra
+from retrysafe._outcomes import is_final
 from retrysafe.consumers._messages import (
     idempotent_message,
     message_body_of,
@@ -166,7 +167,7 @@ async def _settle_failure(
         # stands and every redelivery replays it, so there is nothing left to deliver.
         _LOGGER.warning("%s: its lease was taken over; acknowledged", where, exc_info=error)
         await msg.ack()
-    elif not should_requeue(error) or isinstance(error, final):
+    elif not should_requeue(error) or is_final(error, final):
         _LOGGER.error("%s terminated: a redelivery cannot fix it", where, exc_info=error)
         await msg.term()
     else:

@@ -1,0 +1,228 @@
+"""The stored outcome of a decorated call, and its replay (B27, B28).
+
+An outcome is one tag byte, then its payload: the serializer's bytes for a return value (`R`);
+JSON for a final exception (`E`): its class, arguments, message and attributes, and for an
+exception group its sub-exceptions, each stored the same way; or JSON for a return value that
+could not be serialized (`U`).
+
+A final exception is one whose type is in `final_exceptions`, or an exception group whose
+every sub-exception is, as `except*` would match it (`is_final`): a `TaskGroup` in the function
+wraps what its tasks raise in one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from typing import Any, cast
+
+from retrysafe._errors import OutcomeError
+from retrysafe._serializer import (
+    Serializer,
+    _decode_tagged,
+    _encode,
+    _encode_dict,
+    _find_class,
+    _json_bytes,
+    _type_name,
+)
+
+__all__ = ["Outcomes", "is_final"]
+
+_RETURNED = b"R"  # the serializer's bytes for the return value
+_RAISED = b"E"  # JSON: a final exception's class, arguments, message and attributes
+_UNSERIALIZABLE = b"U"  # JSON: the return value's class and why it could not be serialized
+_REPLAYED = "retrysafe: replayed from the first call with this key."
+
+
+def is_final(error: BaseException, final_exceptions: tuple[type[BaseException], ...]) -> bool:
+    """Return whether `error` is stored as the outcome rather than releasing the key: an
+    instance of `final_exceptions`, or a group whose every sub-exception is one."""
+    if isinstance(error, final_exceptions):
+        return True
+    return isinstance(error, BaseExceptionGroup) and error.split(final_exceptions)[1] is None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcomes:
+    """How one decorated function's outcomes are stored and replayed.
+
+    Attributes:
+        serializer: turns return values into bytes and back.
+        final_exceptions: the exception types stored as outcomes; only these (and their
+            subclasses, and groups of them) are rebuilt on replay.
+        name: the function's namespace, for error messages.
+    """
+
+    serializer: Serializer
+    final_exceptions: tuple[type[BaseException], ...]
+    name: str
+
+    def returned(self, value: object) -> tuple[bytes, OutcomeError | None]:
+        """Return the outcome to store for `value`, and the error to raise if not serializable.
+
+        A value that cannot be serialized is stored as such and raises `OutcomeError` now and
+        on every replay: the call's effect has happened, so releasing the key (and running it
+        again on retry) would break the invariant.
+        """
+        try:
+            return _RETURNED + self.serializer.dumps(value), None
+        except Exception as error:  # any serializer failure means the same
+            problem = OutcomeError(
+                f"The result of {self.name} (of type {type(value).__name__}) cannot be "
+                f"serialized: {str(error).rstrip('.')}. It is stored as not serializable and "
+                "never run again."
+            )
+            problem.__cause__ = error
+            payload = {"type": _type_name(type(value)), "error": f"{type(error).__name__}: {error}"}
+            return _UNSERIALIZABLE + _json_bytes(payload), problem
+
+    def raised(self, error: BaseException) -> bytes:
+        """Return the outcome to store for a final exception: class, args, message, attributes
+        (and the sub-exceptions of a group)."""
+        return _RAISED + _json_bytes(_raised_payload(error))
+
+    def replay(self, outcome: bytes) -> object:
+        """Return the stored return value, or raise the stored exception."""
+        kind = outcome[:1]
+        try:
+            if kind == _RETURNED:
+                return self.serializer.loads(outcome[1:])
+            payload: dict[str, Any] = json.loads(
+                outcome[1:].decode("utf-8", "surrogatepass"), object_hook=_decode_tagged
+            )
+        except Exception as error:
+            raise OutcomeError(
+                f"The stored outcome of {self.name} cannot be read: {error}"
+            ) from error
+        if kind == _UNSERIALIZABLE:
+            raise OutcomeError(
+                f"The first call of {self.name} with this key returned a {payload['type']}, "
+                f"which could not be serialized ({payload['error']}); it is not run again."
+            )
+        if kind == _RAISED:
+            raise self._rebuild(payload)
+        raise OutcomeError(f"The stored outcome of {self.name} has an unknown format.")
+
+    def _rebuild(self, payload: dict[str, Any]) -> BaseException:
+        try:
+            error = _rebuilt(payload, self.final_exceptions)
+        except _UnbuiltError as unbuilt:
+            return unbuilt.error(self.name)
+        error.add_note(_REPLAYED)
+        return error
+
+
+def _raised_payload(error: BaseException) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "type": _type_name(type(error)),
+        "args": None,  # replayed with the message as its only argument
+        "message": str(error),
+        "attrs": _exception_attributes(error),
+    }
+    if isinstance(error, BaseExceptionGroup):
+        payload["message"] = error.message
+        payload["group"] = [_raised_payload(sub) for sub in error.exceptions]
+        return payload
+    with contextlib.suppress(TypeError, ValueError, RecursionError):  # else None, as above
+        payload["args"] = _encode(error.args, False)
+    return payload
+
+
+class _UnbuiltError(Exception):
+    """A stored exception that cannot be rebuilt on replay, and why."""
+
+    def __init__(self, payload: dict[str, Any], problem: BaseException | None = None) -> None:
+        super().__init__(payload["type"])
+        self.payload, self.problem = payload, problem
+
+    def error(self, name: str) -> OutcomeError:
+        """Return the `OutcomeError` the replay raises instead."""
+        payload, problem = self.payload, self.problem
+        if problem is None:
+            return OutcomeError(
+                f"The first call of {name} raised {payload['type']}: "
+                f"{payload['message']}, which is no longer a final exception type here."
+            )
+        alone = " from its message alone" if payload["args"] is None else ""
+        unbuilt = OutcomeError(
+            f"The first call of {name} raised {payload['type']} "
+            f"({payload['message']}), which cannot be rebuilt{alone} on replay: {problem}"
+        )
+        unbuilt.__cause__ = problem
+        return unbuilt
+
+
+def _rebuilt(
+    payload: dict[str, Any], final_exceptions: tuple[type[BaseException], ...]
+) -> BaseException:
+    """Return the exception `payload` stored, if its class is still final here; else raise
+    `_UnbuiltError`. A group is final if its class is listed, or if its sub-exceptions are."""
+    group = payload.get("group")
+    final = final_exceptions if group is None else (BaseExceptionGroup,)
+    try:
+        cls = _find_class(payload["type"], lambda c: issubclass(c, final))
+    except TypeError:
+        raise _UnbuiltError(payload) from None
+    if group is None:
+        args = tuple(payload["args"]) if payload["args"] is not None else (payload["message"],)
+    else:  # a listed group type replays whatever it holds; else each must be final here
+        inner = (BaseException,) if issubclass(cls, final_exceptions) else final_exceptions
+        args = (payload["message"], [_rebuilt(sub, inner) for sub in group])
+    try:
+        if "attrs" in payload:
+            return _new_exception(cls, args, payload["attrs"])
+        return _exception_from_init(cls, args)  # B39: stored before attributes were kept
+    except Exception as problem:  # any failure means the same: it cannot be rebuilt
+        raise _UnbuiltError(payload, problem) from None
+
+
+# An OSError keeps these in slots, not in its __dict__; its str() is made of them.
+_OS_ERROR_SLOTS = frozenset(("errno", "strerror", "filename", "filename2", "characters_written"))
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE, a class written in Python, as `copyreg` tests it
+
+
+def _encodable(value: object) -> bool:
+    try:
+        _encode(value, False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _exception_attributes(error: BaseException) -> object:
+    """Return the instance attributes of `error` that can be encoded, encoded; skip the rest."""
+    kept = {k: v for k, v in vars(error).items() if isinstance(k, str) and _encodable(v)}
+    if isinstance(error, OSError):
+        for name in _OS_ERROR_SLOTS:
+            value = getattr(error, name, None)  # characters_written raises when unset
+            if value is not None and _encodable(value):
+                kept[name] = value
+    return _encode_dict(kept, False)
+
+
+def _new_exception(
+    cls: type[BaseException], args: tuple[Any, ...], attrs: dict[str, Any]
+) -> BaseException:
+    """Return a `cls` with these `args` and attributes, without running its `__init__`."""
+    # As copyreg does, the nearest class written in C makes the instance: neither the class's
+    # own __new__ nor its __init__ runs with the stored args, which are not what they take.
+    base = next(c for c in cls.__mro__ if not c.__flags__ & _HEAPTYPE)
+    error = cast(BaseException, cast(Any, base).__new__(cls, *args))
+    error.args = args
+    for name, value in attrs.items():
+        if name in _OS_ERROR_SLOTS and isinstance(error, OSError):
+            setattr(error, name, value)
+        elif name != "__notes__" or isinstance(value, list):  # add_note needs a list
+            vars(error)[name] = value
+    return error
+
+
+def _exception_from_init(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """Return `cls(*args)` if its `__init__` gives the same args back, else one without it."""
+    try:
+        error = cls(*args)
+    except Exception:  # an __init__ that takes other arguments
+        return _new_exception(cls, args, {})
+    return error if type(error) is cls and error.args == args else _new_exception(cls, args, {})

@@ -269,6 +269,18 @@ class AsyncHeartbeat:
         """Whether a task renews (or waits to): `stop` then waits for it to end."""
         return self._task is not None or self._group is not None
 
+    def abandon(self) -> bool:
+        """Stop renewing without waiting, on asyncio: no renewal starts after this returns,
+        though one already under way may still land. Return False where renewals run in a
+        task group that only `stop` can end (trio)."""
+        if self._group is not None:
+            return False
+        if self._renewals is not None:
+            self._renewals.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+        return True
+
     async def stop(self) -> None:
         """Stop renewing; once this returns, no renewal is running or will run."""
         if self._group is not None:

@@ -41,7 +41,12 @@ def is_final(error: BaseException, final_exceptions: tuple[type[BaseException], 
     instance of `final_exceptions`, or a group whose every sub-exception is one."""
     if isinstance(error, final_exceptions):
         return True
-    return isinstance(error, BaseExceptionGroup) and error.split(final_exceptions)[1] is None
+    if not isinstance(error, BaseExceptionGroup):
+        return False
+    try:
+        return error.split(final_exceptions)[1] is None
+    except RecursionError:  # nested past the interpreter's limit: too deep to look into
+        return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,7 +86,10 @@ class Outcomes:
     def raised(self, error: BaseException) -> bytes:
         """Return the outcome to store for a final exception: class, args, message, attributes
         (and the sub-exceptions of a group)."""
-        return _RAISED + _json_bytes(_raised_payload(error))
+        try:
+            return _RAISED + _json_bytes(_raised_payload(error))
+        except RecursionError:  # a group nested too deep to store: its class and message
+            return _RAISED + _json_bytes(_raised_payload(error, within=False))
 
     def replay(self, outcome: bytes) -> object:
         """Return the stored return value, or raise the stored exception."""
@@ -108,20 +116,23 @@ class Outcomes:
     def _rebuild(self, payload: dict[str, Any]) -> BaseException:
         try:
             error = _rebuilt(payload, self.final_exceptions)
+            error.add_note(_REPLAYED)
         except _UnbuiltError as unbuilt:
             return unbuilt.error(self.name)
-        error.add_note(_REPLAYED)
+        except Exception as problem:  # any other failure (too deep, say) means the same
+            return _UnbuiltError(payload, problem).error(self.name)
         return error
 
 
-def _raised_payload(error: BaseException) -> dict[str, Any]:
+def _raised_payload(error: BaseException, *, within: bool = True) -> dict[str, Any]:
+    """Return what is stored of `error`; of a group, what it holds too, unless not `within`."""
     payload: dict[str, Any] = {
         "type": _type_name(type(error)),
         "args": None,  # replayed with the message as its only argument
         "message": str(error),
         "attrs": _exception_attributes(error),
     }
-    if isinstance(error, BaseExceptionGroup):
+    if within and isinstance(error, BaseExceptionGroup):
         payload["message"] = error.message
         payload["group"] = [_raised_payload(sub) for sub in error.exceptions]
         return payload
@@ -137,20 +148,24 @@ class _UnbuiltError(Exception):
         super().__init__(payload["type"])
         self.payload, self.problem = payload, problem
 
-    def error(self, name: str) -> OutcomeError:
-        """Return the `OutcomeError` the replay raises instead."""
+    def reason(self) -> str:
+        """Say why: its class is no longer final here, or rebuilding it failed."""
         payload, problem = self.payload, self.problem
         if problem is None:
-            return OutcomeError(
-                f"The first call of {name} raised {payload['type']}: "
-                f"{payload['message']}, which is no longer a final exception type here."
-            )
-        alone = " from its message alone" if payload["args"] is None else ""
-        unbuilt = OutcomeError(
-            f"The first call of {name} raised {payload['type']} "
-            f"({payload['message']}), which cannot be rebuilt{alone} on replay: {problem}"
+            return "is no longer a final exception type here"
+        alone = (
+            " from its message alone" if payload["args"] is None and "group" not in payload else ""
         )
-        unbuilt.__cause__ = problem
+        return f"cannot be rebuilt{alone} on replay: {problem}"
+
+    def error(self, name: str) -> OutcomeError:
+        """Return the `OutcomeError` the replay raises instead."""
+        payload = self.payload
+        unbuilt = OutcomeError(
+            f"The first call of {name} raised {payload['type']} ({payload['message']}), which "
+            f"{self.reason()}."
+        )
+        unbuilt.__cause__ = self.problem
         return unbuilt
 
 
@@ -169,7 +184,12 @@ def _rebuilt(
         args = tuple(payload["args"]) if payload["args"] is not None else (payload["message"],)
     else:  # a listed group type replays whatever it holds; else each must be final here
         inner = (BaseException,) if issubclass(cls, final_exceptions) else final_exceptions
-        args = (payload["message"], [_rebuilt(sub, inner) for sub in group])
+        try:
+            args = (payload["message"], [_rebuilt(sub, inner) for sub in group])
+        except _UnbuiltError as unbuilt:  # named in the group's own error
+            held = unbuilt.payload
+            reason = f"the {held['type']} ({held['message']}) in it {unbuilt.reason()}"
+            raise _UnbuiltError(payload, ValueError(reason)) from None
     try:
         if "attrs" in payload:
             return _new_exception(cls, args, payload["attrs"])

@@ -172,8 +172,10 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
                     start_response(status_line, header_lines)
                     return Streamed(settings, execution, capture, result, chunks)
         except BaseException as error:
-            close_iterable(result)
-            execution.finish(None, error)  # released, a retry runs again (B18); or interrupted
+            try:
+                close_iterable(result)
+            finally:  # released, a retry runs again (B18); or kept, interrupted (B40)
+                execution.finish(None, error)
             raise
         capture.complete = True
         execution.finish(outcome_to_store(capture, settings))

@@ -19,6 +19,7 @@ from retrysafe import (
     ManualClock,
 )
 from retrysafe._decorator import idempotent
+from retrysafe.stores.memory import AsyncMemoryStore
 from tests.functions.values import FALSY, CardDeclinedError
 
 pytestmark = pytest.mark.anyio
@@ -158,6 +159,33 @@ async def test_b40_a_call_cancelled_while_it_runs_keeps_its_key_until_its_lease_
     assert await hasty("k") == 2
     assert await hasty("k") == 2  # replayed
     assert runs == ["k", "k"]
+
+
+class _SuspendingMemoryStore(AsyncMemoryStore):
+    """The memory store, saying its calls may wait, as every networked store's do."""
+
+    suspends = True
+
+
+async def test_b40_a_call_whose_coroutine_is_closed_mid_body_keeps_its_key() -> None:
+    """A call's coroutine closed while its body waits (a pending task garbage-collected, or
+    `close()`): `GeneratorExit` interrupts it, and the claim is kept without waiting for
+    anything, which a closing coroutine cannot do. Before, finishing it waited, and closing it
+    raised `RuntimeError("coroutine ignored GeneratorExit")`."""
+    store = _SuspendingMemoryStore()
+    runs: list[str] = []
+
+    @idempotent(store, key="key", wait=0, namespace="b40-closed")
+    async def charge(key: str) -> None:
+        runs.append(key)
+        await asyncio.Event().wait()
+
+    call = charge("k")
+    call.send(None)  # claims, starts the body, and stops at its first wait
+    call.close()
+    with pytest.raises(InFlightError):
+        await charge("k")
+    assert runs == ["k"]
 
 
 @pytest.mark.parametrize("renewing", [False, True], ids=["short", "renewing"])

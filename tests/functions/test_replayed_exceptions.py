@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from retrysafe import AsyncStore, ManualClock, Record, Store
+from retrysafe import AsyncStore, ManualClock, OutcomeError, Record, Store
 from retrysafe._decorator import idempotent
 
 INITS: list[str] = []  # the __init__ calls of the exceptions below, by class name
@@ -265,6 +266,55 @@ def test_b28_a_group_holding_a_transient_exception_releases_the_key(store: Store
     with pytest.raises(ExceptionGroup):
         call("k")
     assert call("k") == "charged"
+    assert runs == [1, 1]
+
+
+def test_b28_a_group_whose_exception_is_no_longer_final_replays_as_outcome_error(
+    store: Store,
+) -> None:
+    """A stored group holding an exception whose type is no longer final where it is replayed:
+    `OutcomeError` naming the group and the exception in it."""
+
+    @idempotent(store, key="k", namespace="grouped", final_exceptions=(CardDeclinedError,))
+    def first(k: str) -> None:
+        raise ExceptionGroup("charges", [CardDeclinedError(402)])
+
+    @idempotent(store, key="k", namespace="grouped", final_exceptions=(QuotaError,))
+    def second(k: str) -> None: ...
+
+    with pytest.raises(ExceptionGroup):
+        first("k")
+    with pytest.raises(OutcomeError) as caught:
+        second("k")
+    assert str(caught.value).startswith(
+        "The first call of grouped raised builtins:ExceptionGroup (charges), which cannot be "
+        "rebuilt on replay: the tests.functions.test_replayed_exceptions:CardDeclinedError "
+        "(card declined (402): insufficient funds) in it is no longer a final exception type"
+    )
+
+
+def test_b28_a_group_nested_past_the_recursion_limit_is_raised_as_it_was(store: Store) -> None:
+    """A group nested deeper than the interpreter can look into is not judged final: the call
+    raises it unchanged (not a `RecursionError` from the judging) and the retry runs again."""
+    runs: list[int] = []
+
+    def nested() -> BaseException:
+        group: BaseException = CardDeclinedError(402)
+        for depth in range(sys.getrecursionlimit() + 100):
+            group = ExceptionGroup(f"level {depth}", [group])
+        return group
+
+    deep = nested()
+
+    @idempotent(store, key="k", namespace="grouped", final_exceptions=(CardDeclinedError,))
+    def call(k: str) -> None:
+        runs.append(1)
+        raise deep
+
+    for _ in range(2):
+        with pytest.raises(ExceptionGroup) as caught:
+            call("k")
+        assert caught.value is deep
     assert runs == [1, 1]
 
 

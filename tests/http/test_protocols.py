@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
+from retrysafe import State
 from retrysafe.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
@@ -123,22 +124,67 @@ def test_wsgi_app_exception_releases_and_propagates() -> None:
     assert app_records(store.list_records()) == []
 
 
-def test_wsgi_streamed_body_that_fails_releases_the_claim() -> None:
-    """A body that raises after the stream started releases the claim (the retry runs)."""
+class FailingBody:
+    """An app iterable that raises as it is read, and again as it is closed."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        raise RuntimeError("the body failed")
+
+    def close(self) -> None:
+        raise ValueError("and so did its close()")
+
+
+def test_b18_a_body_whose_close_raises_after_an_error_still_releases_the_claim() -> None:
+    """The app's iterable fails, and its `close()` raises too: the claim is released all the
+    same (a retry runs again). Before, the claim stayed in flight, renewed for as long as the
+    process lived."""
+    calls: list[int] = []
+
+    def app(environ: Any, start_response: Callable[..., Any]) -> FailingBody:
+        calls.append(1)
+        start_response("201 Created", [])
+        return FailingBody()
+
+    store = MemoryStore()
+    middleware = WsgiMiddleware(app, store=store)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="close"):
+            _serve_wsgi(middleware, _environ())
+        assert app_records(store.list_records()) == []
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
+def test_b22_a_wsgi_streamed_body_that_fails_stores_response_not_stored(
+    failure: type[BaseException],
+) -> None:
+    """A body that raises (or is interrupted) after the stream started, past the storable size:
+    its 201 went out, so the effect happened; "response not stored" is stored and the retry
+    gets 410, as under ASGI. Before, the claim was released and the retry ran the app again."""
 
     def body() -> Iterator[bytes]:
         yield b"x" * 10
-        raise RuntimeError("mid-stream")
+        raise failure("mid-stream")
+
+    calls: list[int] = []
 
     def app(environ: Any, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        calls.append(1)
         start_response("201 Created", [])
         return body()
 
     store = MemoryStore()
     middleware = WsgiMiddleware(app, store=store, max_response_size=5)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(failure):
         _serve_wsgi(middleware, _environ())
-    assert app_records(store.list_records()) == []
+    (record,) = app_records(store.list_records())
+    assert record.state is State.DONE
+    started, _ = _serve_wsgi(middleware, _environ())
+    assert started.calls[0][0].startswith("410")
+    assert calls == [1]
 
 
 def test_asgi_hides_send_extensions_it_cannot_capture() -> None:

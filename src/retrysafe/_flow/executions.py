@@ -148,6 +148,11 @@ class AsyncExecution(_Execution["AsyncFlow"]):
             return
         self.finished = True
         flow = self._flow
+        if outcome is None and interrupts(error) and (not self._beat or self._beat.abandon()):
+            # Nothing to store: keep the claim without waiting for anything, which a coroutine
+            # being closed (`GeneratorExit`) could not do. A renewal under way may still land.
+            flow.interrupted(self.identity, error)
+            return
         if getattr(flow.store, "suspends", True) or (self._beat and self._beat.renewing):
             await run_to_end(self._finish(outcome, error), flow.tasks)
         else:

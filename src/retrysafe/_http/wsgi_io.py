@@ -165,14 +165,14 @@ class Streamed:
     capture: ResponseCapture
     result: Iterable[bytes]
     chunks: Iterator[bytes]
-    _failed: BaseException | None = None
+    _failed: bool = False
     _closed: bool = False
 
     def __post_init__(self) -> None:
         self._first = self.capture.take()
 
     def __iter__(self) -> Iterator[bytes]:
-        """Yield the body; an error from the app releases the claim, the end stores it."""
+        """Yield the body; the end, or an error from the app, stores the outcome (B22)."""
         yield self._first
         try:
             for chunk in self.chunks:
@@ -180,28 +180,29 @@ class Streamed:
                 yield chunk
         except GeneratorExit:
             raise
-        except BaseException as error:
-            self._failed = error
+        except BaseException:
+            self._failed = True
             raise
         self._finish()
 
     def _finish(self) -> None:
-        # The app ran and its status is known: even if the client left mid-body, a retry must
-        # not run it again, so the (omitted) outcome is stored (B22).
+        # The app ran and its status went out: even if the client left mid-body, or the app
+        # raised or was interrupted mid-body, a retry must not run it again, so the (omitted)
+        # outcome is stored (B22), as the ASGI middleware does.
         self.capture.complete = True
         self.execution.finish(outcome_to_store(self.capture, self.settings))
 
     def close(self) -> None:
-        """Store the outcome (or release the claim after an error), then close the app's
-        iterable, whose errors are logged."""
+        """Store the outcome, then close the app's iterable: its errors are raised after an
+        error from the app (the server reports both), else logged."""
         if self._closed:
             return
         self._closed = True
-        if self._failed is not None:
+        if self._failed:
             try:
                 close_iterable(self.result)
             finally:
-                self.execution.finish(None, self._failed)
+                self._finish()
             return
         self._finish()
         close_quietly(self.result)

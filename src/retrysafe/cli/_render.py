@@ -25,7 +25,7 @@ from retrysafe._serializer import TAG
 
 __all__ = ["describe_outcome"]
 
-# The tag bytes of `_serializer.Outcomes` (tests/cli round-trip through it, so they stay equal).
+# The tag bytes of `_outcomes.Outcomes` (tests/cli round-trip through it, so they stay equal).
 _DECORATOR_KINDS: Final = {b"R": "returned", b"E": "raised", b"U": "unserializable"}
 # Tagged types that are safe to rebuild here: the standard library's, never a named class.
 # The containers hold tagged values of their own, rebuilt here too; the leaves are decoded as

@@ -209,9 +209,10 @@ class Running:
 
         Reads `chunks` up to `max_response_size`: a body that ends within it is stored and
         returned whole. A longer one is returned as an iterable that sends what was read, then
-        the rest; once the client has the whole body, or leaves, its status is stored as "not
-        stored" (B22), and an error while streaming releases the claim. Its `close()` closes
-        `result` (the framework's original body, if it does not close that itself) too.
+        the rest; once the client has the whole body, or leaves, or the body fails while
+        streaming, its status is stored as "not stored" (B22). An error before the limit, while
+        nothing was sent, releases the claim. Its `close()` closes `result` (the framework's
+        original body, if it does not close that itself) too.
         """
         capture = self._capture(status, headers)
         try:

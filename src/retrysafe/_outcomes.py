@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from retrysafe._errors import OutcomeError
 from retrysafe._serializer import (
@@ -36,6 +36,11 @@ _UNSERIALIZABLE = b"U"  # JSON: the return value's class and why it could not be
 _REPLAYED = "retrysafe: replayed from the first call with this key."
 
 
+_NESTING: Final = 32
+"""How deep groups may nest to be judged final, and stored whole: deeper ones are raised as
+they are and release the key, on every Python (whose recursion limits differ)."""
+
+
 def is_final(error: BaseException, final_exceptions: tuple[type[BaseException], ...]) -> bool:
     """Return whether `error` is stored as the outcome rather than releasing the key: an
     instance of `final_exceptions`, or a group whose every sub-exception is one."""
@@ -43,10 +48,16 @@ def is_final(error: BaseException, final_exceptions: tuple[type[BaseException], 
         return True
     if not isinstance(error, BaseExceptionGroup):
         return False
-    try:
-        return error.split(final_exceptions)[1] is None
-    except RecursionError:  # nested past the interpreter's limit: too deep to look into
-        return False
+    groups = [(error, 1)]
+    while groups:
+        group, depth = groups.pop()
+        for sub in group.exceptions:
+            if isinstance(sub, final_exceptions):
+                continue
+            if not isinstance(sub, BaseExceptionGroup) or depth == _NESTING:
+                return False
+            groups.append((sub, depth + 1))
+    return True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,10 +97,7 @@ class Outcomes:
     def raised(self, error: BaseException) -> bytes:
         """Return the outcome to store for a final exception: class, args, message, attributes
         (and the sub-exceptions of a group)."""
-        try:
-            return _RAISED + _json_bytes(_raised_payload(error))
-        except RecursionError:  # a group nested too deep to store: its class and message
-            return _RAISED + _json_bytes(_raised_payload(error, within=False))
+        return _RAISED + _json_bytes(_raised_payload(error))
 
     def replay(self, outcome: bytes) -> object:
         """Return the stored return value, or raise the stored exception."""
@@ -124,17 +132,18 @@ class Outcomes:
         return error
 
 
-def _raised_payload(error: BaseException, *, within: bool = True) -> dict[str, Any]:
-    """Return what is stored of `error`; of a group, what it holds too, unless not `within`."""
+def _raised_payload(error: BaseException, depth: int = 1) -> dict[str, Any]:
+    """Return what is stored of `error`; of a group, what it holds too, down to `_NESTING`
+    levels (a listed group type's deeper groups are kept as their class and message alone)."""
     payload: dict[str, Any] = {
         "type": _type_name(type(error)),
         "args": None,  # replayed with the message as its only argument
         "message": str(error),
         "attrs": _exception_attributes(error),
     }
-    if within and isinstance(error, BaseExceptionGroup):
+    if isinstance(error, BaseExceptionGroup) and depth <= _NESTING:
         payload["message"] = error.message
-        payload["group"] = [_raised_payload(sub) for sub in error.exceptions]
+        payload["group"] = [_raised_payload(sub, depth + 1) for sub in error.exceptions]
         return payload
     with contextlib.suppress(TypeError, ValueError, RecursionError):  # else None, as above
         payload["args"] = _encode(error.args, False)

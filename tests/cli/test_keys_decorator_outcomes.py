@@ -49,9 +49,16 @@ def decorated(cli_store_url: str) -> str:
                 return object()
             return {"order": order, "items": (1, 2), "total": 1999}
 
+        @idempotent(store, key="batch", namespace="batches", final_exceptions=(DeclinedError,))
+        def pay_all(batch: str) -> None:
+            inner = ExceptionGroup("retried", [DeclinedError(f"{batch}-3", "expired")])
+            raise ExceptionGroup("batch", [DeclinedError(f"{batch}-1", "stolen"), inner])
+
         pay("order-42")
         with pytest.raises(DeclinedError):
             pay("order-43", declined=True)
+        with pytest.raises(ExceptionGroup):
+            pay_all("batch-1")
         summary("order-44")
         with pytest.raises(OutcomeError):
             summary("order-45")
@@ -98,13 +105,23 @@ def test_show_decodes_a_decorated_functions_return_value(runner: CliRunner, deco
 def test_show_decodes_a_stored_exception_and_an_unserializable_value(
     runner: CliRunner, decorated: str
 ) -> None:
-    """A final exception is shown by its class, message and arguments; a value that could
-    not be serialized by its type and the reason."""
+    """A final exception is shown by its class, message and arguments, a group with the
+    exceptions it held; a value that could not be serialized by its type and the reason."""
     assert shown_outcome(runner, decorated, "order-43", "payments") == {
         "kind": "raised",
         "type": f"{__name__}:DeclinedError",
         "message": str(DeclinedError("order-43", "insufficient funds")),
         "args": ["order-43", "insufficient funds"],
+    }
+    declined = f"{__name__}:DeclinedError"
+    assert shown_outcome(runner, decorated, "batch-1", "batches") == {
+        "kind": "raised",
+        "type": "builtins:ExceptionGroup",
+        "message": "batch",
+        "args": None,
+        "exceptions": f"{declined}: ('batch-1-1', 'stolen')\n"
+        "builtins:ExceptionGroup: retried\n"
+        f"  {declined}: ('batch-1-3', 'expired')",
     }
     unserializable = shown_outcome(runner, decorated, "order-45", "plain")
     assert isinstance(unserializable, dict)

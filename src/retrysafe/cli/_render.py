@@ -99,15 +99,32 @@ def _decode_decorator(outcome: bytes) -> dict[str, object] | None:
                 "repr": repr(_python(tree)),
             }
         if kind == "raised":
-            return {
+            raised = {
                 "kind": kind,
                 "type": str(tree["type"]),
                 "message": str(tree["message"]),
                 "args": _plain(tree["args"]),
             }
+            if "group" in tree:  # an exception group: what it held, a line each
+                raised["exceptions"] = "\n".join(_held(tree["group"], 0)[:_HELD_LINES])
+            return raised
         return {"kind": kind, "type": str(tree["type"]), "error": str(tree["error"])}
     except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation):
         return None
+
+
+_HELD_LINES: Final = 200  # the exceptions of a group shown at most
+
+
+def _held(group: list[dict[str, Any]], depth: int) -> list[str]:
+    """Return a line for each exception in a stored group, `class: message`, indented by
+    nesting, a nested group's own exceptions under it."""
+    lines = []
+    for held in group:
+        lines.append(f"{'  ' * depth}{held['type']}: {held['message']}")
+        if "group" in held:
+            lines += _held(held["group"], depth + 1)
+    return lines
 
 
 def _tagged(node: object) -> tuple[str, Any] | None:

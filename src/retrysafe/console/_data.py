@@ -49,7 +49,9 @@ STUCK_SHOWN: Final = 100
 FILTERS: Final = ("all", "in_flight", "stuck", "done")
 """The record filters of a namespace's listing: `stuck` is in flight with its lease expired."""
 _PURGE_BATCH: Final = 1000
-_LONG_FIELDS: Final = ("body", "body_base64", "text", "base64", "repr", "message", "error")
+_LONG_FIELDS: Final = (
+    "body", "body_base64", "text", "base64", "repr", "message", "exceptions", "error",
+)  # fmt: skip
 EVENTS_SHOWN: Final = 50
 """Recorded events (replays, mismatches, conflicts) shown at most, the newest first."""
 _NOT_RECORDED: Final = (

@@ -289,7 +289,7 @@ def _outcome(outcome: object) -> str:
         parts.append(_table(["header", "value"], [[_e(n), _e(v)] for n, v in headers]))
     else:
         parts.append(f"<p>Kind <b>{_e(data.get('kind'))}</b> {_e(data.get('type', ''))}</p>")
-    for name in ("body", "body_base64", "text", "base64", "repr", "message", "error"):
+    for name in ("body", "body_base64", "text", "base64", "repr", "message", "exceptions", "error"):
         if name in data:
             note = f" (first {PREVIEW_CHARS:,} characters)" if name in cut else ""
             parts.append(f"<h3>{name.replace('_', ' ')}{note}</h3><pre>{_e(data[name])}</pre>")

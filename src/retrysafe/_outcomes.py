@@ -154,7 +154,7 @@ class _UnbuiltError(Exception):
     """A stored exception that cannot be rebuilt on replay, and why."""
 
     def __init__(self, payload: dict[str, Any], problem: BaseException | None = None) -> None:
-        super().__init__(payload["type"])
+        super().__init__(payload.get("type"))
         self.payload, self.problem = payload, problem
 
     def reason(self) -> str:
@@ -163,16 +163,17 @@ class _UnbuiltError(Exception):
         if problem is None:
             return "is no longer a final exception type here"
         alone = (
-            " from its message alone" if payload["args"] is None and "group" not in payload else ""
+            " from its message alone"
+            if payload.get("args") is None and "group" not in payload
+            else ""
         )
         return f"cannot be rebuilt{alone} on replay: {problem}"
 
     def error(self, name: str) -> OutcomeError:
         """Return the `OutcomeError` the replay raises instead."""
-        payload = self.payload
+        kind, message = self.payload.get("type"), self.payload.get("message")
         unbuilt = OutcomeError(
-            f"The first call of {name} raised {payload['type']} ({payload['message']}), which "
-            f"{self.reason()}."
+            f"The first call of {name} raised {kind} ({message}), which {self.reason()}."
         )
         unbuilt.__cause__ = self.problem
         return unbuilt

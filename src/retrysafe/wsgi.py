@@ -174,8 +174,12 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
         except BaseException as error:
             try:
                 close_iterable(result)
-            finally:  # released, a retry runs again (B18); or kept, interrupted (B40)
-                execution.finish(None, error)
+            finally:
+                if written is not None:  # its status went out with what write() sent (B22)
+                    capture.complete = True
+                    execution.finish(outcome_to_store(capture, settings))
+                else:  # released, a retry runs again (B18); or kept, interrupted (B40)
+                    execution.finish(None, error)
             raise
         capture.complete = True
         execution.finish(outcome_to_store(capture, settings))

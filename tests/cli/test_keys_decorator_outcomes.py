@@ -132,11 +132,13 @@ def test_show_decodes_a_stored_exception_and_an_unserializable_value(
 
 @pytest.mark.parametrize("cli_store_url", ["sqlite"], indirect=True)
 def test_show_keeps_outcomes_it_cannot_decode_raw(runner: CliRunner, cli_store_url: str) -> None:
-    """Bytes that only look like a decorator's outcome (not JSON, or a tag the serializer
-    does not write) are shown as stored."""
+    """Bytes that only look like a decorator's outcome (not JSON, a tag the serializer does
+    not write, or a group nested deeper than Python can read) are shown as stored."""
+    group = '{"type": "g", "message": "m", "group": [' * 3000 + "]}" * 3000
+    deep = ("deep", f"E{group}".encode())
     store = open_store(cli_store_url)
     try:
-        for key, outcome in (("rock", b"Rock"), ("bad-tag", b'R{"$rs": "nope", "v": 1}')):
+        for key, outcome in (("rock", b"Rock"), ("bad-tag", b'R{"$rs": "nope", "v": 1}'), deep):
             identity = Identity("raw", "", key)
             claim = store.claim(identity, "fp", lease=60, retention=3600)
             store.complete(identity, claim.token, outcome, retention=3600)
@@ -146,4 +148,8 @@ def test_show_keeps_outcomes_it_cannot_decode_raw(runner: CliRunner, cli_store_u
     assert shown_outcome(runner, cli_store_url, "bad-tag", "raw") == {
         "kind": "raw",
         "text": 'R{"$rs": "nope", "v": 1}',
+    }
+    assert shown_outcome(runner, cli_store_url, "deep", "raw") == {
+        "kind": "raw",
+        "text": deep[1].decode(),
     }

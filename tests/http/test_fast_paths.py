@@ -108,6 +108,33 @@ def test_b16_cancelled_while_renewing_stops_renewals_and_keeps_the_claim() -> No
     assert middleware.counters.snapshot().get("fenced", 0) == 0
 
 
+def test_b40_cancelled_before_its_first_renewal_never_renews() -> None:
+    """A request cancelled before its first renewal is due keeps its claim, and no renewal
+    starts later: its lease ends on time (the due renewal is forgotten, not only stopped)."""
+    store = CountingStore()
+    entered = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        entered.set()
+        await anyio.sleep_forever()
+
+    middleware = IdempotencyMiddleware(app, store=store, lease=0.3)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(middleware, _scope(b"k"), _receive, _responder([]))
+            await entered.wait()
+            group.cancel_scope.cancel()
+        await anyio.sleep(0.3)  # three times the renewal interval (lease / 3)
+        (kept,) = app_records(await store.list_records())
+        assert kept.state is State.IN_FLIGHT
+
+    anyio.run(main)
+    assert store.renewals == 0
+    assert middleware.counters.interrupted == 1
+
+
 class Hook:
     """A route_settings hook that counts its calls and may say no route requires a key."""
 

@@ -158,6 +158,75 @@ def test_b18_a_body_whose_close_raises_after_an_error_still_releases_the_claim()
 
 
 @pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
+def test_b22_an_app_that_fails_after_write_streamed_past_the_limit_stores_not_stored(
+    failure: type[BaseException],
+) -> None:
+    """An app whose `write()` went past the storable size (so its 201 and bytes went out) and
+    that then raises or is interrupted: "response not stored" is stored and the retry gets 410.
+    Before, the claim was released and the retry ran the app again."""
+    calls: list[int] = []
+
+    def app(environ: Any, start_response: Callable[..., Any]) -> list[bytes]:
+        calls.append(1)
+        write = start_response("201 Created", [])
+        write(b"x" * 10)
+        if len(calls) == 1:
+            raise failure("after write()")
+        return []
+
+    store = MemoryStore()
+    middleware = WsgiMiddleware(app, store=store, max_response_size=5)
+    with pytest.raises(failure):
+        _serve_wsgi(middleware, _environ())
+    started, _ = _serve_wsgi(middleware, _environ())
+    assert started.calls[-1][0].startswith("410")
+    assert calls == [1]
+
+
+class BrokenBody:
+    """An app iterable past the storable size that fails mid-stream; its `close()` may fail."""
+
+    def __init__(self, failure: type[BaseException], close_fails: bool) -> None:
+        self._chunks = iter([b"x" * 10, b"y" * 10])
+        self._failure, self._close_fails = failure, close_fails
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            raise self._failure("mid-stream")
+        return chunk
+
+    def close(self) -> None:
+        if self._close_fails:
+            raise ValueError("close() failed too")
+
+
+@pytest.mark.parametrize("closed", ["never", "close-fails"])
+def test_b22_a_streamed_body_that_fails_is_stored_whatever_close_does(closed: str) -> None:
+    """The body fails mid-stream: its outcome is stored at once, so a server that never calls
+    `close()` after an interruption leaves no claim renewed for the life of the process, and a
+    `close()` that fails raises its own error with the outcome already stored."""
+    store = MemoryStore()
+
+    def app(environ: Any, start_response: Callable[..., Any]) -> BrokenBody:
+        start_response("201 Created", [])
+        return BrokenBody(KeyboardInterrupt, close_fails=closed == "close-fails")
+
+    middleware = WsgiMiddleware(app, store=store, max_response_size=5)
+    result = middleware(_environ(), Started())
+    with pytest.raises(KeyboardInterrupt):
+        b"".join(result)
+    if closed == "close-fails":
+        with pytest.raises(ValueError, match="close"):
+            result.close()  # type: ignore[attr-defined]
+    (record,) = app_records(store.list_records())
+    assert record.state is State.DONE
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
 def test_b22_a_wsgi_streamed_body_that_fails_stores_response_not_stored(
     failure: type[BaseException],
 ) -> None:

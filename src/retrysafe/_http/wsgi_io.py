@@ -182,6 +182,7 @@ class Streamed:
             raise
         except BaseException:
             self._failed = True
+            self._finish()  # now: a server may never call close() after an interruption
             raise
         self._finish()
 
@@ -193,8 +194,9 @@ class Streamed:
         self.execution.finish(outcome_to_store(self.capture, self.settings))
 
     def close(self) -> None:
-        """Store the outcome, then close the app's iterable: its errors are raised after an
-        error from the app (the server reports both), else logged."""
+        """Store the outcome (if the body did not already), then close the app's iterable:
+        its errors are raised after an error from the app (the server reports both), else
+        logged."""
         if self._closed:
             return
         self._closed = True

@@ -109,20 +109,21 @@ def _decode_decorator(outcome: bytes) -> dict[str, object] | None:
                 raised["exceptions"] = "\n".join(_held(tree["group"], 0)[:_HELD_LINES])
             return raised
         return {"kind": kind, "type": str(tree["type"]), "error": str(tree["error"])}
-    except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation):
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError, decimal.InvalidOperation):
         return None
 
 
 _HELD_LINES: Final = 200  # the exceptions of a group shown at most
+_NESTING: Final = 32  # the nesting of groups shown at most (`retrysafe._outcomes` stores no more)
 
 
 def _held(group: list[dict[str, Any]], depth: int) -> list[str]:
     """Return a line for each exception in a stored group, `class: message`, indented by
-    nesting, a nested group's own exceptions under it."""
+    nesting, a nested group's own exceptions under it, down to the depth retrysafe stores."""
     lines = []
     for held in group:
         lines.append(f"{'  ' * depth}{held['type']}: {held['message']}")
-        if "group" in held:
+        if "group" in held and depth < _NESTING:
             lines += _held(held["group"], depth + 1)
     return lines
 

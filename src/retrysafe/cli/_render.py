@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from retrysafe._errors import OutcomeError
 from retrysafe._http import decode_outcome
+from retrysafe._outcomes import _NESTING as NESTING
 from retrysafe._serializer import _DECODERS as DECODERS
 from retrysafe._serializer import TAG
 
@@ -114,7 +115,6 @@ def _decode_decorator(outcome: bytes) -> dict[str, object] | None:
 
 
 _HELD_LINES: Final = 200  # the exceptions of a group shown at most
-_NESTING: Final = 32  # the nesting of groups shown at most (`retrysafe._outcomes` stores no more)
 
 
 def _held(group: list[dict[str, Any]], depth: int) -> list[str]:
@@ -123,7 +123,7 @@ def _held(group: list[dict[str, Any]], depth: int) -> list[str]:
     lines = []
     for held in group:
         lines.append(f"{'  ' * depth}{held['type']}: {held['message']}")
-        if "group" in held and depth < _NESTING:
+        if "group" in held and depth < NESTING:  # no deeper than retrysafe stores them
             lines += _held(held["group"], depth + 1)
     return lines
 

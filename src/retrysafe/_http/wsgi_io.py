@@ -194,17 +194,14 @@ class Streamed:
         self.execution.finish(outcome_to_store(self.capture, self.settings))
 
     def close(self) -> None:
-        """Store the outcome (if the body did not already), then close the app's iterable:
-        its errors are raised after an error from the app (the server reports both), else
-        logged."""
+        """Store the outcome (a body that failed stored it as it failed), then close the app's
+        iterable: its errors are raised after an error from the app (the server reports both),
+        else logged."""
         if self._closed:
             return
         self._closed = True
         if self._failed:
-            try:
-                close_iterable(self.result)
-            finally:
-                self._finish()
+            close_iterable(self.result)
             return
         self._finish()
         close_quietly(self.result)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from retrysafe._values import quick_init
+
+_LENGTHS = struct.Struct(">Q")  # a part's length, before the part, in an identity's digest
 
 __all__ = ["Claim", "Identity", "Record", "State"]
 
@@ -49,12 +52,14 @@ class Identity:
             return self._digest
         except AttributeError:
             pass
-        parts = (
-            part.encode("utf-8", "surrogatepass") for part in (self.namespace, self.scope, self.key)
-        )
+        # Each part prefixed by its length in 8 bytes, so no two identities join alike.
+        namespace = self.namespace.encode("utf-8", "surrogatepass")
+        scope = self.scope.encode("utf-8", "surrogatepass")
+        key = self.key.encode("utf-8", "surrogatepass")
         digest = hashlib.sha256(
-            b"".join(len(raw).to_bytes(8, "big") + raw for raw in parts)
-        ).hexdigest()
+            _LENGTHS.pack(len(namespace)) + namespace + _LENGTHS.pack(len(scope)) + scope
+            + _LENGTHS.pack(len(key)) + key
+        ).hexdigest()  # fmt: skip
         object.__setattr__(self, "_digest", digest)
         return digest
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,15 +68,10 @@ def writer_thread(store: AsyncSQLiteStore) -> Any:
 
 
 def committing(store: AsyncSQLiteStore) -> bool:
-    """Whether the writer thread is committing a batch (white box: its stack): once there, it
-    takes nothing more from the queue until that batch is answered."""
+    """Whether the writer thread is committing a batch (white box): once there, it takes
+    nothing more from the queue until that batch is answered."""
     thread = writer_thread(store)
-    frame = None if thread is None else sys._current_frames().get(thread.ident)
-    while frame is not None:
-        if frame.f_code.co_name == "_commit":
-            return True
-        frame = frame.f_back
-    return False
+    return thread is not None and thread.committing
 
 
 async def writer_taken_one(store: AsyncSQLiteStore) -> None:

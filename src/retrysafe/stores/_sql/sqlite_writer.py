@@ -174,6 +174,8 @@ class _WriterThread(threading.Thread):
         self.jobs: queue.SimpleQueue[Job[Any]] = queue.SimpleQueue()
         self.connection: sqlite3.Connection | None = None
         self.ended = False  # set under the writer's lock: then nothing more is queued here
+        self.committing = False
+        """Whether a batch is being committed: a write queued meanwhile goes into the next."""
 
     def run(self) -> None:
         """Commit what is queued, batch after batch, until a stop job or an unexpected error."""
@@ -185,7 +187,9 @@ class _WriterThread(threading.Thread):
                 with contextlib.suppress(queue.Empty):
                     while True:
                         batch.append(self.jobs.get_nowait())
+                self.committing = True
                 stopping = self._commit(batch)
+                self.committing = False
                 batch.clear()  # hold no caller's write while waiting for the next
         except BaseException as error:  # a bug or a BaseException from a write: stop, answer all
             crash = StoreError(

@@ -9,8 +9,11 @@ answers a connection's commands in order, so the commands behind it wait for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -236,6 +239,82 @@ def test_a_stalled_redis_fails_the_batch_and_the_calls_queued_behind_it() -> Non
             await store.aclose()
 
         run(main)
+
+
+def _trickling_redis(listener: socket.socket, sets: int, pause: float) -> None:
+    """Serve one connection as an old Redis (RESP2) that answers the handshake at once, then
+    waits for `sets` SET commands and answers each with nil (set) `pause` seconds after the
+    last."""
+    connection, _ = listener.accept()
+    with connection:
+        buffer, seen = b"", 0
+        while seen < sets:
+            data = connection.recv(65536)
+            if not data:
+                return
+            buffer += data
+            while (parsed := _resp_command(buffer)) is not None:
+                command, buffer = parsed
+                name = command[0].upper()
+                if name == b"SET":
+                    seen += 1
+                elif name == b"HELLO":  # the client falls back to RESP2
+                    connection.sendall(b"-ERR unknown command 'HELLO'\r\n")
+                else:
+                    connection.sendall(b"+OK\r\n")
+        with contextlib.suppress(OSError):  # the client may hang up before the last
+            for _ in range(sets):
+                time.sleep(pause)
+                connection.sendall(b"$-1\r\n")
+            connection.recv(65536)  # until the client closes
+
+
+def _resp_command(buffer: bytes) -> tuple[list[bytes], bytes] | None:
+    """Split one RESP command (an array of bulk strings) off `buffer`, or None if incomplete."""
+    if not buffer.startswith(b"*") or b"\r\n" not in buffer:
+        return None
+    head, rest = buffer.split(b"\r\n", 1)
+    parts: list[bytes] = []
+    for _ in range(int(head[1:])):
+        if b"\r\n" not in rest:
+            return None
+        length, rest = rest.split(b"\r\n", 1)
+        size = int(length[1:])
+        if len(rest) < size + 2:
+            return None
+        parts.append(rest[:size])
+        rest = rest[size + 2 :]
+    return parts, rest
+
+
+def test_a_batch_is_read_within_one_socket_timeout_in_all() -> None:
+    """A server that trickles a batch's replies, each within `socket_timeout` of the last but
+    the batch not: the calls whose replies come after the bound fail, so no call waits for
+    more than the timeout per batch (each reply timed on its own, the four calls would have
+    taken 1.2 s against a bound of 0.5 s, and succeeded)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        server = threading.Thread(target=_trickling_redis, args=(listener, 4, 0.3), daemon=True)
+        server.start()
+
+        async def main() -> None:
+            store = AsyncRedisStore.from_url(
+                f"redis://127.0.0.1:{port}/0?socket_timeout=0.5&connect_timeout=2"
+            )
+            pipeline = batcher(store)
+            keys = [f"k{index}" for index in range(4)]
+            results = await asyncio.gather(
+                *(claim(store, key) for key in keys), return_exceptions=True
+            )
+            assert pipeline.batches == 1  # the four claims went out together
+            # The replies come 0.3, 0.6, 0.9 and 1.2 s after the batch: the last three past it.
+            assert all(isinstance(result, StoreUnavailableError) for result in results[1:])
+            await store.aclose()
+
+        run(main)
+        server.join(timeout=10)
 
 
 def test_a_caller_cancelled_before_the_write_is_left_out(url: str) -> None:

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import contextvars
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -218,25 +219,36 @@ async def _read_replies(
 ) -> list[_Command]:
     """Read one reply per command of `batch`, in order, resolving each command's future.
 
+    The whole batch is read within the connection's `socket_timeout`, under one timer rather
+    than one per reply (a reply's timer costs about as much as parsing it): past it, the
+    replies not read yet are lost, as one reply's timeout loses it.
+
     Returns the commands that met NOSCRIPT, left unresolved when `reload` is true.
     """
     missing: list[_Command] = []
-    for command in batch:
-        reply: Any
-        try:
-            reply = await connection.read_response()
-        except ResponseError as error:  # this command's own error: the connection is fine
-            if reload and isinstance(error, NoScriptError) and command[1] is not None:
-                missing.append(command)
-                continue
-            reply = error
-        future = command[2]
-        if future.done():
-            continue  # its caller was cancelled: the reply is read and dropped
-        if isinstance(reply, ResponseError):
-            future.set_exception(reply)
-        else:
-            future.set_result(reply)
+    try:
+        async with asyncio.timeout(connection.socket_timeout):
+            for command in batch:
+                reply: Any
+                try:
+                    reply = await connection.read_response(timeout=math.inf)  # inf: no timer
+                except ResponseError as error:  # this command's own error: the connection is fine
+                    if reload and isinstance(error, NoScriptError) and command[1] is not None:
+                        missing.append(command)
+                        continue
+                    reply = error
+                future = command[2]
+                if future.done():
+                    continue  # its caller was cancelled: the reply is read and dropped
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+    except TimeoutError:
+        raise RedisTimeoutError(
+            f"Timeout reading from Redis: {len(batch)} replies were not all read within "
+            f"socket_timeout={connection.socket_timeout}s."
+        ) from None
     return missing
 
 

@@ -3,7 +3,7 @@
 Endpoints (all POST unless said otherwise):
 - `/payments`: 201 JSON `{"n": <call number>, "body": <request JSON>}`, with Location, ETag,
   Set-Cookie and X-Request-Id headers; `GET /payments` answers the same without side effect.
-- `/status/<code>`: answers `<code>` with body `status <code>`.
+- `/status/<code>`: answers `<code>` with body `status <code>` (none for a 204 or a 304).
 - `/fail`: raises RuntimeError.
 - `/gate`: waits (at most 10 s) until the test opens `recorder.gate`, then 201.
 - `/slow?seconds=S`: sleeps S seconds, then 201.
@@ -29,6 +29,11 @@ from typing import Any
 from fastapi import Request as FastAPIRequest
 
 GATE_SECONDS = 10.0
+
+
+def _status_body(code: int) -> str:
+    """The body `/status/<code>` answers with: none where HTTP allows none (204, 304)."""
+    return "" if code in (204, 304) else f"status {code}"
 
 
 class Recorder:
@@ -92,7 +97,7 @@ def starlette_app(recorder: Recorder) -> Any:
     async def status(request: Request) -> Response:
         code = int(request.path_params["code"])
         recorder.count("/status")
-        return Response(f"status {code}", status_code=code, media_type="text/plain")
+        return Response(_status_body(code), status_code=code, media_type="text/plain")
 
     async def fail(request: Request) -> Response:
         recorder.count("/fail")
@@ -167,7 +172,7 @@ def fastapi_app(recorder: Recorder) -> Any:
     @app.post("/status/{code}")
     async def status(code: int) -> PlainTextResponse:
         recorder.count("/status")
-        return PlainTextResponse(f"status {code}", status_code=code)
+        return PlainTextResponse(_status_body(code), status_code=code)
 
     @app.post("/fail")
     async def fail() -> None:
@@ -238,7 +243,7 @@ def flask_app(recorder: Recorder) -> Any:
     @app.post("/status/<int:code>")
     def status(code: int) -> Response:
         recorder.count("/status")
-        return Response(f"status {code}", status=code, content_type="text/plain")
+        return Response(_status_body(code), status=code, content_type="text/plain")
 
     @app.post("/fail")
     def fail() -> Response:

@@ -292,9 +292,11 @@ def test_capture_overflows_past_the_limit() -> None:
 
 
 def test_outcome_policy_decides_store_or_release() -> None:
-    """Definitive statuses are stored; 5xx, 408, 429 and incomplete responses are released."""
+    """Definitive statuses are stored; 5xx, 408, 429, 307, 308 and incomplete responses are
+    released."""
     settings = Settings()
-    for status, stored in [(201, True), (303, True), (404, True), (408, False), (429, False)]:
+    statuses = [(201, True), (303, True), (404, True), (408, False), (429, False)]
+    for status, stored in [*statuses, (307, False), (308, False), (502, False)]:
         capture = ResponseCapture(limit=10)
         capture.start(status, [])
         capture.complete = True

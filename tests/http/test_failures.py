@@ -32,9 +32,10 @@ from tests.http.conftest import (
 Serve = Callable[..., Service]
 
 
-@pytest.mark.parametrize("status", [500, 503, 408, 429])
-def test_b18_5xx_408_and_429_release_the_claim(serve: Serve, status: int) -> None:
-    """A 5xx, 408 or 429 is not stored: the retry runs the handler again."""
+@pytest.mark.parametrize("status", [500, 503, 408, 429, 307, 308])
+def test_b18_5xx_408_429_307_and_308_release_the_claim(serve: Serve, status: int) -> None:
+    """A 5xx, 408 or 429 is not stored: the retry runs the handler again. Nor is a 307 or 308,
+    which asks for the same request at another URI (a router's trailing-slash redirect)."""
     service = serve()
     assert service.post(f"/status/{status}", "k").status_code == status
     again = service.post(f"/status/{status}", "k")
@@ -53,15 +54,29 @@ def test_b18_an_exception_releases_the_claim(serve: Serve) -> None:
     assert service.records() == []
 
 
-@pytest.mark.parametrize("status", [200, 201, 303, 400, 404, 409, 422])
+@pytest.mark.parametrize("status", [200, 201, 204, 301, 302, 303, 400, 404, 409, 422])
 def test_b18_definitive_outcomes_are_stored(serve: Serve, status: int) -> None:
-    """2xx, 3xx and 4xx other than 408 and 429 are stored and replayed."""
+    """2xx, 3xx other than 307 and 308, and 4xx other than 408 and 429 are stored and
+    replayed."""
     service = serve()
     first = service.post(f"/status/{status}", "k")
     again = service.post(f"/status/{status}", "k")
     assert first.status_code == again.status_code == status
     assert again.headers["idempotent-replayed"] == "true"
     assert service.recorder.calls["/status"] == 1
+
+
+def test_b10_a_replayed_204_has_no_content_length(serve: Serve) -> None:
+    """A 204 is replayed as it was sent: no body, and no Content-Length, which a 204 must not
+    carry (RFC 9110, section 8.6)."""
+    service = serve()
+    first = service.post("/status/204", "k")
+    again = service.post("/status/204", "k")
+    assert first.status_code == again.status_code == 204
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "content-length" not in first.headers
+    assert "content-length" not in again.headers
+    assert again.content == b""
 
 
 def test_b18_store_everything_mode_stores_5xx(serve: Serve) -> None:

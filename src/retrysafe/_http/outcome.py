@@ -120,12 +120,18 @@ def replay_response(record: Record, settings: Settings) -> Response:
             "but its response was too large to store for replay. It will not run again.",
             replayed=True,
         )
-    headers = (
-        *stored.headers,
-        (b"content-length", str(len(stored.body)).encode()),
-        (settings.replay_header_name, b"true"),
-    )
+    if stored.status in _BODILESS:  # RFC 9110 8.6: no Content-Length on a 204 (or a 304)
+        headers = (*stored.headers, (settings.replay_header_name, b"true"))
+    else:
+        headers = (
+            *stored.headers,
+            (b"content-length", str(len(stored.body)).encode()),
+            (settings.replay_header_name, b"true"),
+        )
     return Response(stored.status, headers, stored.body)
+
+
+_BODILESS: Final = frozenset({204, 304})
 
 
 def outcome_to_store(capture: ResponseCapture, settings: Settings) -> bytes | None:

@@ -98,8 +98,13 @@ class RequestView:
 
 
 def _definitive(status: int) -> bool:
-    # 2xx, 3xx (a 303 after a POST is a final answer too) and 4xx except 408 and 429.
-    return 200 <= status < 500 and status not in (408, 429)
+    # 2xx, 3xx (a 303 after a POST is a final answer too) and 4xx, except 408 and 429 (try
+    # again later) and 307 and 308 (send the same request to another URI: a router's
+    # trailing-slash redirect, say, where nothing ran).
+    return 200 <= status < 500 and status not in _NOT_DEFINITIVE
+
+
+_NOT_DEFINITIVE: Final = frozenset({307, 308, 408, 429})
 
 
 class SettingsOptions(TypedDict, total=False):

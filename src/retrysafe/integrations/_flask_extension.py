@@ -57,6 +57,7 @@ with framework_imports("retrysafe.integrations.flask", "Flask"):
     import flask
     from flask import current_app, g, request
     from werkzeug.exceptions import HTTPException
+    from werkzeug.routing import RequestRedirect
     from werkzeug.utils import import_string
 
 if TYPE_CHECKING:
@@ -114,7 +115,9 @@ class FlaskRoutes:
             if adapter is not None:
                 endpoint, _ = adapter.match()
                 return view_mark(self._app.view_functions.get(endpoint))
-        except HTTPException:  # not found, method not allowed, redirect: Flask answers it
+        except RequestRedirect:  # the slashed URL (308): nothing runs, not the key's outcome
+            return None
+        except HTTPException:  # not found, method not allowed: Flask answers it
             pass
         return UNMARKED
 

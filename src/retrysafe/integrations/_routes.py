@@ -6,7 +6,8 @@ will route a request to, then combines, closest to the code last:
 
     defaults (the middleware's settings) <- path patterns (`routes=`) <- the route's mark
 
-An unmarked route, or a request that matches no route, gets what the path patterns say.
+An unmarked route, or a request that matches no route, gets what the path patterns say; a
+request the router only redirects to its slashed or unslashed path is not covered.
 `RouteCache` does that combining and remembers it per routed request; each hook only says
 how a request is keyed and how its mark is found.
 

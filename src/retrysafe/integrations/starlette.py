@@ -93,8 +93,23 @@ class StarletteRoutes:
         return self._cache.settings(key, scope["path"], lambda: self._find_mark(scope))
 
     def _find_mark(self, scope: Scope) -> RouteSettings | Unmarked | None:
-        route = find_route(self.candidates(self._app.routes), scope)
-        return UNMARKED if route is None else self.mark_of(route)
+        routes = self.candidates(self._app.routes)
+        route = find_route(routes, scope)
+        if route is not None:
+            return self.mark_of(route)
+        if self._redirects_slash(routes, scope):
+            return None  # the router answers a redirect, and nothing runs: not the key's outcome
+        return UNMARKED
+
+    def _redirects_slash(self, routes: Sequence[Any], scope: Scope) -> bool:
+        """Whether the router answers `scope` with its trailing-slash redirect (307): no route
+        takes the path, one takes it with the slash added or removed (`redirect_slashes`)."""
+        router = getattr(self._app, "router", self._app)
+        path: str = scope["path"]
+        if not getattr(router, "redirect_slashes", False) or path == "/":
+            return False
+        other = path.rstrip("/") if path.endswith("/") else path + "/"
+        return find_route(routes, {**scope, "path": other}) is not None
 
     def candidates(self, routes: Sequence[BaseRoute]) -> Sequence[Any]:
         """Return the routes to match, in order (a subclass may flatten them)."""

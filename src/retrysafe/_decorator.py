@@ -241,7 +241,15 @@ class _Plan:
                 bound.apply_defaults()
                 arguments = bound.arguments
         raw_key = arguments[self.key] if isinstance(self.key, str) else self.key(*args, **kwargs)
-        scope = self.scope if isinstance(self.scope, str) else self.scope(*args, **kwargs)
+        if isinstance(self.scope, str):
+            scope = self.scope
+        else:
+            scope = self.scope(*args, **kwargs)
+            if scope is None or scope == "":
+                raise InvalidKeyError(
+                    f"The scope function of {self.namespace} returned {scope!r} for this call: "
+                    "a call without a scope is refused rather than shared with every other (B8)."
+                )
         identity = Identity(self.namespace, str(scope), key_text(raw_key))
         if isinstance(self.fingerprint, tuple):
             chosen: object = {name: arguments[name] for name in self.fingerprint}

@@ -14,6 +14,7 @@ from retrysafe import (
     IdempotencyError,
     Identity,
     InFlightError,
+    InvalidKeyError,
     KeyMismatchError,
     ManualClock,
     Store,
@@ -282,3 +283,24 @@ def test_b8_scopes_keep_keys_apart(store: Store) -> None:
     assert create("acme", "k") == "acme:k"
     assert create("globex", "k") == "globex:k"
     assert create("acme", "k") == "acme:k"
+
+
+@pytest.mark.parametrize("missing", [None, ""])
+def test_b8_a_scope_function_that_returns_no_scope_fails_closed(
+    store: Store, missing: str | None
+) -> None:
+    """A scope function with no scope for a call (a caller without a tenant) refuses the call
+    with `InvalidKeyError` and runs nothing: such callers would otherwise share one scope, and
+    one's key would replay another's outcome."""
+    runs: list[str] = []
+
+    @idempotent(store, key="key", scope=lambda user, key: user.get("tenant", missing))
+    def charge(user: dict[str, str], key: str) -> str:
+        runs.append(user["name"])
+        return f"charged {user['name']}"
+
+    for name in ("alice", "bob"):
+        with pytest.raises(InvalidKeyError, match="scope"):
+            charge({"name": name}, "k")
+    assert runs == []
+    assert charge({"name": "carol", "tenant": "acme"}, "k") == "charged carol"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypedDict, TypeVar, cast
 
@@ -110,8 +111,10 @@ def idempotent(
             `PrometheusObserver()`; their face is "decorator".
     """
     observation = Observation(getattr(observers, "face", "decorator"), observers)
-    if lease <= 0 or retention <= 0 or wait < 0:
-        raise ConfigurationError("lease and retention must be positive and wait not negative.")
+    if not (0 < lease < math.inf and 0 < retention < math.inf and 0 <= wait < math.inf):
+        raise ConfigurationError(
+            "lease and retention must be positive and wait not negative, all finite."
+        )
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in final_exceptions):
         raise ConfigurationError("final_exceptions must be a tuple of exception classes.")
     if namespace is not None and not namespace:
@@ -121,7 +124,7 @@ def idempotent(
         raise ConfigurationError("serializer must have dumps(value) and loads(data) methods.")
 
     def decorate(func: Callable[P, T]) -> Callable[P, T]:
-        namespace_ = namespace or f"{func.__module__}.{func.__qualname__}"
+        namespace_ = namespace or _default_namespace(func)
         store_is_async = inspect.iscoroutinefunction(getattr(store, "claim", None))
         flow = (
             AsyncFlow(cast(AsyncStore, store), raise_fenced=True, observation=observation)
@@ -174,6 +177,22 @@ def idempotent(
         return sync_wrapper
 
     return decorate
+
+
+def _default_namespace(func: Callable[..., object]) -> str:
+    """Return `module.QualifiedName` for `func`, or refuse one that has no name of its own."""
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    if not module or not qualname:
+        raise ConfigurationError(
+            f"{func!r} has no module-qualified name to default the namespace to; pass "
+            "namespace='...'."
+        )
+    if "<lambda>" in qualname:
+        raise ConfigurationError(
+            f"{module}.{qualname}: every lambda there would share this namespace, and replay "
+            "another's outcomes for the same key; pass namespace='...'."
+        )
+    return f"{module}.{qualname}"
 
 
 def _argument_getter(func: Callable[..., object], spec: str | KeyFunction, what: str) -> Any:
@@ -241,6 +260,7 @@ class _Plan:
                 bound.apply_defaults()
                 arguments = bound.arguments
         raw_key = arguments[self.key] if isinstance(self.key, str) else self.key(*args, **kwargs)
+        scope: object
         if isinstance(self.scope, str):
             scope = self.scope
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import uuid
 from collections.abc import Iterator
@@ -54,6 +55,12 @@ def test_b26_async_function_with_sync_store_is_refused(memory: Store) -> None:
         {"key": "k", "lease": 0},
         {"key": "k", "retention": -1},
         {"key": "k", "wait": -1},
+        {"key": "k", "lease": float("nan")},
+        {"key": "k", "lease": float("inf")},
+        {"key": "k", "retention": float("nan")},
+        {"key": "k", "retention": float("inf")},
+        {"key": "k", "wait": float("inf")},
+        {"key": "k", "wait": float("nan")},
         {"key": "k", "namespace": ""},
         {"key": "k", "final_exceptions": (int,)},
     ],
@@ -205,6 +212,20 @@ def test_namespace_defaults_to_qualified_name_and_can_be_kept(memory: Store) -> 
     assert after("k") == "before"
     [record] = memory.list_records(namespace=namespace)
     assert record.identity.key == "k"
+
+
+def test_a_lambda_or_a_nameless_callable_needs_a_namespace(memory: Store) -> None:
+    """Every lambda of a module would get the default namespace `module.<lambda>`, and one
+    lambda would replay another's outcome for the same key; a `functools.partial` or a
+    callable object has no qualified name at all. Both ask for `namespace=` at decoration,
+    and work with one."""
+    with pytest.raises(ConfigurationError, match="every lambda"):
+        idempotent(memory, key=lambda k: k)(lambda k: f"charged {k}")
+    with pytest.raises(ConfigurationError, match="pass namespace"):
+        idempotent(memory, key="k")(functools.partial(lambda k, amount: amount, amount=5))
+    charge = idempotent(memory, key=lambda k: k, namespace="billing.charge")(lambda k: f"c {k}")
+    refund = idempotent(memory, key=lambda k: k, namespace="billing.refund")(lambda k: f"r {k}")
+    assert (charge("o-1"), refund("o-1")) == ("c o-1", "r o-1")
 
 
 def test_methods_leave_self_out_of_the_fingerprint(memory: Store) -> None:

@@ -61,3 +61,6 @@ def test_claim_settings_default_to_the_flow_and_check_before_any_io() -> None:
         settings.check(Claim(record(State.IN_FLIGHT), acquired=False), NOW)
     with pytest.raises(ValueError, match="positive"):
         ClaimSettings(identity=IDENTITY, fingerprint="f", lease=0)
+    for odd in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            ClaimSettings(identity=IDENTITY, fingerprint="f", retention=odd)

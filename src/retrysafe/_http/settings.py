@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from math import inf
 from typing import Final, Literal, TypeAlias, TypedDict
 from urllib.parse import quote
 
@@ -205,8 +206,10 @@ class Settings:
             raise ConfigurationError("mismatch_status must be 422, 400 or 409.")
         if self.fingerprint not in ("raw", "json"):
             raise ConfigurationError('fingerprint must be "raw" or "json".')
-        if self.lease <= 0 or self.retention <= 0 or self.wait < 0:
-            raise ConfigurationError("lease and retention must be positive, wait at least 0.")
+        if not (0 < self.lease < inf and 0 < self.retention < inf and 0 <= self.wait < inf):
+            raise ConfigurationError(
+                "lease and retention must be positive, wait at least 0, all finite."
+            )
         if self.max_body_size < 0 or self.max_response_size < 0:
             raise ConfigurationError("Size limits must not be negative.")
         if self.max_in_flight_per_scope is not None and self.max_in_flight_per_scope < 1:

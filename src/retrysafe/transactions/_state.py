@@ -8,6 +8,7 @@ and its generated sync twin) build on `TransactionState`; atomic phases on `Clai
 
 from __future__ import annotations
 
+import math
 from typing import Required, TypedDict, Unpack
 
 from retrysafe._clock import Clock, SystemClock
@@ -70,8 +71,8 @@ def check_settings(identity: Identity, fingerprint: str, lease: float, retention
         raise ConfigurationError(f"identity must be a retrysafe.Identity, not {identity!r}.")
     if not isinstance(fingerprint, str):
         raise ConfigurationError("fingerprint must be a str (a digest of the request).")
-    if lease <= 0 or retention <= 0:
-        raise ConfigurationError("lease and retention must be positive seconds.")
+    if not (0 < lease < math.inf and 0 < retention < math.inf):
+        raise ConfigurationError("lease and retention must be positive, finite seconds.")
 
 
 def refusal(claim: Claim, fingerprint: str, now: float) -> Exception | None:

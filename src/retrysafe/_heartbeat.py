@@ -44,11 +44,12 @@ class ThreadJob:
     """One job the thread scheduler runs when due: `step()` returns the seconds until its next
     step, or None when it is done."""
 
-    __slots__ = ("_lock", "_stopped", "due", "step")
+    __slots__ = ("_lock", "_stopped", "due", "running", "step")
 
     def __init__(self, step: Callable[[], float | None], delay: float) -> None:
         self.step = step
         self.due = monotonic() + delay
+        self.running = False  # a step is under way on a thread of its own (the scheduler's)
         self._lock = threading.Lock()
         self._stopped = False
 
@@ -75,16 +76,17 @@ def every(interval: float, renew: Callable[[], bool]) -> Callable[[], float | No
 
 
 class ThreadScheduler:
-    """One daemon thread per process that runs jobs when they are due.
+    """One daemon thread per process that starts jobs when they are due.
 
     It sleeps until the earliest job is due, so a new job needs a wake-up only if it is due
     before every other. With no job left, it sleeps for as long as the last job started was to
     wait: a job started after that is due no sooner than the thread wakes, so a stream of short
     operations, each started and stopped before the thread would look, never wakes it (a
-    wake-up costs the caller a switch of threads and of the GIL). Jobs run one after another:
-    a job that blocks (a store call that times out) delays the others, which is why held
-    outcomes (B19) have a thread of their own and never hold up the renewals of running
-    operations.
+    wake-up costs the caller a switch of threads and of the GIL). Each due step runs on a
+    daemon thread of its own, one at a time per job: a step that blocks (a renewal on a store
+    that hangs until its timeout) delays nothing but its own job, never the renewals of
+    operations on other stores or connections, whose leases would lapse meanwhile (B16).
+    Steps are rare (a third of a lease apart), so a thread each costs nothing that matters.
 
     Args:
         name: the thread's name.
@@ -127,18 +129,32 @@ class ThreadScheduler:
         while True:
             with self._cond:
                 now = monotonic()
-                due = [job for job in self._jobs.values() if job.due <= now]
+                idle = [job for job in self._jobs.values() if not job.running]
+                due = [job for job in idle if job.due <= now]
                 if not due:
-                    self._next_wake = min(
-                        (job.due for job in self._jobs.values()), default=now + self._idle_wake
-                    )
+                    self._next_wake = min((job.due for job in idle), default=now + self._idle_wake)
                     self._cond.wait(self._next_wake - now)
                     continue
                 self._next_wake = now
+                for job in due:
+                    job.running = True
             for job in due:
-                if not job.run():
-                    with self._cond:
-                        self._jobs.pop(id(job), None)
+                step = threading.Thread(
+                    target=self._step, args=(job,), name=f"{self._name} step", daemon=True
+                )
+                step.start()
+
+    def _step(self, job: ThreadJob) -> None:
+        """Run one step of `job` (on a thread of its own), then hand it back to the schedule."""
+        keep = False
+        try:
+            keep = job.run()
+        finally:
+            with self._cond:
+                job.running = False
+                if not keep:
+                    self._jobs.pop(id(job), None)
+                self._cond.notify()  # its next step may be due before the thread would wake
 
     def after_fork(self) -> None:
         """In a forked child, forget the parent's thread and jobs."""

@@ -47,3 +47,37 @@ def test_b16_short_operations_do_not_wake_the_scheduler_thread() -> None:
     scheduler.start(step, 0.01)  # due before the thread would wake: it is woken
     assert condition.notified == asked + 1
     assert ran.wait(timeout=10)
+
+
+def test_b16_a_step_that_blocks_delays_no_other_job() -> None:
+    """One job's step hangs (a renewal on a store that stopped answering, until its timeout):
+    another job, an operation's renewals on a healthy store, keeps running when due, so its
+    lease never lapses behind the hung one. The hung job is not started a second time."""
+    scheduler = ThreadScheduler("test-heartbeat")
+    hung, release = threading.Event(), threading.Event()
+    hung_steps: list[int] = []
+    healthy_steps: list[int] = []
+    healthy_ran_thrice = threading.Event()
+
+    def hang() -> float:
+        hung_steps.append(1)
+        hung.set()
+        release.wait(timeout=30)
+        return 0.001
+
+    def renew() -> float:
+        healthy_steps.append(1)
+        if len(healthy_steps) == 3:
+            healthy_ran_thrice.set()
+        return 0.001
+
+    stuck = scheduler.start(hang, 0.0)
+    assert hung.wait(timeout=10)  # the first job's step is under way, and blocks
+    healthy = scheduler.start(renew, 0.001)
+    try:
+        assert healthy_ran_thrice.wait(timeout=10)
+        assert hung_steps == [1]
+    finally:
+        release.set()
+        scheduler.stop(healthy)
+        scheduler.stop(stuck)

@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+import retrysafe
+from retrysafe._flow.secret import SECRET_IDENTITY
 from tests.integrations.servers import AsgiServer
 from tests.servers import announced
 
@@ -243,6 +245,16 @@ def delete_redis_prefix(url: str, prefix: str) -> None:
             client.delete(key)
     finally:
         client.close()
+
+
+def records(store_path: Path) -> int:
+    """Return how many records the SQLite store at `store_path` holds (not its scope secret)."""
+    store = retrysafe.open_store(f"sqlite:///{store_path}")
+    try:
+        records = store.list_records(limit=1000)
+        return sum(r.identity.namespace != SECRET_IDENTITY.namespace for r in records)
+    finally:
+        store.close()
 
 
 def upstream_entered(recorder: Recorder, seconds: float = GATE_SECONDS) -> None:

@@ -8,11 +8,14 @@ import json
 import socket
 import struct
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 _TIMEOUT = 15.0
+CALLER = b"Authorization: Bearer hostile-test\r\n"
+"""The credential every request sends: the proxy scopes keys by it (B8)."""
 
 
 @dataclass
@@ -39,6 +42,19 @@ def _dechunk(data: bytes) -> bytes:
             break
         body, data = body + data[:size], data[size + 2 :]
     return body
+
+
+def request(target: str | bytes, *, method: bytes = b"POST", headers: bytes = b"",
+            body: bytes = b"{}", key: bool = True) -> bytes:  # fmt: skip
+    """Return the bytes of a request with `target`, a fresh key, a Host, a credential and a
+    body."""
+    raw_target = target.encode("latin-1") if isinstance(target, str) else target
+    keyed = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode() if key else b""
+    length = f"Content-Length: {len(body)}\r\n".encode() if body is not None else b""
+    return (
+        method + b" " + raw_target + b" HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n"
+        + CALLER + keyed + length + headers + b"\r\n" + body
+    )  # fmt: skip
 
 
 def exchange(port: int, request: bytes) -> RawResponse | None:

@@ -11,14 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import retrysafe
-from retrysafe._flow.secret import SECRET_IDENTITY
-from tests.proxy.conftest import Proxy, Recorder, Upstream
-from tests.proxy.raw import RawServer, answer_ok, exchange, misbehave
+from tests.proxy.conftest import Proxy, Recorder, Upstream, records
+from tests.proxy.raw import CALLER, RawServer, answer_ok, exchange, misbehave, request
 
 Start = Callable[[list[tuple[list[str], Path | None]]], list[Proxy]]
-CALLER = b"Authorization: Bearer hostile-test\r\n"
-"""The credential every request sends: the proxy scopes keys by it (B8)."""
 
 
 @pytest.fixture(scope="module")
@@ -89,29 +85,6 @@ def ports(
     return {name: int(p.url.rsplit(":", 1)[1]) for name, p in zip(names, started, strict=True)}
 
 
-def records(store_path: Path) -> int:
-    """Return how many records the guarded proxy's store holds (not its scope secret)."""
-    store = retrysafe.open_store(f"sqlite:///{store_path}")
-    try:
-        records = store.list_records(limit=1000)
-        return sum(r.identity.namespace != SECRET_IDENTITY.namespace for r in records)
-    finally:
-        store.close()
-
-
-def request(target: str | bytes, *, method: bytes = b"POST", headers: bytes = b"",
-            body: bytes = b"{}", key: bool = True) -> bytes:  # fmt: skip
-    """Return the bytes of a request with `target`, a fresh key, a Host, a credential and a
-    body."""
-    raw_target = target.encode("latin-1") if isinstance(target, str) else target
-    keyed = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode() if key else b""
-    length = f"Content-Length: {len(body)}\r\n".encode() if body is not None else b""
-    return (
-        method + b" " + raw_target + b" HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n"
-        + CALLER + keyed + length + headers + b"\r\n" + body
-    )  # fmt: skip
-
-
 def ssrf_targets(port: int) -> list[str]:
     """Request-targets that would reach 127.0.0.1:port if appended to the upstream URL."""
     return [
@@ -166,23 +139,29 @@ def targets_seen(server: RawServer) -> list[bytes]:
 def test_b37_dot_segments_are_400_and_never_leave_the_upstream_path_prefix(
     ports: dict[str, int], odd: RawServer, store_path: Path, keyed: bool
 ) -> None:
-    """A target with a `.` or `..` segment, literal or percent-encoded, is a 400
-    invalid-target problem (nothing reaches the upstream, the store keeps no record), while
-    dots inside a segment's name are forwarded under the upstream's path prefix."""
+    """A target with a `.` or `..` segment, literal or percent-encoded, and also where a
+    segment ends at an encoded slash or a backslash, is a 400 invalid-target problem (nothing
+    reaches the upstream, the store keeps no record), while dots inside a segment's name are
+    forwarded under the upstream's path prefix."""
     before, seen = records(store_path), len(odd.requests)
     for target in ["/../../admin/users", "/x/../../../internal/debug", "/..", "/a/..",
                    "/./admin", "/%2e%2e/admin", "/%2E%2e/admin", "/.%2E/admin", "/x/%2e",
-                   "/%2e./admin?a=b"]:  # fmt: skip
+                   "/%2e./admin?a=b", "/%2e%2e%2f%2e%2e%2fadmin", "/..%2f..%2fadmin",
+                   "/..%5c..%5cadmin", "/..\\..\\admin", "/x%2F..", "/%5C.%5Cx"]:  # fmt: skip
         response = exchange(ports["prefixed"], request(target, key=keyed))
         assert response is not None, target
         assert response.status == 400, (target, response)
         assert response.problem()["type"].endswith("#invalid-target"), response
     assert records(store_path) == before
     assert targets_seen(odd)[seen:] == []
-    response = exchange(ports["prefixed"], request("/a/.../b..c/.x?q=/../", key=False))
-    assert response is not None
-    assert response.status == 200
-    assert targets_seen(odd)[seen:] == [b"/public/api/a/.../b..c/.x?q=/../"]
+    for target in ["/a/.../b..c/.x?q=/../", "/a%2F...%5Cb..c\\.x"]:
+        response = exchange(ports["prefixed"], request(target, key=False))
+        assert response is not None
+        assert response.status == 200
+    assert targets_seen(odd)[seen:] == [
+        b"/public/api/a/.../b..c/.x?q=/../",
+        b"/public/api/a%2F...%5Cb..c\\.x",
+    ]
 
 
 @pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
@@ -192,14 +171,27 @@ def test_b37_dot_segments_are_400_and_never_leave_the_upstream_path_prefix(
         b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
         b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
         b"Content-Length: 500\r\nTransfer-Encoding: chunked\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: identity\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked, chunked\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
     ],
-    ids=["te-then-cl", "cl-then-te", "cl-larger"],
+    ids=[
+        "te-then-cl",
+        "cl-then-te",
+        "cl-larger",
+        "identity",
+        "gzip-chunked",
+        "chunked-twice",
+        "two-te-lines",
+    ],
 )
 def test_b37_content_length_with_transfer_encoding_is_refused(
     ports: dict[str, int], recorder: Recorder, store_path: Path, framing: bytes, keyed: bool
 ) -> None:
-    """A request with both Transfer-Encoding and Content-Length is a 400 invalid-framing
-    problem that closes the connection; nothing is forwarded or stored."""
+    """A request with both Transfer-Encoding (of any coding, once or twice) and Content-Length
+    is a 400 invalid-framing problem that closes the connection (never uvicorn's plain text,
+    B24); nothing is forwarded or stored."""
     before = records(store_path)
     keyed_line = f'Idempotency-Key: "{uuid.uuid4()}"\r\n'.encode() if keyed else b""
     raw = (

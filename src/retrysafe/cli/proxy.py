@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+from http import HTTPStatus
 from typing import Annotated, Literal
 
 import h11
@@ -21,6 +22,7 @@ from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail
 from retrysafe.cli._serving import GracefulServer
 from retrysafe.proxy import build_proxy
 from retrysafe.proxy._forward import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
+from retrysafe.proxy._framing import MAX_HEAD_SIZE, invalid_framing
 from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT
 from retrysafe.proxy._health import StoreWatch
 from retrysafe.proxy._ops import Operations, configure_logging, metrics_observer
@@ -231,6 +233,9 @@ def proxy(
         log_level="warning",
         access_log=False,
         http=HeadTimeoutProtocol.bounded(body_timeout),
+        # A head still arriving may hold this much (uvicorn's default, said in docs/proxy.md):
+        # past it, the invalid-framing problem.
+        h11_max_incomplete_event_size=MAX_HEAD_SIZE,
         proxy_headers=False,  # the proxy is the edge: it appends to X-Forwarded-For itself
         server_header=False,  # the upstream's Server and Date headers pass through
         date_header=False,
@@ -271,7 +276,10 @@ class HeadTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol, where a client must send each request head within
     `head_timeout` seconds of the connection's start or of the previous response (uvicorn
     bounds only an idle connection, and any byte resets that): a slowloris sending its head
-    byte by byte is closed too (B36). The body's pace is `RequestGuard`'s."""
+    byte by byte is closed too (B36). The body's pace is `RequestGuard`'s.
+
+    A request that h11 cannot parse gets the `invalid-framing` problem, not uvicorn's plain
+    text (B24)."""
 
     head_timeout: float = DEFAULT_BODY_TIMEOUT
     _head_timer: asyncio.TimerHandle | None = None
@@ -304,6 +312,26 @@ class HeadTimeoutProtocol(H11Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """Answer a request h11 refused (a Transfer-Encoding other than one `chunked`, two
+        Content-Lengths, a malformed head or chunk) with the invalid-framing problem, and close
+        the connection: its next byte cannot be trusted (B24, B37)."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self.transport.close()  # a response is under way: it cannot be replaced
+            return
+        problem = invalid_framing(
+            "The request is not HTTP/1.1 the proxy can parse (RFC 9112): frame a body with one "
+            "Content-Length or with Transfer-Encoding: chunked alone, and send a well-formed "
+            f"request head of at most {MAX_HEAD_SIZE} bytes."
+        )
+        reason = HTTPStatus(problem.status).phrase.encode()
+        head = h11.Response(
+            status_code=problem.status, headers=list(problem.headers), reason=reason
+        )
+        for event in (head, h11.Data(data=problem.body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _arm(self) -> None:
         if self._head_timer is not None:

@@ -21,8 +21,8 @@ that cannot be reached gives 502 problem+json, one that does not answer in time 
 breaks the exchange 502.
 
 Only origin-form request-targets are forwarded, always to the upstream's scheme, host and port;
-anything else, and a request with both Transfer-Encoding and Content-Length, is a 400 problem
-before the store is touched (B37).
+anything else, a CONNECT, and a request with both Transfer-Encoding and Content-Length, is a 400
+problem before the store is touched, and a target over 8 KiB a 414 problem (B37).
 
 The middleware reports to `observers` (`retrysafe.observe`) as face `proxy`; `access_log=True`
 adds one line per request on `retrysafe.proxy.access` with the decision it made (`AccessLog`).

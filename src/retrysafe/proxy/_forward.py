@@ -14,7 +14,13 @@ from retrysafe._errors import ConfigurationError
 from retrysafe._http import MIB, Response
 from retrysafe._http.asgi_io import run_lifespan
 from retrysafe.asgi import OUTCOME_UNKNOWN, Message, Receive, Scope, Send, UnknownOutcome
-from retrysafe.proxy._framing import end_to_end, proxy_problem, refusal, request_target
+from retrysafe.proxy._framing import (
+    end_to_end,
+    invalid_target,
+    proxy_problem,
+    refusal,
+    request_target,
+)
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -127,7 +133,8 @@ class ProxyApp:
 
     def upstream_url(self, path: bytes, query: bytes = b"") -> httpx.URL:
         """Return the upstream URL for an origin-form target: always the upstream's authority,
-        under its path prefix."""
+        under its path prefix. Raises `httpx.InvalidURL` for a URL httpx cannot make (too
+        long under a long path prefix)."""
         target = request_target(path, query)
         url = None if target is None else self._base.copy_with(raw_path=self._prefix + target)
         base = self._base
@@ -164,11 +171,16 @@ class ProxyApp:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, query = raw_target(scope)
-        refused = refusal(path, query, scope["headers"])
+        refused = refusal(scope["method"], path, query, scope["headers"])
         if refused is not None:
             await respond(send, refused)
             return
-        url = self.upstream_url(path, query)
+        try:
+            url = self.upstream_url(path, query)
+        except httpx.InvalidURL:
+            detail = "The request-target does not make a valid URL under the upstream's."
+            await respond(send, invalid_target(detail))
+            return
         first = await receive()
         if first["type"] != "http.request":
             return  # the client left before sending anything

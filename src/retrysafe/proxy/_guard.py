@@ -2,8 +2,8 @@
 
 It sits outside the idempotency middleware, so a refused request never touches the store:
 
-- a request-target that is not origin-form, or `Transfer-Encoding` beside `Content-Length`,
-  gets 400 (B37);
+- a request-target that is not origin-form, a CONNECT, or `Transfer-Encoding` beside
+  `Content-Length`, gets 400, and a request-target over 8 KiB 414 (B37);
 - a request body larger than `max_body_size`, announced or streamed, gets 413;
 - a request body that has not fully arrived `body_timeout` seconds after the request's head
   (a slowloris client trickling bytes) gets 408 and its connection is closed.
@@ -59,7 +59,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refused = refusal(*raw_target(scope), scope["headers"])
+        refused = refusal(scope["method"], *raw_target(scope), scope["headers"])
         if refused is None:
             refused = self._announced_too_large(scope)
         if refused is not None:

@@ -234,6 +234,23 @@ def test_a_url_the_api_cannot_use_is_400_problem_json_never_500(console: Console
     )
 
 
+def test_b24_an_unknown_api_path_or_method_is_problem_json(console: Console) -> None:
+    """A path under /api/ that no endpoint takes is a 404, and a method an endpoint does not
+    take a 405 with its `Allow`, both problem+json as the API's other errors; a page path no
+    route takes is the HTML error page."""
+    with console.client() as client:
+        missing = client.get("/api/nope")
+        wrong = client.delete("/api/record")
+        page = client.get("/no/such/page")
+    for response, status in ((missing, 404), (wrong, 405)):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+    assert "GET" in wrong.headers["allow"]
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+
+
 def test_a_page_url_it_cannot_use_is_the_400_error_page(console: Console) -> None:
     """The same mistakes on the pages answer the console's error page, 400, in HTML."""
     with console.client() as client:

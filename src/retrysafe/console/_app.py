@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -74,7 +75,10 @@ def create_app(store: Store, token: str) -> ASGIApp:
         Route("/api/record/delete", console.api_delete, methods=["POST"]),
         Route("/api/purge", console.api_purge, methods=["POST"]),
     ]
-    handlers = {ConsoleError: _refused}  # a URL the endpoint refuses before it reads the store
+    handlers = {
+        ConsoleError: _refused,  # a URL the endpoint refuses before it reads the store
+        HTTPException: _unrouted,  # no such page (404), or not with this method (405)
+    }
     return _SecurityHeaders(
         TokenGate(Starlette(routes=routes, exception_handlers=handlers), token=token)
     )
@@ -249,6 +253,20 @@ async def _refused(request: Request, error: Exception) -> Response:
     if request.url.path.startswith("/api/"):
         return problem(refusal.status, refusal.detail)
     return _error_page(refusal.status, refusal.detail)
+
+
+async def _unrouted(request: Request, error: Exception) -> Response:
+    """Answer Starlette's own refusal (a path no route takes, a method the route does not),
+    as `_refused` does, with the `Allow` header of a 405."""
+    refusal = cast(HTTPException, error)
+    status, detail = refusal.status_code, str(refusal.detail)
+    answer = (
+        problem(status, detail)
+        if request.url.path.startswith("/api/")
+        else _error_page(status, detail)
+    )
+    answer.headers.update(refusal.headers or {})
+    return answer
 
 
 def _error_page(status: int, detail: str) -> Response:

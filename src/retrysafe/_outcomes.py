@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import types
 from typing import Any, Final, cast
 
 from retrysafe._errors import OutcomeError
@@ -141,6 +142,9 @@ def _raised_payload(error: BaseException, depth: int = 1) -> dict[str, Any]:
         "message": str(error),
         "attrs": _exception_attributes(error),
     }
+    slots = _slot_attributes(error)
+    if slots:  # only then: an exception without slots is stored as the previous release did
+        payload["slots"] = _encode_dict(slots, False)
     if isinstance(error, BaseExceptionGroup) and depth <= _NESTING:
         payload["message"] = error.message
         payload["group"] = [_raised_payload(sub, depth + 1) for sub in error.exceptions]
@@ -202,7 +206,7 @@ def _rebuilt(
             raise _UnbuiltError(payload, ValueError(reason)) from None
     try:
         if "attrs" in payload:
-            return _new_exception(cls, args, payload["attrs"])
+            return _new_exception(cls, args, payload["attrs"], payload.get("slots", {}))
         return _exception_from_init(cls, args)  # B39: stored before attributes were kept
     except Exception as problem:  # any failure means the same: it cannot be rebuilt
         raise _UnbuiltError(payload, problem) from None
@@ -232,8 +236,38 @@ def _exception_attributes(error: BaseException) -> object:
     return _encode_dict(kept, False)
 
 
+def _slot_descriptors(cls: type) -> dict[str, types.MemberDescriptorType]:
+    """Return the attributes that `__slots__` declare in `cls` and its bases, by name."""
+    found: dict[str, types.MemberDescriptorType] = {}
+    for klass in cls.__mro__:
+        declared = klass.__dict__.get("__slots__", ())
+        for name in (declared,) if isinstance(declared, str) else declared:
+            private = name.startswith("__") and not name.endswith("__")
+            attribute = f"_{klass.__name__.lstrip('_')}{name}" if private else name  # mangled
+            descriptor = klass.__dict__.get(attribute)
+            if isinstance(descriptor, types.MemberDescriptorType):  # not __dict__, __weakref__
+                found.setdefault(attribute, descriptor)  # the nearest class's slot is the one
+    return found
+
+
+def _slot_attributes(error: BaseException) -> dict[str, object]:
+    """Return the slot attributes set on `error` that can be encoded (B28: `vars` misses them)."""
+    kept: dict[str, object] = {}
+    for name, descriptor in _slot_descriptors(type(error)).items():
+        try:
+            value = descriptor.__get__(error, type(error))
+        except AttributeError:  # declared but never set
+            continue
+        if _encodable(value):
+            kept[name] = value
+    return kept
+
+
 def _new_exception(
-    cls: type[BaseException], args: tuple[Any, ...], attrs: dict[str, Any]
+    cls: type[BaseException],
+    args: tuple[Any, ...],
+    attrs: dict[str, Any],
+    slots: dict[str, Any],
 ) -> BaseException:
     """Return a `cls` with these `args` and attributes, without running its `__init__`."""
     # As copyreg does, the nearest class written in C makes the instance: neither the class's
@@ -246,6 +280,12 @@ def _new_exception(
             setattr(error, name, value)
         elif name != "__notes__" or isinstance(value, list):  # add_note needs a list
             vars(error)[name] = value
+    descriptors = _slot_descriptors(cls)
+    for name, value in slots.items():
+        if name in descriptors:  # as the instance had it, past any __setattr__ of the class
+            descriptors[name].__set__(error, value)
+        else:  # no longer a slot of the class: an attribute all the same
+            vars(error)[name] = value
     return error
 
 
@@ -254,5 +294,5 @@ def _exception_from_init(cls: type[BaseException], args: tuple[Any, ...]) -> Bas
     try:
         error = cls(*args)
     except Exception:  # an __init__ that takes other arguments
-        return _new_exception(cls, args, {})
-    return error if type(error) is cls and error.args == args else _new_exception(cls, args, {})
+        return _new_exception(cls, args, {}, {})
+    return error if type(error) is cls and error.args == args else _new_exception(cls, args, {}, {})

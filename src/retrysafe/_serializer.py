@@ -14,13 +14,15 @@ other supported type, so that a replay is equal to the first result *and of the 
 | `Decimal`, `UUID`                  | `decimal`..  | their string form                    |
 | an `Enum` member                   | `enum`       | the class and the member's value     |
 | a dataclass instance               | `dataclass`  | the class and its fields             |
-| a pydantic model                   | `pydantic`   | the class and `model_dump_json()`    |
+| a pydantic model                   | `pydantic`   | the class and its JSON, by alias     |
 
 Classes are named `module:QualName` and looked up on replay among the modules already imported
 (retrysafe never imports a module because stored data names it), and only a dataclass, an `Enum`
 or a pydantic model is rebuilt. A dataclass is rebuilt field by field without calling `__init__`,
-as `pickle` does. Subclasses of `str`, `int`, `float`, `list` and `dict` that are none of these
-replay as their base type (equal, not the same type); a named tuple replays as a tuple.
+as `pickle` does. A pydantic model is stored only if its JSON validates back into an equal model
+(a `SecretStr` is masked in it: such a model is not serializable). Subclasses of `str`, `int`,
+`float`, `list` and `dict` that are none of these replay as their base type (equal, not the same
+type); a named tuple replays as a tuple.
 
 Anything else (an open file, a socket, a class defined inside a function) is not serializable:
 `dumps` raises `TypeError`, and the decorator turns that into a stored `OutcomeError`.
@@ -29,10 +31,12 @@ Anything else (an open file, a socket, a class defined inside a function) is not
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
 import enum
+import inspect
 import json
 import sys
 import uuid
@@ -134,7 +138,7 @@ def _encode(value: object, canonical: bool) -> object:  # noqa: PLR0911, PLR0912
         return _tagged("dataclass", [_type_name(kind), _encode_dict(fields, canonical)])
     pydantic = sys.modules.get("pydantic")  # a pydantic model exists only if pydantic is loaded
     if pydantic is not None and isinstance(value, pydantic.BaseModel):
-        return _tagged("pydantic", [_type_name(kind), value.model_dump_json()])
+        return _encode_model(value, canonical)
     # Subclasses of the JSON types replay as their base type: equal, if not the same class.
     for base in (bool, str, int, float):
         if isinstance(value, base):
@@ -160,6 +164,103 @@ def _encode_dict(value: dict[Any, Any], canonical: bool) -> object:
         return {k: v if type(v) in _SCALARS else _encode(v, canonical) for k, v in value.items()}
     pairs = [[_encode(k, canonical), _encode(v, canonical)] for k, v in value.items()]
     return _tagged("dict", _sorted_if(pairs, canonical))
+
+
+def _encode_model(model: Any, canonical: bool) -> object:
+    """Return a pydantic model tagged: JSON that rebuilds it equal, or for a fingerprint, the
+    previous release's encoding unless the model holds a set in more than one order."""
+    name = _type_name(type(model))
+    if not canonical:
+        return _tagged("pydantic", [name, _model_json(model)])
+    dumped = model.model_dump(mode="python")
+    if _holds_set(dumped):
+        canonical_dump = _canonical_dump(dumped)
+        if canonical_dump is not None:  # a distinct tag: never equal to an older fingerprint
+            return _tagged("pydantic-canonical", [name, canonical_dump])
+    # B39: exactly the fingerprint of the previous release, stable for a model without sets.
+    return _tagged("pydantic", [name, model.model_dump_json()])
+
+
+def _model_json(model: Any) -> str:
+    """Return JSON that `_rebuild_model` turns back into an equal model; else raise TypeError.
+
+    By alias first, which validation expects; by field name if only that comes back equal.
+    """
+    cls, tried, problem = type(model), "", ""
+    for by_alias in (True, False):
+        text: str = model.model_dump_json(by_alias=by_alias)
+        if text == tried:
+            continue
+        tried = text
+        try:
+            if _rebuild_model(cls, text) == model:
+                return text
+            problem = "does not come back equal from its JSON"
+        except ValueError as error:  # pydantic's ValidationError
+            errors = getattr(error, "errors", None)  # where and why, without the input
+            first: dict[str, Any] = errors()[0] if callable(errors) else {"loc": (), "msg": error}
+            where = ".".join(map(str, first["loc"]))
+            problem = f"cannot be rebuilt from its JSON ({where}: {first['msg']})"
+    raise TypeError(
+        f"The pydantic model {_type_name(cls)} {problem}: a field that JSON masks (a "
+        "SecretStr) or changes (a lossy custom serializer) would replay as another value."
+    )
+
+
+def _rebuild_model(cls: Any, text: str) -> object:
+    """Return the model `text` holds: by alias, as stored now, or by field name, as stored by
+    the previous release (pydantic 2.11 or later; earlier ones refuse it, as they did)."""
+    try:
+        return cls.model_validate_json(text)
+    except ValueError:
+        if "by_name" not in inspect.signature(cls.model_validate_json).parameters:
+            raise
+        return cls.model_validate_json(text, by_alias=True, by_name=True)
+
+
+def _holds_set(dumped: object) -> bool:
+    """Return whether a model's python dump holds a set of two items or more (whose JSON order
+    varies; an empty one's does not) anywhere, nested models included."""
+    base_model = sys.modules["pydantic"].BaseModel
+    pending = [dumped]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, set | frozenset):
+            if len(value) > 1:
+                return True
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple):
+            pending.extend(value)
+        elif isinstance(value, base_model):
+            pending.append(value.model_dump(mode="python"))
+    return False
+
+
+def _canonical_dump(dumped: object) -> object | None:
+    """Return a model's python dump encoded canonically; values that cannot be (a URL, a path)
+    in pydantic's JSON form; None if even that fails."""
+    with contextlib.suppress(TypeError, ValueError, RecursionError):
+        return _encode(dumped, True)
+    with contextlib.suppress(TypeError, ValueError, RecursionError):
+        return _encode(_jsonable_leaves(dumped), True)
+    return None
+
+
+def _jsonable_leaves(value: object) -> object:
+    """Return `value` with what `_encode` cannot take in pydantic's JSON form."""
+    kind = type(value)
+    if kind is dict:
+        return {_jsonable_leaves(k): _jsonable_leaves(v) for k, v in value.items()}  # type: ignore[attr-defined]
+    if kind is list or kind is tuple or kind is set or kind is frozenset:
+        return kind(map(_jsonable_leaves, value))  # type: ignore[call-overload]
+    try:
+        _encode(value, True)
+    except (TypeError, ValueError, RecursionError):
+        return sys.modules["pydantic_core"].to_jsonable_python(value)
+    return value
 
 
 def _find_class(name: str, check: Callable[[type], bool]) -> type:
@@ -204,9 +305,7 @@ _DECODERS: dict[str, Callable[[Any], object]] = {
     "uuid": uuid.UUID,
     "enum": lambda pair: _find_class(pair[0], lambda c: issubclass(c, enum.Enum))(pair[1]),
     "dataclass": lambda pair: _rebuild_dataclass(pair[0], pair[1]),
-    "pydantic": lambda pair: _find_class(pair[0], _is_pydantic_model).model_validate_json(  # type: ignore[attr-defined]
-        pair[1]
-    ),
+    "pydantic": lambda pair: _rebuild_model(_find_class(pair[0], _is_pydantic_model), pair[1]),
 }
 
 

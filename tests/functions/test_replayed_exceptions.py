@@ -86,6 +86,31 @@ class ResourceError(Exception):
         super().__init__(resource)
 
 
+class GatewayError(Exception):
+    """Keeps the gateway in a slot, and a private one (its name mangled)."""
+
+    __slots__ = ("__attempt", "gateway")
+
+    def __init__(self, gateway: str) -> None:
+        super().__init__(f"refused by {gateway}")
+        self.gateway, self.__attempt = gateway, 2
+
+    @property
+    def attempt(self) -> int:
+        """The private slot, read."""
+        return self.__attempt
+
+
+class SlottedDeclinedError(GatewayError):
+    """Keeps its code in a slot of its own, beside a slot of its base and a plain attribute."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: str) -> None:
+        super().__init__("acquirer")
+        self.code, self.reason = code, "do not honor"
+
+
 FINAL: tuple[type[BaseException], ...] = (
     CardDeclinedError,
     QuotaError,
@@ -94,6 +119,7 @@ FINAL: tuple[type[BaseException], ...] = (
     ReceiptMissingError,
     LockLostError,
     ResourceError,
+    SlottedDeclinedError,
     ExceptionGroup,
 )
 
@@ -181,6 +207,21 @@ def test_b28_replay_of_os_error_keeps_errno_strerror_and_filename(store: Store) 
         2,
         "No such file or directory",
         "/receipts/o-1",
+    )
+
+
+def test_b28_replay_keeps_slot_attributes(store: Store) -> None:
+    """Attributes kept in `__slots__` (its class's and its bases', a private one too) replay
+    with the plain ones; before, only `vars()` was stored and `.code` was missing."""
+    first, again, runs = first_and_replay(store, lambda: SlottedDeclinedError("05"))
+    assert runs == [1]
+    assert_same(first, again)
+    assert isinstance(again, SlottedDeclinedError)
+    assert (again.code, again.gateway, again.attempt, again.reason) == (
+        "05",
+        "acquirer",
+        2,
+        "do not honor",
     )
 
 

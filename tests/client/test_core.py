@@ -6,6 +6,7 @@ import email.utils
 import subprocess
 import sys
 import textwrap
+import time
 
 import httpx
 import pytest
@@ -65,10 +66,21 @@ def test_b32_covered_methods_are_configurable() -> None:
         {"retry_after_max": -1.0},
         {"retry_statuses": frozenset({503, 422})},
         {"retry_statuses": frozenset({400})},
+        {"timeout": float("inf")},
+        {"timeout": float("nan")},
+        {"wait_initial": float("nan")},
+        {"retry_after_max": float("inf")},
+        {"attempts": 2.5},
+        {"attempts": float("nan")},
+        {"retry_statuses": frozenset({"503"})},
+        {"key_methods": "POST"},
     ],
 )
 def test_b33_policy_refuses_invalid_values(options: dict[str, object]) -> None:
-    """Nonsense bounds are refused, and 400/422 can never be made retryable."""
+    """Nonsense bounds are refused, and 400/422 can never be made retryable. So are values
+    that would fail at the first request, after it was sent (an infinite or NaN timeout), or
+    silently turn retries off: a status as a string, one string for the methods ("POST" would
+    be the methods P, O, S and T), a fractional attempt count."""
     with pytest.raises(ConfigurationError):
         RetryPolicy(**options)  # type: ignore[arg-type]
 
@@ -97,6 +109,20 @@ def test_b33_retry_after_http_date() -> None:
     earlier = email.utils.formatdate(now - 90, usegmt=True)
     assert parse_retry_after(later, now=lambda: now) == pytest.approx(90.0)
     assert parse_retry_after(earlier, now=lambda: now) == 0.0
+
+
+def test_b33_retry_after_in_every_http_date_form() -> None:
+    """RFC 9110 5.6.7: a recipient reads all three date forms, asctime's (which names no zone)
+    as UTC like the others."""
+    now = 1_700_000_000.0
+    later = time.gmtime(now + 90)
+    forms = [
+        email.utils.formatdate(now + 90, usegmt=True),  # IMF-fixdate
+        time.strftime("%A, %d-%b-%y %H:%M:%S GMT", later),  # RFC 850
+        time.asctime(later),  # asctime: no zone
+    ]
+    for form in forms:
+        assert parse_retry_after(form, now=lambda: now) == pytest.approx(90.0), form
 
 
 @pytest.mark.parametrize(

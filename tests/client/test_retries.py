@@ -183,6 +183,23 @@ def test_b33_lost_responses_are_retried_with_the_same_key(face: Face, scripted: 
     assert {seen.body for seen in script.seen} == {b"pay"}
 
 
+def test_b33_a_stream_cut_at_the_bound_ends_with_the_timeout_error(
+    face: Face, scripted: Scripted
+) -> None:
+    """A request with a generator body cut at the total-time bound raises the face's timeout
+    error naming the bound, as a bytes body does: it is never retried, so its stream plays no
+    part (it was a NotReplayableError, which a timeout handler misses)."""
+    face.sleeps = None
+    face.policy = RetryPolicy(attempts=3, timeout=0.5)
+    url, script = scripted.script(Answer(HANG))
+    with pytest.raises(Exception) as caught:  # noqa: PT011 -- each face has its timeout type
+        face.request("POST", url, chunks=[b"a", b"b"], timeout=30.0)
+    assert not isinstance(caught.value, NotReplayableError)
+    assert "timeout" in type(caught.value).__name__.lower()
+    assert "RetryPolicy.timeout" in str(caught.value)
+    assert len(script.seen) == 1
+
+
 def test_b32_stream_that_cannot_be_replayed_is_not_retried(face: Face, scripted: Scripted) -> None:
     """A lost response to a generator body raises NotReplayableError after one attempt."""
     url, script = scripted.script(Answer(201))

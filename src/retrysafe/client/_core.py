@@ -20,8 +20,9 @@ from typing import Any, Protocol, TypeVar
 import tenacity
 
 from retrysafe._clock import Clock
-from retrysafe._errors import ConfigurationError, NotReplayableError
+from retrysafe._errors import NotReplayableError
 from retrysafe._flow.observing import Observation
+from retrysafe.client._checks import check_policy
 from retrysafe.client._headers import key_content, parse_retry_after
 from retrysafe.client._observe import AttemptLog, observation
 from retrysafe.observe import Observer
@@ -81,14 +82,8 @@ class RetryPolicy:
     quote_key: bool = True
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ConfigurationError("attempts must be at least 1")
-        if self.timeout <= 0:
-            raise ConfigurationError("timeout must be positive")
-        if min(self.wait_initial, self.wait_max, self.retry_after_max) < 0:
-            raise ConfigurationError("waits cannot be negative")
-        if {400, 422} & self.retry_statuses:
-            raise ConfigurationError("400 and 422 are final answers and are never retried")
+        check_policy(self)  # a clear ConfigurationError for a value that cannot work
+        object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
         object.__setattr__(self, "key_methods", frozenset(m.upper() for m in self.key_methods))
 
     def handling(self, method: str) -> Handling:
@@ -282,6 +277,12 @@ class _Call:
             return False  # a conflict on PUT or DELETE is an answer, not "in flight"
         value = headers.get(self.policy.replay_header)
         return value is None or value.strip().lower() not in _TRUE_VALUES
+
+    def stream_stops(self) -> bool:
+        """Whether a failure a retry would follow ends the call as `not_replayable`
+        instead: the body is a spent stream. Not an attempt cut at the deadline (B33), which
+        is never retried and keeps its timeout error."""
+        return not self.replayable and self.policy.attempts > 1 and not self.timed_out
 
     def not_replayable(self, error: BaseException) -> NotReplayableError:
         """The error raised when `error` would be retried but the body is a spent stream."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import time
 from collections.abc import Callable
@@ -23,8 +24,8 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # the asctime form: every HTTP date is UTC (RFC 9110 5.6.7)
+        when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - now())
 
 

@@ -275,7 +275,7 @@ class IdempotentTransport(httpx.BaseTransport):
                 if response is None:
                     raise _expired(call, sent)
             except RETRIED_ERRORS as error:
-                if not call.replayable and call.policy.attempts > 1:
+                if call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise
             if not isinstance(response.stream, httpx.ByteStream):
@@ -352,7 +352,7 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
                     return await send(sent)
                 raise _expired(call, sent)
             except RETRIED_ERRORS as error:
-                if not call.replayable and call.policy.attempts > 1:
+                if call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise
 

@@ -170,7 +170,7 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
             try:
                 response = send_within()
             except Exception as error:
-                if _retried_error(error) and not call.replayable and policy.attempts > 1:
+                if _retried_error(error) and call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise
             return response

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from retrysafe import ConfigurationError, ManualClock
+from retrysafe._fingerprint import canonical_json
 from retrysafe._http import RequestView
 from retrysafe.asgi import IdempotencyMiddleware, RouteSettings
 from retrysafe.stores.memory import AsyncMemoryStore
@@ -257,6 +258,43 @@ def test_b12_json_fingerprint_takes_json_it_cannot_rewrite_as_raw_bytes(
         "key-mismatch",
     )
     assert service.recorder.calls["/status"] == 1  # an endpoint that never reads the body
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (b'{"amount": 0.1}', b'{"amount": 0.10000000000000001}'),
+        (b'{"amount": 12345678901234567.0}', b'{"amount": 12345678901234568.0}'),
+        (b'{"amount": 1e400}', b'{"amount": 9e999}'),
+        (b'{"amount": NaN}', b'{"amount": Infinity}'),
+    ],
+    ids=["past-17-digits", "past-2-to-the-53", "past-the-largest-float", "not-json-numbers"],
+)
+def test_b13_json_fingerprint_tells_apart_numbers_a_float_reads_alike(
+    serve: Serve, first: bytes, second: bytes
+) -> None:
+    """In JSON-canonical mode two amounts that one float would hold alike are two requests: an
+    app that parses numbers as decimals charges two amounts, so the second is a mismatch, not
+    the first's replay. Such a body is fingerprinted by its bytes, and its retry replays."""
+    service = serve(fingerprint="json")
+    json_headers = {"Content-Type": "application/json"}
+    assert service.post("/status/201", "k", content=first, headers=json_headers).status_code == 201
+    again = service.post("/status/201", "k", content=first, headers=json_headers)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert is_problem(
+        service.post("/status/201", "k", content=second, headers=json_headers),
+        422,
+        "key-mismatch",
+    )
+    assert service.recorder.calls["/status"] == 1
+
+
+def test_b39_json_fingerprints_of_exact_numbers_are_as_before() -> None:
+    """Bodies whose numbers a float holds exactly are canonicalised as the previous release
+    did (a retry straddling the upgrade still matches): `1.00` and `1.0` alike, sorted keys."""
+    assert canonical_json(b'{"b": 1.00, "a": [0.1, 19.99, -0.0, 1e3, 7]}') == (
+        b'{"a":[0.1,19.99,-0.0,1000.0,7],"b":1.0}'
+    )
 
 
 def test_b21_after_retention_the_same_key_is_a_new_request(serve: Serve) -> None:

@@ -14,8 +14,13 @@ _SECRET_OPTION: Final = re.compile(r"pass|secret|token", re.IGNORECASE)
 
 def redact_url(url: str) -> str:
     """Return `url` fit to print: the password of its `user:password@` part and the value of
-    any query option named like a secret (`password=`, `sslpassword=`, `token=`) are `***`."""
-    parts = urlsplit(url)
+    any query option named like a secret (`password=`, `sslpassword=`, `token=`) are `***`.
+    A URL that cannot be parsed (`[::1` as a host) shows its scheme only."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        scheme, found, _ = url.partition("://")
+        return f"{scheme}://(unparseable)" if found else "(unparseable)"
     netloc = parts.netloc
     user, at, hosts = netloc.rpartition("@")
     if at and ":" in user:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from retrysafe import ConfigurationError, open_async_store, open_store
 from retrysafe._urls import redact_url
 
 
@@ -27,3 +28,32 @@ def test_b35_a_printed_url_shows_no_password(url: str, shown: str) -> None:
     """The password of `user:password@` and of options named like a secret become `***`;
     everything else, the user, hosts, database and other options, is shown as given."""
     assert redact_url(url) == shown
+
+
+def test_b35_an_unparseable_url_shows_its_scheme_only() -> None:
+    """A URL `urlsplit` refuses (an unclosed IPv6 bracket) cannot be redacted part by part: it
+    shows its scheme, never the rest."""
+    assert redact_url("postgresql://app:s3cret@[::1/pay") == "postgresql://(unparseable)"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw_SECRET@127.0.0.1:6379/15?socket_timeout=0",
+        "redis://:pw_SECRET@127.0.0.1:99999/0",
+        "redis://:pw_SECRET@127.0.0.1:6379/0?ssl_ca_certs=/ca.pem",
+        "redis+cluster://:pw_SECRET@127.0.0.1:6379/5",
+        "rediss+cluster://:pw_SECRET@127.0.0.1:6379/0?socket_timeout=-1",
+        "postgresql://app:pw_SECRET@[::1/test",
+        "redis://:pw_SECRET@127.0.0.1:6379/abc",
+    ],
+)
+def test_b35_a_refused_store_url_is_a_configuration_error_without_its_password(url: str) -> None:
+    """Every store URL that `open_store` and `open_async_store` refuse (a bad option, a port out
+    of range, TLS options without TLS, a database a cluster does not have, a host that does not
+    parse, a database that is not a number, which redis-py would take for database 0) raises
+    `ConfigurationError`, and its message never shows the password."""
+    for opener in (open_store, open_async_store):
+        with pytest.raises(ConfigurationError) as refused:
+            opener(url)
+        assert "pw_SECRET" not in str(refused.value)

@@ -18,13 +18,16 @@ them: outcomes encrypted at rest with the keys in that environment variable (doc
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from retrysafe._clock import Clock
 from retrysafe._encryption import Keyring
 from retrysafe._errors import ConfigurationError
+from retrysafe._urls import redact_url
 from retrysafe.stores._async.cached import AsyncReplayCache
 from retrysafe.stores._async.encrypted import AsyncEncryptedStore
 from retrysafe.stores._sync.cached import ReplayCache
@@ -66,6 +69,18 @@ def _store_class(url: str, *, sync: bool) -> Any:
     return getattr(module, sync_class if sync else async_class)
 
 
+@contextlib.contextmanager
+def _invalid_url(url: str) -> Iterator[None]:
+    """Turn a `ValueError` that parsing `url` raised (`Invalid IPv6 URL`, a port out of range)
+    into a `ConfigurationError` that names the URL, its password masked."""
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except ValueError as error:
+        raise ConfigurationError(f"Invalid store URL {redact_url(url)!r}: {error}") from None
+
+
 def open_store(url: str, *, clock: Clock | None = None, encryption: Keyring | None = None) -> Store:
     """Return a sync store for `url` (see the table above).
 
@@ -75,8 +90,9 @@ def open_store(url: str, *, clock: Clock | None = None, encryption: Keyring | No
         encryption: the keys that encrypt outcomes at rest, instead of the URL's
             `encryption_key_env` (default: none, outcomes stored in clear).
     """
-    url, keyring, cache = _wrapping(url, encryption)
-    store: Store = _store_class(url, sync=True).from_url(url, clock=clock)
+    with _invalid_url(url):
+        url, keyring, cache = _wrapping(url, encryption)
+        store: Store = _store_class(url, sync=True).from_url(url, clock=clock)
     store = store if keyring is None else EncryptedStore(store, keyring)
     return ReplayCache(store, **cache) if cache else store
 
@@ -85,8 +101,9 @@ def open_async_store(
     url: str, *, clock: Clock | None = None, encryption: Keyring | None = None
 ) -> AsyncStore:
     """Return an async store for `url` (see the table above); the arguments are `open_store`'s."""
-    url, keyring, cache = _wrapping(url, encryption)
-    store: AsyncStore = _store_class(url, sync=False).from_url(url, clock=clock)
+    with _invalid_url(url):
+        url, keyring, cache = _wrapping(url, encryption)
+        store: AsyncStore = _store_class(url, sync=False).from_url(url, clock=clock)
     store = store if keyring is None else AsyncEncryptedStore(store, keyring)
     return AsyncReplayCache(store, **cache) if cache else store
 

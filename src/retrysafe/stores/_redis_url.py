@@ -21,6 +21,7 @@ from typing import cast
 from urllib.parse import urlencode
 
 from retrysafe._errors import ConfigurationError
+from retrysafe._urls import redact_url
 
 __all__ = ["TLS_OPTIONS", "timeouts", "tls_options", "tls_query"]
 
@@ -35,7 +36,7 @@ def tls_options(options: dict[str, object], *, tls: bool, url: str) -> dict[str,
     if found and not tls:
         names = ", ".join(sorted(found))
         raise ConfigurationError(
-            f"{names} need a TLS URL (rediss:// or rediss+cluster://), not {url!r}."
+            f"{names} need a TLS URL (rediss:// or rediss+cluster://), not {redact_url(url)!r}."
         )
     return found
 
@@ -50,5 +51,7 @@ def timeouts(options: dict[str, object], *, url: str) -> tuple[float, float]:
     socket_timeout = cast(float, options.get("socket_timeout", 5.0))
     connect_timeout = cast(float, options.get("connect_timeout", 5.0))
     if not (socket_timeout > 0 and connect_timeout > 0):
-        raise ConfigurationError(f"Redis store timeouts must be positive seconds: {url!r}")
+        raise ConfigurationError(
+            f"Redis store timeouts must be positive seconds: {redact_url(url)!r}"
+        )
     return socket_timeout, connect_timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Unpack, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,6 +18,7 @@ from retrysafe._concurrency import monotonic
 from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._urls import redact_url
 from retrysafe.stores import _redis_layout as layout
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._async import redis_admin as admin
@@ -112,7 +114,13 @@ class AsyncRedisStore:
         """
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
-            raise ConfigurationError(f"A Redis store URL is redis:// or rediss://, not {url!r}.")
+            raise ConfigurationError(
+                f"A Redis store URL is redis:// or rediss://, not {redact_url(url)!r}."
+            )
+        if not re.fullmatch(r"/?|/\d+", parts.path):  # redis-py would use database 0 instead
+            raise ConfigurationError(
+                f"A Redis store URL's path is a database number (/0), not {parts.path!r}."
+            )
         options = query_options(parts.query, _OPTIONS)
         socket_timeout, connect_timeout = timeouts(options, url=url)
         replicas = replica_options(options)
@@ -129,7 +137,9 @@ class AsyncRedisStore:
                 retry=Retry(NoBackoff(), 0),
             )
         except ValueError as error:
-            raise ConfigurationError(f"Invalid Redis store URL {url!r}: {error}") from None
+            raise ConfigurationError(
+                f"Invalid Redis store URL {redact_url(url)!r}: {error}"
+            ) from None
         prefix = cast(str, options.get("prefix", "retrysafe"))
         autopipeline = cast(bool, options.get("autopipeline", True))
         store = cls(

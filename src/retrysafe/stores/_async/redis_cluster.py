@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from retrysafe._clock import Clock
 from retrysafe._errors import ConfigurationError
 from retrysafe._record import Record
+from retrysafe._urls import redact_url
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._async import redis_admin as admin
 from retrysafe.stores._async.redis import AsyncRedisStore
@@ -62,11 +63,12 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
     parts = urlsplit(url)
     if parts.scheme not in _SCHEMES:
         raise ConfigurationError(
-            f"A Redis Cluster store URL is redis+cluster:// or rediss+cluster://, not {url!r}."
+            "A Redis Cluster store URL is redis+cluster:// or rediss+cluster://, not "
+            f"{redact_url(url)!r}."
         )
     if parts.path.strip("/") not in ("", "0"):
         raise ConfigurationError(
-            f"A Redis Cluster has only database 0; remove {parts.path!r} from {url!r}."
+            f"A Redis Cluster has only database 0; remove {parts.path!r} from {redact_url(url)!r}."
         )
     hosts = parts.netloc.rpartition("@")[2]
     seeds: list[tuple[str, int]] = []
@@ -77,7 +79,7 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
         except ValueError:
             host = None
         if not host:
-            raise ConfigurationError(f"Invalid Redis Cluster seed {seed!r} in {url!r}.")
+            raise ConfigurationError(f"Invalid Redis Cluster seed {seed!r} in {redact_url(url)!r}.")
         seeds.append((host, port))
     return seeds
 

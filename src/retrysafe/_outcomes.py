@@ -29,7 +29,7 @@ from retrysafe._serializer import (
     _type_name,
 )
 
-__all__ = ["Outcomes", "is_final"]
+__all__ = ["Outcomes", "is_final", "is_stored"]
 
 _RETURNED = b"R"  # the serializer's bytes for the return value
 _RAISED = b"E"  # JSON: a final exception's class, arguments, message and attributes
@@ -97,8 +97,10 @@ class Outcomes:
 
     def raised(self, error: BaseException) -> bytes:
         """Return the outcome to store for a final exception: class, args, message, attributes
-        (and the sub-exceptions of a group)."""
-        return _RAISED + _json_bytes(_raised_payload(error))
+        (and the sub-exceptions of a group). `error` is marked as stored (`is_stored`)."""
+        outcome = _RAISED + _json_bytes(_raised_payload(error))
+        _mark_stored(error)
+        return outcome
 
     def replay(self, outcome: bytes) -> object:
         """Return the stored return value, or raise the stored exception."""
@@ -119,7 +121,7 @@ class Outcomes:
                 f"which could not be serialized ({payload['error']}); it is not run again."
             )
         if kind == _RAISED:
-            raise self._rebuild(payload)
+            raise _mark_stored(self._rebuild(payload))
         raise OutcomeError(f"The stored outcome of {self.name} has an unknown format.")
 
     def _rebuild(self, payload: dict[str, Any]) -> BaseException:
@@ -131,6 +133,22 @@ class Outcomes:
         except Exception as problem:  # any other failure (too deep, say) means the same
             return _UnbuiltError(payload, problem).error(self.name)
         return error
+
+
+_STORED_MARK: Final = "_retrysafe_stored"
+
+
+def _mark_stored(error: BaseException) -> BaseException:
+    """Mark `error` as a stored outcome, raised now and on every replay; return it."""
+    with contextlib.suppress(AttributeError, TypeError):  # a class that refuses attributes
+        setattr(error, _STORED_MARK, True)
+    return error
+
+
+def is_stored(error: BaseException) -> bool:
+    """Whether `error` is a final exception stored as its call's outcome (raised first, or
+    replayed): a redelivery of its message would raise it again, never anything else."""
+    return getattr(error, _STORED_MARK, False) is True
 
 
 def _raised_payload(error: BaseException, depth: int = 1) -> dict[str, Any]:
@@ -227,7 +245,11 @@ def _encodable(value: object) -> bool:
 
 def _exception_attributes(error: BaseException) -> object:
     """Return the instance attributes of `error` that can be encoded, encoded; skip the rest."""
-    kept = {k: v for k, v in vars(error).items() if isinstance(k, str) and _encodable(v)}
+    kept = {
+        k: v
+        for k, v in vars(error).items()
+        if isinstance(k, str) and k != _STORED_MARK and _encodable(v)
+    }
     if isinstance(error, OSError):
         for name in _OS_ERROR_SLOTS:
             value = getattr(error, name, None)  # characters_written raises when unset

@@ -74,6 +74,40 @@ def test_should_requeue_only_what_a_redelivery_can_fix() -> None:
     assert not should_requeue(OutcomeError("not serializable"))
 
 
+class CardDeclinedError(Exception):
+    """A final answer of the handler: stored, and raised again on every redelivery."""
+
+
+def test_b28_should_requeue_not_a_final_exception_stored_as_the_outcome() -> None:
+    """A handler's final exception is its stored outcome: every redelivery raises it again, so
+    requeueing it would loop for ever (the broker redelivering at once). Raised first or
+    replayed, it is not requeued; the same type not listed as final, or raised outside a
+    handler, is."""
+    store = open_store("memory://")
+    runs: list[bytes] = []
+
+    @idempotent_message(store, final_exceptions=(CardDeclinedError,))
+    def charge(channel: object, method: object, properties: object, body: bytes) -> None:
+        runs.append(body)
+        raise CardDeclinedError("do_not_honor")
+
+    properties = pika.BasicProperties(message_id="m-1")
+    for _ in range(2):  # the first delivery, then a redelivery that replays it
+        with pytest.raises(CardDeclinedError) as declined:
+            charge(None, None, properties, b"charge")
+        assert not should_requeue(declined.value)
+    assert runs == [b"charge"]
+    assert should_requeue(CardDeclinedError("raised elsewhere"))
+
+    @idempotent_message(store, namespace="not-final")
+    def refund(channel: object, method: object, properties: object, body: bytes) -> None:
+        raise CardDeclinedError("transient here")
+
+    with pytest.raises(CardDeclinedError) as released:
+        refund(None, None, properties, b"refund")
+    assert should_requeue(released.value)
+
+
 @contextlib.contextmanager
 def durable_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Yield a store URL that outlives a process: SQLite, PostgreSQL, MySQL or Redis."""

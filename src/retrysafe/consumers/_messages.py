@@ -9,6 +9,7 @@ from typing import Any, Final, ParamSpec, TypeVar, Unpack
 from retrysafe._decorator import IdempotentOptions, idempotent
 from retrysafe._errors import ConfigurationError, InvalidKeyError, KeyMismatchError, OutcomeError
 from retrysafe._flow.observing import FacedObservers
+from retrysafe._outcomes import is_stored
 from retrysafe.stores.base import AsyncStore, Store
 
 __all__ = [
@@ -85,10 +86,12 @@ def should_requeue(error: BaseException) -> bool:
     """Return whether a delivery that raised `error` should go back to the queue.
 
     False for errors that a redelivery would hit again (no message id, a reused id with another
-    body, an outcome that cannot be stored, a configuration error): reject those to a dead
-    letter queue. True for everything else, `InFlightError` and store outages included.
+    body, an outcome that cannot be stored, a configuration error, and an exception of the
+    handler's `final_exceptions`, stored as its outcome and replayed to every redelivery):
+    reject those to a dead letter queue. True for everything else, `InFlightError` and store
+    outages included.
     """
-    return not isinstance(error, _PERMANENT)
+    return not isinstance(error, _PERMANENT) and not is_stored(error)
 
 
 def idempotent_message(

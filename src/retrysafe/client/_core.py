@@ -269,6 +269,10 @@ class _Call:
         """Seconds left before the total-time bound, never below one millisecond."""
         return max(self.deadline - self.settings.clock.now(), 0.001)
 
+    def past_deadline(self) -> bool:
+        """Whether the total-time bound has ended."""
+        return self.settings.clock.now() >= self.deadline
+
     def retries_status(self, status: int, headers: _HeaderLookup) -> bool:
         """Return True if a response with `status` and `headers` is worth another attempt."""
         if status not in self.policy.retry_statuses:

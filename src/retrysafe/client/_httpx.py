@@ -106,10 +106,6 @@ def _expired(call: _Call, request: httpx.Request) -> httpx.ReadTimeout:
     return httpx.ReadTimeout(time_ran_out(call), request=request)
 
 
-def _past_deadline(call: _Call) -> bool:
-    return call.settings.clock.now() >= call.deadline
-
-
 def _socket_of(response: httpx.Response) -> socket.socket | None:
     """The socket of an HTTP/1.1 response, to shut down at the deadline; None otherwise.
 
@@ -142,13 +138,13 @@ class _BoundedStream(httpx.SyncByteStream):
         disarm = shut_at(self._call.remaining(), sock) if sock is not None else _nothing
         try:
             for chunk in self._stream:
-                if _past_deadline(self._call):
+                if self._call.past_deadline():
                     break
                 yield chunk
             else:
                 return
         except httpx.TransportError as error:
-            if not _past_deadline(self._call):
+            if not self._call.past_deadline():
                 raise
             raise _expired(self._call, self._request) from error
         finally:
@@ -186,7 +182,7 @@ class _AsyncBoundedStream(httpx.AsyncByteStream):
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
                     return
-            if scope.cancelled_caught or _past_deadline(self._call):
+            if scope.cancelled_caught or self._call.past_deadline():
                 raise _expired(self._call, self._request)
             yield chunk
 
@@ -275,6 +271,8 @@ class IdempotentTransport(httpx.BaseTransport):
                 if response is None:
                     raise _expired(call, sent)
             except RETRIED_ERRORS as error:
+                if isinstance(error, httpx.TimeoutException) and call.past_deadline():
+                    raise _expired(call, sent) from error  # its timeout, clipped to the bound
                 if call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise
@@ -352,6 +350,8 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
                     return await send(sent)
                 raise _expired(call, sent)
             except RETRIED_ERRORS as error:
+                if isinstance(error, httpx.TimeoutException) and call.past_deadline():
+                    raise _expired(call, sent) from error  # its timeout, clipped to the bound
                 if call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise

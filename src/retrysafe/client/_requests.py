@@ -170,6 +170,9 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
             try:
                 response = send_within()
             except Exception as error:
+                if isinstance(error, Timeout) and call.past_deadline():
+                    # The socket timeout, clipped to the bound, fired first: the bound ended it.
+                    raise _expired(call, prepared) from error
                 if _retried_error(error) and call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise

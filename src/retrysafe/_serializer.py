@@ -220,8 +220,7 @@ def _rebuild_model(cls: Any, text: str) -> object:
 
 def _holds_set(dumped: object) -> bool:
     """Return whether a model's python dump holds a set of two items or more (whose JSON order
-    varies; an empty one's does not) anywhere, nested models included."""
-    base_model = sys.modules["pydantic"].BaseModel
+    varies; an empty one's does not) anywhere (a nested model is a dict in the dump)."""
     pending = [dumped]
     while pending:
         value = pending.pop()
@@ -234,8 +233,6 @@ def _holds_set(dumped: object) -> bool:
             pending.extend(value.values())
         elif isinstance(value, list | tuple):
             pending.extend(value)
-        elif isinstance(value, base_model):
-            pending.append(value.model_dump(mode="python"))
     return False
 
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pydantic
@@ -50,15 +51,22 @@ class Plain(pydantic.BaseModel):
     amount: int
 
 
-def test_b27_a_model_with_aliases_replays_equal(store: Store) -> None:
-    """A model with field aliases replays equal to the first result, without running again
-    (before, every replay raised OutcomeError: "Field required")."""
-    runs: list[str] = []
+def _charging(store: Store, runs: list[str]) -> Callable[[str], Charge]:
+    """A decorated function that returns a model with aliases, counting its runs in `runs`."""
 
     @idempotent(store, key="order_id", namespace="pydantic.charge")
     def charge(order_id: str) -> Charge:
         runs.append(order_id)
         return Charge(orderId=order_id, amount=500)
+
+    return charge
+
+
+def test_b27_a_model_with_aliases_replays_equal(store: Store) -> None:
+    """A model with field aliases replays equal to the first result, without running again
+    (before, every replay raised OutcomeError: "Field required")."""
+    runs: list[str] = []
+    charge = _charging(store, runs)
 
     first = charge("o-1")
     again = charge("o-1")
@@ -92,11 +100,7 @@ def test_b39_a_model_stored_by_field_name_by_the_previous_release_replays(
     """A model with aliases stored by the previous release (by field name, which validation
     refused) replays equal, on pydantic 2.11 and later."""
     runs: list[str] = []
-
-    @idempotent(store, key="order_id", namespace="pydantic.charge")
-    def charge(order_id: str) -> Charge:
-        runs.append(order_id)
-        return Charge(orderId=order_id, amount=500)
+    charge = _charging(store, runs)
 
     first = charge("o-1")
     (record,) = store.list_records(namespace="pydantic.charge")

@@ -36,6 +36,17 @@ def charge(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [path("charge", charge)]
+HEADERS = {"Idempotency-Key": "k", **CALLER}
+
+
+def _project(url: str, raised: type[BaseException]) -> override_settings:
+    """This module's project with the native middleware on the store at `url`; the view's
+    first run raises `raised`."""
+    RUNS.clear()
+    RAISED[:] = [raised]
+    config = {"STORE": url, "ROUTES": {"/charge": {}}, "WAIT": 0}
+    middleware = ["retrysafe.integrations.django.IdempotencyMiddleware"]
+    return override_settings(RETRYSAFE=config, MIDDLEWARE=middleware, ROOT_URLCONF=__name__)
 
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
@@ -44,23 +55,18 @@ def test_b40_a_django_view_interrupted_keeps_its_claim(
 ) -> None:
     """Ctrl+C or a worker's `SystemExit` in the view: the outcome is unknown, so the record
     stays in flight, and a retry is refused as in flight (409) without running the view."""
-    RUNS.clear()
-    RAISED[:] = [interrupt]
     url = f"sqlite:///{tmp_path / 'keys.db'}"
-    config = {"STORE": url, "ROUTES": {"/charge": {}}, "WAIT": 0}
-    middleware = ["retrysafe.integrations.django.IdempotencyMiddleware"]
-    headers = {"Idempotency-Key": "k", **CALLER}
-    with override_settings(RETRYSAFE=config, MIDDLEWARE=middleware, ROOT_URLCONF=__name__):
+    with _project(url, interrupt):
         client = Client(raise_request_exception=True)
         with pytest.raises(interrupt):
-            client.post("/charge", headers=headers)
+            client.post("/charge", headers=HEADERS)
         store = open_store(url)
         try:
             (record,) = app_records(store.list_records())
         finally:
             store.close()
         assert record.state is State.IN_FLIGHT
-        retried = client.post("/charge", headers=headers)
+        retried = client.post("/charge", headers=HEADERS)
     assert retried.status_code == 409
     assert retried["Content-Type"] == "application/problem+json"
     assert RUNS == ["/charge"]
@@ -69,14 +75,8 @@ def test_b40_a_django_view_interrupted_keeps_its_claim(
 def test_b18_a_django_view_that_raises_releases_its_claim(tmp_path: Path) -> None:
     """An exception is the view's own answer, a 500 from Django's handler: not stored, the
     claim released, and a retry runs the view again at once."""
-    RUNS.clear()
-    RAISED[:] = [RuntimeError]
-    url = f"sqlite:///{tmp_path / 'keys.db'}"
-    config = {"STORE": url, "ROUTES": {"/charge": {}}, "WAIT": 0}
-    middleware = ["retrysafe.integrations.django.IdempotencyMiddleware"]
-    headers = {"Idempotency-Key": "k", **CALLER}
-    with override_settings(RETRYSAFE=config, MIDDLEWARE=middleware, ROOT_URLCONF=__name__):
+    with _project(f"sqlite:///{tmp_path / 'keys.db'}", RuntimeError):
         client = Client(raise_request_exception=False)
-        assert client.post("/charge", headers=headers).status_code == 500
-        assert client.post("/charge", headers=headers).status_code == 201
+        assert client.post("/charge", headers=HEADERS).status_code == 500
+        assert client.post("/charge", headers=HEADERS).status_code == 201
     assert RUNS == ["/charge", "/charge"]

@@ -120,14 +120,9 @@ def replay_response(record: Record, settings: Settings) -> Response:
             "but its response was too large to store for replay. It will not run again.",
             replayed=True,
         )
-    if stored.status in _BODILESS:  # RFC 9110 8.6: no Content-Length on a 204 (or a 304)
-        headers = (*stored.headers, (settings.replay_header_name, b"true"))
-    else:
-        headers = (
-            *stored.headers,
-            (b"content-length", str(len(stored.body)).encode()),
-            (settings.replay_header_name, b"true"),
-        )
+    # RFC 9110 8.6: no Content-Length on a 204 (or a 304).
+    length = () if stored.status in _BODILESS else ((b"content-length", b"%d" % len(stored.body)),)
+    headers = (*stored.headers, *length, (settings.replay_header_name, b"true"))
     return Response(stored.status, headers, stored.body)
 
 

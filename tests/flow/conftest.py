@@ -64,6 +64,14 @@ class Gap:
         found = self.records(key)
         return found[0].state if found else None
 
+    def lose(self, key: str) -> Record:
+        """Delete `key`'s record on the real server, as a store that loses data would (Redis
+        restarted without persistence, a failover to a replica behind); return it."""
+        (record,) = self.records(key)
+        assert self._direct is not None
+        assert self._direct.delete(record.identity)
+        return record
+
     def wait_for_done(self, key: str) -> Record:
         """Wait (bounded) until `key`'s outcome is stored; return its record."""
         wait_until(lambda: self.state(key) is State.DONE)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError, StoreClosedError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.observing import Observation, fields, finish, observed
-from retrysafe._record import Identity
+from retrysafe._record import Claim, Identity
 
-__all__ = ["LOGGER", "Count", "Counters", "Finisher"]
+__all__ = ["LOGGER", "Claimed", "Count", "Counters", "Finisher"]
 
 StoreT = TypeVar("StoreT")
 LOGGER: Final = logging.getLogger("retrysafe")
@@ -26,9 +26,11 @@ class Count(enum.StrEnum):
     (or held) outcome; complete_failures: failed attempts to store an outcome, the first and
     every retry (B19); held: outcomes kept in the process because storing them failed;
     completed_late: held outcomes that a retry stored; fenced: claims found taken over when
-    completing or renewing (B17); release_failures: claims not released (they end with their
-    lease); renew_failures: failed renewals, other than fencing; interrupted: operations
-    cancelled or interrupted while they ran, their claims kept until their leases end (B40).
+    completing or renewing (B17); restored: outcomes stored under a new claim because their
+    record was gone, lost by the store (B19); release_failures: claims not released (they
+    end with their lease); renew_failures: failed renewals, other than fencing; interrupted:
+    operations cancelled or interrupted while they ran, their claims kept until their leases
+    end (B40).
     """
 
     EXECUTIONS = "executions"
@@ -37,12 +39,20 @@ class Count(enum.StrEnum):
     HELD = "held"
     COMPLETED_LATE = "completed_late"
     FENCED = "fenced"
+    RESTORED = "restored"
     RELEASE_FAILURES = "release_failures"
     RENEW_FAILURES = "renew_failures"
     INTERRUPTED = "interrupted"
 
 
 _NAMES: Final = {count: count.value for count in Count}
+
+
+class Claimed(Protocol):
+    """A claim whose outcome is to be stored: an execution, or a held outcome."""
+
+    identity: Identity
+    token: str
 
 
 class Counters:
@@ -57,6 +67,7 @@ class Counters:
     held: int
     completed_late: int
     fenced: int
+    restored: int
     release_failures: int
     renew_failures: int
     interrupted: int
@@ -122,7 +133,8 @@ class Finisher(Generic[StoreT]):
         if isinstance(error, FencedError):
             self.counters.add(Count.FENCED)
             self.logger.warning(
-                "Lost the claim on %s to another worker while running",
+                "Lost the claim on %s while running: another worker took it over, or the "
+                "store lost its record (then storing the outcome claims it again)",
                 identity,
                 extra=fields(identity, "fenced"),
             )
@@ -167,6 +179,23 @@ class Finisher(Generic[StoreT]):
             "stored (duplicates here get it meanwhile)",
         )
         return True
+
+    def reclaimed(self, target: Claimed, claim: Claim, fenced: FencedError) -> None:
+        """Take `claim`, made for `target` after its completion was fenced (`fenced`). If it
+        acquired, the record was gone, not taken over: the store lost it (Redis restarted
+        without persistence, a failover to a replica that had not seen it). `target` then
+        holds the new claim and stores its outcome under it, so that no retry runs the
+        effect again (B19). If not, another worker owns the key: raise `fenced` (B17)."""
+        if not claim.acquired:
+            raise fenced
+        target.token = claim.token
+        self.counters.add(Count.RESTORED)
+        self.logger.warning(
+            "The record of %s was gone when its outcome was stored (the store lost it); "
+            "claimed it again to store the outcome",
+            target.identity,
+            extra=fields(target.identity, "restored"),
+        )
 
     def interrupted(self, identity: Identity, error: BaseException) -> None:
         """Count and log an operation interrupted while it ran (see `interrupts`): its claim

@@ -19,7 +19,7 @@ import anyio.to_thread
 
 from retrysafe._concurrency import cancelling, monotonic, raise_if_cancelled
 from retrysafe._engine import Decision
-from retrysafe._errors import StoreError
+from retrysafe._errors import FencedError, StoreError
 from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance, judge
 from retrysafe._flow.executions import AsyncExecution, SyncExecution
 from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step
@@ -99,7 +99,7 @@ class SyncFlow(Holder[Store]):
         """Store the outcome; if the store fails, hold it and retry on the holder thread (B19).
         A failure is logged and counted, a fencing maybe raised."""
         try:
-            self.store.complete(run.identity, run.token, outcome, retention=run.retention)
+            self._complete(run, outcome)
             finish("stored")
         except Exception as error:
             if self.complete_failed(run.identity, error):
@@ -116,17 +116,33 @@ class SyncFlow(Holder[Store]):
                 return step
             error: Exception | None = None
             try:
+                if step is Step.RENEW:
+                    try:
+                        self.store.renew(held.identity, held.token, lease=held.lease)
+                    except FencedError:  # gone or taken over: storing the outcome tells which
+                        step = Step.COMPLETE
                 if step is Step.COMPLETE:
-                    self.store.complete(
-                        held.identity, held.token, held.outcome, retention=held.retention
-                    )
-                elif step is Step.RENEW:
-                    self.store.renew(held.identity, held.token, lease=held.lease)
+                    self._complete(held, held.outcome)
             except Exception as caught:
                 error = caught
             if not self.stepped(held, step, error):
                 return None
         return None
+
+    def _complete(self, target: SyncExecution | Held, outcome: bytes) -> None:
+        """Store `outcome` under `target`'s claim; if its record is gone, claim it again first
+        (`reclaimed`, B19)."""
+        store, identity = self.store, target.identity
+        try:
+            store.complete(identity, target.token, outcome, retention=target.retention)
+        except FencedError as fenced:
+            if target.fingerprint is None:
+                raise
+            claim = store.claim(
+                identity, target.fingerprint, lease=target.lease, retention=target.retention
+            )
+            self.reclaimed(target, claim, fenced)
+            store.complete(identity, target.token, outcome, retention=target.retention)
 
     def drain(self, timeout: float = DEFAULT_DRAIN) -> bool:
         """Wait up to `timeout` seconds for held outcomes to be stored (B40), trying each at
@@ -229,7 +245,7 @@ class AsyncFlow(Holder[AsyncStore]):
         """Store the outcome; if the store fails, hold it and retry in a task (see
         `SyncFlow.complete`). `AsyncExecution.finish` keeps cancellations away from it."""
         try:
-            await self.store.complete(run.identity, run.token, outcome, retention=run.retention)
+            await self._complete(run, outcome)
             finish("stored")
         except Exception as error:
             if self.complete_failed(run.identity, error):
@@ -260,12 +276,13 @@ class AsyncFlow(Holder[AsyncStore]):
                     continue
                 error: Exception | None = None
                 try:
+                    if step is Step.RENEW:
+                        try:
+                            await self.store.renew(held.identity, held.token, lease=held.lease)
+                        except FencedError:  # gone or taken over: storing tells which
+                            step = Step.COMPLETE
                     if step is Step.COMPLETE:
-                        await self.store.complete(
-                            held.identity, held.token, held.outcome, retention=held.retention
-                        )
-                    elif step is Step.RENEW:
-                        await self.store.renew(held.identity, held.token, lease=held.lease)
+                        await self._complete(held, held.outcome)
                 except Exception as caught:
                     error = caught
                 raise_if_cancelled()
@@ -273,6 +290,20 @@ class AsyncFlow(Holder[AsyncStore]):
                     return
         finally:
             self.lost(held)  # the loop is closing under it
+
+    async def _complete(self, target: AsyncExecution | Held, outcome: bytes) -> None:
+        """Store `outcome` under `target`'s claim (see `SyncFlow._complete`)."""
+        store, identity = self.store, target.identity
+        try:
+            await store.complete(identity, target.token, outcome, retention=target.retention)
+        except FencedError as fenced:
+            if target.fingerprint is None:
+                raise
+            claim = await store.claim(
+                identity, target.fingerprint, lease=target.lease, retention=target.retention
+            )
+            self.reclaimed(target, claim, fenced)
+            await store.complete(identity, target.token, outcome, retention=target.retention)
 
     async def adrain(self, timeout: float = DEFAULT_DRAIN) -> bool:
         """Wait up to `timeout` seconds for held outcomes to be stored (B40), trying each at

@@ -52,6 +52,11 @@ class _Execution(Generic[FlowT]):
     claimed: Record | None = None  # the claim's record, as admitted (its fingerprint)
     finished: bool = field(default=False, init=False)
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the claim's request, None if it was not admitted by a flow."""
+        return None if self.claimed is None else self.claimed.fingerprint
+
     @classmethod
     def of(cls, flow: FlowT, admitted: Admission, terms: Terms) -> Self:
         """Return the execution on `flow` of an admission's acquired claim."""

@@ -265,8 +265,11 @@ def observers_of_benchmark(variant: str) -> list[Any]:
     return [PrometheusObserver(), OpenTelemetryObserver(tracer_provider=provider)]
 
 
-def serve(variant: str, port: int, store: str) -> None:
-    """Serve `variant` with uvicorn (one worker, uvloop, httptools) until terminated."""
+def serve(variant: str, port: int, store: str, gc_threshold: int | None = None) -> None:
+    """Serve `variant` with uvicorn (one worker, uvloop, httptools) until terminated; with
+    `gc_threshold`, the collector's first threshold set to it (`gc.set_threshold`)."""
+    import gc
+
     import uvicorn
 
     if variant == "idemkit-postgres":
@@ -276,9 +279,9 @@ def serve(variant: str, port: int, store: str) -> None:
 
         asyncio.run(init_pg(POSTGRES_URL, table=store))
     app = build_app(variant, store)
+    if gc_threshold is not None:
+        gc.set_threshold(gc_threshold)
     if variant.endswith("-frozen"):
-        import gc
-
         gc.collect()
         gc.freeze()  # what start-up made lives as long as the process: out of every collection
     uvicorn.run(
@@ -370,10 +373,16 @@ def pinned(command: list[str], core: int | None) -> list[str]:
 
 
 def start_servers(
-    python: Path, variants: list[str], name: str, workdir: Path, *, core: int | None = None
+    python: Path,
+    variants: list[str],
+    name: str,
+    workdir: Path,
+    *,
+    core: int | None = None,
+    gc_threshold: int | None = None,
 ) -> list[Server]:
-    """Start every variant's server at once (on CPU `core`, if given); wait until each
-    answers."""
+    """Start every variant's server at once (on CPU `core`, if given; with the collector's
+    first threshold at `gc_threshold`, if given); wait until each answers."""
     import httpx
 
     servers = []
@@ -381,6 +390,8 @@ def start_servers(
         port = free_port()
         store = store_of(variant, name, workdir)
         command = [str(python), __file__, "serve", variant, "--port", str(port), "--store", store]
+        if gc_threshold is not None:
+            command += ["--gc-threshold", str(gc_threshold)]
         servers.append(Server(variant, port, store, subprocess.Popen(pinned(command, core))))
     deadline = time.monotonic() + 60
     for server in servers:
@@ -618,16 +629,22 @@ def _verdict(scenario: str, variant: str, row: dict[str, Any]) -> str:
     return "; ".join(verdicts)
 
 
+def serve_main() -> None:
+    """Serve one variant, as `start_servers` asks (`serve VARIANT --port ...`)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("serve")
+    parser.add_argument("variant", choices=VARIANTS + EXTRA_VARIANTS)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--store", default="")
+    parser.add_argument("--gc-threshold", type=int)
+    args = parser.parse_args()
+    serve(args.variant, args.port, args.store, args.gc_threshold)
+
+
 def main() -> None:
     """Run the benchmark (or, with `serve`, one server)."""
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
-        parser = argparse.ArgumentParser()
-        parser.add_argument("serve")
-        parser.add_argument("variant", choices=VARIANTS + EXTRA_VARIANTS)
-        parser.add_argument("--port", type=int, required=True)
-        parser.add_argument("--store", default="")
-        args = parser.parse_args()
-        serve(args.variant, args.port, args.store)
+        serve_main()
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -642,6 +659,12 @@ def main() -> None:
         action="store_true",
         help="every server on CPU 0, wrk on CPU 1 (the stores' servers are left where they run)",
     )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        metavar="N",
+        help="every server's first garbage-collector threshold (gc.set_threshold(N); 700 default)",
+    )
     args = parser.parse_args()
     args.server_core, args.wrk_core = (0, 1) if args.pin else (None, None)
     wrk = require_wrk()
@@ -655,7 +678,9 @@ def main() -> None:
     run = secrets.token_hex(4)
     results = Results()
     with tempfile.TemporaryDirectory() as tmp:
-        servers = start_servers(python, variants, name, Path(tmp), core=args.server_core)
+        servers = start_servers(
+            python, variants, name, Path(tmp), core=args.server_core, gc_threshold=args.gc_threshold
+        )
         try:
             by_variant = {server.variant: server for server in servers}
             for server in servers:

@@ -36,12 +36,6 @@ def test_b19_sync_function_result_is_held_then_stored(gap: Gap) -> None:
         store.close()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """The async stores run on asyncio."""
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_b19_async_function_result_is_held_then_stored(gap: Gap) -> None:
     """The async twin: the held result answers repeats, and a task stores it late."""

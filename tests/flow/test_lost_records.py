@@ -97,12 +97,6 @@ def test_b19_a_decorated_call_whose_record_was_lost_returns_and_replays(gap: Gap
         store.close()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """The async stores run on asyncio."""
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_b19_an_async_call_whose_record_was_lost_returns_and_replays(gap: Gap) -> None:
     """The async twin of the decorated call above."""

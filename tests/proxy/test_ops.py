@@ -404,3 +404,28 @@ def test_a_flapping_store_logs_at_most_one_outage_per_hold(
         ("INFO", "The idempotency store answers again"),
     ]
     assert "1 request got 503" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.anyio
+async def test_access_log_clips_a_long_path(caplog: pytest.LogCaptureFixture) -> None:
+    """A path of 16,000 characters (a target the proxy refuses with 414 is logged too) is
+    written up to 1,024 characters, with how many more there were; a short one whole."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 414, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    for path in ("/" + "a" * 15_999, "/" + "b" * 1023):
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                 "headers": [], "client": ("127.0.0.1", 1)}  # fmt: skip
+        with caplog.at_level(logging.INFO, "retrysafe.proxy.access"):
+            await AccessLog(app)(scope, receive, send)
+    long, short = (record.getMessage() for record in caplog.records)
+    assert long.startswith(f"127.0.0.1 GET /{'a' * 1023}...[14976 more characters] 414 - ")
+    assert short.startswith(f"127.0.0.1 GET /{'b' * 1023} 414 - ")

@@ -27,6 +27,8 @@ from retrysafe.observe import Observer, Operation
 __all__ = ["ACCESS_LOGGER", "AccessLog", "Decisions", "printable"]
 
 ACCESS_LOGGER: Final = logging.getLogger("retrysafe.proxy.access")
+LOGGED_PATH: Final = 1024
+"""How much of a path the access log writes (`clipped`)."""
 # Written as escapes: controls (Cc), format characters such as bidi overrides (Cf), lone
 # surrogates (Cs), line and paragraph separators (Zl, Zp). As `retrysafe.cli._common.literal`.
 _HIDDEN: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -107,7 +109,7 @@ class AccessLog:
         fields = {
             "client": printable(client[0]) if client else "-",
             "method": printable(scope["method"]),
-            "path": printable(_path(scope)),
+            "path": clipped(printable(_path(scope))),
             "status": "-" if status is None else str(status),
             "decision": seen.decision or "-",
             "duration_ms": milliseconds,
@@ -123,6 +125,14 @@ def _path(scope: Scope) -> str:
         path: str = scope["path"]
         return path
     return raw.decode("utf-8", "backslashreplace")
+
+
+def clipped(text: str) -> str:
+    """Return `text` cut at `LOGGED_PATH` characters, saying how many more there were: a
+    client's long target (up to the 16 KiB head, refused with 414) makes no long log line."""
+    if len(text) <= LOGGED_PATH:
+        return text
+    return f"{text[:LOGGED_PATH]}...[{len(text) - LOGGED_PATH} more characters]"
 
 
 def printable(text: str) -> str:

@@ -115,7 +115,14 @@ class _Reader:
     scope: str | KeyFunction
 
     def __call__(self, args: tuple[object, ...], kwargs: dict[str, object]) -> _Delivery:
-        scope = self.scope(*args, **kwargs) if callable(self.scope) else self.scope
+        scope: object = self.scope
+        if callable(self.scope):
+            scope = self.scope(*args, **kwargs)
+            if scope is None or scope == "":
+                raise InvalidKeyError(
+                    f"The scope function returned {scope!r} for this message: a message "
+                    "without a scope is refused rather than applied to every scope's entity (B8)."
+                )
         entity = entity_text(self.entity(*args, **kwargs))
         return _Delivery(str(scope), entity, version_number(self.version(*args, **kwargs)))
 
@@ -195,7 +202,8 @@ def versioned_message(
     if callable(getattr(target, "claim", None)):
         if table is not None:
             raise ConfigurationError("table is for a database connection, not a store.")
-        given = {"message_id": message_id, "body": body, **options}
+        # The message id is claimed in the delivery's scope too: two tenants' ids never meet.
+        given = {"message_id": message_id, "body": body, "scope": read.scope, **options}
         return _Decorator(target, read, counter, _in_store(target, namespace, given))
     store_only = [*options, *(["message_id"] if message_id is not message_id_of else [])]
     store_only += ["body"] if body is not message_body_of else []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -42,6 +43,8 @@ from retrysafe.stores.base import Store, poll_delays
 __all__ = ["SQLConnection", "SQLVersions", "StoreVersions"]
 
 T = TypeVar("T")
+
+_LOGGER = logging.getLogger("retrysafe.consumers")
 
 
 class StoreVersions:
@@ -75,13 +78,47 @@ class StoreVersions:
             beat.start()
             try:
                 value = effect()
+                # The effect happened: from here on nothing raises, or the message's claim
+                # would be released and its redelivery run the effect again (B19, B28).
+                token = self._record(identity, token, version)
             finally:
                 beat.stop()
-            self.store.checkpoint(identity, token, str(version))
             return True, value
         finally:
             with contextlib.suppress(FencedError, StoreError):  # the lease then lapses by itself
                 self.store.renew(identity, token, lease=0)
+
+    def _record(self, identity: Identity, token: str, version: int) -> str:
+        """Record `version` as the entity's last applied one, trying again for up to `wait`
+        seconds while the store is unreachable (the heartbeat keeps the entity held), and
+        claiming the entity again if its lease lapsed meanwhile; return the token it is held
+        under. What cannot be recorded is logged, not raised: the message's own outcome is
+        stored (or held, B19), so it is never applied again; only an older version of its
+        entity could still be, until a newer one is recorded."""
+        deadline = monotonic() + self.wait
+        delays = poll_delays()
+        while True:
+            try:
+                self.store.checkpoint(identity, token, str(version))
+            except FencedError:  # the lease lapsed during an outage: hold the entity again
+                with contextlib.suppress(StoreError, InFlightError):
+                    token, applied = self._hold(identity)
+                    if not is_newer(version, applied):
+                        return token  # a newer version was recorded meanwhile
+                    continue
+            except StoreError:
+                pass
+            else:
+                return token
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                _LOGGER.error(
+                    "Applied version %s of entity %r in %s, but could not record it; an older "
+                    "version of the entity could still be applied until a newer one is recorded",
+                    version, identity.key, identity.namespace,
+                )  # fmt: skip
+                return token
+            sleep(min(next(delays), remaining))
 
     def _hold(self, identity: Identity) -> tuple[str, int | None]:
         """Claim the entity's record, waiting up to `wait` for another delivery of it."""

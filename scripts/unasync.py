@@ -33,6 +33,7 @@ A_PREFIXED = (
     "update_by_key",
     "delete_by_key",
     "load_scope_secret",
+    "load_secret_of",
 )
 # Module-level dispatchers come in pairs: `async_backend` and `sync_backend`, and so on.
 DISPATCHERS = ("backend", "records", "executor", "pinned_exchange")

@@ -21,6 +21,7 @@ caller's own `transaction.atomic()`; its `view` mode sends a request through Dja
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import sys
@@ -183,6 +184,41 @@ urlpatterns = [
     path("stream", stream),
     path("crash", crash_view),
 ]
+
+
+def scenario_secret_rolled_back() -> dict[str, Any]:
+    """A process's first keyed request inside a block that rolls back (as `ATOMIC_REQUESTS`
+    rolls back a request whose view raised), then a payment: the scope secret the first
+    request created rolled back with it, and is not the one the payment is scoped by."""
+    from django.test import Client
+
+    client = Client(headers=CALLER)
+    with contextlib.suppress(BoomError), transaction.atomic():
+        client.post(
+            "/payments", {"amount": 1}, content_type="application/json",
+            headers={"Idempotency-Key": "s-0"},
+        )  # fmt: skip
+        boom()
+    return _paid(client, "s-1")
+
+
+def scenario_secret_retry() -> dict[str, Any]:
+    """Another process's retry of `scenario_secret_rolled_back`'s payment."""
+    from django.test import Client
+
+    return _paid(Client(headers=CALLER), "s-1")
+
+
+def _paid(client: Any, key: str) -> dict[str, Any]:
+    response = client.post(
+        "/payments", {"amount": 5}, content_type="application/json",
+        headers={"Idempotency-Key": key},
+    )  # fmt: skip
+    return {
+        "status": response.status_code,
+        "replay": response.get("Idempotent-Replayed") == "true",
+        "outcome": response.content.decode(),
+    }
 
 
 # The programs.

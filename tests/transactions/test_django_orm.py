@@ -113,6 +113,21 @@ def test_b29_django_atomic_commits_and_rolls_back_with_the_callers_atomic_block(
     assert reported["outside"] is False
 
 
+def test_b8_a_scope_secret_rolled_back_with_a_request_is_not_kept(database: Database) -> None:
+    """A process whose first keyed request ran in a block that rolled back (ATOMIC_REQUESTS
+    and a view that raised) does not keep the scope secret created in it: its payment is
+    scoped by the committed secret, so another process's retry replays it (before: the other
+    process made another secret, and the retry paid again)."""
+    database.store().close()  # the records table exists, with no scope secret in it yet
+    first = scenario(database, "secret_rolled_back")
+    retry = scenario(database, "secret_retry")
+    assert (first["status"], first["replay"]) == (201, False)
+    assert (retry["status"], retry["replay"]) == (201, True)
+    assert retry["outcome"] == first["outcome"]
+    assert len(database.payment_rows("s-1")) == 1
+    assert database.payment_rows("s-0") == []
+
+
 def test_b30_django_phases_resume_after_the_last_committed_phase(database: Database) -> None:
     """Atomic phases on Django's connection: a phase that fails rolls back its ORM write and
     keeps the recovery point; the retry resumes there, a repeat replays, and phases refuse to

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from typing import Any, TypeVar, Unpack
 from retrysafe._encryption import Keyring
 from retrysafe._flow import Counters
 from retrysafe._flow.observing import Observation, identify
-from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
 from retrysafe._http import Response, RouteSettings, Settings
 from retrysafe._http.scope import Scoper
 from retrysafe.integrations import _django_config as django_config
@@ -33,8 +31,8 @@ from retrysafe.integrations._routes import RouteOptions, mark
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._django import DjangoBackend
 from retrysafe.transactions._state import ClaimOptions
-from retrysafe.transactions._sync.transaction import Backend, Transaction
-from retrysafe.transactions._sync.work import WorkUnit, encrypting
+from retrysafe.transactions._sync.transaction import Transaction
+from retrysafe.transactions._sync.work import WorkUnit, encrypting, load_secret_of
 from retrysafe.transactions._web import claim_options, connect_failed, tracks
 
 try:
@@ -45,7 +43,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
     raise missing_framework("retrysafe.transactions.django", "Django") from error
 
-__all__ = ["load_scope_secret", "transactional"]
+__all__ = ["transactional"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Request = Any  # Django's request and response classes are untyped
@@ -206,23 +204,9 @@ def _scoper(config: _Config, backend: DjangoBackend) -> Scoper:
         return config.scopers.setdefault(("", ""), Scoper(secret))
     key = (backend.alias, backend.table)
     scoper = config.scopers.get(key)
-    if scoper is None:
-        secret = load_scope_secret(encrypting(backend, config.encryption))
-        scoper = config.scopers[key] = Scoper(secret)
+    if scoper is None:  # kept only once known committed (`load_secret_of`)
+        secret, committed = load_secret_of(encrypting(backend, config.encryption))
+        scoper = Scoper(secret)
+        if committed:
+            config.scopers[key] = scoper
     return scoper
-
-
-def load_scope_secret(backend: Backend) -> bytes:
-    """Return the scope secret kept in the records table, creating it there if absent (B8),
-    as `load_scope_secret` does on a raw driver's connection."""
-    tx = Transaction(
-        backend,
-        identity=SECRET_IDENTITY,
-        fingerprint=SECRET_FINGERPRINT,
-        retention=SECRET_RETENTION,
-    )
-    with tx:
-        if tx.replay and tx.outcome:
-            return tx.outcome
-        tx.complete(secrets.token_bytes(32))
-    return tx.outcome or b""

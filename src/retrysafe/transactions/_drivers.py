@@ -172,6 +172,23 @@ def unscoped(value: object) -> object:
     return value
 
 
+def session_of_its_own(value: object) -> Session | AsyncSession | None:
+    """Return a new session on the engine of `value`, a SQLAlchemy session with a transaction
+    open (a scoped session a hook already used), else None: for what must commit by itself,
+    as the scope secret must, whatever becomes of the caller's transaction."""
+    if is_session(value) and value.in_transaction():
+        orm = sqlalchemy_module("orm")
+        assert orm is not None  # noqa: S101 - is_session found it
+        session: Session = orm.Session(bind=value.get_bind())
+        return session
+    if is_async_session(value) and value.in_transaction() and value.bind is not None:
+        asyncio_ext = sqlalchemy_module("ext.asyncio")
+        assert asyncio_ext is not None  # noqa: S101 - is_async_session found it
+        async_session: AsyncSession = asyncio_ext.AsyncSession(bind=value.bind)
+        return async_session
+    return None
+
+
 def is_sync_connection(value: object) -> TypeGuard[Connection]:
     """Return whether `value` is a connection or session of a sync driver we drive."""
     return (

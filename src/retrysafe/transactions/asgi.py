@@ -187,17 +187,23 @@ class TransactionalMiddleware:
 
     async def _load_scoper(self) -> Scoper:
         """Load the scope secret kept in the records table (B8), once."""
-        async with _connection(self.connect) as connection:
+        async with _connection(self.connect) as given, contextlib.AsyncExitStack() as stack:
+            own = drivers.session_of_its_own(given)  # not in a transaction a hook opened
+            connection = given if own is None else await _enter(stack, own)
             if drivers.is_async_connection(connection):
-                secret = await aload_scope_secret(connection, self.table, self.encryption)
+                secret, committed = await aload_scope_secret(
+                    connection, self.table, self.encryption
+                )
             elif drivers.is_sync_connection(connection):
-                secret = await anyio.to_thread.run_sync(
+                secret, committed = await anyio.to_thread.run_sync(
                     load_scope_secret, connection, self.table, self.encryption
                 )
             else:
                 raise TypeError(f"connect() gave {connection!r}, not a connection or session.")
-        self._scoper = Scoper(secret)
-        return self._scoper
+        scoper = Scoper(secret)
+        if committed:  # a secret created in the connection's open transaction may roll back
+            self._scoper = scoper
+        return scoper
 
     def _settings_for(self, scope: Scope) -> Settings | None:
         """Return the settings of the request's route, or None if it is not covered (B5)."""

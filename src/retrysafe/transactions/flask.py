@@ -210,10 +210,16 @@ def _load_scoper(config: _Config) -> Scoper:
     """Load the scope secret kept in the records table (B8), once."""
     with contextlib.ExitStack() as stack:
         connection = _enter(stack, config.connect())
+        own = drivers.session_of_its_own(connection)  # not in a transaction a hook opened
+        if own is not None:
+            connection = _enter(stack, own)
         if not drivers.is_sync_connection(connection):
             raise TypeError(f"connect() gave {connection!r}, not a sync connection or session.")
-        config.scoper = Scoper(load_scope_secret(connection, config.table, config.encryption))
-    return config.scoper
+        secret, committed = load_scope_secret(connection, config.table, config.encryption)
+    scoper = Scoper(secret)
+    if committed:  # a secret created in the session's open transaction may yet roll back
+        config.scoper = scoper
+    return scoper
 
 
 def _enter(stack: contextlib.ExitStack, made: Any) -> object:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from retrysafe.transactions._drivers import Connection
     from retrysafe.transactions._state import ClaimOptions
 
-__all__ = ["WorkUnit", "load_scope_secret", "encrypting"]
+__all__ = ["WorkUnit", "load_scope_secret", "load_secret_of", "encrypting"]
 
 
 class WorkUnit:
@@ -149,21 +149,47 @@ def encrypting(backend: Backend, encryption: Keyring | None) -> Backend:
 
 def load_scope_secret(
     connection: Connection, table: str, encryption: Keyring | None = None
-) -> bytes:
-    """Return the scope secret kept in the records table, creating it there if absent (B8).
+) -> tuple[bytes, bool]:
+    """Return the scope secret kept in the records table, creating it there if absent (B8),
+    and whether it is known to be committed (see `load_secret_of`)."""
+    return load_secret_of(encrypting(sync_backend(connection, table), encryption))
+
+
+def load_secret_of(backend: Backend) -> tuple[bytes, bool]:
+    """Return the scope secret kept in `backend`'s records table, creating it if absent (B8),
+    and whether it is known to be committed: only then may a process keep it for later
+    requests.
 
     The same record the idempotency store keeps (`retrysafe._flow.secret`), read or inserted in
-    a short transaction of its own on `connection`, so the middleware and transactional mode on
-    one table scope requests alike; sealed by `encryption` as an encrypted store seals it.
+    a transaction of its own, so the middleware and transactional mode on one table scope
+    requests alike; sealed by an encrypted backend as an encrypted store seals it. Inside a
+    transaction the caller already opened (Django's `ATOMIC_REQUESTS`, a session in use), it
+    is a savepoint of that transaction: a secret created there commits or rolls back with it,
+    and is not known committed until a later request reads it (a secret another transaction
+    committed is). Kept after a rollback, it would scope this process's requests apart from
+    every other's, and their retries would run again.
     """
+    enclosed = backend.in_transaction()
     tx = Transaction(
-        encrypting(sync_backend(connection, table), encryption),
+        backend,
         identity=SECRET_IDENTITY,
         fingerprint=SECRET_FINGERPRINT,
         retention=SECRET_RETENTION,
     )
     with tx:
         if tx.replay and tx.outcome:
-            return tx.outcome
+            secret = tx.outcome
+            # Read in the caller's transaction, it may be this process's own uncommitted write.
+            committed = not enclosed or secret not in _UNSETTLED
+            if committed:
+                _UNSETTLED.discard(secret)
+            return secret, committed
         tx.complete(secrets.token_bytes(32))
-    return tx.outcome or b""
+    secret = tx.outcome or b""
+    if enclosed:
+        _UNSETTLED.add(secret)
+    return secret, not enclosed
+
+
+_UNSETTLED: set[bytes] = set()
+"""Secrets this process created inside a caller's open transaction, not yet read committed."""

@@ -9,15 +9,21 @@ They wrap another transport (STYLE 8, httpx "advanced/transports"):
 from __future__ import annotations
 
 import random
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import httpx
 import tenacity
 
 from retrysafe._clock import Clock
+from retrysafe.client._bodies import (
+    AsyncBoundedStream,
+    BoundedStream,
+    buffered,
+    expired,
+    reads_within,
+)
 from retrysafe.client._core import (
     DEFAULT_POLICY,
     Handling,
@@ -28,7 +34,7 @@ from retrysafe.client._core import (
     is_replay,
     make_settings,
 )
-from retrysafe.client._deadline import run_within, shut_at, time_ran_out
+from retrysafe.client._deadline import run_within
 from retrysafe.observe import Observer
 
 __all__ = ["AsyncIdempotentTransport", "IdempotentTransport"]
@@ -53,7 +59,13 @@ EXTENSION_ATTEMPTS = "retrysafe_attempts"
 
 
 def _start(settings: _Settings, request: httpx.Request) -> _Call:
-    return _Call.start(
+    """Begin the logical request `request`, and put its key in `request.extensions`.
+
+    httpx raises an error with the request its client passed, `request`, so the key of a
+    request that failed is in `error.request.extensions` (to send it again with that key).
+    Its headers stay as they are: a redirect the client follows gets a new key.
+    """
+    call = _Call.start(
         settings,
         method=request.method,
         url=str(request.url),
@@ -62,6 +74,12 @@ def _start(settings: _Settings, request: httpx.Request) -> _Call:
         replayable=isinstance(request.stream, httpx.ByteStream),
         retried_error=_retried_error,
     )
+    # A new dict, not one a redirect request shares: each request holds its own key, or none.
+    extensions = {k: v for k, v in request.extensions.items() if k != EXTENSION_KEY}
+    if call.key is not None:
+        extensions[EXTENSION_KEY] = call.key
+    request.extensions = extensions
+    return call
 
 
 def _attempt_request(call: _Call, request: httpx.Request) -> httpx.Request:
@@ -101,104 +119,8 @@ def _finish(call: _Call, response: httpx.Response) -> httpx.Response:
     return response
 
 
-def _expired(call: _Call, request: httpx.Request) -> httpx.ReadTimeout:
-    """The error of an attempt, or a body read, cut at the total-time bound: never retried."""
-    return httpx.ReadTimeout(time_ran_out(call), request=request)
-
-
-def _socket_of(response: httpx.Response) -> socket.socket | None:
-    """The socket of an HTTP/1.1 response, to shut down at the deadline; None otherwise.
-
-    An HTTP/2 connection carries other requests' streams too, so it is never shut down.
-    """
-    stream = response.extensions.get("network_stream")
-    if stream is None or response.extensions.get("http_version") != b"HTTP/1.1":
-        return None
-    sock = stream.get_extra_info("socket")
-    return sock if isinstance(sock, socket.socket) else None
-
-
-class _BoundedStream(httpx.SyncByteStream):
-    """A response body that the caller's client reads, cut at the deadline (SPEC B33).
-
-    The deadline is checked between chunks (a trickle), and the connection is shut down at the
-    deadline, which wakes a read blocked on a stalled body.
-    """
-
-    def __init__(self, response: httpx.Response, call: _Call, request: httpx.Request) -> None:
-        assert isinstance(response.stream, httpx.SyncByteStream)  # noqa: S101 -- sync transport
-        self._stream = response.stream
-        self._socket = _socket_of(response)
-        self._call = call
-        self._request = request
-
-    def __iter__(self) -> Iterator[bytes]:
-        """Yield the body's chunks until it ends or the deadline passes."""
-        sock = self._socket
-        disarm = shut_at(self._call.remaining(), sock) if sock is not None else _nothing
-        try:
-            for chunk in self._stream:
-                if self._call.past_deadline():
-                    break
-                yield chunk
-            else:
-                return
-        except httpx.TransportError as error:
-            if not self._call.past_deadline():
-                raise
-            raise _expired(self._call, self._request) from error
-        finally:
-            disarm()
-        raise _expired(self._call, self._request)
-
-    def close(self) -> None:
-        """Close the wrapped stream."""
-        self._stream.close()
-
-
-def _nothing() -> None:
-    pass
-
-
 def _close(response: httpx.Response) -> None:
     response.close()
-
-
-class _AsyncBoundedStream(httpx.AsyncByteStream):
-    """The async twin of `_BoundedStream`: each read is cancelled at the deadline."""
-
-    def __init__(self, response: httpx.Response, call: _Call, request: httpx.Request) -> None:
-        assert isinstance(response.stream, httpx.AsyncByteStream)  # noqa: S101 -- async transport
-        self._stream = response.stream
-        self._call = call
-        self._request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        """Yield the body's chunks until it ends or the deadline passes."""
-        chunks = aiter(self._stream)
-        while True:
-            with anyio.move_on_after(self._call.remaining()) as scope:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return
-            if scope.cancelled_caught or self._call.past_deadline():
-                raise _expired(self._call, self._request)
-            yield chunk
-
-    async def aclose(self) -> None:
-        """Close the wrapped stream."""
-        await self._stream.aclose()
-
-
-def _buffered(response: httpx.Response, raw: bytes) -> httpx.Response:
-    # The raw bytes keep their Content-Encoding: the client decodes them as it would have.
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        stream=httpx.ByteStream(raw),
-        extensions=response.extensions,
-    )
 
 
 class IdempotentTransport(httpx.BaseTransport):
@@ -209,7 +131,9 @@ class IdempotentTransport(httpx.BaseTransport):
     once. Connection errors, timeouts, and 409 (in flight), 429, 502, 503 and 504 are retried
     with full-jitter exponential backoff, honouring `Retry-After`; 400 and 422 never are.
     The response's `extensions` carry `idempotent_replayed` (bool), `idempotency_key` and
-    `retrysafe_attempts`.
+    `retrysafe_attempts`; the request's carry `idempotency_key` too, so that the key of a
+    request that failed is in `error.request.extensions`. The body of a keyed answer that
+    declares at most 1 MiB is read within the attempt, so a body cut off is retried too.
 
     Args:
         transport: the transport that sends each attempt; a new `httpx.HTTPTransport()` if None.
@@ -252,14 +176,16 @@ class IdempotentTransport(httpx.BaseTransport):
 
         def send(sent: httpx.Request) -> httpx.Response:
             response = self._transport.handle_request(sent)
-            if not call.retries_status(response.status_code, response.headers):
+            # A retried answer is small; reading it frees the connection for the retry. A small
+            # body of a keyed answer is read here, so that a body cut off is retried too.
+            status, headers = response.status_code, response.headers
+            if not call.retries_status(status, headers) and not reads_within(call, headers):
                 return response
-            # A retried answer is small; reading it frees the connection for the retry.
             try:
                 raw = b"".join(response.iter_raw())
             finally:
                 response.close()
-            return _buffered(response, raw)
+            return buffered(response, raw)
 
         def attempt() -> httpx.Response:
             call.note_attempt()
@@ -269,15 +195,15 @@ class IdempotentTransport(httpx.BaseTransport):
                 # deadline (see client/_deadline.py), and bound the body the client reads.
                 response = run_within(call.remaining(), lambda: send(sent), _close)
                 if response is None:
-                    raise _expired(call, sent)
+                    raise expired(call, sent)
             except RETRIED_ERRORS as error:
                 if isinstance(error, httpx.TimeoutException) and call.past_deadline():
-                    raise _expired(call, sent) from error  # its timeout, clipped to the bound
+                    raise expired(call, sent) from error  # its timeout, clipped to the bound
                 if call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise
             if not isinstance(response.stream, httpx.ByteStream):
-                response.stream = _BoundedStream(response, call, sent)
+                response.stream = BoundedStream(response, call, sent)
             return response
 
         retrying = call.retrying(tenacity.Retrying, self._sleep)
@@ -333,14 +259,15 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
 
         async def send(sent: httpx.Request) -> httpx.Response:
             response = await self._transport.handle_async_request(sent)
-            if not call.retries_status(response.status_code, response.headers):
-                response.stream = _AsyncBoundedStream(response, call, sent)
+            status, headers = response.status_code, response.headers
+            if not call.retries_status(status, headers) and not reads_within(call, headers):
+                response.stream = AsyncBoundedStream(response, call, sent)
                 return response
             try:
                 raw = b"".join([chunk async for chunk in response.aiter_raw()])
             finally:
                 await response.aclose()
-            return _buffered(response, raw)
+            return buffered(response, raw)
 
         async def attempt() -> httpx.Response:
             call.note_attempt()
@@ -348,10 +275,10 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
             try:
                 with anyio.move_on_after(call.remaining()):  # B33: the attempt ends in time
                     return await send(sent)
-                raise _expired(call, sent)
+                raise expired(call, sent)
             except RETRIED_ERRORS as error:
                 if isinstance(error, httpx.TimeoutException) and call.past_deadline():
-                    raise _expired(call, sent) from error  # its timeout, clipped to the bound
+                    raise expired(call, sent) from error  # its timeout, clipped to the bound
                 if call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise

@@ -96,7 +96,9 @@ def jetstream_message(
     subscription fetched) and returns None once the delivery is settled: `ack` after the
     handler returned or replayed, `term` for an error that no redelivery fixes, `nak` (after
     `nak_delay` seconds) for any other. Errors are logged on `retrysafe.consumers`, not
-    raised. Cancellation settles nothing: JetStream redelivers after `ack_wait`.
+    raised, and so is a settlement that fails (a closed connection: JetStream redelivers,
+    and the redelivery replays). Cancellation settles nothing: JetStream redelivers after
+    `ack_wait`.
 
     Args:
         store: an async store (`open_async_store`).
@@ -145,7 +147,7 @@ def jetstream_message(
             if failed is not None:
                 await _settle_failure(msg, failed, where, final, nak_delay)
             elif not msg.is_acked:  # the handler may have settled it itself
-                await msg.ack()
+                await _settle(msg.ack, "ack", where)
 
         return settle
 
@@ -166,14 +168,30 @@ async def _settle_failure(
         # This delivery ran, and another took its id over and ran too: the newer outcome
         # stands and every redelivery replays it, so there is nothing left to deliver.
         _LOGGER.warning("%s: its lease was taken over; acknowledged", where, exc_info=error)
-        await msg.ack()
+        await _settle(msg.ack, "ack", where)
     elif not should_requeue(error) or is_final(error, final):
         _LOGGER.error("%s terminated: a redelivery cannot fix it", where, exc_info=error)
-        await msg.term()
+        await _settle(msg.term, "term", where)
     else:
         delay = error.retry_after if isinstance(error, InFlightError) else nak_delay
         _LOGGER.warning("%s nak'ed, redelivered in %ss", where, delay, exc_info=error)
-        await msg.nak(delay=delay or None)
+        await _settle(functools.partial(msg.nak, delay=delay or None), "nak", where)
+
+
+async def _settle(call: Callable[[], Awaitable[None]], verb: str, where: str) -> None:
+    """Settle a delivery; log a failure (a closed connection) instead of raising it.
+
+    Nothing is lost: the outcome (or the released claim, for a nak) is stored before the
+    delivery is settled, so JetStream redelivers the message after `ack_wait` and the
+    redelivery replays the outcome, or runs the handler again, and settles it again.
+    """
+    try:
+        await call()
+    except Exception as error:
+        _LOGGER.warning(
+            "%s: %s failed, JetStream redelivers it after ack_wait: %r", where, verb, error
+        )
+    raise_if_cancelled()  # cancelled during the call by a client that kept it quiet
 
 
 async def _in_progress(msg: JetStreamMessage, every: float, where: str) -> None:

@@ -15,11 +15,14 @@ record; a relay publishes committed messages and marks them published:
 
 Each message id derives from the operation's key (`message_id`), so a message published twice
 (the relay died after the broker took it, before marking it) is applied once by a consumer
-that deduplicates on it (`retrysafe.consumers.idempotent_message`). See docs/outbox.md.
+that deduplicates on it (`retrysafe.consumers.idempotent_message`). A message the broker
+refuses `max_attempts` times is parked, so the later ones go on, and listed
+(`Relay.parked_messages`) and re-queued (`Relay.requeue`) by an operator. See docs/outbox.md.
 """
 
 from __future__ import annotations
 
+from retrysafe.outbox._batch import ParkedMessage
 from retrysafe.outbox._messages import Outbox, OutboxMessage, message_id, outbox_table
 from retrysafe.outbox._relay import Publisher, Relay
 from retrysafe.outbox.amqp import AmqpPublisher
@@ -28,6 +31,7 @@ __all__ = [
     "AmqpPublisher",
     "Outbox",
     "OutboxMessage",
+    "ParkedMessage",
     "Publisher",
     "Relay",
     "message_id",

@@ -8,17 +8,24 @@ after the broker confirmed it), so a relay that dies between the two publishes i
 the same message id, and the consumer (`retrysafe.consumers.idempotent_message`) applies it
 once. Idle, the relay polls every `poll_interval`; after a failure it waits twice as long each
 time, up to `max_backoff`, and a store connection it opened is opened afresh.
+
+A message the publisher refuses every time (a queue that does not exist, with `mandatory`)
+would hold back every later one: once `max_attempts` publishes of it failed, and a message after
+it is published, it is parked (logged at ERROR, kept with its last error, skipped) until an
+operator re-queues it (`parked_messages`, `requeue`). An outage parks nothing (`_batch.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._errors import ConfigurationError
+from retrysafe.outbox._batch import ParkedMessage
 from retrysafe.outbox._messages import OutboxMessage
 from retrysafe.outbox._source import OutboxSource, open_source
 from retrysafe.stores._closing import closed_on_error
@@ -52,6 +59,9 @@ class Relay:
         poll_interval: seconds to wait when no message is waiting.
         max_backoff: the longest wait after failures (which double the wait each time).
         retention: seconds a published message is kept before it is purged.
+        max_attempts: failed publishes of one message after which it is parked, once a message
+            after it is published (so the publisher works and refuses that one); `None` never
+            parks: such a message holds back every later one.
         clock: the time source (default: the system clock).
     """
 
@@ -63,9 +73,12 @@ class Relay:
     poll_interval: float = 1.0
     max_backoff: float = 30.0
     retention: float = 86400.0
+    max_attempts: int | None = 5
     clock: Clock = field(default_factory=SystemClock)
     published: int = field(default=0, init=False)
     """How many messages this relay published and marked."""
+    parked: int = field(default=0, init=False)
+    """How many messages this relay parked."""
     _source: OutboxSource | None = field(default=None, init=False, repr=False)
     _next_purge: float = field(default=0.0, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -76,18 +89,39 @@ class Relay:
             or self.poll_interval <= 0
             or self.max_backoff < self.poll_interval
             or self.retention <= 0
+            or (self.max_attempts is not None and self.max_attempts < 1)
         ):
             raise ConfigurationError(
-                "Need batch >= 1, poll_interval > 0, max_backoff >= poll_interval and "
-                "retention > 0."
+                "Need batch >= 1, poll_interval > 0, max_backoff >= poll_interval, "
+                "retention > 0 and max_attempts >= 1 (or None)."
             )
 
     def run_once(self) -> int:
         """Publish one batch and mark it; purge old published messages now and then; return
-        how many messages were published."""
+        how many messages were published.
+
+        Raises:
+            Exception: the publisher's error that stopped the batch (what it published
+                before is marked, the failure counted on the message's row).
+        """
         source = self._opened()
-        published = source.relay(self.batch, self.publisher, self.clock.now)
+        batch = source.relay(self.batch, self.publisher, self.clock.now, self.max_attempts)
+        published = len(batch.published)
         self.published += published
+        self.parked += len(batch.parked)
+        for parked in batch.parked:
+            message = parked.message
+            logger.error(
+                "The outbox relay parked message %s (#%d, topic %r) after %d failed publishes; "
+                "the messages after it go on. Last error: %s",
+                message.message_id,
+                message.id,
+                message.topic,
+                parked.attempts,
+                parked.error,
+            )
+        if batch.error is not None:
+            raise batch.error
         now = self.clock.now()
         if published < self.batch and now >= self._next_purge:
             source.purge(now - self.retention)
@@ -119,6 +153,21 @@ class Relay:
                 wait = 0.0 if published == self.batch else self.poll_interval
             if wait:
                 self._stopping.wait(wait)
+
+    def parked_messages(self) -> list[ParkedMessage]:
+        """Return the parked messages, in id order, with their failed publishes and last error."""
+        return self._opened().parked()
+
+    def requeue(self, message_ids: Iterable[str] | None = None) -> int:
+        """Put parked messages back in line, their attempts counted afresh; return how many.
+
+        Args:
+            message_ids: the message ids to re-queue (default: every parked message).
+        """
+        source = self._opened()
+        if message_ids is None:
+            message_ids = [parked.message_id for parked in source.parked()]
+        return source.requeue(message_ids)
 
     def stop(self) -> None:
         """Make `run` return after the batch in progress (safe from any thread)."""

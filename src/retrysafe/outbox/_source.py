@@ -5,19 +5,21 @@ On PostgreSQL a batch is read `FOR UPDATE SKIP LOCKED` and marked in the same tr
 held while the batch is published: another relay skips the locked rows, and a relay that dies
 mid-batch rolls its locks back, so another publishes those rows again, with the same ids. On
 SQLite the batch is read, published, then marked in a short write transaction: the write lock
-is never held while a broker is waited for, and one relay runs per database file.
+is never held while a broker is waited for, and one relay runs per database file. What a batch
+publishes, counts as failed and parks is decided by `_batch.Batch`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from retrysafe._errors import ConfigurationError
-from retrysafe.outbox._messages import OutboxMessage, decode_headers, outbox_table
+from retrysafe.outbox._batch import Batch, ParkedMessage, Publish
+from retrysafe.outbox._messages import outbox_table
 from retrysafe.outbox._sql import OutboxTable
 from retrysafe.stores import backend_url
 from retrysafe.stores._sql import DEFAULT_TABLE
@@ -26,7 +28,6 @@ from retrysafe.transactions import _drivers as drivers
 
 __all__ = ["OutboxSource", "open_source"]
 
-Publish = Callable[[OutboxMessage], None]
 _SQLITE_TIMEOUT = 30.0
 
 
@@ -56,37 +57,72 @@ class OutboxSource:
         self._deadline = deadline
 
     def prepare(self) -> None:
-        """Create the table if it is missing."""
+        """Create the table if it is missing; add the columns a table of an older release
+        lacks."""
         with self._bounded(), self._transaction() as cursor:
             if self.table.dialect == "postgresql":
                 cursor.execute(self.table.lock_schema, (self.table.name,))
             for statement in self.table.create:
                 cursor.execute(statement)
+            for column, add in self.table.added_columns:
+                cursor.execute(self.table.missing_column, (column,))
+                if cursor.fetchone()[0]:
+                    cursor.execute(add)
 
-    def relay(self, limit: int, publish: Publish, now: Callable[[], float]) -> int:
-        """Publish up to `limit` committed messages in id order; return how many were marked.
+    def relay(
+        self, limit: int, publish: Publish, now: Callable[[], float], max_attempts: int | None
+    ) -> Batch:
+        """Publish up to `limit` committed messages in id order; return the batch, whose
+        published messages are marked, failures counted and parked messages parked.
 
-        A message is marked published only once `publish` returned for it. If `publish`
-        raises, the messages before it are marked and committed, then the error propagates.
+        A message is marked published only once `publish` returned for it. The batch's
+        `error` (a failure that stopped it) is the caller's to raise.
         """
+        batch = Batch(publish, limit, max_attempts)
         if self.table.dialect == "postgresql":
             with self._bounded() as bound, self._transaction() as cursor:
-                cursor.execute(self.table.unpublished, (limit,))
-                rows = cursor.fetchall()
-                with bound.paused():  # a broker's pace is not the database's
-                    published, error = _publish(rows, publish)
-                _mark(cursor, self.table, published, now())
+                more = True
+                while more:
+                    cursor.execute(self.table.unpublished, (batch.after, limit))
+                    rows = cursor.fetchall()
+                    with bound.paused():  # a broker's pace is not the database's
+                        more = batch.run(rows)
+                _record(cursor, self.table, batch, now())
         else:
-            with self._cursor() as cursor:
-                cursor.execute(self.table.unpublished, (limit,))
-                rows = cursor.fetchall()
-            published, error = _publish(rows, publish)
-            if published:
+            more = True
+            while more:
+                with self._cursor() as cursor:
+                    cursor.execute(self.table.unpublished, (batch.after, limit))
+                    rows = cursor.fetchall()
+                more = batch.run(rows)
+            if batch.published or batch.failed:
                 with self._transaction() as cursor:
-                    _mark(cursor, self.table, published, now())
-        if error is not None:
-            raise error
-        return len(published)
+                    _record(cursor, self.table, batch, now())
+        return batch
+
+    def parked(self) -> list[ParkedMessage]:
+        """Return the parked messages, in id order."""
+        # psycopg: in a transaction of its own, so a given connection is not left in one.
+        postgres = self.table.dialect == "postgresql"
+        reading = self._transaction() if postgres else self._cursor()
+        with self._bounded(), reading as cursor:
+            cursor.execute(self.table.parked)
+            rows = cursor.fetchall()
+        return [
+            ParkedMessage(
+                int(row_id), str(message), str(topic), int(attempts), str(error), float(at)
+            )
+            for row_id, message, topic, attempts, error, at in rows
+        ]
+
+    def requeue(self, message_ids: Iterable[str]) -> int:
+        """Put the parked messages of `message_ids` back in line; return how many were."""
+        requeued = 0
+        with self._bounded(), self._transaction() as cursor:
+            for message_id in message_ids:
+                cursor.execute(self.table.requeue, (message_id,))
+                requeued += max(int(cursor.rowcount), 0)
+        return requeued
 
     def purge(self, before: float) -> int:
         """Delete the messages published before `before`; return how many."""
@@ -173,33 +209,16 @@ class _Bound:
         return armed is not None and self._deadline is not None and self._deadline.disarm(armed)
 
 
-def _publish(rows: Sequence[Any], publish: Publish) -> tuple[list[int], Exception | None]:
-    """Publish `rows` in order; return the ids `publish` returned for, and its error if one
-    raised (the rows after it wait for the next batch)."""
-    published: list[int] = []
-    for row in rows:
-        try:
-            publish(_message(row))
-        except Exception as error:  # the caller commits the marks first, then raises it
-            return published, error
-        published.append(row[0])
-    return published, None
-
-
-def _mark(cursor: Any, table: OutboxTable, ids: list[int], now: float) -> None:
-    cursor.executemany(table.mark_published, [(now, row_id) for row_id in ids])
-
-
-def _message(row: Sequence[Any]) -> OutboxMessage:
-    row_id, message_id, topic, payload, headers, created_at = row
-    return OutboxMessage(
-        int(row_id),
-        str(message_id),
-        str(topic),
-        bytes(payload),
-        decode_headers(headers),
-        float(created_at),
+def _record(cursor: Any, table: OutboxTable, batch: Batch, now: float) -> None:
+    """Mark the published messages, count the failures, park the parked ones."""
+    writes = (
+        (table.mark_published, [(now, row_id) for row_id in batch.published]),
+        (table.mark_failed, batch.failed),
+        (table.mark_parked, [(now, parked.message.id) for parked in batch.parked]),
     )
+    for statement, rows in writes:
+        if rows:
+            cursor.executemany(statement, rows)
 
 
 def open_source(store: object, table: str | None = None) -> OutboxSource:

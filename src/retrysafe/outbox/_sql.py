@@ -7,9 +7,13 @@
     headers       a JSON object of str to str (TEXT / JSONB)
     created_at    seconds since the epoch, when the transaction wrote it
     published_at  NULL until the relay's publisher confirmed it; purged after the retention
+    attempts      how many times the publisher failed to publish it (0 once re-queued)
+    last_error    the publisher's last error, as text (NULL while it never failed)
+    parked_at     when the relay set it aside after `max_attempts` failures; NULL otherwise
 
 The partial index on unpublished rows keeps the relay's scan short however many published rows
-wait for their purge.
+wait for their purge. Tables created before `attempts`, `last_error` and `parked_at` existed
+get them from the relay (`missing_column`, `add_column`); the app's inserts do not name them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,19 @@ _COLUMNS: Final = {
     "postgresql": ("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA", "JSONB", "FLOAT8"),
 }
 _MARKS: Final = {"sqlite": "?", "postgresql": "%s"}
+_ADDED: Final = {  # the columns added after the first release, in the order they came
+    "sqlite": (
+        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_error", "TEXT"),
+        ("parked_at", "REAL"),
+    ),
+    "postgresql": (
+        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_error", "TEXT"),
+        ("parked_at", "FLOAT8"),
+    ),
+}
+_SELECTED: Final = "id, message_id, topic, payload, headers, created_at, attempts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +66,39 @@ class OutboxTable:
     def create(self) -> tuple[str, ...]:
         """The statements that create the table and its indexes unless they exist."""
         key, blob, json, time = _COLUMNS[self.dialect]
+        added = "".join(f", {name} {kind}" for name, kind in _ADDED[self.dialect])
         # Identifiers are checked by `outbox_table`; SQL cannot bind them.
         return (
             f'CREATE TABLE IF NOT EXISTS "{self.name}" ('
             f"id {key}, message_id TEXT NOT NULL UNIQUE, topic TEXT NOT NULL, "
             f"payload {blob} NOT NULL, headers {json} NOT NULL, created_at {time} NOT NULL, "
-            f"published_at {time})",
+            f"published_at {time}{added})",
             f'CREATE INDEX IF NOT EXISTS "{self.name}_unpublished" ON "{self.name}" (id) '
             "WHERE published_at IS NULL",
             f'CREATE INDEX IF NOT EXISTS "{self.name}_published" ON "{self.name}" '
             "(published_at) WHERE published_at IS NOT NULL",
+        )
+
+    @property
+    def added_columns(self) -> tuple[tuple[str, str], ...]:
+        """The columns added since the first release: (name, `ADD COLUMN` statement)."""
+        return tuple(
+            (name, f'ALTER TABLE "{self.name}" ADD COLUMN {name} {kind}')
+            for name, kind in _ADDED[self.dialect]
+        )
+
+    @property
+    def missing_column(self) -> str:
+        """One row, true if the table lacks the column named by the parameter. On PostgreSQL
+        `ALTER TABLE` locks the whole table even when the column exists: ask first."""
+        if self.dialect == "postgresql":
+            return (
+                "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = "  # noqa: S608
+                f"to_regclass('\"{self.name}\"') AND attname = %s AND NOT attisdropped)"
+            )
+        return (
+            "SELECT count(*) = 0 "  # noqa: S608
+            f"FROM pragma_table_info('{self.name}') WHERE name = ?"
         )
 
     @property
@@ -83,12 +123,48 @@ class OutboxTable:
 
     @property
     def unpublished(self) -> str:
-        """Read up to N unpublished messages in id order; on PostgreSQL, lock them and skip the
-        rows another relay has locked, so relays share the work."""
+        """Read up to N messages neither published nor parked, after an id, in id order; on
+        PostgreSQL, lock them and skip the rows another relay has locked, so relays share the
+        work."""
         lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
         return (
-            "SELECT id, message_id, topic, payload, headers, created_at "  # noqa: S608
-            f'FROM "{self.name}" WHERE published_at IS NULL ORDER BY id LIMIT {self.mark}{lock}'
+            f'SELECT {_SELECTED} FROM "{self.name}" '  # noqa: S608
+            f"WHERE published_at IS NULL AND parked_at IS NULL AND id > {self.mark} "
+            f"ORDER BY id LIMIT {self.mark}{lock}"
+        )
+
+    @property
+    def mark_failed(self) -> str:
+        """Count one failed publish of a message and keep its error."""
+        return (
+            f'UPDATE "{self.name}" SET attempts = attempts + 1, '  # noqa: S608
+            f"last_error = {self.mark} WHERE id = {self.mark} AND published_at IS NULL"
+        )
+
+    @property
+    def mark_parked(self) -> str:
+        """Set one message aside: the relay skips it until it is re-queued."""
+        return (
+            f'UPDATE "{self.name}" SET parked_at = {self.mark} '  # noqa: S608
+            f"WHERE id = {self.mark} AND published_at IS NULL"
+        )
+
+    @property
+    def parked(self) -> str:
+        """Read the parked messages, in id order."""
+        return (
+            "SELECT id, message_id, topic, attempts, last_error, parked_at "  # noqa: S608
+            f'FROM "{self.name}" WHERE parked_at IS NOT NULL AND published_at IS NULL '
+            "ORDER BY id"
+        )
+
+    @property
+    def requeue(self) -> str:
+        """Put one parked message (by message id) back in line, its attempts counted afresh."""
+        return (
+            f'UPDATE "{self.name}" SET parked_at = NULL, attempts = 0, '  # noqa: S608
+            "last_error = NULL WHERE parked_at IS NOT NULL AND published_at IS NULL "
+            f"AND message_id = {self.mark}"
         )
 
     @property

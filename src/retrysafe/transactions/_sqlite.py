@@ -136,17 +136,46 @@ class SQLiteBackend(SQLiteRecords):
             raise
 
     def end(self, *, commit: bool) -> None:
-        """Commit or roll back what `begin` opened."""
+        """Commit or roll back what `begin` opened.
+
+        Raises:
+            StoreError: the commit failed (`StoreUnavailableError` when the database stayed
+                locked); the transaction was rolled back.
+        """
         savepoint, self._savepoint = self._savepoint, None
         if savepoint is None:
             if commit:
-                self.connection.commit()
+                self._commit()
             else:
                 self.connection.rollback()
             return
         if not commit:
             self.connection.execute(f'ROLLBACK TO SAVEPOINT "{savepoint}"')
         self.connection.execute(f'RELEASE SAVEPOINT "{savepoint}"')
+
+    def _commit(self) -> None:
+        """Commit the transaction `begin` opened, or roll it back if the commit fails.
+
+        A COMMIT refused with SQLITE_BUSY (in the rollback journal mode, another connection
+        still reads the file) leaves the transaction open: later blocks on the connection would
+        run as savepoints inside it, and none of them would ever commit.
+        """
+        try:
+            self.connection.commit()
+        except sqlite3.Error as error:
+            cause = store_error(error, _path(self.connection))
+            try:
+                self.connection.rollback()
+            except sqlite3.Error as failed:
+                raise type(cause)(
+                    f"The transaction could not commit, and rolling it back failed too "
+                    f"({failed}): nothing of it was applied, but close the connection, whose "
+                    f"transaction is still open. {cause}"
+                ) from error
+            raise type(cause)(
+                "The transaction could not commit, so it was rolled back with every write made "
+                f"in it: nothing of it was applied. {cause}"
+            ) from error
 
 
 class SQLiteExecutor:

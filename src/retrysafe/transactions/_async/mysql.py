@@ -26,6 +26,7 @@ PostgreSQL, and what this module does about it:
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Sequence
 from typing import Any, Final
@@ -38,7 +39,11 @@ from retrysafe.stores._async.mysql_records import AsyncMySQLRecords as AsyncStor
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.mysql import mysql_table
 from retrysafe.stores._sql.mysql_connection import DEADLOCK, LOCK_WAIT_TIMEOUT, store_error
-from retrysafe.transactions._async.sql_backend import AsyncDriverBackend, AsyncDriverRecords
+from retrysafe.transactions._async.sql_backend import (
+    AsyncDriverBackend,
+    AsyncDriverRecords,
+    commit_failed,
+)
 from retrysafe.transactions._drivers import AsyncMySQLConnection
 from retrysafe.transactions._state import DeadlockRollbackError
 from retrysafe.transactions._write_sql import MYSQL, Row, error_number
@@ -47,6 +52,7 @@ __all__ = ["AsyncMySQLBackend", "AsyncMySQLExecutor", "AsyncMySQLRecords"]
 
 _IN_TRANSACTION: Final = 1  # SERVER_STATUS_IN_TRANS: the server has a transaction open
 _NO_SAVEPOINT: Final = 1305  # ER_SP_DOES_NOT_EXIST: the transaction that had it is gone
+_NO_SUCH_TABLE: Final = 1146  # ER_NO_SUCH_TABLE
 
 
 def server_in_transaction(connection: object) -> bool | None:
@@ -84,6 +90,10 @@ class AsyncMySQLRecords(
     def _lock_wait_timed_out(self, error: aiomysql.MySQLError) -> bool:
         """Return whether `innodb_lock_wait_timeout` ended a wait on a row lock (1205)."""
         return error_number(error) == LOCK_WAIT_TIMEOUT
+
+    def _table_missing(self, error: aiomysql.MySQLError) -> bool:
+        """Return whether `error` is 1146 (no such table)."""
+        return error_number(error) == _NO_SUCH_TABLE
 
     async def _store_claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
@@ -145,14 +155,18 @@ class AsyncMySQLBackend(AsyncMySQLRecords, AsyncDriverBackend):
         await self._prepare_opened()
 
     async def end(self, *, commit: bool) -> None:
-        """Commit or roll back what `begin` opened."""
+        """Commit or roll back what `begin` opened.
+
+        Raises:
+            StoreError: the commit failed; the transaction was rolled back.
+        """
         savepoint, self._savepoint = self._savepoint, None
         if savepoint is None:
+            if commit:
+                await self._commit()
+                return
             with self._translated():
-                if commit:
-                    await self.connection.commit()
-                else:
-                    await self.connection.rollback()
+                await self.connection.rollback()
             return
         try:
             if not commit:
@@ -165,6 +179,16 @@ class AsyncMySQLBackend(AsyncMySQLRecords, AsyncDriverBackend):
             if not gone:
                 with self._translated():
                     raise
+
+    async def _commit(self) -> None:
+        """Commit the transaction `begin` opened; if that fails, roll it back (the server
+        ends most transactions whose COMMIT fails, but not necessarily every one)."""
+        try:
+            await self.connection.commit()
+        except aiomysql.MySQLError as error:
+            with contextlib.suppress(aiomysql.MySQLError):
+                await self.connection.rollback()  # on a lost connection, nothing to roll back
+            raise commit_failed(self._translate(error)) from error
 
     async def _execute(self, statement: str) -> None:
         async with self.connection.cursor() as cursor:

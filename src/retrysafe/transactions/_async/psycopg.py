@@ -17,13 +17,18 @@ from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
 
 from retrysafe._record import Claim, Identity
 from retrysafe.stores._async.postgres_records import AsyncPostgresRecords
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import store_error
-from retrysafe.transactions._async.sql_backend import AsyncDriverBackend, AsyncDriverRecords
+from retrysafe.transactions._async.sql_backend import (
+    AsyncDriverBackend,
+    AsyncDriverRecords,
+    commit_failed,
+)
 
 __all__ = ["AsyncPsycopgBackend", "AsyncPsycopgRecords"]
 
@@ -52,6 +57,22 @@ class AsyncPsycopgRecords(
     def _lock_wait_timed_out(self, error: psycopg.Error) -> bool:
         """Return whether `lock_timeout` ended a wait on a row lock."""
         return isinstance(error, psycopg.errors.LockNotAvailable)
+
+    def _table_missing(self, error: psycopg.Error) -> bool:
+        """Return whether `error` is SQLSTATE 42P01 (undefined table)."""
+        return isinstance(error, psycopg.errors.UndefinedTable)
+
+    async def _found_committed(self) -> bool:
+        """Return whether the open transaction has written nothing yet (it has no transaction
+        id): then it did not create the table it found, which is therefore committed.
+
+        `txid_current_if_assigned`: PostgreSQL 10 to 12 lack its newer name,
+        `pg_current_xact_id_if_assigned`.
+        """
+        async with self.connection.cursor(row_factory=tuple_row) as cursor:
+            await cursor.execute("SELECT txid_current_if_assigned() IS NULL")
+            row = await cursor.fetchone()
+        return row is not None and bool(row[0])
 
     async def _store_claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
@@ -98,13 +119,22 @@ class AsyncPsycopgBackend(AsyncPsycopgRecords, AsyncDriverBackend):
         await self._prepare_opened()
 
     async def end(self, *, commit: bool) -> None:
-        """Commit or roll back what `begin` opened."""
+        """Commit or roll back what `begin` opened.
+
+        Raises:
+            StoreError: the commit failed (a deferred constraint, a serialization failure, a
+                lost connection); PostgreSQL ends a transaction whose COMMIT fails, so nothing
+                of it was applied.
+        """
         opened, self._transaction = self._transaction, None
         if opened is None:
             return
         stack, transaction = opened
         if commit:
-            await stack.aclose()
+            try:
+                await stack.aclose()
+            except psycopg.Error as error:
+                raise commit_failed(self._translate(error)) from error
         else:
             rollback = psycopg.Rollback(transaction)
             await stack.__aexit__(type(rollback), rollback, None)

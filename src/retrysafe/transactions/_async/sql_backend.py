@@ -5,15 +5,19 @@ the same way: the store's own primitives, on the caller's connection, each insid
 error translation; and they check the records table once per process, not per transaction.
 `AsyncDriverRecords` holds that, and a driver's subclass says what differs:
 
-- `driver_error`, `_translate` and `_lock_wait_timed_out`: which of the driver's errors are
-  translated, and into what (a claim's lock wait that timed out: `InFlightError`);
+- `driver_error`, `_translate`, `_lock_wait_timed_out` and `_table_missing`: which of the
+  driver's errors are translated, and into what (a claim's lock wait that timed out:
+  `InFlightError`; a missing table is also forgotten as ready);
 - `_store_claim`: the store's claim as a transaction runs it;
 - `_address`: the server and database the connection is on;
 - `commits_on_ddl` and `_creation_refusal`: where `CREATE TABLE` commits the open transaction
-  (MySQL), a missing table is created only while none is open, and is remembered at once.
+  (MySQL), a missing table is created only while none is open, and is remembered at once;
+- `_found_committed`: whether a table found now is known committed (PostgreSQL: the open
+  transaction has written nothing yet, so it did not create it).
 
 `AsyncDriverBackend` adds what their transaction control shares: the table is prepared inside
-what `begin` opened, which is rolled back if that fails.
+what `begin` opened, which is rolled back if that fails; a failed commit is raised as our error
+(`commit_failed`).
 """
 
 from __future__ import annotations
@@ -22,17 +26,20 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from retrysafe._errors import ConfigurationError, InFlightError
+from retrysafe._errors import ConfigurationError, InFlightError, StoreError
 from retrysafe._record import Claim, Identity, Record
 
 if TYPE_CHECKING:
     from retrysafe.stores._async import mysql_records, postgres_records
 
-__all__ = ["AsyncDriverBackend", "AsyncDriverRecords"]
+__all__ = ["AsyncDriverBackend", "AsyncDriverRecords", "commit_failed"]
 
 # Tables known to exist, by (host, port, database, table): checked once per process, not per
-# transaction. A table is remembered once found, or once created where the DDL commits at once
-# (MySQL); one created inside a transaction that may still roll back is checked again next time.
+# transaction. A table is remembered only once known committed: created where the DDL commits at
+# once (MySQL), or found by a transaction that cannot have created it (`_found_committed`). One
+# created or found inside a transaction that may still roll back (the caller's, with an earlier
+# block's `CREATE TABLE` in it) is checked again next time. A statement that fails because the
+# table is missing (dropped since) forgets it, so the next transaction prepares it again.
 _ready_tables: set[tuple[str, ...]] = set()
 
 
@@ -68,13 +75,14 @@ class AsyncDriverRecords(Generic[ConnectionT, PrimitivesT, ErrorT]):
     async def prepare(self) -> None:
         """Create the table if it is missing (where DDL commits, only while no transaction
         is open: inside one, a missing table is refused)."""
-        key = (*self._address(), self.table.name)
+        key = self._ready_key()
         if key in _ready_tables:
             return
         refusal = self._creation_refusal()  # asked first: the check below may open a transaction
         with self._translated():
             if await self._records.exists(self.connection):
-                _ready_tables.add(key)
+                if await self._found_committed():
+                    _ready_tables.add(key)
                 return
             if refusal is not None:
                 raise ConfigurationError(refusal)
@@ -114,13 +122,20 @@ class AsyncDriverRecords(Generic[ConnectionT, PrimitivesT, ErrorT]):
                 self.connection, identity, token, recovery_point, now=now
             )
 
+    def _ready_key(self) -> tuple[str, ...]:
+        """Return the records table's key in `_ready_tables`."""
+        return (*self._address(), self.table.name)
+
     @contextlib.contextmanager
     def _translated(self, *, claiming: bool = False) -> Iterator[None]:
         """Re-raise a driver error on one of our statements as ours; while `claiming`, a lock
-        wait that timed out is a wait on another transaction that holds the key."""
+        wait that timed out is a wait on another transaction that holds the key. A missing
+        table is forgotten as ready, so the next transaction prepares it again."""
         try:
             yield
         except self.driver_error as error:
+            if self._table_missing(error):
+                _ready_tables.discard(self._ready_key())
             if claiming and self._lock_wait_timed_out(error):
                 raise InFlightError(
                     "A request is outstanding for this idempotency key (its transaction holds it)."
@@ -134,6 +149,15 @@ class AsyncDriverRecords(Generic[ConnectionT, PrimitivesT, ErrorT]):
     def _lock_wait_timed_out(self, error: ErrorT) -> bool:
         """Return whether `error` ended a wait on a row lock (the database's lock timeout)."""
         raise NotImplementedError
+
+    def _table_missing(self, error: ErrorT) -> bool:
+        """Return whether `error` says that a table does not exist."""
+        raise NotImplementedError
+
+    async def _found_committed(self) -> bool:
+        """Return whether a table that `exists` found now is known committed, not created in
+        the open transaction (which may still roll back); where DDL commits, it always is."""
+        return self.commits_on_ddl
 
     async def _store_claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
@@ -169,3 +193,14 @@ class AsyncDriverBackend:
         except BaseException:
             await self.end(commit=False)
             raise
+
+
+def commit_failed(error: Exception) -> Exception:
+    """Return our error for a commit that failed (`error`, the store's), saying what became of
+    the transaction: rolled back, with every write made in it."""
+    if not isinstance(error, StoreError):
+        return error
+    return type(error)(
+        "The transaction could not commit, so it was rolled back with every write made in it: "
+        f"nothing of it was applied. {error}"
+    )

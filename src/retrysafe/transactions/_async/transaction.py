@@ -88,7 +88,13 @@ class AsyncBackend(AsyncRecordStatements, Protocol):
         ...
 
     async def end(self, *, commit: bool) -> None:
-        """Commit or roll back what `begin` started."""
+        """Commit or roll back what `begin` started.
+
+        A commit that fails must leave nothing open, or later blocks on the connection would
+        nest in it: the `sqlite3`, psycopg and MySQL backends roll back what `begin` started and
+        raise a `StoreError` (`StoreUnavailableError` for a database that cannot be used now,
+        such as SQLite's locked file), the driver's error chained.
+        """
         ...
 
 
@@ -148,7 +154,7 @@ class AsyncTransaction(TransactionState):
         except BaseException:
             await arollback(self._backend)
             raise
-        await self._backend.end(commit=True)
+        await self._backend.end(commit=True)  # a failed commit is rolled back there (`end`)
 
 
 async def abegin_claim(backend: AsyncBackend, settings: ClaimSettings) -> Claim:

@@ -29,6 +29,7 @@ PostgreSQL, and what this module does about it:
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Sequence
 from typing import Any, Final
@@ -41,7 +42,11 @@ from retrysafe.stores._sync.mysql_records import MySQLRecords as StoreRecords
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.mysql import mysql_table
 from retrysafe.stores._sql.mysql_connection import DEADLOCK, LOCK_WAIT_TIMEOUT, store_error
-from retrysafe.transactions._sync.sql_backend import DriverBackend, DriverRecords
+from retrysafe.transactions._sync.sql_backend import (
+    DriverBackend,
+    DriverRecords,
+    commit_failed,
+)
 from retrysafe.transactions._drivers import MySQLConnection
 from retrysafe.transactions._state import DeadlockRollbackError
 from retrysafe.transactions._write_sql import MYSQL, Row, error_number
@@ -50,6 +55,7 @@ __all__ = ["MySQLBackend", "MySQLExecutor", "MySQLRecords"]
 
 _IN_TRANSACTION: Final = 1  # SERVER_STATUS_IN_TRANS: the server has a transaction open
 _NO_SAVEPOINT: Final = 1305  # ER_SP_DOES_NOT_EXIST: the transaction that had it is gone
+_NO_SUCH_TABLE: Final = 1146  # ER_NO_SUCH_TABLE
 
 
 def server_in_transaction(connection: object) -> bool | None:
@@ -87,6 +93,10 @@ class MySQLRecords(
     def _lock_wait_timed_out(self, error: pymysql.MySQLError) -> bool:
         """Return whether `innodb_lock_wait_timeout` ended a wait on a row lock (1205)."""
         return error_number(error) == LOCK_WAIT_TIMEOUT
+
+    def _table_missing(self, error: pymysql.MySQLError) -> bool:
+        """Return whether `error` is 1146 (no such table)."""
+        return error_number(error) == _NO_SUCH_TABLE
 
     def _store_claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
@@ -148,14 +158,18 @@ class MySQLBackend(MySQLRecords, DriverBackend):
         self._prepare_opened()
 
     def end(self, *, commit: bool) -> None:
-        """Commit or roll back what `begin` opened."""
+        """Commit or roll back what `begin` opened.
+
+        Raises:
+            StoreError: the commit failed; the transaction was rolled back.
+        """
         savepoint, self._savepoint = self._savepoint, None
         if savepoint is None:
+            if commit:
+                self._commit()
+                return
             with self._translated():
-                if commit:
-                    self.connection.commit()
-                else:
-                    self.connection.rollback()
+                self.connection.rollback()
             return
         try:
             if not commit:
@@ -168,6 +182,16 @@ class MySQLBackend(MySQLRecords, DriverBackend):
             if not gone:
                 with self._translated():
                     raise
+
+    def _commit(self) -> None:
+        """Commit the transaction `begin` opened; if that fails, roll it back (the server
+        ends most transactions whose COMMIT fails, but not necessarily every one)."""
+        try:
+            self.connection.commit()
+        except pymysql.MySQLError as error:
+            with contextlib.suppress(pymysql.MySQLError):
+                self.connection.rollback()  # on a lost connection, nothing to roll back
+            raise commit_failed(self._translate(error)) from error
 
     def _execute(self, statement: str) -> None:
         with self.connection.cursor() as cursor:

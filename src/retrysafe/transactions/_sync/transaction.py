@@ -91,7 +91,13 @@ class Backend(RecordStatements, Protocol):
         ...
 
     def end(self, *, commit: bool) -> None:
-        """Commit or roll back what `begin` started."""
+        """Commit or roll back what `begin` started.
+
+        A commit that fails must leave nothing open, or later blocks on the connection would
+        nest in it: the `sqlite3`, psycopg and MySQL backends roll back what `begin` started and
+        raise a `StoreError` (`StoreUnavailableError` for a database that cannot be used now,
+        such as SQLite's locked file), the driver's error chained.
+        """
         ...
 
 
@@ -151,7 +157,7 @@ class Transaction(TransactionState):
         except BaseException:
             rollback(self._backend)
             raise
-        self._backend.end(commit=True)
+        self._backend.end(commit=True)  # a failed commit is rolled back there (`end`)
 
 
 def begin_claim(backend: Backend, settings: ClaimSettings) -> Claim:

@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 from retrysafe import Identity, open_store, transactions
 from retrysafe.cli import app
-from retrysafe.outbox import message_id
+from retrysafe.outbox import OutboxMessage, Relay, message_id
 from tests.outbox.test_crash import amqp_queue, drain
+from tests.outbox.test_outbox import database_of
+from tests.outbox.test_parking import commit, refusing, relay_until
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -52,3 +54,31 @@ def test_outbox_relay_refuses_a_store_it_cannot_relay(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 2
     assert "sqlite:// or postgresql://" in result.output
+
+
+def test_outbox_relay_lists_and_requeues_parked_messages(
+    request: pytest.FixtureRequest, tmp_path: Path, amqp_url: str
+) -> None:
+    """`--parked` lists what the relay parked, with its failed publishes and last error;
+    `--requeue ID` puts it back in line, and `--once` then publishes it where it goes."""
+    got: list[OutboxMessage] = []
+    with database_of("sqlite", request, tmp_path) as database, amqp_queue(amqp_url) as queues:
+        channel, queue = queues
+        commit(database, "a", queue, "orders.paid")
+        with Relay(database.url, refusing(queue, got), max_attempts=1) as relay:
+            relay_until(relay, 1)
+            [parked] = relay.parked_messages()
+        store = ["--store", database.url, "--to", amqp_url, "--exchange", ""]
+        listed = CliRunner().invoke(app, ["outbox-relay", *store, "--parked"])
+        assert listed.exit_code == 0, listed.output
+        assert parked.message_id in listed.output
+        assert f"no route to {queue}" in listed.output
+        assert "1 parked messages" in listed.output
+        requeued = CliRunner().invoke(app, ["outbox-relay", *store, "--requeue", "all"])
+        assert "Re-queued 1 messages" in requeued.output
+        published = CliRunner().invoke(app, ["outbox-relay", *store, "--once"])
+        assert "Published 1 messages" in published.output, published.output
+        [(properties, body)] = drain(channel, queue)
+        assert (properties.message_id, body) == (parked.message_id, b"a-0")
+        after = CliRunner().invoke(app, ["outbox-relay", *store, "--parked"])
+        assert "0 parked messages" in after.output

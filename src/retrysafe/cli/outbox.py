@@ -4,6 +4,8 @@ It runs `retrysafe.outbox.Relay` with an `AmqpPublisher` until Ctrl+C or SIGTERM
 batch in progress finish; `--once` publishes what is waiting and exits. A wrong URL, or a store
 or broker that cannot be reached at start, is one line and exit 1 (2 for a wrong option);
 afterwards a failure is a warning line and the relay tries again, waiting longer each time.
+`--parked` lists the messages the relay parked (the broker refused each `--max-attempts` times
+while later ones went), and `--requeue ID` puts one back in line; neither contacts the broker.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ Examples:
   retrysafe outbox-relay --store postgresql://app@db/app --to amqp://rabbit/ --exchange events
 
   retrysafe outbox-relay --store sqlite:///app.db --to amqp://rabbit/ --once
+
+  retrysafe outbox-relay --store sqlite:///app.db --to amqp://rabbit/ --parked
+
+  retrysafe outbox-relay --store sqlite:///app.db --to amqp://rabbit/ --requeue MESSAGE_ID
 """
 
 
@@ -59,6 +65,26 @@ def outbox_relay(
     once: Annotated[
         bool, typer.Option("--once", help="Publish what is waiting, then exit.")
     ] = False,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            "--max-attempts",
+            min=0,
+            help="Failed publishes after which a message is parked once a later one went "
+            "(0: never park; such a message holds back every later one).",
+        ),
+    ] = 5,
+    parked: Annotated[
+        bool, typer.Option("--parked", help="List the parked messages, then exit.")
+    ] = False,
+    requeue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--requeue",
+            metavar="MESSAGE_ID",
+            help="Put a parked message back in line (repeatable; 'all' for every one), then exit.",
+        ),
+    ] = None,
 ) -> None:
     """Publish committed outbox messages to RabbitMQ, in order, with publisher confirms."""
     publisher = AmqpPublisher(to, exchange=exchange)
@@ -69,7 +95,12 @@ def outbox_relay(
             batch=batch,
             poll_interval=_seconds(poll_interval),
             retention=parse_duration(retention),
+            max_attempts=max_attempts or None,
         )
+    if parked or requeue:
+        with relay, errors_as_one_line():
+            _operate(relay, requeue)
+        return
     with relay, errors_as_one_line():
         try:
             console.print(
@@ -85,6 +116,22 @@ def outbox_relay(
         finally:
             publisher.close()
     console.print(f"Published {relay.published} messages", markup=False)
+
+
+def _operate(relay: Relay, requeue: list[str] | None) -> None:
+    """Re-queue the named parked messages (`all`: every one), else list the parked ones."""
+    if requeue:
+        chosen = None if "all" in requeue else requeue
+        console.print(f"Re-queued {relay.requeue(chosen)} messages", markup=False)
+        return
+    found = relay.parked_messages()
+    for message in found:
+        console.print(
+            f"{message.message_id}  #{message.id}  {message.topic}  {message.attempts} failed"
+            f"  {message.last_error}",
+            markup=False,
+        )
+    console.print(f"{len(found)} parked messages", markup=False)
 
 
 def _seconds(text: str) -> float:

@@ -8,7 +8,6 @@ server, proxy or network that fails at the wrong moment does.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from retrysafe.client._bodies import READ_WITHIN_MAX
 from retrysafe.observe import Attempt, Observer
 from tests.client.conftest import Sleeps
 from tests.client.faces import Face
+from tests.client.raw_server import ScriptedServer, read_request
 
 FAST = RetryPolicy(attempts=5, timeout=30.0, wait_initial=0.01, wait_max=0.05)
 HTTPX_FACES = ("sync", "async")
@@ -50,84 +50,29 @@ class Received:
 
 
 @dataclass
-class CuttingServer:
+class CuttingServer(ScriptedServer):
     """Answers the n-th request with the n-th answer (the last repeats), then closes."""
 
-    answers: list[bytes]
+    answers: list[bytes] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
-    url: str = ""
-    _listener: socket.socket = field(default_factory=socket.socket)
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self) -> None:
-        """Listen on a loopback port, and accept connections on a thread."""
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._spawn(self._accept)
-
-    def stop(self) -> None:
-        """Stop accepting and wait for every thread (each ends within 10 s)."""
-        self._stopping.set()
-        for thread in list(self._threads):
-            thread.join(10)
-        self._listener.close()
-
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self._spawn(self._serve, conn)
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        """Read one request, send its answer, and close the connection."""
         with conn:
-            conn.settimeout(10)
+            conn.settimeout(0.1)
             try:
-                target, key = _read_request(conn)
+                request, _ = read_request(conn, b"", self.stopping)
             except OSError:
                 return
-            with self._lock:
-                self.received.append(Received(target, key))
+            with self.lock:
+                key = request.headers.get("idempotency-key")
+                self.received.append(Received(request.target, key))
                 answer = self.answers[min(len(self.received), len(self.answers)) - 1]
             try:
                 conn.sendall(answer)
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 return
-
-
-def _read_request(conn: socket.socket) -> tuple[str, str | None]:
-    """Read one request; return its target and its Idempotency-Key."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += _receive(conn)
-    head, _, body = data.partition(b"\r\n\r\n")
-    line, *fields = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for text in fields:
-        name, _, value = text.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        body += _receive(conn)
-    return line.split(" ")[1], headers.get("idempotency-key")
-
-
-def _receive(conn: socket.socket) -> bytes:
-    data = conn.recv(65536)
-    if not data:
-        raise ConnectionResetError("the client hung up")
-    return data
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ socket server in a thread and check that each client face ends the logical reque
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -21,6 +20,7 @@ import requests
 from retrysafe.client import RetryPolicy
 from tests.client.conftest import Sleeps
 from tests.client.faces import FACES, Face
+from tests.client.raw_server import ScriptedServer, read_request
 
 BOUND = 1.0
 """The policy's total-time bound in these tests, in seconds."""
@@ -46,57 +46,25 @@ UNAVAILABLE_NOW = Answer(now=UNAVAILABLE)
 
 
 @dataclass
-class TrickleServer:
+class TrickleServer(ScriptedServer):
     """A raw HTTP/1.1 server on a loopback port: the n-th request gets the n-th answer (the
     last repeats), and each request's Idempotency-Key is recorded."""
 
-    answers: list[Answer]
+    answers: list[Answer] = field(default_factory=list)
     keys: list[str | None] = field(default_factory=list)
-    url: str = ""
-    _listener: socket.socket = field(default_factory=socket.socket)
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self) -> None:
-        """Listen, and accept connections on a thread."""
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._spawn(self._accept)
-
-    def stop(self) -> None:
-        """Stop trickling and accepting, and wait for every thread (at most 10 s in all)."""
-        self._stopping.set()
-        for thread in list(self._threads):
-            thread.join(10)
-        self._listener.close()
-
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self._spawn(self._serve, conn)
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        """Answer each request on `conn` in turn, trickling what the answer trickles."""
         with conn:
             conn.settimeout(0.1)
             buffer = b""
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 try:
-                    request, buffer = _read_request(conn, buffer, self._stopping)
+                    request, buffer = read_request(conn, buffer, self.stopping)
                 except OSError:
                     return
-                with self._lock:
-                    self.keys.append(request.get("idempotency-key"))
+                with self.lock:
+                    self.keys.append(request.headers.get("idempotency-key"))
                     answer = self.answers[min(len(self.keys), len(self.answers)) - 1]
                 if not self._send(conn, answer):
                     return
@@ -106,41 +74,12 @@ class TrickleServer:
         try:
             conn.sendall(answer.now)
             for byte in answer.trickled:
-                if self._stopping.wait(GAP):
+                if self.stopping.wait(GAP):
                     return False
                 conn.sendall(bytes([byte]))
         except OSError:
             return False
         return True
-
-
-def _read_request(
-    conn: socket.socket, buffer: bytes, stopping: threading.Event
-) -> tuple[dict[str, str], bytes]:
-    """Read one request; return its headers (lower-case names) and the bytes after it."""
-    while b"\r\n\r\n" not in buffer:
-        buffer += _receive(conn, stopping)
-    head, _, buffer = buffer.partition(b"\r\n\r\n")
-    headers = {}
-    for line in head.decode("latin-1").split("\r\n")[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(buffer) < length:
-        buffer += _receive(conn, stopping)
-    return headers, buffer[length:]
-
-
-def _receive(conn: socket.socket, stopping: threading.Event) -> bytes:
-    while not stopping.is_set():
-        try:
-            data = conn.recv(65536)
-        except TimeoutError:
-            continue
-        if not data:
-            raise ConnectionResetError("the client hung up")
-        return data
-    raise ConnectionAbortedError("the server stops")
 
 
 @pytest.fixture

@@ -201,7 +201,7 @@ def proxy(
                 "max_body_size": max_body_size,
                 "max_response_size": max_response_size,
             }
-            if scope_header:
+            if scope_header is not None:  # checked by build_proxy: "" or "bad:name" is an error
                 options["scope_header"] = scope_header
             metrics = None if metrics_port is None else metrics_observer()
             async_store = open_async_store(store)
@@ -250,8 +250,8 @@ def proxy(
     gc.freeze()
     metrics_url = "" if listener is None else f", metrics {_address(listener)}/metrics"
     console.print(
-        f"retrysafe proxy: {_address(sock)} -> {upstream} (store {redact_url(store)})"
-        + metrics_url,
+        f"retrysafe proxy: {_address(sock)} -> {redact_url(upstream)} "
+        f"(store {redact_url(store)})" + metrics_url,
         markup=False,
         soft_wrap=True,
     )

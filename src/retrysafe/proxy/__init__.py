@@ -15,14 +15,16 @@ without one gets the 400 `scope-missing` problem unless `anonymous="shared"` (B8
 
 Forwarding follows RFC 9110 section 7.6: hop-by-hop headers (Connection, Keep-Alive,
 Transfer-Encoding, Upgrade, TE, Trailer, Proxy-*, and any header the Connection header names)
-are dropped both ways; `Host` is the upstream's; `X-Forwarded-For` gets the client's address
-appended, `X-Forwarded-Proto` and `X-Forwarded-Host` say what the client asked for. An upstream
-that cannot be reached gives 502 problem+json, one that does not answer in time 504, one that
-breaks the exchange 502.
+are dropped both ways (never `Host`, `Content-Length` or `Idempotency-Key`); the upstream gets
+the client's headers, none of httpx's defaults or cookies; `Host` is the upstream's;
+`X-Forwarded-For` gets the client's address appended, `X-Forwarded-Proto` and
+`X-Forwarded-Host` say what the client asked for. An upstream that cannot be reached gives 502
+problem+json, one that does not answer in time 504, one that breaks the exchange 502.
 
 Only origin-form request-targets are forwarded, always to the upstream's scheme, host and port;
 anything else, a CONNECT, and a request with both Transfer-Encoding and Content-Length, is a 400
-problem before the store is touched, and a target over 8 KiB a 414 problem (B37).
+problem before the store is touched, a target over 8 KiB a 414 problem (B37), and a method not
+in upper case (httpx would send `post` as POST, untracked) or a WebSocket upgrade a 501.
 
 The middleware reports to `observers` (`retrysafe.observe`) as face `proxy`; `access_log=True`
 adds one line per request on `retrysafe.proxy.access` with the decision it made (`AccessLog`).
@@ -32,8 +34,9 @@ adds one line per request on `retrysafe.proxy.access` with the decision it made 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Unpack
+from typing import Final, Unpack
 
 from retrysafe._extras import missing_extra
 
@@ -42,6 +45,7 @@ try:
 except ImportError as error:
     raise missing_extra("retrysafe.proxy", "cli", error) from error
 
+from retrysafe._errors import ConfigurationError
 from retrysafe._http import MIB, SettingsOptions
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware
 from retrysafe.observe import Observer
@@ -52,6 +56,9 @@ from retrysafe.proxy._guard import DEFAULT_BODY_TIMEOUT, RequestGuard
 from retrysafe.stores.base import AsyncStore
 
 __all__ = ["HOP_BY_HOP_HEADERS", "ProxyApp", "build_proxy", "end_to_end"]
+
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An RFC 9110 token: what a header name is."""
 
 
 def build_proxy(
@@ -86,7 +93,15 @@ def build_proxy(
             request) and duration.
         options: the middleware's settings (`required=True`, `wait=0`, `scope_header=...`).
     """
-    buffer_size = options.get("max_response_size") or MIB
+    scope_header = options.get("scope_header")
+    if scope_header is not None and not _TOKEN.fullmatch(scope_header):
+        raise ConfigurationError(
+            f"The scope header is a header name (an RFC 9110 token such as X-API-Key), "
+            f"not {scope_header!r}."
+        )
+    buffer_size = options.get("max_response_size")
+    if buffer_size is None:  # 0 is a size: every response with a body is streamed
+        buffer_size = MIB
     proxy = ProxyApp(
         upstream,
         client=client,

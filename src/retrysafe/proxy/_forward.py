@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Final
 from urllib.parse import quote
 
@@ -13,13 +14,16 @@ import httpx
 from retrysafe._errors import ConfigurationError
 from retrysafe._http import MIB, Response
 from retrysafe._http.asgi_io import run_lifespan
+from retrysafe._urls import redact_url
 from retrysafe.asgi import OUTCOME_UNKNOWN, Message, Receive, Scope, Send, UnknownOutcome
 from retrysafe.proxy._framing import (
-    end_to_end,
+    forwarded_headers,
     invalid_target,
     proxy_problem,
     refusal,
     request_target,
+    response_headers,
+    websocket_refused,
 )
 
 __all__ = [
@@ -31,8 +35,6 @@ __all__ = [
     "respond",
 ]
 
-# Set by the proxy itself, whatever the client sent (X-Forwarded-For is appended to instead).
-_REPLACED_REQUEST_HEADERS: Final = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
 DEFAULT_TIMEOUT: Final = 60.0
 """How long a client waits for the upstream's answer before a 504 (`--upstream-timeout`)."""
 DEFAULT_DEADLINE: Final = 300.0
@@ -83,16 +85,17 @@ class ProxyApp:
         buffer_size: int = MIB,
         on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
+        shown = redact_url(upstream)  # its password is never printed
         try:
             url = httpx.URL(upstream)
         except httpx.InvalidURL as error:
-            raise ConfigurationError(f"Invalid upstream URL {upstream!r}: {error}") from error
+            raise ConfigurationError(f"Invalid upstream URL {shown!r}: {error}") from error
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigurationError(
-                f"The upstream is an http:// or https:// URL with a host, not {upstream!r}."
+                f"The upstream is an http:// or https:// URL with a host, not {shown!r}."
             )
         if url.query or url.fragment:
-            raise ConfigurationError(f"The upstream URL takes no query or fragment: {upstream!r}.")
+            raise ConfigurationError(f"The upstream URL takes no query or fragment: {shown!r}.")
         if not 0 < timeout <= deadline:
             raise ConfigurationError(
                 f"The upstream timeout ({timeout:g} s) is above zero and at most the upstream "
@@ -112,6 +115,8 @@ class ProxyApp:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
             follow_redirects=False,
             trust_env=False,
+            # Never keep one client's cookies (they are not sent anyway: `_request`).
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=())),
         )
         self._on_shutdown = list(on_shutdown)
 
@@ -121,8 +126,11 @@ class ProxyApp:
             await run_lifespan(receive, send, self.aclose)
         elif scope["type"] == "http":
             await self._forward(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1003})
+        elif scope["type"] == "websocket":  # a server with a WebSocket library: refused too
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await respond(send, websocket_refused(), prefix="websocket.http.response")
+            else:
+                await send({"type": "websocket.close", "code": 1003})
 
     async def aclose(self) -> None:
         """Close the httpx client (if the app made it) and run the shutdown callbacks."""
@@ -149,25 +157,19 @@ class ProxyApp:
     def _request(
         self, scope: Scope, url: httpx.URL, content: bytes | AsyncIterator[bytes]
     ) -> httpx.Request:
-        headers = [
-            (name, value)
-            for name, value in end_to_end(scope["headers"])
-            if name not in _REPLACED_REQUEST_HEADERS
-        ]
-        if isinstance(content, bytes):
-            # The length of what is forwarded, set by httpx; never a received Content-Length.
-            headers = [(name, value) for name, value in headers if name != b"content-length"]
         client = scope.get("client")
-        if client:
-            forwarded_for = [value for name, value in headers if name == b"x-forwarded-for"]
-            headers = [(name, value) for name, value in headers if name != b"x-forwarded-for"]
-            chain = b", ".join([*forwarded_for, client[0].encode("latin-1")])
-            headers.append((b"x-forwarded-for", chain))
-        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
-        host = next((value for name, value in scope["headers"] if name == b"host"), None)
-        if host is not None:
-            headers.append((b"x-forwarded-host", host))
-        return self._client.build_request(scope["method"], url, headers=headers, content=content)
+        headers = forwarded_headers(
+            scope["headers"],
+            client=client[0] if client else None,
+            scheme=scope.get("scheme", "http"),
+            whole=isinstance(content, bytes),
+        )
+        # Not `build_request`, which would add the client's default headers (`Accept-Encoding:
+        # gzip`, `User-Agent`...) and its cookies: the upstream gets the client's headers only.
+        timeout = self._client.timeout.as_dict()
+        return httpx.Request(
+            scope["method"], url, headers=headers, content=content, extensions={"timeout": timeout}
+        )
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, query = raw_target(scope)
@@ -302,12 +304,9 @@ def _not_sent(error: BaseException) -> bool:
 
 
 def _start(response: httpx.Response) -> Message:
-    headers = end_to_end(response.headers.raw)
-    if "transfer-encoding" in response.headers:
-        # RFC 9112 section 6.3: Transfer-Encoding framed the body, so a Content-Length beside it
-        # is not its length; the server frames what it sends itself.
-        headers = [(name, value) for name, value in headers if name != b"content-length"]
-    return {"type": "http.response.start", "status": response.status_code, "headers": headers}
+    status = response.status_code
+    headers = response_headers(status, response.headers.raw)
+    return {"type": "http.response.start", "status": status, "headers": headers}
 
 
 def _failure(error: BaseException, *, kept: bool = False) -> Response:
@@ -379,9 +378,7 @@ async def _stream_body(first: Message, receive: Receive) -> AsyncIterator[bytes]
             return
 
 
-async def respond(send: Send, response: Response) -> None:
-    """Send `response` whole."""
-    await send(
-        {"type": "http.response.start", "status": response.status, "headers": response.headers}
-    )
-    await send({"type": "http.response.body", "body": response.body, "more_body": False})
+async def respond(send: Send, response: Response, *, prefix: str = "http.response") -> None:
+    """Send `response` whole (as a WebSocket's denial with `prefix="websocket.http.response"`)."""
+    await send({"type": f"{prefix}.start", "status": response.status, "headers": response.headers})
+    await send({"type": f"{prefix}.body", "body": response.body, "more_body": False})

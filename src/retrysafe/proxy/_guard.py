@@ -2,8 +2,10 @@
 
 It sits outside the idempotency middleware, so a refused request never touches the store:
 
-- a request-target that is not origin-form, a CONNECT, or `Transfer-Encoding` beside
-  `Content-Length`, gets 400, and a request-target over 8 KiB 414 (B37);
+- a request-target that is not origin-form, a CONNECT, `Transfer-Encoding` beside
+  `Content-Length`, or a `Connection` header naming `Idempotency-Key` gets 400, a
+  request-target over 8 KiB 414, and a method not in upper case or a WebSocket upgrade 501
+  (B37);
 - a request body larger than `max_body_size`, announced or streamed, gets 413;
 - a request body that has not fully arrived `body_timeout` seconds after the request's head
   (a slowloris client trickling bytes) gets 408 and its connection is closed.

@@ -36,6 +36,7 @@ from retrysafe._http.outcome import (
 from retrysafe._http.problems import (
     PROBLEMS,
     Response,
+    body_unavailable,
     check_content_length,
     in_flight,
     mismatch,
@@ -90,6 +91,7 @@ __all__ = [
     "SettingsOptions",
     "StoredResponse",
     "answer",
+    "body_unavailable",
     "check_content_length",
     "compile_pattern",
     "decode_outcome",

@@ -17,6 +17,7 @@ from retrysafe._keys import parse_key
 __all__ = [
     "PROBLEMS",
     "Response",
+    "body_unavailable",
     "check_content_length",
     "in_flight",
     "incomplete",
@@ -59,6 +60,7 @@ PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
     "request-in-flight": (409, "A request is outstanding for this Idempotency-Key"),
     "body-too-large": (413, "Request body too large"),
     "body-incomplete": (400, "Request body incomplete"),
+    "body-unavailable": (500, "Request body not available"),
     "response-not-stored": (410, "The response for this Idempotency-Key was not stored"),
     "too-many-in-flight": (429, "Too many requests in flight"),
     "store-unavailable": (503, "Idempotency store unavailable"),
@@ -74,6 +76,7 @@ _DECISION_OF: Final = {
     "too-many-in-flight": "rejected",
     "body-too-large": "too_large",
     "body-incomplete": "rejected",
+    "body-unavailable": "rejected",
     "store-unavailable": "unavailable",
 }
 """The observed decision (`retrysafe.observe.DECISIONS`) of each refusal."""
@@ -176,6 +179,17 @@ def incomplete(settings: Settings, received: int, announced: int) -> Response:
         settings,
         f"The request body ended after {received} of the {announced} bytes its Content-Length "
         "announced; nothing ran. Send the whole body again.",
+    )
+
+
+def body_unavailable(settings: Settings) -> Response:
+    """Return the 500 problem for a keyed request whose body the app read (parsed a form, say)
+    before the idempotency check could fingerprint it (B12): nothing ran, nothing was stored."""
+    return problem(
+        "body-unavailable",
+        settings,
+        "The request body was read before its Idempotency-Key could be checked, so the request "
+        "was not processed. This is a server configuration error; see the documentation.",
     )
 
 

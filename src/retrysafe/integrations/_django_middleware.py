@@ -10,8 +10,8 @@
 How it maps onto Django's request handling:
 
 - `__call__`, before the rest of the stack: for a keyed request, read the body into Django's
-  cache (`request.body`), so a later `request.POST` parse (CSRF on a multipart form) cannot
-  leave it unreadable.
+  cache (`request.body`), up to the limit of the route it resolves to, so a later
+  `request.POST` parse (CSRF on a multipart form) cannot leave it unreadable.
 - `process_view`, once Django has routed the request and every middleware listed before this
   one has run its own `process_view` (CSRF, `LoginRequiredMiddleware`): admit. A replay or a
   problem is answered at once; the view does not run. The view's mark says the route's
@@ -23,18 +23,27 @@ How it maps onto Django's request handling:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from retrysafe._http import Header, Response, RouteSettings, Settings
 from retrysafe.integrations import _django_config as django_config
 from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
-from retrysafe.integrations._routes import RouteCache, framework_imports, view_mark
+from retrysafe.integrations._routes import (
+    UNMARKED,
+    RouteCache,
+    Unmarked,
+    framework_imports,
+    view_mark,
+)
 
 with framework_imports("retrysafe.integrations.django", "Django"):
     from django.conf import settings as django_settings  # type: ignore[import-untyped]
     from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
-    from django.http import HttpResponse  # type: ignore[import-untyped]
+    from django.http import HttpResponse, RawPostDataException  # type: ignore[import-untyped]
+    from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
     from django.utils.functional import LazyObject  # type: ignore[import-untyped]
 
 __all__ = ["IdempotencyMiddleware"]
@@ -47,7 +56,8 @@ _PUBLIC_NAME: Final = "retrysafe.integrations.django.IdempotencyMiddleware"
 # Django's request and response classes are untyped; these name what is passed around.
 Request = Any
 View = Callable[..., Any]
-Routed = tuple[Request, View]
+Routed = tuple[Request, View | None]
+"""A request and the view Django routed it to (None: not routed yet, resolved on demand)."""
 
 
 class _ViewRoutes:
@@ -60,7 +70,7 @@ class _ViewRoutes:
         request, view = routed
         path: str = request.path
         key: Hashable = (request.method, path, getattr(request, "urlconf", None))
-        return self._cache.settings(key, path, lambda: view_mark(view))
+        return self._cache.settings(key, path, lambda: _mark(request, view))
 
 
 class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
@@ -96,11 +106,8 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
 
     def __call__(self, request: Request) -> Any:
         """Handle one request: run the stack, then store the response of a claimed one."""
-        meta = request.META
-        if request.method in self._methods and "HTTP_IDEMPOTENCY_KEY" in meta:
-            length = meta.get("CONTENT_LENGTH") or "0"
-            if length.isdigit() and int(length) <= self.settings.max_body_size:
-                request.body  # noqa: B018 - cached by Django, for the fingerprint later
+        if request.method in self._methods and "HTTP_IDEMPOTENCY_KEY" in request.META:
+            _keep_body(request, self._gate.settings_for((request, None), request.method, True))
         try:
             response = self.get_response(request)
         except BaseException as error:  # Django raises here only when told to propagate errors
@@ -118,13 +125,54 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
         meta = request.META
 
         def body(settings: Settings) -> bytes | Response:
-            return body_within(settings, meta.get("CONTENT_LENGTH") or "", lambda: request.body)
+            limit = _body_limit(settings)
+            if limit < settings.max_body_size:  # Django keeps no more in memory: 413 above it
+                settings = dataclasses.replace(settings, max_body_size=limit)
+            length = meta.get("CONTENT_LENGTH") or ""
+            return body_within(settings, length, lambda: _cached_body(request))
 
         admitted = self.admit((request, view), meta, body=body, user=lambda: _user(request))
         if isinstance(admitted, Running):
             setattr(request, _RUNNING, admitted)
             return None
         return None if admitted is None else _django_response(admitted)
+
+
+def _mark(request: Request, view: View | None) -> RouteSettings | Unmarked | None:
+    """Return the mark of `view`, or of the view the request's path resolves to."""
+    if view is None:
+        try:
+            view = resolve(request.path_info, getattr(request, "urlconf", None)).func
+        except Resolver404:  # Django answers 404 itself
+            return UNMARKED
+    return view_mark(view)
+
+
+def _body_limit(settings: Settings) -> int:
+    """Return the most body bytes a keyed request may carry: the route's `max_body_size`, or
+    Django's `DATA_UPLOAD_MAX_MEMORY_SIZE` if smaller (`request.body` refuses more)."""
+    memory: int | None = getattr(django_settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", None)
+    return settings.max_body_size if memory is None else min(memory, settings.max_body_size)
+
+
+def _keep_body(request: Request, settings: Settings | None) -> None:
+    """Read a covered keyed request's body into Django's cache, within its route's limit,
+    before any middleware can parse it as a form and consume it (B12)."""
+    if settings is None:
+        return
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if length.isdigit() and int(length) <= _body_limit(settings):
+        with contextlib.suppress(RawPostDataException):  # read already: `process_view` says so
+            request.body  # noqa: B018 - cached by Django, for the fingerprint later
+
+
+def _cached_body(request: Request) -> bytes | None:
+    """Return the request's body; None if a form parser consumed it before it was cached."""
+    try:
+        body: bytes = request.body
+    except RawPostDataException:
+        return None
+    return body
 
 
 def _take(request: Request) -> Running | None:

@@ -11,6 +11,8 @@
 
 How it maps onto Flask's request handling:
 
+- `before_request`, first of the app's hooks: a keyed request's body is read into Flask's cache,
+  so a hook that parses `request.form` (CSRF) cannot leave it unreadable for the fingerprint.
 - `before_request` (the app's, so after the app's hooks registered before it and before every
   blueprint's): admit. A replay or a problem is answered at once and the view does not run;
   an admitted claim waits on `flask.g`.
@@ -32,16 +34,30 @@ Configuration comes from the arguments, else from `app.config` (read by `init_ap
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Unpack, cast
+from typing import TYPE_CHECKING, Final, Unpack, cast
 
 from retrysafe._errors import ConfigurationError
-from retrysafe._http import Header, Response, RouteSettings, Settings, SettingsOptions
+from retrysafe._http import (
+    Header,
+    Response,
+    RouteSettings,
+    Settings,
+    SettingsOptions,
+    check_content_length,
+)
 from retrysafe._http.wsgi_io import close_iterable, path_of
-from retrysafe._keys import KeyPolicy
-from retrysafe.integrations._config import observers_from_config, routes_from_config
+from retrysafe.integrations._flask_config import (
+    CONFIG_KEYS,
+    CONFIG_PREFIX,
+    config_of,
+    imported,
+    observers_of,
+    options_from_config,
+    routes_of,
+    store_from_config,
+)
 from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
 from retrysafe.integrations._routes import (
     UNMARKED,
@@ -51,14 +67,13 @@ from retrysafe.integrations._routes import (
     view_mark,
 )
 from retrysafe.observe import Observer
-from retrysafe.stores import Store, open_store
+from retrysafe.stores import Store
 
 with framework_imports("retrysafe.integrations.flask", "Flask"):
     import flask
     from flask import current_app, g, request
     from werkzeug.exceptions import HTTPException
     from werkzeug.routing import RequestRedirect
-    from werkzeug.utils import import_string
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -75,13 +90,9 @@ __all__ = [
 
 EXTENSION: Final = "retrysafe"
 """The key of `app.extensions` that holds an app's `FlaskIdempotency`."""
-CONFIG_PREFIX: Final = "RETRYSAFE_"
-_OPTIONS: Final = SettingsOptions.__optional_keys__ | SettingsOptions.__required_keys__
-_OWN: Final = frozenset({"store", "principal", "routes", "observers"})
-CONFIG_KEYS: Final = frozenset(CONFIG_PREFIX + name.upper() for name in _OPTIONS | _OWN)
-"""The `app.config` keys the extension reads: `RETRYSAFE_<OPTION>` for each of its options."""
-STORE_CONFIG: Final = "RETRYSAFE_STORE"
 _RUNNING: Final = "_retrysafe_running"
+_FORM_TYPES: Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+"""The bodies werkzeug's form parser consumes (others it leaves to `get_data`)."""
 
 
 class FlaskRoutes:
@@ -180,101 +191,27 @@ class Idempotency:
             ConfigurationError: no store, an unknown `RETRYSAFE_*` key, or an invalid value.
         """
         config = config_of(app)
-        options = _options(config, self._options)  # checked before a store opens
-        store = self._store if self._store is not None else _store(config.get("store"))
-        routes = self._routes if self._routes is not None else _routes(config.get("routes"))
+        options = options_from_config(config, self._options)  # checked before a store opens
+        store = self._store if self._store is not None else store_from_config(config.get("store"))
+        routes = self._routes if self._routes is not None else routes_of(config.get("routes"))
         principal = self._principal
         if principal is None:
-            principal = _imported(config.get("principal"), "PRINCIPAL")
+            principal = imported(config.get("principal"), "PRINCIPAL")
             if principal is not None and not callable(principal):
                 raise ConfigurationError(f"{CONFIG_PREFIX}PRINCIPAL must be a function.")
         observers = self._observers
         if observers is None:
-            observers = _observers(config.get("observers") or ())
+            observers = observers_of(config.get("observers") or ())
         state = FlaskIdempotency(
             app, store=store, routes=routes, principal=principal, observers=observers, **options
         )
         app.extensions[EXTENSION] = state
+        # First of all the app's hooks, so that none parses the form before the body is kept.
+        app.before_request_funcs.setdefault(None, []).insert(0, state.buffer_body)
         app.before_request(state.before_request)
         app.after_request(state.after_request)
         app.teardown_request(state.teardown_request)
         return state
-
-
-def config_of(app: flask.Flask) -> dict[str, Any]:
-    """Return the extension's settings in `app.config` by option name (`RETRYSAFE_WAIT`: `wait`).
-
-    Raises:
-        ConfigurationError: a `RETRYSAFE_*` key that names no option (a misspelling, say).
-    """
-    found: dict[str, Any] = {}
-    for key, value in app.config.items():
-        if not key.startswith(CONFIG_PREFIX):
-            continue
-        if key not in CONFIG_KEYS:
-            close = difflib.get_close_matches(key, CONFIG_KEYS, n=1)
-            hint = f" Did you mean {close[0]}?" if close else ""
-            raise ConfigurationError(
-                f"Unknown Flask config key {key!r}.{hint} The retrysafe extension reads "
-                f"{', '.join(sorted(CONFIG_KEYS))}."
-            )
-        found[key.removeprefix(CONFIG_PREFIX).lower()] = value
-    return found
-
-
-def _options(config: Mapping[str, Any], explicit: SettingsOptions) -> SettingsOptions:
-    """Return the settings: `explicit` over those `config` gives, checked; an invalid one
-    from the config is a `ConfigurationError` that names its key."""
-    configured = {name: value for name, value in config.items() if name in _OPTIONS}
-    try:
-        if isinstance(configured.get("key_policy"), Mapping):
-            configured["key_policy"] = KeyPolicy(**configured["key_policy"])
-        options = cast(SettingsOptions, {**configured, **explicit})
-        Settings(**options)
-    except (ConfigurationError, TypeError) as error:
-        given = sorted(configured.keys() - explicit.keys())
-        if not given:
-            raise
-        keys = ", ".join(CONFIG_PREFIX + name.upper() for name in given)
-        raise ConfigurationError(f"{error} (app.config sets {keys})") from error
-    return options
-
-
-def _store(value: object) -> Store:
-    """Return the store `RETRYSAFE_STORE` names: a store URL, or a store."""
-    if isinstance(value, Store):
-        return value
-    if isinstance(value, str) and value:
-        return open_store(value)
-    if not value:
-        raise ConfigurationError(f"Pass store=... or set app.config[{STORE_CONFIG!r}].")
-    raise ConfigurationError(f"app.config[{STORE_CONFIG!r}] must be a store URL or a store.")
-
-
-def _imported(value: Any, name: str) -> Any:
-    """Return a config value, imported first when it is an import path (`"app.auth:user"`)."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return import_string(value)
-    except ImportError as error:
-        raise ConfigurationError(f"{CONFIG_PREFIX}{name}: {error}") from error
-
-
-def _routes(value: object) -> dict[str, RouteSettings | None] | None:
-    """Return `RETRYSAFE_ROUTES`: patterns to `RouteSettings`, a dict of their fields, or None."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{CONFIG_PREFIX}ROUTES must map path patterns to settings.")
-    return routes_from_config(value, name=f"{CONFIG_PREFIX}ROUTES", error=ConfigurationError)
-
-
-def _observers(entries: object) -> tuple[Observer, ...]:
-    """Return `RETRYSAFE_OBSERVERS`: each an observer, or the import path of one."""
-    return observers_from_config(
-        entries, name=f"{CONFIG_PREFIX}OBSERVERS", error=ConfigurationError, load=import_string
-    )
 
 
 class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
@@ -304,13 +241,27 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
         self.principal = principal
         """Returns the current request's user; None: Flask-Login's, if the app has it."""
 
+    def buffer_body(self) -> None:
+        """Read a keyed request's body into Flask's cache, before any other hook can parse
+        it as a form and consume it: the fingerprint needs its bytes (B12), and werkzeug
+        parses the form from the cache afterwards. A body over the limit is left unread
+        (`before_request` answers 413)."""
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        if method not in self._methods or "HTTP_IDEMPOTENCY_KEY" not in environ:
+            return
+        settings = self._gate.settings_for(environ, method, True)
+        length = (environ.get("CONTENT_LENGTH") or "").encode("latin-1")
+        if settings is not None and check_content_length(length, settings) is None:
+            _raw_body()
+
     def before_request(self) -> flask.Response | None:
         """Admit the request: None to run the view, or the response that answers it."""
         environ = request.environ
 
         def body(settings: Settings) -> bytes | Response:
             length = environ.get("CONTENT_LENGTH") or ""
-            return body_within(settings, length, lambda: request.get_data(cache=True))
+            return body_within(settings, length, _raw_body)
 
         admitted = self.admit(environ, environ, body=body, user=self._user)
         if isinstance(admitted, Running):
@@ -337,6 +288,15 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
             return None
         flask_login = importlib.import_module("flask_login")  # installed: the app uses it
         return flask_login.current_user._get_current_object()  # the user, not its proxy
+
+
+def _raw_body() -> bytes | None:
+    """Return the request's raw body, cached; None if a form parser consumed it before it was
+    cached (something that ran before `buffer_body`): it cannot be fingerprinted (B12)."""
+    parsed = "form" in request.__dict__ and request.mimetype in _FORM_TYPES
+    if parsed and getattr(request, "_cached_data", None) is None:
+        return None
+    return request.get_data(cache=True)
 
 
 def _finish(running: Running, response: flask.Response) -> flask.Response:

@@ -31,6 +31,7 @@ from retrysafe._http import (
     ResponseCapture,
     Scoper,
     Settings,
+    body_unavailable,
     check_content_length,
     logger,
     new_identity,
@@ -163,13 +164,18 @@ def _prepare(
     return identity, settings.fingerprint_of(view, data)
 
 
-def body_within(settings: Settings, length: str, read: Callable[[], bytes]) -> bytes | Response:
+def body_within(
+    settings: Settings, length: str, read: Callable[[], bytes | None]
+) -> bytes | Response:
     """Return the body `read()` returns, or the 413 problem if `length` (the Content-Length)
-    or the body itself is over the settings' `max_body_size` (B22)."""
+    or the body itself is over the settings' `max_body_size` (B22), or the 500 problem if
+    `read()` returns None: the app consumed the body before it could be fingerprinted (B12)."""
     rejected = check_content_length(length.encode("latin-1"), settings)
     if rejected is not None:
         return rejected
     data = read()
+    if data is None:
+        return body_unavailable(settings)
     return too_large(settings) if len(data) > settings.max_body_size else data
 
 

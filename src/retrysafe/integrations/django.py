@@ -27,7 +27,9 @@ authenticated by session cookie get scopes of their own. Use it for any app whos
 `get_wsgi_application()` / `get_asgi_application()` instead wrap Django's handler in the WSGI /
 ASGI middleware, before Django runs: it never sees `request.user`, so scopes come from the
 credential header (`Authorization`, or `SCOPE_HEADER`) alone. That suits an API whose clients
-all send one; its hook resolves the path with `django.urls.resolve` (the `ROOT_URLCONF`).
+all send one; its hook resolves the path with `django.urls.resolve` (the `ROOT_URLCONF`). The
+ASGI one answers the lifespan protocol that Django's handler refuses, so the outcomes it holds
+are stored at shutdown (B40).
 Either way a class-based view is marked on the class or on what `as_view()` returns. Use one
 of the two, not both.
 
@@ -43,6 +45,7 @@ from typing import Unpack
 
 from retrysafe import asgi, wsgi
 from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe._http.asgi_io import run_lifespan
 from retrysafe.integrations._django_config import (
     DjangoRoutes,
     configured,
@@ -118,7 +121,25 @@ def get_asgi_application(
     url, patterns, merged, chosen = configured(routes, options, observers)
     hook = DjangoRoutes(routes=patterns).for_scope
     chosen_store = store or open_async_store(store_url(url), encryption=encryption_from_django())
-    app = django_asgi()
+    app = _WithLifespan(django_asgi())
     return asgi.IdempotencyMiddleware(
         app, store=chosen_store, route_settings=hook, observers=chosen, **merged
     )
+
+
+class _WithLifespan:
+    """Django's ASGI handler, answering the lifespan protocol that it refuses itself, so that
+    the middleware's drain runs at shutdown and held outcomes are stored (B19, B40)."""
+
+    def __init__(self, handler: asgi.ASGIApp) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["type"] == "lifespan":  # `receive` drains before it yields the shutdown
+            await run_lifespan(receive, send, _nothing)
+        else:
+            await self.handler(scope, receive, send)
+
+
+async def _nothing() -> None:
+    """Django has nothing to close at shutdown."""

@@ -51,7 +51,7 @@ from retrysafe.integrations._routes import (
 )
 
 with framework_imports(__name__, "FastAPI"):
-    from fastapi import Header, HTTPException
+    from fastapi import Header
     from fastapi.dependencies.models import Dependant
     from fastapi.routing import APIRoute
     from starlette.routing import BaseRoute
@@ -73,12 +73,15 @@ _ANY_KEY: Final = KeyPolicy(max_length=sys.maxsize)
 _PROBLEM_REF: Final = {"$ref": "#/components/schemas/ProblemDetails"}
 
 
-def _parsed(value: str) -> str:
-    """Return the key an `Idempotency-Key` header value carries (B1, B2)."""
+def _parsed(value: str) -> str | None:
+    """Return the key an `Idempotency-Key` header value carries (B1, B2); None if it is
+    malformed. The middleware answers a malformed key with its 400 problem before the route
+    runs wherever it tracks the request, so one reaches a route only where it does not (a PUT
+    or GET under a router-level dependency, say): there the header is ignored (B5)."""
     try:
         return parse_key([value.encode("latin-1")], _ANY_KEY)
-    except (InvalidKeyError, UnicodeEncodeError) as error:  # a method the middleware skips
-        raise HTTPException(400, f"Invalid Idempotency-Key: {error}") from error
+    except (InvalidKeyError, UnicodeEncodeError):
+        return None
 
 
 def idempotency(
@@ -88,7 +91,8 @@ def idempotency(
 
     Use it in `dependencies=[Depends(idempotency(...))]` of a route or router, or as a
     parameter (`key: Annotated[str | None, Depends(idempotency())]`) to get the key: the
-    header's sf-string unquoted (`"k-1"` gives `k-1`), or None without the header.
+    header's sf-string unquoted (`"k-1"` gives `k-1`), or None without the header (or with a
+    malformed one, which reaches the route only where the middleware ignores the header, B5).
 
     Args:
         exempt: the route is never tracked, whatever the path patterns say.
@@ -106,7 +110,7 @@ def idempotency(
 
         def required_key(
             idempotency_key: Annotated[str, Header(alias=KEY_HEADER, description=_REQUIRED_HELP)],
-        ) -> str:
+        ) -> str | None:
             return _parsed(idempotency_key)
 
         dependency = required_key

@@ -44,8 +44,8 @@ from typing import Any, Final, Unpack
 from retrysafe._errors import ConfigurationError
 from retrysafe._flow import Counters
 from retrysafe._flow.observing import Observation
-from retrysafe._http import RouteSettings, Settings, SettingsOptions
-from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Scope
+from retrysafe._http import KEY_HEADER, RouteSettings, Settings, SettingsOptions
+from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Receive, Scope, Send
 from retrysafe.integrations._openapi import PROBLEM_SCHEMA, describe_operation, documented_route
 from retrysafe.integrations._routes import (
     UNMARKED,
@@ -304,14 +304,39 @@ def _shared(
 
 
 def _define(shared: IdempotencyMiddleware) -> DefineMiddleware:
-    """Return a Litestar middleware that puts `shared` in front of each route's app."""
+    """Return a Litestar middleware that puts `shared` in front of each route's app, after
+    the route's guards."""
 
-    def bind(app: ASGIApp) -> IdempotencyMiddleware:
+    def bind(app: ASGIApp) -> ASGIApp:
         bound = copy.copy(shared)  # the same settings, flow and counters; this route's app
         bound.app = app
-        return bound
+        return _guarded(bound)
 
     return DefineMiddleware(bind)  # type: ignore[arg-type]  # Litestar's ASGI types are TypedDicts
+
+
+def _guarded(middleware: IdempotencyMiddleware) -> ASGIApp:
+    """Return `middleware` behind its route's guards, for a keyed request it may claim.
+
+    Litestar runs guards in the handler, inside the middleware; a guard's refusal (401, 403)
+    would be the key's outcome and replayed after the caller is allowed. Run first, a refusal
+    is answered by Litestar and leaves no record (B9); the handler runs the guards again.
+    """
+    gate = middleware._gate  # where the middleware decides what it tracks
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        handler: Any = scope.get("route_handler") if scope["type"] == "http" else None
+        if (
+            handler is not None
+            and handler.resolve_guards()
+            and any(name == KEY_HEADER for name, _ in scope["headers"])
+            and gate.settings_for(scope, scope["method"], True) is not None
+        ):
+            request = handler.resolve_request_class()(scope=scope, receive=receive, send=send)
+            await handler.authorize_connection(request)
+        await middleware(scope, receive, send)
+
+    return guarded
 
 
 def _authentication_of(app: Litestar) -> str | None:

@@ -18,6 +18,7 @@ docs/http.md for every setting and the published policy. What configures it (`Se
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
@@ -50,7 +51,7 @@ from retrysafe._http.asgi_io import (
     track_request,
 )
 from retrysafe._http.middleware import MiddlewareBase
-from retrysafe._http.scope import Scoper
+from retrysafe._http.scope import Scoper, principal_of
 from retrysafe._keys import KeyPolicy
 from retrysafe.stores.base import AsyncStore
 
@@ -103,6 +104,9 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
 
     outcome_unknown: bool = False
     """Offer the app the `OUTCOME_UNKNOWN` extension (B38)."""
+    principal: Callable[[Scope], Awaitable[object]] | None = None
+    """Where no authentication middleware named the user (`scope["user"]`), a coroutine of the
+    scope that returns the request's user, or None (B8): FastAPI's `install(principal=...)`."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; all but covered HTTP requests pass straight through."""
@@ -129,7 +133,12 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         tracked = None
         try:
             scoper = self._scoper or await self._load_scoper()
-            tracked = await track_request(scope, receive, send, settings, values, scoper=scoper)
+            user = None
+            if self.principal is not None and principal_of(scope.get("user")) is None:
+                user = await self.principal(scope)
+            tracked = await track_request(
+                scope, receive, send, settings, values, scoper=scoper, user=user
+            )
             if tracked is None:
                 return
             identity, fingerprint, body = tracked

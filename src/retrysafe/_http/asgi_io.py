@@ -48,6 +48,7 @@ async def track_request(
     values: list[bytes],
     *,
     scoper: Scoper,
+    user: object = None,
 ) -> TrackedRequest | None:
     """Parse the key and read the body of a covered request; None once it has been answered.
 
@@ -65,7 +66,7 @@ async def track_request(
     if isinstance(body, Response):
         await respond(send, body)
         return None
-    request = request_view(scope)
+    request = request_view(scope, user)
     identity = new_identity(settings, request, key, scoper)
     if isinstance(identity, Response):
         await respond(send, identity)
@@ -73,9 +74,11 @@ async def track_request(
     return identity, settings.fingerprint_of(request, body), body
 
 
-def request_view(scope: Scope) -> RequestView:
-    """Return the request as the sans-I/O core sees it."""
-    user = scope.get("user")
+def request_view(scope: Scope, user: object = None) -> RequestView:
+    """Return the request as the sans-I/O core sees it; its principal is `user`'s, else that
+    of the user an authentication middleware put in the scope (B8)."""
+    if user is None:
+        user = scope.get("user")
     return RequestView(
         method=scope["method"],
         path=scope["path"],

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Unpack
 
 from retrysafe._errors import InvalidKeyError
-from retrysafe._http import RouteSettings, Settings
+from retrysafe._http import RouteSettings, Settings, SettingsOptions
 from retrysafe._keys import KeyPolicy, parse_key
 from retrysafe.asgi import IdempotencyMiddleware
+from retrysafe.integrations._fastapi_principal import DependencyPrincipal
 from retrysafe.integrations._openapi import (
     PROBLEM_SCHEMA,
     describe_operation,
@@ -62,6 +63,8 @@ with framework_imports(__name__, "FastAPI"):
         iter_route_contexts = None  # type: ignore[assignment]
 
 from retrysafe.integrations.starlette import StarletteRoutes
+from retrysafe.observe import Observer
+from retrysafe.stores.base import AsyncStore
 
 __all__ = ["FastAPIRoutes", "RouteSettings", "document_openapi", "idempotency", "install"]
 
@@ -208,5 +211,27 @@ def document_openapi(
     app.openapi = openapi
 
 
-install = FastAPIRoutes.install
-"""Add the idempotency middleware to a FastAPI app, with per-route settings (its dependencies')."""
+def install(
+    app: Any,
+    *,
+    store: AsyncStore,
+    routes: Mapping[str, RouteSettings | None] | None = None,
+    observers: Sequence[Observer] = (),
+    principal: Callable[..., Any] | None = None,
+    **options: Unpack[SettingsOptions],
+) -> IdempotencyMiddleware:
+    """Add the idempotency middleware to a FastAPI app, with per-route settings (its
+    dependencies'); see `retrysafe.integrations.starlette.install` for the other arguments.
+
+    Args:
+        principal: the app's dependency that returns the authenticated user (`current_user`):
+            a keyed request's scope is that user (B8), so a refreshed token keeps it. FastAPI
+            resolves it before the claim, on the request's head (not its body); where it
+            refuses (401) or there is none, the scope is the credential header's.
+    """
+    middleware = FastAPIRoutes.install(
+        app, store=store, routes=routes, observers=observers, **options
+    )
+    if principal is not None:
+        middleware.principal = DependencyPrincipal(app, principal)
+    return middleware

@@ -7,7 +7,9 @@ a savepoint when the view's atomic block is open, and `end` leaves it, rolling b
 (`connections[alias].connection`: a `sqlite3.Connection`, a psycopg 3 `Connection`, or on
 MySQL a PyMySQL `Connection`, PyMySQL being installed as `MySQLdb`), and are the raw-driver
 backends' own (`_dispatch.sync_records`): the claim, the ORM's writes and the outcome are one
-transaction on one connection.
+transaction on one connection. A commit that fails is rolled back by `atomic` itself (a
+savepoint's RELEASE, to the savepoint); `end` raises it as the store's error, translated from
+the driver's error under Django's by the block's records (`commit_failed`).
 
 Written sync, by hand: Django's transaction API (`atomic`, `connections`) is sync only (an
 async view reaches it through `sync_to_async`), so there is no async source to generate it
@@ -41,11 +43,18 @@ from retrysafe.stores._sql.sqlite import RecordTable
 from retrysafe.stores._sql.sqlite_connection import store_error
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._dispatch import sync_records
+from retrysafe.transactions._sqlite import SQLiteRecords
+from retrysafe.transactions._sync.sql_backend import DriverRecords, commit_failed
 from retrysafe.transactions._sync.transaction import Records
 
 # Django ships no type information (django-stubs is a separate project).
 try:
-    from django.db import DEFAULT_DB_ALIAS, connections, transaction  # type: ignore[import-untyped]
+    from django.db import (  # type: ignore[import-untyped]
+        DEFAULT_DB_ALIAS,
+        DatabaseError,
+        connections,
+        transaction,
+    )
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise missing_framework("retrysafe.transactions.django", "Django") from error
 
@@ -167,9 +176,11 @@ class DjangoBackend:
         Raises:
             TransactionManagementError: asked to commit a block marked for rollback; it was
                 rolled back, as Django does on leaving such a block.
+            StoreError: the commit (a savepoint's RELEASE) failed; Django rolled the block
+                back, and a caller's atomic block around a savepoint is still open.
         """
         atomic, self._atomic = self._atomic, None
-        self._records, self._raw = None, None
+        records, self._records, self._raw = self._records, None, None
         if atomic is None:
             return
         broken: Exception | None = None
@@ -180,9 +191,34 @@ class DjangoBackend:
                 broken, commit = error, False
         if not commit:
             transaction.set_rollback(True, using=self.alias)
-        atomic.__exit__(None, None, None)
+        savepoint = bool(self.connection.savepoint_ids)  # Django's for this block, if any
+        try:
+            atomic.__exit__(None, None, None)
+        except DatabaseError as error:  # Django rolled back what failed to commit
+            cause = self._store_error(records, error.__cause__) if commit else None
+            if cause is None:
+                raise
+            if not savepoint:
+                raise commit_failed(cause) from error
+            raise type(cause)(
+                "The transactional block's savepoint could not be released, so it was rolled "
+                "back with every write made in it: nothing of it was applied. The enclosing "
+                "atomic block is still open (marked for rollback if rolling back to the "
+                f"savepoint failed too). {cause}"
+            ) from error
         if broken is not None:
             raise broken
+
+    def _store_error(
+        self, records: Records | None, error: BaseException | None
+    ) -> Exception | None:
+        """Return our error for the driver's error under Django's, as the block's `records`
+        translate that driver's errors (the store's); None for one they do not know."""
+        if isinstance(records, DriverRecords) and isinstance(error, records.driver_error):
+            return records._translate(error)  # psycopg, MySQL
+        if isinstance(records, SQLiteRecords) and isinstance(error, sqlite3.Error):
+            return store_error(error, str(self.connection.settings_dict["NAME"]))
+        return None
 
     def claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float

@@ -10,16 +10,28 @@ they are part of the same transaction as everything the session flushes. On MySQ
 `CREATE TABLE` commits the open transaction, a missing records table is made before the
 savepoint's statement opens one (in a session that has run nothing yet, nothing is open).
 While the block runs, the session may not end that transaction itself (`SessionGuard`).
+
+A commit that fails is rolled back and raised as the store's error, translated from the
+driver's error under SQLAlchemy's by the session's records (`commit_failed`): a session left
+with a failed transaction refuses every later statement until rolled back. For a savepoint, the
+RELEASE that failed is rolled back to the savepoint, and the caller's transaction is left open
+for the caller to end, as a savepoint's block never ends it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import DBAPIError
+
 from retrysafe._record import Claim, Identity, Record
+from retrysafe.stores._sql.sqlite_connection import store_error
 from retrysafe.transactions import _drivers as drivers
+from retrysafe.transactions._sync.sql_backend import DriverRecords, commit_failed
 from retrysafe.transactions._dispatch import sync_records
 from retrysafe.transactions._session_guard import ENDED_INSIDE, SessionGuard
+from retrysafe.transactions._sqlite import SQLiteRecords, _path
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, SessionTransaction
@@ -43,6 +55,7 @@ class SessionBackend:
         self._transaction: SessionTransaction | None = None
         self._records: Records | None = None
         self._guard: SessionGuard | None = None
+        self._savepoint_name: str | None = None  # the savepoint `begin` opened, if it did
 
     def in_transaction(self) -> bool:
         """Return whether the session has a transaction open."""
@@ -56,6 +69,7 @@ class SessionBackend:
             if drivers.commits_on_ddl(raw):
                 sync_records(raw, self.table).prepare()  # before the SAVEPOINT
             self._transaction = session.begin_nested()
+            self._savepoint_name = self._savepoint()
         else:
             self._transaction = session.begin()
         self._guard = SessionGuard.over(session, self._transaction)
@@ -73,10 +87,16 @@ class SessionBackend:
         return connection.connection.driver_connection
 
     def end(self, *, commit: bool) -> None:
-        """Commit or roll back what `begin` started."""
+        """Commit or roll back what `begin` started.
+
+        Raises:
+            StoreError: the commit (a savepoint's RELEASE) failed; what `begin` started was
+                rolled back, and a caller's transaction around a savepoint is still open.
+        """
         transaction, self._transaction = self._transaction, None
         guard, self._guard = self._guard, None
-        self._records = None
+        records, self._records = self._records, None
+        savepoint, self._savepoint_name = self._savepoint_name, None
         if transaction is None or guard is None:
             return
         guard.ending = True
@@ -84,11 +104,67 @@ class SessionBackend:
             if guard.ended:  # the session ended it in the block: drop what it wrote since
                 self.session.rollback()
             elif commit:
-                transaction.commit()
+                self._commit(transaction, records, savepoint)
             else:
                 transaction.rollback()
         finally:
             guard.disarm()
+
+    def _commit(
+        self,
+        transaction: SessionTransaction,
+        records: Records | None,
+        savepoint: str | None,
+    ) -> None:
+        """Commit `transaction` (release `savepoint`, when it is one); if that fails, undo it
+        and raise the store's error.
+
+        Pending writes are flushed first: their errors are the block's own, raised as they are.
+        """
+        try:
+            self.session.flush()
+        except BaseException:
+            transaction.rollback()
+            raise
+        try:
+            transaction.commit()
+        except DBAPIError as error:
+            cause = _store_error(records, error)
+            try:
+                self._undo(transaction, savepoint)
+            except DBAPIError as failed:
+                if cause is None:
+                    raise
+                raise type(cause)(
+                    f"The transaction could not commit, and rolling it back failed too "
+                    f"({failed.orig}): roll the session back before using it again. {cause}"
+                ) from error
+            if cause is None:
+                raise
+            if savepoint is None:
+                raise commit_failed(cause) from error
+            raise type(cause)(
+                "The transactional block's savepoint could not be released, so it was rolled "
+                "back with every write made in it: nothing of it was applied. The enclosing "
+                f"transaction is still open, yours to commit or roll back. {cause}"
+            ) from error
+
+    def _undo(self, transaction: SessionTransaction, savepoint: str | None) -> None:
+        """Roll back a transaction whose commit failed, or a savepoint whose RELEASE did."""
+        transaction.rollback()
+        if savepoint is not None:
+            # After a failed RELEASE, SQLAlchemy closes the savepoint without a statement,
+            # leaving the block's writes in the enclosing transaction (which would commit them).
+            connection = self.session.connection()
+            connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+
+    def _savepoint(self) -> str | None:
+        """Return the name of the savepoint that `begin_nested` opened on the session's
+        connection (SQLAlchemy's own, `sa_savepoint_<n>`, which it keeps private)."""
+        nested = (self.session.connection()).get_nested_transaction()
+        nested = getattr(nested, "sync_transaction", nested)  # an Transaction's
+        name = getattr(nested, "_savepoint", None)
+        return name if isinstance(name, str) else None
 
     def claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
@@ -122,3 +198,14 @@ class SessionBackend:
         if self._records is None:
             raise RuntimeError("The session's transaction has not begun.")
         return self._records
+
+
+def _store_error(records: Records | None, error: DBAPIError) -> Exception | None:
+    """Return our error for the driver's error under SQLAlchemy's `error`, as the session's
+    `records` translate that driver's errors (the store's); None for one they do not know."""
+    cause = error.orig
+    if isinstance(records, DriverRecords) and isinstance(cause, records.driver_error):
+        return records._translate(cause)  # psycopg, MySQL
+    if isinstance(records, SQLiteRecords) and isinstance(cause, sqlite3.Error):
+        return store_error(cause, _path(records.connection))
+    return None

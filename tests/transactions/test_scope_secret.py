@@ -4,20 +4,28 @@ created in a transaction that rolls back is never kept, so every process scopes 
 Two apps on one database stand for two workers (each keeps the secret it loaded); the
 Flask app's session is a `scoped_session` that a `before_request` hook already used (loading
 the user), so it has a transaction open when the secret is first needed. Django's case
-(`ATOMIC_REQUESTS`) is in test_django_orm.py, in processes of its own.
+(`ATOMIC_REQUESTS`) is in test_django_orm.py, in processes of its own. And the scope itself:
+FastAPI's transactional face scopes by the user the app's own dependency names.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import anyio.to_thread
+import httpx
 import pytest
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import OAuth2PasswordBearer
 
 from retrysafe import transactions
+from retrysafe.transactions.fastapi import Transactional, install
+from tests.servers import AsgiServer
 from tests.transactions.conftest import Database, make_database
 
 pytestmark = pytest.mark.usefixtures("no_configured_secret")
@@ -84,3 +92,54 @@ def test_b8_flask_secret_made_in_a_session_a_hook_opened_is_committed(
     assert len(postgres.payment_rows()) == 1
     again = first.post("/payments", json={}, headers=HEADERS)  # the first worker kept it
     assert again.headers.get("Idempotent-Replayed") == "true"
+
+
+# FastAPI: the principal named by the app's own dependency (B8)
+
+TOKENS = {"t1": "alice", "t2": "alice"}  # t2: alice's token after a refresh
+OAUTH2 = OAuth2PasswordBearer(tokenUrl="token")
+
+
+def current_user(token: Annotated[str, Depends(OAUTH2)]) -> str:
+    """The app's authentication: the user of a known bearer token, else 401."""
+    if token not in TOKENS:
+        raise HTTPException(401, "unknown token")
+    return TOKENS[token]
+
+
+def test_b8_fastapi_transactional_scope_is_the_users_across_a_token_refresh(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """With `install(principal=current_user)`, alice's retry with her refreshed token is a
+    replay of the payment her first token made: one payment row (before: another caller)."""
+    with make_database("sqlite", request, tmp_path) as database:
+        app = FastAPI()
+        install(
+            app,
+            connect=lambda: sqlite3.connect(database.dsn, timeout=30, check_same_thread=False),
+            table=database.table,
+            principal=current_user,
+        )
+
+        @app.post("/payments", status_code=201)
+        async def create_payment(tx: Transactional) -> Any:
+            payment = {"id": secrets.token_hex(6), "key": "order-1", "amount": 5}
+            await anyio.to_thread.run_sync(
+                lambda: transactions.insert_if_absent(
+                    tx.connection, database.payments, payment, unique=["id"]
+                )
+            )
+            return {"id": payment["id"]}
+
+        server = AsgiServer(app)
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                key = {"Idempotency-Key": "order-1"}
+                first = http.post("/payments", headers={**key, "Authorization": "Bearer t1"})
+                retry = http.post("/payments", headers={**key, "Authorization": "Bearer t2"})
+        finally:
+            server.stop()
+        assert first.status_code == retry.status_code == 201
+        assert retry.headers.get("Idempotent-Replayed") == "true"
+        assert retry.json() == first.json()
+        assert len(database.payment_rows()) == 1

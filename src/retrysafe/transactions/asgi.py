@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Unpack
 
 import anyio
@@ -44,7 +44,7 @@ from retrysafe._http import (
     logger,
 )
 from retrysafe._http.asgi_io import ASGIApp, Message, Receive, Scope, Send
-from retrysafe._http.scope import Scoper
+from retrysafe._http.scope import Scoper, principal_of
 from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
@@ -135,6 +135,10 @@ class TransactionalMiddleware:
         secret = Scoper.configured_secret(self.settings)
         self._scoper: Scoper | None = None if secret is None else Scoper(secret)
 
+    principal: Callable[[Scope], Awaitable[object]] | None = None
+    """Where no authentication middleware named the user (`scope["user"]`), a coroutine of the
+    scope that returns the request's user, or None (B8): FastAPI's `install(principal=...)`."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; only HTTP requests to covered routes are changed."""
         if scope["type"] != "http":
@@ -156,8 +160,11 @@ class TransactionalMiddleware:
                 logger.exception("Cannot read the scope secret from the records table")
                 await asgi_io.respond(send, connect_failed(settings))
                 return
+            user = None
+            if self.principal is not None and principal_of(scope.get("user")) is None:
+                user = await self.principal(scope)
             tracked = await asgi_io.track_request(
-                scope, receive, send, settings, values, scoper=scoper
+                scope, receive, send, settings, values, scoper=scoper, user=user
             )
             if tracked is None:
                 return

@@ -37,6 +37,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from retrysafe._clock import Clock
 from retrysafe._http import RouteSettings, SettingsOptions
 from retrysafe._http.asgi_io import ASGIApp
+from retrysafe.integrations._fastapi_principal import DependencyPrincipal
 from retrysafe.integrations._routes import UNMARKED, RouteOptions, Unmarked, mark, unbound
 from retrysafe.integrations.fastapi import FastAPIRoutes, document_openapi
 from retrysafe.observe import Observer
@@ -127,6 +128,7 @@ def install(
     clock: Clock | None = None,
     observers: Sequence[Observer] = (),
     encryption: Keyring | None = None,
+    principal: Callable[..., Any] | None = None,
     **options: Unpack[SettingsOptions],
 ) -> TransactionalMiddleware:
     """Add transactional mode to FastAPI `app`, for the handlers that take a transaction.
@@ -141,6 +143,9 @@ def install(
         observers: who to tell what each keyed request did (`retrysafe.observe`).
         encryption: the keys that encrypt stored responses at rest: those of the store that
             shares the table (docs/encryption.md); default none.
+        principal: the app's dependency that returns the authenticated user (`current_user`):
+            a keyed request's scope is that user (B8), resolved before the claim, as
+            `retrysafe.integrations.fastapi.install` resolves it.
         options: the HTTP middleware's settings (`required=True`, `scope_header=...`).
 
     Returns:
@@ -158,6 +163,9 @@ def install(
         encryption=encryption,
         **options,
     )
+
+    if principal is not None:
+        middleware.principal = DependencyPrincipal(app, principal)
 
     def bind(app: ASGIApp) -> TransactionalMiddleware:  # Starlette before 0.41: `app=` by name
         middleware.app = app  # the app's stack is built once, when it first serves

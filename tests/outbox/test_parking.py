@@ -18,6 +18,7 @@ import pytest
 
 from retrysafe import Identity, transactions
 from retrysafe.outbox import AmqpPublisher, OutboxMessage, Relay, outbox_table
+from retrysafe.outbox._batch import MOST_SUSPECTS
 from tests.conftest import unique_name
 from tests.outbox.test_crash import amqp_queue, drain
 from tests.outbox.test_outbox import database_of
@@ -125,8 +126,6 @@ def test_b29_a_broker_outage_parks_nothing_and_the_order_holds(
     """While the broker refuses connections, every batch fails, each failure counted on its
     message, past `max_attempts`, and no message is parked; once the broker is back, every
     message is published in order."""
-    import pika
-
     down = AmqpPublisher(f"amqp://guest:guest@127.0.0.1:{refused_port()}/")
     up = AmqpPublisher(amqp_url)
     with (
@@ -137,12 +136,12 @@ def test_b29_a_broker_outage_parks_nothing_and_the_order_holds(
         for key in ("o-1", "o-2", "o-3"):
             commit(database, key, queue)
         for _ in range(6):
-            with pytest.raises(pika.exceptions.AMQPConnectionError):
+            with pytest.raises(ConnectionError, match="cannot be reached"):
                 relay.run_once()
         table = outbox_table(database.table)
         attempts = database.execute(f'SELECT attempts FROM "{table}" ORDER BY id')  # noqa: S608
-        # Past its 2nd failure a message is suspect and the batch tries the next one too.
-        assert [row[0] for row in attempts] == [6, 5, 4]
+        # An outage stops every batch at its first message, suspect or not: one publish each.
+        assert [row[0] for row in attempts] == [6, 0, 0]
         assert relay.parked == 0
         assert relay.parked_messages() == []
         relay.publisher = up
@@ -232,3 +231,32 @@ def test_b29_parking_takes_a_positive_max_attempts(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="max_attempts"):
         Relay(f"sqlite:///{tmp_path / 'app.db'}", print, max_attempts=0)
     assert sqlite3.sqlite_version_info >= (3, 16)  # pragma_table_info, for the upgrade
+
+
+@pytest.mark.parametrize(
+    ("error", "most"), [(ConnectionError, 1), (RefusedError, MOST_SUSPECTS + 1)]
+)
+def test_b29_an_outage_costs_a_bounded_number_of_publishes_a_batch(
+    error: type[Exception], most: int, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A publisher that fails every message, for as long as 30 batches: one publish a batch
+    when it says the broker is out of reach (`ConnectionError`), and never more than the
+    suspects a batch goes past plus one when it fails otherwise; nothing is parked."""
+    tried: list[int] = []
+
+    def failing(message: OutboxMessage) -> None:
+        tried.append(message.id)
+        raise error("the broker is down")
+
+    with database_of("sqlite", request, tmp_path) as database:
+        for n in range(2 * MOST_SUSPECTS):
+            commit(database, f"k{n}", "orders.paid")
+        with Relay(database.url, failing, max_attempts=1) as relay:
+            per_batch = []
+            for _ in range(30):
+                before = len(tried)
+                with pytest.raises(error):
+                    relay.run_once()
+                per_batch.append(len(tried) - before)
+            assert max(per_batch) == most
+            assert relay.parked == 0

@@ -6,7 +6,10 @@ failure is counted on the message's row. A message whose publishes failed `max_a
 is *suspect*: when it fails again the batch goes on past it, and once a message after it is
 published (so the publisher works, and refuses that one) it is parked: set aside with its last
 error, never lost, until an operator re-queues it. A broker outage parks nothing, since no
-message after a suspect is published while it lasts.
+message after a suspect is published while it lasts; and it costs one publish a batch: a
+publisher that cannot reach its broker says so with an `OSError` (`ConnectionError`,
+`TimeoutError`), which stops the batch, suspect or not. Past `MOST_SUSPECTS` suspects that
+failed in a row (an outage a publisher reports otherwise), the batch stops too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ __all__ = ["Batch", "Parked", "ParkedMessage", "describe"]
 
 Publish = Callable[[OutboxMessage], None]
 _MAX_ERROR: Final = 1000  # characters of an error kept on its row
+MOST_SUSPECTS: Final = 10
+"""The most suspects a batch goes past without a publish after them: more refused in a row
+hold the rest back, as an outage does, until they are re-queued or the publisher is fixed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +93,12 @@ class Batch:
                 self.publish(message)
             except Exception as error:  # recorded; the batch ends with it (`error`)
                 self.failed.append((describe(error), message.id))
-                if self.max_attempts is None or attempts < self.max_attempts:
+                if (
+                    self.max_attempts is None
+                    or attempts < self.max_attempts
+                    or isinstance(error, OSError)  # the broker is out of reach, not refusing
+                    or len(self._suspects) >= MOST_SUSPECTS
+                ):
                     self._stopped = error  # the rows after it wait: the order holds
                     return False
                 self._suspects.append(Parked(message, attempts, describe(error)))

@@ -29,6 +29,9 @@ class AmqpPublisher:
         exchange: the exchange to publish to (default: the default exchange, `""`).
         mandatory: ask the broker to return a message no queue takes; the publish then fails
             and the relay tries it again later (default: such a message is dropped).
+
+    A broker that cannot be reached (or a connection lost) raises `ConnectionError`, which the
+    relay reads as an outage, never as a refusal of the message.
     """
 
     def __init__(self, url: str, *, exchange: str = "", mandatory: bool = False) -> None:
@@ -43,7 +46,6 @@ class AmqpPublisher:
     def __call__(self, message: OutboxMessage) -> None:
         """Publish `message` and wait for the broker's confirm."""
         pika = _pika()
-        channel = self._open()
         properties = pika.BasicProperties(
             message_id=message.message_id,
             headers=dict(message.headers) or None,
@@ -51,6 +53,7 @@ class AmqpPublisher:
             timestamp=int(message.created_at),
         )
         try:
+            channel = self._open()
             channel.basic_publish(
                 self.exchange,
                 message.topic,
@@ -58,6 +61,10 @@ class AmqpPublisher:
                 properties,
                 mandatory=self.mandatory,
             )
+        except pika.exceptions.AMQPConnectionError as error:  # out of reach, not a refusal
+            self.close()
+            reason = f"{type(error).__name__}: {error}"
+            raise ConnectionError(f"The broker cannot be reached ({reason}).") from error
         except BaseException:
             self.close()
             raise

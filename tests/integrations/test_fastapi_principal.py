@@ -15,7 +15,9 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrysafe import open_async_store
 from retrysafe.integrations.fastapi import idempotency, install
@@ -132,3 +134,47 @@ def test_b9_a_token_the_dependency_refuses_gets_the_routes_answer(payments: Paym
     assert refused.status_code == 401
     assert payments.charges == []
     assert payments.pay("t1", key="k-2").status_code == 201
+
+
+class AuthError(Exception):
+    """An app's own authentication error, which its exception handler answers with 401."""
+
+
+def strict_user(request: Request) -> str:
+    """An authentication that refuses with the app's own exception, or Starlette's."""
+    token = request.headers.get("authorization", "")
+    if token == "Bearer starlette":
+        raise StarletteHTTPException(401, "no such token")
+    if token not in ("Bearer t1", "Bearer t2"):
+        raise AuthError(token)
+    return "alice"
+
+
+@pytest.mark.parametrize("token", ["mine", "starlette"])
+def test_b9_a_refusal_the_app_maps_is_the_apps_answer(token: str) -> None:
+    """A principal dependency that raises the app's own exception (answered by its exception
+    handler) or Starlette's `HTTPException` names no principal: the route's 401 answers, as
+    without `principal=`, never a 500 from the middleware."""
+    app = FastAPI()
+
+    @app.exception_handler(AuthError)
+    async def unauthorized(request: Request, error: AuthError) -> JSONResponse:
+        return JSONResponse({"detail": "unknown token"}, status_code=401)
+
+    app.post("/payments", status_code=201)(_paid_by_strict_user)
+    install(app, store=open_async_store("memory://"), scope_secret=SECRET, principal=strict_user)
+    server = AsgiServer(app)
+    try:
+        with httpx.Client(base_url=server.url, timeout=15) as client:
+            headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1"}
+            refused = client.post("/payments", headers=headers)
+            headers["Authorization"] = "Bearer t1"
+            paid = client.post("/payments", headers=headers)
+    finally:
+        server.stop()
+    assert refused.status_code == 401
+    assert paid.status_code == 201
+
+
+async def _paid_by_strict_user(user: Annotated[str, Depends(strict_user)]) -> dict[str, str]:
+    return {"user": user}

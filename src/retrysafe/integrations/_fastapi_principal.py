@@ -8,9 +8,10 @@ resolver, before the claim, on the request's head (headers, cookies, path and qu
 body, which the middleware has not read yet). Its sub-dependencies resolve as in a route, the
 app's `dependency_overrides` included, and those with `yield` are closed before the claim.
 
-A dependency that refuses (an `HTTPException` such as the bearer scheme's 401, or a missing or
-malformed parameter) names no principal: the request is scoped as if it had none, and the
-route, which depends on it too, answers as it would.
+A dependency that refuses (an `HTTPException` such as the bearer scheme's 401, an exception of
+the app's own that its exception handler answers, or a missing or malformed parameter) names no
+principal: the request is scoped as if it had none, and the route, which depends on it too,
+answers as it would.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
 
+from retrysafe._http import logger
 from retrysafe._http.asgi_io import Message, Scope
 from retrysafe.integrations._routes import framework_imports
 
 with framework_imports(__name__, "FastAPI"):
-    from fastapi import Depends, HTTPException, Request
+    from fastapi import Depends, Request
     from fastapi.dependencies.utils import get_dependant, solve_dependencies
 
 __all__ = ["DependencyPrincipal"]
@@ -80,7 +82,8 @@ class DependencyPrincipal:
                     async_exit_stack=stack,
                     **self._options,
                 )
-            except HTTPException:
+            except Exception:  # it refused, its way (any exception an app's handler maps)
+                logger.debug("The principal dependency named no user", exc_info=True)
                 return None
         # FastAPI 0.112 and earlier return a tuple, (values, errors, ...).
         values, errors = (solved.values, solved.errors) if hasattr(solved, "values") else solved[:2]

@@ -209,6 +209,30 @@ def scenario_secret_retry() -> dict[str, Any]:
     return _paid(Client(headers=CALLER), "s-1")
 
 
+def scenario_secret_kept_after_commit() -> dict[str, Any]:
+    """Three keyed requests, each in its own block that commits (as `ATOMIC_REQUESTS` runs
+    them); how many times the process read the scope secret."""
+    from django.test import Client
+
+    from retrysafe.transactions import _django_web
+
+    loads: list[bool] = []
+    load = _django_web.load_secret_of
+
+    def counted(backend: Any) -> tuple[bytes, bool]:
+        loaded = load(backend)
+        loads.append(loaded[1])
+        return loaded
+
+    _django_web.load_secret_of = counted
+    client = Client(headers=CALLER)
+    statuses = []
+    for key in ("c-1", "c-2", "c-3"):
+        with transaction.atomic():
+            statuses.append(_paid(client, key)["status"])
+    return {"statuses": statuses, "loads": loads}
+
+
 def _paid(client: Any, key: str) -> dict[str, Any]:
     response = client.post(
         "/payments", {"amount": 5}, content_type="application/json",

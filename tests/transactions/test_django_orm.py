@@ -128,6 +128,17 @@ def test_b8_a_scope_secret_rolled_back_with_a_request_is_not_kept(database: Data
     assert database.payment_rows("s-0") == []
 
 
+def test_b8_a_scope_secret_made_in_a_request_block_is_kept_once_it_commits(
+    database: Database,
+) -> None:
+    """Under ATOMIC_REQUESTS, the process that made the scope secret in a request's atomic
+    block keeps it once that block commits: its later requests do not read it again."""
+    database.store().close()  # the records table exists, with no scope secret in it yet
+    reported = scenario(database, "secret_kept_after_commit")
+    assert reported["statuses"] == [201, 201, 201]
+    assert reported["loads"] == [False]  # made inside the block; kept when it committed
+
+
 def test_b30_django_phases_resume_after_the_last_committed_phase(database: Database) -> None:
     """Atomic phases on Django's connection: a phase that fails rolls back its ORM write and
     keeps the recovery point; the retry resumes there, a repeat replays, and phases refuse to

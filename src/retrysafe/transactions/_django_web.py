@@ -38,6 +38,7 @@ from retrysafe.transactions._web import claim_options, connect_failed, tracks
 try:
     from django.core.signals import setting_changed  # type: ignore[import-untyped]
     from django.db import Error as DatabaseError  # type: ignore[import-untyped]
+    from django.db import transaction
 except ImportError as error:  # pragma: no cover - depends on the environment
     from retrysafe.integrations._routes import missing_framework
 
@@ -209,4 +210,7 @@ def _scoper(config: _Config, backend: DjangoBackend) -> Scoper:
         scoper = Scoper(secret)
         if committed:
             config.scopers[key] = scoper
+        else:  # read or made in the request's atomic block: kept once that commits
+            keep = functools.partial(config.scopers.setdefault, key, scoper)
+            transaction.on_commit(keep, using=backend.alias)
     return scoper

@@ -162,9 +162,10 @@ async def aload_secret_of(backend: AsyncBackend) -> tuple[bytes, bool]:
     requests alike; sealed by an encrypted backend as an encrypted store seals it. Inside a
     transaction the caller already opened (Django's `ATOMIC_REQUESTS`, a session in use), it
     is a savepoint of that transaction: a secret created there commits or rolls back with it,
-    and is not known committed until a later request reads it (a secret another transaction
-    committed is). Kept after a rollback, it would scope this process's requests apart from
-    every other's, and their retries would run again.
+    and is not known committed here (a secret another transaction committed is; one this
+    process made is known committed once read outside a transaction, and Django's face keeps
+    it when the request's block commits). Kept after a rollback, it would scope this process's
+    requests apart from every other's, and their retries would run again.
     """
     enclosed = backend.in_transaction()
     tx = AsyncTransaction(

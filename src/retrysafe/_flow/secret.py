@@ -2,13 +2,17 @@
 
 Generated on first use and stored with one atomic insert-if-absent: a claim of a reserved
 identity, completed with 32 random bytes and kept for a century. Every process that shares the
-store then hashes scopes with the same secret. If the secret is missing while other records
-exist (a purge or a `keys delete` took it), that is a store error: a new secret would silently
-change every scope, so a retry would run its effect again. Restore it, or set one.
+store then hashes scopes with the same secret. If the secret is missing while records whose
+scopes were hashed with one exist (an evicted key, a purge or a `keys delete` took it), that is
+a store error: a new secret would silently change every scope, so a retry would run its effect
+again. Restore it, or set one. Records of the other faces (the decorator's, a consumer's, a
+`scope_function`'s) name their scopes as given, so a store they used first still gets a secret;
+a store too large to check (`_SCAN` records or more) is refused as before.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +41,10 @@ SECRET_RETENTION: Final = 100 * 365 * 24 * 3600.0
 
 
 _SECRET_BYTES: Final = 32
+_SCAN: Final = 10_000
+"""The most records read to tell that none was scoped with a secret."""
+_HASHED: Final = re.compile(r"[pc]:[0-9a-f]{64}")
+"""A scope the HTTP faces hashed with the secret (`Scoper`): a principal's or a credential's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +76,15 @@ def _known(admitted: Admission) -> bytes | None:
 
 
 def _check_fresh(records: Sequence[Record]) -> bytes:
-    """Return a new secret if the store holds no other record; raise if it does."""
-    if any(record.identity != SECRET_IDENTITY for record in records):
+    """Return a new secret if no record of `records` (at most `_SCAN`, newest first) was scoped
+    with one; raise if one was, or if there may be more records than were read."""
+    hashed = any(_HASHED.fullmatch(record.identity.scope) for record in records)
+    if hashed or len(records) >= _SCAN:
         raise StoreError(
-            "The scope secret is missing from the store, but records exist: a new secret would "
-            "change every scope. Restore the secret record or set scope_secret "
-            "(RETRYSAFE_SCOPE_SECRET) to the one in use."
+            "The scope secret is missing from the store, but records "
+            + ("scoped with it exist" if hashed else f"exist (over {_SCAN:,}, not all checked)")
+            + ": a new secret would change every scope. Restore the secret record or set "
+            "scope_secret (RETRYSAFE_SCOPE_SECRET) to the one in use."
         )
     return secrets.token_bytes(_SECRET_BYTES)
 
@@ -85,7 +96,7 @@ def load_secret(flow: SyncFlow) -> bytes:
     if known is not None:
         return known
     try:
-        secret = _check_fresh(flow.store.list_records(limit=2))
+        secret = _check_fresh(flow.store.list_records(limit=_SCAN))
     except StoreError:
         flow.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
         raise
@@ -100,7 +111,7 @@ async def aload_secret(flow: AsyncFlow) -> bytes:
     if known is not None:
         return known
     try:
-        secret = _check_fresh(await flow.store.list_records(limit=2))
+        secret = _check_fresh(await flow.store.list_records(limit=_SCAN))
     except StoreError:
         await flow.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
         raise

@@ -224,10 +224,25 @@ def _rebuilt(
             raise _UnbuiltError(payload, ValueError(reason)) from None
     try:
         if "attrs" in payload:
-            return _new_exception(cls, args, payload["attrs"], payload.get("slots", {}))
+            error = _new_exception(cls, args, payload["attrs"], payload.get("slots", {}))
+            return error if group is not None else _told(error, payload["message"])
         return _exception_from_init(cls, args)  # B39: stored before attributes were kept
     except Exception as problem:  # any failure means the same: it cannot be rebuilt
         raise _UnbuiltError(payload, problem) from None
+
+
+def _told(error: BaseException, message: str) -> BaseException:
+    """Return `error`, whose `str()` must be the first's `message`. A class whose `__str__`
+    formats an attribute that could not be stored (a response object) would say something
+    else, or raise: it is then replayed as a subclass of its own that says `message`."""
+    with contextlib.suppress(Exception):
+        if str(error) == message:
+            return error
+    cls = type(error)
+    namespace = {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    told = type(cls.__name__, (cls,), {**namespace, "__str__": lambda _: message})
+    error.__class__ = told
+    return error
 
 
 # An OSError keeps these in slots, not in its __dict__; its str() is made of them.

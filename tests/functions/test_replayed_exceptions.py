@@ -111,7 +111,27 @@ class SlottedDeclinedError(GatewayError):
         self.code, self.reason = code, "do not honor"
 
 
+class GatewayResponse:
+    """An SDK's response object: what an exception keeps, and JSON cannot hold."""
+
+    def json(self) -> dict[str, str]:
+        """The gateway's answer."""
+        return {"reason": "insufficient funds"}
+
+
+class DeclinedByGatewayError(Exception):
+    """Keeps the gateway's response and formats its message from it, in `__str__`."""
+
+    def __init__(self, response: GatewayResponse) -> None:
+        super().__init__()
+        self.response = response
+
+    def __str__(self) -> str:
+        return f"declined: {self.response.json()['reason']}"
+
+
 FINAL: tuple[type[BaseException], ...] = (
+    DeclinedByGatewayError,
     CardDeclinedError,
     QuotaError,
     ShutdownRequestedError,
@@ -233,6 +253,19 @@ def test_b28_attribute_that_cannot_be_stored_is_left_out(store: Store) -> None:
     assert isinstance(again, LockLostError)
     assert again.holder == "worker-2"
     assert not hasattr(again, "handle")
+
+
+def test_b28_a_message_formatted_from_what_could_not_be_stored_is_the_firsts(
+    store: Store,
+) -> None:
+    """An exception whose `__str__` reads an attribute JSON cannot hold (the gateway's
+    response) replays with the first's message, still an instance of its class (before:
+    `str()` of the replay raised AttributeError)."""
+    first, again, runs = first_and_replay(store, lambda: DeclinedByGatewayError(GatewayResponse()))
+    assert runs == [1]
+    assert isinstance(again, DeclinedByGatewayError)
+    assert str(again) == str(first) == "declined: insufficient funds"
+    assert not hasattr(again, "response")
 
 
 def test_b28_args_that_cannot_be_stored_replay_as_the_message(store: Store) -> None:

@@ -18,8 +18,10 @@ from retrysafe._errors import InvalidKeyError
 
 __all__ = ["KeyPolicy", "key_text", "parse_key"]
 
-# A bare key: visible ASCII without DQUOTE or backslash, which belong to the quoted form.
-_BARE_KEY = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]+")
+# A bare key: visible ASCII without DQUOTE or backslash, which belong to the quoted form, and
+# without a comma: a server or proxy joins repeated header lines with commas (RFC 9110 5.3), so
+# `a,b` may be two keys. Quoted, a comma is one key's (`"a,b"`).
+_BARE_KEY = re.compile(rb"[\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]+")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 # The common sf-string: quotes around characters that need no escape, with no parameters. Its
 # value is what the quotes hold, as the full parser would say, without its cost on every request.
@@ -66,6 +68,11 @@ def parse_key(values: Sequence[bytes], policy: KeyPolicy = KeyPolicy()) -> str:
         )
     elif _BARE_KEY.fullmatch(raw):
         key = raw.decode("ascii")
+    elif b"," in raw and _BARE_KEY.fullmatch(raw.replace(b",", b"")):
+        raise InvalidKeyError(
+            "The Idempotency-Key header must appear exactly once (a bare value with a comma may "
+            'be two header lines joined); send a key with a comma quoted, for example "a,b".'
+        )
     else:
         raise InvalidKeyError(
             "The Idempotency-Key header must be a quoted string or a bare value without spaces."

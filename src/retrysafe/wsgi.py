@@ -81,7 +81,8 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
         settings = self._gate.settings_for(environ, method, value is not None)
         if settings is None:
             return self.app(environ, start_response)
-        # WSGI servers join repeated header lines with commas; parse_key refuses the result.
+        # WSGI servers join repeated header lines with commas; parse_key refuses the result
+        # (a bare key has no comma, and two quoted ones joined are no sf-string).
         values = [] if value is None else [value.encode("latin-1")]
         operation = self.observation.start()
         try:

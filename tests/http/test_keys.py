@@ -53,6 +53,8 @@ MALFORMED = [
     pytest.param([b"caf\xc3\xa9"], id="non-ascii-bare"),
     pytest.param([b'"abc" trailing'], id="trailing-garbage"),
     pytest.param([b'"a"', b'"b"'], id="two-header-lines"),
+    pytest.param([b"a", b"b"], id="two-bare-header-lines"),  # WSGI servers join them: "a,b"
+    pytest.param([b"a,b"], id="bare-with-comma"),
     pytest.param([b'""'], id="empty-quoted"),
     pytest.param([b""], id="empty-bare"),
     pytest.param([b"a b"], id="bare-with-space"),
@@ -70,6 +72,17 @@ def test_b3_malformed_key_gets_400_and_touches_no_storage(
     assert is_problem(response, 400, "invalid-key")
     assert service.recorder.calls["/payments"] == 0
     assert service.records() == []
+
+
+def test_b3_a_quoted_key_may_hold_a_comma(serve: Serve) -> None:
+    """A comma is refused only in a bare value (two lines joined look alike); quoted, it is
+    one key's, and the key replays."""
+    service = serve()
+    first = service.post("/payments", '"a,b"', json={"amount": 1})
+    second = service.post("/payments", '"a,b"', json={"amount": 1})
+    assert first.status_code == 201
+    assert second.headers["idempotent-replayed"] == "true"
+    assert [r.identity.key for r in service.records()] == ["a,b"]
 
 
 def test_b3_parameters_after_the_string_are_ignored(serve: Serve) -> None:

@@ -4,6 +4,8 @@ Threads forward bytes between a loopback listening socket and the real Redis or 
 `cut()` closes every relayed connection and answers new ones with a reset until `restore()`:
 to the store's client, the server is gone, and then back. `stall()` keeps the connections open
 but forwards nothing until `resume()`: a server or network that stops answering mid-exchange.
+`drop_replies()` forwards what the client sends but drops what the server answers, until
+`keep_replies()`: a statement the server applied whose reply is lost.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Relay:
         self._cut = False
         self._flowing = threading.Event()
         self._flowing.set()
+        self._replying = threading.Event()
+        self._replying.set()
         self.refused = 0
         """Connections answered with a reset while cut."""
         threading.Thread(target=self._accept, daemon=True, name="relay-accept").start()
@@ -86,6 +90,14 @@ class Relay:
     def resume(self) -> None:
         """Forward again what was held, and what follows."""
         self._flowing.set()
+
+    def drop_replies(self) -> None:
+        """Forward requests, but drop every reply, until `keep_replies`."""
+        self._replying.clear()
+
+    def keep_replies(self) -> None:
+        """Forward replies again."""
+        self._replying.set()
 
     def restore(self) -> None:
         """Relay new connections again."""
@@ -129,9 +141,12 @@ class Relay:
     def _pump(
         self, source: socket.socket, sink: socket.socket, pair: tuple[socket.socket, socket.socket]
     ) -> None:
+        replies = source is pair[1]  # the server's side of the pair
         try:
             while data := source.recv(65536):
                 self._flowing.wait()
+                if replies and not self._replying.is_set():
+                    continue  # lost on the way back
                 sink.sendall(data)
         except OSError:
             pass

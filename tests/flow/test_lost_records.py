@@ -167,3 +167,27 @@ def test_b19_a_held_outcome_whose_renewal_finds_its_record_lost_is_stored(tmp_pa
         assert flow.counters.restored == 1
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("face", ["asgi", "wsgi"])
+def test_b19_a_completion_whose_reply_was_lost_is_stored_not_fenced(
+    face: str, gap: Gap, serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store applies the completion but its reply is lost: the outcome is held, and its
+    next completion finds the record done under its own token. That is its own outcome,
+    stored: counted as stored late, not as a fencing, and nothing is logged as taken over."""
+    service = serve(face)
+    service.app.after_effect = gap.relay.drop_replies
+    first = service.post()
+    assert first.status_code == 201
+    assert service.counters["held"] == 1
+    gap.wait_for_done("k")  # the server applied it; the reply never came back
+    gap.relay.keep_replies()
+    wait_until(lambda: len(service.middleware.flow.holdings) == 0)
+    assert service.counters["completed_late"] == 1
+    assert service.counters["fenced"] == 0
+    assert "taken over" not in caplog.text
+    again = service.post()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert service.app.runs == 1

@@ -11,7 +11,7 @@ from retrysafe._engine import Decision
 from retrysafe._errors import FencedError, StoreClosedError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.observing import Observation, fields, finish, observed
-from retrysafe._record import Claim, Identity
+from retrysafe._record import Claim, Identity, State
 
 __all__ = ["LOGGER", "Claimed", "Count", "Counters", "Finisher"]
 
@@ -180,13 +180,18 @@ class Finisher(Generic[StoreT]):
         )
         return True
 
-    def reclaimed(self, target: Claimed, claim: Claim, fenced: FencedError) -> None:
-        """Take `claim`, made for `target` after its completion was fenced (`fenced`). If it
-        acquired, the record was gone, not taken over: the store lost it (Redis restarted
-        without persistence, a failover to a replica that had not seen it). `target` then
-        holds the new claim and stores its outcome under it, so that no retry runs the
-        effect again (B19). If not, another worker owns the key: raise `fenced` (B17)."""
+    def reclaimed(self, target: Claimed, claim: Claim, fenced: FencedError) -> bool:
+        """Take `claim`, made for `target` after its completion was fenced (`fenced`); return
+        whether `target` must still store its outcome. If it acquired, the record was gone,
+        not taken over: the store lost it (Redis restarted without persistence, a failover to
+        a replica that had not seen it). `target` then holds the new claim and stores its
+        outcome under it, so that no retry runs the effect again (B19). If the record is done
+        under `target`'s own token, an earlier completion landed and its reply was lost: it
+        is stored. Otherwise another worker owns the key: raise `fenced` (B17)."""
         if not claim.acquired:
+            record = claim.record
+            if record.state is State.DONE and record.token == target.token:
+                return False
             raise fenced
         target.token = claim.token
         self.counters.add(Count.RESTORED)
@@ -196,6 +201,7 @@ class Finisher(Generic[StoreT]):
             target.identity,
             extra=fields(target.identity, "restored"),
         )
+        return True
 
     def interrupted(self, identity: Identity, error: BaseException) -> None:
         """Count and log an operation interrupted while it ran (see `interrupts`): its claim

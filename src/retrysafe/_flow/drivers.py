@@ -131,7 +131,7 @@ class SyncFlow(Holder[Store]):
 
     def _complete(self, target: SyncExecution | Held, outcome: bytes) -> None:
         """Store `outcome` under `target`'s claim; if its record is gone, claim it again first
-        (`reclaimed`, B19)."""
+        (`reclaimed`, B19); if it is done under this claim (a reply lost), it is stored."""
         store, identity = self.store, target.identity
         try:
             store.complete(identity, target.token, outcome, retention=target.retention)
@@ -141,8 +141,8 @@ class SyncFlow(Holder[Store]):
             claim = store.claim(
                 identity, target.fingerprint, lease=target.lease, retention=target.retention
             )
-            self.reclaimed(target, claim, fenced)
-            store.complete(identity, target.token, outcome, retention=target.retention)
+            if self.reclaimed(target, claim, fenced):
+                store.complete(identity, target.token, outcome, retention=target.retention)
 
     def drain(self, timeout: float = DEFAULT_DRAIN) -> bool:
         """Wait up to `timeout` seconds for held outcomes to be stored (B40), trying each at
@@ -302,8 +302,8 @@ class AsyncFlow(Holder[AsyncStore]):
             claim = await store.claim(
                 identity, target.fingerprint, lease=target.lease, retention=target.retention
             )
-            self.reclaimed(target, claim, fenced)
-            await store.complete(identity, target.token, outcome, retention=target.retention)
+            if self.reclaimed(target, claim, fenced):
+                await store.complete(identity, target.token, outcome, retention=target.retention)
 
     async def adrain(self, timeout: float = DEFAULT_DRAIN) -> bool:
         """Wait up to `timeout` seconds for held outcomes to be stored (B40), trying each at

@@ -198,6 +198,9 @@ def test_b8_credentials_are_normalised_and_principals_named() -> None:
     assert principal_of("") is None
     assert principal_of("ann") == "builtins.str:ann"
     assert principal_of({"id": 7}) == "builtins.dict:7"
+    assert principal_of({"id": 0}) == "builtins.dict:0"  # user 0 is a user
+    assert principal_of({"id": "", "username": "ann"}) == "builtins.dict:ann"
+    assert principal_of({"id": None}) is None
     assert principal_of(object()) is None
 
 

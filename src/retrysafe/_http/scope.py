@@ -48,7 +48,8 @@ def principal_of(user: object) -> str | None:
     if isinstance(user, str | int):
         return f"{kind}:{user}" if user != "" else None
     if isinstance(user, Mapping):
-        value = next((user[name] for name in _PRINCIPAL_ATTRIBUTES if user.get(name)), None)
+        found = (user.get(name) for name in _PRINCIPAL_ATTRIBUTES)
+        value = next((v for v in found if v not in (None, "") and v is not False), None)
         return None if value is None else f"{kind}:{value}"
     get_id = getattr(user, "get_id", None)
     if callable(get_id):

@@ -133,11 +133,11 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         tracked = None
         try:
             scoper = self._scoper or await self._load_scoper()
-            user = None
-            if self.principal is not None and principal_of(scope.get("user")) is None:
-                user = await self.principal(scope)
+            principal = self.principal
+            if principal is not None and principal_of(scope.get("user")) is not None:
+                principal = None  # an authentication middleware named the user
             tracked = await track_request(
-                scope, receive, send, settings, values, scoper=scoper, user=user
+                scope, receive, send, settings, values, scoper=scoper, principal=principal
             )
             if tracked is None:
                 return

@@ -179,3 +179,11 @@ def test_b9_a_refusal_the_app_maps_is_the_apps_answer(token: str) -> None:
 
 async def _paid_by_strict_user(user: Annotated[str, Depends(strict_user)]) -> dict[str, str]:
     return {"user": user}
+
+
+def test_b3_a_malformed_key_is_refused_before_the_dependency_runs(payments: Payments) -> None:
+    """A request refused for its key (400) never runs the principal dependency, whose lookup
+    (a database session here) it would waste."""
+    refused = payments.pay("t1", key='"unterminated')
+    assert refused.status_code == 400
+    assert payments.sessions.events == []

@@ -48,13 +48,14 @@ async def track_request(
     values: list[bytes],
     *,
     scoper: Scoper,
-    user: object = None,
+    principal: Callable[[Scope], Awaitable[object]] | None = None,
 ) -> TrackedRequest | None:
     """Parse the key and read the body of a covered request; None once it has been answered.
 
     A malformed key (400), a body over the limit (413) or a request with no scope (400) is
     answered here, before any storage is touched (B3, B8, B9, B22); a client that goes away
-    before sending its body gets nothing.
+    before sending its body gets nothing. `principal`, where given, names the request's user
+    (B8) once its key and body are read.
     """
     key = read_key(values, settings)
     if isinstance(key, Response):
@@ -66,6 +67,7 @@ async def track_request(
     if isinstance(body, Response):
         await respond(send, body)
         return None
+    user = None if principal is None else await principal(scope)  # once the request is sound
     request = request_view(scope, user)
     identity = new_identity(settings, request, key, scoper)
     if isinstance(identity, Response):

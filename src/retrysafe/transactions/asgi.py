@@ -160,11 +160,11 @@ class TransactionalMiddleware:
                 logger.exception("Cannot read the scope secret from the records table")
                 await asgi_io.respond(send, connect_failed(settings))
                 return
-            user = None
-            if self.principal is not None and principal_of(scope.get("user")) is None:
-                user = await self.principal(scope)
+            principal = self.principal
+            if principal is not None and principal_of(scope.get("user")) is not None:
+                principal = None  # an authentication middleware named the user
             tracked = await asgi_io.track_request(
-                scope, receive, send, settings, values, scoper=scoper, user=user
+                scope, receive, send, settings, values, scoper=scoper, principal=principal
             )
             if tracked is None:
                 return

@@ -46,6 +46,9 @@ def test_b35_an_unparseable_url_shows_its_scheme_only() -> None:
         "rediss+cluster://:pw_SECRET@127.0.0.1:6379/0?socket_timeout=-1",
         "postgresql://app:pw_SECRET@[::1/test",
         "redis://:pw_SECRET@127.0.0.1:6379/abc",
+        "mongodb://admin:pw_SECRET@127.0.0.1/x",  # an unknown scheme
+        "postgresql://app:pw_SECRET@127.0.0.1/test?replay_cache_bytes=10",  # without replay_cache
+        "postgresql://app:pw_SECRET@127.0.0.1/t?encryption_key_env=A&encryption_key_env=B",
     ],
 )
 def test_b35_a_refused_store_url_is_a_configuration_error_without_its_password(url: str) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._extras import missing_extra
+from retrysafe._urls import redact_url
 from retrysafe.stores._sql import DEFAULT_TABLE
 
 __all__ = ["connector"]
@@ -48,7 +49,8 @@ def connector(url: str) -> tuple[Callable[[], Any], str]:
     if parts.scheme in ("postgresql", "postgres"):
         return _postgres(parts._replace(query=urlencode(pairs, quote_via=quote)).geturl())
     raise ConfigurationError(
-        f"The completer runs on sqlite:///path/to.db or postgresql://... stores, not {url!r}."
+        "The completer runs on sqlite:///path/to.db or postgresql://... stores, not "
+        f"{redact_url(url)!r}."
     )
 
 

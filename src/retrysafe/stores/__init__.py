@@ -55,7 +55,9 @@ def _store_class(url: str, *, sync: bool) -> Any:
     backend = _BACKENDS.get(scheme)
     if backend is None:
         known = ", ".join(f"{s}://" for s in _BACKENDS)
-        raise ConfigurationError(f"Unknown store URL scheme in {url!r}; use one of {known}.")
+        raise ConfigurationError(
+            f"Unknown store URL scheme in {redact_url(url)!r}; use one of {known}."
+        )
     module_name, sync_class, async_class, extra = backend
     try:
         module = importlib.import_module(f"retrysafe.stores.{module_name}")
@@ -145,7 +147,8 @@ def _encryption_option(url: str, given: Keyring | None) -> tuple[str, Keyring | 
         return url, given
     if given is not None or len(names) > 1:
         raise ConfigurationError(
-            f"Give the encryption keys once, as encryption= or one {_ENCRYPTION_OPTION}: {url!r}."
+            "Give the encryption keys once, as encryption= or one "
+            f"{_ENCRYPTION_OPTION}: {redact_url(url)!r}."
         )
     return _without(url, pairs, {_ENCRYPTION_OPTION}), Keyring.from_env(names[0])
 
@@ -176,7 +179,8 @@ def _replay_cache_options(url: str) -> tuple[str, dict[str, Any]]:
     options = query_options(urlencode(ours), _REPLAY_CACHE_OPTIONS)
     if "replay_cache" not in options:
         raise ConfigurationError(
-            f"replay_cache_bytes and replay_cache_ttl come with replay_cache=N: {url!r}."
+            "replay_cache_bytes and replay_cache_ttl come with replay_cache=N: "
+            f"{redact_url(url)!r}."
         )
     stripped = _without(url, pairs, set(_REPLAY_CACHE_OPTIONS))
     if options["replay_cache"] == 0:  # said explicitly: no cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,25 @@ def test_an_effect_that_never_runs_fails_too() -> None:
 
     with pytest.raises(AssertionError, match=r"ran 0 times .* raised ValueError: no o x3"):
         assert_runs_once(refuse, runs=counted, args=("o",), duplicates=3)
+
+
+def test_duplicates_still_running_at_the_timeout_fail_the_check() -> None:
+    """A function that is not retry-safe, whose duplicates after the first block (until the
+    test lets them go): one run when the timeout ends is not proof of once, so the check
+    fails and says so (before: it passed, and the blocked duplicates then ran the effect)."""
+    counted, first, go = RunCounter(), threading.Lock(), threading.Event()
+
+    def charge(order: str) -> str:
+        if not first.acquire(blocking=False):
+            go.wait(30)  # a duplicate still running when the count is read
+        counted.increment()
+        return order
+
+    try:
+        with pytest.raises(AssertionError, match="2 did not finish within the timeout"):
+            assert_runs_once(charge, runs=counted, args=("o",), duplicates=3, timeout=0.5)
+    finally:
+        go.set()
 
 
 def test_misuse_is_a_configuration_error() -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 
 from retrysafe._errors import ConfigurationError
-from retrysafe.testing._report import HTTPRequest
+from retrysafe.testing._report import UNFINISHED, HTTPRequest
 
 if TYPE_CHECKING:
     import httpx
@@ -29,7 +29,7 @@ __all__ = ["Interface", "Plan", "fire_tasks", "fire_threads"]
 Interface = Literal["asgi", "wsgi", "function"]
 """What `assert_runs_once` fires at: an ASGI app, a WSGI app, or a function."""
 
-NOT_FINISHED = "did not finish in time"
+NOT_FINISHED = UNFINISHED
 
 
 def _raised(error: BaseException) -> str:

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 __all__ = ["HTTPRequest", "RunCount", "RunCounter", "RunsOnceReport", "read_runs"]
 
@@ -72,6 +73,10 @@ class HTTPRequest:
     key_header: str = "Idempotency-Key"
 
 
+UNFINISHED: Final = "did not finish in time"
+"""The outcome of a duplicate still running when the timeout ended."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunsOnceReport:
     """What happened when `assert_runs_once` fired its duplicates.
@@ -88,9 +93,15 @@ class RunsOnceReport:
     key: str | None = None
 
     @property
+    def unfinished(self) -> int:
+        """How many duplicates did not finish within the timeout: their effect may run yet."""
+        return self.outcomes.count(UNFINISHED)
+
+    @property
     def ok(self) -> bool:
-        """Whether the effect ran exactly once."""
-        return self.runs == 1
+        """Whether the effect ran exactly once, every duplicate having finished (one still
+        running could run it again after the count was read)."""
+        return self.runs == 1 and not self.unfinished
 
     def summary(self) -> str:
         """The outcomes seen, each with how many duplicates got it: `201 x1, 201 replayed x7`."""
@@ -100,7 +111,10 @@ class RunsOnceReport:
         """The one-paragraph failure report: runs counted, outcomes seen."""
         times = "once" if self.runs == 1 else f"{self.runs} times"
         keyed = "" if self.key is None else f" with key {self.key!r}"
-        return (
-            f"{self.target}: the effect ran {times} for {self.duplicates} concurrent duplicates"
-            f"{keyed}, not exactly once. Outcomes seen: {self.summary()}."
-        )
+        ran = f"{self.target}: the effect ran {times} for {self.duplicates} concurrent duplicates"
+        if self.runs == 1 and self.unfinished:
+            return (
+                f"{ran}{keyed} so far, but {self.unfinished} did not finish within the timeout "
+                f"and may run it again: raise timeout=. Outcomes seen: {self.summary()}."
+            )
+        return f"{ran}{keyed}, not exactly once. Outcomes seen: {self.summary()}."

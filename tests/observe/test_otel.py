@@ -28,11 +28,20 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from werkzeug.test import Client
 
-from retrysafe import AsyncStore, Identity, Record, StoreUnavailableError, open_async_store
+from retrysafe import (
+    AsyncStore,
+    Identity,
+    Record,
+    RecordUnreadableError,
+    StoreUnavailableError,
+    open_async_store,
+    open_store,
+)
 from retrysafe._decorator import idempotent
 from retrysafe.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.observe import Attempt, Operation, StoreCall
 from retrysafe.observe.otel import OpenTelemetryObserver
+from retrysafe.stores.encrypted import Keyring
 from retrysafe.stores.memory import AsyncMemoryStore, MemoryStore
 from retrysafe.wsgi import IdempotencyMiddleware as WsgiMiddleware
 from tests.conftest import fresh_store_url
@@ -492,6 +501,33 @@ def test_otel_record_key_false_leaves_the_key_out() -> None:
     traces.observer.attempted(Attempt("POST", "o-secret", 1, 201, None, 0.01, None))
     for span in traces.exporter.get_finished_spans():
         assert "o-secret" not in [str(v) for v in (span.attributes or {}).values()]
+    traces.provider.shutdown()
+
+
+def test_otel_record_key_false_keeps_the_key_out_of_store_errors(tmp_path: Path) -> None:
+    """A store call that fails with a message naming the key (a record sealed with another
+    key does not open) records its exception's type, not its message, with record_key=False."""
+    traces = Traces(record_key=False)
+    url = f"sqlite:///{tmp_path / 'sealed.db'}"
+    key = "customer-jane@example.com-order-77"
+
+    def charge_with(keyring: Keyring) -> None:
+        @idempotent(open_store(url, encryption=keyring), key="order", namespace="charges",
+                    observers=[traces.observer])  # fmt: skip
+        def charge(order: str) -> str:
+            return order
+
+        charge(key)
+
+    charge_with(Keyring([Keyring.generate_key()]))
+    with pytest.raises(RecordUnreadableError):
+        charge_with(Keyring([Keyring.generate_key()]))  # the record does not open with these
+    events = [e for span in traces.exporter.get_finished_spans() for e in span.events]
+    assert [e.attributes for e in events if e.name == "exception"] == [
+        {"exception.type": "retrysafe.RecordUnreadableError"}
+    ]
+    spans = traces.exporter.get_finished_spans()
+    assert not any("jane" in str(v) for s in spans for v in (s.attributes or {}).values())
     traces.provider.shutdown()
 
 

@@ -88,7 +88,9 @@ class OpenTelemetryObserver(Observer):
             `opentelemetry.trace.set_tracer_provider` or the OpenTelemetry distro sets up,
             even after this observer was made).
         record_key: put the idempotency key on the operation's span (`retrysafe.key`); leave
-            it out if the keys your clients send should not reach your tracing backend.
+            it out if the keys your clients send should not reach your tracing backend. Off,
+            a failed store call's exception event carries its type, not its message (which
+            may name the key).
     """
 
     def __init__(
@@ -193,7 +195,10 @@ class OpenTelemetryObserver(Observer):
         if call.error is not None:
             error = call.error
             span.set_attribute("error.type", _type_name(error))
-            span.record_exception(error, timestamp=end)
+            if self.record_key:
+                span.record_exception(error, timestamp=end)
+            else:  # a store's message may name the key (a record that does not open)
+                span.add_event("exception", {"exception.type": _type_name(error)}, end)
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.end(end_time=end)
 

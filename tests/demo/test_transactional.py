@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from retrysafe import Identity, State, open_async_store, open_store
+from retrysafe._encryption import sealed_key_id
 from retrysafe._http import decode_outcome
 from retrysafe.cli import app as cli
 from retrysafe.demo import DemoDatabase, Payment, create_app
 from retrysafe.demo._relay import serve_asgi
+from retrysafe.stores.encrypted import Keyring
 from tests.demo.conftest import SCOPE_SECRET, DemoStore, RunningApi, scope_of
 
 PAYMENT = {"customer": "ada", "amount": 1999, "currency": "EUR"}
@@ -172,3 +177,39 @@ def test_serve_demo_help_says_which_mode_guards_payments() -> None:
     assert "With a SQLite (the default), PostgreSQL or MySQL store, POST /payments runs" in text
     assert "transactional mode" in text
     assert "With a Redis or memory store" in text
+
+
+def test_encryption_at_rest_seals_the_transactional_payments_too(tmp_path: Path) -> None:
+    """With an encrypted store, the payment that POST /payments commits in transactional mode
+    is sealed like every other outcome: a store with the keys opens it, and its stored bytes
+    are ciphertext (before: in clear, and the encrypted store refused to read it)."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    keyring = Keyring([Keyring.generate_key()])
+    database = DemoDatabase.for_store_url(url, prefix="retrysafe_demo_")
+    try:
+        app = create_app(
+            database,
+            store=open_async_store(url, encryption=keyring),
+            latency=0.0,
+            scope_secret=SCOPE_SECRET,
+        )
+        with (
+            serve_asgi(app, lifespan="on") as served,
+            httpx.Client(
+                base_url=served, headers={"Authorization": "Bearer tenant-a"}, timeout=10
+            ) as client,
+        ):
+            paid = client.post("/payments", json=PAYMENT, headers={"Idempotency-Key": "k-1"})
+    finally:
+        database.close()
+    assert paid.status_code == 201
+    identity = identity_of("tenant-a", "k-1")
+    with contextlib.closing(open_store(url, encryption=keyring)) as sealed:
+        record = sealed.get(identity)
+        assert record is not None
+        assert record.state is State.DONE
+    with contextlib.closing(open_store(url)) as clear:
+        raw = clear.get(identity)
+        assert raw is not None
+        assert raw.outcome is not None
+        assert sealed_key_id(raw.outcome) is not None

@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from retrysafe._encryption import Keyring
 from retrysafe._http.asgi_io import run_lifespan
 from retrysafe.asgi import RouteSettings
 from retrysafe.demo._layers import BearerTenant, CountingTraffic, Traffic, problem, tenant_of
@@ -127,6 +128,7 @@ def create_app(
                 connect=connect,
                 route_settings=_payments_only,
                 table=database.records_table,
+                encryption=_keyring_of(store),  # payments sealed as the store seals the rest
                 **middleware_settings,
             )
             app = IdempotencyMiddleware(
@@ -240,3 +242,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HTTPException):  # pragma: no cover - registered for HTTPException
         raise exc
     return problem(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
+
+
+def _keyring_of(store: AsyncStore) -> Keyring | None:
+    """Return the keys an encrypted store seals outcomes with (under a replay cache, say)."""
+    layer: object = store
+    while layer is not None:
+        keyring = getattr(layer, "keyring", None)
+        if isinstance(keyring, Keyring):
+            return keyring
+        layer = getattr(layer, "store", None)
+    return None

@@ -145,6 +145,18 @@ def test_b34_values_are_parameters_and_names_are_checked(writer: Writer) -> None
         writer("delete_by_key", {"tenant": "t1"})
 
 
+def test_b34_a_misspelled_column_is_an_error_on_every_face(writer: Writer) -> None:
+    """A key or value column the table does not have is the database's error, and nothing
+    changes (SQLite read a double-quoted unknown name as a string: the update matched nothing,
+    and a delete keyed `{"stauts": "stauts"}` matched every row)."""
+    user = writer("insert_if_absent", _user(), unique=("tenant", "email")).row
+    with pytest.raises(Exception, match=r"(?i)kee"):  # each driver's own error
+        writer("update_by_key", {"kee": "t1"}, {"name": "x"})
+    with pytest.raises(Exception, match=r"(?i)stauts"):
+        writer("delete_by_key", {"stauts": "stauts"})
+    assert writer.rows() == [(user["id"], "t1", "ada@example.com", "Ada")]
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgres"], indirect=True)
 def test_b31_racing_inserts_make_one_row(database: Database) -> None:
     """Ten concurrent inserts of one unique key make one row, and all return it."""

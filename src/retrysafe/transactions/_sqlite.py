@@ -23,7 +23,7 @@ from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.sqlite import RecordTable
 from retrysafe.stores._sql.sqlite_connection import store_error
-from retrysafe.transactions._write_sql import Dialect, Row
+from retrysafe.transactions._write_sql import SQLITE, Row
 
 __all__ = ["SQLiteBackend", "SQLiteExecutor", "SQLiteRecords"]
 
@@ -181,7 +181,7 @@ class SQLiteBackend(SQLiteRecords):
 class SQLiteExecutor:
     """The write helpers' statements on a `sqlite3` connection, in its open transaction."""
 
-    dialect = Dialect("?")
+    dialect = SQLITE
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection

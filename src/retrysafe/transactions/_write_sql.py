@@ -87,6 +87,10 @@ class Dialect:
 
 MYSQL: Final = Dialect("%s", "`", returning=False)
 """MySQL and MariaDB, through PyMySQL or aiomysql (both `%s`)."""
+SQLITE: Final = Dialect("?", "`")
+"""SQLite: its backtick quote names only identifiers, where a double-quoted name that matches no
+column is read as a string (`"stauts" = 'x'`), so a misspelled key column would match nothing,
+or every row."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +213,8 @@ def session_dialect(name: str, paramstyle: str) -> Dialect:
         raise ConfigurationError(f"The write helpers do not support paramstyle {paramstyle!r}.")
     if name in ("mysql", "mariadb"):
         return MYSQL
+    if name == "sqlite":
+        return Dialect(marks[paramstyle], SQLITE.quote)
     return Dialect(marks[paramstyle])
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from retrysafe.outbox._messages import OutboxMessage, decode_headers
 
@@ -29,8 +29,7 @@ MOST_SUSPECTS: Final = 10
 hold the rest back, as an outage does, until they are re-queued or the publisher is fixed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Parked:
+class Parked(NamedTuple):
     """A message this batch parked: its failed publishes in all, and the last error."""
 
     message: OutboxMessage

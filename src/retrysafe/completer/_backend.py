@@ -8,6 +8,9 @@ phases already make, without changing how they run (`run_phases_on`):
   completer's takeover), so a claim that commits has its request stored and its attempt counted;
 - the transaction that stores the outcome deletes the row, so a finished operation leaves none.
 
+With keys, the backend it wraps is the encrypted one (`transactions._sync.encrypted`), which
+seals the outcome, and the request is sealed before the claim stores it (`_sealing.py`).
+
 In the completer's hands the claim first locks the row (`SKIP LOCKED` on PostgreSQL): a row
 another completer is claiming right now, or one marked for a person or out of attempts, is
 `SkippedError` before the record is touched. Whoever wins, the record's own claim and fencing decide
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 from retrysafe._errors import IdempotencyError
 from retrysafe._record import Claim, Identity, Record
+from retrysafe.completer._sealing import RowSealing
 from retrysafe.completer._table import ResumableTable
 from retrysafe.transactions._sync.transaction import Backend
 
@@ -53,12 +57,20 @@ class ResumableBackend:
         backend: the driver's backend (its `begin` also creates the records table).
         side: the resumable table on the same connection.
         run: who runs the operation, and so what the claim writes.
+        sealing: how the row's request and last error are sealed (the backend's keys).
     """
 
-    def __init__(self, backend: Backend, side: ResumableTable, run: ClientRun | CompleterRun):
+    def __init__(
+        self,
+        backend: Backend,
+        side: ResumableTable,
+        run: ClientRun | CompleterRun,
+        sealing: RowSealing,
+    ) -> None:
         self.backend = backend
         self.side = side
         self.run = run
+        self.sealing = sealing
         self.claimed: Record | None = None
 
     def in_transaction(self) -> bool:
@@ -89,7 +101,8 @@ class ResumableBackend:
                 raise SkippedError(f"Operation {identity.key!r} is not the completer's to run.")
             self.side.count(identity.digest(), attempts=1, error=None)
         else:
-            self.side.store(identity, fingerprint, run.request, now)
+            request = self.sealing.seal_request(identity, run.request)
+            self.side.store(identity, fingerprint, request, now)
         self.claimed = claim.record
         return claim
 

@@ -11,6 +11,10 @@ finds its token fenced (`FencedError`), and it passes over the operation.
 
 An attempt that fails keeps its error; once `max_attempts` are spent, the operation is marked
 as needing a person (`_attention.py`) and the completer leaves it alone.
+
+With keys (`encryption=`, or a store URL's `encryption_key_env` through `_connect.Connector`),
+the outcomes and marks it stores are sealed as an encrypted store's are, and the stored request
+and last error are opened and sealed with them (`_sealing.py`).
 """
 
 from __future__ import annotations
@@ -23,14 +27,16 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final, TypedDict
 
 from retrysafe._clock import Clock, SystemClock
+from retrysafe._encryption import Keyring
 from retrysafe._errors import ConfigurationError, FencedError, InFlightError, KeyMismatchError
 from retrysafe._record import Identity, State
 from retrysafe.completer._attention import write_mark
 from retrysafe.completer._backend import CompleterRun, ResumableBackend, SkippedError
+from retrysafe.completer._connect import Connector
 from retrysafe.completer._registry import Registry, resumable_backend
 from retrysafe.completer._table import ResumableRow
 from retrysafe.stores._sql import DEFAULT_TABLE
-from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION
+from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION, check_keyring
 from retrysafe.transactions._sync.phases import run_phases_on
 
 __all__ = ["Completer", "Pass"]
@@ -95,6 +101,10 @@ class Completer:
         batch: operations looked at per pass, at most.
         interval: seconds `run` waits between passes when there was nothing to do.
         clock: the time source (default: the system clock).
+        encryption: the keys that encrypt what it stores at rest and open what it reads (the
+            outcomes, the stored requests): those the application's `Registry.run` is given
+            (docs/encryption.md). Default: the keys of the store URL's `encryption_key_env`
+            when `connect` is a `Connector` from one, else none.
     """
 
     registry: Registry
@@ -107,8 +117,16 @@ class Completer:
     batch: int = 100
     interval: float = 5.0
     clock: Clock = field(default_factory=SystemClock)
+    encryption: Keyring | None = None
 
     def __post_init__(self) -> None:
+        carried = self.connect.encryption if isinstance(self.connect, Connector) else None
+        if carried is not None and self.encryption not in (None, carried):
+            raise ConfigurationError(
+                "Give the completer's encryption keys once: as encryption= or as the store "
+                "URL's encryption_key_env."
+            )
+        self.encryption = check_keyring(self.encryption or carried)
         if (
             self.max_attempts < 1
             or self.batch < 1
@@ -174,7 +192,8 @@ class Completer:
             backend = self._backend(connection)
             with _transaction(backend):
                 backend.side.create()
-                return backend.side.with_key(key)
+                rows = backend.side.with_key(key)
+            return [backend.sealing.open_row(row) for row in rows]
 
     def _complete(self, connection: object, digest: str) -> Pass:
         """Run one operation from its recovery point; return what became of it."""
@@ -186,8 +205,10 @@ class Completer:
         if row.attempts >= self.max_attempts:  # spent, but not marked: a crash in between
             return self._give_up(connection, row)
         try:
-            phases = self.registry.build(row.identity.namespace, row.request, connection)
-        except Exception as error:  # a request the builder refuses counts as an attempt
+            request = backend.sealing.open_request(row.identity, row.request)
+            phases = self.registry.build(row.identity.namespace, request, connection)
+        except Exception as error:  # a request that does not open or that the builder refuses
+            # counts as an attempt
             return self._failed(connection, row, error, counted=False)
         try:
             terms = _Terms(lease=self.lease, retention=self.retention, clock=self.clock)
@@ -211,8 +232,9 @@ class Completer:
         message = f"{type(error).__name__}: {error}".replace("\n", " ")[:_ERROR_CHARS]
         logger.warning("Completing %r failed: %s", row.identity.key, message)
         backend = self._backend(connection)
+        sealed = backend.sealing.seal_error(row.identity, message)
         with _transaction(backend):
-            backend.side.count(row.identity.digest(), attempts=0 if counted else 1, error=message)
+            backend.side.count(row.identity.digest(), attempts=0 if counted else 1, error=sealed)
             now = backend.side.row(row.identity.digest())
         if now is not None and now.attempts >= self.max_attempts:
             return self._give_up(connection, now)
@@ -231,24 +253,22 @@ class Completer:
             if record.state is not State.IN_FLIGHT or record.lease_expires_at > now:
                 return Pass(skipped=1)  # finished, or a client holds it now
             backend.side.mark_attention(digest, now)
-            write_mark(
-                backend.backend,
-                record,
-                attempts=locked.attempts,
-                last_error=locked.last_error,
-                now=now,
+            last_error = backend.sealing.open_error(row.identity, locked.last_error)
+            write_mark(  # through the backend's encryption: the mark is sealed as outcomes are
+                backend.backend, record, attempts=locked.attempts, last_error=last_error, now=now
             )
         logger.error(
             "Operation %r in namespace %r needs attention after %d attempts: %s",
             row.identity.key,
             row.identity.namespace,
             locked.attempts,
-            locked.last_error,
+            last_error,
         )
         return Pass(needs_attention=1)
 
     def _backend(self, connection: object) -> ResumableBackend:
-        return resumable_backend(connection, self.table, CompleterRun(self.max_attempts))
+        run = CompleterRun(self.max_attempts)
+        return resumable_backend(connection, self.table, run, self.encryption)
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:

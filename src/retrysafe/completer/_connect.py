@@ -1,8 +1,10 @@
 """Connections for the completer from a store URL: `sqlite:///path.db` or `postgresql://...`.
 
 The URL is the store's, as every other command takes it: its `table` option names the records
-table; the options of `open_store`'s wrappers (encryption, the replay cache) are not the
-database's and are left out. Each call of the returned function opens one connection.
+table; `encryption_key_env` names the environment variable of the keys, read as `open_store`
+reads it, which the returned `Connector` carries to the completer (it seals and opens what it
+stores and reads with them); the replay cache's options are a store's, not the database's, and
+are left out. Each call of the returned `Connector` opens one connection.
 """
 
 from __future__ import annotations
@@ -10,26 +12,55 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from retrysafe._encryption import Keyring
 from retrysafe._errors import ConfigurationError
 from retrysafe._extras import missing_extra
 from retrysafe._urls import redact_url
+from retrysafe.stores import _encryption_option
 from retrysafe.stores._sql import DEFAULT_TABLE
 
-__all__ = ["connector"]
+__all__ = ["Connector", "connector"]
 
 _SQLITE_TIMEOUT: Final = 30.0
-_WRAPPER_OPTIONS: Final = ("encryption_key_env", "replay_cache")
+_WRAPPER_OPTIONS: Final = ("replay_cache",)
 
 
-def connector(url: str) -> tuple[Callable[[], Any], str]:
-    """Return a function that opens a connection to the store at `url`, and its records table.
+@dataclass(frozen=True, slots=True)
+class Connector:
+    """Opens one connection to a store's database per call, and carries the store's keys.
+
+    Attributes:
+        open: opens one connection.
+        encryption: the keys of the store URL's `encryption_key_env` (None: in clear); a
+            `Completer` given this connector uses them.
+    """
+
+    open: Callable[[], Any]
+    encryption: Keyring | None = None
+
+    def __call__(self) -> Any:
+        return self.open()
+
+
+def connector(url: str) -> tuple[Connector, str]:
+    """Return a `Connector` to the store at `url`, with the keys its URL names, and its
+    records table.
 
     Raises:
-        ConfigurationError: the URL names neither SQLite nor PostgreSQL, or is malformed.
+        ConfigurationError: the URL names neither SQLite nor PostgreSQL, or is malformed; or
+            its `encryption_key_env` variable holds no valid keys.
     """
+    url, keyring = _encryption_option(url, None)
+    connect, table = _connect(url)
+    return Connector(connect, keyring), table
+
+
+def _connect(url: str) -> tuple[Callable[[], Any], str]:
+    """Return a function that opens a connection to the store at `url` (without its keys)."""
     parts = urlsplit(url)
     pairs = [
         (name, value)

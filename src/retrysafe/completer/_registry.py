@@ -4,6 +4,7 @@ The application registers, per namespace, a function that builds the phases of o
 from the request it stored and the connection the phases write on, and runs its operations
 through the registry (`Registry.run`), which stores the request in the claim's transaction. The
 completer finds the request there when the client is gone, and builds the same phases again.
+With keys (`encryption=`), the outcome and the stored request are sealed at rest.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from retrysafe._clock import Clock
+from retrysafe._encryption import Keyring
 from retrysafe._errors import ConfigurationError
 from retrysafe._record import Identity
 from retrysafe.completer._backend import ClientRun, CompleterRun, ResumableBackend
+from retrysafe.completer._sealing import RowSealing
 from retrysafe.completer._table import Dialect, ResumableTable
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._dispatch import sync_backend
-from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION
+from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION, check_keyring
 from retrysafe.transactions._steps import PhaseFunction, PhasesResult
+from retrysafe.transactions._sync.encrypted import EncryptedBackend
 from retrysafe.transactions._sync.phases import run_phases_on
+from retrysafe.transactions._sync.transaction import Backend
 
 __all__ = ["Operation", "Registry", "dialect_of", "request_fingerprint", "resumable_backend"]
 
@@ -44,11 +49,18 @@ def dialect_of(connection: object) -> Dialect:
 
 
 def resumable_backend(
-    connection: object, table: str, run: ClientRun | CompleterRun
+    connection: object,
+    table: str,
+    run: ClientRun | CompleterRun,
+    encryption: Keyring | None = None,
 ) -> ResumableBackend:
-    """Return the backend that runs a registered operation's phases on `connection`."""
+    """Return the backend that runs a registered operation's phases on `connection`, sealing
+    the outcome and the stored request with `encryption` when keys are given."""
     side = ResumableTable(connection, table, dialect_of(connection))
-    return ResumableBackend(sync_backend(connection, table), side, run)  # type: ignore[arg-type]
+    backend: Backend = sync_backend(connection, table)  # type: ignore[arg-type]
+    if encryption is not None:
+        backend = EncryptedBackend(backend, encryption)
+    return ResumableBackend(backend, side, run, RowSealing(encryption))
 
 
 def request_fingerprint(request: bytes) -> str:
@@ -117,6 +129,7 @@ class Registry:
         lease: float = DEFAULT_LEASE,
         retention: float = DEFAULT_RETENTION,
         clock: Clock | None = None,
+        encryption: Keyring | None = None,
     ) -> PhasesResult:
         """Run one operation as atomic phases, its request stored for the completer.
 
@@ -136,8 +149,12 @@ class Registry:
                 it over once the lease has expired.
             retention: seconds the outcome is kept and replayed.
             clock: the time source (default: the system clock).
+            encryption: the keys that encrypt the outcome and the stored request at rest,
+                those of the store that shares the table and of the completer
+                (docs/encryption.md); default none.
 
         Raises:
+            ConfigurationError: `encryption` is not a `Keyring`.
             KeyMismatchError: the key was used with another request.
             InFlightError: a live holder (another client, a completer) is running it.
             FencedError: the operation was taken over while this run was between phases.
@@ -145,8 +162,9 @@ class Registry:
         if not isinstance(request, bytes | bytearray | memoryview):
             raise TypeError(f"A stored request is bytes, not {type(request).__name__}.")
         request = bytes(request)
+        keyring = check_keyring(encryption)
         phases = self.build(identity.namespace, request, connection)
-        backend = resumable_backend(connection, table, ClientRun(request))
+        backend = resumable_backend(connection, table, ClientRun(request), keyring)
         return run_phases_on(
             backend,
             phases,

@@ -12,6 +12,7 @@ import math
 from typing import Required, TypedDict, Unpack
 
 from retrysafe._clock import Clock, SystemClock
+from retrysafe._encryption import Keyring
 from retrysafe._engine import Decision
 from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
 from retrysafe._flow import DEFAULT_LEASE, DEFAULT_RETENTION, judge
@@ -26,6 +27,7 @@ __all__ = [
     "ClaimSettings",
     "DeadlockRollbackError",
     "TransactionState",
+    "check_keyring",
     "check_settings",
     "refusal",
 ]
@@ -73,6 +75,17 @@ def check_settings(identity: Identity, fingerprint: str, lease: float, retention
         raise ConfigurationError("fingerprint must be a str (a digest of the request).")
     if not (0 < lease < math.inf and 0 < retention < math.inf):
         raise ConfigurationError("lease and retention must be positive, finite seconds.")
+
+
+def check_keyring(encryption: object) -> Keyring | None:
+    """Return `encryption` if it is keys to encrypt with (or None: in clear); refuse anything
+    else before any I/O, rather than store in clear what was meant to be sealed."""
+    if encryption is None or isinstance(encryption, Keyring):
+        return encryption
+    raise ConfigurationError(
+        "encryption must be a retrysafe.stores.encrypted.Keyring (or None), "
+        f"not {type(encryption).__name__}."
+    )
 
 
 def refusal(claim: Claim, fingerprint: str, now: float) -> Exception | None:

@@ -18,6 +18,11 @@ A phase returns None to continue, or the operation's outcome (bytes) to finish i
 commits with that phase's writes and is replayed to every later duplicate. The last phase's
 return value is the outcome (None counts as empty).
 
+With `encryption=` (a `Keyring`, the keys of the store that shares the table) the outcome is
+sealed before it commits with its phase, and a record that a replay or a resume finds is
+opened with the same keys, as every other face of transactional mode does (docs/encryption.md).
+The recovery point stays in clear: it is a phase name the code chooses, not request data.
+
 `arun_phases` is written once, in `_async/phases.py`; `run_phases` is generated from it
 (`_sync/phases.py`, `scripts/unasync.py`). The plan, `Step`, `PhasesResult` and `foreign_key`
 are pure and shared (`_steps.py`).

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Unpack
 
 from retrysafe._errors import ConfigurationError
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._async.encrypted import AsyncEncryptedBackend
 from retrysafe.transactions._async.outbox import AsyncOutboxWriter
 from retrysafe.transactions._async.transaction import abegin_claim, arollback
 from retrysafe.transactions._dispatch import async_backend
+from retrysafe.transactions._state import check_keyring
 from retrysafe.transactions._steps import (
     AsyncPhaseFunction,
     PhasesResult,
@@ -26,6 +28,7 @@ from retrysafe.transactions._steps import (
 )
 
 if TYPE_CHECKING:
+    from retrysafe._encryption import Keyring
     from retrysafe.transactions._async.transaction import AsyncBackend
     from retrysafe.transactions._drivers import AsyncConnection
     from retrysafe.transactions._state import ClaimOptions
@@ -40,6 +43,7 @@ async def arun_phases(
     phases: Mapping[str, AsyncPhaseFunction],
     *,
     table: str = DEFAULT_TABLE,
+    encryption: Keyring | None = None,
     **options: Unpack[ClaimOptions],
 ) -> PhasesResult:
     """Run an operation as atomic phases, resuming after its last committed phase.
@@ -63,17 +67,27 @@ async def arun_phases(
         identity: the key's (namespace, scope, key).
         fingerprint: a digest of the request; the same key with another one is refused.
         table: the records table (the store's `table` option).
+        encryption: the keys that encrypt the outcome at rest, those of the store that shares
+            the table (docs/encryption.md); default none. A record a resumed or replayed run
+            finds is opened with them.
         lease: seconds the operation holds its key between phases; each phase renews it. A
             retry after a crash waits for it to expire (`InFlightError` until then).
         retention: seconds the outcome is kept and replayed after the operation finishes.
         clock: the time source (default: the system clock).
 
     Raises:
+        ConfigurationError: `encryption` is not a `Keyring`, a transaction is open already, or
+            the recovery point is not one of the phases.
         KeyMismatchError: the key was used with another request.
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
+        RecordUnreadableError: the record's outcome does not open with `encryption`.
     """
-    return await arun_phases_on(async_backend(connection, table), phases, **options)
+    keyring = check_keyring(encryption)
+    backend = async_backend(connection, table)
+    if keyring is not None:
+        backend = AsyncEncryptedBackend(backend, keyring)
+    return await arun_phases_on(backend, phases, **options)
 
 
 async def arun_phases_on(
@@ -82,7 +96,10 @@ async def arun_phases_on(
     **options: Unpack[ClaimOptions],
 ) -> PhasesResult:
     """Run an operation as atomic phases on `backend` (`arun_phases`, for a backend made
-    elsewhere: Django's connection, whose transactions go through `transaction.atomic`)."""
+    elsewhere: Django's connection, whose transactions go through `transaction.atomic`).
+
+    Encryption at rest is the backend's: wrap it in `AsyncEncryptedBackend` to seal the outcome.
+    """
     plan = Plan(phases, **options)
     check_fresh(backend.in_transaction())
     claim = await abegin_claim(backend, plan)

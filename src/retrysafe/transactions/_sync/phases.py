@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Unpack
 
 from retrysafe._errors import ConfigurationError
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions._sync.encrypted import EncryptedBackend
 from retrysafe.transactions._sync.outbox import OutboxWriter
 from retrysafe.transactions._sync.transaction import begin_claim, rollback
 from retrysafe.transactions._dispatch import sync_backend
+from retrysafe.transactions._state import check_keyring
 from retrysafe.transactions._steps import (
     PhaseFunction,
     PhasesResult,
@@ -29,6 +31,7 @@ from retrysafe.transactions._steps import (
 )
 
 if TYPE_CHECKING:
+    from retrysafe._encryption import Keyring
     from retrysafe.transactions._sync.transaction import Backend
     from retrysafe.transactions._drivers import Connection
     from retrysafe.transactions._state import ClaimOptions
@@ -43,6 +46,7 @@ def run_phases(
     phases: Mapping[str, PhaseFunction],
     *,
     table: str = DEFAULT_TABLE,
+    encryption: Keyring | None = None,
     **options: Unpack[ClaimOptions],
 ) -> PhasesResult:
     """Run an operation as atomic phases, resuming after its last committed phase.
@@ -66,17 +70,27 @@ def run_phases(
         identity: the key's (namespace, scope, key).
         fingerprint: a digest of the request; the same key with another one is refused.
         table: the records table (the store's `table` option).
+        encryption: the keys that encrypt the outcome at rest, those of the store that shares
+            the table (docs/encryption.md); default none. A record a resumed or replayed run
+            finds is opened with them.
         lease: seconds the operation holds its key between phases; each phase renews it. A
             retry after a crash waits for it to expire (`InFlightError` until then).
         retention: seconds the outcome is kept and replayed after the operation finishes.
         clock: the time source (default: the system clock).
 
     Raises:
+        ConfigurationError: `encryption` is not a `Keyring`, a transaction is open already, or
+            the recovery point is not one of the phases.
         KeyMismatchError: the key was used with another request.
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
+        RecordUnreadableError: the record's outcome does not open with `encryption`.
     """
-    return run_phases_on(sync_backend(connection, table), phases, **options)
+    keyring = check_keyring(encryption)
+    backend = sync_backend(connection, table)
+    if keyring is not None:
+        backend = EncryptedBackend(backend, keyring)
+    return run_phases_on(backend, phases, **options)
 
 
 def run_phases_on(
@@ -85,7 +99,10 @@ def run_phases_on(
     **options: Unpack[ClaimOptions],
 ) -> PhasesResult:
     """Run an operation as atomic phases on `backend` (`run_phases`, for a backend made
-    elsewhere: Django's connection, whose transactions go through `transaction.atomic`)."""
+    elsewhere: Django's connection, whose transactions go through `transaction.atomic`).
+
+    Encryption at rest is the backend's: wrap it in `EncryptedBackend` to seal the outcome.
+    """
     plan = Plan(phases, **options)
     check_fresh(backend.in_transaction())
     claim = begin_claim(backend, plan)

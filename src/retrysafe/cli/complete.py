@@ -99,12 +99,12 @@ def complete(
             return
         with warnings_to_stderr("retrysafe.completer", "%(levelname)s: %(message)s"):
             console.print(f"Completing operations in {redact_url(store_url)}", markup=False)
-            _report(completer.run_once())
-            if once:
-                return
-            stop = threading.Event()
+            stop = threading.Event()  # Ctrl+C and SIGTERM: after the operation in progress
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
+            _report(completer.run_once(stop))
+            if once or stop.is_set():
+                return
             completer.run(stop)
 
 

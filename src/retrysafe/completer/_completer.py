@@ -139,8 +139,9 @@ class Completer:
                 "interval not negative."
             )
 
-    def run_once(self) -> Pass:
-        """Look at the operations waiting now (up to `batch`); return what was done."""
+    def run_once(self, stop: threading.Event | None = None) -> Pass:
+        """Look at the operations waiting now (up to `batch`); return what was done. Once
+        `stop` is set, the pass ends after the operation in progress."""
         with self._connection() as connection:
             backend = self._backend(connection)
             with _transaction(backend):
@@ -150,18 +151,21 @@ class Completer:
                 digests = backend.side.candidates(self.registry.namespaces, now, self.batch)
             done = Pass()
             for digest in digests:
+                if stop is not None and stop.is_set():
+                    break
                 done += self._complete(connection, digest)
             return done
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Run passes until `stop` is set: at once after a full batch, else every `interval`.
+        """Run passes until `stop` is set (the operation in progress is finished): at once after
+        a full batch, else every `interval`.
 
         A pass that fails (the database is unreachable) is logged, and the next one tries again.
         """
         stop = stop or threading.Event()
         while not stop.is_set():
             try:
-                handled = self.run_once().handled
+                handled = self.run_once(stop).handled
             except Exception:
                 logger.warning("A completer pass failed", exc_info=True)
                 handled = 0

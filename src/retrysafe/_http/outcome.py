@@ -9,7 +9,7 @@ from typing import Final
 
 from retrysafe._errors import OutcomeError
 from retrysafe._http.problems import Response, problem
-from retrysafe._http.settings import Header, Settings, logger
+from retrysafe._http.settings import STATUS_HEADERS, Header, Settings, logger
 from retrysafe._record import Record
 
 __all__ = [
@@ -52,16 +52,23 @@ def encode_outcome(
     status: int, headers: Collection[Header], body: bytes, settings: Settings
 ) -> bytes:
     """Return the stored form of a response, keeping only allow-listed headers (B11)."""
-    allowed = settings.stored_header_names
-    kept = [(name.lower(), value) for name, value in headers if name.lower() in allowed]
-    return _encode(status, kept, body, 0)
+    return _encode(status, _kept(status, headers, settings), body, 0)
 
 
 def encode_omitted(status: int, headers: Collection[Header], settings: Settings) -> bytes:
     """Return the stored form of a response whose body was too large to store (B22)."""
-    allowed = settings.stored_header_names
-    kept = [(name.lower(), value) for name, value in headers if name.lower() in allowed]
-    return _encode(status, kept, b"", _BODY_OMITTED)
+    return _encode(status, _kept(status, headers, settings), b"", _BODY_OMITTED)
+
+
+def _kept(status: int, headers: Collection[Header], settings: Settings) -> list[Header]:
+    """Return the headers of a response that are stored: allow-listed, or required by its
+    status (`STATUS_HEADERS`), lower-cased."""
+    allowed, required = settings.stored_header_names, STATUS_HEADERS.get(status)
+    return [
+        (name, value)
+        for name, value in ((name.lower(), value) for name, value in headers)
+        if name in allowed or name == required
+    ]
 
 
 def _encode(status: int, headers: Sequence[Header], body: bytes, flags: int) -> bytes:

@@ -37,8 +37,18 @@ DEFAULT_STORED_HEADERS: Final = frozenset(
 # Always stored with the body, whatever the allow-list says: they tell how the stored bytes are
 # decoded and interpreted, so a replay is the same representation as the first answer (B11).
 REPRESENTATION_HEADERS: Final = frozenset(
-    {"content-encoding", "content-language", "content-range", "content-type", "vary"}
+    {
+        "content-disposition",  # inline or an attachment, and its file name
+        "content-encoding",
+        "content-language",
+        "content-range",
+        "content-type",
+        "vary",
+    }
 )
+# Stored with the status that requires them (RFC 9110): a 405 names the methods allowed, a 401
+# its authentication scheme, whatever the allow-list says.
+STATUS_HEADERS: Final = {405: b"allow", 401: b"www-authenticate"}
 # Never stored, whatever the allow-list says: per-response, per-connection or per-client values.
 NEVER_STORED_HEADERS: Final = frozenset(
     {

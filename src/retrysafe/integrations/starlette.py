@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, Unpack
 
-from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe._http import RouteSettings, SettingsOptions, logger
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Scope
 from retrysafe.integrations._routes import (
     UNMARKED,
@@ -153,8 +153,9 @@ class StarletteRoutes:
             **options,
         )
 
-        def bind(app: ASGIApp) -> IdempotencyMiddleware:  # Starlette before 0.41: `app=` by name
-            middleware.app = app  # the app's stack is built once, when it first serves
+        def bind(inner: ASGIApp) -> IdempotencyMiddleware:  # Starlette < 0.41: `app=` by name
+            middleware.app = inner  # the app's stack is built once, when it first serves
+            warn_if_cors_inside(app, bind)
             return middleware
 
         app.add_middleware(bind)
@@ -165,6 +166,20 @@ class StarletteRoutes:
     def installed(cls, app: Any, middleware: IdempotencyMiddleware, routes: Patterns) -> None:
         """Called once `install` has added `middleware` to `app`: nothing more for Starlette;
         a subclass may describe it (FastAPI's OpenAPI)."""
+
+
+def warn_if_cors_inside(app: Any, bind: object) -> None:
+    """Warn if a CORS middleware runs inside the one `bind` adds to `app`: replays would lack
+    its `Access-Control-*` headers, without which a browser cannot read them (B10)."""
+    stack = [entry.cls for entry in getattr(app, "user_middleware", ())]
+    if bind not in stack:
+        return
+    inside = [getattr(cls, "__name__", "") for cls in stack[stack.index(bind) + 1 :]]
+    if "CORSMiddleware" in inside:
+        logger.warning(
+            "CORSMiddleware runs inside the idempotency middleware, so replays lack its "
+            "Access-Control-* headers and browsers cannot read them: add it after install(...)"
+        )
 
 
 install = StarletteRoutes.install

@@ -69,10 +69,3 @@ def test_b17_a_taken_over_holder_cannot_renew_or_checkpoint_on_mysql(
     """Once a retry has taken the record over, the old holder's renewal and checkpoint raise
     FencedError (test_phases.py's test, on PyMySQL)."""
     shared.test_b17_a_taken_over_holder_cannot_renew_or_checkpoint(mysql_database, clock)
-
-
-def test_b17_a_slow_holder_is_fenced_on_mysql(mysql_database: Database, clock: ManualClock) -> None:
-    """A holder still inside a phase when its lease ends finishes that phase; the retry that
-    waited on the record's row lock takes it over and resumes after that phase, and the old
-    holder is fenced at its next phase (test_phases.py's test, on PyMySQL)."""
-    shared.test_b17_a_slow_holder_is_fenced_by_the_takeover_it_let_through(mysql_database, clock)

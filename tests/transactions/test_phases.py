@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import secrets
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 
 from retrysafe import (
-    Clock,
     ConfigurationError,
     FencedError,
     Identity,
@@ -23,7 +21,6 @@ from retrysafe import (
     ManualClock,
     Record,
     State,
-    Store,
     transactions,
 )
 from retrysafe.transactions import PhasesResult, Step, foreign_key
@@ -241,84 +238,6 @@ def test_b17_a_taken_over_holder_cannot_renew_or_checkpoint(
     finally:
         old.close()
         new.close()
-
-
-class PausingClock:
-    """The slow holder's clock: once its "charge" phase has committed, reading the time
-    (which the next phase does before it touches the record) waits for the takeover to
-    finish, so the test sees the holder act after it lost the record."""
-
-    def __init__(self, clock: ManualClock, store: Store, takeover_done: threading.Event) -> None:
-        self.clock = clock
-        self.store = store
-        self.takeover_done = takeover_done
-
-    def now(self) -> float:
-        """Return the shared clock's time, after the takeover if "charge" has committed."""
-        if not self.takeover_done.is_set():
-            record = self.store.get(IDENTITY)
-            if record is not None and record.recovery_point == "charge":
-                assert self.takeover_done.wait(10)
-        return self.clock.now()
-
-
-@pytest.mark.parametrize("database", ["postgres"], indirect=True)
-def test_b17_a_slow_holder_is_fenced_by_the_takeover_it_let_through(
-    database: Database, clock: ManualClock
-) -> None:
-    """A holder still inside a phase when its lease ends finishes that phase; the retry that
-    waited on the record takes it over and resumes after that phase, and the old holder is
-    fenced at its next phase."""
-    import psycopg
-
-    in_charge, release, takeover_done = threading.Event(), threading.Event(), threading.Event()
-    ran: dict[str, list[str]] = {"slow": [], "fast": []}
-    results: dict[str, object] = {}
-    store = database.store(clock)
-    store.get(IDENTITY)  # the store creates its table now, not while a phase holds it
-    clocks: dict[str, Clock] = {"slow": PausingClock(clock, store, takeover_done), "fast": clock}
-
-    def run(who: str, connection: psycopg.Connection[Any]) -> None:
-        def phase(step: Step) -> bytes | None:
-            ran[who].append(step.name)
-            if who == "slow" and step.name == "charge":
-                in_charge.set()
-                release.wait(10)
-            return b"done" if step.name == "finish" else None
-
-        try:
-            results[who] = transactions.run_phases(
-                connection,
-                dict.fromkeys(PHASES, phase),
-                identity=IDENTITY,
-                fingerprint="fp",
-                table=database.table,
-                clock=clocks[who],
-            )
-        except Exception as error:
-            results[who] = error
-        if who == "fast":
-            takeover_done.set()
-
-    slow_connection, fast_connection = database.connect(), database.connect()
-    try:
-        slow = threading.Thread(target=run, args=("slow", slow_connection))
-        slow.start()
-        assert in_charge.wait(10), results
-        clock.advance(31)  # the lease renewed when "charge" began has now expired
-        fast = threading.Thread(target=run, args=("fast", fast_connection))
-        fast.start()
-        release.set()
-        slow.join(15)
-        fast.join(15)
-    finally:
-        slow_connection.close()
-        fast_connection.close()
-        store.close()
-    assert isinstance(results["slow"], FencedError)
-    assert ran["slow"] == ["reserve", "charge"]
-    assert results["fast"] == PhasesResult(b"done", False, "charge", ("finish",))
-    assert ran["fast"] == ["finish"]
 
 
 def test_b30_foreign_keys_are_derived_and_stable() -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Unpack
+from typing import TYPE_CHECKING, Final, Unpack
 
-from retrysafe._errors import ConfigurationError
+from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._sync.encrypted import EncryptedBackend
 from retrysafe.transactions._sync.outbox import OutboxWriter
@@ -39,6 +39,13 @@ if TYPE_CHECKING:
 __all__ = ["run_phases", "run_phases_on"]
 
 logger = logging.getLogger("retrysafe")
+
+ENDED_INSIDE_PHASE: Final = (
+    "The transaction of phase {name!r} was no longer open when the phase ended: the phase (or "
+    "something it called) committed or rolled back the connection itself, so what it wrote "
+    "before that may be committed while the phase is not recorded as done, and a retry runs "
+    "the phase again. Do not commit or roll back the connection inside a phase; raise to undo it."
+)
 
 
 def run_phases(
@@ -73,14 +80,18 @@ def run_phases(
         encryption: the keys that encrypt the outcome at rest, those of the store that shares
             the table (docs/encryption.md); default none. A record a resumed or replayed run
             finds is opened with them.
-        lease: seconds the operation holds its key between phases; each phase renews it. A
-            retry after a crash waits for it to expire (`InFlightError` until then).
+        lease: seconds the operation holds its key between phases; each phase renews it as
+            it begins and again in the transaction that commits it, so a phase longer than
+            the lease loses nothing. A retry after a crash waits for it to expire
+            (`InFlightError` until then).
         retention: seconds the outcome is kept and replayed after the operation finishes.
         clock: the time source (default: the system clock).
 
     Raises:
         ConfigurationError: `encryption` is not a `Keyring`, a transaction is open already, or
             the recovery point is not one of the phases.
+        RuntimeError: a phase committed or rolled back the connection itself (the phase is
+            not recorded as done).
         KeyMismatchError: the key was used with another request.
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
@@ -125,17 +136,19 @@ def run_phases_on(
                 identity, record.token, now=plan.clock.now(), lease=plan.lease
             )
             step = Step(name, record)
-            outcome = call_phase(phases[name], step)
+            outcome = _call_in_transaction(backend, phases[name], step)
             OutboxWriter(backend).write(step.outbox, now=plan.clock.now())
+            now = plan.clock.now()
             if outcome is not None or last:
                 outcome = as_outcome(outcome, name)
                 backend.complete(
-                    identity, record.token, outcome, now=plan.clock.now(), retention=plan.retention
+                    identity, record.token, outcome, now=now, retention=plan.retention
                 )
             else:
-                record = backend.checkpoint(
-                    identity, record.token, name, now=plan.clock.now()
-                )
+                # Committing the phase proves the holder alive: the lease runs from here, so a
+                # claim that waited on this transaction's row lock finds it live (B16).
+                record = backend.renew(identity, record.token, now=now, lease=plan.lease)
+                record = backend.checkpoint(identity, record.token, name, now=now)
         except BaseException as error:
             rollback(backend)
             if isinstance(error, Exception):
@@ -148,8 +161,25 @@ def run_phases_on(
     raise ConfigurationError("The operation has no phase left to run.")  # pragma: no cover
 
 
+def _call_in_transaction(
+    backend: Backend, function: PhaseFunction, step: Step
+) -> bytes | None:
+    """Run a phase's function; refuse it if it ended the transaction `begin` opened, as its
+    writes may then be committed already, without the recovery point that says so."""
+    try:
+        outcome = call_phase(function, step)
+    except Exception as error:
+        if not backend.in_transaction():
+            raise RuntimeError(ENDED_INSIDE_PHASE.format(name=step.name)) from error
+        raise
+    if not backend.in_transaction():
+        raise RuntimeError(ENDED_INSIDE_PHASE.format(name=step.name))
+    return outcome
+
+
 def _expire_lease(backend: Backend, plan: Plan, token: str) -> None:
-    """End the lease of a phase that raised, so a retry resumes at once."""
+    """End the lease of a phase that raised, so a retry resumes at once; a lease taken over
+    meanwhile (fenced) is the new holder's, left alone."""
     try:
         backend.begin()
         try:
@@ -158,5 +188,7 @@ def _expire_lease(backend: Backend, plan: Plan, token: str) -> None:
             rollback(backend)
             raise
         backend.end(commit=True)
+    except FencedError:
+        logger.debug("A failed phase's lease was taken over already; left to its new holder")
     except Exception:
         logger.warning("Could not end the lease of a failed phase", exc_info=True)

@@ -4,7 +4,9 @@ encrypted store's are, on real SQLite files and PostgreSQL (B29, B30)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,16 @@ def test_b30_phases_refuse_encryption_that_is_not_a_keyring(database: Database) 
     with pytest.raises(ConfigurationError, match="Keyring"):
         order.run(ident, encryption=Keyring.generate_key())
     assert order.logged() == []
+
+
+def test_b29_every_transactional_face_refuses_encryption_that_is_not_a_keyring(
+    tmp_path: Path,
+) -> None:
+    """`transactions.sqlite` refuses what is not a `Keyring` with the same
+    `ConfigurationError` as phases (before: an `AttributeError` at the claim)."""
+    connection = sqlite3.connect(tmp_path / "app.db")
+    with contextlib.closing(connection), pytest.raises(ConfigurationError, match="Keyring"):
+        transactions.sqlite(connection, identity=identity(), fingerprint="f", encryption="k")
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, TypeVar, Unpack, cast, overload
 from retrysafe._encryption import Keyring
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
-from retrysafe.transactions._async.encrypted import AsyncEncryptedBackend
+from retrysafe.transactions._async.encrypted import encrypting as aencrypting
 from retrysafe.transactions._core import AsyncTransaction, ClaimOptions, Transaction
 from retrysafe.transactions._dispatch import async_backend, sync_backend
 from retrysafe.transactions._sqlite import SQLiteBackend
-from retrysafe.transactions._sync.encrypted import EncryptedBackend
+from retrysafe.transactions._sync.encrypted import encrypting
 
 if TYPE_CHECKING:
     import psycopg as pg
@@ -61,10 +61,7 @@ def sqlite(
             optionally `lease` (seconds a record committed in flight may wait for its holder),
             `retention` (seconds the outcome is replayed after the commit) and `clock`.
     """
-    backend = SQLiteBackend(connection, table)
-    return Transaction(
-        backend if encryption is None else EncryptedBackend(backend, encryption), **options
-    )
+    return Transaction(encrypting(SQLiteBackend(connection, table), encryption), **options)
 
 
 @overload
@@ -202,13 +199,8 @@ def _transaction(
     encryption = options.pop("encryption", None)
     claim = cast("ClaimOptions", options)
     if drivers.is_async_connection(connection):
-        backend = async_backend(connection, table)
-        if encryption is not None:
-            backend = AsyncEncryptedBackend(backend, encryption)
-        return AsyncTransaction(backend, **claim)
+        return AsyncTransaction(aencrypting(async_backend(connection, table), encryption), **claim)
     if drivers.is_sync_connection(connection):
-        sync = sync_backend(connection, table)
-        if encryption is not None:
-            sync = EncryptedBackend(sync, encryption)
+        sync = encrypting(sync_backend(connection, table), encryption)
         return Transaction(sync, **claim)
     raise TypeError(f"Expected a connection or session of a supported driver, not {connection!r}.")

@@ -12,8 +12,9 @@ from __future__ import annotations
 from retrysafe._encryption import Keyring, with_outcome
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions._async.transaction import AsyncBackend
+from retrysafe.transactions._state import check_keyring
 
-__all__ = ["AsyncEncryptedBackend"]
+__all__ = ["AsyncEncryptedBackend", "encrypting"]
 
 
 class AsyncEncryptedBackend:
@@ -68,3 +69,10 @@ class AsyncEncryptedBackend:
         """Record the last committed phase in the transaction."""
         record = await self.backend.checkpoint(identity, token, recovery_point, now=now)
         return self.keyring.open_record(record)
+
+
+def encrypting(backend: AsyncBackend, encryption: Keyring | None) -> AsyncBackend:
+    """Return `backend`, behind `encryption` when keys are given; anything but keys or None is
+    refused before any I/O, so what was meant to be sealed is never stored in clear."""
+    keyring = check_keyring(encryption)
+    return backend if keyring is None else AsyncEncryptedBackend(backend, keyring)

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Final, Unpack
 
 from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe.stores._sql import DEFAULT_TABLE
-from retrysafe.transactions._async.encrypted import AsyncEncryptedBackend
+from retrysafe.transactions._async.encrypted import encrypting
 from retrysafe.transactions._async.outbox import AsyncOutboxWriter
 from retrysafe.transactions._async.transaction import abegin_claim, arollback
 from retrysafe.transactions._dispatch import async_backend
-from retrysafe.transactions._state import check_keyring
 from retrysafe.transactions._steps import (
     AsyncPhaseFunction,
     PhasesResult,
@@ -94,10 +93,7 @@ async def arun_phases(
         FencedError: the operation was taken over while this run was between phases.
         RecordUnreadableError: the record's outcome does not open with `encryption`.
     """
-    keyring = check_keyring(encryption)
-    backend = async_backend(connection, table)
-    if keyring is not None:
-        backend = AsyncEncryptedBackend(backend, keyring)
+    backend = encrypting(async_backend(connection, table), encryption)
     return await arun_phases_on(backend, phases, **options)
 
 

@@ -14,7 +14,7 @@ from retrysafe._flow import Count, Counters
 from retrysafe._flow.observing import decide, finish
 from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
 from retrysafe._http import Response, Settings, logger, replay_response, store_unavailable
-from retrysafe.transactions._async.encrypted import AsyncEncryptedBackend
+from retrysafe.transactions._async.encrypted import encrypting
 from retrysafe.transactions._async.transaction import AsyncTransaction
 from retrysafe.transactions._dispatch import async_backend
 from retrysafe.transactions._web import (
@@ -137,11 +137,6 @@ class AsyncWorkUnit:
         else:
             tx.complete(outcome)
             await tx.__aexit__(None, None, None)
-
-
-def encrypting(backend: AsyncBackend, encryption: Keyring | None) -> AsyncBackend:
-    """Return `backend`, behind `encryption` when keys are given."""
-    return backend if encryption is None else AsyncEncryptedBackend(backend, encryption)
 
 
 async def aload_scope_secret(

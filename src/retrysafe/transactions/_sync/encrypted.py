@@ -15,8 +15,9 @@ from __future__ import annotations
 from retrysafe._encryption import Keyring, with_outcome
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions._sync.transaction import Backend
+from retrysafe.transactions._state import check_keyring
 
-__all__ = ["EncryptedBackend"]
+__all__ = ["EncryptedBackend", "encrypting"]
 
 
 class EncryptedBackend:
@@ -71,3 +72,10 @@ class EncryptedBackend:
         """Record the last committed phase in the transaction."""
         record = self.backend.checkpoint(identity, token, recovery_point, now=now)
         return self.keyring.open_record(record)
+
+
+def encrypting(backend: Backend, encryption: Keyring | None) -> Backend:
+    """Return `backend`, behind `encryption` when keys are given; anything but keys or None is
+    refused before any I/O, so what was meant to be sealed is never stored in clear."""
+    keyring = check_keyring(encryption)
+    return backend if keyring is None else EncryptedBackend(backend, keyring)

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Final, Unpack
 
 from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe.stores._sql import DEFAULT_TABLE
-from retrysafe.transactions._sync.encrypted import EncryptedBackend
+from retrysafe.transactions._sync.encrypted import encrypting
 from retrysafe.transactions._sync.outbox import OutboxWriter
 from retrysafe.transactions._sync.transaction import begin_claim, rollback
 from retrysafe.transactions._dispatch import sync_backend
-from retrysafe.transactions._state import check_keyring
 from retrysafe.transactions._steps import (
     PhaseFunction,
     PhasesResult,
@@ -97,10 +96,7 @@ def run_phases(
         FencedError: the operation was taken over while this run was between phases.
         RecordUnreadableError: the record's outcome does not open with `encryption`.
     """
-    keyring = check_keyring(encryption)
-    backend = sync_backend(connection, table)
-    if keyring is not None:
-        backend = EncryptedBackend(backend, keyring)
+    backend = encrypting(sync_backend(connection, table), encryption)
     return run_phases_on(backend, phases, **options)
 
 

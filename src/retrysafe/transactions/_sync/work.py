@@ -17,7 +17,7 @@ from retrysafe._flow import Count, Counters
 from retrysafe._flow.observing import decide, finish
 from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
 from retrysafe._http import Response, Settings, logger, replay_response, store_unavailable
-from retrysafe.transactions._sync.encrypted import EncryptedBackend
+from retrysafe.transactions._sync.encrypted import encrypting
 from retrysafe.transactions._sync.transaction import Transaction
 from retrysafe.transactions._dispatch import sync_backend
 from retrysafe.transactions._web import (
@@ -140,11 +140,6 @@ class WorkUnit:
         else:
             tx.complete(outcome)
             tx.__exit__(None, None, None)
-
-
-def encrypting(backend: Backend, encryption: Keyring | None) -> Backend:
-    """Return `backend`, behind `encryption` when keys are given."""
-    return backend if encryption is None else EncryptedBackend(backend, encryption)
 
 
 def load_scope_secret(

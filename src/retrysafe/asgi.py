@@ -51,7 +51,7 @@ from retrysafe._http.asgi_io import (
     track_request,
 )
 from retrysafe._http.middleware import MiddlewareBase
-from retrysafe._http.scope import Scoper, principal_of
+from retrysafe._http.scope import Scoper
 from retrysafe._keys import KeyPolicy
 from retrysafe.stores.base import AsyncStore
 
@@ -133,11 +133,8 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
         tracked = None
         try:
             scoper = self._scoper or await self._load_scoper()
-            principal = self.principal
-            if principal is not None and principal_of(scope.get("user")) is not None:
-                principal = None  # an authentication middleware named the user
             tracked = await track_request(
-                scope, receive, send, settings, values, scoper=scoper, principal=principal
+                scope, receive, send, settings, values, scoper=scoper, principal=self.principal
             )
             if tracked is None:
                 return

@@ -41,6 +41,8 @@ SECRET_RETENTION: Final = 100 * 365 * 24 * 3600.0
 
 
 _SECRET_BYTES: Final = 32
+_FIRST: Final = 100
+"""The records read first: where a secret was lost, the newest records show it at once."""
 _SCAN: Final = 10_000
 """The most records read to tell that none was scoped with a secret."""
 _HASHED: Final = re.compile(r"[pc]:[0-9a-f]{64}")
@@ -78,15 +80,20 @@ def _known(admitted: Admission) -> bytes | None:
 def _check_fresh(records: Sequence[Record]) -> bytes:
     """Return a new secret if no record of `records` (at most `_SCAN`, newest first) was scoped
     with one; raise if one was, or if there may be more records than were read."""
-    hashed = any(_HASHED.fullmatch(record.identity.scope) for record in records)
+    hashed = _hashed(records)
     if hashed or len(records) >= _SCAN:
         raise StoreError(
             "The scope secret is missing from the store, but records "
-            + ("scoped with it exist" if hashed else f"exist (over {_SCAN:,}, not all checked)")
+            + ("scoped with it exist" if hashed else f"exist ({_SCAN:,} or more, not all read)")
             + ": a new secret would change every scope. Restore the secret record or set "
             "scope_secret (RETRYSAFE_SCOPE_SECRET) to the one in use."
         )
     return secrets.token_bytes(_SECRET_BYTES)
+
+
+def _hashed(records: Sequence[Record]) -> bool:
+    """Whether one of `records` was scoped with a secret."""
+    return any(_HASHED.fullmatch(record.identity.scope) for record in records)
 
 
 def load_secret(flow: SyncFlow) -> bytes:
@@ -96,7 +103,10 @@ def load_secret(flow: SyncFlow) -> bytes:
     if known is not None:
         return known
     try:
-        secret = _check_fresh(flow.store.list_records(limit=_SCAN))
+        records = flow.store.list_records(limit=_FIRST)
+        if len(records) >= _FIRST and not _hashed(records):
+            records = flow.store.list_records(limit=_SCAN)
+        secret = _check_fresh(records)
     except StoreError:
         flow.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
         raise
@@ -111,7 +121,10 @@ async def aload_secret(flow: AsyncFlow) -> bytes:
     if known is not None:
         return known
     try:
-        secret = _check_fresh(await flow.store.list_records(limit=_SCAN))
+        records = await flow.store.list_records(limit=_FIRST)
+        if len(records) >= _FIRST and not _hashed(records):
+            records = await flow.store.list_records(limit=_SCAN)
+        secret = _check_fresh(records)
     except StoreError:
         await flow.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
         raise

@@ -55,7 +55,7 @@ async def track_request(
     A malformed key (400), a body over the limit (413) or a request with no scope (400) is
     answered here, before any storage is touched (B3, B8, B9, B22); a client that goes away
     before sending its body gets nothing. `principal`, where given, names the request's user
-    (B8) once its key and body are read.
+    (B8) once its key and body are read, unless an authentication middleware named one.
     """
     key = read_key(values, settings)
     if isinstance(key, Response):
@@ -67,7 +67,9 @@ async def track_request(
     if isinstance(body, Response):
         await respond(send, body)
         return None
-    user = None if principal is None else await principal(scope)  # once the request is sound
+    user = scope.get("user")  # an authentication middleware's, else `principal`'s (B8)
+    if principal is not None and principal_of(user) is None:
+        user = await principal(scope)  # once the request is sound
     request = request_view(scope, user)
     identity = new_identity(settings, request, key, scoper)
     if isinstance(identity, Response):
@@ -76,11 +78,8 @@ async def track_request(
     return identity, settings.fingerprint_of(request, body), body
 
 
-def request_view(scope: Scope, user: object = None) -> RequestView:
-    """Return the request as the sans-I/O core sees it; its principal is `user`'s, else that
-    of the user an authentication middleware put in the scope (B8)."""
-    if user is None:
-        user = scope.get("user")
+def request_view(scope: Scope, user: object) -> RequestView:
+    """Return the request as the sans-I/O core sees it, its principal `user`'s (B8)."""
     return RequestView(
         method=scope["method"],
         path=scope["path"],

@@ -5,8 +5,9 @@ API-key header), which FastAPI resolves inside the app: after the middleware cla
 the middleware could only scope by the credential, and a refreshed token made the same user's
 retry a new caller. `DependencyPrincipal` resolves that dependency itself, with FastAPI's own
 resolver, before the claim, on the request's head (headers, cookies, path and query: not its
-body, which the middleware has not read yet). Its sub-dependencies resolve as in a route, the
-app's `dependency_overrides` included, and those with `yield` are closed before the claim.
+body, read by then but not given to it), once its key and body were found sound. Its
+sub-dependencies resolve as in a route, the app's `dependency_overrides` included, and those
+with `yield` are closed before the claim.
 
 A dependency that refuses (an `HTTPException` such as the bearer scheme's 401, an exception of
 the app's own that its exception handler answers, or a missing or malformed parameter) names no
@@ -51,12 +52,9 @@ class DependencyPrincipal:
 
         # Its annotation as an object: this module's annotations are strings, which FastAPI
         # would read in its globals, where `dependency` is not.
+        user = Annotated[Any, Depends(dependency)]
         principal.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [
-                inspect.Parameter(
-                    "user", inspect.Parameter.KEYWORD_ONLY, annotation=_user_of(dependency)
-                )
-            ]
+            [inspect.Parameter("user", inspect.Parameter.KEYWORD_ONLY, annotation=user)]
         )
         self._app = app
         self._dependant = get_dependant(path="", call=principal)
@@ -88,11 +86,6 @@ class DependencyPrincipal:
         # FastAPI 0.112 and earlier return a tuple, (values, errors, ...).
         values, errors = (solved.values, solved.errors) if hasattr(solved, "values") else solved[:2]
         return None if errors else values.get("user")
-
-
-def _user_of(dependency: Callable[..., Any]) -> Any:
-    """Return the annotation of a parameter that FastAPI fills with `dependency`'s value."""
-    return Annotated[Any, Depends(dependency)]
 
 
 async def _no_body() -> Message:

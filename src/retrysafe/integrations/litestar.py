@@ -328,8 +328,8 @@ def _guarded(middleware: IdempotencyMiddleware) -> ASGIApp:
         handler: Any = scope.get("route_handler") if scope["type"] == "http" else None
         if (
             handler is not None
+            and any(name == KEY_HEADER for name, _ in scope["headers"])  # the cheapest first
             and handler.resolve_guards()
-            and any(name == KEY_HEADER for name, _ in scope["headers"])
             and gate.settings_for(scope, scope["method"], True) is not None
         ):
             request = handler.resolve_request_class()(scope=scope, receive=receive, send=send)

@@ -44,7 +44,7 @@ from retrysafe._http import (
     logger,
 )
 from retrysafe._http.asgi_io import ASGIApp, Message, Receive, Scope, Send
-from retrysafe._http.scope import Scoper, principal_of
+from retrysafe._http.scope import Scoper
 from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions import _drivers as drivers
@@ -160,11 +160,8 @@ class TransactionalMiddleware:
                 logger.exception("Cannot read the scope secret from the records table")
                 await asgi_io.respond(send, connect_failed(settings))
                 return
-            principal = self.principal
-            if principal is not None and principal_of(scope.get("user")) is not None:
-                principal = None  # an authentication middleware named the user
             tracked = await asgi_io.track_request(
-                scope, receive, send, settings, values, scoper=scoper, principal=principal
+                scope, receive, send, settings, values, scoper=scoper, principal=self.principal
             )
             if tracked is None:
                 return

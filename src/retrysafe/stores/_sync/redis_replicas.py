@@ -21,7 +21,7 @@ from typing import Any, cast
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from retrysafe._errors import ConfigurationError
+from retrysafe._errors import ConfigurationError, StoreUnavailableError
 from retrysafe.stores._sync.redis_commands import Commands
 from retrysafe.stores._redis_errors import ReplicaShortfallError
 from retrysafe.stores._redis_pinned import Command, sync_pinned_exchange
@@ -118,7 +118,12 @@ class PinnedCommands(Commands):
             raise reply
         if len(replies) == 1 or self._wait is None:
             return reply
-        confirmed, required = replies[-1], self._wait[1]
+        marked, confirmed, required = replies[-2], replies[-1], self._wait[1]
+        if isinstance(marked, Exception):  # a slot on the move redirected it (ASK, MOVED)
+            raise StoreUnavailableError(
+                f"Redis could not confirm the write on its replicas ({marked}): its slot is "
+                "being moved; it is not used."
+            ) from marked
         if isinstance(confirmed, Exception):
             raise confirmed
         if confirmed < required:

@@ -21,7 +21,14 @@ from typing import Any
 
 import pytest
 
-from retrysafe import Identity, State, StoreUnavailableError, open_async_store, open_store
+from retrysafe import (
+    FencedError,
+    Identity,
+    State,
+    StoreUnavailableError,
+    open_async_store,
+    open_store,
+)
 from retrysafe.asgi import IdempotencyMiddleware
 from tests.cluster_harness import (
     CLIENT_TIMEOUT,
@@ -273,7 +280,8 @@ class Workload:
 
     Each key's effect runs when its claim is acquired: `acquired` counts those. A completion
     or a claim that fails closed (`StoreUnavailableError`) is retried on a later pass with the
-    same token; a replay must find the key's one outcome.
+    same token (a completion that landed unconfirmed is then found done under it, as the flow
+    finds it, B19); a replay must find the key's one outcome.
     """
 
     def __init__(self, faces: Faces, keys: list[Identity], workers: int = 4) -> None:
@@ -332,6 +340,10 @@ class Workload:
             with self._lock:
                 self.pending[identity] = token  # the outcome is held; stored on a later pass
             raise
+        except FencedError:  # an earlier try landed unconfirmed: done under this token, stored
+            record = self.faces.call("get", identity)
+            if record is None or (record.state, record.token) != (State.DONE, token):
+                raise
         with self._lock:
             self.completed.add(identity.key)
 

@@ -18,7 +18,7 @@ from typing import Any, cast
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from retrysafe._errors import ConfigurationError, StoreUnavailableError
+from retrysafe._errors import ConfigurationError
 from retrysafe.stores._async.redis_commands import AsyncCommands
 from retrysafe.stores._redis_errors import ReplicaShortfallError
 from retrysafe.stores._redis_pinned import Command, async_pinned_exchange
@@ -117,7 +117,7 @@ class AsyncPinnedCommands(AsyncCommands):
             return reply
         marked, confirmed, required = replies[-2], replies[-1], self._wait[1]
         if isinstance(marked, Exception):  # a slot on the move redirected it (ASK, MOVED)
-            raise StoreUnavailableError(
+            raise ReplicaShortfallError(
                 f"Redis could not confirm the write on its replicas ({marked}): its slot is "
                 "being moved; it is not used."
             ) from marked

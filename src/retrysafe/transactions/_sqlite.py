@@ -23,6 +23,7 @@ from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.sqlite import RecordTable
 from retrysafe.stores._sql.sqlite_connection import store_error
+from retrysafe.transactions._sync.sql_backend import commit_failed
 from retrysafe.transactions._write_sql import SQLITE, Row
 
 __all__ = ["SQLiteBackend", "SQLiteExecutor", "SQLiteRecords"]
@@ -172,10 +173,7 @@ class SQLiteBackend(SQLiteRecords):
                     f"({failed}): nothing of it was applied, but close the connection, whose "
                     f"transaction is still open. {cause}"
                 ) from error
-            raise type(cause)(
-                "The transaction could not commit, so it was rolled back with every write made "
-                f"in it: nothing of it was applied. {cause}"
-            ) from error
+            raise commit_failed(cause) from error
 
 
 class SQLiteExecutor:

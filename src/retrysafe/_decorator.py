@@ -41,7 +41,10 @@ __all__ = [
     "DEFAULT_WAIT",
     "CallOptions",
     "IdempotentOptions",
+    "callable_name",
+    "default_namespace",
     "idempotent",
+    "is_async_callable",
 ]
 
 P = ParamSpec("P")
@@ -124,7 +127,9 @@ def idempotent(
         raise ConfigurationError("serializer must have dumps(value) and loads(data) methods.")
 
     def decorate(func: Callable[P, T]) -> Callable[P, T]:
-        namespace_ = namespace or _default_namespace(func)
+        if isinstance(func, staticmethod | classmethod):  # @idempotent above @staticmethod
+            return cast(Callable[P, T], type(func)(decorate(func.__func__)))
+        namespace_ = namespace or default_namespace(func)
         store_is_async = inspect.iscoroutinefunction(getattr(store, "claim", None))
         flow = (
             AsyncFlow(cast(AsyncStore, store), raise_fenced=True, observation=observation)
@@ -149,13 +154,13 @@ def idempotent(
         )
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
             raise ConfigurationError(
-                f"@idempotent cannot decorate the generator {func.__qualname__}: "
+                f"@idempotent cannot decorate the generator {callable_name(func)}: "
                 "return a value instead."
             )
-        if inspect.iscoroutinefunction(func):
+        if is_async_callable(func):
             if not store_is_async:
                 raise ConfigurationError(
-                    f"{func.__qualname__} is async, so @idempotent needs an async store "
+                    f"{callable_name(func)} is async, so @idempotent needs an async store "
                     "(open_async_store), not a sync one."
                 )
 
@@ -166,7 +171,7 @@ def idempotent(
             return cast(Callable[P, T], async_wrapper)
         if store_is_async:
             raise ConfigurationError(
-                f"{func.__qualname__} is sync, so @idempotent needs a sync store "
+                f"{callable_name(func)} is sync, so @idempotent needs a sync store "
                 "(open_store), not an async one."
             )
 
@@ -179,7 +184,18 @@ def idempotent(
     return decorate
 
 
-def _default_namespace(func: Callable[..., object]) -> str:
+def is_async_callable(func: object) -> bool:
+    """Whether `func` is an `async def` (or a partial of one), or an object whose `__call__` is."""
+    call = getattr(func, "__call__", None)  # noqa: B004 - the method itself, not callable()
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
+
+
+def callable_name(func: object) -> str:
+    """Name `func` in a message: its qualified name, or its repr (a partial, an object)."""
+    return str(getattr(func, "__qualname__", None) or repr(func))
+
+
+def default_namespace(func: Callable[..., object]) -> str:
     """Return `module.QualifiedName` for `func`, or refuse one that has no name of its own."""
     module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
     if not module or not qualname:
@@ -200,7 +216,7 @@ def _argument_getter(func: Callable[..., object], spec: str | KeyFunction, what:
     if callable(spec):
         return spec
     if not isinstance(spec, str) or spec not in inspect.signature(func).parameters:
-        raise ConfigurationError(f"{what}={spec!r}: {func.__qualname__} has no such argument.")
+        raise ConfigurationError(f"{what}={spec!r}: {callable_name(func)} has no such argument.")
     return spec
 
 
@@ -335,6 +351,7 @@ def _run_sync(
             if plan.is_final(error):
                 execution.finish(plan.outcomes.raised(error))
             raise  # any other exception releases the claim (B28); an interruption keeps it (B40)
+        _refuse_awaitable(plan, value)  # raised here, it releases the claim
         outcome, problem = plan.outcomes.returned(value)
         execution.finish(outcome)
     if problem is not None:
@@ -368,5 +385,16 @@ async def _run_async(
 
 
 def _outcome_of(admitted: Admission) -> bytes:
-    record = admitted.record
-    return (record.outcome if record is not None else None) or b""
+    return (admitted.record.outcome if admitted.record is not None else None) or b""
+
+
+def _refuse_awaitable(plan: _Plan, value: object) -> None:
+    """Refuse an awaitable that a sync function returned (a `def` returning a coroutine): it
+    has not run, so it is closed and the claim released, not stored as not serializable."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        raise ConfigurationError(
+            f"{plan.namespace} returned an awaitable, which a sync store cannot await: it was not "
+            "run, and its key is released. Make it `async def`, with an async store."
+        )

@@ -29,7 +29,7 @@ from retrysafe._serializer import (
     _type_name,
 )
 
-__all__ = ["Outcomes", "is_final", "is_stored"]
+__all__ = ["Deferred", "Outcomes", "is_final", "is_stored"]
 
 _RETURNED = b"R"  # the serializer's bytes for the return value
 _RAISED = b"E"  # JSON: a final exception's class, arguments, message and attributes
@@ -42,9 +42,16 @@ _NESTING: Final = 32
 they are and release the key, on every Python (whose recursion limits differ)."""
 
 
+class Deferred(Exception):  # noqa: N818 - what the call did, not an error it met
+    """A call that put its work off (a JetStream handler that `nak`ed its own delivery): it
+    releases the key, so the retry it asked for runs, whatever `final_exceptions` lists."""
+
+
 def is_final(error: BaseException, final_exceptions: tuple[type[BaseException], ...]) -> bool:
     """Return whether `error` is stored as the outcome rather than releasing the key: an
     instance of `final_exceptions`, or a group whose every sub-exception is one."""
+    if isinstance(error, Deferred):
+        return False
     if isinstance(error, final_exceptions):
         return True
     if not isinstance(error, BaseExceptionGroup):
@@ -223,26 +230,31 @@ def _rebuilt(
             reason = f"the {held['type']} ({held['message']}) in it {unbuilt.reason()}"
             raise _UnbuiltError(payload, ValueError(reason)) from None
     try:
-        if "attrs" in payload:
-            error = _new_exception(cls, args, payload["attrs"], payload.get("slots", {}))
-            return error if group is not None else _told(error, payload["message"])
-        return _exception_from_init(cls, args)  # B39: stored before attributes were kept
+        if "attrs" not in payload:
+            return _exception_from_init(cls, args)  # B39: stored before attributes were kept
+        kept = (args, payload["attrs"], payload.get("slots", {}))
+        error = _new_exception(cls, *kept)
+        if group is not None or _says(error, payload["message"]):
+            return error
+        # A class whose `__str__` formats an attribute that could not be stored (a response
+        # object) would say something else, or raise: replayed as a subclass that says it.
+        return _new_exception(_telling(cls, payload["message"]), *kept)
     except Exception as problem:  # any failure means the same: it cannot be rebuilt
         raise _UnbuiltError(payload, problem) from None
 
 
-def _told(error: BaseException, message: str) -> BaseException:
-    """Return `error`, whose `str()` must be the first's `message`. A class whose `__str__`
-    formats an attribute that could not be stored (a response object) would say something
-    else, or raise: it is then replayed as a subclass of its own that says `message`."""
-    with contextlib.suppress(Exception):
-        if str(error) == message:
-            return error
-    cls = type(error)
+def _says(error: BaseException, message: str) -> bool:
+    """Whether `str(error)` is `message` (a `__str__` that raises does not say it)."""
+    try:
+        return str(error) == message
+    except Exception:  # any failure of a class's own __str__ means the same
+        return False
+
+
+def _telling(cls: type[BaseException], message: str) -> type[BaseException]:
+    """Return a subclass of `cls`, named as it is, whose `str()` is `message`."""
     namespace = {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__}
-    told = type(cls.__name__, (cls,), {**namespace, "__str__": lambda _: message})
-    error.__class__ = told
-    return error
+    return type(cls.__name__, (cls,), {**namespace, "__str__": lambda _: message})
 
 
 # An OSError keeps these in slots, not in its __dict__; its str() is made of them.
@@ -306,11 +318,15 @@ def _new_exception(
     attrs: dict[str, Any],
     slots: dict[str, Any],
 ) -> BaseException:
-    """Return a `cls` with these `args` and attributes, without running its `__init__`."""
-    # As copyreg does, the nearest class written in C makes the instance: neither the class's
-    # own __new__ nor its __init__ runs with the stored args, which are not what they take.
-    base = next(c for c in cls.__mro__ if not c.__flags__ & _HEAPTYPE)
-    error = cast(BaseException, cast(Any, base).__new__(cls, *args))
+    """Return a `cls` with these `args` and attributes, without running its `__init__` (but
+    a built-in class's own, which takes its `args` and sets what its `str()` reads)."""
+    error = _built_in(cls, args)
+    if error is None:
+        # As copyreg does, the nearest class written in C makes the instance: neither the
+        # class's own __new__ nor its __init__ runs with the stored args, which are not what
+        # they take.
+        base = next(c for c in cls.__mro__ if not c.__flags__ & _HEAPTYPE)
+        error = cast(BaseException, cast(Any, base).__new__(cls, *args))
     error.args = args
     for name, value in attrs.items():
         if name in _OS_ERROR_SLOTS and isinstance(error, OSError):
@@ -324,6 +340,19 @@ def _new_exception(
         else:  # no longer a slot of the class: an attribute all the same
             vars(error)[name] = value
     return error
+
+
+def _built_in(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException | None:
+    """Return `cls(*args)` for a built-in `cls` (a `UnicodeDecodeError`, a `SyntaxError`, whose
+    `__init__` sets the fields its `str()` formats), or None: a class written in Python, or
+    args it refuses (stored as the message alone)."""
+    if cls.__flags__ & _HEAPTYPE:
+        return None
+    try:
+        error = cls(*args)
+    except Exception:  # args it does not take: built without its __init__, as any other
+        return None
+    return error if type(error) is cls else None  # OSError(2, ...) makes a FileNotFoundError
 
 
 def _exception_from_init(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:

@@ -14,7 +14,9 @@ replays; what is left is the acknowledgement discipline, which is easy to get su
   duplicate in flight too, so a waiting delivery is not redelivered in turn;
 - `term` what no redelivery can fix (no `Nats-Msg-Id`, one id re-used with another body, an
   outcome that cannot be stored, the handler's `final_exceptions`), so it is not redelivered
-  forever; `nak` the rest, after a delay, so a store outage does not spin the consumer.
+  forever; `nak` the rest, after a delay, so a store outage does not spin the consumer;
+- a handler that `nak`s its own delivery asks for it again: its message id is released, not
+  its outcome stored, so the redelivery runs it (one that `ack`s or `term`s it is stored).
 """
 
 from __future__ import annotations
@@ -22,16 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, Unpack
 
 from retrysafe._concurrency import raise_if_cancelled
-from retrysafe._decorator import IdempotentOptions
+from retrysafe._decorator import (
+    IdempotentOptions,
+    callable_name,
+    default_namespace,
+    is_async_callable,
+)
 from retrysafe._errors import ConfigurationError, FencedError, InFlightError
 from retrysafe._extras import missing_extra
-from retrysafe._outcomes import is_final
+from retrysafe._outcomes import Deferred, is_final
 from retrysafe.consumers._messages import (
     idempotent_message,
     message_body_of,
@@ -122,16 +128,19 @@ def jetstream_message(
     not_jetstream = _not_jetstream_error()
     options.setdefault("lease", ack_wait)
     final = options.get("final_exceptions", ())
-    once = idempotent_message(store, message_id=message_id, body=body, **options)
+    idempotent_message(store, message_id=message_id, body=body, **options)  # checks them now
 
     def decorate(
         handler: Callable[Concatenate[MessageT, P], Awaitable[object]],
     ) -> Callable[Concatenate[MessageT, P], Coroutine[Any, Any, None]]:
-        if not inspect.iscoroutinefunction(handler):
+        if not is_async_callable(handler):
             raise ConfigurationError(
-                f"jetstream_message needs an async handler; {handler.__qualname__} is not one."
+                f"jetstream_message needs an async handler; {callable_name(handler)} is not one."
             )
-        handle = once(handler)
+        named = options.copy()  # the handler's own name, not its wrapper's (`_deferring`)
+        named["namespace"] = options.get("namespace") or default_namespace(handler)
+        once = idempotent_message(store, message_id=message_id, body=body, **named)
+        handle = once(_deferring(handler))
 
         @functools.wraps(handler)
         async def settle(msg: MessageT, /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -162,7 +171,9 @@ async def _settle_failure(
     nak_delay: float,
 ) -> None:
     """Settle a delivery whose handler raised: term, nak, or (fenced) ack."""
-    if msg.is_acked:
+    if isinstance(error, Deferred):
+        _LOGGER.info("%s: its handler nak'ed it; released for the redelivery", where)
+    elif msg.is_acked:
         _LOGGER.warning("%s failed after its handler settled it", where, exc_info=error)
     elif isinstance(error, FencedError):
         # This delivery ran, and another took its id over and ran too: the newer outcome
@@ -176,6 +187,51 @@ async def _settle_failure(
         delay = error.retry_after if isinstance(error, InFlightError) else nak_delay
         _LOGGER.warning("%s nak'ed, redelivered in %ss", where, delay, exc_info=error)
         await _settle(functools.partial(msg.nak, delay=delay or None), "nak", where)
+
+
+def _deferring(
+    handler: Callable[Concatenate[MessageT, P], Awaitable[object]],
+) -> Callable[Concatenate[MessageT, P], Coroutine[Any, Any, object]]:
+    """Wrap `handler` so that a delivery it `nak`ed itself raises `Deferred` once it returns:
+    the message id is released, and the redelivery it asked for runs it again rather than
+    replaying what it returned. A `term` or an `ack` of its own leaves the outcome stored."""
+
+    @functools.wraps(handler)
+    async def run(msg: MessageT, /, *args: P.args, **kwargs: P.kwargs) -> object:
+        with _noting_nak(msg) as naked:
+            outcome = await handler(msg, *args, **kwargs)
+        if naked():
+            raise Deferred("the handler nak'ed its delivery: it runs again on the redelivery")
+        return outcome
+
+    return run
+
+
+@contextlib.contextmanager
+def _noting_nak(msg: JetStreamMessage) -> Iterator[Callable[[], bool]]:
+    """Note whether `msg.nak` is called, by shadowing it on the instance meanwhile: nats-py's
+    `Msg` sets `is_acked` for an ack, a nak and a term alike. A message that takes no
+    attribute (slotted, frozen) is not watched: its nak is taken for an ack, as before."""
+    nak, naked = msg.nak, False
+
+    async def noted(delay: float | None = None) -> None:
+        nonlocal naked
+        await nak(delay=delay)
+        naked = True
+
+    own = "nak" in getattr(msg, "__dict__", {})  # a message that had its own, as a test's
+    try:
+        setattr(msg, "nak", noted)  # noqa: B010 - mypy refuses assigning to a method
+    except (AttributeError, TypeError):
+        yield lambda: False
+        return
+    try:
+        yield lambda: naked
+    finally:
+        if own:
+            setattr(msg, "nak", nak)  # noqa: B010 - as above
+        else:
+            delattr(msg, "nak")
 
 
 async def _settle(call: Callable[[], Awaitable[None]], verb: str, where: str) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from retrysafe._errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from retrysafe.client._core import RetryPolicy
+    from retrysafe.client._policy import RetryPolicy
 
 __all__ = ["check_policy"]
 

@@ -8,7 +8,6 @@ observers about each attempt once its fate is known (`client/_observe.py`).
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import time
@@ -22,9 +21,10 @@ import tenacity
 from retrysafe._clock import Clock
 from retrysafe._errors import NotReplayableError
 from retrysafe._flow.observing import Observation
-from retrysafe.client._checks import check_policy
 from retrysafe.client._headers import key_content, parse_retry_after
 from retrysafe.client._observe import AttemptLog, observation
+from retrysafe.client._policy import DEFAULT_POLICY, Handling, RetryPolicy
+from retrysafe.client._urls import shown_url
 from retrysafe.observe import Observer
 
 __all__ = [
@@ -41,73 +41,7 @@ logger = logging.getLogger("retrysafe.client")
 
 _RetryLoop = TypeVar("_RetryLoop", bound=tenacity.BaseRetrying)
 
-# RFC 9110 section 9.2: safe and idempotent methods may be repeated without a key.
-_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _TRUE_VALUES = frozenset({"true", "?1", "1"})
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """When and how a client retries.
-
-    Attributes:
-        attempts: the most attempts per logical request, the first included.
-        timeout: the most seconds one logical request may take: attempts, waits and reading
-            the body the client reads for the caller. A wait that would end past it is not
-            started; an attempt or a body read still running at it ends with a ReadTimeout.
-        wait_initial: the backoff ceiling before the first retry, in seconds.
-        wait_max: the largest backoff ceiling; the ceiling doubles per retry up to it. The
-            actual wait is drawn uniformly from [0, ceiling] ("full jitter").
-        retry_after_max: the longest `Retry-After` honoured, in seconds; a longer one is cut
-            to this.
-        retry_statuses: the response statuses that are retried. 409 is retried only for
-            requests that carry a key (it means "the first request with this key is still
-            running"); a replayed response is never retried.
-        key_methods: the methods that get an Idempotency-Key and are retried with it.
-        key_header: the request header that carries the key.
-        replay_header: the response header that marks a replayed outcome.
-        quote_key: send a generated key as an RFC 9651 string (`"..."`), as the IETF draft
-            specifies; False sends the bare UUID, as Stripe's SDKs do.
-    """
-
-    attempts: int = 5
-    timeout: float = 30.0
-    wait_initial: float = 0.1
-    wait_max: float = 5.0
-    retry_after_max: float = 30.0
-    retry_statuses: frozenset[int] = frozenset({409, 429, 502, 503, 504})
-    key_methods: frozenset[str] = frozenset({"POST", "PATCH"})
-    key_header: str = "Idempotency-Key"
-    replay_header: str = "Idempotent-Replayed"
-    quote_key: bool = True
-
-    def __post_init__(self) -> None:
-        check_policy(self)  # a clear ConfigurationError for a value that cannot work
-        object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
-        object.__setattr__(self, "key_methods", frozenset(m.upper() for m in self.key_methods))
-
-    def handling(self, method: str) -> Handling:
-        """Return how a request with `method` is treated."""
-        upper = method.upper()
-        if upper in self.key_methods:
-            return Handling.KEYED
-        if upper in _IDEMPOTENT_METHODS:
-            return Handling.RETRIED
-        return Handling.PASSED
-
-
-DEFAULT_POLICY = RetryPolicy()
-
-
-class Handling(enum.Enum):
-    """How the client treats a request, by its method."""
-
-    KEYED = "keyed"
-    """Gets an Idempotency-Key (unless it has one) and is retried with it."""
-    RETRIED = "retried"
-    """Safe or idempotent by RFC 9110: retried as is, without a key."""
-    PASSED = "passed"
-    """Neither: sent once, never retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +50,7 @@ class RetryEvent:
 
     Attributes:
         method: the request method.
-        url: the request URL.
+        url: the request URL fit to log: its user information and query values are `***`.
         attempt: the number of the attempt that just failed (1 for the first).
         delay: the seconds the client is about to wait.
         elapsed: the seconds spent on this logical request so far.
@@ -212,7 +146,7 @@ class _Call:
 
     settings: _Settings
     method: str
-    url: str
+    url: str  # as shown in logs and errors, its secrets hidden (client/_urls.py)
     handling: Handling
     replayable: bool
     retried_error: Callable[[BaseException], bool]
@@ -230,17 +164,20 @@ class _Call:
         *,
         method: str,
         url: str,
-        caller_key: str | None,
+        caller_key: str | bytes | None,
         replayable: bool,
         retried_error: Callable[[BaseException], bool],
+        kept_key: str | None = None,
     ) -> _Call:
-        """Begin a logical request; a KEYED one without a caller key gets a new UUIDv4."""
+        """Begin a logical request; a KEYED one without a caller key gets `kept_key`, the key
+        generated for the same operation before (the same request sent again, or the request a
+        307 or 308 redirects), or a new UUIDv4."""
         policy = settings.policy
         handling = policy.handling(method)
         call = cls(
             settings=settings,
             method=method.upper(),
-            url=url,
+            url=shown_url(url),
             handling=handling,
             replayable=replayable,
             retried_error=retried_error,
@@ -250,7 +187,7 @@ class _Call:
             if caller_key is not None:
                 call.key = key_content(caller_key)
             else:
-                call.key = _new_key()
+                call.key = kept_key or _new_key()
                 call.header_value = f'"{call.key}"' if policy.quote_key else call.key
         call.log = AttemptLog(settings.observation, settings.clock, call.method, call.key)
         return call
@@ -259,6 +196,11 @@ class _Call:
     def policy(self) -> RetryPolicy:
         """The retry policy of this call."""
         return self.settings.policy
+
+    @property
+    def generated_key(self) -> str | None:
+        """The key if the client generated it (or kept one it generated), None otherwise."""
+        return self.key if self.header_value is not None else None
 
     @property
     def deadline(self) -> float:
@@ -291,8 +233,8 @@ class _Call:
     def not_replayable(self, error: BaseException) -> NotReplayableError:
         """The error raised when `error` would be retried but the body is a spent stream."""
         return NotReplayableError(
-            f"{self.method} {self.url} failed ({type(error).__name__}: {error}) and was not "
-            "retried: its body is a stream that cannot be sent again. Pass the body as bytes "
+            f"{self.method} {self.url} failed ({type(error).__name__}: see __cause__) and was "
+            "not retried: its body is a stream that cannot be sent again. Pass the body as bytes "
             "to make the request retryable."
         )
 

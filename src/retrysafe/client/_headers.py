@@ -29,9 +29,12 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     return max(0.0, when.timestamp() - now())
 
 
-def key_content(header_value: str) -> str:
-    """The key a caller's header value carries (unquoted), or the raw value if malformed."""
+def key_content(header_value: str | bytes) -> str:
+    """The key a caller's header value carries (unquoted), or the raw value if malformed.
+
+    requests takes a header value as bytes too; HTTP sends its bytes as they are (latin-1)."""
+    text = header_value.decode("latin-1") if isinstance(header_value, bytes) else header_value
     try:
-        return parse_key([header_value.encode("latin-1")])
+        return parse_key([text.encode("latin-1")])
     except (InvalidKeyError, UnicodeEncodeError):
-        return header_value
+        return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
@@ -35,6 +36,7 @@ from retrysafe.client._core import (
     make_settings,
 )
 from retrysafe.client._deadline import run_within
+from retrysafe.client._urls import redirect_keeps_key
 from retrysafe.observe import Observer
 
 __all__ = ["AsyncIdempotentTransport", "IdempotentTransport"]
@@ -56,15 +58,24 @@ def _retried_error(error: BaseException) -> bool:
 EXTENSION_REPLAYED = "idempotent_replayed"
 EXTENSION_KEY = "idempotency_key"
 EXTENSION_ATTEMPTS = "retrysafe_attempts"
+# The key a keyed request answered with a 307 or 308 to the same origin hands on to its
+# redirect, which httpx builds with the same `extensions` dict (client/_urls.py).
+_EXTENSION_HANDED_ON = "retrysafe_handed_on"
+
+_Generated = weakref.WeakKeyDictionary[httpx.Request, str]
+"""The key a transport generated for each request it sent, for as long as the request lives."""
 
 
-def _start(settings: _Settings, request: httpx.Request) -> _Call:
+def _start(settings: _Settings, generated: _Generated, request: httpx.Request) -> _Call:
     """Begin the logical request `request`, and put its key in `request.extensions`.
 
-    httpx raises an error with the request its client passed, `request`, so the key of a
-    request that failed is in `error.request.extensions` (to send it again with that key).
-    Its headers stay as they are: a redirect the client follows gets a new key.
+    One request object is one operation: sent again (by an `httpx.Auth` flow answering a 401,
+    or `client.send(error.request)`), it keeps the key generated for it; the redirect of a 307
+    or 308 to the same origin gets the key of the request it redirects; any other request gets
+    a new one. httpx raises an error with the request its client passed, `request`, so the key
+    of a request that failed is in `error.request.extensions`. Its headers stay as they are.
     """
+    kept: str | None = generated.get(request) or request.extensions.get(_EXTENSION_HANDED_ON)
     call = _Call.start(
         settings,
         method=request.method,
@@ -73,12 +84,16 @@ def _start(settings: _Settings, request: httpx.Request) -> _Call:
         # Only a body held in memory is known to be the same on every attempt.
         replayable=isinstance(request.stream, httpx.ByteStream),
         retried_error=_retried_error,
+        kept_key=kept,
     )
     # A new dict, not one a redirect request shares: each request holds its own key, or none.
-    extensions = {k: v for k, v in request.extensions.items() if k != EXTENSION_KEY}
+    ours = (EXTENSION_KEY, _EXTENSION_HANDED_ON)
+    extensions = {k: v for k, v in request.extensions.items() if k not in ours}
     if call.key is not None:
         extensions[EXTENSION_KEY] = call.key
     request.extensions = extensions
+    if call.generated_key is not None:
+        generated[request] = call.generated_key
     return call
 
 
@@ -88,8 +103,8 @@ def _attempt_request(call: _Call, request: httpx.Request) -> httpx.Request:
     The cut timeouts bound each read and write; the attempt as a whole is bounded by the
     transports (a trickling server keeps every read within its timeout).
 
-    The caller's request is not changed, so a redirect the client follows is a new logical
-    request with a new key (the fingerprint of another URL would not match the first key).
+    The caller's request keeps its headers: a redirect the client follows gets its key from
+    the `extensions` it shares with the request it redirects (see `_start`).
     """
     headers = request.headers.copy()
     if call.header_value is not None:
@@ -109,7 +124,12 @@ def _attempt_request(call: _Call, request: httpx.Request) -> httpx.Request:
     )
 
 
-def _finish(call: _Call, response: httpx.Response) -> httpx.Response:
+def _finish(call: _Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+    """Mark `response` with the call's outcome; hand the key on to a redirect that keeps it."""
+    location = response.headers.get("location")
+    key = call.generated_key
+    if key is not None and redirect_keeps_key(response.status_code, str(request.url), location):
+        request.extensions[_EXTENSION_HANDED_ON] = key
     response.extensions = {
         **response.extensions,
         EXTENSION_REPLAYED: is_replay(response, call.policy.replay_header),
@@ -126,10 +146,11 @@ def _close(response: httpx.Response) -> None:
 class IdempotentTransport(httpx.BaseTransport):
     """A sync httpx transport that attaches an Idempotency-Key once and retries safely.
 
-    POST and PATCH get a UUIDv4 key (unless the caller set one) that every retry reuses;
-    GET, HEAD, OPTIONS, TRACE, PUT and DELETE are retried without one; other methods are sent
-    once. Connection errors, timeouts, and 409 (in flight), 429, 502, 503 and 504 are retried
-    with full-jitter exponential backoff, honouring `Retry-After`; 400 and 422 never are.
+    POST and PATCH get a UUIDv4 key (unless the caller set one) that every retry reuses, as do
+    the same request sent again and its redirect by a 307 or 308 to the same origin; GET, HEAD,
+    OPTIONS, TRACE, PUT and DELETE are retried without one; other methods are sent once.
+    Connection errors, timeouts, and 409 (in flight), 429, 502, 503 and 504 are retried with
+    full-jitter exponential backoff, honouring `Retry-After`; 400 and 422 never are.
     The response's `extensions` carry `idempotent_replayed` (bool), `idempotency_key` and
     `retrysafe_attempts`; the request's carry `idempotency_key` too, so that the key of a
     request that failed is in `error.request.extensions`. The body of a keyed answer that
@@ -160,10 +181,11 @@ class IdempotentTransport(httpx.BaseTransport):
         self._transport = transport if transport is not None else httpx.HTTPTransport()
         self._settings = make_settings(policy, on_retry, clock, rng, observers)
         self._sleep = sleep
+        self._generated: _Generated = weakref.WeakKeyDictionary()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request`, retrying as the policy allows, and return the final response."""
-        call = _start(self._settings, request)
+        call = _start(self._settings, self._generated, request)
         if call.handling is Handling.PASSED:
             call.note_attempt()
             try:
@@ -172,7 +194,7 @@ class IdempotentTransport(httpx.BaseTransport):
                 call.log.last(None, error)
                 raise
             call.log.last(response.status_code, None)
-            return _finish(call, response)
+            return _finish(call, request, response)
 
         def send(sent: httpx.Request) -> httpx.Response:
             response = self._transport.handle_request(sent)
@@ -207,7 +229,7 @@ class IdempotentTransport(httpx.BaseTransport):
             return response
 
         retrying = call.retrying(tenacity.Retrying, self._sleep)
-        return _finish(call, retrying(attempt))
+        return _finish(call, request, retrying(attempt))
 
     def close(self) -> None:
         """Close the wrapped transport."""
@@ -243,10 +265,11 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
         self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
         self._settings = make_settings(policy, on_retry, clock, rng, observers)
         self._sleep = sleep
+        self._generated: _Generated = weakref.WeakKeyDictionary()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request`, retrying as the policy allows, and return the final response."""
-        call = _start(self._settings, request)
+        call = _start(self._settings, self._generated, request)
         if call.handling is Handling.PASSED:
             call.note_attempt()
             try:
@@ -255,7 +278,7 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
                 call.log.last(None, error)
                 raise
             call.log.last(response.status_code, None)
-            return _finish(call, response)
+            return _finish(call, request, response)
 
         async def send(sent: httpx.Request) -> httpx.Response:
             response = await self._transport.handle_async_request(sent)
@@ -284,7 +307,7 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
                 raise
 
         retrying = call.retrying(tenacity.AsyncRetrying, self._sleep)
-        return _finish(call, await retrying(attempt))
+        return _finish(call, request, await retrying(attempt))
 
     async def aclose(self) -> None:
         """Close the wrapped transport."""

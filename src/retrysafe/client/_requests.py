@@ -28,6 +28,8 @@ from retrysafe.client._core import (
     make_settings,
 )
 from retrysafe.client._deadline import run_within, time_ran_out
+from retrysafe.client._headers import key_content
+from retrysafe.client._urls import redirect_keeps_key
 from retrysafe.observe import Observer
 
 __all__ = ["IdempotentAdapter"]
@@ -67,11 +69,34 @@ def _close(response: requests.Response) -> None:
     response.close()
 
 
+class _HandedOn(str):
+    """The key header a keyed request answered with a 307 or 308 to the same origin hands on
+    to its redirect (client/_urls.py).
+
+    requests builds each redirect as a copy of the request the adapter was given, so the
+    header is put on that request. Being of its own class, it survives the copy as the same
+    object, and the adapter tells it from a key the caller set: it takes it off and applies the
+    rule again, so that a generated key never follows a redirect to another origin.
+    """
+
+    __slots__ = ()
+
+
+def _take_handed_on(request: requests.PreparedRequest, header: str) -> str | None:
+    """Remove a key handed on to `request` from its headers; return the key, or None."""
+    value = request.headers.get(header)
+    if not isinstance(value, _HandedOn):
+        return None
+    del request.headers[header]
+    return key_content(value)
+
+
 class IdempotentAdapter(requests.adapters.HTTPAdapter):
     """A requests transport adapter with the behaviour of `IdempotentTransport`.
 
-    POST and PATCH get a UUIDv4 key (unless the caller set one) that every retry reuses;
-    safe and idempotent methods are retried without one; other methods are sent once.
+    POST and PATCH get a UUIDv4 key (unless the caller set one) that every retry reuses, as
+    does the redirect requests follows for a 307 or 308 to the same origin; safe and idempotent
+    methods are retried without one; other methods are sent once.
     Whether a response is a replay: `retrysafe.client.is_replay(response)`.
 
     Args:
@@ -121,6 +146,7 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
     ) -> requests.Response:
         """Send `request`, retrying as the policy allows, and return the final response."""
         policy = self._settings.policy
+        handed_on = _take_handed_on(request, policy.key_header)
         call = _Call.start(
             self._settings,
             method=request.method or "GET",
@@ -128,6 +154,7 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
             caller_key=request.headers.get(policy.key_header),
             replayable=request.body is None or isinstance(request.body, bytes | str),
             retried_error=_retried_error,
+            kept_key=handed_on,
         )
         send = super().send
         if call.handling is Handling.PASSED:
@@ -180,4 +207,9 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
 
         retrying = call.retrying(tenacity.Retrying, self._sleep)
         response: requests.Response = retrying(attempt)
+        location = response.headers.get("location")
+        if call.header_value is not None and redirect_keeps_key(
+            response.status_code, request.url or "", location
+        ):
+            request.headers[policy.key_header] = _HandedOn(call.header_value)
         return response

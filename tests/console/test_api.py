@@ -96,8 +96,9 @@ def test_delete_needs_confirm_true_and_then_deletes(console: Console) -> None:
         refused = client.post("/api/record/delete", json=STUCK_ID)
         assert refused.status_code == 400, refused.text
         assert "confirm" in refused.json()["detail"]
-        assert client.get("/api/record", params=STUCK_ID).status_code == 200
-        done = client.post("/api/record/delete", json={**STUCK_ID, "confirm": True})
+        version = client.get("/api/record", params=STUCK_ID).json()["version"]
+        confirmed = {**STUCK_ID, "version": version, "confirm": True}
+        done = client.post("/api/record/delete", json=confirmed)
         assert done.status_code == 200, done.text
         assert done.json()["deleted"] is True
         assert done.json()["lease_was_live"] is False
@@ -194,8 +195,11 @@ def test_an_unconfirmed_form_post_goes_to_the_confirmation_page(console: Console
         assert "Delete this record?" in page.text
         assert client.get("/api/record", params=STUCK_ID).status_code == 200
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+        version = re.search(r'name="version" value="([0-9a-f]+)"', page.text)
         assert csrf is not None
-        done = client.post("/record/delete", data={**STUCK_ID, "confirm": "yes", "csrf": csrf[1]})
+        assert version is not None
+        form = {**STUCK_ID, "version": version[1], "confirm": "yes", "csrf": csrf[1]}
+        done = client.post("/record/delete", data=form)
         assert done.status_code == 200
         assert "Deleted record" in done.text
         assert client.get("/api/record", params=STUCK_ID).status_code == 404

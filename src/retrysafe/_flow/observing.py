@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar, cast
 from retrysafe._engine import Decision
 from retrysafe._record import Identity
 from retrysafe.observe import Observer, Operation, StoreCall, scope_digest
+from retrysafe.observe._text import printable
 
 __all__ = [
     "DECISIONS_LOGGER",
@@ -191,12 +192,14 @@ def fields(identity: Identity, event: str) -> dict[str, object]:
 
 
 def _log(operation: Operation) -> None:
+    """Log the operation's decision: its message with the key's control characters written as
+    escapes (a key with a line feed must not forge a log line), its fields as they are."""
     milliseconds = round((operation.seconds or 0.0) * 1000, 3)
     DECISIONS_LOGGER.debug(
         "%s %s/%s: %s%s in %.1f ms",
         operation.face,
-        operation.namespace or "-",
-        operation.key or "-",
+        printable(operation.namespace or "-"),
+        printable(operation.key or "-"),
         operation.decision,
         f", {operation.result}" if operation.result else "",
         milliseconds,

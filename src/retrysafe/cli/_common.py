@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
-import unicodedata
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from retrysafe._errors import ConfigurationError, IdempotencyError
+from retrysafe.observe._text import printable
 
 __all__ = [
     "EXIT_FAILURE",
@@ -27,9 +29,12 @@ __all__ = [
     "fail",
     "human_bytes",
     "human_duration",
+    "json_text",
     "literal",
     "parse_duration",
     "print_json",
+    "unescape",
+    "warn",
 ]
 
 EXIT_FAILURE = 1  # the command ran and something is wrong: unreachable store, no such key
@@ -40,10 +45,7 @@ console = Console(highlight=False)
 _error_console = Console(stderr=True, highlight=False)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# Shown as escapes by `literal`: C0/C1 controls and DEL (Cc), format characters such as the bidi
-# overrides U+202A-U+202E and U+2066-U+2069 or zero-width ones (Cf), lone surrogates (Cs), and
-# the line and paragraph separators (Zl, Zp).
-_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
 def literal(value: object) -> Text:
@@ -54,12 +56,14 @@ def literal(value: object) -> Text:
     terminal: they come out as Python writes them (`\\x1b`, `\\r`, `\\x07`, `\\u202e`), while
     printable Unicode stays as it is (SPEC B35).
     """
-    text = str(value)
-    if not text.isprintable():  # repr writes each hidden character as its escape
-        text = "".join(
-            repr(char)[1:-1] if unicodedata.category(char) in _HIDDEN else char for char in text
-        )
-    return Text(text)
+    return Text(printable(str(value)))
+
+
+def warn(message: str) -> None:
+    """Print `warning: message` on one line of stderr, the message literally."""
+    _error_console.print(
+        Text.assemble(("warning:", "bold yellow"), " ", literal(message)), soft_wrap=True
+    )
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -90,8 +94,42 @@ def errors_as_one_line() -> Iterator[None]:
 
 def print_json(data: object) -> None:
     """Write `data` as indented JSON on stdout, for scripts (no colour, no wrapping)."""
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.write(json_text(data, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def json_text(data: object, *, indent: int | None = None) -> str:
+    """Return `data` as standard JSON, whatever a stored value holds: ASCII, every other
+    character as a `\\u` escape (so a key that holds a lone surrogate, which no UTF-8 encoder
+    takes, is written too), and a float JSON cannot hold (a function returned `inf` or `nan`)
+    as the string `"Infinity"`, `"-Infinity"` or `"NaN"`."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    return json.dumps(_finite(data), indent=indent, separators=separators, allow_nan=False)
+
+
+def _finite(data: object) -> object:
+    if isinstance(data, float) and not math.isfinite(data):
+        return _NON_FINITE.get(data, "NaN")
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(value) for value in data]
+    return data
+
+
+def unescape(text: str, option: str = "--escaped") -> str:
+    """Return `text` with its backslash escapes read as Python and JSON write them (`\\n`,
+    `\\x00`, `\\u202e`, `\\ud800`, `\\\\` for a backslash), so that a key a terminal cannot
+    carry (a control character, a lone surrogate) can be typed; a surrogate pair written as
+    two escapes is one character, as in JSON. A malformed escape fails (exit 2), naming
+    `option`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an unknown escape (`\\q`) is a mistake here
+            read = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except (UnicodeDecodeError, DeprecationWarning) as error:
+        fail(f"{option} {text!r} has a malformed escape ({error}).", EXIT_USAGE)
+    return read.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 
 
 def parse_duration(text: str) -> float:
@@ -156,7 +194,7 @@ def warnings_to_stderr(logger_name: str, line: str) -> Iterator[None]:
     the command runs; not after it: a command run in-process (a test's `CliRunner`, a program)
     leaves no handler behind on a stream it no longer owns."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(line))
+    handler.setFormatter(_PrintableFormatter(line))
     handler.setLevel(logging.WARNING)
     logger = logging.getLogger(logger_name)
     level = logger.level
@@ -167,3 +205,19 @@ def warnings_to_stderr(logger_name: str, line: str) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """A record whose message and traceback have their control characters written as escapes:
+    a warning may quote a stored value or a remote error (a topic, a broker's reply, a step's
+    error), which must neither steer the terminal nor start a line of its own (SPEC B35)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        """Return the record's line, its message escaped."""
+        escaped = logging.makeLogRecord(record.__dict__)
+        escaped.message = printable(record.message)
+        return super().formatMessage(escaped)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        """Return the traceback, each of its lines escaped."""
+        return "\n".join(map(printable, super().formatException(ei).split("\n")))

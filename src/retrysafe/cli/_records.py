@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from retrysafe._encryption import sealed_key_id
+from retrysafe._errors import FencedError
 from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe._record import Identity, Record, State
 from retrysafe._versions import ENTITIES_SUFFIX
@@ -25,6 +26,7 @@ __all__ = [
     "SEARCH_LIMIT",
     "app_stats",
     "count_matching",
+    "delete_as_read",
     "find",
     "hidden",
     "internal_records",
@@ -167,6 +169,23 @@ def find(store: Store, key: str, scope: str | None, namespace: str | None) -> Re
             EXIT_USAGE,
         )
     return matches[0]
+
+
+def delete_as_read(store: Store, record: Record) -> bool:
+    """Delete `record` only as it was read; return whether it was deleted.
+
+    An in-flight claim is released with its fencing token (`Store.release`), in one atomic
+    step: if a retry took the claim over, or its request finished, since it was read, nothing
+    is deleted (False), never the retry's live claim. A done record is deleted by its identity
+    (False: already gone).
+    """
+    if record.state is not State.IN_FLIGHT:
+        return store.delete(record.identity)
+    try:
+        store.release(record.identity, record.token)
+    except FencedError:
+        return False
+    return True
 
 
 def _with_key(records: list[Record], key: str, namespace: str | None) -> list[Record]:

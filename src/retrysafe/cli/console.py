@@ -2,14 +2,18 @@
 
 It binds to 127.0.0.1 unless told otherwise, and every page and API call needs the bearer token:
 one generated at start and printed in the login URL, or the one in `--token-file`, which is
-then never printed. The access log is off, since a login URL carries the token.
+then never printed (and a warning is, if other users may read the file). The access log is
+off, since a login URL carries the token.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import secrets
 import socket
+import stat
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -19,7 +23,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from retrysafe._urls import redact_url
-from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail, literal
+from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail, literal, warn
 from retrysafe.cli._serving import GracefulServer, listening
 from retrysafe.cli._stores import existing_store
 from retrysafe.cli.keys import StoreOption
@@ -28,12 +32,13 @@ __all__ = ["DEFAULT_PORT", "EXAMPLES", "read_token", "serve_console"]
 
 DEFAULT_PORT: Final = 8765
 _TOKEN: Final = re.compile(r"[\x21-\x7e]{16,}")  # visible ASCII: it goes in a header and a URL
-_LOOPBACK: Final = ("127.0.0.1", "::1", "localhost")
 
 EXAMPLES = """\
 Examples:
 
   retrysafe console --store sqlite:///retrysafe.db
+
+  (umask 077; python -c 'import secrets; print(secrets.token_urlsafe(32))' > console.token)
 
   retrysafe console --store postgresql://app@db/app --port 9000 --token-file console.token
 
@@ -83,9 +88,11 @@ def serve_console(
 
 
 def read_token(path: Path) -> str:
-    """Return the token in `path` (surrounding whitespace ignored); fail (exit 2) if unfit."""
+    """Return the token in `path` (surrounding whitespace ignored); fail (exit 2) if unfit,
+    and warn if users other than its owner may read it (they could use the console too)."""
     try:
         token = path.read_text(encoding="utf-8").strip()
+        mode = stat.S_IMODE(path.stat().st_mode)
     except (OSError, UnicodeDecodeError) as error:
         fail(
             f"cannot read the token file {path}: {getattr(error, 'strerror', None) or error}",
@@ -96,6 +103,11 @@ def read_token(path: Path) -> str:
             f"the token in {path} must be at least 16 visible ASCII characters, no spaces "
             "(python -c 'import secrets; print(secrets.token_urlsafe(32))' makes one).",
             EXIT_USAGE,
+        )
+    if os.name == "posix" and mode & 0o077:
+        warn(
+            f"the token file {path} may be read by other users (mode {mode:04o}): anyone who "
+            f"reads it can use the console. Run: chmod 600 {path}"
         )
     return token
 
@@ -114,11 +126,19 @@ def _announce(sock: socket.socket, store_url: str, token: str | None, host: str)
         ),
         soft_wrap=True,
     )
-    if host not in _LOOPBACK:
-        console.print(
-            f"[yellow]Listening on {host}: the token travels in clear over plain HTTP; "
-            "put TLS in front of it beyond this machine.[/]"
+    if not _loopback(host):
+        warn(
+            f"listening on {host}: the token travels in clear over plain HTTP; "
+            "put TLS in front of it beyond this machine."
         )
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (any of 127.0.0.0/8, ::1) or `localhost`."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def _server(app: ASGIApp) -> GracefulServer:

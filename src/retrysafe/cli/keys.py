@@ -9,7 +9,6 @@ is a century.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -23,15 +22,18 @@ from retrysafe.cli._common import (
     fail,
     human_bytes,
     human_duration,
+    json_text,
     literal,
     parse_duration,
     print_json,
+    unescape,
 )
 from retrysafe.cli._listing import heading, records_table
 from retrysafe.cli._records import (
     INTERNAL,
     app_stats,
     count_matching,
+    delete_as_read,
     find,
     internal_records,
     iso,
@@ -48,8 +50,6 @@ from retrysafe.completer._attention import Attention
 from retrysafe.stores.base import stats_of
 
 __all__ = ["app", "describe_outcome", "record_json"]
-
-"""retrysafe's own records (the scope secret): hidden unless asked for by name."""
 
 app = typer.Typer(
     name="keys",
@@ -94,6 +94,15 @@ NamespaceOption = Annotated[
 ]
 KeyArgument = Annotated[
     str, typer.Argument(help="The Idempotency-Key value, as the client sent it.")
+]
+EscapedOption = Annotated[
+    bool,
+    typer.Option(
+        "--escaped",
+        help="KEY, --scope and --namespace are written with backslash escapes, as --json "
+        "writes them (\\n, \\u0000, \\ud800; \\\\ for a backslash): for a key a terminal "
+        "cannot carry.",
+    ),
 ]
 
 
@@ -185,10 +194,12 @@ def list_(
 @app.command()
 def show(
     key: KeyArgument,
+    *,
     store_url: StoreOption,
     scope: ScopeOption = None,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
+    escaped: EscapedOption = False,
 ) -> None:
     """Show one record with its stored response.
 
@@ -197,7 +208,7 @@ def show(
     Example: retrysafe keys show 0ccb7813-2b7e --store sqlite:///retrysafe.db
     """
     with existing_store(store_url) as store:
-        record = find(store, key, scope, namespace)
+        record = find(store, *_named(key, scope, namespace, escaped=escaped))
         now = store.clock.now()
         attention = attention_of(store).get(record.identity.digest())
     data = record_json(record, now) | attention_json(attention)
@@ -227,28 +238,31 @@ def show(
     if data["outcome"] is not None:
         console.print()
         console.print("[bold]stored outcome[/]")
-        for line in json.dumps(data["outcome"], indent=2).splitlines():
+        for line in json_text(data["outcome"], indent=2).splitlines():
             console.print(literal(line), soft_wrap=True)
 
 
 @app.command()
 def delete(
     key: KeyArgument,
+    *,
     store_url: StoreOption,
     scope: ScopeOption = None,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
+    escaped: EscapedOption = False,
 ) -> None:
     """Delete one record, whatever its state, so the next request with its key runs again.
 
     This is how to unstick a key whose first request died holding its lease. If that request
     is in fact still running, deleting its record lets a retry run the effect a second time.
-    The scope secret (namespace retrysafe.internal) is never deleted.
+    A claim is deleted only as it was read: if a retry took it over meanwhile, nothing is
+    deleted (exit 1). The scope secret (namespace retrysafe.internal) is never deleted.
 
     Example: retrysafe keys delete 0ccb7813-2b7e --scope 9f2c... --store sqlite:///retrysafe.db
     """
     with existing_store(store_url) as store:
-        record = find(store, key, scope, namespace)
+        record = find(store, *_named(key, scope, namespace, escaped=escaped))
         if record.identity.namespace == INTERNAL:
             fail(
                 f"Refusing to delete {record.identity.key!r} in {INTERNAL!r}: it is the scope "
@@ -257,7 +271,13 @@ def delete(
                 EXIT_USAGE,
             )
         now = store.clock.now()
-        deleted = store.delete(record.identity)
+        deleted = delete_as_read(store, record)
+        if not deleted and store.get(record.identity) is not None:
+            fail(
+                f"Nothing deleted: the record of {record.identity.key!r} changed since it was "
+                "read (a retry took its claim over, or its request finished). Run the command "
+                "again to see it as it is now."
+            )
     live_lease = record.state is State.IN_FLIGHT and record.lease_expires_at > now
     if as_json:
         print_json({"deleted": deleted, "record": record_json(record, now)})
@@ -352,6 +372,19 @@ def stats(
         "none" if oldest is None else f"claimed {human_duration(now - oldest)} ago",
     )
     console.print(table)
+
+
+def _named(
+    key: str, scope: str | None, namespace: str | None, *, escaped: bool
+) -> tuple[str, str | None, str | None]:
+    """Return the key, scope and namespace as given, or with `--escaped` their escapes read."""
+    if not escaped:
+        return key, scope, namespace
+    return (
+        unescape(key, "KEY"),
+        None if scope is None else unescape(scope, "--scope"),
+        None if namespace is None else unescape(namespace, "--namespace"),
+    )
 
 
 def _needs(attention: Attention) -> str:

@@ -20,6 +20,7 @@ from retrysafe.cli._common import (
     DatabaseOption,
     console,
     errors_as_one_line,
+    literal,
     parse_duration,
     warnings_to_stderr,
 )
@@ -125,12 +126,12 @@ def _operate(relay: Relay, requeue: list[str] | None) -> None:
         console.print(f"Re-queued {relay.requeue(chosen)} messages", markup=False)
         return
     found = relay.parked_messages()
-    for message in found:
-        console.print(
+    for message in found:  # the app's topics and the broker's errors: printed literally (B35)
+        line = (
             f"{message.message_id}  #{message.id}  {message.topic}  {message.attempts} failed"
-            f"  {message.last_error}",
-            markup=False,
+            f"  {message.last_error}"
         )
+        console.print(literal(line), soft_wrap=True)
     console.print(f"{len(found)} parked messages", markup=False)
 
 

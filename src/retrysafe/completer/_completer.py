@@ -35,6 +35,7 @@ from retrysafe.completer._backend import CompleterRun, ResumableBackend, Skipped
 from retrysafe.completer._connect import Connector
 from retrysafe.completer._registry import Registry, resumable_backend
 from retrysafe.completer._table import ResumableRow
+from retrysafe.observe._text import printable
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION, check_keyring
 from retrysafe.transactions._sync.phases import run_phases_on
@@ -234,7 +235,7 @@ class Completer:
         """Keep `error` on the operation (and count the attempt if its claim did not);
         give up on it once its attempts are spent."""
         message = f"{type(error).__name__}: {error}".replace("\n", " ")[:_ERROR_CHARS]
-        logger.warning("Completing %r failed: %s", row.identity.key, message)
+        logger.warning("Completing %r failed: %s", row.identity.key, printable(message))
         backend = self._backend(connection)
         sealed = backend.sealing.seal_error(row.identity, message)
         with _transaction(backend):
@@ -266,7 +267,7 @@ class Completer:
             row.identity.key,
             row.identity.namespace,
             locked.attempts,
-            last_error,
+            printable(str(last_error)),
         )
         return Pass(needs_attention=1)
 

@@ -8,22 +8,23 @@ on the pages, with the same status and detail.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeVar, cast
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrysafe._errors import IdempotencyError
 from retrysafe._record import Identity
-from retrysafe.console import _data, _pages
+from retrysafe.cli._common import json_text
+from retrysafe.console import _data, _pages, _refs
 from retrysafe.console._auth import (
     AUTH_KIND,
     CSRF_FIELD,
@@ -32,7 +33,7 @@ from retrysafe.console._auth import (
     csrf_token,
     problem,
 )
-from retrysafe.console._data import ConsoleError
+from retrysafe.console._data import ConsoleError, RecordChangedError
 from retrysafe.stores import Store
 
 __all__ = ["create_app"]
@@ -53,6 +54,7 @@ _HEADERS: Final = {
 }
 _MAX_LIMIT: Final = 1000
 _MAX_FORM: Final = 64 * 1024
+_NAMES: Final = ("ref", "namespace", "scope", "key")
 
 
 def create_app(store: Store, token: str) -> ASGIApp:
@@ -80,7 +82,9 @@ def create_app(store: Store, token: str) -> ASGIApp:
         HTTPException: _unrouted,  # no such page (404), or not with this method (405)
     }
     return _SecurityHeaders(
-        TokenGate(Starlette(routes=routes, exception_handlers=handlers), token=token)
+        TokenGate(
+            Starlette(routes=routes, exception_handlers=handlers), token=token, clock=store.clock
+        )
     )
 
 
@@ -123,10 +127,17 @@ class _Console:
         form = await self._checked_form(request)
         if isinstance(form, Response):
             return form
-        fields = {name: form.get(name, "") for name in ("namespace", "scope", "key")}
+        identity = _identity_in(form)
         if form.get("confirm") != "yes":  # not confirmed: to the confirmation step
-            return RedirectResponse(f"/record/delete?{urlencode(fields)}", 303)
-        return await _page(self._run(_data.delete_record, Identity(**fields)), _pages.deleted_page)
+            return RedirectResponse(f"/record/delete?ref={_refs.identity_ref(identity)}", 303)
+        try:
+            deleted = await self._run(_data.delete_record, identity, form.get("version", ""))
+        except RecordChangedError as changed:  # the confirmation again, for the record as it is
+            page = _pages.confirm_delete_page(changed.record, self.csrf, changed=True)
+            return HTMLResponse(page, status_code=changed.status)
+        except ConsoleError as error:
+            return _error_page(error.status, error.detail)
+        return HTMLResponse(_pages.deleted_page(deleted))
 
     async def confirm_purge(self, request: Request) -> Response:
         return HTMLResponse(_pages.confirm_purge_page(self.csrf))
@@ -163,11 +174,15 @@ class _Console:
         body = await self._confirmed_json(request)
         if isinstance(body, Response):
             return body
-        parts = [body.get(name) for name in ("namespace", "scope", "key")]
-        if not all(isinstance(part, str) for part in parts):
-            return problem(400, 'The body needs "namespace", "scope" and "key", each a string.')
-        identity = Identity(*(str(part) for part in parts))
-        return await _api(self._run(_data.delete_record, identity))
+        given: dict[str, object] = {name: body[name] for name in _NAMES if name in body}
+        confirmed = body.get("version")
+        if not all(isinstance(part, str) for part in (*given.values(), confirmed)):
+            return problem(
+                400,
+                'The body needs the record\'s "version" (from /api/record) and its "ref", or '
+                'its "namespace", "scope" and "key", each a string.',
+            )
+        return await _api(self._run(_data.delete_record, _identity_in(given), confirmed))
 
     async def api_purge(self, request: Request) -> Response:
         body = await self._confirmed_json(request)
@@ -206,18 +221,37 @@ async def _form(request: Request) -> dict[str, str] | Response:
 
 
 def _identity(request: Request) -> Identity:
-    params = request.query_params
+    return _identity_in(request.query_params)
+
+
+def _identity_in(params: Mapping[str, object]) -> Identity:
+    """Return the record that `params` name: by `ref` (the pages' links and forms), or by
+    `namespace`, `scope` and `key` (a person's URL, a script)."""
+    if "ref" in params:
+        namespace, scope, key = _parts(params["ref"], 3)
+        return Identity(namespace, scope, key)
     missing = [name for name in ("namespace", "scope", "key") if name not in params]
     if missing:
         raise ConsoleError(
-            400, f"The URL needs ?namespace=&scope=&key=; missing {', '.join(missing)}."
+            400, f"Name a record by ref, or namespace, scope and key; missing {', '.join(missing)}."
         )
-    return Identity(params["namespace"], params["scope"], params["key"])
+    return Identity(*(str(params[name]) for name in ("namespace", "scope", "key")))
+
+
+def _parts(given: object, count: int) -> tuple[str, ...]:
+    try:
+        return _refs.parts_of(str(given), count)
+    except ValueError as error:
+        raise ConsoleError(400, f"ref {given!r} names nothing here: {error}.") from None
 
 
 def _listing(request: Request) -> tuple[str, str, int]:
     params = request.query_params
-    if "namespace" not in params:
+    if "ref" in params:
+        (namespace,) = _parts(params["ref"], 1)
+    elif "namespace" in params:
+        namespace = params["namespace"]
+    else:
         raise ConsoleError(400, "The URL needs ?namespace=NAME.")
     try:
         limit = int(params.get("limit", "200"))
@@ -225,7 +259,7 @@ def _listing(request: Request) -> tuple[str, str, int]:
         raise ConsoleError(400, f"limit {params['limit']!r} is not a whole number.") from None
     if not 1 <= limit <= _MAX_LIMIT:
         raise ConsoleError(400, f"limit must be between 1 and {_MAX_LIMIT}.")
-    return params["namespace"], params.get("state", "all"), limit
+    return namespace, params.get("state", "all"), limit
 
 
 async def _page(data: Awaitable[Data], render: Callable[[Data], str]) -> Response:
@@ -238,12 +272,14 @@ async def _page(data: Awaitable[Data], render: Callable[[Data], str]) -> Respons
 
 
 async def _api(data: Awaitable[Data]) -> Response:
-    """Await `data` and answer it as JSON, or as problem+json."""
+    """Await `data` and answer it as JSON, or as problem+json. The JSON is ASCII, with a
+    non-finite float as a string (`json_text`): a key with a lone surrogate, a function that
+    returned `inf`, are answered too."""
     try:
         result = await data
     except ConsoleError as error:
         return problem(error.status, error.detail)
-    return JSONResponse(result)
+    return Response(json_text(result), media_type="application/json")
 
 
 async def _refused(request: Request, error: Exception) -> Response:

@@ -4,7 +4,10 @@ state change from another site.
 - Every request (page, API, unknown path) carries the token as `Authorization: Bearer TOKEN`
   or the session cookie, or answers 401 problem+json.
 - A browser logs in once with `?token=TOKEN` on any page: the answer sets an HttpOnly,
-  SameSite=Strict cookie and redirects to the same page without the token in its URL.
+  SameSite=Strict cookie and redirects to the same page without the token in its URL. The
+  cookie is a random session id that this console process keeps for SESSION_SECONDS: not
+  derived from the token, so it dies with its session or the process. (A browser sends it to
+  every service on the same host name, whatever the port: see docs/console.md.)
 - A POST is refused (403) when the browser says it comes from another site or origin
   (`Sec-Fetch-Site`, `Origin`); one authenticated by the cookie must also carry the CSRF
   token the pages put in their forms (double submit: a form field or `X-CSRF-Token`), which
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http
+import secrets
 from typing import Final
 from urllib.parse import urlencode
 
@@ -24,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from retrysafe._clock import Clock, SystemClock
 from retrysafe._http.problems import problem_response
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "COOKIE",
     "CSRF_FIELD",
     "CSRF_HEADER",
+    "SESSION_SECONDS",
     "TokenGate",
     "csrf_token",
     "problem",
@@ -41,6 +47,8 @@ CSRF_FIELD: Final = "csrf"
 CSRF_HEADER: Final = "x-csrf-token"
 AUTH_KIND: Final = "retrysafe.console.auth"
 """The scope key that says how a request was authenticated: `bearer` or `cookie`."""
+SESSION_SECONDS: Final = 12 * 3600
+"""How long a browser's login lasts: its cookie is refused after that (and after a restart)."""
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 _SAME_ORIGIN: Final = frozenset({"same-origin", "none"})  # `none`: typed or bookmarked
 
@@ -71,12 +79,16 @@ class TokenGate:
     Args:
         app: the console's routes.
         token: the bearer token.
+        clock: the time that ends sessions (the store's clock).
     """
 
-    def __init__(self, app: ASGIApp, *, token: str) -> None:
+    def __init__(self, app: ASGIApp, *, token: str, clock: Clock | None = None) -> None:
         self.app = app
         self.token = token
-        self.cookie = _derived(token, "cookie")
+        self.clock = clock or SystemClock()
+        # The logins' session ids, each with when it ends: the console's state, not a
+        # request's; one event loop reads and writes it.
+        self.sessions: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer 401 or 403, or redirect a login, or pass the request on with its auth kind."""
@@ -104,7 +116,8 @@ class TokenGate:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and _equal(credentials.strip(), self.token):
             return "bearer"
-        if _equal(request.cookies.get(COOKIE, ""), self.cookie):
+        ends = self.sessions.get(request.cookies.get(COOKIE, ""))
+        if ends is not None and self.clock.now() < ends:
             return "cookie"
         return None
 
@@ -114,10 +127,26 @@ class TokenGate:
         rest = request.query_params.multi_items()
         query = urlencode([(name, value) for name, value in rest if name != "token"])
         response = RedirectResponse(str(URL(scope=request.scope).replace(query=query)), 303)
-        response.set_cookie(COOKIE, self.cookie, httponly=True, samesite="strict", path="/")
+        response.set_cookie(
+            COOKIE,
+            self._new_session(),
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="strict",
+            path="/",
+        )
         response.headers["cache-control"] = "no-store"
         response.headers["referrer-policy"] = "no-referrer"  # the URL held the token
         return response
+
+    def _new_session(self) -> str:
+        """Return a new session id, kept for SESSION_SECONDS; forget the ended ones."""
+        now = self.clock.now()
+        for ended in [sid for sid, ends in self.sessions.items() if ends <= now]:
+            del self.sessions[ended]
+        session = secrets.token_urlsafe(32)
+        self.sessions[session] = now + SESSION_SECONDS
+        return session
 
 
 def _equal(given: str, expected: str) -> bool:

@@ -19,12 +19,14 @@ from retrysafe.cli._records import (
     INTERNAL,
     SEARCH_LIMIT,
     app_stats,
+    delete_as_read,
     iso,
     outcome_json,
     record_json,
     visible_records,
 )
 from retrysafe.completer._attention import Attention, needing_attention
+from retrysafe.console._refs import identity_ref, version
 from retrysafe.observe.events import EVENTS_NAMESPACE, Event, read_events
 from retrysafe.stores import Store
 
@@ -33,6 +35,7 @@ __all__ = [
     "FILTERS",
     "PREVIEW_CHARS",
     "ConsoleError",
+    "RecordChangedError",
     "delete_record",
     "namespace_records",
     "purge_expired",
@@ -76,6 +79,20 @@ class ConsoleError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+class RecordChangedError(ConsoleError):
+    """A delete refused because the record is not the one its confirmation showed: `record` is
+    the record as it is now, to confirm again."""
+
+    def __init__(self, record: dict[str, object]) -> None:
+        super().__init__(
+            409,
+            "Nothing was deleted: the record changed since its confirmation was read (a retry "
+            "took its claim over, or its request finished). Read it again and confirm the "
+            "record as it is now.",
+        )
+        self.record = record
 
 
 def short_token(token: str) -> str:
@@ -174,11 +191,23 @@ def record_detail(store: Store, identity: Identity) -> dict[str, object]:
     return data
 
 
-def delete_record(store: Store, identity: Identity) -> dict[str, object]:
-    """Delete one record, whatever its state; say whether its lease was still live."""
+def delete_record(store: Store, identity: Identity, confirmed: str) -> dict[str, object]:
+    """Delete one record, whatever its state, if it is still the one whose `version` was
+    `confirmed`; say whether its lease was still live.
+
+    An in-flight claim is released with its fencing token, so a claim that a retry took over
+    since is never deleted, even in the instant between the check and the delete.
+
+    Raises:
+        RecordChangedError: the record is another one now (nothing was deleted).
+    """
     record = _existing(store, identity)
     now = store.clock.now()
-    deleted = store.delete(identity)
+    deleted = version(record) == confirmed and delete_as_read(store, record)
+    if not deleted:
+        current = store.get(identity)
+        if current is not None:
+            raise RecordChangedError(_listed(current, store.clock.now()))
     return {
         "deleted": deleted,
         "lease_was_live": record.state is State.IN_FLIGHT and record.lease_expires_at > now,
@@ -215,8 +244,11 @@ def _stuck(record: Record, now: float) -> bool:
 
 def _listed(record: Record, now: float) -> dict[str, object]:
     """Return a record as `keys show --json` does, its fencing token shortened, and for a
-    stuck one how long ago its lease expired."""
+    stuck one how long ago its lease expired; with the `ref` that names it in the pages' links
+    and forms, and the `version` a delete is bound to."""
     data = record_json(record, now)
+    data["ref"] = identity_ref(record.identity)
+    data["version"] = version(record)
     data["lease_owner"] = short_token(record.token)
     data["stuck"] = _stuck(record, now)
     data["lease_expired_seconds"] = (

@@ -3,7 +3,8 @@
 No script and no external asset: one inline style sheet, so the pages work offline and under
 a Content-Security-Policy that allows nothing else. Every stored value (keys, scopes, bodies)
 is chosen by HTTP clients: it is HTML-escaped, with control and invisible characters written
-as escapes as `keys` prints them (SPEC B35).
+as escapes as `keys` prints them (SPEC B35). Links and forms name a record by its `ref`
+(`_refs`), never by its text, which a browser may rewrite.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from retrysafe.cli._common import human_bytes, human_duration, literal
 from retrysafe.cli._scopes import short_scope
 from retrysafe.console._auth import CSRF_FIELD
 from retrysafe.console._data import FILTERS, PREVIEW_CHARS
+from retrysafe.console._refs import ref
 
 __all__ = [
     "confirm_delete_page",
@@ -98,7 +100,17 @@ def _state(record: Data) -> str:
 
 
 def _identity(record: Data) -> dict[str, object]:
-    return {name: record[name] for name in ("namespace", "scope", "key")}
+    return {"ref": record["ref"]}
+
+
+def _namespace(name: str) -> dict[str, object]:
+    """Return the parameter that names a namespace in a link: the name, or its ref when a URL
+    cannot carry it (a lone surrogate)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return {"ref": ref(name)}
+    return {"namespace": name}
 
 
 def _records_table(records: Sequence[Data], *, with_namespace: bool) -> str:
@@ -219,9 +231,9 @@ def _namespaces(rows: Sequence[Data]) -> str:
     cells = []
     for row in rows:
         name = str(row["namespace"])
-        link = _link("/records", namespace=name)
+        link = _link("/records", **_namespace(name))
         stuck = cast(int, row["stuck"])
-        stuck_link = _link("/records", namespace=name, state="stuck")
+        stuck_link = _link("/records", **_namespace(name), state="stuck")
         stuck_cell = f'<a class="stuck" href="{stuck_link}">{stuck}</a>' if stuck else "0"
         cells.append(
             [
@@ -240,7 +252,8 @@ def records_page(data: Data) -> str:
     namespace, chosen = str(data["namespace"]), data["filter"]
     filters = "".join(
         f'<a class="{"on" if name == chosen else ""}" '
-        f'href="{_link("/records", namespace=namespace, state=name)}">{name.replace("_", " ")}</a>'
+        f'href="{_link("/records", **_namespace(namespace), state=name)}">'
+        f"{name.replace('_', ' ')}</a>"
         for name in FILTERS
     )
     records = cast(Sequence[Data], data["records"])
@@ -313,20 +326,29 @@ def _confirm(action: str, fields: Mapping[str, object], csrf: str, button: str) 
     )
 
 
-def confirm_delete_page(record: Data, csrf: str) -> str:
-    """Return the confirmation step before deleting one record."""
+def confirm_delete_page(record: Data, csrf: str, *, changed: bool = False) -> str:
+    """Return the confirmation step before deleting one record (`changed`: again, because
+    the record changed since the last one was shown). The form carries the record's version:
+    the delete is refused if it is not the record shown here."""
     warning = (
-        '<p class="warn">Its lease is still live: if its request is still running, deleting '
-        "the record lets a retry repeat its effect.</p>"
-        if record["lease_live"]
+        '<p class="warn">Nothing was deleted: this record changed since its confirmation was '
+        "shown (a retry took its claim over, or its request finished). Here it is as it is "
+        "now.</p>"
+        if changed
         else ""
     )
+    if record["lease_live"]:
+        warning += (
+            '<p class="warn">Its lease is still live: if its request is still running, '
+            "deleting the record lets a retry repeat its effect.</p>"
+        )
+    fields = {**_identity(record), "version": record["version"]}
     body = (
         "<p>The next request with this key will run again.</p>"
         + warning
         + _fields(record)
         + "<p></p>"
-        + _confirm("/record/delete", _identity(record), csrf, "Delete this record")
+        + _confirm("/record/delete", fields, csrf, "Delete this record")
     )
     return _page("Delete this record?", body)
 
@@ -339,7 +361,7 @@ def deleted_page(result: Data) -> str:
     body += " The next request with this key runs again.</p>"
     if result["lease_was_live"]:
         body += '<p class="warn">Its lease was still live: a retry may repeat its effect.</p>'
-    link = _link("/records", namespace=record["namespace"])
+    link = _link("/records", **_namespace(str(record["namespace"])))
     return _page("Deleted", body + f'<p><a href="{link}">Back to the namespace</a></p>')
 
 

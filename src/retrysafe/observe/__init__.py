@@ -18,9 +18,12 @@ the `retrysafe.decisions` logger, emitted whenever it is enabled for DEBUG (see
 docs/observability.md). Observers are called inline, on the request's thread or task: they must
 be quick and must not block; an exception they raise is logged and otherwise ignored.
 
-An operation's `scope` is never the caller's credential nor the stored scope itself: it is a
-short digest (`scope_digest`), enough to tell two callers apart in a log line, not to recover
-either. Keys are given as the client sent them: they name the operation.
+An operation's `scope` is never the stored scope itself: it is a short digest
+(`scope_digest`), enough to tell two callers apart in a log line. It is unkeyed, so it hides
+only a scope that cannot be guessed: the HTTP middleware's scopes are a keyed hash already
+(B8), but a decorator's, a consumer's or a transaction's scope given as plain text (a tenant
+id, an email) is recovered by hashing a list of candidates. Keys are given as the client sent
+them: they name the operation.
 """
 
 from __future__ import annotations
@@ -77,8 +80,15 @@ ends, B40)."""
 
 
 def scope_digest(scope: str) -> str:
-    """Return the short, non-reversible form of a stored scope that observers see ("" for the
-    empty scope, a decorator's default)."""
+    """Return the short form of a stored scope that observers see: the first 16 hex digits of
+    its SHA-256, unkeyed ("" for the empty scope, a decorator's default).
+
+    The same scope has the same digest in every process, so logs, spans and recorded events
+    line up. It cannot be reversed, but it can be checked: whoever reads it and can guess the
+    scope (a tenant id, an email from a list) confirms the guess by hashing it. The HTTP
+    middleware's scopes are a keyed hash already (B8); give other faces a scope that names no
+    one if their observers' output must not (see docs/observability.md).
+    """
     if not scope:
         return ""
     return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:16]

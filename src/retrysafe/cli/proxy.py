@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import socket
 from http import HTTPStatus
 from typing import Annotated, Literal
@@ -30,6 +31,9 @@ from retrysafe.stores import open_async_store
 from retrysafe.stores._closing import closed_on_error
 
 __all__ = ["EXAMPLES", "proxy", "register"]
+
+_STORING = 10
+"""Seconds a shutdown gives the last outcomes to be stored, past the requests' own bounds."""
 
 EXAMPLES = """\
 Examples:
@@ -237,6 +241,10 @@ def proxy(
         # past it, the invalid-framing problem.
         h11_max_incomplete_event_size=MAX_HEAD_SIZE,
         proxy_headers=False,  # the proxy is the edge: it appends to X-Forwarded-For itself
+        # A request that came before the signal takes up to --body-timeout to arrive, then
+        # --upstream-deadline upstream, then its outcome is stored: past that, what still runs
+        # (a response streaming on and on) is cancelled, and the proxy exits (B40).
+        timeout_graceful_shutdown=math.ceil(body_timeout + upstream_deadline) + _STORING,
         server_header=False,  # the upstream's Server and Date headers pass through
         date_header=False,
     )
@@ -276,13 +284,16 @@ class HeadTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol, where a client must send each request head within
     `head_timeout` seconds of the connection's start or of the previous response (uvicorn
     bounds only an idle connection, and any byte resets that): a slowloris sending its head
-    byte by byte is closed too (B36). The body's pace is `RequestGuard`'s.
+    byte by byte is closed too (B36). The body's pace is `RequestGuard`'s. A client that takes
+    none of its response for as long has its connection aborted: else it holds the connection,
+    and the graceful shutdown, for as long as it likes (B40).
 
     A request that h11 cannot parse gets the `invalid-framing` problem, not uvicorn's plain
     text (B24)."""
 
     head_timeout: float = DEFAULT_BODY_TIMEOUT
     _head_timer: asyncio.TimerHandle | None = None
+    _stall_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def bounded(cls, seconds: float) -> type[HeadTimeoutProtocol]:
@@ -307,10 +318,25 @@ class HeadTimeoutProtocol(H11Protocol):
         if not self.transport.is_closing():
             self._arm()
 
+    def pause_writing(self) -> None:
+        """Hold the response until the client takes more of it; abort the connection if it
+        takes none within `head_timeout`."""
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(self.head_timeout, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        """Go on with the response: the client took some of it."""
+        super().resume_writing()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the clock with the connection."""
-        if self._head_timer is not None:
-            self._head_timer.cancel()
+        """Forget the clocks with the connection."""
+        for timer in (self._head_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:

@@ -18,8 +18,11 @@ Transfer-Encoding, Upgrade, TE, Trailer, Proxy-*, and any header the Connection 
 are dropped both ways (never `Host`, `Content-Length` or `Idempotency-Key`); the upstream gets
 the client's headers, none of httpx's defaults or cookies; `Host` is the upstream's;
 `X-Forwarded-For` gets the client's address appended, `X-Forwarded-Proto` and
-`X-Forwarded-Host` say what the client asked for. An upstream that cannot be reached gives 502
-problem+json, one that does not answer in time 504, one that breaks the exchange 502.
+`X-Forwarded-Host` say what the client asked for, and a client's other forwarding headers
+(`Forwarded`, `X-Real-IP`, other `X-Forwarded-*`...) are dropped. An upstream that cannot be
+reached gives 502 problem+json, one that does not answer in time 504, one that breaks the
+exchange 502. A connection to the upstream is reused only when nothing follows the last answer
+on it (`retrysafe.proxy._upstream`).
 
 Only origin-form request-targets are forwarded, always to the upstream's scheme, host and port;
 anything else, a CONNECT, and a request with both Transfer-Encoding and Content-Length, is a 400
@@ -84,7 +87,8 @@ def build_proxy(
         timeout: how long a client waits for the upstream's answer (default 60 s); then it
             gets a 504, and a claimed request's call goes on in the background (B38).
         deadline: how long that call may run in all (default 300 s); past it, retries get the
-            stored `outcome-unknown` problem.
+            stored `outcome-unknown` problem. A streamed answer whose client takes nothing of
+            it for as long is given up too.
         body_timeout: how long a request body may take to arrive (default 30 s); then 408.
         observers: who to tell what the middleware does (`retrysafe.observe`), as face
             `proxy`: a `PrometheusObserver`, say.

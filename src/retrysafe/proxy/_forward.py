@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Final
 from urllib.parse import quote
 
@@ -22,9 +20,10 @@ from retrysafe.proxy._framing import (
     proxy_problem,
     refusal,
     request_target,
-    response_headers,
     websocket_refused,
 )
+from retrysafe.proxy._relay import Fetched, relay
+from retrysafe.proxy._upstream import upstream_client
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -39,15 +38,10 @@ DEFAULT_TIMEOUT: Final = 60.0
 """How long a client waits for the upstream's answer before a 504 (`--upstream-timeout`)."""
 DEFAULT_DEADLINE: Final = 300.0
 """How long a claimed request's upstream call may run in all (`--upstream-deadline`)."""
-_CONNECT_TIMEOUT: Final = 5.0
 
 
 class _ClientGoneError(Exception):
     """The client disconnected while its request body was being forwarded."""
-
-
-class UpstreamBrokeError(Exception):
-    """The upstream's response broke after its first bytes reached the client: abort it."""
 
 
 def raw_target(scope: Scope) -> tuple[bytes, bytes]:
@@ -61,16 +55,21 @@ class ProxyApp:
 
     A response up to `buffer_size` bytes is read whole before it is sent, so an upstream that
     breaks it gives a 502 problem; a larger one is streamed, and a break aborts the connection.
+    A streamed response whose client takes none of it for `deadline` is given up, as if the
+    client had left (behind the middleware, its key keeps the "response not stored" outcome).
 
     Behind the proxy's middleware, a request whose outcome becomes unknown (no answer within
     `timeout`, or an exchange broken after the request was sent) keeps its claim: the client
     gets a 504 or 502 at once, and the upstream call goes on up to `deadline` (B38).
 
     Args:
-        upstream: the base URL of the service, `http://host:port` (a path prefix is kept).
-        client: the httpx client to forward with (default: one owned and closed by the app).
+        upstream: the base URL of the service, `http://host:port` (a path prefix is kept; no
+            user or password: httpx would send them in place of each client's credentials).
+        client: the httpx client to forward with (default: one owned and closed by the app,
+            which reuses a connection only when nothing follows the last answer on it).
         timeout: how long a client waits for the upstream's answer, in seconds (default 60).
-        deadline: how long a claimed request's upstream call may run in all (default 300).
+        deadline: how long a claimed request's upstream call may run in all, and how long a
+            streamed response may wait on the upstream or the client (default 300).
         buffer_size: the largest response read whole before sending (default 1 MiB).
         on_shutdown: coroutines to run at lifespan shutdown (closing the store, say).
     """
@@ -96,6 +95,11 @@ class ProxyApp:
             )
         if url.query or url.fragment:
             raise ConfigurationError(f"The upstream URL takes no query or fragment: {shown!r}.")
+        if url.userinfo:
+            raise ConfigurationError(
+                f"The upstream URL takes no user or password: {shown!r}. They would be sent as "
+                "Basic credentials with every forwarded request, in place of each client's own."
+            )
         if not 0 < timeout <= deadline:
             raise ConfigurationError(
                 f"The upstream timeout ({timeout:g} s) is above zero and at most the upstream "
@@ -108,16 +112,7 @@ class ProxyApp:
         self._prefix = url.raw_path.rstrip(b"/")
         self._buffer_size = buffer_size
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            # The waits are bounded by `timeout` and `deadline`; a streamed response by
-            # `deadline` between two reads.
-            timeout=httpx.Timeout(deadline, connect=min(_CONNECT_TIMEOUT, timeout)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-            follow_redirects=False,
-            trust_env=False,
-            # Never keep one client's cookies (they are not sent anyway: `_request`).
-            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=())),
-        )
+        self._client = client or upstream_client(timeout, deadline)
         self._on_shutdown = list(on_shutdown)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -206,20 +201,20 @@ class ProxyApp:
         if fetched is None:
             return  # past the deadline: the middleware stores `outcome-unknown` (B38)
         try:
-            await self._relay(fetched, send)
+            await relay(fetched, send, stall=self._deadline)
         finally:
             await fetched.response.aclose()
 
     async def _fetch_in_time(
         self, request: httpx.Request, unknown: UnknownOutcome | None
-    ) -> _Fetched | None:
+    ) -> Fetched | None:
         """Fetch the upstream's answer. The client waits `timeout` for it; then, if the
         middleware keeps the claim (`unknown`), it gets a 504 while the call goes on in the
         background up to `deadline`, and the answer is stored when it comes (B38)."""
         if unknown is None:  # nothing is claimed: a plain 504 after the timeout
             with anyio.fail_after(self._timeout):
                 return await self._fetch(request)
-        results: list[_Fetched | BaseException] = []
+        results: list[Fetched | BaseException] = []
         done = anyio.Event()
 
         async def fetch() -> None:
@@ -247,7 +242,7 @@ class ProxyApp:
             raise result
         return result
 
-    async def _fetch(self, request: httpx.Request) -> _Fetched:
+    async def _fetch(self, request: httpx.Request) -> Fetched:
         """Send the request; read the response's head and up to `buffer_size` of its body."""
         response = await self._client.send(request, stream=True)
         if not 100 <= response.status_code <= 599:  # h11 takes any three digits
@@ -264,49 +259,16 @@ class ProxyApp:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > self._buffer_size:
-                    return _Fetched(response, chunks, stream)
-            return _Fetched(response, chunks, None)
+                    return Fetched(response, chunks, stream)
+            return Fetched(response, chunks, None)
         except BaseException:
             await response.aclose()
             raise
-
-    async def _relay(self, fetched: _Fetched, send: Send) -> None:
-        """Send the upstream's response: whole when it fit the buffer, else streamed; a
-        streamed response that breaks aborts the connection."""
-        await send(_start(fetched.response))
-        if fetched.rest is None:
-            body = b"".join(fetched.chunks)
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            return
-        for chunk in fetched.chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        try:
-            async for chunk in fetched.rest:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.HTTPError, httpx.StreamError) as error:
-            raise UpstreamBrokeError(f"the upstream broke its response: {error!r}") from error
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-@dataclass(frozen=True, slots=True)
-class _Fetched:
-    """An upstream response: its head, the body read so far, and the rest unless complete."""
-
-    response: httpx.Response
-    chunks: list[bytes]
-    rest: AsyncIterator[bytes] | None
 
 
 def _not_sent(error: BaseException) -> bool:
     """Whether the upstream surely did not get the request: no connection was made (B38)."""
     return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-
-
-def _start(response: httpx.Response) -> Message:
-    status = response.status_code
-    headers = response_headers(status, response.headers.raw)
-    return {"type": "http.response.start", "status": status, "headers": headers}
 
 
 def _failure(error: BaseException, *, kept: bool = False) -> Response:

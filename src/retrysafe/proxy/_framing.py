@@ -74,8 +74,12 @@ _METHOD: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
 # Headers the proxy forwards or sets itself, which a `Connection` header cannot make hop-by-hop:
 # the key (B38), the upstream's `Host`, and the framing the proxy checks (B37).
 _MANAGED_HEADERS: Final = frozenset({b"host", b"content-length", b"idempotency-key"})
-# Set by the proxy itself, whatever the client sent (X-Forwarded-For is appended to instead).
-_REPLACED_REQUEST_HEADERS: Final = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
+# A client's forwarding data, which an upstream could take for the proxy's: never forwarded.
+# `X-Forwarded-*` goes too, but for `-For`, which is appended to; the proxy sets `Host` and
+# `X-Forwarded-Proto` and `-Host` itself, whatever the client sent.
+_DROPPED_REQUEST_HEADERS: Final = frozenset(
+    {b"host", b"forwarded", b"x-real-ip", b"x-client-ip", b"true-client-ip"}
+)
 
 
 def _connection_tokens(headers: Sequence[Header]) -> frozenset[bytes]:
@@ -200,14 +204,11 @@ def websocket_refused() -> Response:
 def forwarded_headers(
     headers: Sequence[Header], *, client: str | None, scheme: str, whole: bool
 ) -> list[Header]:
-    """Return the headers to forward with a request: its end-to-end ones, with
-    `X-Forwarded-For` appended to (`client`) and `X-Forwarded-Proto` and `-Host` set; a
-    received `Content-Length` only beside a body streamed under it (not `whole`)."""
-    forwarded = [
-        (name, value)
-        for name, value in end_to_end(headers)
-        if name not in _REPLACED_REQUEST_HEADERS
-    ]
+    """Return the headers to forward with a request: its end-to-end ones but the client's
+    forwarding data, with `X-Forwarded-For` appended to (`client`) and `X-Forwarded-Proto` and
+    `-Host` set; a received `Content-Length` only beside a body streamed under it (not
+    `whole`)."""
+    forwarded = [(name, value) for name, value in end_to_end(headers) if not _dropped(name)]
     if whole:
         # The length of what is forwarded, set by httpx; never a received Content-Length.
         forwarded = [(name, value) for name, value in forwarded if name != b"content-length"]
@@ -220,6 +221,13 @@ def forwarded_headers(
     if host is not None:
         forwarded.append((b"x-forwarded-host", host))
     return forwarded
+
+
+def _dropped(name: bytes) -> bool:
+    """Whether a request header (its lower-case `name`) is not forwarded."""
+    if name.startswith(b"x-forwarded-"):
+        return name != b"x-forwarded-for"
+    return name in _DROPPED_REQUEST_HEADERS
 
 
 def response_headers(status: int, headers: Sequence[Header]) -> list[Header]:

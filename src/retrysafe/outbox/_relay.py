@@ -13,6 +13,10 @@ A message the publisher refuses every time (a queue that does not exist, with `m
 would hold back every later one: once `max_attempts` publishes of it failed, and a message after
 it is published, it is parked (logged at ERROR, kept with its last error, skipped) until an
 operator re-queues it (`parked_messages`, `requeue`). An outage parks nothing (`_batch.py`).
+
+Published messages older than `retention` are purged in bounded chunks, each its own short
+transaction, after batches that were not full (`_purge`): a long backlog neither locks the app
+out of the database nor holds back publishing, and a failed purge fails no batch.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = ["Publisher", "Relay"]
 logger = logging.getLogger("retrysafe")
 
 _PURGE_EVERY = 60.0  # seconds between purges of published messages
+_PURGE_CHUNK = 1000  # messages deleted in one short transaction
+_PURGE_CHUNKS = 10  # chunks in one purge: a longer backlog is purged over the next idle batches
 
 
 class Publisher(Protocol):
@@ -124,8 +130,7 @@ class Relay:
             raise batch.error
         now = self.clock.now()
         if published < self.batch and now >= self._next_purge:
-            source.purge(now - self.retention)
-            self._next_purge = now + min(_PURGE_EVERY, self.retention)
+            self._purge(source, now)
         return published
 
     def run(self) -> None:
@@ -190,6 +195,25 @@ class Relay:
                 source.prepare()
             self._source = source
         return self._source
+
+    def _purge(self, source: OutboxSource, now: float) -> None:
+        """Delete the messages published more than `retention` ago, at most `_PURGE_CHUNKS`
+        chunks of `_PURGE_CHUNK`; a purge that found more goes on after the next batch that is
+        not full. A failure is logged and the next purge comes at its time: the batch stands."""
+        self._next_purge = now + min(_PURGE_EVERY, self.retention)
+        try:
+            purged = source.purge(now - self.retention, _PURGE_CHUNK, _PURGE_CHUNKS)
+        except Exception as error:
+            logger.warning(
+                "The outbox relay could not purge published messages, trying again in %.0fs: %s",
+                self._next_purge - now,
+                error,
+            )
+            logger.debug("The outbox relay's failed purge", exc_info=True)
+            self._reset()  # the deadline may have cut the connection: a new one next batch
+            return
+        if purged >= _PURGE_CHUNK * _PURGE_CHUNKS:
+            self._next_purge = now  # more may wait
 
     def _reset(self) -> None:
         """Drop the source, closing a connection the relay opened, to open it afresh."""

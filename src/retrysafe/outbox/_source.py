@@ -124,11 +124,20 @@ class OutboxSource:
                 requeued += max(int(cursor.rowcount), 0)
         return requeued
 
-    def purge(self, before: float) -> int:
-        """Delete the messages published before `before`; return how many."""
-        with self._bounded(), self._transaction() as cursor:
-            cursor.execute(self.table.purge, (before,))
-            return max(int(cursor.rowcount), 0)
+    def purge(self, before: float, chunk: int, chunks: int) -> int:
+        """Delete the messages published before `before`, `chunk` at a time, each chunk in a
+        short transaction of its own (under the deadline), until a chunk finds fewer or
+        `chunks` ran; return how many were deleted. Between chunks, the app's transactions
+        take the write lock (SQLite), and each chunk is bounded by `read_timeout` (PostgreSQL)."""
+        purged = 0
+        for _ in range(chunks):
+            with self._bounded(), self._transaction() as cursor:
+                cursor.execute(self.table.purge, (before, chunk))
+                deleted = max(int(cursor.rowcount), 0)
+            purged += deleted
+            if deleted < chunk:
+                break
+        return purged
 
     def close(self) -> None:
         """Close the connection if the relay opened it."""

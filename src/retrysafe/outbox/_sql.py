@@ -94,7 +94,7 @@ class OutboxTable:
         if self.dialect == "postgresql":
             return (
                 "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = "  # noqa: S608
-                f"to_regclass('\"{self.name}\"') AND attname = %s AND NOT attisdropped)"
+                f"{self._regclass} AND attname = %s AND NOT attisdropped)"
             )
         return (
             "SELECT count(*) = 0 "  # noqa: S608
@@ -103,8 +103,14 @@ class OutboxTable:
 
     @property
     def exists(self) -> str:
-        """PostgreSQL: one row, true if the table exists (`to_regclass` of the name)."""
-        return "SELECT to_regclass(%s) IS NOT NULL"
+        """PostgreSQL: one row: `found`, whether the table exists, and `committed`, whether it
+        did before the open transaction. Creating a table takes an ACCESS EXCLUSIVE lock held
+        to the commit: a table found while this session holds none was not created by it."""
+        return (
+            f"SELECT {self._regclass} IS NOT NULL AS found, "  # noqa: S608
+            f"NOT EXISTS (SELECT FROM pg_locks WHERE relation = {self._regclass} "
+            "AND pid = pg_backend_pid() AND mode = 'AccessExclusiveLock') AS committed"
+        )
 
     @property
     def lock_schema(self) -> str:
@@ -177,8 +183,17 @@ class OutboxTable:
 
     @property
     def purge(self) -> str:
-        """Delete the messages published before a time."""
+        """Delete up to N messages published before a time: one chunk of a purge. On
+        PostgreSQL, skip the rows another relay's purge has locked."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
         return (
-            f'DELETE FROM "{self.name}" '  # noqa: S608
-            f"WHERE published_at IS NOT NULL AND published_at < {self.mark}"
+            f'DELETE FROM "{self.name}" WHERE id IN (SELECT id FROM "{self.name}" '  # noqa: S608
+            f"WHERE published_at IS NOT NULL AND published_at < {self.mark} "
+            f"LIMIT {self.mark}{lock})"
         )
+
+    @property
+    def _regclass(self) -> str:
+        """PostgreSQL: the table's oid, or NULL. Quoted as the statements quote it, so a name
+        with capitals is found (unquoted, `to_regclass` would fold it to lower case)."""
+        return f"to_regclass('\"{self.name}\"')"

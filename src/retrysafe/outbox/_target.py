@@ -16,7 +16,7 @@ from retrysafe.outbox._messages import outbox_table
 from retrysafe.outbox._sql import Dialect, OutboxTable
 from retrysafe.transactions import _drivers as drivers
 
-__all__ = ["outbox_target"]
+__all__ = ["outbox_target", "server_of"]
 
 _WRAPPERS: Final = 4  # encryption around a session around a driver backend, with room to spare
 
@@ -46,3 +46,9 @@ def outbox_target(backend: object) -> tuple[object, OutboxTable]:
     raise ConfigurationError(
         f"The outbox writes through transactional mode's backends, not {type(backend).__name__}."
     )
+
+
+def server_of(connection: object) -> tuple[str, ...]:
+    """Return the host, port and database of a psycopg connection (sync or async)."""
+    info = getattr(connection, "info", None)
+    return tuple(str(getattr(info, name, "")) for name in ("host", "port", "dbname"))

@@ -48,6 +48,7 @@ from retrysafe._http.asgi_io import (
     Send,
     replay_body,
     respond,
+    route_path,
     track_request,
 )
 from retrysafe._http.middleware import MiddlewareBase
@@ -95,8 +96,7 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
 
     @staticmethod
     def _path(request: Scope) -> str:
-        path: str = request["path"]
-        return path
+        return route_path(request)
 
     @staticmethod
     def _new_flow(store: AsyncStore, observation: Observation) -> AsyncFlow:

@@ -9,6 +9,7 @@ from typing import Any, TypeAlias
 
 from retrysafe._http.flow import new_identity
 from retrysafe._http.problems import Response, check_content_length, read_key, too_large
+from retrysafe._http.routing import RoutePath
 from retrysafe._http.scope import Scoper, principal_of
 from retrysafe._http.settings import RequestView, Settings
 from retrysafe._record import Identity
@@ -24,6 +25,7 @@ __all__ = [
     "replay_body",
     "request_view",
     "respond",
+    "route_path",
     "run_lifespan",
     "track_request",
 ]
@@ -76,6 +78,17 @@ async def track_request(
         await respond(send, identity)
         return None
     return identity, settings.fingerprint_of(request, body), body
+
+
+def route_path(scope: Scope) -> RoutePath:
+    """Return the path the app routes: `path` without the mount prefix `root_path`, where it
+    starts with it at a segment's end (servers and Starlette's `Mount` keep the prefix in
+    `path`), as Starlette's routing does; its `whole` is `path`."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return RoutePath(path[len(root) :] or "/", path)
+    return RoutePath(path, path)
 
 
 def request_view(scope: Scope, user: object) -> RequestView:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
-from typing import Final, Generic, TypeVar, Unpack
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, Generic, Self, TypeVar, Unpack
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._http.settings import RouteSettings, Settings, SettingsOptions
 
-__all__ = ["Gate", "Router", "compile_pattern", "hook_may_require_key"]
+__all__ = ["Gate", "PathMatcher", "RoutePath", "Router", "compile_pattern", "hook_may_require_key"]
 
 R = TypeVar("R")
+_EVERY_PATH: Final = frozenset({"**", "/**"})
+"""The catch-all patterns: they match every path."""
 
 
 def compile_pattern(pattern: str) -> str:
@@ -23,6 +25,48 @@ def compile_pattern(pattern: str) -> str:
     return "".join(
         ".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part) for part in parts
     )
+
+
+class RoutePath(str):
+    """A request's path as its app routes it, without the mount prefix (ASGI `root_path`,
+    WSGI `SCRIPT_NAME`); `whole` is the path with the prefix."""
+
+    whole: str
+
+    def __new__(cls, path: str, whole: str) -> Self:
+        route_path = super().__new__(cls, path)
+        route_path.whole = whole
+        return route_path
+
+
+class PathMatcher:
+    """Path patterns in order, each matched against all of a path: the first match wins.
+
+    Patterns name the path as the app routes it (a `RoutePath`). A pattern written for the
+    whole path, mount prefix included, keeps its routes: where the path matches no pattern or
+    only a catch-all (`**`), and its whole path matches another pattern, that one wins.
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        patterns = list(patterns)
+        alternatives = [f"(?P<r{i}>{compile_pattern(p)})" for i, p in enumerate(patterns)]
+        self._regex = re.compile("|".join(alternatives)) if alternatives else None
+        self._catch_all = frozenset(i for i, p in enumerate(patterns) if p in _EVERY_PATH)
+
+    def find(self, path: str) -> int | None:
+        """Return the index of the pattern that decides for `path`, or None if none matches."""
+        found = self._first(path)
+        whole = path.whole if isinstance(path, RoutePath) else path
+        if whole == path or (found is not None and found not in self._catch_all):
+            return found
+        prefixed = self._first(whole)
+        return found if prefixed is None or prefixed in self._catch_all else prefixed
+
+    def _first(self, path: str) -> int | None:
+        match = None if self._regex is None else self._regex.fullmatch(path)
+        if match is None or match.lastgroup is None:
+            return None
+        return int(match.lastgroup[1:])
 
 
 def hook_may_require_key(hook: object, settings: Settings) -> bool:
@@ -58,13 +102,10 @@ class Router:
             raise ConfigurationError("Give either routes or a route_settings hook, not both.")
         self.settings = settings
         self._cache: dict[RouteSettings, Settings] = {}
-        self._targets: list[Settings | None] = []
-        alternatives = []
-        for index, (pattern, route) in enumerate((routes or {}).items()):
-            alternatives.append(f"(?P<r{index}>{compile_pattern(pattern)})")
-            self._targets.append(None if route is None else settings.with_route(route))
-        self._regex = re.compile("|".join(alternatives)) if alternatives else None
-        self.only: Settings | None = None if alternatives or hooked else settings
+        routes = routes or {}
+        self._matcher = PathMatcher(routes)
+        self._targets = [None if r is None else settings.with_route(r) for r in routes.values()]
+        self.only: Settings | None = None if routes or hooked else settings
         """The settings of every path, when there are no routes (no path to match)."""
         known = [settings, *(s for s in self._targets if s is not None)]
         self.methods: frozenset[str] = frozenset().union(*(s.methods for s in known))
@@ -73,13 +114,10 @@ class Router:
         """Whether a request without a key may need an answer (a route requires keys)."""
 
     def for_path(self, path: str) -> Settings | None:
-        """Return the settings for `path`, or None if it is not covered."""
-        if self._regex is None:
-            return self.settings
-        match = self._regex.fullmatch(path)
-        if match is None or match.lastgroup is None:
-            return self.settings
-        return self._targets[int(match.lastgroup[1:])]
+        """Return the settings for `path` (a `RoutePath`, or the whole path), or None if it
+        is not covered."""
+        index = self._matcher.find(path)
+        return self.settings if index is None else self._targets[index]
 
     def for_route(self, route: RouteSettings | None) -> Settings | None:
         """Return the settings for a hook's answer `route` (None: not covered)."""
@@ -101,7 +139,7 @@ class Gate(Generic[R]):
         routes: path pattern to `RouteSettings` (None: not covered), first match wins.
         hook: instead of `routes`, a function of the request (an ASGI scope, a WSGI environ)
             returning its `RouteSettings`, or None if it is not covered.
-        path_of: the request's path, for `routes`.
+        path_of: the request's path, for `routes`: a `RoutePath`, without the mount prefix.
         options: any `Settings` field by name.
     """
 

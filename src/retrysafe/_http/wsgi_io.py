@@ -22,6 +22,7 @@ from retrysafe._http.problems import (
     reason_phrase,
     too_large,
 )
+from retrysafe._http.routing import RoutePath
 from retrysafe._http.scope import Scoper, principal_of
 from retrysafe._http.settings import RequestView, Settings, logger
 from retrysafe._record import Identity
@@ -71,11 +72,16 @@ def prepare_request(
     return environ, identity, settings.fingerprint_of(request, body)
 
 
-def path_of(environ: WSGIEnvironment) -> str:
-    raw = (str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))).encode(
-        "latin-1"
-    )
-    return raw.decode("utf-8", "replace")
+def path_of(environ: WSGIEnvironment) -> RoutePath:
+    """Return the path the app routes, `PATH_INFO`; its `whole` has the mount prefix
+    `SCRIPT_NAME` before it."""
+    script_name, path_info = _decoded(environ, "SCRIPT_NAME"), _decoded(environ, "PATH_INFO")
+    return RoutePath(path_info or "/", script_name + path_info)
+
+
+def _decoded(environ: WSGIEnvironment, name: str) -> str:
+    """Return a path variable of `environ` as text (WSGI gives its bytes as latin-1)."""
+    return str(environ.get(name, "")).encode("latin-1").decode("utf-8", "replace")
 
 
 def request_view(environ: WSGIEnvironment) -> RequestView:
@@ -88,7 +94,7 @@ def request_view(environ: WSGIEnvironment) -> RequestView:
         headers.append((b"content-type", environ["CONTENT_TYPE"].encode("latin-1")))
     return RequestView(
         method=environ["REQUEST_METHOD"],
-        path=path_of(environ),
+        path=path_of(environ).whole,
         query_string=environ.get("QUERY_STRING", "").encode("latin-1"),
         headers=headers,
         raw=environ,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from retrysafe._encryption import Keyring
 from retrysafe._http import RouteSettings, SettingsOptions
+from retrysafe._http.routing import RoutePath
 from retrysafe.integrations import _routes
 from retrysafe.integrations._config import observers_from_config, routes_from_config
 from retrysafe.integrations._routes import RouteCache, Unmarked
@@ -76,15 +77,34 @@ class DjangoRoutes:
 
     def _settings(self, method: str, script_name: str, path_info: str) -> RouteSettings | None:
         key = (method, script_name, path_info)
-        return self._cache.settings(key, script_name + path_info, lambda: _find_mark(path_info))
+        path = RoutePath(path_info, script_name + path_info)
+        return self._cache.settings(key, path, lambda: _find_mark(path_info))
 
 
 def _find_mark(path_info: str) -> RouteSettings | Unmarked | None:
+    view = _view_of(path_info)
+    if view is not None:
+        return _routes.view_mark(view)
+    if _appends_slash(path_info):
+        return None  # CommonMiddleware answers a redirect (301), nothing runs: not the outcome
+    return _routes.UNMARKED  # Django answers 404 itself
+
+
+def _view_of(path_info: str) -> Any:
+    """Return the view `path_info` resolves to, or None."""
     try:
-        view: Any = resolve(path_info).func
-    except Resolver404:  # Django answers 404 itself
-        return _routes.UNMARKED
-    return _routes.view_mark(view)
+        return resolve(path_info).func
+    except Resolver404:
+        return None
+
+
+def _appends_slash(path_info: str) -> bool:
+    """Whether CommonMiddleware redirects `path_info`, which resolves to no view, to its slashed
+    path (APPEND_SLASH), as its `should_redirect_with_slash` decides."""
+    if not django_settings.APPEND_SLASH or path_info.endswith("/"):
+        return False
+    view = _view_of(path_info + "/")
+    return view is not None and getattr(view, "should_append_slash", True)
 
 
 def settings_from_django() -> tuple[str | None, dict[str, RouteSettings | None], SettingsOptions]:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from retrysafe._http import Header, Response, RouteSettings, Settings
+from retrysafe._http.routing import RoutePath
 from retrysafe.integrations import _django_config as django_config
 from retrysafe.integrations._inside import InsideMiddleware, Running, body_within, header_lines
 from retrysafe.integrations._routes import (
@@ -68,8 +69,8 @@ class _ViewRoutes:
 
     def __call__(self, routed: Routed) -> RouteSettings | None:
         request, view = routed
-        path: str = request.path
-        key: Hashable = (request.method, path, getattr(request, "urlconf", None))
+        path = RoutePath(request.path_info, request.path)  # `path` has the mount prefix
+        key: Hashable = (request.method, path.whole, str(path), getattr(request, "urlconf", None))
         return self._cache.settings(key, path, lambda: _mark(request, view))
 
 

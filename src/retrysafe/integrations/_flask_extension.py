@@ -117,7 +117,7 @@ class FlaskRoutes:
     def __call__(self, environ: WSGIEnvironment) -> RouteSettings | None:
         """Return the settings of the view `environ` goes to (None: not covered)."""
         path = path_of(environ)
-        key = (environ["REQUEST_METHOD"], environ.get("HTTP_HOST"), path)
+        key = (environ["REQUEST_METHOD"], environ.get("HTTP_HOST"), path.whole, str(path))
         return self._cache.settings(key, path, lambda: self._find_mark(environ))
 
     def _find_mark(self, environ: WSGIEnvironment) -> RouteSettings | Unmarked | None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from typing import Final, Literal, TypeAlias, TypedDict, TypeVar, Unpack
 
-from retrysafe._http import OutcomePolicy, RouteSettings, compile_pattern
+from retrysafe._http import OutcomePolicy, RouteSettings
 from retrysafe._http.asgi_io import Receive, Scope, Send
+from retrysafe._http.routing import PathMatcher
 from retrysafe._http.settings import Anonymous
 from retrysafe._keys import KeyPolicy
 
@@ -163,7 +163,8 @@ class PathPatterns:
     """Path patterns to route settings, as the middleware's `routes=` takes them.
 
     `*` matches within one path segment, `**` anything; the first match wins; a path no
-    pattern matches is covered with the middleware's settings.
+    pattern matches is covered with the middleware's settings. A path is matched as the app
+    routes it, without the mount prefix (`retrysafe._http.routing.PathMatcher`).
 
     Args:
         routes: pattern to `RouteSettings`, or None for "not covered".
@@ -171,11 +172,7 @@ class PathPatterns:
 
     def __init__(self, routes: Mapping[str, RouteSettings | None] | None = None) -> None:
         self._targets = list((routes or {}).values())
-        alternatives = [
-            f"(?P<r{index}>{compile_pattern(pattern)})"
-            for index, pattern in enumerate(routes or {})
-        ]
-        self._regex = re.compile("|".join(alternatives)) if alternatives else None
+        self._matcher = PathMatcher(routes or {})
 
     def for_path(self, path: str) -> RouteSettings | None:
         """Return the settings the patterns give `path`."""
@@ -183,11 +180,10 @@ class PathPatterns:
         return DEFAULT_ROUTE if isinstance(found, Unmarked) else found
 
     def match(self, path: str) -> RouteSettings | Unmarked | None:
-        """Return the settings of the first pattern matching `path`, or `UNMARKED`."""
-        match = None if self._regex is None else self._regex.fullmatch(path)
-        if match is None or match.lastgroup is None:
-            return UNMARKED
-        return self._targets[int(match.lastgroup[1:])]
+        """Return the settings of the pattern that decides for `path` (a `RoutePath`, or a
+        route's path), or `UNMARKED`."""
+        index = self._matcher.find(path)
+        return UNMARKED if index is None else self._targets[index]
 
 
 class RouteCache:
@@ -212,7 +208,10 @@ class RouteCache:
     def settings(
         self, key: Hashable, path: str, find_mark: Callable[[], RouteSettings | Unmarked | None]
     ) -> RouteSettings | None:
-        """Return the settings for `key`, from `path`'s pattern and `find_mark()` the first time."""
+        """Return the settings for `key`, from `path`'s pattern and `find_mark()` the first time.
+
+        `path` is a `RoutePath`, the path the app routes with the whole path it came with; `key`
+        tells apart what `path` and `find_mark` depend on (both paths, the method, the host)."""
         try:
             return self._settled[key]
         except KeyError:

@@ -45,6 +45,7 @@ from retrysafe._errors import ConfigurationError
 from retrysafe._flow import Counters
 from retrysafe._flow.observing import Observation
 from retrysafe._http import KEY_HEADER, RouteSettings, Settings, SettingsOptions
+from retrysafe._http.routing import RoutePath
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Receive, Scope, Send
 from retrysafe.integrations._openapi import PROBLEM_SCHEMA, describe_operation, documented_route
 from retrysafe.integrations._routes import (
@@ -130,11 +131,10 @@ class LitestarRoutes:
     def __call__(self, scope: Scope) -> RouteSettings | None:
         """Return the settings of the handler `scope` goes to (None: not covered)."""
         handler = scope.get("route_handler")
+        whole: str = scope["path"]
+        root_path = scope.get("root_path", "")
+        path = whole.split(root_path, maxsplit=1)[-1] if root_path else whole  # as Litestar
         if handler is None and self._app is not None:
-            path = scope["path"]
-            root_path = scope.get("root_path", "")
-            if root_path:
-                path = path.split(root_path, maxsplit=1)[-1]
             try:
                 # Litestar's router memoises this lookup (an LRU of 1024 paths).
                 handler = self._app.asgi_router.handle_routing(
@@ -143,7 +143,7 @@ class LitestarRoutes:
             except HTTPException:  # not found, method not allowed: Litestar answers it
                 handler = None
         mark = UNMARKED if handler is None else _mark_of(handler)
-        return merge(self._patterns.for_path(scope["path"]), mark)
+        return merge(self._patterns.for_path(RoutePath(path or "/", whole)), mark)
 
     def describe(self, route: BaseRoute, settings: Settings) -> None:
         """Make the OpenAPI operations of `route`'s handlers describe what guards them.

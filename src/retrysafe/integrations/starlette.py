@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, Unpack
 
 from retrysafe._http import RouteSettings, SettingsOptions, logger
+from retrysafe._http.asgi_io import route_path
 from retrysafe.asgi import ASGIApp, IdempotencyMiddleware, Scope
 from retrysafe.integrations._routes import (
     UNMARKED,
@@ -90,7 +91,7 @@ class StarletteRoutes:
         """Return the settings of the route `scope` goes to (None: not covered)."""
         host = next((value for name, value in scope["headers"] if name == b"host"), None)
         key = (scope["method"], host, scope.get("root_path", ""), scope["path"])
-        return self._cache.settings(key, scope["path"], lambda: self._find_mark(scope))
+        return self._cache.settings(key, route_path(scope), lambda: self._find_mark(scope))
 
     def _find_mark(self, scope: Scope) -> RouteSettings | Unmarked | None:
         routes = self.candidates(self._app.routes)

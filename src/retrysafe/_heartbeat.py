@@ -8,10 +8,15 @@ that renews once and returns whether to go on (False once fenced); the flow supp
     ...
     THREADS.stop(beat)                                      # waits for a renewal in progress
 
-    beat = AsyncHeartbeat(renew, interval)                  # async callers
+    beat = AsyncHeartbeat(renew, interval, watcher)         # async callers
     await beat.start()
     ...
     await beat.stop()                                       # likewise
+
+An async heartbeat renews on the event loop, so a loop blocked longer than the lease (sync
+work in an async handler) holds its renewal back until the lease may have lapsed and another
+caller taken the key over: its watcher is told (`lapsed`), at the renewal that comes too late or
+as the operation ends without one.
 
 A short operation pays for a dict insert and delete (threads, and asyncio: one timer per loop),
 never for a thread, a task or a timer of its own. After `os.fork`, the child forgets the
@@ -27,16 +32,27 @@ import math
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import anyio.abc
 
+from retrysafe._clock import Clock
 from retrysafe._concurrency import monotonic, raise_if_cancelled
 
-__all__ = ["HOLDER", "THREADS", "AsyncHeartbeat", "ThreadJob", "ThreadScheduler", "every"]
+__all__ = [
+    "HOLDER",
+    "MONOTONIC",
+    "THREADS",
+    "AsyncHeartbeat",
+    "ThreadJob",
+    "ThreadScheduler",
+    "Watcher",
+    "every",
+]
 
 _IDLE_WAKE: Final = 60.0
+_RENEWALS_A_LEASE: Final = 3  # an async heartbeat renews every third of its lease
 _TIMER_SLACK: Final = 0.002  # a loop's timer may fire this much before its time (libuv: 1 ms)
 
 
@@ -242,6 +258,22 @@ def _first_renewals(loop: asyncio.AbstractEventLoop) -> _FirstRenewals:
     return renewals
 
 
+class Watcher(Protocol):
+    """Who an async heartbeat tells of a lease gone unrenewed longer than itself."""
+
+    def lapsed(self, unrenewed: float) -> None:
+        """The lease went `unrenewed` seconds without a renewal."""
+
+
+class _Monotonic:
+    """The default clock of a heartbeat's lease: `time.monotonic`."""
+
+    now = staticmethod(monotonic)
+
+
+MONOTONIC: Final[Clock] = _Monotonic()
+
+
 class AsyncHeartbeat:
     """The lease renewal of one async operation.
 
@@ -249,19 +281,49 @@ class AsyncHeartbeat:
     per loop); only if the operation still runs then does a renewing task start, so a short
     operation creates neither a task nor a timer. On another event loop (trio) a task in a task
     group renews beside the operation.
+
+    A lease is `_RENEWALS_A_LEASE` intervals long. A renewal comes late only when what runs it
+    is held up (an event loop blocked by sync work in an async handler, a paused process):
+    once the lease has gone unrenewed longer than itself, counted on `clock` from the claim
+    (`start`) or the last renewal, `watcher.lapsed` is called with those seconds, before the late
+    renewal or as the operation ends (`stop`, `abandon`). A short operation pays one clock
+    read for it, at its end.
     """
 
-    __slots__ = ("_group", "_interval", "_renew", "_renewals", "_task")
+    __slots__ = (
+        "_clock",
+        "_group",
+        "_interval",
+        "_lease",
+        "_renew",
+        "_renewals",
+        "_since",
+        "_task",
+        "_watcher",
+    )
 
-    def __init__(self, renew: Callable[[], Awaitable[bool]], interval: float) -> None:
+    def __init__(
+        self,
+        renew: Callable[[], Awaitable[bool]],
+        interval: float,
+        watcher: Watcher | None = None,
+        *,
+        clock: Clock = MONOTONIC,
+    ) -> None:
         self._renew = renew
         self._interval = interval
+        self._watcher = watcher
+        self._lease = interval * _RENEWALS_A_LEASE
+        self._clock = clock
+        self._since = 0.0  # the start, then the last renewal: where the lease is counted from
         self._renewals: _FirstRenewals | None = None
         self._task: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None
 
-    async def start(self) -> None:
-        """Start renewing: the first renewal is due `interval` from now."""
+    async def start(self, since: float | None = None) -> None:
+        """Start renewing: the first renewal is due `interval` from now. `since`: when the
+        lease began on `clock` (its claim, whose reply took some of it); default: now."""
+        self._since = self._clock.now() if since is None else since
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -274,11 +336,24 @@ class AsyncHeartbeat:
 
     async def _wait_then_renew(self) -> None:
         await anyio.sleep(self._interval)
-        await _renew_every(self._renew, self._interval)
+        await _renew_every(self._renewing, self._interval)
 
     def start_renewing(self, loop: asyncio.AbstractEventLoop) -> None:
         """Renew now, then every `interval`, in a task on `loop` (`_FirstRenewals` calls it)."""
-        self._task = loop.create_task(_renew_every(self._renew, self._interval))
+        self._task = loop.create_task(_renew_every(self._renewing, self._interval))
+
+    def _renewing(self) -> Awaitable[bool]:
+        """Renew, told first if the lease went unrenewed longer than itself."""
+        self._check()
+        self._since = self._clock.now()
+        return self._renew()
+
+    def _check(self) -> None:
+        watcher = self._watcher
+        if watcher is not None:
+            unrenewed = self._clock.now() - self._since
+            if unrenewed > self._lease:
+                watcher.lapsed(unrenewed)
 
     @property
     def renewing(self) -> bool:
@@ -291,6 +366,8 @@ class AsyncHeartbeat:
         task group that only `stop` can end (trio)."""
         if self._group is not None:
             return False
+        self._check()
+        self._watcher = None  # as in `stop`
         if self._renewals is not None:
             self._renewals.discard(self)
         if self._task is not None:
@@ -299,6 +376,12 @@ class AsyncHeartbeat:
 
     async def stop(self) -> None:
         """Stop renewing; once this returns, no renewal is running or will run."""
+        watcher = self._watcher
+        if watcher is not None:  # `_check`, inlined: every operation ends here
+            self._watcher = None  # the watcher holds this heartbeat: no cycle for the collector
+            unrenewed = self._clock.now() - self._since
+            if unrenewed > self._lease:
+                watcher.lapsed(unrenewed)
         if self._group is not None:
             self._group.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):

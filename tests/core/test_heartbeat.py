@@ -42,7 +42,8 @@ class SteppedLoop:
 
     def create_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Note which heartbeat started renewing (by its renew's name); run nothing."""
-        self.started.append(inspect.getcoroutinelocals(coroutine)["renew"].__name__)
+        renewing = inspect.getcoroutinelocals(coroutine)["renew"]  # the heartbeat's `_renewing`
+        self.started.append(renewing.__self__._renew.__name__)
         coroutine.close()
 
     def advance(self, to: float) -> None:

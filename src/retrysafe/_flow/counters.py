@@ -30,7 +30,9 @@ class Count(enum.StrEnum):
     record was gone, lost by the store (B19); release_failures: claims not released (they
     end with their lease); renew_failures: failed renewals, other than fencing; interrupted:
     operations cancelled or interrupted while they ran, their claims kept until their leases
-    end (B40).
+    end (B40); lapsed: async operations whose lease went unrenewed longer than itself while
+    they ran (their event loop blocked, their process paused), so that another caller may
+    have taken the key over (B16).
     """
 
     EXECUTIONS = "executions"
@@ -43,6 +45,7 @@ class Count(enum.StrEnum):
     RELEASE_FAILURES = "release_failures"
     RENEW_FAILURES = "renew_failures"
     INTERRUPTED = "interrupted"
+    LAPSED = "lapsed"
 
 
 _NAMES: Final = {count: count.value for count in Count}
@@ -71,6 +74,7 @@ class Counters:
     release_failures: int
     renew_failures: int
     interrupted: int
+    lapsed: int
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -3,17 +3,19 @@
 An execution counts the operation, renews its lease while it runs (`retrysafe._heartbeat`,
 B16), then finishes it through its flow (`drivers.py`): the outcome completed (B18), or the
 claim released (B28), or, when the operation was interrupted (`interrupts`), the claim kept
-until its lease ends (B40).
+until its lease ends (B40). An async operation that held its event loop up longer than its
+lease, so that the lease went unrenewed and may have lapsed, is logged (`lapsed`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Self, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeGuard, TypeVar
 
 from retrysafe._concurrency import monotonic
-from retrysafe._flow.counters import Count
+from retrysafe._flow.counters import Count, Finisher
 from retrysafe._flow.holding import Held
+from retrysafe._flow.observing import fields
 from retrysafe._flow.shielded import run_to_end
 from retrysafe._heartbeat import THREADS, AsyncHeartbeat, ThreadJob, every
 from retrysafe._record import Identity, Record
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncExecution", "SyncExecution", "interrupts"]
 
-FlowT = TypeVar("FlowT")
+FlowT = TypeVar("FlowT", bound=Finisher[Any])
 
 
 def interrupts(error: BaseException | None) -> TypeGuard[BaseException]:
@@ -77,6 +79,23 @@ class _Execution(Generic[FlowT]):
             claimed=self.claimed,
             now=monotonic(),
             wall=wall,
+        )
+
+    def lapsed(self, unrenewed: float) -> None:
+        """Warn that the lease went `unrenewed` seconds without a renewal, longer than itself:
+        another caller may have taken the key over and run the operation again (B16, B17)."""
+        self._flow.counters.add(Count.LAPSED)
+        self._flow.logger.warning(
+            "The lease on %s went %.1f s without a renewal, longer than the lease (%g s): "
+            "the renewal due every %g s was %.1f s late (sync work blocking the event loop, "
+            "or a paused process). Another caller may have taken the key over and run the "
+            "operation again",
+            self.identity,
+            unrenewed,
+            self.lease,
+            self.lease / 3,
+            unrenewed - self.lease / 3,
+            extra=fields(self.identity, "lease_lapsed"),
         )
 
 
@@ -136,8 +155,11 @@ class AsyncExecution(_Execution["AsyncFlow"]):
         """Count the execution and start renewing its lease (B16)."""
         self._flow.counters.add(Count.EXECUTIONS)
         flow, identity, token, lease = self._flow, self.identity, self.token, self.lease
-        self._beat = AsyncHeartbeat(lambda: flow.renew(identity, token, lease), lease / 3)
-        await self._beat.start()
+        beat = self._beat = AsyncHeartbeat(
+            lambda: flow.renew(identity, token, lease), lease / 3, self, clock=flow.store.clock
+        )
+        claimed = self.claimed  # the lease began with the claim, whose reply took some of it
+        await beat.start(None if claimed is None else claimed.lease_expires_at - lease)
         return self
 
     async def __aexit__(self, kind: object, error: BaseException | None, traceback: object) -> None:

@@ -2,7 +2,8 @@
 
 Unreachable, slow, or a cluster that cannot serve the key right now (failing over, a slot
 moving, a shard without its master) is `StoreUnavailableError`: the caller fails closed and a
-retry may succeed. Any other Redis error is `StoreError`.
+retry may succeed, and so is a connection of another event loop, which asyncio complains of with
+a `RuntimeError` (`stores/_home.py`). Any other Redis error is `StoreError`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retrysafe._errors import ReplicaShortfallError, StoreError, StoreUnavailableError
+from retrysafe.stores._home import raise_unusable
 
 __all__ = ["ReplicaShortfallError", "translate_errors"]
 
@@ -58,11 +60,14 @@ class _TranslateErrors:
             raise StoreUnavailableError(f"Redis is unavailable: {error}") from error
         if isinstance(error, RedisError):
             raise StoreError(f"Redis failed: {error}") from error
+        if error is not None:
+            raise_unusable(error, "Redis")
 
 
 _TRANSLATE_ERRORS = _TranslateErrors()
 
 
 def translate_errors() -> _TranslateErrors:
-    """Turn redis-py errors into retrysafe's: unreachable or slow is `StoreUnavailableError`."""
+    """Turn redis-py errors into retrysafe's: unreachable or slow is `StoreUnavailableError`,
+    and so is a connection of another event loop."""
     return _TRANSLATE_ERRORS

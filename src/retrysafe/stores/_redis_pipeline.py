@@ -29,6 +29,8 @@ about what it costs on its own (a task in place of a pool checkout).
   its end or its connection closed: the next batch never reads another's replies.
 
 A batcher belongs to one event loop at a time; met on another loop, it starts afresh there.
+The store it serves takes its connection first, to close it or, in a forked child, to keep the
+parent's unused (`forget_connections`, `stores/_redis_home.py`).
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ class AsyncAutoPipeline(AsyncCommands):
         """Return the values of `fields` in the hash at `key` (HMGET in the next batch)."""
         values = await self._submit(("HMGET", key, *fields), None)
         return cast("list[bytes | None]", values)
+
+    def forget_connections(self) -> list[Any]:
+        """Return (and forget) the batcher's connection: the next batch makes one."""
+        connection, self._connection = self._connection, None
+        return [] if connection is None else [connection]
 
     async def aclose(self) -> None:
         """Let the batches queued or in flight finish, then close the batcher's connection."""

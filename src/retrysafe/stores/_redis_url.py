@@ -1,4 +1,5 @@
-"""The Redis stores' URL options shared by one server and a cluster: timeouts, and TLS files.
+"""The Redis stores' URL options shared by one server and a cluster: timeouts, and TLS files;
+and one server's URL parsed whole (`server_url`).
 
 Timeouts: `socket_timeout` and `connect_timeout`, seconds, 5 by default, both more than 0.
 
@@ -17,16 +18,69 @@ for a client certificate (`tls-auth-clients yes`, Redis's default), needs files:
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import cast
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._urls import redact_url
+from retrysafe.stores._async.redis_replicas import REPLICA_OPTIONS, replica_options
+from retrysafe.stores.base import query_options
 
-__all__ = ["TLS_OPTIONS", "timeouts", "tls_options", "tls_query"]
+__all__ = ["TLS_OPTIONS", "ServerURL", "server_url", "timeouts", "tls_options", "tls_query"]
 
 TLS_OPTIONS: dict[str, type] = {"ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str}
 """The store URL options of TLS, and their types."""
+
+_SERVER_OPTIONS: dict[str, type] = {
+    "prefix": str,
+    "socket_timeout": float,
+    "connect_timeout": float,
+    "autopipeline": bool,
+    **REPLICA_OPTIONS,
+    **TLS_OPTIONS,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerURL:
+    """A one-server Redis store URL, parsed (the store's `from_url` says what each option does)."""
+
+    url: str
+    """The server's URL as redis-py takes it: the store's options left out, the TLS files in."""
+    prefix: str
+    autopipeline: bool
+    socket_timeout: float
+    connect_timeout: float
+    replicas: dict[str, int]
+    """`min_replicas` and `replica_timeout_ms` if given, as the store's keyword arguments."""
+
+
+def server_url(url: str) -> ServerURL:
+    """Parse `redis://host:6379/0?...` or `rediss://...`; refuse anything else, with a
+    `ConfigurationError` that shows no password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(
+            f"A Redis store URL is redis:// or rediss://, not {redact_url(url)!r}."
+        )
+    if not re.fullmatch(r"/?|/\d+", parts.path):  # redis-py would use database 0 instead
+        raise ConfigurationError(
+            f"A Redis store URL's path is a database number (/0), not {parts.path!r}."
+        )
+    options = query_options(parts.query, _SERVER_OPTIONS)
+    socket_timeout, connect_timeout = timeouts(options, url=url)
+    replicas = replica_options(options)
+    tls = tls_options(options, tls=parts.scheme == "rediss", url=url)
+    return ServerURL(
+        url=urlunsplit(parts._replace(query="")) + tls_query(tls),
+        prefix=cast(str, options.get("prefix", "retrysafe")),
+        autopipeline=cast(bool, options.get("autopipeline", True)),
+        socket_timeout=socket_timeout,
+        connect_timeout=connect_timeout,
+        replicas=replicas,
+    )
 
 
 def tls_options(options: dict[str, object], *, tls: bool, url: str) -> dict[str, str]:

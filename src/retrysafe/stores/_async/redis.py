@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any, Unpack, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from retrysafe._clock import Clock, SystemClock
-from retrysafe._concurrency import monotonic
 from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
@@ -22,12 +19,14 @@ from retrysafe._urls import redact_url
 from retrysafe.stores import _redis_layout as layout
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._async import redis_admin as admin
+from retrysafe.stores._async import redis_waits as waits
 from retrysafe.stores._async.redis_commands import AsyncCommands
-from retrysafe.stores._async.redis_replicas import REPLICA_OPTIONS, replica_options, replica_wait
+from retrysafe.stores._async.redis_replicas import replica_wait
 from retrysafe.stores._deletes import RedisDeletes
 from retrysafe.stores._redis_errors import ReplicaShortfallError
 from retrysafe.stores._redis_executors import async_executor
-from retrysafe.stores._redis_url import TLS_OPTIONS, timeouts, tls_options, tls_query
+from retrysafe.stores._redis_home import AsyncRedisHome
+from retrysafe.stores._redis_url import server_url
 from retrysafe.stores.base import (
     RECORD_FIELDS,
     Listing,
@@ -36,25 +35,17 @@ from retrysafe.stores.base import (
     decode_part,
     encode_part,
     new_token,
-    query_options,
 )
 
 __all__ = ["AsyncRedisStore"]
-
-_OPTIONS: dict[str, type] = {
-    "prefix": str,
-    "socket_timeout": float,
-    "connect_timeout": float,
-    "autopipeline": bool,
-    **REPLICA_OPTIONS,
-    **TLS_OPTIONS,
-}
 
 
 class AsyncRedisStore:
     """A store in Redis: one string per record (`_redis_layout`), one command or script a primitive.
 
     `list_records`, `stats` and `purge_expired` SCAN the store's keys: O(records), for admin use.
+    Used on one event loop at a time, it follows its caller to another loop, or into a forked
+    child, and leaves the connections it had there (`stores/_home.py`).
 
     Args:
         client: the redis-py client, created with `decode_responses=False`.
@@ -90,7 +81,9 @@ class AsyncRedisStore:
         self._redis = client
         self._keys = lua.KeySpace(prefix)
         self._owns_client = owns_client
+        self._replicas = replicas
         self._commands = self._executor(client, autopipeline=autopipeline, replicas=replicas)
+        self._home = AsyncRedisHome()
         self._set_get = True  # the server takes `SET ... NX GET` (Redis 7.0 and later)
         self._claim = client.register_script(lua.CLAIM)
         self._complete = client.register_script(lua.COMPLETE)
@@ -112,26 +105,13 @@ class AsyncRedisStore:
         `min_replicas` and `replica_timeout_ms` (see the class); with `rediss://`,
         `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` (`stores/_redis_url.py`).
         """
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ConfigurationError(
-                f"A Redis store URL is redis:// or rediss://, not {redact_url(url)!r}."
-            )
-        if not re.fullmatch(r"/?|/\d+", parts.path):  # redis-py would use database 0 instead
-            raise ConfigurationError(
-                f"A Redis store URL's path is a database number (/0), not {parts.path!r}."
-            )
-        options = query_options(parts.query, _OPTIONS)
-        socket_timeout, connect_timeout = timeouts(options, url=url)
-        replicas = replica_options(options)
-        tls = tls_options(options, tls=parts.scheme == "rediss", url=url)
-        plain = urlunsplit(parts._replace(query=""))
+        parsed = server_url(url)
         try:
             client = Redis.from_url(
-                plain + tls_query(tls),
+                parsed.url,
                 decode_responses=False,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
+                socket_timeout=parsed.socket_timeout,
+                socket_connect_timeout=parsed.connect_timeout,
                 # One attempt per primitive: a retried claim could find its own lost claim in
                 # flight, and the bound on a failure is the timeouts above, not a multiple.
                 retry=Retry(NoBackoff(), 0),
@@ -140,18 +120,16 @@ class AsyncRedisStore:
             raise ConfigurationError(
                 f"Invalid Redis store URL {redact_url(url)!r}: {error}"
             ) from None
-        prefix = cast(str, options.get("prefix", "retrysafe"))
-        autopipeline = cast(bool, options.get("autopipeline", True))
         store = cls(
             client,
-            prefix=prefix,
+            prefix=parsed.prefix,
             clock=clock,
             owns_client=True,
-            autopipeline=autopipeline,
-            **replicas,
+            autopipeline=parsed.autopipeline,
+            **parsed.replicas,
         )
         store._deletes = RedisDeletes(
-            plain + tls_query(tls), store._keys.deleted, timeout=connect_timeout
+            parsed.url, store._keys.deleted, timeout=parsed.connect_timeout
         )
         return store
 
@@ -171,6 +149,7 @@ class AsyncRedisStore:
         record no longer the claim's (a failover lost the write; another claimant took the key).
         """
         token = new_token()
+        await self._enter()
         try:
             return await self._claim_with(
                 token, identity, fingerprint, lease=lease, retention=retention
@@ -286,6 +265,7 @@ class AsyncRedisStore:
     async def get(self, identity: Identity) -> Record | None:
         """Return the live record, or None (one GET; retention checked against the clock)."""
         key = self._keys.key(identity)
+        await self._enter()
         with lua.translate_errors():
             try:
                 found: Any = await self._commands.get(key)
@@ -307,6 +287,7 @@ class AsyncRedisStore:
     async def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention, SCANning in batches."""
         now = self.clock.now()
+        await self._enter()
         with lua.translate_errors():
             return await admin.purge_expired(
                 self._redis, self._keys, self._purge, now=now, limit=limit
@@ -315,6 +296,7 @@ class AsyncRedisStore:
     async def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
         """Return live records matching every given filter, newest first (SCAN: O(records))."""
         now = self.clock.now()
+        await self._enter()
         with lua.translate_errors():
             return await admin.list_records(
                 self._redis,
@@ -326,55 +308,36 @@ class AsyncRedisStore:
     async def stats(self) -> StoreStats:
         """Return counts of live records (SCAN: O(records); outcomes are sized, not read)."""
         now = self.clock.now()
+        await self._enter()
         with lua.translate_errors():
             return await admin.stats(self._redis, self._keys, now=now)
 
     async def wait(self, identity: Identity, *, timeout: float) -> Record | None:
-        """Wait for the record's completion or release, announced on its pub/sub channel.
-
-        Subscribes first, then reads the record and marks it watched (so its completion
-        publishes), so a completion between the two is seen; reads again when woken, when the
-        lease would expire, and every `_recheck_every` seconds.
-        """
+        """Wait for the record's completion or release, announced on its pub/sub channel
+        (`redis_waits`); read again every `_recheck_every` seconds at most."""
         if timeout <= 0:
             return await self.get(identity)
-        deadline = monotonic() + timeout
         key = self._keys.key(identity)
-        channel = self._keys.channel(key)
-        # redis-py types one face's pubsub() and the other's aclose(): hence the ignores.
-        pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
-        subscribed = False
-        try:
-            with lua.translate_errors():
-                await pubsub.subscribe(channel)
-                subscribed = True
-                # The confirmation: from here on, a completion is published to this waiter.
-                await pubsub.get_message(timeout=timeout)
-                while True:
-                    found = await self._run(self._watch, key)
-                    record = layout.live_record(found, identity, self.clock.now())
-                    now = self.clock.now()
-                    if (
-                        record is None
-                        or record.state is not State.IN_FLIGHT
-                        or record.lease_expires_at <= now
-                    ):
-                        return record
-                    remaining = deadline - monotonic()
-                    if remaining <= 0:
-                        return record
-                    pause = min(remaining, record.lease_expires_at - now, self._recheck_every)
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=pause)
-        finally:
-            if subscribed:
-                with contextlib.suppress(RedisError, OSError):
-                    # redis-py 8 left the sync PubSub.unsubscribe's parameters unannotated, so
-                    # mypy calls it untyped there; the async one is typed (hence unused-ignore).
-                    await pubsub.unsubscribe()  # type: ignore[no-untyped-call, unused-ignore]
-            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+
+        async def watch() -> Record | None:
+            found = await self._run(self._watch, key)
+            return layout.live_record(found, identity, self.clock.now())
+
+        await self._enter()
+        with lua.translate_errors():
+            return await waits.wait_on_channel(
+                self._redis,
+                self._keys.channel(key),
+                watch,
+                clock=self.clock,
+                timeout=timeout,
+                recheck=self._recheck_every,
+            )
 
     async def aclose(self) -> None:
-        """Close the executor's own connection, if any, and the client if the store created it."""
+        """Close the executor's own connection, if any, and the client if the store created it
+        (in a forked child, only what the child opened: `_enter`)."""
+        await self._enter()
         try:
             await self._commands.aclose()
         finally:
@@ -395,5 +358,20 @@ class AsyncRedisStore:
 
     async def _run(self, script: AsyncScript, key: bytes, *args: bytes | str | float) -> Any:
         """Run `script` on `key` by EVALSHA (loaded first if Redis does not know it)."""
+        await self._enter()
         with lua.translate_errors():
             return await self._commands.evalsha(script, key, *args)
+
+    async def _enter(self) -> None:
+        """Move the store here if it was last used on another event loop, or in the parent of
+        this forked process (`stores/_home.py`); one comparison when it was not."""
+        forked = self._home.moved()
+        if forked is not None:
+            with lua.translate_errors():
+                await self._move(forked=forked)
+
+    async def _move(self, *, forked: bool) -> None:
+        """Leave the connections of the loop or process the store was last used in: all
+        forgotten at once, then closed, or kept in a forked child (`stores/_redis_home.py`)."""
+        held = [*self._commands.forget_connections(), *self._home.empty_pool(self._redis)]
+        await self._home.leave(held, forked=forked)

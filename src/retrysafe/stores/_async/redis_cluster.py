@@ -12,11 +12,14 @@ scripts as `AsyncRedisStore`, routed by redis-py's cluster client, which follows
 - Completions are announced with `PUBLISH`, which a cluster forwards to every node; a waiter
   subscribes on the node that serves its record's slot.
 - `list_records`, `stats` and `purge_expired` SCAN every master in turn.
+- Met on another event loop, or in a forked child, a store built from its URL builds a new
+  client there and leaves the old one whole: a cluster client's nodes, locks and tasks are its
+  loop's. A client of the caller's stays, its nodes' connections left (`stores/_redis_home.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Unpack, cast
 from urllib.parse import unquote, urlsplit
 
@@ -99,6 +102,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
     """
 
     _redis: RedisCluster  # type: ignore[assignment]  # the same commands, routed by slot
+    _reopen: Callable[[], RedisCluster] | None = None
+    """Makes a client like the store's own, anew (set by `from_url`, which has the URL)."""
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> AsyncRedisClusterStore:
@@ -116,8 +121,9 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         socket_timeout, connect_timeout = timeouts(options, url=url)
         replicas = replica_options(options)
         tls = tls_options(options, tls=parts.scheme == "rediss+cluster", url=url)
-        with lua.translate_errors():  # the sync client connects here, the async one later
-            client = RedisCluster(
+
+        def connect() -> RedisCluster:
+            return RedisCluster(
                 startup_nodes=[
                     ClusterNode(host, port)  # type: ignore[no-untyped-call, unused-ignore]
                     for host, port in seeds
@@ -134,6 +140,9 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 # No retry after a connection error or a timeout: the command may have run.
                 retry=Retry(NoBackoff(), 0),
             )
+
+        with lua.translate_errors():  # the sync client connects here, the async one later
+            client = connect()
         prefix = cast(str, options.get("prefix", "retrysafe"))
         store = cls(
             cast(Any, client),  # the same commands as a server's client, routed by slot
@@ -150,12 +159,14 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         store._deletes = RedisDeletes(
             node_url + tls_query(tls), store._keys.deleted, timeout=connect_timeout
         )
+        store._reopen = connect
         return store
 
     async def purge_expired(self, *, limit: int = 1000) -> int:
         """Delete at most `limit` records past their retention, SCANning master after master."""
         now = self.clock.now()
         purged = 0
+        await self._enter()
         with lua.translate_errors():
             await self._redis.script_load(lua.PURGE)  # on every master: pipelines run it
             async for node in self._masters():
@@ -171,6 +182,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         now = self.clock.now()
         listing = Listing(**filters)
         found: list[Record] = []
+        await self._enter()
         with lua.translate_errors():
             async for node in self._masters():
                 found += await admin.list_records(node, self._keys, listing, now=now)
@@ -180,6 +192,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         """Return counts of live records across every master (SCAN: O(records))."""
         now = self.clock.now()
         total = StoreStats(in_flight=0, done=0, bytes_stored=0, oldest_in_flight_at=None)
+        await self._enter()
         with lua.translate_errors():
             async for node in self._masters():
                 one = await admin.stats(node, self._keys, now=now)
@@ -207,6 +220,16 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         del autopipeline  # one pipeline cannot span the masters
         require_refresh_requests()
         return AsyncPinnedCommands(client, replicas=replicas)
+
+    async def _move(self, *, forked: bool) -> None:
+        """Leave the client of the loop or process the store was last used in for a new one;
+        a client of the caller's stays, its nodes' connections left."""
+        if self._reopen is None:
+            await self._home.leave(self._home.empty_nodes(self._redis), forked=forked)
+            return
+        left, self._redis = self._redis, self._reopen()
+        self._commands = self._executor(self._redis, autopipeline=False, replicas=self._replicas)
+        await self._home.leave_cluster(left, forked=forked)
 
     async def _masters(self) -> AsyncIterator[Any]:
         """Yield each master as the admin operations use a client: SCAN there, pipelines

@@ -46,6 +46,7 @@ from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
 from retrysafe.stores._sync.mysql_pool import MySQLPool
 from retrysafe.stores._sync.mysql_records import MySQLRecords
+from retrysafe.stores._home import unusable_here
 from retrysafe.stores._sql.mysql import mysql_table
 from retrysafe.stores._sql.mysql_connection import (
     MySQLArguments,
@@ -216,7 +217,13 @@ class MySQLStore:
 
     def _call(self, work: Work[T], *, ready: bool = True) -> T:
         """Run `work` on a pooled connection, the table ready; run it again after a deadlock
-        (its transaction was rolled back whole); driver errors become store errors."""
+        (its transaction was rolled back whole); driver errors become store errors, and so
+        does a connection of another event loop (`stores/_home.py`)."""
+        with unusable_here("MySQL"):
+            return self._attempts(work, ready=ready)
+
+    def _attempts(self, work: Work[T], *, ready: bool) -> T:
+        """Run `work` as `_call` says, up to `_ATTEMPTS` times."""
         for attempt in range(1, _ATTEMPTS + 1):
             with translate_errors():
                 conn = self._pool.getconn()

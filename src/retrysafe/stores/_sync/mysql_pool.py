@@ -10,18 +10,22 @@ back for the next caller (last in, first out: the warmest), and bounds the wait 
 that may have left it in an unknown state is closed instead. One that sat idle for a while is
 pinged before it is lent, so a connection the server dropped meanwhile (a restart, its
 `wait_timeout`) is replaced rather than failing the next call. A process forked after using
-the pool (gunicorn `--preload`) opens its own connections and never touches its parent's.
+the pool (gunicorn `--preload`) opens its own connections and never touches its parent's, nor
+closes them; the async pool met on another event loop (a second `asyncio.run`) closes the idle
+connections of the loop it was last used on and opens new ones (`stores/_home.py`).
 The sync face's pool is shared by threads: its idle list only ever pops and appends, which are
 atomic, and the gate is a threading semaphore.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import pymysql  # type: ignore[import-untyped]
 
 from retrysafe._concurrency import Gate, monotonic
 from retrysafe._errors import StoreClosedError, StoreUnavailableError
-from retrysafe.stores._deletes import FORKS
+from retrysafe.stores._home import INHERITED, Home
 from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
 from retrysafe.stores._sql.mysql_io import MySQLDriver, Work, T
 
@@ -44,13 +48,12 @@ class MySQLPool:
         self._setup = session_setup(options)
         self._gate = Gate(options.pool_max)
         self._idle: list[tuple[pymysql.Connection, float]] = []
-        self._forks = FORKS.count
+        self._home = Home()
         self._closed = False
 
     def getconn(self) -> pymysql.Connection:
         """Lend a connection: an idle one, or a new one; driver errors pass through."""
-        if self._forks != FORKS.count:
-            self._forked()
+        self._follow()
         if self._closed:
             raise StoreClosedError("This MySQL store is closed.")
         options = self._options
@@ -68,8 +71,8 @@ class MySQLPool:
     def putconn(self, conn: pymysql.Connection, *, reusable: bool) -> None:
         """Take `conn` back: kept for the next caller if `reusable` and still open, else closed."""
         try:
-            if self._forks != FORKS.count:
-                return  # a parent's connection: never used, never closed here
+            if not self._home.here():
+                return  # lent before a move (`_move`): never used again, nor closed, here
             if reusable and not self._closed and self._driver.is_open(conn):
                 self._idle.append((conn, monotonic()))
             else:
@@ -82,7 +85,9 @@ class MySQLPool:
         return self._driver.run(work, conn)
 
     def close(self) -> None:
-        """Close the idle connections; those lent out are closed as they come back."""
+        """Close the idle connections; those lent out are closed as they come back. (In a
+        forked child, or on another loop, those of the parent's or of that loop are left.)"""
+        self._follow()
         self._closed = True
         while self._idle:
             try:
@@ -119,8 +124,36 @@ class MySQLPool:
             raise
         return conn
 
-    def _forked(self) -> None:
-        """Forget the parent's connections (their sockets are the parent's) and its gate."""
-        self._idle = []
+    def _follow(self) -> None:
+        """Move the pool here if it was last used on another event loop, or in the parent of
+        this forked process (`stores/_home.py`)."""
+        forked = self._home.moved()
+        if forked is not None:
+            try:
+                self._move(forked=forked)
+            finally:
+                self._home.settled()
+
+    def _move(self, *, forked: bool) -> None:
+        """Forget the idle connections and the gate of the loop or process the pool was last
+        used in: in a forked child, the parent's are kept unused and unclosed (their sockets
+        are the parent's); else they are closed (their loop's transports may fail to, but
+        each says goodbye to the server and lets go of its socket)."""
+        idle, self._idle = self._idle, []
         self._gate = Gate(self._options.pool_max)
-        self._forks = FORKS.count
+        if forked:
+            _keep_inherited([conn for conn, _ in idle])
+            return
+        for conn, _ in idle:
+            self._driver.close(conn)
+
+
+def _keep_inherited(conns: list[Any]) -> None:
+    """Keep a forked child's inherited connections, unused and unclosed, for its lifetime. The
+    async driver's are also parted from their streams (kept too): its finalizer would close
+    them through the parent's event loop, noisily, at the child's exit."""
+    for conn in conns:
+        writer, reader = getattr(conn, "_writer", None), getattr(conn, "_reader", None)
+        INHERITED.keep(conn, writer, reader)
+        if writer is not None:
+            conn._writer = conn._reader = None

@@ -59,5 +59,10 @@ class Commands:
         values = self._redis.hmget(key, fields)
         return cast("list[bytes | None]", values)  # bytes: the client does not decode
 
+    def forget_connections(self) -> list[Any]:
+        """Return (and forget) the connections of the executor's own: none, they are the
+        client's (the store moves them: `stores/_redis_home.py`)."""
+        return []
+
     def close(self) -> None:
         """Close nothing: the connections are the client's."""

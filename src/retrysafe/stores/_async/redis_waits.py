@@ -1,0 +1,71 @@
+"""How the Redis stores wait for a record to settle: on the record's pub/sub channel.
+
+The waiter subscribes first, then reads the record and marks it watched (so that its completion
+publishes), so a completion between the two is seen; it reads again when woken, when the lease
+would expire, and every `recheck` seconds, should a message be missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from retrysafe._clock import Clock
+from retrysafe._concurrency import monotonic
+from retrysafe._record import Record, State
+
+__all__ = ["AsyncWatch", "wait_on_channel"]
+
+
+class AsyncWatch(Protocol):
+    """Reads a record and marks it watched, so that its completion publishes on its channel."""
+
+    async def __call__(self) -> Record | None:
+        """Return the live record, or None."""
+        ...
+
+
+async def wait_on_channel(
+    client: Redis,
+    channel: bytes,
+    watch: AsyncWatch,
+    *,
+    clock: Clock,
+    timeout: float,
+    recheck: float,
+) -> Record | None:
+    """Return the record `watch` reads (and marks watched) once it is settled, gone, or its
+    lease has expired, or as it is after `timeout` seconds; woken by `channel`'s messages."""
+    deadline = monotonic() + timeout
+    # redis-py types one face's pubsub() and the other's aclose(): hence the ignores.
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
+    subscribed = False
+    try:
+        await pubsub.subscribe(channel)
+        subscribed = True
+        # The confirmation: from here on, a completion is published to this waiter.
+        await pubsub.get_message(timeout=timeout)
+        while True:
+            record = await watch()
+            now = clock.now()
+            if (
+                record is None
+                or record.state is not State.IN_FLIGHT
+                or record.lease_expires_at <= now
+            ):
+                return record
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                return record
+            pause = min(remaining, record.lease_expires_at - now, recheck)
+            await pubsub.get_message(ignore_subscribe_messages=True, timeout=pause)
+    finally:
+        if subscribed:
+            with contextlib.suppress(RedisError, OSError):
+                # redis-py 8 left the sync PubSub.unsubscribe's parameters unannotated, so
+                # mypy calls it untyped there; the async one is typed (hence unused-ignore).
+                await pubsub.unsubscribe()  # type: ignore[no-untyped-call, unused-ignore]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]

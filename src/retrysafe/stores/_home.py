@@ -1,0 +1,186 @@
+"""Where a store's async connections live: one event loop, in one process.
+
+An async driver's connection belongs to the event loop that opened it (its streams and futures
+are that loop's), and its socket to the process that opened it; redis-py's and aiomysql's
+connections track neither. Yet a store is often met elsewhere than where it was first used:
+`asyncio.run` at start-up and then the server's loop, a test helper that runs each check on a
+loop of its own, gunicorn `--preload` forking workers from a master that used it. So an async
+store notes where its connections were last used (`AsyncHome`); met on another loop, or in a
+forked child, it moves: it lets go of those connections and opens new ones here, as needed.
+
+- In a forked child, the parent's connections are kept referenced, unused and unclosed, for the
+  child's lifetime (`INHERITED`): closing one could write on the parent's socket (a TLS
+  close_notify, a driver's goodbye) or take it out of the parent's poller, and the garbage
+  collector would close it if nothing kept it.
+- In the same process, the old loop's connections are closed as far as that loop allows; once
+  it is closed, the garbage collector closes their sockets (with a `ResourceWarning`, as the
+  drivers do for connections whose loop is gone).
+
+A store serves one event loop at a time, in turn; not two running at once (a loop per thread),
+which the drivers do not support either. Should that happen anyway, asyncio's complaint about a
+connection of another loop (`loop_mismatch`) is the store's unavailability
+(`StoreUnavailableError`: the caller fails closed), never a raw `RuntimeError`.
+
+The sync face (`Home`) only follows forks: it has no event loop, but threads, so the first
+thread of a child to use a store moves it while the others wait (`moved`, then `settled`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from types import TracebackType
+from typing import Final
+
+from retrysafe._errors import StoreUnavailableError
+from retrysafe.stores._deletes import FORKS
+
+__all__ = ["INHERITED", "AsyncHome", "Home", "loop_mismatch", "raise_unusable", "unusable_here"]
+
+
+class _Inherited:
+    """What a forked child's stores inherited from its parent: kept, never used nor closed."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self) -> None:
+        self.kept: list[object] = []
+
+    def keep(self, *inherited: object) -> None:
+        """Keep `inherited` referenced, unused and open, for as long as this process lives."""
+        self.kept.extend(inherited)
+
+
+INHERITED: Final = _Inherited()
+
+
+class _Moving:
+    """The lock under which one thread of a forked child moves a sync store; each child gets a
+    new one, since a thread of the parent may have held it."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def forked(self) -> None:
+        self.lock = threading.Lock()
+
+
+_MOVING: Final = _Moving()
+os.register_at_fork(after_in_child=_MOVING.forked)
+
+
+class AsyncHome:
+    """The event loop and process where a store's connections were last used (async face)."""
+
+    __slots__ = ("_forks", "_loop")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._forks = FORKS.count
+
+    def moved(self) -> bool | None:
+        """Note that the store is used here (the running loop, this process).
+
+        Returns None when its connections are already this loop's and this process's (or it
+        has none yet), else whether it moved out of a parent process (True) or only to another
+        event loop (False): the caller then lets go of its connections.
+        """
+        loop, forks = asyncio.get_running_loop(), FORKS.count
+        if loop is self._loop and forks == self._forks:
+            return None
+        first, forked = self._loop is None, forks != self._forks
+        self._loop, self._forks = loop, forks
+        return None if first and not forked else forked
+
+    def settled(self) -> None:
+        """The move `moved` asked for is over (one event loop: nobody waited for it)."""
+
+    def here(self) -> bool:
+        """Return whether the connections were last used here (changes nothing)."""
+        return self._forks == FORKS.count and self._loop is asyncio.get_running_loop()
+
+
+class Home:
+    """The process where a store's connections were last used (sync face: no event loop)."""
+
+    __slots__ = ("_forks",)
+
+    def __init__(self) -> None:
+        self._forks = FORKS.count
+
+    def moved(self) -> bool | None:
+        """Return True if the store moved out of a parent process since it was last used, else
+        None. On True the caller leaves its connections, then calls `settled`; meanwhile the
+        other threads of this process wait here, and then find it moved."""
+        if self._forks == FORKS.count:
+            return None
+        _MOVING.lock.acquire()
+        if self._forks == FORKS.count:  # another thread of this child moved it meanwhile
+            _MOVING.lock.release()
+            return None
+        return True
+
+    def settled(self) -> None:
+        """The move `moved` asked for is over (done or failed): let the other threads go on."""
+        self._forks = FORKS.count  # before the release: a thread let in finds it moved
+        _MOVING.lock.release()
+
+    def here(self) -> bool:
+        """Return whether the connections were last used in this process."""
+        return self._forks == FORKS.count
+
+
+# What asyncio says of a connection used on a loop it does not belong to: its loop is closed,
+# a future of another loop was awaited, a lock bound to another loop was waited on, or (debug
+# mode) a call came from another loop's thread.
+_MISMATCHES = (
+    "Event loop is closed",
+    "attached to a different loop",
+    "bound to a different event loop",
+    "event loop other than the current one",
+)
+
+
+def loop_mismatch(error: BaseException) -> bool:
+    """Return whether `error` is asyncio's complaint about a connection of another event loop:
+    that connection is unusable here (the store is unavailable), not the program wrong."""
+    return type(error) is RuntimeError and any(part in str(error) for part in _MISMATCHES)
+
+
+def raise_unusable(error: BaseException, name: str) -> None:
+    """Raise `StoreUnavailableError` from `error` if it is asyncio's complaint about a
+    connection of another event loop (`loop_mismatch`); `name` names the server."""
+    if loop_mismatch(error):
+        raise StoreUnavailableError(
+            f"{name} is unavailable: a connection of another event loop ({error})."
+        ) from error
+
+
+class _UnusableHere:
+    """The context manager behind `unusable_here` (a class: cheaper than a generator)."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is not None:
+            raise_unusable(error, self._name)
+
+
+def unusable_here(name: str) -> _UnusableHere:
+    """Raise asyncio's complaint about a connection of another event loop (`loop_mismatch`)
+    as `StoreUnavailableError` (`name` names the server); let anything else through."""
+    return _UnusableHere(name)

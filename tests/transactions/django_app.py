@@ -178,11 +178,32 @@ def crash_view(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@transactional(table=CONFIG.get("table"))
+def signup(request: HttpRequest, tx: RequestTransaction[Any]) -> HttpResponse:
+    """Write a payment, then register the `email` as a payment id: a taken one fails, and the
+    view catches that and answers 409, through the ORM or (`raw`) a cursor."""
+    from django.db import IntegrityError, connection
+
+    data = json.loads(request.body)
+    _pay(str(tx.key), 1)
+    try:
+        if data.get("raw"):
+            with connection.cursor() as cursor:
+                table = connection.ops.quote_name(Payment._meta.db_table)
+                cursor.execute(f"INSERT INTO {table} VALUES (%s, %s, %s)", [data["email"], "", 2])  # noqa: S608
+        else:
+            Payment.objects.create(id=data["email"], key=str(tx.key), amount=2)
+    except IntegrityError:
+        return JsonResponse({"detail": "email already registered"}, status=409)
+    return JsonResponse({"email": data["email"]}, status=201)
+
+
 urlpatterns = [
     path("payments", payments),
     path("optional", optional),
     path("stream", stream),
     path("crash", crash_view),
+    path("signup", signup),
 ]
 
 
@@ -435,6 +456,73 @@ def scenario_sealed() -> dict[str, Any]:
         "key": SEALING_KEY,
         "marker": MARKER,
     }
+
+
+def scenario_aborted() -> dict[str, Any]:
+    """Signups of a taken email whose error the view caught: keyed and not, through the ORM
+    and a raw cursor; each answer's status and problem type, and the errors logged."""
+    import logging
+
+    from django.test import Client
+
+    Payment.objects.create(id="taken", key="before", amount=0)
+    logged: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("retrysafe").addHandler(handler)
+    client = Client(headers=CALLER)
+    answers = {}
+    for name, key, raw in [("orm", "a-1", False), ("orm-again", "a-1", False),
+                           ("unkeyed", None, False), ("raw", "a-2", True)]:  # fmt: skip
+        headers = {} if key is None else {"Idempotency-Key": key}
+        response = client.post(
+            "/signup", {"email": "taken", "raw": raw}, content_type="application/json",
+            headers=headers,
+        )  # fmt: skip
+        problem = response.json().get("type") if response.status_code == 500 else None
+        answers[name] = [response.status_code, problem, response.get("Retry-After")]
+    return {"answers": answers, "logged": logged}
+
+
+def scenario_async_view() -> dict[str, Any]:
+    """An async class-based view given to `@transactional`, and a sync callable that returns
+    a coroutine: what each raised, and whether a coroutine was left never awaited."""
+    import gc
+    import warnings
+
+    from django.test import RequestFactory
+    from django.views import View
+
+    class Pay(View):
+        async def post(self, request: HttpRequest, tx: Any = None) -> HttpResponse:
+            return JsonResponse({"ok": 1}, status=201)
+
+    result: dict[str, Any] = {}
+    try:
+        transactional(required=True, table=CONFIG["table"])(Pay.as_view())
+    except TypeError as error:
+        result["decorated"] = str(error)
+
+    async def later(request: HttpRequest) -> HttpResponse:
+        return JsonResponse({"ok": 1}, status=201)
+
+    def returns_a_coroutine(request: HttpRequest, tx: Any) -> Any:
+        return later(request)
+
+    view = transactional(required=True, table=CONFIG["table"])(returns_a_coroutine)
+    request = RequestFactory().post(
+        "/pay", b"{}", content_type="application/json",
+        headers={**CALLER, "Idempotency-Key": "v-1"},
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            view(request)
+        except TypeError as error:
+            result["called"] = str(error)
+        gc.collect()
+    result["never_awaited"] = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    return result
 
 
 def serve(port_file: Path) -> None:

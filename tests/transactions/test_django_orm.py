@@ -98,7 +98,7 @@ def test_b29_django_atomic_commits_and_rolls_back_with_the_callers_atomic_block(
 ) -> None:
     """Inside the caller's `transaction.atomic()` the record is a savepoint's: rolled back
     when that block rolls back, committed when it commits; a block marked for rollback
-    refuses to store an outcome, and nothing commits."""
+    refuses to store an outcome (`TransactionAbortedError`), and nothing commits."""
     reported = scenario(database, "nested")
     assert reported["rolled_back"]["replay"] is False
     assert database.payment_rows("n-1") == []
@@ -107,7 +107,7 @@ def test_b29_django_atomic_commits_and_rolls_back_with_the_callers_atomic_block(
     assert reported["committed"]["outcome"] == json.dumps({"id": row[0]})
     assert record(database, "n-2").state is State.DONE
     assert reported["in_block"] is True
-    assert reported["marked"] == "TransactionManagementError"
+    assert reported["marked"] == "TransactionAbortedError"
     assert database.payment_rows("n-3") == []
     assert record(database, "n-3") is None
     assert reported["outside"] is False

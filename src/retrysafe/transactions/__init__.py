@@ -30,6 +30,10 @@ Atomic phases, for operations that call other systems: `run_phases` / `arun_phas
 Idempotent writes: `insert_if_absent`, `update_by_key`, `delete_by_key` and their `a` twins
 (`retrysafe.transactions.writes`).
 
+A block (or a web handler, a versioned consumer's handler, a phase) that catches a database
+error and goes on, its transaction aborted (PostgreSQL; a failed SQLAlchemy flush or Django ORM
+write, anywhere), raises `TransactionAbortedError` (an `OutcomeError`): nothing was applied.
+
 In web handlers, the response commits with the writes: `retrysafe.transactions.fastapi`
 (`install` and a `Transactional` parameter), `retrysafe.transactions.flask` (`install` and
 `@transactional`), `retrysafe.transactions.asgi.TransactionalMiddleware` for any ASGI app.
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 from retrysafe.transactions._core import AsyncTransaction, Transaction
 from retrysafe.transactions._open import mysql, psycopg, sqlalchemy, sqlite
+from retrysafe.transactions._state import TransactionAbortedError
 from retrysafe.transactions.phases import (
     PhasesResult,
     Step,
@@ -56,12 +61,16 @@ from retrysafe.transactions.writes import (
     update_by_key,
 )
 
+# Named where it is imported from, as `retrysafe`'s errors are: tracebacks and pickles say so.
+TransactionAbortedError.__module__ = __name__
+
 __all__ = [
     "AsyncTransaction",
     "Inserted",
     "PhasesResult",
     "Step",
     "Transaction",
+    "TransactionAbortedError",
     "adelete_by_key",
     "ainsert_if_absent",
     "arun_phases",

@@ -147,6 +147,15 @@ class DjangoBackend:
         connection = self.connection
         return bool(connection.in_atomic_block) or not connection.get_autocommit()
 
+    def aborted(self) -> bool:
+        """Return whether the block's transaction was aborted: Django marked it for rollback
+        (a failed ORM write, on every database; `set_rollback(True)`), or PostgreSQL aborted
+        it after a statement failed."""
+        records = self._records
+        if self._atomic is None or records is None:
+            return False
+        return bool(self.connection.needs_rollback) or records.aborted()
+
     def begin(self) -> None:
         """Enter an atomic block (a savepoint inside one), create the table if missing, and
         hold what the claim must lock."""

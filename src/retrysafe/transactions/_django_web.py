@@ -33,9 +33,10 @@ from retrysafe.transactions._django import DjangoBackend
 from retrysafe.transactions._state import ClaimOptions
 from retrysafe.transactions._sync.transaction import Transaction
 from retrysafe.transactions._sync.work import WorkUnit, encrypting, load_secret_of
-from retrysafe.transactions._web import claim_options, connect_failed, tracks
+from retrysafe.transactions._web import claim_options, connect_failed, handler_name, tracks
 
 try:
+    from asgiref.sync import iscoroutinefunction
     from django.core.signals import setting_changed  # type: ignore[import-untyped]
     from django.db import Error as DatabaseError  # type: ignore[import-untyped]
     from django.db import transaction
@@ -48,6 +49,12 @@ __all__ = ["transactional"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Request = Any  # Django's request and response classes are untyped
+
+ASYNC_VIEW = (
+    "@transactional takes a sync view: Django's transactions are sync only. An async view (an "
+    "`async def`, or a class-based view whose handlers are async) calls the sync code that "
+    "writes through `sync_to_async` instead; under ASGI, Django runs a sync view in a thread."
+)
 
 
 @dataclass(slots=True)
@@ -123,10 +130,8 @@ def transactional(
     records = table or DEFAULT_TABLE
 
     def decorate(view: F) -> F:
-        if inspect.iscoroutinefunction(view):
-            raise TypeError(
-                "@transactional takes a sync view: Django's transactions are sync only."
-            )
+        if iscoroutinefunction(view):  # asgiref's: also an async class-based view's as_view()
+            raise TypeError(ASYNC_VIEW)
 
         @functools.wraps(view)
         def transactional_view(request: Request, *args: Any, **kwargs: Any) -> Any:
@@ -181,7 +186,7 @@ def _transact(view: Callable[..., Any], unit: _DjangoWorkUnit) -> Any:
     if answer is not None:
         return _django_response(answer)
     try:
-        response = view(tx=unit.request_transaction())
+        response = _sync_response(view(tx=unit.request_transaction()))
         if response.streaming:  # the whole body commits with the writes, so it is read here
             body: bytes = b"".join(response.streaming_content)
             response.streaming_content = [body]
@@ -194,8 +199,19 @@ def _transact(view: Callable[..., Any], unit: _DjangoWorkUnit) -> Any:
         (str(name).lower().encode("latin-1"), str(value).encode("latin-1"))
         for name, value in response.items()
     )
-    problem = unit.finish(Response(response.status_code, headers, body))
+    answered = Response(response.status_code, headers, body)
+    problem = unit.finish(answered, handler=handler_name(view))
     return response if problem is None else _django_response(problem)
+
+
+def _sync_response(response: Any) -> Any:
+    """Return a view's response; refuse an awaitable, returned by an async view that
+    decoration could not tell (a sync callable that returns a coroutine), never running it."""
+    if inspect.isawaitable(response):
+        if inspect.iscoroutine(response):
+            response.close()  # nothing of it ran
+        raise TypeError(ASYNC_VIEW)
+    return response
 
 
 def _scoper(config: _Config, backend: DjangoBackend) -> Scoper:

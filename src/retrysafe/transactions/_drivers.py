@@ -23,7 +23,9 @@ are not recognised (the MySQL store's statements are PyMySQL's).
 
 `is_sync_connection` and `is_async_connection` tell which colour of transaction a connection
 takes; `is_connection` whether transactional mode drives it at all; `commits_on_ddl` whether its
-database commits the open transaction on `CREATE TABLE` (MySQL and MariaDB do).
+database commits the open transaction on `CREATE TABLE` (MySQL and MariaDB do);
+`transaction_aborted` whether its database aborted the open transaction (PostgreSQL does, after
+a statement fails).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "is_sync_connection",
     "psycopg_module",
     "sqlalchemy_module",
+    "transaction_aborted",
 ]
 
 
@@ -217,3 +220,19 @@ def commits_on_ddl(value: object) -> bool:
     """Return whether `value` is a driver connection whose database commits the open
     transaction on `CREATE TABLE` (MySQL and MariaDB, either colour)."""
     return is_mysql_connection(value) or is_async_mysql_connection(value)
+
+
+def transaction_aborted(connection: object) -> bool:
+    """Return whether the database aborted the transaction open on driver `connection`.
+
+    PostgreSQL aborts a transaction as soon as one of its statements fails: every later
+    statement is refused until it is rolled back, and a COMMIT then rolls it back without an
+    error, so code that caught the error and went on would have nothing of it applied, and be
+    told nothing. A psycopg connection says so (`INERROR`). MySQL, MariaDB and SQLite fail only
+    the statement: the transaction goes on, and can commit what else it wrote.
+    """
+    if not (is_psycopg_connection(connection) or is_async_psycopg_connection(connection)):
+        return False
+    driver = psycopg_module()
+    assert driver is not None  # noqa: S101 - the probe found it
+    return bool(connection.info.transaction_status == driver.pq.TransactionStatus.INERROR)

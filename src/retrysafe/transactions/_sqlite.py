@@ -63,6 +63,11 @@ class SQLiteRecords:
             self._run(lambda: self.table.create_schema(self.connection))
             self._run(lambda: self.connection.execute(lock))
 
+    def aborted(self) -> bool:
+        """Return False: SQLite fails only the statement that failed, and the transaction goes
+        on, so a caught error leaves it able to commit what else it wrote."""
+        return False
+
     def claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float
     ) -> Claim:

@@ -9,12 +9,12 @@ and its generated sync twin) build on `TransactionState`; atomic phases on `Clai
 from __future__ import annotations
 
 import math
-from typing import Required, TypedDict, Unpack
+from typing import Protocol, Required, TypedDict, Unpack, runtime_checkable
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._encryption import Keyring
 from retrysafe._engine import Decision
-from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableError
+from retrysafe._errors import ConfigurationError, OutcomeError, StoreError, StoreUnavailableError
 from retrysafe._flow import DEFAULT_LEASE, DEFAULT_RETENTION, judge
 from retrysafe._record import Claim, Identity, Record
 
@@ -23,18 +23,32 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_RETENTION",
     "FORGOTTEN_OUTCOME",
+    "TRANSACTION_ABORTED",
+    "Abortable",
     "ClaimOptions",
     "ClaimSettings",
     "DeadlockRollbackError",
+    "TransactionAbortedError",
     "TransactionState",
     "check_keyring",
+    "check_not_aborted",
     "check_settings",
     "refusal",
+    "was_aborted",
 ]
 
 FORGOTTEN_OUTCOME = (
     "The transaction ended without tx.complete(outcome); its writes were rolled back, since an "
     "effect without a stored outcome could not be replayed."
+)
+
+TRANSACTION_ABORTED = (
+    "The transaction was aborted before it could commit: a statement in it failed and the code "
+    "went on (it caught the database error, after which PostgreSQL refuses every statement of "
+    "the transaction), or a failed write marked it for rollback (a SQLAlchemy flush, a Django "
+    "ORM write). It was rolled back: nothing of it was applied. To go on after a statement "
+    "that may fail, run that statement in a savepoint: `with conn.transaction():` (psycopg), "
+    "`session.begin_nested()` (SQLAlchemy), `with transaction.atomic():` (Django)."
 )
 
 CLAIM_ROUNDS = 8
@@ -50,6 +64,37 @@ class DeadlockRollbackError(StoreUnavailableError):
     the caller's transaction this propagates, since the caller's own writes went too: run the
     whole transaction again.
     """
+
+
+class TransactionAbortedError(OutcomeError):
+    """The transaction was aborted before it could commit (`TRANSACTION_ABORTED`): nothing of
+    it was applied. The code that caught a database error inside it is wrong, not the store:
+    the same work fails the same way until that statement runs in a savepoint, so a consumer
+    rejects the message (`should_requeue`) and a web request gets a 500, not a 503."""
+
+
+@runtime_checkable
+class Abortable(Protocol):
+    """A backend that can tell whether its open transaction was aborted (every backend of
+    transactional mode; a wrapper made elsewhere, such as the completer's, may not)."""
+
+    def aborted(self) -> bool:
+        """Return whether the open transaction was aborted and can no longer commit."""
+        ...
+
+
+def was_aborted(backend: object) -> bool:
+    """Return whether `backend` says its open transaction was aborted (one that cannot tell,
+    not an `Abortable`, is taken to be usable, as before it could)."""
+    return isinstance(backend, Abortable) and backend.aborted()
+
+
+def check_not_aborted(backend: object) -> None:
+    """Raise `TransactionAbortedError` if `backend`'s open transaction was aborted: before an
+    outcome is stored in it, or before it commits (which, on PostgreSQL, would silently commit
+    nothing). The caller rolls the transaction back."""
+    if was_aborted(backend):
+        raise TransactionAbortedError(TRANSACTION_ABORTED)
 
 
 class ClaimOptions(TypedDict, total=False):

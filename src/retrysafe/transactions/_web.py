@@ -5,7 +5,10 @@ outcome codec, problems), with one difference: the claim, the handler's writes a
 response commit in one database transaction on the handler's own connection, and the response
 is sent only after that commit. A failed commit rolls the writes back and answers 503, so the
 client retries; the HTTP middleware would answer with the handler's response instead (B19),
-which here would announce writes that never committed.
+which here would announce writes that never committed. A handler that caught a database error
+and answered anyway, its transaction aborted (`TransactionAbortedError`), gets neither: nothing
+of it was applied and nothing can be stored, and it is the handler's bug, not an outage, so
+the answer is a 500 problem (`aborted_problem`), logged at ERROR with the handler's name.
 
 One request's work is a work unit (`_async/work.py`, and its generated sync twin): begin and
 claim, run the handler, commit its response with its writes or roll both back.
@@ -14,6 +17,7 @@ claim, run the handler, commit its response with its writes or roll both back.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Generic, TypeVar
@@ -23,6 +27,7 @@ import anyio
 from retrysafe._clock import Clock
 from retrysafe._errors import InFlightError, KeyMismatchError, StoreError
 from retrysafe._http import (
+    DEFAULT_PROBLEM_BASE_URL,
     Response,
     ResponseCapture,
     Settings,
@@ -30,6 +35,7 @@ from retrysafe._http import (
     logger,
     mismatch,
     outcome_to_store,
+    problem_response,
     store_unavailable,
 )
 from retrysafe._record import Identity, Record
@@ -44,8 +50,10 @@ __all__ = [
     "RequestTransaction",
     "RolledBack",
     "ShieldCancellation",
+    "aborted_problem",
     "claim_options",
     "connect_failed",
+    "handler_name",
     "outcome_of",
     "refused",
     "tracks",
@@ -58,6 +66,17 @@ HANDLER_RAISED: Final = "retrysafe.handler_raised"
 """Set in the ASGI scope by a face that sees its handler raise (FastAPI's dependency), even
 when the framework then answers for it (`HTTPException`): the writes roll back (B18)."""
 """Where the request's `RequestTransaction` is kept: an ASGI scope key, a WSGI environ key."""
+ABORTED_TYPE: Final = DEFAULT_PROBLEM_BASE_URL.replace("/http/", "/transactions/") + (
+    "transaction-aborted"
+)
+"""The `type` of the problem that answers a handler whose transaction was aborted: an anchor of
+docs/transactions.md, as the proxy's problems are anchors of its own page."""
+_ABORTED_DETAIL: Final = (
+    "The request's handler caught a database error inside its transaction and answered "
+    "anyway, but the database had aborted the transaction: nothing of the request was "
+    "applied, and its response was not sent. This is a server error; the same request fails "
+    "the same way until the handler is fixed."
+)
 CLEANUP_SECONDS: Final = 5.0
 """How long a rollback may take once the request was cancelled."""
 
@@ -137,6 +156,29 @@ def refused(error: Exception, settings: Settings) -> Response | None:
     if isinstance(error, StoreError):
         return store_unavailable(settings)
     return None
+
+
+def aborted_problem(settings: Settings, handler: str) -> Response:
+    """Log, at ERROR, that `handler` left its transaction aborted; return the 500 problem that
+    answers instead of its response (which claims an outcome that was not committed)."""
+    logger.error(
+        "The handler %s caught a database error inside its transaction and answered anyway, "
+        "but the transaction was aborted: it was rolled back with the key, and the request "
+        "answered with a 500 problem instead. Run the statement that may fail in a savepoint "
+        "(`with conn.transaction():`, `session.begin_nested()`, `with transaction.atomic():`).",
+        handler,
+    )
+    return problem_response(ABORTED_TYPE, "Transaction aborted", 500, _ABORTED_DETAIL)
+
+
+def handler_name(handler: object) -> str:
+    """Return the name of a handler (a view, an endpoint, a partial of one) for a log line."""
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    handler = getattr(handler, "view_class", handler)  # a Django class-based view's class
+    name = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+    module = getattr(handler, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
 
 
 def outcome_of(response: Response, settings: Settings) -> bytes | None:

@@ -22,6 +22,7 @@ The key, scope, fingerprint, replay and problem rules are the HTTP middleware's
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Unpack
@@ -59,6 +60,7 @@ from retrysafe.transactions._web import (
     RequestTransaction,
     claim_options,
     connect_failed,
+    handler_name,
     tracks,
 )
 
@@ -262,7 +264,9 @@ class TransactionalMiddleware:
                     await asgi_io.respond(send, response)
                     return
                 # The last body message: commit, then answer (B18).
-                await asgi_io.respond(send, await unit.finish(response) or response)
+                handler = _handler_of(app_scope)
+                answer = await unit.finish(response, handler=handler)
+                await asgi_io.respond(send, answer or response)
 
         try:
             await self.app(app_scope, receive, capture)
@@ -291,9 +295,10 @@ class _ThreadedWorkUnit:
     async def start(self) -> Response | None:
         return await anyio.to_thread.run_sync(self._unit.start)
 
-    async def finish(self, response: Response) -> Response | None:
+    async def finish(self, response: Response, *, handler: str) -> Response | None:
         # A worker thread runs to its end whatever happens to the request: no shield needed.
-        return await anyio.to_thread.run_sync(self._unit.finish, response)
+        finish = functools.partial(self._unit.finish, response, handler=handler)
+        return await anyio.to_thread.run_sync(finish)
 
     async def rollback(self) -> None:
         with AsyncShieldCancellation(CLEANUP_SECONDS):
@@ -342,6 +347,15 @@ async def _close(connection: Any) -> None:
             await connection.close()
         else:
             await anyio.to_thread.run_sync(connection.close)
+
+
+def _handler_of(scope: Scope) -> str:
+    """Return the name of the handler that answered, for a log line: the endpoint the app's
+    router put in the scope (Starlette's, FastAPI's), else the request's method and path."""
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        return handler_name(endpoint)
+    return f"{scope['method']} {scope['path']}"
 
 
 def _response_of(messages: list[Message]) -> Response | None:

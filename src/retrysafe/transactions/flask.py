@@ -49,6 +49,7 @@ from retrysafe.transactions._web import (
     RequestTransaction,
     claim_options,
     connect_failed,
+    handler_name,
     tracks,
 )
 
@@ -202,7 +203,8 @@ def _run(view: Callable[..., Any], unit: WorkUnit) -> Any:
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in response.headers.items()
     )
-    problem = unit.finish(Response(response.status_code, headers, body))
+    answered = Response(response.status_code, headers, body)
+    problem = unit.finish(answered, handler=handler_name(view))
     return response if problem is None else _flask_response(problem)
 
 

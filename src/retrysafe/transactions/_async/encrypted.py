@@ -12,7 +12,7 @@ from __future__ import annotations
 from retrysafe._encryption import Keyring, with_outcome
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions._async.transaction import AsyncBackend
-from retrysafe.transactions._state import check_keyring
+from retrysafe.transactions._state import check_keyring, was_aborted
 
 __all__ = ["AsyncEncryptedBackend", "encrypting"]
 
@@ -32,6 +32,10 @@ class AsyncEncryptedBackend:
     def in_transaction(self) -> bool:
         """Return whether the connection has a transaction open already."""
         return self.backend.in_transaction()
+
+    def aborted(self) -> bool:
+        """Return whether the backend's open transaction was aborted."""
+        return was_aborted(self.backend)
 
     async def begin(self) -> None:
         """Start the backend's transaction (or savepoint)."""

@@ -16,6 +16,7 @@ from retrysafe.transactions._async.encrypted import encrypting
 from retrysafe.transactions._async.outbox import AsyncOutboxWriter
 from retrysafe.transactions._async.transaction import abegin_claim, arollback
 from retrysafe.transactions._dispatch import async_backend
+from retrysafe.transactions._state import check_not_aborted
 from retrysafe.transactions._steps import (
     AsyncPhaseFunction,
     PhasesResult,
@@ -88,6 +89,8 @@ async def arun_phases(
             the recovery point is not one of the phases.
         RuntimeError: a phase committed or rolled back the connection itself (the phase is
             not recorded as done).
+        TransactionAbortedError: a phase caught a database error and returned, its
+            transaction aborted: it was rolled back, and a retry runs it again.
         KeyMismatchError: the key was used with another request.
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
@@ -158,7 +161,8 @@ async def _call_in_transaction(
     backend: AsyncBackend, function: AsyncPhaseFunction, step: Step
 ) -> bytes | None:
     """Run a phase's function; refuse it if it ended the transaction `begin` opened, as its
-    writes may then be committed already, without the recovery point that says so."""
+    writes may then be committed already, without the recovery point that says so, or if it
+    left that transaction aborted (`TransactionAbortedError`: nothing of it was applied)."""
     try:
         outcome = await acall_phase(function, step)
     except Exception as error:
@@ -167,6 +171,7 @@ async def _call_in_transaction(
         raise
     if not backend.in_transaction():
         raise RuntimeError(ENDED_INSIDE_PHASE.format(name=step.name))
+    check_not_aborted(backend)  # its recovery point cannot be stored: it runs again
     return outcome
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from retrysafe._errors import ConfigurationError, InFlightError, StoreError
 from retrysafe._record import Claim, Identity, Record
+from retrysafe.transactions import _drivers as drivers
 
 if TYPE_CHECKING:
     from retrysafe.stores._async import mysql_records, postgres_records
@@ -89,6 +90,11 @@ class AsyncDriverRecords(Generic[ConnectionT, PrimitivesT, ErrorT]):
             await self._records.create_schema(self.connection)
         if self.commits_on_ddl:
             _ready_tables.add(key)  # the DDL committed: the table stays whatever happens next
+
+    def aborted(self) -> bool:
+        """Return whether the database aborted the open transaction: PostgreSQL does after a
+        statement fails; MySQL fails only the statement (`_drivers.transaction_aborted`)."""
+        return drivers.transaction_aborted(self.connection)
 
     async def claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float

@@ -8,6 +8,7 @@ they are part of the same transaction as everything the session flushes. On MySQ
 savepoint's statement opens one (in a session that has run nothing yet, nothing is open).
 While the block runs, the session may not end that transaction itself (`SessionGuard`).
 
+A transaction that a failed flush deactivated, or that PostgreSQL aborted, says so (`aborted`).
 A commit that fails is rolled back and raised as the store's error, translated from the
 driver's error under SQLAlchemy's by the session's records (`commit_failed`): a session left
 with a failed transaction refuses every later statement until rolled back. For a savepoint, the
@@ -57,6 +58,16 @@ class AsyncSessionBackend:
     def in_transaction(self) -> bool:
         """Return whether the session has a transaction open."""
         return self.session.in_transaction()
+
+    def aborted(self) -> bool:
+        """Return whether the block's transaction was aborted: SQLAlchemy deactivates it after
+        a flush fails (having rolled it back, on every database), and PostgreSQL aborts it
+        after any statement fails. A transaction the session ended itself is not aborted: it
+        is refused as such (`ENDED_INSIDE`)."""
+        transaction, records, guard = self._transaction, self._records, self._guard
+        if transaction is None or records is None or guard is None or guard.ended:
+            return False
+        return not transaction.is_active or records.aborted()
 
     async def begin(self) -> None:
         """Begin (or begin nested), then create the table and take what the claim locks."""

@@ -28,6 +28,7 @@ from retrysafe.transactions._state import (
     ClaimSettings,
     DeadlockRollbackError,
     TransactionState,
+    check_not_aborted,
 )
 
 __all__ = [
@@ -75,6 +76,10 @@ class AsyncRecords(AsyncRecordStatements, Protocol):
         """Create the table if missing, and take what the claim must lock."""
         ...
 
+    def aborted(self) -> bool:
+        """Return whether the database aborted the open transaction (a statement failed)."""
+        ...
+
 
 class AsyncBackend(AsyncRecordStatements, Protocol):
     """A connection's transaction control and the record statements run inside it."""
@@ -115,7 +120,9 @@ class AsyncTransaction(TransactionState):
     writes is rolled back. The same key with another fingerprint raises `KeyMismatchError`; a
     key held by an operation committed in flight (atomic phases) raises `InFlightError`.
     Leaving the block stores the outcome given to `complete` and commits; an exception rolls
-    back the claim with the writes and propagates. `tx.outbox.add(topic, payload)` adds a
+    back the claim with the writes and propagates. A transaction the database aborted (the
+    block caught a database error and went on) cannot store it: it is rolled back, and raises
+    `TransactionAbortedError`. `tx.outbox.add(topic, payload)` adds a
     message that is written in the same transaction when it commits (`retrysafe.outbox`).
     """
 
@@ -143,6 +150,7 @@ class AsyncTransaction(TransactionState):
                 raise RuntimeError(FORGOTTEN_OUTCOME)
             return
         try:
+            check_not_aborted(self._backend)
             await AsyncOutboxWriter(self._backend).write(self.outbox, now=self.clock.now())
             await self._backend.complete(
                 self.identity,

@@ -12,7 +12,9 @@ version, and returns `(True, its value)`, or `(False, None)` for an older or equ
   time, and a version is recorded only by the holder that applied it.
 - `AsyncSQLVersions`, on the caller's database connection: the compare-and-set is one
   `INSERT ... ON CONFLICT DO UPDATE ... WHERE version < excluded.version` in the same
-  transaction as the effect's writes, so both commit or neither does.
+  transaction as the effect's writes, so both commit or neither does. An effect that returns
+  from a transaction the database aborted (it caught a database error) has applied nothing,
+  its version included: that raises `TransactionAbortedError`, never counts as applied.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from retrysafe._versions import (
     version_of_point,
 )
 from retrysafe.stores.base import AsyncStore, poll_delays
+from retrysafe.transactions import _drivers as drivers
+from retrysafe.transactions._state import TRANSACTION_ABORTED, TransactionAbortedError
 
 __all__ = ["AsyncSQLConnection", "AsyncSQLVersions", "AsyncStoreVersions"]
 
@@ -186,7 +190,13 @@ class AsyncSQLVersions:
     async def apply(
         self, scope: str, entity: str, version: int, effect: AsyncEffect[T]
     ) -> tuple[bool, T | None]:
-        """Run `effect` in the version's transaction if it is newer; commit both, or neither."""
+        """Run `effect` in the version's transaction if it is newer; commit both, or neither.
+
+        Raises:
+            TransactionAbortedError: the effect returned from a transaction the database
+                aborted (PostgreSQL, after a statement failed): it was rolled back, the version
+                with it, where leaving it would have committed nothing and said nothing.
+        """
         if not self._ready:
             await self._prepare()
         entity_key = f"{scope}\x00{entity}" if scope else entity
@@ -196,7 +206,10 @@ class AsyncSQLVersions:
             )
             if cursor.rowcount != 1:
                 return False, None  # an older or equal version: nothing was written
-            return True, await effect()
+            value = await effect()
+            if drivers.transaction_aborted(self.connection):
+                raise TransactionAbortedError(TRANSACTION_ABORTED)  # the block rolls back
+            return True, value
 
     async def _prepare(self) -> None:
         """Create the table if it is missing (a second try if a concurrent consumer raced us)."""

@@ -17,11 +17,13 @@ from retrysafe._http import Response, Settings, logger, replay_response, store_u
 from retrysafe.transactions._async.encrypted import encrypting
 from retrysafe.transactions._async.transaction import AsyncTransaction
 from retrysafe.transactions._dispatch import async_backend
+from retrysafe.transactions._state import TransactionAbortedError, check_not_aborted
 from retrysafe.transactions._web import (
     CLEANUP_SECONDS,
     AsyncShieldCancellation,
     RequestTransaction,
     RolledBack,
+    aborted_problem,
     outcome_of,
     refused,
 )
@@ -99,13 +101,17 @@ class AsyncWorkUnit:
         decide("execute")
         return None
 
-    async def finish(self, response: Response) -> Response | None:
+    async def finish(self, response: Response, *, handler: str) -> Response | None:
         """Commit the handler's complete `response` with its writes, or roll back by the outcome
-        policy (B18); return the 503 problem that replaces it if the commit failed, else None."""
+        policy (B18); return the problem that replaces it, else None: a 503 if the commit
+        failed, a 500 if `handler` (its name, for the log) left its transaction aborted."""
         outcome = outcome_of(response, self.settings)
         try:
             with AsyncShieldCancellation():
                 await self._end(outcome)
+        except TransactionAbortedError:
+            await self.rollback()  # nothing was applied, and the key is free again
+            return aborted_problem(self.settings, handler)
         except Exception:
             self.counters.add(Count.COMPLETE_FAILURES)
             finish("store_failed")  # nothing was applied: the writes rolled back with the key
@@ -131,6 +137,8 @@ class AsyncWorkUnit:
         """Store `outcome` and commit; None rolls back instead."""
         tx = self._tx
         if tx is None:
+            if outcome is not None:
+                check_not_aborted(self._backend)  # else its COMMIT would silently commit nothing
             await self._backend.end(commit=outcome is not None)
         elif outcome is None:
             await tx.__aexit__(RolledBack, RolledBack(), None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from retrysafe._encryption import Keyring, with_outcome
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions._sync.transaction import Backend
-from retrysafe.transactions._state import check_keyring
+from retrysafe.transactions._state import check_keyring, was_aborted
 
 __all__ = ["EncryptedBackend", "encrypting"]
 
@@ -35,6 +35,10 @@ class EncryptedBackend:
     def in_transaction(self) -> bool:
         """Return whether the connection has a transaction open already."""
         return self.backend.in_transaction()
+
+    def aborted(self) -> bool:
+        """Return whether the backend's open transaction was aborted."""
+        return was_aborted(self.backend)
 
     def begin(self) -> None:
         """Start the backend's transaction (or savepoint)."""

@@ -19,6 +19,7 @@ from retrysafe.transactions._sync.encrypted import encrypting
 from retrysafe.transactions._sync.outbox import OutboxWriter
 from retrysafe.transactions._sync.transaction import begin_claim, rollback
 from retrysafe.transactions._dispatch import sync_backend
+from retrysafe.transactions._state import check_not_aborted
 from retrysafe.transactions._steps import (
     PhaseFunction,
     PhasesResult,
@@ -91,6 +92,8 @@ def run_phases(
             the recovery point is not one of the phases.
         RuntimeError: a phase committed or rolled back the connection itself (the phase is
             not recorded as done).
+        TransactionAbortedError: a phase caught a database error and returned, its
+            transaction aborted: it was rolled back, and a retry runs it again.
         KeyMismatchError: the key was used with another request.
         InFlightError: a live holder is running the operation.
         FencedError: the operation was taken over while this run was between phases.
@@ -161,7 +164,8 @@ def _call_in_transaction(
     backend: Backend, function: PhaseFunction, step: Step
 ) -> bytes | None:
     """Run a phase's function; refuse it if it ended the transaction `begin` opened, as its
-    writes may then be committed already, without the recovery point that says so."""
+    writes may then be committed already, without the recovery point that says so, or if it
+    left that transaction aborted (`TransactionAbortedError`: nothing of it was applied)."""
     try:
         outcome = call_phase(function, step)
     except Exception as error:
@@ -170,6 +174,7 @@ def _call_in_transaction(
         raise
     if not backend.in_transaction():
         raise RuntimeError(ENDED_INSIDE_PHASE.format(name=step.name))
+    check_not_aborted(backend)  # its recovery point cannot be stored: it runs again
     return outcome
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from retrysafe._errors import ConfigurationError, InFlightError, StoreError
 from retrysafe._record import Claim, Identity, Record
+from retrysafe.transactions import _drivers as drivers
 
 if TYPE_CHECKING:
     from retrysafe.stores._sync import mysql_records, postgres_records
@@ -92,6 +93,11 @@ class DriverRecords(Generic[ConnectionT, PrimitivesT, ErrorT]):
             self._records.create_schema(self.connection)
         if self.commits_on_ddl:
             _ready_tables.add(key)  # the DDL committed: the table stays whatever happens next
+
+    def aborted(self) -> bool:
+        """Return whether the database aborted the open transaction: PostgreSQL does after a
+        statement fails; MySQL fails only the statement (`_drivers.transaction_aborted`)."""
+        return drivers.transaction_aborted(self.connection)
 
     def claim(
         self, identity: Identity, fingerprint: str, *, now: float, lease: float, retention: float

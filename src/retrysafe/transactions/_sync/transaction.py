@@ -31,6 +31,7 @@ from retrysafe.transactions._state import (
     ClaimSettings,
     DeadlockRollbackError,
     TransactionState,
+    check_not_aborted,
 )
 
 __all__ = [
@@ -78,6 +79,10 @@ class Records(RecordStatements, Protocol):
         """Create the table if missing, and take what the claim must lock."""
         ...
 
+    def aborted(self) -> bool:
+        """Return whether the database aborted the open transaction (a statement failed)."""
+        ...
+
 
 class Backend(RecordStatements, Protocol):
     """A connection's transaction control and the record statements run inside it."""
@@ -118,7 +123,9 @@ class Transaction(TransactionState):
     writes is rolled back. The same key with another fingerprint raises `KeyMismatchError`; a
     key held by an operation committed in flight (atomic phases) raises `InFlightError`.
     Leaving the block stores the outcome given to `complete` and commits; an exception rolls
-    back the claim with the writes and propagates. `tx.outbox.add(topic, payload)` adds a
+    back the claim with the writes and propagates. A transaction the database aborted (the
+    block caught a database error and went on) cannot store it: it is rolled back, and raises
+    `TransactionAbortedError`. `tx.outbox.add(topic, payload)` adds a
     message that is written in the same transaction when it commits (`retrysafe.outbox`).
     """
 
@@ -146,6 +153,7 @@ class Transaction(TransactionState):
                 raise RuntimeError(FORGOTTEN_OUTCOME)
             return
         try:
+            check_not_aborted(self._backend)
             OutboxWriter(self._backend).write(self.outbox, now=self.clock.now())
             self._backend.complete(
                 self.identity,

@@ -15,7 +15,9 @@ version, and returns `(True, its value)`, or `(False, None)` for an older or equ
   time, and a version is recorded only by the holder that applied it.
 - `SQLVersions`, on the caller's database connection: the compare-and-set is one
   `INSERT ... ON CONFLICT DO UPDATE ... WHERE version < excluded.version` in the same
-  transaction as the effect's writes, so both commit or neither does.
+  transaction as the effect's writes, so both commit or neither does. An effect that returns
+  from a transaction the database aborted (it caught a database error) has applied nothing,
+  its version included: that raises `TransactionAbortedError`, never counts as applied.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from retrysafe._versions import (
     version_of_point,
 )
 from retrysafe.stores.base import Store, poll_delays
+from retrysafe.transactions import _drivers as drivers
+from retrysafe.transactions._state import TRANSACTION_ABORTED, TransactionAbortedError
 
 __all__ = ["SQLConnection", "SQLVersions", "StoreVersions"]
 
@@ -189,7 +193,13 @@ class SQLVersions:
     def apply(
         self, scope: str, entity: str, version: int, effect: Effect[T]
     ) -> tuple[bool, T | None]:
-        """Run `effect` in the version's transaction if it is newer; commit both, or neither."""
+        """Run `effect` in the version's transaction if it is newer; commit both, or neither.
+
+        Raises:
+            TransactionAbortedError: the effect returned from a transaction the database
+                aborted (PostgreSQL, after a statement failed): it was rolled back, the version
+                with it, where leaving it would have committed nothing and said nothing.
+        """
         if not self._ready:
             self._prepare()
         entity_key = f"{scope}\x00{entity}" if scope else entity
@@ -199,7 +209,10 @@ class SQLVersions:
             )
             if cursor.rowcount != 1:
                 return False, None  # an older or equal version: nothing was written
-            return True, effect()
+            value = effect()
+            if drivers.transaction_aborted(self.connection):
+                raise TransactionAbortedError(TRANSACTION_ABORTED)  # the block rolls back
+            return True, value
 
     def _prepare(self) -> None:
         """Create the table if it is missing (a second try if a concurrent consumer raced us)."""

@@ -20,11 +20,13 @@ from retrysafe._http import Response, Settings, logger, replay_response, store_u
 from retrysafe.transactions._sync.encrypted import encrypting
 from retrysafe.transactions._sync.transaction import Transaction
 from retrysafe.transactions._dispatch import sync_backend
+from retrysafe.transactions._state import TransactionAbortedError, check_not_aborted
 from retrysafe.transactions._web import (
     CLEANUP_SECONDS,
     ShieldCancellation,
     RequestTransaction,
     RolledBack,
+    aborted_problem,
     outcome_of,
     refused,
 )
@@ -102,13 +104,17 @@ class WorkUnit:
         decide("execute")
         return None
 
-    def finish(self, response: Response) -> Response | None:
+    def finish(self, response: Response, *, handler: str) -> Response | None:
         """Commit the handler's complete `response` with its writes, or roll back by the outcome
-        policy (B18); return the 503 problem that replaces it if the commit failed, else None."""
+        policy (B18); return the problem that replaces it, else None: a 503 if the commit
+        failed, a 500 if `handler` (its name, for the log) left its transaction aborted."""
         outcome = outcome_of(response, self.settings)
         try:
             with ShieldCancellation():
                 self._end(outcome)
+        except TransactionAbortedError:
+            self.rollback()  # nothing was applied, and the key is free again
+            return aborted_problem(self.settings, handler)
         except Exception:
             self.counters.add(Count.COMPLETE_FAILURES)
             finish("store_failed")  # nothing was applied: the writes rolled back with the key
@@ -134,6 +140,8 @@ class WorkUnit:
         """Store `outcome` and commit; None rolls back instead."""
         tx = self._tx
         if tx is None:
+            if outcome is not None:
+                check_not_aborted(self._backend)  # else its COMMIT would silently commit nothing
             self._backend.end(commit=outcome is not None)
         elif outcome is None:
             tx.__exit__(RolledBack, RolledBack(), None)

@@ -82,8 +82,7 @@ _UNCAPTURABLE: Final = ("http.response.pathsend", "http.response.zerocopy")
 
 
 def _path(scope: Scope) -> str:
-    path: str = scope["path"]
-    return path
+    return asgi_io.route_path(scope)  # without the mount prefix, as the app routes it (B5)
 
 
 class TransactionalMiddleware:
@@ -214,7 +213,7 @@ class TransactionalMiddleware:
     def _settings_for(self, scope: Scope) -> Settings | None:
         """Return the settings of the request's route, or None if it is not covered (B5)."""
         if self._hook is None:
-            return self._gate.router.for_path(scope["path"])
+            return self._gate.router.for_path(_path(scope))
         return self._gate.router.for_route(self._hook(scope))
 
     def _unit(

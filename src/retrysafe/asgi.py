@@ -94,9 +94,7 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
     async store (`retrysafe.open_async_store(url)`), and `route_settings` gets the ASGI scope.
     """
 
-    @staticmethod
-    def _path(request: Scope) -> str:
-        return route_path(request)
+    _path = staticmethod(route_path)
 
     @staticmethod
     def _new_flow(store: AsyncStore, observation: Observation) -> AsyncFlow:

@@ -64,9 +64,7 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
 
     face = "wsgi"
 
-    @staticmethod
-    def _path(request: WSGIEnvironment) -> str:
-        return path_of(request)
+    _path = staticmethod(path_of)
 
     @staticmethod
     def _new_flow(store: Store, observation: Observation) -> SyncFlow:

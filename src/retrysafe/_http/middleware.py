@@ -105,7 +105,7 @@ class MiddlewareBase(Generic[AppT, RequestT, StoreT, FlowT]):
             self._limiter.leave(scope)
 
     @staticmethod
-    def _path(request: RequestT) -> str:
+    def _path(request: RequestT, /) -> str:
         """Return the request's path (for `routes`)."""
         raise NotImplementedError
 

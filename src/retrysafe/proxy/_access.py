@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import logging
 import time
-import unicodedata
 from contextvars import ContextVar
 from typing import Final
 
 from retrysafe.asgi import ASGIApp, Message, Receive, Scope, Send
 from retrysafe.observe import Observer, Operation
+from retrysafe.observe._text import printable
 
 __all__ = ["ACCESS_LOGGER", "AccessLog", "Decisions", "printable"]
 
 ACCESS_LOGGER: Final = logging.getLogger("retrysafe.proxy.access")
 LOGGED_PATH: Final = 1024
 """How much of a path the access log writes (`clipped`)."""
-# Written as escapes: controls (Cc), format characters such as bidi overrides (Cf), lone
-# surrogates (Cs), line and paragraph separators (Zl, Zp). As `retrysafe.cli._common.literal`.
-_HIDDEN: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 class _Seen:
@@ -133,14 +130,3 @@ def clipped(text: str) -> str:
     if len(text) <= LOGGED_PATH:
         return text
     return f"{text[:LOGGED_PATH]}...[{len(text) - LOGGED_PATH} more characters]"
-
-
-def printable(text: str) -> str:
-    """Return `text` with every control, format or separator character written as its Python
-    escape (`\\x1b`, `\\r`, `\\u202e`), so a client's bytes cannot steer the terminal or the
-    log reader; printable Unicode stays as it is."""
-    if text.isprintable():
-        return text
-    return "".join(
-        repr(char)[1:-1] if unicodedata.category(char) in _HIDDEN else char for char in text
-    )

@@ -36,7 +36,15 @@ from typing import Final
 from retrysafe._errors import StoreUnavailableError
 from retrysafe.stores._deletes import FORKS
 
-__all__ = ["INHERITED", "AsyncHome", "Home", "loop_mismatch", "raise_unusable", "unusable_here"]
+__all__ = [
+    "INHERITED",
+    "AsyncHome",
+    "ErrorsAs",
+    "Home",
+    "loop_mismatch",
+    "raise_unusable",
+    "unusable_here",
+]
 
 
 class _Inherited:
@@ -159,13 +167,11 @@ def raise_unusable(error: BaseException, name: str) -> None:
         ) from error
 
 
-class _UnusableHere:
-    """The context manager behind `unusable_here` (a class: cheaper than a generator)."""
+class ErrorsAs:
+    """A context manager that raises retrysafe's error for the errors `translate` knows, and
+    lets the rest through (a class: cheaper than a generator)."""
 
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
+    __slots__ = ()
 
     def __enter__(self) -> None:
         return None
@@ -177,7 +183,22 @@ class _UnusableHere:
         traceback: TracebackType | None,
     ) -> None:
         if error is not None:
-            raise_unusable(error, self._name)
+            self.translate(error)
+
+    def translate(self, error: BaseException) -> None:
+        """Raise retrysafe's error for `error`, or return to let it through."""
+
+
+class _UnusableHere(ErrorsAs):
+    """The context manager behind `unusable_here`."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def translate(self, error: BaseException) -> None:
+        raise_unusable(error, self._name)
 
 
 def unusable_here(name: str) -> _UnusableHere:

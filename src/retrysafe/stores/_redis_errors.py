@@ -8,8 +8,6 @@ a `RuntimeError` (`stores/_home.py`). Any other Redis error is `StoreError`.
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -24,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retrysafe._errors import ReplicaShortfallError, StoreError, StoreUnavailableError
-from retrysafe.stores._home import raise_unusable
+from retrysafe.stores._home import ErrorsAs, raise_unusable
 
 __all__ = ["ReplicaShortfallError", "translate_errors"]
 
@@ -42,26 +40,17 @@ _UNAVAILABLE = (
 )
 
 
-class _TranslateErrors:
-    """The context manager behind `translate_errors` (a class: cheaper than a generator)."""
+class _TranslateErrors(ErrorsAs):
+    """The context manager behind `translate_errors`."""
 
     __slots__ = ()
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def translate(self, error: BaseException) -> None:
         if isinstance(error, _UNAVAILABLE):
             raise StoreUnavailableError(f"Redis is unavailable: {error}") from error
         if isinstance(error, RedisError):
             raise StoreError(f"Redis failed: {error}") from error
-        if error is not None:
-            raise_unusable(error, "Redis")
+        raise_unusable(error, "Redis")
 
 
 _TRANSLATE_ERRORS = _TranslateErrors()

@@ -198,7 +198,9 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
                 if unknown is not None and unknown.answered and not capture.complete:
                     settled = True
                     await unknown.settle(execution, settings)
-                elif capture.overflowed and not capture.complete:
+                elif capture.overflowed and not execution.finished:
+                    # Streaming (its last message too, if sending it failed): its status went
+                    # out, so the effect happened; the key keeps "response not stored" (B22).
                     settled = True
                     await exchange.finish_streamed()
                 if not isinstance(error, Exception) or not (capture.complete or settled):

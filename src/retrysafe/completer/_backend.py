@@ -26,6 +26,7 @@ from retrysafe._errors import IdempotencyError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.completer._sealing import RowSealing
 from retrysafe.completer._table import ResumableTable
+from retrysafe.transactions._state import was_aborted
 from retrysafe.transactions._sync.transaction import Backend
 
 __all__ = ["ClientRun", "CompleterRun", "ResumableBackend", "SkippedError"]
@@ -76,6 +77,11 @@ class ResumableBackend:
     def in_transaction(self) -> bool:
         """Return whether the connection has a transaction open already."""
         return self.backend.in_transaction()
+
+    def aborted(self) -> bool:
+        """Return whether the backend's open transaction was aborted (a phase caught a
+        database error and went on): the phase is refused instead of committing nothing."""
+        return was_aborted(self.backend)
 
     def begin(self) -> None:
         """Start the backend's transaction (or savepoint)."""

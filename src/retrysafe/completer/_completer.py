@@ -10,7 +10,11 @@ both run a phase: the loser's claim meets a live lease (`InFlightError`), or its
 finds its token fenced (`FencedError`), and it passes over the operation.
 
 An attempt that fails keeps its error; once `max_attempts` are spent, the operation is marked
-as needing a person (`_attention.py`) and the completer leaves it alone.
+as needing a person (`_attention.py`) and the completer leaves it alone. An operation that fails
+before its claim for a reason of its own (its builder raised or left a transaction open, its
+phases are refused) counts an attempt too, so it cannot head every pass for ever; only a
+database error leaves the attempts alone. Operations are isolated: an error one of them raises
+is logged and the pass goes on to the next, unless the database cannot be used now.
 
 With keys (`encryption=`, or a store URL's `encryption_key_env` through `_connect.Connector`),
 the outcomes and marks it stores are sealed as an encrypted store's are, and the stored request
@@ -21,14 +25,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final, TypedDict
 
 from retrysafe._clock import Clock, SystemClock
 from retrysafe._encryption import Keyring
-from retrysafe._errors import ConfigurationError, FencedError, InFlightError, KeyMismatchError
+from retrysafe._errors import (
+    ConfigurationError,
+    FencedError,
+    InFlightError,
+    StoreError,
+    StoreUnavailableError,
+)
 from retrysafe._record import Identity, State
 from retrysafe.completer._attention import write_mark
 from retrysafe.completer._backend import CompleterRun, ResumableBackend, SkippedError
@@ -37,6 +48,7 @@ from retrysafe.completer._registry import Registry, resumable_backend
 from retrysafe.completer._table import ResumableRow
 from retrysafe.observe._text import printable
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION, check_keyring
 from retrysafe.transactions._sync.phases import run_phases_on
 
@@ -44,6 +56,12 @@ __all__ = ["Completer", "Pass"]
 
 logger = logging.getLogger("retrysafe.completer")
 _ERROR_CHARS: Final = 500
+_LEFT_OPEN: Final = (
+    "The builder of namespace {namespace!r} left a transaction open on the completer's "
+    "connection (it ran a statement on a connection not in autocommit), and atomic phases "
+    "commit one transaction per phase: give the completer connections in autocommit, as "
+    "`psycopg.connect(..., autocommit=True)`, or let the builder end what it began."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +70,8 @@ class Pass:
 
     Attributes:
         completed: operations it brought to their end.
-        failed: attempts that raised (their error kept on the operation).
+        failed: attempts that raised (their error kept on the operation), and operations a
+            database error passed over (logged).
         skipped: operations another completer or a client held, or had just finished.
         needs_attention: operations it gave up on in this pass.
     """
@@ -154,7 +173,7 @@ class Completer:
             for digest in digests:
                 if stop is not None and stop.is_set():
                     break
-                done += self._complete(connection, digest)
+                done += self._complete(connection, digest, isolated=True)
             return done
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -200,18 +219,39 @@ class Completer:
                 rows = backend.side.with_key(key)
             return [backend.sealing.open_row(row) for row in rows]
 
-    def _complete(self, connection: object, digest: str) -> Pass:
-        """Run one operation from its recovery point; return what became of it."""
+    def _complete(self, connection: Any, digest: str, *, isolated: bool = False) -> Pass:
+        """Run one operation from its recovery point; return what became of it. If
+        `isolated` (in a pass), an error it raises is logged and counted as failed, unless the
+        database cannot be used now (`_unavailable`): then the pass ends with it."""
         backend = self._backend(connection)
         with _transaction(backend):
             row = backend.side.row(digest)
         if row is None or row.attention_at is not None:
             return Pass(skipped=1)
+        try:
+            return self._attempt(connection, row)
+        except Exception as error:
+            if not isolated or _unavailable(error, connection):
+                raise
+            identity = row.identity
+            logger.warning(
+                "Completing %r (scope %r, namespace %r) failed; the pass goes on to the next "
+                "operation",
+                printable(identity.key),
+                printable(identity.scope),
+                printable(identity.namespace),
+                exc_info=True,
+            )
+            connection.rollback()  # what the error left open, before the next operation
+            return Pass(failed=1)
+
+    def _attempt(self, connection: Any, row: ResumableRow) -> Pass:
+        """Run the operation of `row` once, or give up on it if its attempts are spent."""
+        backend = self._backend(connection)
         if row.attempts >= self.max_attempts:  # spent, but not marked: a crash in between
             return self._give_up(connection, row)
         try:
-            request = backend.sealing.open_request(row.identity, row.request)
-            phases = self.registry.build(row.identity.namespace, request, connection)
+            phases = self._build(backend, connection, row)
         except Exception as error:  # a request that does not open or that the builder refuses
             # counts as an attempt
             return self._failed(connection, row, error, counted=False)
@@ -223,20 +263,34 @@ class Completer:
         except (SkippedError, InFlightError, FencedError):
             return Pass(skipped=1)
         except Exception as error:
-            if backend.claimed is None and not isinstance(error, KeyMismatchError):
+            if backend.claimed is None and _database_error(error):
                 raise  # the claim itself failed (the database): nothing was attempted
+            # Refused before its claim (its phases, a used key): counted here, as the claim
+            # that counts attempts never ran, or the operation would head every pass.
             return self._failed(connection, row, error, counted=backend.claimed is not None)
         # A replay: a client's retry finished it since the row was read; nothing ran here.
         return Pass(skipped=1) if result.replay else Pass(completed=1)
 
+    def _build(
+        self, backend: ResumableBackend, connection: Any, row: ResumableRow
+    ) -> Mapping[str, Any]:
+        """Return the phases of `row`'s operation, built from its stored request."""
+        request = backend.sealing.open_request(row.identity, row.request)
+        phases = self.registry.build(row.identity.namespace, request, connection)
+        if backend.in_transaction():
+            raise ConfigurationError(_LEFT_OPEN.format(namespace=row.identity.namespace))
+        return phases
+
     def _failed(
-        self, connection: object, row: ResumableRow, error: Exception, *, counted: bool
+        self, connection: Any, row: ResumableRow, error: Exception, *, counted: bool
     ) -> Pass:
         """Keep `error` on the operation (and count the attempt if its claim did not);
         give up on it once its attempts are spent."""
         message = f"{type(error).__name__}: {error}".replace("\n", " ")[:_ERROR_CHARS]
         logger.warning("Completing %r failed: %s", row.identity.key, printable(message))
         backend = self._backend(connection)
+        if backend.in_transaction():  # the builder's: the count must commit, not nest in it
+            connection.rollback()
         sealed = backend.sealing.seal_error(row.identity, message)
         with _transaction(backend):
             backend.side.count(row.identity.digest(), attempts=0 if counted else 1, error=sealed)
@@ -282,6 +336,25 @@ class Completer:
             yield connection
         finally:
             connection.close()
+
+
+def _database_error(error: Exception) -> bool:
+    """Return whether `error` is the database's: the store's error, or the driver's."""
+    psycopg = drivers.psycopg_module()
+    return isinstance(error, StoreError | sqlite3.Error) or (
+        psycopg is not None and isinstance(error, psycopg.Error)
+    )
+
+
+def _unavailable(error: Exception, connection: Any) -> bool:
+    """Return whether `error` says the database cannot be used now (unreachable, locked, the
+    connection lost), so every later operation of the pass would fail the same way."""
+    if getattr(connection, "broken", False) or getattr(connection, "closed", False):
+        return True  # psycopg's lost or closed connection
+    psycopg = drivers.psycopg_module()
+    return isinstance(error, StoreUnavailableError | sqlite3.OperationalError) or (
+        psycopg is not None and isinstance(error, psycopg.OperationalError)
+    )
 
 
 @contextlib.contextmanager

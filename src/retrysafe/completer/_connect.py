@@ -4,7 +4,8 @@ The URL is the store's, as every other command takes it: its `table` option name
 table; `encryption_key_env` names the environment variable of the keys, read as `open_store`
 reads it, which the returned `Connector` carries to the completer (it seals and opens what it
 stores and reads with them); the replay cache's options are a store's, not the database's, and
-are left out. Each call of the returned `Connector` opens one connection.
+are left out. Each call of the returned `Connector` opens one connection: a PostgreSQL one in
+autocommit, and a SQLite one in `sqlite3`'s default mode, where a read opens no transaction.
 """
 
 from __future__ import annotations
@@ -95,4 +96,8 @@ def _postgres(url: str) -> tuple[Callable[[], Any], str]:
         raise missing_extra("The completer on PostgreSQL", "postgres", error) from error
     conninfo, parsed = parse_url(url)
     seconds = parsed.connect_timeout_seconds  # a server that never answers fails the pass
-    return (lambda: psycopg.connect(conninfo, connect_timeout=seconds)), parsed.table
+    # In autocommit, as the application's connections are in the docs: a builder that reads
+    # (the customer's card) leaves no transaction open, which atomic phases would refuse.
+    return (
+        lambda: psycopg.connect(conninfo, connect_timeout=seconds, autocommit=True)
+    ), parsed.table

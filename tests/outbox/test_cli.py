@@ -82,3 +82,13 @@ def test_outbox_relay_lists_and_requeues_parked_messages(
         assert (properties.message_id, body) == (parked.message_id, b"a-0")
         after = CliRunner().invoke(app, ["outbox-relay", *store, "--parked"])
         assert "0 parked messages" in after.output
+
+
+def test_b40_outbox_relay_hands_its_confirm_timeout_to_the_publisher(tmp_path: Path) -> None:
+    """`--confirm-timeout` bounds each publish's confirm (B40): the value reaches the
+    publisher, which refuses a bound of nothing in one line, exit 2, before any broker is
+    contacted."""
+    store = ["--store", f"sqlite:///{tmp_path / 'app.db'}", "--to", "amqp://x/", "--once"]
+    result = CliRunner().invoke(app, ["outbox-relay", *store, "--confirm-timeout", "0s"])
+    assert result.exit_code == 2
+    assert "confirm_timeout > 0" in result.output

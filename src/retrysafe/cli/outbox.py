@@ -66,6 +66,14 @@ def outbox_relay(
     once: Annotated[
         bool, typer.Option("--once", help="Publish what is waiting, then exit.")
     ] = False,
+    confirm_timeout: Annotated[
+        str,
+        typer.Option(
+            "--confirm-timeout",
+            help="How long one publish waits for the broker's confirm before the broker counts "
+            "as out of reach (10s).",
+        ),
+    ] = "10s",
     max_attempts: Annotated[
         int,
         typer.Option(
@@ -88,8 +96,8 @@ def outbox_relay(
     ] = None,
 ) -> None:
     """Publish committed outbox messages to RabbitMQ, in order, with publisher confirms."""
-    publisher = AmqpPublisher(to, exchange=exchange)
     with errors_as_one_line():
+        publisher = AmqpPublisher(to, exchange=exchange, confirm_timeout=_seconds(confirm_timeout))
         relay = Relay(
             store_url,
             publisher,

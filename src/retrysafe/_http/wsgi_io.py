@@ -94,7 +94,7 @@ def request_view(environ: WSGIEnvironment) -> RequestView:
         headers.append((b"content-type", environ["CONTENT_TYPE"].encode("latin-1")))
     return RequestView(
         method=environ["REQUEST_METHOD"],
-        path=path_of(environ).whole,
+        path=_decoded(environ, "SCRIPT_NAME") + _decoded(environ, "PATH_INFO"),  # prefix too
         query_string=environ.get("QUERY_STRING", "").encode("latin-1"),
         headers=headers,
         raw=environ,

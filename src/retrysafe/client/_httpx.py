@@ -62,20 +62,29 @@ EXTENSION_ATTEMPTS = "retrysafe_attempts"
 # redirect, which httpx builds with the same `extensions` dict (client/_urls.py).
 _EXTENSION_HANDED_ON = "retrysafe_handed_on"
 
-_Generated = weakref.WeakKeyDictionary[httpx.Request, str]
-"""The key a transport generated for each request it sent, for as long as the request lives."""
+_Origin = tuple[str, str, int | None]
+_Generated = weakref.WeakKeyDictionary[httpx.Request, tuple[str, _Origin]]
+"""The key a transport generated for each request it sent, and the origin it was sent to, for
+as long as the request lives: sent again to that origin, the request keeps its key."""
+
+
+def _origin(url: httpx.URL) -> _Origin:
+    return url.scheme, url.host, url.port  # httpx leaves a scheme's default port out
 
 
 def _start(settings: _Settings, generated: _Generated, request: httpx.Request) -> _Call:
     """Begin the logical request `request`, and put its key in `request.extensions`.
 
-    One request object is one operation: sent again (by an `httpx.Auth` flow answering a 401,
-    or `client.send(error.request)`), it keeps the key generated for it; the redirect of a 307
-    or 308 to the same origin gets the key of the request it redirects; any other request gets
-    a new one. httpx raises an error with the request its client passed, `request`, so the key
-    of a request that failed is in `error.request.extensions`. Its headers stay as they are.
+    One request object is one operation: sent again to the same origin (by an `httpx.Auth`
+    flow answering a 401, or `client.send(error.request)`), it keeps the key generated for
+    it; the redirect of a 307 or 308 to the same origin gets the key of the request it
+    redirects; any other request gets a new one. httpx raises an error with the request its
+    client passed, `request`, so the key of a request that failed is in
+    `error.request.extensions`. Its headers stay as they are.
     """
-    kept: str | None = generated.get(request) or request.extensions.get(_EXTENSION_HANDED_ON)
+    origin, sent = _origin(request.url), generated.get(request)
+    kept: str | None = sent[0] if sent is not None and sent[1] == origin else None
+    kept = kept or request.extensions.get(_EXTENSION_HANDED_ON)
     call = _Call.start(
         settings,
         method=request.method,
@@ -93,7 +102,7 @@ def _start(settings: _Settings, generated: _Generated, request: httpx.Request) -
         extensions[EXTENSION_KEY] = call.key
     request.extensions = extensions
     if call.generated_key is not None:
-        generated[request] = call.generated_key
+        generated[request] = (call.generated_key, origin)
     return call
 
 

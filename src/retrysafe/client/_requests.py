@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 
 import requests
@@ -29,7 +30,7 @@ from retrysafe.client._core import (
 )
 from retrysafe.client._deadline import run_within, time_ran_out
 from retrysafe.client._headers import key_content
-from retrysafe.client._urls import redirect_keeps_key
+from retrysafe.client._urls import redirect_keeps_key, same_origin
 from retrysafe.observe import Observer
 
 __all__ = ["IdempotentAdapter"]
@@ -75,19 +76,37 @@ class _HandedOn(str):
 
     requests builds each redirect as a copy of the request the adapter was given, so the
     header is put on that request. Being of its own class, it survives the copy as the same
-    object, and the adapter tells it from a key the caller set: it takes it off and applies the
-    rule again, so that a generated key never follows a redirect to another origin.
+    object, and the adapter tells it from a key the caller set: it takes it off, from the copy
+    and from the request it was put on, and keeps it only for a request of the same method to
+    the same origin, so that a generated key never goes to another origin, nor stays on the
+    caller's request once its redirect went.
     """
 
-    __slots__ = ()
+    method: str
+    url: str
+    owner: weakref.ref[requests.PreparedRequest]
+
+    @classmethod
+    def on(cls, request: requests.PreparedRequest, header: str, value: str) -> None:
+        """Put `value` on `request` as the key its redirect keeps."""
+        handed = cls(value)
+        handed.method, handed.url = request.method or "", request.url or ""
+        handed.owner = weakref.ref(request)
+        request.headers[header] = handed
 
 
 def _take_handed_on(request: requests.PreparedRequest, header: str) -> str | None:
-    """Remove a key handed on to `request` from its headers; return the key, or None."""
+    """Remove a key handed on to `request` from its headers, and from the request it was put
+    on; return the key if `request` has that one's method and origin, else None."""
     value = request.headers.get(header)
     if not isinstance(value, _HandedOn):
         return None
     del request.headers[header]
+    owner = value.owner()
+    if owner is not None and owner is not request and owner.headers.get(header) is value:
+        del owner.headers[header]
+    if request.method != value.method or not same_origin(request.url or "", value.url):
+        return None
     return key_content(value)
 
 
@@ -211,5 +230,5 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
         if call.header_value is not None and redirect_keeps_key(
             response.status_code, request.url or "", location
         ):
-            request.headers[policy.key_header] = _HandedOn(call.header_value)
+            _HandedOn.on(request, policy.key_header, call.header_value)
         return response

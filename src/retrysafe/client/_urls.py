@@ -18,7 +18,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 from retrysafe._urls import redact_url
 
-__all__ = ["redirect_keeps_key", "shown_url"]
+__all__ = ["redirect_keeps_key", "same_origin", "shown_url"]
 
 _HIDDEN: Final = "***"
 _KEY_KEEPING_REDIRECTS: Final = frozenset({307, 308})  # RFC 9110 15.4.8-9: method and body kept
@@ -44,8 +44,13 @@ def redirect_keeps_key(status: int, url: str, location: str | None) -> bool:
     is sent with the same key: a 307 or 308 to the same origin (scheme, host and port)."""
     if status not in _KEY_KEEPING_REDIRECTS or location is None:
         return False
+    return same_origin(url, urljoin(url, location))
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Whether two absolute URLs have one origin (scheme, host and port)."""
     try:
-        return _origin(urlsplit(url)) == _origin(urlsplit(urljoin(url, location)))
+        return _origin(urlsplit(url)) == _origin(urlsplit(other))
     except ValueError:  # a port out of range or a malformed host: not known to be the same
         return False
 

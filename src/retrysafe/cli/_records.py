@@ -177,7 +177,8 @@ def delete_as_read(store: Store, record: Record) -> bool:
     An in-flight claim is released with its fencing token (`Store.release`), in one atomic
     step: if a retry took the claim over, or its request finished, since it was read, nothing
     is deleted (False), never the retry's live claim. A done record is deleted by its identity
-    (False: already gone).
+    (False: already gone), without a condition: had it expired and a retry claimed its key
+    since it was read, that claim would go (the stores have no conditional delete).
     """
     if record.state is not State.IN_FLIGHT:
         return store.delete(record.identity)

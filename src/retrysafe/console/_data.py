@@ -196,7 +196,9 @@ def delete_record(store: Store, identity: Identity, confirmed: str) -> dict[str,
     `confirmed`; say whether its lease was still live.
 
     An in-flight claim is released with its fencing token, so a claim that a retry took over
-    since is never deleted, even in the instant between the check and the delete.
+    since is never deleted, even in the instant between the check and the delete. A done
+    record is deleted by its identity: a record that expired, and whose key a retry claimed,
+    in that instant would lose that claim (the stores have no conditional delete).
 
     Raises:
         RecordChangedError: the record is another one now (nothing was deleted).

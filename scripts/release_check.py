@@ -49,7 +49,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Imported by a face that runs inside the user's own app or test suite: no extra brings them.
-FRAMEWORKS = frozenset({"django", "fastapi", "flask", "werkzeug", "litestar", "pytest"})
+# Frameworks the integrations import only when used (asgiref: Django's own dependency).
+FRAMEWORKS = frozenset({"django", "asgiref", "fastapi", "flask", "werkzeug", "litestar", "pytest"})
 SDIST_FILES = ("LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "PKG-INFO")
 # A checkout's local state, never part of a release (and .venv*, __pycache__).
 LOCAL_DIRS = frozenset(

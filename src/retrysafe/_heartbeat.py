@@ -1,16 +1,14 @@
 """Lease renewal while an operation runs (B16): thread schedulers, and one async renewer.
 
 Every face renews the same way: a third of the lease after the operation started, then every
-third of it, until the operation ends or the claim is found taken over. `renew` is a callable
-that renews once and returns whether to go on (False once fenced); the flow supplies it.
+third of it (a ninth after a failure: `_after`) until the operation ends or the claim is found
+taken over. `renew`, the flow's, renews once: it returns True, None if it failed, False if fenced.
 
     beat = THREADS.start(every(interval, renew), interval)  # sync: one shared daemon thread
-    ...
     THREADS.stop(beat)                                      # waits for a renewal in progress
 
     beat = AsyncHeartbeat(renew, interval, watcher)         # async callers
     await beat.start()
-    ...
     await beat.stop()                                       # likewise
 
 An async heartbeat renews on the event loop, so a loop blocked longer than the lease (sync
@@ -75,10 +73,9 @@ class ThreadJob:
             if self._stopped:
                 return False
             delay = self.step()
-            if delay is None:
-                return False
-        self.due = monotonic() + delay
-        return True
+        if delay is not None:
+            self.due = monotonic() + delay
+        return delay is not None
 
     def halt(self) -> None:
         """Stop; once this returns, no step is running or will run."""
@@ -86,9 +83,14 @@ class ThreadJob:
             self._stopped = True
 
 
-def every(interval: float, renew: Callable[[], bool]) -> Callable[[], float | None]:
-    """Return a job step that calls `renew` every `interval` seconds until it returns False."""
-    return lambda: interval if renew() else None
+def every(interval: float, renew: Callable[[], bool | None]) -> Callable[[], float | None]:
+    """Return a job step that calls `renew` every `interval` (see `_after`) until fenced."""
+    return lambda: _after(renew(), interval)
+
+
+def _after(renewed: bool | None, interval: float) -> float | None:
+    """Seconds to the next renewal: `interval`, a third of it after a failure, None if fenced."""
+    return None if renewed is False else interval if renewed else interval / 3
 
 
 class ThreadScheduler:
@@ -102,7 +104,7 @@ class ThreadScheduler:
     daemon thread of its own, one at a time per job: a step that blocks (a renewal on a store
     that hangs until its timeout) delays nothing but its own job, never the renewals of
     operations on other stores or connections, whose leases would lapse meanwhile (B16).
-    Steps are rare (a third of a lease apart), so a thread each costs nothing that matters.
+    Steps are rare (a ninth of a lease apart at most), so a thread each costs nothing that matters.
 
     Args:
         name: the thread's name.
@@ -189,10 +191,10 @@ os.register_at_fork(after_in_child=THREADS.after_fork)
 os.register_at_fork(after_in_child=HOLDER.after_fork)
 
 
-async def _renew_every(renew: Callable[[], Awaitable[bool]], interval: float) -> None:
-    while await renew():
+async def _renew_every(renew: Callable[[], Awaitable[bool | None]], interval: float) -> None:
+    while (delay := _after(await renew(), interval)) is not None:
         raise_if_cancelled()  # `stop` cancelled it during a store call that kept it quiet
-        await anyio.sleep(interval)
+        await anyio.sleep(delay)
 
 
 class _FirstRenewals:
@@ -304,7 +306,7 @@ class AsyncHeartbeat:
 
     def __init__(
         self,
-        renew: Callable[[], Awaitable[bool]],
+        renew: Callable[[], Awaitable[bool | None]],
         interval: float,
         watcher: Watcher | None = None,
         *,
@@ -342,7 +344,7 @@ class AsyncHeartbeat:
         """Renew now, then every `interval`, in a task on `loop` (`_FirstRenewals` calls it)."""
         self._task = loop.create_task(_renew_every(self._renewing, self._interval))
 
-    def _renewing(self) -> Awaitable[bool]:
+    def _renewing(self) -> Awaitable[bool | None]:
         """Renew, told first if the lease went unrenewed longer than itself."""
         self._check()
         self._since = self._clock.now()

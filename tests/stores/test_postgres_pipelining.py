@@ -359,8 +359,8 @@ def test_two_stores_batches_lock_shared_records_in_one_order(
         tokens = {key: (await claim(first, key)).token for key in (low, gate, high)}
         await second.get(ident(low))  # the second store's batcher connection is open
 
-        def renew(store: AsyncPostgresStore, key: str) -> asyncio.Task[Any]:
-            return asyncio.create_task(store.renew(ident(key), tokens[key], lease=LEASE))
+        def checkpoint(store: AsyncPostgresStore, key: str) -> asyncio.Task[Any]:
+            return asyncio.create_task(store.checkpoint(ident(key), tokens[key], "step"))
 
         async with (
             await psycopg.AsyncConnection.connect(postgres_url) as locker,
@@ -370,9 +370,9 @@ def test_two_stores_batches_lock_shared_records_in_one_order(
             # The first batch locks `low`, then waits at the gate. Sent as they arrive, the
             # second would lock `high` and wait for `low`, which the first holds, while the
             # first, past the gate, would wait for `high`.
-            ones = [renew(first, low), renew(first, gate), renew(first, high)]
+            ones = [checkpoint(first, low), checkpoint(first, gate), checkpoint(first, high)]
             await until_waiting_for_lock(admin, backend_pid(first))
-            twos = [renew(second, high), renew(second, low)]
+            twos = [checkpoint(second, high), checkpoint(second, low)]
             await until_waiting_for_lock(admin, backend_pid(second))
             await locker.rollback()
             async with asyncio.timeout(BOUND):

@@ -72,9 +72,10 @@ async def open_connections(
     return pipeline
 
 
-def renew(store: AsyncPostgresStore, key: str, token: str) -> asyncio.Task[Any]:
-    """Renew the lease of `key` (a statement that locks its row) in a task of its own."""
-    return asyncio.create_task(store.renew(ident(key), token, lease=LEASE))
+def checkpoint(store: AsyncPostgresStore, key: str, token: str) -> asyncio.Task[Any]:
+    """Checkpoint `key` (a batched statement that locks its row) in a task of its own. (Not a
+    renewal: the store sends those on a pooled connection of their own, never in a batch.)"""
+    return asyncio.create_task(store.checkpoint(ident(key), token, "step"))
 
 
 def test_the_next_batch_goes_to_an_idle_connection_or_waits_for_one(
@@ -98,10 +99,10 @@ def test_the_next_batch_goes_to_an_idle_connection_or_waits_for_one(
         ):
             await lock_record(locker, table, "gate-0")
             await lock_record(locker, table, "gate-1")
-            first = [renew(store, "gate-0", tokens["gate-0"])]
+            first = [checkpoint(store, "gate-0", tokens["gate-0"])]
             first += [asyncio.create_task(claim(store, f"one-{index}")) for index in range(3)]
             await until_waiting_for_lock(admin, pids[0])
-            second = [renew(store, "gate-1", tokens["gate-1"])]
+            second = [checkpoint(store, "gate-1", tokens["gate-1"])]
             second += [asyncio.create_task(claim(store, f"two-{index}")) for index in range(3)]
             await until_waiting_for_lock(admin, pids[1])
             third = [asyncio.create_task(claim(store, f"three-{index}")) for index in range(4)]
@@ -143,10 +144,10 @@ def test_a_connection_killed_mid_batch_fails_only_its_own_batch(
         ):
             await lock_record(locker, table, "gate-0")
             await lock_record(locker, table, "gate-1")
-            doomed = [renew(store, "gate-0", tokens["gate-0"])]
+            doomed = [checkpoint(store, "gate-0", tokens["gate-0"])]
             doomed += [asyncio.create_task(claim(store, f"doomed-{index}")) for index in range(3)]
             await until_waiting_for_lock(admin, pids[0])
-            kept = [renew(store, "gate-1", tokens["gate-1"])]
+            kept = [checkpoint(store, "gate-1", tokens["gate-1"])]
             kept += [asyncio.create_task(claim(store, f"kept-{index}")) for index in range(3)]
             await until_waiting_for_lock(admin, pids[1])
             await admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
@@ -172,7 +173,7 @@ def test_two_batches_in_flight_lock_shared_records_in_one_order(
     url: str, postgres_url: str, table: str
 ) -> None:
     """Two batches in flight on the store's two connections touch the same records, arriving
-    in opposite orders (a renewal in one, completions in the other): each is sent in the order
+    in opposite orders (checkpoints in one, completions in the other): each is sent in the order
     of the records' ids, so the second waits for the first's commit instead of deadlocking."""
 
     async def main() -> None:
@@ -187,7 +188,7 @@ def test_two_batches_in_flight_lock_shared_records_in_one_order(
         ):
             await lock_record(locker, table, gate)
             # The first batch locks `low`, then waits at the gate, before `high`.
-            first = [renew(store, key, tokens[key]) for key in (low, gate, high)]
+            first = [checkpoint(store, key, tokens[key]) for key in (low, gate, high)]
             await until_waiting_for_lock(admin, pids[0])
             # Sent as they arrive, the second would lock `high`, then wait for `low`.
             second = [
@@ -197,9 +198,9 @@ def test_two_batches_in_flight_lock_shared_records_in_one_order(
             await until_waiting_for_lock(admin, pids[1])  # for `low`: the same record
             await locker.rollback()
             async with asyncio.timeout(BOUND):
-                renewed = await asyncio.gather(*first)
+                checkpointed = await asyncio.gather(*first)
                 completed = await asyncio.gather(*second)
-        assert [record.identity for record in renewed] == [ident(k) for k in (low, gate, high)]
+        assert [record.identity for record in checkpointed] == [ident(k) for k in (low, gate, high)]
         assert [record.outcome for record in completed] == [b"ok", b"ok"]
         assert pipeline.reruns == 0
         await store.aclose()
@@ -230,9 +231,9 @@ def test_a_deadlock_through_a_third_transaction_runs_one_batch_again_one_by_one(
             await third.execute("SET deadlock_timeout = '60s'")
             await lock_record(third, table, d)
             await lock_record(gatekeeper, table, b)
-            one = [renew(store, key, tokens[key]) for key in (c, d)]  # holds c, waits for d
+            one = [checkpoint(store, key, tokens[key]) for key in (c, d)]  # holds c, waits for d
             await until_waiting_for_lock(admin, pids[0])
-            two = [renew(store, key, tokens[key]) for key in (a, b, c)]  # holds a, waits at b
+            two = [checkpoint(store, key, tokens[key]) for key in (a, b, c)]  # holds a, waits at b
             await until_waiting_for_lock(admin, pids[1])
             taking = asyncio.create_task(lock_record(third, table, a))  # waits for two
             await until_waiting_for_lock(admin, third.info.backend_pid)

@@ -87,12 +87,13 @@ class SyncFlow(Holder[Store]):
         except Exception as error:
             self.release_failed(identity, error)
 
-    def renew(self, identity: Identity, token: str, lease: float) -> bool:
-        """Renew the lease once; return whether to keep renewing."""
+    def renew(self, identity: Identity, token: str, lease: float) -> bool | None:
+        """Renew the lease once; return True, None if it failed (the heartbeat tries again
+        soon), or False once fenced (it stops)."""
         try:
             self.store.renew(identity, token, lease=lease)
         except Exception as error:
-            return self.renew_failed(identity, error)
+            return None if self.renew_failed(identity, error) else False
         return True
 
     def complete(self, run: SyncExecution, outcome: bytes) -> None:
@@ -233,12 +234,13 @@ class AsyncFlow(Holder[AsyncStore]):
             except Exception as error:
                 self.release_failed(identity, error)
 
-    async def renew(self, identity: Identity, token: str, lease: float) -> bool:
-        """Renew the lease once; return whether to keep renewing."""
+    async def renew(self, identity: Identity, token: str, lease: float) -> bool | None:
+        """Renew the lease once; return True, None if it failed (the heartbeat tries again
+        soon), or False once fenced (it stops)."""
         try:
             await self.store.renew(identity, token, lease=lease)
         except Exception as error:
-            return self.renew_failed(identity, error)
+            return None if self.renew_failed(identity, error) else False
         return True
 
     async def complete(self, run: AsyncExecution, outcome: bytes) -> None:

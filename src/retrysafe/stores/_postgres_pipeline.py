@@ -177,6 +177,15 @@ class AsyncStatementPipeline:
             if link is not None:
                 await link.aclose()
 
+    def forget_idle(self) -> None:
+        """Close the connections with no batch in flight: the store found another of its
+        connections silently lost (a reply that never came), and these most likely are too
+        (a NAT or firewall state expired), each of which would cost a batch its read timeout.
+        The next batch on such a lane opens a new connection."""
+        for lane in self._lanes:
+            if not lane.busy:
+                lane.drop()
+
     def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start afresh on `loop`: connections and the queue belong to one event loop."""
         for lane in self._lanes:

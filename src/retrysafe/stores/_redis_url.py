@@ -1,7 +1,8 @@
 """The Redis stores' URL options shared by one server and a cluster: timeouts, and TLS files;
 and one server's URL parsed whole (`server_url`).
 
-Timeouts: `socket_timeout` and `connect_timeout`, seconds, 5 by default, both more than 0.
+Timeouts: `socket_timeout` and `connect_timeout`, seconds, 5 by default, both more than 0
+and at most a year (`stores.base.check_timeouts`).
 
 TLS: which authority to trust, which certificate to show.
 
@@ -26,7 +27,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from retrysafe._errors import ConfigurationError
 from retrysafe._urls import redact_url
 from retrysafe.stores._async.redis_replicas import REPLICA_OPTIONS, replica_options
-from retrysafe.stores.base import query_options
+from retrysafe.stores.base import check_timeouts, query_options
 
 __all__ = ["TLS_OPTIONS", "ServerURL", "server_url", "timeouts", "tls_options", "tls_query"]
 
@@ -69,7 +70,7 @@ def server_url(url: str) -> ServerURL:
         raise ConfigurationError(
             f"A Redis store URL's path is a database number (/0), not {parts.path!r}."
         )
-    options = query_options(parts.query, _SERVER_OPTIONS)
+    options = query_options(parts.query, _SERVER_OPTIONS, url=url)
     socket_timeout, connect_timeout = timeouts(options, url=url)
     replicas = replica_options(options)
     tls = tls_options(options, tls=parts.scheme == "rediss", url=url)
@@ -104,8 +105,6 @@ def timeouts(options: dict[str, object], *, url: str) -> tuple[float, float]:
     """Return the socket and connect timeouts of a store URL's parsed query, in seconds."""
     socket_timeout = cast(float, options.get("socket_timeout", 5.0))
     connect_timeout = cast(float, options.get("connect_timeout", 5.0))
-    if not (socket_timeout > 0 and connect_timeout > 0):
-        raise ConfigurationError(
-            f"Redis store timeouts must be positive seconds: {redact_url(url)!r}"
-        )
+    seconds = {"socket_timeout": socket_timeout, "connect_timeout": connect_timeout}
+    check_timeouts("Redis", seconds, url=url)
     return socket_timeout, connect_timeout

@@ -30,15 +30,18 @@ from retrysafe._clock import Clock
 from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError
 from retrysafe._record import Claim, Identity, Record, State
+from retrysafe._urls import redact_url
 
 __all__ = [
     "FENCED",
+    "MAX_TIMEOUT",
     "RECORD_FIELDS",
     "AsyncStore",
     "Listing",
     "ListingOptions",
     "Store",
     "StoreStats",
+    "check_timeouts",
     "decide_claim",
     "decode_part",
     "encode_part",
@@ -49,6 +52,15 @@ __all__ = [
     "stats_of",
 ]
 
+
+MAX_TIMEOUT: Final = 31_536_000.0
+"""The longest timeout a store option takes, in seconds: a year. PyMySQL takes no longer
+`connect_timeout`, and longer ones (`inf` above all) overflow the waits of threads and drivers."""
+# The words a boolean store URL option takes (`autopipeline=false`), in any case.
+_BOOLS: Final = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 
 FENCED: Final = "This claim no longer holds the key: its lease was taken over or the record ended."
 """The message of the `FencedError` every store raises to a caller that lost its claim (B17)."""
@@ -338,12 +350,18 @@ def stats_of(records: list[Record]) -> StoreStats:
     )
 
 
-def query_options(query: str, allowed: dict[str, type]) -> dict[str, object]:
-    """Parse a store URL's query string into typed options, refusing unknown ones.
+def query_options(
+    query: str, allowed: dict[str, type], *, url: str | None = None
+) -> dict[str, object]:
+    """Parse a store URL's query string into typed options, refusing unknown ones, values not
+    of their type, and, given `url`, an option given twice (which would silently keep one).
 
     Args:
         query: the URL's query string (`timeout=2&prefix=app`).
-        allowed: option name to its type (`float`, `int`, `str`, `bool`).
+        allowed: option name to its type (`float`, `int`, `str`, `bool`). A `bool` is one of
+            1, true, yes, on, 0, false, no, off, in any case.
+        url: the store URL the query is from, shown without its password when an option is
+            given twice in it.
     """
     options: dict[str, object] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
@@ -351,13 +369,32 @@ def query_options(query: str, allowed: dict[str, type]) -> dict[str, object]:
         if kind is None:
             known = ", ".join(sorted(allowed)) or "none"
             raise ConfigurationError(f"Unknown store URL option {name!r}; known options: {known}.")
+        if url is not None and name in options:
+            raise ConfigurationError(
+                f"Store URL option {name} is given twice in {redact_url(url)!r}."
+            )
         try:
-            if kind is bool:
-                options[name] = value.lower() in ("1", "true", "yes", "on")
-            else:
-                options[name] = kind(value)
-        except ValueError:
+            options[name] = _BOOLS[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError):
             raise ConfigurationError(
                 f"Store URL option {name}={value!r} is not a valid {kind.__name__}."
             ) from None
     return options
+
+
+def check_timeouts(store: str, timeouts: dict[str, float], *, url: str | None = None) -> None:
+    """Refuse a timeout that is not more than 0 and at most `MAX_TIMEOUT` seconds: nan, inf and
+    the absurd would be taken, then fail every call later as a raw overflow of a wait.
+
+    Args:
+        store: the store's name, for the message (`"PostgreSQL"`).
+        timeouts: each timeout option's name and value, in seconds.
+        url: the store URL they are from, shown without its password, if any.
+    """
+    for name, seconds in timeouts.items():
+        if not 0 < seconds <= MAX_TIMEOUT:
+            where = "" if url is None else f" in {redact_url(url)!r}"
+            raise ConfigurationError(
+                f"The {store} store's {name} must be more than 0 and at most {MAX_TIMEOUT:.0f} "
+                f"seconds (a year), not {seconds}{where}."
+            )

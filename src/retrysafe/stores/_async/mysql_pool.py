@@ -6,7 +6,8 @@ back for the next caller (last in, first out: the warmest), and bounds the wait 
 `pool_timeout`, past which the store is unavailable. A connection given back after an error
 that may have left it in an unknown state is closed instead. One that sat idle for a while is
 pinged before it is lent, so a connection the server dropped meanwhile (a restart, its
-`wait_timeout`) is replaced rather than failing the next call. A process forked after using
+`wait_timeout`) is replaced rather than failing the next call. One found lost (a failed ping,
+a reply that never came) takes the idle ones with it (`close_idle`). A process forked after using
 the pool (gunicorn `--preload`) opens its own connections and never touches its parent's, nor
 closes them; the async pool met on another event loop (a second `asyncio.run`) closes the idle
 connections of the loop it was last used on and opens new ones (`stores/_home.py`).
@@ -48,8 +49,9 @@ class AsyncMySQLPool:
         self._home = AsyncHome()
         self._closed = False
 
-    async def getconn(self) -> aiomysql.Connection:
-        """Lend a connection: an idle one, or a new one; driver errors pass through."""
+    async def getconn(self, within: float | None = None) -> aiomysql.Connection:
+        """Lend a connection: an idle one, or a new one; driver errors pass through. An idle
+        one's ping, if due, waits `within` seconds at most (default: the reply timeout)."""
         await self._follow()
         if self._closed:
             raise StoreClosedError("This MySQL store is closed.")
@@ -60,7 +62,7 @@ class AsyncMySQLPool:
                 f" (pool_max={options.pool_max})."
             )
         try:
-            return await self._idle_or_new()
+            return await self._idle_or_new(within)
         except BaseException:
             self._gate.leave()
             raise
@@ -77,15 +79,17 @@ class AsyncMySQLPool:
         finally:
             self._gate.leave()
 
-    async def run(self, work: AsyncWork[T], conn: aiomysql.Connection) -> T:
-        """Run `work` on a lent connection, within `read_timeout` (see the driver's `run`)."""
-        return await self._driver.run(work, conn)
+    async def run(
+        self, work: AsyncWork[T], conn: aiomysql.Connection, within: float | None = None
+    ) -> T:
+        """Run `work` on a lent connection, within `read_timeout` or `within` seconds (see the
+        driver's `run`)."""
+        return await self._driver.run(work, conn, within)
 
-    async def aclose(self) -> None:
-        """Close the idle connections; those lent out are closed as they come back. (In a
-        forked child, or on another loop, those of the parent's or of that loop are left.)"""
-        await self._follow()
-        self._closed = True
+    async def close_idle(self) -> None:
+        """Close the idle connections: one was just found lost, and those idle as long or
+        longer most likely are too (a server restart; a network that silently dropped them
+        all, a NAT or firewall state expired), each of which would cost a call its wait."""
         while self._idle:
             try:
                 conn, _ = self._idle.pop()
@@ -93,7 +97,14 @@ class AsyncMySQLPool:
                 break
             await self._driver.close(conn)
 
-    async def _idle_or_new(self) -> aiomysql.Connection:
+    async def aclose(self) -> None:
+        """Close the idle connections; those lent out are closed as they come back. (In a
+        forked child, or on another loop, those of the parent's or of that loop are left.)"""
+        await self._follow()
+        self._closed = True
+        await self.close_idle()
+
+    async def _idle_or_new(self, within: float | None) -> aiomysql.Connection:
         while self._idle:
             try:
                 conn, since = self._idle.pop()
@@ -102,10 +113,11 @@ class AsyncMySQLPool:
             if monotonic() - since < self.check_after:
                 return conn
             try:
-                await conn.ping(False)
+                await self._driver.run(_ping, conn, within)
             except aiomysql.Error:
                 await self._driver.close(conn)
-                continue
+                await self.close_idle()
+                break
             return conn
         return await self._open()
 
@@ -143,6 +155,11 @@ class AsyncMySQLPool:
             return
         for conn, _ in idle:
             await self._driver.close(conn)
+
+
+async def _ping(conn: aiomysql.Connection) -> None:
+    """Check that `conn` still answers, without reconnecting."""
+    await conn.ping(False)
 
 
 def _keep_inherited(conns: list[Any]) -> None:

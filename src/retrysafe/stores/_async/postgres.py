@@ -33,7 +33,7 @@ from retrysafe.stores._async.postgres_records import (
     AsyncRecordsConnection,
 )
 from retrysafe.stores._deletes import FORKS, PostgresDeletes
-from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql import DEFAULT_TABLE, renewal_timeout
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import (
     LEFT_BEHIND,
@@ -66,7 +66,8 @@ class AsyncPostgresStore:
         clock: the time source for leases and retention.
         read_timeout: seconds a statement may wait for the server's reply; past it, its
             connection is cut and the call raises `StoreUnavailableError` (a stalled server or
-            network; a wait may take its own timeout besides).
+            network; a wait may take its own timeout besides, a renewal a sixth of its lease if
+            that is shorter: `renewal_timeout`).
         autopipeline: send the statements of claims, completions and reads that concurrent
             calls issue in one event-loop turn as one batch, in one transaction, on one
             connection of the store's own (the async face only: the sync store runs each on a
@@ -174,9 +175,12 @@ class AsyncPostgresStore:
             await self._records.release(conn, identity, token, now=now)
 
     async def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
-        """Extend the holder's lease, and the retention deadline by as much."""
+        """Extend the holder's lease, and the retention deadline by as much: on a pooled
+        connection (never queued behind a batch), its reply due within `renewal_timeout` (B16),
+        well before the lease ends."""
         now = self.clock.now()
-        async with self._statement() as conn:
+        within = renewal_timeout(self._options.read_timeout, lease)
+        async with self._connection(within) as conn:
             return await self._records.renew(conn, identity, token, now=now, lease=lease)
 
     async def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
@@ -282,11 +286,12 @@ class AsyncPostgresStore:
         async with conn.transaction():
             await self._records.create_schema(conn)
 
-    def _connection(self) -> Lent:
-        """Lend a pooled connection, the table ready; psycopg errors become store errors."""
+    def _connection(self, within: float | None = None) -> Lent:
+        """Lend a pooled connection, the table ready, its reply due `within` seconds (default:
+        `read_timeout`); psycopg errors become store errors."""
         if self._forks != FORKS.count:
             self._forked()
-        return Lent(self)
+        return Lent(self, within)
 
     def _statement(self) -> Lent | Shared:
         """Lend where a hot primitive's one statement runs: the statement runner, if any."""

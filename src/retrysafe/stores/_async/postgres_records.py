@@ -56,6 +56,11 @@ class AsyncStatementRunner(Protocol):
         """Let what is in flight finish, then release the runner's connection."""
         ...
 
+    def forget_idle(self) -> None:
+        """Close the runner's connections that wait for no reply; the next statements open
+        new ones (the network silently dropped another of the store's connections)."""
+        ...
+
 
 Target = AsyncConnection[Any] | AsyncStatementRunner
 """Where a hot primitive's statement runs: a connection, or the store's statement runner."""

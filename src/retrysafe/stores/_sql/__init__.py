@@ -5,8 +5,8 @@ transactional mode (`retrysafe.transactions`) runs the stores' own statements on
 inside the caller's transaction, so every mode sees the records the others wrote. Nothing here
 imports a driver the caller does not use: each module below imports its own, and this one none.
 It holds what every table has alike: the default name and how a name is checked, the record's
-columns and how a row becomes a `Record`, and the parameters of a claim, of a holder's
-statement and of a listing's filters.
+columns and how a row becomes a `Record`, the parameters of a claim, of a holder's
+statement and of a listing's filters, and how long a renewal waits for its reply.
 
 - `sqlite.py`: the SQLite table, its statements and the primitives on a `sqlite3` connection;
   `sqlite_connection.py` opens connections, runs write transactions and maps errors;
@@ -49,6 +49,7 @@ __all__ = [
     "record_from_columns",
     "record_from_row",
     "record_of",
+    "renewal_timeout",
     "translated",
 ]
 
@@ -71,6 +72,20 @@ _LISTING_CONDITIONS: Final = {
     "state": "state = {}",
     "created_before": "created_at < {}",
 }
+
+
+def renewal_timeout(reply_timeout: float, lease: float) -> float:
+    """Return the seconds a renewal of `lease` may wait for its reply (B16): `reply_timeout`,
+    or a sixth of the lease (half a second at least) if that is shorter.
+
+    A renewal is a one-row UPDATE, sent a third of the way into the lease. On a connection the
+    network silently lost (a NAT or firewall state expired, an address moved: no reset ever
+    comes) it would wait the whole reply timeout, as long as the default lease or longer, and
+    the lease would lapse: another caller takes the key over and runs the effect again. Cut at
+    a sixth, it fails by half the lease, that connection is dropped, and the heartbeat renews
+    again soon (`retrysafe._heartbeat`), on another connection, before the lease ends.
+    """
+    return min(reply_timeout, max(lease / 6, 0.5))
 
 
 def checked_table_name(name: str, *, longest: int) -> str:

@@ -22,7 +22,7 @@ from retrysafe._errors import ConfigurationError, StoreError, StoreUnavailableEr
 from retrysafe._urls import redact_url
 from retrysafe.stores._sql import DEFAULT_TABLE, translated
 from retrysafe.stores._sql.mysql import validate_table
-from retrysafe.stores.base import query_options
+from retrysafe.stores.base import check_timeouts, query_options
 
 __all__ = [
     "DEADLOCK",
@@ -101,8 +101,10 @@ class MySQLOptions:
     def __post_init__(self) -> None:
         """Refuse values the pool or the server would fail on later, less clearly."""
         validate_table(self.table)
-        if not (self.connect_timeout > 0 and self.pool_timeout > 0):
-            raise ConfigurationError("connect_timeout and pool_timeout must be positive seconds.")
+        timeouts = {"connect_timeout": self.connect_timeout, "pool_timeout": self.pool_timeout}
+        if self.read_timeout is not None:
+            timeouts["read_timeout"] = self.read_timeout
+        check_timeouts("MySQL", timeouts)
         if self.pool_max < 1:
             raise ConfigurationError(f"pool_max must be at least 1, not {self.pool_max}.")
         if self.lock_timeout is not None and not 1 <= self.lock_timeout <= 1073741824:
@@ -174,7 +176,7 @@ def parse_url(url: str) -> MySQLOptions:
         raise ConfigurationError(
             f"A MySQL store URL names one database after the host, {_URL_FORM}: {shown!r}."
         )
-    options = query_options(parts.query, _OPTION_TYPES)
+    options = query_options(parts.query, _OPTION_TYPES, url=url)
     return MySQLOptions(
         host=parts.hostname,
         user=unquote(parts.username),

@@ -8,7 +8,8 @@ closes with `ensure_closed()`). `AsyncWork` and `Work` type what the store runs 
 connection. aiomysql is imported when the async face first connects (PyMySQL, whose errors
 both faces raise, comes with this module). A server that accepts a connection and never
 greets fails within `connect_timeout` on both faces, and one that stalls mid-statement fails
-within the reply timeout (`MySQLOptions.reply_timeout`, `run`). The pool's gate and the
+within the reply timeout (`MySQLOptions.reply_timeout`, `run`), or a shorter bound the caller
+gives (`within`: a renewal's, `stores/_sql.renewal_timeout`). The pool's gate and the
 wake-ups of waiters, which are not about MySQL, are `retrysafe/_concurrency.py`'s.
 """
 
@@ -81,12 +82,13 @@ class AsyncMySQLDriver:
                 f"No handshake from the MySQL server within {options.connect_timeout} s",
             ) from None
 
-    async def run(self, work: AsyncWork[T], conn: Any) -> T:
-        """Run `work` on `conn`; past the reply timeout, close `conn` under it (it is
-        mid-exchange: what the server sends next belongs to no one), so that its read fails
-        and the call raises a lost connection (2013). aiomysql has no read timeout; a timer
-        that closes the connection costs a third of a cancel scope (every call pays it)."""
-        timeout = self._options.reply_timeout
+    async def run(self, work: AsyncWork[T], conn: Any, within: float | None = None) -> T:
+        """Run `work` on `conn`; past `within` seconds (default: the reply timeout), close
+        `conn` under it (it is mid-exchange: what the server sends next belongs to no one), so
+        that its read fails and the call raises a lost connection (2013). aiomysql has no read
+        timeout; a timer that closes the connection costs a third of a cancel scope (every call
+        pays it)."""
+        timeout = self._options.reply_timeout if within is None else within
         loop = asyncio.get_running_loop()
         late: list[bool] = []
         timer = loop.call_at(loop.time() + timeout, _cut, conn, late)
@@ -94,9 +96,9 @@ class AsyncMySQLDriver:
             return await work(conn)
         except Exception as error:  # whatever the closed connection made aiomysql raise
             if late:
+                bound = f"read_timeout={timeout:g} s" if within is None else f"{timeout:g} s"
                 raise pymysql.err.OperationalError(
-                    CR_SERVER_LOST,
-                    f"No reply from the MySQL server within read_timeout={timeout:g} s",
+                    CR_SERVER_LOST, f"No reply from the MySQL server within {bound}"
                 ) from error
             raise
         finally:
@@ -154,11 +156,17 @@ class MySQLDriver:
         conn._read_timeout = conn._write_timeout = options.reply_timeout  # private; see above
         return conn
 
-    @staticmethod
-    def run(work: Work[T], conn: Any) -> T:
-        """Run `work` on `conn` (PyMySQL bounds each read by `read_timeout` itself, closes the
-        connection and raises a lost connection, 2013)."""
-        return work(conn)
+    def run(self, work: Work[T], conn: Any, within: float | None = None) -> T:
+        """Run `work` on `conn`, each read within `within` seconds (default: the reply timeout;
+        PyMySQL bounds each read itself, closes the connection and raises a lost connection,
+        2013)."""
+        if within is None:
+            return work(conn)
+        conn._read_timeout = within  # private, as in `connect`
+        try:
+            return work(conn)
+        finally:
+            conn._read_timeout = self._options.reply_timeout
 
     def close(self, conn: Any) -> None:
         """Say goodbye and close `conn`; a broken one is just dropped. Never raises."""

@@ -30,7 +30,7 @@ from retrysafe._errors import (
 )
 from retrysafe.stores._sql import DEFAULT_TABLE, translated
 from retrysafe.stores._sql.postgres import validate_table
-from retrysafe.stores.base import query_options
+from retrysafe.stores.base import check_timeouts, query_options
 
 if TYPE_CHECKING:
     from retrysafe.stores._async.postgres_records import AsyncStatementRunner
@@ -78,10 +78,8 @@ class PostgresOptions:
     def __post_init__(self) -> None:
         """Refuse values the pool or the server would fail on later, less clearly."""
         validate_table(self.table)
-        if self.connect_timeout <= 0 or self.pool_timeout <= 0 or not self.read_timeout > 0:
-            raise ConfigurationError(
-                "connect_timeout, pool_timeout and read_timeout must be positive seconds."
-            )
+        timeouts = ("connect_timeout", "pool_timeout", "read_timeout")
+        check_timeouts("PostgreSQL", {name: getattr(self, name) for name in timeouts})
         if self.pool_min < 0 or self.pool_max < 1 or self.pool_min > self.pool_max:
             raise ConfigurationError(
                 f"Need 0 <= pool_min <= pool_max and pool_max >= 1, "
@@ -119,7 +117,7 @@ def parse_url(url: str) -> tuple[str, PostgresOptions]:
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     ours = [(name, value) for name, value in pairs if name in _OPTION_TYPES]
     theirs = [(name, value) for name, value in pairs if name not in _OPTION_TYPES]
-    options = query_options(urlencode(ours), _OPTION_TYPES)
+    options = query_options(urlencode(ours), _OPTION_TYPES, url=url)
     # Spaces as %20, not +: libpq decodes percent escapes only (`options=-c%20lock_timeout=1s`).
     conninfo = urlunsplit(parts._replace(query=urlencode(theirs, quote_via=quote)))
     try:

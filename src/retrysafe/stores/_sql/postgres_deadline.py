@@ -10,7 +10,8 @@ may or may not have run, as with any lost reply), and the pool drops the broken 
 `AsyncReadDeadline` arms a timer on the event loop, `ReadDeadline` (the sync face's twin, named
 so that the generated sync store finds it) a watchdog thread of the store's own. Either way,
 `arm(conn)` before a statement and `disarm(armed)` after it, before the connection is given back:
-once `disarm` returns, no cut can come, so a connection is never cut under its next user.
+once `disarm` returns, no cut can come, so a connection is never cut under its next user. A
+renewal is armed `within` a bound of its own, shorter (`stores/_sql.renewal_timeout`).
 """
 
 from __future__ import annotations
@@ -50,14 +51,20 @@ class Armed:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def late(timeout: float) -> str:
-    """Say that a statement's reply did not come within `timeout` seconds."""
+def late(timeout: float, *, renewal: bool = False) -> str:
+    """Say that a statement's reply did not come within `timeout` seconds (`renewal`: the bound
+    of a renewal, `renewal_timeout`)."""
+    if renewal:
+        return (
+            f"no reply to the renewal within {timeout:g} s (read_timeout, or a sixth of the "
+            "lease if shorter; the statement may or may not have run)"
+        )
     return f"no reply within read_timeout={timeout:g} s (the statement may or may not have run)"
 
 
-def unavailable(timeout: float) -> StoreUnavailableError:
+def unavailable(timeout: float, *, renewal: bool = False) -> StoreUnavailableError:
     """Return the error of a call whose statement's reply did not come within `timeout`."""
-    return StoreUnavailableError(f"PostgreSQL is unavailable: {late(timeout)}")
+    return StoreUnavailableError(f"PostgreSQL is unavailable: {late(timeout, renewal=renewal)}")
 
 
 class AsyncReadDeadline:
@@ -72,11 +79,12 @@ class AsyncReadDeadline:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
-    def arm(self, conn: Any, *, extra: float = 0.0) -> Armed:
+    def arm(self, conn: Any, *, extra: float = 0.0, within: float | None = None) -> Armed:
         """Start the clock on a statement about to run on `conn` (`extra`: seconds it may
-        legitimately wait besides, a LISTEN's, say)."""
+        legitimately wait besides, a LISTEN's, say; `within`: seconds instead of `timeout`)."""
         loop = asyncio.get_running_loop()
-        armed = Armed(conn.pgconn.socket, loop.time() + self.timeout + extra)
+        timeout = self.timeout if within is None else within
+        armed = Armed(conn.pgconn.socket, loop.time() + timeout + extra)
         armed.handle = loop.call_at(armed.at, armed.fire)
         return armed
 
@@ -94,7 +102,8 @@ class AsyncReadDeadline:
 class ReadDeadline:
     """Cut a statement's connection `timeout` seconds after `arm` (sync face: one watchdog
     thread per store, started on first use; statements armed alike are due in the order they
-    were armed, so the watchdog looks at the first of them and at the few waits).
+    were armed, so the watchdog looks at the first of them and at the few others: waits,
+    renewals).
 
     Args:
         timeout: seconds a statement may wait for its reply.
@@ -105,17 +114,19 @@ class ReadDeadline:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._armed: OrderedDict[Armed, None] = OrderedDict()  # in the order they are due
-        self._waits: dict[Armed, None] = {}  # armed with `extra`: due whenever (a few at most)
+        self._waits: dict[Armed, None] = {}  # armed otherwise: due whenever (a few at most)
         self._due = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._sleeping_until = math.inf  # when the watchdog looks again, unless woken
 
-    def arm(self, conn: Any, *, extra: float = 0.0) -> Armed:
+    def arm(self, conn: Any, *, extra: float = 0.0, within: float | None = None) -> Armed:
         """Start the clock on a statement about to run on `conn` (see `AsyncReadDeadline`)."""
-        armed = Armed(conn.pgconn.socket, monotonic() + self.timeout + extra)
+        timeout = self.timeout if within is None else within
+        armed = Armed(conn.pgconn.socket, monotonic() + timeout + extra)
         with self._due:
-            (self._waits if extra else self._armed)[armed] = None
+            # Armed alike (`timeout`), statements are due in order; the others whenever.
+            (self._armed if timeout == self.timeout and not extra else self._waits)[armed] = None
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._watch, name="retrysafe-postgres-read-timeout", daemon=True

@@ -47,6 +47,7 @@ from retrysafe.stores._sync._common import poll_until_settled
 from retrysafe.stores._sync.mysql_pool import MySQLPool
 from retrysafe.stores._sync.mysql_records import MySQLRecords
 from retrysafe.stores._home import unusable_here
+from retrysafe.stores._sql import renewal_timeout
 from retrysafe.stores._sql.mysql import mysql_table
 from retrysafe.stores._sql.mysql_connection import (
     MySQLArguments,
@@ -91,7 +92,8 @@ class MySQLStore:
         read_timeout: seconds a primitive may wait for the server's reply before the
             connection is dropped and `StoreUnavailableError` raised (a server or network that
             stalls mid-statement); longer than the lock waits. None, the default: 30 s more
-            than the lock wait (`lock_timeout`, else InnoDB's default of 50 s), so 80 s.
+            than the lock wait (`lock_timeout`, else InnoDB's default of 50 s), so 80 s. A
+            renewal waits a sixth of its lease instead if that is shorter (`renewal_timeout`).
         ssl: connect with TLS, the server's certificate verified against the system's CAs
             (default false).
         ssl_ca: connect with TLS, the server's certificate verified against this CA file.
@@ -104,6 +106,7 @@ class MySQLStore:
         self.table = mysql_table(options.table)
         self._records = MySQLRecords(self.table, batched=True)
         self._pool = MySQLPool(options)
+        self._reply_timeout = options.reply_timeout
         self._wakeups = Wakeups()
         self._schema_ready = False
 
@@ -160,11 +163,13 @@ class MySQLStore:
         self._wakeups.wake(identity.digest())
 
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
-        """Extend the holder's lease, and the retention deadline by as much."""
+        """Extend the holder's lease, and the retention deadline by as much: its replies due
+        within `renewal_timeout` (B16), well before the lease ends."""
         return self._call(
             lambda conn: self._records.renew(
                 conn, identity, token, now=self.clock.now(), lease=lease
-            )
+            ),
+            within=renewal_timeout(self._reply_timeout, lease),
         )
 
     def checkpoint(self, identity: Identity, token: str, recovery_point: str) -> Record:
@@ -215,22 +220,25 @@ class MySQLStore:
         """Close the pool's connections; the store cannot be used afterwards."""
         self._pool.close()
 
-    def _call(self, work: Work[T], *, ready: bool = True) -> T:
-        """Run `work` on a pooled connection, the table ready; run it again after a deadlock
-        (its transaction was rolled back whole); driver errors become store errors, and so
-        does a connection of another event loop (`stores/_home.py`)."""
+    def _call(
+        self, work: Work[T], *, ready: bool = True, within: float | None = None
+    ) -> T:
+        """Run `work` on a pooled connection, the table ready, each reply due `within` seconds
+        (default: the reply timeout); run it again after a deadlock (its transaction was rolled
+        back whole); driver errors become store errors, and so does a connection of another
+        event loop (`stores/_home.py`)."""
         with unusable_here("MySQL"):
-            return self._attempts(work, ready=ready)
+            return self._attempts(work, ready=ready, within=within)
 
-    def _attempts(self, work: Work[T], *, ready: bool) -> T:
+    def _attempts(self, work: Work[T], *, ready: bool, within: float | None) -> T:
         """Run `work` as `_call` says, up to `_ATTEMPTS` times."""
         for attempt in range(1, _ATTEMPTS + 1):
             with translate_errors():
-                conn = self._pool.getconn()
+                conn = self._pool.getconn(within)
             try:
                 if ready and not self._schema_ready:
                     self._ready(conn)
-                result = self._pool.run(work, conn)
+                result = self._pool.run(work, conn, within)
             except pymysql.MySQLError as error:
                 self._after_error(conn, error)
                 if deadlocked(error) and attempt < _ATTEMPTS:
@@ -257,13 +265,17 @@ class MySQLStore:
 
     def _after_error(self, conn: pymysql.Connection, error: BaseException) -> None:
         """Give `conn` back after `error`: rolled back (a lock wait timeout leaves a batch's
-        transaction open), or closed if it is broken or will not roll back."""
+        transaction open), or closed if it is broken or will not roll back; if it was lost,
+        with the idle ones (`close_idle`)."""
         reusable = False
+        lost = connection_lost(error)
         try:
-            if not connection_lost(error):
+            if not lost:
                 conn.rollback()
                 reusable = True
         except pymysql.MySQLError:
             pass
         finally:
             self._pool.putconn(conn, reusable=reusable)
+            if lost:
+                self._pool.close_idle()

@@ -9,7 +9,8 @@ back for the next caller (last in, first out: the warmest), and bounds the wait 
 `pool_timeout`, past which the store is unavailable. A connection given back after an error
 that may have left it in an unknown state is closed instead. One that sat idle for a while is
 pinged before it is lent, so a connection the server dropped meanwhile (a restart, its
-`wait_timeout`) is replaced rather than failing the next call. A process forked after using
+`wait_timeout`) is replaced rather than failing the next call. One found lost (a failed ping,
+a reply that never came) takes the idle ones with it (`close_idle`). A process forked after using
 the pool (gunicorn `--preload`) opens its own connections and never touches its parent's, nor
 closes them; the async pool met on another event loop (a second `asyncio.run`) closes the idle
 connections of the loop it was last used on and opens new ones (`stores/_home.py`).
@@ -51,8 +52,9 @@ class MySQLPool:
         self._home = Home()
         self._closed = False
 
-    def getconn(self) -> pymysql.Connection:
-        """Lend a connection: an idle one, or a new one; driver errors pass through."""
+    def getconn(self, within: float | None = None) -> pymysql.Connection:
+        """Lend a connection: an idle one, or a new one; driver errors pass through. An idle
+        one's ping, if due, waits `within` seconds at most (default: the reply timeout)."""
         self._follow()
         if self._closed:
             raise StoreClosedError("This MySQL store is closed.")
@@ -63,7 +65,7 @@ class MySQLPool:
                 f" (pool_max={options.pool_max})."
             )
         try:
-            return self._idle_or_new()
+            return self._idle_or_new(within)
         except BaseException:
             self._gate.leave()
             raise
@@ -80,15 +82,17 @@ class MySQLPool:
         finally:
             self._gate.leave()
 
-    def run(self, work: Work[T], conn: pymysql.Connection) -> T:
-        """Run `work` on a lent connection, within `read_timeout` (see the driver's `run`)."""
-        return self._driver.run(work, conn)
+    def run(
+        self, work: Work[T], conn: pymysql.Connection, within: float | None = None
+    ) -> T:
+        """Run `work` on a lent connection, within `read_timeout` or `within` seconds (see the
+        driver's `run`)."""
+        return self._driver.run(work, conn, within)
 
-    def close(self) -> None:
-        """Close the idle connections; those lent out are closed as they come back. (In a
-        forked child, or on another loop, those of the parent's or of that loop are left.)"""
-        self._follow()
-        self._closed = True
+    def close_idle(self) -> None:
+        """Close the idle connections: one was just found lost, and those idle as long or
+        longer most likely are too (a server restart; a network that silently dropped them
+        all, a NAT or firewall state expired), each of which would cost a call its wait."""
         while self._idle:
             try:
                 conn, _ = self._idle.pop()
@@ -96,7 +100,14 @@ class MySQLPool:
                 break
             self._driver.close(conn)
 
-    def _idle_or_new(self) -> pymysql.Connection:
+    def close(self) -> None:
+        """Close the idle connections; those lent out are closed as they come back. (In a
+        forked child, or on another loop, those of the parent's or of that loop are left.)"""
+        self._follow()
+        self._closed = True
+        self.close_idle()
+
+    def _idle_or_new(self, within: float | None) -> pymysql.Connection:
         while self._idle:
             try:
                 conn, since = self._idle.pop()
@@ -105,10 +116,11 @@ class MySQLPool:
             if monotonic() - since < self.check_after:
                 return conn
             try:
-                conn.ping(False)
+                self._driver.run(_ping, conn, within)
             except pymysql.Error:
                 self._driver.close(conn)
-                continue
+                self.close_idle()
+                break
             return conn
         return self._open()
 
@@ -146,6 +158,11 @@ class MySQLPool:
             return
         for conn, _ in idle:
             self._driver.close(conn)
+
+
+def _ping(conn: pymysql.Connection) -> None:
+    """Check that `conn` still answers, without reconnecting."""
+    conn.ping(False)
 
 
 def _keep_inherited(conns: list[Any]) -> None:

@@ -2,7 +2,8 @@
 # ruff: noqa
 # fmt: off
 """How the PostgreSQL store lends a primitive what its statement runs on: a pooled connection
-(`Lent`), under the store's read deadline, or the store's statement runner (`Shared`).
+(`Lent`), under the store's read deadline (or a shorter one: a renewal's), or the store's
+statement runner (`Shared`).
 
 Classes rather than generator context managers: they cost less client CPU per primitive (see
 `Lent`). Either way, psycopg errors become store errors, on the way in and out.
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from retrysafe._errors import StoreUnavailableError
 from retrysafe.stores._sync.postgres_records import RecordsConnection, StatementRunner
 from retrysafe.stores._sql.postgres_connection import store_error
 from retrysafe.stores._sql.postgres_deadline import unavailable
@@ -39,17 +41,18 @@ class Lending:
         except psycopg.Error as error:
             raise store_error(error) from error
         if isinstance(raised := exc_info[1], psycopg.Error):
-            if late:  # its connection was cut under it: say why
-                raise unavailable(self._store._deadline.timeout) from raised
+            if late is not None:  # its connection was cut under it: say why
+                raise late from raised
             raise store_error(raised) from raised
 
-    def _give_back(self) -> bool:
-        """Nothing to give back, and no deadline to stop: return False (not cut)."""
-        return False
+    def _give_back(self) -> StoreUnavailableError | None:
+        """Nothing to give back, and no deadline to stop: return None (not cut)."""
+        return None
 
 
 class Lent(Lending):
-    """A pooled connection lent for one primitive.
+    """A pooled connection lent for one primitive, its reply due `within` seconds (default: the
+    store's `read_timeout`).
 
     A class, and the pool's `getconn`/`putconn`, rather than generator context managers and the
     pool's `connection()`: those cost about a seventh of the client CPU of a claim and its
@@ -58,7 +61,11 @@ class Lent(Lending):
     mid-transaction or mid-statement.
     """
 
-    __slots__ = ("_armed", "_conn")
+    __slots__ = ("_armed", "_conn", "_within")
+
+    def __init__(self, store: PostgresStore, within: float | None = None) -> None:
+        super().__init__(store)
+        self._within = within
 
     def __enter__(self) -> RecordsConnection:
         store = self._store
@@ -68,19 +75,25 @@ class Lent(Lending):
         except psycopg.Error as error:
             raise store_error(error) from error
         try:
-            self._armed = store._deadline.arm(conn)
+            self._armed = store._deadline.arm(conn, within=self._within)
         except psycopg.Error as error:  # lost already (no socket): the pool checks it
             store._pool.putconn(conn)
             raise store_error(error) from error
         return conn
 
-    def _give_back(self) -> bool:
-        """Stop the deadline, then give the connection back (closed first if it was cut)."""
-        cut = self._store._deadline.disarm(self._armed)
-        if cut:
-            self._conn.close()  # the pool drops a closed connection
-        self._store._pool.putconn(self._conn)
-        return cut
+    def _give_back(self) -> StoreUnavailableError | None:
+        """Stop the deadline, then give the connection back; if it was cut, close it first (the
+        pool drops a closed connection) and return the error that says so."""
+        store, within = self._store, self._within
+        if not store._deadline.disarm(self._armed):
+            store._pool.putconn(self._conn)
+            return None
+        self._conn.close()
+        store._pool.putconn(self._conn)
+        _replace_idle(store)
+        if within is None:
+            return unavailable(store._deadline.timeout)
+        return unavailable(within, renewal=True)
 
 
 class Shared(Lending):
@@ -98,3 +111,14 @@ class Shared(Lending):
         except psycopg.Error as error:
             raise store_error(error) from error
         return self._runner
+
+
+def _replace_idle(store: PostgresStore) -> None:
+    """Replace the store's idle connections, pooled and batching: a reply that never came on
+    one connection is most often a network that silently dropped them all (a NAT or firewall
+    state expired), and each found lost one by one would cost a call its read timeout."""
+    drain = getattr(store._pool, "drain", None)
+    if drain is not None:  # psycopg_pool 3.3 and later; before, each is dropped when found lost
+        drain()
+    if store._runner is not None:
+        store._runner.forget_idle()

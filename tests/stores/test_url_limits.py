@@ -6,7 +6,10 @@ given twice (one of them silently dropped), a boolean that is neither yes nor no
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from retrysafe import ConfigurationError, Identity, open_async_store, open_store
 from retrysafe.stores.base import MAX_TIMEOUT
 from retrysafe.stores.mysql import MySQLStore
 from retrysafe.stores.postgres import PostgresStore
+from retrysafe.stores.sqlite import SQLiteStore
 from tests.conftest import fresh_store_url
 
 # Each server store's timeout options. Nothing here connects: the URLs are refused first.
@@ -27,7 +31,10 @@ _URLS = {
     "redis": "redis://:secret@127.0.0.1:6379/15",
     "postgres": "postgresql://postgres:secret@127.0.0.1:5432/test",
     "mysql": "mysql://root:secret@127.0.0.1:3306/test",
+    "redis-cluster": "redis+cluster://:secret@127.0.0.1:7000/",
 }
+# SQLite's busy timeout is milliseconds in a C int; past it `sqlite3` wraps it to no wait.
+_SQLITE_MAX_TIMEOUT = (2**31 - 1) / 1000
 
 
 def _refused(url: str) -> str:
@@ -87,6 +94,12 @@ def test_b24_a_timeout_of_a_year_works(
         (f"{_URLS['postgres']}?table=a&table=b", "table"),
         (f"{_URLS['postgres']}?pool_max=1&pool_min=1&pool_max=5", "pool_max"),
         (f"{_URLS['mysql']}?table=a&table=b", "table"),
+        (f"{_URLS['redis-cluster']}?prefix=a&prefix=b", "prefix"),
+        (f"{_URLS['redis-cluster']}?connect_timeout=1&connect_timeout=2", "connect_timeout"),
+        ("sqlite:///x.db?table=a&table=b", "table"),
+        ("sqlite:///x.db?timeout=1&synchronous=full&timeout=2", "timeout"),
+        (f"{_URLS['redis']}?replay_cache=3&replay_cache=5", "replay_cache"),
+        ("sqlite:///x.db?replay_cache=3&replay_cache_ttl=1&replay_cache_ttl=2", "replay_cache_ttl"),
     ],
 )
 def test_b24_an_option_given_twice_is_refused(url: str, option: str) -> None:
@@ -94,6 +107,33 @@ def test_b24_an_option_given_twice_is_refused(url: str, option: str) -> None:
     without its password."""
     message = _refused(url)
     assert message.startswith(f"Store URL option {option} is given twice in '")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e300", str(MAX_TIMEOUT), "2147483.648"])
+def test_b24_an_sqlite_busy_timeout_past_its_limit_is_refused(value: str, tmp_path: Path) -> None:
+    """A busy timeout past 2**31 - 1 ms, which SQLite would take as no wait at all (a year) or
+    which would overflow a wait on first use (1e300), is refused at open and by the constructor."""
+    limit = "SQLite busy timeout must be a finite number of seconds >= 0 and at most 2147483.647"
+    assert limit in _refused(f"sqlite:///{tmp_path / 's.db'}?timeout={value}")
+    with pytest.raises(ConfigurationError, match=limit):
+        SQLiteStore(tmp_path / "s.db", timeout=float(value))
+
+
+def test_b24_the_longest_sqlite_busy_timeout_waits_for_a_lock(tmp_path: Path) -> None:
+    """At the limit the busy timeout still works: a claim waits out another connection's write
+    lock instead of failing at once."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore.from_url(f"sqlite:///{path}?timeout={_SQLITE_MAX_TIMEOUT}")
+    try:
+        store.create_schema()
+        with contextlib.closing(sqlite3.connect(path, check_same_thread=False)) as holder:
+            holder.isolation_level = None
+            holder.execute("BEGIN IMMEDIATE")
+            threading.Timer(0.3, holder.execute, ["COMMIT"]).start()
+            identity = Identity("url-limits", "tenant", "k")
+            assert store.claim(identity, "fp", lease=30, retention=60).acquired
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

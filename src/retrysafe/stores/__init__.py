@@ -176,7 +176,7 @@ def _replay_cache_options(url: str) -> tuple[str, dict[str, Any]]:
     ours = [(name, value) for name, value in pairs if name in _REPLAY_CACHE_OPTIONS]
     if not ours:
         return url, {}
-    options = query_options(urlencode(ours), _REPLAY_CACHE_OPTIONS)
+    options = query_options(urlencode(ours), _REPLAY_CACHE_OPTIONS, url=url)
     if "replay_cache" not in options:
         raise ConfigurationError(
             "replay_cache_bytes and replay_cache_ttl come with replay_cache=N: "

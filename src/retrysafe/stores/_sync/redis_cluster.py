@@ -120,7 +120,7 @@ class RedisClusterStore(RedisStore):
         require_refresh_requests()  # before a client connects
         seeds = cluster_seeds(url)
         parts = urlsplit(url)
-        options = query_options(parts.query, _OPTIONS)
+        options = query_options(parts.query, _OPTIONS, url=url)
         socket_timeout, connect_timeout = timeouts(options, url=url)
         replicas = replica_options(options)
         tls = tls_options(options, tls=parts.scheme == "rediss+cluster", url=url)

@@ -14,7 +14,6 @@ half (connections, group commit) is `stores/_sql/sqlite_file.py`, the writer thr
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Unpack, cast, get_args
 from urllib.parse import unquote, urlsplit
@@ -33,6 +32,9 @@ __all__ = ["SQLiteStore"]
 
 _URL_FORMS = "'sqlite:///relative/path.db' or 'sqlite:////absolute/path.db'"
 _OPTIONS: dict[str, type] = {"timeout": float, "table": str, "synchronous": str}
+# `sqlite3` hands SQLite the busy timeout in milliseconds as a C int: past this it wraps to no
+# wait at all (a year reads back as 0 ms), and far past it the store's own waits overflow.
+_MAX_TIMEOUT = (2**31 - 1) / 1000
 
 
 class SQLiteStore(SQLiteFile):
@@ -46,7 +48,8 @@ class SQLiteStore(SQLiteFile):
         path: the database file; a relative path is resolved against the current directory now.
         clock: the time source for leases and retention.
         table: the table that holds the records.
-        timeout: seconds to wait for another writer's lock before `StoreUnavailableError`.
+        timeout: seconds to wait for another writer's lock before `StoreUnavailableError`, at
+            most about 24 days (2**31 - 1 ms).
         synchronous: `"full"` (default) syncs every commit to disk, so a claim or outcome
             survives a power loss; `"normal"` is faster but may lose the last commits then.
     """
@@ -66,9 +69,10 @@ class SQLiteStore(SQLiteFile):
                 f"SQLite store path {path!r} is not a database file; an in-memory SQLite"
                 " database is private to one connection, so use 'memory://' for that."
             )
-        if not (math.isfinite(timeout) and timeout >= 0):
+        if not 0 <= timeout <= _MAX_TIMEOUT:  # nan and inf too
             raise ConfigurationError(
-                f"SQLite busy timeout must be a finite number of seconds >= 0, not {timeout}."
+                f"SQLite busy timeout must be a finite number of seconds >= 0 and at most"
+                f" {_MAX_TIMEOUT} (about 24 days), not {timeout}."
             )
         if synchronous not in get_args(Synchronous):
             raise ConfigurationError(
@@ -107,7 +111,7 @@ class SQLiteStore(SQLiteFile):
             raise ConfigurationError(
                 f"An SQLite store URL names a database file, {_URL_FORMS}; {url!r} names none."
             )
-        options = query_options(parts.query, _OPTIONS)
+        options = query_options(parts.query, _OPTIONS, url=url)
         synchronous = str(options.get("synchronous", "full")).lower()
         if synchronous not in get_args(Synchronous):
             raise ConfigurationError(

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from retrysafe._http import DEFAULT_PROBLEM_BASE_URL, PROBLEMS
+from retrysafe._http import DEFAULT_PROBLEM_BASE_URL, PROBLEMS, Settings, problem_type
 from tests.conftest import service_missing
-from tests.http.test_problems import POLICY_ANCHORS
+from tests.http.test_problems import POLICY_ANCHORS, SITE
 
 pytestmark = pytest.mark.docs
 
@@ -78,10 +78,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_b25_the_site_has_every_problem_type_and_policy_anchor(site: Path) -> None:
-    """The built http page has an element id for every problem type and every policy section."""
-    ids = _parse(site / "http" / "index.html").ids
-    assert set(PROBLEMS) <= ids
-    assert set(POLICY_ANCHORS) <= ids
+    """The built page each problem's `type` names has an element id for it (the http page,
+    the transactions page for transactional mode's), and the http page one per policy section."""
+    for slug in PROBLEMS:
+        page = problem_type(slug, Settings()).removeprefix(SITE).partition("#")[0]
+        assert slug in _parse(site / page / "index.html").ids, (slug, page)
+    assert set(POLICY_ANCHORS) <= _parse(site / "http" / "index.html").ids
 
 
 def test_b25_problem_type_urls_point_at_the_built_http_page(site: Path) -> None:

@@ -10,12 +10,20 @@ from pathlib import Path
 
 import httpx
 
-from retrysafe._http import DEFAULT_PROBLEM_BASE_URL, PROBLEMS, RouteSettings, Settings
+from retrysafe._http import (
+    DEFAULT_PROBLEM_BASE_URL,
+    PROBLEMS,
+    RouteSettings,
+    Settings,
+    problem_type,
+)
 from tests.http.conftest import Service
 
 Serve = Callable[..., Service]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "http.md"
+SITE = "https://retrysafe.readthedocs.io/en/latest/"
+"""Where the docs are published: a page's address is this and its file's name."""
 POLICY_ANCHORS = [
     "key-format",
     "scope",
@@ -72,8 +80,15 @@ def test_b24_every_problem_the_middleware_answers_is_problem_json(serve: Serve) 
         service.recorder.gate.set()
         running.result(10)
     # body-incomplete: a client that sends less than its Content-Length (test_wsgi_input.py);
-    # body-unavailable: only the integrations inside a framework (test_flask_form_body.py)
-    left = {"store-unavailable", "outcome-unreadable", "body-incomplete", "body-unavailable"}
+    # body-unavailable: only the integrations inside a framework (test_flask_form_body.py);
+    # transaction-aborted: transactional mode's (tests/transactions/test_aborted_web.py)
+    left = {
+        "store-unavailable",
+        "outcome-unreadable",
+        "body-incomplete",
+        "body-unavailable",
+        "transaction-aborted",
+    }
     assert seen == set(PROBLEMS) - left
 
 
@@ -121,10 +136,27 @@ def _github_anchors(markdown: str) -> set[str]:
 
 
 def test_b25_every_problem_type_links_to_a_documented_anchor() -> None:
-    """docs/http.md has a section for every problem type that a `type` URL points to."""
-    anchors = _github_anchors(DOCS.read_text())
-    assert set(PROBLEMS) <= anchors
-    assert DEFAULT_PROBLEM_BASE_URL.endswith("/http/#")
+    """Every problem's default `type` is a section of the docs page it names: docs/http.md,
+    or docs/transactions.md for transactional mode's own."""
+    for slug in PROBLEMS:
+        page, _, anchor = problem_type(slug, Settings()).partition("#")
+        assert anchor == slug
+        assert page.startswith(SITE)
+        markdown = DOCS.with_name(page.removeprefix(SITE).strip("/") + ".md")
+        assert slug in _github_anchors(markdown.read_text()), (slug, markdown.name)
+    assert f"{SITE}http/#" == DEFAULT_PROBLEM_BASE_URL
+
+
+def test_b24_b25_transaction_aborted_is_listed_with_the_type_it_is_served_with() -> None:
+    """transaction-aborted is in PROBLEMS with the status and title transactional mode answers
+    with; its `type` stays the section of docs/transactions.md whatever `problem_base_url`."""
+    assert PROBLEMS["transaction-aborted"] == (500, "Transaction aborted")
+    served = f"{SITE}transactions/#transaction-aborted"
+    assert problem_type("transaction-aborted", Settings()) == served
+    assert problem_type("transaction-aborted", Settings(problem_base_url="https://x/#")) == served
+    assert problem_type("key-mismatch", Settings(problem_base_url="https://x/#")) == (
+        "https://x/#key-mismatch"
+    )
 
 
 def test_b25_the_policy_is_published() -> None:

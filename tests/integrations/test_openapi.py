@@ -29,6 +29,9 @@ PROBLEMS = ("400", "409", "410", "413", "422", "503")
 """The statuses of the problems every guarded route may answer with, by default."""
 RETRIED = ("409", "503")
 """The problems that tell the client when to retry (`Retry-After`)."""
+ABORTED = "https://retrysafe.readthedocs.io/en/latest/transactions/#transaction-aborted"
+"""The `type` of the problem a transactional route answers when its handler's transaction was
+aborted (B24)."""
 
 
 @pytest.fixture
@@ -176,6 +179,22 @@ def test_b6_b10_b24_fastapi_openapi_shows_what_guards_each_route(
     validation = paths["/marked"]["post"]["responses"]["422"]["content"]
     assert set(validation) == {"application/json", "application/problem+json"}  # FastAPI's too
     assert schema["components"]["schemas"]["ProblemDetails"]["type"] == "object"
+
+
+def test_b24_fastapi_openapi_shows_an_aborted_transaction_on_transactional_routes_only(
+    serve: Any, tmp_path: Path
+) -> None:
+    """A transactional route also lists the 500 transaction-aborted problem, linked to the
+    `type` it is served with; a route of the HTTP middleware does not."""
+    app, _, _ = fastapi_app(tmp_path / "app.db")
+    paths = fetch(serve(app), "/openapi.json")["paths"]
+    for path in ("/payments", "/refunds"):
+        aborted = paths[path]["post"]["responses"]["500"]
+        assert f"Transaction aborted ([transaction-aborted]({ABORTED}))." in aborted["description"]
+        assert "application/problem+json" in aborted["content"]
+        assert "Retry-After" not in aborted.get("headers", {})
+    for path in ("/required", "/marked", "/v1/required", "/orders/{order_id}"):
+        assert "500" not in paths[path]["post"]["responses"]
 
 
 def test_b10_fastapi_installs_hand_back_their_middleware(serve: Any, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from retrysafe._http import PROBLEMS
 from retrysafe.transactions.fastapi import Transactional, install
 from tests.transactions.conftest import Database, make_database
 from tests.transactions.test_web import HEADERS, KEY, SECRET, identity_of, serving
@@ -136,6 +137,7 @@ def _assert_aborted_problem(response: httpx.Response) -> None:
     problem = response.json()
     assert problem["type"] == PROBLEM_TYPE
     assert problem["title"] == "Transaction aborted"
+    assert (problem["status"], problem["title"]) == PROBLEMS["transaction-aborted"]  # as listed
     assert "email" not in response.text  # nothing of the handler's answer
 
 

@@ -35,6 +35,7 @@ from retrysafe._http.outcome import (
 )
 from retrysafe._http.problems import (
     PROBLEMS,
+    TRANSACTION_PROBLEM_BASE_URL,
     Response,
     body_unavailable,
     check_content_length,
@@ -42,6 +43,7 @@ from retrysafe._http.problems import (
     mismatch,
     problem,
     problem_response,
+    problem_type,
     read_key,
     reason_phrase,
     store_unavailable,
@@ -77,6 +79,7 @@ __all__ = [
     "PROBLEMS",
     "REPRESENTATION_HEADERS",
     "SECRET_ENV",
+    "TRANSACTION_PROBLEM_BASE_URL",
     "Gate",
     "Header",
     "OutcomePolicy",
@@ -106,6 +109,7 @@ __all__ = [
     "principal_of",
     "problem",
     "problem_response",
+    "problem_type",
     "read_key",
     "reason_phrase",
     "replay_response",

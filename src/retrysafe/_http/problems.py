@@ -11,11 +11,12 @@ from typing import Final
 from retrysafe._errors import InvalidKeyError
 from retrysafe._flow.admission import IN_FLIGHT_RETRY_AFTER
 from retrysafe._flow.observing import decide
-from retrysafe._http.settings import Header, Settings
+from retrysafe._http.settings import DEFAULT_PROBLEM_BASE_URL, Header, Settings
 from retrysafe._keys import parse_key
 
 __all__ = [
     "PROBLEMS",
+    "TRANSACTION_PROBLEM_BASE_URL",
     "Response",
     "body_unavailable",
     "check_content_length",
@@ -24,6 +25,7 @@ __all__ = [
     "mismatch",
     "problem",
     "problem_response",
+    "problem_type",
     "read_key",
     "reason_phrase",
     "scope_missing",
@@ -65,8 +67,14 @@ PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
     "too-many-in-flight": (429, "Too many requests in flight"),
     "store-unavailable": (503, "Idempotency store unavailable"),
     "outcome-unreadable": (500, "Stored outcome unreadable"),
+    "transaction-aborted": (500, "Transaction aborted"),
 }
-"""Every problem retrysafe answers with: docs anchor (the `type`) -> (default status, title)."""
+"""Every problem the HTTP middleware and transactional mode answer with: its docs anchor (the
+`type`, `problem_type`) -> (default status, title)."""
+TRANSACTION_PROBLEM_BASE_URL: Final = DEFAULT_PROBLEM_BASE_URL.replace("/http/", "/transactions/")
+"""Where transactional mode's own problems are anchors (docs/transactions.md), whatever the
+`problem_base_url`, which names the HTTP middleware's: as the proxy's are anchors of its page."""
+_TRANSACTION_PROBLEMS: Final = frozenset({"transaction-aborted"})
 _DECISION_OF: Final = {
     "key-mismatch": "mismatch",  # (the flow decided these already, but transactional mode)
     "request-in-flight": "in_flight",
@@ -101,13 +109,21 @@ def problem(
         decide(decision)
     extra = ((settings.replay_header_name, b"true"),) if replayed else ()
     return problem_response(
-        settings.problem_base_url + slug,
+        problem_type(slug, settings),
         title,
         status or default_status,
         detail,
         retry_after=retry_after,
         extra_headers=extra,
     )
+
+
+def problem_type(slug: str, settings: Settings) -> str:
+    """Return the `type` of problem `slug`: its anchor under `problem_base_url`, or under
+    `TRANSACTION_PROBLEM_BASE_URL` for transactional mode's own."""
+    if slug in _TRANSACTION_PROBLEMS:
+        return TRANSACTION_PROBLEM_BASE_URL + slug
+    return settings.problem_base_url + slug
 
 
 def problem_response(

@@ -1,9 +1,9 @@
 """What a covered route adds to its API description, framework-neutral.
 
 The `Idempotency-Key` request header, the replay header on stored responses, and the RFC 9457
-problems the middleware answers with (`problem_docs`). Each integration writes them in its
-framework's OpenAPI objects, for the routes marked or matched by a path pattern
-(`documented_route`).
+problems the middleware answers with (`problem_docs`; a transactional route's include an
+aborted transaction). Each integration writes them in its framework's OpenAPI objects, for the
+routes marked or matched by a path pattern (`documented_route`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from retrysafe._http import PROBLEMS, RouteSettings, Settings
+from retrysafe._http import PROBLEMS, RouteSettings, Settings, problem_type
 from retrysafe.integrations._routes import DEFAULT_ROUTE, Unmarked, merge
 
 __all__ = [
@@ -77,8 +77,9 @@ class ProblemDoc:
     replayed: bool = False
 
 
-def problem_docs(settings: Settings) -> tuple[ProblemDoc, ...]:
-    """Return the problems a route with `settings` may answer with, one per status."""
+def problem_docs(settings: Settings, *, transactional: bool = False) -> tuple[ProblemDoc, ...]:
+    """Return the problems a route with `settings` may answer with, one per status; a
+    `transactional` route's handler may also leave its transaction aborted."""
     slugs = ["invalid-key"]
     if settings.required:
         slugs.append("key-required")
@@ -88,10 +89,12 @@ def problem_docs(settings: Settings) -> tuple[ProblemDoc, ...]:
     if settings.max_in_flight_per_scope is not None:
         slugs.append("too-many-in-flight")
     slugs.append("store-unavailable")
+    if transactional:
+        slugs.append("transaction-aborted")
     by_status: dict[int, list[str]] = {}
     for slug in slugs:
         status = settings.mismatch_status if slug == "key-mismatch" else PROBLEMS[slug][0]
-        link = f"{PROBLEMS[slug][1]} ([{slug}]({settings.problem_base_url}{slug}))."
+        link = f"{PROBLEMS[slug][1]} ([{slug}]({problem_type(slug, settings)}))."
         by_status.setdefault(status, []).append(link)
     return tuple(
         ProblemDoc(
@@ -133,14 +136,19 @@ _RETRY_AFTER: Final = {
 
 
 def describe_operation(
-    operation: dict[str, Any], settings: Settings, problem_schema: Mapping[str, Any]
+    operation: dict[str, Any],
+    settings: Settings,
+    problem_schema: Mapping[str, Any],
+    *,
+    transactional: bool = False,
 ) -> None:
     """Add to an OpenAPI operation (JSON) what a route with `settings` adds to its API.
 
     The `Idempotency-Key` header parameter (added, or the declared one corrected), the replay
-    header on success responses, and the problem+json answers (`problem_docs`) with
-    `problem_schema` (the schema, or a `$ref` to it), merged into responses the operation
-    already has. Describing an operation twice changes nothing.
+    header on success responses, and the problem+json answers (`problem_docs`, a
+    `transactional` route's included) with `problem_schema` (the schema, or a `$ref` to it),
+    merged into responses the operation already has. Describing an operation twice changes
+    nothing.
     """
     parameters = operation.setdefault("parameters", [])
     header = next(
@@ -161,7 +169,7 @@ def describe_operation(
     for status, response in responses.items():
         if status.startswith("2") and "$ref" not in response:
             response.setdefault("headers", {})[settings.replay_header] = replay
-    for problem in problem_docs(settings):
+    for problem in problem_docs(settings, transactional=transactional):
         response = responses.setdefault(str(problem.status), {"description": ""})
         if "$ref" in response:
             continue  # the app's own shared response: left as it is

@@ -186,12 +186,16 @@ class FastAPIRoutes(StarletteRoutes):
 
 
 def document_openapi(
-    app: Any, operations: Callable[[], Iterator[tuple[str, str, Settings]]]
+    app: Any,
+    operations: Callable[[], Iterator[tuple[str, str, Settings]]],
+    *,
+    transactional: bool = False,
 ) -> None:
     """Make `app.openapi()` describe idempotency on `operations()`: (path, method, settings).
 
     Wraps the app's current `openapi` (FastAPI's, or one the app set before), as FastAPI's
     "Extending OpenAPI" does; the schema it caches is completed on each call, idempotently.
+    `transactional` operations also show the problem of an aborted transaction.
     """
     previous = app.openapi
 
@@ -201,7 +205,7 @@ def document_openapi(
         for path, method, settings in operations():
             operation = schema.get("paths", {}).get(path, {}).get(method)
             if operation is not None:
-                describe_operation(operation, settings, _PROBLEM_REF)
+                describe_operation(operation, settings, _PROBLEM_REF, transactional=transactional)
                 documented = True
         if documented:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})

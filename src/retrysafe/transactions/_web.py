@@ -27,7 +27,6 @@ import anyio
 from retrysafe._clock import Clock
 from retrysafe._errors import InFlightError, KeyMismatchError, StoreError
 from retrysafe._http import (
-    DEFAULT_PROBLEM_BASE_URL,
     Response,
     ResponseCapture,
     Settings,
@@ -35,7 +34,7 @@ from retrysafe._http import (
     logger,
     mismatch,
     outcome_to_store,
-    problem_response,
+    problem,
     store_unavailable,
 )
 from retrysafe._record import Identity, Record
@@ -66,11 +65,6 @@ HANDLER_RAISED: Final = "retrysafe.handler_raised"
 """Set in the ASGI scope by a face that sees its handler raise (FastAPI's dependency), even
 when the framework then answers for it (`HTTPException`): the writes roll back (B18)."""
 """Where the request's `RequestTransaction` is kept: an ASGI scope key, a WSGI environ key."""
-ABORTED_TYPE: Final = DEFAULT_PROBLEM_BASE_URL.replace("/http/", "/transactions/") + (
-    "transaction-aborted"
-)
-"""The `type` of the problem that answers a handler whose transaction was aborted: an anchor of
-docs/transactions.md, as the proxy's problems are anchors of its own page."""
 _ABORTED_DETAIL: Final = (
     "The request's handler caught a database error inside its transaction and answered "
     "anyway, but the database had aborted the transaction: nothing of the request was "
@@ -168,7 +162,7 @@ def aborted_problem(settings: Settings, handler: str) -> Response:
         "(`with conn.transaction():`, `session.begin_nested()`, `with transaction.atomic():`).",
         handler,
     )
-    return problem_response(ABORTED_TYPE, "Transaction aborted", 500, _ABORTED_DETAIL)
+    return problem("transaction-aborted", settings, _ABORTED_DETAIL)
 
 
 def handler_name(handler: object) -> str:

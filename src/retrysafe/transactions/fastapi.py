@@ -175,5 +175,5 @@ def install(
 
     app.add_middleware(bind)
     described = TransactionalRoutes(app)
-    document_openapi(app, lambda: described.documented(middleware.settings))
+    document_openapi(app, lambda: described.documented(middleware.settings), transactional=True)
     return middleware

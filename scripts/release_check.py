@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# Imported by a face that runs inside the user's own app or test suite: no extra brings them.
-# Frameworks the integrations import only when used (asgiref: Django's own dependency).
+# The user's own app frameworks and test runner (asgiref comes with Django), which the faces that
+# run inside them import and no extra brings: the smoke test may find them missing.
 FRAMEWORKS = frozenset({"django", "asgiref", "fastapi", "flask", "werkzeug", "litestar", "pytest"})
 SDIST_FILES = ("LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "PKG-INFO")
 # A checkout's local state, never part of a release (and .venv*, __pycache__).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,27 +41,36 @@ def new_key() -> str:
     return str(uuid.uuid4())
 
 
-@pytest.fixture
-def start() -> Iterator[Callable[..., Running]]:
-    """A factory: serve `framework`'s app installed with `options`; stop it afterwards."""
+@contextlib.contextmanager
+def serving() -> Iterator[Callable[[str, Recorder, Any], Running]]:
+    """Yield `serve(framework, recorder, app)`, which serves `app` on loopback (uvicorn for an
+    ASGI framework's, wsgiref otherwise); on exit, close each client and stop each server."""
     servers: list[tuple[AsgiServer | WsgiServer, httpx.Client]] = []
 
-    def run(framework: str, **options: Any) -> Running:
-        recorder = Recorder()
-        if framework == "django":
-            options.setdefault("routes", {})  # not the RETRYSAFE["ROUTES"] of the settings
-        app = BUILDERS[framework](recorder, **options)
-        server: AsgiServer | WsgiServer = (
-            AsgiServer(app) if framework in ASGI_FRAMEWORKS else WsgiServer(app)
-        )
+    def serve(framework: str, recorder: Recorder, app: Any) -> Running:
+        server = AsgiServer(app) if framework in ASGI_FRAMEWORKS else WsgiServer(app)
         running = Running(framework, server.url, recorder)
         servers.append((server, running.client))
         return running
 
-    yield run
+    yield serve
     for server, client in servers:
         client.close()
         server.stop()
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., Running]]:
+    """A factory: serve `framework`'s app installed with `options`; stop it afterwards."""
+    with serving() as serve:
+
+        def run(framework: str, **options: Any) -> Running:
+            recorder = Recorder()
+            if framework == "django":
+                options.setdefault("routes", {})  # not the RETRYSAFE["ROUTES"] of the settings
+            return serve(framework, recorder, BUILDERS[framework](recorder, **options))
+
+        yield run
 
 
 @pytest.fixture(params=FRAMEWORKS)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import httpx
 import pytest
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
@@ -27,8 +26,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from retrysafe.asgi import RouteSettings
 from tests.integrations import django_project
 from tests.integrations.apps import ASGI_FRAMEWORKS, BUILDERS, Recorder
-from tests.integrations.conftest import CALLER, Running
-from tests.integrations.servers import AsgiServer, WsgiServer
+from tests.integrations.conftest import CALLER, Running, serving
 from tests.integrations.test_routes import is_problem
 
 REQUIRED = RouteSettings(required=True)
@@ -40,24 +38,16 @@ Routes = Mapping[str, RouteSettings | None]
 @pytest.fixture
 def mounted() -> Iterator[Callable[[str, Routes], Running]]:
     """A factory: `framework`'s app installed with `routes`, mounted at `/api` and served."""
-    servers: list[tuple[AsgiServer | WsgiServer, httpx.Client]] = []
+    with serving() as serve:
 
-    def run(framework: str, routes: Routes) -> Running:
-        recorder = Recorder()
-        app = BUILDERS[framework](recorder, routes=routes)
-        server: AsgiServer | WsgiServer = (
-            AsgiServer(Starlette(routes=[Mount("/api", app=app)]))
-            if framework in ASGI_FRAMEWORKS
-            else WsgiServer(DispatcherMiddleware(NotFound(), {"/api": app}))
-        )
-        running = Running(framework, server.url, recorder)
-        servers.append((server, running.client))
-        return running
+        def run(framework: str, routes: Routes) -> Running:
+            recorder = Recorder()
+            app = BUILDERS[framework](recorder, routes=routes)
+            if framework in ASGI_FRAMEWORKS:
+                return serve(framework, recorder, Starlette(routes=[Mount("/api", app=app)]))
+            return serve(framework, recorder, DispatcherMiddleware(NotFound(), {"/api": app}))
 
-    yield run
-    for server, client in servers:
-        client.close()
-        server.stop()
+        yield run
 
 
 @pytest.mark.parametrize("routes", PATTERNS, ids=PATTERN_IDS)

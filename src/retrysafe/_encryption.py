@@ -12,7 +12,9 @@ The key id (the start of a SHA-256 of the key) says which key opens it. The asso
 is the header and the record's identity digest (namespace, scope and key, `Identity.digest`),
 so a ciphertext copied onto another record does not open. What does not open, an unknown
 key id, an altered byte, a moved ciphertext, an outcome stored in clear, raises `StoreError`:
-a store that answers wrongly, never an outcome replayed as garbage (fail closed).
+a store that answers wrongly, never an outcome replayed as garbage (fail closed). Only a listing
+(and the admin tools' reads) returns such a record, as an `UnreadableRecord` without its
+outcome, so that one record cannot hide, or keep anyone from deleting, all the others.
 
 What stays in clear: the identity (namespace, scope, key: the store looks records up by
 them), the request fingerprint (a digest), the state, the fencing token, the times and the
@@ -29,7 +31,8 @@ import hashlib
 import os
 import secrets
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 from retrysafe._errors import ConfigurationError, RecordUnreadableError
 from retrysafe._extras import missing_extra
@@ -38,7 +41,17 @@ from retrysafe._record import Claim, Identity, Record
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["MAGIC", "SEALING_OVERHEAD", "Keyring", "sealed_key_id", "with_outcome"]
+__all__ = [
+    "MAGIC",
+    "SEALING_OVERHEAD",
+    "Keyring",
+    "UnreadableRecord",
+    "behind_encryption",
+    "sealed_key_id",
+    "with_outcome",
+]
+
+StoreT = TypeVar("StoreT")
 
 MAGIC: Final = b"rse\x01"
 """The first bytes of every sealed outcome: retrysafe encryption, format 1."""
@@ -147,6 +160,26 @@ class Keyring:
             return record
         return with_outcome(record, self.open(record.identity, record.outcome))
 
+    def open_listed(self, record: Record) -> Record:
+        """Return `record` with its outcome decrypted, or as an `UnreadableRecord` if it does
+        not open: what a listing and the admin tools show, never what a replay uses."""
+        try:
+            return self.open_record(record)
+        except RecordUnreadableError as error:
+            return UnreadableRecord(
+                record.identity,
+                record.fingerprint,
+                record.state,
+                record.token,
+                record.created_at,
+                record.lease_expires_at,
+                record.expires_at,
+                None,
+                record.recovery_point,
+                reason=str(error),
+                stored=record.outcome or b"",
+            )
+
     def open_claim(self, claim: Claim) -> Claim:
         """Return `claim` with its record's outcome decrypted."""
         if claim.record.outcome is None:
@@ -155,6 +188,32 @@ class Keyring:
 
     def __repr__(self) -> str:
         return f"Keyring(key_ids={self.key_ids})"  # the ids only: never a key
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRecord(Record):
+    """A record whose outcome does not open with the keyring (sealed with a key it does not
+    hold, altered, or stored in clear), as listings return it: its `outcome` is None (never
+    the bytes as stored, which no one may take for an outcome); `reason` says why, `stored` is
+    what the store holds (its size is the record's). It can still be deleted or released."""
+
+    reason: str = ""
+    stored: bytes = b""
+
+    @property
+    def size(self) -> int:
+        """Return the size of the outcome as stored."""
+        return len(self.stored)
+
+
+def behind_encryption(store: StoreT) -> tuple[StoreT, Keyring | None]:
+    """Return the store that keeps `store`'s records as stored, and the keys that open them:
+    the store behind an encrypted store (also through a replay cache in front of it), or
+    `store` itself and None when it encrypts nothing."""
+    keyring, sealed = getattr(store, "keyring", None), getattr(store, "sealed", None)
+    if isinstance(keyring, Keyring) and sealed is not None:
+        return cast(StoreT, sealed), keyring
+    return store, None
 
 
 def key_id(key: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from retrysafe._encryption import SEALING_OVERHEAD, sealed_key_id
 from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe.asgi import IdempotencyMiddleware
 from retrysafe.cli import app as cli
-from retrysafe.stores.encrypted import EncryptedStore, Keyring
+from retrysafe.stores.encrypted import EncryptedStore, Keyring, UnreadableRecord
 from tests.conftest import cluster_seeds, fresh_store_url
 
 MARKER = b"MARKER-7f3a-card-4242424242424242"
@@ -254,13 +255,17 @@ def _write_raw(store: Store, identity: Identity, outcome: bytes) -> None:
 
 
 def _refused(store: Store, identity: Identity, message: str) -> None:
-    """Every read of `identity` raises RecordUnreadableError: never a replay of the stored bytes."""
+    """Every read of `identity` raises RecordUnreadableError: never a replay of the stored bytes;
+    a listing returns it marked, without its outcome."""
     with pytest.raises(RecordUnreadableError, match=message):
         store.claim(identity, "fp", lease=LEASE, retention=RETENTION)
     with pytest.raises(RecordUnreadableError, match=message):
         store.get(identity)
-    with pytest.raises(RecordUnreadableError, match=message):
-        store.list_records(namespace=identity.namespace)
+    listed = [r for r in store.list_records(namespace=identity.namespace) if r.identity == identity]
+    assert [type(r) for r in listed] == [UnreadableRecord]
+    assert isinstance(listed[0], UnreadableRecord)
+    assert listed[0].outcome is None
+    assert re.search(message, listed[0].reason)
     assert store.delete(identity)  # what does not open can still be deleted
 
 
@@ -347,11 +352,10 @@ def test_an_encrypted_http_record_is_replayed_in_clear_and_a_tampered_one_is_not
                         " WHERE key = ?",
                         (b"k-1",),
                     )
-                with (  # the body's record no longer opens
-                    contextlib.closing(open_store(url)) as reader,
-                    pytest.raises(RecordUnreadableError, match="fails authentication"),
-                ):
-                    reader.list_records()
+                with contextlib.closing(open_store(url)) as reader:  # no longer opens
+                    (listed,) = reader.list_records(namespace="http")
+                assert isinstance(listed, UnreadableRecord)
+                assert "fails authentication" in listed.reason
                 answers.append(await client.post("/pay", headers=headers))
                 return answers
         finally:

@@ -8,6 +8,13 @@ a store error: a new secret would silently change every scope, so a retry would 
 again. Restore it, or set one. Records of the other faces (the decorator's, a consumer's, a
 `scope_function`'s) name their scopes as given, so a store they used first still gets a secret;
 a store too large to check (`_SCAN` records or more) is refused as before.
+
+On an encrypted store (`retrysafe.stores.encrypted`) the secret is read, claimed and the
+records checked in the store behind it, with the outcomes as stored: the secret is opened with
+the keys, or taken as it is when it was stored in clear (before encryption was turned on), and
+no other record's outcome is opened, so a record that does not open fails no one's requests
+but its own key's. A new secret is stored sealed. One kept in clear stays so: sealing it again
+would first delete it, and in that moment another process could make a new one.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from retrysafe._encryption import sealed_key_id
+from retrysafe._encryption import Keyring, behind_encryption, sealed_key_id
 from retrysafe._engine import Decision
 from retrysafe._errors import RecordUnreadableError, StoreError
 from retrysafe._flow.admission import Admission
@@ -59,14 +66,19 @@ class _Terms:
 _TERMS: Final = _Terms()
 
 
-def _known(admitted: Admission) -> bytes | None:
-    """Return the stored secret, None when this caller must create it; raise otherwise."""
+def _known(admitted: Admission, keyring: Keyring | None) -> bytes | None:
+    """Return the stored secret (its record as stored, opened with `keyring` if sealed), None
+    when this caller must create it; raise otherwise."""
     if admitted.decision is Decision.EXECUTE:
         return None
     record = admitted.record
     if admitted.decision is Decision.REPLAY and record is not None and record.outcome:
         key_id = sealed_key_id(record.outcome)
-        if key_id is not None and len(record.outcome) != _SECRET_BYTES:
+        if len(record.outcome) == _SECRET_BYTES:  # in clear: a sealed one is 40 bytes longer
+            return record.outcome
+        if key_id is not None and keyring is not None:
+            return keyring.open(SECRET_IDENTITY, record.outcome)
+        if key_id is not None:
             # Read without the keys: hashing scopes with the ciphertext would silently give
             # every caller another scope, and their retries would run again.
             raise RecordUnreadableError(
@@ -98,17 +110,19 @@ def _hashed(records: Sequence[Record]) -> bool:
 
 def load_secret(flow: SyncFlow) -> bytes:
     """Return the store's scope secret, creating it if the store is empty."""
-    admitted = flow.admit(SECRET_IDENTITY, SECRET_FINGERPRINT, _TERMS)
-    known = _known(admitted)
+    store, keyring = behind_encryption(flow.store)
+    stored = flow if keyring is None else SyncFlow(store)
+    admitted = stored.admit(SECRET_IDENTITY, SECRET_FINGERPRINT, _TERMS)
+    known = _known(admitted, keyring)
     if known is not None:
         return known
     try:
-        records = flow.store.list_records(limit=_FIRST)
+        records = store.list_records(limit=_FIRST)
         if len(records) >= _FIRST and not _hashed(records):
-            records = flow.store.list_records(limit=_SCAN)
+            records = store.list_records(limit=_SCAN)
         secret = _check_fresh(records)
     except StoreError:
-        flow.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
+        stored.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
         raise
     flow.store.complete(SECRET_IDENTITY, admitted.token, secret, retention=_TERMS.retention)
     return secret
@@ -116,17 +130,19 @@ def load_secret(flow: SyncFlow) -> bytes:
 
 async def aload_secret(flow: AsyncFlow) -> bytes:
     """Return the store's scope secret, creating it if the store is empty (see `load_secret`)."""
-    admitted = await flow.admit(SECRET_IDENTITY, SECRET_FINGERPRINT, _TERMS)
-    known = _known(admitted)
+    store, keyring = behind_encryption(flow.store)
+    stored = flow if keyring is None else AsyncFlow(store)
+    admitted = await stored.admit(SECRET_IDENTITY, SECRET_FINGERPRINT, _TERMS)
+    known = _known(admitted, keyring)
     if known is not None:
         return known
     try:
-        records = await flow.store.list_records(limit=_FIRST)
+        records = await store.list_records(limit=_FIRST)
         if len(records) >= _FIRST and not _hashed(records):
-            records = await flow.store.list_records(limit=_SCAN)
+            records = await store.list_records(limit=_SCAN)
         secret = _check_fresh(records)
     except StoreError:
-        await flow.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
+        await stored.release(SECRET_IDENTITY, admitted.token)  # refuse at once, every time
         raise
     await flow.store.complete(SECRET_IDENTITY, admitted.token, secret, retention=_TERMS.retention)
     return secret

@@ -1,13 +1,17 @@
 """What `retrysafe keys` reads from a store and how it shows records: the queries behind the
 commands (the internal namespace hidden, B8, and the event records of
-`retrysafe.observe.events`), a record as JSON, and its state in words."""
+`retrysafe.observe.events`), a record as JSON, and its state in words.
+
+On an encrypted store, a record whose outcome does not open (sealed with a key the store was
+not opened with, altered, or stored in clear) is listed, shown and deleted as any other, its
+outcome marked unreadable (`UnreadableRecord`): it never stops the commands for the others."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, cast
 
-from retrysafe._encryption import sealed_key_id
+from retrysafe._encryption import UnreadableRecord, sealed_key_id
 from retrysafe._errors import FencedError
 from retrysafe._flow.secret import SECRET_IDENTITY
 from retrysafe._record import Identity, Record, State
@@ -33,6 +37,7 @@ __all__ = [
     "iso",
     "lease_text",
     "outcome_json",
+    "read_record",
     "record_json",
     "resolve_scope",
     "state_text",
@@ -65,7 +70,15 @@ def record_json(record: Record, now: float) -> dict[str, object]:
         "expires_at": iso(record.expires_at),
         "size": record.size,
         "recovery_point": record.recovery_point,
+        "outcome_unreadable": isinstance(record, UnreadableRecord),
     }
+
+
+def read_record(store: Store, identity: Identity) -> Record | None:
+    """Return the live record of `identity` as the listings show it: from an encrypted store,
+    one whose outcome does not open comes back marked (`UnreadableRecord`), never raising."""
+    inspect = getattr(store, "inspect", None)  # an encrypted store's, or through its cache
+    return store.get(identity) if inspect is None else cast(Record | None, inspect(identity))
 
 
 def hidden(record: Record, namespace: str | None) -> bool:
@@ -123,11 +136,16 @@ def app_stats(store: Store) -> StoreStats:
 
 
 def outcome_json(record: Record) -> dict[str, object] | None:
-    """Return the stored outcome as JSON-ready data; the scope secret is never printed."""
+    """Return the stored outcome as JSON-ready data; the scope secret is never printed, nor an
+    outcome that does not open with the store's keys (its size, why, and its key's id)."""
+    if record.identity.namespace == INTERNAL and record.size:
+        return {"kind": "secret", "bytes": record.size}
+    if isinstance(record, UnreadableRecord):
+        key_id = sealed_key_id(record.stored)
+        sealed = {} if key_id is None else {"key_id": key_id.hex()}
+        return {"kind": "unreadable", **sealed, "bytes": record.size, "message": record.reason}
     if record.outcome is None:
         return None
-    if record.identity.namespace == INTERNAL:
-        return {"kind": "secret", "bytes": len(record.outcome)}
     key_id = sealed_key_id(record.outcome)
     if key_id is not None:  # a store opened without its keys: say so, never the ciphertext
         return {"kind": "encrypted", "key_id": key_id.hex(), "bytes": len(record.outcome)}
@@ -138,7 +156,7 @@ def find(store: Store, key: str, scope: str | None, namespace: str | None) -> Re
     """Return the one live record with `key`, in the scope (or the scope a unique prefix names)
     and namespace given; fail (exit 1) if there is none, and (exit 2) if there are several."""
     if scope is not None and namespace is not None:
-        record = store.get(Identity(namespace, scope, key))
+        record = read_record(store, Identity(namespace, scope, key))
         if record is not None:
             return record
     matches = _with_key(
@@ -245,7 +263,7 @@ def count_matching(
 
 def state_text(record: Record, now: float) -> str:
     if record.state is State.DONE:
-        return "done"
+        return "done (outcome unreadable)" if isinstance(record, UnreadableRecord) else "done"
     if record.lease_expires_at > now:
         return f"in flight ({human_duration(record.lease_expires_at - now)} left)"
     return "in flight (lease expired)"

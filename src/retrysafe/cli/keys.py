@@ -39,6 +39,7 @@ from retrysafe.cli._records import (
     iso,
     lease_text,
     outcome_json,
+    read_record,
     record_json,
     resolve_scope,
     state_text,
@@ -99,8 +100,9 @@ EscapedOption = Annotated[
     bool,
     typer.Option(
         "--escaped",
+        # The help is Markdown: eight backslashes here are four in the text, two on screen.
         help="KEY, --scope and --namespace are written with backslash escapes, as --json "
-        "writes them (\\n, \\u0000, \\ud800; \\\\ for a backslash): for a key a terminal "
+        "writes them (\\n, \\u0000, \\ud800; \\\\\\\\ for a backslash): for a key a terminal "
         "cannot carry.",
     ),
 ]
@@ -272,7 +274,7 @@ def delete(
             )
         now = store.clock.now()
         deleted = delete_as_read(store, record)
-        if not deleted and store.get(record.identity) is not None:
+        if not deleted and read_record(store, record.identity) is not None:
             fail(
                 f"Nothing deleted: the record of {record.identity.key!r} changed since it was "
                 "read (a retry took its claim over, or its request finished). Run the command "

@@ -22,6 +22,7 @@ from retrysafe.cli._records import (
     delete_as_read,
     iso,
     outcome_json,
+    read_record,
     record_json,
     visible_records,
 )
@@ -207,7 +208,7 @@ def delete_record(store: Store, identity: Identity, confirmed: str) -> dict[str,
     now = store.clock.now()
     deleted = version(record) == confirmed and delete_as_read(store, record)
     if not deleted:
-        current = store.get(identity)
+        current = read_record(store, identity)
         if current is not None:
             raise RecordChangedError(_listed(current, store.clock.now()))
     return {
@@ -230,7 +231,7 @@ def purge_expired(store: Store) -> dict[str, object]:
 def _existing(store: Store, identity: Identity) -> Record:
     if identity.namespace == INTERNAL:
         raise ConsoleError(403, f"{INTERNAL!r} holds retrysafe's scope secret: never shown here.")
-    record = store.get(identity)
+    record = read_record(store, identity)
     if record is None:
         raise ConsoleError(
             404,

@@ -90,6 +90,8 @@ def _table(headings: Sequence[str], rows: Iterable[Sequence[str]], numeric: int 
 def _state(record: Data) -> str:
     """Return a record's state in words, as HTML: done, in flight, or stuck for how long."""
     if record["state"] == "done":
+        if record.get("outcome_unreadable"):
+            return '<span class="stuck">done, outcome unreadable</span>'
         return '<span class="done">done</span>'
     if record.get("needs_attention"):
         return '<span class="stuck">needs attention</span>'

@@ -5,7 +5,10 @@
 `AsyncEncryptedStore` wraps a store: `complete` hands it the outcome sealed by a `Keyring`
 (`retrysafe._encryption`: AES-256-GCM, bound to the record's identity), and every record it
 returns (a claim that finds an outcome, `get`, `wait`, `list_records`) comes back opened. The
-store behind never sees an outcome in clear; a record that does not open raises `StoreError`.
+store behind never sees an outcome in clear; a record that does not open raises
+`RecordUnreadableError` (a `StoreError`) where it would be used (a claim, `get`, `wait`), and
+comes back marked (`UnreadableRecord`) from `list_records` and `inspect`, where the admin tools
+read it: one such record never hides the others, and it can still be deleted or released.
 Everything else passes through untouched: the store decides claims on the identity and the
 fingerprint, which stay in clear.
 """
@@ -37,6 +40,12 @@ class AsyncEncryptedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)  # a backend's own extras (its table, its deletes)
+
+    @property
+    def sealed(self) -> AsyncStore:
+        """The store behind, whose records carry their outcomes as stored: sealed, or in clear
+        if stored before encryption was on (`retrysafe._encryption.behind_encryption`)."""
+        return self.store
 
     async def claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
@@ -71,6 +80,12 @@ class AsyncEncryptedStore:
         record = await self.store.get(identity)
         return None if record is None else self.keyring.open_record(record)
 
+    async def inspect(self, identity: Identity) -> Record | None:
+        """Return the record from the store as `list_records` does: its outcome decrypted, or
+        an `UnreadableRecord` if it does not open (for the admin tools, never a replay)."""
+        record = await self.store.get(identity)
+        return None if record is None else self.keyring.open_listed(record)
+
     async def delete(self, identity: Identity) -> bool:
         """Delete in the store (a record that does not open can be deleted)."""
         return await self.store.delete(identity)
@@ -80,8 +95,9 @@ class AsyncEncryptedStore:
         return await self.store.purge_expired(limit=limit)
 
     async def list_records(self, **filters: Unpack[ListingOptions]) -> list[Record]:
-        """List from the store, each outcome decrypted."""
-        return [self.keyring.open_record(r) for r in await self.store.list_records(**filters)]
+        """List from the store, each outcome decrypted; a record whose outcome does not open
+        comes back as an `UnreadableRecord`, without it."""
+        return [self.keyring.open_listed(r) for r in await self.store.list_records(**filters)]
 
     async def stats(self) -> StoreStats:
         """Count in the store; the bytes are the outcomes' in clear, as the records report

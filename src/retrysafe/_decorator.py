@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypedDict, TypeVar, cast
 
+from retrysafe._clock import check_durations
 from retrysafe._engine import Decision
 from retrysafe._errors import ConfigurationError, InvalidKeyError, StoreError
 from retrysafe._fingerprint import digest
@@ -114,10 +114,7 @@ def idempotent(
             `PrometheusObserver()`; their face is "decorator".
     """
     observation = Observation(getattr(observers, "face", "decorator"), observers)
-    if not (0 < lease < math.inf and 0 < retention < math.inf and 0 <= wait < math.inf):
-        raise ConfigurationError(
-            "lease and retention must be positive and wait not negative, all finite."
-        )
+    check_durations(lease, retention, wait)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in final_exceptions):
         raise ConfigurationError("final_exceptions must be a tuple of exception classes.")
     if namespace is not None and not namespace:

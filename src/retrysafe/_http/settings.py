@@ -6,10 +6,10 @@ import dataclasses
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from math import inf
 from typing import Final, Literal, TypeAlias, TypedDict
 from urllib.parse import quote
 
+from retrysafe._clock import check_durations
 from retrysafe._errors import ConfigurationError
 from retrysafe._fingerprint import fingerprint_request
 from retrysafe._flow.admission import DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_WAIT
@@ -216,10 +216,7 @@ class Settings:
             raise ConfigurationError("mismatch_status must be 422, 400 or 409.")
         if self.fingerprint not in ("raw", "json"):
             raise ConfigurationError('fingerprint must be "raw" or "json".')
-        if not (0 < self.lease < inf and 0 < self.retention < inf and 0 <= self.wait < inf):
-            raise ConfigurationError(
-                "lease and retention must be positive, wait at least 0, all finite."
-            )
+        check_durations(self.lease, self.retention, self.wait)
         if self.max_body_size < 0 or self.max_response_size < 0:
             raise ConfigurationError("Size limits must not be negative.")
         if self.max_in_flight_per_scope is not None and self.max_in_flight_per_scope < 1:

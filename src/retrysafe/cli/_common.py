@@ -81,7 +81,7 @@ def errors_as_one_line() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
-    except ConfigurationError as error:
+    except (ConfigurationError, typer.BadParameter) as error:  # a bad option: a usage error
         fail(_one_line(error), EXIT_USAGE)
     except IdempotencyError as error:
         fail(_one_line(error))
@@ -133,20 +133,26 @@ def unescape(text: str, option: str = "--escaped") -> str:
 
 
 def parse_duration(text: str) -> float:
-    """Return the seconds in `90`, `90s`, `15m`, `2h`, `1d` or `1h30m`."""
+    """Return the seconds in `90`, `90s`, `15m`, `2h`, `1d` or `1h30m`: a finite number, not
+    negative (`nan`, `inf`, `1e400` or `-5` is not a duration)."""
     value = text.strip().lower()
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        pass
-    matches = list(_DURATION.finditer(value))
-    if not matches or "".join(m.group(0) for m in matches) != value:
+        matches = list(_DURATION.finditer(value))
+        if matches and "".join(m.group(0) for m in matches) == value:
+            seconds = sum(float(m.group(1)) * _UNITS[m.group(2)] for m in matches)
+        else:
+            seconds = math.nan
+    if not (0 <= seconds < math.inf):
         raise typer.BadParameter(f"{text!r} is not a duration; try 90s, 15m, 2h, 1d or 1h30m.")
-    return sum(float(m.group(1)) * _UNITS[m.group(2)] for m in matches)
+    return seconds
 
 
 def human_duration(seconds: float) -> str:
-    """Return `seconds` as `45s`, `3m 20s`, `5h 02m` or `2d 04h`."""
+    """Return `seconds` as `45s`, `3m 20s`, `5h 02m` or `2d 04h` (`inf`, `nan` as they are)."""
+    if not math.isfinite(seconds):  # a record no face writes: shown, never a crash
+        return str(seconds)
     seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{seconds:.0f}s" if seconds >= 10 or seconds == int(seconds) else f"{seconds:.1f}s"

@@ -279,6 +279,10 @@ def lease_text(record: Record, now: float) -> str:
 
 
 def iso(timestamp: float) -> str:
-    return (
-        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+    """Return `timestamp` as an ISO 8601 UTC time, or as its number when no date holds it (a
+    record kept past year 9999 by a release that did not bound retention): never raises."""
+    try:
+        when = datetime.fromtimestamp(timestamp, UTC)
+    except (ValueError, OverflowError, OSError):
+        return str(timestamp)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")

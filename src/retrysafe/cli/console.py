@@ -23,7 +23,15 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from retrysafe._urls import redact_url
-from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail, literal, warn
+from retrysafe.cli._common import (
+    EXIT_USAGE,
+    console,
+    errors_as_one_line,
+    fail,
+    literal,
+    warn,
+    warnings_to_stderr,
+)
 from retrysafe.cli._serving import GracefulServer, listening
 from retrysafe.cli._stores import existing_store
 from retrysafe.cli.keys import StoreOption
@@ -82,7 +90,8 @@ def serve_console(
                 server = _server(create_app(store, token))
                 server.keep_interrupts()  # from here, Ctrl+C stops it gracefully (exit 0)
                 _announce(sock, store_url, token if token_file is None else None, host)
-                anyio.run(server.serve, [sock])
+                with warnings_to_stderr("retrysafe.console", "%(levelname)s: %(message)s"):
+                    anyio.run(server.serve, [sock])  # a page that failed logs why
         finally:
             sock.close()
 

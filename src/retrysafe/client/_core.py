@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import tenacity
 
-from retrysafe._clock import Clock
+from retrysafe._clock import Clock, doubled
 from retrysafe._errors import NotReplayableError
 from retrysafe._flow.observing import Observation
 from retrysafe.client._headers import key_content, parse_retry_after
@@ -278,9 +278,7 @@ class _Call:
         """The wait before the next attempt: `Retry-After` (capped), else full jitter."""
         if self._retry_after is not None:
             return min(self._retry_after, self.policy.retry_after_max)
-        ceiling = min(
-            self.policy.wait_max, self.policy.wait_initial * 2 ** (state.attempt_number - 1)
-        )
+        ceiling = doubled(self.policy.wait_initial, state.attempt_number - 1, self.policy.wait_max)
         return self.settings.rng.uniform(0.0, ceiling)
 
     def stop(self, state: tenacity.RetryCallState) -> bool:

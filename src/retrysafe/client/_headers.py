@@ -22,8 +22,8 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None  # OverflowError, OSError: a year past what a C time_t holds
     if when.tzinfo is None:  # the asctime form: every HTTP date is UTC (RFC 9110 5.6.7)
         when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - now())

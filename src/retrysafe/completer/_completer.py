@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final, TypedDict
 
-from retrysafe._clock import Clock, SystemClock
+from retrysafe._clock import Clock, SystemClock, check_durations
 from retrysafe._encryption import Keyring
 from retrysafe._errors import (
     ConfigurationError,
@@ -147,17 +147,9 @@ class Completer:
                 "URL's encryption_key_env."
             )
         self.encryption = check_keyring(self.encryption or carried)
-        if (
-            self.max_attempts < 1
-            or self.batch < 1
-            or self.lease <= 0
-            or self.retention <= 0
-            or self.interval < 0
-        ):
-            raise ConfigurationError(
-                "max_attempts and batch must be at least 1, lease and retention positive, "
-                "interval not negative."
-            )
+        check_durations(self.lease, self.retention, self.interval, wait_name="interval")
+        if self.max_attempts < 1 or self.batch < 1:
+            raise ConfigurationError("max_attempts and batch must be at least 1.")
 
     def run_once(self, stop: threading.Event | None = None) -> Pass:
         """Look at the operations waiting now (up to `batch`); return what was done. Once

@@ -8,6 +8,7 @@ on the pages, with the same status and detail.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeVar, cast
 from urllib.parse import parse_qsl
@@ -38,6 +39,7 @@ from retrysafe.stores import Store
 
 __all__ = ["create_app"]
 
+logger = logging.getLogger("retrysafe.console")
 T = TypeVar("T")
 Data = dict[str, object]
 _HEADERS: Final = {
@@ -96,13 +98,17 @@ class _Console:
         self.csrf = csrf_token(token)
 
     async def _run(self, work: Callable[..., T], *args: object) -> T:
-        """Run a data function on the store in a worker thread; a store failure is a 503."""
+        """Run a data function on the store in a worker thread; a store failure is a 503, any
+        other error a 500 that says no more than that (its traceback goes to the log)."""
         try:
             return await run_in_threadpool(work, self.store, *args)
         except ConsoleError:
             raise
         except (IdempotencyError, OSError) as error:
             raise ConsoleError(503, f"The store failed: {type(error).__name__}: {error}") from None
+        except Exception:
+            logger.exception("The console failed to read the store (%s)", work.__name__)
+            raise ConsoleError(500, "The console failed; its log has the error.") from None
 
     # The pages.
 

@@ -22,12 +22,13 @@ out of the database nor holds back publishing, and a failed purge fails no batch
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
-from retrysafe._clock import Clock, SystemClock
+from retrysafe._clock import Clock, SystemClock, doubled
 from retrysafe._errors import ConfigurationError
 from retrysafe.outbox._batch import ParkedMessage
 from retrysafe.outbox._messages import OutboxMessage
@@ -90,8 +91,10 @@ class Relay:
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        waits = (self.poll_interval, self.max_backoff, self.retention)
         if (
             self.batch < 1
+            or not all(map(math.isfinite, waits))
             or self.poll_interval <= 0
             or self.max_backoff < self.poll_interval
             or self.retention <= 0
@@ -99,7 +102,7 @@ class Relay:
         ):
             raise ConfigurationError(
                 "Need batch >= 1, poll_interval > 0, max_backoff >= poll_interval, "
-                "retention > 0 and max_attempts >= 1 (or None)."
+                "retention > 0 (all three finite) and max_attempts >= 1 (or None)."
             )
 
     def run_once(self) -> int:
@@ -149,7 +152,7 @@ class Relay:
                 raise  # no retry fixes a wrong URL or table name
             except Exception as error:
                 failures += 1
-                wait = min(self.poll_interval * 2**failures, self.max_backoff)
+                wait = doubled(self.poll_interval, failures, self.max_backoff)
                 logger.warning("The outbox relay failed, trying again in %.1fs: %s", wait, error)
                 logger.debug("The outbox relay's failure", exc_info=True)
                 self._reset()

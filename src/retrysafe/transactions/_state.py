@@ -8,10 +8,9 @@ and its generated sync twin) build on `TransactionState`; atomic phases on `Clai
 
 from __future__ import annotations
 
-import math
 from typing import Protocol, Required, TypedDict, Unpack, runtime_checkable
 
-from retrysafe._clock import Clock, SystemClock
+from retrysafe._clock import Clock, SystemClock, check_durations
 from retrysafe._encryption import Keyring
 from retrysafe._engine import Decision
 from retrysafe._errors import ConfigurationError, OutcomeError, StoreError, StoreUnavailableError
@@ -118,8 +117,7 @@ def check_settings(identity: Identity, fingerprint: str, lease: float, retention
         raise ConfigurationError(f"identity must be a retrysafe.Identity, not {identity!r}.")
     if not isinstance(fingerprint, str):
         raise ConfigurationError("fingerprint must be a str (a digest of the request).")
-    if not (0 < lease < math.inf and 0 < retention < math.inf):
-        raise ConfigurationError("lease and retention must be positive, finite seconds.")
+    check_durations(lease, retention)
 
 
 def check_keyring(encryption: object) -> Keyring | None:

@@ -46,8 +46,10 @@ async def wait_on_channel(
     try:
         await pubsub.subscribe(channel)
         subscribed = True
-        # The confirmation: from here on, a completion is published to this waiter.
-        await pubsub.get_message(timeout=timeout)
+        # The confirmation: from here on, a completion is published to this waiter. Waited for
+        # `recheck` at most: redis-py's sync read refuses a timeout above about 24.9 days, and
+        # should the confirmation be late, the loop reads the record again every `recheck`.
+        await pubsub.get_message(timeout=min(timeout, recheck))
         while True:
             record = await watch()
             now = clock.now()

@@ -17,7 +17,7 @@ import threading
 from typing import Final, Unpack, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from retrysafe._clock import Clock, SystemClock
+from retrysafe._clock import Clock, SteadyClock
 from retrysafe._errors import ConfigurationError, FencedError, StoreUnavailableError
 from retrysafe._record import Claim, Identity, Record, State
 from retrysafe.stores._sync._common import poll_until_settled
@@ -103,7 +103,9 @@ class MemoryStore:
     already in flight, by at most what they store.
 
     Args:
-        clock: the time source for leases and retention.
+        clock: the time source for leases and retention (default: the wall clock read once,
+            then advanced by the monotonic clock, so a step of the wall clock ends no lease
+            and no retention early: `SteadyClock`).
         max_records: the most records held; None for no limit.
         max_bytes: the most bytes of record data held: one per character of the identity's
             parts, the fingerprint and the recovery point, plus the outcome's bytes; None for
@@ -122,7 +124,7 @@ class MemoryStore:
         max_records: int | None = None,
         max_bytes: int | None = None,
     ) -> None:
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or SteadyClock()
         self._max_records = _limit("max_records", max_records)
         self._max_bytes = _limit("max_bytes", max_bytes)
         self._records: dict[_Key, _Row] = {}

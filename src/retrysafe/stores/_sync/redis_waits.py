@@ -49,8 +49,10 @@ def wait_on_channel(
     try:
         pubsub.subscribe(channel)
         subscribed = True
-        # The confirmation: from here on, a completion is published to this waiter.
-        pubsub.get_message(timeout=timeout)
+        # The confirmation: from here on, a completion is published to this waiter. Waited for
+        # `recheck` at most: redis-py's sync read refuses a timeout above about 24.9 days, and
+        # should the confirmation be late, the loop reads the record again every `recheck`.
+        pubsub.get_message(timeout=min(timeout, recheck))
         while True:
             record = watch()
             now = clock.now()

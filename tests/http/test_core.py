@@ -32,7 +32,7 @@ from retrysafe._http import (
     problem_type,
     replay_response,
 )
-from retrysafe._http.scope import normalise_credential, principal_of
+from retrysafe._http.scope import ScopeError, normalise_credential, principal_of
 from retrysafe.asgi import IdempotencyMiddleware
 from retrysafe.stores.memory import AsyncMemoryStore
 
@@ -202,7 +202,8 @@ def test_b8_credentials_are_normalised_and_principals_named() -> None:
     assert principal_of({"id": 0}) == "builtins.dict:0"  # user 0 is a user
     assert principal_of({"id": "", "username": "ann"}) == "builtins.dict:ann"
     assert principal_of({"id": None}) is None
-    assert principal_of(object()) is None
+    with pytest.raises(ScopeError, match="stable identifier"):  # nameless: refused (B8)
+        principal_of(object())
 
 
 def test_b8_the_scope_secret_comes_from_settings_then_the_environment(

@@ -82,7 +82,9 @@ def test_b24_every_problem_the_middleware_answers_is_problem_json(serve: Serve) 
     # body-incomplete: a client that sends less than its Content-Length (test_wsgi_input.py);
     # body-unavailable: only the integrations inside a framework (test_flask_form_body.py);
     # transaction-aborted: transactional mode's (tests/transactions/test_aborted_web.py)
+    # scope-unresolved: a caller that cannot be named (tests/http/test_scope_names.py)
     left = {
+        "scope-unresolved",
         "store-unavailable",
         "outcome-unreadable",
         "body-incomplete",

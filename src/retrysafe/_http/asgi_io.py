@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
-from retrysafe._http.flow import new_identity
+from retrysafe._http.flow import new_identity, unresolved
 from retrysafe._http.problems import Response, check_content_length, read_key, too_large
 from retrysafe._http.routing import RoutePath
-from retrysafe._http.scope import Scoper, principal_of
+from retrysafe._http.scope import ScopeError, Scoper, principal_of
 from retrysafe._http.settings import RequestView, Settings
 from retrysafe._record import Identity
 
@@ -55,8 +55,9 @@ async def track_request(
     """Parse the key and read the body of a covered request; None once it has been answered.
 
     A malformed key (400), a body over the limit (413) or a request with no scope (400) is
-    answered here, before any storage is touched (B3, B8, B9, B22); a client that goes away
-    before sending its body gets nothing. `principal`, where given, names the request's user
+    answered here, before any storage is touched (B3, B8, B9, B22), and so is a request whose
+    caller cannot be named (500, `unresolved`); a client that goes away before sending its
+    body gets nothing. `principal`, where given, names the request's user
     (B8) once its key and body are read, unless an authentication middleware named one.
     """
     key = read_key(values, settings)
@@ -70,9 +71,13 @@ async def track_request(
         await respond(send, body)
         return None
     user = scope.get("user")  # an authentication middleware's, else `principal`'s (B8)
-    if principal is not None and principal_of(user) is None:
-        user = await principal(scope)  # once the request is sound
-    request = request_view(scope, user)
+    try:
+        if principal is not None and principal_of(user) is None:
+            user = await principal(scope)  # once the request is sound
+        request = request_view(scope, user)
+    except ScopeError as error:  # no stable name, or the principal cannot be resolved
+        await respond(send, unresolved(settings, error))
+        return None
     identity = new_identity(settings, request, key, scoper)
     if isinstance(identity, Response):
         await respond(send, identity)

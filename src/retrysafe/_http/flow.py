@@ -6,13 +6,14 @@ import threading
 
 from retrysafe._engine import Decision
 from retrysafe._flow import Admission
+from retrysafe._flow.observing import decide
 from retrysafe._http.outcome import replay_response
-from retrysafe._http.problems import Response, in_flight, mismatch, scope_missing
-from retrysafe._http.scope import Scoper
-from retrysafe._http.settings import RequestView, Settings
+from retrysafe._http.problems import Response, in_flight, mismatch, problem, scope_missing
+from retrysafe._http.scope import ScopeError, Scoper
+from retrysafe._http.settings import RequestView, Settings, logger
 from retrysafe._record import Identity
 
-__all__ = ["ScopeLimiter", "answer", "new_identity"]
+__all__ = ["ScopeLimiter", "answer", "new_identity", "unresolved"]
 
 
 def answer(admitted: Admission, settings: Settings) -> Response | None:
@@ -60,8 +61,25 @@ def new_identity(
     settings: Settings, request: RequestView, key: str, scoper: Scoper
 ) -> Identity | Response:
     """Return the record identity of a request with `key`: (namespace, scope, key) (B8), or
-    the scope-missing problem when the request has no scope."""
-    scope = scoper.scope_of(settings, request)
+    the scope-missing problem when the request has no scope (or `unresolved`'s when its scope
+    function's value is not a scope)."""
+    try:
+        scope = scoper.scope_of(settings, request)
+    except ScopeError as error:
+        return unresolved(settings, error)
     if scope is None:
         return scope_missing(settings)
     return Identity(settings.namespace, scope, key)
+
+
+def unresolved(settings: Settings, error: ScopeError) -> Response:
+    """Log `error` and return the 500 scope-unresolved problem that says it (B8): the caller
+    of a keyed request cannot be named, by a fault of the configuration; nothing ran."""
+    decide("rejected")
+    logger.error(
+        "A keyed request was refused: %s",
+        error,
+        exc_info=error if error.__cause__ is not None else None,
+        extra={"retrysafe_event": "scope_unresolved"},
+    )
+    return problem("scope-unresolved", settings, f"{error} Nothing ran.")

@@ -57,6 +57,7 @@ class Response:
 PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
     "invalid-key": (400, "Invalid Idempotency-Key"),
     "scope-missing": (400, "No caller to scope the Idempotency-Key to"),
+    "scope-unresolved": (500, "The caller of the Idempotency-Key could not be named"),
     "key-required": (400, "Idempotency-Key is required"),
     "key-mismatch": (422, "Idempotency-Key is already used"),
     "request-in-flight": (409, "A request is outstanding for this Idempotency-Key"),

@@ -2,12 +2,15 @@
 
 The scope is the caller, not a credential. In order:
 
-1. `scope_function(request)`, when configured: its value as it is; no value fails closed.
+1. `scope_function(request)`, when configured: its value, a str, as it is; no value fails
+   closed, and a value of another type is a `ScopeError` (a configuration error).
 2. The principal the framework authenticated (ASGI `scope["user"]` when authenticated, as
    Starlette's and Litestar's auth set it; WSGI `REMOTE_USER`; what a framework integration
-   names), so a token refresh keeps the scope.
+   names), so a token refresh keeps the scope. A user is named by a stable identifier only
+   (`principal_of`); one with none is a `ScopeError`.
 3. The credential header (`scope_header`, default `Authorization`), normalised: the scheme's
-   case and the white space do not matter (`Bearer x`, `bearer  x`).
+   case and the white space do not matter (`Bearer x`, `bearer  x`). An HTTP Digest credential,
+   signed anew on every send, is named by its user, realm and nonce (`credential_name`).
 4. Nothing: the request is refused (`anonymous="reject"`, the default), or shares one
    `anonymous` scope (`anonymous="shared"`, for signup or webhooks).
 
@@ -19,51 +22,115 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
+import uuid
 from collections.abc import Mapping
 from typing import Final
 
+from retrysafe._errors import ConfigurationError
 from retrysafe._http.settings import ANONYMOUS_SCOPE, RequestView, Settings
 
-__all__ = ["SECRET_ENV", "Scoper", "normalise_credential", "principal_of"]
+__all__ = [
+    "SECRET_ENV",
+    "ScopeError",
+    "Scoper",
+    "credential_name",
+    "normalise_credential",
+    "principal_of",
+]
 
 SECRET_ENV: Final = "RETRYSAFE_SCOPE_SECRET"  # noqa: S105 - a variable name, not a secret
 """The environment variable that holds the scope secret when settings do not."""
-# What names a user, most specific first: Django and ORMs (`pk`, `id`), Starlette
-# (`identity`, `username`), Flask-Login (`get_id()`), others (`email`, `display_name`).
 _KNOWN_LIMIT: Final = 4096  # scopes remembered by a `Scoper` (a dict lookup, not an HMAC)
-_PRINCIPAL_ATTRIBUTES: Final = ("pk", "id", "identity", "username", "email", "display_name")
+_KNOWN_LONGEST: Final = 4096  # characters of a principal or credential worth remembering
+_KNOWN_BYTES: Final = 4 << 20  # characters of the principals and credentials remembered in all
+# What names a user: stable, unique identifiers only, most specific first: Flask-Login
+# (`get_id()`), Django and ORMs (`pk`, `id`), Starlette (`identity`, `username`), OpenID
+# Connect claims (`sub`). Never a display name or an e-mail address: neither unique nor stable.
+_IDENTIFIERS: Final = ("get_id", "pk", "id", "identity", "username", "sub")
+_ABSENT: Final = object()
+# RFC 9110 auth-params (token = token / quoted-string), as a Digest credential carries them.
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_PARAM: Final = rb"(" + _TOKEN + rb")[ \t]*=[ \t]*(" + _TOKEN + rb'|"(?:[^"\\]|\\.)*")'
+_PARAMS: Final = re.compile(rb"[ \t]*" + _PARAM + rb"[ \t]*(?:,|$)")
+_ESCAPE: Final = re.compile(rb"\\(.)")
+_DIGEST_NAME: Final = (b"username", b"username*", b"realm", b"nonce")
+
+
+class ScopeError(ConfigurationError):
+    """A keyed request's caller cannot be named, by a fault of the server's configuration: a
+    user object with no stable identifier, a scope function's value that is not a str, a
+    principal dependency that cannot be resolved. The request is refused (nothing runs)."""
 
 
 def principal_of(user: object) -> str | None:
-    """Return a stable name of an authenticated `user` object, or None.
+    """Return a stable name of an authenticated `user`, or None if it is no one.
 
-    None for no user, for an unauthenticated one (`is_authenticated` false, as Starlette's
-    `UnauthenticatedUser` and Django's `AnonymousUser`), and for one with nothing that names
-    it. The user's class is part of the name, so user 42 and service account 42 differ.
+    A str, an int or a UUID is its own name. A user object (or mapping) is named by the first
+    of `_IDENTIFIERS` it has a value for. None for no user, for an unauthenticated one
+    (`is_authenticated` false, as Starlette's `UnauthenticatedUser`, Django's `AnonymousUser`
+    and Flask-Login's anonymous user say), and for an object whose identifiers are all empty
+    and that does not say it is authenticated (a guest object an app sets for visitors). The
+    user's class is part of the name, so user 42 and service account 42 differ.
+
+    Raises:
+        ScopeError: `user` has no stable identifier (or says it is authenticated with an
+            empty one), or is a bool: naming it by anything else could make two users one.
     """
-    if user is None or getattr(user, "is_authenticated", True) is False:
+    if user is None:
         return None
     cls = user.__class__  # not type(): a proxy (Django's lazy user, LocalProxy) names its target
     kind = f"{cls.__module__}.{cls.__qualname__}"
-    if isinstance(user, str | int):
+    if isinstance(user, str | int | uuid.UUID) and not isinstance(user, bool):
         return f"{kind}:{user}" if user != "" else None
+    authenticated = _read(user, "is_authenticated")
+    if callable(authenticated):  # a method in Django < 1.10 and Flask-Login < 0.3
+        authenticated = authenticated()
+    if authenticated is not _ABSENT and not authenticated:
+        return None
+    empty = False
+    for name in _IDENTIFIERS:
+        value = _read(user, name)
+        if name == "get_id" and callable(value):
+            value = _call(value)
+        if value is None or value == "":
+            empty = True
+        elif value is not _ABSENT and not callable(value) and not isinstance(value, bool):
+            named = isinstance(user, Mapping) or name == "get_id"
+            return f"{kind}:{value}" if named else f"{kind}:{name}={value}"
+    if empty and authenticated is _ABSENT:
+        return None
+    if empty:
+        raise ScopeError(
+            f"The user {kind} says it is authenticated but its identifier is empty, so "
+            "Idempotency-Keys cannot be scoped to it. Name each user, or set is_authenticated "
+            "false for visitors who are not logged in."
+        )
+    raise ScopeError(
+        f"The user {kind} has no stable identifier to scope Idempotency-Keys by: give it a "
+        "pk, id, identity, username or sub attribute (or Flask-Login's get_id()), set "
+        "is_authenticated false for visitors who are not logged in, or configure a "
+        "scope_function. Display names and e-mail addresses are never used: they are neither "
+        "unique nor stable."
+    )
+
+
+def _read(user: object, name: str) -> object:
+    """Return `user`'s attribute (or a mapping's item) `name`, or `_ABSENT`."""
     if isinstance(user, Mapping):
-        found = (user.get(name) for name in _PRINCIPAL_ATTRIBUTES)
-        value = next((v for v in found if v not in (None, "") and v is not False), None)
-        return None if value is None else f"{kind}:{value}"
-    get_id = getattr(user, "get_id", None)
-    if callable(get_id):
-        value = get_id()
-        if value not in (None, ""):
-            return f"{kind}:{value}"
-    for name in _PRINCIPAL_ATTRIBUTES:
-        try:
-            value = getattr(user, name, None)
-        except NotImplementedError:  # Starlette's SimpleUser.identity
-            continue
-        if value not in (None, "") and not callable(value):
-            return f"{kind}:{name}={value}"
-    return None
+        return _ABSENT if name == "get_id" else user.get(name, _ABSENT)
+    try:
+        return getattr(user, name, _ABSENT)
+    except NotImplementedError:  # Starlette's `BaseUser` leaves its properties abstract
+        return _ABSENT
+
+
+def _call(get_id: object) -> object:
+    """Return what Flask-Login's `get_id()` returns, or `_ABSENT` if it is not implemented."""
+    try:
+        return get_id()  # type: ignore[operator]
+    except NotImplementedError:  # `UserMixin.get_id` without an `id` attribute
+        return _ABSENT
 
 
 def normalise_credential(value: bytes) -> bytes:
@@ -73,6 +140,32 @@ def normalise_credential(value: bytes) -> bytes:
     if len(parts) == 2:
         return parts[0].lower() + b" " + parts[1]
     return b" ".join(parts)
+
+
+def credential_name(value: bytes) -> bytes:
+    """Return what names the caller of credential header `value`: its normalised value
+    (`normalise_credential`), or for an HTTP Digest credential (RFC 7616) its user, realm and
+    nonce, which stay the same across the resends of one challenge while the client signs
+    each send anew (`nc`, `cnonce`, `response`). The nonce keeps it a secret of the client the
+    challenge went to: a user name alone names no one. A Digest credential without them (or
+    that does not parse, or repeats a parameter) is named by its whole value."""
+    scheme, _, params = value.strip().partition(b" ")
+    if scheme.lower() != b"digest":
+        return normalise_credential(value)
+    found: dict[bytes, bytes] = {}
+    end = 0
+    params = params.strip()
+    for match in _PARAMS.finditer(params):
+        name = match[1].lower()
+        if match.start() != end or name in found:
+            return normalise_credential(value)
+        quoted = match[2][:1] == b'"'
+        found[name] = _ESCAPE.sub(rb"\1", match[2][1:-1]) if quoted else match[2]
+        end = match.end()
+    user = found.get(b"username") or found.get(b"username*")
+    if end != len(params) or not (user and found.get(b"realm") and found.get(b"nonce")):
+        return normalise_credential(value)
+    return b"digest\0" + b"\0".join(found.get(name, b"") for name in _DIGEST_NAME)
 
 
 class Scoper:
@@ -101,9 +194,24 @@ class Scoper:
         return secret.encode() if isinstance(secret, str) else secret
 
     def scope_of(self, settings: Settings, request: RequestView) -> str | None:
-        """Return the stored scope of `request`, or None when it has none (refuse it)."""
+        """Return the stored scope of `request`, or None when it has none (refuse it).
+
+        Raises:
+            ScopeError: the scope function returned neither a str nor None.
+        """
         if settings.scope_function is not None:
-            return settings.scope_function(request) or None
+            scope = settings.scope_function(request)
+            if scope is None or scope == "":
+                return None
+            if not isinstance(scope, str):
+                function = settings.scope_function
+                name = getattr(function, "__qualname__", repr(function))
+                raise ScopeError(
+                    f"The scope function {name} returned a value of type "
+                    f"{type(scope).__name__}, not a str: return the scope as a str "
+                    "(str(tenant_id)), or None to refuse the request."
+                )
+            return scope
         principal = request.principal
         if principal:
             scope = self._known.get(("", principal))
@@ -115,7 +223,7 @@ class Scoper:
             if scope is not None:
                 return scope
             name = header.lower().encode()
-            value = b"credential\0" + name + b"\0" + normalise_credential(credential)
+            value = b"credential\0" + name + b"\0" + credential_name(credential)
             return self._keep((header, credential), "c:", value)
         return ANONYMOUS_SCOPE if settings.anonymous == "shared" else None
 

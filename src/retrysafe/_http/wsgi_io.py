@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from retrysafe._flow import SyncExecution
-from retrysafe._http.flow import new_identity
+from retrysafe._http.flow import new_identity, unresolved
 from retrysafe._http.outcome import ResponseCapture, outcome_to_store
 from retrysafe._http.problems import (
     Response,
@@ -23,7 +23,7 @@ from retrysafe._http.problems import (
     too_large,
 )
 from retrysafe._http.routing import RoutePath
-from retrysafe._http.scope import Scoper, principal_of
+from retrysafe._http.scope import ScopeError, Scoper, principal_of
 from retrysafe._http.settings import RequestView, Settings, logger
 from retrysafe._record import Identity
 
@@ -65,7 +65,10 @@ def prepare_request(
     if isinstance(body, Response):
         return body
     environ = {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
-    request = request_view(environ)
+    try:
+        request = request_view(environ)
+    except ScopeError as error:  # a principal with no stable name (B8)
+        return unresolved(settings, error)
     identity = new_identity(settings, request, key, scoper)
     if isinstance(identity, Response):
         return identity

@@ -4,42 +4,75 @@ FastAPI apps authenticate in a dependency (`current_user`, behind `OAuth2Passwor
 API-key header), which FastAPI resolves inside the app: after the middleware claimed the key, so
 the middleware could only scope by the credential, and a refreshed token made the same user's
 retry a new caller. `DependencyPrincipal` resolves that dependency itself, with FastAPI's own
-resolver, before the claim, on the request's head (headers, cookies, path and query: not its
-body, read by then but not given to it), once its key and body were found sound. Its
+resolver, before the claim, for the route FastAPI will hand the request to (its path
+parameters as that route reads them), on the request's head (headers, cookies, path and query:
+not its body, read by then but not given to it), once its key and body were found sound. Its
 sub-dependencies resolve as in a route, the app's `dependency_overrides` included, and those
 with `yield` are closed before the claim.
 
-A dependency that refuses (an `HTTPException` such as the bearer scheme's 401, an exception of
-the app's own that its exception handler answers, or a missing or malformed parameter) names no
-principal: the request is scoped as if it had none, and the route, which depends on it too,
-answers as it would.
+A dependency that refuses (an `HTTPException` such as the bearer scheme's 401, or an exception
+of the app's own that its exception handler answers) names no principal: the request is scoped
+as if it had none, and the route, which depends on it too, answers as it would. One that cannot
+be resolved (a parameter missing or malformed, or read from the body) or that fails otherwise
+is a `ScopeError` where the route depends on it: the request is refused, never scoped as if it
+had no user while the route runs as one. For a route that does not depend on it (a signup), or
+a request no route takes, such a failure names no principal: the route has no user either.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
 
 from retrysafe._http import logger
 from retrysafe._http.asgi_io import Message, Scope
+from retrysafe._http.scope import ScopeError
 from retrysafe.integrations._routes import framework_imports
+from retrysafe.integrations.starlette import match_route
 
 with framework_imports(__name__, "FastAPI"):
     from fastapi import Depends, Request
+    from fastapi.dependencies.models import Dependant
     from fastapi.dependencies.utils import get_dependant, solve_dependencies
+    from starlette.exceptions import HTTPException
 
-__all__ = ["DependencyPrincipal"]
+    try:  # FastAPI 0.165 and later resolve included routers lazily, behind route contexts.
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # pragma: no cover - older FastAPI: included routes are APIRoutes
+        iter_route_contexts = None  # type: ignore[assignment]
 
-_STACKS = ("fastapi_astack", "fastapi_inner_astack", "fastapi_function_astack")
+__all__ = ["DependencyPrincipal", "route_candidates"]
+
+_STACKS: Final = ("fastapi_astack", "fastapi_inner_astack", "fastapi_function_astack")
+_CACHE_SIZE: Final = 1024  # routes whose resolution is remembered
+_NOT_REFUSALS: Final = (Exception, BaseException, object)  # the handlers of every error (500)
+_ERRORS_SHOWN: Final = 3
+
+
+def route_candidates(routes: Sequence[Any]) -> Sequence[Any]:
+    """Return an app's routes with included routers flattened, as FastAPI matches them."""
+    if iter_route_contexts is None:  # pragma: no cover - older FastAPI
+        return routes
+    return list(iter_route_contexts(routes))
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolution:
+    """How the dependency resolves for one route."""
+
+    route_dependant: object  # the route's own (None: no FastAPI route), kept alive by the key
+    dependant: Dependant  # the dependency's, with the route's path parameters
+    required: bool  # the route depends on it: a failure to resolve it refuses the request
 
 
 class DependencyPrincipal:
-    """Resolve `dependency` for a request's scope, as FastAPI resolves it for a route.
+    """Resolve `dependency` for a request's scope, as FastAPI resolves it for its route.
 
     Args:
-        app: the FastAPI app (its `dependency_overrides` apply).
+        app: the FastAPI app (its routes, `dependency_overrides` and exception handlers).
         dependency: a FastAPI dependency that returns the authenticated user.
     """
 
@@ -57,7 +90,10 @@ class DependencyPrincipal:
             [inspect.Parameter("user", inspect.Parameter.KEYWORD_ONLY, annotation=user)]
         )
         self._app = app
-        self._dependant = get_dependant(path="", call=principal)
+        self._dependency = dependency
+        self._principal = principal
+        self._name = getattr(dependency, "__qualname__", repr(dependency))
+        self._resolutions: dict[tuple[int, str], _Resolution] = {}
         accepted = inspect.signature(solve_dependencies).parameters
         # FastAPI 0.113 and later ask whether body fields are embedded; there is no body here.
         self._options: dict[str, Any] = (
@@ -65,27 +101,90 @@ class DependencyPrincipal:
         )
 
     async def __call__(self, scope: Scope) -> object:
-        """Return the user the dependency names for this request, or None if it refuses."""
+        """Return the user the dependency names for this request, or None if it names none.
+
+        Raises:
+            ScopeError: the route depends on the dependency, which cannot be resolved for
+                this request or failed (not a refusal of the app's).
+        """
+        matched = match_route(route_candidates(self._app.routes), scope)
+        route, routed = (None, scope) if matched is None else matched
+        resolution = self._resolution(route)
         async with contextlib.AsyncExitStack() as stack:
             # A copy of the scope holds the exit stacks FastAPI's resolver closes `yield`
             # dependencies with (as a route sets them, by each version's name), not the app's.
             stacks = dict.fromkeys(_STACKS, stack)
-            request = Request({**scope, **stacks}, receive=_no_body)
+            request = Request({**routed, **stacks}, receive=_no_body)
             try:
                 solved: Any = await solve_dependencies(
                     request=request,
-                    dependant=self._dependant,
+                    dependant=resolution.dependant,
                     dependency_overrides_provider=self._app,
                     dependency_cache={},
                     async_exit_stack=stack,
                     **self._options,
                 )
-            except Exception:  # it refused, its way (any exception an app's handler maps)
+            except Exception as error:
+                if resolution.required and not self._refusal(error):
+                    raise ScopeError(
+                        f"The principal dependency {self._name} failed "
+                        f"({type(error).__name__}), so the caller of this request is unknown."
+                    ) from error
                 logger.debug("The principal dependency named no user", exc_info=True)
                 return None
         # FastAPI 0.112 and earlier return a tuple, (values, errors, ...).
         values, errors = (solved.values, solved.errors) if hasattr(solved, "values") else solved[:2]
-        return None if errors else values.get("user")
+        if not errors:
+            return values.get("user")
+        if resolution.required:
+            raise ScopeError(
+                f"The principal dependency {self._name} could not be resolved for this request "
+                f"({_described(errors)}), so its caller is unknown. It is resolved on the "
+                "request's head (headers, cookies, path and query, not the body) and names no "
+                "user by raising an HTTPException or returning None."
+            )
+        logger.debug("The principal dependency named no user: %s", _described(errors))
+        return None
+
+    def _resolution(self, route: Any) -> _Resolution:
+        """Return how the dependency resolves for `route` (None: no route), remembered."""
+        route_dependant = getattr(route, "dependant", None)  # a FastAPI route's (or context's)
+        path: str = getattr(route, "path_format", None) or ""
+        key = (id(route_dependant), path)
+        found = self._resolutions.get(key)
+        if found is not None and found.route_dependant is route_dependant:
+            return found
+        if len(self._resolutions) >= _CACHE_SIZE:
+            self._resolutions.clear()
+        required = route_dependant is not None and _depends_on(route_dependant, self._dependency)
+        dependant = get_dependant(path=path, call=self._principal)
+        found = self._resolutions[key] = _Resolution(route_dependant, dependant, required)
+        return found
+
+    def _refusal(self, error: Exception) -> bool:
+        """Whether `error` is the app refusing the request: an `HTTPException`, or an
+        exception its own exception handlers answer (not the catch-all of every error)."""
+        if isinstance(error, HTTPException):
+            return True
+        handlers = getattr(self._app, "exception_handlers", {})
+        return any(c in handlers for c in type(error).__mro__ if c not in _NOT_REFUSALS)
+
+
+def _depends_on(dependant: Any, call: object) -> bool:
+    """Whether `dependant`'s tree holds a dependency on `call`."""
+    return any(sub.call is call or _depends_on(sub, call) for sub in dependant.dependencies)
+
+
+def _described(errors: Sequence[Any]) -> str:
+    """Return FastAPI's validation `errors` in a few words: where, and what (never the input)."""
+    described = []
+    for error in errors[:_ERRORS_SHOWN]:
+        found = error if isinstance(error, dict) else {}
+        where = " ".join(str(part) for part in found.get("loc", ()))
+        what = found.get("msg", "invalid")
+        described.append(f"{where}: {what}" if where else str(what))
+    more = len(errors) - _ERRORS_SHOWN
+    return "; ".join(described) + (f"; and {more} more" if more > 0 else "")
 
 
 async def _no_body() -> Message:

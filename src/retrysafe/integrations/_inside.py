@@ -40,7 +40,9 @@ from retrysafe._http import (
     read_key,
     too_large,
 )
+from retrysafe._http.flow import unresolved
 from retrysafe._http.middleware import MiddlewareBase
+from retrysafe._http.scope import ScopeError
 from retrysafe._http.wsgi_io import Streamed, close_iterable, request_view
 from retrysafe._record import Identity
 from retrysafe.observe import Operation
@@ -154,8 +156,11 @@ def _prepare(
     data = body(settings)
     if isinstance(data, Response):
         return data
-    view = request_view(environ)
-    principal = principal_of(user()) or view.principal  # else REMOTE_USER, as under WSGI
+    try:
+        view = request_view(environ)
+        principal = principal_of(user()) or view.principal  # else REMOTE_USER, as under WSGI
+    except ScopeError as error:  # a user with no stable name (B8)
+        return unresolved(settings, error)
     if principal != view.principal:
         view = dataclasses.replace(view, principal=principal)
     identity = new_identity(settings, view, key, scoper)

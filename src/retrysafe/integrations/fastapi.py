@@ -32,7 +32,7 @@ from retrysafe._errors import InvalidKeyError
 from retrysafe._http import RouteSettings, Settings, SettingsOptions
 from retrysafe._keys import KeyPolicy, parse_key
 from retrysafe.asgi import IdempotencyMiddleware
-from retrysafe.integrations._fastapi_principal import DependencyPrincipal
+from retrysafe.integrations._fastapi_principal import DependencyPrincipal, route_candidates
 from retrysafe.integrations._openapi import (
     PROBLEM_SCHEMA,
     describe_operation,
@@ -56,11 +56,6 @@ with framework_imports(__name__, "FastAPI"):
     from fastapi.dependencies.models import Dependant
     from fastapi.routing import APIRoute
     from starlette.routing import BaseRoute
-
-    try:  # FastAPI 0.165 and later resolve included routers lazily, behind route contexts.
-        from fastapi.routing import iter_route_contexts
-    except ImportError:  # pragma: no cover - older FastAPI: included routes are APIRoutes
-        iter_route_contexts = None  # type: ignore[assignment]
 
 from retrysafe.integrations.starlette import StarletteRoutes
 from retrysafe.observe import Observer
@@ -149,9 +144,7 @@ class FastAPIRoutes(StarletteRoutes):
 
     def candidates(self, routes: Sequence[BaseRoute]) -> Sequence[Any]:
         """Return the app's routes with included routers flattened, as FastAPI matches them."""
-        if iter_route_contexts is None:  # pragma: no cover - older FastAPI
-            return routes
-        return list(iter_route_contexts(routes))
+        return route_candidates(routes)
 
     def mark_of(self, route: Any) -> RouteSettings | Unmarked | None:
         """Return the idempotency mark of `route`: its dependencies', then its endpoint's."""
@@ -230,8 +223,10 @@ def install(
     Args:
         principal: the app's dependency that returns the authenticated user (`current_user`):
             a keyed request's scope is that user (B8), so a refreshed token keeps it. FastAPI
-            resolves it before the claim, on the request's head (not its body); where it
-            refuses (401) or there is none, the scope is the credential header's.
+            resolves it before the claim, for the request's route (its path parameters too),
+            on the request's head (not its body); where it refuses (401) or there is none,
+            the scope is the credential header's; where the route depends on it and it
+            cannot be resolved, the request gets the 500 `scope-unresolved` problem.
     """
     middleware = FastAPIRoutes.install(
         app, store=store, routes=routes, observers=observers, **options

@@ -38,7 +38,14 @@ from retrysafe.stores.base import AsyncStore
 with framework_imports(__name__, "Starlette"):
     from starlette.routing import BaseRoute, Host, Match, Mount
 
-__all__ = ["RouteSettings", "StarletteRoutes", "find_route", "idempotency", "install"]
+__all__ = [
+    "RouteSettings",
+    "StarletteRoutes",
+    "find_route",
+    "idempotency",
+    "install",
+    "match_route",
+]
 
 
 class HasRoutes(Protocol):
@@ -56,12 +63,20 @@ def find_route(routes: Sequence[Any], scope: Scope) -> Any | None:
     `routes` are Starlette routes, or route contexts that wrap one (`original_route`), as
     FastAPI gives for routes of included routers.
     """
+    matched = match_route(routes, scope)
+    return None if matched is None else matched[0]
+
+
+def match_route(routes: Sequence[Any], scope: Scope) -> tuple[Any, Scope] | None:
+    """Return the route Starlette would hand `scope` to, inside mounts, with the scope it
+    would hand it (`path_params`, `endpoint`, a mount's `root_path`), or None."""
     for route in routes:
         match, child = route.matches(scope)
         if match is Match.FULL:
+            scope = {**scope, **child}
             if isinstance(getattr(route, "original_route", route), Mount | Host):
-                return find_route(route.routes, {**scope, **child})
-            return route
+                return match_route(route.routes, scope)
+            return route, scope
     return None
 
 

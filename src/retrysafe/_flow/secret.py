@@ -14,7 +14,8 @@ records checked in the store behind it, with the outcomes as stored: the secret 
 the keys, or taken as it is when it was stored in clear (before encryption was turned on), and
 no other record's outcome is opened, so a record that does not open fails no one's requests
 but its own key's. A new secret is stored sealed. One kept in clear stays so: sealing it again
-would first delete it, and in that moment another process could make a new one.
+would first delete it, and in that moment another process could make a new one. Transactional
+mode's encrypting backend reads and stores it by the same rule (`open_secret`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "SECRET_RETENTION",
     "aload_secret",
     "load_secret",
+    "open_secret",
 ]
 
 SECRET_IDENTITY: Final = Identity("retrysafe.internal", "-", "scope-secret")
@@ -73,20 +75,26 @@ def _known(admitted: Admission, keyring: Keyring | None) -> bytes | None:
         return None
     record = admitted.record
     if admitted.decision is Decision.REPLAY and record is not None and record.outcome:
-        key_id = sealed_key_id(record.outcome)
-        if len(record.outcome) == _SECRET_BYTES:  # in clear: a sealed one is 40 bytes longer
-            return record.outcome
-        if key_id is not None and keyring is not None:
-            return keyring.open(SECRET_IDENTITY, record.outcome)
-        if key_id is not None:
-            # Read without the keys: hashing scopes with the ciphertext would silently give
-            # every caller another scope, and their retries would run again.
-            raise RecordUnreadableError(
-                f"The scope secret in the store is encrypted (key {key_id.hex()}): open the store"
-                " with its keys (encryption_key_env= or encryption=) or set scope_secret."
-            )
-        return record.outcome
+        return open_secret(record.outcome, keyring)
     raise StoreError("The scope secret in the store cannot be read; set scope_secret.")
+
+
+def open_secret(stored: bytes, keyring: Keyring | None) -> bytes:
+    """Return the scope secret from its record's outcome as `stored`: opened with `keyring`
+    if sealed, taken as it is if in clear (kept before encryption was turned on)."""
+    key_id = sealed_key_id(stored)
+    if len(stored) == _SECRET_BYTES:  # in clear: a sealed one is 40 bytes longer
+        return stored
+    if key_id is not None and keyring is not None:
+        return keyring.open(SECRET_IDENTITY, stored)
+    if key_id is not None:
+        # Read without the keys: hashing scopes with the ciphertext would silently give
+        # every caller another scope, and their retries would run again.
+        raise RecordUnreadableError(
+            f"The scope secret in the store is encrypted (key {key_id.hex()}): open the store"
+            " with its keys (encryption_key_env= or encryption=) or set scope_secret."
+        )
+    return stored
 
 
 def _check_fresh(records: Sequence[Record]) -> bytes:

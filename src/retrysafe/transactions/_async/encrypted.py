@@ -29,6 +29,12 @@ class AsyncEncryptedBackend:
         self.backend = backend
         self.keyring = keyring
 
+    @property
+    def sealed(self) -> AsyncBackend:
+        """The backend behind, whose records carry their outcomes as stored (as an encrypted
+        store's `sealed`: `retrysafe._encryption.behind_encryption`)."""
+        return self.backend
+
     def in_transaction(self) -> bool:
         """Return whether the connection has a transaction open already."""
         return self.backend.in_transaction()

@@ -12,10 +12,16 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
+from retrysafe._encryption import behind_encryption
 from retrysafe._errors import IdempotencyError
 from retrysafe._flow import Count, Counters
 from retrysafe._flow.observing import decide, finish
-from retrysafe._flow.secret import SECRET_FINGERPRINT, SECRET_IDENTITY, SECRET_RETENTION
+from retrysafe._flow.secret import (
+    SECRET_FINGERPRINT,
+    SECRET_IDENTITY,
+    SECRET_RETENTION,
+    open_secret,
+)
 from retrysafe._http import Response, Settings, logger, replay_response, store_unavailable
 from retrysafe.transactions._sync.encrypted import encrypting
 from retrysafe.transactions._sync.transaction import Transaction
@@ -165,7 +171,9 @@ def load_secret_of(backend: Backend) -> tuple[bytes, bool]:
 
     The same record the idempotency store keeps (`retrysafe._flow.secret`), read or inserted in
     a transaction of its own, so the middleware and transactional mode on one table scope
-    requests alike; sealed by an encrypted backend as an encrypted store seals it. Inside a
+    requests alike; read and stored in the table behind an encrypted backend, as an encrypted
+    store reads it (`open_secret`: one stored in clear before encryption was turned on is used
+    as it is, a new one is stored sealed). Inside a
     transaction the caller already opened (Django's `ATOMIC_REQUESTS`, a session in use), it
     is a savepoint of that transaction: a secret created there commits or rolls back with it,
     and is not known committed here (a secret another transaction committed is; one this
@@ -174,22 +182,23 @@ def load_secret_of(backend: Backend) -> tuple[bytes, bool]:
     requests apart from every other's, and their retries would run again.
     """
     enclosed = backend.in_transaction()
+    stored, keyring = behind_encryption(backend)
     tx = Transaction(
-        backend,
+        stored,
         identity=SECRET_IDENTITY,
         fingerprint=SECRET_FINGERPRINT,
         retention=SECRET_RETENTION,
     )
     with tx:
         if tx.replay and tx.outcome:
-            secret = tx.outcome
+            secret = open_secret(tx.outcome, keyring)
             # Read in the caller's transaction, it may be this process's own uncommitted write.
             committed = not enclosed or secret not in _UNSETTLED
             if committed:
                 _UNSETTLED.discard(secret)
             return secret, committed
-        tx.complete(secrets.token_bytes(32))
-    secret = tx.outcome or b""
+        secret = secrets.token_bytes(32)
+        tx.complete(secret if keyring is None else keyring.seal(SECRET_IDENTITY, secret))
     if enclosed:
         _UNSETTLED.add(secret)
     return secret, not enclosed

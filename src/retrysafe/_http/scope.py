@@ -175,7 +175,7 @@ class Scoper:
         secret: the HMAC key; `Scoper.from_settings` finds it in settings or the environment.
     """
 
-    __slots__ = ("_known", "_secret")
+    __slots__ = ("_held", "_known", "_secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
@@ -183,7 +183,10 @@ class Scoper:
         self._secret = secret
         self._known: dict[tuple[str, str | bytes], str] = {}
         """Scopes already hashed, by (header name or "", principal or credential): a replay
-        would spend a quarter of its time on the HMAC. Cleared when full."""
+        would spend a quarter of its time on the HMAC. Cleared when full: `_KNOWN_LIMIT`
+        scopes, or `_KNOWN_BYTES` of principals and credentials (`_held`). One longer than
+        `_KNOWN_LONGEST` (a client's, valid or not) is hashed each time, never kept."""
+        self._held = 0
 
     @staticmethod
     def configured_secret(settings: Settings) -> bytes | None:
@@ -228,8 +231,13 @@ class Scoper:
         return ANONYMOUS_SCOPE if settings.anonymous == "shared" else None
 
     def _keep(self, known: tuple[str, str | bytes], prefix: str, value: bytes) -> str:
-        """Hash `value` into a scope and remember it as `known`."""
-        if len(self._known) >= _KNOWN_LIMIT:
-            self._known.clear()
-        scope = self._known[known] = prefix + hmac.digest(self._secret, value, "sha256").hex()
+        """Hash `value` into a scope and remember it as `known`, unless it is too long."""
+        scope = prefix + hmac.digest(self._secret, value, "sha256").hex()
+        size = len(known[1])
+        if size <= _KNOWN_LONGEST:
+            if len(self._known) >= _KNOWN_LIMIT or self._held + size > _KNOWN_BYTES:
+                self._known.clear()
+                self._held = 0
+            self._known[known] = scope
+            self._held += size
         return scope

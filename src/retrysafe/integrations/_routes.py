@@ -51,10 +51,13 @@ __all__ = [
 
 MARK_ATTRIBUTE: Final = "__retrysafe_route__"
 DEFAULT_ROUTE: Final = RouteSettings()
+"""Covered with the middleware's own settings."""
 
 Patterns: TypeAlias = Mapping[str, RouteSettings | None] | None
 """Path patterns to the settings of the routes they match (None: not covered), or none."""
-"""Covered with the middleware's own settings."""
+
+_KEY_LONGEST: Final = 4096
+"""The most characters of a request key (method, host, paths) a `RouteCache` keeps."""
 
 _T = TypeVar("_T")
 
@@ -190,7 +193,9 @@ class RouteCache:
     """The settings of each routed request: the path patterns' with the route's mark over them.
 
     Each request key is settled once and remembered (up to `cache_size` keys, then it starts
-    over), so the framework's routing is not repeated on every request.
+    over), so the framework's routing is not repeated on every request. A key longer than
+    `_KEY_LONGEST` (a client's long path or host) is settled each time and never kept, so the
+    cache holds `cache_size` times that at most.
 
     Args:
         routes: path patterns for unmarked routes, as the middleware's `routes=` takes them.
@@ -218,10 +223,18 @@ class RouteCache:
             pass
         route_mark = find_mark()
         settings = merge(self.patterns.for_path(path), route_mark)
+        if _length(key) > _KEY_LONGEST:
+            return settings
         if len(self._settled) >= self._size:
             self._settled.clear()
         self._settled[key] = settings
         return settings
+
+
+def _length(key: Hashable) -> int:
+    """Return the characters of `key`'s str and bytes parts: its paths and host."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return sum(len(part) for part in parts if isinstance(part, str | bytes))
 
 
 def missing_framework(module: str, framework: str) -> ImportError:

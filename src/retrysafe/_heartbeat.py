@@ -11,21 +11,20 @@ taken over. `renew`, the flow's, renews once: it returns True, None if it failed
     await beat.start()
     await beat.stop()                                       # likewise
 
-An async heartbeat renews on the event loop, so a loop blocked longer than the lease (sync
-work in an async handler) holds its renewal back until the lease may have lapsed and another
-caller taken the key over: its watcher is told (`lapsed`), at the renewal that comes too late or
-as the operation ends without one.
+An async heartbeat renews on the event loop: a loop blocked longer than the lease (sync work in
+an async handler), or renewals that keep failing, let the lease lapse, and another caller may
+take the key over. Its watcher is told (`lapsed`) at the next renewal or as the operation ends.
 
 A short operation pays for a dict insert and delete (threads, and asyncio: one timer per loop),
 never for a thread, a task or a timer of its own. After `os.fork`, the child forgets the
-parent's thread. `HOLDER`, a second scheduler thread, runs the retries of outcomes the store
-did not take (B19, `retrysafe._flow.holding`), so a store that hangs on them never delays a
-running renewal.
+parent's thread. `HOLDER`, a second scheduler thread, retries the outcomes the store did not
+take (B19, `retrysafe._flow.holding`): a store that hangs on them never delays a renewal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 import os
 import threading
@@ -33,7 +32,6 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 import anyio
-import anyio.abc
 
 from retrysafe._clock import Clock
 from retrysafe._concurrency import monotonic, raise_if_cancelled
@@ -206,22 +204,17 @@ class _FirstRenewals:
     renewing task, and it is armed again for the next.
     """
 
-    __slots__ = ("_due", "_loop", "_timer", "_timer_at")
+    __slots__ = ("_due", "_timer", "_timer_at", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop  # the loop the renewals run on
         self._due: dict[AsyncHeartbeat, float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the renewals run on."""
-        return self._loop
-
     def add(self, beat: AsyncHeartbeat, interval: float) -> None:
         """Start `beat`'s renewals `interval` seconds from now, unless it is discarded first."""
-        at = self._loop.time() + interval
+        at = self.loop.time() + interval
         self._due[beat] = at
         if at < self._timer_at:
             self._arm(at)
@@ -233,17 +226,17 @@ class _FirstRenewals:
     def _arm(self, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_at(at, self._fire)
+        self._timer = self.loop.call_at(at, self._fire)
         self._timer_at = at
 
     def _fire(self) -> None:
         self._timer, self._timer_at = None, math.inf
-        now = self._loop.time() + _TIMER_SLACK
+        now = self.loop.time() + _TIMER_SLACK
         later = math.inf
         for beat, at in list(self._due.items()):
             if at <= now:
                 del self._due[beat]
-                beat.start_renewing(self._loop)
+                beat.start_renewing(self.loop)
             elif at < later:
                 later = at
         if later < math.inf:
@@ -281,20 +274,21 @@ class AsyncHeartbeat:
 
     On asyncio the first renewal is due `interval` after `start` (`_FirstRenewals`, one timer
     per loop); only if the operation still runs then does a renewing task start, so a short
-    operation creates neither a task nor a timer. On another event loop (trio) a task in a task
-    group renews beside the operation.
+    operation creates neither a task nor a timer. On another event loop (trio) a system task
+    renews beside the operation: in no cancel scope of the caller's, which may stop it from
+    another scope (`run_to_end`'s shield) or another task.
 
-    A lease is `_RENEWALS_A_LEASE` intervals long. A renewal comes late only when what runs it
-    is held up (an event loop blocked by sync work in an async handler, a paused process):
-    once the lease has gone unrenewed longer than itself, counted on `clock` from the claim
-    (`start`) or the last renewal, `watcher.lapsed` is called with those seconds, before the late
-    renewal or as the operation ends (`stop`, `abandon`). A short operation pays one clock
-    read for it, at its end.
+    A lease is `_RENEWALS_A_LEASE` intervals long. It goes unrenewed longer than itself when
+    what runs the renewals is held up (an event loop blocked by sync work in an async handler,
+    a paused process) or when they keep failing: counted on `clock` from the claim (`start`) or
+    the start of the last renewal that landed, past the lease `watcher.lapsed` is called with
+    those seconds, once until a renewal lands again, before a renewal or as the operation ends
+    (`unwatch`, `stop`, `abandon`). A short operation pays one clock read for it, at its end.
     """
 
     __slots__ = (
+        "_beside",
         "_clock",
-        "_group",
         "_interval",
         "_lease",
         "_renew",
@@ -317,10 +311,10 @@ class AsyncHeartbeat:
         self._watcher = watcher
         self._lease = interval * _RENEWALS_A_LEASE
         self._clock = clock
-        self._since = 0.0  # the start, then the last renewal: where the lease is counted from
+        self._since = 0.0  # the start, then the last renewal that landed (inf: lapse told)
         self._renewals: _FirstRenewals | None = None
         self._task: asyncio.Task[None] | None = None
-        self._group: anyio.abc.TaskGroup | None = None
+        self._beside: tuple[anyio.CancelScope, anyio.Event] | None = None  # trio's (`start`)
 
     async def start(self, since: float | None = None) -> None:
         """Start renewing: the first renewal is due `interval` from now. `since`: when the
@@ -328,73 +322,79 @@ class AsyncHeartbeat:
         self._since = self._clock.now() if since is None else since
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._group = anyio.create_task_group()
-            await self._group.__aenter__()
-            self._group.start_soon(self._wait_then_renew)
+        except RuntimeError:  # trio
+            self._beside = (anyio.CancelScope(), anyio.Event())
+            spawn = importlib.import_module("trio.lowlevel").spawn_system_task
+            spawn(self._renew_beside, *self._beside)
             return
         self._renewals = _first_renewals(loop)
         self._renewals.add(self, self._interval)
 
-    async def _wait_then_renew(self) -> None:
-        await anyio.sleep(self._interval)
-        await _renew_every(self._renewing, self._interval)
+    async def _renew_beside(self, scope: anyio.CancelScope, done: anyio.Event) -> None:
+        """Renew in `scope` (trio's system task), until it is cancelled; then set `done`."""
+        try:
+            with scope:
+                await anyio.sleep(self._interval)
+                await _renew_every(self._renewing, self._interval)
+        finally:
+            done.set()
 
     def start_renewing(self, loop: asyncio.AbstractEventLoop) -> None:
         """Renew now, then every `interval`, in a task on `loop` (`_FirstRenewals` calls it)."""
         self._task = loop.create_task(_renew_every(self._renewing, self._interval))
 
-    def _renewing(self) -> Awaitable[bool | None]:
-        """Renew, told first if the lease went unrenewed longer than itself."""
-        self._check()
-        self._since = self._clock.now()
-        return self._renew()
+    async def _renewing(self) -> bool | None:
+        """Renew, told first if the lease went unrenewed longer than itself; a renewal that
+        lands renews the lease from its start (the store's clock read as it was sent)."""
+        self._check(at := self._clock.now())
+        renewed = await self._renew()
+        if renewed:
+            self._since = at
+        return renewed
 
-    def _check(self) -> None:
-        watcher = self._watcher
-        if watcher is not None:
-            unrenewed = self._clock.now() - self._since
-            if unrenewed > self._lease:
-                watcher.lapsed(unrenewed)
+    def _check(self, now: float) -> None:
+        if self._watcher is not None and (unrenewed := now - self._since) > self._lease:
+            self._since = math.inf  # told: not again until a renewal lands
+            self._watcher.lapsed(unrenewed)
 
     @property
     def renewing(self) -> bool:
         """Whether a task renews (or waits to): `stop` then waits for it to end."""
-        return self._task is not None or self._group is not None
+        return self._task is not None or self._beside is not None
 
-    def abandon(self) -> bool:
-        """Stop renewing without waiting, on asyncio: no renewal starts after this returns,
-        though one already under way may still land. Return False where renewals run in a
-        task group that only `stop` can end (trio)."""
-        if self._group is not None:
-            return False
-        self._check()
-        self._watcher = None  # as in `stop`
+    def abandon(self) -> None:
+        """Stop renewing without waiting: no renewal starts after this returns, though one
+        already under way may still land."""
+        self.unwatch()
         if self._renewals is not None:
             self._renewals.discard(self)
         if self._task is not None:
             self._task.cancel()
-        return True
+        if self._beside is not None:
+            self._beside[0].cancel()
 
-    async def stop(self) -> None:
-        """Stop renewing; once this returns, no renewal is running or will run."""
+    def unwatch(self) -> None:
+        """The operation ended: tell the watcher if the lease went unrenewed longer than itself,
+        then nothing more (the renewals that go on while its outcome is stored go unwatched)."""
         watcher = self._watcher
         if watcher is not None:  # `_check`, inlined: every operation ends here
             self._watcher = None  # the watcher holds this heartbeat: no cycle for the collector
             unrenewed = self._clock.now() - self._since
             if unrenewed > self._lease:
                 watcher.lapsed(unrenewed)
-        if self._group is not None:
-            self._group.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._group.__aexit__(None, None, None)
-            return
+
+    async def stop(self) -> None:
+        """Stop renewing (`unwatch` first); once this returns, no renewal runs or will run."""
+        self.unwatch()
         if self._renewals is not None:
             self._renewals.discard(self)
         task = self._task
+        # Waited for even if the caller is being cancelled: no renewal lands after a release.
         if task is not None:
             task.cancel()
-            # Wait for the renewal to end even if the caller is being cancelled, so it cannot
-            # land after the release or completion that follows.
             with anyio.CancelScope(shield=True):
                 await asyncio.wait((task,))
+        elif self._beside is not None:
+            self._beside[0].cancel()
+            with anyio.CancelScope(shield=True):
+                await self._beside[1].wait()

@@ -35,6 +35,17 @@ MessageT = TypeVar("MessageT", bound=Mapping[str, Any])
 _CLEANUP_SECONDS: Final = 5.0  # how long a release may take once the caller was cancelled
 
 
+def _renewal_failed(
+    flow: Holder[Any], run: SyncExecution | AsyncExecution, error: Exception
+) -> bool | None:
+    """Count and log a failed renewal of `run`'s lease; return None to try again, False to
+    stop. A renewal fenced while the outcome is being stored (`completing`) most often found
+    it stored: nothing is logged, and the completion tells whether the claim was lost (B17)."""
+    if run.completing and isinstance(error, FencedError):
+        return False
+    return None if flow.renew_failed(run.identity, error) else False
+
+
 class SyncFlow(Holder[Store]):
     """Drives `admission` and executions with a sync store (arguments: see `Finisher`)."""
 
@@ -87,13 +98,13 @@ class SyncFlow(Holder[Store]):
         except Exception as error:
             self.release_failed(identity, error)
 
-    def renew(self, identity: Identity, token: str, lease: float) -> bool | None:
-        """Renew the lease once; return True, None if it failed (the heartbeat tries again
-        soon), or False once fenced (it stops)."""
+    def renew(self, run: SyncExecution) -> bool | None:
+        """Renew `run`'s lease once; return True, None if it failed (the heartbeat tries again
+        soon), or False once fenced (it stops; see `_renewal_failed`)."""
         try:
-            self.store.renew(identity, token, lease=lease)
+            self.store.renew(run.identity, run.token, lease=run.lease)
         except Exception as error:
-            return None if self.renew_failed(identity, error) else False
+            return _renewal_failed(self, run, error)
         return True
 
     def complete(self, run: SyncExecution, outcome: bytes) -> None:
@@ -234,13 +245,12 @@ class AsyncFlow(Holder[AsyncStore]):
             except Exception as error:
                 self.release_failed(identity, error)
 
-    async def renew(self, identity: Identity, token: str, lease: float) -> bool | None:
-        """Renew the lease once; return True, None if it failed (the heartbeat tries again
-        soon), or False once fenced (it stops)."""
+    async def renew(self, run: AsyncExecution) -> bool | None:
+        """Renew `run`'s lease once (see `SyncFlow.renew`)."""
         try:
-            await self.store.renew(identity, token, lease=lease)
+            await self.store.renew(run.identity, run.token, lease=run.lease)
         except Exception as error:
-            return None if self.renew_failed(identity, error) else False
+            return _renewal_failed(self, run, error)
         return True
 
     async def complete(self, run: AsyncExecution, outcome: bytes) -> None:

@@ -3,8 +3,10 @@
 An execution counts the operation, renews its lease while it runs (`retrysafe._heartbeat`,
 B16), then finishes it through its flow (`drivers.py`): the outcome completed (B18), or the
 claim released (B28), or, when the operation was interrupted (`interrupts`), the claim kept
-until its lease ends (B40). An async operation that held its event loop up longer than its
-lease, so that the lease went unrenewed and may have lapsed, is logged (`lapsed`).
+until its lease ends (B40). The lease is renewed until the completion returns (stored, or held
+and renewed by the holder, B19): a completion stuck on a connection the network dropped never
+outlasts it. An async operation whose lease went unrenewed longer than itself (its event loop
+held up, its renewals failing), so that it may have lapsed, is logged (`lapsed`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class _Execution(Generic[FlowT]):
     retention: float
     claimed: Record | None = None  # the claim's record, as admitted (its fingerprint)
     finished: bool = field(default=False, init=False)
+    completing: bool = field(default=False, init=False)  # storing the outcome, still renewing
 
     @property
     def fingerprint(self) -> str | None:
@@ -87,14 +90,13 @@ class _Execution(Generic[FlowT]):
         self._flow.counters.add(Count.LAPSED)
         self._flow.logger.warning(
             "The lease on %s went %.1f s without a renewal, longer than the lease (%g s): "
-            "the renewal due every %g s was %.1f s late (sync work blocking the event loop, "
-            "or a paused process). Another caller may have taken the key over and run the "
-            "operation again",
+            "the renewals due every %g s failed (see renew_failed) or came late (sync work "
+            "blocking the event loop, or a paused process). Another caller may have taken the "
+            "key over and run the operation again",
             self.identity,
             unrenewed,
             self.lease,
             self.lease / 3,
-            unrenewed - self.lease / 3,
             extra=fields(self.identity, "lease_lapsed"),
         )
 
@@ -118,9 +120,8 @@ class SyncExecution(_Execution["SyncFlow"]):
     def start(self) -> SyncExecution:
         """Count the execution and start renewing its lease (B16)."""
         self._flow.counters.add(Count.EXECUTIONS)
-        flow, identity, token, lease = self._flow, self.identity, self.token, self.lease
-        renewing = every(lease / 3, lambda: flow.renew(identity, token, lease))
-        self._beat = THREADS.start(renewing, lease / 3)
+        flow, interval = self._flow, self.lease / 3
+        self._beat = THREADS.start(every(interval, lambda: flow.renew(self)), interval)
         return self
 
     def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
@@ -128,19 +129,30 @@ class SyncExecution(_Execution["SyncFlow"]):
             self.finish(None, error)
 
     def finish(self, outcome: bytes | None, error: BaseException | None = None) -> None:
-        """Stop renewing, then store `outcome`; when it is None, release the claim, or keep it
-        until its lease ends if `error` (what ended the operation) interrupted it."""
+        """Store `outcome`, renewing the lease until that returns, then stop renewing; when it
+        is None, stop renewing, then release the claim, or keep it until its lease ends if
+        `error` (what ended the operation) interrupted it."""
         if self.finished:
             return
         self.finished = True
-        if self._beat is not None:
-            THREADS.stop(self._beat)
         if outcome is not None:
-            self._flow.complete(self, outcome)
-        elif interrupts(error):
+            self.completing = True
+            try:
+                self._flow.complete(self, outcome)
+            finally:
+                self._stop()
+            return
+        self._stop()
+        if interrupts(error):
             self._flow.interrupted(self.identity, error)
         else:
             self._flow.release(self.identity, self.token)
+
+    def _stop(self) -> None:
+        """Stop renewing; the heartbeat holds this execution: no cycle is left for the collector."""
+        if self._beat is not None:
+            THREADS.stop(self._beat)
+            self._beat = None
 
 
 class AsyncExecution(_Execution["AsyncFlow"]):
@@ -154,9 +166,9 @@ class AsyncExecution(_Execution["AsyncFlow"]):
     async def start(self) -> AsyncExecution:
         """Count the execution and start renewing its lease (B16)."""
         self._flow.counters.add(Count.EXECUTIONS)
-        flow, identity, token, lease = self._flow, self.identity, self.token, self.lease
+        flow, lease = self._flow, self.lease
         beat = self._beat = AsyncHeartbeat(
-            lambda: flow.renew(identity, token, lease), lease / 3, self, clock=flow.store.clock
+            lambda: flow.renew(self), lease / 3, self, clock=flow.store.clock
         )
         claimed = self.claimed  # the lease began with the claim, whose reply took some of it
         await beat.start(None if claimed is None else claimed.lease_expires_at - lease)
@@ -167,30 +179,38 @@ class AsyncExecution(_Execution["AsyncFlow"]):
             await self.finish(None, error)
 
     async def finish(self, outcome: bytes | None, error: BaseException | None = None) -> None:
-        """Stop renewing, then store `outcome`; when it is None, release the claim, or keep it
-        until its lease ends if `error` (what ended the operation) interrupted it. To the end
-        whatever cancels the caller (`run_to_end`); directly where nothing can (a store whose
-        calls never wait, `suspends` False, the memory store's, and no renewal running)."""
+        """Finish as `SyncExecution.finish` does. To the end whatever cancels the caller
+        (`run_to_end`); directly where nothing can (a store whose calls never wait, `suspends`
+        False, the memory store's, and no renewal running)."""
         if self.finished:
             return
         self.finished = True
-        flow = self._flow
-        if outcome is None and interrupts(error) and (not self._beat or self._beat.abandon()):
+        flow, beat = self._flow, self._beat
+        if outcome is None and interrupts(error):
             # Nothing to store: keep the claim without waiting for anything, which a coroutine
             # being closed (`GeneratorExit`) could not do. A renewal under way may still land.
+            if beat is not None:
+                beat.abandon()
+                self._beat = None  # it holds this execution: no cycle for the collector
             flow.interrupted(self.identity, error)
             return
-        if getattr(flow.store, "suspends", True) or (self._beat and self._beat.renewing):
-            await run_to_end(self._finish(outcome, error), flow.tasks)
+        if getattr(flow.store, "suspends", True) or (beat and beat.renewing):
+            await run_to_end(self._finish(outcome), flow.tasks)
         else:
-            await self._finish(outcome, error)
+            await self._finish(outcome)
 
-    async def _finish(self, outcome: bytes | None, error: BaseException | None) -> None:
-        if self._beat is not None:
-            await self._beat.stop()
-        if outcome is not None:
-            await self._flow.complete(self, outcome)
-        elif interrupts(error):
-            self._flow.interrupted(self.identity, error)
-        else:
+    async def _finish(self, outcome: bytes | None) -> None:
+        beat, self._beat = self._beat, None  # it holds this execution: no cycle once stopped
+        if outcome is None:  # released (an interruption did not come here: `finish`)
+            if beat is not None:
+                await beat.stop()
             await self._flow.release(self.identity, self.token)
+            return
+        if beat is not None:
+            beat.unwatch()  # the operation ended: a lapse while it ran is told now
+        self.completing = True
+        try:
+            await self._flow.complete(self, outcome)
+        finally:
+            if beat is not None:
+                await beat.stop()

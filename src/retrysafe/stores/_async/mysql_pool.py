@@ -25,7 +25,7 @@ from retrysafe._concurrency import AsyncGate, monotonic
 from retrysafe._errors import StoreClosedError, StoreUnavailableError
 from retrysafe.stores._home import INHERITED, AsyncHome
 from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
-from retrysafe.stores._sql.mysql_io import AsyncMySQLDriver, AsyncWork, T
+from retrysafe.stores._sql.mysql_io import AsyncMySQLDriver, AsyncWork, T, left_until
 
 __all__ = ["AsyncMySQLPool"]
 
@@ -50,19 +50,24 @@ class AsyncMySQLPool:
         self._closed = False
 
     async def getconn(self, within: float | None = None) -> aiomysql.Connection:
-        """Lend a connection: an idle one, or a new one; driver errors pass through. An idle
-        one's ping, if due, waits `within` seconds at most (default: the reply timeout)."""
+        """Lend a connection: an idle one, or a new one; driver errors pass through. Given,
+        `within` bounds the whole of it (a renewal's, B16): the wait for a free one (else
+        `pool_timeout`), an idle one's ping (else the reply timeout), a new one's connection
+        (else `connect_timeout`)."""
         await self._follow()
         if self._closed:
             raise StoreClosedError("This MySQL store is closed.")
         options = self._options
-        if not await self._gate.enter(options.pool_timeout):
+        wait, deadline = options.pool_timeout, None
+        if within is not None:
+            wait, deadline = min(wait, within), monotonic() + within
+        if not await self._gate.enter(wait):
+            bound = f"pool_timeout={wait:g}" if deadline is None else f"{wait:g}"
             raise StoreUnavailableError(
-                f"No MySQL connection was free within pool_timeout={options.pool_timeout} s"
-                f" (pool_max={options.pool_max})."
+                f"No MySQL connection was free within {bound} s (pool_max={options.pool_max})."
             )
         try:
-            return await self._idle_or_new(within)
+            return await self._idle_or_new(deadline)
         except BaseException:
             self._gate.leave()
             raise
@@ -104,8 +109,9 @@ class AsyncMySQLPool:
         self._closed = True
         await self.close_idle()
 
-    async def _idle_or_new(self, within: float | None) -> aiomysql.Connection:
+    async def _idle_or_new(self, deadline: float | None) -> aiomysql.Connection:
         while self._idle:
+            left = left_until(deadline)  # before a connection is taken: it raises
             try:
                 conn, since = self._idle.pop()
             except IndexError:
@@ -113,16 +119,16 @@ class AsyncMySQLPool:
             if monotonic() - since < self.check_after:
                 return conn
             try:
-                await self._driver.run(_ping, conn, within)
+                await self._driver.run(_ping, conn, left)
             except aiomysql.Error:
                 await self._driver.close(conn)
                 await self.close_idle()
                 break
             return conn
-        return await self._open()
+        return await self._open(left_until(deadline))
 
-    async def _open(self) -> aiomysql.Connection:
-        conn = await self._driver.connect()
+    async def _open(self, within: float | None = None) -> aiomysql.Connection:
+        conn = await self._driver.connect(within)
         try:
             cursor = await conn.cursor()
             await cursor.execute(self._setup)

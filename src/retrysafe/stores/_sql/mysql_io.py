@@ -9,8 +9,9 @@ connection. aiomysql is imported when the async face first connects (PyMySQL, wh
 both faces raise, comes with this module). A server that accepts a connection and never
 greets fails within `connect_timeout` on both faces, and one that stalls mid-statement fails
 within the reply timeout (`MySQLOptions.reply_timeout`, `run`), or a shorter bound the caller
-gives (`within`: a renewal's, `stores/_sql.renewal_timeout`). The pool's gate and the
-wake-ups of waiters, which are not about MySQL, are `retrysafe/_concurrency.py`'s.
+gives (`within`: a renewal's, `stores/_sql.renewal_timeout`, which bounds its wait for a
+connection too: `left_until`). The pool's gate and the wake-ups of waiters, which are not about
+MySQL, are `retrysafe/_concurrency.py`'s.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from typing import Any, TypeAlias, TypeVar
 import anyio
 import pymysql  # type: ignore[import-untyped]  # mysql_connection's already
 
+from retrysafe._concurrency import monotonic
+from retrysafe._errors import StoreUnavailableError
 from retrysafe.stores._sql.mysql_connection import MySQLOptions
 
-__all__ = ["AsyncMySQLDriver", "AsyncWork", "MySQLDriver", "T", "Work"]
+__all__ = ["AsyncMySQLDriver", "AsyncWork", "MySQLDriver", "T", "Work", "left_until"]
 
 T = TypeVar("T")
 
@@ -39,15 +42,31 @@ Work: TypeAlias = Callable[[Any], T]
 CR_SERVER_LOST = 2013
 
 
-def _connect_arguments(options: MySQLOptions) -> dict[str, Any]:
-    """Return what both drivers' `connect` take alike: the server and the login, utf8mb4,
-    autocommit; the database, TLS and several statements a query each driver takes its way."""
+def left_until(deadline: float | None) -> float | None:
+    """Return the seconds left of a renewal's bound, until `deadline` (monotonic; None: no
+    bound, None returned); raise StoreUnavailableError if none are."""
+    if deadline is None:
+        return None
+    left = deadline - monotonic()
+    if left <= 0:
+        raise StoreUnavailableError(
+            "MySQL is unavailable: no reply to the renewal in time (read_timeout, or a sixth "
+            "of the lease if shorter)"
+        )
+    return left
+
+
+def _connect_arguments(options: MySQLOptions, within: float | None) -> dict[str, Any]:
+    """Return what both drivers' `connect` take alike: the server and the login, the connect
+    timeout (`within` if shorter), utf8mb4, autocommit; the database, TLS and several
+    statements a query each driver takes its way."""
+    timeout = options.connect_timeout if within is None else min(options.connect_timeout, within)
     return {
         "host": options.host,
         "port": options.port,
         "user": options.user,
         "password": options.password,
-        "connect_timeout": options.connect_timeout,
+        "connect_timeout": timeout,
         "charset": "utf8mb4",
         "autocommit": True,
     }
@@ -64,22 +83,21 @@ class AsyncMySQLDriver:
         self._options = options
         self._ssl = options.ssl_context()
 
-    async def connect(self) -> Any:
-        """Open a connection (the caller runs the session set-up on it)."""
+    async def connect(self, within: float | None = None) -> Any:
+        """Open a connection within `connect_timeout`, or `within` seconds if that is shorter
+        (the caller runs the session set-up on it)."""
         import aiomysql  # type: ignore[import-untyped]  # noqa: PLC0415 - the async face only
 
-        options = self._options
+        arguments = _connect_arguments(self._options, within)
+        timeout = arguments["connect_timeout"]
         # aiomysql bounds only the TCP connect: a server that accepts and never greets (another
         # service's port, a stuck proxy) would hold the handshake, and the caller, forever.
         try:
-            with anyio.fail_after(options.connect_timeout):
-                return await aiomysql.connect(
-                    **_connect_arguments(options), db=options.database, ssl=self._ssl
-                )
+            with anyio.fail_after(timeout):
+                return await aiomysql.connect(**arguments, db=self._options.database, ssl=self._ssl)
         except TimeoutError:
             raise pymysql.err.OperationalError(
-                CR_SERVER_LOST,
-                f"No handshake from the MySQL server within {options.connect_timeout} s",
+                CR_SERVER_LOST, f"No handshake from the MySQL server within {timeout:g} s"
             ) from None
 
     async def run(self, work: AsyncWork[T], conn: Any, within: float | None = None) -> T:
@@ -136,9 +154,10 @@ class MySQLDriver:
         self._options = options
         self._ssl = options.ssl_context()
 
-    def connect(self) -> Any:
-        """Open a connection (the caller runs the session set-up on it)."""
+    def connect(self, within: float | None = None) -> Any:
+        """Open a connection (see `AsyncMySQLDriver.connect`)."""
         options = self._options
+        arguments = _connect_arguments(options, within)
         tls: dict[str, Any] = {"ssl_disabled": True} if self._ssl is None else {"ssl": self._ssl}
         # PyMySQL's connect_timeout bounds only the TCP connect: the handshake's reads and writes
         # get the same bound here, so a server that accepts and never greets fails in time
@@ -146,11 +165,11 @@ class MySQLDriver:
         # setting them afterwards bounds each statement's by the reply timeout (`read_timeout`,
         # by default 30 s more than the lock wait a statement may have to sit through).
         conn = pymysql.connect(
-            **_connect_arguments(options),
+            **arguments,
             database=options.database,
             client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
-            read_timeout=options.connect_timeout,
-            write_timeout=options.connect_timeout,
+            read_timeout=arguments["connect_timeout"],
+            write_timeout=arguments["connect_timeout"],
             **tls,
         )
         conn._read_timeout = conn._write_timeout = options.reply_timeout  # private; see above

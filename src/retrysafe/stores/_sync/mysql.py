@@ -40,7 +40,7 @@ from typing import TypeVar, Unpack
 import pymysql  # type: ignore[import-untyped]
 
 from retrysafe._clock import Clock, SystemClock
-from retrysafe._concurrency import Wakeups, sleep
+from retrysafe._concurrency import Wakeups, sleep, monotonic
 from retrysafe._errors import FencedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
@@ -58,7 +58,7 @@ from retrysafe.stores._sql.mysql_connection import (
     store_error,
     translate_errors,
 )
-from retrysafe.stores._sql.mysql_io import Work
+from retrysafe.stores._sql.mysql_io import Work, left_until
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats
 
 __all__ = ["MySQLStore"]
@@ -85,8 +85,9 @@ class MySQLStore:
         table: the records table (default `retrysafe_records`); created on first use if missing.
         connect_timeout: seconds to wait for a new connection (default 5).
         pool_max: the most connections the pool opens (default 10).
-        pool_timeout: seconds to wait for a pooled connection (default 10); past it, and
-            whenever the server cannot be reached, primitives raise `StoreUnavailableError`.
+        pool_timeout: seconds to wait for a pooled connection (default 10; a renewal waits
+            within its own bound, `renewal_timeout`); past it, and whenever the server cannot
+            be reached, primitives raise `StoreUnavailableError`.
         lock_timeout: whole seconds a statement waits for a row lock (`innodb_lock_wait_timeout`
             of the store's sessions); None, the default, keeps the server's (50 by default).
         read_timeout: seconds a primitive may wait for the server's reply before the
@@ -163,8 +164,9 @@ class MySQLStore:
         self._wakeups.wake(identity.digest())
 
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
-        """Extend the holder's lease, and the retention deadline by as much: its replies due
-        within `renewal_timeout` (B16), well before the lease ends."""
+        """Extend the holder's lease, and the retention deadline by as much: its wait for a
+        connection and its replies due within `renewal_timeout` in all (B16), well before the
+        lease ends."""
         return self._call(
             lambda conn: self._records.renew(
                 conn, identity, token, now=self.clock.now(), lease=lease
@@ -231,14 +233,16 @@ class MySQLStore:
             return self._attempts(work, ready=ready, within=within)
 
     def _attempts(self, work: Work[T], *, ready: bool, within: float | None) -> T:
-        """Run `work` as `_call` says, up to `_ATTEMPTS` times."""
+        """Run `work` as `_call` says, up to `_ATTEMPTS` times, `within` seconds in all if given
+        (a renewal's bound, B16: its wait for a connection included)."""
+        deadline = None if within is None else monotonic() + within
         for attempt in range(1, _ATTEMPTS + 1):
             with translate_errors():
-                conn = self._pool.getconn(within)
+                conn = self._pool.getconn(left_until(deadline))
             try:
                 if ready and not self._schema_ready:
                     self._ready(conn)
-                result = self._pool.run(work, conn, within)
+                result = self._pool.run(work, conn, left_until(deadline))
             except pymysql.MySQLError as error:
                 self._after_error(conn, error)
                 if deadlocked(error) and attempt < _ATTEMPTS:

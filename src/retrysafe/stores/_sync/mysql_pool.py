@@ -28,7 +28,7 @@ from retrysafe._concurrency import Gate, monotonic
 from retrysafe._errors import StoreClosedError, StoreUnavailableError
 from retrysafe.stores._home import INHERITED, Home
 from retrysafe.stores._sql.mysql_connection import MySQLOptions, session_setup
-from retrysafe.stores._sql.mysql_io import MySQLDriver, Work, T
+from retrysafe.stores._sql.mysql_io import MySQLDriver, Work, T, left_until
 
 __all__ = ["MySQLPool"]
 
@@ -53,19 +53,24 @@ class MySQLPool:
         self._closed = False
 
     def getconn(self, within: float | None = None) -> pymysql.Connection:
-        """Lend a connection: an idle one, or a new one; driver errors pass through. An idle
-        one's ping, if due, waits `within` seconds at most (default: the reply timeout)."""
+        """Lend a connection: an idle one, or a new one; driver errors pass through. Given,
+        `within` bounds the whole of it (a renewal's, B16): the wait for a free one (else
+        `pool_timeout`), an idle one's ping (else the reply timeout), a new one's connection
+        (else `connect_timeout`)."""
         self._follow()
         if self._closed:
             raise StoreClosedError("This MySQL store is closed.")
         options = self._options
-        if not self._gate.enter(options.pool_timeout):
+        wait, deadline = options.pool_timeout, None
+        if within is not None:
+            wait, deadline = min(wait, within), monotonic() + within
+        if not self._gate.enter(wait):
+            bound = f"pool_timeout={wait:g}" if deadline is None else f"{wait:g}"
             raise StoreUnavailableError(
-                f"No MySQL connection was free within pool_timeout={options.pool_timeout} s"
-                f" (pool_max={options.pool_max})."
+                f"No MySQL connection was free within {bound} s (pool_max={options.pool_max})."
             )
         try:
-            return self._idle_or_new(within)
+            return self._idle_or_new(deadline)
         except BaseException:
             self._gate.leave()
             raise
@@ -107,8 +112,9 @@ class MySQLPool:
         self._closed = True
         self.close_idle()
 
-    def _idle_or_new(self, within: float | None) -> pymysql.Connection:
+    def _idle_or_new(self, deadline: float | None) -> pymysql.Connection:
         while self._idle:
+            left = left_until(deadline)  # before a connection is taken: it raises
             try:
                 conn, since = self._idle.pop()
             except IndexError:
@@ -116,16 +122,16 @@ class MySQLPool:
             if monotonic() - since < self.check_after:
                 return conn
             try:
-                self._driver.run(_ping, conn, within)
+                self._driver.run(_ping, conn, left)
             except pymysql.Error:
                 self._driver.close(conn)
                 self.close_idle()
                 break
             return conn
-        return self._open()
+        return self._open(left_until(deadline))
 
-    def _open(self) -> pymysql.Connection:
-        conn = self._driver.connect()
+    def _open(self, within: float | None = None) -> pymysql.Connection:
+        conn = self._driver.connect(within)
         try:
             cursor = conn.cursor()
             cursor.execute(self._setup)

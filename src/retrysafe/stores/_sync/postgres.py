@@ -64,8 +64,9 @@ class PostgresStore:
         connect_timeout: seconds to wait for a new connection (libpq counts whole seconds).
         pool_min: connections the pool keeps open.
         pool_max: the most connections the pool opens.
-        pool_timeout: seconds to wait for a pooled connection; past it, and whenever the server
-            cannot be reached, primitives raise `StoreUnavailableError`.
+        pool_timeout: seconds to wait for a pooled connection (a renewal waits within its own
+            bound, `renewal_timeout`); past it, and whenever the server cannot be reached,
+            primitives raise `StoreUnavailableError`.
         clock: the time source for leases and retention.
         read_timeout: seconds a statement may wait for the server's reply; past it, its
             connection is cut and the call raises `StoreUnavailableError` (a stalled server or
@@ -179,8 +180,8 @@ class PostgresStore:
 
     def renew(self, identity: Identity, token: str, *, lease: float) -> Record:
         """Extend the holder's lease, and the retention deadline by as much: on a pooled
-        connection (never queued behind a batch), its reply due within `renewal_timeout` (B16),
-        well before the lease ends."""
+        connection (never queued behind a batch), its wait for that connection and its reply
+        due within `renewal_timeout` in all (B16), well before the lease ends."""
         now = self.clock.now()
         within = renewal_timeout(self._options.read_timeout, lease)
         with self._connection(within) as conn:

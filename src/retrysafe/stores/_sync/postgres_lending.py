@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreUnavailableError
 from retrysafe.stores._sync.postgres_records import RecordsConnection, StatementRunner
 from retrysafe.stores._sql.postgres_connection import store_error
@@ -52,7 +53,8 @@ class Lending:
 
 class Lent(Lending):
     """A pooled connection lent for one primitive, its reply due `within` seconds (default: the
-    store's `read_timeout`).
+    store's `read_timeout`); given, `within` bounds the wait for the connection too (default:
+    `pool_timeout`).
 
     A class, and the pool's `getconn`/`putconn`, rather than generator context managers and the
     pool's `connection()`: those cost about a seventh of the client CPU of a claim and its
@@ -68,14 +70,20 @@ class Lent(Lending):
         self._within = within
 
     def __enter__(self) -> RecordsConnection:
-        store = self._store
+        store, within = self._store, self._within
         try:
             store._ready()
-            conn = self._conn = store._pool.getconn()
+            if within is None:
+                conn = self._conn = store._pool.getconn()
+            else:  # a renewal's bound counts its wait for a connection too (B16)
+                since = monotonic()
+                wait = min(within, store._options.pool_timeout)
+                conn = self._conn = store._pool.getconn(wait)
+                within -= monotonic() - since
         except psycopg.Error as error:
             raise store_error(error) from error
         try:
-            self._armed = store._deadline.arm(conn, within=self._within)
+            self._armed = store._deadline.arm(conn, within=within)
         except psycopg.Error as error:  # lost already (no socket): the pool checks it
             store._pool.putconn(conn)
             raise store_error(error) from error

@@ -99,7 +99,7 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
 @pytest.fixture
 def anyio_backend() -> str:
     """Run `@pytest.mark.anyio` tests on asyncio, the loop the servers use (anyio's own default
-    before 4.5 was every backend, trio too, which is not installed)."""
+    before 4.5 was every backend, trio too: tests/flow/test_trio.py runs on trio itself)."""
     return "asyncio"
 
 

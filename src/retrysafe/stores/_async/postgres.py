@@ -27,7 +27,7 @@ from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreClosedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._async._common import poll_until_settled
-from retrysafe.stores._async.postgres_lending import Lent, Shared
+from retrysafe.stores._async.postgres_lending import Lent, Shared, reach
 from retrysafe.stores._async.postgres_records import (
     AsyncPostgresRecords,
     AsyncRecordsConnection,
@@ -61,9 +61,10 @@ class AsyncPostgresStore:
         connect_timeout: seconds to wait for a new connection (libpq counts whole seconds).
         pool_min: connections the pool keeps open.
         pool_max: the most connections the pool opens.
-        pool_timeout: seconds to wait for a pooled connection (a renewal waits within its own
-            bound, `renewal_timeout`); past it, and whenever the server cannot be reached,
-            primitives raise `StoreUnavailableError`.
+        pool_timeout: seconds to wait for a pooled connection while all are lent out (a renewal
+            waits within its own bound, `renewal_timeout`); past it primitives raise
+            `StoreUnavailableError`, and at once (within `connect_timeout`) while the server
+            refuses connections and none is idle.
         clock: the time source for leases and retention.
         read_timeout: seconds a statement may wait for the server's reply; past it, its
             connection is cut and the call raises `StoreUnavailableError` (a stalled server or
@@ -105,6 +106,7 @@ class AsyncPostgresStore:
         self.table = record_table(options.table)
         self._records = AsyncPostgresRecords(self.table)
         self._conninfo, self._options = conninfo, options
+        self._reached = False  # False: none made yet, or one lost or refused since: `reach`
         # Opened on first use, inside the running event loop (see `_ready`).
         self._pool = self._new_pool()
         # The hot primitives' statements go here when it is not None.
@@ -146,6 +148,7 @@ class AsyncPostgresStore:
             self._forked()
         with translate_errors():
             await self._open_pool()
+            await reach(self)
             async with self._pool.connection() as conn:
                 await self._create_schema_with(conn)
         self._schema_ready = True
@@ -272,6 +275,7 @@ class AsyncPostgresStore:
         if self._schema_ready:
             return
         await self._open_pool()
+        await reach(self)
         async with self._pool.connection() as conn:
             armed = self._deadline.arm(conn)  # a cut connection fails, and the pool drops it
             try:
@@ -352,6 +356,8 @@ class AsyncPostgresStore:
         return conn
 
     def _new_pool(self) -> AsyncConnectionPool[AsyncRecordsConnection]:
+        """A pool that reports how its attempts to connect end, and gives up one that fails:
+        calls retry at once (`reach`), not minutes after the server is back, as its backoff."""
         options = self._options
         return AsyncConnectionPool(
             self._conninfo,
@@ -362,7 +368,18 @@ class AsyncPostgresStore:
             kwargs={"autocommit": True, "connect_timeout": options.connect_timeout_seconds},
             open=False,
             name=f"retrysafe-{options.table}",
+            configure=self._connected,
+            reconnect_timeout=0,
+            reconnect_failed=self._refused,
         )
+
+    async def _connected(self, conn: AsyncRecordsConnection) -> None:
+        """The pool made a connection: the server accepts them."""
+        self._reached = True
+
+    def _refused(self, pool: object) -> None:
+        """The pool gave up an attempt to connect: the server refuses them (or is unreachable)."""
+        self._reached = False
 
     def _forked(self) -> None:
         """In a forked child: leave the parent's pool, statement runner and read deadline
@@ -379,4 +396,5 @@ class AsyncPostgresStore:
             self._lock = threading.Lock()  # a thread of the parent may have held it
             self._listeners = 0
             self._schema_ready = False  # so that the first call opens the new pool
+            self._reached = False
             self._forks = FORKS.count  # last: other threads wait on the lock until now

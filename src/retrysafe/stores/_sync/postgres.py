@@ -30,7 +30,7 @@ from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreClosedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
-from retrysafe.stores._sync.postgres_lending import Lent, Shared
+from retrysafe.stores._sync.postgres_lending import Lent, Shared, reach
 from retrysafe.stores._sync.postgres_records import (
     PostgresRecords,
     RecordsConnection,
@@ -64,9 +64,10 @@ class PostgresStore:
         connect_timeout: seconds to wait for a new connection (libpq counts whole seconds).
         pool_min: connections the pool keeps open.
         pool_max: the most connections the pool opens.
-        pool_timeout: seconds to wait for a pooled connection (a renewal waits within its own
-            bound, `renewal_timeout`); past it, and whenever the server cannot be reached,
-            primitives raise `StoreUnavailableError`.
+        pool_timeout: seconds to wait for a pooled connection while all are lent out (a renewal
+            waits within its own bound, `renewal_timeout`); past it primitives raise
+            `StoreUnavailableError`, and at once (within `connect_timeout`) while the server
+            refuses connections and none is idle.
         clock: the time source for leases and retention.
         read_timeout: seconds a statement may wait for the server's reply; past it, its
             connection is cut and the call raises `StoreUnavailableError` (a stalled server or
@@ -108,6 +109,7 @@ class PostgresStore:
         self.table = record_table(options.table)
         self._records = PostgresRecords(self.table)
         self._conninfo, self._options = conninfo, options
+        self._reached = False  # False: none made yet, or one lost or refused since: `reach`
         # Opened on first use, inside the running event loop (see `_ready`).
         self._pool = self._new_pool()
         # The hot primitives' statements go here when it is not None.
@@ -149,6 +151,7 @@ class PostgresStore:
             self._forked()
         with translate_errors():
             self._open_pool()
+            reach(self)
             with self._pool.connection() as conn:
                 self._create_schema_with(conn)
         self._schema_ready = True
@@ -275,6 +278,7 @@ class PostgresStore:
         if self._schema_ready:
             return
         self._open_pool()
+        reach(self)
         with self._pool.connection() as conn:
             armed = self._deadline.arm(conn)  # a cut connection fails, and the pool drops it
             try:
@@ -355,6 +359,8 @@ class PostgresStore:
         return conn
 
     def _new_pool(self) -> ConnectionPool[RecordsConnection]:
+        """A pool that reports how its attempts to connect end, and gives up one that fails:
+        calls retry at once (`reach`), not minutes after the server is back, as its backoff."""
         options = self._options
         return ConnectionPool(
             self._conninfo,
@@ -365,7 +371,18 @@ class PostgresStore:
             kwargs={"autocommit": True, "connect_timeout": options.connect_timeout_seconds},
             open=False,
             name=f"retrysafe-{options.table}",
+            configure=self._connected,
+            reconnect_timeout=0,
+            reconnect_failed=self._refused,
         )
+
+    def _connected(self, conn: RecordsConnection) -> None:
+        """The pool made a connection: the server accepts them."""
+        self._reached = True
+
+    def _refused(self, pool: object) -> None:
+        """The pool gave up an attempt to connect: the server refuses them (or is unreachable)."""
+        self._reached = False
 
     def _forked(self) -> None:
         """In a forked child: leave the parent's pool, statement runner and read deadline
@@ -382,4 +399,5 @@ class PostgresStore:
             self._lock = threading.Lock()  # a thread of the parent may have held it
             self._listeners = 0
             self._schema_ready = False  # so that the first call opens the new pool
+            self._reached = False
             self._forks = FORKS.count  # last: other threads wait on the lock until now

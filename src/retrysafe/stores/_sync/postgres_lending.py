@@ -3,7 +3,8 @@
 # fmt: off
 """How the PostgreSQL store lends a primitive what its statement runs on: a pooled connection
 (`Lent`), under the store's read deadline (or a shorter one: a renewal's), or the store's
-statement runner (`Shared`).
+statement runner (`Shared`); and how a call finds out at once that the server refuses
+connections (`reach`), where the pool would keep it waiting.
 
 Classes rather than generator context managers: they cost less client CPU per primitive (see
 `Lent`). Either way, psycopg errors become store errors, on the way in and out.
@@ -24,7 +25,7 @@ from retrysafe.stores._sql.postgres_deadline import unavailable
 if TYPE_CHECKING:
     from retrysafe.stores._sync.postgres import PostgresStore
 
-__all__ = ["Lending", "Lent", "Shared"]
+__all__ = ["Lending", "Lent", "Shared", "reach"]
 
 
 class Lending:
@@ -42,9 +43,12 @@ class Lending:
         except psycopg.Error as error:
             raise store_error(error) from error
         if isinstance(raised := exc_info[1], psycopg.Error):
-            if late is not None:  # its connection was cut under it: say why
-                raise late from raised
-            raise store_error(raised) from raised
+            # Cut under it (`late`: say why), or lost: the server may be gone, and the pool's
+            # attempt to replace the connection may not have failed yet; see `reach`.
+            failure = late or store_error(raised)
+            if isinstance(failure, StoreUnavailableError):
+                self._store._reached = False
+            raise failure from raised
 
     def _give_back(self) -> StoreUnavailableError | None:
         """Nothing to give back, and no deadline to stop: return None (not cut)."""
@@ -74,6 +78,8 @@ class Lent(Lending):
         try:
             store._ready()
             if within is None:
+                if not store._reached:  # none made yet, or one failed or was lost: `reach`
+                    reach(store)
                 conn = self._conn = store._pool.getconn()
             else:  # a renewal's bound counts its wait for a connection too (B16)
                 since = monotonic()
@@ -119,6 +125,33 @@ class Shared(Lending):
         except psycopg.Error as error:
             raise store_error(error) from error
         return self._runner
+
+
+def reach(store: PostgresStore) -> None:
+    """Unless the store's last attempt to connect succeeded or its pool has a connection idle,
+    connect once outside the pool, within `connect_timeout`, and close that connection.
+
+    A server that refuses connections thus fails the call at once with `StoreUnavailableError`:
+    the pool would keep the call waiting its whole `pool_timeout` for a connection it cannot
+    make (it does not fail its waiters when an attempt fails). Once the server accepts again,
+    the first call through here finds out, and waits for the pool, which connects at once (the
+    store's pool does not retry in the background: see `PostgresStore._new_pool`). A pool
+    merely busy, all its connections lent out, keeps its callers waiting as before: the last
+    attempt to connect succeeded. Renewals do not come here: their wait for the pool is within
+    their own bound (B16), shorter than `connect_timeout` may be.
+    """
+    pool = store._pool
+    if store._reached or pool.closed or pool.get_stats().get("pool_available"):
+        return
+    options = store._options
+    try:
+        conn = psycopg.Connection.connect(
+            store._conninfo, connect_timeout=options.connect_timeout_seconds
+        )
+    except psycopg.Error as error:
+        raise store_error(error) from error
+    conn.close()
+    store._reached = True
 
 
 def _replace_idle(store: PostgresStore) -> None:

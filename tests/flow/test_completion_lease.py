@@ -25,12 +25,13 @@ from tests.conftest import fresh_store_url
 from tests.flow.conftest import WAIT_SECONDS, wait_until
 from tests.flow.test_dead_connections import BlackholeRelay, _Sink
 
-LEASE = 3.0
-"""The lease: renewed every second; each renewal's reply due within half a second."""
+LEASE = 6.0
+"""The lease: renewed every 2 s, each renewal within 1 s, its wait for a new connection
+included (with a shorter lease, a loaded machine's new connections missed that bound)."""
 NAMESPACE = "tests.completion-lease"
 # The holder's reply timeout: longer than the lease, as the defaults are (30 s, 80 s), so a
 # completion stuck on a dead connection outlasts the lease unless the lease is renewed.
-HOLDER_OPTIONS = "read_timeout=5"
+HOLDER_OPTIONS = "read_timeout=8"
 
 
 class DeafRelay(BlackholeRelay):

@@ -31,7 +31,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 from retrysafe._errors import ConfigurationError, RecordUnreadableError
@@ -166,19 +166,9 @@ class Keyring:
         try:
             return self.open_record(record)
         except RecordUnreadableError as error:
-            return UnreadableRecord(
-                record.identity,
-                record.fingerprint,
-                record.state,
-                record.token,
-                record.created_at,
-                record.lease_expires_at,
-                record.expires_at,
-                None,
-                record.recovery_point,
-                reason=str(error),
-                stored=record.outcome or b"",
-            )
+            values = {field.name: getattr(record, field.name) for field in fields(Record)}
+            values["outcome"] = None  # never the bytes as stored: they are `stored`
+            return UnreadableRecord(**values, reason=str(error), stored=record.outcome or b"")
 
     def open_claim(self, claim: Claim) -> Claim:
         """Return `claim` with its record's outcome decrypted."""

@@ -2,8 +2,8 @@
 
 A user is named by a stable, unique identifier, never a display name or an e-mail address; an
 object with none fails closed with the 500 `scope-unresolved` problem. A `scope_function`
-returns a str or nothing; anything else fails closed on every store. A Digest credential is one
-caller across the resends of one challenge. On uvicorn and waitress, on real stores.
+returns a str or nothing; anything else fails closed on every store. A Digest credential is
+scoped as a whole value, as any credential. On uvicorn and waitress, on real stores.
 """
 
 from __future__ import annotations
@@ -216,22 +216,33 @@ def _scope_of(credential: bytes, scoper: Scoper | None = None) -> str | None:
     return (scoper or Scoper(SECRET.encode())).scope_of(Settings(), request)
 
 
-def test_b8_a_digest_credential_is_one_caller_across_the_resends_of_a_challenge() -> None:
-    """The resends of one Digest challenge (a new nc, cnonce and response each time) are one
-    scope; another user, realm or challenge (nonce) is another, so that knowing a user name
-    is not enough to be answered with that user's responses (B35). A Digest credential that
-    does not parse is scoped as a whole, as any other credential."""
+def test_b35_a_digest_credential_is_scoped_as_a_whole() -> None:
+    """A Digest credential is one caller as a whole value, as any other credential: its user
+    name, realm and nonce are no secret (a 401 challenge hands out the nonce, and under
+    `anonymous="shared"` is replayed to anyone with the key), so a credential that borrows
+    alice's with a made-up response is another caller, never answered with alice's
+    responses. Her own resend, signed anew, is another caller too (docs/http.md#scope); the
+    white space is folded as in any credential."""
     first = _scope_of(_digest())
     assert first is not None
     assert first.startswith("c:")
-    resent = _digest(nc="00000002", cnonce="c-2", response="0" * 32)
-    assert _scope_of(resent) == first
-    assert _scope_of(b"digest  " + _digest()[7:].replace(b", ", b",")) == first
-    for other in ({"username": "bob"}, {"realm": "admin"}, {"nonce": "n-2"}):
-        assert _scope_of(_digest(**other)) != first, other
-    assert _scope_of(_digest(), Scoper(b"another secret!!")) != first
-    twice = _digest() + b', username="bob"'
-    unparsed = [twice, b"Digest garbage", b'Digest username="alice", realm="api"']
-    scopes = {_scope_of(value) for value in unparsed}
-    assert len(scopes) == len(unparsed)
+    assert _scope_of(_digest()) == first
+    assert _scope_of(_digest().replace(b", ", b",   ")) == first
+    forged = _digest(response="0" * 32)
+    resent = _digest(nc="00000002", cnonce="c-2")
+    scopes = {_scope_of(value) for value in (forged, resent, _digest(username="bob"))}
+    assert len(scopes) == 3
     assert first not in scopes
+
+
+def test_b8_a_long_digest_credential_is_one_pass_and_one_scope_per_value() -> None:
+    """A client's long Digest header, well-formed or not, is scoped as its whole value, never
+    parsed (a parse that backtracks would hold the event loop for seconds per request, before
+    any authentication): two values that differ in their last byte are two scopes, the same
+    value is one."""
+    long = 1 << 20
+    hostile = b"Digest " + b"a" * long
+    signed = _digest(response="0" * long)
+    for value in (hostile, signed):
+        other = value[:-2] + b"b" + value[-1:]
+        assert _scope_of(value) == _scope_of(bytes(value)) != _scope_of(other)

@@ -9,22 +9,31 @@ anonymous scope (one user's response replays to another). On uvicorn, on the mem
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Body, Cookie, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Body, Cookie, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from retrysafe import open_async_store
+from retrysafe.integrations import _fastapi_principal
+from retrysafe.integrations._fastapi_principal import DependencyPrincipal
 from retrysafe.integrations.fastapi import idempotency, install
 from tests.http.conftest import is_problem
 from tests.integrations.servers import AsgiServer
 
 SECRET = "s" * 32
 OAUTH2 = OAuth2PasswordBearer(tokenUrl="token")
-TOKENS = {("acme", "t1"): "alice", ("acme", "t2"): "alice", ("acme", "t3"): "bob"}
+TOKENS = {
+    ("acme", "t1"): "alice",
+    ("acme", "t2"): "alice",
+    ("acme", "t3"): "bob",
+    ("beta", "t4"): "carol",
+}
 """(tenant, bearer token) to user: t2 is alice's token after a refresh."""
 SESSIONS = {("acme", "sess-alice"): "alice", ("acme", "sess-bob"): "bob"}
 """(tenant, session cookie) to user."""
@@ -203,3 +212,118 @@ def test_b8_a_principal_that_fails_fails_closed_with_a_problem() -> None:
         refused = client.post("/payments", headers={"Idempotency-Key": '"p-1"'})
     assert is_problem(refused, 500, "scope-unresolved"), refused.text
     assert runs == []
+
+
+def test_b8_one_route_at_two_paths_names_each_requests_own_user(
+    tenants: tuple[httpx.Client, list[str]],
+) -> None:
+    """The route a request goes to is found once per path and remembered; two paths of one
+    route (two tenants) are each resolved with their own path parameters: alice's and
+    carol's payments with one key run for each, and each one's retry replays her own."""
+    client, runs = tenants
+    key = '"pay-2"'
+    answers = [
+        client.post(f"/tenants/{tenant}/payments", headers={**auth, "Idempotency-Key": key})
+        for tenant, auth in [
+            ("acme", {"Authorization": "Bearer t1"}),
+            ("beta", {"Authorization": "Bearer t4"}),
+            ("acme", {"Authorization": "Bearer t2"}),
+            ("beta", {"Authorization": "Bearer t4"}),
+        ]
+    ]
+    assert [a.status_code for a in answers] == [201] * 4
+    assert [a.json()["paid_by"] for a in answers] == ["acme/alice", "beta/carol"] * 2
+    assert [a.headers.get("idempotent-replayed") for a in answers] == [None, None, "true", "true"]
+    assert runs == ["acme/alice", "beta/carol"]
+
+
+def test_b8_the_app_routes_are_walked_once_per_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolving the principal walks the app's routes once per (method, host, root path,
+    path), not on every keyed request, and what it remembers for one path is never another
+    path's: two tenants of one route, each resolved twice, name their own users."""
+    walks: list[int] = []
+    walk = _fastapi_principal.route_candidates
+
+    def counted(routes: Sequence[Any]) -> Sequence[Any]:
+        walks.append(1)
+        return walk(routes)
+
+    monkeypatch.setattr(_fastapi_principal, "route_candidates", counted)
+    app = FastAPI()
+    router = APIRouter(prefix="/v2/tenants/{tenant}")
+    router.post("/payments")(_paid)
+    app.include_router(router)
+    principal = DependencyPrincipal(app, tenant_user)
+
+    def scope(tenant: str, token: str) -> dict[str, Any]:
+        headers = [(b"host", b"api"), (b"authorization", f"Bearer {token}".encode())]
+        path = f"/v2/tenants/{tenant}/payments"
+        return {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "root_path": "",
+            "query_string": b"",
+            "headers": headers,
+            "app": app,
+        }
+
+    async def resolve() -> list[object]:
+        sent = [("acme", "t1"), ("beta", "t4"), ("acme", "t2"), ("beta", "t4")]
+        return [await principal(scope(tenant, token)) for tenant, token in sent]
+
+    assert asyncio.run(resolve()) == ["acme/alice", "beta/carol", "acme/alice", "beta/carol"]
+    assert len(walks) == 2
+
+
+async def _paid(user: Annotated[str, Depends(tenant_user)]) -> dict[str, str]:
+    return {"paid_by": user}
+
+
+def api_key_user(
+    x_api_key: Annotated[str, Header()], x_tenant: Annotated[int, Header()] = 0
+) -> str:
+    """A principal read from the client's headers: a required key and an int tenant."""
+    return f"{x_tenant}/{x_api_key}"
+
+
+def test_b8_a_clients_missing_or_malformed_header_is_scope_missing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A principal dependency that the request's own head does not resolve (a required
+    header missing, an int header that is not one) is the client's input, not a fault of the
+    server: the 400 `scope-missing` problem saying which, logged at DEBUG only (a client
+    cannot flood the error log); nothing runs and nothing is stored, so the well-formed
+    request with that key then runs. (One that reads the body is still the 500
+    `scope-unresolved`: test_b8_a_principal_that_cannot_be_resolved_fails_closed.)"""
+    runs: list[str] = []
+    app = FastAPI()
+
+    @app.post("/orders", status_code=201, dependencies=[Depends(idempotency(required=True))])
+    async def order(user: Annotated[str, Depends(api_key_user)]) -> dict[str, str]:
+        runs.append(user)
+        return {"order_for": user}
+
+    install(
+        app,
+        store=open_async_store("memory://"),
+        principal=api_key_user,
+        scope_header="X-API-Key",
+        scope_secret=SECRET,
+    )
+    key = {"Idempotency-Key": '"o-1"'}
+    with caplog.at_level(logging.DEBUG, logger="retrysafe"):
+        for client in _served(app):
+            missing = client.post("/orders", headers=key)
+            malformed = client.post("/orders", headers={**key, "X-API-Key": "k1", "X-Tenant": "x"})
+            sound = client.post("/orders", headers={**key, "X-API-Key": "k1", "X-Tenant": "7"})
+    assert is_problem(missing, 400, "scope-missing"), missing.text
+    assert "x-api-key" in missing.json()["detail"]
+    assert is_problem(malformed, 400, "scope-missing"), malformed.text
+    assert "x-tenant" in malformed.json()["detail"]
+    assert sound.status_code == 201
+    assert sound.headers.get("idempotent-replayed") is None
+    assert runs == ["7/k1"]
+    ours = [r for r in caplog.records if r.name.startswith("retrysafe")]
+    assert [r for r in ours if r.levelno > logging.DEBUG] == []
+    assert any("x-tenant" in r.getMessage() for r in ours)

@@ -1,10 +1,12 @@
 """`retrysafe proxy` in front of a service that authenticates with HTTP Digest (B8, B35).
 
-A Digest client signs every send anew (a new `nc`, `cnonce` and `response`), so a proxy that
-scoped by the whole `Authorization` value saw each resend of one request as a new caller and
-the service charged twice. A Digest credential is scoped by its user, realm and nonce: the
-resends of one challenge are one caller; another user, or a credential that only borrows a user
-name, is another. Real proxy processes on the SQLite store, a real upstream on uvicorn.
+The proxy checks no credential, so it names a caller by the whole credential header. A Digest
+credential's user name, realm and nonce are no secret (a 401 challenge hands out the nonce, and
+under `--anonymous shared` the proxy replays a stored challenge to anyone with the key): a
+credential that borrows them with a made-up response is another caller and never gets the
+user's stored response. The price, as docs/proxy.md says: a Digest client signs every send
+anew, so each send is a new caller. Real proxy processes on the SQLite store, a real upstream
+on uvicorn.
 """
 
 from __future__ import annotations
@@ -107,71 +109,63 @@ def shared_and_reject(
     return shared.url, reject.url
 
 
-def _send_twice(client: httpx.Client, url: str) -> tuple[httpx.Response, httpx.Response, str]:
-    """Send one request twice (the retry of one logical request, `client.send(request)`)."""
-    key = f'"{uuid.uuid4()}"'
-    headers = {"Idempotency-Key": key}
-    request = client.build_request("POST", url, json={"amount": 500}, headers=headers)
-    return client.send(request), client.send(request), key
-
-
-def test_b8_digest_resends_of_one_request_replay(
+def test_b35_a_forged_digest_credential_with_a_replayed_nonce_gets_no_stored_response(
     service: tuple[DigestService, str], shared_and_reject: tuple[str, str]
 ) -> None:
-    """With `--anonymous shared`, the resend of a Digest request (a new nc, cnonce and
-    response) is the same caller: it replays, and the service charged once."""
-    digest, _ = service
-    with httpx.Client(auth=httpx.DigestAuth("alice", USERS["alice"]), timeout=15) as client:
-        first, retry, key = _send_twice(client, shared_and_reject[0] + "/pay")
-    assert first.status_code == retry.status_code == 201
-    assert retry.headers.get("idempotent-replayed") == "true"
-    assert retry.json() == first.json()
-    assert digest.charges[key] == 1
-
-
-def test_b8_digest_under_reject_once_the_client_has_its_challenge(
-    service: tuple[DigestService, str], shared_and_reject: tuple[str, str]
-) -> None:
-    """Under the default `reject`, the first, credential-less send of a keyed request is
-    refused with `scope-missing` (the proxy keeps its rule: no caller, no key), before the
-    service could charge; a client that has its challenge (a keyless request first) sends
-    its credential at once, and its resend replays."""
-    digest, _ = service
-    url = shared_and_reject[1]
-    with httpx.Client(auth=httpx.DigestAuth("alice", USERS["alice"]), timeout=15) as client:
-        refused = client.post(url + "/pay", json={}, headers={"Idempotency-Key": '"k-0"'})
-        assert client.get(url + "/me").json() == {"user": "alice"}
-        first, retry, key = _send_twice(client, url + "/pay")
-    assert is_problem(refused, 400, "scope-missing")
-    assert digest.charges['"k-0"'] == 0
-    assert first.status_code == 201
-    assert retry.headers.get("idempotent-replayed") == "true"
-    assert digest.charges[key] == 1
-
-
-def test_b8_b35_digest_users_and_borrowed_user_names_are_apart(
-    service: tuple[DigestService, str], shared_and_reject: tuple[str, str]
-) -> None:
-    """Bob's request with alice's key runs for bob; a credential that names alice but was
-    not made for her challenge (another nonce, a made-up response) is never answered with
-    alice's response: the service refuses it."""
+    """Under `--anonymous shared`, alice's first, credential-less try stores the service's
+    401 challenge under the shared scope, and anyone with her key gets it replayed, nonce and
+    all. A credential forged from it (her user name, the realm, that nonce, a made-up
+    response) is another caller: the service refuses it, and alice's 201 is never replayed."""
     digest, _ = service
     url = shared_and_reject[0] + "/pay"
     key = f'"{uuid.uuid4()}"'
-    answers = {}
-    for user, password in USERS.items():
-        with httpx.Client(auth=httpx.DigestAuth(user, password), timeout=15) as client:
-            answers[user] = client.post(url, json={"amount": 1}, headers={"Idempotency-Key": key})
+    headers = {"Idempotency-Key": key}
+    with httpx.Client(auth=httpx.DigestAuth("alice", USERS["alice"]), timeout=15) as client:
+        alice = client.post(url, json={"amount": 500}, headers=headers)
+    probe = httpx.post(url, json={"amount": 500}, headers=headers, timeout=15)
+    match = re.search(r'nonce="([^"]+)"', probe.headers.get("www-authenticate", ""))
+    assert match is not None, probe.headers
     forged = (
-        f'Digest username="alice", realm="{REALM}", nonce="guessed", uri="/pay", '
+        f'Digest username="alice", realm="{REALM}", nonce="{match[1]}", uri="/pay", '
         f'response="{"0" * 32}", qop=auth, nc=00000001, cnonce="x"'
     )
-    borrowed = httpx.post(
-        url, json={"amount": 1}, headers={"Idempotency-Key": key, "Authorization": forged}
+    stolen = httpx.post(
+        url, json={"amount": 500}, headers={**headers, "Authorization": forged}, timeout=15
     )
-    assert answers["alice"].json()["user"] == "alice"
-    assert answers["bob"].json()["user"] == "bob"
-    assert "idempotent-replayed" not in answers["bob"].headers
-    assert borrowed.status_code == 401
-    assert "idempotent-replayed" not in borrowed.headers
+    assert alice.status_code == 201
+    assert probe.status_code == 401
+    assert stolen.status_code == 401, stolen.text
+    assert "idempotent-replayed" not in stolen.headers
+    assert "charge" not in stolen.text
+    assert digest.charges[key] == 1
+
+
+def test_b8_each_digest_send_is_a_new_caller_and_the_same_credential_replays(
+    service: tuple[DigestService, str], shared_and_reject: tuple[str, str]
+) -> None:
+    """Under the default `reject`, a keyed first try without a credential is refused with
+    `scope-missing` before the service could challenge it. A client that has its challenge
+    signs every send anew (a new nc, cnonce and response): the proxy sees the resend of one
+    request as a new caller, which the service runs again, as docs/proxy.md says. The very
+    same credential sent again is the same caller, and replays."""
+    digest, _ = service
+    url = shared_and_reject[1] + "/pay"
+    with httpx.Client(auth=httpx.DigestAuth("alice", USERS["alice"]), timeout=15) as client:
+        refused = client.post(url, json={}, headers={"Idempotency-Key": '"k-0"'})
+        assert client.get(shared_and_reject[1] + "/me").json() == {"user": "alice"}
+        key = f'"{uuid.uuid4()}"'
+        request = client.build_request("POST", url, json={}, headers={"Idempotency-Key": key})
+        first = client.send(request)
+        credential = request.headers["authorization"]
+        resent = client.send(request)
+    assert request.headers["authorization"] != credential
+    again = httpx.post(
+        url, json={}, headers={"Idempotency-Key": key, "Authorization": credential}, timeout=15
+    )
+    assert is_problem(refused, 400, "scope-missing")
+    assert digest.charges['"k-0"'] == 0
+    assert first.status_code == resent.status_code == 201
+    assert "idempotent-replayed" not in resent.headers
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json() == first.json()
     assert digest.charges[key] == 2

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 from retrysafe._http.flow import new_identity, unresolved
 from retrysafe._http.problems import Response, check_content_length, read_key, too_large
 from retrysafe._http.routing import RoutePath
-from retrysafe._http.scope import ScopeError, Scoper, principal_of
+from retrysafe._http.scope import NoCaller, ScopeError, Scoper, principal_of
 from retrysafe._http.settings import RequestView, Settings
 from retrysafe._record import Identity
 
@@ -75,7 +75,7 @@ async def track_request(
         if principal is not None and principal_of(user) is None:
             user = await principal(scope)  # once the request is sound
         request = request_view(scope, user)
-    except ScopeError as error:  # no stable name, or the principal cannot be resolved
+    except (NoCaller, ScopeError) as error:  # no stable name, or the principal unresolved
         await respond(send, unresolved(settings, error))
         return None
     identity = new_identity(settings, request, key, scoper)

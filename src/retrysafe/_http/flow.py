@@ -6,10 +6,9 @@ import threading
 
 from retrysafe._engine import Decision
 from retrysafe._flow import Admission
-from retrysafe._flow.observing import decide
 from retrysafe._http.outcome import replay_response
 from retrysafe._http.problems import Response, in_flight, mismatch, problem, scope_missing
-from retrysafe._http.scope import ScopeError, Scoper
+from retrysafe._http.scope import NoCaller, ScopeError, Scoper
 from retrysafe._http.settings import RequestView, Settings, logger
 from retrysafe._record import Identity
 
@@ -72,10 +71,12 @@ def new_identity(
     return Identity(settings.namespace, scope, key)
 
 
-def unresolved(settings: Settings, error: ScopeError) -> Response:
-    """Log `error` and return the 500 scope-unresolved problem that says it (B8): the caller
-    of a keyed request cannot be named, by a fault of the configuration; nothing ran."""
-    decide("rejected")
+def unresolved(settings: Settings, error: ScopeError | NoCaller) -> Response:
+    """Return the problem of a keyed request whose caller cannot be named (B8); nothing ran.
+    By the client's fault (`NoCaller`), the 400 scope-missing problem that says why; by a
+    fault of the configuration (`ScopeError`), the 500 scope-unresolved one, logged."""
+    if isinstance(error, NoCaller):
+        return scope_missing(settings, str(error))
     logger.error(
         "A keyed request was refused: %s",
         error,

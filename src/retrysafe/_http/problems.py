@@ -82,6 +82,7 @@ _DECISION_OF: Final = {
     "invalid-key": "invalid",
     "key-required": "rejected",
     "scope-missing": "rejected",
+    "scope-unresolved": "rejected",
     "too-many-in-flight": "rejected",
     "body-too-large": "too_large",
     "body-incomplete": "rejected",
@@ -217,11 +218,12 @@ def check_content_length(value: bytes | None, settings: Settings) -> Response | 
     return None
 
 
-def scope_missing(settings: Settings) -> Response:
-    """Return the 400 problem for a keyed request with no scope (B8): nothing was stored."""
-    if settings.scope_function is not None:
+def scope_missing(settings: Settings, detail: str | None = None) -> Response:
+    """Return the 400 problem for a keyed request with no scope (B8): nothing was stored.
+    `detail` says why, where the request's own input names no caller (`NoCaller`)."""
+    if detail is None and settings.scope_function is not None:
         detail = "The scope function named no scope for this request, so it was not processed."
-    else:
+    elif detail is None:
         detail = (
             "This request has an Idempotency-Key but no authenticated user and no "
             f"{settings.scope_header} credential to keep its key apart from other callers'. "

@@ -9,8 +9,10 @@ The scope is the caller, not a credential. In order:
    names), so a token refresh keeps the scope. A user is named by a stable identifier only
    (`principal_of`); one with none is a `ScopeError`.
 3. The credential header (`scope_header`, default `Authorization`), normalised: the scheme's
-   case and the white space do not matter (`Bearer x`, `bearer  x`). An HTTP Digest credential,
-   signed anew on every send, is named by its user, realm and nonce (`credential_name`).
+   case and the white space do not matter (`Bearer x`, `bearer  x`). It is taken whole and
+   never checked, so a credential the client computes anew for every send (HTTP Digest, AWS
+   Signature Version 4) makes every send a new caller: none of its parts (a Digest user name
+   or nonce) is a secret, and none names a caller before the app has verified it.
 4. Nothing: the request is refused (`anonymous="reject"`, the default), or shares one
    `anonymous` scope (`anonymous="shared"`, for signup or webhooks).
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Final
@@ -32,9 +33,9 @@ from retrysafe._http.settings import ANONYMOUS_SCOPE, RequestView, Settings
 
 __all__ = [
     "SECRET_ENV",
+    "NoCaller",
     "ScopeError",
     "Scoper",
-    "credential_name",
     "normalise_credential",
     "principal_of",
 ]
@@ -49,18 +50,18 @@ _KNOWN_BYTES: Final = 4 << 20  # characters of the principals and credentials re
 # Connect claims (`sub`). Never a display name or an e-mail address: neither unique nor stable.
 _IDENTIFIERS: Final = ("get_id", "pk", "id", "identity", "username", "sub")
 _ABSENT: Final = object()
-# RFC 9110 auth-params (token = token / quoted-string), as a Digest credential carries them.
-_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_PARAM: Final = rb"(" + _TOKEN + rb")[ \t]*=[ \t]*(" + _TOKEN + rb'|"(?:[^"\\]|\\.)*")'
-_PARAMS: Final = re.compile(rb"[ \t]*" + _PARAM + rb"[ \t]*(?:,|$)")
-_ESCAPE: Final = re.compile(rb"\\(.)")
-_DIGEST_NAME: Final = (b"username", b"username*", b"realm", b"nonce")
 
 
 class ScopeError(ConfigurationError):
     """A keyed request's caller cannot be named, by a fault of the server's configuration: a
     user object with no stable identifier, a scope function's value that is not a str, a
     principal dependency that cannot be resolved. The request is refused (nothing runs)."""
+
+
+class NoCaller(Exception):  # noqa: N818 - a refusal, as `scope-missing` is, not a fault
+    """A keyed request names no caller by its own fault: what names its user is missing or
+    malformed in what the client sent (a header a principal dependency reads). The request is
+    refused as one with no caller is (`scope-missing`); nothing runs. The message says why."""
 
 
 def principal_of(user: object) -> str | None:
@@ -142,32 +143,6 @@ def normalise_credential(value: bytes) -> bytes:
     return b" ".join(parts)
 
 
-def credential_name(value: bytes) -> bytes:
-    """Return what names the caller of credential header `value`: its normalised value
-    (`normalise_credential`), or for an HTTP Digest credential (RFC 7616) its user, realm and
-    nonce, which stay the same across the resends of one challenge while the client signs
-    each send anew (`nc`, `cnonce`, `response`). The nonce keeps it a secret of the client the
-    challenge went to: a user name alone names no one. A Digest credential without them (or
-    that does not parse, or repeats a parameter) is named by its whole value."""
-    scheme, _, params = value.strip().partition(b" ")
-    if scheme.lower() != b"digest":
-        return normalise_credential(value)
-    found: dict[bytes, bytes] = {}
-    end = 0
-    params = params.strip()
-    for match in _PARAMS.finditer(params):
-        name = match[1].lower()
-        if match.start() != end or name in found:
-            return normalise_credential(value)
-        quoted = match[2][:1] == b'"'
-        found[name] = _ESCAPE.sub(rb"\1", match[2][1:-1]) if quoted else match[2]
-        end = match.end()
-    user = found.get(b"username") or found.get(b"username*")
-    if end != len(params) or not (user and found.get(b"realm") and found.get(b"nonce")):
-        return normalise_credential(value)
-    return b"digest\0" + b"\0".join(found.get(name, b"") for name in _DIGEST_NAME)
-
-
 class Scoper:
     """Computes scopes with one deployment's secret.
 
@@ -226,7 +201,7 @@ class Scoper:
             if scope is not None:
                 return scope
             name = header.lower().encode()
-            value = b"credential\0" + name + b"\0" + credential_name(credential)
+            value = b"credential\0" + name + b"\0" + normalise_credential(credential)
             return self._keep((header, credential), "c:", value)
         return ANONYMOUS_SCOPE if settings.anonymous == "shared" else None
 

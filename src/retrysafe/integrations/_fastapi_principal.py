@@ -12,11 +12,15 @@ with `yield` are closed before the claim.
 
 A dependency that refuses (an `HTTPException` such as the bearer scheme's 401, or an exception
 of the app's own that its exception handler answers) names no principal: the request is scoped
-as if it had none, and the route, which depends on it too, answers as it would. One that cannot
-be resolved (a parameter missing or malformed, or read from the body) or that fails otherwise
-is a `ScopeError` where the route depends on it: the request is refused, never scoped as if it
-had no user while the route runs as one. For a route that does not depend on it (a signup), or
-a request no route takes, such a failure names no principal: the route has no user either.
+as if it had none, and the route, which depends on it too, answers as it would. Where the route
+depends on it, one the request's own head does not resolve (a header, cookie, query or path
+parameter it reads is missing or malformed: the client's input) is `NoCaller`, refused as a
+request with no caller; one that cannot be resolved otherwise (it reads the body) or that
+fails is a `ScopeError`, a fault of the server's. Either way the request is refused, never
+scoped as if it had no user while the route runs as one. For a route that does not depend on
+it (a signup), or a request no route takes, such a failure names no principal: the route has
+no user either. Which route a request goes to is found once per (method, host, root path,
+path) and remembered.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeAlias
 
 from retrysafe._http import logger
 from retrysafe._http.asgi_io import Message, Scope
-from retrysafe._http.scope import ScopeError
-from retrysafe.integrations._routes import framework_imports
+from retrysafe._http.scope import NoCaller, ScopeError
+from retrysafe.integrations._routes import BoundedCache, framework_imports
 from retrysafe.integrations.starlette import match_route
 
 with framework_imports(__name__, "FastAPI"):
@@ -50,6 +54,8 @@ _STACKS: Final = ("fastapi_astack", "fastapi_inner_astack", "fastapi_function_as
 _CACHE_SIZE: Final = 1024  # routes whose resolution is remembered
 _NOT_REFUSALS: Final = (Exception, BaseException, object)  # the handlers of every error (500)
 _ERRORS_SHOWN: Final = 3
+_CLIENT_INPUT: Final = frozenset({"header", "query", "cookie", "path"})
+"""Where a validation error's `loc` starts when it is the client's input (not "body")."""
 
 
 def route_candidates(routes: Sequence[Any]) -> Sequence[Any]:
@@ -66,6 +72,11 @@ class _Resolution:
     route_dependant: object  # the route's own (None: no FastAPI route), kept alive by the key
     dependant: Dependant  # the dependency's, with the route's path parameters
     required: bool  # the route depends on it: a failure to resolve it refuses the request
+
+
+_Routed: TypeAlias = tuple[dict[str, Any], _Resolution]
+"""What routing adds to a request's scope (`path_params`, `endpoint`, a mount's `root_path`),
+and how the dependency resolves for its route."""
 
 
 class DependencyPrincipal:
@@ -94,6 +105,7 @@ class DependencyPrincipal:
         self._principal = principal
         self._name = getattr(dependency, "__qualname__", repr(dependency))
         self._resolutions: dict[tuple[int, str], _Resolution] = {}
+        self._routed = BoundedCache[_Routed](_CACHE_SIZE)
         accepted = inspect.signature(solve_dependencies).parameters
         # FastAPI 0.113 and later ask whether body fields are embedded; there is no body here.
         self._options: dict[str, Any] = (
@@ -104,12 +116,13 @@ class DependencyPrincipal:
         """Return the user the dependency names for this request, or None if it names none.
 
         Raises:
+            NoCaller: the route depends on the dependency, which the request's own head does
+                not resolve (a header, cookie, query or path parameter missing or malformed).
             ScopeError: the route depends on the dependency, which cannot be resolved for
-                this request or failed (not a refusal of the app's).
+                this request otherwise (it reads the body) or failed (not a refusal of the
+                app's).
         """
-        matched = match_route(route_candidates(self._app.routes), scope)
-        route, routed = (None, scope) if matched is None else matched
-        resolution = self._resolution(route)
+        routed, resolution = self._route(scope)
         async with contextlib.AsyncExitStack() as stack:
             # A copy of the scope holds the exit stacks FastAPI's resolver closes `yield`
             # dependencies with (as a route sets them, by each version's name), not the app's.
@@ -136,15 +149,39 @@ class DependencyPrincipal:
         values, errors = (solved.values, solved.errors) if hasattr(solved, "values") else solved[:2]
         if not errors:
             return values.get("user")
-        if resolution.required:
+        described = _described(errors)
+        if resolution.required and not all(_client_input(error) for error in errors):
             raise ScopeError(
                 f"The principal dependency {self._name} could not be resolved for this request "
-                f"({_described(errors)}), so its caller is unknown. It is resolved on the "
-                "request's head (headers, cookies, path and query, not the body) and names no "
-                "user by raising an HTTPException or returning None."
+                f"({described}), so its caller is unknown. It is resolved on the request's head "
+                "(headers, cookies, path and query, not the body) and names no user by raising "
+                "an HTTPException or returning None."
             )
-        logger.debug("The principal dependency named no user: %s", _described(errors))
+        logger.debug("The principal dependency named no user: %s", described)
+        if resolution.required:  # the client's input (a header missing): no caller, as no user
+            raise NoCaller(
+                f"The principal dependency {self._name} names no user for this request "
+                f"({described}), so its Idempotency-Key has no caller to be kept apart by. "
+                "Send what it reads, or send the request without an Idempotency-Key."
+            )
         return None
+
+    def _route(self, scope: Scope) -> _Routed:
+        """Return `scope` as the route FastAPI hands it to sees it, and how the dependency
+        resolves there: the app's routes are walked once per (method, host, root path, path)."""
+        host = next((value for name, value in scope["headers"] if name == b"host"), None)
+        key = (scope["method"], host, scope.get("root_path", ""), scope["path"])
+        found = self._routed.get(key)
+        if found is None:
+            matched = match_route(route_candidates(self._app.routes), scope)
+            route, child = (None, scope) if matched is None else matched
+            added = {name: value for name, value in child.items() if scope.get(name) is not value}
+            found = self._routed.keep(key, (added, self._resolution(route)))
+        added, resolution = found
+        routed = {**scope, **added}
+        if "path_params" in added:  # the dependency's own copy: a remembered one stays as found
+            routed["path_params"] = dict(added["path_params"])
+        return routed, resolution
 
     def _resolution(self, route: Any) -> _Resolution:
         """Return how the dependency resolves for `route` (None: no route), remembered."""
@@ -173,6 +210,13 @@ class DependencyPrincipal:
 def _depends_on(dependant: Any, call: object) -> bool:
     """Whether `dependant`'s tree holds a dependency on `call`."""
     return any(sub.call is call or _depends_on(sub, call) for sub in dependant.dependencies)
+
+
+def _client_input(error: object) -> bool:
+    """Whether validation `error` is about the client's input: a header, query, cookie or path
+    parameter, not the body."""
+    where = error.get("loc") if isinstance(error, dict) else None
+    return bool(where) and where[0] in _CLIENT_INPUT  # type: ignore[index]
 
 
 def _described(errors: Sequence[Any]) -> str:

@@ -8,8 +8,8 @@ will route a request to, then combines, closest to the code last:
 
 An unmarked route, or a request that matches no route, gets what the path patterns say; a
 request the router only redirects to its slashed or unslashed path is not covered.
-`RouteCache` does that combining and remembers it per routed request; each hook only says
-how a request is keyed and how its mark is found.
+`RouteCache` does that combining and remembers it per routed request (in a `BoundedCache`);
+each hook only says how a request is keyed and how its mark is found.
 
 What a covered route adds to its API description is in `_openapi.py`. Each integration
 imports its framework inside `framework_imports`, so a missing one is a one-line error that
@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_ROUTE",
     "MARK_ATTRIBUTE",
     "UNMARKED",
+    "BoundedCache",
     "PathPatterns",
     "Patterns",
     "RouteCache",
@@ -57,9 +58,10 @@ Patterns: TypeAlias = Mapping[str, RouteSettings | None] | None
 """Path patterns to the settings of the routes they match (None: not covered), or none."""
 
 _KEY_LONGEST: Final = 4096
-"""The most characters of a request key (method, host, paths) a `RouteCache` keeps."""
+"""The most characters of a request key (method, host, paths) a `BoundedCache` keeps."""
 
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 class Unmarked:
@@ -189,13 +191,35 @@ class PathPatterns:
         return UNMARKED if index is None else self._targets[index]
 
 
+class BoundedCache(dict[Hashable, _V]):
+    """What was settled per request key, remembered: up to `size` keys (then it starts over),
+    none longer than `_KEY_LONGEST` characters (a client's long path or host is settled each
+    time and never kept), so it holds `size` times that at most.
+
+    Args:
+        size: how many keys to remember.
+    """
+
+    __slots__ = ("_size",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+
+    def keep(self, key: Hashable, value: _V) -> _V:
+        """Remember `value` for `key`, unless `key` is too long, and return it."""
+        if _length(key) <= _KEY_LONGEST:
+            if len(self) >= self._size:
+                self.clear()
+            self[key] = value
+        return value
+
+
 class RouteCache:
     """The settings of each routed request: the path patterns' with the route's mark over them.
 
-    Each request key is settled once and remembered (up to `cache_size` keys, then it starts
-    over), so the framework's routing is not repeated on every request. A key longer than
-    `_KEY_LONGEST` (a client's long path or host) is settled each time and never kept, so the
-    cache holds `cache_size` times that at most.
+    Each request key is settled once and remembered (a `BoundedCache` of `cache_size` keys),
+    so the framework's routing is not repeated on every request.
 
     Args:
         routes: path patterns for unmarked routes, as the middleware's `routes=` takes them.
@@ -207,8 +231,7 @@ class RouteCache:
     ) -> None:
         self.patterns = PathPatterns(routes)
         """The path patterns, for what else asks which pattern a path matches (OpenAPI)."""
-        self._settled: dict[Hashable, RouteSettings | None] = {}
-        self._size = cache_size
+        self._settled = BoundedCache[RouteSettings | None](cache_size)
 
     def settings(
         self, key: Hashable, path: str, find_mark: Callable[[], RouteSettings | Unmarked | None]
@@ -221,14 +244,7 @@ class RouteCache:
             return self._settled[key]
         except KeyError:
             pass
-        route_mark = find_mark()
-        settings = merge(self.patterns.for_path(path), route_mark)
-        if _length(key) > _KEY_LONGEST:
-            return settings
-        if len(self._settled) >= self._size:
-            self._settled.clear()
-        self._settled[key] = settings
-        return settings
+        return self._settled.keep(key, merge(self.patterns.for_path(path), find_mark()))
 
 
 def _length(key: Hashable) -> int:

@@ -226,7 +226,9 @@ def install(
             resolves it before the claim, for the request's route (its path parameters too),
             on the request's head (not its body); where it refuses (401) or there is none,
             the scope is the credential header's; where the route depends on it and it
-            cannot be resolved, the request gets the 500 `scope-unresolved` problem.
+            cannot be resolved, the request gets the 400 `scope-missing` problem (a header,
+            cookie, query or path parameter it reads is missing or malformed) or the 500
+            `scope-unresolved` one (it reads the body, or failed).
     """
     middleware = FastAPIRoutes.install(
         app, store=store, routes=routes, observers=observers, **options

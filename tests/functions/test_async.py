@@ -181,10 +181,36 @@ async def test_b40_a_call_whose_coroutine_is_closed_mid_body_keeps_its_key() -> 
         await asyncio.Event().wait()
 
     call = charge("k")
-    call.send(None)  # claims, starts the body, and stops at its first wait
+    claiming = call.send(None)  # the claim, in a task of its own: its store call may wait
+    await asyncio.wait((claiming,))
+    call.send(None)  # starts the body, and stops at its first wait
     call.close()
     with pytest.raises(InFlightError):
         await charge("k")
+    assert runs == ["k"]
+
+
+async def test_b28_a_call_whose_coroutine_is_closed_in_its_claim_releases_it() -> None:
+    """A call's coroutine closed while its claim is in the store: the claim lands, and is
+    released then, since the body never ran; the retry runs it."""
+    store = _SuspendingMemoryStore()
+    runs: list[str] = []
+
+    @idempotent(store, key="key", wait=0, namespace="b28-closed")
+    async def charge(key: str) -> int:
+        runs.append(key)
+        return len(runs)
+
+    running = asyncio.all_tasks()
+    call = charge("k")
+    call.send(None)  # the claim, in a task of its own, under way
+    call.close()
+    (claim,) = asyncio.all_tasks() - running
+    await claim
+    (release,) = asyncio.all_tasks() - running - {claim}
+    await release
+    assert await store.get(Identity("b28-closed", "", "k")) is None
+    assert await charge("k") == 1
     assert runs == ["k"]
 
 
@@ -226,17 +252,18 @@ class _SwallowingClaims:
     def __init__(self, store: AsyncStore) -> None:
         self._store = store
         self.claimed = asyncio.Event()
+        self.reply = asyncio.Event()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
 
     async def claim(self, *args: object, **kwargs: object) -> object:
-        """Claim; the first claim then waits to be cancelled, and swallows it."""
+        """Claim; the first claim's reply then waits for `reply`, swallowing a cancellation."""
         reply = await self._store.claim(*args, **kwargs)  # type: ignore[arg-type]
         if not self.claimed.is_set():
             self.claimed.set()
             with contextlib.suppress(asyncio.CancelledError):  # the reply came back anyway
-                await asyncio.sleep(30)
+                await self.reply.wait()
         return reply
 
 
@@ -258,6 +285,7 @@ async def test_b28_a_cancel_swallowed_by_the_store_during_the_claim_runs_nothing
     first = asyncio.create_task(charge("k"))
     await asyncio.wait_for(swallowing.claimed.wait(), 5)
     first.cancel()
+    swallowing.reply.set()
     with pytest.raises(asyncio.CancelledError):
         await first
     assert runs == []

@@ -24,6 +24,7 @@ from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, ad
 from retrysafe._flow.executions import AsyncExecution, SyncExecution
 from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step
 from retrysafe._flow.observing import finish, identify
+from retrysafe._flow.shielded import outlast, run_to_end
 from retrysafe._heartbeat import HOLDER
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores.base import AsyncStore, Store
@@ -172,23 +173,25 @@ class AsyncFlow(Holder[AsyncStore]):
     ASGI middleware drains them at lifespan shutdown (`draining`), before the app closes.
     """
 
-    __slots__ = ("tasks",)
+    __slots__ = ("suspends", "tasks")
 
     def _setup(self) -> None:
         super()._setup()
-        self.tasks: set[asyncio.Task[None]] = set()  # held outcomes', finishing executions
+        self.tasks: set[asyncio.Task[Any]] = set()  # held outcomes', claims', finishing ones
+        self.suspends: bool = getattr(self.store, "suspends", True)  # see `_claim`
 
     async def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         """Claim `identity`, waiting for a duplicate in flight; return what was decided (see
-        `SyncFlow.admit`). A cancellation that a store call swallowed on the way (redis-py 8 on
-        a cluster and aiomysql sometimes return the reply) still cancels the caller: a claim
-        acquired meanwhile is released first, so the operation does not run, and a retry
-        does."""
+        `SyncFlow.admit`). A caller cancelled on the way is cancelled with no claim left: one
+        acquired meanwhile is released first (B28), so the operation does not run, and a retry
+        does; even when the cancellation came while the store held the claim (`_claim`), or a
+        store call swallowed it (redis-py 8 on a cluster and aiomysql sometimes return the
+        reply)."""
         before = cancelling()
         admitted = await self._admit(identity, fingerprint, terms, before)
         if cancelling() > before:
             if admitted.claim is not None:
-                await self.release(identity, admitted.claim.token)
+                await run_to_end(self.release(identity, admitted.claim.token), self.tasks)
             raise asyncio.CancelledError
         return admitted
 
@@ -199,9 +202,7 @@ class AsyncFlow(Holder[AsyncStore]):
         store, holdings = self.store, self.holdings
         clock, elapsed = store.clock, anyio.current_time
         if not holdings.held_any():  # the common case: the admission's first claim, directly
-            claim = await store.claim(
-                identity, fingerprint, lease=terms.lease, retention=terms.retention
-            )
+            claim = await self._claim(identity, fingerprint, terms.lease, terms.retention)
             judged = judge(claim, fingerprint, clock.now())  # execute, replay, mismatch
             if judged is not None and judged.decision is not Decision.IN_FLIGHT:
                 return self.admitted(judged)
@@ -220,7 +221,7 @@ class AsyncFlow(Holder[AsyncStore]):
             found: Claim | Record | None
             try:
                 if isinstance(step, ClaimStep):
-                    found = await store.claim(identity, fingerprint, **step.terms())
+                    found = await self._claim(identity, fingerprint, step.lease, step.retention)
                 else:
                     found = await store.wait(identity, timeout=step.timeout)
             except StoreError:
@@ -231,6 +232,23 @@ class AsyncFlow(Holder[AsyncStore]):
             held = holdings.answer_over(identity, fingerprint, clock.now(), found)
             step = held if held is not None else advance(steps, found)
         return self.admitted(step)
+
+    def _claim(
+        self, identity: Identity, fingerprint: str, lease: float, retention: float
+    ) -> Awaitable[Claim]:
+        """Claim `identity`, the reply read even if the caller is cancelled meanwhile
+        (`outlast`), within the store's own timeouts: the store may have applied the claim, and
+        only its token releases it. The operation has not run, so an acquired claim is then
+        released (B28) and the cancellation raised. Only the claim's round trip: a wait for a
+        duplicate stays cancellable at once. A store whose calls never wait (`suspends` False,
+        the memory store's) cannot be cancelled inside one: its claim is awaited directly."""
+        claiming = self.store.claim(identity, fingerprint, lease=lease, retention=retention)
+        return outlast(claiming, self.tasks, self._unclaim) if self.suspends else claiming
+
+    async def _unclaim(self, claim: Claim) -> None:
+        """Release `claim` if it was acquired, for a caller cancelled while it was made."""
+        if claim.acquired:
+            await self.release(claim.record.identity, claim.token)
 
     def execution(self, admitted: Admission, terms: Terms) -> AsyncExecution:
         """Return the execution of an acquired claim, to run the operation in (`async with`)."""

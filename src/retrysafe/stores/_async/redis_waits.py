@@ -2,11 +2,13 @@
 
 The waiter subscribes first, then reads the record and marks it watched (so that its completion
 publishes), so a completion between the two is seen; it reads again when woken, when the lease
-would expire, and every `recheck` seconds, should a message be missed.
+would expire, and every `recheck` seconds, should a message be missed. A cancellation that
+redis-py swallowed (one while it opens the pub/sub connection) ends the wait at the next read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Protocol
 
@@ -14,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from retrysafe._clock import Clock
-from retrysafe._concurrency import monotonic
+from retrysafe._concurrency import cancelling, monotonic
 from retrysafe._record import Record, State
 
 __all__ = ["AsyncWatch", "wait_on_channel"]
@@ -39,7 +41,7 @@ async def wait_on_channel(
 ) -> Record | None:
     """Return the record `watch` reads (and marks watched) once it is settled, gone, or its
     lease has expired, or as it is after `timeout` seconds; woken by `channel`'s messages."""
-    deadline = monotonic() + timeout
+    deadline, before = monotonic() + timeout, cancelling()
     # redis-py types one face's pubsub() and the other's aclose(): hence the ignores.
     pubsub = client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
     subscribed = False
@@ -51,6 +53,8 @@ async def wait_on_channel(
         # should the confirmation be late, the loop reads the record again every `recheck`.
         await pubsub.get_message(timeout=min(timeout, recheck))
         while True:
+            if cancelling() > before:  # swallowed by redis-py: not waited out until `timeout`
+                raise asyncio.CancelledError
             record = await watch()
             now = clock.now()
             if (

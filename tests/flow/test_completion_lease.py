@@ -10,20 +10,13 @@ MariaDB, both faces, through a relay whose existing connections go dead on deman
 from __future__ import annotations
 
 import logging
-import socket
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-from typing import cast
 
 import anyio
 import pytest
 
-from retrysafe import Identity, InFlightError, Record, State, open_async_store, open_store
-from retrysafe._decorator import idempotent
-from tests.conftest import fresh_store_url
+from retrysafe import Identity, InFlightError, State, open_async_store, open_store
 from tests.flow.conftest import WAIT_SECONDS, wait_until
-from tests.flow.test_dead_connections import BlackholeRelay, _Sink
+from tests.flow.dead_relays import BlackholeRelay, Charges, events, relayed_urls
 
 LEASE = 6.0
 """The lease: renewed every 2 s, each renewal within 1 s, its wait for a new connection
@@ -33,55 +26,14 @@ NAMESPACE = "tests.completion-lease"
 # completion stuck on a dead connection outlasts the lease unless the lease is renewed.
 HOLDER_OPTIONS = "read_timeout=8"
 
-
-class DeafRelay(BlackholeRelay):
-    """A `BlackholeRelay` whose existing connections can also go deaf (`deafen`): what the
-    client sends reaches the server, the server's replies are lost, without a FIN or a reset."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._deaf: set[object] = set()
-        super().__init__(host, port)
-
-    def deafen(self) -> None:
-        """Drop, from now on, every reply on each connection relayed so far."""
-        with self._lock:
-            self._deaf |= self._pairs
-
-    def _pump(
-        self, source: socket.socket, sink: socket.socket, pair: tuple[socket.socket, socket.socket]
-    ) -> None:
-        if source is pair[1]:  # the server's replies
-            sink = cast(socket.socket, _Sink(self._deaf, sink, pair))
-        super()._pump(source, sink, pair)
-
-
-@pytest.fixture(params=["postgres", "mysql"])
-def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, DeafRelay]]:
-    """A fresh store on PostgreSQL or MariaDB: its URL through a `DeafRelay` (with the holder's
-    options), its direct URL, and the relay."""
-    with fresh_store_url(str(request.param), request, tmp_path) as url:
-        relay = cast(DeafRelay, DeafRelay.before(url))
-        try:
-            yield relay.url(url, HOLDER_OPTIONS), url, relay
-        finally:
-            relay.close()
-
-
-def _record(records: list[Record]) -> Record:
-    """The one record of key "k" among `records`."""
-    (record,) = [record for record in records if record.identity.key == "k"]
-    return record
-
-
-def _events(caplog: pytest.LogCaptureFixture, event: str) -> int:
-    """How many times `event` was logged (`fenced`, `lease_lapsed`)."""
-    events = [getattr(record, "retrysafe_event", None) for record in caplog.records]
-    return events.count(event)
+urls = relayed_urls(HOLDER_OPTIONS)
+"""Each test's store, on PostgreSQL and on MariaDB, behind a relay that blackholes or deafens
+the holder's connections: (relayed URL, direct URL, relay)."""
 
 
 @pytest.mark.parametrize("cut", ["blackhole", "deafen"])
 def test_b16_a_sync_completion_stuck_on_a_dead_connection_keeps_its_lease(
-    urls: tuple[str, str, DeafRelay], cut: str, caplog: pytest.LogCaptureFixture
+    urls: tuple[str, str, BlackholeRelay], cut: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The holder's connections go dead (or deaf: the completion lands, its reply is lost) as
     its function returns: its completion waits its read timeout, longer than the lease, but the
@@ -91,26 +43,13 @@ def test_b16_a_sync_completion_stuck_on_a_dead_connection_keeps_its_lease(
     relayed, direct, relay = urls
     caplog.set_level(logging.WARNING, logger="retrysafe")
     holder, rival = open_store(relayed), open_store(direct)
-    runs: list[str] = []
-    results: list[int] = []
-
-    @idempotent(holder, key="key", namespace=NAMESPACE, lease=LEASE, wait=0)
-    def charge(key: str) -> int:
-        runs.append(key)
-        getattr(relay, cut)()
-        return len(runs)
-
-    @idempotent(rival, key="key", namespace=NAMESPACE, lease=LEASE, wait=0)
-    def charge_again(key: str) -> int:
-        runs.append(key)
-        return len(runs)
-
-    worker = threading.Thread(target=lambda: results.append(charge("k")))
+    charges = Charges(NAMESPACE, LEASE)
+    charge_again = charges.charge(rival)
+    worker = charges.in_thread(charges.charge(holder, getattr(relay, cut)))
     try:
         worker.start()
-        wait_until(lambda: runs)
-        first = _record(rival.list_records())
-        wait_until(lambda: rival.clock.now() > first.lease_expires_at + 0.2)
+        wait_until(lambda: charges.runs)
+        charges.wait_past_lease(rival, 0.2)
         assert worker.is_alive()  # still completing
         if cut == "blackhole":
             with pytest.raises(InFlightError):
@@ -118,11 +57,11 @@ def test_b16_a_sync_completion_stuck_on_a_dead_connection_keeps_its_lease(
         else:  # the completion landed, only its reply was lost: a replay
             assert charge_again("k") == 1
         worker.join(WAIT_SECONDS)
-        assert results == [1]
-        wait_until(lambda: _record(rival.list_records()).state is State.DONE)
+        assert charges.results == [1]
+        wait_until(lambda: charges.record_of(rival.list_records()).state is State.DONE)
         assert charge_again("k") == 1
-        assert runs == ["k"]
-        assert _events(caplog, "fenced") == _events(caplog, "lease_lapsed") == 0
+        assert charges.runs == ["k"]
+        assert events(caplog, "fenced") == events(caplog, "lease_lapsed") == 0
     finally:
         worker.join(WAIT_SECONDS)
         holder.close()
@@ -132,7 +71,7 @@ def test_b16_a_sync_completion_stuck_on_a_dead_connection_keeps_its_lease(
 @pytest.mark.parametrize("cut", ["blackhole", "deafen"])
 @pytest.mark.anyio
 async def test_b16_an_async_completion_stuck_on_a_dead_connection_keeps_its_lease(
-    urls: tuple[str, str, DeafRelay], cut: str, caplog: pytest.LogCaptureFixture
+    urls: tuple[str, str, BlackholeRelay], cut: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The async twin: the heartbeat renews while the completion waits on a dead (or deaf)
     connection, so a duplicate past the first lease is refused as in flight; the outcome is
@@ -140,48 +79,34 @@ async def test_b16_an_async_completion_stuck_on_a_dead_connection_keeps_its_leas
     relayed, direct, relay = urls
     caplog.set_level(logging.WARNING, logger="retrysafe")
     holder, rival = open_async_store(relayed), open_async_store(direct)
-    runs: list[str] = []
-    results: list[int] = []
+    charges = Charges(NAMESPACE, LEASE)
     ran = anyio.Event()
 
-    @idempotent(holder, key="key", namespace=NAMESPACE, lease=LEASE, wait=0)
-    async def charge(key: str) -> int:
-        runs.append(key)
+    async def cut_then_tell() -> None:
         getattr(relay, cut)()
         ran.set()
-        return len(runs)
 
-    @idempotent(rival, key="key", namespace=NAMESPACE, lease=LEASE, wait=0)
-    async def charge_again(key: str) -> int:
-        runs.append(key)
-        return len(runs)
+    charge_again = charges.acharge(rival)
 
-    async def run() -> None:
-        results.append(await charge("k"))
-
-    async def record() -> Record:
-        return _record(await rival.list_records())
+    async def meanwhile() -> None:
+        await charges.past_lease(rival, 0.2)
+        assert not charges.results  # still completing
+        if cut == "blackhole":
+            with pytest.raises(InFlightError):
+                await charge_again("k")
+        else:  # the completion landed, only its reply was lost: a replay
+            assert await charge_again("k") == 1
 
     try:
         with anyio.fail_after(WAIT_SECONDS):
-            async with anyio.create_task_group() as group:
-                group.start_soon(run)
-                await ran.wait()
-                first = await record()
-                await anyio.sleep(max(0.0, first.lease_expires_at - rival.clock.now()) + 0.2)
-                assert not results  # still completing
-                if cut == "blackhole":
-                    with pytest.raises(InFlightError):
-                        await charge_again("k")
-                else:  # the completion landed, only its reply was lost: a replay
-                    assert await charge_again("k") == 1
-            assert results == [1]
+            await charges.race(charges.acharge(holder, cut_then_tell), ran, meanwhile)
+            assert charges.results == [1]
             stored = await rival.wait(Identity(NAMESPACE, "", "k"), timeout=WAIT_SECONDS)
             assert stored is not None
             assert stored.state is State.DONE
             assert await charge_again("k") == 1
-        assert runs == ["k"]
-        assert _events(caplog, "fenced") == _events(caplog, "lease_lapsed") == 0
+        assert charges.runs == ["k"]
+        assert events(caplog, "fenced") == events(caplog, "lease_lapsed") == 0
     finally:
         await holder.aclose()
         await rival.aclose()

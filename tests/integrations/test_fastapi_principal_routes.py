@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any
 
 import httpx
@@ -64,6 +64,20 @@ def _served(app: FastAPI) -> Iterator[httpx.Client]:
         server.stop()
 
 
+def _serve_keyed(
+    principal: Callable[..., str], routes: dict[str, Callable[..., Any]], **options: Any
+) -> Iterator[httpx.Client]:
+    """Serve an app whose `routes` (path to handler) are POST routes that require a key and
+    answer 201, installed on the memory store with `principal` and `options`."""
+    app = FastAPI()
+    keyed = [Depends(idempotency(required=True))]
+    for path, handler in routes.items():
+        app.post(path, status_code=201, dependencies=keyed)(handler)
+    store = open_async_store("memory://")
+    install(app, store=store, principal=principal, scope_secret=SECRET, **options)
+    return _served(app)
+
+
 @pytest.fixture
 def tenants() -> Iterator[tuple[httpx.Client, list[str]]]:
     """Payments per tenant, the user named from the path's tenant and the bearer token; the
@@ -108,25 +122,13 @@ def test_b8_b35_a_shared_anonymous_scope_never_gets_a_users_response() -> None:
     """With `anonymous="shared"` and cookie sessions, alice's and bob's orders with one key
     are two callers: bob is never answered with alice's order (nor her address)."""
     runs: list[str] = []
-    app = FastAPI()
 
-    @app.post(
-        "/tenants/{tenant}/orders",
-        status_code=201,
-        dependencies=[Depends(idempotency(required=True))],
-    )
     async def order(user: Annotated[str, Depends(session_user)]) -> dict[str, str]:
         runs.append(user)
         return {"order_for": user, "address": f"home address of {user}"}
 
-    install(
-        app,
-        store=open_async_store("memory://"),
-        principal=session_user,
-        anonymous="shared",
-        scope_secret=SECRET,
-    )
-    for client in _served(app):
+    orders = {"/tenants/{tenant}/orders": order}
+    for client in _serve_keyed(session_user, orders, anonymous="shared"):
         answers = [
             client.post(
                 "/tenants/acme/orders",
@@ -152,27 +154,17 @@ def test_b8_a_principal_that_cannot_be_resolved_fails_closed() -> None:
     runs and nothing is stored, never a silent fall back to the shared anonymous scope. A
     route that does not depend on it (a signup) is anonymous, as it is to the app."""
     runs: list[str] = []
-    app = FastAPI()
-    keyed = [Depends(idempotency(required=True))]
 
-    @app.post("/payments", status_code=201, dependencies=keyed)
     async def pay(user: Annotated[str, Depends(body_user)]) -> dict[str, str]:
         runs.append(user)
         return {"paid_by": user}
 
-    @app.post("/signup", status_code=201, dependencies=keyed)
     async def signup(request: Request) -> dict[str, str]:
         runs.append("signup")
         return {"signed_up": (await request.json())["token"]}
 
-    install(
-        app,
-        store=open_async_store("memory://"),
-        principal=body_user,
-        anonymous="shared",
-        scope_secret=SECRET,
-    )
-    for client in _served(app):
+    routes: dict[str, Callable[..., Any]] = {"/payments": pay, "/signup": signup}
+    for client in _serve_keyed(body_user, routes, anonymous="shared"):
         key = {"Idempotency-Key": '"p-1"'}
         refused = client.post("/payments", headers=key, json={"token": "a"})
         other = client.post("/payments", headers=key, json={"token": "b"})
@@ -194,21 +186,12 @@ def test_b8_a_principal_that_fails_fails_closed_with_a_problem() -> None:
     that depends on it, is the 500 `scope-unresolved` problem (logged), not a fall back to
     the credential or anonymous scope: nothing runs."""
     runs: list[str] = []
-    app = FastAPI()
 
-    @app.post("/payments", status_code=201, dependencies=[Depends(idempotency(required=True))])
     async def pay(user: Annotated[str, Depends(flaky_user)]) -> dict[str, str]:
         runs.append(user)
         return {"paid_by": user}
 
-    install(
-        app,
-        store=open_async_store("memory://"),
-        principal=flaky_user,
-        anonymous="shared",
-        scope_secret=SECRET,
-    )
-    for client in _served(app):
+    for client in _serve_keyed(flaky_user, {"/payments": pay}, anonymous="shared"):
         refused = client.post("/payments", headers={"Idempotency-Key": '"p-1"'})
     assert is_problem(refused, 500, "scope-unresolved"), refused.text
     assert runs == []
@@ -297,23 +280,15 @@ def test_b8_a_clients_missing_or_malformed_header_is_scope_missing(
     request with that key then runs. (One that reads the body is still the 500
     `scope-unresolved`: test_b8_a_principal_that_cannot_be_resolved_fails_closed.)"""
     runs: list[str] = []
-    app = FastAPI()
 
-    @app.post("/orders", status_code=201, dependencies=[Depends(idempotency(required=True))])
     async def order(user: Annotated[str, Depends(api_key_user)]) -> dict[str, str]:
         runs.append(user)
         return {"order_for": user}
 
-    install(
-        app,
-        store=open_async_store("memory://"),
-        principal=api_key_user,
-        scope_header="X-API-Key",
-        scope_secret=SECRET,
-    )
+    served = _serve_keyed(api_key_user, {"/orders": order}, scope_header="X-API-Key")
     key = {"Idempotency-Key": '"o-1"'}
     with caplog.at_level(logging.DEBUG, logger="retrysafe"):
-        for client in _served(app):
+        for client in served:
             missing = client.post("/orders", headers=key)
             malformed = client.post("/orders", headers={**key, "X-API-Key": "k1", "X-Tenant": "x"})
             sound = client.post("/orders", headers={**key, "X-API-Key": "k1", "X-Tenant": "7"})

@@ -191,14 +191,32 @@ def start_proxies(specs: list[tuple[list[str], Path | None]]) -> list[Proxy]:
             listening = announced(proxy.process.stdout, ANNOUNCED, 30)
             proxy.url, proxy.metrics = listening[1], listening[2]
     except RuntimeError as error:
-        stop_proxies(started)
-        errors = [p.process.stderr.read().decode() for p in started if p.process.stderr]
-        raise RuntimeError(f"a proxy did not start ({error}):\n" + "\n".join(errors)) from None
+        _end(started)  # each has exited: its stderr reads to its end, then is closed
+        said = [
+            _said(n, args, proxy)
+            for n, ((args, _), proxy) in enumerate(zip(specs, started, strict=True))
+        ]
+        _close(started)
+        raise RuntimeError(f"a proxy did not start ({error}).\n" + "\n".join(said)) from None
     return started
+
+
+def _said(n: int, args: list[str], proxy: Proxy) -> str:
+    """Return what an ended proxy wrote on stderr, under its number, arguments and exit code."""
+    stderr = proxy.process.stderr
+    text = stderr.read().decode("utf-8", "backslashreplace") if stderr is not None else ""
+    head = f"proxy {n} ({' '.join(args)}), exit code {proxy.process.returncode}"
+    return f"{head}, stderr:\n{text.rstrip() or '(empty)'}"
 
 
 def stop_proxies(proxies: list[Proxy]) -> None:
     """Stop the proxies (SIGTERM: a graceful shutdown that closes the store), then reap them."""
+    _end(proxies)
+    _close(proxies)
+
+
+def _end(proxies: list[Proxy]) -> None:
+    """Stop the proxies still running (SIGTERM, then SIGKILL), and reap every one."""
     for proxy in proxies:
         if proxy.process.poll() is None:
             proxy.process.terminate()
@@ -208,6 +226,10 @@ def stop_proxies(proxies: list[Proxy]) -> None:
         except subprocess.TimeoutExpired:
             proxy.process.kill()
             proxy.process.wait(_STOP_SECONDS)
+
+
+def _close(proxies: list[Proxy]) -> None:
+    for proxy in proxies:
         for stream in (proxy.process.stdout, proxy.process.stderr):
             if stream is not None:
                 stream.close()

@@ -16,6 +16,8 @@ from retrysafe._keys import parse_key
 
 __all__ = [
     "PROBLEMS",
+    "PROXY_PROBLEMS",
+    "PROXY_PROBLEM_BASE_URL",
     "TRANSACTION_PROBLEM_BASE_URL",
     "Response",
     "body_unavailable",
@@ -24,6 +26,7 @@ __all__ = [
     "incomplete",
     "mismatch",
     "problem",
+    "problem_catalogue",
     "problem_response",
     "problem_type",
     "read_key",
@@ -75,6 +78,26 @@ PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
 TRANSACTION_PROBLEM_BASE_URL: Final = DEFAULT_PROBLEM_BASE_URL.replace("/http/", "/transactions/")
 """Where transactional mode's own problems are anchors (docs/transactions.md), whatever the
 `problem_base_url`, which names the HTTP middleware's: as the proxy's are anchors of its page."""
+PROXY_PROBLEMS: Final[Mapping[str, tuple[int, str]]] = {
+    "invalid-target": (400, "Invalid request-target"),
+    "unsupported-method": (501, "Method not supported"),
+    "hop-by-hop-key": (400, "Idempotency-Key named in Connection"),
+    "unsupported-upgrade": (501, "WebSocket not proxied"),
+    "target-too-long": (414, "Request-target too long"),
+    "invalid-framing": (400, "Invalid message framing"),
+    "body-too-large": (413, "Request body too large"),
+    "body-timeout": (408, "Request body timed out"),
+    "upstream-unreachable": (502, "Upstream unreachable"),
+    "upstream-timeout": (504, "Upstream timed out"),
+    "upstream-failed": (502, "Upstream failed"),
+    "outcome-unknown": (502, "Outcome unknown"),
+}
+"""Every problem the proxy answers itself (`retrysafe.proxy`): its docs anchor -> (status,
+title). Its `type` is that section of docs/proxy.md (`PROXY_PROBLEM_BASE_URL`), whatever the
+`problem_base_url`; the proxy answers those of `PROBLEMS` too, from the middleware it runs
+behind. A name may be in both (`body-too-large`): two types, on two pages."""
+PROXY_PROBLEM_BASE_URL: Final = DEFAULT_PROBLEM_BASE_URL.replace("/http/", "/proxy/")
+"""Where the proxy's own problems are anchors (docs/proxy.md)."""
 _TRANSACTION_PROBLEMS: Final = frozenset({"transaction-aborted"})
 _DECISION_OF: Final = {
     "key-mismatch": "mismatch",  # (the flow decided these already, but transactional mode)
@@ -126,6 +149,15 @@ def problem_type(slug: str, settings: Settings) -> str:
     if slug in _TRANSACTION_PROBLEMS:
         return TRANSACTION_PROBLEM_BASE_URL + slug
     return settings.problem_base_url + slug
+
+
+def problem_catalogue() -> dict[str, tuple[int, str]]:
+    """Return every problem any face answers, by its default `type` (a documented section):
+    the HTTP middleware's and transactional mode's (`PROBLEMS`), and the proxy's own
+    (`PROXY_PROBLEMS`) -> (default status, title)."""
+    catalogue = {problem_type(slug, Settings()): known for slug, known in PROBLEMS.items()}
+    catalogue.update((PROXY_PROBLEM_BASE_URL + slug, k) for slug, k in PROXY_PROBLEMS.items())
+    return catalogue
 
 
 def problem_response(

@@ -76,10 +76,26 @@ def principal_of(user: object) -> str | None:
 
     Raises:
         ScopeError: `user` has no stable identifier (or says it is authenticated with an
-            empty one), or is a bool: naming it by anything else could make two users one.
+            empty one), or is a bool: naming it by anything else could make two users one. Or
+            reading it failed (a lazy attribute whose database session is gone): its caller is
+            unknown, never taken for no one.
     """
     if user is None:
         return None
+    try:
+        return _named(user)
+    except ScopeError:
+        raise
+    except Exception as error:
+        kind = f"{type(user).__module__}.{type(user).__qualname__}"
+        raise ScopeError(
+            f"Reading the user {kind} failed ({type(error).__name__}), so the caller of this "
+            "request is unknown."
+        ) from error
+
+
+def _named(user: object) -> str | None:
+    """Return `principal_of(user)`, for a user that is not None."""
     cls = user.__class__  # not type(): a proxy (Django's lazy user, LocalProxy) names its target
     kind = f"{cls.__module__}.{cls.__qualname__}"
     if isinstance(user, str | int | uuid.UUID) and not isinstance(user, bool):

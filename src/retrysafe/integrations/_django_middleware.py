@@ -15,7 +15,9 @@ How it maps onto Django's request handling:
 - `process_view`, once Django has routed the request and every middleware listed before this
   one has run its own `process_view` (CSRF, `LoginRequiredMiddleware`): admit. A replay or a
   problem is answered at once; the view does not run. The view's mark says the route's
-  settings, over `RETRYSAFE["ROUTES"]`; `request.user` names the principal (B8).
+  settings, over `RETRYSAFE["ROUTES"]`; `request.user` names the principal (B8). A user that
+  fails to load is the 500 scope-unresolved problem; one that refuses (`PermissionDenied`) is
+  Django's to answer.
 - `__call__`, after the rest of the stack: the response, as the view and the middleware after
   this one made it, is stored (status, allow-listed headers, content) or the claim released
   (B18), as the WSGI middleware does.
@@ -42,8 +44,17 @@ from retrysafe.integrations._routes import (
 
 with framework_imports("retrysafe.integrations.django", "Django"):
     from django.conf import settings as django_settings  # type: ignore[import-untyped]
-    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
-    from django.http import HttpResponse, RawPostDataException  # type: ignore[import-untyped]
+    from django.core.exceptions import (  # type: ignore[import-untyped]
+        BadRequest,
+        ImproperlyConfigured,
+        PermissionDenied,
+        SuspiciousOperation,
+    )
+    from django.http import (  # type: ignore[import-untyped]
+        Http404,
+        HttpResponse,
+        RawPostDataException,
+    )
     from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
     from django.utils.functional import LazyObject  # type: ignore[import-untyped]
 
@@ -92,6 +103,7 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
 
     sync_capable = True
     async_capable = False
+    refusals = (Http404, PermissionDenied, BadRequest, SuspiciousOperation)  # Django answers
 
     def __init__(self, get_response: Callable[[Request], Any]) -> None:
         _check_order()
@@ -132,7 +144,10 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
             length = meta.get("CONTENT_LENGTH") or ""
             return body_within(settings, length, lambda: _cached_body(request))
 
-        admitted = self.admit((request, view), meta, body=body, user=lambda: _user(request))
+        def user() -> object:
+            return self.user_of(lambda: _user(request), "Loading request.user")
+
+        admitted = self.admit((request, view), meta, body=body, user=user)
         if isinstance(admitted, Running):
             setattr(request, _RUNNING, admitted)
             return None

@@ -24,7 +24,8 @@ How it maps onto Flask's request handling:
   `SystemExit`) it is kept until its lease ends (B40).
 
 The principal (B8) is what `principal()` returns when given; else Flask-Login's `current_user`
-when the app has a `LoginManager`; else none, and the credential header names the scope.
+when the app has a `LoginManager`; else none, and the credential header names the scope. A
+hook that raises is the 500 scope-unresolved problem (an `HTTPException` is Flask's answer).
 
 Configuration comes from the arguments, else from `app.config` (read by `init_app`, per app):
 `RETRYSAFE_<OPTION>` for each option, such as `RETRYSAFE_STORE` (a store URL),
@@ -152,8 +153,10 @@ class Idempotency:
         store: where records live (`retrysafe.open_store(url)`); default: `RETRYSAFE_STORE`,
             a store URL (or a store).
         principal: returns the authenticated user of the current request (`lambda: g.user`),
-            for apps that do not use Flask-Login; called in `before_request`. Default:
-            `RETRYSAFE_PRINCIPAL` (the function, or its import path).
+            for apps that do not use Flask-Login; called in `before_request`. If it raises
+            (or Flask-Login's loader does), the request gets the 500 `scope-unresolved`
+            problem; `abort(401)` there is Flask's answer. Default: `RETRYSAFE_PRINCIPAL` (the
+            function, or its import path).
         routes: path patterns for views without a mark; default: `RETRYSAFE_ROUTES` (each
             pattern's `RouteSettings`, a dict of its fields, or None).
         observers: who to tell what the extension does (`retrysafe.observe`), such as
@@ -221,6 +224,8 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
     Args: those of `Idempotency`, for one app.
     """
 
+    refusals = (HTTPException,)  # `abort(401)` in a principal hook: Flask answers it
+
     def __init__(
         self,
         app: flask.Flask,
@@ -282,12 +287,17 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
             running.release(error)
 
     def _user(self) -> object:
+        """Return the request's user; a hook that fails is a `ScopeError` (scope-unresolved),
+        one that aborts (an `HTTPException`) is Flask's to answer (B8)."""
         if self.principal is not None:
-            return self.principal()
+            name = getattr(self.principal, "__qualname__", repr(self.principal))
+            return self.user_of(self.principal, f"The principal function {name}")
         if getattr(current_app, "login_manager", None) is None:
             return None
         flask_login = importlib.import_module("flask_login")  # installed: the app uses it
-        return flask_login.current_user._get_current_object()  # the user, not its proxy
+        # The user, not its proxy: loading it runs the app's user or request loader.
+        current = flask_login.current_user._get_current_object
+        return self.user_of(current, "Loading Flask-Login's current_user")
 
 
 def _raw_body() -> bytes | None:

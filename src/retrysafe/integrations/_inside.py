@@ -65,6 +65,9 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
     """
 
     face = "wsgi"  # sync, from WSGI's environ (Django runs it in a thread under ASGI too)
+    refusals: tuple[type[BaseException], ...] = ()
+    """What the framework's principal hook raises to refuse a request, as the view would
+    (werkzeug's `abort(401)`): the framework answers it; nothing was claimed."""
 
     @staticmethod
     def _new_flow(store: Store, observation: Observation) -> SyncFlow:
@@ -86,7 +89,9 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
             environ: the WSGI environ (or Django's `META`): method, path, headers.
             body: returns the whole request body within a settings' limit, or the 413 problem.
             user: returns the user the framework authenticated (None or unauthenticated:
-                no principal); called only for a covered request with a key.
+                no principal); called only for a covered request with a key. A failure is a
+                `ScopeError` (`user_of`), answered with the 500 scope-unresolved problem; one
+                of `refusals` that it raises is the framework's to answer.
         """
         method = environ["REQUEST_METHOD"]
         if method not in self._methods:
@@ -97,7 +102,13 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
             return None
         values = [] if value is None else [value.encode("latin-1")]
         operation = self.observation.start()
-        admitted = self._admit(environ, settings, values, body=body, user=user, operation=operation)
+        try:
+            admitted = self._admit(
+                environ, settings, values, body=body, user=user, operation=operation
+            )
+        except BaseException:  # the framework's own refusal (or a failure) answers it
+            self.observation.end(operation)
+            raise
         if not isinstance(admitted, Running):
             self.observation.end(operation)
         return admitted
@@ -133,6 +144,28 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
             self.observation.end(operation)
 
         return Running(settings, execution, done)
+
+    def user_of(self, find: Callable[[], object], name: str) -> object:
+        """Return the user `find()` returns: the framework's principal hook (B8).
+
+        Args:
+            find: the hook (Flask's `principal()`, Django's lazy `request.user`).
+            name: what it is, for the problem's detail and the log (`Loading request.user`).
+
+        Raises:
+            ScopeError: `find()` failed, so the caller is unknown: a fault of the server's,
+                never taken for no caller (the credential's scope, or the shared one). The
+                error's type is named, not its message, which may hold what the client sent.
+                One of `refusals` passes as it is: the framework's to answer.
+        """
+        try:
+            return find()
+        except self.refusals:
+            raise
+        except Exception as error:
+            raise ScopeError(
+                f"{name} failed ({type(error).__name__}), so the caller of this request is unknown."
+            ) from error
 
     def _load_scoper(self) -> Scoper:
         """Load the scope secret kept in the store (B8), once."""

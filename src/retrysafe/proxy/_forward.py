@@ -276,9 +276,7 @@ def _failure(error: BaseException, *, kept: bool = False) -> Response:
     whether the request's claim is `kept` because the upstream may have acted (B38)."""
     if _not_sent(error):
         return proxy_problem(
-            502,
             "upstream-unreachable",
-            "Upstream unreachable",
             f"The upstream service cannot be reached ({type(error).__name__}); the request "
             "was not forwarded. Retry later.",
         )
@@ -297,15 +295,11 @@ def _failure(error: BaseException, *, kept: bool = False) -> Response:
         )
     if timed_out:
         return proxy_problem(
-            504,
             "upstream-timeout",
-            "Upstream timed out",
             f"The upstream service did not answer in time and may still be working. {then}",
         )
     return proxy_problem(
-        502,
         "upstream-failed",
-        "Upstream failed",
         f"The upstream service broke the exchange ({type(error).__name__}) after it was sent "
         f"the request. {then}",
     )
@@ -319,9 +313,7 @@ def outcome_unknown(error: BaseException) -> Response:
         else f"broke the exchange ({type(error).__name__}) after it was sent the request"
     )
     return proxy_problem(
-        502,
         "outcome-unknown",
-        "Outcome unknown",
         f"The upstream service {why}; it may have processed the request. The proxy will not "
         "forward it again under this Idempotency-Key: check the outcome, then use a new key "
         "(or have an operator run `retrysafe keys delete`).",

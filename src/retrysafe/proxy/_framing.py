@@ -16,7 +16,8 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from retrysafe._http import DEFAULT_PROBLEM_BASE_URL, Header, Response, problem_response
+from retrysafe._http import Header, Response, problem_response
+from retrysafe._http.problems import PROXY_PROBLEM_BASE_URL, PROXY_PROBLEMS
 
 __all__ = [
     "HOP_BY_HOP_HEADERS",
@@ -46,7 +47,6 @@ HOP_BY_HOP_HEADERS: Final = frozenset(
         b"upgrade",
     }
 )
-PROBLEM_BASE_URL: Final = DEFAULT_PROBLEM_BASE_URL.replace("/http/", "/proxy/")
 MAX_TARGET_SIZE: Final = 8192
 """The longest request-target forwarded, in bytes; a longer one gets 414 (RFC 9112 section 3
 asks for at least 8000 octets of request line)."""
@@ -100,12 +100,14 @@ def end_to_end(headers: Sequence[Header]) -> list[Header]:
     return [(name.lower(), value) for name, value in headers if name.lower() not in dropped]
 
 
-def proxy_problem(
-    status: int, slug: str, title: str, detail: str, *, close: bool = False
-) -> Response:
-    """Return a problem+json response whose `type` is an anchor of docs/proxy.md."""
+def proxy_problem(slug: str, detail: str, *, close: bool = False) -> Response:
+    """Return the proxy's problem `slug` (a key of `PROXY_PROBLEMS`, with its status and
+    title) as problem+json, its `type` an anchor of docs/proxy.md; `close`: with
+    `Connection: close`."""
+    status, title = PROXY_PROBLEMS[slug]
     extra = ((b"connection", b"close"),) if close else ()
-    return problem_response(PROBLEM_BASE_URL + slug, title, status, detail, extra_headers=extra)
+    type_url = PROXY_PROBLEM_BASE_URL + slug
+    return problem_response(type_url, title, status, detail, extra_headers=extra)
 
 
 def request_target(path: bytes, query: bytes) -> bytes | None:
@@ -120,13 +122,13 @@ def request_target(path: bytes, query: bytes) -> bytes | None:
 
 def invalid_target(detail: str) -> Response:
     """Return the 400 invalid-target problem: a request-target the proxy does not forward."""
-    return proxy_problem(400, "invalid-target", "Invalid request-target", detail)
+    return proxy_problem("invalid-target", detail)
 
 
 def invalid_framing(detail: str) -> Response:
     """Return the 400 invalid-framing problem, which closes the connection: after a request
     whose framing is in doubt, the next request's first byte is in doubt too."""
-    return proxy_problem(400, "invalid-framing", "Invalid message framing", detail, close=True)
+    return proxy_problem("invalid-framing", detail, close=True)
 
 
 def refusal(
@@ -150,17 +152,13 @@ def _head_refusal(method: str, headers: Sequence[Header]) -> Response | None:
         # 501, as RFC 9110 section 9.1 asks for a method not recognised: methods are
         # case-sensitive, so `post` is not POST, and the proxy cannot forward it as it is.
         return proxy_problem(
-            501,
             "unsupported-method",
-            "Method not supported",
             "The proxy forwards only methods in upper case (RFC 9110 tokens): methods are "
             "case-sensitive, and `post` is not POST.",
         )
     if b"idempotency-key" in _connection_tokens(headers):
         return proxy_problem(
-            400,
             "hop-by-hop-key",
-            "Idempotency-Key named in Connection",
             "The Connection header names Idempotency-Key, which the proxy forwards to the "
             "upstream unchanged; remove it from Connection.",
         )
@@ -171,9 +169,7 @@ def _target_refusal(method: str, raw_path: bytes, query: bytes) -> Response | No
     """Return the problem for a request-target the proxy does not forward (B37)."""
     if len(raw_path) + (1 + len(query) if query else 0) > MAX_TARGET_SIZE:
         return proxy_problem(
-            414,
             "target-too-long",
-            "Request-target too long",
             f"The proxy forwards request-targets of at most {MAX_TARGET_SIZE} bytes.",
         )
     if method == "CONNECT":
@@ -194,9 +190,7 @@ def _target_refusal(method: str, raw_path: bytes, query: bytes) -> Response | No
 def websocket_refused() -> Response:
     """Return the 501 unsupported-upgrade problem: the proxy forwards no WebSocket."""
     return proxy_problem(
-        501,
         "unsupported-upgrade",
-        "WebSocket not proxied",
         "The proxy does not forward WebSocket connections; only HTTP requests.",
     )
 

@@ -129,9 +129,7 @@ class _BoundedBody:
 
 def _too_large(limit: int) -> Response:
     return proxy_problem(
-        413,
         "body-too-large",
-        "Request body too large",
         f"The proxy forwards request bodies of at most {limit} bytes.",
         close=True,
     )
@@ -139,9 +137,7 @@ def _too_large(limit: int) -> Response:
 
 def _late() -> Response:
     return proxy_problem(
-        408,
         "body-timeout",
-        "Request body timed out",
         "The request body did not arrive in time; nothing was forwarded or stored.",
         close=True,
     )

@@ -26,7 +26,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskGroup
 
-from retrysafe._http import DEFAULT_PROBLEM_BASE_URL, Response, problem_response
+from retrysafe._http import Response, Settings, problem
 from retrysafe.asgi import ASGIApp, Message, Receive, Scope, Send
 from retrysafe.proxy._access import ACCESS_LOGGER, printable
 from retrysafe.proxy._forward import respond
@@ -42,6 +42,8 @@ __all__ = ["Operations", "OpsApp", "configure_logging", "metrics_observer"]
 _STOP_SECONDS: Final = 5
 _FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _GET: Final = frozenset({"GET", "HEAD"})
+_SETTINGS: Final = Settings()
+"""Whose `problem_base_url` names `/healthz`'s problem: the default one, docs/http.md."""
 
 
 class OpsApp:
@@ -84,10 +86,9 @@ class OpsApp:
         reason = await self.watch.check()
         if reason is None:
             return _answer(200, b'{"status":"ok"}\n', b"application/json")
-        return problem_response(
-            DEFAULT_PROBLEM_BASE_URL + "store-unavailable",
-            "Idempotency store unavailable",
-            503,
+        return problem(
+            "store-unavailable",
+            _SETTINGS,
             f"The idempotency store does not answer ({reason}); keyed requests get 503.",
         )
 

@@ -14,6 +14,11 @@ would hold back every later one: once `max_attempts` publishes of it failed, and
 it is published, it is parked (logged at ERROR, kept with its last error, skipped) until an
 operator re-queues it (`parked_messages`, `requeue`). An outage parks nothing (`_batch.py`).
 
+A table of an older release gets its new columns when the relay opens it, but never by making
+the app's writes wait: while another session holds the table the upgrade is deferred (logged
+once), the relay publishes with the columns the table has, and tries again before each batch
+(`_source.py`).
+
 Published messages older than `retention` are purged in bounded chunks, each its own short
 transaction, after batches that were not full (`_purge`): a long backlog neither locks the app
 out of the database nor holds back publishing, and a failed purge fails no batch.
@@ -88,6 +93,7 @@ class Relay:
     """How many messages this relay parked."""
     _source: OutboxSource | None = field(default=None, init=False, repr=False)
     _next_purge: float = field(default=0.0, init=False, repr=False)
+    _deferred: bool = field(default=False, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -192,12 +198,29 @@ class Relay:
         self.close()
 
     def _opened(self) -> OutboxSource:
-        if self._source is None:
+        source = self._source
+        if source is None:
             source = open_source(self.store, self.table)
             with closed_on_error(source):
-                source.prepare()
+                self._prepare(source)
             self._source = source
-        return self._source
+        elif source.pending:
+            self._prepare(source)
+        return source
+
+    def _prepare(self, source: OutboxSource) -> None:
+        """Create or upgrade the table; say once that its upgrade is deferred, and when done."""
+        source.prepare()
+        if source.pending and not self._deferred:
+            logger.warning(
+                "The outbox relay deferred the upgrade of table %s: another session holds it, "
+                "and the app's writes would wait for the upgrade. It publishes meanwhile, "
+                "without parking, and tries again before each batch.",
+                source.table.name,
+            )
+        elif self._deferred and not source.pending:
+            logger.info("The outbox relay upgraded table %s.", source.table.name)
+        self._deferred = source.pending
 
     def _purge(self, source: OutboxSource, now: float) -> None:
         """Delete the messages published more than `retention` ago, at most `_PURGE_CHUNKS`

@@ -7,14 +7,23 @@ mid-batch rolls its locks back, so another publishes those rows again, with the 
 SQLite the batch is read, published, then marked in a short write transaction: the write lock
 is never held while a broker is waited for, and one relay runs per database file. What a batch
 publishes, counts as failed and parks is decided by `_batch.Batch`.
+
+The table's schema change (`prepare`: creating it, adding what an older release's table lacks)
+must never hold up the app's writes. On PostgreSQL a change waits for a lock on the table, and
+every insert after it waits behind the change: so a table that lacks nothing is left alone
+(read from the catalog), and a change is made only while no other session holds the table,
+under a `lock_timeout` of at most `UPGRADE_LOCK_WAIT`, shorter than the deadline, so that the
+server ends the wait itself; otherwise it is deferred (`pending`), the relay publishes with the
+columns the table has, and tries again before its next batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from retrysafe._errors import ConfigurationError
@@ -26,9 +35,16 @@ from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.stores._sql.postgres_deadline import Armed, ReadDeadline, unavailable
 from retrysafe.transactions import _drivers as drivers
 
-__all__ = ["OutboxSource", "open_source"]
+__all__ = ["UPGRADE_LOCK_WAIT", "OutboxSource", "open_source"]
 
 _SQLITE_TIMEOUT = 30.0
+UPGRADE_LOCK_WAIT: Final = 0.5
+"""Seconds a schema change on PostgreSQL waits for a lock, at most (a quarter of the deadline
+if shorter): the longest it can hold up a write that came after it. Below PostgreSQL's default
+`deadlock_timeout` (1 s), so a relay's batch that comes to wait on it is never the deadlock's
+victim: the change gives up first."""
+_GAVE_UP: Final = frozenset({"55P03", "40P01"})  # lock_timeout ended the wait; a deadlock's victim
+_LOCK_WAIT: Final = "SELECT set_config('lock_timeout', %s, true)"  # SET LOCAL, with a parameter
 
 
 class OutboxSource:
@@ -51,23 +67,53 @@ class OutboxSource:
         owned: bool = False,
         deadline: ReadDeadline | None = None,
     ) -> None:
-        self.connection = connection
-        self.table = table
-        self.owned = owned
+        self.connection, self.table, self.owned = connection, table, owned
         self._deadline = deadline
+        self.found = True  # whether the table exists (PostgreSQL: its creation may be deferred)
+        self.pending = False  # whether it lacks something, its change deferred (PostgreSQL)
 
     def prepare(self) -> None:
-        """Create the table if it is missing; add the columns a table of an older release
-        lacks."""
-        with self._bounded(), self._transaction() as cursor:
-            if self.table.dialect == "postgresql":
-                cursor.execute(self.table.lock_schema, (self.table.name,))
+        """Create the table if it is missing; add what a table of an older release lacks.
+
+        On PostgreSQL the change is deferred (`pending`) while another session holds the table
+        or a lock is not granted within `UPGRADE_LOCK_WAIT`; the relay then publishes with the
+        columns the table has (`OutboxTable.parking`), and calls `prepare` again later.
+        """
+        if self.table.dialect == "postgresql":
+            self._prepare_postgres()
+            return
+        with self._transaction() as cursor:
             for statement in self.table.create:
                 cursor.execute(statement)
             for column, add in self.table.added_columns:
                 cursor.execute(self.table.missing_column, (column,))
                 if cursor.fetchone()[0]:
                     cursor.execute(add)
+
+    def _prepare_postgres(self) -> None:
+        """Change the table only if it lacks something, while no other session holds it, each
+        lock waited for `UPGRADE_LOCK_WAIT` at most; else defer the change."""
+        table, done = self.table, False
+        missing: tuple[Any, ...] = ()
+        wait = UPGRADE_LOCK_WAIT
+        if self._deadline is not None:
+            wait = min(wait, self._deadline.timeout / 4)  # the server gives up before the cut
+        try:
+            with self._bounded(), self._transaction() as cursor:
+                cursor.execute(_LOCK_WAIT, (f"{max(1, round(wait * 1000))}ms",))
+                missing = _row(cursor, table.missing)
+                if any(missing):
+                    cursor.execute(table.lock_schema, (table.name,))  # creators take turns
+                    missing = _row(cursor, table.missing)  # the one before may have done it
+                if missing[0] or not any(missing) or not _row(cursor, table.held)[0]:
+                    for statement in table.upgrades(missing):
+                        cursor.execute(statement)
+                    done = True
+        except Exception as error:
+            if not missing or getattr(error, "sqlstate", None) not in _GAVE_UP:
+                raise
+        self.found, self.pending = done or not missing[0], not done
+        self.table = dataclasses.replace(table, parking=done or table.has_parking(missing))
 
     def relay(
         self, limit: int, publish: Publish, now: Callable[[], float], max_attempts: int | None
@@ -78,7 +124,9 @@ class OutboxSource:
         A message is marked published only once `publish` returned for it. The batch's
         `error` (a failure that stopped it) is the caller's to raise.
         """
-        batch = Batch(publish, limit, max_attempts)
+        batch = Batch(publish, limit, max_attempts if self.table.parking else None)
+        if not self.found:
+            return batch  # its creation deferred: no message was written yet
         if self.table.dialect == "postgresql":
             with self._bounded() as bound, self._transaction() as cursor:
                 more = True
@@ -102,6 +150,8 @@ class OutboxSource:
 
     def parked(self) -> list[ParkedMessage]:
         """Return the parked messages, in id order."""
+        if not self.table.parking:
+            return []  # a table of an older release, not upgraded yet: none can be parked
         # psycopg: in a transaction of its own, so a given connection is not left in one.
         postgres = self.table.dialect == "postgresql"
         reading = self._transaction() if postgres else self._cursor()
@@ -118,6 +168,8 @@ class OutboxSource:
     def requeue(self, message_ids: Iterable[str]) -> int:
         """Put the parked messages of `message_ids` back in line; return how many were."""
         requeued = 0
+        if not self.table.parking:
+            return requeued
         with self._bounded(), self._transaction() as cursor:
             for message_id in message_ids:
                 cursor.execute(self.table.requeue, (message_id,))
@@ -222,12 +274,18 @@ def _record(cursor: Any, table: OutboxTable, batch: Batch, now: float) -> None:
     """Mark the published messages, count the failures, park the parked ones."""
     writes = (
         (table.mark_published, [(now, row_id) for row_id in batch.published]),
-        (table.mark_failed, batch.failed),
+        (table.mark_failed, batch.failed if table.parking else []),
         (table.mark_parked, [(now, parked.message.id) for parked in batch.parked]),
     )
     for statement, rows in writes:
         if rows:
             cursor.executemany(statement, rows)
+
+
+def _row(cursor: Any, statement: str) -> tuple[Any, ...]:
+    """Run a statement that reads one row; return it."""
+    cursor.execute(statement)
+    return tuple(cursor.fetchone())
 
 
 def open_source(store: object, table: str | None = None) -> OutboxSource:

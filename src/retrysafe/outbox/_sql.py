@@ -13,11 +13,14 @@
 
 The partial index on unpublished rows keeps the relay's scan short however many published rows
 wait for their purge. Tables created before `attempts`, `last_error` and `parked_at` existed
-get them from the relay (`missing_column`, `add_column`); the app's inserts do not name them.
+get them from the relay (`missing`, `upgrades`; SQLite: `missing_column`, `added_columns`); the
+app's inserts do not name them. Until it has them, the relay reads them as the first release
+did (`parking=False`): no attempts counted, nothing parked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -52,10 +55,13 @@ class OutboxTable:
     Args:
         name: the table's name, checked by `outbox_table` (letters, digits, underscores).
         dialect: `sqlite` or `postgresql`.
+        parking: whether the table has the columns that count failures and park (a table of
+            an older release the relay could not upgrade yet has not).
     """
 
     name: str
     dialect: Dialect
+    parking: bool = True
 
     @property
     def mark(self) -> str:
@@ -89,16 +95,53 @@ class OutboxTable:
 
     @property
     def missing_column(self) -> str:
-        """One row, true if the table lacks the column named by the parameter. On PostgreSQL
-        `ALTER TABLE` locks the whole table even when the column exists: ask first."""
-        if self.dialect == "postgresql":
-            return (
-                "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = "  # noqa: S608
-                f"{self._regclass} AND attname = %s AND NOT attisdropped)"
-            )
+        """SQLite: one row, true if the table lacks the column named by the parameter."""
         return (
             "SELECT count(*) = 0 "  # noqa: S608
             f"FROM pragma_table_info('{self.name}') WHERE name = ?"
+        )
+
+    @property
+    def missing(self) -> str:
+        """PostgreSQL: one row of booleans: whether the table is missing, then each added
+        column, then each of its indexes (`upgrades` takes it). Read from the catalog, which
+        takes no lock on the table: a statement that changes it would, even one that finds
+        there is nothing to do (`CREATE INDEX IF NOT EXISTS`, `ALTER TABLE`)."""
+        indexes = (f"{self.name}_unpublished", f"{self.name}_published")
+        checks = (
+            f"{self._regclass} IS NULL",
+            *(
+                f"NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {self._regclass} "
+                f"AND attname = '{column}' AND NOT attisdropped)"
+                for column, _ in _ADDED[self.dialect]
+            ),
+            *(f"to_regclass('\"{index}\"') IS NULL" for index in indexes),
+        )
+        return "SELECT " + ", ".join(checks)
+
+    def upgrades(self, missing: Sequence[bool]) -> tuple[str, ...]:
+        """PostgreSQL: the statements that make what `missing` (the row `missing` read) says
+        is missing: the whole table, else its missing columns, then its missing indexes (so
+        the first statement takes the strongest lock, and the others wait for none)."""
+        if missing[0]:
+            return self.create
+        statements = (*(add for _, add in self.added_columns), *self.create[1:])
+        return tuple(sql for sql, lacking in zip(statements, missing[1:], strict=True) if lacking)
+
+    def has_parking(self, missing: Sequence[bool]) -> bool:
+        """PostgreSQL: whether the table of which `missing` (the row `missing` read) says this
+        has the columns that count failures and park."""
+        return not any(missing[: 1 + len(_ADDED[self.dialect])])
+
+    @property
+    def held(self) -> str:
+        """PostgreSQL: one row, true if another session holds a lock on the table or waits for
+        one (an app's insert, a relay's batch): a schema change would queue behind it, and every
+        write after it behind the change."""
+        return (
+            f"SELECT EXISTS (SELECT FROM pg_locks WHERE relation = {self._regclass} "  # noqa: S608
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND pid IS DISTINCT FROM pg_backend_pid())"
         )
 
     @property
@@ -133,9 +176,12 @@ class OutboxTable:
         PostgreSQL, lock them and skip the rows another relay has locked, so relays share the
         work."""
         lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
+        selected, unparked = _SELECTED, "parked_at IS NULL AND "
+        if not self.parking:  # a table of an older release: no failure counted, none parked
+            selected, unparked = _SELECTED.replace("attempts", "0"), ""
         return (
-            f'SELECT {_SELECTED} FROM "{self.name}" '  # noqa: S608
-            f"WHERE published_at IS NULL AND parked_at IS NULL AND id > {self.mark} "
+            f'SELECT {selected} FROM "{self.name}" '  # noqa: S608
+            f"WHERE published_at IS NULL AND {unparked}id > {self.mark} "
             f"ORDER BY id LIMIT {self.mark}{lock}"
         )
 

@@ -16,6 +16,10 @@ phases are refused) counts an attempt too, so it cannot head every pass for ever
 database error leaves the attempts alone. Operations are isolated: an error one of them raises
 is logged and the pass goes on to the next, unless the database cannot be used now.
 
+On PostgreSQL through a `_connect.Connector`, the completer's own statements and commits (not
+the phases' statements) are bounded by the store URL's `read_timeout`: a server that stalls
+fails the pass with `StoreUnavailableError` instead of holding it for ever.
+
 With keys (`encryption=`, or a store URL's `encryption_key_env` through `_connect.Connector`),
 the outcomes and marks it stores are sealed as an encrypted store's are, and the stored request
 and last error are opened and sealed with them (`_sealing.py`).
@@ -61,6 +65,11 @@ _LEFT_OPEN: Final = (
     "connection (it ran a statement on a connection not in autocommit), and atomic phases "
     "commit one transaction per phase: give the completer connections in autocommit, as "
     "`psycopg.connect(..., autocommit=True)`, or let the builder end what it began."
+)
+_GONE: Final = (
+    "Operation {key!r} cannot be retried: its record expired or was deleted, so the phases it "
+    "committed (and the foreign keys they used) are no longer known; running it would start it "
+    "again from its first phase. Check what it did by hand (docs/completer.md)."
 )
 
 
@@ -188,7 +197,8 @@ class Completer:
         """Give a marked operation its attempts back and run it now (after its cause is fixed).
 
         Raises:
-            ConfigurationError: no unfinished operation of the registry has this identity.
+            ConfigurationError: no unfinished operation of the registry has this identity, or
+                its record expired or was deleted (it is never started again).
         """
         with self._connection() as connection:
             backend = self._backend(connection)
@@ -199,6 +209,9 @@ class Completer:
                         f"No unfinished resumable operation has key {identity.key!r} in scope "
                         f"{identity.scope!r}, namespace {identity.namespace!r}."
                     )
+                record = backend.side.record(identity, self.clock.now())
+                if record is None or record.state is not State.IN_FLIGHT:
+                    raise ConfigurationError(_GONE.format(key=identity.key))
                 backend.side.reset(identity.digest())
             return self._complete(connection, identity.digest())
 
@@ -319,7 +332,8 @@ class Completer:
 
     def _backend(self, connection: object) -> ResumableBackend:
         run = CompleterRun(self.max_attempts)
-        return resumable_backend(connection, self.table, run, self.encryption)
+        deadline = self.connect.deadline if isinstance(self.connect, Connector) else None
+        return resumable_backend(connection, self.table, run, self.encryption, deadline)
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -351,12 +365,14 @@ def _unavailable(error: Exception, connection: Any) -> bool:
 
 @contextlib.contextmanager
 def _transaction(backend: ResumableBackend) -> Iterator[None]:
-    """One transaction on the backend's connection: committed, or rolled back on an error."""
-    backend.begin()
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(Exception):
-            backend.end(commit=False)
-        raise
-    backend.end(commit=True)
+    """One transaction on the backend's connection: committed, or rolled back on an error;
+    its statements (the completer's own) under the read deadline."""
+    with backend.bounded():
+        backend.begin()
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                backend.end(commit=False)
+            raise
+        backend.end(commit=True)

@@ -3,9 +3,11 @@
 The URL is the store's, as every other command takes it: its `table` option names the records
 table; `encryption_key_env` names the environment variable of the keys, read as `open_store`
 reads it, which the returned `Connector` carries to the completer (it seals and opens what it
-stores and reads with them); the replay cache's options are a store's, not the database's, and
-are left out. Each call of the returned `Connector` opens one connection: a PostgreSQL one in
-autocommit, and a SQLite one in `sqlite3`'s default mode, where a read opens no transaction.
+stores and reads with them), as it carries a PostgreSQL URL's `read_timeout` (`ReadDeadline`,
+armed over the completer's own statements and commits: a stalled server fails the pass); the
+replay cache's options are a store's, not the database's, and are left out. Each call of the
+returned `Connector` opens one connection: a PostgreSQL one in autocommit, and a SQLite one in
+`sqlite3`'s default mode, where a read opens no transaction.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from retrysafe._extras import missing_extra
 from retrysafe._urls import redact_url
 from retrysafe.stores import _encryption_option
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.postgres_deadline import ReadDeadline
 
 __all__ = ["Connector", "connector"]
 
@@ -38,10 +41,13 @@ class Connector:
         open: opens one connection.
         encryption: the keys of the store URL's `encryption_key_env` (None: in clear); a
             `Completer` given this connector uses them.
+        deadline: on PostgreSQL, the store URL's `read_timeout` (default 30 s): a `Completer`
+            arms it over its own statements and commits, so a stalled server fails the pass.
     """
 
     open: Callable[[], Any]
     encryption: Keyring | None = None
+    deadline: ReadDeadline | None = None
 
     def __call__(self) -> Any:
         return self.open()
@@ -56,11 +62,11 @@ def connector(url: str) -> tuple[Connector, str]:
             its `encryption_key_env` variable holds no valid keys.
     """
     url, keyring = _encryption_option(url, None)
-    connect, table = _connect(url)
-    return Connector(connect, keyring), table
+    connect, table, deadline = _connect(url)
+    return Connector(connect, keyring, deadline), table
 
 
-def _connect(url: str) -> tuple[Callable[[], Any], str]:
+def _connect(url: str) -> tuple[Callable[[], Any], str, ReadDeadline | None]:
     """Return a function that opens a connection to the store at `url` (without its keys)."""
     parts = urlsplit(url)
     pairs = [
@@ -77,7 +83,7 @@ def _connect(url: str) -> tuple[Callable[[], Any], str]:
                 f"No SQLite database at {os.path.abspath(path)}: the completer finishes an "
                 "application's operations and never creates a database."
             )
-        return (lambda: sqlite3.connect(path, timeout=timeout)), table
+        return (lambda: sqlite3.connect(path, timeout=timeout)), table, None
     if parts.scheme in ("postgresql", "postgres"):
         return _postgres(parts._replace(query=urlencode(pairs, quote_via=quote)).geturl())
     raise ConfigurationError(
@@ -86,7 +92,7 @@ def _connect(url: str) -> tuple[Callable[[], Any], str]:
     )
 
 
-def _postgres(url: str) -> tuple[Callable[[], Any], str]:
+def _postgres(url: str) -> tuple[Callable[[], Any], str, ReadDeadline]:
     """Return the connector of a PostgreSQL store URL (its wrappers' options left out)."""
     try:
         import psycopg  # noqa: PLC0415 - the postgres extra
@@ -98,6 +104,5 @@ def _postgres(url: str) -> tuple[Callable[[], Any], str]:
     seconds = parsed.connect_timeout_seconds  # a server that never answers fails the pass
     # In autocommit, as the application's connections are in the docs: a builder that reads
     # (the customer's card) leaves no transaction open, which atomic phases would refuse.
-    return (
-        lambda: psycopg.connect(conninfo, connect_timeout=seconds, autocommit=True)
-    ), parsed.table
+    connect = lambda: psycopg.connect(conninfo, connect_timeout=seconds, autocommit=True)  # noqa: E731
+    return connect, parsed.table, ReadDeadline(parsed.read_timeout)

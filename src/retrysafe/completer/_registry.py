@@ -21,6 +21,7 @@ from retrysafe.completer._backend import ClientRun, CompleterRun, ResumableBacke
 from retrysafe.completer._sealing import RowSealing
 from retrysafe.completer._table import Dialect, ResumableTable
 from retrysafe.stores._sql import DEFAULT_TABLE
+from retrysafe.stores._sql.postgres_deadline import ReadDeadline
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._dispatch import sync_backend
 from retrysafe.transactions._state import DEFAULT_LEASE, DEFAULT_RETENTION, check_keyring
@@ -53,14 +54,16 @@ def resumable_backend(
     table: str,
     run: ClientRun | CompleterRun,
     encryption: Keyring | None = None,
+    deadline: ReadDeadline | None = None,
 ) -> ResumableBackend:
     """Return the backend that runs a registered operation's phases on `connection`, sealing
-    the outcome and the stored request with `encryption` when keys are given."""
+    the outcome and the stored request with `encryption` when keys are given, and bounding
+    its own statements with `deadline` (PostgreSQL's read deadline) when one is given."""
     side = ResumableTable(connection, table, dialect_of(connection))
     backend: Backend = sync_backend(connection, table)  # type: ignore[arg-type]
     if encryption is not None:
         backend = EncryptedBackend(backend, encryption)
-    return ResumableBackend(backend, side, run, RowSealing(encryption))
+    return ResumableBackend(backend, side, run, RowSealing(encryption), deadline)
 
 
 def request_fingerprint(request: bytes) -> str:

@@ -4,7 +4,7 @@ An operation adds messages to `tx.outbox` (or `step.outbox`); they are kept in m
 transaction stores its outcome, and then written, in that same transaction, to the outbox
 table (`transactions/_async/outbox.py`). Each message's id is derived from the operation (its
 record's identity and creation time), its phase and its index among the messages the block
-added, so a retry after a rollback adds the same ids, and a consumer
+added, so a retry keeping the record (atomic phases, a takeover) adds the same ids, and a consumer
 (`retrysafe.consumers.idempotent_message`) applies a message that is published twice only once.
 """
 

@@ -188,7 +188,7 @@ class AsyncMySQLBackend(AsyncMySQLRecords, AsyncDriverBackend):
         except aiomysql.MySQLError as error:
             with contextlib.suppress(aiomysql.MySQLError):
                 await self.connection.rollback()  # on a lost connection, nothing to roll back
-            raise commit_failed(self._translate(error)) from error
+            raise commit_failed(self._translate(error), error) from error
 
     async def _execute(self, statement: str) -> None:
         async with self.connection.cursor() as cursor:

@@ -122,9 +122,12 @@ class AsyncPsycopgBackend(AsyncPsycopgRecords, AsyncDriverBackend):
         """Commit or roll back what `begin` opened.
 
         Raises:
-            StoreError: the commit failed (a deferred constraint, a serialization failure, a
-                lost connection); PostgreSQL ends a transaction whose COMMIT fails, so nothing
-                of it was applied.
+            StoreError: the commit failed (a deferred constraint, a serialization failure):
+                PostgreSQL ends a transaction whose COMMIT it refuses, so nothing of it was
+                applied.
+            StoreUnavailableError: the connection was lost before the COMMIT's reply came
+                (`commit_failed`): the server may or may not have committed, so the caller
+                must retry with the same key (the retry replays or runs again, as it finds).
         """
         opened, self._transaction = self._transaction, None
         if opened is None:
@@ -134,7 +137,7 @@ class AsyncPsycopgBackend(AsyncPsycopgRecords, AsyncDriverBackend):
             try:
                 await stack.aclose()
             except psycopg.Error as error:
-                raise commit_failed(self._translate(error)) from error
+                raise commit_failed(self._translate(error), error) from error
         else:
             rollback = psycopg.Rollback(transaction)
             await stack.__aexit__(type(rollback), rollback, None)

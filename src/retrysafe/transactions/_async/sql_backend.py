@@ -17,14 +17,15 @@ error translation; and they check the records table once per process, not per tr
 
 `AsyncDriverBackend` adds what their transaction control shares: the table is prepared inside
 what `begin` opened, which is rolled back if that fails; a failed commit is raised as our error
-(`commit_failed`).
+(`commit_failed`): rolled back if the database refused it, of unknown outcome if the
+connection was lost before its reply.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar
 
 from retrysafe._errors import ConfigurationError, InFlightError, StoreError
 from retrysafe._record import Claim, Identity, Record
@@ -33,7 +34,7 @@ from retrysafe.transactions import _drivers as drivers
 if TYPE_CHECKING:
     from retrysafe.stores._async import mysql_records, postgres_records
 
-__all__ = ["AsyncDriverBackend", "AsyncDriverRecords", "commit_failed"]
+__all__ = ["AsyncDriverBackend", "AsyncDriverRecords", "commit_failed", "reply_lost"]
 
 # Tables known to exist, by (host, port, database, table): checked once per process, not per
 # transaction. A table is remembered only once known committed: created where the DDL commits at
@@ -42,6 +43,8 @@ __all__ = ["AsyncDriverBackend", "AsyncDriverRecords", "commit_failed"]
 # block's `CREATE TABLE` in it) is checked again next time. A statement that fails because the
 # table is missing (dropped since) forgets it, so the next transaction prepares it again.
 _ready_tables: set[tuple[str, ...]] = set()
+# MySQL's client errors for a connection lost before the reply: gone away, lost during a query.
+_LOST: Final = (2006, 2013)
 
 
 # The driver's connection, as its subclass types it; the base only hands it to the primitives.
@@ -201,12 +204,34 @@ class AsyncDriverBackend:
             raise
 
 
-def commit_failed(error: Exception) -> Exception:
+def commit_failed(error: Exception, driver_error: BaseException | None = None) -> Exception:
     """Return our error for a commit that failed (`error`, the store's), saying what became of
-    the transaction: rolled back, with every write made in it."""
+    the transaction: rolled back, with every write made in it, when the database refused the
+    COMMIT; unknown when the connection was lost before its reply (`driver_error`, the
+    driver's, says so): the server may have committed it, so only a retry with the same key
+    can tell (it replays the outcome, or runs again)."""
     if not isinstance(error, StoreError):
         return error
+    if driver_error is not None and reply_lost(driver_error):
+        return type(error)(
+            "The transaction's COMMIT got no reply (the connection was lost), so it may or may "
+            "not have committed: retry with the same key, which replays the outcome if it "
+            f"committed and runs again if not; never with a new key. {error}"
+        )
     return type(error)(
         "The transaction could not commit, so it was rolled back with every write made in it: "
         f"nothing of it was applied. {error}"
     )
+
+
+def reply_lost(error: BaseException) -> bool:
+    """Return whether the driver's `error` is a connection lost before the server's reply:
+    psycopg's `OperationalError` the server sent no SQLSTATE for, PyMySQL's and aiomysql's
+    2006/2013 (gone away, lost during the query) or a closed connection."""
+    psycopg = drivers.psycopg_module()
+    if psycopg is not None and isinstance(error, psycopg.OperationalError):
+        return error.sqlstate is None
+    if type(error).__module__.startswith(("pymysql", "aiomysql")):
+        number = error.args[0] if error.args else None
+        return number in _LOST or type(error).__name__ == "InterfaceError"
+    return False

@@ -191,7 +191,7 @@ class MySQLBackend(MySQLRecords, DriverBackend):
         except pymysql.MySQLError as error:
             with contextlib.suppress(pymysql.MySQLError):
                 self.connection.rollback()  # on a lost connection, nothing to roll back
-            raise commit_failed(self._translate(error)) from error
+            raise commit_failed(self._translate(error), error) from error
 
     def _execute(self, statement: str) -> None:
         with self.connection.cursor() as cursor:

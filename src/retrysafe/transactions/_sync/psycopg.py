@@ -125,9 +125,12 @@ class PsycopgBackend(PsycopgRecords, DriverBackend):
         """Commit or roll back what `begin` opened.
 
         Raises:
-            StoreError: the commit failed (a deferred constraint, a serialization failure, a
-                lost connection); PostgreSQL ends a transaction whose COMMIT fails, so nothing
-                of it was applied.
+            StoreError: the commit failed (a deferred constraint, a serialization failure):
+                PostgreSQL ends a transaction whose COMMIT it refuses, so nothing of it was
+                applied.
+            StoreUnavailableError: the connection was lost before the COMMIT's reply came
+                (`commit_failed`): the server may or may not have committed, so the caller
+                must retry with the same key (the retry replays or runs again, as it finds).
         """
         opened, self._transaction = self._transaction, None
         if opened is None:
@@ -137,7 +140,7 @@ class PsycopgBackend(PsycopgRecords, DriverBackend):
             try:
                 stack.close()
             except psycopg.Error as error:
-                raise commit_failed(self._translate(error)) from error
+                raise commit_failed(self._translate(error), error) from error
         else:
             rollback = psycopg.Rollback(transaction)
             stack.__exit__(type(rollback), rollback, None)

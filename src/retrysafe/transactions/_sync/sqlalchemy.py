@@ -153,7 +153,7 @@ class SessionBackend:
             if cause is None:
                 raise
             if savepoint is None:
-                raise commit_failed(cause) from error
+                raise commit_failed(cause, error.orig) from error
             raise type(cause)(
                 "The transactional block's savepoint could not be released, so it was rolled "
                 "back with every write made in it: nothing of it was applied. The enclosing "

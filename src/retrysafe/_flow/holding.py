@@ -20,7 +20,8 @@ Who runs the steps: a sync flow's held outcomes are jobs on one shared daemon th
 (`retrysafe._heartbeat.HOLDER`); an async flow's are tasks on the running event loop (the
 async store's connections belong to it), kept referenced by the flow. Only a process that dies
 loses a held outcome; then the record waits for its lease to end (B16), and a retry may run the
-operation again.
+operation again. At interpreter exit, `exiting.drain_held` drains every sync flow that holds
+anything, and logs what is still held as `held_lost` (the holder's thread is a daemon).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from retrysafe._engine import Decision, decide
 from retrysafe._errors import FencedError, StoreClosedError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.counters import Count, Finisher
+from retrysafe._flow.exiting import HOLDERS
 from retrysafe._flow.observing import fields
 from retrysafe._record import Claim, Identity, Record, State
 
@@ -272,7 +274,7 @@ class Holder(Finisher[StoreT]):
     """What both drivers share about held outcomes: holding one, the meaning of each step's
     result, and draining (arguments: see `Finisher`)."""
 
-    __slots__ = ("drain_timeout", "holdings")
+    __slots__ = ("__weakref__", "drain_timeout", "holdings")
 
     def _setup(self) -> None:
         super()._setup()
@@ -285,6 +287,7 @@ class Holder(Finisher[StoreT]):
         """Hold `held`: count it; the driver then runs its steps."""
         self.holdings.add(held)
         self.counters.add(Count.HELD)
+        HOLDERS.add(self)
         return held
 
     def stepped(self, held: Held, step: Step, error: Exception | None) -> bool:

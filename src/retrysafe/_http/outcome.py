@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import struct
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -20,6 +21,7 @@ __all__ = [
     "encode_outcome",
     "outcome_to_store",
     "replay_response",
+    "transient_conflict",
 ]
 
 # The outcome codec: a small binary frame, fast to decode on the replay path.
@@ -146,9 +148,39 @@ def outcome_to_store(capture: ResponseCapture, settings: Settings) -> bytes | No
         return None
     if not settings.stores_status(capture.status):
         return None
+    if (
+        capture.status == 409
+        and settings.outcomes == "definitive"
+        and transient_conflict(capture.headers, capture.body())
+    ):
+        return None
     if capture.overflowed:
         return encode_omitted(capture.status, capture.headers, settings)
     return encode_outcome(capture.status, capture.headers, capture.body(), settings)
+
+
+def transient_conflict(headers: Iterable[Header], body: bytes) -> bool:
+    """Return whether a 409 says it is transient, so is not the key's outcome (B18): it has a
+    `Retry-After` header, or it is an RFC 9457 problem whose type is `request-in-flight` under
+    any base URL (another retrysafe layer behind this one, answering for a request still
+    running there)."""
+    problem = False
+    for raw, value in headers:
+        name = raw.lower()
+        if name == b"retry-after":
+            return True
+        if name == b"content-type":
+            problem = value.partition(b";")[0].strip().lower() == b"application/problem+json"
+    if not problem:
+        return False
+    try:
+        kind = json.loads(body).get("type")
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return False
+    return isinstance(kind, str) and kind.endswith(_IN_FLIGHT_TYPES)
+
+
+_IN_FLIGHT_TYPES: Final = ("#request-in-flight", "/request-in-flight")
 
 
 class ResponseCapture:

@@ -76,6 +76,15 @@ def proxy(
             "here).",
         ),
     ] = "sqlite:///retrysafe.db",
+    namespace: Annotated[
+        str,
+        typer.Option(
+            "--namespace",
+            metavar="NAME",
+            help="Keeps this proxy's keys apart from other users of the same store: give each "
+            "service its own (default: http, as before).",
+        ),
+    ] = "http",
     require_key: Annotated[
         bool, typer.Option("--require-key", help="Answer 400 to a POST or PATCH without a key.")
     ] = False,
@@ -196,6 +205,7 @@ def proxy(
     with errors_as_one_line():
         try:
             options: SettingsOptions = {
+                "namespace": namespace,
                 "required": require_key,
                 "retention": retention,
                 "lease": lease,

@@ -30,6 +30,7 @@ import dataclasses
 from collections.abc import Callable, Hashable
 from typing import Any, Final
 
+from retrysafe._flow.exiting import drain_held
 from retrysafe._http import Header, Response, RouteSettings, Settings
 from retrysafe._http.routing import RoutePath
 from retrysafe.integrations import _django_config as django_config
@@ -116,6 +117,14 @@ class IdempotencyMiddleware(InsideMiddleware[Callable[[Request], Any], Routed]):
             **options,
         )
         self.get_response = get_response
+
+    @staticmethod
+    def drain(timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds (None: `drain_timeout`, 10) for the outcomes this
+        process holds to be stored (B19, B40); return whether none is left. It runs by itself
+        at interpreter exit; call it from a server's shutdown hook (gunicorn's `worker_exit`)
+        to drain sooner."""
+        return drain_held(timeout)
 
     def __call__(self, request: Request) -> Any:
         """Handle one request: run the stack, then store the response of a claimed one."""

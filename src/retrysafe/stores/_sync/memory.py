@@ -7,13 +7,21 @@ It can be capped (B36): `max_records` and `max_bytes` bound what a flood of new 
 hold. A full store refuses new claims with `StoreUnavailableError`, which the middleware answers
 with 503 and `Retry-After` (B20); it never evicts a live record, as a record evicted early lets a
 retry run its effect again.
+
+Its records live in one process: a store created before a fork (an app loaded in gunicorn's
+master with `--preload`) is a separate store in each worker, and a key retried on another worker
+runs again. The first fork that copies a live memory store logs a WARNING in the child
+(`retrysafe.stores`), once per process; a request costs nothing more for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import logging
+import os
 import threading
+import weakref
 from typing import Final, Unpack, cast
 from urllib.parse import parse_qsl, urlsplit
 
@@ -38,6 +46,23 @@ __all__ = ["MemoryStore"]
 _URL_FORM: Final = "just 'memory://', optionally with '?max_records=N&max_bytes=B'"
 _OPTIONS: Final[dict[str, type]] = {"max_records": int, "max_bytes": int}
 _SLACK: Final = 1024  # stale entries on the expiry heap allowed beyond one per record
+_LIVE: Final[weakref.WeakSet[MemoryStore]] = weakref.WeakSet()  # the stores a fork copies
+_PARENT = [os.getpid()]  # the process the live stores were made in; a warned child resets it
+
+
+def _after_fork() -> None:
+    if _LIVE and _PARENT[0] != os.getpid():
+        logging.getLogger("retrysafe.stores").warning(
+            "A memory:// store made in process %d is used in process %d, forked from it: each "
+            "process has its own records, so a key retried on another worker runs again. Use "
+            "a shared store (sqlite, postgresql, mysql, redis) with several workers.",
+            _PARENT[0],
+            os.getpid(),
+        )
+    _PARENT[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 # How a record is kept: its identity's parts as the dict key, and its other fields in a plain
 # tuple of strings, numbers and bytes. The garbage collector stops tracking such tuples after
@@ -137,6 +162,7 @@ class MemoryStore:
         self._bytes = 0
         self._expiries: list[tuple[float, _Key]] = []
         self._lock = threading.Lock()
+        _LIVE.add(self)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> MemoryStore:

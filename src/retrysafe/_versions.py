@@ -31,6 +31,8 @@ __all__ = [
     "TransactionContext",
     "entity_text",
     "is_newer",
+    "legacy_copy",
+    "row_entity",
     "statements",
     "version_number",
     "version_of_point",
@@ -48,8 +50,21 @@ DEFAULT_TABLE: Final = "retrysafe_versions"
 LOCK_FINGERPRINT: Final = "retrysafe.versioned-entity"
 """The fingerprint of every entity's record in a store: one per entity, whatever the message."""
 
+SCOPE_SEPARATOR: Final = "\x1f"
+"""Between a scope and an entity in the versions table: U+001F, the unit separator. Never NUL,
+which PostgreSQL text cannot hold; refused in entity ids and scopes, so a key is never
+ambiguous, and an unscoped entity is stored as itself, as every earlier release stored it."""
+LEGACY_SCOPE_SEPARATOR: Final = "\x00"
+"""What earlier releases put there: only SQLite could store it, so only SQLite has such rows."""
+MAX_ROW_ENTITY: Final = 512
+"""The most characters of scope and entity together in the versions table: within the primary
+key's limits (PostgreSQL's btree holds about 2,700 bytes of a key), however many bytes each."""
+
 _BIGINT: Final = 2**63  # versions are stored as SQL BIGINT: -2**63 < version < 2**63
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# NUL (PostgreSQL text cannot hold it), the separator, and lone surrogates: what `entity_text`
+# makes of bytes that are not UTF-8, which no database driver can encode.
+_UNSTORABLE: Final = re.compile("[\x00\x1f\ud800-\udfff]")
 
 Effect: TypeAlias = Callable[[], T]
 """The handler, its arguments bound: run only for a newer version."""
@@ -66,6 +81,44 @@ def entity_text(raw: object) -> str:
     if isinstance(raw, bytes | bytearray):
         raw = bytes(raw).decode("utf-8", "surrogateescape")
     return key_text(raw, "A versioned message's entity")
+
+
+def row_entity(scope: str, entity: str) -> str:
+    """Return what the versions table keeps for an entity: the entity id itself unscoped,
+    `scope` U+001F `entity` scoped.
+
+    Raises:
+        InvalidKeyError: the scope or the entity id has a character no table can hold (NUL,
+            U+001F, bytes that are not UTF-8), or the two are over `MAX_ROW_ENTITY` characters
+            together: a redelivery would fail the same way.
+    """
+    for what, text in (("scope", scope), ("entity id", entity)):
+        found = _UNSTORABLE.search(text)
+        if found:
+            raise InvalidKeyError(
+                f"A versioned message's {what} {_shown(text)} has {_named(found.group())}, "
+                "which the versions table cannot hold."
+            )
+    key = f"{scope}{SCOPE_SEPARATOR}{entity}" if scope else entity
+    if len(key) > MAX_ROW_ENTITY:
+        what = "scope and entity id are" if scope else "entity id is"
+        raise InvalidKeyError(
+            f"A versioned message's {what} {len(key):,} characters ({_shown(key)}), over the "
+            f"{MAX_ROW_ENTITY} the versions table holds."
+        )
+    return key
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+
+
+def _named(character: str) -> str:
+    if character == "\x00":
+        return "a NUL"
+    if character == SCOPE_SEPARATOR:
+        return "a U+001F (the scope separator)"
+    return "bytes that are not UTF-8"
 
 
 def version_number(raw: object) -> int:
@@ -112,6 +165,18 @@ def statements(table: str, mark: str) -> tuple[str, str]:
         f'WHERE "{table}".version < excluded.version'
     )
     return create, upsert
+
+
+def legacy_copy(table: str, mark: str) -> str:
+    """Return the statement that copies a scoped entity's row of an earlier release (`scope`
+    NUL `entity`, SQLite only) to its key of this one, unless that exists: bind the new key,
+    the namespace and the old key. The old row stays, unread (B39)."""
+    statements(table, mark)  # checks the identifier
+    return (
+        f'INSERT INTO "{table}" (namespace, entity, version) SELECT namespace, {mark}, version '  # noqa: S608 - a checked identifier
+        f'FROM "{table}" WHERE namespace = {mark} AND entity = {mark} '
+        "ON CONFLICT (namespace, entity) DO NOTHING"
+    )
 
 
 class Heartbeat:

@@ -7,22 +7,32 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, ParamSpec, TypeVar, Unpack
 
 from retrysafe._decorator import IdempotentOptions, idempotent
-from retrysafe._errors import ConfigurationError, InvalidKeyError, KeyMismatchError, OutcomeError
+from retrysafe._errors import (
+    ConfigurationError,
+    InFlightError,
+    InvalidKeyError,
+    KeyMismatchError,
+    OutcomeError,
+)
 from retrysafe._flow.observing import FacedObservers
 from retrysafe._outcomes import is_stored
 from retrysafe.stores.base import AsyncStore, Store
 
 __all__ = [
+    "DEFAULT_REQUEUE_DELAY",
     "NATS_MSG_ID",
     "idempotent_message",
     "message_body_of",
     "message_id_of",
+    "requeue_delay",
     "should_requeue",
 ]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
+DEFAULT_REQUEUE_DELAY: Final = 1.0
+"""Seconds `requeue_delay` waits before a requeue, for an error that says no other time."""
 NATS_MSG_ID: Final = "Nats-Msg-Id"
 """The header that carries a NATS message's id (JetStream's own publish deduplication reads it)."""
 
@@ -92,6 +102,23 @@ def should_requeue(error: BaseException) -> bool:
     outages included.
     """
     return not isinstance(error, _PERMANENT) and not is_stored(error)
+
+
+def requeue_delay(error: BaseException, default: float = DEFAULT_REQUEUE_DELAY) -> float:
+    """Return how many seconds to wait before settling a delivery that raised `error`.
+
+    RabbitMQ redelivers a requeued message at once, so a loop that requeues every failure
+    straight away spins: through a store outage, thousands of deliveries a second. Wait this
+    long first (JetStream's `nak(delay=...)` does the same on the broker's side): 0 for what
+    `should_requeue` dead-letters (nothing to wait for), the `retry_after` of an
+    `InFlightError` (another delivery of the message is running: its outcome may be stored by
+    then), `default` for anything else.
+    """
+    if not should_requeue(error):
+        return 0.0
+    if isinstance(error, InFlightError):
+        return float(error.retry_after)
+    return default
 
 
 def idempotent_message(

@@ -8,10 +8,13 @@ replays; what is left is the acknowledgement discipline, which is easy to get su
 - ack only after the handler returned (its outcome is stored by then), so a crash between the
   two costs a redelivery that replays, never a lost effect;
 - while a handler runs, tell JetStream it is alive (`in_progress`, every third of `ack_wait`),
-  or a slow handler's message is delivered again meanwhile. That duplicate would not run the
-  effect twice (it finds the message id in flight, waits, and replays or is refused), but it
-  costs a delivery attempt and a consumer slot. The in-progress acks run during the wait for a
-  duplicate in flight too, so a waiting delivery is not redelivered in turn;
+  or a slow handler's message is delivered again meanwhile. The in-progress acks run during the
+  wait for a duplicate in flight too, so a waiting delivery is not redelivered in turn;
+- hold the message id under a lease that outlasts JetStream's redelivery: a process paused
+  (a GC pause, a blocked loop, a stopped VM) stops its in-progress acks and its lease renewals
+  together, and JetStream redelivers after `ack_wait`. With the lease `ack_wait` too, the
+  redelivery would find the id free and run the effect a second time; with three times
+  `ack_wait`, it finds the id in flight, waits, and replays (or is nak'ed to come back);
 - `term` what no redelivery can fix (no `Nats-Msg-Id`, one id re-used with another body, an
   outcome that cannot be stored, the handler's `final_exceptions`), so it is not redelivered
   forever; `nak` the rest, after a delay, so a store outage does not spin the consumer;
@@ -35,18 +38,19 @@ from retrysafe._decorator import (
     default_namespace,
     is_async_callable,
 )
-from retrysafe._errors import ConfigurationError, FencedError, InFlightError
+from retrysafe._errors import ConfigurationError, FencedError
 from retrysafe._extras import missing_extra
 from retrysafe._outcomes import Deferred, is_final
 from retrysafe.consumers._messages import (
     idempotent_message,
     message_body_of,
     message_id_of,
+    requeue_delay,
     should_requeue,
 )
 from retrysafe.stores.base import AsyncStore
 
-__all__ = ["JetStreamMessage", "jetstream_message"]
+__all__ = ["JetStreamMessage", "default_lease", "jetstream_message"]
 
 P = ParamSpec("P")
 MessageT = TypeVar("MessageT", bound="JetStreamMessage")
@@ -54,6 +58,12 @@ MessageT = TypeVar("MessageT", bound="JetStreamMessage")
 _LOGGER: Final = logging.getLogger("retrysafe.consumers")
 DEFAULT_ACK_WAIT: Final = 30.0  # JetStream's own default for a consumer's ack_wait
 DEFAULT_NAK_DELAY: Final = 1.0
+LEASE_PER_ACK_WAIT: Final = 3
+"""The default lease, in `ack_wait`s. Renewed every third of it, a lease has at least two
+`ack_wait`s left when its process pauses, and JetStream redelivers at most one `ack_wait` after
+the pause began: a pause up to two `ack_wait`s finds the id in flight. The cost: a message whose
+consumer died is run again up to three `ack_wait`s after, not one (its redeliveries meanwhile
+wait, then are nak'ed)."""
 
 
 class JetStreamMessage(Protocol):
@@ -118,15 +128,17 @@ def jetstream_message(
         body: a callable of the handler's arguments returning the fingerprinted content; by
             default the message's data.
         lease: seconds an in-flight delivery holds the id unless its heartbeat renews it;
-            default `ack_wait`, so a dead consumer's message is taken over as soon as
-            JetStream redelivers it.
+            default three times `ack_wait` (`default_lease`), so a redelivery of a delivery
+            whose process paused for up to two `ack_wait`s finds the id in flight and waits
+            rather than running the effect again. A dead consumer's message is run again
+            once the lease ends.
         **options: the rest of `idempotent_message`'s options (`namespace`, `scope`,
             `retention`, `wait`, `final_exceptions`, `serializer`, `observers`).
     """
     if ack_wait <= 0 or nak_delay < 0:
         raise ConfigurationError("ack_wait must be positive and nak_delay not negative.")
     not_jetstream = _not_jetstream_error()
-    options.setdefault("lease", ack_wait)
+    options.setdefault("lease", default_lease(ack_wait))
     final = options.get("final_exceptions", ())
     idempotent_message(store, message_id=message_id, body=body, **options)  # checks them now
 
@@ -163,6 +175,11 @@ def jetstream_message(
     return decorate
 
 
+def default_lease(ack_wait: float) -> float:
+    """Return the lease `jetstream_message` holds a message id under for `ack_wait`."""
+    return LEASE_PER_ACK_WAIT * ack_wait
+
+
 async def _settle_failure(
     msg: JetStreamMessage,
     error: Exception,
@@ -184,7 +201,7 @@ async def _settle_failure(
         _LOGGER.error("%s terminated: a redelivery cannot fix it", where, exc_info=error)
         await _settle(msg.term, "term", where)
     else:
-        delay = error.retry_after if isinstance(error, InFlightError) else nak_delay
+        delay = requeue_delay(error, nak_delay)
         _LOGGER.warning("%s nak'ed, redelivered in %ss", where, delay, exc_info=error)
         await _settle(functools.partial(msg.nak, delay=delay or None), "nak", where)
 

@@ -5,8 +5,9 @@ Two modes, chosen by what the decorator is given:
 - a store (any backend): the message id is claimed first, as `idempotent_message` does, then
   the entity's record in the store (`AsyncStoreVersions`) orders the deliveries of one entity
   and keeps its last applied version;
-- the handler's own database connection (`sqlite3`, psycopg sync or async): the version's
-  compare-and-set runs in the transaction of the handler's writes (`AsyncSQLVersions`).
+- the handler's own database connection (`sqlite3`, psycopg sync or async), or a `connect`
+  callable that makes one for each delivery: the version's compare-and-set runs in the
+  transaction of the handler's writes (`_versioned_sql`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Final, ParamSpec, TypeVar, Unpack, cast, overload
-
-import anyio
+from typing import Any, Concatenate, Final, ParamSpec, Required, TypeVar, Unpack, cast, overload
 
 from retrysafe._decorator import CallOptions
 from retrysafe._errors import ConfigurationError, InvalidKeyError
 from retrysafe._flow import DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_WAIT
-from retrysafe._versions import DEFAULT_TABLE, ENTITIES_SUFFIX, entity_text, version_number
+from retrysafe._versions import ENTITIES_SUFFIX, entity_text, version_number
 from retrysafe.consumers._messages import idempotent_message, message_body_of, message_id_of
 
 __all__ = ["VersionCounter", "message_header", "versioned_message"]
@@ -113,6 +112,7 @@ class _Reader:
     entity: KeyFunction
     version: KeyFunction
     scope: str | KeyFunction
+    decode_scope: bool = False  # transactional mode: a bytes scope is its text, not its repr
 
     def __call__(self, args: tuple[object, ...], kwargs: dict[str, object]) -> _Delivery:
         scope: object = self.scope
@@ -123,15 +123,36 @@ class _Reader:
                     f"The scope function returned {scope!r} for this message: a message "
                     "without a scope is refused rather than applied to every scope's entity (B8)."
                 )
+        if self.decode_scope and isinstance(scope, bytes | bytearray):
+            scope = bytes(scope).decode("utf-8", "surrogateescape")  # refused if not UTF-8
         entity = entity_text(self.entity(*args, **kwargs))
         return _Delivery(str(scope), entity, version_number(self.version(*args, **kwargs)))
 
 
-class _Decorator:
-    """What `versioned_message` returns: a decorator for a sync or an async handler."""
+class _Wrapping:
+    """What `versioned_message` returns, whatever its target: a decorator that wraps a sync or
+    an async handler, of the colour of the store or connection, if that says one."""
 
-    def __init__(self, target: object, read: _Reader, counter: VersionCounter, make: Any) -> None:
-        self.target, self.read, self.counter, self.make = target, read, counter, make
+    def __init__(
+        self, read: _Reader, counter: VersionCounter, make: Any, colour: tuple[str, bool | None]
+    ) -> None:
+        self.read, self.counter, self.make = read, counter, make
+        self.target_name, self.target_is_async = colour
+
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap `func`, refusing one of the other colour than the target's."""
+        is_async = inspect.iscoroutinefunction(func)
+        if self.target_is_async is not None and is_async != self.target_is_async:
+            wanted = "an async store or connection" if is_async else "a sync store or connection"
+            raise ConfigurationError(
+                f"{func.__qualname__} is {'async' if is_async else 'sync'}, so "
+                f"versioned_message needs {wanted}, not {self.target_name}."
+            )
+        return cast("Callable[..., Any]", self.make(func, self.read, self.counter))
+
+
+class _Decorator(_Wrapping):
+    """The decorator for a store or a connection: the wrapper takes the handler's arguments."""
 
     @overload
     def __call__(
@@ -142,22 +163,55 @@ class _Decorator:
     def __call__(self, func: Callable[P, R]) -> Callable[P, R | None]: ...
 
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        is_async = inspect.iscoroutinefunction(func)
-        target_is_async = inspect.iscoroutinefunction(
-            getattr(self.target, "claim", None)
-        ) or _drivers().is_async_psycopg_connection(self.target)
-        if is_async != target_is_async:
-            wanted = "an async store or connection" if is_async else "a sync store or connection"
-            raise ConfigurationError(
-                f"{func.__qualname__} is {'async' if is_async else 'sync'}, so "
-                f"versioned_message needs {wanted}, not {type(self.target).__name__}."
-            )
-        return cast("Callable[..., Any]", self.make(func, self.read, self.counter))
+        return self.wrap(func)
 
 
+class _ConnectDecorator(_Wrapping):
+    """The decorator for `connect=`: the handler takes the delivery's connection first, and
+    the wrapper the rest of its arguments."""
+
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[Any, P], R]) -> Callable[P, R | None]: ...
+
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        return self.wrap(func)
+
+
+class _Keys(VersionedOptions, total=False):
+    """`versioned_message`'s keyword arguments of every form (the overloads' typing)."""
+
+    namespace: Required[str]
+    entity: Required[KeyFunction]
+    version: Required[KeyFunction]
+    counter: VersionCounter | None
+    table: str | None
+
+
+@overload
 def versioned_message(
     target: object,
     *,
+    message_id: KeyFunction = message_id_of,
+    body: KeyFunction = message_body_of,
+    **options: Unpack[_Keys],
+) -> _Decorator: ...
+
+
+@overload
+def versioned_message(
+    *, connect: Callable[[], object], **options: Unpack[_Keys]
+) -> _ConnectDecorator: ...
+
+
+def versioned_message(
+    target: object = None,
+    *,
+    connect: Callable[[], object] | None = None,
     namespace: str,
     entity: KeyFunction,
     version: KeyFunction,
@@ -166,7 +220,7 @@ def versioned_message(
     message_id: KeyFunction = message_id_of,
     body: KeyFunction = message_body_of,
     **options: Unpack[VersionedOptions],
-) -> _Decorator:
+) -> _Decorator | _ConnectDecorator:
     """Apply a message only if its version is newer than the last applied for its entity.
 
     An older or equal version is skipped: the handler is not called, the wrapper returns None
@@ -178,7 +232,13 @@ def versioned_message(
             `idempotent_message`, and each entity's last applied version kept in the store.
             Or the connection the handler writes with (`sqlite3.Connection`, psycopg
             `Connection` or `AsyncConnection`): the version is checked and recorded in the
-            table `table`, in the same transaction as the handler's writes.
+            table `table`, in the same transaction as the handler's writes. Once the server
+            closes that connection, every delivery raises `ConnectionClosedError`.
+        connect: instead of `target`, transactional mode with a connection of each delivery's
+            own: a callable returning a connection (closed after the delivery), a coroutine
+            of one, or a context manager of one (a psycopg pool's `pool.connection`). The
+            handler takes it as its first argument; a consumer whose connection the server
+            ended recovers with the next delivery.
         namespace: what separates this consumer's entities (and message ids) from others'.
         entity: a callable of the handler's arguments returning the entity id: a non-empty
             `str`, an `int` or a `UUID`. `message_header(name)` reads a header.
@@ -193,10 +253,14 @@ def versioned_message(
             `idempotent_message`; `retention` also bounds how long an idle entity's version
             is remembered, and `wait` how long a delivery waits for another of its entity.
     """
+    from retrysafe.consumers._versioned_sql import in_transaction, refuse_target  # noqa: PLC0415
+
     if not isinstance(namespace, str) or not namespace:
         raise ConfigurationError("versioned_message needs a non-empty namespace.")
     if not callable(entity) or not callable(version):
         raise ConfigurationError("entity and version must be callables of the handler's args.")
+    if (target is None) == (connect is None):
+        raise ConfigurationError("versioned_message takes a store or a connection, or connect=.")
     read = _Reader(entity, version, options.pop("scope", ""))
     counter = counter if counter is not None else VersionCounter()
     if callable(getattr(target, "claim", None)):
@@ -204,19 +268,26 @@ def versioned_message(
             raise ConfigurationError("table is for a database connection, not a store.")
         # The message id is claimed in the delivery's scope too: two tenants' ids never meet.
         given = {"message_id": message_id, "body": body, "scope": read.scope, **options}
-        return _Decorator(target, read, counter, _in_store(target, namespace, given))
+        is_async = inspect.iscoroutinefunction(getattr(target, "claim", None))
+        colour = (type(target).__name__, is_async)
+        return _Decorator(read, counter, _in_store(target, namespace, given), colour)
     store_only = [*options, *(["message_id"] if message_id is not message_id_of else [])]
     store_only += ["body"] if body is not message_body_of else []
     if store_only:
         raise ConfigurationError(
             f"{', '.join(sorted(store_only))}: store-mode options, not for a connection."
         )
-    if not _drivers().is_connection(target) or _drivers().is_session(target):
-        raise ConfigurationError(
-            "versioned_message takes a store, a sqlite3.Connection or a psycopg Connection or "
-            f"AsyncConnection, not {type(target).__name__}."
-        )
-    return _Decorator(target, read, counter, _in_transaction(target, namespace, table))
+    read = dataclasses.replace(read, decode_scope=True)
+    if connect is not None:
+        if not callable(connect):
+            raise ConfigurationError(f"connect must be callable, not {type(connect).__name__}.")
+        make = in_transaction(connect, namespace, table)
+        return _ConnectDecorator(read, counter, make, ("connect", None))
+    refusal = refuse_target(target)
+    if refusal is not None:
+        raise ConfigurationError(refusal)
+    colour = (type(target).__name__, _drivers().is_async_psycopg_connection(target))
+    return _Decorator(read, counter, in_transaction(target, namespace, table), colour)
 
 
 def _in_store(store: Any, namespace: str, options: dict[str, Any]) -> Any:
@@ -245,7 +316,7 @@ def _in_store(store: Any, namespace: str, options: dict[str, Any]) -> Any:
 
             @functools.wraps(func)
             async def claimed_async(*args: Any, **kwargs: Any) -> Any:
-                return _counted(counter, await apply(args, kwargs))
+                return counted(counter, await apply(args, kwargs))
 
             claimed = idempotent_message(store, namespace=namespace, **options)(claimed_async)
 
@@ -258,7 +329,7 @@ def _in_store(store: Any, namespace: str, options: dict[str, Any]) -> Any:
 
         @functools.wraps(func)
         def claimed_sync(*args: Any, **kwargs: Any) -> Any:
-            return _counted(counter, apply(args, kwargs))
+            return counted(counter, apply(args, kwargs))
 
         claimed_ = idempotent_message(store, namespace=namespace, **options)(claimed_sync)
 
@@ -289,7 +360,7 @@ def _delivering(delivery: _Delivery) -> Iterator[_Delivery]:
         _DELIVERY.reset(token)
 
 
-def _counted(counter: VersionCounter, result: tuple[bool, Any]) -> Any:
+def counted(counter: VersionCounter, result: tuple[bool, Any]) -> Any:
     """Count an applied or a stale delivery; return the handler's value (None if skipped)."""
     applied, value = result
     counter.count("applied" if applied else "stale")
@@ -305,47 +376,6 @@ def _replayed(counter: VersionCounter, delivery: _Delivery, value: Any) -> Any:
     return value
 
 
-def _in_transaction(connection: Any, namespace: str, table: str | None) -> Any:
-    """Return what wraps a handler in transactional mode: the version in its transaction."""
-    from retrysafe.transactions._async.versions import AsyncSQLVersions  # noqa: PLC0415
-    from retrysafe.transactions._sqlite_versions import SQLiteTransactions  # noqa: PLC0415
-    from retrysafe.transactions._sync.versions import SQLVersions  # noqa: PLC0415
-
-    table = DEFAULT_TABLE if table is None else table
-    if _drivers().is_async_psycopg_connection(connection):
-        versions: Any = AsyncSQLVersions(connection, namespace, table=table, mark="%s")
-    elif _drivers().is_sqlite_connection(connection):
-        sqlite = SQLiteTransactions(connection)
-        versions = SQLVersions(sqlite, namespace, table=table, mark="?")
-    else:
-        versions = SQLVersions(connection, namespace, table=table, mark="%s")
-
-    def make(func: Callable[..., Any], read: _Reader, counter: VersionCounter) -> Any:
-        if inspect.iscoroutinefunction(func):
-            lock = anyio.Lock()  # one transaction at a time on the connection
-
-            @functools.wraps(func)
-            async def handle_async(*args: Any, **kwargs: Any) -> Any:
-                delivery = read(args, kwargs)
-                effect = functools.partial(func, *args, **kwargs)
-                async with lock:
-                    result = await versions.apply(*_where(delivery), effect)
-                return _counted(counter, result)
-
-            return handle_async
-        guard = threading.Lock()
-
-        @functools.wraps(func)
-        def handle_sync(*args: Any, **kwargs: Any) -> Any:
-            delivery = read(args, kwargs)
-            with guard:
-                result = versions.apply(*_where(delivery), functools.partial(func, *args, **kwargs))
-            return _counted(counter, result)
-
-        return handle_sync
-
-    return make
-
-
-def _where(delivery: _Delivery) -> tuple[str, str, int]:
+def where(delivery: _Delivery) -> tuple[str, str, int]:
+    """Return `apply`'s first arguments for a delivery: its scope, entity and version."""
     return delivery.scope, delivery.entity, delivery.version

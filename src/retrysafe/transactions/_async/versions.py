@@ -29,11 +29,14 @@ from retrysafe._concurrency import asleep, monotonic
 from retrysafe._errors import FencedError, InFlightError, StoreError
 from retrysafe._record import Identity
 from retrysafe._versions import (
+    LEGACY_SCOPE_SEPARATOR,
     LOCK_FINGERPRINT,
     AsyncEffect,
     AsyncHeartbeat,
     AsyncTransactionContext,
     is_newer,
+    legacy_copy,
+    row_entity,
     statements,
     version_of_point,
 )
@@ -177,15 +180,25 @@ class AsyncSQLVersions:
         namespace: what separates this consumer's entities from other consumers'.
         table: the versions table, created if missing.
         mark: the driver's placeholder (`%s` for psycopg, `?` for sqlite3).
+        legacy: look for scoped rows of earlier releases (`scope` NUL `entity`): on SQLite,
+            the only database that could store them.
     """
 
     def __init__(
-        self, connection: AsyncSQLConnection, namespace: str, *, table: str, mark: str
+        self,
+        connection: AsyncSQLConnection,
+        namespace: str,
+        *,
+        table: str,
+        mark: str,
+        legacy: bool = False,
     ) -> None:
         self.connection = connection
         self.namespace = namespace
         self._create, self._upsert = statements(table, mark)
-        self._ready = False
+        self._legacy = legacy_copy(table, mark) if legacy else None
+        self.prepared = False
+        """Whether the table is known to exist: set by the first delivery, or by the caller."""
 
     async def apply(
         self, scope: str, entity: str, version: int, effect: AsyncEffect[T]
@@ -193,14 +206,19 @@ class AsyncSQLVersions:
         """Run `effect` in the version's transaction if it is newer; commit both, or neither.
 
         Raises:
+            InvalidKeyError: the scope or entity id cannot be kept in the table (`row_entity`),
+                before any statement runs.
             TransactionAbortedError: the effect returned from a transaction the database
                 aborted (PostgreSQL, after a statement failed): it was rolled back, the version
                 with it, where leaving it would have committed nothing and said nothing.
         """
-        if not self._ready:
+        entity_key = row_entity(scope, entity)
+        if not self.prepared:
             await self._prepare()
-        entity_key = f"{scope}\x00{entity}" if scope else entity
         async with self.connection.transaction():
+            if scope and self._legacy is not None:
+                old_key = f"{scope}{LEGACY_SCOPE_SEPARATOR}{entity}"
+                await self.connection.execute(self._legacy, (entity_key, self.namespace, old_key))
             cursor = await self.connection.execute(
                 self._upsert, (self.namespace, entity_key, version)
             )
@@ -221,5 +239,5 @@ class AsyncSQLVersions:
                 if attempt == 2:
                     raise
             else:
-                self._ready = True
+                self.prepared = True
                 return

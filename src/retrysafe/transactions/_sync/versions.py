@@ -32,11 +32,14 @@ from retrysafe._concurrency import sleep, monotonic
 from retrysafe._errors import FencedError, InFlightError, StoreError
 from retrysafe._record import Identity
 from retrysafe._versions import (
+    LEGACY_SCOPE_SEPARATOR,
     LOCK_FINGERPRINT,
     Effect,
     Heartbeat,
     TransactionContext,
     is_newer,
+    legacy_copy,
+    row_entity,
     statements,
     version_of_point,
 )
@@ -180,15 +183,25 @@ class SQLVersions:
         namespace: what separates this consumer's entities from other consumers'.
         table: the versions table, created if missing.
         mark: the driver's placeholder (`%s` for psycopg, `?` for sqlite3).
+        legacy: look for scoped rows of earlier releases (`scope` NUL `entity`): on SQLite,
+            the only database that could store them.
     """
 
     def __init__(
-        self, connection: SQLConnection, namespace: str, *, table: str, mark: str
+        self,
+        connection: SQLConnection,
+        namespace: str,
+        *,
+        table: str,
+        mark: str,
+        legacy: bool = False,
     ) -> None:
         self.connection = connection
         self.namespace = namespace
         self._create, self._upsert = statements(table, mark)
-        self._ready = False
+        self._legacy = legacy_copy(table, mark) if legacy else None
+        self.prepared = False
+        """Whether the table is known to exist: set by the first delivery, or by the caller."""
 
     def apply(
         self, scope: str, entity: str, version: int, effect: Effect[T]
@@ -196,14 +209,19 @@ class SQLVersions:
         """Run `effect` in the version's transaction if it is newer; commit both, or neither.
 
         Raises:
+            InvalidKeyError: the scope or entity id cannot be kept in the table (`row_entity`),
+                before any statement runs.
             TransactionAbortedError: the effect returned from a transaction the database
                 aborted (PostgreSQL, after a statement failed): it was rolled back, the version
                 with it, where leaving it would have committed nothing and said nothing.
         """
-        if not self._ready:
+        entity_key = row_entity(scope, entity)
+        if not self.prepared:
             self._prepare()
-        entity_key = f"{scope}\x00{entity}" if scope else entity
         with self.connection.transaction():
+            if scope and self._legacy is not None:
+                old_key = f"{scope}{LEGACY_SCOPE_SEPARATOR}{entity}"
+                self.connection.execute(self._legacy, (entity_key, self.namespace, old_key))
             cursor = self.connection.execute(
                 self._upsert, (self.namespace, entity_key, version)
             )
@@ -224,5 +242,5 @@ class SQLVersions:
                 if attempt == 2:
                     raise
             else:
-                self._ready = True
+                self.prepared = True
                 return

@@ -92,7 +92,7 @@ def _after(renewed: bool | None, interval: float) -> float | None:
 
 
 class ThreadScheduler:
-    """One daemon thread per process that starts jobs when they are due.
+    """One daemon thread per process, named `name`, that starts jobs when they are due.
 
     It sleeps until the earliest job is due, so a new job needs a wake-up only if it is due
     before every other. With no job left, it sleeps for as long as the last job started was to
@@ -101,11 +101,9 @@ class ThreadScheduler:
     wake-up costs the caller a switch of threads and of the GIL). Each due step runs on a
     daemon thread of its own, one at a time per job: a step that blocks (a renewal on a store
     that hangs until its timeout) delays nothing but its own job, never the renewals of
-    operations on other stores or connections, whose leases would lapse meanwhile (B16).
-    Steps are rare (a ninth of a lease apart at most), so a thread each costs nothing that matters.
-
-    Args:
-        name: the thread's name.
+    operations on other stores or connections, whose leases would lapse meanwhile (B16). Steps
+    are rare (a ninth of a lease apart at most), so a thread each costs nothing that matters;
+    where none can start (Python 3.12 at exit), a step runs on the scheduler's own thread.
     """
 
     def __init__(self, name: str) -> None:
@@ -155,10 +153,11 @@ class ThreadScheduler:
                 for job in due:
                     job.running = True
             for job in due:
-                step = threading.Thread(
-                    target=self._step, args=(job,), name=f"{self._name} step", daemon=True
-                )
-                step.start()
+                step = threading.Thread(None, self._step, f"{self._name} step", (job,), daemon=True)
+                try:
+                    step.start()
+                except RuntimeError:  # the interpreter is exiting: 3.12 starts no thread then
+                    self._step(job)  # so it runs here, and an exit drain still stores (B40)
 
     def _step(self, job: ThreadJob) -> None:
         """Run one step of `job` (on a thread of its own), then hand it back to the schedule."""

@@ -1,20 +1,24 @@
-"""B18: a 409 that says it is transient is not an outcome: one retrysafe layer behind another.
+"""B18: another retrysafe layer's 409 is not an outcome: one retrysafe layer behind another.
 
 The outer middleware (namespace "edge") wraps an inner one (namespace "orders") in one real
 uvicorn server; a request marked `X-Direct` goes to the inner layer alone. While a direct
 request holds a key, the same key through both layers gets the inner layer's 409
 `request-in-flight`: the outer layer must release its claim, not keep that 409 as the key's
-outcome, so the retry after the direct request ended replays its 201.
+outcome, so the retry after the direct request ended replays its 201. An app's own 409 is its
+outcome, with `Retry-After` or without: stored, and in transactional mode committed with the
+handler's writes (released, those would be rolled back while the client is told of them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import flask
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -25,6 +29,7 @@ from starlette.routing import Route
 from retrysafe import open_async_store
 from retrysafe._http import ResponseCapture, Settings, outcome_to_store
 from retrysafe.asgi import IdempotencyMiddleware
+from retrysafe.transactions.flask import install, transactional
 from tests.servers import AsgiServer
 
 _SECONDS = 10.0
@@ -112,7 +117,13 @@ _PROBLEM = [(b"content-type", b"application/problem+json")]
 @pytest.mark.parametrize(
     ("headers", "body", "stored"),
     [
-        pytest.param([(b"Retry-After", b"1")], b"busy", False, id="retry-after"),
+        pytest.param([(b"Retry-After", b"1")], b"busy", True, id="app-409-retry-after"),
+        pytest.param(
+            [*_PROBLEM, (b"Retry-After", b"1")],
+            b'{"type":"https://x.example/#seat-taken"}',
+            True,
+            id="app-problem-retry-after",
+        ),
         pytest.param(
             _PROBLEM,
             b'{"type":"https://errors.example/idem#request-in-flight","status":409}',
@@ -131,9 +142,60 @@ _PROBLEM = [(b"content-type", b"application/problem+json")]
         pytest.param([], b"conflict", True, id="plain-409"),
     ],
 )
-def test_b18_a_transient_409_is_released_and_a_final_one_stored(
+def test_b18_a_layers_409_is_released_and_an_apps_own_stored(
     headers: list[tuple[bytes, bytes]], body: bytes, stored: bool
 ) -> None:
-    """A 409 with Retry-After, or a request-in-flight problem, releases; other 409s store."""
+    """A request-in-flight problem releases; other 409s store, with Retry-After or without."""
     outcome = outcome_to_store(_capture(409, headers, body), Settings())
     assert (outcome is not None) is stored
+
+
+_IN_FLIGHT = {"type": "https://errors.example/idem#request-in-flight", "status": 409}
+
+
+@pytest.mark.parametrize(
+    ("answer", "committed"),
+    [
+        pytest.param(({"status": "waitlisted"}, 409, {"Retry-After": "30"}), True, id="app-409"),
+        pytest.param(
+            (_IN_FLIGHT, 409, {"Content-Type": "application/problem+json", "Retry-After": "1"}),
+            False,
+            id="request-in-flight",
+        ),
+    ],
+)
+def test_b18_transactional_409_commits_unless_another_layer_answered(
+    answer: tuple[Any, int, dict[str, str]],
+    committed: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Transactional mode: an app's own 409 with Retry-After is its outcome, committed with its
+    writes and replayed; a request-in-flight 409 (a layer behind answered: nothing ran there)
+    rolls back and frees the key, so the retry runs the handler again."""
+    monkeypatch.setenv("RETRYSAFE_SCOPE_SECRET", "layered-conflict-scope-secret")
+    database = tmp_path / "app.db"
+    with sqlite3.connect(database) as setup:
+        setup.execute("CREATE TABLE holds (note TEXT)")
+    app = flask.Flask("layered")
+    install(app, connect=lambda: sqlite3.connect(database, timeout=10))
+    runs: list[int] = []
+
+    @app.post("/seats")
+    @transactional(required=True)
+    def hold(tx: Any) -> Any:
+        runs.append(1)
+        tx.connection.execute("INSERT INTO holds VALUES ('waitlisted')")
+        return answer
+
+    client = app.test_client()
+    headers = {**_HEADERS, "Idempotency-Key": "seat-1"}
+    first, again = (client.post("/seats", json={}, headers=headers) for _ in range(2))
+    assert (first.status_code, again.status_code) == (409, 409)
+    assert again.get_json() == first.get_json()
+    with sqlite3.connect(database) as check:
+        rows = check.execute("SELECT count(*) FROM holds").fetchone()[0]
+    if committed:
+        assert (rows, len(runs), again.headers.get("Idempotent-Replayed")) == (1, 1, "true")
+    else:
+        assert (rows, len(runs), again.headers.get("Idempotent-Replayed")) == (0, 2, None)

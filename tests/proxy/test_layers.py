@@ -2,8 +2,9 @@
 
 B18: the service's 409 `request-in-flight` (its key held by a request that reached it another
 way) is not the key's outcome at the proxy: the proxy releases its claim, and the retry gets the
-service's 201. B39: `--namespace` keeps two proxies on one store apart, and a proxy apart from
-the service it fronts on the same store.
+service's 201; the service's own 409 (`Retry-After` or not) is an outcome, stored. B39:
+`--namespace` keeps two proxies on one store apart, and a proxy apart from the service it fronts
+on the same store.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Service:
     def __init__(self, name: str, store_url: str) -> None:
         self.name = name
         self.calls = 0
+        self.holds = 0
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -47,7 +49,16 @@ class Service:
             await asyncio.to_thread(self.gate.wait, _SECONDS)
             return JSONResponse({"service": name, "n": self.calls}, status_code=201)
 
-        app: Any = Starlette(routes=[Route("/orders", orders, methods=["POST"])])
+        async def holds(request: Request) -> Response:
+            self.holds += 1
+            body = {"status": "waitlisted"}
+            return JSONResponse(body, status_code=409, headers={"Retry-After": "30"})
+
+        routes = [
+            Route("/orders", orders, methods=["POST"]),
+            Route("/holds", holds, methods=["POST"]),
+        ]
+        app: Any = Starlette(routes=routes)
         store = open_async_store(store_url)
         middleware = IdempotencyMiddleware(app, store=store, namespace=name, wait=0)
         self.server = AsgiServer(middleware)
@@ -70,9 +81,9 @@ def services(shared_store: str) -> Iterator[dict[str, Service]]:
         service.server.stop()
 
 
-def _post(url: str, key: str, **headers: str) -> httpx.Response:
+def _post(url: str, key: str, path: str = "/orders", **headers: str) -> httpx.Response:
     sent = {"Idempotency-Key": key, "Authorization": "Bearer layers", **headers}
-    return httpx.post(f"{url}/orders", json={"x": 1}, headers=sent, timeout=30)
+    return httpx.post(f"{url}{path}", json={"x": 1}, headers=sent, timeout=30)
 
 
 def test_b18_service_409_request_in_flight_is_released_by_the_proxy(
@@ -100,6 +111,23 @@ def test_b18_service_409_request_in_flight_is_released_by_the_proxy(
     retry = _post(proxy.url, key)
     assert retry.status_code == 201, retry.text
     assert retry.json() == answers[0].json()
+
+
+def test_b18_service_own_409_with_retry_after_is_stored_by_the_proxy(
+    services: dict[str, Service], proxies: Start, tmp_path: Path
+) -> None:
+    """The service answers a 409 of its own with `Retry-After` (a final answer: waitlisted):
+    the proxy stores it, so the retry replays it and the service runs once."""
+    service = services["refunds"]
+    (proxy,) = proxies([(["--upstream", service.url, "--store", "sqlite:///own.db"], tmp_path)])
+    key = uuid.uuid4().hex
+    before = service.holds
+    first = _post(proxy.url, key, "/holds")
+    again = _post(proxy.url, key, "/holds")
+    assert (first.status_code, again.status_code) == (409, 409)
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json() == first.json() == {"status": "waitlisted"}
+    assert service.holds - before == 1
 
 
 def test_b39_proxies_on_one_store_with_their_own_namespaces_keep_apart(

@@ -1,7 +1,8 @@
 """Held outcomes at interpreter exit (B19, B40): the sync flows' holder thread is a daemon, so
 an outcome still held when the process ends would die with it, silently. `drain_held` runs at
 exit (and from a server's shutdown hook): it waits for them to be stored, and logs each one it
-could not store as `held_lost`.
+could not store as `held_lost`. The holder's thread runs their steps meanwhile, each on a thread
+of its own, or on its own thread where none can start (Python 3.12 at exit: `_heartbeat`).
 """
 
 from __future__ import annotations

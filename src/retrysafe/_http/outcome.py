@@ -160,16 +160,14 @@ def outcome_to_store(capture: ResponseCapture, settings: Settings) -> bytes | No
 
 
 def transient_conflict(headers: Iterable[Header], body: bytes) -> bool:
-    """Return whether a 409 says it is transient, so is not the key's outcome (B18): it has a
-    `Retry-After` header, or it is an RFC 9457 problem whose type is `request-in-flight` under
-    any base URL (another retrysafe layer behind this one, answering for a request still
-    running there)."""
+    """Return whether a 409 is another retrysafe layer's, not the key's outcome (B18): an RFC
+    9457 problem whose type is `request-in-flight` under any base URL (a layer behind this one,
+    answering for a request still running there: nothing ran for this one). An app's own 409
+    is its outcome, `Retry-After` or not: released, transactional mode would roll its writes
+    back while the client is told of them."""
     problem = False
     for raw, value in headers:
-        name = raw.lower()
-        if name == b"retry-after":
-            return True
-        if name == b"content-type":
+        if raw.lower() == b"content-type":
             problem = value.partition(b";")[0].strip().lower() == b"application/problem+json"
     if not problem:
         return False

@@ -111,7 +111,7 @@ class RequestView:
 def _definitive(status: int) -> bool:
     # 2xx, 3xx (a 303 after a POST is a final answer too) and 4xx, except 408 and 429 (try
     # again later) and 307 and 308 (send the same request to another URI: a router's
-    # trailing-slash redirect, say, where nothing ran). A 409 that says it is transient is
+    # trailing-slash redirect, say, where nothing ran). Another retrysafe layer's 409 is
     # released too (outcome.transient_conflict: it needs the headers and the body).
     return 200 <= status < 500 and status not in _NOT_DEFINITIVE
 
@@ -173,8 +173,8 @@ class Settings:
             `REPRESENTATION_HEADERS` (Content-Encoding, Content-Type, Content-Language,
             Content-Range, Vary) are always stored too.
         outcomes: which statuses are stored (B18): "definitive", "all", or a predicate.
-            "definitive" also releases a 409 that says it is transient (`Retry-After`, or a
-            `request-in-flight` problem from another retrysafe layer behind this one).
+            "definitive" also releases a 409 `request-in-flight` problem (another retrysafe
+            layer behind this one); an app's own 409 is stored, `Retry-After` or not.
         fail_open: run the handler untracked when the store is unavailable (B20).
         max_body_size: the largest request body accepted on a tracked request (B22).
         max_response_size: the largest response body stored for replay (B22, B23).

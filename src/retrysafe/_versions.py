@@ -32,6 +32,8 @@ __all__ = [
     "entity_text",
     "is_newer",
     "legacy_copy",
+    "legacy_keys",
+    "refused_key",
     "row_entity",
     "statements",
     "version_number",
@@ -56,9 +58,9 @@ which PostgreSQL text cannot hold; refused in entity ids and scopes, so a key is
 ambiguous, and an unscoped entity is stored as itself, as every earlier release stored it."""
 LEGACY_SCOPE_SEPARATOR: Final = "\x00"
 """What earlier releases put there: only SQLite could store it, so only SQLite has such rows."""
-MAX_ROW_ENTITY: Final = 512
-"""The most characters of scope and entity together in the versions table: within the primary
-key's limits (PostgreSQL's btree holds about 2,700 bytes of a key), however many bytes each."""
+PROGRAM_LIMIT_EXCEEDED: Final = "54000"
+"""PostgreSQL's SQLSTATE for a key its primary key index cannot hold (2,704 bytes a row, once
+compressed). SQLite has no such limit, and the versions table none of its own."""
 
 _BIGINT: Final = 2**63  # versions are stored as SQL BIGINT: -2**63 < version < 2**63
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -89,8 +91,8 @@ def row_entity(scope: str, entity: str) -> str:
 
     Raises:
         InvalidKeyError: the scope or the entity id has a character no table can hold (NUL,
-            U+001F, bytes that are not UTF-8), or the two are over `MAX_ROW_ENTITY` characters
-            together: a redelivery would fail the same way.
+            U+001F, bytes that are not UTF-8): a redelivery would fail the same way. Their
+            length is the database's to refuse (`refused_key`).
     """
     for what, text in (("scope", scope), ("entity id", entity)):
         found = _UNSTORABLE.search(text)
@@ -99,14 +101,18 @@ def row_entity(scope: str, entity: str) -> str:
                 f"A versioned message's {what} {_shown(text)} has {_named(found.group())}, "
                 "which the versions table cannot hold."
             )
-    key = f"{scope}{SCOPE_SEPARATOR}{entity}" if scope else entity
-    if len(key) > MAX_ROW_ENTITY:
-        what = "scope and entity id are" if scope else "entity id is"
-        raise InvalidKeyError(
-            f"A versioned message's {what} {len(key):,} characters ({_shown(key)}), over the "
-            f"{MAX_ROW_ENTITY} the versions table holds."
-        )
-    return key
+    return f"{scope}{SCOPE_SEPARATOR}{entity}" if scope else entity
+
+
+def refused_key(error: BaseException, key: str) -> InvalidKeyError | None:
+    """Return the `InvalidKeyError` for a statement that failed because the database's index
+    cannot hold `key` (PostgreSQL: over 2,704 bytes a row once compressed), else None."""
+    if getattr(error, "sqlstate", None) != PROGRAM_LIMIT_EXCEEDED:
+        return None
+    return InvalidKeyError(
+        f"A versioned message's scope and entity id ({len(key.encode()):,} bytes, "
+        f"{_shown(key)}) are over what the versions table's index holds."
+    )
 
 
 def _shown(text: str) -> str:
@@ -170,12 +176,23 @@ def statements(table: str, mark: str) -> tuple[str, str]:
 def legacy_copy(table: str, mark: str) -> str:
     """Return the statement that copies a scoped entity's row of an earlier release (`scope`
     NUL `entity`, SQLite only) to its key of this one, unless that exists: bind the new key,
-    the namespace and the old key. The old row stays, unread (B39)."""
+    the namespace and the two old keys (`legacy_keys`); of two old rows, the newer version.
+    The old rows stay, unread (B39)."""
     statements(table, mark)  # checks the identifier
     return (
-        f'INSERT INTO "{table}" (namespace, entity, version) SELECT namespace, {mark}, version '  # noqa: S608 - a checked identifier
-        f'FROM "{table}" WHERE namespace = {mark} AND entity = {mark} '
-        "ON CONFLICT (namespace, entity) DO NOTHING"
+        f'INSERT INTO "{table}" (namespace, entity, version) '  # noqa: S608 - a checked identifier
+        f"SELECT namespace, {mark}, MAX(version) "
+        f'FROM "{table}" WHERE namespace = {mark} AND entity IN ({mark}, {mark}) '
+        "GROUP BY namespace ON CONFLICT (namespace, entity) DO NOTHING"
+    )
+
+
+def legacy_keys(scope: str, former_scope: str, entity: str) -> tuple[str, str]:
+    """Return the keys earlier releases gave a scoped entity: `scope` NUL `entity`, and the
+    same with the scope as they wrote it (`str()` of a bytes scope: `b'acme'`)."""
+    return (
+        f"{scope}{LEGACY_SCOPE_SEPARATOR}{entity}",
+        f"{former_scope}{LEGACY_SCOPE_SEPARATOR}{entity}",
     )
 
 

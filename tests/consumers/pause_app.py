@@ -1,11 +1,12 @@
 """A JetStream consumer process for the pause test: a pull loop over `@jetstream_message`.
 
     python -m tests.consumers.pause_app --nats URL --stream S --durable D --store URL
-        --ack-wait SECONDS --events PATH
+        --ack-wait SECONDS --events PATH [--wait SECONDS] [--die]
 
 Every step is one line appended to the `--events` file, `<event> <pid> <detail>`: `ready`
 once bound, `fetched` for each delivery (with its delivery count), `start` when the handler
-begins, `effect` when it has done its side effect. The handler's provider call takes 1.5 s.
+begins, `effect` when it has done its side effect. The handler's provider call takes 1.5 s;
+with `--die`, the process SIGKILLs itself once the handler began.
 It consumes until the test kills it.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 
 import nats
 from nats.aio.msg import Msg
@@ -37,9 +39,11 @@ async def consume(options: argparse.Namespace) -> None:
     store = open_async_store(options.store)
     pid = os.getpid()
 
-    @jetstream_message(store, namespace="tests.pause", ack_wait=options.ack_wait)
+    @jetstream_message(store, namespace="tests.pause", ack_wait=options.ack_wait, wait=options.wait)
     async def charge(msg: Msg) -> None:
         event(options.events, "start", pid, message_id_of(msg))
+        if options.die:
+            os.kill(pid, signal.SIGKILL)  # dies inside its handler, holding the message id
         await asyncio.sleep(1.5)  # the provider call
         event(options.events, "effect", pid, message_id_of(msg))
 
@@ -63,6 +67,8 @@ def main() -> None:
     for name in ("--nats", "--stream", "--durable", "--store", "--events"):
         parser.add_argument(name, required=True)
     parser.add_argument("--ack-wait", type=float, required=True)
+    parser.add_argument("--wait", type=float, default=10.0)
+    parser.add_argument("--die", action="store_true", help="SIGKILL itself in the handler")
     asyncio.run(consume(parser.parse_args()))
 
 

@@ -41,7 +41,7 @@ def wait_for(what: str, found: Callable[[], object], seconds: float) -> object:
     return value
 
 
-async def on_jetstream(url: str, stream: str, action: str) -> object:
+async def on_jetstream(url: str, stream: str, action: str, max_deliver: int = -1) -> object:
     """Create the stream and its consumer, publish the order, read the consumer, or delete."""
     connection = await nats.connect(url)
     try:
@@ -54,7 +54,7 @@ async def on_jetstream(url: str, stream: str, action: str) -> object:
                 durable_name="charge",
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=ACK_WAIT,
-                max_deliver=-1,
+                max_deliver=max_deliver,
             )
             await js.add_consumer(stream, config)
         elif action == "publish":
@@ -154,3 +154,42 @@ def test_b16_a_consumer_paused_past_ack_wait_does_not_run_the_effect_twice(
     effects = [e for e in lines(events) if e[0] == "effect"]
     assert [int(e[1]) for e in effects] == [runner], lines(events)
     assert len(starts) == 1, lines(events)
+
+
+@pytest.mark.nats
+def test_b16_a_dead_consumers_message_runs_once_within_a_small_max_deliver(
+    nats_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A consumer SIGKILLed inside its handler leaves the message id in flight for the lease
+    (three ack_waits). A new process's deliveries meanwhile find it in flight and are nak'ed
+    until the lease ends, not every second: with max_deliver 3, the message is not dropped,
+    and runs once, after the lease."""
+    events, stream = tmp_path / "events", unique_name("RS_DEAD")
+    with fresh_store_url("postgres", request, tmp_path) as store:
+        asyncio.run(on_jetstream(nats_url, stream, "create", max_deliver=3))
+        command = [
+            *(sys.executable, "-m", "tests.consumers.pause_app", "--nats", nats_url),
+            *("--stream", stream, "--durable", "charge", "--store", store),
+            *("--ack-wait", str(ACK_WAIT), "--wait", "1", "--events", str(events)),
+        ]
+        try:
+            with workers([*command, "--die"], 1) as (dying,):
+                wait_for("a ready consumer", lambda: lines(events), 30)
+                asyncio.run(on_jetstream(nats_url, stream, "publish"))
+                assert dying.wait(10) == -signal.SIGKILL
+            with workers(command, 1):
+
+                def settled() -> bool:
+                    info = asyncio.run(on_jetstream(nats_url, stream, "info"))
+                    return info.num_ack_pending == 0 and info.num_pending == 0  # type: ignore[attr-defined]
+
+                wait_for("the message to be settled", settled, 8 * ACK_WAIT)
+                wait_for("its effect", lambda: [e for e in lines(events) if e[0] == "effect"], 5)
+        finally:
+            asyncio.run(on_jetstream(nats_url, stream, "delete"))
+
+    starts = [e for e in lines(events) if e[0] == "start"]
+    fetched = [int(e[2]) for e in lines(events) if e[0] == "fetched"]
+    assert len(starts) == 2, lines(events)  # the dying one, and the one after the lease
+    assert len([e for e in lines(events) if e[0] == "effect"]) == 1, lines(events)
+    assert max(fetched) <= 3, lines(events)

@@ -31,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, Unpack
 
+from retrysafe._clock import SystemClock
 from retrysafe._concurrency import raise_if_cancelled
 from retrysafe._decorator import (
     IdempotentOptions,
@@ -38,9 +39,11 @@ from retrysafe._decorator import (
     default_namespace,
     is_async_callable,
 )
-from retrysafe._errors import ConfigurationError, FencedError
+from retrysafe._errors import ConfigurationError, FencedError, InFlightError
 from retrysafe._extras import missing_extra
+from retrysafe._keys import key_text
 from retrysafe._outcomes import Deferred, is_final
+from retrysafe._record import Identity, State
 from retrysafe.consumers._messages import (
     idempotent_message,
     message_body_of,
@@ -62,8 +65,8 @@ LEASE_PER_ACK_WAIT: Final = 3
 """The default lease, in `ack_wait`s. Renewed every third of it, a lease has at least two
 `ack_wait`s left when its process pauses, and JetStream redelivers at most one `ack_wait` after
 the pause began: a pause up to two `ack_wait`s finds the id in flight. The cost: a message whose
-consumer died is run again up to three `ack_wait`s after, not one (its redeliveries meanwhile
-wait, then are nak'ed)."""
+consumer died is run again up to three `ack_wait`s after, not one (its redelivery meanwhile
+waits, then is nak'ed for the rest of the lease)."""
 
 
 class JetStreamMessage(Protocol):
@@ -121,8 +124,9 @@ def jetstream_message(
         ack_wait: seconds, the consumer's `ack_wait` (JetStream's default is 30): in-progress
             acks go every third of it while the handler runs or waits for a duplicate.
         nak_delay: seconds before JetStream redelivers a `nak`ed delivery; a delivery refused
-            because another is still running (`InFlightError`) is redelivered after its
-            `retry_after` instead.
+            because another still holds the id (`InFlightError`) is redelivered once that
+            one's lease has ended, plus `nak_delay`: one delivery of `max_deliver` while a dead
+            consumer's lease runs out, not one a second.
         message_id: a callable of the handler's arguments returning the key; by default the
             `Nats-Msg-Id` header.
         body: a callable of the handler's arguments returning the fingerprinted content; by
@@ -150,9 +154,11 @@ def jetstream_message(
                 f"jetstream_message needs an async handler; {callable_name(handler)} is not one."
             )
         named = options.copy()  # the handler's own name, not its wrapper's (`_deferring`)
-        named["namespace"] = options.get("namespace") or default_namespace(handler)
+        namespace = named["namespace"] = options.get("namespace") or default_namespace(handler)
         once = idempotent_message(store, message_id=message_id, body=body, **named)
         handle = once(_deferring(handler))
+        names = (namespace, options.get("scope", ""))
+        held = _Held(store, names, message_id, (nak_delay, options["lease"]))
 
         @functools.wraps(handler)
         async def settle(msg: MessageT, /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -166,7 +172,10 @@ def jetstream_message(
             finally:
                 beat.cancel()  # before settling: no in-progress ack after the ack
             if failed is not None:
-                await _settle_failure(msg, failed, where, final, nak_delay)
+                delay = requeue_delay(failed, nak_delay)
+                if isinstance(failed, InFlightError):
+                    delay = await held.remaining(failed, (msg, *args), kwargs)
+                await _settle_failure(msg, failed, where, final, delay)
             elif not msg.is_acked:  # the handler may have settled it itself
                 await _settle(msg.ack, "ack", where)
 
@@ -180,14 +189,53 @@ def default_lease(ack_wait: float) -> float:
     return LEASE_PER_ACK_WAIT * ack_wait
 
 
+class _Held:
+    """How long a message id another delivery holds stays held: a delivery that found it in
+    flight (`InFlightError`, past its `wait`) is nak'ed to come back once its lease has ended,
+    plus `nak_delay`, so a dead consumer's message costs about one more delivery of
+    `max_deliver`, not one every `retry_after` until the lease ends (up to three `ack_wait`s).
+    A live holder's redelivery comes back then too, and replays its outcome."""
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        names: tuple[str, object],
+        message_id: Callable[..., object],
+        delays: tuple[float, float],
+    ) -> None:
+        self.store, self.message_id = store, message_id
+        self.namespace, self.scope = names  # the scope: fixed, or a callable of the arguments
+        self.delays = delays
+        """`nak_delay`, and the most lease that can be left: this consumer's `lease`."""
+        self.clock = getattr(store, "clock", None) or SystemClock()
+
+    async def remaining(
+        self, error: InFlightError, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> float:
+        """Return the seconds to nak the delivery for: the holder's lease left, plus
+        `nak_delay`; the error's `retry_after` if the record cannot be read."""
+        nak_delay, lease = self.delays
+        try:
+            scope = self.scope(*args, **kwargs) if callable(self.scope) else self.scope
+            key = key_text(self.message_id(*args, **kwargs))
+            record = await self.store.get(Identity(self.namespace, str(scope), key))
+        except Exception:  # a store outage: the record's lease is unknown
+            return requeue_delay(error, nak_delay)
+        if record is None or record.state is not State.IN_FLIGHT:
+            return nak_delay  # finished meanwhile: the redelivery replays it
+        left = record.lease_expires_at - self.clock.now()
+        # Never negative, nor longer than a lease granted now (a clock that jumped).
+        return min(max(left, 0.0), lease) + nak_delay
+
+
 async def _settle_failure(
     msg: JetStreamMessage,
     error: Exception,
     where: str,
     final: tuple[type[BaseException], ...],
-    nak_delay: float,
+    delay: float,
 ) -> None:
-    """Settle a delivery whose handler raised: term, nak, or (fenced) ack."""
+    """Settle a delivery whose handler raised: term, nak (after `delay`), or (fenced) ack."""
     if isinstance(error, Deferred):
         _LOGGER.info("%s: its handler nak'ed it; released for the redelivery", where)
     elif msg.is_acked:
@@ -201,8 +249,7 @@ async def _settle_failure(
         _LOGGER.error("%s terminated: a redelivery cannot fix it", where, exc_info=error)
         await _settle(msg.term, "term", where)
     else:
-        delay = requeue_delay(error, nak_delay)
-        _LOGGER.warning("%s nak'ed, redelivered in %ss", where, delay, exc_info=error)
+        _LOGGER.warning("%s nak'ed, redelivered in %ss", where, round(delay, 1), exc_info=error)
         await _settle(functools.partial(msg.nak, delay=delay or None), "nak", where)
 
 

@@ -100,6 +100,7 @@ class _Delivery:
     entity: str
     version: int
     ran: bool = False
+    former_scope: str | None = None  # a bytes scope as earlier releases keyed it: `b'acme'`
 
 
 _DELIVERY: contextvars.ContextVar[_Delivery] = contextvars.ContextVar("retrysafe_delivery")
@@ -123,10 +124,13 @@ class _Reader:
                     f"The scope function returned {scope!r} for this message: a message "
                     "without a scope is refused rather than applied to every scope's entity (B8)."
                 )
+        former = None
         if self.decode_scope and isinstance(scope, bytes | bytearray):
+            former = str(scope)  # what earlier releases keyed it by (B39)
             scope = bytes(scope).decode("utf-8", "surrogateescape")  # refused if not UTF-8
         entity = entity_text(self.entity(*args, **kwargs))
-        return _Delivery(str(scope), entity, version_number(self.version(*args, **kwargs)))
+        version = version_number(self.version(*args, **kwargs))
+        return _Delivery(str(scope), entity, version, former_scope=former)
 
 
 class _Wrapping:
@@ -376,6 +380,10 @@ def _replayed(counter: VersionCounter, delivery: _Delivery, value: Any) -> Any:
     return value
 
 
-def where(delivery: _Delivery) -> tuple[str, str, int]:
-    """Return `apply`'s first arguments for a delivery: its scope, entity and version."""
-    return delivery.scope, delivery.entity, delivery.version
+def applied(versions: Any, delivery: _Delivery, effect: Callable[[], Any]) -> Any:
+    """Return transactional mode's `versions.apply` of `effect` for a delivery (a coroutine of
+    it, for an async connection's)."""
+    return versions.apply(
+        delivery.scope, delivery.entity, delivery.version, effect,
+        former_scope=delivery.former_scope,
+    )  # fmt: skip

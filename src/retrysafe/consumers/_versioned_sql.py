@@ -70,7 +70,7 @@ def in_transaction(target: Any, namespace: str, table: str | None) -> Any:
 
 def _on_connection(connection: Any, versions: Any, func: Any, read: Any, counter: Any) -> Any:
     """Wrap a handler that writes with `connection`: one delivery at a time on it."""
-    from retrysafe.consumers._versioned import counted, where  # noqa: PLC0415 - a cycle
+    from retrysafe.consumers._versioned import applied, counted  # noqa: PLC0415 - a cycle
 
     if inspect.iscoroutinefunction(func):
         lock = anyio.Lock()  # one transaction at a time on the connection
@@ -81,7 +81,7 @@ def _on_connection(connection: Any, versions: Any, func: Any, read: Any, counter
             effect = functools.partial(func, *args, **kwargs)
             async with lock:
                 with _closed_is_final(connection):
-                    result = await versions.apply(*where(delivery), effect)
+                    result = await applied(versions, delivery, effect)
             return counted(counter, result)
 
         return handle_async
@@ -91,7 +91,7 @@ def _on_connection(connection: Any, versions: Any, func: Any, read: Any, counter
     def handle_sync(*args: Any, **kwargs: Any) -> Any:
         delivery = read(args, kwargs)
         with guard, _closed_is_final(connection):
-            result = versions.apply(*where(delivery), functools.partial(func, *args, **kwargs))
+            result = applied(versions, delivery, functools.partial(func, *args, **kwargs))
         return counted(counter, result)
 
     return handle_sync
@@ -102,7 +102,7 @@ def _on_connect(
 ) -> Any:
     """Wrap a handler that takes, first, the connection `connect` made for its delivery
     (`names`: the namespace and the versions table)."""
-    from retrysafe.consumers._versioned import counted, where  # noqa: PLC0415 - a cycle
+    from retrysafe.consumers._versioned import applied, counted  # noqa: PLC0415 - a cycle
 
     namespace, table = names
     known = {"prepared": False}  # once the table is known to exist, deliveries skip the check
@@ -125,7 +125,7 @@ def _on_connect(
             async with _opened_async(connect) as connection:
                 versions = versions_on(connection, is_async=True)
                 effect = functools.partial(func, connection, *args, **kwargs)
-                result = await versions.apply(*where(delivery), effect)
+                result = await applied(versions, delivery, effect)
             known["prepared"] = versions.prepared
             return counted(counter, result)
 
@@ -137,7 +137,7 @@ def _on_connect(
         with _opened(connect) as connection:
             versions = versions_on(connection, is_async=False)
             effect = functools.partial(func, connection, *args, **kwargs)
-            result = versions.apply(*where(delivery), effect)
+            result = applied(versions, delivery, effect)
         known["prepared"] = versions.prepared
         return counted(counter, result)
 

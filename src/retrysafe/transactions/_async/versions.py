@@ -29,13 +29,14 @@ from retrysafe._concurrency import asleep, monotonic
 from retrysafe._errors import FencedError, InFlightError, StoreError
 from retrysafe._record import Identity
 from retrysafe._versions import (
-    LEGACY_SCOPE_SEPARATOR,
     LOCK_FINGERPRINT,
     AsyncEffect,
     AsyncHeartbeat,
     AsyncTransactionContext,
     is_newer,
     legacy_copy,
+    legacy_keys,
+    refused_key,
     row_entity,
     statements,
     version_of_point,
@@ -201,13 +202,21 @@ class AsyncSQLVersions:
         """Whether the table is known to exist: set by the first delivery, or by the caller."""
 
     async def apply(
-        self, scope: str, entity: str, version: int, effect: AsyncEffect[T]
+        self,
+        scope: str,
+        entity: str,
+        version: int,
+        effect: AsyncEffect[T],
+        *,
+        former_scope: str | None = None,
     ) -> tuple[bool, T | None]:
         """Run `effect` in the version's transaction if it is newer; commit both, or neither.
+        `former_scope`: the scope as earlier releases wrote it, where it differs (a bytes one).
 
         Raises:
             InvalidKeyError: the scope or entity id cannot be kept in the table (`row_entity`),
-                before any statement runs.
+                before any statement runs; or the database's index cannot hold them (too long
+                for PostgreSQL's), the transaction rolled back.
             TransactionAbortedError: the effect returned from a transaction the database
                 aborted (PostgreSQL, after a statement failed): it was rolled back, the version
                 with it, where leaving it would have committed nothing and said nothing.
@@ -217,11 +226,17 @@ class AsyncSQLVersions:
             await self._prepare()
         async with self.connection.transaction():
             if scope and self._legacy is not None:
-                old_key = f"{scope}{LEGACY_SCOPE_SEPARATOR}{entity}"
-                await self.connection.execute(self._legacy, (entity_key, self.namespace, old_key))
-            cursor = await self.connection.execute(
-                self._upsert, (self.namespace, entity_key, version)
-            )
+                old_keys = legacy_keys(scope, former_scope or scope, entity)
+                await self.connection.execute(self._legacy, (entity_key, self.namespace, *old_keys))
+            try:
+                cursor = await self.connection.execute(
+                    self._upsert, (self.namespace, entity_key, version)
+                )
+            except Exception as error:
+                refused = refused_key(error, entity_key)
+                if refused is None:
+                    raise
+                raise refused from error  # the block rolls back
             if cursor.rowcount != 1:
                 return False, None  # an older or equal version: nothing was written
             value = await effect()

@@ -10,7 +10,7 @@ from typing import Final, Generic, Protocol, TypeVar
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError, StoreClosedError
 from retrysafe._flow.admission import Admission
-from retrysafe._flow.observing import Observation, fields, finish, observed
+from retrysafe._flow.observing import Observation, fields, finish, named, observed
 from retrysafe._record import Claim, Identity, State
 
 __all__ = ["LOGGER", "Claimed", "Count", "Counters", "Finisher"]
@@ -139,7 +139,7 @@ class Finisher(Generic[StoreT]):
             self.logger.warning(
                 "Lost the claim on %s while running: another worker took it over, or the "
                 "store lost its record (then storing the outcome claims it again)",
-                identity,
+                named(identity),
                 extra=fields(identity, "fenced"),
             )
             return False
@@ -157,7 +157,7 @@ class Finisher(Generic[StoreT]):
             self.logger.error(
                 "The claim on %s was taken over while the operation ran; its outcome was not "
                 "stored",
-                identity,
+                named(identity),
                 extra=fields(identity, "fenced"),
             )
             if self.raise_fenced:
@@ -202,7 +202,7 @@ class Finisher(Generic[StoreT]):
         self.logger.warning(
             "The record of %s was gone when its outcome was stored (the store lost it); "
             "claimed it again to store the outcome",
-            target.identity,
+            named(target.identity),
             extra=fields(target.identity, "restored"),
         )
         return True
@@ -216,14 +216,14 @@ class Finisher(Generic[StoreT]):
             "The operation on %s was interrupted while it ran (%s): its outcome is unknown, so "
             "its claim is kept until its lease ends. Until then a retry waits or is refused as "
             "in flight; after it, a retry runs the operation again",
-            identity,
+            named(identity),
             type(error).__name__,
             extra=fields(identity, "interrupted"),
         )
 
     def release_failed(self, identity: Identity, error: Exception) -> None:
         if isinstance(error, FencedError):
-            self.logger.debug("The claim on %s was already gone when releasing", identity)
+            self.logger.debug("The claim on %s was already gone when releasing", named(identity))
             return
         self._failed(
             Count.RELEASE_FAILURES,
@@ -239,4 +239,4 @@ class Finisher(Generic[StoreT]):
         """Count a store call that failed, and log `message` about `identity` as an error, with
         the traceback of `error` and `event` as the record's `retrysafe_event` (`fields`)."""
         self.counters.add(count)
-        self.logger.error(message, identity, exc_info=error, extra=fields(identity, event))
+        self.logger.error(message, named(identity), exc_info=error, extra=fields(identity, event))

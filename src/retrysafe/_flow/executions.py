@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeGuard, TypeVar
 from retrysafe._concurrency import monotonic
 from retrysafe._flow.counters import Count, Finisher
 from retrysafe._flow.holding import Held
-from retrysafe._flow.observing import fields
+from retrysafe._flow.observing import fields, named
 from retrysafe._flow.shielded import run_to_end
 from retrysafe._heartbeat import THREADS, AsyncHeartbeat, ThreadJob, every
 from retrysafe._record import Identity, Record
@@ -93,7 +93,7 @@ class _Execution(Generic[FlowT]):
             "the renewals due every %g s failed (see renew_failed) or came late (sync work "
             "blocking the event loop, or a paused process). Another caller may have taken the "
             "key over and run the operation again",
-            self.identity,
+            named(self.identity),
             unrenewed,
             self.lease,
             self.lease / 3,

@@ -40,7 +40,7 @@ from retrysafe._errors import FencedError, StoreClosedError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.counters import Count, Finisher
 from retrysafe._flow.exiting import HOLDERS
-from retrysafe._flow.observing import fields
+from retrysafe._flow.observing import fields, named
 from retrysafe._record import Claim, Identity, Record, State
 
 __all__ = [
@@ -296,14 +296,14 @@ class Holder(Finisher[StoreT]):
         if step is Step.EXPIRED:
             self.logger.error(
                 "The retention of the held outcome of %s ended before it could be stored; dropped",
-                held.identity,
+                named(held.identity),
                 extra=fields(held.identity, "held_expired"),
             )
         elif error is None and step is Step.COMPLETE:
             self.counters.add(Count.COMPLETED_LATE)
             self.logger.warning(
                 "Stored the held outcome of %s after %d attempts",
-                held.identity,
+                named(held.identity),
                 held.attempts + 1,
                 extra=fields(held.identity, "completed_late"),
             )
@@ -315,20 +315,20 @@ class Holder(Finisher[StoreT]):
             self.logger.error(
                 "The claim on %s was taken over while its outcome was held; another worker "
                 "owns the key, so the held outcome is dropped",
-                held.identity,
+                named(held.identity),
                 extra=fields(held.identity, "fenced"),
             )
         elif isinstance(error, StoreClosedError):  # no later try can store it
             self.logger.error(
                 "The store of the held outcome of %s was closed before it could be stored; "
                 "the key stays in flight until its lease ends, then a retry may run it again",
-                held.identity,
+                named(held.identity),
                 extra=fields(held.identity, "held_lost"),
             )
         elif step is Step.RENEW:
             self.counters.add(Count.RENEW_FAILURES)
             self.logger.debug(
-                "Cannot renew the lease of the held outcome of %s: %s", held.identity, error
+                "Cannot renew the lease of the held outcome of %s: %s", named(held.identity), error
             )
             held.failed_renewal(now)
             return True
@@ -338,7 +338,7 @@ class Holder(Finisher[StoreT]):
             if held.attempts & (held.attempts - 1) == 0:  # attempts 2, 4, 8...: not every one
                 self.logger.warning(
                     "Still cannot store the held outcome of %s (%d attempts): %s",
-                    held.identity,
+                    named(held.identity),
                     held.attempts,
                     error,
                     extra=fields(held.identity, "store_failed"),
@@ -354,7 +354,7 @@ class Holder(Finisher[StoreT]):
             self.logger.error(
                 "The held outcome of %s was never stored; the key stays in flight until its "
                 "lease ends, then a retry may run it again",
-                held.identity,
+                named(held.identity),
                 extra=fields(held.identity, "held_lost"),
             )
 

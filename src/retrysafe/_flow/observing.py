@@ -33,6 +33,7 @@ __all__ = [
     "fields",
     "finish",
     "identify",
+    "named",
     "observed",
 ]
 
@@ -176,6 +177,13 @@ def finish(result: str) -> None:
     if current is not None and current[0].result is None and current[0].decision == "execute":
         current[0].result = result
         current[1].tell("finished", current[0])
+
+
+def named(identity: Identity) -> str:
+    """Return how a log message names `identity`: `namespace/key (scope <digest>)`, the key's
+    control characters escaped and the scope as its `scope_digest`, never raw (an e-mail)."""
+    key = f"{printable(identity.namespace)}/{printable(identity.key)}"
+    return f"{key} (scope {scope_digest(identity.scope)})"
 
 
 def fields(identity: Identity, event: str) -> dict[str, object]:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from retrysafe._errors import ConfigurationError, StoreUnavailableError
 from retrysafe._extras import missing_extra
+from retrysafe._urls import redact_message
 from retrysafe.demo._connections import LOCK_WAIT, Connections, pooled_transactions
 
 __all__ = ["open_postgres"]
@@ -40,7 +41,7 @@ def open_postgres(url: str) -> Connections:
             configure=_lock_timeout,
         )
     except psycopg.Error as error:
-        raise ConfigurationError(f"Invalid PostgreSQL URL: {_first_line(error)}") from error
+        raise ConfigurationError(f"Invalid PostgreSQL URL: {_first_line(error, url)}") from error
     try:
         # Connect once up front, so a wrong host or database is one clear error at start-up.
         with psycopg.connect(url, connect_timeout=5):
@@ -48,7 +49,8 @@ def open_postgres(url: str) -> Connections:
         pool.open(wait=True, timeout=10.0)
     except (psycopg.Error, TimeoutError) as error:
         pool.close()
-        raise StoreUnavailableError(f"Cannot reach PostgreSQL: {_first_line(error)}") from error
+        message = f"Cannot reach PostgreSQL: {_first_line(error, url)}"
+        raise StoreUnavailableError(message) from error
 
     @contextmanager
     def connect() -> Iterator[Any]:
@@ -70,6 +72,8 @@ def _lock_timeout(conn: Any) -> None:
     conn.commit()
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException, url: str) -> str:
+    """Return the first line of a libpq error about `url`, without its password (libpq quotes
+    what it cannot parse, which may be the password or the whole URL)."""
     text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    return redact_message(text.splitlines()[0], url)

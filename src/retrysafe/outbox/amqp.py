@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._extras import missing_extra
+from retrysafe._urls import redact_url
 from retrysafe.outbox._messages import OutboxMessage
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ class AmqpPublisher:
         confirm_timeout: float = 10.0,
     ) -> None:
         if not url.startswith(("amqp://", "amqps://")):
-            raise ConfigurationError(f"An AMQP URL starts with amqp:// or amqps://, not {url!r}.")
+            raise ConfigurationError(
+                f"An AMQP URL starts with amqp:// or amqps://, not {redact_url(url)!r}."
+            )
         if not confirm_timeout > 0:
             raise ConfigurationError(f"Need confirm_timeout > 0, not {confirm_timeout!r}.")
         self.url = url

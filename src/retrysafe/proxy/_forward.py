@@ -12,7 +12,7 @@ import httpx
 from retrysafe._errors import ConfigurationError
 from retrysafe._http import MIB, Response
 from retrysafe._http.asgi_io import run_lifespan
-from retrysafe._urls import redact_url
+from retrysafe._urls import redact_message, redact_url
 from retrysafe.asgi import OUTCOME_UNKNOWN, Message, Receive, Scope, Send, UnknownOutcome
 from retrysafe.proxy._framing import (
     forwarded_headers,
@@ -88,7 +88,9 @@ class ProxyApp:
         try:
             url = httpx.URL(upstream)
         except httpx.InvalidURL as error:
-            raise ConfigurationError(f"Invalid upstream URL {shown!r}: {error}") from error
+            raise ConfigurationError(
+                f"Invalid upstream URL {shown!r}: {redact_message(str(error), upstream)}"
+            ) from error
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigurationError(
                 f"The upstream is an http:// or https:// URL with a host, not {shown!r}."

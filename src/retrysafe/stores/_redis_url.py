@@ -25,11 +25,19 @@ from typing import cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from retrysafe._errors import ConfigurationError
-from retrysafe._urls import redact_url
+from retrysafe._urls import ENCODE_HINT, redact_url, userinfo_cut
 from retrysafe.stores._async.redis_replicas import REPLICA_OPTIONS, replica_options
 from retrysafe.stores.base import check_timeouts, query_options
 
-__all__ = ["TLS_OPTIONS", "ServerURL", "server_url", "timeouts", "tls_options", "tls_query"]
+__all__ = [
+    "TLS_OPTIONS",
+    "ServerURL",
+    "refuse_cut_userinfo",
+    "server_url",
+    "timeouts",
+    "tls_options",
+    "tls_query",
+]
 
 TLS_OPTIONS: dict[str, type] = {"ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str}
 """The store URL options of TLS, and their types."""
@@ -66,9 +74,10 @@ def server_url(url: str) -> ServerURL:
         raise ConfigurationError(
             f"A Redis store URL is redis:// or rediss://, not {redact_url(url)!r}."
         )
+    refuse_cut_userinfo("Redis", url)
     if not re.fullmatch(r"/?|/\d+", parts.path):  # redis-py would use database 0 instead
         raise ConfigurationError(
-            f"A Redis store URL's path is a database number (/0), not {parts.path!r}."
+            f"A Redis store URL's path is a database number (/0): {redact_url(url)!r}."
         )
     options = query_options(parts.query, _SERVER_OPTIONS, url=url)
     socket_timeout, connect_timeout = timeouts(options, url=url)
@@ -82,6 +91,16 @@ def server_url(url: str) -> ServerURL:
         connect_timeout=connect_timeout,
         replicas=replicas,
     )
+
+
+def refuse_cut_userinfo(store: str, url: str) -> None:
+    """Refuse a URL whose password holds an unencoded `/`, `?` or `#`: redis-py would read
+    part of it as the port, database or an option, and say so, quoting it."""
+    if userinfo_cut(url):
+        raise ConfigurationError(
+            f"The user info of the {store} store URL {redact_url(url)!r} does not parse: "
+            f"{ENCODE_HINT}."
+        )
 
 
 def tls_options(options: dict[str, object], *, tls: bool, url: str) -> dict[str, str]:

@@ -42,7 +42,13 @@ from retrysafe.stores._async.redis_replicas import (
 )
 from retrysafe.stores._deletes import RedisDeletes
 from retrysafe.stores._redis_pinned import require_refresh_requests
-from retrysafe.stores._redis_url import TLS_OPTIONS, timeouts, tls_options, tls_query
+from retrysafe.stores._redis_url import (
+    TLS_OPTIONS,
+    refuse_cut_userinfo,
+    timeouts,
+    tls_options,
+    tls_query,
+)
 from retrysafe.stores.base import Listing, ListingOptions, StoreStats, query_options
 
 __all__ = ["AsyncRedisClusterStore", "cluster_seeds"]
@@ -69,9 +75,10 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
             "A Redis Cluster store URL is redis+cluster:// or rediss+cluster://, not "
             f"{redact_url(url)!r}."
         )
+    refuse_cut_userinfo("Redis Cluster", url)
     if parts.path.strip("/") not in ("", "0"):
         raise ConfigurationError(
-            f"A Redis Cluster has only database 0; remove {parts.path!r} from {redact_url(url)!r}."
+            f"A Redis Cluster has only database 0; remove the path from {redact_url(url)!r}."
         )
     hosts = parts.netloc.rpartition("@")[2]
     seeds: list[tuple[str, int]] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -28,6 +29,7 @@ from retrysafe._errors import (
     StoreError,
     StoreUnavailableError,
 )
+from retrysafe._urls import ENCODE_HINT, redact_message, redact_url
 from retrysafe.stores._sql import DEFAULT_TABLE, translated
 from retrysafe.stores._sql.postgres import validate_table
 from retrysafe.stores.base import check_timeouts, query_options
@@ -113,7 +115,9 @@ def parse_url(url: str) -> tuple[str, PostgresOptions]:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigurationError(f"A PostgreSQL store URL starts with postgresql://, not {url!r}.")
+        raise ConfigurationError(
+            f"A PostgreSQL store URL starts with postgresql://, not {redact_url(url)!r}."
+        )
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     ours = [(name, value) for name, value in pairs if name in _OPTION_TYPES]
     theirs = [(name, value) for name, value in pairs if name not in _OPTION_TYPES]
@@ -121,10 +125,18 @@ def parse_url(url: str) -> tuple[str, PostgresOptions]:
     # Spaces as %20, not +: libpq decodes percent escapes only (`options=-c%20lock_timeout=1s`).
     conninfo = urlunsplit(parts._replace(query=urlencode(theirs, quote_via=quote)))
     try:
-        psycopg.conninfo.conninfo_to_dict(conninfo)
+        port = str(psycopg.conninfo.conninfo_to_dict(conninfo).get("port", ""))
     except psycopg.Error as error:
-        raise ConfigurationError(f"Invalid PostgreSQL store URL: {error}") from None
-    return conninfo, PostgresOptions(**options)  # type: ignore[arg-type]
+        # libpq quotes what it could not parse: the password, or the whole URL.
+        reason = redact_message(str(error).strip().splitlines()[0], url)
+    else:
+        if re.fullmatch(r"[\d,]*", port):
+            return conninfo, PostgresOptions(**options)  # type: ignore[arg-type]
+        reason = "its port is not a number"  # a `/` in the password ended the host early
+    raise ConfigurationError(
+        f"Invalid PostgreSQL store URL {redact_url(url)!r}: {reason}. The form is "
+        f"postgresql://user:password@host:port/database; {ENCODE_HINT}."
+    )
 
 
 def store_error(error: psycopg.Error) -> StoreError:

@@ -18,7 +18,7 @@ from retrysafe._clock import Clock, SystemClock
 from retrysafe._engine import may_take
 from retrysafe._errors import ConfigurationError, FencedError, StoreError
 from retrysafe._record import Claim, Identity, Record, State
-from retrysafe._urls import redact_url
+from retrysafe._urls import redact_message, redact_url
 from retrysafe.stores import _redis_layout as layout
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._sync import redis_admin as admin
@@ -121,7 +121,7 @@ class RedisStore:
             )
         except ValueError as error:
             raise ConfigurationError(
-                f"Invalid Redis store URL {redact_url(url)!r}: {error}"
+                f"Invalid Redis store URL {redact_url(url)!r}: {redact_message(str(error), url)}"
             ) from None
         store = cls(
             client,

@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypedDict, TypeVar, cast
 from retrysafe._clock import check_durations
 from retrysafe._engine import Decision
 from retrysafe._errors import ConfigurationError, InvalidKeyError, StoreError
-from retrysafe._fingerprint import digest
+from retrysafe._fingerprint import fingerprint_value
 from retrysafe._flow import (
     DEFAULT_LEASE,
     DEFAULT_RETENTION,
@@ -31,7 +31,7 @@ from retrysafe._flow.observing import Observation, decide
 from retrysafe._keys import key_text
 from retrysafe._outcomes import Outcomes, is_final
 from retrysafe._record import Identity
-from retrysafe._serializer import JSONSerializer, Serializer, canonical_bytes
+from retrysafe._serializer import JSONSerializer, Serializer
 from retrysafe.observe import Observer
 from retrysafe.stores.base import AsyncStore, Store
 
@@ -288,10 +288,8 @@ class _Plan:
             chosen: object = {name: arguments[name] for name in self.fingerprint}
         else:
             chosen = self.fingerprint(*args, **kwargs)
-        if isinstance(chosen, bytes):
-            return identity, digest((chosen,))
         try:
-            return identity, digest((canonical_bytes(chosen),))
+            return identity, fingerprint_value(chosen)  # B39: revised if 0.1.0's differs
         except (TypeError, ValueError, RecursionError) as error:
             raise ConfigurationError(
                 f"The arguments of {self.namespace} cannot be fingerprinted ({error}). Choose "

@@ -39,11 +39,18 @@ import enum
 import inspect
 import json
 import sys
+import threading
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
-__all__ = ["JSONSerializer", "Serializer", "canonical_bytes"]
+__all__ = [
+    "ORDER_FREE_MODEL",
+    "JSONSerializer",
+    "Serializer",
+    "canonical_bytes",
+    "previous_canonical_bytes",
+]
 
 TAG = "$rs"
 
@@ -92,6 +99,31 @@ def canonical_bytes(value: object) -> bytes:
     unsupported type, like `JSONSerializer.dumps`.
     """
     return _canonical_encoder.encode(_encode(value, True)).encode("utf-8", "surrogatepass")
+
+
+ORDER_FREE_MODEL: Final = b'{"$rs":"pydantic-canonical",'
+"""How a pydantic model in its order-free form starts in `canonical_bytes` (never a string's
+content, in which the quotes would be escaped): only an encoding holding it can have another
+form in the previous release (`previous_canonical_bytes`)."""
+
+
+def previous_canonical_bytes(value: object) -> bytes:
+    """Return the previous release's (0.1.0's) `canonical_bytes(value)` (B39).
+
+    It differs from the current one only where `value` holds a pydantic model with a set whose
+    order varies from one process to the next (`_order_varies`), which 0.1.0 encoded in the
+    order it iterated: call it only for an encoding that holds `ORDER_FREE_MODEL`.
+    """
+    _form.previous = True
+    try:
+        return canonical_bytes(value)
+    finally:
+        _form.previous = False
+
+
+_form = threading.local()
+"""`previous`: encode models as 0.1.0 did, for `previous_canonical_bytes` (a flag of this
+thread, set while one encoding runs, so no encoder's signature carries it)."""
 
 
 def _tagged(tag: str, value: object) -> dict[str, object]:
@@ -168,16 +200,19 @@ def _encode_dict(value: dict[Any, Any], canonical: bool) -> object:
 
 def _encode_model(model: Any, canonical: bool) -> object:
     """Return a pydantic model tagged: JSON that rebuilds it equal, or for a fingerprint, the
-    previous release's encoding unless the model holds a set in more than one order."""
+    previous release's encoding unless the model holds a set whose order varies between
+    processes: then its items sorted, under a tag of its own (`previous_canonical_bytes` gives
+    0.1.0's form too, B39)."""
     name = _type_name(type(model))
     if not canonical:
         return _tagged("pydantic", [name, _model_json(model)])
-    dumped = model.model_dump(mode="python")
-    if _holds_set(dumped):
-        canonical_dump = _canonical_dump(dumped)
-        if canonical_dump is not None:  # a distinct tag: never equal to an older fingerprint
-            return _tagged("pydantic-canonical", [name, canonical_dump])
-    # B39: exactly the fingerprint of the previous release, stable for a model without sets.
+    if not getattr(_form, "previous", False):
+        dumped = model.model_dump(mode="python")
+        if _order_varies(dumped):
+            canonical_dump = _canonical_dump(dumped)
+            if canonical_dump is not None:  # a distinct tag: never equal to an older fingerprint
+                return _tagged("pydantic-canonical", [name, canonical_dump])
+    # B39: exactly the fingerprint of the previous release, stable for a model without such sets.
     return _tagged("pydantic", [name, model.model_dump_json()])
 
 
@@ -218,14 +253,17 @@ def _rebuild_model(cls: Any, text: str) -> object:
         return cls.model_validate_json(text, by_alias=True, by_name=True)
 
 
-def _holds_set(dumped: object) -> bool:
-    """Return whether a model's python dump holds a set of two items or more (whose JSON order
-    varies; an empty one's does not) anywhere (a nested model is a dict in the dump)."""
+def _order_varies(dumped: object) -> bool:
+    """Return whether a model's python dump holds, anywhere (a nested model is a dict in the
+    dump), a set of two items or more whose order may differ between processes: one with an
+    item whose hash the process salts (a str, bytes, a date, an enum member...). A set of
+    numbers or UUIDs iterates in an order its items (and the order they were added) fix, the
+    same in every process: 0.1.0 encoded it in that order, and so does this release (B39)."""
     pending = [dumped]
     while pending:
         value = pending.pop()
         if isinstance(value, set | frozenset):
-            if len(value) > 1:
+            if len(value) > 1 and not all(map(_hashed_alike, value)):
                 return True
             pending.extend(value)
         elif isinstance(value, dict):
@@ -234,6 +272,17 @@ def _holds_set(dumped: object) -> bool:
         elif isinstance(value, list | tuple):
             pending.extend(value)
     return False
+
+
+_UNSALTED: Final = frozenset((int, bool, float, decimal.Decimal, uuid.UUID))
+"""Types whose hash is the same in every process (None's is not before Python 3.12)."""
+
+
+def _hashed_alike(item: object) -> bool:
+    """Whether `item` hashes alike in every process: a number, a UUID, or a tuple of them."""
+    if type(item) is tuple:
+        return all(map(_hashed_alike, item))
+    return type(item) in _UNSALTED
 
 
 def _canonical_dump(dumped: object) -> object | None:

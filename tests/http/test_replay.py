@@ -263,7 +263,9 @@ def test_b12_json_fingerprint_takes_json_it_cannot_rewrite_as_raw_bytes(
 @pytest.mark.parametrize(
     ("first", "second"),
     [
-        (b'{"amount": 0.1}', b'{"amount": 0.10000000000000001}'),
+        # Not the other way round for one release: a key answered for 0.1 is in the form 0.1.0
+        # gave both bodies, so 0.10000000000000001 adopts it (B39, tests/upgrade/).
+        (b'{"amount": 0.10000000000000001}', b'{"amount": 0.1}'),
         (b'{"amount": 12345678901234567.0}', b'{"amount": 12345678901234568.0}'),
         (b'{"amount": 1e400}', b'{"amount": 9e999}'),
         (b'{"amount": NaN}', b'{"amount": Infinity}'),

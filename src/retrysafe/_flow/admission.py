@@ -4,6 +4,12 @@
 (`store.claim`, `store.wait`), and returns an `Admission`. The drivers in `drivers.py` run it
 with a sync or an async store; `judge()` is its first step alone, for transactional mode, where
 the claim is a statement inside the caller's transaction.
+
+A record the previous release wrote is honoured (B39) by two more steps the drivers take, only
+where the request's identity or fingerprint is `Revised` (this release computes it otherwise):
+`successor()` picks the identity to admit on (the former one where a live record is there),
+and `adopted()` the fingerprint to admit again with (the former one where the record found
+carries it), so replay, waiting and takeover work as for any matching request.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from retrysafe._clock import Clock
 from retrysafe._concurrency import monotonic
 from retrysafe._engine import Decision, decide
 from retrysafe._errors import InFlightError, KeyMismatchError
+from retrysafe._fingerprint import Revised
 from retrysafe._record import Claim, Identity, Record
 from retrysafe._values import quick_init
 
@@ -121,6 +128,32 @@ def judge(claim: Claim, fingerprint: str, now: float) -> Admission | None:
         return Admission(Decision.EXECUTE, claim=claim)
     decision = decide(claim.record, fingerprint, now)
     return None if decision is Decision.EXECUTE else Admission(decision, record=claim.record)
+
+
+def former_identity(identity: Identity) -> Identity:
+    """Return the identity the previous release gave a request whose scope is `Revised` (its
+    caller is named otherwise now, B39)."""
+    return Identity(identity.namespace, cast(Revised, identity.scope).former, identity.key)
+
+
+def successor(identity: Identity, former: Identity, found: Record | None, now: float) -> Identity:
+    """Return the identity to admit a request on: `former`, where the previous release's live
+    record is there (`found`: done, in flight or waiting for attention), so the whole request
+    runs on it; else its own `identity` (B39)."""
+    return former if found is not None and found.expires_at > now else identity
+
+
+def adopted(admitted: Admission, fingerprint: str) -> str | None:
+    """Return the fingerprint to admit again with, where `admitted` is a mismatch only in form:
+    the record found carries the previous release's form of `fingerprint` (B39); else None."""
+    if admitted.decision is not Decision.MISMATCH or type(fingerprint) is not Revised:
+        return None
+    record = admitted.record
+    return (
+        fingerprint.former
+        if record is not None and record.fingerprint == fingerprint.former
+        else None
+    )
 
 
 def admission(

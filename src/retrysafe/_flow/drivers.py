@@ -20,7 +20,18 @@ import anyio.to_thread
 from retrysafe._concurrency import cancelling, monotonic, raise_if_cancelled
 from retrysafe._engine import Decision
 from retrysafe._errors import FencedError, StoreError
-from retrysafe._flow.admission import Admission, ClaimStep, Terms, admission, advance, judge
+from retrysafe._fingerprint import Revised
+from retrysafe._flow.admission import (
+    Admission,
+    ClaimStep,
+    Terms,
+    admission,
+    adopted,
+    advance,
+    former_identity,
+    judge,
+    successor,
+)
 from retrysafe._flow.executions import AsyncExecution, SyncExecution
 from retrysafe._flow.holding import DEFAULT_DRAIN, Held, Holder, Step
 from retrysafe._flow.observing import finish, identify
@@ -54,7 +65,19 @@ class SyncFlow(Holder[Store]):
 
     def admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         """Claim `identity`, waiting for a duplicate in flight; return what was decided. An
-        outcome held here (B19) answers first, even if the store is unreachable."""
+        outcome held here (B19) answers first, even if the store is unreachable. A record of
+        the previous release's is honoured (B39, `successor` and `adopted`)."""
+        if type(identity.scope) is Revised:  # named otherwise before: its record may be there
+            former = former_identity(identity)
+            identity = successor(identity, former, self.store.get(former), self.store.clock.now())
+        admitted = self._admit(identity, fingerprint, terms)
+        if admitted.decision is Decision.MISMATCH:
+            adopting = adopted(admitted, fingerprint)
+            if adopting is not None:
+                return self._admit(identity, adopting, terms)
+        return admitted
+
+    def _admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         identify(identity)
         store, holdings = self.store, self.holdings
         if not holdings.held_any():  # the common case: the admission's first claim, directly
@@ -188,7 +211,15 @@ class AsyncFlow(Holder[AsyncStore]):
         store call swallowed it (redis-py 8 on a cluster and aiomysql sometimes return the
         reply)."""
         before = cancelling()
+        if type(identity.scope) is Revised:  # named otherwise before (B39, `SyncFlow.admit`)
+            former = former_identity(identity)
+            found = await self.store.get(former)
+            identity = successor(identity, former, found, self.store.clock.now())
         admitted = await self._admit(identity, fingerprint, terms, before)
+        if admitted.decision is Decision.MISMATCH:
+            adopting = adopted(admitted, fingerprint)
+            if adopting is not None:
+                admitted = await self._admit(identity, adopting, terms, before)
         if cancelling() > before:
             if admitted.claim is not None:
                 await run_to_end(self.release(identity, admitted.claim.token), self.tasks)

@@ -16,12 +16,16 @@ The scope is the caller, not a credential. In order:
 4. Nothing: the request is refused (`anonymous="reject"`, the default), or shares one
    `anonymous` scope (`anonymous="shared"`, for signup or webhooks).
 
+A caller the previous release (0.1.0) scoped otherwise gets a `Revised` scope holding that one
+too (`retrysafe._http.former`): the flow admits the request on it where a record is there (B39).
+
 Principals and credentials are stored as a keyed hash (HMAC-SHA256 with a per-deployment
 secret), never as themselves nor as a plain hash a leaked table could be matched against.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import uuid
@@ -29,6 +33,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from retrysafe._errors import ConfigurationError
+from retrysafe._fingerprint import Revised
+from retrysafe._http.former import revised_principal
 from retrysafe._http.settings import ANONYMOUS_SCOPE, RequestView, Settings
 
 __all__ = [
@@ -72,7 +78,9 @@ def principal_of(user: object) -> str | None:
     (`is_authenticated` false, as Starlette's `UnauthenticatedUser`, Django's `AnonymousUser`
     and Flask-Login's anonymous user say), and for an object whose identifiers are all empty
     and that does not say it is authenticated (a guest object an app sets for visitors). The
-    user's class is part of the name, so user 42 and service account 42 differ.
+    user's class is part of the name, so user 42 and service account 42 differ. Where the
+    previous release named the user otherwise, the name is `Revised` with that one (B39,
+    `retrysafe._http.former`), which `Scoper` looks up for the caller's older records.
 
     Raises:
         ScopeError: `user` has no stable identifier (or says it is authenticated with an
@@ -95,17 +103,25 @@ def principal_of(user: object) -> str | None:
 
 
 def _named(user: object) -> str | None:
-    """Return `principal_of(user)`, for a user that is not None."""
+    """Return `principal_of(user)`, for a user that is not None.
+
+    Where the previous release may have named the user otherwise (a UUID, a mapping, an object
+    named by `sub` or after skipping a bool or a method), its name is `revised_principal`'s
+    (B39): an object named by `pk`, `id`... as 0.1.0 named it costs nothing more.
+    """
     cls = user.__class__  # not type(): a proxy (Django's lazy user, LocalProxy) names its target
     kind = f"{cls.__module__}.{cls.__qualname__}"
     if isinstance(user, str | int | uuid.UUID) and not isinstance(user, bool):
-        return f"{kind}:{user}" if user != "" else None
+        if user == "":
+            return None
+        name = f"{kind}:{user}"
+        return revised_principal(user, name) if isinstance(user, uuid.UUID) else name
     authenticated = _read(user, "is_authenticated")
     if callable(authenticated):  # a method in Django < 1.10 and Flask-Login < 0.3
         authenticated = authenticated()
     if authenticated is not _ABSENT and not authenticated:
         return None
-    empty = False
+    mapping, empty, unusual = isinstance(user, Mapping), False, False
     for name in _IDENTIFIERS:
         value = _read(user, name)
         if name == "get_id" and callable(value):
@@ -113,8 +129,12 @@ def _named(user: object) -> str | None:
         if value is None or value == "":
             empty = True
         elif value is not _ABSENT and not callable(value) and not isinstance(value, bool):
-            named = isinstance(user, Mapping) or name == "get_id"
-            return f"{kind}:{value}" if named else f"{kind}:{name}={value}"
+            named = f"{kind}:{value}" if mapping or name == "get_id" else f"{kind}:{name}={value}"
+            if mapping or unusual or name == "sub":
+                return revised_principal(user, named)  # B39: 0.1.0 may have named it otherwise
+            return named
+        elif value is not _ABSENT:
+            unusual = True  # a bool or a method skipped, which 0.1.0 may have named it by
     if empty and authenticated is _ABSENT:
         return None
     if empty:
@@ -208,8 +228,12 @@ class Scoper:
             return scope
         principal = request.principal
         if principal:
-            scope = self._known.get(("", principal))
-            return scope or self._keep(("", principal), "p:", b"principal\0" + principal.encode())
+            scope = self._known.get(("", principal)) or self._keep(
+                ("", principal), "p:", b"principal\0" + principal.encode()
+            )
+            if type(principal) is Revised:  # B39: the previous release named it otherwise
+                scope = self._revised(settings, request, scope, principal.former)
+            return scope
         header = settings.scope_header
         credential = request.header(header)
         if credential is not None and credential.strip():
@@ -220,6 +244,17 @@ class Scoper:
             value = b"credential\0" + name + b"\0" + normalise_credential(credential)
             return self._keep((header, credential), "c:", value)
         return ANONYMOUS_SCOPE if settings.anonymous == "shared" else None
+
+    def _revised(self, settings: Settings, request: RequestView, scope: str, former: str) -> str:
+        """Return `scope` revised with the scope the previous release gave the caller it named
+        `former` (`retrysafe._http.former`): that name's, or (`CREDENTIAL`) its own
+        credential's; never the shared anonymous scope, which other callers' records share
+        (B39)."""
+        named = dataclasses.replace(request, principal=former or None)  # a plain str, or None
+        previous = self.scope_of(settings, named)
+        if previous is None or previous in (ANONYMOUS_SCOPE, scope):
+            return scope
+        return Revised(scope, previous)
 
     def _keep(self, known: tuple[str, str | bytes], prefix: str, value: bytes) -> str:
         """Hash `value` into a scope and remember it as `known`, unless it is too long."""

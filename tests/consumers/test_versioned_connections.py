@@ -69,6 +69,31 @@ def cents(url: str, balances: str) -> list[tuple[str, int]]:
         return check.execute(f'SELECT account, cents FROM "{balances}"').fetchall()
 
 
+def ledger(counter: VersionCounter, versions: str) -> dict[str, Any]:
+    """`versioned_message`'s options for the balance events: an account's, in `seq` order."""
+    return {
+        "namespace": "ledger",
+        "entity": lambda event: event["account"],
+        "version": lambda event: event["seq"],
+        "counter": counter,
+        "table": versions,
+    }
+
+
+def one_connection(
+    pool: type[ConnectionPool[Any]] | type[AsyncConnectionPool[Any]], application: str
+) -> dict[str, Any]:
+    """`pool`'s options: a single connection, named `application`, checked before it is lent
+    (so one the server ended is replaced), opened by `with`."""
+    return {
+        "min_size": 1,
+        "max_size": 1,
+        "kwargs": {"application_name": application},
+        "check": pool.check_connection,
+        "open": False,
+    }
+
+
 def test_b29_a_connection_the_server_closed_is_a_distinct_error(
     postgres_url: str, tables: tuple[str, str]
 ) -> None:
@@ -79,14 +104,7 @@ def test_b29_a_connection_the_server_closed_is_a_distinct_error(
     db = psycopg.connect(postgres_url, application_name=application)
     counter = VersionCounter()
 
-    @versioned_message(
-        db,
-        namespace="ledger",
-        entity=lambda event: event["account"],
-        version=lambda event: event["seq"],
-        counter=counter,
-        table=versions,
-    )
+    @versioned_message(db, **ledger(counter, versions))
     def on_balance(event: dict[str, Any]) -> None:
         db.execute(upsert(balances), (event["account"], event["cents"]))
 
@@ -111,23 +129,9 @@ def test_b29_a_pool_connection_recovers_after_the_server_killed_it(
     versions, balances = tables
     application = unique_name("rs_app")
     counter = VersionCounter()
-    with ConnectionPool(
-        postgres_url,
-        min_size=1,
-        max_size=1,
-        kwargs={"application_name": application},
-        check=ConnectionPool.check_connection,
-        open=True,
-    ) as pool:
+    with ConnectionPool(postgres_url, **one_connection(ConnectionPool, application)) as pool:
 
-        @versioned_message(
-            connect=pool.connection,
-            namespace="ledger",
-            entity=lambda event: event["account"],
-            version=lambda event: event["seq"],
-            counter=counter,
-            table=versions,
-        )
+        @versioned_message(connect=pool.connection, **ledger(counter, versions))
         def on_balance(db: psycopg.Connection[Any], event: dict[str, Any]) -> None:
             db.execute(upsert(balances), (event["account"], event["cents"]))
 
@@ -147,23 +151,10 @@ async def test_b29_an_async_pool_connection_recovers_too(
     versions, balances = tables
     application = unique_name("rs_app")
     counter = VersionCounter()
-    async with AsyncConnectionPool(
-        postgres_url,
-        min_size=1,
-        max_size=1,
-        kwargs={"application_name": application},
-        check=AsyncConnectionPool.check_connection,
-        open=False,
-    ) as pool:
+    options = one_connection(AsyncConnectionPool, application)
+    async with AsyncConnectionPool(postgres_url, **options) as pool:
 
-        @versioned_message(
-            connect=pool.connection,
-            namespace="ledger",
-            entity=lambda event: event["account"],
-            version=lambda event: event["seq"],
-            counter=counter,
-            table=versions,
-        )
+        @versioned_message(connect=pool.connection, **ledger(counter, versions))
         async def on_balance(db: psycopg.AsyncConnection[Any], event: dict[str, Any]) -> None:
             await db.execute(upsert(balances), (event["account"], event["cents"]))
 

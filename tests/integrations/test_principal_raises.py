@@ -98,7 +98,14 @@ def _unresolved_once(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord
     return [r for r in caplog.records if getattr(r, "retrysafe_event", None) == "scope_unresolved"]
 
 
-def _assert_refused(answer: httpx.Response, served: Served, path: str, name: str) -> None:
+def _assert_refused(
+    served: Served, caplog: pytest.LogCaptureFixture, path: str, name: str
+) -> logging.LogRecord:
+    """POST `path` keyed: the 500 `scope-unresolved` problem naming `name` and the error's type
+    (not its message); the view did not run, the operation ended rejected, and it was logged
+    once. Return that log record."""
+    with caplog.at_level(logging.ERROR, logger="retrysafe"):
+        answer = served.keyed(path)
     assert is_problem(answer, 500, "scope-unresolved"), answer.text
     detail = answer.json()["detail"]
     assert name in detail
@@ -107,6 +114,9 @@ def _assert_refused(answer: httpx.Response, served: Served, path: str, name: str
     assert served.recorder.calls[path] == 0
     assert served.seen.started_count == 1
     assert served.seen.decisions == ["rejected"]
+    logged = _unresolved_once(caplog)
+    assert len(logged) == 1
+    return logged[0]
 
 
 # Flask
@@ -139,11 +149,7 @@ def test_b8_b24_flask_principal_that_raises_is_scope_unresolved(
     ended. The retry gets the same answer (nothing was claimed)."""
     recorder, seen = Recorder(), Seen()
     app, store = _flask_app(recorder, seen, principal=user_service)
-    served = serve(app, recorder, seen)
-    with caplog.at_level(logging.ERROR, logger="retrysafe"):
-        answer = served.keyed("/payments")
-    _assert_refused(answer, served, "/payments", "user_service")
-    (logged,) = _unresolved_once(caplog)
+    logged = _assert_refused(serve(app, recorder, seen), caplog, "/payments", "user_service")
     assert logged.exc_info is not None
     assert isinstance(logged.exc_info[1], Exception)
     assert isinstance(logged.exc_info[1].__cause__, RuntimeError)
@@ -163,11 +169,7 @@ def test_b8_b24_flask_login_loader_that_raises_is_scope_unresolved(
     def load(request: Any) -> object:
         raise RuntimeError(FAILURE)
 
-    served = serve(app, recorder, seen)
-    with caplog.at_level(logging.ERROR, logger="retrysafe"):
-        answer = served.keyed("/payments")
-    _assert_refused(answer, served, "/payments", "current_user")
-    assert len(_unresolved_once(caplog)) == 1
+    _assert_refused(serve(app, recorder, seen), caplog, "/payments", "current_user")
 
 
 def test_b8_b9_flask_principal_that_aborts_is_the_apps_answer(
@@ -235,11 +237,7 @@ def test_b8_b24_django_user_that_fails_to_load_is_scope_unresolved(
 ) -> None:
     """Loading `request.user` raises: the 500 `scope-unresolved` problem naming
     `request.user`, logged once; the view does not run and the operation ended."""
-    served = _django(serve)
-    with caplog.at_level(logging.ERROR, logger="retrysafe"):
-        answer = served.keyed("/marked")
-    _assert_refused(answer, served, "/marked", "request.user")
-    assert len(_unresolved_once(caplog)) == 1
+    _assert_refused(_django(serve), caplog, "/marked", "request.user")
 
 
 def test_b8_b9_django_user_that_refuses_is_djangos_answer(
@@ -299,8 +297,4 @@ def test_b8_b24_litestar_user_whose_identifier_fails_is_scope_unresolved(
         plugins=[plugin],
         logging_config=None,
     )
-    served = serve(app, recorder, seen, asgi=True)
-    with caplog.at_level(logging.ERROR, logger="retrysafe"):
-        answer = served.keyed("/payments")
-    _assert_refused(answer, served, "/payments", "DetachedUser")
-    assert len(_unresolved_once(caplog)) == 1
+    _assert_refused(serve(app, recorder, seen, asgi=True), caplog, "/payments", "DetachedUser")

@@ -12,7 +12,7 @@ import base64
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,25 +62,26 @@ def _load_redis(url: str, prefix: str) -> None:
         client.close()
 
 
+_SERVERS: dict[str, tuple[str, Callable[[str, str], None], str, Callable[[str, str], None]]] = {
+    "postgres": ("postgres_url", _load_postgres, "table", drop_postgres_tables),
+    "redis": ("redis_url", _load_redis, "prefix", delete_redis_prefix),
+}
+"""Per server: the fixture of its URL, the loader, the URL's option naming the test's own
+table or prefix, and what removes it after."""
+
+
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
 def previous_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a store holding what 0.1.0 wrote (`data/cases.py`), a copy of its own."""
     if request.param == "sqlite":
         shutil.copyfile(DATA / "store_010.db", tmp_path / "store.db")
         yield f"sqlite:///{tmp_path / 'store.db'}"
-    elif request.param == "postgres":
-        base: str = request.getfixturevalue("postgres_url")
-        table = unique_name()
-        try:
-            _load_postgres(base, table)
-            yield f"{base}?table={table}"
-        finally:
-            drop_postgres_tables(base, table)
     else:
-        base = request.getfixturevalue("redis_url")
-        prefix = unique_name()
+        fixture, load, option, remove = _SERVERS[request.param]
+        base: str = request.getfixturevalue(fixture)
+        name = unique_name()
         try:
-            _load_redis(base, prefix)
-            yield f"{base}?prefix={prefix}"
+            load(base, name)
+            yield f"{base}?{option}={name}"
         finally:
-            delete_redis_prefix(base, prefix)
+            remove(base, name)

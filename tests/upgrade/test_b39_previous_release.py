@@ -10,12 +10,13 @@ caller ever gets another's record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,21 +132,31 @@ def test_b39_the_wsgi_face_replays_0_1_0_answers(previous_store: str) -> None:
     assert calls == []
 
 
-def test_b39_a_decorated_call_with_a_set_of_ints_replays_0_1_0(previous_store: str) -> None:
-    """A pydantic model with a set of ints is fingerprinted as 0.1.0 did (its order is the same
-    in every process): the retry replays 0.1.0's return value, the function does not run."""
-    store = open_store(previous_store)
+@contextlib.contextmanager
+def _charge(
+    url: str, namespace: str
+) -> Iterator[tuple[Callable[[Any], dict[str, str]], list[object]]]:
+    """The current release's decorated `charge` in `namespace`, on the store at `url` (closed
+    after), and the orders it ran for."""
+    store = open_store(url)
     calls: list[object] = []
 
-    @idempotent(store, key=lambda order: order.id, namespace=cases.NAMESPACE_INTS)
-    def charge(order: cases.IntOrder) -> dict[str, str]:
+    @idempotent(store, key=lambda order: order.id, namespace=namespace)
+    def charge(order: Any) -> dict[str, str]:
         calls.append(order)
         return cases.charged(CURRENT, order)
 
     try:
-        assert charge(cases.int_order()) == cases.charged(PREVIOUS, cases.int_order())
+        yield charge, calls
     finally:
         store.close()
+
+
+def test_b39_a_decorated_call_with_a_set_of_ints_replays_0_1_0(previous_store: str) -> None:
+    """A pydantic model with a set of ints is fingerprinted as 0.1.0 did (its order is the same
+    in every process): the retry replays 0.1.0's return value, the function does not run."""
+    with _charge(previous_store, cases.NAMESPACE_INTS) as (charge, calls):
+        assert charge(cases.int_order()) == cases.charged(PREVIOUS, cases.int_order())
     assert calls == []
 
 
@@ -182,20 +193,11 @@ def test_b39_a_decorated_call_with_a_set_of_strs_replays_0_1_0(previous_store: s
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [cases.charged(PREVIOUS, cases.str_order()), 0]
 
-    store = open_store(previous_store)
-    calls: list[object] = []
-
-    @idempotent(store, key=lambda order: order.id, namespace=cases.NAMESPACE_STRS)
-    def charge(order: cases.StrOrder) -> dict[str, str]:
-        calls.append(order)
-        return cases.charged(CURRENT, order)
-
-    try:
-        replayed = charge(cases.str_order())
-    except KeyMismatchError:
-        pass
-    else:
-        assert replayed == cases.charged(PREVIOUS, cases.str_order())
-    finally:
-        store.close()
+    with _charge(previous_store, cases.NAMESPACE_STRS) as (charge, calls):
+        try:
+            replayed = charge(cases.str_order())
+        except KeyMismatchError:
+            pass
+        else:
+            assert replayed == cases.charged(PREVIOUS, cases.str_order())
     assert calls == []

@@ -147,8 +147,9 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
             return
         refused = self._refusal(admitted, identity.scope, settings)
         if refused is not None:
-            if admitted.claim is not None:  # over the scope's cap: let a retry run it
-                await self.flow.release(identity, admitted.token)
+            if admitted.claim is not None:  # over the scope's cap: let a retry run it (the claim's
+                # own identity: the previous release's where it was admitted on that, B39)
+                await self.flow.release(admitted.claim.record.identity, admitted.token)
             await respond(send, refused)
             return
         try:

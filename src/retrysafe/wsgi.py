@@ -109,8 +109,9 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
             return respond(start_response, unavailable)
         refused = self._refusal(admitted, identity.scope, settings)
         if refused is not None:
-            if admitted.claim is not None:  # over the scope's cap: let a retry run it
-                self.flow.release(identity, admitted.token)
+            if admitted.claim is not None:  # over the scope's cap: let a retry run it (the claim's
+                # own identity: the previous release's where it was admitted on that, B39)
+                self.flow.release(admitted.claim.record.identity, admitted.token)
             return respond(start_response, refused)
         try:
             execution = self.flow.execution(admitted, settings)

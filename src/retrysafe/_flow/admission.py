@@ -136,11 +136,21 @@ def former_identity(identity: Identity) -> Identity:
     return Identity(identity.namespace, cast(Revised, identity.scope).former, identity.key)
 
 
-def successor(identity: Identity, former: Identity, found: Record | None, now: float) -> Identity:
+def successor(
+    identity: Identity, former: Identity, found: Record | None, now: float, held: Holds
+) -> Identity:
     """Return the identity to admit a request on: `former`, where the previous release's live
-    record is there (`found`: done, in flight or waiting for attention), so the whole request
+    record is there (`found`: done, in flight or waiting for attention) or an outcome is held
+    for it here (B19: it answers even while the store is unreachable), so the whole request
     runs on it; else its own `identity` (B39)."""
-    return former if found is not None and found.expires_at > now else identity
+    live = found is not None and found.expires_at > now
+    return former if live or held.holds_for(former) else identity
+
+
+class Holds(Protocol):
+    """What holds outcomes (`holding.Holdings`): whether one is held for an identity."""
+
+    def holds_for(self, identity: Identity) -> bool: ...
 
 
 def adopted(admitted: Admission, fingerprint: str) -> str | None:

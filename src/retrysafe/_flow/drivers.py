@@ -69,13 +69,20 @@ class SyncFlow(Holder[Store]):
         the previous release's is honoured (B39, `successor` and `adopted`)."""
         if type(identity.scope) is Revised:  # named otherwise before: its record may be there
             former = former_identity(identity)
-            identity = successor(identity, former, self.store.get(former), self.store.clock.now())
+            found = None if self.holdings.holds_for(former) else self._former(former)
+            identity = successor(identity, former, found, self.store.clock.now(), self.holdings)
         admitted = self._admit(identity, fingerprint, terms)
         if admitted.decision is Decision.MISMATCH:
             adopting = adopted(admitted, fingerprint)
             if adopting is not None:
                 return self._admit(identity, adopting, terms)
         return admitted
+
+    def _former(self, former: Identity) -> Record | None:
+        try:
+            return self.store.get(former)
+        except StoreError:  # unreachable: `_admit` answers from what is held, or raises
+            return None
 
     def _admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         identify(identity)
@@ -213,8 +220,8 @@ class AsyncFlow(Holder[AsyncStore]):
         before = cancelling()
         if type(identity.scope) is Revised:  # named otherwise before (B39, `SyncFlow.admit`)
             former = former_identity(identity)
-            found = await self.store.get(former)
-            identity = successor(identity, former, found, self.store.clock.now())
+            found = None if self.holdings.holds_for(former) else await self._former(former)
+            identity = successor(identity, former, found, self.store.clock.now(), self.holdings)
         admitted = await self._admit(identity, fingerprint, terms, before)
         if admitted.decision is Decision.MISMATCH:
             adopting = adopted(admitted, fingerprint)
@@ -225,6 +232,12 @@ class AsyncFlow(Holder[AsyncStore]):
                 await run_to_end(self.release(identity, admitted.claim.token), self.tasks)
             raise asyncio.CancelledError
         return admitted
+
+    async def _former(self, former: Identity) -> Record | None:
+        try:
+            return await self.store.get(former)
+        except StoreError:  # unreachable: `_admit` answers from what is held, or raises
+            return None
 
     async def _admit(
         self, identity: Identity, fingerprint: str, terms: Terms, before: int

@@ -199,6 +199,10 @@ class Holdings:
         self._check_fork()
         return bool(self._held)
 
+    def holds_for(self, identity: Identity) -> bool:
+        """Return whether an outcome is held for `identity`."""
+        return self.held_any() and identity in self._held
+
     def __len__(self) -> int:
         """Return how many outcomes are held."""
         self._check_fork()

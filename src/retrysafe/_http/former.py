@@ -4,10 +4,10 @@ REMOVE in the release after the next one: a copy of 0.1.0's `principal_of`, kept
 that 0.1.0 named otherwise than `retrysafe._http.scope.principal_of` does (an OpenID Connect
 claims mapping by its `email`, not its `sub`; a `uuid.UUID` or a mapping whose id is 0 by no
 name at all, so by its credential) finds its keys for one retention period after the upgrade
-(docs/upgrading.md). A former name is looked up only where it cannot be another user's: never
+(docs/upgrading.md). A former name is looked up only where it named this caller then: never
 a display name, which two users may share (the reason the current rules drop it), nor the
-shared anonymous scope. Nothing here changes what is stored: records are written under the
-current name only.
+shared anonymous scope; a credential's scope is whoever sends that credential, as under
+0.1.0. Nothing here changes what is stored: records are written under the current name only.
 """
 
 from __future__ import annotations

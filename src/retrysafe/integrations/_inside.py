@@ -134,8 +134,9 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
             return self._store_failed(settings)  # None: fail open, the view runs untracked
         refused = self._refusal(admitted, identity.scope, settings)
         if refused is not None:
-            if admitted.claim is not None:  # over the scope's cap: let a retry run it
-                self.flow.release(identity, admitted.token)
+            if admitted.claim is not None:  # over the scope's cap: let a retry run it (the claim's
+                # own identity: the previous release's where it was admitted on that, B39)
+                self.flow.release(admitted.claim.record.identity, admitted.token)
             return refused
         execution = self.flow.execution(admitted, settings).start()
 

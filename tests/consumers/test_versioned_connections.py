@@ -11,6 +11,7 @@ by itself.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,7 +177,7 @@ def test_b29_a_connect_function_opens_and_closes_a_connection_per_delivery(
         opened.append(sqlite3.connect(tmp_path / "app.db"))
         return opened[-1]
 
-    with sqlite3.connect(tmp_path / "app.db") as setup:
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as setup, setup:
         setup.execute("CREATE TABLE stock (sku TEXT PRIMARY KEY, level INTEGER)")
 
     @versioned_message(
@@ -198,7 +199,7 @@ def test_b29_a_connect_function_opens_and_closes_a_connection_per_delivery(
     for connection in opened:
         with pytest.raises(sqlite3.ProgrammingError):
             connection.execute("SELECT 1")  # closed after its delivery
-    with sqlite3.connect(tmp_path / "app.db") as check:
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as check, check:
         assert check.execute("SELECT level FROM stock").fetchall() == [(2,)]
 
 

@@ -12,6 +12,7 @@ handler's writes (released, those would be rolled back while the client is told 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -175,7 +176,7 @@ def test_b18_transactional_409_commits_unless_another_layer_answered(
     rolls back and frees the key, so the retry runs the handler again."""
     monkeypatch.setenv("RETRYSAFE_SCOPE_SECRET", "layered-conflict-scope-secret")
     database = tmp_path / "app.db"
-    with sqlite3.connect(database) as setup:
+    with contextlib.closing(sqlite3.connect(database)) as setup, setup:
         setup.execute("CREATE TABLE holds (note TEXT)")
     app = flask.Flask("layered")
     install(app, connect=lambda: sqlite3.connect(database, timeout=10))
@@ -193,7 +194,7 @@ def test_b18_transactional_409_commits_unless_another_layer_answered(
     first, again = (client.post("/seats", json={}, headers=headers) for _ in range(2))
     assert (first.status_code, again.status_code) == (409, 409)
     assert again.get_json() == first.get_json()
-    with sqlite3.connect(database) as check:
+    with contextlib.closing(sqlite3.connect(database)) as check, check:
         rows = check.execute("SELECT count(*) FROM holds").fetchone()[0]
     if committed:
         assert (rows, len(runs), again.headers.get("Idempotent-Replayed")) == (1, 1, "true")

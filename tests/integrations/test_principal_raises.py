@@ -46,12 +46,14 @@ class Seen(Observer):
         self._lock = threading.Lock()
         self.started_count = 0
         self.decisions: list[str | None] = []
+        self.one_ended = threading.Event()
 
     def reset(self) -> None:
         """Forget every operation."""
         with self._lock:
             self.started_count = 0
             self.decisions = []
+            self.one_ended.clear()
 
     def started(self, operation: Operation) -> None:
         """Count it."""
@@ -62,6 +64,7 @@ class Seen(Observer):
         """Keep its decision."""
         with self._lock:
             self.decisions.append(operation.decision)
+        self.one_ended.set()
 
 
 @dataclass
@@ -113,6 +116,8 @@ def _assert_refused(
     assert FAILURE not in detail  # the exception's message may hold what the client sent
     assert served.recorder.calls[path] == 0
     assert served.seen.started_count == 1
+    # An ASGI server may answer before the operation's end is reported: wait for it.
+    assert served.seen.one_ended.wait(10)
     assert served.seen.decisions == ["rejected"]
     logged = _unresolved_once(caplog)
     assert len(logged) == 1

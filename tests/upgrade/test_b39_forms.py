@@ -3,6 +3,7 @@ honours a record in that form: replayed, waited for and taken over as a matching
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import pickle
@@ -62,7 +63,7 @@ def test_b39_other_bodies_have_one_form(body: bytes, canonical: bool) -> None:
 def test_b39_a_model_with_a_set_of_ints_is_fingerprinted_as_0_1_0_did(tmp_path: Path) -> None:
     """The fingerprint 0.1.0 stored (in `data/store_010.db`) is the current form itself."""
     shutil.copyfile(DATA / "store_010.db", tmp_path / "store.db")
-    with sqlite3.connect(tmp_path / "store.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "store.db")) as conn, conn:
         (stored,) = conn.execute(
             "SELECT fingerprint FROM retrysafe_records WHERE namespace = ?",
             (cases.NAMESPACE_INTS.encode(),),

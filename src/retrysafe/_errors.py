@@ -53,11 +53,16 @@ class InFlightError(IdempotencyError):
 
     Args:
         retry_after: seconds after which a retry may find the outcome.
+        lease_expires_at: when the running request's lease ends, on its store's clock (None:
+            not known), after which a retry may take the key over.
     """
 
-    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float = 1.0, lease_expires_at: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.lease_expires_at = lease_expires_at
 
 
 class FencedError(IdempotencyError):

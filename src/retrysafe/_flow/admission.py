@@ -103,6 +103,7 @@ class Admission:
         return InFlightError(
             f"A call of {what} with the key {key!r} is still running.",
             retry_after=float(self.retry_after),
+            lease_expires_at=None if self.record is None else self.record.lease_expires_at,
         )
 
 

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, Unpack
 
-from retrysafe._clock import SystemClock
+from retrysafe._clock import Clock, SystemClock
 from retrysafe._concurrency import raise_if_cancelled
 from retrysafe._decorator import (
     IdempotentOptions,
@@ -41,9 +41,7 @@ from retrysafe._decorator import (
 )
 from retrysafe._errors import ConfigurationError, FencedError, InFlightError
 from retrysafe._extras import missing_extra
-from retrysafe._keys import key_text
 from retrysafe._outcomes import Deferred, is_final
-from retrysafe._record import Identity, State
 from retrysafe.consumers._messages import (
     idempotent_message,
     message_body_of,
@@ -154,11 +152,10 @@ def jetstream_message(
                 f"jetstream_message needs an async handler; {callable_name(handler)} is not one."
             )
         named = options.copy()  # the handler's own name, not its wrapper's (`_deferring`)
-        namespace = named["namespace"] = options.get("namespace") or default_namespace(handler)
+        named["namespace"] = options.get("namespace") or default_namespace(handler)
         once = idempotent_message(store, message_id=message_id, body=body, **named)
         handle = once(_deferring(handler))
-        names = (namespace, options.get("scope", ""))
-        held = _Held(store, names, message_id, (nak_delay, options["lease"]))
+        clock = getattr(store, "clock", None) or SystemClock()
 
         @functools.wraps(handler)
         async def settle(msg: MessageT, /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -174,7 +171,7 @@ def jetstream_message(
             if failed is not None:
                 delay = requeue_delay(failed, nak_delay)
                 if isinstance(failed, InFlightError):
-                    delay = await held.remaining(failed, (msg, *args), kwargs)
+                    delay = _held_delay(failed, clock, nak_delay, options["lease"])
                 await _settle_failure(msg, failed, where, final, delay)
             elif not msg.is_acked:  # the handler may have settled it itself
                 await _settle(msg.ack, "ack", where)
@@ -189,43 +186,16 @@ def default_lease(ack_wait: float) -> float:
     return LEASE_PER_ACK_WAIT * ack_wait
 
 
-class _Held:
-    """How long a message id another delivery holds stays held: a delivery that found it in
-    flight (`InFlightError`, past its `wait`) is nak'ed to come back once its lease has ended,
-    plus `nak_delay`, so a dead consumer's message costs about one more delivery of
-    `max_deliver`, not one every `retry_after` until the lease ends (up to three `ack_wait`s).
-    A live holder's redelivery comes back then too, and replays its outcome."""
-
-    def __init__(
-        self,
-        store: AsyncStore,
-        names: tuple[str, object],
-        message_id: Callable[..., object],
-        delays: tuple[float, float],
-    ) -> None:
-        self.store, self.message_id = store, message_id
-        self.namespace, self.scope = names  # the scope: fixed, or a callable of the arguments
-        self.delays = delays
-        """`nak_delay`, and the most lease that can be left: this consumer's `lease`."""
-        self.clock = getattr(store, "clock", None) or SystemClock()
-
-    async def remaining(
-        self, error: InFlightError, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> float:
-        """Return the seconds to nak the delivery for: the holder's lease left, plus
-        `nak_delay`; the error's `retry_after` if the record cannot be read."""
-        nak_delay, lease = self.delays
-        try:
-            scope = self.scope(*args, **kwargs) if callable(self.scope) else self.scope
-            key = key_text(self.message_id(*args, **kwargs))
-            record = await self.store.get(Identity(self.namespace, str(scope), key))
-        except Exception:  # a store outage: the record's lease is unknown
-            return requeue_delay(error, nak_delay)
-        if record is None or record.state is not State.IN_FLIGHT:
-            return nak_delay  # finished meanwhile: the redelivery replays it
-        left = record.lease_expires_at - self.clock.now()
-        # Never negative, nor longer than a lease granted now (a clock that jumped).
-        return min(max(left, 0.0), lease) + nak_delay
+def _held_delay(error: InFlightError, clock: Clock, nak_delay: float, lease: float) -> float:
+    """Return the seconds to nak a delivery that found its message id held (`InFlightError`,
+    past its `wait`): the holder's lease left, plus `nak_delay`, so a dead consumer's message
+    costs about one more delivery of `max_deliver`, not one every `retry_after` until the lease
+    ends (up to three `ack_wait`s); its `retry_after` where the lease is not known. Never
+    negative, nor longer than a lease granted now (a clock that jumped)."""
+    if error.lease_expires_at is None:
+        return requeue_delay(error, nak_delay)
+    left = error.lease_expires_at - clock.now()
+    return min(max(left, 0.0), lease) + nak_delay
 
 
 async def _settle_failure(

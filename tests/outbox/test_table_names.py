@@ -107,3 +107,25 @@ def test_b29_a_dropped_outbox_table_is_made_again(
             commit(database, "c", "orders.paid")
         commit(database, "d", "orders.paid")
         assert payloads(database) == [b"d-0"]
+
+
+@pytest.mark.parametrize("length", [55, 56, 63])
+def test_b29_an_outbox_table_with_a_long_name_has_both_of_its_indexes(
+    request: pytest.FixtureRequest, tmp_path: Path, length: int
+) -> None:
+    """An outbox table whose index names would pass PostgreSQL's 63 characters (records
+    tables of 55 and 56 characters have outbox tables of 62 and 63; one of 63 has a shortened
+    outbox name of 63) still gets both of its partial indexes: truncated, the two names would
+    be one, or the table's own, and `CREATE INDEX IF NOT EXISTS` would skip them."""
+    with make_database("postgres", request, tmp_path) as database:
+        stem = unique_name("Rs_Long")
+        database.table = stem + "x" * (length - len(stem))
+        table = outbox_table(database.table)
+        database.extra_tables.append(table)
+        commit(database, "a", "orders.paid")
+        rows = database.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = ? AND strpos(indexdef, 'WHERE') > 0",
+            (table,),
+        )
+        partial = sorted(str(row[0]).rsplit("WHERE ", 1)[1] for row in rows)
+        assert partial == ["(published_at IS NOT NULL)", "(published_at IS NULL)"]

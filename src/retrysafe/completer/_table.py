@@ -81,9 +81,10 @@ def side_table_name(records: str, dialect: Dialect) -> str:
         from retrysafe.stores._sql.sqlite import RecordTable  # noqa: PLC0415 - no driver
 
         return f"{RecordTable(records).name}_{_SUFFIX}"
-    from retrysafe.stores._sql.postgres import _derived_name, validate_table  # noqa: PLC0415
+    from retrysafe.stores._sql import derived_name  # noqa: PLC0415
+    from retrysafe.stores._sql.postgres import validate_table  # noqa: PLC0415
 
-    return _derived_name(validate_table(records), _SUFFIX)
+    return derived_name(validate_table(records), _SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from retrysafe.stores._sql import derived_name
+
 __all__ = ["Dialect", "OutboxTable"]
 
 Dialect = Literal["sqlite", "postgresql"]
@@ -69,9 +71,16 @@ class OutboxTable:
         return _MARKS[self.dialect]
 
     @property
+    def indexes(self) -> tuple[str, str]:
+        """The names of the partial indexes on unpublished rows and on published ones, made
+        short enough that PostgreSQL does not truncate them into one (or into the table's)."""
+        return derived_name(self.name, "unpublished"), derived_name(self.name, "published")
+
+    @property
     def create(self) -> tuple[str, ...]:
         """The statements that create the table and its indexes unless they exist."""
         key, blob, json, time = _COLUMNS[self.dialect]
+        unpublished, published = self.indexes
         added = "".join(f", {name} {kind}" for name, kind in _ADDED[self.dialect])
         # Identifiers are checked by `outbox_table`; SQL cannot bind them.
         return (
@@ -79,9 +88,9 @@ class OutboxTable:
             f"id {key}, message_id TEXT NOT NULL UNIQUE, topic TEXT NOT NULL, "
             f"payload {blob} NOT NULL, headers {json} NOT NULL, created_at {time} NOT NULL, "
             f"published_at {time}{added})",
-            f'CREATE INDEX IF NOT EXISTS "{self.name}_unpublished" ON "{self.name}" (id) '
+            f'CREATE INDEX IF NOT EXISTS "{unpublished}" ON "{self.name}" (id) '
             "WHERE published_at IS NULL",
-            f'CREATE INDEX IF NOT EXISTS "{self.name}_published" ON "{self.name}" '
+            f'CREATE INDEX IF NOT EXISTS "{published}" ON "{self.name}" '
             "(published_at) WHERE published_at IS NOT NULL",
         )
 
@@ -107,7 +116,6 @@ class OutboxTable:
         column, then each of its indexes (`upgrades` takes it). Read from the catalog, which
         takes no lock on the table: a statement that changes it would, even one that finds
         there is nothing to do (`CREATE INDEX IF NOT EXISTS`, `ALTER TABLE`)."""
-        indexes = (f"{self.name}_unpublished", f"{self.name}_published")
         checks = (
             f"{self._regclass} IS NULL",
             *(
@@ -115,7 +123,7 @@ class OutboxTable:
                 f"AND attname = '{column}' AND NOT attisdropped)"
                 for column, _ in _ADDED[self.dialect]
             ),
-            *(f"to_regclass('\"{index}\"') IS NULL" for index in indexes),
+            *(f"to_regclass('\"{index}\"') IS NULL" for index in self.indexes),
         )
         return "SELECT " + ", ".join(checks)
 

@@ -28,6 +28,7 @@ statement and of a listing's filters, and how long a renewal waits for its reply
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
@@ -41,6 +42,7 @@ __all__ = [
     "RECORD_COLUMNS",
     "checked_table_name",
     "claim_params",
+    "derived_name",
     "done_record",
     "held_params",
     "identity_params",
@@ -97,6 +99,18 @@ def checked_table_name(name: str, *, longest: int) -> str:
             "underscores, not starting with a digit."
         )
     return name
+
+
+def derived_name(table: str, suffix: str, *, longest: int = 63) -> str:
+    """Return `{table}_{suffix}` (an index's or a channel's name), shortened with a hash of
+    `table` when it would pass `longest` characters: PostgreSQL truncates a longer identifier,
+    which could give two tables' indexes one name."""
+    name = f"{table}_{suffix}"
+    if len(name) <= longest:
+        return name
+    tag = hashlib.sha256(table.encode()).hexdigest()[:8]
+    keep = longest - len(suffix) - len(tag) - 2
+    return f"{table[:keep]}_{tag}_{suffix}"
 
 
 def record_from_columns(values: Sequence[Any]) -> Record:

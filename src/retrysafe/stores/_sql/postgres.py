@@ -26,6 +26,7 @@ from retrysafe.stores._sql import (
     RECORD_COLUMNS,
     checked_table_name,
     claim_params,
+    derived_name,
     held_params,
     identity_params,
     listing_filters,
@@ -53,16 +54,6 @@ _MAX_IDENTIFIER: Final = 63
 def validate_table(name: str) -> str:
     """Return `name` if it is a safe, untruncated table name; raise ConfigurationError if not."""
     return checked_table_name(name, longest=_MAX_IDENTIFIER)
-
-
-def _derived_name(table: str, suffix: str) -> str:
-    """Return `{table}_{suffix}`, shortened with a hash when it would pass 63 bytes."""
-    name = f"{table}_{suffix}"
-    if len(name) <= _MAX_IDENTIFIER:
-        return name
-    tag = hashlib.sha256(table.encode()).hexdigest()[:8]
-    keep = _MAX_IDENTIFIER - len(suffix) - len(tag) - 2
-    return f"{table[:keep]}_{tag}_{suffix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +124,12 @@ class RecordTable:
             # their quoting needs no connection, and ASCII is the same in every client encoding.
             return sql.SQL(template).format(**fields, **extra).as_string().encode("ascii")
 
-        channel = _derived_name(name, "settled")
+        channel = derived_name(name, "settled")
         digest = hashlib.sha256(f"retrysafe-schema:{name}".encode()).digest()
         return cls(
             name=name,
             channel=channel,
-            deleted_channel=_derived_name(name, "deleted"),
+            deleted_channel=derived_name(name, "deleted"),
             schema_lock=int.from_bytes(digest[:8], "big", signed=True),
             table_exists=compose(text.TABLE_EXISTS),
             lock_schema=compose("SELECT pg_advisory_xact_lock(%(lock)s)"),
@@ -147,11 +138,11 @@ class RecordTable:
                 compose(text.ADD_WATCHED, regclass=sql.Literal(f'"{name}"')),
                 compose(
                     "CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at)",
-                    index=sql.Identifier(_derived_name(name, "expires_at")),
+                    index=sql.Identifier(derived_name(name, "expires_at")),
                 ),
                 compose(
                     "CREATE INDEX IF NOT EXISTS {index} ON {table} (created_at)",
-                    index=sql.Identifier(_derived_name(name, "created_at")),
+                    index=sql.Identifier(derived_name(name, "created_at")),
                 ),
             ),
             claim=compose(text.CLAIM),

@@ -22,9 +22,11 @@ caller's own `transaction.atomic()`; its `view` mode sends a request through Dja
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import secrets
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -522,6 +524,85 @@ def scenario_async_view() -> dict[str, Any]:
             result["called"] = str(error)
         gc.collect()
     result["never_awaited"] = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    return result
+
+
+def _lose_next_commit_reply() -> None:
+    """Make the next COMMIT on Django's connection lose its reply, with the helpers of
+    tests/transactions/test_commit_lost_reply.py: on PostgreSQL a watcher shuts the socket
+    down once the server runs the COMMIT (held there by the test's deferred trigger); on
+    MariaDB Django's next connection is one that shuts its socket down after sending COMMIT."""
+    from django.db import connection
+
+    from tests.transactions import test_commit_lost_reply as lost
+    from tests.transactions.conftest import Database
+
+    database = Database(CONFIG["db"], CONFIG["dsn"], CONFIG["table"], CONFIG["payments"])
+    if database.kind == "mysql":
+        # Django's `from MySQLdb.constants import ...` made PyMySQL's `constants` a fresh copy
+        # without the `COMMAND` the helper sends COMMIT with: import it under that name too.
+        importlib.import_module("MySQLdb.constants.COMMAND")
+        connection.close()
+        connection.get_new_connection = lambda params: lost._lose_commit_reply(database)
+        try:
+            connection.ensure_connection()
+        finally:
+            del connection.get_new_connection  # Django's next connection is a plain one
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    threading.Thread(target=_cut_in_commit, args=(lost._cut, raw), daemon=True).start()
+
+
+def _cut_in_commit(cut: Any, raw: Any) -> None:
+    """Run `cut` on psycopg's `raw` connection once the server runs its COMMIT (waiting in
+    the deferred trigger's `pg_sleep`), as pg_stat_activity shows; give up after 60 s."""
+    import time
+
+    import psycopg
+
+    seen = (
+        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND query = 'COMMIT' "
+        "AND wait_event = 'PgSleep'"
+    )
+    pid = raw.info.backend_pid
+    deadline = time.monotonic() + 60
+    with psycopg.connect(CONFIG["dsn"], autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            if watcher.execute(seen, (pid,)).fetchone():
+                cut(raw)
+                return
+            time.sleep(0.01)  # polling the server's state, not ordering by time
+
+
+def scenario_lost_commit() -> dict[str, Any]:
+    """A unit of work, then a request to a `@transactional` view, each of whose COMMIT loses
+    its reply: what each answered (the error the unit raised, the request's status), and what
+    their retries under the same keys answered."""
+    from django.test import Client
+
+    from tests.transactions import test_commit_lost_reply as lost
+    from tests.transactions.conftest import Database
+
+    if CONFIG["db"] == "postgres":  # the deferred trigger that holds the COMMIT
+        database = Database(CONFIG["db"], CONFIG["dsn"], CONFIG["table"], CONFIG["payments"])
+        lost._lose_commit_reply(database).close()
+    client = Client(headers=CALLER)
+    _paid(client, "warm")  # the scope secret commits before any reply is lost
+    result: dict[str, Any] = {}
+    _lose_next_commit_reply()
+    try:
+        with idempotent.atomic(
+            identity=_identity("l-1"), fingerprint="amount=100", table=CONFIG["table"]
+        ) as tx:
+            tx.complete(json.dumps({"id": _pay("l-1", 100).id}).encode())
+        result["unit"] = {"replay": tx.replay, "outcome": (tx.outcome or b"").decode()}
+    except Exception as error:  # the scenario reports it
+        result["unit"] = {"error": type(error).__name__, "message": str(error)}
+    result["unit_retry"] = _attempt("l-1")
+    _lose_next_commit_reply()
+    result["view"] = _paid(client, "l-2")
+    result["view_retry"] = _paid(client, "l-2")
     return result
 
 

@@ -9,7 +9,10 @@ MySQL a PyMySQL `Connection`, PyMySQL being installed as `MySQLdb`), and are the
 backends' own (`_dispatch.sync_records`): the claim, the ORM's writes and the outcome are one
 transaction on one connection. A commit that fails is rolled back by `atomic` itself (a
 savepoint's RELEASE, to the savepoint); `end` raises it as the store's error, translated from
-the driver's error under Django's by the block's records (`commit_failed`).
+the driver's error under Django's by the block's records (`commit_failed`): rolled back if the
+database refused it, of unknown outcome if the connection was lost before the COMMIT's reply
+(`StoreUnavailableError`, whatever the store's translation made of PyMySQL's error: Django's
+`MySQLdb` imports replace `pymysql.err` with a copy whose classes it does not match).
 
 Written sync, by hand: Django's transaction API (`atomic`, `connections`) is sync only (an
 async view reaches it through `sync_to_async`), so there is no async source to generate it
@@ -35,7 +38,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
 
-from retrysafe._errors import ConfigurationError
+from retrysafe._errors import ConfigurationError, StoreUnavailableError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.integrations._routes import missing_framework
 from retrysafe.stores._sql import DEFAULT_TABLE
@@ -44,7 +47,7 @@ from retrysafe.stores._sql.sqlite_connection import store_error
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._dispatch import sync_records
 from retrysafe.transactions._sqlite import SQLiteRecords
-from retrysafe.transactions._sync.sql_backend import DriverRecords, commit_failed
+from retrysafe.transactions._sync.sql_backend import DriverRecords, commit_failed, reply_lost
 from retrysafe.transactions._sync.transaction import Records
 
 # Django ships no type information (django-stubs is a separate project).
@@ -187,6 +190,9 @@ class DjangoBackend:
                 rolled back, as Django does on leaving such a block.
             StoreError: the commit (a savepoint's RELEASE) failed; Django rolled the block
                 back, and a caller's atomic block around a savepoint is still open.
+            StoreUnavailableError: the connection was lost before the COMMIT's reply came
+                (`commit_failed`): the server may or may not have committed, so the caller
+                must retry with the same key (the retry replays or runs again, as it finds).
         """
         atomic, self._atomic = self._atomic, None
         records, self._records, self._raw = self._records, None, None
@@ -208,7 +214,7 @@ class DjangoBackend:
             if cause is None:
                 raise
             if not savepoint:
-                raise commit_failed(cause) from error
+                raise commit_failed(cause, error.__cause__) from error
             raise type(cause)(
                 "The transactional block's savepoint could not be released, so it was rolled "
                 "back with every write made in it: nothing of it was applied. The enclosing "
@@ -224,7 +230,10 @@ class DjangoBackend:
         """Return our error for the driver's error under Django's, as the block's `records`
         translate that driver's errors (the store's); None for one they do not know."""
         if isinstance(records, DriverRecords) and isinstance(error, records.driver_error):
-            return records._translate(error)  # psycopg, MySQL
+            translated = records._translate(error)  # psycopg, MySQL
+            if reply_lost(error) and not isinstance(translated, StoreUnavailableError):
+                return StoreUnavailableError(f"The database connection was lost: {error}")
+            return translated
         if isinstance(records, SQLiteRecords) and isinstance(error, sqlite3.Error):
             return store_error(error, str(self.connection.settings_dict["NAME"]))
         return None

@@ -693,3 +693,35 @@ def test_b7_b16_b30_the_claim_decides_alike_under_either_assignment_order(
         assert claim("other", 118.0) == (True, False, 118.0, None, State.IN_FLIGHT)
     finally:
         conn.close()
+
+
+_IN_DJANGO = """
+import socket, sys
+import pymysql
+pymysql.install_as_MySQLdb()
+from django.conf import settings
+settings.configure()
+import django.db.backends.mysql.base  # Django's MySQLdb imports: a second copy of pymysql.err
+assert pymysql.err.OperationalError is not pymysql.OperationalError
+from retrysafe import Identity, StoreUnavailableError
+from retrysafe.stores.mysql import MySQLStore
+with socket.socket() as closed:
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+store = MySQLStore.from_url(f"mysql://root@127.0.0.1:{port}/test?connect_timeout=2")
+try:
+    store.get(Identity("n", "s", "k"))
+except StoreUnavailableError as error:
+    print("unavailable:", error)
+"""
+
+
+def test_b20_an_unreachable_server_is_unavailable_in_a_django_process_too() -> None:
+    """Django's MySQL backend (PyMySQL installed as MySQLdb) loads a second copy of
+    `pymysql.err`; the store's errors are still told apart by PyMySQL's own classes, so an
+    unreachable server is unavailable (503 on the web faces), not a store failure."""
+    ran = subprocess.run(
+        [sys.executable, "-c", _IN_DJANGO], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("unavailable: MySQL is unavailable"), ran.stdout

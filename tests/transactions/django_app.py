@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import secrets
 import sys
 import threading
@@ -601,7 +602,13 @@ def scenario_lost_commit() -> dict[str, Any]:
         result["unit"] = {"error": type(error).__name__, "message": str(error)}
     result["unit_retry"] = _attempt("l-1")
     _lose_next_commit_reply()
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("retrysafe").addHandler(handler)
     result["view"] = _paid(client, "l-2")
+    logging.getLogger("retrysafe").removeHandler(handler)
+    result["view_logged"] = [entry.getMessage() for entry in logged]
     result["view_retry"] = _paid(client, "l-2")
     return result
 

@@ -36,6 +36,8 @@ def test_b29_django_commit_without_reply_says_the_outcome_is_unknown(database: D
     assert reported["unit_retry"] == {"replay": True, "outcome": json.dumps({"id": row[0]})}
 
     assert reported["view"]["status"] == 503
+    (logged,) = reported["view_logged"]  # the log says so too, not "it was not applied"
+    assert "may or may not have committed" in logged, logged
     (row,) = database.payment_rows("l-2")
     retry = reported["view_retry"]
     assert (retry["status"], retry["replay"]) == (201, True)

@@ -11,8 +11,7 @@ transaction on one connection. A commit that fails is rolled back by `atomic` it
 savepoint's RELEASE, to the savepoint); `end` raises it as the store's error, translated from
 the driver's error under Django's by the block's records (`commit_failed`): rolled back if the
 database refused it, of unknown outcome if the connection was lost before the COMMIT's reply
-(`StoreUnavailableError`, whatever the store's translation made of PyMySQL's error: Django's
-`MySQLdb` imports replace `pymysql.err` with a copy whose classes it does not match).
+(`StoreUnavailableError`).
 
 Written sync, by hand: Django's transaction API (`atomic`, `connections`) is sync only (an
 async view reaches it through `sync_to_async`), so there is no async source to generate it
@@ -38,7 +37,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
 
-from retrysafe._errors import ConfigurationError, StoreUnavailableError
+from retrysafe._errors import ConfigurationError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.integrations._routes import missing_framework
 from retrysafe.stores._sql import DEFAULT_TABLE
@@ -47,7 +46,7 @@ from retrysafe.stores._sql.sqlite_connection import store_error
 from retrysafe.transactions import _drivers as drivers
 from retrysafe.transactions._dispatch import sync_records
 from retrysafe.transactions._sqlite import SQLiteRecords
-from retrysafe.transactions._sync.sql_backend import DriverRecords, commit_failed, reply_lost
+from retrysafe.transactions._sync.sql_backend import DriverRecords, commit_failed
 from retrysafe.transactions._sync.transaction import Records
 
 # Django ships no type information (django-stubs is a separate project).
@@ -230,10 +229,7 @@ class DjangoBackend:
         """Return our error for the driver's error under Django's, as the block's `records`
         translate that driver's errors (the store's); None for one they do not know."""
         if isinstance(records, DriverRecords) and isinstance(error, records.driver_error):
-            translated = records._translate(error)  # psycopg, MySQL
-            if reply_lost(error) and not isinstance(translated, StoreUnavailableError):
-                return StoreUnavailableError(f"The database connection was lost: {error}")
-            return translated
+            return records._translate(error)  # psycopg, MySQL
         if isinstance(records, SQLiteRecords) and isinstance(error, sqlite3.Error):
             return store_error(error, str(self.connection.settings_dict["NAME"]))
         return None

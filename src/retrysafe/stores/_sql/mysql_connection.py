@@ -5,7 +5,10 @@
 `translate_errors` turn driver errors into retrysafe's, so no driver exception leaves the
 store, and `deadlocked` tells which errors the store retries. Transactional mode maps errors on
 the caller's connection with `store_error` too. aiomysql raises PyMySQL's exception classes, so
-one mapping serves both faces; nothing here opens a connection.
+one mapping serves both faces; nothing here opens a connection. The classes are PyMySQL's
+top-level names, bound when it was imported: in a Django process, `pymysql.install_as_MySQLdb()`
+and Django's `MySQLdb` imports load a second copy of `pymysql.err`, whose classes PyMySQL's
+errors are not instances of.
 """
 
 from __future__ import annotations
@@ -212,13 +215,13 @@ def _code(error: BaseException) -> int | None:
 def deadlocked(error: BaseException) -> bool:
     """Return whether `error` is InnoDB's deadlock: the whole transaction was rolled back, so
     running it again from the start is safe."""
-    return isinstance(error, pymysql.err.OperationalError) and _code(error) == DEADLOCK
+    return isinstance(error, pymysql.OperationalError) and _code(error) == DEADLOCK
 
 
 def connection_lost(error: BaseException) -> bool:
     """Return whether the connection that raised `error` is unusable (closed, broken, or in an
     unknown state), rather than merely refused one statement."""
-    if isinstance(error, pymysql.err.InterfaceError):
+    if isinstance(error, pymysql.InterfaceError):
         return True
     code = _code(error)
     return code is None or code in _CLIENT_ERRORS or code in {1053, 1927, 4031}
@@ -227,10 +230,10 @@ def connection_lost(error: BaseException) -> bool:
 def store_error(error: BaseException) -> StoreError:
     """Map a driver error to retrysafe's: unreachable, busy or locked-out servers are
     unavailable (B20)."""
-    if isinstance(error, pymysql.err.InterfaceError):
+    if isinstance(error, pymysql.InterfaceError):
         return StoreUnavailableError(f"MySQL is unavailable: the connection is closed ({error}).")
     code = _code(error)
-    if isinstance(error, pymysql.err.OperationalError) and (
+    if isinstance(error, pymysql.OperationalError) and (
         code is None or code in _CLIENT_ERRORS or code in _UNAVAILABLE
     ):
         return StoreUnavailableError(f"MySQL is unavailable: {error}")
@@ -239,4 +242,4 @@ def store_error(error: BaseException) -> StoreError:
 
 def translate_errors() -> contextlib.AbstractContextManager[None]:
     """Re-raise any driver error as a StoreError, so no driver exception leaves the store."""
-    return translated(pymysql.err.MySQLError, store_error)
+    return translated(pymysql.MySQLError, store_error)

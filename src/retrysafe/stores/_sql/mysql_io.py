@@ -96,7 +96,7 @@ class AsyncMySQLDriver:
             with anyio.fail_after(timeout):
                 return await aiomysql.connect(**arguments, db=self._options.database, ssl=self._ssl)
         except TimeoutError:
-            raise pymysql.err.OperationalError(
+            raise pymysql.OperationalError(
                 CR_SERVER_LOST, f"No handshake from the MySQL server within {timeout:g} s"
             ) from None
 
@@ -115,7 +115,7 @@ class AsyncMySQLDriver:
         except Exception as error:  # whatever the closed connection made aiomysql raise
             if late:
                 bound = f"read_timeout={timeout:g} s" if within is None else f"{timeout:g} s"
-                raise pymysql.err.OperationalError(
+                raise pymysql.OperationalError(
                     CR_SERVER_LOST, f"No reply from the MySQL server within {bound}"
                 ) from error
             raise

@@ -121,10 +121,10 @@ class WorkUnit:
         except TransactionAbortedError:
             self.rollback()  # nothing was applied, and the key is free again
             return aborted_problem(self.settings, handler)
-        except Exception:
+        except Exception as error:
             self.counters.add(Count.COMPLETE_FAILURES)
-            finish("store_failed")  # nothing was applied: the writes rolled back with the key
-            logger.exception("The transaction of a request failed to commit; it was not applied")
+            finish("store_failed")  # rolled back with the key, or unknown if COMMIT got no reply
+            logger.exception("The transaction of a request failed to commit: %s", error)
             self.rollback()
             return store_unavailable(self.settings)
         finish("released" if outcome is None else "stored")

@@ -246,3 +246,34 @@ def test_b8_a_long_digest_credential_is_one_pass_and_one_scope_per_value() -> No
     for value in (hostile, signed):
         other = value[:-2] + b"b" + value[-1:]
         assert _scope_of(value) == _scope_of(bytes(value)) != _scope_of(other)
+
+
+class EarlySimpleUser(BaseUser):
+    """Starlette's `SimpleUser` as Starlette 0.40 (retrysafe's floor) defines it: no
+    `identity`, which `BaseUser` leaves abstract; 0.41 and later return `username` there."""
+
+    __module__ = "starlette.authentication"
+    __qualname__ = "SimpleUser"
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.username
+
+
+def test_b8_b39_a_starlette_user_keeps_its_name_across_starlette_releases() -> None:
+    """Starlette's `SimpleUser` gained `identity` in 0.41: the user is one name before and
+    after an upgrade of Starlette (its records found, never run again), and where 0.1.0 named
+    it by `username` under the older Starlette, that name is kept as the former (B39)."""
+    now, early = principal_of(SimpleUser("ann")), principal_of(EarlySimpleUser("ann"))
+    assert now == early == "starlette.authentication.SimpleUser:identity=ann"
+    former = "starlette.authentication.SimpleUser:username=ann"
+    assert getattr(early, "former", None) == former
+    # the installed Starlette's own: 0.1.0 named it alike where it defines `identity`
+    assert getattr(now, "former", None) == (None if "identity" in vars(SimpleUser) else former)

@@ -158,9 +158,10 @@ def test_b37_dot_segments_are_400_and_never_leave_the_upstream_path_prefix(
         response = exchange(ports["prefixed"], request(target, key=False))
         assert response is not None
         assert response.status == 200
-    assert targets_seen(odd)[seen:] == [
+    # httpx before 0.28 sends a raw backslash percent-encoded: either way, the same path
+    assert [t.replace(b"\\", b"%5C") for t in targets_seen(odd)[seen:]] == [
         b"/public/api/a/.../b..c/.x?q=/../",
-        b"/public/api/a%2F...%5Cb..c\\.x",
+        b"/public/api/a%2F...%5Cb..c%5C.x",
     ]
 
 

@@ -56,6 +56,7 @@ _KNOWN_BYTES: Final = 4 << 20  # characters of the principals and credentials re
 # Connect claims (`sub`). Never a display name or an e-mail address: neither unique nor stable.
 _IDENTIFIERS: Final = ("get_id", "pk", "id", "identity", "username", "sub")
 _ABSENT: Final = object()
+_STARLETTE_USER: Final = "starlette.authentication.SimpleUser"
 
 
 class ScopeError(ConfigurationError):
@@ -91,7 +92,7 @@ def principal_of(user: object) -> str | None:
     if user is None:
         return None
     try:
-        return _named(user)
+        return _early_starlette_user(user) or _named(user)
     except ScopeError:
         raise
     except Exception as error:
@@ -100,6 +101,20 @@ def principal_of(user: object) -> str | None:
             f"Reading the user {kind} failed ({type(error).__name__}), so the caller of this "
             "request is unknown."
         ) from error
+
+
+def _early_starlette_user(user: object) -> str | None:
+    """Return the name of Starlette's `SimpleUser` as Starlette before 0.41 defines it (no
+    `identity`, which later ones return as its `username`): the same name either way, so an
+    upgrade of Starlette keeps every caller's records; 0.1.0's by `username` is the former
+    (B39). None for any other user, named by `_named`."""
+    cls = user.__class__
+    if f"{cls.__module__}.{cls.__qualname__}" != _STARLETTE_USER or "identity" in vars(cls):
+        return None
+    username = _read(user, "username")
+    if not isinstance(username, str) or not username:
+        return None
+    return revised_principal(user, f"{_STARLETTE_USER}:identity={username}")
 
 
 def _named(user: object) -> str | None:

@@ -17,7 +17,7 @@ returns that middleware: its `observation` holds the `observers=`, its `counters
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, Unpack
+from typing import Any, Protocol, TypeVar, Unpack
 
 from retrysafe._http import RouteSettings, SettingsOptions, logger
 from retrysafe._http.asgi_io import route_path
@@ -46,6 +46,15 @@ __all__ = [
     "install",
     "match_route",
 ]
+
+
+class Bindable(Protocol):
+    """A middleware made before the app it wraps: `add_in_front` sets its `app`."""
+
+    app: ASGIApp
+
+
+M = TypeVar("M", bound=Bindable)
 
 
 class HasRoutes(Protocol):
@@ -169,12 +178,7 @@ class StarletteRoutes:
             **options,
         )
 
-        def bind(inner: ASGIApp) -> IdempotencyMiddleware:  # Starlette < 0.41: `app=` by name
-            middleware.app = inner  # the app's stack is built once, when it first serves
-            warn_if_cors_inside(app, bind)
-            return middleware
-
-        app.add_middleware(bind)
+        add_in_front(app, middleware)
         cls.installed(app, middleware, routes)
         return middleware
 
@@ -182,6 +186,19 @@ class StarletteRoutes:
     def installed(cls, app: Any, middleware: IdempotencyMiddleware, routes: Patterns) -> None:
         """Called once `install` has added `middleware` to `app`: nothing more for Starlette;
         a subclass may describe it (FastAPI's OpenAPI)."""
+
+
+def add_in_front(outer: Any, middleware: M) -> None:
+    """Add `middleware` (made around `unbound`) to the Starlette or FastAPI app `outer`: the
+    app puts it in front of its routes when it builds its middleware stack, as it first
+    serves, and a CORS middleware added before it is warned of."""
+
+    def bind(app: ASGIApp) -> M:  # named `app`: Starlette before 0.41 passes it by name
+        middleware.app = app
+        warn_if_cors_inside(outer, bind)
+        return middleware
+
+    outer.add_middleware(bind)
 
 
 def warn_if_cors_inside(app: Any, bind: object) -> None:

@@ -36,11 +36,10 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from retrysafe._clock import Clock
 from retrysafe._http import RouteSettings, SettingsOptions
-from retrysafe._http.asgi_io import ASGIApp
 from retrysafe.integrations._fastapi_principal import DependencyPrincipal
 from retrysafe.integrations._routes import UNMARKED, RouteOptions, Unmarked, mark, unbound
 from retrysafe.integrations.fastapi import FastAPIRoutes, document_openapi
-from retrysafe.integrations.starlette import warn_if_cors_inside
+from retrysafe.integrations.starlette import add_in_front
 from retrysafe.observe import Observer
 from retrysafe.stores._sql import DEFAULT_TABLE
 from retrysafe.transactions._web import HANDLER_RAISED, TRANSACTION_KEY, RequestTransaction
@@ -168,12 +167,7 @@ def install(
     if principal is not None:
         middleware.principal = DependencyPrincipal(app, principal)
 
-    def bind(inner: ASGIApp) -> TransactionalMiddleware:  # Starlette < 0.41: `app=` by name
-        middleware.app = inner  # the app's stack is built once, when it first serves
-        warn_if_cors_inside(app, bind)
-        return middleware
-
-    app.add_middleware(bind)
+    add_in_front(app, middleware)
     described = TransactionalRoutes(app)
     document_openapi(app, lambda: described.documented(middleware.settings), transactional=True)
     return middleware

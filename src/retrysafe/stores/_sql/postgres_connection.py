@@ -130,9 +130,12 @@ def parse_url(url: str) -> tuple[str, PostgresOptions]:
         # libpq quotes what it could not parse: the password, or the whole URL.
         reason = redact_message(str(error).strip().splitlines()[0], url)
     else:
-        if re.fullmatch(r"[\d,]*", port):
+        if any(char.isspace() for char in parts.netloc + parts.path):  # older libpq takes it
+            reason = "a URL cannot hold a space or another blank"
+        elif re.fullmatch(r"[\d,]*", port):
             return conninfo, PostgresOptions(**options)  # type: ignore[arg-type]
-        reason = "its port is not a number"  # a `/` in the password ended the host early
+        else:
+            reason = "its port is not a number"  # a `/` in the password ended the host early
     raise ConfigurationError(
         f"Invalid PostgreSQL store URL {redact_url(url)!r}: {reason}. The form is "
         f"postgresql://user:password@host:port/database; {ENCODE_HINT}."

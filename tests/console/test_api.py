@@ -288,7 +288,7 @@ def test_any_query_is_answered_without_a_server_error(
     assert response.status_code in (200, 400, 404), (path, query, response.text)
 
 
-@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b"{\xff", b"9" * 5000])
+@pytest.mark.parametrize("body", [b"[" * 30_000 + b"]" * 30_000, b"{\xff", b"9" * 5000])
 def test_a_post_body_that_is_not_json_is_400_problem_json(console: Console, body: bytes) -> None:
     """A state change whose body nests too deep to parse, is not UTF-8, or is a number of 5000
     digits answers 400 problem+json (the first was a 500)."""

@@ -109,3 +109,28 @@ def test_an_unfit_token_file_is_refused_with_exit_2(tmp_path: Path) -> None:
         assert result.stderr.startswith("error: "), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert time.monotonic() - started < STOP
+
+
+def test_b35_the_public_origin_is_checked_and_names_the_login_url(tmp_path: Path) -> None:
+    """`--public-origin` that is not an http(s) origin is refused (exit 2); a good one is the
+    login URL printed, and makes the login's cookie Secure."""
+    store = _sqlite_store(tmp_path)
+    args = ["console", "--store", store, "--port", "0", "--public-origin"]
+    for bad in ("ftp://console.example", "https://console.example/path"):
+        refused = subprocess.run(
+            [*CLI, *args, bad], capture_output=True, text=True, timeout=STOP, check=False
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("error: --public-origin: "), refused.stderr
+    process = _start([*args, "https://Console.Example:443/"])
+    try:
+        assert process.stdout is not None
+        line = announced(process.stdout, ANNOUNCED, START)
+        login = re.search(r"Open https://console\.example/\?token=([\w-]{32,}) ", line.string)
+        assert login is not None, line.string
+        answer = httpx.get(f"{line[1]}?token={login[1]}", trust_env=False)
+        assert answer.status_code == 303
+        assert "; secure" in answer.headers["set-cookie"].lower()
+    finally:
+        code, _, stderr = _stop(process)
+    assert code == 0, stderr

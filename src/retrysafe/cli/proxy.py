@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import math
 import socket
@@ -12,7 +11,6 @@ from typing import Annotated, Literal
 import h11
 import typer
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._extras import MissingExtraError
@@ -20,6 +18,7 @@ from retrysafe._http import MIB, SettingsOptions
 from retrysafe._sockets import listen
 from retrysafe._urls import redact_url
 from retrysafe.cli._common import EXIT_USAGE, console, errors_as_one_line, fail
+from retrysafe.cli._head_timeout import HeadTimeoutProtocol
 from retrysafe.cli._serving import GracefulServer
 from retrysafe.proxy import build_proxy
 from retrysafe.proxy._forward import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
@@ -246,7 +245,7 @@ def proxy(
         lifespan="on",
         log_level="warning",
         access_log=False,
-        http=HeadTimeoutProtocol.bounded(body_timeout),
+        http=FramingProtocol.bounded(body_timeout),
         # A head still arriving may hold this much (uvicorn's default, said in docs/proxy.md):
         # past it, the invalid-framing problem.
         h11_max_incomplete_event_size=MAX_HEAD_SIZE,
@@ -290,64 +289,10 @@ def _bound(host: str, port: int, option: str) -> socket.socket:
         fail(f"{option}cannot listen on {host}:{port}: {error.strerror or error}")
 
 
-class HeadTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol, where a client must send each request head within
-    `head_timeout` seconds of the connection's start or of the previous response (uvicorn
-    bounds only an idle connection, and any byte resets that): a slowloris sending its head
-    byte by byte is closed too (B36). The body's pace is `RequestGuard`'s. A client that takes
-    none of its response for as long has its connection aborted: else it holds the connection,
-    and the graceful shutdown, for as long as it likes (B40).
-
-    A request that h11 cannot parse gets the `invalid-framing` problem, not uvicorn's plain
-    text (B24)."""
-
-    head_timeout: float = DEFAULT_BODY_TIMEOUT
-    _head_timer: asyncio.TimerHandle | None = None
-    _stall_timer: asyncio.TimerHandle | None = None
-
-    @classmethod
-    def bounded(cls, seconds: float) -> type[HeadTimeoutProtocol]:
-        """Return the protocol with `head_timeout = seconds`."""
-        return type(cls.__name__, (cls,), {"head_timeout": seconds})
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Accept the connection and start the clock on its first request head."""
-        super().connection_made(transport)
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        """Take the bytes; stop the clock once they complete a request head."""
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def on_response_complete(self) -> None:
-        """Finish the response; start the clock on the next request head."""
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()
-
-    def pause_writing(self) -> None:
-        """Hold the response until the client takes more of it; abort the connection if it
-        takes none within `head_timeout`."""
-        super().pause_writing()
-        if self._stall_timer is None:
-            self._stall_timer = self.loop.call_later(self.head_timeout, self.transport.abort)
-
-    def resume_writing(self) -> None:
-        """Go on with the response: the client took some of it."""
-        super().resume_writing()
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the clocks with the connection."""
-        for timer in (self._head_timer, self._stall_timer):
-            if timer is not None:
-                timer.cancel()
-        super().connection_lost(exc)
+class FramingProtocol(HeadTimeoutProtocol):
+    """The shared protocol that bounds each request head and a stalled response (B36, B40),
+    where a request that h11 cannot parse gets the `invalid-framing` problem, not uvicorn's
+    plain text (B24). The body's pace is `RequestGuard`'s."""
 
     def send_400_response(self, msg: str) -> None:
         """Answer a request h11 refused (a Transfer-Encoding other than one `chunked`, two
@@ -368,16 +313,6 @@ class HeadTimeoutProtocol(H11Protocol):
         for event in (head, h11.Data(data=problem.body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
         self.transport.close()
-
-    def _arm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
-
-    def _head_late(self) -> None:
-        self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.close()
 
 
 def register(app: typer.Typer) -> None:

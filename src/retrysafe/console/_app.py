@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retrysafe._errors import IdempotencyError
+from retrysafe._errors import ConfigurationError, IdempotencyError
 from retrysafe._record import Identity
 from retrysafe.cli._common import json_text
 from retrysafe.console import _data, _pages, _refs
@@ -32,9 +32,11 @@ from retrysafe.console._auth import (
     CSRF_HEADER,
     TokenGate,
     csrf_token,
+    origin_of,
     problem,
 )
 from retrysafe.console._data import ConsoleError, RecordChangedError
+from retrysafe.console._limits import SummaryCache, read_body
 from retrysafe.stores import Store
 
 __all__ = ["create_app"]
@@ -55,15 +57,24 @@ _HEADERS: Final = {
     "cache-control": "no-store",
 }
 _MAX_LIMIT: Final = 1000
-_MAX_FORM: Final = 64 * 1024
 _NAMES: Final = ("ref", "namespace", "scope", "key")
 
 
-def create_app(store: Store, token: str) -> ASGIApp:
+def create_app(store: Store, token: str, *, public_origin: str | None = None) -> ASGIApp:
     """Return the console as an ASGI app over `store`; every URL needs `token`.
 
-    The caller owns the store (opens it before and closes it after serving).
+    The caller owns the store (opens it before and closes it after serving). Behind a TLS
+    terminator, or a proxy that rewrites Host, give `public_origin`, the URL browsers open
+    (`https://console.example`): a POST must come from that origin, and an https one makes the
+    session cookie `Secure`.
+
+    Raises:
+        ConfigurationError: `public_origin` is not an http(s) origin.
     """
+    try:
+        origin = None if public_origin is None else origin_of(public_origin)
+    except ValueError as error:
+        raise ConfigurationError(f"public_origin: {error}") from None
     console = _Console(store, token)
     routes = [
         Route("/", console.overview),
@@ -85,7 +96,10 @@ def create_app(store: Store, token: str) -> ASGIApp:
     }
     return _SecurityHeaders(
         TokenGate(
-            Starlette(routes=routes, exception_handlers=handlers), token=token, clock=store.clock
+            Starlette(routes=routes, exception_handlers=handlers),
+            token=token,
+            clock=store.clock,
+            public_origin=origin,
         )
     )
 
@@ -96,6 +110,7 @@ class _Console:
     def __init__(self, store: Store, token: str) -> None:
         self.store = store
         self.csrf = csrf_token(token)
+        self.summaries = SummaryCache(store.clock)
 
     async def _run(self, work: Callable[..., T], *args: object) -> T:
         """Run a data function on the store in a worker thread; a store failure is a 503, any
@@ -110,10 +125,20 @@ class _Console:
             logger.exception("The console failed to read the store (%s)", work.__name__)
             raise ConsoleError(500, "The console failed; its log has the error.") from None
 
+    async def _change(self, work: Callable[..., T], *args: object) -> T:
+        """Run a data function that changes the store: the kept overview is forgotten."""
+        try:
+            return await self._run(work, *args)
+        finally:
+            self.summaries.forget()
+
+    async def _summary(self) -> Data:
+        return await self.summaries.get(lambda: self._run(_data.summary))
+
     # The pages.
 
     async def overview(self, request: Request) -> Response:
-        return await _page(self._run(_data.summary), _pages.overview_page)
+        return await _page(self._summary(), _pages.overview_page)
 
     async def records(self, request: Request) -> Response:
         return await _page(
@@ -137,7 +162,7 @@ class _Console:
         if form.get("confirm") != "yes":  # not confirmed: to the confirmation step
             return RedirectResponse(f"/record/delete?ref={_refs.identity_ref(identity)}", 303)
         try:
-            deleted = await self._run(_data.delete_record, identity, form.get("version", ""))
+            deleted = await self._change(_data.delete_record, identity, form.get("version", ""))
         except RecordChangedError as changed:  # the confirmation again, for the record as it is
             page = _pages.confirm_delete_page(changed.record, self.csrf, changed=True)
             return HTMLResponse(page, status_code=changed.status)
@@ -154,7 +179,7 @@ class _Console:
             return form
         if form.get("confirm") != "yes":
             return RedirectResponse("/purge", 303)
-        return await _page(self._run(_data.purge_expired), _pages.purged_page)
+        return await _page(self._change(_data.purge_expired), _pages.purged_page)
 
     async def _checked_form(self, request: Request) -> dict[str, str] | Response:
         """Return a page's form, or the error page: a cookie needs the form's CSRF token."""
@@ -168,7 +193,7 @@ class _Console:
     # The JSON API.
 
     async def api_summary(self, request: Request) -> Response:
-        return await _api(self._run(_data.summary))
+        return await _api(self._summary())
 
     async def api_records(self, request: Request) -> Response:
         return await _api(self._run(_data.namespace_records, *_listing(request)))
@@ -188,13 +213,13 @@ class _Console:
                 'The body needs the record\'s "version" (from /api/record) and its "ref", or '
                 'its "namespace", "scope" and "key", each a string.',
             )
-        return await _api(self._run(_data.delete_record, _identity_in(given), confirmed))
+        return await _api(self._change(_data.delete_record, _identity_in(given), confirmed))
 
     async def api_purge(self, request: Request) -> Response:
         body = await self._confirmed_json(request)
         if isinstance(body, Response):
             return body
-        return await _api(self._run(_data.purge_expired))
+        return await _api(self._change(_data.purge_expired))
 
     async def _confirmed_json(self, request: Request) -> dict[str, object] | Response:
         """Return the JSON object body of a state change, or the problem to answer: a cookie
@@ -205,7 +230,9 @@ class _Console:
         ):
             return problem(403, f"A POST with the cookie needs the {CSRF_HEADER} header.")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await read_body(request))
+        except ConsoleError as error:
+            return _closing(problem(error.status, error.detail))
         except (ValueError, RecursionError):  # RecursionError: nested too deep
             return problem(400, "The body is not JSON: send a JSON object.")
         if not isinstance(body, dict):
@@ -217,13 +244,20 @@ class _Console:
 
 async def _form(request: Request) -> dict[str, str] | Response:
     """Return a URL-encoded form's fields (the pages' forms), or the error page to answer."""
-    body = await request.body()
-    if len(body) > _MAX_FORM:
-        return _error_page(413, f"The form is over {_MAX_FORM} bytes.")
+    try:
+        body = await read_body(request)
+    except ConsoleError as error:
+        return _closing(_error_page(error.status, error.detail))
     try:
         return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
     except UnicodeDecodeError:
         return _error_page(400, "The form is not UTF-8.")
+
+
+def _closing(response: Response) -> Response:
+    """Return `response`, closing the connection after it: the rest of the body is unread."""
+    response.headers["connection"] = "close"
+    return response
 
 
 def _identity(request: Request) -> Identity:

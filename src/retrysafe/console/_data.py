@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from retrysafe._record import Identity, Record, State
 from retrysafe.cli._records import (
@@ -314,6 +314,7 @@ def _preview(outcome: dict[str, object] | None) -> dict[str, object] | None:
         return None
     shown = dict(outcome)
     cut = [name for name in _LONG_FIELDS if _cut(shown, name)]
+    cut += [name for name in ("args", "headers") if _cut_list(shown, name)]
     value = shown.get("value")
     if value is not None and len(json.dumps(value)) > PREVIEW_CHARS:
         del shown["value"]  # its repr, cut, stands for it
@@ -329,3 +330,47 @@ def _cut(data: dict[str, object], name: str) -> bool:
         return False
     data[name] = text[:PREVIEW_CHARS]
     return True
+
+
+def _cut_list(data: dict[str, object], name: str) -> bool:
+    """Cut the list `name` (an exception's `args`, a response's `headers`) to PREVIEW_CHARS
+    characters of text in all: its strings cut, its later items left out. A header stays a
+    [name, value] pair."""
+    items = data.get(name)
+    if not isinstance(items, list) or len(json.dumps(items)) <= PREVIEW_CHARS:
+        return False
+    left = [PREVIEW_CHARS]
+    if name == "headers":
+        pairs = cast(Iterable[list[object]], _while(items, left))
+        data[name] = [[_clipped(part, left) for part in pair] for pair in pairs]
+    else:
+        data[name] = _clipped(items, left)
+    return True
+
+
+def _while(items: Iterable[object], left: list[int]) -> Iterable[object]:
+    """Yield `items` while `left[0]` characters remain, each counted as one more (the
+    separator): a list of empty strings ends too."""
+    for item in items:
+        if left[0] <= 0:
+            return
+        left[0] -= 1
+        yield item
+
+
+def _clipped(tree: object, left: list[int]) -> object:
+    """Return the JSON-ready `tree` cut to the `left[0]` characters of text that remain
+    (counted down): strings cut, lists and objects ended."""
+    if isinstance(tree, str):
+        left[0] -= len(tree)
+        return tree[: max(0, left[0] + len(tree))]
+    if isinstance(tree, list):
+        return [_clipped(item, left) for item in _while(tree, left)]
+    if isinstance(tree, dict):
+        shown = {}
+        for key in _while(tree, left):
+            left[0] -= len(str(key))
+            shown[key] = _clipped(tree[key], left)
+        return shown
+    left[0] -= len(str(tree))
+    return tree

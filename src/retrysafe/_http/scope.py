@@ -109,7 +109,9 @@ def _early_starlette_user(user: object) -> str | None:
     upgrade of Starlette keeps every caller's records; 0.1.0's by `username` is the former
     (B39). None for any other user, named by `_named`."""
     cls = user.__class__
-    if f"{cls.__module__}.{cls.__qualname__}" != _STARLETTE_USER or "identity" in vars(cls):
+    if cls.__qualname__ != "SimpleUser" or cls.__module__ != "starlette.authentication":
+        return None  # the common case: two comparisons
+    if "identity" in vars(cls):
         return None
     username = _read(user, "username")
     if not isinstance(username, str) or not username:

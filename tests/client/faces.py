@@ -69,27 +69,49 @@ class Face:
         content: bytes | None = None,
         chunks: list[bytes] | None = None,
         timeout: float = 10.0,
+        stream: bool = False,
+        follow_redirects: bool | None = None,
     ) -> Outcome:
-        """Send one logical request; `chunks` sends a body that cannot be replayed."""
+        """Send one logical request; `chunks` sends a body that cannot be replayed; `stream`
+        reads the answer as `client.stream(...)` (requests: `stream=True`) does;
+        `follow_redirects` None keeps each library's default (httpx: no, requests: yes)."""
+        follow = bool(follow_redirects)
         if self.name == "sync":
             body: Any = content if chunks is None else iter_chunks(chunks)
-            with httpx.Client(transport=IdempotentTransport(**self._options(sync=True))) as c:
-                r = c.request(method, url, headers=headers, content=body, timeout=timeout)
-                return _from_httpx(r)
+            transport = IdempotentTransport(**self._options(sync=True))
+            with httpx.Client(transport=transport, follow_redirects=follow) as c:
+                if not stream:
+                    r = c.request(method, url, headers=headers, content=body, timeout=timeout)
+                    return _from_httpx(r)
+                with c.stream(method, url, headers=headers, content=body, timeout=timeout) as r:
+                    r.read()
+                    return _from_httpx(r)
         if self.name == "async":
 
             async def send() -> Outcome:
                 body: Any = content if chunks is None else aiter_chunks(chunks)
                 transport = AsyncIdempotentTransport(**self._options(sync=False))
-                async with httpx.AsyncClient(transport=transport) as c:
-                    r = await c.request(method, url, headers=headers, content=body, timeout=timeout)
-                    return _from_httpx(r)
+                options: dict[str, Any] = {"headers": headers, "content": body, "timeout": timeout}
+                async with httpx.AsyncClient(transport=transport, follow_redirects=follow) as c:
+                    if not stream:
+                        return _from_httpx(await c.request(method, url, **options))
+                    async with c.stream(method, url, **options) as r:
+                        await r.aread()
+                        return _from_httpx(r)
 
             return anyio.run(send)
         with requests.Session() as session:
             session.mount("http://", IdempotentAdapter(**self._options(sync=True)))
             data: Any = content if chunks is None else iter_chunks(chunks)
-            r = session.request(method, url, headers=headers, data=data, timeout=timeout)
+            r = session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                timeout=timeout,
+                stream=stream,
+                allow_redirects=follow_redirects is not False,
+            )
             return Outcome(r.status_code, r.content, is_replay(r), dict(r.headers))
 
 

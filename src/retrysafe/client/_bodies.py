@@ -6,6 +6,12 @@ its attempt when its length is declared and small (`READ_WITHIN_MAX`), and a bod
 retried with the same key, as the requests adapter does. Any other body (large, of no declared
 length such as a stream of events, or a request without a key) is handed to the caller's
 client unread, cut at the total-time bound as it is read (`BoundedStream`).
+
+The body of an answer that is retried (a 503, say) is read within its attempt too, so that its
+connection can carry the retry, but only up to `READ_WITHIN_MAX` (`drained`): a body that goes
+on past it (it may never end) is not read on, and its connection is closed, not reused, when
+the retry begins. If no retry follows, the caller's client reads it whole: the part read, then
+the rest (`ReadAhead`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ __all__ = [
     "READ_WITHIN_MAX",
     "AsyncBoundedStream",
     "BoundedStream",
+    "adrained",
     "buffered",
+    "drained",
     "expired",
     "reads_within",
 ]
@@ -47,15 +55,91 @@ def reads_within(call: _Call, headers: httpx.Headers) -> bool:
     return length is not None and length.isdigit() and int(length) <= READ_WITHIN_MAX
 
 
-def buffered(response: httpx.Response, raw: bytes) -> httpx.Response:
-    """A copy of `response` with the body read within the attempt, `raw`."""
+def buffered(
+    response: httpx.Response, body: httpx.SyncByteStream | httpx.AsyncByteStream
+) -> httpx.Response:
+    """A copy of `response` with `body`, the raw bytes read within the attempt (and the rest)."""
     # The raw bytes keep their Content-Encoding: the client decodes them as it would have.
     return httpx.Response(
         response.status_code,
         headers=response.headers,
-        stream=httpx.ByteStream(raw),
+        stream=body,
         extensions=response.extensions,
     )
+
+
+def drained(response: httpx.Response) -> httpx.Response:
+    """`response` with its body read within the attempt, as a `ByteStream`, if it ends within
+    `READ_WITHIN_MAX`; else with a `ReadAhead` body, its connection still open (SPEC B33)."""
+    read: list[bytes] = []
+    chunks = response.iter_raw()
+    size = 0
+    try:
+        for chunk in chunks:
+            read.append(chunk)
+            size += len(chunk)
+            if size > READ_WITHIN_MAX:
+                return buffered(response, ReadAhead(response, read, chunks))
+    except BaseException:
+        response.close()
+        raise
+    response.close()
+    return buffered(response, httpx.ByteStream(b"".join(read)))
+
+
+async def adrained(response: httpx.Response) -> httpx.Response:
+    """The async twin of `drained`."""
+    read: list[bytes] = []
+    chunks = response.aiter_raw()
+    size = 0
+    try:
+        async for chunk in chunks:
+            read.append(chunk)
+            size += len(chunk)
+            if size > READ_WITHIN_MAX:
+                return buffered(response, AsyncReadAhead(response, read, chunks))
+    except BaseException:
+        await response.aclose()
+        raise
+    await response.aclose()
+    return buffered(response, httpx.ByteStream(b"".join(read)))
+
+
+class ReadAhead(httpx.SyncByteStream):
+    """A body read in part within the attempt: the part read, then the rest as it comes."""
+
+    def __init__(self, response: httpx.Response, read: list[bytes], rest: Iterator[bytes]) -> None:
+        self._response, self._read, self._rest = response, read, rest
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield the part read, then the rest."""
+        while self._read:
+            yield self._read.pop(0)
+        yield from self._rest
+
+    def close(self) -> None:
+        """Close the response, and its connection if the body is not at its end."""
+        self._response.close()
+
+
+class AsyncReadAhead(httpx.AsyncByteStream):
+    """The async twin of `ReadAhead`."""
+
+    def __init__(
+        self, response: httpx.Response, read: list[bytes], rest: AsyncIterator[bytes]
+    ) -> None:
+        self._response, self._read, self._rest = response, read, rest
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Yield the part read, then the rest."""
+        while self._read:
+            yield self._read.pop(0)
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Close the response, and its connection if the body is not at its end."""
+        await self._response.aclose()
 
 
 def expired(call: _Call, request: httpx.Request) -> httpx.ReadTimeout:

@@ -92,6 +92,9 @@ class _ResponseLike(Protocol):
     def headers(self) -> _HeaderLookup: ...
 
 
+_Sent = TypeVar("_Sent", bound=_ResponseLike)
+
+
 def is_replay(response: _ResponseLike, header: str = DEFAULT_POLICY.replay_header) -> bool:
     """Return True if `response` (httpx or requests) replays a stored outcome.
 
@@ -168,10 +171,12 @@ class _Call:
         replayable: bool,
         retried_error: Callable[[BaseException], bool],
         kept_key: str | None = None,
+        started: float | None = None,
     ) -> _Call:
         """Begin a logical request; a KEYED one without a caller key gets `kept_key`, the key
         generated for the same operation before (the same request sent again, or the request a
-        307 or 308 redirects), or a new UUIDv4."""
+        307 or 308 redirects), or a new UUIDv4. Its deadline is measured from `started`, when
+        the request it continues (a 307 or 308 redirects) began, or from now."""
         policy = settings.policy
         handling = policy.handling(method)
         call = cls(
@@ -181,7 +186,7 @@ class _Call:
             handling=handling,
             replayable=replayable,
             retried_error=retried_error,
-            started=settings.clock.now(),
+            started=settings.clock.now() if started is None else started,
         )
         if handling is Handling.KEYED:
             if caller_key is not None:
@@ -246,6 +251,17 @@ class _Call:
     def note_attempt(self) -> None:
         """Count an attempt (called at the start of each)."""
         self.log.begin()
+
+    def once(self, send: Callable[[], _Sent]) -> _Sent:
+        """Send the only attempt of a request that is not retried (`Handling.PASSED`)."""
+        self.log.begin()
+        try:
+            response = send()
+        except BaseException as error:
+            self.log.last(None, error)
+            raise
+        self.log.last(response.status_code, None)
+        return response
 
     # tenacity callbacks ---------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import anyio
 import httpx
@@ -21,7 +22,8 @@ from retrysafe._clock import Clock
 from retrysafe.client._bodies import (
     AsyncBoundedStream,
     BoundedStream,
-    buffered,
+    adrained,
+    drained,
     expired,
     reads_within,
 )
@@ -58,11 +60,25 @@ def _retried_error(error: BaseException) -> bool:
 EXTENSION_REPLAYED = "idempotent_replayed"
 EXTENSION_KEY = "idempotency_key"
 EXTENSION_ATTEMPTS = "retrysafe_attempts"
-# The key a keyed request answered with a 307 or 308 to the same origin hands on to its
+# What a keyed request answered with a 307 or 308 to the same origin hands on to its
 # redirect, which httpx builds with the same `extensions` dict (client/_urls.py).
 _EXTENSION_HANDED_ON = "retrysafe_handed_on"
 
 _Origin = tuple[str, str, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _HandedOn:
+    """The key a redirect keeps, for a request of `method` to `origin` only (where httpx
+    actually sends it, which a `Location` can make another origin than urllib predicts), and
+    when the operation began: the redirect has the same deadline (SPEC B33)."""
+
+    key: str
+    origin: _Origin
+    method: str
+    started: float
+
+
 _Generated = weakref.WeakKeyDictionary[httpx.Request, tuple[str, _Origin]]
 """The key a transport generated for each request it sent, and the origin it was sent to, for
 as long as the request lives: sent again to that origin, the request keeps its key."""
@@ -77,14 +93,22 @@ def _start(settings: _Settings, generated: _Generated, request: httpx.Request) -
 
     One request object is one operation: sent again to the same origin (by an `httpx.Auth`
     flow answering a 401, or `client.send(error.request)`), it keeps the key generated for
-    it; the redirect of a 307 or 308 to the same origin gets the key of the request it
-    redirects; any other request gets a new one. httpx raises an error with the request its
-    client passed, `request`, so the key of a request that failed is in
-    `error.request.extensions`. Its headers stay as they are.
+    it, with a new deadline; the redirect of a 307 or 308 to the same origin gets the key and
+    the deadline of the request it redirects; any other request gets a new key. httpx raises
+    an error with the request its client passed, `request`, so the key of a request that
+    failed is in `error.request.extensions`. Its headers stay as they are.
     """
     origin, sent = _origin(request.url), generated.get(request)
-    kept: str | None = sent[0] if sent is not None and sent[1] == origin else None
-    kept = kept or request.extensions.get(_EXTENSION_HANDED_ON)
+    handed = request.extensions.get(_EXTENSION_HANDED_ON)
+    kept: str | None = None
+    started: float | None = None
+    if sent is not None:  # this request sent again, not its redirect
+        kept = sent[0] if sent[1] == origin else None
+    elif isinstance(handed, _HandedOn) and (handed.origin, handed.method) == (
+        origin,
+        request.method,
+    ):
+        kept, started = handed.key, handed.started
     call = _Call.start(
         settings,
         method=request.method,
@@ -94,6 +118,7 @@ def _start(settings: _Settings, generated: _Generated, request: httpx.Request) -
         replayable=isinstance(request.stream, httpx.ByteStream),
         retried_error=_retried_error,
         kept_key=kept,
+        started=started,
     )
     # A new dict, not one a redirect request shares: each request holds its own key, or none.
     ours = (EXTENSION_KEY, _EXTENSION_HANDED_ON)
@@ -138,7 +163,8 @@ def _finish(call: _Call, request: httpx.Request, response: httpx.Response) -> ht
     location = response.headers.get("location")
     key = call.generated_key
     if key is not None and redirect_keeps_key(response.status_code, str(request.url), location):
-        request.extensions[_EXTENSION_HANDED_ON] = key
+        handed = _HandedOn(key, _origin(request.url), request.method, call.started)
+        request.extensions[_EXTENSION_HANDED_ON] = handed
     response.extensions = {
         **response.extensions,
         EXTENSION_REPLAYED: is_replay(response, call.policy.replay_header),
@@ -152,6 +178,14 @@ def _close(response: httpx.Response) -> None:
     response.close()
 
 
+def _begin(settings: _Settings, generated: _Generated, request: httpx.Request) -> _Call:
+    """`_start`, and end a redirect that begins past the deadline it keeps: nothing is sent."""
+    call = _start(settings, generated, request)
+    if call.past_deadline():
+        raise expired(call, request)
+    return call
+
+
 class IdempotentTransport(httpx.BaseTransport):
     """A sync httpx transport that attaches an Idempotency-Key once and retries safely.
 
@@ -163,7 +197,8 @@ class IdempotentTransport(httpx.BaseTransport):
     The response's `extensions` carry `idempotent_replayed` (bool), `idempotency_key` and
     `retrysafe_attempts`; the request's carry `idempotency_key` too, so that the key of a
     request that failed is in `error.request.extensions`. The body of a keyed answer that
-    declares at most 1 MiB is read within the attempt, so a body cut off is retried too.
+    declares at most 1 MiB is read within the attempt, so a body cut off is retried too; so is
+    a retried answer's, up to 1 MiB: past that, its connection is closed as the retry begins.
 
     Args:
         transport: the transport that sends each attempt; a new `httpx.HTTPTransport()` if None.
@@ -194,31 +229,26 @@ class IdempotentTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request`, retrying as the policy allows, and return the final response."""
-        call = _start(self._settings, self._generated, request)
+        call = _begin(self._settings, self._generated, request)
+        transport = self._transport
         if call.handling is Handling.PASSED:
-            call.note_attempt()
-            try:
-                response = self._transport.handle_request(request)
-            except BaseException as error:
-                call.log.last(None, error)
-                raise
-            call.log.last(response.status_code, None)
-            return _finish(call, request, response)
+            return _finish(call, request, call.once(lambda: transport.handle_request(request)))
 
         def send(sent: httpx.Request) -> httpx.Response:
             response = self._transport.handle_request(sent)
-            # A retried answer is small; reading it frees the connection for the retry. A small
-            # body of a keyed answer is read here, so that a body cut off is retried too.
+            # Reading a retried answer frees its connection for the retry (up to a cap: see
+            # client/_bodies.py). A small body of a keyed answer is read here, so that a body
+            # cut off is retried too.
             status, headers = response.status_code, response.headers
             if not call.retries_status(status, headers) and not reads_within(call, headers):
                 return response
-            try:
-                raw = b"".join(response.iter_raw())
-            finally:
-                response.close()
-            return buffered(response, raw)
+            return drained(response)
+
+        last: list[httpx.Response] = []  # closed when another attempt follows it
 
         def attempt() -> httpx.Response:
+            while last:
+                last.pop().close()  # a retried answer read in part: its connection goes
             call.note_attempt()
             sent = _attempt_request(call, request)
             try:
@@ -235,10 +265,16 @@ class IdempotentTransport(httpx.BaseTransport):
                 raise
             if not isinstance(response.stream, httpx.ByteStream):
                 response.stream = BoundedStream(response, call, sent)
+            last.append(response)
             return response
 
         retrying = call.retrying(tenacity.Retrying, self._sleep)
-        return _finish(call, request, retrying(attempt))
+        try:
+            return _finish(call, request, retrying(attempt))
+        except BaseException:
+            while last:
+                last.pop().close()
+            raise
 
     def close(self) -> None:
         """Close the wrapped transport."""
@@ -278,7 +314,7 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request`, retrying as the policy allows, and return the final response."""
-        call = _start(self._settings, self._generated, request)
+        call = _begin(self._settings, self._generated, request)
         if call.handling is Handling.PASSED:
             call.note_attempt()
             try:
@@ -292,16 +328,18 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
         async def send(sent: httpx.Request) -> httpx.Response:
             response = await self._transport.handle_async_request(sent)
             status, headers = response.status_code, response.headers
-            if not call.retries_status(status, headers) and not reads_within(call, headers):
+            if call.retries_status(status, headers) or reads_within(call, headers):
+                response = await adrained(response)
+            if not isinstance(response.stream, httpx.ByteStream):
                 response.stream = AsyncBoundedStream(response, call, sent)
-                return response
-            try:
-                raw = b"".join([chunk async for chunk in response.aiter_raw()])
-            finally:
-                await response.aclose()
-            return buffered(response, raw)
+            last.append(response)
+            return response
+
+        last: list[httpx.Response] = []  # closed when another attempt follows it
 
         async def attempt() -> httpx.Response:
+            while last:
+                await last.pop().aclose()  # a retried answer read in part: its connection goes
             call.note_attempt()
             sent = _attempt_request(call, request)
             try:
@@ -316,7 +354,12 @@ class AsyncIdempotentTransport(httpx.AsyncBaseTransport):
                 raise
 
         retrying = call.retrying(tenacity.AsyncRetrying, self._sleep)
-        return _finish(call, request, await retrying(attempt))
+        try:
+            return _finish(call, request, await retrying(attempt))
+        except BaseException:
+            while last:
+                await last.pop().aclose()
+            raise
 
     async def aclose(self) -> None:
         """Close the wrapped transport."""

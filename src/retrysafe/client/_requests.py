@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import requests
 import requests.adapters
@@ -20,6 +21,7 @@ import tenacity
 from requests.exceptions import ChunkedEncodingError, ReadTimeout, SSLError, Timeout
 
 from retrysafe._clock import Clock
+from retrysafe.client._bodies import READ_WITHIN_MAX
 from retrysafe.client._core import (
     DEFAULT_POLICY,
     Handling,
@@ -70,6 +72,66 @@ def _close(response: requests.Response) -> None:
     response.close()
 
 
+class _ReadAhead:
+    """The raw body of a retried answer read in part within its attempt (requests decodes it
+    as it reads): the part read, then the rest, to a caller that reads it (SPEC B33)."""
+
+    def __init__(self, raw: Any, read: list[bytes], rest: Iterator[bytes]) -> None:
+        self._raw, self._read, self._rest = raw, read, rest
+
+    def stream(self, amt: int | None = None, decode_content: bool | None = None) -> Iterator[bytes]:
+        """Yield the part read, then the rest (what `Response.iter_content` reads)."""
+        while self._read:
+            yield self._read.pop(0)
+        yield from self._rest
+
+    def read(self, amt: int | None = None, *args: object, **kwargs: object) -> bytes:
+        """Up to `amt` bytes (all if None) of the body, decoded, as `stream` yields them."""
+        parts, size = self._read, sum(map(len, self._read))
+        while amt is None or size < amt:
+            chunk = next(self._rest, None)
+            if chunk is None:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        data = b"".join(parts)
+        self._read = [data[amt:]] if amt is not None and size > amt else []
+        return data if amt is None else data[:amt]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def _drained(response: requests.Response) -> requests.Response:
+    """Read the body of a retried answer, which frees its connection for the retry, if it
+    ends within `READ_WITHIN_MAX`; a body that goes on is left to be read later, and its
+    connection is closed if a retry follows (not reused)."""
+    read: list[bytes] = []
+    size = 0
+    chunks = response.iter_content(64 * 1024)
+    try:
+        for chunk in chunks:
+            read.append(chunk)
+            size += len(chunk)
+            if size > READ_WITHIN_MAX:
+                response.raw = _ReadAhead(response.raw, read, chunks)
+                return response
+    except BaseException:
+        response.close()
+        raise
+    response._content = b"".join(read)  # as `Response.content` keeps what it read
+    response.close()
+    return response
+
+
+def _read_on(call: _Call, response: requests.Response, request: requests.PreparedRequest) -> None:
+    """Read the rest of the last answer, a retried one read in part, as the session would
+    (`stream=False`), within the total-time bound."""
+    if run_within(call.remaining(), lambda: response.content, lambda _: None) is None:
+        response.close()
+        raise _expired(call, request)
+
+
 class _HandedOn(str):
     """The key header a keyed request answered with a 307 or 308 to the same origin hands on
     to its redirect (client/_urls.py).
@@ -79,35 +141,41 @@ class _HandedOn(str):
     object, and the adapter tells it from a key the caller set: it takes it off, from the copy
     and from the request it was put on, and keeps it only for a request of the same method to
     the same origin, so that a generated key never goes to another origin, nor stays on the
-    caller's request once its redirect went.
+    caller's request once its redirect went. The redirect (a copy) also keeps the deadline of
+    the request it redirects, which began at `started` (SPEC B33); the request it was put on,
+    sent again, keeps the key with a new deadline.
     """
 
     method: str
     url: str
     owner: weakref.ref[requests.PreparedRequest]
+    started: float
 
     @classmethod
-    def on(cls, request: requests.PreparedRequest, header: str, value: str) -> None:
+    def on(cls, request: requests.PreparedRequest, header: str, value: str, started: float) -> None:
         """Put `value` on `request` as the key its redirect keeps."""
         handed = cls(value)
         handed.method, handed.url = request.method or "", request.url or ""
-        handed.owner = weakref.ref(request)
+        handed.owner, handed.started = weakref.ref(request), started
         request.headers[header] = handed
 
 
-def _take_handed_on(request: requests.PreparedRequest, header: str) -> str | None:
+def _take_handed_on(
+    request: requests.PreparedRequest, header: str
+) -> tuple[str | None, float | None]:
     """Remove a key handed on to `request` from its headers, and from the request it was put
-    on; return the key if `request` has that one's method and origin, else None."""
+    on; return the key if `request` has that one's method and origin, else None, and the
+    start of its deadline if `request` is the redirect (a copy), else None."""
     value = request.headers.get(header)
     if not isinstance(value, _HandedOn):
-        return None
+        return None, None
     del request.headers[header]
     owner = value.owner()
     if owner is not None and owner is not request and owner.headers.get(header) is value:
         del owner.headers[header]
     if request.method != value.method or not same_origin(request.url or "", value.url):
-        return None
-    return key_content(value)
+        return None, None
+    return key_content(value), None if owner is request else value.started
 
 
 class IdempotentAdapter(requests.adapters.HTTPAdapter):
@@ -165,7 +233,7 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
     ) -> requests.Response:
         """Send `request`, retrying as the policy allows, and return the final response."""
         policy = self._settings.policy
-        handed_on = _take_handed_on(request, policy.key_header)
+        handed_on, started = _take_handed_on(request, policy.key_header)
         call = _Call.start(
             self._settings,
             method=request.method or "GET",
@@ -174,17 +242,13 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
             replayable=request.body is None or isinstance(request.body, bytes | str),
             retried_error=_retried_error,
             kept_key=handed_on,
+            started=started,
         )
+        if call.past_deadline():  # a redirect begun past the deadline it keeps: not sent
+            raise _expired(call, request)
         send = super().send
         if call.handling is Handling.PASSED:
-            call.note_attempt()
-            try:
-                sent = send(request, stream, timeout, verify, cert, proxies)
-            except BaseException as error:
-                call.log.last(None, error)
-                raise
-            call.log.last(sent.status_code, None)
-            return sent
+            return call.once(lambda: send(request, stream, timeout, verify, cert, proxies))
         prepared = request.copy()
         if call.header_value is not None:
             prepared.headers[policy.key_header] = call.header_value
@@ -192,12 +256,8 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
         def send_and_read(clipped: _Timeout) -> requests.Response:
             response = send(prepared, stream, clipped, verify, cert, proxies)
             if call.retries_status(response.status_code, response.headers):
-                # A retried answer is small; reading it frees the connection for the retry.
-                try:
-                    _ = response.content
-                finally:
-                    response.close()
-            elif not stream:
+                return _drained(response)  # up to a cap (client/_bodies.py)
+            if not stream:
                 _ = response.content  # read here, as the session would, so the bound covers it
             return response
 
@@ -211,7 +271,11 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
                 raise _expired(call, prepared)
             return response
 
+        last: list[requests.Response] = []  # closed when another attempt follows it
+
         def attempt() -> requests.Response:
+            while last:
+                last.pop().close()  # a retried answer read in part: its connection goes
             call.note_attempt()
             try:
                 response = send_within()
@@ -222,13 +286,21 @@ class IdempotentAdapter(requests.adapters.HTTPAdapter):
                 if _retried_error(error) and call.stream_stops():
                     raise call.not_replayable(error) from error
                 raise
+            last.append(response)
             return response
 
         retrying = call.retrying(tenacity.Retrying, self._sleep)
-        response: requests.Response = retrying(attempt)
+        try:
+            response: requests.Response = retrying(attempt)
+            if not stream and isinstance(response.raw, _ReadAhead):
+                _read_on(call, response, prepared)
+        except BaseException:
+            while last:
+                last.pop().close()
+            raise
         location = response.headers.get("location")
         if call.header_value is not None and redirect_keeps_key(
             response.status_code, request.url or "", location
         ):
-            _HandedOn.on(request, policy.key_header, call.header_value)
+            _HandedOn.on(request, policy.key_header, call.header_value, call.started)
         return response

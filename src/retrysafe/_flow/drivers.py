@@ -14,8 +14,7 @@ import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
-import anyio
-import anyio.to_thread
+import anyio.to_thread  # binds `anyio` too
 
 from retrysafe._concurrency import cancelling, monotonic, raise_if_cancelled
 from retrysafe._engine import Decision

@@ -10,11 +10,17 @@ delete) is followed, on the same connection, by `WAIT N T`, and counts as done o
 replicas have confirmed it; fewer within T milliseconds raise `ReplicaShortfallError`, a
 `StoreUnavailableError`, so the caller fails closed. Reads are sent as usual. This narrows the
 window in which a failover loses an acknowledged write; it does not make Redis strongly
-consistent (docs/stores.md says what is and is not guaranteed).
+consistent (docs/stores.md says what is and is not guaranteed). Nor does it survive a master
+that restarts empty (no persistence) before a failover: its replicas resync from it and drop
+what they confirmed. So after the first confirmed write the store asks that master for its
+persistence (`INFO persistence`, `CONFIG GET save`) once, and logs a warning if it has neither
+AOF nor RDB save points; a server that refuses to say (managed Redis) gets no warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -27,6 +33,8 @@ from retrysafe.stores._redis_errors import ReplicaShortfallError
 from retrysafe.stores._redis_pinned import Command, sync_pinned_exchange
 
 __all__ = ["REPLICA_OPTIONS", "PinnedCommands", "replica_options", "replica_wait"]
+
+logger = logging.getLogger("retrysafe.stores")
 
 REPLICA_OPTIONS: dict[str, type] = {"min_replicas": int, "replica_timeout_ms": int}
 """The store URL options of replica-safe writes, and their types."""
@@ -54,6 +62,23 @@ def replica_wait(min_replicas: int, timeout_ms: int) -> tuple[int, int] | None:
     return (min_replicas, timeout_ms)
 
 
+def volatile(info: Any, save: Any) -> bool:
+    """Return whether replies to `INFO persistence` and `CONFIG GET save` (parsed by redis-py,
+    or raw from a cluster node) say the server has neither AOF nor RDB save points."""
+    if isinstance(info, dict):
+        aof = str(info.get("aof_enabled", ""))
+    elif isinstance(info, bytes):
+        fields = dict(line.partition(b":")[::2] for line in info.splitlines())
+        aof = fields.get(b"aof_enabled", b"").decode()
+    else:
+        return False
+    values = list(save.values()) if isinstance(save, dict) else save
+    if not isinstance(values, list) or len(values) not in (1, 2):
+        return False
+    points = values[-1]
+    return aof == "0" and isinstance(points, (bytes, str)) and not points.strip()
+
+
 class PinnedCommands(Commands):
     """Send each command through `sync_pinned_exchange` (on a cluster: on a connection of the
     key's master, redirections followed there); with `replicas`, each write followed by
@@ -65,11 +90,12 @@ class PinnedCommands(Commands):
             them, milliseconds (more than 0); None: writes wait for no replica.
     """
 
-    __slots__ = ("_wait",)
+    __slots__ = ("_checked", "_wait")
 
     def __init__(self, client: Any, *, replicas: tuple[int, int] | None = None) -> None:
         super().__init__(client)
         self._wait: Command | None = None if replicas is None else ("WAIT", *replicas)
+        self._checked = replicas is None  # the master's persistence, after the first write
 
     def evalsha(self, script: Script, key: bytes, *args: bytes | str | float) -> Any:
         """Run `script` on `key` by EVALSHA (then WAIT); load the script if Redis lacks it."""
@@ -108,7 +134,23 @@ class PinnedCommands(Commands):
         # it: replication is one ordered stream, so a replica that has the marker has every
         # earlier write of that master, the record's included.
         marker = ("SET", key + b":replicated", b"", "PX", 1)
-        return sync_pinned_exchange(self._redis, key, (command, marker, wait))
+        replies = sync_pinned_exchange(self._redis, key, (command, marker, wait))
+        if not self._checked:
+            self._checked = True
+            self._check_persistence(key)
+        return replies
+
+    def _check_persistence(self, key: bytes) -> None:
+        """Warn, once, if the master of `key` keeps nothing across a restart."""
+        asked = (("INFO", "persistence"), ("CONFIG", "GET", "save"))
+        with contextlib.suppress(Exception):  # a refusal, a lost reply: nothing is known
+            if volatile(*sync_pinned_exchange(self._redis, key, asked)):
+                logger.warning(
+                    "min_replicas is set, but the Redis master has neither AOF nor RDB save "
+                    "points: restarted empty before a failover, it empties its replicas too, "
+                    "and confirmed claims are lost (docs/stores.md, 'Replicas and failover')",
+                    extra={"retrysafe_event": "redis_not_persistent"},
+                )
 
     def _confirmed(self, replies: list[Any]) -> Any:
         """Return the command's reply (raise its error); after a write with `WAIT`, only once

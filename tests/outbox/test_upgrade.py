@@ -26,10 +26,11 @@ from psycopg.pq import TransactionStatus
 
 from retrysafe import Identity, transactions
 from retrysafe.outbox import OutboxMessage, Relay, outbox_table
+from retrysafe.outbox._sql import OutboxTable
 from tests.conftest import unique_name
 from tests.outbox.test_outbox import database_of
 from tests.outbox.test_parking import RefusedError, commit, refusing
-from tests.transactions.conftest import Database
+from tests.transactions.conftest import Database, make_database
 
 pytestmark = pytest.mark.postgres
 
@@ -234,3 +235,25 @@ def test_b29_a_schema_lock_not_granted_in_time_leaves_no_wait_behind_on_the_serv
             assert relay.run_once() == 1
             assert columns(database, table) == sorted(PARKING)
         assert [m.payload for m in got] == [b"a-0", b"b-0"]
+
+
+def test_b29_a_long_named_table_of_an_earlier_release_keeps_its_indexes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """An outbox table of 55 characters made by an earlier release has the two partial indexes
+    PostgreSQL named by cutting `T_outbox_unpublished` and `T_outbox_published` to 63: the
+    relay finds them, builds none beside them, and takes no lock to do so."""
+    with make_database("postgres", request, tmp_path) as database:
+        stem = unique_name("Rs_Long")
+        database.table = stem + "x" * (48 - len(stem))  # its outbox: 48 + 7 = 55 characters
+        table = first_release_table(database)
+        database.extra_tables.append(table)
+        outbox = OutboxTable(table, "postgresql")
+        with contextlib.closing(database.connect()) as conn:
+            (missing,) = conn.execute(outbox.missing).fetchall()
+        assert list(missing)[-2:] == [False, False]  # the indexes, found under their names
+        assert [sql.split(" ADD COLUMN ")[1].split()[0] for sql in outbox.upgrades(missing)] == [
+            "attempts",
+            "last_error",
+            "parked_at",
+        ]  # the parking columns only: no index is built again

@@ -35,6 +35,7 @@ _COLUMNS: Final = {
     "postgresql": ("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA", "JSONB", "FLOAT8"),
 }
 _MARKS: Final = {"sqlite": "?", "postgresql": "%s"}
+_LONGEST: Final = 63  # characters of a PostgreSQL identifier: it cuts longer ones
 _ADDED: Final = {  # the columns added after the first release, in the order they came
     "sqlite": (
         ("attempts", "INTEGER NOT NULL DEFAULT 0"),
@@ -72,8 +73,15 @@ class OutboxTable:
 
     @property
     def indexes(self) -> tuple[str, str]:
-        """The names of the partial indexes on unpublished rows and on published ones, made
-        short enough that PostgreSQL does not truncate them into one (or into the table's)."""
+        """The names of the partial indexes on unpublished rows and on published ones:
+        `T_outbox_unpublished` and `T_outbox_published`, as PostgreSQL has always cut them to
+        63 characters (so an existing table's are found); where that cut makes them one name,
+        or the table's own (a name of 62 or 63), names shortened with a hash instead."""
+        names = (f"{self.name}_unpublished", f"{self.name}_published")
+        if self.dialect == "sqlite":
+            return names
+        if len(self.name) < _LONGEST - 1:
+            return names[0][:_LONGEST], names[1][:_LONGEST]
         return derived_name(self.name, "unpublished"), derived_name(self.name, "published")
 
     @property

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-__all__ = ["Request", "ScriptedServer", "read_request"]
+__all__ = ["Request", "ScriptedServer", "read_request", "started"]
+
+
+S = TypeVar("S", bound="ScriptedServer")
 
 
 @dataclass(frozen=True)
@@ -94,3 +98,19 @@ def _receive(conn: socket.socket, stopping: threading.Event) -> bytes:
             raise ConnectionResetError("the client hung up")
         return data
     raise ConnectionAbortedError("the server stops")
+
+
+def started(make: Callable[[list[Any]], S]) -> Iterator[Callable[..., S]]:
+    """A fixture's body: yield a function that starts `make(answers)` (a server of the given
+    answers) and returns it; stop every server it started at the end."""
+    servers: list[S] = []
+
+    def start(*answers: Any) -> S:
+        server = make(list(answers))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -20,7 +20,7 @@ from retrysafe.client._bodies import READ_WITHIN_MAX
 from retrysafe.observe import Attempt, Observer
 from tests.client.conftest import Sleeps
 from tests.client.faces import Face
-from tests.client.raw_server import ScriptedServer, read_request
+from tests.client.raw_server import ScriptedServer, read_request, started
 
 FAST = RetryPolicy(attempts=5, timeout=30.0, wait_initial=0.01, wait_max=0.05)
 HTTPX_FACES = ("sync", "async")
@@ -78,17 +78,7 @@ class CuttingServer(ScriptedServer):
 @pytest.fixture
 def serve() -> Iterator[Callable[..., CuttingServer]]:
     """Start a cutting server with the given answers; stop every one at the end."""
-    servers: list[CuttingServer] = []
-
-    def start(*answers: bytes) -> CuttingServer:
-        server = CuttingServer(list(answers))
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    yield from started(CuttingServer)
 
 
 class Recorder(Observer):

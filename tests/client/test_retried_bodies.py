@@ -21,7 +21,7 @@ from retrysafe.client import RetryPolicy
 from retrysafe.client._bodies import READ_WITHIN_MAX
 from tests.client.conftest import Sleeps
 from tests.client.faces import FACES, Face
-from tests.client.raw_server import ScriptedServer, read_request
+from tests.client.raw_server import ScriptedServer, read_request, started
 
 CHUNK = 64 * 1024
 PATTERN = bytes(range(256)) * (CHUNK // 256)
@@ -108,17 +108,7 @@ class ChunkedServer(ScriptedServer):
 @pytest.fixture
 def serve() -> Iterator[Callable[..., ChunkedServer]]:
     """Start a chunked server with the given answers; stop every one at the end."""
-    servers: list[ChunkedServer] = []
-
-    def start(*answers: Answer) -> ChunkedServer:
-        server = ChunkedServer(list(answers))
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    yield from started(ChunkedServer)
 
 
 @pytest.fixture(params=FACES)

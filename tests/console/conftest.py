@@ -3,6 +3,7 @@ requests through the ASGI middleware, one stuck claim and one expired record."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from retrysafe import Identity, ManualClock, open_async_store, open_store
+from retrysafe import Identity, ManualClock, Store, open_async_store, open_store
 from retrysafe.asgi import IdempotencyMiddleware
 from retrysafe.console import create_app
 from tests.conftest import fresh_store_url
@@ -83,6 +84,19 @@ def _stuck_and_expired(store_url: str) -> None:
         store.complete(EXPIRED, claim.token, b"old", retention=60)
     finally:
         store.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The time the console's sessions and kept overview end by (the store's clock)."""
+    return ManualClock()
+
+
+@pytest.fixture
+def store(clock: ManualClock) -> Iterator[Store]:
+    """A real in-memory store on a clock the test moves (a module may give its own)."""
+    with contextlib.closing(open_store("memory://", clock=clock)) as opened:
+        yield opened
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

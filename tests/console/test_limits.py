@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from retrysafe import Identity, ManualClock, Store, idempotent, open_store
+from retrysafe import Identity, ManualClock, Store, idempotent
 from retrysafe._http.outcome import encode_outcome
 from retrysafe._http.settings import Settings
 from retrysafe.cli.console import console_config
@@ -29,18 +29,6 @@ from tests.servers import AsgiServer
 HEAD_TIMEOUT = 0.5
 WAIT = 10.0
 BEARER = {"authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def store(clock: ManualClock) -> Iterator[Store]:
-    """A real in-memory store on a clock the test moves."""
-    with contextlib.closing(open_store("memory://", clock=clock)) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -10,26 +10,12 @@ import hmac
 from collections.abc import Iterator
 
 import httpx
-import pytest
 
-from retrysafe import ManualClock, Store, open_store
+from retrysafe import ManualClock, Store
 from retrysafe.console import create_app
 from retrysafe.console._auth import COOKIE, SESSION_SECONDS
 from tests.console.conftest import TOKEN
 from tests.servers import AsgiServer
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    """The time the console's sessions end by (the store's clock)."""
-    return ManualClock()
-
-
-@pytest.fixture
-def store(clock: ManualClock) -> Iterator[Store]:
-    """A real in-memory store on a clock the test moves (the console's sessions use it)."""
-    with contextlib.closing(open_store("memory://", clock=clock)) as opened:
-        yield opened
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import doctest
+import fcntl
 import json
 import os
 import re
@@ -222,6 +223,11 @@ class _Server:
     def __init__(self, command: Command, page: Page) -> None:
         self.command = command
         self.log = tempfile.TemporaryFile(mode="w+", dir=page.cwd)  # noqa: SIM115 - closed in stop()
+        # The server writes through this file's own description, whose offset `output` moves
+        # to read it: appending, every write lands at the end, never over what `output` read
+        # (a server's first line was overwritten so, its URL lost, once in CI).
+        flags = fcntl.fcntl(self.log.fileno(), fcntl.F_GETFL)
+        fcntl.fcntl(self.log.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
         self.process = subprocess.Popen(
             ["bash", "-c", command.text.rstrip().removesuffix("&")],
             cwd=page.cwd,

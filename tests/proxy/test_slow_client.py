@@ -199,7 +199,8 @@ def test_b40_sigterm_waits_a_bounded_time_for_an_answer_that_never_ends(
 ) -> None:
     """`retrysafe proxy` on SIGTERM while an endless answer streams to a client that keeps
     reading it: it waits --body-timeout plus --upstream-deadline plus 10 s, then cancels
-    that answer and exits (where it waited for as long as the answer went on)."""
+    that answer and exits (where it waited for as long as the answer went on), saying so in
+    one-line records, without a traceback."""
     store = f"sqlite:///{tmp_path / 'keys.db'}"
     args = ["--upstream", upstream.server.url, "--store", store, "--body-timeout", "1",
             "--upstream-timeout", "1", "--upstream-deadline", "1"]  # fmt: skip
@@ -215,5 +216,10 @@ def test_b40_sigterm_waits_a_bounded_time_for_an_answer_that_never_ends(
             process.terminate()
             assert process.wait(_BOUND + _WAIT) in GRACEFUL
             reader.join(_WAIT)
+        assert process.stderr is not None
+        said = process.stderr.read().decode()
+        # One line per record, never a traceback (where the cancelled answer had one).
+        assert "Traceback" not in said, said
+        assert "timeout graceful shutdown exceeded" in said
     finally:
         stop_proxies(proxies)

@@ -26,7 +26,10 @@ class HeadTimeoutProtocol(H11Protocol):
     bounds only an idle connection, and any byte resets that): a slowloris sending its head
     byte by byte is closed too (B36). A client that takes none of its response for as long
     has its connection aborted: else it holds the connection, and the graceful shutdown, for
-    as long as it likes (B40). A request body's pace is the app's to bound."""
+    as long as it likes (B40). A request body's pace is the app's to bound, until the app has
+    answered: a body still unfinished `head_timeout` seconds after the answer (the app
+    refused the request before reading it all) has its connection closed, however it trickles
+    in (uvicorn drops those bytes, and each of them resets its idle clock)."""
 
     head_timeout: float = DEFAULT_HEAD_TIMEOUT
     _head_timer: asyncio.TimerHandle | None = None
@@ -43,9 +46,10 @@ class HeadTimeoutProtocol(H11Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        """Take the bytes; stop the clock once they complete a request head."""
+        """Take the bytes; stop the clock once they complete a request head (not while they
+        are the rest of a body whose request was answered)."""
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
+        if self._head_timer is not None and not self._waiting():
             self._head_timer.cancel()
             self._head_timer = None
 
@@ -81,7 +85,12 @@ class HeadTimeoutProtocol(H11Protocol):
             self._head_timer.cancel()
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
 
+    def _waiting(self) -> bool:
+        """Whether the connection waits on the client alone: for a request head, or for the
+        rest of a body whose request was answered."""
+        return self.conn.their_state is h11.IDLE or self.conn.our_state is h11.DONE
+
     def _head_late(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._waiting() and not self.transport.is_closing():
             self.transport.close()

@@ -238,7 +238,11 @@ def proxy(
             with closed_on_error(sock):
                 listener = _bound(host, metrics_port, "--metrics-port: ")
     operated = Operations(
-        app, watch=watch, listener=listener, registry=metrics.registry if metrics else None
+        app,
+        watch=watch,
+        listener=listener,
+        registry=metrics.registry if metrics else None,
+        protocol=HeadTimeoutProtocol.bounded(body_timeout),  # the metrics port's heads too
     )
     config = uvicorn.Config(
         operated,

@@ -19,7 +19,8 @@ are dropped both ways (never `Host`, `Content-Length` or `Idempotency-Key`); the
 the client's headers, none of httpx's defaults or cookies; `Host` is the upstream's;
 `X-Forwarded-For` gets the client's address appended, `X-Forwarded-Proto` and
 `X-Forwarded-Host` say what the client asked for, and a client's other forwarding headers
-(`Forwarded`, `X-Real-IP`, other `X-Forwarded-*`...) are dropped. An upstream that cannot be
+(`Forwarded`, `X-Real-IP`, other `X-Forwarded-*`...) are dropped, whether spelled with `-` or
+`_` (a WSGI upstream reads `X_Real_IP` as `X-Real-IP`). An upstream that cannot be
 reached gives 502 problem+json, one that does not answer in time 504, one that breaks the
 exchange 502. A connection to the upstream is reused only when nothing follows the last answer
 on it (`retrysafe.proxy._upstream`).

@@ -16,6 +16,7 @@ sees another's decision.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from contextvars import ContextVar
 from typing import Final
@@ -29,6 +30,10 @@ __all__ = ["ACCESS_LOGGER", "AccessLog", "Decisions", "printable"]
 ACCESS_LOGGER: Final = logging.getLogger("retrysafe.proxy.access")
 LOGGED_PATH: Final = 1024
 """How much of a path the access log writes (`clipped`)."""
+_AUTHORITY: Final = re.compile(
+    r"(?P<start>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?(?P<authority>[^/]*)(?P<rest>.*)", re.DOTALL
+)
+"""A request-target that is not origin-form: `scheme://`, its authority, then the rest."""
 
 
 class _Seen:
@@ -116,12 +121,19 @@ class AccessLog:
 
 def _path(scope: Scope) -> str:
     """Return the path as the client sent it (percent-encoding kept), without the query,
-    which may carry secrets."""
+    which may carry secrets, and without the user and password of a target that may name an
+    authority (`http://user:password@host/x`, or `//user:password@host/x`): `***@host`."""
     raw: bytes | None = scope.get("raw_path")
-    if raw is None:
-        path: str = scope["path"]
+    path: str = scope["path"] if raw is None else raw.decode("utf-8", "backslashreplace")
+    if path.startswith("/") and not path.startswith("//"):
+        return path  # origin-form: no authority
+    parts = _AUTHORITY.match(path)
+    if parts is None:  # never: every part is optional
         return path
-    return raw.decode("utf-8", "backslashreplace")
+    authority = parts["authority"]
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{parts['start'] or ''}{authority}{parts['rest']}"
 
 
 def clipped(text: str) -> str:

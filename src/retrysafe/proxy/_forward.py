@@ -14,6 +14,7 @@ from retrysafe._http import MIB, Response
 from retrysafe._http.asgi_io import run_lifespan
 from retrysafe._urls import redact_message, redact_url
 from retrysafe.asgi import OUTCOME_UNKNOWN, Message, Receive, Scope, Send, UnknownOutcome
+from retrysafe.proxy._access import clipped
 from retrysafe.proxy._framing import (
     forwarded_headers,
     invalid_target,
@@ -22,7 +23,8 @@ from retrysafe.proxy._framing import (
     request_target,
     websocket_refused,
 )
-from retrysafe.proxy._relay import Fetched, relay
+from retrysafe.proxy._health import PROXY_LOGGER
+from retrysafe.proxy._relay import Fetched, UpstreamBrokeError, relay
 from retrysafe.proxy._upstream import upstream_client
 
 __all__ = [
@@ -55,8 +57,10 @@ class ProxyApp:
 
     A response up to `buffer_size` bytes is read whole before it is sent, so an upstream that
     breaks it gives a 502 problem; a larger one is streamed, and a break aborts the connection.
-    A streamed response whose client takes none of it for `deadline` is given up, as if the
-    client had left (behind the middleware, its key keeps the "response not stored" outcome).
+    A streamed response is given up when its client leaves, or takes none of it for
+    `deadline` (behind the middleware, its key keeps the "response not stored" outcome); one
+    given up for a break or a stall is said in a WARNING line on `retrysafe.proxy`, never a
+    traceback.
 
     Behind the proxy's middleware, a request whose outcome becomes unknown (no answer within
     `timeout`, or an exchange broken after the request was sent) keeps its claim: the client
@@ -202,10 +206,37 @@ class ProxyApp:
             return
         if fetched is None:
             return  # past the deadline: the middleware stores `outcome-unknown` (B38)
+        # The client is watched for leaving, unless it has its answer (a 504): this one is
+        # only stored.
+        watched = receive if unknown is None or not unknown.answered else None
+        await self._relay(scope, url, fetched, send, watched)
+
+    async def _relay(
+        self,
+        scope: Scope,
+        url: httpx.URL,
+        fetched: Fetched,
+        send: Send,
+        receive: Receive | None,
+    ) -> None:
+        """Send the upstream's answer, giving a streamed one up if its client leaves
+        (`receive`, unless None) or stalls; say why in a line, unless the client left."""
+        why = None
         try:
-            await relay(fetched, send, stall=self._deadline)
+            ended = await relay(fetched, send, stall=self._deadline, receive=receive)
+            if ended == "stalled":
+                why = f"its client took none of it for {self._deadline:g} s"
+        except UpstreamBrokeError as error:  # the server closes the connection: no traceback
+            why = f"the upstream broke it ({error.__cause__!r})"
         finally:
             await fetched.response.aclose()
+        if why is not None:
+            PROXY_LOGGER.warning(
+                "The streamed answer to %s %s was cut short: %s.",
+                scope["method"],
+                clipped(url.path),
+                why,
+            )
 
     async def _fetch_in_time(
         self, request: httpx.Request, unknown: UnknownOutcome | None

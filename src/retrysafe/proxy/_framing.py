@@ -218,7 +218,14 @@ def forwarded_headers(
 
 
 def _dropped(name: bytes) -> bool:
-    """Whether a request header (its lower-case `name`) is not forwarded."""
+    """Whether a request header (its lower-case `name`) is not forwarded. Names are compared
+    with `_` as `-`: a WSGI or CGI upstream reads `X_Real_IP` as `X-Real-IP` (both are
+    `HTTP_X_REAL_IP`), so the one spelling is dropped with the other, and so is an
+    `X_Forwarded_For` (the proxy's own `X-Forwarded-For` is the one chain it forwards)."""
+    if b"_" in name:
+        name = name.replace(b"_", b"-")
+        if name == b"x-forwarded-for":
+            return True
     if name.startswith(b"x-forwarded-"):
         return name != b"x-forwarded-for"
     return name in _DROPPED_REQUEST_HEADERS

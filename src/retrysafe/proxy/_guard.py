@@ -5,7 +5,7 @@ It sits outside the idempotency middleware, so a refused request never touches t
 - a request-target that is not origin-form, a CONNECT, `Transfer-Encoding` beside
   `Content-Length`, or a `Connection` header naming `Idempotency-Key` gets 400, a
   request-target over 8 KiB 414, and a method not in upper case or a WebSocket upgrade 501
-  (B37);
+  (B37), with `Connection: close` if the request announced a body, which is not read;
 - a request body larger than `max_body_size`, announced or streamed, gets 413;
 - a request body that has not fully arrived `body_timeout` seconds after the request's head
   (a slowloris client trickling bytes) gets 408 and its connection is closed.
@@ -17,6 +17,7 @@ and nothing half-sent reaches the upstream as a whole request.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
 import anyio
@@ -65,7 +66,7 @@ class RequestGuard:
         if refused is None:
             refused = self._announced_too_large(scope)
         if refused is not None:
-            await respond(send, refused)
+            await respond(send, _closing(refused) if _announces_body(scope) else refused)
             return
         body = _BoundedBody(receive, self.max_body_size, self.body_timeout)
         started = False
@@ -125,6 +126,24 @@ class _BoundedBody:
             return _DISCONNECT
         self.complete = not message.get("more_body", False)
         return message
+
+
+def _announces_body(scope: Scope) -> bool:
+    """Whether the request says a body follows its head (a Content-Length above 0, or a
+    Transfer-Encoding)."""
+    for name, value in scope["headers"]:
+        lower = name.lower()
+        if lower == b"transfer-encoding" or (lower == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+def _closing(response: Response) -> Response:
+    """Return `response` with `Connection: close`: the request's body, refused unread, is not
+    read to its end, so the connection cannot carry another request (B36)."""
+    if any(name == b"connection" for name, _ in response.headers):
+        return response
+    return replace(response, headers=(*response.headers, (b"connection", b"close")))
 
 
 def _too_large(limit: int) -> Response:

@@ -15,6 +15,7 @@ path of the upstream, and the proxied port answers neither path itself (both are
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -120,6 +121,8 @@ class Operations:
         watch: the store's watch, which the proxy's middleware also has as an observer.
         listener: a bound socket for the metrics port, or None for none.
         registry: the Prometheus registry `/metrics` serves (with `listener`).
+        protocol: the uvicorn HTTP protocol of the metrics port: the proxy's, which bounds
+            each request head (B36), else uvicorn's h11 one.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class Operations:
         watch: StoreWatch,
         listener: socket.socket | None = None,
         registry: CollectorRegistry | None = None,
+        protocol: type[asyncio.Protocol] | None = None,
     ) -> None:
         if (listener is None) != (registry is None):
             raise ValueError("The metrics port needs both a listener and a registry.")
@@ -136,6 +140,7 @@ class Operations:
         self.watch = watch
         self._listener = listener
         self._ops_app = None if registry is None else OpsApp(watch, registry)
+        self._protocol = protocol
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass everything on; bracket the lifespan with the store check and the side server."""
@@ -144,7 +149,7 @@ class Operations:
             return
         side = None
         if self._listener is not None and self._ops_app is not None:
-            side = _Side(_side_config(self._ops_app), self._listener)
+            side = _Side(_side_config(self._ops_app, self._protocol), self._listener)
         async with anyio.create_task_group() as group:
 
             async def lifespan_send(message: Message) -> None:
@@ -162,10 +167,11 @@ class Operations:
                 await side.stop(group)  # a no-op unless the app ended without a shutdown
 
 
-def _side_config(app: OpsApp) -> uvicorn.Config:
+def _side_config(app: OpsApp, protocol: type[asyncio.Protocol] | None) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         lifespan="off",
+        http=protocol or "h11",
         # No `log_config`: the proxy's server configured logging, and a second dictConfig
         # would close every handler in place.
         log_config=None,
@@ -231,13 +237,21 @@ def metrics_observer() -> PrometheusObserver:
 
 def configure_logging(*, access: bool) -> None:
     """Send the `retrysafe` loggers to stderr, one line per record, never a traceback: the
-    proxy's own lines (`retrysafe.proxy`: the store check, outages and recoveries) and the
-    access log (`retrysafe.proxy.access`, unless `access` is false) at INFO, the rest at WARNING."""
+    proxy's own lines (`retrysafe.proxy`: the store check, outages and recoveries, answers cut
+    short) and the access log (`retrysafe.proxy.access`, unless `access` is false) at INFO, the
+    rest at WARNING. uvicorn's lines (after its `Config`, which sets up its loggers) get the
+    same one-line format."""
     root = logging.getLogger("retrysafe")
     if not any(isinstance(h.formatter, _OneLineFormatter) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_OneLineFormatter(_FORMAT))
         root.addHandler(handler)
+    for name in ("uvicorn", "uvicorn.error"):
+        for uvicorns in logging.getLogger(name).handlers:
+            uvicorns.setFormatter(_OneLineFormatter(_FORMAT))
+    # The proxy leaves an answer unfinished on purpose (its upstream broke it, or its client
+    # stopped taking it) and says why in a line of its own.
+    logging.getLogger("uvicorn.error").addFilter(_not_an_unfinished_answer)
     root.setLevel(logging.WARNING)
     PROXY_LOGGER.setLevel(logging.INFO)
     ACCESS_LOGGER.setLevel(logging.INFO if access else logging.WARNING)
@@ -250,6 +264,11 @@ def _not_a_store_failure(record: logging.LogRecord) -> bool:
     """Drop the middleware's line per request while the store is down: `StoreWatch` says it
     once."""
     return getattr(record, "retrysafe_event", None) != "store_unavailable"
+
+
+def _not_an_unfinished_answer(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's line for an answer the proxy left unfinished: it logged its own."""
+    return record.msg != "ASGI callable returned without completing response."
 
 
 class _OneLineFormatter(logging.Formatter):

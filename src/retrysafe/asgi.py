@@ -161,7 +161,8 @@ class IdempotencyMiddleware(MiddlewareBase[ASGIApp, Scope, AsyncStore, AsyncFlow
 
     async def _load_scoper(self) -> Scoper:
         """Load the scope secret kept in the store (B8), once."""
-        self._scoper = Scoper(await aload_secret(AsyncFlow(self.store)))
+        flow = AsyncFlow(self.store, observation=self.observation)  # its store calls are told
+        self._scoper = Scoper(await aload_secret(flow))
         return self._scoper
 
     async def _execute(

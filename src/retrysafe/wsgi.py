@@ -84,9 +84,14 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
         values = [] if value is None else [value.encode("latin-1")]
         operation = self.observation.start()
         try:
-            return self._track(environ, start_response, settings, values)
-        finally:
+            response = self._track(environ, start_response, settings, values)
+        except BaseException:
             self.observation.end(operation)
+            raise
+        if isinstance(response, Streamed):  # its outcome is stored as it ends (B22)
+            return self.observation.end_when_sent(operation, response)
+        self.observation.end(operation)
+        return response
 
     def _track(
         self,
@@ -121,7 +126,8 @@ class IdempotencyMiddleware(MiddlewareBase["WSGIApplication", "WSGIEnvironment",
 
     def _load_scoper(self) -> Scoper:
         """Load the scope secret kept in the store (B8), once."""
-        self._scoper = Scoper(load_secret(SyncFlow(self.store)))
+        flow = SyncFlow(self.store, observation=self.observation)  # its store calls are told
+        self._scoper = Scoper(load_secret(flow))
         return self._scoper
 
     def _execute(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,14 @@ from typing import Any, cast
 import pytest
 from typer.testing import CliRunner
 
-from retrysafe import KeyMismatchError, ManualClock, Store, idempotent, open_store
+from retrysafe import (
+    KeyMismatchError,
+    ManualClock,
+    Store,
+    idempotent,
+    open_async_store,
+    open_store,
+)
 from retrysafe._errors import ConfigurationError
 from retrysafe.cli import app as cli
 from retrysafe.observe import Operation
@@ -260,3 +269,56 @@ def test_keys_list_and_stats_leave_event_records_out_unless_asked(store_url: str
     assert [r["key"].split("-")[0] for r in events] == ["replay"]
     stats = keys("stats")
     assert (stats["in_flight"], stats["done"]) == (0, 1)
+
+
+_FORKED = """
+import json, os, sys, time
+from retrysafe.observe import Operation
+from retrysafe.observe.events import EventRecorder
+
+recorder = EventRecorder(sys.argv[1])  # at import time, as under gunicorn --preload
+pid = os.fork()
+if pid == 0:
+    for key in ("w-1", "w-2", "w-3"):
+        recorder.decided(Operation("wsgi", namespace="payments", key=key, decision="replay"))
+    flushed = recorder.flush(2.0)
+    print(json.dumps({"flushed": flushed, "written": recorder.stats().written}), flush=True)
+    sys.exit(0)  # atexit closes the recorder
+began = time.monotonic()
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"status": status, "exited_in": time.monotonic() - began}), flush=True)
+recorder.close()
+"""
+
+
+def test_b40_a_recorder_made_before_a_fork_records_in_the_child_and_lets_it_exit(
+    store_url: str,
+) -> None:
+    """A recorder made before `os.fork` (gunicorn's `--preload`): the child's events are
+    written by a writer of its own, and its exit (B40: within a bound) does not wait on the
+    parent's thread, which the child does not have."""
+    done = subprocess.run(  # this interpreter, a script of the test's
+        [sys.executable, "-c", _FORKED, store_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    child, parent = (json.loads(line) for line in done.stdout.splitlines())
+    assert child == {"flushed": True, "written": 3}
+    assert parent["status"] == 0
+    assert parent["exited_in"] < 5.0  # close() at exit waited on no dead thread (~20 s)
+    store = open_store(store_url)
+    try:
+        assert sorted(event.key for event in read_events(store)) == ["w-1", "w-2", "w-3"]
+    finally:
+        store.close()
+
+
+def test_b26_an_async_store_is_refused_naming_the_sync_one() -> None:
+    """The recorder writes from a thread with a sync store (B26: each face its kind of
+    store): an async one is refused at once, with ConfigurationError, instead of failing
+    every write later."""
+    store = open_async_store("memory://")
+    with pytest.raises(ConfigurationError, match=r"sync store \(retrysafe.open_store\(url\)\)"):
+        EventRecorder(store)  # type: ignore[arg-type]

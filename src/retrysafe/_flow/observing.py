@@ -4,7 +4,9 @@ A face holds an `Observation` (its name and observers) and brackets each tracked
 `start` and `end`; the operation in progress is a context variable, so the flow and the face
 report to it from anywhere below (`decide`, `identify`, `finish`) without passing it along.
 With no observers and the `retrysafe.decisions` logger not enabled for DEBUG, `start` returns
-None and every report is one context variable read.
+None (unless another face's operation is current) and every report is one context variable
+read. A WSGI body streamed after its face returned keeps its operation until it is closed
+(`end_when_sent`); the scope secret's flow reports to no operation (`unreported`).
 
 The flow's store is wrapped (`observed`) only when there are observers: each primitive is timed
 and reported as a `StoreCall`.
@@ -15,9 +17,10 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar, Token
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from retrysafe._engine import Decision
 from retrysafe._record import Identity
@@ -28,13 +31,16 @@ __all__ = [
     "DECISIONS_LOGGER",
     "FacedObservers",
     "Observation",
+    "Sent",
     "admitted",
     "decide",
     "fields",
     "finish",
     "identify",
     "named",
+    "observation_of",
     "observed",
+    "unreported",
 ]
 
 DECISIONS_LOGGER: Final = logging.getLogger("retrysafe.decisions")
@@ -97,8 +103,15 @@ class Observation:
         return bool(self.observers)
 
     def start(self) -> Operation | None:
-        """Start an operation and make it the current one; None when nobody listens."""
-        if not self.observers and not DECISIONS_LOGGER.isEnabledFor(logging.DEBUG):
+        """Start an operation and make it the current one; None when nobody listens and no
+        operation is current. Inside another's operation (a decorated call in an observed
+        request), one nobody listens to is made current all the same, so that what it reports
+        never lands in the other's."""
+        if (
+            not self.observers
+            and _CURRENT.get() is None
+            and not DECISIONS_LOGGER.isEnabledFor(logging.DEBUG)
+        ):
             return None
         operation = Operation(self.face)
         operation.state[_HUB] = self
@@ -111,14 +124,20 @@ class Observation:
         if operation is None:
             return
         operation.seconds = time.perf_counter() - operation.started
-        token = cast("Token[Operation | None]", operation.state.pop(_TOKEN))
-        try:
-            _CURRENT.reset(token)
-        except ValueError:  # ended in another context than it started in
-            _CURRENT.set(None)
+        _leave(operation)
         if operation.decision is not None and DECISIONS_LOGGER.isEnabledFor(logging.DEBUG):
             _log(operation)
         self.tell("ended", operation, last_first=True)
+
+    def end_when_sent(self, operation: Operation | None, body: Sent) -> Iterable[bytes]:
+        """Return `body`, a response body the server sends after the face returned, whose end
+        reports how the operation ended (a WSGI stream stores its outcome then, B22): the
+        caller's context is restored now; `operation` is current while the server iterates
+        and closes the body, and ends once it is closed."""
+        if operation is None:
+            return body
+        _leave(operation)
+        return _Sending(self, operation, body)
 
     def tell(self, hook: str, *args: Any, last_first: bool = False) -> None:
         """Call `hook` on every observer (`last_first`: in reverse, so that observers which
@@ -130,6 +149,70 @@ class Observation:
                 method(*args)
             except Exception:
                 _LOGGER.exception("The observer %r failed in %s", observer, hook)
+
+
+def _leave(operation: Operation) -> None:
+    """Make the operation's caller's operation current again, if it was not yet."""
+    token = cast("Token[Operation | None] | None", operation.state.pop(_TOKEN, None))
+    if token is None:
+        return
+    try:
+        _CURRENT.reset(token)
+    except ValueError:  # ended in another context than it started in
+        _CURRENT.set(None)
+
+
+class Sent(Protocol):
+    """A response body with `close()`, such as `retrysafe._http.wsgi_io.Streamed`."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+class _Sending:
+    """A body sent after its face returned (`Observation.end_when_sent`): its operation is
+    current while each chunk is made and while it closes, whatever context the server is in."""
+
+    __slots__ = ("_body", "_observation", "_operation")
+
+    def __init__(self, observation: Observation, operation: Operation, body: Sent) -> None:
+        self._observation: Observation | None = observation
+        self._operation, self._body = operation, body
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self._body)
+        while True:
+            with _reporting_to(self._operation):
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        observation, self._observation = self._observation, None
+        try:
+            with _reporting_to(self._operation):
+                self._body.close()
+        finally:
+            if observation is not None:  # closed twice: ended once
+                observation.end(self._operation)
+
+
+@contextmanager
+def _reporting_to(operation: Operation | None) -> Iterator[None]:
+    """Make `operation` the current one (None: none is) for the duration."""
+    token = _CURRENT.set(operation)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def unreported() -> AbstractContextManager[None]:
+    """Run a flow that is not the current operation's (the scope secret's, loaded while a
+    request is tracked): it names no key and decides nothing of the operation's. Its observed
+    store calls are still told, as outside an operation."""
+    return _reporting_to(None)
 
 
 def _override(observer: Observer, hook: str) -> Callable[..., object] | None:
@@ -229,6 +312,11 @@ def observed(store: StoreT, observation: Observation | None) -> StoreT:
         return store
     wrapper = _AsyncObserved if inspect.iscoroutinefunction(store.claim) else _SyncObserved  # type: ignore[attr-defined]
     return cast("StoreT", wrapper(store, observation))
+
+
+def observation_of(store: object) -> Observation | None:
+    """Return the observation whose observers `store`'s calls are told (`observed`), or None."""
+    return store._observation if isinstance(store, _Observed) else None
 
 
 class _Observed:

@@ -31,6 +31,7 @@ from retrysafe._engine import Decision
 from retrysafe._errors import RecordUnreadableError, StoreError
 from retrysafe._flow.admission import Admission
 from retrysafe._flow.drivers import AsyncFlow, SyncFlow
+from retrysafe._flow.observing import observation_of, unreported
 from retrysafe._record import Identity, Record
 
 __all__ = [
@@ -117,9 +118,16 @@ def _hashed(records: Sequence[Record]) -> bool:
 
 
 def load_secret(flow: SyncFlow) -> bytes:
-    """Return the store's scope secret, creating it if the store is empty."""
+    """Return the store's scope secret, creating it if the store is empty. Loaded while a
+    request is tracked, it reports to no operation (`unreported`); `flow`'s observed store
+    calls are still told."""
+    with unreported():
+        return _load(flow)
+
+
+def _load(flow: SyncFlow) -> bytes:
     store, keyring = behind_encryption(flow.store)
-    stored = flow if keyring is None else SyncFlow(store)
+    stored = flow if keyring is None else SyncFlow(store, observation=observation_of(flow.store))
     admitted = stored.admit(SECRET_IDENTITY, SECRET_FINGERPRINT, _TERMS)
     known = _known(admitted, keyring)
     if known is not None:
@@ -138,8 +146,13 @@ def load_secret(flow: SyncFlow) -> bytes:
 
 async def aload_secret(flow: AsyncFlow) -> bytes:
     """Return the store's scope secret, creating it if the store is empty (see `load_secret`)."""
+    with unreported():
+        return await _aload(flow)
+
+
+async def _aload(flow: AsyncFlow) -> bytes:
     store, keyring = behind_encryption(flow.store)
-    stored = flow if keyring is None else AsyncFlow(store)
+    stored = flow if keyring is None else AsyncFlow(store, observation=observation_of(flow.store))
     admitted = await stored.admit(SECRET_IDENTITY, SECRET_FINGERPRINT, _TERMS)
     known = _known(admitted, keyring)
     if known is not None:

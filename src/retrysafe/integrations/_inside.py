@@ -17,6 +17,7 @@ framework module only reads its request and writes its response.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -139,12 +140,8 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
                 self.flow.release(admitted.claim.record.identity, admitted.token)
             return refused
         execution = self.flow.execution(admitted, settings).start()
-
-        def done() -> None:
-            self._leave(identity.scope)
-            self.observation.end(operation)
-
-        return Running(settings, execution, done)
+        leave = functools.partial(self._leave, identity.scope)
+        return Running(settings, execution, leave, self.observation, operation)
 
     def user_of(self, find: Callable[[], object], name: str) -> object:
         """Return the user `find()` returns: the framework's principal hook (B8).
@@ -170,7 +167,8 @@ class InsideMiddleware(MiddlewareBase[AppT, RequestT, Store, SyncFlow]):
 
     def _load_scoper(self) -> Scoper:
         """Load the scope secret kept in the store (B8), once."""
-        self._scoper = Scoper(load_secret(SyncFlow(self.store)))
+        flow = SyncFlow(self.store, observation=self.observation)  # its store calls are told
+        self._scoper = Scoper(load_secret(flow))
         return self._scoper
 
 
@@ -233,7 +231,9 @@ class Running:
 
     settings: Settings
     execution: SyncExecution
-    _leave: Callable[[], None]
+    _leave: Callable[[], None]  # gives back the scope's in-flight slot
+    _observation: Observation  # the middleware's: its observers hear of the operation
+    _operation: Operation | None
     _left: bool = False
 
     def complete(self, status: int, headers: Sequence[Header], body: bytes) -> None:
@@ -264,8 +264,7 @@ class Running:
             for chunk in chunks:
                 if capture.add(chunk):  # past the storable limit: stream from here on
                     streamed = Streamed(self.settings, self.execution, capture, result, chunks)
-                    self._done()
-                    return streamed
+                    return self._done(streamed)  # its operation ends once it was sent
         except BaseException as error:
             self.release(error)
             close_iterable(result)
@@ -296,7 +295,13 @@ class Running:
         self.execution.finish(outcome_to_store(capture, self.settings))
         self._done()
 
-    def _done(self) -> None:
-        if not self._left:
-            self._left = True
-            self._leave()
+    def _done(self, sent: Streamed | None = None) -> Iterable[bytes]:
+        """Leave the scope's slot; end the operation now, or once `sent` is sent (B22)."""
+        if self._left:
+            return () if sent is None else sent
+        self._left = True
+        self._leave()
+        if sent is not None:
+            return self._observation.end_when_sent(self._operation, sent)
+        self._observation.end(self._operation)
+        return ()

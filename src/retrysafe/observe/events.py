@@ -19,19 +19,23 @@ with a sync store. A full queue drops the event and counts it (`stats().dropped`
 write that fails (`failed`, logged once per run of failures on the `retrysafe.events` logger).
 At most `max_per_minute` events are written (the rest are counted as `throttled`), which bounds
 the event records live at once to `max_per_minute * retention / 60`. `flush` waits for the
-queue to be written; `close` (registered with `atexit`) flushes and stops the thread.
+queue to be written; `close` (registered with `atexit`) flushes and stops the thread. A forked
+child (gunicorn's `--preload`) starts a writer of its own, with an empty queue and counts.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Final
@@ -139,6 +143,17 @@ class RecorderStats:
     queued: int
 
 
+_RECORDERS: Final[weakref.WeakSet[EventRecorder]] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for recorder in list(_RECORDERS):
+        recorder._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def read_events(store: Store, limit: int = 50) -> list[Event]:
     """Return the newest `limit` events in `store`, newest first.
 
@@ -179,19 +194,36 @@ class EventRecorder(Observer):
     ) -> None:
         self._decisions = frozenset(decisions)
         _check_settings(self._decisions, retention, queue_size, max_per_minute)
+        if inspect.iscoroutinefunction(getattr(store, "claim", None)):
+            raise ConfigurationError(
+                "EventRecorder: give it a sync store (retrysafe.open_store(url)) or the store's "
+                "URL, not an async store: it writes from a thread of its own."
+            )
         self.retention = retention
         self.max_per_minute = max_per_minute
         self._owned = isinstance(store, str)
         self._store = open_store(store) if isinstance(store, str) else store
-        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=queue_size)
-        self._lock = threading.Lock()
-        self._counts = {"written": 0, "dropped": 0, "throttled": 0, "failed": 0}
+        self._queue_size = queue_size
         self._closed = False
         self._minute, self._in_minute = -1, 0
+        self._start()
+        _RECORDERS.add(self)
+        atexit.register(self.close)
+
+    def _start(self) -> None:
+        """Start the writer thread with an empty queue and counts (again in a forked child,
+        which has none of its parent's threads: its own events are then written)."""
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=self._queue_size)
+        self._lock = threading.Lock()
+        self._counts = {"written": 0, "dropped": 0, "throttled": 0, "failed": 0}
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="retrysafe-events", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
+
+    def _forked(self) -> None:
+        """In a forked child (gunicorn's `--preload`), start a writer of its own."""
+        if not self._closed:
+            self._start()
 
     def decided(self, operation: Operation) -> None:
         """Queue the operation's event if its decision is recorded; never block."""
@@ -236,10 +268,11 @@ class EventRecorder(Observer):
                 return
             self._closed = True
         atexit.unregister(self.close)
-        self.flush(timeout)
-        with contextlib.suppress(queue.Full):  # the writer is stuck: leave it behind
-            self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
+        if self._thread.is_alive():  # never wait on a writer that is gone
+            self.flush(timeout)
+            with contextlib.suppress(queue.Full):  # the writer is stuck: leave it behind
+                self._queue.put(None, timeout=timeout)
+            self._thread.join(timeout)
         if self._owned and not self._thread.is_alive():
             self._store.close()
 

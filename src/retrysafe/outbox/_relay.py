@@ -35,6 +35,7 @@ from typing import Protocol
 
 from retrysafe._clock import Clock, SystemClock, doubled
 from retrysafe._errors import ConfigurationError
+from retrysafe.observe._text import printable
 from retrysafe.outbox._batch import ParkedMessage
 from retrysafe.outbox._messages import OutboxMessage
 from retrysafe.outbox._source import OutboxSource, open_source
@@ -133,7 +134,7 @@ class Relay:
                 message.id,
                 message.topic,
                 parked.attempts,
-                parked.error,
+                printable(parked.error),
             )
         if batch.error is not None:
             raise batch.error
@@ -159,7 +160,8 @@ class Relay:
             except Exception as error:
                 failures += 1
                 wait = doubled(self.poll_interval, failures, self.max_backoff)
-                logger.warning("The outbox relay failed, trying again in %.1fs: %s", wait, error)
+                message = printable(str(error))
+                logger.warning("The outbox relay failed, trying again in %.1fs: %s", wait, message)
                 logger.debug("The outbox relay's failure", exc_info=True)
                 self._reset()
             else:
@@ -233,7 +235,7 @@ class Relay:
             logger.warning(
                 "The outbox relay could not purge published messages, trying again in %.0fs: %s",
                 self._next_purge - now,
-                error,
+                printable(str(error)),
             )
             logger.debug("The outbox relay's failed purge", exc_info=True)
             self._reset()  # the deadline may have cut the connection: a new one next batch

@@ -80,10 +80,12 @@ def test_b17_a_fencing_is_a_warning_or_above_with_its_fields(
     with caplog.at_level(logging.DEBUG, logger="retrysafe"), pytest.raises(FencedError):
         pay("o-3")
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(failures) == 1
-    assert field(failures[0], "retrysafe_event") == "fenced"
-    assert field(failures[0], "idempotency_key") == "o-3"
-    assert field(failures[0], "face") == "decorator"
-    assert field(failures[0], "scope") == scope_digest("tenant-8")
+    # The lapse is told first (B16: the lease went unrenewed past its end), then the fencing.
+    assert [field(r, "retrysafe_event") for r in failures] == ["lease_lapsed", "fenced"]
+    for failure in failures:
+        assert field(failure, "idempotency_key") == "o-3"
+        assert field(failure, "face") == "decorator"
+        assert field(failure, "scope") == scope_digest("tenant-8")
+    assert failures[1].levelno == logging.ERROR
     (decision,) = [r for r in caplog.records if r.name == "retrysafe.decisions"]
     assert (field(decision, "decision"), field(decision, "result")) == ("execute", "fenced")

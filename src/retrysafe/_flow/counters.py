@@ -30,9 +30,11 @@ class Count(enum.StrEnum):
     record was gone, lost by the store (B19); release_failures: claims not released (they
     end with their lease); renew_failures: failed renewals, other than fencing; interrupted:
     operations cancelled or interrupted while they ran, their claims kept until their leases
-    end (B40); lapsed: async operations whose lease went unrenewed longer than itself while
-    they ran (their event loop blocked, their process paused), so that another caller may
-    have taken the key over (B16).
+    end (B40); lapsed: operations whose lease went unrenewed longer than itself while they
+    ran (their event loop blocked, a C call holding the GIL, their process paused), so that
+    another caller may have taken the key over (B16); taken_over: claims acquired by taking
+    over another's lease that had ended with its outcome unknown, so the operation ran again
+    (B16), and completions that took their claim back from such a taker (both ran).
     """
 
     EXECUTIONS = "executions"
@@ -46,6 +48,7 @@ class Count(enum.StrEnum):
     RENEW_FAILURES = "renew_failures"
     INTERRUPTED = "interrupted"
     LAPSED = "lapsed"
+    TAKEN_OVER = "taken_over"
 
 
 _NAMES: Final = {count: count.value for count in Count}
@@ -75,6 +78,7 @@ class Counters:
     renew_failures: int
     interrupted: int
     lapsed: int
+    taken_over: int
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -127,9 +131,20 @@ class Finisher(Generic[StoreT]):
         """Set up what a subclass adds; called last by `__init__`."""
 
     def admitted(self, result: Admission) -> Admission:
-        """Count a replay (the face reports the decision, after its own refusals)."""
+        """Count a replay, or warn of a takeover (the face reports the decision, after its own
+        refusals)."""
         if result.decision is Decision.REPLAY:
             self.counters.add(Count.REPLAYS)
+        elif (claim := result.claim) is not None and claim.taken_over:
+            self.counters.add(Count.TAKEN_OVER)
+            self.logger.warning(
+                "Took over the claim on %s: the lease of the attempt that held it ended with "
+                "its outcome unknown (its process died or stopped, or its renewals failed or "
+                "came late). The operation runs again; if the earlier attempt made its effect, "
+                "the effect happens twice (B16)",
+                named(claim.record.identity),
+                extra=fields(claim.record.identity, "taken_over"),
+            )
         return result
 
     def renew_failed(self, identity: Identity, error: Exception) -> bool:
@@ -186,10 +201,12 @@ class Finisher(Generic[StoreT]):
 
     def reclaimed(self, target: Claimed, claim: Claim, fenced: FencedError) -> bool:
         """Take `claim`, made for `target` after its completion was fenced (`fenced`); return
-        whether `target` must still store its outcome. If it acquired, the record was gone,
-        not taken over: the store lost it (Redis restarted without persistence, a failover to
-        a replica that had not seen it). `target` then holds the new claim and stores its
-        outcome under it, so that no retry runs the effect again (B19). If the record is done
+        whether `target` must still store its outcome. If it acquired, `target` holds the new
+        claim and stores its outcome under it, so that no retry runs the effect again (B19):
+        either the record was gone, the store lost it (Redis restarted without persistence, a
+        failover to a replica that had not seen it: `restored`), or (`claim.taken_over`)
+        another caller had taken the claim over and its lease ended too, its outcome unknown
+        (`taken_over`: the operation ran in both). If the record is done
         under `target`'s own token, an earlier completion landed and its reply was lost: it
         is stored. Otherwise another worker owns the key: raise `fenced` (B17)."""
         if not claim.acquired:
@@ -198,6 +215,17 @@ class Finisher(Generic[StoreT]):
                 return False
             raise fenced
         target.token = claim.token
+        if claim.taken_over:
+            self.counters.add(Count.TAKEN_OVER)
+            self.logger.warning(
+                "The claim on %s was taken over while the operation ran (its lease ended "
+                "unrenewed), and the lease of the caller that took it ended too, its outcome "
+                "unknown: claimed it back to store this outcome. The operation ran in both "
+                "(B16, B17)",
+                named(target.identity),
+                extra=fields(target.identity, "taken_over"),
+            )
+            return True
         self.counters.add(Count.RESTORED)
         self.logger.warning(
             "The record of %s was gone when its outcome was stored (the store lost it); "

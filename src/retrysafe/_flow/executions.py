@@ -5,12 +5,14 @@ B16), then finishes it through its flow (`drivers.py`): the outcome completed (B
 claim released (B28), or, when the operation was interrupted (`interrupts`), the claim kept
 until its lease ends (B40). The lease is renewed until the completion returns (stored, or held
 and renewed by the holder, B19): a completion stuck on a connection the network dropped never
-outlasts it. An async operation whose lease went unrenewed longer than itself (its event loop
-held up, its renewals failing), so that it may have lapsed, is logged (`lapsed`).
+outlasts it. An operation whose lease went unrenewed longer than itself, so that it may have
+lapsed, is logged (`lapsed`): its event loop held up, its heartbeat thread kept from the GIL by
+a C call that holds it, its process stopped, or its renewals failing.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeGuard, TypeVar
 
@@ -91,8 +93,8 @@ class _Execution(Generic[FlowT]):
         self._flow.logger.warning(
             "The lease on %s went %.1f s without a renewal, longer than the lease (%g s): "
             "the renewals due every %g s failed (see renew_failed) or came late (sync work "
-            "blocking the event loop, or a paused process). Another caller may have taken the "
-            "key over and run the operation again",
+            "blocking the event loop, a C call holding the GIL, or a paused process). Another "
+            "caller may have taken the key over and run the operation again",
             named(self.identity),
             unrenewed,
             self.lease,
@@ -110,19 +112,45 @@ class SyncExecution(_Execution["SyncFlow"]):
 
     Leaving the block without `finish` releases the claim after an exception, and keeps it
     until its lease ends after an interruption (`interrupts`).
+
+    The heartbeat thread renews only when it gets the GIL and its process runs: a C call that
+    holds the GIL (a regex, a compression), or a stopped process, holds it back. Counted on the
+    store's clock from the claim or the start of the last renewal that landed, a lease gone
+    unrenewed longer than itself is told (`lapsed`) before a renewal or as the operation ends,
+    once until a renewal lands again (as `AsyncHeartbeat` does).
     """
 
     _beat: ThreadJob | None = None
+    _since: float = 0.0  # the claim, then the last renewal that landed (inf: lapse told)
 
     def __enter__(self) -> SyncExecution:
         return self.start()
 
     def start(self) -> SyncExecution:
         """Count the execution and start renewing its lease (B16)."""
-        self._flow.counters.add(Count.EXECUTIONS)
-        flow, interval = self._flow, self.lease / 3
-        self._beat = THREADS.start(every(interval, lambda: flow.renew(self)), interval)
+        flow, interval, claimed = self._flow, self.lease / 3, self.claimed
+        flow.counters.add(Count.EXECUTIONS)
+        self._since = (  # the lease began with the claim, whose reply took some of it
+            flow.store.clock.now() if claimed is None else claimed.lease_expires_at - self.lease
+        )
+        self._beat = THREADS.start(every(interval, self._renew), interval)
         return self
+
+    def _renew(self) -> bool | None:
+        """Renew once (the heartbeat's step), told first of a lapse; a renewal that lands
+        renews the lease from its start."""
+        self._check(at := self._flow.store.clock.now())
+        renewed = self._flow.renew(self)
+        if renewed:
+            self._since = at
+        return renewed
+
+    def _check(self, now: float) -> None:
+        """Tell `lapsed` if the operation still runs and its lease went unrenewed longer than
+        itself, once until a renewal lands."""
+        if not self.finished and (unrenewed := now - self._since) > self.lease:
+            self._since = math.inf
+            self.lapsed(unrenewed)
 
     def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         if not self.finished:
@@ -134,6 +162,7 @@ class SyncExecution(_Execution["SyncFlow"]):
         `error` (what ended the operation) interrupted it."""
         if self.finished:
             return
+        self._check(self._flow.store.clock.now())  # a lapse while it ran is told now
         self.finished = True
         if outcome is not None:
             self.completing = True

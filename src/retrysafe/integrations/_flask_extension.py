@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Unpack, cast
+from typing import IO, TYPE_CHECKING, Final, Unpack, cast
 
 from retrysafe._errors import ConfigurationError
 from retrysafe._http import (
@@ -94,6 +94,7 @@ EXTENSION: Final = "retrysafe"
 _RUNNING: Final = "_retrysafe_running"
 _FORM_TYPES: Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 """The bodies werkzeug's form parser consumes (others it leaves to `get_data`)."""
+_READ_CHUNK: Final = 64 * 1024  # a chunked body is read this much at a time
 
 
 class FlaskRoutes:
@@ -249,8 +250,9 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
     def buffer_body(self) -> None:
         """Read a keyed request's body into Flask's cache, before any other hook can parse
         it as a form and consume it: the fingerprint needs its bytes (B12), and werkzeug
-        parses the form from the cache afterwards. A body over the limit is left unread
-        (`before_request` answers 413)."""
+        parses the form from the cache afterwards. A body whose Content-Length is over the limit
+        is left unread, one without a Content-Length (chunked) read up to one byte past it
+        (`_raw_body`): `before_request` answers 413 (B22)."""
         environ = request.environ
         method = environ["REQUEST_METHOD"]
         if method not in self._methods or "HTTP_IDEMPOTENCY_KEY" not in environ:
@@ -258,7 +260,7 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
         settings = self._gate.settings_for(environ, method, True)
         length = (environ.get("CONTENT_LENGTH") or "").encode("latin-1")
         if settings is not None and check_content_length(length, settings) is None:
-            _raw_body()
+            _raw_body(settings.max_body_size)
 
     def before_request(self) -> flask.Response | None:
         """Admit the request: None to run the view, or the response that answers it."""
@@ -266,7 +268,7 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
 
         def body(settings: Settings) -> bytes | Response:
             length = environ.get("CONTENT_LENGTH") or ""
-            return body_within(settings, length, _raw_body)
+            return body_within(settings, length, lambda: _raw_body(settings.max_body_size))
 
         admitted = self.admit(environ, environ, body=body, user=self._user)
         if isinstance(admitted, Running):
@@ -300,13 +302,30 @@ class FlaskIdempotency(InsideMiddleware[flask.Flask, "WSGIEnvironment"]):
         return self.user_of(current, "Loading Flask-Login's current_user")
 
 
-def _raw_body() -> bytes | None:
+def _raw_body(limit: int) -> bytes | None:
     """Return the request's raw body, cached; None if a form parser consumed it before it was
-    cached (something that ran before `buffer_body`): it cannot be fingerprinted (B12)."""
-    parsed = "form" in request.__dict__ and request.mimetype in _FORM_TYPES
-    if parsed and getattr(request, "_cached_data", None) is None:
+    cached (something that ran before `buffer_body`): it cannot be fingerprinted (B12). A body
+    without a Content-Length (chunked) is read up to `limit` + 1 bytes, never further: over
+    `limit`, `body_within` answers 413 and the rest stays unread, so a keyed upload of any
+    size costs the worker no more memory than the limit (B22)."""
+    cached: bytes | None = getattr(request, "_cached_data", None)
+    if cached is not None:
+        return cached
+    if "form" in request.__dict__ and request.mimetype in _FORM_TYPES:
         return None
+    if not (request.environ.get("CONTENT_LENGTH") or "").isdigit():
+        request._cached_data = _read_up_to(request.stream, limit + 1)  # get_data's cache
     return request.get_data(cache=True)
+
+
+def _read_up_to(stream: IO[bytes], size: int) -> bytes:
+    """Return the first `size` bytes of `stream`, fewer if it ends first."""
+    parts: list[bytes] = []
+    left = size
+    while left > 0 and (part := stream.read(min(left, _READ_CHUNK))):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _finish(running: Running, response: flask.Response) -> flask.Response:

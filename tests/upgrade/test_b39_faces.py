@@ -4,7 +4,8 @@ request was admitted on, the former one where that is where its record lives."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -12,11 +13,14 @@ import anyio.to_thread
 import httpx
 import pytest
 
-from retrysafe import AsyncStore, open_async_store
+from retrysafe import AsyncStore, open_async_store, open_store
 from retrysafe._http.scope import Scoper, principal_of
 from retrysafe._http.settings import RequestView, Settings
+from retrysafe._http.wsgi_io import PRINCIPAL_KEY
 from retrysafe._record import Identity, State
 from retrysafe.asgi import IdempotencyMiddleware
+from retrysafe.observe import Observer, Operation, StoreCall
+from retrysafe.wsgi import IdempotencyMiddleware as WSGIMiddleware
 from tests.conftest import fresh_store_url
 from tests.flow.conftest import wait_until
 from tests.flow.relay import Relay
@@ -25,6 +29,7 @@ pytestmark = pytest.mark.services
 
 SECRET = "s" * 32
 CLAIMS = {"sub": "s-1", "email": "a@example.com"}  # 0.1.0 named this caller by its e-mail
+BY_EMAIL = {"username": "a@example.com"}  # named as 0.1.0 named `CLAIMS`, by both releases
 HEADERS = {"Authorization": "Bearer token"}
 
 
@@ -155,3 +160,109 @@ def test_b36_b39_a_claim_taken_on_the_former_identity_is_released_when_the_cap_r
     assert left is not State.IN_FLIGHT  # the taken-over claim was released, not left held
     assert retried == 201
     assert runs.count(b"k-2") == 1
+
+
+class _RestoreAfterAFailedGet(Observer):
+    """Restores a cut relay once a `get` failed through it: the store blips on that one read."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay, self.failed = relay, list[str]()
+
+    def store_call(self, operation: Operation | None, call: StoreCall) -> None:
+        if call.name == "get" and call.error is not None and self.relay.is_cut:
+            self.failed.append(type(call.error).__name__)
+            self.relay.restore()
+
+
+@pytest.mark.parametrize("backend", ["redis", "postgres"])
+def test_b20_b39_a_blip_on_the_former_record_read_is_a_503_never_a_second_run(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The caller's record is done under the name 0.1.0 gave it; the store fails the read of
+    that record and is back for the claim that follows. The request is answered 503 (B20), not
+    run again under the caller's current name, and its retry replays the one outcome."""
+    _, former_scope = _scopes()
+    view = RequestView("POST", "/pay", b"", [], {}, principal=principal_of(BY_EMAIL))
+    assert str(Scoper(SECRET.encode()).scope_of(Settings(), view)) == former_scope
+    runs: list[int] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": f"charge #{len(runs)}".encode()})  # type: ignore[operator]
+
+    async def main(url: str, relay: Relay, watcher: Observer) -> list[httpx.Response]:
+        store = open_async_store(relay.url(url))
+        middleware = IdempotencyMiddleware(
+            app, store=store, scope_secret=SECRET, observers=[watcher]
+        )
+        users = iter([BY_EMAIL, CLAIMS, CLAIMS])
+
+        async def with_user(scope: dict, receive: object, send: object) -> None:
+            scope["user"] = next(users)
+            await middleware(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=with_user)
+        headers = {**HEADERS, "Idempotency-Key": "k-blip"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answers = [await client.post("/pay", content=b"{}", headers=headers)]
+            relay.cut()  # until the next read fails: then the store is back
+            answers += [await client.post("/pay", content=b"{}", headers=headers) for _ in "12"]
+        await store.aclose()
+        return answers
+
+    with fresh_store_url(backend, request, tmp_path) as url:
+        relay = Relay.before(url)
+        watcher = _RestoreAfterAFailedGet(relay)
+        try:
+            first, blipped, retried = anyio.run(main, url, relay, watcher)
+        finally:
+            relay.close()
+    assert (first.status_code, first.text) == (201, "charge #1")
+    assert watcher.failed == ["StoreUnavailableError"]
+    assert blipped.status_code == 503
+    assert blipped.headers["content-type"] == "application/problem+json"
+    assert (retried.status_code, retried.text) == (201, "charge #1")
+    assert retried.headers.get("idempotent-replayed") == "true"
+    assert runs == [1]
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+def test_b20_b39_the_wsgi_face_answers_a_blip_on_the_former_record_read_with_a_503(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The same blip through the WSGI middleware and a sync store (`SyncFlow`)."""
+    runs: list[int] = []
+
+    def app(environ: dict, start_response: Callable[..., object]) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [])
+        return [f"charge #{len(runs)}".encode()]
+
+    def post(wsgi: WSGIMiddleware, user: dict[str, str]) -> tuple[str, bytes]:
+        environ = {
+            "REQUEST_METHOD": "POST", "PATH_INFO": "/pay", "CONTENT_LENGTH": "2",
+            "wsgi.input": io.BytesIO(b"{}"), "HTTP_IDEMPOTENCY_KEY": "k-blip",
+            "HTTP_AUTHORIZATION": HEADERS["Authorization"], PRINCIPAL_KEY: user,
+        }  # fmt: skip
+        started: list[str] = []
+        body = b"".join(wsgi(environ, lambda status, _: started.append(status)))
+        return started[0], body
+
+    with fresh_store_url(backend, request, tmp_path) as url:
+        relay = Relay.before(url)
+        watcher = _RestoreAfterAFailedGet(relay)
+        store = open_store(relay.url(url))
+        wsgi = WSGIMiddleware(app, store=store, scope_secret=SECRET, observers=[watcher])
+        try:
+            first = post(wsgi, BY_EMAIL)
+            relay.cut()  # until the next read fails: then the store is back
+            blipped, retried = post(wsgi, CLAIMS), post(wsgi, CLAIMS)
+        finally:
+            store.close()
+            relay.close()
+    assert first == ("201 Created", b"charge #1")
+    assert watcher.failed == ["StoreUnavailableError"]
+    assert blipped[0].startswith("503")
+    assert retried == ("201 Created", b"charge #1")
+    assert runs == [1]

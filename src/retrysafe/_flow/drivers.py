@@ -67,21 +67,19 @@ class SyncFlow(Holder[Store]):
         outcome held here (B19) answers first, even if the store is unreachable. A record of
         the previous release's is honoured (B39, `successor` and `adopted`)."""
         if type(identity.scope) is Revised:  # named otherwise before: its record may be there
-            former = former_identity(identity)
-            found = None if self.holdings.holds_for(former) else self._former(former)
-            identity = successor(identity, former, found, self.store.clock.now(), self.holdings)
+            former, held = former_identity(identity), self.holdings
+            # An outcome held for either name answers (B19); else the former record is read,
+            # and a store that cannot answer raises (B20): taken for "no record", the claim
+            # that follows could land and run again a request done under the former name.
+            unread = held.holds_for(former) or held.holds_for(identity)
+            found = None if unread else self.store.get(former)
+            identity = successor(identity, former, found, self.store.clock.now(), held)
         admitted = self._admit(identity, fingerprint, terms)
         if admitted.decision is Decision.MISMATCH:
             adopting = adopted(admitted, fingerprint)
             if adopting is not None:
                 return self._admit(identity, adopting, terms)
         return admitted
-
-    def _former(self, former: Identity) -> Record | None:
-        try:
-            return self.store.get(former)
-        except StoreError:  # unreachable: `_admit` answers from what is held, or raises
-            return None
 
     def _admit(self, identity: Identity, fingerprint: str, terms: Terms) -> Admission:
         identify(identity)
@@ -218,9 +216,10 @@ class AsyncFlow(Holder[AsyncStore]):
         reply)."""
         before = cancelling()
         if type(identity.scope) is Revised:  # named otherwise before (B39, `SyncFlow.admit`)
-            former = former_identity(identity)
-            found = None if self.holdings.holds_for(former) else await self._former(former)
-            identity = successor(identity, former, found, self.store.clock.now(), self.holdings)
+            former, held = former_identity(identity), self.holdings
+            unread = held.holds_for(former) or held.holds_for(identity)
+            found = None if unread else await self.store.get(former)
+            identity = successor(identity, former, found, self.store.clock.now(), held)
         admitted = await self._admit(identity, fingerprint, terms, before)
         if admitted.decision is Decision.MISMATCH:
             adopting = adopted(admitted, fingerprint)
@@ -231,12 +230,6 @@ class AsyncFlow(Holder[AsyncStore]):
                 await run_to_end(self.release(identity, admitted.claim.token), self.tasks)
             raise asyncio.CancelledError
         return admitted
-
-    async def _former(self, former: Identity) -> Record | None:
-        try:
-            return await self.store.get(former)
-        except StoreError:  # unreachable: `_admit` answers from what is held, or raises
-            return None
 
     async def _admit(
         self, identity: Identity, fingerprint: str, terms: Terms, before: int

@@ -104,6 +104,12 @@ class StoreUnavailableError(StoreError):
     """The store cannot be reached, or did not answer within its timeout."""
 
 
+class OutcomeUnknownError(StoreUnavailableError):
+    """A store call that may have been applied though its reply was lost: a transaction's
+    COMMIT that got no reply. Retry with the same key only: it replays the outcome if it was
+    applied, and runs if it was not; a new key could apply it twice."""
+
+
 class ReplicaShortfallError(StoreUnavailableError):
     """A Redis write that fewer replicas than the store's `min_replicas` confirmed in time: it
     is not used (docs/stores.md, "Replicas and failover")."""

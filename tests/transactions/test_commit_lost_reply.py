@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from retrysafe import Identity, StoreUnavailableError, transactions
+from retrysafe import Identity, OutcomeUnknownError, StoreUnavailableError, transactions
 from tests.transactions.conftest import Database, make_database
 
 
@@ -70,8 +70,8 @@ def _lose_commit_reply(database: Database) -> Any:
 
 
 def test_b29_commit_without_reply_says_the_outcome_is_unknown(database: Database) -> None:
-    """The block's COMMIT loses its reply: `StoreUnavailableError` says the outcome is unknown
-    and the caller must retry with the same key."""
+    """The block's COMMIT loses its reply: `OutcomeUnknownError`, a `StoreUnavailableError`,
+    says the outcome is unknown and the caller must retry with the same key."""
     conn = _lose_commit_reply(database)
     block = transactions.psycopg if database.kind == "postgres" else transactions.mysql
 
@@ -87,10 +87,11 @@ def test_b29_commit_without_reply_says_the_outcome_is_unknown(database: Database
                 threading.Timer(1.0, _cut, [conn]).start()
 
     try:
-        with pytest.raises(StoreUnavailableError) as raised:
+        with pytest.raises(OutcomeUnknownError) as raised:
             pay()
     finally:
         conn.close()
+    assert isinstance(raised.value, StoreUnavailableError)  # what callers caught before
     message = str(raised.value)
     assert "nothing of it was applied" not in message
     assert "may or may not have committed" in message

@@ -46,6 +46,11 @@ _IN_FLIGHT: Final = (
 _UNAVAILABLE: Final = (
     "The idempotency store cannot be reached, so the request was not processed. Retry later."
 )
+_COMMIT_UNKNOWN: Final = (
+    "The request's transaction got no reply to its COMMIT, so it may or may not have been "
+    "applied. Retry with the same Idempotency-Key only: it replays the response if it was "
+    "applied, and runs the request if not. A new key could apply it twice."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,9 +285,11 @@ def in_flight(settings: Settings) -> Response:
     return problem("request-in-flight", settings, _IN_FLIGHT, retry_after=IN_FLIGHT_RETRY_AFTER)
 
 
-def store_unavailable(settings: Settings) -> Response:
-    """Return the 503 problem for a store that cannot be reached (B20)."""
-    return problem("store-unavailable", settings, _UNAVAILABLE, retry_after=_RETRY_STORE)
+def store_unavailable(settings: Settings, *, commit_unknown: bool = False) -> Response:
+    """Return the 503 problem for a store that cannot be reached (B20); `commit_unknown`: for
+    a request whose transaction's COMMIT got no reply, which may have been applied."""
+    detail = _COMMIT_UNKNOWN if commit_unknown else _UNAVAILABLE
+    return problem("store-unavailable", settings, detail, retry_after=_RETRY_STORE)
 
 
 def too_many_in_flight(settings: Settings) -> Response:

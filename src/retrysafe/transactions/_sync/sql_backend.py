@@ -30,7 +30,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar
 
-from retrysafe._errors import ConfigurationError, InFlightError, StoreError
+from retrysafe._errors import ConfigurationError, InFlightError, OutcomeUnknownError, StoreError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.transactions import _drivers as drivers
 
@@ -216,7 +216,7 @@ def commit_failed(error: Exception, driver_error: BaseException | None = None) -
     if not isinstance(error, StoreError):
         return error
     if driver_error is not None and reply_lost(driver_error):
-        return type(error)(
+        return OutcomeUnknownError(
             "The transaction's COMMIT got no reply (the connection was lost), so it may or may "
             "not have committed: retry with the same key, which replays the outcome if it "
             f"committed and runs again if not; never with a new key. {error}"

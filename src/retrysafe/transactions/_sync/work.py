@@ -13,7 +13,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from retrysafe._encryption import behind_encryption
-from retrysafe._errors import IdempotencyError
+from retrysafe._errors import IdempotencyError, OutcomeUnknownError
 from retrysafe._flow import Count, Counters
 from retrysafe._flow.observing import decide, finish
 from retrysafe._flow.secret import (
@@ -126,7 +126,8 @@ class WorkUnit:
             finish("store_failed")  # rolled back with the key, or unknown if COMMIT got no reply
             logger.exception("The transaction of a request failed to commit: %s", error)
             self.rollback()
-            return store_unavailable(self.settings)
+            unknown = isinstance(error, OutcomeUnknownError)  # its COMMIT got no reply
+            return store_unavailable(self.settings, commit_unknown=unknown)
         finish("released" if outcome is None else "stored")
         return None
 

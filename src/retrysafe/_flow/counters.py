@@ -138,10 +138,10 @@ class Finisher(Generic[StoreT]):
         elif (claim := result.claim) is not None and claim.taken_over:
             self.counters.add(Count.TAKEN_OVER)
             self.logger.warning(
-                "Took over the claim on %s: the lease of the attempt that held it ended with "
-                "its outcome unknown (its process died or stopped, or its renewals failed or "
-                "came late). The operation runs again; if the earlier attempt made its effect, "
-                "the effect happens twice (B16)",
+                "Took over the claim on %s: the lease of the attempt that held it ended "
+                "without an outcome stored (its process died or stopped, its renewals failed or "
+                "came late, or its release failed). The operation runs again; if the earlier "
+                "attempt made its effect, the effect happens twice (B16)",
                 named(claim.record.identity),
                 extra=fields(claim.record.identity, "taken_over"),
             )

@@ -27,6 +27,7 @@ from retrysafe._flow import (
     SyncFlow,
     observing,
 )
+from retrysafe._flow.executions import interrupts
 from retrysafe._flow.observing import Observation, decide
 from retrysafe._keys import key_text
 from retrysafe._outcomes import Outcomes, is_final
@@ -298,8 +299,9 @@ class _Plan:
 
     def is_final(self, error: BaseException) -> bool:
         """Return whether `error` is stored as the outcome rather than releasing the key: a
-        final exception, or a group of them (`retrysafe._outcomes.is_final`)."""
-        return is_final(error, self.final_exceptions)
+        final exception, or a group of them (`retrysafe._outcomes.is_final`); never an
+        interruption, whatever `final_exceptions` lists: it keeps the key in flight (B40)."""
+        return not interrupts(error) and is_final(error, self.final_exceptions)
 
 
 def _call_sync(

@@ -34,8 +34,9 @@ class QuotaError(Exception):
         self.limit = limit
 
 
-class ShutdownRequestedError(BaseException):
-    """A BaseException whose own __new__ formats the message."""
+class ShutdownRequestedError(Exception):
+    """An exception whose own __new__ formats the message (an `Exception`: one that is not is
+    an interruption, never stored whatever `final_exceptions` lists, B40)."""
 
     signal: int
 
@@ -192,8 +193,8 @@ def test_b28_replay_of_keyword_only_init_keeps_its_attribute(store: Store) -> No
     assert again.limit == 7
 
 
-def test_b28_replay_of_base_exception_with_custom_new(store: Store) -> None:
-    """A BaseException subclass with its own __new__ replays without running it again."""
+def test_b28_replay_of_exception_with_custom_new(store: Store) -> None:
+    """An exception subclass with its own __new__ replays without running it again."""
     INITS.clear()
     first, again, runs = first_and_replay(store, lambda: ShutdownRequestedError(15))
     assert runs == [1]

@@ -17,9 +17,12 @@ forked child, it moves: it lets go of those connections and opens new ones here,
   drivers do for connections whose loop is gone).
 
 A store serves one event loop at a time, in turn; not two running at once (a loop per thread),
-which the drivers do not support either. Should that happen anyway, asyncio's complaint about a
-connection of another loop (`loop_mismatch`) is the store's unavailability
-(`StoreUnavailableError`: the caller fails closed), never a raw `RuntimeError`.
+which the drivers do not support either. A call on a second loop while the loop the store was
+last used on still runs (in another thread) fails closed before it touches a connection
+(`StoreUnavailableError`); the store moves only once that loop has stopped. Should a connection
+of another loop reach a call anyway, asyncio's complaint about it (`loop_mismatch`) is the
+store's unavailability too, never a raw `RuntimeError`. Off asyncio (trio) there is no event
+loop to move to: a call raises `ConfigurationError` (these stores need asyncio).
 
 The sync face (`Home`) only follows forks: it has no event loop, but threads, so the first
 thread of a child to use a store moves it while the others wait (`moved`, then `settled`).
@@ -33,14 +36,16 @@ import threading
 from types import TracebackType
 from typing import Final
 
-from retrysafe._errors import StoreUnavailableError
+from retrysafe._errors import ConfigurationError, StoreUnavailableError
 from retrysafe.stores._deletes import FORKS
 
 __all__ = [
     "INHERITED",
     "AsyncHome",
+    "AsyncOneLoop",
     "ErrorsAs",
     "Home",
+    "OneLoop",
     "loop_mismatch",
     "raise_unusable",
     "unusable_here",
@@ -78,29 +83,54 @@ class _Moving:
 
 _MOVING: Final = _Moving()
 os.register_at_fork(after_in_child=_MOVING.forked)
+_TAKING: Final = _Moving()  # under which an async store is taken from one loop to another
+os.register_at_fork(after_in_child=_TAKING.forked)
 
 
 class AsyncHome:
-    """The event loop and process where a store's connections were last used (async face)."""
+    """The event loop and process where a store's connections were last used (async face).
 
-    __slots__ = ("_forks", "_loop")
+    Args:
+        server: what the store's errors call the server ("Redis", "PostgreSQL").
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_forks", "_loop", "_server")
+
+    def __init__(self, server: str = "The store") -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._forks = FORKS.count
+        self._server = server
 
     def moved(self) -> bool | None:
         """Note that the store is used here (the running loop, this process).
 
         Returns None when its connections are already this loop's and this process's (or it
         has none yet), else whether it moved out of a parent process (True) or only to another
-        event loop (False): the caller then lets go of its connections.
+        event loop (False): the caller then lets go of its connections. Raises
+        `StoreUnavailableError` if the loop it was last used on still runs (two at once), and
+        `ConfigurationError` off asyncio (trio): see the module.
         """
-        loop, forks = asyncio.get_running_loop(), FORKS.count
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a coroutine run by trio (or another library): no asyncio loop
+            raise ConfigurationError(
+                "The Redis, PostgreSQL and MySQL async stores need asyncio, and no asyncio"
+                " event loop is running (trio?): use the sync store in a worker thread, or the"
+                " SQLite or memory async store."
+            ) from None
+        forks = FORKS.count
         if loop is self._loop and forks == self._forks:
             return None
-        first, forked = self._loop is None, forks != self._forks
-        self._loop, self._forks = loop, forks
+        with _TAKING.lock:  # one thread at a time decides who has the store
+            last = self._loop
+            if forks == self._forks and last is not None and last.is_running():
+                raise StoreUnavailableError(
+                    f"{self._server} is unavailable on this event loop: the store is in use on"
+                    " another one, running at once in another thread (a store serves one event"
+                    " loop at a time; use one store per loop)."
+                )
+            first, forked = last is None, forks != self._forks
+            self._loop, self._forks = loop, forks
         return None if first and not forked else forked
 
     def settled(self) -> None:
@@ -205,3 +235,27 @@ def unusable_here(name: str) -> _UnusableHere:
     """Raise asyncio's complaint about a connection of another event loop (`loop_mismatch`)
     as `StoreUnavailableError` (`name` names the server); let anything else through."""
     return _UnusableHere(name)
+
+
+class AsyncOneLoop(AsyncHome):
+    """The event loop a store serves whose connections need no move between loops used in turn
+    (PostgreSQL: psycopg waits on the running loop, and the batcher starts afresh on another):
+    `enter` only refuses a second loop running at once, and trio (`AsyncHome.moved`)."""
+
+    __slots__ = ()
+
+    def enter(self) -> None:
+        """Note that the store is used on the running loop; raise if it may not be."""
+        self.moved()
+
+
+class OneLoop:
+    """The sync twin of `AsyncOneLoop`: no event loop, nothing to refuse."""
+
+    __slots__ = ()
+
+    def __init__(self, server: str) -> None:
+        del server
+
+    def enter(self) -> None:
+        """Do nothing: the sync store is not used on an event loop."""

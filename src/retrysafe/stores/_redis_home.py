@@ -35,6 +35,9 @@ class AsyncRedisHome(AsyncHome):
 
     __slots__ = ()
 
+    def __init__(self) -> None:
+        super().__init__("Redis")
+
     @staticmethod
     def empty_pool(client: Any) -> list[Any]:
         """Make `client`'s pool forget its connections, and return them: the pool opens new

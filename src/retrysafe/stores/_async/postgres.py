@@ -33,6 +33,7 @@ from retrysafe.stores._async.postgres_records import (
     AsyncRecordsConnection,
 )
 from retrysafe.stores._deletes import FORKS, PostgresDeletes
+from retrysafe.stores._home import AsyncOneLoop
 from retrysafe.stores._sql import DEFAULT_TABLE, renewal_timeout
 from retrysafe.stores._sql.postgres import record_table
 from retrysafe.stores._sql.postgres_connection import (
@@ -107,10 +108,8 @@ class AsyncPostgresStore:
         self._records = AsyncPostgresRecords(self.table)
         self._conninfo, self._options = conninfo, options
         self._reached = False  # False: none made yet, or one lost or refused since: `reach`
-        # Opened on first use, inside the running event loop (see `_ready`).
-        self._pool = self._new_pool()
-        # The hot primitives' statements go here when it is not None.
-        self._runner = async_executor(conninfo, options)
+        self._pool = self._new_pool()  # opened on first use, in the running loop (`_ready`)
+        self._runner = async_executor(conninfo, options)  # the hot primitives', if not None
         self._deadline = AsyncReadDeadline(options.read_timeout)
         self._deletes = PostgresDeletes(
             conninfo, self.table.deleted_channel, timeout=options.connect_timeout
@@ -123,6 +122,7 @@ class AsyncPostgresStore:
         self._listeners = 0
         self._lock = threading.Lock()
         self._forks = FORKS.count  # a fork's child leaves all the above behind: see `_forked`
+        self._loop = AsyncOneLoop("PostgreSQL")  # one event loop at a time (`stores/_home.py`)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> AsyncPostgresStore:
@@ -144,8 +144,7 @@ class AsyncPostgresStore:
         use when the table is missing; call it at deploy time when the application's database
         user may not create tables.
         """
-        if self._forks != FORKS.count:
-            self._forked()
+        self._here()
         with translate_errors():
             await self._open_pool()
             await reach(self)
@@ -254,8 +253,7 @@ class AsyncPostgresStore:
     async def aclose(self) -> None:
         """Close the pool and its connections, and the statement runner's (in a forked child,
         those it opened: its parent's are the parent's to close)."""
-        if self._forks != FORKS.count:
-            self._forked()
+        self._here()
         self._closed = True
         with translate_errors():
             if self._runner is not None:
@@ -266,8 +264,7 @@ class AsyncPostgresStore:
     async def _open_pool(self) -> None:
         if self._closed:
             raise StoreClosedError("This PostgreSQL store is closed.")
-        # Opening twice is a no-op; the pool fills in the background, and the first caller
-        # waits for a connection under pool_timeout like everyone else.
+        # Twice is a no-op; the pool fills in the background (callers wait under pool_timeout).
         await self._pool.open()
 
     async def _ready(self) -> None:
@@ -294,14 +291,12 @@ class AsyncPostgresStore:
     def _connection(self, within: float | None = None) -> Lent:
         """Lend a pooled connection, the table ready, its reply due `within` seconds (default:
         `read_timeout`); psycopg errors become store errors."""
-        if self._forks != FORKS.count:
-            self._forked()
+        self._here()
         return Lent(self, within)
 
     def _statement(self) -> Lent | Shared:
         """Lend where a hot primitive's one statement runs: the statement runner, if any."""
-        if self._forks != FORKS.count:  # one comparison per call
-            self._forked()
+        self._here()
         runner = self._runner
         if runner is None or self._closed:  # closed: the pool says so (`StoreClosedError`)
             return Lent(self)
@@ -337,8 +332,7 @@ class AsyncPostgresStore:
 
     async def _listener(self) -> AsyncRecordsConnection | None:
         """Return a pooled connection to listen on, or None if none is free soon enough."""
-        if self._forks != FORKS.count:
-            self._forked()
+        self._here()
         with translate_errors():
             await self._ready()
         with self._lock:
@@ -380,6 +374,12 @@ class AsyncPostgresStore:
     def _refused(self, pool: object) -> None:
         """The pool gave up an attempt to connect: the server refuses them (or is unreachable)."""
         self._reached = False
+
+    def _here(self) -> None:
+        """Follow a fork (`_forked`); refuse a second event loop at once, and trio (`_home.py`)."""
+        if self._forks != FORKS.count:
+            self._forked()
+        self._loop.enter()
 
     def _forked(self) -> None:
         """In a forked child: leave the parent's pool, statement runner and read deadline

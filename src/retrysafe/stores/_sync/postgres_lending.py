@@ -90,20 +90,29 @@ class Lent(Lending):
             raise store_error(error) from error
         try:
             self._armed = store._deadline.arm(conn, within=within)
-        except psycopg.Error as error:  # lost already (no socket): the pool checks it
-            store._pool.putconn(conn)
-            raise store_error(error) from error
+        except BaseException as error:  # lost already (no socket), or an interruption
+            store._pool.putconn(conn)  # never left out of the pool: the pool checks it
+            if isinstance(error, psycopg.Error):
+                raise store_error(error) from error
+            raise
         return conn
 
     def _give_back(self) -> StoreUnavailableError | None:
-        """Stop the deadline, then give the connection back; if it was cut, close it first (the
-        pool drops a closed connection) and return the error that says so."""
-        store, within = self._store, self._within
-        if not store._deadline.disarm(self._armed):
-            store._pool.putconn(self._conn)
+        """Stop the deadline, then give the connection back, whatever interrupts this (a
+        `KeyboardInterrupt`, a job's time limit); if it was cut, or may have been, close it
+        first (the pool drops a closed connection) and return the error that says so."""
+        store, within, cut = self._store, self._within, True
+        try:
+            cut = store._deadline.disarm(self._armed)
+        finally:
+            try:
+                if cut:
+                    store._deadline.disarm(self._armed)  # again if interrupted: no cut after it
+                    self._conn.close()
+            finally:
+                store._pool.putconn(self._conn)
+        if not cut:
             return None
-        self._conn.close()
-        store._pool.putconn(self._conn)
         _replace_idle(store)
         if within is None:
             return unavailable(store._deadline.timeout)

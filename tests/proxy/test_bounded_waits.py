@@ -241,21 +241,64 @@ def test_b37_forwarding_headers_spelled_with_underscores_are_dropped(
         stop_proxies(proxies)
 
 
-def test_the_access_log_shows_no_password_of_a_target(upstream: Upstream) -> None:
-    """The access line of an absolute-form target that carries a user and password (refused)
-    shows `***@host`, never the password (where it showed `svc-admin:Pa55word@`)."""
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        ("http://svc-admin:Pa55word@internal.example/x", "GET http://***@internal.example 400"),
+        ("http://svc-admin:Pa55/word@slash.example/x", "GET http://***@slash.example 400"),
+        ("http://svc-admin:Pa55?word@query.example/x", "GET http://*** 400"),
+        ("http://svc-admin:Pa55#word@hash.example/x", "GET http://***@hash.example 400"),
+        ("//svc-admin:Pa55/word@forwarded.example/x", "GET //***@forwarded.example/x 404"),
+        ("//svc-admin:Pa55?word@forwarded.example/x", "GET //*** 404"),
+    ],
+    ids=["plain", "slash", "question-mark", "hash", "path-slash", "path-question-mark"],
+)
+def test_b37_the_access_log_shows_no_password_of_a_target(
+    target: str, shown: str, upstream: Upstream
+) -> None:
+    """The access line of a target that carries a user and password, however the password is
+    spelled: a refused absolute-form target shows only its scheme and host (where
+    `http://svc-admin:Pa55/word@...` was logged whole, and `...Pa55?word@...` as
+    `http://svc-admin:Pa55`, uvicorn's path ending at the `?`); a `//` path, forwarded, shows
+    all after its last `@`, or nothing when its query holds one."""
     proxies = start_proxies([(["--upstream", upstream.url], None)])
     lines = StderrLines(proxies[0].process)
     try:
-        target = b"http://svc-admin:Pa55word@internal.example/x"
-        answer = exchange(_port(proxies[0].url), b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answer = exchange(_port(proxies[0].url), head.encode())
         assert answer is not None
-        assert answer.status == 400
-        line = lines.line(lines.wait_for("internal.example", seconds=_WAIT))
-        assert "GET http://***@internal.example/x 400" in line
+        assert answer.status == int(shown.rsplit(" ", 1)[1])
+        lines.wait_for(shown, seconds=_WAIT)
     finally:
         stop_proxies(proxies)
-    assert not any("Pa55word" in line for line in lines.until_exit())
+    said = lines.until_exit()
+    assert not [line for line in said if "Pa55" in line or "svc-admin" in line], said
+
+
+def test_b22_the_cut_short_line_shows_the_target_as_the_access_log_does(
+    endless: EndlessUpstream,
+) -> None:
+    """A streamed answer cut short for a `//user:password@host` path with an encoded CR LF:
+    the WARNING line shows the target as the access line does, `//***@host/x%0d%0aFAKE`
+    (where it showed the upstream's decoded path, password and CR LF included)."""
+    args = ["--upstream", f"{endless.server.url}/broken", "--store", "memory://",
+            "--max-response-size", str(_STREAMED)]  # fmt: skip
+    proxies = start_proxies([(args, None)])
+    lines = StderrLines(proxies[0].process)
+    try:
+        target = "//svc-admin:Pa55word@internal.example/x%0d%0aFAKE"
+        answer = exchange(_port(proxies[0].url), _keyed(target, str(uuid.uuid4()), close=True))
+        assert answer is not None
+        assert answer.status == 201
+        assert len(answer.body) < 300_000  # cut short
+        shown = "POST //***@internal.example/x%0d%0aFAKE"
+        lines.wait_for(f"{shown} was cut short: the upstream broke it", seconds=_WAIT)
+        lines.wait_for(f"{shown} 201", seconds=_WAIT)
+    finally:
+        stop_proxies(proxies)
+    said = lines.until_exit()
+    assert not [line for line in said if "Pa55" in line or "svc-admin" in line], said
+    assert not [line for line in said if "FAKE" in line and "%0d%0aFAKE" not in line], said
 
 
 def test_b22_a_streamed_answer_the_upstream_breaks_is_one_line_no_traceback(

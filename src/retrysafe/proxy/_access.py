@@ -25,15 +25,15 @@ from retrysafe.asgi import ASGIApp, Message, Receive, Scope, Send
 from retrysafe.observe import Observer, Operation
 from retrysafe.observe._text import printable
 
-__all__ = ["ACCESS_LOGGER", "AccessLog", "Decisions", "printable"]
+__all__ = ["ACCESS_LOGGER", "AccessLog", "Decisions", "logged_target", "printable"]
 
 ACCESS_LOGGER: Final = logging.getLogger("retrysafe.proxy.access")
 LOGGED_PATH: Final = 1024
 """How much of a path the access log writes (`clipped`)."""
-_AUTHORITY: Final = re.compile(
-    r"(?P<start>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?(?P<authority>[^/]*)(?P<rest>.*)", re.DOTALL
-)
-"""A request-target that is not origin-form: `scheme://`, its authority, then the rest."""
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+"""The start of an absolute-form target, `http://`: kept in the log."""
+_HOST_END: Final = re.compile(r"[/?#\\]")
+"""What ends the host of a target that names one."""
 
 
 class _Seen:
@@ -111,7 +111,7 @@ class AccessLog:
         fields = {
             "client": printable(client[0]) if client else "-",
             "method": printable(scope["method"]),
-            "path": clipped(printable(_path(scope))),
+            "path": logged_target(scope),
             "status": "-" if status is None else str(status),
             "decision": seen.decision or "-",
             "duration_ms": milliseconds,
@@ -119,21 +119,37 @@ class AccessLog:
         self.logger.info("%s %s %s %s %s %.1f ms", *fields.values(), extra=fields)
 
 
-def _path(scope: Scope) -> str:
-    """Return the path as the client sent it (percent-encoding kept), without the query,
-    which may carry secrets, and without the user and password of a target that may name an
-    authority (`http://user:password@host/x`, or `//user:password@host/x`): `***@host`."""
+def logged_target(scope: Scope) -> str:
+    """Return the request's target as the proxy's lines show it (the access log's and the
+    cut-short warning's): the path as the client sent it, percent-encoding kept, printable and
+    `clipped`; never the query, which may carry secrets, nor a user or password, however
+    spelled (`_masked`)."""
     raw: bytes | None = scope.get("raw_path")
     path: str = scope["path"] if raw is None else raw.decode("utf-8", "backslashreplace")
-    if path.startswith("/") and not path.startswith("//"):
+    return clipped(printable(_masked(path, b"@" in scope.get("query_string", b""))))
+
+
+def _masked(path: str, at_in_query: bool) -> str:
+    """Return `path` (its query had an `@`: `at_in_query`) without what could be userinfo.
+
+    An origin-form path is kept whole. One that may name an authority (`//user:pw@host/x`,
+    forwarded as a path) loses all before its last `@`: `//***@host/x`. Any other target,
+    refused (`http://user:pw@host/x`), keeps only its scheme and host: `http://***@host`. A
+    password may hold a `/` or a `?`, which split the target (uvicorn's `raw_path` ends at the
+    first `?`), so an `@` in the query masks all but the scheme: `http://***`, `//***`."""
+    if path.startswith("/") and path[1:2] not in ("/", "\\"):
         return path  # origin-form: no authority
-    parts = _AUTHORITY.match(path)
-    if parts is None:  # never: every part is optional
-        return path
-    authority = parts["authority"]
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{parts['start'] or ''}{authority}{parts['rest']}"
+    scheme = _SCHEME.match(path)
+    start = path[:2] if path.startswith("/") else scheme[0] if scheme else ""
+    if at_in_query:
+        return f"{start}***"
+    rest = path[len(start) :]
+    masked = "@" in rest
+    if masked:
+        rest = rest.rpartition("@")[2]
+    if not path.startswith("/"):
+        rest = _HOST_END.split(rest, 1)[0]
+    return f"{start}{'***@' if masked else ''}{rest}"
 
 
 def clipped(text: str) -> str:

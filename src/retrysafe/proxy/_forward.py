@@ -14,7 +14,7 @@ from retrysafe._http import MIB, Response
 from retrysafe._http.asgi_io import run_lifespan
 from retrysafe._urls import redact_message, redact_url
 from retrysafe.asgi import OUTCOME_UNKNOWN, Message, Receive, Scope, Send, UnknownOutcome
-from retrysafe.proxy._access import clipped
+from retrysafe.proxy._access import logged_target
 from retrysafe.proxy._framing import (
     forwarded_headers,
     invalid_target,
@@ -209,18 +209,18 @@ class ProxyApp:
         # The client is watched for leaving, unless it has its answer (a 504): this one is
         # only stored.
         watched = receive if unknown is None or not unknown.answered else None
-        await self._relay(scope, url, fetched, send, watched)
+        await self._relay(scope, fetched, send, watched)
 
     async def _relay(
         self,
         scope: Scope,
-        url: httpx.URL,
         fetched: Fetched,
         send: Send,
         receive: Receive | None,
     ) -> None:
         """Send the upstream's answer, giving a streamed one up if its client leaves
-        (`receive`, unless None) or stalls; say why in a line, unless the client left."""
+        (`receive`, unless None) or stalls; say why in a line, unless the client left. The
+        line shows the target as the access log does (`logged_target`): no query, no password."""
         why = None
         try:
             ended = await relay(fetched, send, stall=self._deadline, receive=receive)
@@ -234,7 +234,7 @@ class ProxyApp:
             PROXY_LOGGER.warning(
                 "The streamed answer to %s %s was cut short: %s.",
                 scope["method"],
-                clipped(url.path),
+                logged_target(scope),
                 why,
             )
 

@@ -5,8 +5,9 @@ A face holds an `Observation` (its name and observers) and brackets each tracked
 report to it from anywhere below (`decide`, `identify`, `finish`) without passing it along.
 With no observers and the `retrysafe.decisions` logger not enabled for DEBUG, `start` returns
 None (unless another face's operation is current) and every report is one context variable
-read. A WSGI body streamed after its face returned keeps its operation until it is closed
-(`end_when_sent`); the scope secret's flow reports to no operation (`unreported`).
+read. A WSGI body streamed after its face returned keeps its operation until it is exhausted,
+fails or is closed (`end_when_sent`); the scope secret's flow reports to no operation
+(`unreported`).
 
 The flow's store is wrapped (`observed`) only when there are observers: each primitive is timed
 and reported as a `StoreCall`.
@@ -55,7 +56,10 @@ _ADMITTED: Final = {
     Decision.MISMATCH: "mismatch",
     Decision.IN_FLIGHT: "in_flight",
 }
-_HOOKS: Final = ("started", "decided", "store_call", "waited", "finished", "ended", "attempted")
+_HOOKS: Final = (
+    *("started", "decided", "store_call", "waited", "finished", "ended", "attempted"),
+    *("suspended", "resumed"),  # around a body sent after its face returned (`end_when_sent`)
+)
 _PRIMITIVES: Final = ("claim", "complete", "release", "renew", "get", "wait", "checkpoint")
 StoreT = TypeVar("StoreT")
 
@@ -107,11 +111,7 @@ class Observation:
         operation is current. Inside another's operation (a decorated call in an observed
         request), one nobody listens to is made current all the same, so that what it reports
         never lands in the other's."""
-        if (
-            not self.observers
-            and _CURRENT.get() is None
-            and not DECISIONS_LOGGER.isEnabledFor(logging.DEBUG)
-        ):
+        if not (self.observers or _CURRENT.get() or DECISIONS_LOGGER.isEnabledFor(logging.DEBUG)):
             return None
         operation = Operation(self.face)
         operation.state[_HUB] = self
@@ -132,11 +132,13 @@ class Observation:
     def end_when_sent(self, operation: Operation | None, body: Sent) -> Iterable[bytes]:
         """Return `body`, a response body the server sends after the face returned, whose end
         reports how the operation ended (a WSGI stream stores its outcome then, B22): the
-        caller's context is restored now; `operation` is current while the server iterates
-        and closes the body, and ends once it is closed."""
+        caller's context and the observers' (`suspended`) are restored now, as a server may
+        never close the body; `operation` is resumed only while the body makes a chunk or
+        closes, and ends at its end, its failure or its close, whichever comes first."""
         if operation is None:
             return body
         _leave(operation)
+        self.tell("suspended", operation, last_first=True)
         return _Sending(self, operation, body)
 
     def tell(self, hook: str, *args: Any, last_first: bool = False) -> None:
@@ -171,31 +173,53 @@ class Sent(Protocol):
 
 class _Sending:
     """A body sent after its face returned (`Observation.end_when_sent`): its operation is
-    current while each chunk is made and while it closes, whatever context the server is in."""
+    current and resumed while it makes a chunk or closes, in any context; it ends once."""
 
     __slots__ = ("_body", "_observation", "_operation")
 
     def __init__(self, observation: Observation, operation: Operation, body: Sent) -> None:
-        self._observation: Observation | None = observation
+        self._observation: Observation | None = observation  # None once ended
         self._operation, self._body = operation, body
 
     def __iter__(self) -> Iterator[bytes]:
-        chunks = iter(self._body)
+        chunks = iter(self._body)  # a generator: nothing runs before its first chunk
         while True:
-            with _reporting_to(self._operation):
-                chunk = next(chunks, None)
-            if chunk is None:
+            try:
+                with self._resumed():
+                    chunk = next(chunks, None)
+            except BaseException:  # a server that stops here may never call close()
+                self._end()
+                raise
+            if chunk is None:  # sent whole: a bridge that never calls close() is done
+                self._end()
                 return
             yield chunk
 
     def close(self) -> None:
-        observation, self._observation = self._observation, None
         try:
-            with _reporting_to(self._operation):
+            with self._resumed():
                 self._body.close()
         finally:
-            if observation is not None:  # closed twice: ended once
-                observation.end(self._operation)
+            self._end()
+
+    @contextmanager
+    def _resumed(self) -> Iterator[None]:
+        """Make the operation current, and resume its observers unless it ended, meanwhile."""
+        observation = _NOBODY if self._observation is None else self._observation
+        with _reporting_to(self._operation):
+            observation.tell("resumed", self._operation)
+            try:
+                yield
+            finally:
+                observation.tell("suspended", self._operation, last_first=True)
+
+    def _end(self) -> None:
+        observation, self._observation = self._observation, None
+        if observation is not None:  # ended once, however often the server ends it
+            observation.end(self._operation)
+
+
+_NOBODY: Final = Observation("wsgi")  # what an ended `_Sending` tells
 
 
 @contextmanager

@@ -10,7 +10,8 @@ transactional request) is an `Operation`. Its face calls the observers as it goe
 `started`, then `decided` once the operation's fate is known (see `DECISIONS`), `store_call`
 for each store primitive the flow runs (and `waited` for the wait for a duplicate in flight),
 `finished` when an executed operation's outcome is stored or its claim released (see
-`RESULTS`), and `ended` last. The client's attempts are reported to `attempted`.
+`RESULTS`), and `ended` last (`suspended` and `resumed` in between for a WSGI body sent after
+its face returned). The client's attempts are reported to `attempted`.
 
 Built in: `retrysafe.observe.prometheus.PrometheusObserver` (extra `[prometheus]`),
 `retrysafe.observe.otel.OpenTelemetryObserver` (extra `[otel]`), and structured log records on
@@ -190,6 +191,15 @@ class Observer:
 
     def finished(self, operation: Operation) -> None:
         """An executed operation's `result` is known."""
+
+    def suspended(self, operation: Operation) -> None:
+        """Its face handed the rest of it to the server (a WSGI body streamed past the
+        storable size, sent after the face returned): undo what `started` made current, so
+        the server's thread holds nothing of it. `resumed` and `suspended` then bracket each
+        chunk the body makes and its close, on whatever thread the server runs them."""
+
+    def resumed(self, operation: Operation) -> None:
+        """A suspended operation goes on for a while (see `suspended`)."""
 
     def ended(self, operation: Operation) -> None:
         """The operation is over; `seconds` is set."""

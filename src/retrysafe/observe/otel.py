@@ -11,7 +11,9 @@ The spans, all of kind INTERNAL, from the tracer named "retrysafe":
   `retrysafe.consumer`, `retrysafe.transaction`, `retrysafe.proxy`): one per tracked operation.
   Its parent is the span current when the operation started (the server's or the framework's
   span, or the caller's own around a decorated call), so it joins the caller's trace; while it
-  runs it is the current span, so what the handler traces nests under it. Attributes:
+  runs it is the current span, so what the handler traces nests under it (a WSGI body streamed
+  after its face returned: only while it makes a chunk or closes, never on the server's
+  thread in between, `suspended`). Attributes:
   `retrysafe.face`, `retrysafe.namespace`, `retrysafe.key` (the key as the client sent it;
   `record_key=False` leaves it out), `retrysafe.scope` (`retrysafe.observe.scope_digest`, never
   the scope itself), `retrysafe.decision` (`retrysafe.observe.DECISIONS`) and, for an executed
@@ -37,7 +39,7 @@ Store spans are reported once the call is over, so a database driver's own instr
 
 from __future__ import annotations
 
-from contextvars import Token
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Final
 
@@ -69,12 +71,46 @@ _FAILURES: Final = {
 """The decisions and results that mark an operation's span as failed, with the description."""
 
 
+_MADE_CURRENT: ContextVar[bool] = ContextVar("retrysafe_otel_made_current", default=False)
+"""Set with each span made current, so that its token tells whether the context that restores
+the caller's is the one it was made current in."""
+
+
 @dataclass(frozen=True, slots=True)
+class _Current:
+    """An operation's span made current: the context it is in, the caller's, and the tokens."""
+
+    context: Context
+    caller: Context
+    token: Token[Context]
+    mark: Token[bool]
+
+    @classmethod
+    def make(cls, span: Span) -> _Current:
+        caller = context.get_current()
+        made = trace.set_span_in_context(span, caller)
+        return cls(made, caller, context.attach(made), _MADE_CURRENT.set(True))
+
+    def restore(self) -> None:
+        """Make the caller's context current again. Only the context that made the span
+        current can detach its token (else OpenTelemetry logs an error): Django under ASGI
+        admits a request in one copy of the context and answers it in another, which holds
+        the span, copied back, until the caller's is made current there."""
+        try:
+            _MADE_CURRENT.reset(self.mark)
+        except ValueError:  # another context than the one that made it current
+            if context.get_current() is self.context:
+                context.attach(self.caller)
+            return
+        context.detach(self.token)
+
+
+@dataclass(slots=True)
 class _Traced:
-    """An operation's span, and the token that restores the context it was made current in."""
+    """An operation's span, and while it is current, how to restore the caller's context."""
 
     span: Span
-    token: Token[Context]
+    current: _Current | None
 
 
 class OpenTelemetryObserver(Observer):
@@ -108,7 +144,7 @@ class OpenTelemetryObserver(Observer):
             attributes={"retrysafe.face": face},
         )
         if span.is_recording():  # else the caller's context stays current, untouched
-            operation.state[self] = _Traced(span, context.attach(trace.set_span_in_context(span)))
+            operation.state[self] = _Traced(span, _Current.make(span))
 
     def decided(self, operation: Operation) -> None:
         """Put what the operation is about and its decision on its span."""
@@ -122,12 +158,26 @@ class OpenTelemetryObserver(Observer):
         if span is not None and operation.result is not None:
             span.set_attribute("retrysafe.result", operation.result)
 
+    def suspended(self, operation: Operation) -> None:
+        """Restore the caller's context: the face returned, the span goes on."""
+        traced = operation.state.get(self)
+        if isinstance(traced, _Traced) and traced.current is not None:
+            current, traced.current = traced.current, None
+            current.restore()
+
+    def resumed(self, operation: Operation) -> None:
+        """Make the suspended operation's span current again, in the context it goes on in."""
+        traced = operation.state.get(self)
+        if isinstance(traced, _Traced) and traced.current is None:
+            traced.current = _Current.make(traced.span)
+
     def ended(self, operation: Operation) -> None:
         """Restore the caller's context; end the span, failed if retrysafe failed it."""
         traced = operation.state.pop(self, None)
         if not isinstance(traced, _Traced):
             return
-        context.detach(traced.token)
+        if traced.current is not None:
+            traced.current.restore()
         span = traced.span
         if operation.decision is None:  # identified, perhaps, but never decided
             span.set_attributes(self._identity(operation))

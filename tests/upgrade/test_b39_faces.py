@@ -227,7 +227,7 @@ def test_b20_b39_a_blip_on_the_former_record_read_is_a_503_never_a_second_run(
     assert runs == [1]
 
 
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "postgres"])
 def test_b20_b39_the_wsgi_face_answers_a_blip_on_the_former_record_read_with_a_503(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

@@ -27,7 +27,7 @@ from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreClosedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._async._common import poll_until_settled
-from retrysafe.stores._async.postgres_lending import Lent, Shared, reach
+from retrysafe.stores._async.postgres_lending import Lent, Shared, borrow, reach
 from retrysafe.stores._async.postgres_records import (
     AsyncPostgresRecords,
     AsyncRecordsConnection,
@@ -342,7 +342,7 @@ class AsyncPostgresStore:
         conn = None
         try:
             with translate_errors(), contextlib.suppress(PoolTimeout):
-                conn = await self._pool.getconn(timeout=_LISTENER_WAIT)
+                conn = await borrow(self, _LISTENER_WAIT)  # never one closed while idle
         finally:
             if conn is None:
                 with self._lock:

@@ -30,7 +30,7 @@ from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreClosedError
 from retrysafe._record import Claim, Identity, Record
 from retrysafe.stores._sync._common import poll_until_settled
-from retrysafe.stores._sync.postgres_lending import Lent, Shared, reach
+from retrysafe.stores._sync.postgres_lending import Lent, Shared, borrow, reach
 from retrysafe.stores._sync.postgres_records import (
     PostgresRecords,
     RecordsConnection,
@@ -345,7 +345,7 @@ class PostgresStore:
         conn = None
         try:
             with translate_errors(), contextlib.suppress(PoolTimeout):
-                conn = self._pool.getconn(timeout=_LISTENER_WAIT)
+                conn = borrow(self, _LISTENER_WAIT)  # never one closed while idle
         finally:
             if conn is None:
                 with self._lock:

@@ -3,8 +3,10 @@
 # fmt: off
 """How the PostgreSQL store lends a primitive what its statement runs on: a pooled connection
 (`Lent`), under the store's read deadline (or a shorter one: a renewal's), or the store's
-statement runner (`Shared`); and how a call finds out at once that the server refuses
-connections (`reach`), where the pool would keep it waiting.
+statement runner (`Shared`); how a call finds out at once that the server refuses
+connections (`reach`), where the pool would keep it waiting; and how connections the server
+closed while they sat in the pool (a restart, a failover, `pg_terminate_backend`, a proxy's
+restart) cost no call, or one (`borrow`, `Lending`).
 
 Classes rather than generator context managers: they cost less client CPU per primitive (see
 `Lent`). Either way, psycopg errors become store errors, on the way in and out.
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import psycopg
+from psycopg import pq
 
 from retrysafe._concurrency import monotonic
 from retrysafe._errors import StoreUnavailableError
@@ -25,12 +28,14 @@ from retrysafe.stores._sql.postgres_deadline import unavailable
 if TYPE_CHECKING:
     from retrysafe.stores._sync.postgres import PostgresStore
 
-__all__ = ["Lending", "Lent", "Shared", "reach"]
+__all__ = ["Lending", "Lent", "Shared", "borrow", "reach"]
 
 
 class Lending:
     """What a primitive borrows its statement's target from: psycopg errors become store
-    errors, on the way in and out, and the target is given back."""
+    errors, on the way in and out, and the target is given back. A call that lost its
+    connection replaces the pool's idle ones: what closed one (a server restart, a failover)
+    most often closed them all, and each found lost one by one would fail a call."""
 
     __slots__ = ("_store",)
 
@@ -48,7 +53,13 @@ class Lending:
             failure = late or store_error(raised)
             if isinstance(failure, StoreUnavailableError):
                 self._store._reached = False
+                if late is None and (self._lost() or _lost(raised)):
+                    _replace_idle(self._store)  # after a cut, `_give_back` did
             raise failure from raised
+
+    def _lost(self) -> bool:
+        """Return whether the connection lent was lost (closed under the call)."""
+        return False
 
     def _give_back(self) -> StoreUnavailableError | None:
         """Nothing to give back, and no deadline to stop: return None (not cut)."""
@@ -80,11 +91,11 @@ class Lent(Lending):
             if within is None:
                 if not store._reached:  # none made yet, or one failed or was lost: `reach`
                     reach(store)
-                conn = self._conn = store._pool.getconn()
+                conn = self._conn = borrow(store)
             else:  # a renewal's bound counts its wait for a connection too (B16)
                 since = monotonic()
                 wait = min(within, store._options.pool_timeout)
-                conn = self._conn = store._pool.getconn(wait)
+                conn = self._conn = borrow(store, wait)
                 within -= monotonic() - since
         except psycopg.Error as error:
             raise store_error(error) from error
@@ -96,6 +107,9 @@ class Lent(Lending):
                 raise store_error(error) from error
             raise
         return conn
+
+    def _lost(self) -> bool:
+        return self._conn.closed
 
     def _give_back(self) -> StoreUnavailableError | None:
         """Stop the deadline, then give the connection back, whatever interrupts this (a
@@ -161,6 +175,58 @@ def reach(store: PostgresStore) -> None:
         raise store_error(error) from error
     conn.close()
     store._reached = True
+
+
+def borrow(store: PostgresStore, wait: float | None = None) -> RecordsConnection:
+    """Take a pooled connection, waiting up to `wait` seconds (default: `pool_timeout`).
+
+    One the server closed while it sat idle (a restart, a failover, `pg_terminate_backend`, a
+    PgBouncer restart, an idle timeout) is never lent: it is dropped with every other idle one,
+    which the same event most often closed, and a new one taken, after `reach` unless `wait`
+    is given (a renewal's bound, B16): no call fails for them. Finding it costs a non-blocking
+    read of what the server sent meanwhile, no round trip (issue 15: a busy pool's calls pay
+    nothing more); a network that forgot the connections silently leaves nothing to read,
+    and the first call that meets one fails (a reset, or its read deadline: `Lending`,
+    `_give_back`), which replaces them all.
+    """
+    pool = store._pool
+    deadline = None if wait is None else monotonic() + wait
+    conn = pool.getconn(wait)
+    while not _open(conn):  # once with psycopg-pool 3.3 (`drain`); before, once per dead one
+        conn.close()
+        pool.putconn(conn)  # the pool drops a closed connection, and opens another
+        _replace_idle(store)
+        if deadline is None:
+            store._reached = False  # the server may be going down: fail at once if it refuses
+            reach(store)
+        conn = pool.getconn(None if deadline is None else max(0.0, deadline - monotonic()))
+    return conn
+
+
+def _open(conn: RecordsConnection) -> bool:
+    """Return whether the server has not closed `conn`: read what arrived, without waiting.
+
+    A server closing a connection sends a farewell error, then the end of the stream; one read
+    can stop after the first. The error, arriving between statements, is only a notice.
+    """
+    pgconn = conn.pgconn
+    try:
+        pgconn.consume_input()
+        pgconn.consume_input()
+    except psycopg.OperationalError:
+        return False
+    return pgconn.status == pq.ConnStatus.OK
+
+
+def _lost(error: psycopg.Error) -> bool:
+    """Return whether `error` says its connection was lost: no SQLSTATE (the stream ended,
+    the socket failed), a connection exception (08), or the server ending the session (57P:
+    shutdown, crash, `pg_terminate_backend`, idle timeout); not too many connections (53) nor
+    a cancelled statement (57014)."""
+    sqlstate = error.sqlstate
+    if sqlstate is None:
+        return isinstance(error, psycopg.OperationalError)
+    return sqlstate.startswith(("08", "57P"))
 
 
 def _replace_idle(store: PostgresStore) -> None:

@@ -110,7 +110,7 @@ def close(store: Any) -> None:
     that opened it, gone with that loop, so its close raises asyncio's `RuntimeError` there
     (docs/stores.md: close a store on a loop still running); the collector closes the rest."""
     with contextlib.suppress(RuntimeError):
-        close(store)
+        run_bounded(store.aclose)
 
 
 def test_b20_a_second_event_loop_at_once_fails_closed_before_claiming(store_url: str) -> None:
@@ -120,9 +120,11 @@ def test_b20_a_second_event_loop_at_once_fails_closed_before_claiming(store_url:
     store = open_async_store(store_url)
     with (
         HeldLoop(lambda: store.get(ident("warm-up"))),
-        pytest.raises(StoreUnavailableError, match="another one, running at once"),
+        pytest.raises(StoreUnavailableError, match="another one, running at once") as refused,
     ):
         run_bounded(lambda: store.claim(ident("k"), "fp", lease=LEASE, retention=RETENTION))
+    server = {"postgresql": "PostgreSQL", "redis": "Redis", "mysql": "MySQL"}
+    assert str(refused.value).startswith(f"{server[store_url.partition(':')[0]]} is unavailable")
     # The first loop has stopped: loops used in turn share the store, as before.
     claim = run_bounded(lambda: store.claim(ident("k"), "fp", lease=LEASE, retention=RETENTION))
     assert claim.acquired  # the refused claim had claimed nothing

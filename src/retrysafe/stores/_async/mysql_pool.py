@@ -46,7 +46,7 @@ class AsyncMySQLPool:
         self._setup = session_setup(options)
         self._gate = AsyncGate(options.pool_max)
         self._idle: list[tuple[aiomysql.Connection, float]] = []
-        self._home = AsyncHome()
+        self._home = AsyncHome("MySQL")
         self._closed = False
 
     async def getconn(self, within: float | None = None) -> aiomysql.Connection:

@@ -49,7 +49,7 @@ class MySQLPool:
         self._setup = session_setup(options)
         self._gate = Gate(options.pool_max)
         self._idle: list[tuple[pymysql.Connection, float]] = []
-        self._home = Home()
+        self._home = Home("MySQL")
         self._closed = False
 
     def getconn(self, within: float | None = None) -> pymysql.Connection:

@@ -146,7 +146,7 @@ class Home:
 
     __slots__ = ("_forks",)
 
-    def __init__(self) -> None:
+    def __init__(self, server: str = "The store") -> None:  # named as `AsyncHome` is
         self._forks = FORKS.count
 
     def moved(self) -> bool | None:

@@ -10,13 +10,22 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from retrysafe._errors import StoreError, StoreUnavailableError
+from retrysafe.stores._closing import closed_on_error
 
-__all__ = ["Synchronous", "connect", "store_error", "write_transaction"]
+__all__ = [
+    "FileIdentity",
+    "Synchronous",
+    "connect",
+    "connect_checked",
+    "store_error",
+    "write_transaction",
+]
 
 Synchronous = Literal["full", "normal"]
 """The durability of a connection's commits: see `connect`."""
@@ -46,6 +55,85 @@ def connect(path: str, *, timeout: float, synchronous: Synchronous) -> sqlite3.C
     except BaseException:
         connection.close()
         raise
+    return connection
+
+
+class FileIdentity:
+    """Which file a store opened: one deleted or replaced under a running process is refused.
+
+    A process keeps writing to the file it opened even once that file is deleted (unlinked) or
+    replaced (a backup renamed over it); a process started afterwards opens the new file. The
+    two then hold two stores under one path, and a key used after the change runs its effect
+    in both; a replaced file also meets the old file's WAL. So the store notes the file's
+    (st_dev, st_ino) when its first connection opens it, compares before every write batch and
+    claim (`check`), and on a mismatch or a missing file closes its connections (`on_broken`)
+    and refuses every call from then on with `StoreUnavailableError`: stop every process
+    before deleting or restoring the file, and restart a process that hit this.
+    """
+
+    __slots__ = ("_identity", "_lock", "broken", "on_broken", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self.broken: StoreUnavailableError | None = None
+        self.on_broken: Callable[[], object] | None = None
+
+    def opened(self) -> None:
+        """Note the identity of the file a connection has just opened (the first one counts)."""
+        with self._lock:
+            if self._identity is None and self.broken is None:
+                identity = self._stat()
+                if identity is not None:
+                    self._identity = identity
+                    return
+        self.check()
+
+    def check(self) -> None:
+        """Raise `StoreUnavailableError` if the file is no longer the one first opened."""
+        if self.broken is not None:
+            raise self.broken
+        if self._identity is None:  # nothing opened yet
+            return
+        identity = self._stat()
+        if identity == self._identity:
+            return
+        change = "deleted" if identity is None else "replaced by another file"
+        error = StoreUnavailableError(
+            f"SQLite store {self.path!r} is unavailable: its database file was {change} while"
+            " this process had it open. Writing on would split the store in two (a key used"
+            " in both could run its effect twice), so this store refuses every call: stop"
+            " every process that uses the file before deleting or restoring it, then restart"
+            " them."
+        )
+        with self._lock:
+            first, self.broken = self.broken is None, self.broken or error
+        if first and self.on_broken is not None:
+            self.on_broken()
+        raise self.broken
+
+    def _stat(self) -> tuple[int, int] | None:
+        """The file's (st_dev, st_ino), or None if it does not exist."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as error:  # cannot tell (a permission changed): unavailable, for now
+            raise StoreUnavailableError(
+                f"SQLite store {self.path!r} is unavailable: cannot check its file ({error})."
+            ) from error
+        return stat.st_dev, stat.st_ino
+
+
+def connect_checked(
+    identity: FileIdentity, path: str, *, timeout: float, synchronous: Synchronous
+) -> sqlite3.Connection:
+    """`connect`, then check that the file opened is the store's (`FileIdentity.opened`)."""
+    identity.check()  # refused: do not create a new file at the path
+    connection = connect(path, timeout=timeout, synchronous=synchronous)
+    with closed_on_error(connection):
+        identity.opened()
     return connection
 
 

@@ -23,15 +23,24 @@ from retrysafe._engine import may_take
 from retrysafe._errors import StoreUnavailableError
 from retrysafe._record import Claim, Identity
 from retrysafe.stores._sql.sqlite import RecordTable
-from retrysafe.stores._sql.sqlite_connection import Synchronous, connect, write_transaction
-from retrysafe.stores._sql.sqlite_threads import Slot, ThreadConnections, forks
+from retrysafe.stores._sql.sqlite_connection import (
+    FileIdentity,
+    Synchronous,
+    connect_checked,
+    write_transaction,
+)
+from retrysafe.stores._sql.sqlite_threads import Slot, ThreadConnections, forks, quiet_at_fork
 
-__all__ = ["Operation", "SQLiteFile", "Schema", "Write", "commit_writes"]
+__all__ = ["COMMIT_GRACE", "Operation", "SQLiteFile", "Schema", "Write", "commit_writes"]
 
 T = TypeVar("T")
 
 Operation = Callable[[sqlite3.Connection, float], T]
 """A primitive of `RecordTable`, given this thread's connection and the time it runs at."""
+
+COMMIT_GRACE = 2.0
+"""Seconds, past the busy timeout, that a write taken into another thread's commit waits for
+that commit's statements and sync to disk before its outcome counts as unknown."""
 
 
 class SQLiteFile:
@@ -53,9 +62,13 @@ class SQLiteFile:
         self.table = RecordTable(table)
         self.timeout = timeout
         self.synchronous: Synchronous = synchronous
-        self._connections = ThreadConnections(
-            functools.partial(connect, path, timeout=timeout, synchronous=synchronous), path
+        self.identity = FileIdentity(path)
+        # Opens a connection and checks its file (`FileIdentity`); holds no reference to the store.
+        self.open_connection = functools.partial(
+            connect_checked, self.identity, path, timeout=timeout, synchronous=synchronous
         )
+        self._connections = ThreadConnections(self.open_connection, path)
+        self.identity.on_broken = self._connections.close
         # Closes every connection at `close`/`aclose`, or when the store is garbage-collected
         # unclosed (the finalizer holds the connections, not the store).
         self._close_connections = weakref.finalize(self, self._connections.close)
@@ -64,6 +77,14 @@ class SQLiteFile:
         self._write_lock = threading.Lock()
         self._queue: list[Write[Any]] = []  # writes waiting for the next commit
         self._queue_lock = threading.Lock()
+        quiet_at_fork.add(self)
+
+    def fork_locks(self) -> list[tuple[threading.Lock, float]]:
+        """The locks held by every write of this process, for `os.fork()` (`quiet_at_fork`)."""
+        if self._forks != forks.count:  # not used since a fork: stale, replaced on next use
+            return []
+        wait = self.timeout + COMMIT_GRACE
+        return [(self.schema.lock, wait), (self._write_lock, wait)]
 
     def _claim(
         self, identity: Identity, fingerprint: str, *, lease: float, retention: float
@@ -79,6 +100,7 @@ class SQLiteFile:
         slot = self._enter()
         try:
             connection = slot.connection
+            self.identity.check()
             current = self.table.current(connection, identity)
             if current is not None and not may_take(current, fingerprint, self.clock.now()):
                 return Claim(current, acquired=False)
@@ -126,8 +148,8 @@ class SQLiteFile:
                         f"SQLite store {self.path!r} is unavailable: this process's other"
                         f" writers held it past the busy timeout ({self.timeout} s)."
                     )
-            # A committer is running it right now: its outcome is this call's, so wait for it.
-            self._write_lock.acquire()
+                finished = write_.finished  # set under this lock when it was taken
+            return self._outcome_of_taken(write_, finished)
         try:
             if not write_.done:  # no committer took it while this thread waited: commit now
                 self._commit_queued(connection)
@@ -135,11 +157,33 @@ class SQLiteFile:
             self._write_lock.release()
         return write_.outcome()
 
+    def _outcome_of_taken(self, write_: Write[T], finished: threading.Event | None) -> T:
+        """Wait for the committer that took `write_` into its batch, then return its outcome.
+
+        The committer sets `finished` (one event for its batch) whatever happens, after at
+        most its own busy timeout and its statements; waiting on the event (not on the unfair
+        write lock, which later committers may keep winning) bounds this call to about twice
+        the timeout.
+        """
+        if finished is not None:  # always: a batch another thread took holds its write too
+            finished.wait(self.timeout + COMMIT_GRACE)
+        if not write_.done:
+            raise StoreUnavailableError(
+                f"SQLite store {self.path!r} is unavailable: the commit that took this write"
+                f" has not ended within the busy timeout ({self.timeout} s); whether the"
+                " write took effect is unknown."
+            )
+        return write_.outcome()
+
     def _commit_queued(self, connection: sqlite3.Connection) -> None:
         """Run every queued write in one transaction (`commit_writes`); call with the write lock."""
         with self._queue_lock:
             batch, self._queue = self._queue, []
-        commit_writes(connection, batch, self.clock.now)
+            if len(batch) > 1:  # other threads' writes: they wait on one event (`_queue_write`)
+                finished = threading.Event()
+                for write_ in batch:
+                    write_.finished = finished
+        commit_writes(connection, batch, self.clock.now, check=self.identity.check)
 
     def _create_schema(self, *, first_use: bool = False) -> None:
         with self._connections.use() as connection:
@@ -150,6 +194,8 @@ class SQLiteFile:
         created; `self._connections.leave(slot)` ends the use."""
         if self._forks != forks.count:
             self._forget_inherited()
+        if self.identity.broken is not None:  # the file was deleted or replaced: refused
+            raise self.identity.broken
         slot = self._connections.enter()
         if not self.schema.ready:
             try:
@@ -205,7 +251,11 @@ class Schema:
 
 
 def commit_writes(
-    connection: sqlite3.Connection, batch: Sequence[Write[Any]], now: Callable[[], float]
+    connection: sqlite3.Connection,
+    batch: Sequence[Write[Any]],
+    now: Callable[[], float],
+    *,
+    check: Callable[[], None] | None = None,
 ) -> None:
     """Run the writes of `batch` in one transaction, each atomic on its own; commit once.
 
@@ -218,9 +268,13 @@ def commit_writes(
     fails as a whole (BEGIN, COMMIT, or an error after which SQLite rolled it back), every write
     that had not failed on its own gets that error, and none took effect. Call where no other
     write of the store runs at the same time: with the write lock held, or on the writer thread.
+    `check`, if given, runs first: if it raises, every write gets its error and none runs (the
+    store's file was deleted or replaced: `FileIdentity`).
     """
     alone = len(batch) == 1
     try:
+        if check is not None:
+            check()
         with write_transaction(connection):
             for write_ in batch:
                 write_.run(connection, now(), shared=not alone)
@@ -234,6 +288,8 @@ def commit_writes(
     finally:
         for write_ in batch:
             write_.done = True
+            if write_.finished is not None:
+                write_.finished.set()
 
 
 class Write(Generic[T]):
@@ -241,14 +297,22 @@ class Write(Generic[T]):
 
     `one_statement`: the operation makes its changes in at most one statement (reads, and
     statements that change nothing, around it), so it needs no savepoint to stay atomic in a
-    group (`run`).
+    group (`run`). `finished`, if given, is set once the write is done (`commit_writes`), for
+    a thread that waits for another's commit.
     """
 
-    __slots__ = ("done", "error", "one_statement", "operation", "result")
+    __slots__ = ("done", "error", "finished", "one_statement", "operation", "result")
 
-    def __init__(self, operation: Operation[T], *, one_statement: bool = False) -> None:
+    def __init__(
+        self,
+        operation: Operation[T],
+        *,
+        one_statement: bool = False,
+        finished: threading.Event | None = None,
+    ) -> None:
         self.operation = operation
         self.one_statement = one_statement
+        self.finished = finished
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None

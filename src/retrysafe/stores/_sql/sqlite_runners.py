@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 
 from retrysafe._record import Claim, Identity
-from retrysafe.stores._sql.sqlite_connection import connect, store_error
+from retrysafe.stores._sql.sqlite_connection import store_error
 from retrysafe.stores._sql.sqlite_file import Operation, SQLiteFile
 from retrysafe.stores._sql.sqlite_writer import Job, SQLiteWriter, stop_job
 
@@ -97,12 +97,12 @@ class AsyncSQLiteRunner:
     def __init__(self, file: SQLiteFile) -> None:
         self._file = file
         self._writer = SQLiteWriter(
-            functools.partial(
-                connect, file.path, timeout=file.timeout, synchronous=file.synchronous
-            ),
+            file.open_connection,
             schema=file.schema,
             clock=file.clock,
             path=file.path,
+            check=file.identity.check,
+            timeout=file.timeout,
         )
         # Stops the writer thread at `aclose`, or once the store is garbage-collected unclosed
         # (the finalizer holds neither store nor runner).

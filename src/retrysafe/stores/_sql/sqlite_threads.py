@@ -15,11 +15,13 @@ import contextlib
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from retrysafe._errors import StoreClosedError, StoreError
 
-__all__ = ["Slot", "ThreadConnections", "forks", "set_aside"]
+__all__ = ["ForkQuiet", "Slot", "ThreadConnections", "forks", "quiet_at_fork", "set_aside"]
 
 
 class _Forks:
@@ -36,6 +38,53 @@ class _Forks:
 
 forks = _Forks()
 os.register_at_fork(after_in_child=forks.forked)
+
+
+class ForkQuiet(Protocol):
+    """A store part whose writes must not be in flight when the process forks."""
+
+    def fork_locks(self) -> list[tuple[threading.Lock, float]]:
+        """The locks that every write holds, each with how long a fork may wait for it."""
+        ...
+
+
+class _QuietAtFork:
+    """Holds every SQLite store's write locks across `os.fork()`: no write is in flight then.
+
+    SQLite keeps its locks' state per file and per process, in memory a forked child inherits:
+    a child forked while a thread of its parent held the database's write lock sees that lock
+    held for ever, and every write it tries fails (busy). So before a fork, the forking thread
+    takes each store's write locks (waiting up to its busy timeout for a commit to end, then
+    forking anyway), and both processes release them after it.
+    """
+
+    def __init__(self) -> None:
+        self._owners: weakref.WeakSet[ForkQuiet] = weakref.WeakSet()
+        self._held: list[threading.Lock] = []
+
+    def add(self, owner: ForkQuiet) -> None:
+        self._owners.add(owner)
+
+    def before(self) -> None:
+        held: list[threading.Lock] = []
+        for owner in list(self._owners):
+            for lock, wait in owner.fork_locks():
+                if lock.acquire(timeout=wait):
+                    held.append(lock)
+        self._held = held
+
+    def after(self) -> None:
+        held, self._held = self._held, []
+        for lock in reversed(held):
+            lock.release()
+
+
+quiet_at_fork = _QuietAtFork()
+os.register_at_fork(
+    before=quiet_at_fork.before,
+    after_in_parent=quiet_at_fork.after,
+    after_in_child=quiet_at_fork.after,
+)
 
 # The connections a forked child inherited from its parent, kept unused and unclosed for the
 # life of the child: SQLite forbids using a connection across fork(), and closing one in the

@@ -19,17 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from retrysafe._clock import Clock
 from retrysafe._errors import StoreClosedError, StoreError
 from retrysafe.stores._closing import closed_on_error
-from retrysafe.stores._sql.sqlite_file import Operation, Schema, Write, commit_writes
-from retrysafe.stores._sql.sqlite_threads import forks, set_aside
+from retrysafe.stores._sql.sqlite_file import (
+    COMMIT_GRACE,
+    Operation,
+    Schema,
+    Write,
+    commit_writes,
+)
+from retrysafe.stores._sql.sqlite_threads import forks, quiet_at_fork, set_aside
 
 __all__ = ["Job", "SQLiteWriter"]
 
@@ -48,7 +56,7 @@ class Job(Write[T]):
     for it on `waiter` (`AsyncSQLiteRunner`). A caller that is a thread waits on `event`.
     """
 
-    __slots__ = ("event", "future", "loop", "settled", "waiter")
+    __slots__ = ("deadline", "event", "future", "loop", "settled", "waiter")
 
     def __init__(
         self,
@@ -64,6 +72,7 @@ class Job(Write[T]):
         self.event = event
         self.settled = False
         self.waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0  # when its busy timeout ends (`time.monotonic`), set when queued
 
 
 def stop_job(
@@ -95,6 +104,9 @@ class SQLiteWriter:
         schema: the store's schema, created on the connection before its first write.
         clock: the time each write runs at.
         path: the database file, for error messages.
+        check: runs before each batch; if it raises, every write of the batch gets its error
+            and the connection is closed (the file was deleted or replaced: `FileIdentity`).
+        timeout: the busy timeout: how long a fork waits for a batch to end (`quiet_at_fork`).
     """
 
     def __init__(
@@ -104,8 +116,13 @@ class SQLiteWriter:
         schema: Schema,
         clock: Clock,
         path: str,
+        check: Callable[[], None] | None = None,
+        timeout: float = 0.0,
     ) -> None:
         self._open = open_connection
+        self._check = check
+        self._timeout = timeout
+        self._batch_lock = threading.Lock()  # held while a batch commits (`fork_locks`)
         self._schema = schema
         self._clock = clock
         self._path = path
@@ -113,6 +130,13 @@ class SQLiteWriter:
         self._thread: _WriterThread | None = None
         self._stopped = False
         self._forks = forks.count
+        quiet_at_fork.add(self)
+
+    def fork_locks(self) -> list[tuple[threading.Lock, float]]:
+        """The lock held while a batch commits, for `os.fork()` (`quiet_at_fork`)."""
+        if self._forks != forks.count:  # not used since a fork: stale, replaced on next use
+            return []
+        return [(self._batch_lock, self._timeout + COMMIT_GRACE)]
 
     def submit(self, job: Job[Any]) -> None:
         """Queue `job` for the writer thread, starting one if none is running."""
@@ -125,6 +149,7 @@ class SQLiteWriter:
             if thread is None or thread.ended:
                 thread = self._thread = _WriterThread(self)
                 thread.start()
+            job.deadline = time.monotonic() + self._timeout
             thread.jobs.put(job)
 
     def call(self, operation: Operation[T], *, one_statement: bool = False) -> T:
@@ -154,6 +179,7 @@ class SQLiteWriter:
     def _forget_inherited(self) -> None:
         """In a forked child: no thread runs here; set the parent's connection aside."""
         self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._batch_lock = threading.Lock()
         thread, self._thread = self._thread, None
         if thread is not None and thread.connection is not None:
             set_aside(thread.connection)
@@ -170,7 +196,11 @@ class _WriterThread(threading.Thread):
         self._schema = writer._schema
         self._clock = writer._clock
         self._path = writer._path
+        self._check = writer._check
+        self._timeout = writer._timeout
+        self._busy_timeout = writer._timeout  # the connection's, as `connect` set it
         self._lock = writer._lock
+        self._batch_lock = writer._batch_lock
         self.jobs: queue.SimpleQueue[Job[Any]] = queue.SimpleQueue()
         self.connection: sqlite3.Connection | None = None
         self.ended = False  # set under the writer's lock: then nothing more is queued here
@@ -188,7 +218,8 @@ class _WriterThread(threading.Thread):
                     while True:
                         batch.append(self.jobs.get_nowait())
                 self.committing = True
-                stopping = self._commit(batch)
+                with self._batch_lock:  # a fork waits for the batch to end (`quiet_at_fork`)
+                    stopping = self._commit(batch)
                 self.committing = False
                 batch.clear()  # hold no caller's write while waiting for the next
         except BaseException as error:  # a bug or a BaseException from a write: stop, answer all
@@ -209,18 +240,61 @@ class _WriterThread(threading.Thread):
         writes = [job for job in batch if job.operation is not _stop]
         if writes:
             try:
+                if self._check is not None:
+                    self._check()
                 connection = self._connection()
-            except Exception as error:  # cannot open the file: every write gets why
+            except Exception as error:  # the file cannot be opened, or was replaced: say why
+                self._close()
                 for job in writes:
                     job.error = error
             else:
-                commit_writes(connection, writes, self._clock.now)
+                answered = self._commit_in_time(connection, writes)
+                if answered:
+                    batch = [job for job in batch if job not in answered]
+                    writes = [job for job in writes if job not in answered]
         if len(writes) == len(batch):
             _settle(writes)
             return False
         self._close()
         _settle(batch)
         return True
+
+    def _commit_in_time(
+        self, connection: sqlite3.Connection, writes: list[Job[Any]]
+    ) -> set[Job[Any]]:
+        """Commit `writes`, each given about its busy timeout from when it was queued.
+
+        Another process holding the database keeps the batch busy: SQLite waits until the
+        earliest deadline of the batch, then the writes past their deadline are answered at
+        once with the busy error (the batch never began: none took effect), and the others try
+        again until theirs. A write queued behind a batch that waited thus waits no longer
+        than its own timeout (not a second full one). Return the writes answered early.
+        """
+        answered: set[Job[Any]] = set()
+        while True:
+            self._wait_at_most(connection, min(job.deadline for job in writes) - time.monotonic())
+            commit_writes(connection, writes, self._clock.now)
+            if not all(_busy(job.error) for job in writes):
+                return answered
+            now = time.monotonic() + _DEADLINE_SLACK
+            # None late: SQLite gave up without waiting (no busy handler then), so all answer.
+            late = [job for job in writes if job.deadline <= now] or writes
+            _settle(late)
+            answered.update(late)
+            writes = [job for job in writes if job not in answered]
+            if not writes:
+                return answered
+            for job in writes:
+                job.result, job.error, job.done = None, None, False
+
+    def _wait_at_most(self, connection: sqlite3.Connection, seconds: float) -> None:
+        """Set the connection's busy timeout to `seconds` (at most the store's), if it differs."""
+        seconds = min(max(seconds, 0.0), self._timeout)
+        if seconds >= self._timeout - _DEADLINE_SLACK:
+            seconds = self._timeout  # fresh writes: the store's own timeout
+        if seconds != self._busy_timeout:
+            connection.execute(f"PRAGMA busy_timeout = {math.ceil(seconds * 1000)}")
+            self._busy_timeout = seconds
 
     def _connection(self) -> sqlite3.Connection:
         """Return the write connection, opening it and creating the schema on first use."""
@@ -232,6 +306,7 @@ class _WriterThread(threading.Thread):
         return self.connection
 
     def _close(self) -> None:
+        self._busy_timeout = self._timeout  # a new connection starts with the store's
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.close()
@@ -250,6 +325,16 @@ class _WriterThread(threading.Thread):
             if job.operation is not _stop:
                 job.error = error
         _settle([*answered, *left])
+
+
+_DEADLINE_SLACK = 0.005
+"""Seconds within which a write's busy timeout counts as spent, or as still whole."""
+
+
+def _busy(error: BaseException | None) -> bool:
+    """Whether `error` is SQLite's "database is locked" past the busy timeout."""
+    code = getattr(error, "sqlite_errorcode", -1) & 0xFF
+    return isinstance(error, sqlite3.OperationalError) and code == sqlite3.SQLITE_BUSY
 
 
 def _settle(jobs: list[Job[Any]]) -> None:

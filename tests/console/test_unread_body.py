@@ -4,42 +4,15 @@ the head timeout of the answer, however the client trickles the rest of the body
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
-from retrysafe import Store
-from retrysafe.cli.console import console_config
-from retrysafe.console import create_app
 from tests.console.conftest import TOKEN
+from tests.console.test_limits import HEAD_TIMEOUT, WAIT, console
 
-HEAD_TIMEOUT = 0.5
-WAIT = 10.0
-
-
-@pytest.fixture
-def console(store: Store) -> Iterator[int]:
-    """The console served as `retrysafe console` serves it, with a short head timeout; yield
-    its port."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(console_config(create_app(store, TOKEN), head_timeout=HEAD_TIMEOUT))
-    thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while not server.started:
-        assert time.monotonic() < deadline, "the console did not start"
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(WAIT)
-        sock.close()
+__all__ = ["console"]
 
 
 @pytest.mark.parametrize(

@@ -127,12 +127,17 @@ def test_an_attempt_without_a_response_is_told_with_its_error(
     face.sleeps = None
     url, _ = scripted.script(Answer(HANG), Answer(201))
     assert face.request("POST", url, content=b"x", timeout=0.3).status == 201
-    first, second = recorder.attempts
+    # On a loaded machine the answered attempt may time out too, and be retried: each such
+    # attempt is told the same way, and the last one is the answer.
+    *timed_out, last = recorder.attempts
+    first = timed_out[0]
     assert (first.number, first.status, first.error) == (1, None, "ReadTimeout")
     assert first.seconds >= 0.25
     assert first.retry_in is not None
     assert 0.0 <= first.retry_in <= FAST.wait_initial
-    assert (second.number, second.status, second.error, second.retry_in) == (2, 201, None, None)
+    assert all((a.status, a.error) == (None, "ReadTimeout") for a in timed_out)
+    answered = (last.number, last.status, last.error, last.retry_in)
+    assert answered == (len(timed_out) + 1, 201, None, None)
 
 
 def test_lost_responses_are_attempts_with_errors(
